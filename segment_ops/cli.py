@@ -1,0 +1,101 @@
+"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from pathlib import Path
+
+from segment_ops.config import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="segment-ops", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log retries and progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from segment_ops.sandbox import cli as sandbox_cli
+
+    sandbox_cli.register(sub)
+
+    demo = sub.add_parser("demo", help="start the sandbox and run every sync once through Dagster")
+    demo.add_argument("--scale", type=float, default=1.0, help="demo data size (1.0 = about 2,000 users)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=_run_demo)
+
+    replay = sub.add_parser("replay", help="send a JSONL or Parquet file of Segment calls through the engine")
+    replay.add_argument("path", type=Path)
+    replay.add_argument("--dry-run", action="store_true", help="validate and show what would be sent; send nothing")
+    replay.add_argument("--force", action="store_true", help="send again what the ledger says was delivered")
+    replay.add_argument("--max-in-flight", type=int, default=4, help="concurrent batch requests (default 4)")
+    replay.add_argument("--rate-limit", type=float, default=None,
+                        help="max requests/s to Segment (default 200; Segment's guidance is <= 1,000)")
+    replay.add_argument("--no-gzip", action="store_true", help="send batch bodies uncompressed")
+    replay.set_defaults(func=_run_replay)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("segment_ops.clients").setLevel(logging.ERROR)
+    return int(args.func(args) or 0)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
+    from segment_ops.engine.delivery import DeliveryError
+    from segment_ops.engine.ledger import Ledger
+    from segment_ops.engine.replay import ReplayInputError, replay_file
+    from segment_ops.engine.store import staging
+
+    settings = load_settings()
+
+    def client() -> SegmentTrackingClient:
+        return SegmentTrackingClient(
+            settings["SEGMENT_TRACKING_URL"], settings["SEGMENT_WRITE_KEY"], gzip=not args.no_gzip,
+            max_requests_per_second=args.rate_limit or DEFAULT_MAX_REQUESTS_PER_SECOND,
+            max_connections=args.max_in_flight)
+
+    try:
+        with staging(settings.home / "staging" / "replay.duckdb") as con:
+            result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                 force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight)
+    except ReplayInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DeliveryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_replay(result, dry_run=args.dry_run)
+    return 0 if result.ok else 1
+
+
+def _print_replay(result, *, dry_run: bool) -> None:  # noqa: ANN001 - ReplayResult, imported lazily
+    plan = result.plan
+    print(f"{plan.source}: {plan.lines} lines read")
+    verb = "would send" if dry_run else "planned"
+    print(f"  {verb}: {plan.planned}   already sent before: {plan.already_known}   "
+          f"duplicates in file: {plan.duplicates_in_input}   rejected: {plan.rejected}")
+    for rejection in plan.rejection_samples[:10]:
+        print(f"  rejected {rejection.source}: {rejection.reason}")
+    if dry_run:
+        for sample in plan.samples[:3]:
+            print(f"  sample: {sample.decode()[:300]}")
+        return
+    report = result.delivery
+    if report is not None:
+        print(f"  delivered: {report.delivered}   rejected by Segment: {report.rejected}   "
+              f"still pending: {report.failed}   retried requests: {report.retries}   "
+              f"{report.messages_per_second:,.0f} msg/s over {report.seconds:.1f}s")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from segment_ops.demo import run_demo
+
+    return run_demo(scale=args.scale, seed=args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""One thin HTTP client per vendor API, all on `base.HttpClient`. No Dagster imports."""
+
+from segment_ops.clients.base import (
+    HttpClient,
+    RetryEvent,
+    RetryPolicy,
+    VendorAuthError,
+    VendorError,
+    VendorRequestError,
+    VendorUnavailable,
+)
+from segment_ops.clients.pendo import PendoClient
+from segment_ops.clients.segment_public_api import SegmentPublicApiClient
+from segment_ops.clients.segment_tracking import SegmentTrackingClient
+from segment_ops.clients.splunk_hec import SplunkHecClient
+
+__all__ = [
+    "HttpClient",
+    "PendoClient",
+    "RetryEvent",
+    "RetryPolicy",
+    "SegmentPublicApiClient",
+    "SegmentTrackingClient",
+    "SplunkHecClient",
+    "VendorAuthError",
+    "VendorError",
+    "VendorRequestError",
+    "VendorUnavailable",
+]

@@ -1,0 +1,159 @@
+"""The one configuration contract for sandbox and live: every setting comes from the environment.
+
+Each vendor's base URL and credential has a sandbox default, so an unset variable means "talk to the
+local sandbox" and setting it means "talk to the real host". `SETTINGS` is the single table that the
+Dagster resources, the CLI, the README's configuration table and the secret-leak tests all read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SANDBOX_PORT = 8765
+
+# Credentials the sandbox accepts. They are sandbox-only values, safe to keep in the repo; a live
+# deployment sets the real ones through the environment.
+SANDBOX_SEGMENT_WRITE_KEY = "sandbox-write-key"
+SANDBOX_SEGMENT_PUBLIC_API_TOKEN = "sgp_sandbox_public_api_token"
+SANDBOX_HEAP_APP_ID = "1234567890"
+SANDBOX_HEAP_API_KEY = "sandbox-heap-api-key"
+SANDBOX_HEAP_WEBHOOK_SECRET = "sandbox-heap-webhook-secret"
+SANDBOX_PENDO_INTEGRATION_KEY = "sandbox-pendo-integration-key"
+SANDBOX_SPLUNK_HEC_TOKEN = "00000000-0000-4000-8000-00000000c0de"
+SANDBOX_SPLUNK_INDEX = "segment_audit"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, what it is, its default, and whether it is a secret."""
+
+    name: str
+    description: str
+    default: str | None = None
+    # Path under the sandbox's base URL; the default is then f"{sandbox_url}{sandbox_path}".
+    sandbox_path: str | None = None
+    secret: bool = False
+
+    def default_for(self, sandbox_url: str, home: Path) -> str | None:
+        if self.sandbox_path is not None:
+            return f"{sandbox_url}{self.sandbox_path}"
+        if self.default is not None:
+            return self.default.replace("{home}", str(home))
+        return None
+
+    @property
+    def documented_default(self) -> str:
+        if self.sandbox_path is not None:
+            return f"`$SEGMENT_OPS_SANDBOX_URL{self.sandbox_path}`"
+        if self.default is None:
+            return "(none)"
+        return f"`{self.default.replace('{home}', '$SEGMENT_OPS_HOME')}`"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "SEGMENT_OPS_HOME",
+        "Folder for staging DuckDB files, the delivery ledger, inboxes and the demo warehouse.",
+        default=".segment_ops",
+    ),
+    Setting(
+        "SEGMENT_OPS_SANDBOX_URL",
+        "Base URL of the local vendor sandbox; every unset vendor URL below points into it.",
+        default=f"http://127.0.0.1:{DEFAULT_SANDBOX_PORT}",
+    ),
+    Setting(
+        "SEGMENT_TRACKING_URL",
+        "Segment HTTP Tracking API base (live: `https://api.segment.io`, EU: `https://events.eu1.segmentapis.com`).",
+        sandbox_path="/segment",
+    ),
+    Setting("SEGMENT_WRITE_KEY", "Write key of the Segment HTTP source.", SANDBOX_SEGMENT_WRITE_KEY, secret=True),
+    Setting(
+        "SEGMENT_PUBLIC_API_URL",
+        "Segment Public API base (live: `https://api.segmentapis.com`, EU: `https://eu1.api.segmentapis.com`).",
+        sandbox_path="/segmentapis",
+    ),
+    Setting(
+        "SEGMENT_PUBLIC_API_TOKEN",
+        "Public API workspace token (needs audit-trail read access).",
+        SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+        secret=True,
+    ),
+    Setting("HEAP_API_URL", "Heap API base (live: `https://heapanalytics.com`).", sandbox_path="/heap"),
+    Setting("HEAP_APP_ID", "Heap environment (app) id.", SANDBOX_HEAP_APP_ID),
+    Setting("HEAP_API_KEY", "Heap API key (privacy endpoints).", SANDBOX_HEAP_API_KEY, secret=True),
+    Setting(
+        "HEAP_WEBHOOK_SECRET",
+        "Shared secret Heap signs segment-sync webhooks with (`Heap-Hash`).",
+        SANDBOX_HEAP_WEBHOOK_SECRET,
+        secret=True,
+    ),
+    Setting("PENDO_API_URL", "Pendo API base (live: `https://app.pendo.io`, EU: `https://app.eu.pendo.io`).", sandbox_path="/pendo"),
+    Setting("PENDO_INTEGRATION_KEY", "Pendo integration key (read-only is enough).", SANDBOX_PENDO_INTEGRATION_KEY, secret=True),
+    Setting("SPLUNK_HEC_URL", "Splunk HTTP Event Collector base (live: `https://<host>:8088`).", sandbox_path="/splunk"),
+    Setting("SPLUNK_HEC_TOKEN", "HEC token (a GUID).", SANDBOX_SPLUNK_HEC_TOKEN, secret=True),
+    Setting("SPLUNK_INDEX", "Splunk index the audit trail is written to.", SANDBOX_SPLUNK_INDEX),
+    Setting(
+        "WAREHOUSE_URL",
+        "SQLAlchemy URL of the warehouse the reverse-ETL models run against (PostgreSQL, Snowflake, ...).",
+        default="duckdb:///{home}/demo_warehouse.duckdb",
+    ),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+SECRET_NAMES = tuple(s.name for s in SETTINGS if s.secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved values of every `Setting`, read from an environment mapping."""
+
+    values: Mapping[str, str]
+    from_env: frozenset[str]
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
+
+    @property
+    def home(self) -> Path:
+        return Path(self.values["SEGMENT_OPS_HOME"])
+
+    @property
+    def sandbox_url(self) -> str:
+        return self.values["SEGMENT_OPS_SANDBOX_URL"]
+
+    def is_set(self, name: str) -> bool:
+        """True when the environment sets `name`; False when the sandbox default is in force."""
+        return name in self.from_env
+
+    def secret_values(self) -> list[str]:
+        return [self.values[n] for n in SECRET_NAMES if self.values.get(n)]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting from `env` (default: `os.environ`), falling back to sandbox defaults."""
+    env = os.environ if env is None else env
+    home = Path(env.get("SEGMENT_OPS_HOME") or _BY_NAME["SEGMENT_OPS_HOME"].default).expanduser().resolve()
+    sandbox_url = (env.get("SEGMENT_OPS_SANDBOX_URL") or _BY_NAME["SEGMENT_OPS_SANDBOX_URL"].default).rstrip("/")
+    values: dict[str, str] = {}
+    from_env = set()
+    for setting in SETTINGS:
+        raw = env.get(setting.name)
+        if raw:
+            from_env.add(setting.name)
+            values[setting.name] = raw
+        else:
+            values[setting.name] = setting.default_for(sandbox_url, home) or ""
+    values["SEGMENT_OPS_HOME"] = str(home)
+    values["SEGMENT_OPS_SANDBOX_URL"] = sandbox_url
+    return Settings(values=values, from_env=frozenset(from_env))
+
+
+def settings_table_markdown() -> str:
+    """The README's configuration table, generated from `SETTINGS` (a test keeps the README in step)."""
+    lines = ["| Variable | What it is | Default | Secret |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        lines.append(f"| `{s.name}` | {s.description} | {s.documented_default} | {'yes' if s.secret else ''} |")
+    return "\n".join(lines)

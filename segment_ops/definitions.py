@@ -1,0 +1,17 @@
+"""The code location: one `Definitions`, gathered from the sync modules, with the resources bound."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from segment_ops.resources import build_resources
+from segment_ops.syncs import external, replay
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(
+        external.defs,
+        replay.defs,
+        dg.Definitions(resources=build_resources()),
+    )

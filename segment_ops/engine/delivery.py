@@ -1,0 +1,188 @@
+"""Deliver a sync's pending messages to Segment: packed by bytes, sent concurrently, outcomes logged.
+
+- Batches are closed by size (475,000 bytes, spec §1), not by count, so a request-rate cap still
+  leaves high throughput.
+- Up to `max_in_flight` batches are on the wire at once; 429/5xx/network errors are retried by the
+  client (backoff, Retry-After, total-time cap).
+- A 400 for a batch means some message in it is bad: the batch is split in halves and re-sent until
+  the bad messages stand alone; only those are rejected, with Segment's reason.
+- Each batch's outcome is logged the moment Segment answers, so a killed run re-sends only what was
+  in flight (same messageIds, deduplicated by Segment).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from segment_ops.clients.base import RetryEvent, VendorAuthError, VendorError, VendorRequestError
+from segment_ops.clients.segment_tracking import BATCH_TARGET_BYTES, SegmentTrackingClient
+from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger, Rejection
+
+Message = tuple[str, str]  # (message_id, encoded payload)
+Outcome = tuple[str, str, int, str | None]  # (message_id, status, attempts, error)
+
+
+class DeliveryError(RuntimeError):
+    """Some messages could not be delivered; they stay pending for the next run."""
+
+
+@dataclass
+class DeliveryReport:
+    sync: str
+    delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    retries: int = 0
+    requests: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def messages_per_second(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+    def as_metadata(self) -> dict[str, float | int]:
+        return {
+            "delivered": self.delivered,
+            "rejected_by_destination": self.rejected,
+            "failed_pending": self.failed,
+            "retried_requests": self.retries,
+            "requests": self.requests,
+            "megabytes_sent": round(self.bytes_sent / 1e6, 2),
+            "delivery_seconds": round(self.seconds, 2),
+            "messages_per_second": round(self.messages_per_second, 1),
+        }
+
+
+def pack_batches(messages: Sequence[Message], max_bytes: int = BATCH_TARGET_BYTES) -> Iterator[list[Message]]:
+    """Group messages into batches whose encoded size stays under `max_bytes` (plus envelope)."""
+    batch: list[Message] = []
+    size = 0
+    for message in messages:
+        length = len(message[1]) + 1
+        if batch and size + length > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(message)
+        size += length
+    if batch:
+        yield batch
+
+
+def deliver_pending(
+    ledger: Ledger,
+    sync: str,
+    client: SegmentTrackingClient,
+    *,
+    run_id: str | None = None,
+    max_in_flight: int = 4,
+    chunk_rows: int = 20_000,
+    on_progress: Callable[[DeliveryReport], None] | None = None,
+) -> DeliveryReport:
+    """Send every pending message of `sync`, then fold outcomes into the ledger.
+
+    Raises `DeliveryError` at the end when messages remain undelivered (retries exhausted), after
+    everything else was sent and recorded; raises `VendorAuthError` at once on a credential problem.
+    """
+    ledger.compact(sync)  # fold in outcomes a killed run logged but never compacted
+    report = DeliveryReport(sync)
+    started = time.monotonic()
+    lock = threading.Lock()
+
+    def count_retry(_: RetryEvent) -> None:
+        with lock:
+            report.retries += 1
+
+    def send(batch: list[Message]) -> list[Outcome]:
+        return _send_isolating(client, batch, count_retry, report, lock)
+
+    in_flight: set[Future[list[Outcome]]] = set()
+    fatal: BaseException | None = None
+
+    def drain(block_until_below: int) -> None:
+        nonlocal fatal
+        while len(in_flight) >= block_until_below and in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                in_flight.discard(future)
+                try:
+                    outcomes = future.result()
+                except VendorAuthError as exc:
+                    fatal = fatal or exc
+                    continue
+                _record(ledger, sync, outcomes, report, run_id)
+            if on_progress is not None:
+                on_progress(report)
+
+    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"deliver-{sync}") as pool:
+        for chunk in ledger.iter_pending(sync, chunk_rows):
+            for batch in pack_batches(chunk):
+                drain(max_in_flight)
+                if fatal is not None:
+                    break
+                in_flight.add(pool.submit(send, batch))
+            if fatal is not None:
+                break
+        drain(1)
+    ledger.compact(sync)
+    report.seconds = time.monotonic() - started
+    if fatal is not None:
+        raise fatal
+    if report.failed:
+        raise DeliveryError(
+            f"{report.failed} message(s) of sync {sync!r} could not be delivered and stay pending: "
+            + "; ".join(report.errors[:3])
+        )
+    return report
+
+
+def _send_isolating(client: SegmentTrackingClient, batch: list[Message], on_retry: Callable[[RetryEvent], None],
+                    report: DeliveryReport, lock: threading.Lock) -> list[Outcome]:
+    """Send a batch; on 400 split it until the bad messages are alone and reject only those."""
+    payloads = [p.encode() for _, p in batch]
+    retries = 0
+
+    def counting(event: RetryEvent) -> None:
+        nonlocal retries
+        retries += 1
+        on_retry(event)
+
+    with lock:
+        report.requests += 1
+        report.bytes_sent += sum(len(p) for p in payloads)
+    try:
+        client.send_batch(payloads, on_retry=counting)
+    except VendorAuthError:
+        raise
+    except VendorRequestError as exc:
+        if exc.status not in (400, 413):
+            return [(mid, PENDING, 1 + retries, str(exc)) for mid, _ in batch]
+        if len(batch) == 1:
+            return [(batch[0][0], REJECTED, 1 + retries, exc.vendor_message)]
+        middle = len(batch) // 2
+        return (_send_isolating(client, batch[:middle], on_retry, report, lock)
+                + _send_isolating(client, batch[middle:], on_retry, report, lock))
+    except VendorError as exc:  # retries exhausted
+        return [(mid, PENDING, 1 + retries, str(exc)) for mid, _ in batch]
+    return [(mid, DELIVERED, 1 + retries, None) for mid, _ in batch]
+
+
+def _record(ledger: Ledger, sync: str, outcomes: list[Outcome], report: DeliveryReport, run_id: str | None) -> None:
+    ledger.log_outcomes(sync, outcomes)
+    rejections = []
+    for message_id, status, _, error in outcomes:
+        if status == DELIVERED:
+            report.delivered += 1
+        elif status == REJECTED:
+            report.rejected += 1
+            rejections.append(Rejection(message_id, "segment", f"rejected by Segment: {error}", None))
+        else:
+            report.failed += 1
+            if error and len(report.errors) < 10 and error not in report.errors:
+                report.errors.append(error)
+    ledger.add_rejections(sync, rejections, run_id=run_id)

@@ -1,0 +1,156 @@
+"""Replay a file of Segment calls (JSONL or Parquet) through the engine: plan, then deliver.
+
+The file is read in chunks and never held whole. Every line is either planned (pending in the
+ledger), or rejected with its line number and reason. Planning is idempotent: a messageId already in
+the ledger is not planned again, so replaying the same file twice sends nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+
+from segment_ops.clients.segment_tracking import SegmentTrackingClient
+from segment_ops.engine.calls import InvalidCall, prepare_call
+from segment_ops.engine.delivery import DeliveryReport, deliver_pending
+from segment_ops.engine.ledger import Ledger, PlanCounts, PlannedMessage, Rejection
+
+REPLAY_SYNC = "replay"
+CHUNK_ROWS = 20_000
+_MAX_RECORD_IN_REJECTION = 2_000
+
+
+class ReplayInputError(ValueError):
+    """The file itself cannot be read (missing, wrong format, corrupt); nothing was planned from it."""
+
+
+@dataclass
+class ReplayPlan:
+    source: str
+    lines: int = 0
+    planned: int = 0
+    already_known: int = 0
+    duplicates_in_input: int = 0
+    rejected: int = 0
+    samples: list[bytes] = field(default_factory=list)
+    rejection_samples: list[Rejection] = field(default_factory=list)
+
+    def add(self, counts: PlanCounts) -> None:
+        self.planned += counts.planned
+        self.already_known += counts.already_known
+        self.duplicates_in_input += counts.duplicates_in_input
+
+
+@dataclass
+class ReplayResult:
+    plan: ReplayPlan
+    delivery: DeliveryReport | None
+
+    @property
+    def ok(self) -> bool:
+        return self.plan.rejected == 0 and (self.delivery is None or (self.delivery.failed == 0
+                                                                      and self.delivery.rejected == 0))
+
+
+def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: str | None = None,
+              force: bool = False, dry_run: bool = False, sample_size: int = 5) -> ReplayPlan:
+    """Validate every record of `path` and add the valid ones to the ledger as pending."""
+    plan = ReplayPlan(source=str(path))
+    for chunk in _read_chunks(path):
+        planned: list[PlannedMessage] = []
+        rejections: list[Rejection] = []
+        for line_no, raw in chunk:
+            plan.lines += 1
+            try:
+                record = raw if isinstance(raw, dict) else orjson.loads(raw)
+                message_id, encoded = prepare_call(record, sync=sync)
+            except (InvalidCall, orjson.JSONDecodeError) as exc:
+                reason = f"invalid JSON: {exc}" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+                rejections.append(Rejection(_record_key(raw), f"{path.name}:{line_no}", reason, _excerpt(raw)))
+                continue
+            planned.append(PlannedMessage(message_id, _record_key(record), record["type"], encoded))
+            if len(plan.samples) < sample_size:
+                plan.samples.append(encoded)
+        plan.rejected += len(rejections)
+        plan.rejection_samples.extend(rejections[: max(0, 20 - len(plan.rejection_samples))])
+        if dry_run:
+            plan.planned += len(planned)
+            continue
+        ledger.add_rejections(sync, rejections, run_id=run_id)
+        plan.add(ledger.add_planned(sync, planned, run_id=run_id, force=force))
+    return plan
+
+
+def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], SegmentTrackingClient], *,
+                sync: str = REPLAY_SYNC, run_id: str | None = None, force: bool = False, dry_run: bool = False,
+                max_in_flight: int = 4) -> ReplayResult:
+    """Plan `path`, then deliver everything pending for `sync` (including leftovers of a killed run)."""
+    plan = plan_file(ledger, path, sync=sync, run_id=run_id, force=force, dry_run=dry_run)
+    if dry_run:
+        return ReplayResult(plan, None)
+    client = client_factory()
+    try:
+        report = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight)
+    finally:
+        client.close()
+    return ReplayResult(plan, report)
+
+
+def _read_chunks(path: Path) -> Iterator[list[tuple[int, bytes | dict]]]:
+    """(line number, raw record) chunks; Parquet rows count as lines from 1."""
+    if not path.is_file():
+        raise ReplayInputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        yield from _jsonl_chunks(path)
+    elif suffix == ".parquet":
+        yield from _parquet_chunks(path)
+    else:
+        raise ReplayInputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .ndjson or .parquet")
+
+
+def _jsonl_chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    with path.open("rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            chunk.append((line_no, line))
+            if len(chunk) >= CHUNK_ROWS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _parquet_chunks(path: Path) -> Iterator[list[tuple[int, dict]]]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ReplayInputError(f"{path}: not a readable Parquet file ({exc})") from None
+    row = 0
+    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+        records = batch.to_pylist()
+        yield [(row + i + 1, _drop_nulls(rec)) for i, rec in enumerate(records)]
+        row += len(records)
+
+
+def _drop_nulls(record: dict) -> dict:
+    # Parquet gives every column to every row; an absent field is a null column, not a null value.
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _record_key(raw: object) -> str | None:
+    if isinstance(raw, dict):
+        key = raw.get("userId") or raw.get("anonymousId") or raw.get("groupId")
+        return None if key is None else str(key)
+    return None
+
+
+def _excerpt(raw: bytes | dict) -> str:
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else orjson.dumps(raw, default=str).decode()
+    return text.strip()[:_MAX_RECORD_IN_REJECTION]

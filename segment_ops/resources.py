@@ -1,0 +1,112 @@
+"""Dagster resources: configuration in, vendor clients out. Clients know nothing of Dagster.
+
+Every field comes from the environment through `dg.EnvVar` when the variable is set, so the UI shows
+the variable's name, never a secret; when it is unset the sandbox default from `config.SETTINGS`
+applies (see the README's configuration table).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from segment_ops.clients import PendoClient, SegmentPublicApiClient, SegmentTrackingClient, SplunkHecClient
+from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
+from segment_ops.config import Settings, load_settings
+
+
+class SegmentTrackingResource(dg.ConfigurableResource):
+    """Segment HTTP Tracking API: where identify/track/group calls are delivered."""
+
+    base_url: str
+    write_key: str
+    gzip: bool = Field(default=True, description="gzip batch bodies above 16 KB.")
+    max_requests_per_second: float = Field(
+        default=DEFAULT_MAX_REQUESTS_PER_SECOND, description="Request-rate cap; Segment recommends <= 1,000 req/s per workspace (spec §1)."
+    )
+    max_in_flight: int = Field(default=4, description="Concurrent batch requests.")
+
+    def get_client(self) -> SegmentTrackingClient:
+        return SegmentTrackingClient(
+            self.base_url,
+            self.write_key,
+            gzip=self.gzip,
+            max_requests_per_second=self.max_requests_per_second,
+            max_connections=max(self.max_in_flight, 1),
+        )
+
+
+class SegmentPublicApiResource(dg.ConfigurableResource):
+    """Segment Public API (audit trail)."""
+
+    base_url: str
+    token: str
+
+    def get_client(self) -> SegmentPublicApiClient:
+        return SegmentPublicApiClient(self.base_url, self.token)
+
+
+class PendoResource(dg.ConfigurableResource):
+    """Pendo Aggregation API."""
+
+    base_url: str
+    integration_key: str
+
+    def get_client(self) -> PendoClient:
+        return PendoClient(self.base_url, self.integration_key)
+
+
+class SplunkHecResource(dg.ConfigurableResource):
+    """Splunk HTTP Event Collector, the first SIEM destination."""
+
+    base_url: str
+    token: str
+    index: str
+
+    def get_client(self, channel: str | None = None) -> SplunkHecClient:
+        return SplunkHecClient(self.base_url, self.token, channel=channel)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The warehouse reverse-ETL models run against: any SQLAlchemy URL."""
+
+    url: str
+
+
+class StagingResource(dg.ConfigurableResource):
+    """Where local state lives: one DuckDB staging file per sync, inboxes, the demo warehouse."""
+
+    home: str
+
+    def path(self, *parts: str) -> Path:
+        target = Path(self.home).joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def staging_db(self, sync: str) -> Path:
+        """One DuckDB file per sync, so runs of different syncs never contend for a file lock."""
+        return self.path("staging", f"{sync}.duckdb")
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Every resource the code location binds, from the environment with sandbox defaults."""
+    settings = settings or load_settings()
+
+    def value(name: str) -> str | dg.EnvVar:
+        return dg.EnvVar(name) if settings.is_set(name) else settings[name]
+
+    return {
+        "segment": SegmentTrackingResource(base_url=value("SEGMENT_TRACKING_URL"), write_key=value("SEGMENT_WRITE_KEY")),
+        "segment_public_api": SegmentPublicApiResource(
+            base_url=value("SEGMENT_PUBLIC_API_URL"), token=value("SEGMENT_PUBLIC_API_TOKEN")
+        ),
+        "pendo": PendoResource(base_url=value("PENDO_API_URL"), integration_key=value("PENDO_INTEGRATION_KEY")),
+        "splunk": SplunkHecResource(
+            base_url=value("SPLUNK_HEC_URL"), token=value("SPLUNK_HEC_TOKEN"), index=value("SPLUNK_INDEX")
+        ),
+        "warehouse": WarehouseResource(url=value("WAREHOUSE_URL")),
+        # SEGMENT_OPS_HOME is always resolved to an absolute path, so runs in any cwd agree on it.
+        "staging": StagingResource(home=settings["SEGMENT_OPS_HOME"]),
+    }

@@ -1,0 +1,39 @@
+"""What lives at the vendors, as external assets, so lineage runs from every source to every destination."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from segment_ops.syncs import OWNER
+
+HEAP_SEGMENTS = dg.AssetSpec(
+    ["heap", "segments"],
+    description="Heap segments (cohorts) switched to sync; Heap pushes their membership changes by signed webhook.",
+    group_name="heap",
+    kinds={"heap"},
+    owners=[OWNER],
+    metadata={"docs": dg.MetadataValue.url("https://help.heap.io/")},
+)
+PENDO_ACCOUNTS = dg.AssetSpec(
+    ["pendo", "accounts"],
+    description="Pendo accounts, visitors and their usage events, read through the Aggregation API.",
+    group_name="pendo",
+    kinds={"pendo"},
+    owners=[OWNER],
+)
+SEGMENT_WORKSPACE = dg.AssetSpec(
+    ["segment", "workspace"],
+    description="The Segment workspace whose audit trail (who changed what) the Public API exposes.",
+    group_name="audit_trail",
+    kinds={"segment"},
+    owners=[OWNER],
+)
+SIEM_INDEX = dg.AssetSpec(
+    ["splunk", "audit_index"],
+    description="The Splunk index (through the HTTP Event Collector) that receives the Segment audit trail.",
+    group_name="audit_trail",
+    kinds={"splunk"},
+    owners=[OWNER],
+)
+
+defs = dg.Definitions(assets=[HEAP_SEGMENTS, PENDO_ACCOUNTS, SEGMENT_WORKSPACE, SIEM_INDEX])

@@ -1,0 +1,83 @@
+import pytest
+
+from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger, PlannedMessage, Rejection
+from segment_ops.engine.store import connect
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    con = connect(tmp_path / "staging.duckdb")
+    yield Ledger(con)
+    con.close()
+
+
+def messages(n, prefix="m"):
+    return [PlannedMessage(f"{prefix}{i}", f"k{i}", "identify", b'{"type":"identify","userId":"k%d"}' % i)
+            for i in range(n)]
+
+
+def pending_ids(ledger, sync="s"):
+    return [mid for chunk in ledger.iter_pending(sync, chunk_rows=3) for mid, _ in chunk]
+
+
+def test_planning_records_messages_as_pending_in_order(ledger):
+    counts = ledger.add_planned("s", messages(5))
+    assert counts.planned == 5 and counts.already_known == 0
+    assert pending_ids(ledger) == [f"m{i}" for i in range(5)]
+
+
+def test_planning_the_same_messages_again_adds_nothing(ledger):
+    ledger.add_planned("s", messages(5))
+    counts = ledger.add_planned("s", messages(7))
+    assert counts.planned == 2 and counts.already_known == 5
+    assert ledger.counts("s").pending == 7
+
+
+def test_duplicates_within_one_plan_are_planned_once(ledger):
+    counts = ledger.add_planned("s", messages(3) + messages(3))
+    assert counts.planned == 3 and counts.duplicates_in_input == 3
+
+
+def test_syncs_do_not_share_messages(ledger):
+    ledger.add_planned("a", messages(2))
+    assert ledger.add_planned("b", messages(2)).planned == 2
+
+
+def test_outcomes_fold_into_statuses_on_compact(ledger):
+    ledger.add_planned("s", messages(3))
+    ledger.log_outcomes("s", [("m0", DELIVERED, 2, None), ("m1", REJECTED, 1, "too big"), ("m2", PENDING, 3, "503")])
+    ledger.compact("s")
+    rows = dict(ledger.con.execute("SELECT message_id, (status, attempts, last_error) FROM ledger").fetchall())
+    assert rows["m0"] == (DELIVERED, 2, None)
+    assert rows["m1"] == (REJECTED, 1, "too big")
+    assert rows["m2"] == (PENDING, 3, "503")
+    assert pending_ids(ledger) == ["m2"]
+
+
+def test_outcomes_logged_before_a_crash_are_kept_by_the_next_connection(tmp_path):
+    con = connect(tmp_path / "staging.duckdb")
+    first = Ledger(con)
+    first.add_planned("s", messages(4))
+    first.log_outcomes("s", [("m0", DELIVERED, 1, None), ("m1", DELIVERED, 1, None)])
+    con.close()  # the run dies here, before compacting
+    con = connect(tmp_path / "staging.duckdb")
+    second = Ledger(con)
+    second.compact("s")
+    assert pending_ids(second) == ["m2", "m3"]
+    con.close()
+
+
+def test_force_resets_delivered_messages_to_pending(ledger):
+    ledger.add_planned("s", messages(2))
+    ledger.log_outcomes("s", [("m0", DELIVERED, 1, None), ("m1", DELIVERED, 1, None)])
+    ledger.compact("s")
+    counts = ledger.add_planned("s", messages(2), force=True)
+    assert counts.planned == 2
+    assert pending_ids(ledger) == ["m0", "m1"]
+
+
+def test_rejections_are_kept_with_their_reason(ledger):
+    ledger.add_rejections("s", [Rejection("k1", "file.jsonl:3", "track needs a non-empty event name", "{}")],
+                          run_id="r1")
+    assert ledger.rejected_since("s", "r1") == [("k1", "file.jsonl:3", "track needs a non-empty event name")]
+    assert ledger.rejected_since("s", "other-run") == []
