@@ -1,0 +1,1 @@
+"""The delivery engine: plan, build, deliver, record. Pure Python + DuckDB, no Dagster imports."""
