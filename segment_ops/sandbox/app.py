@@ -1,0 +1,225 @@
+"""The sandbox as one Starlette app: every vendor emulator under its own prefix, plus `/__sandbox__`.
+
+`/segment`, `/segmentapis`, `/heap`, `/pendo` and `/splunk` each sit behind a `FaultGate`; the
+control endpoints under `/__sandbox__` are never faulted:
+
+- `GET  /__sandbox__/stats`                      counts per API
+- `GET  /__sandbox__/received/{api}?limit&offset` stored items (oldest kept first)
+- `GET  /__sandbox__/seen/{api}/{key}`            times a dedupe key (messageId, idempotency_key) arrived
+- `GET|POST /__sandbox__/faults`                  POST `{"segment": {"rate_429": 0.2}}` replaces that
+  API's spec, `{"segment": {}}` clears it, `{}` clears all
+- `POST /__sandbox__/reset`                       clears the recorder, faults and per-run emulator state
+- `POST /__sandbox__/audit-events`                injects audit events (a list of partial events)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route, Router
+
+from segment_ops.config import (
+    SANDBOX_HEAP_API_KEY,
+    SANDBOX_HEAP_APP_ID,
+    SANDBOX_PENDO_INTEGRATION_KEY,
+    SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+    SANDBOX_SEGMENT_WRITE_KEY,
+    SANDBOX_SPLUNK_HEC_TOKEN,
+    SANDBOX_SPLUNK_INDEX,
+)
+from segment_ops.sandbox.common import Emulator, json_response
+from segment_ops.sandbox.demo_data import DemoConfig, DemoData
+from segment_ops.sandbox.faults import FaultGate, FaultInjector, FaultSpec, FaultSpecError, check_fault_apis
+from segment_ops.sandbox.heap import Heap
+from segment_ops.sandbox.pendo import Pendo
+from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment_public_api import SegmentPublicApi
+from segment_ops.sandbox.segment_tracking import SegmentTracking
+from segment_ops.sandbox.splunk_hec import SplunkHec
+
+# Pendo answers from demo data at most this stale; audit events always see the request's "now".
+PENDO_DATA_MAX_AGE = timedelta(seconds=60)
+
+
+@dataclass
+class SandboxConfig:
+    """Everything the sandbox can be started with; credentials default to `segment_ops.config`."""
+
+    seed: int = 7
+    scale: float = 1.0
+    faults: dict[str, FaultSpec] = field(default_factory=dict)  # per API name
+    segment_rate_limit: float | None = None  # requests/s per write key before 429 (Segment advises <= 1000)
+    public_api_rate_limit_per_min: int = 600  # points/min per token (a third-party claim, unverified)
+    pendo_rate_limit: float | None = None  # requests/s per key before 429 (Pendo's numbers are unpublished)
+    splunk_ack: bool = False  # indexer acknowledgement on the HEC token
+    splunk_max_content_length: int = 1_000_000
+    record_limit: int = 100_000  # stored bodies per API; counts stay exact beyond it
+    segment_write_key: str = field(default=SANDBOX_SEGMENT_WRITE_KEY, repr=False)
+    public_api_token: str = field(default=SANDBOX_SEGMENT_PUBLIC_API_TOKEN, repr=False)
+    heap_app_id: str = SANDBOX_HEAP_APP_ID
+    heap_api_key: str = field(default=SANDBOX_HEAP_API_KEY, repr=False)
+    pendo_integration_key: str = field(default=SANDBOX_PENDO_INTEGRATION_KEY, repr=False)
+    splunk_hec_token: str = field(default=SANDBOX_SPLUNK_HEC_TOKEN, repr=False)
+    splunk_indexes: tuple[str, ...] = (SANDBOX_SPLUNK_INDEX, "main")
+
+    def __post_init__(self) -> None:
+        check_fault_apis(self.faults)
+
+
+def create_app(config: SandboxConfig | None = None) -> Starlette:
+    """Build the sandbox app; its state lives in the app, so two apps never share anything."""
+    config = config or SandboxConfig()
+    recorder = Recorder(config.record_limit)
+    injector = FaultInjector(config.seed, config.faults)
+    demo = DemoSource(DemoConfig(seed=config.seed, scale=config.scale))
+    public_api = SegmentPublicApi(
+        recorder,
+        demo.audit_events,
+        token=config.public_api_token,
+        rate_limit_per_min=config.public_api_rate_limit_per_min,
+    )
+    emulators: list[Emulator] = [
+        SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit),
+        public_api,
+        Heap(recorder, app_id=config.heap_app_id, api_key=config.heap_api_key),
+        Pendo(
+            recorder,
+            demo.recent,
+            integration_key=config.pendo_integration_key,
+            rate_limit=config.pendo_rate_limit,
+        ),
+        SplunkHec(
+            recorder,
+            token=config.splunk_hec_token,
+            indexes=config.splunk_indexes,
+            default_index=config.splunk_indexes[0],
+            ack=config.splunk_ack,
+            max_content_length=config.splunk_max_content_length,
+        ),
+    ]
+    control = _Control(recorder, injector, emulators, public_api)
+    routes: list[BaseRoute] = [Mount("/__sandbox__", routes=control.routes())]
+    for emulator in emulators:
+        gate = FaultGate(
+            Router(list(emulator.routes())), emulator.name, injector, recorder, emulator.fault_response
+        )
+        routes.append(Mount(f"/{emulator.name}", app=gate))
+    return Starlette(routes=routes)
+
+
+class DemoSource:
+    """Builds `DemoData` on first use and again when a caller needs a later "now" (thread-safe)."""
+
+    def __init__(self, config: DemoConfig) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._data: DemoData | None = None
+
+    def at_least(self, moment: datetime) -> DemoData:
+        """Demo data whose `now` is not before `moment` (building it costs ~30 ms)."""
+        with self._lock:
+            if self._data is None or self._data.now < moment:
+                self._data = DemoData(self._config, now=max(moment, datetime.now(UTC)))
+            return self._data
+
+    def recent(self) -> DemoData:
+        return self.at_least(datetime.now(UTC) - PENDO_DATA_MAX_AGE)
+
+    def audit_events(self, start: datetime, end: datetime) -> list[dict]:
+        return self.at_least(end).audit_events(start, end)
+
+
+class _Control:
+    """The `/__sandbox__` endpoints: read the recorder, steer faults, reset, inject audit events."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        injector: FaultInjector,
+        emulators: list[Emulator],
+        public_api: SegmentPublicApi,
+    ) -> None:
+        self.recorder = recorder
+        self.injector = injector
+        self.emulators = emulators
+        self.public_api = public_api
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/stats", self._stats, methods=["GET"]),
+            Route("/received/{api}", self._received, methods=["GET"]),
+            Route("/seen/{api}/{key:path}", self._seen, methods=["GET"]),
+            Route("/faults", self._faults, methods=["GET", "POST"]),
+            Route("/reset", self._reset, methods=["POST"]),
+            Route("/audit-events", self._inject_audit_events, methods=["POST"]),
+        ]
+
+    async def _stats(self, request: Request) -> Response:
+        return json_response(self.recorder.stats())
+
+    async def _received(self, request: Request) -> Response:
+        api = request.path_params["api"]
+        if api not in self.recorder:
+            return _bad_request(f"unknown api {api!r}", 404)
+        try:
+            limit = int(request.query_params.get("limit", 100))
+            offset = int(request.query_params.get("offset", 0))
+        except ValueError:
+            return _bad_request("limit and offset must be integers")
+        log = self.recorder[api]
+        items = [orjson.Fragment(item) for item in log.page(max(0, offset), max(0, limit))]
+        body = {"api": api, "received": log.counts["received"], "stored": len(log.items), "offset": offset}
+        return json_response(body | {"items": items})
+
+    async def _seen(self, request: Request) -> Response:
+        api, key = request.path_params["api"], request.path_params["key"]
+        if api not in self.recorder:
+            return _bad_request(f"unknown api {api!r}", 404)
+        return json_response({"api": api, "key": key, "seen": self.recorder[api].times_seen(key)})
+
+    async def _faults(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                self._apply_faults(orjson.loads(await request.body()))
+            except (orjson.JSONDecodeError, FaultSpecError) as exc:
+                return _bad_request(str(exc))
+        return json_response({api: spec.to_dict() for api, spec in self.injector.specs.items()})
+
+    def _apply_faults(self, body: object) -> None:
+        if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
+            raise FaultSpecError('expected {"<api>": {"rate_429": 0.1, ...}, ...}')
+        check_fault_apis(body)
+        if not body:
+            self.injector.specs.clear()
+        new_specs = {api: FaultSpec.from_dict(values) for api, values in body.items()}
+        for api, spec in new_specs.items():
+            if body[api]:
+                self.injector.specs[api] = spec
+            else:
+                self.injector.specs.pop(api, None)
+
+    async def _reset(self, request: Request) -> Response:
+        self.recorder.reset()
+        self.injector.reset()
+        for emulator in self.emulators:
+            emulator.reset()
+        return json_response({"reset": True})
+
+    async def _inject_audit_events(self, request: Request) -> Response:
+        try:
+            events = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return _bad_request(str(exc))
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            return _bad_request("expected a JSON array of (partial) audit events")
+        return json_response({"events": self.public_api.inject(events)})
+
+
+def _bad_request(message: str, status: int = 400) -> Response:
+    return json_response({"error": message}, status)

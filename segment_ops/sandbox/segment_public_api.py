@@ -1,0 +1,252 @@
+"""Segment Public API emulator (spec §2), mounted at `/segmentapis`: the audit trail, `GET /audit-events`.
+
+Events come from the demo data (their "now" moves with the wall clock, so new events appear as time
+passes) plus any injected through the sandbox-only `POST /__sandbox__/audit-events`.
+
+Choices where the spec is silent or unverified:
+- A missing or wrong Bearer token gets 401 (RFC 6750 `invalid_token`); 403 would mean a valid token
+  without the needed permission, which the sandbox does not model.
+- Rate limit: a fixed 60 s window of `rate_limit_per_min` points per token, one point per request (the
+  600/min figure is a third-party claim). `X-RateLimit-*` headers are on every success; a 429 has the
+  spec's exact body plus `Retry-After` (whether Segment sends it is unverified: clients should also
+  read `msBeforeNext`).
+- Events are sorted newest first (then by id). `startTime` is exclusive, `endTime` inclusive and
+  capped at now; a `startTime` older than the 90-day retention is clamped to it.
+- The cursor is opaque base64 of (offset, window, filters). The first page fixes `endTime`, so the
+  walk is stable while new events arrive; the cursor's window and filters win over repeated params.
+- Error types: `RequestError` for 4xx, `ServerError` for 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from segment_ops.sandbox.common import json_response, retry_after_headers, scheme_token
+from segment_ops.sandbox.recorder import Recorder
+
+MAX_PAGE_SIZE = 200
+RETENTION = timedelta(days=90)
+WINDOW_SECONDS = 60.0
+
+AuditSource = Callable[[datetime, datetime], list[dict]]
+
+
+class InvalidParameter(Exception):
+    """A query parameter Segment answers with 400; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class _Query:
+    start: datetime
+    end: datetime
+    resource_id: str | None
+    resource_type: str | None
+    offset: int
+    count: int
+
+
+class SegmentPublicApi:
+    """Audit trail over demo plus injected events, with Segment's envelopes, cursors and rate headers."""
+
+    name = "segmentapis"
+
+    def __init__(
+        self, recorder: Recorder, audit_source: AuditSource, *, token: str, rate_limit_per_min: int = 600
+    ) -> None:
+        self.recorder = recorder
+        self.audit_source = audit_source
+        self.token = token
+        self._window = _PointsWindow(rate_limit_per_min)
+        self._injected: list[dict] = []
+        self._ids = itertools.count(1)
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [Route("/audit-events", self._audit_events, methods=["GET"])]
+
+    def fault_response(self, status: int, retry_after: int) -> Response:
+        if status == 429:
+            return self._too_many(retry_after * 1000.0)
+        return _error(status, "ServerError", f"sandbox fault injection: HTTP {status}")
+
+    def reset(self) -> None:
+        self._window = _PointsWindow(self._window.limit)
+        self._injected.clear()
+
+    def inject(self, partial_events: list[dict]) -> list[dict]:
+        """Add audit events (missing fields get defaults, `timestamp` defaults to now); returns them whole."""
+        now = _iso(datetime.now(UTC), "milliseconds")
+        events = []
+        for partial in partial_events:
+            number = next(self._ids)
+            events.append(
+                {
+                    "id": f"sandbox-audit-{number}",
+                    "timestamp": now,
+                    "type": "Source Modified",
+                    "actor": "sandbox@example.com",
+                    "actorEmail": "sandbox@example.com",
+                    "resourceId": f"sandbox-resource-{number}",
+                    "resourceType": "source",
+                    "resourceName": "sandbox",
+                    **partial,
+                }
+            )
+        self._injected.extend(events)
+        return events
+
+    async def _audit_events(self, request: Request) -> Response:
+        if scheme_token(request.headers.get("authorization"), "Bearer") != self.token:
+            return _error(401, "RequestError", "Unauthorized: missing or invalid token")
+        if not self._window.consume():
+            return self._too_many(self._window.ms_before_next())
+        try:
+            query = _parse_query(request.query_params, datetime.now(UTC))
+        except InvalidParameter as exc:
+            return _error(400, "RequestError", str(exc), field=exc.field)
+        self.recorder[self.name].store(dict(request.query_params))
+        events = await run_in_threadpool(self._events, query)
+        page = events[query.offset : query.offset + query.count]
+        pagination = {"current": _cursor(query, query.offset), "totalEntries": len(events)}
+        if query.offset + query.count < len(events):
+            pagination["next"] = _cursor(query, query.offset + query.count)
+        if query.offset > 0:
+            pagination["previous"] = _cursor(query, max(0, query.offset - query.count))
+        return json_response(
+            {"data": {"events": page, "pagination": pagination}}, headers=self._window.headers()
+        )
+
+    def _events(self, query: _Query) -> list[dict]:
+        """All events in (start, end] matching the filters, newest first."""
+        if query.start >= query.end:
+            return []
+        injected = [e for e in self._injected if query.start < _parse_time(e["timestamp"]) <= query.end]
+        events = [*self.audit_source(query.start, query.end), *injected]
+        if query.resource_id is not None:
+            events = [e for e in events if e.get("resourceId") == query.resource_id]
+        if query.resource_type is not None:
+            events = [e for e in events if e.get("resourceType") == query.resource_type]
+        return sorted(events, key=lambda e: (_parse_time(e["timestamp"]), e["id"]), reverse=True)
+
+    def _too_many(self, ms_before_next: float) -> Response:
+        body = {
+            "errors": [
+                {
+                    "type": "RequestError",
+                    "message": "Too many requests",
+                    "data": {
+                        "remainingPoints": 0,
+                        "msBeforeNext": int(ms_before_next),
+                        "consumedPoints": self._window.consumed,
+                    },
+                }
+            ]
+        }
+        return json_response(
+            body, 429, {**retry_after_headers(ms_before_next / 1000), **self._window.headers()}
+        )
+
+
+class _PointsWindow:
+    """Fixed one-minute window of rate-limit points, the source of the X-RateLimit-* headers."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.consumed = 0
+        self._start = time.time()
+
+    def consume(self) -> bool:
+        now = time.time()
+        if now >= self._start + WINDOW_SECONDS:
+            self._start, self.consumed = now, 0
+        if self.consumed >= self.limit:
+            return False
+        self.consumed += 1
+        return True
+
+    def ms_before_next(self) -> float:
+        return max(0.0, (self._start + WINDOW_SECONDS - time.time()) * 1000)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Consumed": str(self.consumed),
+            "X-RateLimit-Remaining": str(max(0, self.limit - self.consumed)),
+            "X-RateLimit-Reset": formatdate(self._start + WINDOW_SECONDS, usegmt=True),
+        }
+
+
+def _parse_query(params: Mapping[str, str], now: datetime) -> _Query:
+    raw_count = params.get("pagination.count")
+    if raw_count is None:
+        raise InvalidParameter("pagination.count", "pagination.count is required (1-200)")
+    try:
+        count = int(raw_count)
+    except ValueError:
+        raise InvalidParameter("pagination.count", "pagination.count must be an integer") from None
+    if not 1 <= count <= MAX_PAGE_SIZE:
+        raise InvalidParameter("pagination.count", f"pagination.count must be between 1 and {MAX_PAGE_SIZE}")
+    cursor = params.get("pagination.cursor")
+    if cursor:
+        return _decode_cursor(cursor, count)
+    start = max(_time_param(params, "startTime") or now - RETENTION, now - RETENTION)
+    end = min(_time_param(params, "endTime") or now, now)
+    return _Query(start, end, params.get("resourceId"), params.get("resourceType"), 0, count)
+
+
+def _time_param(params: Mapping[str, str], name: str) -> datetime | None:
+    raw = params.get(name)
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidParameter(name, f"{name} must be an ISO-8601 date-time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _cursor(query: _Query, offset: int) -> str:
+    state = [offset, _iso(query.start), _iso(query.end), query.resource_id, query.resource_type]
+    return base64.urlsafe_b64encode(orjson.dumps(state)).decode()
+
+
+def _decode_cursor(cursor: str, count: int) -> _Query:
+    try:
+        offset, start, end, resource_id, resource_type = orjson.loads(base64.urlsafe_b64decode(cursor))
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(offset)
+        return _Query(_parse_time(start), _parse_time(end), resource_id, resource_type, offset, count)
+    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
+        raise InvalidParameter("pagination.cursor", "pagination.cursor is not a valid cursor") from None
+
+
+def _parse_time(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime, timespec: str = "microseconds") -> str:
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _error(status: int, error_type: str, message: str, *, field: str | None = None) -> Response:
+    """Segment's error envelope `{"errors": [{type, message, field?, status}]}`."""
+    error: dict = {"type": error_type, "message": message, "status": status}
+    if field:
+        error["field"] = field
+    return json_response({"errors": [error]}, status)

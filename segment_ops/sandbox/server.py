@@ -1,0 +1,129 @@
+"""Run the sandbox: `start_sandbox` (uvicorn in a daemon thread, for tests and benchmarks) and `serve`
+(blocking, for the CLI). Both use httptools, no access log and log level warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+
+from segment_ops.sandbox.app import SandboxConfig, create_app
+
+START_TIMEOUT_SECONDS = 15.0
+
+
+class SandboxStartError(RuntimeError):
+    """The sandbox server did not come up."""
+
+
+class RunningSandbox:
+    """A sandbox serving on `url`, with helpers over the `/__sandbox__` control endpoints."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, url: str) -> None:
+        self.url = url
+        self._server = server
+        self._thread = thread
+        self._http = httpx.Client(base_url=f"{url}/__sandbox__", timeout=30.0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._http.close()
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> RunningSandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, dict]:
+        return self._call("GET", "/stats")
+
+    def received(self, api: str, limit: int = 100, offset: int = 0) -> list[dict]:
+        return self._call("GET", f"/received/{api}", params={"limit": limit, "offset": offset})["items"]
+
+    def seen(self, api: str, key: str) -> int:
+        """How many times a dedupe key (Segment messageId, Heap idempotency_key) arrived."""
+        return self._call("GET", f"/seen/{api}/{key}")["seen"]
+
+    def set_faults(self, api: str, **rates: float) -> dict:
+        """Replace one API's fault spec, e.g. `set_faults("segment", rate_429=0.2, retry_after_seconds=2)`."""
+        return self._call("POST", "/faults", json={api: rates})
+
+    def clear_faults(self) -> dict:
+        return self._call("POST", "/faults", json={})
+
+    def reset(self) -> None:
+        self._call("POST", "/reset")
+
+    def inject_audit_events(self, events: list[dict]) -> list[dict]:
+        return self._call("POST", "/audit-events", json=events)["events"]
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+
+def start_sandbox(
+    config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> RunningSandbox:
+    """Serve the sandbox from a daemon thread (port 0: a free port); returns once it accepts connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    server = uvicorn.Server(_uvicorn_config(config, host, bound_port, log_config=None))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"sandbox:{bound_port}", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise SandboxStartError(f"sandbox did not start on {host}:{bound_port}")
+        time.sleep(0.01)
+    url_host = f"[{host}]" if family == socket.AF_INET6 else host
+    return RunningSandbox(server, thread, f"http://{url_host}:{bound_port}")
+
+
+def serve(config: SandboxConfig | None, host: str, port: int) -> None:
+    """Serve the sandbox in the foreground until interrupted."""
+    print(f"segment_ops sandbox listening on http://{host}:{port}", flush=True)
+    uvicorn.Server(_uvicorn_config(config, host, port)).run()
+
+
+def _uvicorn_config(config: SandboxConfig | None, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
+    _hide_intentional_drops()
+    return uvicorn.Config(
+        create_app(config),
+        host=host,
+        port=port,
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        **kwargs,
+    )
+
+
+class _IntentionalDropFilter(logging.Filter):
+    """uvicorn logs every response the app leaves unfinished; the fault gate does that on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing response."
+
+
+def _hide_intentional_drops() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _IntentionalDropFilter) for f in logger.filters):
+        logger.addFilter(_IntentionalDropFilter())

@@ -1,0 +1,153 @@
+"""The demo warehouse that reverse-ETL models run against: a DuckDB file built from `DemoData`.
+
+Tables (schema `main` unless noted; every timestamp is TIMESTAMPTZ, money is DECIMAL as in a real
+warehouse):
+
+* `customers`: one row per known user (a user_id or at least an email), with the demo data's
+  malformed rows kept on purpose: NULL user_id leads, a duplicated user_id, a bad email;
+* `accounts`: the demo accounts;
+* `orders`: about 3 per identified user, status completed / pending / refunded (pending orders have
+  no `completed_at`); `customers.lifetime_value` is the sum of the user's completed orders;
+* `heap.segments` and `heap.segment_members`: Heap Connect style copies of the segments and of their
+  membership in the 4-hour sync window containing `data.now` (`synced_at` is that window's start);
+* `identity_map`: Heap identity (email or internal id) -> Segment user_id for every known user;
+  the few Heap-only identities in `heap.segment_members` are deliberately absent.
+
+The file is built next to its destination and moved into place with `os.replace`, so a reader
+never sees a half-built warehouse.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from segment_ops.sandbox.demo_data import HEAP_SYNC_WINDOW, POPULATION_AS_OF, DemoData
+
+_SALT_ORDERS = 501  # numpy seed salt of the order stream (demo_data uses 1xx-4xx)
+TABLES = ("customers", "accounts", "orders", "heap.segments", "heap.segment_members", "identity_map")
+
+
+def build_demo_warehouse(path: str | Path, data: DemoData, *, overwrite: bool = True) -> dict[str, int]:
+    """Write the demo warehouse for `data` to `path` atomically; returns the row count of each table."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"demo warehouse {path} exists and overwrite=False")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            _create_tables(con, data)
+            counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        # A WAL left by an old writer of `path` must not be replayed against the new file.
+        _wal(path).unlink(missing_ok=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _wal(tmp).unlink(missing_ok=True)
+    return counts
+
+
+def _create_tables(con: duckdb.DuckDBPyConnection, data: DemoData) -> None:
+    users = data.users
+    orders = _orders(data)
+    members = _segment_members(data)
+    identity_map = pa.Table.from_pandas(data.heap_identity_map(), preserve_index=False)
+    segments = pd.DataFrame(data.heap_segments()).rename(columns={"id": "segment_id"})
+    for name, frame in (("users_df", users), ("accounts_df", data.accounts), ("orders_df", orders),
+                        ("members_df", members), ("identity_df", identity_map), ("segments_df", segments)):
+        con.register(name, frame)
+    con.execute("CREATE SCHEMA heap")
+    con.execute("""
+        CREATE TABLE accounts AS
+        SELECT account_id, name, plan, seats::INTEGER AS seats, industry, mrr::DECIMAL(12, 2) AS mrr,
+               created_at::TIMESTAMPTZ AS created_at, updated_at::TIMESTAMPTZ AS updated_at
+        FROM accounts_df
+    """)
+    con.execute("""
+        CREATE TABLE orders AS
+        SELECT 'ord_' || lpad(order_no::VARCHAR, 9, '0') AS order_id, user_id::VARCHAR AS user_id,
+               account_id::VARCHAR AS account_id, status::VARCHAR AS status,
+               amount::DECIMAL(10, 2) AS amount, currency::VARCHAR AS currency, completed_at::TIMESTAMPTZ AS completed_at,
+               updated_at::TIMESTAMPTZ AS updated_at
+        FROM orders_df
+    """)
+    con.execute("""
+        CREATE TABLE customers AS
+        WITH ltv AS (
+            SELECT user_id, sum(amount) FILTER (WHERE status = 'completed') AS value FROM orders GROUP BY user_id
+        )
+        SELECT u.user_id, u.email, u.name, u.account_id, u.plan, u.country,
+               coalesce(ltv.value, 0)::DECIMAL(12, 2) AS lifetime_value,
+               u.created_at::TIMESTAMPTZ AS created_at, u.updated_at::TIMESTAMPTZ AS updated_at
+        FROM users_df u LEFT JOIN ltv ON ltv.user_id = u.user_id
+        WHERE u.user_id IS NOT NULL OR u.email IS NOT NULL
+    """)
+    con.execute("CREATE TABLE heap.segments AS SELECT segment_id::BIGINT AS segment_id, name FROM segments_df")
+    con.execute("""
+        CREATE TABLE heap.segment_members AS
+        SELECT segment_id::BIGINT AS segment_id, identity, synced_at::TIMESTAMPTZ AS synced_at
+        FROM members_df
+    """)
+    con.execute("CREATE TABLE identity_map AS SELECT identity, user_id FROM identity_df")
+
+
+def _segment_members(data: DemoData) -> pa.Table:
+    """Membership of every Heap segment in the sync window containing `data.now`."""
+    window = HEAP_SYNC_WINDOW.total_seconds() * 1000
+    now_ms = int(data.now.timestamp() * 1000)
+    synced_ms = int(now_ms // window * window)
+    ids, identities = [], []
+    for segment in data.heap_segments():
+        members = data.heap_segment_members(segment["id"], data.now)
+        ids.extend([segment["id"]] * len(members))
+        identities.extend(members)
+    return pa.table({
+        "segment_id": pa.array(ids, pa.int64()),
+        "identity": pa.array(identities, pa.string()),
+        "synced_at": pa.array(np.full(len(ids), synced_ms), pa.timestamp("ms", tz="UTC")),
+    })
+
+
+def _orders(data: DemoData) -> pa.Table:
+    """About 3 orders per identified user, placed between the user's signup and `POPULATION_AS_OF`."""
+    users = data.users
+    known = users[users["user_id"].notna()].drop_duplicates("user_id")  # the stale duplicate is not a buyer
+    created_us = known["created_at"].to_numpy("datetime64[us]").astype(np.int64)
+    user_ids, account_ids = (pa.array(known[c].to_numpy(), pa.string()) for c in ("user_id", "account_id"))
+    as_of_us = int(POPULATION_AS_OF.timestamp()) * 1_000_000
+    rng = np.random.default_rng([data.config.seed, _SALT_ORDERS])
+    counts = np.where(created_us < as_of_us, rng.poisson(3, len(known)), 0)
+    buyer = np.repeat(np.arange(len(known), dtype=np.int32), counts)
+    n = len(buyer)
+    placed = created_us[buyer] + (rng.random(n) * (as_of_us - created_us[buyer])).astype(np.int64)
+    status = rng.choice(3, n, p=[0.85, 0.08, 0.07]).astype(np.int8)  # completed, pending, refunded
+    day_us = 86_400 * 1_000_000
+    settle = np.where(status == 2, rng.uniform(1, 20, n) * day_us, rng.uniform(0, 0.1, n) * day_us)
+    return pa.table({
+        "order_no": pa.array(np.arange(1, n + 1)),
+        # Dictionary-encoded: DuckDB reads them as VARCHAR without a million Python strings.
+        "user_id": pa.DictionaryArray.from_arrays(buyer, user_ids),
+        "account_id": pa.DictionaryArray.from_arrays(buyer, account_ids),
+        "status": pa.DictionaryArray.from_arrays(status, pa.array(["completed", "pending", "refunded"])),
+        "amount": pa.array(np.round(rng.lognormal(np.log(80), 0.8, n), 2)),
+        "currency": pa.DictionaryArray.from_arrays(
+            rng.choice(3, n, p=[0.7, 0.2, 0.1]).astype(np.int8), pa.array(["USD", "EUR", "GBP"])
+        ),
+        "completed_at": pa.array(placed, pa.timestamp("us", tz="UTC"), mask=status == 1),
+        "updated_at": pa.array(placed + settle.astype(np.int64), pa.timestamp("us", tz="UTC")),
+    })
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")

@@ -1,0 +1,172 @@
+"""The Splunk HEC emulator over real HTTP (spec §5)."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
+
+AUTH = {"Authorization": f"Splunk {SANDBOX_SPLUNK_HEC_TOKEN}"}
+EVENT_PATH = "/splunk/services/collector/event"
+
+
+def post(
+    http: httpx.Client, body: bytes, headers: dict | None = None, path: str = EVENT_PATH, **kw
+) -> httpx.Response:
+    return http.post(path, content=body, headers=AUTH if headers is None else headers, **kw)
+
+
+def test_concatenated_events_are_indexed_with_metadata(sandbox_http, clean_sandbox):
+    body = (
+        b'{"time": 1700000000.5, "sourcetype": "audit", "index": "segment_audit", "event": {"action": "login"}}\n'
+        b'{"event": "second", "fields": {"team": "data"}}'
+    )
+
+    response = post(sandbox_http, body)
+
+    assert response.status_code == 200 and response.json() == {"text": "Success", "code": 0}
+    first, second = clean_sandbox.received("splunk")
+    assert (
+        first["time"] == 1700000000.5
+        and first["sourcetype"] == "audit"
+        and first["event"] == {"action": "login"}
+    )
+    assert second["index"] == SANDBOX_SPLUNK_INDEX and second["fields"] == {"team": "data"}
+
+
+@pytest.mark.parametrize("path", ["/splunk/services/collector", "/splunk/services/collector/event/1.0"])
+def test_event_endpoint_aliases(sandbox_http, path):
+    assert post(sandbox_http, b'{"event": "x"}', path=path).json()["code"] == 0
+
+
+def test_basic_auth_with_token_as_password(sandbox_http):
+    response = sandbox_http.post(
+        EVENT_PATH, content=b'{"event": "x"}', auth=("anyone", SANDBOX_SPLUNK_HEC_TOKEN)
+    )
+
+    assert response.json()["code"] == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "status", "code"),
+    [
+        ({}, {}, 401, 2),
+        ({"Authorization": SANDBOX_SPLUNK_HEC_TOKEN}, {}, 401, 3),
+        ({"Authorization": "Splunk 11111111-2222-3333-4444-555555555555"}, {}, 403, 4),
+        ({}, {"token": SANDBOX_SPLUNK_HEC_TOKEN}, 400, 16),
+    ],
+    ids=["missing", "no-prefix", "wrong-token", "query-token"],
+)
+def test_auth_failures(sandbox_http, headers, params, status, code):
+    response = post(sandbox_http, b'{"event": "x"}', headers=headers, params=params)
+
+    assert (response.status_code, response.json()["code"]) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"", 400, 5),
+        (b"  \n ", 400, 5),
+        (b'{"event": "x"}{"event": ', 400, 6),
+        (b'{"event": "x"}["not", "an", "object"]', 400, 6),
+        (b'{"event": "x"}{"time": 1}', 400, 12),
+        (b'{"event": "x"}{"event": "  "}', 400, 13),
+        (b'{"event": "x"}{"event": "y", "index": "secret"}', 400, 7),
+        (b'{"event": "x"}{"event": "y", "time": "noon"}', 400, 6),
+        (b'{"event": "x"}{"event": "y", "fields": {"a": {"b": 1}}}', 400, 15),
+    ],
+    ids=[
+        "empty",
+        "blank-body",
+        "bad-json",
+        "not-object",
+        "no-event",
+        "blank-event",
+        "index",
+        "bad-time",
+        "fields",
+    ],
+)
+def test_invalid_bodies(sandbox_http, body, status, code):
+    response = post(sandbox_http, body)
+
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    if code != 5:
+        assert response.json()["invalid-event-number"] == 1
+
+
+def test_events_before_an_invalid_one_are_recorded(sandbox_http, clean_sandbox):
+    post(sandbox_http, b'{"event": "kept"}{"event": "also kept"}{oops')
+
+    assert [e["event"] for e in clean_sandbox.received("splunk")] == ["kept", "also kept"]
+
+
+def test_raw_endpoint_indexes_one_event_per_line(sandbox_http, clean_sandbox):
+    response = post(
+        sandbox_http,
+        b"line one\n\nline two\n",
+        path="/splunk/services/collector/raw",
+        params={"sourcetype": "raw"},
+    )
+
+    assert response.json()["code"] == 0
+    assert [(e["event"], e["sourcetype"]) for e in clean_sandbox.received("splunk")] == [
+        ("line one", "raw"),
+        ("line two", "raw"),
+    ]
+
+
+def test_health_needs_no_token(sandbox_http):
+    response = sandbox_http.get("/splunk/services/collector/health")
+
+    assert (response.status_code, response.json()["code"]) == (200, 17)
+
+
+def test_ack_query_without_ack_enabled_is_code_14(sandbox_http):
+    response = post(sandbox_http, b'{"acks": [0]}', path="/splunk/services/collector/ack")
+
+    assert (response.status_code, response.json()["code"]) == (400, 14)
+
+
+def test_oversized_request_is_413(sandbox_factory):
+    small = sandbox_factory(splunk_max_content_length=100)
+    with httpx.Client(base_url=small.url) as http:
+        response = post(http, b'{"event": "' + b"x" * 200 + b'"}')
+
+    assert response.status_code == 413
+
+
+@pytest.fixture
+def ack_http(sandbox_factory):
+    with httpx.Client(base_url=sandbox_factory(splunk_ack=True).url) as http:
+        yield http
+
+
+def test_ack_needs_a_channel(ack_http):
+    response = post(ack_http, b'{"event": "x"}')
+
+    assert (response.status_code, response.json()["code"]) == (400, 10)
+
+
+def test_channel_must_be_a_guid(ack_http):
+    response = post(ack_http, b'{"event": "x"}', headers={**AUTH, "X-Splunk-Request-Channel": "not-a-guid"})
+
+    assert (response.status_code, response.json()["code"]) == (400, 11)
+
+
+def test_ack_ids_count_per_channel_and_report_indexed(ack_http):
+    channel = str(uuid.uuid4())
+    headers = {**AUTH, "X-Splunk-Request-Channel": channel}
+
+    ack_ids = [post(ack_http, b'{"event": "x"}', headers=headers).json()["ackId"] for _ in range(2)]
+    other = post(ack_http, b'{"event": "x"}', params={"channel": str(uuid.uuid4())}).json()["ackId"]
+    status = ack_http.post(
+        "/splunk/services/collector/ack", params={"channel": channel}, json={"acks": [0, 1, 5]}, headers=AUTH
+    )
+
+    assert ack_ids == [0, 1] and other == 0
+    assert status.json() == {"acks": {"0": True, "1": True, "5": False}}
