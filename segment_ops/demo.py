@@ -30,6 +30,7 @@ class DemoStep:
     run_config: Callable[[Path], dict]
     read_key: str
     sent_key: str
+    already_sent_key: str
     rejected_keys: tuple[str, ...]
 
 
@@ -38,7 +39,7 @@ def _replay_config(home: Path) -> dict:
 
 
 DEMO_STEPS = (
-    DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered",
+    DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "already_delivered_or_pending",
              ("rejected_lines", "rejected_by_destination")),
 )
 
@@ -70,22 +71,23 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
 
         definitions = defs()
         instance = dg.DagsterInstance.get()
-        present = {spec.group_name for spec in definitions.resolve_all_asset_specs()}
         failed = 0
         rows = []
         for step in DEMO_STEPS:
             job = definitions.resolve_job_def(step.job_name)
-            result = job.execute_in_process(run_config=step.run_config(home), instance=instance, raise_on_error=False)
+            run_config = {**step.run_config(home), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+            result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
             metadata = _materialization_metadata(result)
             failed += 0 if result.success else 1
             rows.append((step.group, "ok" if result.success else "FAILED", metadata.get(step.read_key, "-"),
-                         metadata.get(step.sent_key, "-"),
+                         metadata.get(step.sent_key, "-"), metadata.get(step.already_sent_key, "-"),
                          sum(int(metadata.get(k, 0)) for k in step.rejected_keys), result.run_id))
         _print_summary(rows)
         stats = sandbox.stats()
-        print(f"sandbox recorder: segment calls accepted {stats.get('segment', {}).get('accepted', 0):,}, "
-              f"duplicates {stats.get('segment', {}).get('duplicates', 0):,}")
-        missing = [g for g in PLANNED_SYNC_GROUPS if g not in present]
+        segment = stats.get("segment", {})
+        print(f"sandbox recorder: Segment received {segment.get('received', 0):,} unique calls "
+              f"({segment.get('duplicates', 0):,} duplicate deliveries, deduplicated by messageId)")
+        missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
             print("not built yet (so not run): " + ", ".join(missing))
         print("open the UI on these runs: DAGSTER_HOME=$PWD/.dagster_home .venv/bin/dagster dev")
@@ -145,7 +147,7 @@ def _materialization_metadata(result: object) -> dict:
 
 
 def _print_summary(rows: list[tuple]) -> None:
-    headers = ("sync", "status", "read", "sent", "rejected", "run")
+    headers = ("sync", "status", "read", "sent", "already sent", "rejected", "run")
     table = [headers, *[tuple(str(v) for v in row) for row in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     for row in table:

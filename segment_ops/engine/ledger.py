@@ -5,8 +5,8 @@ log as soon as Segment answers, and `compact()` folds the log into the ledger's 
 at any point therefore loses at most the acknowledgements of the batches in flight; those messages are
 sent again with the same messageId, which Segment deduplicates (ARCHITECTURE rules 1-3).
 
-The SQL is kept portable (no DuckDB-only syntax outside `_load_frame`) so the state can move to
-PostgreSQL by configuration when runs move to separate machines.
+The SQL is kept close to portable (standard DDL and DML; `arg_min`/`arg_max` have PostgreSQL
+equivalents) so the state can move to PostgreSQL by configuration when runs move to separate machines.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     seq          BIGINT NOT NULL,
     planned_run  VARCHAR,
     planned_at   TIMESTAMPTZ NOT NULL,
-    delivered_at TIMESTAMPTZ,
-    PRIMARY KEY (sync, message_id)
+    delivered_at TIMESTAMPTZ
+    -- (sync, message_id) is unique: planning inserts only ids the ledger lacks, inside a transaction,
+    -- and a staging file has one writer. No PRIMARY KEY: DuckDB keeps such an index in memory, which
+    -- at millions of messages would break the engine's memory bound.
 );
 CREATE TABLE IF NOT EXISTS delivery_log (
     sync       VARCHAR NOT NULL,
@@ -96,7 +98,7 @@ class Ledger:
 
     def add_planned(self, sync: str, messages: Sequence[PlannedMessage], *, run_id: str | None = None,
                     force: bool = False) -> PlanCounts:
-        """Record messages as pending; a messageId already in the ledger is left alone (or reset with `force`)."""
+        """Record messages built in Python as pending (see `plan_relation`)."""
         if not messages:
             return PlanCounts(0, 0, 0, 0)
         frame = pa.table({
@@ -106,37 +108,56 @@ class Ledger:
             "payload": [m.payload.decode() for m in messages],
             "ord": pa.array(range(len(messages)), pa.int64()),
         })
+        self.con.register("incoming_messages", frame)
+        try:
+            return self.plan_relation(sync, "incoming_messages", run_id=run_id, force=force)
+        finally:
+            self.con.unregister("incoming_messages")
+
+    def plan_relation(self, sync: str, relation: str, *, run_id: str | None = None,
+                      force: bool = False) -> PlanCounts:
+        """Record the rows of `relation` (message_id, record_key, call_type, payload, ord) as pending.
+
+        A messageId already in the ledger is left alone, so planning the same change twice sends it
+        once; `force` puts it back to pending instead. Duplicates within `relation` are planned once,
+        in the order of their first `ord`.
+        """
         con = self.con
         con.execute("BEGIN")
         try:
-            self._load_frame("incoming", frame)
-            total, distinct = con.execute("SELECT count(*), count(DISTINCT message_id) FROM incoming").fetchone()
-            known = con.execute(
-                "SELECT count(DISTINCT i.message_id) FROM incoming i JOIN ledger l "
-                "ON l.sync = ? AND l.message_id = i.message_id", [sync]).fetchone()[0]
+            # Only (message_id, ord) take part in the dedupe and the ledger lookup, so no hash table or
+            # sort ever carries payloads: memory stays flat however large the plan.
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE plan_ids AS
+                SELECT message_id, min(ord) AS first_ord, count(*) AS copies,
+                       EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? AND l.message_id = i.message_id) AS known
+                FROM {relation} AS i GROUP BY message_id
+                """, [sync])
+            total, distinct, known = con.execute(
+                "SELECT coalesce(sum(copies), 0), count(*), count(*) FILTER (WHERE known) FROM plan_ids").fetchone()
             if force and known:
                 con.execute(
                     "UPDATE ledger SET status = ?, delivered_at = NULL, last_error = NULL "
-                    "WHERE sync = ? AND message_id IN (SELECT message_id FROM incoming)", [PENDING, sync])
-            seq0 = con.execute("SELECT coalesce(max(seq), 0) FROM ledger WHERE sync = ?", [sync]).fetchone()[0]
+                    "WHERE sync = ? AND message_id IN (SELECT message_id FROM plan_ids WHERE known)", [PENDING, sync])
+            # seq keeps the input's order: the next free number plus the row's position in the input.
+            seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM ledger WHERE sync = ?", [sync]).fetchone()[0]
+            base = con.execute(f"SELECT coalesce(min(ord), 0) FROM {relation}").fetchone()[0]
             con.execute(
-                """
+                f"""
                 INSERT INTO ledger (sync, message_id, record_key, call_type, payload, status, attempts,
                                     seq, planned_run, planned_at)
-                SELECT ?, message_id, record_key, call_type, payload, ?, 0, ? + row_number() OVER (ORDER BY first_row), ?, ?
-                FROM (SELECT message_id, any_value(record_key) AS record_key, any_value(call_type) AS call_type,
-                             any_value(payload) AS payload, min(ord) AS first_row
-                      FROM incoming GROUP BY message_id) AS i
-                WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? AND l.message_id = i.message_id)
+                SELECT ?, i.message_id, i.record_key, i.call_type, i.payload, ?, 0, ? + i.ord - ?, ?, ?
+                FROM {relation} AS i JOIN plan_ids p ON p.message_id = i.message_id AND p.first_ord = i.ord
+                WHERE NOT p.known
                 """,
-                [sync, PENDING, seq0, run_id, _now(), sync],
+                [sync, PENDING, seq0, base, run_id, _now()],
             )
+            con.execute("DROP TABLE plan_ids")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        finally:
-            con.unregister("incoming")
         planned = distinct if force else distinct - known
         return PlanCounts(planned=planned, already_known=0 if force else known,
                           duplicates_in_input=total - distinct, rejected=0)
@@ -150,17 +171,31 @@ class Ledger:
             [(sync, run_id, r.record_key, r.source, r.reason, r.record, _now()) for r in rejections],
         )
 
+    def reject_relation(self, sync: str, relation: str, *, run_id: str | None = None) -> int:
+        """Keep the rows of `relation` (record_key, source, reason, record) in the rejected table."""
+        return self.con.execute(
+            f"INSERT INTO rejected (sync, run_id, record_key, source, reason, record, rejected_at) "
+            f"SELECT ?, ?, record_key, source, reason, record, ? FROM {relation}", [sync, run_id, _now()]
+        ).fetchone()[0]
+
     def iter_pending(self, sync: str, chunk_rows: int = 20_000) -> Iterator[list[tuple[str, str]]]:
-        """Pending (message_id, payload) in planning order, a chunk at a time (keyset paging on seq)."""
-        last = -1
-        while True:
+        """Pending (message_id, payload) in planning order, a window of `seq` at a time.
+
+        Windows of `seq` rather than ORDER BY ... LIMIT: seq grows with insertion, so each window reads
+        only its own row groups and nothing is sorted.
+        """
+        low, high = self.con.execute(
+            "SELECT min(seq), max(seq) FROM ledger WHERE sync = ? AND status = ?", [sync, PENDING]).fetchone()
+        if low is None:
+            return
+        start = low
+        while start <= high:
             rows = self.con.execute(
-                "SELECT seq, message_id, payload FROM ledger WHERE sync = ? AND status = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?", [sync, PENDING, last, chunk_rows]).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield [(mid, payload) for _, mid, payload in rows]
+                "SELECT message_id, payload FROM ledger WHERE sync = ? AND status = ? AND seq >= ? AND seq < ? "
+                "ORDER BY seq", [sync, PENDING, start, start + chunk_rows]).fetchall()
+            start += chunk_rows
+            if rows:
+                yield rows
 
     def log_outcomes(self, sync: str, outcomes: Sequence[tuple[str, str, int, str | None]]) -> None:
         """Append (message_id, status, attempts, error) as soon as the destination answered."""
@@ -173,7 +208,7 @@ class Ledger:
             "attempts": pa.array([o[2] for o in outcomes], pa.int32()),
             "error": [o[3] for o in outcomes],
         })
-        self._load_frame("outcomes", frame)
+        self.con.register("outcomes", frame)
         try:
             self.con.execute(
                 "INSERT INTO delivery_log SELECT ?, message_id, status, attempts, error, ? FROM outcomes", [sync, now])
@@ -218,9 +253,6 @@ class Ledger:
         return self.con.execute(
             "SELECT record_key, source, reason FROM rejected WHERE sync = ? AND run_id = ? "
             "ORDER BY rejected_at LIMIT ?", [sync, run_id, limit]).fetchall()
-
-    def _load_frame(self, name: str, frame: pa.Table) -> None:
-        self.con.register(name, frame)
 
 
 def _now() -> datetime:
