@@ -42,28 +42,28 @@ def test_deterministic_message_id_is_uuid_shaped():
     assert len(value) == 36 and value.count("-") == 4
 
 
-@pytest.mark.parametrize(
-    ("call", "reason"),
-    [
-        ({"type": "identify"}, "needs a userId or an anonymousId"),
-        ({"type": "track", "userId": "u"}, "non-empty event name"),
-        ({"type": "track", "userId": "u", "event": "  "}, "non-empty event name"),
-        ({"type": "group", "userId": "u"}, "needs a groupId"),
-        ({"type": "alias", "userId": "u"}, "previousId and userId"),
-        ({"type": "shout", "userId": "u"}, "type must be one of"),
-        ({"userId": "u"}, "type must be one of"),
-        ({"type": "identify", "userId": {"id": 1}}, "userId must be a string"),
-        ({"type": "identify", "userId": True}, "userId must be a string"),
-        ({"type": "identify", "userId": "u", "traits": ["a"]}, "traits must be an object"),
-        ({"type": "track", "userId": "u", "event": "E", "properties": "x"}, "properties must be an object"),
-        ({"type": "identify", "userId": "u", "timestamp": "yesterday"}, "not ISO-8601"),
-        ({"type": "identify", "userId": "u", "timestamp": 12}, "ISO-8601 string"),
-        ({"type": "identify", "userId": "u", "messageId": ""}, "messageId must be"),
-        ({"type": "identify", "userId": "u", "traits": {"blob": b"bytes"}}, "not JSON-serialisable"),
-        ({"type": "identify", "userId": "u", "traits": {"big": 2**70}}, "not JSON-serialisable"),
-        ("not an object", "must be a JSON object"),
-    ],
-)
+INVALID_CALLS = [
+    ({"type": "identify"}, "needs a userId or an anonymousId"),
+    ({"type": "track", "userId": "u"}, "non-empty event name"),
+    ({"type": "track", "userId": "u", "event": "  "}, "non-empty event name"),
+    ({"type": "group", "userId": "u"}, "needs a groupId"),
+    ({"type": "alias", "userId": "u"}, "previousId and userId"),
+    ({"type": "shout", "userId": "u"}, "type must be one of"),
+    ({"userId": "u"}, "type must be one of"),
+    ({"type": "identify", "userId": {"id": 1}}, "userId must be a string"),
+    ({"type": "identify", "userId": True}, "userId must be a string"),
+    ({"type": "identify", "userId": "u", "traits": ["a"]}, "traits must be an object"),
+    ({"type": "track", "userId": "u", "event": "E", "properties": "x"}, "properties must be an object"),
+    ({"type": "identify", "userId": "u", "timestamp": "yesterday"}, "not ISO-8601"),
+    ({"type": "identify", "userId": "u", "timestamp": 12}, "ISO-8601 string"),
+    ({"type": "identify", "userId": "u", "messageId": ""}, "messageId must be"),
+    ({"type": "identify", "userId": "u", "traits": {"blob": b"bytes"}}, "not JSON-serialisable"),
+    ({"type": "identify", "userId": "u", "traits": {"big": 2**70}}, "not JSON-serialisable"),
+    ("not an object", "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("call", "reason"), INVALID_CALLS)
 def test_invalid_calls_are_refused_with_a_reason(call, reason):
     with pytest.raises(InvalidCall, match=reason):
         prepare_call(call, sync="test")
@@ -76,22 +76,24 @@ def test_oversized_message_is_refused_with_its_size():
 
 
 def test_values_are_normalised_explicitly():
-    _, message = prepare({
-        "type": "identify",
-        "userId": 42,
-        "anonymousId": None,
-        "traits": {
-            "ltv": decimal.Decimal("12.50"),
-            "seats": decimal.Decimal("3"),
-            "bad": decimal.Decimal("NaN"),
-            "score": math.nan,
-            "inf": math.inf,
-            "signup": dt.date(2024, 1, 2),
-            "seen": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
-            "tags": ("a", "b"),
-            "cleared": None,
-        },
-    })
+    _, message = prepare(
+        {
+            "type": "identify",
+            "userId": 42,
+            "anonymousId": None,
+            "traits": {
+                "ltv": decimal.Decimal("12.50"),
+                "seats": decimal.Decimal("3"),
+                "bad": decimal.Decimal("NaN"),
+                "score": math.nan,
+                "inf": math.inf,
+                "signup": dt.date(2024, 1, 2),
+                "seen": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                "tags": ("a", "b"),
+                "cleared": None,
+            },
+        }
+    )
     assert message["userId"] == "42"
     assert "anonymousId" not in message  # top-level nulls are dropped, like analytics-python
     traits = message["traits"]
