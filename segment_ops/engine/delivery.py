@@ -6,8 +6,9 @@
   client (backoff, Retry-After, total-time cap).
 - A 400 for a batch means some message in it is bad: the batch is split in halves and re-sent until
   the bad messages stand alone; only those are rejected, with Segment's reason.
-- Each batch's outcome is logged the moment Segment answers, so a killed run re-sends only what was
-  in flight (same messageIds, deduplicated by Segment).
+- Outcomes are logged to the ledger at least every second (or 20,000 messages): a commit per batch
+  would cost more than sending it. A killed run therefore re-sends at most what was in flight plus
+  about a second of acknowledged traffic, with the same messageIds, which Segment deduplicates.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from dataclasses import dataclass, field
 
 from segment_ops.clients.base import RetryEvent, VendorAuthError, VendorError, VendorRequestError
 from segment_ops.clients.segment_tracking import BATCH_TARGET_BYTES, SegmentTrackingClient
-from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger, Rejection
+from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger
 
-Message = tuple[str, str]  # (message_id, encoded payload)
-Outcome = tuple[str, str, int, str | None]  # (message_id, status, attempts, error)
+FLUSH_SECONDS = 1.0
+FLUSH_MESSAGES = 20_000
+
+Message = tuple[int, str]  # (ledger seq, encoded payload holding its messageId)
+Outcome = tuple[int, str, int, str | None]  # (ledger seq, status, attempts, error)
 
 
 class DeliveryError(RuntimeError):
@@ -89,7 +93,6 @@ def deliver_pending(
     Raises `DeliveryError` at the end when messages remain undelivered (retries exhausted), after
     everything else was sent and recorded; raises `VendorAuthError` at once on a credential problem.
     """
-    ledger.compact(sync)  # fold in outcomes a killed run logged but never compacted
     report = DeliveryReport(sync)
     started = time.monotonic()
     lock = threading.Lock()
@@ -103,6 +106,14 @@ def deliver_pending(
 
     in_flight: set[Future[list[Outcome]]] = set()
     fatal: BaseException | None = None
+    unlogged: list[Outcome] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        _record(ledger, sync, unlogged, run_id)
+        unlogged.clear()
+        last_flush = time.monotonic()
 
     def drain(block_until_below: int) -> None:
         nonlocal fatal
@@ -115,7 +126,10 @@ def deliver_pending(
                 except VendorAuthError as exc:
                     fatal = fatal or exc
                     continue
-                _record(ledger, sync, outcomes, report, run_id)
+                _count(outcomes, report)
+                unlogged.extend(outcomes)
+            if len(unlogged) >= FLUSH_MESSAGES or time.monotonic() - last_flush >= FLUSH_SECONDS:
+                flush()
             if on_progress is not None:
                 on_progress(report)
 
@@ -129,7 +143,7 @@ def deliver_pending(
             if fatal is not None:
                 break
         drain(1)
-    ledger.compact(sync)
+    flush()
     report.seconds = time.monotonic() - started
     if fatal is not None:
         raise fatal
@@ -161,28 +175,32 @@ def _send_isolating(client: SegmentTrackingClient, batch: list[Message], on_retr
         raise
     except VendorRequestError as exc:
         if exc.status not in (400, 413):
-            return [(mid, PENDING, 1 + retries, str(exc)) for mid, _ in batch]
+            return [(seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch]
         if len(batch) == 1:
             return [(batch[0][0], REJECTED, 1 + retries, exc.vendor_message)]
         middle = len(batch) // 2
         return (_send_isolating(client, batch[:middle], on_retry, report, lock)
                 + _send_isolating(client, batch[middle:], on_retry, report, lock))
     except VendorError as exc:  # retries exhausted
-        return [(mid, PENDING, 1 + retries, str(exc)) for mid, _ in batch]
-    return [(mid, DELIVERED, 1 + retries, None) for mid, _ in batch]
+        return [(seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch]
+    return [(seq, DELIVERED, 1 + retries, None) for seq, _ in batch]
 
 
-def _record(ledger: Ledger, sync: str, outcomes: list[Outcome], report: DeliveryReport, run_id: str | None) -> None:
-    ledger.log_outcomes(sync, outcomes)
-    rejections = []
-    for message_id, status, _, error in outcomes:
+def _count(outcomes: list[Outcome], report: DeliveryReport) -> None:
+    for _, status, _, error in outcomes:
         if status == DELIVERED:
             report.delivered += 1
         elif status == REJECTED:
             report.rejected += 1
-            rejections.append(Rejection(message_id, "segment", f"rejected by Segment: {error}", None))
         else:
             report.failed += 1
             if error and len(report.errors) < 10 and error not in report.errors:
                 report.errors.append(error)
-    ledger.add_rejections(sync, rejections, run_id=run_id)
+
+
+def _record(ledger: Ledger, sync: str, outcomes: list[Outcome], run_id: str | None) -> None:
+    """Log outcomes to the ledger, and each message Segment refused to the rejected table."""
+    ledger.log_outcomes(sync, outcomes)
+    ledger.reject_refused(sync, [(seq, f"rejected by Segment: {error}")
+                                 for seq, status, _, error in outcomes if status == REJECTED],
+                          destination="segment", run_id=run_id)

@@ -1,11 +1,17 @@
 """The delivery ledger: every planned message, its status, attempts and last error, in plain SQL.
 
-Planning writes messages as `pending` (an outbox). Delivery appends each batch's outcome to a small
-log as soon as Segment answers, and `compact()` folds the log into the ledger's statuses. A run killed
-at any point therefore loses at most the acknowledgements of the batches in flight; those messages are
+Two append-only tables and a view:
+- `planned_messages`: the outbox. Planning inserts each new message once (same messageId, same row).
+- `outcomes`: facts, one row each time a destination answered for a message (delivered, rejected,
+  or still pending after retries ran out) or a person reset it (`force`).
+- `ledger` (view): each planned message with its status (latest outcome, else pending), attempts,
+  last error and delivery time.
+
+Nothing is ever updated in place, which is what DuckDB is fast at and what makes a crash harmless:
+a run killed at any point has lost at most the outcomes it had not yet written; those messages are
 sent again with the same messageId, which Segment deduplicates (ARCHITECTURE rules 1-3).
 
-The SQL is kept close to portable (standard DDL and DML; `arg_min`/`arg_max` have PostgreSQL
+The SQL is kept close to portable (standard DDL and DML, a sequence; `arg_max` has PostgreSQL
 equivalents) so the state can move to PostgreSQL by configuration when runs move to separate machines.
 """
 
@@ -16,35 +22,31 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import duckdb
-import pyarrow as pa
 
 PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-    sync         VARCHAR NOT NULL,
-    message_id   VARCHAR NOT NULL,
-    record_key   VARCHAR,
-    call_type    VARCHAR,
-    payload      VARCHAR NOT NULL,
-    status       VARCHAR NOT NULL,
-    attempts     INTEGER NOT NULL,
-    last_error   VARCHAR,
-    seq          BIGINT NOT NULL,
-    planned_run  VARCHAR,
-    planned_at   TIMESTAMPTZ NOT NULL,
-    delivered_at TIMESTAMPTZ
-    -- (sync, message_id) is unique: planning inserts only ids the ledger lacks, inside a transaction,
-    -- and a staging file has one writer. No PRIMARY KEY: DuckDB keeps such an index in memory, which
-    -- at millions of messages would break the engine's memory bound.
+CREATE TABLE IF NOT EXISTS planned_messages (
+    sync        VARCHAR NOT NULL,
+    seq         BIGINT NOT NULL,     -- planning order within the sync
+    message_id  VARCHAR NOT NULL,    -- unique per sync: planning inserts only ids the table lacks
+    record_key  VARCHAR,
+    call_type   VARCHAR,
+    payload     VARCHAR NOT NULL,
+    planned_run VARCHAR,
+    planned_at  TIMESTAMPTZ NOT NULL
+    -- No PRIMARY KEY: DuckDB keeps such an index in memory, which at millions of messages would break
+    -- the engine's memory bound. Uniqueness holds by construction (one writer, insert-if-absent).
 );
-CREATE TABLE IF NOT EXISTS delivery_log (
-    sync       VARCHAR NOT NULL,
-    message_id VARCHAR NOT NULL,
-    status     VARCHAR NOT NULL,
-    attempts   INTEGER NOT NULL,
-    error      VARCHAR,
-    logged_at  TIMESTAMPTZ NOT NULL
+CREATE SEQUENCE IF NOT EXISTS outcome_order;
+CREATE TABLE IF NOT EXISTS outcomes (
+    id        BIGINT NOT NULL DEFAULT nextval('outcome_order'),
+    sync      VARCHAR NOT NULL,
+    seq       BIGINT NOT NULL,
+    status    VARCHAR NOT NULL,
+    attempts  INTEGER NOT NULL,
+    error     VARCHAR,
+    logged_at TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejected (
     sync        VARCHAR NOT NULL,
@@ -55,6 +57,19 @@ CREATE TABLE IF NOT EXISTS rejected (
     record      VARCHAR,
     rejected_at TIMESTAMPTZ NOT NULL
 );
+CREATE OR REPLACE VIEW ledger AS
+SELECT m.sync, m.seq, m.message_id, m.record_key, m.call_type, m.payload,
+       coalesce(o.status, 'pending') AS status,
+       coalesce(o.attempts, 0) AS attempts,
+       o.last_error,
+       CASE WHEN o.status = 'delivered' THEN o.delivered_at END AS delivered_at,
+       m.planned_run, m.planned_at
+FROM planned_messages m
+LEFT JOIN (
+    SELECT sync, seq, arg_max(status, id) AS status, sum(attempts) AS attempts,
+           arg_max(error, id) AS last_error, max(logged_at) FILTER (WHERE status = 'delivered') AS delivered_at
+    FROM outcomes GROUP BY sync, seq
+) o ON o.sync = m.sync AND o.seq = m.seq;
 """
 
 
@@ -101,57 +116,58 @@ class Ledger:
         """Record messages built in Python as pending (see `plan_relation`)."""
         if not messages:
             return PlanCounts(0, 0, 0, 0)
-        frame = pa.table({
-            "message_id": [m.message_id for m in messages],
-            "record_key": [m.record_key for m in messages],
-            "call_type": [m.call_type for m in messages],
-            "payload": [m.payload.decode() for m in messages],
-            "ord": pa.array(range(len(messages)), pa.int64()),
-        })
-        self.con.register("incoming_messages", frame)
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE incoming_messages AS SELECT unnest(?::VARCHAR[]) AS message_id, "
+            "unnest(?::VARCHAR[]) AS record_key, unnest(?::VARCHAR[]) AS call_type, "
+            "unnest(?::VARCHAR[]) AS payload, unnest(range(?)) AS ord",
+            [[m.message_id for m in messages], [m.record_key for m in messages], [m.call_type for m in messages],
+             [m.payload.decode() for m in messages], len(messages)])
         try:
             return self.plan_relation(sync, "incoming_messages", run_id=run_id, force=force)
         finally:
-            self.con.unregister("incoming_messages")
+            self.con.execute("DROP TABLE incoming_messages")
 
     def plan_relation(self, sync: str, relation: str, *, run_id: str | None = None,
                       force: bool = False) -> PlanCounts:
         """Record the rows of `relation` (message_id, record_key, call_type, payload, ord) as pending.
 
-        A messageId already in the ledger is left alone, so planning the same change twice sends it
-        once; `force` puts it back to pending instead. Duplicates within `relation` are planned once,
-        in the order of their first `ord`.
+        A messageId already planned is left alone, so planning the same change twice sends it once;
+        `force` puts it back to pending instead. Duplicates within `relation` are planned once, in the
+        order of their first `ord`.
         """
         con = self.con
         con.execute("BEGIN")
         try:
-            # Only (message_id, ord) take part in the dedupe and the ledger lookup, so no hash table or
-            # sort ever carries payloads: memory stays flat however large the plan.
+            # Only (message_id, ord) take part in the dedupe and the lookup, so no hash table or sort
+            # ever carries payloads: memory stays flat however large the plan.
             con.execute(
                 f"""
                 CREATE OR REPLACE TEMP TABLE plan_ids AS
                 SELECT message_id, min(ord) AS first_ord, count(*) AS copies,
-                       EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? AND l.message_id = i.message_id) AS known
+                       EXISTS (SELECT 1 FROM planned_messages p WHERE p.sync = ? AND p.message_id = i.message_id)
+                           AS known
                 FROM {relation} AS i GROUP BY message_id
                 """, [sync])
             total, distinct, known = con.execute(
                 "SELECT coalesce(sum(copies), 0), count(*), count(*) FILTER (WHERE known) FROM plan_ids").fetchone()
             if force and known:
                 con.execute(
-                    "UPDATE ledger SET status = ?, delivered_at = NULL, last_error = NULL "
-                    "WHERE sync = ? AND message_id IN (SELECT message_id FROM plan_ids WHERE known)", [PENDING, sync])
+                    "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at) "
+                    "SELECT ?, p.seq, ?, 0, NULL, ? FROM planned_messages p JOIN plan_ids i "
+                    "ON p.sync = ? AND p.message_id = i.message_id AND i.known", [sync, PENDING, _now(), sync])
             # seq keeps the input's order: the next free number plus the row's position in the input.
-            seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM ledger WHERE sync = ?", [sync]).fetchone()[0]
+            seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM planned_messages WHERE sync = ?",
+                               [sync]).fetchone()[0]
             base = con.execute(f"SELECT coalesce(min(ord), 0) FROM {relation}").fetchone()[0]
             con.execute(
                 f"""
-                INSERT INTO ledger (sync, message_id, record_key, call_type, payload, status, attempts,
-                                    seq, planned_run, planned_at)
-                SELECT ?, i.message_id, i.record_key, i.call_type, i.payload, ?, 0, ? + i.ord - ?, ?, ?
-                FROM {relation} AS i JOIN plan_ids p ON p.message_id = i.message_id AND p.first_ord = i.ord
-                WHERE NOT p.known
+                INSERT INTO planned_messages (sync, seq, message_id, record_key, call_type, payload,
+                                              planned_run, planned_at)
+                SELECT ?, ? + r.ord - ?, r.message_id, r.record_key, r.call_type, r.payload, ?, ?
+                FROM {relation} AS r JOIN plan_ids i ON i.message_id = r.message_id AND i.first_ord = r.ord
+                WHERE NOT i.known
                 """,
-                [sync, PENDING, seq0, base, run_id, _now()],
+                [sync, seq0, base, run_id, _now()],
             )
             con.execute("DROP TABLE plan_ids")
             con.execute("COMMIT")
@@ -162,7 +178,18 @@ class Ledger:
         return PlanCounts(planned=planned, already_known=0 if force else known,
                           duplicates_in_input=total - distinct, rejected=0)
 
+    def count_known(self, sync: str, messages: Sequence[PlannedMessage]) -> PlanCounts:
+        """What `add_planned` would count, without writing anything (for dry runs)."""
+        ids = [m.message_id for m in messages]
+        distinct, known = self.con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM planned_messages p "
+            "WHERE p.sync = ? AND p.message_id = i.id)) FROM (SELECT DISTINCT unnest(?::VARCHAR[]) AS id) i",
+            [sync, ids]).fetchone()
+        return PlanCounts(planned=distinct - known, already_known=known, duplicates_in_input=len(ids) - distinct,
+                          rejected=0)
+
     def add_rejections(self, sync: str, rejections: Sequence[Rejection], *, run_id: str | None = None) -> None:
+        """Keep rows that could not become a call, with their reason."""
         if not rejections:
             return
         self.con.executemany(
@@ -171,76 +198,57 @@ class Ledger:
             [(sync, run_id, r.record_key, r.source, r.reason, r.record, _now()) for r in rejections],
         )
 
-    def reject_relation(self, sync: str, relation: str, *, run_id: str | None = None) -> int:
+    def reject_relation(self, sync: str, relation: str, *, run_id: str | None = None) -> None:
         """Keep the rows of `relation` (record_key, source, reason, record) in the rejected table."""
-        return self.con.execute(
+        self.con.execute(
             f"INSERT INTO rejected (sync, run_id, record_key, source, reason, record, rejected_at) "
-            f"SELECT ?, ?, record_key, source, reason, record, ? FROM {relation}", [sync, run_id, _now()]
-        ).fetchone()[0]
+            f"SELECT ?, ?, record_key, source, reason, record, ? FROM {relation}", [sync, run_id, _now()])
 
-    def iter_pending(self, sync: str, chunk_rows: int = 20_000) -> Iterator[list[tuple[str, str]]]:
-        """Pending (message_id, payload) in planning order, a window of `seq` at a time.
+    def iter_pending(self, sync: str, chunk_rows: int = 20_000) -> Iterator[list[tuple[int, str]]]:
+        """Pending (seq, payload) in planning order, a window of `seq` at a time; payloads hold their messageId.
 
-        Windows of `seq` rather than ORDER BY ... LIMIT: seq grows with insertion, so each window reads
-        only its own row groups and nothing is sorted.
+        Windows of `seq` rather than ORDER BY ... LIMIT: both tables grow in seq order, so each window
+        reads only its own row groups.
         """
         low, high = self.con.execute(
             "SELECT min(seq), max(seq) FROM ledger WHERE sync = ? AND status = ?", [sync, PENDING]).fetchone()
         if low is None:
             return
-        start = low
-        while start <= high:
+        for start in range(low, high + 1, chunk_rows):
+            end = start + chunk_rows
             rows = self.con.execute(
-                "SELECT message_id, payload FROM ledger WHERE sync = ? AND status = ? AND seq >= ? AND seq < ? "
-                "ORDER BY seq", [sync, PENDING, start, start + chunk_rows]).fetchall()
-            start += chunk_rows
+                """
+                SELECT m.seq, m.payload FROM planned_messages m
+                LEFT JOIN (SELECT seq, arg_max(status, id) AS status FROM outcomes
+                           WHERE sync = ? AND seq >= ? AND seq < ? GROUP BY seq) o ON o.seq = m.seq
+                WHERE m.sync = ? AND m.seq >= ? AND m.seq < ? AND coalesce(o.status, 'pending') = 'pending'
+                ORDER BY m.seq
+                """, [sync, start, end, sync, start, end]).fetchall()
             if rows:
                 yield rows
 
-    def log_outcomes(self, sync: str, outcomes: Sequence[tuple[str, str, int, str | None]]) -> None:
-        """Append (message_id, status, attempts, error) as soon as the destination answered."""
+    def log_outcomes(self, sync: str, outcomes: Sequence[tuple[int, str, int, str | None]]) -> None:
+        """Append (seq, status, attempts, error) for messages a destination answered for."""
         if not outcomes:
             return
-        now = _now()
-        frame = pa.table({
-            "message_id": [o[0] for o in outcomes],
-            "status": [o[1] for o in outcomes],
-            "attempts": pa.array([o[2] for o in outcomes], pa.int32()),
-            "error": [o[3] for o in outcomes],
-        })
-        self.con.register("outcomes", frame)
-        try:
-            self.con.execute(
-                "INSERT INTO delivery_log SELECT ?, message_id, status, attempts, error, ? FROM outcomes", [sync, now])
-        finally:
-            self.con.unregister("outcomes")
+        seqs, statuses, attempts, errors = zip(*outcomes, strict=True)
+        self.con.execute(
+            "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at) "
+            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), ?",
+            [sync, list(seqs), list(statuses), list(attempts), list(errors), _now()])
 
-    def compact(self, sync: str) -> None:
-        """Fold the delivery log into ledger statuses; safe to call any time, e.g. after a crash."""
-        con = self.con
-        con.execute("BEGIN")
-        try:
-            con.execute(
-                """
-                UPDATE ledger SET
-                    status = o.status,
-                    attempts = ledger.attempts + o.attempts,
-                    last_error = o.error,
-                    delivered_at = CASE WHEN o.status = 'delivered' THEN o.at ELSE ledger.delivered_at END
-                FROM (
-                    SELECT message_id, arg_max(status, logged_at) AS status, sum(attempts) AS attempts,
-                           arg_max(error, logged_at) AS error, max(logged_at) AS at
-                    FROM delivery_log WHERE sync = ? GROUP BY message_id
-                ) AS o
-                WHERE ledger.sync = ? AND ledger.message_id = o.message_id
-                """,
-                [sync, sync],
-            )
-            con.execute("DELETE FROM delivery_log WHERE sync = ?", [sync])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    def reject_refused(self, sync: str, refused: Sequence[tuple[int, str]], *, destination: str,
+                       run_id: str | None = None) -> None:
+        """Record messages `destination` refused, (seq, reason), in the rejected table."""
+        if not refused:
+            return
+        seqs, reasons = zip(*refused, strict=True)
+        self.con.execute(
+            "INSERT INTO rejected (sync, run_id, record_key, source, reason, record, rejected_at) "
+            "SELECT ?, ?, m.record_key, ?, r.reason, m.payload, ? "
+            "FROM (SELECT unnest(?::BIGINT[]) AS seq, unnest(?::VARCHAR[]) AS reason) r "
+            "JOIN planned_messages m ON m.sync = ? AND m.seq = r.seq",
+            [sync, run_id, destination, _now(), list(seqs), list(reasons), sync])
 
     def counts(self, sync: str) -> LedgerCounts:
         rows = dict(self.con.execute(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-DEFAULT_MEMORY_LIMIT = "256MB"
+DEFAULT_MEMORY_LIMIT = "128MB"
 
 
 class StagingLockedError(RuntimeError):

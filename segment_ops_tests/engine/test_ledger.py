@@ -1,3 +1,4 @@
+import orjson
 import pytest
 
 from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger, PlannedMessage, Rejection
@@ -17,7 +18,18 @@ def messages(n, prefix="m"):
 
 
 def pending_ids(ledger, sync="s"):
-    return [mid for chunk in ledger.iter_pending(sync, chunk_rows=3) for mid, _ in chunk]
+    """messageIds of pending messages, in planning order (read back from their payloads)."""
+    return [orjson.loads(payload)["userId"].replace("k", "m")
+            for chunk in ledger.iter_pending(sync, chunk_rows=3) for _, payload in chunk]
+
+
+def seq_of(ledger, message_id, sync="s"):
+    return ledger.con.execute(
+        "SELECT seq FROM ledger WHERE sync = ? AND message_id = ?", [sync, message_id]).fetchone()[0]
+
+
+def outcome(ledger, message_id, *rest):
+    return (seq_of(ledger, message_id), *rest)
 
 
 def test_planning_records_messages_as_pending_in_order(ledger):
@@ -43,10 +55,10 @@ def test_syncs_do_not_share_messages(ledger):
     assert ledger.add_planned("b", messages(2)).planned == 2
 
 
-def test_outcomes_fold_into_statuses_on_compact(ledger):
+def test_latest_outcome_is_the_status(ledger):
     ledger.add_planned("s", messages(3))
-    ledger.log_outcomes("s", [("m0", DELIVERED, 2, None), ("m1", REJECTED, 1, "too big"), ("m2", PENDING, 3, "503")])
-    ledger.compact("s")
+    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 2, None), outcome(ledger, "m1", REJECTED, 1, "too big"),
+                              outcome(ledger, "m2", PENDING, 3, "503")])
     rows = dict(ledger.con.execute("SELECT message_id, (status, attempts, last_error) FROM ledger").fetchall())
     assert rows["m0"] == (DELIVERED, 2, None)
     assert rows["m1"] == (REJECTED, 1, "too big")
@@ -58,19 +70,17 @@ def test_outcomes_logged_before_a_crash_are_kept_by_the_next_connection(tmp_path
     con = connect(tmp_path / "staging.duckdb")
     first = Ledger(con)
     first.add_planned("s", messages(4))
-    first.log_outcomes("s", [("m0", DELIVERED, 1, None), ("m1", DELIVERED, 1, None)])
-    con.close()  # the run dies here, before compacting
+    first.log_outcomes("s", [outcome(first, "m0", DELIVERED, 1, None), outcome(first, "m1", DELIVERED, 1, None)])
+    con.close()  # the run dies here
     con = connect(tmp_path / "staging.duckdb")
     second = Ledger(con)
-    second.compact("s")
     assert pending_ids(second) == ["m2", "m3"]
     con.close()
 
 
 def test_force_resets_delivered_messages_to_pending(ledger):
     ledger.add_planned("s", messages(2))
-    ledger.log_outcomes("s", [("m0", DELIVERED, 1, None), ("m1", DELIVERED, 1, None)])
-    ledger.compact("s")
+    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 1, None), outcome(ledger, "m1", DELIVERED, 1, None)])
     counts = ledger.add_planned("s", messages(2), force=True)
     assert counts.planned == 2
     assert pending_ids(ledger) == ["m0", "m1"]
