@@ -35,11 +35,14 @@ def prepare_call(call: Mapping[str, Any], *, sync: str, record_key: str | None =
     message = _validated(call)
     message_id = message.get("messageId")
     if message_id is None:
+        # Keys sorted: the same call always encodes, and so hashes, the same way. The id is appended
+        # to that one encoding rather than encoding the message twice.
         body = _encode(message, sort_keys=True)
         key = record_key if record_key is not None else str(message.get("userId") or message.get("anonymousId") or "")
         message_id = deterministic_message_id(sync, key, body)
-        message["messageId"] = message_id
-    encoded = _encode(message)
+        encoded = body[:-1] + b',"messageId":"' + message_id.encode() + b'"}'
+    else:
+        encoded = _encode(message)
     if len(encoded) > MAX_MESSAGE_BYTES:
         raise InvalidCall(f"message is {len(encoded):,} bytes; Segment's limit is {MAX_MESSAGE_BYTES:,} bytes per call")
     return message_id, encoded
@@ -108,6 +111,8 @@ def _id_string(name: str, value: Any) -> str:
 
 
 def _iso_timestamp(value: Any) -> str:
+    if isinstance(value, str) and _is_canonical_timestamp(value):
+        return value  # already UTC ISO-8601 with milliseconds: the common case in machine-written files
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -122,6 +127,17 @@ def _iso_timestamp(value: Any) -> str:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _is_canonical_timestamp(value: str) -> bool:
+    """Is `value` exactly YYYY-MM-DDTHH:MM:SS.mmmZ and a real moment? (A cheap check before parsing.)"""
+    if len(value) != 24 or value[10] != "T" or value[19] != "." or value[23] != "Z":
+        return False
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _encode(message: Mapping[str, Any], *, sort_keys: bool = False) -> bytes:

@@ -1,26 +1,22 @@
 """Replay a file of Segment calls (JSONL or Parquet) through the engine: plan, then deliver.
 
-The file is read in chunks and never held whole; each chunk is validated and encoded in DuckDB
-(`calls_sql`), so Python only moves raw lines. Every line is either planned (pending in the ledger),
-or rejected with its line number and reason. Planning is idempotent: a messageId already in
+The file is read in chunks and never held whole. Every line is either planned (pending in the
+ledger), or rejected with its line number and reason. Planning is idempotent: a messageId already in
 the ledger is not planned again, so replaying the same file twice sends nothing new.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
-from segment_ops.engine.calls_sql import stage_json_calls
+from segment_ops.engine.calls import InvalidCall, prepare_call
 from segment_ops.engine.delivery import DeliveryReport, deliver_pending
-from segment_ops.engine.ledger import Ledger, PlanCounts, Rejection
+from segment_ops.engine.ledger import Ledger, PlanCounts, PlannedMessage, Rejection
 
 REPLAY_SYNC = "replay"
 CHUNK_ROWS = 20_000
@@ -60,49 +56,36 @@ class ReplayResult:
 
 def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: str | None = None,
               force: bool = False, dry_run: bool = False, sample_size: int = 5) -> ReplayPlan:
-    """Validate every record of `path` in DuckDB and add the valid ones to the ledger as pending.
+    """Validate every record of `path` and add the valid ones to the ledger as pending.
 
-    Chunks are staged into one table and planned in a single set operation (one join against the
-    ledger, however long the file), atomically: a crash while planning leaves nothing half-planned.
+    Chunk by chunk: planning is idempotent by messageId, so a run that dies halfway through a file
+    plans the rest next time and nothing twice.
     """
     plan = ReplayPlan(source=str(path))
-    con = ledger.con
-    con.execute("CREATE OR REPLACE TEMP TABLE replay_calls (line_no BIGINT, record_key VARCHAR, call_type VARCHAR, "
-                "message_id VARCHAR, payload VARCHAR, reason VARCHAR, source VARCHAR, record VARCHAR)")
-    try:
-        for chunk in _read_chunks(path):
-            con.register("replay_lines", chunk)
+    for chunk in _read_chunks(path):
+        planned: list[PlannedMessage] = []
+        rejections: list[Rejection] = []
+        for line_no, raw in chunk:
             try:
-                stage_json_calls(con, sync, "replay_lines", label=path.name, target="replay_chunk")
-            finally:
-                con.unregister("replay_lines")
-            con.execute("INSERT INTO replay_calls SELECT * FROM replay_chunk")
-        valid = _count_staged(con, plan, sample_size)
+                record = raw if isinstance(raw, dict) else orjson.loads(raw)
+                message_id, encoded = prepare_call(record, sync=sync)
+            except orjson.JSONDecodeError as exc:
+                rejections.append(Rejection(None, f"{path.name}:{line_no}", f"invalid JSON: {exc}", _excerpt(raw)))
+                continue
+            except InvalidCall as exc:
+                rejections.append(Rejection(_record_key(record), f"{path.name}:{line_no}", str(exc), _excerpt(raw)))
+                continue
+            planned.append(PlannedMessage(message_id, _record_key(record), record["type"], encoded))
+        plan.lines += len(chunk)
+        plan.rejected += len(rejections)
+        plan.samples += [m.payload for m in planned[: sample_size - len(plan.samples)]]
+        plan.rejection_samples += rejections[: max(0, 20 - len(plan.rejection_samples))]
         if dry_run:
-            plan.planned = valid  # what would be planned on an empty ledger
-            return plan
-        ledger.reject_relation(sync, "(SELECT record_key, source, reason, record FROM replay_calls "
-                                     "WHERE reason IS NOT NULL)", run_id=run_id)
-        plan.add(ledger.plan_relation(sync, "(SELECT message_id, record_key, call_type, payload, line_no AS ord "
-                                            "FROM replay_calls WHERE reason IS NULL)", run_id=run_id, force=force))
-    finally:
-        con.execute("DROP TABLE IF EXISTS replay_chunk")
-        con.execute("DROP TABLE IF EXISTS replay_calls")
+            plan.add(ledger.count_known(sync, planned))
+            continue
+        ledger.add_rejections(sync, rejections, run_id=run_id)
+        plan.add(ledger.add_planned(sync, planned, run_id=run_id, force=force))
     return plan
-
-
-def _count_staged(con: duckdb.DuckDBPyConnection, plan: ReplayPlan, sample_size: int) -> int:
-    """Put the staged file's counts and samples in `plan`; returns its distinct valid calls."""
-    lines, rejected, distinct = con.execute(
-        "SELECT count(*), count(reason), count(DISTINCT message_id) FILTER (WHERE reason IS NULL) FROM replay_calls"
-    ).fetchone()
-    plan.lines, plan.rejected = lines, rejected
-    plan.samples = [row[0].encode() for row in con.execute(
-        "SELECT payload FROM replay_calls WHERE reason IS NULL ORDER BY line_no LIMIT ?", [sample_size]).fetchall()]
-    plan.rejection_samples = [Rejection(*row) for row in con.execute(
-        "SELECT record_key, source, reason, record FROM replay_calls WHERE reason IS NOT NULL "
-        "ORDER BY line_no LIMIT 20").fetchall()]
-    return distinct
 
 
 def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], SegmentTrackingClient], *,
@@ -120,8 +103,11 @@ def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], Segment
     return ReplayResult(plan, report)
 
 
-def _read_chunks(path: Path) -> Iterator[pa.Table]:
-    """(line_no, line) tables of at most CHUNK_ROWS rows; Parquet rows count as lines from 1."""
+Chunk = list[tuple[int, bytes | dict]]  # (line number, raw line or Parquet record)
+
+
+def _read_chunks(path: Path) -> Iterator[Chunk]:
+    """Records CHUNK_ROWS at a time, with their line numbers; Parquet rows count as lines from 1."""
     if not path.is_file():
         raise ReplayInputError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -132,23 +118,23 @@ def _read_chunks(path: Path) -> Iterator[pa.Table]:
     raise ReplayInputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .ndjson or .parquet")
 
 
-def _jsonl_chunks(path: Path) -> Iterator[pa.Table]:
-    numbers: list[int] = []
-    lines: list[str] = []
+def _jsonl_chunks(path: Path) -> Iterator[Chunk]:
+    chunk: Chunk = []
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if raw.isspace():
                 continue  # blank lines are not calls
-            numbers.append(line_no)
-            lines.append(raw.decode("utf-8", errors="replace"))
-            if len(lines) >= CHUNK_ROWS:
-                yield _lines_table(numbers, lines)
-                numbers, lines = [], []
-    if lines:
-        yield _lines_table(numbers, lines)
+            chunk.append((line_no, raw))  # bytes: orjson refuses invalid UTF-8 itself, so nothing is altered
+            if len(chunk) >= CHUNK_ROWS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
-def _parquet_chunks(path: Path) -> Iterator[pa.Table]:
+def _parquet_chunks(path: Path) -> Iterator[Chunk]:
+    import pyarrow.parquet as pq  # only Parquet input needs pyarrow (about 40 MB of memory)
+
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
@@ -157,13 +143,9 @@ def _parquet_chunks(path: Path) -> Iterator[pa.Table]:
     for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
         # A Parquet row carries every column; a null there means "no such field", so nulls are dropped
         # (nested ones too, as struct columns hold every key for every row).
-        lines = [orjson.dumps(_without_nulls(record), default=str).decode() for record in batch.to_pylist()]
-        yield _lines_table(range(row + 1, row + len(lines) + 1), lines)
-        row += len(lines)
-
-
-def _lines_table(numbers: Iterable[int], lines: list[str]) -> pa.Table:
-    return pa.table({"line_no": pa.array(numbers, pa.int64()), "line": pa.array(lines, pa.string())})
+        records = batch.to_pylist()
+        yield [(row + i + 1, _without_nulls(record)) for i, record in enumerate(records)]
+        row += len(records)
 
 
 def _without_nulls(value: object) -> object:
@@ -172,3 +154,15 @@ def _without_nulls(value: object) -> object:
     if isinstance(value, list):
         return [_without_nulls(v) for v in value]
     return value
+
+
+def _record_key(record: object) -> str | None:
+    if isinstance(record, dict):
+        key = record.get("userId") or record.get("anonymousId") or record.get("groupId")
+        return None if key is None else str(key)
+    return None
+
+
+def _excerpt(raw: bytes | dict) -> str:
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else orjson.dumps(raw, default=str).decode()
+    return text.strip()[:2_000]
