@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
+    from segment_ops.clients.base import VendorError
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
     from segment_ops.engine.ledger import Ledger
@@ -65,7 +66,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     except ReplayInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except DeliveryError as exc:
+    except (DeliveryError, VendorError) as exc:  # undeliverable, or e.g. a wrong write key
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _print_replay(result, dry_run=args.dry_run)
@@ -76,7 +77,7 @@ def _print_replay(result, *, dry_run: bool) -> None:  # noqa: ANN001 - ReplayRes
     plan = result.plan
     print(f"{plan.source}: {plan.lines} lines read")
     verb = "would send" if dry_run else "planned"
-    print(f"  {verb}: {plan.planned}   already sent before: {plan.already_known}   "
+    print(f"  {verb}: {plan.planned}   planned by an earlier run: {plan.already_known}   "
           f"duplicates in file: {plan.duplicates_in_input}   rejected: {plan.rejected}")
     for rejection in plan.rejection_samples[:10]:
         print(f"  rejected {rejection.source}: {rejection.reason}")

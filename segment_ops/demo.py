@@ -147,7 +147,7 @@ def _materialization_metadata(result: object) -> dict:
 
 
 def _print_summary(rows: list[tuple]) -> None:
-    headers = ("sync", "status", "read", "sent", "already sent", "rejected", "run")
+    headers = ("sync", "status", "read", "sent", "planned before", "rejected", "run")
     table = [headers, *[tuple(str(v) for v in row) for row in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     for row in table:

@@ -21,7 +21,7 @@ class SegmentTrackingResource(dg.ConfigurableResource):
     """Segment HTTP Tracking API: where identify/track/group calls are delivered."""
 
     base_url: str
-    write_key: str
+    write_key: str = Field(repr=False)
     gzip: bool = Field(default=True, description="gzip batch bodies above 16 KB.")
     max_requests_per_second: float = Field(
         default=DEFAULT_MAX_REQUESTS_PER_SECOND, description="Request-rate cap; Segment recommends <= 1,000 req/s per workspace (spec §1)."
@@ -42,7 +42,7 @@ class SegmentPublicApiResource(dg.ConfigurableResource):
     """Segment Public API (audit trail)."""
 
     base_url: str
-    token: str
+    token: str = Field(repr=False)
 
     def get_client(self) -> SegmentPublicApiClient:
         return SegmentPublicApiClient(self.base_url, self.token)
@@ -52,7 +52,7 @@ class PendoResource(dg.ConfigurableResource):
     """Pendo Aggregation API."""
 
     base_url: str
-    integration_key: str
+    integration_key: str = Field(repr=False)
 
     def get_client(self) -> PendoClient:
         return PendoClient(self.base_url, self.integration_key)
@@ -62,7 +62,7 @@ class SplunkHecResource(dg.ConfigurableResource):
     """Splunk HTTP Event Collector, the first SIEM destination."""
 
     base_url: str
-    token: str
+    token: str = Field(repr=False)
     index: str
 
     def get_client(self, channel: str | None = None) -> SplunkHecClient:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 
 from segment_ops.config import DEFAULT_SANDBOX_PORT
-from segment_ops.sandbox.app import SandboxConfig
 from segment_ops.sandbox.faults import FaultSpec, FaultSpecError, parse_fault_spec
-from segment_ops.sandbox.server import serve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every `segment-ops` command registers this subcommand, and the server and its
+    # demo data (pandas) cost half a second to import.
+    from segment_ops.sandbox.app import SandboxConfig
+    from segment_ops.sandbox.server import serve
+
     config = SandboxConfig(
         seed=args.seed,
         scale=args.scale,
