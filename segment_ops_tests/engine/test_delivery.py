@@ -1,0 +1,185 @@
+"""Delivering pending messages to the sandbox's Segment Tracking API: faults, rejects, auth, rate and size limits.
+
+Messages are planned through `plan_file` (or, for a message our own validation would refuse,
+`Ledger.add_planned`), delivered with `deliver_pending`, and checked at the sandbox's recorder.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from datetime import datetime
+
+import orjson
+import pytest
+
+from segment_ops.clients.base import RetryPolicy, VendorAuthError
+from segment_ops.engine.delivery import DeliveryError, deliver_pending
+from segment_ops.engine.ledger import PlannedMessage
+from segment_ops.engine.replay import plan_file, replay_file
+from segment_ops_tests.engine.conftest import ledger_counts, message_ids_received, track_calls, write_jsonl
+
+SYNC = "replay"
+# Spec §1: 500 KB per batch request (the sandbox reads it as 500 KiB, Segment may mean 500,000 bytes).
+MAX_REQUEST_BYTES = 500_000
+
+
+def calls_with_ids(count: int, *, pad: int = 0, prefix: str = "m") -> list[dict]:
+    """Track calls carrying their own messageIds, so a test knows every id the sandbox must see."""
+    return [dict(call, messageId=f"{prefix}-{i:06d}") for i, call in enumerate(track_calls(count, pad=pad))]
+
+
+def plan(ledger, tmp_path, calls: list[dict], name: str = "calls.jsonl"):
+    return plan_file(ledger, write_jsonl(tmp_path / name, calls))
+
+
+def test_faults_of_every_kind_still_deliver_each_message_once(tmp_path, ledger, segment_client, clean_sandbox):
+    count = 28_000
+    calls = calls_with_ids(count, pad=400)  # ~500 bytes each: ~30 batches, so every fault kind gets its turn
+    plan(ledger, tmp_path, calls)
+    clean_sandbox.set_faults("segment", rate_429=0.04, rate_500=0.04, rate_503=0.04, rate_drop=0.04,
+                             rate_drop_after=0.04, rate_slow=0.04, slow_seconds=0.05, retry_after_seconds=1)
+
+    report = deliver_pending(ledger, SYNC, segment_client())
+
+    stats = clean_sandbox.stats()["segment"]
+    assert len(stats["faults"]) >= 4, stats["faults"]  # the faults really happened
+    non_slow_faults = sum(n for kind, n in stats["faults"].items() if kind != "slow")
+    assert report.delivered == count and report.retries == non_slow_faults
+    assert ledger_counts(ledger) == (0, count, 0)
+    # drop_after delivers a batch the client never hears about: it is re-sent and deduplicated by messageId.
+    assert stats["received"] == count
+    assert stats["messages"] - stats["received"] == stats.get("duplicates", 0)
+    assert set(message_ids_received(clean_sandbox)) == {c["messageId"] for c in calls}
+    assert "dropped" not in stats  # Segment dropped nothing silently
+
+
+def test_segment_400_rejects_only_the_bad_message(tmp_path, ledger, segment_client, clean_sandbox):
+    plan(ledger, tmp_path, calls_with_ids(200))
+    # Our own validation refuses a message over 32 KB, so plant one directly in the ledger, as a
+    # planner with a different size rule would: Segment answers its batch with 400.
+    oversized = orjson.dumps({"type": "track", "userId": "big", "event": "Big", "messageId": "too-big",
+                              "properties": {"blob": "x" * 40_000}})
+    ledger.add_planned(SYNC, [PlannedMessage("too-big", "big", "track", oversized)])
+
+    report = deliver_pending(ledger, SYNC, segment_client(), run_id="run-400")
+
+    assert (report.delivered, report.rejected, report.failed) == (200, 1, 0)
+    assert ledger_counts(ledger) == (0, 200, 1)
+    assert clean_sandbox.seen("segment", "too-big") == 0
+    assert clean_sandbox.stats()["segment"]["received"] == 200
+    [(_, _, reason)] = ledger.rejected_since(SYNC, "run-400")
+    assert "the limit is 32768" in reason  # Segment's own words
+
+
+def test_a_rejected_message_is_not_sent_again_by_the_next_run(tmp_path, ledger, segment_client, clean_sandbox):
+    oversized = orjson.dumps({"type": "track", "userId": "big", "event": "Big", "properties": {"b": "x" * 40_000}})
+    ledger.add_planned(SYNC, [PlannedMessage("too-big", "big", "track", oversized)])
+    deliver_pending(ledger, SYNC, segment_client())
+    requests = clean_sandbox.stats()["segment"]["requests"]
+
+    report = deliver_pending(ledger, SYNC, segment_client())
+
+    assert report.requests == 0 and clean_sandbox.stats()["segment"]["requests"] == requests
+    assert ledger_counts(ledger) == (0, 0, 1)
+
+
+def test_a_number_segment_cannot_parse_loses_only_its_own_line(tmp_path, ledger, segment_client, clean_sandbox):
+    # 1e400 is valid JSON grammar but no double: Segment's parser refuses the request with 400.
+    bad = b'{"type":"track","userId":"inf","event":"E","messageId":"huge-number","properties":{"x":1e400}}'
+    path = write_jsonl(tmp_path / "calls.jsonl", [*calls_with_ids(50), bad])
+
+    result = replay_file(ledger, path, segment_client)
+
+    refused = result.plan.rejected + result.delivery.rejected  # by our validation, or by Segment
+    assert refused == 1 and result.delivery.delivered == 50 and not result.ok
+    assert clean_sandbox.stats()["segment"]["received"] == 50
+    assert clean_sandbox.seen("segment", "huge-number") == 0
+    assert ledger.counts(SYNC).pending == 0
+
+
+def test_wrong_write_key_fails_fast_and_leaves_messages_pending(tmp_path, ledger, segment_client, clean_sandbox):
+    wrong_key = "wk-wrong-5b1f0c9e-not-the-sandbox-key"
+    plan(ledger, tmp_path, calls_with_ids(100))
+
+    with pytest.raises(VendorAuthError) as caught:
+        deliver_pending(ledger, SYNC, segment_client(write_key=wrong_key))
+
+    assert caught.value.status == 401 and caught.value.attempts == 1
+    stats = clean_sandbox.stats()["segment"]
+    assert stats["requests"] == 1 and stats["status"] == {"401": 1}  # one batch, no retries
+    assert ledger_counts(ledger) == (100, 0, 0)
+    for text in (str(caught.value), repr(caught.value), caught.value.vendor_message):
+        assert wrong_key not in text
+
+
+def test_exhausted_retries_raise_and_leave_messages_pending(tmp_path, ledger, segment_client, clean_sandbox):
+    plan(ledger, tmp_path, calls_with_ids(100))
+    clean_sandbox.set_faults("segment", rate_503=1.0)
+    impatient = RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
+
+    with pytest.raises(DeliveryError, match=r"100 message\(s\).*stay pending.*HTTP 503"):
+        deliver_pending(ledger, SYNC, segment_client(retry=impatient))
+
+    assert clean_sandbox.stats()["segment"]["requests"] == 3
+    assert ledger_counts(ledger) == (100, 0, 0)
+
+
+def test_messages_left_pending_by_exhausted_retries_are_delivered_by_the_next_run(
+        tmp_path, ledger, segment_client, clean_sandbox):
+    calls = calls_with_ids(100)
+    plan(ledger, tmp_path, calls)
+    clean_sandbox.set_faults("segment", rate_503=1.0)
+    with pytest.raises(DeliveryError):
+        deliver_pending(ledger, SYNC, segment_client(retry=RetryPolicy(max_attempts=2, backoff_initial=0.01)))
+    clean_sandbox.clear_faults()
+
+    report = deliver_pending(ledger, SYNC, segment_client())
+
+    assert report.delivered == 100 and ledger_counts(ledger) == (0, 100, 0)
+    assert set(message_ids_received(clean_sandbox)) == {c["messageId"] for c in calls}
+
+
+def test_request_rate_cap_holds_at_the_sandbox(tmp_path, ledger, segment_client, clean_sandbox):
+    # Batches close by bytes, so 14,000 messages of ~500 bytes make ~15 requests of ~470 KB.
+    plan(ledger, tmp_path, calls_with_ids(14_000, pad=400))
+    cap = 5.0
+
+    report = deliver_pending(ledger, SYNC, segment_client(max_requests_per_second=cap), max_in_flight=4)
+
+    # Each request's arrival time at the sandbox: its messages share one receivedAt (and one sentAt).
+    arrivals = sorted({(m["receivedAt"], m["sentAt"]) for m in clean_sandbox.received("segment", limit=20_000)})
+    times = [datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp() for received, _ in arrivals]
+    assert len(times) == report.requests == clean_sandbox.stats()["segment"]["requests"] >= 12
+    # The first `cap` requests may go at once (the bucket starts full); after that, at most `cap` per second.
+    burst = int(cap)
+    steady_rate = (len(times) - 1 - burst) / (times[-1] - times[burst])
+    assert steady_rate <= cap * 1.1, f"{steady_rate:.2f} requests/s"
+    for i, j in itertools.combinations(range(len(times)), 2):  # and no window ever beats burst + cap * length
+        assert j - i + 1 <= burst + 1 + cap * (times[j] - times[i]) + 0.5
+
+
+def test_batches_are_packed_by_bytes_under_the_request_limit(tmp_path, ledger, segment_client, clean_sandbox):
+    small = calls_with_ids(5_000, pad=100, prefix="s")  # ~200 bytes each
+    large = calls_with_ids(300, pad=4_000, prefix="l")  # ~4 KB each
+    plan(ledger, tmp_path, small + large)
+    size = {c["messageId"]: len(orjson.dumps(c)) for c in small + large}
+
+    deliver_pending(ledger, SYNC, segment_client(), max_in_flight=1)  # one request at a time: one sentAt each
+
+    batches: defaultdict[str, list[str]] = defaultdict(list)
+    for message in clean_sandbox.received("segment", limit=10_000):
+        batches[message["sentAt"]].append(message["messageId"])
+    stats = clean_sandbox.stats()["segment"]
+    assert stats["status"] == {"200": len(batches)} and stats["received"] == len(size)
+    envelope = len(b'{"batch":[],"sentAt":"2024-01-01T00:00:00.000+00:00"}')
+    for ids in batches.values():
+        body_bytes = envelope + sum(size[mid] for mid in ids) + len(ids) - 1
+        assert body_bytes <= MAX_REQUEST_BYTES
+    per_request: defaultdict[str, list[int]] = defaultdict(list)
+    for ids in batches.values():
+        kinds = {mid[0] for mid in ids}
+        if len(kinds) == 1:  # leave out the one batch where small messages end and large ones begin
+            per_request[kinds.pop()].append(len(ids))
+    assert min(per_request["s"]) > 10 * max(per_request["l"])
+    assert len(per_request["l"]) >= 2 and max(per_request["l"]) <= 120

@@ -1,0 +1,146 @@
+"""`segment-ops replay` as a user runs it: a subprocess against the sandbox, judged by exit code and summary."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from segment_ops_tests.engine.conftest import track_calls, write_jsonl
+
+PLAN_LINE = re.compile(r"(?:planned|would send): (\d+)\s+planned by an earlier run: (\d+)\s+"
+                       r"duplicates in file: (\d+)\s+rejected: (\d+)")
+DELIVERY_LINE = re.compile(r"delivered: (\d+)\s+rejected by Segment: (\d+)\s+still pending: (\d+)")
+
+
+def replay_command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "segment_ops.cli", "replay", *map(str, args)]
+
+
+def run_replay(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with the test's environment (`ops_env` put SEGMENT_OPS_HOME and the sandbox URL in it)."""
+    return subprocess.run(replay_command(*args), env=dict(os.environ), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def summary(output: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """((planned, planned earlier, duplicates, rejected), (delivered, rejected by Segment, pending) or None)."""
+    planned = PLAN_LINE.search(output)
+    assert planned, output
+    delivered = DELIVERY_LINE.search(output)
+    return tuple(map(int, planned.groups())), (tuple(map(int, delivered.groups())) if delivered else None)
+
+
+def test_all_lines_delivered_exits_0_with_a_summary(tmp_path, ops_env, clean_sandbox):
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(120))
+
+    done = run_replay(path)
+
+    assert done.returncode == 0, done.stderr
+    assert f"{path}: 120 lines read" in done.stdout
+    assert summary(done.stdout) == ((120, 0, 0, 0), (120, 0, 0))
+    assert clean_sandbox.stats()["segment"]["received"] == 120
+
+
+def test_rejected_lines_exit_1_and_are_listed_with_line_numbers(tmp_path, ops_env, clean_sandbox):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [*track_calls(5), b"{oops", {"type": "track", "userId": "u9"}])
+
+    done = run_replay(path)
+
+    assert done.returncode == 1, done.stderr
+    assert summary(done.stdout) == ((5, 0, 0, 2), (5, 0, 0))
+    assert "rejected mixed.jsonl:6: invalid JSON" in done.stdout
+    assert "rejected mixed.jsonl:7: track needs a non-empty event name" in done.stdout
+    assert clean_sandbox.stats()["segment"]["received"] == 5
+
+
+def test_missing_file_exits_2(tmp_path, ops_env, clean_sandbox):
+    done = run_replay(tmp_path / "nowhere.jsonl")
+
+    assert done.returncode == 2
+    assert "no such file" in done.stderr and "Traceback" not in done.stderr
+    assert clean_sandbox.stats()["segment"]["requests"] == 0
+
+
+def test_unsupported_extension_exits_2(tmp_path, ops_env, clean_sandbox):
+    path = tmp_path / "events.csv"
+    path.write_text("type,userId\nidentify,u1\n")
+
+    done = run_replay(path)
+
+    assert done.returncode == 2
+    assert "unsupported file type '.csv'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_dry_run_prints_samples_and_sends_nothing(tmp_path, ops_env, clean_sandbox):
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(25))
+
+    done = run_replay(path, "--dry-run")
+
+    assert done.returncode == 0, done.stderr
+    planned, delivered = summary(done.stdout)
+    assert planned == (25, 0, 0, 0) and delivered is None
+    assert "would send: 25" in done.stdout and done.stdout.count("sample: {") == 3
+    assert clean_sandbox.stats()["segment"]["requests"] == 0
+
+
+def test_undelivered_messages_exit_1_and_say_they_stay_pending(tmp_path, ops_env, clean_sandbox):
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(10))
+    # A wrong endpoint answers 404: final, not retried, so the messages stay pending.
+    env = dict(os.environ, SEGMENT_TRACKING_URL=f"{clean_sandbox.url}/segment/nowhere")
+    failed = subprocess.run(replay_command(path), env=env, capture_output=True, text=True, timeout=60)
+
+    assert failed.returncode == 1
+    assert "10 message(s)" in failed.stderr and "stay pending" in failed.stderr and "HTTP 404" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_killed_run_resumes_sending_only_what_is_missing(tmp_path, ops_env, clean_sandbox):
+    count = 20_000
+    path = write_jsonl(tmp_path / "big.jsonl", track_calls(count, pad=400))  # ~500 bytes: ~950 per batch
+    # 5 requests/s: about 3 s of sending, so the run can be killed in the middle with acknowledgements
+    # already recorded (the engine records them at least every second).
+    first = subprocess.Popen(replay_command(path, "--rate-limit", "5"), env=dict(os.environ),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while clean_sandbox.stats()["segment"]["received"] < 15_000:
+            assert first.poll() is None, "the first run ended before it could be killed"
+            assert time.monotonic() < deadline, "the first run was too slow to reach the kill point"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait(10)
+    time.sleep(0.3)  # let the sandbox finish any request that fully arrived before the kill
+    received_by_kill = clean_sandbox.stats()["segment"]["received"]
+    assert received_by_kill < count, "the first run finished before the kill"
+
+    second = run_replay(path)
+
+    assert second.returncode == 0, second.stderr
+    (planned, already, _, rejected), (delivered, _, pending) = summary(second.stdout)
+    assert (planned, already, rejected, pending) == (0, count, 0, 0)  # nothing new to plan, all sent now
+    stats = clean_sandbox.stats()["segment"]
+    assert stats["received"] == count  # every message arrived, once as far as Segment is concerned
+    # The second run sent what the first had not, plus what the first sent but had not yet recorded
+    # (in flight, or acknowledged less than a second before the kill): those are Segment's duplicates.
+    assert count - received_by_kill <= delivered < count
+    duplicates = stats.get("duplicates", 0)
+    assert duplicates == delivered - (count - received_by_kill)
+    assert duplicates <= received_by_kill // 2  # most of what the first run delivered was not sent again
+
+
+def test_wrong_write_key_exits_1_with_a_one_line_error(tmp_path, ops_env, clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-not-the-sandbox-key")
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(3))
+
+    done = run_replay(path)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and "HTTP 401" in done.stderr

@@ -1,0 +1,152 @@
+"""Credentials never leak: not into logs (ours, httpx's, httpcore's), exception texts, Dagster's event log,
+run records, the CLI's output, or the repr of resources and clients.
+
+Every credential is set through the environment to a distinctive value the sandbox rejects, so each
+call fails and every error path runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from segment_ops.clients.base import VendorAuthError
+from segment_ops.resources import build_resources
+from segment_ops.syncs.replay import replayed_events
+
+SECRETS = {
+    "SEGMENT_WRITE_KEY": "wk-LEAKCHECK-3f9a1c7e5b",
+    "SEGMENT_PUBLIC_API_TOKEN": "sgp_LEAKCHECK_8d2e6b0a4c",
+    "PENDO_INTEGRATION_KEY": "pendo-LEAKCHECK-5c1f9e3a7d",
+    "SPLUNK_HEC_TOKEN": "hec-LEAKCHECK-2b7d4f8a6e",
+}
+
+
+def forbidden() -> list[str]:
+    """Each secret as it is, and the forms it takes on the wire (Basic auth's base64 of 'key:')."""
+    values = list(SECRETS.values())
+    values += [base64.b64encode(f"{v}:".encode()).decode() for v in SECRETS.values()]
+    return values
+
+
+def assert_no_secret(texts: Iterable[str], where: str) -> None:
+    for text in texts:
+        for secret in forbidden():
+            assert secret not in text, f"a credential leaked into {where}: {text[:300]!r}"
+
+
+@pytest.fixture
+def secret_env(ops_env: Path, monkeypatch: pytest.MonkeyPatch, clean_sandbox) -> Path:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return ops_env
+
+
+@pytest.fixture
+def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "segment_ops", "dagster"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
+
+
+def log_texts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    texts = [caplog.text]
+    for record in caplog.records:
+        texts += [record.getMessage(), repr(record.args), str(record.__dict__)]
+    return texts
+
+
+def exception_texts(exc: BaseException) -> list[str]:
+    return [str(exc), repr(exc), repr(exc.args), "".join(traceback.format_exception(exc)), str(vars(exc))]
+
+
+def failing_calls(resources: dict) -> dict[str, object]:
+    """One call per vendor client, each rejected by the sandbox for its credential."""
+    now = datetime.now(UTC)
+    return {
+        "segment": lambda: resources["segment"].get_client().send_batch([b'{"type":"identify","userId":"u1"}']),
+        "segment_public_api": lambda: list(
+            resources["segment_public_api"].get_client().iter_audit_events(now - timedelta(hours=1), now)),
+        "pendo": lambda: resources["pendo"].get_client().aggregate([{"source": {"accounts": None}}]),
+        "splunk": lambda: resources["splunk"].get_client().send_events([{"event": "hello"}]),
+    }
+
+
+def test_client_auth_failures_leak_no_credential(secret_env, all_logs):
+    with dg.build_resources(build_resources()) as built:
+        resources = {name: getattr(built, name) for name in ("segment", "segment_public_api", "pendo", "splunk")}
+        for vendor, call in failing_calls(resources).items():
+            with pytest.raises(VendorAuthError) as caught:
+                call()
+            assert caught.value.status in (401, 403), vendor
+            assert_no_secret(exception_texts(caught.value), f"the {vendor} exception")
+
+    assert any(r.name.startswith("httpx") for r in all_logs.records)  # the HTTP layer did log
+    assert_no_secret(log_texts(all_logs), "the logs")
+
+
+def test_clients_repr_shows_no_credential(secret_env):
+    with dg.build_resources(build_resources()) as built:
+        clients = [built.segment.get_client(), built.segment_public_api.get_client(), built.pendo.get_client(),
+                   built.splunk.get_client()]
+    texts = []
+    for client in clients:
+        texts += [repr(client), str(client), repr(client.http), repr(client.http.auth), str(client.http.auth)]
+    assert_no_secret(texts, "a client repr")
+
+
+def test_unresolved_resources_show_env_var_names_not_values(secret_env):
+    resources = build_resources()
+
+    assert_no_secret([repr(resources), str(resources)], "a resource repr")
+    assert resources["segment"].write_key == "SEGMENT_WRITE_KEY"
+
+
+def test_resolved_resources_repr_shows_no_credential(secret_env):
+    with dg.build_resources(build_resources()) as built:
+        texts = [repr(built.segment), str(built.segment), repr(built.segment_public_api), repr(built.pendo),
+                 repr(built.splunk)]
+
+    assert_no_secret(texts, "a resolved resource repr")
+
+
+def test_failed_replay_materialization_leaks_no_credential(tmp_path, secret_env, all_logs, clean_sandbox):
+    path = tmp_path / "calls.jsonl"
+    path.write_text('{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}\n')
+    instance = dg.DagsterInstance.ephemeral()
+
+    result = dg.materialize([replayed_events], resources=build_resources(), instance=instance,
+                            run_config={"ops": {"segment__replayed_events": {"config": {"path": str(path)}}}},
+                            raise_on_error=False)
+
+    assert not result.success
+    assert clean_sandbox.stats()["segment"]["status"] == {"401": 1}  # it failed for the write key
+    events = instance.all_logs(result.run_id)
+    failures = [e for e in events if e.dagster_event and e.dagster_event.is_step_failure]
+    assert failures and "VendorAuthError" in str(failures[0])
+    assert_no_secret([str(event) for event in events], "Dagster's event log")
+    run = instance.get_run_by_id(result.run_id)
+    assert_no_secret([str(run), str(run.run_config), str(run.tags)], "the run record")
+    assert_no_secret(log_texts(all_logs), "the logs")
+
+
+def test_cli_auth_failure_prints_no_credential(tmp_path, secret_env, clean_sandbox):
+    path = tmp_path / "calls.jsonl"
+    path.write_text('{"type": "identify", "userId": "u1"}\n')
+
+    done = subprocess.run([sys.executable, "-m", "segment_ops.cli", "-v", "replay", str(path)],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=60)
+
+    assert done.returncode != 0 and "401" in done.stderr
+    assert_no_secret([done.stdout, done.stderr], "the CLI's output")
