@@ -1,9 +1,10 @@
 """Delivery-engine benchmark: `segment-ops replay` vs Segment's official Python library.
 
 Prints messages/s and peak RSS for N identify calls sent through `segment-ops replay` (each size in
-its own process, measured with wait4), and the same N_OFFICIAL calls sent by segment-analytics-python
-with its default settings, all against one sandbox process on localhost. Every run is checked against
-the sandbox's recorder: all messages arrived, none twice.
+its own process, measured with wait4), the delivery phase alone (the engine sending an already planned
+ledger: the part comparable to the official library, which keeps no ledger), and the same N_OFFICIAL
+calls sent by segment-analytics-python with its default settings, all against one sandbox process on
+localhost. Every run is checked against the sandbox's recorder: all messages arrived, none twice.
 
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python benchmarks/delivery.py                 # 100k and 1M
@@ -56,6 +57,12 @@ def main() -> int:
                     env={"SEGMENT_OPS_HOME": str(work / f"home_{n}"), "SEGMENT_OPS_SANDBOX_URL": base})
                 _check_delivered(base, n, f"replay {n:,}")
                 results.append((f"segment-ops replay, {n:,} identify", n, seconds, rss))
+            n = sizes[0]
+            _reset(base)
+            seconds, rss = _run_measured([sys.executable, "-c", _deliver_only_script(base, work / f"identify_{n}.jsonl",
+                                                                                      work / "deliver_only")], env={})
+            _check_delivered(base, n, f"delivery phase {n:,}")
+            delivery_only = (f"engine delivery phase only, {n:,} identify", n, seconds, rss)
             _reset(base)
             seconds, rss = _run_measured([sys.executable, "-c", _official_script(base, args.official)], env={})
             _check_delivered(base, args.official, "official library")
@@ -66,7 +73,7 @@ def main() -> int:
 
     official_rate = official[1] / official[2]
     print(f"\n{'run':<52} {'msg/s':>10} {'seconds':>8} {'peak RSS MB':>12} {'vs official':>12}")
-    for name, n, seconds, rss in [*results, official]:
+    for name, n, seconds, rss in [*results, delivery_only, official]:
         rate = n / seconds
         print(f"{name:<52} {rate:>10,.0f} {seconds:>8.1f} {rss:>12.0f} {rate / official_rate:>11.1f}x")
     print()
@@ -93,6 +100,26 @@ def _write_identify_file(path: Path, n: int) -> Path:
     return path
 
 
+def _deliver_only_script(base: str, path: Path, home: Path) -> str:
+    # Plans first (untimed), then times deliver_pending alone and prints its seconds for the parent.
+    return textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from segment_ops.clients.segment_tracking import SegmentTrackingClient
+        from segment_ops.engine.delivery import deliver_pending
+        from segment_ops.engine.ledger import Ledger
+        from segment_ops.engine.replay import plan_file
+        from segment_ops.engine.store import staging
+        with staging(Path({str(home)!r}) / "replay.duckdb") as con:
+            ledger = Ledger(con)
+            plan_file(ledger, Path({str(path)!r}))
+            client = SegmentTrackingClient({base + "/segment"!r}, {SANDBOX_SEGMENT_WRITE_KEY!r})
+            started = time.perf_counter()
+            deliver_pending(ledger, "replay", client)
+            print(f"DELIVERY_SECONDS={{time.perf_counter() - started}}")
+    """)
+
+
 def _official_script(base: str, n: int) -> str:
     # Default settings; when its queue (10,000) is full the library drops messages, so the loop waits
     # for room instead: we measure what it can deliver, not what it throws away.
@@ -112,7 +139,7 @@ def _official_script(base: str, n: int) -> str:
 
 
 def _run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
+    """Wall seconds (or the DELIVERY_SECONDS the child printed) and peak RSS (MB) of one child process."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(process.pid, 0)
@@ -120,6 +147,9 @@ def _run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float
     output = process.stdout.read().decode() if process.stdout else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command[:4])} failed:\n{output}")
+    for line in output.splitlines():
+        if line.startswith("DELIVERY_SECONDS="):
+            seconds = float(line.split("=", 1)[1])
     return seconds, usage.ru_maxrss / 1024
 
 

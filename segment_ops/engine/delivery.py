@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -45,6 +45,13 @@ class DeliveryReport:
     bytes_sent: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    def __add__(self, other: DeliveryReport) -> DeliveryReport:
+        """Two delivery passes of the same sync, as one report."""
+        return DeliveryReport(
+            self.sync, self.delivered + other.delivered, self.rejected + other.rejected, self.failed + other.failed,
+            self.retries + other.retries, self.requests + other.requests, self.bytes_sent + other.bytes_sent,
+            self.seconds + other.seconds, (self.errors + other.errors)[:10])
 
     @property
     def messages_per_second(self) -> float:
@@ -86,9 +93,10 @@ def deliver_pending(
     run_id: str | None = None,
     max_in_flight: int = 4,
     chunk_rows: int = 20_000,
+    chunks: Iterable[list[Message]] | None = None,
     on_progress: Callable[[DeliveryReport], None] | None = None,
 ) -> DeliveryReport:
-    """Send every pending message of `sync`, then fold outcomes into the ledger.
+    """Send every pending message of `sync` (or those `chunks` hand over as they are planned).
 
     Raises `DeliveryError` at the end when messages remain undelivered (retries exhausted), after
     everything else was sent and recorded; raises `VendorAuthError` at once on a credential problem.
@@ -134,7 +142,7 @@ def deliver_pending(
                 on_progress(report)
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"deliver-{sync}") as pool:
-        for chunk in ledger.iter_pending(sync, chunk_rows):
+        for chunk in ledger.iter_pending(sync, chunk_rows) if chunks is None else chunks:
             for batch in pack_batches(chunk):
                 drain(max_in_flight)
                 if fatal is not None:

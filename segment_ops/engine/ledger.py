@@ -95,6 +95,7 @@ class PlanCounts:
     already_known: int  # same messageId planned before (delivered, or pending from an earlier run)
     duplicates_in_input: int
     rejected: int
+    seqs: range = range(0)  # the seq window holding this plan's new messages
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,14 @@ class LedgerCounts:
 class Ledger:
     """The ledger tables of one staging connection."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, create: bool = True) -> None:
         self.con = con
-        con.execute(_SCHEMA)
+        if create:
+            con.execute(_SCHEMA)
+
+    def cursor(self) -> Ledger:
+        """The same ledger on a new cursor of the connection, for use from another thread."""
+        return Ledger(self.con.cursor(), create=False)
 
     def add_planned(self, sync: str, messages: Sequence[PlannedMessage], *, run_id: str | None = None,
                     force: bool = False) -> PlanCounts:
@@ -158,7 +164,7 @@ class Ledger:
             # seq keeps the input's order: the next free number plus the row's position in the input.
             seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM planned_messages WHERE sync = ?",
                                [sync]).fetchone()[0]
-            base = con.execute(f"SELECT coalesce(min(ord), 0) FROM {relation}").fetchone()[0]
+            base, top = con.execute(f"SELECT coalesce(min(ord), 0), coalesce(max(ord), -1) FROM {relation}").fetchone()
             con.execute(
                 f"""
                 INSERT INTO planned_messages (sync, seq, message_id, record_key, call_type, payload,
@@ -176,7 +182,7 @@ class Ledger:
             raise
         planned = distinct if force else distinct - known
         return PlanCounts(planned=planned, already_known=0 if force else known,
-                          duplicates_in_input=total - distinct, rejected=0)
+                          duplicates_in_input=total - distinct, rejected=0, seqs=range(seq0, seq0 + top - base + 1))
 
     def count_known(self, sync: str, messages: Sequence[PlannedMessage]) -> PlanCounts:
         """What `add_planned` would count, without writing anything (for dry runs)."""
@@ -204,18 +210,22 @@ class Ledger:
             f"INSERT INTO rejected (sync, run_id, record_key, source, reason, record, rejected_at) "
             f"SELECT ?, ?, record_key, source, reason, record, ? FROM {relation}", [sync, run_id, _now()])
 
-    def iter_pending(self, sync: str, chunk_rows: int = 20_000) -> Iterator[list[tuple[int, str]]]:
+    def iter_pending(self, sync: str, chunk_rows: int = 20_000,
+                     seqs: range | None = None) -> Iterator[list[tuple[int, str]]]:
         """Pending (seq, payload) in planning order, a window of `seq` at a time; payloads hold their messageId.
 
-        Windows of `seq` rather than ORDER BY ... LIMIT: both tables grow in seq order, so each window
-        reads only its own row groups.
+        `seqs` limits the walk (e.g. to what one plan just added); by default it covers every pending
+        message. Windows of `seq` rather than ORDER BY ... LIMIT: both tables grow in seq order, so each
+        window reads only its own row groups.
         """
-        low, high = self.con.execute(
-            "SELECT min(seq), max(seq) FROM ledger WHERE sync = ? AND status = ?", [sync, PENDING]).fetchone()
-        if low is None:
-            return
-        for start in range(low, high + 1, chunk_rows):
-            end = start + chunk_rows
+        if seqs is None:
+            low, high = self.con.execute(
+                "SELECT min(seq), max(seq) FROM ledger WHERE sync = ? AND status = ?", [sync, PENDING]).fetchone()
+            if low is None:
+                return
+            seqs = range(low, high + 1)
+        for start in range(seqs.start, seqs.stop, chunk_rows):
+            end = min(start + chunk_rows, seqs.stop)
             rows = self.con.execute(
                 """
                 SELECT m.seq, m.payload FROM planned_messages m

@@ -7,6 +7,8 @@ the ledger is not planned again, so replaying the same file twice sends nothing 
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from segment_ops.engine.delivery import DeliveryReport, deliver_pending
 from segment_ops.engine.ledger import Ledger, PlanCounts, PlannedMessage, Rejection
 
 REPLAY_SYNC = "replay"
-CHUNK_ROWS = 20_000
+CHUNK_ROWS = 10_000
 
 
 class ReplayInputError(ValueError):
@@ -55,11 +57,13 @@ class ReplayResult:
 
 
 def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: str | None = None,
-              force: bool = False, dry_run: bool = False, sample_size: int = 5) -> ReplayPlan:
+              force: bool = False, dry_run: bool = False, sample_size: int = 5,
+              on_planned: Callable[[range], None] | None = None) -> ReplayPlan:
     """Validate every record of `path` and add the valid ones to the ledger as pending.
 
     Chunk by chunk: planning is idempotent by messageId, so a run that dies halfway through a file
-    plans the rest next time and nothing twice.
+    plans the rest next time and nothing twice. `on_planned` gets the seq window of each chunk's new
+    messages as soon as they are committed.
     """
     plan = ReplayPlan(source=str(path))
     for chunk in _read_chunks(path):
@@ -84,23 +88,57 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
             plan.add(ledger.count_known(sync, planned))
             continue
         ledger.add_rejections(sync, rejections, run_id=run_id)
-        plan.add(ledger.add_planned(sync, planned, run_id=run_id, force=force))
+        counts = ledger.add_planned(sync, planned, run_id=run_id, force=force)
+        plan.add(counts)
+        if on_planned is not None and counts.planned:
+            on_planned(counts.seqs)
     return plan
 
 
 def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], SegmentTrackingClient], *,
                 sync: str = REPLAY_SYNC, run_id: str | None = None, force: bool = False, dry_run: bool = False,
                 max_in_flight: int = 4) -> ReplayResult:
-    """Plan `path`, then deliver everything pending for `sync` (including leftovers of a killed run)."""
-    plan = plan_file(ledger, path, sync=sync, run_id=run_id, force=force, dry_run=dry_run)
+    """Plan `path` and deliver it, planning and sending at the same time; then deliver whatever else is
+    pending for `sync` (leftovers of a killed run, messages reset by `force`)."""
     if dry_run:
-        return ReplayResult(plan, None)
+        return ReplayResult(plan_file(ledger, path, sync=sync, run_id=run_id, dry_run=True), None)
+    # A one-place queue: the planner runs at most one chunk ahead of delivery, which bounds memory.
+    windows: queue.Queue[range | None] = queue.Queue(maxsize=1)
+    outcome: dict[str, object] = {}
+
+    def plan_in_background() -> None:
+        try:
+            outcome["plan"] = plan_file(ledger.cursor(), path, sync=sync, run_id=run_id, force=force,
+                                        on_planned=windows.put)
+        except BaseException as exc:  # handed to the calling thread below
+            outcome["error"] = exc
+        finally:
+            windows.put(None)
+
+    planning_done = threading.Event()
+
+    def planned_chunks() -> Iterator[list[tuple[int, str]]]:
+        while (window := windows.get()) is not None:
+            yield from ledger.iter_pending(sync, seqs=window)
+        planning_done.set()
+
+    planner = threading.Thread(target=plan_in_background, name=f"plan-{sync}", daemon=True)
+    planner.start()
     client = client_factory()
     try:
-        report = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight)
+        try:
+            report = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight,
+                                     chunks=planned_chunks())
+        finally:
+            while not planning_done.is_set() and windows.get() is not None:
+                pass  # delivery stopped early: keep the queue moving so the planner can finish
+            planner.join()
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        report += deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight)
     finally:
         client.close()
-    return ReplayResult(plan, report)
+    return ReplayResult(outcome["plan"], report)  # type: ignore[arg-type]
 
 
 Chunk = list[tuple[int, bytes | dict]]  # (line number, raw line or Parquet record)
