@@ -54,6 +54,18 @@ class VendorRequestError(VendorError):
     """A 4xx other than auth and throttling: the request itself is wrong and will fail again."""
 
 
+class PartialBatchError(VendorRequestError):
+    """A batch was refused at one event after the ones before it were accepted (Splunk HEC code 6).
+
+    `accepted` events at the front were taken; the event at that index is the bad one.
+    """
+
+    def __init__(self, vendor: str, method: str, path: str, message: str, *, accepted: int,
+                 status: int | None = None, attempts: int = 1) -> None:
+        super().__init__(vendor, method, path, message, status=status, attempts=attempts)
+        self.accepted = accepted
+
+
 class VendorUnavailable(VendorError):
     """Retries ran out (attempts or total time) on 429, 5xx or network errors."""
 

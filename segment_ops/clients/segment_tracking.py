@@ -24,7 +24,13 @@ DEFAULT_MAX_REQUESTS_PER_SECOND = 200.0
 
 
 class SegmentTrackingClient:
-    """Sends batches of Segment calls; auth is Basic with the write key as username (spec §1)."""
+    """Sends batches of Segment calls; auth is Basic with the write key as username (spec §1).
+
+    A delivery-engine destination: `name`, `max_batch_bytes` and `send_batch`.
+    """
+
+    name = "segment"
+    max_batch_bytes = BATCH_TARGET_BYTES
 
     def __init__(
         self,

@@ -6,14 +6,30 @@ Retries follow HEC's codes: 500 (code 8) and 503 (code 9, server busy) are retri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import orjson
 
-from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, header_auth
+from segment_ops.clients.base import (
+    HttpClient,
+    PartialBatchError,
+    RetryEvent,
+    RetryPolicy,
+    VendorRequestError,
+    describe_error,
+    header_auth,
+)
+
+# Splunk Cloud advises requests of at most 1 MB (spec §5, unverified); Enterprise allows far more.
+MAX_BATCH_BYTES = 900_000
 
 
 class SplunkHecClient:
+    """A delivery-engine destination: `name`, `max_batch_bytes` and `send_batch` of encoded HEC events."""
+
+    name = "splunk_hec"
+    max_batch_bytes = MAX_BATCH_BYTES
+
     def __init__(self, base_url: str, token: str, *, channel: str | None = None, timeout: float = 30.0,
                  retry: RetryPolicy | None = None) -> None:
         self.channel = channel
@@ -35,6 +51,24 @@ class SplunkHecClient:
         body = b"".join(orjson.dumps(e) for e in events)
         reply = self.http.request("POST", "/services/collector/event", content=body, on_retry=on_retry).json()
         return reply.get("ackId")
+
+    def send_batch(self, payloads: Sequence[bytes], *,
+                   on_retry: Callable[[RetryEvent], None] | None = None) -> int | None:
+        """POST already-encoded events; returns the ackId when indexer ack is on.
+
+        Code 6 names the first bad event, and HEC may have indexed the ones before it (spec §5): that
+        is a `PartialBatchError`, so the engine re-sends only what follows, never the accepted prefix.
+        """
+        path = "/services/collector/event"
+        response = self.http.request("POST", path, content=b"".join(payloads), on_retry=on_retry, ok_statuses=(400,))
+        body = response.json() if response.content else {}
+        if response.status_code == 400:
+            message = describe_error(response)
+            if body.get("code") == 6 and isinstance(body.get("invalid-event-number"), int):
+                raise PartialBatchError(self.http.vendor, "POST", path, message,
+                                        accepted=body["invalid-event-number"], status=400)
+            raise VendorRequestError(self.http.vendor, "POST", path, message, status=400)
+        return body.get("ackId")
 
     def query_acks(self, ack_ids: Iterable[int]) -> dict[int, bool]:
         """Which ackIds the indexers have acknowledged (spec §5, indexer acknowledgement)."""

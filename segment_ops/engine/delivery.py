@@ -1,11 +1,16 @@
-"""Deliver a sync's pending messages to Segment: packed by bytes, sent concurrently, outcomes logged.
+"""Deliver a sync's pending messages to a destination: packed by bytes, sent concurrently, outcomes logged.
+
+A destination is anything with a `name`, a `max_batch_bytes` and `send_batch(payloads, on_retry=...)`
+that raises the client errors of `clients.base` (Segment's Tracking API; a SIEM).
 
 - Batches are closed by size (475,000 bytes, spec §1), not by count, so a request-rate cap still
   leaves high throughput.
 - Up to `max_in_flight` batches are on the wire at once; 429/5xx/network errors are retried by the
   client (backoff, Retry-After, total-time cap).
 - A 400 for a batch means some message in it is bad: the batch is split in halves and re-sent until
-  the bad messages stand alone; only those are rejected, with Segment's reason.
+  the bad messages stand alone; only those are rejected, with the destination's reason. A destination
+  that says which event was bad after accepting the ones before it (`PartialBatchError`) gets the
+  rest re-sent, without the accepted prefix.
 - Outcomes are logged to the ledger at least every second (or 20,000 messages): a commit per batch
   would cost more than sending it. A killed run therefore re-sends at most what was in flight plus
   about a second of acknowledged traffic, with the same messageIds, which Segment deduplicates.
@@ -18,13 +23,29 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from segment_ops.clients.base import RetryEvent, VendorAuthError, VendorError, VendorRequestError
-from segment_ops.clients.segment_tracking import BATCH_TARGET_BYTES, SegmentTrackingClient
+from segment_ops.clients.base import (
+    PartialBatchError,
+    RetryEvent,
+    VendorAuthError,
+    VendorError,
+    VendorRequestError,
+)
 from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger
 
 FLUSH_SECONDS = 1.0
 FLUSH_MESSAGES = 20_000
+
+class Destination(Protocol):
+    """Where a sync's messages go."""
+
+    name: str
+    max_batch_bytes: int
+
+    def send_batch(self, payloads: Sequence[bytes], *, on_retry: Callable[[RetryEvent], None] | None = None) -> None:
+        ...
+
 
 Message = tuple[int, str]  # (ledger seq, encoded payload holding its messageId)
 Outcome = tuple[int, str, int, str | None]  # (ledger seq, status, attempts, error)
@@ -70,7 +91,7 @@ class DeliveryReport:
         }
 
 
-def pack_batches(messages: Sequence[Message], max_bytes: int = BATCH_TARGET_BYTES) -> Iterator[list[Message]]:
+def pack_batches(messages: Sequence[Message], max_bytes: int) -> Iterator[list[Message]]:
     """Group messages into batches whose encoded size stays under `max_bytes` (plus envelope)."""
     batch: list[Message] = []
     size = 0
@@ -88,7 +109,7 @@ def pack_batches(messages: Sequence[Message], max_bytes: int = BATCH_TARGET_BYTE
 def deliver_pending(
     ledger: Ledger,
     sync: str,
-    client: SegmentTrackingClient,
+    client: Destination,
     *,
     run_id: str | None = None,
     max_in_flight: int = 4,
@@ -119,7 +140,7 @@ def deliver_pending(
 
     def flush() -> None:
         nonlocal last_flush
-        _record(ledger, sync, unlogged, run_id)
+        _record(ledger, sync, unlogged, client.name, run_id)
         unlogged.clear()
         last_flush = time.monotonic()
 
@@ -143,7 +164,7 @@ def deliver_pending(
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"deliver-{sync}") as pool:
         for chunk in ledger.iter_pending(sync, chunk_rows) if chunks is None else chunks:
-            for batch in pack_batches(chunk):
+            for batch in pack_batches(chunk, client.max_batch_bytes):
                 drain(max_in_flight)
                 if fatal is not None:
                     break
@@ -163,7 +184,7 @@ def deliver_pending(
     return report
 
 
-def _send_isolating(client: SegmentTrackingClient, batch: list[Message], on_retry: Callable[[RetryEvent], None],
+def _send_isolating(client: Destination, batch: list[Message], on_retry: Callable[[RetryEvent], None],
                     report: DeliveryReport, lock: threading.Lock) -> list[Outcome]:
     """Send a batch; on 400 split it until the bad messages are alone and reject only those."""
     payloads = [p.encode() for _, p in batch]
@@ -181,6 +202,11 @@ def _send_isolating(client: SegmentTrackingClient, batch: list[Message], on_retr
         client.send_batch(payloads, on_retry=counting)
     except VendorAuthError:
         raise
+    except PartialBatchError as exc:
+        taken, bad, rest = batch[: exc.accepted], batch[exc.accepted], batch[exc.accepted + 1:]
+        return ([(seq, DELIVERED, 1 + retries, None) for seq, _ in taken]
+                + [(bad[0], REJECTED, 1 + retries, exc.vendor_message)]
+                + (_send_isolating(client, rest, on_retry, report, lock) if rest else []))
     except VendorRequestError as exc:
         if exc.status not in (400, 413):
             return [(seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch]
@@ -206,9 +232,9 @@ def _count(outcomes: list[Outcome], report: DeliveryReport) -> None:
                 report.errors.append(error)
 
 
-def _record(ledger: Ledger, sync: str, outcomes: list[Outcome], run_id: str | None) -> None:
-    """Log outcomes to the ledger, and each message Segment refused to the rejected table."""
+def _record(ledger: Ledger, sync: str, outcomes: list[Outcome], destination: str, run_id: str | None) -> None:
+    """Log outcomes to the ledger, and each message the destination refused to the rejected table."""
     ledger.log_outcomes(sync, outcomes)
-    ledger.reject_refused(sync, [(seq, f"rejected by Segment: {error}")
+    ledger.reject_refused(sync, [(seq, f"rejected by {destination}: {error}")
                                  for seq, status, _, error in outcomes if status == REJECTED],
-                          destination="segment", run_id=run_id)
+                          destination=destination, run_id=run_id)

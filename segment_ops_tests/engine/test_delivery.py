@@ -14,6 +14,8 @@ import orjson
 import pytest
 
 from segment_ops.clients.base import RetryPolicy, VendorAuthError
+from segment_ops.clients.splunk_hec import SplunkHecClient
+from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
 from segment_ops.engine.delivery import DeliveryError, deliver_pending
 from segment_ops.engine.ledger import PlannedMessage
 from segment_ops.engine.replay import plan_file, replay_file
@@ -183,3 +185,21 @@ def test_batches_are_packed_by_bytes_under_the_request_limit(tmp_path, ledger, s
             per_request[kinds.pop()].append(len(ids))
     assert min(per_request["s"]) > 10 * max(per_request["l"])
     assert len(per_request["l"]) >= 2 and max(per_request["l"]) <= 120
+
+
+def test_a_siem_batch_refused_at_one_event_keeps_the_accepted_prefix_and_resends_only_the_rest(
+        ledger, clean_sandbox):
+    # Splunk HEC answers code 6 naming the first bad event, after indexing the ones before it (spec §5).
+    # HEC does not deduplicate, so those must not be sent again.
+    events = [orjson.dumps({"event": {"n": i}, "index": SANDBOX_SPLUNK_INDEX}) for i in range(6)]
+    events[3] = b"[3]"  # not an event object
+    ledger.add_planned("audit", [PlannedMessage(f"evt-{i}", f"evt-{i}", "hec", e) for i, e in enumerate(events)])
+    client = SplunkHecClient(f"{clean_sandbox.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN)
+
+    report = deliver_pending(ledger, "audit", client, run_id="run-hec")
+
+    assert (report.delivered, report.rejected, report.failed) == (5, 1, 0)
+    received = [item["event"]["n"] for item in clean_sandbox.received("splunk", limit=100)]
+    assert sorted(received) == [0, 1, 2, 4, 5]  # each accepted event exactly once
+    [(record_key, source, reason)] = ledger.rejected_since("audit", "run-hec")
+    assert (record_key, source) == ("evt-3", "splunk_hec") and "code 6" in reason
