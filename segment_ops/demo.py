@@ -39,7 +39,7 @@ def _replay_config(home: Path) -> dict:
 
 
 DEMO_STEPS = (
-    DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "already_delivered_or_pending",
+    DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "planned_by_earlier_runs",
              ("rejected_lines", "rejected_by_destination")),
 )
 

@@ -75,7 +75,7 @@ def test_rematerializing_the_same_file_sends_nothing_new(tmp_path, resources, cl
     again = materialize(resources, path)
 
     meta = metadata(again)
-    assert (meta["planned"], meta["already_delivered_or_pending"], meta["delivered"]) == (0, 20, 0)
+    assert (meta["planned"], meta["planned_by_earlier_runs"], meta["delivered"]) == (0, 20, 0)
     assert checks(again)["delivery_complete"].passed
     stats = clean_sandbox.stats()["segment"]
     assert (stats["received"], stats.get("duplicates", 0)) == (20, 0)

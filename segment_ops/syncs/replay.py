@@ -135,7 +135,7 @@ def _plan_metadata(plan: ReplayPlan, dry_run: bool) -> dict:
         "dry_run": dry_run,
         "lines_read": plan.lines,
         "planned": plan.planned,
-        "already_delivered_or_pending": plan.already_known,
+        "planned_by_earlier_runs": plan.already_known,
         "duplicates_in_input": plan.duplicates_in_input,
         "rejected_lines": plan.rejected,
         "sample_payloads": payload_samples(plan.samples),
