@@ -24,6 +24,7 @@ SANDBOX_HEAP_WEBHOOK_SECRET = "sandbox-heap-webhook-secret"
 SANDBOX_PENDO_INTEGRATION_KEY = "sandbox-pendo-integration-key"
 SANDBOX_SPLUNK_HEC_TOKEN = "00000000-0000-4000-8000-00000000c0de"
 SANDBOX_SPLUNK_INDEX = "segment_audit"
+SANDBOX_REDACTION_SALT = "sandbox-redaction-salt"
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SPLUNK_HEC_URL", "Splunk HTTP Event Collector base (live: `https://<host>:8088`).", sandbox_path="/splunk"),
     Setting("SPLUNK_HEC_TOKEN", "HEC token (a GUID).", SANDBOX_SPLUNK_HEC_TOKEN, secret=True),
     Setting("SPLUNK_INDEX", "Splunk index the audit trail is written to.", SANDBOX_SPLUNK_INDEX),
+    Setting(
+        "SIEM_JSONL_URL",
+        "Optional second SIEM destination: a URL taking newline-delimited JSON audit events (unset: off).",
+    ),
+    Setting("SIEM_JSONL_TOKEN", "Bearer token of the JSON-lines SIEM endpoint.", secret=True),
+    Setting(
+        "SEGMENT_OPS_REDACTION_SALT",
+        "Secret key of the salted hashes that replace sensitive audit-event fields before they reach a SIEM.",
+        SANDBOX_REDACTION_SALT,
+        secret=True,
+    ),
     Setting(
         "WAREHOUSE_URL",
         "SQLAlchemy URL of the warehouse the reverse-ETL models run against (PostgreSQL, Snowflake, ...).",

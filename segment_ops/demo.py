@@ -32,15 +32,25 @@ class DemoStep:
     sent_key: str
     already_sent_key: str
     rejected_keys: tuple[str, ...]
+    partition_key: Callable[[], str] | None = None  # for partitioned jobs: which partition the demo runs
 
 
 def _replay_config(home: Path) -> dict:
     return {"ops": {"segment__replayed_events": {"config": {"path": str(home / "demo" / "historical_events.jsonl")}}}}
 
 
+def _last_complete_audit_hour() -> str:
+    from segment_ops.syncs.audit_trail import complete_hours
+
+    return complete_hours(1)[-1]
+
+
 DEMO_STEPS = (
     DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "planned_by_earlier_runs",
              ("rejected_lines", "rejected_by_destination")),
+    # The last complete hour of the sandbox's audit trail, pulled and forwarded to Splunk HEC.
+    DemoStep("audit_trail", "audit_trail_job", lambda home: {}, "events_pulled", "forwarded",
+             "already_forwarded_or_pending", ("rejected_by_destination",), partition_key=_last_complete_audit_hour),
 )
 
 
@@ -76,7 +86,9 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         for step in DEMO_STEPS:
             job = definitions.resolve_job_def(step.job_name)
             run_config = {**step.run_config(home), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-            result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+            partition = step.partition_key() if step.partition_key else None
+            result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                            partition_key=partition)
             metadata = _materialization_metadata(result)
             failed += 0 if result.success else 1
             rows.append((step.group, "ok" if result.success else "FAILED", metadata.get(step.read_key, "-"),
@@ -84,9 +96,10 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
                          sum(int(metadata.get(k, 0)) for k in step.rejected_keys), result.run_id))
         _print_summary(rows)
         stats = sandbox.stats()
-        segment = stats.get("segment", {})
+        segment, splunk = stats.get("segment", {}), stats.get("splunk", {})
         print(f"sandbox recorder: Segment received {segment.get('received', 0):,} unique calls "
-              f"({segment.get('duplicates', 0):,} duplicate deliveries, deduplicated by messageId)")
+              f"({segment.get('duplicates', 0):,} duplicate deliveries, deduplicated by messageId); "
+              f"Splunk HEC received {splunk.get('received', 0):,} events")
         missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
             print("not built yet (so not run): " + ", ".join(missing))
@@ -139,10 +152,14 @@ def _ensure_dagster_home() -> Path:
 
 
 def _materialization_metadata(result: object) -> dict:
+    """Metadata of a run's materializations; counts are summed when a job materializes several assets."""
     values: dict = {}
     for event in result.get_asset_materialization_events():  # type: ignore[attr-defined]
         for key, entry in event.materialization.metadata.items():
-            values[key] = getattr(entry, "value", entry)
+            value = getattr(entry, "value", entry)
+            previous = values.get(key)
+            both_counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (value, previous))
+            values[key] = previous + value if both_counts else value
     return values
 
 

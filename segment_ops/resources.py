@@ -7,14 +7,18 @@ applies (see the README's configuration table).
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from segment_ops.clients import PendoClient, SegmentPublicApiClient, SegmentTrackingClient, SplunkHecClient
+from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.config import Settings, load_settings
+from segment_ops.redaction import DEFAULT_HASH_FIELDS, DEFAULT_PATTERNS, DEFAULT_SCAN_FIELDS, RedactionRules
+from segment_ops.siem import JsonLinesDestination, SplunkHecDestination
 
 
 class SegmentTrackingResource(dg.ConfigurableResource):
@@ -64,9 +68,57 @@ class SplunkHecResource(dg.ConfigurableResource):
     base_url: str
     token: str = Field(repr=False)
     index: str
+    host: str = Field(default="segment-ops", description="HEC `host` of every audit event sent.")
+    max_in_flight: int = Field(default=2, description="Concurrent HEC requests.")
+    ack_timeout_seconds: float = Field(
+        default=60.0, description="With indexer ack on: how long to wait for a batch's ackId before it stays pending.")
+    retry_max_attempts: int = Field(default=10, description="Attempts per request on 500/503 (codes 8, 9).")
+    retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
 
     def get_client(self, channel: str | None = None) -> SplunkHecClient:
-        return SplunkHecClient(self.base_url, self.token, channel=channel)
+        retry = RetryPolicy(max_attempts=self.retry_max_attempts, max_elapsed=self.retry_max_seconds)
+        return SplunkHecClient(self.base_url, self.token, channel=channel, retry=retry)
+
+    def get_destination(self, channel: str | None = None) -> SplunkHecDestination:
+        """The audit-trail SIEM destination; a channel GUID is always sent, so indexer ack works when on."""
+        return SplunkHecDestination(self.get_client(channel=channel or str(uuid.uuid4())), index=self.index,
+                                    host=self.host, ack_timeout=self.ack_timeout_seconds)
+
+
+class JsonLinesSiemResource(dg.ConfigurableResource):
+    """A generic HTTPS JSON-lines endpoint (bearer token), the second SIEM destination; off while `url` is empty."""
+
+    url: str = Field(default="", description="Full URL to POST newline-delimited JSON to; empty: not used.")
+    token: str = Field(default="", repr=False)
+    retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/5xx.")
+    retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
+
+    def get_destination(self) -> JsonLinesDestination:
+        retry = RetryPolicy(max_attempts=self.retry_max_attempts, max_elapsed=self.retry_max_seconds)
+        return JsonLinesDestination(self.url, self.token, retry=retry)
+
+
+class AuditRedactionResource(dg.ConfigurableResource):
+    """Which audit-event fields are hashed (salted HMAC-SHA256) or dropped before they reach any SIEM.
+
+    Defaults: `actorEmail` hashed; emails and tokens inside `actor` and `resourceName` hashed in place.
+    """
+
+    salt: str = Field(repr=False, description="Secret key of the hashes (SEGMENT_OPS_REDACTION_SALT).")
+    enabled: bool = Field(default=True, description="False forwards events exactly as the Public API returned them.")
+    hash_fields: list[str] = Field(default=list(DEFAULT_HASH_FIELDS),
+                                   description="Fields (dotted paths) whose whole value is hashed.")
+    drop_fields: list[str] = Field(default_factory=list, description="Fields (dotted paths) removed.")
+    scan_fields: list[str] = Field(default=list(DEFAULT_SCAN_FIELDS),
+                                   description="String fields in which each match of `patterns` is hashed.")
+    patterns: list[str] = Field(default=list(DEFAULT_PATTERNS),
+                                description="Regular expressions of secrets/personal data inside `scan_fields`.")
+
+    def get_rules(self) -> RedactionRules | None:
+        if not self.enabled:
+            return None
+        return RedactionRules(salt=self.salt, hash_fields=tuple(self.hash_fields), drop_fields=tuple(self.drop_fields),
+                              scan_fields=tuple(self.scan_fields), patterns=tuple(self.patterns))
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -106,6 +158,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "splunk": SplunkHecResource(
             base_url=value("SPLUNK_HEC_URL"), token=value("SPLUNK_HEC_TOKEN"), index=value("SPLUNK_INDEX")
         ),
+        "siem_jsonl": JsonLinesSiemResource(url=value("SIEM_JSONL_URL"), token=value("SIEM_JSONL_TOKEN")),
+        "audit_redaction": AuditRedactionResource(salt=value("SEGMENT_OPS_REDACTION_SALT")),
         "warehouse": WarehouseResource(url=value("WAREHOUSE_URL")),
         # SEGMENT_OPS_HOME is always resolved to an absolute path, so runs in any cwd agree on it.
         "staging": StagingResource(home=settings["SEGMENT_OPS_HOME"]),

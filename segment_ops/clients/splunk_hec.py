@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import httpx
 import orjson
 
 from segment_ops.clients.base import (
@@ -15,6 +16,7 @@ from segment_ops.clients.base import (
     PartialBatchError,
     RetryEvent,
     RetryPolicy,
+    VendorAuthError,
     VendorRequestError,
     describe_error,
     header_auth,
@@ -22,6 +24,28 @@ from segment_ops.clients.base import (
 
 # Splunk Cloud advises requests of at most 1 MB (spec §5, unverified); Enterprise allows far more.
 MAX_BATCH_BYTES = 900_000
+# 400-class codes that say the token's setup is wrong, not one event (spec §5): incorrect index (7), data
+# channel missing/invalid (10, 11), ACK disabled (14). Every event would fail the same way, so these
+# stop the run instead of being split down to single events and rejected one by one.
+CONFIGURATION_CODES = frozenset({7, 10, 11, 14})
+
+
+class HecConfigurationError(VendorAuthError):
+    """HEC refused the request for its setup (index, channel, ack), not for its data: fix the configuration."""
+
+
+def hec_event(event: object, *, time: float | None = None, host: str | None = None, source: str | None = None,
+              sourcetype: str | None = None, index: str | None = None, fields: dict | None = None) -> bytes:
+    """One encoded HEC event (spec §5, event body); metadata left None falls back to the token's defaults."""
+    envelope: dict = {}
+    for key, value in (("time", time), ("host", host), ("source", source), ("sourcetype", sourcetype),
+                       ("index", index)):
+        if value is not None:
+            envelope[key] = value
+    envelope["event"] = event
+    if fields:
+        envelope["fields"] = fields
+    return orjson.dumps(envelope)
 
 
 class SplunkHecClient:
@@ -31,7 +55,7 @@ class SplunkHecClient:
     max_batch_bytes = MAX_BATCH_BYTES
 
     def __init__(self, base_url: str, token: str, *, channel: str | None = None, timeout: float = 30.0,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None) -> None:
         self.channel = channel
         headers = {"Content-Type": "application/json"}
         if channel:
@@ -43,6 +67,7 @@ class SplunkHecClient:
             headers=headers,
             timeout=timeout,
             retry=retry or RetryPolicy(),
+            transport=transport,
         )
 
     def send_events(self, events: Iterable[dict], *,
@@ -67,6 +92,8 @@ class SplunkHecClient:
             if body.get("code") == 6 and isinstance(body.get("invalid-event-number"), int):
                 raise PartialBatchError(self.http.vendor, "POST", path, message,
                                         accepted=body["invalid-event-number"], status=400)
+            if body.get("code") in CONFIGURATION_CODES:
+                raise HecConfigurationError(self.http.vendor, "POST", path, message, status=400)
             raise VendorRequestError(self.http.vendor, "POST", path, message, status=400)
         return body.get("ackId")
 

@@ -30,6 +30,7 @@ SEGMENT_WORKSPACE = dg.AssetSpec(
 )
 SIEM_INDEX = dg.AssetSpec(
     ["splunk", "audit_index"],
+    deps=[["siem", "audit_events"]],
     description="The Splunk index (through the HTTP Event Collector) that receives the Segment audit trail.",
     group_name="audit_trail",
     kinds={"splunk"},

@@ -1,0 +1,82 @@
+"""The audit-trail sensor (near-real-time runs, cursor kept, no pile-up) and the safety-net schedule."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun
+
+from segment_ops.resources import SegmentPublicApiResource
+from segment_ops.syncs.audit_trail import (
+    PARTITIONS,
+    audit_trail_job,
+    audit_trail_safety_net,
+    audit_trail_sensor,
+)
+from segment_ops_tests.audit_trail.conftest import received_ids, run_hour
+
+
+def tick(instance: dg.DagsterInstance, resources: dict, cursor: str | None) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"segment_public_api": resources["segment_public_api"]})
+    return audit_trail_sensor(context)
+
+
+def test_a_new_event_is_forwarded_by_the_run_of_the_next_tick(resources, clean_sandbox, instance):
+    baseline = tick(instance, resources, None)
+    [new] = clean_sandbox.inject_audit_events([{"type": "Destination Deleted"}])
+
+    result = tick(instance, resources, baseline.cursor)
+
+    current = PARTITIONS.get_partition_keys(current_time=datetime.now(UTC))[-1]
+    [request] = result.run_requests
+    assert request.partition_key == current and request.run_key == f"{current}:{new['id']}"
+    assert json.loads(result.cursor)[current] == new["id"]
+    run = run_hour(resources, request.partition_key, instance, tags=request.tags)
+    assert run.success and new["id"] in received_ids(clean_sandbox)
+
+
+def test_a_tick_without_new_events_requests_nothing(resources, clean_sandbox, instance):
+    clean_sandbox.inject_audit_events([{}])
+    first = tick(instance, resources, None)
+
+    second = tick(instance, resources, first.cursor)
+
+    assert first.run_requests and not second.run_requests
+    assert "no new audit events" in second.skip_reason.skip_message
+    assert second.cursor == first.cursor
+
+
+def test_no_run_is_requested_for_an_hour_whose_run_is_still_in_flight(resources, clean_sandbox, instance):
+    current = PARTITIONS.get_partition_keys(current_time=datetime.now(UTC))[-1]
+    instance.add_run(DagsterRun(job_name=audit_trail_job.name, run_id=str(uuid.uuid4()),
+                                status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": current}))
+    clean_sandbox.inject_audit_events([{}])
+
+    result = tick(instance, resources, None)
+
+    assert current not in [r.partition_key for r in result.run_requests]
+    assert current not in json.loads(result.cursor)  # so the next tick asks again
+
+
+def test_an_unreachable_public_api_skips_the_tick_and_keeps_the_cursor(instance):
+    unreachable = SegmentPublicApiResource(base_url="http://127.0.0.1:9/segmentapis", token="t")
+    context = dg.build_sensor_context(instance=instance, cursor='{"x": "y"}',
+                                      resources={"segment_public_api": unreachable})
+
+    result = audit_trail_sensor(context)
+
+    assert not result.run_requests and "Public API probe failed" in result.skip_reason.skip_message
+    assert result.cursor == '{"x": "y"}'
+
+
+def test_the_safety_net_rereads_the_last_two_complete_hours_and_is_off_by_default():
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 16, 20, tzinfo=UTC))
+
+    requests = list(audit_trail_safety_net(context))
+
+    assert [r.partition_key for r in requests] == ["2026-11-23-14:00", "2026-11-23-15:00"]
+    assert audit_trail_safety_net.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -1,0 +1,112 @@
+"""SIEM destinations: Splunk HEC with indexer acknowledgement, and the generic JSON-lines endpoint."""
+
+from __future__ import annotations
+
+import duckdb
+import httpx
+import orjson
+import pytest
+
+from segment_ops.clients.base import RetryPolicy
+from segment_ops.clients.splunk_hec import SplunkHecClient
+from segment_ops.engine.delivery import DeliveryError, deliver_pending
+from segment_ops.engine.ledger import Ledger, PlannedMessage
+from segment_ops.siem import AckTimeoutError, JsonLinesDestination, SplunkHecDestination, ledger_sync
+from segment_ops.syncs.audit_trail import forward_window, pull_window
+from segment_ops_tests.audit_trail.conftest import (
+    audit_ids,
+    complete_hours,
+    metadata,
+    received_ids,
+    run_hour,
+    splunk_resource,
+    window_of,
+)
+
+EVENT = {"id": "evt-1", "timestamp": "2026-11-23T10:00:00.250Z", "type": "Source Created", "actor": "x"}
+
+
+def test_indexer_ack_mode_delivers_once_acknowledged(resources, clean_sandbox, sandbox_factory):
+    acking = sandbox_factory(splunk_ack=True)
+    resources = resources | {"splunk": splunk_resource(acking)}
+    keys = complete_hours(4)
+
+    results = [run_hour(resources, key) for key in keys]
+
+    assert all(r.success for r in results)
+    expected = audit_ids(clean_sandbox, *window_of(keys[0], keys[-1]))
+    assert sorted(received_ids(acking)) == sorted(expected)
+    assert sum(metadata(r).get("indexer_acks_confirmed", 0) for r in results) >= 1
+    assert all(item["channel"] for item in acking.received("splunk", limit=1000))
+    assert acking.stats()["splunk"]["requests"] > sum(metadata(r)["requests"] for r in results)  # ack polls
+
+
+def test_a_batch_never_acknowledged_stays_pending():
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/ack"):
+            return httpx.Response(200, json={"acks": {"0": False}})
+        return httpx.Response(200, json={"text": "Success", "code": 0, "ackId": 0})
+
+    client = SplunkHecClient("https://hec.example", "token", channel="8e69d7b3-0000-4000-8000-000000000000",
+                             transport=httpx.MockTransport(answer), retry=RetryPolicy(max_attempts=1))
+    destination = SplunkHecDestination(client, index="main", host="h", ack_timeout=0.05, ack_poll_initial=0.01)
+    with pytest.raises(AckTimeoutError, match="ackId 0 .* not acknowledged"):
+        destination.send_batch([destination.frame(EVENT)])
+
+    ledger = Ledger(duckdb.connect())
+    ledger.add_planned("audit_trail", [PlannedMessage("evt-1", "evt-1", "audit_event", destination.frame(EVENT))])
+    with pytest.raises(DeliveryError):
+        deliver_pending(ledger, "audit_trail", destination)
+    assert ledger.counts("audit_trail").pending == 1
+
+
+def test_hec_framing_puts_the_audit_time_in_epoch_seconds():
+    client = SplunkHecClient("https://hec.example", "token")
+    frame = orjson.loads(SplunkHecDestination(client, index="idx", host="h").frame(EVENT))
+    assert frame == {"time": 1795428000.25, "host": "h", "source": "segment:audit", "sourcetype": "segment:audit",
+                     "index": "idx", "event": EVENT, "fields": {"audit_event_id": "evt-1"}}
+
+
+def test_the_jsonl_endpoint_receives_every_event_once_as_json_lines(ops_env, clean_sandbox, resources):
+    seen: list[httpx.Request] = []
+
+    def collector(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202)
+
+    jsonl = JsonLinesDestination("https://collector.example/v1/logs", "bearer-secret",
+                                 transport=httpx.MockTransport(collector))
+    splunk = resources["splunk"].get_destination()
+    start, end = window_of(*complete_hours(6)[::5])
+    con = duckdb.connect()
+    pull_window(resources["segment_public_api"].get_client(), con, start, end)
+    rules = resources["audit_redaction"].get_rules()
+
+    report = forward_window(con, [splunk, jsonl], start, end, rules=rules)
+    again = forward_window(con, [splunk, jsonl], start, end, rules=rules)
+
+    expected = audit_ids(clean_sandbox, start, end)
+    assert report.complete and again.complete
+    assert report.deliveries[ledger_sync(jsonl)].delivered == len(expected)
+    assert again.deliveries[ledger_sync(jsonl)].delivered == 0
+    assert all(r.headers["authorization"] == "Bearer bearer-secret" for r in seen)
+    assert all(r.headers["content-type"] == "application/x-ndjson" and r.url.path == "/v1/logs" for r in seen)
+    lines = [orjson.loads(line) for r in seen for line in r.content.decode().splitlines()]
+    assert sorted(line["id"] for line in lines) == sorted(expected)
+    assert all(line["event"]["id"] == line["id"] and line["source"] == "segment:audit" for line in lines)
+    assert sorted(received_ids(clean_sandbox)) == sorted(expected)  # Splunk got them too, once
+
+
+def test_a_bad_line_is_rejected_alone_by_the_jsonl_endpoint():
+    def collector(request: httpx.Request) -> httpx.Response:
+        bad = any(orjson.loads(line)["id"] == "evt-2" for line in request.content.splitlines())
+        return httpx.Response(400, json={"error": "bad line"}) if bad else httpx.Response(200)
+
+    jsonl = JsonLinesDestination("https://collector.example/in", "t", transport=httpx.MockTransport(collector))
+    ledger = Ledger(duckdb.connect())
+    events = [dict(EVENT, id=f"evt-{i}") for i in range(4)]
+    ledger.add_planned("x", [PlannedMessage(e["id"], e["id"], "audit_event", jsonl.frame(e)) for e in events])
+
+    report = deliver_pending(ledger, "x", jsonl)
+
+    assert (report.delivered, report.rejected) == (3, 1)
