@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from segment_ops.resources import build_resources
-from segment_ops.syncs import audit_trail, external, replay
+from segment_ops.syncs import audit_trail, external, replay, reverse_etl
 
 
 @dg.definitions
@@ -13,6 +13,7 @@ def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         external.defs,
         replay.defs,
+        reverse_etl.build_reverse_etl_defs(),
         audit_trail.defs,
         dg.Definitions(resources=build_resources()),
     )

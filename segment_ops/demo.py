@@ -48,6 +48,9 @@ def _last_complete_audit_hour() -> str:
 DEMO_STEPS = (
     DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "planned_by_earlier_runs",
              ("rejected_lines", "rejected_by_destination")),
+    # Every model in sql/reverse_etl/ against the demo warehouse, as one job; counts are summed over the models.
+    DemoStep("reverse_etl", "reverse_etl_job", lambda home: {}, "rows_read", "delivered", "unchanged",
+             ("rejected", "rejected_by_destination")),
     # The last complete hour of the sandbox's audit trail, pulled and forwarded to Splunk HEC.
     DemoStep("audit_trail", "audit_trail_job", lambda home: {}, "events_pulled", "forwarded",
              "already_forwarded_or_pending", ("rejected_by_destination",), partition_key=_last_complete_audit_hour),

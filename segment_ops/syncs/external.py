@@ -37,4 +37,26 @@ SIEM_INDEX = dg.AssetSpec(
     owners=[OWNER],
 )
 
-defs = dg.Definitions(assets=[HEAP_SEGMENTS, PENDO_ACCOUNTS, SEGMENT_WORKSPACE, SIEM_INDEX])
+# Tables of the (demo) warehouse that syncs read through WAREHOUSE_URL. A reverse-ETL model that names
+# another table in its `depends_on:` header gets a spec for it from `warehouse_table_spec` as well.
+WAREHOUSE_TABLES = ("customers", "accounts", "orders", "heap.segments", "heap.segment_members", "identity_map")
+
+
+def warehouse_table_key(table: str) -> dg.AssetKey:
+    """`schema.table` -> ["warehouse", "schema", "table"]."""
+    return dg.AssetKey(["warehouse", *table.split(".")])
+
+
+def warehouse_table_spec(table: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        warehouse_table_key(table),
+        description=f"Warehouse table `{table}`, read through WAREHOUSE_URL (any SQLAlchemy URL; the DuckDB demo "
+                    "warehouse by default).",
+        group_name="warehouse",
+        kinds={"table"},
+        owners=[OWNER],
+    )
+
+
+defs = dg.Definitions(assets=[HEAP_SEGMENTS, PENDO_ACCOUNTS, SEGMENT_WORKSPACE, SIEM_INDEX,
+                              *(warehouse_table_spec(t) for t in WAREHOUSE_TABLES)])

@@ -1,0 +1,471 @@
+"""The reverse-ETL diff: staged rows vs the last *delivered* snapshot, by key, in DuckDB SQL.
+
+Every step is set-based; Python only moves counts and a few samples.
+
+1. Hash: each staged row becomes its Segment call body, built from typed columns (`to_json`,
+   `struct_pack`; timestamps as UTC ISO-8601 with milliseconds), and `row_hash = md5(body)`, so the
+   hash covers exactly the mapped fields (ids, event, timestamp, traits/properties).
+2. Diff against `rev_snapshot`: added (key unknown, or removed before), changed (hash differs),
+   unchanged, and - in mirror mode - removed (key delivered before, absent now).
+3. Reject, with the reason, into the ledger's `rejected` table: rows with a null key, every row of a
+   repeated key, values JSON cannot represent (NaN, binary, integers beyond 64 bits), calls Segment
+   would drop (no userId/anonymousId, no groupId, no event name) and messages over 32 KB. A rejected
+   row's key still counts as present, so mirror mode never "removes" a row that is merely broken.
+4. Plan: one message per change, `messageId` = UUID-shaped sha256 of (sync, key, generation,
+   version, change, row hash), appended to the body; `Ledger.plan_relation` records it once.
+
+Why (generation, version) in the id: the same row can legitimately return to an earlier state
+(A -> B -> A); its version (deliveries of that key so far) makes the third state a new message rather
+than a duplicate of the first. A full resync starts a new generation, so every row is sent again
+under new ids that Segment will not deduplicate away.
+
+State lives next to the ledger in the model's staging file:
+- `rev_snapshot`: per key, the last delivered row hash, version and ids (removed keys stay as
+  tombstones so their version keeps counting);
+- `rev_changes`: each planned, not yet settled change (message_id -> key, hash, kind, ids); written
+  before the ledger plans the message, so every pending message of the model has its row here;
+- `rev_state`: the generation.
+`advance_snapshot` moves a change into the snapshot only once the ledger says its message was
+delivered (ARCHITECTURE rule 2). A pending message that no longer matches the warehouse (the row
+changed again before it was delivered) is marked `superseded` in the ledger, so stale values are
+never sent after newer ones; if the row returns to that state the message is made pending again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import duckdb
+import orjson
+
+from segment_ops.engine.calls import MAX_MESSAGE_BYTES
+from segment_ops.engine.ledger import DELIVERED, PENDING, Ledger
+from segment_ops.engine.models import ModelError, ModelSpec, quote
+from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
+
+# A ledger status the engine does not define: the message was pending when a newer change of the same
+# row replaced it (see the module docstring). `Ledger.counts` ignores it; `iter_pending` skips it.
+SUPERSEDED = "superseded"
+SAMPLE_SIZE = 5
+REJECTION_SAMPLE_SIZE = 20
+_RECORD_CHARS = 2_000
+_ISO_MS = "'%Y-%m-%dT%H:%M:%S.%gZ'"
+
+_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rev_state (generation INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rev_snapshot (
+    record_key   VARCHAR NOT NULL,
+    row_hash     VARCHAR NOT NULL,
+    version      BIGINT NOT NULL,      -- deliveries of this key so far (in this generation)
+    removed      BOOLEAN NOT NULL,     -- tombstone: the key's removal was delivered (mirror)
+    user_id      VARCHAR,
+    anonymous_id VARCHAR,
+    group_id     VARCHAR,
+    message_id   VARCHAR NOT NULL,     -- the delivered message that set this state
+    delivered_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS rev_changes (
+    message_id   VARCHAR NOT NULL,
+    generation   INTEGER NOT NULL,
+    record_key   VARCHAR NOT NULL,
+    kind         VARCHAR NOT NULL,     -- added | changed | removed
+    row_hash     VARCHAR NOT NULL,
+    version      BIGINT NOT NULL,
+    user_id      VARCHAR,
+    anonymous_id VARCHAR,
+    group_id     VARCHAR,
+    planned_run  VARCHAR,
+    planned_at   TIMESTAMPTZ NOT NULL
+);
+-- Messages this module marked superseded in the ledger, so reviving one needs no scan of the ledger.
+CREATE TABLE IF NOT EXISTS rev_superseded (message_id VARCHAR NOT NULL, seq BIGINT NOT NULL);
+"""
+
+
+@dataclass
+class DiffPlan:
+    """What one run found and planned for a model."""
+
+    rows_read: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    planned: int = 0  # messages newly pending (or made pending again)
+    already_known: int = 0  # changes whose message the ledger already had (pending or delivered)
+    superseded: int = 0
+    changed_not_sent: int = 0  # append mode: a known key changed; append never re-sends
+    samples: list[bytes] = field(default_factory=list)
+    rejection_samples: list[tuple[str | None, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def ensure_state(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(_STATE_SCHEMA)
+    if con.execute("SELECT count(*) FROM rev_state").fetchone()[0] == 0:
+        con.execute("INSERT INTO rev_state VALUES (1)")
+
+
+def generation(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT max(generation) FROM rev_state").fetchone()[0]
+
+
+def reset_snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    """Full resync: forget what was delivered and start a new generation; returns it.
+
+    Changes still pending from the old generation stay in `rev_changes`: the next plan supersedes them.
+    """
+    con.execute("BEGIN")
+    try:
+        con.execute("UPDATE rev_state SET generation = generation + 1")
+        con.execute("DELETE FROM rev_snapshot")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return generation(con)
+
+
+def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
+    """Move every change the ledger reports delivered into the snapshot; drop those that settled otherwise
+    (rejected by Segment, superseded). Returns how many keys advanced. Safe to run at any time."""
+    if con.execute("SELECT count(*) FROM rev_changes").fetchone()[0] == 0:
+        return 0  # the usual start of a run: nothing in flight, no need to read the ledger
+    current = generation(con)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE rev_settled AS
+        SELECT c.*, l.status, l.seq, l.delivered_at
+        FROM rev_changes c JOIN ledger l ON l.sync = ? AND l.message_id = c.message_id
+        WHERE l.status <> ?
+        """, [sync, PENDING])
+    con.execute("BEGIN")
+    try:
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE rev_advanced AS
+            SELECT d.* FROM rev_settled d LEFT JOIN rev_snapshot s ON s.record_key = d.record_key
+            WHERE d.status = ? AND d.generation = ? AND d.version > coalesce(s.version, 0)
+            QUALIFY row_number() OVER (PARTITION BY d.record_key ORDER BY d.version DESC, d.seq DESC) = 1
+            """, [DELIVERED, current])
+        advanced = con.execute("SELECT count(*) FROM rev_advanced").fetchone()[0]
+        if advanced:
+            con.execute("DELETE FROM rev_snapshot WHERE record_key IN (SELECT record_key FROM rev_advanced)")
+            con.execute(
+                """
+                INSERT INTO rev_snapshot
+                SELECT record_key, row_hash, version, kind = 'removed', user_id, anonymous_id, group_id,
+                       message_id, delivered_at
+                FROM rev_advanced
+                """)
+        con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_settled)")
+        con.execute("DROP TABLE rev_advanced")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("DROP TABLE rev_settled")
+    return advanced
+
+
+def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpec, staged: StagedResult, *,
+                 run_id: str | None = None, dry_run: bool = False, ignore_snapshot: bool = False) -> DiffPlan:
+    """Diff `staged` against the snapshot and plan the changes in the ledger (counts only when `dry_run`).
+
+    `ignore_snapshot` diffs against an empty snapshot without touching it (a dry run of a full resync).
+    """
+    started = time.monotonic()
+    sql = _ModelSql(model, staged, generation(con) + (1 if ignore_snapshot else 0))
+    snapshot = "(SELECT * FROM rev_snapshot WHERE false)" if ignore_snapshot else "rev_snapshot"
+    table = quote(staged.table)
+    plan = DiffPlan(rows_read=staged.rows)
+
+    # 1. One row per key with its hash; `copies` > 1 marks a repeated key, the NULL group the null keys.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_current AS
+        SELECT record_key, any_value(row_hash) AS row_hash, count(*) AS copies
+        FROM (SELECT {sql.key} AS record_key, md5({sql.body}) AS row_hash FROM {table} AS r)
+        GROUP BY record_key
+    """)
+    # 2. Added and changed keys (append: only added ones are candidates).
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_delta AS
+        SELECT c.record_key, c.row_hash,
+               CASE WHEN s.record_key IS NULL OR s.removed THEN 'added' ELSE 'changed' END AS kind,
+               coalesce(s.version, 0) + 1 AS version
+        FROM rev_current c LEFT JOIN {snapshot} s ON s.record_key = c.record_key
+        WHERE c.record_key IS NOT NULL AND c.copies = 1
+          AND (s.record_key IS NULL OR s.removed OR s.row_hash <> c.row_hash)
+    """)
+    valid_keys, null_rows, duplicate_rows = con.execute(
+        "SELECT count(*) FILTER (WHERE record_key IS NOT NULL AND copies = 1), "
+        "coalesce(sum(copies) FILTER (WHERE record_key IS NULL), 0), "
+        "coalesce(sum(copies) FILTER (WHERE record_key IS NOT NULL AND copies > 1), 0) FROM rev_current").fetchone()
+    delta_added, delta_changed = con.execute(
+        "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed') FROM rev_delta"
+    ).fetchone()
+    plan.unchanged = valid_keys - delta_added - delta_changed
+    if model.mode == "append":
+        plan.changed = plan.changed_not_sent = delta_changed
+    # 3. Candidate calls: body, ids, and why a row cannot be sent.
+    send_kinds = "('added')" if model.mode == "append" else "('added', 'changed')"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_candidates AS
+        SELECT d.record_key, d.kind, d.row_hash, d.version, {sql.user_id} AS user_id,
+               {sql.anonymous_id} AS anonymous_id, {sql.group_id} AS group_id,
+               {sql.body_open} AS body_open, {sql.reason} AS reason
+        FROM rev_delta d JOIN {table} AS r ON {sql.key} = d.record_key
+        WHERE d.kind IN {send_kinds}
+    """)
+    removals = ""
+    if model.mode == "mirror":
+        removals = f"""
+        UNION ALL
+        SELECT s.record_key, 'removed', s.row_hash, s.version + 1, s.user_id, s.anonymous_id, s.group_id,
+               {sql.removal_body_open}, NULL
+        FROM {snapshot} s
+        WHERE NOT s.removed AND NOT EXISTS (SELECT 1 FROM rev_current c WHERE c.record_key = s.record_key)
+        """
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_wanted AS
+        SELECT message_id, record_key, '{model.call}' AS call_type,
+               body_open || ',"messageId":"' || message_id || '"}}' AS payload,
+               row_number() OVER () AS ord, kind, row_hash, version, user_id, anonymous_id, group_id
+        FROM (
+            SELECT *, {sql.message_id("h")} AS message_id
+            FROM (SELECT *, {sql.id_hash()} AS h FROM (SELECT * FROM rev_candidates WHERE reason IS NULL {removals}))
+        )
+    """)
+    # Segment refuses a message over 32 KB (spec §1): reject it here, with its size, rather than at send time.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_oversize AS
+        SELECT record_key, strlen(payload) AS bytes FROM rev_wanted WHERE strlen(payload) > {MAX_MESSAGE_BYTES}
+    """)
+    if con.execute("SELECT count(*) FROM rev_oversize").fetchone()[0]:
+        con.execute("DELETE FROM rev_wanted WHERE strlen(payload) > ?", [MAX_MESSAGE_BYTES])
+    # Counts of what will be sent; a rejected row counts as rejected only, so that
+    # rows_read = added + changed + unchanged + rejected.
+    added, changed, plan.removed = con.execute(
+        "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed'), "
+        "count(*) FILTER (WHERE kind = 'removed') FROM rev_wanted").fetchone()
+    plan.added = added
+    plan.changed = plan.changed if model.mode == "append" else changed
+    _collect_rejections(con, model, sql, table, null_rows, duplicate_rows)
+    plan.rejected = con.execute("SELECT count(*) FROM rev_rejections").fetchone()[0]
+    plan.rejection_samples = con.execute(
+        "SELECT record_key, reason FROM rev_rejections LIMIT ?", [REJECTION_SAMPLE_SIZE]).fetchall()
+    plan.samples = [p.encode() for (p,) in con.execute(
+        "SELECT payload FROM rev_wanted ORDER BY ord LIMIT ?", [SAMPLE_SIZE]).fetchall()]
+
+    if dry_run:
+        wanted, known = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? "
+            "AND l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w", [model.sync, SUPERSEDED]
+        ).fetchone()
+        plan.planned, plan.already_known = wanted - known, known
+    else:
+        ledger.reject_relation(model.sync, "rev_rejections", run_id=run_id)
+        # Recorded before the ledger plans them: a run killed in between leaves a row whose message is
+        # unknown to the ledger (harmless: planned next time, or dropped as stale), never the reverse.
+        con.execute(
+            """
+            INSERT INTO rev_changes
+            SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id, ?, now()
+            FROM rev_wanted w WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)
+            """, [sql.generation, run_id])
+        plan.superseded = _supersede_stale(con, ledger, model.sync)
+        revived = _revive(con, ledger, model.sync)
+        counts = ledger.plan_relation(model.sync, "rev_wanted", run_id=run_id)
+        plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
+    for name in ("rev_current", "rev_delta", "rev_candidates", "rev_wanted", "rev_oversize", "rev_rejections"):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+    plan.seconds = time.monotonic() - started
+    return plan
+
+
+def _collect_rejections(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, table: str,
+                        null_rows: int, duplicate_rows: int) -> None:
+    """`rev_rejections` (record_key, source, reason, record): every row of this run that cannot be sent."""
+    source = model.path.name
+    record = f"left(to_json(r), {_RECORD_CHARS})"
+    parts = [f"""
+        SELECT c.record_key, '{source}' AS source, c.reason, {record} AS record
+        FROM rev_candidates c JOIN {table} AS r ON {sql.key} = c.record_key WHERE c.reason IS NOT NULL
+    """, f"""
+        SELECT o.record_key, '{source}', 'message is ' || o.bytes || ' bytes; Segment''s limit is '
+               || '{MAX_MESSAGE_BYTES:,} bytes per call', NULL
+        FROM rev_oversize o
+    """]
+    if null_rows:
+        parts.append(f"""
+        SELECT NULL, '{source}', {_literal(f"key column {model.key!r} is null")}, {record}
+        FROM {table} AS r WHERE {sql.key} IS NULL
+        """)
+    if duplicate_rows:
+        parts.append(f"""
+        SELECT c.record_key, '{source}',
+               'key ' || c.record_key || ' appears in ' || c.copies || ' rows of the result; a key must identify '
+               || 'one row, so none of them is sent', {record}
+        FROM rev_current c JOIN {table} AS r ON {sql.key} = c.record_key WHERE c.copies > 1
+        """)
+    con.execute("CREATE OR REPLACE TEMP TABLE rev_rejections AS " + " UNION ALL ".join(parts))
+
+
+def _supersede_stale(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:
+    """Pending messages this run no longer wants (their row changed again, or a resync) stop being pending.
+
+    Every pending message has its `rev_changes` row, so only those rows are looked up in the ledger.
+    """
+    con.execute("CREATE OR REPLACE TEMP TABLE rev_stale AS SELECT message_id FROM rev_changes c "
+                "WHERE NOT EXISTS (SELECT 1 FROM rev_wanted w WHERE w.message_id = c.message_id)")
+    stale: list[tuple[str, int]] = []
+    if con.execute("SELECT count(*) FROM rev_stale").fetchone()[0]:
+        stale = con.execute(
+            "SELECT l.message_id, l.seq FROM ledger l JOIN rev_stale s ON s.message_id = l.message_id "
+            "WHERE l.sync = ? AND l.status = ?", [sync, PENDING]).fetchall()
+    for start in range(0, len(stale), 20_000):  # (id, int) pairs: even a whole resync's worth is small
+        chunk = stale[start:start + 20_000]
+        ledger.log_outcomes(sync, [(seq, SUPERSEDED, 0, "superseded by a newer state of the row") for _, seq in chunk])
+        con.execute("INSERT INTO rev_superseded SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
+                    [[m for m, _ in chunk], [q for _, q in chunk]])
+    con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_stale)")
+    con.execute("DROP TABLE rev_stale")
+    return len(stale)
+
+
+def _revive(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:
+    """Superseded messages that match the warehouse again become pending again (same messageId)."""
+    rows = con.execute("SELECT s.seq FROM rev_superseded s JOIN rev_wanted w ON w.message_id = s.message_id"
+                       ).fetchall()
+    if rows:
+        ledger.log_outcomes(sync, [(seq, PENDING, 0, None) for (seq,) in rows])
+        con.execute("DELETE FROM rev_superseded WHERE message_id IN (SELECT message_id FROM rev_wanted)")
+    return len(rows)
+
+
+class _ModelSql:
+    """The SQL expressions of one model over its staged table (aliased `r`)."""
+
+    def __init__(self, model: ModelSpec, staged: StagedResult, generation: int) -> None:
+        self.model, self.types, self.generation = model, staged.types, generation
+        model.check_columns(staged.columns)
+        self.fields = model.field_columns(staged.columns)
+        self.key = f"r.{quote(model.key)}::VARCHAR"
+        self.user_id = self._id(model.user_id)
+        self.anonymous_id = self._id(model.anonymous_id)
+        self.group_id = self._id(model.group_id)
+        self.body_open = self._body_open()
+        self.body = f"{self.body_open} || '}}'"
+        self.reason = self._reason()
+        self.removal_body_open = self._removal_body_open()
+
+    def id_hash(self) -> str:
+        """sha256 of (sync, key, generation, version, change, row hash) of a change row."""
+        return (f"sha256('{self.model.sync}' || chr(31) || record_key || chr(31) || '{self.generation}:' || "
+                f"version || ':' || kind || ':' || row_hash)")
+
+    @staticmethod
+    def message_id(h: str) -> str:
+        """The hex digest `h` as a UUID, laid out like `calls.deterministic_message_id` (v5 nibble, RFC variant)."""
+        return (f"substr({h}, 1, 8) || '-' || substr({h}, 9, 4) || '-5' || substr({h}, 14, 3) || '-' || "
+                f"substr('89ab', ((position(substr({h}, 17, 1) IN '0123456789abcdef') - 1) % 4) + 1, 1) || "
+                f"substr({h}, 18, 3) || '-' || substr({h}, 21, 12)")
+
+    def _id(self, column: str | None) -> str:
+        """An id column as text, sent as it is (an id with spaces is a different id); NULL when empty."""
+        return f"nullif(r.{quote(column)}::VARCHAR, '')" if column else "NULL::VARCHAR"
+
+    def _blank(self, column: str) -> str:
+        """The id or name in `column` is missing, empty or only whitespace (Segment would drop the call)."""
+        return f"nullif(trim(r.{quote(column)}::VARCHAR), '') IS NULL"
+
+    def _body_open(self) -> str:
+        """The call as JSON text without its closing brace (the messageId is appended there)."""
+        model = self.model
+        parts = [_literal('{"type":"' + model.call + '"')]
+        for name, column in (("userId", model.user_id), ("anonymousId", model.anonymous_id),
+                             ("groupId", model.group_id)):
+            if column:
+                parts.append(f"coalesce(',\"{name}\":' || to_json({self._id(column)}), '')")
+        if model.event:
+            parts.append(_literal(',"event":' + orjson.dumps(model.event).decode()))
+        elif model.event_column:
+            parts.append(f"coalesce(',\"event\":' || to_json({self._id(model.event_column)}), '')")
+        if model.timestamp:
+            parts.append(f"coalesce(',\"timestamp\":' || to_json({self._timestamp(model.timestamp)}), '')")
+        if self.fields:
+            packed = ", ".join(f"{quote(c)} := {self._value(c)}" for c in self.fields)
+            parts.append(f"',\"{model.fields_name}\":' || to_json(struct_pack({packed}))")
+        else:
+            parts.append(_literal(f',"{model.fields_name}":{{}}'))
+        return "(" + " || ".join(parts) + ")"
+
+    def _removal_body_open(self) -> str:
+        """Mirror mode: the same call type for the removed key, with every mapped trait set to null."""
+        model = self.model
+        parts = [_literal('{"type":"' + model.call + '"')]
+        for name, column in (("userId", "s.user_id"), ("anonymousId", "s.anonymous_id"), ("groupId", "s.group_id")):
+            parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
+        cleared = orjson.dumps(dict.fromkeys(self.fields)).decode()
+        parts.append(_literal(f',"{model.fields_name}":{cleared}'))
+        return "(" + " || ".join(parts) + ")"
+
+    def _value(self, column: str) -> str:
+        """A column as the JSON value Segment should get."""
+        kind = self.types[column].upper()
+        ref = f"r.{quote(column)}"
+        if kind.startswith("TIMESTAMP"):
+            return self._timestamp(column)
+        if kind.startswith("DECIMAL"):
+            return f"{ref}::DOUBLE"  # JSON numbers are doubles; the streamed path sends Decimals the same way
+        if kind == "INTERVAL":
+            return f"epoch({ref})"
+        if kind in ("BLOB", "BIT"):
+            return "NULL"  # such rows are rejected (see `_reason`)
+        return ref
+
+    def _timestamp(self, column: str) -> str:
+        kind = self.types[column].upper()
+        ref = f"r.{quote(column)}"
+        if kind in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"):
+            return f"strftime(timezone('UTC', {ref}), {_ISO_MS})"
+        if kind.startswith("TIMESTAMP") or kind == "DATE":
+            return f"strftime({ref}::TIMESTAMP, {_ISO_MS})"  # no zone: taken as UTC
+        raise ModelError(self.model.path, f"timestamp column {column!r} is {self.types[column]}; cast it to "
+                                          "TIMESTAMP or TIMESTAMPTZ in the query")
+
+    def _reason(self) -> str:
+        """Why a row cannot become a call (NULL when it can)."""
+        model = self.model
+        checks = [f"r.{UNSERIALISABLE_COLUMN}"]
+        for column in dict.fromkeys([*self.fields, *model.mapped_columns]):
+            kind, ref = self.types[column].upper(), f"r.{quote(column)}"
+            if kind in ("DOUBLE", "FLOAT", "REAL"):
+                checks.append(f"CASE WHEN isnan({ref}) OR isinf({ref}) THEN {_literal(f'column {column!r} is ')} "
+                              f"|| CASE WHEN isnan({ref}) THEN 'NaN' WHEN {ref} > 0 THEN 'Infinity' "
+                              f"ELSE '-Infinity' END || ', which JSON cannot represent' END")
+            elif kind in ("HUGEINT", "UHUGEINT", "UBIGINT"):
+                checks.append(f"CASE WHEN {ref} > 9223372036854775807 OR {ref} < -9223372036854775808 THEN "
+                              f"{_literal(f'column {column!r}: integer ')} || {ref}::VARCHAR || "
+                              f"' does not fit in 64 bits' END")
+            elif kind in ("BLOB", "BIT"):
+                checks.append(f"CASE WHEN {ref} IS NOT NULL THEN "
+                              f"{_literal(f'column {column!r} holds binary data, which JSON cannot carry; encode it in the query (e.g. base64)')} END")
+        ids = " AND ".join(self._blank(c) for c in (model.user_id, model.anonymous_id) if c)
+        mapped = [repr(c) for c in (model.user_id, model.anonymous_id) if c]
+        empty = f"{' and '.join(mapped)} {'are' if len(mapped) > 1 else 'is'} empty"
+        checks.append(f"CASE WHEN {ids} THEN "
+                      f"{_literal(f'{model.call} needs a userId or an anonymousId; {empty}')} END")
+        if model.group_id:
+            checks.append(f"CASE WHEN {self._blank(model.group_id)} THEN "
+                          f"{_literal(f'group needs a groupId; {model.group_id!r} is empty')} END")
+        if model.event_column:
+            checks.append(f"CASE WHEN {self._blank(model.event_column)} THEN "
+                          f"{_literal(f'track needs an event name; {model.event_column!r} is empty')} END")
+        return f"nullif(concat_ws('; ', {', '.join(checks)}), '')"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,290 @@
+"""Reverse-ETL models: one `sql/reverse_etl/<model>.sql` file each, a query under a small header.
+
+The header is the file's leading block of `-- key: value` comment lines (other leading comment lines
+are free text); the query follows. Parsing is strict: an unknown or repeated key, a missing required
+key or a value of the wrong shape is a `ModelError` that names the file, so a typo never turns into a
+sync that quietly sends the wrong thing. Column names in the mapping can only be checked against the
+query's result, which `ModelSpec.check_columns` does once the rows are staged.
+
+    -- description: Profile traits of every known customer, from the CRM.
+    -- owner: team:growth
+    -- call: identify                 identify | group | track
+    -- mode: upsert                   upsert | mirror | append
+    -- key: user_id                   the column that identifies a row (one row per key)
+    -- user_id: user_id               column holding the Segment userId
+    -- traits: email, name, plan      columns sent as traits (track: `properties`); default all others
+    -- schedule: 0 * * * *            cron, UTC
+    -- depends_on: customers          warehouse tables the query reads (lineage and the change sensor)
+    -- probe: updated_at              column of those tables whose max() tells the sensor rows changed
+    SELECT user_id, email, name, plan FROM customers
+
+No Dagster imports: the Dagster layer (`segment_ops.syncs.reverse_etl`) builds assets from these specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CALL_TYPES = ("identify", "group", "track")
+MODES = ("upsert", "mirror", "append")
+DEFAULT_MAX_REJECTED_RATIO = 0.01
+MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
+_OWNER = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+_HEADER_LINE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
+
+# Every header key, what it holds, and whether it is required (call-type specific rules are in `_check`).
+HEADER_KEYS: dict[str, str] = {
+    "description": "what the model sends and why (becomes the asset's description)",
+    "owner": "who answers for it: team:<name> or an email; several separated by commas",
+    "call": "identify | group | track",
+    "mode": "upsert (added + changed) | mirror (also clears removed rows) | append (each new key once)",
+    "key": "column identifying a row; null or repeated keys are rejected",
+    "user_id": "column holding the Segment userId",
+    "anonymous_id": "column holding the Segment anonymousId",
+    "group_id": "column holding the groupId (group calls)",
+    "event": "event name of track calls (a literal)",
+    "event_column": "column holding the event name of track calls",
+    "timestamp": "TIMESTAMP/DATE column sent as the call's timestamp",
+    "traits": "columns sent as traits (identify, group); default: every column not mapped above",
+    "properties": "columns sent as properties (track); default: every column not mapped above",
+    "exclude": "columns left out of the default traits/properties",
+    "schedule": "cron expression (UTC) of the model's schedule",
+    "depends_on": "warehouse tables the query reads, comma-separated (schema.table allowed)",
+    "probe": "column of the depends_on tables whose max() the change sensor watches (else row counts)",
+    "max_rejected_ratio": f"rejected share of rows above which the check warns (default {DEFAULT_MAX_REJECTED_RATIO})",
+}
+_REQUIRED = ("description", "owner", "call", "mode", "key")
+_LIST_KEYS = ("owner", "traits", "properties", "exclude", "depends_on")
+
+
+class ModelError(ValueError):
+    """A model file that cannot be synced as written; the message starts with the file's path."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One parsed model file."""
+
+    name: str
+    path: Path
+    sql: str
+    description: str
+    owners: tuple[str, ...]
+    call: str
+    mode: str
+    key: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    group_id: str | None = None
+    event: str | None = None
+    event_column: str | None = None
+    timestamp: str | None = None
+    fields: tuple[str, ...] | None = None  # traits or properties; None: every column not mapped
+    exclude: tuple[str, ...] = ()
+    schedule: str | None = None
+    depends_on: tuple[str, ...] = ()
+    probe: str | None = None
+    max_rejected_ratio: float = DEFAULT_MAX_REJECTED_RATIO
+    code_version: str = ""
+    header: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def sync(self) -> str:
+        """The sync name in the ledger, and the staging file's name."""
+        return f"reverse_etl_{self.name}"
+
+    @property
+    def fields_name(self) -> str:
+        return "properties" if self.call == "track" else "traits"
+
+    @property
+    def mapped_columns(self) -> tuple[str, ...]:
+        """Columns that become ids, event name or timestamp rather than traits/properties."""
+        return tuple(c for c in (self.user_id, self.anonymous_id, self.group_id, self.event_column, self.timestamp)
+                     if c)
+
+    def field_columns(self, columns: Sequence[str]) -> tuple[str, ...]:
+        """The traits/properties of a result with `columns`: as declared, else every column not mapped."""
+        if self.fields is not None:
+            return self.fields
+        skip = set(self.mapped_columns) | set(self.exclude)
+        return tuple(c for c in columns if c not in skip)
+
+    def check_columns(self, columns: Sequence[str]) -> None:
+        """Raise `ModelError` when the header names a column the query does not return."""
+        present = set(columns)
+        named = [("key", self.key)] + [(k, getattr(self, k)) for k in
+                                       ("user_id", "anonymous_id", "group_id", "event_column", "timestamp")]
+        named += [(self.fields_name, c) for c in self.fields or ()] + [("exclude", c) for c in self.exclude]
+        missing = [f"{c} ({k})" for k, c in named if c and c not in present]
+        if missing:
+            raise ModelError(self.path, f"the header names column(s) the query does not return: {', '.join(missing)}"
+                                        f"; the query returns: {', '.join(columns)}")
+
+
+def parse_model(path: Path | str, text: str | None = None) -> ModelSpec:
+    """Parse and validate one model file; raises `ModelError` naming the file."""
+    path = Path(path)
+    name = path.stem
+    if text is None:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelError(path, f"cannot read the file: {exc}") from None
+    if not MODEL_NAME.match(name):
+        raise ModelError(path, "a model's file name must be letters, digits and underscores, starting with a letter"
+                               " (it becomes the asset key)")
+    header, sql = _split(path, text)
+    spec = _build(path, name, header, sql, hashlib.sha256(text.encode()).hexdigest()[:16])
+    _check(spec)
+    return spec
+
+
+def load_models(folder: Path | str) -> list[ModelSpec | ModelError]:
+    """Every `*.sql` in `folder` in name order: a spec, or the `ModelError` that file raised."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found: list[ModelSpec | ModelError] = []
+    for path in sorted(folder.glob("*.sql")):
+        try:
+            found.append(parse_model(path))
+        except ModelError as exc:
+            found.append(exc)
+    return found
+
+
+def _split(path: Path, text: str) -> tuple[dict[str, str], str]:
+    """The header's key/values and the query after it."""
+    header: dict[str, str] = {}
+    lines = text.splitlines()
+    body_start = len(lines)
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("--"):
+            body_start = number
+            break
+        match = _HEADER_LINE.match(stripped)
+        if match is None:
+            continue  # free comment text in the header block
+        key, value = match.group(1).lower(), match.group(2)
+        if key not in HEADER_KEYS:
+            raise ModelError(path, f"line {number + 1}: unknown header key {key!r}; known keys: "
+                                   f"{', '.join(HEADER_KEYS)}")
+        if key in header:
+            raise ModelError(path, f"line {number + 1}: header key {key!r} is given twice")
+        if not value:
+            raise ModelError(path, f"line {number + 1}: header key {key!r} has no value")
+        header[key] = value
+    sql = "\n".join(lines[body_start:]).strip().rstrip(";").strip()
+    if not header:
+        raise ModelError(path, "no header: the file must start with `-- key: value` lines "
+                               f"({', '.join(_REQUIRED)} at least)")
+    if not sql:
+        raise ModelError(path, "no query after the header")
+    if ";" in _without_literals(sql):
+        raise ModelError(path, "the query must be a single statement (found ';' inside it)")
+    return header, sql
+
+
+def _build(path: Path, name: str, header: dict[str, str], sql: str, code_version: str) -> ModelSpec:
+    missing = [k for k in _REQUIRED if k not in header]
+    if missing:
+        raise ModelError(path, f"the header lacks required key(s): {', '.join(missing)}")
+    values: dict[str, object] = {}
+    for key, raw in header.items():
+        if key in _LIST_KEYS:
+            items = tuple(item.strip() for item in raw.split(","))
+            if any(not item for item in items):
+                raise ModelError(path, f"header key {key!r} has an empty item: {raw!r}")
+            if len(set(items)) != len(items):
+                raise ModelError(path, f"header key {key!r} repeats an item: {raw!r}")
+            values[key] = items
+        else:
+            values[key] = raw
+    fields = values.pop("traits", None) or values.pop("properties", None)
+    try:
+        ratio = float(values.pop("max_rejected_ratio", DEFAULT_MAX_REJECTED_RATIO))  # type: ignore[arg-type]
+    except ValueError:
+        raise ModelError(path, f"max_rejected_ratio must be a number, got {header['max_rejected_ratio']!r}") from None
+    owners = values.pop("owner")
+    return ModelSpec(name=name, path=path, sql=sql, owners=owners, fields=fields,  # type: ignore[arg-type]
+                     max_rejected_ratio=ratio, code_version=code_version, header=dict(header),
+                     **values)  # type: ignore[arg-type]
+
+
+def _check(spec: ModelSpec) -> None:
+    """The rules a header must follow beyond its syntax."""
+    path, call, header = spec.path, spec.call, spec.header
+
+    def fail(problem: str) -> None:
+        raise ModelError(path, problem)
+
+    if call not in CALL_TYPES:
+        fail(f"call must be one of {', '.join(CALL_TYPES)}, got {call!r}")
+    if spec.mode not in MODES:
+        fail(f"mode must be one of {', '.join(MODES)}, got {spec.mode!r}")
+    if len(spec.description) < 20:
+        fail("description is too short to tell anyone what the model sends (20 characters at least)")
+    for owner in spec.owners:
+        if not _OWNER.match(owner):
+            fail(f"owner {owner!r} must be team:<name> or an email address")
+    if not (spec.user_id or spec.anonymous_id):
+        fail(f"{call} calls need a userId or an anonymousId: map a column with `user_id:` or `anonymous_id:`"
+             + (" (for accounts, e.g. the account's first user; see sql/reverse_etl/account_traits.sql)"
+                if call == "group" else ""))
+    if call == "group" and not spec.group_id:
+        fail("group calls need `group_id:` (the column holding the groupId)")
+    if call != "group" and spec.group_id:
+        fail(f"`group_id:` only applies to group calls, not {call}")
+    if call == "track":
+        if bool(spec.event) == bool(spec.event_column):
+            fail("track calls need exactly one of `event:` (a name) or `event_column:` (a column)")
+        if "traits" in header:
+            fail("track calls carry `properties:`, not `traits:`")
+        if spec.mode == "mirror":
+            fail("mirror mode clears the traits of removed rows, so it needs identify or group calls; "
+                 "use upsert or append for track")
+    else:
+        if spec.event or spec.event_column:
+            fail(f"`event:`/`event_column:` only apply to track calls, not {call}")
+        if "properties" in header:
+            fail(f"{call} calls carry `traits:`, not `properties:`")
+    if spec.fields is not None and spec.exclude:
+        fail(f"`exclude:` only applies when `{spec.fields_name}:` is not given (the default: all other columns)")
+    overlap = set(spec.fields or ()) & set(spec.mapped_columns)
+    if overlap:
+        fail(f"column(s) {', '.join(sorted(overlap))} are mapped to an id, event or timestamp and also listed in "
+             f"`{spec.fields_name}:`; alias a copy in the query to send both")
+    for table in spec.depends_on:
+        if not _TABLE_NAME.match(table):
+            fail(f"depends_on: {table!r} is not a table name ([catalog.][schema.]table)")
+    if spec.probe and not spec.depends_on:
+        fail("`probe:` needs `depends_on:` (the tables to probe)")
+    if not 0.0 <= spec.max_rejected_ratio <= 1.0:
+        fail(f"max_rejected_ratio must be within [0, 1], got {spec.max_rejected_ratio}")
+
+
+def _without_literals(sql: str) -> str:
+    """The query without string literals and comments, to look for statement separators."""
+    sql = re.sub(r"'(?:[^']|'')*'", "''", sql)
+    sql = re.sub(r'"(?:[^"]|"")*"', '""', sql)
+    sql = re.sub(r"--[^\n]*", "", sql)
+    return re.sub(r"/\*.*?\*/", "", sql, flags=re.S)
+
+
+def quote(identifier: str) -> str:
+    """A SQL identifier, double-quoted."""
+    return '"' + identifier.replace('"', '""') + '"'

@@ -1,0 +1,406 @@
+"""Read a model's query from the warehouse into a DuckDB staging table, in chunks (ARCHITECTURE rule 4).
+
+Any SQLAlchemy URL works: rows stream through a server-side cursor (`stream_results`) and `fetchmany`,
+each chunk becomes an Arrow table column by column and is appended to the staging table, so at most
+one chunk is ever held in Python. A DuckDB warehouse file is ATTACHed read-only and copied by DuckDB
+itself (the fast path: no Python in the loop), or streamed through DuckDB's own DB-API cursor in the
+same chunks; every path gives the same typed table.
+
+Values Arrow cannot take as they are get the explicit rules of `calls.to_json_value` (UUID to text,
+dicts and lists to JSON; Decimal to a double, as the DuckDB path sends DECIMAL columns); a value no rule covers leaves the row's
+`UNSERIALISABLE_COLUMN` set to the reason, and the diff rejects that row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import sqlalchemy as sa
+
+from segment_ops.engine.calls import to_json_value
+from segment_ops.engine.models import quote
+from segment_ops.engine.store import DEFAULT_MEMORY_LIMIT
+
+CHUNK_ROWS = 20_000
+UNSERIALISABLE_COLUMN = "_segment_ops_unserialisable"
+# SQLAlchemy backend name -> the Dagster kind (icon) of the warehouse.
+DIALECT_KINDS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake", "bigquery": "bigquery",
+                 "redshift": "redshift", "mysql": "mysql", "mssql": "sqlserver", "databricks": "databricks",
+                 "sqlite": "sqlite", "oracle": "oracle", "trino": "trino"}
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse refused the query or could not be reached; the message carries its answer."""
+
+
+@dataclass(frozen=True)
+class StagedResult:
+    table: str
+    rows: int
+    columns: tuple[str, ...]
+    types: dict[str, str]  # DuckDB type of each column
+    seconds: float
+    method: str  # "duckdb attach", "duckdb stream" (DuckDB's DB-API, chunks) or "sqlalchemy stream"
+
+
+def dialect_of(url: str) -> str:
+    """The SQLAlchemy backend name of `url` ("postgresql", "duckdb", ...), or "unknown"."""
+    try:
+        return sa.engine.make_url(url).get_backend_name()
+    except sa.exc.ArgumentError:
+        return "unknown"
+
+
+def dialect_kind(url: str) -> str | None:
+    return DIALECT_KINDS.get(dialect_of(url))
+
+
+def duckdb_file(url: str) -> str | None:
+    """The database file of a `duckdb:///path` URL (None for other URLs and in-memory DuckDB)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    if parsed.get_backend_name() != "duckdb" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return parsed.database
+
+
+def create_engine(url: str) -> sa.Engine:
+    """A SQLAlchemy engine on the warehouse; a DuckDB file is opened read-only so readers never lock it."""
+    is_duckdb = duckdb_file(url) is not None
+    try:
+        engine = sa.create_engine(url, connect_args={"read_only": True} if is_duckdb else {})
+    except sa.exc.NoSuchModuleError as exc:  # no SQLAlchemy dialect/driver installed for the URL's scheme
+        raise WarehouseError(f"WAREHOUSE_URL cannot be used: {exc}") from None
+    except sa.exc.ArgumentError:  # the message would quote the URL, password included
+        raise WarehouseError("WAREHOUSE_URL is not a valid SQLAlchemy URL") from None
+    if is_duckdb:  # bounded like the staging store, and no progress bar on stdout (the run's log)
+        sa.event.listen(engine, "connect", lambda dbapi_con, _: dbapi_con.execute(
+            f"SET enable_progress_bar = false; SET memory_limit = '{DEFAULT_MEMORY_LIMIT}'"))
+    return engine
+
+
+def stage_query(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, *,
+                chunk_rows: int = CHUNK_ROWS, fast_path: bool = True) -> StagedResult:
+    """Run `sql` on the warehouse at `url` and stage its rows as the temporary table `table`.
+
+    Temporary: the rows are this run's working set, spilled to the staging file's temp directory under
+    the memory limit rather than written into the file and checkpointed on every run.
+    """
+    started = time.monotonic()
+    path = duckdb_file(url)
+    if fast_path and path is not None:
+        _stage_attached(con, path, sql, table)
+        method = "duckdb attach"
+    else:
+        _stage_streamed(con, url, sql, table, chunk_rows)
+        method = "sqlalchemy stream" if path is None else "duckdb stream"
+    described = con.execute(f"DESCRIBE {quote(table)}").fetchall()
+    columns = tuple(row[0] for row in described if row[0] != UNSERIALISABLE_COLUMN)
+    types = {row[0]: row[1] for row in described}
+    rows = con.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()[0][0]
+    return StagedResult(table, rows, columns, types, time.monotonic() - started, method)
+
+
+def probe_id(table: str, column: str | None) -> str:
+    """The name of one probe: `table` (row count) or `table.max(column)` (row count and max)."""
+    return f"{table}.max({column})" if column else table
+
+
+def probe_tables(url: str, probes: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+    """A cheap change marker per (table, column): the row count, plus max(column) when a column is given.
+
+    Keyed by `probe_id`. A probe that fails maps to "error: <message>", so one bad table never hides the
+    others; an unreachable warehouse raises `WarehouseError`.
+    """
+    if (path := duckdb_file(url)) is not None:
+        return _probe_duckdb(path, probes)
+    engine = create_engine(url)
+    markers: dict[str, str] = {}
+    try:
+        with engine.connect() as conn:
+            for table, column in probes:
+                select = "count(*)" + (f", max({quote(column)})" if column else "")
+                try:
+                    row = conn.exec_driver_sql(f"SELECT {select} FROM {_table(table)}").one()
+                except sa.exc.SQLAlchemyError as exc:
+                    conn.rollback()
+                    markers[probe_id(table, column)] = f"error: {_first_line(exc, url)}"
+                    continue
+                markers[probe_id(table, column)] = "|".join(_marker(v) for v in row)
+    except sa.exc.SQLAlchemyError as exc:
+        raise WarehouseError(f"cannot reach the warehouse: {_first_line(exc, url)}") from None
+    finally:
+        engine.dispose()
+    return markers
+
+
+def _probe_duckdb(path: str, probes: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+    """`probe_tables` on a DuckDB file, opened read-only by DuckDB itself."""
+    try:
+        con = duckdb.connect(path, read_only=True, config={"memory_limit": DEFAULT_MEMORY_LIMIT})
+    except duckdb.Error as exc:
+        raise WarehouseError(f"cannot reach the warehouse: {_first_line(exc)}") from None
+    markers: dict[str, str] = {}
+    try:
+        for table, column in probes:
+            select = "count(*)" + (f", max({quote(column)})" if column else "")
+            try:
+                row = con.execute(f"SELECT {select} FROM {_table(table)}").fetchall()[0]
+            except duckdb.Error as exc:
+                markers[probe_id(table, column)] = f"error: {_first_line(exc)}"
+                continue
+            markers[probe_id(table, column)] = "|".join(_marker(v) for v in row)
+    finally:
+        con.close()
+    return markers
+
+
+def _stage_attached(con: duckdb.DuckDBPyConnection, path: str, sql: str, table: str) -> None:
+    """DuckDB warehouse: ATTACH it read-only and let DuckDB copy the query's result (no Python per row)."""
+    home = con.execute("SELECT current_database()").fetchall()[0][0]
+    try:
+        con.execute(f"ATTACH {_literal(path)} AS segment_ops_warehouse (READ_ONLY)")
+    except duckdb.Error as exc:
+        raise WarehouseError(f"cannot open the DuckDB warehouse {path}: {_first_line(exc)}") from None
+    try:
+        con.execute("USE segment_ops_warehouse")  # unqualified names in the model resolve in the warehouse
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {quote(table)} AS "
+                    f"SELECT *, NULL::VARCHAR AS {UNSERIALISABLE_COLUMN} FROM ({sql}) AS model_query")
+    except duckdb.Error as exc:
+        raise WarehouseError(f"the warehouse refused the query: {_first_line(exc)}") from None
+    finally:
+        con.execute(f"USE {quote(home)}")
+        con.execute("DETACH segment_ops_warehouse")
+
+
+def _stage_streamed(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, chunk_rows: int) -> None:
+    """Rows through a DB-API cursor, `chunk_rows` at a time, appended to `table`.
+
+    Any SQLAlchemy URL streams through a server-side cursor (`stream_results`). A DuckDB file is read
+    with DuckDB's own DB-API cursor instead of the duckdb-engine dialect: the same rows and chunks,
+    without a second DuckDB binding layer in the run's process.
+    """
+    if (path := duckdb_file(url)) is not None:
+        _write_chunks(con, table, *_duckdb_rows(path, sql, chunk_rows))
+        return
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            try:
+                result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).exec_driver_sql(
+                    _escape(engine, sql))
+            except sa.exc.SQLAlchemyError as exc:
+                raise WarehouseError(f"the warehouse refused the query: {_first_line(exc, url)}") from None
+            _write_chunks(con, table, list(result.keys()), _chunks(result.fetchmany, chunk_rows))
+    except sa.exc.SQLAlchemyError as exc:
+        raise WarehouseError(f"reading from the warehouse failed: {_first_line(exc, url)}") from None
+    finally:
+        engine.dispose()
+
+
+def _duckdb_rows(path: str, sql: str, chunk_rows: int) -> tuple[list[str], Iterator[Sequence[Sequence[Any]]]]:
+    try:
+        warehouse = duckdb.connect(path, read_only=True, config={"memory_limit": DEFAULT_MEMORY_LIMIT})
+    except duckdb.Error as exc:
+        raise WarehouseError(f"cannot open the DuckDB warehouse {path}: {_first_line(exc)}") from None
+    try:
+        warehouse.execute("SET enable_progress_bar = false")
+        cursor = warehouse.execute(sql)
+    except duckdb.Error as exc:
+        warehouse.close()
+        raise WarehouseError(f"the warehouse refused the query: {_first_line(exc)}") from None
+    names = [d[0] for d in cursor.description]
+    if len(set(names)) != len(names):
+        warehouse.close()
+        raise WarehouseError(f"the query returns a column name twice: {', '.join(names)}")
+
+    def rows() -> Iterator[Sequence[Sequence[Any]]]:
+        try:
+            yield from _chunks(cursor.fetchmany, chunk_rows)
+        finally:
+            warehouse.close()
+
+    return names, rows()
+
+
+def _write_chunks(con: duckdb.DuckDBPyConnection, table: str, names: list[str],
+                  chunks: Iterator[Sequence[Sequence[Any]]]) -> None:
+    if len(set(names)) != len(names):
+        raise WarehouseError(f"the query returns a column name twice: {', '.join(names)}")
+    # Chunk by chunk, each insert committed on its own: one transaction over the whole result would
+    # keep every row in memory until its commit. A failure leaves a partial table that nothing reads
+    # (the run fails) and the next run replaces.
+    writer = _ChunkWriter(con, quote(table), names)
+    for chunk in chunks:
+        writer.append(chunk)
+    writer.finish()
+
+
+def _chunks(fetchmany: Any, size: int) -> Iterator[Sequence[Sequence[Any]]]:
+    while rows := fetchmany(size):
+        yield rows
+
+
+class _ChunkWriter:
+    """Appends row chunks to a staging table, settling each column's type on the first non-null chunk."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, target: str, names: list[str]) -> None:
+        self.con, self.target, self.names = con, target, names
+        self.types: dict[str, str | None] = dict.fromkeys(names)  # None: no non-null value seen yet
+        self.created = False
+
+    def append(self, rows: Sequence[Sequence[Any]]) -> None:
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in self.names]
+        arrays, json_columns = [], set()
+        bad: list[str | None] = [None] * len(rows)
+        for name, values in zip(self.names, columns, strict=True):
+            array, is_json = _to_arrow(name, values, bad)
+            arrays.append(array)
+            if is_json:
+                json_columns.add(name)
+        arrays.append(pa.array(bad, pa.string()))
+        chunk = pa.Table.from_arrays(arrays, names=[*self.names, UNSERIALISABLE_COLUMN])
+        self.con.execute("SELECT 1").fetchall()  # `register` refuses while a caller's result is still open
+        self.con.register("segment_ops_chunk", chunk)
+        try:
+            incoming = {row[0]: row[1] for row in self.con.execute("DESCRIBE segment_ops_chunk").fetchall()}
+            for name in json_columns:
+                incoming[name] = "JSON"
+            if not self.created:
+                select = ", ".join(f"{_cast(name, incoming[name])} AS {quote(name)}"
+                                   for name in [*self.names, UNSERIALISABLE_COLUMN])
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE {self.target} AS SELECT {select} "
+                                 "FROM segment_ops_chunk")
+                self.created = True
+                for name in self.names:
+                    self.types[name] = None if incoming[name] == '"NULL"' else incoming[name]
+                return
+            self._widen(incoming)
+            select = ", ".join(
+                f"{_cast(name, self.types[name] or incoming[name])} AS {quote(name)}" if incoming[name] != '"NULL"'
+                else f"NULL AS {quote(name)}" for name in [*self.names])
+            self.con.execute(f"INSERT INTO {self.target} BY NAME SELECT {select}, {UNSERIALISABLE_COLUMN} "
+                             f"FROM segment_ops_chunk")
+        finally:
+            self.con.unregister("segment_ops_chunk")
+
+    def _widen(self, incoming: dict[str, str]) -> None:
+        """Give a column its first real type, or a common supertype (INTEGER then DOUBLE -> DOUBLE)."""
+        for name in self.names:
+            seen, new = self.types[name], incoming[name]
+            if new == '"NULL"' or new == seen:
+                continue
+            if seen is None:
+                wanted = new
+            else:
+                try:
+                    wanted = self.con.execute(f"SELECT typeof([NULL::{seen}, NULL::{new}][1])").fetchall()[0][0]
+                except duckdb.Error:
+                    raise WarehouseError(f"column {name!r} has values of different types ({seen}, then {new})"
+                                         ) from None
+            if wanted != seen:
+                self.con.execute(f"ALTER TABLE {self.target} ALTER {quote(name)} TYPE {wanted}")
+                self.types[name] = wanted
+
+    def finish(self) -> None:
+        if not self.created:  # no rows: still a table with the query's columns
+            self.append([])
+
+
+def _to_arrow(name: str, values: Sequence[Any], bad: list[str | None]) -> tuple[pa.Array, bool]:
+    """One column of a chunk as an Arrow array (vectorised when Arrow takes the values as they are)."""
+    sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, dict | list | tuple):
+        return pa.array([_json_text(name, v, i, bad) for i, v in enumerate(values)], pa.string()), True
+    try:
+        if isinstance(sample, decimal.Decimal):  # a double, as the DuckDB path sends DECIMAL (NaN is rejected later)
+            return pa.array([None if v is None else float(v) for v in values], pa.float64()), False
+        if isinstance(sample, uuid.UUID):
+            return pa.array([None if v is None else str(v) for v in values], pa.string()), False
+        return pa.array(values), False
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError, AttributeError):
+        pass
+    # Values Arrow cannot take directly: the explicit JSON rules of `calls.to_json_value`, one by one.
+    converted = [_plain(name, v, i, bad) for i, v in enumerate(values)]
+    try:
+        return pa.array(converted), False
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        return pa.array([None if v is None else str(v) for v in converted], pa.string()), False
+
+
+def _plain(name: str, value: Any, index: int, bad: list[str | None]) -> Any:
+    if value is None or isinstance(value, str | bool | float | dt.date | dt.time | dt.timedelta):
+        return value
+    if isinstance(value, int):
+        if -(2 ** 63) <= value < 2 ** 63:
+            return value
+        return _mark(bad, index, f"column {name!r}: integer {value} does not fit in 64 bits")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        # A double, as the DuckDB path sends DECIMAL: the same number always encodes the same way.
+        return float(value) if value.is_finite() else _mark(
+            bad, index, f"column {name!r} is {value}, which JSON cannot represent")
+    try:
+        return to_json_value(value)
+    except TypeError as exc:
+        return _mark(bad, index, f"column {name!r}: {exc}")
+
+
+def _json_text(name: str, value: Any, index: int, bad: list[str | None]) -> str | None:
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value, default=to_json_value).decode()
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return _mark(bad, index, f"column {name!r}: not JSON-serialisable ({exc})")
+
+
+def _mark(bad: list[str | None], index: int, reason: str) -> None:
+    bad[index] = reason if bad[index] is None else f"{bad[index]}; {reason}"
+    return None
+
+
+def _cast(name: str, duck_type: str) -> str:
+    return quote(name) if duck_type == '"NULL"' else f"{quote(name)}::{duck_type}"
+
+
+def _escape(engine: sa.Engine, sql: str) -> str:
+    """`exec_driver_sql` hands the text to the DB-API driver; format-style drivers read `%` as a placeholder."""
+    return sql.replace("%", "%%") if engine.dialect.paramstyle in ("format", "pyformat") else sql
+
+
+def _table(name: str) -> str:
+    return ".".join(quote(part) for part in name.split("."))
+
+
+def _marker(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return "" if value is None else str(value)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException, url: str | None = None) -> str:
+    """The first line of a driver's error, with the URL's password (if any) masked."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    try:
+        password = sa.engine.make_url(url).password if url else None
+    except sa.exc.ArgumentError:
+        password = None
+    return line.replace(str(password), "***") if password else line

@@ -1,0 +1,288 @@
+"""Reverse ETL: each SQL model in `sql/reverse_etl/` is an asset that syncs its rows to Segment by diff.
+
+Adding a model is adding a file (header format: `segment_ops.engine.models`). For each model file the
+factory declares:
+- an asset `segment/reverse_etl/<model>` (group `reverse_etl`; owners, description and schedule from
+  the header; `code_version` = hash of the file; its own pool, since each model has its own DuckDB
+  staging file) downstream of the warehouse tables in its `depends_on:`, with in-step checks
+  `rejected_ratio` (WARN) and `delivery_complete`;
+- a schedule from its `schedule:` cron, STOPPED by default: a sync that sends data to a live Segment
+  workspace is switched on deliberately, in the UI or `dagster schedule start`.
+
+A model file that cannot be parsed (unknown key, missing key, bad cron, ...) still becomes an asset
+under the same key, whose description says what is wrong and whose every run fails with the error
+naming the file: the code location always loads, the other models are untouched, and the problem is
+visible in the UI where the model would be. Errors only the query can reveal (SQL errors, columns the
+header names but the query lacks) fail that model's run the same way.
+
+`reverse_etl_job` runs every model; `reverse_etl_warehouse_sensor` (STOPPED by default) probes the
+upstream tables each tick - row count, and max(<probe column>) when the header names one - and
+requests a run of each model whose tables changed, with the probe values as run key.
+"""
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from segment_ops.clients.base import VendorAuthError
+from segment_ops.config import load_settings
+from segment_ops.engine import store
+from segment_ops.engine.models import ModelError, ModelSpec, load_models
+from segment_ops.engine.reverse_etl import ModelRun, SyncIncomplete, sync_model
+from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
+from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.syncs import OWNER
+from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
+from segment_ops.syncs.metadata import markdown_table, payload_samples
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "sql" / "reverse_etl"
+GROUP = "reverse_etl"
+JOB_NAME = "reverse_etl_job"
+SENSOR_NAME = "reverse_etl_warehouse_sensor"
+log = logging.getLogger("segment_ops.reverse_etl")
+
+
+class ReverseEtlConfig(dg.Config):
+    dry_run: bool = Field(default=False, description="Diff, plan and validate; show counts and sample payloads; "
+                                                     "send nothing and write no snapshot.")
+    full_resync: bool = Field(default=False, description="Forget the delivered snapshot: every row counts as added "
+                                                         "and is sent again under new messageIds.")
+    chunk_rows: int = Field(default=CHUNK_ROWS, description="Rows per chunk streamed from the warehouse.")
+    duckdb_fast_path: bool = Field(default=True, description="Read a DuckDB warehouse by ATTACHing it read-only "
+                                                             "(false: stream it in chunks, as other warehouses are).")
+
+
+def model_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["segment", "reverse_etl", name])
+
+
+def build_reverse_etl_defs(models_dir: Path | str = MODELS_DIR, *, warehouse_url: str | None = None) -> dg.Definitions:
+    """Assets, schedules, the job and the change sensor for every model file in `models_dir`."""
+    url = warehouse_url or load_settings()["WAREHOUSE_URL"]
+    kinds = {"segment", "duckdb"} | ({kind} if (kind := dialect_kind(url)) else set())
+    assets: list = []
+    schedules: list[dg.ScheduleDefinition] = []
+    models: list[ModelSpec] = []
+    broken: list[ModelError] = []
+    for found in load_models(models_dir):
+        try:
+            schedule = _schedule(found) if isinstance(found, ModelSpec) else None
+        except ModelError as exc:
+            found = exc
+        if isinstance(found, ModelError):
+            log.warning("reverse-ETL model not loaded: %s", found)
+            broken.append(found)
+            continue
+        models.append(found)
+        assets.append(_model_asset(found, kinds))
+        schedules += [schedule] if schedule else []
+    names = {m.name for m in models}
+    for error in broken:  # under a key of their own, after the valid models have theirs
+        name = _unique(_safe_name(error.path.stem), names)
+        names.add(name)
+        assets.append(_broken_model_asset(name, error))
+    extra_tables = sorted({t for m in models for t in m.depends_on} - set(WAREHOUSE_TABLES))
+    job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.groups(GROUP),
+                              description="Sync every reverse-ETL model in sql/reverse_etl/ to Segment.")
+    return dg.Definitions(
+        assets=[*assets, *(warehouse_table_spec(t) for t in extra_tables)],
+        jobs=[job],
+        schedules=schedules,
+        sensors=[_warehouse_sensor(models, job)],
+    )
+
+
+def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
+    key = model_key(model.name)
+
+    @dg.asset(
+        key=key,
+        group_name=GROUP,
+        kinds=kinds,
+        owners=list(model.owners),
+        description=f"{model.description}\n\nModel file `{model.path.name}`: {model.call} calls, {model.mode} mode, "
+                    f"one row per `{model.key}`.",
+        code_version=model.code_version,
+        pool=f"staging_{model.sync}",
+        deps=[warehouse_table_key(t) for t in model.depends_on],
+        metadata={"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call, "mode": model.mode,
+                  "key": model.key, "schedule": model.schedule or "none"},
+        check_specs=[
+            dg.AssetCheckSpec("delivery_complete", asset=key,
+                              description="Nothing planned for this model is left pending after the run."),
+            dg.AssetCheckSpec("rejected_ratio", asset=key,
+                              description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were rejected "
+                                          "(null or repeated keys, unsendable values)."),
+        ],
+    )
+    def reverse_etl_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
+                          warehouse: WarehouseResource, segment: SegmentTrackingResource,
+                          staging: StagingResource) -> dg.MaterializeResult:
+        return _sync(context, model, config, warehouse, segment, staging)
+
+    return reverse_etl_model
+
+
+def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEtlConfig,
+          warehouse: WarehouseResource, segment: SegmentTrackingResource,
+          staging: StagingResource) -> dg.MaterializeResult:
+    with store.staging(staging.staging_db(model.sync)) as con:
+        try:
+            run = sync_model(con, model, warehouse.url, segment.get_client, run_id=context.run.run_id,
+                             dry_run=config.dry_run, full_resync=config.full_resync,
+                             max_in_flight=segment.max_in_flight, chunk_rows=config.chunk_rows,
+                             fast_path=config.duckdb_fast_path)
+        except ModelError as exc:
+            raise dg.Failure(description=str(exc), metadata={"model_file": dg.MetadataValue.path(str(exc.path))}
+                             ) from None
+        except SyncIncomplete as exc:
+            raise dg.Failure(description=f"{model.path.name}: {exc}", metadata=_metadata(exc.run)) from None
+        except VendorAuthError as exc:
+            raise dg.Failure(description=f"{model.path.name}: Segment refused the write key: {exc}") from None
+    plan = run.plan
+    ratio = plan.rejected / plan.rows_read if plan.rows_read else 0.0
+    return dg.MaterializeResult(
+        metadata=_metadata(run),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="delivery_complete",
+                passed=run.dry_run or run.ledger.pending == 0,
+                metadata={"pending": run.ledger.pending, "delivered_total": run.ledger.delivered},
+            ),
+            dg.AssetCheckResult(
+                check_name="rejected_ratio",
+                passed=ratio <= model.max_rejected_ratio,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"rejected": plan.rejected, "rows_read": plan.rows_read, "ratio": round(ratio, 4),
+                          "max_ratio": model.max_rejected_ratio},
+            ),
+        ],
+    )
+
+
+def _metadata(run: ModelRun) -> dict:
+    plan = run.plan
+    metadata: dict = {
+        "model_file": dg.MetadataValue.path(str(run.model.path)),
+        "warehouse_dialect": run.dialect,
+        "read_method": run.staged.method,
+        "dry_run": run.dry_run,
+        "full_resync": run.full_resync,
+        "rows_read": plan.rows_read,
+        "added": plan.added,
+        "changed": plan.changed,
+        "removed": plan.removed,
+        "unchanged": plan.unchanged,
+        "rejected": plan.rejected,
+        "planned": plan.planned,
+        "already_planned": plan.already_known,
+        "superseded": plan.superseded,
+        "sample_payloads": payload_samples(plan.samples),
+        "stage_seconds": round(run.staged.seconds, 3),
+        "diff_and_plan_seconds": round(plan.seconds, 3),
+        "total_seconds": round(run.seconds, 3),
+    }
+    if run.model.mode == "append":
+        metadata["changed_not_resent"] = plan.changed_not_sent
+    if not run.dry_run:
+        metadata |= (run.delivery.as_metadata() if run.delivery else {}) | {
+            "pending_after_run": run.ledger.pending, "snapshot_advanced": run.advanced}
+    if plan.rejection_samples:
+        metadata["rejected_sample"] = dg.MetadataValue.md(
+            markdown_table(["record key", "reason"], plan.rejection_samples))
+    return metadata
+
+
+def _broken_model_asset(name: str, error: ModelError) -> dg.AssetsDefinition:
+    """The asset of a model file that does not parse: visible in the UI, and every run fails with the reason."""
+    digest = hashlib.sha256(str(error).encode()).hexdigest()[:16]
+
+    @dg.asset(
+        key=model_key(name),
+        group_name=GROUP,
+        kinds={"segment", "duckdb"},
+        owners=[OWNER],
+        description=f"BROKEN reverse-ETL model: {error}\n\nFix the file; until then every run of this asset fails "
+                    "and the other models are unaffected.",
+        code_version=f"broken-{digest}",
+        pool=f"staging_reverse_etl_{name}",
+        metadata={"model_file": dg.MetadataValue.path(str(error.path)), "error": error.problem},
+    )
+    def broken_reverse_etl_model(context: dg.AssetExecutionContext) -> None:
+        raise dg.Failure(description=str(error), metadata={"model_file": dg.MetadataValue.path(str(error.path))})
+
+    return broken_reverse_etl_model
+
+
+def _schedule(model: ModelSpec) -> dg.ScheduleDefinition | None:
+    if not model.schedule:
+        return None
+    try:
+        return dg.ScheduleDefinition(
+            name=f"reverse_etl_{model.name}_schedule",
+            cron_schedule=model.schedule,
+            execution_timezone="UTC",
+            target=dg.AssetSelection.assets(model_key(model.name)),
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description=f"Sync the {model.name} model ({model.schedule}, UTC).",
+        )
+    except dg.DagsterInvalidDefinitionError as exc:
+        raise ModelError(model.path, f"schedule {model.schedule!r} is not a valid cron expression ({exc})") from None
+
+
+def _warehouse_sensor(models: list[ModelSpec], job: object) -> dg.SensorDefinition:
+    watched = [m for m in models if m.depends_on]
+    probes = sorted({(t, m.probe) for m in watched for t in m.depends_on}, key=lambda p: (p[0], p[1] or ""))
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        job=job,
+        minimum_interval_seconds=120,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Probes the warehouse tables the reverse-ETL models read (row count, max of the header's "
+                    "`probe:` column) and runs the models whose tables changed since the last tick.",
+    )
+    def reverse_etl_warehouse_sensor(context: dg.SensorEvaluationContext,
+                                     warehouse: WarehouseResource) -> dg.SensorResult:
+        if not probes:
+            return dg.SensorResult(skip_reason=dg.SkipReason("no reverse-ETL model declares `depends_on:` tables"))
+        try:
+            markers = probe_tables(warehouse.url, probes)
+        except WarehouseError as exc:
+            return dg.SensorResult(skip_reason=dg.SkipReason(str(exc)), cursor=context.cursor)
+        previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        requests, failing = [], sorted(p for p, marker in markers.items() if marker.startswith("error:"))
+        for model in watched:
+            mine = {probe_id(t, model.probe): markers[probe_id(t, model.probe)] for t in model.depends_on}
+            if any(v.startswith("error:") for v in mine.values()) or all(previous.get(p) == v for p, v in mine.items()):
+                continue
+            digest = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16]
+            requests.append(dg.RunRequest(run_key=f"{model.name}:{digest}", asset_selection=[model_key(model.name)],
+                                          tags={"segment_ops/reverse_etl_model": model.name}))
+        for name in failing:
+            context.log.warning(f"probe {name} failed: {markers[name]}")
+        skip = None
+        if not requests:
+            skip = dg.SkipReason("no upstream warehouse table changed since the last probe"
+                                 + (f"; failing probes: {', '.join(failing)}" if failing else ""))
+        return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=json.dumps(markers, sort_keys=True))
+
+    return reverse_etl_warehouse_sensor
+
+
+def _safe_name(stem: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem)
+    return name if re.match(r"^[A-Za-z]", name) else f"model_{name}"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}_{n}", n + 1
+    return candidate
+
