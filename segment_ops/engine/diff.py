@@ -40,13 +40,12 @@ import duckdb
 import orjson
 
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
-from segment_ops.engine.ledger import DELIVERED, PENDING, Ledger
+from segment_ops.engine.ledger import DELIVERED, PENDING, SUPERSEDED, Ledger
 from segment_ops.engine.models import ModelError, ModelSpec, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
 
 # A ledger status the engine does not define: the message was pending when a newer change of the same
 # row replaced it (see the module docstring). `Ledger.counts` ignores it; `iter_pending` skips it.
-SUPERSEDED = "superseded"
 SAMPLE_SIZE = 5
 REJECTION_SAMPLE_SIZE = 20
 _RECORD_CHARS = 2_000

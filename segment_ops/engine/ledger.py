@@ -3,7 +3,7 @@
 Two append-only tables and a view:
 - `planned_messages`: the outbox. Planning inserts each new message once (same messageId, same row).
 - `outcomes`: facts, one row each time a destination answered for a message (delivered, rejected,
-  or still pending after retries ran out) or a person reset it (`force`).
+  or still pending after retries ran out), a person reset it (`force`), or a newer plan superseded it.
 - `ledger` (view): each planned message with its status (latest outcome, else pending), attempts,
   last error and delivery time.
 
@@ -24,6 +24,9 @@ from datetime import UTC, datetime
 import duckdb
 
 PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
+# A pending message a newer plan replaced before it was sent (e.g. the row changed again): never sent,
+# and not counted as pending, delivered or rejected. Logging PENDING again revives it.
+SUPERSEDED = "superseded"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS planned_messages (
