@@ -108,6 +108,10 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "REVERSE_ETL_MODELS_DIR",
+        "Folder of reverse-ETL model files (`<model>.sql`); unset: the project's `sql/reverse_etl/`.",
+    ),
+    Setting(
         "WAREHOUSE_URL",
         "SQLAlchemy URL of the warehouse the reverse-ETL models run against (PostgreSQL, Snowflake, ...).",
         default="duckdb:///{home}/demo_warehouse.duckdb",

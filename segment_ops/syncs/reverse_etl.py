@@ -61,9 +61,13 @@ def model_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["segment", "reverse_etl", name])
 
 
-def build_reverse_etl_defs(models_dir: Path | str = MODELS_DIR, *, warehouse_url: str | None = None) -> dg.Definitions:
-    """Assets, schedules, the job and the change sensor for every model file in `models_dir`."""
-    url = warehouse_url or load_settings()["WAREHOUSE_URL"]
+def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
+                           warehouse_url: str | None = None) -> dg.Definitions:
+    """Assets, schedules, the job and the change sensor for every model file in `models_dir`
+    (default: REVERSE_ETL_MODELS_DIR, else the project's `sql/reverse_etl/`)."""
+    settings = load_settings()
+    models_dir = Path(models_dir or settings["REVERSE_ETL_MODELS_DIR"] or MODELS_DIR)
+    url = warehouse_url or settings["WAREHOUSE_URL"]
     kinds = {"segment", "duckdb"} | ({kind} if (kind := dialect_kind(url)) else set())
     assets: list = []
     schedules: list[dg.ScheduleDefinition] = []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from segment_ops.engine.models import ModelError, load_models, parse_model
-from segment_ops.syncs.reverse_etl import MODELS_DIR
+from segment_ops.resources import build_resources
+from segment_ops.syncs.reverse_etl import MODELS_DIR, build_reverse_etl_defs, model_key
 
 GOOD = """\
 -- description: Profile traits of every known customer, for tests.
@@ -108,3 +111,15 @@ def test_the_project_models_parse():
     assert {(m.name, m.call, m.mode) for m in found} == {
         ("user_traits", "identify", "upsert"), ("account_traits", "group", "mirror"),
         ("completed_orders", "track", "append")}
+
+
+def test_models_come_from_the_folder_the_environment_names(tmp_path, monkeypatch):
+    # Users keep their models in their own repository, not in this package.
+    shutil.copy(MODELS_DIR / "user_traits.sql", tmp_path / "user_traits.sql")
+    monkeypatch.setenv("REVERSE_ETL_MODELS_DIR", str(tmp_path))
+
+    defs = dg.Definitions.merge(build_reverse_etl_defs(), dg.Definitions(resources=build_resources()))
+    keys = {spec.key for spec in defs.resolve_all_asset_specs()}
+
+    assert model_key("user_traits") in keys
+    assert model_key("account_traits") not in keys and model_key("completed_orders") not in keys
