@@ -79,7 +79,7 @@ def failing_calls(resources: dict) -> dict[str, object]:
         "segment_public_api": lambda: list(
             resources["segment_public_api"].get_client().iter_audit_events(now - timedelta(hours=1), now)),
         "pendo": lambda: resources["pendo"].get_client().aggregate([{"source": {"accounts": None}}]),
-        "splunk": lambda: resources["splunk"].get_client().send_events([{"event": "hello"}]),
+        "splunk": lambda: resources["splunk"].get_client().send_batch([b'{"event": "hello"}']),
     }
 
 

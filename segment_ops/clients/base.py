@@ -92,9 +92,6 @@ class RetryPolicy:
         return base * (1 + random.uniform(0, self.jitter))
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
 @dataclass(frozen=True)
 class RetryEvent:
     """Reported to `on_retry` callbacks so callers can count and show retries."""

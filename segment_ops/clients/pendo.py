@@ -28,8 +28,5 @@ class PendoClient:
         body = {"response": {"mimeType": "application/json"}, "request": request}
         return self.http.post_json("/api/v1/aggregation", body, on_retry=on_retry)["results"]
 
-    def get_account(self, account_id: str) -> dict:
-        return self.http.get_json(f"/api/v1/account/{account_id}")
-
     def close(self) -> None:
         self.http.close()

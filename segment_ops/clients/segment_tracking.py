@@ -12,10 +12,8 @@ from datetime import UTC, datetime
 
 from segment_ops.clients.base import HttpClient, RateLimiter, RetryEvent, RetryPolicy, basic_auth
 
-# Spec §1: 32 KB per message, 500 KB per batch request. Like analytics-python we close a batch early
-# (475,000 bytes) to leave room for the envelope.
-MAX_MESSAGE_BYTES = 32 * 1024
-MAX_BATCH_BYTES = 500 * 1024
+# Spec §1: 500 KB per batch request (the 32 KB per-call limit is enforced in engine/calls.py). Like
+# analytics-python we close a batch early (475,000 bytes) to leave room for the envelope.
 BATCH_TARGET_BYTES = 475_000
 # gzip only pays once a body is big enough for the saved bytes to outweigh the CPU.
 GZIP_MIN_BYTES = 16 * 1024

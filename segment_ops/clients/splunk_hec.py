@@ -70,13 +70,6 @@ class SplunkHecClient:
             transport=transport,
         )
 
-    def send_events(self, events: Iterable[dict], *,
-                    on_retry: Callable[[RetryEvent], None] | None = None) -> int | None:
-        """POST events as one concatenated-JSON body; returns the ackId when indexer ack is on."""
-        body = b"".join(orjson.dumps(e) for e in events)
-        reply = self.http.request("POST", "/services/collector/event", content=body, on_retry=on_retry).json()
-        return reply.get("ackId")
-
     def send_batch(self, payloads: Sequence[bytes], *,
                    on_retry: Callable[[RetryEvent], None] | None = None) -> int | None:
         """POST already-encoded events; returns the ackId when indexer ack is on.
@@ -103,8 +96,6 @@ class SplunkHecClient:
                                     params={"channel": self.channel} if self.channel else None)
         return {int(k): bool(v) for k, v in reply.get("acks", {}).items()}
 
-    def health(self) -> dict:
-        return self.http.request("GET", "/services/collector/health", ok_statuses=(503,)).json()
 
     def close(self) -> None:
         self.http.close()

@@ -37,6 +37,7 @@ from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger
 FLUSH_SECONDS = 1.0
 FLUSH_MESSAGES = 20_000
 
+
 class Destination(Protocol):
     """Where a sync's messages go."""
 
