@@ -7,8 +7,12 @@ import logging
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segment_ops.config import load_settings
+
+if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
+    from segment_ops.engine.replay import ReplayResult
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +77,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _print_replay(result, *, dry_run: bool) -> None:  # noqa: ANN001 - ReplayResult, imported lazily
+def _print_replay(result: ReplayResult, *, dry_run: bool) -> None:
     plan = result.plan
     print(f"{plan.source}: {plan.lines} lines read")
     verb = "would send" if dry_run else "planned"

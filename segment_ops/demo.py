@@ -12,10 +12,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from segment_ops.config import SETTINGS
+
+if TYPE_CHECKING:  # imported lazily at run time: the sandbox and Dagster are heavy imports
+    import dagster as dg
+
+    from segment_ops.sandbox.demo_data import DemoData
 
 # The syncs the project is built to run; the demo says plainly which of them exist yet.
 PLANNED_SYNC_GROUPS = ("replay", "reverse_etl", "heap", "pendo", "audit_trail")
@@ -112,11 +118,11 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         sandbox.stop()
 
 
-def write_demo_replay_file(path: Path, data: object) -> int:
+def write_demo_replay_file(path: Path, data: DemoData) -> int:
     """Historical calls for the replay sync: an identify per user, a "Signed Up" track per known user,
     and three malformed lines that the engine must reject with their line numbers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    users = data.users  # type: ignore[attr-defined]
+    users = data.users
     written = 0
     with path.open("wb") as out:
         for user in users.itertuples(index=False):
@@ -154,10 +160,10 @@ def _ensure_dagster_home() -> Path:
     return dagster_home
 
 
-def _materialization_metadata(result: object) -> dict:
+def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
     """Metadata of a run's materializations; counts are summed when a job materializes several assets."""
     values: dict = {}
-    for event in result.get_asset_materialization_events():  # type: ignore[attr-defined]
+    for event in result.get_asset_materialization_events():
         for key, entry in event.materialization.metadata.items():
             value = getattr(entry, "value", entry)
             previous = values.get(key)

@@ -6,6 +6,7 @@ from segment_ops.clients.base import (
     RetryPolicy,
     VendorAuthError,
     VendorError,
+    VendorFatalError,
     VendorRequestError,
     VendorUnavailable,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "SplunkHecClient",
     "VendorAuthError",
     "VendorError",
+    "VendorFatalError",
     "VendorRequestError",
     "VendorUnavailable",
 ]

@@ -46,7 +46,11 @@ class VendorError(Exception):
         super().__init__(f"{where}{code}{tries}: {message}")
 
 
-class VendorAuthError(VendorError):
+class VendorFatalError(VendorError):
+    """Every request would fail the same way (credentials, setup): stop at once, reject nothing."""
+
+
+class VendorAuthError(VendorFatalError):
     """401/403: the credential is missing, wrong or lacks a scope. Retrying will not help."""
 
 

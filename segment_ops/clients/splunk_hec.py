@@ -16,7 +16,7 @@ from segment_ops.clients.base import (
     PartialBatchError,
     RetryEvent,
     RetryPolicy,
-    VendorAuthError,
+    VendorFatalError,
     VendorRequestError,
     describe_error,
     header_auth,
@@ -30,7 +30,7 @@ MAX_BATCH_BYTES = 900_000
 CONFIGURATION_CODES = frozenset({7, 10, 11, 14})
 
 
-class HecConfigurationError(VendorAuthError):
+class HecConfigurationError(VendorFatalError):
     """HEC refused the request for its setup (index, channel, ack), not for its data: fix the configuration."""
 
 

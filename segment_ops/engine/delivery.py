@@ -28,8 +28,8 @@ from typing import Protocol
 from segment_ops.clients.base import (
     PartialBatchError,
     RetryEvent,
-    VendorAuthError,
     VendorError,
+    VendorFatalError,
     VendorRequestError,
 )
 from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger
@@ -53,7 +53,11 @@ Outcome = tuple[int, str, int, str | None]  # (ledger seq, status, attempts, err
 
 
 class DeliveryError(RuntimeError):
-    """Some messages could not be delivered; they stay pending for the next run."""
+    """Some messages could not be delivered; they stay pending for the next run. `report` has the counts."""
+
+    def __init__(self, message: str, report: DeliveryReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -116,12 +120,11 @@ def deliver_pending(
     max_in_flight: int = 4,
     chunk_rows: int = 20_000,
     chunks: Iterable[list[Message]] | None = None,
-    on_progress: Callable[[DeliveryReport], None] | None = None,
 ) -> DeliveryReport:
     """Send every pending message of `sync` (or those `chunks` hand over as they are planned).
 
     Raises `DeliveryError` at the end when messages remain undelivered (retries exhausted), after
-    everything else was sent and recorded; raises `VendorAuthError` at once on a credential problem.
+    everything else was sent and recorded; raises `VendorFatalError` (bad credentials or setup) at once.
     """
     report = DeliveryReport(sync)
     started = time.monotonic()
@@ -153,15 +156,13 @@ def deliver_pending(
                 in_flight.discard(future)
                 try:
                     outcomes = future.result()
-                except VendorAuthError as exc:
+                except VendorFatalError as exc:
                     fatal = fatal or exc
                     continue
                 _count(outcomes, report)
                 unlogged.extend(outcomes)
             if len(unlogged) >= FLUSH_MESSAGES or time.monotonic() - last_flush >= FLUSH_SECONDS:
                 flush()
-            if on_progress is not None:
-                on_progress(report)
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"deliver-{sync}") as pool:
         for chunk in ledger.iter_pending(sync, chunk_rows) if chunks is None else chunks:
@@ -180,7 +181,8 @@ def deliver_pending(
     if report.failed:
         raise DeliveryError(
             f"{report.failed} message(s) of sync {sync!r} could not be delivered and stay pending: "
-            + "; ".join(report.errors[:3])
+            + "; ".join(report.errors[:3]),
+            report,
         )
     return report
 
@@ -201,7 +203,7 @@ def _send_isolating(client: Destination, batch: list[Message], on_retry: Callabl
         report.bytes_sent += sum(len(p) for p in payloads)
     try:
         client.send_batch(payloads, on_retry=counting)
-    except VendorAuthError:
+    except VendorFatalError:
         raise
     except PartialBatchError as exc:
         taken, bad, rest = batch[: exc.accepted], batch[exc.accepted], batch[exc.accepted + 1:]

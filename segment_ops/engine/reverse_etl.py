@@ -31,7 +31,7 @@ class ModelRun:
     staged: StagedResult
     plan: DiffPlan
     delivery: DeliveryReport | None
-    ledger: LedgerCounts
+    ledger: LedgerCounts | None  # filled before the run is returned or raised
     advanced: int
     dry_run: bool
     full_resync: bool
@@ -53,10 +53,9 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
     """Sync `model` from the warehouse to Segment; `dry_run` plans and counts, sends and records nothing.
 
     Raises `ModelError` (naming the model file) when the query fails or the header does not fit its
-    result, `SyncIncomplete` when messages stay pending, and the client's `VendorAuthError` as it is.
+    result, `SyncIncomplete` when messages stay pending, and the client's `VendorFatalError` as it is.
     """
     started = time.monotonic()
-    con.execute("SET enable_progress_bar = false")  # long statements would draw it into the run's log
     ledger = Ledger(con)
     ensure_state(con)
     if not dry_run:
@@ -69,26 +68,18 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
         raise ModelError(model.path, str(exc)) from None
     plan = plan_changes(con, ledger, model, staged, run_id=run_id, dry_run=dry_run,
                         ignore_snapshot=dry_run and full_resync)
-    run = ModelRun(model, dialect_of(warehouse_url), staged, plan, None, ledger.counts(model.sync), 0, dry_run,
-                   full_resync, 0.0)
+    run = ModelRun(model, dialect_of(warehouse_url), staged, plan, None, None, 0, dry_run, full_resync, 0.0)
     if dry_run:
+        run.ledger = ledger.counts(model.sync)
         run.seconds = time.monotonic() - started
         return run
-
-    progress: list[DeliveryReport] = []  # the report deliver_pending keeps updating, kept if it raises
-
-    def keep(report: DeliveryReport) -> None:
-        if not progress:
-            progress.append(report)
 
     client = client_factory()
     failure: DeliveryError | None = None
     try:
-        run.delivery = deliver_pending(ledger, model.sync, client, run_id=run_id, max_in_flight=max_in_flight,
-                                       on_progress=keep)
+        run.delivery = deliver_pending(ledger, model.sync, client, run_id=run_id, max_in_flight=max_in_flight)
     except DeliveryError as exc:
-        failure = exc
-        run.delivery = progress[0] if progress else DeliveryReport(model.sync)
+        failure, run.delivery = exc, exc.report
     finally:
         client.close()
         # Also when delivery raised: whatever Segment acknowledged is in the ledger and advances now.

@@ -40,6 +40,7 @@ def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
             delay = min(delay * 2, 1.0)
         else:
             con.execute("SET preserve_insertion_order = false")
+            con.execute("SET enable_progress_bar = false")  # long statements would draw it into run logs
             return con
 
 

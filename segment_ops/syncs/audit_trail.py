@@ -30,7 +30,7 @@ import dagster as dg
 import duckdb
 import orjson
 
-from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorError
+from segment_ops.clients.base import RetryPolicy, VendorError, VendorFatalError
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.engine import store
 from segment_ops.engine.delivery import DeliveryError, DeliveryReport, deliver_pending
@@ -150,7 +150,7 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
                    max_in_flight: int = 2) -> ForwardReport:
     """Plan the window's staged events for each destination (once per audit event id), then deliver all
     that is pending. Failures are collected per destination in `errors`, never raised, except a
-    credential or configuration error (`VendorAuthError`), which stops at once."""
+    credential or configuration error (`VendorFatalError`), which stops at once."""
     con.execute(_SCHEMA)
     started = time.monotonic()
     ledger = Ledger(con)
@@ -302,7 +302,7 @@ def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResour
             report = forward_window(con, destinations, window.start, end, rules=audit_redaction.get_rules(),
                                     run_id=context.run.run_id, max_in_flight=splunk.max_in_flight)
             windows, holes = missing_windows(con, datetime.now(UTC), timedelta(days=GAP_LOOKBACK_DAYS))
-    except VendorAuthError as exc:
+    except VendorFatalError as exc:
         raise dg.Failure(description=f"SIEM refused the credentials or configuration: {exc}") from None
     finally:
         for destination in destinations:
