@@ -194,14 +194,13 @@ def test_server_errors_are_retried_with_growing_backoff(clean_sandbox):
 def test_total_time_cap_stops_retrying(clean_sandbox):
     clean_sandbox.set_faults("segment", rate_503=1.0)
     policy = RetryPolicy(max_attempts=1_000, backoff_initial=0.05, backoff_max=0.05, max_elapsed=0.4)
-    started = time.monotonic()
 
     with segment_http(clean_sandbox, sleep=time.sleep, retry=policy) as http, \
             pytest.raises(VendorUnavailable) as caught:
         post_batch(http)
 
-    assert 2 <= caught.value.attempts < 1_000
-    assert time.monotonic() - started < 0.4 + 2.0  # stopped near the cap, nowhere near 1,000 attempts
+    # 0.05 s between attempts and a 0.4 s budget: the cap, not max_attempts, ends it within ~9 attempts.
+    assert 2 <= caught.value.attempts <= 10
 
 
 def test_retry_after_beyond_the_time_cap_gives_up_without_waiting(clean_sandbox):

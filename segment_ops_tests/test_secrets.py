@@ -21,15 +21,12 @@ import dagster as dg
 import pytest
 
 from segment_ops.clients.base import VendorAuthError
+from segment_ops.config import SECRET_NAMES
 from segment_ops.resources import build_resources
 from segment_ops.syncs.replay import replayed_events
 
-SECRETS = {
-    "SEGMENT_WRITE_KEY": "wk-LEAKCHECK-3f9a1c7e5b",
-    "SEGMENT_PUBLIC_API_TOKEN": "sgp_LEAKCHECK_8d2e6b0a4c",
-    "PENDO_INTEGRATION_KEY": "pendo-LEAKCHECK-5c1f9e3a7d",
-    "SPLUNK_HEC_TOKEN": "hec-LEAKCHECK-2b7d4f8a6e",
-}
+# Every secret of the configuration contract gets a distinctive value the sandbox rejects.
+SECRETS = {name: f"{name.lower()}-LEAKCHECK-3f9a1c7e5b" for name in SECRET_NAMES}
 
 
 def forbidden() -> list[str]:

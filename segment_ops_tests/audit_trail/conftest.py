@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import dagster as dg
 import pytest
@@ -15,7 +15,12 @@ from segment_ops.config import (
 )
 from segment_ops.resources import SplunkHecResource, build_resources
 from segment_ops.sandbox.server import RunningSandbox
-from segment_ops.syncs.audit_trail import PARTITIONS, segment_audit_events, siem_audit_events
+from segment_ops.syncs.audit_trail import (  # noqa: F401 - complete_hours is shared with the tests
+    PARTITIONS,
+    complete_hours,
+    segment_audit_events,
+    siem_audit_events,
+)
 
 FORWARD_NODE = "siem__audit_events"
 PULL_NODE = "segment__audit_events"
@@ -36,11 +41,6 @@ def resources(ops_env, clean_sandbox) -> dict:
 @pytest.fixture
 def instance():
     return dg.DagsterInstance.ephemeral()
-
-
-def complete_hours(count: int) -> list[str]:
-    """The `count` newest complete hourly partitions (the last key is the hour in progress)."""
-    return PARTITIONS.get_partition_keys(current_time=datetime.now(UTC))[-count - 1:-1]
 
 
 def run_hour(resources: dict, key: str, instance: dg.DagsterInstance | None = None,

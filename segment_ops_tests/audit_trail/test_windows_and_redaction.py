@@ -10,7 +10,7 @@ import pytest
 
 from segment_ops.config import load_settings
 from segment_ops.redaction import HASH_PREFIX, RedactionRules
-from segment_ops.resources import build_resources
+from segment_ops.resources import AuditRedactionResource, build_resources
 from segment_ops.syncs.audit_trail import forward_window, missing_windows, pull_window
 from segment_ops_tests.audit_trail.conftest import audit_ids, received_events, received_ids
 
@@ -83,6 +83,7 @@ def test_the_salt_comes_from_the_environment_and_never_shows():
     built = build_resources(load_settings({"SEGMENT_OPS_REDACTION_SALT": "live-salt-LEAKCHECK"}))
     redaction = built["audit_redaction"]
     assert isinstance(redaction.salt, dg.EnvVar)
-    assert "LEAKCHECK" not in repr(redaction) and "LEAKCHECK" not in repr(RedactionRules(salt="x-LEAKCHECK"))
+    assert "LEAKCHECK" not in repr(AuditRedactionResource(salt="x-LEAKCHECK"))  # a resolved value, not the EnvVar
+    assert "LEAKCHECK" not in repr(RedactionRules(salt="x-LEAKCHECK"))
     with pytest.raises(ValueError, match="salt"):
         RedactionRules(salt="")

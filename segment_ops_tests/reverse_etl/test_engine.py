@@ -9,7 +9,7 @@ import pytest
 
 from segment_ops.engine.calls import deterministic_message_id
 from segment_ops.engine.delivery import deliver_pending
-from segment_ops.engine.diff import SUPERSEDED, _ModelSql, advance_snapshot, ensure_state, plan_changes
+from segment_ops.engine.diff import SUPERSEDED, _ModelSql, ensure_state, plan_changes
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.models import parse_model
 from segment_ops.engine.reverse_etl import STAGED_TABLE, SyncIncomplete, sync_model
@@ -77,7 +77,9 @@ def test_a_run_killed_after_delivery_advances_its_snapshot_next_time(tmp_path, p
         ensure_state(con)
         staged = stage_query(con, url, spec.sql, STAGED_TABLE)
         plan_changes(con, ledger, spec, staged, run_id="killed")
-        deliver_pending(ledger, spec.sync, segment_client_factory())
+        client = segment_client_factory()
+        deliver_pending(ledger, spec.sync, client)
+        client.close()
         assert con.execute("SELECT count(*) FROM rev_snapshot").fetchone()[0] == 0
 
     with staging(tmp_path / "staging.duckdb") as con:
@@ -127,7 +129,6 @@ def test_a_superseded_change_is_sent_when_its_row_returns_to_that_state(tmp_path
 
     with staging(tmp_path / "staging.duckdb") as con:
         run = sync_model(con, spec, url, segment_client_factory)  # back to B: C superseded, B pending again
-        advance_snapshot(con, spec.sync)
 
     assert (run.plan.superseded, run.plan.planned, run.delivery.delivered) == (1, 1, 1)
     assert received(clean_sandbox)[-1]["traits"]["name"] == "B"

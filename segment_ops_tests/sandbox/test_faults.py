@@ -151,13 +151,6 @@ def test_slow_answers_normally_after_the_delay(sandbox_http, clean_sandbox):
     assert clean_sandbox.stats()["segment"]["faults"] == {"slow": 1}
 
 
-def test_client_timeout_on_a_slow_answer_is_a_timeout_error(sandbox_http, clean_sandbox):
-    clean_sandbox.set_faults("segment", rate_slow=1.0, slow_seconds=0.5)
-
-    with pytest.raises(httpx.ReadTimeout):
-        sandbox_http.post("/segment/v1/batch", json={"batch": []}, timeout=0.1)
-
-
 def test_faults_are_reproducible_for_the_same_seed(sandbox_http, clean_sandbox):
     def statuses() -> list[int]:
         clean_sandbox.reset()
