@@ -25,6 +25,8 @@ SANDBOX_PENDO_INTEGRATION_KEY = "sandbox-pendo-integration-key"
 SANDBOX_SPLUNK_HEC_TOKEN = "00000000-0000-4000-8000-00000000c0de"
 SANDBOX_SPLUNK_INDEX = "segment_audit"
 SANDBOX_REDACTION_SALT = "sandbox-redaction-salt"
+# Tables of the sandbox's demo warehouse (built by sandbox/warehouse.py, declared as assets in syncs/external.py).
+DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "heap.segments", "heap.segment_members", "identity_map")
 
 
 @dataclass(frozen=True)
@@ -136,16 +138,11 @@ class Settings:
     def home(self) -> Path:
         return Path(self.values["SEGMENT_OPS_HOME"])
 
-    @property
-    def sandbox_url(self) -> str:
-        return self.values["SEGMENT_OPS_SANDBOX_URL"]
 
     def is_set(self, name: str) -> bool:
         """True when the environment sets `name`; False when the sandbox default is in force."""
         return name in self.from_env
 
-    def secret_values(self) -> list[str]:
-        return [self.values[n] for n in SECRET_NAMES if self.values.get(n)]
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -112,7 +112,7 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
             print("not built yet (so not run): " + ", ".join(missing))
-        print("open the UI on these runs: DAGSTER_HOME=$PWD/.dagster_home .venv/bin/dagster dev")
+        print(f"open the UI on these runs: DAGSTER_HOME={dagster_home} .venv/bin/dagster dev")
         return 1 if failed else 0
     finally:
         sandbox.stop()

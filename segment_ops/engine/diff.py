@@ -41,11 +41,9 @@ import orjson
 
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
 from segment_ops.engine.ledger import DELIVERED, PENDING, SUPERSEDED, Ledger
-from segment_ops.engine.models import ModelError, ModelSpec, quote
+from segment_ops.engine.models import ModelError, ModelSpec, literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
 
-# A ledger status the engine does not define: the message was pending when a newer change of the same
-# row replaced it (see the module docstring). `Ledger.counts` ignores it; `iter_pending` skips it.
 SAMPLE_SIZE = 5
 REJECTION_SAMPLE_SIZE = 20
 _RECORD_CHARS = 2_000
@@ -299,7 +297,7 @@ def _collect_rejections(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _
     """]
     if null_rows:
         parts.append(f"""
-        SELECT NULL, '{source}', {_literal(f"key column {model.key!r} is null")}, {record}
+        SELECT NULL, '{source}', {literal(f"key column {model.key!r} is null")}, {record}
         FROM {table} AS r WHERE {sql.key} IS NULL
         """)
     if duplicate_rows:
@@ -383,13 +381,13 @@ class _ModelSql:
     def _body_open(self) -> str:
         """The call as JSON text without its closing brace (the messageId is appended there)."""
         model = self.model
-        parts = [_literal('{"type":"' + model.call + '"')]
+        parts = [literal('{"type":"' + model.call + '"')]
         for name, column in (("userId", model.user_id), ("anonymousId", model.anonymous_id),
                              ("groupId", model.group_id)):
             if column:
                 parts.append(f"coalesce(',\"{name}\":' || to_json({self._id(column)}), '')")
         if model.event:
-            parts.append(_literal(',"event":' + orjson.dumps(model.event).decode()))
+            parts.append(literal(',"event":' + orjson.dumps(model.event).decode()))
         elif model.event_column:
             parts.append(f"coalesce(',\"event\":' || to_json({self._id(model.event_column)}), '')")
         if model.timestamp:
@@ -398,17 +396,17 @@ class _ModelSql:
             packed = ", ".join(f"{quote(c)} := {self._value(c)}" for c in self.fields)
             parts.append(f"',\"{model.fields_name}\":' || to_json(struct_pack({packed}))")
         else:
-            parts.append(_literal(f',"{model.fields_name}":{{}}'))
+            parts.append(literal(f',"{model.fields_name}":{{}}'))
         return "(" + " || ".join(parts) + ")"
 
     def _removal_body_open(self) -> str:
         """Mirror mode: the same call type for the removed key, with every mapped trait set to null."""
         model = self.model
-        parts = [_literal('{"type":"' + model.call + '"')]
+        parts = [literal('{"type":"' + model.call + '"')]
         for name, column in (("userId", "s.user_id"), ("anonymousId", "s.anonymous_id"), ("groupId", "s.group_id")):
             parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
         cleared = orjson.dumps(dict.fromkeys(self.fields)).decode()
-        parts.append(_literal(f',"{model.fields_name}":{cleared}'))
+        parts.append(literal(f',"{model.fields_name}":{cleared}'))
         return "(" + " || ".join(parts) + ")"
 
     def _value(self, column: str) -> str:
@@ -442,29 +440,27 @@ class _ModelSql:
         for column in dict.fromkeys([*self.fields, *model.mapped_columns]):
             kind, ref = self.types[column].upper(), f"r.{quote(column)}"
             if kind in ("DOUBLE", "FLOAT", "REAL"):
-                checks.append(f"CASE WHEN isnan({ref}) OR isinf({ref}) THEN {_literal(f'column {column!r} is ')} "
+                checks.append(f"CASE WHEN isnan({ref}) OR isinf({ref}) THEN {literal(f'column {column!r} is ')} "
                               f"|| CASE WHEN isnan({ref}) THEN 'NaN' WHEN {ref} > 0 THEN 'Infinity' "
                               f"ELSE '-Infinity' END || ', which JSON cannot represent' END")
             elif kind in ("HUGEINT", "UHUGEINT", "UBIGINT"):
                 checks.append(f"CASE WHEN {ref} > 9223372036854775807 OR {ref} < -9223372036854775808 THEN "
-                              f"{_literal(f'column {column!r}: integer ')} || {ref}::VARCHAR || "
+                              f"{literal(f'column {column!r}: integer ')} || {ref}::VARCHAR || "
                               f"' does not fit in 64 bits' END")
             elif kind in ("BLOB", "BIT"):
                 checks.append(f"CASE WHEN {ref} IS NOT NULL THEN "
-                              f"{_literal(f'column {column!r} holds binary data, which JSON cannot carry; encode it in the query (e.g. base64)')} END")
+                              f"{literal(f'column {column!r} holds binary data, which JSON cannot carry; encode it in the query (e.g. base64)')} END")
         ids = " AND ".join(self._blank(c) for c in (model.user_id, model.anonymous_id) if c)
         mapped = [repr(c) for c in (model.user_id, model.anonymous_id) if c]
         empty = f"{' and '.join(mapped)} {'are' if len(mapped) > 1 else 'is'} empty"
         checks.append(f"CASE WHEN {ids} THEN "
-                      f"{_literal(f'{model.call} needs a userId or an anonymousId; {empty}')} END")
+                      f"{literal(f'{model.call} needs a userId or an anonymousId; {empty}')} END")
         if model.group_id:
             checks.append(f"CASE WHEN {self._blank(model.group_id)} THEN "
-                          f"{_literal(f'group needs a groupId; {model.group_id!r} is empty')} END")
+                          f"{literal(f'group needs a groupId; {model.group_id!r} is empty')} END")
         if model.event_column:
             checks.append(f"CASE WHEN {self._blank(model.event_column)} THEN "
-                          f"{_literal(f'track needs an event name; {model.event_column!r} is empty')} END")
+                          f"{literal(f'track needs an event name; {model.event_column!r} is empty')} END")
         return f"nullif(concat_ws('; ', {', '.join(checks)}), '')"
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -285,6 +285,11 @@ def _without_literals(sql: str) -> str:
     return re.sub(r"/\*.*?\*/", "", sql, flags=re.S)
 
 
+def literal(text: str) -> str:
+    """`text` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def quote(identifier: str) -> str:
     """A SQL identifier, double-quoted."""
     return '"' + identifier.replace('"', '""') + '"'

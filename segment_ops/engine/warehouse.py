@@ -27,7 +27,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from segment_ops.engine.calls import to_json_value
-from segment_ops.engine.models import quote
+from segment_ops.engine.models import literal, quote
 from segment_ops.engine.store import DEFAULT_MEMORY_LIMIT
 
 CHUNK_ROWS = 20_000
@@ -76,18 +76,13 @@ def duckdb_file(url: str) -> str | None:
 
 
 def create_engine(url: str) -> sa.Engine:
-    """A SQLAlchemy engine on the warehouse; a DuckDB file is opened read-only so readers never lock it."""
-    is_duckdb = duckdb_file(url) is not None
+    """A SQLAlchemy engine on a warehouse that is not a DuckDB file (those are attached directly)."""
     try:
-        engine = sa.create_engine(url, connect_args={"read_only": True} if is_duckdb else {})
+        return sa.create_engine(url)
     except sa.exc.NoSuchModuleError as exc:  # no SQLAlchemy dialect/driver installed for the URL's scheme
         raise WarehouseError(f"WAREHOUSE_URL cannot be used: {exc}") from None
     except sa.exc.ArgumentError:  # the message would quote the URL, password included
         raise WarehouseError("WAREHOUSE_URL is not a valid SQLAlchemy URL") from None
-    if is_duckdb:  # bounded like the staging store, and no progress bar on stdout (the run's log)
-        sa.event.listen(engine, "connect", lambda dbapi_con, _: dbapi_con.execute(
-            f"SET enable_progress_bar = false; SET memory_limit = '{DEFAULT_MEMORY_LIMIT}'"))
-    return engine
 
 
 def stage_query(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, *,
@@ -170,7 +165,7 @@ def _stage_attached(con: duckdb.DuckDBPyConnection, path: str, sql: str, table: 
     """DuckDB warehouse: ATTACH it read-only and let DuckDB copy the query's result (no Python per row)."""
     home = con.execute("SELECT current_database()").fetchall()[0][0]
     try:
-        con.execute(f"ATTACH {_literal(path)} AS segment_ops_warehouse (READ_ONLY)")
+        con.execute(f"ATTACH {literal(path)} AS segment_ops_warehouse (READ_ONLY)")
     except duckdb.Error as exc:
         raise WarehouseError(f"cannot open the DuckDB warehouse {path}: {_first_line(exc)}") from None
     try:
@@ -389,10 +384,6 @@ def _marker(value: Any) -> str:
     if isinstance(value, dt.datetime):
         return value.isoformat()
     return "" if value is None else str(value)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _first_line(exc: BaseException, url: str | None = None) -> str:

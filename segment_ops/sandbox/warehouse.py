@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from segment_ops.config import DEMO_WAREHOUSE_TABLES
 from segment_ops.sandbox.demo_data import HEAP_SYNC_WINDOW, POPULATION_AS_OF, DemoData
 
 _SALT_ORDERS = 501  # numpy seed salt of the order stream (demo_data uses 1xx-4xx)
-TABLES = ("customers", "accounts", "orders", "heap.segments", "heap.segment_members", "identity_map")
+TABLES = DEMO_WAREHOUSE_TABLES
 
 
 def build_demo_warehouse(path: str | Path, data: DemoData, *, overwrite: bool = True) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from segment_ops.config import DEMO_WAREHOUSE_TABLES
 from segment_ops.syncs import OWNER
 
 HEAP_SEGMENTS = dg.AssetSpec(
@@ -39,7 +40,7 @@ SIEM_INDEX = dg.AssetSpec(
 
 # Tables of the (demo) warehouse that syncs read through WAREHOUSE_URL. A reverse-ETL model that names
 # another table in its `depends_on:` header gets a spec for it from `warehouse_table_spec` as well.
-WAREHOUSE_TABLES = ("customers", "accounts", "orders", "heap.segments", "heap.segment_members", "identity_map")
+WAREHOUSE_TABLES = DEMO_WAREHOUSE_TABLES
 
 
 def warehouse_table_key(table: str) -> dg.AssetKey:
