@@ -25,6 +25,9 @@ SANDBOX_PENDO_INTEGRATION_KEY = "sandbox-pendo-integration-key"
 SANDBOX_SPLUNK_HEC_TOKEN = "00000000-0000-4000-8000-00000000c0de"
 SANDBOX_SPLUNK_INDEX = "segment_audit"
 SANDBOX_REDACTION_SALT = "sandbox-redaction-salt"
+# The sandbox's Slack-compatible incoming webhook (`/slack`); the last path segment is the webhook's secret.
+SANDBOX_SLACK_WEBHOOK_TOKEN = "sandboxSlackWebhookToken0001"
+SANDBOX_SLACK_WEBHOOK_PATH = f"/services/T0SANDBOX/B0SANDBOX/{SANDBOX_SLACK_WEBHOOK_TOKEN}"
 # Tables of the sandbox's demo warehouse (built by sandbox/warehouse.py, declared as assets in syncs/external.py).
 DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "heap.segments", "heap.segment_members", "identity_map")
 
@@ -117,6 +120,24 @@ SETTINGS: tuple[Setting, ...] = (
         "WAREHOUSE_URL",
         "SQLAlchemy URL of the warehouse the reverse-ETL models run against (PostgreSQL, Snowflake, ...).",
         default="duckdb:///{home}/demo_warehouse.duckdb",
+    ),
+    Setting(
+        "ALERT_WEBHOOK_URL",
+        "Slack-compatible incoming webhook that run-failure, recovery and delivery-health alerts are posted to "
+        "(the URL is the credential).",
+        sandbox_path=f"/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
+        secret=True,
+    ),
+    Setting("DAGSTER_UI_URL", "Base URL of the Dagster UI, for the run links in alerts.", default="http://127.0.0.1:3000"),
+    Setting(
+        "DELIVERY_HEALTH_WINDOW_HOURS",
+        "How many recent hours of each sync's ledger the delivery-health check reads.",
+        default="24",
+    ),
+    Setting(
+        "DELIVERY_HEALTH_MAX_FAILED_SHARE",
+        "Share of a sync's messages (0-1) that may be rejected or failed in the window before it is flagged.",
+        default="0.05",
     ),
 )
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from segment_ops import sensors
 from segment_ops.resources import build_resources
-from segment_ops.syncs import audit_trail, external, replay, reverse_etl
+from segment_ops.syncs import audit_trail, delivery_health, external, replay, reverse_etl
 
 
 @dg.definitions
@@ -15,5 +16,7 @@ def defs() -> dg.Definitions:
         replay.defs,
         reverse_etl.build_reverse_etl_defs(),
         audit_trail.defs,
+        delivery_health.defs,
+        sensors.defs,
         dg.Definitions(resources=build_resources()),
     )

@@ -16,6 +16,7 @@ from pydantic import Field
 from segment_ops.clients import PendoClient, SegmentPublicApiClient, SegmentTrackingClient, SplunkHecClient
 from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
+from segment_ops.clients.slack import SlackWebhookClient
 from segment_ops.config import Settings, load_settings
 from segment_ops.redaction import DEFAULT_HASH_FIELDS, DEFAULT_PATTERNS, DEFAULT_SCAN_FIELDS, RedactionRules
 from segment_ops.siem import JsonLinesDestination, SplunkHecDestination
@@ -127,6 +128,33 @@ class WarehouseResource(dg.ConfigurableResource):
     url: str
 
 
+class AlertsResource(dg.ConfigurableResource):
+    """Where alerts go (a Slack-compatible incoming webhook; its URL is the secret) and the UI they link to."""
+
+    webhook_url: str = Field(repr=False, description="ALERT_WEBHOOK_URL.")
+    dagster_ui_url: str = Field(default="http://127.0.0.1:3000", description="Base URL of the Dagster UI.")
+    retry_max_attempts: int = Field(default=4, description="Attempts per alert on 429/5xx.")
+    retry_max_seconds: float = Field(default=20.0, description="Total time one alert may spend retrying "
+                                                                "(sensor evaluations are cut off after 60 s).")
+
+    def get_client(self) -> SlackWebhookClient:
+        retry = RetryPolicy(max_attempts=self.retry_max_attempts, max_elapsed=self.retry_max_seconds,
+                            retry_after_cap=min(10.0, self.retry_max_seconds))
+        return SlackWebhookClient(self.webhook_url, retry=retry)
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.dagster_ui_url.rstrip('/')}/runs/{run_id}"
+
+
+class DeliveryHealthResource(dg.ConfigurableResource):
+    """Thresholds of the delivery-health check over every sync's ledger."""
+
+    window_hours: float = Field(default=24.0, description="Recent hours of each ledger that are read.")
+    max_failed_share: float = Field(default=0.05, description="Share (0-1) of rejected or failed messages in the "
+                                                              "window above which a sync is flagged.")
+    min_messages: int = Field(default=1, description="Syncs with fewer messages in the window are not judged.")
+
+
 class StagingResource(dg.ConfigurableResource):
     """Where local state lives: one DuckDB staging file per sync, inboxes, the demo warehouse."""
 
@@ -163,4 +191,22 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "warehouse": WarehouseResource(url=value("WAREHOUSE_URL")),
         # SEGMENT_OPS_HOME is always resolved to an absolute path, so runs in any cwd agree on it.
         "staging": StagingResource(home=settings["SEGMENT_OPS_HOME"]),
+        "alerts": AlertsResource(webhook_url=value("ALERT_WEBHOOK_URL"), dagster_ui_url=settings["DAGSTER_UI_URL"]),
+        "delivery_health": DeliveryHealthResource(
+            window_hours=_number(settings, "DELIVERY_HEALTH_WINDOW_HOURS", low=0.0),
+            max_failed_share=_number(settings, "DELIVERY_HEALTH_MAX_FAILED_SHARE", low=0.0, high=1.0),
+        ),
     }
+
+
+def _number(settings: Settings, name: str, *, low: float, high: float | None = None) -> float:
+    """A numeric setting, or a `ValueError` naming the variable and the range it must be in."""
+    raw = settings[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > low if high is None else low <= value <= high):
+        limits = f"> {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise ValueError(f"{name} must be a number {limits}, got {raw!r}")
+    return value

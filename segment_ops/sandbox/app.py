@@ -1,6 +1,6 @@
 """The sandbox as one Starlette app: every vendor emulator under its own prefix, plus `/__sandbox__`.
 
-`/segment`, `/segmentapis`, `/heap`, `/pendo` and `/splunk` each sit behind a `FaultGate`; the
+`/segment`, `/segmentapis`, `/heap`, `/pendo`, `/splunk` and `/slack` each sit behind a `FaultGate`; the
 control endpoints under `/__sandbox__` are never faulted:
 
 - `GET  /__sandbox__/stats`                      counts per API
@@ -30,6 +30,7 @@ from segment_ops.config import (
     SANDBOX_PENDO_INTEGRATION_KEY,
     SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
     SANDBOX_SEGMENT_WRITE_KEY,
+    SANDBOX_SLACK_WEBHOOK_TOKEN,
     SANDBOX_SPLUNK_HEC_TOKEN,
     SANDBOX_SPLUNK_INDEX,
 )
@@ -41,6 +42,7 @@ from segment_ops.sandbox.pendo import Pendo
 from segment_ops.sandbox.recorder import Recorder
 from segment_ops.sandbox.segment_public_api import SegmentPublicApi
 from segment_ops.sandbox.segment_tracking import SegmentTracking
+from segment_ops.sandbox.slack import SlackWebhook
 from segment_ops.sandbox.splunk_hec import SplunkHec
 
 # Pendo answers from demo data at most this stale; audit events always see the request's "now".
@@ -67,6 +69,7 @@ class SandboxConfig:
     pendo_integration_key: str = field(default=SANDBOX_PENDO_INTEGRATION_KEY, repr=False)
     splunk_hec_token: str = field(default=SANDBOX_SPLUNK_HEC_TOKEN, repr=False)
     splunk_indexes: tuple[str, ...] = (SANDBOX_SPLUNK_INDEX, "main")
+    slack_webhook_token: str = field(default=SANDBOX_SLACK_WEBHOOK_TOKEN, repr=False)
 
     def __post_init__(self) -> None:
         check_fault_apis(self.faults)
@@ -102,6 +105,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             ack=config.splunk_ack,
             max_content_length=config.splunk_max_content_length,
         ),
+        SlackWebhook(recorder, token=config.slack_webhook_token),
     ]
     control = _Control(recorder, injector, emulators, public_api)
     routes: list[BaseRoute] = [Mount("/__sandbox__", routes=control.routes())]

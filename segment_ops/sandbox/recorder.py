@@ -12,7 +12,7 @@ from itertools import islice
 
 import orjson
 
-# Every API the sandbox can record; "slack" is reserved for the webhook emulator still to come.
+# Every API the sandbox can record ("slack": the incoming-webhook emulator that receives alerts).
 API_NAMES = ("segment", "segmentapis", "heap", "pendo", "splunk", "slack")
 
 

@@ -21,6 +21,7 @@ PENDO_ACCOUNTS = dg.AssetSpec(
     group_name="pendo",
     kinds={"pendo"},
     owners=[OWNER],
+    metadata={"docs": dg.MetadataValue.url("https://engageapi.pendo.io/")},
 )
 SEGMENT_WORKSPACE = dg.AssetSpec(
     ["segment", "workspace"],
@@ -28,6 +29,7 @@ SEGMENT_WORKSPACE = dg.AssetSpec(
     group_name="audit_trail",
     kinds={"segment"},
     owners=[OWNER],
+    metadata={"docs": dg.MetadataValue.url("https://docs.segmentapis.com/tag/Audit-Trail")},
 )
 SIEM_INDEX = dg.AssetSpec(
     ["splunk", "audit_index"],
@@ -36,6 +38,8 @@ SIEM_INDEX = dg.AssetSpec(
     group_name="audit_trail",
     kinds={"splunk"},
     owners=[OWNER],
+    metadata={"docs": dg.MetadataValue.url(
+        "https://docs.splunk.com/Documentation/Splunk/latest/Data/UsetheHTTPEventCollector")},
 )
 
 # Tables of the (demo) warehouse that syncs read through WAREHOUSE_URL. A reverse-ETL model that names

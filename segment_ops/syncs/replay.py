@@ -53,7 +53,10 @@ def replayed_events(
     staging: StagingResource,
 ) -> dg.MaterializeResult:
     """Historical Segment calls replayed from a file: validated, given deterministic messageIds, recorded
-    in the ledger and delivered exactly once (re-running the same file sends nothing new)."""
+    in the ledger and delivered exactly once (re-running the same file sends nothing new).
+
+    Sent to the [Segment HTTP Tracking API](https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/)
+    `/v1/batch`. Runs start from `replay_inbox_sensor` (a file dropped into the inbox) or by hand with a path."""
     path = Path(config.path).expanduser()
     run_id = context.run.run_id
     with store.staging(staging.staging_db(REPLAY_SYNC)) as con:

@@ -1,0 +1,180 @@
+"""Alert messages for a Slack-compatible incoming webhook: a run failed, a run recovered, a sync's deliveries
+are unhealthy or healthy again.
+
+Each message says which sync (the job and its asset groups), what failed (the step and the first line of
+its error), the counts the step reported (delivered, pending, rejected, ...) and links the run in the
+Dagster UI (`<DAGSTER_UI_URL>/runs/<run_id>`). Every message has a plain `text` (notifications, clients
+without blocks) and Block Kit `blocks`.
+
+Secrets: vendor errors are already scrubbed by `clients.base.HttpClient`; as a second guard every text
+placed in a message passes `redact_secrets`, which replaces the value of every secret setting
+(`config.SECRET_NAMES`, e.g. a write key an upstream library echoed) with `***`. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from segment_ops.config import SECRET_NAMES, load_settings
+
+# Slack cuts a section's text at 3,000 characters; an error's first line rarely needs more than this.
+MAX_ERROR_CHARS = 500
+MAX_COUNTS = 10
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """What a person needs to know about one failed run."""
+
+    run_id: str
+    run_url: str
+    job_name: str
+    groups: Sequence[str] = ()
+    partition: str | None = None
+    step: str | None = None
+    error: str = "the run failed"
+    counts: Mapping[str, int | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunRecovery:
+    """A run succeeded whose previous finished run of the same work failed."""
+
+    run_id: str
+    run_url: str
+    job_name: str
+    failed_run_id: str
+    failed_run_url: str
+    groups: Sequence[str] = ()
+    partition: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryHealthChange:
+    """A sync's delivery health crossed the threshold (either way)."""
+
+    sync: str
+    healthy: bool
+    share: float
+    threshold: float
+    window_hours: float
+    delivered: int
+    rejected: int
+    failed: int
+    run_url: str | None = None
+
+
+def failure_message(failure: RunFailure) -> dict:
+    """`{"text", "blocks"}` for a failed run."""
+    where = _where(failure.job_name, failure.groups, failure.partition)
+    error = _first_line(failure.error)
+    step = f" at step `{failure.step}`" if failure.step else ""
+    counts = _counts_text(failure.counts)
+    text = (f":red_circle: segment_ops: {where} failed{step}: {error}"
+            + (f" ({counts})" if counts else "") + f" <{failure.run_url}|Open run {failure.run_id[:8]}>")
+    fields = [("Sync", f"`{failure.job_name}`"), ("Asset group", ", ".join(failure.groups) or "-")]
+    if failure.partition:
+        fields.append(("Partition", f"`{failure.partition}`"))
+    if failure.step:
+        fields.append(("Failed step", f"`{failure.step}`"))
+    blocks: list[dict] = [
+        _header(f"Run failed: {failure.job_name}"),
+        {"type": "section", "fields": [_mrkdwn(f"*{k}*\n{_escape(v)}") for k, v in fields]},
+        {"type": "section", "text": _mrkdwn(f"*Error*\n```{_escape(error)}```")},
+    ]
+    if counts:
+        blocks.append({"type": "context", "elements": [_mrkdwn(_escape(counts))]})
+    blocks.append(_link(failure.run_url, f"Open run {failure.run_id[:8]} in Dagster"))
+    return {"text": _escape_text(text), "blocks": blocks}
+
+
+def recovery_message(recovery: RunRecovery) -> dict:
+    """`{"text", "blocks"}` for a run that passed after the previous one failed."""
+    where = _where(recovery.job_name, recovery.groups, recovery.partition)
+    text = (f":large_green_circle: segment_ops: {where} recovered: run {recovery.run_id[:8]} succeeded after "
+            f"run {recovery.failed_run_id[:8]} failed. <{recovery.run_url}|Open run {recovery.run_id[:8]}>")
+    blocks = [
+        _header(f"Recovered: {recovery.job_name}"),
+        {"type": "section", "text": _mrkdwn(
+            f"`{_escape(recovery.job_name)}`" + (f" (partition `{_escape(recovery.partition)}`)"
+                                                 if recovery.partition else "")
+            + f" succeeded after <{recovery.failed_run_url}|run {recovery.failed_run_id[:8]}> failed.")},
+        _link(recovery.run_url, f"Open run {recovery.run_id[:8]} in Dagster"),
+    ]
+    return {"text": _escape_text(text), "blocks": blocks}
+
+
+def delivery_health_message(change: DeliveryHealthChange) -> dict:
+    """`{"text", "blocks"}` for a sync that became unhealthy, or healthy again."""
+    total = change.delivered + change.rejected + change.failed
+    figures = (f"{change.share:.1%} rejected or failed in the last {change.window_hours:g} h "
+               f"(delivered {change.delivered:,}, rejected {change.rejected:,}, failed {change.failed:,} of "
+               f"{total:,}; threshold {change.threshold:.1%})")
+    if change.healthy:
+        text = f":white_check_mark: segment_ops delivery health: sync `{change.sync}` is healthy again: {figures}."
+        title = f"Deliveries healthy again: {change.sync}"
+    else:
+        text = f":warning: segment_ops delivery health: sync `{change.sync}` is unhealthy: {figures}."
+        title = f"Deliveries unhealthy: {change.sync}"
+    blocks: list[dict] = [_header(title), {"type": "section", "text": _mrkdwn(_escape(redact_secrets(figures)))}]
+    if change.run_url:
+        text += f" <{change.run_url}|Open check run>"
+        blocks.append(_link(change.run_url, "Open the check's run in Dagster"))
+    return {"text": _escape_text(text), "blocks": blocks}
+
+
+def redact_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
+    """`text` with the value of every secret setting replaced by `***`."""
+    for secret in secrets if secrets is not None else _secret_values():
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _secret_values() -> list[str]:
+    settings = load_settings(os.environ)
+    return sorted({settings[name] for name in SECRET_NAMES if settings[name]}, key=len, reverse=True)
+
+
+def _where(job: str, groups: Sequence[str], partition: str | None) -> str:
+    where = f"`{job}`" + (f" ({', '.join(groups)})" if groups else "")
+    return where + (f" partition `{partition}`" if partition else "")
+
+
+def _first_line(error: str) -> str:
+    line = next((part.strip() for part in redact_secrets(error).splitlines() if part.strip()), "the run failed")
+    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS] + "…"
+
+
+def _counts_text(counts: Mapping[str, int | float]) -> str:
+    return ", ".join(f"{key} {value:,}" for key, value in list(counts.items())[:MAX_COUNTS])
+
+
+def _header(text: str) -> dict:
+    return {"type": "header", "text": {"type": "plain_text", "text": text[:150]}}
+
+
+def _mrkdwn(text: str) -> dict:
+    return {"type": "mrkdwn", "text": text[:3000]}
+
+
+def _link(url: str, label: str) -> dict:
+    return {"type": "section", "text": _mrkdwn(f"<{url}|{_escape(label)}>")}
+
+
+def _escape(text: str) -> str:
+    """Slack mrkdwn control characters (&, <, >) in user text must be escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_text(text: str) -> str:
+    """Escape a whole message text but keep its own `<url|label>` links."""
+    out, rest = [], redact_secrets(text)
+    while "<http" in rest:
+        before, _, after = rest.partition("<http")
+        link, _, rest = after.partition(">")
+        out.append(_escape(before) + "<http" + link + ">")
+    out.append(_escape(rest))
+    return "".join(out)

@@ -1,0 +1,288 @@
+"""Delivery health: every hour, read every sync's ledger and flag the syncs that lose too many messages.
+
+The asset `ops/delivery_health` (group `operations`) finds the staging DuckDB files under
+`$SEGMENT_OPS_HOME/staging/` (replay, reverse_etl_<model>, audit_trail, heap, pendo, ... whatever exists:
+nothing is hard-coded), and for each ledger sync in them counts, over the last DELIVERY_HEALTH_WINDOW_HOURS
+(default 24):
+
+- delivered: messages a destination acknowledged in the window;
+- rejected: rows written to the rejected table in the window (invalid input, or refused by the destination);
+- failed: messages whose latest outcome, logged in the window, is "still pending after retries ran out".
+
+A sync whose (rejected + failed) share of those messages exceeds DELIVERY_HEALTH_MAX_FAILED_SHARE (default
+5%) is flagged: the asset check `delivery_health` fails (severity ERROR: a sync losing that share of its
+messages needs a person) and one Slack alert is posted, once per state change. The healthy/unhealthy state
+of each sync is kept in `$SEGMENT_OPS_HOME/ops/delivery_health_state.json`, so an unhealthy sync is not
+re-alerted every hour; when it is healthy again a recovery message is posted. A sync with no message in the
+window is "idle" and keeps its state.
+
+Files are opened read-only with a short retry; a file a running sync holds locked is reported as "busy, not
+checked" (the check `all_ledgers_read`, WARN) and its syncs keep their previous state.
+
+The Segment Public API has no delivery metrics in the spec this project follows (vendor-apis.md §2 covers
+the audit trail, regulations, tracking plans and the Profile API only), so health is measured from our
+own ledgers: what we sent and what the destinations answered.
+"""
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from segment_ops.alerts import DeliveryHealthChange, delivery_health_message
+from segment_ops.clients.base import VendorError
+from segment_ops.resources import AlertsResource, DeliveryHealthResource, StagingResource
+from segment_ops.syncs import OWNER
+from segment_ops.syncs.metadata import markdown_table
+
+HEALTH_KEY = dg.AssetKey(["ops", "delivery_health"])
+GROUP = "operations"
+STATE_FILE = ("ops", "delivery_health_state.json")
+LOCK_RETRY_SECONDS = 3.0
+HEALTHY, UNHEALTHY, IDLE, BUSY = "healthy", "UNHEALTHY", "idle", "busy, not checked"
+
+
+# --- the work, without Dagster ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SyncHealth:
+    """One ledger sync's figures over the window, and the verdict."""
+
+    sync: str
+    file: str
+    delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    status: str = IDLE
+
+    @property
+    def total(self) -> int:
+        return self.delivered + self.rejected + self.failed
+
+    @property
+    def share(self) -> float:
+        return (self.rejected + self.failed) / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    syncs: list[SyncHealth]
+    busy_files: list[str]
+    files_read: int
+
+
+def staging_files(home: Path) -> list[Path]:
+    """Every sync's staging DuckDB file under `home/staging/`."""
+    folder = Path(home) / "staging"
+    return sorted(folder.glob("*.duckdb")) if folder.is_dir() else []
+
+
+def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min_messages: int = 1,
+                lock_retry_seconds: float = LOCK_RETRY_SECONDS) -> HealthReport:
+    """Figures and verdict of every ledger sync in `files` since `since`; locked files are listed as busy."""
+    syncs: list[SyncHealth] = []
+    busy: list[str] = []
+    read = 0
+    for path in files:
+        con = open_read_only(path, lock_retry_seconds)
+        if con is None:
+            busy.append(path.name)
+            continue
+        read += 1
+        try:
+            for sync, delivered, rejected, failed in ledger_figures(con, since):
+                figures = SyncHealth(sync, path.name, delivered, rejected, failed)
+                syncs.append(SyncHealth(sync, path.name, delivered, rejected, failed,
+                                        verdict(figures, max_share, min_messages)))
+        finally:
+            con.close()
+    return HealthReport(sorted(syncs, key=lambda s: s.sync), busy, read)
+
+
+def verdict(figures: SyncHealth, max_share: float, min_messages: int) -> str:
+    if figures.total < max(min_messages, 1):
+        return IDLE
+    return UNHEALTHY if figures.share > max_share else HEALTHY
+
+
+def open_read_only(path: Path, retry_seconds: float) -> duckdb.DuckDBPyConnection | None:
+    """A read-only connection, or None while another process keeps the file locked for `retry_seconds`."""
+    deadline = time.monotonic() + retry_seconds
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True, config={"memory_limit": "128MB", "threads": 1})
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                if "lock" in str(exc).lower():
+                    return None
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int, int, int]]:
+    """(sync, delivered, rejected, failed) since `since` for every sync of the file's ledger (none: no ledger)."""
+    tables = {row[0] for row in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    if not {"planned_messages", "outcomes", "rejected"} <= tables:
+        return []
+    return con.execute(
+        """
+        WITH delivered AS (
+            SELECT sync, count(DISTINCT seq) AS n FROM outcomes
+            WHERE status = 'delivered' AND logged_at >= $since GROUP BY sync),
+        rejected_rows AS (
+            SELECT sync, count(*) AS n FROM rejected WHERE rejected_at >= $since GROUP BY sync),
+        failed AS (
+            -- still pending after retries ran out: the message's latest outcome is a failed attempt
+            SELECT sync, count(*) AS n FROM (
+                SELECT o.sync, o.seq, arg_max(o.status, o.id) AS status, arg_max(o.error, o.id) AS error,
+                       max(o.logged_at) AS last_at
+                FROM outcomes o
+                WHERE (o.sync, o.seq) IN (SELECT sync, seq FROM outcomes
+                                          WHERE status = 'pending' AND error IS NOT NULL AND logged_at >= $since)
+                GROUP BY o.sync, o.seq)
+            WHERE status = 'pending' AND error IS NOT NULL AND last_at >= $since GROUP BY sync),
+        syncs AS (SELECT sync FROM planned_messages UNION SELECT sync FROM rejected)  -- idle ones too
+        SELECT s.sync, coalesce(d.n, 0), coalesce(r.n, 0), coalesce(f.n, 0)
+        FROM syncs s LEFT JOIN delivered d USING (sync) LEFT JOIN rejected_rows r USING (sync)
+        LEFT JOIN failed f USING (sync)
+        ORDER BY s.sync
+        """, {"since": since}).fetchall()
+
+
+def state_changes(report: HealthReport, state: dict[str, dict]) -> list[SyncHealth]:
+    """The judged syncs whose verdict differs from the stored one (a sync never seen counts as healthy)."""
+    changes = []
+    for health in report.syncs:
+        if health.status not in (HEALTHY, UNHEALTHY):
+            continue
+        was_healthy = state.get(health.sync, {}).get("status", HEALTHY) == HEALTHY
+        if was_healthy != (health.status == HEALTHY):
+            changes.append(health)
+    return changes
+
+
+def load_state(path: Path) -> dict[str, dict]:
+    """The stored verdict per sync; a missing or unreadable file is an empty state (everything healthy)."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_state(path: Path, state: dict[str, dict]) -> None:
+    """Write the state atomically (a crash leaves the old file or the new one, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --- Dagster -------------------------------------------------------------------------------------------------
+
+@dg.asset(
+    key=HEALTH_KEY,
+    group_name=GROUP,
+    kinds={"duckdb"},
+    owners=[OWNER],
+    code_version="1",
+    pool="ops_delivery_health",  # one check at a time, so two runs never alert twice on one change
+    description=(
+        "Delivery health of every sync: delivered, rejected and failed messages per ledger sync over a recent "
+        "window (DELIVERY_HEALTH_WINDOW_HOURS), read from the staging DuckDB files under SEGMENT_OPS_HOME. A sync "
+        "whose rejected-or-failed share passes DELIVERY_HEALTH_MAX_FAILED_SHARE fails the `delivery_health` check "
+        "and is alerted once (and once more when it recovers): see the README, \"Delivery health\". The checks "
+        "are [Dagster asset checks](https://docs.dagster.io/guides/test/asset-checks)."),
+    check_specs=[
+        dg.AssetCheckSpec("delivery_health", asset=HEALTH_KEY,
+                          description="No sync's rejected-or-failed share in the window passes the threshold."),
+        dg.AssetCheckSpec("all_ledgers_read", asset=HEALTH_KEY,
+                          description="Every staging file could be read (a file a running sync holds is skipped)."),
+    ],
+)
+def ops_delivery_health(context: dg.AssetExecutionContext, staging: StagingResource,
+                        delivery_health: DeliveryHealthResource, alerts: AlertsResource) -> dg.MaterializeResult:
+    since = datetime.now(UTC) - timedelta(hours=delivery_health.window_hours)
+    report = read_health(staging_files(Path(staging.home)), since, max_share=delivery_health.max_failed_share,
+                         min_messages=delivery_health.min_messages)
+    state_path = staging.path(*STATE_FILE)
+    state = load_state(state_path)
+    sent, not_sent = [], []
+    for health in state_changes(report, state):
+        change = DeliveryHealthChange(
+            sync=health.sync, healthy=health.status == HEALTHY, share=health.share,
+            threshold=delivery_health.max_failed_share, window_hours=delivery_health.window_hours,
+            delivered=health.delivered, rejected=health.rejected, failed=health.failed,
+            run_url=alerts.run_url(context.run.run_id))
+        try:
+            with alerts.get_client() as client:
+                client.post_message(delivery_health_message(change))
+        except VendorError as exc:
+            # The state is left as it was, so the next run posts this change again.
+            context.log.error(f"delivery-health alert for {health.sync} not sent: {exc}")
+            not_sent.append(health.sync)
+            continue
+        sent.append(health.sync)
+        state[health.sync] = {"status": health.status, "since": datetime.now(UTC).isoformat(),
+                              "share": round(health.share, 4)}
+    save_state(state_path, state)
+    flagged = [h for h in report.syncs if h.status == UNHEALTHY]
+    return dg.MaterializeResult(
+        metadata=_metadata(report, delivery_health, sent, not_sent),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="delivery_health", passed=not flagged, severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"flagged_syncs": ", ".join(h.sync for h in flagged) or "-",
+                          "max_failed_share": delivery_health.max_failed_share}),
+            dg.AssetCheckResult(
+                check_name="all_ledgers_read", passed=not report.busy_files, severity=dg.AssetCheckSeverity.WARN,
+                metadata={"busy_files": ", ".join(report.busy_files) or "-"}),
+        ],
+    )
+
+
+def _metadata(report: HealthReport, settings: DeliveryHealthResource, sent: Sequence[str],
+              not_sent: Sequence[str]) -> dict:
+    rows = [(h.sync, h.file, h.delivered, h.rejected, h.failed, f"{h.share:.1%}", h.status)
+            for h in report.syncs]
+    rows += [("-", name, "-", "-", "-", "-", BUSY) for name in report.busy_files]
+    return {
+        "window_hours": settings.window_hours,
+        "max_failed_share": settings.max_failed_share,
+        "files_read": report.files_read,
+        "files_busy": len(report.busy_files),
+        "syncs_checked": sum(1 for h in report.syncs if h.status != IDLE),
+        "syncs_flagged": sum(1 for h in report.syncs if h.status == UNHEALTHY),
+        "alerts_sent": len(sent),
+        "alerts_not_sent": len(not_sent),
+        "syncs": dg.MetadataValue.md(markdown_table(
+            ["sync", "staging file", "delivered", "rejected", "failed", "rejected or failed", "status"], rows)
+            if rows else "no staging files yet"),
+        "state": dg.MetadataValue.json({h.sync: asdict(h) | {"share": round(h.share, 4)} for h in report.syncs}),
+    }
+
+
+delivery_health_job = dg.define_asset_job(
+    "delivery_health_job", selection=[HEALTH_KEY],
+    description="Check every sync's ledger for rejected or failed deliveries and alert on changes.")
+
+delivery_health_schedule = dg.ScheduleDefinition(
+    name="delivery_health_schedule",
+    job=delivery_health_job,
+    cron_schedule="5 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every hour (at :05 UTC), checks every sync's rejected-or-failed share over the window and alerts "
+                "on each sync that became unhealthy or healthy again. On by default: it only reads ledgers.",
+)
+
+defs = dg.Definitions(assets=[ops_delivery_health], jobs=[delivery_health_job], schedules=[delivery_health_schedule])

@@ -1,0 +1,77 @@
+"""What the alert messages say, and what they never say (a secret)."""
+
+from __future__ import annotations
+
+from segment_ops.alerts import (
+    DeliveryHealthChange,
+    RunFailure,
+    RunRecovery,
+    delivery_health_message,
+    failure_message,
+    recovery_message,
+)
+
+URL = "http://dagster.example:3000/runs/0123456789abcdef"
+
+
+def failure(**overrides) -> RunFailure:
+    fields = dict(run_id="0123456789abcdef", run_url=URL, job_name="reverse_etl_job", groups=["reverse_etl"],
+                  step="segment__reverse_etl__user_traits",
+                  error="user_traits.sql: 3 message(s) could not be delivered\nTraceback (most recent call last):",
+                  counts={"delivered": 97, "pending_after_run": 3})
+    return RunFailure(**(fields | overrides))
+
+
+def test_a_failure_names_job_group_step_first_error_line_counts_and_link():
+    text = failure_message(failure())["text"]
+
+    assert "`reverse_etl_job` (reverse_etl) failed at step `segment__reverse_etl__user_traits`" in text
+    assert "3 message(s) could not be delivered" in text and "Traceback" not in text
+    assert "delivered 97, pending_after_run 3" in text
+    assert f"<{URL}|Open run 01234567>" in text
+
+
+def test_a_failure_has_blocks_with_the_same_facts():
+    blocks = failure_message(failure(partition="2026-08-01-10:00"))["blocks"]
+
+    assert blocks[0] == {"type": "header", "text": {"type": "plain_text", "text": "Run failed: reverse_etl_job"}}
+    fields = " ".join(f["text"] for f in blocks[1]["fields"])
+    assert "`reverse_etl_job`" in fields and "`2026-08-01-10:00`" in fields and "reverse_etl" in fields
+    assert URL in blocks[-1]["text"]["text"]
+
+
+def test_the_value_of_a_secret_setting_is_replaced_in_an_error(monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-live-5ecret-value")
+
+    message = failure_message(failure(error="upstream echoed Basic auth for wk-live-5ecret-value"))
+
+    assert "wk-live-5ecret-value" not in str(message) and "***" in message["text"]
+
+
+def test_slack_control_characters_in_an_error_are_escaped_but_the_run_link_is_kept():
+    text = failure_message(failure(error="column <b> & <!channel>"))["text"]
+
+    assert "&lt;!channel&gt;" in text and "&amp;" in text and "<!channel>" not in text
+    assert f"<{URL}|Open run 01234567>" in text
+
+
+def test_a_recovery_names_both_runs():
+    message = recovery_message(RunRecovery(run_id="ffff0000aaaa", run_url="http://ui/runs/ffff0000aaaa",
+                                           job_name="audit_trail_job", failed_run_id="0123456789ab",
+                                           failed_run_url="http://ui/runs/0123456789ab", groups=["audit_trail"],
+                                           partition="2026-08-01-10:00"))
+
+    assert "recovered" in message["text"] and "ffff0000" in message["text"] and "01234567" in message["text"]
+    assert "partition `2026-08-01-10:00`" in message["text"]
+
+
+def test_delivery_health_messages_give_the_share_counts_and_threshold():
+    change = DeliveryHealthChange(sync="replay", healthy=False, share=0.125, threshold=0.05, window_hours=24,
+                                  delivered=70, rejected=6, failed=4)
+
+    unhealthy = delivery_health_message(change)["text"]
+    healthy = delivery_health_message(change.__class__(**{**change.__dict__, "healthy": True}))["text"]
+
+    assert "`replay` is unhealthy: 12.5% rejected or failed in the last 24 h" in unhealthy
+    assert "delivered 70, rejected 6, failed 4 of 80; threshold 5.0%" in unhealthy
+    assert "healthy again" in healthy

@@ -1,0 +1,182 @@
+"""The alert sensors against a real Dagster instance with real runs: a sync that fails because the sandbox's
+Splunk is down produces exactly one failure alert; the same partition passing again produces one recovery.
+
+The sensors are evaluated the way the daemon evaluates them (`evaluate_tick` with the cursor carried from
+tick to tick), and the alerts are read from the sandbox's Slack emulator.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+
+from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
+from segment_ops.resources import SplunkHecResource, build_resources
+from segment_ops.sensors import ALERT_TAG, alert_on_recovery, alert_on_run_failure
+from segment_ops.syncs.audit_trail import PARTITIONS, complete_hours, segment_audit_events, siem_audit_events
+from segment_ops_tests.audit_trail.conftest import audit_ids, window_of
+
+
+@pytest.fixture
+def resources(ops_env, clean_sandbox) -> dict:
+    # HEC with a tiny retry budget, so an outage fails the run in about a second.
+    splunk = SplunkHecResource(base_url=f"{clean_sandbox.url}/splunk", token=SANDBOX_SPLUNK_HEC_TOKEN,
+                               index=SANDBOX_SPLUNK_INDEX, retry_max_attempts=2, retry_max_seconds=5.0)
+    return build_resources() | {"splunk": splunk}
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def hour(clean_sandbox) -> str:
+    """A complete hour with audit events in it (injected, so the forward step has something to send)."""
+    key = complete_hours(3)[0]
+    start = PARTITIONS.time_window_for_partition_key(key).start
+    clean_sandbox.inject_audit_events(
+        [{"timestamp": (start + timedelta(minutes=m)).isoformat().replace("+00:00", "Z")} for m in (5, 25, 45)])
+    return key
+
+
+class Ticks:
+    """Evaluates one sensor tick after tick, carrying its cursor like the daemon does."""
+
+    def __init__(self, sensor: dg.SensorDefinition, instance: dg.DagsterInstance, resources: dict) -> None:
+        self.sensor, self.instance, self.resources = sensor, instance, resources
+        self.cursor: str | None = None
+
+    def tick(self, cursor: str | None = None) -> object:
+        context = dg.build_sensor_context(instance=self.instance, cursor=cursor or self.cursor,
+                                          resources=self.resources)
+        result = self.sensor.evaluate_tick(context)
+        self.cursor = result.cursor
+        return result
+
+
+def run_hour(resources: dict, key: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return dg.materialize([segment_audit_events, siem_audit_events], partition_key=key, resources=resources,
+                          instance=instance, raise_on_error=False)
+
+
+def slack_texts(sandbox) -> list[str]:
+    return [message["text"] for message in sandbox.received("slack")]
+
+
+def test_a_failed_run_is_alerted_exactly_once(resources, instance, clean_sandbox, hour):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()  # the first tick only places the cursor, as in a fresh deployment
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+
+    failed = run_hour(resources, hour, instance)
+    failures.tick()
+    failures.tick()
+
+    assert not failed.success
+    [text] = slack_texts(clean_sandbox)
+    assert "failed" in text and failed.run_id[:8] in text
+    assert instance.get_run_by_id(failed.run_id).tags[ALERT_TAG] == "failure_sent"
+
+
+def test_a_repeated_evaluation_does_not_send_the_alert_again(resources, instance, clean_sandbox, hour):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    before_failure = failures.cursor
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    run_hour(resources, hour, instance)
+
+    failures.tick()
+    failures.tick(cursor=before_failure)  # the daemon lost the cursor commit and evaluates the same run again
+
+    assert len(clean_sandbox.received("slack")) == 1
+
+
+def test_the_same_partition_passing_again_sends_one_recovery(resources, instance, clean_sandbox, hour):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    recoveries = Ticks(alert_on_recovery, instance, resources)
+    failures.tick()
+    recoveries.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    failed = run_hour(resources, hour, instance)
+    failures.tick()
+    clean_sandbox.clear_faults()
+
+    passed = run_hour(resources, hour, instance)
+    again = run_hour(resources, hour, instance)  # a second success is not a recovery
+    for _ in range(2):
+        failures.tick()
+        recoveries.tick()
+
+    assert not failed.success and passed.success and again.success
+    failure_text, recovery_text = slack_texts(clean_sandbox)
+    assert "failed" in failure_text
+    assert "recovered" in recovery_text and passed.run_id[:8] in recovery_text and failed.run_id[:8] in recovery_text
+    assert instance.get_run_by_id(passed.run_id).tags[ALERT_TAG] == "recovery_sent"
+
+
+def test_another_partition_passing_is_not_a_recovery(resources, instance, clean_sandbox, hour):
+    recoveries = Ticks(alert_on_recovery, instance, resources)
+    recoveries.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    run_hour(resources, hour, instance)
+    clean_sandbox.clear_faults()
+
+    other = run_hour(resources, complete_hours(1)[0], instance)
+    recoveries.tick()
+
+    assert other.success
+    assert clean_sandbox.received("slack") == []
+
+
+def test_the_alert_names_the_sync_step_error_counts_and_run_link(resources, instance, clean_sandbox, hour):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    failed = run_hour(resources, hour, instance)
+
+    failures.tick()
+
+    [message] = clean_sandbox.received("slack")
+    text = message["text"]
+    assert "(audit_trail)" in text  # the asset group
+    assert f"partition `{hour}`" in text
+    assert "`siem__audit_events`" in text  # the failed step
+    assert "HTTP 500" in text  # the first line of the vendor error
+    in_hour = len(audit_ids(clean_sandbox, *window_of(hour, hour)))  # the 3 injected and the demo world's
+    assert f"pending_total {in_hour}" in text  # counts from the step's failure metadata
+    assert f"<http://127.0.0.1:3000/runs/{failed.run_id}|" in text
+    assert message["blocks"][0]["type"] == "header"
+
+
+def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resources, instance, clean_sandbox, hour,
+                                                                      monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{clean_sandbox.url}/slack/services/T1/B1/not-the-token")
+    resources = resources | {"alerts": build_resources()["alerts"]}
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    failed = run_hour(resources, hour, instance)
+
+    result = failures.tick()
+
+    [reaction] = result.dagster_run_reactions
+    assert reaction.error is not None and "no_service" in reaction.error.to_string()
+    assert "not-the-token" not in reaction.error.to_string()
+    assert ALERT_TAG not in instance.get_run_by_id(failed.run_id).tags
+
+
+def test_every_run_that_failed_since_the_last_tick_is_alerted_in_one_tick(resources, instance, clean_sandbox, hour):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    first, second = run_hour(resources, hour, instance), run_hour(resources, hour, instance)
+
+    failures.tick()
+
+    texts = slack_texts(clean_sandbox)
+    assert len(texts) == 2
+    assert {first.run_id[:8], second.run_id[:8]} == {t.split("|Open run ")[1][:8] for t in texts}

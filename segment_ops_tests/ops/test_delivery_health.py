@@ -1,0 +1,195 @@
+"""The delivery-health check over real ledgers in real staging files, alerting to the sandbox's Slack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from segment_ops.engine import store
+from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger, PlannedMessage, Rejection
+from segment_ops.resources import build_resources
+from segment_ops.syncs.delivery_health import (
+    BUSY,
+    STATE_FILE,
+    ops_delivery_health,
+    read_health,
+    staging_files,
+)
+
+NODE = "ops__delivery_health"
+
+
+def write_ledger(home: Path, file_sync: str, *, delivered: int = 0, rejected: int = 0, failed: int = 0,
+                 refused: int = 0, sync: str | None = None) -> None:
+    """Plan and settle messages in `home/staging/<file_sync>.duckdb` through the ledger's own API."""
+    sync = sync or file_sync
+    with store.staging(home / "staging" / f"{file_sync}.duckdb") as con:
+        ledger = Ledger(con)
+        total = delivered + failed + refused
+        start = con.execute("SELECT count(*) FROM planned_messages WHERE sync = ?", [sync]).fetchone()[0]
+        plan = ledger.add_planned(sync, [PlannedMessage(f"m{start + i}", f"k{start + i}", "identify",
+                                                        b'{"type":"identify"}') for i in range(total)])
+        seqs = list(plan.seqs)
+        outcomes = [(s, DELIVERED, 1, None) for s in seqs[:delivered]]
+        outcomes += [(s, PENDING, 3, "HTTP 503 after 3 attempts") for s in seqs[delivered:delivered + failed]]
+        outcomes += [(s, REJECTED, 1, "HTTP 400") for s in seqs[delivered + failed:]]
+        ledger.log_outcomes(sync, outcomes)
+        ledger.reject_refused(sync, [(s, "rejected by segment: HTTP 400") for s in seqs[delivered + failed:]],
+                              destination="segment")
+        ledger.add_rejections(sync, [Rejection(f"bad{i}", "warehouse", "null key", None) for i in range(rejected)])
+
+
+@pytest.fixture
+def resources(ops_env, clean_sandbox) -> dict:
+    return build_resources()
+
+
+def check(resources: dict) -> dg.ExecuteInProcessResult:
+    return dg.materialize([ops_delivery_health], resources=resources, raise_on_error=False)
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def metadata(result: dg.ExecuteInProcessResult) -> dict:
+    [materialization] = result.asset_materializations_for_node(NODE)
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def test_healthy_syncs_pass_the_check_and_send_nothing(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "replay", delivered=200, rejected=2)
+    write_ledger(ops_env, "reverse_etl_user_traits", delivered=50)
+
+    result = check(resources)
+
+    assert result.success and checks(result)["delivery_health"].passed
+    assert metadata(result)["syncs_checked"] == 2
+    assert clean_sandbox.received("slack") == []
+
+
+def test_every_staging_file_and_every_sync_in_it_is_read(ops_env, resources):
+    write_ledger(ops_env, "replay", delivered=5)
+    write_ledger(ops_env, "heap", delivered=5)  # a sync the check was never told about
+    write_ledger(ops_env, "audit_trail", delivered=5)
+    write_ledger(ops_env, "audit_trail", delivered=5, sync="audit_trail.jsonl")  # a second destination, same file
+
+    result = check(resources)
+
+    assert metadata(result)["files_read"] == 3
+    assert set(metadata(result)["state"]) == {"replay", "heap", "audit_trail", "audit_trail.jsonl"}
+
+
+def test_a_sync_over_the_threshold_fails_the_check_and_is_alerted_once(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "replay", delivered=90, rejected=6, refused=4)  # 10% rejected
+
+    first, second = check(resources), check(resources)
+
+    for result in (first, second):
+        evaluation = checks(result)["delivery_health"]
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    [alert] = clean_sandbox.received("slack")
+    assert "`replay` is unhealthy" in alert["text"] and "10.0%" in alert["text"]
+    assert "rejected 10" in alert["text"] and f"/runs/{first.run_id}" in alert["text"]
+
+
+def test_failed_deliveries_count_towards_the_share(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "reverse_etl_user_traits", delivered=80, failed=20)
+
+    result = check(resources)
+
+    assert not checks(result)["delivery_health"].passed
+    assert "failed 20" in clean_sandbox.received("slack")[0]["text"]
+
+
+def test_a_sync_healthy_again_sends_one_recovery(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "replay", delivered=10, failed=10)
+    check(resources)
+    write_ledger(ops_env, "replay", delivered=1000)  # 10 of 1,020 failed: under 5%
+
+    recovered, steady = check(resources), check(resources)
+
+    assert checks(recovered)["delivery_health"].passed and checks(steady)["delivery_health"].passed
+    unhealthy, healthy = (m["text"] for m in clean_sandbox.received("slack"))
+    assert "unhealthy" in unhealthy and "healthy again" in healthy
+
+
+def test_the_state_survives_between_runs_in_a_small_file(ops_env, resources):
+    write_ledger(ops_env, "replay", delivered=1, failed=1)
+
+    check(resources)
+
+    assert (ops_env.joinpath(*STATE_FILE)).stat().st_size < 1_000
+    assert '"UNHEALTHY"' in ops_env.joinpath(*STATE_FILE).read_text()
+
+
+def test_an_alert_that_could_not_be_sent_is_sent_by_the_next_run(ops_env, resources, clean_sandbox, monkeypatch):
+    write_ledger(ops_env, "replay", delivered=1, failed=1)
+    clean_sandbox.set_faults("slack", rate_500=1.0)
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{clean_sandbox.url}/slack/services/T/B/wrong-token")
+    unsent = check(build_resources())
+    monkeypatch.delenv("ALERT_WEBHOOK_URL")
+    clean_sandbox.clear_faults()
+
+    sent = check(build_resources())
+
+    assert unsent.success and metadata(unsent)["alerts_not_sent"] == 1
+    assert metadata(sent)["alerts_sent"] == 1 and len(clean_sandbox.received("slack")) == 1
+
+
+def test_nothing_in_the_window_is_idle_not_healthy_or_unhealthy(ops_env):
+    write_ledger(ops_env, "replay", delivered=1, failed=9)
+
+    report = read_health(staging_files(ops_env), datetime.now(UTC) + timedelta(minutes=1), max_share=0.05)
+
+    [replay] = report.syncs
+    assert replay.status == "idle" and replay.total == 0
+
+
+def test_a_staging_file_locked_by_a_running_sync_is_reported_busy(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "replay", delivered=10)
+    write_ledger(ops_env, "heap", delivered=1, failed=9)
+    locked = ops_env / "staging" / "heap.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(locked)!r})
+            print("locked", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = check(resources)
+    finally:
+        holder.communicate("", timeout=30)
+
+    assert result.success
+    assert not checks(result)["all_ledgers_read"].passed
+    assert checks(result)["delivery_health"].passed  # heap was not judged: its state is unknown this hour
+    assert metadata(result)["files_busy"] == 1 and BUSY in metadata(result)["syncs"]
+    assert clean_sandbox.received("slack") == []
+
+
+@pytest.mark.parametrize(("name", "value"), [("DELIVERY_HEALTH_MAX_FAILED_SHARE", "5%"),
+                                             ("DELIVERY_HEALTH_MAX_FAILED_SHARE", "1.5"),
+                                             ("DELIVERY_HEALTH_WINDOW_HOURS", "0")])
+def test_a_bad_threshold_setting_is_refused_naming_the_variable(ops_env, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ValueError, match=name):
+        build_resources()
+
+
+def test_the_threshold_settings_reach_the_check(ops_env, monkeypatch, clean_sandbox):
+    monkeypatch.setenv("DELIVERY_HEALTH_MAX_FAILED_SHARE", "0.5")
+    write_ledger(ops_env, "replay", delivered=60, failed=40)  # 40%: unhealthy at 5%, fine at 50%
+
+    result = check(build_resources())
+
+    assert checks(result)["delivery_health"].passed and metadata(result)["max_failed_share"] == 0.5
