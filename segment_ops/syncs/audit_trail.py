@@ -14,9 +14,11 @@
   `audit_trail_safety_net` (hourly, off by default) re-reads the last two complete hours.
 
 Windows are (start, end] as the Public API reads them (spec §2: startTime exclusive), so consecutive
-hours tile time without overlap or hole. Backfills run one partition per run: the Public API is rate
-limited and one hour is a page or two, and per-partition runs keep a failed hour independent. A longer
-window can still be read in one call through `pull_window`/`forward_window` (same code path).
+hours tile time without overlap or hole. A backfill runs up to a day of hours per run
+(`BACKFILL_POLICY`): one paginated read covers the range (the client honours the Public API's rate
+limit), and starting a run costs seconds while an hour of audit events is a page or two. A range is
+recorded in `forwarded_windows` hour by hour, so the gap check sees it exactly as 24 one-hour runs. The
+sensor and the safety net still start one run per hour, so a failed recent hour stays independent.
 """
 
 import json
@@ -57,6 +59,8 @@ CALL_TYPE = "audit_event"
 PARTITIONS_START = "2026-08-01-00:00"
 # end_offset=1: the hour in progress is a partition too, for near-real-time forwarding; it is re-read later.
 PARTITIONS = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
+# Backfills: at most a day of hours per run (runs queue one at a time behind the staging pool).
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
 SENSOR_HOURS = 2  # the newest hours the sensor probes (the current one and the one before)
 SAFETY_NET_HOURS = 2  # complete hours the schedule re-reads
 GAP_LOOKBACK_DAYS = 7
@@ -170,9 +174,14 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
             report.errors[sync] = str(exc)
         report.windows[sync] = window_status(con, sync, start, end)
         report.pending_total[sync] = ledger.counts(sync).pending
-    if report.complete:
-        con.execute("INSERT INTO forwarded_windows VALUES (?, ?, ?, ?, ?)",
-                    [start, end, run_id, len(events), datetime.now(UTC)])
+    if report.complete:  # one row per hour of the window (a backfill run covers several)
+        con.execute(
+            """
+            INSERT INTO forwarded_windows
+            SELECT h, least(h + INTERVAL 1 HOUR, $end), $run_id,
+                   (SELECT count(*) FROM audit_events WHERE ts > h AND ts <= least(h + INTERVAL 1 HOUR, $end)), now()
+            FROM (SELECT unnest(generate_series($start, $end, INTERVAL 1 HOUR)) AS h) WHERE h < $end
+            """, {"start": start, "end": end, "run_id": run_id})
     report.seconds = time.monotonic() - started
     return report
 
@@ -236,6 +245,7 @@ def _stage(con: duckdb.DuckDBPyConnection, events: list[dict], run_id: str | Non
     key=PULL_KEY,
     deps=[SEGMENT_WORKSPACE],
     partitions_def=PARTITIONS,
+    backfill_policy=BACKFILL_POLICY,
     group_name="audit_trail",
     kinds={"segment", "duckdb"},
     owners=[OWNER],
@@ -245,7 +255,9 @@ def _stage(con: duckdb.DuckDBPyConnection, events: list[dict], run_id: str | Non
 def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: SegmentPublicApiResource,
                          staging: StagingResource) -> dg.MaterializeResult:
     """Segment workspace audit events of one hour, read from the Public API and staged once per event id
-    (a re-read hour stages only late arrivals)."""
+    (a re-read hour stages only late arrivals).
+
+    Source: the [Segment Public API audit trail](https://docs.segmentapis.com/tag/Audit-Trail) (`GET /audit-events`)."""
     window = context.partition_time_window
     end = min(window.end, datetime.now(UTC))  # the hour in progress is read up to now
     client = segment_public_api.get_client()
@@ -274,6 +286,7 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
     key=FORWARD_KEY,
     deps=[PULL_KEY],
     partitions_def=PARTITIONS,
+    backfill_policy=BACKFILL_POLICY,
     group_name="audit_trail",
     kinds={"splunk", "duckdb"},
     owners=[OWNER],
@@ -291,7 +304,9 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
 def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResource, siem_jsonl: JsonLinesSiemResource,
                       audit_redaction: AuditRedactionResource, staging: StagingResource) -> dg.MaterializeResult:
     """The hour's audit events, redacted and forwarded to the SIEM (Splunk HEC, and a JSON-lines endpoint
-    when configured) exactly once per audit event id; anything a destination did not take stays pending."""
+    when configured) exactly once per audit event id; anything a destination did not take stays pending.
+
+    Destination: [Splunk HTTP Event Collector](https://docs.splunk.com/Documentation/Splunk/latest/Data/UsetheHTTPEventCollector)."""
     window = context.partition_time_window
     end = min(window.end, datetime.now(UTC))
     destinations: list[SiemDestination] = [splunk.get_destination()]

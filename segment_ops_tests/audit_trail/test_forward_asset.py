@@ -9,7 +9,7 @@ import dagster as dg
 
 from segment_ops.redaction import HASH_PREFIX
 from segment_ops.siem import event_epoch
-from segment_ops.syncs.audit_trail import PARTITIONS
+from segment_ops.syncs.audit_trail import PARTITIONS, segment_audit_events, siem_audit_events
 from segment_ops_tests.audit_trail.conftest import (
     PULL_NODE,
     audit_ids,
@@ -42,6 +42,22 @@ def test_backfill_of_24_hours_forwards_every_audit_event_exactly_once(resources,
     assert sum(metadata(r)["forwarded"] for r in results) == len(expected)
     assert all(checks(r)["delivery_complete"].passed for r in results)
     assert all(checks(r)["no_gap_between_forwarded_windows"].passed for r in results)
+
+
+def test_a_range_run_forwards_every_hour_once_and_records_each_hour(resources, clean_sandbox, instance):
+    *keys, next_hour = complete_hours(7)
+
+    result = dg.materialize([segment_audit_events, siem_audit_events], resources=resources, instance=instance,
+                            tags={"dagster/asset_partition_range_start": keys[0],
+                                  "dagster/asset_partition_range_end": keys[-1]}, raise_on_error=False)
+    later = run_hour(resources, next_hour, instance)  # adjacent to the range: no gap between them
+
+    assert result.success and later.success
+    expected = audit_ids(clean_sandbox, *window_of(keys[0], keys[-1]))
+    got = received_ids(clean_sandbox)
+    assert expected and set(expected) <= set(got) and len(got) == len(set(got))
+    gap = checks(later)["no_gap_between_forwarded_windows"]
+    assert gap.passed and gap.metadata["windows_forwarded"].value == len(keys) + 1
 
 
 def test_each_hec_event_carries_time_host_source_sourcetype_index_and_the_event(resources, clean_sandbox):
