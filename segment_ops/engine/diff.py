@@ -12,7 +12,10 @@ Every step is set-based; Python only moves counts and a few samples.
    would drop (no userId/anonymousId, no groupId, no event name) and messages over 32 KB. A rejected
    row's key still counts as present, so mirror mode never "removes" a row that is merely broken.
 4. Plan: one message per change, `messageId` = UUID-shaped sha256 of (sync, key, generation,
-   version, change, row hash), appended to the body; `Ledger.plan_relation` records it once.
+   version, change, row hash), appended to the body; `Ledger.plan_relation` records it once. A model
+   with `entered_event`/`exited_event` (Heap audiences) gets a second message per added/removed key,
+   a track of that event right after the main call (its id hashes the same inputs plus ':event');
+   mirror-mode removals carry the model's `removal_traits` when it has them (else traits set to null).
 
 Why (generation, version) in the id: the same row can legitimately return to an earlier state
 (A -> B -> A); its version (deliveries of that key so far) makes the third state a new message rather
@@ -26,7 +29,7 @@ State lives next to the ledger in the model's staging file:
   before the ledger plans the message, so every pending message of the model has its row here;
 - `rev_state`: the generation.
 `advance_snapshot` moves a change into the snapshot only once the ledger says its message was
-delivered (ARCHITECTURE rule 2). A pending message that no longer matches the warehouse (the row
+delivered (ARCHITECTURE rule 2); a change of two messages moves once neither is pending any more. A pending message that no longer matches the warehouse (the row
 changed again before it was delivered) is marked `superseded` in the ledger, so stale values are
 never sent after newer ones; if the row returns to that state the message is made pending again.
 """
@@ -34,13 +37,15 @@ never sent after newer ones; if the row returns to that state the message is mad
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
 import orjson
 
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
-from segment_ops.engine.ledger import DELIVERED, PENDING, SUPERSEDED, Ledger
+from segment_ops.engine.delivery import DeliveryError, DeliveryReport, Destination, deliver_pending
+from segment_ops.engine.ledger import DELIVERED, PENDING, SUPERSEDED, Ledger, LedgerCounts
 from segment_ops.engine.models import ModelError, ModelSpec, literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
 
@@ -140,10 +145,25 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
         """, [sync, PENDING])
     con.execute("BEGIN")
     try:
+        # A change with several calls (a model with entered/exited events) settles once all of them did;
+        # until then its settled calls stay in rev_changes.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE rev_open AS
+            SELECT DISTINCT record_key, generation, version FROM rev_changes c
+            WHERE NOT EXISTS (SELECT 1 FROM rev_settled d WHERE d.message_id = c.message_id)
+            """)
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE rev_closed AS
+            SELECT d.* FROM rev_settled d
+            WHERE NOT EXISTS (SELECT 1 FROM rev_open o WHERE o.record_key = d.record_key
+                              AND o.generation = d.generation AND o.version = d.version)
+            """)
         con.execute(
             """
             CREATE OR REPLACE TEMP TABLE rev_advanced AS
-            SELECT d.* FROM rev_settled d LEFT JOIN rev_snapshot s ON s.record_key = d.record_key
+            SELECT d.* FROM rev_closed d LEFT JOIN rev_snapshot s ON s.record_key = d.record_key
             WHERE d.status = ? AND d.generation = ? AND d.version > coalesce(s.version, 0)
             QUALIFY row_number() OVER (PARTITION BY d.record_key ORDER BY d.version DESC, d.seq DESC) = 1
             """, [DELIVERED, current])
@@ -157,14 +177,43 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
                        message_id, delivered_at
                 FROM rev_advanced
                 """)
-        con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_settled)")
+        con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_closed)")
         con.execute("DROP TABLE rev_advanced")
+        con.execute("DROP TABLE rev_closed")
+        con.execute("DROP TABLE rev_open")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     con.execute("DROP TABLE rev_settled")
     return advanced
+
+
+@dataclass
+class Settlement:
+    """What sending a diff's pending messages did: the delivery, the keys advanced, the ledger after it."""
+
+    delivery: DeliveryReport
+    advanced: int
+    ledger: LedgerCounts
+    failure: DeliveryError | None  # set when messages stay pending (the next run sends them)
+
+
+def deliver_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
+                    client_factory: Callable[[], Destination], *, run_id: str | None = None,
+                    max_in_flight: int = 4) -> Settlement:
+    """Send everything pending for `sync`, then advance the snapshot for what was acknowledged, also when
+    delivery stopped part-way (a fatal client error, e.g. a bad write key, still propagates)."""
+    client = client_factory()
+    failure: DeliveryError | None = None
+    try:
+        delivery = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight)
+    except DeliveryError as exc:
+        failure, delivery = exc, exc.report
+    finally:
+        client.close()
+        advanced = advance_snapshot(con, sync)
+    return Settlement(delivery, advanced, ledger.counts(sync), failure)
 
 
 def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpec, staged: StagedResult, *,
@@ -225,14 +274,27 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpe
         FROM {snapshot} s
         WHERE NOT s.removed AND NOT EXISTS (SELECT 1 FROM rev_current c WHERE c.record_key = s.record_key)
         """
+    changes = f"(SELECT * FROM rev_candidates WHERE reason IS NULL {removals})"
+    if model.entered_event or model.exited_event:
+        # Each added/removed key also gets its track call (part 1), right after its main call (part 0).
+        events = [(k, e) for k, e in (("added", model.entered_event), ("removed", model.exited_event)) if e]
+        changes = f"""(
+            SELECT *, 0 AS part FROM {changes}
+            UNION ALL
+            SELECT * REPLACE ({sql.event_body_open} AS body_open), 1 AS part FROM {changes}
+            WHERE kind IN ({", ".join(literal(k) for k, _ in events)})
+        )"""
+        order, call_type = "ORDER BY record_key, part", f"CASE part WHEN 0 THEN '{model.call}' ELSE 'track' END"
+    else:
+        changes, order, call_type = f"(SELECT *, 0 AS part FROM {changes})", "", f"'{model.call}'"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_wanted AS
-        SELECT message_id, record_key, '{model.call}' AS call_type,
+        SELECT message_id, record_key, {call_type} AS call_type,
                body_open || ',"messageId":"' || message_id || '"}}' AS payload,
-               row_number() OVER () AS ord, kind, row_hash, version, user_id, anonymous_id, group_id
+               row_number() OVER ({order}) AS ord, kind, row_hash, version, user_id, anonymous_id, group_id, part
         FROM (
             SELECT *, {sql.message_id("h")} AS message_id
-            FROM (SELECT *, {sql.id_hash()} AS h FROM (SELECT * FROM rev_candidates WHERE reason IS NULL {removals}))
+            FROM (SELECT *, {sql.id_hash()} AS h FROM {changes})
         )
     """)
     # Segment refuses a message over 32 KB (spec §1): reject it here, with its size, rather than at send time.
@@ -246,7 +308,7 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpe
     # rows_read = added + changed + unchanged + rejected.
     added, changed, plan.removed = con.execute(
         "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed'), "
-        "count(*) FILTER (WHERE kind = 'removed') FROM rev_wanted").fetchone()
+        "count(*) FILTER (WHERE kind = 'removed') FROM rev_wanted WHERE part = 0").fetchone()
     plan.added = added
     plan.changed = plan.changed if model.mode == "append" else changed
     _collect_rejections(con, model, sql, table, null_rows, duplicate_rows)
@@ -357,11 +419,13 @@ class _ModelSql:
         self.body = f"{self.body_open} || '}}'"
         self.reason = self._reason()
         self.removal_body_open = self._removal_body_open()
+        self.event_body_open = self._event_body_open()
 
     def id_hash(self) -> str:
-        """sha256 of (sync, key, generation, version, change, row hash) of a change row."""
+        """sha256 of (sync, key, generation, version, change, row hash) of a change row; a change's second
+        call (`part` 1, its track event) hashes the same with ':event' appended."""
         return (f"sha256('{self.model.sync}' || chr(31) || record_key || chr(31) || '{self.generation}:' || "
-                f"version || ':' || kind || ':' || row_hash)")
+                f"version || ':' || kind || ':' || row_hash || CASE WHEN part = 0 THEN '' ELSE ':event' END)")
 
     @staticmethod
     def message_id(h: str) -> str:
@@ -405,8 +469,23 @@ class _ModelSql:
         parts = [literal('{"type":"' + model.call + '"')]
         for name, column in (("userId", "s.user_id"), ("anonymousId", "s.anonymous_id"), ("groupId", "s.group_id")):
             parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
-        cleared = orjson.dumps(dict.fromkeys(self.fields)).decode()
+        cleared = orjson.dumps(dict(model.removal_traits) if model.removal_traits is not None
+                               else dict.fromkeys(self.fields)).decode()
         parts.append(literal(f',"{model.fields_name}":{cleared}'))
+        return "(" + " || ".join(parts) + ")"
+
+    def _event_body_open(self) -> str:
+        """The track call beside a change (over a change row): its entered or exited event, same ids."""
+        model = self.model
+        properties = orjson.dumps(dict(model.event_properties or {})).decode()
+        parts = [literal('{"type":"track"')]
+        for name, column in (("userId", "user_id"), ("anonymousId", "anonymous_id")):
+            parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
+        names = {k: orjson.dumps(e).decode() for k, e in (("added", model.entered_event),
+                                                           ("removed", model.exited_event)) if e}
+        event = "CASE kind " + " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in names.items()) + " END"
+        parts.append(f"',\"event\":' || {event}")
+        parts.append(literal(f',"properties":{properties}'))
         return "(" + " || ".join(parts) + ")"
 
     def _value(self, column: str) -> str:

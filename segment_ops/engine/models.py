@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CALL_TYPES = ("identify", "group", "track")
 MODES = ("upsert", "mirror", "append")
@@ -97,11 +98,20 @@ class ModelSpec:
     max_rejected_ratio: float = DEFAULT_MAX_REJECTED_RATIO
     code_version: str = ""
     header: dict[str, str] = field(default_factory=dict, compare=False)
+    # Beyond SQL model files (e.g. Heap audiences), set by the code that builds the spec:
+    sync_name: str | None = None  # the ledger's sync name; default `reverse_etl_<name>`
+    # Mirror mode: the traits a removed key's call carries (default: every mapped trait set to null).
+    removal_traits: Mapping[str, Any] | None = field(default=None, compare=False)
+    # A track call sent beside the main call of each added / removed key (e.g. "Audience Entered" /
+    # "Audience Exited"), with `event_properties`; both calls of a change settle it together.
+    entered_event: str | None = None
+    exited_event: str | None = None
+    event_properties: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def sync(self) -> str:
         """The sync name in the ledger, and the staging file's name."""
-        return f"reverse_etl_{self.name}"
+        return self.sync_name or f"reverse_etl_{self.name}"
 
     @property
     def fields_name(self) -> str:

@@ -15,8 +15,15 @@ from dataclasses import dataclass
 import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
-from segment_ops.engine.delivery import DeliveryError, DeliveryReport, deliver_pending
-from segment_ops.engine.diff import DiffPlan, advance_snapshot, ensure_state, plan_changes, reset_snapshot
+from segment_ops.engine.delivery import DeliveryReport
+from segment_ops.engine.diff import (
+    DiffPlan,
+    advance_snapshot,
+    deliver_changes,
+    ensure_state,
+    plan_changes,
+    reset_snapshot,
+)
 from segment_ops.engine.ledger import Ledger, LedgerCounts
 from segment_ops.engine.models import ModelError, ModelSpec
 from segment_ops.engine.warehouse import CHUNK_ROWS, StagedResult, WarehouseError, dialect_of, stage_query
@@ -74,18 +81,9 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
         run.seconds = time.monotonic() - started
         return run
 
-    client = client_factory()
-    failure: DeliveryError | None = None
-    try:
-        run.delivery = deliver_pending(ledger, model.sync, client, run_id=run_id, max_in_flight=max_in_flight)
-    except DeliveryError as exc:
-        failure, run.delivery = exc, exc.report
-    finally:
-        client.close()
-        # Also when delivery raised: whatever Segment acknowledged is in the ledger and advances now.
-        run.advanced = advance_snapshot(con, model.sync)
-        run.ledger = ledger.counts(model.sync)
-        run.seconds = time.monotonic() - started
-    if failure is not None:
-        raise SyncIncomplete(str(failure), run)
+    settled = deliver_changes(con, ledger, model.sync, client_factory, run_id=run_id, max_in_flight=max_in_flight)
+    run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
+    run.seconds = time.monotonic() - started
+    if settled.failure is not None:
+        raise SyncIncomplete(str(settled.failure), run)
     return run
