@@ -122,6 +122,11 @@ SETTINGS: tuple[Setting, ...] = (
         default="duckdb:///{home}/demo_warehouse.duckdb",
     ),
     Setting(
+        "PENDO_HEALTH_CONFIG",
+        "TOML file of the Pendo account-health model (weights, bands, window, service user, identity map); "
+        "unset: the project's `config/pendo_health.toml`.",
+    ),
+    Setting(
         "ALERT_WEBHOOK_URL",
         "Slack-compatible incoming webhook that run-failure, recovery and delivery-health alerts are posted to "
         "(the URL is the credential).",

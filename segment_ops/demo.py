@@ -39,10 +39,18 @@ class DemoStep:
     already_sent_key: str
     rejected_keys: tuple[str, ...]
     partition_key: Callable[[], str] | None = None  # for partitioned jobs: which partition the demo runs
+    # For single-run backfills: the (first, last) partition keys one run covers.
+    partition_range: Callable[[], tuple[str, str]] | None = None
 
 
 def _replay_config(home: Path) -> dict:
     return {"ops": {"segment__replayed_events": {"config": {"path": str(home / "demo" / "historical_events.jsonl")}}}}
+
+
+def _last_pendo_days() -> tuple[str, str]:
+    from segment_ops.syncs.pendo import latest_days
+
+    return latest_days(60)  # 60 days: the 30-day window and the previous one the trend compares it with
 
 
 def _last_complete_audit_hour() -> str:
@@ -57,6 +65,10 @@ DEMO_STEPS = (
     # Every model in sql/reverse_etl/ against the demo warehouse, as one job; counts are summed over the models.
     DemoStep("reverse_etl", "reverse_etl_job", lambda home: {}, "rows_read", "delivered", "unchanged",
              ("rejected", "rejected_by_destination")),
+    # Pendo usage of the last 60 days backfilled in one run (two 30-day requests per source), every account
+    # scored, and a group call for each account whose health traits changed.
+    DemoStep("pendo", "pendo_account_health_job", lambda home: {}, "accounts_scored", "delivered", "unchanged",
+             ("rejected", "rejected_by_destination"), partition_range=_last_pendo_days),
     # The last complete hour of the sandbox's audit trail, pulled and forwarded to Splunk HEC.
     DemoStep("audit_trail", "audit_trail_job", lambda home: {}, "events_pulled", "forwarded",
              "already_forwarded_or_pending", ("rejected_by_destination",), partition_key=_last_complete_audit_hour),
@@ -96,8 +108,12 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
             job = definitions.resolve_job_def(step.job_name)
             run_config = {**step.run_config(home), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
             partition = step.partition_key() if step.partition_key else None
+            tags = None
+            if step.partition_range:
+                first, last = step.partition_range()
+                tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
             result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                            partition_key=partition)
+                                            partition_key=partition, tags=tags)
             metadata = _materialization_metadata(result)
             failed += 0 if result.success else 1
             rows.append((step.group, "ok" if result.success else "FAILED", metadata.get(step.read_key, "-"),

@@ -58,9 +58,15 @@ class PendoResource(dg.ConfigurableResource):
 
     base_url: str
     integration_key: str = Field(repr=False)
+    retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/5xx (Pendo's leaky bucket).")
+    retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
+    retry_backoff_seconds: float = Field(default=0.5, description="First backoff step (doubles per retry; "
+                                                                  "a Retry-After header wins when longer).")
 
     def get_client(self) -> PendoClient:
-        return PendoClient(self.base_url, self.integration_key)
+        retry = RetryPolicy(max_attempts=self.retry_max_attempts, max_elapsed=self.retry_max_seconds,
+                            backoff_initial=self.retry_backoff_seconds)
+        return PendoClient(self.base_url, self.integration_key, retry=retry)
 
 
 class SplunkHecResource(dg.ConfigurableResource):

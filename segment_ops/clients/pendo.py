@@ -1,10 +1,17 @@
-"""Pendo Aggregation API client (spec §4): `x-pendo-integration-key`, pipeline in, `results` out."""
+"""Pendo API client (spec §4): `x-pendo-integration-key`, Aggregation pipelines in, `results` out.
+
+Pendo documents no pagination for aggregations: callers slice by time with `timeSeries` and, as
+Pendo asks of ETL pulls, keep each request to 30 days or less (`MAX_DAYS_PER_AGGREGATION`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, header_auth
+
+MAX_DAYS_PER_AGGREGATION = 30  # spec §4: "Pendo asks that ETL pulls stay <= 30 days"
+DAY_MS = 86_400_000
 
 
 class PendoClient:
@@ -28,5 +35,18 @@ class PendoClient:
         body = {"response": {"mimeType": "application/json"}, "request": request}
         return self.http.post_json("/api/v1/aggregation", body, on_retry=on_retry)["results"]
 
+    def features(self, *, on_retry: Callable[[RetryEvent], None] | None = None) -> list[dict]:
+        """The tagged features (`GET /api/v1/feature`, spec §4 entity endpoints): a list of `{"id", "name", ...}`."""
+        return self.http.get_json("/api/v1/feature", on_retry=on_retry)
+
     def close(self) -> None:
         self.http.close()
+
+
+def day_range_source(source: str, first_ms: int, days: int, argument: dict | None = None) -> dict:
+    """A time-sliced source stage covering `days` whole UTC days from `first_ms` (spec §4 `timeSeries`)."""
+    if not 0 < days <= MAX_DAYS_PER_AGGREGATION:
+        raise ValueError(f"a Pendo aggregation covers 1 to {MAX_DAYS_PER_AGGREGATION} days, not {days}")
+    if first_ms % DAY_MS:
+        raise ValueError(f"first_ms {first_ms} is not the start of a UTC day")
+    return {"source": {source: argument, "timeSeries": {"period": "dayRange", "first": first_ms, "count": days}}}

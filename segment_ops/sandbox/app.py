@@ -162,6 +162,7 @@ class _Control:
             Route("/faults", self._faults, methods=["GET", "POST"]),
             Route("/reset", self._reset, methods=["POST"]),
             Route("/audit-events", self._inject_audit_events, methods=["POST"]),
+            Route("/pendo/usage-drop", self._pendo_usage_drop, methods=["POST"]),
         ]
 
     async def _stats(self, request: Request) -> Response:
@@ -223,6 +224,18 @@ class _Control:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _bad_request("expected a JSON array of (partial) audit events")
         return json_response({"events": self.public_api.inject(events)})
+
+
+    async def _pendo_usage_drop(self, request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+            day = datetime.strptime(str(body["from_day"]), "%Y-%m-%d").replace(tzinfo=UTC)
+            pendo = next(e for e in self.emulators if isinstance(e, Pendo))
+            pendo.drop_usage(body["accountId"], int(day.timestamp() * 1000), float(body.get("factor", 0.0)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return _bad_request(f'expected {{"accountId": "...", "from_day": "YYYY-MM-DD", "factor"?: 0..1}}: {exc}')
+        return json_response({"accountId": body["accountId"], "from_day": body["from_day"],
+                              "factor": float(body.get("factor", 0.0))})
 
 
 def _bad_request(message: str, status: int = 400) -> Response:

@@ -242,6 +242,11 @@ class DemoData:
         keys = list(columns)
         return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
+    def pendo_features(self) -> list[dict]:
+        """The tagged Pendo features (`GET /api/v1/feature`): `{"id", "name", "kind"}`, most used first."""
+        ids = _item_kinds()["featureEvents"].ids.tolist()
+        return [{"id": fid, "name": name, "kind": "Feature"} for fid, name in zip(ids, _FEATURE_NAMES, strict=True)]
+
     @_gc_paused
     def pendo_poll_events(self, first_ms: int, last_ms: int) -> list[dict]:
         """NPS answers (0-10) given in [first_ms, last_ms) and by `now`, oldest first.
@@ -675,13 +680,16 @@ def _item_kind(field: str, salt: int, names: list[str], share: float, row_rate: 
     return _ItemKind(field, salt, ids, np.cumsum(weights) / weights.sum(), share, row_rate)
 
 
+_FEATURE_NAMES = ("Create Report", "Export CSV", "Filter", "Share Dashboard", "Invite User", "Connect Integration",
+                  "Schedule Email", "Upgrade Button")
+
+
 @lru_cache(maxsize=1)
 def _item_kinds() -> dict[str, _ItemKind]:
     """The Pendo page, feature and track-type catalogues per event source."""
     pages = ["Dashboard", "Reports", "Settings", "Integrations", "Billing", "Team", "Onboarding", "Search",
              "Alerts", "Help Center"]
-    features = ["Create Report", "Export CSV", "Filter", "Share Dashboard", "Invite User", "Connect Integration",
-                "Schedule Email", "Upgrade Button"]
+    features = list(_FEATURE_NAMES)
     track_types = ["report_created", "export_completed", "user_invited", "integration_connected", "plan_upgraded"]
     return {
         "pageEvents": _item_kind("pageId", 1, pages, 0.85, 1.0),

@@ -2,13 +2,19 @@
 
 `POST /api/v1/aggregation` runs the request through `pendo_pipeline.run_aggregation` over the demo
 data (the `fetch` adapter below maps each pipeline source to a `DemoData` method);
-`GET /api/v1/account/{id}` and `/api/v1/visitor/{id}` return one entity.
+`GET /api/v1/account/{id}` and `/api/v1/visitor/{id}` return one entity, `GET /api/v1/feature` the
+tagged features.
+
+A test can make an account's usage drop from a day on (`drop_usage`, reached through
+`POST /__sandbox__/pendo/usage-drop`): its event rows from then on keep `factor` of their events and
+minutes (rows left with no events disappear), in every event source, until the sandbox is reset.
 
 Choices where the spec is silent or unverified:
 - A missing `x-pendo-integration-key` gets 401, a wrong one 403; all error bodies are plain text.
 - A Content-Type other than application/json, invalid JSON and every `PipelineError` get 400.
 - Throttling is a leaky bucket per key (`rate_limit` requests/s, bursts of the same size; off by
   default); a 429 carries `Retry-After`.
+- `GET /api/v1/feature` returns a JSON array of `{"id", "name", "kind": "Feature"}` (shape unverified).
 - Unknown entity ids get 404. `guideEvents` (no demo data) is a 400. `pollsSeenEver` returns every
   poll answer since the demo population began; a source argument such as `{"pageId": "p1"}` or
   `{"guideId": ..., "pollId": ...}` filters the rows on those fields.
@@ -16,6 +22,7 @@ Choices where the spec is silent or unverified:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -63,12 +70,15 @@ class Pendo:
         self.demo = demo
         self.integration_key = integration_key
         self._bucket = TokenBucket(rate_limit) if rate_limit else None
+        self._drops: dict[str, tuple[int, float]] = {}  # accountId -> (from epoch ms, factor)
+        self._drops_lock = threading.Lock()
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
             Route("/api/v1/aggregation", self._aggregation, methods=["POST"]),
             Route("/api/v1/account/{entity_id}", self._account, methods=["GET"]),
             Route("/api/v1/visitor/{entity_id}", self._visitor, methods=["GET"]),
+            Route("/api/v1/feature", self._features, methods=["GET"]),
         ]
 
     def fault_response(self, status: int, retry_after: int) -> Response:
@@ -78,6 +88,17 @@ class Pendo:
     def reset(self) -> None:
         if self._bucket:
             self._bucket.reset()
+        with self._drops_lock:
+            self._drops.clear()
+
+    def drop_usage(self, account_id: str, from_ms: int, factor: float = 0.0) -> None:
+        """From `from_ms` on, `account_id` keeps only `factor` (0..1) of its events and minutes."""
+        if not account_id or not isinstance(account_id, str):
+            raise ValueError("accountId must be a non-empty string")
+        if not 0.0 <= factor < 1.0:
+            raise ValueError(f"factor must be within [0, 1), got {factor}")
+        with self._drops_lock:
+            self._drops[account_id] = (int(from_ms), float(factor))
 
     async def _aggregation(self, request: Request) -> Response:
         refused = self._admit(request)
@@ -97,6 +118,12 @@ class Pendo:
             return text_response(str(exc), 400)
         log.count("rows", len(rows))
         return json_response({"results": rows})
+
+    async def _features(self, request: Request) -> Response:
+        refused = self._admit(request)
+        if refused:
+            return refused
+        return json_response(await run_in_threadpool(lambda: self.demo().pendo_features()))
 
     async def _account(self, request: Request) -> Response:
         return await self._entity(request, "accountId", lambda demo: demo.pendo_accounts())
@@ -150,9 +177,28 @@ class Pendo:
                 )
             except ValueError as exc:
                 raise PipelineError(str(exc)) from None
+            rows = self._apply_drops(rows)
         if isinstance(argument, dict) and argument:
             rows = [row for row in rows if all(row.get(k) == v for k, v in argument.items() if v is not None)]
         return rows
+
+
+    def _apply_drops(self, rows: list[dict]) -> list[dict]:
+        with self._drops_lock:
+            drops = dict(self._drops)
+        if not drops:
+            return rows
+        kept = []
+        for row in rows:
+            drop = drops.get(row.get("accountId"))
+            bucket = row.get("day", row.get("hour"))
+            if drop is None or bucket is None or bucket < drop[0]:
+                kept.append(row)
+                continue
+            events = int(row["numEvents"] * drop[1])
+            if events > 0:
+                kept.append({**row, "numEvents": events, "numMinutes": max(1, int(row["numMinutes"] * drop[1]))})
+        return kept
 
 
 def _to_ms(moment: datetime) -> int:

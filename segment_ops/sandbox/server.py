@@ -65,6 +65,23 @@ class RunningSandbox:
     def inject_audit_events(self, events: list[dict]) -> list[dict]:
         return self._call("POST", "/audit-events", json=events)["events"]
 
+    def register_heap_webhook(self, url: str, **spec: object) -> dict:
+        """Make the sandbox push Heap segment syncs to `url` (secret, interval_seconds, page_size, ...)."""
+        return self._call("POST", "/heap/webhooks", json={"url": url, **spec})
+
+    def push_heap(self, **spec: object) -> dict:
+        """Push segment-sync deltas now (at, segments, omit_pages, duplicate_pages, reorder, bad_signature,
+        wait); returns `{"syncs": [...], "deliveries": [...]}`."""
+        return self._call("POST", "/heap/push", json=spec)
+
+    def heap_deliveries(self) -> list[dict]:
+        return self._call("GET", "/heap/deliveries")["deliveries"]
+
+    def pendo_usage_drop(self, account_id: str, from_day: str, factor: float = 0.0) -> dict:
+        """Make a Pendo account's usage drop to `factor` from UTC day `from_day` (YYYY-MM-DD) on, until reset."""
+        return self._call("POST", "/pendo/usage-drop",
+                          json={"accountId": account_id, "from_day": from_day, "factor": factor})
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
         response.raise_for_status()

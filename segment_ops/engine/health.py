@@ -1,0 +1,362 @@
+"""Pendo account health: a documented, configurable score over the staged usage days, in DuckDB SQL.
+
+Five components, each 0..1, for every account as of a day A over a window of W days (config `[window]`):
+
+- breadth:   distinct active visitors in (A-W, A] / licensed seats (account metadata; when Pendo has no
+             seat count, the visitors ever staged for the account stand in), capped at 1;
+- depth:     distinct features used in the window / tagged features (or `feature_target`), capped at 1;
+- trend:     events in the window / events in the W days before, capped at 1 (steady or growing = 1);
+             left out until that previous window is fully staged, or when both windows are empty;
+- sentiment: average NPS answer (0-10) of the last `sentiment_days` / 10; left out without answers;
+- recency:   1 - days since the last active day / W, floored at 0.
+
+score = round(100 * sum(weight * component) / sum(weight)) over the components the account has, band by
+the `[bands]` thresholds, and reasons = the (at most `[reasons] max`) components below `[reasons] below`
+that cost the most points, as short text. An account with no activity scores (breadth, recency and depth
+0: score 0, critical, "no activity ..."), it never fails the run. Same staged data, same config: same
+scores, byte for byte (every ordering has a tie-break).
+
+Accounts scored = the accounts in Pendo's account list (staged with the usage) plus any account seen in the
+staged usage. The result replaces the table `pendo_account_health` in the sync's staging file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from segment_ops.engine.identity import IdentityMapError, IdentitySource
+from segment_ops.engine.models import literal
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "pendo_health.toml"
+COMPONENTS = ("breadth", "depth", "trend", "sentiment", "recency")
+BANDS = ("healthy", "at_risk", "critical")
+HEALTH_TABLE = "pendo_account_health"
+SCORE_VERSION = "1"  # bump when the SQL below changes meaning
+
+
+class HealthConfigError(ValueError):
+    """The health config file cannot be used as written; the message starts with its path."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class NothingStagedError(RuntimeError):
+    """No Pendo usage is staged yet, so there is nothing to score."""
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """The parsed `pendo_health.toml` (see the file's comments and the README for each value)."""
+
+    path: Path
+    window_days: int = 30
+    sentiment_days: int = 90
+    weights: dict[str, float] = field(default_factory=lambda: {
+        "breadth": 0.30, "depth": 0.20, "trend": 0.20, "sentiment": 0.15, "recency": 0.15})
+    healthy: int = 70
+    at_risk: int = 40
+    max_reasons: int = 3
+    reason_below: float = 0.7
+    seats_field: str = "seats"
+    nps_poll_id: str = ""
+    feature_target: int = 0
+    trait_prefix: str = "pendo_"
+    service_user: str = ""
+    require_mapping: bool = False
+    identity: IdentitySource | None = None
+    digest: str = ""  # sha256 of the file: part of the score asset's code_version
+
+    @property
+    def window_label(self) -> str:
+        return f"{self.window_days} days"
+
+
+_SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "window": {"days": int, "sentiment_days": int},
+    "weights": dict.fromkeys(COMPONENTS, (int, float)),
+    "bands": {"healthy": int, "at_risk": int},
+    "reasons": {"max": int, "below": (int, float)},
+    "extract": {"seats_field": str, "nps_poll_id": str, "feature_target": int},
+    "sync": {"trait_prefix": str, "service_user": str, "require_mapping": bool},
+    "identity": {"query": str, "url": str, "csv": str},
+}
+
+
+def load_health_config(path: Path | str | None = None) -> HealthConfig:
+    """Read and validate the config (default: the project's `config/pendo_health.toml`)."""
+    path = Path(path or DEFAULT_CONFIG_PATH).expanduser()
+    try:
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode())
+    except OSError as exc:
+        raise HealthConfigError(path, f"cannot read the file: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise HealthConfigError(path, f"not valid TOML: {exc}") from None
+    _check_shape(path, data)
+    window, weights = data.get("window", {}), data.get("weights", {})
+    bands, reasons = data.get("bands", {}), data.get("reasons", {})
+    extract, sync = data.get("extract", {}), data.get("sync", {})
+    defaults = HealthConfig(path)
+    try:
+        identity = IdentitySource.from_config(data["identity"]) if "identity" in data else None
+    except IdentityMapError as exc:
+        raise HealthConfigError(path, f"[identity]: {exc}") from None
+    config = HealthConfig(
+        path=path,
+        window_days=window.get("days", defaults.window_days),
+        sentiment_days=window.get("sentiment_days", defaults.sentiment_days),
+        weights={c: float(weights.get(c, defaults.weights[c])) for c in COMPONENTS},
+        healthy=bands.get("healthy", defaults.healthy),
+        at_risk=bands.get("at_risk", defaults.at_risk),
+        max_reasons=reasons.get("max", defaults.max_reasons),
+        reason_below=float(reasons.get("below", defaults.reason_below)),
+        seats_field=extract.get("seats_field", defaults.seats_field),
+        nps_poll_id=extract.get("nps_poll_id", defaults.nps_poll_id),
+        feature_target=extract.get("feature_target", defaults.feature_target),
+        trait_prefix=sync.get("trait_prefix", defaults.trait_prefix),
+        service_user=sync.get("service_user", defaults.service_user).strip(),
+        require_mapping=sync.get("require_mapping", defaults.require_mapping),
+        identity=identity,
+        digest=hashlib.sha256(raw).hexdigest(),
+    )
+    _check_values(config)
+    return config
+
+
+def _check_shape(path: Path, data: dict[str, Any]) -> None:
+    for section, value in data.items():
+        if section not in _SECTIONS:
+            raise HealthConfigError(path, f"unknown section [{section}]; known: {', '.join(_SECTIONS)}")
+        if not isinstance(value, dict):
+            raise HealthConfigError(path, f"[{section}] must be a table")
+        for key, item in value.items():
+            expected = _SECTIONS[section].get(key)
+            if expected is None:
+                raise HealthConfigError(path, f"unknown key {key!r} in [{section}]; known: "
+                                              f"{', '.join(_SECTIONS[section])}")
+            if isinstance(item, bool) and expected is not bool or not isinstance(item, expected):
+                names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+                raise HealthConfigError(path, f"[{section}] {key} must be {names}, got {item!r}")
+
+
+def _check_values(c: HealthConfig) -> None:
+    def fail(problem: str) -> None:
+        raise HealthConfigError(c.path, problem)
+
+    if not 1 <= c.window_days <= 365:
+        fail(f"[window] days must be 1..365, got {c.window_days}")
+    if not 1 <= c.sentiment_days <= 730:
+        fail(f"[window] sentiment_days must be 1..730, got {c.sentiment_days}")
+    negative = [k for k, w in c.weights.items() if w < 0]
+    if negative:
+        fail(f"[weights] must not be negative: {', '.join(negative)}")
+    if c.weights["breadth"] + c.weights["recency"] <= 0:
+        fail("[weights] breadth or recency must be positive: they are the components every account has, "
+             "so without them an account with no NPS answer and no trend could not be scored")
+    if not 0 < c.at_risk < c.healthy <= 100:
+        fail(f"[bands] need 0 < at_risk < healthy <= 100, got at_risk={c.at_risk}, healthy={c.healthy}")
+    if not 0 <= c.max_reasons <= len(COMPONENTS):
+        fail(f"[reasons] max must be 0..{len(COMPONENTS)}, got {c.max_reasons}")
+    if not 0 < c.reason_below <= 1:
+        fail(f"[reasons] below must be within (0, 1], got {c.reason_below}")
+    if c.feature_target < 0:
+        fail(f"[extract] feature_target must be >= 0, got {c.feature_target}")
+    if not c.seats_field.replace("_", "").isalnum():
+        fail(f"[extract] seats_field must be a metadata field name (letters, digits, _), got {c.seats_field!r}")
+    if c.trait_prefix and not c.trait_prefix.replace("_", "").isalnum():
+        fail(f"[sync] trait_prefix must be letters, digits and _, got {c.trait_prefix!r}")
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class ScoreReport:
+    as_of: date
+    window_days: int
+    accounts: int
+    bands: dict[str, int]
+    window_days_staged: int  # staged days in the current window (of window_days)
+    previous_days_staged: int  # staged days in the previous window (trend needs all of them)
+    with_trend: int
+    with_sentiment: int
+    no_activity: int
+    score_min: int | None
+    score_median: float | None
+    score_max: int | None
+    lowest: list[tuple]  # (account_id, name, score, band, reasons) of the lowest scores
+    seconds: float
+
+
+def latest_staged_day(con: duckdb.DuckDBPyConnection) -> date | None:
+    """The newest staged usage day, or None when nothing (not even the tables) is staged yet."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'pendo_staged_days'"
+                       ).fetchone()[0]:
+        return None
+    return con.execute("SELECT max(day) FROM pendo_staged_days").fetchone()[0]
+
+
+def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, as_of: date | None = None,
+                   lowest: int = 10) -> ScoreReport:
+    """Score every account as of `as_of` (default: the latest staged day) into `pendo_account_health`.
+
+    Raises `NothingStagedError` when no usage day is staged (materialize the usage days first).
+    """
+    started = time.monotonic()
+    latest = latest_staged_day(con)
+    as_of = as_of or latest
+    if latest is None or as_of is None:
+        raise NothingStagedError("no Pendo usage day is staged yet: materialize pendo/account_usage_daily "
+                                 "(a backfill of the last 60 days gives the trend its previous window)")
+    w = config.window_days
+    params = {
+        "as_of": as_of, "cur_start": as_of - timedelta(days=w - 1),
+        "prev_start": as_of - timedelta(days=2 * w - 1), "prev_end": as_of - timedelta(days=w),
+        "nps_start": as_of - timedelta(days=config.sentiment_days - 1),
+    }
+    window_staged, previous_staged = con.execute(
+        "SELECT count(*) FILTER (WHERE day BETWEEN $cur_start AND $as_of), "
+        "count(*) FILTER (WHERE day BETWEEN $prev_start AND $prev_end) FROM pendo_staged_days",
+        {k: params[k] for k in ("cur_start", "as_of", "prev_start", "prev_end")}).fetchone()
+    con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}", params)
+    bands = dict(con.execute(f"SELECT band, count(*) FROM {HEALTH_TABLE} GROUP BY band").fetchall())
+    stats = con.execute(f"""
+        SELECT count(*), min(score), median(score), max(score), count(trend), count(sentiment),
+               count(*) FILTER (WHERE last_active_date IS NULL OR last_active_date < $cur_start)
+        FROM {HEALTH_TABLE}""", {"cur_start": params["cur_start"]}).fetchone()
+    rows = con.execute(f"SELECT account_id, name, score, band, reasons FROM {HEALTH_TABLE} "
+                       "ORDER BY score, account_id LIMIT ?", [lowest]).fetchall()
+    return ScoreReport(
+        as_of=as_of, window_days=w, accounts=stats[0], bands={b: bands.get(b, 0) for b in BANDS},
+        window_days_staged=window_staged, previous_days_staged=previous_staged, with_trend=stats[4],
+        with_sentiment=stats[5], no_activity=stats[6], score_min=stats[1],
+        score_median=None if stats[2] is None else float(stats[2]), score_max=stats[3], lowest=rows,
+        seconds=time.monotonic() - started)
+
+
+def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
+    """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end, $nps_start)."""
+    w, wt = c.window_days, c.weights
+    target = (f"{c.feature_target}" if c.feature_target
+              else "(SELECT nullif(count(*), 0) FROM pendo_features)")
+    # Trend needs the whole previous window staged; two empty windows say nothing about a trend.
+    trend = ("CASE WHEN events = 0 AND coalesce(previous_events, 0) = 0 THEN NULL "
+             "WHEN coalesce(previous_events, 0) = 0 THEN 1.0 "
+             "ELSE least(1.0, events / previous_events::DOUBLE) END"
+             if previous_complete else "NULL::DOUBLE")
+    weighted = " + ".join(f"coalesce({wt[k]} * {k}, 0)" for k in COMPONENTS)
+    weight_sum = " + ".join(f"CASE WHEN {k} IS NULL THEN 0 ELSE {wt[k]} END" for k in COMPONENTS)
+    days_label = f"{w} days"
+    reasons = ", ".join([
+        _reason(1, "breadth", c, "format('{} of {} {} active in the last " + days_label + "', active_users, "
+                "seat_base, CASE WHEN licensed_seats IS NULL THEN 'known users' ELSE 'licensed seats' END)"),
+        _reason(2, "depth", c, "format('uses {} of {} features', features_used, feature_base)"),
+        _reason(3, "trend", c, "format('usage down {}% vs the previous " + days_label + "', "
+                "round(100 * (1 - trend))::INTEGER)"),
+        _reason(4, "sentiment", c, "format('NPS average {} from {} answer(s)', round(nps_average, 1), nps_answers)"),
+        _reason(5, "recency", c, "CASE WHEN last_active_date IS NULL THEN 'no activity seen in the staged days' "
+                "ELSE format('last active {} days ago', date_diff('day', last_active_date, $as_of)) END"),
+    ])
+    return f"""
+    WITH accounts AS (
+        SELECT account_id FROM pendo_accounts
+        UNION
+        SELECT DISTINCT account_id FROM pendo_visitor_days WHERE day <= $as_of
+    ),
+    cur AS (
+        SELECT account_id, count(DISTINCT visitor_id) AS active_users, sum(events) AS events,
+               sum(minutes) AS minutes
+        FROM pendo_visitor_days WHERE day BETWEEN $cur_start AND $as_of GROUP BY account_id
+    ),
+    prev AS (
+        SELECT account_id, sum(events) AS events
+        FROM pendo_visitor_days WHERE day BETWEEN $prev_start AND $prev_end GROUP BY account_id
+    ),
+    ever AS (
+        SELECT account_id, max(day) AS last_active, count(DISTINCT visitor_id) AS visitors
+        FROM pendo_visitor_days WHERE day <= $as_of GROUP BY account_id
+    ),
+    top_visitor AS (  -- the account's most active identified visitor in the window (ties: more minutes, id)
+        SELECT account_id, visitor_id FROM (
+            SELECT account_id, visitor_id, sum(events) AS events, sum(minutes) AS minutes
+            FROM pendo_visitor_days
+            WHERE day BETWEEN $cur_start AND $as_of AND NOT starts_with(visitor_id, '_PENDO_T_')
+            GROUP BY account_id, visitor_id)
+        QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY events DESC, minutes DESC, visitor_id) = 1
+    ),
+    feat AS (
+        SELECT account_id, count(DISTINCT feature_id) AS features_used
+        FROM pendo_feature_days WHERE day BETWEEN $cur_start AND $as_of GROUP BY account_id
+    ),
+    nps AS (
+        SELECT account_id, avg(response) AS nps_average, count(*) AS nps_answers
+        FROM pendo_poll_responses WHERE day BETWEEN $nps_start AND $as_of GROUP BY account_id
+    ),
+    measured AS (
+        SELECT a.account_id, m.name, m.plan, m.seats AS licensed_seats,
+               coalesce(cur.active_users, 0) AS active_users, coalesce(cur.events, 0) AS events,
+               coalesce(cur.minutes, 0) AS minutes, prev.events AS previous_events,
+               coalesce(feat.features_used, 0) AS features_used, {target} AS feature_base,
+               nps.nps_average, coalesce(nps.nps_answers, 0) AS nps_answers,
+               ever.last_active AS last_active_date, top_visitor.visitor_id AS top_visitor_id,
+               CASE WHEN m.seats > 0 THEN m.seats ELSE greatest(coalesce(ever.visitors, 0), 1) END AS seat_base
+        FROM accounts a
+        LEFT JOIN pendo_accounts m USING (account_id)
+        LEFT JOIN cur USING (account_id) LEFT JOIN prev USING (account_id) LEFT JOIN ever USING (account_id)
+        LEFT JOIN top_visitor USING (account_id) LEFT JOIN feat USING (account_id) LEFT JOIN nps USING (account_id)
+    ),
+    components AS (
+        SELECT *,
+               least(1.0, active_users / seat_base::DOUBLE) AS breadth,
+               least(1.0, features_used / feature_base::DOUBLE) AS depth,
+               {trend} AS trend,
+               nps_average / 10.0 AS sentiment,
+               CASE WHEN last_active_date IS NULL THEN 0.0
+                    ELSE greatest(0.0, 1.0 - date_diff('day', last_active_date, $as_of) / {w}.0) END AS recency
+        FROM measured
+    ),
+    scored AS (
+        SELECT *, round(100 * ({weighted}) / ({weight_sum}))::INTEGER AS score FROM components
+    )
+    SELECT account_id, name, plan, $as_of::DATE AS as_of, score,
+           CASE WHEN score >= {c.healthy} THEN 'healthy' WHEN score >= {c.at_risk} THEN 'at_risk'
+                ELSE 'critical' END AS band,
+           CASE WHEN events = 0 AND coalesce(previous_events, 0) = 0 AND last_active_date IS NULL
+                THEN ['no activity in the staged Pendo usage']
+                ELSE list_transform(list_slice(list_sort(list_filter([{reasons}], lambda r: r.keep)), 1,
+                                               {c.max_reasons}), lambda r: r.text) END AS reasons,
+           active_users, licensed_seats, round(breadth, 3) AS seat_utilisation, features_used,
+           round(depth, 3) AS feature_adoption, events, minutes, previous_events,
+           CASE WHEN trend IS NULL THEN NULL ELSE round(events / nullif(previous_events, 0) - 1, 3) END
+               AS usage_change,
+           round(nps_average, 1) AS nps_average, nps_answers, last_active_date, top_visitor_id,
+           round(breadth, 4) AS breadth, round(depth, 4) AS depth, round(trend, 4) AS trend,
+           round(sentiment, 4) AS sentiment, round(recency, 4) AS recency
+    FROM scored
+    ORDER BY account_id
+    """
+
+
+def _reason(order: int, component: str, c: HealthConfig, text: str) -> str:
+    """One candidate reason: kept when the component is below the threshold; sorted by points lost, then order."""
+    weight = c.weights[component]
+    return (f"{{'lost': -({weight} * (1 - coalesce({component}, 1)))::DOUBLE, 'ord': {order}, "
+            f"'keep': coalesce({component} < {c.reason_below} AND {weight} > 0, false), 'text': {text}}}")
+
+
+def describe_config(config: HealthConfig) -> str:
+    """The model in one line, for run metadata."""
+    weights = ", ".join(f"{k} {v:g}" for k, v in config.weights.items())
+    return (f"window {config.window_days} days; weights {weights}; healthy >= {config.healthy}, "
+            f"at_risk >= {config.at_risk}; config {literal(str(config.path))}")

@@ -1,0 +1,382 @@
+"""Extract daily account-level usage from Pendo's Aggregation API into the sync's DuckDB staging file.
+
+One extraction covers a range of whole UTC days, read in slices of at most 30 days (spec §4: Pendo asks
+ETL pulls to stay <= 30 days and documents no pagination). Per slice, three aggregations:
+
+- `events` with `timeSeries` dayRange, grouped per (accountId, visitorId, day): events and minutes;
+- `featureEvents`, grouped per (accountId, day, featureId): which features each account used;
+- `pollEvents`, the NPS poll's answers (poll id from the config; spec §4 "Poll rows").
+
+Once per extraction, the account list (`accounts` source: name, plan, licensed seats from
+`metadata.custom.<seats_field>`) and the feature catalogue (`GET /api/v1/feature`) replace their tables.
+
+Each slice is written in one transaction that first deletes its days, then inserts them, and marks
+them in `pendo_staged_days`: re-running a day replaces it exactly, and a run that stops after some
+slices keeps those slices (the rest is re-read by the next run). Rows Pendo returns that cannot be
+attributed (no account, visitor or day; counts that are not non-negative integers; an NPS answer outside
+0-10) go to the ledger's `rejected` table with the reason, never silently dropped. Rows are parsed by
+DuckDB from the response's JSON, not row by row in Python.
+
+The `group` stage's aggregate form is unverified in spec §4; the sandbox implements it as documented in
+`sandbox/pendo_pipeline.py`. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import duckdb
+import orjson
+
+from segment_ops.clients.base import RetryEvent, VendorAuthError, VendorError
+from segment_ops.clients.pendo import MAX_DAYS_PER_AGGREGATION, PendoClient, day_range_source
+from segment_ops.engine.health import HealthConfig
+from segment_ops.engine.ledger import Ledger
+
+SYNC = "pendo_account_health"  # the staging file's name and the sync's name in the ledger
+ANONYMOUS_PREFIX = "_PENDO_T_"  # Pendo's anonymous visitor ids (pendo-io/pendo-ETL-API-calls)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pendo_visitor_days (
+    day DATE NOT NULL, account_id VARCHAR NOT NULL, visitor_id VARCHAR NOT NULL,
+    events BIGINT NOT NULL, minutes BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pendo_feature_days (
+    day DATE NOT NULL, account_id VARCHAR NOT NULL, feature_id VARCHAR NOT NULL,
+    events BIGINT NOT NULL, visitors BIGINT
+);
+CREATE TABLE IF NOT EXISTS pendo_poll_responses (
+    day DATE NOT NULL, account_id VARCHAR NOT NULL, visitor_id VARCHAR, answered_at TIMESTAMPTZ NOT NULL,
+    poll_id VARCHAR, response INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pendo_staged_days (
+    day DATE NOT NULL, staged_at TIMESTAMPTZ NOT NULL, run_id VARCHAR,
+    visitor_rows BIGINT NOT NULL, feature_rows BIGINT NOT NULL, poll_rows BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pendo_accounts (
+    account_id VARCHAR NOT NULL, name VARCHAR, plan VARCHAR, seats INTEGER,
+    first_visit TIMESTAMPTZ, last_visit TIMESTAMPTZ, extracted_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pendo_features (feature_id VARCHAR NOT NULL, name VARCHAR, extracted_at TIMESTAMPTZ NOT NULL);
+-- Per account and day, what the issue asks for: active visitors, events, minutes, features, NPS answers.
+CREATE OR REPLACE VIEW pendo_account_usage_daily AS
+WITH v AS (
+    SELECT day, account_id, count(DISTINCT visitor_id) AS active_visitors, sum(events) AS events,
+           sum(minutes) AS minutes
+    FROM pendo_visitor_days GROUP BY day, account_id
+), f AS (
+    SELECT day, account_id, count(DISTINCT feature_id) AS features_used FROM pendo_feature_days GROUP BY day, account_id
+), p AS (
+    SELECT day, account_id, count(*) AS nps_responses, avg(response) AS nps_average
+    FROM pendo_poll_responses GROUP BY day, account_id
+)
+SELECT day, account_id, coalesce(v.active_visitors, 0) AS active_visitors, coalesce(v.events, 0) AS events,
+       coalesce(v.minutes, 0) AS minutes, coalesce(f.features_used, 0) AS features_used,
+       coalesce(p.nps_responses, 0) AS nps_responses, p.nps_average
+FROM v FULL JOIN f USING (day, account_id) FULL JOIN p USING (day, account_id);
+"""
+
+
+class ExtractError(RuntimeError):
+    """Pendo could not serve part of a range; the slices before it are staged. Carries the report so far."""
+
+    def __init__(self, message: str, report: ExtractReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ExtractReport:
+    first_day: date
+    last_day: date
+    days: int = 0
+    requests: int = 0
+    retries: int = 0
+    visitor_rows: int = 0
+    feature_rows: int = 0
+    poll_rows: int = 0
+    rejected: int = 0
+    accounts: int = 0
+    features: int = 0
+    slices: list[tuple[date, date]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA)
+
+
+def days_in(first_day: date, last_day: date) -> list[date]:
+    return [first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)]
+
+
+def slices_of(first_day: date, last_day: date, size: int = MAX_DAYS_PER_AGGREGATION) -> list[tuple[date, date]]:
+    """[first_day, last_day] cut into consecutive (first, last) slices of at most `size` days."""
+    if last_day < first_day:
+        raise ValueError(f"empty day range {first_day} .. {last_day}")
+    out, start = [], first_day
+    while start <= last_day:
+        end = min(last_day, start + timedelta(days=size - 1))
+        out.append((start, end))
+        start = end + timedelta(days=1)
+    return out
+
+
+def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: HealthConfig, first_day: date,
+                 last_day: date, *, run_id: str | None = None,
+                 on_retry: Callable[[RetryEvent], None] | None = None) -> ExtractReport:
+    """Stage Pendo usage for every UTC day in [first_day, last_day], plus the account list and feature catalogue.
+
+    Raises `ExtractError` (with the report of what was staged) when Pendo fails after the client's retries;
+    the client's `VendorAuthError` passes through as it is.
+    """
+    started = time.monotonic()
+    ensure_schema(con)
+    ledger = Ledger(con)
+    report = ExtractReport(first_day, last_day)
+
+    def counted_retry(event: RetryEvent) -> None:
+        report.retries += 1
+        if on_retry is not None:
+            on_retry(event)
+
+    def aggregate(pipeline: list[dict], name: str) -> bytes:
+        report.requests += 1
+        return orjson.dumps(client.aggregate(pipeline, name=name, on_retry=counted_retry))
+
+    try:
+        accounts = aggregate(_accounts_pipeline(config), "segment-ops pendo accounts")
+        report.requests += 1
+        features = orjson.dumps(client.features(on_retry=counted_retry))
+        report.accounts, report.features, rejected = _stage_entities(con, accounts, features, run_id)
+        ledger.reject_relation(SYNC, "pendo_rejections", run_id=run_id)
+        report.rejected += rejected
+        for first, last in slices_of(first_day, last_day):
+            first_ms, count = _day_ms(first), (last - first).days + 1
+            payloads = {
+                "visitor": aggregate(_events_pipeline(first_ms, count), f"segment-ops pendo usage {first}..{last}"),
+                "feature": aggregate(_features_pipeline(first_ms, count), f"segment-ops pendo features {first}..{last}"),
+                "poll": aggregate(_polls_pipeline(first_ms, count, config), f"segment-ops pendo NPS {first}..{last}"),
+            }
+            counts = _stage_slice(con, ledger, first, last, payloads, run_id)
+            report.visitor_rows += counts[0]
+            report.feature_rows += counts[1]
+            report.poll_rows += counts[2]
+            report.rejected += counts[3]
+            report.days += count
+            report.slices.append((first, last))
+    except VendorAuthError:
+        raise
+    except VendorError as exc:
+        report.seconds = time.monotonic() - started
+        staged = f"; staged before it: {report.slices[0][0]} .. {report.slices[-1][1]}" if report.slices else ""
+        raise ExtractError(f"Pendo failed while reading {first_day} .. {last_day}: {exc}{staged}", report) from exc
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# --- pipelines (spec §4) -------------------------------------------------------------------------------
+
+_HAS_ACCOUNT = {"filter": "!isNull(accountId) && accountId != \"\""}
+
+
+def _events_pipeline(first_ms: int, days: int) -> list[dict]:
+    return [day_range_source("events", first_ms, days), _HAS_ACCOUNT,
+            {"group": {"group": ["accountId", "visitorId", "day"],
+                       "fields": {"numEvents": {"sum": "numEvents"}, "numMinutes": {"sum": "numMinutes"}}}}]
+
+
+def _features_pipeline(first_ms: int, days: int) -> list[dict]:
+    return [day_range_source("featureEvents", first_ms, days), _HAS_ACCOUNT,
+            {"group": {"group": ["accountId", "day", "featureId"],
+                       "fields": {"numEvents": {"sum": "numEvents"}, "visitors": {"count": "visitorId"}}}}]
+
+
+def _polls_pipeline(first_ms: int, days: int, config: HealthConfig) -> list[dict]:
+    argument = {"pollId": config.nps_poll_id} if config.nps_poll_id else None
+    return [day_range_source("pollEvents", first_ms, days, argument), _HAS_ACCOUNT,
+            {"select": {"accountId": "accountId", "visitorId": "visitorId", "time": "time", "pollId": "pollId",
+                        "response": "response"}}]
+
+
+def _accounts_pipeline(config: HealthConfig) -> list[dict]:
+    return [{"source": {"accounts": None}}, {"identified": "accountId"},
+            {"select": {"accountId": "accountId", "name": "metadata.agent.name", "plan": "metadata.custom.planlevel",
+                        "seats": f"metadata.custom.{config.seats_field}", "firstVisit": "metadata.auto.firstvisit",
+                        "lastVisit": "metadata.auto.lastvisit"}}]
+
+
+# --- staging --------------------------------------------------------------------------------------------
+
+_TEXT = "nullif(trim(j->>'{0}'), '')"
+_COUNT = "TRY_CAST(j->>'{0}' AS BIGINT)"
+
+
+def _missing(field: str) -> str:
+    """SQL: the reason when a row's id field is absent or empty."""
+    return f"CASE WHEN {_TEXT.format(field)} IS NULL THEN 'no {field}' END"
+
+
+def _bad_count(field: str) -> str:
+    """SQL: the reason when a count field is not a non-negative whole number."""
+    value = _COUNT.format(field)
+    return (f"CASE WHEN {value} IS NULL OR {value} < 0 THEN '{field} is ' || coalesce(j->>'{field}', 'missing') "
+            "|| ', not a non-negative whole number' END")
+
+
+def _rows(con: duckdb.DuckDBPyConnection, table: str, payload: bytes) -> None:
+    """The JSON array `payload` as a temp table of one JSON value per row (parsed by DuckDB)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT unnest(CAST(?::JSON AS JSON[])) AS j",
+                [payload.decode()])
+
+
+def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: bytes, features: bytes,
+                    run_id: str | None) -> tuple[int, int, int]:
+    """Replace the account list and the feature catalogue; `pendo_rejections` holds the unusable rows."""
+    _rows(con, "pendo_raw_accounts", accounts)
+    _rows(con, "pendo_raw_features", features)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE pendo_rejections AS
+        SELECT j->>'accountId' AS record_key, 'pendo accounts' AS source,
+               'account row without an accountId' AS reason, left(j::VARCHAR, 2000) AS record
+        FROM pendo_raw_accounts WHERE {_TEXT.format('accountId')} IS NULL
+    """)
+    seats = "TRY_CAST(j->>'seats' AS DOUBLE)"
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM pendo_accounts")
+        con.execute(f"""
+            INSERT INTO pendo_accounts
+            SELECT {_TEXT.format('accountId')}, any_value(j->>'name'), any_value(j->>'plan'),
+                   -- licensed seats: a positive whole number, else unknown (breadth then uses known users)
+                   any_value(CASE WHEN {seats} >= 1 THEN floor({seats})::INTEGER END),
+                   any_value(to_timestamp(TRY_CAST(j->>'firstVisit' AS BIGINT) / 1000)),
+                   any_value(to_timestamp(TRY_CAST(j->>'lastVisit' AS BIGINT) / 1000)), now()
+            FROM pendo_raw_accounts WHERE {_TEXT.format('accountId')} IS NOT NULL
+            GROUP BY 1
+        """)
+        con.execute("DELETE FROM pendo_features")
+        con.execute(f"""
+            INSERT INTO pendo_features
+            SELECT {_TEXT.format('id')}, any_value(j->>'name'), now()
+            FROM pendo_raw_features WHERE {_TEXT.format('id')} IS NOT NULL GROUP BY 1
+        """)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    accounts_n = con.execute("SELECT count(*) FROM pendo_accounts").fetchone()[0]
+    features_n = con.execute("SELECT count(*) FROM pendo_features").fetchone()[0]
+    rejected = con.execute("SELECT count(*) FROM pendo_rejections").fetchone()[0]
+    con.execute("DROP TABLE pendo_raw_accounts")
+    con.execute("DROP TABLE pendo_raw_features")
+    return accounts_n, features_n, rejected
+
+
+def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, first: date, last: date,
+                 payloads: dict[str, bytes], run_id: str | None) -> tuple[int, int, int, int]:
+    """Replace the days [first, last] with the slice's rows in one transaction; reject what cannot be used."""
+    for kind, payload in payloads.items():
+        _rows(con, f"pendo_raw_{kind}", payload)
+    day = "CAST(epoch_ms(TRY_CAST(j->>'day' AS BIGINT)) AS DATE)"
+    answered = "TRY_CAST(j->>'time' AS BIGINT)"
+    response = "TRY_CAST(j->>'response' AS DOUBLE)"
+    bad_day = f"CASE WHEN {day} IS NULL THEN 'day is ' || coalesce(j->>'day', 'missing') || ', not epoch ms' END"
+    outside = f"CASE WHEN {day} NOT BETWEEN $first AND $last THEN 'day ' || {day} || ' is outside the requested days' END"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE pendo_checked_visitor AS
+        SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('visitorId')} AS visitor_id, {day} AS day,
+               {_COUNT.format('numEvents')} AS events, {_COUNT.format('numMinutes')} AS minutes,
+               concat_ws('; ', {_missing('accountId')}, {_missing('visitorId')}, {bad_day}, {outside},
+                         {_bad_count('numEvents')}, {_bad_count('numMinutes')}) AS reason
+        FROM pendo_raw_visitor
+    """, {"first": first, "last": last})
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE pendo_checked_feature AS
+        SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('featureId')} AS feature_id, {day} AS day,
+               {_COUNT.format('numEvents')} AS events, {_COUNT.format('visitors')} AS visitors,
+               concat_ws('; ', {_missing('accountId')}, {_missing('featureId')}, {bad_day}, {outside},
+                         {_bad_count('numEvents')}) AS reason
+        FROM pendo_raw_feature
+    """, {"first": first, "last": last})
+    poll_day = f"CAST(epoch_ms({answered}) AS DATE)"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE pendo_checked_poll AS
+        SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('visitorId')} AS visitor_id,
+               {poll_day} AS day, {answered} AS answered_ms, j->>'pollId' AS poll_id, {response} AS response,
+               concat_ws('; ', {_missing('accountId')},
+                   CASE WHEN {answered} IS NULL THEN 'time is ' || coalesce(j->>'time', 'missing') || ', not epoch ms'
+                        WHEN {poll_day} NOT BETWEEN $first AND $last THEN 'answered on ' || {poll_day}
+                             || ', outside the requested days' END,
+                   CASE WHEN {response} IS NULL OR {response} NOT BETWEEN 0 AND 10 OR {response} <> floor({response})
+                        THEN 'NPS response ' || coalesce(j->>'response', 'missing') || ' is not a whole number 0-10' END
+               ) AS reason
+        FROM pendo_raw_poll
+    """, {"first": first, "last": last})
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE pendo_rejections AS
+        SELECT coalesce(account_id, '?') || '/' || coalesce(visitor_id, '?') || '/' || coalesce(day::VARCHAR, '?')
+                   AS record_key,
+               'pendo events' AS source, reason, left(j::VARCHAR, 2000) AS record
+        FROM pendo_checked_visitor WHERE reason <> ''
+        UNION ALL
+        SELECT coalesce(account_id, '?') || '/' || coalesce(feature_id, '?') || '/' || coalesce(day::VARCHAR, '?'),
+               'pendo featureEvents',
+               reason, left(j::VARCHAR, 2000)
+        FROM pendo_checked_feature WHERE reason <> ''
+        UNION ALL
+        SELECT coalesce(account_id, '?') || '/' || coalesce(visitor_id, '?') || '/' || coalesce(answered_ms::VARCHAR, '?'),
+               'pendo pollEvents', reason, left(j::VARCHAR, 2000)
+        FROM pendo_checked_poll WHERE reason <> ''
+    """)
+    params = {"first": first, "last": last}
+    con.execute("BEGIN")
+    try:
+        for table in ("pendo_visitor_days", "pendo_feature_days", "pendo_poll_responses", "pendo_staged_days"):
+            con.execute(f"DELETE FROM {table} WHERE day BETWEEN $first AND $last", params)
+        # A visitor or feature may come back in several rows for one day (Pendo splits event rows further,
+        # e.g. by server); they are summed here.
+        con.execute("""
+            INSERT INTO pendo_visitor_days
+            SELECT day, account_id, visitor_id, sum(events), sum(minutes) FROM pendo_checked_visitor
+            WHERE reason = '' GROUP BY day, account_id, visitor_id
+        """)
+        con.execute("""
+            INSERT INTO pendo_feature_days
+            SELECT day, account_id, feature_id, sum(events), max(visitors) FROM pendo_checked_feature
+            WHERE reason = '' GROUP BY day, account_id, feature_id
+        """)
+        con.execute("""
+            INSERT INTO pendo_poll_responses
+            SELECT day, account_id, visitor_id, to_timestamp(answered_ms / 1000), poll_id, response::INTEGER
+            FROM pendo_checked_poll WHERE reason = ''
+        """)
+        con.execute("""
+            INSERT INTO pendo_staged_days
+            SELECT d.day, now(), $run_id,
+                   (SELECT count(*) FROM pendo_visitor_days v WHERE v.day = d.day),
+                   (SELECT count(*) FROM pendo_feature_days f WHERE f.day = d.day),
+                   (SELECT count(*) FROM pendo_poll_responses p WHERE p.day = d.day)
+            FROM (SELECT unnest(generate_series($first::DATE, $last::DATE, INTERVAL 1 DAY))::DATE AS day) d
+        """, params | {"run_id": run_id})
+        ledger.reject_relation(SYNC, "pendo_rejections", run_id=run_id)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    counts = con.execute("""
+        SELECT sum(visitor_rows), sum(feature_rows), sum(poll_rows) FROM pendo_staged_days
+        WHERE day BETWEEN $first AND $last""", params).fetchone()
+    rejected = con.execute("SELECT count(*) FROM pendo_rejections").fetchone()[0]
+    for name in ("raw_visitor", "raw_feature", "raw_poll", "checked_visitor", "checked_feature", "checked_poll",
+                 "rejections"):
+        con.execute(f"DROP TABLE pendo_{name}")
+    return int(counts[0] or 0), int(counts[1] or 0), int(counts[2] or 0), rejected
+
+
+def _day_ms(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+

@@ -1,0 +1,350 @@
+"""Pendo account health -> Segment group calls: daily usage partitions, a health score, a diff-based sync.
+
+- `pendo/account_usage_daily` (daily partitions, UTC, from 2026-01-01 to the last complete day): reads
+  its days from Pendo's Aggregation API (events, featureEvents, pollEvents; 30 days per request at most,
+  spec §4) and stages each day in the sync's DuckDB file, replacing that day. `BackfillPolicy.single_run()`:
+  a backfill of any range of days from the UI is one run that reads it in 30-day slices.
+- `pendo/account_health`: scores every Pendo account as of the latest staged day with the model in
+  `config/pendo_health.toml` (PENDO_HEALTH_CONFIG): score 0-100, band, reasons. Checks
+  `band_distribution_sane` (WARN: not every account in one band) and `no_account_missing`.
+- `segment/pendo_account_groups`: one group call per account whose traits changed since the last
+  delivered state (the reverse-ETL diff), groupId through the identity map, delivered with retries;
+  check `delivery_complete`.
+
+All three write one staging file (`staging/pendo_account_health.duckdb`), so they share the pool
+`staging_pendo_account_health` (limit 1 in dagster.yaml): runs never collide on it. `pendo_daily_schedule`
+(STOPPED by default) runs `pendo_account_health_job` each morning for yesterday's partition, then
+scores and syncs.
+"""
+
+import hashlib
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from segment_ops.clients.base import VendorAuthError
+from segment_ops.config import load_settings
+from segment_ops.engine import store
+from segment_ops.engine.health import (
+    BANDS,
+    DEFAULT_CONFIG_PATH,
+    HEALTH_TABLE,
+    SCORE_VERSION,
+    HealthConfig,
+    HealthConfigError,
+    NothingStagedError,
+    ScoreReport,
+    describe_config,
+    load_health_config,
+    score_accounts,
+)
+from segment_ops.engine.identity import IdentityMapError
+from segment_ops.engine.pendo_groups import (
+    GroupSyncIncomplete,
+    GroupSyncRun,
+    NothingScoredError,
+    sync_account_groups,
+)
+from segment_ops.engine.pendo_usage import SYNC, ExtractError, ExtractReport, extract_days
+from segment_ops.engine.warehouse import WarehouseError
+from segment_ops.resources import PendoResource, SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.syncs import OWNER
+from segment_ops.syncs.external import PENDO_ACCOUNTS
+from segment_ops.syncs.metadata import markdown_table, payload_samples
+
+GROUP = "pendo"
+POOL = f"staging_{SYNC}"
+USAGE_KEY = dg.AssetKey(["pendo", "account_usage_daily"])
+HEALTH_KEY = dg.AssetKey(["pendo", "account_health"])
+GROUPS_KEY = dg.AssetKey(["segment", "pendo_account_groups"])
+JOB_NAME = "pendo_account_health_job"
+PARTITIONS_START = "2026-01-01"
+# end_offset 0: the newest partition is yesterday, the last day Pendo has finished processing.
+PARTITIONS = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+MIN_ACCOUNTS_FOR_BAND_CHECK = 5
+
+
+def health_config_path() -> Path:
+    """PENDO_HEALTH_CONFIG, else the project's `config/pendo_health.toml`."""
+    return Path(load_settings()["PENDO_HEALTH_CONFIG"] or DEFAULT_CONFIG_PATH)
+
+
+def _config() -> HealthConfig:
+    try:
+        return load_health_config(health_config_path())
+    except HealthConfigError as exc:
+        raise dg.Failure(description=str(exc), metadata={"config_file": dg.MetadataValue.path(str(exc.path))}
+                         ) from None
+
+
+def _config_version() -> str:
+    try:
+        digest = hashlib.sha256(health_config_path().read_bytes()).hexdigest()[:12]
+    except OSError:
+        digest = "unreadable"
+    return f"{SCORE_VERSION}-{digest}"
+
+
+# ------------------------------------------------------------------------------------------- usage days
+
+
+@dg.asset(
+    key=USAGE_KEY,
+    group_name=GROUP,
+    kinds={"pendo", "duckdb"},
+    owners=[OWNER],
+    code_version="1",
+    partitions_def=PARTITIONS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=POOL,
+    deps=[PENDO_ACCOUNTS.key],
+    metadata={"staging_table": "pendo_visitor_days, pendo_feature_days, pendo_poll_responses (view "
+                               "pendo_account_usage_daily)", "max_days_per_request": 30},
+)
+def account_usage_daily(context: dg.AssetExecutionContext, pendo: PendoResource,
+                        staging: StagingResource) -> dg.MaterializeResult:
+    """Per account and UTC day: active visitors, events, minutes, features used and NPS answers, read from
+    Pendo's Aggregation API and staged in DuckDB. Re-running a day replaces it; a backfill of a range is
+    one run (30 days per Pendo request)."""
+    window = context.partition_time_window
+    first_day, last_day = window.start.date(), (window.end - timedelta(days=1)).date()
+    config = _config()
+    client = pendo.get_client()
+    try:
+        with store.staging(staging.staging_db(SYNC)) as con:
+            report = extract_days(con, client, config, first_day, last_day, run_id=context.run.run_id)
+            days = con.execute(
+                "SELECT s.day, s.visitor_rows, s.feature_rows, s.poll_rows, "
+                "(SELECT count(DISTINCT account_id) FROM pendo_visitor_days v WHERE v.day = s.day) "
+                "FROM pendo_staged_days s WHERE s.day BETWEEN ? AND ? ORDER BY s.day DESC LIMIT 31",
+                [first_day, last_day]).fetchall()
+    except VendorAuthError as exc:
+        raise dg.Failure(description=f"Pendo refused the integration key: {exc}") from None
+    except ExtractError as exc:
+        raise dg.Failure(description=str(exc), metadata=_usage_metadata(exc.report, [])) from None
+    finally:
+        client.close()
+    context.log.info(f"staged {report.days} day(s) {first_day} .. {last_day} in {len(report.slices)} request slice(s)")
+    return dg.MaterializeResult(metadata=_usage_metadata(report, days))
+
+
+def _usage_metadata(report: ExtractReport, days: list[tuple]) -> dict:
+    metadata: dict = {
+        "first_day": str(report.first_day),
+        "last_day": str(report.last_day),
+        "days_staged": report.days,
+        "request_slices": len(report.slices),
+        "pendo_requests": report.requests,
+        "pendo_retries": report.retries,
+        "visitor_day_rows": report.visitor_rows,
+        "feature_day_rows": report.feature_rows,
+        "nps_answers": report.poll_rows,
+        "rejected_rows": report.rejected,
+        "pendo_accounts": report.accounts,
+        "tagged_features": report.features,
+        "seconds": round(report.seconds, 3),
+    }
+    if days:
+        metadata["days"] = dg.MetadataValue.md(markdown_table(
+            ["day", "active accounts", "visitor-day rows", "feature-day rows", "NPS answers"],
+            [(d, accounts, v, f, p) for d, v, f, p, accounts in days]))
+    return metadata
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+
+class HealthScoreConfig(dg.Config):
+    as_of: str = Field(default="", description="Score as of this UTC day (YYYY-MM-DD); empty: the latest staged day.")
+
+
+@dg.asset(
+    key=HEALTH_KEY,
+    group_name=GROUP,
+    kinds={"pendo", "duckdb"},
+    owners=[OWNER],
+    code_version=_config_version(),
+    pool=POOL,
+    deps=[USAGE_KEY],
+    metadata={"config_file": dg.MetadataValue.path(str(health_config_path())), "table": HEALTH_TABLE},
+    check_specs=[
+        dg.AssetCheckSpec("band_distribution_sane", asset=HEALTH_KEY,
+                          description=f"With {MIN_ACCOUNTS_FOR_BAND_CHECK}+ accounts, they are not all in one band "
+                                      "(a broken extract or config tends to put everyone in one)."),
+        dg.AssetCheckSpec("no_account_missing", asset=HEALTH_KEY,
+                          description="Every Pendo account (the account list and every account with staged usage) "
+                                      "has a score and a band."),
+    ],
+)
+def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
+                   staging: StagingResource) -> dg.MaterializeResult:
+    """Health score 0-100 of every Pendo account, its band (healthy / at_risk / critical) and the main reasons,
+    from breadth, depth, trend, sentiment and recency over the staged usage days (weights and bands in
+    config/pendo_health.toml)."""
+    health = _config()
+    try:
+        as_of = date.fromisoformat(config.as_of) if config.as_of else None
+    except ValueError:
+        raise dg.Failure(description=f"as_of must be a day as YYYY-MM-DD, got {config.as_of!r}") from None
+    with store.staging(staging.staging_db(SYNC)) as con:
+        try:
+            report = score_accounts(con, health, as_of=as_of)
+        except NothingStagedError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        missing = con.execute(f"""
+            SELECT account_id FROM (SELECT account_id FROM pendo_accounts UNION
+                                    SELECT account_id FROM pendo_visitor_days WHERE day <= ?)
+            WHERE account_id NOT IN (SELECT account_id FROM {HEALTH_TABLE} WHERE score IS NOT NULL AND band IS NOT NULL)
+            ORDER BY account_id""", [report.as_of]).fetchall()
+    if report.window_days_staged < report.window_days:
+        context.log.warning(f"only {report.window_days_staged} of the {report.window_days} days up to {report.as_of} "
+                            "are staged: backfill pendo/account_usage_daily for a complete window")
+    populated = [band for band in BANDS if report.bands[band]]
+    one_band = report.accounts >= MIN_ACCOUNTS_FOR_BAND_CHECK and len(populated) == 1
+    return dg.MaterializeResult(
+        metadata=_health_metadata(report, health),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="band_distribution_sane", passed=not one_band, severity=dg.AssetCheckSeverity.WARN,
+                metadata={"bands": dg.MetadataValue.md(band_chart(report)), "accounts": report.accounts,
+                          "note": f"all {report.accounts} accounts are {populated[0]}" if one_band else "ok"}),
+            dg.AssetCheckResult(
+                check_name="no_account_missing", passed=not missing,
+                metadata={"missing": len(missing), "accounts_scored": report.accounts,
+                          "missing_sample": ", ".join(a for (a,) in missing[:20]) or "none"}),
+        ],
+    )
+
+
+def band_chart(report: ScoreReport) -> str:
+    """The band distribution as a Markdown table with text bars."""
+    total = max(report.accounts, 1)
+    rows = [(band, report.bands[band], f"{100 * report.bands[band] / total:.0f}%",
+             "█" * round(30 * report.bands[band] / total)) for band in BANDS]
+    return markdown_table(["band", "accounts", "share", ""], rows)
+
+
+def _health_metadata(report: ScoreReport, config: HealthConfig) -> dict:
+    return {
+        "as_of": str(report.as_of),
+        "window_days": report.window_days,
+        "accounts_scored": report.accounts,
+        **{f"band_{band}": report.bands[band] for band in BANDS},
+        "band_distribution": dg.MetadataValue.md(band_chart(report)),
+        "score_min": report.score_min,
+        "score_median": report.score_median,
+        "score_max": report.score_max,
+        "window_days_staged": report.window_days_staged,
+        "previous_window_days_staged": report.previous_days_staged,
+        "accounts_with_trend": report.with_trend,
+        "accounts_with_nps": report.with_sentiment,
+        "accounts_without_activity": report.no_activity,
+        "lowest_scores": dg.MetadataValue.md(markdown_table(
+            ["account", "name", "score", "band", "reasons"],
+            [(a, n, s, b, "; ".join(r or [])) for a, n, s, b, r in report.lowest])),
+        "model": describe_config(config),
+        "seconds": round(report.seconds, 3),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- sync
+
+
+class PendoGroupsConfig(dg.Config):
+    dry_run: bool = Field(default=False, description="Plan and validate; show counts and sample payloads; send "
+                                                     "nothing and write no snapshot.")
+
+
+@dg.asset(
+    key=GROUPS_KEY,
+    group_name=GROUP,
+    kinds={"pendo", "duckdb", "segment"},
+    owners=[OWNER],
+    code_version="1",
+    pool=POOL,
+    deps=[HEALTH_KEY],
+    metadata={"call": "group", "mode": "upsert", "key": "Pendo accountId"},
+    check_specs=[dg.AssetCheckSpec(
+        "delivery_complete", asset=GROUPS_KEY,
+        description="Every scored account was sent, unchanged or rejected with a reason, and nothing is left pending.")],
+)
+def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsConfig, segment: SegmentTrackingResource,
+                         staging: StagingResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """One Segment group call per Pendo account whose health traits changed since the last delivered state:
+    groupId through the identity map, userId = the most active identified visitor (else the service user),
+    traits = score, band, reasons, active users, adoption figures, last active date."""
+    health = _config()
+    with store.staging(staging.staging_db(SYNC)) as con:
+        try:
+            run = sync_account_groups(con, health, segment.get_client, warehouse_url=warehouse.url,
+                                      run_id=context.run.run_id, dry_run=config.dry_run,
+                                      max_in_flight=segment.max_in_flight)
+        except (NothingScoredError, IdentityMapError, WarehouseError) as exc:
+            raise dg.Failure(description=str(exc)) from None
+        except GroupSyncIncomplete as exc:
+            raise dg.Failure(description=str(exc), metadata=_groups_metadata(exc.run)) from None
+        except VendorAuthError as exc:
+            raise dg.Failure(description=f"Segment refused the write key: {exc}") from None
+    pending = run.ledger.pending if run.ledger else 0
+    return dg.MaterializeResult(
+        metadata=_groups_metadata(run),
+        check_results=[dg.AssetCheckResult(
+            check_name="delivery_complete", passed=run.accounted_for and (run.dry_run or pending == 0),
+            metadata={"pending": pending, "accounts": run.accounts, "sent": run.sent, "unchanged": run.plan.unchanged,
+                      "rejected": run.rejected})],
+    )
+
+
+def _groups_metadata(run: GroupSyncRun) -> dict:
+    plan = run.plan
+    metadata: dict = {
+        "dry_run": run.dry_run,
+        "accounts": run.accounts,
+        "group_id_from_map": run.mapped,
+        "group_id_as_pendo_id": run.unmapped_sent_as_is,
+        "changed": run.sent,
+        "unchanged": plan.unchanged,
+        "rejected": run.rejected,
+        "planned": plan.planned,
+        "already_planned": plan.already_known,
+        "superseded": plan.superseded,
+        "sample_payloads": payload_samples(plan.samples),
+        "seconds": round(run.seconds, 3),
+    }
+    if run.identity is not None:
+        metadata |= {"identity_map": run.identity.origin, "identity_map_rows": run.identity.mapped,
+                     "identity_map_ambiguous": run.identity.ambiguous}
+    if not run.dry_run:
+        metadata |= (run.delivery.as_metadata() if run.delivery else {"delivered": 0}) | {
+            "pending_after_run": run.ledger.pending if run.ledger else 0, "snapshot_advanced": run.advanced}
+    rejections = run.rejection_samples + plan.rejection_samples
+    if rejections:
+        metadata["rejected_sample"] = dg.MetadataValue.md(markdown_table(["account", "reason"], rejections[:20]))
+    return metadata
+
+
+# ------------------------------------------------------------------------------------ job and schedule
+
+pendo_account_health_job = dg.define_asset_job(
+    JOB_NAME, selection=[USAGE_KEY, HEALTH_KEY, GROUPS_KEY], partitions_def=PARTITIONS,
+    description="Stage Pendo usage for the partition's day(s), score every account, sync changed accounts to Segment.")
+
+pendo_daily_schedule = dg.build_schedule_from_partitioned_job(
+    pendo_account_health_job, name="pendo_daily_schedule", hour_of_day=3, minute_of_hour=0,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Each day at 03:00 UTC: stage yesterday's Pendo usage, re-score, send changed accounts.")
+
+
+def latest_days(count: int, now: datetime | None = None) -> tuple[str, str]:
+    """The first and last partition keys of the `count` newest complete days (for the demo or a catch-up)."""
+    keys = PARTITIONS.get_partition_keys(current_time=now)[-count:]
+    return keys[0], keys[-1]
+
+
+defs = dg.Definitions(
+    assets=[account_usage_daily, account_health, pendo_account_groups],
+    jobs=[pendo_account_health_job],
+    schedules=[pendo_daily_schedule],
+)

@@ -1,0 +1,186 @@
+"""The Pendo account-health sync as Dagster runs it, end to end against the sandbox: Pendo -> DuckDB staging
+-> score -> Segment group calls. These are the issue's "Done when" lines, one test each, plus the UI surface."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+import duckdb
+
+from segment_ops.clients.pendo import PendoClient
+from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
+from segment_ops.engine.health import load_health_config
+from segment_ops.engine.pendo_usage import extract_days
+from segment_ops.syncs import pendo
+from segment_ops_tests.pendo.conftest import (
+    ASSETS,
+    backfill,
+    checks,
+    group_calls,
+    metadata,
+    query,
+    rerun_day,
+    write_config,
+    yesterday,
+)
+
+PENDO_ACCOUNTS = 15
+
+
+def test_a_30_day_backfill_from_a_clean_state_scores_every_account(resources, home, clean_sandbox):
+    result = backfill(resources, 30)
+
+    assert result.success
+    usage = metadata(result, pendo.USAGE_KEY)
+    assert (usage["days_staged"], usage["request_slices"], usage["pendo_accounts"]) == (30, 1, PENDO_ACCOUNTS)
+    health = metadata(result, pendo.HEALTH_KEY)
+    assert health["accounts_scored"] == PENDO_ACCOUNTS and health["as_of"] == str(yesterday())
+    assert sum(health[f"band_{b}"] for b in ("healthy", "at_risk", "critical")) == PENDO_ACCOUNTS
+    assert checks(result)["no_account_missing"].passed and checks(result)["band_distribution_sane"].passed
+    groups = metadata(result, pendo.GROUPS_KEY)
+    assert (groups["accounts"], groups["changed"], groups["delivered"], groups["rejected"]) == (
+        PENDO_ACCOUNTS, PENDO_ACCOUNTS, PENDO_ACCOUNTS, 0)
+    assert {m["groupId"] for m in group_calls(clean_sandbox)} == {a for (a,) in query(
+        home, "SELECT account_id FROM pendo_accounts")}
+    assert checks(result)["delivery_complete"].passed
+
+
+def test_a_backfill_is_one_run_reading_at_most_30_days_per_pendo_request(resources, home, clean_sandbox):
+    result = backfill(resources, 45)
+
+    assert result.success
+    assert metadata(result, pendo.USAGE_KEY)["request_slices"] == 2
+    bodies = clean_sandbox.received("pendo", limit=1000)
+    counts = [s["timeSeries"]["count"] for b in bodies for s in [b["request"]["pipeline"][0]["source"]]
+              if "timeSeries" in s]
+    assert sorted(set(counts)) == [15, 30]
+    assert query(home, "SELECT count(DISTINCT day) FROM pendo_staged_days") == [(45,)]
+
+
+def test_rerunning_a_day_changes_nothing_downstream(resources, home, clean_sandbox):
+    assert backfill(resources, 30).success
+    day = yesterday() - timedelta(days=10)
+    rows_before = query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day = ?", [day])
+    scores_before = query(home, "SELECT * FROM pendo_account_health ORDER BY account_id")
+    sent_before = clean_sandbox.stats()["segment"]["received"]
+
+    again = rerun_day(resources, day)
+
+    assert again.success
+    assert query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day = ?", [day]) == rows_before
+    assert query(home, "SELECT * FROM pendo_account_health ORDER BY account_id") == scores_before
+    groups = metadata(again, pendo.GROUPS_KEY)
+    assert (groups["changed"], groups["unchanged"], groups["delivered"]) == (0, PENDO_ACCOUNTS, 0)
+    assert clean_sandbox.stats()["segment"]["received"] == sent_before
+
+
+def test_an_account_whose_usage_drops_changes_band_and_sends_exactly_one_group_call(resources, home, clean_sandbox):
+    assert backfill(resources, 30).success
+    [(account, band_before)] = query(home, "SELECT account_id, band FROM pendo_account_health WHERE band = 'healthy' "
+                                           "ORDER BY score DESC, account_id LIMIT 1")
+    calls_before = len(group_calls(clean_sandbox))
+    clean_sandbox.pendo_usage_drop(account, str(yesterday() - timedelta(days=29)))
+
+    again = backfill(resources, 30)
+
+    assert again.success
+    [(band_after, reasons)] = query(home, "SELECT band, reasons FROM pendo_account_health WHERE account_id = ?",
+                                    [account])
+    assert band_before == "healthy" and band_after == "critical" and reasons
+    assert metadata(again, pendo.GROUPS_KEY)["delivered"] == 1
+    new_calls = group_calls(clean_sandbox)[calls_before:]
+    assert [(c["groupId"], c["traits"]["pendo_health_band"]) for c in new_calls] == [(account, "critical")]
+
+
+def test_a_429_storm_slows_the_run_but_loses_nothing(resources, home, clean_sandbox, sandbox_factory):
+    clean_sandbox.set_faults("pendo", rate_429=0.4, retry_after_seconds=0)
+    clean_sandbox.set_faults("segment", rate_429=0.4, retry_after_seconds=0)
+
+    result = backfill(resources, 30)
+
+    assert result.success
+    usage, groups = metadata(result, pendo.USAGE_KEY), metadata(result, pendo.GROUPS_KEY)
+    stats = clean_sandbox.stats()
+    assert usage["pendo_retries"] == stats["pendo"]["faults"]["429"] > 0 and usage["rejected_rows"] == 0
+    assert groups["retried_requests"] == stats["segment"].get("faults", {}).get("429", 0)
+    assert groups["delivered"] == PENDO_ACCOUNTS and groups["pending_after_run"] == 0
+    # The same days read without faults, from a second sandbox of the same world, stage the same rows.
+    calm = sandbox_factory()
+    staged = query(home, "SELECT count(*), sum(events), sum(minutes) FROM pendo_visitor_days")
+    con = duckdb.connect(":memory:")
+    client = PendoClient(f"{calm.url}/pendo", SANDBOX_PENDO_INTEGRATION_KEY)
+    try:
+        extract_days(con, client, load_health_config(), yesterday() - timedelta(days=29), yesterday())
+    finally:
+        client.close()
+    assert con.execute("SELECT count(*), sum(events), sum(minutes) FROM pendo_visitor_days").fetchall() == staged
+    assert len({m["groupId"] for m in group_calls(clean_sandbox)}) == PENDO_ACCOUNTS
+
+
+def test_scoring_before_any_usage_is_staged_fails_saying_what_to_run(resources, home):
+    result = dg.materialize(ASSETS, selection=[pendo.HEALTH_KEY], resources=resources, raise_on_error=False)
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "materialize pendo/account_usage_daily" in failure.step_failure_data.user_failure_data.description
+
+
+def test_a_broken_config_fails_the_run_naming_the_file(resources, home, health_config_file):
+    write_config(health_config_file, {"healthy = 70 ": "healthy = 30 "})
+
+    result = backfill(resources, 3)
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith(str(health_config_file)) and "at_risk < healthy" in description
+
+
+def test_a_dry_run_plans_and_sends_nothing(resources, home, clean_sandbox):
+    assert dg.materialize(ASSETS, selection=[pendo.USAGE_KEY, pendo.HEALTH_KEY], resources=resources,
+                          partition_key=str(yesterday())).success
+
+    result = dg.materialize(ASSETS, selection=[pendo.GROUPS_KEY], resources=resources,
+                            run_config={"ops": {"segment__pendo_account_groups": {"config": {"dry_run": True}}}})
+
+    assert result.success
+    meta = metadata(result, pendo.GROUPS_KEY)
+    assert meta["dry_run"] is True and meta["changed"] == PENDO_ACCOUNTS and len(meta["sample_payloads"]) == 5
+    assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
+
+
+def test_the_score_run_shows_the_band_distribution_and_lowest_scores(resources, home):
+    result = backfill(resources, 30)
+
+    health = metadata(result, pendo.HEALTH_KEY)
+    chart = health["band_distribution"]
+    assert chart.startswith("| band | accounts | share |") and "█" in chart and "critical" in chart
+    assert "no activity in the staged Pendo usage" in health["lowest_scores"]
+    assert health["accounts_without_activity"] == 2 and health["window_days_staged"] == 30
+    assert health["previous_window_days_staged"] == 0 and health["accounts_with_trend"] == 0
+
+
+def test_every_asset_says_what_it_is_in_the_ui():
+    for asset in ASSETS:
+        spec = next(iter(asset.specs))
+        assert spec.group_name == "pendo" and {"pendo", "duckdb"} <= set(spec.kinds)
+        assert spec.owners and spec.description and spec.code_version
+        assert asset.op.pool == pendo.POOL
+    assert "segment" in next(iter(pendo.pendo_account_groups.specs)).kinds
+    usage = next(iter(pendo.account_usage_daily.specs))
+    assert usage.partitions_def == pendo.PARTITIONS and usage.deps[0].asset_key == dg.AssetKey(["pendo", "accounts"])
+    assert pendo.account_usage_daily.backfill_policy == dg.BackfillPolicy.single_run()
+
+
+def test_the_daily_schedule_is_stopped_and_runs_yesterdays_partition():
+    from segment_ops.definitions import defs
+
+    definitions = defs()
+    schedule = definitions.resolve_schedule_def("pendo_daily_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert schedule.job_name == pendo.JOB_NAME
+    context = dg.build_schedule_context(scheduled_execution_time=pendo.PARTITIONS.time_window_for_partition_key(
+        "2026-06-10").end + timedelta(hours=3))
+    [request] = list(schedule.evaluate_tick(context).run_requests)
+    assert request.partition_key == "2026-06-10"
