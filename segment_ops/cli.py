@@ -1,4 +1,4 @@
-"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay."""
+"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay, webhooks."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="max requests/s to Segment (default 200; Segment's guidance is <= 1,000)")
     replay.add_argument("--no-gzip", action="store_true", help="send batch bodies uncompressed")
     replay.set_defaults(func=_run_replay)
+
+    webhooks = sub.add_parser("webhooks", help="run the webhook receiver (Heap segment syncs -> the inbox)")
+    webhooks.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 behind a proxy)")
+    webhooks.add_argument("--port", type=int, default=8780)
+    webhooks.set_defaults(func=_run_webhooks)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -94,6 +99,15 @@ def _print_replay(result: ReplayResult, *, dry_run: bool) -> None:
         print(f"  delivered: {report.delivered}   rejected by Segment: {report.rejected}   "
               f"still pending: {report.failed}   retried requests: {report.retries}   "
               f"{report.messages_per_second:,.0f} msg/s over {report.seconds:.1f}s")
+
+
+def _run_webhooks(args: argparse.Namespace) -> int:
+    from segment_ops.webhooks.app import config_from_env
+    from segment_ops.webhooks.server import serve
+
+    logging.getLogger("segment_ops.webhooks").setLevel(logging.INFO)
+    serve(config_from_env(), args.host, args.port)
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

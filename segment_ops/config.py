@@ -96,6 +96,16 @@ SETTINGS: tuple[Setting, ...] = (
         SANDBOX_HEAP_WEBHOOK_SECRET,
         secret=True,
     ),
+    Setting(
+        "HEAP_WEBHOOK_TOLERANCE_SECONDS",
+        "How far (seconds) a Heap webhook's signed timestamp may be from now before the receiver refuses it.",
+        default="300",
+    ),
+    Setting(
+        "HEAP_AUDIENCES_FILE",
+        "TOML file listing the Heap segments synced to Segment audiences; unset: the project's "
+        "`config/heap_audiences.toml`.",
+    ),
     Setting("PENDO_API_URL", "Pendo API base (live: `https://app.pendo.io`, EU: `https://app.eu.pendo.io`).", sandbox_path="/pendo"),
     Setting("PENDO_INTEGRATION_KEY", "Pendo integration key (read-only is enough).", SANDBOX_PENDO_INTEGRATION_KEY, secret=True),
     Setting("SPLUNK_HEC_URL", "Splunk HTTP Event Collector base (live: `https://<host>:8088`).", sandbox_path="/splunk"),
@@ -117,14 +127,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Folder of reverse-ETL model files (`<model>.sql`); unset: the project's `sql/reverse_etl/`.",
     ),
     Setting(
-        "WAREHOUSE_URL",
-        "SQLAlchemy URL of the warehouse the reverse-ETL models run against (PostgreSQL, Snowflake, ...).",
-        default="duckdb:///{home}/demo_warehouse.duckdb",
-    ),
-    Setting(
         "PENDO_HEALTH_CONFIG",
         "TOML file of the Pendo account-health model (weights, bands, window, service user, identity map); "
         "unset: the project's `config/pendo_health.toml`.",
+    ),
+    Setting(
+        "WAREHOUSE_URL",
+        "SQLAlchemy URL of the warehouse the reverse-ETL models run against (PostgreSQL, Snowflake, ...).",
+        default="duckdb:///{home}/demo_warehouse.duckdb",
     ),
     Setting(
         "ALERT_WEBHOOK_URL",

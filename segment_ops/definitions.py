@@ -6,7 +6,7 @@ import dagster as dg
 
 from segment_ops import sensors
 from segment_ops.resources import build_resources
-from segment_ops.syncs import audit_trail, delivery_health, external, pendo, replay, reverse_etl
+from segment_ops.syncs import audit_trail, delivery_health, external, heap, pendo, replay, reverse_etl
 
 
 @dg.definitions
@@ -16,6 +16,7 @@ def defs() -> dg.Definitions:
         replay.defs,
         reverse_etl.build_reverse_etl_defs(),
         audit_trail.defs,
+        heap.build_heap_defs(),
         pendo.defs,
         delivery_health.defs,
         sensors.defs,

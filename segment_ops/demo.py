@@ -59,6 +59,12 @@ def _last_complete_audit_hour() -> str:
     return complete_hours(1)[-1]
 
 
+def _heap_config(home: Path) -> dict:
+    from segment_ops.syncs.heap import prepare_demo
+
+    return prepare_demo()
+
+
 DEMO_STEPS = (
     DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "planned_by_earlier_runs",
              ("rejected_lines", "rejected_by_destination")),
@@ -69,6 +75,10 @@ DEMO_STEPS = (
     # scored, and a group call for each account whose health traits changed.
     DemoStep("pendo", "pendo_account_health_job", lambda home: {}, "accounts_scored", "delivered", "unchanged",
              ("rejected", "rejected_by_destination"), partition_range=_last_pendo_days),
+    # Heap: the sandbox pushes one signed segment sync per demo segment to the real receiver (in-process),
+    # and each audience applies it by the webhook route; counts are summed over the audiences.
+    DemoStep("heap", "heap_audiences_job", _heap_config, "heap_members", "delivered", "unchanged",
+             ("newly_rejected", "rejected_by_destination")),
     # The last complete hour of the sandbox's audit trail, pulled and forwarded to Splunk HEC.
     DemoStep("audit_trail", "audit_trail_job", lambda home: {}, "events_pulled", "forwarded",
              "already_forwarded_or_pending", ("rejected_by_destination",), partition_key=_last_complete_audit_hour),

@@ -10,11 +10,18 @@ control endpoints under `/__sandbox__` are never faulted:
   API's spec, `{"segment": {}}` clears it, `{}` clears all
 - `POST /__sandbox__/reset`                       clears the recorder, faults and per-run emulator state
 - `POST /__sandbox__/audit-events`                injects audit events (a list of partial events)
+- `POST /__sandbox__/pendo/usage-drop`            `{"accountId", "from_day": "YYYY-MM-DD", "factor"?: 0}`:
+  that account's Pendo usage drops to `factor` from that UTC day on (until reset)
+- `GET|POST /__sandbox__/heap/webhooks`           register a Heap segment-sync webhook target
+  (`{"url", "secret"?, "interval_seconds"?, "page_size"?}`; see `heap_webhooks.py`)
+- `POST /__sandbox__/heap/push`                   push signed segment-sync deltas now; returns the sync_task_ids
+- `GET  /__sandbox__/heap/deliveries`             each pushed page's attempts and outcome
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +34,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from segment_ops.config import (
     SANDBOX_HEAP_API_KEY,
     SANDBOX_HEAP_APP_ID,
+    SANDBOX_HEAP_WEBHOOK_SECRET,
     SANDBOX_PENDO_INTEGRATION_KEY,
     SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
     SANDBOX_SEGMENT_WRITE_KEY,
@@ -38,6 +46,8 @@ from segment_ops.sandbox.common import Emulator, json_response
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
 from segment_ops.sandbox.faults import FaultGate, FaultInjector, FaultSpec, FaultSpecError, check_fault_apis
 from segment_ops.sandbox.heap import Heap
+from segment_ops.sandbox.heap_webhooks import HeapWebhookPusher
+from segment_ops.sandbox.heap_webhooks import control_routes as heap_webhook_routes
 from segment_ops.sandbox.pendo import Pendo
 from segment_ops.sandbox.recorder import Recorder
 from segment_ops.sandbox.segment_public_api import SegmentPublicApi
@@ -114,6 +124,10 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             Router(list(emulator.routes())), emulator.name, injector, recorder, emulator.fault_response
         )
         routes.append(Mount(f"/{emulator.name}", app=gate))
+    # Heap's outbound segment-sync webhooks (spec §3); mounted ahead of `/__sandbox__`, which would shadow it.
+    heap_pusher = HeapWebhookPusher(demo.at_least, SANDBOX_HEAP_WEBHOOK_SECRET)
+    routes.insert(0, Mount("/__sandbox__/heap", routes=heap_webhook_routes(heap_pusher)))
+    control.on_reset.append(heap_pusher.reset)
     return Starlette(routes=routes)
 
 
@@ -153,6 +167,7 @@ class _Control:
         self.injector = injector
         self.emulators = emulators
         self.public_api = public_api
+        self.on_reset: list[Callable[[], None]] = []  # further per-run state to clear on reset
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -214,6 +229,8 @@ class _Control:
         self.injector.reset()
         for emulator in self.emulators:
             emulator.reset()
+        for hook in self.on_reset:
+            hook()
         return json_response({"reset": True})
 
     async def _inject_audit_events(self, request: Request) -> Response:

@@ -1,0 +1,567 @@
+"""Heap segments as Segment audiences: membership from webhooks or Heap Connect, through the one diff.
+
+Both routes end in the same place, the *current membership* of a segment in the audience's staging file:
+- webhook route: the pages of complete syncs in the inbox (`segment_ops.webhooks.inbox`) are loaded page
+  by page, and each identity's last change is merged into `heap_membership`;
+- reconcile route: the full membership in the Heap Connect tables (`members_query` on the warehouse)
+  is merged the same way: members present, everyone else absent.
+
+`heap_membership` holds, per Heap identity, whether it is a member and `as_of` when Heap said so (a
+webhook page's arrival, a Connect row's `synced_at`). A change only replaces an older statement, so a
+page delivered twice, pages out of order, a sync applied again after a crash, or a Connect export
+older than the last webhook change all leave the membership as the newest word from Heap.
+
+Identities are resolved to Segment userIds through the identity map (`engine.identity`; looked up
+trimmed, as the map's ids are, case kept):
+- mapped: the map's user id;
+- unmapped, fallback `user_id_unless_email` (the default): the id itself is sent as the userId, unless
+  it looks like an email (an email is never a userId, so it is rejected);
+- unmapped, fallback `reject`, an id the map lists for two users, or an email: rejected to the ledger
+  with the reason (once per identity and reason), and counted in the match rate.
+
+The resolved members (one row per userId) are the staged table the reverse-ETL diff
+(`engine.diff`) compares, in mirror mode, with the last *delivered* membership: an entered member
+gets an identify with the trait true and a track "Audience Entered"; an exited one the trait false and
+"Audience Exited". Messages go through the ledger and the delivery engine; the snapshot advances
+only for what Segment acknowledged; the inbox's syncs are marked done only once all was delivered.
+
+Drop guard: a run that would exit more than `max_drop_ratio` of the delivered members (at least
+`drop_guard_min_exits`) - an empty Connect export by fault, a broken identity map - changes nothing
+and raises `MembershipDropError` unless `confirm_drop` is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from segment_ops.clients.segment_tracking import SegmentTrackingClient
+from segment_ops.engine.delivery import DeliveryReport
+from segment_ops.engine.diff import DiffPlan, advance_snapshot, deliver_changes, ensure_state, plan_changes
+from segment_ops.engine.identity import IdentityMapError, IdentityMapStats, IdentitySource, stage_identity_map
+from segment_ops.engine.ledger import Ledger, LedgerCounts
+from segment_ops.engine.models import MODEL_NAME, ModelSpec, literal, quote
+from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult, WarehouseError, stage_query
+from segment_ops.webhooks.inbox import Inbox, InboxSync
+
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "config" / "heap_audiences.toml"
+FALLBACKS = ("user_id_unless_email", "reject")
+ROUTES = ("webhook", "reconcile")
+ENTERED_EVENT, EXITED_EVENT = "Audience Entered", "Audience Exited"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+STAGED_TABLE = "heap_staged"
+SAMPLE_SIZE = 20
+_TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS heap_membership (
+    identity VARCHAR NOT NULL,      -- the Heap identity (the customer's identity property)
+    member   BOOLEAN NOT NULL,
+    as_of    TIMESTAMPTZ NOT NULL,  -- when Heap said so: page arrival or Connect synced_at
+    source   VARCHAR NOT NULL       -- sync_task_id, or 'heap_connect'
+);
+CREATE TABLE IF NOT EXISTS heap_applied_syncs (
+    sync_task_id VARCHAR NOT NULL,
+    pages        INTEGER NOT NULL,
+    adds         BIGINT NOT NULL,
+    removes      BIGINT NOT NULL,
+    as_of        TIMESTAMPTZ NOT NULL,
+    run_id       VARCHAR,
+    applied_at   TIMESTAMPTZ NOT NULL
+);
+"""
+
+
+class AudienceConfigError(ValueError):
+    """The audiences file cannot be used as written; the message starts with its path."""
+
+
+class IncompleteSyncError(RuntimeError):
+    """A sync asked for is not (or no longer) complete in the inbox, or belongs to another segment."""
+
+
+class MembershipDropError(RuntimeError):
+    """The new membership would exit too many delivered members; nothing was changed. Carries the run."""
+
+    def __init__(self, message: str, run: AudienceRun) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+class AudienceDeliveryIncomplete(RuntimeError):
+    """Some messages stay pending (retries ran out); the syncs stay unprocessed. Carries the run."""
+
+    def __init__(self, message: str, run: AudienceRun) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+@dataclass(frozen=True)
+class Audience:
+    """One Heap segment synced to a Segment audience (an `[audiences.<key>]` table)."""
+
+    key: str
+    segment_id: int
+    name: str
+    trait: str
+    description: str = ""
+    enabled: bool = True
+    entered_event: str = ENTERED_EVENT
+    exited_event: str = EXITED_EVENT
+
+    @property
+    def sync(self) -> str:
+        """The ledger's sync name and the staging file's name."""
+        return f"heap_{self.key}"
+
+    def model(self, path: Path, owners: tuple[str, ...]) -> ModelSpec:
+        """The diff's view of the audience: identify calls keyed by userId, mirror mode, with events."""
+        return ModelSpec(
+            name=self.key, path=path, sql="", description=self.description or self.name, owners=owners,
+            call="identify", mode="mirror", key="user_id", user_id="user_id", fields=(self.trait,),
+            code_version="", sync_name=self.sync, removal_traits={self.trait: False},
+            entered_event=self.entered_event, exited_event=self.exited_event,
+            event_properties={"audience_key": self.trait, "audience_name": self.name,
+                              "heap_segment_id": self.segment_id, "source": "Heap"})
+
+
+@dataclass(frozen=True)
+class AudiencesConfig:
+    """The whole audiences file."""
+
+    path: Path
+    audiences: tuple[Audience, ...]
+    identity: IdentitySource
+    fallback: str = FALLBACKS[0]
+    min_match_rate: float = 0.95
+    members_query: str = "SELECT segment_id, identity, synced_at FROM heap.segment_members"
+    reconcile_schedule: str = "0 5 * * *"
+    max_drop_ratio: float = 0.5
+    drop_guard_min_exits: int = 10
+    stale_incomplete_sync_minutes: float = 60.0
+    code_version: str = ""
+
+    def by_segment(self, segment_id: int) -> Audience | None:
+        return next((a for a in self.audiences if a.segment_id == segment_id and a.enabled), None)
+
+
+def load_audiences(path: str | Path | None = None) -> AudiencesConfig:
+    """Parse and check the audiences file (default: the project's `config/heap_audiences.toml`)."""
+    path = Path(path or DEFAULT_FILE)
+    try:
+        raw_text = path.read_bytes()
+        data = tomllib.loads(raw_text.decode())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise AudienceConfigError(f"{path}: cannot read the audiences file: {exc}") from None
+
+    def fail(problem: str) -> AudienceConfigError:
+        return AudienceConfigError(f"{path}: {problem}")
+
+    known = {"identity", "reconcile", "webhooks", "audiences"}
+    if unknown := set(data) - known:
+        raise fail(f"unknown table(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    identity = dict(data.get("identity", {}))
+    fallback = identity.pop("fallback", FALLBACKS[0])
+    min_match_rate = identity.pop("min_match_rate", 0.95)
+    if fallback not in FALLBACKS:
+        raise fail(f"identity.fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+    try:
+        source = IdentitySource.from_config(identity)
+    except IdentityMapError as exc:
+        raise fail(f"[identity]: {exc}") from None
+    reconcile = data.get("reconcile", {})
+    webhooks = data.get("webhooks", {})
+    audiences = []
+    for key, table in data.get("audiences", {}).items():
+        audiences.append(_audience(key, table, fail))
+    if not audiences:
+        raise fail("no [audiences.<name>] table: list at least one Heap segment")
+    for attr in ("segment_id", "trait"):
+        values = [getattr(a, attr) for a in audiences]
+        if dupes := sorted({str(v) for v in values if values.count(v) > 1}):
+            raise fail(f"two audiences share the {attr} {', '.join(dupes)}")
+    config = AudiencesConfig(
+        path=path, audiences=tuple(audiences), identity=source, fallback=fallback,
+        min_match_rate=_number(min_match_rate, "identity.min_match_rate", fail, 0, 1),
+        members_query=str(reconcile.get("members_query", AudiencesConfig.members_query)),
+        reconcile_schedule=str(reconcile.get("schedule", AudiencesConfig.reconcile_schedule)),
+        max_drop_ratio=_number(reconcile.get("max_drop_ratio", 0.5), "reconcile.max_drop_ratio", fail, 0, 1),
+        drop_guard_min_exits=int(_number(reconcile.get("drop_guard_min_exits", 10),
+                                         "reconcile.drop_guard_min_exits", fail, 0, None)),
+        stale_incomplete_sync_minutes=_number(webhooks.get("stale_incomplete_sync_minutes", 60),
+                                              "webhooks.stale_incomplete_sync_minutes", fail, 0, None),
+        code_version=hashlib.sha256(raw_text).hexdigest()[:16],
+    )
+    return config
+
+
+def _audience(key: str, table: Any, fail: Callable[[str], AudienceConfigError]) -> Audience:
+    if not MODEL_NAME.match(key):
+        raise fail(f"audience name {key!r} must be letters, digits and underscores, starting with a letter")
+    if not isinstance(table, dict):
+        raise fail(f"audiences.{key} must be a table")
+    allowed = {"segment_id", "name", "trait", "description", "enabled", "entered_event", "exited_event"}
+    if unknown := set(table) - allowed:
+        raise fail(f"audiences.{key}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}")
+    missing = [k for k in ("segment_id", "name", "trait") if k not in table]
+    if missing:
+        raise fail(f"audiences.{key} lacks {', '.join(missing)}")
+    segment_id = table["segment_id"]
+    if isinstance(segment_id, bool) or not isinstance(segment_id, int) or segment_id < 1:
+        raise fail(f"audiences.{key}.segment_id must be Heap's numeric segment id, got {segment_id!r}")
+    trait = table["trait"]
+    if not isinstance(trait, str) or not _TRAIT.match(trait) or trait == "user_id":
+        raise fail(f"audiences.{key}.trait must be a trait name of letters, digits and underscores "
+                   f"(not user_id), got {trait!r}")
+    for name in ("name", "description", "entered_event", "exited_event"):
+        if name in table and (not isinstance(table[name], str) or not table[name].strip()):
+            raise fail(f"audiences.{key}.{name} must be a non-empty string")
+    if not isinstance(table.get("enabled", True), bool):
+        raise fail(f"audiences.{key}.enabled must be true or false")
+    return Audience(key=key, segment_id=segment_id, name=table["name"], trait=trait,
+                    description=table.get("description", ""), enabled=table.get("enabled", True),
+                    entered_event=table.get("entered_event", ENTERED_EVENT),
+                    exited_event=table.get("exited_event", EXITED_EVENT))
+
+
+def _number(value: Any, where: str, fail: Callable[[str], AudienceConfigError], low: float,
+            high: float | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low or (
+            high is not None and value > high):
+        bounds = f"within [{low}, {high}]" if high is not None else f">= {low}"
+        raise fail(f"{where} must be a number {bounds}, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Resolution:
+    """How the members' Heap identities resolved to Segment userIds."""
+
+    members: int = 0
+    mapped: int = 0
+    fallback: int = 0
+    unresolved: int = 0
+    users: int = 0  # distinct userIds (two identities of one user count once)
+    newly_rejected: int = 0
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (identity, reason)
+
+    @property
+    def match_rate(self) -> float:
+        return (self.mapped + self.fallback) / self.members if self.members else 1.0
+
+
+@dataclass
+class DropGuard:
+    delivered_members: int = 0
+    exits: int = 0
+    max_drop_ratio: float = 0.5
+    min_exits: int = 10
+    confirmed: bool = False
+
+    @property
+    def ratio(self) -> float:
+        return self.exits / self.delivered_members if self.delivered_members else 0.0
+
+    @property
+    def tripped(self) -> bool:
+        return self.exits >= max(self.min_exits, 1) and self.ratio > self.max_drop_ratio
+
+
+@dataclass
+class AudienceRun:
+    audience: Audience
+    route: str
+    syncs: list[InboxSync] = field(default_factory=list)
+    pages: int = 0
+    adds_received: int = 0
+    removes_received: int = 0
+    connect_rows: int | None = None
+    identity_map: IdentityMapStats | None = None
+    resolution: Resolution = field(default_factory=Resolution)
+    guard: DropGuard = field(default_factory=DropGuard)
+    plan: DiffPlan | None = None
+    delivery: DeliveryReport | None = None
+    ledger: LedgerCounts | None = None
+    advanced: int = 0
+    dry_run: bool = False
+    seconds: float = 0.0
+
+
+def pending_syncs(inbox: Inbox, audience: Audience) -> list[InboxSync]:
+    """Complete, not yet processed syncs of the audience's segment, oldest first."""
+    return [s for s in inbox.syncs() if s.segment_id == audience.segment_id and s.complete]
+
+
+def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience, *, route: str,
+                  inbox: Inbox, warehouse_url: str, client_factory: Callable[[], SegmentTrackingClient],
+                  owners: tuple[str, ...] = ("team:data-platform",), sync_task_ids: Sequence[str] | None = None,
+                  run_id: str | None = None, dry_run: bool = False, confirm_drop: bool = False,
+                  max_in_flight: int = 4) -> AudienceRun:
+    """Bring the audience in Segment to Heap's membership by `route` ("webhook" or "reconcile").
+
+    Raises `IncompleteSyncError`, `IdentityMapError`, `WarehouseError`, `MembershipDropError` (nothing
+    changed), `AudienceDeliveryIncomplete` (messages stay pending, syncs stay unprocessed) and the
+    Segment client's `VendorFatalError` as it is.
+    """
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+    started = time.monotonic()
+    run = AudienceRun(audience, route, dry_run=dry_run)
+    ledger = Ledger(con)
+    ensure_state(con)
+    con.execute(_STATE_SCHEMA)
+    model = audience.model(config.path, owners)
+    if not dry_run:
+        advance_snapshot(con, audience.sync)  # settle what an earlier, interrupted run delivered
+
+    # 1. Heap's word: the changes this run brings, as (identity, member, as_of, source).
+    if route == "webhook":
+        run.syncs = _chosen_syncs(inbox, audience, sync_task_ids)
+        _stage_webhook_changes(con, inbox, run)
+    else:
+        _stage_connect_changes(con, config, audience, warehouse_url, run)
+    # 2. The membership they lead to (only newer statements replace older ones).
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE heap_proposed AS
+        SELECT identity, member, as_of, source FROM heap_membership m
+        WHERE NOT EXISTS (SELECT 1 FROM heap_changes c WHERE c.identity = m.identity AND c.as_of > m.as_of)
+        UNION ALL
+        SELECT identity, member, as_of, source FROM heap_changes c
+        WHERE NOT EXISTS (SELECT 1 FROM heap_membership m WHERE m.identity = c.identity AND m.as_of >= c.as_of)
+    """)
+    # 3. Resolve identities to userIds; stage one row per userId for the diff.
+    run.identity_map = stage_identity_map(con, config.identity, "heap_identity_map", warehouse_url=warehouse_url)
+    staged = _resolve(con, config, audience, run)
+    # 4. Drop guard against the last delivered membership, before anything is written.
+    run.guard = _drop_guard(con, config, confirm_drop)
+    if run.guard.tripped and not confirm_drop:
+        run.seconds = time.monotonic() - started
+        raise MembershipDropError(
+            f"audience {audience.key!r}: this {route} would exit {run.guard.exits:,} of {run.guard.delivered_members:,} "
+            f"delivered members ({run.guard.ratio:.0%} > {config.max_drop_ratio:.0%}); nothing was changed. If Heap's "
+            "membership really dropped, run again with confirm_drop=true.", run)
+    if dry_run:
+        run.plan = plan_changes(con, ledger, model, staged, run_id=run_id, dry_run=True)
+        run.ledger = ledger.counts(audience.sync)
+        run.seconds = time.monotonic() - started
+        return run
+    # 5. Record the membership and the rejections, plan, deliver, advance.
+    _commit_membership(con, run, run_id)
+    run.resolution.newly_rejected = _reject_unresolved(con, ledger, audience, run_id)
+    run.plan = plan_changes(con, ledger, model, staged, run_id=run_id)
+    settled = deliver_changes(con, ledger, audience.sync, client_factory, run_id=run_id,
+                              max_in_flight=max_in_flight)
+    run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
+    run.seconds = time.monotonic() - started
+    if settled.failure is not None:
+        raise AudienceDeliveryIncomplete(f"audience {audience.key!r}: {settled.failure}", run)
+    # 6. Only now are the syncs processed (ARCHITECTURE rule 2: state = delivered).
+    for sync in run.syncs:
+        inbox.mark_done(sync.sync_task_id, {"audience": audience.key, "run_id": run_id,
+                                            "delivered": run.delivery.delivered if run.delivery else 0})
+    for name in ("heap_changes", "heap_proposed", "heap_resolution", STAGED_TABLE):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+    return run
+
+
+def _chosen_syncs(inbox: Inbox, audience: Audience, sync_task_ids: Sequence[str] | None) -> list[InboxSync]:
+    if sync_task_ids is None:
+        return pending_syncs(inbox, audience)
+    chosen = []
+    for task in sync_task_ids:
+        sync = inbox.sync(task)
+        if sync is None:
+            raise IncompleteSyncError(f"sync {task} is not in the inbox {inbox.root}")
+        if sync.segment_id != audience.segment_id:
+            raise IncompleteSyncError(f"sync {task} is for Heap segment {sync.segment_id}, not {audience.segment_id} "
+                                      f"({audience.key})")
+        if not sync.complete:
+            raise IncompleteSyncError(f"sync {task} is incomplete: page(s) {list(sync.missing_pages)} of "
+                                      f"{sync.total_pages} have not arrived")
+        chosen.append(sync)
+    return chosen
+
+
+def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: AudienceRun) -> None:
+    """`heap_changes`: each identity's last change across the syncs' pages.
+
+    Within a sync, pages apply in page order and a page's removes after its adds; across syncs, the
+    sync that arrived later wins (`as_of` = its first page's arrival). Pages are loaded one at a time
+    as Arrow columns (a page is at most the receiver's body limit); the rest is set work in DuckDB.
+    """
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE heap_page_ids (sync_task_id VARCHAR, page_number INTEGER,
+            received_at TIMESTAMPTZ, identity VARCHAR, member BOOLEAN, step TINYINT)
+    """)
+    for sync in run.syncs:
+        for page in inbox.pages(sync.sync_task_id):
+            adds, removes = page.get("add", []), page.get("remove", [])
+            run.pages += 1
+            run.adds_received += len(adds)
+            run.removes_received += len(removes)
+            n = len(adds) + len(removes)
+            if not n:
+                continue
+            chunk = pa.table({
+                "identity": pa.array(adds + removes, pa.string()),
+                "member": pa.array([True] * len(adds) + [False] * len(removes), pa.bool_()),
+                "step": pa.array([0] * len(adds) + [1] * len(removes), pa.int8()),
+            })
+            con.execute("SELECT 1").fetchall()  # `register` refuses while a result is still open
+            con.register("heap_page_chunk", chunk)
+            try:
+                con.execute("INSERT INTO heap_page_ids SELECT ?, ?, ?::TIMESTAMPTZ, identity, member, step "
+                            "FROM heap_page_chunk",
+                            [page["sync_task_id"], page["page_number"], page["received_at"]])
+            finally:
+                con.unregister("heap_page_chunk")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE heap_changes AS
+        SELECT identity, member, as_of, sync_task_id AS source FROM (
+            SELECT *, min(received_at) OVER (PARTITION BY sync_task_id) AS as_of FROM heap_page_ids
+        )
+        QUALIFY row_number() OVER (PARTITION BY identity ORDER BY as_of DESC, sync_task_id DESC, page_number DESC,
+                                   step DESC) = 1
+    """)
+    con.execute("DROP TABLE heap_page_ids")
+
+
+def _stage_connect_changes(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience,
+                           warehouse_url: str, run: AudienceRun) -> None:
+    """`heap_changes` from Heap Connect: every listed identity is a member as of its `synced_at`; every
+    known member not listed is not (as of the export's time; an empty export: now)."""
+    query = f"SELECT identity, synced_at FROM ({config.members_query}) AS heap_connect WHERE segment_id = " \
+            f"{int(audience.segment_id)}"
+    try:
+        stage_query(con, warehouse_url, query, "heap_connect")
+    except WarehouseError as exc:
+        raise WarehouseError(f"{config.path}: reconcile.members_query failed for {audience.key}: {exc}") from None
+    run.connect_rows = con.execute("SELECT count(*) FROM heap_connect").fetchone()[0]
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE heap_changes AS
+        WITH listed AS (
+            SELECT identity::VARCHAR AS identity, max(synced_at)::TIMESTAMPTZ AS as_of FROM heap_connect
+            WHERE identity IS NOT NULL AND identity::VARCHAR <> '' GROUP BY 1
+        ), export AS (SELECT coalesce(max(as_of), now()) AS as_of FROM listed)
+        SELECT identity, true AS member, as_of, 'heap_connect' AS source FROM listed
+        UNION ALL
+        SELECT m.identity, false, (SELECT as_of FROM export), 'heap_connect' FROM heap_membership m
+        WHERE m.member AND NOT EXISTS (SELECT 1 FROM listed l WHERE l.identity = m.identity)
+    """)
+    con.execute("DROP TABLE heap_connect")
+
+
+def _resolve(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience,
+             run: AudienceRun) -> StagedResult:
+    """`heap_resolution` (identity, user_id, how, reason) for every member, and the staged table for the diff."""
+    fallback = config.fallback == "user_id_unless_email"
+    # The map's ids are trimmed (engine.identity), so members are looked up trimmed; case is kept (spec §3).
+    email = f"regexp_matches(trim(p.identity), {literal(EMAIL_PATTERN)})"
+    usable = f"{fallback} AND NOT {email} AND p.identity = trim(p.identity)"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE heap_resolution AS
+        SELECT p.identity,
+               CASE WHEN a.source_id IS NOT NULL THEN NULL WHEN m.target_id IS NOT NULL THEN m.target_id
+                    WHEN {usable} THEN p.identity END AS user_id,
+               CASE WHEN a.source_id IS NOT NULL THEN NULL WHEN m.target_id IS NOT NULL THEN 'map'
+                    WHEN {usable} THEN 'fallback' END AS how,
+               CASE WHEN a.source_id IS NOT NULL THEN 'Heap identity is mapped to several Segment users ('
+                        || array_to_string(a.targets, ', ') || ') in the identity map; sending it to one would be a guess'
+                    WHEN m.target_id IS NOT NULL THEN NULL
+                    WHEN NOT {fallback} THEN 'Heap identity is not in the identity map (fallback: reject)'
+                    WHEN {email} THEN 'Heap identity is not in the identity map and looks like an email, which is '
+                        || 'never sent as a userId'
+                    WHEN p.identity <> trim(p.identity) THEN 'Heap identity is not in the identity map and has '
+                        || 'leading or trailing spaces, so it is not sent as a userId'
+               END AS reason
+        FROM heap_proposed p
+        LEFT JOIN heap_identity_map m ON m.source_id = trim(p.identity)
+        LEFT JOIN heap_identity_map_ambiguous a ON a.source_id = trim(p.identity)
+        WHERE p.member
+    """)
+    res = run.resolution
+    res.members, res.mapped, res.fallback, res.unresolved = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE how = 'map'), count(*) FILTER (WHERE how = 'fallback'), "
+        "count(*) FILTER (WHERE user_id IS NULL) FROM heap_resolution").fetchone()
+    res.samples = con.execute("SELECT identity, reason FROM heap_resolution WHERE user_id IS NULL "
+                              "ORDER BY identity LIMIT ?", [SAMPLE_SIZE]).fetchall()
+    trait = quote(audience.trait)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {STAGED_TABLE} AS
+        SELECT DISTINCT user_id, true AS {trait}, NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}
+        FROM heap_resolution WHERE user_id IS NOT NULL
+    """)
+    res.users = con.execute(f"SELECT count(*) FROM {STAGED_TABLE}").fetchone()[0]
+    return StagedResult(STAGED_TABLE, res.users, ("user_id", audience.trait),
+                        {"user_id": "VARCHAR", audience.trait: "BOOLEAN"}, 0.0, "heap membership")
+
+
+def _drop_guard(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, confirmed: bool) -> DropGuard:
+    delivered, exits = con.execute(f"""
+        SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {STAGED_TABLE} s
+                                                            WHERE s.user_id = r.record_key))
+        FROM rev_snapshot r WHERE NOT r.removed
+    """).fetchone()
+    return DropGuard(delivered, exits, config.max_drop_ratio, config.drop_guard_min_exits, confirmed)
+
+
+def _commit_membership(con: duckdb.DuckDBPyConnection, run: AudienceRun, run_id: str | None) -> None:
+    """Replace the membership with the proposed one and record the applied syncs, in one transaction."""
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM heap_membership")
+        con.execute("INSERT INTO heap_membership SELECT identity, member, as_of, source FROM heap_proposed")
+        now = datetime.now(UTC)
+        for sync in run.syncs:
+            con.execute(
+                """
+                INSERT INTO heap_applied_syncs
+                SELECT ?, ?, count(*) FILTER (WHERE member), count(*) FILTER (WHERE NOT member),
+                       coalesce(min(as_of), ?), ?, ?
+                FROM heap_changes WHERE source = ?
+                """, [sync.sync_task_id, len(sync.pages), sync.first_received, run_id, now, sync.sync_task_id])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _reject_unresolved(con: duckdb.DuckDBPyConnection, ledger: Ledger, audience: Audience,
+                       run_id: str | None) -> int:
+    """Members that resolve to no userId go to the ledger's rejected table, once per identity and reason."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE heap_new_rejections AS
+        SELECT h.identity AS record_key, {literal(f'heap segment {audience.segment_id}')} AS source, h.reason,
+               to_json({{'identity': h.identity}})::VARCHAR AS record
+        FROM heap_resolution h
+        WHERE h.user_id IS NULL AND NOT EXISTS (
+            SELECT 1 FROM rejected r WHERE r.sync = {literal(audience.sync)} AND r.record_key = h.identity
+                                       AND r.reason = h.reason)
+    """)
+    count = con.execute("SELECT count(*) FROM heap_new_rejections").fetchone()[0]
+    if count:
+        ledger.reject_relation(audience.sync, "heap_new_rejections", run_id=run_id)
+    con.execute("DROP TABLE heap_new_rejections")
+    return count
+
+
+def membership_counts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Members known from Heap and delivered to Segment (for checks and the UI)."""
+    con.execute(_STATE_SCHEMA)
+    ensure_state(con)
+    known = con.execute("SELECT count(*) FILTER (WHERE member) FROM heap_membership").fetchone()[0]
+    delivered = con.execute("SELECT count(*) FROM rev_snapshot WHERE NOT removed").fetchone()[0]
+    return {"heap_members": known, "delivered_members": delivered}

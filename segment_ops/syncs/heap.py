@@ -1,0 +1,337 @@
+"""Heap cohorts as Segment audiences: one asset per audience in `config/heap_audiences.toml`.
+
+- `heap/segments/<audience>`: external asset, the Heap segment (switched to sync in Heap's UI).
+- `segment/heap_audiences/<audience>` (group `heap`, pool `staging_heap_<audience>`): brings Segment to
+  Heap's membership through `engine.audiences.sync_audience`, by route `webhook` (complete syncs from
+  the inbox the receiver writes) or `reconcile` (the Heap Connect table in the warehouse), with in-step
+  checks `identity_match_rate` (WARN), `membership_drop_guard` (ERROR; a tripped guard fails the run and
+  changes nothing) and `delivery_complete`.
+- `heap_audiences_job`; `heap_webhook_inbox_sensor` (RUNNING by default): one run per complete
+  `sync_task_id`, held while pages are missing, reported once a sync stays incomplete longer than the
+  file's `stale_incomplete_sync_minutes`; `heap_reconcile_schedule` (STOPPED by default: it sends to
+  Segment): the reconcile route for every audience, on the file's cron.
+
+Adding an audience is adding an `[audiences.<name>]` table to the file (HEAP_AUDIENCES_FILE); no code.
+A file that does not parse still loads the code location: one asset `segment/heap_audiences/_config`
+says what is wrong and fails every run.
+"""
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from segment_ops.clients.base import VendorAuthError
+from segment_ops.config import load_settings
+from segment_ops.engine import store
+from segment_ops.engine.audiences import (
+    DEFAULT_FILE,
+    Audience,
+    AudienceConfigError,
+    AudienceDeliveryIncomplete,
+    AudienceRun,
+    AudiencesConfig,
+    IncompleteSyncError,
+    MembershipDropError,
+    load_audiences,
+    sync_audience,
+)
+from segment_ops.engine.identity import IdentityMapError
+from segment_ops.engine.warehouse import WarehouseError
+from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.syncs import OWNER
+from segment_ops.syncs.external import HEAP_SEGMENTS, warehouse_table_key
+from segment_ops.syncs.metadata import markdown_table, payload_samples
+from segment_ops.webhooks.inbox import Inbox
+
+GROUP = "heap"
+KINDS = {"heap", "segment", "duckdb"}
+JOB_NAME = "heap_audiences_job"
+SENSOR_NAME = "heap_webhook_inbox_sensor"
+SCHEDULE_NAME = "heap_reconcile_schedule"
+SYNC_TAG, AUDIENCE_TAG = "segment_ops/heap_sync_task", "segment_ops/heap_audience"
+MAX_AUTOMATIC_ATTEMPTS = 3
+CONNECT_TABLE = "heap.segment_members"
+log = logging.getLogger("segment_ops.heap")
+
+
+class HeapAudienceConfig(dg.Config):
+    route: Literal["webhook", "reconcile"] = Field(
+        default="webhook", description="webhook: apply complete syncs from the inbox; reconcile: take the full "
+                                       "membership from the Heap Connect table in the warehouse.")
+    sync_task_ids: list[str] | None = Field(
+        default=None, description="webhook route: the syncs to apply (default: every complete, unprocessed one "
+                                  "of the segment).")
+    confirm_drop: bool = Field(default=False, description="Apply a membership drop beyond the file's "
+                                                          "max_drop_ratio (the drop guard refuses it otherwise).")
+    dry_run: bool = Field(default=False, description="Resolve, diff and count; send, record and mark nothing.")
+
+
+def audience_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["segment", "heap_audiences", name])
+
+
+def segment_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["heap", "segments", name])
+
+
+def node(name: str) -> str:
+    return f"segment__heap_audiences__{name}"
+
+
+def audiences_file() -> Path:
+    return Path(load_settings()["HEAP_AUDIENCES_FILE"] or DEFAULT_FILE)
+
+
+def build_heap_defs(path: Path | str | None = None) -> dg.Definitions:
+    """Specs, audience assets, job, sensor and schedule for the audiences file (default: HEAP_AUDIENCES_FILE)."""
+    path = Path(path or audiences_file())
+    try:
+        audiences = load_audiences(path)
+    except AudienceConfigError as exc:
+        log.warning("Heap audiences not loaded: %s", exc)
+        return dg.Definitions(assets=[_broken_config_asset(exc)])
+    enabled = [a for a in audiences.audiences if a.enabled]
+    job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.assets(*(audience_key(a.key) for a in enabled)),
+                              description="Bring the Segment audiences to the Heap segments' membership.")
+    return dg.Definitions(
+        assets=[*(_segment_spec(a) for a in enabled), *(_audience_asset(a, audiences) for a in enabled)],
+        jobs=[job],
+        sensors=[_inbox_sensor(audiences, job)],
+        schedules=[_reconcile_schedule(audiences, enabled, job)],
+    )
+
+
+def _segment_spec(audience: Audience) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        segment_key(audience.key), deps=[HEAP_SEGMENTS.key], group_name=GROUP, kinds={"heap"}, owners=[OWNER],
+        description=f"Heap segment {audience.name!r} (id {audience.segment_id}), switched to sync: Heap pushes "
+                    "its membership changes by signed webhook about every 4 hours.",
+        metadata={"heap_segment_id": audience.segment_id})
+
+
+def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.AssetsDefinition:
+    key = audience_key(audience.key)
+
+    @dg.asset(
+        key=key,
+        group_name=GROUP,
+        kinds=KINDS,
+        owners=[OWNER],
+        description=f"{audience.description or audience.name}\n\nSegment audience of the Heap segment "
+                    f"{audience.name!r} (id {audience.segment_id}): members get the trait `{audience.trait}: true` "
+                    f"and a track {audience.entered_event!r}; leavers `{audience.trait}: false` and "
+                    f"{audience.exited_event!r}. Declared in `{audiences.path.name}`.",
+        code_version=audiences.code_version,
+        pool=f"staging_{audience.sync}",
+        deps=[segment_key(audience.key), warehouse_table_key(CONNECT_TABLE)],
+        metadata={"audiences_file": dg.MetadataValue.path(str(audiences.path)), "trait": audience.trait,
+                  "heap_segment_id": audience.segment_id, "identity_fallback": audiences.fallback},
+        check_specs=[
+            dg.AssetCheckSpec("identity_match_rate", asset=key, description=(
+                f"At least {audiences.min_match_rate:.0%} of the members' Heap identities resolve to a userId.")),
+            dg.AssetCheckSpec("membership_drop_guard", asset=key, description=(
+                f"The run exits at most {audiences.max_drop_ratio:.0%} of the delivered members "
+                "(unless confirmed); a tripped guard fails the run and changes nothing.")),
+            dg.AssetCheckSpec("delivery_complete", asset=key,
+                              description="Nothing planned for this audience is left pending after the run."),
+        ],
+    )
+    def heap_audience(context: dg.AssetExecutionContext, config: HeapAudienceConfig, warehouse: WarehouseResource,
+                      segment: SegmentTrackingResource, staging: StagingResource):
+        inbox = Inbox.for_home(staging.home)
+        with store.staging(staging.staging_db(audience.sync)) as con:
+            try:
+                run = sync_audience(con, audiences, audience, route=config.route, inbox=inbox,
+                                    warehouse_url=warehouse.url, client_factory=segment.get_client, owners=(OWNER,),
+                                    sync_task_ids=config.sync_task_ids, run_id=context.run.run_id,
+                                    dry_run=config.dry_run, confirm_drop=config.confirm_drop,
+                                    max_in_flight=segment.max_in_flight)
+            except MembershipDropError as exc:
+                yield _guard_result(exc.run)
+                raise dg.Failure(description=str(exc), metadata=_metadata(exc.run)) from None
+            except AudienceDeliveryIncomplete as exc:
+                raise dg.Failure(description=str(exc), metadata=_metadata(exc.run)) from None
+            except (IncompleteSyncError, IdentityMapError, WarehouseError) as exc:
+                raise dg.Failure(description=f"audience {audience.key}: {exc}") from None
+            except VendorAuthError as exc:
+                raise dg.Failure(description=f"audience {audience.key}: Segment refused the write key: {exc}") from None
+        res = run.resolution
+        yield dg.MaterializeResult(
+            metadata=_metadata(run),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="identity_match_rate", passed=res.match_rate >= audiences.min_match_rate,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"match_rate": round(res.match_rate, 4), "min_match_rate": audiences.min_match_rate,
+                              "members": res.members, "mapped": res.mapped, "fallback": res.fallback,
+                              "unresolved": res.unresolved}),
+                _guard_result(run),
+                dg.AssetCheckResult(
+                    check_name="delivery_complete", passed=run.dry_run or run.ledger.pending == 0,
+                    metadata={"pending": run.ledger.pending, "delivered_total": run.ledger.delivered}),
+            ],
+        )
+
+    return heap_audience
+
+
+def _guard_result(run: AudienceRun) -> dg.AssetCheckResult:
+    guard = run.guard
+    return dg.AssetCheckResult(
+        check_name="membership_drop_guard", passed=not guard.tripped or guard.confirmed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"delivered_members": guard.delivered_members, "exits": guard.exits,
+                  "drop_ratio": round(guard.ratio, 4), "max_drop_ratio": guard.max_drop_ratio,
+                  "min_exits": guard.min_exits, "confirmed": guard.confirmed})
+
+
+def _metadata(run: AudienceRun) -> dict:
+    res = run.resolution
+    metadata: dict = {
+        "route": run.route,
+        "dry_run": run.dry_run,
+        "syncs_applied": dg.MetadataValue.json([s.sync_task_id for s in run.syncs]),
+        "pages_received": run.pages,
+        "adds_received": run.adds_received,
+        "removes_received": run.removes_received,
+        "heap_members": res.members,
+        "resolved_users": res.users,
+        "mapped": res.mapped,
+        "fallback_user_ids": res.fallback,
+        "unresolved": res.unresolved,
+        "newly_rejected": res.newly_rejected,
+        "match_rate": round(res.match_rate, 4),
+        "delivered_members_before": run.guard.delivered_members,
+        "total_seconds": round(run.seconds, 3),
+    }
+    if run.connect_rows is not None:
+        metadata["heap_connect_rows"] = run.connect_rows
+    if run.identity_map is not None:
+        metadata["identity_map"] = (f"{run.identity_map.origin}: {run.identity_map.mapped:,} ids mapped, "
+                                    f"{run.identity_map.ambiguous:,} ambiguous, {run.identity_map.blank:,} blank")
+    if run.plan is not None:
+        metadata |= {"added": run.plan.added, "removed": run.plan.removed, "unchanged": run.plan.unchanged,
+                     "planned": run.plan.planned, "already_planned": run.plan.already_known,
+                     "sample_payloads": payload_samples(run.plan.samples)}
+    if run.delivery is not None:
+        metadata |= run.delivery.as_metadata()
+    if run.ledger is not None and not run.dry_run:
+        metadata |= {"pending_after_run": run.ledger.pending, "snapshot_advanced": run.advanced}
+    if res.samples:
+        metadata["unresolved_sample"] = dg.MetadataValue.md(markdown_table(["Heap identity", "reason"], res.samples))
+    return metadata
+
+
+def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinition:
+    stale_after = timedelta(minutes=audiences.stale_incomplete_sync_minutes)
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Watches the Heap webhook inbox: one run per complete segment sync (all its pages received); "
+                    "an incomplete sync is held, and reported once it stays incomplete longer than "
+                    f"{audiences.stale_incomplete_sync_minutes:g} minutes.",
+    )
+    def heap_webhook_inbox_sensor(context: dg.SensorEvaluationContext, staging: StagingResource) -> dg.SensorResult:
+        inbox = Inbox.for_home(staging.home)
+        reported: set[str] = set(json.loads(context.cursor)) if context.cursor else set()
+        now = datetime.now(UTC)
+        requests, held, problems = [], 0, []
+        for sync in inbox.syncs():
+            audience = audiences.by_segment(sync.segment_id)
+            if audience is None:
+                problems.append((sync.sync_task_id, f"Heap segment {sync.segment_id} ({sync.segment_name!r}) is "
+                                                    f"not an enabled audience in {audiences.path.name}; left in the inbox"))
+                continue
+            if not sync.complete:
+                age = now - sync.first_received
+                if age <= stale_after:
+                    held += 1
+                    continue
+                problems.append((sync.sync_task_id, f"{audience.key}: incomplete for {_minutes(age)}: page(s) "
+                                                    f"{list(sync.missing_pages)} of {sync.total_pages} never arrived; "
+                                                    "not applied (the reconcile corrects the drift)"))
+                continue
+            runs = context.instance.get_runs(filters=dg.RunsFilter(tags={SYNC_TAG: sync.sync_task_id}))
+            if any(not r.is_finished for r in runs):
+                continue
+            if len(runs) >= MAX_AUTOMATIC_ATTEMPTS:
+                problems.append((sync.sync_task_id, f"{audience.key}: {len(runs)} runs did not process it; see their "
+                                                    "errors, then launch the asset from the UI"))
+                continue
+            requests.append(dg.RunRequest(
+                run_key=f"heap:{sync.sync_task_id}:{len(runs)}",
+                asset_selection=[audience_key(audience.key)],
+                run_config={"ops": {node(audience.key): {"config": {"route": "webhook",
+                                                                    "sync_task_ids": [sync.sync_task_id]}}}},
+                tags={SYNC_TAG: sync.sync_task_id, AUDIENCE_TAG: audience.key}))
+        for sync_task_id, problem in problems:
+            if sync_task_id not in reported:
+                context.log.warning(f"Heap sync {sync_task_id}: {problem}")
+        skip = None
+        if not requests:
+            parts = [f"{held} incomplete sync(s) waiting for pages"] if held else []
+            parts += [f"sync {task}: {problem}" for task, problem in problems]
+            skip = dg.SkipReason("no complete Heap sync to apply" + (": " + "; ".join(parts) if parts else ""))
+        return dg.SensorResult(run_requests=requests, skip_reason=skip,
+                               cursor=json.dumps(sorted({t for t, _ in problems})))
+
+    return heap_webhook_inbox_sensor
+
+
+def _reconcile_schedule(audiences: AudiencesConfig, enabled: list[Audience],
+                        job: object) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name=SCHEDULE_NAME,
+        cron_schedule=audiences.reconcile_schedule,
+        execution_timezone="UTC",
+        job=job,
+        run_config={"ops": {node(a.key): {"config": {"route": "reconcile"}} for a in enabled}},
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Reconcile every Heap audience with the full membership in the Heap Connect tables "
+                    f"({audiences.reconcile_schedule}, UTC).",
+    )
+
+
+def _broken_config_asset(error: AudienceConfigError) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=audience_key("_config"), group_name=GROUP, kinds=KINDS, owners=[OWNER],
+        description=f"BROKEN Heap audiences file: {error}\n\nFix the file; until then no Heap audience is synced.",
+        code_version="broken",
+    )
+    def heap_audiences_config(context: dg.AssetExecutionContext) -> None:
+        raise dg.Failure(description=str(error))
+
+    return heap_audiences_config
+
+
+def _minutes(age: timedelta) -> str:
+    return f"{age.total_seconds() / 60:.0f} min"
+
+
+def prepare_demo() -> dict:
+    """`segment-ops demo`: start the receiver in-process, have the sandbox push one sync per segment to it
+    (signed, paged, waited for), and return the run config that applies them by the webhook route."""
+    import httpx
+
+    from segment_ops.webhooks.app import WebhookConfig
+    from segment_ops.webhooks.server import start_receiver
+
+    settings = load_settings()
+    secret = settings["HEAP_WEBHOOK_SECRET"]
+    with start_receiver(WebhookConfig(home=settings.home, heap_secret=secret)) as receiver, \
+            httpx.Client(base_url=f"{settings['SEGMENT_OPS_SANDBOX_URL']}/__sandbox__/heap", timeout=60) as http:
+        http.post("/webhooks", json={"url": receiver.heap_url, "secret": secret, "page_size": 200}).raise_for_status()
+        http.post("/push", json={"wait": True}).raise_for_status()
+    audiences = load_audiences(audiences_file())
+    return {"ops": {node(a.key): {"config": {"route": "webhook"}} for a in audiences.audiences if a.enabled}}
+
+
+defs = build_heap_defs()

@@ -1,0 +1,176 @@
+"""Fixtures for the Heap audience tests: the demo warehouse, the real receiver over HTTP, the sandbox
+pushing signed segment syncs to it, and helpers that run the sensor and the assets through Dagster."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
+from segment_ops.engine.audiences import DEFAULT_FILE
+from segment_ops.resources import StagingResource, build_resources
+from segment_ops.sandbox.demo_data import DemoConfig, DemoData
+from segment_ops.sandbox.warehouse import build_demo_warehouse
+from segment_ops.syncs.heap import SENSOR_NAME, audience_key, build_heap_defs, node
+from segment_ops.webhooks.app import WebhookConfig
+from segment_ops.webhooks.inbox import Inbox
+from segment_ops.webhooks.server import RunningReceiver, start_receiver
+
+DEMO_SCALE = 0.1  # the session sandbox's scale: Power Users has 25 members, Free Customers 56
+POWER_USERS, FREE_CUSTOMERS = 1338065, 1338066
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("heap_warehouse") / "demo_warehouse.duckdb"
+    build_demo_warehouse(path, DemoData(DemoConfig(scale=DEMO_SCALE)))
+    return path
+
+
+@pytest.fixture
+def warehouse(ops_env: Path, demo_warehouse_file: Path) -> Path:
+    path = ops_env / "demo_warehouse.duckdb"
+    shutil.copy(demo_warehouse_file, path)
+    return path
+
+
+@pytest.fixture
+def resources(warehouse: Path, clean_sandbox) -> dict:
+    return build_resources()
+
+
+@pytest.fixture
+def receiver(ops_env: Path) -> Iterator[RunningReceiver]:
+    """The real receiver on a free port, writing to this test's SEGMENT_OPS_HOME inbox."""
+    running = start_receiver(WebhookConfig(home=ops_env, heap_secret=SANDBOX_HEAP_WEBHOOK_SECRET))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def heap(clean_sandbox, receiver):
+    """The sandbox registered to push Power Users and Free Customers to the receiver, 10 ids a page."""
+    clean_sandbox.register_heap_webhook(receiver.heap_url, page_size=10, segments=[POWER_USERS, FREE_CUSTOMERS],
+                                        max_attempts=3, retry_initial_seconds=0.05)
+    return clean_sandbox
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def audiences_file(tmp_path: Path) -> Path:
+    """A copy of the project's audiences file, for tests that change a setting."""
+    path = tmp_path / "heap_audiences.toml"
+    shutil.copy(DEFAULT_FILE, path)
+    return path
+
+
+def set_in_file(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def evaluate_sensor(instance: dg.DagsterInstance, home: Path, cursor: str | None = None,
+                    path: Path | None = None) -> dg.SensorResult:
+    [sensor] = [s for s in build_heap_defs(path).sensors if s.name == SENSOR_NAME]
+    context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"staging": StagingResource(home=str(home))})
+    return sensor(context)
+
+
+def assets(path: Path | None = None) -> list[dg.AssetsDefinition]:
+    return [a for a in build_heap_defs(path).assets if isinstance(a, dg.AssetsDefinition)]
+
+
+def run_request(instance: dg.DagsterInstance, resources: dict, request: dg.RunRequest,
+                path: Path | None = None) -> dg.ExecuteInProcessResult:
+    """Execute what the sensor asked for, as the daemon would (same selection, config and tags)."""
+    return dg.materialize(assets(path), selection=request.asset_selection, run_config=request.run_config,
+                          tags=request.tags, instance=instance, resources=resources, raise_on_error=False)
+
+
+def materialize(resources: dict, audience: str, *, instance: dg.DagsterInstance | None = None,
+                path: Path | None = None, **config: object) -> dg.ExecuteInProcessResult:
+    run_config = {"ops": {node(audience): {"config": dict(config)}}} if config else None
+    return dg.materialize(assets(path), selection=[audience_key(audience)], run_config=run_config,
+                          instance=instance, resources=resources, raise_on_error=False)
+
+
+def metadata(result: dg.ExecuteInProcessResult, audience: str) -> dict:
+    [materialization] = result.asset_materializations_for_node(node(audience))
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def step_failure(result: dg.ExecuteInProcessResult, audience: str) -> dg.Failure:
+    [failure] = [e for e in result.all_events if e.is_step_failure and e.step_key == node(audience)]
+    return failure.step_failure_data.user_failure_data
+
+
+def received(sandbox, limit: int = 10_000) -> list[dict]:
+    return sandbox.received("segment", limit=limit)
+
+
+def calls(sandbox, trait: str) -> dict[str, list[dict]]:
+    """What Segment received for one audience: identify calls and Entered/Exited tracks."""
+    items = received(sandbox)
+    return {
+        "in": [m for m in items if m["type"] == "identify" and m["traits"].get(trait) is True],
+        "out": [m for m in items if m["type"] == "identify" and m["traits"].get(trait) is False],
+        "entered": [m for m in items if m["type"] == "track" and m["event"] == "Audience Entered"
+                    and m["properties"]["audience_key"] == trait],
+        "exited": [m for m in items if m["type"] == "track" and m["event"] == "Audience Exited"
+                   and m["properties"]["audience_key"] == trait],
+    }
+
+
+def segment_stats(sandbox) -> tuple[int, int]:
+    stats = sandbox.stats()["segment"]
+    return stats.get("received", 0), stats.get("duplicates", 0)
+
+
+def resolvable(warehouse: Path, segment_id: int) -> set[str]:
+    """The Segment userIds of the segment's members in the demo warehouse's Heap Connect table."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        rows = con.execute("SELECT DISTINCT coalesce(i.user_id, m.identity) FROM heap.segment_members m "
+                           "LEFT JOIN identity_map i ON trim(i.identity) = trim(m.identity) WHERE m.segment_id = ? "
+                           "AND (i.user_id IS NOT NULL OR NOT m.identity LIKE '%@%')", [segment_id]).fetchall()
+    finally:
+        con.close()
+    return {r[0] for r in rows}
+
+
+def edit_warehouse(path: Path, *statements: str) -> None:
+    con = duckdb.connect(str(path))
+    try:
+        for statement in statements:
+            con.execute(statement)
+    finally:
+        con.close()
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def inbox(home: Path) -> Inbox:
+    return Inbox.for_home(home)

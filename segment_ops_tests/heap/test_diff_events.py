@@ -1,0 +1,90 @@
+"""The reverse-ETL diff with a track event beside each change: two calls per change, settled together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from segment_ops.engine.diff import advance_snapshot, ensure_state, plan_changes
+from segment_ops.engine.ledger import DELIVERED, Ledger
+from segment_ops.engine.models import ModelSpec
+from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
+
+MODEL = ModelSpec(name="vip", path=Path("vip.toml"), sql="", description="VIP audience for the diff tests",
+                  owners=("team:x",), call="identify", mode="mirror", key="user_id", user_id="user_id",
+                  fields=("vip",), sync_name="heap_vip", removal_traits={"vip": False},
+                  entered_event="Audience Entered", exited_event="Audience Exited",
+                  event_properties={"audience_key": "vip"})
+
+
+@pytest.fixture
+def con():
+    connection = duckdb.connect()
+    ensure_state(connection)
+    yield connection
+    connection.close()
+
+
+def stage(con: duckdb.DuckDBPyConnection, users: list[str]) -> StagedResult:
+    con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS SELECT unnest(?::VARCHAR[]) AS user_id, true AS vip, "
+                f"NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}", [users])
+    return StagedResult("staged", len(users), ("user_id", "vip"), {"user_id": "VARCHAR", "vip": "BOOLEAN"}, 0.0, "t")
+
+
+def deliver(ledger: Ledger, call_type: str | None = None) -> None:
+    rows = ledger.con.execute("SELECT seq FROM ledger WHERE sync = 'heap_vip' AND status = 'pending'"
+                              + (f" AND call_type = '{call_type}'" if call_type else "")).fetchall()
+    ledger.log_outcomes("heap_vip", [(seq, DELIVERED, 1, None) for (seq,) in rows])
+
+
+def payloads(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [p for (p,) in con.execute("SELECT payload FROM ledger ORDER BY seq").fetchall()]
+
+
+def test_an_added_key_plans_its_call_and_its_entered_event(con):
+    ledger = Ledger(con)
+
+    plan = plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+
+    assert (plan.added, plan.planned) == (1, 2)
+    identify, track = payloads(con)
+    assert identify.startswith('{"type":"identify","userId":"u1","traits":{"vip":true}')
+    assert track.startswith('{"type":"track","userId":"u1","event":"Audience Entered",'
+                            '"properties":{"audience_key":"vip"}')
+
+
+def test_a_removed_key_sends_the_removal_traits_and_its_exited_event(con):
+    ledger = Ledger(con)
+    plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+    deliver(ledger)
+    advance_snapshot(con, "heap_vip")
+
+    plan = plan_changes(con, ledger, MODEL, stage(con, []))
+
+    assert (plan.removed, plan.planned) == (1, 2)
+    assert payloads(con)[2].startswith('{"type":"identify","userId":"u1","traits":{"vip":false}')
+    assert payloads(con)[3].startswith('{"type":"track","userId":"u1","event":"Audience Exited"')
+
+
+def test_a_change_advances_only_once_both_calls_are_delivered(con):
+    ledger = Ledger(con)
+    plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+    deliver(ledger, "track")
+
+    assert advance_snapshot(con, "heap_vip") == 0
+    deliver(ledger, "identify")
+    assert advance_snapshot(con, "heap_vip") == 1
+
+
+def test_replanning_a_half_delivered_change_sends_only_the_missing_call(con):
+    ledger = Ledger(con)
+    plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+    deliver(ledger, "track")
+    advance_snapshot(con, "heap_vip")
+
+    again = plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+
+    assert (again.planned, again.already_known) == (0, 2)
+    assert ledger.counts("heap_vip").pending == 1

@@ -1,0 +1,105 @@
+"""Reconcile route: full membership from the Heap Connect table, through the same diff, with the drop guard."""
+
+from __future__ import annotations
+
+from segment_ops_tests.heap.conftest import (
+    FREE_CUSTOMERS,
+    POWER_USERS,
+    calls,
+    checks,
+    edit_warehouse,
+    evaluate_sensor,
+    materialize,
+    metadata,
+    resolvable,
+    run_request,
+    segment_stats,
+    step_failure,
+)
+
+
+def test_reconcile_alone_enters_the_connect_membership(resources, clean_sandbox, warehouse):
+    result = materialize(resources, "power_users", route="reconcile")
+
+    assert result.success
+    expected = resolvable(warehouse, POWER_USERS)
+    meta = metadata(result, "power_users")
+    assert (meta["route"], meta["heap_connect_rows"], meta["added"]) == ("reconcile", 25, len(expected))
+    assert {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["entered"]} == expected
+
+
+def test_reconcile_after_webhooks_without_drift_sends_nothing(heap, instance, resources, ops_env, warehouse):
+    heap.push_heap(segments=[POWER_USERS])
+    [request] = evaluate_sensor(instance, ops_env).run_requests
+    assert run_request(instance, resources, request).success
+    sent = segment_stats(heap)
+
+    result = materialize(resources, "power_users", route="reconcile")
+
+    assert result.success and metadata(result, "power_users")["planned"] == 0
+    assert segment_stats(heap) == sent
+
+
+def test_reconcile_fixes_an_injected_drift(heap, instance, resources, ops_env, warehouse):
+    heap.push_heap(segments=[FREE_CUSTOMERS])
+    [request] = evaluate_sensor(instance, ops_env).run_requests
+    assert run_request(instance, resources, request).success
+    # Drift: Heap's full export says two members left and one user joined, which no webhook told us.
+    edit_warehouse(warehouse,
+                   f"""DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS} AND identity IN (
+                       SELECT identity FROM heap.segment_members m JOIN identity_map i USING (identity)
+                       WHERE segment_id = {FREE_CUSTOMERS} ORDER BY identity LIMIT 2)""",
+                   f"""INSERT INTO heap.segment_members
+                       SELECT {FREE_CUSTOMERS}, i.identity, now() + INTERVAL 1 MINUTE FROM identity_map i
+                       WHERE i.identity NOT IN (SELECT identity FROM heap.segment_members WHERE segment_id =
+                       {FREE_CUSTOMERS}) ORDER BY i.identity LIMIT 1""",
+                   "UPDATE heap.segment_members SET synced_at = now() + INTERVAL 1 MINUTE")
+
+    result = materialize(resources, "free_customers", route="reconcile")
+
+    assert result.success
+    meta = metadata(result, "free_customers")
+    assert (meta["added"], meta["removed"], meta["planned"]) == (1, 2, 6)
+    sent = calls(heap, "heap_free_customers")
+    assert len(sent["out"]) == 2 and len(sent["exited"]) == 2
+    assert {m["userId"] for m in sent["in"]} - {m["userId"] for m in sent["out"]} == resolvable(warehouse, FREE_CUSTOMERS)
+
+
+def test_reconcile_refuses_an_empty_export_and_changes_nothing(heap, instance, resources, ops_env, warehouse):
+    heap.push_heap(segments=[FREE_CUSTOMERS])
+    [request] = evaluate_sensor(instance, ops_env).run_requests
+    assert run_request(instance, resources, request).success
+    sent = segment_stats(heap)
+    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
+
+    refused = materialize(resources, "free_customers", route="reconcile")
+    again = materialize(resources, "free_customers", route="reconcile")
+
+    assert not refused.success
+    assert "would exit 56 of 56 delivered members (100% > 50%); nothing was changed" in \
+        step_failure(refused, "free_customers").description
+    guard = checks(refused)["membership_drop_guard"]
+    assert not guard.passed and guard.metadata["exits"].value == 56
+    assert not again.success  # the membership was not touched: the guard trips the same way
+    assert segment_stats(heap) == sent
+
+
+def test_a_confirmed_drop_exits_everyone(heap, instance, resources, ops_env, warehouse):
+    heap.push_heap(segments=[FREE_CUSTOMERS])
+    [request] = evaluate_sensor(instance, ops_env).run_requests
+    assert run_request(instance, resources, request).success
+    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
+
+    confirmed = materialize(resources, "free_customers", route="reconcile", confirm_drop=True)
+
+    assert confirmed.success and checks(confirmed)["membership_drop_guard"].passed
+    assert metadata(confirmed, "free_customers")["removed"] == 56
+    assert len(calls(heap, "heap_free_customers")["exited"]) == 56
+
+
+def test_a_dry_run_counts_and_sends_nothing(resources, clean_sandbox, warehouse):
+    result = materialize(resources, "power_users", route="reconcile", dry_run=True)
+    real = materialize(resources, "power_users", route="reconcile")
+
+    assert result.success and metadata(result, "power_users")["added"] == len(resolvable(warehouse, POWER_USERS))
+    assert metadata(real, "power_users")["added"] == metadata(result, "power_users")["added"]

@@ -1,0 +1,133 @@
+"""The sandbox plays Heap: paged, signed segment-sync deltas, pushed on demand or on an interval, retried."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
+from segment_ops.webhooks.heap import verify
+from segment_ops_tests.heap.conftest import POWER_USERS, wait_for
+
+
+class FlakyReceiver:
+    """Answers 503 to the first `failures` requests, then verifies and keeps every body."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.seen, self.bodies = failures, 0, []
+
+        async def handle(request: Request) -> JSONResponse:
+            body = await request.body()
+            self.seen += 1
+            if self.seen <= self.failures:
+                return JSONResponse({"error": "busy"}, 503)
+            verify(request.headers.get("heap-hash"), body, SANDBOX_HEAP_WEBHOOK_SECRET)
+            self.bodies.append(body)
+            return JSONResponse({"stored": True})
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+        self.server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", handle, methods=["POST"])]),
+                                                    log_config=None, lifespan="off", log_level="warning"))
+        threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+        wait_for(lambda: self.server.started)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+@pytest.fixture
+def flaky():
+    receivers: list[FlakyReceiver] = []
+
+    def start(failures: int = 0) -> FlakyReceiver:
+        receivers.append(FlakyReceiver(failures))
+        return receivers[-1]
+
+    yield start
+    for receiver in receivers:
+        receiver.stop()
+
+
+def test_a_first_push_adds_every_member_in_signed_pages(clean_sandbox, flaky):
+    receiver = flaky()
+    clean_sandbox.register_heap_webhook(receiver.url, page_size=10, segments=[POWER_USERS])
+
+    [sync] = clean_sandbox.push_heap()["syncs"]
+
+    assert (sync["adds"], sync["removes"], sync["total_pages"]) == (25, 0, 3)
+
+    pages = [orjson.loads(b) for b in receiver.bodies]
+    assert sorted(p["data"]["sync_info"]["page_number"] for p in pages) == [1, 2, 3]
+    assert {p["data"]["sync_info"]["sync_task_id"] for p in pages} == {sync["sync_task_id"]}
+    assert all(p["action_type"] == "segment.users.sync" for p in pages)
+    assert sum(len(p["data"]["add"]) for p in pages) == 25
+
+
+def test_a_second_push_in_the_same_window_sends_nothing(clean_sandbox, flaky):
+    receiver = flaky()
+    clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS])
+    clean_sandbox.push_heap()
+
+    again = clean_sandbox.push_heap()
+
+    assert again["syncs"] == [] and len(receiver.bodies) == 1
+
+
+def test_a_non_2xx_answer_is_retried_with_a_fresh_signature(clean_sandbox, flaky):
+    receiver = flaky(failures=2)
+    clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS], retry_initial_seconds=0.05)
+
+    [delivery] = clean_sandbox.push_heap()["deliveries"]
+
+    assert delivery["status"] == "delivered" and delivery["attempts"] == 3 and receiver.seen == 3
+
+
+def test_a_page_is_given_up_after_max_attempts(clean_sandbox, flaky):
+    receiver = flaky(failures=100)
+    clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS], retry_initial_seconds=0.01,
+                                        max_attempts=4)
+
+    [delivery] = clean_sandbox.push_heap()["deliveries"]
+
+    assert (delivery["status"], delivery["attempts"], delivery["last_result"]) == ("failed", 4, "HTTP 503")
+
+
+def test_a_registered_interval_pushes_without_being_asked(clean_sandbox, flaky):
+    receiver = flaky()
+    clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS], interval_seconds=0.5)
+
+    wait_for(lambda: receiver.bodies, timeout=10)
+
+    assert clean_sandbox.heap_deliveries()[0]["status"] == "delivered"
+
+
+def test_a_registration_without_a_url_is_refused(sandbox_http):
+    response = sandbox_http.post("/__sandbox__/heap/webhooks", json={"secret": "x"})
+
+    assert response.status_code == 400 and response.json() == {"error": "url must be an http(s) URL"}
+
+
+def test_a_push_with_nothing_registered_is_refused(sandbox_http):
+    response = sandbox_http.post("/__sandbox__/heap/push", json={})
+
+    assert response.status_code == 400 and "no webhook target is registered" in response.json()["error"]
+
+
+def test_reset_forgets_the_targets(clean_sandbox, flaky):
+    clean_sandbox.register_heap_webhook(flaky().url)
+
+    clean_sandbox.reset()
+
+    assert httpx.get(f"{clean_sandbox.url}/__sandbox__/heap/webhooks").json() == {"targets": []}
+

@@ -1,0 +1,124 @@
+"""Webhook route end to end: sandbox Heap -> real receiver over HTTP -> inbox -> sensor -> Dagster run -> Segment."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
+from segment_ops.webhooks.heap import sign
+from segment_ops_tests.heap.conftest import (
+    FREE_CUSTOMERS,
+    POWER_USERS,
+    calls,
+    checks,
+    evaluate_sensor,
+    inbox,
+    materialize,
+    metadata,
+    resolvable,
+    run_request,
+    segment_stats,
+    set_in_file,
+    step_failure,
+)
+
+
+def push_and_run(heap, instance, resources, home, **push):
+    pushed = heap.push_heap(**push)
+    result = evaluate_sensor(instance, home)
+    runs = [run_request(instance, resources, request) for request in result.run_requests]
+    return pushed, result, runs
+
+
+def test_first_sync_enters_every_resolvable_member(heap, instance, resources, ops_env, warehouse):
+    pushed, sensed, runs = push_and_run(heap, instance, resources, ops_env)
+
+    assert {s["segment_id"] for s in pushed["syncs"]} == {POWER_USERS, FREE_CUSTOMERS}
+    assert all(d["status"] == "delivered" for d in pushed["deliveries"])
+    assert len(sensed.run_requests) == 2 and all(r.success for r in runs)
+    expected = resolvable(warehouse, POWER_USERS)
+    power = calls(heap, "heap_power_users")
+    assert {m["userId"] for m in power["in"]} == expected and len(power["in"]) == len(expected)
+    assert {m["userId"] for m in power["entered"]} == expected
+    assert power["entered"][0]["properties"] == {"audience_key": "heap_power_users", "audience_name": "Power Users",
+                                                 "heap_segment_id": POWER_USERS, "source": "Heap"}
+    assert power["out"] == [] and power["exited"] == []
+    [power_run] = [r for r in runs if r.dagster_run.tags["segment_ops/heap_audience"] == "power_users"]
+    meta = metadata(power_run, "power_users")
+    assert (meta["added"], meta["delivered"], meta["unresolved"]) == (len(expected), 2 * len(expected), 0)
+    assert meta["pages_received"] == 3 and meta["match_rate"] == 1.0
+    assert all(c.passed for c in checks(power_run).values())
+
+
+def test_every_processed_sync_is_marked_done_and_not_requested_again(heap, instance, resources, ops_env, warehouse):
+    pushed, _, runs = push_and_run(heap, instance, resources, ops_env)
+
+    again = evaluate_sensor(instance, ops_env)
+
+    assert all(r.success for r in runs)
+    assert again.run_requests == [] and "no complete Heap sync" in again.skip_reason.skip_message
+    for sync in pushed["syncs"]:
+        assert (ops_env / "inbox" / "heap" / sync["sync_task_id"] / "done.json").exists()
+
+
+def test_a_redelivered_page_sends_nothing(heap, instance, resources, ops_env, warehouse, receiver):
+    pushed, _, runs = push_and_run(heap, instance, resources, ops_env, duplicate_pages=[1, 2])
+    sent = segment_stats(heap)
+    [page] = [p for p in inbox(ops_env).pages(pushed["syncs"][0]["sync_task_id"]) if p["page_number"] == 1]
+    body = orjson.dumps({"action_type": "segment.users.sync", "data": {
+        "segment": page["segment"], "sync_info": {"page_number": 1, "total_pages": page["total_pages"],
+                                                  "sync_task_id": page["sync_task_id"]},
+        "add": [{"id": i} for i in page["add"]], "remove": [{"id": i} for i in page["remove"]]}})
+
+    late = httpx.post(receiver.heap_url, content=body, headers={"Heap-Hash": sign(SANDBOX_HEAP_WEBHOOK_SECRET, body)})
+    sensed = evaluate_sensor(instance, ops_env)
+    rerun = materialize(resources, "power_users", route="webhook")
+
+    assert all(r.success for r in runs) and late.json()["stored"] is False
+    assert sensed.run_requests == []
+    assert rerun.success and metadata(rerun, "power_users")["planned"] == 0
+    assert segment_stats(heap) == sent and sent[1] == 0
+
+
+def test_pages_out_of_order_give_the_same_membership(heap, instance, resources, ops_env, warehouse):
+    _, _, runs = push_and_run(heap, instance, resources, ops_env, reorder=True)
+
+    assert all(r.success for r in runs)
+    assert {m["userId"] for m in calls(heap, "heap_free_customers")["in"]} == resolvable(warehouse, FREE_CUSTOMERS)
+
+
+def test_a_bad_signature_gets_403_and_nothing_is_stored(heap, instance, ops_env):
+    pushed = heap.push_heap(bad_signature=True)
+
+    assert pushed["deliveries"] and all(d["status"] == "failed" and d["last_result"] == "HTTP 403"
+                                        and d["attempts"] == 3 for d in pushed["deliveries"])
+    assert not (ops_env / "inbox" / "heap").exists() or list((ops_env / "inbox" / "heap").iterdir()) == []
+    assert evaluate_sensor(instance, ops_env).run_requests == []
+
+
+def test_a_sync_missing_a_page_is_held(heap, instance, resources, ops_env, warehouse):
+    pushed = heap.push_heap(omit_pages=[2], segments=[POWER_USERS])
+
+    sensed = evaluate_sensor(instance, ops_env)
+    forced = materialize(resources, "power_users", route="webhook",
+                         sync_task_ids=[pushed["syncs"][0]["sync_task_id"]])
+
+    assert sensed.run_requests == []
+    assert "1 incomplete sync(s) waiting for pages" in sensed.skip_reason.skip_message
+    assert not forced.success and "page(s) [2] of 3 have not arrived" in step_failure(forced, "power_users").description
+    assert segment_stats(heap) == (0, 0)
+
+
+def test_a_sync_incomplete_beyond_the_configured_age_is_reported_not_applied(heap, instance, ops_env, audiences_file):
+    set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
+    pushed = heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
+    task = pushed["syncs"][0]["sync_task_id"]
+
+    sensed = evaluate_sensor(instance, ops_env, path=audiences_file)
+    again = evaluate_sensor(instance, ops_env, cursor=sensed.cursor, path=audiences_file)
+
+    assert sensed.run_requests == []
+    assert f"sync {task}: power_users: incomplete for" in sensed.skip_reason.skip_message
+    assert "page(s) [3] of 3 never arrived; not applied" in sensed.skip_reason.skip_message
+    assert task in sensed.cursor and again.cursor == sensed.cursor
