@@ -11,7 +11,7 @@ from segment_ops.syncs import audit_trail, delivery_health, external, heap, pend
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions.merge(
+    syncs = dg.Definitions.merge(
         external.defs,
         replay.defs,
         reverse_etl.build_reverse_etl_defs(),
@@ -20,5 +20,6 @@ def defs() -> dg.Definitions:
         pendo.defs,
         delivery_health.defs,
         sensors.defs,
-        dg.Definitions(resources=build_resources()),
     )
+    return dg.Definitions.merge(syncs, external.segment_destination(syncs.assets or []),
+                                dg.Definitions(resources=build_resources()))

@@ -27,3 +27,15 @@ def test_secrets_reach_dagster_as_env_vars_when_set(monkeypatch):
     resources = defs().resources
     assert isinstance(resources["segment"].write_key, dg.EnvVar)
     assert "live-secret-value" not in repr(resources["segment"])
+
+
+def test_every_sync_that_sends_to_segment_ends_at_the_segment_destination(definitions):
+    graph = definitions.resolve_asset_graph()
+    senders = {key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable
+               and key.path[0] == "segment" and key != dg.AssetKey(["segment", "audit_events"])}
+
+    upstream = graph.get(dg.AssetKey(["segment", "profiles"])).parent_keys
+
+    groups = {graph.get(key).group_name for key in upstream}
+    assert upstream == senders
+    assert {"replay", "reverse_etl", "heap", "pendo"} <= groups

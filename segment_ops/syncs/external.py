@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import dagster as dg
 
 from segment_ops.config import DEMO_WAREHOUSE_TABLES
@@ -45,6 +47,7 @@ SIEM_INDEX = dg.AssetSpec(
 # Tables of the (demo) warehouse that syncs read through WAREHOUSE_URL. A reverse-ETL model that names
 # another table in its `depends_on:` header gets a spec for it from `warehouse_table_spec` as well.
 WAREHOUSE_TABLES = DEMO_WAREHOUSE_TABLES
+TRACKING_RESOURCE = "segment"  # resources.py key of the Segment Tracking API client
 
 
 def warehouse_table_key(table: str) -> dg.AssetKey:
@@ -65,3 +68,23 @@ def warehouse_table_spec(table: str) -> dg.AssetSpec:
 
 defs = dg.Definitions(assets=[HEAP_SEGMENTS, PENDO_ACCOUNTS, SEGMENT_WORKSPACE, SIEM_INDEX,
                               *(warehouse_table_spec(t) for t in WAREHOUSE_TABLES)])
+
+
+def segment_destination(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> dg.Definitions:
+    """`segment/profiles`: the Segment workspace's profiles, groups and events, downstream of every asset
+    that sends through the Tracking API (it requires the `segment` resource), so each sync's lineage ends
+    at its destination."""
+    senders = sorted({key for asset in assets if isinstance(asset, dg.AssetsDefinition)
+                      and TRACKING_RESOURCE in asset.required_resource_keys for key in asset.keys},
+                     key=lambda key: key.to_user_string())
+    return dg.Definitions(assets=[dg.AssetSpec(
+        ["segment", "profiles"],
+        deps=senders,
+        description="Profiles, groups and events in the Segment workspace, written through the Tracking API "
+                    "(identify, track and group calls, each change once by its deterministic messageId).",
+        group_name="destinations",
+        kinds={"segment"},
+        owners=[OWNER],
+        metadata={"docs": dg.MetadataValue.url(
+            "https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/")},
+    )])
