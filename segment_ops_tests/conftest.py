@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,13 +11,20 @@ import pytest
 
 from segment_ops.config import SETTINGS
 from segment_ops.sandbox.app import SandboxConfig
+from segment_ops.sandbox.demo_data import DemoConfig, DemoData
 from segment_ops.sandbox.server import RunningSandbox, start_sandbox
+from segment_ops.sandbox.warehouse import build_demo_warehouse
+
+# The session sandbox's demo world, and the demo warehouse built from the same world: 178 customers (2
+# without user_id, one user_id twice), 15 accounts (Pendo: acc_00012 and acc_00015 never active), 425
+# completed orders; Heap's Power Users has 25 members, Free Customers 56.
+DEMO_SCALE = 0.1
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[RunningSandbox]:
     """The session's sandbox (small demo data); tests that count things use `clean_sandbox`."""
-    running = start_sandbox(SandboxConfig(scale=0.1))
+    running = start_sandbox(SandboxConfig(scale=DEMO_SCALE))
     yield running
     running.stop()
 
@@ -41,7 +49,7 @@ def sandbox_factory() -> Iterator[Callable[..., RunningSandbox]]:
     started: list[RunningSandbox] = []
 
     def start(**config: object) -> RunningSandbox:
-        started.append(start_sandbox(SandboxConfig(scale=0.1, **config)))  # type: ignore[arg-type]
+        started.append(start_sandbox(SandboxConfig(scale=DEMO_SCALE, **config)))  # type: ignore[arg-type]
         return started[-1]
 
     yield start
@@ -59,3 +67,19 @@ def ops_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: RunningSan
     monkeypatch.setenv("SEGMENT_OPS_HOME", str(home))
     monkeypatch.setenv("SEGMENT_OPS_SANDBOX_URL", sandbox.url)
     return home
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo warehouse of the session sandbox's world, built once; each test gets its own copy."""
+    path = tmp_path_factory.mktemp("warehouse") / "demo_warehouse.duckdb"
+    build_demo_warehouse(path, DemoData(DemoConfig(scale=DEMO_SCALE)))
+    return path
+
+
+@pytest.fixture
+def warehouse(ops_env: Path, demo_warehouse_file: Path) -> Path:
+    """This test's copy of the demo warehouse, where WAREHOUSE_URL points by default."""
+    path = ops_env / "demo_warehouse.duckdb"
+    shutil.copy(demo_warehouse_file, path)
+    return path

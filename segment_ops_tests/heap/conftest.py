@@ -15,29 +15,12 @@ import pytest
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.engine.audiences import DEFAULT_FILE
 from segment_ops.resources import StagingResource, build_resources
-from segment_ops.sandbox.demo_data import DemoConfig, DemoData
-from segment_ops.sandbox.warehouse import build_demo_warehouse
 from segment_ops.syncs.heap import SENSOR_NAME, audience_key, build_heap_defs, node
 from segment_ops.webhooks.app import WebhookConfig
 from segment_ops.webhooks.inbox import Inbox
 from segment_ops.webhooks.server import RunningReceiver, start_receiver
 
-DEMO_SCALE = 0.1  # the session sandbox's scale: Power Users has 25 members, Free Customers 56
 POWER_USERS, FREE_CUSTOMERS = 1338065, 1338066
-
-
-@pytest.fixture(scope="session")
-def demo_warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("heap_warehouse") / "demo_warehouse.duckdb"
-    build_demo_warehouse(path, DemoData(DemoConfig(scale=DEMO_SCALE)))
-    return path
-
-
-@pytest.fixture
-def warehouse(ops_env: Path, demo_warehouse_file: Path) -> Path:
-    path = ops_env / "demo_warehouse.duckdb"
-    shutil.copy(demo_warehouse_file, path)
-    return path
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ identity map reads its `accounts` table), a health config of the test's own, Dag
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,25 +18,14 @@ from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY, SANDBOX_SEGMENT_WR
 from segment_ops.engine.health import DEFAULT_CONFIG_PATH, HealthConfig, load_health_config
 from segment_ops.engine.pendo_usage import SYNC
 from segment_ops.resources import PendoResource, build_resources
-from segment_ops.sandbox.demo_data import DemoConfig, DemoData
-from segment_ops.sandbox.warehouse import build_demo_warehouse
 from segment_ops.syncs import pendo
 
-DEMO_SCALE = 0.1  # 15 Pendo accounts; acc_00012 and acc_00015 never show any activity
 FAST_RETRY = RetryPolicy(max_attempts=8, backoff_initial=0.01, backoff_max=0.05, max_elapsed=30.0)
 
 
-@pytest.fixture(scope="session")
-def demo_warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pendo_warehouse") / "demo_warehouse.duckdb"
-    build_demo_warehouse(path, DemoData(DemoConfig(scale=DEMO_SCALE)))
-    return path
-
-
 @pytest.fixture
-def home(ops_env: Path, demo_warehouse_file: Path, clean_sandbox) -> Path:
+def home(ops_env: Path, warehouse: Path, clean_sandbox) -> Path:
     """SEGMENT_OPS_HOME with this test's copy of the demo warehouse (WAREHOUSE_URL's default)."""
-    shutil.copy(demo_warehouse_file, ops_env / "demo_warehouse.duckdb")
     return ops_env
 
 

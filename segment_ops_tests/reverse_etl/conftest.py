@@ -16,28 +16,9 @@ from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.resources import SegmentTrackingResource, build_resources
-from segment_ops.sandbox.demo_data import DemoConfig, DemoData
-from segment_ops.sandbox.warehouse import build_demo_warehouse
 from segment_ops.syncs.reverse_etl import MODELS_DIR, build_reverse_etl_defs, model_key
 
-DEMO_SCALE = 0.1  # 178 customers (2 without user_id, one user_id twice), 15 accounts, 425 completed orders
 FAST_RETRY = RetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.02, max_elapsed=2.0)
-
-
-@pytest.fixture(scope="session")
-def demo_warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo warehouse, built once; each test gets its own copy."""
-    path = tmp_path_factory.mktemp("warehouse") / "demo_warehouse.duckdb"
-    build_demo_warehouse(path, DemoData(DemoConfig(scale=DEMO_SCALE)))
-    return path
-
-
-@pytest.fixture
-def warehouse(ops_env: Path, demo_warehouse_file: Path) -> Path:
-    """This test's demo warehouse, where WAREHOUSE_URL points by default."""
-    path = ops_env / "demo_warehouse.duckdb"
-    shutil.copy(demo_warehouse_file, path)
-    return path
 
 
 @pytest.fixture
