@@ -5,36 +5,26 @@
 from __future__ import annotations
 
 import logging
-import socket
-import threading
-import time
 from typing import Any
 
 import httpx
 import uvicorn
 
+from segment_ops.asgi import ThreadedServer, serve_in_thread, uvicorn_config
 from segment_ops.sandbox.app import SandboxConfig, create_app
-
-START_TIMEOUT_SECONDS = 15.0
-
-
-class SandboxStartError(RuntimeError):
-    """The sandbox server did not come up."""
 
 
 class RunningSandbox:
     """A sandbox serving on `url`, with helpers over the `/__sandbox__` control endpoints."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, url: str) -> None:
-        self.url = url
-        self._server = server
-        self._thread = thread
-        self._http = httpx.Client(base_url=f"{url}/__sandbox__", timeout=30.0)
+    def __init__(self, served: ThreadedServer) -> None:
+        self.url = served.url
+        self._served = served
+        self._http = httpx.Client(base_url=f"{served.url}/__sandbox__", timeout=30.0)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._http.close()
-        self._server.should_exit = True
-        self._thread.join(timeout)
+        self._served.stop(timeout)
 
     def __enter__(self) -> RunningSandbox:
         return self
@@ -92,45 +82,15 @@ def start_sandbox(
     config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
 ) -> RunningSandbox:
     """Serve the sandbox from a daemon thread (port 0: a free port); returns once it accepts connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound_port = sock.getsockname()[1]
-    server = uvicorn.Server(_uvicorn_config(config, host, bound_port, log_config=None))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"sandbox:{bound_port}", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise SandboxStartError(f"sandbox did not start on {host}:{bound_port}")
-        time.sleep(0.01)
-    url_host = f"[{host}]" if family == socket.AF_INET6 else host
-    return RunningSandbox(server, thread, f"http://{url_host}:{bound_port}")
+    _hide_intentional_drops()
+    return RunningSandbox(serve_in_thread(create_app(config), name="sandbox", host=host, port=port))
 
 
 def serve(config: SandboxConfig | None, host: str, port: int) -> None:
     """Serve the sandbox in the foreground until interrupted."""
     print(f"segment_ops sandbox listening on http://{host}:{port}", flush=True)
-    uvicorn.Server(_uvicorn_config(config, host, port)).run()
-
-
-def _uvicorn_config(config: SandboxConfig | None, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
     _hide_intentional_drops()
-    return uvicorn.Config(
-        create_app(config),
-        host=host,
-        port=port,
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        **kwargs,
-    )
+    uvicorn.Server(uvicorn_config(create_app(config), host, port)).run()
 
 
 class _IntentionalDropFilter(logging.Filter):
