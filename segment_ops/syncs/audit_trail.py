@@ -9,7 +9,7 @@
   overlapping backfills, re-runs) forwards only what is new, and a failed delivery stays pending for the
   next run. Both steps hold the staging file (pool `staging_audit_trail`), so two runs never deliver
   the same pending message at once.
-- `audit_trail_sensor` probes the newest hours every few minutes (one event per probe) and starts a
+- `audit_events_sensor` probes the newest hours every few minutes (one event per probe) and starts a
   run for an hour whose newest event changed, never while a run of that hour is queued or running.
   `audit_trail_safety_net` (hourly, off by default) re-reads the last two complete hours.
 
@@ -379,7 +379,7 @@ audit_trail_job = dg.define_asset_job(
 @dg.sensor(job=audit_trail_job, minimum_interval_seconds=180, default_status=dg.DefaultSensorStatus.RUNNING,
            description=f"Every 3 minutes, probes the newest {SENSOR_HOURS} hours of the audit trail (one event "
                        "each) and starts a run for an hour whose newest event changed.")
-def audit_trail_sensor(context: dg.SensorEvaluationContext,
+def audit_events_sensor(context: dg.SensorEvaluationContext,
                        segment_public_api: SegmentPublicApiResource) -> dg.SensorResult:
     now = datetime.now(UTC)
     keys = PARTITIONS.get_partition_keys(current_time=now)[-SENSOR_HOURS:]
@@ -399,7 +399,7 @@ def audit_trail_sensor(context: dg.SensorEvaluationContext,
                 notes.append(f"{key}: a run is already queued or running; looking again next tick")
                 continue  # cursor not advanced, so the next tick asks again
             requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}:{newest['id']}",
-                                          tags={"segment_ops/trigger": "audit_trail_sensor"}))
+                                          tags={"segment_ops/trigger": "audit_events_sensor"}))
             seen[key] = newest["id"]
     except VendorError as exc:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"Public API probe failed: {exc}"), cursor=context.cursor)
@@ -435,6 +435,6 @@ def _run_in_flight(instance: dg.DagsterInstance, partition_key: str) -> bool:
 defs = dg.Definitions(
     assets=[segment_audit_events, siem_audit_events],
     jobs=[audit_trail_job],
-    sensors=[audit_trail_sensor],
+    sensors=[audit_events_sensor],
     schedules=[audit_trail_safety_net],
 )

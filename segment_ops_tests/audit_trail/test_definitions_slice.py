@@ -19,4 +19,4 @@ def test_the_code_location_with_the_audit_trail_loads_and_says_what_each_asset_i
         assert spec.partitions_def == audit_trail.PARTITIONS
     assert audit_trail.segment_audit_events.op.pool == audit_trail.siem_audit_events.op.pool == audit_trail.POOL
     assert definitions.resolve_job_def("audit_trail_job").partitions_def == audit_trail.PARTITIONS
-    assert definitions.resolve_sensor_def("audit_trail_sensor").job_name == "audit_trail_job"
+    assert definitions.resolve_sensor_def("audit_events_sensor").job_name == "audit_trail_job"

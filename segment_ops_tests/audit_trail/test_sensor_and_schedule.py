@@ -14,7 +14,7 @@ from segment_ops.syncs.audit_trail import (
     PARTITIONS,
     audit_trail_job,
     audit_trail_safety_net,
-    audit_trail_sensor,
+    audit_events_sensor,
 )
 from segment_ops_tests.audit_trail.conftest import received_ids, run_hour
 
@@ -22,7 +22,7 @@ from segment_ops_tests.audit_trail.conftest import received_ids, run_hour
 def tick(instance: dg.DagsterInstance, resources: dict, cursor: str | None) -> dg.SensorResult:
     context = dg.build_sensor_context(instance=instance, cursor=cursor,
                                       resources={"segment_public_api": resources["segment_public_api"]})
-    return audit_trail_sensor(context)
+    return audit_events_sensor(context)
 
 
 def test_a_new_event_is_forwarded_by_the_run_of_the_next_tick(resources, clean_sandbox, instance):
@@ -67,7 +67,7 @@ def test_an_unreachable_public_api_skips_the_tick_and_keeps_the_cursor(instance)
     context = dg.build_sensor_context(instance=instance, cursor='{"x": "y"}',
                                       resources={"segment_public_api": unreachable})
 
-    result = audit_trail_sensor(context)
+    result = audit_events_sensor(context)
 
     assert not result.run_requests and "Public API probe failed" in result.skip_reason.skip_message
     assert result.cursor == '{"x": "y"}'

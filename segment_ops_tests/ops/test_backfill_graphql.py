@@ -1,7 +1,7 @@
 """A backfill of 24 hourly audit-trail partitions, launched the way the UI launches one: Dagster's GraphQL
 `launchPartitionBackfill` on `dagster dev`, run by its daemon under the project's dagster.yaml.
 
-The window is the 24 complete hours before the newest two, which `audit_trail_sensor` probes and forwards
+The window is the 24 complete hours before the newest two, which `audit_events_sensor` probes and forwards
 on its own while `dagster dev` is up. Two events are injected into the sandbox's Public API first: one on
 the boundary between two hours of the window (it belongs to the earlier hour only, windows being
 (start, end]) and one in the middle of an hour.
