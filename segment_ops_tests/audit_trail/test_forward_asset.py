@@ -119,12 +119,15 @@ def test_a_hec_outage_fails_the_run_with_events_pending_and_the_next_run_deliver
     data = failure.step_failure_data.user_failure_data
     assert "could not be delivered and stay pending" in data.description
     assert data.metadata["pending_total"].value == len(expected)
+    incomplete = checks(failed)["delivery_complete"]
+    assert not incomplete.passed and incomplete.metadata["pending_total"].value == len(expected)
     assert received_ids(clean_sandbox) == []
 
     clean_sandbox.clear_faults()
     recovered = run_hour(resources, key)
 
     assert recovered.success
+    assert checks(recovered)["delivery_complete"].passed
     meta = metadata(recovered)
     assert (meta["new_events"], meta["forwarded"], meta["pending_total"]) == (0, len(expected), 0)
     got = received_ids(clean_sandbox)
