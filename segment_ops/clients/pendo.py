@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
+
 from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, header_auth
 
 MAX_DAYS_PER_AGGREGATION = 30  # spec §4: "Pendo asks that ETL pulls stay <= 30 days"
@@ -29,15 +31,25 @@ class PendoClient:
     def aggregate(self, pipeline: list[dict], *, name: str | None = None,
                   on_retry: Callable[[RetryEvent], None] | None = None) -> list[dict]:
         """Run an aggregation pipeline and return its result rows."""
+        return orjson.loads(self.aggregate_raw(pipeline, name=name, on_retry=on_retry))["results"]
+
+    def aggregate_raw(self, pipeline: list[dict], *, name: str | None = None,
+                      on_retry: Callable[[RetryEvent], None] | None = None) -> bytes:
+        """Run an aggregation pipeline; the response body as Pendo sent it (`{"results": [...]}`), unparsed, for
+        a caller that hands it to a columnar reader instead of building Python objects."""
         request: dict = {"pipeline": pipeline}
         if name:
             request["name"] = name
         body = {"response": {"mimeType": "application/json"}, "request": request}
-        return self.http.post_json("/api/v1/aggregation", body, on_retry=on_retry)["results"]
+        return self.http.request("POST", "/api/v1/aggregation", json=body, on_retry=on_retry).content
 
     def features(self, *, on_retry: Callable[[RetryEvent], None] | None = None) -> list[dict]:
         """The tagged features (`GET /api/v1/feature`, spec §4 entity endpoints): a list of `{"id", "name", ...}`."""
-        return self.http.get_json("/api/v1/feature", on_retry=on_retry)
+        return orjson.loads(self.features_raw(on_retry=on_retry))
+
+    def features_raw(self, *, on_retry: Callable[[RetryEvent], None] | None = None) -> bytes:
+        """`GET /api/v1/feature`'s body (a JSON array), unparsed."""
+        return self.http.request("GET", "/api/v1/feature", on_retry=on_retry).content
 
     def close(self) -> None:
         self.http.close()

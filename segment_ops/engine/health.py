@@ -8,16 +8,21 @@ Five components, each 0..1, for every account as of a day A over a window of W d
 - trend:     events in the window / events in the W days before, capped at 1 (steady or growing = 1);
              left out until that previous window is fully staged, or when both windows are empty;
 - sentiment: average NPS answer (0-10) of the last `sentiment_days` / 10; left out without answers;
-- recency:   1 - days since the last active day / W, floored at 0.
+- recency:   1 - (days since the last active day, in whole steps of `recency_step_days`) / W, floored at
+             0: it moves once a step (a week by default), not every day, so a quiet account's score
+             (and its group call) does not drift daily.
 
 score = round(100 * sum(weight * component) / sum(weight)) over the components the account has, band by
 the `[bands]` thresholds, and reasons = the (at most `[reasons] max`) components below `[reasons] below`
-that cost the most points, as short text. An account with no activity scores (breadth, recency and depth
+that cost the most points, as short text with no relative day counts ("last active on 2026-10-20") and
+percentages in steps of 10, so a text only changes when something material does. An account with no activity scores (breadth, recency and depth
 0: score 0, critical, "no activity ..."), it never fails the run. Same staged data, same config: same
 scores, byte for byte (every ordering has a tie-break).
 
 Accounts scored = the accounts in Pendo's account list (staged with the usage) plus any account seen in the
-staged usage. The result replaces the table `pendo_account_health` in the sync's staging file.
+staged usage. The result replaces the table `pendo_account_health` in the sync's staging file, and one row
+in `pendo_health_runs` records the scoring day and which days of its window were not staged (the sync
+refuses to send a partial window unless `[window] allow_partial_window = true`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "pendo_he
 COMPONENTS = ("breadth", "depth", "trend", "sentiment", "recency")
 BANDS = ("healthy", "at_risk", "critical")
 HEALTH_TABLE = "pendo_account_health"
-SCORE_VERSION = "1"  # bump when the SQL below changes meaning
+RUNS_TABLE = "pendo_health_runs"
+SCORE_VERSION = "2"  # bump when the SQL below changes meaning
+# Pendo's anonymous visitor ids (pendo-io/pendo-ETL-API-calls); never a Segment userId.
+ANONYMOUS_PREFIX = "_PENDO_T_"
 
 
 class HealthConfigError(ValueError):
@@ -55,6 +63,27 @@ class NothingStagedError(RuntimeError):
     """No Pendo usage is staged yet, so there is nothing to score."""
 
 
+def missing_window_days(con: duckdb.DuckDBPyConnection, as_of: date, window_days: int) -> list[date]:
+    """The days of the window of `window_days` ending on `as_of` that `pendo_staged_days` does not hold."""
+    rows = con.execute(
+        "SELECT d::DATE FROM generate_series($first::DATE, $last::DATE, INTERVAL 1 DAY) t(d) "
+        "WHERE d::DATE NOT IN (SELECT day FROM pendo_staged_days) ORDER BY 1",
+        {"first": as_of - timedelta(days=window_days - 1), "last": as_of}).fetchall()
+    return [d for (d,) in rows]
+
+
+def describe_days(days: list[date], limit: int = 10) -> str:
+    """Days as a short text: ranges of consecutive days joined, at most `limit` items then '...'."""
+    ranges: list[list[date]] = []
+    for day in days:
+        if ranges and (day - ranges[-1][1]).days == 1:
+            ranges[-1][1] = day
+        else:
+            ranges.append([day, day])
+    items = [str(a) if a == b else f"{a} .. {b}" for a, b in ranges]
+    return ", ".join(items[:limit]) + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     """The parsed `pendo_health.toml` (see the file's comments and the README for each value)."""
@@ -62,6 +91,8 @@ class HealthConfig:
     path: Path
     window_days: int = 30
     sentiment_days: int = 90
+    recency_step_days: int = 7
+    allow_partial_window: bool = False
     weights: dict[str, float] = field(default_factory=lambda: {
         "breadth": 0.30, "depth": 0.20, "trend": 0.20, "sentiment": 0.15, "recency": 0.15})
     healthy: int = 70
@@ -83,7 +114,7 @@ class HealthConfig:
 
 
 _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "window": {"days": int, "sentiment_days": int},
+    "window": {"days": int, "sentiment_days": int, "recency_step_days": int, "allow_partial_window": bool},
     "weights": dict.fromkeys(COMPONENTS, (int, float)),
     "bands": {"healthy": int, "at_risk": int},
     "reasons": {"max": int, "below": (int, float)},
@@ -116,6 +147,8 @@ def load_health_config(path: Path | str | None = None) -> HealthConfig:
         path=path,
         window_days=window.get("days", defaults.window_days),
         sentiment_days=window.get("sentiment_days", defaults.sentiment_days),
+        recency_step_days=window.get("recency_step_days", defaults.recency_step_days),
+        allow_partial_window=window.get("allow_partial_window", defaults.allow_partial_window),
         weights={c: float(weights.get(c, defaults.weights[c])) for c in COMPONENTS},
         healthy=bands.get("healthy", defaults.healthy),
         at_risk=bands.get("at_risk", defaults.at_risk),
@@ -158,6 +191,8 @@ def _check_values(c: HealthConfig) -> None:
         fail(f"[window] days must be 1..365, got {c.window_days}")
     if not 1 <= c.sentiment_days <= 730:
         fail(f"[window] sentiment_days must be 1..730, got {c.sentiment_days}")
+    if not 1 <= c.recency_step_days <= c.window_days:
+        fail(f"[window] recency_step_days must be 1..days ({c.window_days}), got {c.recency_step_days}")
     negative = [k for k, w in c.weights.items() if w < 0]
     if negative:
         fail(f"[weights] must not be negative: {', '.join(negative)}")
@@ -189,6 +224,7 @@ class ScoreReport:
     bands: dict[str, int]
     window_days_staged: int  # staged days in the current window (of window_days)
     previous_days_staged: int  # staged days in the previous window (trend needs all of them)
+    missing_days: list[date]  # days of the current window that are not staged
     with_trend: int
     with_sentiment: int
     no_activity: int
@@ -229,7 +265,17 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, as_o
         "SELECT count(*) FILTER (WHERE day BETWEEN $cur_start AND $as_of), "
         "count(*) FILTER (WHERE day BETWEEN $prev_start AND $prev_end) FROM pendo_staged_days",
         {k: params[k] for k in ("cur_start", "as_of", "prev_start", "prev_end")}).fetchone()
-    con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}", params)
+    missing = missing_window_days(con, as_of, w)
+    con.execute("BEGIN")
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}", params)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (as_of DATE NOT NULL, window_days INTEGER NOT NULL, "
+                    "missing_days DATE[] NOT NULL, scored_at TIMESTAMPTZ NOT NULL)")
+        con.execute(f"INSERT INTO {RUNS_TABLE} VALUES (?, ?, ?, now())", [as_of, w, missing])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     bands = dict(con.execute(f"SELECT band, count(*) FROM {HEALTH_TABLE} GROUP BY band").fetchall())
     stats = con.execute(f"""
         SELECT count(*), min(score), median(score), max(score), count(trend), count(sentiment),
@@ -239,7 +285,7 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, as_o
                        "ORDER BY score, account_id LIMIT ?", [lowest]).fetchall()
     return ScoreReport(
         as_of=as_of, window_days=w, accounts=stats[0], bands={b: bands.get(b, 0) for b in BANDS},
-        window_days_staged=window_staged, previous_days_staged=previous_staged, with_trend=stats[4],
+        window_days_staged=window_staged, previous_days_staged=previous_staged, missing_days=missing, with_trend=stats[4],
         with_sentiment=stats[5], no_activity=stats[6], score_min=stats[1],
         score_median=None if stats[2] is None else float(stats[2]), score_max=stats[3], lowest=rows,
         seconds=time.monotonic() - started)
@@ -247,7 +293,7 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, as_o
 
 def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
     """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end, $nps_start)."""
-    w, wt = c.window_days, c.weights
+    w, wt, step = c.window_days, c.weights, c.recency_step_days
     target = (f"{c.feature_target}" if c.feature_target
               else "(SELECT nullif(count(*), 0) FROM pendo_features)")
     # Trend needs the whole previous window staged; two empty windows say nothing about a trend.
@@ -262,11 +308,12 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
         _reason(1, "breadth", c, "format('{} of {} {} active in the last " + days_label + "', active_users, "
                 "seat_base, CASE WHEN licensed_seats IS NULL THEN 'known users' ELSE 'licensed seats' END)"),
         _reason(2, "depth", c, "format('uses {} of {} features', features_used, feature_base)"),
+        # In steps of 10%: the ratio of two sliding windows moves a little every day.
         _reason(3, "trend", c, "format('usage down {}% vs the previous " + days_label + "', "
-                "round(100 * (1 - trend))::INTEGER)"),
+                "(10 * round(10 * (1 - trend)))::INTEGER)"),
         _reason(4, "sentiment", c, "format('NPS average {} from {} answer(s)', round(nps_average, 1), nps_answers)"),
         _reason(5, "recency", c, "CASE WHEN last_active_date IS NULL THEN 'no activity seen in the staged days' "
-                "ELSE format('last active {} days ago', date_diff('day', last_active_date, $as_of)) END"),
+                "ELSE format('last active on {}', strftime(last_active_date, '%Y-%m-%d')) END"),
     ])
     return f"""
     WITH accounts AS (
@@ -291,7 +338,7 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
         SELECT account_id, visitor_id FROM (
             SELECT account_id, visitor_id, sum(events) AS events, sum(minutes) AS minutes
             FROM pendo_visitor_days
-            WHERE day BETWEEN $cur_start AND $as_of AND NOT starts_with(visitor_id, '_PENDO_T_')
+            WHERE day BETWEEN $cur_start AND $as_of AND NOT starts_with(visitor_id, {literal(ANONYMOUS_PREFIX)})
             GROUP BY account_id, visitor_id)
         QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY events DESC, minutes DESC, visitor_id) = 1
     ),
@@ -323,7 +370,8 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
                {trend} AS trend,
                nps_average / 10.0 AS sentiment,
                CASE WHEN last_active_date IS NULL THEN 0.0
-                    ELSE greatest(0.0, 1.0 - date_diff('day', last_active_date, $as_of) / {w}.0) END AS recency
+                    ELSE greatest(0.0, 1.0 - {step} * floor(date_diff('day', last_active_date, $as_of) / {step})
+                                             / {w}.0) END AS recency
         FROM measured
     ),
     scored AS (

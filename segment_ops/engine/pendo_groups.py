@@ -11,9 +11,19 @@ Ids:
   map does not know is sent under its Pendo accountId (Pendo account ids are usually the CRM id), unless
   `require_mapping = true`, which rejects it. An accountId the map sends to two groups, or two accounts
   that map to one group, are rejected: either choice would be a guess.
-- userId: Segment drops a group call without a userId or anonymousId (spec §1). It is the account's most
-  active identified visitor in the window (Pendo visitor ids are the application's user ids), else the
-  configured `service_user`; an account with neither is rejected.
+- userId: Segment drops a group call without a userId or anonymousId (spec §1). It is sticky: the userId
+  last delivered for the account (`rev_snapshot.user_id`) while that visitor is still active in the
+  window; else the account's most active identified visitor in the window (Pendo visitor ids are the
+  application's user ids); else the configured `service_user`; an account with none is rejected. (The
+  most active visitor flips between days; the call body would change with it.)
+
+Traits are the stable ones (see `TRAITS`): what the diff hashes changes only when something material
+does. Sliding-window figures (events, minutes, the usage ratio) stay in the score table and run metadata.
+
+Before sending, the sync refuses a score older than the latest staged day (`StaleScoreError`) and a
+window with days that are not staged (`PartialWindowError`, unless `allow_partial_window`). After it,
+`reconcile` accounts for every Pendo account: delivered, unchanged since delivered, pending or rejected
+with a reason; any other is listed as missing.
 
 No Dagster imports.
 """
@@ -23,15 +33,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.delivery import DeliveryReport
 from segment_ops.engine.diff import DiffPlan, advance_snapshot, deliver_changes, ensure_state, plan_changes
-from segment_ops.engine.health import HEALTH_TABLE, HealthConfig
+from segment_ops.engine.health import (
+    HEALTH_TABLE,
+    HealthConfig,
+    describe_days,
+    latest_staged_day,
+    missing_window_days,
+)
 from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
-from segment_ops.engine.ledger import Ledger, LedgerCounts
+from segment_ops.engine.ledger import PENDING, REJECTED, Ledger, LedgerCounts
 from segment_ops.engine.models import ModelSpec, literal, quote
 from segment_ops.engine.pendo_usage import SYNC
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
@@ -39,17 +56,33 @@ from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
 IDENTITY_TABLE = "pendo_identity_map"
 ROWS_TABLE = "pendo_group_rows"
 SENDABLE_TABLE = "pendo_group_sendable"
-# Scored column -> trait name (after the configured prefix). The component values stay in the score table.
+# Trait name (after the configured prefix) -> its value over the score table `h`. Only values that change
+# when something material does: ratios to 2 decimals, the NPS average to 1 (rounded when scored), reasons
+# without relative day counts. Events, minutes, usage_change and the components stay in the score table.
 TRAITS = {
-    "score": "health_score", "band": "health_band", "reasons": "health_reasons", "active_users": "active_users",
-    "licensed_seats": "licensed_seats", "seat_utilisation": "seat_utilisation", "features_used": "features_used",
-    "feature_adoption": "feature_adoption", "events": "events", "minutes": "minutes", "usage_change": "usage_change",
-    "nps_average": "nps_average", "last_active_date": "last_active_date",
+    "health_score": "h.score", "health_band": "h.band", "health_reasons": "h.reasons",
+    "active_users": "h.active_users", "licensed_seats": "h.licensed_seats",
+    "seat_utilisation": "round(h.seat_utilisation, 2)", "features_used": "h.features_used",
+    "feature_adoption": "round(h.feature_adoption, 2)", "nps_average": "h.nps_average",
+    "last_active_date": "h.last_active_date",
 }
+RECONCILE_STATES = ("delivered", "unchanged", "pending", "rejected", "missing")
 
 
 class NothingScoredError(RuntimeError):
     """The score table is missing: the score asset has not run against this staging file yet."""
+
+
+class StaleScoreError(RuntimeError):
+    """The score table is older than the latest staged usage day: sending it would send yesterday's health."""
+
+
+class PartialWindowError(RuntimeError):
+    """Days of the scoring window are not staged; a missing day reads as "no usage" and lowers real scores."""
+
+    def __init__(self, message: str, missing: list) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass
@@ -65,6 +98,9 @@ class GroupSyncRun:
     ledger: LedgerCounts | None = None
     advanced: int = 0
     dry_run: bool = False
+    as_of: date | None = None  # the score table's day
+    reconciled: dict[str, int] = field(default_factory=dict)  # RECONCILE_STATES -> accounts (after a send)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (account, why) of accounts in none of them
     seconds: float = 0.0
 
     @property
@@ -97,7 +133,7 @@ def group_model(config: HealthConfig) -> ModelSpec:
         name="pendo_account_groups", path=config.path, sql=f"SELECT * FROM {SENDABLE_TABLE}",
         description="Pendo account health on each account's Segment group.", owners=("team:data-platform",),
         call="group", mode="upsert", key="account_id", user_id="user_id", group_id="group_id",
-        fields=tuple(config.trait_prefix + t for t in TRAITS.values()), code_version=config.digest[:16],
+        fields=tuple(config.trait_prefix + t for t in TRAITS), code_version=config.digest[:16],
         sync_name=SYNC)
 
 
@@ -106,14 +142,12 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
                         run_id: str | None = None, dry_run: bool = False, max_in_flight: int = 4) -> GroupSyncRun:
     """Send the scored accounts whose traits changed as group calls; `dry_run` plans and counts only.
 
-    Raises `NothingScoredError` when nothing is scored yet, `GroupSyncIncomplete` when calls stay pending,
-    `identity.IdentityMapError` for a broken map source and the client's `VendorFatalError` as it is.
+    Raises `NothingScoredError` when nothing is scored yet, `StaleScoreError` / `PartialWindowError` when the
+    score is older than the staged usage or its window has unstaged days, `GroupSyncIncomplete` when calls
+    stay pending, `identity.IdentityMapError` for a broken map source and the client's `VendorFatalError`.
     """
     started = time.monotonic()
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                       [HEALTH_TABLE]).fetchone()[0]:
-        raise NothingScoredError("no Pendo account is scored yet: materialize pendo/account_health first")
-    run = GroupSyncRun(dry_run=dry_run)
+    run = GroupSyncRun(dry_run=dry_run, as_of=check_sendable_score(con, config))
     ledger = Ledger(con)
     ensure_state(con)
     model = group_model(config)
@@ -121,7 +155,7 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
         advance_snapshot(con, model.sync)  # settle what an earlier, interrupted run delivered
     if config.identity is not None:
         run.identity = stage_identity_map(con, config.identity, IDENTITY_TABLE, warehouse_url=warehouse_url)
-    _build_rows(con, config, with_map=config.identity is not None)
+    _build_rows(con, config, with_map=config.identity is not None, as_of=run.as_of)
     run.accounts, run.mapped, run.unmapped_sent_as_is, run.rejected_here = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE mapped AND reject_reason IS NULL),
                count(*) FILTER (WHERE NOT mapped AND reject_reason IS NULL), count(reject_reason)
@@ -145,13 +179,81 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
         return run
     settled = deliver_changes(con, ledger, model.sync, client_factory, run_id=run_id, max_in_flight=max_in_flight)
     run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
+    run.reconciled, run.missing = reconcile(con, model.sync, run.as_of, run_id=run_id)
     run.seconds = time.monotonic() - started
     if settled.failure is not None:
         raise GroupSyncIncomplete(str(settled.failure), run)
     return run
 
 
-def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_map: bool) -> None:
+def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig) -> date:
+    """The score table's day, once it is known to be current and over a complete window (see the errors)."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                       [HEALTH_TABLE]).fetchone()[0]:
+        raise NothingScoredError("no Pendo account is scored yet: materialize pendo/account_health first")
+    as_of = con.execute(f"SELECT max(as_of) FROM {HEALTH_TABLE}").fetchone()[0]
+    latest = latest_staged_day(con)
+    if as_of is None:
+        raise NothingScoredError("the score table is empty: materialize pendo/account_health first")
+    if latest is not None and as_of < latest:
+        raise StaleScoreError(f"the scores are as of {as_of} but Pendo usage is staged up to {latest}: re-materialize "
+                              "pendo/account_health before syncing (nothing was sent)")
+    missing = missing_window_days(con, as_of, config.window_days)
+    if missing and not config.allow_partial_window:
+        raise PartialWindowError(
+            f"{len(missing)} of the {config.window_days} days of the window ending {as_of} are not staged: "
+            f"{describe_days(missing)}. Materialize those days of pendo/account_usage_daily and re-score (or set "
+            f"[window] allow_partial_window = true in {config.path.name} to send anyway); nothing was sent", missing)
+    return as_of
+
+
+def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id: str | None) -> tuple[dict[str, int],
+                                                                                                list[tuple[str, str]]]:
+    """After a sync, the state of every Pendo account (the account list and any account with staged usage):
+    delivered this run, unchanged since delivered, pending, rejected (here, by the diff, or by Segment, with a
+    reason) or missing - with why, at most 50 listed. A missing account is a bug or a stale input, never normal.
+    """
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE pendo_reconciled AS
+        WITH accounts AS (
+            SELECT account_id FROM pendo_accounts
+            UNION SELECT DISTINCT account_id FROM pendo_visitor_days WHERE day <= $as_of
+        ),
+        last_message AS (
+            SELECT record_key, arg_max(status, seq) AS status, arg_max(planned_run, seq) AS planned_run
+            FROM ledger WHERE sync = $sync GROUP BY record_key
+        )
+        SELECT a.account_id,
+               CASE WHEN h.account_id IS NULL THEN 'missing'
+                    WHEN r.reject_reason IS NOT NULL
+                         OR EXISTS (SELECT 1 FROM rejected j WHERE j.sync = $sync AND j.run_id = $run_id
+                                    AND j.record_key = a.account_id) THEN 'rejected'
+                    WHEN EXISTS (SELECT 1 FROM rev_changes c JOIN ledger l ON l.sync = $sync
+                                 AND l.message_id = c.message_id AND l.status = '{PENDING}'
+                                 WHERE c.record_key = a.account_id) THEN 'pending'
+                    WHEN m.status = '{REJECTED}' THEN 'rejected'
+                    WHEN s.record_key IS NOT NULL AND m.planned_run = $run_id THEN 'delivered'
+                    WHEN s.record_key IS NOT NULL THEN 'unchanged'
+                    ELSE 'missing' END AS state,
+               CASE WHEN h.account_id IS NULL THEN 'not in the score table (scored as of ' || $as_of::VARCHAR
+                        || '); re-materialize pendo/account_health'
+                    WHEN r.account_id IS NULL THEN 'scored but not among the rows built for sending'
+                    ELSE 'sendable, but never delivered, not pending and not rejected (last message: '
+                        || coalesce(m.status, 'none') || ')' END AS why
+        FROM accounts a
+        LEFT JOIN {HEALTH_TABLE} h USING (account_id)
+        LEFT JOIN {ROWS_TABLE} r USING (account_id)
+        LEFT JOIN last_message m ON m.record_key = a.account_id
+        LEFT JOIN rev_snapshot s ON s.record_key = a.account_id AND NOT s.removed
+    """, {"as_of": as_of, "sync": sync, "run_id": run_id})
+    counts = dict(con.execute("SELECT state, count(*) FROM pendo_reconciled GROUP BY state").fetchall())
+    missing = con.execute("SELECT account_id, why FROM pendo_reconciled WHERE state = 'missing' "
+                          "ORDER BY account_id LIMIT 50").fetchall()
+    con.execute("DROP TABLE pendo_reconciled")
+    return {state: counts.get(state, 0) for state in RECONCILE_STATES}, missing
+
+
+def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_map: bool, as_of: date) -> None:
     """`pendo_group_rows`: each scored account with groupId, userId, traits and why it cannot be sent (or NULL)."""
     if with_map:
         lookup = f"""
@@ -162,32 +264,40 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
         lookup, mapped, ambiguous, targets = "", "false", "false", "''"
     fallback = "NULL" if config.require_mapping else "h.account_id"
     service_user = literal(config.service_user) if config.service_user else "NULL"
-    traits = ", ".join(f"h.{quote(column)} AS {quote(config.trait_prefix + trait)}" for column, trait in TRAITS.items())
+    traits = ", ".join(f"{value} AS {quote(config.trait_prefix + trait)}" for trait, value in TRAITS.items())
     window = f"{config.window_days} days"
+    config_file = literal(config.path.name)
+    # Sticky userId: the one last delivered while that visitor is still active in the window.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {ROWS_TABLE} AS
-        WITH resolved AS (
+        WITH still_active AS (
+            SELECT DISTINCT account_id, visitor_id AS user_id FROM pendo_visitor_days
+            WHERE day BETWEEN $first AND $as_of
+        ),
+        resolved AS (
             SELECT h.account_id, {mapped} AS mapped, {ambiguous} AS ambiguous, {targets} AS targets,
                    CASE WHEN {ambiguous} THEN NULL WHEN {mapped} THEN {'m.target_id' if with_map else 'NULL'}
                         ELSE {fallback} END AS group_id,
-                   coalesce(h.top_visitor_id, {service_user}) AS user_id, {traits}
+                   coalesce(sticky.user_id, h.top_visitor_id, {service_user}) AS user_id, {traits}
             FROM {HEALTH_TABLE} h {lookup}
+            LEFT JOIN rev_snapshot s ON s.record_key = h.account_id AND NOT s.removed
+            LEFT JOIN still_active sticky ON sticky.account_id = h.account_id AND sticky.user_id = s.user_id
         )
         SELECT *,
                CASE WHEN ambiguous THEN 'Pendo account ' || account_id || ' maps to several Segment groups (' || targets
                         || ') in the identity map; fix the map so it names one'
                     WHEN group_id IS NULL THEN 'Pendo account ' || account_id || ' is not in the identity map and '
-                        || 'require_mapping = true in {config.path.name}'
+                        || 'require_mapping = true in ' || {config_file}
                     WHEN count(*) OVER (PARTITION BY group_id) > 1 THEN 'Segment group ' || group_id || ' is the '
                         || 'target of ' || count(*) OVER (PARTITION BY group_id) || ' Pendo accounts ('
                         || string_agg(account_id, ', ' ORDER BY account_id) OVER (PARTITION BY group_id)
                         || '); their scores would overwrite each other, so none is sent'
                     WHEN user_id IS NULL THEN 'account ' || account_id || ' has no identified visitor active in the '
                         || 'last {window} and no service user is configured ([sync] service_user in '
-                        || '{config.path.name}); Segment drops a group call without a userId'
+                        || {config_file} || '); Segment drops a group call without a userId'
                END AS reject_reason
         FROM resolved
-    """)
+    """, {"first": as_of - timedelta(days=config.window_days - 1), "as_of": as_of})
 
 
 def _sendable(con: duckdb.DuckDBPyConnection, model: ModelSpec) -> StagedResult:

@@ -14,8 +14,9 @@ Each slice is written in one transaction that first deletes its days, then inser
 them in `pendo_staged_days`: re-running a day replaces it exactly, and a run that stops after some
 slices keeps those slices (the rest is re-read by the next run). Rows Pendo returns that cannot be
 attributed (no account, visitor or day; counts that are not non-negative integers; an NPS answer outside
-0-10) go to the ledger's `rejected` table with the reason, never silently dropped. Rows are parsed by
-DuckDB from the response's JSON, not row by row in Python.
+0-10) go to the ledger's `rejected` table with the reason, never silently dropped. Each response body is
+written as it came to a spool file beside the staging file and parsed there by DuckDB (`read_json_objects`):
+Python never builds the rows as objects.
 
 The `group` stage's aggregate form is unverified in spec §4; the sandbox implements it as documented in
 `sandbox/pendo_pipeline.py`. No Dagster imports.
@@ -23,13 +24,15 @@ The `group` stage's aggregate form is unverified in spec §4; the sandbox implem
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import duckdb
-import orjson
 
 from segment_ops.clients.base import RetryEvent, VendorAuthError, VendorError
 from segment_ops.clients.pendo import MAX_DAYS_PER_AGGREGATION, PendoClient, day_range_source
@@ -37,7 +40,6 @@ from segment_ops.engine.health import HealthConfig
 from segment_ops.engine.ledger import Ledger
 
 SYNC = "pendo_account_health"  # the staging file's name and the sync's name in the ledger
-ANONYMOUS_PREFIX = "_PENDO_T_"  # Pendo's anonymous visitor ids (pendo-io/pendo-ETL-API-calls)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pendo_visitor_days (
@@ -109,10 +111,6 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
 
 
-def days_in(first_day: date, last_day: date) -> list[date]:
-    return [first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)]
-
-
 def slices_of(first_day: date, last_day: date, size: int = MAX_DAYS_PER_AGGREGATION) -> list[tuple[date, date]]:
     """[first_day, last_day] cut into consecutive (first, last) slices of at most `size` days."""
     if last_day < first_day:
@@ -143,23 +141,28 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
         if on_retry is not None:
             on_retry(event)
 
-    def aggregate(pipeline: list[dict], name: str) -> bytes:
+    spool = Path(tempfile.mkdtemp(prefix="pendo-", dir=_spool_parent(con)))
+
+    def aggregate(pipeline: list[dict], name: str, file: str) -> Path:
         report.requests += 1
-        return orjson.dumps(client.aggregate(pipeline, name=name, on_retry=counted_retry))
+        return _spool(spool / file, client.aggregate_raw(pipeline, name=name, on_retry=counted_retry))
 
     try:
-        accounts = aggregate(_accounts_pipeline(config), "segment-ops pendo accounts")
+        accounts = aggregate(_accounts_pipeline(config), "segment-ops pendo accounts", "accounts.json")
         report.requests += 1
-        features = orjson.dumps(client.features(on_retry=counted_retry))
+        features = _spool(spool / "features.json", client.features_raw(on_retry=counted_retry))
         report.accounts, report.features, rejected = _stage_entities(con, accounts, features, run_id)
         ledger.reject_relation(SYNC, "pendo_rejections", run_id=run_id)
         report.rejected += rejected
         for first, last in slices_of(first_day, last_day):
             first_ms, count = _day_ms(first), (last - first).days + 1
             payloads = {
-                "visitor": aggregate(_events_pipeline(first_ms, count), f"segment-ops pendo usage {first}..{last}"),
-                "feature": aggregate(_features_pipeline(first_ms, count), f"segment-ops pendo features {first}..{last}"),
-                "poll": aggregate(_polls_pipeline(first_ms, count, config), f"segment-ops pendo NPS {first}..{last}"),
+                "visitor": aggregate(_events_pipeline(first_ms, count), f"segment-ops pendo usage {first}..{last}",
+                                     "visitor.json"),
+                "feature": aggregate(_features_pipeline(first_ms, count),
+                                     f"segment-ops pendo features {first}..{last}", "feature.json"),
+                "poll": aggregate(_polls_pipeline(first_ms, count, config), f"segment-ops pendo NPS {first}..{last}",
+                                  "poll.json"),
             }
             counts = _stage_slice(con, ledger, first, last, payloads, run_id)
             report.visitor_rows += counts[0]
@@ -174,6 +177,10 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
         report.seconds = time.monotonic() - started
         staged = f"; staged before it: {report.slices[0][0]} .. {report.slices[-1][1]}" if report.slices else ""
         raise ExtractError(f"Pendo failed while reading {first_day} .. {last_day}: {exc}{staged}", report) from exc
+    finally:
+        for path in spool.iterdir():
+            path.unlink()
+        spool.rmdir()
     report.seconds = time.monotonic() - started
     return report
 
@@ -227,17 +234,35 @@ def _bad_count(field: str) -> str:
             "|| ', not a non-negative whole number' END")
 
 
-def _rows(con: duckdb.DuckDBPyConnection, table: str, payload: bytes) -> None:
-    """The JSON array `payload` as a temp table of one JSON value per row (parsed by DuckDB)."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT unnest(CAST(?::JSON AS JSON[])) AS j",
-                [payload.decode()])
+def _spool_parent(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The staging file's folder (the spool files sit beside it), or the system's temp folder in memory."""
+    path = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
+    return os.path.dirname(path) if path else None
 
 
-def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: bytes, features: bytes,
+def _spool(path: Path, body: bytes) -> Path:
+    path.write_bytes(body)
+    return path
+
+
+def _rows(con: duckdb.DuckDBPyConnection, table: str, path: Path, *, array: bool = False) -> None:
+    """The JSON file at `path` - an aggregation's `{"results": [...]}` or a bare array - as a temp table of one
+    JSON value per row, parsed by DuckDB from the file. An aggregation's body is one JSON object, so DuckDB's
+    object size limit (16 MB by default) is raised to the file's size, no further (it sizes its buffer by it)."""
+    rows = "json" if array else "unnest(CAST(json->'results' AS JSON[]))"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT {rows} AS j
+        FROM read_json_objects(?, format = '{"array" if array else "unstructured"}',
+                               maximum_object_size = {max(path.stat().st_size + 1, 1 << 20)})
+    """, [str(path)])
+
+
+def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Path,
                     run_id: str | None) -> tuple[int, int, int]:
     """Replace the account list and the feature catalogue; `pendo_rejections` holds the unusable rows."""
     _rows(con, "pendo_raw_accounts", accounts)
-    _rows(con, "pendo_raw_features", features)
+    _rows(con, "pendo_raw_features", features, array=True)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pendo_rejections AS
         SELECT j->>'accountId' AS record_key, 'pendo accounts' AS source,
@@ -277,7 +302,7 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: bytes, features: b
 
 
 def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, first: date, last: date,
-                 payloads: dict[str, bytes], run_id: str | None) -> tuple[int, int, int, int]:
+                 payloads: dict[str, Path], run_id: str | None) -> tuple[int, int, int, int]:
     """Replace the days [first, last] with the slice's rows in one transaction; reject what cannot be used."""
     for kind, payload in payloads.items():
         _rows(con, f"pendo_raw_{kind}", payload)

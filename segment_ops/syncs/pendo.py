@@ -6,15 +6,17 @@
   a backfill of any range of days from the UI is one run that reads it in 30-day slices.
 - `pendo/account_health`: scores every Pendo account as of the latest staged day with the model in
   `config/pendo_health.toml` (PENDO_HEALTH_CONFIG): score 0-100, band, reasons. Checks
-  `band_distribution_sane` (WARN: not every account in one band) and `no_account_missing`.
+  `window_complete` (blocking: every day of the scoring window is staged, unless `allow_partial_window`)
+  and `band_distribution_sane` (WARN: not every account in one band).
 - `segment/pendo_account_groups`: one group call per account whose traits changed since the last
   delivered state (the reverse-ETL diff), groupId through the identity map, delivered with retries;
-  check `delivery_complete`.
+  refuses a stale score or a partial window; checks `delivery_complete` and `no_account_missing` (every
+  Pendo account delivered, unchanged, pending or rejected with a reason).
 
 All three write one staging file (`staging/pendo_account_health.duckdb`), so they share the pool
 `staging_pendo_account_health` (limit 1 in dagster.yaml): runs never collide on it. `pendo_daily_schedule`
-(STOPPED by default) runs `pendo_account_health_job` each morning for yesterday's partition, then
-scores and syncs.
+(STOPPED by default) runs `pendo_account_health_job` each morning over the last 3 days (one range run, so
+days Pendo finished processing late are re-read), then scores and syncs.
 """
 
 import hashlib
@@ -37,6 +39,7 @@ from segment_ops.engine.health import (
     NothingStagedError,
     ScoreReport,
     describe_config,
+    describe_days,
     load_health_config,
     score_accounts,
 )
@@ -45,6 +48,8 @@ from segment_ops.engine.pendo_groups import (
     GroupSyncIncomplete,
     GroupSyncRun,
     NothingScoredError,
+    PartialWindowError,
+    StaleScoreError,
     sync_account_groups,
 )
 from segment_ops.engine.pendo_usage import SYNC, ExtractError, ExtractReport, extract_days
@@ -52,7 +57,7 @@ from segment_ops.engine.warehouse import WarehouseError
 from segment_ops.resources import PendoResource, SegmentTrackingResource, StagingResource, WarehouseResource
 from segment_ops.syncs import OWNER
 from segment_ops.syncs.external import PENDO_ACCOUNTS
-from segment_ops.syncs.metadata import markdown_table, payload_samples
+from segment_ops.syncs.metadata import diff_run_metadata, markdown_table
 
 GROUP = "pendo"
 POOL = f"staging_{SYNC}"
@@ -64,6 +69,7 @@ PARTITIONS_START = "2026-01-01"
 # end_offset 0: the newest partition is yesterday, the last day Pendo has finished processing.
 PARTITIONS = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
 MIN_ACCOUNTS_FOR_BAND_CHECK = 5
+DAILY_REREAD_DAYS = 3  # the daily run re-reads this many days: Pendo may finish processing a day late
 
 
 def health_config_path() -> Path:
@@ -173,9 +179,9 @@ class HealthScoreConfig(dg.Config):
         dg.AssetCheckSpec("band_distribution_sane", asset=HEALTH_KEY,
                           description=f"With {MIN_ACCOUNTS_FOR_BAND_CHECK}+ accounts, they are not all in one band "
                                       "(a broken extract or config tends to put everyone in one)."),
-        dg.AssetCheckSpec("no_account_missing", asset=HEALTH_KEY,
-                          description="Every Pendo account (the account list and every account with staged usage) "
-                                      "has a score and a band."),
+        dg.AssetCheckSpec("window_complete", asset=HEALTH_KEY, blocking=True,
+                          description="Every day of the scoring window is staged (a missing day would read as no "
+                                      "usage); blocks the sync unless [window] allow_partial_window = true."),
     ],
 )
 def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
@@ -193,14 +199,14 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
             report = score_accounts(con, health, as_of=as_of)
         except NothingStagedError as exc:
             raise dg.Failure(description=str(exc)) from None
-        missing = con.execute(f"""
-            SELECT account_id FROM (SELECT account_id FROM pendo_accounts UNION
-                                    SELECT account_id FROM pendo_visitor_days WHERE day <= ?)
-            WHERE account_id NOT IN (SELECT account_id FROM {HEALTH_TABLE} WHERE score IS NOT NULL AND band IS NOT NULL)
-            ORDER BY account_id""", [report.as_of]).fetchall()
-    if report.window_days_staged < report.window_days:
-        context.log.warning(f"only {report.window_days_staged} of the {report.window_days} days up to {report.as_of} "
-                            "are staged: backfill pendo/account_usage_daily for a complete window")
+    missing = report.missing_days
+    window_note = "complete"
+    if missing:
+        window_note = (f"{len(missing)} of the {report.window_days} days up to {report.as_of} are not staged: "
+                       f"{describe_days(missing)}; materialize them on pendo/account_usage_daily and re-score"
+                       + (" (allow_partial_window = true: the sync sends anyway)" if health.allow_partial_window
+                          else " (the sync refuses to send until then)"))
+        context.log.warning(window_note)
     populated = [band for band in BANDS if report.bands[band]]
     one_band = report.accounts >= MIN_ACCOUNTS_FOR_BAND_CHECK and len(populated) == 1
     return dg.MaterializeResult(
@@ -211,9 +217,12 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
                 metadata={"bands": dg.MetadataValue.md(band_chart(report)), "accounts": report.accounts,
                           "note": f"all {report.accounts} accounts are {populated[0]}" if one_band else "ok"}),
             dg.AssetCheckResult(
-                check_name="no_account_missing", passed=not missing,
-                metadata={"missing": len(missing), "accounts_scored": report.accounts,
-                          "missing_sample": ", ".join(a for (a,) in missing[:20]) or "none"}),
+                check_name="window_complete", passed=not missing,
+                severity=dg.AssetCheckSeverity.WARN if health.allow_partial_window else dg.AssetCheckSeverity.ERROR,
+                description=window_note,
+                metadata={"missing_days": len(missing), "window_days": report.window_days,
+                          "missing": describe_days(missing) or "none",
+                          "allow_partial_window": health.allow_partial_window}),
         ],
     )
 
@@ -266,9 +275,15 @@ class PendoGroupsConfig(dg.Config):
     pool=POOL,
     deps=[HEALTH_KEY],
     metadata={"call": "group", "mode": "upsert", "key": "Pendo accountId"},
-    check_specs=[dg.AssetCheckSpec(
-        "delivery_complete", asset=GROUPS_KEY,
-        description="Every scored account was sent, unchanged or rejected with a reason, and nothing is left pending.")],
+    check_specs=[
+        dg.AssetCheckSpec("delivery_complete", asset=GROUPS_KEY,
+                          description="Every scored account was sent, unchanged or rejected with a reason, and "
+                                      "nothing is left pending."),
+        dg.AssetCheckSpec("no_account_missing", asset=GROUPS_KEY,
+                          description="After the send, every Pendo account (the account list and every account "
+                                      "with staged usage) is delivered, unchanged since delivered, pending, or "
+                                      "rejected with a reason; any other is listed."),
+    ],
 )
 def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsConfig, segment: SegmentTrackingResource,
                          staging: StagingResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -281,7 +296,7 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
             run = sync_account_groups(con, health, segment.get_client, warehouse_url=warehouse.url,
                                       run_id=context.run.run_id, dry_run=config.dry_run,
                                       max_in_flight=segment.max_in_flight)
-        except (NothingScoredError, IdentityMapError, WarehouseError) as exc:
+        except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError, WarehouseError) as exc:
             raise dg.Failure(description=str(exc)) from None
         except GroupSyncIncomplete as exc:
             raise dg.Failure(description=str(exc), metadata=_groups_metadata(exc.run)) from None
@@ -290,36 +305,44 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
     pending = run.ledger.pending if run.ledger else 0
     return dg.MaterializeResult(
         metadata=_groups_metadata(run),
-        check_results=[dg.AssetCheckResult(
-            check_name="delivery_complete", passed=run.accounted_for and (run.dry_run or pending == 0),
-            metadata={"pending": pending, "accounts": run.accounts, "sent": run.sent, "unchanged": run.plan.unchanged,
-                      "rejected": run.rejected})],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="delivery_complete", passed=run.accounted_for and (run.dry_run or pending == 0),
+                metadata={"pending": pending, "accounts": run.accounts, "sent": run.sent,
+                          "unchanged": run.plan.unchanged, "rejected": run.rejected}),
+            _no_account_missing(run),
+        ],
     )
 
 
+def _no_account_missing(run: GroupSyncRun) -> dg.AssetCheckResult:
+    if run.dry_run:
+        return dg.AssetCheckResult(check_name="no_account_missing", passed=True,
+                                   description="dry run: nothing was sent, so there is nothing to reconcile")
+    metadata: dict = {**run.reconciled, "missing_sample": dg.MetadataValue.md(
+        markdown_table(["account", "why"], run.missing) if run.missing else "none")}
+    return dg.AssetCheckResult(check_name="no_account_missing", passed=not run.missing, metadata=metadata,
+                               description=f"{len(run.missing)} Pendo account(s) are neither delivered, unchanged, "
+                                           "pending nor rejected" if run.missing else None)
+
+
 def _groups_metadata(run: GroupSyncRun) -> dict:
-    plan = run.plan
-    metadata: dict = {
-        "dry_run": run.dry_run,
+    metadata = diff_run_metadata(run.plan, dry_run=run.dry_run, delivery=run.delivery,
+                                 pending=run.ledger.pending if run.ledger else 0, advanced=run.advanced,
+                                 key_label="account")
+    metadata |= {
+        "as_of": str(run.as_of),
         "accounts": run.accounts,
+        "sent": run.sent,  # added + changed
+        "rejected": run.rejected,  # here (ids) and by the diff
         "group_id_from_map": run.mapped,
         "group_id_as_pendo_id": run.unmapped_sent_as_is,
-        "changed": run.sent,
-        "unchanged": plan.unchanged,
-        "rejected": run.rejected,
-        "planned": plan.planned,
-        "already_planned": plan.already_known,
-        "superseded": plan.superseded,
-        "sample_payloads": payload_samples(plan.samples),
         "seconds": round(run.seconds, 3),
     }
     if run.identity is not None:
         metadata |= {"identity_map": run.identity.origin, "identity_map_rows": run.identity.mapped,
                      "identity_map_ambiguous": run.identity.ambiguous}
-    if not run.dry_run:
-        metadata |= (run.delivery.as_metadata() if run.delivery else {"delivered": 0}) | {
-            "pending_after_run": run.ledger.pending if run.ledger else 0, "snapshot_advanced": run.advanced}
-    rejections = run.rejection_samples + plan.rejection_samples
+    rejections = run.rejection_samples + run.plan.rejection_samples
     if rejections:
         metadata["rejected_sample"] = dg.MetadataValue.md(markdown_table(["account", "reason"], rejections[:20]))
     return metadata
@@ -331,16 +354,26 @@ pendo_account_health_job = dg.define_asset_job(
     JOB_NAME, selection=[USAGE_KEY, HEALTH_KEY, GROUPS_KEY], partitions_def=PARTITIONS,
     description="Stage Pendo usage for the partition's day(s), score every account, sync changed accounts to Segment.")
 
-pendo_daily_schedule = dg.build_schedule_from_partitioned_job(
-    pendo_account_health_job, name="pendo_daily_schedule", hour_of_day=3, minute_of_hour=0,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Each day at 03:00 UTC: stage yesterday's Pendo usage, re-score, send changed accounts.")
 
 
 def latest_days(count: int, now: datetime | None = None) -> tuple[str, str]:
     """The first and last partition keys of the `count` newest complete days (for the demo or a catch-up)."""
     keys = PARTITIONS.get_partition_keys(current_time=now)[-count:]
     return keys[0], keys[-1]
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Run tags that make one run of the job cover the partitions first..last (a single-run range)."""
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+
+
+@dg.schedule(job=pendo_account_health_job, cron_schedule="0 3 * * *", execution_timezone="UTC",
+             name="pendo_daily_schedule", default_status=dg.DefaultScheduleStatus.STOPPED,
+             description=f"Each day at 03:00 UTC: re-read the last {DAILY_REREAD_DAYS} days of Pendo usage in one run "
+                         "(Pendo may finish processing a day late), re-score, send changed accounts.")
+def pendo_daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    first, last = latest_days(DAILY_REREAD_DAYS, context.scheduled_execution_time)
+    return dg.RunRequest(run_key=f"{first}..{last}", tags=range_tags(first, last))
 
 
 defs = dg.Definitions(

@@ -37,13 +37,14 @@ def test_a_30_day_backfill_from_a_clean_state_scores_every_account(resources, ho
     health = metadata(result, pendo.HEALTH_KEY)
     assert health["accounts_scored"] == PENDO_ACCOUNTS and health["as_of"] == str(yesterday())
     assert sum(health[f"band_{b}"] for b in ("healthy", "at_risk", "critical")) == PENDO_ACCOUNTS
-    assert checks(result)["no_account_missing"].passed and checks(result)["band_distribution_sane"].passed
+    assert checks(result)["window_complete"].passed and checks(result)["band_distribution_sane"].passed
     groups = metadata(result, pendo.GROUPS_KEY)
-    assert (groups["accounts"], groups["changed"], groups["delivered"], groups["rejected"]) == (
+    assert (groups["accounts"], groups["sent"], groups["delivered"], groups["rejected"]) == (
         PENDO_ACCOUNTS, PENDO_ACCOUNTS, PENDO_ACCOUNTS, 0)
     assert {m["groupId"] for m in group_calls(clean_sandbox)} == {a for (a,) in query(
         home, "SELECT account_id FROM pendo_accounts")}
-    assert checks(result)["delivery_complete"].passed
+    assert checks(result)["delivery_complete"].passed and checks(result)["no_account_missing"].passed
+    assert metadata(result, pendo.GROUPS_KEY)["delivered"] == PENDO_ACCOUNTS
 
 
 def test_a_backfill_is_one_run_reading_at_most_30_days_per_pendo_request(resources, home, clean_sandbox):
@@ -71,7 +72,7 @@ def test_rerunning_a_day_changes_nothing_downstream(resources, home, clean_sandb
     assert query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day = ?", [day]) == rows_before
     assert query(home, "SELECT * FROM pendo_account_health ORDER BY account_id") == scores_before
     groups = metadata(again, pendo.GROUPS_KEY)
-    assert (groups["changed"], groups["unchanged"], groups["delivered"]) == (0, PENDO_ACCOUNTS, 0)
+    assert (groups["sent"], groups["unchanged"], groups["delivered"]) == (0, PENDO_ACCOUNTS, 0)
     assert clean_sandbox.stats()["segment"]["received"] == sent_before
 
 
@@ -138,15 +139,14 @@ def test_a_broken_config_fails_the_run_naming_the_file(resources, home, health_c
 
 
 def test_a_dry_run_plans_and_sends_nothing(resources, home, clean_sandbox):
-    assert dg.materialize(ASSETS, selection=[pendo.USAGE_KEY, pendo.HEALTH_KEY], resources=resources,
-                          partition_key=str(yesterday())).success
+    assert backfill(resources, 30, selection=[pendo.USAGE_KEY, pendo.HEALTH_KEY]).success
 
     result = dg.materialize(ASSETS, selection=[pendo.GROUPS_KEY], resources=resources,
                             run_config={"ops": {"segment__pendo_account_groups": {"config": {"dry_run": True}}}})
 
     assert result.success
     meta = metadata(result, pendo.GROUPS_KEY)
-    assert meta["dry_run"] is True and meta["changed"] == PENDO_ACCOUNTS and len(meta["sample_payloads"]) == 5
+    assert meta["dry_run"] is True and meta["sent"] == PENDO_ACCOUNTS and len(meta["sample_payloads"]) == 5
     assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
 
 
@@ -173,7 +173,7 @@ def test_every_asset_says_what_it_is_in_the_ui():
     assert pendo.account_usage_daily.backfill_policy == dg.BackfillPolicy.single_run()
 
 
-def test_the_daily_schedule_is_stopped_and_runs_yesterdays_partition():
+def test_the_daily_schedule_is_stopped_and_rereads_the_last_three_days_in_one_run():
     from segment_ops.definitions import defs
 
     definitions = defs()
@@ -183,4 +183,76 @@ def test_the_daily_schedule_is_stopped_and_runs_yesterdays_partition():
     context = dg.build_schedule_context(scheduled_execution_time=pendo.PARTITIONS.time_window_for_partition_key(
         "2026-06-10").end + timedelta(hours=3))
     [request] = list(schedule.evaluate_tick(context).run_requests)
-    assert request.partition_key == "2026-06-10"
+    assert request.partition_key is None
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+        "2026-06-08", "2026-06-10")
+
+
+def test_a_range_run_like_the_schedules_restages_the_three_days_and_sends_nothing_new(resources, home, clean_sandbox):
+    assert backfill(resources, 30).success
+    sent = clean_sandbox.stats()["segment"]["received"]
+
+    again = backfill(resources, pendo.DAILY_REREAD_DAYS)
+
+    assert again.success and metadata(again, pendo.USAGE_KEY)["days_staged"] == 3
+    assert clean_sandbox.stats()["segment"]["received"] == sent
+
+
+def test_a_missing_day_in_the_window_blocks_the_sync_naming_the_day(resources, home, clean_sandbox):
+    last = yesterday()
+    assert backfill(resources, 20, last=last - timedelta(days=10), selection=[pendo.USAGE_KEY]).success
+
+    result = backfill(resources, 9, last=last)  # the window's day `last - 9` is never staged
+
+    assert not result.success
+    window = checks(result)["window_complete"]
+    gap = last - timedelta(days=9)
+    assert not window.passed and window.severity == dg.AssetCheckSeverity.ERROR
+    assert window.metadata["missing"].value == str(gap) and str(gap) in window.description
+    assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
+
+
+def test_with_allow_partial_window_a_missing_day_only_warns_and_the_sync_sends(resources, home, clean_sandbox,
+                                                                               health_config_file):
+    write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})
+
+    result = backfill(resources, 5)
+
+    assert result.success
+    window = checks(result)["window_complete"]
+    assert not window.passed and window.severity == dg.AssetCheckSeverity.WARN
+    assert window.metadata["missing_days"].value == 25
+    assert metadata(result, pendo.GROUPS_KEY)["delivered"] == PENDO_ACCOUNTS
+
+
+def test_a_partial_drop_over_a_60_day_backfill_lowers_the_trend_and_sends_one_call(resources, home, clean_sandbox):
+    assert backfill(resources, 60).success
+    [(account, score_before)] = query(home, "SELECT account_id, score FROM pendo_account_health "
+                                            "WHERE band = 'healthy' ORDER BY score, account_id LIMIT 1")
+    calls_before = len(group_calls(clean_sandbox))
+    clean_sandbox.pendo_usage_drop(account, str(yesterday() - timedelta(days=29)), factor=0.2)
+
+    again = backfill(resources, 60)
+
+    assert again.success
+    [(band, trend, reasons)] = query(home, "SELECT band, trend, reasons FROM pendo_account_health "
+                                           "WHERE account_id = ?", [account])
+    assert band != "healthy" and trend < 0.5 and any(r.startswith("usage down") for r in reasons)
+    new_calls = group_calls(clean_sandbox)[calls_before:]
+    assert [(c["groupId"], c["traits"]["pendo_health_band"]) for c in new_calls] == [(account, band)]
+
+
+def test_rerunning_a_day_after_pendo_changed_it_replaces_that_days_rows(resources, home, clean_sandbox):
+    assert backfill(resources, 30).success
+    day = yesterday() - timedelta(days=10)
+    [(account,)] = query(home, "SELECT account_id FROM pendo_visitor_days WHERE day = ? GROUP BY account_id "
+                               "ORDER BY sum(events) DESC, account_id LIMIT 1", [day])
+    other_days = query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day <> ?", [day])
+    clean_sandbox.pendo_usage_drop(account, str(day), factor=0.0)  # from `day` on; only `day` is re-read
+
+    assert rerun_day(resources, day).success
+
+    assert query(home, "SELECT count(*) FROM pendo_visitor_days WHERE day = ? AND account_id = ?",
+                 [day, account]) == [(0,)]
+    assert query(home, "SELECT count(*) FROM pendo_visitor_days WHERE day = ? AND account_id <> ?", [day, account])[0][0]
+    assert query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day <> ?", [day]) == other_days

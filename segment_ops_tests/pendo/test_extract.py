@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import orjson
 import pytest
 
 from segment_ops.clients.base import VendorAuthError, VendorUnavailable
@@ -87,6 +88,12 @@ class CraftedPendo:
     def features(self, *, on_retry=None):
         return [{"id": "f1", "name": "Export"}]
 
+    def aggregate_raw(self, pipeline, *, name=None, on_retry=None) -> bytes:
+        return orjson.dumps({"results": self.aggregate(pipeline, name=name)})
+
+    def features_raw(self, *, on_retry=None) -> bytes:
+        return orjson.dumps(self.features())
+
 
 def test_rows_pendo_returns_that_cannot_be_used_are_rejected_with_the_reason(con, config_no_identity):
     day = date(2026, 5, 4)
@@ -116,11 +123,11 @@ class FailingAfterFirstSlice(PendoClient):
         super().__init__(*args, **kwargs)
         self.calls = 0
 
-    def aggregate(self, pipeline, **kwargs):
+    def aggregate_raw(self, pipeline, **kwargs):
         self.calls += 1
         if self.calls > 4:  # accounts, then events/featureEvents/pollEvents of the first slice
             raise VendorUnavailable("pendo", "POST", "/api/v1/aggregation", "gave up: HTTP 503")
-        return super().aggregate(pipeline, **kwargs)
+        return super().aggregate_raw(pipeline, **kwargs)
 
 
 def test_a_pendo_outage_mid_range_keeps_the_slices_already_staged(con, clean_sandbox, config_no_identity):
@@ -141,3 +148,11 @@ def test_a_wrong_integration_key_is_an_auth_error(con, clean_sandbox, config_no_
         extract_days(con, client, config_no_identity, yesterday(), yesterday())
 
     assert raised.value.status == 403 and "not-the-key" not in str(raised.value)
+
+
+def test_responses_are_spooled_beside_the_staging_file_and_removed_afterwards(con, pendo_client, config_no_identity,
+                                                                              tmp_path):
+    report = extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=1), yesterday())
+
+    assert report.visitor_rows > 0 and report.accounts == 15
+    assert not list(tmp_path.glob("pendo-*"))  # the spool folder went with its files

@@ -10,7 +10,13 @@ import pytest
 
 from segment_ops.engine.health import score_accounts
 from segment_ops.engine.identity import IdentitySource
-from segment_ops.engine.pendo_groups import NothingScoredError, sync_account_groups
+from segment_ops.engine.pendo_groups import (
+    GroupSyncIncomplete,
+    NothingScoredError,
+    PartialWindowError,
+    StaleScoreError,
+    sync_account_groups,
+)
 from segment_ops.engine.pendo_usage import SYNC, extract_days
 from segment_ops_tests.pendo.conftest import group_calls, yesterday
 
@@ -46,7 +52,8 @@ def test_each_account_becomes_one_group_call_with_its_health_traits(con, scored,
         score, band, reasons)
     assert set(traits) == {"pendo_" + t for t in (
         "health_score", "health_band", "health_reasons", "active_users", "licensed_seats", "seat_utilisation",
-        "features_used", "feature_adoption", "events", "minutes", "usage_change", "nps_average", "last_active_date")}
+        "features_used", "feature_adoption", "nps_average", "last_active_date")}
+    assert traits["pendo_seat_utilisation"] == round(traits["pendo_seat_utilisation"], 2)
     assert traits["pendo_last_active_date"] <= str(yesterday())
 
 
@@ -137,3 +144,93 @@ def test_a_dry_run_counts_and_sends_nothing(con, scored, segment_factory, clean_
 def test_syncing_before_scoring_says_what_to_run(con, segment_factory, config_no_identity):
     with pytest.raises(NothingScoredError, match="materialize pendo/account_health"):
         sync(con, config_no_identity, segment_factory)
+
+
+def test_a_score_older_than_the_latest_staged_day_is_refused(con, scored, segment_factory, clean_sandbox):
+    con.execute("INSERT INTO pendo_staged_days VALUES (?, now(), 'later', 0, 0, 0)", [yesterday() + timedelta(days=1)])
+
+    with pytest.raises(StaleScoreError, match=f"scores are as of {yesterday()} but Pendo usage is staged up to "
+                                              f"{yesterday() + timedelta(days=1)}: re-materialize pendo/account_health"):
+        sync(con, scored, segment_factory)
+    assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
+
+
+def test_a_window_with_an_unstaged_day_is_refused_naming_the_day(con, scored, segment_factory, clean_sandbox):
+    gap = yesterday() - timedelta(days=4)
+    con.execute("DELETE FROM pendo_staged_days WHERE day = ?", [gap])
+
+    with pytest.raises(PartialWindowError, match=f"1 of the 30 days of the window ending {yesterday()} are not "
+                                                 f"staged: {gap}.*allow_partial_window = true in no_identity.toml"):
+        sync(con, scored, segment_factory)
+    assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
+
+
+def test_allow_partial_window_sends_a_window_with_an_unstaged_day(con, scored, segment_factory):
+    con.execute("DELETE FROM pendo_staged_days WHERE day = ?", [yesterday() - timedelta(days=4)])
+
+    run = sync(con, dataclasses.replace(scored, allow_partial_window=True), segment_factory)
+
+    assert run.delivery.delivered == ACCOUNTS - len(INACTIVE)
+
+
+def test_after_a_sync_every_pendo_account_is_delivered_unchanged_pending_or_rejected(con, scored, segment_factory):
+    first = sync(con, scored, segment_factory, run_id="r1")
+    second = sync(con, scored, segment_factory, run_id="r2")
+
+    assert first.reconciled == {"delivered": ACCOUNTS - len(INACTIVE), "unchanged": 0, "pending": 0,
+                                "rejected": len(INACTIVE), "missing": 0}
+    assert second.reconciled["unchanged"] == ACCOUNTS - len(INACTIVE) and second.missing == []
+
+
+def test_an_account_pendo_lists_after_the_score_is_reported_missing(con, scored, segment_factory):
+    con.execute("INSERT INTO pendo_accounts VALUES ('acc_new', 'New', 'pro', 5, NULL, NULL, now())")
+
+    run = sync(con, scored, segment_factory)
+
+    assert run.reconciled["missing"] == 1
+    assert run.missing == [("acc_new", f"not in the score table (scored as of {yesterday()}); re-materialize "
+                                       "pendo/account_health")]
+
+
+def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(con, scored, segment_factory,
+                                                                              clean_sandbox):
+    sync(con, scored, segment_factory, run_id="r1")
+    [(account, first_user, runner_up)] = con.execute("""
+        SELECT account_id, arg_max(v.visitor_id, v.n) FILTER (WHERE v.visitor_id = h.top_visitor_id),
+               arg_max(v.visitor_id, v.n) FILTER (WHERE v.visitor_id <> h.top_visitor_id)
+        FROM (SELECT account_id, visitor_id, sum(events) AS n FROM pendo_visitor_days
+              WHERE NOT starts_with(visitor_id, '_PENDO_T_') GROUP BY ALL) v
+        JOIN pendo_account_health h USING (account_id)
+        GROUP BY account_id HAVING count(*) > 1 ORDER BY account_id LIMIT 1""").fetchall()
+    # The runner-up becomes the most active visitor: the delivered userId stays, nothing is sent.
+    con.execute("UPDATE pendo_visitor_days SET events = events + 1000000 WHERE account_id = ? AND visitor_id = ?",
+                [account, runner_up])
+    score_accounts(con, scored)
+    assert con.execute("SELECT top_visitor_id FROM pendo_account_health WHERE account_id = ?", [account]
+                       ).fetchone()[0] == runner_up
+
+    assert sync(con, scored, segment_factory, run_id="r2").sent == 0
+
+    # The delivered visitor leaves the window: the most active one takes over (one call).
+    con.execute("DELETE FROM pendo_visitor_days WHERE account_id = ? AND visitor_id = ?", [account, first_user])
+    score_accounts(con, scored)
+    sync(con, scored, segment_factory, run_id="r3")
+    last = [c for c in group_calls(clean_sandbox) if c["groupId"] == account][-1]
+    assert last["userId"] == runner_up
+
+
+def test_a_segment_outage_leaves_calls_pending_and_the_next_run_delivers_them_once(con, scored, segment_factory,
+                                                                                   clean_sandbox):
+    clean_sandbox.set_faults("segment", rate_503=1.0)
+    with pytest.raises(GroupSyncIncomplete) as failed:
+        sync(con, scored, segment_factory, run_id="r1")
+    assert failed.value.run.ledger.pending == ACCOUNTS - len(INACTIVE)
+    clean_sandbox.clear_faults()
+
+    run = sync(con, scored, segment_factory, run_id="r2")
+
+    assert (run.delivery.delivered, run.ledger.pending) == (ACCOUNTS - len(INACTIVE), 0)
+    assert (run.plan.planned, run.plan.already_known) == (0, ACCOUNTS - len(INACTIVE))  # the same messages
+    calls = group_calls(clean_sandbox)
+    assert len(calls) == ACCOUNTS - len(INACTIVE) and clean_sandbox.stats()["segment"].get("duplicates", 0) == 0
+    assert all(clean_sandbox.seen("segment", c["messageId"]) == 1 for c in calls)

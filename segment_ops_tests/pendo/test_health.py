@@ -100,7 +100,7 @@ def test_trend_compares_the_window_with_the_previous_one_once_both_are_staged(co
 
     acme = row(con, "acme")
     assert acme["trend"] == 0.25 and acme["usage_change"] == -0.75
-    assert acme["reasons"][0] == "usage down 75% vs the previous 30 days"
+    assert acme["reasons"][0] == "usage down 80% vs the previous 30 days"  # in steps of 10%
     assert report.previous_days_staged == WINDOW and report.with_trend == 1
 
 
@@ -123,14 +123,33 @@ def test_sentiment_is_the_average_nps_answer_of_the_sentiment_window(con, config
     assert "NPS average 5.0 from 2 answer(s)" in acme["reasons"]
 
 
-def test_recency_falls_with_the_days_since_the_last_activity(con, config):
-    stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 12, 5)])
+def test_recency_falls_with_the_days_since_the_last_activity_in_whole_weeks(con, config):
+    stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 15, 5)])
 
     score_accounts(con, config)
 
-    acme = row(con, "acme")
-    assert acme["recency"] == 0.6 and acme["last_active_date"] == AS_OF - timedelta(days=12)
-    assert "last active 12 days ago" in acme["reasons"]
+    acme = row(con, "acme")  # 15 days = 2 whole weeks: 1 - 14 / 30
+    assert acme["recency"] == 0.5333 and acme["last_active_date"] == AS_OF - timedelta(days=15)
+    assert f"last active on {AS_OF - timedelta(days=15)}" in acme["reasons"]
+
+
+def test_recency_and_the_score_stay_put_within_a_week_of_inactivity(con, config):
+    stage(con, accounts=[("acme", 4)], visits=[("acme", "u1", 8, 5)])
+    score_accounts(con, config)
+    before = row(con, "acme")
+
+    score_accounts(con, config, as_of=AS_OF - timedelta(days=1))  # one day earlier: 7 days since, same week
+
+    after = row(con, "acme")
+    assert (after["recency"], after["score"], after["reasons"]) == (before["recency"], before["score"],
+                                                                    before["reasons"])
+
+
+def test_a_recency_step_longer_than_the_window_is_refused(tmp_path):
+    path = write_config(tmp_path / "bad.toml", {"recency_step_days = 7 ": "recency_step_days = 31 "})
+
+    with pytest.raises(HealthConfigError, match=r"recency_step_days must be 1..days \(30\), got 31"):
+        load_health_config(path)
 
 
 def test_without_a_seat_count_breadth_uses_the_accounts_known_users(con, config):
