@@ -38,7 +38,7 @@ from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kin
 from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
 from segment_ops.syncs import OWNER
 from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
-from segment_ops.syncs.metadata import markdown_table, payload_samples
+from segment_ops.syncs.metadata import diff_run_metadata
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "sql" / "reverse_etl"
 GROUP = "reverse_etl"
@@ -170,35 +170,18 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
 
 
 def _metadata(run: ModelRun) -> dict:
-    plan = run.plan
     metadata: dict = {
         "model_file": dg.MetadataValue.path(str(run.model.path)),
         "warehouse_dialect": run.dialect,
         "read_method": run.staged.method,
-        "dry_run": run.dry_run,
         "full_resync": run.full_resync,
-        "rows_read": plan.rows_read,
-        "added": plan.added,
-        "changed": plan.changed,
-        "removed": plan.removed,
-        "unchanged": plan.unchanged,
-        "rejected": plan.rejected,
-        "planned": plan.planned,
-        "already_planned": plan.already_known,
-        "superseded": plan.superseded,
-        "sample_payloads": payload_samples(plan.samples),
+        **diff_run_metadata(run.plan, dry_run=run.dry_run, delivery=run.delivery,
+                            pending=run.ledger.pending if run.ledger else 0, advanced=run.advanced),
         "stage_seconds": round(run.staged.seconds, 3),
-        "diff_and_plan_seconds": round(plan.seconds, 3),
         "total_seconds": round(run.seconds, 3),
     }
     if run.model.mode == "append":
-        metadata["changed_not_resent"] = plan.changed_not_sent
-    if not run.dry_run:
-        metadata |= (run.delivery.as_metadata() if run.delivery else {}) | {
-            "pending_after_run": run.ledger.pending, "snapshot_advanced": run.advanced}
-    if plan.rejection_samples:
-        metadata["rejected_sample"] = dg.MetadataValue.md(
-            markdown_table(["record key", "reason"], plan.rejection_samples))
+        metadata["changed_not_resent"] = run.plan.changed_not_sent
     return metadata
 
 
