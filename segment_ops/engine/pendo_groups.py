@@ -51,7 +51,7 @@ from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
 from segment_ops.engine.ledger import PENDING, REJECTED, Ledger, LedgerCounts
 from segment_ops.engine.models import ModelSpec, literal, quote
 from segment_ops.engine.pendo_usage import SYNC
-from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
+from segment_ops.engine.warehouse import StagedResult, describe_staged
 
 IDENTITY_TABLE = "pendo_identity_map"
 ROWS_TABLE = "pendo_group_rows"
@@ -305,9 +305,6 @@ def _sendable(con: duckdb.DuckDBPyConnection, model: ModelSpec) -> StagedResult:
     columns = ", ".join(quote(c) for c in ("account_id", "group_id", "user_id", *model.fields))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {SENDABLE_TABLE} AS
-        SELECT {columns}, NULL::VARCHAR AS {UNSERIALISABLE_COLUMN} FROM {ROWS_TABLE} WHERE reject_reason IS NULL
+        SELECT {columns} FROM {ROWS_TABLE} WHERE reject_reason IS NULL
     """)
-    described = con.execute(f"DESCRIBE {SENDABLE_TABLE}").fetchall()
-    rows = con.execute(f"SELECT count(*) FROM {SENDABLE_TABLE}").fetchone()[0]
-    return StagedResult(SENDABLE_TABLE, rows, tuple(r[0] for r in described if r[0] != UNSERIALISABLE_COLUMN),
-                        {r[0]: r[1] for r in described}, 0.0, "duckdb staging")
+    return describe_staged(con, SENDABLE_TABLE, "duckdb staging")

@@ -100,11 +100,20 @@ def stage_query(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, 
     else:
         _stage_streamed(con, url, sql, table, chunk_rows)
         method = "sqlalchemy stream" if path is None else "duckdb stream"
+    return describe_staged(con, table, method, time.monotonic() - started)
+
+
+def describe_staged(con: duckdb.DuckDBPyConnection, table: str, method: str, seconds: float = 0.0) -> StagedResult:
+    """`table` (already in DuckDB) as the `StagedResult` the diff reads; a table built by a sync's own SQL
+    gets the (all-NULL) unserialisable-value column the diff expects."""
     described = con.execute(f"DESCRIBE {quote(table)}").fetchall()
+    if all(row[0] != UNSERIALISABLE_COLUMN for row in described):
+        con.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {UNSERIALISABLE_COLUMN} VARCHAR")
+        described = con.execute(f"DESCRIBE {quote(table)}").fetchall()
     columns = tuple(row[0] for row in described if row[0] != UNSERIALISABLE_COLUMN)
     types = {row[0]: row[1] for row in described}
     rows = con.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()[0][0]
-    return StagedResult(table, rows, columns, types, time.monotonic() - started, method)
+    return StagedResult(table, rows, columns, types, seconds, method)
 
 
 def probe_id(table: str, column: str | None) -> str:
