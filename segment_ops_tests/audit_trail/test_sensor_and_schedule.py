@@ -12,9 +12,9 @@ from dagster._core.storage.dagster_run import DagsterRun
 from segment_ops.resources import SegmentPublicApiResource
 from segment_ops.syncs.audit_trail import (
     PARTITIONS,
+    audit_events_sensor,
     audit_trail_job,
     audit_trail_safety_net,
-    audit_events_sensor,
 )
 from segment_ops_tests.audit_trail.conftest import received_ids, run_hour
 
