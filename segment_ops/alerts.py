@@ -67,62 +67,100 @@ class DeliveryHealthChange:
 
 
 def failure_message(failure: RunFailure) -> dict:
-    """`{"text", "blocks"}` for a failed run."""
+    """`{"text", "blocks"}` for a failed run.
+
+    Every piece of run, vendor or user text is escaped (and redacted) on its own before the message is
+    composed, and our own `<url|label>` links are added last, so an error text that contains `<!channel>`
+    or `<http://...|...>` reaches Slack as plain characters, never as a mention or a link.
+    """
     where = _where(failure.job_name, failure.groups, failure.partition)
     error = _first_line(failure.error)
-    step = f" at step `{failure.step}`" if failure.step else ""
+    step = f" at step `{_safe(failure.step)}`" if failure.step else ""
     counts = _counts_text(failure.counts)
-    text = (f":red_circle: segment_ops: {where} failed{step}: {error}"
-            + (f" ({counts})" if counts else "") + f" <{failure.run_url}|Open run {failure.run_id[:8]}>")
-    fields = [("Sync", f"`{failure.job_name}`"), ("Asset group", ", ".join(failure.groups) or "-")]
+    text = (f":red_circle: segment_ops: {where} failed{step}: {_safe(error)}"
+            + (f" ({_safe(counts)})" if counts else "") + " " + _own_link(failure.run_url, f"Open run {failure.run_id[:8]}"))
+    fields = [("Sync", f"`{_safe(failure.job_name)}`"),
+              ("Asset group", _safe(", ".join(failure.groups)) or "-")]
     if failure.partition:
-        fields.append(("Partition", f"`{failure.partition}`"))
+        fields.append(("Partition", f"`{_safe(failure.partition)}`"))
     if failure.step:
-        fields.append(("Failed step", f"`{failure.step}`"))
+        fields.append(("Failed step", f"`{_safe(failure.step)}`"))
     blocks: list[dict] = [
-        _header(f"Run failed: {failure.job_name}"),
-        {"type": "section", "fields": [_mrkdwn(f"*{k}*\n{_escape(v)}") for k, v in fields]},
-        {"type": "section", "text": _mrkdwn(f"*Error*\n```{_escape(error)}```")},
+        _header(f"Run failed: {redact_secrets(failure.job_name)}"),
+        {"type": "section", "fields": [_mrkdwn(f"*{k}*\n{v}") for k, v in fields]},
+        {"type": "section", "text": _mrkdwn(f"*Error*\n```{_safe(error)}```")},
     ]
     if counts:
-        blocks.append({"type": "context", "elements": [_mrkdwn(_escape(counts))]})
+        blocks.append({"type": "context", "elements": [_mrkdwn(_safe(counts))]})
     blocks.append(_link(failure.run_url, f"Open run {failure.run_id[:8]} in Dagster"))
-    return {"text": _escape_text(text), "blocks": blocks}
+    return {"text": text, "blocks": blocks}
 
 
 def recovery_message(recovery: RunRecovery) -> dict:
-    """`{"text", "blocks"}` for a run that passed after the previous one failed."""
+    """`{"text", "blocks"}` for a run that passed after the same work had failed (pieces escaped, links last)."""
     where = _where(recovery.job_name, recovery.groups, recovery.partition)
-    text = (f":large_green_circle: segment_ops: {where} recovered: run {recovery.run_id[:8]} succeeded after "
-            f"run {recovery.failed_run_id[:8]} failed. <{recovery.run_url}|Open run {recovery.run_id[:8]}>")
+    text = (f":large_green_circle: segment_ops: {where} recovered: run {_safe(recovery.run_id[:8])} succeeded "
+            f"after run {_safe(recovery.failed_run_id[:8])} failed. "
+            + _own_link(recovery.run_url, f"Open run {recovery.run_id[:8]}"))
     blocks = [
-        _header(f"Recovered: {recovery.job_name}"),
+        _header(f"Recovered: {redact_secrets(recovery.job_name)}"),
         {"type": "section", "text": _mrkdwn(
-            f"`{_escape(recovery.job_name)}`" + (f" (partition `{_escape(recovery.partition)}`)"
-                                                 if recovery.partition else "")
-            + f" succeeded after <{recovery.failed_run_url}|run {recovery.failed_run_id[:8]}> failed.")},
+            f"`{_safe(recovery.job_name)}`" + (f" (partition `{_safe(recovery.partition)}`)"
+                                                if recovery.partition else "")
+            + " succeeded after " + _own_link(recovery.failed_run_url, f"run {recovery.failed_run_id[:8]}")
+            + " failed.")},
         _link(recovery.run_url, f"Open run {recovery.run_id[:8]} in Dagster"),
     ]
-    return {"text": _escape_text(text), "blocks": blocks}
+    return {"text": text, "blocks": blocks}
 
 
 def delivery_health_message(change: DeliveryHealthChange) -> dict:
-    """`{"text", "blocks"}` for a sync that became unhealthy, or healthy again."""
+    """`{"text", "blocks"}` for a sync that became unhealthy, or healthy again (pieces escaped, links last)."""
     total = change.delivered + change.rejected + change.failed
-    figures = (f"{change.share:.1%} rejected or failed in the last {change.window_hours:g} h "
-               f"(delivered {change.delivered:,}, rejected {change.rejected:,}, failed {change.failed:,} of "
-               f"{total:,}; threshold {change.threshold:.1%})")
+    figures = _safe(f"{change.share:.1%} rejected or failed in the last {change.window_hours:g} h "
+                    f"(delivered {change.delivered:,}, rejected {change.rejected:,}, failed {change.failed:,} of "
+                    f"{total:,}; threshold {change.threshold:.1%})")
+    sync = _safe(change.sync)
     if change.healthy:
-        text = f":white_check_mark: segment_ops delivery health: sync `{change.sync}` is healthy again: {figures}."
-        title = f"Deliveries healthy again: {change.sync}"
+        text = f":white_check_mark: segment_ops delivery health: sync `{sync}` is healthy again: {figures}."
+        title = f"Deliveries healthy again: {redact_secrets(change.sync)}"
     else:
-        text = f":warning: segment_ops delivery health: sync `{change.sync}` is unhealthy: {figures}."
-        title = f"Deliveries unhealthy: {change.sync}"
-    blocks: list[dict] = [_header(title), {"type": "section", "text": _mrkdwn(_escape(redact_secrets(figures)))}]
+        text = f":warning: segment_ops delivery health: sync `{sync}` is unhealthy: {figures}."
+        title = f"Deliveries unhealthy: {redact_secrets(change.sync)}"
+    blocks: list[dict] = [_header(title), {"type": "section", "text": _mrkdwn(figures)}]
     if change.run_url:
-        text += f" <{change.run_url}|Open check run>"
+        text += " " + _own_link(change.run_url, "Open check run")
         blocks.append(_link(change.run_url, "Open the check's run in Dagster"))
-    return {"text": _escape_text(text), "blocks": blocks}
+    return {"text": text, "blocks": blocks}
+
+
+@dataclass(frozen=True)
+class StaleSync:
+    """A pushed sync (a Heap segment sync) whose pages stopped arriving: it is held, never applied."""
+
+    source: str  # the vendor, e.g. "Heap"
+    sync_task_id: str
+    target: str  # what it would have updated, e.g. the audience
+    problem: str  # what is missing and what happens now
+    folder: str  # where its pages are
+    target_url: str | None = None
+
+
+def stale_sync_message(stale: StaleSync) -> dict:
+    """`{"text", "blocks"}` for a pushed sync that stayed incomplete (posted once per sync; pieces escaped,
+    links last)."""
+    source, task, target, problem = (_safe(stale.source), _safe(stale.sync_task_id), _safe(stale.target),
+                                     _safe(stale.problem))
+    text = f":hourglass: segment_ops: {source} sync `{task}` for `{target}` is incomplete: {problem}"
+    blocks: list[dict] = [
+        _header(f"{redact_secrets(stale.source)} sync incomplete: {redact_secrets(stale.target)}"),
+        {"type": "section", "fields": [_mrkdwn(f"*Sync*\n`{task}`"), _mrkdwn(f"*Pages in*\n`{_safe(stale.folder)}`")]},
+        {"type": "section", "text": _mrkdwn(problem)},
+    ]
+    if stale.target_url:
+        text += " " + _own_link(stale.target_url, f"Open {stale.target}")
+        blocks.append(_link(stale.target_url, f"Open {stale.target} in Dagster"))
+    return {"text": text, "blocks": blocks}
 
 
 def redact_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
@@ -139,8 +177,19 @@ def _secret_values() -> list[str]:
 
 
 def _where(job: str, groups: Sequence[str], partition: str | None) -> str:
-    where = f"`{job}`" + (f" ({', '.join(groups)})" if groups else "")
-    return where + (f" partition `{partition}`" if partition else "")
+    """"`job` (groups) partition `p`", every piece escaped."""
+    where = f"`{_safe(job)}`" + (f" ({_safe(', '.join(groups))})" if groups else "")
+    return where + (f" partition `{_safe(partition)}`" if partition else "")
+
+
+def _safe(text: str) -> str:
+    """One piece of run, user or vendor text, redacted and escaped, ready to be placed in a message."""
+    return _escape(redact_secrets(text))
+
+
+def _own_link(url: str, label: str) -> str:
+    """One of our own links (a Dagster UI URL), added after the escaped pieces: `<url|label>`."""
+    return f"<{url.replace('>', '%3E').replace('|', '%7C')}|{_safe(label)}>"
 
 
 def _first_line(error: str) -> str:
@@ -161,20 +210,9 @@ def _mrkdwn(text: str) -> dict:
 
 
 def _link(url: str, label: str) -> dict:
-    return {"type": "section", "text": _mrkdwn(f"<{url}|{_escape(label)}>")}
+    return {"type": "section", "text": _mrkdwn(_own_link(url, label))}
 
 
 def _escape(text: str) -> str:
     """Slack mrkdwn control characters (&, <, >) in user text must be escaped."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _escape_text(text: str) -> str:
-    """Escape a whole message text but keep its own `<url|label>` links."""
-    out, rest = [], redact_secrets(text)
-    while "<http" in rest:
-        before, _, after = rest.partition("<http")
-        link, _, rest = after.partition(">")
-        out.append(_escape(before) + "<http" + link + ">")
-    out.append(_escape(rest))
-    return "".join(out)

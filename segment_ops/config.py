@@ -154,6 +154,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Share of a sync's messages (0-1) that may be rejected or failed in the window before it is flagged.",
         default="0.05",
     ),
+    Setting(
+        "DELIVERY_HEALTH_MIN_MESSAGES",
+        "Fewest messages a sync needs in the window for the delivery-health check to judge it (fewer: idle).",
+        default="20",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -140,13 +140,14 @@ class AlertsResource(dg.ConfigurableResource):
     webhook_url: str = Field(repr=False, description="ALERT_WEBHOOK_URL.")
     dagster_ui_url: str = Field(default="http://127.0.0.1:3000", description="Base URL of the Dagster UI.")
     retry_max_attempts: int = Field(default=4, description="Attempts per alert on 429/5xx.")
-    retry_max_seconds: float = Field(default=20.0, description="Total time one alert may spend retrying "
-                                                                "(sensor evaluations are cut off after 60 s).")
+    retry_max_seconds: float = Field(default=8.0, description="Total time one alert may spend retrying (a sensor "
+                                                               "tick handles up to 5 runs and is cut off after 60 s).")
+    timeout_seconds: float = Field(default=4.0, description="Connect/read timeout of one post attempt.")
 
     def get_client(self) -> SlackWebhookClient:
         retry = RetryPolicy(max_attempts=self.retry_max_attempts, max_elapsed=self.retry_max_seconds,
-                            retry_after_cap=min(10.0, self.retry_max_seconds))
-        return SlackWebhookClient(self.webhook_url, retry=retry)
+                            retry_after_cap=min(4.0, self.retry_max_seconds))
+        return SlackWebhookClient(self.webhook_url, timeout=self.timeout_seconds, retry=retry)
 
     def run_url(self, run_id: str) -> str:
         return f"{self.dagster_ui_url.rstrip('/')}/runs/{run_id}"
@@ -158,7 +159,8 @@ class DeliveryHealthResource(dg.ConfigurableResource):
     window_hours: float = Field(default=24.0, description="Recent hours of each ledger that are read.")
     max_failed_share: float = Field(default=0.05, description="Share (0-1) of rejected or failed messages in the "
                                                               "window above which a sync is flagged.")
-    min_messages: int = Field(default=1, description="Syncs with fewer messages in the window are not judged.")
+    min_messages: int = Field(default=20, description="Syncs with fewer messages in the window are not judged "
+                                                      "(DELIVERY_HEALTH_MIN_MESSAGES).")
 
 
 class StagingResource(dg.ConfigurableResource):
@@ -201,6 +203,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "delivery_health": DeliveryHealthResource(
             window_hours=_number(settings, "DELIVERY_HEALTH_WINDOW_HOURS", low=0.0),
             max_failed_share=_number(settings, "DELIVERY_HEALTH_MAX_FAILED_SHARE", low=0.0, high=1.0),
+            min_messages=_whole_number(settings, "DELIVERY_HEALTH_MIN_MESSAGES"),
         ),
     }
 
@@ -216,3 +219,11 @@ def _number(settings: Settings, name: str, *, low: float, high: float | None = N
         limits = f"> {low:g}" if high is None else f"between {low:g} and {high:g}"
         raise ValueError(f"{name} must be a number {limits}, got {raw!r}")
     return value
+
+
+def _whole_number(settings: Settings, name: str) -> int:
+    """A whole-number setting >= 1, or a `ValueError` naming the variable."""
+    raw = settings[name]
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {raw!r}")
+    return int(raw)

@@ -1,39 +1,89 @@
 """Run-status sensors that alert: one message per failed run, one when the same work passes again.
 
 - `alert_on_run_failure` (RUNNING by default) watches every job of this code location and posts a failure
-  alert (`segment_ops.alerts.failure_message`) to ALERT_WEBHOOK_URL for each failed run.
-- `alert_on_recovery` (RUNNING by default) posts "recovered" when a run succeeds and the previous finished
-  run of the *same work* failed. Same work = same job, same partition (for partitioned jobs) and same asset
-  selection: a failed audit-trail hour recovers when that hour passes (a backfill, a re-run), not when the
-  next hour does, and one reverse-ETL model's run does not "recover" another's. A replay run recovers a
-  failed replay run (each file is a run of the same job, so a good file after a bad one counts).
+  alert (`segment_ops.alerts.failure_message`) to ALERT_WEBHOOK_URL for each failed run. The alert names the
+  sync (the asset groups for backfills and UI launches, whose job is `__ASSET_JOB`), the partition or the
+  partition range, the failed step and the first line of the user-code error (for a run that failed before
+  any step, e.g. a resource that could not start, the run failure's own error).
+- `alert_on_recovery` (RUNNING by default) posts "recovered" when a run succeeds that covers the *same work*
+  as an earlier failed run that was alerted and has not recovered yet. Work = the set of asset keys the run
+  targets (its asset selection, else its planned materializations) and its partition set (a single
+  partition tag is a set of one; a backfill's range tags expand through the asset's partitions definition).
+  A success covers a failure when it includes every asset and every partition of it, whatever the job: a
+  backfill or a UI re-run recovers a failed scheduled or sensor run, a run of another day does not, and a
+  canceled run in between changes nothing (fail -> cancel -> success recovers).
 
 Both return None, so one tick handles every finished run since the last one (a returned SkipReason would
-end the tick after the first run). No storm, no double send: Dagster's run-status cursor hands each run to
-a sensor once; in case an evaluation is repeated (a daemon restart between the post and the cursor commit),
-each run that was alerted on is tagged (`segment_ops/alert`) in the instance, and a tagged run is never
-alerted on again. A webhook that stays down beyond the client's short retry budget (20 s) fails that run's
-evaluation: Dagster shows the error on the sensor's tick and moves its cursor on, so that one alert is not
-retried (the run's own failure is still in the run list).
+end the tick after the first run). Dagster hands a run-status sensor at most 5 runs per tick and moves its
+cursor past each run the function returned or raised for; a tick that raises *out of the evaluation* (a
+`dg.DagsterError`) keeps the cursor where the previous tick left it.
+
+No storm, no double send: each run alerted on is tagged (`segment_ops/alert=failure_sent:<its run id>`,
+recovered failures `recovered:<id>`, recoveries `recovery_sent:<id>`). The value names the run itself, so a
+re-execution, which inherits its parent's tags, is still alerted on. A repeated evaluation skips tagged runs.
+
+Bounded: one post waits at most `AlertsResource.timeout_seconds` (4 s) per attempt and retries 429/5xx for at
+most `retry_max_seconds` (8 s); a tick stops posting once TICK_BUDGET_SECONDS (40 s) are used, well inside
+Dagster's 60 s evaluation limit. What happens to an alert that could not be sent:
+- the webhook is unavailable (5xx/429/timeouts after the retry budget) or the tick's budget is used up: the
+  evaluation raises `AlertsDeferred`; the tick is shown failed and its cursor is *not* moved, so the next tick
+  (30 s later) handles the same runs again, skipping the ones already tagged: the alert is retried until sent;
+- the webhook refuses the message (400/403/404/410: a wrong URL, an archived channel): retrying cannot help,
+  so Dagster records the error on the tick and moves the cursor past that run: that one alert is dropped
+  (the failed run is still in the run list).
 """
 
 from __future__ import annotations
 
 import functools
+import time
+import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 
 from segment_ops.alerts import RunFailure, RunRecovery, failure_message, recovery_message
+from segment_ops.clients.base import VendorUnavailable
 from segment_ops.resources import AlertsResource
 
 ALERT_TAG = "segment_ops/alert"
 FAILURE_SENT = "failure_sent"
 RECOVERY_SENT = "recovery_sent"
+RECOVERED = "recovered"
 PARTITION_TAG = "dagster/partition"
-FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
-# How far back the recovery sensor looks for the previous run of the same work.
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+ASSET_JOB_PREFIX = "__ASSET_JOB"
+# How far back the recovery sensor looks for failed runs the success may recover.
 PREVIOUS_RUNS_LIMIT = 50
+# Dagster cuts a sensor evaluation off after 60 s; stop posting well before.
+TICK_BUDGET_SECONDS = 40.0
+# Dagster error classes that wrap the user-code exception ("Error occurred while executing ...").
+_WRAPPER_PREFIX = "Dagster"
+
+# When the current tick started, per tick: every run of one tick shares its evaluation context's logger.
+_tick_started: weakref.WeakKeyDictionary[object, list] = weakref.WeakKeyDictionary()
+
+
+class AlertsDeferred(dg.DagsterError):
+    """An alert could not be sent now (webhook unavailable, or the tick's time budget is used up): the tick
+    fails without moving its cursor, so the next tick handles the same runs again."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a run does: the asset keys it targets and its partition set (None: unpartitioned)."""
+
+    job_name: str
+    keys: frozenset[dg.AssetKey]
+    partitions: frozenset[str] | None
+
+    def covers(self, other: Work) -> bool:
+        """True when this run did everything `other` did (every asset, every partition)."""
+        if not self.keys and not other.keys:  # op jobs: the same job
+            return self.job_name == other.job_name and _partitions_cover(self.partitions, other.partitions)
+        return bool(other.keys) and other.keys <= self.keys and _partitions_cover(self.partitions, other.partitions)
 
 
 @dg.run_failure_sensor(
@@ -41,16 +91,16 @@ PREVIOUS_RUNS_LIMIT = 50
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Watches every job of this code location and posts one alert per failed run to ALERT_WEBHOOK_URL "
-                "(job and asset groups, failed step, first line of the error, counts, link to the run).",
+                "(sync and asset groups, partition or range, failed step, first line of the error, counts, link).",
 )
 def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource) -> None:
     run = context.dagster_run
-    if _already_alerted(context.instance, run.run_id, FAILURE_SENT):
+    if _already_alerted(context.instance, run.run_id, FAILURE_SENT, RECOVERED):
         context.log.info(f"run {run.run_id} was already alerted on")
         return
     failure = describe_failure(context, alerts)
-    _post(alerts, failure_message(failure))
-    context.instance.add_run_tags(run.run_id, {ALERT_TAG: FAILURE_SENT})
+    _post(context, alerts, failure_message(failure))
+    context.instance.add_run_tags(run.run_id, {ALERT_TAG: f"{FAILURE_SENT}:{run.run_id}"})
     context.log.info(f"alert sent for failed run {run.run_id} of {run.job_name}")
 
 
@@ -60,28 +110,33 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsReso
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Watches every successful run of this code location and posts a recovery message to "
-                "ALERT_WEBHOOK_URL when the previous finished run of the same job, partition and asset selection "
-                "had failed.",
+                "ALERT_WEBHOOK_URL when it covers the assets and partitions of an alerted failed run.",
 )
 def alert_on_recovery(context: dg.RunStatusSensorContext, alerts: AlertsResource) -> None:
     run = context.dagster_run
-    failed = previous_run_of_same_work(context.instance, run)
-    if failed is None or failed.status != dg.DagsterRunStatus.FAILURE:
-        return
     if _already_alerted(context.instance, run.run_id, RECOVERY_SENT):
         context.log.info(f"run {run.run_id} was already announced as a recovery")
         return
+    graph = _asset_graph(context.repository_def)
+    failed = recovered_failures(context.instance, run, graph)
+    if not failed:
+        return
+    work = work_of(context.instance, run, graph)
+    groups = _groups(graph, work.keys)
     recovery = RunRecovery(
-        run_id=run.run_id, run_url=alerts.run_url(run.run_id), job_name=run.job_name,
-        failed_run_id=failed.run_id, failed_run_url=alerts.run_url(failed.run_id),
-        groups=_groups(context, run), partition=run.tags.get(PARTITION_TAG))
-    _post(alerts, recovery_message(recovery))
-    context.instance.add_run_tags(run.run_id, {ALERT_TAG: RECOVERY_SENT})
-    context.log.info(f"recovery sent for run {run.run_id} of {run.job_name}")
+        run_id=run.run_id, run_url=alerts.run_url(run.run_id), job_name=sync_name(run, groups),
+        failed_run_id=failed[0].run_id, failed_run_url=alerts.run_url(failed[0].run_id),
+        groups=groups, partition=partition_label(run))
+    _post(context, alerts, recovery_message(recovery))
+    for other in failed:
+        context.instance.add_run_tags(other.run_id, {ALERT_TAG: f"{RECOVERED}:{other.run_id}"})
+    context.instance.add_run_tags(run.run_id, {ALERT_TAG: f"{RECOVERY_SENT}:{run.run_id}"})
+    context.log.info(f"recovery sent for run {run.run_id}: recovers {', '.join(f.run_id for f in failed)}")
 
 
 def describe_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource) -> RunFailure:
-    """The failed run as `alerts.RunFailure`: first failed step, its error's first line and its counts."""
+    """The failed run as `alerts.RunFailure`: first failed step, its error's first line and its counts; for a
+    run that failed before any step, the run failure's own error (`JobFailureData.error`)."""
     run = context.dagster_run
     step, error, counts = None, context.failure_event.message or "the run failed", {}
     steps = context.get_step_failure_events()
@@ -93,27 +148,78 @@ def describe_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource
             error = data.user_failure_data.description  # a dg.Failure's own words
             counts = numeric_counts(data.user_failure_data.metadata)
         elif data.error is not None:
-            error = _innermost_message(data.error)
-    return RunFailure(run_id=run.run_id, run_url=alerts.run_url(run.run_id), job_name=run.job_name,
-                      groups=_groups(context, run), partition=run.tags.get(PARTITION_TAG), step=step, error=error,
-                      counts=counts)
+            error = user_message(data.error)
+    else:
+        data = context.failure_event.event_specific_data  # JobFailureData
+        if getattr(data, "error", None) is not None:
+            error = user_message(data.error)
+        elif getattr(data, "failure_reason", None) is not None:
+            error = f"{error} ({data.failure_reason.value})"
+    graph = _asset_graph(context.repository_def)
+    groups = _groups(graph, work_of(context.instance, run, graph).keys)
+    return RunFailure(run_id=run.run_id, run_url=alerts.run_url(run.run_id), job_name=sync_name(run, groups),
+                      groups=groups, partition=partition_label(run), step=step, error=error, counts=counts)
 
 
-def previous_run_of_same_work(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.DagsterRun | None:
-    """The newest finished run created before `run` with the same job, partition and asset selection."""
+def work_of(instance: dg.DagsterInstance, run: dg.DagsterRun, graph: object | None) -> Work:
+    """The assets and partitions `run` targets."""
+    keys = frozenset(run.asset_selection or ())
+    if not keys:
+        planned = instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=10_000).records
+        keys = frozenset(r.event_log_entry.dagster_event.asset_key for r in planned
+                         if r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.asset_key)
+    return Work(run.job_name, keys, partitions_of(run, keys, graph))
+
+
+def partitions_of(run: dg.DagsterRun, keys: frozenset[dg.AssetKey], graph: object | None) -> frozenset[str] | None:
+    """The run's partition keys: its partition tag, or its range tags expanded through the assets'
+    partitions definition; None for an unpartitioned run."""
+    if run.tags.get(PARTITION_TAG):
+        return frozenset([run.tags[PARTITION_TAG]])
+    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if not (start and end):
+        return None
+    for key in sorted(keys):
+        node = graph.get(key) if graph is not None and graph.has(key) else None  # type: ignore[attr-defined]
+        partitions_def = getattr(node, "partitions_def", None)
+        if partitions_def is not None:
+            return frozenset(partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(start, end)))
+    return frozenset([start, end]) if start != end else frozenset([start])
+
+
+def recovered_failures(instance: dg.DagsterInstance, run: dg.DagsterRun, graph: object | None) -> list[dg.DagsterRun]:
+    """Failed runs created before `run`, alerted and not recovered yet, whose work `run` covers (newest first).
+    Canceled and successful runs in between are passed over; each alerted failure recovers once."""
     [record] = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]), limit=1) or [None]
     if record is None:
-        return None
-    partition = run.tags.get(PARTITION_TAG)
-    filters = dg.RunsFilter(job_name=run.job_name, statuses=FINISHED, created_before=record.create_timestamp,
-                            tags={PARTITION_TAG: partition} if partition else None)
+        return []
+    work = work_of(instance, run, graph)
+    filters = dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], created_before=record.create_timestamp)
+    found = []
     for candidate in instance.get_run_records(filters, limit=PREVIOUS_RUNS_LIMIT):
         other = candidate.dagster_run
-        if other.run_id == run.run_id or other.tags.get(PARTITION_TAG) != partition:
+        if other.run_id == run.run_id or other.tags.get(ALERT_TAG) != f"{FAILURE_SENT}:{other.run_id}":
             continue
-        if (other.asset_selection or frozenset()) != (run.asset_selection or frozenset()):
-            continue
-        return other
+        if work.covers(work_of(instance, other, graph)):
+            found.append(other)
+    return found
+
+
+def sync_name(run: dg.DagsterRun, groups: Sequence[str]) -> str:
+    """The job's name, or the asset groups for an ad-hoc asset run (backfills, UI launches: `__ASSET_JOB`)."""
+    if run.job_name.startswith(ASSET_JOB_PREFIX):
+        return ", ".join(groups) or "assets"
+    return run.job_name
+
+
+def partition_label(run: dg.DagsterRun) -> str | None:
+    """`2026-08-01-10:00`, or `start…end` for a range run."""
+    if run.tags.get(PARTITION_TAG):
+        return run.tags[PARTITION_TAG]
+    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if start and end:
+        return start if start == end else f"{start}…{end}"
     return None
 
 
@@ -127,47 +233,64 @@ def numeric_counts(metadata: Mapping[str, object]) -> dict[str, int]:
     return counts
 
 
-def _innermost_message(error: object) -> str:
-    """The user's exception message, not Dagster's "Error occurred while executing ..." wrapper."""
-    while getattr(error, "cause", None) is not None:
-        error = error.cause
-    return getattr(error, "message", str(error))
+def user_message(error: object) -> str:
+    """The message of the outermost user-code exception in a `SerializableErrorInfo` chain: not Dagster's
+    "Error occurred while executing ..." wrapper, and not a library-internal cause below our own exception."""
+    chain = []
+    while error is not None and len(chain) < 20:
+        chain.append(error)
+        error = getattr(error, "cause", None) or getattr(error, "context", None)
+    for item in chain:
+        if not (getattr(item, "cls_name", None) or "").startswith(_WRAPPER_PREFIX):
+            return getattr(item, "message", str(item))
+    return getattr(chain[-1], "message", str(chain[-1])) if chain else "the run failed"
 
 
-def _already_alerted(instance: dg.DagsterInstance, run_id: str, what: str) -> bool:
+def _partitions_cover(mine: frozenset[str] | None, theirs: frozenset[str] | None) -> bool:
+    if theirs is None:
+        return mine is None
+    return mine is not None and theirs <= mine
+
+
+def _already_alerted(instance: dg.DagsterInstance, run_id: str, *what: str) -> bool:
     current = instance.get_run_by_id(run_id)
-    return current is not None and current.tags.get(ALERT_TAG) == what
+    return current is not None and current.tags.get(ALERT_TAG) in {f"{w}:{run_id}" for w in what}
 
 
-def _post(alerts: AlertsResource, message: dict) -> None:
-    with alerts.get_client() as client:
-        client.post_message(message)
+def _post(context: dg.RunStatusSensorContext, alerts: AlertsResource, message: dict) -> None:
+    """Post within the tick's budget; defer (fail the tick, keep its cursor) when that is not possible."""
+    tick = _tick_started.setdefault(context.log, [time.monotonic(), 0])  # [started, posts so far]
+    worst = alerts.timeout_seconds + alerts.retry_max_seconds
+    if tick[1] and time.monotonic() - tick[0] + worst > TICK_BUDGET_SECONDS:  # the first post always goes
+        raise AlertsDeferred(f"the tick's {TICK_BUDGET_SECONDS:.0f}s budget is used up; "
+                             f"run {context.dagster_run.run_id} is alerted on by the next tick")
+    tick[1] += 1
+    try:
+        with alerts.get_client() as client:
+            client.post_message(message)
+    except VendorUnavailable as exc:
+        raise AlertsDeferred(f"alert for run {context.dagster_run.run_id} not sent, retried next tick: {exc}") from exc
 
 
-def _groups(context: dg.RunStatusSensorContext, run: dg.DagsterRun) -> list[str]:
-    """Asset groups of what the run materialises (its asset selection, else every asset of its job)."""
-    groups_by_key = _groups_by_key(context.repository_def)
-    keys: Sequence[dg.AssetKey] = sorted(run.asset_selection or ())
-    if not keys:
-        planned = context.instance.get_records_for_run(
-            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=1000).records
-        keys = [r.event_log_entry.dagster_event.asset_key for r in planned if r.event_log_entry.dagster_event]
-    return sorted({groups_by_key[key] for key in keys if key in groups_by_key})
+def _groups(graph: object | None, keys: frozenset[dg.AssetKey]) -> list[str]:
+    """Asset groups of `keys`."""
+    if graph is None:
+        return []
+    return sorted({graph.get(key).group_name for key in keys if graph.has(key)})  # type: ignore[attr-defined]
 
 
-def _groups_by_key(repository_def: object | None) -> dict[dg.AssetKey, str]:
+def _asset_graph(repository_def: object | None) -> object | None:
     if repository_def is not None:
-        graph = repository_def.asset_graph  # type: ignore[attr-defined]
-        return {key: graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    return dict(_code_location_groups())
+        return repository_def.asset_graph  # type: ignore[attr-defined]
+    return _code_location_graph()
 
 
 @functools.cache
-def _code_location_groups() -> tuple[tuple[dg.AssetKey, str], ...]:
-    """Asset groups of the code location, for evaluations without a repository (tests, direct calls)."""
+def _code_location_graph() -> object:
+    """The code location's asset graph, for evaluations without a repository (tests, direct calls)."""
     from segment_ops.definitions import defs  # at call time: definitions imports this module
 
-    return tuple((spec.key, spec.group_name or "default") for spec in defs().resolve_all_asset_specs())
+    return defs().resolve_asset_graph()
 
 
 defs = dg.Definitions(sensors=[alert_on_run_failure, alert_on_recovery])

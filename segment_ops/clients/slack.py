@@ -12,6 +12,7 @@ Answers follow Slack's webhook contract: 200 `ok`; 400 `invalid_payload`/`no_tex
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -61,6 +62,21 @@ class _SecretPathTransport(httpx.BaseTransport):
         return "SecretPathTransport('***')"
 
 
+def environment_transport(url: str) -> httpx.HTTPTransport:
+    """The transport `httpx.Client` would pick from the environment for `url`: through HTTP(S)_PROXY /
+    ALL_PROXY unless NO_PROXY exempts the host, verifying TLS with SSL_CERT_FILE / SSL_CERT_DIR when set
+    (`HTTPTransport(trust_env=True)`). A custom transport passed to `httpx.Client` skips httpx's own
+    environment handling, so `_SecretPathTransport` wraps this one."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        proxy = None
+    if proxy and "://" not in proxy:
+        proxy = f"http://{proxy}"
+    return httpx.HTTPTransport(trust_env=True, proxy=proxy or None)
+
+
 class SlackWebhookClient:
     """Posts `{"text", "blocks"}` messages to one incoming webhook."""
 
@@ -82,7 +98,7 @@ class SlackWebhookClient:
             timeout=timeout,
             retry=retry or ALERT_RETRY,
             max_connections=2,
-            transport=_SecretPathTransport(secret_path, transport or httpx.HTTPTransport()),
+            transport=_SecretPathTransport(secret_path, transport or environment_transport(url)),
         )
 
     def post_message(self, message: dict) -> None:

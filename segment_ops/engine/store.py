@@ -22,15 +22,21 @@ class StagingLockedError(RuntimeError):
 
 
 def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int = 2,
-            lock_timeout: float = 60.0) -> duckdb.DuckDBPyConnection:
-    """Open the staging file (created if missing) with a memory cap, retrying while it is locked."""
+            lock_timeout: float = 60.0, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the staging file (created if missing) with a memory cap, retrying while it is locked.
+
+    `read_only=True` opens an existing file for reading (a missing file is DuckDB's IOException, not
+    created); it still waits for a writer's lock, since DuckDB's lock is per file, not per mode.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + lock_timeout
     delay = 0.05
     while True:
         try:
-            con = duckdb.connect(str(path), config={"memory_limit": memory_limit, "threads": threads})
+            con = duckdb.connect(str(path), read_only=read_only,
+                                 config={"memory_limit": memory_limit, "threads": threads})
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise

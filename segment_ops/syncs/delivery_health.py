@@ -6,18 +6,25 @@ nothing is hard-coded), and for each ledger sync in them counts, over the last D
 (default 24):
 
 - delivered: messages a destination acknowledged in the window;
-- rejected: rows written to the rejected table in the window (invalid input, or refused by the destination);
-- failed: messages whose latest outcome, logged in the window, is "still pending after retries ran out".
+- rejected: distinct (record key, reason) pairs written to the rejected table in the window (invalid input, or
+  refused by the destination). Distinct, because the reverse-ETL diff rejects the same bad rows again on
+  every run: four bad rows synced hourly are four rejections, not ninety-six;
+- failed: messages not delivered, counted once each: the latest outcome, logged in the window, is "still
+  pending after retries ran out"; or they are still pending although planned before the window ("stuck");
+  or they were planned and never attempted (the run stopped first, e.g. at a 401).
 
-A sync whose (rejected + failed) share of those messages exceeds DELIVERY_HEALTH_MAX_FAILED_SHARE (default
-5%) is flagged: the asset check `delivery_health` fails (severity ERROR: a sync losing that share of its
-messages needs a person) and one Slack alert is posted, once per state change. The healthy/unhealthy state
-of each sync is kept in `$SEGMENT_OPS_HOME/ops/delivery_health_state.json`, so an unhealthy sync is not
-re-alerted every hour; when it is healthy again a recovery message is posted. A sync with no message in the
-window is "idle" and keeps its state.
+A sync with at least DELIVERY_HEALTH_MIN_MESSAGES (default 20) messages in the window whose (rejected +
+failed) share exceeds DELIVERY_HEALTH_MAX_FAILED_SHARE (default 5%) is flagged: the asset check
+`delivery_health` fails (severity ERROR: a sync losing that share of its messages needs a person) and one
+Slack alert is posted, once per state change. An unhealthy sync is healthy again only below 0.8 x the
+threshold (RECOVERY_FACTOR), so a share hovering at the threshold does not flap. The state of each sync is
+kept in `$SEGMENT_OPS_HOME/ops/delivery_health_state.json`, so an unhealthy sync is not re-alerted every
+hour; when it is healthy again a recovery message is posted. A sync that is not judged this run (fewer
+messages than the minimum: "idle"; or its file is busy) keeps its stored state, and the check stays failed
+while that state is UNHEALTHY.
 
-Files are opened read-only with a short retry; a file a running sync holds locked is reported as "busy, not
-checked" (the check `all_ledgers_read`, WARN) and its syncs keep their previous state.
+Files are opened read-only (`engine.store.connect(..., read_only=True)`, waiting a few seconds for a lock); a
+file a running sync holds locked is reported as "busy, not checked" (the check `all_ledgers_read`, WARN).
 
 The Segment Public API has no delivery metrics in the spec this project follows (vendor-apis.md §2 covers
 the audit trail, regulations, tracking plans and the Profile API only), so health is measured from our
@@ -26,8 +33,7 @@ own ledgers: what we sent and what the destinations answered.
 
 import json
 import os
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +43,7 @@ import duckdb
 
 from segment_ops.alerts import DeliveryHealthChange, delivery_health_message
 from segment_ops.clients.base import VendorError
+from segment_ops.engine import store
 from segment_ops.resources import AlertsResource, DeliveryHealthResource, StagingResource
 from segment_ops.syncs import OWNER
 from segment_ops.syncs.metadata import markdown_table
@@ -45,6 +52,8 @@ HEALTH_KEY = dg.AssetKey(["ops", "delivery_health"])
 GROUP = "operations"
 STATE_FILE = ("ops", "delivery_health_state.json")
 LOCK_RETRY_SECONDS = 3.0
+# An unhealthy sync recovers only below this share of the threshold (hysteresis: no flapping at the line).
+RECOVERY_FACTOR = 0.8
 HEALTHY, UNHEALTHY, IDLE, BUSY = "healthy", "UNHEALTHY", "idle", "busy, not checked"
 
 
@@ -83,9 +92,12 @@ def staging_files(home: Path) -> list[Path]:
     return sorted(folder.glob("*.duckdb")) if folder.is_dir() else []
 
 
-def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min_messages: int = 1,
-                lock_retry_seconds: float = LOCK_RETRY_SECONDS) -> HealthReport:
-    """Figures and verdict of every ledger sync in `files` since `since`; locked files are listed as busy."""
+def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min_messages: int = 20,
+                lock_retry_seconds: float = LOCK_RETRY_SECONDS,
+                previous: Mapping[str, dict] | None = None) -> HealthReport:
+    """Figures and verdict of every ledger sync in `files` since `since`; locked files are listed as busy.
+    `previous` (the stored state) applies the hysteresis: an UNHEALTHY sync recovers below 0.8 x threshold."""
+    previous = previous or {}
     syncs: list[SyncHealth] = []
     busy: list[str] = []
     read = 0
@@ -98,33 +110,31 @@ def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min
         try:
             for sync, delivered, rejected, failed in ledger_figures(con, since):
                 figures = SyncHealth(sync, path.name, delivered, rejected, failed)
+                was_unhealthy = previous.get(sync, {}).get("status") == UNHEALTHY
                 syncs.append(SyncHealth(sync, path.name, delivered, rejected, failed,
-                                        verdict(figures, max_share, min_messages)))
+                                        verdict(figures, max_share, min_messages, was_unhealthy=was_unhealthy)))
         finally:
             con.close()
     return HealthReport(sorted(syncs, key=lambda s: s.sync), busy, read)
 
 
-def verdict(figures: SyncHealth, max_share: float, min_messages: int) -> str:
+def verdict(figures: SyncHealth, max_share: float, min_messages: int, *, was_unhealthy: bool = False) -> str:
+    """IDLE under `min_messages`; UNHEALTHY above `max_share`, or (already unhealthy) not yet below
+    RECOVERY_FACTOR x `max_share`; else HEALTHY."""
     if figures.total < max(min_messages, 1):
         return IDLE
-    return UNHEALTHY if figures.share > max_share else HEALTHY
+    limit = max_share * RECOVERY_FACTOR if was_unhealthy else max_share
+    if figures.share > max_share or (was_unhealthy and figures.share >= limit):
+        return UNHEALTHY
+    return HEALTHY
 
 
 def open_read_only(path: Path, retry_seconds: float) -> duckdb.DuckDBPyConnection | None:
     """A read-only connection, or None while another process keeps the file locked for `retry_seconds`."""
-    deadline = time.monotonic() + retry_seconds
-    delay = 0.05
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=True, config={"memory_limit": "128MB", "threads": 1})
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                if "lock" in str(exc).lower():
-                    return None
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+    try:
+        return store.connect(path, read_only=True, threads=1, lock_timeout=retry_seconds)
+    except store.StagingLockedError:
+        return None
 
 
 def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int, int, int]]:
@@ -139,17 +149,20 @@ def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[tupl
             SELECT sync, count(DISTINCT seq) AS n FROM outcomes
             WHERE status = 'delivered' AND logged_at >= $since GROUP BY sync),
         rejected_rows AS (
-            SELECT sync, count(*) AS n FROM rejected WHERE rejected_at >= $since GROUP BY sync),
+            -- the diff rejects the same bad rows on every run: count each (row, reason) once
+            SELECT sync, count(DISTINCT (coalesce(record_key, record, run_id, ''), reason)) AS n
+            FROM rejected WHERE rejected_at >= $since GROUP BY sync),
+        latest AS (
+            SELECT sync, seq, arg_max(status, id) AS status, arg_max(error, id) AS error, max(logged_at) AS last_at
+            FROM outcomes GROUP BY sync, seq),
         failed AS (
-            -- still pending after retries ran out: the message's latest outcome is a failed attempt
-            SELECT sync, count(*) AS n FROM (
-                SELECT o.sync, o.seq, arg_max(o.status, o.id) AS status, arg_max(o.error, o.id) AS error,
-                       max(o.logged_at) AS last_at
-                FROM outcomes o
-                WHERE (o.sync, o.seq) IN (SELECT sync, seq FROM outcomes
-                                          WHERE status = 'pending' AND error IS NOT NULL AND logged_at >= $since)
-                GROUP BY o.sync, o.seq)
-            WHERE status = 'pending' AND error IS NOT NULL AND last_at >= $since GROUP BY sync),
+            SELECT m.sync, count(*) AS n
+            FROM planned_messages m LEFT JOIN latest o ON o.sync = m.sync AND o.seq = m.seq
+            WHERE coalesce(o.status, 'pending') = 'pending'
+              AND ((o.error IS NOT NULL AND o.last_at >= $since)  -- retries ran out in the window
+                   OR m.planned_at < $since                       -- stuck: pending longer than the window
+                   OR o.status IS NULL)                           -- never attempted (the run stopped, e.g. 401)
+            GROUP BY m.sync),
         syncs AS (SELECT sync FROM planned_messages UNION SELECT sync FROM rejected)  -- idle ones too
         SELECT s.sync, coalesce(d.n, 0), coalesce(r.n, 0), coalesce(f.n, 0)
         FROM syncs s LEFT JOIN delivered d USING (sync) LEFT JOIN rejected_rows r USING (sync)
@@ -212,10 +225,10 @@ def save_state(path: Path, state: dict[str, dict]) -> None:
 def ops_delivery_health(context: dg.AssetExecutionContext, staging: StagingResource,
                         delivery_health: DeliveryHealthResource, alerts: AlertsResource) -> dg.MaterializeResult:
     since = datetime.now(UTC) - timedelta(hours=delivery_health.window_hours)
-    report = read_health(staging_files(Path(staging.home)), since, max_share=delivery_health.max_failed_share,
-                         min_messages=delivery_health.min_messages)
     state_path = staging.path(*STATE_FILE)
     state = load_state(state_path)
+    report = read_health(staging_files(Path(staging.home)), since, max_share=delivery_health.max_failed_share,
+                         min_messages=delivery_health.min_messages, previous=state)
     sent, not_sent = [], []
     for health in state_changes(report, state):
         change = DeliveryHealthChange(
@@ -235,13 +248,17 @@ def ops_delivery_health(context: dg.AssetExecutionContext, staging: StagingResou
         state[health.sync] = {"status": health.status, "since": datetime.now(UTC).isoformat(),
                               "share": round(health.share, 4)}
     save_state(state_path, state)
-    flagged = [h for h in report.syncs if h.status == UNHEALTHY]
+    flagged = [h.sync for h in report.syncs if h.status == UNHEALTHY]
+    judged = {h.sync for h in report.syncs if h.status in (HEALTHY, UNHEALTHY)}
+    # not judged this run (idle, busy file): the stored state stands, and an UNHEALTHY one keeps the check red
+    flagged += sorted(sync for sync, entry in state.items()
+                      if sync not in judged and entry.get("status") == UNHEALTHY)
     return dg.MaterializeResult(
         metadata=_metadata(report, delivery_health, sent, not_sent),
         check_results=[
             dg.AssetCheckResult(
                 check_name="delivery_health", passed=not flagged, severity=dg.AssetCheckSeverity.ERROR,
-                metadata={"flagged_syncs": ", ".join(h.sync for h in flagged) or "-",
+                metadata={"flagged_syncs": ", ".join(flagged) or "-",
                           "max_failed_share": delivery_health.max_failed_share}),
             dg.AssetCheckResult(
                 check_name="all_ledgers_read", passed=not report.busy_files, severity=dg.AssetCheckSeverity.WARN,

@@ -201,9 +201,10 @@ def ops_sandbox() -> Iterator[RunningSandbox]:
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dagster_dev(ops_sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
-    """`dagster dev -w workspace.yaml` on the sandbox, LOADED and with its daemons up; stopped at the end."""
+    """`dagster dev -w workspace.yaml` on the sandbox, LOADED and with its daemons up; stopped after the ops
+    tests (package scope), so it does not keep running its daemon through the rest of the session."""
     root = tmp_path_factory.mktemp("dagster_dev")
     segment_ops_home, dagster_home = root / "segment_ops_home", root / "dagster_home"
     dagster_home.mkdir()

@@ -75,3 +75,19 @@ def test_delivery_health_messages_give_the_share_counts_and_threshold():
     assert "`replay` is unhealthy: 12.5% rejected or failed in the last 24 h" in unhealthy
     assert "delivered 70, rejected 6, failed 4 of 80; threshold 5.0%" in unhealthy
     assert "healthy again" in healthy
+
+
+def test_a_mention_or_link_in_an_error_reaches_slack_as_plain_characters():
+    message = failure_message(failure(error="bad row <!channel> see <http://x|y> & more", step="step <!here>"))
+
+    for text in (message["text"], str(message["blocks"])):
+        assert "<!channel>" not in text and "<http://x|y>" not in text and "<!here>" not in text
+        assert "&lt;!channel&gt;" in text and "&lt;http://x|y&gt;" in text
+    assert message["text"].endswith(f"<{URL}|Open run 01234567>")
+
+
+def test_a_range_run_names_its_partition_range_and_asset_groups():
+    text = failure_message(failure(job_name="audit_trail", groups=["audit_trail"],
+                                   partition="2026-08-01-00:00…2026-08-01-23:00"))["text"]
+
+    assert "partition `2026-08-01-00:00…2026-08-01-23:00`" in text

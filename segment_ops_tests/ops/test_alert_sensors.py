@@ -11,10 +11,21 @@ from datetime import timedelta
 
 import dagster as dg
 import pytest
+from dagster._utils.error import SerializableErrorInfo
 
-from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
-from segment_ops.resources import SplunkHecResource, build_resources
-from segment_ops.sensors import ALERT_TAG, alert_on_recovery, alert_on_run_failure
+from segment_ops import sensors
+from segment_ops.config import SANDBOX_SLACK_WEBHOOK_PATH, SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
+from segment_ops.resources import AlertsResource, SplunkHecResource, build_resources
+from segment_ops.sensors import (
+    ALERT_TAG,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    AlertsDeferred,
+    alert_on_recovery,
+    alert_on_run_failure,
+    user_message,
+)
 from segment_ops.syncs.audit_trail import PARTITIONS, complete_hours, segment_audit_events, siem_audit_events
 from segment_ops_tests.audit_trail.conftest import audit_ids, window_of
 
@@ -79,7 +90,7 @@ def test_a_failed_run_is_alerted_exactly_once(resources, instance, clean_sandbox
     assert not failed.success
     [text] = slack_texts(clean_sandbox)
     assert "failed" in text and failed.run_id[:8] in text
-    assert instance.get_run_by_id(failed.run_id).tags[ALERT_TAG] == "failure_sent"
+    assert instance.get_run_by_id(failed.run_id).tags[ALERT_TAG] == f"failure_sent:{failed.run_id}"
 
 
 def test_a_repeated_evaluation_does_not_send_the_alert_again(resources, instance, clean_sandbox, hour):
@@ -115,7 +126,7 @@ def test_the_same_partition_passing_again_sends_one_recovery(resources, instance
     failure_text, recovery_text = slack_texts(clean_sandbox)
     assert "failed" in failure_text
     assert "recovered" in recovery_text and passed.run_id[:8] in recovery_text and failed.run_id[:8] in recovery_text
-    assert instance.get_run_by_id(passed.run_id).tags[ALERT_TAG] == "recovery_sent"
+    assert instance.get_run_by_id(passed.run_id).tags[ALERT_TAG] == f"recovery_sent:{passed.run_id}"
 
 
 def test_another_partition_passing_is_not_a_recovery(resources, instance, clean_sandbox, hour):
@@ -180,3 +191,165 @@ def test_every_run_that_failed_since_the_last_tick_is_alerted_in_one_tick(resour
     texts = slack_texts(clean_sandbox)
     assert len(texts) == 2
     assert {first.run_id[:8], second.run_id[:8]} == {t.split("|Open run ")[1][:8] for t in texts}
+
+
+# --- same work across jobs, ranges, cancels and re-executions ---------------------------------------------
+
+def run_range(resources: dict, first: str, last: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """A backfill-style run of several hours at once (Dagster's range tags, as a single-run backfill sets them)."""
+    return dg.materialize([segment_audit_events, siem_audit_events], resources=resources, instance=instance,
+                          tags={RANGE_START_TAG: first, RANGE_END_TAG: last}, raise_on_error=False)
+
+
+def failed_and_alerted(resources, instance, sandbox, key, failures: Ticks, **tags) -> dg.ExecuteInProcessResult:
+    sandbox.set_faults("splunk", rate_500=1.0)
+    failed = dg.materialize([segment_audit_events, siem_audit_events], partition_key=key, resources=resources,
+                            instance=instance, raise_on_error=False, tags=tags or None)
+    failures.tick()
+    sandbox.clear_faults()
+    return failed
+
+
+def test_a_range_run_covering_the_failed_hour_recovers_it(resources, instance, clean_sandbox, hour):
+    failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
+    failures.tick(), recoveries.tick()
+    failed = failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
+    hours = complete_hours(3)
+
+    passed = run_range(resources, hours[0], hours[-1], instance)
+    recoveries.tick()
+
+    assert passed.success
+    _, recovery = slack_texts(clean_sandbox)
+    assert "recovered" in recovery and failed.run_id[:8] in recovery
+    assert f"partition `{hours[0]}…{hours[-1]}`" in recovery
+
+
+def test_a_range_run_of_other_hours_is_not_a_recovery(resources, instance, clean_sandbox, hour):
+    failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
+    failures.tick(), recoveries.tick()
+    failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
+    later = complete_hours(2)
+
+    other = run_range(resources, later[0], later[-1], instance)
+    recoveries.tick()
+
+    assert other.success and hour not in later
+    assert len(slack_texts(clean_sandbox)) == 1  # the failure only
+
+
+def test_a_canceled_run_between_the_failure_and_the_success_does_not_hide_the_recovery(
+        resources, instance, clean_sandbox, hour):
+    failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
+    failures.tick(), recoveries.tick()
+    failed = failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
+    job = dg.Definitions(assets=[segment_audit_events, siem_audit_events],
+                         resources=resources).resolve_implicit_global_asset_job_def()
+    canceled = instance.create_run_for_job(job, tags={PARTITION_TAG: hour})
+    instance.report_run_canceled(canceled)
+
+    run_hour(resources, hour, instance)
+    recoveries.tick()
+
+    assert instance.get_run_by_id(canceled.run_id).status == dg.DagsterRunStatus.CANCELED
+    _, recovery = slack_texts(clean_sandbox)
+    assert "recovered" in recovery and failed.run_id[:8] in recovery
+
+
+def test_a_failure_that_was_never_alerted_is_not_announced_as_recovered(resources, instance, clean_sandbox, hour):
+    recoveries = Ticks(alert_on_recovery, instance, resources)
+    recoveries.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    run_hour(resources, hour, instance)  # the failure sensor never ran: no failure alert
+    clean_sandbox.clear_faults()
+
+    run_hour(resources, hour, instance)
+    recoveries.tick()
+
+    assert slack_texts(clean_sandbox) == []
+
+
+def test_a_failed_re_execution_carrying_its_parents_alert_tag_is_alerted(resources, instance, clean_sandbox, hour):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    parent = failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
+    inherited = instance.get_run_by_id(parent.run_id).tags[ALERT_TAG]  # use_parent_run_tags copies it
+
+    child = failed_and_alerted(resources, instance, clean_sandbox, hour, failures, **{ALERT_TAG: inherited})
+
+    assert len(slack_texts(clean_sandbox)) == 2 and child.run_id[:8] in slack_texts(clean_sandbox)[1]
+
+
+# --- what the failure alert says ----------------------------------------------------------------------------
+
+class BrokenResource(dg.ConfigurableResource):
+    def setup_for_execution(self, context) -> None:
+        raise RuntimeError("warehouse login refused for user svc_segment")
+
+
+@dg.asset
+def needs_broken(broken: BrokenResource) -> None:
+    """Never runs: its resource fails at setup."""
+
+
+def test_a_run_that_fails_before_any_step_is_alerted_with_its_real_error(resources, instance, clean_sandbox):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+
+    result = dg.materialize([needs_broken], resources={"broken": BrokenResource()}, instance=instance,
+                            raise_on_error=False)
+    failures.tick()
+
+    assert not result.success
+    [text] = slack_texts(clean_sandbox)
+    assert "warehouse login refused for user svc_segment" in text
+    assert "An exception was thrown during execution" not in text
+
+
+def test_the_user_exception_message_is_preferred_to_dagster_wrappers_and_library_causes():
+    library = SerializableErrorInfo("[Errno 111] Connection refused", [], "ConnectError")
+    ours = SerializableErrorInfo("VendorUnavailable: splunk gave up after 4 attempts", [], "VendorUnavailable",
+                                 cause=library)
+    wrapper = SerializableErrorInfo('Error occurred while executing op "siem__audit_events":', [],
+                                    "DagsterExecutionStepExecutionError", cause=ours)
+
+    assert user_message(wrapper) == "VendorUnavailable: splunk gave up after 4 attempts"
+
+
+# --- bounded ticks --------------------------------------------------------------------------------------------
+
+def test_runs_left_when_the_tick_budget_is_used_up_are_alerted_by_the_next_tick(resources, instance, clean_sandbox,
+                                                                               hour, monkeypatch):
+    monkeypatch.setattr(sensors, "TICK_BUDGET_SECONDS", 0.0)  # only the first post of a tick fits
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    first, second = run_hour(resources, hour, instance), run_hour(resources, hour, instance)
+
+    with pytest.raises(AlertsDeferred):
+        failures.tick()
+    after_first_tick = len(slack_texts(clean_sandbox))
+    failures.tick()  # from the same cursor: the first run is skipped (tagged), the second is sent
+
+    assert after_first_tick == 1
+    texts = slack_texts(clean_sandbox)
+    assert len(texts) == 2 and {first.run_id[:8], second.run_id[:8]} == {t.split("|Open run ")[1][:8] for t in texts}
+
+
+def test_an_alert_the_webhook_could_not_take_is_sent_by_a_later_tick(resources, instance, clean_sandbox, hour):
+    alerts = AlertsResource(webhook_url=f"{clean_sandbox.url}/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
+                            retry_max_attempts=2, retry_max_seconds=1.0, timeout_seconds=2.0)
+    resources = resources | {"alerts": alerts}
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    failed = run_hour(resources, hour, instance)
+    clean_sandbox.set_faults("slack", rate_503=1.0)
+
+    with pytest.raises(AlertsDeferred):
+        failures.tick()
+    clean_sandbox.clear_faults()
+    failures.tick()
+
+    [text] = slack_texts(clean_sandbox)
+    assert failed.run_id[:8] in text

@@ -21,6 +21,7 @@ from segment_ops.syncs.delivery_health import (
     read_health,
     staging_files,
 )
+from segment_ops_tests.reverse_etl.conftest import run_models
 
 NODE = "ops__delivery_health"
 
@@ -121,7 +122,7 @@ def test_a_sync_healthy_again_sends_one_recovery(ops_env, resources, clean_sandb
 
 
 def test_the_state_survives_between_runs_in_a_small_file(ops_env, resources):
-    write_ledger(ops_env, "replay", delivered=1, failed=1)
+    write_ledger(ops_env, "replay", delivered=10, failed=10)
 
     check(resources)
 
@@ -130,7 +131,7 @@ def test_the_state_survives_between_runs_in_a_small_file(ops_env, resources):
 
 
 def test_an_alert_that_could_not_be_sent_is_sent_by_the_next_run(ops_env, resources, clean_sandbox, monkeypatch):
-    write_ledger(ops_env, "replay", delivered=1, failed=1)
+    write_ledger(ops_env, "replay", delivered=10, failed=10)
     clean_sandbox.set_faults("slack", rate_500=1.0)
     monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{clean_sandbox.url}/slack/services/T/B/wrong-token")
     unsent = check(build_resources())
@@ -144,7 +145,7 @@ def test_an_alert_that_could_not_be_sent_is_sent_by_the_next_run(ops_env, resour
 
 
 def test_nothing_in_the_window_is_idle_not_healthy_or_unhealthy(ops_env):
-    write_ledger(ops_env, "replay", delivered=1, failed=9)
+    write_ledger(ops_env, "replay", delivered=30)
 
     report = read_health(staging_files(ops_env), datetime.now(UTC) + timedelta(minutes=1), max_share=0.05)
 
@@ -193,3 +194,87 @@ def test_the_threshold_settings_reach_the_check(ops_env, monkeypatch, clean_sand
     result = check(build_resources())
 
     assert checks(result)["delivery_health"].passed and metadata(result)["max_failed_share"] == 0.5
+
+
+def test_bad_rows_rejected_again_by_every_run_of_the_demo_model_count_once(ops_env, warehouse, clean_sandbox):
+    resources = build_resources()
+    runs = [run_models(resources, ["user_traits"]) for _ in range(3)]
+
+    result = check(resources)
+
+    [traits] = [h for h in metadata(result)["state"].values() if h["sync"] == "reverse_etl_user_traits"]
+    assert all(run.success for run in runs)
+    assert traits["status"] == "healthy" and 0 < traits["rejected"] < 10  # the demo's few bad rows, once each
+    assert checks(result)["delivery_health"].passed and clean_sandbox.received("slack") == []
+
+
+def test_an_unhealthy_sync_recovers_only_below_four_fifths_of_the_threshold(ops_env):
+    write_ledger(ops_env, "replay", delivered=90, failed=10)  # 10%: unhealthy at 5%
+    unhealthy = {"replay": {"status": "UNHEALTHY"}}
+    write_ledger(ops_env, "replay", delivered=100)  # 10 of 200 = 5.0%: not above 5%, not below 4%
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    held = read_health(staging_files(ops_env), since, max_share=0.05, previous=unhealthy)
+    fresh = read_health(staging_files(ops_env), since, max_share=0.05)
+    write_ledger(ops_env, "replay", delivered=60)  # 10 of 260 = 3.8%: below 4%
+    recovered = read_health(staging_files(ops_env), since, max_share=0.05, previous=unhealthy)
+
+    assert [h.status for h in (*held.syncs, *fresh.syncs, *recovered.syncs)] == ["UNHEALTHY", "healthy", "healthy"]
+
+
+def test_a_sync_under_the_minimum_of_messages_is_not_judged(ops_env, monkeypatch, clean_sandbox):
+    write_ledger(ops_env, "replay", delivered=5, failed=5)  # 50%, but only 10 messages
+    idle = check(build_resources())
+    monkeypatch.setenv("DELIVERY_HEALTH_MIN_MESSAGES", "10")
+
+    judged = check(build_resources())
+
+    assert checks(idle)["delivery_health"].passed and metadata(idle)["syncs_checked"] == 0
+    assert not checks(judged)["delivery_health"].passed
+
+
+def test_an_unhealthy_sync_whose_file_is_busy_keeps_the_check_failed(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "heap", delivered=10, failed=10)
+    check(resources)  # heap UNHEALTHY, alerted
+    locked = ops_env / "staging" / "heap.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys
+            con = duckdb.connect({str(locked)!r})
+            print("locked", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = check(resources)
+    finally:
+        holder.communicate("", timeout=30)
+
+    assert not checks(busy)["delivery_health"].passed
+    assert checks(busy).get("delivery_health").metadata["flagged_syncs"].value == "heap"
+    assert len(clean_sandbox.received("slack")) == 1  # no new alert: the state did not change
+
+
+def test_messages_planned_but_never_attempted_count_as_failed(ops_env, resources):
+    write_ledger(ops_env, "replay", delivered=80)
+    with store.staging(ops_env / "staging" / "replay.duckdb") as con:  # a run that stopped at a 401
+        Ledger(con).add_planned("replay", [PlannedMessage(f"n{i}", f"n{i}", "identify", b"{}") for i in range(20)])
+
+    result = check(resources)
+
+    [replay] = metadata(result)["state"].values()
+    assert replay["failed"] == 20 and replay["status"] == "UNHEALTHY"
+
+
+def test_messages_pending_since_before_the_window_count_as_stuck(ops_env):
+    write_ledger(ops_env, "replay", delivered=30)
+    with store.staging(ops_env / "staging" / "replay.duckdb") as con:
+        plan = Ledger(con).add_planned("replay", [PlannedMessage(f"s{i}", f"s{i}", "identify", b"{}")
+                                                  for i in range(5)])
+        con.execute("UPDATE planned_messages SET planned_at = planned_at - INTERVAL 2 DAY WHERE message_id LIKE 's%'")
+        Ledger(con).log_outcomes("replay", [(seq, PENDING, 0, None) for seq in plan.seqs])
+
+    report = read_health(staging_files(ops_env), datetime.now(UTC) - timedelta(hours=24), max_share=0.05)
+
+    [replay] = report.syncs
+    assert replay.failed == 5

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
 
 import pytest
 
 from segment_ops.clients.base import RetryPolicy, VendorRequestError, VendorUnavailable
-from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
+from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError, environment_transport
 from segment_ops.config import SANDBOX_SLACK_WEBHOOK_PATH, SANDBOX_SLACK_WEBHOOK_TOKEN
 
 HOOK = f"/slack{SANDBOX_SLACK_WEBHOOK_PATH}"
@@ -121,3 +123,43 @@ def test_a_message_without_text_or_blocks_is_refused_before_sending(clean_sandbo
         slack.post_message({"channel": "#ops"})
 
     assert clean_sandbox.stats()["slack"]["requests"] == 0
+
+
+def test_an_alert_goes_through_the_proxy_named_in_the_environment(monkeypatch):
+    """HTTP_PROXY is honoured although the client builds its own transport (as httpx.Client would do)."""
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.requestline)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        with SlackWebhookClient("http://hooks.example.test/services/T1/B1/proxied-secret") as client:
+            client.post_message({"text": "through the proxy"})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert seen == ["POST http://hooks.example.test/services/T1/B1/proxied-secret HTTP/1.1"]
+
+
+def test_a_host_listed_in_no_proxy_is_reached_directly(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
+    monkeypatch.setenv("NO_PROXY", "hooks.slack.com")
+
+    assert environment_transport("https://hooks.slack.com/services/T/B/x")._pool.__class__.__name__ == "ConnectionPool"
+    assert environment_transport("https://other.example.test/x")._pool.__class__.__name__ == "HTTPProxy"
