@@ -11,6 +11,12 @@ webhook page's arrival, a Connect row's `synced_at`). A change only replaces an 
 page delivered twice, pages out of order, a sync applied again after a crash, or a Connect export
 older than the last webhook change all leave the membership as the newest word from Heap.
 
+Time: Heap's webhook payload carries no Heap-side time (spec §3), so a sync's statements are dated by
+the arrival of its first page at the receiver. A sync Heap delivers very late (after a newer sync was
+applied) therefore counts as the newer word for the identities it lists; the next sync or the
+reconcile (Heap Connect's `synced_at`) corrects that. `synced_at` without a zone (Snowflake NTZ,
+Redshift TIMESTAMP) is read as UTC: the run sets its staging connection's TimeZone to UTC.
+
 Identities are resolved to Segment userIds through the identity map (`engine.identity`; looked up
 trimmed, as the map's ids are, case kept):
 - mapped: the map's user id;
@@ -25,9 +31,11 @@ gets an identify with the trait true and a track "Audience Entered"; an exited o
 "Audience Exited". Messages go through the ledger and the delivery engine; the snapshot advances
 only for what Segment acknowledged; the inbox's syncs are marked done only once all was delivered.
 
-Drop guard: a run that would exit more than `max_drop_ratio` of the delivered members (at least
-`drop_guard_min_exits`) - an empty Connect export by fault, a broken identity map - changes nothing
-and raises `MembershipDropError` unless `confirm_drop` is given.
+Drop guard: a run that would exit more than `max_drop_ratio` (< 1) of the delivered members (at least
+`drop_guard_min_exits`) - a broken identity map, a truncated export - changes nothing and raises
+`MembershipDropError` unless `confirm_drop` is given. An empty Heap Connect result (0 rows for the
+segment) while members are delivered is refused the same way whatever the ratio and minimum say: on a
+small audience it is far likelier a failed Heap Connect sync than a segment that emptied.
 """
 
 from __future__ import annotations
@@ -43,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.delivery import DeliveryReport
@@ -60,6 +67,10 @@ ROUTES = ("webhook", "reconcile")
 ENTERED_EVENT, EXITED_EVENT = "Audience Entered", "Audience Exited"
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 STAGED_TABLE = "heap_staged"
+# The fields of an inbox page file the run reads, typed for DuckDB's `read_json`.
+_PAGE_COLUMNS = ("{sync_task_id: 'VARCHAR', page_number: 'INTEGER', received_at: 'TIMESTAMPTZ', "
+                 "add: 'VARCHAR[]', remove: 'VARCHAR[]'}")
+_MAX_PAGE_FILE_BYTES = 16 * 1024 * 1024  # a page file is smaller than its webhook body (at most 10 MB)
 SAMPLE_SIZE = 20
 _TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -195,7 +206,7 @@ def load_audiences(path: str | Path | None = None) -> AudiencesConfig:
         min_match_rate=_number(min_match_rate, "identity.min_match_rate", fail, 0, 1),
         members_query=str(reconcile.get("members_query", AudiencesConfig.members_query)),
         reconcile_schedule=str(reconcile.get("schedule", AudiencesConfig.reconcile_schedule)),
-        max_drop_ratio=_number(reconcile.get("max_drop_ratio", 0.5), "reconcile.max_drop_ratio", fail, 0, 1),
+        max_drop_ratio=_drop_ratio(reconcile.get("max_drop_ratio", 0.5), fail),
         drop_guard_min_exits=int(_number(reconcile.get("drop_guard_min_exits", 10),
                                          "reconcile.drop_guard_min_exits", fail, 0, None)),
         stale_incomplete_sync_minutes=_number(webhooks.get("stale_incomplete_sync_minutes", 60),
@@ -234,6 +245,14 @@ def _audience(key: str, table: Any, fail: Callable[[str], AudienceConfigError]) 
                     exited_event=table.get("exited_event", EXITED_EVENT))
 
 
+def _drop_ratio(value: Any, fail: Callable[[str], AudienceConfigError]) -> float:
+    ratio = _number(value, "reconcile.max_drop_ratio", fail, 0, 1)
+    if ratio >= 1:
+        raise fail(f"reconcile.max_drop_ratio must be below 1 (a share of the delivered members; 1 would let a run "
+                   f"exit every member unguarded), got {value!r}")
+    return ratio
+
+
 def _number(value: Any, where: str, fail: Callable[[str], AudienceConfigError], low: float,
             high: float | None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < low or (
@@ -270,6 +289,7 @@ class DropGuard:
     max_drop_ratio: float = 0.5
     min_exits: int = 10
     confirmed: bool = False
+    empty_export: bool = False  # the reconcile's Heap Connect result had no row for the segment
 
     @property
     def ratio(self) -> float:
@@ -277,6 +297,8 @@ class DropGuard:
 
     @property
     def tripped(self) -> bool:
+        if self.empty_export and self.delivered_members:
+            return True
         return self.exits >= max(self.min_exits, 1) and self.ratio > self.max_drop_ratio
 
 
@@ -323,6 +345,9 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     ledger = Ledger(con)
     ensure_state(con)
     con.execute(_STATE_SCHEMA)
+    # Heap Connect's synced_at often arrives without a zone (Snowflake TIMESTAMP_NTZ, Redshift TIMESTAMP):
+    # it is UTC, and casting it to TIMESTAMPTZ must not read it in the machine's local zone.
+    con.execute("SET TimeZone = 'UTC'")
     model = audience.model(config.path, owners)
     if not dry_run:
         advance_snapshot(con, audience.sync)  # settle what an earlier, interrupted run delivered
@@ -347,11 +372,14 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     staged = _resolve(con, config, audience, run)
     # 4. Drop guard against the last delivered membership, before anything is written.
     run.guard = _drop_guard(con, config, confirm_drop)
+    run.guard.empty_export = run.connect_rows == 0
     if run.guard.tripped and not confirm_drop:
         run.seconds = time.monotonic() - started
+        why = ("the Heap Connect result has no row for the segment" if run.guard.empty_export else
+               f"{run.guard.ratio:.0%} > {config.max_drop_ratio:.0%}")
         raise MembershipDropError(
             f"audience {audience.key!r}: this {route} would exit {run.guard.exits:,} of {run.guard.delivered_members:,} "
-            f"delivered members ({run.guard.ratio:.0%} > {config.max_drop_ratio:.0%}); nothing was changed. If Heap's "
+            f"delivered members ({why}); nothing was changed. If Heap's "
             "membership really dropped, run again with confirm_drop=true.", run)
     if dry_run:
         run.plan = plan_changes(con, ledger, model, staged, run_id=run_id, dry_run=True)
@@ -399,35 +427,30 @@ def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: Au
     """`heap_changes`: each identity's last change across the syncs' pages.
 
     Within a sync, pages apply in page order and a page's removes after its adds; across syncs, the
-    sync that arrived later wins (`as_of` = its first page's arrival). Pages are loaded one at a time
-    as Arrow columns (a page is at most the receiver's body limit); the rest is set work in DuckDB.
+    sync that arrived later wins (`as_of` = its first page's arrival). Heap's payload carries no Heap-side
+    time (spec §3), so arrival order is the only order there is: a sync that arrives hours late, after a
+    newer one was applied, is taken as the newest word for the identities it lists until the next sync or
+    reconcile says otherwise (the daily reconcile against Heap Connect corrects such drift).
+    DuckDB reads the page files itself (`read_json`, one INSERT per list): Python never holds a page.
     """
+    files = [str(path) for sync in run.syncs for path in inbox.page_files(sync.sync_task_id)]
     con.execute("""
         CREATE OR REPLACE TEMP TABLE heap_page_ids (sync_task_id VARCHAR, page_number INTEGER,
             received_at TIMESTAMPTZ, identity VARCHAR, member BOOLEAN, step TINYINT)
     """)
-    for sync in run.syncs:
-        for page in inbox.pages(sync.sync_task_id):
-            adds, removes = page.get("add", []), page.get("remove", [])
-            run.pages += 1
-            run.adds_received += len(adds)
-            run.removes_received += len(removes)
-            n = len(adds) + len(removes)
-            if not n:
-                continue
-            chunk = pa.table({
-                "identity": pa.array(adds + removes, pa.string()),
-                "member": pa.array([True] * len(adds) + [False] * len(removes), pa.bool_()),
-                "step": pa.array([0] * len(adds) + [1] * len(removes), pa.int8()),
-            })
-            con.execute("SELECT 1").fetchall()  # `register` refuses while a result is still open
-            con.register("heap_page_chunk", chunk)
-            try:
-                con.execute("INSERT INTO heap_page_ids SELECT ?, ?, ?::TIMESTAMPTZ, identity, member, step "
-                            "FROM heap_page_chunk",
-                            [page["sync_task_id"], page["page_number"], page["received_at"]])
-            finally:
-                con.unregister("heap_page_chunk")
+    # One file per statement: DuckDB's memory limit on the staging file then bounds a page, not a sync.
+    for path in files:
+        page = f"read_json(?, columns={_PAGE_COLUMNS}, format='auto', maximum_object_size={_MAX_PAGE_FILE_BYTES})"
+        con.execute(f"""
+            INSERT INTO heap_page_ids
+            SELECT sync_task_id, page_number, received_at, unnest(add || remove) AS identity,
+                   unnest(list_transform(add, lambda x: true) || list_transform(remove, lambda x: false)) AS member,
+                   unnest(list_transform(add, lambda x: 0) || list_transform(remove, lambda x: 1))::TINYINT AS step
+            FROM {page}
+        """, [path])
+        run.pages += 1
+    run.adds_received, run.removes_received = con.execute(
+        "SELECT count(*) FILTER (WHERE member), count(*) FILTER (WHERE NOT member) FROM heap_page_ids").fetchone()
     con.execute("""
         CREATE OR REPLACE TEMP TABLE heap_changes AS
         SELECT identity, member, as_of, sync_task_id AS source FROM (

@@ -32,6 +32,10 @@ State lives next to the ledger in the model's staging file:
 delivered (ARCHITECTURE rule 2); a change of two messages moves once neither is pending any more. A pending message that no longer matches the warehouse (the row
 changed again before it was delivered) is marked `superseded` in the ledger, so stale values are
 never sent after newer ones; if the row returns to that state the message is made pending again.
+A change of two messages with one delivered and one superseded still moves into the snapshot (Segment
+holds half of it): when a key leaves while its "entered" pair is half-sent, the plan supersedes the
+missing half, advances the snapshot and diffs again, so the same run sends the trait false and the
+exited event rather than leaving Segment with a trait or an "entered" nothing will ever undo.
 """
 
 from __future__ import annotations
@@ -228,6 +232,60 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpe
     table = quote(staged.table)
     plan = DiffPlan(rows_read=staged.rows)
 
+    null_rows, duplicate_rows = _diff(con, model, sql, snapshot, table, plan)
+    if not dry_run and not ignore_snapshot:
+        # A change of two calls, one delivered and one still pending, that this run no longer wants (the key
+        # left, or changed again): its pending call is superseded, so the change settles as what Segment did
+        # get; the snapshot then records it and the diff, run again, undoes it (the trait false and the
+        # exited event after a half-sent entry) instead of losing it.
+        plan.superseded = _settle_half_delivered(con, ledger, model.sync)
+        if plan.superseded and advance_snapshot(con, model.sync):
+            null_rows, duplicate_rows = _diff(con, model, sql, snapshot, table, plan)
+    # Counts of what will be sent; a rejected row counts as rejected only, so that
+    # rows_read = added + changed + unchanged + rejected.
+    added, changed, plan.removed = con.execute(
+        "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed'), "
+        "count(*) FILTER (WHERE kind = 'removed') FROM rev_wanted WHERE part = 0").fetchone()
+    plan.added = added
+    plan.changed = plan.changed if model.mode == "append" else changed
+    _collect_rejections(con, model, sql, table, null_rows, duplicate_rows)
+    plan.rejected = con.execute("SELECT count(*) FROM rev_rejections").fetchone()[0]
+    plan.rejection_samples = con.execute(
+        "SELECT record_key, reason FROM rev_rejections LIMIT ?", [REJECTION_SAMPLE_SIZE]).fetchall()
+    plan.samples = [p.encode() for (p,) in con.execute(
+        "SELECT payload FROM rev_wanted ORDER BY ord LIMIT ?", [SAMPLE_SIZE]).fetchall()]
+
+    if dry_run:
+        wanted, known = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? "
+            "AND l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w", [model.sync, SUPERSEDED]
+        ).fetchone()
+        plan.planned, plan.already_known = wanted - known, known
+    else:
+        ledger.reject_relation(model.sync, "rev_rejections", run_id=run_id)
+        # Recorded before the ledger plans them: a run killed in between leaves a row whose message is
+        # unknown to the ledger (harmless: planned next time, or dropped as stale), never the reverse.
+        con.execute(
+            """
+            INSERT INTO rev_changes
+            SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id, ?, now()
+            FROM rev_wanted w WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)
+            """, [sql.generation, run_id])
+        plan.superseded += _supersede_stale(con, ledger, model.sync)
+        revived = _revive(con, ledger, model.sync)
+        counts = ledger.plan_relation(model.sync, "rev_wanted", run_id=run_id)
+        plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
+    for name in ("rev_current", "rev_delta", "rev_candidates", "rev_wanted", "rev_oversize", "rev_rejections"):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+    plan.seconds = time.monotonic() - started
+    return plan
+
+
+def _diff(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, snapshot: str, table: str,
+          plan: DiffPlan) -> tuple[int, int]:
+    """Steps 1-3 of the module docstring: `rev_current`, `rev_delta`, `rev_candidates` and `rev_wanted` (the
+    messages this run wants, oversize ones moved to `rev_oversize`); sets the plan's unchanged (and append
+    mode's changed) counts. Returns the null-key and repeated-key row counts."""
     # 1. One row per key with its hash; `copies` > 1 marks a repeated key, the NULL group the null keys.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_current AS
@@ -304,44 +362,7 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpe
     """)
     if con.execute("SELECT count(*) FROM rev_oversize").fetchone()[0]:
         con.execute("DELETE FROM rev_wanted WHERE strlen(payload) > ?", [MAX_MESSAGE_BYTES])
-    # Counts of what will be sent; a rejected row counts as rejected only, so that
-    # rows_read = added + changed + unchanged + rejected.
-    added, changed, plan.removed = con.execute(
-        "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed'), "
-        "count(*) FILTER (WHERE kind = 'removed') FROM rev_wanted WHERE part = 0").fetchone()
-    plan.added = added
-    plan.changed = plan.changed if model.mode == "append" else changed
-    _collect_rejections(con, model, sql, table, null_rows, duplicate_rows)
-    plan.rejected = con.execute("SELECT count(*) FROM rev_rejections").fetchone()[0]
-    plan.rejection_samples = con.execute(
-        "SELECT record_key, reason FROM rev_rejections LIMIT ?", [REJECTION_SAMPLE_SIZE]).fetchall()
-    plan.samples = [p.encode() for (p,) in con.execute(
-        "SELECT payload FROM rev_wanted ORDER BY ord LIMIT ?", [SAMPLE_SIZE]).fetchall()]
-
-    if dry_run:
-        wanted, known = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? "
-            "AND l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w", [model.sync, SUPERSEDED]
-        ).fetchone()
-        plan.planned, plan.already_known = wanted - known, known
-    else:
-        ledger.reject_relation(model.sync, "rev_rejections", run_id=run_id)
-        # Recorded before the ledger plans them: a run killed in between leaves a row whose message is
-        # unknown to the ledger (harmless: planned next time, or dropped as stale), never the reverse.
-        con.execute(
-            """
-            INSERT INTO rev_changes
-            SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id, ?, now()
-            FROM rev_wanted w WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)
-            """, [sql.generation, run_id])
-        plan.superseded = _supersede_stale(con, ledger, model.sync)
-        revived = _revive(con, ledger, model.sync)
-        counts = ledger.plan_relation(model.sync, "rev_wanted", run_id=run_id)
-        plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
-    for name in ("rev_current", "rev_delta", "rev_candidates", "rev_wanted", "rev_oversize", "rev_rejections"):
-        con.execute(f"DROP TABLE IF EXISTS {name}")
-    plan.seconds = time.monotonic() - started
-    return plan
+    return null_rows, duplicate_rows
 
 
 def _collect_rejections(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, table: str,
@@ -375,23 +396,66 @@ def _collect_rejections(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _
 def _supersede_stale(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:
     """Pending messages this run no longer wants (their row changed again, or a resync) stop being pending.
 
-    Every pending message has its `rev_changes` row, so only those rows are looked up in the ledger.
+    Every pending message has its `rev_changes` row, so only those rows are looked up in the ledger. Only
+    rows whose message is pending (now superseded) or unknown to the ledger leave `rev_changes`: a part
+    already settled (delivered, rejected) stays, so `advance_snapshot` records what Segment really got
+    once its change has settled.
     """
     con.execute("CREATE OR REPLACE TEMP TABLE rev_stale AS SELECT message_id FROM rev_changes c "
                 "WHERE NOT EXISTS (SELECT 1 FROM rev_wanted w WHERE w.message_id = c.message_id)")
-    stale: list[tuple[str, int]] = []
-    if con.execute("SELECT count(*) FROM rev_stale").fetchone()[0]:
-        stale = con.execute(
-            "SELECT l.message_id, l.seq FROM ledger l JOIN rev_stale s ON s.message_id = l.message_id "
-            "WHERE l.sync = ? AND l.status = ?", [sync, PENDING]).fetchall()
+    if con.execute("SELECT count(*) FROM rev_stale").fetchone()[0] == 0:
+        con.execute("DROP TABLE rev_stale")
+        return 0
+    stale = con.execute(
+        "SELECT l.message_id, l.seq FROM ledger l JOIN rev_stale s ON s.message_id = l.message_id "
+        "WHERE l.sync = ? AND l.status = ?", [sync, PENDING]).fetchall()
+    _mark_superseded(con, ledger, sync, stale)
+    con.execute(
+        """
+        DELETE FROM rev_changes WHERE message_id IN (
+            SELECT s.message_id FROM rev_stale s WHERE NOT EXISTS (
+                SELECT 1 FROM ledger l WHERE l.sync = ? AND l.message_id = s.message_id AND l.status NOT IN (?, ?)))
+        """, [sync, PENDING, SUPERSEDED])
+    con.execute("DROP TABLE rev_stale")
+    return len(stale)
+
+
+def _settle_half_delivered(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:
+    """Supersede the pending parts of half-delivered changes this run no longer wants; returns how many.
+
+    A change of two calls (the trait and its entered/exited event) whose one call was delivered and whose
+    other is still pending cannot simply be dropped when the key moves on: Segment already holds half of
+    it. Superseding the pending part settles the change, and `advance_snapshot` then records the delivered
+    state, so the diff sends what undoes it (e.g. "Audience Exited" after a half-sent "Audience Entered").
+    """
+    if con.execute("SELECT count(*) FROM rev_changes").fetchone()[0] == 0:
+        return 0
+    stale = con.execute(
+        """
+        WITH parts AS (
+            SELECT c.message_id, c.record_key, c.generation, c.version, l.seq, l.status
+            FROM rev_changes c JOIN ledger l ON l.sync = ? AND l.message_id = c.message_id
+        )
+        SELECT p.message_id, p.seq FROM parts p
+        WHERE p.status = ?
+          AND NOT EXISTS (SELECT 1 FROM rev_wanted w WHERE w.message_id = p.message_id)
+          AND EXISTS (SELECT 1 FROM parts d WHERE d.status = ? AND d.record_key = p.record_key
+                      AND d.generation = p.generation AND d.version = p.version)
+        """, [sync, PENDING, DELIVERED]).fetchall()
+    _mark_superseded(con, ledger, sync, stale)
+    if stale:
+        con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [[m for m, _ in stale]])
+    return len(stale)
+
+
+def _mark_superseded(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str, stale: list[tuple[str, int]]) -> None:
+    """Log `superseded` for these (message_id, seq) pairs and remember them for `_revive`."""
     for start in range(0, len(stale), 20_000):  # (id, int) pairs: even a whole resync's worth is small
         chunk = stale[start:start + 20_000]
         ledger.log_outcomes(sync, [(seq, SUPERSEDED, 0, "superseded by a newer state of the row") for _, seq in chunk])
         con.execute("INSERT INTO rev_superseded SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
                     [[m for m, _ in chunk], [q for _, q in chunk]])
-    con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_stale)")
-    con.execute("DROP TABLE rev_stale")
-    return len(stale)
 
 
 def _revive(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:

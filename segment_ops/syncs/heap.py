@@ -7,8 +7,11 @@
   checks `identity_match_rate` (WARN), `membership_drop_guard` (ERROR; a tripped guard fails the run and
   changes nothing) and `delivery_complete`.
 - `heap_audiences_job`; `heap_webhook_inbox_sensor` (RUNNING by default): one run per complete
-  `sync_task_id`, held while pages are missing, reported once a sync stays incomplete longer than the
-  file's `stale_incomplete_sync_minutes`; `heap_reconcile_schedule` (STOPPED by default: it sends to
+  `sync_task_id`, held while pages are missing, reported once (a warning in the sensor's log and one
+  message to ALERT_WEBHOOK_URL) when a sync stays incomplete longer than the file's
+  `stale_incomplete_sync_minutes`. It reads each pending sync's small `sync.json`, never its pages. The
+  cursor holds the syncs already reported, so a report is never repeated; an alert that could not be
+  posted is tried again on the next tick; `heap_reconcile_schedule` (STOPPED by default: it sends to
   Segment): the reconcile route for every audience, on the file's cron.
 
 Adding an audience is adding an `[audiences.<name>]` table to the file (HEAP_AUDIENCES_FILE); no code.
@@ -25,7 +28,9 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from segment_ops.clients.base import VendorAuthError
+from segment_ops.alerts import StaleSync, stale_sync_message
+from segment_ops.clients.base import VendorAuthError, VendorError
+from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.audiences import (
@@ -42,7 +47,7 @@ from segment_ops.engine.audiences import (
 )
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.warehouse import WarehouseError
-from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.resources import AlertsResource, SegmentTrackingResource, StagingResource, WarehouseResource
 from segment_ops.syncs import OWNER
 from segment_ops.syncs.external import HEAP_SEGMENTS, warehouse_table_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
@@ -135,8 +140,9 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
             dg.AssetCheckSpec("identity_match_rate", asset=key, description=(
                 f"At least {audiences.min_match_rate:.0%} of the members' Heap identities resolve to a userId.")),
             dg.AssetCheckSpec("membership_drop_guard", asset=key, description=(
-                f"The run exits at most {audiences.max_drop_ratio:.0%} of the delivered members "
-                "(unless confirmed); a tripped guard fails the run and changes nothing.")),
+                f"The run exits at most {audiences.max_drop_ratio:.0%} of the delivered members, and a reconcile "
+                "never empties an audience from an empty Heap Connect result (unless confirmed); a tripped guard "
+                "fails the run and changes nothing.")),
             dg.AssetCheckSpec("delivery_complete", asset=key,
                               description="Nothing planned for this audience is left pending after the run."),
         ],
@@ -187,7 +193,8 @@ def _guard_result(run: AudienceRun) -> dg.AssetCheckResult:
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"delivered_members": guard.delivered_members, "exits": guard.exits,
                   "drop_ratio": round(guard.ratio, 4), "max_drop_ratio": guard.max_drop_ratio,
-                  "min_exits": guard.min_exits, "confirmed": guard.confirmed})
+                  "min_exits": guard.min_exits, "empty_heap_connect_result": guard.empty_export,
+                  "confirmed": guard.confirmed})
 
 
 def _metadata(run: AudienceRun) -> dict:
@@ -236,14 +243,15 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Watches the Heap webhook inbox: one run per complete segment sync (all its pages received); "
-                    "an incomplete sync is held, and reported once it stays incomplete longer than "
-                    f"{audiences.stale_incomplete_sync_minutes:g} minutes.",
+                    "an incomplete sync is held, and reported once (log and alert webhook) when it stays "
+                    f"incomplete longer than {audiences.stale_incomplete_sync_minutes:g} minutes.",
     )
-    def heap_webhook_inbox_sensor(context: dg.SensorEvaluationContext, staging: StagingResource) -> dg.SensorResult:
+    def heap_webhook_inbox_sensor(context: dg.SensorEvaluationContext, staging: StagingResource,
+                                  alerts: AlertsResource) -> dg.SensorResult:
         inbox = Inbox.for_home(staging.home)
         reported: set[str] = set(json.loads(context.cursor)) if context.cursor else set()
         now = datetime.now(UTC)
-        requests, held, problems = [], 0, []
+        requests, held, problems, stale = [], 0, [], []
         for sync in inbox.syncs():
             audience = audiences.by_segment(sync.segment_id)
             if audience is None:
@@ -255,9 +263,13 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                 if age <= stale_after:
                     held += 1
                     continue
-                problems.append((sync.sync_task_id, f"{audience.key}: incomplete for {_minutes(age)}: page(s) "
-                                                    f"{list(sync.missing_pages)} of {sync.total_pages} never arrived; "
-                                                    "not applied (the reconcile corrects the drift)"))
+                problem = (f"incomplete for {_minutes(age)}: page(s) {list(sync.missing_pages)} of "
+                           f"{sync.total_pages} never arrived; not applied (the reconcile corrects the drift)")
+                problems.append((sync.sync_task_id, f"{audience.key}: {problem}"))
+                stale.append(StaleSync("Heap", sync.sync_task_id, audience.key, problem,
+                                       str(inbox.root / sync.sync_task_id),
+                                       f"{alerts.dagster_ui_url.rstrip('/')}/assets/"
+                                       f"{'/'.join(audience_key(audience.key).path)}"))
                 continue
             runs = context.instance.get_runs(filters=dg.RunsFilter(tags={SYNC_TAG: sync.sync_task_id}))
             if any(not r.is_finished for r in runs):
@@ -275,15 +287,33 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         for sync_task_id, problem in problems:
             if sync_task_id not in reported:
                 context.log.warning(f"Heap sync {sync_task_id}: {problem}")
+        unposted = _alert_stale(context, alerts, [s for s in stale if s.sync_task_id not in reported])
         skip = None
         if not requests:
             parts = [f"{held} incomplete sync(s) waiting for pages"] if held else []
             parts += [f"sync {task}: {problem}" for task, problem in problems]
             skip = dg.SkipReason("no complete Heap sync to apply" + (": " + "; ".join(parts) if parts else ""))
         return dg.SensorResult(run_requests=requests, skip_reason=skip,
-                               cursor=json.dumps(sorted({t for t, _ in problems})))
+                               cursor=json.dumps(sorted({t for t, _ in problems} - unposted)))
 
     return heap_webhook_inbox_sensor
+
+
+def _alert_stale(context: dg.SensorEvaluationContext, alerts: AlertsResource, stale: list[StaleSync]) -> set[str]:
+    """Post one alert per newly stale sync; returns the syncs not posted (tried again next tick). After a
+    failed post the rest wait too: each post may retry for up to 20 s, and a sensor tick has 60 s."""
+    unposted: set[str] = set()
+    for item in stale:
+        if unposted:
+            unposted.add(item.sync_task_id)
+            continue
+        try:
+            with alerts.get_client() as client:
+                client.post_message(stale_sync_message(item))
+        except (VendorError, WebhookUrlError) as exc:
+            context.log.error(f"alert for the stale Heap sync {item.sync_task_id} not sent (next tick retries): {exc}")
+            unposted.add(item.sync_task_id)
+    return unposted
 
 
 def _reconcile_schedule(audiences: AudiencesConfig, enabled: list[Audience],

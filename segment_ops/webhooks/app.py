@@ -5,16 +5,25 @@
 - 403 with exactly `{"error": "Invalid signature"}` when `Heap-Hash` is missing, wrong, or signed
   further than `tolerance_seconds` from now (Heap retries, signing again);
 - 400 `{"error": "<what is wrong>"}` for a body that is not a valid `segment.users.sync` page;
-- 200 `{"stored": true|false, ...}` once the page is durably in the inbox (false: a repeat, kept once);
+- 200 `{"stored": true|false, ...}` once the page is durably in the inbox (false: an identical repeat,
+  kept once; `"done": true` when its sync was already applied - it is not applied again);
+- 409 `{"error": "<what differs>"}` when the page disagrees with the copy already stored, or with its
+  sync's segment id or total_pages: the first copy is kept, this one is kept aside and logged (see
+  `segment_ops.webhooks.inbox`);
 - 500 when the inbox cannot be written (Heap retries; nothing was acknowledged).
 
 Production: `segment-ops webhooks --port 8080`, or any ASGI server with the factory
 `segment_ops.webhooks.app:create_app_from_env` (e.g. `uvicorn --factory ...`), behind HTTPS.
-The secret comes from HEAP_WEBHOOK_SECRET and never reaches a log or a response.
+The secret comes from HEAP_WEBHOOK_SECRET and never reaches a log or a response. Without it the only
+secret available is the sandbox's, published in this repository, with which anyone could sign pages:
+`create_app_from_env` (its bind address is unknown) and `segment-ops webhooks` on any interface but a
+loopback one (127.0.0.1, ::1, localhost) refuse to start (`WebhookSecretError`); on loopback, for the
+demo and tests, the sandbox secret is accepted with a warning.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from segment_ops.config import load_settings
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, load_settings
 from segment_ops.webhooks.heap import (
     DEFAULT_TOLERANCE_SECONDS,
     InvalidPayload,
@@ -34,7 +43,7 @@ from segment_ops.webhooks.heap import (
     parse_page,
     verify,
 )
-from segment_ops.webhooks.inbox import Inbox, InboxError
+from segment_ops.webhooks.inbox import Inbox, InboxError, PageConflict
 
 HEAP_PATH = "/webhooks/heap"
 DEFAULT_MAX_BODY_BYTES = 10_000_000
@@ -52,6 +61,39 @@ class WebhookConfig:
 
 class _TooLarge(Exception):
     pass
+
+
+class WebhookSecretError(ValueError):
+    """HEAP_WEBHOOK_SECRET is missing (or the sandbox's published value) where the receiver would be reachable
+    from other machines. The message names the variable, never a value."""
+
+
+def require_live_secret(config: WebhookConfig, host: str | None) -> None:
+    """Refuse the sandbox's published secret unless the receiver is bound to a loopback `host`.
+
+    `host` None means the bind address is unknown (an ASGI factory), which is treated as reachable.
+    """
+    if config.heap_secret != SANDBOX_HEAP_WEBHOOK_SECRET:
+        return
+    if host is not None and _is_loopback(host):
+        log.warning("HEAP_WEBHOOK_SECRET is not set: the receiver on %s accepts pages signed with the sandbox's "
+                    "published secret (loopback only; set HEAP_WEBHOOK_SECRET before exposing it)", host)
+        return
+    where = f"on {host}" if host is not None else "from an ASGI factory (the bind address is unknown)"
+    raise WebhookSecretError(
+        f"HEAP_WEBHOOK_SECRET is not set (or holds the sandbox's published value): a receiver {where} would "
+        "accept pages anyone can sign. Set HEAP_WEBHOOK_SECRET to the secret of the Heap integration, or bind "
+        "to 127.0.0.1, ::1 or localhost for a local test.")
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(config: WebhookConfig) -> Starlette:
@@ -80,13 +122,21 @@ def create_app(config: WebhookConfig) -> Starlette:
             return _json({"error": str(exc)}, 400)
         try:
             stored = await run_in_threadpool(inbox.store, page, signed_at=signed_at)
+        except PageConflict as exc:
+            log.warning("Heap webhook page refused (409): %s (this copy: %s)", exc, exc.kept_aside or "not saved")
+            return _json({"error": str(exc)}, 409)
         except InboxError as exc:
             log.error("Heap webhook page not stored (500): %s", exc)
             return _json({"error": "the page could not be stored; retry"}, 500)
+        answer = {"stored": stored, "sync_task_id": page.sync_task_id, "page_number": page.page_number}
+        done = not stored and inbox.is_done(page.sync_task_id)
+        if done:
+            answer["done"] = True
         log.info("Heap sync %s page %d/%d of segment %d: %s (%d add, %d remove)", page.sync_task_id,
-                 page.page_number, page.total_pages, page.segment_id, "stored" if stored else "repeat, kept once",
-                 len(page.add), len(page.remove))
-        return _json({"stored": stored, "sync_task_id": page.sync_task_id, "page_number": page.page_number})
+                 page.page_number, page.total_pages, page.segment_id,
+                 "stored" if stored else "repeat of a sync already applied, not applied again" if done
+                 else "repeat, kept once", len(page.add), len(page.remove))
+        return _json(answer)
 
     async def healthz(request: Request) -> Response:
         return _json({"ok": True, "inbox": str(inbox.root)})
@@ -95,7 +145,10 @@ def create_app(config: WebhookConfig) -> Starlette:
 
 
 def config_from_env(*, tolerance_seconds: float | None = None) -> WebhookConfig:
-    """The receiver's configuration from the environment (SEGMENT_OPS_HOME, HEAP_WEBHOOK_SECRET, ...)."""
+    """The receiver's configuration from the environment (SEGMENT_OPS_HOME, HEAP_WEBHOOK_SECRET, ...).
+
+    Unset HEAP_WEBHOOK_SECRET gives the sandbox's secret: whoever serves the config checks it with
+    `require_live_secret` against the address it binds to."""
     settings = load_settings()
     tolerance = tolerance_seconds if tolerance_seconds is not None else float(
         settings["HEAP_WEBHOOK_TOLERANCE_SECONDS"] or DEFAULT_TOLERANCE_SECONDS)
@@ -103,8 +156,12 @@ def config_from_env(*, tolerance_seconds: float | None = None) -> WebhookConfig:
 
 
 def create_app_from_env() -> Starlette:
-    """ASGI factory for production servers: `uvicorn --factory segment_ops.webhooks.app:create_app_from_env`."""
-    return create_app(config_from_env())
+    """ASGI factory for production servers: `uvicorn --factory segment_ops.webhooks.app:create_app_from_env`.
+
+    Raises `WebhookSecretError` unless HEAP_WEBHOOK_SECRET is set: the factory cannot know its bind address."""
+    config = config_from_env()
+    require_live_secret(config, None)
+    return create_app(config)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

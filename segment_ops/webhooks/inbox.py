@@ -1,19 +1,37 @@
 """The Heap webhook inbox: one JSON file per received page, under `<SEGMENT_OPS_HOME>/inbox/heap/`.
 
+    inbox/heap/<sync_task_id>/sync.json       the sync's summary, written with its first page: segment id and
+                                              name, total_pages, first_received (the sensor reads only this)
     inbox/heap/<sync_task_id>/page-<n>.json   one page, as validated, with when it arrived
     inbox/heap/<sync_task_id>/done.json       written once the sync's run delivered it (never before)
+    inbox/heap/<sync_task_id>/conflicts/      copies that disagree with what is stored, kept aside, never applied
 
 Plain files, so the receiver needs no database and any number of receiver processes can share the
 folder with the Dagster sensor and runs:
-- a page is written to a temporary file in the same folder, fsynced, then hard-linked to its final
-  name: the link fails if the page exists, so the first copy of a page wins atomically and a retried
-  page is stored once (a second receiver racing on the same page loses cleanly);
-- the folder is fsynced before the receiver answers 200, so an acknowledged page survives a crash;
+- every file is written to a temporary file in its folder, fsynced, then hard-linked to its final
+  name: the link fails if the file exists, so the first copy wins atomically and a retried page is
+  stored once (a second receiver racing on the same page loses cleanly);
+- every folder created (`inbox/`, `inbox/heap/`, the sync's) and every file linked is followed by an
+  fsync of its parent folder before the receiver answers 200, so an acknowledged page survives a crash;
 - nothing is deleted: a processed sync keeps its pages beside its `done.json` marker.
+
+What `store` does with a page that meets stored data (the receiver answers with the HTTP status shown):
+- same (sync_task_id, page_number), same content (segment id, total_pages, add, remove): a repeat, kept
+  once - 200 `{"stored": false}`;
+- same page number, different content: `PageConflict` - 409; the first copy stays the one applied, the
+  other is kept aside under `conflicts/` (one file per distinct content, so Heap's retries add nothing)
+  and the receiver logs it;
+- a page whose segment id or total_pages differ from its sync's `sync.json`: `PageConflict` - 409, kept
+  aside the same way (pages of one sync must agree);
+- a page of a sync already marked done: a done sync is complete (a run only applies complete syncs), so
+  every page number is stored already and the two cases above apply: an identical repeat is answered
+  200 and never re-applied (runs read only syncs without `done.json`), a different copy gets 409 and is
+  kept aside. Nothing arriving late is silently dropped, and nothing is applied twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import uuid
@@ -27,11 +45,23 @@ import orjson
 from segment_ops.webhooks.heap import SyncPage
 
 DONE_MARKER = "done.json"
+SUMMARY_FILE = "sync.json"
+CONFLICTS_FOLDER = "conflicts"
 _PAGE_FILE = re.compile(r"^page-(\d+)\.json$")
 
 
 class InboxError(RuntimeError):
     """A page or marker could not be read or written; the message names the file."""
+
+
+class PageConflict(Exception):
+    """A page disagrees with what the inbox already holds for its sync; the first copy is kept. The message
+    says what differs (no payload, no secret, no path: it is the receiver's answer); `kept_aside` is where
+    this copy was saved (None if it could not be)."""
+
+    def __init__(self, message: str, *, sync_task_id: str, page_number: int, kept_aside: Path | None) -> None:
+        super().__init__(message)
+        self.sync_task_id, self.page_number, self.kept_aside = sync_task_id, page_number, kept_aside
 
 
 @dataclass(frozen=True)
@@ -69,38 +99,36 @@ class Inbox:
     def store(self, page: SyncPage, *, signed_at: int | None = None, received_at: datetime | None = None) -> bool:
         """Write `page` durably unless that (sync_task_id, page_number) is already stored.
 
-        Returns True when this call stored it, False for a repeat (the first copy is kept).
+        Returns True when this call stored it, False for an identical repeat (the first copy is kept).
+        Raises `PageConflict` when the page disagrees with the stored copy or with its sync's other pages,
+        `InboxError` when the folder cannot be written.
         """
         folder = self.root / page.sync_task_id
         target = folder / f"page-{page.page_number}.json"
         if target.exists():
-            return False
-        new_folder = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        if new_folder:
-            _fsync_dir(folder.parent)
+            return self._repeat_or_conflict(page, target)
+        received = received_at or datetime.now(UTC)
+        _make_dirs(folder)
+        summary = {"sync_task_id": page.sync_task_id, "segment": {"id": page.segment_id, "name": page.segment_name},
+                   "total_pages": page.total_pages, "first_received": received.isoformat()}
+        if not _write_once(folder / SUMMARY_FILE, orjson.dumps(summary)):
+            known = self._read(folder / SUMMARY_FILE)
+            if (int(known["segment"]["id"]), int(known["total_pages"])) != (page.segment_id, page.total_pages):
+                raise self._conflict(page, f"its sync has segment {known['segment']['id']} and "
+                                           f"{known['total_pages']} page(s), this page says segment "
+                                           f"{page.segment_id} and {page.total_pages} page(s)")
         record = {
             "sync_task_id": page.sync_task_id, "page_number": page.page_number, "total_pages": page.total_pages,
             "segment": {"id": page.segment_id, "name": page.segment_name},
-            "received_at": (received_at or datetime.now(UTC)).isoformat(), "signed_at": signed_at,
+            "received_at": received.isoformat(), "signed_at": signed_at,
             "add": list(page.add), "remove": list(page.remove),
         }
-        tmp = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(orjson.dumps(record))
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, target)  # atomic create-if-absent: the first copy of a page wins
-            except FileExistsError:
-                return False
-            _fsync_dir(folder)
+        if _write_once(target, orjson.dumps(record)):
             return True
-        except OSError as exc:
-            raise InboxError(f"cannot write {target}: {exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        return self._repeat_or_conflict(page, target)  # another receiver stored it in between
+
+    def is_done(self, sync_task_id: str) -> bool:
+        return (self.root / sync_task_id / DONE_MARKER).exists()
 
     def syncs(self, *, include_done: bool = False) -> list[InboxSync]:
         """Every sync in the inbox (not yet processed, unless `include_done`), oldest first."""
@@ -118,31 +146,49 @@ class Inbox:
         folder = self.root / sync_task_id
         return self._summary(folder, (folder / DONE_MARKER).exists()) if folder.is_dir() else None
 
-    def pages(self, sync_task_id: str) -> list[dict]:
-        """The stored pages of a sync, in page order."""
-        return [self._read(path) for _, path in self._page_files(self.root / sync_task_id)]
+    def page_files(self, sync_task_id: str) -> list[Path]:
+        """The paths of a sync's stored pages, in page order (for a reader such as DuckDB's `read_json`)."""
+        return [path for _, path in self._page_files(self.root / sync_task_id)]
+
+    def pages(self, sync_task_id: str) -> Iterator[dict]:
+        """The stored pages of a sync, in page order, one at a time (a page can be megabytes)."""
+        for path in self.page_files(sync_task_id):
+            yield self._read(path)
 
     def mark_done(self, sync_task_id: str, info: dict) -> None:
         """Record that the sync was delivered (atomically; a second call keeps the first marker)."""
-        folder = self.root / sync_task_id
-        target = folder / DONE_MARKER
-        if target.exists():
-            return
-        tmp = folder / f".{DONE_MARKER}.{uuid.uuid4().hex}.tmp"
+        payload = orjson.dumps({**info, "done_at": datetime.now(UTC).isoformat()})
+        _write_once(self.root / sync_task_id / DONE_MARKER, payload)
+
+    def _repeat_or_conflict(self, page: SyncPage, target: Path) -> bool:
+        stored = self._read(target)
+        differences = [name for name, mine, theirs in (
+            ("segment id", page.segment_id, int(stored["segment"]["id"])),
+            ("total_pages", page.total_pages, int(stored["total_pages"])),
+            ("add", list(page.add), stored["add"]),
+            ("remove", list(page.remove), stored["remove"]),
+        ) if mine != theirs]
+        if not differences:
+            return False
+        raise self._conflict(page, f"page {page.page_number} is already stored with a different "
+                                   f"{', '.join(differences)}")
+
+    def _conflict(self, page: SyncPage, what: str) -> PageConflict:
+        """Keep the disagreeing copy aside (once per distinct content) and describe it."""
+        body = orjson.dumps({"sync_task_id": page.sync_task_id, "page_number": page.page_number,
+                             "total_pages": page.total_pages,
+                             "segment": {"id": page.segment_id, "name": page.segment_name},
+                             "add": list(page.add), "remove": list(page.remove)})
+        folder = self.root / page.sync_task_id / CONFLICTS_FOLDER
+        aside = folder / f"conflict-page{page.page_number}-{hashlib.sha256(body).hexdigest()[:16]}.json"
         try:
-            with open(tmp, "wb") as handle:
-                handle.write(orjson.dumps({**info, "done_at": datetime.now(UTC).isoformat()}))
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                return
-            _fsync_dir(folder)
-        except OSError as exc:
-            raise InboxError(f"cannot write {target}: {exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+            _make_dirs(folder)
+            _write_once(aside, body)
+        except InboxError:
+            aside = None
+        return PageConflict(f"Heap sync {page.sync_task_id}: {what}. The first copy is kept; this one is not "
+                            "applied", sync_task_id=page.sync_task_id, page_number=page.page_number,
+                            kept_aside=aside)
 
     def _folders(self) -> Iterator[Path]:
         if not self.root.is_dir():
@@ -155,11 +201,17 @@ class Inbox:
         files = self._page_files(folder)
         if not files:
             return None
-        first = self._read(files[0][1])  # every page of a sync carries the same segment and total_pages
-        # Arrival times from the files' mtimes (set when the page was written), so a scan reads one page only.
+        # Arrival times from the files' mtimes (set when each page was written): a stat per page, no read.
         received = [datetime.fromtimestamp(p.stat().st_mtime, UTC) for _, p in files]
-        return InboxSync(folder.name, int(first["segment"]["id"]), str(first["segment"]["name"]),
-                         int(first["total_pages"]), tuple(n for n, _ in files), min(received), max(received), done)
+        summary_path = folder / SUMMARY_FILE
+        if summary_path.exists():
+            summary = self._read(summary_path)  # a few hundred bytes, whatever the pages weigh
+            first = datetime.fromisoformat(summary["first_received"])
+        else:  # a sync stored before sync.json existed: its first page carries the same fields
+            summary, first = self._read(files[0][1]), min(received)
+        return InboxSync(folder.name, int(summary["segment"]["id"]), str(summary["segment"]["name"]),
+                         int(summary["total_pages"]), tuple(n for n, _ in files), min(first, min(received)),
+                         max(received), done)
 
     @staticmethod
     def _page_files(folder: Path) -> list[tuple[int, Path]]:
@@ -175,6 +227,43 @@ class Inbox:
             return orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise InboxError(f"cannot read inbox file {path}: {exc}") from exc
+
+
+def _write_once(target: Path, data: bytes) -> bool:
+    """Create `target` with `data` durably unless it exists (atomic: temp file, fsync, hard link, fsync of the
+    folder). Returns False when it already existed."""
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)  # atomic create-if-absent: the first copy wins
+        except FileExistsError:
+            return False
+        _fsync_dir(target.parent)
+        return True
+    except OSError as exc:
+        raise InboxError(f"cannot write {target}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _make_dirs(folder: Path) -> None:
+    """Create `folder` and any missing parent, fsyncing each new folder's parent so the entry is durable."""
+    missing = []
+    current = folder
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    try:
+        for path in reversed(missing):
+            # exist_ok: a concurrent receiver may have created it; its parent is fsynced all the same
+            path.mkdir(exist_ok=True)
+            _fsync_dir(path.parent)
+    except OSError as exc:
+        raise InboxError(f"cannot create {folder}: {exc}") from exc
 
 
 def _fsync_dir(folder: Path) -> None:

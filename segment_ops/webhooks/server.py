@@ -5,7 +5,13 @@ from __future__ import annotations
 import uvicorn
 
 from segment_ops.asgi import ThreadedServer, serve_in_thread, uvicorn_config
-from segment_ops.webhooks.app import HEAP_PATH, WebhookConfig, create_app
+from segment_ops.webhooks.app import (
+    HEAP_PATH,
+    WebhookConfig,
+    WebhookSecretError,
+    create_app,
+    require_live_secret,
+)
 
 
 class RunningReceiver:
@@ -27,12 +33,20 @@ class RunningReceiver:
 
 
 def start_receiver(config: WebhookConfig, *, host: str = "127.0.0.1", port: int = 0) -> RunningReceiver:
-    """Serve the receiver from a daemon thread (port 0: a free port); returns once it accepts connections."""
+    """Serve the receiver from a daemon thread (port 0: a free port); returns once it accepts connections.
+
+    Raises `WebhookSecretError` for the sandbox secret on a non-loopback `host`."""
+    require_live_secret(config, host)
     return RunningReceiver(serve_in_thread(create_app(config), name="webhook receiver", host=host, port=port))
 
 
 def serve(config: WebhookConfig, host: str, port: int) -> None:
-    """Serve in the foreground until interrupted."""
+    """Serve in the foreground until interrupted (`segment-ops webhooks`); exits with a message naming
+    HEAP_WEBHOOK_SECRET when it is unset and `host` is not a loopback address."""
+    try:
+        require_live_secret(config, host)
+    except WebhookSecretError as exc:
+        raise SystemExit(f"segment-ops webhooks: {exc}") from None
     print(f"segment_ops webhook receiver on http://{host}:{port}{HEAP_PATH} (inbox: {config.home}/inbox/heap)",
           flush=True)
     uvicorn.Server(uvicorn_config(create_app(config), host, port)).run()

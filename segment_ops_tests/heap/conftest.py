@@ -14,7 +14,7 @@ import pytest
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.engine.audiences import DEFAULT_FILE
-from segment_ops.resources import StagingResource, build_resources
+from segment_ops.resources import AlertsResource, StagingResource, build_resources
 from segment_ops.syncs.heap import SENSOR_NAME, audience_key, build_heap_defs, node
 from segment_ops.webhooks.app import WebhookConfig
 from segment_ops.webhooks.inbox import Inbox
@@ -65,10 +65,11 @@ def set_in_file(path: Path, old: str, new: str) -> None:
 
 
 def evaluate_sensor(instance: dg.DagsterInstance, home: Path, cursor: str | None = None,
-                    path: Path | None = None) -> dg.SensorResult:
+                    path: Path | None = None, alerts: AlertsResource | None = None) -> dg.SensorResult:
+    """One tick of the inbox sensor; alerts go to the sandbox's /slack unless `alerts` says otherwise."""
     [sensor] = [s for s in build_heap_defs(path).sensors if s.name == SENSOR_NAME]
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"staging": StagingResource(home=str(home))})
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+        "staging": StagingResource(home=str(home)), "alerts": alerts or build_resources()["alerts"]})
     return sensor(context)
 
 

@@ -92,6 +92,8 @@ def test_a_broken_file_still_loads_and_its_asset_fails_with_the_reason(tmp_path)
      "identity.fallback must be one of"),
     ("[reconcile]\nmax_drop_ratio = 2\n[audiences.a]\nsegment_id = 1\nname = 'A'\ntrait = 't'\n",
      "reconcile.max_drop_ratio must be a number within [0, 1]"),
+    ("[reconcile]\nmax_drop_ratio = 1\n[audiences.a]\nsegment_id = 1\nname = 'A'\ntrait = 't'\n",
+     "reconcile.max_drop_ratio must be below 1"),
     ("[identity]\nquery = 'SELECT 1'\n", "no [audiences.<name>] table"),
     ("[audiences.a\n", "cannot read the audiences file"),
 ])

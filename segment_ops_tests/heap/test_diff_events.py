@@ -88,3 +88,70 @@ def test_replanning_a_half_delivered_change_sends_only_the_missing_call(con):
 
     assert (again.planned, again.already_known) == (0, 2)
     assert ledger.counts("heap_vip").pending == 1
+
+
+def snapshot_of(con: duckdb.DuckDBPyConnection, key: str) -> tuple | None:
+    return con.execute("SELECT removed, version FROM rev_snapshot WHERE record_key = ?", [key]).fetchone()
+
+
+@pytest.mark.parametrize("delivered_part", ["identify", "track"])
+def test_half_delivered_then_the_key_leaves_sends_the_exit_in_the_same_run(con, delivered_part):
+    """Run 1 delivers one of u1's two entered calls; before the other is sent, Heap says u1 left. What
+    Segment got must be undone: the next plan sends the trait false and "Audience Exited"."""
+    ledger = Ledger(con)
+    plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+    deliver(ledger, delivered_part)
+    advance_snapshot(con, "heap_vip")
+
+    plan = plan_changes(con, ledger, MODEL, stage(con, []))
+
+    assert (plan.removed, plan.superseded, plan.planned) == (1, 1, 2)
+    pending = [p for (p,) in con.execute("SELECT payload FROM ledger WHERE status = 'pending' ORDER BY seq")
+               .fetchall()]
+    assert pending[0].startswith('{"type":"identify","userId":"u1","traits":{"vip":false}')
+    assert pending[1].startswith('{"type":"track","userId":"u1","event":"Audience Exited"')
+
+
+@pytest.mark.parametrize("delivered_part", ["identify", "track"])
+def test_half_delivered_then_the_key_leaves_ends_with_the_key_removed_in_the_snapshot(con, delivered_part):
+    ledger = Ledger(con)
+    plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+    deliver(ledger, delivered_part)
+    advance_snapshot(con, "heap_vip")
+    plan_changes(con, ledger, MODEL, stage(con, []))
+    deliver(ledger)
+    advance_snapshot(con, "heap_vip")
+
+    again = plan_changes(con, ledger, MODEL, stage(con, []))
+
+    assert snapshot_of(con, "u1") == (True, 2)
+    assert (again.planned, ledger.counts("heap_vip").pending) == (0, 0)
+
+
+def test_half_delivered_exit_then_the_key_returns_sends_it_entered_again(con):
+    ledger = Ledger(con)
+    plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+    deliver(ledger)
+    advance_snapshot(con, "heap_vip")
+    plan_changes(con, ledger, MODEL, stage(con, []))
+    deliver(ledger, "identify")  # trait false reached Segment, "Audience Exited" did not
+    advance_snapshot(con, "heap_vip")
+
+    plan = plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+
+    assert (plan.added, plan.planned) == (1, 2)
+    assert payloads(con)[-2].startswith('{"type":"identify","userId":"u1","traits":{"vip":true}')
+    assert payloads(con)[-1].startswith('{"type":"track","userId":"u1","event":"Audience Entered"')
+
+
+def test_a_half_delivered_change_still_wanted_keeps_its_missing_call_pending(con):
+    ledger = Ledger(con)
+    plan_changes(con, ledger, MODEL, stage(con, ["u1"]))
+    deliver(ledger, "identify")
+
+    plan = plan_changes(con, ledger, MODEL, stage(con, ["u1", "u2"]))
+
+    assert (plan.superseded, plan.added) == (0, 2)
+    assert snapshot_of(con, "u1") is None
+    assert con.execute("SELECT call_type FROM ledger WHERE record_key = 'u1' AND status = 'pending'").fetchall() \
+        == [("track",)]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from segment_ops.webhooks.app import WebhookConfig
 from segment_ops.webhooks.heap import SyncPage, sign
-from segment_ops.webhooks.inbox import Inbox
+from segment_ops.webhooks.inbox import Inbox, PageConflict
 from segment_ops.webhooks.server import start_receiver
 
 SECRET = "test-heap-secret-value"
@@ -61,15 +62,136 @@ def test_a_signed_page_is_stored_before_200(receiver, tmp_path):
     assert record["add"] == ["a@x.com", "usr_1"] and record["segment"] == {"id": 1338065, "name": "Power Users"}
 
 
-def test_a_retried_page_is_stored_once_and_the_first_copy_wins(receiver, tmp_path):
-    first, retry = page_body(add=("a@x.com",)), page_body(add=("b@x.com",))
-    assert post(receiver, first, sign(SECRET, first)).json()["stored"] is True
+def test_a_retried_identical_page_is_stored_once(receiver, tmp_path):
+    body = page_body(add=("a@x.com",))
+    assert post(receiver, body, sign(SECRET, body)).json()["stored"] is True
 
-    again = post(receiver, retry, sign(SECRET, retry))
+    again = post(receiver, body, sign(SECRET, body, ts=int(time.time()) + 1))
 
     assert again.status_code == 200 and again.json()["stored"] is False
     [path] = stored_files(tmp_path)
     assert orjson.loads(path.read_bytes())["add"] == ["a@x.com"]
+
+
+def test_a_page_stored_again_with_different_content_gets_409_and_the_first_copy_wins(receiver, tmp_path, caplog):
+    first, other = page_body(add=("a@x.com",)), page_body(add=("b@x.com",))
+    post(receiver, first, sign(SECRET, first))
+
+    response = post(receiver, other, sign(SECRET, other))
+
+    assert response.status_code == 409
+    assert "page 1 is already stored with a different add" in response.json()["error"]
+    [path] = stored_files(tmp_path)
+    assert orjson.loads(path.read_bytes())["add"] == ["a@x.com"]
+    assert "refused (409)" in caplog.text and SECRET not in caplog.text
+
+
+def test_a_conflicting_copy_is_kept_aside_once_however_often_heap_retries_it(receiver, tmp_path):
+    first, other = page_body(add=("a@x.com",)), page_body(add=("b@x.com",))
+    post(receiver, first, sign(SECRET, first))
+
+    for _ in range(3):
+        post(receiver, other, sign(SECRET, other))
+
+    [aside] = (tmp_path / "inbox" / "heap" / "task-1" / "conflicts").iterdir()
+    assert orjson.loads(aside.read_bytes())["add"] == ["b@x.com"]
+
+
+def test_a_page_disagreeing_with_its_syncs_total_pages_gets_409(receiver, tmp_path):
+    first, second = page_body(page=1, total=2), page_body(page=2, total=3)
+    post(receiver, first, sign(SECRET, first))
+
+    response = post(receiver, second, sign(SECRET, second))
+
+    assert response.status_code == 409
+    assert "its sync has segment 1338065 and 2 page(s), this page says segment 1338065 and 3" in \
+        response.json()["error"]
+    assert [p.name for p in stored_files(tmp_path)] == ["page-1.json"]
+
+
+def test_a_page_of_another_segment_under_the_same_sync_id_gets_409(tmp_path):
+    inbox = Inbox.for_home(tmp_path)
+    inbox.store(SyncPage("task-3", 1, 2, 7, "Seg", ("a",), ()))
+
+    with pytest.raises(PageConflict, match="its sync has segment 7 .* this page says segment 8"):
+        inbox.store(SyncPage("task-3", 2, 2, 8, "Other", ("b",), ()))
+
+    assert inbox.sync("task-3").pages == (1,)
+
+
+def test_a_repeat_of_a_page_of_an_applied_sync_is_answered_done_and_not_applied_again(receiver, tmp_path):
+    body = page_body()
+    post(receiver, body, sign(SECRET, body))
+    inbox = Inbox.for_home(tmp_path)
+    inbox.mark_done("task-1", {"audience": "x"})
+
+    response = post(receiver, body, sign(SECRET, body, ts=int(time.time()) + 1))
+
+    assert response.status_code == 200 and response.json()["stored"] is False and response.json()["done"] is True
+    assert inbox.syncs() == []
+
+
+def test_a_different_page_for_an_applied_sync_gets_409(receiver, tmp_path):
+    body, other = page_body(), page_body(add=("z@x.com",))
+    post(receiver, body, sign(SECRET, body))
+    Inbox.for_home(tmp_path).mark_done("task-1", {"audience": "x"})
+
+    response = post(receiver, other, sign(SECRET, other))
+
+    assert response.status_code == 409
+
+
+def test_the_first_page_of_a_sync_writes_its_summary(tmp_path):
+    inbox = Inbox.for_home(tmp_path)
+
+    inbox.store(SyncPage("task-4", 2, 3, 7, "Seg", ("a",), ()))
+
+    summary = orjson.loads((tmp_path / "inbox" / "heap" / "task-4" / "sync.json").read_bytes())
+    assert summary["segment"] == {"id": 7, "name": "Seg"} and summary["total_pages"] == 3
+    assert "first_received" in summary
+
+
+def test_the_inbox_lists_syncs_from_their_summaries_without_reading_pages(tmp_path):
+    inbox = Inbox.for_home(tmp_path)
+    inbox.store(SyncPage("task-5", 1, 2, 7, "Seg", ("a",), ()))
+    (tmp_path / "inbox" / "heap" / "task-5" / "page-1.json").write_bytes(b"not json: never read by a scan")
+
+    [sync] = inbox.syncs()
+
+    assert (sync.segment_id, sync.total_pages, sync.missing_pages) == (7, 2, (2,))
+
+
+def test_pages_are_yielded_one_at_a_time_in_page_order(tmp_path):
+    inbox = Inbox.for_home(tmp_path)
+    for number in (2, 1):
+        inbox.store(SyncPage("task-6", number, 2, 7, "Seg", (f"u{number}",), ()))
+
+    pages = inbox.pages("task-6")
+
+    assert isinstance(pages, Iterator)
+    assert [p["add"] for p in pages] == [["u1"], ["u2"]]
+
+
+def test_a_page_that_cannot_be_stored_gets_500_and_is_not_acknowledged(receiver, tmp_path):
+    (tmp_path / "inbox").write_text("a file where the inbox folder belongs")
+    body = page_body()
+
+    response = post(receiver, body, sign(SECRET, body))
+
+    assert response.status_code == 500 and response.json() == {"error": "the page could not be stored; retry"}
+
+
+def test_an_oversized_body_without_content_length_gets_413(receiver, tmp_path):
+    body = page_body(add=tuple(f"user{i}@example.com" for i in range(5_000)))
+
+    def chunks():
+        for start in range(0, len(body), 4096):
+            yield body[start:start + 4096]
+
+    response = httpx.post(receiver.heap_url, content=chunks(),
+                          headers={"Content-Type": "application/json", "Heap-Hash": sign(SECRET, body)}, timeout=10)
+
+    assert response.status_code == 413 and stored_files(tmp_path) == []
 
 
 def test_a_bad_signature_gets_403_with_the_documented_body_and_stores_nothing(receiver, tmp_path):
@@ -166,7 +288,7 @@ def test_concurrent_copies_of_a_page_store_it_exactly_once(tmp_path):
         thread.join()
 
     assert results.count(True) == 1
-    assert [p.name for p in (tmp_path / "inbox" / "heap" / "task-9").iterdir()] == ["page-1.json"]
+    assert sorted(p.name for p in (tmp_path / "inbox" / "heap" / "task-9").iterdir()) == ["page-1.json", "sync.json"]
 
 
 def test_the_inbox_reports_missing_pages_of_an_incomplete_sync(tmp_path):

@@ -76,7 +76,8 @@ def test_reconcile_refuses_an_empty_export_and_changes_nothing(heap, instance, r
     again = materialize(resources, "free_customers", route="reconcile")
 
     assert not refused.success
-    assert "would exit 56 of 56 delivered members (100% > 50%); nothing was changed" in \
+    assert "would exit 56 of 56 delivered members (the Heap Connect result has no row for the segment); nothing " \
+           "was changed" in \
         step_failure(refused, "free_customers").description
     guard = checks(refused)["membership_drop_guard"]
     assert not guard.passed and guard.metadata["exits"].value == 56
@@ -103,3 +104,32 @@ def test_a_dry_run_counts_and_sends_nothing(resources, clean_sandbox, warehouse)
 
     assert result.success and metadata(result, "power_users")["added"] == len(resolvable(warehouse, POWER_USERS))
     assert metadata(real, "power_users")["added"] == metadata(result, "power_users")["added"]
+
+
+def test_reconcile_refuses_an_empty_export_of_a_small_audience_below_min_exits(resources, clean_sandbox, warehouse):
+    edit_warehouse(warehouse, f"""DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS} AND identity NOT IN (
+                                  SELECT identity FROM heap.segment_members WHERE segment_id = {POWER_USERS}
+                                  AND identity NOT LIKE '%@%' ORDER BY identity LIMIT 3)""")
+    first = materialize(resources, "power_users", route="reconcile")
+    assert first.success and metadata(first, "power_users")["added"] == 3
+    sent = segment_stats(clean_sandbox)
+    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS}")
+
+    refused = materialize(resources, "power_users", route="reconcile")
+
+    assert not refused.success
+    guard = checks(refused)["membership_drop_guard"]
+    assert guard.metadata["empty_heap_connect_result"].value is True and guard.metadata["exits"].value == 3
+    assert segment_stats(clean_sandbox) == sent
+
+
+def test_a_confirmed_empty_export_of_a_small_audience_exits_its_members(resources, clean_sandbox, warehouse):
+    edit_warehouse(warehouse, f"""DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS} AND identity NOT IN (
+                                  SELECT identity FROM heap.segment_members WHERE segment_id = {POWER_USERS}
+                                  AND identity NOT LIKE '%@%' ORDER BY identity LIMIT 3)""")
+    assert materialize(resources, "power_users", route="reconcile").success
+    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS}")
+
+    confirmed = materialize(resources, "power_users", route="reconcile", confirm_drop=True)
+
+    assert confirmed.success and metadata(confirmed, "power_users")["removed"] == 3

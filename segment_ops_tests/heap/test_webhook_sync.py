@@ -6,6 +6,7 @@ import httpx
 import orjson
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
+from segment_ops.resources import build_resources
 from segment_ops.webhooks.heap import sign
 from segment_ops_tests.heap.conftest import (
     FREE_CUSTOMERS,
@@ -122,3 +123,41 @@ def test_a_sync_incomplete_beyond_the_configured_age_is_reported_not_applied(hea
     assert f"sync {task}: power_users: incomplete for" in sensed.skip_reason.skip_message
     assert "page(s) [3] of 3 never arrived; not applied" in sensed.skip_reason.skip_message
     assert task in sensed.cursor and again.cursor == sensed.cursor
+
+
+def test_a_stale_incomplete_sync_is_alerted_once(heap, instance, ops_env, audiences_file):
+    set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
+    pushed = heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
+    task = pushed["syncs"][0]["sync_task_id"]
+
+    sensed = evaluate_sensor(instance, ops_env, path=audiences_file)
+    evaluate_sensor(instance, ops_env, cursor=sensed.cursor, path=audiences_file)
+
+    [alert] = heap.received("slack")
+    assert f"Heap sync `{task}` for `power_users` is incomplete" in alert["text"]
+    assert "page(s) [3] of 3 never arrived" in alert["text"]
+    assert "/assets/segment/heap_audiences/power_users|Open power_users>" in alert["text"]
+
+
+def test_a_held_sync_younger_than_the_configured_age_is_not_alerted(heap, instance, ops_env):
+    heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
+
+    evaluate_sensor(instance, ops_env)
+
+    assert heap.received("slack") == []
+
+
+def test_a_stale_sync_alert_that_could_not_be_posted_is_posted_on_the_next_tick(heap, instance, ops_env,
+                                                                                 audiences_file):
+    set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
+    heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
+    impatient = build_resources()["alerts"].model_copy(update={"retry_max_attempts": 1})
+    heap.set_faults("slack", rate_500=1.0)
+
+    failed = evaluate_sensor(instance, ops_env, path=audiences_file, alerts=impatient)
+    heap.clear_faults()
+    posted = evaluate_sensor(instance, ops_env, cursor=failed.cursor, path=audiences_file, alerts=impatient)
+    evaluate_sensor(instance, ops_env, cursor=posted.cursor, path=audiences_file, alerts=impatient)
+
+    assert failed.cursor == "[]"
+    assert len(heap.received("slack")) == 1

@@ -1,0 +1,63 @@
+"""The receiver never serves the sandbox's published secret where other machines can reach it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from segment_ops.cli import main
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
+from segment_ops.webhooks.app import WebhookConfig, WebhookSecretError, create_app_from_env
+from segment_ops.webhooks.server import start_receiver
+
+
+def test_the_asgi_factory_refuses_to_start_without_heap_webhook_secret(ops_env):
+    with pytest.raises(WebhookSecretError, match="HEAP_WEBHOOK_SECRET is not set") as raised:
+        create_app_from_env()
+
+    assert SANDBOX_HEAP_WEBHOOK_SECRET not in str(raised.value)
+
+
+def test_the_asgi_factory_refuses_the_sandbox_value_set_explicitly(ops_env, monkeypatch):
+    monkeypatch.setenv("HEAP_WEBHOOK_SECRET", SANDBOX_HEAP_WEBHOOK_SECRET)
+
+    with pytest.raises(WebhookSecretError, match="HEAP_WEBHOOK_SECRET"):
+        create_app_from_env()
+
+
+def test_the_asgi_factory_starts_with_heap_webhook_secret_set(ops_env, monkeypatch):
+    monkeypatch.setenv("HEAP_WEBHOOK_SECRET", "a-real-integration-secret")
+
+    app = create_app_from_env()
+
+    assert any(getattr(route, "path", None) == "/webhooks/heap" for route in app.routes)
+
+
+def test_the_cli_refuses_a_public_host_without_heap_webhook_secret(ops_env, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["webhooks", "--host", "0.0.0.0", "--port", "0"])
+
+    message = str(raised.value.code)
+    assert message.startswith("segment-ops webhooks: HEAP_WEBHOOK_SECRET is not set") and "on 0.0.0.0" in message
+    assert SANDBOX_HEAP_WEBHOOK_SECRET not in message
+
+
+def test_a_receiver_on_a_public_host_with_the_sandbox_secret_is_refused(tmp_path):
+    with pytest.raises(WebhookSecretError, match="bind to 127.0.0.1, ::1 or localhost"):
+        start_receiver(WebhookConfig(home=tmp_path, heap_secret=SANDBOX_HEAP_WEBHOOK_SECRET), host="0.0.0.0")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_loopback_receiver_accepts_the_sandbox_secret_with_a_warning(tmp_path, caplog, host):
+    caplog.set_level(logging.WARNING, logger="segment_ops.webhooks")
+
+    with start_receiver(WebhookConfig(home=tmp_path, heap_secret=SANDBOX_HEAP_WEBHOOK_SECRET), host=host):
+        pass
+
+    assert "HEAP_WEBHOOK_SECRET is not set" in caplog.text and SANDBOX_HEAP_WEBHOOK_SECRET not in caplog.text
+
+
+def test_a_receiver_on_a_public_host_with_its_own_secret_starts(tmp_path):
+    with start_receiver(WebhookConfig(home=tmp_path, heap_secret="a-real-integration-secret"), host="0.0.0.0") as r:
+        assert r.heap_url.endswith("/webhooks/heap")
