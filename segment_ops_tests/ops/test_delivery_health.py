@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -153,22 +155,28 @@ def test_nothing_in_the_window_is_idle_not_healthy_or_unhealthy(ops_env):
     assert replay.status == "idle" and replay.total == 0
 
 
-def test_a_staging_file_locked_by_a_running_sync_is_reported_busy(ops_env, resources, clean_sandbox):
-    write_ledger(ops_env, "replay", delivered=10)
-    write_ledger(ops_env, "heap", delivered=1, failed=9)
-    locked = ops_env / "staging" / "heap.duckdb"
+@contextmanager
+def locked_by_another_process(path: Path) -> Iterator[None]:
+    """Hold `path` open for writing in a second process (as a running sync does) while the block runs."""
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
-            import duckdb, sys, time
-            con = duckdb.connect({str(locked)!r})
+            import duckdb, sys
+            con = duckdb.connect({str(path)!r})
             print("locked", flush=True)
             sys.stdin.read()
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = check(resources)
+        yield
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_a_staging_file_locked_by_a_running_sync_is_reported_busy(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "replay", delivered=10)
+    write_ledger(ops_env, "heap", delivered=1, failed=9)
+    with locked_by_another_process(ops_env / "staging" / "heap.duckdb"):
+        result = check(resources)
 
     assert result.success
     assert not checks(result)["all_ledgers_read"].passed
@@ -236,19 +244,8 @@ def test_a_sync_under_the_minimum_of_messages_is_not_judged(ops_env, monkeypatch
 def test_an_unhealthy_sync_whose_file_is_busy_keeps_the_check_failed(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "heap", delivered=10, failed=10)
     check(resources)  # heap UNHEALTHY, alerted
-    locked = ops_env / "staging" / "heap.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import duckdb, sys
-            con = duckdb.connect({str(locked)!r})
-            print("locked", flush=True)
-            sys.stdin.read()
-        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with locked_by_another_process(ops_env / "staging" / "heap.duckdb"):
         busy = check(resources)
-    finally:
-        holder.communicate("", timeout=30)
 
     assert not checks(busy)["delivery_health"].passed
     assert checks(busy).get("delivery_health").metadata["flagged_syncs"].value == "heap"
