@@ -579,12 +579,3 @@ def _reject_unresolved(con: duckdb.DuckDBPyConnection, ledger: Ledger, audience:
         ledger.reject_relation(audience.sync, "heap_new_rejections", run_id=run_id)
     con.execute("DROP TABLE heap_new_rejections")
     return count
-
-
-def membership_counts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """Members known from Heap and delivered to Segment (for checks and the UI)."""
-    con.execute(_STATE_SCHEMA)
-    ensure_state(con)
-    known = con.execute("SELECT count(*) FILTER (WHERE member) FROM heap_membership").fetchone()[0]
-    delivered = con.execute("SELECT count(*) FROM rev_snapshot WHERE NOT removed").fetchone()[0]
-    return {"heap_members": known, "delivered_members": delivered}
