@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,14 @@ from segment_ops.sandbox.warehouse import build_demo_warehouse
 
 # The session sandbox's demo world, and the demo warehouse built from the same world: 178 customers (2
 # without user_id, one user_id twice), 15 accounts (Pendo: acc_00012 and acc_00015 never active), 425
-# completed orders; Heap's Power Users has 25 members, Free Customers 56.
+# completed orders.
 DEMO_SCALE = 0.1
+# Heap segment membership changes every 4-hour window (DemoData.heap_segment_members), so the demo warehouse
+# holds it at this fixed moment and the Heap tests make the sandbox push at it too (`push_heap(at=...)`):
+# counts then do not follow the clock. Its window (08:00-12:00 UTC) has what the Heap tests rely on: every
+# member of Power Users (25, 5 of them by internal user id: 3 pages of 10) and Free Customers (56) is in
+# the identity map, so no Heap-only identity (former.user<n>@mail.example) is among them.
+HEAP_AT = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +78,10 @@ def ops_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: RunningSan
 
 @pytest.fixture(scope="session")
 def demo_warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo warehouse of the session sandbox's world, built once; each test gets its own copy."""
+    """The demo warehouse of the session sandbox's world with Heap membership at `HEAP_AT`, built once;
+    each test gets its own copy."""
     path = tmp_path_factory.mktemp("warehouse") / "demo_warehouse.duckdb"
-    build_demo_warehouse(path, DemoData(DemoConfig(scale=DEMO_SCALE)))
+    build_demo_warehouse(path, DemoData(DemoConfig(scale=DEMO_SCALE), now=HEAP_AT))
     return path
 
 

@@ -19,8 +19,13 @@ from segment_ops.syncs.heap import SENSOR_NAME, audience_key, build_heap_defs, n
 from segment_ops.webhooks.app import WebhookConfig
 from segment_ops.webhooks.inbox import Inbox
 from segment_ops.webhooks.server import RunningReceiver, start_receiver
+from segment_ops_tests.conftest import HEAP_AT
 
 POWER_USERS, FREE_CUSTOMERS = 1338065, 1338066
+# Heap "now" for every push in these tests: the moment the test warehouse's Heap Connect tables hold, so the
+# sandbox and the warehouse agree and no count depends on the wall clock (see HEAP_AT in ../conftest.py).
+AT = HEAP_AT.isoformat()
+PAGE_SIZE = 10
 
 
 @pytest.fixture
@@ -39,7 +44,7 @@ def receiver(ops_env: Path) -> Iterator[RunningReceiver]:
 @pytest.fixture
 def heap(clean_sandbox, receiver):
     """The sandbox registered to push Power Users and Free Customers to the receiver, 10 ids a page."""
-    clean_sandbox.register_heap_webhook(receiver.heap_url, page_size=10, segments=[POWER_USERS, FREE_CUSTOMERS],
+    clean_sandbox.register_heap_webhook(receiver.heap_url, page_size=PAGE_SIZE, segments=[POWER_USERS, FREE_CUSTOMERS],
                                         max_attempts=3, retry_initial_seconds=0.05)
     return clean_sandbox
 
@@ -137,6 +142,20 @@ def resolvable(warehouse: Path, segment_id: int) -> set[str]:
     finally:
         con.close()
     return {r[0] for r in rows}
+
+
+def connect_rows(warehouse: Path, segment_id: int) -> int:
+    """How many rows the warehouse's Heap Connect table holds for the segment (one per member)."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM heap.segment_members WHERE segment_id = ?", [segment_id]).fetchone()[0]
+    finally:
+        con.close()
+
+
+def pages(entries: int, page_size: int = PAGE_SIZE) -> int:
+    """How many webhook pages Heap needs for `entries` adds and removes."""
+    return -(-entries // page_size)
 
 
 def edit_warehouse(path: Path, *statements: str) -> None:

@@ -10,6 +10,7 @@ from segment_ops_tests.heap.conftest import (
     POWER_USERS,
     calls,
     checks,
+    connect_rows,
     edit_warehouse,
     materialize,
     metadata,
@@ -46,14 +47,15 @@ def test_an_unmapped_email_is_rejected_with_the_reason(resources, clean_sandbox,
 
 
 def test_an_unmapped_id_that_is_not_an_email_is_sent_as_the_user_id(resources, clean_sandbox, warehouse):
+    members = connect_rows(warehouse, POWER_USERS)  # every one of them is in the identity map at HEAP_AT
     add_unmapped_members(warehouse)
 
     result = materialize(resources, "power_users", route="reconcile")
 
     assert UNMAPPED_ID in {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["in"]}
     meta = metadata(result, "power_users")
-    assert (meta["heap_members"], meta["mapped"], meta["fallback_user_ids"], meta["unresolved"]) == (27, 25, 1, 1)
-    assert meta["match_rate"] == round(26 / 27, 4)
+    assert (meta["heap_members"], meta["mapped"], meta["fallback_user_ids"], meta["unresolved"]) == (members + 2, members, 1, 1)
+    assert meta["match_rate"] == round((members + 1) / (members + 2), 4)
 
 
 def test_fallback_reject_rejects_every_unmapped_id(resources, clean_sandbox, warehouse, ops_env, audiences_file):
@@ -69,13 +71,14 @@ def test_fallback_reject_rejects_every_unmapped_id(resources, clean_sandbox, war
 
 def test_a_match_rate_below_the_minimum_warns(resources, clean_sandbox, warehouse, audiences_file):
     set_in_file(audiences_file, "min_match_rate = 0.95", "min_match_rate = 0.99")
+    members = connect_rows(warehouse, POWER_USERS)
     add_unmapped_members(warehouse)
 
     check = checks(materialize(resources, "power_users", path=audiences_file,
                                route="reconcile"))["identity_match_rate"]
 
     assert not check.passed and check.severity.value == "WARN"
-    assert check.metadata["match_rate"].value == round(26 / 27, 4)
+    assert check.metadata["match_rate"].value == round((members + 1) / (members + 2), 4)
 
 
 def test_an_unresolved_member_is_rejected_once_not_on_every_run(resources, clean_sandbox, warehouse, ops_env):

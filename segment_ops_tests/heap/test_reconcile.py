@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from segment_ops_tests.heap.conftest import (
+    AT,
     FREE_CUSTOMERS,
     POWER_USERS,
     calls,
     checks,
+    connect_rows,
     edit_warehouse,
     evaluate_sensor,
     materialize,
@@ -19,17 +21,19 @@ from segment_ops_tests.heap.conftest import (
 
 
 def test_reconcile_alone_enters_the_connect_membership(resources, clean_sandbox, warehouse):
+    rows = connect_rows(warehouse, POWER_USERS)
+
     result = materialize(resources, "power_users", route="reconcile")
 
     assert result.success
     expected = resolvable(warehouse, POWER_USERS)
     meta = metadata(result, "power_users")
-    assert (meta["route"], meta["heap_connect_rows"], meta["added"]) == ("reconcile", 25, len(expected))
+    assert (meta["route"], meta["heap_connect_rows"], meta["added"]) == ("reconcile", rows, len(expected))
     assert {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["entered"]} == expected
 
 
 def test_reconcile_after_webhooks_without_drift_sends_nothing(heap, instance, resources, ops_env, warehouse):
-    heap.push_heap(segments=[POWER_USERS])
+    heap.push_heap(at=AT, segments=[POWER_USERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
     sent = segment_stats(heap)
@@ -41,7 +45,7 @@ def test_reconcile_after_webhooks_without_drift_sends_nothing(heap, instance, re
 
 
 def test_reconcile_fixes_an_injected_drift(heap, instance, resources, ops_env, warehouse):
-    heap.push_heap(segments=[FREE_CUSTOMERS])
+    heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
     # Drift: Heap's full export says two members left and one user joined, which no webhook told us.
@@ -66,36 +70,37 @@ def test_reconcile_fixes_an_injected_drift(heap, instance, resources, ops_env, w
 
 
 def test_reconcile_refuses_an_empty_export_and_changes_nothing(heap, instance, resources, ops_env, warehouse):
-    heap.push_heap(segments=[FREE_CUSTOMERS])
+    heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
     sent = segment_stats(heap)
+    delivered = len(resolvable(warehouse, FREE_CUSTOMERS))
     edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
 
     refused = materialize(resources, "free_customers", route="reconcile")
     again = materialize(resources, "free_customers", route="reconcile")
 
     assert not refused.success
-    assert "would exit 56 of 56 delivered members (the Heap Connect result has no row for the segment); nothing " \
-           "was changed" in \
-        step_failure(refused, "free_customers").description
+    assert f"would exit {delivered} of {delivered} delivered members (the Heap Connect result has no row for the " \
+           "segment); nothing was changed" in step_failure(refused, "free_customers").description
     guard = checks(refused)["membership_drop_guard"]
-    assert not guard.passed and guard.metadata["exits"].value == 56
+    assert not guard.passed and guard.metadata["exits"].value == delivered
     assert not again.success  # the membership was not touched: the guard trips the same way
     assert segment_stats(heap) == sent
 
 
 def test_a_confirmed_drop_exits_everyone(heap, instance, resources, ops_env, warehouse):
-    heap.push_heap(segments=[FREE_CUSTOMERS])
+    heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
+    delivered = len(resolvable(warehouse, FREE_CUSTOMERS))
     edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
 
     confirmed = materialize(resources, "free_customers", route="reconcile", confirm_drop=True)
 
     assert confirmed.success and checks(confirmed)["membership_drop_guard"].passed
-    assert metadata(confirmed, "free_customers")["removed"] == 56
-    assert len(calls(heap, "heap_free_customers")["exited"]) == 56
+    assert metadata(confirmed, "free_customers")["removed"] == delivered
+    assert len(calls(heap, "heap_free_customers")["exited"]) == delivered
 
 
 def test_a_dry_run_counts_and_sends_nothing(resources, clean_sandbox, warehouse):

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -18,7 +18,9 @@ from segment_ops.engine import store
 from segment_ops.engine.audiences import AudienceDeliveryIncomplete, load_audiences, sync_audience
 from segment_ops.resources import build_resources
 from segment_ops.webhooks.inbox import Inbox
+from segment_ops_tests.conftest import HEAP_AT
 from segment_ops_tests.heap.conftest import (
+    AT,
     FREE_CUSTOMERS,
     POWER_USERS,
     calls,
@@ -60,7 +62,7 @@ def test_a_killed_receiver_loses_no_page(clean_sandbox, ops_env, instance, resou
                                         retry_max_seconds=0.5)
     receiver.send_signal(signal.SIGKILL)
     receiver.wait()
-    pushed = clean_sandbox.push_heap(wait=False)
+    pushed = clean_sandbox.push_heap(at=AT, wait=False)
     wait_for(lambda: any(d["attempts"] >= 1 for d in clean_sandbox.heap_deliveries()))
     restarted = start_receiver_process(ops_env, port)
     try:
@@ -81,7 +83,7 @@ def test_a_killed_receiver_loses_no_page(clean_sandbox, ops_env, instance, resou
 
 def test_a_run_that_dies_mid_delivery_is_retried_and_sends_nothing_twice(heap, instance, resources, ops_env,
                                                                          warehouse):
-    heap.push_heap(segments=[FREE_CUSTOMERS])
+    heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [first] = evaluate_sensor(instance, ops_env).run_requests
     stormy = {**resources, "segment": StormAfterFirstBatch(base_url=f"{heap.url}/segment",
                                                            write_key=SANDBOX_SEGMENT_WRITE_KEY, sandbox_url=heap.url,
@@ -100,7 +102,7 @@ def test_a_run_that_dies_mid_delivery_is_retried_and_sends_nothing_twice(heap, i
 
 
 def test_a_crash_after_applying_a_sync_delivers_it_once_on_the_next_run(heap, ops_env, warehouse):
-    heap.push_heap(segments=[POWER_USERS])
+    heap.push_heap(at=AT, segments=[POWER_USERS])
     audiences = load_audiences()
     audience = audiences.by_segment(POWER_USERS)
     inbox = Inbox.for_home(ops_env)
@@ -124,7 +126,7 @@ def test_a_crash_after_applying_a_sync_delivers_it_once_on_the_next_run(heap, op
 
 
 def test_an_undeliverable_run_leaves_the_sync_unprocessed(heap, ops_env, warehouse):
-    heap.push_heap(segments=[POWER_USERS])
+    heap.push_heap(at=AT, segments=[POWER_USERS])
     heap.set_faults("segment", rate_503=1.0)
     audiences = load_audiences()
     inbox = Inbox.for_home(ops_env)
@@ -141,13 +143,12 @@ def test_an_undeliverable_run_leaves_the_sync_unprocessed(heap, ops_env, warehou
 
 
 def test_members_who_leave_get_the_trait_false_and_audience_exited(heap, instance, resources, ops_env, warehouse):
-    heap.push_heap(segments=[FREE_CUSTOMERS])
+    heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
-    now = datetime.now(UTC)
     removed = 0
     for windows in range(1, 40):  # later 4-hour windows until some members have left
-        pushed = heap.push_heap(segments=[FREE_CUSTOMERS], at=(now + timedelta(hours=4 * windows)).isoformat())
+        pushed = heap.push_heap(segments=[FREE_CUSTOMERS], at=(HEAP_AT + timedelta(hours=4 * windows)).isoformat())
         removed += sum(s["removes"] for s in pushed["syncs"])
         if removed:
             break

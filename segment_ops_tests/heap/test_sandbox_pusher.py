@@ -15,8 +15,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
+from segment_ops.sandbox.demo_data import DemoConfig, DemoData
 from segment_ops.webhooks.heap import verify
-from segment_ops_tests.heap.conftest import POWER_USERS, wait_for
+from segment_ops_tests.conftest import DEMO_SCALE, HEAP_AT
+from segment_ops_tests.heap.conftest import AT, POWER_USERS, pages, wait_for
 
 
 class FlakyReceiver:
@@ -62,24 +64,24 @@ def flaky():
 def test_a_first_push_adds_every_member_in_signed_pages(clean_sandbox, flaky):
     receiver = flaky()
     clean_sandbox.register_heap_webhook(receiver.url, page_size=10, segments=[POWER_USERS])
+    members = DemoData(DemoConfig(scale=DEMO_SCALE), now=HEAP_AT).heap_segment_members(POWER_USERS, HEAP_AT)
 
-    [sync] = clean_sandbox.push_heap()["syncs"]
+    [sync] = clean_sandbox.push_heap(at=AT)["syncs"]
 
-    assert (sync["adds"], sync["removes"], sync["total_pages"]) == (25, 0, 3)
-
-    pages = [orjson.loads(b) for b in receiver.bodies]
-    assert sorted(p["data"]["sync_info"]["page_number"] for p in pages) == [1, 2, 3]
-    assert {p["data"]["sync_info"]["sync_task_id"] for p in pages} == {sync["sync_task_id"]}
-    assert all(p["action_type"] == "segment.users.sync" for p in pages)
-    assert sum(len(p["data"]["add"]) for p in pages) == 25
+    assert (sync["adds"], sync["removes"], sync["total_pages"]) == (len(members), 0, pages(len(members), 10))
+    bodies = [orjson.loads(b) for b in receiver.bodies]
+    assert sorted(p["data"]["sync_info"]["page_number"] for p in bodies) == list(range(1, sync["total_pages"] + 1))
+    assert {p["data"]["sync_info"]["sync_task_id"] for p in bodies} == {sync["sync_task_id"]}
+    assert all(p["action_type"] == "segment.users.sync" for p in bodies)
+    assert sorted(entry["id"] for p in bodies for entry in p["data"]["add"]) == members
 
 
 def test_a_second_push_in_the_same_window_sends_nothing(clean_sandbox, flaky):
     receiver = flaky()
     clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS])
-    clean_sandbox.push_heap()
+    clean_sandbox.push_heap(at=AT)
 
-    again = clean_sandbox.push_heap()
+    again = clean_sandbox.push_heap(at=AT)
 
     assert again["syncs"] == [] and len(receiver.bodies) == 1
 
@@ -88,7 +90,7 @@ def test_a_non_2xx_answer_is_retried_with_a_fresh_signature(clean_sandbox, flaky
     receiver = flaky(failures=2)
     clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS], retry_initial_seconds=0.05)
 
-    [delivery] = clean_sandbox.push_heap()["deliveries"]
+    [delivery] = clean_sandbox.push_heap(at=AT)["deliveries"]
 
     assert delivery["status"] == "delivered" and delivery["attempts"] == 3 and receiver.seen == 3
 
@@ -98,7 +100,7 @@ def test_a_page_is_given_up_after_max_attempts(clean_sandbox, flaky):
     clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS], retry_initial_seconds=0.01,
                                         max_attempts=4)
 
-    [delivery] = clean_sandbox.push_heap()["deliveries"]
+    [delivery] = clean_sandbox.push_heap(at=AT)["deliveries"]
 
     assert (delivery["status"], delivery["attempts"], delivery["last_result"]) == ("failed", 4, "HTTP 503")
 

@@ -9,14 +9,17 @@ from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.resources import build_resources
 from segment_ops.webhooks.heap import sign
 from segment_ops_tests.heap.conftest import (
+    AT,
     FREE_CUSTOMERS,
     POWER_USERS,
     calls,
     checks,
+    connect_rows,
     evaluate_sensor,
     inbox,
     materialize,
     metadata,
+    pages,
     resolvable,
     run_request,
     segment_stats,
@@ -26,7 +29,7 @@ from segment_ops_tests.heap.conftest import (
 
 
 def push_and_run(heap, instance, resources, home, **push):
-    pushed = heap.push_heap(**push)
+    pushed = heap.push_heap(at=AT, **push)
     result = evaluate_sensor(instance, home)
     runs = [run_request(instance, resources, request) for request in result.run_requests]
     return pushed, result, runs
@@ -48,7 +51,7 @@ def test_first_sync_enters_every_resolvable_member(heap, instance, resources, op
     [power_run] = [r for r in runs if r.dagster_run.tags["segment_ops/heap_audience"] == "power_users"]
     meta = metadata(power_run, "power_users")
     assert (meta["added"], meta["delivered"], meta["unresolved"]) == (len(expected), 2 * len(expected), 0)
-    assert meta["pages_received"] == 3 and meta["match_rate"] == 1.0
+    assert meta["pages_received"] == pages(connect_rows(warehouse, POWER_USERS)) and meta["match_rate"] == 1.0
     assert all(c.passed for c in checks(power_run).values())
 
 
@@ -90,7 +93,7 @@ def test_pages_out_of_order_give_the_same_membership(heap, instance, resources, 
 
 
 def test_a_bad_signature_gets_403_and_nothing_is_stored(heap, instance, ops_env):
-    pushed = heap.push_heap(bad_signature=True)
+    pushed = heap.push_heap(at=AT, bad_signature=True)
 
     assert pushed["deliveries"] and all(d["status"] == "failed" and d["last_result"] == "HTTP 403"
                                         and d["attempts"] == 3 for d in pushed["deliveries"])
@@ -99,48 +102,49 @@ def test_a_bad_signature_gets_403_and_nothing_is_stored(heap, instance, ops_env)
 
 
 def test_a_sync_missing_a_page_is_held(heap, instance, resources, ops_env, warehouse):
-    pushed = heap.push_heap(omit_pages=[2], segments=[POWER_USERS])
+    pushed = heap.push_heap(at=AT, omit_pages=[2], segments=[POWER_USERS])
+    [sync] = pushed["syncs"]
 
     sensed = evaluate_sensor(instance, ops_env)
-    forced = materialize(resources, "power_users", route="webhook",
-                         sync_task_ids=[pushed["syncs"][0]["sync_task_id"]])
+    forced = materialize(resources, "power_users", route="webhook", sync_task_ids=[sync["sync_task_id"]])
 
     assert sensed.run_requests == []
     assert "1 incomplete sync(s) waiting for pages" in sensed.skip_reason.skip_message
-    assert not forced.success and "page(s) [2] of 3 have not arrived" in step_failure(forced, "power_users").description
+    assert not forced.success and f"page(s) [2] of {sync['total_pages']} have not arrived" in \
+        step_failure(forced, "power_users").description
     assert segment_stats(heap) == (0, 0)
 
 
 def test_a_sync_incomplete_beyond_the_configured_age_is_reported_not_applied(heap, instance, ops_env, audiences_file):
     set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
-    pushed = heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
-    task = pushed["syncs"][0]["sync_task_id"]
+    [sync] = heap.push_heap(at=AT, omit_pages=[3], segments=[POWER_USERS])["syncs"]
+    task = sync["sync_task_id"]
 
     sensed = evaluate_sensor(instance, ops_env, path=audiences_file)
     again = evaluate_sensor(instance, ops_env, cursor=sensed.cursor, path=audiences_file)
 
     assert sensed.run_requests == []
     assert f"sync {task}: power_users: incomplete for" in sensed.skip_reason.skip_message
-    assert "page(s) [3] of 3 never arrived; not applied" in sensed.skip_reason.skip_message
+    assert f"page(s) [3] of {sync['total_pages']} never arrived; not applied" in sensed.skip_reason.skip_message
     assert task in sensed.cursor and again.cursor == sensed.cursor
 
 
 def test_a_stale_incomplete_sync_is_alerted_once(heap, instance, ops_env, audiences_file):
     set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
-    pushed = heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
-    task = pushed["syncs"][0]["sync_task_id"]
+    [sync] = heap.push_heap(at=AT, omit_pages=[3], segments=[POWER_USERS])["syncs"]
+    task = sync["sync_task_id"]
 
     sensed = evaluate_sensor(instance, ops_env, path=audiences_file)
     evaluate_sensor(instance, ops_env, cursor=sensed.cursor, path=audiences_file)
 
     [alert] = heap.received("slack")
     assert f"Heap sync `{task}` for `power_users` is incomplete" in alert["text"]
-    assert "page(s) [3] of 3 never arrived" in alert["text"]
+    assert f"page(s) [3] of {sync['total_pages']} never arrived" in alert["text"]
     assert "/assets/segment/heap_audiences/power_users|Open power_users>" in alert["text"]
 
 
 def test_a_held_sync_younger_than_the_configured_age_is_not_alerted(heap, instance, ops_env):
-    heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
+    heap.push_heap(at=AT, omit_pages=[3], segments=[POWER_USERS])
 
     evaluate_sensor(instance, ops_env)
 
@@ -150,7 +154,7 @@ def test_a_held_sync_younger_than_the_configured_age_is_not_alerted(heap, instan
 def test_a_stale_sync_alert_that_could_not_be_posted_is_posted_on_the_next_tick(heap, instance, ops_env,
                                                                                  audiences_file):
     set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
-    heap.push_heap(omit_pages=[3], segments=[POWER_USERS])
+    heap.push_heap(at=AT, omit_pages=[3], segments=[POWER_USERS])
     impatient = build_resources()["alerts"].model_copy(update={"retry_max_attempts": 1})
     heap.set_faults("slack", rate_500=1.0)
 
