@@ -20,6 +20,7 @@ from segment_ops.webhooks.app import WebhookConfig
 from segment_ops.webhooks.inbox import Inbox
 from segment_ops.webhooks.server import RunningReceiver, start_receiver
 from segment_ops_tests.conftest import HEAP_AT
+from segment_ops_tests.reverse_etl.conftest import edit_warehouse  # noqa: F401 - shared with the heap tests
 
 POWER_USERS, FREE_CUSTOMERS = 1338065, 1338066
 # Heap "now" for every push in these tests: the moment the test warehouse's Heap Connect tables hold, so the
@@ -156,15 +157,6 @@ def connect_rows(warehouse: Path, segment_id: int) -> int:
 def pages(entries: int, page_size: int = PAGE_SIZE) -> int:
     """How many webhook pages Heap needs for `entries` adds and removes."""
     return -(-entries // page_size)
-
-
-def edit_warehouse(path: Path, *statements: str) -> None:
-    con = duckdb.connect(str(path))
-    try:
-        for statement in statements:
-            con.execute(statement)
-    finally:
-        con.close()
 
 
 def wait_for(predicate, timeout: float = 20.0) -> None:
