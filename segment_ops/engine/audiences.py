@@ -54,7 +54,14 @@ import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.delivery import DeliveryReport
-from segment_ops.engine.diff import DiffPlan, advance_snapshot, deliver_changes, ensure_state, plan_changes
+from segment_ops.engine.diff import (
+    DeliveryIncomplete,
+    DiffPlan,
+    advance_snapshot,
+    deliver_changes,
+    ensure_state,
+    plan_changes,
+)
 from segment_ops.engine.identity import IdentityMapError, IdentityMapStats, IdentitySource, stage_identity_map
 from segment_ops.engine.ledger import Ledger, LedgerCounts
 from segment_ops.engine.models import MODEL_NAME, ModelSpec, literal, quote
@@ -103,14 +110,6 @@ class IncompleteSyncError(RuntimeError):
 
 class MembershipDropError(RuntimeError):
     """The new membership would exit too many delivered members; nothing was changed. Carries the run."""
-
-    def __init__(self, message: str, run: AudienceRun) -> None:
-        super().__init__(message)
-        self.run = run
-
-
-class AudienceDeliveryIncomplete(RuntimeError):
-    """Some messages stay pending (retries ran out); the syncs stay unprocessed. Carries the run."""
 
     def __init__(self, message: str, run: AudienceRun) -> None:
         super().__init__(message)
@@ -335,7 +334,7 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     """Bring the audience in Segment to Heap's membership by `route` ("webhook" or "reconcile").
 
     Raises `IncompleteSyncError`, `IdentityMapError`, `WarehouseError`, `MembershipDropError` (nothing
-    changed), `AudienceDeliveryIncomplete` (messages stay pending, syncs stay unprocessed) and the
+    changed), `DeliveryIncomplete` (messages stay pending, syncs stay unprocessed) and the
     Segment client's `VendorFatalError` as it is.
     """
     if route not in ROUTES:
@@ -395,7 +394,7 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
     run.seconds = time.monotonic() - started
     if settled.failure is not None:
-        raise AudienceDeliveryIncomplete(f"audience {audience.key!r}: {settled.failure}", run)
+        raise DeliveryIncomplete(f"audience {audience.key!r}: {settled.failure}", run)
     # 6. Only now are the syncs processed (ARCHITECTURE rule 2: state = delivered).
     for sync in run.syncs:
         inbox.mark_done(sync.sync_task_id, {"audience": audience.key, "run_id": run_id,

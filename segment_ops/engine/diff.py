@@ -203,6 +203,15 @@ class Settlement:
     failure: DeliveryError | None  # set when messages stay pending (the next run sends them)
 
 
+class DeliveryIncomplete(RuntimeError):
+    """Some planned messages could not be delivered; they stay pending for the next run, which sends them
+    under the same messageIds. Carries the sync's run report (`run`) for metadata."""
+
+    def __init__(self, message: str, run: object) -> None:
+        super().__init__(message)
+        self.run = run
+
+
 def deliver_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
                     client_factory: Callable[[], Destination], *, run_id: str | None = None,
                     max_in_flight: int = 4) -> Settlement:

@@ -39,7 +39,14 @@ import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.delivery import DeliveryReport
-from segment_ops.engine.diff import DiffPlan, advance_snapshot, deliver_changes, ensure_state, plan_changes
+from segment_ops.engine.diff import (
+    DeliveryIncomplete,
+    DiffPlan,
+    advance_snapshot,
+    deliver_changes,
+    ensure_state,
+    plan_changes,
+)
 from segment_ops.engine.health import (
     HEALTH_TABLE,
     HealthConfig,
@@ -118,14 +125,6 @@ class GroupSyncRun:
         return self.accounts == self.sent + self.plan.unchanged + self.rejected
 
 
-class GroupSyncIncomplete(RuntimeError):
-    """Some planned group calls could not be delivered; they stay pending for the next run."""
-
-    def __init__(self, message: str, run: GroupSyncRun) -> None:
-        super().__init__(message)
-        self.run = run
-
-
 def group_model(config: HealthConfig) -> ModelSpec:
     """The `ModelSpec` the diff runs with: key account_id, group call, upsert, traits with the prefix, and this
     sync's own name in the ledger."""
@@ -143,7 +142,7 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
     """Send the scored accounts whose traits changed as group calls; `dry_run` plans and counts only.
 
     Raises `NothingScoredError` when nothing is scored yet, `StaleScoreError` / `PartialWindowError` when the
-    score is older than the staged usage or its window has unstaged days, `GroupSyncIncomplete` when calls
+    score is older than the staged usage or its window has unstaged days, `DeliveryIncomplete` when calls
     stay pending, `identity.IdentityMapError` for a broken map source and the client's `VendorFatalError`.
     """
     started = time.monotonic()
@@ -182,7 +181,7 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
     run.reconciled, run.missing = reconcile(con, model.sync, run.as_of, run_id=run_id)
     run.seconds = time.monotonic() - started
     if settled.failure is not None:
-        raise GroupSyncIncomplete(str(settled.failure), run)
+        raise DeliveryIncomplete(str(settled.failure), run)
     return run
 
 

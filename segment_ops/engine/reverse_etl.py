@@ -17,6 +17,7 @@ import duckdb
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.delivery import DeliveryReport
 from segment_ops.engine.diff import (
+    DeliveryIncomplete,
     DiffPlan,
     advance_snapshot,
     deliver_changes,
@@ -45,14 +46,6 @@ class ModelRun:
     seconds: float
 
 
-class SyncIncomplete(RuntimeError):
-    """Some planned messages could not be delivered; they stay pending for the next run. Carries the run."""
-
-    def __init__(self, message: str, run: ModelRun) -> None:
-        super().__init__(message)
-        self.run = run
-
-
 def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: str,
                client_factory: Callable[[], SegmentTrackingClient], *, run_id: str | None = None,
                dry_run: bool = False, full_resync: bool = False, max_in_flight: int = 4,
@@ -60,7 +53,7 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
     """Sync `model` from the warehouse to Segment; `dry_run` plans and counts, sends and records nothing.
 
     Raises `ModelError` (naming the model file) when the query fails or the header does not fit its
-    result, `SyncIncomplete` when messages stay pending, and the client's `VendorFatalError` as it is.
+    result, `DeliveryIncomplete` when messages stay pending, and the client's `VendorFatalError` as it is.
     """
     started = time.monotonic()
     ledger = Ledger(con)
@@ -85,5 +78,5 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
     run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
     run.seconds = time.monotonic() - started
     if settled.failure is not None:
-        raise SyncIncomplete(str(settled.failure), run)
+        raise DeliveryIncomplete(str(settled.failure), run)
     return run

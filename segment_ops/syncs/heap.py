@@ -37,7 +37,6 @@ from segment_ops.engine.audiences import (
     DEFAULT_FILE,
     Audience,
     AudienceConfigError,
-    AudienceDeliveryIncomplete,
     AudienceRun,
     AudiencesConfig,
     IncompleteSyncError,
@@ -45,6 +44,7 @@ from segment_ops.engine.audiences import (
     load_audiences,
     sync_audience,
 )
+from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.warehouse import WarehouseError
 from segment_ops.resources import AlertsResource, SegmentTrackingResource, StagingResource, WarehouseResource
@@ -160,7 +160,7 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
             except MembershipDropError as exc:
                 yield _guard_result(exc.run)
                 raise dg.Failure(description=str(exc), metadata=_metadata(exc.run)) from None
-            except AudienceDeliveryIncomplete as exc:
+            except DeliveryIncomplete as exc:
                 raise dg.Failure(description=str(exc), metadata=_metadata(exc.run)) from None
             except (IncompleteSyncError, IdentityMapError, WarehouseError) as exc:
                 raise dg.Failure(description=f"audience {audience.key}: {exc}") from None

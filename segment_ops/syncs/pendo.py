@@ -29,6 +29,7 @@ from pydantic import Field
 from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
+from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.health import (
     BANDS,
     DEFAULT_CONFIG_PATH,
@@ -45,7 +46,6 @@ from segment_ops.engine.health import (
 )
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.pendo_groups import (
-    GroupSyncIncomplete,
     GroupSyncRun,
     NothingScoredError,
     PartialWindowError,
@@ -298,7 +298,7 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
                                       max_in_flight=segment.max_in_flight)
         except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError, WarehouseError) as exc:
             raise dg.Failure(description=str(exc)) from None
-        except GroupSyncIncomplete as exc:
+        except DeliveryIncomplete as exc:
             raise dg.Failure(description=str(exc), metadata=_groups_metadata(exc.run)) from None
         except VendorAuthError as exc:
             raise dg.Failure(description=f"Segment refused the write key: {exc}") from None

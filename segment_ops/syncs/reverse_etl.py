@@ -32,8 +32,9 @@ from pydantic import Field
 from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
+from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.models import ModelError, ModelSpec, load_models
-from segment_ops.engine.reverse_etl import ModelRun, SyncIncomplete, sync_model
+from segment_ops.engine.reverse_etl import ModelRun, sync_model
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
 from segment_ops.syncs import OWNER
@@ -144,7 +145,7 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
         except ModelError as exc:
             raise dg.Failure(description=str(exc), metadata={"model_file": dg.MetadataValue.path(str(exc.path))}
                              ) from None
-        except SyncIncomplete as exc:
+        except DeliveryIncomplete as exc:
             raise dg.Failure(description=f"{model.path.name}: {exc}", metadata=_metadata(exc.run)) from None
         except VendorAuthError as exc:
             raise dg.Failure(description=f"{model.path.name}: Segment refused the write key: {exc}") from None

@@ -15,7 +15,8 @@ import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.engine import store
-from segment_ops.engine.audiences import AudienceDeliveryIncomplete, load_audiences, sync_audience
+from segment_ops.engine.audiences import load_audiences, sync_audience
+from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.resources import build_resources
 from segment_ops.webhooks.inbox import Inbox
 from segment_ops_tests.conftest import HEAP_AT
@@ -134,7 +135,7 @@ def test_an_undeliverable_run_leaves_the_sync_unprocessed(heap, ops_env, warehou
                                   sandbox_url=heap.url, max_in_flight=1)
 
     with store.staging(ops_env / "staging" / "heap_power_users.duckdb") as con, \
-            pytest.raises(AudienceDeliveryIncomplete) as raised:
+            pytest.raises(DeliveryIncomplete) as raised:
         sync_audience(con, audiences, audiences.by_segment(POWER_USERS), route="webhook", inbox=inbox,
                       warehouse_url=f"duckdb:///{warehouse}", client_factory=stormy.get_client)
 

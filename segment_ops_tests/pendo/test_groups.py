@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 
+from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.health import score_accounts
 from segment_ops.engine.identity import IdentitySource
 from segment_ops.engine.pendo_groups import (
-    GroupSyncIncomplete,
     NothingScoredError,
     PartialWindowError,
     StaleScoreError,
@@ -222,7 +222,7 @@ def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(co
 def test_a_segment_outage_leaves_calls_pending_and_the_next_run_delivers_them_once(con, scored, segment_factory,
                                                                                    clean_sandbox):
     clean_sandbox.set_faults("segment", rate_503=1.0)
-    with pytest.raises(GroupSyncIncomplete) as failed:
+    with pytest.raises(DeliveryIncomplete) as failed:
         sync(con, scored, segment_factory, run_id="r1")
     assert failed.value.run.ledger.pending == ACCOUNTS - len(INACTIVE)
     clean_sandbox.clear_faults()

@@ -9,10 +9,10 @@ import pytest
 
 from segment_ops.engine.calls import deterministic_message_id
 from segment_ops.engine.delivery import deliver_pending
-from segment_ops.engine.diff import SUPERSEDED, _ModelSql, ensure_state, plan_changes
+from segment_ops.engine.diff import SUPERSEDED, DeliveryIncomplete, _ModelSql, ensure_state, plan_changes
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.models import parse_model
-from segment_ops.engine.reverse_etl import STAGED_TABLE, SyncIncomplete, sync_model
+from segment_ops.engine.reverse_etl import STAGED_TABLE, sync_model
 from segment_ops.engine.store import staging
 from segment_ops.engine.warehouse import stage_query
 from segment_ops_tests.reverse_etl.conftest import edit_warehouse, received, segment_stats
@@ -94,7 +94,7 @@ def test_a_pending_change_is_superseded_when_its_row_changes_again(tmp_path, peo
     url, path = people
     spec = model(tmp_path)
     clean_sandbox.set_faults("segment", rate_503=1.0)
-    with staging(tmp_path / "staging.duckdb") as con, pytest.raises(SyncIncomplete) as failed:
+    with staging(tmp_path / "staging.duckdb") as con, pytest.raises(DeliveryIncomplete) as failed:
         sync_model(con, spec, url, segment_client_factory)
     assert failed.value.run.ledger.pending == 60
     clean_sandbox.clear_faults()
@@ -119,10 +119,10 @@ def test_a_superseded_change_is_sent_when_its_row_returns_to_that_state(tmp_path
         sync_model(con, spec, url, segment_client_factory)
     edit_warehouse(path, "UPDATE people SET name = 'B' WHERE id = 'p7'")
     clean_sandbox.set_faults("segment", rate_503=1.0)
-    with staging(tmp_path / "staging.duckdb") as con, pytest.raises(SyncIncomplete):
+    with staging(tmp_path / "staging.duckdb") as con, pytest.raises(DeliveryIncomplete):
         sync_model(con, spec, url, segment_client_factory)  # B pending
     edit_warehouse(path, "UPDATE people SET name = 'C' WHERE id = 'p7'")
-    with staging(tmp_path / "staging.duckdb") as con, pytest.raises(SyncIncomplete):
+    with staging(tmp_path / "staging.duckdb") as con, pytest.raises(DeliveryIncomplete):
         sync_model(con, spec, url, segment_client_factory)  # B superseded, C pending
     clean_sandbox.clear_faults()
     edit_warehouse(path, "UPDATE people SET name = 'B' WHERE id = 'p7'")
