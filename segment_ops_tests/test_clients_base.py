@@ -15,7 +15,13 @@ import httpx
 import orjson
 import pytest
 
-from segment_ops.clients import PendoClient, SegmentTrackingClient
+from segment_ops.clients import (
+    PendoClient,
+    SegmentTrackingClient,
+    segment_public_api,
+    segment_tracking,
+    slack,
+)
 from segment_ops.clients.base import (
     HttpClient,
     RetryEvent,
@@ -28,7 +34,7 @@ from segment_ops.clients.base import (
     paginate,
     retry_after_seconds,
 )
-from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
+from segment_ops.config import SANDBOX_SEGMENT_PUBLIC_API_TOKEN, SANDBOX_SEGMENT_WRITE_KEY
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 ONE_CALL = orjson.dumps({"batch": [{"type": "identify", "userId": "u1", "messageId": "base-1"}]})
@@ -130,14 +136,17 @@ def test_client_errors_other_than_throttling_are_not_retried(clean_sandbox, path
     assert clean_sandbox.stats()["segment"]["requests"] == 1 and sleep.delays == []
 
 
-def test_wrong_write_key_is_an_auth_error_without_retries(clean_sandbox):
-    with segment_http(clean_sandbox, write_key="not-the-write-key") as http, \
-            pytest.raises(VendorAuthError) as caught:
-        post_batch(http)
+def test_a_wrong_write_key_is_answered_200_and_its_data_silently_lost(clean_sandbox):
+    # Spec §7: Segment's edge validates no write key. The answer cannot tell a wrong key from a right one,
+    # so the client reports success; only a preflight against the Public API's sources can catch it.
+    client = SegmentTrackingClient(f"{clean_sandbox.url}/segment", "wk-wrong-not-a-source-key")
 
-    assert (caught.value.status, caught.value.attempts) == (401, 1)
-    assert "invalid write key" in caught.value.vendor_message
-    assert clean_sandbox.stats()["segment"]["requests"] == 1
+    client.send_batch([b'{"type":"identify","userId":"u1","messageId":"lost-1"}'])
+    client.close()
+
+    stats = clean_sandbox.stats()["segment"]
+    assert (stats["status"], stats["received"]) == ({"200": 1}, 0)
+    assert stats["dropped"] == {"unknown_write_key": 1}
 
 
 def test_forbidden_is_an_auth_error(clean_sandbox):
@@ -228,7 +237,7 @@ def scripted(statuses: list[int]) -> tuple[httpx.MockTransport, list[int]]:
     return httpx.MockTransport(handler), served
 
 
-@pytest.mark.parametrize("status", [408, 410, 429, 460, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 def test_retryable_statuses_are_retried(status):
     transport, served = scripted([status])
     with HttpClient("v", "http://vendor.test", transport=transport, sleep=SleepRecorder()) as http:
@@ -236,7 +245,7 @@ def test_retryable_statuses_are_retried(status):
     assert served == [status, 200]
 
 
-@pytest.mark.parametrize("status", [400, 404, 413, 422, 501, 505])
+@pytest.mark.parametrize("status", [400, 404, 410, 413, 422, 460, 501, 505])
 def test_other_statuses_fail_at_once(status):
     transport, served = scripted([status])
     with HttpClient("v", "http://vendor.test", transport=transport, sleep=SleepRecorder()) as http, \
@@ -244,6 +253,61 @@ def test_other_statuses_fail_at_once(status):
         http.request("GET", "/x")
     assert served == [status] and caught.value.status == status
     assert f"status {status}" in str(caught.value)  # the vendor's own words
+
+
+# Each vendor's own set: (client module's RETRYABLE, statuses retried, statuses final).
+VENDOR_STATUSES = {
+    # analytics-python (spec §1): 408, 410, 429, 460 and 5xx but 501/505.
+    "segment": (segment_tracking.RETRYABLE, [408, 410, 429, 460, 500, 503], [400, 413, 501, 505]),
+    # Slack (spec §7): 429 and 5xx; 410 channel_is_archived and every other 4xx are configuration errors.
+    "slack": (slack.RETRYABLE, [429, 500, 503], [400, 403, 404, 410, 408]),
+    "segment_public_api": (segment_public_api.RETRYABLE, [408, 429, 500, 503], [400, 404, 410, 422, 460]),
+}
+
+
+@pytest.mark.parametrize("vendor", list(VENDOR_STATUSES))
+def test_each_vendor_retries_its_own_statuses(vendor):
+    retryable, retried, final = VENDOR_STATUSES[vendor]
+    for status in retried:
+        transport, served = scripted([status])
+        with HttpClient(vendor, "http://vendor.test", transport=transport, sleep=SleepRecorder(),
+                        retryable=retryable) as http:
+            assert http.request("GET", "/x").status_code == 200, (vendor, status)
+        assert served == [status, 200], (vendor, status)
+    for status in final:
+        transport, served = scripted([status])
+        with HttpClient(vendor, "http://vendor.test", transport=transport, sleep=SleepRecorder(),
+                        retryable=retryable) as http, pytest.raises(VendorError):
+            http.request("GET", "/x")
+        assert served == [status], (vendor, status)
+
+
+def test_public_api_429_waits_for_ms_before_next_without_retry_after(clean_sandbox):
+    # Spec §7: a throttled Public API request says how long to wait in its body; Retry-After is not sent.
+    clean_sandbox.set_faults("segmentapis", rate_429=1.0, retry_after_seconds=3)
+    sleep = SleepRecorder(hook=clean_sandbox.clear_faults)
+    client = segment_public_api.SegmentPublicApiClient(f"{clean_sandbox.url}/segmentapis",
+                                                       SANDBOX_SEGMENT_PUBLIC_API_TOKEN)
+    client.http.sleep = sleep
+
+    events = list(client.iter_audit_events(NOW, NOW))
+    client.close()
+
+    assert events == [] and sleep.delays == [3.0]  # msBeforeNext 3000, not the immediate first retry
+    assert clean_sandbox.stats()["segmentapis"]["status"] == {"429": 1, "200": 1}
+
+
+def test_retry_after_wins_over_a_body_hint_and_a_bad_hint_is_ignored():
+    answers = [httpx.Response(429, headers={"Retry-After": "2"}, json={"errors": [{"data": {"msBeforeNext": 9000}}]}),
+               httpx.Response(429, json={"errors": [{"data": {"msBeforeNext": "soon"}}]}),
+               httpx.Response(200, json={})]
+    transport = httpx.MockTransport(lambda request: answers.pop(0))
+    sleep = SleepRecorder()
+    with HttpClient("segment_public_api", "http://vendor.test", transport=transport, sleep=sleep,
+                    retry=RetryPolicy(jitter=0.0), retry_hint=segment_public_api.ms_before_next) as http:
+        assert http.request("GET", "/x").status_code == 200
+
+    assert sleep.delays == [2.0, 0.5]  # Retry-After; then no usable hint: the ordinary backoff
 
 
 # --- pagination ------------------------------------------------------------------------------------------

@@ -24,9 +24,24 @@ log = logging.getLogger("segment_ops.clients")
 
 T = TypeVar("T")
 
-# analytics-python's retry set (spec §1): 408, 410, 429, 460 and every 5xx except 501 and 505.
-_RETRYABLE_4XX = frozenset({408, 410, 429, 460})
-_NOT_RETRYABLE_5XX = frozenset({501, 505})
+
+
+@dataclass(frozen=True)
+class RetryableStatuses:
+    """Which HTTP statuses one vendor's API means as "try again later": the 4xx listed, and every 5xx but
+    those listed. Each client declares its vendor's set, with its source; everything else is final."""
+
+    four_xx: frozenset[int] = frozenset({408, 429})
+    not_five_xx: frozenset[int] = frozenset({501, 505})
+
+    def __contains__(self, status: object) -> bool:
+        if not isinstance(status, int):
+            return False
+        return status in self.four_xx or (500 <= status <= 599 and status not in self.not_five_xx)
+
+
+# A request timeout or a throttle, and a server error other than "not implemented" / "version not supported".
+DEFAULT_RETRYABLE = RetryableStatuses()
 
 
 class VendorError(Exception):
@@ -84,9 +99,6 @@ class RetryPolicy:
     jitter: float = 0.1
     max_elapsed: float = 300.0
     retry_after_cap: float = 300.0
-
-    def is_retryable_status(self, status: int) -> bool:
-        return status in _RETRYABLE_4XX or (status >= 500 and status not in _NOT_RETRYABLE_5XX)
 
     def backoff(self, retry_number: int) -> float:
         """Delay before retry `retry_number` (1-based): immediate first retry, then 0.5 s, 1 s, 2 s... capped."""
@@ -179,6 +191,11 @@ class HttpClient:
     timeout: float = 15.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limiter: RateLimiter | None = None
+    # The vendor's own retryable statuses (each client passes its set, with its source).
+    retryable: RetryableStatuses = DEFAULT_RETRYABLE
+    # Seconds to wait read from a throttled response's body, for vendors that say it there rather than in
+    # `Retry-After` (Segment Public API's `msBeforeNext`, spec §7). Consulted only without `Retry-After`.
+    retry_hint: Callable[[httpx.Response], float | None] | None = None
     max_connections: int = 16
     transport: httpx.BaseTransport | None = None
     sleep: Callable[[float], None] = time.sleep
@@ -235,11 +252,11 @@ class HttpClient:
                 if status < 300 or status in allowed:
                     return response
                 message = self._scrub(describe_error(response))
-                if not self.retry.is_retryable_status(status):
+                if status not in self.retryable:
                     cls = VendorAuthError if status in (401, 403) else VendorRequestError
                     raise cls(self.vendor, method, path, message, status=status, attempts=attempt)
                 reason = f"HTTP {status}: {message}"
-                retry_after = retry_after_seconds(response.headers)
+                retry_after = self._retry_after(response)
             elapsed = time.monotonic() - started
             delay = self.retry.backoff(attempt)
             if retry_after is not None:
@@ -252,6 +269,18 @@ class HttpClient:
                 on_retry(RetryEvent(self.vendor, path, attempt, delay, reason))
             if delay > 0:
                 self.sleep(delay)
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        """`Retry-After`, else the vendor's body hint, else `X-RateLimit-Reset` (spec §1, §2, §7)."""
+        seconds = retry_after_seconds(response.headers, names=("retry-after",))
+        if seconds is None and self.retry_hint is not None:
+            try:
+                seconds = self.retry_hint(response)
+            except ValueError:  # a body that is not what the vendor documents: fall back to the headers
+                seconds = None
+        if seconds is None:
+            seconds = retry_after_seconds(response.headers, names=("x-ratelimit-reset",))
+        return seconds
 
     def _scrub(self, text: str) -> str:
         """Vendors sometimes echo what they were sent; a credential must not ride along into errors."""
@@ -290,13 +319,14 @@ def paginate(fetch_page: Callable[[str | None], tuple[list[T], str | None]]) -> 
         seen.add(cursor)
 
 
-def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None,
+                        names: Iterable[str] = ("retry-after", "x-ratelimit-reset")) -> float | None:
     """Seconds to wait from `Retry-After` (seconds or HTTP-date) or `X-RateLimit-Reset`, if present.
 
     `X-RateLimit-Reset` is seconds-until-retry on the Tracking API and an RFC 5322 date on the
     Public API (spec §1, §2); both forms are read.
     """
-    for name in ("retry-after", "x-ratelimit-reset"):
+    for name in names:
         value = headers.get(name)
         if value is None:
             continue

@@ -5,9 +5,33 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, bearer_auth, paginate
+import httpx
+
+from segment_ops.clients.base import (
+    HttpClient,
+    RetryableStatuses,
+    RetryEvent,
+    RetryPolicy,
+    bearer_auth,
+    paginate,
+)
 
 MAX_PAGE_SIZE = 200  # pagination.count is 1..200 (spec §2)
+# Spec §2: 429 when throttled, `ServerError` 5xx; a 408 is a proxy's timeout. Every other 4xx is final.
+RETRYABLE = RetryableStatuses(four_xx=frozenset({408, 429}))
+
+
+def ms_before_next(response: httpx.Response) -> float | None:
+    """Seconds from a 429 body's `errors[0].data.msBeforeNext` (spec §2 and §7: `Retry-After` is not
+    guaranteed), or None when the body does not carry it."""
+    try:
+        errors = response.json().get("errors")
+        wait = errors[0]["data"]["msBeforeNext"]
+    except (ValueError, AttributeError, LookupError, TypeError):
+        return None
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        return None
+    return wait / 1000.0
 
 
 class SegmentPublicApiClient:
@@ -19,6 +43,8 @@ class SegmentPublicApiClient:
             headers={"Accept": "application/json"},
             timeout=timeout,
             retry=retry or RetryPolicy(),
+            retryable=RETRYABLE,
+            retry_hint=ms_before_next,
         )
 
     def iter_audit_events(

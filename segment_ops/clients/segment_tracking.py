@@ -10,7 +10,14 @@ import gzip as gziplib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from segment_ops.clients.base import HttpClient, RateLimiter, RetryEvent, RetryPolicy, basic_auth
+from segment_ops.clients.base import (
+    HttpClient,
+    RateLimiter,
+    RetryableStatuses,
+    RetryEvent,
+    RetryPolicy,
+    basic_auth,
+)
 
 # Spec §1: 500 KB per batch request (the 32 KB per-call limit is enforced in engine/calls.py). Like
 # analytics-python we close a batch early (475,000 bytes) to leave room for the envelope.
@@ -19,6 +26,8 @@ BATCH_TARGET_BYTES = 475_000
 GZIP_MIN_BYTES = 16 * 1024
 # Spec §1 recommends <= 1,000 requests/s per workspace; other senders share that budget.
 DEFAULT_MAX_REQUESTS_PER_SECOND = 200.0
+# analytics-python's retry set (spec §1, request.py/consumer.py): 408, 410, 429, 460 and every 5xx but 501, 505.
+RETRYABLE = RetryableStatuses(four_xx=frozenset({408, 410, 429, 460}))
 
 
 class SegmentTrackingClient:
@@ -50,6 +59,7 @@ class SegmentTrackingClient:
             timeout=timeout,
             retry=retry or RetryPolicy(),
             rate_limiter=RateLimiter(max_requests_per_second) if max_requests_per_second else None,
+            retryable=RETRYABLE,
             max_connections=max_connections,
         )
 

@@ -18,11 +18,20 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from segment_ops.clients.base import HttpClient, RetryPolicy, SecretHeaderAuth, VendorRequestError
+from segment_ops.clients.base import (
+    HttpClient,
+    RetryableStatuses,
+    RetryPolicy,
+    SecretHeaderAuth,
+    VendorRequestError,
+)
 
 PLACEHOLDER_PATH = "/services/***"
 # An alert is sent from a sensor, whose evaluation Dagster cuts off after 60 s: retry briefly.
 ALERT_RETRY = RetryPolicy(max_attempts=4, max_elapsed=20.0, retry_after_cap=10.0)
+# Slack's webhook answers (spec §7, api.slack.com changelog 2016-05-17): 429 and 5xx (`rollup_error`) are
+# transient; every 4xx else is a configuration error, 410 `channel_is_archived` included.
+RETRYABLE = RetryableStatuses(four_xx=frozenset({429}))
 
 
 class WebhookUrlError(ValueError):
@@ -97,6 +106,7 @@ class SlackWebhookClient:
             headers={"Content-Type": "application/json"},
             timeout=timeout,
             retry=retry or ALERT_RETRY,
+            retryable=RETRYABLE,
             max_connections=2,
             transport=_SecretPathTransport(secret_path, transport or environment_transport(url)),
         )

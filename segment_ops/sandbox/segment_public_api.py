@@ -7,9 +7,8 @@ Choices where the spec is silent or unverified:
 - A missing or wrong Bearer token gets 401 (RFC 6750 `invalid_token`); 403 would mean a valid token
   without the needed permission, which the sandbox does not model.
 - Rate limit: a fixed 60 s window of `rate_limit_per_min` points per token, one point per request (the
-  600/min figure is a third-party claim). `X-RateLimit-*` headers are on every success; a 429 has the
-  spec's exact body plus `Retry-After` (whether Segment sends it is unverified: clients should also
-  read `msBeforeNext`).
+  600/min figure is a third-party claim). `X-RateLimit-*` headers are on every answer; a 429 has the
+  documented body with `msBeforeNext` and no `Retry-After`, which Segment does not guarantee (spec §7).
 - Events are sorted newest first (then by id). `startTime` is exclusive, `endTime` inclusive and
   capped at now; a `startTime` older than the 90-day retention is clamped to it.
 - The cursor is opaque base64 of (offset, window, filters). The first page fixes `endTime`, so the
@@ -34,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from segment_ops.sandbox.common import json_response, retry_after_headers, scheme_token
+from segment_ops.sandbox.common import json_response, scheme_token
 from segment_ops.sandbox.recorder import Recorder
 
 MAX_PAGE_SIZE = 200
@@ -158,9 +157,8 @@ class SegmentPublicApi:
                 }
             ]
         }
-        return json_response(
-            body, 429, {**retry_after_headers(ms_before_next / 1000), **self._window.headers()}
-        )
+        # No `Retry-After`: Segment documents the wait only in the body (spec §7), so clients must read it.
+        return json_response(body, 429, self._window.headers())
 
 
 class _PointsWindow:

@@ -6,7 +6,13 @@
   200 with the plain-text body `ok`, and the message is recorded (`RunningSandbox.received("slack")`);
 - a body that is not JSON, or has neither a non-empty `text` nor a non-empty `blocks` list, answers
   400 `invalid_payload`;
-- an unknown token (the last path segment; team and bot ids are not checked) answers 404 `no_service`.
+- an unknown token (the last path segment; team and bot ids are not checked) answers 404 `no_service`;
+- the webhook of an archived channel (`ARCHIVED_CHANNEL_TOKEN`) answers 410 `channel_is_archived`.
+
+Vendor sources: api.slack.com/messaging/webhooks and the changelog of 2016-05-17 (spec §7: 400
+`invalid_payload`, 403 `action_prohibited`, 404 `channel_not_found`, 410 `channel_is_archived`, 500
+`rollup_error`). Where the sandbox differs: it does not model 403 `action_prohibited` (an admin's
+restriction) or `user_not_found`.
 
 Injected faults answer as Slack does when it throttles or fails: 429 `rate_limited` with `Retry-After`,
 500 `rollup_error`, 503 `service_unavailable` (plain text, like every Slack webhook answer).
@@ -28,6 +34,8 @@ from segment_ops.sandbox.recorder import Recorder
 # Slack truncates `text` at 40,000 characters; a webhook body far beyond that is not a message.
 MAX_BODY_BYTES = 1_000_000
 _FAULT_TEXT = {429: "rate_limited", 500: "rollup_error", 503: "service_unavailable"}
+# A webhook whose channel was archived: Slack answers 410 `channel_is_archived` (spec §7).
+ARCHIVED_CHANNEL_TOKEN = "sandboxArchivedChannelToken0001"
 
 
 class SlackWebhook:
@@ -50,6 +58,8 @@ class SlackWebhook:
         """No per-run state: every message lives in the recorder."""
 
     async def _post(self, request: Request) -> Response:
+        if request.path_params["token"] == ARCHIVED_CHANNEL_TOKEN:
+            return text_response("channel_is_archived", 410)
         if request.path_params["token"] != self.token:
             return text_response("no_service", 404)
         try:

@@ -11,6 +11,7 @@ import pytest
 from segment_ops.clients.base import RetryPolicy, VendorRequestError, VendorUnavailable
 from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError, environment_transport
 from segment_ops.config import SANDBOX_SLACK_WEBHOOK_PATH, SANDBOX_SLACK_WEBHOOK_TOKEN
+from segment_ops.sandbox.slack import ARCHIVED_CHANNEL_TOKEN
 
 HOOK = f"/slack{SANDBOX_SLACK_WEBHOOK_PATH}"
 
@@ -90,6 +91,18 @@ def test_the_client_gives_up_after_its_retry_budget(clean_sandbox):
         slack.post_message({"text": "x"})
 
     assert clean_sandbox.stats()["slack"]["requests"] == 3
+
+
+def test_an_archived_channel_is_a_configuration_error_not_retried(clean_sandbox):
+    # Spec §7: 410 `channel_is_archived` is final; retrying an archived channel's webhook cannot help.
+    url = f"{clean_sandbox.url}/slack/services/T0SANDBOX/B0SANDBOX/{ARCHIVED_CHANNEL_TOKEN}"
+
+    with SlackWebhookClient(url) as slack, pytest.raises(VendorRequestError) as caught:
+        slack.post_message({"text": "x"})
+
+    assert (caught.value.status, caught.value.attempts) == (410, 1)
+    assert "channel_is_archived" in caught.value.vendor_message
+    assert clean_sandbox.stats()["slack"]["requests"] == 1
 
 
 def test_the_webhook_secret_never_reaches_errors_or_logs(clean_sandbox, caplog):
