@@ -1,8 +1,8 @@
 """Credentials never leak: not into logs (ours, httpx's, httpcore's), exception texts, Dagster's event log,
 run records, the CLI's output, or the repr of resources and clients.
 
-Every credential is set through the environment to a distinctive value the sandbox rejects, so each
-call fails and every error path runs.
+Every credential is set through the environment to a distinctive value the sandbox rejects (Segment's
+Tracking API, which checks no write key, drops the data instead), so every error path runs.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def exception_texts(exc: BaseException) -> list[str]:
 
 
 def failing_calls(resources: dict) -> dict[str, object]:
-    """One call per vendor client, each rejected by the sandbox for its credential."""
+    """One call per vendor client that checks its credential, each rejected by the sandbox for it. (Segment's
+    Tracking API checks none: a wrong write key is answered 200, spec §7; see the test below.)"""
     now = datetime.now(UTC)
     return {
-        "segment": lambda: resources["segment"].get_client().send_batch([b'{"type":"identify","userId":"u1"}']),
         "segment_public_api": lambda: list(
             resources["segment_public_api"].get_client().iter_audit_events(now - timedelta(hours=1), now)),
         "pendo": lambda: resources["pendo"].get_client().aggregate([{"source": {"accounts": None}}]),
@@ -90,6 +90,15 @@ def test_client_auth_failures_leak_no_credential(secret_env, all_logs):
             assert_no_secret(exception_texts(caught.value), f"the {vendor} exception")
 
     assert any(r.name.startswith("httpx") for r in all_logs.records)  # the HTTP layer did log
+    assert_no_secret(log_texts(all_logs), "the logs")
+
+
+def test_a_silently_dropped_batch_leaks_no_write_key(secret_env, all_logs, clean_sandbox):
+    with dg.build_resources(build_resources()) as built:
+        built.segment.get_client().send_batch([b'{"type":"identify","userId":"u1"}'])
+
+    assert clean_sandbox.stats()["segment"]["dropped"] == {"unknown_write_key": 1}
+    assert any(r.name.startswith("httpx") for r in all_logs.records)
     assert_no_secret(log_texts(all_logs), "the logs")
 
 
@@ -118,7 +127,14 @@ def test_resolved_resources_repr_shows_no_credential(secret_env):
     assert_no_secret(texts, "a resolved resource repr")
 
 
-def test_failed_replay_materialization_leaks_no_credential(tmp_path, secret_env, all_logs, clean_sandbox):
+@pytest.fixture
+def unreachable_segment(secret_env: Path, monkeypatch: pytest.MonkeyPatch, clean_sandbox) -> None:
+    """Segment's Tracking URL points at a path the sandbox does not serve (404): the batch fails with the
+    write key on the request, since a wrong write key alone fails nothing (spec §7)."""
+    monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/no-such-prefix")
+
+
+def test_failed_replay_materialization_leaks_no_credential(tmp_path, unreachable_segment, all_logs, clean_sandbox):
     path = tmp_path / "calls.jsonl"
     path.write_text('{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}\n')
     instance = dg.DagsterInstance.ephemeral()
@@ -128,22 +144,22 @@ def test_failed_replay_materialization_leaks_no_credential(tmp_path, secret_env,
                             raise_on_error=False)
 
     assert not result.success
-    assert clean_sandbox.stats()["segment"]["status"] == {"401": 1}  # it failed for the write key
+    assert clean_sandbox.stats()["segment"]["received"] == 0
     events = instance.all_logs(result.run_id)
     failures = [e for e in events if e.dagster_event and e.dagster_event.is_step_failure]
-    assert failures and "VendorAuthError" in str(failures[0])
+    assert failures and "HTTP 404" in str(failures[0])
     assert_no_secret([str(event) for event in events], "Dagster's event log")
     run = instance.get_run_by_id(result.run_id)
     assert_no_secret([str(run), str(run.run_config), str(run.tags)], "the run record")
     assert_no_secret(log_texts(all_logs), "the logs")
 
 
-def test_cli_auth_failure_prints_no_credential(tmp_path, secret_env, clean_sandbox):
+def test_cli_failure_prints_no_credential(tmp_path, unreachable_segment, clean_sandbox):
     path = tmp_path / "calls.jsonl"
     path.write_text('{"type": "identify", "userId": "u1"}\n')
 
     done = subprocess.run([sys.executable, "-m", "segment_ops.cli", "-v", "replay", str(path)],
                           env=dict(os.environ), capture_output=True, text=True, timeout=60)
 
-    assert done.returncode != 0 and "401" in done.stderr
+    assert done.returncode != 0 and "404" in (done.stdout + done.stderr)
     assert_no_secret([done.stdout, done.stderr], "the CLI's output")

@@ -51,7 +51,7 @@ from segment_ops.sandbox.heap_webhooks import control_routes as heap_webhook_rou
 from segment_ops.sandbox.pendo import Pendo
 from segment_ops.sandbox.recorder import Recorder
 from segment_ops.sandbox.segment_public_api import SegmentPublicApi
-from segment_ops.sandbox.segment_tracking import SegmentTracking
+from segment_ops.sandbox.segment_tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking
 from segment_ops.sandbox.slack import SlackWebhook
 from segment_ops.sandbox.splunk_hec import SplunkHec
 
@@ -67,6 +67,7 @@ class SandboxConfig:
     scale: float = 1.0
     faults: dict[str, FaultSpec] = field(default_factory=dict)  # per API name
     segment_rate_limit: float | None = None  # requests/s per write key before 429 (Segment advises <= 1000)
+    segment_dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS  # messageId dedupe, about 24 h (spec §7)
     public_api_rate_limit_per_min: int = 600  # points/min per token (a third-party claim, unverified)
     pendo_rate_limit: float | None = None  # requests/s per key before 429 (Pendo's numbers are unpublished)
     splunk_ack: bool = False  # indexer acknowledgement on the HEC token
@@ -98,7 +99,8 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         rate_limit_per_min=config.public_api_rate_limit_per_min,
     )
     emulators: list[Emulator] = [
-        SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit),
+        SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit,
+                        dedupe_window_seconds=config.segment_dedupe_window_seconds),
         public_api,
         Heap(recorder, app_id=config.heap_app_id, api_key=config.heap_api_key),
         Pendo(

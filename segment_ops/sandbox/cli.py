@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="Requests/s per write key before Segment answers 429.",
     )
+    parser.add_argument(
+        "--segment-dedupe-window",
+        type=float,
+        default=24 * 3600.0,
+        help="Seconds Segment remembers a messageId (about 24 h); a later repeat is counted as a late duplicate "
+        "that reaches destinations (default: %(default)s).",
+    )
     parser.add_argument("--splunk-ack", action="store_true", help="Turn on HEC indexer acknowledgement.")
     parser.set_defaults(func=run)
 
@@ -45,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         scale=args.scale,
         faults=args.faults,
         segment_rate_limit=args.segment_rate_limit,
+        segment_dedupe_window_seconds=args.segment_dedupe_window,
         splunk_ack=args.splunk_ack,
     )
     serve(config, args.host, args.port)

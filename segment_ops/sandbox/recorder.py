@@ -7,6 +7,7 @@ the server's event loop, so no locking is needed.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict, deque
 from itertools import islice
 
@@ -23,7 +24,8 @@ class ApiLog:
         self.counts: Counter[str] = Counter()
         self.breakdowns: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.items: deque[bytes] = deque(maxlen=record_limit)
-        self._seen: dict[str, int] = {}
+        self._first: dict[str, float] = {}  # dedupe key -> when its current window opened (monotonic)
+        self._repeats: Counter[str] = Counter()
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] += n
@@ -40,16 +42,28 @@ class ApiLog:
         # messages take ~40 MB instead of ~400 MB.
         self.items.append(bytes(memoryview(data)))
 
-    def first_seen(self, key: str) -> bool:
-        """Remember a dedupe key (messageId, idempotency_key); a repeat counts as a duplicate."""
-        seen = self._seen.get(key, 0) + 1
-        self._seen[key] = seen
-        if seen > 1:
-            self.counts["duplicates"] += 1
-        return seen == 1
+    def first_seen(self, key: str, *, window: float | None = None) -> bool:
+        """Remember a dedupe key (messageId, idempotency_key); a repeat counts as a duplicate.
+
+        With `window` (seconds) a key is remembered only that long, as Segment's messageId dedupe
+        (about 24 h, spec §7): a repeat after it counts as a `late_duplicates` and is let through, the
+        copy a destination would receive twice; its window starts anew.
+        """
+        now = time.monotonic()
+        first = self._first.get(key)
+        if first is None:
+            self._first[key] = now
+            return True
+        self._repeats[key] += 1
+        if window is not None and now - first > window:
+            self._first[key] = now
+            self.counts["late_duplicates"] += 1
+            return True
+        self.counts["duplicates"] += 1
+        return False
 
     def times_seen(self, key: str) -> int:
-        return self._seen.get(key, 0)
+        return (key in self._first) + self._repeats[key]
 
     def page(self, offset: int, limit: int) -> list[bytes]:
         """Stored items, oldest kept first."""

@@ -3,10 +3,23 @@
 Built for volume: one orjson parse per request, O(1) work per message, and only messageId counts plus
 a bounded window of bodies kept (see `recorder.py`).
 
-Choices where the spec is silent or unverified:
-- A missing or wrong write key gets 401 `{"code": "unauthorized", ...}` (the spec gives no answer).
-  A wrong key in Basic auth fails even if the body's `writeKey` is right. With OAuth (`Bearer`) the
-  body's `writeKey` must be right; the token itself is not checked.
+Vendor sources followed (spec §1 and §7): segment-docs' HTTP API page (endpoints, auth, limits, the
+silent drops); analytics-python's request.py/consumer.py (the `/v1/batch` body, 32 KB / 500 KB);
+analytics-go#205, analytics-ruby#136, analytics-node#59 (a wrong write key gets 200 and its data is
+dropped; an empty key gets 400); twilio.com/docs/segment/guides/duplicate-data (messageId dedupe covers
+about the last 24 hours).
+
+- A wrong (non-empty) write key gets **200** `{"success": true}` and its messages are dropped, as the
+  edge does: it is stateless and validates nothing (analytics-ruby#136). They are counted in stats under
+  `dropped` as `unknown_write_key` and never stored. Only a missing or empty key is refused: 400
+  `{"code": "invalid_write_key", ...}` (analytics-go#205 reports 400; the exact code string is
+  unverified). The Basic-auth key wins over the body's `writeKey` when both are sent.
+  Where the sandbox still differs: Segment also answers 400 to "some very short keys" (analytics-go#205,
+  no rule given); the sandbox does not model that.
+- messageId dedupe holds for `dedupe_window_seconds` (default 24 h; Segment: "about the last 24 hours",
+  dropping about 99% of repeats): a repeat inside the window is counted under `duplicates` and not
+  stored; a repeat after it is stored again and counted under `late_duplicates`, the copies that
+  would reach destinations twice. The sandbox drops 100% of repeats in the window, not ~99%.
 - A Content-Type other than application/json gets 400 `invalid_request`.
 - 500 KB means 512,000 bytes (500 KiB) of the decoded (gunzipped) body: analytics-python adds a
   message before checking its 475,000-byte mark, so its own batches reach about 508 KB and a
@@ -15,7 +28,7 @@ Choices where the spec is silent or unverified:
 - Batch items need a known `type`, or the whole batch gets 400. The 2500-events-per-batch note is
   unverified and not enforced.
 - Silently dropped messages (spec §1) still get 200 and are counted in stats under `dropped` by
-  reason; a repeated messageId is counted under `duplicates`. Neither is stored.
+  reason; a repeated messageId inside the dedupe window is counted under `duplicates`. Neither is stored.
 - A stored message has the batch's `context`/`integrations` merged in (its own keys win), the batch
   `sentAt`, `receivedAt`, a `timestamp` defaulted to receipt time, and no `writeKey`.
 - The optional rate limit is a token bucket per write key; a 429 carries `Retry-After` and
@@ -46,6 +59,8 @@ from segment_ops.sandbox.recorder import ApiLog, Recorder
 
 MAX_REQUEST_BYTES = 500 << 10
 MAX_MESSAGE_BYTES = 32 << 10
+# Segment's messageId dedupe covers "about the last 24 hours" (spec §7).
+DEDUPE_WINDOW_SECONDS = 24 * 3600.0
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 _SHARED_KEYS = ("context", "integrations")
 _FAULT_CODES = {429: "too_many_requests", 500: "internal_server_error", 503: "service_unavailable"}
@@ -60,9 +75,11 @@ class SegmentTracking:
 
     name = "segment"
 
-    def __init__(self, recorder: Recorder, *, write_key: str, rate_limit: float | None = None) -> None:
+    def __init__(self, recorder: Recorder, *, write_key: str, rate_limit: float | None = None,
+                 dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS) -> None:
         self.recorder = recorder
         self.write_key = write_key
+        self.dedupe_window_seconds = dedupe_window_seconds
         self._limiter = TokenBucket(rate_limit) if rate_limit else None
 
     def routes(self) -> Sequence[BaseRoute]:
@@ -98,8 +115,6 @@ class SegmentTracking:
         if not is_json_request(request):
             return _error(400, "invalid_request", "Content-Type must be application/json")
         basic = basic_credentials(request.headers.get("authorization"))
-        if basic is not None and basic[0] != self.write_key:
-            return _unauthorized()
         try:
             raw = await read_body(request, MAX_REQUEST_BYTES)
             if request.headers.get("content-encoding", "").lower() == "gzip":
@@ -111,16 +126,20 @@ class SegmentTracking:
             return _error(400, "invalid_request", f"invalid JSON body: {exc}")
         if not isinstance(body, dict):
             return _error(400, "invalid_request", "body must be a JSON object")
-        write_key = basic[0] if basic is not None else body.get("writeKey")
-        if write_key != self.write_key:
-            return _unauthorized()
+        write_key = basic[0] if basic is not None and basic[0] else body.get("writeKey")
+        if not isinstance(write_key, str) or not write_key:
+            return _error(400, "invalid_write_key", "An invalid write key was provided")
         if self._limiter and (wait := self._limiter.wait_time(write_key)):
             return _error(429, "too_many_requests", "rate limit exceeded", _throttle_headers(wait))
         try:
             messages = _validated_messages(body, kind)
         except InvalidRequest as exc:
             return _error(400, "invalid_request", str(exc))
-        _deliver(log, body, messages, kind)
+        if write_key != self.write_key:  # accepted and lost: no source has this key (spec §7)
+            log.count("messages", len(messages))
+            log.bump("dropped", "unknown_write_key", len(messages))
+        else:
+            _deliver(log, body, messages, kind, self.dedupe_window_seconds)
         return json_response({"success": True})
 
 
@@ -146,7 +165,7 @@ def _validated_messages(body: dict, kind: str | None) -> list[dict]:
     return messages
 
 
-def _deliver(log: ApiLog, body: dict, messages: list[dict], kind: str | None) -> None:
+def _deliver(log: ApiLog, body: dict, messages: list[dict], kind: str | None, dedupe_window: float) -> None:
     """Record what Segment would keep: drops and duplicates are counted, never stored (spec §1)."""
     received_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     shared = {} if kind is not None else {k: body[k] for k in _SHARED_KEYS if isinstance(body.get(k), dict)}
@@ -159,7 +178,7 @@ def _deliver(log: ApiLog, body: dict, messages: list[dict], kind: str | None) ->
             log.bump("dropped", reason)
             continue
         message_id = message.get("messageId")
-        if message_id is not None and not log.first_seen(str(message_id)):
+        if message_id is not None and not log.first_seen(str(message_id), window=dedupe_window):
             continue
         for key, value in shared.items():
             own = message.get(key)
@@ -203,10 +222,6 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
 def _throttle_headers(seconds: float) -> dict[str, str]:
     headers = retry_after_headers(seconds)
     return headers | {"X-RateLimit-Reset": headers["Retry-After"]}
-
-
-def _unauthorized() -> Response:
-    return _error(401, "unauthorized", "missing or invalid write key")
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:

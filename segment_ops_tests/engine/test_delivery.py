@@ -100,19 +100,23 @@ def test_a_number_segment_cannot_parse_loses_only_its_own_line(tmp_path, ledger,
     assert ledger.counts(SYNC).pending == 0
 
 
-def test_wrong_write_key_fails_fast_and_leaves_messages_pending(tmp_path, ledger, segment_client, clean_sandbox):
-    wrong_key = "wk-wrong-5b1f0c9e-not-the-sandbox-key"
+def test_a_refused_credential_fails_fast_and_leaves_messages_pending(tmp_path, ledger, clean_sandbox):
+    # Segment's edge answers 200 to a wrong write key (spec §7), so the credential refusal comes from a
+    # destination that checks its token: Splunk HEC answers 403 code 4 "Invalid token" (spec §5).
+    wrong_token = "11111111-2222-4333-8444-555555555555"
     plan(ledger, tmp_path, calls_with_ids(100))
+    hec = SplunkHecClient(f"{clean_sandbox.url}/splunk", wrong_token)
 
     with pytest.raises(VendorAuthError) as caught:
-        deliver_pending(ledger, SYNC, segment_client(write_key=wrong_key))
+        deliver_pending(ledger, SYNC, hec)
+    hec.close()
 
-    assert caught.value.status == 401 and caught.value.attempts == 1
-    stats = clean_sandbox.stats()["segment"]
-    assert stats["requests"] == 1 and stats["status"] == {"401": 1}  # one batch, no retries
+    assert caught.value.status == 403 and caught.value.attempts == 1
+    stats = clean_sandbox.stats()["splunk"]
+    assert stats["requests"] == 1 and stats["status"] == {"403": 1}  # one batch, no retries
     assert ledger_counts(ledger) == (100, 0, 0)
     for text in (str(caught.value), repr(caught.value), caught.value.vendor_message):
-        assert wrong_key not in text
+        assert wrong_token not in text
 
 
 def test_exhausted_retries_raise_and_leave_messages_pending(tmp_path, ledger, segment_client, clean_sandbox):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -35,6 +36,15 @@ def test_first_seen_counts_duplicates():
     assert log.counts["duplicates"] == 1 and log.times_seen("k") == 2
 
 
+def test_first_seen_forgets_a_key_after_its_window():
+    log = Recorder(record_limit=10)["segment"]
+
+    assert log.first_seen("k", window=0.05) and not log.first_seen("k", window=0.05)
+    time.sleep(0.1)
+    assert log.first_seen("k", window=0.05)  # a late duplicate: let through, counted apart
+    assert (log.counts["duplicates"], log.counts["late_duplicates"], log.times_seen("k")) == (1, 1, 3)
+
+
 def test_record_limit_over_http_keeps_the_newest(sandbox_factory):
     small = sandbox_factory(record_limit=5)
     with httpx.Client(base_url=small.url) as http:
@@ -56,7 +66,7 @@ def test_stats_count_requests_and_statuses(sandbox_http, clean_sandbox):
     sandbox_http.post("/segment/v1/batch", json={"batch": []})  # no write key
 
     stats = clean_sandbox.stats()["segment"]
-    assert stats["requests"] == 2 and stats["status"] == {"200": 1, "401": 1}
+    assert stats["requests"] == 2 and stats["status"] == {"200": 1, "400": 1}
     assert stats["messages"] == 2 and stats["by_type"] == {"identify": 2}
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import time
 import uuid
 
 import httpx
 import orjson
+import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 
@@ -58,26 +60,47 @@ def test_write_key_in_body_authenticates_and_is_not_stored(sandbox_http, clean_s
     assert "writeKey" not in stored
 
 
-def test_missing_write_key_is_401_with_code_and_message(sandbox_http):
-    response = sandbox_http.post("/segment/v1/batch", json={"batch": [identify()]})
+@pytest.mark.parametrize("key", [None, ""])
+def test_missing_or_empty_write_key_is_400(sandbox_http, clean_sandbox, key):
+    # analytics-go#205: "Empty keys return 400 Bad Request" (spec §7).
+    body = {"batch": [identify()], **({"writeKey": key} if key is not None else {})}
 
-    assert response.status_code == 401
+    response = sandbox_http.post("/segment/v1/batch", json=body)
+
+    assert response.status_code == 400
     assert set(response.json()) == {"code", "message"}
+    assert clean_sandbox.stats()["segment"]["received"] == 0
 
 
-def test_wrong_basic_key_is_401_even_with_a_right_body_key(sandbox_http, clean_sandbox):
+def test_wrong_write_key_gets_200_and_the_data_is_silently_dropped(sandbox_http, clean_sandbox):
+    # Spec §7 (analytics-go#205, analytics-ruby#136, analytics-node#59): the edge validates no key; a wrong
+    # one is answered 200 {"success": true} and its events never appear. Our ledger cannot see this from
+    # the answer; the proof-of-delivery preflight is what catches a wrong key.
+    response = sandbox_http.post("/segment/v1/batch", json={"batch": [identify(), identify("u2")]},
+                                 auth=("wk-not-a-source-of-this-workspace", ""))
+
+    assert response.status_code == 200 and response.json() == {"success": True}
+    stats = clean_sandbox.stats()["segment"]
+    assert stats["received"] == 0 and clean_sandbox.received("segment") == []
+    assert stats["dropped"] == {"unknown_write_key": 2}
+
+
+def test_wrong_basic_key_drops_the_data_even_with_a_right_body_key(sandbox_http, clean_sandbox):
     response = sandbox_http.post(
         "/segment/v1/batch",
         json={"batch": [identify()], "writeKey": SANDBOX_SEGMENT_WRITE_KEY},
         auth=("nope", ""),
     )
 
-    assert response.status_code == 401
+    assert response.status_code == 200
     assert clean_sandbox.stats()["segment"]["received"] == 0
 
 
-def test_wrong_body_key_is_401(sandbox_http):
-    assert sandbox_http.post("/segment/v1/batch", json={"batch": [], "writeKey": "nope"}).status_code == 401
+def test_wrong_body_key_drops_the_data(sandbox_http, clean_sandbox):
+    response = sandbox_http.post("/segment/v1/batch", json={"batch": [identify()], "writeKey": "nope"})
+
+    assert response.status_code == 200
+    assert clean_sandbox.stats()["segment"]["dropped"] == {"unknown_write_key": 1}
 
 
 def test_content_type_must_be_json(sandbox_http):
@@ -169,6 +192,22 @@ def test_repeated_message_id_is_deduplicated_and_counted(sandbox_http, clean_san
     assert clean_sandbox.stats()["segment"]["duplicates"] == 1
     assert clean_sandbox.seen("segment", message["messageId"]) == 2
     assert len(clean_sandbox.received("segment")) == 1
+
+
+def test_a_repeat_after_the_dedupe_window_gets_through_as_a_late_duplicate(sandbox_factory):
+    # Spec §7: messageId dedupe covers about the last 24 hours; a later re-send reaches destinations.
+    short = sandbox_factory(segment_dedupe_window_seconds=0.3)
+    message = identify()
+    with httpx.Client(base_url=short.url) as http:
+        post_batch(http, [message])
+        post_batch(http, [dict(message)])  # inside the window: dropped
+        time.sleep(0.5)
+        post_batch(http, [dict(message)])  # after it: delivered again
+        post_batch(http, [dict(message)])  # the window starts anew: dropped
+
+    stats = short.stats()["segment"]
+    assert (stats["received"], stats["duplicates"], stats["late_duplicates"]) == (2, 2, 1)
+    assert [m["messageId"] for m in short.received("segment")] == [message["messageId"]] * 2
 
 
 def test_retried_requests_are_counted_from_x_retry_count(sandbox_http, clean_sandbox):
