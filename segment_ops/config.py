@@ -22,6 +22,8 @@ SANDBOX_HEAP_APP_ID = "1234567890"
 SANDBOX_HEAP_API_KEY = "sandbox-heap-api-key"
 SANDBOX_HEAP_WEBHOOK_SECRET = "sandbox-heap-webhook-secret"
 SANDBOX_PENDO_INTEGRATION_KEY = "sandbox-pendo-integration-key"
+# The sandbox's Pendo subscription buckets days at New York midnight, like Pendo's own sample rows (spec §7).
+SANDBOX_PENDO_TIMEZONE = "America/New_York"
 SANDBOX_SPLUNK_HEC_TOKEN = "00000000-0000-4000-8000-00000000c0de"
 SANDBOX_SPLUNK_INDEX = "segment_audit"
 SANDBOX_REDACTION_SALT = "sandbox-redaction-salt"
@@ -97,9 +99,28 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
-        "HEAP_WEBHOOK_TOLERANCE_SECONDS",
-        "How far (seconds) a Heap webhook's signed timestamp may be from now before the receiver refuses it.",
+        "HEAP_WEBHOOK_PREVIOUS_SECRETS",
+        "Comma-separated secrets the receiver still accepts while a Heap webhook secret is being rotated "
+        "(remove them once Heap signs with the new `HEAP_WEBHOOK_SECRET`).",
+        secret=True,
+    ),
+    Setting(
+        "HEAP_WEBHOOK_MAX_AGE_SECONDS",
+        "How old (seconds) a Heap webhook's signed timestamp may be before the receiver refuses it with 400 "
+        "(Heap's reference validator: 60; Heap signs every retry anew).",
         default="300",
+    ),
+    Setting(
+        "HEAP_WEBHOOK_MAX_FUTURE_SECONDS",
+        "How far ahead of this machine's clock (seconds) a Heap webhook's signed timestamp may be "
+        "(Heap's reference validator: 1; more allows ordinary clock skew).",
+        default="30",
+    ),
+    Setting(
+        "HEAP_DRAIN_POLICY",
+        "What a Heap `segment.users.drain` (the segment's sync was switched off) does: `exit` sends every "
+        "member an exit, through the drop guard; `ignore` records the drain and changes nothing.",
+        default="exit",
     ),
     Setting(
         "HEAP_AUDIENCES_FILE",
@@ -108,9 +129,32 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("PENDO_API_URL", "Pendo API base (live: `https://app.pendo.io`, EU: `https://app.eu.pendo.io`).", sandbox_path="/pendo"),
     Setting("PENDO_INTEGRATION_KEY", "Pendo integration key (read-only is enough).", SANDBOX_PENDO_INTEGRATION_KEY, secret=True),
+    Setting(
+        "PENDO_TIMEZONE",
+        "Time zone of the Pendo subscription (Settings > Subscription settings > Time Zone; an IANA name): Pendo "
+        "buckets each day at midnight there, and the daily partitions follow it. The default is the sandbox's.",
+        default=SANDBOX_PENDO_TIMEZONE,
+    ),
+    Setting(
+        "PENDO_APP_IDS",
+        "Pendo apps whose usage is read and summed: `*` for every app of the subscription, or comma-separated "
+        "app ids (without it Pendo answers for the default app only).",
+        default="*",
+    ),
     Setting("SPLUNK_HEC_URL", "Splunk HTTP Event Collector base (live: `https://<host>:8088`).", sandbox_path="/splunk"),
     Setting("SPLUNK_HEC_TOKEN", "HEC token (a GUID).", SANDBOX_SPLUNK_HEC_TOKEN, secret=True),
     Setting("SPLUNK_INDEX", "Splunk index the audit trail is written to.", SANDBOX_SPLUNK_INDEX),
+    Setting(
+        "SPLUNK_HEC_ACK_TIMEOUT_SECONDS",
+        "How long (seconds) an HEC batch may wait for its indexer acknowledgement before it is sent again "
+        "(acks can take minutes; the Kafka connector's is 300).",
+        default="300",
+    ),
+    Setting(
+        "SPLUNK_HEC_CHANNEL",
+        "HEC request channel (a GUID) the audit trail sends and polls acks on; unset: one GUID made once and "
+        "kept in the sync's state, so acks of an earlier run can still be polled.",
+    ),
     Setting(
         "SIEM_JSONL_URL",
         "Optional second SIEM destination: a URL taking newline-delimited JSON audit events (unset: off).",
