@@ -3,6 +3,12 @@
 Events come from the demo data (their "now" moves with the wall clock, so new events appear as time
 passes) plus any injected through the sandbox-only `POST /__sandbox__/audit-events`.
 
+Vendor sources followed (spec §2 and §7): segment-docs' Public API pages and docs.segmentapis.com "Rate
+Limits" (envelopes, pagination, the 429 body); segmentio/public-api-sdk-typescript `api/auditTrailApi.ts`,
+`model/auditEventV1.ts`, `paginationInput.ts`/`paginationOutput.ts` (the audit-events query and shapes).
+Where the sandbox and Segment may differ: the sort order and the edges of `startTime`/`endTime` are not
+documented (spec §7; clients overlap windows and dedupe by id); the rate limit's size is invented.
+
 Choices where the spec is silent or unverified:
 - A missing or wrong Bearer token gets 401 (RFC 6750 `invalid_token`); 403 would mean a valid token
   without the needed permission, which the sandbox does not model.
