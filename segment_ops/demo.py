@@ -132,8 +132,11 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         _print_summary(rows)
         stats = sandbox.stats()
         segment, splunk = stats.get("segment", {}), stats.get("splunk", {})
+        dropped = sum(segment.get("dropped", {}).values())
         print(f"sandbox recorder: Segment received {segment.get('received', 0):,} unique calls "
-              f"({segment.get('duplicates', 0):,} duplicate deliveries, deduplicated by messageId); "
+              f"({segment.get('duplicates', 0):,} duplicate deliveries, deduplicated by messageId; "
+              f"{segment.get('late_duplicates', 0):,} repeats after the ~24 h dedupe window; "
+              f"{dropped:,} accepted but silently dropped); "
               f"Splunk HEC received {splunk.get('received', 0):,} events")
         missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
