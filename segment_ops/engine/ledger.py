@@ -3,9 +3,14 @@
 Two append-only tables and a view:
 - `planned_messages`: the outbox. Planning inserts each new message once (same messageId, same row).
 - `outcomes`: facts, one row each time a destination answered for a message (delivered, rejected,
-  or still pending after retries ran out), a person reset it (`force`), or a newer plan superseded it.
+  awaiting ack, or still pending after retries ran out), a person reset it (`force`), or a newer plan
+  superseded it.
 - `ledger` (view): each planned message with its status (latest outcome, else pending), attempts,
   last error and delivery time.
+
+Awaiting ack: a destination that confirms later (an indexer acknowledgement) took the message and gave a
+receipt to ask about it with. The message is neither delivered nor pending: it is not sent again, and
+`settle_receipts` later records it delivered (confirmed) or pending (never confirmed, to be sent again).
 
 Nothing is ever updated in place, which is what DuckDB is fast at and what makes a crash harmless:
 a run killed at any point has lost at most the outcomes it had not yet written; those messages are
@@ -24,6 +29,8 @@ from datetime import UTC, datetime
 import duckdb
 
 PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
+# Taken by a destination that confirms later; the outcome's `receipt` is what to ask it with.
+AWAITING_ACK = "awaiting_ack"
 # A pending message a newer plan replaced before it was sent (e.g. the row changed again): never sent,
 # and not counted as pending, delivered or rejected. Logging PENDING again revives it.
 SUPERSEDED = "superseded"
@@ -49,8 +56,11 @@ CREATE TABLE IF NOT EXISTS outcomes (
     status    VARCHAR NOT NULL,
     attempts  INTEGER NOT NULL,
     error     VARCHAR,
-    logged_at TIMESTAMPTZ NOT NULL
+    logged_at TIMESTAMPTZ NOT NULL,
+    receipt   VARCHAR              -- awaiting_ack only: the destination's receipt (e.g. channel:ackId)
 );
+-- Files made before awaiting_ack existed get the column (NULL for every earlier outcome).
+ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS receipt VARCHAR;
 CREATE TABLE IF NOT EXISTS rejected (
     sync        VARCHAR NOT NULL,
     run_id      VARCHAR,
@@ -102,10 +112,18 @@ class PlanCounts:
 
 
 @dataclass(frozen=True)
+class AwaitingReceipt:
+    receipt: str  # what the destination answered a batch with (e.g. an indexer-ack id), to confirm it by
+    sent_at: datetime  # when the destination took the batch
+    messages: int
+
+
+@dataclass(frozen=True)
 class LedgerCounts:
     pending: int
     delivered: int
     rejected: int
+    awaiting_ack: int = 0  # taken by the destination, not yet confirmed: not delivered, not sent again
 
 
 class Ledger:
@@ -240,15 +258,47 @@ class Ledger:
             if rows:
                 yield rows
 
-    def log_outcomes(self, sync: str, outcomes: Sequence[tuple[int, str, int, str | None]]) -> None:
-        """Append (seq, status, attempts, error) for messages a destination answered for."""
+    def log_outcomes(self, sync: str, outcomes: Sequence[tuple]) -> None:
+        """Append (seq, status, attempts, error) for messages a destination answered for; an AWAITING_ACK
+        outcome adds a fifth item, its receipt: (seq, AWAITING_ACK, attempts, None, receipt)."""
         if not outcomes:
             return
-        seqs, statuses, attempts, errors = zip(*outcomes, strict=True)
+        seqs, statuses, attempts, errors, receipts = zip(*((*o, None)[:5] for o in outcomes), strict=True)
+        if any(s == AWAITING_ACK and not r for s, r in zip(statuses, receipts, strict=True)):
+            raise ValueError("an awaiting_ack outcome needs the receipt to confirm it by")
         self.con.execute(
-            "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at) "
-            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), ?",
-            [sync, list(seqs), list(statuses), list(attempts), list(errors), _now()])
+            "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at, receipt) "
+            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), ?, "
+            "unnest(?::VARCHAR[])",
+            [sync, list(seqs), list(statuses), list(attempts), list(errors), _now(), list(receipts)])
+
+    def awaiting_receipts(self, sync: str) -> list[AwaitingReceipt]:
+        """Every receipt with messages awaiting ack, oldest first (one row per receipt, not per message)."""
+        rows = self.con.execute(
+            f"""
+            SELECT a.receipt, min(a.logged_at), count(*) FROM outcomes a
+            WHERE a.sync = ? AND a.status = '{AWAITING_ACK}'
+              AND NOT EXISTS (SELECT 1 FROM outcomes b WHERE b.sync = a.sync AND b.seq = a.seq AND b.id > a.id)
+            GROUP BY a.receipt ORDER BY 2, 1
+            """, [sync]).fetchall()
+        return [AwaitingReceipt(receipt, sent_at, messages) for receipt, sent_at, messages in rows]
+
+    def settle_receipts(self, sync: str, receipts: Sequence[str], status: str, error: str | None = None) -> int:
+        """Log `status` (DELIVERED when confirmed, PENDING to send again) for every message still awaiting
+        ack under one of `receipts`; returns how many messages that was."""
+        if status not in (DELIVERED, PENDING):
+            raise ValueError(f"an awaited message settles as delivered or pending, not {status!r}")
+        if not receipts:
+            return 0
+        settled = self.con.execute(
+            f"""
+            INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at)
+            SELECT a.sync, a.seq, ?, 0, ?, ? FROM outcomes a
+            WHERE a.sync = ? AND a.status = '{AWAITING_ACK}' AND a.receipt IN (SELECT unnest(?::VARCHAR[]))
+              AND NOT EXISTS (SELECT 1 FROM outcomes b WHERE b.sync = a.sync AND b.seq = a.seq AND b.id > a.id)
+            RETURNING seq
+            """, [status, error, _now(), sync, list(receipts)]).fetchall()
+        return len(settled)
 
     def reject_refused(self, sync: str, refused: Sequence[tuple[int, str]], *, destination: str,
                        run_id: str | None = None) -> None:
@@ -267,7 +317,7 @@ class Ledger:
         rows = dict(self.con.execute(
             "SELECT status, count(*) FROM ledger WHERE sync = ? GROUP BY status", [sync]).fetchall())
         return LedgerCounts(pending=rows.get(PENDING, 0), delivered=rows.get(DELIVERED, 0),
-                            rejected=rows.get(REJECTED, 0))
+                            rejected=rows.get(REJECTED, 0), awaiting_ack=rows.get(AWAITING_ACK, 0))
 
     def rejected_since(self, sync: str, run_id: str, limit: int = 20) -> list[tuple[str | None, str | None, str]]:
         """A sample of (record_key, source, reason) rejected by one run, for run metadata."""

@@ -1,7 +1,16 @@
 import orjson
 import pytest
 
-from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger, PlannedMessage, Rejection
+from segment_ops.engine.ledger import (
+    AWAITING_ACK,
+    DELIVERED,
+    PENDING,
+    REJECTED,
+    Ledger,
+    LedgerCounts,
+    PlannedMessage,
+    Rejection,
+)
 from segment_ops.engine.store import connect
 
 
@@ -91,3 +100,66 @@ def test_rejections_are_kept_with_their_reason(ledger):
                           run_id="r1")
     assert ledger.rejected_since("s", "r1") == [("k1", "file.jsonl:3", "track needs a non-empty event name")]
     assert ledger.rejected_since("s", "other-run") == []
+
+
+def test_a_message_awaiting_ack_is_neither_pending_nor_delivered(ledger):
+    ledger.add_planned("s", messages(3))
+    ledger.log_outcomes("s", [outcome(ledger, "m0", AWAITING_ACK, 1, None, "chan:0"),
+                              outcome(ledger, "m1", AWAITING_ACK, 1, None, "chan:0")])
+    counts = ledger.counts("s")
+    assert (counts.pending, counts.delivered, counts.awaiting_ack) == (1, 0, 2)
+    assert pending_ids(ledger) == ["m2"]  # not sent again
+    [receipt] = ledger.awaiting_receipts("s")
+    assert (receipt.receipt, receipt.messages) == ("chan:0", 2)
+
+
+def test_an_awaiting_ack_outcome_needs_its_receipt(ledger):
+    ledger.add_planned("s", messages(1))
+    with pytest.raises(ValueError, match="receipt"):
+        ledger.log_outcomes("s", [outcome(ledger, "m0", AWAITING_ACK, 1, None)])
+
+
+def test_settling_a_receipt_delivers_or_reopens_only_its_awaiting_messages(ledger):
+    ledger.add_planned("s", messages(4))
+    ledger.log_outcomes("s", [outcome(ledger, "m0", AWAITING_ACK, 1, None, "c:0"),
+                              outcome(ledger, "m1", AWAITING_ACK, 1, None, "c:0"),
+                              outcome(ledger, "m2", AWAITING_ACK, 1, None, "c:1"),
+                              outcome(ledger, "m3", DELIVERED, 1, None)])
+
+    assert ledger.settle_receipts("s", ["c:0"], DELIVERED) == 2
+    assert ledger.settle_receipts("s", ["c:0"], DELIVERED) == 0  # settled once
+    assert ledger.settle_receipts("s", ["c:1"], PENDING, "no ack") == 1
+
+    rows = dict(ledger.con.execute("SELECT message_id, (status, attempts, last_error) FROM ledger").fetchall())
+    assert rows["m0"] == (DELIVERED, 1, None) and rows["m2"] == (PENDING, 1, "no ack")
+    assert ledger.awaiting_receipts("s") == [] and pending_ids(ledger) == ["m2"]
+    with pytest.raises(ValueError):
+        ledger.settle_receipts("s", ["c:1"], REJECTED)
+
+
+def test_receipts_outlive_the_connection_that_logged_them(tmp_path):
+    con = connect(tmp_path / "staging.duckdb")
+    first = Ledger(con)
+    first.add_planned("s", messages(2))
+    first.log_outcomes("s", [outcome(first, "m0", AWAITING_ACK, 1, None, "c:7")])
+    con.close()
+    con = connect(tmp_path / "staging.duckdb")
+    [receipt] = Ledger(con).awaiting_receipts("s")
+    con.close()
+    assert (receipt.receipt, receipt.messages) == ("c:7", 1)
+
+
+def test_a_ledger_made_before_receipts_existed_gains_the_column(tmp_path):
+    con = connect(tmp_path / "staging.duckdb")
+    con.execute("CREATE SEQUENCE outcome_order")
+    con.execute("CREATE TABLE outcomes (id BIGINT NOT NULL DEFAULT nextval('outcome_order'), sync VARCHAR NOT NULL, "
+                "seq BIGINT NOT NULL, status VARCHAR NOT NULL, attempts INTEGER NOT NULL, error VARCHAR, "
+                "logged_at TIMESTAMPTZ NOT NULL)")
+    con.execute("INSERT INTO outcomes (sync, seq, status, attempts, logged_at) VALUES ('s', 1, 'delivered', 1, now())")
+
+    ledger = Ledger(con)
+    ledger.add_planned("s", messages(2))
+    ledger.log_outcomes("s", [(2, AWAITING_ACK, 1, None, "c:0")])
+
+    assert ledger.counts("s") == LedgerCounts(pending=0, delivered=1, rejected=0, awaiting_ack=1)
+    con.close()
