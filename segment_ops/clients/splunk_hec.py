@@ -1,7 +1,7 @@
-"""Splunk HTTP Event Collector client (spec §5): `Authorization: Splunk <token>`, concatenated JSON events.
+"""Splunk HTTP Event Collector client (spec §5, §7): `Authorization: Splunk <token>`, concatenated JSON events.
 
-Retries follow HEC's codes: 500 (code 8) and 503 (code 9, server busy) are retried by the base client;
-400-class codes (invalid data, incorrect index, ...) are final.
+An answer carrying `invalid-event-number` is a partial batch: the events before it were indexed (spec §7).
+Indexer acknowledgement: each POST on a channel returns an `ackId`, polled later on that same channel.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import orjson
 from segment_ops.clients.base import (
     HttpClient,
     PartialBatchError,
+    RetryableStatuses,
     RetryEvent,
     RetryPolicy,
     VendorFatalError,
@@ -24,14 +25,28 @@ from segment_ops.clients.base import (
 
 # Splunk Cloud advises requests of at most 1 MB (spec §5, unverified); Enterprise allows far more.
 MAX_BATCH_BYTES = 900_000
+# What HEC means as "try again later". HEC's own: code 8 (HTTP 500) and code 9 "server busy" (503), the two codes
+# HEC client libraries retry (spec §5, splunk/cloudfwd ServerErrors.java); codes 18-20 "HEC is unhealthy" are
+# 503 too. The load balancer in front of HEC (Splunk Cloud, an ELB/nginx on Enterprise) adds 502/504 and 429.
+# Every other status is final: 501/505 and the rest of 5xx are not HEC's, 4xx codes say the request is wrong.
+RETRYABLE = RetryableStatuses(four_xx=frozenset({429}),
+                              not_five_xx=frozenset(range(500, 600)) - {500, 502, 503, 504})
 # 400-class codes that say the token's setup is wrong, not one event (spec §5): incorrect index (7), data
 # channel missing/invalid (10, 11), ACK disabled (14). Every event would fail the same way, so these
 # stop the run instead of being split down to single events and rejected one by one.
 CONFIGURATION_CODES = frozenset({7, 10, 11, 14})
+# ackIds per `/services/collector/ack` request: our choice (HEC documents no cap), to keep bodies small.
+ACK_QUERY_CHUNK = 1_000
+EVENT_PATH = "/services/collector/event"
+ACK_PATH = "/services/collector/ack"
 
 
-class HecConfigurationError(VendorFatalError):
-    """HEC refused the request for its setup (index, channel, ack), not for its data: fix the configuration."""
+class HecConfigurationError(VendorFatalError, PartialBatchError):
+    """HEC refused the request for its setup (index, channel, ack), not for its data: fix the configuration.
+
+    `accepted`: events at the front of the batch indexed before the refusal (code 7 names the first event
+    with a refused index, spec §7); 0 when the answer named none.
+    """
 
 
 def hec_event(event: object, *, time: float | None = None, host: str | None = None, source: str | None = None,
@@ -49,7 +64,11 @@ def hec_event(event: object, *, time: float | None = None, host: str | None = No
 
 
 class SplunkHecClient:
-    """A delivery-engine destination: `name`, `max_batch_bytes` and `send_batch` of encoded HEC events."""
+    """A delivery-engine destination: `name`, `max_batch_bytes` and `send_batch` of encoded HEC events.
+
+    `channel` (a GUID) goes with every event POST as `X-Splunk-Request-Channel`; with indexer ack on, HEC
+    answers each POST with an `ackId` counted on that channel (spec §5).
+    """
 
     name = "splunk_hec"
     max_batch_bytes = MAX_BATCH_BYTES
@@ -57,16 +76,14 @@ class SplunkHecClient:
     def __init__(self, base_url: str, token: str, *, channel: str | None = None, timeout: float = 30.0,
                  retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None) -> None:
         self.channel = channel
-        headers = {"Content-Type": "application/json"}
-        if channel:
-            headers["X-Splunk-Request-Channel"] = channel
         self.http = HttpClient(
             "splunk_hec",
             base_url,
             auth=header_auth("Authorization", token, scheme="Splunk"),
-            headers=headers,
+            headers={"Content-Type": "application/json"},
             timeout=timeout,
             retry=retry or RetryPolicy(),
+            retryable=RETRYABLE,
             transport=transport,
         )
 
@@ -74,28 +91,63 @@ class SplunkHecClient:
                    on_retry: Callable[[RetryEvent], None] | None = None) -> int | None:
         """POST already-encoded events; returns the ackId when indexer ack is on.
 
-        Code 6 names the first bad event, and HEC may have indexed the ones before it (spec §5): that
-        is a `PartialBatchError`, so the engine re-sends only what follows, never the accepted prefix.
+        A 400 naming `invalid-event-number` n (codes 6, 7, 12, 13, 15) means events 0..n-1 were indexed (spec
+        §7): a `PartialBatchError`, so the engine never re-sends that prefix; for code 7 (index not allowed)
+        it is a `HecConfigurationError` that still carries the prefix and stops the run.
         """
-        path = "/services/collector/event"
-        response = self.http.request("POST", path, content=b"".join(payloads), on_retry=on_retry, ok_statuses=(400,))
-        body = response.json() if response.content else {}
+        headers = {"X-Splunk-Request-Channel": self.channel} if self.channel else None
+        response = self.http.request("POST", EVENT_PATH, content=b"".join(payloads), headers=headers,
+                                     on_retry=on_retry, ok_statuses=(400,))
+        body = _json_object(response)
         if response.status_code == 400:
-            message = describe_error(response)
-            if body.get("code") == 6 and isinstance(body.get("invalid-event-number"), int):
-                raise PartialBatchError(self.http.vendor, "POST", path, message,
-                                        accepted=body["invalid-event-number"], status=400)
-            if body.get("code") in CONFIGURATION_CODES:
-                raise HecConfigurationError(self.http.vendor, "POST", path, message, status=400)
-            raise VendorRequestError(self.http.vendor, "POST", path, message, status=400)
-        return body.get("ackId")
+            raise _refusal(self.http.vendor, "POST", EVENT_PATH, response, body, events=len(payloads))
+        ack_id = body.get("ackId")
+        return ack_id if isinstance(ack_id, int) and not isinstance(ack_id, bool) else None
 
-    def query_acks(self, ack_ids: Iterable[int]) -> dict[int, bool]:
-        """Which ackIds the indexers have acknowledged (spec §5, indexer acknowledgement)."""
-        reply = self.http.post_json("/services/collector/ack", {"acks": list(ack_ids)},
-                                    params={"channel": self.channel} if self.channel else None)
-        return {int(k): bool(v) for k, v in reply.get("acks", {}).items()}
+    def query_acks(self, ack_ids: Iterable[int], *, channel: str | None = None) -> dict[int, bool]:
+        """Which ackIds of `channel` (default: this client's) the indexers have acknowledged (spec §5).
 
+        An ackId HEC leaves out of its answer counts as not acknowledged (yet).
+        """
+        channel = channel or self.channel
+        if not channel:
+            raise ValueError("indexer acknowledgement needs a channel")
+        ids = sorted(set(ack_ids))
+        status: dict[int, bool] = {}
+        for start in range(0, len(ids), ACK_QUERY_CHUNK):
+            chunk = ids[start:start + ACK_QUERY_CHUNK]
+            response = self.http.request("POST", ACK_PATH, json={"acks": chunk}, params={"channel": channel},
+                                         ok_statuses=(400,))
+            body = _json_object(response)
+            if response.status_code == 400:
+                raise _refusal(self.http.vendor, "POST", ACK_PATH, response, body, events=0)
+            acks = body.get("acks")
+            answered = acks if isinstance(acks, dict) else {}
+            status |= {ack_id: answered.get(str(ack_id)) is True for ack_id in chunk}
+        return status
 
     def close(self) -> None:
         self.http.close()
+
+
+def _json_object(response: httpx.Response) -> dict:
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refusal(vendor: str, method: str, path: str, response: httpx.Response, body: dict,
+             *, events: int) -> VendorRequestError:
+    """The error for a 400: partial when it names an event inside the batch, final otherwise."""
+    message = describe_error(response)
+    code = body.get("code")
+    number = body.get("invalid-event-number")
+    # Only an index inside the batch proves a prefix was indexed; anything else is treated as a plain 400.
+    accepted = number if isinstance(number, int) and not isinstance(number, bool) and 0 <= number < events else None
+    if code in CONFIGURATION_CODES:
+        return HecConfigurationError(vendor, method, path, message, accepted=accepted or 0, status=400)
+    if accepted is not None:
+        return PartialBatchError(vendor, method, path, message, accepted=accepted, status=400)
+    return VendorRequestError(vendor, method, path, message, status=400)

@@ -11,18 +11,26 @@ that raises the client errors of `clients.base` (Segment's Tracking API; a SIEM)
   the bad messages stand alone; only those are rejected, with the destination's reason. A destination
   that says which event was bad after accepting the ones before it (`PartialBatchError`) gets the
   rest re-sent, without the accepted prefix.
+- A destination whose setup is wrong (`VendorFatalError`) stops the delivery at once; a prefix it had
+  accepted before saying so (a `PartialBatchError` that is also fatal) is still recorded as delivered.
 - Outcomes are logged to the ledger at least every second (or 20,000 messages): a commit per batch
   would cost more than sending it. A killed run therefore re-sends at most what was in flight plus
-  about a second of acknowledged traffic, with the same messageIds, which Segment deduplicates.
+  about a second of acknowledged traffic, with the same messageIds, which Segment deduplicates. A
+  destination without dedupe passes `record_each_batch=True`: each batch's outcome is written as soon
+  as it is known, so a killed run re-sends only what was on the wire.
+- A destination that confirms later (an indexer acknowledgement) returns `AwaitingAck(receipt)` from
+  `send_batch`: the batch is recorded as awaiting ack, not delivered, and is not sent again.
+  `settle_awaiting` asks the destination about those receipts later, outside the send path.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from segment_ops.clients.base import (
@@ -32,7 +40,7 @@ from segment_ops.clients.base import (
     VendorFatalError,
     VendorRequestError,
 )
-from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger
+from segment_ops.engine.ledger import AWAITING_ACK, DELIVERED, PENDING, REJECTED, Ledger
 
 FLUSH_SECONDS = 1.0
 FLUSH_MESSAGES = 20_000
@@ -44,12 +52,25 @@ class Destination(Protocol):
     name: str
     max_batch_bytes: int
 
-    def send_batch(self, payloads: Sequence[bytes], *, on_retry: Callable[[RetryEvent], None] | None = None) -> None:
+    def send_batch(self, payloads: Sequence[bytes], *,
+                   on_retry: Callable[[RetryEvent], None] | None = None) -> object:
+        """Send one batch; return `AwaitingAck` when the destination will confirm it later (anything else:
+        delivered), raise the client errors of `clients.base` when it did not take it."""
         ...
 
 
+@dataclass(frozen=True)
+class AwaitingAck:
+    """What `send_batch` returns when the destination took the batch but confirms it later (an indexer
+    acknowledgement): its messages are recorded as awaiting ack with `receipt`, to confirm them by."""
+
+    receipt: str
+
+
 Message = tuple[int, str]  # (ledger seq, encoded payload holding its messageId)
-Outcome = tuple[int, str, int, str | None]  # (ledger seq, status, attempts, error)
+# (ledger seq, status, attempts, error), plus the receipt for AWAITING_ACK (see `Ledger.log_outcomes`)
+Outcome = tuple
+Confirm = Callable[[Sequence[str]], Mapping[str, bool]]  # receipts -> which the destination confirms
 
 
 class DeliveryError(RuntimeError):
@@ -71,20 +92,21 @@ class DeliveryReport:
     bytes_sent: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    awaiting_ack: int = 0  # taken by the destination, to be confirmed later (not delivered yet)
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         """Two delivery passes of the same sync, as one report."""
         return DeliveryReport(
             self.sync, self.delivered + other.delivered, self.rejected + other.rejected, self.failed + other.failed,
             self.retries + other.retries, self.requests + other.requests, self.bytes_sent + other.bytes_sent,
-            self.seconds + other.seconds, (self.errors + other.errors)[:10])
+            self.seconds + other.seconds, (self.errors + other.errors)[:10], self.awaiting_ack + other.awaiting_ack)
 
     @property
     def messages_per_second(self) -> float:
         return self.delivered / self.seconds if self.seconds > 0 else 0.0
 
     def as_metadata(self) -> dict[str, float | int]:
-        return {
+        metadata: dict[str, float | int] = {
             "delivered": self.delivered,
             "rejected_by_destination": self.rejected,
             "failed_pending": self.failed,
@@ -94,6 +116,22 @@ class DeliveryReport:
             "delivery_seconds": round(self.seconds, 2),
             "messages_per_second": round(self.messages_per_second, 1),
         }
+        if self.awaiting_ack:
+            metadata["sent_awaiting_ack"] = self.awaiting_ack
+        return metadata
+
+
+@dataclass
+class SettleReport:
+    """What one `settle_awaiting` found out about a sync's messages awaiting ack."""
+
+    sync: str
+    confirmed: int = 0  # confirmed by the destination: now delivered
+    expired: int = 0  # not confirmed within the timeout: pending again, sent again by the next delivery
+    awaiting: int = 0  # still awaiting at the end (not confirmed yet, timeout not reached)
+    queries: int = 0  # confirmation requests made
+    error: str | None = None  # why the last confirmation request failed, if it did (the messages keep waiting)
+    seconds: float = 0.0
 
 
 def pack_batches(messages: Sequence[Message], max_bytes: int) -> Iterator[list[Message]]:
@@ -120,11 +158,14 @@ def deliver_pending(
     max_in_flight: int = 4,
     chunk_rows: int = 20_000,
     chunks: Iterable[list[Message]] | None = None,
+    record_each_batch: bool = False,
 ) -> DeliveryReport:
     """Send every pending message of `sync` (or those `chunks` hand over as they are planned).
 
     Raises `DeliveryError` at the end when messages remain undelivered (retries exhausted), after
-    everything else was sent and recorded; raises `VendorFatalError` (bad credentials or setup) at once.
+    everything else was sent and recorded; raises `VendorFatalError` (bad credentials or setup) at once,
+    after recording what the destination had taken. `record_each_batch`: write each batch's outcome as
+    soon as it is known (for destinations that do not deduplicate a re-sent message).
     """
     report = DeliveryReport(sync)
     started = time.monotonic()
@@ -134,10 +175,16 @@ def deliver_pending(
         with lock:
             report.retries += 1
 
-    def send(batch: list[Message]) -> list[Outcome]:
-        return _send_isolating(client, batch, count_retry, report, lock)
+    def send(batch: list[Message]) -> tuple[list[Outcome], VendorFatalError | None]:
+        outcomes: list[Outcome] = []
+        try:
+            _send_isolating(client, batch, count_retry, report, lock, outcomes)
+        except VendorFatalError as exc:  # what was taken before it is in `outcomes`, and is recorded
+            return outcomes, exc
+        return outcomes, None
 
-    in_flight: set[Future[list[Outcome]]] = set()
+    flush_seconds = 0.0 if record_each_batch else FLUSH_SECONDS
+    in_flight: set[Future[tuple[list[Outcome], VendorFatalError | None]]] = set()
     fatal: BaseException | None = None
     unlogged: list[Outcome] = []
     last_flush = time.monotonic()
@@ -154,14 +201,11 @@ def deliver_pending(
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 in_flight.discard(future)
-                try:
-                    outcomes = future.result()
-                except VendorFatalError as exc:
-                    fatal = fatal or exc
-                    continue
+                outcomes, stopped = future.result()
+                fatal = fatal or stopped
                 _count(outcomes, report)
                 unlogged.extend(outcomes)
-            if len(unlogged) >= FLUSH_MESSAGES or time.monotonic() - last_flush >= FLUSH_SECONDS:
+            if len(unlogged) >= FLUSH_MESSAGES or time.monotonic() - last_flush >= flush_seconds:
                 flush()
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"deliver-{sync}") as pool:
@@ -188,8 +232,9 @@ def deliver_pending(
 
 
 def _send_isolating(client: Destination, batch: list[Message], on_retry: Callable[[RetryEvent], None],
-                    report: DeliveryReport, lock: threading.Lock) -> list[Outcome]:
-    """Send a batch; on 400 split it until the bad messages are alone and reject only those."""
+                    report: DeliveryReport, lock: threading.Lock, out: list[Outcome]) -> None:
+    """Send a batch, appending its outcomes to `out`; on 400 split it until the bad messages are alone and
+    reject only those. A `VendorFatalError` propagates with `out` holding what was taken before it."""
     payloads = [p.encode() for _, p in batch]
     retries = 0
 
@@ -202,33 +247,94 @@ def _send_isolating(client: Destination, batch: list[Message], on_retry: Callabl
         report.requests += 1
         report.bytes_sent += sum(len(p) for p in payloads)
     try:
-        client.send_batch(payloads, on_retry=counting)
+        result = client.send_batch(payloads, on_retry=counting)
+    except PartialBatchError as exc:  # the events before `accepted` were taken, whatever came after
+        accepted = min(max(exc.accepted, 0), len(batch) - 1)
+        taken, bad, rest = batch[:accepted], batch[accepted], batch[accepted + 1:]
+        out.extend((seq, DELIVERED, 1 + retries, None) for seq, _ in taken)
+        if isinstance(exc, VendorFatalError):
+            raise  # the setup is wrong, not the event: it and the rest stay pending
+        out.append((bad[0], REJECTED, 1 + retries, exc.vendor_message))
+        if rest:
+            _send_isolating(client, rest, on_retry, report, lock, out)
+        return
     except VendorFatalError:
         raise
-    except PartialBatchError as exc:
-        taken, bad, rest = batch[: exc.accepted], batch[exc.accepted], batch[exc.accepted + 1:]
-        return ([(seq, DELIVERED, 1 + retries, None) for seq, _ in taken]
-                + [(bad[0], REJECTED, 1 + retries, exc.vendor_message)]
-                + (_send_isolating(client, rest, on_retry, report, lock) if rest else []))
     except VendorRequestError as exc:
         if exc.status not in (400, 413):
-            return [(seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch]
-        if len(batch) == 1:
-            return [(batch[0][0], REJECTED, 1 + retries, exc.vendor_message)]
-        middle = len(batch) // 2
-        return (_send_isolating(client, batch[:middle], on_retry, report, lock)
-                + _send_isolating(client, batch[middle:], on_retry, report, lock))
+            out.extend((seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch)
+        elif len(batch) == 1:
+            out.append((batch[0][0], REJECTED, 1 + retries, exc.vendor_message))
+        else:
+            middle = len(batch) // 2
+            _send_isolating(client, batch[:middle], on_retry, report, lock, out)
+            _send_isolating(client, batch[middle:], on_retry, report, lock, out)
+        return
     except VendorError as exc:  # retries exhausted
-        return [(seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch]
-    return [(seq, DELIVERED, 1 + retries, None) for seq, _ in batch]
+        out.extend((seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch)
+        return
+    if isinstance(result, AwaitingAck):
+        out.extend((seq, AWAITING_ACK, 1 + retries, None, result.receipt) for seq, _ in batch)
+    else:
+        out.extend((seq, DELIVERED, 1 + retries, None) for seq, _ in batch)
+
+
+def settle_awaiting(ledger: Ledger, sync: str, confirm: Confirm, *, timeout: float | None, wait: float = 0.0,
+                    poll_initial: float = 0.5, poll_max: float = 5.0,
+                    sleep: Callable[[float], None] = time.sleep) -> SettleReport:
+    """Ask the destination (`confirm`) about every receipt of `sync` awaiting ack, and record the answers.
+
+    Confirmed: delivered. Not confirmed and sent more than `timeout` seconds ago: pending again, so the next
+    delivery sends it again (a destination without dedupe may then hold it twice: the price of never losing
+    one); `timeout=None` only confirms (for a settle not followed by a delivery). Otherwise it keeps waiting. While some still wait, asks again (0.5 s, doubling up to `poll_max`)
+    until `wait` seconds have passed; `wait=0` asks once. A failed request leaves every receipt waiting
+    (`error`); a `VendorFatalError` (the destination's setup) propagates.
+    """
+    report = SettleReport(sync)
+    started = time.monotonic()
+    delay = poll_initial
+    while True:
+        awaiting = ledger.awaiting_receipts(sync)
+        if not awaiting:
+            report.awaiting = 0
+            break
+        report.queries += 1
+        try:
+            answers = confirm([r.receipt for r in awaiting])
+        except VendorFatalError:
+            raise
+        except VendorError as exc:
+            report.error = str(exc)
+            answers = None
+        settled: set[str] = set()
+        if answers is not None:
+            report.error = None
+            confirmed = [r.receipt for r in awaiting if answers.get(r.receipt) is True]
+            expired = []
+            if timeout is not None:
+                cutoff = datetime.now(UTC) - timedelta(seconds=timeout)
+                expired = [r.receipt for r in awaiting if answers.get(r.receipt) is not True and r.sent_at <= cutoff]
+            report.confirmed += ledger.settle_receipts(sync, confirmed, DELIVERED)
+            report.expired += ledger.settle_receipts(
+                sync, expired, PENDING, f"not confirmed within {timeout or 0:g}s of sending: to be sent again")
+            settled = {*confirmed, *expired}
+        report.awaiting = sum(r.messages for r in awaiting if r.receipt not in settled)
+        if not report.awaiting or time.monotonic() - started + delay > wait:
+            break
+        sleep(delay)
+        delay = min(delay * 2, poll_max)
+    report.seconds = time.monotonic() - started
+    return report
 
 
 def _count(outcomes: list[Outcome], report: DeliveryReport) -> None:
-    for _, status, _, error in outcomes:
+    for _, status, _, error, *_ in outcomes:
         if status == DELIVERED:
             report.delivered += 1
         elif status == REJECTED:
             report.rejected += 1
+        elif status == AWAITING_ACK:
+            report.awaiting_ack += 1
         else:
             report.failed += 1
             if error and len(report.errors) < 10 and error not in report.errors:
@@ -239,5 +345,5 @@ def _record(ledger: Ledger, sync: str, outcomes: list[Outcome], destination: str
     """Log outcomes to the ledger, and each message the destination refused to the rejected table."""
     ledger.log_outcomes(sync, outcomes)
     ledger.reject_refused(sync, [(seq, f"rejected by {destination}: {error}")
-                                 for seq, status, _, error in outcomes if status == REJECTED],
+                                 for seq, status, _, error, *_ in outcomes if status == REJECTED],
                           destination=destination, run_id=run_id)

@@ -7,16 +7,17 @@ Messages are planned through `plan_file` (or, for a message our own validation w
 from __future__ import annotations
 
 import itertools
+import time
 from collections import defaultdict
 from datetime import datetime
 
 import orjson
 import pytest
 
-from segment_ops.clients.base import RetryPolicy, VendorAuthError
-from segment_ops.clients.splunk_hec import SplunkHecClient
+from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorUnavailable
+from segment_ops.clients.splunk_hec import HecConfigurationError, SplunkHecClient
 from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
-from segment_ops.engine.delivery import DeliveryError, deliver_pending
+from segment_ops.engine.delivery import AwaitingAck, DeliveryError, deliver_pending, settle_awaiting
 from segment_ops.engine.ledger import PlannedMessage
 from segment_ops.engine.replay import plan_file, replay_file
 from segment_ops_tests.engine.conftest import ledger_counts, message_ids_received, track_calls, write_jsonl
@@ -191,12 +192,23 @@ def test_batches_are_packed_by_bytes_under_the_request_limit(tmp_path, ledger, s
     assert len(per_request["l"]) >= 2 and max(per_request["l"]) <= 120
 
 
+def hec_events(count: int, bad_at: int, bad: bytes) -> list[bytes]:
+    """`count` valid HEC events with `bad` at index `bad_at`."""
+    events = [orjson.dumps({"event": {"n": i}, "index": SANDBOX_SPLUNK_INDEX}) for i in range(count)]
+    events[bad_at] = bad
+    return events
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [(b"[3]", 6), (b'{"time": 1}', 12), (b'{"event": "  "}', 13), (b'{"event": "x", "fields": {"a": {"b": 1}}}', 15)],
+    ids=["6-not-an-object", "12-no-event", "13-blank-event", "15-nested-fields"],
+)
 def test_a_siem_batch_refused_at_one_event_keeps_the_accepted_prefix_and_resends_only_the_rest(
-        ledger, clean_sandbox):
-    # Splunk HEC answers code 6 naming the first bad event, after indexing the ones before it (spec §5).
+        ledger, clean_sandbox, bad, code):
+    # HEC answers these codes with invalid-event-number, after indexing the events before it (spec §7).
     # HEC does not deduplicate, so those must not be sent again.
-    events = [orjson.dumps({"event": {"n": i}, "index": SANDBOX_SPLUNK_INDEX}) for i in range(6)]
-    events[3] = b"[3]"  # not an event object
+    events = hec_events(6, 3, bad)
     ledger.add_planned("audit", [PlannedMessage(f"evt-{i}", f"evt-{i}", "hec", e) for i, e in enumerate(events)])
     client = SplunkHecClient(f"{clean_sandbox.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN)
 
@@ -206,4 +218,140 @@ def test_a_siem_batch_refused_at_one_event_keeps_the_accepted_prefix_and_resends
     received = [item["event"]["n"] for item in clean_sandbox.received("splunk", limit=100)]
     assert sorted(received) == [0, 1, 2, 4, 5]  # each accepted event exactly once
     [(record_key, source, reason)] = ledger.rejected_since("audit", "run-hec")
-    assert (record_key, source) == ("evt-3", "splunk_hec") and "code 6" in reason
+    assert (record_key, source) == ("evt-3", "splunk_hec") and f"code {code}" in reason
+
+
+def test_an_index_refused_mid_batch_records_the_prefix_then_stops_the_run(ledger, clean_sandbox):
+    # Code 7 also names the first refused event; the ones before it were indexed (spec §7). The index is
+    # the token's setup, not the event's fault: nothing is rejected, the rest stays pending.
+    events = hec_events(6, 2, orjson.dumps({"event": {"n": 2}, "index": "not_allowed"}))
+    ledger.add_planned("audit", [PlannedMessage(f"evt-{i}", f"evt-{i}", "hec", e) for i, e in enumerate(events)])
+    client = SplunkHecClient(f"{clean_sandbox.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN)
+
+    with pytest.raises(HecConfigurationError, match="Incorrect index"):
+        deliver_pending(ledger, "audit", client, run_id="run-hec")
+
+    assert [item["event"]["n"] for item in clean_sandbox.received("splunk")] == [0, 1]
+    assert ledger_counts(ledger, "audit") == (4, 2, 0)  # the prefix delivered, the rest pending, none rejected
+    assert clean_sandbox.stats()["splunk"]["requests"] == 1
+
+
+class TakesThenConfirms:
+    """A destination that takes every batch and confirms it later under a receipt of its own."""
+
+    name = "later"
+    max_batch_bytes = 200
+
+    def __init__(self) -> None:
+        self.batches: list[list[bytes]] = []
+
+    def send_batch(self, payloads, *, on_retry=None) -> AwaitingAck:
+        self.batches.append(list(payloads))
+        return AwaitingAck(f"receipt-{len(self.batches) - 1}")
+
+
+def plan_small(ledger, count: int, sync: str = "later") -> None:
+    ledger.add_planned(sync, [PlannedMessage(f"m{i}", f"k{i}", "x", b'{"n":%d,"pad":"%s"}' % (i, b"x" * 60))
+                              for i in range(count)])
+
+
+def test_a_batch_awaiting_ack_is_recorded_with_its_receipt_and_not_sent_again(ledger):
+    plan_small(ledger, 6)
+    destination = TakesThenConfirms()
+
+    first = deliver_pending(ledger, "later", destination)
+    again = deliver_pending(ledger, "later", destination)
+
+    assert (first.delivered, first.awaiting_ack, again.requests) == (0, 6, 0)
+    assert ledger_counts(ledger, "later") == (0, 0, 0) and ledger.counts("later").awaiting_ack == 6
+    assert [r.receipt for r in ledger.awaiting_receipts("later")] == [f"receipt-{i}" for i in
+                                                                      range(len(destination.batches))]
+
+
+def test_settling_delivers_what_is_confirmed_and_keeps_the_rest_waiting(ledger):
+    plan_small(ledger, 6)
+    destination = TakesThenConfirms()
+    deliver_pending(ledger, "later", destination, max_in_flight=1)
+    asked: list[list[str]] = []
+
+    def confirm(receipts):
+        asked.append(list(receipts))
+        return {"receipt-0": True}
+
+    report = settle_awaiting(ledger, "later", confirm, timeout=300)
+
+    assert (report.confirmed, report.expired, report.queries) == (2, 0, 1)
+    assert report.awaiting == ledger.counts("later").awaiting_ack == 4
+    assert asked == [[f"receipt-{i}" for i in range(3)]]
+    assert ledger.counts("later").delivered == 2
+
+
+def test_settling_reopens_what_stayed_unconfirmed_past_the_timeout(ledger):
+    plan_small(ledger, 4)
+    deliver_pending(ledger, "later", TakesThenConfirms())
+    time.sleep(0.05)
+
+    report = settle_awaiting(ledger, "later", lambda receipts: {r: False for r in receipts}, timeout=0.01)
+    resent = deliver_pending(ledger, "later", destination := TakesThenConfirms())
+
+    assert (report.expired, report.awaiting) == (4, 0)
+    assert resent.awaiting_ack == 4 and sum(len(b) for b in destination.batches) == 4
+
+
+def test_settling_without_a_timeout_only_confirms(ledger):
+    plan_small(ledger, 2)
+    deliver_pending(ledger, "later", TakesThenConfirms())
+
+    report = settle_awaiting(ledger, "later", lambda receipts: {}, timeout=None)
+
+    assert (report.confirmed, report.expired, report.awaiting) == (0, 0, 2)
+
+
+def test_settling_polls_again_until_confirmed_within_its_wait(ledger):
+    plan_small(ledger, 2)
+    deliver_pending(ledger, "later", TakesThenConfirms())
+    answers = iter([{}, {}, {"receipt-0": True}])
+    naps: list[float] = []
+
+    report = settle_awaiting(ledger, "later", lambda receipts: next(answers), timeout=300, wait=10.0,
+                             sleep=naps.append)
+
+    assert (report.confirmed, report.awaiting, report.queries) == (2, 0, 3)
+    assert naps == [0.5, 1.0]
+
+
+def test_a_failed_confirmation_request_leaves_everything_waiting(ledger):
+    plan_small(ledger, 2)
+    deliver_pending(ledger, "later", TakesThenConfirms())
+    time.sleep(0.05)
+
+    def down(receipts):
+        raise VendorUnavailable("later", "POST", "/ack", "HTTP 503: busy", status=503)
+
+    report = settle_awaiting(ledger, "later", down, timeout=0.01)
+
+    assert (report.expired, report.awaiting) == (0, 2) and "503" in report.error
+
+
+class Crashes:
+    """Takes batches, and the process dies before the `crash_at`-th one (a kill between two requests)."""
+
+    name = "no-dedupe"
+    max_batch_bytes = 200
+
+    def __init__(self, crash_at: int) -> None:
+        self.crash_at, self.sent = crash_at, 0
+
+    def send_batch(self, payloads, *, on_retry=None) -> None:
+        self.sent += 1
+        if self.sent == self.crash_at:
+            raise SystemExit("killed")
+
+
+def test_recording_each_batch_keeps_every_batch_taken_before_a_crash(ledger):
+    plan_small(ledger, 12, sync="no-dedupe")
+
+    with pytest.raises(SystemExit):
+        deliver_pending(ledger, "no-dedupe", Crashes(crash_at=4), max_in_flight=1, record_each_batch=True)
+
+    assert ledger.counts("no-dedupe").delivered == 6  # three batches of two, none to be sent again
