@@ -71,6 +71,7 @@ class SandboxConfig:
     public_api_rate_limit_per_min: int = 600  # points/min per token (a third-party claim, unverified)
     pendo_rate_limit: float | None = None  # requests/s per key before 429 (Pendo's numbers are unpublished)
     splunk_ack: bool = False  # indexer acknowledgement on the HEC token
+    splunk_ack_delay: float = 2.0  # seconds until an ackId turns true (indexing takes time; acks can take minutes)
     splunk_max_content_length: int = 1_000_000
     record_limit: int = 100_000  # stored bodies per API; counts stay exact beyond it
     segment_write_key: str = field(default=SANDBOX_SEGMENT_WRITE_KEY, repr=False)
@@ -115,6 +116,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             indexes=config.splunk_indexes,
             default_index=config.splunk_indexes[0],
             ack=config.splunk_ack,
+            ack_delay=config.splunk_ack_delay,
             max_content_length=config.splunk_max_content_length,
         ),
         SlackWebhook(recorder, token=config.slack_webhook_token),

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that reaches destinations (default: %(default)s).",
     )
     parser.add_argument("--splunk-ack", action="store_true", help="Turn on HEC indexer acknowledgement.")
+    parser.add_argument("--splunk-ack-delay", type=float, default=2.0,
+                        help="Seconds until an HEC ackId is acknowledged (with --splunk-ack).")
     parser.set_defaults(func=run)
 
 
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         segment_rate_limit=args.segment_rate_limit,
         segment_dedupe_window_seconds=args.segment_dedupe_window,
         splunk_ack=args.splunk_ack,
+        splunk_ack_delay=args.splunk_ack_delay,
     )
     serve(config, args.host, args.port)
     return 0

@@ -1,22 +1,45 @@
-"""Splunk HTTP Event Collector emulator (spec §5), mounted at `/splunk`.
+"""Splunk HTTP Event Collector emulator (spec §5, §7), mounted at `/splunk`.
 
 `POST /services/collector/event` (also `/services/collector` and `/services/collector/event/1.0`),
 `/services/collector/raw`, `/services/collector/ack`, and `GET /services/collector/health`. Every
 answer is `{"text": ..., "code": n}` with the HTTP status of the spec's code table.
 
-Choices where the spec is silent or unverified:
+Vendor sources it follows:
+- Splunk docs "Format events for HTTP Event Collector" and "HTTP Event Collector REST API endpoints"
+  (help.splunk.com): event envelope, concatenated events, endpoints, Splunk/Basic auth.
+- Splunk docs "About HTTP Event Collector Indexer Acknowledgment": per-token ack, channel GUID in
+  `X-Splunk-Request-Channel` or `?channel=`, an `ackId` per request counted per channel, and
+  `POST /services/collector/ack` `{"acks": [...]}` -> `{"acks": {"<id>": true|false}}`.
+- HEC's code table as in splunk/cloudfwd `ServerErrors.java` (codes 0-14; 15-20 unverified).
+- Spec §7 (SplunkAdmins reply-code lookup, splunk/kafka-connect-splunk#122, splunk-otel-collector-chart
+  #935): `invalid-event-number` comes with codes 6, 7, 12, 13 and 15, and the events before it were
+  indexed; acks can take minutes.
+- Splunk `inputs.conf.spec` `[http]`: `ackIdleCleanup = true`, `maxIdleTime = 600` (channels idle for
+  10 minutes are removed, with their unacknowledged ackIds).
+
+How it answers:
 - Events are checked one by one and each valid one is indexed before the next is read, so on a
-  failing batch (codes 6, 7, 12, 13, 15) the events *before* `invalid-event-number` ARE recorded,
-  as real HEC may do. A retried batch is therefore indexed twice, as HEC does no dedupe.
+  failing batch (codes 6, 7, 12, 13, 15) the events before `invalid-event-number` ARE recorded
+  (spec §7). A retried batch is therefore indexed twice, as HEC does no dedupe.
+- With ack on, an ackId turns true `ack_delay` seconds (default 2) after its request was indexed,
+  not at once: indexers acknowledge when the data is written, which can take minutes. A huge delay
+  makes acks that never come.
 - `event` that is null, an empty/blank string or an empty object is "blank" (code 13); `time` must
   be epoch seconds (number or numeric string) and `fields` an object without nested objects (15).
 - Without an Authorization header, `?token=` gets code 16 (query-string auth off) with HTTP 400.
-- A body over `max_content_length` (default 1,000,000 bytes: the old Splunk default and Splunk
-  Cloud's advice) gets 413 `{"text": "Content too large"}`; HEC's own table has no code for it.
 - A channel must be a GUID (code 11 otherwise). With ack off, channels are accepted and ignored and
   the ack endpoint answers code 14.
-- Injected 429s use HEC's busy body (code 9): HEC itself signals overload with 503 code 9.
 - Health (code 17) needs no token.
+
+Where it still differs from HEC (choices where the sources are silent or unverified):
+- A body over `max_content_length` (default 1,000,000 bytes: the old Splunk default and Splunk
+  Cloud's advice) gets 413 `{"text": "Content too large"}`; HEC's own table has no code for it.
+- Injected 429s use HEC's busy body (code 9): HEC itself signals overload with 503 code 9; a 429
+  comes from a load balancer in front, whose body is not HEC's.
+- Channels are never dropped for idleness (HEC: after `maxIdleTime`), and an ackId stays queryable
+  after it was reported true (whether HEC forgets it then is not documented in the sources above);
+  an unknown channel or ackId answers false rather than an error.
+- Codes 18-20 (unhealthy) are only produced through fault injection (503).
 """
 
 from __future__ import annotations
@@ -81,6 +104,7 @@ class SplunkHec:
         indexes: Collection[str],
         default_index: str,
         ack: bool = False,
+        ack_delay: float = 2.0,
         max_content_length: int = 1_000_000,
     ) -> None:
         self.recorder = recorder
@@ -88,8 +112,10 @@ class SplunkHec:
         self.indexes = frozenset(indexes)
         self.default_index = default_index
         self.ack = ack
+        self.ack_delay = ack_delay
         self.max_content_length = max_content_length
-        self._next_ack: dict[str, int] = {}
+        # channel -> when each ackId (its position) turns true, on the monotonic clock
+        self._acks: dict[str, list[float]] = {}
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
@@ -112,7 +138,7 @@ class SplunkHec:
         return json_response({"text": HEC_CODES[code][1], "code": code}, status, headers)
 
     def reset(self) -> None:
-        self._next_ack.clear()
+        self._acks.clear()
 
     async def _event(self, request: Request) -> Response:
         refused, channel = self._admit(request)
@@ -158,9 +184,10 @@ class SplunkHec:
         if not self.ack:
             return _reply(14)
         try:
-            ack_ids = orjson.loads(await read_body(request, self.max_content_length))["acks"]
-            issued = self._next_ack.get(channel or "", 0)
-            return json_response({"acks": {str(int(i)): 0 <= int(i) < issued for i in ack_ids}})
+            ack_ids = [int(i) for i in orjson.loads(await read_body(request, self.max_content_length))["acks"]]
+            ready = self._acks.get(channel or "", [])
+            now = time.monotonic()
+            return json_response({"acks": {str(i): 0 <= i < len(ready) and ready[i] <= now for i in ack_ids}})
         except (BodyTooLarge, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return _reply(6)
 
@@ -231,9 +258,9 @@ class SplunkHec:
     def _success(self, channel: str | None) -> Response:
         if not (self.ack and channel):
             return _reply(0)
-        ack_id = self._next_ack.get(channel, 0)
-        self._next_ack[channel] = ack_id + 1
-        return json_response({"text": "Success", "code": 0, "ackId": ack_id})
+        ready = self._acks.setdefault(channel, [])
+        ready.append(time.monotonic() + self.ack_delay)
+        return json_response({"text": "Success", "code": 0, "ackId": len(ready) - 1})
 
 
 def _is_epoch(value: object) -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
 import pytest
 
 from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
+from segment_ops.sandbox.app import SandboxConfig
 
 AUTH = {"Authorization": f"Splunk {SANDBOX_SPLUNK_HEC_TOKEN}"}
 EVENT_PATH = "/splunk/services/collector/event"
@@ -142,7 +144,7 @@ def test_oversized_request_is_413(sandbox_factory):
 
 @pytest.fixture
 def ack_http(sandbox_factory):
-    with httpx.Client(base_url=sandbox_factory(splunk_ack=True).url) as http:
+    with httpx.Client(base_url=sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0).url) as http:
         yield http
 
 
@@ -170,3 +172,45 @@ def test_ack_ids_count_per_channel_and_report_indexed(ack_http):
 
     assert ack_ids == [0, 1] and other == 0
     assert status.json() == {"acks": {"0": True, "1": True, "5": False}}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "kept"),
+    [
+        (b'{"event": "a"}{"event": "b"}{oops', 6, ["a", "b"]),
+        (b'{"event": "a"}{"event": "b", "index": "secret"}{"event": "c"}', 7, ["a"]),
+        (b'{"event": "a"}{"event": "b"}{"time": 1}', 12, ["a", "b"]),
+        (b'{"event": "a"}{"event": ""}', 13, ["a"]),
+        (b'{"event": "a"}{"event": "b", "fields": {"x": {"y": 1}}}', 15, ["a"]),
+    ],
+    ids=["6", "7", "12", "13", "15"],
+)
+def test_every_answer_naming_an_invalid_event_kept_the_events_before_it(sandbox_http, clean_sandbox, body, code, kept):
+    # Spec §7: invalid-event-number comes with codes 6, 7, 12, 13 and 15, and the events before it were indexed.
+    response = post(sandbox_http, body)
+
+    assert (response.status_code, response.json()["code"]) == (400, code)
+    assert response.json()["invalid-event-number"] == len(kept)
+    assert [e["event"] for e in clean_sandbox.received("splunk")] == kept
+
+
+def test_acks_turn_true_only_after_the_configured_delay(sandbox_factory):
+    channel = str(uuid.uuid4())
+    headers = {**AUTH, "X-Splunk-Request-Channel": channel}
+    with httpx.Client(base_url=sandbox_factory(splunk_ack=True, splunk_ack_delay=0.5).url) as http:
+        ack_id = post(http, b'{"event": "x"}', headers=headers).json()["ackId"]
+
+        def status() -> bool:
+            reply = http.post("/splunk/services/collector/ack", params={"channel": channel},
+                              json={"acks": [ack_id]}, headers=AUTH)
+            return reply.json()["acks"][str(ack_id)]
+
+        at_once = status()
+        time.sleep(0.6)
+        later = status()
+
+    assert (at_once, later) == (False, True)
+
+
+def test_acks_are_not_instant_by_default():
+    assert SandboxConfig().splunk_ack_delay > 0
