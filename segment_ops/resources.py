@@ -78,8 +78,14 @@ class SplunkHecResource(dg.ConfigurableResource):
     host: str = Field(default="segment-ops", description="HEC `host` of every audit event sent.")
     max_in_flight: int = Field(default=2, description="Concurrent HEC requests.")
     ack_timeout_seconds: float = Field(
-        default=60.0, description="With indexer ack on: how long to wait for a batch's ackId before it stays pending.")
-    retry_max_attempts: int = Field(default=10, description="Attempts per request on 500/503 (codes 8, 9).")
+        default=300.0, description="With indexer ack on: how long a batch's ackId may stay unacknowledged before "
+                                   "the batch is sent again (SPLUNK_HEC_ACK_TIMEOUT_SECONDS).")
+    ack_settle_seconds: float = Field(
+        default=30.0, description="With indexer ack on: how long a run keeps polling acks after sending before it "
+                                  "ends; the next run polls the rest first.")
+    channel: str = Field(default="", description="HEC request channel GUID (SPLUNK_HEC_CHANNEL); empty: the one "
+                                                 "kept in the sync's state.")
+    retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/500/502/503/504.")
     retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
 
     def get_client(self, channel: str | None = None) -> SplunkHecClient:
@@ -87,9 +93,15 @@ class SplunkHecResource(dg.ConfigurableResource):
         return SplunkHecClient(self.base_url, self.token, channel=channel, retry=retry)
 
     def get_destination(self, channel: str | None = None) -> SplunkHecDestination:
-        """The audit-trail SIEM destination; a channel GUID is always sent, so indexer ack works when on."""
-        return SplunkHecDestination(self.get_client(channel=channel or str(uuid.uuid4())), index=self.index,
-                                    host=self.host, ack_timeout=self.ack_timeout_seconds)
+        """The audit-trail SIEM destination on `channel`, else the configured one, else a new GUID: a channel is
+        always sent, so indexer ack works when on."""
+        channel = channel or self.channel or str(uuid.uuid4())
+        try:
+            uuid.UUID(channel)
+        except ValueError:
+            raise ValueError(f"SPLUNK_HEC_CHANNEL must be a GUID, got {channel!r}") from None
+        return SplunkHecDestination(self.get_client(channel=channel), index=self.index, host=self.host,
+                                    ack_timeout=self.ack_timeout_seconds, ack_settle=self.ack_settle_seconds)
 
 
 class JsonLinesSiemResource(dg.ConfigurableResource):
@@ -192,7 +204,9 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         ),
         "pendo": PendoResource(base_url=value("PENDO_API_URL"), integration_key=value("PENDO_INTEGRATION_KEY")),
         "splunk": SplunkHecResource(
-            base_url=value("SPLUNK_HEC_URL"), token=value("SPLUNK_HEC_TOKEN"), index=value("SPLUNK_INDEX")
+            base_url=value("SPLUNK_HEC_URL"), token=value("SPLUNK_HEC_TOKEN"), index=value("SPLUNK_INDEX"),
+            ack_timeout_seconds=_number(settings, "SPLUNK_HEC_ACK_TIMEOUT_SECONDS", low=0.0),
+            channel=value("SPLUNK_HEC_CHANNEL"),
         ),
         "siem_jsonl": JsonLinesSiemResource(url=value("SIEM_JSONL_URL"), token=value("SIEM_JSONL_TOKEN")),
         "audit_redaction": AuditRedactionResource(salt=value("SEGMENT_OPS_REDACTION_SALT")),

@@ -4,26 +4,22 @@ A `SiemDestination` is a delivery-engine destination (`name`, `max_batch_bytes`,
 `engine.delivery.Destination`) that also knows how to frame one audit event as its own payload
 (`frame`). The sync plans the framed payloads into the ledger, one per audit event id, and
 `deliver_pending` sends them; each destination has its own ledger sync (`ledger_sync`), so each gets
-every event exactly once on its own schedule.
+every event exactly once on its own schedule. A destination that confirms later also has `confirm`
+(receipts -> confirmed), which `engine.delivery.settle_awaiting` calls outside the send path.
 """
 
 from __future__ import annotations
 
-import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 import orjson
 
-from segment_ops.clients.base import (
-    HttpClient,
-    RetryEvent,
-    RetryPolicy,
-    VendorUnavailable,
-    bearer_auth,
-)
+from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, bearer_auth
 from segment_ops.clients.splunk_hec import SplunkHecClient, hec_event
+from segment_ops.engine.delivery import AwaitingAck
 
 AUDIT_SOURCE = "segment:audit"
 AUDIT_SOURCETYPE = "segment:audit"
@@ -59,38 +55,35 @@ def event_epoch(event: dict) -> float:
     return round(datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp(), 3)
 
 
-class AckTimeoutError(VendorUnavailable):
-    """HEC accepted a batch but the indexers did not acknowledge it in time: it stays pending."""
-
-
 class SplunkHecDestination:
     """Splunk HEC: each audit event as one HEC event, with indexer acknowledgement when the token has it on.
 
     With ack on, HEC's 200 only means "received"; an event counts as delivered once the indexers
-    acknowledge its ackId (spec §5). The engine takes a returning `send_batch` as delivered, so the
-    polling happens here, inside `send_batch`, with a bounded wait: a batch not acknowledged in time
-    raises `AckTimeoutError` (retryable) and stays pending. Trade-off: a worker waits for the ack
-    instead of sending more (raise `max_in_flight` to overlap), and a batch acknowledged only after the
-    wait is sent again on the next run (HEC does no dedupe; each event carries `fields.audit_event_id`
-    so a Splunk search can `dedup` that rare case).
+    acknowledge its ackId, which can take minutes (spec §5, §7). So `send_batch` returns at HEC's 200
+    with `AwaitingAck("<channel>:<ackId>")`: the batch is recorded as awaiting ack and never waits in the
+    send path. `confirm` polls `/services/collector/ack` on each receipt's own channel; the sync calls it
+    at the start of a run and for a bounded time after sending (`engine.delivery.settle_awaiting`), and a
+    batch not acknowledged within the ack timeout is sent again. HEC does no dedupe, so that rare re-send
+    may be indexed twice (HEC acks are at-least-once); each event carries `fields.audit_event_id` so a
+    Splunk search can `dedup` it.
     """
 
     name = "splunk_hec"
 
     def __init__(self, client: SplunkHecClient, *, index: str | None, host: str, source: str = AUDIT_SOURCE,
-                 sourcetype: str = AUDIT_SOURCETYPE, ack_timeout: float = 60.0, ack_poll_initial: float = 0.1,
-                 ack_poll_max: float = 5.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 sourcetype: str = AUDIT_SOURCETYPE, ack_timeout: float = 300.0, ack_settle: float = 30.0) -> None:
         self.client = client
         self.max_batch_bytes = client.max_batch_bytes
         self.index = index or None
         self.host = host
         self.source = source
         self.sourcetype = sourcetype
-        self.ack_timeout = ack_timeout
-        self.ack_poll_initial = ack_poll_initial
-        self.ack_poll_max = ack_poll_max
-        self._sleep = sleep
-        self.acks_confirmed = 0
+        self.ack_timeout = ack_timeout  # seconds an ackId may stay unacknowledged before its batch is re-sent
+        self.ack_settle = ack_settle  # seconds a run keeps polling acks after sending
+
+    @property
+    def channel(self) -> str | None:
+        return self.client.channel
 
     def frame(self, event: dict) -> bytes:
         return hec_event(event, time=event_epoch(event), host=self.host, source=self.source,
@@ -98,28 +91,36 @@ class SplunkHecDestination:
                          fields={"audit_event_id": str(event["id"])})
 
     def send_batch(self, payloads: Sequence[bytes], *,
-                   on_retry: Callable[[RetryEvent], None] | None = None) -> int | None:
+                   on_retry: Callable[[RetryEvent], None] | None = None) -> AwaitingAck | None:
         ack_id = self.client.send_batch(payloads, on_retry=on_retry)
-        if ack_id is not None:
-            self._wait_for_ack(ack_id)
-        return ack_id
+        if ack_id is None:  # ack off: HEC's 200 is all there is
+            return None
+        return AwaitingAck(ack_receipt(self.client.channel or "", ack_id))
 
-    def _wait_for_ack(self, ack_id: int) -> None:
-        deadline = time.monotonic() + self.ack_timeout
-        delay = self.ack_poll_initial
-        while True:
-            if self.client.query_acks([ack_id]).get(ack_id):
-                self.acks_confirmed += 1
-                return
-            if time.monotonic() + delay > deadline:
-                raise AckTimeoutError(self.client.http.vendor, "POST", "/services/collector/ack",
-                                      f"ackId {ack_id} on channel {self.client.channel} not acknowledged "
-                                      f"within {self.ack_timeout:.0f}s")
-            self._sleep(delay)
-            delay = min(delay * 2, self.ack_poll_max)
+    def confirm(self, receipts: Sequence[str]) -> dict[str, bool]:
+        """Which receipts (`<channel>:<ackId>`) HEC's indexers have acknowledged, asked on each one's channel."""
+        by_channel: defaultdict[str, dict[int, str]] = defaultdict(dict)
+        for receipt in receipts:
+            channel, ack_id = parse_ack_receipt(receipt)
+            by_channel[channel][ack_id] = receipt
+        answers: dict[str, bool] = {}
+        for channel, ids in by_channel.items():
+            acked = self.client.query_acks(ids, channel=channel)
+            answers |= {receipt: acked.get(ack_id, False) for ack_id, receipt in ids.items()}
+        return answers
 
     def close(self) -> None:
         self.client.close()
+
+
+def ack_receipt(channel: str, ack_id: int) -> str:
+    """The ledger receipt of one HEC request: its channel and ackId (ackIds are counted per channel)."""
+    return f"{channel}:{ack_id}"
+
+
+def parse_ack_receipt(receipt: str) -> tuple[str, int]:
+    channel, _, ack_id = receipt.rpartition(":")
+    return channel, int(ack_id)
 
 
 class JsonLinesDestination:

@@ -8,7 +8,12 @@
   pending. An id already planned is never planned again, so re-reading a window (late events,
   overlapping backfills, re-runs) forwards only what is new, and a failed delivery stays pending for the
   next run. Both steps hold the staging file (pool `staging_audit_trail`), so two runs never deliver
-  the same pending message at once.
+  the same pending message at once. Neither SIEM deduplicates, so each batch's outcome is recorded as
+  soon as it is known: a killed run re-sends only the batches that were on the wire.
+- With HEC indexer ack on, a batch HEC took is "awaiting ack" (its channel and ackId in the ledger), not
+  delivered, and is not sent again. Each run first polls the acks earlier runs left (on the channel kept
+  in `hec_channel`, or `SPLUNK_HEC_CHANNEL`), then sends, then polls for at most `ack_settle_seconds`;
+  what is still unacknowledged `SPLUNK_HEC_ACK_TIMEOUT_SECONDS` after it was sent is sent again.
 - `audit_events_sensor` probes the newest hours every few minutes (one event per probe) and starts a
   run for an hour whose newest event changed, never while a run of that hour is queued or running.
   `audit_trail_safety_net` (hourly, off by default) re-reads the last two complete hours.
@@ -23,6 +28,7 @@ sensor and the safety net still start one run per hour, so a failed recent hour 
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +41,22 @@ import orjson
 from segment_ops.clients.base import RetryPolicy, VendorError, VendorFatalError
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.engine import store
-from segment_ops.engine.delivery import DeliveryError, DeliveryReport, deliver_pending
-from segment_ops.engine.ledger import Ledger, PlanCounts, PlannedMessage
+from segment_ops.engine.delivery import (
+    DeliveryError,
+    DeliveryReport,
+    SettleReport,
+    deliver_pending,
+    settle_awaiting,
+)
+from segment_ops.engine.ledger import (
+    AWAITING_ACK,
+    DELIVERED,
+    PENDING,
+    REJECTED,
+    Ledger,
+    PlanCounts,
+    PlannedMessage,
+)
 from segment_ops.redaction import RedactionRules
 from segment_ops.resources import (
     AuditRedactionResource,
@@ -65,6 +85,7 @@ SENSOR_HOURS = 2  # the newest hours the sensor probes (the current one and the 
 SAFETY_NET_HOURS = 2  # complete hours the schedule re-reads
 GAP_LOOKBACK_DAYS = 7
 SENSOR_RETRY = RetryPolicy(max_attempts=3, max_elapsed=20.0)
+DEFAULT_ACK_TIMEOUT = 300.0  # seconds; the Kafka connector's HEC ack timeout (spec §7)
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]
 
@@ -83,6 +104,12 @@ CREATE TABLE IF NOT EXISTS forwarded_windows (
     run_id       VARCHAR,
     events       BIGINT NOT NULL,
     forwarded_at TIMESTAMPTZ NOT NULL
+);
+-- The HEC request channel (a GUID) made once when SPLUNK_HEC_CHANNEL is unset: HEC counts ackIds per
+-- channel, so a later run must poll an earlier run's ackIds on the same one (spec §7).
+CREATE TABLE IF NOT EXISTS hec_channel (
+    channel    VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
 );
 """
 
@@ -113,6 +140,7 @@ class WindowStatus:
     delivered: int
     pending: int
     rejected: int
+    awaiting_ack: int = 0
 
 
 @dataclass
@@ -122,14 +150,28 @@ class ForwardReport:
     events: int = 0
     plans: dict[str, PlanCounts] = field(default_factory=dict)
     deliveries: dict[str, DeliveryReport] = field(default_factory=dict)
+    settles: dict[str, SettleReport] = field(default_factory=dict)  # acks polled this run (start and end)
     windows: dict[str, WindowStatus] = field(default_factory=dict)
     pending_total: dict[str, int] = field(default_factory=dict)
+    awaiting_total: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
-    def complete(self) -> bool:
+    def handed_over(self) -> bool:
+        """Nothing failed and nothing is pending: every event left for every SIEM (acks may still be due)."""
         return not self.errors and all(n == 0 for n in self.pending_total.values())
+
+    @property
+    def complete(self) -> bool:
+        """Handed over and acknowledged: every event is delivered (or rejected with a reason)."""
+        return self.handed_over and all(n == 0 for n in self.awaiting_total.values())
+
+    @property
+    def forwarded(self) -> int:
+        """Messages that became delivered in this run: sent and taken at once, or acknowledged now."""
+        return (sum(d.delivered for d in self.deliveries.values())
+                + sum(s.confirmed for s in self.settles.values()))
 
 
 def pull_window(client: SegmentPublicApiClient, con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
@@ -152,9 +194,10 @@ def pull_window(client: SegmentPublicApiClient, con: duckdb.DuckDBPyConnection, 
 def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDestination], start: datetime,
                    end: datetime, *, rules: RedactionRules | None, run_id: str | None = None,
                    max_in_flight: int = 2) -> ForwardReport:
-    """Plan the window's staged events for each destination (once per audit event id), then deliver all
-    that is pending. Failures are collected per destination in `errors`, never raised, except a
-    credential or configuration error (`VendorFatalError`), which stops at once."""
+    """Settle the acks earlier runs left, plan the window's staged events for each destination (once per
+    audit event id), deliver all that is pending, then settle this run's acks for a bounded time.
+    Failures are collected per destination in `errors`, never raised, except a credential or
+    configuration error (`VendorFatalError`), which stops at once (after recording what was taken)."""
     con.execute(_SCHEMA)
     started = time.monotonic()
     ledger = Ledger(con)
@@ -164,17 +207,27 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
     report = ForwardReport(start, end, events=len(events))
     for destination in destinations:
         sync = ledger_sync(destination)
+        # Earlier runs' acks first: what is confirmed is not re-sent; what timed out is pending again.
+        _settle(ledger, sync, destination, report, wait=0.0, expire=True)
         report.plans[sync] = ledger.add_planned(
             sync, [PlannedMessage(str(e["id"]), str(e["id"]), CALL_TYPE, destination.frame(e)) for e in redacted],
             run_id=run_id)
         try:
+            # Neither SIEM deduplicates: each batch's outcome is written as soon as it is known (ARCHITECTURE rule 6).
             report.deliveries[sync] = deliver_pending(ledger, sync, destination, run_id=run_id,
-                                                      max_in_flight=max_in_flight)
+                                                      max_in_flight=max_in_flight, record_each_batch=True)
         except DeliveryError as exc:
             report.errors[sync] = str(exc)
+            report.deliveries[sync] = exc.report
+    for destination in destinations:  # after every sender is done: a bounded wait for this run's acks
+        sync = ledger_sync(destination)
+        # Only confirmations here: an ack that times out now is re-sent by the next run, right after its settle.
+        _settle(ledger, sync, destination, report, wait=getattr(destination, "ack_settle", 0.0), expire=False)
         report.windows[sync] = window_status(con, sync, start, end)
-        report.pending_total[sync] = ledger.counts(sync).pending
-    if report.complete:  # one row per hour of the window (a backfill run covers several)
+        counts = ledger.counts(sync)
+        report.pending_total[sync] = counts.pending
+        report.awaiting_total[sync] = counts.awaiting_ack
+    if report.handed_over:  # one row per hour of the window (a backfill run covers several)
         con.execute(
             """
             INSERT INTO forwarded_windows
@@ -187,15 +240,42 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
 
 
 def window_status(con: duckdb.DuckDBPyConnection, sync: str, start: datetime, end: datetime) -> WindowStatus:
-    staged, unplanned, delivered, pending, rejected = con.execute(
-        """
+    staged, unplanned, delivered, pending, rejected, awaiting = con.execute(
+        f"""
         SELECT count(*), count(*) FILTER (WHERE l.message_id IS NULL),
-               count(*) FILTER (WHERE l.status = 'delivered'), count(*) FILTER (WHERE l.status = 'pending'),
-               count(*) FILTER (WHERE l.status = 'rejected')
+               count(*) FILTER (WHERE l.status = '{DELIVERED}'), count(*) FILTER (WHERE l.status = '{PENDING}'),
+               count(*) FILTER (WHERE l.status = '{REJECTED}'), count(*) FILTER (WHERE l.status = '{AWAITING_ACK}')
         FROM audit_events a LEFT JOIN ledger l ON l.sync = ? AND l.message_id = a.id
         WHERE a.ts > ? AND a.ts <= ?
         """, [sync, start, end]).fetchone()
-    return WindowStatus(staged, unplanned, delivered, pending, rejected)
+    return WindowStatus(staged, unplanned, delivered, pending, rejected, awaiting)
+
+
+def hec_channel(con: duckdb.DuckDBPyConnection) -> str:
+    """The sync's HEC channel: made once (a random GUID) and kept, so later runs poll earlier ackIds on it."""
+    con.execute(_SCHEMA)
+    row = con.execute("SELECT channel FROM hec_channel ORDER BY created_at LIMIT 1").fetchone()
+    if row is None:
+        row = con.execute("INSERT INTO hec_channel VALUES (?, ?) RETURNING channel",
+                          [str(uuid.uuid4()), datetime.now(UTC)]).fetchone()
+    return row[0]
+
+
+def _settle(ledger: Ledger, sync: str, destination: SiemDestination, report: ForwardReport, *, wait: float,
+            expire: bool) -> None:
+    """Poll the destination's acks for `sync` (a destination without `confirm` has none) into `report`;
+    `expire`: also put back to pending what stayed unacknowledged past the destination's ack timeout."""
+    confirm = getattr(destination, "confirm", None)
+    if confirm is None:
+        return
+    timeout = getattr(destination, "ack_timeout", DEFAULT_ACK_TIMEOUT) if expire else None
+    settled = settle_awaiting(ledger, sync, confirm, timeout=timeout, wait=wait)
+    before = report.settles.get(sync)
+    if before is not None:
+        settled = SettleReport(sync, before.confirmed + settled.confirmed, before.expired + settled.expired,
+                               settled.awaiting, before.queries + settled.queries, settled.error or before.error,
+                               before.seconds + settled.seconds)
+    report.settles[sync] = settled
 
 
 def missing_windows(con: duckdb.DuckDBPyConnection, now: datetime, lookback: timedelta) -> tuple[int, list[datetime]]:
@@ -295,38 +375,50 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
     check_specs=[
         dg.AssetCheckSpec("delivery_complete", asset=FORWARD_KEY,
                           description="Every event of the window reached every SIEM destination (or was rejected "
-                                      "with a reason) and nothing is left pending."),
+                                      "with a reason) and nothing is left pending or awaiting HEC's indexer "
+                                      "acknowledgement (only awaiting: a warning; a later run settles the acks)."),
         dg.AssetCheckSpec("no_gap_between_forwarded_windows", asset=FORWARD_KEY,
                           description=f"Between the first and last hour forwarded in the last {GAP_LOOKBACK_DAYS} "
-                                      "days, every hour was forwarded completely."),
+                                      "days, every hour was read and handed to every SIEM with nothing left "
+                                      "pending (indexer acks may still be due: see delivery_complete)."),
     ],
 )
 def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResource, siem_jsonl: JsonLinesSiemResource,
                       audit_redaction: AuditRedactionResource,
                       staging: StagingResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The hour's audit events, redacted and forwarded to the SIEM (Splunk HEC, and a JSON-lines endpoint
-    when configured) exactly once per audit event id; anything a destination did not take stays pending.
+    when configured) exactly once per audit event id; anything a destination did not take stays pending,
+    and what HEC took with indexer ack on counts as delivered once its ack arrives (this run or a later one).
 
     Destination: [Splunk HTTP Event Collector](https://docs.splunk.com/Documentation/Splunk/latest/Data/UsetheHTTPEventCollector)."""
     window = context.partition_time_window
     end = min(window.end, datetime.now(UTC))
-    destinations: list[SiemDestination] = [splunk.get_destination()]
-    if siem_jsonl.url:
-        destinations.append(siem_jsonl.get_destination())
+    destinations: list[SiemDestination] = []
     try:
         with store.staging(staging.staging_db(STAGING_SYNC)) as con:
+            # SPLUNK_HEC_CHANNEL, else the channel kept in the sync's state: earlier runs' ackIds live on it.
+            destinations.append(splunk.get_destination(channel=splunk.channel or hec_channel(con)))
+            if siem_jsonl.url:
+                destinations.append(siem_jsonl.get_destination())
             report = forward_window(con, destinations, window.start, end, rules=audit_redaction.get_rules(),
                                     run_id=context.run.run_id, max_in_flight=splunk.max_in_flight)
             windows, holes = missing_windows(con, datetime.now(UTC), timedelta(days=GAP_LOOKBACK_DAYS))
     except VendorFatalError as exc:
         raise dg.Failure(description=f"SIEM refused the credentials or configuration: {exc}") from None
+    except ValueError as exc:  # a setting that cannot work (SPLUNK_HEC_CHANNEL not a GUID)
+        raise dg.Failure(description=str(exc)) from None
     finally:
         for destination in destinations:
             destination.close()
     metadata = _forward_metadata(report, destinations)
+    only_awaiting = report.handed_over and not report.complete
     delivery_complete = dg.AssetCheckResult(
         check_name="delivery_complete", passed=report.complete,
+        # Awaiting ack is not delivered, but nothing failed: a warning until a later run settles it.
+        severity=dg.AssetCheckSeverity.WARN if only_awaiting else dg.AssetCheckSeverity.ERROR,
         metadata={"pending_total": sum(report.pending_total.values()),
+                  "awaiting_ack_total": sum(report.awaiting_total.values()),
+                  "awaiting_ack_in_window": sum(w.awaiting_ack for w in report.windows.values()),
                   "unplanned_in_window": sum(w.unplanned for w in report.windows.values()),
                   "rejected_in_window": sum(w.rejected for w in report.windows.values()),
                   "errors": "; ".join(report.errors.values()) or "-"})
@@ -351,27 +443,34 @@ def _forward_metadata(report: ForwardReport, destinations: Sequence[SiemDestinat
     for destination in destinations:
         sync = ledger_sync(destination)
         plan, delivery, status = report.plans[sync], report.deliveries.get(sync), report.windows[sync]
-        rows.append((destination.name, plan.planned, plan.already_known, delivery.delivered if delivery else "-",
-                     status.delivered, status.pending, status.rejected))
-    splunk = report.deliveries.get(ledger_sync(destinations[0]))
+        sent = delivery.delivered + delivery.awaiting_ack if delivery else "-"
+        rows.append((destination.name, plan.planned, plan.already_known, sent, status.delivered,
+                     status.awaiting_ack, status.pending, status.rejected))
+    hec = ledger_sync(destinations[0])
+    splunk, acks = report.deliveries.get(hec), report.settles.get(hec)
     metadata: dict = {
         "window_start": report.start.isoformat(),
         "window_end": report.end.isoformat(),
         "events_in_window": report.events,
-        "new_events": report.plans[ledger_sync(destinations[0])].planned,
-        "already_forwarded_or_pending": report.plans[ledger_sync(destinations[0])].already_known,
-        "forwarded": sum(d.delivered for d in report.deliveries.values()),
+        "new_events": report.plans[hec].planned,
+        "already_forwarded_or_pending": report.plans[hec].already_known,
+        "forwarded": report.forwarded,  # became delivered in this run (taken at once, or acknowledged now)
         "pending_total": sum(report.pending_total.values()),
+        # Taken by HEC, indexer acknowledgement not in yet: not delivered, not sent again (until the timeout).
+        "awaiting_ack_total": sum(report.awaiting_total.values()),
         "destinations": dg.MetadataValue.md(markdown_table(
-            ["destination", "new", "planned before", "sent this run", "window delivered", "window pending",
-             "window rejected"], rows)),
+            ["destination", "new", "planned before", "sent this run", "window delivered", "window awaiting ack",
+             "window pending", "window rejected"], rows)),
         "duration_seconds": round(report.seconds, 2),
     }
     if splunk is not None:
         metadata |= splunk.as_metadata()
-    acks = getattr(destinations[0], "acks_confirmed", 0)
-    if acks:
-        metadata["indexer_acks_confirmed"] = acks
+    if acks is not None:
+        metadata |= {"hec_channel": destinations[0].channel or "-",  # type: ignore[attr-defined]
+                     "indexer_acks_confirmed": acks.confirmed, "indexer_ack_timeouts_resent": acks.expired,
+                     "indexer_ack_queries": acks.queries}
+        if acks.error:
+            metadata["indexer_ack_query_error"] = acks.error
     return metadata
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -27,9 +27,10 @@ PULL_NODE = "segment__audit_events"
 
 
 def splunk_resource(sandbox: RunningSandbox, **options: object) -> SplunkHecResource:
-    """HEC on `sandbox` with short retries, so an outage fails a run in about a second."""
+    """HEC on `sandbox` with short retries, so an outage fails a run in about a second; with ack on, a run
+    polls acks for up to 5 s after sending."""
     fields = {"index": SANDBOX_SPLUNK_INDEX, "retry_max_attempts": 2, "retry_max_seconds": 5.0,
-              "ack_timeout_seconds": 5.0} | options
+              "ack_timeout_seconds": 5.0, "ack_settle_seconds": 5.0} | options
     return SplunkHecResource(base_url=f"{sandbox.url}/splunk", token=SANDBOX_SPLUNK_HEC_TOKEN, **fields)
 
 
@@ -74,6 +75,14 @@ def audit_ids(sandbox: RunningSandbox, start: datetime, end: datetime) -> list[s
         return [e["id"] for e in client.iter_audit_events(start, end)]
     finally:
         client.close()
+
+
+def inject_events(sandbox: RunningSandbox, key: str, count: int) -> list[str]:
+    """Add `count` audit events inside hour `key`, so a test does not depend on the demo's quiet hours."""
+    start = PARTITIONS.time_window_for_partition_key(key).start
+    moments = [start + timedelta(minutes=1 + i % 58, seconds=i // 58) for i in range(count)]
+    events = sandbox.inject_audit_events([{"timestamp": m.isoformat().replace("+00:00", "Z")} for m in moments])
+    return [event["id"] for event in events]
 
 
 def window_of(first_key: str, last_key: str) -> tuple[datetime, datetime]:

@@ -7,15 +7,19 @@ import httpx
 import orjson
 import pytest
 
-from segment_ops.clients.base import RetryPolicy
+from segment_ops.clients.base import RetryPolicy, VendorUnavailable
+from segment_ops.clients.splunk_hec import RETRYABLE as HEC_RETRYABLE
 from segment_ops.clients.splunk_hec import SplunkHecClient
-from segment_ops.engine.delivery import DeliveryError, deliver_pending
+from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN
+from segment_ops.engine.delivery import deliver_pending
 from segment_ops.engine.ledger import Ledger, PlannedMessage
-from segment_ops.siem import AckTimeoutError, JsonLinesDestination, SplunkHecDestination, ledger_sync
+from segment_ops.siem import JsonLinesDestination, SplunkHecDestination, ledger_sync
 from segment_ops.syncs.audit_trail import forward_window, pull_window
 from segment_ops_tests.audit_trail.conftest import (
     audit_ids,
+    checks,
     complete_hours,
+    inject_events,
     metadata,
     received_ids,
     run_hour,
@@ -27,37 +31,39 @@ EVENT = {"id": "evt-1", "timestamp": "2026-11-23T10:00:00.250Z", "type": "Source
 
 
 def test_indexer_ack_mode_delivers_once_acknowledged(resources, clean_sandbox, sandbox_factory):
-    acking = sandbox_factory(splunk_ack=True)
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.3)
     resources = resources | {"splunk": splunk_resource(acking)}
     keys = complete_hours(4)
+    inject_events(clean_sandbox, keys[0], 3)
 
     results = [run_hour(resources, key) for key in keys]
 
     assert all(r.success for r in results)
     expected = audit_ids(clean_sandbox, *window_of(keys[0], keys[-1]))
     assert sorted(received_ids(acking)) == sorted(expected)
-    assert sum(metadata(r).get("indexer_acks_confirmed", 0) for r in results) >= 1
+    assert sum(metadata(r)["indexer_acks_confirmed"] for r in results) == len(expected)
+    assert sum(metadata(r)["forwarded"] for r in results) == len(expected)
+    assert all(metadata(r)["awaiting_ack_total"] == 0 and checks(r)["delivery_complete"].passed for r in results)
     assert all(item["channel"] for item in acking.received("splunk", limit=1000))
     assert acking.stats()["splunk"]["requests"] > sum(metadata(r)["requests"] for r in results)  # ack polls
 
 
-def test_a_batch_never_acknowledged_stays_pending():
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/ack"):
-            return httpx.Response(200, json={"acks": {"0": False}})
-        return httpx.Response(200, json={"text": "Success", "code": 0, "ackId": 0})
+def test_hec_retries_what_hec_and_a_load_balancer_mean_as_try_again_and_nothing_else():
+    # HEC: codes 8/9 (500/503) and 18-20 (503); a load balancer in front: 502, 504, 429 (clients/splunk_hec.py).
+    assert all(status in HEC_RETRYABLE for status in (429, 500, 502, 503, 504))
+    assert not any(status in HEC_RETRYABLE for status in (400, 401, 403, 404, 408, 410, 413, 501, 505, 507))
 
-    client = SplunkHecClient("https://hec.example", "token", channel="8e69d7b3-0000-4000-8000-000000000000",
-                             transport=httpx.MockTransport(answer), retry=RetryPolicy(max_attempts=1))
-    destination = SplunkHecDestination(client, index="main", host="h", ack_timeout=0.05, ack_poll_initial=0.01)
-    with pytest.raises(AckTimeoutError, match="ackId 0 .* not acknowledged"):
-        destination.send_batch([destination.frame(EVENT)])
 
-    ledger = Ledger(duckdb.connect())
-    ledger.add_planned("audit_trail", [PlannedMessage("evt-1", "evt-1", "audit_event", destination.frame(EVENT))])
-    with pytest.raises(DeliveryError):
-        deliver_pending(ledger, "audit_trail", destination)
-    assert ledger.counts("audit_trail").pending == 1
+@pytest.mark.parametrize("fault", ["rate_429", "rate_500", "rate_503"])
+def test_hec_answers_that_mean_try_again_are_retried(clean_sandbox, fault):
+    clean_sandbox.set_faults("splunk", **{fault: 1.0, "retry_after_seconds": 1})
+    client = SplunkHecClient(f"{clean_sandbox.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN,
+                             retry=RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02))
+
+    with pytest.raises(VendorUnavailable):
+        client.send_batch([b'{"event": "x"}'])
+
+    assert clean_sandbox.stats()["splunk"]["requests"] == 3
 
 
 def test_hec_framing_puts_the_audit_time_in_epoch_seconds():

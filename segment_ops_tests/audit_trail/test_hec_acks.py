@@ -1,0 +1,233 @@
+"""HEC indexer acknowledgement through the sandbox: acks that take time or never come, a channel kept across
+runs and processes, and a run killed between batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import dagster as dg
+import duckdb
+import orjson
+import pytest
+
+from segment_ops.engine import store
+from segment_ops.resources import build_resources
+from segment_ops.syncs.audit_trail import forward_window, hec_channel, pull_window
+from segment_ops_tests.audit_trail.conftest import (
+    audit_ids,
+    checks,
+    complete_hours,
+    inject_events,
+    metadata,
+    received_ids,
+    run_hour,
+    splunk_resource,
+    window_of,
+)
+
+
+def staging_file(home):
+    return home / "staging" / "audit_trail.duckdb"
+
+
+def test_a_run_does_not_wait_for_slow_acks_and_a_later_run_settles_them_without_resending(
+        resources, clean_sandbox, sandbox_factory):
+    delay = 6.0
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=delay)
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.2, ack_timeout_seconds=300)}
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 5)
+    expected = audit_ids(clean_sandbox, *window_of(key, key))
+    sent_at = time.monotonic()
+
+    first = run_hour(resources, key)
+    first_done = time.monotonic()  # HEC took the events before this
+    within_delay = run_hour(resources, key)
+
+    assert first.success and within_delay.success
+    assert time.monotonic() - sent_at < delay  # two whole runs ended before HEC acknowledged anything
+    meta = metadata(first)
+    assert (meta["forwarded"], meta["sent_awaiting_ack"], meta["awaiting_ack_total"]) == (0, len(expected),
+                                                                                         len(expected))
+    check = checks(first)["delivery_complete"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["awaiting_ack_in_window"].value == len(expected)
+    assert check.metadata["pending_total"].value == 0
+    assert metadata(within_delay)["awaiting_ack_total"] == len(expected)
+    assert metadata(within_delay)["requests"] == 0  # awaiting ack is never sent again within the timeout
+    assert sorted(received_ids(acking)) == sorted(expected)
+
+    time.sleep(max(0.0, first_done + delay + 0.2 - time.monotonic()))
+    later = run_hour(resources, key)
+
+    assert later.success and checks(later)["delivery_complete"].passed
+    meta = metadata(later)
+    assert (meta["indexer_acks_confirmed"], meta["forwarded"], meta["awaiting_ack_total"]) == (len(expected),
+                                                                                               len(expected), 0)
+    assert sorted(received_ids(acking)) == sorted(expected)  # each event indexed once
+
+
+def test_an_ack_that_never_comes_is_sent_again_after_the_timeout(resources, clean_sandbox, sandbox_factory):
+    timeout = 4.0
+    never = sandbox_factory(splunk_ack=True, splunk_ack_delay=float("inf"))
+    resources = resources | {"splunk": splunk_resource(never, ack_settle_seconds=0.0, ack_timeout_seconds=timeout)}
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 4)
+    expected = audit_ids(clean_sandbox, *window_of(key, key))
+    sent_at = time.monotonic()
+
+    first = run_hour(resources, key)
+    first_done = time.monotonic()  # the ack timeout counts from HEC's answer, before this
+    too_soon = run_hour(resources, key)
+    assert time.monotonic() - sent_at < timeout  # the second run came within the timeout
+    time.sleep(max(0.0, first_done + timeout + 0.2 - time.monotonic()))
+    after_timeout = run_hour(resources, key)
+
+    assert first.success and too_soon.success and after_timeout.success
+    assert metadata(too_soon)["indexer_ack_timeouts_resent"] == 0 and metadata(too_soon)["requests"] == 0
+    meta = metadata(after_timeout)
+    assert meta["indexer_ack_timeouts_resent"] == len(expected)
+    assert (meta["sent_awaiting_ack"], meta["awaiting_ack_total"], meta["forwarded"]) == (len(expected),
+                                                                                          len(expected), 0)
+    # HEC does no dedupe: a batch re-sent after its ack timed out is indexed again (at-least-once, documented).
+    assert Counter(received_ids(never)) == Counter({event_id: 2 for event_id in expected})
+
+
+def test_the_channel_is_made_once_and_kept_in_the_sync_state(resources, clean_sandbox, sandbox_factory, ops_env):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
+    resources = resources | {"splunk": splunk_resource(acking)}
+    keys = complete_hours(3)[:2]
+    for key in keys:
+        inject_events(clean_sandbox, key, 2)
+
+    results = [run_hour(resources, key) for key in keys]
+
+    assert all(r.success for r in results)
+    channels = {item["channel"] for item in acking.received("splunk", limit=1000)}
+    with store.staging(staging_file(ops_env)) as con:
+        kept = hec_channel(con)
+    assert channels == {kept} and uuid.UUID(kept)
+    assert [metadata(r)["hec_channel"] for r in results] == [kept, kept]
+
+
+def test_the_channel_and_ack_timeout_settings_are_used(ops_env, clean_sandbox, sandbox_factory, monkeypatch):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
+    channel = str(uuid.uuid4())
+    monkeypatch.setenv("SPLUNK_HEC_URL", f"{acking.url}/splunk")
+    monkeypatch.setenv("SPLUNK_HEC_CHANNEL", channel)
+    monkeypatch.setenv("SPLUNK_HEC_ACK_TIMEOUT_SECONDS", "450")
+    resources = build_resources()
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 2)
+
+    result = run_hour(resources, key)
+
+    assert resources["splunk"].ack_timeout_seconds == 450.0
+    assert result.success and metadata(result)["hec_channel"] == channel
+    assert {item["channel"] for item in acking.received("splunk")} == {channel}
+    with store.staging(staging_file(ops_env)) as con:
+        assert con.execute("SELECT count(*) FROM hec_channel").fetchone()[0] == 0  # none made: the setting won
+
+
+def test_the_ack_timeout_defaults_to_300_seconds(ops_env):
+    assert build_resources()["splunk"].ack_timeout_seconds == 300.0
+
+
+def test_a_channel_that_is_not_a_guid_fails_the_run_saying_so(ops_env, clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SPLUNK_HEC_CHANNEL", "audit-trail")
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 1)
+
+    result = run_hour(build_resources(), key)
+
+    assert not result.success
+    [failure] = [event for event in result.all_events if event.is_step_failure]
+    assert "SPLUNK_HEC_CHANNEL must be a GUID" in failure.step_failure_data.user_failure_data.description
+    assert received_ids(clean_sandbox) == []
+
+
+SECOND_PROCESS = """
+import json, sys
+import dagster as dg
+from segment_ops.resources import build_resources
+from segment_ops.syncs.audit_trail import segment_audit_events, siem_audit_events
+
+result = dg.materialize([segment_audit_events, siem_audit_events], partition_key=sys.argv[1],
+                        resources=build_resources(), raise_on_error=False)
+[materialization] = result.asset_materializations_for_node("siem__audit_events")
+print(json.dumps({"success": result.success,
+                  **{k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int | str)}}))
+"""
+
+
+def test_ack_ids_left_by_a_run_are_settled_by_a_new_process_on_the_same_channel(
+        resources, clean_sandbox, sandbox_factory, ops_env):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 3)
+    expected = audit_ids(clean_sandbox, *window_of(key, key))
+    first = run_hour(resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0)}, key)
+    assert first.success and metadata(first)["awaiting_ack_total"] == len(expected)
+    time.sleep(1.1)
+
+    # Another Python process, with nothing but the environment and the staging file in common.
+    env = {**os.environ, "SPLUNK_HEC_URL": f"{acking.url}/splunk"}
+    done = subprocess.run([sys.executable, "-c", SECOND_PROCESS, key], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads(done.stdout.strip().splitlines()[-1])
+    assert meta["success"] and meta["hec_channel"] == metadata(first)["hec_channel"]
+    assert (meta["indexer_acks_confirmed"], meta["awaiting_ack_total"], meta["requests"]) == (len(expected), 0, 0)
+    assert sorted(received_ids(acking)) == sorted(expected)
+
+
+class DiesBeforeBatch:
+    """The real HEC destination in small batches, in a process that is killed before its `batch`-th request."""
+
+    def __init__(self, destination, batch: int, max_batch_bytes: int) -> None:
+        self.inner, self.batch, self.sent = destination, batch, 0
+        self.name, self.max_batch_bytes = destination.name, max_batch_bytes
+
+    def frame(self, event: dict) -> bytes:
+        return self.inner.frame(event)
+
+    def send_batch(self, payloads, *, on_retry=None):
+        self.sent += 1
+        if self.sent == self.batch:
+            raise SystemExit("killed")
+        return self.inner.send_batch(payloads, on_retry=on_retry)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_run_killed_between_batches_sends_no_batch_hec_took_again(resources, clean_sandbox):
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 12)
+    start, end = window_of(key, key)
+    expected = audit_ids(clean_sandbox, start, end)
+    con = duckdb.connect()
+    pull_window(resources["segment_public_api"].get_client(), con, start, end)
+    rules = resources["audit_redaction"].get_rules()
+    splunk = resources["splunk"].get_destination()
+    largest = max(len(splunk.frame(rules.redact(orjson.loads(event))))
+                  for (event,) in con.execute("SELECT event FROM audit_events").fetchall())
+    dying = DiesBeforeBatch(splunk, batch=4, max_batch_bytes=2 * (largest + 1))  # two or three events a batch
+
+    with pytest.raises(SystemExit):
+        forward_window(con, [dying], start, end, rules=rules, max_in_flight=1)
+    taken_before_the_kill = len(received_ids(clean_sandbox))
+    again = forward_window(con, [resources["splunk"].get_destination()], start, end, rules=rules)
+
+    assert 0 < taken_before_the_kill < len(expected)
+    assert again.complete and again.deliveries["audit_trail"].delivered == len(expected) - taken_before_the_kill
+    got = received_ids(clean_sandbox)
+    assert sorted(got) == sorted(expected) and len(got) == len(set(got))
+
