@@ -106,7 +106,11 @@ def _run_webhooks(args: argparse.Namespace) -> int:
     from segment_ops.webhooks.server import serve
 
     logging.getLogger("segment_ops.webhooks").setLevel(logging.INFO)
-    serve(config_from_env(), args.host, args.port)
+    try:
+        config = config_from_env()
+    except ValueError as exc:  # WebhookConfigError: names the variable, never a secret
+        raise SystemExit(f"segment-ops webhooks: {exc}") from None
+    serve(config, args.host, args.port)
     return 0
 
 

@@ -31,7 +31,8 @@ SANDBOX_REDACTION_SALT = "sandbox-redaction-salt"
 SANDBOX_SLACK_WEBHOOK_TOKEN = "sandboxSlackWebhookToken0001"
 SANDBOX_SLACK_WEBHOOK_PATH = f"/services/T0SANDBOX/B0SANDBOX/{SANDBOX_SLACK_WEBHOOK_TOKEN}"
 # Tables of the sandbox's demo warehouse (built by sandbox/warehouse.py, declared as assets in syncs/external.py).
-DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "heap.segments", "heap.segment_members", "identity_map")
+DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "main_production.users", "main_production.segment_members",
+                         "identity_map")
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,28 @@
 
 Both routes end in the same place, the *current membership* of a segment in the audience's staging file:
 - webhook route: the pages of complete syncs in the inbox (`segment_ops.webhooks.inbox`) are loaded page
-  by page, and each identity's last change is merged into `heap_membership`;
+  by page, and each identity's last change is merged into `heap_membership`; drains
+  (`segment.users.drain`) of the segment are applied by `drain_policy` (below);
 - reconcile route: the full membership in the Heap Connect tables (`members_query` on the warehouse)
   is merged the same way: members present, everyone else absent.
 
 `heap_membership` holds, per Heap identity, whether it is a member and `as_of` when Heap said so (a
-webhook page's arrival, a Connect row's `synced_at`). A change only replaces an older statement, so a
-page delivered twice, pages out of order, a sync applied again after a crash, or a Connect export
-older than the last webhook change all leave the membership as the newest word from Heap.
+webhook page's signed time, a drain's signed time, a Connect row's `synced_at`). A change only replaces
+an older statement, so a page delivered twice, pages out of order, a sync applied again after a crash,
+or a Connect export older than the last webhook change all leave the membership as the newest word from
+Heap.
 
-Time: Heap's webhook payload carries no Heap-side time (spec §3), so a sync's statements are dated by
-the arrival of its first page at the receiver. A sync Heap delivers very late (after a newer sync was
-applied) therefore counts as the newer word for the identities it lists; the next sync or the
-reconcile (Heap Connect's `synced_at`) corrects that. `synced_at` without a zone (Snowflake NTZ,
-Redshift TIMESTAMP) is read as UTC: the run sets its staging connection's TimeZone to UTC.
+Time: a sync's statements are dated by the earliest `Heap-Hash` timestamp of its stored pages (Heap's
+clock, in ms; a page stored without one, by its arrival). A sync Heap delivers very late (after a newer
+sync was applied) is dated by when Heap signed it, so it does not override the newer one. `synced_at`
+without a zone (Snowflake NTZ, Redshift TIMESTAMP) is read as UTC: the run sets its staging
+connection's TimeZone to UTC.
+
+Drains (`drain_policy`, from HEAP_DRAIN_POLICY): `exit` makes every member stated before the drain's
+signed time a non-member as of that time - in this run and in every later one, so a sync signed before
+the drain but applied after it cannot bring its adds back (`heap_applied_drains` keeps the drain times);
+statements signed after the drain stand. The exits go through the drop guard like any other. `ignore`
+records the drain and changes nothing. Either way the drain is marked done once the run succeeded.
 
 Identities are resolved to Segment userIds through the identity map (`engine.identity`; looked up
 trimmed, as the map's ids are, case kept):
@@ -32,7 +40,7 @@ gets an identify with the trait true and a track "Audience Entered"; an exited o
 only for what Segment acknowledged; the inbox's syncs are marked done only once all was delivered.
 
 Drop guard: a run that would exit more than `max_drop_ratio` (< 1) of the delivered members (at least
-`drop_guard_min_exits`) - a broken identity map, a truncated export - changes nothing and raises
+`drop_guard_min_exits`) - a broken identity map, a truncated export, a drain - changes nothing and raises
 `MembershipDropError` unless `confirm_drop` is given. An empty Heap Connect result (0 rows for the
 segment) while members are delivered is refused the same way whatever the ratio and minimum say: on a
 small audience it is far likelier a failed Heap Connect sync than a segment that emptied.
@@ -66,17 +74,18 @@ from segment_ops.engine.identity import IdentityMapError, IdentityMapStats, Iden
 from segment_ops.engine.ledger import Ledger, LedgerCounts
 from segment_ops.engine.models import MODEL_NAME, ModelSpec, literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult, WarehouseError, stage_query
-from segment_ops.webhooks.inbox import Inbox, InboxSync
+from segment_ops.webhooks.inbox import Inbox, InboxDrain, InboxSync
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "config" / "heap_audiences.toml"
 FALLBACKS = ("user_id_unless_email", "reject")
 ROUTES = ("webhook", "reconcile")
+DRAIN_POLICIES = ("exit", "ignore")  # HEAP_DRAIN_POLICY
 ENTERED_EVENT, EXITED_EVENT = "Audience Entered", "Audience Exited"
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 STAGED_TABLE = "heap_staged"
 # The fields of an inbox page file the run reads, typed for DuckDB's `read_json`.
 _PAGE_COLUMNS = ("{sync_task_id: 'VARCHAR', page_number: 'INTEGER', received_at: 'TIMESTAMPTZ', "
-                 "add: 'VARCHAR[]', remove: 'VARCHAR[]'}")
+                 "signed_at: 'BIGINT', add: 'VARCHAR[]', remove: 'VARCHAR[]'}")
 _MAX_PAGE_FILE_BYTES = 16 * 1024 * 1024  # a page file is smaller than its webhook body (at most 10 MB)
 SAMPLE_SIZE = 20
 _TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -86,7 +95,7 @@ CREATE TABLE IF NOT EXISTS heap_membership (
     identity VARCHAR NOT NULL,      -- the Heap identity (the customer's identity property)
     member   BOOLEAN NOT NULL,
     as_of    TIMESTAMPTZ NOT NULL,  -- when Heap said so: page arrival or Connect synced_at
-    source   VARCHAR NOT NULL       -- sync_task_id, or 'heap_connect'
+    source   VARCHAR NOT NULL       -- sync_task_id, 'heap_connect', or 'drain:<key>'
 );
 CREATE TABLE IF NOT EXISTS heap_applied_syncs (
     sync_task_id VARCHAR NOT NULL,
@@ -94,6 +103,15 @@ CREATE TABLE IF NOT EXISTS heap_applied_syncs (
     adds         BIGINT NOT NULL,
     removes      BIGINT NOT NULL,
     as_of        TIMESTAMPTZ NOT NULL,
+    run_id       VARCHAR,
+    applied_at   TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS heap_applied_drains (
+    drain_key    VARCHAR NOT NULL,      -- the inbox key: a hash of the drain's signed body
+    segment_id   BIGINT NOT NULL,
+    as_of        TIMESTAMPTZ NOT NULL,  -- when Heap signed it
+    policy       VARCHAR NOT NULL,      -- exit | ignore (HEAP_DRAIN_POLICY when it was applied)
+    exits        BIGINT NOT NULL,       -- identities it made non-members
     run_id       VARCHAR,
     applied_at   TIMESTAMPTZ NOT NULL
 );
@@ -105,7 +123,7 @@ class AudienceConfigError(ValueError):
 
 
 class IncompleteSyncError(RuntimeError):
-    """A sync asked for is not (or no longer) complete in the inbox, or belongs to another segment."""
+    """A sync or drain asked for is not (or no longer) complete in the inbox, or belongs to another segment."""
 
 
 class MembershipDropError(RuntimeError):
@@ -154,7 +172,10 @@ class AudiencesConfig:
     identity: IdentitySource
     fallback: str = FALLBACKS[0]
     min_match_rate: float = 0.95
-    members_query: str = "SELECT segment_id, identity, synced_at FROM heap.segment_members"
+    # Heap Connect: a schema per environment, `users` (user_id, identity); the membership table is unverified
+    # (config/heap_audiences.toml says why).
+    members_query: str = ("SELECT m.segment_id, u.identity, m.synced_at FROM main_production.segment_members AS m "
+                          "JOIN main_production.users AS u ON u.user_id = m.user_id")
     reconcile_schedule: str = "0 5 * * *"
     max_drop_ratio: float = 0.5
     drop_guard_min_exits: int = 10
@@ -306,6 +327,9 @@ class AudienceRun:
     audience: Audience
     route: str
     syncs: list[InboxSync] = field(default_factory=list)
+    drains: list[InboxDrain] = field(default_factory=list)
+    drain_policy: str = DRAIN_POLICIES[0]
+    drain_exits: int = 0  # identities the run's drains made non-members (policy exit)
     pages: int = 0
     adds_received: int = 0
     removes_received: int = 0
@@ -326,21 +350,30 @@ def pending_syncs(inbox: Inbox, audience: Audience) -> list[InboxSync]:
     return [s for s in inbox.syncs() if s.segment_id == audience.segment_id and s.complete]
 
 
+def pending_drains(inbox: Inbox, audience: Audience) -> list[InboxDrain]:
+    """Drains of the audience's segment not yet applied, in the order Heap signed them."""
+    return [d for d in inbox.drains() if d.segment_id == audience.segment_id]
+
+
 def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience, *, route: str,
                   inbox: Inbox, warehouse_url: str, client_factory: Callable[[], SegmentTrackingClient],
                   owners: tuple[str, ...] = ("team:data-platform",), sync_task_ids: Sequence[str] | None = None,
+                  drain_keys: Sequence[str] | None = None, drain_policy: str = DRAIN_POLICIES[0],
                   run_id: str | None = None, dry_run: bool = False, confirm_drop: bool = False,
                   max_in_flight: int = 4) -> AudienceRun:
     """Bring the audience in Segment to Heap's membership by `route` ("webhook" or "reconcile").
 
-    Raises `IncompleteSyncError`, `IdentityMapError`, `WarehouseError`, `MembershipDropError` (nothing
-    changed), `DeliveryIncomplete` (messages stay pending, syncs stay unprocessed) and the
-    Segment client's `VendorFatalError` as it is.
+    Webhook route: `sync_task_ids` / `drain_keys` name the syncs and drains to apply (None: every complete,
+    unprocessed one of the segment; an empty list: none). Raises `IncompleteSyncError`, `IdentityMapError`,
+    `WarehouseError`, `MembershipDropError` (nothing changed), `DeliveryIncomplete` (messages stay pending,
+    syncs and drains stay unprocessed) and the Segment client's `VendorFatalError` as it is.
     """
     if route not in ROUTES:
         raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+    if drain_policy not in DRAIN_POLICIES:
+        raise ValueError(f"drain_policy must be one of {', '.join(DRAIN_POLICIES)}, got {drain_policy!r}")
     started = time.monotonic()
-    run = AudienceRun(audience, route, dry_run=dry_run)
+    run = AudienceRun(audience, route, dry_run=dry_run, drain_policy=drain_policy)
     ledger = Ledger(con)
     ensure_state(con)
     con.execute(_STATE_SCHEMA)
@@ -354,9 +387,11 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     # 1. Heap's word: the changes this run brings, as (identity, member, as_of, source).
     if route == "webhook":
         run.syncs = _chosen_syncs(inbox, audience, sync_task_ids)
+        run.drains = _chosen_drains(inbox, audience, drain_keys)
         _stage_webhook_changes(con, inbox, run)
     else:
         _stage_connect_changes(con, config, audience, warehouse_url, run)
+    _apply_drains(con, run)
     # 2. The membership they lead to (only newer statements replace older ones).
     con.execute("""
         CREATE OR REPLACE TEMP TABLE heap_proposed AS
@@ -376,8 +411,9 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
         run.seconds = time.monotonic() - started
         why = ("the Heap Connect result has no row for the segment" if run.guard.empty_export else
                f"{run.guard.ratio:.0%} > {config.max_drop_ratio:.0%}")
+        what = "Heap's drain of the segment" if run.drain_exits else f"this {route}"
         raise MembershipDropError(
-            f"audience {audience.key!r}: this {route} would exit {run.guard.exits:,} of {run.guard.delivered_members:,} "
+            f"audience {audience.key!r}: {what} would exit {run.guard.exits:,} of {run.guard.delivered_members:,} "
             f"delivered members ({why}); nothing was changed. If Heap's "
             "membership really dropped, run again with confirm_drop=true.", run)
     if dry_run:
@@ -395,11 +431,13 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     run.seconds = time.monotonic() - started
     if settled.failure is not None:
         raise DeliveryIncomplete(f"audience {audience.key!r}: {settled.failure}", run)
-    # 6. Only now are the syncs processed (ARCHITECTURE rule 2: state = delivered).
+    # 6. Only now are the syncs and drains processed (ARCHITECTURE rule 2: state = delivered).
     for sync in run.syncs:
         inbox.mark_done(sync.sync_task_id, {"audience": audience.key, "run_id": run_id,
                                             "delivered": run.delivery.delivered if run.delivery else 0})
-    for name in ("heap_changes", "heap_proposed", "heap_resolution", STAGED_TABLE):
+    for drain in run.drains:
+        inbox.mark_drain_done(drain.key, {"audience": audience.key, "run_id": run_id, "policy": run.drain_policy})
+    for name in ("heap_changes", "heap_proposed", "heap_resolution", "heap_run_drains", STAGED_TABLE):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     return run
 
@@ -422,27 +460,42 @@ def _chosen_syncs(inbox: Inbox, audience: Audience, sync_task_ids: Sequence[str]
     return chosen
 
 
+def _chosen_drains(inbox: Inbox, audience: Audience, drain_keys: Sequence[str] | None) -> list[InboxDrain]:
+    if drain_keys is None:
+        return pending_drains(inbox, audience)
+    chosen = []
+    for key in drain_keys:
+        drain = inbox.drain(key)
+        if drain is None:
+            raise IncompleteSyncError(f"drain {key} is not in the inbox {inbox.root}")
+        if drain.segment_id != audience.segment_id:
+            raise IncompleteSyncError(f"drain {key} is for Heap segment {drain.segment_id}, not "
+                                      f"{audience.segment_id} ({audience.key})")
+        if not drain.done:  # an applied drain stays applied: running it again would change nothing
+            chosen.append(drain)
+    return chosen
+
+
 def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: AudienceRun) -> None:
     """`heap_changes`: each identity's last change across the syncs' pages.
 
     Within a sync, pages apply in page order and a page's removes after its adds; across syncs, the
-    sync that arrived later wins (`as_of` = its first page's arrival). Heap's payload carries no Heap-side
-    time (spec §3), so arrival order is the only order there is: a sync that arrives hours late, after a
-    newer one was applied, is taken as the newest word for the identities it lists until the next sync or
-    reconcile says otherwise (the daily reconcile against Heap Connect corrects such drift).
-    DuckDB reads the page files itself (`read_json`, one INSERT per list): Python never holds a page.
+    sync Heap signed later wins (`as_of` = the earliest `Heap-Hash` timestamp of its pages, Heap's clock;
+    a page stored without one counts by its arrival). DuckDB reads the page files itself (`read_json`,
+    one INSERT per list): Python never holds a page.
     """
     files = [str(path) for sync in run.syncs for path in inbox.page_files(sync.sync_task_id)]
     con.execute("""
         CREATE OR REPLACE TEMP TABLE heap_page_ids (sync_task_id VARCHAR, page_number INTEGER,
-            received_at TIMESTAMPTZ, identity VARCHAR, member BOOLEAN, step TINYINT)
+            stated_at TIMESTAMPTZ, identity VARCHAR, member BOOLEAN, step TINYINT)
     """)
     # One file per statement: DuckDB's memory limit on the staging file then bounds a page, not a sync.
     for path in files:
         page = f"read_json(?, columns={_PAGE_COLUMNS}, format='auto', maximum_object_size={_MAX_PAGE_FILE_BYTES})"
         con.execute(f"""
             INSERT INTO heap_page_ids
-            SELECT sync_task_id, page_number, received_at, unnest(add || remove) AS identity,
+            SELECT sync_task_id, page_number, coalesce(make_timestamptz(signed_at * 1000), received_at),
+                   unnest(add || remove) AS identity,
                    unnest(list_transform(add, lambda x: true) || list_transform(remove, lambda x: false)) AS member,
                    unnest(list_transform(add, lambda x: 0) || list_transform(remove, lambda x: 1))::TINYINT AS step
             FROM {page}
@@ -453,12 +506,44 @@ def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: Au
     con.execute("""
         CREATE OR REPLACE TEMP TABLE heap_changes AS
         SELECT identity, member, as_of, sync_task_id AS source FROM (
-            SELECT *, min(received_at) OVER (PARTITION BY sync_task_id) AS as_of FROM heap_page_ids
+            SELECT *, min(stated_at) OVER (PARTITION BY sync_task_id) AS as_of FROM heap_page_ids
         )
         QUALIFY row_number() OVER (PARTITION BY identity ORDER BY as_of DESC, sync_task_id DESC, page_number DESC,
                                    step DESC) = 1
     """)
     con.execute("DROP TABLE heap_page_ids")
+
+
+def _apply_drains(con: duckdb.DuckDBPyConnection, run: AudienceRun) -> None:
+    """Fold drains into `heap_changes` (policy `exit`; `ignore` only lets the run record them).
+
+    - Every statement signed before an exit drain (applied earlier, or in this run) cannot make a member:
+      a sync older than a drain, applied after it, brings none of its adds back.
+    - Each of this run's exit drains makes every current member stated before it a non-member as of the
+      drain's signed time (source `drain:<key>`); statements signed after it stand.
+    """
+    con.execute("CREATE OR REPLACE TEMP TABLE heap_run_drains (drain_key VARCHAR, as_of TIMESTAMPTZ)")
+    if run.drains:
+        con.executemany("INSERT INTO heap_run_drains VALUES (?, ?)", [(d.key, d.signed_at) for d in run.drains])
+    exit_now = run.drain_policy == "exit"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE heap_changes AS
+        WITH points AS (
+            SELECT as_of FROM heap_applied_drains WHERE policy = 'exit'
+            UNION ALL SELECT as_of FROM heap_run_drains WHERE {exit_now}
+        )
+        SELECT identity, member, as_of, source FROM (
+            SELECT identity, member AND NOT EXISTS (SELECT 1 FROM points p WHERE p.as_of > c.as_of) AS member,
+                   as_of, source
+            FROM heap_changes c
+            UNION ALL
+            SELECT m.identity, false, d.as_of, 'drain:' || d.drain_key
+            FROM heap_membership m JOIN heap_run_drains d ON m.as_of < d.as_of
+            WHERE m.member AND {exit_now}
+        )
+        QUALIFY row_number() OVER (PARTITION BY identity ORDER BY as_of DESC, member) = 1
+    """)
+    run.drain_exits = con.execute("SELECT count(*) FROM heap_changes WHERE source LIKE 'drain:%'").fetchone()[0]
 
 
 def _stage_connect_changes(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience,
@@ -555,6 +640,12 @@ def _commit_membership(con: duckdb.DuckDBPyConnection, run: AudienceRun, run_id:
                        coalesce(min(as_of), ?), ?, ?
                 FROM heap_changes WHERE source = ?
                 """, [sync.sync_task_id, len(sync.pages), sync.first_received, run_id, now, sync.sync_task_id])
+        con.execute("""
+            INSERT INTO heap_applied_drains
+            SELECT d.drain_key, ?, d.as_of, ?, (SELECT count(*) FROM heap_changes c WHERE c.source = 'drain:' || d.drain_key),
+                   ?, ?
+            FROM heap_run_drains d
+        """, [run.audience.segment_id, run.drain_policy, run_id, now])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -1,9 +1,14 @@
 """Heap server-side ingest emulator (spec §3), mounted at `/heap`.
 
+Vendor sources: spec §3, a paraphrase of Heap's server-side API reference (developers.heap.io "Server-side
+APIs": track, add user properties, add account properties, the privacy auth token); its "(unverified)"
+marks are the points below. Heap's segment membership is not read through this API: Heap pushes it by
+signed webhook (`heap_webhooks.py`, after heap/heap-api-reference) and exports it to Heap Connect
+(`warehouse.py`), so there is no read API to emulate here.
+
 `POST /api/track` (single, or bulk `events`), `/api/add_user_properties` (single, or bulk `users`),
 `/api/add_account_properties` (single, or bulk `accounts`), and `/api/public/v0/auth_token` (Basic
-`app_id:api_key` -> `{"access_token"}`). Heap's segment membership is pushed by webhook, so there is
-no read API to emulate here.
+`app_id:api_key` -> `{"access_token"}`).
 
 Choices where the spec is silent or unverified:
 - Success is 200 with an empty body. Every validation error is 400 with JSON `{"error": "<short

@@ -1,27 +1,48 @@
-"""Heap's side of segment sync (spec §3): signed, paged `segment.users.sync` webhooks pushed to a receiver.
+"""Heap's side of segment sync: signed, paged `segment.users.sync` webhooks (and drains) pushed to a receiver.
+
+Vendor sources: spec §3 and §7 ("Verified 2026-12"); github heap/heap-api-reference
+`bin/generateTestHeapHeaders.js` (how Heap's reference signs a request), `middleware/validateHeapHeader.ts`,
+`constants.ts`, `webhook_spec.yaml` (bodies, retries on any non-2xx), `bin/data/sync.json` and
+`bin/data/drain.json` (body shapes and key order).
 
 A test or the demo registers a target (`POST /__sandbox__/heap/webhooks` with `url`, `secret`,
 `interval_seconds`, `page_size`); the sandbox then pushes, for each demo segment, the difference
 between its membership now (`DemoData.heap_segment_members`) and at the target's previous push: the
 first push adds every member. A push happens every `interval_seconds` (0: only on demand) and on
-`POST /__sandbox__/heap/push`, which returns the new `sync_task_id`s.
+`POST /__sandbox__/heap/push`, which returns the new `sync_task_id`s. `POST /__sandbox__/heap/drain`
+`{"segment": <id>}` sends a `segment.users.drain` of that segment.
 
-Like Heap: pages share a `sync_task_id` and carry `page_number`/`total_pages`; each request is signed
-`Heap-Hash: ts:<unix>,hmac:<hex>` over `f"{ts}{body}"` and signed again on every retry; any non-2xx
-answer or connection error is retried with exponential backoff (Heap's exact schedule is unpublished:
-`retry_initial_seconds` doubling to `retry_max_seconds`, `max_attempts` in all). Heap computes the delta
-on its side, so a page that is never acknowledged is lost to the receiver: drift a reconcile fixes.
+Like Heap's reference generator: each request is signed `Heap-Hash: ts:<ms>,hmac:<Base64>` with
+ts = this machine's clock in **milliseconds** and hmac = Base64(HMAC-SHA256(secret, f"{ts}{body}")), the
+body being the compact JSON sent (`JSON.stringify`: orjson writes these bodies, which hold only strings
+and integers, byte for byte the same); every retry is signed again. Pages share a `sync_task_id` and carry
+`page_number`/`total_pages`, `id_token` (one per target: it names the customer) and an empty
+`customer_config` ("empty for now", webhook_spec.yaml); keys are in the order of `sync.json` and, for a
+drain, of the generator (`id_token` last). Any non-2xx answer or connection error is retried with
+exponential backoff.
 
-Where the spec is silent: a segment with no change since the previous push sends no sync; `add` and
-`remove` entries fill pages in that order, `page_size` entries per page.
+Where the sandbox differs from Heap, or Heap is silent (unverified):
+- Heap's retry schedule is unpublished: `retry_initial_seconds` doubling to `retry_max_seconds`,
+  `max_attempts` in all. Heap computes the delta on its side, so a page that is never acknowledged is
+  lost to the receiver: drift a reconcile fixes.
+- The digest encoding Heap's production service uses is unverified: the reference code writes Base64
+  (done here), the spec text says hex.
+- A segment with no change since the previous push sends no sync; `remove` and `add` entries fill pages
+  in that order, `page_size` entries per page; the sync_task_id is a UUID (any string in Heap's docs).
+- After a drain the sandbox forgets what the target was told about the segment, so its next push of the
+  segment adds every member again (what Heap sends after a drain is unverified).
 
-Test faults per push: `omit_pages` (never sent), `duplicate_pages` (sent twice), `reorder` (pages sent
-last first), `bad_signature` (signed with a wrong secret).
+Test faults per push or drain: `omit_pages` (never sent), `duplicate_pages` (sent twice), `reorder` (pages
+sent last first), `bad_signature` (signed with a wrong secret), `time_adjust` `past` / `future` (signed
+5 minutes off, the reference generator's `time_adjust` modes).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
+import hmac
 import itertools
 import threading
 import time
@@ -39,9 +60,19 @@ from starlette.routing import BaseRoute, Route
 
 from segment_ops.sandbox.common import json_response
 from segment_ops.sandbox.demo_data import DemoData
-from segment_ops.webhooks.heap import SYNC_ACTION, sign
 
+SYNC_ACTION, DRAIN_ACTION = "segment.users.sync", "segment.users.drain"  # constants.ts
 DEFAULT_PAGE_SIZE = 500
+TIMESTAMP_DELTA_MS = 5 * 60 * 1000  # generateTestHeapHeaders.js: "Use a 5 minute delta for past / future"
+TIME_ADJUST = {"now": 0, "past": -TIMESTAMP_DELTA_MS, "future": TIMESTAMP_DELTA_MS}
+
+
+def heap_hash(secret: str, body: bytes, ts_ms: int, *, encoding: str = "base64") -> str:
+    """The `Heap-Hash` value Heap's reference generator sends: `ts:<ms>,hmac:<Base64 HMAC-SHA256>` over
+    f"{ts}{body}" (`encoding="hex"` gives the spec's hex wording instead)."""
+    digest = hmac.new(secret.encode(), str(ts_ms).encode() + body, hashlib.sha256).digest()
+    text = base64.b64encode(digest).decode() if encoding == "base64" else digest.hex()
+    return f"ts:{ts_ms},hmac:{text}"
 
 
 class PushError(ValueError):
@@ -63,6 +94,7 @@ class Target:
     retry_max_seconds: float = 60.0
     members: dict[int, set[str]] = field(default_factory=dict)
     last_push: float = 0.0
+    id_token: str = field(default_factory=lambda: str(uuid.uuid4()), repr=False)  # names the customer
 
     def describe(self) -> dict:
         return {"target": self.id, "url": self.url, "interval_seconds": self.interval_seconds,
@@ -72,20 +104,25 @@ class Target:
 
 @dataclass
 class Delivery:
-    """One page on its way to a target; `status`: pending | delivered | failed (attempts ran out)."""
+    """One page (or drain) on its way to a target; `status`: pending | delivered | failed (attempts ran out).
+
+    `request_id` is the page's sync_task_id, or the sandbox's own id of a drain (a drain has none at Heap)."""
 
     target: Target
-    sync_task_id: str
-    page_number: int
+    request_id: str
+    page_number: int | None
     body: bytes
     bad_signature: bool = False
+    time_adjust: str = "now"
     attempts: int = 0
     status: str = "pending"
     last_result: str = ""
 
     def describe(self) -> dict:
-        return {"target": self.target.id, "sync_task_id": self.sync_task_id, "page_number": self.page_number,
-                "attempts": self.attempts, "status": self.status, "last_result": self.last_result}
+        kind = {"drain": self.request_id} if self.page_number is None else {
+            "sync_task_id": self.request_id, "page_number": self.page_number}
+        return {"target": self.target.id, **kind, "attempts": self.attempts, "status": self.status,
+                "last_result": self.last_result}
 
 
 class HeapWebhookPusher:
@@ -147,17 +184,42 @@ class HeapWebhookPusher:
             syncs += self._push_target(target, data, at, spec)
         return syncs
 
-    def wait(self, sync_task_ids: list[str], timeout: float) -> list[dict]:
-        """Block until every page of these syncs is delivered or failed (or `timeout`); their delivery log."""
-        wanted = set(sync_task_ids)
+    def drain(self, spec: dict) -> list[dict]:
+        """Queue a signed `segment.users.drain` of `spec["segment"]` to each target (or the one named)."""
+        try:
+            segment_id = int(spec["segment"])
+        except (KeyError, TypeError, ValueError):
+            raise PushError("segment must be a Heap segment id") from None
+        segment = next((s for s in self._demo(datetime.now(UTC)).heap_segments() if s["id"] == segment_id), None)
+        if segment is None:
+            raise PushError(f"unknown segment {segment_id}")
+        time_adjust = _time_adjust(spec)
+        with self._lock:
+            targets = [t for t in self._targets.values() if spec.get("target") in (None, t.id)]
+            if not targets:
+                raise PushError("no webhook target is registered")
+            drains = []
+            for target in targets:
+                target.members.pop(segment_id, None)  # its next push of the segment adds every member again
+                delivery = Delivery(target, f"drain-{uuid.uuid4().hex[:12]}", None, _drain_body(segment, target),
+                                    bool(spec.get("bad_signature")), time_adjust)
+                self._log.append(delivery)
+                heapq.heappush(self._queue, (time.monotonic(), next(self._order), delivery))
+                drains.append({"drain": delivery.request_id, "segment_id": segment_id, "target": target.id})
+            self._lock.notify_all()
+        return drains
+
+    def wait(self, request_ids: list[str], timeout: float) -> list[dict]:
+        """Block until every delivery of these syncs or drains is delivered or failed (or `timeout`); their log."""
+        wanted = set(request_ids)
         deadline = time.monotonic() + timeout
         with self._lock:
-            while any(d.status == "pending" for d in self._log if d.sync_task_id in wanted):
+            while any(d.status == "pending" for d in self._log if d.request_id in wanted):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._lock.wait(min(left, 0.5))
-            return [d.describe() for d in self._log if d.sync_task_id in wanted]
+            return [d.describe() for d in self._log if d.request_id in wanted]
 
     def deliveries(self) -> list[dict]:
         with self._lock:
@@ -178,6 +240,7 @@ class HeapWebhookPusher:
     def _push_target(self, target: Target, data: DemoData, at: datetime, spec: dict) -> list[dict]:
         omit = {int(p) for p in spec.get("omit_pages", [])}
         duplicate = {int(p) for p in spec.get("duplicate_pages", [])}
+        time_adjust = _time_adjust(spec)
         chosen = spec.get("segments") or target.segments
         segments = [s for s in data.heap_segments() if chosen is None or s["id"] in {int(c) for c in chosen}]
         syncs, deliveries = [], []
@@ -185,21 +248,23 @@ class HeapWebhookPusher:
             for segment in segments:
                 now_members = set(data.heap_segment_members(segment["id"], at))
                 before = target.members.get(segment["id"], set())
-                changes = [("add", i) for i in sorted(now_members - before)] + \
-                          [("remove", i) for i in sorted(before - now_members)]
+                changes = [("remove", i) for i in sorted(before - now_members)] + \
+                          [("add", i) for i in sorted(now_members - before)]
                 target.members[segment["id"]] = now_members
                 if not changes:
                     continue
                 task = str(uuid.uuid4())
                 pages = [changes[i:i + target.page_size] for i in range(0, len(changes), target.page_size)]
-                bodies = [(n, _page_body(segment, task, n, len(pages), chunk)) for n, chunk in enumerate(pages, 1)]
+                bodies = [(n, _page_body(segment, target, task, n, len(pages), chunk))
+                          for n, chunk in enumerate(pages, 1)]
                 if spec.get("reorder"):
                     bodies.reverse()
                 for number, body in bodies:
                     if number in omit:
                         continue
                     for _ in range(2 if number in duplicate else 1):
-                        deliveries.append(Delivery(target, task, number, body, bool(spec.get("bad_signature"))))
+                        deliveries.append(Delivery(target, task, number, body, bool(spec.get("bad_signature")),
+                                                   time_adjust))
                 syncs.append({"sync_task_id": task, "segment_id": segment["id"], "segment_name": segment["name"],
                               "total_pages": len(pages), "adds": sum(1 for k, _ in changes if k == "add"),
                               "removes": sum(1 for k, _ in changes if k == "remove"), "target": target.id})
@@ -242,7 +307,8 @@ class HeapWebhookPusher:
 
     def _send(self, delivery: Delivery) -> tuple[bool, str]:
         secret = "not-the-secret" if delivery.bad_signature else delivery.target.secret
-        headers = {"Content-Type": "application/json", "Heap-Hash": sign(secret, delivery.body)}
+        ts_ms = time.time_ns() // 1_000_000 + TIME_ADJUST[delivery.time_adjust]  # `+Date.now()`, signed anew
+        headers = {"Content-Type": "application/json", "Heap-Hash": heap_hash(secret, delivery.body, ts_ms)}
         try:
             response = self._http.post(delivery.target.url, content=delivery.body, headers=headers)
         except httpx.HTTPError as exc:
@@ -263,14 +329,30 @@ class HeapWebhookPusher:
                         target.last_push = time.monotonic()
 
 
-def _page_body(segment: dict, task: str, number: int, total: int, chunk: list[tuple[str, str]]) -> bytes:
+def _page_body(segment: dict, target: Target, task: str, number: int, total: int,
+               chunk: list[tuple[str, str]]) -> bytes:
+    """A `segment.users.sync` page, keys in the order of the reference's bin/data/sync.json."""
     return orjson.dumps({
-        "id_token": str(uuid.uuid4()), "action_type": SYNC_ACTION, "customer_config": {"fields": []},
+        "id_token": target.id_token, "action_type": SYNC_ACTION, "customer_config": {"fields": []},
         "data": {"segment": {"id": segment["id"], "name": segment["name"]},
                  "sync_info": {"page_number": number, "total_pages": total, "sync_task_id": task},
-                 "add": [{"id": i} for k, i in chunk if k == "add"],
-                 "remove": [{"id": i} for k, i in chunk if k == "remove"]},
+                 "remove": [{"id": i} for k, i in chunk if k == "remove"],
+                 "add": [{"id": i} for k, i in chunk if k == "add"]},
     })
+
+
+def _drain_body(segment: dict, target: Target) -> bytes:
+    """A `segment.users.drain` as the reference generator sends bin/data/drain.json (`id_token` set last)."""
+    return orjson.dumps({"action_type": DRAIN_ACTION, "customer_config": {"fields": []},
+                         "data": {"segment": {"id": segment["id"], "name": segment["name"]}},
+                         "id_token": target.id_token})
+
+
+def _time_adjust(spec: dict) -> str:
+    value = spec.get("time_adjust", "now")
+    if value not in TIME_ADJUST:
+        raise PushError(f"time_adjust must be one of {', '.join(TIME_ADJUST)}")
+    return value
 
 
 def control_routes(pusher: HeapWebhookPusher) -> list[BaseRoute]:
@@ -296,11 +378,23 @@ def control_routes(pusher: HeapWebhookPusher) -> list[BaseRoute]:
             body["deliveries"] = await run_in_threadpool(pusher.wait, ids, float(spec.get("timeout", 30)))
         return json_response(body)
 
+    async def drain(request: Request) -> Response:
+        try:
+            spec = await _json(request)
+            drains = pusher.drain(spec)
+        except PushError as exc:
+            return json_response({"error": str(exc)}, 400)
+        body: dict = {"drains": drains}
+        if spec.get("wait", True):
+            ids = [d["drain"] for d in drains]
+            body["deliveries"] = await run_in_threadpool(pusher.wait, ids, float(spec.get("timeout", 30)))
+        return json_response(body)
+
     async def deliveries(request: Request) -> Response:
         return json_response({"deliveries": pusher.deliveries()})
 
     return [Route("/webhooks", webhooks, methods=["GET", "POST"]), Route("/push", push, methods=["POST"]),
-            Route("/deliveries", deliveries, methods=["GET"])]
+            Route("/drain", drain, methods=["POST"]), Route("/deliveries", deliveries, methods=["GET"])]
 
 
 async def _json(request: Request) -> dict:

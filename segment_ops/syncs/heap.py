@@ -7,7 +7,8 @@
   checks `identity_match_rate` (WARN), `membership_drop_guard` (ERROR; a tripped guard fails the run and
   changes nothing) and `delivery_complete`.
 - `heap_audiences_job`; `heap_webhook_inbox_sensor` (RUNNING by default): one run per complete
-  `sync_task_id`, held while pages are missing, reported once (a warning in the sensor's log and one
+  `sync_task_id` and one per `segment.users.drain` (applied by HEAP_DRAIN_POLICY: `exit` through the drop
+  guard, `ignore` recorded only), a sync held while pages are missing, reported once (a warning in the sensor's log and one
   message to ALERT_WEBHOOK_URL) when a sync stays incomplete longer than the file's
   `stale_incomplete_sync_minutes`. It reads each pending sync's small `sync.json`, never its pages. The
   cursor holds the syncs already reported, so a report is never repeated; an alert that could not be
@@ -35,6 +36,7 @@ from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.audiences import (
     DEFAULT_FILE,
+    DRAIN_POLICIES,
     Audience,
     AudienceConfigError,
     AudienceRun,
@@ -51,6 +53,7 @@ from segment_ops.resources import AlertsResource, SegmentTrackingResource, Stagi
 from segment_ops.syncs import OWNER
 from segment_ops.syncs.external import HEAP_SEGMENTS, warehouse_table_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
+from segment_ops.webhooks.heap import sync_key
 from segment_ops.webhooks.inbox import Inbox
 
 GROUP = "heap"
@@ -58,9 +61,11 @@ KINDS = {"heap", "segment", "duckdb"}
 JOB_NAME = "heap_audiences_job"
 SENSOR_NAME = "heap_webhook_inbox_sensor"
 SCHEDULE_NAME = "heap_reconcile_schedule"
-SYNC_TAG, AUDIENCE_TAG = "segment_ops/heap_sync_task", "segment_ops/heap_audience"
+# Tag values are inbox keys (hashes): a sync_task_id may be any string, a drain has no id of its own.
+SYNC_TAG, DRAIN_TAG, AUDIENCE_TAG = "segment_ops/heap_sync_task", "segment_ops/heap_drain", "segment_ops/heap_audience"
 MAX_AUTOMATIC_ATTEMPTS = 3
-CONNECT_TABLE = "heap.segment_members"
+# The Heap Connect tables the default reconcile and identity queries read (config/heap_audiences.toml).
+CONNECT_TABLES = ("main_production.users", "main_production.segment_members")
 log = logging.getLogger("segment_ops.heap")
 
 
@@ -70,7 +75,11 @@ class HeapAudienceConfig(dg.Config):
                                        "membership from the Heap Connect table in the warehouse.")
     sync_task_ids: list[str] | None = Field(
         default=None, description="webhook route: the syncs to apply (default: every complete, unprocessed one "
-                                  "of the segment).")
+                                  "of the segment; [] for none).")
+    drain_keys: list[str] | None = Field(
+        default=None, description="webhook route: the Heap drains to apply, by inbox key (default: every "
+                                  "unapplied drain of the segment; [] for none). HEAP_DRAIN_POLICY says what "
+                                  "a drain does.")
     confirm_drop: bool = Field(default=False, description="Apply a membership drop beyond the file's "
                                                           "max_drop_ratio (the drop guard refuses it otherwise).")
     dry_run: bool = Field(default=False, description="Resolve, diff and count; send, record and mark nothing.")
@@ -133,7 +142,7 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                     f"{audience.exited_event!r}. Declared in `{audiences.path.name}`.",
         code_version=audiences.code_version,
         pool=f"staging_{audience.sync}",
-        deps=[segment_key(audience.key), warehouse_table_key(CONNECT_TABLE)],
+        deps=[segment_key(audience.key), *(warehouse_table_key(t) for t in CONNECT_TABLES)],
         metadata={"audiences_file": dg.MetadataValue.path(str(audiences.path)), "trait": audience.trait,
                   "heap_segment_id": audience.segment_id, "identity_fallback": audiences.fallback},
         check_specs=[
@@ -150,11 +159,13 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
     def heap_audience(context: dg.AssetExecutionContext, config: HeapAudienceConfig, warehouse: WarehouseResource,
                       segment: SegmentTrackingResource, staging: StagingResource):
         inbox = Inbox.for_home(staging.home)
+        policy = drain_policy()
         with store.staging(staging.staging_db(audience.sync)) as con:
             try:
                 run = sync_audience(con, audiences, audience, route=config.route, inbox=inbox,
                                     warehouse_url=warehouse.url, client_factory=segment.get_client, owners=(OWNER,),
-                                    sync_task_ids=config.sync_task_ids, run_id=context.run.run_id,
+                                    sync_task_ids=config.sync_task_ids, drain_keys=config.drain_keys,
+                                    drain_policy=policy, run_id=context.run.run_id,
                                     dry_run=config.dry_run, confirm_drop=config.confirm_drop,
                                     max_in_flight=segment.max_in_flight)
             except MembershipDropError as exc:
@@ -186,6 +197,14 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
     return heap_audience
 
 
+def drain_policy() -> str:
+    """HEAP_DRAIN_POLICY (`exit` when unset); any other value fails the run naming the variable."""
+    value = load_settings()["HEAP_DRAIN_POLICY"].strip().lower() or DRAIN_POLICIES[0]
+    if value not in DRAIN_POLICIES:
+        raise dg.Failure(description=f"HEAP_DRAIN_POLICY must be one of {', '.join(DRAIN_POLICIES)}, got {value!r}")
+    return value
+
+
 def _guard_result(run: AudienceRun) -> dg.AssetCheckResult:
     guard = run.guard
     return dg.AssetCheckResult(
@@ -203,6 +222,9 @@ def _metadata(run: AudienceRun) -> dict:
         "route": run.route,
         "dry_run": run.dry_run,
         "syncs_applied": dg.MetadataValue.json([s.sync_task_id for s in run.syncs]),
+        "drains_applied": dg.MetadataValue.json([d.key for d in run.drains]),
+        "drain_policy": run.drain_policy,
+        "drain_exits": run.drain_exits,
         "pages_received": run.pages,
         "adds_received": run.adds_received,
         "removes_received": run.removes_received,
@@ -251,12 +273,13 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         inbox = Inbox.for_home(staging.home)
         reported: set[str] = set(json.loads(context.cursor)) if context.cursor else set()
         now = datetime.now(UTC)
-        requests, held, problems, stale = [], 0, [], []
+        requests, held, problems, stale = [], 0, [], []  # problems: (inbox key, what is wrong)
         for sync in inbox.syncs():
+            name = f"Heap sync {sync.sync_task_id!r}"  # any string Heap chose: quoted
             audience = audiences.by_segment(sync.segment_id)
             if audience is None:
-                problems.append((sync.sync_task_id, f"Heap segment {sync.segment_id} ({sync.segment_name!r}) is "
-                                                    f"not an enabled audience in {audiences.path.name}; left in the inbox"))
+                problems.append((sync.key, f"{name}: Heap segment {sync.segment_id} ({sync.segment_name!r}) is "
+                                           f"not an enabled audience in {audiences.path.name}; left in the inbox"))
                 continue
             if not sync.complete:
                 age = now - sync.first_received
@@ -265,54 +288,76 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                     continue
                 problem = (f"incomplete for {_minutes(age)}: page(s) {list(sync.missing_pages)} of "
                            f"{sync.total_pages} never arrived; not applied (the reconcile corrects the drift)")
-                problems.append((sync.sync_task_id, f"{audience.key}: {problem}"))
+                problems.append((sync.key, f"{name}: {audience.key}: {problem}"))
                 stale.append(StaleSync("Heap", sync.sync_task_id, audience.key, problem,
-                                       str(inbox.root / sync.sync_task_id),
+                                       str(inbox.sync_folder(sync.sync_task_id)),
                                        f"{alerts.dagster_ui_url.rstrip('/')}/assets/"
                                        f"{'/'.join(audience_key(audience.key).path)}"))
                 continue
-            runs = context.instance.get_runs(filters=dg.RunsFilter(tags={SYNC_TAG: sync.sync_task_id}))
-            if any(not r.is_finished for r in runs):
+            request = _run_request(context, SYNC_TAG, sync.key, audience, name, problems,
+                                   {"sync_task_ids": [sync.sync_task_id], "drain_keys": []})
+            if request is not None:
+                requests.append(request)
+        for drain in inbox.drains():
+            name = f"Heap drain {drain.key} of segment {drain.segment_id}"
+            audience = audiences.by_segment(drain.segment_id)
+            if audience is None:
+                problems.append((drain.key, f"{name} ({drain.segment_name!r}): not an enabled audience in "
+                                            f"{audiences.path.name}; left in the inbox"))
                 continue
-            if len(runs) >= MAX_AUTOMATIC_ATTEMPTS:
-                problems.append((sync.sync_task_id, f"{audience.key}: {len(runs)} runs did not process it; see their "
-                                                    "errors, then launch the asset from the UI"))
-                continue
-            requests.append(dg.RunRequest(
-                run_key=f"heap:{sync.sync_task_id}:{len(runs)}",
-                asset_selection=[audience_key(audience.key)],
-                run_config={"ops": {node(audience.key): {"config": {"route": "webhook",
-                                                                    "sync_task_ids": [sync.sync_task_id]}}}},
-                tags={SYNC_TAG: sync.sync_task_id, AUDIENCE_TAG: audience.key}))
-        for sync_task_id, problem in problems:
-            if sync_task_id not in reported:
-                context.log.warning(f"Heap sync {sync_task_id}: {problem}")
-        unposted = _alert_stale(context, alerts, [s for s in stale if s.sync_task_id not in reported])
+            request = _run_request(context, DRAIN_TAG, drain.key, audience, name, problems,
+                                   {"sync_task_ids": [], "drain_keys": [drain.key]})
+            if request is not None:
+                requests.append(request)
+        for key, problem in problems:
+            if key not in reported:
+                context.log.warning(problem)
+        unposted = _alert_stale(context, alerts, [s for s in stale if sync_key(s.sync_task_id) not in reported])
         skip = None
         if not requests:
             parts = [f"{held} incomplete sync(s) waiting for pages"] if held else []
-            parts += [f"sync {task}: {problem}" for task, problem in problems]
-            skip = dg.SkipReason("no complete Heap sync to apply" + (": " + "; ".join(parts) if parts else ""))
+            parts += [problem for _, problem in problems]
+            skip = dg.SkipReason("no complete Heap sync or drain to apply" + (": " + "; ".join(parts) if parts else ""))
         return dg.SensorResult(run_requests=requests, skip_reason=skip,
-                               cursor=json.dumps(sorted({t for t, _ in problems} - unposted)))
+                               cursor=json.dumps(sorted({k for k, _ in problems} - unposted)))
 
     return heap_webhook_inbox_sensor
 
 
+def _run_request(context: dg.SensorEvaluationContext, tag: str, key: str, audience: Audience, name: str,
+                 problems: list[tuple[str, str]], choice: dict) -> dg.RunRequest | None:
+    """The run that applies one sync or drain (`choice`: its run config), unless one is in progress or the
+    automatic attempts are spent (then a problem is reported instead)."""
+    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={tag: key}))
+    if any(not r.is_finished for r in runs):
+        return None
+    if len(runs) >= MAX_AUTOMATIC_ATTEMPTS:
+        problems.append((key, f"{name}: {audience.key}: {len(runs)} runs did not process it; see their errors, then "
+                              "launch the asset from the UI"))
+        return None
+    prefix = "heap" if tag == SYNC_TAG else "heap-drain"
+    return dg.RunRequest(
+        run_key=f"{prefix}:{key}:{len(runs)}",
+        asset_selection=[audience_key(audience.key)],
+        run_config={"ops": {node(audience.key): {"config": {"route": "webhook", **choice}}}},
+        tags={tag: key, AUDIENCE_TAG: audience.key})
+
+
 def _alert_stale(context: dg.SensorEvaluationContext, alerts: AlertsResource, stale: list[StaleSync]) -> set[str]:
-    """Post one alert per newly stale sync; returns the syncs not posted (tried again next tick). After a
-    failed post the rest wait too: each post may retry for up to 20 s, and a sensor tick has 60 s."""
+    """Post one alert per newly stale sync; returns the inbox keys of the syncs not posted (tried again next
+    tick). After a failed post the rest wait too: each post may retry for up to 20 s, and a sensor tick has 60 s."""
     unposted: set[str] = set()
     for item in stale:
         if unposted:
-            unposted.add(item.sync_task_id)
+            unposted.add(sync_key(item.sync_task_id))
             continue
         try:
             with alerts.get_client() as client:
                 client.post_message(stale_sync_message(item))
         except (VendorError, WebhookUrlError) as exc:
-            context.log.error(f"alert for the stale Heap sync {item.sync_task_id} not sent (next tick retries): {exc}")
-            unposted.add(item.sync_task_id)
+            context.log.error(f"alert for the stale Heap sync {item.sync_task_id!r} not sent (next tick retries): "
+                              f"{exc}")
+            unposted.add(sync_key(item.sync_task_id))
     return unposted
 
 
@@ -351,15 +396,21 @@ def prepare_demo() -> dict:
     (signed, paged, waited for), and return the run config that applies them by the webhook route."""
     import httpx
 
-    from segment_ops.webhooks.app import WebhookConfig
+    from segment_ops.webhooks.app import config_from_env
     from segment_ops.webhooks.server import start_receiver
 
     settings = load_settings()
-    secret = settings["HEAP_WEBHOOK_SECRET"]
-    with start_receiver(WebhookConfig(home=settings.home, heap_secret=secret)) as receiver, \
+    config = config_from_env(settings)
+    with start_receiver(config) as receiver, \
             httpx.Client(base_url=f"{settings['SEGMENT_OPS_SANDBOX_URL']}/__sandbox__/heap", timeout=60) as http:
-        http.post("/webhooks", json={"url": receiver.heap_url, "secret": secret, "page_size": 200}).raise_for_status()
-        http.post("/push", json={"wait": True}).raise_for_status()
+        http.post("/webhooks", json={"url": receiver.heap_url, "secret": config.heap_secret,
+                                     "page_size": 200}).raise_for_status()
+        pushed = http.post("/push", json={"wait": True})
+        pushed.raise_for_status()
+    refused = [d for d in pushed.json()["deliveries"] if d["status"] != "delivered"]
+    if refused:
+        raise RuntimeError(f"the receiver did not accept {len(refused)} Heap page(s) the sandbox pushed, e.g. "
+                           f"{refused[0]}")
     audiences = load_audiences(audiences_file())
     return {"ops": {node(a.key): {"config": {"route": "webhook"}} for a in audiences.audiences if a.enabled}}
 

@@ -1,30 +1,35 @@
 """The webhook receiver: a small Starlette app with `POST /webhooks/heap` and `GET /healthz`.
 
-`POST /webhooks/heap` (spec §3):
+`POST /webhooks/heap` (Heap's reference validator and webhook spec, see `segment_ops.webhooks.heap`):
 - 413 when the body is larger than `max_body_bytes`;
-- 403 with exactly `{"error": "Invalid signature"}` when `Heap-Hash` is missing, wrong, or signed
-  further than `tolerance_seconds` from now (Heap retries, signing again);
-- 400 `{"error": "<what is wrong>"}` for a body that is not a valid `segment.users.sync` page;
-- 200 `{"stored": true|false, ...}` once the page is durably in the inbox (false: an identical repeat,
-  kept once; `"done": true` when its sync was already applied - it is not applied again);
-- 409 `{"error": "<what differs>"}` when the page disagrees with the copy already stored, or with its
+- 400 `{"error": "<what is wrong>"}` when `Heap-Hash` is missing or malformed, or its timestamp is older
+  than `max_age_seconds` or more than `max_future_seconds` ahead (Heap signs every retry anew);
+- 403 with exactly `{"error": "Invalid signature"}` when the HMAC matches neither the body nor its compact
+  form under any configured secret;
+- 400 `{"error": "<what is wrong>"}` for a signed body that is not a valid sync page or drain;
+- 200 `{"stored": true|false, ...}` once the page or drain is durably in the inbox (false: an identical
+  repeat, kept once; `"done": true` when it was already applied - it is not applied again);
+- 409 `{"error": "<what differs>"}` when a page disagrees with the copy already stored, or with its
   sync's segment id or total_pages: the first copy is kept, this one is kept aside and logged (see
   `segment_ops.webhooks.inbox`);
 - 500 when the inbox cannot be written (Heap retries; nothing was acknowledged).
+Nothing reaches the inbox before its signature is verified.
 
 Production: `segment-ops webhooks --port 8080`, or any ASGI server with the factory
 `segment_ops.webhooks.app:create_app_from_env` (e.g. `uvicorn --factory ...`), behind HTTPS.
-The secret comes from HEAP_WEBHOOK_SECRET and never reaches a log or a response. Without it the only
-secret available is the sandbox's, published in this repository, with which anyone could sign pages:
-`create_app_from_env` (its bind address is unknown) and `segment-ops webhooks` on any interface but a
-loopback one (127.0.0.1, ::1, localhost) refuse to start (`WebhookSecretError`); on loopback, for the
-demo and tests, the sandbox secret is accepted with a warning.
+The secrets come from HEAP_WEBHOOK_SECRET (and HEAP_WEBHOOK_PREVIOUS_SECRETS during a rotation) and
+never reach a log or a response. Without HEAP_WEBHOOK_SECRET the only secret available is the sandbox's,
+published in this repository, with which anyone could sign pages: `create_app_from_env` (its bind
+address is unknown) and `segment-ops webhooks` on any interface but a loopback one (127.0.0.1, ::1,
+localhost) refuse to start (`WebhookSecretError`); on loopback, for the demo and tests, the sandbox
+secret is accepted with a warning.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +40,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, load_settings
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, Settings, load_settings
 from segment_ops.webhooks.heap import (
-    DEFAULT_TOLERANCE_SECONDS,
+    DEFAULT_MAX_AGE_SECONDS,
+    DEFAULT_MAX_FUTURE_SECONDS,
+    DrainRequest,
     InvalidPayload,
-    InvalidSignature,
-    parse_page,
+    Signature,
+    SignatureError,
+    SyncPage,
+    parse_request,
     verify,
 )
 from segment_ops.webhooks.inbox import Inbox, InboxError, PageConflict
@@ -55,8 +64,15 @@ log = logging.getLogger("segment_ops.webhooks")
 class WebhookConfig:
     home: Path
     heap_secret: str = field(repr=False)
-    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS
+    # Secrets still accepted while Heap's webhook secret is rotated (HEAP_WEBHOOK_PREVIOUS_SECRETS).
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
+    max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
+    max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.heap_secret, *self.previous_secrets)
 
 
 class _TooLarge(Exception):
@@ -68,12 +84,16 @@ class WebhookSecretError(ValueError):
     from other machines. The message names the variable, never a value."""
 
 
+class WebhookConfigError(ValueError):
+    """A receiver setting cannot be used as written; the message names the variable (never a secret)."""
+
+
 def require_live_secret(config: WebhookConfig, host: str | None) -> None:
     """Refuse the sandbox's published secret unless the receiver is bound to a loopback `host`.
 
     `host` None means the bind address is unknown (an ASGI factory), which is treated as reachable.
     """
-    if config.heap_secret != SANDBOX_HEAP_WEBHOOK_SECRET:
+    if SANDBOX_HEAP_WEBHOOK_SECRET not in config.secrets:
         return
     if host is not None and _is_loopback(host):
         log.warning("HEAP_WEBHOOK_SECRET is not set: the receiver on %s accepts pages signed with the sandbox's "
@@ -81,9 +101,9 @@ def require_live_secret(config: WebhookConfig, host: str | None) -> None:
         return
     where = f"on {host}" if host is not None else "from an ASGI factory (the bind address is unknown)"
     raise WebhookSecretError(
-        f"HEAP_WEBHOOK_SECRET is not set (or holds the sandbox's published value): a receiver {where} would "
-        "accept pages anyone can sign. Set HEAP_WEBHOOK_SECRET to the secret of the Heap integration, or bind "
-        "to 127.0.0.1, ::1 or localhost for a local test.")
+        f"HEAP_WEBHOOK_SECRET is not set (or it, or one of HEAP_WEBHOOK_PREVIOUS_SECRETS, holds the sandbox's "
+        f"published value): a receiver {where} would accept pages anyone can sign. Set HEAP_WEBHOOK_SECRET to "
+        "the secret of the Heap integration, or bind to 127.0.0.1, ::1 or localhost for a local test.")
 
 
 def _is_loopback(host: str) -> bool:
@@ -98,7 +118,7 @@ def _is_loopback(host: str) -> bool:
 
 def create_app(config: WebhookConfig) -> Starlette:
     """The receiver for one inbox (`<home>/inbox/heap`)."""
-    if not config.heap_secret:
+    if not all(config.secrets):
         raise ValueError("HEAP_WEBHOOK_SECRET is empty: the receiver cannot verify Heap's signatures")
     inbox = Inbox.for_home(config.home)
 
@@ -108,35 +128,29 @@ def create_app(config: WebhookConfig) -> Starlette:
         except _TooLarge:
             return _json({"error": f"body is larger than {config.max_body_bytes} bytes"}, 413)
         try:
-            signed_at = verify(request.headers.get("heap-hash"), body, config.heap_secret,
-                               tolerance=config.tolerance_seconds)
-        except InvalidSignature as exc:
-            log.warning("Heap webhook refused (403): %s", exc)
-            return _json(INVALID_SIGNATURE_BODY, 403)
+            signature = await run_in_threadpool(
+                verify, request.headers.get("heap-hash"), body, config.secrets,
+                max_age_seconds=config.max_age_seconds, max_future_seconds=config.max_future_seconds)
+        except SignatureError as exc:
+            log.warning("Heap webhook refused (%d): %s", exc.status, exc)
+            return _json(INVALID_SIGNATURE_BODY if exc.status == 403 else {"error": str(exc)}, exc.status)
         try:
-            page = parse_page(orjson.loads(body))
+            received = parse_request(orjson.loads(body))
         except orjson.JSONDecodeError:
             return _json({"error": "body is not valid JSON"}, 400)
         except InvalidPayload as exc:
             log.warning("Heap webhook refused (400): %s", exc)
             return _json({"error": str(exc)}, 400)
+        if signature.secret_index:
+            log.info("Heap webhook signed with %s (HEAP_WEBHOOK_PREVIOUS_SECRETS): finish the rotation once Heap "
+                     "signs with HEAP_WEBHOOK_SECRET", signature.secret_name)
         try:
-            stored = await run_in_threadpool(inbox.store, page, signed_at=signed_at)
-        except PageConflict as exc:
-            log.warning("Heap webhook page refused (409): %s (this copy: %s)", exc, exc.kept_aside or "not saved")
-            return _json({"error": str(exc)}, 409)
+            if isinstance(received, DrainRequest):
+                return await _store_drain(inbox, received, signature)
+            return await _store_page(inbox, received, signature)
         except InboxError as exc:
-            log.error("Heap webhook page not stored (500): %s", exc)
+            log.error("Heap webhook not stored (500): %s", exc)
             return _json({"error": "the page could not be stored; retry"}, 500)
-        answer = {"stored": stored, "sync_task_id": page.sync_task_id, "page_number": page.page_number}
-        done = not stored and inbox.is_done(page.sync_task_id)
-        if done:
-            answer["done"] = True
-        log.info("Heap sync %s page %d/%d of segment %d: %s (%d add, %d remove)", page.sync_task_id,
-                 page.page_number, page.total_pages, page.segment_id,
-                 "stored" if stored else "repeat of a sync already applied, not applied again" if done
-                 else "repeat, kept once", len(page.add), len(page.remove))
-        return _json(answer)
 
     async def healthz(request: Request) -> Response:
         return _json({"ok": True, "inbox": str(inbox.root)})
@@ -144,15 +158,65 @@ def create_app(config: WebhookConfig) -> Starlette:
     return Starlette(routes=[Route(HEAP_PATH, heap, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])])
 
 
-def config_from_env(*, tolerance_seconds: float | None = None) -> WebhookConfig:
-    """The receiver's configuration from the environment (SEGMENT_OPS_HOME, HEAP_WEBHOOK_SECRET, ...).
+async def _store_page(inbox: Inbox, page: SyncPage, signature: Signature) -> Response:
+    try:
+        stored = await run_in_threadpool(inbox.store, page, signed_at=signature.timestamp_ms)
+    except PageConflict as exc:
+        log.warning("Heap webhook page refused (409): %s (this copy: %s)", exc, exc.kept_aside or "not saved")
+        return _json({"error": str(exc)}, 409)
+    answer: dict = {"stored": stored, "sync_task_id": page.sync_task_id, "page_number": page.page_number}
+    done = not stored and inbox.is_done(page.sync_task_id)
+    if done:
+        answer["done"] = True
+    # %r: a sync_task_id is any string Heap chose, so it is quoted (no line breaks reach the log).
+    log.info("Heap sync %r page %d/%d of segment %d: %s (%d add, %d remove)", page.sync_task_id,
+             page.page_number, page.total_pages, page.segment_id,
+             "stored" if stored else "repeat of a sync already applied, not applied again" if done
+             else "repeat, kept once", len(page.add), len(page.remove))
+    return _json(answer)
+
+
+async def _store_drain(inbox: Inbox, drain: DrainRequest, signature: Signature) -> Response:
+    stored = await run_in_threadpool(inbox.store_drain, drain, signed_at=signature.timestamp_ms)
+    answer: dict = {"stored": stored, "drain": drain.key, "segment_id": drain.segment_id}
+    done = not stored and inbox.is_drain_done(drain.key)
+    if done:
+        answer["done"] = True
+        log.warning("Heap drain %s of segment %d arrived again after it was applied: not applied again (a drain "
+                    "has no id or time of its own; if Heap drained the segment anew, run the reconcile)",
+                    drain.key, drain.segment_id)
+    else:
+        log.info("Heap drain %s of segment %d (%r): %s", drain.key, drain.segment_id, drain.segment_name,
+                 "stored" if stored else "repeat, kept once")
+    return _json(answer)
+
+
+def config_from_env(settings: Settings | None = None) -> WebhookConfig:
+    """The receiver's configuration from the environment (SEGMENT_OPS_HOME, HEAP_WEBHOOK_SECRET,
+    HEAP_WEBHOOK_PREVIOUS_SECRETS, HEAP_WEBHOOK_MAX_AGE_SECONDS, HEAP_WEBHOOK_MAX_FUTURE_SECONDS).
 
     Unset HEAP_WEBHOOK_SECRET gives the sandbox's secret: whoever serves the config checks it with
-    `require_live_secret` against the address it binds to."""
-    settings = load_settings()
-    tolerance = tolerance_seconds if tolerance_seconds is not None else float(
-        settings["HEAP_WEBHOOK_TOLERANCE_SECONDS"] or DEFAULT_TOLERANCE_SECONDS)
-    return WebhookConfig(home=settings.home, heap_secret=settings["HEAP_WEBHOOK_SECRET"], tolerance_seconds=tolerance)
+    `require_live_secret` against the address it binds to. Raises `WebhookConfigError` for a value that
+    cannot be used, naming the variable."""
+    settings = settings or load_settings()
+    previous = tuple(s.strip() for s in settings["HEAP_WEBHOOK_PREVIOUS_SECRETS"].split(",") if s.strip())
+    return WebhookConfig(
+        home=settings.home, heap_secret=settings["HEAP_WEBHOOK_SECRET"], previous_secrets=previous,
+        max_age_seconds=_seconds(settings, "HEAP_WEBHOOK_MAX_AGE_SECONDS", DEFAULT_MAX_AGE_SECONDS),
+        max_future_seconds=_seconds(settings, "HEAP_WEBHOOK_MAX_FUTURE_SECONDS", DEFAULT_MAX_FUTURE_SECONDS))
+
+
+def _seconds(settings: Settings, name: str, default: float) -> float:
+    raw = settings[name].strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise WebhookConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    return value
 
 
 def create_app_from_env() -> Starlette:

@@ -1,40 +1,104 @@
-"""Heap's segment-sync webhook (spec §3): the `Heap-Hash` signature and the page payload.
+"""Heap's segment-sync webhook: the `Heap-Hash` signature, and the `segment.users.sync` / `.drain` bodies.
 
-- Signature: `Heap-Hash: ts:<unix seconds>,hmac:<hex>` with hmac = HMAC-SHA256(secret, f"{ts}{raw_body}").
-  A timestamp further than `tolerance` from now (either way) is refused, so a captured request cannot
-  be replayed later.
-- Payload: `{"id_token", "action_type": "segment.users.sync", "customer_config", "data": {"segment":
-  {"id", "name"}, "sync_info": {"page_number", "total_pages", "sync_task_id"}, "add": [{"id"}],
-  "remove": [{"id"}]}}`. `id` is the value of the identity property the customer chose in Heap.
+Sources (spec §7 "Verified 2026-12", which overrides §3): github heap/heap-api-reference
+`middleware/validateHeapHeader.ts` (the reference validator), `bin/generateTestHeapHeaders.js` (the
+reference signer), `constants.ts`, `webhook_spec.yaml`, `webhooks/bodyHelpers.ts`, `bin/data/sync.json`,
+`bin/data/drain.json`.
+
+- `Heap-Hash: ts:<ms>,hmac:<digest>`: comma-separated `key:value` pairs, read in any order; pairs other
+  than `ts` and `hmac` are ignored. `ts` is **milliseconds** since the epoch (`+Date.now()`).
+- digest = HMAC-SHA256(key = the shared secret, message = f"{ts}{body}"). The reference validator and
+  generator encode it as **Base64** (`CryptoJS.enc.Base64.stringify`) while spec §3/§7 say hex: both are
+  accepted, each decoded to the 32 raw bytes and compared in constant time (`hmac.compare_digest`).
+- body: the reference validator hashes `JSON.stringify(parsedBody)`, not the bytes received. So the raw
+  bytes are tried first, then `compact_json` of the parsed body (JavaScript's `JSON.stringify` output);
+  a body matching neither is refused.
+- Several secrets may be valid at once (a rotation: HEAP_WEBHOOK_SECRET plus
+  HEAP_WEBHOOK_PREVIOUS_SECRETS); a signature under any of them is accepted.
+- Errors as the reference answers them: 400 for a missing or malformed header and for a timestamp
+  outside the window (`MalformedHeader`, `TimestampOutOfRange`), 403 for a wrong HMAC
+  (`InvalidSignature`). The reference allows 60 s of age and 1 s ahead; here both are settings.
+
+Bodies (`webhook_spec.yaml`, `bodyHelpers.ts`): `{"id_token", "action_type", "customer_config", "data"}`.
+`segment.users.sync`'s `data` holds `segment {id, name}`, `sync_info {page_number, total_pages,
+sync_task_id}`, `add` and `remove` (`[{"id"}]`, `id` being the identity property the customer chose);
+`segment.users.drain`'s `data` holds only `segment`: the destination is asked to empty that audience.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
+import math
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any
 
 SYNC_ACTION = "segment.users.sync"
-DEFAULT_TOLERANCE_SECONDS = 300
+DRAIN_ACTION = "segment.users.drain"
+ACTIONS = (SYNC_ACTION, DRAIN_ACTION)
+# Defaults of HEAP_WEBHOOK_MAX_AGE_SECONDS / HEAP_WEBHOOK_MAX_FUTURE_SECONDS. Heap's reference validator
+# allows 60 s / 1 s (constants.ts MAX_OLD_TIMESTAMP_DELTA, MAX_FUTURE_TIMESTAMP_DELTA); the defaults here
+# leave room for ordinary clock skew between Heap's machines and ours.
+DEFAULT_MAX_AGE_SECONDS = 300.0
+DEFAULT_MAX_FUTURE_SECONDS = 30.0
 MAX_IDENTITY_CHARS = 255  # Heap's identity limit (spec §3, ingest)
-_HEADER = re.compile(r"^\s*ts:(?P<ts>\d{1,12})\s*,\s*hmac:(?P<hmac>[0-9a-fA-F]{64})\s*$")
-_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_SYNC_TASK_ID_CHARS = 4096  # any string (spec §7), within reason: it is stored in the sync's summary
+_TIMESTAMP = re.compile(r"[0-9]{1,16}")
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_BASE64_DIGEST = re.compile(r"[A-Za-z0-9+/]{43}=")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SECONDS_NOT_MS = 10**11  # a `ts` below this (1973 in ms) was almost certainly written in seconds
 
 
-class InvalidSignature(Exception):
-    """The `Heap-Hash` header is missing, malformed, stale or does not match; the reason is for logs only."""
+class SignatureError(Exception):
+    """`Heap-Hash` does not authenticate the request; `status` is the HTTP answer (400 or 403). The message
+    says why and never holds a secret or a digest."""
+
+    status = 400
+
+
+class MalformedHeader(SignatureError):
+    """`Heap-Hash` is missing or is not `ts:<ms>,hmac:<digest>` pairs (400, as the reference validator)."""
+
+
+class TimestampOutOfRange(SignatureError):
+    """The signed timestamp is older than the allowed age or too far ahead (400, as the reference)."""
+
+
+class InvalidSignature(SignatureError):
+    """The HMAC matches neither the raw body nor its compact form under any configured secret (403)."""
+
+    status = 403
 
 
 class InvalidPayload(ValueError):
-    """A signed body that is not a valid segment-sync page; the message says what is wrong."""
+    """A signed body that is not a valid Heap webhook; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A verified `Heap-Hash`: when Heap signed, how, and which secret and body form matched."""
+
+    timestamp_ms: int
+    encoding: str  # "base64" (Heap's reference) or "hex" (spec wording)
+    body_form: str  # "raw" (the bytes received) or "compact" (their JSON.stringify re-serialisation)
+    secret_index: int  # 0: HEAP_WEBHOOK_SECRET; n: the n-th of HEAP_WEBHOOK_PREVIOUS_SECRETS
+
+    @property
+    def secret_name(self) -> str:
+        return "the current secret" if self.secret_index == 0 else f"previous secret #{self.secret_index}"
 
 
 @dataclass(frozen=True)
 class SyncPage:
-    """One validated page of a segment sync."""
+    """One validated page of a `segment.users.sync`."""
 
     sync_task_id: str
     page_number: int
@@ -43,56 +107,259 @@ class SyncPage:
     segment_name: str
     add: tuple[str, ...]
     remove: tuple[str, ...]
+    id_token: str | None = field(default=None, repr=False, compare=False)
+    customer_config: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        """Where the sync is stored: a hash of its id, so any string is a safe folder name."""
+        return sync_key(self.sync_task_id)
 
 
-def sign(secret: str, body: bytes, ts: int | None = None) -> str:
-    """The `Heap-Hash` header value for `body`, as Heap computes it."""
-    ts = int(time.time()) if ts is None else ts
-    digest = hmac.new(secret.encode(), str(ts).encode() + body, hashlib.sha256).hexdigest()
-    return f"ts:{ts},hmac:{digest}"
+@dataclass(frozen=True)
+class DrainRequest:
+    """A validated `segment.users.drain`: empty the audience of `segment_id`. `key` is a hash of the signed
+    body (`compact_json`): a drain carries no id of its own, so Heap's retries share it."""
+
+    key: str
+    segment_id: int
+    segment_name: str
+    id_token: str | None = field(default=None, repr=False, compare=False)
+    customer_config: Any = field(default=None, repr=False, compare=False)
 
 
-def verify(header: str | None, body: bytes, secret: str, *, tolerance: float = DEFAULT_TOLERANCE_SECONDS,
-           now: float | None = None) -> int:
-    """Check `Heap-Hash` against `body`; returns the signed timestamp or raises `InvalidSignature`."""
-    if not header:
-        raise InvalidSignature("no Heap-Hash header")
-    match = _HEADER.match(header)
-    if match is None:
-        raise InvalidSignature("Heap-Hash header is not 'ts:<unix>,hmac:<hex sha256>'")
-    ts = int(match["ts"])
-    expected = hmac.new(secret.encode(), match["ts"].encode() + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, match["hmac"].lower()):
-        raise InvalidSignature("HMAC does not match the body")
-    now = time.time() if now is None else now
-    if abs(now - ts) > tolerance:
-        raise InvalidSignature(f"timestamp {ts} is {now - ts:+.0f}s from now; the tolerance is {tolerance:.0f}s")
-    return ts
+def sync_key(sync_task_id: str) -> str:
+    """The storage key of a sync: 32 hex characters of SHA-256 of its id (the id itself may be any string)."""
+    return hashlib.sha256(sync_task_id.encode("utf-8")).hexdigest()[:32]
 
 
-def parse_page(payload: Any) -> SyncPage:
-    """Validate a decoded body as a `segment.users.sync` page; raises `InvalidPayload` naming the field."""
+# ------------------------------------------------------------------------------------------ signature
+
+
+def verify(header: str | None, body: bytes, secrets: Sequence[str], *,
+           max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS, max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS,
+           now_ms: int | None = None) -> Signature:
+    """Check `Heap-Hash` against `body` under any of `secrets`; returns what matched or raises a
+    `SignatureError` (`MalformedHeader`, `TimestampOutOfRange`: 400; `InvalidSignature`: 403).
+
+    Checked in the reference validator's order: header, then timestamp window, then HMAC."""
+    if not secrets or not all(secrets):
+        raise ValueError("verify needs at least one non-empty secret")
+    ts, received = _parse_header(header)
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    age_ms = now - ts
+    if age_ms > max_age_seconds * 1000 or -age_ms > max_future_seconds * 1000:
+        raise TimestampOutOfRange(_window_problem(ts, age_ms, max_age_seconds, max_future_seconds))
+    decoded = _decode_digest(received)
+    if decoded is None:
+        raise InvalidSignature("the hmac is neither Base64 nor hex of a SHA-256 digest")
+    digest, encoding = decoded
+    prefix = str(ts).encode()  # the reference parses ts with parseInt, then formats it back
+    keys = [secret.encode() for secret in secrets]
+    for form, message in _signed_forms(body):
+        for index, key in enumerate(keys):
+            expected = hmac.new(key, prefix + message, hashlib.sha256).digest()
+            if hmac.compare_digest(expected, digest):
+                return Signature(ts, encoding, form, index)
+    raise InvalidSignature("the hmac matches neither the raw body nor its compact JSON form under any configured "
+                           "secret")
+
+
+def _parse_header(header: str | None) -> tuple[int, str]:
+    if header is None or not header.strip():
+        raise MalformedHeader("the Heap-Hash header is missing")
+    pairs: dict[str, str] = {}
+    for part in header.split(","):
+        if not part.strip():
+            continue
+        key, colon, value = part.partition(":")
+        key = key.strip()
+        if not colon:
+            raise MalformedHeader("Heap-Hash must be comma-separated key:value pairs, e.g. ts:<ms>,hmac:<digest>")
+        if key in ("ts", "hmac") and key in pairs:
+            raise MalformedHeader(f"Heap-Hash has more than one {key!r} pair")
+        pairs.setdefault(key, value.strip())
+    if "ts" not in pairs:
+        raise MalformedHeader("Heap-Hash has no ts:<milliseconds> pair")
+    if not _TIMESTAMP.fullmatch(pairs["ts"]):
+        raise MalformedHeader("the ts of Heap-Hash is not a whole number of milliseconds")
+    if "hmac" not in pairs:
+        raise MalformedHeader("Heap-Hash has no hmac:<digest> pair")
+    return int(pairs["ts"]), pairs["hmac"]
+
+
+def _window_problem(ts: int, age_ms: int, max_age: float, max_future: float) -> str:
+    when = (f"{age_ms / 1000:.0f} s old; at most {max_age:g} s is allowed" if age_ms > 0 else
+            f"{-age_ms / 1000:.0f} s ahead of this machine's clock; at most {max_future:g} s is allowed")
+    hint = " (it looks like seconds: Heap signs milliseconds)" if ts < _SECONDS_NOT_MS else ""
+    return f"the Heap-Hash timestamp {ts} is {when}{hint}"
+
+
+def _decode_digest(value: str) -> tuple[bytes, str] | None:
+    if _HEX_DIGEST.fullmatch(value):
+        return bytes.fromhex(value), "hex"
+    if _BASE64_DIGEST.fullmatch(value):
+        return base64.b64decode(value, validate=True), "base64"
+    return None
+
+
+def _signed_forms(body: bytes) -> Iterator[tuple[str, bytes]]:
+    """The messages Heap may have signed: the raw bytes, then (only if asked for) the compact form."""
+    yield "raw", body
+    try:
+        parsed = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        compact = compact_json(parsed)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return  # not JSON Heap could have parsed: only the raw bytes could match
+    if compact != body:
+        yield "compact", compact
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# ------------------------------------------------------------------------- JSON.stringify, in Python
+
+
+def compact_json(value: Any) -> bytes:
+    """`JSON.stringify(value)` as JavaScript writes it, UTF-8 encoded (ECMA-262 §25.5.2 SerializeJSONProperty).
+
+    Compact (no spaces), non-ASCII kept as is, control characters and lone surrogates escaped as `\\u00xx`.
+    Numbers are JavaScript doubles: 1.0 -> `1`, 1e21 -> `1e+21`, 1.5e-7 -> `1.5e-7`, an integer beyond 2^53
+    -> its nearest double. Object keys keep their order, except that keys which are array indices ("0",
+    "10", ...) come first in ascending order, as in every JavaScript object (OrdinaryOwnPropertyKeys).
+    orjson.dumps is compact and keeps order too, but writes floats (1.0, 1e-07) and big integers the
+    Python way and never reorders keys, hence this function.
+    """
+    parts: list[str] = []
+    _encode(value, parts)
+    return "".join(parts).encode("utf-8")
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        out.append(_js_string(value))
+    elif isinstance(value, int):
+        out.append(str(value) if abs(value) <= 2**53 else _js_number_of_int(value))
+    elif isinstance(value, float):
+        out.append(_js_number(value))
+    elif isinstance(value, dict):
+        out.append("{")
+        for index, key in enumerate(_js_key_order(value)):
+            if index:
+                out.append(",")
+            out.append(_js_string(key))
+            out.append(":")
+            _encode(value[key], out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _js_string(text: str) -> str:
+    # encode_basestring escapes '"', '\\', \b \f \n \r \t and other controls as lowercase \u00xx, like JavaScript;
+    # JSON.stringify (ES2019) also escapes lone surrogates, which Python keeps as characters.
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", encode_basestring(text))
+
+
+def _js_key_order(obj: dict) -> list[str]:
+    indices = sorted((k for k in obj if _is_array_index(k)), key=int)
+    return indices + [k for k in obj if not _is_array_index(k)]
+
+
+def _is_array_index(key: str) -> bool:
+    return key.isascii() and key.isdigit() and (key == "0" or key[0] != "0") and int(key) < 2**32 - 1
+
+
+def _js_number_of_int(value: int) -> str:
+    try:
+        return _js_number(float(value))  # JSON.parse read it as the nearest double
+    except OverflowError:
+        return "null"  # beyond the largest double: Infinity, which JSON.stringify writes as null
+
+
+def _js_number(value: float) -> str:
+    """Number::toString (ECMA-262 §6.1.6.1.20) for a finite double; NaN and infinities are `null` in JSON."""
+    if not math.isfinite(value):
+        return "null"
+    if value == 0:
+        return "0"  # -0 too
+    sign = "-" if value < 0 else ""
+    # repr gives the shortest digits that round-trip, the same digits JavaScript picks.
+    shortest = Decimal(repr(abs(value))).normalize().as_tuple()
+    digits = "".join(str(d) for d in shortest.digits)
+    k, n = len(digits), shortest.exponent + len(digits)
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = f"{digits[:n]}.{digits[n:]}"
+    elif -6 < n <= 0:
+        text = "0." + "0" * -n + digits
+    else:
+        exponent = n - 1
+        mantissa = digits if k == 1 else f"{digits[0]}.{digits[1:]}"
+        text = f"{mantissa}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
+    return sign + text
+
+
+# ------------------------------------------------------------------------------------------- bodies
+
+
+def parse_request(payload: Any) -> SyncPage | DrainRequest:
+    """Validate a decoded, signed body as a sync page or a drain; raises `InvalidPayload` naming the field."""
     if not isinstance(payload, dict):
         raise InvalidPayload("body must be a JSON object")
-    if payload.get("action_type") != SYNC_ACTION:
-        raise InvalidPayload(f"action_type must be {SYNC_ACTION!r}, got {payload.get('action_type')!r}")
+    action = payload.get("action_type")
+    if action not in ACTIONS:
+        raise InvalidPayload(f"action_type must be one of {', '.join(map(repr, ACTIONS))}, got {action!r}")
+    id_token = payload.get("id_token")
+    if id_token is not None and not isinstance(id_token, str):
+        raise InvalidPayload("id_token must be a string")
+    config = payload.get("customer_config")
+    if config is not None and (not isinstance(config, dict) or not isinstance(config.get("fields", []), list)):
+        raise InvalidPayload("customer_config must be an object whose fields is an array")
     data = _object(payload.get("data"), "data")
     segment = _object(data.get("segment"), "data.segment")
-    info = _object(data.get("sync_info"), "data.sync_info")
     segment_id = _integer(segment.get("id"), "data.segment.id", minimum=1)
-    name = segment.get("name")
+    name = segment.get("name", "" if action == DRAIN_ACTION else None)
     if not isinstance(name, str):
         raise InvalidPayload("data.segment.name must be a string")
+    if action == DRAIN_ACTION:
+        key = hashlib.sha256(compact_json(payload)).hexdigest()[:32]
+        return DrainRequest(key, segment_id, name, id_token, config)
+    info = _object(data.get("sync_info"), "data.sync_info")
     task = info.get("sync_task_id")
-    if not isinstance(task, str) or not _TASK_ID.match(task):
-        raise InvalidPayload("data.sync_info.sync_task_id must be an id of letters, digits, '-', '_' or '.' "
-                             "(at most 128 characters)")
+    if not isinstance(task, str) or not task or len(task) > MAX_SYNC_TASK_ID_CHARS:
+        raise InvalidPayload(f"data.sync_info.sync_task_id must be a non-empty string of at most "
+                             f"{MAX_SYNC_TASK_ID_CHARS} characters")
     page = _integer(info.get("page_number"), "data.sync_info.page_number", minimum=1)
     total = _integer(info.get("total_pages"), "data.sync_info.total_pages", minimum=1)
     if page > total:
         raise InvalidPayload(f"data.sync_info.page_number {page} is beyond total_pages {total}")
     return SyncPage(task, page, total, segment_id, name, _ids(data.get("add", []), "data.add"),
-                    _ids(data.get("remove", []), "data.remove"))
+                    _ids(data.get("remove", []), "data.remove"), id_token, config)
+
+
+def parse_page(payload: Any) -> SyncPage:
+    """`parse_request` for a body that must be a sync page (a drain is an `InvalidPayload` here)."""
+    request = parse_request(payload)
+    if not isinstance(request, SyncPage):
+        raise InvalidPayload(f"action_type must be {SYNC_ACTION!r}, got {DRAIN_ACTION!r}")
+    return request
 
 
 def _object(value: Any, where: str) -> dict:

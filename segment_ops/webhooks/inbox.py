@@ -1,10 +1,18 @@
-"""The Heap webhook inbox: one JSON file per received page, under `<SEGMENT_OPS_HOME>/inbox/heap/`.
+"""The Heap webhook inbox: one JSON file per received page or drain, under `<SEGMENT_OPS_HOME>/inbox/heap/`.
 
-    inbox/heap/<sync_task_id>/sync.json       the sync's summary, written with its first page: segment id and
-                                              name, total_pages, first_received (the sensor reads only this)
-    inbox/heap/<sync_task_id>/page-<n>.json   one page, as validated, with when it arrived
-    inbox/heap/<sync_task_id>/done.json       written once the sync's run delivered it (never before)
-    inbox/heap/<sync_task_id>/conflicts/      copies that disagree with what is stored, kept aside, never applied
+    inbox/heap/sync-<key>/sync.json        the sync's summary, written with its first page: its sync_task_id as
+                                           Heap sent it, segment id and name, total_pages, first_received (the
+                                           sensor reads only this)
+    inbox/heap/sync-<key>/page-<n>.json    one page, as validated, with when Heap signed it and when it arrived
+    inbox/heap/sync-<key>/done.json        written once the sync's run delivered it (never before)
+    inbox/heap/sync-<key>/conflicts/       copies that disagree with what is stored, kept aside, never applied
+    inbox/heap/drain-<key>/drain.json      one `segment.users.drain`, with its signed time
+    inbox/heap/drain-<key>/done.json       written once a run applied it (or recorded it, policy `ignore`)
+
+A sync's `<key>` is a hash of its `sync_task_id` (`heap.sync_key`): Heap's ids may be any string (spec §7),
+so no id reaches the file system; the original is kept in `sync.json` and in every page for display and
+logs. A drain's `<key>` is a hash of its signed body (`heap.DrainRequest.key`): a drain has no id of its
+own, so Heap's retries of it (signed again, same body) are stored once.
 
 Plain files, so the receiver needs no database and any number of receiver processes can share the
 folder with the Dagster sensor and runs:
@@ -27,6 +35,9 @@ What `store` does with a page that meets stored data (the receiver answers with 
   every page number is stored already and the two cases above apply: an identical repeat is answered
   200 and never re-applied (runs read only syncs without `done.json`), a different copy gets 409 and is
   kept aside. Nothing arriving late is silently dropped, and nothing is applied twice.
+A drain stored again (same body) is a repeat: 200 `{"stored": false}`, the first copy and its signed time
+are kept; once applied, a repeat is not applied again (Heap's drain body carries no time or id, so a
+second drain of the segment with an identical body cannot be told from a retry: the reconcile covers it).
 """
 
 from __future__ import annotations
@@ -42,11 +53,13 @@ from pathlib import Path
 
 import orjson
 
-from segment_ops.webhooks.heap import SyncPage
+from segment_ops.webhooks.heap import DrainRequest, SyncPage, sync_key
 
 DONE_MARKER = "done.json"
 SUMMARY_FILE = "sync.json"
+DRAIN_FILE = "drain.json"
 CONFLICTS_FOLDER = "conflicts"
+SYNC_PREFIX, DRAIN_PREFIX = "sync-", "drain-"
 _PAGE_FILE = re.compile(r"^page-(\d+)\.json$")
 
 
@@ -68,7 +81,7 @@ class PageConflict(Exception):
 class InboxSync:
     """What the inbox holds for one `sync_task_id`."""
 
-    sync_task_id: str
+    sync_task_id: str  # as Heap sent it (any string)
     segment_id: int
     segment_name: str
     total_pages: int
@@ -76,6 +89,10 @@ class InboxSync:
     first_received: datetime
     last_received: datetime
     done: bool
+
+    @property
+    def key(self) -> str:
+        return sync_key(self.sync_task_id)
 
     @property
     def complete(self) -> bool:
@@ -86,8 +103,20 @@ class InboxSync:
         return tuple(sorted(set(range(1, self.total_pages + 1)) - set(self.pages)))
 
 
+@dataclass(frozen=True)
+class InboxDrain:
+    """One stored `segment.users.drain`."""
+
+    key: str
+    segment_id: int
+    segment_name: str
+    signed_at: datetime  # when Heap signed it: how it is ordered against syncs
+    received_at: datetime
+    done: bool
+
+
 class Inbox:
-    """The folder of received Heap segment-sync pages."""
+    """The folder of received Heap segment-sync pages and drains."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -96,14 +125,21 @@ class Inbox:
     def for_home(cls, home: str | Path) -> Inbox:
         return cls(Path(home) / "inbox" / "heap")
 
+    def sync_folder(self, sync_task_id: str) -> Path:
+        return self.root / f"{SYNC_PREFIX}{sync_key(sync_task_id)}"
+
+    def drain_folder(self, key: str) -> Path:
+        return self.root / f"{DRAIN_PREFIX}{key}"
+
     def store(self, page: SyncPage, *, signed_at: int | None = None, received_at: datetime | None = None) -> bool:
-        """Write `page` durably unless that (sync_task_id, page_number) is already stored.
+        """Write `page` durably unless that (sync_task_id, page_number) is already stored; `signed_at` is the
+        `Heap-Hash` timestamp (ms).
 
         Returns True when this call stored it, False for an identical repeat (the first copy is kept).
         Raises `PageConflict` when the page disagrees with the stored copy or with its sync's other pages,
         `InboxError` when the folder cannot be written.
         """
-        folder = self.root / page.sync_task_id
+        folder = self.sync_folder(page.sync_task_id)
         target = folder / f"page-{page.page_number}.json"
         if target.exists():
             return self._repeat_or_conflict(page, target)
@@ -113,6 +149,8 @@ class Inbox:
                    "total_pages": page.total_pages, "first_received": received.isoformat()}
         if not _write_once(folder / SUMMARY_FILE, orjson.dumps(summary)):
             known = self._read(folder / SUMMARY_FILE)
+            if known.get("sync_task_id", page.sync_task_id) != page.sync_task_id:  # a hash collision: never merge
+                raise self._conflict(page, "another sync_task_id is stored under the same key")
             if (int(known["segment"]["id"]), int(known["total_pages"])) != (page.segment_id, page.total_pages):
                 raise self._conflict(page, f"its sync has segment {known['segment']['id']} and "
                                            f"{known['total_pages']} page(s), this page says segment "
@@ -122,18 +160,36 @@ class Inbox:
             "segment": {"id": page.segment_id, "name": page.segment_name},
             "received_at": received.isoformat(), "signed_at": signed_at,
             "add": list(page.add), "remove": list(page.remove),
+            "id_token": page.id_token, "customer_config": page.customer_config,
         }
         if _write_once(target, orjson.dumps(record)):
             return True
         return self._repeat_or_conflict(page, target)  # another receiver stored it in between
 
+    def store_drain(self, drain: DrainRequest, *, signed_at: int, received_at: datetime | None = None) -> bool:
+        """Write `drain` durably unless a drain with the same signed body is stored; True when this call stored it.
+
+        `signed_at` (the `Heap-Hash` timestamp, ms) orders the drain against syncs. Raises `InboxError`."""
+        folder = self.drain_folder(drain.key)
+        target = folder / DRAIN_FILE
+        if target.exists():
+            return False
+        _make_dirs(folder)
+        record = {"kind": "drain", "key": drain.key, "segment": {"id": drain.segment_id, "name": drain.segment_name},
+                  "signed_at": signed_at, "received_at": (received_at or datetime.now(UTC)).isoformat(),
+                  "id_token": drain.id_token, "customer_config": drain.customer_config}
+        return _write_once(target, orjson.dumps(record))
+
     def is_done(self, sync_task_id: str) -> bool:
-        return (self.root / sync_task_id / DONE_MARKER).exists()
+        return (self.sync_folder(sync_task_id) / DONE_MARKER).exists()
+
+    def is_drain_done(self, key: str) -> bool:
+        return (self.drain_folder(key) / DONE_MARKER).exists()
 
     def syncs(self, *, include_done: bool = False) -> list[InboxSync]:
         """Every sync in the inbox (not yet processed, unless `include_done`), oldest first."""
         found = []
-        for folder in self._folders():
+        for folder in self._folders(SYNC_PREFIX):
             done = (folder / DONE_MARKER).exists()
             if done and not include_done:
                 continue
@@ -143,12 +199,21 @@ class Inbox:
         return sorted(found, key=lambda s: (s.first_received, s.sync_task_id))
 
     def sync(self, sync_task_id: str) -> InboxSync | None:
-        folder = self.root / sync_task_id
+        folder = self.sync_folder(sync_task_id)
         return self._summary(folder, (folder / DONE_MARKER).exists()) if folder.is_dir() else None
+
+    def drains(self, *, include_done: bool = False) -> list[InboxDrain]:
+        """Every stored drain (not yet applied, unless `include_done`), in the order Heap signed them."""
+        found = [d for folder in self._folders(DRAIN_PREFIX) if (d := self._drain(folder)) is not None
+                 and (include_done or not d.done)]
+        return sorted(found, key=lambda d: (d.signed_at, d.key))
+
+    def drain(self, key: str) -> InboxDrain | None:
+        return self._drain(self.drain_folder(key))
 
     def page_files(self, sync_task_id: str) -> list[Path]:
         """The paths of a sync's stored pages, in page order (for a reader such as DuckDB's `read_json`)."""
-        return [path for _, path in self._page_files(self.root / sync_task_id)]
+        return [path for _, path in self._page_files(self.sync_folder(sync_task_id))]
 
     def pages(self, sync_task_id: str) -> Iterator[dict]:
         """The stored pages of a sync, in page order, one at a time (a page can be megabytes)."""
@@ -158,11 +223,17 @@ class Inbox:
     def mark_done(self, sync_task_id: str, info: dict) -> None:
         """Record that the sync was delivered (atomically; a second call keeps the first marker)."""
         payload = orjson.dumps({**info, "done_at": datetime.now(UTC).isoformat()})
-        _write_once(self.root / sync_task_id / DONE_MARKER, payload)
+        _write_once(self.sync_folder(sync_task_id) / DONE_MARKER, payload)
+
+    def mark_drain_done(self, key: str, info: dict) -> None:
+        """Record that the drain was applied or recorded (atomically; a second call keeps the first marker)."""
+        payload = orjson.dumps({**info, "done_at": datetime.now(UTC).isoformat()})
+        _write_once(self.drain_folder(key) / DONE_MARKER, payload)
 
     def _repeat_or_conflict(self, page: SyncPage, target: Path) -> bool:
         stored = self._read(target)
         differences = [name for name, mine, theirs in (
+            ("sync_task_id", page.sync_task_id, stored["sync_task_id"]),
             ("segment id", page.segment_id, int(stored["segment"]["id"])),
             ("total_pages", page.total_pages, int(stored["total_pages"])),
             ("add", list(page.add), stored["add"]),
@@ -179,22 +250,22 @@ class Inbox:
                              "total_pages": page.total_pages,
                              "segment": {"id": page.segment_id, "name": page.segment_name},
                              "add": list(page.add), "remove": list(page.remove)})
-        folder = self.root / page.sync_task_id / CONFLICTS_FOLDER
+        folder = self.sync_folder(page.sync_task_id) / CONFLICTS_FOLDER
         aside = folder / f"conflict-page{page.page_number}-{hashlib.sha256(body).hexdigest()[:16]}.json"
         try:
             _make_dirs(folder)
             _write_once(aside, body)
         except InboxError:
             aside = None
-        return PageConflict(f"Heap sync {page.sync_task_id}: {what}. The first copy is kept; this one is not "
+        return PageConflict(f"Heap sync {page.sync_task_id!r}: {what}. The first copy is kept; this one is not "
                             "applied", sync_task_id=page.sync_task_id, page_number=page.page_number,
                             kept_aside=aside)
 
-    def _folders(self) -> Iterator[Path]:
+    def _folders(self, prefix: str) -> Iterator[Path]:
         if not self.root.is_dir():
             return
         for entry in os.scandir(self.root):
-            if entry.is_dir() and not entry.name.startswith("."):
+            if entry.is_dir() and entry.name.startswith(prefix):
                 yield Path(entry.path)
 
     def _summary(self, folder: Path, done: bool) -> InboxSync | None:
@@ -203,15 +274,20 @@ class Inbox:
             return None
         # Arrival times from the files' mtimes (set when each page was written): a stat per page, no read.
         received = [datetime.fromtimestamp(p.stat().st_mtime, UTC) for _, p in files]
-        summary_path = folder / SUMMARY_FILE
-        if summary_path.exists():
-            summary = self._read(summary_path)  # a few hundred bytes, whatever the pages weigh
-            first = datetime.fromisoformat(summary["first_received"])
-        else:  # a sync stored before sync.json existed: its first page carries the same fields
-            summary, first = self._read(files[0][1]), min(received)
-        return InboxSync(folder.name, int(summary["segment"]["id"]), str(summary["segment"]["name"]),
+        summary = self._read(folder / SUMMARY_FILE)  # a few hundred bytes, whatever the pages weigh
+        first = datetime.fromisoformat(summary["first_received"])
+        return InboxSync(str(summary["sync_task_id"]), int(summary["segment"]["id"]), str(summary["segment"]["name"]),
                          int(summary["total_pages"]), tuple(n for n, _ in files), min(first, min(received)),
                          max(received), done)
+
+    def _drain(self, folder: Path) -> InboxDrain | None:
+        path = folder / DRAIN_FILE
+        if not path.exists():
+            return None
+        record = self._read(path)
+        return InboxDrain(str(record["key"]), int(record["segment"]["id"]), str(record["segment"]["name"]),
+                          datetime.fromtimestamp(int(record["signed_at"]) / 1000, UTC),
+                          datetime.fromisoformat(record["received_at"]), (folder / DONE_MARKER).exists())
 
     @staticmethod
     def _page_files(folder: Path) -> list[tuple[int, Path]]:

@@ -47,6 +47,8 @@ def serve(config: WebhookConfig, host: str, port: int) -> None:
         require_live_secret(config, host)
     except WebhookSecretError as exc:
         raise SystemExit(f"segment-ops webhooks: {exc}") from None
-    print(f"segment_ops webhook receiver on http://{host}:{port}{HEAP_PATH} (inbox: {config.home}/inbox/heap)",
-          flush=True)
+    rotation = f", {len(config.previous_secrets)} previous secret(s) still accepted" if config.previous_secrets else ""
+    print(f"segment_ops webhook receiver on http://{host}:{port}{HEAP_PATH} (inbox: {config.home}/inbox/heap; "
+          f"Heap-Hash timestamps up to {config.max_age_seconds:g} s old and {config.max_future_seconds:g} s ahead"
+          f"{rotation})", flush=True)
     uvicorn.Server(uvicorn_config(create_app(config), host, port)).run()

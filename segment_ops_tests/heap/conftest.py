@@ -15,6 +15,7 @@ import pytest
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.engine.audiences import DEFAULT_FILE
 from segment_ops.resources import AlertsResource, StagingResource, build_resources
+from segment_ops.sandbox.heap_webhooks import heap_hash
 from segment_ops.syncs.heap import SENSOR_NAME, audience_key, build_heap_defs, node
 from segment_ops.webhooks.app import WebhookConfig
 from segment_ops.webhooks.inbox import Inbox
@@ -133,30 +134,75 @@ def segment_stats(sandbox) -> tuple[int, int]:
     return stats.get("received", 0), stats.get("duplicates", 0)
 
 
+# The demo warehouse's Heap Connect membership with each member's Heap identity (see sandbox/warehouse.py).
+MEMBERS = ("(SELECT m.segment_id, u.user_id, u.identity, u.app_user_id FROM main_production.segment_members m "
+           "JOIN main_production.users u USING (user_id))")
+
+
 def resolvable(warehouse: Path, segment_id: int) -> set[str]:
-    """The Segment userIds of the segment's members in the demo warehouse's Heap Connect table."""
+    """The Segment userIds of the segment's members in the demo warehouse's Heap Connect tables."""
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        rows = con.execute("SELECT DISTINCT coalesce(i.user_id, m.identity) FROM heap.segment_members m "
-                           "LEFT JOIN identity_map i ON trim(i.identity) = trim(m.identity) WHERE m.segment_id = ? "
-                           "AND (i.user_id IS NOT NULL OR NOT m.identity LIKE '%@%')", [segment_id]).fetchall()
+        rows = con.execute(f"SELECT DISTINCT coalesce(app_user_id, identity) FROM {MEMBERS} WHERE segment_id = ? "
+                           "AND (app_user_id IS NOT NULL OR NOT identity LIKE '%@%')", [segment_id]).fetchall()
     finally:
         con.close()
     return {r[0] for r in rows}
 
 
 def connect_rows(warehouse: Path, segment_id: int) -> int:
-    """How many rows the warehouse's Heap Connect table holds for the segment (one per member)."""
+    """How many rows the warehouse's Heap Connect membership holds for the segment (one per member)."""
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        return con.execute("SELECT count(*) FROM heap.segment_members WHERE segment_id = ?", [segment_id]).fetchone()[0]
+        return con.execute("SELECT count(*) FROM main_production.segment_members WHERE segment_id = ?",
+                           [segment_id]).fetchone()[0]
     finally:
         con.close()
+
+
+def add_heap_users(warehouse: Path, *rows: tuple[str | None, str | None]) -> list[int]:
+    """Add Heap users (identity, app_user_id) to the demo warehouse's Heap Connect `users`; their Heap user_ids."""
+    from segment_ops.sandbox.warehouse import heap_user_id
+
+    ids = [heap_user_id(f"test:{identity}:{target}") for identity, target in rows]
+    values = ", ".join(f"({uid}, {_sql(identity)}, now(), now(), NULL, {_sql(target)})"
+                       for uid, (identity, target) in zip(ids, rows, strict=True))
+    edit_warehouse(warehouse, f"INSERT INTO main_production.users VALUES {values}")
+    return ids
+
+
+def add_members(warehouse: Path, segment_id: int, *identities: str, synced_at: str = "now()") -> None:
+    """Make Heap users with these identities (added to `users` if new, unmapped) members of the segment."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        known = dict(con.execute("SELECT identity, user_id FROM main_production.users WHERE identity IN "
+                                 f"({', '.join(_sql(i) for i in identities)})").fetchall())
+    finally:
+        con.close()
+    new = [i for i in identities if i not in known]
+    known |= dict(zip(new, add_heap_users(warehouse, *((i, None) for i in new)), strict=True))
+    values = ", ".join(f"({segment_id}, {known[i]}, {synced_at})" for i in identities)
+    edit_warehouse(warehouse, f"INSERT INTO main_production.segment_members VALUES {values}")
+
+
+def _sql(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
 
 def pages(entries: int, page_size: int = PAGE_SIZE) -> int:
     """How many webhook pages Heap needs for `entries` adds and removes."""
     return -(-entries // page_size)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def sign(body: bytes, secret: str = SANDBOX_HEAP_WEBHOOK_SECRET, *, ts_ms: int | None = None,
+         encoding: str = "base64") -> str:
+    """`Heap-Hash` for `body` as Heap's reference generator writes it (the sandbox's signer, itself pinned to
+    Heap's reference vectors in test_signature_vectors.py), signed now unless `ts_ms` says otherwise."""
+    return heap_hash(secret, body, now_ms() if ts_ms is None else ts_ms, encoding=encoding)
 
 
 def wait_for(predicate, timeout: float = 20.0) -> None:

@@ -1,5 +1,5 @@
 """`sync_audience` on pages written straight to the inbox: ordering across pages and syncs, time zones, and
-syncs left unprocessed when Segment refuses the write key."""
+syncs left unprocessed when Segment does not accept the run."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from segment_ops.clients.base import VendorFatalError
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.engine.audiences import load_audiences, sync_audience
+from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.resources import SegmentTrackingResource
 from segment_ops.webhooks.heap import SyncPage
 from segment_ops.webhooks.inbox import Inbox
@@ -89,24 +89,29 @@ def test_an_identity_added_in_page_1_and_removed_in_page_2_of_one_sync_ends_remo
     assert (run.pages, run.adds_received, run.removes_received) == (2, 2, 1)
 
 
-def test_a_refused_write_key_leaves_the_syncs_unprocessed(con, audiences, ops_env, warehouse, clean_sandbox):
+def test_a_run_segment_does_not_accept_leaves_the_syncs_unprocessed(con, audiences, ops_env, warehouse,
+                                                                    clean_sandbox):
     inbox = Inbox.for_home(ops_env)
     store(inbox, "sync-a", 1, 1, T0, add=["usr_x"])
+    # A wrong write key no longer gets a refusal: Segment answers it 200 and drops the data (spec §7). A wrong
+    # SEGMENT_TRACKING_URL path is refused (404): the messages stay pending.
+    misconfigured = SegmentTrackingResource(base_url=f"{clean_sandbox.url}/segment/not-the-api",
+                                            write_key=SANDBOX_SEGMENT_WRITE_KEY)
 
-    with pytest.raises(VendorFatalError):
+    with pytest.raises(DeliveryIncomplete):
         sync_audience(con, audiences, audiences.by_segment(POWER_USERS), route="webhook", inbox=inbox,
-                      warehouse_url=f"duckdb:///{warehouse}",
-                      client_factory=segment(clean_sandbox, "not-the-write-key").get_client)
+                      warehouse_url=f"duckdb:///{warehouse}", client_factory=misconfigured.get_client)
 
     assert [(s.sync_task_id, s.done) for s in inbox.syncs()] == [("sync-a", False)]
 
 
 def test_heap_connect_synced_at_without_a_zone_is_read_as_utc(con, audiences, ops_env, warehouse, clean_sandbox):
     # Like Snowflake TIMESTAMP_NTZ: the column holds UTC wall-clock times with no zone.
-    edit_warehouse(warehouse, "CREATE TABLE heap.members_ntz AS SELECT segment_id, identity, "
-                              "TIMESTAMP '2025-03-01 12:00:00' AS synced_at FROM heap.segment_members")
+    edit_warehouse(warehouse, "CREATE TABLE main_production.members_ntz AS SELECT m.segment_id, u.identity, "
+                              "TIMESTAMP '2025-03-01 12:00:00' AS synced_at FROM main_production.segment_members m "
+                              "JOIN main_production.users u USING (user_id)")
     con.execute("SET TimeZone = 'America/New_York'")  # a machine whose local zone is not UTC
-    naive = replace(audiences, members_query="SELECT segment_id, identity, synced_at FROM heap.members_ntz")
+    naive = replace(audiences, members_query="SELECT segment_id, identity, synced_at FROM main_production.members_ntz")
 
     sync_audience(con, naive, naive.by_segment(POWER_USERS), route="reconcile", inbox=Inbox.for_home(ops_env),
                   warehouse_url=f"duckdb:///{warehouse}", client_factory=segment(clean_sandbox).get_client)

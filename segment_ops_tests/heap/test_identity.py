@@ -7,11 +7,13 @@ from pathlib import Path
 import duckdb
 
 from segment_ops_tests.heap.conftest import (
+    MEMBERS,
     POWER_USERS,
+    add_heap_users,
+    add_members,
     calls,
     checks,
     connect_rows,
-    edit_warehouse,
     materialize,
     metadata,
     set_in_file,
@@ -30,8 +32,7 @@ def rejected(home: Path) -> list[tuple[str, str]]:
 
 
 def add_unmapped_members(warehouse: Path) -> None:
-    edit_warehouse(warehouse, f"""INSERT INTO heap.segment_members VALUES
-        ({POWER_USERS}, '{UNMAPPED_EMAIL}', now()), ({POWER_USERS}, '{UNMAPPED_ID}', now())""")
+    add_members(warehouse, POWER_USERS, UNMAPPED_EMAIL, UNMAPPED_ID)  # Heap users without app_user_id
 
 
 def test_an_unmapped_email_is_rejected_with_the_reason(resources, clean_sandbox, warehouse, ops_env):
@@ -95,10 +96,9 @@ def test_an_unresolved_member_is_rejected_once_not_on_every_run(resources, clean
 def test_an_identity_mapped_to_two_users_is_rejected_naming_both(resources, clean_sandbox, warehouse, ops_env):
     con = duckdb.connect(str(warehouse), read_only=True)
     [(identity, user)] = con.execute(
-        f"SELECT m.identity, i.user_id FROM heap.segment_members m JOIN identity_map i USING (identity) "
-        f"WHERE m.segment_id = {POWER_USERS} ORDER BY 1 LIMIT 1").fetchall()
+        f"SELECT identity, app_user_id FROM {MEMBERS} WHERE segment_id = {POWER_USERS} ORDER BY 1 LIMIT 1").fetchall()
     con.close()
-    edit_warehouse(warehouse, f"INSERT INTO identity_map VALUES ('{identity}', 'usr_other')")
+    add_heap_users(warehouse, (identity, "usr_other"))  # a second Heap user with the same identity
 
     materialize(resources, "power_users", route="reconcile")
 
@@ -112,7 +112,8 @@ def test_the_identity_map_can_come_from_a_csv(resources, clean_sandbox, warehous
     con.execute(f"COPY (SELECT identity AS source_id, 'csv_' || user_id AS target_id FROM identity_map) TO '{csv}' "
                 "(HEADER)")
     con.close()
-    set_in_file(audiences_file, 'query = "SELECT identity AS source_id, user_id AS target_id FROM identity_map"',
+    set_in_file(audiences_file,
+                'query = "SELECT identity AS source_id, app_user_id AS target_id FROM main_production.users"',
                 f'csv = "{csv}"')
 
     result = materialize(resources, "power_users", path=audiences_file, route="reconcile")

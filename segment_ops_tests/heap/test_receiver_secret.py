@@ -8,7 +8,13 @@ import pytest
 
 from segment_ops.cli import main
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
-from segment_ops.webhooks.app import WebhookConfig, WebhookSecretError, create_app_from_env
+from segment_ops.webhooks.app import (
+    WebhookConfig,
+    WebhookConfigError,
+    WebhookSecretError,
+    config_from_env,
+    create_app_from_env,
+)
 from segment_ops.webhooks.server import start_receiver
 
 
@@ -61,3 +67,53 @@ def test_a_loopback_receiver_accepts_the_sandbox_secret_with_a_warning(tmp_path,
 def test_a_receiver_on_a_public_host_with_its_own_secret_starts(tmp_path):
     with start_receiver(WebhookConfig(home=tmp_path, heap_secret="a-real-integration-secret"), host="0.0.0.0") as r:
         assert r.heap_url.endswith("/webhooks/heap")
+
+
+def test_the_receiver_settings_come_from_the_environment(ops_env, monkeypatch):
+    monkeypatch.setenv("HEAP_WEBHOOK_SECRET", "new-secret")
+    monkeypatch.setenv("HEAP_WEBHOOK_PREVIOUS_SECRETS", " old-one , ,older-two ")
+    monkeypatch.setenv("HEAP_WEBHOOK_MAX_AGE_SECONDS", "60")
+    monkeypatch.setenv("HEAP_WEBHOOK_MAX_FUTURE_SECONDS", "1.5")
+
+    config = config_from_env()
+
+    assert config.secrets == ("new-secret", "old-one", "older-two")
+    assert (config.max_age_seconds, config.max_future_seconds) == (60.0, 1.5)
+    assert "new-secret" not in repr(config) and "old-one" not in repr(config)
+
+
+def test_the_default_window_allows_ordinary_clock_skew(ops_env):
+    config = config_from_env()
+
+    assert (config.max_age_seconds, config.max_future_seconds) == (300.0, 30.0) and config.previous_secrets == ()
+
+
+@pytest.mark.parametrize(("name", "value"), [("HEAP_WEBHOOK_MAX_AGE_SECONDS", "five"),
+                                             ("HEAP_WEBHOOK_MAX_FUTURE_SECONDS", "-1"),
+                                             ("HEAP_WEBHOOK_MAX_AGE_SECONDS", "inf")])
+def test_an_unusable_window_setting_is_an_error_naming_it(ops_env, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(WebhookConfigError, match=f"{name} must be a number of seconds >= 0"):
+        config_from_env()
+
+
+def test_the_cli_exits_with_the_settings_problem(ops_env, monkeypatch):
+    monkeypatch.setenv("HEAP_WEBHOOK_SECRET", "a-real-integration-secret")
+    monkeypatch.setenv("HEAP_WEBHOOK_MAX_FUTURE_SECONDS", "soon")
+
+    with pytest.raises(SystemExit) as raised:
+        main(["webhooks", "--port", "0"])
+
+    assert str(raised.value.code).startswith("segment-ops webhooks: HEAP_WEBHOOK_MAX_FUTURE_SECONDS must be")
+    assert "a-real-integration-secret" not in str(raised.value.code)
+
+
+def test_the_sandbox_secret_among_the_previous_secrets_is_refused_on_a_public_host(tmp_path):
+    config = WebhookConfig(home=tmp_path, heap_secret="a-real-integration-secret",
+                           previous_secrets=(SANDBOX_HEAP_WEBHOOK_SECRET,))
+
+    with pytest.raises(WebhookSecretError, match="HEAP_WEBHOOK_PREVIOUS_SECRETS") as raised:
+        start_receiver(config, host="0.0.0.0")
+
+    assert SANDBOX_HEAP_WEBHOOK_SECRET not in str(raised.value)

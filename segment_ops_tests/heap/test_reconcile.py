@@ -20,6 +20,14 @@ from segment_ops_tests.heap.conftest import (
 )
 
 
+def keep_three_members_by_user_id(warehouse) -> None:
+    """Leave Power Users with three members, each identified by an internal user id (no email)."""
+    edit_warehouse(warehouse, f"""
+        DELETE FROM main_production.segment_members WHERE segment_id = {POWER_USERS} AND user_id NOT IN (
+            SELECT user_id FROM main_production.segment_members JOIN main_production.users USING (user_id)
+            WHERE segment_id = {POWER_USERS} AND identity NOT LIKE '%@%' ORDER BY identity LIMIT 3)""")
+
+
 def test_reconcile_alone_enters_the_connect_membership(resources, clean_sandbox, warehouse):
     rows = connect_rows(warehouse, POWER_USERS)
 
@@ -50,14 +58,14 @@ def test_reconcile_fixes_an_injected_drift(heap, instance, resources, ops_env, w
     assert run_request(instance, resources, request).success
     # Drift: Heap's full export says two members left and one user joined, which no webhook told us.
     edit_warehouse(warehouse,
-                   f"""DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS} AND identity IN (
-                       SELECT identity FROM heap.segment_members m JOIN identity_map i USING (identity)
-                       WHERE segment_id = {FREE_CUSTOMERS} ORDER BY identity LIMIT 2)""",
-                   f"""INSERT INTO heap.segment_members
-                       SELECT {FREE_CUSTOMERS}, i.identity, now() + INTERVAL 1 MINUTE FROM identity_map i
-                       WHERE i.identity NOT IN (SELECT identity FROM heap.segment_members WHERE segment_id =
-                       {FREE_CUSTOMERS}) ORDER BY i.identity LIMIT 1""",
-                   "UPDATE heap.segment_members SET synced_at = now() + INTERVAL 1 MINUTE")
+                   f"""DELETE FROM main_production.segment_members WHERE segment_id = {FREE_CUSTOMERS} AND user_id IN (
+                       SELECT user_id FROM main_production.segment_members JOIN main_production.users USING (user_id)
+                       WHERE segment_id = {FREE_CUSTOMERS} AND app_user_id IS NOT NULL ORDER BY identity LIMIT 2)""",
+                   f"""INSERT INTO main_production.segment_members
+                       SELECT {FREE_CUSTOMERS}, u.user_id, now() + INTERVAL 1 MINUTE FROM main_production.users u
+                       WHERE u.app_user_id IS NOT NULL AND u.user_id NOT IN (SELECT user_id FROM
+                       main_production.segment_members WHERE segment_id = {FREE_CUSTOMERS}) ORDER BY u.identity LIMIT 1""",
+                   "UPDATE main_production.segment_members SET synced_at = now() + INTERVAL 1 MINUTE")
 
     result = materialize(resources, "free_customers", route="reconcile")
 
@@ -75,7 +83,7 @@ def test_reconcile_refuses_an_empty_export_and_changes_nothing(heap, instance, r
     assert run_request(instance, resources, request).success
     sent = segment_stats(heap)
     delivered = len(resolvable(warehouse, FREE_CUSTOMERS))
-    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
+    edit_warehouse(warehouse, f"DELETE FROM main_production.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
 
     refused = materialize(resources, "free_customers", route="reconcile")
     again = materialize(resources, "free_customers", route="reconcile")
@@ -94,7 +102,7 @@ def test_a_confirmed_drop_exits_everyone(heap, instance, resources, ops_env, war
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
     delivered = len(resolvable(warehouse, FREE_CUSTOMERS))
-    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
+    edit_warehouse(warehouse, f"DELETE FROM main_production.segment_members WHERE segment_id = {FREE_CUSTOMERS}")
 
     confirmed = materialize(resources, "free_customers", route="reconcile", confirm_drop=True)
 
@@ -112,13 +120,11 @@ def test_a_dry_run_counts_and_sends_nothing(resources, clean_sandbox, warehouse)
 
 
 def test_reconcile_refuses_an_empty_export_of_a_small_audience_below_min_exits(resources, clean_sandbox, warehouse):
-    edit_warehouse(warehouse, f"""DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS} AND identity NOT IN (
-                                  SELECT identity FROM heap.segment_members WHERE segment_id = {POWER_USERS}
-                                  AND identity NOT LIKE '%@%' ORDER BY identity LIMIT 3)""")
+    keep_three_members_by_user_id(warehouse)
     first = materialize(resources, "power_users", route="reconcile")
     assert first.success and metadata(first, "power_users")["added"] == 3
     sent = segment_stats(clean_sandbox)
-    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS}")
+    edit_warehouse(warehouse, f"DELETE FROM main_production.segment_members WHERE segment_id = {POWER_USERS}")
 
     refused = materialize(resources, "power_users", route="reconcile")
 
@@ -129,11 +135,9 @@ def test_reconcile_refuses_an_empty_export_of_a_small_audience_below_min_exits(r
 
 
 def test_a_confirmed_empty_export_of_a_small_audience_exits_its_members(resources, clean_sandbox, warehouse):
-    edit_warehouse(warehouse, f"""DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS} AND identity NOT IN (
-                                  SELECT identity FROM heap.segment_members WHERE segment_id = {POWER_USERS}
-                                  AND identity NOT LIKE '%@%' ORDER BY identity LIMIT 3)""")
+    keep_three_members_by_user_id(warehouse)
     assert materialize(resources, "power_users", route="reconcile").success
-    edit_warehouse(warehouse, f"DELETE FROM heap.segment_members WHERE segment_id = {POWER_USERS}")
+    edit_warehouse(warehouse, f"DELETE FROM main_production.segment_members WHERE segment_id = {POWER_USERS}")
 
     confirmed = materialize(resources, "power_users", route="reconcile", confirm_drop=True)
 

@@ -25,14 +25,15 @@ class FlakyReceiver:
     """Answers 503 to the first `failures` requests, then verifies and keeps every body."""
 
     def __init__(self, failures: int) -> None:
-        self.failures, self.seen, self.bodies = failures, 0, []
+        self.failures, self.seen, self.bodies, self.signatures, self.headers = failures, 0, [], [], []
 
         async def handle(request: Request) -> JSONResponse:
             body = await request.body()
             self.seen += 1
             if self.seen <= self.failures:
                 return JSONResponse({"error": "busy"}, 503)
-            verify(request.headers.get("heap-hash"), body, SANDBOX_HEAP_WEBHOOK_SECRET)
+            self.signatures.append(verify(request.headers.get("heap-hash"), body, [SANDBOX_HEAP_WEBHOOK_SECRET]))
+            self.headers.append(request.headers.get("heap-hash"))
             self.bodies.append(body)
             return JSONResponse({"stored": True})
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import httpx
 import orjson
 
-from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.resources import build_resources
-from segment_ops.webhooks.heap import sign
+from segment_ops.webhooks.heap import sync_key
 from segment_ops_tests.heap.conftest import (
     AT,
     FREE_CUSTOMERS,
@@ -24,6 +23,7 @@ from segment_ops_tests.heap.conftest import (
     run_request,
     segment_stats,
     set_in_file,
+    sign,
     step_failure,
 )
 
@@ -61,9 +61,9 @@ def test_every_processed_sync_is_marked_done_and_not_requested_again(heap, insta
     again = evaluate_sensor(instance, ops_env)
 
     assert all(r.success for r in runs)
-    assert again.run_requests == [] and "no complete Heap sync" in again.skip_reason.skip_message
+    assert again.run_requests == [] and "no complete Heap sync or drain" in again.skip_reason.skip_message
     for sync in pushed["syncs"]:
-        assert (ops_env / "inbox" / "heap" / sync["sync_task_id"] / "done.json").exists()
+        assert (inbox(ops_env).sync_folder(sync["sync_task_id"]) / "done.json").exists()
 
 
 def test_a_redelivered_page_sends_nothing(heap, instance, resources, ops_env, warehouse, receiver):
@@ -75,7 +75,7 @@ def test_a_redelivered_page_sends_nothing(heap, instance, resources, ops_env, wa
                                                   "sync_task_id": page["sync_task_id"]},
         "add": [{"id": i} for i in page["add"]], "remove": [{"id": i} for i in page["remove"]]}})
 
-    late = httpx.post(receiver.heap_url, content=body, headers={"Heap-Hash": sign(SANDBOX_HEAP_WEBHOOK_SECRET, body)})
+    late = httpx.post(receiver.heap_url, content=body, headers={"Heap-Hash": sign(body)})
     sensed = evaluate_sensor(instance, ops_env)
     rerun = materialize(resources, "power_users", route="webhook")
 
@@ -124,9 +124,9 @@ def test_a_sync_incomplete_beyond_the_configured_age_is_reported_not_applied(hea
     again = evaluate_sensor(instance, ops_env, cursor=sensed.cursor, path=audiences_file)
 
     assert sensed.run_requests == []
-    assert f"sync {task}: power_users: incomplete for" in sensed.skip_reason.skip_message
+    assert f"Heap sync {task!r}: power_users: incomplete for" in sensed.skip_reason.skip_message
     assert f"page(s) [3] of {sync['total_pages']} never arrived; not applied" in sensed.skip_reason.skip_message
-    assert task in sensed.cursor and again.cursor == sensed.cursor
+    assert sync_key(task) in sensed.cursor and again.cursor == sensed.cursor
 
 
 def test_a_stale_incomplete_sync_is_alerted_once(heap, instance, ops_env, audiences_file):

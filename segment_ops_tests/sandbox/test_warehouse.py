@@ -51,12 +51,14 @@ def test_timestamps_are_timestamptz_and_money_is_decimal(con: duckdb.DuckDBPyCon
         SELECT table_schema || '.' || table_name || '.' || column_name, data_type FROM information_schema.columns
     """).fetchall())
     for column in ("main.customers.created_at", "main.customers.updated_at", "main.accounts.updated_at",
-                   "main.orders.completed_at", "main.orders.updated_at", "heap.segment_members.synced_at"):
+                   "main.orders.completed_at", "main.orders.updated_at", "main_production.segment_members.synced_at",
+                   "main_production.users.joindate", "main_production.users.last_modified"):
         assert types[column] == "TIMESTAMP WITH TIME ZONE", column
     assert types["main.orders.amount"].startswith("DECIMAL")
     assert types["main.customers.lifetime_value"].startswith("DECIMAL")
     assert types["main.accounts.seats"] == "INTEGER"
-    assert types["heap.segments.segment_id"] == "BIGINT"
+    assert types["main_production.users.user_id"] == types["main_production.segment_members.user_id"] == "BIGINT"
+    assert types["main_production.segment_members.segment_id"] == "BIGINT"
 
 
 def test_customers_are_known_users_with_the_malformed_rows_kept(data: DemoData, con: duckdb.DuckDBPyConnection) -> None:
@@ -95,23 +97,37 @@ def test_lifetime_value_is_the_sum_of_completed_orders(con: duckdb.DuckDBPyConne
     assert mismatches == 0
 
 
-def test_heap_tables_reflect_membership_at_now(data: DemoData, con: duckdb.DuckDBPyConnection) -> None:
-    segments = con.execute("SELECT segment_id, name FROM heap.segments ORDER BY segment_id").fetchall()
-    assert segments == sorted((s["id"], s["name"]) for s in data.heap_segments())
-    for segment_id, _ in segments:
+MEMBERS = "main_production.segment_members m JOIN main_production.users u USING (user_id)"
+
+
+def test_heap_connect_tables_reflect_membership_at_now(data: DemoData, con: duckdb.DuckDBPyConnection) -> None:
+    for segment in data.heap_segments():
         members = [m for (m,) in con.execute(
-            "SELECT identity FROM heap.segment_members WHERE segment_id = ? ORDER BY identity", [segment_id]
-        ).fetchall()]
-        assert members == sorted(data.heap_segment_members(segment_id, NOW))
-    synced = {s for (s,) in con.execute("SELECT DISTINCT synced_at FROM heap.segment_members").fetchall()}
+            f"SELECT u.identity FROM {MEMBERS} WHERE m.segment_id = ? ORDER BY 1", [segment["id"]]).fetchall()]
+        assert members == sorted(data.heap_segment_members(segment["id"], NOW))
+    synced = {s for (s,) in con.execute("SELECT DISTINCT synced_at FROM main_production.segment_members").fetchall()}
     assert synced == {datetime(2026, 11, 20, 12, 0, tzinfo=UTC)}  # start of the 4-hour window holding NOW
+
+
+def test_heap_connect_users_have_heaps_own_user_ids(con: duckdb.DuckDBPyConnection) -> None:
+    assert _scalar(con, "SELECT count(DISTINCT user_id) = count(*) FROM main_production.users")
+    assert _scalar(con, "SELECT min(user_id) > 0 AND max(user_id) < 2^53 FROM main_production.users")
+    assert _scalar(con, "SELECT count(*) FROM main_production.users WHERE identity IS NULL") > 0  # anonymous
+    assert _scalar(con, "SELECT count(*) FROM main_production.segment_members ANTI JOIN main_production.users "
+                        "USING (user_id)") == 0
+
+
+def test_the_users_table_maps_heap_identities_to_known_segment_user_ids(con: duckdb.DuckDBPyConnection) -> None:
+    mapped = "SELECT identity, app_user_id AS user_id FROM main_production.users WHERE app_user_id IS NOT NULL"
+    assert sorted(con.execute(mapped).fetchall()) == sorted(con.execute("SELECT * FROM identity_map").fetchall())
+    assert _scalar(con, f"SELECT count(*) FROM ({mapped}) ANTI JOIN customers c USING (user_id)") == 0
 
 
 def test_identity_map_resolves_all_but_a_few_members(con: duckdb.DuckDBPyConnection) -> None:
     assert _scalar(con, "SELECT count(DISTINCT identity) = count(*) FROM identity_map")
-    members = _scalar(con, "SELECT count(DISTINCT identity) FROM heap.segment_members")
-    unmapped = _scalar(con, """
-        SELECT count(DISTINCT identity) FROM heap.segment_members m ANTI JOIN identity_map i USING (identity)
+    members = _scalar(con, f"SELECT count(DISTINCT u.identity) FROM {MEMBERS}")
+    unmapped = _scalar(con, f"""
+        SELECT count(DISTINCT u.identity) FROM {MEMBERS} ANTI JOIN identity_map i ON i.identity = u.identity
     """)
     assert 0 < unmapped < members / 10
     assert _scalar(con, "SELECT count(*) FROM identity_map i ANTI JOIN customers c USING (user_id)") == 0
