@@ -35,6 +35,8 @@ RETRYABLE = RetryableStatuses(four_xx=frozenset({429}),
 # channel missing/invalid (10, 11), ACK disabled (14). Every event would fail the same way, so these
 # stop the run instead of being split down to single events and rejected one by one.
 CONFIGURATION_CODES = frozenset({7, 10, 11, 14})
+# "Invalid data channel" on an ack query for a channel we sent on: HEC no longer knows it (idle cleanup).
+FORGOTTEN_CHANNEL_CODE = 11
 # ackIds per `/services/collector/ack` request: our choice (HEC documents no cap), to keep bodies small.
 ACK_QUERY_CHUNK = 1_000
 EVENT_PATH = "/services/collector/event"
@@ -107,7 +109,9 @@ class SplunkHecClient:
     def query_acks(self, ack_ids: Iterable[int], *, channel: str | None = None) -> dict[int, bool]:
         """Which ackIds of `channel` (default: this client's) the indexers have acknowledged (spec §5).
 
-        An ackId HEC leaves out of its answer counts as not acknowledged (yet).
+        An ackId HEC leaves out of its answer counts as not acknowledged (yet). So does every ackId of a
+        channel HEC calls invalid (code 11): HEC drops a channel idle for `maxIdleTime` (600 s by default,
+        inputs.conf.spec `[http]`) with its acks, so they can never be confirmed and time out instead.
         """
         channel = channel or self.channel
         if not channel:
@@ -119,6 +123,9 @@ class SplunkHecClient:
             response = self.http.request("POST", ACK_PATH, json={"acks": chunk}, params={"channel": channel},
                                          ok_statuses=(400,))
             body = _json_object(response)
+            if response.status_code == 400 and body.get("code") == FORGOTTEN_CHANNEL_CODE:
+                status |= dict.fromkeys(chunk, False)
+                continue
             if response.status_code == 400:
                 raise _refusal(self.http.vendor, "POST", ACK_PATH, response, body, events=0)
             acks = body.get("acks")

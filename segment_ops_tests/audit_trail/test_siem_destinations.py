@@ -116,3 +116,16 @@ def test_a_bad_line_is_rejected_alone_by_the_jsonl_endpoint():
     report = deliver_pending(ledger, "x", jsonl)
 
     assert (report.delivered, report.rejected) == (3, 1)
+
+
+def test_acks_of_a_channel_hec_forgot_count_as_not_acknowledged():
+    # HEC drops a channel idle for maxIdleTime (inputs.conf.spec [http], 600 s) with its acks. Which answer an
+    # ack query then gets is not in the sources; the sandbox keeps channels, so this is a transport-level test
+    # of the client's reading of code 11 ("Invalid data channel").
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"text": "Invalid data channel", "code": 11})
+
+    client = SplunkHecClient("https://hec.example", "token", channel="8e69d7b3-0000-4000-8000-000000000000",
+                             transport=httpx.MockTransport(answer), retry=RetryPolicy(max_attempts=1))
+
+    assert client.query_acks([0, 3]) == {0: False, 3: False}
