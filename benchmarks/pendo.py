@@ -26,6 +26,8 @@ from segment_ops.engine.pendo_groups import sync_account_groups
 from segment_ops.engine.pendo_usage import ensure_schema
 
 DAYS = 60
+TIMEZONE = "America/New_York"  # the zone the synthetic days are staged in, and scored in
+APPS = ("-323232", "5668600916475904")  # a web app and a mobile app: the score sums them
 
 
 def stage_synthetic(con, accounts: int, visitors_per_account: int, as_of: date) -> int:
@@ -38,14 +40,15 @@ def stage_synthetic(con, accounts: int, visitors_per_account: int, as_of: date) 
     """)
     con.execute(f"""
         INSERT INTO pendo_visitor_days
-        SELECT d::DATE, 'acc_' || a, 'usr_' || a || '_' || v, 1 + hash(a, v, d) % 40, 1 + hash(d, a, v) % 30
+        SELECT d::DATE, 'acc_' || a, 'usr_' || a || '_' || v, 1 + hash(a, v, d) % 40, 1 + hash(d, a, v) % 30,
+               CASE WHEN hash(v, d, 'app') % 4 = 0 THEN '{APPS[1]}' ELSE '{APPS[0]}' END
         FROM range({accounts}) t(a), range({visitors_per_account}) u(v),
              generate_series(DATE '{first}', DATE '{as_of}', INTERVAL 1 DAY) s(d)
         WHERE hash(a, v, d, 'active') % 100 < 40 * (1 - (a % 7 = 0)::INTEGER * 0.8)
     """)
     con.execute("""
         INSERT INTO pendo_feature_days
-        SELECT day, account_id, 'f' || (hash(visitor_id, day) % 8), sum(events), count(*)
+        SELECT day, account_id, 'f' || (hash(visitor_id, day) % 8), sum(events), count(*), app_id
         FROM pendo_visitor_days GROUP BY ALL
     """)
     con.execute("""
@@ -53,10 +56,11 @@ def stage_synthetic(con, accounts: int, visitors_per_account: int, as_of: date) 
         SELECT day, account_id, visitor_id, day::TIMESTAMPTZ, 'nps', hash(visitor_id) % 11
         FROM pendo_visitor_days WHERE hash(visitor_id, day, 'nps') % 200 = 0
     """)
-    con.execute("INSERT INTO pendo_features SELECT 'f' || n, NULL, now() FROM range(8) t(n)")
+    con.execute(f"INSERT INTO pendo_features SELECT 'f' || n, NULL, now(), '{APPS[0]}' FROM range(8) t(n)")
     con.execute(f"""
         INSERT INTO pendo_staged_days
-        SELECT d::DATE, now(), 'bench', 0, 0, 0 FROM generate_series(DATE '{first}', DATE '{as_of}', INTERVAL 1 DAY) s(d)
+        SELECT d::DATE, now(), 'bench', 0, 0, 0, '{TIMEZONE}', NULL, NULL, 'every app'
+        FROM generate_series(DATE '{first}', DATE '{as_of}', INTERVAL 1 DAY) s(d)
     """)
     return con.execute("SELECT count(*) FROM pendo_visitor_days").fetchone()[0]
 
@@ -77,9 +81,10 @@ def main() -> None:
             started = time.monotonic()
             rows = stage_synthetic(con, args.accounts, args.visitors, as_of)
             staged = time.monotonic() - started
-            report = score_accounts(con, config)
+            report = score_accounts(con, config, timezone=TIMEZONE)
             started = time.monotonic()
-            run = sync_account_groups(con, config, lambda: None, warehouse_url="duckdb:///:memory:", dry_run=True)
+            run = sync_account_groups(con, config, lambda: None, warehouse_url="duckdb:///:memory:",
+                                      timezone=TIMEZONE, dry_run=True)
             planned = time.monotonic() - started
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"accounts {args.accounts:,} x {DAYS} days: {rows:,} visitor-day rows staged in {staged:.2f} s")

@@ -62,11 +62,15 @@ class PendoResource(dg.ConfigurableResource):
     retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
     retry_backoff_seconds: float = Field(default=0.5, description="First backoff step (doubles per retry; "
                                                                   "a Retry-After header wins when longer).")
+    app_ids: str = Field(default="*", description="PENDO_APP_IDS: `*` for every app of the subscription, or "
+                                                  "comma-separated app ids (else Pendo answers for the default app).")
 
     def get_client(self) -> PendoClient:
+        from segment_ops.clients.pendo import AppScope
+
         retry = RetryPolicy(max_attempts=self.retry_max_attempts, max_elapsed=self.retry_max_seconds,
                             backoff_initial=self.retry_backoff_seconds)
-        return PendoClient(self.base_url, self.integration_key, retry=retry)
+        return PendoClient(self.base_url, self.integration_key, retry=retry, apps=AppScope.parse(self.app_ids))
 
 
 class SplunkHecResource(dg.ConfigurableResource):
@@ -202,7 +206,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "segment_public_api": SegmentPublicApiResource(
             base_url=value("SEGMENT_PUBLIC_API_URL"), token=value("SEGMENT_PUBLIC_API_TOKEN")
         ),
-        "pendo": PendoResource(base_url=value("PENDO_API_URL"), integration_key=value("PENDO_INTEGRATION_KEY")),
+        "pendo": PendoResource(base_url=value("PENDO_API_URL"), integration_key=value("PENDO_INTEGRATION_KEY"),
+                               app_ids=value("PENDO_APP_IDS")),
         "splunk": SplunkHecResource(
             base_url=value("SPLUNK_HEC_URL"), token=value("SPLUNK_HEC_TOKEN"), index=value("SPLUNK_INDEX"),
             ack_timeout_seconds=_number(settings, "SPLUNK_HEC_ACK_TIMEOUT_SECONDS", low=0.0),

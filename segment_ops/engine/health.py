@@ -19,6 +19,11 @@ percentages in steps of 10, so a text only changes when something material does.
 0: score 0, critical, "no activity ..."), it never fails the run. Same staged data, same config: same
 scores, byte for byte (every ordering has a tie-break).
 
+Days are the Pendo subscription's (PENDO_TIMEZONE), and usage is summed over every app read (PENDO_APP_IDS:
+an account active in the web app and a mobile app counts its visitors once and its events from both). A
+day staged under another zone (before PENDO_TIMEZONE, every day was a UTC day) counts as not staged: its
+bounds differ, so mixing it with local days would count some hours twice and others not at all.
+
 Accounts scored = the accounts in Pendo's account list (staged with the usage) plus any account seen in the
 staged usage. The result replaces the table `pendo_account_health` in the sync's staging file, and one row
 in `pendo_health_runs` records the scoring day and which days of its window were not staged (the sync
@@ -63,13 +68,26 @@ class NothingStagedError(RuntimeError):
     """No Pendo usage is staged yet, so there is nothing to score."""
 
 
-def missing_window_days(con: duckdb.DuckDBPyConnection, as_of: date, window_days: int) -> list[date]:
-    """The days of the window of `window_days` ending on `as_of` that `pendo_staged_days` does not hold."""
+# A staged day's zone; NULL: staged before the zone was recorded, when every day was a UTC day.
+STAGED_ZONE = "coalesce(timezone, 'UTC')"
+
+
+def missing_window_days(con: duckdb.DuckDBPyConnection, as_of: date, window_days: int, timezone: str) -> list[date]:
+    """The days of the window of `window_days` ending on `as_of` that `pendo_staged_days` does not hold as
+    days of `timezone` (a day staged under another zone is missing until it is read again)."""
     rows = con.execute(
         "SELECT d::DATE FROM generate_series($first::DATE, $last::DATE, INTERVAL 1 DAY) t(d) "
-        "WHERE d::DATE NOT IN (SELECT day FROM pendo_staged_days) ORDER BY 1",
-        {"first": as_of - timedelta(days=window_days - 1), "last": as_of}).fetchall()
+        f"WHERE d::DATE NOT IN (SELECT day FROM pendo_staged_days WHERE {STAGED_ZONE} = $zone) ORDER BY 1",
+        {"first": as_of - timedelta(days=window_days - 1), "last": as_of, "zone": timezone}).fetchall()
     return [d for (d,) in rows]
+
+
+def days_in_other_zones(con: duckdb.DuckDBPyConnection, days: list[date], timezone: str) -> list[tuple[date, str]]:
+    """Of `days`, those staged under a zone other than `timezone`, with that zone."""
+    if not days:
+        return []
+    return con.execute(f"SELECT day, {STAGED_ZONE} FROM pendo_staged_days WHERE day IN (SELECT unnest($days)) "
+                       f"AND {STAGED_ZONE} <> $zone ORDER BY day", {"days": days, "zone": timezone}).fetchall()
 
 
 def describe_days(days: list[date], limit: int = 10) -> str:
@@ -102,6 +120,7 @@ class HealthConfig:
     seats_field: str = "seats"
     nps_poll_id: str = ""
     feature_target: int = 0
+    settle_hours: int = 2
     trait_prefix: str = "pendo_"
     service_user: str = ""
     require_mapping: bool = False
@@ -118,7 +137,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "weights": dict.fromkeys(COMPONENTS, (int, float)),
     "bands": {"healthy": int, "at_risk": int},
     "reasons": {"max": int, "below": (int, float)},
-    "extract": {"seats_field": str, "nps_poll_id": str, "feature_target": int},
+    "extract": {"seats_field": str, "nps_poll_id": str, "feature_target": int, "settle_hours": int},
     "sync": {"trait_prefix": str, "service_user": str, "require_mapping": bool},
     "identity": {"query": str, "url": str, "csv": str},
 }
@@ -157,6 +176,7 @@ def load_health_config(path: Path | str | None = None) -> HealthConfig:
         seats_field=extract.get("seats_field", defaults.seats_field),
         nps_poll_id=extract.get("nps_poll_id", defaults.nps_poll_id),
         feature_target=extract.get("feature_target", defaults.feature_target),
+        settle_hours=extract.get("settle_hours", defaults.settle_hours),
         trait_prefix=sync.get("trait_prefix", defaults.trait_prefix),
         service_user=sync.get("service_user", defaults.service_user).strip(),
         require_mapping=sync.get("require_mapping", defaults.require_mapping),
@@ -207,6 +227,8 @@ def _check_values(c: HealthConfig) -> None:
         fail(f"[reasons] below must be within (0, 1], got {c.reason_below}")
     if c.feature_target < 0:
         fail(f"[extract] feature_target must be >= 0, got {c.feature_target}")
+    if not 0 <= c.settle_hours <= 72:
+        fail(f"[extract] settle_hours must be 0..72, got {c.settle_hours}")
     if not c.seats_field.replace("_", "").isalnum():
         fail(f"[extract] seats_field must be a metadata field name (letters, digits, _), got {c.seats_field!r}")
     if c.trait_prefix and not c.trait_prefix.replace("_", "").isalnum():
@@ -243,9 +265,10 @@ def latest_staged_day(con: duckdb.DuckDBPyConnection) -> date | None:
     return con.execute("SELECT max(day) FROM pendo_staged_days").fetchone()[0]
 
 
-def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, as_of: date | None = None,
-                   lowest: int = 10) -> ScoreReport:
-    """Score every account as of `as_of` (default: the latest staged day) into `pendo_account_health`.
+def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, timezone: str,
+                   as_of: date | None = None, lowest: int = 10) -> ScoreReport:
+    """Score every account as of `as_of` (default: the latest staged day) into `pendo_account_health`; the
+    window's days count as staged when they were staged as days of `timezone` (PENDO_TIMEZONE).
 
     Raises `NothingStagedError` when no usage day is staged (materialize the usage days first).
     """
@@ -262,10 +285,11 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, as_o
         "nps_start": as_of - timedelta(days=config.sentiment_days - 1),
     }
     window_staged, previous_staged = con.execute(
-        "SELECT count(*) FILTER (WHERE day BETWEEN $cur_start AND $as_of), "
-        "count(*) FILTER (WHERE day BETWEEN $prev_start AND $prev_end) FROM pendo_staged_days",
-        {k: params[k] for k in ("cur_start", "as_of", "prev_start", "prev_end")}).fetchone()
-    missing = missing_window_days(con, as_of, w)
+        "SELECT count(DISTINCT day) FILTER (WHERE day BETWEEN $cur_start AND $as_of), "
+        "count(DISTINCT day) FILTER (WHERE day BETWEEN $prev_start AND $prev_end) FROM pendo_staged_days "
+        f"WHERE {STAGED_ZONE} = $zone",
+        {**{k: params[k] for k in ("cur_start", "as_of", "prev_start", "prev_end")}, "zone": timezone}).fetchone()
+    missing = missing_window_days(con, as_of, w, timezone)
     con.execute("BEGIN")
     try:
         con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}", params)

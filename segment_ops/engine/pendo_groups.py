@@ -21,7 +21,8 @@ Traits are the stable ones (see `TRAITS`): what the diff hashes changes only whe
 does. Sliding-window figures (events, minutes, the usage ratio) stay in the score table and run metadata.
 
 Before sending, the sync refuses a score older than the latest staged day (`StaleScoreError`) and a
-window with days that are not staged (`PartialWindowError`, unless `allow_partial_window`). After it,
+window with days that are not staged as days of the subscription's zone (`PartialWindowError`, unless
+`allow_partial_window`). After it,
 `reconcile` accounts for every Pendo account: delivered, unchanged since delivered, pending or rejected
 with a reason; any other is listed as missing.
 
@@ -50,6 +51,7 @@ from segment_ops.engine.diff import (
 from segment_ops.engine.health import (
     HEALTH_TABLE,
     HealthConfig,
+    days_in_other_zones,
     describe_days,
     latest_staged_day,
     missing_window_days,
@@ -137,16 +139,17 @@ def group_model(config: HealthConfig) -> ModelSpec:
 
 
 def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
-                        client_factory: Callable[[], SegmentTrackingClient], *, warehouse_url: str,
+                        client_factory: Callable[[], SegmentTrackingClient], *, warehouse_url: str, timezone: str,
                         run_id: str | None = None, dry_run: bool = False, max_in_flight: int = 4) -> GroupSyncRun:
     """Send the scored accounts whose traits changed as group calls; `dry_run` plans and counts only.
 
     Raises `NothingScoredError` when nothing is scored yet, `StaleScoreError` / `PartialWindowError` when the
-    score is older than the staged usage or its window has unstaged days, `DeliveryIncomplete` when calls
-    stay pending, `identity.IdentityMapError` for a broken map source and the client's `VendorFatalError`.
+    score is older than the staged usage or its window has days not staged as days of `timezone`,
+    `DeliveryIncomplete` when calls stay pending, `identity.IdentityMapError` for a broken map source and the
+    client's `VendorFatalError`.
     """
     started = time.monotonic()
-    run = GroupSyncRun(dry_run=dry_run, as_of=check_sendable_score(con, config))
+    run = GroupSyncRun(dry_run=dry_run, as_of=check_sendable_score(con, config, timezone))
     ledger = Ledger(con)
     ensure_state(con)
     model = group_model(config)
@@ -185,8 +188,9 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
     return run
 
 
-def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig) -> date:
-    """The score table's day, once it is known to be current and over a complete window (see the errors)."""
+def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, timezone: str) -> date:
+    """The score table's day, once it is known to be current and over a complete window of days of `timezone`
+    (see the errors)."""
     if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
                        [HEALTH_TABLE]).fetchone()[0]:
         raise NothingScoredError("no Pendo account is scored yet: materialize pendo/account_health first")
@@ -197,12 +201,16 @@ def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig) -
     if latest is not None and as_of < latest:
         raise StaleScoreError(f"the scores are as of {as_of} but Pendo usage is staged up to {latest}: re-materialize "
                               "pendo/account_health before syncing (nothing was sent)")
-    missing = missing_window_days(con, as_of, config.window_days)
+    missing = missing_window_days(con, as_of, config.window_days, timezone)
     if missing and not config.allow_partial_window:
+        other = days_in_other_zones(con, missing, timezone)
+        note = (f" ({len(other)} of them staged as days of {other[0][1]}, not {timezone}: re-read them)"
+                if other else "")
         raise PartialWindowError(
             f"{len(missing)} of the {config.window_days} days of the window ending {as_of} are not staged: "
-            f"{describe_days(missing)}. Materialize those days of pendo/account_usage_daily and re-score (or set "
-            f"[window] allow_partial_window = true in {config.path.name} to send anyway); nothing was sent", missing)
+            f"{describe_days(missing)}{note}. Materialize those days of pendo/account_usage_daily and re-score (or "
+            f"set [window] allow_partial_window = true in {config.path.name} to send anyway); nothing was sent",
+            missing)
     return as_of
 
 

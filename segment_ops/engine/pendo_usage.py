@@ -1,22 +1,32 @@
 """Extract daily account-level usage from Pendo's Aggregation API into the sync's DuckDB staging file.
 
-One extraction covers a range of whole UTC days, read in slices of at most 30 days (spec §4: Pendo asks
+Days are the subscription's (spec §7): each request's `first` is the epoch ms of a local midnight in the
+subscription's time zone (PENDO_TIMEZONE) and every row's `day` is read in that zone; a row whose `day`
+is not one of those midnights means the setting and the subscription disagree, and the slice fails with
+`TimeZoneMismatchError` before anything of it is staged. Only days that ended at least `[extract]
+settle_hours` ago in that zone are read. Every event source names its apps (`appId`, spec §7: without it
+Pendo answers for the default app only), so usage is summed across the configured apps.
+
+One extraction covers a range of whole days, read in slices of at most 30 days (spec §4: Pendo asks
 ETL pulls to stay <= 30 days and documents no pagination). Per slice, three aggregations:
 
-- `events` with `timeSeries` dayRange, grouped per (accountId, visitorId, day): events and minutes;
-- `featureEvents`, grouped per (accountId, day, featureId): which features each account used;
+- `events` with `timeSeries` dayRange, grouped per (accountId, visitorId, appId, day): events and minutes;
+- `featureEvents`, grouped per (accountId, day, appId, featureId): which features each account used;
 - `pollEvents`, the NPS poll's answers (poll id from the config; spec §4 "Poll rows").
 
 Once per extraction, the account list (`accounts` source: name, plan, licensed seats from
-`metadata.custom.<seats_field>`) and the feature catalogue (`GET /api/v1/feature`) replace their tables.
+`metadata.custom.<seats_field>`) and the feature catalogue (`GET /api/v1/feature?expand=*`, narrowed to the
+configured apps) replace their tables.
 
 Each slice is written in one transaction that first deletes its days, then inserts them, and marks
-them in `pendo_staged_days`: re-running a day replaces it exactly, and a run that stops after some
-slices keeps those slices (the rest is re-read by the next run). Rows Pendo returns that cannot be
+them in `pendo_staged_days` with the zone they were read in: a day is staged only when every request of
+its slice completed, so a staged day without rows is a day without usage and an unstaged day is a missing
+answer. Re-running a day replaces it exactly (also a day staged under another zone: same date, new
+bounds), and a run that stops after some slices keeps those slices. Rows Pendo returns that cannot be
 attributed (no account, visitor or day; counts that are not non-negative integers; an NPS answer outside
-0-10) go to the ledger's `rejected` table with the reason, never silently dropped. Each response body is
-written as it came to a spool file beside the staging file and parsed there by DuckDB (`read_json_objects`):
-Python never builds the rows as objects.
+0-10; an app outside PENDO_APP_IDS) go to the ledger's `rejected` table with the reason, never silently
+dropped. Each response body is written as it came to a spool file beside the staging file and parsed there
+by DuckDB (`read_json_objects`): Python never builds the rows as objects.
 
 The `group` stage's aggregate form is unverified in spec §4; the sandbox implements it as documented in
 `sandbox/pendo_pipeline.py`. No Dagster imports.
@@ -31,39 +41,64 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 
 from segment_ops.clients.base import RetryEvent, VendorAuthError, VendorError
-from segment_ops.clients.pendo import MAX_DAYS_PER_AGGREGATION, PendoClient, day_range_source
+from segment_ops.clients.pendo import (
+    MAX_DAYS_PER_AGGREGATION,
+    AppScope,
+    PendoClient,
+    day_bounds,
+    day_range_source,
+    last_settled_day,
+    local_day_of,
+    local_midnight_ms,
+)
 from segment_ops.engine.health import HealthConfig
 from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.models import literal
 
 SYNC = "pendo_account_health"  # the staging file's name and the sync's name in the ledger
+LEGACY_TIMEZONE = "UTC"  # the zone of days staged before PENDO_TIMEZONE existed (their `timezone` is NULL)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pendo_visitor_days (
     day DATE NOT NULL, account_id VARCHAR NOT NULL, visitor_id VARCHAR NOT NULL,
-    events BIGINT NOT NULL, minutes BIGINT NOT NULL
+    events BIGINT NOT NULL, minutes BIGINT NOT NULL, app_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS pendo_feature_days (
     day DATE NOT NULL, account_id VARCHAR NOT NULL, feature_id VARCHAR NOT NULL,
-    events BIGINT NOT NULL, visitors BIGINT
+    events BIGINT NOT NULL, visitors BIGINT, app_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS pendo_poll_responses (
     day DATE NOT NULL, account_id VARCHAR NOT NULL, visitor_id VARCHAR, answered_at TIMESTAMPTZ NOT NULL,
     poll_id VARCHAR, response INTEGER NOT NULL
 );
+-- One row per staged day: when, by which run, how many rows, and the zone and bounds it was read with.
 CREATE TABLE IF NOT EXISTS pendo_staged_days (
     day DATE NOT NULL, staged_at TIMESTAMPTZ NOT NULL, run_id VARCHAR,
-    visitor_rows BIGINT NOT NULL, feature_rows BIGINT NOT NULL, poll_rows BIGINT NOT NULL
+    visitor_rows BIGINT NOT NULL, feature_rows BIGINT NOT NULL, poll_rows BIGINT NOT NULL,
+    timezone VARCHAR, day_start_ms BIGINT, day_end_ms BIGINT, apps VARCHAR
 );
 CREATE TABLE IF NOT EXISTS pendo_accounts (
     account_id VARCHAR NOT NULL, name VARCHAR, plan VARCHAR, seats INTEGER,
     first_visit TIMESTAMPTZ, last_visit TIMESTAMPTZ, extracted_at TIMESTAMPTZ NOT NULL
 );
-CREATE TABLE IF NOT EXISTS pendo_features (feature_id VARCHAR NOT NULL, name VARCHAR, extracted_at TIMESTAMPTZ NOT NULL);
--- Per account and day, what the issue asks for: active visitors, events, minutes, features, NPS answers.
+CREATE TABLE IF NOT EXISTS pendo_features (
+    feature_id VARCHAR NOT NULL, name VARCHAR, extracted_at TIMESTAMPTZ NOT NULL, app_id VARCHAR
+);
+-- Files staged before the time zone and apps were recorded gain the columns (NULL: UTC days, apps unknown).
+ALTER TABLE pendo_visitor_days ADD COLUMN IF NOT EXISTS app_id VARCHAR;
+ALTER TABLE pendo_feature_days ADD COLUMN IF NOT EXISTS app_id VARCHAR;
+ALTER TABLE pendo_features ADD COLUMN IF NOT EXISTS app_id VARCHAR;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS timezone VARCHAR;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_start_ms BIGINT;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_end_ms BIGINT;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS apps VARCHAR;
+-- Per account and day, what the issue asks for: active visitors, events, minutes, features, NPS answers,
+-- summed over the apps read.
 CREATE OR REPLACE VIEW pendo_account_usage_daily AS
 WITH v AS (
     SELECT day, account_id, count(DISTINCT visitor_id) AS active_visitors, sum(events) AS events,
@@ -90,10 +125,17 @@ class ExtractError(RuntimeError):
         self.report = report
 
 
+class TimeZoneMismatchError(ExtractError):
+    """Pendo's day buckets do not start at midnight of PENDO_TIMEZONE: the setting is not the subscription's
+    zone. Nothing of the slice was staged (the slices before it were, in the right zone)."""
+
+
 @dataclass
 class ExtractReport:
     first_day: date
     last_day: date
+    timezone: str = LEGACY_TIMEZONE
+    apps: str = ""
     days: int = 0
     requests: int = 0
     retries: int = 0
@@ -104,6 +146,8 @@ class ExtractReport:
     accounts: int = 0
     features: int = 0
     slices: list[tuple[date, date]] = field(default_factory=list)
+    not_ended: list[date] = field(default_factory=list)  # asked for, but not `settle_hours` past their end yet
+    events_by_app: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -124,17 +168,27 @@ def slices_of(first_day: date, last_day: date, size: int = MAX_DAYS_PER_AGGREGAT
 
 
 def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: HealthConfig, first_day: date,
-                 last_day: date, *, run_id: str | None = None,
-                 on_retry: Callable[[RetryEvent], None] | None = None) -> ExtractReport:
-    """Stage Pendo usage for every UTC day in [first_day, last_day], plus the account list and feature catalogue.
+                 last_day: date, *, zone: ZoneInfo, run_id: str | None = None,
+                 on_retry: Callable[[RetryEvent], None] | None = None, now: datetime | None = None) -> ExtractReport:
+    """Stage Pendo usage for every day of `zone` in [first_day, last_day] that ended at least
+    `config.settle_hours` before `now`, plus the account list and feature catalogue. The days that have not
+    are not requested and come back in `report.not_ended` (when none has, nothing is requested at all).
 
-    Raises `ExtractError` (with the report of what was staged) when Pendo fails after the client's retries;
-    the client's `VendorAuthError` passes through as it is.
+    Raises `ExtractError` (with the report of what was staged) when Pendo fails after the client's retries,
+    `TimeZoneMismatchError` when Pendo's days do not start at `zone`'s midnights; the client's
+    `VendorAuthError` passes through as it is.
     """
     started = time.monotonic()
     ensure_schema(con)
     ledger = Ledger(con)
-    report = ExtractReport(first_day, last_day)
+    report = ExtractReport(first_day, last_day, timezone=zone.key, apps=client.apps.describe())
+    settled = last_settled_day(zone, config.settle_hours, now)
+    if last_day > settled:
+        report.not_ended = [d for d, _, _ in day_bounds(max(first_day, settled + timedelta(days=1)), last_day, zone)]
+    read_last = min(last_day, settled)
+    if read_last < first_day:
+        report.seconds = time.monotonic() - started
+        return report
 
     def counted_retry(event: RetryEvent) -> None:
         report.retries += 1
@@ -151,20 +205,22 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
         accounts = aggregate(_accounts_pipeline(config), "segment-ops pendo accounts", "accounts.json")
         report.requests += 1
         features = _spool(spool / "features.json", client.features_raw(on_retry=counted_retry))
-        report.accounts, report.features, rejected = _stage_entities(con, accounts, features, run_id)
+        report.accounts, report.features, rejected = _stage_entities(con, accounts, features, client.apps, run_id)
         ledger.reject_relation(SYNC, "pendo_rejections", run_id=run_id)
+        con.execute("DROP TABLE pendo_rejections")
         report.rejected += rejected
-        for first, last in slices_of(first_day, last_day):
-            first_ms, count = _day_ms(first), (last - first).days + 1
+        for first, last in slices_of(first_day, read_last):
+            count = (last - first).days + 1
             payloads = {
-                "visitor": aggregate(_events_pipeline(first_ms, count), f"segment-ops pendo usage {first}..{last}",
-                                     "visitor.json"),
-                "feature": aggregate(_features_pipeline(first_ms, count),
+                "visitor": aggregate(_events_pipeline(first, count, zone, client.apps),
+                                     f"segment-ops pendo usage {first}..{last}", "visitor.json"),
+                "feature": aggregate(_features_pipeline(first, count, zone, client.apps),
                                      f"segment-ops pendo features {first}..{last}", "feature.json"),
-                "poll": aggregate(_polls_pipeline(first_ms, count, config), f"segment-ops pendo NPS {first}..{last}",
-                                  "poll.json"),
+                "poll": aggregate(_polls_pipeline(first, count, zone, client.apps, config),
+                                  f"segment-ops pendo NPS {first}..{last}", "poll.json"),
             }
-            counts = _stage_slice(con, ledger, first, last, payloads, run_id)
+            counts = _stage_slice(con, ledger, day_bounds(first, last, zone), payloads, client.apps, run_id,
+                                  report)
             report.visitor_rows += counts[0]
             report.feature_rows += counts[1]
             report.poll_rows += counts[2]
@@ -175,8 +231,11 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
         raise
     except VendorError as exc:
         report.seconds = time.monotonic() - started
-        staged = f"; staged before it: {report.slices[0][0]} .. {report.slices[-1][1]}" if report.slices else ""
-        raise ExtractError(f"Pendo failed while reading {first_day} .. {last_day}: {exc}{staged}", report) from exc
+        raise ExtractError(f"Pendo failed while reading {first_day} .. {read_last}: {exc}{_staged(report)}",
+                           report) from exc
+    except TimeZoneMismatchError as exc:
+        report.seconds = time.monotonic() - started
+        raise TimeZoneMismatchError(f"{exc}{_staged(report)}", report) from None
     finally:
         for path in spool.iterdir():
             path.unlink()
@@ -185,31 +244,36 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
     return report
 
 
-# --- pipelines (spec §4) -------------------------------------------------------------------------------
+def _staged(report: ExtractReport) -> str:
+    return f"; staged before it: {report.slices[0][0]} .. {report.slices[-1][1]}" if report.slices else ""
+
+
+# --- pipelines (spec §4, §7) ------------------------------------------------------------------------------
 
 _HAS_ACCOUNT = {"filter": "!isNull(accountId) && accountId != \"\""}
 
 
-def _events_pipeline(first_ms: int, days: int) -> list[dict]:
-    return [day_range_source("events", first_ms, days), _HAS_ACCOUNT,
-            {"group": {"group": ["accountId", "visitorId", "day"],
+def _events_pipeline(first: date, days: int, zone: ZoneInfo, apps: AppScope) -> list[dict]:
+    return [day_range_source("events", first, days, zone, apps=apps), _HAS_ACCOUNT,
+            {"group": {"group": ["accountId", "visitorId", "appId", "day"],
                        "fields": {"numEvents": {"sum": "numEvents"}, "numMinutes": {"sum": "numMinutes"}}}}]
 
 
-def _features_pipeline(first_ms: int, days: int) -> list[dict]:
-    return [day_range_source("featureEvents", first_ms, days), _HAS_ACCOUNT,
-            {"group": {"group": ["accountId", "day", "featureId"],
+def _features_pipeline(first: date, days: int, zone: ZoneInfo, apps: AppScope) -> list[dict]:
+    return [day_range_source("featureEvents", first, days, zone, apps=apps), _HAS_ACCOUNT,
+            {"group": {"group": ["accountId", "appId", "day", "featureId"],
                        "fields": {"numEvents": {"sum": "numEvents"}, "visitors": {"count": "visitorId"}}}}]
 
 
-def _polls_pipeline(first_ms: int, days: int, config: HealthConfig) -> list[dict]:
+def _polls_pipeline(first: date, days: int, zone: ZoneInfo, apps: AppScope, config: HealthConfig) -> list[dict]:
     argument = {"pollId": config.nps_poll_id} if config.nps_poll_id else None
-    return [day_range_source("pollEvents", first_ms, days, argument), _HAS_ACCOUNT,
-            {"select": {"accountId": "accountId", "visitorId": "visitorId", "time": "time", "pollId": "pollId",
-                        "response": "response"}}]
+    return [day_range_source("pollEvents", first, days, zone, apps=apps, argument=argument), _HAS_ACCOUNT,
+            {"select": {"accountId": "accountId", "visitorId": "visitorId", "appId": "appId", "time": "time",
+                        "pollId": "pollId", "response": "response"}}]
 
 
 def _accounts_pipeline(config: HealthConfig) -> list[dict]:
+    # Accounts belong to the subscription, not to an app ("Multi-app subscriptions"): no appId.
     return [{"source": {"accounts": None}}, {"identified": "accountId"},
             {"select": {"accountId": "accountId", "name": "metadata.agent.name", "plan": "metadata.custom.planlevel",
                         "seats": f"metadata.custom.{config.seats_field}", "firstVisit": "metadata.auto.firstvisit",
@@ -258,9 +322,19 @@ def _rows(con: duckdb.DuckDBPyConnection, table: str, path: Path, *, array: bool
     """, [str(path)])
 
 
-def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Path,
+def _app_outside(apps: AppScope) -> str:
+    """SQL: the reason when a row's appId is not among the configured apps (never, for every app)."""
+    if apps.every_app:
+        return "NULL"
+    allowed = ", ".join(literal(a) for a in apps.ids)
+    return (f"CASE WHEN {_TEXT.format('appId')} NOT IN ({allowed}) THEN 'app ' || (j->>'appId') "
+            f"|| ' is not among PENDO_APP_IDS ({', '.join(apps.ids)})' END")
+
+
+def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Path, apps: AppScope,
                     run_id: str | None) -> tuple[int, int, int]:
-    """Replace the account list and the feature catalogue; `pendo_rejections` holds the unusable rows."""
+    """Replace the account list and the feature catalogue (the configured apps' features, and those Pendo
+    gives no app); `pendo_rejections` holds the unusable rows."""
     _rows(con, "pendo_raw_accounts", accounts)
     _rows(con, "pendo_raw_features", features, array=True)
     con.execute(f"""
@@ -270,6 +344,8 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Pa
         FROM pendo_raw_accounts WHERE {_TEXT.format('accountId')} IS NULL
     """)
     seats = "TRY_CAST(j->>'seats' AS DOUBLE)"
+    in_scope = "true" if apps.every_app else (
+        f"coalesce({_TEXT.format('appId')} IN ({', '.join(literal(a) for a in apps.ids)}), true)")
     con.execute("BEGIN")
     try:
         con.execute("DELETE FROM pendo_accounts")
@@ -285,9 +361,9 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Pa
         """)
         con.execute("DELETE FROM pendo_features")
         con.execute(f"""
-            INSERT INTO pendo_features
-            SELECT {_TEXT.format('id')}, any_value(j->>'name'), now()
-            FROM pendo_raw_features WHERE {_TEXT.format('id')} IS NOT NULL GROUP BY 1
+            INSERT INTO pendo_features (feature_id, name, extracted_at, app_id)
+            SELECT {_TEXT.format('id')}, any_value(j->>'name'), now(), any_value({_TEXT.format('appId')})
+            FROM pendo_raw_features WHERE {_TEXT.format('id')} IS NOT NULL AND {in_scope} GROUP BY 1
         """)
         con.execute("COMMIT")
     except BaseException:
@@ -301,46 +377,57 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Pa
     return accounts_n, features_n, rejected
 
 
-def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, first: date, last: date,
-                 payloads: dict[str, Path], run_id: str | None) -> tuple[int, int, int, int]:
-    """Replace the days [first, last] with the slice's rows in one transaction; reject what cannot be used."""
+def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tuple[date, int, int]],
+                 payloads: dict[str, Path], apps: AppScope, run_id: str | None,
+                 report: ExtractReport) -> tuple[int, int, int, int]:
+    """Replace the slice's days with its rows in one transaction; reject what cannot be used. `bounds` are the
+    (day, start ms, end ms) of the subscription's days the requests covered: a row's `day` must be one of
+    those starts, a poll answer's `time` fall within one of those days."""
+    first, last = bounds[0][0], bounds[-1][0]
+    con.execute("CREATE OR REPLACE TEMP TABLE pendo_slice_days (day DATE, start_ms BIGINT, end_ms BIGINT)")
+    con.executemany("INSERT INTO pendo_slice_days VALUES (?, ?, ?)", [list(b) for b in bounds])
     for kind, payload in payloads.items():
         _rows(con, f"pendo_raw_{kind}", payload)
-    day = "CAST(epoch_ms(TRY_CAST(j->>'day' AS BIGINT)) AS DATE)"
+    _check_day_starts(con, report.timezone, bounds)
+    day_ms = "TRY_CAST(j->>'day' AS BIGINT)"
     answered = "TRY_CAST(j->>'time' AS BIGINT)"
     response = "TRY_CAST(j->>'response' AS DOUBLE)"
-    bad_day = f"CASE WHEN {day} IS NULL THEN 'day is ' || coalesce(j->>'day', 'missing') || ', not epoch ms' END"
-    outside = f"CASE WHEN {day} NOT BETWEEN $first AND $last THEN 'day ' || {day} || ' is outside the requested days' END"
+    bad_day = f"CASE WHEN {day_ms} IS NULL THEN 'day is ' || coalesce(j->>'day', 'missing') || ', not epoch ms' END"
+    outside = (f"CASE WHEN {day_ms} IS NOT NULL AND d.day IS NULL THEN 'day ' || {day_ms} || ' ('"
+               f" || strftime(epoch_ms({day_ms}), '%Y-%m-%d %H:%M') || ' UTC) is outside the requested days' END")
+    app_outside = _app_outside(apps)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pendo_checked_visitor AS
-        SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('visitorId')} AS visitor_id, {day} AS day,
-               {_COUNT.format('numEvents')} AS events, {_COUNT.format('numMinutes')} AS minutes,
-               concat_ws('; ', {_missing('accountId')}, {_missing('visitorId')}, {bad_day}, {outside},
+        SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('visitorId')} AS visitor_id, d.day,
+               {_TEXT.format('appId')} AS app_id, {_COUNT.format('numEvents')} AS events,
+               {_COUNT.format('numMinutes')} AS minutes,
+               concat_ws('; ', {_missing('accountId')}, {_missing('visitorId')}, {bad_day}, {outside}, {app_outside},
                          {_bad_count('numEvents')}, {_bad_count('numMinutes')}) AS reason
-        FROM pendo_raw_visitor
-    """, {"first": first, "last": last})
+        FROM pendo_raw_visitor LEFT JOIN pendo_slice_days d ON d.start_ms = {day_ms}
+    """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pendo_checked_feature AS
-        SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('featureId')} AS feature_id, {day} AS day,
-               {_COUNT.format('numEvents')} AS events, {_COUNT.format('visitors')} AS visitors,
-               concat_ws('; ', {_missing('accountId')}, {_missing('featureId')}, {bad_day}, {outside},
+        SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('featureId')} AS feature_id, d.day,
+               {_TEXT.format('appId')} AS app_id, {_COUNT.format('numEvents')} AS events,
+               {_COUNT.format('visitors')} AS visitors,
+               concat_ws('; ', {_missing('accountId')}, {_missing('featureId')}, {bad_day}, {outside}, {app_outside},
                          {_bad_count('numEvents')}) AS reason
-        FROM pendo_raw_feature
-    """, {"first": first, "last": last})
-    poll_day = f"CAST(epoch_ms({answered}) AS DATE)"
+        FROM pendo_raw_feature LEFT JOIN pendo_slice_days d ON d.start_ms = {day_ms}
+    """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pendo_checked_poll AS
         SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('visitorId')} AS visitor_id,
-               {poll_day} AS day, {answered} AS answered_ms, j->>'pollId' AS poll_id, {response} AS response,
+               d.day, {answered} AS answered_ms, j->>'pollId' AS poll_id, {response} AS response,
                concat_ws('; ', {_missing('accountId')},
                    CASE WHEN {answered} IS NULL THEN 'time is ' || coalesce(j->>'time', 'missing') || ', not epoch ms'
-                        WHEN {poll_day} NOT BETWEEN $first AND $last THEN 'answered on ' || {poll_day}
-                             || ', outside the requested days' END,
+                        WHEN d.day IS NULL THEN 'answered at ' || strftime(epoch_ms({answered}), '%Y-%m-%d %H:%M')
+                             || ' UTC, outside the requested days' END,
+                   {app_outside},
                    CASE WHEN {response} IS NULL OR {response} NOT BETWEEN 0 AND 10 OR {response} <> floor({response})
                         THEN 'NPS response ' || coalesce(j->>'response', 'missing') || ' is not a whole number 0-10' END
                ) AS reason
-        FROM pendo_raw_poll
-    """, {"first": first, "last": last})
+        FROM pendo_raw_poll LEFT JOIN pendo_slice_days d ON {answered} >= d.start_ms AND {answered} < d.end_ms
+    """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE pendo_rejections AS
         SELECT coalesce(account_id, '?') || '/' || coalesce(visitor_id, '?') || '/' || coalesce(day::VARCHAR, '?')
@@ -362,17 +449,17 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, first: date, la
     try:
         for table in ("pendo_visitor_days", "pendo_feature_days", "pendo_poll_responses", "pendo_staged_days"):
             con.execute(f"DELETE FROM {table} WHERE day BETWEEN $first AND $last", params)
-        # A visitor or feature may come back in several rows for one day (Pendo splits event rows further,
-        # e.g. by server); they are summed here.
+        # A visitor or feature may come back in several rows for one day and app (Pendo splits event rows
+        # further, e.g. by server); they are summed here. Apps stay apart: the score sums them.
         con.execute("""
-            INSERT INTO pendo_visitor_days
-            SELECT day, account_id, visitor_id, sum(events), sum(minutes) FROM pendo_checked_visitor
-            WHERE reason = '' GROUP BY day, account_id, visitor_id
+            INSERT INTO pendo_visitor_days (day, account_id, visitor_id, events, minutes, app_id)
+            SELECT day, account_id, visitor_id, sum(events), sum(minutes), app_id FROM pendo_checked_visitor
+            WHERE reason = '' GROUP BY day, account_id, visitor_id, app_id
         """)
         con.execute("""
-            INSERT INTO pendo_feature_days
-            SELECT day, account_id, feature_id, sum(events), max(visitors) FROM pendo_checked_feature
-            WHERE reason = '' GROUP BY day, account_id, feature_id
+            INSERT INTO pendo_feature_days (day, account_id, feature_id, events, visitors, app_id)
+            SELECT day, account_id, feature_id, sum(events), max(visitors), app_id FROM pendo_checked_feature
+            WHERE reason = '' GROUP BY day, account_id, feature_id, app_id
         """)
         con.execute("""
             INSERT INTO pendo_poll_responses
@@ -380,13 +467,15 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, first: date, la
             FROM pendo_checked_poll WHERE reason = ''
         """)
         con.execute("""
-            INSERT INTO pendo_staged_days
+            INSERT INTO pendo_staged_days (day, staged_at, run_id, visitor_rows, feature_rows, poll_rows, timezone,
+                                           day_start_ms, day_end_ms, apps)
             SELECT d.day, now(), $run_id,
                    (SELECT count(*) FROM pendo_visitor_days v WHERE v.day = d.day),
                    (SELECT count(*) FROM pendo_feature_days f WHERE f.day = d.day),
-                   (SELECT count(*) FROM pendo_poll_responses p WHERE p.day = d.day)
-            FROM (SELECT unnest(generate_series($first::DATE, $last::DATE, INTERVAL 1 DAY))::DATE AS day) d
-        """, params | {"run_id": run_id})
+                   (SELECT count(*) FROM pendo_poll_responses p WHERE p.day = d.day),
+                   $timezone, d.start_ms, d.end_ms, $apps
+            FROM pendo_slice_days d
+        """, {"run_id": run_id, "timezone": report.timezone, "apps": report.apps})
         ledger.reject_relation(SYNC, "pendo_rejections", run_id=run_id)
         con.execute("COMMIT")
     except BaseException:
@@ -395,13 +484,56 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, first: date, la
     counts = con.execute("""
         SELECT sum(visitor_rows), sum(feature_rows), sum(poll_rows) FROM pendo_staged_days
         WHERE day BETWEEN $first AND $last""", params).fetchone()
+    for app_id, events in con.execute("""
+            SELECT coalesce(app_id, '?'), sum(events) FROM pendo_visitor_days WHERE day BETWEEN $first AND $last
+            GROUP BY 1""", params).fetchall():
+        report.events_by_app[app_id] = report.events_by_app.get(app_id, 0) + int(events)
     rejected = con.execute("SELECT count(*) FROM pendo_rejections").fetchone()[0]
-    for name in ("raw_visitor", "raw_feature", "raw_poll", "checked_visitor", "checked_feature", "checked_poll",
-                 "rejections"):
-        con.execute(f"DROP TABLE pendo_{name}")
+    _drop_slice_tables(con)
     return int(counts[0] or 0), int(counts[1] or 0), int(counts[2] or 0), rejected
 
 
-def _day_ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+def _check_day_starts(con: duckdb.DuckDBPyConnection, timezone: str, bounds: list[tuple[date, int, int]]) -> None:
+    """Raise `TimeZoneMismatchError` when an event row's `day` is not a midnight of `timezone`: Pendo buckets
+    days in another zone (spec §7). Pendo aligns a request's `first` down to its own midnight, so such rows
+    may also fall just outside the requested days; either way the day values betray the zone."""
+    zone = ZoneInfo(timezone)
+    values = con.execute("""
+        SELECT day_ms, count(*) FROM (
+            SELECT TRY_CAST(j->>'day' AS BIGINT) AS day_ms FROM pendo_raw_visitor
+            UNION ALL SELECT TRY_CAST(j->>'day' AS BIGINT) FROM pendo_raw_feature)
+        WHERE day_ms IS NOT NULL GROUP BY day_ms ORDER BY day_ms""").fetchall()
+    wrong = [(ms, n) for ms, n in values if _is_instant(ms) and local_midnight_ms(local_day_of(ms, zone), zone) != ms]
+    if not wrong:
+        return
+    day_ms = wrong[0][0]
+    day = local_day_of(day_ms, zone)
+    seen = datetime.fromtimestamp(day_ms / 1000, UTC)
+    expected = datetime.fromtimestamp(local_midnight_ms(day, zone) / 1000, UTC)
+    _drop_slice_tables(con)
+    raise TimeZoneMismatchError(
+        f"Pendo's days do not start at midnight in PENDO_TIMEZONE={timezone}: {sum(n for _, n in wrong)} row(s) "
+        f"for {bounds[0][0]} .. {bounds[-1][0]} carry a `day` such as {day_ms} ({seen:%Y-%m-%d %H:%M} UTC), but "
+        f"{day} starts at {expected:%Y-%m-%d %H:%M} UTC in {timezone}. The subscription's time zone (Pendo: "
+        f"Settings > Subscription settings > Time Zone) puts midnight at {seen:%H:%M} UTC, i.e. a UTC offset "
+        f"of {_offset_of_midnight(seen)} on that day: set PENDO_TIMEZONE to it. Nothing of these days was staged",
+        ExtractReport(bounds[0][0], bounds[-1][0], timezone=timezone))
 
+
+def _is_instant(ms: int) -> bool:
+    """Whether `ms` is a plausible Pendo time, 2001..2099 (a wild value is a rejected row, not a zone)."""
+    return 1_000_000_000_000 <= ms < 4_102_444_800_000
+
+
+def _offset_of_midnight(moment: datetime) -> str:
+    """The UTC offset (whole hours, -12..+14) of a zone whose midnight is at `moment`'s UTC time of day."""
+    hours = -(moment.hour + moment.minute / 60)
+    if hours < -12:
+        hours += 24
+    return f"{'-' if hours < 0 else '+'}{abs(int(hours)):02d}:00"
+
+
+def _drop_slice_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for name in ("slice_days", "raw_visitor", "raw_feature", "raw_poll", "checked_visitor", "checked_feature",
+                 "checked_poll", "rejections"):
+        con.execute(f"DROP TABLE IF EXISTS pendo_{name}")

@@ -8,7 +8,8 @@ Two kinds of data, with different rules:
 * **Time series** (audit trail, Pendo usage and NPS answers, Heap segment membership) are pure
   functions of (seed, absolute time bucket): the same hour, day or 4-hour window always holds the
   same events, whatever `now` is. `now` only moves the visible horizon (nothing after it is shown,
-  and a user is only active, or a Heap member, after `created_at`).
+  and a user is only active, or a Heap member, after `created_at`). Pendo usage is generated per
+  UTC hour; a Pendo day is the sum of the hours of one day of the subscription's time zone.
 
 Population rows are generated vectorised with `np.random.default_rng([seed, salt])`; time series
 use a counter-based hash (splitmix64) of (seed, salt, key, bucket), so any bucket can be computed on
@@ -37,16 +38,19 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, lru_cache, wraps
 from typing import ParamSpec, TypeVar
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from segment_ops.config import SANDBOX_PENDO_TIMEZONE
 
 POPULATION_START = datetime(2021, 1, 1, tzinfo=UTC)
 POPULATION_AS_OF = datetime(2026, 10, 1, tzinfo=UTC)
@@ -56,6 +60,26 @@ PENDO_ANONYMOUS_PREFIX = "_PENDO_T_"
 PENDO_EVENT_KINDS = ("events", "pageEvents", "featureEvents", "trackEvents")
 PENDO_NPS_GUIDE_ID = "gd_NpsQuarterly7Qm2Xc"
 PENDO_NPS_POLL_ID = "pl_NpsScore0to10Jq4"
+
+
+@dataclass(frozen=True)
+class PendoApp:
+    """One app of the demo's multi-app Pendo subscription (events, pages and features belong to an app;
+    visitors and accounts to the subscription: support.pendo.io "Multi-app subscriptions")."""
+
+    id: int
+    name: str
+    platform: str
+
+
+# The default app is the subscription's first web app; -323232 is the id singer-io/tap-pendo's tests use for a
+# single-app subscription's app. Some identified users also use one of the two mobile apps.
+PENDO_APPS = (
+    PendoApp(-323232, "Web App", "web"),
+    PendoApp(5668600916475904, "iOS App", "ios"),
+    PendoApp(5715999741083648, "Android App", "android"),
+)
+PENDO_DEFAULT_APP_ID = PENDO_APPS[0].id
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -199,65 +223,97 @@ class DemoData:
         ]
 
     @_gc_paused
-    def pendo_events(self, kind: str, first_ms: int, last_ms: int, period: str = "dayRange") -> list[dict]:
-        """Usage rows per visitor per day/hour bucket overlapping [first_ms, last_ms), completed by `now`.
+    def pendo_events(self, kind: str, first_ms: int, last_ms: int, period: str = "dayRange", *,
+                     timezone: str = SANDBOX_PENDO_TIMEZONE, apps: Collection[int] | None = None) -> list[dict]:
+        """Usage rows per visitor and app (and page / feature / track type) per bucket overlapping
+        [first_ms, last_ms) that ended by `now` (Pendo reports a bucket once it is processed).
 
-        A bucket is reported once it has ended (Pendo processes events with a delay); buckets start
-        at UTC midnight / the top of the hour. Hourly `numEvents` of a day sum to that day's.
+        Day buckets start at midnight in `timezone`, the subscription's (spec §7: whole-hour zones; a DST
+        day is 23 or 25 hours), hour buckets at the top of the hour; a day row is the sum of that day's
+        hour rows. Every row carries its `appId`; `apps` limits the rows to those app ids (None: all).
         """
         if kind not in PENDO_EVENT_KINDS:
             raise ValueError(f"unknown Pendo event source {kind!r}; expected one of {PENDO_EVENT_KINDS}")
-        size = {"dayRange": _DAY_MS, "hourRange": _HOUR_MS}.get(period)
-        if size is None:
+        if period not in ("dayRange", "hourRange"):
             raise ValueError(f"unknown Pendo timeSeries period {period!r}; expected dayRange or hourRange")
-        lo = max(first_ms, _to_ms(POPULATION_START)) // size * size  # nobody was active before
-        hi = min(last_ms, self._now_ms - size + 1)  # bucket starts must be < hi
-        if hi <= lo:
+        edges = self._bucket_edges(first_ms, last_ms, period, ZoneInfo(timezone))
+        if len(edges) < 2:
             return []
+        lo, hi = int(edges[0]), int(edges[-1])
+        wanted = np.array([i for i, app in enumerate(PENDO_APPS) if apps is None or app.id in apps], dtype=np.int64)
         parts = []
         for day in range(lo // _DAY_MS, (hi - 1) // _DAY_MS + 1):
-            rows = self._day_activity(day, self._active_candidates)
+            rows = _split_apps(self.config.seed, self._day_activity(day, self._active_candidates), day,
+                               self._mobile_app)
+            rows = {k: v[np.isin(rows["app"], wanted)] for k, v in rows.items()}
             if kind != "events":
-                rows = _split_items(self.config.seed, rows, day, _item_kinds()[kind])
-            if period == "hourRange":
-                rows = _expand_hours(rows, day)
-            else:
-                rows["bucket"] = np.full(len(rows["visitor"]), day * _DAY_MS, dtype=np.int64)
+                rows = _split_items(self.config.seed, rows, day, kind)
+            rows = _expand_hours(rows, day)
             keep = (rows["bucket"] >= lo) & (rows["bucket"] < hi)
             parts.append({k: v[keep] for k, v in rows.items()})
         rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        order = np.lexsort((rows.get("item", rows["visitor"]), rows["visitor"], rows["bucket"]))
+        keys = ("bucket", "visitor", "app") + (("item",) if kind != "events" else ())
+        if period == "dayRange":
+            rows["bucket"] = edges[np.searchsorted(edges, rows["bucket"], side="right") - 1]
+        rows = _sum_by(rows, keys)
         pop = self._pop
-        visitors = rows["visitor"][order]
+        visitors = rows["visitor"]
+        app_ids = np.array([app.id for app in PENDO_APPS], dtype=np.int64)
         columns: dict[str, list] = {
             "visitorId": pop.visitor_id[visitors].tolist(),
             "accountId": pop.account_id[visitors].tolist(),
-            "day" if period == "dayRange" else "hour": rows["bucket"][order].tolist(),
-            "numEvents": rows["events"][order].tolist(),
-            "numMinutes": rows["minutes"][order].tolist(),
+            "appId": app_ids[rows["app"]].tolist(),
+            "day" if period == "dayRange" else "hour": rows["bucket"].tolist(),
+            "numEvents": rows["events"].tolist(),
+            "numMinutes": rows["minutes"].tolist(),
         }
         if kind != "events":
-            spec = _item_kinds()[kind]
-            columns[spec.field] = spec.ids[rows["item"][order]].tolist()
-        keys = list(columns)
-        return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+            columns[_ITEM_FIELDS[kind]] = _item_ids(kind)[rows["item"]].tolist()
+        names = list(columns)
+        return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
-    def pendo_features(self) -> list[dict]:
-        """The tagged Pendo features (`GET /api/v1/feature`): `{"id", "name", "kind"}`, most used first."""
-        ids = _item_kinds()["featureEvents"].ids.tolist()
-        return [{"id": fid, "name": name, "kind": "Feature"} for fid, name in zip(ids, _FEATURE_NAMES, strict=True)]
+    def pendo_features(self, apps: Collection[int] | None = None) -> list[dict]:
+        """The tagged Pendo features (`GET /api/v1/feature`): `{"id", "name", "kind", "appId"}` of `apps`
+        (None: every app), each app's most used first."""
+        return [{"id": fid, "name": name, "kind": "Feature", "appId": PENDO_APPS[app].id}
+                for fid, name, app in zip(_item_ids("featureEvents").tolist(), _item_names("featureEvents"),
+                                          _item_apps("featureEvents").tolist(), strict=True)
+                if apps is None or PENDO_APPS[app].id in apps]
+
+    def _bucket_edges(self, first_ms: int, last_ms: int, period: str, zone: ZoneInfo) -> np.ndarray:
+        """Boundaries b0 < b1 < ... of the buckets [b_i, b_i+1) that overlap [first_ms, last_ms) and ended by
+        `now` (nobody was active before POPULATION_START, so nothing starts earlier)."""
+        start = max(first_ms, _to_ms(POPULATION_START))
+        edges: list[int] = []
+        if period == "hourRange":
+            bucket = start // _HOUR_MS * _HOUR_MS
+            while bucket < last_ms and bucket + _HOUR_MS <= self._now_ms:
+                edges.append(bucket)
+                bucket += _HOUR_MS
+            return np.array(edges + [bucket] if edges else [], dtype=np.int64)
+        day = datetime.fromtimestamp(start / 1000, UTC).astimezone(zone).date()
+        begin = _to_ms(datetime(day.year, day.month, day.day, tzinfo=zone))
+        while begin < last_ms:
+            day += timedelta(days=1)
+            end = _to_ms(datetime(day.year, day.month, day.day, tzinfo=zone))
+            if end > self._now_ms:
+                break
+            edges.append(begin)
+            begin = end
+        return np.array(edges + [begin] if edges else [], dtype=np.int64)
 
     @_gc_paused
-    def pendo_poll_events(self, first_ms: int, last_ms: int) -> list[dict]:
+    def pendo_poll_events(self, first_ms: int, last_ms: int, apps: Collection[int] | None = None) -> list[dict]:
         """NPS answers (0-10) given in [first_ms, last_ms) and by `now`, oldest first.
 
         About a third of active users in used accounts answer the quarterly NPS guide, each on a
-        fixed 90-day rhythm; accounts in a usage dip answer lower.
+        fixed 90-day rhythm; accounts in a usage dip answer lower. The NPS guide runs in the default
+        app, so `apps` (None: all) without it yields no answers.
         """
         seed, pop = self.config.seed, self._pop
         hi = min(last_ms, self._now_ms + 1)
         idx = self._nps_respondents
-        if hi <= first_ms or not len(idx):
+        if hi <= first_ms or not len(idx) or (apps is not None and PENDO_DEFAULT_APP_ID not in apps):
             return []
         period = 90 * _DAY_MS
         phase = (_uniform(seed, _SALT_NPS_PHASE, idx) * period).astype(np.int64)
@@ -278,6 +334,7 @@ class DemoData:
             {
                 "visitorId": vid,
                 "accountId": aid,
+                "appId": PENDO_DEFAULT_APP_ID,
                 "time": t,
                 "guideId": PENDO_NPS_GUIDE_ID,
                 "pollId": PENDO_NPS_POLL_ID,
@@ -339,6 +396,15 @@ class DemoData:
         return np.flatnonzero((pop.p_active > 0) & ~self._acc.dead_of(pop.acc_idx))
 
     @cached_property
+    def _mobile_app(self) -> np.ndarray:
+        """Per user, the index in PENDO_APPS of the mobile app they also use (0: the web app only); about 18%
+        of identified users use the iOS app, 12% the Android app."""
+        pop = self._pop
+        u = _uniform(self.config.seed, _SALT_MOBILE_APP, np.arange(len(pop.identified)))
+        app = np.where(u < 0.18, 1, np.where(u < 0.30, 2, 0))
+        return np.where(pop.identified, app, 0).astype(np.int64)
+
+    @cached_property
     def _nps_respondents(self) -> np.ndarray:
         """Identified, active users in accounts that use the app who answer the NPS guide."""
         pop, candidates = self._pop, self._active_candidates
@@ -385,6 +451,7 @@ class DemoData:
 _SALT_ACCOUNTS, _SALT_USERS, _SALT_AUDIT, _SALT_ACTORS = 101, 102, 103, 104
 _SALT_ACTIVE, _SALT_SPAN, _SALT_START, _SALT_EVENTS, _SALT_MINUTES = 201, 202, 203, 204, 205
 _SALT_ITEM_COUNT, _SALT_ITEM_PICK, _SALT_ITEM_SHARE, _SALT_LAST_MINUTE = 206, 207, 208, 209
+_SALT_MOBILE_APP, _SALT_APP_SHARE = 210, 211
 _SALT_NPS_WHO, _SALT_NPS_PHASE, _SALT_NPS_SCORE = 301, 302, 303
 _SALT_HEAP_CYCLE, _SALT_HEAP_PHASE, _SALT_HEAP_MEMBER = 401, 402, 403
 
@@ -665,41 +732,85 @@ _HEAP_SEGMENTS = (
 
 @dataclass(frozen=True, eq=False)
 class _ItemKind:
-    field: str
+    """One app's catalogue of one kind of tagged item (pages, features or track types)."""
+
     salt: int
+    app: int  # index in PENDO_APPS
+    offset: int  # index of this catalogue's first item among the kind's items of every app
+    names: tuple[str, ...]
     ids: np.ndarray
     cum_weights: np.ndarray
     share: float  # part of a visitor-day's events that hit tagged items of this kind
     row_rate: float  # part of active visitor-days with any such event
 
 
-def _item_kind(field: str, salt: int, names: list[str], share: float, row_rate: float) -> _ItemKind:
-    """A catalogue of tagged items with stable ids and a popularity skew (first name most used)."""
-    ids = np.array([_b62(hashlib.blake2b(n.encode(), digest_size=16).digest(), 20) for n in names], dtype=object)
-    weights = 1.0 / np.arange(1, len(names) + 1)
-    return _ItemKind(field, salt, ids, np.cumsum(weights) / weights.sum(), share, row_rate)
-
-
+_ITEM_FIELDS = {"pageEvents": "pageId", "featureEvents": "featureId", "trackEvents": "trackTypeId"}
 _FEATURE_NAMES = ("Create Report", "Export CSV", "Filter", "Share Dashboard", "Invite User", "Connect Integration",
                   "Schedule Email", "Upgrade Button")
+# Per kind: (salt, share, row_rate, web app's names, each mobile app's names).
+_ITEM_CATALOGUES = {
+    "pageEvents": (1, 0.85, 1.0, ("Dashboard", "Reports", "Settings", "Integrations", "Billing", "Team", "Onboarding",
+                                  "Search", "Alerts", "Help Center"),
+                   ("Home", "Scan", "Inbox", "Profile", "Settings")),
+    "featureEvents": (2, 0.4, 0.9, _FEATURE_NAMES, ("Scan Receipt", "Push Opt-in", "Offline Sync")),
+    "trackEvents": (3, 0.15, 0.5, ("report_created", "export_completed", "user_invited", "integration_connected",
+                                   "plan_upgraded"), ("receipt_scanned", "push_opened")),
+}
 
 
-@lru_cache(maxsize=1)
-def _item_kinds() -> dict[str, _ItemKind]:
-    """The Pendo page, feature and track-type catalogues per event source."""
-    pages = ["Dashboard", "Reports", "Settings", "Integrations", "Billing", "Team", "Onboarding", "Search",
-             "Alerts", "Help Center"]
-    features = list(_FEATURE_NAMES)
-    track_types = ["report_created", "export_completed", "user_invited", "integration_connected", "plan_upgraded"]
-    return {
-        "pageEvents": _item_kind("pageId", 1, pages, 0.85, 1.0),
-        "featureEvents": _item_kind("featureId", 2, features, 0.4, 0.9),
-        "trackEvents": _item_kind("trackTypeId", 3, track_types, 0.15, 0.5),
-    }
+@lru_cache(maxsize=8)
+def _catalogues(kind: str) -> tuple[_ItemKind, ...]:
+    """The catalogues of `kind`, one per app, with stable ids and a popularity skew (first name most used).
+    The web app's ids hash the name alone; a mobile app's hash its platform too."""
+    salt, share, row_rate, web, mobile = _ITEM_CATALOGUES[kind]
+    out, offset = [], 0
+    for index, app in enumerate(PENDO_APPS):
+        names = web if app.platform == "web" else mobile
+        keys = names if app.platform == "web" else tuple(f"{app.platform}:{n}" for n in names)
+        ids = np.array([_b62(hashlib.blake2b(k.encode(), digest_size=16).digest(), 20) for k in keys], dtype=object)
+        weights = 1.0 / np.arange(1, len(names) + 1)
+        out.append(_ItemKind(salt + 10 * index, index, offset, tuple(names), ids, np.cumsum(weights) / weights.sum(),
+                             share, row_rate))
+        offset += len(names)
+    return tuple(out)
 
 
-def _split_items(seed: int, rows: dict[str, np.ndarray], day: int, spec: _ItemKind) -> dict[str, np.ndarray]:
-    """Spread each visitor-day's events over 1-3 pages/features/track types (merged if repeated)."""
+def _item_ids(kind: str) -> np.ndarray:
+    return np.concatenate([c.ids for c in _catalogues(kind)])
+
+
+def _item_names(kind: str) -> list[str]:
+    return [name for c in _catalogues(kind) for name in c.names]
+
+
+def _item_apps(kind: str) -> np.ndarray:
+    return np.concatenate([np.full(len(c.ids), c.app, dtype=np.int64) for c in _catalogues(kind)])
+
+
+def _split_apps(seed: int, rows: dict[str, np.ndarray], day: int, mobile_app: np.ndarray) -> dict[str, np.ndarray]:
+    """Each visitor-day row as the web app's row plus, for users of a mobile app, that app's share (20-60% of the
+    day's events and minutes); rows left with no events are dropped. Adds the `app` column."""
+    who = rows["visitor"]
+    app = mobile_app[who]
+    share = np.where(app > 0, 0.2 + 0.4 * _uniform(seed, _SALT_APP_SHARE, who, day), 0.0)
+    mobile_events = np.floor(rows["events"] * share).astype(np.int64)
+    mobile_minutes = np.rint(rows["minutes"] * share).astype(np.int64)
+    web = {**rows, "events": rows["events"] - mobile_events,
+           "minutes": np.maximum(rows["minutes"] - mobile_minutes, 1), "app": np.zeros(len(who), dtype=np.int64)}
+    mobile = {**rows, "events": mobile_events, "minutes": np.maximum(mobile_minutes, 1), "app": app}
+    keep_web, keep_mobile = web["events"] > 0, mobile["events"] > 0
+    return {k: np.concatenate([web[k][keep_web], mobile[k][keep_mobile]]) for k in web}
+
+
+def _split_items(seed: int, rows: dict[str, np.ndarray], day: int, kind: str) -> dict[str, np.ndarray]:
+    """Spread each visitor-day's events over 1-3 of its app's pages/features/track types (merged if repeated);
+    `item` is the index among the kind's items of every app."""
+    parts = [_split_app_items(seed, {k: v[rows["app"] == spec.app] for k, v in rows.items()}, day, spec)
+             for spec in _catalogues(kind)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _split_app_items(seed: int, rows: dict[str, np.ndarray], day: int, spec: _ItemKind) -> dict[str, np.ndarray]:
     who = rows["visitor"]
     u = _uniform(seed, _SALT_ITEM_SHARE, spec.salt, who, day)
     events = np.floor(rows["events"] * spec.share + u).astype(np.int64)
@@ -716,15 +827,32 @@ def _split_items(seed: int, rows: dict[str, np.ndarray], day: int, spec: _ItemKi
     # Merge repeated picks of one item within a visitor-day, then drop empty rows.
     key = row * len(spec.ids) + item
     uniq, inverse = np.unique(key, return_inverse=True)
-    ev_sum = np.bincount(inverse, weights=ev).astype(np.int64)
-    mi_sum = np.bincount(inverse, weights=mi).astype(np.int64)
-    src = uniq // len(spec.ids)
+    ev_sum = np.bincount(inverse, weights=ev, minlength=len(uniq)).astype(np.int64)
+    mi_sum = np.bincount(inverse, weights=mi, minlength=len(uniq)).astype(np.int64)
     keep = ev_sum > 0
-    src = src[keep]
-    return {
-        "visitor": who[src], "events": ev_sum[keep], "minutes": np.maximum(mi_sum[keep], 1),
-        "h0": rows["h0"][src], "span": rows["span"][src], "item": (uniq % len(spec.ids))[keep],
-    }
+    src = (uniq // len(spec.ids))[keep]
+    out = {name: values[src] for name, values in rows.items() if name not in ("events", "minutes")}
+    out.update(events=ev_sum[keep], minutes=np.maximum(mi_sum[keep], 1),
+               item=spec.offset + (uniq % len(spec.ids))[keep])
+    return out
+
+
+def _sum_by(rows: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """`rows` summed (events, minutes) per distinct `keys`, ordered by them."""
+    order = np.lexsort(tuple(rows[k] for k in reversed(keys)))
+    ordered = {k: rows[k][order] for k in (*keys, "events", "minutes")}
+    n = len(order)
+    if not n:
+        return ordered
+    new = np.zeros(n, dtype=bool)
+    new[0] = True
+    for k in keys:
+        new[1:] |= ordered[k][1:] != ordered[k][:-1]
+    starts = np.flatnonzero(new)
+    out = {k: ordered[k][starts] for k in keys}
+    out["events"] = np.add.reduceat(ordered["events"], starts)
+    out["minutes"] = np.add.reduceat(ordered["minutes"], starts)
+    return out
 
 
 def _expand_hours(rows: dict[str, np.ndarray], day: int) -> dict[str, np.ndarray]:

@@ -1,20 +1,40 @@
-"""Pendo API emulator (spec §4), mounted at `/pendo`: the Aggregation API and the entity endpoints.
+"""Pendo API emulator (spec §4, §7), mounted at `/pendo`: the Aggregation API and the entity endpoints.
 
 `POST /api/v1/aggregation` runs the request through `pendo_pipeline.run_aggregation` over the demo
 data (the `fetch` adapter below maps each pipeline source to a `DemoData` method);
 `GET /api/v1/account/{id}` and `/api/v1/visitor/{id}` return one entity, `GET /api/v1/feature` the
 tagged features.
 
+Vendor sources it follows:
+- spec §4 (Pendo's v1 API as developers.pendo.io and pendo-io/pendo-ETL-API-calls show it): the
+  integration-key header, the aggregation body and sources, `timeSeries`, `{"results": [...]}`.
+- The subscription's time zone (support.pendo.io "Change your Subscription Time Zone"; Pendo's sample
+  rows `day=1540008000000`, New York midnight): every `day` is a local midnight of `timezone` (default
+  America/New_York, the sandbox subscription's; whole-hour zones only, as Pendo offers), and a
+  `dayRange` day runs from local midnight to local midnight (23 or 25 hours across DST).
+- Multi-app subscriptions (support.pendo.io tech note "The API response only contains data from one
+  application in my subscription"; "Multi-app subscriptions"): the demo subscription has a web app
+  (the default) and two mobile apps. An event source answers for the default app unless its object
+  says `"appId": "expandAppIds(\"*\")"` or names app ids; every event row carries `appId`; visitors
+  and accounts belong to the subscription, so `appId` does not narrow them. `GET /api/v1/feature`
+  lists the default app's features unless asked `?expand=*`.
+- Throttling: a leaky bucket answering 429 (DataGrail's Pendo integration docs).
+
 A test can make an account's usage drop from a day on (`drop_usage`, reached through
 `POST /__sandbox__/pendo/usage-drop`): its event rows from then on keep `factor` of their events and
 minutes (rows left with no events disappear), in every event source, until the sandbox is reset.
 
-Choices where the spec is silent or unverified:
+Where the sandbox and Pendo still differ, or the spec is silent (choices, not vendor facts):
 - A missing `x-pendo-integration-key` gets 401, a wrong one 403; all error bodies are plain text.
 - A Content-Type other than application/json, invalid JSON and every `PipelineError` get 400.
 - Throttling is a leaky bucket per key (`rate_limit` requests/s, bursts of the same size; off by
-  default); a 429 carries `Retry-After`.
-- `GET /api/v1/feature` returns a JSON array of `{"id", "name", "kind": "Feature"}` (shape unverified).
+  default); a 429 carries `Retry-After` (Pendo publishes no numbers and no header).
+- `GET /api/v1/feature` returns a JSON array of `{"id", "name", "kind": "Feature", "appId"}` (shape
+  unverified); an `expand` other than `*` is a 400.
+- Explicit app ids: a number or a list of numbers / numeric strings (tap-pendo's form); an unknown id
+  yields no rows; `expandAppIds` with a pattern other than `"*"` is a 400.
+- Pendo re-processes every day after a time zone change (showing zeros meanwhile); the sandbox's zone is
+  fixed for its lifetime.
 - Unknown entity ids get 404. `guideEvents` (no demo data) is a 400. `pollsSeenEver` returns every
   poll answer since the demo population began; a source argument such as `{"pageId": "p1"}` or
   `{"guideId": ..., "pollId": ...}` filters the rows on those fields.
@@ -24,9 +44,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +55,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from segment_ops.config import SANDBOX_PENDO_TIMEZONE
 from segment_ops.sandbox.common import (
     BodyTooLarge,
     TokenBucket,
@@ -43,8 +65,13 @@ from segment_ops.sandbox.common import (
     retry_after_headers,
     text_response,
 )
-from segment_ops.sandbox.demo_data import PENDO_EVENT_KINDS, POPULATION_START, DemoData
-from segment_ops.sandbox.pendo_pipeline import PipelineError, run_aggregation
+from segment_ops.sandbox.demo_data import (
+    PENDO_DEFAULT_APP_ID,
+    PENDO_EVENT_KINDS,
+    POPULATION_START,
+    DemoData,
+)
+from segment_ops.sandbox.pendo_pipeline import ALL_APPS, PipelineError, app_ids_of, run_aggregation
 from segment_ops.sandbox.recorder import Recorder
 
 MAX_BODY_BYTES = 1_000_000
@@ -65,10 +92,13 @@ class Pendo:
         *,
         integration_key: str,
         rate_limit: float | None = None,
+        timezone: str = SANDBOX_PENDO_TIMEZONE,
     ) -> None:
         self.recorder = recorder
         self.demo = demo
         self.integration_key = integration_key
+        self.timezone = timezone
+        self.zone = _whole_hour_zone(timezone)
         self._bucket = TokenBucket(rate_limit) if rate_limit else None
         self._drops: dict[str, tuple[int, float]] = {}  # accountId -> (from epoch ms, factor)
         self._drops_lock = threading.Lock()
@@ -91,8 +121,13 @@ class Pendo:
         with self._drops_lock:
             self._drops.clear()
 
+    def drop_usage_from_day(self, account_id: str, day: date, factor: float = 0.0) -> None:
+        """From the subscription's day `day` on (its local midnight), `account_id` keeps `factor` of its usage."""
+        self.drop_usage(account_id, int(datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp() * 1000),
+                        factor)
+
     def drop_usage(self, account_id: str, from_ms: int, factor: float = 0.0) -> None:
-        """From `from_ms` on, `account_id` keeps only `factor` (0..1) of its events and minutes."""
+        """Buckets starting at `from_ms` or later: `account_id` keeps only `factor` (0..1) of its events and minutes."""
         if not account_id or not isinstance(account_id, str):
             raise ValueError("accountId must be a non-empty string")
         if not 0.0 <= factor < 1.0:
@@ -113,7 +148,8 @@ class Pendo:
         log = self.recorder[self.name]
         log.store(body if isinstance(body, dict) else {"body": body})
         try:
-            rows = await run_in_threadpool(run_aggregation, body, self.fetch, now_ms=int(time.time() * 1000))
+            rows = await run_in_threadpool(run_aggregation, body, self.fetch, now_ms=int(time.time() * 1000),
+                                           timezone=self.timezone)
         except PipelineError as exc:
             return text_response(str(exc), 400)
         log.count("rows", len(rows))
@@ -123,7 +159,11 @@ class Pendo:
         refused = self._admit(request)
         if refused:
             return refused
-        return json_response(await run_in_threadpool(lambda: self.demo().pendo_features()))
+        expand = request.query_params.get("expand")
+        if expand not in (None, "*"):
+            return text_response(f"expand must be *, not {expand!r}", 400)
+        apps = None if expand == "*" else (PENDO_DEFAULT_APP_ID,)  # the tech note: default app unless expand=*
+        return json_response(await run_in_threadpool(lambda: self.demo().pendo_features(apps)))
 
     async def _account(self, request: Request) -> Response:
         return await self._entity(request, "accountId", lambda demo: demo.pendo_accounts())
@@ -158,28 +198,29 @@ class Pendo:
     def fetch(self, source: str, argument: Any, time_series: dict | None) -> Iterable[dict]:
         """The pipeline's `fetch`: raw rows of one source from the demo data (runs in a worker thread)."""
         demo = self.demo()
-        if source == "visitors":
+        apps = _apps(app_ids_of(argument))
+        if source == "visitors":  # visitors and accounts belong to the subscription, not to an app
             rows = demo.pendo_visitors()
         elif source == "accounts":
             rows = demo.pendo_accounts()
         elif source == "pollsSeenEver":
-            rows = demo.pendo_poll_events(_to_ms(POPULATION_START), _to_ms(demo.now) + 1)
+            rows = demo.pendo_poll_events(_to_ms(POPULATION_START), _to_ms(demo.now) + 1, apps)
         elif source not in _TIMED_SOURCES:
             raise PipelineError(f"source '{source}' is not available in the sandbox")
         elif time_series is None:
             raise PipelineError(f"source '{source}' requires timeSeries")
         elif source == "pollEvents":
-            rows = demo.pendo_poll_events(time_series["first"], time_series["last"])
+            rows = demo.pendo_poll_events(time_series["first"], time_series["last"], apps)
         else:
             try:
-                rows = demo.pendo_events(
-                    source, time_series["first"], time_series["last"], time_series["period"]
-                )
+                rows = demo.pendo_events(source, time_series["first"], time_series["last"], time_series["period"],
+                                         timezone=self.timezone, apps=apps)
             except ValueError as exc:
                 raise PipelineError(str(exc)) from None
             rows = self._apply_drops(rows)
         if isinstance(argument, dict) and argument:
-            rows = [row for row in rows if all(row.get(k) == v for k, v in argument.items() if v is not None)]
+            rows = [row for row in rows
+                    if all(row.get(k) == v for k, v in argument.items() if v is not None and k != "appId")]
         return rows
 
 
@@ -199,6 +240,24 @@ class Pendo:
             if events > 0:
                 kept.append({**row, "numEvents": events, "numMinutes": max(1, int(row["numMinutes"] * drop[1]))})
         return kept
+
+
+def _apps(named: str | frozenset[int] | None) -> Collection[int] | None:
+    """The app ids a source answers for: the default app when it names none, all for expandAppIds("*")."""
+    if named is None:
+        return (PENDO_DEFAULT_APP_ID,)
+    return None if named == ALL_APPS else named
+
+
+def _whole_hour_zone(name: str) -> ZoneInfo:
+    """The subscription's zone; Pendo offers whole-hour zones only (support.pendo.io), so the sandbox does too."""
+    zone = ZoneInfo(name)
+    moment = datetime(2000, 1, 1, tzinfo=UTC)
+    while moment.year < 2040:
+        if (moment.astimezone(zone).utcoffset() or timedelta(0)) % timedelta(hours=1):
+            raise ValueError(f"Pendo offers whole-hour time zones only; {name} is not one")
+        moment += timedelta(days=7)
+    return zone
 
 
 def _to_ms(moment: datetime) -> int:

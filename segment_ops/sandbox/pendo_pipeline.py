@@ -7,12 +7,24 @@ other over plain lists. Every problem surfaces as `PipelineError`, whose message
 body, never a Python traceback. Expressions go through a small recursive-descent parser compiled to
 closures; nothing is ever passed to Python's `eval`.
 
+Days are the subscription's (spec §7; support.pendo.io "Change your Subscription Time Zone"): a
+`dayRange` period is one day of the `timezone` given to `run_aggregation`, from local midnight to local
+midnight (23 or 25 hours across a DST change). Pendo offers whole-hour zones only, so an hour is the same
+in every zone.
+
+The source's own object may name the apps of a multi-app subscription (spec §7; support.pendo.io tech note
+"The API response only contains data from one application in my subscription"): `"appId":
+"expandAppIds(\"*\")"` for every app, or app ids (a number, or a list as singer-io/tap-pendo sends them).
+`app_ids_of` reads it; without it the caller answers for the default app only.
+
 Choices where Pendo's documentation is silent or the spec marks the form unverified:
 
-- `timeSeries.count` N > 0 covers N whole periods starting at `first` (aligned down to the UTC day or
-  hour); N < 0 covers the |N| whole periods *before* that aligned `first`, so
+- `timeSeries.count` N > 0 covers N whole periods starting at `first` (aligned down to the local day or
+  the hour); N < 0 covers the |N| whole periods *before* that aligned `first`, so
   `{"first": "now()", "count": -1}` is yesterday. `last` (exclusive) may replace `count`; it takes the
   same forms as `first` and is not aligned. Ranges longer than 400 days are rejected.
+- `expandAppIds` with any pattern other than `"*"` is rejected (Pendo's documents show only `"*"`); an app
+  id the subscription does not have yields no rows; an `appId` that is neither is a 400.
 - Sources `visitors`, `accounts` and `pollsSeenEver` need no `timeSeries`; if one is given it is still
   resolved and passed to `fetch`. All other (event) sources require it.
 - `identified: "field"` keeps rows whose field is a real id; `"!field"` keeps only the anonymous ones
@@ -28,8 +40,9 @@ Choices where Pendo's documentation is silent or the spec marks the form unverif
 - `cat`, `spawn` and `join` are rejected as unsupported.
 - Comparisons involving null are false except `==` / `!=`; arithmetic with null yields null; division
   by zero yields null; `+` also concatenates two strings; other type mismatches are errors.
-- Expression functions: `now()`, `dateAdd(ms, n, "days"|"hours")`, `isNull(x)`, `contains(s, sub)`
-  (substring, or membership for a list), `len(x)` and `startsWith(s, prefix)`.
+- Expression functions: `now()`, `dateAdd(ms, n, "days"|"hours")` (a day is 24 hours here, whatever the
+  zone), `isNull(x)`, `contains(s, sub)` (substring, or membership for a list), `len(x)` and
+  `startsWith(s, prefix)`.
 """
 
 from __future__ import annotations
@@ -38,7 +51,9 @@ import json
 import operator
 import re
 from collections.abc import Callable, Iterable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 SourceRows = Callable[[str, Any, dict | None], Iterable[dict]]
 
@@ -47,16 +62,18 @@ EVENT_SOURCES = frozenset(
 )
 TIMELESS_SOURCES = frozenset({"visitors", "accounts", "pollsSeenEver"})
 MAX_RANGE_DAYS = 400
+ALL_APPS = "*"  # what `app_ids_of` returns for expandAppIds("*")
 
 
 class PipelineError(ValueError):
     """An invalid or unsupported aggregation request; the message is Pendo's plain-text 400 body."""
 
 
-def run_aggregation(body: dict, fetch: SourceRows, *, now_ms: int) -> list[dict]:
-    """Validate the whole request body, fetch the source rows and run the pipeline over them."""
+def run_aggregation(body: dict, fetch: SourceRows, *, now_ms: int, timezone: str = "UTC") -> list[dict]:
+    """Validate the whole request body, fetch the source rows and run the pipeline over them; days are those
+    of the subscription's `timezone` (an IANA name)."""
     pipeline = _pipeline_of(body)
-    source_name, argument, time_series = _parse_source(pipeline[0], now_ms)
+    source_name, argument, time_series = _parse_source(pipeline[0], now_ms, ZoneInfo(timezone))
     stages = [_compile_stage(index, stage, now_ms) for index, stage in enumerate(pipeline[1:], start=1)]
     rows = list(fetch(source_name, argument, time_series))
     for stage in stages:
@@ -91,7 +108,34 @@ def _pipeline_of(body: Any) -> list:
     return pipeline
 
 
-def _parse_source(stage: Any, now_ms: int) -> tuple[str, Any, dict | None]:
+def app_ids_of(argument: Any) -> str | frozenset[int] | None:
+    """The apps a source's object names: None (no `appId`: the default app only), `ALL_APPS` for
+    `expandAppIds("*")`, or the set of app ids. Raises `PipelineError` for anything else."""
+    if not isinstance(argument, dict) or "appId" not in argument:
+        return None
+    value = argument["appId"]
+    if isinstance(value, str) and value.strip().startswith("expandAppIds"):
+        if _EXPAND_ALL.fullmatch(value):
+            return ALL_APPS
+        raise PipelineError(f'appId {value!r}: the sandbox expands expandAppIds("*") only')
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise PipelineError("appId must not be an empty list")
+    ids = set()
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            ids.add(item)
+        elif isinstance(item, str) and re.fullmatch(r"\s*-?\d+\s*", item):
+            ids.add(int(item))
+        else:
+            raise PipelineError(f'appId must be expandAppIds("*"), an app id or a list of app ids, not {item!r}')
+    return frozenset(ids)
+
+
+_EXPAND_ALL = re.compile(r'\s*expandAppIds\(\s*"\*"\s*\)\s*')
+
+
+def _parse_source(stage: Any, now_ms: int, zone: ZoneInfo) -> tuple[str, Any, dict | None]:
     if not isinstance(stage, dict) or set(stage) != {"source"}:
         raise PipelineError("the first pipeline stage must be a source")
     spec = stage["source"]
@@ -106,14 +150,15 @@ def _parse_source(stage: Any, now_ms: int) -> tuple[str, Any, dict | None]:
     argument = spec[name]
     if argument is not None and not isinstance(argument, dict):
         raise PipelineError(f"source '{name}' takes null or an object, not {_type_name(argument)}")
+    app_ids_of(argument)  # a bad appId is a 400 before any data is read
     if "timeSeries" in spec:
-        return name, argument, _resolve_time_series(spec["timeSeries"], now_ms)
+        return name, argument, _resolve_time_series(spec["timeSeries"], now_ms, zone)
     if name in EVENT_SOURCES:
         raise PipelineError(f"source '{name}' requires timeSeries")
     return name, argument, None
 
 
-def _resolve_time_series(spec: Any, now_ms: int) -> dict:
+def _resolve_time_series(spec: Any, now_ms: int, zone: ZoneInfo) -> dict:
     if not isinstance(spec, dict):
         raise PipelineError("timeSeries must be an object")
     unknown = set(spec) - {"period", "first", "count", "last"}
@@ -126,20 +171,49 @@ def _resolve_time_series(spec: Any, now_ms: int) -> dict:
         raise PipelineError("timeSeries.first is required")
     if ("count" in spec) == ("last" in spec):
         raise PipelineError("timeSeries needs exactly one of count or last")
-    period_ms = _PERIOD_MS[period]
-    first = _time_value(spec["first"], "first", now_ms) // period_ms * period_ms
+    try:
+        first = _align(_time_value(spec["first"], "first", now_ms), period, zone)
+    except (OverflowError, OSError, ValueError) as exc:  # a time far outside the calendar
+        if isinstance(exc, PipelineError):
+            raise
+        raise PipelineError("timeSeries.first is outside the range of dates") from None
     if "count" in spec:
         count = spec["count"]
         if not isinstance(count, int) or isinstance(count, bool) or count == 0:
             raise PipelineError("timeSeries.count must be a non-zero integer")
-        first, last = sorted((first, first + count * period_ms))
+        if abs(count) * _PERIOD_MS[period] > MAX_RANGE_DAYS * _PERIOD_MS["dayRange"]:
+            raise PipelineError(f"timeSeries spans more than {MAX_RANGE_DAYS} days")
+        try:
+            first, last = sorted((first, _shift(first, count, period, zone)))
+        except (OverflowError, OSError, ValueError):
+            raise PipelineError("timeSeries.count reaches outside the range of dates") from None
     else:
         last = _time_value(spec["last"], "last", now_ms)
         if last <= first:
             raise PipelineError("timeSeries.last must be after timeSeries.first")
-    if last - first > MAX_RANGE_DAYS * _PERIOD_MS["dayRange"]:
-        raise PipelineError(f"timeSeries spans more than {MAX_RANGE_DAYS} days")
+        # A DST change may lengthen a span of whole local days by an hour.
+        if last - first > MAX_RANGE_DAYS * _PERIOD_MS["dayRange"] + _PERIOD_MS["hourRange"]:
+            raise PipelineError(f"timeSeries spans more than {MAX_RANGE_DAYS} days")
     return {"period": period, "first": first, "last": last}
+
+
+def _align(moment_ms: int, period: str, zone: ZoneInfo) -> int:
+    """The start of the period holding `moment_ms`: local midnight for a day, the top of the hour for an hour."""
+    if period == "dayRange":
+        return _midnight_ms(datetime.fromtimestamp(moment_ms / 1000, UTC).astimezone(zone).date(), zone)
+    return moment_ms // _PERIOD_MS[period] * _PERIOD_MS[period]
+
+
+def _shift(start_ms: int, count: int, period: str, zone: ZoneInfo) -> int:
+    """The start of the period `count` periods after (or before) the one starting at `start_ms`."""
+    if period == "dayRange":  # N days on is N local midnights on, whatever DST does in between
+        day = datetime.fromtimestamp(start_ms / 1000, UTC).astimezone(zone).date()
+        return _midnight_ms(day + timedelta(days=count), zone)
+    return start_ms + count * _PERIOD_MS[period]
+
+
+def _midnight_ms(day: date, zone: ZoneInfo) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
 
 
 def _time_value(value: Any, name: str, now_ms: int) -> int:

@@ -1,9 +1,11 @@
 """Pendo account health -> Segment group calls: daily usage partitions, a health score, a diff-based sync.
 
-- `pendo/account_usage_daily` (daily partitions, UTC, from 2026-01-01 to the last complete day): reads
-  its days from Pendo's Aggregation API (events, featureEvents, pollEvents; 30 days per request at most,
-  spec §4) and stages each day in the sync's DuckDB file, replacing that day. `BackfillPolicy.single_run()`:
-  a backfill of any range of days from the UI is one run that reads it in 30-day slices.
+- `pendo/account_usage_daily` (daily partitions in the subscription's time zone, PENDO_TIMEZONE, from
+  2026-01-01 to the last complete day): reads its days from Pendo's Aggregation API (events,
+  featureEvents, pollEvents of the apps in PENDO_APP_IDS; 30 days per request at most, spec §4, §7) and
+  stages each day in the sync's DuckDB file, replacing that day. A day is read once it ended `[extract]
+  settle_hours` ago there. `BackfillPolicy.single_run()`: a backfill of any range of days from the UI
+  is one run that reads it in 30-day slices.
 - `pendo/account_health`: scores every Pendo account as of the latest staged day with the model in
   `config/pendo_health.toml` (PENDO_HEALTH_CONFIG): score 0-100, band, reasons. Checks
   `window_complete` (blocking: every day of the scoring window is staged, unless `allow_partial_window`)
@@ -15,18 +17,30 @@
 
 All three write one staging file (`staging/pendo_account_health.duckdb`), so they share the pool
 `staging_pendo_account_health` (limit 1 in dagster.yaml): runs never collide on it. `pendo_daily_schedule`
-(STOPPED by default) runs `pendo_account_health_job` each morning over the last 3 days (one range run, so
-days Pendo finished processing late are re-read), then scores and syncs.
+(STOPPED by default) runs `pendo_account_health_job` each morning of the subscription's zone over the last 3
+readable days (one range run, so days Pendo finished processing late are re-read), then scores and syncs.
+
+Partition keys are dates; since PENDO_TIMEZONE they mean days of the subscription's zone (before, UTC days).
+A partition materialised under UTC keeps its key: its staged day is marked as a UTC day, counts as not
+staged for the score and the sync (`window_complete` names it) until it is read again, and re-reading
+replaces that date's rows whole, so nothing is counted twice.
 """
 
 import hashlib
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from segment_ops.clients.base import VendorAuthError
+from segment_ops.clients.pendo import (
+    AppScope,
+    PendoSettingError,
+    last_settled_day,
+    local_midnight_ms,
+    subscription_zone,
+)
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import DeliveryIncomplete
@@ -39,6 +53,7 @@ from segment_ops.engine.health import (
     HealthConfigError,
     NothingStagedError,
     ScoreReport,
+    days_in_other_zones,
     describe_config,
     describe_days,
     load_health_config,
@@ -66,8 +81,13 @@ HEALTH_KEY = dg.AssetKey(["pendo", "account_health"])
 GROUPS_KEY = dg.AssetKey(["segment", "pendo_account_groups"])
 JOB_NAME = "pendo_account_health_job"
 PARTITIONS_START = "2026-01-01"
-# end_offset 0: the newest partition is yesterday, the last day Pendo has finished processing.
-PARTITIONS = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+# The subscription's zone, read when the definitions load (partitions must exist then); a zone that is not
+# an IANA name or not whole-hour stops the load with an error naming PENDO_TIMEZONE.
+SUBSCRIPTION_ZONE = subscription_zone(load_settings()["PENDO_TIMEZONE"])
+TIMEZONE = SUBSCRIPTION_ZONE.key
+AppScope.parse(load_settings()["PENDO_APP_IDS"])  # PENDO_APP_IDS is the resource's; a bad value stops the load too
+# end_offset 0: the newest partition is yesterday in the subscription's zone (readable `settle_hours` after it ends).
+PARTITIONS = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=TIMEZONE)
 MIN_ACCOUNTS_FOR_BAND_CHECK = 5
 DAILY_REREAD_DAYS = 3  # the daily run re-reads this many days: Pendo may finish processing a day late
 
@@ -111,16 +131,20 @@ def _config_version() -> str:
 )
 def account_usage_daily(context: dg.AssetExecutionContext, pendo: PendoResource,
                         staging: StagingResource) -> dg.MaterializeResult:
-    """Per account and UTC day: active visitors, events, minutes, features used and NPS answers, read from
-    Pendo's Aggregation API and staged in DuckDB. Re-running a day replaces it; a backfill of a range is
-    one run (30 days per Pendo request)."""
-    window = context.partition_time_window
-    first_day, last_day = window.start.date(), (window.end - timedelta(days=1)).date()
+    """Per account and day of the Pendo subscription's time zone: active visitors, events, minutes, features
+    used and NPS answers, summed over the configured apps, read from Pendo's Aggregation API and staged in
+    DuckDB. Re-running a day replaces it; a backfill of a range is one run (30 days per Pendo request)."""
+    keys = context.partition_key_range
+    first_day, last_day = date.fromisoformat(keys.start), date.fromisoformat(keys.end)
     config = _config()
-    client = pendo.get_client()
+    try:
+        client = pendo.get_client()
+    except PendoSettingError as exc:
+        raise dg.Failure(description=str(exc)) from None
     try:
         with store.staging(staging.staging_db(SYNC)) as con:
-            report = extract_days(con, client, config, first_day, last_day, run_id=context.run.run_id)
+            report = extract_days(con, client, config, first_day, last_day, zone=SUBSCRIPTION_ZONE,
+                                  run_id=context.run.run_id)
             days = con.execute(
                 "SELECT s.day, s.visitor_rows, s.feature_rows, s.poll_rows, "
                 "(SELECT count(DISTINCT account_id) FROM pendo_visitor_days v WHERE v.day = s.day) "
@@ -132,15 +156,33 @@ def account_usage_daily(context: dg.AssetExecutionContext, pendo: PendoResource,
         raise dg.Failure(description=str(exc), metadata=_usage_metadata(exc.report, [])) from None
     finally:
         client.close()
-    context.log.info(f"staged {report.days} day(s) {first_day} .. {last_day} in {len(report.slices)} request slice(s)")
+    if report.not_ended:
+        readable = datetime.fromtimestamp(
+            local_midnight_after(report.not_ended[-1]) / 1000, UTC) + timedelta(hours=config.settle_hours)
+        staged = f"; staged {first_day} .. {report.slices[-1][1]}" if report.slices else "; nothing was staged"
+        raise dg.Failure(
+            description=f"{describe_days(report.not_ended)} had not ended {config.settle_hours} h ago in {TIMEZONE} "
+                        f"([extract] settle_hours): Pendo may still be processing them, so they are not read "
+                        f"before {readable:%Y-%m-%d %H:%M} UTC{staged}",
+            metadata=_usage_metadata(report, days))
+    context.log.info(f"staged {report.days} day(s) {first_day} .. {last_day} of {TIMEZONE} in "
+                     f"{len(report.slices)} request slice(s), {report.apps}")
     return dg.MaterializeResult(metadata=_usage_metadata(report, days))
+
+
+def local_midnight_after(day: date) -> int:
+    """Epoch ms of the end of the subscription's day `day` (the next local midnight)."""
+    return local_midnight_ms(day + timedelta(days=1), SUBSCRIPTION_ZONE)
 
 
 def _usage_metadata(report: ExtractReport, days: list[tuple]) -> dict:
     metadata: dict = {
         "first_day": str(report.first_day),
         "last_day": str(report.last_day),
+        "timezone": report.timezone,
+        "apps": report.apps,
         "days_staged": report.days,
+        "days_not_ended": describe_days(report.not_ended) or "none",
         "request_slices": len(report.slices),
         "pendo_requests": report.requests,
         "pendo_retries": report.retries,
@@ -152,6 +194,9 @@ def _usage_metadata(report: ExtractReport, days: list[tuple]) -> dict:
         "tagged_features": report.features,
         "seconds": round(report.seconds, 3),
     }
+    if report.events_by_app:
+        metadata["events_by_app"] = dg.MetadataValue.md(markdown_table(
+            ["appId", "events"], sorted(report.events_by_app.items())))
     if days:
         metadata["days"] = dg.MetadataValue.md(markdown_table(
             ["day", "active accounts", "visitor-day rows", "feature-day rows", "NPS answers"],
@@ -163,7 +208,8 @@ def _usage_metadata(report: ExtractReport, days: list[tuple]) -> dict:
 
 
 class HealthScoreConfig(dg.Config):
-    as_of: str = Field(default="", description="Score as of this UTC day (YYYY-MM-DD); empty: the latest staged day.")
+    as_of: str = Field(default="", description="Score as of this day of the Pendo subscription's time zone "
+                                                "(YYYY-MM-DD); empty: the latest staged day.")
 
 
 @dg.asset(
@@ -196,14 +242,17 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
         raise dg.Failure(description=f"as_of must be a day as YYYY-MM-DD, got {config.as_of!r}") from None
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
-            report = score_accounts(con, health, as_of=as_of)
+            report = score_accounts(con, health, as_of=as_of, timezone=TIMEZONE)
         except NothingStagedError as exc:
             raise dg.Failure(description=str(exc)) from None
+        other_zones = days_in_other_zones(con, report.missing_days, TIMEZONE)
     missing = report.missing_days
     window_note = "complete"
     if missing:
+        zones = (f" ({len(other_zones)} of them staged as days of {other_zones[0][1]}, before PENDO_TIMEZONE="
+                 f"{TIMEZONE}: re-reading replaces them)" if other_zones else "")
         window_note = (f"{len(missing)} of the {report.window_days} days up to {report.as_of} are not staged: "
-                       f"{describe_days(missing)}; materialize them on pendo/account_usage_daily and re-score"
+                       f"{describe_days(missing)}{zones}; materialize them on pendo/account_usage_daily and re-score"
                        + (" (allow_partial_window = true: the sync sends anyway)" if health.allow_partial_window
                           else " (the sync refuses to send until then)"))
         context.log.warning(window_note)
@@ -222,6 +271,7 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
                 description=window_note,
                 metadata={"missing_days": len(missing), "window_days": report.window_days,
                           "missing": describe_days(missing) or "none",
+                          "staged_in_another_zone": describe_days([d for d, _ in other_zones]) or "none",
                           "allow_partial_window": health.allow_partial_window}),
         ],
     )
@@ -294,7 +344,7 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
             run = sync_account_groups(con, health, segment.get_client, warehouse_url=warehouse.url,
-                                      run_id=context.run.run_id, dry_run=config.dry_run,
+                                      timezone=TIMEZONE, run_id=context.run.run_id, dry_run=config.dry_run,
                                       max_in_flight=segment.max_in_flight)
         except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError, WarehouseError) as exc:
             raise dg.Failure(description=str(exc)) from None
@@ -357,9 +407,12 @@ pendo_account_health_job = dg.define_asset_job(
 
 
 def latest_days(count: int, now: datetime | None = None) -> tuple[str, str]:
-    """The first and last partition keys of the `count` newest complete days (for the demo or a catch-up)."""
-    keys = PARTITIONS.get_partition_keys(current_time=now)[-count:]
-    return keys[0], keys[-1]
+    """The first and last partition keys of the `count` newest days that can be read at `now` (default: the
+    current time): days of the subscription's zone that ended `[extract] settle_hours` ago or more."""
+    config = load_health_config(health_config_path())
+    last = last_settled_day(SUBSCRIPTION_ZONE, config.settle_hours, now)
+    first = max(last - timedelta(days=count - 1), date.fromisoformat(PARTITIONS_START))
+    return str(first), str(last)
 
 
 def range_tags(first: str, last: str) -> dict[str, str]:
@@ -367,10 +420,11 @@ def range_tags(first: str, last: str) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
 
 
-@dg.schedule(job=pendo_account_health_job, cron_schedule="0 3 * * *", execution_timezone="UTC",
+@dg.schedule(job=pendo_account_health_job, cron_schedule="0 3 * * *", execution_timezone=TIMEZONE,
              name="pendo_daily_schedule", default_status=dg.DefaultScheduleStatus.STOPPED,
-             description=f"Each day at 03:00 UTC: re-read the last {DAILY_REREAD_DAYS} days of Pendo usage in one run "
-                         "(Pendo may finish processing a day late), re-score, send changed accounts.")
+             description=f"Each day at 03:00 in the Pendo subscription's zone ({TIMEZONE}): re-read the last "
+                         f"{DAILY_REREAD_DAYS} readable days of Pendo usage in one run (Pendo may finish processing "
+                         "a day late), re-score, send changed accounts.")
 def pendo_daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     first, last = latest_days(DAILY_REREAD_DAYS, context.scheduled_execution_time)
     return dg.RunRequest(run_key=f"{first}..{last}", tags=range_tags(first, last))

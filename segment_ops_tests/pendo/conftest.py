@@ -3,23 +3,32 @@ identity map reads its `accounts` table), a health config of the test's own, Dag
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from segment_ops.asgi import serve_in_thread
 from segment_ops.clients.base import RetryPolicy
-from segment_ops.clients.pendo import PendoClient
+from segment_ops.clients.pendo import PendoClient, last_settled_day
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY, SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.engine.health import DEFAULT_CONFIG_PATH, HealthConfig, load_health_config
 from segment_ops.engine.pendo_usage import SYNC
 from segment_ops.resources import PendoResource, build_resources
+from segment_ops.sandbox.app import DemoSource
+from segment_ops.sandbox.demo_data import DemoConfig
+from segment_ops.sandbox.pendo import Pendo
+from segment_ops.sandbox.recorder import Recorder
 from segment_ops.syncs import pendo
+from segment_ops_tests.conftest import DEMO_SCALE
 
+ZONE = pendo.SUBSCRIPTION_ZONE  # PENDO_TIMEZONE is unset in tests: the sandbox subscription's zone
 FAST_RETRY = RetryPolicy(max_attempts=8, backoff_initial=0.01, backoff_max=0.05, max_elapsed=30.0)
 
 
@@ -59,6 +68,24 @@ def resources(health_config_file: Path, clean_sandbox) -> dict:
 
 
 @pytest.fixture
+def pendo_in_zone() -> Iterator[Callable[[str], str]]:
+    """Serve the Pendo emulator alone for a subscription in another time zone (the session sandbox's is New
+    York); returns its `/pendo` base URL. Same demo world as the session sandbox."""
+    started = []
+
+    def start(timezone: str) -> str:
+        emulator = Pendo(Recorder(1000), DemoSource(DemoConfig(scale=DEMO_SCALE)).recent,
+                         integration_key=SANDBOX_PENDO_INTEGRATION_KEY, timezone=timezone)
+        started.append(serve_in_thread(Starlette(routes=[Mount("/pendo", routes=list(emulator.routes()))]),
+                                       name=f"pendo {timezone}"))
+        return f"{started[-1].url}/pendo"
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def pendo_client(clean_sandbox) -> PendoClient:
     client = PendoClient(f"{clean_sandbox.url}/pendo", SANDBOX_PENDO_INTEGRATION_KEY, retry=FAST_RETRY)
     yield client
@@ -83,7 +110,9 @@ def con(tmp_path: Path):
 
 
 def yesterday() -> date:
-    return datetime.now(UTC).date() - timedelta(days=1)
+    """The newest day the sync can read now: a day of the subscription's zone (the sandbox's, New York) that
+    ended `settle_hours` ago."""
+    return last_settled_day(ZONE, load_health_config().settle_hours)
 
 
 ASSETS = [pendo.account_usage_daily, pendo.account_health, pendo.pendo_account_groups]

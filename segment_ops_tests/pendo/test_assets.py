@@ -15,6 +15,7 @@ from segment_ops.engine.pendo_usage import extract_days
 from segment_ops.syncs import pendo
 from segment_ops_tests.pendo.conftest import (
     ASSETS,
+    ZONE,
     backfill,
     checks,
     group_calls,
@@ -112,7 +113,7 @@ def test_a_429_storm_slows_the_run_but_loses_nothing(resources, home, clean_sand
     con = duckdb.connect(":memory:")
     client = PendoClient(f"{calm.url}/pendo", SANDBOX_PENDO_INTEGRATION_KEY)
     try:
-        extract_days(con, client, load_health_config(), yesterday() - timedelta(days=29), yesterday())
+        extract_days(con, client, load_health_config(), yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
     finally:
         client.close()
     assert con.execute("SELECT count(*), sum(events), sum(minutes) FROM pendo_visitor_days").fetchall() == staged

@@ -12,7 +12,8 @@ from segment_ops.engine.pendo_usage import ensure_schema
 from segment_ops_tests.pendo.conftest import group_calls
 
 D = date(2026, 6, 30)
-STAGED_BEFORE_D = 60  # D and the 59 days before: a full window and a full previous window
+STAGED_BEFORE_D = 60
+TZ = "America/New_York"  # D and the 59 days before: a full window and a full previous window
 
 
 def stage_day(con, day: date, *, active_today: bool) -> None:
@@ -25,8 +26,8 @@ def stage_day(con, day: date, *, active_today: bool) -> None:
     if day <= D - timedelta(days=3):
         rows.append((day, "paused", "p1", 10 if day > D - timedelta(days=30) else 1))
     for row in rows:
-        con.execute("INSERT INTO pendo_visitor_days VALUES (?, ?, ?, ?, ?)", [*row, row[3]])
-    con.execute("INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0)", [day])
+        con.execute("INSERT INTO pendo_visitor_days VALUES (?, ?, ?, ?, ?, NULL)", [*row, row[3]])
+    con.execute("INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, ?, NULL, NULL, NULL)", [day, TZ])
 
 
 def material(con) -> dict[str, dict]:
@@ -43,18 +44,20 @@ def test_steady_usage_on_the_next_day_resends_only_accounts_with_a_material_chan
     ensure_schema(con)
     con.executemany("INSERT INTO pendo_accounts VALUES (?, ?, 'pro', 5, NULL, NULL, now())",
                     [[a, a] for a in ("steady", "paused", "quiet")])
-    con.executemany("INSERT INTO pendo_features VALUES (?, NULL, now())", [[f"f{n}"] for n in range(4)])
+    con.executemany("INSERT INTO pendo_features VALUES (?, NULL, now(), NULL)", [[f"f{n}"] for n in range(4)])
     for n in range(STAGED_BEFORE_D - 1, -1, -1):
         stage_day(con, D - timedelta(days=n), active_today=True)
-    score_accounts(con, config)
+    score_accounts(con, config, timezone=TZ)
     day_d = material(con)
-    first = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", run_id="d")
+    first = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", timezone=TZ,
+                                run_id="d")
     assert first.delivery.delivered == 3
     calls_d = len(group_calls(clean_sandbox))
 
     stage_day(con, D + timedelta(days=1), active_today=True)
-    report = score_accounts(con, config)
-    second = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", run_id="d1")
+    report = score_accounts(con, config, timezone=TZ)
+    second = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", timezone=TZ,
+                                 run_id="d1")
 
     assert report.as_of == D + timedelta(days=1)
     day_d1 = material(con)

@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from segment_ops.clients.base import VendorAuthError, VendorUnavailable
-from segment_ops.clients.pendo import PendoClient, day_range_source
+from segment_ops.clients.pendo import AppScope, PendoClient, day_range_source, local_midnight_ms
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
 from segment_ops.engine.pendo_usage import SYNC, ExtractError, extract_days, slices_of
-from segment_ops_tests.pendo.conftest import yesterday
+from segment_ops_tests.pendo.conftest import ZONE, yesterday
 
 
 def test_a_range_is_cut_into_slices_of_at_most_30_days():
@@ -21,13 +21,14 @@ def test_a_range_is_cut_into_slices_of_at_most_30_days():
 
 def test_an_aggregation_never_asks_for_more_than_30_days():
     with pytest.raises(ValueError, match="1 to 30 days"):
-        day_range_source("events", 0, 31)
+        day_range_source("events", date(2026, 1, 1), 31, ZONE, apps=AppScope())
 
 
 def test_every_day_of_the_range_is_staged_with_its_usage(con, pendo_client, config_no_identity):
     last = yesterday()
 
-    report = extract_days(con, pendo_client, config_no_identity, last - timedelta(days=6), last, run_id="r1")
+    report = extract_days(con, pendo_client, config_no_identity, last - timedelta(days=6), last, zone=ZONE,
+                          run_id="r1")
 
     assert report.days == 7 and report.slices == [(last - timedelta(days=6), last)] and report.requests == 5
     assert con.execute("SELECT count(*), min(day), max(day) FROM pendo_staged_days").fetchone() == (
@@ -42,10 +43,10 @@ def test_every_day_of_the_range_is_staged_with_its_usage(con, pendo_client, conf
 
 def test_rerunning_a_day_replaces_it_and_leaves_the_other_days_alone(con, pendo_client, config_no_identity):
     last = yesterday()
-    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=2), last)
+    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=2), last, zone=ZONE)
     before = con.execute("SELECT day, count(*), sum(events) FROM pendo_visitor_days GROUP BY day ORDER BY day").fetchall()
 
-    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=1), last - timedelta(days=1))
+    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=1), last - timedelta(days=1), zone=ZONE)
 
     assert con.execute("SELECT day, count(*), sum(events) FROM pendo_visitor_days GROUP BY day ORDER BY day"
                        ).fetchall() == before
@@ -53,9 +54,9 @@ def test_rerunning_a_day_replaces_it_and_leaves_the_other_days_alone(con, pendo_
 
 
 def test_the_account_list_and_feature_catalogue_are_staged(con, pendo_client, config_no_identity):
-    report = extract_days(con, pendo_client, config_no_identity, yesterday(), yesterday())
+    report = extract_days(con, pendo_client, config_no_identity, yesterday(), yesterday(), zone=ZONE)
 
-    assert (report.accounts, report.features) == (15, 8)
+    assert (report.accounts, report.features) == (15, 14)  # 8 web + 3 iOS + 3 Android features (expand=*)
     name, plan, seats = con.execute(
         "SELECT name, plan, seats FROM pendo_accounts WHERE account_id = 'acc_00001'").fetchone()
     assert name and plan in ("free", "starter", "pro", "enterprise") and seats >= 1
@@ -63,6 +64,8 @@ def test_the_account_list_and_feature_catalogue_are_staged(con, pendo_client, co
 
 class CraftedPendo:
     """Pendo answering with rows a real pipeline can return when an agent sends odd data."""
+
+    apps = AppScope()
 
     def __init__(self, day_ms: int) -> None:
         self.day_ms = day_ms
@@ -97,9 +100,9 @@ class CraftedPendo:
 
 def test_rows_pendo_returns_that_cannot_be_used_are_rejected_with_the_reason(con, config_no_identity):
     day = date(2026, 5, 4)
-    client = CraftedPendo(int((day - date(1970, 1, 1)).total_seconds() * 1000))
+    client = CraftedPendo(local_midnight_ms(day, ZONE))
 
-    report = extract_days(con, client, config_no_identity, day, day, run_id="r1")
+    report = extract_days(con, client, config_no_identity, day, day, zone=ZONE, run_id="r1")
 
     assert con.execute("SELECT visitor_id, events, minutes FROM pendo_visitor_days").fetchall() == [("u1", 7, 4)]
     assert con.execute("SELECT response FROM pendo_poll_responses").fetchall() == [(9,)]
@@ -110,7 +113,8 @@ def test_rows_pendo_returns_that_cannot_be_used_are_rejected_with_the_reason(con
         "pendo accounts:": "account row without an accountId",
         "pendo events:acme/?/2026-05-04": "no visitorId",
         "pendo events:acme/u2/2026-05-04": "numEvents is -4, not a non-negative whole number",
-        "pendo events:acme/u3/2026-05-09": "day 2026-05-09 is outside the requested days",
+        "pendo events:acme/u3/?": f"day {client.day_ms + 5 * 86_400_000} (2026-05-09 04:00 UTC) is outside the "
+                                  "requested days",
         f"pendo pollEvents:acme/u1/{client.day_ms + 1000}": "NPS response 11 is not a whole number 0-10",
     }
     assert report.rejected == 5
@@ -135,7 +139,7 @@ def test_a_pendo_outage_mid_range_keeps_the_slices_already_staged(con, clean_san
     first = yesterday() - timedelta(days=44)
 
     with pytest.raises(ExtractError, match="staged before it") as raised:
-        extract_days(con, client, config_no_identity, first, yesterday())
+        extract_days(con, client, config_no_identity, first, yesterday(), zone=ZONE)
 
     assert raised.value.report.slices == [(first, first + timedelta(days=29))]
     assert con.execute("SELECT count(*), max(day) FROM pendo_staged_days").fetchone() == (30, first + timedelta(days=29))
@@ -145,14 +149,15 @@ def test_a_wrong_integration_key_is_an_auth_error(con, clean_sandbox, config_no_
     client = PendoClient(f"{clean_sandbox.url}/pendo", "not-the-key")
 
     with pytest.raises(VendorAuthError) as raised:
-        extract_days(con, client, config_no_identity, yesterday(), yesterday())
+        extract_days(con, client, config_no_identity, yesterday(), yesterday(), zone=ZONE)
 
     assert raised.value.status == 403 and "not-the-key" not in str(raised.value)
 
 
 def test_responses_are_spooled_beside_the_staging_file_and_removed_afterwards(con, pendo_client, config_no_identity,
                                                                               tmp_path):
-    report = extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=1), yesterday())
+    report = extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=1), yesterday(),
+                          zone=ZONE)
 
     assert report.visitor_rows > 0 and report.accounts == 15
     assert not list(tmp_path.glob("pendo-*"))  # the spool folder went with its files

@@ -20,6 +20,11 @@ from segment_ops_tests.pendo.conftest import write_config
 
 AS_OF = date(2026, 6, 30)
 WINDOW = 30
+TZ = "America/New_York"  # the zone the crafted days are staged in, and scored in
+
+
+def score(con, config, **kwargs):
+    return score_accounts(con, config, timezone=TZ, **kwargs)
 
 
 @pytest.fixture
@@ -35,17 +40,18 @@ def stage(con, *, accounts=(), visits=(), features=(), answers=(), feature_catal
         con.execute("INSERT INTO pendo_accounts VALUES (?, ?, 'pro', ?, NULL, NULL, now())",
                     [account_id, f"{account_id} Inc", seats])
     for account_id, visitor, days_ago, events in visits:
-        con.execute("INSERT INTO pendo_visitor_days VALUES (?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO pendo_visitor_days VALUES (?, ?, ?, ?, ?, NULL)",
                     [AS_OF - timedelta(days=days_ago), account_id, visitor, events, events])
     for account_id, n_features, days_ago in features:
         for n in range(n_features):
-            con.execute("INSERT INTO pendo_feature_days VALUES (?, ?, ?, 1, 1)",
+            con.execute("INSERT INTO pendo_feature_days VALUES (?, ?, ?, 1, 1, NULL)",
                         [AS_OF - timedelta(days=days_ago), account_id, f"feature{n}"])
     for account_id, response, days_ago in answers:
         con.execute("INSERT INTO pendo_poll_responses VALUES (?, ?, 'v', now(), 'poll', ?)",
                     [AS_OF - timedelta(days=days_ago), account_id, response])
-    con.executemany("INSERT INTO pendo_features VALUES (?, NULL, now())", [[f"feature{n}"] for n in range(feature_catalogue)])
-    con.executemany("INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0)",
+    con.executemany("INSERT INTO pendo_features VALUES (?, NULL, now(), NULL)",
+                    [[f"feature{n}"] for n in range(feature_catalogue)])
+    con.executemany(f"INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, '{TZ}', NULL, NULL, NULL)",
                     [[AS_OF - timedelta(days=n)] for n in range(days)])
 
 
@@ -58,7 +64,7 @@ def row(con, account_id):
 def test_an_account_with_no_activity_scores_zero_and_is_critical(con, config):
     stage(con, accounts=[("quiet", 10)])
 
-    report = score_accounts(con, config)
+    report = score(con, config)
 
     quiet = row(con, "quiet")
     assert (quiet["score"], quiet["band"], quiet["active_users"]) == (0, "critical", 0)
@@ -73,7 +79,7 @@ def test_the_score_is_the_weighted_mean_of_the_components_the_account_has(con, c
     stage(con, accounts=[("acme", 4)], visits=[("acme", "u1", 0, 10), ("acme", "u2", 3, 5)],
           features=[("acme", 4, 0)])
 
-    score_accounts(con, config)
+    score(con, config)
 
     acme = row(con, "acme")
     assert (acme["breadth"], acme["depth"], acme["recency"], acme["trend"], acme["sentiment"]) == (
@@ -87,7 +93,7 @@ def test_weights_come_from_the_config(con, config):
     only_recency = dataclasses.replace(config, weights={"breadth": 0, "depth": 0, "trend": 0, "sentiment": 0,
                                                         "recency": 1})
 
-    score_accounts(con, only_recency)
+    score(con, only_recency)
 
     assert row(con, "acme")["score"] == 100
 
@@ -96,7 +102,7 @@ def test_trend_compares_the_window_with_the_previous_one_once_both_are_staged(co
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 25), ("acme", "u1", 40, 100)],
           features=[("acme", 8, 0)], days=2 * WINDOW)
 
-    report = score_accounts(con, config)
+    report = score(con, config)
 
     acme = row(con, "acme")
     assert acme["trend"] == 0.25 and acme["usage_change"] == -0.75
@@ -107,7 +113,7 @@ def test_trend_compares_the_window_with_the_previous_one_once_both_are_staged(co
 def test_growing_usage_is_a_full_trend(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 300), ("acme", "u1", 40, 100)], days=2 * WINDOW)
 
-    score_accounts(con, config)
+    score(con, config)
 
     assert row(con, "acme")["trend"] == 1.0 and row(con, "acme")["usage_change"] == 2.0
 
@@ -116,7 +122,7 @@ def test_sentiment_is_the_average_nps_answer_of_the_sentiment_window(con, config
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 5)],
           answers=[("acme", 4, 1), ("acme", 6, 80), ("acme", 10, 120)])
 
-    score_accounts(con, config)
+    score(con, config)
 
     acme = row(con, "acme")
     assert (acme["sentiment"], acme["nps_average"], acme["nps_answers"]) == (0.5, 5.0, 2)
@@ -126,7 +132,7 @@ def test_sentiment_is_the_average_nps_answer_of_the_sentiment_window(con, config
 def test_recency_falls_with_the_days_since_the_last_activity_in_whole_weeks(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 15, 5)])
 
-    score_accounts(con, config)
+    score(con, config)
 
     acme = row(con, "acme")  # 15 days = 2 whole weeks: 1 - 14 / 30
     assert acme["recency"] == 0.5333 and acme["last_active_date"] == AS_OF - timedelta(days=15)
@@ -135,10 +141,10 @@ def test_recency_falls_with_the_days_since_the_last_activity_in_whole_weeks(con,
 
 def test_recency_and_the_score_stay_put_within_a_week_of_inactivity(con, config):
     stage(con, accounts=[("acme", 4)], visits=[("acme", "u1", 8, 5)])
-    score_accounts(con, config)
+    score(con, config)
     before = row(con, "acme")
 
-    score_accounts(con, config, as_of=AS_OF - timedelta(days=1))  # one day earlier: 7 days since, same week
+    score(con, config, as_of=AS_OF - timedelta(days=1))  # one day earlier: 7 days since, same week
 
     after = row(con, "acme")
     assert (after["recency"], after["score"], after["reasons"]) == (before["recency"], before["score"],
@@ -155,7 +161,7 @@ def test_a_recency_step_longer_than_the_window_is_refused(tmp_path):
 def test_without_a_seat_count_breadth_uses_the_accounts_known_users(con, config):
     stage(con, accounts=[("acme", None)], visits=[("acme", "u1", 0, 5), ("acme", "u2", 45, 5)], days=2 * WINDOW)
 
-    score_accounts(con, config)
+    score(con, config)
 
     acme = row(con, "acme")
     assert acme["breadth"] == 0.5 and acme["licensed_seats"] is None
@@ -167,7 +173,7 @@ def test_reasons_list_the_components_costing_most_points_first_at_most_max(con, 
     stage(con, accounts=[("acme", 10)], visits=[("acme", "u1", 0, 5)], features=[("acme", 1, 0)],
           answers=[("acme", 2, 0)])
 
-    score_accounts(con, dataclasses.replace(config, max_reasons=2))
+    score(con, dataclasses.replace(config, max_reasons=2))
 
     assert row(con, "acme")["reasons"] == ["1 of 10 licensed seats active in the last 30 days",
                                            "uses 1 of 8 features"]
@@ -176,7 +182,7 @@ def test_reasons_list_the_components_costing_most_points_first_at_most_max(con, 
 def test_a_healthy_account_has_no_reasons(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 5)], features=[("acme", 8, 0)])
 
-    score_accounts(con, config)
+    score(con, config)
 
     assert row(con, "acme")["band"] == "healthy" and row(con, "acme")["reasons"] == []
 
@@ -185,7 +191,7 @@ def test_bands_follow_the_configured_thresholds(con, config):
     stage(con, accounts=[("acme", 4)], visits=[("acme", "u1", 0, 10), ("acme", "u2", 3, 5)],
           features=[("acme", 4, 0)])  # score 62
 
-    score_accounts(con, dataclasses.replace(config, healthy=60, at_risk=30))
+    score(con, dataclasses.replace(config, healthy=60, at_risk=30))
 
     assert row(con, "acme")["band"] == "healthy"
 
@@ -193,17 +199,17 @@ def test_bands_follow_the_configured_thresholds(con, config):
 def test_an_account_seen_only_in_usage_is_scored_too(con, config):
     stage(con, visits=[("newcomer", "u1", 0, 5)])
 
-    assert score_accounts(con, config).accounts == 1
+    assert score(con, config).accounts == 1
     assert row(con, "newcomer")["score"] is not None
 
 
 def test_the_same_staged_data_always_gives_the_same_scores(con, config):
     stage(con, accounts=[("a", 5), ("b", 3)], visits=[("a", "u1", 0, 5), ("a", "u2", 0, 5), ("b", "u3", 2, 7)],
           features=[("a", 3, 0), ("b", 2, 1)], answers=[("a", 8, 3)])
-    score_accounts(con, config)
+    score(con, config)
     first = con.execute("SELECT * FROM pendo_account_health ORDER BY account_id").fetchall()
 
-    score_accounts(con, config)
+    score(con, config)
 
     assert con.execute("SELECT * FROM pendo_account_health ORDER BY account_id").fetchall() == first
 
@@ -212,7 +218,7 @@ def test_the_most_active_identified_visitor_is_chosen_ties_broken_by_id(con, con
     stage(con, accounts=[("acme", 5)], visits=[("acme", "_PENDO_T_anon", 0, 99), ("acme", "zed", 0, 7),
                                                ("acme", "amy", 1, 7)])
 
-    score_accounts(con, config)
+    score(con, config)
 
     assert row(con, "acme")["top_visitor_id"] == "amy"
 
@@ -220,7 +226,7 @@ def test_the_most_active_identified_visitor_is_chosen_ties_broken_by_id(con, con
 def test_scoring_as_of_an_earlier_day_ignores_later_days(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 5), ("acme", "u1", 10, 5)])
 
-    report = score_accounts(con, config, as_of=AS_OF - timedelta(days=5))
+    report = score(con, config, as_of=AS_OF - timedelta(days=5))
 
     assert report.as_of == AS_OF - timedelta(days=5)
     assert row(con, "acme")["last_active_date"] == AS_OF - timedelta(days=10)
@@ -228,7 +234,7 @@ def test_scoring_as_of_an_earlier_day_ignores_later_days(con, config):
 
 def test_nothing_staged_raises_saying_what_to_materialize(con, config):
     with pytest.raises(NothingStagedError, match="materialize pendo/account_usage_daily"):
-        score_accounts(con, config)
+        score(con, config)
 
 
 def test_the_projects_config_loads():

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from segment_ops.clients.pendo import day_range_source
+from segment_ops.clients.pendo import AppScope, day_range_source, local_midnight_ms
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
-from segment_ops_tests.pendo.conftest import yesterday
+from segment_ops_tests.pendo.conftest import ZONE, yesterday
 
 KEY = {"x-pendo-integration-key": SANDBOX_PENDO_INTEGRATION_KEY}
 
 
-def events_of(client, account_id, first_ms, days):
-    return [r for r in client.aggregate([day_range_source("events", first_ms, days)]) if r["accountId"] == account_id]
+def events_of(client, account_id, first, days):
+    pipeline = [day_range_source("events", first, days, ZONE, apps=AppScope())]
+    return [r for r in client.aggregate(pipeline) if r["accountId"] == account_id]
 
 
 def day_ms(day):
-    return int((day - day.__class__(1970, 1, 1)).total_seconds() * 1000)
+    return local_midnight_ms(day, ZONE)
 
 
 def test_the_feature_endpoint_lists_the_tagged_features(sandbox_http):
@@ -24,7 +25,8 @@ def test_the_feature_endpoint_lists_the_tagged_features(sandbox_http):
 
     assert response.status_code == 200
     features = response.json()
-    assert len(features) == 8 and features[0] == {"id": features[0]["id"], "name": "Create Report", "kind": "Feature"}
+    assert len(features) == 8 and features[0] == {"id": features[0]["id"], "name": "Create Report", "kind": "Feature",
+                                                  "appId": -323232}
 
 
 def test_the_feature_endpoint_needs_the_integration_key(sandbox_http):
@@ -33,34 +35,34 @@ def test_the_feature_endpoint_needs_the_integration_key(sandbox_http):
 
 def test_a_usage_drop_removes_the_accounts_usage_from_that_day_on(clean_sandbox, pendo_client):
     first = yesterday() - timedelta(days=9)
-    before = events_of(pendo_client, "acc_00001", day_ms(first), 10)
+    before = events_of(pendo_client, "acc_00001", first, 10)
     drop_day = yesterday() - timedelta(days=4)
 
     clean_sandbox.pendo_usage_drop("acc_00001", str(drop_day))
 
-    after = events_of(pendo_client, "acc_00001", day_ms(first), 10)
+    after = events_of(pendo_client, "acc_00001", first, 10)
     assert [r for r in before if r["day"] < day_ms(drop_day)] == after
     assert any(r["day"] >= day_ms(drop_day) for r in before)
 
 
 def test_a_partial_usage_drop_scales_events_down(clean_sandbox, pendo_client):
     first = yesterday() - timedelta(days=2)
-    before = sum(r["numEvents"] for r in events_of(pendo_client, "acc_00001", day_ms(first), 3))
+    before = sum(r["numEvents"] for r in events_of(pendo_client, "acc_00001", first, 3))
 
     clean_sandbox.pendo_usage_drop("acc_00001", str(first), factor=0.5)
 
-    after = sum(r["numEvents"] for r in events_of(pendo_client, "acc_00001", day_ms(first), 3))
+    after = sum(r["numEvents"] for r in events_of(pendo_client, "acc_00001", first, 3))
     assert 0 < after <= before / 2
 
 
 def test_a_reset_ends_the_usage_drop(clean_sandbox, pendo_client):
     first = yesterday() - timedelta(days=2)
-    before = events_of(pendo_client, "acc_00001", day_ms(first), 3)
+    before = events_of(pendo_client, "acc_00001", first, 3)
     clean_sandbox.pendo_usage_drop("acc_00001", str(first))
 
     clean_sandbox.reset()
 
-    assert events_of(pendo_client, "acc_00001", day_ms(first), 3) == before
+    assert events_of(pendo_client, "acc_00001", first, 3) == before
 
 
 def test_a_malformed_usage_drop_request_is_a_400(sandbox_http):

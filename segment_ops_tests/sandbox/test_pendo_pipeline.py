@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from segment_ops.sandbox.pendo_pipeline import PipelineError, run_aggregation
+from segment_ops.sandbox.pendo_pipeline import ALL_APPS, PipelineError, app_ids_of, run_aggregation
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -37,10 +38,15 @@ def run(*stages: Any, rows: list[dict] | None = None) -> list[dict]:
     return run_aggregation(body(VISITORS, *stages), FakeSource(rows), now_ms=NOW)
 
 
-def events_window(time_series: dict) -> dict | None:
+def events_window(time_series: dict, timezone: str = "UTC", now_ms: int = NOW) -> dict | None:
     fetch = FakeSource()
-    run_aggregation(body({"source": {"events": None, "timeSeries": time_series}}), fetch, now_ms=NOW)
+    run_aggregation(body({"source": {"events": None, "timeSeries": time_series}}), fetch, now_ms=now_ms,
+                    timezone=timezone)
     return fetch.calls[0][2]
+
+
+def ms(*args: int, tz: str = "UTC") -> int:
+    return int(datetime(*args, tzinfo=ZoneInfo(tz)).timestamp() * 1000)
 
 
 def evaluate(expression: str, row: dict | None = None) -> Any:
@@ -210,6 +216,69 @@ def test_time_series_hour_range_aligns_first_to_hour() -> None:
 def test_time_series_last_replaces_count_and_is_exclusive_end() -> None:
     window = events_window({"period": "dayRange", "first": MIDNIGHT - DAY, "last": NOW})
     assert window == {"period": "dayRange", "first": MIDNIGHT - DAY, "last": NOW}
+
+
+# The subscription's time zone (spec §7): a day is local midnight to local midnight.
+
+
+def test_a_day_starts_at_midnight_of_the_subscriptions_zone() -> None:
+    window = events_window({"period": "dayRange", "first": "now()", "count": 1}, timezone="America/New_York")
+    # NOW is 2024-03-15 13:45Z = 09:45 in New York (EDT, UTC-4 since 2024-03-10)
+    assert window == {"period": "dayRange", "first": ms(2024, 3, 15, 4), "last": ms(2024, 3, 16, 4)}
+
+
+def test_first_is_aligned_down_to_the_local_day_holding_it() -> None:
+    # 02:00Z on 2024-03-15 is still 2024-03-14 in New York: that day's bucket starts at 04:00Z on the 14th
+    window = events_window({"period": "dayRange", "first": ms(2024, 3, 15, 2), "count": 1}, timezone="America/New_York")
+    assert window["first"] == ms(2024, 3, 14, 4) == ms(2024, 3, 14, tz="America/New_York")
+
+
+def test_a_count_across_the_spring_dst_change_holds_a_23_hour_day() -> None:
+    window = events_window({"period": "dayRange", "first": ms(2024, 3, 9, tz="America/New_York"), "count": 2},
+                           timezone="America/New_York")
+    assert window["first"] == ms(2024, 3, 9, 5) and window["last"] == ms(2024, 3, 11, 4)
+    assert window["last"] - window["first"] == 47 * HOUR
+
+
+def test_a_negative_count_across_the_autumn_dst_change_holds_a_25_hour_day() -> None:
+    now = ms(2024, 11, 4, 15)
+    window = events_window({"period": "dayRange", "first": "now()", "count": -2}, timezone="America/New_York",
+                           now_ms=now)
+    assert window == {"period": "dayRange", "first": ms(2024, 11, 2, 4), "last": ms(2024, 11, 4, 5)}
+    assert window["last"] - window["first"] == 49 * HOUR
+
+
+def test_hours_are_the_same_in_every_whole_hour_zone() -> None:
+    assert events_window({"period": "hourRange", "first": "now()", "count": -2}, timezone="Asia/Tokyo") == {
+        "period": "hourRange", "first": TOP_OF_HOUR - 2 * HOUR, "last": TOP_OF_HOUR}
+
+
+# appId in the source's object (spec §7): every app, named apps, or (absent) the default app.
+
+
+@pytest.mark.parametrize(("app_id", "expected"), [
+    ('expandAppIds("*")', ALL_APPS), (' expandAppIds( "*" ) ', ALL_APPS), (-323232, frozenset({-323232})),
+    ("5668600916475904", frozenset({5668600916475904})), (["-323232", 5715999741083648],
+                                                           frozenset({-323232, 5715999741083648})),
+])
+def test_app_ids_of_reads_the_forms_pendo_and_tap_pendo_use(app_id: Any, expected: Any) -> None:
+    assert app_ids_of({"appId": app_id}) == expected
+
+
+def test_without_app_id_the_source_names_no_app() -> None:
+    assert app_ids_of(None) is None and app_ids_of({"pageId": "p"}) is None
+
+
+@pytest.mark.parametrize(("app_id", "message"), [
+    ('expandAppIds("web*")', 'expandAppIds\\("\\*"\\) only'), ("web", "app id"), ([], "empty list"),
+    ([True], "app id"), ({"id": 1}, "app id"),
+])
+def test_a_bad_app_id_is_rejected_before_any_data_is_read(app_id: Any, message: str) -> None:
+    fetch = FakeSource()
+    source = {"events": {"appId": app_id}, "timeSeries": {"period": "dayRange", "first": MIDNIGHT, "count": 1}}
+    with pytest.raises(PipelineError, match=message):
+        run_aggregation(body({"source": source}), fetch, now_ms=NOW)
+    assert fetch.calls == []
 
 
 @pytest.mark.parametrize(
