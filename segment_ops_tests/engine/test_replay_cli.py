@@ -135,12 +135,14 @@ def test_killed_run_resumes_sending_only_what_is_missing(tmp_path, ops_env, clea
     assert duplicates <= received_by_kill // 2  # most of what the first run delivered was not sent again
 
 
-def test_wrong_write_key_exits_1_with_a_one_line_error(tmp_path, ops_env, clean_sandbox, monkeypatch):
-    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-not-the-sandbox-key")
+def test_a_refused_batch_exits_1_with_a_one_line_error(tmp_path, ops_env, clean_sandbox, monkeypatch):
+    # A wrong write key cannot be told from the answer (Segment says 200, spec §7); a wrong URL can.
+    monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/no-such-prefix")
     path = write_jsonl(tmp_path / "events.jsonl", track_calls(3))
 
     done = run_replay(path)
 
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: ") and "HTTP 401" in done.stderr
+    assert done.stderr.startswith("error: ") and "HTTP 404" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
