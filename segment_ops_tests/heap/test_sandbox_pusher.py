@@ -1,4 +1,5 @@
-"""The sandbox plays Heap: paged, signed segment-sync deltas, pushed on demand or on an interval, retried."""
+"""The sandbox plays Heap: paged segment-sync deltas and drains, signed as Heap's reference generator signs them,
+pushed on demand or on an interval, retried."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from starlette.routing import Route
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
-from segment_ops.webhooks.heap import verify
+from segment_ops.webhooks.heap import compact_json, verify
 from segment_ops_tests.conftest import DEMO_SCALE, HEAP_AT
-from segment_ops_tests.heap.conftest import AT, POWER_USERS, pages, wait_for
+from segment_ops_tests.heap.conftest import AT, POWER_USERS, now_ms, pages, wait_for
 
 
 class FlakyReceiver:
@@ -134,3 +135,68 @@ def test_reset_forgets_the_targets(clean_sandbox, flaky):
 
     assert httpx.get(f"{clean_sandbox.url}/__sandbox__/heap/webhooks").json() == {"targets": []}
 
+
+
+def test_pages_are_signed_as_heaps_reference_generator_signs(clean_sandbox, flaky):
+    receiver = flaky()
+    clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS])
+    before = now_ms()
+
+    clean_sandbox.push_heap(at=AT)
+
+    [signature] = receiver.signatures
+    assert (signature.encoding, signature.body_form, signature.secret_index) == ("base64", "raw", 0)
+    assert before - 1000 <= signature.timestamp_ms <= now_ms()  # milliseconds, from the clock
+    body = receiver.bodies[0]
+    assert body == compact_json(orjson.loads(body))  # what JSON.stringify sends
+    assert list(orjson.loads(body)) == ["id_token", "action_type", "customer_config", "data"]
+    assert list(orjson.loads(body)["data"]) == ["segment", "sync_info", "remove", "add"]
+
+
+def test_every_page_of_a_target_carries_its_one_id_token(clean_sandbox, flaky):
+    receiver = flaky()
+    clean_sandbox.register_heap_webhook(receiver.url, page_size=10, segments=[POWER_USERS])
+
+    clean_sandbox.push_heap(at=AT)
+
+    tokens = {orjson.loads(b)["id_token"] for b in receiver.bodies}
+    assert len(receiver.bodies) > 1 and len(tokens) == 1 and all(isinstance(t, str) for t in tokens)
+
+
+def test_a_drain_is_sent_as_the_reference_generator_sends_drain_json(clean_sandbox, flaky):
+    receiver = flaky()
+    clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS])
+
+    answer = httpx.post(f"{clean_sandbox.url}/__sandbox__/heap/drain", json={"segment": POWER_USERS}).json()
+
+    [delivery] = answer["deliveries"]
+    assert delivery["status"] == "delivered" and delivery["drain"] == answer["drains"][0]["drain"]
+    body = orjson.loads(receiver.bodies[0])
+    assert list(body) == ["action_type", "customer_config", "data", "id_token"]
+    assert body["action_type"] == "segment.users.drain" and body["data"] == {
+        "segment": {"id": POWER_USERS, "name": "Power Users"}}
+
+
+def test_a_drain_of_an_unknown_segment_is_refused(clean_sandbox, flaky):
+    clean_sandbox.register_heap_webhook(flaky().url)
+
+    response = httpx.post(f"{clean_sandbox.url}/__sandbox__/heap/drain", json={"segment": 42})
+
+    assert response.status_code == 400 and response.json() == {"error": "unknown segment 42"}
+
+
+@pytest.mark.parametrize("adjust", ["past", "future"])
+def test_pages_signed_five_minutes_off_are_refused_by_the_receiver(heap, ops_env, adjust):
+    pushed = heap.push_heap(at=AT, segments=[POWER_USERS], time_adjust=adjust)
+
+    assert pushed["deliveries"] and all(d["status"] == "failed" and d["last_result"] == "HTTP 400"
+                                        for d in pushed["deliveries"])
+    assert not (ops_env / "inbox" / "heap").exists() or list((ops_env / "inbox" / "heap").iterdir()) == []
+
+
+def test_an_unknown_time_adjust_is_refused(clean_sandbox, flaky):
+    clean_sandbox.register_heap_webhook(flaky().url)
+
+    response = httpx.post(f"{clean_sandbox.url}/__sandbox__/heap/push", json={"time_adjust": "yesterday"})
+
+    assert response.status_code == 400 and "time_adjust must be one of now, past, future" in response.json()["error"]

@@ -17,7 +17,7 @@ import pytest
 
 from segment_ops.sandbox.heap_webhooks import heap_hash
 from segment_ops.webhooks.app import WebhookConfig
-from segment_ops.webhooks.heap import InvalidSignature, Signature, compact_json, verify
+from segment_ops.webhooks.heap import InvalidSignature, Signature, TimestampOutOfRange, compact_json, verify
 from segment_ops.webhooks.inbox import Inbox
 from segment_ops.webhooks.server import start_receiver
 from segment_ops_tests.heap import reference_data as ref
@@ -174,3 +174,24 @@ def test_segment_ops_webhooks_accepts_heaps_reference_pages_at_its_documented_pa
     assert forged.status_code == 403 and forged.content == b'{"error":"Invalid signature"}'
     assert ref.SECRET.encode() not in stderr and b"the-new-secret" not in stderr
     assert orjson.loads(sync.content)["stored"] is True and orjson.loads(drain.content)["stored"] is True
+
+
+@pytest.mark.parametrize(("now_ms", "accepted"), [
+    (ref.TS_MS + 299_999, True), (ref.TS_MS + 300_000, False),  # 300 s of age allowed, exclusive
+    (ref.TS_MS - 29_999, True), (ref.TS_MS - 30_000, False),  # 30 s ahead allowed, exclusive
+])
+def test_the_window_limits_are_exclusive(now_ms, accepted):
+    def attempt() -> Signature:
+        return verify(header(ref.SYNC_HMAC_BASE64), ref.SYNC_COMPACT, [ref.SECRET], max_age_seconds=300,
+                      max_future_seconds=30, now_ms=now_ms)
+
+    if accepted:
+        assert attempt().timestamp_ms == ref.TS_MS
+    else:
+        with pytest.raises(TimestampOutOfRange):
+            attempt()
+
+
+def test_the_timestamp_is_checked_before_the_hmac_as_the_reference_does():
+    with pytest.raises(TimestampOutOfRange):
+        verify(header("A" * 43 + "="), ref.SYNC_COMPACT, [ref.SECRET], now_ms=ref.TS_MS + 3_600_000)
