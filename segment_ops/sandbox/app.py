@@ -36,6 +36,7 @@ from segment_ops.config import (
     SANDBOX_HEAP_APP_ID,
     SANDBOX_HEAP_WEBHOOK_SECRET,
     SANDBOX_PENDO_INTEGRATION_KEY,
+    SANDBOX_PENDO_TIMEZONE,
     SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
     SANDBOX_SEGMENT_WRITE_KEY,
     SANDBOX_SLACK_WEBHOOK_TOKEN,
@@ -70,6 +71,7 @@ class SandboxConfig:
     segment_dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS  # messageId dedupe, about 24 h (spec §7)
     public_api_rate_limit_per_min: int = 600  # points/min per token (a third-party claim, unverified)
     pendo_rate_limit: float | None = None  # requests/s per key before 429 (Pendo's numbers are unpublished)
+    pendo_timezone: str = SANDBOX_PENDO_TIMEZONE  # the subscription's zone: Pendo's days start at its midnight
     splunk_ack: bool = False  # indexer acknowledgement on the HEC token
     splunk_ack_delay: float = 2.0  # seconds until an ackId turns true (indexing takes time; acks can take minutes)
     splunk_max_content_length: int = 1_000_000
@@ -109,6 +111,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             demo.recent,
             integration_key=config.pendo_integration_key,
             rate_limit=config.pendo_rate_limit,
+            timezone=config.pendo_timezone,
         ),
         SplunkHec(
             recorder,
@@ -250,9 +253,9 @@ class _Control:
     async def _pendo_usage_drop(self, request: Request) -> Response:
         try:
             body = orjson.loads(await request.body())
-            day = datetime.strptime(str(body["from_day"]), "%Y-%m-%d").replace(tzinfo=UTC)
+            day = datetime.strptime(str(body["from_day"]), "%Y-%m-%d").date()  # a day of the subscription's zone
             pendo = next(e for e in self.emulators if isinstance(e, Pendo))
-            pendo.drop_usage(body["accountId"], int(day.timestamp() * 1000), float(body.get("factor", 0.0)))
+            pendo.drop_usage_from_day(body["accountId"], day, float(body.get("factor", 0.0)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             return _bad_request(f'expected {{"accountId": "...", "from_day": "YYYY-MM-DD", "factor"?: 0..1}}: {exc}')
         return json_response({"accountId": body["accountId"], "from_day": body["from_day"],

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
-from segment_ops.clients.pendo import AppScope, day_range_source, local_midnight_ms
+from segment_ops.clients.pendo import AppScope, PendoClient, day_range_source, local_midnight_ms
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
 from segment_ops_tests.pendo.conftest import ZONE, yesterday
 
@@ -69,3 +70,24 @@ def test_a_malformed_usage_drop_request_is_a_400(sandbox_http):
     response = sandbox_http.post("/__sandbox__/pendo/usage-drop", json={"accountId": "acc_00001", "from_day": "May 4"})
 
     assert response.status_code == 400 and "from_day" in response.json()["error"]
+
+
+def test_a_usage_drop_starts_at_the_subscriptions_own_midnight(sandbox_factory):
+    # A zone ahead of UTC: the drop's day starts at Tokyo midnight (15:00 UTC the day before), not at UTC's.
+    tokyo, zone = sandbox_factory(pendo_timezone="Asia/Tokyo"), ZoneInfo("Asia/Tokyo")
+    client = PendoClient(f"{tokyo.url}/pendo", SANDBOX_PENDO_INTEGRATION_KEY)
+    first = yesterday() - timedelta(days=9)
+    drop_day = yesterday() - timedelta(days=4)
+
+    def events(account_id: str) -> list[dict]:
+        pipeline = [day_range_source("events", first, 10, zone, apps=AppScope())]
+        return [r for r in client.aggregate(pipeline) if r["accountId"] == account_id]
+
+    before = events("acc_00001")
+    tokyo.pendo_usage_drop("acc_00001", str(drop_day))
+    after = events("acc_00001")
+    client.close()
+
+    cut = local_midnight_ms(drop_day, zone)
+    assert any(r["day"] >= cut for r in before)
+    assert [r for r in before if r["day"] < cut] == after
