@@ -10,7 +10,9 @@ A map is fed from one configurable source, staged into a DuckDB table and joined
 The staged table holds one row per usable source id. Rows with an empty source or target are dropped
 and counted. A source id mapped to two different targets is ambiguous: sending it to either would be a
 guess, so it is left out of the map and listed, with its targets, in `<table>_ambiguous` for the sync to
-reject with that reason. Ids are compared as text, exactly (Heap identities are case-sensitive, spec §3).
+reject with that reason; a row repeated with the same target counts once (Heap Connect's `users` table can
+repeat a user's row: dbt-labs/heap `heap_users.sql` dedupes it). Ids are compared as text, exactly (Heap
+identities are case-sensitive, spec §3).
 """
 
 from __future__ import annotations

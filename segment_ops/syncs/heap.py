@@ -2,14 +2,14 @@
 
 - `heap/segments/<audience>`: external asset, the Heap segment (switched to sync in Heap's UI).
 - `segment/heap_audiences/<audience>` (group `heap`, pool `staging_heap_<audience>`): brings Segment to
-  Heap's membership through `engine.audiences.sync_audience`, by route `webhook` (complete syncs from
-  the inbox the receiver writes) or `reconcile` (the Heap Connect table in the warehouse), with in-step
-  checks `identity_match_rate` (WARN), `membership_drop_guard` (ERROR; a tripped guard fails the run and
-  changes nothing) and `delivery_complete`.
+  Heap's membership through `engine.audiences.sync_audience`, by route `webhook` (complete syncs and
+  drains from the inbox the receiver writes) or `reconcile` (the Heap Connect tables in the warehouse),
+  with in-step checks `identity_match_rate` (WARN), `membership_drop_guard` (ERROR; a tripped guard fails
+  the run and changes nothing) and `delivery_complete`.
 - `heap_audiences_job`; `heap_webhook_inbox_sensor` (RUNNING by default): one run per complete
   `sync_task_id` and one per `segment.users.drain` (applied by HEAP_DRAIN_POLICY: `exit` through the drop
-  guard, `ignore` recorded only), a sync held while pages are missing, reported once (a warning in the sensor's log and one
-  message to ALERT_WEBHOOK_URL) when a sync stays incomplete longer than the file's
+  guard, `ignore` recorded only); a sync is held while pages are missing, and reported once (a warning in
+  the sensor's log and one message to ALERT_WEBHOOK_URL) when it stays incomplete longer than the file's
   `stale_incomplete_sync_minutes`. It reads each pending sync's small `sync.json`, never its pages. The
   cursor holds the syncs already reported, so a report is never repeated; an alert that could not be
   posted is tried again on the next tick; `heap_reconcile_schedule` (STOPPED by default: it sends to
@@ -309,6 +309,10 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                                    {"sync_task_ids": [], "drain_keys": [drain.key]})
             if request is not None:
                 requests.append(request)
+        for folder in inbox.unknown_folders():
+            problems.append((f"folder:{folder.name}", f"{folder} is not a sync or drain of this inbox layout (a "
+                                                      "receiver from before sync ids were hashed?): not applied; the "
+                                                      "reconcile covers what it held"))
         for key, problem in problems:
             if key not in reported:
                 context.log.warning(problem)

@@ -202,6 +202,14 @@ class Inbox:
         folder = self.sync_folder(sync_task_id)
         return self._summary(folder, (folder / DONE_MARKER).exists()) if folder.is_dir() else None
 
+    def unknown_folders(self) -> list[Path]:
+        """Folders that are neither a sync nor a drain, e.g. a sync stored under its raw id by a receiver from
+        before ids were hashed: never applied, so the sensor reports them instead of passing over them."""
+        if not self.root.is_dir():
+            return []
+        return sorted(Path(e.path) for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(
+            (SYNC_PREFIX, DRAIN_PREFIX, ".")))
+
     def drains(self, *, include_done: bool = False) -> list[InboxDrain]:
         """Every stored drain (not yet applied, unless `include_done`), in the order Heap signed them."""
         found = [d for folder in self._folders(DRAIN_PREFIX) if (d := self._drain(folder)) is not None

@@ -142,3 +142,14 @@ def test_a_confirmed_empty_export_of_a_small_audience_exits_its_members(resource
     confirmed = materialize(resources, "power_users", route="reconcile", confirm_drop=True)
 
     assert confirmed.success and metadata(confirmed, "power_users")["removed"] == 3
+
+
+def test_duplicate_rows_in_heap_connects_users_table_change_nothing(resources, clean_sandbox, warehouse):
+    # Heap Connect's users table can repeat a user's row (dbt-labs/heap dedupes it; BigQuery's users view does too).
+    edit_warehouse(warehouse, "INSERT INTO main_production.users SELECT * FROM main_production.users")
+
+    result = materialize(resources, "power_users", route="reconcile")
+
+    meta = metadata(result, "power_users")
+    assert result.success and meta["added"] == len(resolvable(warehouse, POWER_USERS)) and meta["unresolved"] == 0
+    assert "0 ambiguous" in meta["identity_map"]

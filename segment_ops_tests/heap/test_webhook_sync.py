@@ -165,3 +165,12 @@ def test_a_stale_sync_alert_that_could_not_be_posted_is_posted_on_the_next_tick(
 
     assert failed.cursor == "[]"
     assert len(heap.received("slack")) == 1
+
+
+def test_a_folder_of_an_older_inbox_layout_is_reported_not_passed_over(ops_env, instance):
+    (ops_env / "inbox" / "heap" / "FreeCustomersSync").mkdir(parents=True)
+
+    sensed = evaluate_sensor(instance, ops_env)
+
+    assert "FreeCustomersSync is not a sync or drain of this inbox layout" in sensed.skip_reason.skip_message
+    assert "folder:FreeCustomersSync" in sensed.cursor
