@@ -149,6 +149,14 @@ def test_a_wrong_write_key_is_answered_200_and_its_data_silently_lost(clean_sand
     assert stats["dropped"] == {"unknown_write_key": 1}
 
 
+def test_an_empty_write_key_is_refused_before_anything_is_sent(clean_sandbox):
+    # Segment answers 400 to a batch without a key: the setting is wrong, not the messages.
+    with pytest.raises(ValueError, match="SEGMENT_WRITE_KEY is empty"):
+        SegmentTrackingClient(f"{clean_sandbox.url}/segment", "")
+
+    assert clean_sandbox.stats()["segment"]["requests"] == 0
+
+
 def test_forbidden_is_an_auth_error(clean_sandbox):
     client = PendoClient(f"{clean_sandbox.url}/pendo", "not-the-integration-key")
 

@@ -50,6 +50,10 @@ class SegmentTrackingClient:
         timeout: float = 15.0,
         retry: RetryPolicy | None = None,
     ) -> None:
+        if not write_key:
+            # Segment answers 400 to every batch without a key (spec §7); the engine would read that as
+            # every message being bad and reject them one by one. It is the setting that is wrong.
+            raise ValueError("SEGMENT_WRITE_KEY is empty: set it to the write key of the Segment HTTP source")
         self.gzip = gzip
         self.http = HttpClient(
             "segment",
