@@ -108,8 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "HEAP_WEBHOOK_MAX_AGE_SECONDS",
         "How old (seconds) a Heap webhook's signed timestamp may be before the receiver refuses it with 400 "
-        "(Heap's reference validator: 60; Heap signs every retry anew).",
-        default="300",
+        "(Heap's reference validator: 60; Heap signs every retry anew, so this only covers transit and skew).",
+        default="120",
     ),
     Setting(
         "HEAP_WEBHOOK_MAX_FUTURE_SECONDS",
@@ -119,8 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "HEAP_DRAIN_POLICY",
-        "What a Heap `segment.users.drain` (the segment's sync was switched off) does: `exit` sends every "
-        "member an exit, through the drop guard; `ignore` records the drain and changes nothing.",
+        "What a Heap `segment.users.drain` (Heap asks the destination to empty the audience) does: `exit` "
+        "sends every member an exit, through the drop guard; `ignore` records the drain and changes nothing.",
         default="exit",
     ),
     Setting(

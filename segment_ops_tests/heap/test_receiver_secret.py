@@ -85,7 +85,7 @@ def test_the_receiver_settings_come_from_the_environment(ops_env, monkeypatch):
 def test_the_default_window_allows_ordinary_clock_skew(ops_env):
     config = config_from_env()
 
-    assert (config.max_age_seconds, config.max_future_seconds) == (300.0, 30.0) and config.previous_secrets == ()
+    assert (config.max_age_seconds, config.max_future_seconds) == (120.0, 30.0) and config.previous_secrets == ()
 
 
 @pytest.mark.parametrize(("name", "value"), [("HEAP_WEBHOOK_MAX_AGE_SECONDS", "five"),
