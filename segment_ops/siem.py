@@ -20,6 +20,7 @@ import orjson
 from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, bearer_auth
 from segment_ops.clients.splunk_hec import SplunkHecClient, hec_event
 from segment_ops.engine.delivery import AwaitingAck
+from segment_ops.engine.ledger import AwaitingReceipt
 
 AUDIT_SOURCE = "segment:audit"
 AUDIT_SOURCETYPE = "segment:audit"
@@ -97,12 +98,12 @@ class SplunkHecDestination:
             return None
         return AwaitingAck(ack_receipt(self.client.channel or "", ack_id))
 
-    def confirm(self, receipts: Sequence[str]) -> dict[str, bool]:
+    def confirm(self, receipts: Sequence[AwaitingReceipt]) -> dict[str, bool]:
         """Which receipts (`<channel>:<ackId>`) HEC's indexers have acknowledged, asked on each one's channel."""
         by_channel: defaultdict[str, dict[int, str]] = defaultdict(dict)
-        for receipt in receipts:
-            channel, ack_id = parse_ack_receipt(receipt)
-            by_channel[channel][ack_id] = receipt
+        for awaiting in receipts:
+            channel, ack_id = parse_ack_receipt(awaiting.receipt)
+            by_channel[channel][ack_id] = awaiting.receipt
         answers: dict[str, bool] = {}
         for channel, ids in by_channel.items():
             acked = self.client.query_acks(ids, channel=channel)

@@ -18,9 +18,10 @@ that raises the client errors of `clients.base` (Segment's Tracking API; a SIEM)
   about a second of acknowledged traffic, with the same messageIds, which Segment deduplicates. A
   destination without dedupe passes `record_each_batch=True`: each batch's outcome is written as soon
   as it is known, so a killed run re-sends only what was on the wire.
-- A destination that confirms later (an indexer acknowledgement) returns `AwaitingAck(receipt)` from
-  `send_batch`: the batch is recorded as awaiting ack, not delivered, and is not sent again.
-  `settle_awaiting` asks the destination about those receipts later, outside the send path.
+- A destination that confirms later returns `AwaitingAck(receipt)` from `send_batch`, with a receipt
+  unique to that send: the batch is recorded as awaiting confirmation (with when its request began), not
+  delivered, and is not sent again. `settle_awaiting` asks the destination about open receipts later,
+  outside the send path.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Protocol
 
 from segment_ops.clients.base import (
@@ -40,7 +42,7 @@ from segment_ops.clients.base import (
     VendorFatalError,
     VendorRequestError,
 )
-from segment_ops.engine.ledger import AWAITING_ACK, DELIVERED, PENDING, REJECTED, Ledger
+from segment_ops.engine.ledger import AWAITING_ACK, DELIVERED, PENDING, REJECTED, AwaitingReceipt, Ledger
 
 FLUSH_SECONDS = 1.0
 FLUSH_MESSAGES = 20_000
@@ -61,16 +63,26 @@ class Destination(Protocol):
 
 @dataclass(frozen=True)
 class AwaitingAck:
-    """What `send_batch` returns when the destination took the batch but confirms it later (an indexer
-    acknowledgement): its messages are recorded as awaiting ack with `receipt`, to confirm them by."""
+    """What `send_batch` returns when the destination took the batch but confirms it later: its messages are
+    recorded as awaiting confirmation with `receipt` (unique to this send), to confirm them by."""
 
     receipt: str
 
 
+class Confirmation(Enum):
+    """A destination's answer about one receipt (`Confirm`)."""
+
+    CONFIRMED = "confirmed"  # delivered
+    WAITING = "waiting"  # not yet: ask again later, until the timeout
+    LOST = "lost"  # can never be confirmed (the destination forgot it): pending again at once
+
+
 Message = tuple[int, str]  # (ledger seq, encoded payload holding its messageId)
-# (ledger seq, status, attempts, error), plus the receipt for AWAITING_ACK (see `Ledger.log_outcomes`)
+# (ledger seq, status, attempts, error), plus receipt and sent_at for AWAITING_ACK (see `Ledger.log_outcomes`)
 Outcome = tuple
-Confirm = Callable[[Sequence[str]], Mapping[str, bool]]  # receipts -> which the destination confirms
+# Open receipts (oldest first) -> the destination's answer for each; `True` reads as CONFIRMED, a receipt
+# left out or anything else as WAITING.
+Confirm = Callable[[Sequence[AwaitingReceipt]], Mapping[str, "Confirmation | bool"]]
 
 
 class DeliveryError(RuntimeError):
@@ -92,7 +104,7 @@ class DeliveryReport:
     bytes_sent: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-    awaiting_ack: int = 0  # taken by the destination, to be confirmed later (not delivered yet)
+    awaiting_ack: int = 0  # taken by the destination, confirmed later (not delivered yet)
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         """Two delivery passes of the same sync, as one report."""
@@ -123,14 +135,15 @@ class DeliveryReport:
 
 @dataclass
 class SettleReport:
-    """What one `settle_awaiting` found out about a sync's messages awaiting ack."""
+    """What one `settle_awaiting` found out about a sync's messages awaiting confirmation."""
 
     sync: str
     confirmed: int = 0  # confirmed by the destination: now delivered
     expired: int = 0  # not confirmed within the timeout: pending again, sent again by the next delivery
+    lost: int = 0  # the destination can no longer confirm them: pending again at once
     awaiting: int = 0  # still awaiting at the end (not confirmed yet, timeout not reached)
     queries: int = 0  # confirmation requests made
-    error: str | None = None  # why the last confirmation request failed, if it did (the messages keep waiting)
+    error: str | None = None  # why the last confirmation request failed, if it did
     seconds: float = 0.0
 
 
@@ -246,6 +259,7 @@ def _send_isolating(client: Destination, batch: list[Message], on_retry: Callabl
     with lock:
         report.requests += 1
         report.bytes_sent += sum(len(p) for p in payloads)
+    sent_at = datetime.now(UTC)
     try:
         result = client.send_batch(payloads, on_retry=counting)
     except PartialBatchError as exc:  # the events before `accepted` were taken, whatever came after
@@ -274,7 +288,7 @@ def _send_isolating(client: Destination, batch: list[Message], on_retry: Callabl
         out.extend((seq, PENDING, 1 + retries, str(exc)) for seq, _ in batch)
         return
     if isinstance(result, AwaitingAck):
-        out.extend((seq, AWAITING_ACK, 1 + retries, None, result.receipt) for seq, _ in batch)
+        out.extend((seq, AWAITING_ACK, 1 + retries, None, result.receipt, sent_at) for seq, _ in batch)
     else:
         out.extend((seq, DELIVERED, 1 + retries, None) for seq, _ in batch)
 
@@ -282,13 +296,14 @@ def _send_isolating(client: Destination, batch: list[Message], on_retry: Callabl
 def settle_awaiting(ledger: Ledger, sync: str, confirm: Confirm, *, timeout: float | None, wait: float = 0.0,
                     poll_initial: float = 0.5, poll_max: float = 5.0,
                     sleep: Callable[[float], None] = time.sleep) -> SettleReport:
-    """Ask the destination (`confirm`) about every receipt of `sync` awaiting ack, and record the answers.
+    """Ask the destination (`confirm`) about every open receipt of `sync`, and record the answers.
 
-    Confirmed: delivered. Not confirmed and sent more than `timeout` seconds ago: pending again, so the next
-    delivery sends it again (a destination without dedupe may then hold it twice: the price of never losing
-    one); `timeout=None` only confirms (for a settle not followed by a delivery). Otherwise it keeps waiting. While some still wait, asks again (0.5 s, doubling up to `poll_max`)
-    until `wait` seconds have passed; `wait=0` asks once. A failed request leaves every receipt waiting
-    (`error`); a `VendorFatalError` (the destination's setup) propagates.
+    CONFIRMED: delivered. LOST: pending again at once. Not confirmed and taken more than `timeout` seconds
+    ago: pending again, whether or not the destination answered, so the next delivery sends it again (a
+    destination without dedupe may then hold it twice: the price of never losing one); `timeout=None` only
+    confirms. Otherwise it keeps waiting. While some still wait, asks again (0.5 s, doubling up to
+    `poll_max`) until `wait` seconds have passed; `wait=0` asks once. A failed request (`error`) confirms
+    nothing; only a `VendorFatalError` (credentials) propagates.
     """
     report = SettleReport(sync)
     started = time.monotonic()
@@ -300,24 +315,26 @@ def settle_awaiting(ledger: Ledger, sync: str, confirm: Confirm, *, timeout: flo
             break
         report.queries += 1
         try:
-            answers = confirm([r.receipt for r in awaiting])
+            answers = {receipt: _read_answer(answer) for receipt, answer in confirm(awaiting).items()}
+            report.error = None
         except VendorFatalError:
             raise
         except VendorError as exc:
             report.error = str(exc)
-            answers = None
-        settled: set[str] = set()
-        if answers is not None:
-            report.error = None
-            confirmed = [r.receipt for r in awaiting if answers.get(r.receipt) is True]
-            expired = []
-            if timeout is not None:
-                cutoff = datetime.now(UTC) - timedelta(seconds=timeout)
-                expired = [r.receipt for r in awaiting if answers.get(r.receipt) is not True and r.sent_at <= cutoff]
-            report.confirmed += ledger.settle_receipts(sync, confirmed, DELIVERED)
-            report.expired += ledger.settle_receipts(
-                sync, expired, PENDING, f"not confirmed within {timeout or 0:g}s of sending: to be sent again")
-            settled = {*confirmed, *expired}
+            answers = {}
+        confirmed = [r.receipt for r in awaiting if answers.get(r.receipt) is Confirmation.CONFIRMED]
+        lost = [r.receipt for r in awaiting if answers.get(r.receipt) is Confirmation.LOST]
+        expired: list[str] = []
+        if timeout is not None:
+            cutoff = datetime.now(UTC) - timedelta(seconds=timeout)
+            expired = [r.receipt for r in awaiting if r.taken_at <= cutoff
+                       and answers.get(r.receipt, Confirmation.WAITING) is Confirmation.WAITING]
+        report.confirmed += ledger.settle_receipts(sync, confirmed, DELIVERED)
+        report.lost += ledger.settle_receipts(
+            sync, lost, PENDING, "the destination forgot the receipt, so cannot confirm it: to be sent again")
+        report.expired += ledger.settle_receipts(
+            sync, expired, PENDING, f"not confirmed within {timeout or 0:g}s of sending: to be sent again")
+        settled = {*confirmed, *lost, *expired}
         report.awaiting = sum(r.messages for r in awaiting if r.receipt not in settled)
         if not report.awaiting or time.monotonic() - started + delay > wait:
             break
@@ -325,6 +342,12 @@ def settle_awaiting(ledger: Ledger, sync: str, confirm: Confirm, *, timeout: flo
         delay = min(delay * 2, poll_max)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _read_answer(answer: Confirmation | bool) -> Confirmation:
+    if answer is True:
+        return Confirmation.CONFIRMED
+    return answer if isinstance(answer, Confirmation) else Confirmation.WAITING
 
 
 def _count(outcomes: list[Outcome], report: DeliveryReport) -> None:

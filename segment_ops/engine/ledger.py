@@ -1,16 +1,20 @@
 """The delivery ledger: every planned message, its status, attempts and last error, in plain SQL.
 
-Two append-only tables and a view:
+Append-only tables and a view:
 - `planned_messages`: the outbox. Planning inserts each new message once (same messageId, same row).
 - `outcomes`: facts, one row each time a destination answered for a message (delivered, rejected,
-  awaiting ack, or still pending after retries ran out), a person reset it (`force`), or a newer plan
-  superseded it.
+  awaiting confirmation, or still pending after retries ran out), a person reset it (`force`), or a
+  newer plan superseded it.
+- `receipts` and `receipt_settlements`: one row per batch a destination took and will confirm later
+  (its receipt, seq range, when it was sent), and one per receipt settled. Open receipts are the first
+  table minus the second: two small tables, never a scan of `outcomes`.
 - `ledger` (view): each planned message with its status (latest outcome, else pending), attempts,
   last error and delivery time.
 
-Awaiting ack: a destination that confirms later (an indexer acknowledgement) took the message and gave a
-receipt to ask about it with. The message is neither delivered nor pending: it is not sent again, and
-`settle_receipts` later records it delivered (confirmed) or pending (never confirmed, to be sent again).
+Awaiting confirmation (status `awaiting_ack`): a destination that confirms later took the message and
+gave a receipt, unique to that send, to ask about it with. The message is neither delivered nor pending:
+it is not sent again, and `settle_receipts` later records it delivered (confirmed) or pending (never
+confirmed, to be sent again).
 
 Nothing is ever updated in place, which is what DuckDB is fast at and what makes a crash harmless:
 a run killed at any point has lost at most the outcomes it had not yet written; those messages are
@@ -29,7 +33,8 @@ from datetime import UTC, datetime
 import duckdb
 
 PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
-# Taken by a destination that confirms later; the outcome's `receipt` is what to ask it with.
+# Taken by a destination that confirms later; the outcome's `receipt` is what to ask it with. (The stored
+# word predates the generic name "awaiting confirmation"; files hold it, so it stays.)
 AWAITING_ACK = "awaiting_ack"
 # A pending message a newer plan replaced before it was sent (e.g. the row changed again): never sent,
 # and not counted as pending, delivered or rejected. Logging PENDING again revives it.
@@ -57,10 +62,17 @@ CREATE TABLE IF NOT EXISTS outcomes (
     attempts  INTEGER NOT NULL,
     error     VARCHAR,
     logged_at TIMESTAMPTZ NOT NULL,
-    receipt   VARCHAR              -- awaiting_ack only: the destination's receipt (e.g. channel:ackId)
+    receipt   VARCHAR              -- awaiting_ack only: the receipt of the send that took it
 );
 -- Files made before awaiting_ack existed get the column (NULL for every earlier outcome).
 ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS receipt VARCHAR;
+CREATE TABLE IF NOT EXISTS receipt_settlements (
+    sync       VARCHAR NOT NULL,
+    receipt    VARCHAR NOT NULL,
+    status     VARCHAR NOT NULL,     -- delivered (confirmed) or pending (re-opened, to be sent again)
+    error      VARCHAR,
+    settled_at TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejected (
     sync        VARCHAR NOT NULL,
     run_id      VARCHAR,
@@ -83,6 +95,26 @@ LEFT JOIN (
            arg_max(error, id) AS last_error, max(logged_at) FILTER (WHERE status = 'delivered') AS delivered_at
     FROM outcomes GROUP BY sync, seq
 ) o ON o.sync = m.sync AND o.seq = m.seq;
+"""
+# One row per send a destination took and confirms later. Created apart from _SCHEMA: a file made before
+# it existed gets it filled once from the open awaiting outcomes (the only full scan, at migration).
+_RECEIPTS = """
+CREATE TABLE receipts (
+    sync     VARCHAR NOT NULL,
+    receipt  VARCHAR NOT NULL,      -- unique per send (the destination makes it so)
+    seq_low  BIGINT NOT NULL,       -- the batch's messages lie in [seq_low, seq_high]
+    seq_high BIGINT NOT NULL,
+    messages INTEGER NOT NULL,
+    sent_at  TIMESTAMPTZ NOT NULL,  -- when the request carrying the batch began
+    taken_at TIMESTAMPTZ NOT NULL   -- when its answer was recorded
+);
+INSERT INTO receipts
+SELECT sync, receipt, min(seq), max(seq), count(*), min(logged_at), min(logged_at) FROM (
+    SELECT sync, seq, arg_max(status, id) AS status, arg_max(receipt, id) AS receipt,
+           arg_max(logged_at, id) AS logged_at
+    FROM outcomes GROUP BY sync, seq)
+WHERE status = 'awaiting_ack' AND receipt IS NOT NULL
+GROUP BY sync, receipt;
 """
 
 
@@ -113,9 +145,38 @@ class PlanCounts:
 
 @dataclass(frozen=True)
 class AwaitingReceipt:
-    receipt: str  # what the destination answered a batch with (e.g. an indexer-ack id), to confirm it by
-    sent_at: datetime  # when the destination took the batch
+    receipt: str  # what the destination answered one send with, to confirm it by (unique per send)
+    taken_at: datetime  # when the destination's answer was recorded (timeouts count from here)
     messages: int
+    sent_at: datetime | None = None  # when the request began (None: not known, a file of an older layout)
+
+
+@dataclass(frozen=True)
+class MessageCounts:
+    """Where a set of messages stands (e.g. one hour of audit events): each message in one status."""
+
+    total: int = 0
+    unplanned: int = 0  # in the set, never planned for this sync
+    pending: int = 0
+    delivered: int = 0
+    rejected: int = 0
+    awaiting_ack: int = 0
+    superseded: int = 0
+
+    @property
+    def settled(self) -> bool:
+        """Every message planned and delivered or rejected: nothing pending, awaiting or unplanned."""
+        return self.total == self.delivered + self.rejected + self.superseded
+
+
+@dataclass(frozen=True)
+class SyncFigures:
+    """One sync's delivery figures over a health window (`Ledger.delivery_figures`)."""
+
+    sync: str
+    delivered: int
+    rejected: int
+    failed: int
 
 
 @dataclass(frozen=True)
@@ -133,6 +194,13 @@ class Ledger:
         self.con = con
         if create:
             con.execute(_SCHEMA)
+            if not self._has_table("receipts"):
+                con.execute(_RECEIPTS)
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
+            [name]).fetchone()[0])
 
     def cursor(self) -> Ledger:
         """The same ledger on a new cursor of the connection, for use from another thread."""
@@ -233,7 +301,8 @@ class Ledger:
 
     def iter_pending(self, sync: str, chunk_rows: int = 20_000,
                      seqs: range | None = None) -> Iterator[list[tuple[int, str]]]:
-        """Pending (seq, payload) in planning order, a window of `seq` at a time; payloads hold their messageId.
+        """Pending (seq, payload) in planning order, a window of `seq` at a time; payloads hold their
+        messageId.
 
         `seqs` limits the walk (e.g. to what one plan just added); by default it covers every pending
         message. Windows of `seq` rather than ORDER BY ... LIMIT: both tables grow in seq order, so each
@@ -259,46 +328,97 @@ class Ledger:
                 yield rows
 
     def log_outcomes(self, sync: str, outcomes: Sequence[tuple]) -> None:
-        """Append (seq, status, attempts, error) for messages a destination answered for; an AWAITING_ACK
-        outcome adds a fifth item, its receipt: (seq, AWAITING_ACK, attempts, None, receipt)."""
+        """Append (seq, status, attempts, error) for messages a destination answered for. An AWAITING_ACK
+        outcome adds its receipt and, optionally, when its request began:
+        (seq, AWAITING_ACK, attempts, None, receipt[, sent_at]); each receipt is recorded once."""
         if not outcomes:
             return
-        seqs, statuses, attempts, errors, receipts = zip(*((*o, None)[:5] for o in outcomes), strict=True)
+        rows = [(*o, None, None)[:6] for o in outcomes]
+        seqs, statuses, attempts, errors, receipts, sent = zip(*rows, strict=True)
         if any(s == AWAITING_ACK and not r for s, r in zip(statuses, receipts, strict=True)):
             raise ValueError("an awaiting_ack outcome needs the receipt to confirm it by")
-        self.con.execute(
-            "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at, receipt) "
-            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), ?, "
-            "unnest(?::VARCHAR[])",
-            [sync, list(seqs), list(statuses), list(attempts), list(errors), _now(), list(receipts)])
+        now = _now()
+        taken: dict[str, list] = {}
+        for seq, status, _, _, receipt, sent_at in rows:
+            if status == AWAITING_ACK:
+                low, high, count, began = taken.get(receipt, (seq, seq, 0, sent_at))
+                taken[receipt] = [min(low, seq), max(high, seq), count + 1, began or sent_at]
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            con.execute(
+                "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at, receipt) "
+                "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), "
+                "unnest(?::VARCHAR[]), ?, unnest(?::VARCHAR[])",
+                [sync, list(seqs), list(statuses), list(attempts), list(errors), now, list(receipts)])
+            if taken:
+                con.executemany(
+                    "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(sync, receipt, low, high, count, began or now, now)
+                     for receipt, (low, high, count, began) in taken.items()])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def awaiting_receipts(self, sync: str) -> list[AwaitingReceipt]:
-        """Every receipt with messages awaiting ack, oldest first (one row per receipt, not per message)."""
-        rows = self.con.execute(
-            f"""
-            SELECT a.receipt, min(a.logged_at), count(*) FROM outcomes a
-            WHERE a.sync = ? AND a.status = '{AWAITING_ACK}'
-              AND NOT EXISTS (SELECT 1 FROM outcomes b WHERE b.sync = a.sync AND b.seq = a.seq AND b.id > a.id)
-            GROUP BY a.receipt ORDER BY 2, 1
-            """, [sync]).fetchall()
-        return [AwaitingReceipt(receipt, sent_at, messages) for receipt, sent_at, messages in rows]
+        """Every open receipt (sent, not settled), oldest first: one row per send, not per message."""
+        if not self._has_table("receipts"):  # a file of an older layout, read without migrating it
+            rows = self.con.execute(
+                f"""
+                SELECT a.receipt, min(a.logged_at), count(*), NULL FROM outcomes a
+                WHERE a.sync = ? AND a.status = '{AWAITING_ACK}'
+                  AND NOT EXISTS (SELECT 1 FROM outcomes b
+                                  WHERE b.sync = a.sync AND b.seq = a.seq AND b.id > a.id)
+                GROUP BY a.receipt ORDER BY 2, 1
+                """, [sync]).fetchall()
+        else:
+            rows = self.con.execute(
+                """
+                SELECT r.receipt, r.taken_at, r.messages, r.sent_at FROM receipts r
+                WHERE r.sync = ?
+                  AND NOT EXISTS (SELECT 1 FROM receipt_settlements s
+                                  WHERE s.sync = r.sync AND s.receipt = r.receipt)
+                ORDER BY r.taken_at, r.receipt
+                """, [sync]).fetchall()
+        return [AwaitingReceipt(receipt, taken_at, messages, sent_at)
+                for receipt, taken_at, messages, sent_at in rows]
 
     def settle_receipts(self, sync: str, receipts: Sequence[str], status: str, error: str | None = None) -> int:
         """Log `status` (DELIVERED when confirmed, PENDING to send again) for every message still awaiting
-        ack under one of `receipts`; returns how many messages that was."""
+        confirmation under one of `receipts`, and close those receipts; returns how many messages that was.
+
+        Each receipt is settled on its own: only the messages whose latest outcome is that very receipt,
+        looked up within its seq range (so the scan of `outcomes` reads only that range's row groups).
+        """
         if status not in (DELIVERED, PENDING):
             raise ValueError(f"an awaited message settles as delivered or pending, not {status!r}")
-        if not receipts:
+        wanted = list(dict.fromkeys(receipts))
+        if not wanted:
             return 0
-        settled = self.con.execute(
-            f"""
-            INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at)
-            SELECT a.sync, a.seq, ?, 0, ?, ? FROM outcomes a
-            WHERE a.sync = ? AND a.status = '{AWAITING_ACK}' AND a.receipt IN (SELECT unnest(?::VARCHAR[]))
-              AND NOT EXISTS (SELECT 1 FROM outcomes b WHERE b.sync = a.sync AND b.seq = a.seq AND b.id > a.id)
-            RETURNING seq
-            """, [status, error, _now(), sync, list(receipts)]).fetchall()
-        return len(settled)
+        ranges = self.con.execute(
+            "SELECT receipt, min(seq_low), max(seq_high) FROM receipts WHERE sync = ? "
+            "AND receipt IN (SELECT unnest(?::VARCHAR[])) GROUP BY receipt", [sync, wanted]).fetchall()
+        con, now, settled = self.con, _now(), 0
+        con.execute("BEGIN")
+        try:
+            for receipt, low, high in ranges:
+                settled += len(con.execute(
+                    f"""
+                    INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at)
+                    SELECT ?, seq, ?, 0, ?, ? FROM (
+                        SELECT seq, arg_max(status, id) AS status, arg_max(receipt, id) AS receipt
+                        FROM outcomes WHERE sync = ? AND seq BETWEEN ? AND ? GROUP BY seq)
+                    WHERE status = '{AWAITING_ACK}' AND receipt = ?
+                    RETURNING seq
+                    """, [sync, status, error, now, sync, low, high, receipt]).fetchall())
+            con.executemany("INSERT INTO receipt_settlements VALUES (?, ?, ?, ?, ?)",
+                            [(sync, receipt, status, error, now) for receipt, _, _ in ranges])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return settled
 
     def reject_refused(self, sync: str, refused: Sequence[tuple[int, str]], *, destination: str,
                        run_id: str | None = None) -> None:
@@ -318,6 +438,76 @@ class Ledger:
             "SELECT status, count(*) FROM ledger WHERE sync = ? GROUP BY status", [sync]).fetchall())
         return LedgerCounts(pending=rows.get(PENDING, 0), delivered=rows.get(DELIVERED, 0),
                             rejected=rows.get(REJECTED, 0), awaiting_ack=rows.get(AWAITING_ACK, 0))
+
+    def window_counts(self, sync: str, relation: str) -> dict[object, MessageCounts]:
+        """Where the messages of `relation` (message_id, grp) stand in `sync`, per `grp` (e.g. an hour).
+
+        A message_id never planned for `sync` counts as unplanned. Only the seq range the set was planned
+        in is read from `outcomes`, so the cost follows the set, not the ledger's history.
+        """
+        con = self.con
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE counted_messages AS SELECT r.grp, p.seq FROM {relation} AS r "
+            "LEFT JOIN planned_messages p ON p.sync = ? AND p.message_id = r.message_id", [sync])
+        try:
+            low, high = con.execute("SELECT min(seq), max(seq) FROM counted_messages").fetchone()
+            rows = con.execute(
+                f"""
+                SELECT c.grp, count(*), count(*) FILTER (WHERE c.seq IS NULL),
+                       count(*) FILTER (WHERE c.seq IS NOT NULL AND coalesce(o.status, 'pending') = 'pending'),
+                       count(*) FILTER (WHERE o.status = '{DELIVERED}'),
+                       count(*) FILTER (WHERE o.status = '{REJECTED}'),
+                       count(*) FILTER (WHERE o.status = '{AWAITING_ACK}'),
+                       count(*) FILTER (WHERE o.status = '{SUPERSEDED}')
+                FROM counted_messages c LEFT JOIN (
+                    SELECT seq, arg_max(status, id) AS status FROM outcomes
+                    WHERE sync = ? AND seq BETWEEN ? AND ? GROUP BY seq) o ON o.seq = c.seq
+                GROUP BY c.grp
+                """, [sync, low if low is not None else 0, high if high is not None else -1]).fetchall()
+        finally:
+            con.execute("DROP TABLE counted_messages")
+        return {grp: MessageCounts(*figures) for grp, *figures in rows}
+
+    def delivery_figures(self, since: datetime) -> list[SyncFigures]:
+        """Delivered, rejected and failed messages of every sync since `since` (none: the file has no ledger).
+
+        Delivered: confirmed since `since`. Rejected: distinct (record, reason) pairs rejected since then (the
+        reverse-ETL diff rejects the same bad rows on every run). Failed, once each: the latest outcome,
+        logged since `since`, is "still pending after retries ran out"; or the message is "stuck": still
+        pending although planned before `since`, or still awaiting confirmation although sent before
+        `since`; or it was planned and never attempted (the run stopped first, e.g. at a 401). Reads any
+        layout of the file, including a read-only one never migrated.
+        """
+        if not all(self._has_table(t) for t in ("planned_messages", "outcomes", "rejected")):
+            return []
+        rows = self.con.execute(
+            f"""
+            WITH delivered AS (
+                SELECT sync, count(DISTINCT seq) AS n FROM outcomes
+                WHERE status = '{DELIVERED}' AND logged_at >= $since GROUP BY sync),
+            rejected_rows AS (
+                SELECT sync, count(DISTINCT (coalesce(record_key, record, run_id, ''), reason)) AS n
+                FROM rejected WHERE rejected_at >= $since GROUP BY sync),
+            latest AS (
+                SELECT sync, seq, arg_max(status, id) AS status, arg_max(error, id) AS error,
+                       max(logged_at) AS last_at
+                FROM outcomes GROUP BY sync, seq),
+            failed AS (
+                SELECT m.sync, count(*) AS n
+                FROM planned_messages m LEFT JOIN latest o ON o.sync = m.sync AND o.seq = m.seq
+                WHERE (coalesce(o.status, '{PENDING}') = '{PENDING}'
+                       AND ((o.error IS NOT NULL AND o.last_at >= $since)  -- retries ran out in the window
+                            OR m.planned_at < $since        -- stuck: pending longer than the window
+                            OR o.status IS NULL))           -- never attempted (the run stopped, e.g. 401)
+                   OR (o.status = '{AWAITING_ACK}' AND o.last_at < $since)  -- stuck: never confirmed
+                GROUP BY m.sync),
+            syncs AS (SELECT sync FROM planned_messages UNION SELECT sync FROM rejected)  -- idle ones too
+            SELECT s.sync, coalesce(d.n, 0), coalesce(r.n, 0), coalesce(f.n, 0)
+            FROM syncs s LEFT JOIN delivered d USING (sync) LEFT JOIN rejected_rows r USING (sync)
+            LEFT JOIN failed f USING (sync)
+            ORDER BY s.sync
+            """, {"since": since}).fetchall()
+        return [SyncFigures(*row) for row in rows]
 
     def rejected_since(self, sync: str, run_id: str, limit: int = 20) -> list[tuple[str | None, str | None, str]]:
         """A sample of (record_key, source, reason) rejected by one run, for run metadata."""

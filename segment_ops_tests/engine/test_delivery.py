@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -17,7 +17,13 @@ import pytest
 from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorUnavailable
 from segment_ops.clients.splunk_hec import HecConfigurationError, SplunkHecClient
 from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
-from segment_ops.engine.delivery import AwaitingAck, DeliveryError, deliver_pending, settle_awaiting
+from segment_ops.engine.delivery import (
+    AwaitingAck,
+    Confirmation,
+    DeliveryError,
+    deliver_pending,
+    settle_awaiting,
+)
 from segment_ops.engine.ledger import PlannedMessage
 from segment_ops.engine.replay import plan_file, replay_file
 from segment_ops_tests.engine.conftest import ledger_counts, message_ids_received, track_calls, write_jsonl
@@ -275,8 +281,8 @@ def test_settling_delivers_what_is_confirmed_and_keeps_the_rest_waiting(ledger):
     asked: list[list[str]] = []
 
     def confirm(receipts):
-        asked.append(list(receipts))
-        return {"receipt-0": True}
+        asked.append([r.receipt for r in receipts])
+        return {"receipt-0": Confirmation.CONFIRMED}
 
     report = settle_awaiting(ledger, "later", confirm, timeout=300)
 
@@ -291,7 +297,7 @@ def test_settling_reopens_what_stayed_unconfirmed_past_the_timeout(ledger):
     deliver_pending(ledger, "later", TakesThenConfirms())
     time.sleep(0.05)
 
-    report = settle_awaiting(ledger, "later", lambda receipts: {r: False for r in receipts}, timeout=0.01)
+    report = settle_awaiting(ledger, "later", lambda receipts: {r.receipt: False for r in receipts}, timeout=0.01)
     resent = deliver_pending(ledger, "later", destination := TakesThenConfirms())
 
     assert (report.expired, report.awaiting) == (4, 0)
@@ -320,7 +326,19 @@ def test_settling_polls_again_until_confirmed_within_its_wait(ledger):
     assert naps == [0.5, 1.0]
 
 
-def test_a_failed_confirmation_request_leaves_everything_waiting(ledger):
+def test_a_failed_confirmation_request_confirms_nothing_and_keeps_what_is_within_the_timeout(ledger):
+    plan_small(ledger, 2)
+    deliver_pending(ledger, "later", TakesThenConfirms())
+
+    def down(receipts):
+        raise VendorUnavailable("later", "POST", "/ack", "HTTP 503: busy", status=503)
+
+    report = settle_awaiting(ledger, "later", down, timeout=300)
+
+    assert (report.confirmed, report.expired, report.awaiting) == (0, 0, 2) and "503" in report.error
+
+
+def test_receipts_past_the_timeout_expire_even_when_the_confirmation_request_fails(ledger):
     plan_small(ledger, 2)
     deliver_pending(ledger, "later", TakesThenConfirms())
     time.sleep(0.05)
@@ -330,7 +348,30 @@ def test_a_failed_confirmation_request_leaves_everything_waiting(ledger):
 
     report = settle_awaiting(ledger, "later", down, timeout=0.01)
 
-    assert (report.expired, report.awaiting) == (0, 2) and "503" in report.error
+    assert (report.expired, report.awaiting) == (2, 0) and "503" in report.error
+    assert ledger_counts(ledger, "later")[0] == 2  # pending: the next delivery sends them again
+
+
+def test_a_receipt_the_destination_lost_is_pending_again_at_once_and_the_others_are_untouched(ledger):
+    plan_small(ledger, 6)
+    deliver_pending(ledger, "later", TakesThenConfirms(), max_in_flight=1)
+
+    report = settle_awaiting(ledger, "later", lambda receipts: {"receipt-0": Confirmation.LOST,
+                                                                 "receipt-1": Confirmation.CONFIRMED}, timeout=300)
+
+    assert (report.lost, report.confirmed, report.expired, report.awaiting) == (2, 2, 0, 2)
+    assert [r.receipt for r in ledger.awaiting_receipts("later")] == ["receipt-2"]
+    assert ledger_counts(ledger, "later")[:2] == (2, 2)  # (pending, delivered)
+
+
+def test_open_receipts_carry_when_their_request_began(ledger):
+    plan_small(ledger, 2)
+    before = datetime.now(UTC)
+    deliver_pending(ledger, "later", TakesThenConfirms())
+
+    [receipt] = ledger.awaiting_receipts("later")
+
+    assert before <= receipt.sent_at <= receipt.taken_at
 
 
 class Crashes:

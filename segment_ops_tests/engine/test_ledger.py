@@ -1,3 +1,5 @@
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 
@@ -8,6 +10,7 @@ from segment_ops.engine.ledger import (
     REJECTED,
     Ledger,
     LedgerCounts,
+    MessageCounts,
     PlannedMessage,
     Rejection,
 )
@@ -163,3 +166,75 @@ def test_a_ledger_made_before_receipts_existed_gains_the_column(tmp_path):
 
     assert ledger.counts("s") == LedgerCounts(pending=0, delivered=1, rejected=0, awaiting_ack=1)
     con.close()
+
+
+def test_each_send_is_one_open_receipt_with_its_seq_range_and_send_time(ledger):
+    ledger.add_planned("s", messages(4))
+    began = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    ledger.log_outcomes("s", [outcome(ledger, "m0", AWAITING_ACK, 1, None, "c:0:a", began),
+                              outcome(ledger, "m1", AWAITING_ACK, 1, None, "c:0:a", began),
+                              outcome(ledger, "m3", AWAITING_ACK, 1, None, "c:0:b")])
+
+    first, second = ledger.awaiting_receipts("s")
+
+    assert (first.receipt, first.messages, first.sent_at) == ("c:0:a", 2, began)
+    assert (second.receipt, second.messages) == ("c:0:b", 1) and second.sent_at == second.taken_at
+    assert ledger.con.execute("SELECT receipt, seq_low, seq_high FROM receipts ORDER BY receipt").fetchall() == [
+        ("c:0:a", seq_of(ledger, "m0"), seq_of(ledger, "m1")), ("c:0:b", seq_of(ledger, "m3"), seq_of(ledger, "m3"))]
+
+
+def test_two_sends_that_share_a_destination_id_settle_apart(ledger):
+    # The destination made each receipt unique (e.g. channel:ackId:<send id>); settling one leaves the other.
+    ledger.add_planned("s", messages(2))
+    ledger.log_outcomes("s", [outcome(ledger, "m0", AWAITING_ACK, 1, None, "c:0:run1")])
+    ledger.log_outcomes("s", [outcome(ledger, "m1", AWAITING_ACK, 1, None, "c:0:run2")])
+
+    assert ledger.settle_receipts("s", ["c:0:run2"], DELIVERED) == 1
+
+    assert [r.receipt for r in ledger.awaiting_receipts("s")] == ["c:0:run1"]
+    assert ledger.counts("s") == LedgerCounts(pending=0, delivered=1, rejected=0, awaiting_ack=1)
+
+
+def test_a_settled_receipt_is_closed_by_a_settlement_fact_not_an_update(ledger):
+    ledger.add_planned("s", messages(1))
+    ledger.log_outcomes("s", [outcome(ledger, "m0", AWAITING_ACK, 1, None, "c:0:a")])
+
+    ledger.settle_receipts("s", ["c:0:a"], PENDING, "forgotten")
+
+    assert ledger.awaiting_receipts("s") == []
+    assert ledger.con.execute("SELECT count(*) FROM receipts").fetchone()[0] == 1  # append-only
+    assert ledger.con.execute("SELECT receipt, status, error FROM receipt_settlements").fetchall() == [
+        ("c:0:a", PENDING, "forgotten")]
+
+
+def test_a_file_made_before_the_receipts_table_gets_its_open_receipts_once(tmp_path):
+    con = connect(tmp_path / "staging.duckdb")
+    old = Ledger(con)
+    old.add_planned("s", messages(3))
+    old.log_outcomes("s", [outcome(old, "m0", AWAITING_ACK, 1, None, "c:4"),
+                           outcome(old, "m1", AWAITING_ACK, 1, None, "c:4"), outcome(old, "m2", DELIVERED, 1, None)])
+    con.execute("DROP TABLE receipts")  # as a file of the previous layout: receipts only in `outcomes`
+    con.execute("DROP TABLE receipt_settlements")
+
+    [receipt] = Ledger(con, create=False).awaiting_receipts("s")  # read-only readers see them before migration
+    migrated = Ledger(con)
+
+    assert (receipt.receipt, receipt.messages, receipt.sent_at) == ("c:4", 2, None)
+    assert [(r.receipt, r.messages) for r in migrated.awaiting_receipts("s")] == [("c:4", 2)]
+    assert migrated.settle_receipts("s", ["c:4"], DELIVERED) == 2
+    assert migrated.counts("s").delivered == 3 and migrated.awaiting_receipts("s") == []
+    con.close()
+
+
+def test_window_counts_say_where_each_group_of_messages_stands(ledger):
+    ledger.add_planned("s", messages(5))
+    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 1, None), outcome(ledger, "m1", REJECTED, 1, "bad"),
+                              outcome(ledger, "m2", AWAITING_ACK, 1, None, "c:0:a")])
+    ledger.con.execute("CREATE TEMP TABLE hours AS SELECT * FROM (VALUES ('m0', 1), ('m1', 1), ('m2', 2), "
+                       "('m3', 2), ('m4', 3), ('never-planned', 3)) t(message_id, grp)")
+
+    counts = ledger.window_counts("s", "hours")
+
+    assert counts[1] == MessageCounts(total=2, delivered=1, rejected=1) and counts[1].settled
+    assert counts[2] == MessageCounts(total=2, pending=1, awaiting_ack=1) and not counts[2].settled
+    assert counts[3] == MessageCounts(total=2, unplanned=1, pending=1) and not counts[3].settled
