@@ -75,6 +75,7 @@ class SandboxConfig:
     splunk_ack: bool = False  # indexer acknowledgement on the HEC token
     splunk_ack_delay: float = 2.0  # seconds until an ackId turns true (indexing takes time; acks can take minutes)
     splunk_max_content_length: int = 1_000_000
+    splunk_max_idle_time: float | None = 600.0  # seconds a channel may idle before HEC forgets it (maxIdleTime)
     record_limit: int = 100_000  # stored bodies per API; counts stay exact beyond it
     segment_write_key: str = field(default=SANDBOX_SEGMENT_WRITE_KEY, repr=False)
     public_api_token: str = field(default=SANDBOX_SEGMENT_PUBLIC_API_TOKEN, repr=False)
@@ -121,6 +122,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             ack=config.splunk_ack,
             ack_delay=config.splunk_ack_delay,
             max_content_length=config.splunk_max_content_length,
+            max_idle_time=config.splunk_max_idle_time,
         ),
         SlackWebhook(recorder, token=config.slack_webhook_token),
     ]
@@ -185,6 +187,8 @@ class _Control:
             Route("/reset", self._reset, methods=["POST"]),
             Route("/audit-events", self._inject_audit_events, methods=["POST"]),
             Route("/pendo/usage-drop", self._pendo_usage_drop, methods=["POST"]),
+            Route("/splunk/restart", self._splunk_restart, methods=["POST"]),
+            Route("/splunk/ack", self._splunk_ack, methods=["POST"]),
         ]
 
     async def _stats(self, request: Request) -> Response:
@@ -249,6 +253,22 @@ class _Control:
             return _bad_request("expected a JSON array of (partial) audit events")
         return json_response({"events": self.public_api.inject(events)})
 
+    def _splunk(self) -> SplunkHec:
+        return next(e for e in self.emulators if isinstance(e, SplunkHec))
+
+    async def _splunk_restart(self, request: Request) -> Response:
+        self._splunk().restart()
+        return json_response({"restarted": True})
+
+    async def _splunk_ack(self, request: Request) -> Response:
+        try:
+            enabled = orjson.loads(await request.body())["enabled"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return _bad_request(f'expected {{"enabled": true|false}}: {exc}')
+        if not isinstance(enabled, bool):
+            return _bad_request('expected {"enabled": true|false}')
+        self._splunk().set_ack(enabled)
+        return json_response({"ack": enabled})
 
     async def _pendo_usage_drop(self, request: Request) -> Response:
         try:

@@ -72,6 +72,14 @@ class RunningSandbox:
         return self._call("POST", "/pendo/usage-drop",
                           json={"accountId": account_id, "from_day": from_day, "factor": factor})
 
+    def splunk_restart(self) -> None:
+        """Make HEC forget every channel and its ackIds, as a Splunk restart does."""
+        self._call("POST", "/splunk/restart")
+
+    def splunk_ack(self, enabled: bool) -> None:
+        """Turn indexer acknowledgement on or off for the HEC token (off: the ack endpoint answers code 14)."""
+        self._call("POST", "/splunk/ack", json={"enabled": enabled})
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
         response.raise_for_status()

@@ -36,9 +36,15 @@ Where it still differs from HEC (choices where the sources are silent or unverif
   Cloud's advice) gets 413 `{"text": "Content too large"}`; HEC's own table has no code for it.
 - Injected 429s use HEC's busy body (code 9): HEC itself signals overload with 503 code 9; a 429
   comes from a load balancer in front, whose body is not HEC's.
-- Channels are never dropped for idleness (HEC: after `maxIdleTime`), and an ackId stays queryable
-  after it was reported true (whether HEC forgets it then is not documented in the sources above);
-  an unknown channel or ackId answers false rather than an error.
+- A channel idle for `max_idle_time` seconds (default 600, HEC's `maxIdleTime`) is forgotten with its
+  ackIds, and `restart()` (control `POST /__sandbox__/splunk/restart`, like restarting Splunk) forgets
+  every channel; a forgotten channel's next request starts its ackIds at 0 again. Chosen where the
+  sources are silent (unverified): every request naming the channel, ack queries included, counts as
+  activity; an ack query on a channel HEC does not know (forgotten, or never used) answers HTTP 400
+  code 11 "Invalid data channel"; an unknown ackId on a known channel answers false; an ackId stays
+  queryable after it was reported true.
+- Ack can be turned off and on for the token while the sandbox runs (`set_ack`, control
+  `POST /__sandbox__/splunk/ack {"enabled": false}`); with ack off the ack endpoint answers code 14.
 - Codes 18-20 (unhealthy) are only produced through fault injection (503).
 """
 
@@ -106,16 +112,19 @@ class SplunkHec:
         ack: bool = False,
         ack_delay: float = 2.0,
         max_content_length: int = 1_000_000,
+        max_idle_time: float | None = 600.0,
     ) -> None:
         self.recorder = recorder
         self.token = token
         self.indexes = frozenset(indexes)
         self.default_index = default_index
-        self.ack = ack
+        self.ack = self._ack_configured = ack
         self.ack_delay = ack_delay
         self.max_content_length = max_content_length
+        self.max_idle_time = max_idle_time  # None: channels are never dropped for idleness
         # channel -> when each ackId (its position) turns true, on the monotonic clock
         self._acks: dict[str, list[float]] = {}
+        self._last_used: dict[str, float] = {}  # channel -> its last request, on the monotonic clock
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
@@ -138,7 +147,26 @@ class SplunkHec:
         return json_response({"text": HEC_CODES[code][1], "code": code}, status, headers)
 
     def reset(self) -> None:
+        self.restart()
+        self.ack = self._ack_configured
+
+    def restart(self) -> None:
+        """Forget every channel and its ackIds, as HEC does when Splunk restarts."""
         self._acks.clear()
+        self._last_used.clear()
+
+    def set_ack(self, enabled: bool) -> None:
+        """Turn indexer acknowledgement on or off for the token (an admin editing the HEC input)."""
+        self.ack = enabled
+
+    def _use(self, channel: str) -> list[float] | None:
+        """The channel's ackIds, after forgetting it if it was idle past `max_idle_time` (None: unknown)."""
+        now = time.monotonic()
+        last = self._last_used.get(channel)
+        if last is not None and self.max_idle_time is not None and now - last > self.max_idle_time:
+            self._acks.pop(channel, None)
+        self._last_used[channel] = now
+        return self._acks.get(channel)
 
     async def _event(self, request: Request) -> Response:
         refused, channel = self._admit(request)
@@ -185,11 +213,14 @@ class SplunkHec:
             return _reply(14)
         try:
             ack_ids = [int(i) for i in orjson.loads(await read_body(request, self.max_content_length))["acks"]]
-            ready = self._acks.get(channel or "", [])
-            now = time.monotonic()
-            return json_response({"acks": {str(i): 0 <= i < len(ready) and ready[i] <= now for i in ack_ids}})
         except (BodyTooLarge, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return _reply(6)
+        ready = self._use(channel) if channel else None
+        if ready is None:  # a channel HEC does not know (forgotten after idling or a restart): unverified answer
+            self._last_used.pop(channel or "", None)
+            return _reply(11)
+        now = time.monotonic()
+        return json_response({"acks": {str(i): 0 <= i < len(ready) and ready[i] <= now for i in ack_ids}})
 
     async def _health(self, request: Request) -> Response:
         return _reply(17)
@@ -258,7 +289,9 @@ class SplunkHec:
     def _success(self, channel: str | None) -> Response:
         if not (self.ack and channel):
             return _reply(0)
-        ready = self._acks.setdefault(channel, [])
+        if self._use(channel) is None:
+            self._acks[channel] = []
+        ready = self._acks[channel]
         ready.append(time.monotonic() + self.ack_delay)
         return json_response({"text": "Success", "code": 0, "ackId": len(ready) - 1})
 

@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
-from segment_ops.sandbox.app import SandboxConfig
 
 AUTH = {"Authorization": f"Splunk {SANDBOX_SPLUNK_HEC_TOKEN}"}
 EVENT_PATH = "/splunk/services/collector/event"
@@ -212,5 +211,62 @@ def test_acks_turn_true_only_after_the_configured_delay(sandbox_factory):
     assert (at_once, later) == (False, True)
 
 
-def test_acks_are_not_instant_by_default():
-    assert SandboxConfig().splunk_ack_delay > 0
+def test_acks_are_not_instant_by_default(sandbox_factory):
+    channel = str(uuid.uuid4())
+    with httpx.Client(base_url=sandbox_factory(splunk_ack=True).url) as http:  # SandboxConfig's own delay
+        ack_id = post(http, b'{"event": "x"}', headers={**AUTH, "X-Splunk-Request-Channel": channel}).json()["ackId"]
+        reply = http.post("/splunk/services/collector/ack", params={"channel": channel}, json={"acks": [ack_id]},
+                          headers=AUTH)
+
+    assert reply.json() == {"acks": {str(ack_id): False}}
+
+
+def query_acks(http: httpx.Client, channel: str, ack_ids: list[int]) -> httpx.Response:
+    return http.post("/splunk/services/collector/ack", params={"channel": channel}, json={"acks": ack_ids},
+                     headers=AUTH)
+
+
+def test_a_restart_forgets_every_channel_and_numbering_starts_again(sandbox_factory):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
+    channel = str(uuid.uuid4())
+    headers = {**AUTH, "X-Splunk-Request-Channel": channel}
+    with httpx.Client(base_url=acking.url) as http:
+        before = [post(http, b'{"event": "x"}', headers=headers).json()["ackId"] for _ in range(2)]
+        acking.splunk_restart()
+        forgotten = query_acks(http, channel, [0, 1])
+        after = post(http, b'{"event": "y"}', headers=headers).json()["ackId"]
+        renewed = query_acks(http, channel, [0, 1])
+
+    assert before == [0, 1] and after == 0
+    assert (forgotten.status_code, forgotten.json()["code"]) == (400, 11)
+    assert renewed.json() == {"acks": {"0": True, "1": False}}
+
+
+def test_a_channel_idle_past_max_idle_time_is_forgotten_and_a_used_one_is_kept(sandbox_factory):
+    idle, busy = str(uuid.uuid4()), str(uuid.uuid4())
+    with httpx.Client(base_url=sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0,
+                                               splunk_max_idle_time=0.5).url) as http:
+        for channel in (idle, busy):
+            post(http, b'{"event": "x"}', headers={**AUTH, "X-Splunk-Request-Channel": channel})
+        for _ in range(3):  # the busy channel is asked about every 0.3 s: never idle for 0.5 s
+            time.sleep(0.3)
+            kept = query_acks(http, busy, [0])
+        dropped = query_acks(http, idle, [0])
+        again = post(http, b'{"event": "y"}', headers={**AUTH, "X-Splunk-Request-Channel": idle}).json()["ackId"]
+
+    assert kept.json() == {"acks": {"0": True}}
+    assert (dropped.status_code, dropped.json()["code"]) == (400, 11) and again == 0
+
+
+def test_ack_can_be_turned_off_and_on_for_the_token(sandbox_factory):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
+    headers = {**AUTH, "X-Splunk-Request-Channel": str(uuid.uuid4())}
+    with httpx.Client(base_url=acking.url) as http:
+        acking.splunk_ack(False)
+        off = post(http, b'{"event": "x"}', headers=headers).json()
+        refused = post(http, b'{"acks": [0]}', headers=headers, path="/splunk/services/collector/ack")
+        acking.splunk_ack(True)
+        on = post(http, b'{"event": "x"}', headers=headers).json()
+
+    assert off == {"text": "Success", "code": 0} and on["ackId"] == 0
+    assert (refused.status_code, refused.json()["code"]) == (400, 14)
