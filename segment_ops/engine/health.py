@@ -21,8 +21,9 @@ scores, byte for byte (every ordering has a tie-break).
 
 Days are the Pendo subscription's (PENDO_TIMEZONE), and usage is summed over every app read (PENDO_APP_IDS:
 an account active in the web app and a mobile app counts its visitors once and its events from both). A
-day staged under another zone (before PENDO_TIMEZONE, every day was a UTC day) counts as not staged: its
-bounds differ, so mixing it with local days would count some hours twice and others not at all.
+day staged under another zone (before PENDO_TIMEZONE, every day was a UTC day) counts as not staged, and its
+rows are left out of every part of the score (`usage_days_sql`) and of the default scoring day: its bounds
+differ, so mixing it with local days would count some hours twice and others not at all.
 
 Accounts scored = the accounts in Pendo's account list (staged with the usage) plus any account seen in the
 staged usage. The result replaces the table `pendo_account_health` in the sync's staging file, and one row
@@ -257,32 +258,37 @@ class ScoreReport:
     seconds: float
 
 
-def latest_staged_day(con: duckdb.DuckDBPyConnection) -> date | None:
-    """The newest staged usage day, or None when nothing (not even the tables) is staged yet."""
+def latest_staged_day(con: duckdb.DuckDBPyConnection, timezone: str) -> date | None:
+    """The newest usage day staged as a day of `timezone`, or None when there is none (or no tables yet): a
+    day staged under another zone is not a day the score can use, so it never sets the scoring day."""
     if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'pendo_staged_days'"
                        ).fetchone()[0]:
         return None
-    return con.execute("SELECT max(day) FROM pendo_staged_days").fetchone()[0]
+    return con.execute(f"SELECT max(day) FROM pendo_staged_days WHERE {STAGED_ZONE} = $zone",
+                       {"zone": timezone}).fetchone()[0]
 
 
 def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, timezone: str,
                    as_of: date | None = None, lowest: int = 10) -> ScoreReport:
-    """Score every account as of `as_of` (default: the latest staged day) into `pendo_account_health`; the
-    window's days count as staged when they were staged as days of `timezone` (PENDO_TIMEZONE).
+    """Score every account as of `as_of` (default: the latest day staged in `timezone`) into
+    `pendo_account_health`. Only days staged as days of `timezone` (PENDO_TIMEZONE) count, as staged days and
+    in every part of the score: a day staged under another zone has other bounds, so adding its rows would
+    count some hours twice and others not at all.
 
-    Raises `NothingStagedError` when no usage day is staged (materialize the usage days first).
+    Raises `NothingStagedError` when no usage day is staged in `timezone` (materialize the usage days first).
     """
     started = time.monotonic()
-    latest = latest_staged_day(con)
+    latest = latest_staged_day(con, timezone)
     as_of = as_of or latest
     if latest is None or as_of is None:
-        raise NothingStagedError("no Pendo usage day is staged yet: materialize pendo/account_usage_daily "
-                                 "(a backfill of the last 60 days gives the trend its previous window)")
+        raise NothingStagedError(f"no Pendo usage day is staged as a day of {timezone} yet: materialize "
+                                 "pendo/account_usage_daily (a backfill of the last 60 days gives the trend its "
+                                 "previous window)")
     w = config.window_days
     params = {
         "as_of": as_of, "cur_start": as_of - timedelta(days=w - 1),
         "prev_start": as_of - timedelta(days=2 * w - 1), "prev_end": as_of - timedelta(days=w),
-        "nps_start": as_of - timedelta(days=config.sentiment_days - 1),
+        "nps_start": as_of - timedelta(days=config.sentiment_days - 1), "zone": timezone,
     }
     window_staged, previous_staged = con.execute(
         "SELECT count(DISTINCT day) FILTER (WHERE day BETWEEN $cur_start AND $as_of), "
@@ -315,8 +321,19 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, time
         seconds=time.monotonic() - started)
 
 
+def usage_days_sql() -> str:
+    """SQL common table expressions `usage_days` (the days staged as days of the zone $zone) and
+    `usage_visitor_days`, `usage_feature_days`, `usage_poll_responses`: the staged rows of those days only.
+    Everything that reads usage for the score or the sync reads it through these."""
+    return f"""usage_days AS (SELECT day FROM pendo_staged_days WHERE {STAGED_ZONE} = $zone),
+    usage_visitor_days AS (SELECT * FROM pendo_visitor_days SEMI JOIN usage_days USING (day)),
+    usage_feature_days AS (SELECT * FROM pendo_feature_days SEMI JOIN usage_days USING (day)),
+    usage_poll_responses AS (SELECT * FROM pendo_poll_responses SEMI JOIN usage_days USING (day))"""
+
+
 def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
-    """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end, $nps_start)."""
+    """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end, $nps_start,
+    $zone): only rows of days staged as days of $zone count."""
     w, wt, step = c.window_days, c.weights, c.recency_step_days
     target = (f"{c.feature_target}" if c.feature_target
               else "(SELECT nullif(count(*), 0) FROM pendo_features)")
@@ -340,39 +357,40 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
                 "ELSE format('last active on {}', strftime(last_active_date, '%Y-%m-%d')) END"),
     ])
     return f"""
-    WITH accounts AS (
+    WITH {usage_days_sql()},
+    accounts AS (
         SELECT account_id FROM pendo_accounts
         UNION
-        SELECT DISTINCT account_id FROM pendo_visitor_days WHERE day <= $as_of
+        SELECT DISTINCT account_id FROM usage_visitor_days WHERE day <= $as_of
     ),
     cur AS (
         SELECT account_id, count(DISTINCT visitor_id) AS active_users, sum(events) AS events,
                sum(minutes) AS minutes
-        FROM pendo_visitor_days WHERE day BETWEEN $cur_start AND $as_of GROUP BY account_id
+        FROM usage_visitor_days WHERE day BETWEEN $cur_start AND $as_of GROUP BY account_id
     ),
     prev AS (
         SELECT account_id, sum(events) AS events
-        FROM pendo_visitor_days WHERE day BETWEEN $prev_start AND $prev_end GROUP BY account_id
+        FROM usage_visitor_days WHERE day BETWEEN $prev_start AND $prev_end GROUP BY account_id
     ),
     ever AS (
         SELECT account_id, max(day) AS last_active, count(DISTINCT visitor_id) AS visitors
-        FROM pendo_visitor_days WHERE day <= $as_of GROUP BY account_id
+        FROM usage_visitor_days WHERE day <= $as_of GROUP BY account_id
     ),
     top_visitor AS (  -- the account's most active identified visitor in the window (ties: more minutes, id)
         SELECT account_id, visitor_id FROM (
             SELECT account_id, visitor_id, sum(events) AS events, sum(minutes) AS minutes
-            FROM pendo_visitor_days
+            FROM usage_visitor_days
             WHERE day BETWEEN $cur_start AND $as_of AND NOT starts_with(visitor_id, {literal(ANONYMOUS_PREFIX)})
             GROUP BY account_id, visitor_id)
         QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY events DESC, minutes DESC, visitor_id) = 1
     ),
     feat AS (
         SELECT account_id, count(DISTINCT feature_id) AS features_used
-        FROM pendo_feature_days WHERE day BETWEEN $cur_start AND $as_of GROUP BY account_id
+        FROM usage_feature_days WHERE day BETWEEN $cur_start AND $as_of GROUP BY account_id
     ),
     nps AS (
         SELECT account_id, avg(response) AS nps_average, count(*) AS nps_answers
-        FROM pendo_poll_responses WHERE day BETWEEN $nps_start AND $as_of GROUP BY account_id
+        FROM usage_poll_responses WHERE day BETWEEN $nps_start AND $as_of GROUP BY account_id
     ),
     measured AS (
         SELECT a.account_id, m.name, m.plan, m.seats AS licensed_seats,

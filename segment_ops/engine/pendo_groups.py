@@ -55,6 +55,7 @@ from segment_ops.engine.health import (
     describe_days,
     latest_staged_day,
     missing_window_days,
+    usage_days_sql,
 )
 from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
 from segment_ops.engine.ledger import PENDING, REJECTED, Ledger, LedgerCounts
@@ -157,7 +158,7 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
         advance_snapshot(con, model.sync)  # settle what an earlier, interrupted run delivered
     if config.identity is not None:
         run.identity = stage_identity_map(con, config.identity, IDENTITY_TABLE, warehouse_url=warehouse_url)
-    _build_rows(con, config, with_map=config.identity is not None, as_of=run.as_of)
+    _build_rows(con, config, with_map=config.identity is not None, as_of=run.as_of, timezone=timezone)
     run.accounts, run.mapped, run.unmapped_sent_as_is, run.rejected_here = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE mapped AND reject_reason IS NULL),
                count(*) FILTER (WHERE NOT mapped AND reject_reason IS NULL), count(reject_reason)
@@ -181,7 +182,7 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
         return run
     settled = deliver_changes(con, ledger, model.sync, client_factory, run_id=run_id, max_in_flight=max_in_flight)
     run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
-    run.reconciled, run.missing = reconcile(con, model.sync, run.as_of, run_id=run_id)
+    run.reconciled, run.missing = reconcile(con, model.sync, run.as_of, run_id=run_id, timezone=timezone)
     run.seconds = time.monotonic() - started
     if settled.failure is not None:
         raise DeliveryIncomplete(str(settled.failure), run)
@@ -195,7 +196,7 @@ def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, t
                        [HEALTH_TABLE]).fetchone()[0]:
         raise NothingScoredError("no Pendo account is scored yet: materialize pendo/account_health first")
     as_of = con.execute(f"SELECT max(as_of) FROM {HEALTH_TABLE}").fetchone()[0]
-    latest = latest_staged_day(con)
+    latest = latest_staged_day(con, timezone)
     if as_of is None:
         raise NothingScoredError("the score table is empty: materialize pendo/account_health first")
     if latest is not None and as_of < latest:
@@ -214,17 +215,19 @@ def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, t
     return as_of
 
 
-def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id: str | None) -> tuple[dict[str, int],
-                                                                                                list[tuple[str, str]]]:
-    """After a sync, the state of every Pendo account (the account list and any account with staged usage):
+def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id: str | None,
+              timezone: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """After a sync, the state of every Pendo account (the account list and any account with usage staged in
+    `timezone`, as the score counts them):
     delivered this run, unchanged since delivered, pending, rejected (here, by the diff, or by Segment, with a
     reason) or missing - with why, at most 50 listed. A missing account is a bug or a stale input, never normal.
     """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pendo_reconciled AS
-        WITH accounts AS (
+        WITH {usage_days_sql()},
+        accounts AS (
             SELECT account_id FROM pendo_accounts
-            UNION SELECT DISTINCT account_id FROM pendo_visitor_days WHERE day <= $as_of
+            UNION SELECT DISTINCT account_id FROM usage_visitor_days WHERE day <= $as_of
         ),
         last_message AS (
             SELECT record_key, arg_max(status, seq) AS status, arg_max(planned_run, seq) AS planned_run
@@ -252,7 +255,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id:
         LEFT JOIN {ROWS_TABLE} r USING (account_id)
         LEFT JOIN last_message m ON m.record_key = a.account_id
         LEFT JOIN rev_snapshot s ON s.record_key = a.account_id AND NOT s.removed
-    """, {"as_of": as_of, "sync": sync, "run_id": run_id})
+    """, {"as_of": as_of, "sync": sync, "run_id": run_id, "zone": timezone})
     counts = dict(con.execute("SELECT state, count(*) FROM pendo_reconciled GROUP BY state").fetchall())
     missing = con.execute("SELECT account_id, why FROM pendo_reconciled WHERE state = 'missing' "
                           "ORDER BY account_id LIMIT 50").fetchall()
@@ -260,7 +263,8 @@ def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id:
     return {state: counts.get(state, 0) for state in RECONCILE_STATES}, missing
 
 
-def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_map: bool, as_of: date) -> None:
+def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_map: bool, as_of: date,
+                timezone: str) -> None:
     """`pendo_group_rows`: each scored account with groupId, userId, traits and why it cannot be sent (or NULL)."""
     if with_map:
         lookup = f"""
@@ -277,8 +281,9 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
     # Sticky userId: the one last delivered while that visitor is still active in the window.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {ROWS_TABLE} AS
-        WITH still_active AS (
-            SELECT DISTINCT account_id, visitor_id AS user_id FROM pendo_visitor_days
+        WITH {usage_days_sql()},
+        still_active AS (
+            SELECT DISTINCT account_id, visitor_id AS user_id FROM usage_visitor_days
             WHERE day BETWEEN $first AND $as_of
         ),
         resolved AS (
@@ -304,7 +309,7 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
                         || {config_file} || '); Segment drops a group call without a userId'
                END AS reject_reason
         FROM resolved
-    """, {"first": as_of - timedelta(days=config.window_days - 1), "as_of": as_of})
+    """, {"first": as_of - timedelta(days=config.window_days - 1), "as_of": as_of, "zone": timezone})
 
 
 def _sendable(con: duckdb.DuckDBPyConnection, model: ModelSpec) -> StagedResult:

@@ -120,7 +120,7 @@ def test_growing_usage_is_a_full_trend(con, config):
 
 def test_sentiment_is_the_average_nps_answer_of_the_sentiment_window(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 5)],
-          answers=[("acme", 4, 1), ("acme", 6, 80), ("acme", 10, 120)])
+          answers=[("acme", 4, 1), ("acme", 6, 80), ("acme", 10, 120)], days=121)  # answers count from staged days
 
     score(con, config)
 

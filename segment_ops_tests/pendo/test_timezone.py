@@ -304,6 +304,42 @@ def test_a_window_staged_under_utc_blocks_the_sync_until_the_days_are_re_read(re
     assert query(home, "SELECT count(*), count(DISTINCT day) FROM pendo_staged_days") == [(30, 30)]
 
 
+def test_days_staged_under_utc_are_not_added_into_a_partial_window_score(resources, home, clean_sandbox,
+                                                                         pendo_client, health_config_file):
+    write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})
+    last = yesterday()
+    staging_file(home).parent.mkdir(parents=True, exist_ok=True)
+    old = duckdb.connect(str(staging_file(home)))
+    stage_as_before(old, pendo_client, last - timedelta(days=29), last)
+    old.close()
+
+    result = backfill(resources, 1)  # `last` re-read for New York; 29 UTC days stay in the tables
+
+    assert result.success and not checks(result)["window_complete"].passed  # a warning only
+    new_york_day = dict(query(home, "SELECT account_id, sum(events) FROM pendo_visitor_days WHERE day = ? "
+                                    "GROUP BY 1", [last]))
+    scored = dict(query(home, "SELECT account_id, events FROM pendo_account_health WHERE events > 0"))
+    assert scored == new_york_day  # not the UTC days' events added to it
+    assert query(home, "SELECT count(*) FROM pendo_account_health WHERE previous_events IS NOT NULL "
+                       "OR last_active_date < ?", [last]) == [(0,)]
+
+
+def test_the_default_scoring_day_is_the_newest_day_staged_in_the_zone(resources, home, clean_sandbox, pendo_client,
+                                                                       health_config_file):
+    write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})
+    last = yesterday()
+    staging_file(home).parent.mkdir(parents=True, exist_ok=True)
+    old = duckdb.connect(str(staging_file(home)))
+    stage_as_before(old, pendo_client, last - timedelta(days=4), last)
+    old.close()
+
+    result = backfill(resources, 2, last=last - timedelta(days=3))  # UTC days after it stay
+
+    assert result.success
+    assert metadata(result, pendo.HEALTH_KEY)["as_of"] == str(last - timedelta(days=3))
+    assert metadata(result, pendo.GROUPS_KEY)["as_of"] == str(last - timedelta(days=3))
+
+
 # ------------------------------------------------------------------------------------ the setting itself
 
 
