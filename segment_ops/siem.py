@@ -10,6 +10,7 @@ every event exactly once on its own schedule. A destination that confirms later 
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -19,7 +20,7 @@ import orjson
 
 from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, bearer_auth
 from segment_ops.clients.splunk_hec import SplunkHecClient, hec_event
-from segment_ops.engine.delivery import AwaitingAck
+from segment_ops.engine.delivery import AwaitingAck, Confirmation
 from segment_ops.engine.ledger import AwaitingReceipt
 
 AUDIT_SOURCE = "segment:audit"
@@ -60,13 +61,15 @@ class SplunkHecDestination:
     """Splunk HEC: each audit event as one HEC event, with indexer acknowledgement when the token has it on.
 
     With ack on, HEC's 200 only means "received"; an event counts as delivered once the indexers
-    acknowledge its ackId, which can take minutes (spec §5, §7). So `send_batch` returns at HEC's 200
-    with `AwaitingAck("<channel>:<ackId>")`: the batch is recorded as awaiting ack and never waits in the
-    send path. `confirm` polls `/services/collector/ack` on each receipt's own channel; the sync calls it
-    at the start of a run and for a bounded time after sending (`engine.delivery.settle_awaiting`), and a
-    batch not acknowledged within the ack timeout is sent again. HEC does no dedupe, so that rare re-send
-    may be indexed twice (HEC acks are at-least-once); each event carries `fields.audit_event_id` so a
-    Splunk search can `dedup` it.
+    acknowledge its ackId, which can take minutes (spec §5, §7). So `send_batch` returns at HEC's 200 with
+    `AwaitingAck("<channel>:<ackId>:<send id>")`: the batch is recorded as awaiting confirmation and never
+    waits in the send path. The send id makes each receipt unique: HEC numbers ackIds per channel from 0
+    and starts again when it forgets the channel (a restart, or idle past `maxIdleTime`), so a later send
+    can get an ackId an older, never-acknowledged one still holds. `confirm` asks `/services/collector/ack`
+    with channel and ackId on each receipt's own channel; the sync calls it at the start of a run and for a
+    bounded time after sending (`engine.delivery.settle_awaiting`), and a batch not acknowledged within the
+    ack timeout is sent again. HEC does no dedupe, so that rare re-send may be indexed twice (HEC acks are
+    at-least-once); each event carries `fields.audit_event_id` so a Splunk search can `dedup` it.
     """
 
     name = "splunk_hec"
@@ -81,6 +84,7 @@ class SplunkHecDestination:
         self.sourcetype = sourcetype
         self.ack_timeout = ack_timeout  # seconds an ackId may stay unacknowledged before its batch is re-sent
         self.ack_settle = ack_settle  # seconds a run keeps polling acks after sending
+        self.ack_refusal: str | None = None  # HEC's answer when it last refused an ack query (e.g. code 14)
 
     @property
     def channel(self) -> str | None:
@@ -98,30 +102,67 @@ class SplunkHecDestination:
             return None
         return AwaitingAck(ack_receipt(self.client.channel or "", ack_id))
 
-    def confirm(self, receipts: Sequence[AwaitingReceipt]) -> dict[str, bool]:
-        """Which receipts (`<channel>:<ackId>`) HEC's indexers have acknowledged, asked on each one's channel."""
-        by_channel: defaultdict[str, dict[int, str]] = defaultdict(dict)
+    def confirm(self, receipts: Sequence[AwaitingReceipt]) -> dict[str, Confirmation]:
+        """HEC's answer for each open receipt, asked on each one's channel.
+
+        A receipt whose ackId a later send on its channel got again (or a lower one) is LOST: HEC forgot the
+        channel in between and numbers from 0 again, so that ackId now speaks for the later send. An ack
+        query HEC refuses (code 14 "ACK is disabled", 11 "Invalid data channel", ...) confirms nothing: the
+        receipts wait for their timeout and are sent again.
+        """
+        by_channel: defaultdict[str, list[tuple[AwaitingReceipt, int]]] = defaultdict(list)
         for awaiting in receipts:
             channel, ack_id = parse_ack_receipt(awaiting.receipt)
-            by_channel[channel][ack_id] = awaiting.receipt
-        answers: dict[str, bool] = {}
-        for channel, ids in by_channel.items():
-            acked = self.client.query_acks(ids, channel=channel)
-            answers |= {receipt: acked.get(ack_id, False) for ack_id, receipt in ids.items()}
+            by_channel[channel].append((awaiting, ack_id))
+        answers: dict[str, Confirmation] = {}
+        self.ack_refusal = None
+        for channel, sent in by_channel.items():
+            lost = renumbered(sent)
+            answers |= dict.fromkeys(lost, Confirmation.LOST)
+            live = [(awaiting, ack_id) for awaiting, ack_id in sent if awaiting.receipt not in lost]
+            if not live:
+                continue
+            acks = self.client.query_acks({ack_id for _, ack_id in live}, channel=channel)
+            self.ack_refusal = acks.refusal or self.ack_refusal
+            answers |= {awaiting.receipt: Confirmation.CONFIRMED if acks.acked.get(ack_id) else Confirmation.WAITING
+                        for awaiting, ack_id in live}
         return answers
 
     def close(self) -> None:
         self.client.close()
 
 
-def ack_receipt(channel: str, ack_id: int) -> str:
-    """The ledger receipt of one HEC request: its channel and ackId (ackIds are counted per channel)."""
-    return f"{channel}:{ack_id}"
+def ack_receipt(channel: str, ack_id: int, send_id: str | None = None) -> str:
+    """The ledger receipt of one HEC request: its channel, its ackId (counted per channel) and an id of this
+    send, since HEC hands the same ackId out again after it forgets a channel."""
+    return f"{channel}:{ack_id}:{send_id or uuid.uuid4().hex}"
 
 
 def parse_ack_receipt(receipt: str) -> tuple[str, int]:
-    channel, _, ack_id = receipt.rpartition(":")
+    """(channel, ackId) of a receipt; receipts recorded before send ids existed are `<channel>:<ackId>`."""
+    channel, ack_id, *_ = receipt.split(":")
     return channel, int(ack_id)
+
+
+def renumbered(sent: Sequence[tuple[AwaitingReceipt, int]]) -> set[str]:
+    """Receipts of one channel HEC can no longer answer for, because it numbered the channel again since.
+
+    HEC's ackIds on a channel only grow while it remembers the channel. So when a request that began after
+    receipt A's answer was recorded got an ackId <= A's, HEC forgot the channel in between: A is lost.
+    Requests that overlapped (concurrent sends) are not compared: their ackIds may come in any order. Two
+    receipts with the same ackId cannot both be live, so the older of them is lost even when the start of
+    the newer is not known (receipts recorded before start times were).
+    """
+    lost: set[str] = set()
+    for older, older_id in sent:
+        for newer, newer_id in sent:
+            if newer is older or newer_id > older_id:
+                continue
+            began_after = newer.sent_at is not None and older.taken_at < newer.sent_at
+            if began_after or (newer_id == older_id and older.taken_at < newer.taken_at):
+                lost.add(older.receipt)
+                break
+    return lost
 
 
 class JsonLinesDestination:

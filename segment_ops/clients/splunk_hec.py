@@ -2,11 +2,14 @@
 
 An answer carrying `invalid-event-number` is a partial batch: the events before it were indexed (spec §7).
 Indexer acknowledgement: each POST on a channel returns an `ackId`, polled later on that same channel.
+Network errors and HEC's "try again" answers are retried; HEC does no dedupe, so a retried batch may be
+indexed twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import httpx
 import orjson
@@ -35,12 +38,22 @@ RETRYABLE = RetryableStatuses(four_xx=frozenset({429}),
 # channel missing/invalid (10, 11), ACK disabled (14). Every event would fail the same way, so these
 # stop the run instead of being split down to single events and rejected one by one.
 CONFIGURATION_CODES = frozenset({7, 10, 11, 14})
-# "Invalid data channel" on an ack query for a channel we sent on: HEC no longer knows it (idle cleanup).
-FORGOTTEN_CHANNEL_CODE = 11
+# Statuses of an ack query read as "cannot confirm" rather than an error (HEC's own answers are 400s:
+# code 11 "Invalid data channel" for a channel it forgot, 14 "ACK is disabled", ...); 401/403 stay errors
+# (the token is wrong, so sending fails too) and 429 is retried.
+ACK_CANNOT_CONFIRM = frozenset(range(400, 500)) - {401, 403, 429}
 # ackIds per `/services/collector/ack` request: our choice (HEC documents no cap), to keep bodies small.
 ACK_QUERY_CHUNK = 1_000
 EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
+
+
+@dataclass(frozen=True)
+class AckStatus:
+    """HEC's answer to an ack query: which ackIds are acknowledged, and why it could not say, if it refused."""
+
+    acked: dict[int, bool]
+    refusal: str | None = None  # e.g. 'HTTP 400: ACK is disabled (code 14)'
 
 
 class HecConfigurationError(VendorFatalError, PartialBatchError):
@@ -106,31 +119,29 @@ class SplunkHecClient:
         ack_id = body.get("ackId")
         return ack_id if isinstance(ack_id, int) and not isinstance(ack_id, bool) else None
 
-    def query_acks(self, ack_ids: Iterable[int], *, channel: str | None = None) -> dict[int, bool]:
+    def query_acks(self, ack_ids: Iterable[int], *, channel: str | None = None) -> AckStatus:
         """Which ackIds of `channel` (default: this client's) the indexers have acknowledged (spec §5).
 
-        An ackId HEC leaves out of its answer counts as not acknowledged (yet). So does every ackId of a
-        channel HEC calls invalid (code 11): HEC drops a channel idle for `maxIdleTime` (600 s by default,
-        inputs.conf.spec `[http]`) with its acks, so they can never be confirmed and time out instead.
+        An ackId HEC leaves out of its answer counts as not acknowledged (yet). Any refusal other than
+        401/403 (e.g. code 11 for a channel HEC dropped after `maxIdleTime`, 600 s by default,
+        inputs.conf.spec `[http]`; code 14 when ack was turned off) says nothing about the ackIds: they
+        count as not acknowledged, with the refusal kept in `refusal`, so they time out and are sent again.
         """
         channel = channel or self.channel
         if not channel:
             raise ValueError("indexer acknowledgement needs a channel")
         ids = sorted(set(ack_ids))
-        status: dict[int, bool] = {}
+        status = AckStatus({})
         for start in range(0, len(ids), ACK_QUERY_CHUNK):
             chunk = ids[start:start + ACK_QUERY_CHUNK]
             response = self.http.request("POST", ACK_PATH, json={"acks": chunk}, params={"channel": channel},
-                                         ok_statuses=(400,))
-            body = _json_object(response)
-            if response.status_code == 400 and body.get("code") == FORGOTTEN_CHANNEL_CODE:
-                status |= dict.fromkeys(chunk, False)
+                                         ok_statuses=ACK_CANNOT_CONFIRM)
+            if response.status_code >= 400:
+                status = AckStatus(status.acked | dict.fromkeys(chunk, False), describe_error(response))
                 continue
-            if response.status_code == 400:
-                raise _refusal(self.http.vendor, "POST", ACK_PATH, response, body, events=0)
-            acks = body.get("acks")
+            acks = _json_object(response).get("acks")
             answered = acks if isinstance(acks, dict) else {}
-            status |= {ack_id: answered.get(str(ack_id)) is True for ack_id in chunk}
+            status.acked.update({ack_id: answered.get(str(ack_id)) is True for ack_id in chunk})
         return status
 
     def close(self) -> None:

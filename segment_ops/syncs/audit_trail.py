@@ -264,17 +264,23 @@ def hec_channel(con: duckdb.DuckDBPyConnection) -> str:
 def _settle(ledger: Ledger, sync: str, destination: SiemDestination, report: ForwardReport, *, wait: float,
             expire: bool) -> None:
     """Poll the destination's acks for `sync` (a destination without `confirm` has none) into `report`;
-    `expire`: also put back to pending what stayed unacknowledged past the destination's ack timeout."""
+    `expire`: also put back to pending what stayed unacknowledged past the destination's ack timeout.
+    Never stops the run: a refused or failed query (even 401/403) is noted and the delivery goes on, which
+    then meets any credential problem itself."""
     confirm = getattr(destination, "confirm", None)
     if confirm is None:
         return
     timeout = getattr(destination, "ack_timeout", DEFAULT_ACK_TIMEOUT) if expire else None
-    settled = settle_awaiting(ledger, sync, confirm, timeout=timeout, wait=wait)
+    try:
+        settled = settle_awaiting(ledger, sync, confirm, timeout=timeout, wait=wait)
+    except VendorFatalError as exc:
+        settled = SettleReport(sync, awaiting=ledger.counts(sync).awaiting_ack, error=str(exc))
+    settled.error = settled.error or getattr(destination, "ack_refusal", None)
     before = report.settles.get(sync)
     if before is not None:
         settled = SettleReport(sync, before.confirmed + settled.confirmed, before.expired + settled.expired,
-                               settled.awaiting, before.queries + settled.queries, settled.error or before.error,
-                               before.seconds + settled.seconds)
+                               before.lost + settled.lost, settled.awaiting, before.queries + settled.queries,
+                               settled.error or before.error, before.seconds + settled.seconds)
     report.settles[sync] = settled
 
 
@@ -467,7 +473,10 @@ def _forward_metadata(report: ForwardReport, destinations: Sequence[SiemDestinat
         metadata |= splunk.as_metadata()
     if acks is not None:
         metadata |= {"hec_channel": destinations[0].channel or "-",  # type: ignore[attr-defined]
-                     "indexer_acks_confirmed": acks.confirmed, "indexer_ack_timeouts_resent": acks.expired,
+                     "indexer_acks_confirmed": acks.confirmed,
+                     # messages put back to pending (sent again by this run's delivery, or the next run's)
+                     "indexer_ack_timeouts_reopened": acks.expired,
+                     "indexer_ack_channel_resets_reopened": acks.lost,
                      "indexer_ack_queries": acks.queries}
         if acks.error:
             metadata["indexer_ack_query_error"] = acks.error

@@ -90,9 +90,9 @@ def test_an_ack_that_never_comes_is_sent_again_after_the_timeout(resources, clea
     after_timeout = run_hour(resources, key)
 
     assert first.success and too_soon.success and after_timeout.success
-    assert metadata(too_soon)["indexer_ack_timeouts_resent"] == 0 and metadata(too_soon)["requests"] == 0
+    assert metadata(too_soon)["indexer_ack_timeouts_reopened"] == 0 and metadata(too_soon)["requests"] == 0
     meta = metadata(after_timeout)
-    assert meta["indexer_ack_timeouts_resent"] == len(expected)
+    assert meta["indexer_ack_timeouts_reopened"] == len(expected)
     assert (meta["sent_awaiting_ack"], meta["awaiting_ack_total"], meta["forwarded"]) == (len(expected),
                                                                                           len(expected), 0)
     # HEC does no dedupe: a batch re-sent after its ack timed out is indexed again (at-least-once, documented).
@@ -231,3 +231,95 @@ def test_a_run_killed_between_batches_sends_no_batch_hec_took_again(resources, c
     got = received_ids(clean_sandbox)
     assert sorted(got) == sorted(expected) and len(got) == len(set(got))
 
+
+
+def ledger_statuses(home, ids) -> Counter:
+    with store.staging(staging_file(home)) as con:
+        return Counter(dict(con.execute(
+            "SELECT status, count(*) FROM ledger WHERE sync = 'audit_trail' AND message_id IN "
+            "(SELECT unnest(?::VARCHAR[])) GROUP BY status", [list(ids)]).fetchall()))
+
+
+def test_after_hec_forgets_the_channel_an_old_receipt_is_never_confirmed_by_a_new_send_with_its_ack_id(
+        resources, clean_sandbox, sandbox_factory, ops_env):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0, ack_timeout_seconds=300)}
+    old_key, new_key = complete_hours(3)[:2]
+    inject_events(clean_sandbox, old_key, 3)
+    inject_events(clean_sandbox, new_key, 3)
+    old_ids = audit_ids(clean_sandbox, *window_of(old_key, old_key))
+
+    first = run_hour(resources, old_key)  # ackId 0 on the channel, not acknowledged yet
+    acking.splunk_restart()  # HEC forgets the channel: its next request gets ackId 0 again
+    second = run_hour(resources, new_key)
+    time.sleep(1.2)  # the new ackId 0 turns true
+    third = run_hour(resources, new_key)
+
+    assert first.success and second.success and third.success
+    assert ledger_statuses(ops_env, old_ids) == Counter({"awaiting_ack": len(old_ids)})  # re-sent, not delivered
+    assert metadata(third)["indexer_acks_confirmed"] == len(audit_ids(clean_sandbox, *window_of(new_key, new_key)))
+    assert Counter(received_ids(acking))[old_ids[0]] == 2
+    # re-opened when the new send on its channel got its ackId again (end of the second run), then sent again
+    assert metadata(second)["indexer_ack_channel_resets_reopened"] == len(old_ids)
+    time.sleep(1.2)
+    fourth = run_hour(resources, new_key)
+    assert fourth.success and ledger_statuses(ops_env, old_ids) == Counter({"delivered": len(old_ids)})
+
+
+def test_ack_turned_off_on_the_token_never_stops_sending_and_awaiting_batches_expire(
+        resources, clean_sandbox, sandbox_factory):
+    timeout = 3.0
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=float("inf"))
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0, ack_timeout_seconds=timeout)}
+    old_key, new_key = complete_hours(3)[:2]
+    inject_events(clean_sandbox, old_key, 2)
+    inject_events(clean_sandbox, new_key, 2)
+    old_ids = audit_ids(clean_sandbox, *window_of(old_key, old_key))
+    new_ids = audit_ids(clean_sandbox, *window_of(new_key, new_key))
+
+    first = run_hour(resources, old_key)
+    first_done = time.monotonic()
+    acking.splunk_ack(False)  # an admin turns indexer ack off: every ack query is now code 14
+    second = run_hour(resources, new_key)
+    time.sleep(max(0.0, first_done + timeout + 0.2 - time.monotonic()))
+    third = run_hour(resources, new_key)
+
+    assert first.success and second.success and third.success
+    assert metadata(second)["delivered"] == len(new_ids)  # sent although the settle before it was refused
+    assert "ACK is disabled" in metadata(second)["indexer_ack_query_error"]
+    assert metadata(third)["indexer_ack_timeouts_reopened"] == len(old_ids)
+    assert metadata(third)["awaiting_ack_total"] == 0 and checks(third)["delivery_complete"].passed
+    assert Counter(received_ids(acking)) == Counter({**dict.fromkeys(old_ids, 2), **dict.fromkeys(new_ids, 1)})
+
+
+class SmallBatches:
+    """The real HEC destination, in batches of about `events` events."""
+
+    def __init__(self, destination, max_batch_bytes: int) -> None:
+        self.inner, self.max_batch_bytes, self.name = destination, max_batch_bytes, destination.name
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_concurrent_batches_on_one_channel_are_all_confirmed_and_none_read_as_a_reset(resources, clean_sandbox,
+                                                                                      sandbox_factory):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 40)
+    start, end = window_of(key, key)
+    expected = audit_ids(clean_sandbox, start, end)
+    con = duckdb.connect()
+    pull_window(resources["segment_public_api"].get_client(), con, start, end)
+    rules = resources["audit_redaction"].get_rules()
+    splunk = splunk_resource(acking, ack_settle_seconds=5.0).get_destination(channel=str(uuid.uuid4()))
+    largest = max(len(splunk.frame(rules.redact(orjson.loads(event))))
+                  for (event,) in con.execute("SELECT event FROM audit_events").fetchall())
+
+    report = forward_window(con, [SmallBatches(splunk, 2 * (largest + 1))], start, end, rules=rules,
+                            max_in_flight=4)
+
+    settled = report.settles["audit_trail"]
+    assert report.deliveries["audit_trail"].requests >= 15 and report.complete
+    assert (settled.confirmed, settled.lost, settled.expired) == (len(expected), 0, 0)
+    assert sorted(received_ids(acking)) == sorted(expected)

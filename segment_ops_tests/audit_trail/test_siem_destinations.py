@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import duckdb
 import httpx
 import orjson
@@ -118,14 +120,27 @@ def test_a_bad_line_is_rejected_alone_by_the_jsonl_endpoint():
     assert (report.delivered, report.rejected) == (3, 1)
 
 
-def test_acks_of_a_channel_hec_forgot_count_as_not_acknowledged():
-    # HEC drops a channel idle for maxIdleTime (inputs.conf.spec [http], 600 s) with its acks. Which answer an
-    # ack query then gets is not in the sources; the sandbox keeps channels, so this is a transport-level test
-    # of the client's reading of code 11 ("Invalid data channel").
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, json={"text": "Invalid data channel", "code": 11})
+def test_acks_of_a_channel_hec_forgot_count_as_not_acknowledged(sandbox_factory):
+    # HEC drops a channel idle for maxIdleTime (inputs.conf.spec [http], 600 s) or lost in a restart, with its
+    # acks. The sandbox answers an ack query on it with code 11 (its choice: the sources are silent).
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
+    client = SplunkHecClient(f"{acking.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN, channel=str(uuid.uuid4()),
+                             retry=RetryPolicy(max_attempts=1))
+    ack_id = client.send_batch([b'{"event": "x"}'])
+    acking.splunk_restart()
 
-    client = SplunkHecClient("https://hec.example", "token", channel="8e69d7b3-0000-4000-8000-000000000000",
-                             transport=httpx.MockTransport(answer), retry=RetryPolicy(max_attempts=1))
+    status = client.query_acks([ack_id, 3])
 
-    assert client.query_acks([0, 3]) == {0: False, 3: False}
+    assert status.acked == {ack_id: False, 3: False} and "Invalid data channel" in status.refusal
+
+
+def test_an_ack_query_on_a_token_without_ack_confirms_nothing_and_raises_nothing(sandbox_factory):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
+    client = SplunkHecClient(f"{acking.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN, channel=str(uuid.uuid4()),
+                             retry=RetryPolicy(max_attempts=1))
+    ack_id = client.send_batch([b'{"event": "x"}'])
+    acking.splunk_ack(False)
+
+    status = client.query_acks([ack_id])
+
+    assert status.acked == {ack_id: False} and "ACK is disabled" in status.refusal
