@@ -59,7 +59,7 @@ def stage_synthetic(con, accounts: int, visitors_per_account: int, as_of: date) 
     con.execute(f"INSERT INTO pendo_features SELECT 'f' || n, NULL, now(), '{APPS[0]}' FROM range(8) t(n)")
     con.execute(f"""
         INSERT INTO pendo_staged_days
-        SELECT d::DATE, now(), 'bench', 0, 0, 0, '{TIMEZONE}', NULL, NULL, 'every app'
+        SELECT d::DATE, now(), 'bench', 0, 0, 0, '{TIMEZONE}', NULL, NULL, '*'
         FROM generate_series(DATE '{first}', DATE '{as_of}', INTERVAL 1 DAY) s(d)
     """)
     return con.execute("SELECT count(*) FROM pendo_visitor_days").fetchone()[0]
@@ -81,10 +81,10 @@ def main() -> None:
             started = time.monotonic()
             rows = stage_synthetic(con, args.accounts, args.visitors, as_of)
             staged = time.monotonic() - started
-            report = score_accounts(con, config, timezone=TIMEZONE)
+            report = score_accounts(con, config, timezone=TIMEZONE, apps="*")
             started = time.monotonic()
             run = sync_account_groups(con, config, lambda: None, warehouse_url="duckdb:///:memory:",
-                                      timezone=TIMEZONE, dry_run=True)
+                                      timezone=TIMEZONE, apps="*", dry_run=True)
             planned = time.monotonic() - started
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"accounts {args.accounts:,} x {DAYS} days: {rows:,} visitor-day rows staged in {staged:.2f} s")

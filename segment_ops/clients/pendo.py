@@ -99,6 +99,12 @@ class AppScope:
         singer-io/tap-pendo sends in `EventsBase.get_body`)."""
         return ALL_APPS if self.every_app else list(self.ids)
 
+    @property
+    def key(self) -> str:
+        """The app set as staged days record it: `*`, or the ids sorted and comma-separated (the same set of
+        apps always gives the same key, whatever order PENDO_APP_IDS lists them in)."""
+        return "*" if self.every_app else ",".join(sorted(self.ids))
+
     def describe(self) -> str:
         return "every app (expandAppIds(\"*\"))" if self.every_app else "apps " + ", ".join(self.ids)
 

@@ -23,7 +23,8 @@ Days are the Pendo subscription's (PENDO_TIMEZONE), and usage is summed over eve
 an account active in the web app and a mobile app counts its visitors once and its events from both). A
 day staged under another zone (before PENDO_TIMEZONE, every day was a UTC day) counts as not staged, and its
 rows are left out of every part of the score (`usage_days_sql`) and of the default scoring day: its bounds
-differ, so mixing it with local days would count some hours twice and others not at all.
+differ, so mixing it with local days would count some hours twice and others not at all. So does a day read
+for another app set (PENDO_APP_IDS changed): it holds other apps' usage.
 
 Accounts scored = the accounts in Pendo's account list (staged with the usage) plus any account seen in the
 staged usage. The result replaces the table `pendo_account_health` in the sync's staging file, and one row
@@ -71,24 +72,43 @@ class NothingStagedError(RuntimeError):
 
 # A staged day's zone; NULL: staged before the zone was recorded, when every day was a UTC day.
 STAGED_ZONE = "coalesce(timezone, 'UTC')"
+# A day staged in the zone $zone for the app set $apps (AppScope.key; NULL apps: read before PENDO_APP_IDS,
+# for the default app only, so never the configured set). Only such days are staged for the score.
+STAGED_HERE = f"({STAGED_ZONE} = $zone AND apps IS NOT DISTINCT FROM $apps)"
 
 
-def missing_window_days(con: duckdb.DuckDBPyConnection, as_of: date, window_days: int, timezone: str) -> list[date]:
+def missing_window_days(con: duckdb.DuckDBPyConnection, as_of: date, window_days: int, timezone: str,
+                        apps: str) -> list[date]:
     """The days of the window of `window_days` ending on `as_of` that `pendo_staged_days` does not hold as
-    days of `timezone` (a day staged under another zone is missing until it is read again)."""
+    days of `timezone` read for the app set `apps` (a day staged under another zone or for other apps is
+    missing until it is read again)."""
     rows = con.execute(
         "SELECT d::DATE FROM generate_series($first::DATE, $last::DATE, INTERVAL 1 DAY) t(d) "
-        f"WHERE d::DATE NOT IN (SELECT day FROM pendo_staged_days WHERE {STAGED_ZONE} = $zone) ORDER BY 1",
-        {"first": as_of - timedelta(days=window_days - 1), "last": as_of, "zone": timezone}).fetchall()
+        f"WHERE d::DATE NOT IN (SELECT day FROM pendo_staged_days WHERE {STAGED_HERE}) ORDER BY 1",
+        {"first": as_of - timedelta(days=window_days - 1), "last": as_of, "zone": timezone, "apps": apps}).fetchall()
     return [d for (d,) in rows]
 
 
-def days_in_other_zones(con: duckdb.DuckDBPyConnection, days: list[date], timezone: str) -> list[tuple[date, str]]:
-    """Of `days`, those staged under a zone other than `timezone`, with that zone."""
+def days_staged_otherwise(con: duckdb.DuckDBPyConnection, days: list[date], timezone: str,
+                          apps: str) -> list[tuple[date, str]]:
+    """Of `days`, those staged under a zone other than `timezone` or for an app set other than `apps`, with
+    how they were staged ("as days of UTC", "for apps *", "for the default app only", or both)."""
     if not days:
         return []
-    return con.execute(f"SELECT day, {STAGED_ZONE} FROM pendo_staged_days WHERE day IN (SELECT unnest($days)) "
-                       f"AND {STAGED_ZONE} <> $zone ORDER BY day", {"days": days, "zone": timezone}).fetchall()
+    return con.execute(f"""
+        SELECT day, concat_ws(' ', CASE WHEN {STAGED_ZONE} <> $zone THEN 'as days of ' || {STAGED_ZONE} END,
+                              CASE WHEN apps IS NULL THEN 'for the default app only'
+                                   WHEN apps <> $apps THEN 'for apps ' || apps END)
+        FROM pendo_staged_days WHERE day IN (SELECT unnest($days)) AND NOT {STAGED_HERE} ORDER BY day""",
+                       {"days": days, "zone": timezone, "apps": apps}).fetchall()
+
+
+def describe_staged_otherwise(other: list[tuple[date, str]]) -> str:
+    """`days_staged_otherwise`'s answer as text: "29 of them staged as days of UTC; 1 staged for apps *"."""
+    counts: dict[str, int] = {}
+    for _, how in other:
+        counts[how] = counts.get(how, 0) + 1
+    return "; ".join(f"{n} {'of them ' if i == 0 else ''}staged {how}" for i, (how, n) in enumerate(counts.items()))
 
 
 def describe_days(days: list[date], limit: int = 10) -> str:
@@ -258,44 +278,47 @@ class ScoreReport:
     seconds: float
 
 
-def latest_staged_day(con: duckdb.DuckDBPyConnection, timezone: str) -> date | None:
-    """The newest usage day staged as a day of `timezone`, or None when there is none (or no tables yet): a
-    day staged under another zone is not a day the score can use, so it never sets the scoring day."""
+def latest_staged_day(con: duckdb.DuckDBPyConnection, timezone: str, apps: str) -> date | None:
+    """The newest usage day staged as a day of `timezone` for the app set `apps`, or None when there is none
+    (or no tables yet): a day staged under another zone or for other apps is not a day the score can use, so
+    it never sets the scoring day."""
     if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'pendo_staged_days'"
                        ).fetchone()[0]:
         return None
-    return con.execute(f"SELECT max(day) FROM pendo_staged_days WHERE {STAGED_ZONE} = $zone",
-                       {"zone": timezone}).fetchone()[0]
+    return con.execute(f"SELECT max(day) FROM pendo_staged_days WHERE {STAGED_HERE}",
+                       {"zone": timezone, "apps": apps}).fetchone()[0]
 
 
-def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, timezone: str,
+def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, timezone: str, apps: str,
                    as_of: date | None = None, lowest: int = 10) -> ScoreReport:
     """Score every account as of `as_of` (default: the latest day staged in `timezone`) into
-    `pendo_account_health`. Only days staged as days of `timezone` (PENDO_TIMEZONE) count, as staged days and
-    in every part of the score: a day staged under another zone has other bounds, so adding its rows would
-    count some hours twice and others not at all.
+    `pendo_account_health`. Only days staged as days of `timezone` (PENDO_TIMEZONE) for the app set `apps`
+    (PENDO_APP_IDS as `AppScope.key`) count, as staged days and in every part of the score: a day staged under
+    another zone has other bounds, so adding its rows would count some hours twice and others not at all; a
+    day read for other apps holds other usage.
 
-    Raises `NothingStagedError` when no usage day is staged in `timezone` (materialize the usage days first).
+    Raises `NothingStagedError` when no such usage day is staged (materialize the usage days first).
     """
     started = time.monotonic()
-    latest = latest_staged_day(con, timezone)
+    latest = latest_staged_day(con, timezone, apps)
     as_of = as_of or latest
     if latest is None or as_of is None:
-        raise NothingStagedError(f"no Pendo usage day is staged as a day of {timezone} yet: materialize "
+        raise NothingStagedError(f"no Pendo usage day is staged as a day of {timezone} for apps {apps} yet: "
+                                 "materialize "
                                  "pendo/account_usage_daily (a backfill of the last 60 days gives the trend its "
                                  "previous window)")
     w = config.window_days
     params = {
         "as_of": as_of, "cur_start": as_of - timedelta(days=w - 1),
         "prev_start": as_of - timedelta(days=2 * w - 1), "prev_end": as_of - timedelta(days=w),
-        "nps_start": as_of - timedelta(days=config.sentiment_days - 1), "zone": timezone,
+        "nps_start": as_of - timedelta(days=config.sentiment_days - 1), "zone": timezone, "apps": apps,
     }
     window_staged, previous_staged = con.execute(
         "SELECT count(DISTINCT day) FILTER (WHERE day BETWEEN $cur_start AND $as_of), "
         "count(DISTINCT day) FILTER (WHERE day BETWEEN $prev_start AND $prev_end) FROM pendo_staged_days "
-        f"WHERE {STAGED_ZONE} = $zone",
-        {**{k: params[k] for k in ("cur_start", "as_of", "prev_start", "prev_end")}, "zone": timezone}).fetchone()
-    missing = missing_window_days(con, as_of, w, timezone)
+        f"WHERE {STAGED_HERE}",
+        {k: params[k] for k in ("cur_start", "as_of", "prev_start", "prev_end", "zone", "apps")}).fetchone()
+    missing = missing_window_days(con, as_of, w, timezone, apps)
     con.execute("BEGIN")
     try:
         con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}", params)
@@ -322,10 +345,10 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, time
 
 
 def usage_days_sql() -> str:
-    """SQL common table expressions `usage_days` (the days staged as days of the zone $zone) and
+    """SQL common table expressions `usage_days` (the days staged as days of the zone $zone for $apps) and
     `usage_visitor_days`, `usage_feature_days`, `usage_poll_responses`: the staged rows of those days only.
     Everything that reads usage for the score or the sync reads it through these."""
-    return f"""usage_days AS (SELECT day FROM pendo_staged_days WHERE {STAGED_ZONE} = $zone),
+    return f"""usage_days AS (SELECT day FROM pendo_staged_days WHERE {STAGED_HERE}),
     usage_visitor_days AS (SELECT * FROM pendo_visitor_days SEMI JOIN usage_days USING (day)),
     usage_feature_days AS (SELECT * FROM pendo_feature_days SEMI JOIN usage_days USING (day)),
     usage_poll_responses AS (SELECT * FROM pendo_poll_responses SEMI JOIN usage_days USING (day))"""
@@ -333,7 +356,7 @@ def usage_days_sql() -> str:
 
 def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
     """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end, $nps_start,
-    $zone): only rows of days staged as days of $zone count."""
+    $zone, $apps): only rows of days staged as days of $zone for $apps count."""
     w, wt, step = c.window_days, c.weights, c.recency_step_days
     target = (f"{c.feature_target}" if c.feature_target
               else "(SELECT nullif(count(*), 0) FROM pendo_features)")

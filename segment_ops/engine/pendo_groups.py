@@ -21,10 +21,10 @@ Traits are the stable ones (see `TRAITS`): what the diff hashes changes only whe
 does. Sliding-window figures (events, minutes, the usage ratio) stay in the score table and run metadata.
 
 Before sending, the sync refuses a score older than the latest staged day (`StaleScoreError`) and a
-window with days that are not staged as days of the subscription's zone (`PartialWindowError`, unless
-`allow_partial_window`). After it,
-`reconcile` accounts for every Pendo account: delivered, unchanged since delivered, pending or rejected
-with a reason; any other is listed as missing.
+window with days that are not staged as days of the subscription's zone for the configured apps
+(`PartialWindowError`, unless `allow_partial_window`). After it, `reconcile` accounts for every Pendo
+account: delivered, unchanged since delivered, pending or rejected with a reason; any other is listed as
+missing.
 
 No Dagster imports.
 """
@@ -51,8 +51,9 @@ from segment_ops.engine.diff import (
 from segment_ops.engine.health import (
     HEALTH_TABLE,
     HealthConfig,
-    days_in_other_zones,
+    days_staged_otherwise,
     describe_days,
+    describe_staged_otherwise,
     latest_staged_day,
     missing_window_days,
     usage_days_sql,
@@ -141,16 +142,16 @@ def group_model(config: HealthConfig) -> ModelSpec:
 
 def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
                         client_factory: Callable[[], SegmentTrackingClient], *, warehouse_url: str, timezone: str,
-                        run_id: str | None = None, dry_run: bool = False, max_in_flight: int = 4) -> GroupSyncRun:
+                        apps: str, run_id: str | None = None, dry_run: bool = False, max_in_flight: int = 4) -> GroupSyncRun:
     """Send the scored accounts whose traits changed as group calls; `dry_run` plans and counts only.
 
     Raises `NothingScoredError` when nothing is scored yet, `StaleScoreError` / `PartialWindowError` when the
-    score is older than the staged usage or its window has days not staged as days of `timezone`,
+    score is older than the staged usage or its window has days not staged as days of `timezone` for `apps`,
     `DeliveryIncomplete` when calls stay pending, `identity.IdentityMapError` for a broken map source and the
     client's `VendorFatalError`.
     """
     started = time.monotonic()
-    run = GroupSyncRun(dry_run=dry_run, as_of=check_sendable_score(con, config, timezone))
+    run = GroupSyncRun(dry_run=dry_run, as_of=check_sendable_score(con, config, timezone, apps))
     ledger = Ledger(con)
     ensure_state(con)
     model = group_model(config)
@@ -158,7 +159,8 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
         advance_snapshot(con, model.sync)  # settle what an earlier, interrupted run delivered
     if config.identity is not None:
         run.identity = stage_identity_map(con, config.identity, IDENTITY_TABLE, warehouse_url=warehouse_url)
-    _build_rows(con, config, with_map=config.identity is not None, as_of=run.as_of, timezone=timezone)
+    _build_rows(con, config, with_map=config.identity is not None, as_of=run.as_of, timezone=timezone,
+                apps=apps)
     run.accounts, run.mapped, run.unmapped_sent_as_is, run.rejected_here = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE mapped AND reject_reason IS NULL),
                count(*) FILTER (WHERE NOT mapped AND reject_reason IS NULL), count(reject_reason)
@@ -182,30 +184,31 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
         return run
     settled = deliver_changes(con, ledger, model.sync, client_factory, run_id=run_id, max_in_flight=max_in_flight)
     run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
-    run.reconciled, run.missing = reconcile(con, model.sync, run.as_of, run_id=run_id, timezone=timezone)
+    run.reconciled, run.missing = reconcile(con, model.sync, run.as_of, run_id=run_id, timezone=timezone,
+                                            apps=apps)
     run.seconds = time.monotonic() - started
     if settled.failure is not None:
         raise DeliveryIncomplete(str(settled.failure), run)
     return run
 
 
-def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, timezone: str) -> date:
+def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, timezone: str, apps: str) -> date:
     """The score table's day, once it is known to be current and over a complete window of days of `timezone`
-    (see the errors)."""
+    staged for the app set `apps` (see the errors)."""
     if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
                        [HEALTH_TABLE]).fetchone()[0]:
         raise NothingScoredError("no Pendo account is scored yet: materialize pendo/account_health first")
     as_of = con.execute(f"SELECT max(as_of) FROM {HEALTH_TABLE}").fetchone()[0]
-    latest = latest_staged_day(con, timezone)
+    latest = latest_staged_day(con, timezone, apps)
     if as_of is None:
         raise NothingScoredError("the score table is empty: materialize pendo/account_health first")
     if latest is not None and as_of < latest:
         raise StaleScoreError(f"the scores are as of {as_of} but Pendo usage is staged up to {latest}: re-materialize "
                               "pendo/account_health before syncing (nothing was sent)")
-    missing = missing_window_days(con, as_of, config.window_days, timezone)
+    missing = missing_window_days(con, as_of, config.window_days, timezone, apps)
     if missing and not config.allow_partial_window:
-        other = days_in_other_zones(con, missing, timezone)
-        note = (f" ({len(other)} of them staged as days of {other[0][1]}, not {timezone}: re-read them)"
+        other = days_staged_otherwise(con, missing, timezone, apps)
+        note = (f" ({describe_staged_otherwise(other)}, not as days of {timezone} for apps {apps}: re-read them)"
                 if other else "")
         raise PartialWindowError(
             f"{len(missing)} of the {config.window_days} days of the window ending {as_of} are not staged: "
@@ -216,9 +219,9 @@ def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, t
 
 
 def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id: str | None,
-              timezone: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+              timezone: str, apps: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """After a sync, the state of every Pendo account (the account list and any account with usage staged in
-    `timezone`, as the score counts them):
+    `timezone` for `apps`, as the score counts them):
     delivered this run, unchanged since delivered, pending, rejected (here, by the diff, or by Segment, with a
     reason) or missing - with why, at most 50 listed. A missing account is a bug or a stale input, never normal.
     """
@@ -255,7 +258,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id:
         LEFT JOIN {ROWS_TABLE} r USING (account_id)
         LEFT JOIN last_message m ON m.record_key = a.account_id
         LEFT JOIN rev_snapshot s ON s.record_key = a.account_id AND NOT s.removed
-    """, {"as_of": as_of, "sync": sync, "run_id": run_id, "zone": timezone})
+    """, {"as_of": as_of, "sync": sync, "run_id": run_id, "zone": timezone, "apps": apps})
     counts = dict(con.execute("SELECT state, count(*) FROM pendo_reconciled GROUP BY state").fetchall())
     missing = con.execute("SELECT account_id, why FROM pendo_reconciled WHERE state = 'missing' "
                           "ORDER BY account_id LIMIT 50").fetchall()
@@ -264,7 +267,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id:
 
 
 def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_map: bool, as_of: date,
-                timezone: str) -> None:
+                timezone: str, apps: str) -> None:
     """`pendo_group_rows`: each scored account with groupId, userId, traits and why it cannot be sent (or NULL)."""
     if with_map:
         lookup = f"""
@@ -309,7 +312,8 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
                         || {config_file} || '); Segment drops a group call without a userId'
                END AS reject_reason
         FROM resolved
-    """, {"first": as_of - timedelta(days=config.window_days - 1), "as_of": as_of, "zone": timezone})
+    """, {"first": as_of - timedelta(days=config.window_days - 1), "as_of": as_of, "zone": timezone,
+                                                                                 "apps": apps})
 
 
 def _sendable(con: duckdb.DuckDBPyConnection, model: ModelSpec) -> StagedResult:

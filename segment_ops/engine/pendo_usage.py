@@ -19,10 +19,10 @@ Once per extraction, the account list (`accounts` source: name, plan, licensed s
 configured apps) replace their tables.
 
 Each slice is written in one transaction that first deletes its days, then inserts them, and marks
-them in `pendo_staged_days` with the zone they were read in: a day is staged only when every request of
-its slice completed, so a staged day without rows is a day without usage and an unstaged day is a missing
-answer. Re-running a day replaces it exactly (also a day staged under another zone: same date, new
-bounds), and a run that stops after some slices keeps those slices. Rows Pendo returns that cannot be
+them in `pendo_staged_days` with the zone and the app set (`AppScope.key`) they were read with: a day is
+staged only when every request of its slice completed, so a staged day without rows is a day without usage
+and an unstaged day is a missing answer. Re-running a day replaces it exactly (also a day staged under
+another zone or app set: same date, new bounds or apps), and a run that stops after some slices keeps those slices. Rows Pendo returns that cannot be
 attributed (no account, visitor or day; counts that are not non-negative integers; an NPS answer outside
 0-10; an app outside PENDO_APP_IDS) go to the ledger's `rejected` table with the reason, never silently
 dropped. Each response body is written as it came to a spool file beside the staging file and parsed there
@@ -97,6 +97,11 @@ ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS timezone VARCHAR;
 ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_start_ms BIGINT;
 ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_end_ms BIGINT;
 ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS apps VARCHAR;
+-- `apps` once held AppScope.describe(); it holds AppScope.key now (NULL: read before PENDO_APP_IDS, so the
+-- default app only).
+UPDATE pendo_staged_days SET apps = CASE WHEN apps LIKE 'every app%' THEN '*'
+    ELSE array_to_string(list_sort(string_split(replace(substr(apps, 6), ' ', ''), ',')), ',') END
+WHERE apps LIKE 'every app%' OR apps LIKE 'apps %';
 -- Per account and day, what the issue asks for: active visitors, events, minutes, features, NPS answers,
 -- summed over the apps read.
 CREATE OR REPLACE VIEW pendo_account_usage_daily AS
@@ -135,7 +140,8 @@ class ExtractReport:
     first_day: date
     last_day: date
     timezone: str = LEGACY_TIMEZONE
-    apps: str = ""
+    apps: str = ""  # the apps read, for a person (AppScope.describe)
+    app_set: str = ""  # the same as staged days record it (AppScope.key)
     days: int = 0
     requests: int = 0
     retries: int = 0
@@ -181,7 +187,8 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
     started = time.monotonic()
     ensure_schema(con)
     ledger = Ledger(con)
-    report = ExtractReport(first_day, last_day, timezone=zone.key, apps=client.apps.describe())
+    report = ExtractReport(first_day, last_day, timezone=zone.key, apps=client.apps.describe(),
+                           app_set=client.apps.key)
     settled = last_settled_day(zone, config.settle_hours, now)
     if last_day > settled:
         report.not_ended = [d for d, _, _ in day_bounds(max(first_day, settled + timedelta(days=1)), last_day, zone)]
@@ -475,7 +482,7 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tu
                    (SELECT count(*) FROM pendo_poll_responses p WHERE p.day = d.day),
                    $timezone, d.start_ms, d.end_ms, $apps
             FROM pendo_slice_days d
-        """, {"run_id": run_id, "timezone": report.timezone, "apps": report.apps})
+        """, {"run_id": run_id, "timezone": report.timezone, "apps": report.app_set})
         ledger.reject_relation(SYNC, "pendo_rejections", run_id=run_id)
         con.execute("COMMIT")
     except BaseException:

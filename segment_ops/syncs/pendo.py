@@ -53,9 +53,10 @@ from segment_ops.engine.health import (
     HealthConfigError,
     NothingStagedError,
     ScoreReport,
-    days_in_other_zones,
+    days_staged_otherwise,
     describe_config,
     describe_days,
+    describe_staged_otherwise,
     load_health_config,
     score_accounts,
 )
@@ -103,6 +104,15 @@ def _config() -> HealthConfig:
     except HealthConfigError as exc:
         raise dg.Failure(description=str(exc), metadata={"config_file": dg.MetadataValue.path(str(exc.path))}
                          ) from None
+
+
+def _app_set(pendo: PendoResource) -> str:
+    """PENDO_APP_IDS as staged days record it (`AppScope.key`): the score and the sync count only days read for
+    the apps configured now."""
+    try:
+        return AppScope.parse(pendo.app_ids).key
+    except PendoSettingError as exc:
+        raise dg.Failure(description=str(exc)) from None
 
 
 def _config_version() -> str:
@@ -230,27 +240,28 @@ class HealthScoreConfig(dg.Config):
                                       "usage); blocks the sync unless [window] allow_partial_window = true."),
     ],
 )
-def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
+def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig, pendo: PendoResource,
                    staging: StagingResource) -> dg.MaterializeResult:
     """Health score 0-100 of every Pendo account, its band (healthy / at_risk / critical) and the main reasons,
     from breadth, depth, trend, sentiment and recency over the staged usage days (weights and bands in
     config/pendo_health.toml)."""
     health = _config()
+    apps = _app_set(pendo)
     try:
         as_of = date.fromisoformat(config.as_of) if config.as_of else None
     except ValueError:
         raise dg.Failure(description=f"as_of must be a day as YYYY-MM-DD, got {config.as_of!r}") from None
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
-            report = score_accounts(con, health, as_of=as_of, timezone=TIMEZONE)
+            report = score_accounts(con, health, as_of=as_of, timezone=TIMEZONE, apps=apps)
         except NothingStagedError as exc:
             raise dg.Failure(description=str(exc)) from None
-        other_zones = days_in_other_zones(con, report.missing_days, TIMEZONE)
+        otherwise = days_staged_otherwise(con, report.missing_days, TIMEZONE, apps)
     missing = report.missing_days
     window_note = "complete"
     if missing:
-        zones = (f" ({len(other_zones)} of them staged as days of {other_zones[0][1]}, before PENDO_TIMEZONE="
-                 f"{TIMEZONE}: re-reading replaces them)" if other_zones else "")
+        zones = (f" ({describe_staged_otherwise(otherwise)}, not as days of PENDO_TIMEZONE={TIMEZONE} for "
+                 f"PENDO_APP_IDS {apps}: re-reading replaces them)" if otherwise else "")
         window_note = (f"{len(missing)} of the {report.window_days} days up to {report.as_of} are not staged: "
                        f"{describe_days(missing)}{zones}; materialize them on pendo/account_usage_daily and re-score"
                        + (" (allow_partial_window = true: the sync sends anyway)" if health.allow_partial_window
@@ -271,7 +282,7 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
                 description=window_note,
                 metadata={"missing_days": len(missing), "window_days": report.window_days,
                           "missing": describe_days(missing) or "none",
-                          "staged_in_another_zone": describe_days([d for d, _ in other_zones]) or "none",
+                          "staged_otherwise": describe_days([d for d, _ in otherwise]) or "none",
                           "allow_partial_window": health.allow_partial_window}),
         ],
     )
@@ -336,15 +347,17 @@ class PendoGroupsConfig(dg.Config):
     ],
 )
 def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsConfig, segment: SegmentTrackingResource,
-                         staging: StagingResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+                         pendo: PendoResource, staging: StagingResource,
+                         warehouse: WarehouseResource) -> dg.MaterializeResult:
     """One Segment group call per Pendo account whose health traits changed since the last delivered state:
     groupId through the identity map, userId = the most active identified visitor (else the service user),
     traits = score, band, reasons, active users, adoption figures, last active date."""
     health = _config()
+    apps = _app_set(pendo)
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
             run = sync_account_groups(con, health, segment.get_client, warehouse_url=warehouse.url,
-                                      timezone=TIMEZONE, run_id=context.run.run_id, dry_run=config.dry_run,
+                                      timezone=TIMEZONE, apps=apps, run_id=context.run.run_id, dry_run=config.dry_run,
                                       max_in_flight=segment.max_in_flight)
         except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError, WarehouseError) as exc:
             raise dg.Failure(description=str(exc)) from None

@@ -10,10 +10,21 @@ import pytest
 from segment_ops.clients.pendo import ALL_APPS, AppScope, PendoClient, PendoSettingError
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
 from segment_ops.engine.health import score_accounts
-from segment_ops.engine.pendo_usage import extract_days
+from segment_ops.engine.pendo_usage import ensure_schema, extract_days
 from segment_ops.resources import PendoResource
 from segment_ops.syncs import pendo
-from segment_ops_tests.pendo.conftest import FAST_RETRY, ZONE, metadata, query, rerun_day, yesterday
+from segment_ops_tests.pendo.conftest import (
+    FAST_RETRY,
+    ZONE,
+    backfill,
+    checks,
+    group_calls,
+    metadata,
+    query,
+    rerun_day,
+    write_config,
+    yesterday,
+)
 
 WEB, IOS, ANDROID = "-323232", "5668600916475904", "5715999741083648"
 
@@ -64,7 +75,7 @@ def test_the_feature_list_is_asked_for_with_expand_star_so_every_apps_features_c
 
 def test_the_score_sums_usage_across_the_apps(con, pendo_client, config_no_identity, clean_sandbox):
     extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
-    score_accounts(con, config_no_identity, timezone=ZONE.key)
+    score_accounts(con, config_no_identity, timezone=ZONE.key, apps="*")
     every_app = dict(con.execute("SELECT account_id, events FROM pendo_account_health").fetchall())
     users = dict(con.execute("SELECT account_id, active_users FROM pendo_account_health").fetchall())
     per_app = con.execute("""
@@ -151,3 +162,52 @@ def test_a_bad_pendo_app_ids_fails_the_run_naming_the_setting(resources, home, c
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert failure.step_failure_data.user_failure_data.description.startswith("PENDO_APP_IDS: ")
     assert clean_sandbox.stats().get("pendo", {}).get("received", 0) == 0
+
+
+def ios_only(resources: dict, sandbox) -> dict:
+    return {**resources, "pendo": PendoResource(base_url=f"{sandbox.url}/pendo",
+                                                integration_key=SANDBOX_PENDO_INTEGRATION_KEY, app_ids=IOS,
+                                                retry_backoff_seconds=0.01)}
+
+
+def test_days_staged_for_another_app_set_count_as_not_staged_and_block_the_sync(resources, home, clean_sandbox):
+    assert backfill(resources, 30).success  # PENDO_APP_IDS = *
+    sent = len(group_calls(clean_sandbox))
+
+    narrowed = rerun_day(ios_only(resources, clean_sandbox), yesterday())  # PENDO_APP_IDS changed to one app
+
+    window = checks(narrowed)["window_complete"]
+    assert not narrowed.success and not window.passed
+    assert "29 of the 30 days" in window.description and "staged for apps *" in window.description
+    assert window.metadata["staged_otherwise"].value.startswith(str(yesterday() - timedelta(days=29)))
+    assert len(group_calls(clean_sandbox)) == sent  # nothing sent in bulk
+    assert query(home, "SELECT apps, count(*) FROM pendo_staged_days GROUP BY 1 ORDER BY 1") == [("*", 29), (IOS, 1)]
+
+
+def test_the_score_counts_only_days_staged_for_the_configured_apps(resources, home, clean_sandbox,
+                                                                   health_config_file):
+    write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})
+    assert backfill(resources, 30).success
+
+    narrowed = rerun_day(ios_only(resources, clean_sandbox), yesterday())
+
+    assert narrowed.success
+    ios_day = dict(query(home, "SELECT account_id, sum(events) FROM pendo_visitor_days WHERE day = ? GROUP BY 1",
+                         [yesterday()]))
+    assert dict(query(home, "SELECT account_id, events FROM pendo_account_health WHERE events > 0")) == ios_day
+
+
+def test_an_app_set_is_recorded_the_same_whatever_the_order_of_its_ids():
+    assert AppScope.parse(f"{IOS}, {WEB}").key == AppScope.parse(f"{WEB},{IOS}").key == f"{WEB},{IOS}"
+    assert AppScope.parse("*").key == "*"
+
+
+def test_days_staged_with_the_apps_described_in_words_are_recorded_as_their_app_set(con):
+    ensure_schema(con)
+    con.executemany("INSERT INTO pendo_staged_days (day, staged_at, visitor_rows, feature_rows, poll_rows, apps) "
+                    "VALUES (?, now(), 0, 0, 0, ?)", [[yesterday(), 'every app (expandAppIds("*"))'],
+                                                      [yesterday() - timedelta(days=1), f"apps {IOS}, {WEB}"]])
+
+    ensure_schema(con)
+
+    assert con.execute("SELECT apps FROM pendo_staged_days ORDER BY day").fetchall() == [(f"{WEB},{IOS}",), ("*",)]

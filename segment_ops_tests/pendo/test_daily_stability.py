@@ -27,7 +27,7 @@ def stage_day(con, day: date, *, active_today: bool) -> None:
         rows.append((day, "paused", "p1", 10 if day > D - timedelta(days=30) else 1))
     for row in rows:
         con.execute("INSERT INTO pendo_visitor_days VALUES (?, ?, ?, ?, ?, NULL)", [*row, row[3]])
-    con.execute("INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, ?, NULL, NULL, NULL)", [day, TZ])
+    con.execute("INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, ?, NULL, NULL, '*')", [day, TZ])
 
 
 def material(con) -> dict[str, dict]:
@@ -47,16 +47,16 @@ def test_steady_usage_on_the_next_day_resends_only_accounts_with_a_material_chan
     con.executemany("INSERT INTO pendo_features VALUES (?, NULL, now(), NULL)", [[f"f{n}"] for n in range(4)])
     for n in range(STAGED_BEFORE_D - 1, -1, -1):
         stage_day(con, D - timedelta(days=n), active_today=True)
-    score_accounts(con, config, timezone=TZ)
+    score_accounts(con, config, timezone=TZ, apps="*")
     day_d = material(con)
-    first = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", timezone=TZ,
+    first = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", timezone=TZ, apps="*",
                                 run_id="d")
     assert first.delivery.delivered == 3
     calls_d = len(group_calls(clean_sandbox))
 
     stage_day(con, D + timedelta(days=1), active_today=True)
-    report = score_accounts(con, config, timezone=TZ)
-    second = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", timezone=TZ,
+    report = score_accounts(con, config, timezone=TZ, apps="*")
+    second = sync_account_groups(con, config, segment_factory, warehouse_url="duckdb:///:memory:", timezone=TZ, apps="*",
                                  run_id="d1")
 
     assert report.as_of == D + timedelta(days=1)

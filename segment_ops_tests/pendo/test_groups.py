@@ -29,12 +29,12 @@ def scored(con, pendo_client, config_no_identity):
     """30 staged days, scored, with no service user and no identity map."""
     config = dataclasses.replace(config_no_identity, service_user="")
     extract_days(con, pendo_client, config, yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
-    score_accounts(con, config, timezone=ZONE.key)
+    score_accounts(con, config, timezone=ZONE.key, apps="*")
     return config
 
 
 def sync(con, config, factory, **kwargs):
-    return sync_account_groups(con, config, factory, warehouse_url="duckdb:///:memory:", timezone=ZONE.key,
+    return sync_account_groups(con, config, factory, warehouse_url="duckdb:///:memory:", timezone=ZONE.key, apps="*",
                                run_id=kwargs.pop("run_id", "r"), **kwargs)
 
 
@@ -147,8 +147,8 @@ def test_syncing_before_scoring_says_what_to_run(con, segment_factory, config_no
 
 
 def test_a_score_older_than_the_latest_staged_day_is_refused(con, scored, segment_factory, clean_sandbox):
-    con.execute("INSERT INTO pendo_staged_days (day, staged_at, run_id, visitor_rows, feature_rows, poll_rows, timezone) "
-                "VALUES (?, now(), 'later', 0, 0, 0, ?)", [yesterday() + timedelta(days=1), ZONE.key])
+    con.execute("INSERT INTO pendo_staged_days (day, staged_at, run_id, visitor_rows, feature_rows, poll_rows, timezone, "
+                "apps) VALUES (?, now(), 'later', 0, 0, 0, ?, '*')", [yesterday() + timedelta(days=1), ZONE.key])
 
     with pytest.raises(StaleScoreError, match=f"scores are as of {yesterday()} but Pendo usage is staged up to "
                                               f"{yesterday() + timedelta(days=1)}: re-materialize pendo/account_health"):
@@ -206,7 +206,7 @@ def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(co
     # The runner-up becomes the most active visitor: the delivered userId stays, nothing is sent.
     con.execute("UPDATE pendo_visitor_days SET events = events + 1000000 WHERE account_id = ? AND visitor_id = ?",
                 [account, runner_up])
-    score_accounts(con, scored, timezone=ZONE.key)
+    score_accounts(con, scored, timezone=ZONE.key, apps="*")
     assert con.execute("SELECT top_visitor_id FROM pendo_account_health WHERE account_id = ?", [account]
                        ).fetchone()[0] == runner_up
 
@@ -214,7 +214,7 @@ def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(co
 
     # The delivered visitor leaves the window: the most active one takes over (one call).
     con.execute("DELETE FROM pendo_visitor_days WHERE account_id = ? AND visitor_id = ?", [account, first_user])
-    score_accounts(con, scored, timezone=ZONE.key)
+    score_accounts(con, scored, timezone=ZONE.key, apps="*")
     sync(con, scored, segment_factory, run_id="r3")
     last = [c for c in group_calls(clean_sandbox) if c["groupId"] == account][-1]
     assert last["userId"] == runner_up

@@ -24,7 +24,7 @@ TZ = "America/New_York"  # the zone the crafted days are staged in, and scored i
 
 
 def score(con, config, **kwargs):
-    return score_accounts(con, config, timezone=TZ, **kwargs)
+    return score_accounts(con, config, timezone=TZ, apps="*", **kwargs)
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def stage(con, *, accounts=(), visits=(), features=(), answers=(), feature_catal
                     [AS_OF - timedelta(days=days_ago), account_id, response])
     con.executemany("INSERT INTO pendo_features VALUES (?, NULL, now(), NULL)",
                     [[f"feature{n}"] for n in range(feature_catalogue)])
-    con.executemany(f"INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, '{TZ}', NULL, NULL, NULL)",
+    con.executemany(f"INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, '{TZ}', NULL, NULL, '*')",
                     [[AS_OF - timedelta(days=n)] for n in range(days)])
 
 

@@ -23,7 +23,7 @@ from segment_ops.clients.pendo import (
     subscription_zone,
 )
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
-from segment_ops.engine.health import days_in_other_zones, missing_window_days
+from segment_ops.engine.health import days_staged_otherwise, missing_window_days
 from segment_ops.engine.pendo_usage import ExtractError, TimeZoneMismatchError, ensure_schema, extract_days
 from segment_ops.resources import PendoResource
 from segment_ops.syncs import pendo
@@ -227,7 +227,7 @@ def test_an_empty_completed_day_is_staged_and_a_missing_answer_is_not(con, clean
 
     assert con.execute("SELECT day, visitor_rows, timezone FROM pendo_staged_days ORDER BY day").fetchall() == [
         (empty[0], 0, "America/New_York"), (empty[1], 0, "America/New_York")]
-    assert missing_window_days(con, date(2021, 1, 1), 3, ZONE.key) == [date(2021, 1, 1)]
+    assert missing_window_days(con, date(2021, 1, 1), 3, ZONE.key, "*") == [date(2021, 1, 1)]
     client.close()
 
 
@@ -267,8 +267,8 @@ def test_days_staged_under_utc_count_as_missing_until_re_read_and_re_reading_rep
     stage_as_before(con, pendo_client, first, last)
     ensure_schema(con)  # the files of the UTC days gain the new columns
 
-    assert missing_window_days(con, last, 5, ZONE.key) == [first + timedelta(days=n) for n in range(5)]
-    assert days_in_other_zones(con, [last], ZONE.key) == [(last, "UTC")]
+    assert missing_window_days(con, last, 5, ZONE.key, "*") == [first + timedelta(days=n) for n in range(5)]
+    assert days_staged_otherwise(con, [last], ZONE.key, "*") == [(last, "as days of UTC for the default app only")]
 
     extract_days(con, pendo_client, config_no_identity, first, last, zone=ZONE)
 
@@ -278,7 +278,7 @@ def test_days_staged_under_utc_count_as_missing_until_re_read_and_re_reading_rep
     assert con.execute(totals).fetchall() == fresh.execute(totals).fetchall()  # replaced, never added to
     assert con.execute("SELECT day, count(*), any_value(timezone) FROM pendo_staged_days GROUP BY day ORDER BY day"
                        ).fetchall() == [(first + timedelta(days=n), 1, "America/New_York") for n in range(5)]
-    assert missing_window_days(con, last, 5, ZONE.key) == []
+    assert missing_window_days(con, last, 5, ZONE.key, "*") == []
     fresh.close()
 
 
