@@ -5,8 +5,10 @@
 - 400 `{"error": "<what is wrong>"}` when `Heap-Hash` is missing or malformed, or its timestamp is older
   than `max_age_seconds` or more than `max_future_seconds` ahead (Heap signs every retry anew);
 - 403 with exactly `{"error": "Invalid signature"}` when the HMAC matches neither the body nor its compact
-  form under any configured secret;
-- 400 `{"error": "<what is wrong>"}` for a signed body that is not a valid sync page or drain;
+  form under any configured secret (the compact form is tried only for bodies of at most 1 MB without
+  floats or integers beyond 2^53: `heap.compact_form`);
+- 400 `{"error": "<what is wrong>"}` for a signed body that is not a valid sync page or drain (including one
+  nested deeper than `heap.MAX_NESTING`); the page applied is parsed from the bytes whose HMAC matched;
 - 200 `{"stored": true|false, ...}` once the page or drain is durably in the inbox (false: an identical
   repeat, kept once; `"done": true` when it was already applied - it is not applied again);
 - 409 `{"error": "<what differs>"}` when a page disagrees with the copy already stored, or with its
@@ -135,7 +137,8 @@ def create_app(config: WebhookConfig) -> Starlette:
             log.warning("Heap webhook refused (%d): %s", exc.status, exc)
             return _json(INVALID_SIGNATURE_BODY if exc.status == 403 else {"error": str(exc)}, exc.status)
         try:
-            received = parse_request(orjson.loads(body))
+            # The bytes that were signed, not a second parse of the body: what is applied is what Heap signed.
+            received = parse_request(orjson.loads(signature.signed_body))
         except orjson.JSONDecodeError:
             return _json({"error": "body is not valid JSON"}, 400)
         except InvalidPayload as exc:

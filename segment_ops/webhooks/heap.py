@@ -11,8 +11,12 @@ reference signer), `constants.ts`, `webhook_spec.yaml`, `webhooks/bodyHelpers.ts
   generator encode it as **Base64** (`CryptoJS.enc.Base64.stringify`) while spec §3/§7 say hex: both are
   accepted, each decoded to the 32 raw bytes and compared in constant time (`hmac.compare_digest`).
 - body: the reference validator hashes `JSON.stringify(parsedBody)`, not the bytes received. So the raw
-  bytes are tried first, then `compact_json` of the parsed body (JavaScript's `JSON.stringify` output);
-  a body matching neither is refused.
+  bytes are tried first (cheap), then - only for a body of at most `MAX_COMPACT_FALLBACK_BYTES`, nested
+  at most `MAX_NESTING` deep, holding no float and no integer beyond +-(2^53 - 1) - its compact
+  (`JSON.stringify`) form; a body matching neither is refused. What the receiver applies is always the
+  exact bytes that matched (`Signature.signed_body`): the raw body, or the compact form it computed,
+  never a second parse of the body received (see `compact_form` for why floats and big integers are
+  refused rather than re-encoded).
 - Several secrets may be valid at once (a rotation: HEAP_WEBHOOK_SECRET plus
   HEAP_WEBHOOK_PREVIOUS_SECRETS); a signature under any of them is accepted.
 - Errors as the reference answers them: 400 for a missing or malformed header and for a timestamp
@@ -31,15 +35,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from json.encoder import encode_basestring
 from typing import Any
+
+import orjson
 
 SYNC_ACTION = "segment.users.sync"
 DRAIN_ACTION = "segment.users.drain"
@@ -51,6 +56,17 @@ DEFAULT_MAX_AGE_SECONDS = 120.0
 DEFAULT_MAX_FUTURE_SECONDS = 30.0
 MAX_IDENTITY_CHARS = 255  # Heap's identity limit (spec §3, ingest)
 MAX_SYNC_TASK_ID_CHARS = 4096  # any string (spec §7), within reason: it is stored in the sync's summary
+# The compact form is tried only for bodies up to this size. Heap's reference generator sends the very
+# string it signed, so Heap's own bodies match on their raw bytes; the fallback serves a body re-encoded on
+# the way (a proxy that pretty-prints). It is computed for any request with a well-formed header and a
+# current timestamp - no secret needed - so it is capped: 1 MB parses, checks and re-encodes in tens of
+# milliseconds, where 10 MB of floats held the GIL for about 4 s.
+MAX_COMPACT_FALLBACK_BYTES = 1_000_000
+# Heap's bodies nest 5 levels (body > data > add > [] > {id}; body > customer_config > fields > [] > {});
+# a deeper body is refused (400), so no encoder ever recurses past this (Python's limit is 1000 frames,
+# orjson.dumps stops at 255) and Heap is not asked to retry a body that can never be stored.
+MAX_NESTING = 32
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: JSON.parse keeps every digit up to here
 _TIMESTAMP = re.compile(r"[0-9]{1,16}")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 _BASE64_DIGEST = re.compile(r"[A-Za-z0-9+/]{43}=")
@@ -91,6 +107,9 @@ class Signature:
     encoding: str  # "base64" (Heap's reference) or "hex" (spec wording)
     body_form: str  # "raw" (the bytes received) or "compact" (their JSON.stringify re-serialisation)
     secret_index: int  # 0: HEAP_WEBHOOK_SECRET; n: the n-th of HEAP_WEBHOOK_PREVIOUS_SECRETS
+    # The bytes whose HMAC matched: the body received ("raw") or the compact form computed from it
+    # ("compact"). The receiver parses these, so what it applies is exactly what was signed.
+    signed_body: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def secret_name(self) -> str:
@@ -159,13 +178,23 @@ def verify(header: str | None, body: bytes, secrets: Sequence[str], *,
     digest, encoding = decoded
     prefix = str(ts).encode()  # the reference parses ts with parseInt, then formats it back
     keys = [secret.encode() for secret in secrets]
-    for form, message in _signed_forms(body):
-        for index, key in enumerate(keys):
-            expected = hmac.new(key, prefix + message, hashlib.sha256).digest()
-            if hmac.compare_digest(expected, digest):
-                return Signature(ts, encoding, form, index)
+    index = _matching_secret(keys, prefix + body, digest)
+    if index is not None:
+        return Signature(ts, encoding, "raw", index, body)
+    compact, skipped = compact_form(body)
+    if compact is not None and compact != body:
+        index = _matching_secret(keys, prefix + compact, digest)
+        if index is not None:
+            return Signature(ts, encoding, "compact", index, compact)
     raise InvalidSignature("the hmac matches neither the raw body nor its compact JSON form under any configured "
-                           "secret")
+                           "secret" + (f" ({skipped})" if skipped else ""))
+
+
+def _matching_secret(keys: Sequence[bytes], message: bytes, digest: bytes) -> int | None:
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(hmac.new(key, message, hashlib.sha256).digest(), digest):
+            return index
+    return None
 
 
 def _parse_header(header: str | None) -> tuple[int, str]:
@@ -206,20 +235,59 @@ def _decode_digest(value: str) -> tuple[bytes, str] | None:
     return None
 
 
-def _signed_forms(body: bytes) -> Iterator[tuple[str, bytes]]:
-    """The messages Heap may have signed: the raw bytes, then (only if asked for) the compact form."""
-    yield "raw", body
+def compact_form(body: bytes) -> tuple[bytes | None, str | None]:
+    """`JSON.stringify(JSON.parse(body))`, or None and why it is not tried (None, None: not JSON at all).
+
+    Refused rather than re-encoded (Heap's ids are strings or small integers, so Heap never sends these):
+    - a body over `MAX_COMPACT_FALLBACK_BYTES` or nested deeper than `MAX_NESTING`: the cost (see above);
+    - a float or an integer beyond +-(2^53 - 1): JSON.parse rounds them to doubles, so many bodies share
+      one compact form (`1152921504606847000` and `...050` both stringify as `...000`), and a request
+      replayed within the window could carry digits nobody signed. The receiver applies the compact bytes
+      that matched, so even without this rule it would store the signed value; refusing is stricter.
+    orjson parses (it refuses NaN, Infinity and lone surrogates, as a JSON body from Heap never holds them)
+    and, when no key is an array index ("0", "10": JavaScript moves those first), writes the compact form
+    too: for strings and small integers its output is JSON.stringify's byte for byte. `compact_json` is
+    used only for bodies with array-index keys.
+    """
+    if len(body) > MAX_COMPACT_FALLBACK_BYTES:
+        return None, f"a body over {MAX_COMPACT_FALLBACK_BYTES:,} bytes is checked on its raw bytes only"
     try:
-        parsed = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
-        compact = compact_json(parsed)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return  # not JSON Heap could have parsed: only the raw bytes could match
-    if compact != body:
-        yield "compact", compact
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None  # not JSON Heap could have parsed: only the raw bytes could match
+    problem, index_keys = _inspect(parsed, numbers=True)
+    if problem is not None:
+        return None, f"its compact form is not tried: {problem}"
+    return (compact_json(parsed) if index_keys else orjson.dumps(parsed)), None
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+def _inspect(value: Any, *, numbers: bool) -> tuple[str | None, bool]:
+    """What makes `value` unfit to re-encode (too deep; with `numbers`, a float or an integer beyond
+    +-MAX_SAFE_INTEGER), and whether any object key is an array index. Iterative: no recursion limit."""
+    index_keys = False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+            if numbers and not index_keys:
+                index_keys = any(_is_array_index(k) for k in item)
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_NESTING:
+            return f"it is nested deeper than {MAX_NESTING} levels", index_keys
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif not numbers or isinstance(child, bool) or child is None or isinstance(child, str):
+                continue
+            elif isinstance(child, float):
+                return "it holds a number with a fraction or an exponent", index_keys
+            elif isinstance(child, int) and abs(child) > MAX_SAFE_INTEGER:
+                return "it holds an integer beyond 2^53 - 1, which JSON.parse rounds", index_keys
+    return None, index_keys
 
 
 # ------------------------------------------------------------------------- JSON.stringify, in Python
@@ -335,6 +403,12 @@ def parse_request(payload: Any) -> SyncPage | DrainRequest:
     config = payload.get("customer_config")
     if config is not None and (not isinstance(config, dict) or not isinstance(config.get("fields", []), list)):
         raise InvalidPayload("customer_config must be an object whose fields is an array")
+    # What is kept or hashed must be encodable: customer_config (stored with every page or drain) and a
+    # drain's whole body (its key is a hash of it). A page's other fields are read, never re-encoded.
+    too_deep, _ = _inspect(payload if action == DRAIN_ACTION else config, numbers=False)
+    if too_deep is not None:
+        raise InvalidPayload(f"{'body' if action == DRAIN_ACTION else 'customer_config'}: {too_deep} (Heap's "
+                             f"bodies nest 5)")
     data = _object(payload.get("data"), "data")
     segment = _object(data.get("segment"), "data.segment")
     segment_id = _integer(segment.get("id"), "data.segment.id", minimum=1)

@@ -57,8 +57,12 @@ def test_a_pretty_printed_body_verifies_by_its_compact_re_serialisation():
     assert check(ref.DRAIN_JSON, ref.DRAIN_JSON_HMAC_BASE64).body_form == "compact"
 
 
-def test_a_body_with_numbers_json_stringify_rewrites_verifies_by_its_compact_form():
-    assert check(ref.TRICKY_PAGE, ref.TRICKY_PAGE_HMAC_BASE64).body_form == "compact"
+def test_a_body_with_numbers_json_stringify_rewrites_is_not_verified_by_its_compact_form():
+    # Floats and integers beyond 2^53 are rounded by JSON.parse, so several bodies share one compact form:
+    # such a body must match on its raw bytes (see heap.compact_form).
+    with pytest.raises(InvalidSignature, match="fraction or an exponent"):
+        check(ref.TRICKY_PAGE, ref.TRICKY_PAGE_HMAC_BASE64)
+    assert check(ref.TRICKY_PAGE_COMPACT, ref.TRICKY_PAGE_HMAC_BASE64).body_form == "raw"
 
 
 def test_a_body_that_matches_neither_form_is_refused():
@@ -129,7 +133,9 @@ def test_the_reference_drain_is_stored_over_http(patient_receiver, tmp_path, bod
 
 
 def test_the_tricky_page_is_stored_under_a_hash_of_its_sync_task_id(patient_receiver, tmp_path):
-    response = post(patient_receiver.heap_url, ref.TRICKY_PAGE, header(ref.TRICKY_PAGE_HMAC_BASE64))
+    assert post(patient_receiver.heap_url, ref.TRICKY_PAGE, header(ref.TRICKY_PAGE_HMAC_BASE64)).status_code == 403
+
+    response = post(patient_receiver.heap_url, ref.TRICKY_PAGE_COMPACT, header(ref.TRICKY_PAGE_HMAC_BASE64))
 
     assert response.status_code == 200 and response.json()["sync_task_id"] == "Free Customers/../x ü"
     inbox = Inbox.for_home(tmp_path)
