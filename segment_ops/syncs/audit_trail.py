@@ -22,8 +22,10 @@ Windows are (start, end] as the Public API reads them (spec §2: startTime exclu
 hours tile time without overlap or hole. A backfill runs up to a day of hours per run
 (`BACKFILL_POLICY`): one paginated read covers the range (the client honours the Public API's rate
 limit), and starting a run costs seconds while an hour of audit events is a page or two. A range is
-recorded in `forwarded_windows` hour by hour, so the gap check sees it exactly as 24 one-hour runs. The
-sensor and the safety net still start one run per hour, so a failed recent hour stays independent.
+recorded in `forwarded_windows` hour by hour, so the gap check sees it exactly as 24 one-hour runs. An hour
+gets its row only once none of its events is pending or awaiting an ack: a later run that settles the acks
+adds it (`read_windows` keeps which hours were read). The sensor and the safety net still start one run per
+hour, so a failed recent hour stays independent.
 """
 
 import json
@@ -48,15 +50,7 @@ from segment_ops.engine.delivery import (
     deliver_pending,
     settle_awaiting,
 )
-from segment_ops.engine.ledger import (
-    AWAITING_ACK,
-    DELIVERED,
-    PENDING,
-    REJECTED,
-    Ledger,
-    PlanCounts,
-    PlannedMessage,
-)
+from segment_ops.engine.ledger import Ledger, MessageCounts, PlanCounts, PlannedMessage
 from segment_ops.redaction import RedactionRules
 from segment_ops.resources import (
     AuditRedactionResource,
@@ -97,6 +91,14 @@ CREATE TABLE IF NOT EXISTS audit_events (
     event      VARCHAR NOT NULL,      -- the event as the Public API returned it (local only, never sent raw)
     pulled_run VARCHAR,
     pulled_at  TIMESTAMPTZ NOT NULL
+);
+-- Hours read to the end and handed to the destinations; an hour gets its forwarded_windows row once nothing
+-- of it is pending or awaiting confirmation any more (that run, or a later one that settled it).
+CREATE TABLE IF NOT EXISTS read_windows (
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    run_id       VARCHAR,
+    read_at      TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS forwarded_windows (
     window_start TIMESTAMPTZ NOT NULL,
@@ -201,6 +203,12 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
     con.execute(_SCHEMA)
     started = time.monotonic()
     ledger = Ledger(con)
+    # One row per hour of the window (a backfill run covers several): read to the end, now handed over.
+    con.execute(
+        """
+        INSERT INTO read_windows SELECT h, least(h + INTERVAL 1 HOUR, $end), $run_id, now()
+        FROM (SELECT unnest(generate_series($start, $end, INTERVAL 1 HOUR)) AS h) WHERE h < $end
+        """, {"start": start, "end": end, "run_id": run_id})
     events = [orjson.loads(row[0]) for row in con.execute(
         "SELECT event FROM audit_events WHERE ts > ? AND ts <= ? ORDER BY ts, id", [start, end]).fetchall()]
     redacted = [rules.redact(e) if rules else e for e in events]
@@ -227,28 +235,55 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
         counts = ledger.counts(sync)
         report.pending_total[sync] = counts.pending
         report.awaiting_total[sync] = counts.awaiting_ack
-    if report.handed_over:  # one row per hour of the window (a backfill run covers several)
-        con.execute(
-            """
-            INSERT INTO forwarded_windows
-            SELECT h, least(h + INTERVAL 1 HOUR, $end), $run_id,
-                   (SELECT count(*) FROM audit_events WHERE ts > h AND ts <= least(h + INTERVAL 1 HOUR, $end)), now()
-            FROM (SELECT unnest(generate_series($start, $end, INTERVAL 1 HOUR)) AS h) WHERE h < $end
-            """, {"start": start, "end": end, "run_id": run_id})
+    record_forwarded_hours(con, ledger, [ledger_sync(d) for d in destinations], run_id=run_id,
+                           since=end - timedelta(days=GAP_LOOKBACK_DAYS))
     report.seconds = time.monotonic() - started
     return report
 
 
 def window_status(con: duckdb.DuckDBPyConnection, sync: str, start: datetime, end: datetime) -> WindowStatus:
-    staged, unplanned, delivered, pending, rejected, awaiting = con.execute(
-        f"""
-        SELECT count(*), count(*) FILTER (WHERE l.message_id IS NULL),
-               count(*) FILTER (WHERE l.status = '{DELIVERED}'), count(*) FILTER (WHERE l.status = '{PENDING}'),
-               count(*) FILTER (WHERE l.status = '{REJECTED}'), count(*) FILTER (WHERE l.status = '{AWAITING_ACK}')
-        FROM audit_events a LEFT JOIN ledger l ON l.sync = ? AND l.message_id = a.id
-        WHERE a.ts > ? AND a.ts <= ?
-        """, [sync, start, end]).fetchone()
-    return WindowStatus(staged, unplanned, delivered, pending, rejected, awaiting)
+    """Where the staged events with start < ts <= end stand in `sync`'s ledger."""
+    con.execute("CREATE OR REPLACE TEMP TABLE window_events AS "
+                "SELECT id AS message_id, 0 AS grp FROM audit_events WHERE ts > ? AND ts <= ?", [start, end])
+    try:
+        counts = Ledger(con, create=False).window_counts(sync, "window_events").get(0, MessageCounts())
+    finally:
+        con.execute("DROP TABLE window_events")
+    return WindowStatus(counts.total, counts.unplanned, counts.delivered, counts.pending, counts.rejected,
+                        counts.awaiting_ack)
+
+
+def record_forwarded_hours(con: duckdb.DuckDBPyConnection, ledger: Ledger, syncs: Sequence[str], *,
+                           run_id: str | None, since: datetime) -> int:
+    """Give each hour read since `since` that has no `forwarded_windows` row yet one, once every staged event
+    of it is delivered or rejected in every one of `syncs` (nothing unplanned, pending or awaiting
+    confirmation); returns how many hours got one. Later runs settle acks, so they complete earlier hours."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE open_hours AS
+        SELECT window_start, max(window_end) AS window_end FROM read_windows r
+        WHERE window_start >= ?
+          AND NOT EXISTS (SELECT 1 FROM forwarded_windows f WHERE f.window_start = r.window_start)
+        GROUP BY window_start
+        """, [since])
+    hour_events = ("(SELECT a.id AS message_id, h.window_start AS grp FROM audit_events a "
+                   "JOIN open_hours h ON a.ts > h.window_start AND a.ts <= h.window_end)")
+    unsettled: set[datetime] = set()
+    for sync in syncs:
+        unsettled |= {hour for hour, counts in ledger.window_counts(sync, hour_events).items() if not counts.settled}
+    con.execute("CREATE OR REPLACE TEMP TABLE unsettled_hours AS SELECT unnest(?::TIMESTAMPTZ[]) AS window_start",
+                [sorted(unsettled)])
+    added = con.execute(
+        """
+        INSERT INTO forwarded_windows
+        SELECT h.window_start, h.window_end, ?,
+               (SELECT count(*) FROM audit_events WHERE ts > h.window_start AND ts <= h.window_end), now()
+        FROM open_hours h WHERE h.window_start NOT IN (SELECT window_start FROM unsettled_hours)
+        RETURNING window_start
+        """, [run_id]).fetchall()
+    con.execute("DROP TABLE open_hours")
+    con.execute("DROP TABLE unsettled_hours")
+    return len(added)
 
 
 def hec_channel(con: duckdb.DuckDBPyConnection) -> str:
@@ -286,7 +321,8 @@ def _settle(ledger: Ledger, sync: str, destination: SiemDestination, report: For
 
 def missing_windows(con: duckdb.DuckDBPyConnection, now: datetime, lookback: timedelta) -> tuple[int, list[datetime]]:
     """(windows forwarded, hours without a complete forward) between the first and last forwarded hour of
-    the lookback: a hole there means an hour was never read to the end or still has events pending."""
+    the lookback: a hole there means an hour was never read to the end or still has events pending or
+    awaiting confirmation (`record_forwarded_hours`)."""
     con.execute(_SCHEMA)
     starts = {row[0].astimezone(UTC) for row in con.execute(
         "SELECT DISTINCT window_start FROM forwarded_windows WHERE window_start >= ?", [now - lookback]).fetchall()}
@@ -385,8 +421,8 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
                                       "acknowledgement (only awaiting: a warning; a later run settles the acks)."),
         dg.AssetCheckSpec("no_gap_between_forwarded_windows", asset=FORWARD_KEY,
                           description=f"Between the first and last hour forwarded in the last {GAP_LOOKBACK_DAYS} "
-                                      "days, every hour was read and handed to every SIEM with nothing left "
-                                      "pending (indexer acks may still be due: see delivery_complete)."),
+                                      "days, every hour was read and every event of it delivered to every SIEM "
+                                      "(or rejected): nothing pending or awaiting HEC's indexer acknowledgement."),
     ],
 )
 def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResource, siem_jsonl: JsonLinesSiemResource,

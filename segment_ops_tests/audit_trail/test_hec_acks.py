@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from datetime import UTC
 
 import dagster as dg
 import duckdb
@@ -323,3 +324,27 @@ def test_concurrent_batches_on_one_channel_are_all_confirmed_and_none_read_as_a_
     assert report.deliveries["audit_trail"].requests >= 15 and report.complete
     assert (settled.confirmed, settled.lost, settled.expired) == (len(expected), 0, 0)
     assert sorted(received_ids(acking)) == sorted(expected)
+
+
+def forwarded_hours(home) -> set[str]:
+    with store.staging(staging_file(home)) as con:
+        return {row[0].astimezone(UTC).strftime("%Y-%m-%d-%H:00")
+                for row in con.execute("SELECT window_start FROM forwarded_windows").fetchall()}
+
+
+def test_an_hour_counts_as_forwarded_only_once_its_acks_are_in_and_a_later_run_records_it(
+        resources, clean_sandbox, sandbox_factory, ops_env):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0)}
+    first_key, later_key = complete_hours(3)[:2]
+    inject_events(clean_sandbox, first_key, 2)
+
+    awaiting = run_hour(resources, first_key)
+    assert first_key not in forwarded_hours(ops_env)  # handed over, but HEC has not acknowledged it yet
+    time.sleep(1.2)
+    later = run_hour(resources, later_key)
+
+    assert awaiting.success and later.success
+    assert metadata(awaiting)["awaiting_ack_total"] > 0 and metadata(later)["indexer_acks_confirmed"] > 0
+    assert forwarded_hours(ops_env) == {first_key, later_key}
+    assert checks(later)["no_gap_between_forwarded_windows"].passed
