@@ -43,11 +43,13 @@ class PendoSettingError(ValueError):
         super().__init__(f"{setting}: {problem}")
 
 
-def subscription_zone(name: str, setting: str = "PENDO_TIMEZONE") -> ZoneInfo:
-    """The subscription's time zone from its IANA name; whole-hour offsets only, as Pendo allows.
+def subscription_zone(name: str, setting: str = "PENDO_TIMEZONE", *, since: date | None = None) -> ZoneInfo:
+    """The subscription's time zone from its IANA name; whole-hour offsets only, as Pendo allows, from `since`
+    (the first day that will be read; default: today) on. A zone whose offset was a half hour only before
+    then (America/Caracas -04:30 until 2016, Asia/Pyongyang +08:30 until 2018) is accepted.
 
     Raises `PendoSettingError` naming `setting` for an unknown name or a zone with a half- or
-    quarter-hour offset (Asia/Kolkata, Australia/Eucla, ...), which Pendo does not offer.
+    quarter-hour offset from `since` on (Asia/Kolkata, Australia/Eucla, ...), which Pendo does not offer.
     """
     cleaned = (name or "").strip()
     try:
@@ -56,7 +58,7 @@ def subscription_zone(name: str, setting: str = "PENDO_TIMEZONE") -> ZoneInfo:
         raise PendoSettingError(setting, f"{name!r} is not an IANA time zone name such as America/New_York "
                                          "(use the zone of Settings > Subscription settings > Time Zone in Pendo)"
                                 ) from None
-    offset = _fractional_offset(zone)
+    offset = fractional_offset(zone, since or datetime.now(UTC).date())
     if offset is not None:
         raise PendoSettingError(setting, f"{cleaned} has the UTC offset {_format_offset(offset)}; Pendo supports "
                                          "whole-hour time zones only (support.pendo.io \"Change your Subscription "
@@ -191,11 +193,13 @@ def last_settled_day(zone: ZoneInfo, settle_hours: float, now: datetime | None =
     return (now - timedelta(hours=settle_hours)).astimezone(zone).date() - timedelta(days=1)
 
 
-def _fractional_offset(zone: ZoneInfo) -> timedelta | None:
-    """A UTC offset of `zone` that is not a whole number of hours, between 1990 and 2040 (weekly samples:
-    every DST period lasts longer than a week), or None."""
-    moment = datetime(1990, 1, 1, tzinfo=UTC)
-    while moment.year < 2040:
+def fractional_offset(zone: ZoneInfo, since: date, years: int = 20) -> timedelta | None:
+    """A UTC offset of `zone` that is not a whole number of hours, from `since` for `years` years (weekly
+    samples: every DST period lasts longer than a week), or None. Offsets before `since` do not matter: no day
+    before it is read. Shared by the client's setting check and the sandbox's emulated subscription."""
+    moment = datetime(since.year, since.month, since.day, tzinfo=UTC)
+    end = moment.replace(year=since.year + years)
+    while moment < end:
         offset = moment.astimezone(zone).utcoffset() or timedelta(0)
         if offset % timedelta(hours=1):
             return offset

@@ -45,7 +45,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -55,6 +55,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from segment_ops.clients.pendo import fractional_offset
 from segment_ops.config import SANDBOX_PENDO_TIMEZONE
 from segment_ops.sandbox.common import (
     BodyTooLarge,
@@ -250,13 +251,12 @@ def _apps(named: str | frozenset[int] | None) -> Collection[int] | None:
 
 
 def _whole_hour_zone(name: str) -> ZoneInfo:
-    """The subscription's zone; Pendo offers whole-hour zones only (support.pendo.io), so the sandbox does too."""
+    """The subscription's zone; Pendo offers whole-hour zones only (support.pendo.io), so the sandbox does too,
+    over the days its demo data spans (a zone that was half-hour before them, such as America/Caracas, is one)."""
     zone = ZoneInfo(name)
-    moment = datetime(2000, 1, 1, tzinfo=UTC)
-    while moment.year < 2040:
-        if (moment.astimezone(zone).utcoffset() or timedelta(0)) % timedelta(hours=1):
-            raise ValueError(f"Pendo offers whole-hour time zones only; {name} is not one")
-        moment += timedelta(days=7)
+    offset = fractional_offset(zone, POPULATION_START.date())
+    if offset is not None:
+        raise ValueError(f"Pendo offers whole-hour time zones only; {name} is not one (UTC offset {offset})")
     return zone
 
 

@@ -83,8 +83,9 @@ GROUPS_KEY = dg.AssetKey(["segment", "pendo_account_groups"])
 JOB_NAME = "pendo_account_health_job"
 PARTITIONS_START = "2026-01-01"
 # The subscription's zone, read when the definitions load (partitions must exist then); a zone that is not
-# an IANA name or not whole-hour stops the load with an error naming PENDO_TIMEZONE.
-SUBSCRIPTION_ZONE = subscription_zone(load_settings()["PENDO_TIMEZONE"])
+# an IANA name or not whole-hour from PARTITIONS_START on (earlier days are never read) stops the load with
+# an error naming PENDO_TIMEZONE.
+SUBSCRIPTION_ZONE = subscription_zone(load_settings()["PENDO_TIMEZONE"], since=date.fromisoformat(PARTITIONS_START))
 TIMEZONE = SUBSCRIPTION_ZONE.key
 AppScope.parse(load_settings()["PENDO_APP_IDS"])  # PENDO_APP_IDS is the resource's; a bad value stops the load too
 # end_offset 0: the newest partition is yesterday in the subscription's zone (readable `settle_hours` after it ends).

@@ -5,6 +5,7 @@ told from a missing one, and days staged under UTC are re-read rather than count
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -343,9 +344,39 @@ def test_the_default_scoring_day_is_the_newest_day_staged_in_the_zone(resources,
 # ------------------------------------------------------------------------------------ the setting itself
 
 
-@pytest.mark.parametrize("name", ["America/New_York", "Europe/Berlin", "Asia/Tokyo", "UTC", " Australia/Sydney "])
+@pytest.mark.parametrize("name", ["America/New_York", "Europe/Berlin", "Asia/Tokyo", "UTC", " Australia/Sydney ",
+                                  "America/Caracas", "Asia/Pyongyang"])  # half-hour once, whole-hour since 2016/2018
 def test_whole_hour_zones_are_accepted(name):
     assert subscription_zone(name).key == name.strip()
+    assert subscription_zone(name, since=date.fromisoformat(pendo.PARTITIONS_START)).key == name.strip()
+
+
+@pytest.mark.parametrize(("name", "since", "offset"), [("America/Caracas", date(2015, 6, 1), "-04:30"),
+                                                       ("Asia/Pyongyang", date(2017, 1, 1), "+08:30")])
+def test_a_half_hour_offset_from_the_first_day_read_on_is_refused(name, since, offset):
+    with pytest.raises(PendoSettingError, match=re.escape(f"{name} has the UTC offset {offset}")):
+        subscription_zone(name, since=since)
+
+
+def test_a_zone_whole_hour_since_the_partitions_start_loads_the_definitions(tmp_path):
+    loaded = load_pendo_sync("print(pendo.PARTITIONS.timezone)", PENDO_TIMEZONE="America/Caracas",
+                             SEGMENT_OPS_HOME=str(tmp_path))
+
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["America/Caracas"]
+
+
+def test_the_sandbox_serves_a_subscription_in_a_zone_that_was_half_hour_once(con, pendo_in_zone, config_no_identity):
+    caracas = ZoneInfo("America/Caracas")
+    client = PendoClient(pendo_in_zone("America/Caracas"), SANDBOX_PENDO_INTEGRATION_KEY)
+    last = yesterday() - timedelta(days=1)
+
+    report = extract_days(con, client, config_no_identity, last - timedelta(days=2), last, zone=caracas)
+
+    assert report.days == 3 and report.visitor_rows > 0
+    starts = [s for (s,) in con.execute("SELECT day_start_ms FROM pendo_staged_days").fetchall()]
+    assert {datetime.fromtimestamp(s / 1000, UTC).hour for s in starts} == {4}  # Caracas midnight, -04:00
+    client.close()
 
 
 @pytest.mark.parametrize(("name", "problem"), [
