@@ -330,12 +330,16 @@ def _rows(con: duckdb.DuckDBPyConnection, table: str, path: Path, *, array: bool
 
 
 def _app_outside(apps: AppScope) -> str:
-    """SQL: the reason when a row's appId is not among the configured apps (never, for every app)."""
+    """SQL: the reason when a row's appId is not among the configured apps (never, for every app). A row
+    without an appId is rejected too: it cannot be told to belong to them (and `NULL NOT IN (...)` is NULL,
+    which would let it through)."""
     if apps.every_app:
         return "NULL"
     allowed = ", ".join(literal(a) for a in apps.ids)
-    return (f"CASE WHEN {_TEXT.format('appId')} NOT IN ({allowed}) THEN 'app ' || (j->>'appId') "
-            f"|| ' is not among PENDO_APP_IDS ({', '.join(apps.ids)})' END")
+    listed = ", ".join(apps.ids)
+    return (f"CASE WHEN {_TEXT.format('appId')} IS NULL THEN 'no appId, so it cannot be told to be among "
+            f"PENDO_APP_IDS ({listed})' WHEN {_TEXT.format('appId')} NOT IN ({allowed}) THEN 'app ' "
+            f"|| (j->>'appId') || ' is not among PENDO_APP_IDS ({listed})' END")
 
 
 def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Path, apps: AppScope,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from segment_ops.clients.pendo import ALL_APPS, AppScope, PendoClient, PendoSettingError
@@ -211,3 +212,24 @@ def test_days_staged_with_the_apps_described_in_words_are_recorded_as_their_app_
     ensure_schema(con)
 
     assert con.execute("SELECT apps FROM pendo_staged_days ORDER BY day").fetchall() == [(f"{WEB},{IOS}",), ("*",)]
+
+
+def test_a_row_without_an_app_id_is_rejected_when_app_ids_are_configured(con, config_no_identity, clean_sandbox):
+    client = client_for(clean_sandbox, AppScope((IOS,)))
+    read = client.aggregate_raw
+    stripped = []
+
+    def without_app_ids(pipeline, **kwargs):  # as if Pendo left appId out of its rows
+        body = orjson.loads(read(pipeline, **kwargs))
+        for row in body["results"]:
+            if "appId" in row:
+                stripped.append(row.pop("appId"))
+        return orjson.dumps(body)
+
+    client.aggregate_raw = without_app_ids
+    report = extract_days(con, client, config_no_identity, yesterday(), yesterday(), zone=ZONE, run_id="r1")
+
+    assert stripped and report.visitor_rows == report.feature_rows == 0
+    reasons = {r for (r,) in con.execute("SELECT DISTINCT reason FROM rejected WHERE run_id = 'r1'").fetchall()}
+    assert f"no appId, so it cannot be told to be among PENDO_APP_IDS ({IOS})" in reasons
+    client.close()
