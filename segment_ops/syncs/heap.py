@@ -272,6 +272,8 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                                   alerts: AlertsResource) -> dg.SensorResult:
         inbox = Inbox.for_home(staging.home)
         reported: set[str] = set(json.loads(context.cursor)) if context.cursor else set()
+        # Syncs a receiver of the older layout stored under their raw ids: moved first, so they are applied.
+        unmigrated = inbox.migrate_old_layout()
         now = datetime.now(UTC)
         requests, held, problems, stale = [], 0, [], []  # problems: (inbox key, what is wrong)
         for sync in inbox.syncs():
@@ -309,10 +311,9 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                                    {"sync_task_ids": [], "drain_keys": [drain.key]})
             if request is not None:
                 requests.append(request)
-        for folder in inbox.unknown_folders():
-            problems.append((f"folder:{folder.name}", f"{folder} is not a sync or drain of this inbox layout (a "
-                                                      "receiver from before sync ids were hashed?): not applied; the "
-                                                      "reconcile covers what it held"))
+        for folder, why in unmigrated:
+            problems.append((f"folder:{folder.name}", f"{folder} is a folder of an older inbox layout that could "
+                                                      f"not be moved into this one: {why}; not applied"))
         for key, problem in problems:
             if key not in reported:
                 context.log.warning(problem)

@@ -11,7 +11,11 @@
 
 A sync's `<key>` is a hash of its `sync_task_id` (`heap.sync_key`): Heap's ids may be any string (spec §7),
 so no id reaches the file system; the original is kept in `sync.json` and in every page for display and
-logs. A drain's `<key>` is a hash of its signed body (`heap.DrainRequest.key`): a drain has no id of its
+logs. Only `sync-<32 hex>` and `drain-<32 hex>[-<n>]` are folders of this layout: a folder of the older
+layout (`inbox/heap/<sync_task_id>/`, its raw id, which may itself start with `sync-` or `drain-`) is
+moved into this one by `migrate_old_layout` (the sensor calls it every tick): renamed to
+`sync-<key of its id>`, atomically, its parent fsynced, so a pending sync in it is then applied like any
+other; a folder that cannot be moved is reported. A drain's `<key>` is a hash of its signed body (`heap.DrainRequest.key`): a drain has no id of its
 own, so Heap's retries of it (signed again, same body) are stored once.
 
 Plain files, so the receiver needs no database and any number of receiver processes can share the
@@ -61,6 +65,8 @@ DRAIN_FILE = "drain.json"
 CONFLICTS_FOLDER = "conflicts"
 SYNC_PREFIX, DRAIN_PREFIX = "sync-", "drain-"
 _PAGE_FILE = re.compile(r"^page-(\d+)\.json$")
+_SYNC_FOLDER = re.compile(r"^sync-[0-9a-f]{32}$")
+_DRAIN_FOLDER = re.compile(r"^drain-[0-9a-f]{32}(?:-[0-9]+)?$")
 
 
 class InboxError(RuntimeError):
@@ -202,13 +208,50 @@ class Inbox:
         folder = self.sync_folder(sync_task_id)
         return self._summary(folder, (folder / DONE_MARKER).exists()) if folder.is_dir() else None
 
-    def unknown_folders(self) -> list[Path]:
-        """Folders that are neither a sync nor a drain, e.g. a sync stored under its raw id by a receiver from
-        before ids were hashed: never applied, so the sensor reports them instead of passing over them."""
+    def old_layout_folders(self) -> list[Path]:
+        """Folders that are neither a sync nor a drain of this layout: a sync stored under its raw id by a
+        receiver from before ids were hashed (`migrate_old_layout` moves them)."""
         if not self.root.is_dir():
             return []
-        return sorted(Path(e.path) for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(
-            (SYNC_PREFIX, DRAIN_PREFIX, ".")))
+        return sorted(Path(e.path) for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
+                      and not _SYNC_FOLDER.match(e.name) and not _DRAIN_FOLDER.match(e.name))
+
+    def migrate_old_layout(self) -> list[tuple[Path, str]]:
+        """Move every folder of the older layout to `sync-<key of its sync_task_id>` (one atomic rename each,
+        then an fsync of `inbox/heap`); returns the folders that could not be moved, with why."""
+        failed = []
+        for folder in self.old_layout_folders():
+            problem = self._migrate(folder)
+            if problem is not None:
+                failed.append((folder, problem))
+        return failed
+
+    def _migrate(self, folder: Path) -> str | None:
+        files = self._page_files(folder)
+        if not files:
+            return "it holds no page-<n>.json, so it is no sync of any layout"
+        try:
+            summary = self._read(folder / SUMMARY_FILE) if (folder / SUMMARY_FILE).exists() else None
+            first = self._read(files[0][1])
+            task = str((summary or {}).get("sync_task_id") or first.get("sync_task_id") or folder.name)
+            if summary is None:  # the oldest layout had no sync.json: its first page carries the same fields
+                received = min(datetime.fromtimestamp(p.stat().st_mtime, UTC) for _, p in files)
+                _write_once(folder / SUMMARY_FILE, orjson.dumps({
+                    "sync_task_id": task, "segment": first["segment"], "total_pages": first["total_pages"],
+                    "first_received": received.isoformat()}))
+        except (InboxError, KeyError, TypeError, OSError) as exc:
+            return f"it could not be read ({exc})"
+        target = self.sync_folder(task)
+        if target.exists():
+            return f"{target.name} (the same sync_task_id {task!r} in this layout) exists already; merge by hand"
+        try:
+            # rename(2) is atomic; onto an existing folder it fails unless that folder is empty, which only a
+            # receiver's mkdir racing this one can leave: its next write then lands in the moved folder.
+            os.rename(folder, target)
+        except OSError as exc:
+            return f"it could not be renamed to {target.name} ({exc})"
+        _fsync_dir(self.root)
+        return None
 
     def drains(self, *, include_done: bool = False) -> list[InboxDrain]:
         """Every stored drain (not yet applied, unless `include_done`), in the order Heap signed them."""
@@ -272,8 +315,9 @@ class Inbox:
     def _folders(self, prefix: str) -> Iterator[Path]:
         if not self.root.is_dir():
             return
+        pattern = _SYNC_FOLDER if prefix == SYNC_PREFIX else _DRAIN_FOLDER
         for entry in os.scandir(self.root):
-            if entry.is_dir() and entry.name.startswith(prefix):
+            if entry.is_dir() and pattern.match(entry.name):
                 yield Path(entry.path)
 
     def _summary(self, folder: Path, done: bool) -> InboxSync | None:
@@ -284,7 +328,9 @@ class Inbox:
         received = [datetime.fromtimestamp(p.stat().st_mtime, UTC) for _, p in files]
         summary = self._read(folder / SUMMARY_FILE)  # a few hundred bytes, whatever the pages weigh
         first = datetime.fromisoformat(summary["first_received"])
-        return InboxSync(str(summary["sync_task_id"]), int(summary["segment"]["id"]), str(summary["segment"]["name"]),
+        # A summary of the older layout may lack the id (its folder name was the id): its pages carry it.
+        task = summary["sync_task_id"] if "sync_task_id" in summary else self._read(files[0][1])["sync_task_id"]
+        return InboxSync(str(task), int(summary["segment"]["id"]), str(summary["segment"]["name"]),
                          int(summary["total_pages"]), tuple(n for n, _ in files), min(first, min(received)),
                          max(received), done)
 

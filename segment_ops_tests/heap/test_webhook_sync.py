@@ -167,10 +167,54 @@ def test_a_stale_sync_alert_that_could_not_be_posted_is_posted_on_the_next_tick(
     assert len(heap.received("slack")) == 1
 
 
-def test_a_folder_of_an_older_inbox_layout_is_reported_not_passed_over(ops_env, instance):
-    (ops_env / "inbox" / "heap" / "FreeCustomersSync").mkdir(parents=True)
+def to_old_layout(home, sync_task_id: str, *, folder_name: str | None = None, summary: bool = True):
+    """Move a stored sync back to the layout of receivers from before ids were hashed: inbox/heap/<raw id>/,
+    whose sync.json had no id (`summary` False: the oldest layout, no sync.json at all)."""
+    new = inbox(home).sync_folder(sync_task_id)
+    old = new.parent / (folder_name or sync_task_id)
+    new.rename(old)
+    known = orjson.loads((old / "sync.json").read_bytes())
+    (old / "sync.json").unlink()
+    if summary:
+        (old / "sync.json").write_bytes(orjson.dumps({k: v for k, v in known.items() if k != "sync_task_id"}))
+    return old
+
+
+def test_a_pending_sync_of_the_older_inbox_layout_is_migrated_and_applied(heap, instance, resources, ops_env,
+                                                                         warehouse):
+    pushed = heap.push_heap(at=AT, segments=[POWER_USERS])
+    [task] = {s["sync_task_id"] for s in pushed["syncs"]}
+    old = to_old_layout(ops_env, task)
+
+    sensed = evaluate_sensor(instance, ops_env)
+    [result] = [run_request(instance, resources, r) for r in sensed.run_requests]
+
+    assert not old.exists() and inbox(ops_env).sync_folder(task).is_dir()
+    assert result.success and inbox(ops_env).is_done(task)
+    expected = resolvable(warehouse, POWER_USERS)
+    assert {m["userId"] for m in calls(heap, "heap_power_users")["entered"]} == expected
+    assert "folder:" not in (sensed.cursor or "")
+
+
+def test_old_ids_that_look_like_this_layouts_prefixes_are_migrated_too(heap, ops_env, instance):
+    pushed = heap.push_heap(at=AT, segments=[POWER_USERS])
+    [task] = {s["sync_task_id"] for s in pushed["syncs"]}
+    to_old_layout(ops_env, task, folder_name="sync-legacy-1", summary=False)
 
     sensed = evaluate_sensor(instance, ops_env)
 
-    assert "FreeCustomersSync is not a sync or drain of this inbox layout" in sensed.skip_reason.skip_message
-    assert "folder:FreeCustomersSync" in sensed.cursor
+    [sync] = inbox(ops_env).syncs()
+    assert sync.sync_task_id == task and sync.complete and len(sensed.run_requests) == 1
+    assert not (ops_env / "inbox" / "heap" / "sync-legacy-1").exists()
+
+
+def test_a_folder_of_an_older_layout_that_cannot_be_migrated_is_reported_once(ops_env, instance):
+    (ops_env / "inbox" / "heap" / "FreeCustomersSync").mkdir(parents=True)
+
+    sensed = evaluate_sensor(instance, ops_env)
+    again = evaluate_sensor(instance, ops_env, cursor=sensed.cursor)
+
+    assert "FreeCustomersSync is a folder of an older inbox layout that could not be moved" in \
+        sensed.skip_reason.skip_message
+    assert "it holds no page-<n>.json" in sensed.skip_reason.skip_message
+    assert "folder:FreeCustomersSync" in sensed.cursor and again.cursor == sensed.cursor
