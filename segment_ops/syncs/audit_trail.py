@@ -10,12 +10,15 @@
   next run. Both steps hold the staging file (pool `staging_audit_trail`), so two runs never deliver
   the same pending message at once. Neither SIEM deduplicates, so each batch's outcome is recorded as
   soon as it is known: a killed run re-sends only the batches that were on the wire.
-- With HEC indexer ack on, a batch HEC took is "awaiting ack" (its channel and ackId in the ledger), not
-  delivered, and is not sent again. Each run first polls the acks earlier runs left (on the channel kept
-  in `hec_channel`, or `SPLUNK_HEC_CHANNEL`), then sends, then polls for at most `ack_settle_seconds`;
-  what is still unacknowledged `SPLUNK_HEC_ACK_TIMEOUT_SECONDS` after it was sent is sent again.
+- With HEC indexer ack on, a batch HEC took is "awaiting ack" (its channel, ackId and a send id in the
+  ledger), not delivered, and is not sent again. Each run first polls the acks earlier runs left (each
+  on its own channel: the one kept in `hec_channel`, or `SPLUNK_HEC_CHANNEL`), then sends, then polls for
+  at most `ack_settle_seconds`; what is still unacknowledged `SPLUNK_HEC_ACK_TIMEOUT_SECONDS` after it was
+  sent is sent again, and so is what HEC can no longer acknowledge because it forgot the channel.
 - `audit_events_sensor` probes the newest hours every few minutes (one event per probe) and starts a
-  run for an hour whose newest event changed, never while a run of that hour is queued or running.
+  run for an hour whose newest event changed, never while a run of that hour is queued or running. While
+  acks are awaited and nothing else runs, it starts a run of the newest complete hour each tick, so acks
+  are polled and timed-out batches re-sent on a quiet workspace too.
   `audit_trail_safety_net` (hourly, off by default) re-reads the last two complete hours.
 
 Windows are (start, end] as the Public API reads them (spec §2: startTime exclusive), so consecutive
@@ -35,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -59,7 +63,7 @@ from segment_ops.resources import (
     SplunkHecResource,
     StagingResource,
 )
-from segment_ops.siem import SiemDestination, ledger_sync
+from segment_ops.siem import SiemDestination, SplunkHecDestination, ledger_sync
 from segment_ops.syncs import OWNER
 from segment_ops.syncs.external import SEGMENT_WORKSPACE
 from segment_ops.syncs.metadata import markdown_table
@@ -76,10 +80,12 @@ PARTITIONS = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offs
 # Backfills: at most a day of hours per run (runs queue one at a time behind the staging pool).
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
 SENSOR_HOURS = 2  # the newest hours the sensor probes (the current one and the one before)
+SENSOR_INTERVAL = 180  # seconds; also how often acks are polled while awaited (HEC forgets idle channels at 600 s)
 SAFETY_NET_HOURS = 2  # complete hours the schedule re-reads
 GAP_LOOKBACK_DAYS = 7
 SENSOR_RETRY = RetryPolicy(max_attempts=3, max_elapsed=20.0)
 DEFAULT_ACK_TIMEOUT = 300.0  # seconds; the Kafka connector's HEC ack timeout (spec §7)
+HEC_LEDGER_SYNC = ledger_sync(SplunkHecDestination)  # type: ignore[arg-type]
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]
 
@@ -524,15 +530,18 @@ audit_trail_job = dg.define_asset_job(
     description="Pull one hour of the Segment audit trail and forward it to the SIEM, each event once.")
 
 
-@dg.sensor(job=audit_trail_job, minimum_interval_seconds=180, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(job=audit_trail_job, minimum_interval_seconds=SENSOR_INTERVAL,
+           default_status=dg.DefaultSensorStatus.RUNNING,
            description=f"Every 3 minutes, probes the newest {SENSOR_HOURS} hours of the audit trail (one event "
-                       "each) and starts a run for an hour whose newest event changed.")
-def audit_events_sensor(context: dg.SensorEvaluationContext,
-                       segment_public_api: SegmentPublicApiResource) -> dg.SensorResult:
+                       "each) and starts a run for an hour whose newest event changed; while HEC acks are awaited "
+                       "and no run is going, starts a run of the newest complete hour so they are polled, and "
+                       "those past the ack timeout sent again, without waiting for new events.")
+def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api: SegmentPublicApiResource,
+                        staging: StagingResource) -> dg.SensorResult:
     now = datetime.now(UTC)
     keys = PARTITIONS.get_partition_keys(current_time=now)[-SENSOR_HOURS:]
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    requests, notes = [], []
+    requests, notes, probed = [], [], True
     # Sensor evaluations time out after 60 s: probe with a short retry budget, not the runs' 300 s.
     client = SegmentPublicApiClient(segment_public_api.base_url, segment_public_api.token, timeout=10.0,
                                     retry=SENSOR_RETRY)
@@ -550,12 +559,51 @@ def audit_events_sensor(context: dg.SensorEvaluationContext,
                                           tags={"segment_ops/trigger": "audit_events_sensor"}))
             seen[key] = newest["id"]
     except VendorError as exc:
-        return dg.SensorResult(skip_reason=dg.SkipReason(f"Public API probe failed: {exc}"), cursor=context.cursor)
+        requests, probed = [], False
+        notes.append(f"Public API probe failed: {exc}")
     finally:
         client.close()
-    cursor = json.dumps({k: v for k, v in seen.items() if k in keys})  # only the probed hours: stays small
+    if not requests:
+        settle = _settle_request(context.instance, staging.staging_db(STAGING_SYNC), now)
+        if isinstance(settle, dg.RunRequest):
+            requests.append(settle)
+        elif settle:
+            notes.append(settle)
+    # only the probed hours: stays small; a failed probe keeps the cursor, so the next tick asks again
+    cursor = json.dumps({k: v for k, v in seen.items() if k in keys}) if probed else context.cursor
     skip = None if requests else dg.SkipReason("; ".join(notes) or f"no new audit events in {', '.join(keys)}")
     return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=cursor)
+
+
+def awaiting_acks(path: Path) -> int | None:
+    """Messages of the HEC ledger awaiting an indexer ack in the staging file at `path` (0: no file or no
+    ledger yet); None while a run holds the file (that run polls them)."""
+    if not path.exists():
+        return 0
+    try:
+        con = store.connect(path, read_only=True, threads=1, lock_timeout=2.0)
+    except store.StagingLockedError:
+        return None
+    try:
+        return sum(r.messages for r in Ledger(con, create=False).awaiting_receipts(HEC_LEDGER_SYNC))
+    except duckdb.CatalogException:  # the ledger tables do not exist yet
+        return 0
+    finally:
+        con.close()
+
+
+def _settle_request(instance: dg.DagsterInstance, path: Path, now: datetime) -> dg.RunRequest | str | None:
+    """A run of the newest complete hour when acks are awaited and no run of the job is going: it polls the
+    acks, re-opens and re-sends what timed out, and re-reads an hour (harmless: only what is new is sent).
+    Every tick (3 minutes) while acks are awaited, so HEC's channel never idles past maxIdleTime (600 s)."""
+    awaiting = awaiting_acks(path)
+    if not awaiting:
+        return None if awaiting == 0 else "acks awaited, but a run holds the staging file (it polls them)"
+    if _run_in_flight(instance, None):
+        return f"{awaiting} message(s) await an ack; a run of the audit trail is going and polls them"
+    [key] = complete_hours(1, now)
+    return dg.RunRequest(partition_key=key, run_key=f"settle:{now.isoformat()}",
+                         tags={"segment_ops/trigger": "audit_events_sensor:settle_acks"})
 
 
 @dg.schedule(cron_schedule="20 * * * *", job=audit_trail_job, default_status=dg.DefaultScheduleStatus.STOPPED,
@@ -574,10 +622,11 @@ def complete_hours(count: int, now: datetime | None = None) -> list[str]:
     return PARTITIONS.get_partition_keys(current_time=now or datetime.now(UTC))[-count - 1:-1]
 
 
-def _run_in_flight(instance: dg.DagsterInstance, partition_key: str) -> bool:
+def _run_in_flight(instance: dg.DagsterInstance, partition_key: str | None) -> bool:
+    """Whether a run of the job (of `partition_key`; None: of any partition) is queued or running."""
+    tags = {"dagster/partition": partition_key} if partition_key else {}
     return bool(instance.get_run_records(
-        dg.RunsFilter(job_name=audit_trail_job.name, statuses=IN_FLIGHT, tags={"dagster/partition": partition_key}),
-        limit=1))
+        dg.RunsFilter(job_name=audit_trail_job.name, statuses=IN_FLIGHT, tags=tags), limit=1))
 
 
 defs = dg.Definitions(

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRun
 
-from segment_ops.resources import SegmentPublicApiResource
+from segment_ops.resources import SegmentPublicApiResource, StagingResource
 from segment_ops.syncs.audit_trail import (
     PARTITIONS,
     audit_events_sensor,
     audit_trail_job,
     audit_trail_safety_net,
 )
-from segment_ops_tests.audit_trail.conftest import received_ids, run_hour
+from segment_ops_tests.audit_trail.conftest import (
+    complete_hours,
+    inject_events,
+    metadata,
+    received_ids,
+    run_hour,
+    splunk_resource,
+)
 
 
 def tick(instance: dg.DagsterInstance, resources: dict, cursor: str | None) -> dg.SensorResult:
     context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"segment_public_api": resources["segment_public_api"]})
+                                      resources={"segment_public_api": resources["segment_public_api"],
+                                                 "staging": resources["staging"]})
     return audit_events_sensor(context)
 
 
@@ -62,10 +71,11 @@ def test_no_run_is_requested_for_an_hour_whose_run_is_still_in_flight(resources,
     assert current not in json.loads(result.cursor)  # so the next tick asks again
 
 
-def test_an_unreachable_public_api_skips_the_tick_and_keeps_the_cursor(instance):
+def test_an_unreachable_public_api_skips_the_tick_and_keeps_the_cursor(instance, tmp_path):
     unreachable = SegmentPublicApiResource(base_url="http://127.0.0.1:9/segmentapis", token="t")
     context = dg.build_sensor_context(instance=instance, cursor='{"x": "y"}',
-                                      resources={"segment_public_api": unreachable})
+                                      resources={"segment_public_api": unreachable,
+                                                 "staging": StagingResource(home=str(tmp_path))})
 
     result = audit_events_sensor(context)
 
@@ -80,3 +90,41 @@ def test_the_safety_net_rereads_the_last_two_complete_hours_and_is_off_by_defaul
 
     assert [r.partition_key for r in requests] == ["2026-11-23-14:00", "2026-11-23-15:00"]
     assert audit_trail_safety_net.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_while_acks_are_awaited_a_quiet_workspace_gets_a_run_each_tick_that_settles_them(
+        resources, clean_sandbox, sandbox_factory, instance):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0)}
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 2)
+    quiet = tick(instance, resources, None)  # nothing awaited yet: only the probe's requests
+    sent = run_hour(resources, key, instance)
+    assert sent.success and metadata(sent)["awaiting_ack_total"] > 0
+    time.sleep(1.1)
+
+    first = tick(instance, resources, quiet.cursor)
+    second = tick(instance, resources, first.cursor)  # still awaited (no run happened): asks again
+
+    [request] = first.run_requests
+    assert request.partition_key == complete_hours(1)[0] and request.tags["segment_ops/trigger"].endswith("settle_acks")
+    assert len(second.run_requests) == 1 and second.run_requests[0].run_key != request.run_key
+    settled = run_hour(resources, request.partition_key, instance, tags=request.tags)
+    assert settled.success and metadata(settled)["indexer_acks_confirmed"] == metadata(sent)["awaiting_ack_total"]
+    after = tick(instance, resources, first.cursor)
+    assert not after.run_requests  # nothing awaited any more
+
+
+def test_no_settle_run_is_requested_while_a_run_of_the_job_is_going(resources, clean_sandbox, sandbox_factory,
+                                                                    instance):
+    acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=60.0)
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 1)
+    assert run_hour(resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0)}, key, instance).success
+    quiet = tick(instance, resources, None)
+    instance.add_run(DagsterRun(job_name=audit_trail_job.name, run_id=str(uuid.uuid4()),
+                                status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": key}))
+
+    result = tick(instance, resources, quiet.cursor)
+
+    assert not result.run_requests and "await an ack" in result.skip_reason.skip_message
