@@ -10,8 +10,9 @@ nothing is hard-coded), and for each ledger sync in them counts, over the last D
   refused by the destination). Distinct, because the reverse-ETL diff rejects the same bad rows again on
   every run: four bad rows synced hourly are four rejections, not ninety-six;
 - failed: messages not delivered, counted once each: the latest outcome, logged in the window, is "still
-  pending after retries ran out"; or they are still pending although planned before the window ("stuck");
-  or they were planned and never attempted (the run stopped first, e.g. at a 401).
+  pending after retries ran out"; or they are "stuck": still pending although planned before the window,
+  or still awaiting the destination's confirmation (e.g. a HEC indexer ack) although sent before it; or
+  they were planned and never attempted (the run stopped first, e.g. at a 401).
 
 A sync with at least DELIVERY_HEALTH_MIN_MESSAGES (default 20) messages in the window whose (rejected +
 failed) share exceeds DELIVERY_HEALTH_MAX_FAILED_SHARE (default 5%) is flagged: the asset check
@@ -44,6 +45,7 @@ import duckdb
 from segment_ops.alerts import DeliveryHealthChange, delivery_health_message
 from segment_ops.clients.base import VendorError
 from segment_ops.engine import store
+from segment_ops.engine.ledger import Ledger
 from segment_ops.resources import AlertsResource, DeliveryHealthResource, StagingResource
 from segment_ops.syncs import OWNER
 from segment_ops.syncs.metadata import markdown_table
@@ -138,37 +140,9 @@ def open_read_only(path: Path, retry_seconds: float) -> duckdb.DuckDBPyConnectio
 
 
 def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int, int, int]]:
-    """(sync, delivered, rejected, failed) since `since` for every sync of the file's ledger (none: no ledger)."""
-    tables = {row[0] for row in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
-    if not {"planned_messages", "outcomes", "rejected"} <= tables:
-        return []
-    return con.execute(
-        """
-        WITH delivered AS (
-            SELECT sync, count(DISTINCT seq) AS n FROM outcomes
-            WHERE status = 'delivered' AND logged_at >= $since GROUP BY sync),
-        rejected_rows AS (
-            -- the diff rejects the same bad rows on every run: count each (row, reason) once
-            SELECT sync, count(DISTINCT (coalesce(record_key, record, run_id, ''), reason)) AS n
-            FROM rejected WHERE rejected_at >= $since GROUP BY sync),
-        latest AS (
-            SELECT sync, seq, arg_max(status, id) AS status, arg_max(error, id) AS error, max(logged_at) AS last_at
-            FROM outcomes GROUP BY sync, seq),
-        failed AS (
-            SELECT m.sync, count(*) AS n
-            FROM planned_messages m LEFT JOIN latest o ON o.sync = m.sync AND o.seq = m.seq
-            WHERE coalesce(o.status, 'pending') = 'pending'
-              AND ((o.error IS NOT NULL AND o.last_at >= $since)  -- retries ran out in the window
-                   OR m.planned_at < $since                       -- stuck: pending longer than the window
-                   OR o.status IS NULL)                           -- never attempted (the run stopped, e.g. 401)
-            GROUP BY m.sync),
-        syncs AS (SELECT sync FROM planned_messages UNION SELECT sync FROM rejected)  -- idle ones too
-        SELECT s.sync, coalesce(d.n, 0), coalesce(r.n, 0), coalesce(f.n, 0)
-        FROM syncs s LEFT JOIN delivered d USING (sync) LEFT JOIN rejected_rows r USING (sync)
-        LEFT JOIN failed f USING (sync)
-        ORDER BY s.sync
-        """, {"since": since}).fetchall()
+    """(sync, delivered, rejected, failed) since `since` for every sync of the file's ledger (none: no ledger),
+    read through the ledger's own API (`Ledger.delivery_figures`)."""
+    return [(f.sync, f.delivered, f.rejected, f.failed) for f in Ledger(con, create=False).delivery_figures(since)]
 
 
 def state_changes(report: HealthReport, state: dict[str, dict]) -> list[SyncHealth]:

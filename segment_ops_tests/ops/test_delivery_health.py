@@ -14,7 +14,15 @@ import dagster as dg
 import pytest
 
 from segment_ops.engine import store
-from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, Ledger, PlannedMessage, Rejection
+from segment_ops.engine.ledger import (
+    AWAITING_ACK,
+    DELIVERED,
+    PENDING,
+    REJECTED,
+    Ledger,
+    PlannedMessage,
+    Rejection,
+)
 from segment_ops.resources import build_resources
 from segment_ops.syncs.delivery_health import (
     BUSY,
@@ -275,3 +283,21 @@ def test_messages_pending_since_before_the_window_count_as_stuck(ops_env):
 
     [replay] = report.syncs
     assert replay.failed == 5
+
+
+def test_messages_awaiting_confirmation_since_before_the_window_count_as_stuck(ops_env):
+    write_ledger(ops_env, "audit_trail", delivered=30)
+    with store.staging(ops_env / "staging" / "audit_trail.duckdb") as con:
+        ledger = Ledger(con)
+        old = ledger.add_planned("audit_trail", [PlannedMessage(f"a{i}", f"a{i}", "audit_event", b"{}")
+                                                 for i in range(4)])
+        ledger.log_outcomes("audit_trail", [(seq, AWAITING_ACK, 1, None, "c:0:old") for seq in old.seqs])
+        con.execute("UPDATE outcomes SET logged_at = logged_at - INTERVAL 2 DAY WHERE receipt = 'c:0:old'")
+        recent = ledger.add_planned("audit_trail", [PlannedMessage(f"b{i}", f"b{i}", "audit_event", b"{}")
+                                                    for i in range(3)])
+        ledger.log_outcomes("audit_trail", [(seq, AWAITING_ACK, 1, None, "c:1:new") for seq in recent.seqs])
+
+    report = read_health(staging_files(ops_env), datetime.now(UTC) - timedelta(hours=24), max_share=0.05)
+
+    [audit] = report.syncs
+    assert (audit.delivered, audit.failed) == (30, 4)  # the recent ones may still be acknowledged
