@@ -11,7 +11,7 @@
 
 A sync's `<key>` is a hash of its `sync_task_id` (`heap.sync_key`): Heap's ids may be any string (spec §7),
 so no id reaches the file system; the original is kept in `sync.json` and in every page for display and
-logs. Only `sync-<32 hex>` and `drain-<32 hex>[-<n>]` are folders of this layout: a folder of the older
+logs. Only `sync-<32 hex>` and `drain-<key>` (no pages in it) are folders of this layout: a folder of the older
 layout (`inbox/heap/<sync_task_id>/`, its raw id, which may itself start with `sync-` or `drain-`) is
 moved into this one by `migrate_old_layout` (the sensor calls it every tick): renamed to
 `sync-<key of its id>`, atomically, its parent fsynced, so a pending sync in it is then applied like any
@@ -66,7 +66,6 @@ CONFLICTS_FOLDER = "conflicts"
 SYNC_PREFIX, DRAIN_PREFIX = "sync-", "drain-"
 _PAGE_FILE = re.compile(r"^page-(\d+)\.json$")
 _SYNC_FOLDER = re.compile(r"^sync-[0-9a-f]{32}$")
-_DRAIN_FOLDER = re.compile(r"^drain-[0-9a-f]{32}(?:-[0-9]+)?$")
 
 
 class InboxError(RuntimeError):
@@ -214,7 +213,11 @@ class Inbox:
         if not self.root.is_dir():
             return []
         return sorted(Path(e.path) for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
-                      and not _SYNC_FOLDER.match(e.name) and not _DRAIN_FOLDER.match(e.name))
+                      and not _SYNC_FOLDER.match(e.name) and not self._is_drain_folder(Path(e.path)))
+
+    def _is_drain_folder(self, folder: Path) -> bool:
+        # A drain folder holds drain.json, never pages; an old sync whose raw id starts with "drain-" holds pages.
+        return folder.name.startswith(DRAIN_PREFIX) and not self._page_files(folder)
 
     def migrate_old_layout(self) -> list[tuple[Path, str]]:
         """Move every folder of the older layout to `sync-<key of its sync_task_id>` (one atomic rename each,
@@ -315,9 +318,9 @@ class Inbox:
     def _folders(self, prefix: str) -> Iterator[Path]:
         if not self.root.is_dir():
             return
-        pattern = _SYNC_FOLDER if prefix == SYNC_PREFIX else _DRAIN_FOLDER
         for entry in os.scandir(self.root):
-            if entry.is_dir() and pattern.match(entry.name):
+            if entry.is_dir() and (_SYNC_FOLDER.match(entry.name) if prefix == SYNC_PREFIX else
+                                   entry.name.startswith(DRAIN_PREFIX)):
                 yield Path(entry.path)
 
     def _summary(self, folder: Path, done: bool) -> InboxSync | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import orjson
+import pytest
 
 from segment_ops.resources import build_resources
 from segment_ops.webhooks.heap import sync_key
@@ -196,16 +197,17 @@ def test_a_pending_sync_of_the_older_inbox_layout_is_migrated_and_applied(heap, 
     assert "folder:" not in (sensed.cursor or "")
 
 
-def test_old_ids_that_look_like_this_layouts_prefixes_are_migrated_too(heap, ops_env, instance):
+@pytest.mark.parametrize("name", ["sync-legacy-1", "drain-legacy-1"])
+def test_old_ids_that_look_like_this_layouts_prefixes_are_migrated_too(heap, ops_env, instance, name):
     pushed = heap.push_heap(at=AT, segments=[POWER_USERS])
     [task] = {s["sync_task_id"] for s in pushed["syncs"]}
-    to_old_layout(ops_env, task, folder_name="sync-legacy-1", summary=False)
+    to_old_layout(ops_env, task, folder_name=name, summary=False)
 
     sensed = evaluate_sensor(instance, ops_env)
 
     [sync] = inbox(ops_env).syncs()
     assert sync.sync_task_id == task and sync.complete and len(sensed.run_requests) == 1
-    assert not (ops_env / "inbox" / "heap" / "sync-legacy-1").exists()
+    assert not (ops_env / "inbox" / "heap" / name).exists() and inbox(ops_env).drains() == []
 
 
 def test_a_folder_of_an_older_layout_that_cannot_be_migrated_is_reported_once(ops_env, instance):
