@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -348,3 +349,48 @@ def test_an_hour_counts_as_forwarded_only_once_its_acks_are_in_and_a_later_run_r
     assert metadata(awaiting)["awaiting_ack_total"] > 0 and metadata(later)["indexer_acks_confirmed"] > 0
     assert forwarded_hours(ops_env) == {first_key, later_key}
     assert checks(later)["no_gap_between_forwarded_windows"].passed
+
+
+class DiesWithBatchesInFlight(DiesBeforeBatch):
+    """`DiesBeforeBatch` for concurrent senders: counts under a lock and keeps the ids each request carried."""
+
+    def __init__(self, destination, batch: int, max_batch_bytes: int) -> None:
+        super().__init__(destination, batch, max_batch_bytes)
+        self.lock, self.batches = threading.Lock(), []
+
+    def send_batch(self, payloads, *, on_retry=None):
+        with self.lock:
+            self.sent += 1
+            number = self.sent
+            if number != self.batch:  # the others in flight still reach HEC
+                self.batches.append([orjson.loads(p)["event"]["id"] for p in payloads])
+        if number == self.batch:
+            raise SystemExit("killed")
+        return self.inner.send_batch(payloads, on_retry=on_retry)
+
+
+def test_a_run_killed_with_concurrent_batches_in_flight_sends_again_only_batches_it_had_not_recorded(
+        resources, clean_sandbox):
+    in_flight = 3
+    key = complete_hours(3)[0]
+    inject_events(clean_sandbox, key, 24)
+    start, end = window_of(key, key)
+    expected = audit_ids(clean_sandbox, start, end)
+    con = duckdb.connect()
+    pull_window(resources["segment_public_api"].get_client(), con, start, end)
+    rules = resources["audit_redaction"].get_rules()
+    splunk = resources["splunk"].get_destination()
+    largest = max(len(splunk.frame(rules.redact(orjson.loads(event))))
+                  for (event,) in con.execute("SELECT event FROM audit_events").fetchall())
+    dying = DiesWithBatchesInFlight(splunk, batch=6, max_batch_bytes=2 * (largest + 1))
+
+    with pytest.raises(SystemExit):
+        forward_window(con, [dying], start, end, rules=rules, max_in_flight=in_flight)
+    again = forward_window(con, [resources["splunk"].get_destination()], start, end, rules=rules)
+
+    got = Counter(received_ids(clean_sandbox))
+    twice = {event_id for event_id, n in got.items() if n > 1}
+    resent = [batch for batch in dying.batches if twice & set(batch)]
+    assert again.complete and sorted(got) == sorted(expected) and max(got.values()) <= 2
+    # only whole batches that were still in flight when the run died: at most in_flight - 1 of them
+    assert len(resent) <= in_flight - 1 and twice == {i for batch in resent for i in batch}
