@@ -130,6 +130,12 @@ class ExtractError(RuntimeError):
         self.report = report
 
 
+class EmptyDaysError(ExtractError):
+    """Pendo answered a slice with no usage at all while it lists accounts and the days staged around it had
+    usage: it may be re-processing the subscription's days (after a time zone change it shows zeros for a
+    while). Nothing of the slice was staged; `allow_empty_days` stages such days anyway."""
+
+
 class TimeZoneMismatchError(ExtractError):
     """Pendo's day buckets do not start at midnight of PENDO_TIMEZONE: the setting is not the subscription's
     zone. Nothing of the slice was staged (the slices before it were, in the right zone)."""
@@ -175,14 +181,16 @@ def slices_of(first_day: date, last_day: date, size: int = MAX_DAYS_PER_AGGREGAT
 
 def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: HealthConfig, first_day: date,
                  last_day: date, *, zone: ZoneInfo, run_id: str | None = None,
-                 on_retry: Callable[[RetryEvent], None] | None = None, now: datetime | None = None) -> ExtractReport:
+                 on_retry: Callable[[RetryEvent], None] | None = None, now: datetime | None = None,
+                 allow_empty_days: bool = False) -> ExtractReport:
     """Stage Pendo usage for every day of `zone` in [first_day, last_day] that ended at least
     `config.settle_hours` before `now`, plus the account list and feature catalogue. The days that have not
     are not requested and come back in `report.not_ended` (when none has, nothing is requested at all).
 
     Raises `ExtractError` (with the report of what was staged) when Pendo fails after the client's retries,
-    `TimeZoneMismatchError` when Pendo's days do not start at `zone`'s midnights; the client's
-    `VendorAuthError` passes through as it is.
+    `TimeZoneMismatchError` when Pendo's days do not start at `zone`'s midnights, `EmptyDaysError` when a slice
+    comes back without any usage although Pendo lists accounts and the staged days around it had usage (unless
+    `allow_empty_days`); the client's `VendorAuthError` passes through as it is.
     """
     started = time.monotonic()
     ensure_schema(con)
@@ -227,7 +235,7 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
                                   f"segment-ops pendo NPS {first}..{last}", "poll.json"),
             }
             counts = _stage_slice(con, ledger, day_bounds(first, last, zone), payloads, client.apps, run_id,
-                                  report)
+                                  report, allow_empty=allow_empty_days)
             report.visitor_rows += counts[0]
             report.feature_rows += counts[1]
             report.poll_rows += counts[2]
@@ -240,9 +248,9 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
         report.seconds = time.monotonic() - started
         raise ExtractError(f"Pendo failed while reading {first_day} .. {read_last}: {exc}{_staged(report)}",
                            report) from exc
-    except TimeZoneMismatchError as exc:
+    except (TimeZoneMismatchError, EmptyDaysError) as exc:
         report.seconds = time.monotonic() - started
-        raise TimeZoneMismatchError(f"{exc}{_staged(report)}", report) from None
+        raise type(exc)(f"{exc}{_staged(report)}", report) from None
     finally:
         for path in spool.iterdir():
             path.unlink()
@@ -390,7 +398,7 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, accounts: Path, features: Pa
 
 def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tuple[date, int, int]],
                  payloads: dict[str, Path], apps: AppScope, run_id: str | None,
-                 report: ExtractReport) -> tuple[int, int, int, int]:
+                 report: ExtractReport, *, allow_empty: bool = False) -> tuple[int, int, int, int]:
     """Replace the slice's days with its rows in one transaction; reject what cannot be used. `bounds` are the
     (day, start ms, end ms) of the subscription's days the requests covered: a row's `day` must be one of
     those starts, a poll answer's `time` fall within one of those days."""
@@ -400,6 +408,8 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tu
     for kind, payload in payloads.items():
         _rows(con, f"pendo_raw_{kind}", payload)
     _check_day_starts(con, report.timezone, bounds)
+    if not allow_empty:
+        _check_not_emptied(con, report, first, last)
     day_ms = "TRY_CAST(j->>'day' AS BIGINT)"
     answered = "TRY_CAST(j->>'time' AS BIGINT)"
     response = "TRY_CAST(j->>'response' AS DOUBLE)"
@@ -529,6 +539,31 @@ def _check_day_starts(con: duckdb.DuckDBPyConnection, timezone: str, bounds: lis
         f"Settings > Subscription settings > Time Zone) puts midnight at {seen:%H:%M} UTC, i.e. a UTC offset "
         f"of {_offset_of_midnight(seen)} on that day: set PENDO_TIMEZONE to it. Nothing of these days was staged",
         ExtractReport(bounds[0][0], bounds[-1][0], timezone=timezone))
+
+
+EMPTY_LOOKBACK_DAYS = 7  # the staged days before a slice (and its own) that show whether usage is normal
+
+
+def _check_not_emptied(con: duckdb.DuckDBPyConnection, report: ExtractReport, first: date, last: date) -> None:
+    """Raise `EmptyDaysError` when the slice's answers hold no row at all, Pendo lists accounts, and days staged
+    in [first - 7 days, last] had usage: a completed empty answer would be staged as "no usage" and replace
+    real usage (Pendo answers zeros while it re-processes after a time zone change)."""
+    rows = con.execute("SELECT (SELECT count(*) FROM pendo_raw_visitor) + (SELECT count(*) FROM pendo_raw_feature)"
+                       " + (SELECT count(*) FROM pendo_raw_poll)").fetchone()[0]
+    if rows or not report.accounts:
+        return
+    with_usage, newest = con.execute(
+        "SELECT count(*), max(day) FROM pendo_staged_days WHERE visitor_rows > 0 AND day BETWEEN ? AND ?",
+        [first - timedelta(days=EMPTY_LOOKBACK_DAYS), last]).fetchone()
+    if not with_usage:
+        return
+    _drop_slice_tables(con)
+    raise EmptyDaysError(
+        f"Pendo answered no usage at all for {first} .. {last} although it lists {report.accounts} account(s) and "
+        f"{with_usage} staged day(s) up to {newest} had usage: Pendo may be re-processing the subscription's days "
+        "(it shows no data for a while after a change of the subscription's time zone). Nothing of these days was "
+        "staged. Re-run once Pendo shows usage again, or, if these days really had no usage, run with the run "
+        "config allow_empty_days: true", ExtractReport(first, last, timezone=report.timezone))
 
 
 def _is_instant(ms: int) -> bool:

@@ -127,6 +127,13 @@ def _config_version() -> str:
 # ------------------------------------------------------------------------------------------- usage days
 
 
+class UsageDailyConfig(dg.Config):
+    allow_empty_days: bool = Field(
+        default=False, description="Stage days Pendo answers with no usage at all even though it lists accounts "
+                                   "and the days before had usage (by default refused: Pendo may be re-processing "
+                                   "after a time zone change).")
+
+
 @dg.asset(
     key=USAGE_KEY,
     group_name=GROUP,
@@ -140,22 +147,22 @@ def _config_version() -> str:
     metadata={"staging_table": "pendo_visitor_days, pendo_feature_days, pendo_poll_responses (view "
                                "pendo_account_usage_daily)", "max_days_per_request": 30},
 )
-def account_usage_daily(context: dg.AssetExecutionContext, pendo: PendoResource,
+def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyConfig, pendo: PendoResource,
                         staging: StagingResource) -> dg.MaterializeResult:
     """Per account and day of the Pendo subscription's time zone: active visitors, events, minutes, features
     used and NPS answers, summed over the configured apps, read from Pendo's Aggregation API and staged in
     DuckDB. Re-running a day replaces it; a backfill of a range is one run (30 days per Pendo request)."""
     keys = context.partition_key_range
     first_day, last_day = date.fromisoformat(keys.start), date.fromisoformat(keys.end)
-    config = _config()
+    health = _config()
     try:
         client = pendo.get_client()
     except PendoSettingError as exc:
         raise dg.Failure(description=str(exc)) from None
     try:
         with store.staging(staging.staging_db(SYNC)) as con:
-            report = extract_days(con, client, config, first_day, last_day, zone=SUBSCRIPTION_ZONE,
-                                  run_id=context.run.run_id)
+            report = extract_days(con, client, health, first_day, last_day, zone=SUBSCRIPTION_ZONE,
+                                  run_id=context.run.run_id, allow_empty_days=config.allow_empty_days)
             days = con.execute(
                 "SELECT s.day, s.visitor_rows, s.feature_rows, s.poll_rows, "
                 "(SELECT count(DISTINCT account_id) FROM pendo_visitor_days v WHERE v.day = s.day) "
@@ -169,10 +176,10 @@ def account_usage_daily(context: dg.AssetExecutionContext, pendo: PendoResource,
         client.close()
     if report.not_ended:
         readable = datetime.fromtimestamp(
-            local_midnight_after(report.not_ended[-1]) / 1000, UTC) + timedelta(hours=config.settle_hours)
+            local_midnight_after(report.not_ended[-1]) / 1000, UTC) + timedelta(hours=health.settle_hours)
         staged = f"; staged {first_day} .. {report.slices[-1][1]}" if report.slices else "; nothing was staged"
         raise dg.Failure(
-            description=f"{describe_days(report.not_ended)} had not ended {config.settle_hours} h ago in {TIMEZONE} "
+            description=f"{describe_days(report.not_ended)} had not ended {health.settle_hours} h ago in {TIMEZONE} "
                         f"([extract] settle_hours): Pendo may still be processing them, so they are not read "
                         f"before {readable:%Y-%m-%d %H:%M} UTC{staged}",
             metadata=_usage_metadata(report, days))

@@ -25,7 +25,13 @@ from segment_ops.clients.pendo import (
 )
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
 from segment_ops.engine.health import days_staged_otherwise, missing_window_days
-from segment_ops.engine.pendo_usage import ExtractError, TimeZoneMismatchError, ensure_schema, extract_days
+from segment_ops.engine.pendo_usage import (
+    EmptyDaysError,
+    ExtractError,
+    TimeZoneMismatchError,
+    ensure_schema,
+    extract_days,
+)
 from segment_ops.resources import PendoResource
 from segment_ops.syncs import pendo
 from segment_ops_tests.pendo.conftest import (
@@ -230,6 +236,68 @@ def test_an_empty_completed_day_is_staged_and_a_missing_answer_is_not(con, clean
         (empty[0], 0, "America/New_York"), (empty[1], 0, "America/New_York")]
     assert missing_window_days(con, date(2021, 1, 1), 3, ZONE.key, "*") == [date(2021, 1, 1)]
     client.close()
+
+
+def answering_no_usage(client: PendoClient) -> PendoClient:
+    """`client`, but every time-sliced aggregation comes back completed and empty, as while Pendo re-processes
+    the subscription's days after a time zone change (the account list and features still answer)."""
+    read = client.aggregate_raw
+
+    def empty(pipeline, **kwargs):
+        body = read(pipeline, **kwargs)
+        return b'{"results": []}' if "timeSeries" in pipeline[0]["source"] else body
+
+    client.aggregate_raw = empty
+    return client
+
+
+def test_days_answered_empty_after_days_with_usage_are_not_staged(con, pendo_client, config_no_identity):
+    last = yesterday()
+    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=5), last - timedelta(days=3), zone=ZONE)
+    before = con.execute("SELECT day, visitor_rows FROM pendo_staged_days ORDER BY day").fetchall()
+
+    with pytest.raises(EmptyDaysError, match="Pendo may be re-processing") as raised:
+        extract_days(con, answering_no_usage(pendo_client), config_no_identity, last - timedelta(days=3), last,
+                     zone=ZONE)
+
+    assert "allow_empty_days" in str(raised.value) and "Nothing of these days was staged" in str(raised.value)
+    assert con.execute("SELECT day, visitor_rows FROM pendo_staged_days ORDER BY day").fetchall() == before
+
+
+def test_allow_empty_days_stages_days_answered_empty(con, pendo_client, config_no_identity):
+    last = yesterday()
+    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=5), last - timedelta(days=3), zone=ZONE)
+
+    report = extract_days(con, answering_no_usage(pendo_client), config_no_identity, last - timedelta(days=2), last,
+                          zone=ZONE, allow_empty_days=True)
+
+    assert (report.days, report.visitor_rows) == (3, 0)
+    assert con.execute("SELECT count(*) FROM pendo_staged_days WHERE day > ? AND visitor_rows = 0",
+                       [last - timedelta(days=3)]).fetchone()[0] == 3
+
+
+class EmptyPendoResource(PendoResource):
+    def get_client(self) -> PendoClient:
+        return answering_no_usage(super().get_client())
+
+
+def test_a_run_refuses_days_answered_empty_unless_allow_empty_days(resources, home, clean_sandbox):
+    assert backfill(resources, 3, last=yesterday() - timedelta(days=1), selection=[pendo.USAGE_KEY]).success
+    resources["pendo"] = EmptyPendoResource(base_url=f"{clean_sandbox.url}/pendo",
+                                            integration_key=SANDBOX_PENDO_INTEGRATION_KEY, retry_backoff_seconds=0.01)
+
+    refused = rerun_day(resources, yesterday(), selection=[pendo.USAGE_KEY])
+
+    assert not refused.success
+    [failure] = [e for e in refused.all_events if e.is_step_failure]
+    assert "Pendo may be re-processing" in failure.step_failure_data.user_failure_data.description
+    assert query(home, "SELECT count(*) FROM pendo_staged_days WHERE day = ?", [yesterday()]) == [(0,)]
+
+    allowed = rerun_day(resources, yesterday(), selection=[pendo.USAGE_KEY], run_config={
+        "ops": {"pendo__account_usage_daily": {"config": {"allow_empty_days": True}}}})
+
+    assert allowed.success
+    assert query(home, "SELECT visitor_rows FROM pendo_staged_days WHERE day = ?", [yesterday()]) == [(0,)]
 
 
 # ------------------------------------------------------------------------- days staged under UTC, re-read
