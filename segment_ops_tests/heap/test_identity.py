@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import duckdb
 
+from segment_ops.engine.audiences import DEFAULT_FILE
 from segment_ops_tests.heap.conftest import (
     MEMBERS,
     POWER_USERS,
@@ -14,6 +16,7 @@ from segment_ops_tests.heap.conftest import (
     calls,
     checks,
     connect_rows,
+    edit_warehouse,
     materialize,
     metadata,
     set_in_file,
@@ -112,12 +115,39 @@ def test_the_identity_map_can_come_from_a_csv(resources, clean_sandbox, warehous
     con.execute(f"COPY (SELECT identity AS source_id, 'csv_' || user_id AS target_id FROM identity_map) TO '{csv}' "
                 "(HEADER)")
     con.close()
-    set_in_file(audiences_file,
-                'query = "SELECT identity AS source_id, app_user_id AS target_id FROM main_production.users"',
-                f'csv = "{csv}"')
+    set_in_file(audiences_file, 'query = """\n' + default_query("identity", "query") + '"""', f'csv = "{csv}"')
 
     result = materialize(resources, "power_users", path=audiences_file, route="reconcile")
 
     assert result.success and "CSV" in metadata(result, "power_users")["identity_map"]
     user_ids = {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["in"]}
     assert user_ids and all(u.startswith("csv_usr_") for u in user_ids)
+
+
+def default_query(section: str, key: str) -> str:
+    return tomllib.loads(DEFAULT_FILE.read_text())[section][key]
+
+
+def test_the_default_identity_query_reads_only_identified_users_with_a_user_id(warehouse):
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        anonymous = con.execute("SELECT count(*) FROM main_production.users WHERE identity IS NULL").fetchone()[0]
+        incomplete = con.execute(f"SELECT count(*) FROM ({default_query('identity', 'query')}) "
+                                 "WHERE source_id IS NULL OR target_id IS NULL").fetchone()[0]
+    finally:
+        con.close()
+
+    assert anonymous > 0 and incomplete == 0
+
+
+def test_the_default_reconcile_query_reads_no_member_without_an_identity(warehouse):
+    [anonymous] = add_heap_users(warehouse, (None, None))
+    edit_warehouse(warehouse, f"INSERT INTO main_production.segment_members VALUES ({POWER_USERS}, {anonymous}, now())")
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        nulls = con.execute(f"SELECT count(*) FROM ({default_query('reconcile', 'members_query')}) "
+                            "WHERE identity IS NULL").fetchone()[0]
+    finally:
+        con.close()
+
+    assert nulls == 0
