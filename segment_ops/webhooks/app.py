@@ -122,6 +122,10 @@ def create_app(config: WebhookConfig) -> Starlette:
     """The receiver for one inbox (`<home>/inbox/heap`)."""
     if not all(config.secrets):
         raise ValueError("HEAP_WEBHOOK_SECRET is empty: the receiver cannot verify Heap's signatures")
+    for name in ("max_age_seconds", "max_future_seconds"):
+        if not getattr(config, name) > 0:  # the window's limits are exclusive: 0 refuses every request
+            raise ValueError(f"WebhookConfig.{name} must be > 0 (HEAP_WEBHOOK_{name.upper()}), got "
+                             f"{getattr(config, name)!r}")
     inbox = Inbox.for_home(config.home)
 
     async def heap(request: Request) -> Response:
@@ -217,8 +221,9 @@ def _seconds(settings: Settings, name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise WebhookConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    # > 0: both limits are exclusive, so 0 would refuse every request with 400.
+    if not math.isfinite(value) or value <= 0:
+        raise WebhookConfigError(f"{name} must be a number of seconds > 0, got {raw!r}")
     return value
 
 

@@ -90,12 +90,21 @@ def test_the_default_window_allows_ordinary_clock_skew(ops_env):
 
 @pytest.mark.parametrize(("name", "value"), [("HEAP_WEBHOOK_MAX_AGE_SECONDS", "five"),
                                              ("HEAP_WEBHOOK_MAX_FUTURE_SECONDS", "-1"),
-                                             ("HEAP_WEBHOOK_MAX_AGE_SECONDS", "inf")])
+                                             ("HEAP_WEBHOOK_MAX_AGE_SECONDS", "inf"),
+                                             ("HEAP_WEBHOOK_MAX_AGE_SECONDS", "0"),
+                                             ("HEAP_WEBHOOK_MAX_FUTURE_SECONDS", "0")])
 def test_an_unusable_window_setting_is_an_error_naming_it(ops_env, monkeypatch, name, value):
+    # 0 would refuse every request: both limits are exclusive.
     monkeypatch.setenv(name, value)
 
-    with pytest.raises(WebhookConfigError, match=f"{name} must be a number of seconds >= 0"):
+    with pytest.raises(WebhookConfigError, match=f"{name} must be a number of seconds > 0"):
         config_from_env()
+
+
+@pytest.mark.parametrize("field", ["max_age_seconds", "max_future_seconds"])
+def test_a_receiver_configured_with_a_zero_window_refuses_to_start(tmp_path, field):
+    with pytest.raises(ValueError, match=f"{field} must be > 0"):
+        start_receiver(WebhookConfig(home=tmp_path, heap_secret="s", **{field: 0}))
 
 
 def test_the_cli_exits_with_the_settings_problem(ops_env, monkeypatch):
