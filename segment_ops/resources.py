@@ -86,10 +86,13 @@ class SplunkHecResource(dg.ConfigurableResource):
                                    "the batch is sent again (SPLUNK_HEC_ACK_TIMEOUT_SECONDS).")
     ack_settle_seconds: float = Field(
         default=30.0, description="With indexer ack on: how long a run keeps polling acks after sending before it "
-                                  "ends; the next run polls the rest first.")
+                                  "ends; the next run polls the rest first (while acks are awaited, the audit "
+                                  "sensor starts one every 3 minutes).")
     channel: str = Field(default="", description="HEC request channel GUID (SPLUNK_HEC_CHANNEL); empty: the one "
                                                  "kept in the sync's state.")
-    retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/500/502/503/504.")
+    retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/500/502/503/504 and "
+                                    "network errors or timeouts (HEC does no dedupe: a batch retried after a "
+                                    "timeout may be indexed twice).")
     retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
 
     def get_client(self, channel: str | None = None) -> SplunkHecClient:

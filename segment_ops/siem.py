@@ -124,8 +124,8 @@ class SplunkHecDestination:
                 continue
             acks = self.client.query_acks({ack_id for _, ack_id in live}, channel=channel)
             self.ack_refusal = acks.refusal or self.ack_refusal
-            answers |= {awaiting.receipt: Confirmation.CONFIRMED if acks.acked.get(ack_id) else Confirmation.WAITING
-                        for awaiting, ack_id in live}
+            answers |= {awaiting.receipt: Confirmation.CONFIRMED if acks.acked.get(ack_id)
+                        else Confirmation.WAITING for awaiting, ack_id in live}
         return answers
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ ACK_PATH = "/services/collector/ack"
 
 @dataclass(frozen=True)
 class AckStatus:
-    """HEC's answer to an ack query: which ackIds are acknowledged, and why it could not say, if it refused."""
+    """HEC's answer to an ack query: which ackIds are acknowledged, and why it could not say if it refused."""
 
     acked: dict[int, bool]
     refusal: str | None = None  # e.g. 'HTTP 400: ACK is disabled (code 14)'

@@ -77,7 +77,7 @@ class RunningSandbox:
         self._call("POST", "/splunk/restart")
 
     def splunk_ack(self, enabled: bool) -> None:
-        """Turn indexer acknowledgement on or off for the HEC token (off: the ack endpoint answers code 14)."""
+        """Turn indexer acknowledgement on or off for the HEC token (off: the ack endpoint answers 14)."""
         self._call("POST", "/splunk/ack", json={"enabled": enabled})
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -216,7 +216,7 @@ class SplunkHec:
         except (BodyTooLarge, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return _reply(6)
         ready = self._use(channel) if channel else None
-        if ready is None:  # a channel HEC does not know (forgotten after idling or a restart): unverified answer
+        if ready is None:  # a channel HEC does not know (forgotten after idling or a restart); unverified
             self._last_used.pop(channel or "", None)
             return _reply(11)
         now = time.monotonic()

@@ -80,7 +80,8 @@ PARTITIONS = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offs
 # Backfills: at most a day of hours per run (runs queue one at a time behind the staging pool).
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
 SENSOR_HOURS = 2  # the newest hours the sensor probes (the current one and the one before)
-SENSOR_INTERVAL = 180  # seconds; also how often acks are polled while awaited (HEC forgets idle channels at 600 s)
+# Seconds between ticks; also how often acks are polled while awaited (HEC forgets idle channels at 600 s).
+SENSOR_INTERVAL = 180
 SAFETY_NET_HOURS = 2  # complete hours the schedule re-reads
 GAP_LOOKBACK_DAYS = 7
 SENSOR_RETRY = RetryPolicy(max_attempts=3, max_elapsed=20.0)
@@ -276,9 +277,10 @@ def record_forwarded_hours(con: duckdb.DuckDBPyConnection, ledger: Ledger, syncs
                    "JOIN open_hours h ON a.ts > h.window_start AND a.ts <= h.window_end)")
     unsettled: set[datetime] = set()
     for sync in syncs:
-        unsettled |= {hour for hour, counts in ledger.window_counts(sync, hour_events).items() if not counts.settled}
-    con.execute("CREATE OR REPLACE TEMP TABLE unsettled_hours AS SELECT unnest(?::TIMESTAMPTZ[]) AS window_start",
-                [sorted(unsettled)])
+        counts = ledger.window_counts(sync, hour_events)
+        unsettled |= {hour for hour, figures in counts.items() if not figures.settled}
+    con.execute("CREATE OR REPLACE TEMP TABLE unsettled_hours AS "
+                "SELECT unnest(?::TIMESTAMPTZ[]) AS window_start", [sorted(unsettled)])
     added = con.execute(
         """
         INSERT INTO forwarded_windows

@@ -140,9 +140,10 @@ def open_read_only(path: Path, retry_seconds: float) -> duckdb.DuckDBPyConnectio
 
 
 def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int, int, int]]:
-    """(sync, delivered, rejected, failed) since `since` for every sync of the file's ledger (none: no ledger),
-    read through the ledger's own API (`Ledger.delivery_figures`)."""
-    return [(f.sync, f.delivered, f.rejected, f.failed) for f in Ledger(con, create=False).delivery_figures(since)]
+    """(sync, delivered, rejected, failed) since `since` for every sync of the file's ledger (none: no
+    ledger), read through the ledger's own API (`Ledger.delivery_figures`)."""
+    figures = Ledger(con, create=False).delivery_figures(since)
+    return [(f.sync, f.delivered, f.rejected, f.failed) for f in figures]
 
 
 def state_changes(report: HealthReport, state: dict[str, dict]) -> list[SyncHealth]:
