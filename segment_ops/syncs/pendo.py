@@ -27,6 +27,7 @@ replaces that date's rows whole, so nothing is counted twice.
 """
 
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -144,16 +145,24 @@ class UsageDailyConfig(dg.Config):
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=POOL,
     deps=[PENDO_ACCOUNTS.key],
+    # A range whose newest days are not settled yet materializes its settled days only (see below).
+    output_required=False,
     metadata={"staging_table": "pendo_visitor_days, pendo_feature_days, pendo_poll_responses (view "
                                "pendo_account_usage_daily)", "max_days_per_request": 30},
 )
 def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyConfig, pendo: PendoResource,
-                        staging: StagingResource) -> dg.MaterializeResult:
+                        staging: StagingResource) -> Iterator[dg.MaterializeResult]:
     """Per account and day of the Pendo subscription's time zone: active visitors, events, minutes, features
     used and NPS answers, summed over the configured apps, read from Pendo's Aggregation API and staged in
-    DuckDB. Re-running a day replaces it; a backfill of a range is one run (30 days per Pendo request)."""
-    keys = context.partition_key_range
-    first_day, last_day = date.fromisoformat(keys.start), date.fromisoformat(keys.end)
+    DuckDB. Re-running a day replaces it; a backfill of a range is one run (30 days per Pendo request).
+
+    Days that ended less than `[extract] settle_hours` ago are not read: when some days of the range are, the
+    run materializes exactly the staged days' partitions (each with its own figures), lists the others as
+    `days_not_ready` and succeeds, leaving them missing for a later run (the score and the sync do not run
+    after it); when none is, it fails saying when they can be read."""
+    window = context.partition_time_window
+    first_day = window.start.astimezone(SUBSCRIPTION_ZONE).date()
+    last_day = window.end.astimezone(SUBSCRIPTION_ZONE).date() - timedelta(days=1)
     health = _config()
     try:
         client = pendo.get_client()
@@ -166,7 +175,7 @@ def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyCon
             days = con.execute(
                 "SELECT s.day, s.visitor_rows, s.feature_rows, s.poll_rows, "
                 "(SELECT count(DISTINCT account_id) FROM pendo_visitor_days v WHERE v.day = s.day) "
-                "FROM pendo_staged_days s WHERE s.day BETWEEN ? AND ? ORDER BY s.day DESC LIMIT 31",
+                "FROM pendo_staged_days s WHERE s.day BETWEEN ? AND ? ORDER BY s.day DESC",
                 [first_day, last_day]).fetchall()
     except VendorAuthError as exc:
         raise dg.Failure(description=f"Pendo refused the integration key: {exc}") from None
@@ -174,18 +183,29 @@ def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyCon
         raise dg.Failure(description=str(exc), metadata=_usage_metadata(exc.report, [])) from None
     finally:
         client.close()
-    if report.not_ended:
-        readable = datetime.fromtimestamp(
-            local_midnight_after(report.not_ended[-1]) / 1000, UTC) + timedelta(hours=health.settle_hours)
-        staged = f"; staged {first_day} .. {report.slices[-1][1]}" if report.slices else "; nothing was staged"
-        raise dg.Failure(
-            description=f"{describe_days(report.not_ended)} had not ended {health.settle_hours} h ago in {TIMEZONE} "
-                        f"([extract] settle_hours): Pendo may still be processing them, so they are not read "
-                        f"before {readable:%Y-%m-%d %H:%M} UTC{staged}",
-            metadata=_usage_metadata(report, days))
-    context.log.info(f"staged {report.days} day(s) {first_day} .. {last_day} of {TIMEZONE} in "
-                     f"{len(report.slices)} request slice(s), {report.apps}")
-    return dg.MaterializeResult(metadata=_usage_metadata(report, days))
+    metadata = _usage_metadata(report, days[:31])
+    if not report.not_ended:
+        context.log.info(f"staged {report.days} day(s) {first_day} .. {last_day} of {TIMEZONE} in "
+                         f"{len(report.slices)} request slice(s), {report.apps}")
+        yield dg.MaterializeResult(metadata=metadata)
+        return
+    readable = datetime.fromtimestamp(
+        local_midnight_after(report.not_ended[-1]) / 1000, UTC) + timedelta(hours=health.settle_hours)
+    not_ready = (f"{describe_days(report.not_ended)} had not ended {health.settle_hours} h ago in {TIMEZONE} "
+                 f"([extract] settle_hours): Pendo may still be processing them, so they are not read before "
+                 f"{readable:%Y-%m-%d %H:%M} UTC")
+    if not report.slices:
+        raise dg.Failure(description=f"{not_ready}; nothing was staged", metadata=metadata)
+    # Only the staged days' partitions are materialized, each with its own row counts; the unsettled ones stay
+    # missing (a later "materialize missing" picks them up), and no output means the score does not run on them.
+    context.log.warning(f"{not_ready}; staged {first_day} .. {report.slices[-1][1]}: their partitions are "
+                        "materialized, the others stay missing")
+    for day, visitor_rows, feature_rows, poll_rows, accounts in sorted(days):
+        if any(first <= day <= last for first, last in report.slices):
+            context.log_event(dg.AssetMaterialization(
+                asset_key=USAGE_KEY, partition=str(day),
+                metadata={**metadata, "day_visitor_rows": visitor_rows, "day_feature_rows": feature_rows,
+                          "day_nps_answers": poll_rows, "day_active_accounts": accounts}))
 
 
 def local_midnight_after(day: date) -> int:
@@ -200,7 +220,7 @@ def _usage_metadata(report: ExtractReport, days: list[tuple]) -> dict:
         "timezone": report.timezone,
         "apps": report.apps,
         "days_staged": report.days,
-        "days_not_ended": describe_days(report.not_ended) or "none",
+        "days_not_ready": describe_days(report.not_ended) or "none",
         "request_slices": len(report.slices),
         "pendo_requests": report.requests,
         "pendo_retries": report.retries,

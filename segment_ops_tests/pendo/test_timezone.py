@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import dagster as dg
 import duckdb
 import pytest
 
@@ -19,6 +20,7 @@ from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.pendo import (
     PendoClient,
     PendoSettingError,
+    last_settled_day,
     local_day_of,
     local_midnight_ms,
     subscription_zone,
@@ -218,6 +220,26 @@ def test_a_partition_not_yet_settled_fails_the_run_saying_when_it_can_be_read(re
     assert f"{yesterday()} had not ended 48 h ago in America/New_York" in description
     assert "nothing was staged" in description
     assert query(home, "SELECT count(*) FROM pendo_staged_days") == [(0,)]
+
+
+def test_a_range_run_stages_its_settled_days_and_leaves_the_unsettled_ones_missing(resources, home,
+                                                                                   health_config_file):
+    write_config(health_config_file, {"settle_hours = 2": "settle_hours = 48"})
+    settled = last_settled_day(ZONE, 48)
+    first, last = settled - timedelta(days=2), settled + timedelta(days=2)  # the newest two are not readable yet
+    instance = dg.DagsterInstance.ephemeral()
+
+    result = backfill(resources, 5, last=last, instance=instance, selection=[pendo.USAGE_KEY])
+
+    assert result.success
+    staged = [first + timedelta(days=n) for n in range(3)]
+    assert instance.get_materialized_partitions(pendo.USAGE_KEY) == {str(d) for d in staged}
+    assert query(home, "SELECT day FROM pendo_staged_days ORDER BY day") == [(d,) for d in staged]
+    events = [e.materialization for e in result.get_asset_materialization_events()]
+    assert sorted(e.partition for e in events) == [str(d) for d in staged]
+    not_ready = f"{settled + timedelta(days=1)} .. {last}"
+    assert {e.metadata["days_not_ready"].value for e in events} == {not_ready}
+    assert [e.metadata["day_visitor_rows"].value > 0 for e in events] == [True] * 3  # each partition its own
 
 
 def test_an_empty_completed_day_is_staged_and_a_missing_answer_is_not(con, clean_sandbox, config_no_identity):
