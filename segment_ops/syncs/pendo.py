@@ -461,11 +461,39 @@ def range_tags(first: str, last: str) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
 
 
-@dg.schedule(job=pendo_account_health_job, cron_schedule="0 3 * * *", execution_timezone=TIMEZONE,
-             name="pendo_daily_schedule", default_status=dg.DefaultScheduleStatus.STOPPED,
-             description=f"Each day at 03:00 in the Pendo subscription's zone ({TIMEZONE}): re-read the last "
-                         f"{DAILY_REREAD_DAYS} readable days of Pendo usage in one run (Pendo may finish processing "
-                         "a day late), re-score, send changed accounts.")
+def schedule_hour(settle_hours: int) -> int:
+    """The local hour of the daily run: an hour after yesterday is settled (`[extract] settle_hours` after the
+    local midnight; the hour of slack absorbs the hour a spring-forward night lacks), at most 23:00."""
+    return min(settle_hours + 1, 23)
+
+
+def _schedule_description(settle_hours: int) -> str:
+    hour = schedule_hour(settle_hours)
+    late = (f" With [extract] settle_hours = {settle_hours} yesterday is not settled by then: each run reads up to "
+            "the day before yesterday (yesterday comes a day later)." if settle_hours + 1 > 23 else "")
+    return (f"Each day at {hour:02d}:00 in the Pendo subscription's zone ({TIMEZONE}), an hour after yesterday "
+            f"settled ([extract] settle_hours = {settle_hours}): re-read the last {DAILY_REREAD_DAYS} readable days "
+            "of Pendo usage in one run (Pendo may finish processing a day late), re-score, send changed accounts."
+            f"{late} The hour is set when the definitions load: reload the code location after changing "
+            "settle_hours.")
+
+
+def _settle_hours_at_load() -> int:
+    """`[extract] settle_hours` when the definitions load (the default when the config cannot be read: the runs
+    themselves then fail naming the config)."""
+    try:
+        return load_health_config(health_config_path()).settle_hours
+    except HealthConfigError:
+        return HealthConfig(DEFAULT_CONFIG_PATH).settle_hours
+
+
+SETTLE_HOURS_AT_LOAD = _settle_hours_at_load()
+
+
+@dg.schedule(job=pendo_account_health_job, cron_schedule=f"0 {schedule_hour(SETTLE_HOURS_AT_LOAD)} * * *",
+             execution_timezone=TIMEZONE, name="pendo_daily_schedule",
+             default_status=dg.DefaultScheduleStatus.STOPPED,
+             description=_schedule_description(SETTLE_HOURS_AT_LOAD))
 def pendo_daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     first, last = latest_days(DAILY_REREAD_DAYS, context.scheduled_execution_time)
     return dg.RunRequest(run_key=f"{first}..{last}", tags=range_tags(first, last))

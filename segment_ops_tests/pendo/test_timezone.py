@@ -500,3 +500,32 @@ def load_pendo_sync(code: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PENDO_", "SEGMENT_OPS_"))}
     return subprocess.run([sys.executable, "-c", f"from segment_ops.syncs import pendo; {code}"],
                           capture_output=True, text=True, timeout=120, env={**clean, **env})
+
+
+@pytest.mark.parametrize(("settle_hours", "cron"), [(2, "0 3 * * *"), (5, "0 6 * * *"), (22, "0 23 * * *"),
+                                                    (30, "0 23 * * *")])
+def test_the_schedule_runs_an_hour_after_settle_hours(tmp_path, settle_hours, cron):
+    config = write_config(tmp_path / "pendo_health.toml", {"settle_hours = 2": f"settle_hours = {settle_hours}"})
+
+    loaded = load_pendo_sync("print(pendo.pendo_daily_schedule.cron_schedule)", PENDO_HEALTH_CONFIG=str(config),
+                             SEGMENT_OPS_HOME=str(tmp_path))
+
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == cron
+
+
+@pytest.mark.parametrize("settle_hours", range(23))
+@pytest.mark.parametrize("day", [date(2026, 3, 8), date(2026, 3, 9), date(2026, 11, 1), date(2026, 11, 2)])
+def test_at_the_schedules_hour_yesterday_is_settled_even_across_dst(settle_hours, day):
+    at = datetime(day.year, day.month, day.day, pendo.schedule_hour(settle_hours), tzinfo=ZONE)
+
+    assert last_settled_day(ZONE, settle_hours, at) == day - timedelta(days=1)
+
+
+def test_settle_hours_the_schedule_cannot_wait_for_are_said_in_its_description(tmp_path):
+    config = write_config(tmp_path / "pendo_health.toml", {"settle_hours = 2": "settle_hours = 30"})
+
+    loaded = load_pendo_sync("print(pendo.pendo_daily_schedule.description)", PENDO_HEALTH_CONFIG=str(config),
+                             SEGMENT_OPS_HOME=str(tmp_path))
+
+    assert "settle_hours = 30" in loaded.stdout and "the day before yesterday" in loaded.stdout
