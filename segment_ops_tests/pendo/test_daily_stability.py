@@ -12,8 +12,8 @@ from segment_ops.engine.pendo_usage import ensure_schema
 from segment_ops_tests.pendo.conftest import group_calls
 
 D = date(2026, 6, 30)
-STAGED_BEFORE_D = 60
-TZ = "America/New_York"  # D and the 59 days before: a full window and a full previous window
+STAGED_BEFORE_D = 60  # D and the 59 days before: a full window and a full previous window
+TZ = "America/New_York"  # the zone the days are staged in, and scored in
 
 
 def stage_day(con, day: date, *, active_today: bool) -> None:

@@ -187,13 +187,14 @@ def test_a_run_against_a_subscription_in_another_zone_fails_naming_the_setting(r
 
 def test_a_day_that_has_not_ended_settle_hours_ago_is_neither_requested_nor_staged(con, pendo_client,
                                                                                    config_no_identity, clean_sandbox):
-    today = local_day_of(int(datetime.now(UTC).timestamp() * 1000), ZONE)
+    now = datetime(2026, 11, 10, 1, 30, tzinfo=ZONE)  # 01:30: the 9th ended 1.5 h ago, less than settle_hours (2)
 
-    report = extract_days(con, pendo_client, config_no_identity, yesterday(), today, zone=ZONE)
+    report = extract_days(con, pendo_client, config_no_identity, date(2026, 11, 8), date(2026, 11, 10), zone=ZONE,
+                          now=now)
 
-    assert report.not_ended == [d for d in (yesterday() + timedelta(days=n) for n in range(1, 3)) if d <= today]
-    assert con.execute("SELECT max(day) FROM pendo_staged_days").fetchone()[0] == yesterday()
-    assert {ts["count"] for _, ts in timed_sources(clean_sandbox)} == {1}  # only yesterday was asked for
+    assert report.not_ended == [date(2026, 11, 9), date(2026, 11, 10)]
+    assert con.execute("SELECT max(day) FROM pendo_staged_days").fetchone()[0] == date(2026, 11, 8)
+    assert {ts["count"] for _, ts in timed_sources(clean_sandbox)} == {1}  # only the 8th was asked for
 
 
 def test_settle_hours_counts_from_the_end_of_the_local_day(con, pendo_client, config_no_identity, clean_sandbox):
