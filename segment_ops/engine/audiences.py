@@ -351,8 +351,9 @@ def pending_syncs(inbox: Inbox, audience: Audience) -> list[InboxSync]:
 
 
 def pending_drains(inbox: Inbox, audience: Audience) -> list[InboxDrain]:
-    """Drains of the audience's segment not yet applied, in the order Heap signed them."""
-    return [d for d in inbox.drains() if d.segment_id == audience.segment_id]
+    """Drains of the audience's segment not yet applied nor held, in the order Heap signed them (a held drain
+    is applied only by a run that names it with `confirm_drop`)."""
+    return [d for d in inbox.drains() if d.segment_id == audience.segment_id and d.held is None]
 
 
 def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience, *, route: str,
@@ -387,7 +388,7 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     # 1. Heap's word: the changes this run brings, as (identity, member, as_of, source).
     if route == "webhook":
         run.syncs = _chosen_syncs(inbox, audience, sync_task_ids)
-        run.drains = _chosen_drains(inbox, audience, drain_keys)
+        run.drains = _chosen_drains(inbox, audience, drain_keys, confirm_drop)
         _stage_webhook_changes(con, inbox, run)
     else:
         _stage_connect_changes(con, config, audience, warehouse_url, run)
@@ -460,7 +461,8 @@ def _chosen_syncs(inbox: Inbox, audience: Audience, sync_task_ids: Sequence[str]
     return chosen
 
 
-def _chosen_drains(inbox: Inbox, audience: Audience, drain_keys: Sequence[str] | None) -> list[InboxDrain]:
+def _chosen_drains(inbox: Inbox, audience: Audience, drain_keys: Sequence[str] | None,
+                   confirm_drop: bool) -> list[InboxDrain]:
     if drain_keys is None:
         return pending_drains(inbox, audience)
     chosen = []
@@ -471,6 +473,9 @@ def _chosen_drains(inbox: Inbox, audience: Audience, drain_keys: Sequence[str] |
         if drain.segment_id != audience.segment_id:
             raise IncompleteSyncError(f"drain {key} is for Heap segment {drain.segment_id}, not "
                                       f"{audience.segment_id} ({audience.key})")
+        if drain.held and not drain.done and not confirm_drop:
+            raise IncompleteSyncError(f"drain {key} is held: {drain.held}. If Heap drained the segment again, run "
+                                      "it with confirm_drop=true")
         if not drain.done:  # an applied drain stays applied: running it again would change nothing
             chosen.append(drain)
     return chosen

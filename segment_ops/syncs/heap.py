@@ -307,6 +307,11 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                 problems.append((drain.key, f"{name} ({drain.segment_name!r}): not an enabled audience in "
                                             f"{audiences.path.name}; left in the inbox"))
                 continue
+            if drain.held:
+                problems.append((drain.key, f"{name}: {audience.key}: held, no run started: {drain.held}. If Heap "
+                                            f"drained the segment again, launch the asset with drain_keys: "
+                                            f"[{drain.key}] and confirm_drop: true"))
+                continue
             request = _run_request(context, DRAIN_TAG, drain.key, audience, name, problems,
                                    {"sync_task_ids": [], "drain_keys": [drain.key]})
             if request is not None:

@@ -10,7 +10,9 @@
 - 400 `{"error": "<what is wrong>"}` for a signed body that is not a valid sync page or drain (including one
   nested deeper than `heap.MAX_NESTING`); the page applied is parsed from the bytes whose HMAC matched;
 - 200 `{"stored": true|false, ...}` once the page or drain is durably in the inbox (false: an identical
-  repeat, kept once; `"done": true` when it was already applied - it is not applied again);
+  repeat, kept once; `"done": true` when it was already applied - it is not applied again; a drain
+  repeated after a newer sync was applied, or a day after it was applied, is stored anew under
+  `drain-<key>-<n>`, `"held": true` in the first case - see `segment_ops.webhooks.inbox`);
 - 409 `{"error": "<what differs>"}` when a page disagrees with the copy already stored, or with its
   sync's segment id or total_pages: the first copy is kept, this one is kept aside and logged (see
   `segment_ops.webhooks.inbox`);
@@ -184,17 +186,19 @@ async def _store_page(inbox: Inbox, page: SyncPage, signature: Signature) -> Res
 
 
 async def _store_drain(inbox: Inbox, drain: DrainRequest, signature: Signature) -> Response:
-    stored = await run_in_threadpool(inbox.store_drain, drain, signed_at=signature.timestamp_ms)
-    answer: dict = {"stored": stored, "drain": drain.key, "segment_id": drain.segment_id}
-    done = not stored and inbox.is_drain_done(drain.key)
-    if done:
+    outcome = await run_in_threadpool(inbox.store_drain, drain, signed_at=signature.timestamp_ms)
+    answer: dict = {"stored": outcome.stored, "drain": outcome.key, "segment_id": drain.segment_id}
+    if outcome.done:
         answer["done"] = True
-        log.warning("Heap drain %s of segment %d arrived again after it was applied: not applied again (a drain "
-                    "has no id or time of its own; if Heap drained the segment anew, run the reconcile)",
-                    drain.key, drain.segment_id)
+        log.info("Heap drain %s of segment %d arrived again soon after it was applied, with no sync since: a retry, "
+                 "not applied again", outcome.key, drain.segment_id)
+    elif outcome.held:
+        answer["held"] = True
+        log.warning("Heap drain %s of segment %d stored but held until a run confirms it (confirm_drop): %s",
+                    outcome.key, drain.segment_id, outcome.held)
     else:
-        log.info("Heap drain %s of segment %d (%r): %s", drain.key, drain.segment_id, drain.segment_name,
-                 "stored" if stored else "repeat, kept once")
+        log.info("Heap drain %s of segment %d (%r): %s", outcome.key, drain.segment_id, drain.segment_name,
+                 "stored" if outcome.stored else "repeat, kept once")
     return _json(answer)
 
 

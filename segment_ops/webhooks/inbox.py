@@ -39,9 +39,16 @@ What `store` does with a page that meets stored data (the receiver answers with 
   every page number is stored already and the two cases above apply: an identical repeat is answered
   200 and never re-applied (runs read only syncs without `done.json`), a different copy gets 409 and is
   kept aside. Nothing arriving late is silently dropped, and nothing is applied twice.
-A drain stored again (same body) is a repeat: 200 `{"stored": false}`, the first copy and its signed time
-are kept; once applied, a repeat is not applied again (Heap's drain body carries no time or id, so a
-second drain of the segment with an identical body cannot be told from a retry: the reconcile covers it).
+A drain stored again (same body) while the first copy is unapplied is a retry: 200 `{"stored": false}`, the
+first copy and its signed time are kept. Heap's drain body carries no time or id, so a repeat of an
+*applied* drain is either a late retry or Heap draining the segment again; it is told apart as follows
+(`store_drain`):
+- a sync of the same segment was applied after the drain: stored as a new drain, `drain-<key>-<n>`
+  (generation n), but **held** - the sensor reports it and starts no run; a run naming it with
+  `confirm_drop` applies it (a retry Heap re-signed would exit the members that sync added);
+- more than `DRAIN_REPEAT_HORIZON` (24 h) after the drain was applied, with no sync since: a new drain,
+  applied like any other;
+- otherwise a retry: 200 `{"stored": false, "done": true}`, not applied again.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -65,6 +72,10 @@ DRAIN_FILE = "drain.json"
 CONFLICTS_FOLDER = "conflicts"
 SYNC_PREFIX, DRAIN_PREFIX = "sync-", "drain-"
 _PAGE_FILE = re.compile(r"^page-(\d+)\.json$")
+# A repeat of an applied drain arriving this long after it was applied (and no sync since) is a new drain:
+# Heap retries only a delivery it saw fail, and it syncs a segment about every 4 hours, so a day-old
+# "retry" of an acknowledged drain is far likelier a second drain (Heap's retry schedule is not documented).
+DRAIN_REPEAT_HORIZON = timedelta(hours=24)
 _SYNC_FOLDER = re.compile(r"^sync-[0-9a-f]{32}$")
 
 
@@ -115,9 +126,20 @@ class InboxDrain:
     key: str
     segment_id: int
     segment_name: str
-    signed_at: datetime  # when Heap signed it: how it is ordered against syncs
+    signed_at: datetime  # when Heap signed it (its last delivery attempt): how it is ordered against syncs
     received_at: datetime
     done: bool
+    held: str | None = None  # why it waits for a run with confirm_drop (a repeat after a newer sync)
+
+
+@dataclass(frozen=True)
+class StoredDrain:
+    """What `store_drain` did: `key` is the drain's inbox key (a generation's for a repeat stored anew)."""
+
+    key: str
+    stored: bool
+    done: bool = False
+    held: str | None = None
 
 
 class Inbox:
@@ -171,19 +193,53 @@ class Inbox:
             return True
         return self._repeat_or_conflict(page, target)  # another receiver stored it in between
 
-    def store_drain(self, drain: DrainRequest, *, signed_at: int, received_at: datetime | None = None) -> bool:
-        """Write `drain` durably unless a drain with the same signed body is stored; True when this call stored it.
-
-        `signed_at` (the `Heap-Hash` timestamp, ms) orders the drain against syncs. Raises `InboxError`."""
-        folder = self.drain_folder(drain.key)
-        target = folder / DRAIN_FILE
-        if target.exists():
-            return False
+    def store_drain(self, drain: DrainRequest, *, signed_at: int, received_at: datetime | None = None) -> StoredDrain:
+        """Write `drain` durably unless it is a retry of a stored one (see the module docstring for a repeat
+        of an applied drain). `signed_at` (the `Heap-Hash` timestamp, ms) orders it against syncs. Raises
+        `InboxError`."""
+        received = received_at or datetime.now(UTC)
+        generation, key = 0, drain.key
+        while (self.drain_folder(f"{drain.key}-{generation + 1}") / DRAIN_FILE).exists():
+            generation, key = generation + 1, f"{drain.key}-{generation + 1}"
+        held = None
+        if (self.drain_folder(key) / DRAIN_FILE).exists():
+            done_at = self._drain_done_at(key)
+            if done_at is None:
+                return StoredDrain(key, stored=False)  # a retry of a drain not applied yet
+            resynced = self._sync_applied_since(drain.segment_id, done_at)
+            if not resynced and received - done_at <= DRAIN_REPEAT_HORIZON:
+                return StoredDrain(key, stored=False, done=True)  # a retry of an applied drain
+            if resynced:
+                held = (f"the same drain as {key}, applied at {done_at.isoformat()}, arrived again after a sync of "
+                        f"segment {drain.segment_id} was applied: Heap draining again, or a late retry Heap "
+                        "signed anew (applying it would then exit that sync's members)")
+            generation, key = generation + 1, f"{drain.key}-{generation + 1}"
+        folder = self.drain_folder(key)
         _make_dirs(folder)
-        record = {"kind": "drain", "key": drain.key, "segment": {"id": drain.segment_id, "name": drain.segment_name},
-                  "signed_at": signed_at, "received_at": (received_at or datetime.now(UTC)).isoformat(),
-                  "id_token": drain.id_token, "customer_config": drain.customer_config}
-        return _write_once(target, orjson.dumps(record))
+        record = {"kind": "drain", "key": key, "segment": {"id": drain.segment_id, "name": drain.segment_name},
+                  "signed_at": signed_at, "received_at": received.isoformat(), "generation": generation,
+                  "held": held, "id_token": drain.id_token, "customer_config": drain.customer_config}
+        if _write_once(folder / DRAIN_FILE, orjson.dumps(record)):
+            return StoredDrain(key, stored=True, held=held)
+        return StoredDrain(key, stored=False, done=self.is_drain_done(key))  # another receiver stored it first
+
+    def _drain_done_at(self, key: str) -> datetime | None:
+        path = self.drain_folder(key) / DONE_MARKER
+        if not path.exists():
+            return None
+        done_at = self._read(path).get("done_at")
+        return datetime.fromisoformat(done_at) if done_at else datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+    def _sync_applied_since(self, segment_id: int, since: datetime) -> bool:
+        """Whether a sync of `segment_id` was marked done after `since` (a stat per sync, a read per newer one)."""
+        for folder in self._folders(SYNC_PREFIX):
+            try:
+                done = (folder / DONE_MARKER).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if done > since.timestamp() and int(self._read(folder / SUMMARY_FILE)["segment"]["id"]) == segment_id:
+                return True
+        return False
 
     def is_done(self, sync_task_id: str) -> bool:
         return (self.sync_folder(sync_task_id) / DONE_MARKER).exists()
@@ -344,7 +400,8 @@ class Inbox:
         record = self._read(path)
         return InboxDrain(str(record["key"]), int(record["segment"]["id"]), str(record["segment"]["name"]),
                           datetime.fromtimestamp(int(record["signed_at"]) / 1000, UTC),
-                          datetime.fromisoformat(record["received_at"]), (folder / DONE_MARKER).exists())
+                          datetime.fromisoformat(record["received_at"]), (folder / DONE_MARKER).exists(),
+                          record.get("held"))
 
     @staticmethod
     def _page_files(folder: Path) -> list[tuple[int, Path]]:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 import httpx
+import orjson
 import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
@@ -25,6 +26,7 @@ from segment_ops_tests.heap.conftest import (
     run_request,
     segment_stats,
     set_in_file,
+    sign,
     step_failure,
 )
 
@@ -287,3 +289,85 @@ def test_after_a_drain_the_next_push_adds_every_member_again(heap, instance, res
 
     assert again["adds"] == sync["adds"] and rerun.success
     assert metadata(rerun, "power_users")["added"] == len(exited(heap))
+
+
+def post_drain(receiver, body: bytes) -> dict:
+    response = httpx.post(receiver.heap_url, content=body, headers={"Heap-Hash": sign(body)}, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+DRAIN_BODY = orjson.dumps({"action_type": "segment.users.drain", "customer_config": {"fields": []},
+                           "data": {"segment": {"id": POWER_USERS, "name": "Power Users"}}, "id_token": "tok-1"})
+
+
+def drain_refill_drain(heap, instance, resources, home, path) -> tuple[str, int]:
+    """A sync, a drain, a sync filling the segment again (all applied), then the same drain body again (the
+    sandbox sends one id_token per target, like Heap's generator); returns the first drain's key and how many
+    members the first drain exited."""
+    heap.push_heap(at=AT, segments=[POWER_USERS])
+    apply_pending(instance, resources, home, path)
+    drain(heap)
+    apply_pending(instance, resources, home, path)
+    [first] = Inbox.for_home(home).drains(include_done=True)
+    exited_first = len(calls(heap, "heap_power_users")["exited"])
+    heap.push_heap(at=AT, segments=[POWER_USERS])  # Heap fills the segment again
+    _, [refilled] = apply_pending(instance, resources, home, path)
+    assert refilled.success
+    [delivery] = drain(heap)["deliveries"]
+    assert delivery["status"] == "delivered"
+    return first.key, exited_first
+
+
+def test_a_drain_repeated_after_a_newer_sync_was_applied_is_stored_anew_and_held(heap, instance, resources, ops_env,
+                                                                                warehouse, audiences_file):
+    set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")
+    first, exited_first = drain_refill_drain(heap, instance, resources, ops_env, audiences_file)
+
+    sensed, runs = apply_pending(instance, resources, ops_env, audiences_file)
+    [held] = Inbox.for_home(ops_env).drains()
+    confirmed = materialize(resources, "power_users", path=audiences_file, route="webhook", sync_task_ids=[],
+                            drain_keys=[held.key], confirm_drop=True)
+
+    assert held.key == f"{first}-1" and "after a sync of segment 1338065 was applied" in held.held
+    assert runs == [] and "held, no run started" in sensed.skip_reason.skip_message
+    assert confirmed.success and metadata(confirmed, "power_users")["drains_applied"] == [held.key]
+    assert len(calls(heap, "heap_power_users")["exited"]) == 2 * exited_first and Inbox.for_home(ops_env).drains() == []
+
+
+def test_a_held_drain_named_without_confirm_drop_fails_the_run(heap, instance, resources, ops_env, warehouse,
+                                                               audiences_file):
+    set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")
+    drain_refill_drain(heap, instance, resources, ops_env, audiences_file)
+    [held] = Inbox.for_home(ops_env).drains()
+
+    result = materialize(resources, "power_users", path=audiences_file, route="webhook", sync_task_ids=[],
+                         drain_keys=[held.key])
+
+    assert not result.success and "is held" in step_failure(result, "power_users").description
+
+
+def test_a_drain_repeated_a_day_after_it_was_applied_is_a_new_drain_and_applied(heap, receiver, instance, resources,
+                                                                                ops_env, warehouse):
+    key = post_drain(receiver, DRAIN_BODY)["drain"]
+    apply_pending(instance, resources, ops_env)
+    done = Inbox.for_home(ops_env).drain_folder(key) / "done.json"
+    done.write_bytes(orjson.dumps({**orjson.loads(done.read_bytes()),
+                                   "done_at": (datetime.now(UTC) - timedelta(hours=25)).isoformat()}))
+
+    again = post_drain(receiver, DRAIN_BODY)
+    sensed, [applied] = apply_pending(instance, resources, ops_env)
+
+    assert again == {"stored": True, "drain": f"{key}-1", "segment_id": POWER_USERS}
+    assert applied.success and metadata(applied, "power_users")["drains_applied"] == [again["drain"]]
+
+
+def test_a_drain_repeated_soon_after_it_was_applied_without_a_sync_since_is_a_retry(heap, receiver, instance,
+                                                                                    resources, ops_env, warehouse):
+    key = post_drain(receiver, DRAIN_BODY)["drain"]
+    apply_pending(instance, resources, ops_env)
+
+    again = post_drain(receiver, DRAIN_BODY)
+
+    assert again == {"stored": False, "drain": key, "segment_id": POWER_USERS, "done": True}
+    assert evaluate_sensor(instance, ops_env).run_requests == []
