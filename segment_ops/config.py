@@ -107,8 +107,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "HEAP_WEBHOOK_MAX_AGE_SECONDS",
-        "How old (seconds) a Heap webhook's signed timestamp may be before the receiver refuses it with 400 "
-        "(Heap's reference validator: 60; Heap signs every retry anew, so this only covers transit and skew).",
+        "How old (seconds, > 0) a Heap webhook's signed timestamp may be before the receiver refuses it with "
+        "400 (Heap's reference validator: 60). That Heap signs every retry anew is inferred from that 60 s "
+        "window, not documented: if so, this only covers transit and clock skew, and a retry is dated by its "
+        "own attempt.",
         default="120",
     ),
     Setting(

@@ -15,8 +15,13 @@ Heap.
 
 Time: a sync's statements are dated by the earliest `Heap-Hash` timestamp of its stored pages (Heap's
 clock, in ms; a page stored without one, by its arrival). A sync Heap delivers very late (after a newer
-sync was applied) is dated by when Heap signed it, so it does not override the newer one. `synced_at`
-without a zone (Snowflake NTZ, Redshift TIMESTAMP) is read as UTC: the run sets its staging
+sync was applied) is dated by when Heap signed it, so it does not override the newer one. That order is
+*delivery-attempt* order, not the order of Heap's decisions: Heap's reference validator refuses anything
+older than 60 s, from which we infer (unverified) that Heap signs every retry anew, so a retried page or
+drain is dated by its retry. A drain retried after a sync Heap made later would then look newer than that
+sync; the one case the inbox can recognise (the same drain body arriving again after a sync of the segment
+was applied) is held until a run confirms it (`confirm_drop`), and the drop guard stands behind the rest.
+`synced_at` without a zone (Snowflake NTZ, Redshift TIMESTAMP) is read as UTC: the run sets its staging
 connection's TimeZone to UTC.
 
 Drains (`drain_policy`, from HEAP_DRAIN_POLICY): `exit` makes every member stated before the drain's

@@ -6,14 +6,17 @@
   drains from the inbox the receiver writes) or `reconcile` (the Heap Connect tables in the warehouse),
   with in-step checks `identity_match_rate` (WARN), `membership_drop_guard` (ERROR; a tripped guard fails
   the run and changes nothing) and `delivery_complete`.
-- `heap_audiences_job`; `heap_webhook_inbox_sensor` (RUNNING by default): one run per complete
-  `sync_task_id` and one per `segment.users.drain` (applied by HEAP_DRAIN_POLICY: `exit` through the drop
-  guard, `ignore` recorded only); a sync is held while pages are missing, and reported once (a warning in
-  the sensor's log and one message to ALERT_WEBHOOK_URL) when it stays incomplete longer than the file's
-  `stale_incomplete_sync_minutes`. It reads each pending sync's small `sync.json`, never its pages. The
-  cursor holds the syncs already reported, so a report is never repeated; an alert that could not be
-  posted is tried again on the next tick; `heap_reconcile_schedule` (STOPPED by default: it sends to
-  Segment): the reconcile route for every audience, on the file's cron.
+- `heap_audiences_job`; `heap_webhook_inbox_sensor` (RUNNING by default): first moves inbox folders of the
+  older layout into this one (so their pending syncs are applied; one it cannot move is reported), then
+  starts one run per complete `sync_task_id` and one per `segment.users.drain` (applied by
+  HEAP_DRAIN_POLICY: `exit` through the drop guard, `ignore` recorded only). A sync is held while pages are
+  missing, and reported once (a warning in the sensor's log and one message to ALERT_WEBHOOK_URL) when it
+  stays incomplete longer than the file's `stale_incomplete_sync_minutes`; a drain the inbox holds (the
+  same drain body again after a sync of the segment was applied) is reported once and waits for a run
+  launched with confirm_drop. It reads each pending sync's small `sync.json`, never its pages. The cursor
+  holds what was already reported, so a report is never repeated; an alert that could not be posted is
+  tried again on the next tick; `heap_reconcile_schedule` (STOPPED by default: it sends to Segment): the
+  reconcile route for every audience, on the file's cron.
 
 Adding an audience is adding an `[audiences.<name>]` table to the file (HEAP_AUDIENCES_FILE); no code.
 A file that does not parse still loads the code location: one asset `segment/heap_audiences/_config`
@@ -264,9 +267,11 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Watches the Heap webhook inbox: one run per complete segment sync (all its pages received); "
-                    "an incomplete sync is held, and reported once (log and alert webhook) when it stays "
-                    f"incomplete longer than {audiences.stale_incomplete_sync_minutes:g} minutes.",
+        description="Watches the Heap webhook inbox: one run per complete segment sync (all its pages received) "
+                    "and one per drain; inbox folders of the older layout are moved into this one first. An "
+                    "incomplete sync is held, and reported once (log and alert webhook) when it stays incomplete "
+                    f"longer than {audiences.stale_incomplete_sync_minutes:g} minutes; a held drain (repeated "
+                    "after a newer sync) is reported and waits for a run with confirm_drop.",
     )
     def heap_webhook_inbox_sensor(context: dg.SensorEvaluationContext, staging: StagingResource,
                                   alerts: AlertsResource) -> dg.SensorResult:

@@ -3,7 +3,8 @@
 `POST /webhooks/heap` (Heap's reference validator and webhook spec, see `segment_ops.webhooks.heap`):
 - 413 when the body is larger than `max_body_bytes`;
 - 400 `{"error": "<what is wrong>"}` when `Heap-Hash` is missing or malformed, or its timestamp is older
-  than `max_age_seconds` or more than `max_future_seconds` ahead (Heap signs every retry anew);
+  than `max_age_seconds` or more than `max_future_seconds` ahead (that Heap signs every retry anew is
+  inferred from the reference's 60 s window, unverified);
 - 403 with exactly `{"error": "Invalid signature"}` when the HMAC matches neither the body nor its compact
   form under any configured secret (the compact form is tried only for bodies of at most 1 MB without
   floats or integers beyond 2^53: `heap.compact_form`);

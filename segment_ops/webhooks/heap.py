@@ -51,7 +51,8 @@ DRAIN_ACTION = "segment.users.drain"
 ACTIONS = (SYNC_ACTION, DRAIN_ACTION)
 # Defaults of HEAP_WEBHOOK_MAX_AGE_SECONDS / HEAP_WEBHOOK_MAX_FUTURE_SECONDS. Heap's reference validator
 # allows 60 s / 1 s (constants.ts MAX_OLD_TIMESTAMP_DELTA, MAX_FUTURE_TIMESTAMP_DELTA); the defaults here
-# leave room for ordinary clock skew between Heap's machines and ours.
+# leave room for ordinary clock skew between Heap's machines and ours. A 60 s window only works if Heap
+# signs every retry anew: that is our inference from the reference, not documented behaviour.
 DEFAULT_MAX_AGE_SECONDS = 120.0
 DEFAULT_MAX_FUTURE_SECONDS = 30.0
 MAX_IDENTITY_CHARS = 255  # Heap's identity limit (spec §3, ingest)
