@@ -4,7 +4,9 @@ Five components, each 0..1, for every account as of a day A over a window of W d
 
 - breadth:   distinct active visitors in (A-W, A] / licensed seats (account metadata; when Pendo has no
              seat count, the visitors ever staged for the account stand in), capped at 1;
-- depth:     distinct features used in the window / tagged features (or `feature_target`), capped at 1;
+- depth:     distinct features used in the window / the tagged features of the apps the account used in
+             the window (or `feature_target`), capped at 1: an account of the web app only is not
+             measured against the mobile apps' features;
 - trend:     events in the window / events in the W days before, capped at 1 (steady or growing = 1);
              left out until that previous window is fully staged, or when both windows are empty;
 - sentiment: average NPS answer (0-10) of the last `sentiment_days` / 10; left out without answers;
@@ -52,7 +54,7 @@ COMPONENTS = ("breadth", "depth", "trend", "sentiment", "recency")
 BANDS = ("healthy", "at_risk", "critical")
 HEALTH_TABLE = "pendo_account_health"
 RUNS_TABLE = "pendo_health_runs"
-SCORE_VERSION = "2"  # bump when the SQL below changes meaning
+SCORE_VERSION = "3"  # bump when the SQL below changes meaning (3: depth per account's apps)
 # Pendo's anonymous visitor ids (pendo-io/pendo-ETL-API-calls); never a Segment userId.
 ANONYMOUS_PREFIX = "_PENDO_T_"
 
@@ -358,8 +360,10 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
     """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end, $nps_start,
     $zone, $apps): only rows of days staged as days of $zone for $apps count."""
     w, wt, step = c.window_days, c.weights, c.recency_step_days
+    # Full adoption: `feature_target`, else the tagged features of the apps the account used in the window
+    # (plus features Pendo gives no app); an account without usage in the window is measured against all.
     target = (f"{c.feature_target}" if c.feature_target
-              else "(SELECT nullif(count(*), 0) FROM pendo_features)")
+              else "coalesce(nullif(app_features.features, 0), (SELECT nullif(count(*), 0) FROM pendo_features))")
     # Trend needs the whole previous window staged; two empty windows say nothing about a trend.
     trend = ("CASE WHEN events = 0 AND coalesce(previous_events, 0) = 0 THEN NULL "
              "WHEN coalesce(previous_events, 0) = 0 THEN 1.0 "
@@ -411,6 +415,12 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
         SELECT account_id, count(DISTINCT feature_id) AS features_used
         FROM usage_feature_days WHERE day BETWEEN $cur_start AND $as_of GROUP BY account_id
     ),
+    app_features AS (  -- per account: the tagged features of the apps it used in the window
+        SELECT u.account_id, count(DISTINCT f.feature_id) AS features
+        FROM (SELECT DISTINCT account_id, app_id FROM usage_visitor_days WHERE day BETWEEN $cur_start AND $as_of) u
+        JOIN pendo_features f ON f.app_id IS NOT DISTINCT FROM u.app_id OR f.app_id IS NULL
+        GROUP BY u.account_id
+    ),
     nps AS (
         SELECT account_id, avg(response) AS nps_average, count(*) AS nps_answers
         FROM usage_poll_responses WHERE day BETWEEN $nps_start AND $as_of GROUP BY account_id
@@ -427,6 +437,7 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
         LEFT JOIN pendo_accounts m USING (account_id)
         LEFT JOIN cur USING (account_id) LEFT JOIN prev USING (account_id) LEFT JOIN ever USING (account_id)
         LEFT JOIN top_visitor USING (account_id) LEFT JOIN feat USING (account_id) LEFT JOIN nps USING (account_id)
+        LEFT JOIN app_features USING (account_id)
     ),
     components AS (
         SELECT *,

@@ -233,3 +233,21 @@ def test_a_row_without_an_app_id_is_rejected_when_app_ids_are_configured(con, co
     reasons = {r for (r,) in con.execute("SELECT DISTINCT reason FROM rejected WHERE run_id = 'r1'").fetchall()}
     assert f"no appId, so it cannot be told to be among PENDO_APP_IDS ({IOS})" in reasons
     client.close()
+
+
+def test_feature_adoption_counts_the_features_of_the_apps_the_account_used(con, pendo_client, config_no_identity):
+    extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
+    score_accounts(con, config_no_identity, timezone=ZONE.key, apps="*")
+    expected = dict(con.execute("""
+        SELECT h.account_id, round(least(1.0, h.features_used / count(DISTINCT f.feature_id)), 3)
+        FROM pendo_account_health h
+        JOIN (SELECT DISTINCT account_id, app_id FROM pendo_visitor_days) a USING (account_id)
+        JOIN pendo_features f ON f.app_id = a.app_id
+        GROUP BY h.account_id, h.features_used""").fetchall())
+    apps_used = dict(con.execute("SELECT account_id, count(DISTINCT app_id) FROM pendo_visitor_days GROUP BY 1"
+                                 ).fetchall())
+
+    adoption = dict(con.execute("SELECT account_id, feature_adoption FROM pendo_account_health").fetchall())
+    assert {a: adoption[a] for a in expected} == expected
+    assert min(apps_used.values()) < 3  # an account of two apps is measured against their 11 features, not 14
+    assert all(adoption[a] == 0 for a in adoption if a not in expected)  # no usage: no adoption
