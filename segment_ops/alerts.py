@@ -136,25 +136,32 @@ def delivery_health_message(change: DeliveryHealthChange) -> dict:
 
 @dataclass(frozen=True)
 class StaleSync:
-    """A pushed sync (a Heap segment sync) whose pages stopped arriving: it is held, never applied."""
+    """Something pushed by a vendor that is held, never applied, until a person acts: a sync whose pages
+    stopped arriving (`kind` "sync"), or a drain held for confirmation (`kind` "drain")."""
 
     source: str  # the vendor, e.g. "Heap"
-    sync_task_id: str
+    sync_task_id: str  # the sync's id, or the drain's inbox key
     target: str  # what it would have updated, e.g. the audience
     problem: str  # what is missing and what happens now
     folder: str  # where its pages are
     target_url: str | None = None
+    kind: str = "sync"
 
 
 def stale_sync_message(stale: StaleSync) -> dict:
-    """`{"text", "blocks"}` for a pushed sync that stayed incomplete (posted once per sync; pieces escaped,
-    links last)."""
+    """`{"text", "blocks"}` for a pushed sync that stayed incomplete, or a drain held for confirmation (posted
+    once per item; pieces escaped, links last)."""
     source, task, target, problem = (_safe(stale.source), _safe(stale.sync_task_id), _safe(stale.target),
                                      _safe(stale.problem))
-    text = f":hourglass: segment_ops: {source} sync `{task}` for `{target}` is incomplete: {problem}"
+    if stale.kind == "drain":
+        text = f":raised_hand: segment_ops: {source} drain `{task}` for `{target}` is held: {problem}"
+        heading, label = f"{redact_secrets(stale.source)} drain held: {redact_secrets(stale.target)}", "Drain"
+    else:
+        text = f":hourglass: segment_ops: {source} sync `{task}` for `{target}` is incomplete: {problem}"
+        heading, label = f"{redact_secrets(stale.source)} sync incomplete: {redact_secrets(stale.target)}", "Sync"
     blocks: list[dict] = [
-        _header(f"{redact_secrets(stale.source)} sync incomplete: {redact_secrets(stale.target)}"),
-        {"type": "section", "fields": [_mrkdwn(f"*Sync*\n`{task}`"), _mrkdwn(f"*Pages in*\n`{_safe(stale.folder)}`")]},
+        _header(heading),
+        {"type": "section", "fields": [_mrkdwn(f"*{label}*\n`{task}`"), _mrkdwn(f"*Stored in*\n`{_safe(stale.folder)}`")]},
         {"type": "section", "text": _mrkdwn(problem)},
     ]
     if stale.target_url:

@@ -313,9 +313,12 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                                             f"{audiences.path.name}; left in the inbox"))
                 continue
             if drain.held:
-                problems.append((drain.key, f"{name}: {audience.key}: held, no run started: {drain.held}. If Heap "
-                                            f"drained the segment again, launch the asset with drain_keys: "
-                                            f"[{drain.key}] and confirm_drop: true"))
+                problem = (f"held, no run started: {drain.held}. If Heap drained the segment again, launch the "
+                           f"asset with drain_keys: [{drain.key}] and confirm_drop: true")
+                problems.append((drain.key, f"{name}: {audience.key}: {problem}"))
+                stale.append(StaleSync("Heap", drain.key, audience.key, problem, str(inbox.drain_folder(drain.key)),
+                                       f"{alerts.dagster_ui_url.rstrip('/')}/assets/"
+                                       f"{'/'.join(audience_key(audience.key).path)}", kind="drain"))
                 continue
             request = _run_request(context, DRAIN_TAG, drain.key, audience, name, problems,
                                    {"sync_task_ids": [], "drain_keys": [drain.key]})
@@ -327,7 +330,7 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         for key, problem in problems:
             if key not in reported:
                 context.log.warning(problem)
-        unposted = _alert_stale(context, alerts, [s for s in stale if sync_key(s.sync_task_id) not in reported])
+        unposted = _alert_stale(context, alerts, [s for s in stale if _inbox_key(s) not in reported])
         skip = None
         if not requests:
             parts = [f"{held} incomplete sync(s) waiting for pages"] if held else []
@@ -358,21 +361,26 @@ def _run_request(context: dg.SensorEvaluationContext, tag: str, key: str, audien
         tags={tag: key, AUDIENCE_TAG: audience.key})
 
 
+def _inbox_key(item: StaleSync) -> str:
+    """The inbox key the sensor's cursor remembers a reported item by: a sync's hashed id, a drain's own key."""
+    return item.sync_task_id if item.kind == "drain" else sync_key(item.sync_task_id)
+
+
 def _alert_stale(context: dg.SensorEvaluationContext, alerts: AlertsResource, stale: list[StaleSync]) -> set[str]:
-    """Post one alert per newly stale sync; returns the inbox keys of the syncs not posted (tried again next
-    tick). After a failed post the rest wait too: each post may retry for up to 20 s, and a sensor tick has 60 s."""
+    """Post one alert per newly stale sync or held drain; returns the inbox keys of those not posted (tried again
+    next tick). After a failed post the rest wait too: each post may retry for up to 20 s, and a tick has 60 s."""
     unposted: set[str] = set()
     for item in stale:
         if unposted:
-            unposted.add(sync_key(item.sync_task_id))
+            unposted.add(_inbox_key(item))
             continue
         try:
             with alerts.get_client() as client:
                 client.post_message(stale_sync_message(item))
         except (VendorError, WebhookUrlError) as exc:
-            context.log.error(f"alert for the stale Heap sync {item.sync_task_id!r} not sent (next tick retries): "
+            context.log.error(f"alert for the Heap {item.kind} {item.sync_task_id!r} not sent (next tick retries): "
                               f"{exc}")
-            unposted.add(sync_key(item.sync_task_id))
+            unposted.add(_inbox_key(item))
     return unposted
 
 

@@ -331,6 +331,8 @@ def test_a_drain_repeated_after_a_newer_sync_was_applied_is_stored_anew_and_held
 
     assert held.key == f"{first}-1" and "after a sync of segment 1338065 was applied" in held.held
     assert runs == [] and "held, no run started" in sensed.skip_reason.skip_message
+    [alert] = [m for m in heap.received("slack") if "drain" in m["text"]]  # one alert, for the held drain
+    assert f"drain `{held.key}`" in alert["text"] and "is held" in alert["text"] and "confirm_drop" in alert["text"]
     assert confirmed.success and metadata(confirmed, "power_users")["drains_applied"] == [held.key]
     assert len(calls(heap, "heap_power_users")["exited"]) == 2 * exited_first and Inbox.for_home(ops_env).drains() == []
 
