@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
-from segment_ops.engine.audiences import DEFAULT_FILE
+from segment_ops.engine.audiences import DEFAULT_FILE, AudiencesConfig, load_audiences
 from segment_ops.resources import AlertsResource, StagingResource, build_resources
 from segment_ops.sandbox.heap_webhooks import heap_hash
 from segment_ops.syncs.heap import SENSOR_NAME, audience_key, build_heap_defs, node
@@ -55,6 +55,20 @@ def heap(clean_sandbox, receiver):
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture
+def audiences() -> AudiencesConfig:
+    """The project's audiences file, as the code location loads it."""
+    return load_audiences()
+
+
+@pytest.fixture
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection for engine-level tests."""
+    connection = duckdb.connect()
+    yield connection
+    connection.close()
 
 
 @pytest.fixture

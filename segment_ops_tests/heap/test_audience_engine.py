@@ -7,11 +7,10 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
-from segment_ops.engine.audiences import load_audiences, sync_audience
+from segment_ops.engine.audiences import sync_audience
 from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.resources import SegmentTrackingResource
 from segment_ops.webhooks.heap import SyncPage
@@ -19,18 +18,6 @@ from segment_ops.webhooks.inbox import Inbox
 from segment_ops_tests.heap.conftest import POWER_USERS, edit_warehouse
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def audiences():
-    return load_audiences()
-
-
-@pytest.fixture
-def con():
-    connection = duckdb.connect()
-    yield connection
-    connection.close()
 
 
 def segment(sandbox, write_key: str = SANDBOX_SEGMENT_WRITE_KEY) -> SegmentTrackingResource:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import httpx
 import orjson
 import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
-from segment_ops.engine.audiences import MembershipDropError, load_audiences, sync_audience
+from segment_ops.engine.audiences import MembershipDropError, sync_audience
 from segment_ops.resources import SegmentTrackingResource
 from segment_ops.webhooks.heap import DrainRequest, SyncPage
 from segment_ops.webhooks.inbox import Inbox
@@ -35,18 +34,6 @@ T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 def ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
-
-
-@pytest.fixture
-def audiences():
-    return load_audiences()
-
-
-@pytest.fixture
-def con():
-    connection = duckdb.connect()
-    yield connection
-    connection.close()
 
 
 def store_sync(inbox: Inbox, task: str, signed: datetime, add=(), remove=()) -> None:
