@@ -108,7 +108,7 @@ def _deliver_only_script(base: str, path: Path, home: Path) -> str:
         from segment_ops.clients.segment_tracking import SegmentTrackingClient
         from segment_ops.engine.delivery import deliver_pending
         from segment_ops.engine.ledger import Ledger
-        from segment_ops.engine.replay import plan_file
+        from segment_ops.syncs.replay.reader import plan_file
         from segment_ops.engine.store import staging
         with staging(Path({str(home)!r}) / "replay.duckdb") as con:
             ledger = Ledger(con)

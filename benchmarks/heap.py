@@ -25,13 +25,13 @@ import httpx
 import orjson
 
 from segment_ops.engine import store
-from segment_ops.engine.audiences import Audience, AudiencesConfig, sync_audience
 from segment_ops.engine.identity import IdentitySource
 from segment_ops.sandbox.heap_webhooks import heap_hash
-from segment_ops.webhooks.app import WebhookConfig
-from segment_ops.webhooks.heap import SyncPage
-from segment_ops.webhooks.inbox import Inbox
-from segment_ops.webhooks.server import start_receiver
+from segment_ops.syncs.heap.audiences import Audience, AudiencesConfig, sync_audience
+from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import start_receiver
+from segment_ops.syncs.heap.webhook import SyncPage
 
 SECRET = "benchmark-secret"
 

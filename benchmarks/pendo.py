@@ -21,9 +21,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from segment_ops.engine import store
-from segment_ops.engine.health import load_health_config, score_accounts
-from segment_ops.engine.pendo_groups import sync_account_groups
-from segment_ops.engine.pendo_usage import ensure_schema
+from segment_ops.syncs.pendo.extract import ensure_schema
+from segment_ops.syncs.pendo.groups import sync_account_groups
+from segment_ops.syncs.pendo.score import load_health_config, score_accounts
 
 DAYS = 60
 TIMEZONE = "America/New_York"  # the zone the synthetic days are staged in, and scored in

@@ -159,7 +159,7 @@ _BUILD = textwrap.dedent("""
 
 _FIRST_SYNC = textwrap.dedent("""
     from segment_ops.engine.models import parse_model
-    from segment_ops.engine.reverse_etl import sync_model
+    from segment_ops.syncs.reverse_etl.sync import sync_model
     from segment_ops.engine.store import staging
 
     class NullDestination:
@@ -188,7 +188,7 @@ _OURS = textwrap.dedent("""
     from segment_ops.engine.diff import ensure_state, plan_changes
     from segment_ops.engine.ledger import Ledger
     from segment_ops.engine.models import parse_model
-    from segment_ops.engine.reverse_etl import STAGED_TABLE
+    from segment_ops.syncs.reverse_etl.sync import STAGED_TABLE
     from segment_ops.engine.store import staging
     from segment_ops.engine.warehouse import stage_query
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from segment_ops.config import load_settings
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
-    from segment_ops.engine.replay import ReplayResult
+    from segment_ops.syncs.replay.reader import ReplayResult
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +57,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
     from segment_ops.engine.ledger import Ledger
-    from segment_ops.engine.replay import ReplayInputError, replay_file
     from segment_ops.engine.store import staging
+    from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
     settings = load_settings()
 
@@ -102,8 +102,8 @@ def _print_replay(result: ReplayResult, *, dry_run: bool) -> None:
 
 
 def _run_webhooks(args: argparse.Namespace) -> int:
-    from segment_ops.webhooks.app import config_from_env
-    from segment_ops.webhooks.server import serve
+    from segment_ops.syncs.heap.receiver import config_from_env
+    from segment_ops.syncs.heap.server import serve
 
     logging.getLogger("segment_ops.webhooks").setLevel(logging.INFO)
     try:

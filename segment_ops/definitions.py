@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from segment_ops import sensors
 from segment_ops.resources import build_resources
-from segment_ops.syncs import audit_trail, delivery_health, external, heap, pendo, replay, reverse_etl
+from segment_ops.syncs import external
+from segment_ops.syncs.audit_trail import defs as audit_trail
+from segment_ops.syncs.heap import defs as heap
+from segment_ops.syncs.ops import delivery_health
+from segment_ops.syncs.ops import run_alerts as sensors
+from segment_ops.syncs.pendo import defs as pendo
+from segment_ops.syncs.replay import defs as replay
+from segment_ops.syncs.reverse_etl import defs as reverse_etl
 
 
 @dg.definitions

@@ -48,19 +48,19 @@ def _replay_config(home: Path) -> dict:
 
 
 def _last_pendo_days() -> tuple[str, str]:
-    from segment_ops.syncs.pendo import latest_days
+    from segment_ops.syncs.pendo.defs import latest_days
 
     return latest_days(60)  # 60 days: the 30-day window and the previous one the trend compares it with
 
 
 def _last_complete_audit_hour() -> str:
-    from segment_ops.syncs.audit_trail import complete_hours
+    from segment_ops.syncs.audit_trail.defs import complete_hours
 
     return complete_hours(1)[-1]
 
 
 def _heap_config(home: Path) -> dict:
-    from segment_ops.syncs.heap import prepare_demo
+    from segment_ops.syncs.heap.defs import prepare_demo
 
     return prepare_demo()
 

@@ -18,8 +18,13 @@ from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.clients.slack import SlackWebhookClient
 from segment_ops.config import Settings, load_settings
-from segment_ops.redaction import DEFAULT_HASH_FIELDS, DEFAULT_PATTERNS, DEFAULT_SCAN_FIELDS, RedactionRules
-from segment_ops.siem import JsonLinesDestination, SplunkHecDestination
+from segment_ops.engine.redaction import (
+    DEFAULT_HASH_FIELDS,
+    DEFAULT_PATTERNS,
+    DEFAULT_SCAN_FIELDS,
+    RedactionRules,
+)
+from segment_ops.syncs.audit_trail.siem import JsonLinesDestination, SplunkHecDestination
 
 
 class SegmentTrackingResource(dg.ConfigurableResource):

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from segment_ops.resources import build_resources
-from segment_ops.syncs.replay import replay_inbox_sensor, replay_job, replayed_events
+from segment_ops.syncs.replay.defs import replay_inbox_sensor, replay_job, replayed_events
 
 NODE = "segment__replayed_events"
 

@@ -23,7 +23,7 @@ import pytest
 from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import SECRET_NAMES
 from segment_ops.resources import build_resources
-from segment_ops.syncs.replay import replayed_events
+from segment_ops.syncs.replay.defs import replayed_events
 
 # Every secret of the configuration contract gets a distinctive value the sandbox rejects.
 SECRETS = {name: f"{name.lower()}-LEAKCHECK-3f9a1c7e5b" for name in SECRET_NAMES}

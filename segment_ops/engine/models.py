@@ -18,7 +18,7 @@ query's result, which `ModelSpec.check_columns` does once the rows are staged.
     -- probe: updated_at              column of those tables whose max() tells the sensor rows changed
     SELECT user_id, email, name, plan FROM customers
 
-No Dagster imports: the Dagster layer (`segment_ops.syncs.reverse_etl`) builds assets from these specs.
+No Dagster imports: the Dagster layer (`segment_ops.syncs.reverse_etl.defs`) builds assets from these specs.
 """
 
 from __future__ import annotations

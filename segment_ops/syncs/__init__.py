@@ -1,11 +1,2 @@
-"""One module per sync: its assets, checks, jobs, schedules and sensors, declared over the engine."""
-
-import warnings
-
-import dagster as dg
-
-OWNER = "team:data-platform"
-
-# `backfill_policy` is marked beta in Dagster 1.13 yet is the documented way to run a range of partitions in
-# one run (audit-trail and Pendo backfills); its warning would print on every load of the code location.
-warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+"""One package per sync: its Dagster assets, checks, jobs, schedules and sensors (`defs.py`), and the domain
+code only that sync needs. No sync imports another; what they share is in `engine/` or `shared.py`."""

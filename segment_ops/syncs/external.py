@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from segment_ops.config import DEMO_WAREHOUSE_TABLES
-from segment_ops.syncs import OWNER
+from segment_ops.syncs.shared import OWNER
 
 HEAP_SEGMENTS = dg.AssetSpec(
     ["heap", "segments"],

@@ -15,7 +15,7 @@ from segment_ops.config import (
 )
 from segment_ops.resources import SplunkHecResource, build_resources
 from segment_ops.sandbox.server import RunningSandbox
-from segment_ops.syncs.audit_trail import (  # noqa: F401 - complete_hours is shared with the tests
+from segment_ops.syncs.audit_trail.defs import (  # noqa: F401 - complete_hours is shared with the tests
     PARTITIONS,
     complete_hours,
     segment_audit_events,

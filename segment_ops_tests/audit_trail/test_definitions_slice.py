@@ -5,7 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from segment_ops.resources import build_resources
-from segment_ops.syncs import audit_trail, external, replay
+from segment_ops.syncs import external
+from segment_ops.syncs.audit_trail import defs as audit_trail
+from segment_ops.syncs.replay import defs as replay
 
 
 def test_the_code_location_with_the_audit_trail_loads_and_says_what_each_asset_is():

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from segment_ops.redaction import HASH_PREFIX
-from segment_ops.siem import event_epoch
-from segment_ops.syncs.audit_trail import PARTITIONS, segment_audit_events, siem_audit_events
+from segment_ops.engine.redaction import HASH_PREFIX
+from segment_ops.syncs.audit_trail.defs import PARTITIONS, segment_audit_events, siem_audit_events
+from segment_ops.syncs.audit_trail.siem import event_epoch
 from segment_ops_tests.audit_trail.conftest import (
     PULL_NODE,
     audit_ids,

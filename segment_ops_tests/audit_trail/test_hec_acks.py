@@ -20,7 +20,7 @@ import pytest
 
 from segment_ops.engine import store
 from segment_ops.resources import build_resources
-from segment_ops.syncs.audit_trail import forward_window, hec_channel, pull_window
+from segment_ops.syncs.audit_trail.defs import forward_window, hec_channel, pull_window
 from segment_ops_tests.audit_trail.conftest import (
     audit_ids,
     checks,
@@ -158,7 +158,7 @@ SECOND_PROCESS = """
 import json, sys
 import dagster as dg
 from segment_ops.resources import build_resources
-from segment_ops.syncs.audit_trail import segment_audit_events, siem_audit_events
+from segment_ops.syncs.audit_trail.defs import segment_audit_events, siem_audit_events
 
 result = dg.materialize([segment_audit_events, siem_audit_events], partition_key=sys.argv[1],
                         resources=build_resources(), raise_on_error=False)

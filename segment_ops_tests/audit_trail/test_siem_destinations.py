@@ -15,8 +15,8 @@ from segment_ops.clients.splunk_hec import SplunkHecClient
 from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN
 from segment_ops.engine.delivery import deliver_pending
 from segment_ops.engine.ledger import Ledger, PlannedMessage
-from segment_ops.siem import JsonLinesDestination, SplunkHecDestination, ledger_sync
-from segment_ops.syncs.audit_trail import forward_window, pull_window
+from segment_ops.syncs.audit_trail.defs import forward_window, pull_window
+from segment_ops.syncs.audit_trail.siem import JsonLinesDestination, SplunkHecDestination, ledger_sync
 from segment_ops_tests.audit_trail.conftest import (
     audit_ids,
     checks,

@@ -9,9 +9,9 @@ import duckdb
 import pytest
 
 from segment_ops.config import load_settings
-from segment_ops.redaction import HASH_PREFIX, RedactionRules
+from segment_ops.engine.redaction import HASH_PREFIX, RedactionRules
 from segment_ops.resources import AuditRedactionResource, build_resources
-from segment_ops.syncs.audit_trail import forward_window, missing_windows, pull_window
+from segment_ops.syncs.audit_trail.defs import forward_window, missing_windows, pull_window
 from segment_ops_tests.audit_trail.conftest import audit_ids, received_events, received_ids
 
 

@@ -25,7 +25,7 @@ from segment_ops.engine.delivery import (
     settle_awaiting,
 )
 from segment_ops.engine.ledger import PlannedMessage
-from segment_ops.engine.replay import plan_file, replay_file
+from segment_ops.syncs.replay.reader import plan_file, replay_file
 from segment_ops_tests.engine.conftest import ledger_counts, message_ids_received, track_calls, write_jsonl
 
 SYNC = "replay"

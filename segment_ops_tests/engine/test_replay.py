@@ -14,8 +14,8 @@ import pytest
 
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
 from segment_ops.engine.ledger import Ledger
-from segment_ops.engine.replay import ReplayInputError, plan_file, replay_file
 from segment_ops.engine.store import staging
+from segment_ops.syncs.replay.reader import ReplayInputError, plan_file, replay_file
 from segment_ops_tests.engine.conftest import ledger_counts, message_ids_received, track_calls, write_jsonl
 
 SYNC = "replay"

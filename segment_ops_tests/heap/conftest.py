@@ -13,13 +13,13 @@ import duckdb
 import pytest
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
-from segment_ops.engine.audiences import DEFAULT_FILE, AudiencesConfig, load_audiences
 from segment_ops.resources import AlertsResource, StagingResource, build_resources
 from segment_ops.sandbox.heap_webhooks import heap_hash
-from segment_ops.syncs.heap import SENSOR_NAME, audience_key, build_heap_defs, node
-from segment_ops.webhooks.app import WebhookConfig
-from segment_ops.webhooks.inbox import Inbox
-from segment_ops.webhooks.server import RunningReceiver, start_receiver
+from segment_ops.syncs.heap.audiences import DEFAULT_FILE, AudiencesConfig, load_audiences
+from segment_ops.syncs.heap.defs import SENSOR_NAME, audience_key, build_heap_defs, node
+from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import RunningReceiver, start_receiver
 from segment_ops_tests.conftest import HEAP_AT
 from segment_ops_tests.reverse_etl.conftest import edit_warehouse  # noqa: F401 - shared with the heap tests
 

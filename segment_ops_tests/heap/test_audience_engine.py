@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
-from segment_ops.engine.audiences import sync_audience
 from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.resources import SegmentTrackingResource
-from segment_ops.webhooks.heap import SyncPage
-from segment_ops.webhooks.inbox import Inbox
+from segment_ops.syncs.heap.audiences import sync_audience
+from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.webhook import SyncPage
 from segment_ops_tests.heap.conftest import POWER_USERS, edit_warehouse
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)

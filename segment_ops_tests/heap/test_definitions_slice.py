@@ -7,9 +7,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from segment_ops.engine.audiences import AudienceConfigError, load_audiences
 from segment_ops.resources import build_resources
-from segment_ops.syncs.heap import JOB_NAME, SCHEDULE_NAME, SENSOR_NAME, audience_key, build_heap_defs
+from segment_ops.syncs.heap.audiences import AudienceConfigError, load_audiences
+from segment_ops.syncs.heap.defs import JOB_NAME, SCHEDULE_NAME, SENSOR_NAME, audience_key, build_heap_defs
 from segment_ops_tests.heap.conftest import set_in_file
 
 AUDIENCES = ("churn_risk", "enterprise_admins", "free_customers", "power_users")

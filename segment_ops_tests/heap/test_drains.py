@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
-from segment_ops.engine.audiences import MembershipDropError, sync_audience
 from segment_ops.resources import SegmentTrackingResource
-from segment_ops.webhooks.heap import DrainRequest, SyncPage
-from segment_ops.webhooks.inbox import Inbox
+from segment_ops.syncs.heap.audiences import MembershipDropError, sync_audience
+from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.webhook import DrainRequest, SyncPage
 from segment_ops_tests.heap.conftest import (
     AT,
     POWER_USERS,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from segment_ops.engine.audiences import DEFAULT_FILE
+from segment_ops.syncs.heap.audiences import DEFAULT_FILE
 from segment_ops_tests.heap.conftest import (
     MEMBERS,
     POWER_USERS,

@@ -13,10 +13,10 @@ import httpx
 import orjson
 import pytest
 
-from segment_ops.webhooks.app import WebhookConfig
-from segment_ops.webhooks.heap import SyncPage
-from segment_ops.webhooks.inbox import Inbox, PageConflict
-from segment_ops.webhooks.server import start_receiver
+from segment_ops.syncs.heap.inbox import Inbox, PageConflict
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import start_receiver
+from segment_ops.syncs.heap.webhook import SyncPage
 from segment_ops_tests.heap.conftest import now_ms
 from segment_ops_tests.heap.conftest import sign as heap_sign
 
@@ -506,7 +506,7 @@ import sys
 sys.modules["duckdb"] = None
 sys.modules["dagster"] = None
 from starlette.testclient import TestClient
-from segment_ops.webhooks.app import WebhookConfig, create_app
+from segment_ops.syncs.heap.receiver import WebhookConfig, create_app
 body = {page_body()!r}
 client = TestClient(create_app(WebhookConfig(home={str(tmp_path)!r}, heap_secret="s")))
 print(client.post("/webhooks/heap", content=body, headers={{"Heap-Hash": {sign("s", page_body())!r}}}).status_code)

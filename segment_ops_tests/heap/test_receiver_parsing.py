@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from segment_ops.webhooks import heap
-from segment_ops.webhooks.app import WebhookConfig
-from segment_ops.webhooks.heap import MAX_COMPACT_FALLBACK_BYTES, InvalidSignature, verify
-from segment_ops.webhooks.inbox import Inbox
-from segment_ops.webhooks.server import start_receiver
+from segment_ops.syncs.heap import webhook as heap
+from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import start_receiver
+from segment_ops.syncs.heap.webhook import MAX_COMPACT_FALLBACK_BYTES, InvalidSignature, verify
 from segment_ops_tests.heap import reference_data as ref
 from segment_ops_tests.heap.conftest import now_ms, sign
 

@@ -8,14 +8,14 @@ import pytest
 
 from segment_ops.cli import main
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
-from segment_ops.webhooks.app import (
+from segment_ops.syncs.heap.receiver import (
     WebhookConfig,
     WebhookConfigError,
     WebhookSecretError,
     config_from_env,
     create_app_from_env,
 )
-from segment_ops.webhooks.server import start_receiver
+from segment_ops.syncs.heap.server import start_receiver
 
 
 def test_the_asgi_factory_refuses_to_start_without_heap_webhook_secret(ops_env):

@@ -15,10 +15,10 @@ import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.engine import store
-from segment_ops.engine.audiences import load_audiences, sync_audience
 from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.resources import build_resources
-from segment_ops.webhooks.inbox import Inbox
+from segment_ops.syncs.heap.audiences import load_audiences, sync_audience
+from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops_tests.conftest import HEAP_AT
 from segment_ops_tests.heap.conftest import (
     AT,

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
-from segment_ops.webhooks.heap import compact_json, verify
+from segment_ops.syncs.heap.webhook import compact_json, verify
 from segment_ops_tests.conftest import DEMO_SCALE, HEAP_AT
 from segment_ops_tests.heap.conftest import AT, POWER_USERS, now_ms, pages, wait_for
 

@@ -16,10 +16,16 @@ import orjson
 import pytest
 
 from segment_ops.sandbox.heap_webhooks import heap_hash
-from segment_ops.webhooks.app import WebhookConfig
-from segment_ops.webhooks.heap import InvalidSignature, Signature, TimestampOutOfRange, compact_json, verify
-from segment_ops.webhooks.inbox import Inbox
-from segment_ops.webhooks.server import start_receiver
+from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import start_receiver
+from segment_ops.syncs.heap.webhook import (
+    InvalidSignature,
+    Signature,
+    TimestampOutOfRange,
+    compact_json,
+    verify,
+)
 from segment_ops_tests.heap import reference_data as ref
 from segment_ops_tests.heap.conftest import wait_for
 

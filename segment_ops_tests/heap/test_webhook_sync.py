@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from segment_ops.resources import build_resources
-from segment_ops.webhooks.heap import sync_key
+from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops_tests.heap.conftest import (
     AT,
     FREE_CUSTOMERS,

@@ -13,10 +13,16 @@ import dagster as dg
 import pytest
 from dagster._utils.error import SerializableErrorInfo
 
-from segment_ops import sensors
 from segment_ops.config import SANDBOX_SLACK_WEBHOOK_PATH, SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
 from segment_ops.resources import AlertsResource, SplunkHecResource, build_resources
-from segment_ops.sensors import (
+from segment_ops.syncs.audit_trail.defs import (
+    PARTITIONS,
+    complete_hours,
+    segment_audit_events,
+    siem_audit_events,
+)
+from segment_ops.syncs.ops import run_alerts as sensors
+from segment_ops.syncs.ops.run_alerts import (
     ALERT_TAG,
     PARTITION_TAG,
     RANGE_END_TAG,
@@ -26,7 +32,6 @@ from segment_ops.sensors import (
     alert_on_run_failure,
     user_message,
 )
-from segment_ops.syncs.audit_trail import PARTITIONS, complete_hours, segment_audit_events, siem_audit_events
 from segment_ops_tests.audit_trail.conftest import audit_ids, window_of
 
 

@@ -23,14 +23,19 @@ from datetime import timedelta
 
 import pytest
 
-from segment_ops.syncs.audit_trail import PARTITIONS, audit_events_sensor, audit_trail_job, complete_hours
+from segment_ops.syncs.audit_trail.defs import (
+    PARTITIONS,
+    audit_events_sensor,
+    audit_trail_job,
+    complete_hours,
+)
 from segment_ops_tests.ops.conftest import DagsterDev, DagsterDevError
 
 # The module's first test may also wait for `dagster dev` to start (the first ops module that needs it).
 pytestmark = pytest.mark.timeout(600)
 
 HOURS_BACK = 72
-SENSOR_INTERVAL_SECONDS = 30.0  # minimum_interval_seconds of both alert sensors (segment_ops/sensors.py)
+SENSOR_INTERVAL_SECONDS = 30.0  # minimum_interval_seconds of both alert sensors (segment_ops/syncs/ops/run_alerts.py)
 ALERT_TIMEOUT_SECONDS = 90.0  # three sensor intervals: a tick may be busy with other runs' alerts
 QUIET_SECONDS = SENSOR_INTERVAL_SECONDS + 10.0  # one more tick of each sensor after the recovery, with margin
 RUN_TIMEOUT_SECONDS = 150.0  # the run may queue behind a sensor run in the audit-trail pool (limit 1)

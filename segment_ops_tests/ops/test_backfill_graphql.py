@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import pytest
 
-from segment_ops.syncs.audit_trail import FORWARD_KEY, PULL_KEY, complete_hours
+from segment_ops.syncs.audit_trail.defs import FORWARD_KEY, PULL_KEY, complete_hours
 from segment_ops_tests.audit_trail.conftest import audit_ids, received_ids, window_of
 from segment_ops_tests.ops.conftest import DagsterDev, DagsterDevError
 

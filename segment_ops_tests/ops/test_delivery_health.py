@@ -24,7 +24,7 @@ from segment_ops.engine.ledger import (
     Rejection,
 )
 from segment_ops.resources import build_resources
-from segment_ops.syncs.delivery_health import (
+from segment_ops.syncs.ops.delivery_health import (
     BUSY,
     STATE_FILE,
     ops_delivery_health,

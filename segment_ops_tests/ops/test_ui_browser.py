@@ -23,7 +23,7 @@ import duckdb
 import pytest
 
 from segment_ops.definitions import defs
-from segment_ops.syncs.reverse_etl import model_key
+from segment_ops.syncs.reverse_etl.defs import model_key
 from segment_ops_tests.ops.conftest import PROJECT_ROOT, DagsterDev
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -18,14 +18,14 @@ from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.pendo import PendoClient, last_settled_day
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY, SANDBOX_SEGMENT_WRITE_KEY
-from segment_ops.engine.health import DEFAULT_CONFIG_PATH, HealthConfig, load_health_config
-from segment_ops.engine.pendo_usage import SYNC
 from segment_ops.resources import PendoResource, build_resources
 from segment_ops.sandbox.app import DemoSource
 from segment_ops.sandbox.demo_data import DemoConfig
 from segment_ops.sandbox.pendo import Pendo
 from segment_ops.sandbox.recorder import Recorder
-from segment_ops.syncs import pendo
+from segment_ops.syncs.pendo import defs as pendo
+from segment_ops.syncs.pendo.extract import SYNC
+from segment_ops.syncs.pendo.score import DEFAULT_CONFIG_PATH, HealthConfig, load_health_config
 from segment_ops_tests.conftest import DEMO_SCALE
 
 ZONE = pendo.SUBSCRIPTION_ZONE  # PENDO_TIMEZONE is unset in tests: the sandbox subscription's zone

@@ -10,10 +10,10 @@ import pytest
 
 from segment_ops.clients.pendo import ALL_APPS, AppScope, PendoClient, PendoSettingError
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
-from segment_ops.engine.health import score_accounts
-from segment_ops.engine.pendo_usage import ensure_schema, extract_days
 from segment_ops.resources import PendoResource
-from segment_ops.syncs import pendo
+from segment_ops.syncs.pendo import defs as pendo
+from segment_ops.syncs.pendo.extract import ensure_schema, extract_days
+from segment_ops.syncs.pendo.score import score_accounts
 from segment_ops_tests.pendo.conftest import (
     FAST_RETRY,
     ZONE,

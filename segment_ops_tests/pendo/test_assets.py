@@ -10,9 +10,9 @@ import duckdb
 
 from segment_ops.clients.pendo import PendoClient
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
-from segment_ops.engine.health import load_health_config
-from segment_ops.engine.pendo_usage import extract_days
-from segment_ops.syncs import pendo
+from segment_ops.syncs.pendo import defs as pendo
+from segment_ops.syncs.pendo.extract import extract_days
+from segment_ops.syncs.pendo.score import load_health_config
 from segment_ops_tests.pendo.conftest import (
     ASSETS,
     ZONE,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from datetime import date, timedelta
 
-from segment_ops.engine.health import score_accounts
-from segment_ops.engine.pendo_groups import sync_account_groups
-from segment_ops.engine.pendo_usage import ensure_schema
+from segment_ops.syncs.pendo.extract import ensure_schema
+from segment_ops.syncs.pendo.groups import sync_account_groups
+from segment_ops.syncs.pendo.score import score_accounts
 from segment_ops_tests.pendo.conftest import group_calls
 
 D = date(2026, 6, 30)

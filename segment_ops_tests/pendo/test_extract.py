@@ -10,7 +10,7 @@ import pytest
 from segment_ops.clients.base import VendorAuthError, VendorUnavailable
 from segment_ops.clients.pendo import AppScope, PendoClient, day_range_source, local_midnight_ms
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
-from segment_ops.engine.pendo_usage import SYNC, ExtractError, extract_days, slices_of
+from segment_ops.syncs.pendo.extract import SYNC, ExtractError, extract_days, slices_of
 from segment_ops_tests.pendo.conftest import ZONE, yesterday
 
 

@@ -9,15 +9,15 @@ from datetime import timedelta
 import pytest
 
 from segment_ops.engine.diff import DeliveryIncomplete
-from segment_ops.engine.health import score_accounts
 from segment_ops.engine.identity import IdentitySource
-from segment_ops.engine.pendo_groups import (
+from segment_ops.syncs.pendo.extract import SYNC, extract_days
+from segment_ops.syncs.pendo.groups import (
     NothingScoredError,
     PartialWindowError,
     StaleScoreError,
     sync_account_groups,
 )
-from segment_ops.engine.pendo_usage import SYNC, extract_days
+from segment_ops.syncs.pendo.score import score_accounts
 from segment_ops_tests.pendo.conftest import ZONE, group_calls, yesterday
 
 INACTIVE = {"acc_00012", "acc_00015"}  # accounts whose users never use the app (scale 0.1)

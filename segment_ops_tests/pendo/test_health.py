@@ -8,14 +8,14 @@ from datetime import date, timedelta
 
 import pytest
 
-from segment_ops.engine.health import (
+from segment_ops.syncs.pendo.extract import ensure_schema
+from segment_ops.syncs.pendo.score import (
     DEFAULT_CONFIG_PATH,
     HealthConfigError,
     NothingStagedError,
     load_health_config,
     score_accounts,
 )
-from segment_ops.engine.pendo_usage import ensure_schema
 from segment_ops_tests.pendo.conftest import write_config
 
 AS_OF = date(2026, 6, 30)

@@ -26,16 +26,16 @@ from segment_ops.clients.pendo import (
     subscription_zone,
 )
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
-from segment_ops.engine.health import days_staged_otherwise, missing_window_days
-from segment_ops.engine.pendo_usage import (
+from segment_ops.resources import PendoResource
+from segment_ops.syncs.pendo import defs as pendo
+from segment_ops.syncs.pendo.extract import (
     EmptyDaysError,
     ExtractError,
     TimeZoneMismatchError,
     ensure_schema,
     extract_days,
 )
-from segment_ops.resources import PendoResource
-from segment_ops.syncs import pendo
+from segment_ops.syncs.pendo.score import days_staged_otherwise, missing_window_days
 from segment_ops_tests.pendo.conftest import (
     ZONE,
     backfill,
@@ -499,7 +499,7 @@ def test_another_whole_hour_zone_moves_the_partitions_and_the_schedule(tmp_path)
 def load_pendo_sync(code: str, **env: str) -> subprocess.CompletedProcess:
     """Import the Pendo sync (as loading the definitions does) in a fresh interpreter with `env` set."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PENDO_", "SEGMENT_OPS_"))}
-    return subprocess.run([sys.executable, "-c", f"from segment_ops.syncs import pendo; {code}"],
+    return subprocess.run([sys.executable, "-c", f"from segment_ops.syncs.pendo import defs as pendo; {code}"],
                           capture_output=True, text=True, timeout=120, env={**clean, **env})
 
 

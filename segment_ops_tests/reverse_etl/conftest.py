@@ -16,7 +16,7 @@ from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.resources import SegmentTrackingResource, build_resources
-from segment_ops.syncs.reverse_etl import MODELS_DIR, build_reverse_etl_defs, model_key
+from segment_ops.syncs.reverse_etl.defs import MODELS_DIR, build_reverse_etl_defs, model_key
 
 FAST_RETRY = RetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.02, max_elapsed=2.0)
 

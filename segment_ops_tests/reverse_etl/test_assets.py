@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 
 from segment_ops.resources import StagingResource, build_resources
-from segment_ops.syncs.reverse_etl import JOB_NAME, build_reverse_etl_defs, model_key
+from segment_ops.syncs.reverse_etl.defs import JOB_NAME, build_reverse_etl_defs, model_key
 from segment_ops_tests.reverse_etl.conftest import (
     StormAfterFirstBatch,
     checks,

@@ -12,9 +12,9 @@ from segment_ops.engine.delivery import deliver_pending
 from segment_ops.engine.diff import SUPERSEDED, DeliveryIncomplete, _ModelSql, ensure_state, plan_changes
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.models import parse_model
-from segment_ops.engine.reverse_etl import STAGED_TABLE, sync_model
 from segment_ops.engine.store import staging
 from segment_ops.engine.warehouse import stage_query
+from segment_ops.syncs.reverse_etl.sync import STAGED_TABLE, sync_model
 from segment_ops_tests.reverse_etl.conftest import edit_warehouse, received, segment_stats
 
 HEADER = """\

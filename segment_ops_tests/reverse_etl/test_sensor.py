@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from segment_ops.resources import WarehouseResource
-from segment_ops.syncs.reverse_etl import JOB_NAME, SENSOR_NAME, build_reverse_etl_defs, model_key
+from segment_ops.syncs.reverse_etl.defs import JOB_NAME, SENSOR_NAME, build_reverse_etl_defs, model_key
 from segment_ops_tests.reverse_etl.conftest import edit_warehouse, metadata, node
 
 

@@ -64,7 +64,7 @@ from pathlib import Path
 
 import orjson
 
-from segment_ops.webhooks.heap import DrainRequest, SyncPage, sync_key
+from segment_ops.syncs.heap.webhook import DrainRequest, SyncPage, sync_key
 
 DONE_MARKER = "done.json"
 SUMMARY_FILE = "sync.json"

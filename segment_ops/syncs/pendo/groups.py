@@ -48,7 +48,12 @@ from segment_ops.engine.diff import (
     ensure_state,
     plan_changes,
 )
-from segment_ops.engine.health import (
+from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
+from segment_ops.engine.ledger import PENDING, REJECTED, Ledger, LedgerCounts
+from segment_ops.engine.models import ModelSpec, literal, quote
+from segment_ops.engine.warehouse import StagedResult, describe_staged
+from segment_ops.syncs.pendo.extract import SYNC
+from segment_ops.syncs.pendo.score import (
     HEALTH_TABLE,
     HealthConfig,
     days_staged_otherwise,
@@ -58,11 +63,6 @@ from segment_ops.engine.health import (
     missing_window_days,
     usage_days_sql,
 )
-from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
-from segment_ops.engine.ledger import PENDING, REJECTED, Ledger, LedgerCounts
-from segment_ops.engine.models import ModelSpec, literal, quote
-from segment_ops.engine.pendo_usage import SYNC
-from segment_ops.engine.warehouse import StagedResult, describe_staged
 
 IDENTITY_TABLE = "pendo_identity_map"
 ROWS_TABLE = "pendo_group_rows"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from segment_ops.asgi import ThreadedServer, serve_in_thread, uvicorn_config
-from segment_ops.webhooks.app import (
+from segment_ops.syncs.heap.receiver import (
     HEAP_PATH,
     WebhookConfig,
     WebhookSecretError,

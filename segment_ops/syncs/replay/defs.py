@@ -15,10 +15,10 @@ from pydantic import Field
 from segment_ops.engine import store
 from segment_ops.engine.delivery import DeliveryError
 from segment_ops.engine.ledger import Ledger
-from segment_ops.engine.replay import REPLAY_SYNC, ReplayInputError, ReplayPlan, replay_file
 from segment_ops.resources import SegmentTrackingResource, StagingResource
-from segment_ops.syncs import OWNER
 from segment_ops.syncs.metadata import markdown_table, payload_samples
+from segment_ops.syncs.replay.reader import REPLAY_SYNC, ReplayInputError, ReplayPlan, replay_file
+from segment_ops.syncs.shared import OWNER
 
 REPLAY_KEY = dg.AssetKey(["segment", "replayed_events"])
 INBOX = ("inbox", "replay")

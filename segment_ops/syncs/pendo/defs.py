@@ -45,7 +45,20 @@ from segment_ops.clients.pendo import (
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import DeliveryIncomplete
-from segment_ops.engine.health import (
+from segment_ops.engine.identity import IdentityMapError
+from segment_ops.engine.warehouse import WarehouseError
+from segment_ops.resources import PendoResource, SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.syncs.external import PENDO_ACCOUNTS
+from segment_ops.syncs.metadata import diff_run_metadata, markdown_table
+from segment_ops.syncs.pendo.extract import SYNC, ExtractError, ExtractReport, extract_days
+from segment_ops.syncs.pendo.groups import (
+    GroupSyncRun,
+    NothingScoredError,
+    PartialWindowError,
+    StaleScoreError,
+    sync_account_groups,
+)
+from segment_ops.syncs.pendo.score import (
     BANDS,
     DEFAULT_CONFIG_PATH,
     HEALTH_TABLE,
@@ -61,20 +74,7 @@ from segment_ops.engine.health import (
     load_health_config,
     score_accounts,
 )
-from segment_ops.engine.identity import IdentityMapError
-from segment_ops.engine.pendo_groups import (
-    GroupSyncRun,
-    NothingScoredError,
-    PartialWindowError,
-    StaleScoreError,
-    sync_account_groups,
-)
-from segment_ops.engine.pendo_usage import SYNC, ExtractError, ExtractReport, extract_days
-from segment_ops.engine.warehouse import WarehouseError
-from segment_ops.resources import PendoResource, SegmentTrackingResource, StagingResource, WarehouseResource
-from segment_ops.syncs import OWNER
-from segment_ops.syncs.external import PENDO_ACCOUNTS
-from segment_ops.syncs.metadata import diff_run_metadata, markdown_table
+from segment_ops.syncs.shared import OWNER
 
 GROUP = "pendo"
 POOL = f"staging_{SYNC}"

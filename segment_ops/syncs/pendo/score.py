@@ -49,7 +49,7 @@ import duckdb
 from segment_ops.engine.identity import IdentityMapError, IdentitySource
 from segment_ops.engine.models import literal
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "pendo_health.toml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[3] / "config" / "pendo_health.toml"
 COMPONENTS = ("breadth", "depth", "trend", "sentiment", "recency")
 BANDS = ("healthy", "at_risk", "critical")
 HEALTH_TABLE = "pendo_account_health"

@@ -1,6 +1,6 @@
 """Redaction of audit events before they leave for a SIEM: configured fields hashed or dropped.
 
-Rules (all configurable on `AuditRedactionResource`, see `segment_ops.syncs.audit_trail`):
+Rules (all configurable on `AuditRedactionResource`, see `segment_ops.syncs.audit_trail.defs`):
 - `hash_fields`: the whole value becomes `sha256:<hex>`, an HMAC-SHA256 keyed by a secret salt
   (`SEGMENT_OPS_REDACTION_SALT`). The same value always gives the same hash, so a SIEM can still
   correlate "the same person did X and Y", and whoever holds the salt can check a known value; without

@@ -1,6 +1,6 @@
 """The webhook receiver: a small Starlette app with `POST /webhooks/heap` and `GET /healthz`.
 
-`POST /webhooks/heap` (Heap's reference validator and webhook spec, see `segment_ops.webhooks.heap`):
+`POST /webhooks/heap` (Heap's reference validator and webhook spec, see `segment_ops.syncs.heap.webhook`):
 - 413 when the body is larger than `max_body_bytes`;
 - 400 `{"error": "<what is wrong>"}` when `Heap-Hash` is missing or malformed, or its timestamp is older
   than `max_age_seconds` or more than `max_future_seconds` ahead (that Heap signs every retry anew is
@@ -13,15 +13,15 @@
 - 200 `{"stored": true|false, ...}` once the page or drain is durably in the inbox (false: an identical
   repeat, kept once; `"done": true` when it was already applied - it is not applied again; a drain
   repeated after a newer sync was applied, or a day after it was applied, is stored anew under
-  `drain-<key>-<n>`, `"held": true` in the first case - see `segment_ops.webhooks.inbox`);
+  `drain-<key>-<n>`, `"held": true` in the first case - see `segment_ops.syncs.heap.inbox`);
 - 409 `{"error": "<what differs>"}` when a page disagrees with the copy already stored, or with its
   sync's segment id or total_pages: the first copy is kept, this one is kept aside and logged (see
-  `segment_ops.webhooks.inbox`);
+  `segment_ops.syncs.heap.inbox`);
 - 500 when the inbox cannot be written (Heap retries; nothing was acknowledged).
 Nothing reaches the inbox before its signature is verified.
 
 Production: `segment-ops webhooks --port 8080`, or any ASGI server with the factory
-`segment_ops.webhooks.app:create_app_from_env` (e.g. `uvicorn --factory ...`), behind HTTPS.
+`segment_ops.syncs.heap.receiver:create_app_from_env` (e.g. `uvicorn --factory ...`), behind HTTPS.
 The secrets come from HEAP_WEBHOOK_SECRET (and HEAP_WEBHOOK_PREVIOUS_SECRETS during a rotation) and
 never reach a log or a response. Without HEAP_WEBHOOK_SECRET the only secret available is the sandbox's,
 published in this repository, with which anyone could sign pages: `create_app_from_env` (its bind
@@ -46,7 +46,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, Settings, load_settings
-from segment_ops.webhooks.heap import (
+from segment_ops.syncs.heap.inbox import Inbox, InboxError, PageConflict
+from segment_ops.syncs.heap.webhook import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_MAX_FUTURE_SECONDS,
     DrainRequest,
@@ -57,7 +58,6 @@ from segment_ops.webhooks.heap import (
     parse_request,
     verify,
 )
-from segment_ops.webhooks.inbox import Inbox, InboxError, PageConflict
 
 HEAP_PATH = "/webhooks/heap"
 DEFAULT_MAX_BODY_BYTES = 10_000_000
@@ -233,7 +233,7 @@ def _seconds(settings: Settings, name: str, default: float) -> float:
 
 
 def create_app_from_env() -> Starlette:
-    """ASGI factory for production servers: `uvicorn --factory segment_ops.webhooks.app:create_app_from_env`.
+    """ASGI factory for production servers: `uvicorn --factory segment_ops.syncs.heap.receiver:create_app_from_env`.
 
     Raises `WebhookSecretError` unless HEAP_WEBHOOK_SECRET is set: the factory cannot know its bind address."""
     config = config_from_env()

@@ -37,7 +37,12 @@ from segment_ops.clients.base import VendorAuthError, VendorError
 from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
-from segment_ops.engine.audiences import (
+from segment_ops.engine.diff import DeliveryIncomplete
+from segment_ops.engine.identity import IdentityMapError
+from segment_ops.engine.warehouse import WarehouseError
+from segment_ops.resources import AlertsResource, SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.syncs.external import HEAP_SEGMENTS, warehouse_table_key
+from segment_ops.syncs.heap.audiences import (
     DEFAULT_FILE,
     DRAIN_POLICIES,
     Audience,
@@ -49,15 +54,10 @@ from segment_ops.engine.audiences import (
     load_audiences,
     sync_audience,
 )
-from segment_ops.engine.diff import DeliveryIncomplete
-from segment_ops.engine.identity import IdentityMapError
-from segment_ops.engine.warehouse import WarehouseError
-from segment_ops.resources import AlertsResource, SegmentTrackingResource, StagingResource, WarehouseResource
-from segment_ops.syncs import OWNER
-from segment_ops.syncs.external import HEAP_SEGMENTS, warehouse_table_key
+from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
-from segment_ops.webhooks.heap import sync_key
-from segment_ops.webhooks.inbox import Inbox
+from segment_ops.syncs.shared import OWNER
 
 GROUP = "heap"
 KINDS = {"heap", "segment", "duckdb"}
@@ -419,8 +419,8 @@ def prepare_demo() -> dict:
     (signed, paged, waited for), and return the run config that applies them by the webhook route."""
     import httpx
 
-    from segment_ops.webhooks.app import config_from_env
-    from segment_ops.webhooks.server import start_receiver
+    from segment_ops.syncs.heap.receiver import config_from_env
+    from segment_ops.syncs.heap.server import start_receiver
 
     settings = load_settings()
     config = config_from_env(settings)

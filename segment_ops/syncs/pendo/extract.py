@@ -56,9 +56,9 @@ from segment_ops.clients.pendo import (
     local_day_of,
     local_midnight_ms,
 )
-from segment_ops.engine.health import HealthConfig
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.models import literal
+from segment_ops.syncs.pendo.score import HealthConfig
 
 SYNC = "pendo_account_health"  # the staging file's name and the sync's name in the ledger
 LEGACY_TIMEZONE = "UTC"  # the zone of days staged before PENDO_TIMEZONE existed (their `timezone` is NULL)

@@ -34,14 +34,14 @@ from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.models import ModelError, ModelSpec, load_models
-from segment_ops.engine.reverse_etl import ModelRun, sync_model
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
-from segment_ops.syncs import OWNER
 from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
 from segment_ops.syncs.metadata import diff_run_metadata
+from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
+from segment_ops.syncs.shared import OWNER
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "sql" / "reverse_etl"
+MODELS_DIR = Path(__file__).resolve().parents[3] / "sql" / "reverse_etl"
 GROUP = "reverse_etl"
 JOB_NAME = "reverse_etl_job"
 SENSOR_NAME = "reverse_etl_warehouse_sensor"

@@ -55,7 +55,7 @@ from segment_ops.engine.delivery import (
     settle_awaiting,
 )
 from segment_ops.engine.ledger import Ledger, MessageCounts, PlanCounts, PlannedMessage
-from segment_ops.redaction import RedactionRules
+from segment_ops.engine.redaction import RedactionRules
 from segment_ops.resources import (
     AuditRedactionResource,
     JsonLinesSiemResource,
@@ -63,10 +63,10 @@ from segment_ops.resources import (
     SplunkHecResource,
     StagingResource,
 )
-from segment_ops.siem import SiemDestination, SplunkHecDestination, ledger_sync
-from segment_ops.syncs import OWNER
+from segment_ops.syncs.audit_trail.siem import SiemDestination, SplunkHecDestination, ledger_sync
 from segment_ops.syncs.external import SEGMENT_WORKSPACE
 from segment_ops.syncs.metadata import markdown_table
+from segment_ops.syncs.shared import OWNER
 
 STAGING_SYNC = "audit_trail"  # the staging file: $SEGMENT_OPS_HOME/staging/audit_trail.duckdb
 POOL = "staging_audit_trail"

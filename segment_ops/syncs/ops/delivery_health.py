@@ -47,8 +47,8 @@ from segment_ops.clients.base import VendorError
 from segment_ops.engine import store
 from segment_ops.engine.ledger import Ledger
 from segment_ops.resources import AlertsResource, DeliveryHealthResource, StagingResource
-from segment_ops.syncs import OWNER
 from segment_ops.syncs.metadata import markdown_table
+from segment_ops.syncs.shared import OWNER
 
 HEALTH_KEY = dg.AssetKey(["ops", "delivery_health"])
 GROUP = "operations"

@@ -1,7 +1,7 @@
 """Heap segments as Segment audiences: membership from webhooks or Heap Connect, through the one diff.
 
 Both routes end in the same place, the *current membership* of a segment in the audience's staging file:
-- webhook route: the pages of complete syncs in the inbox (`segment_ops.webhooks.inbox`) are loaded page
+- webhook route: the pages of complete syncs in the inbox (`segment_ops.syncs.heap.inbox`) are loaded page
   by page, and each identity's last change is merged into `heap_membership`; drains
   (`segment.users.drain`) of the segment are applied by `drain_policy` (below);
 - reconcile route: the full membership in the Heap Connect tables (`members_query` on the warehouse)
@@ -79,9 +79,9 @@ from segment_ops.engine.identity import IdentityMapError, IdentityMapStats, Iden
 from segment_ops.engine.ledger import Ledger, LedgerCounts
 from segment_ops.engine.models import MODEL_NAME, ModelSpec, literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult, WarehouseError, stage_query
-from segment_ops.webhooks.inbox import Inbox, InboxDrain, InboxSync
+from segment_ops.syncs.heap.inbox import Inbox, InboxDrain, InboxSync
 
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / "config" / "heap_audiences.toml"
+DEFAULT_FILE = Path(__file__).resolve().parents[3] / "config" / "heap_audiences.toml"
 FALLBACKS = ("user_id_unless_email", "reject")
 ROUTES = ("webhook", "reconcile")
 DRAIN_POLICIES = ("exit", "ignore")  # HEAP_DRAIN_POLICY

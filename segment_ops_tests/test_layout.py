@@ -1,0 +1,58 @@
+"""The layout's rules, read from the code's own imports: a generic engine, one package per sync that imports
+no other sync, and a Heap receiver that loads neither Dagster nor DuckDB."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "segment_ops"
+SYNCS = sorted(p.name for p in (PACKAGE / "syncs").iterdir() if p.is_dir() and (p / "__init__.py").exists())
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth of its code (lazy imports inside functions count too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def modules(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules(PACKAGE / "engine"), ids=lambda p: p.name)
+def test_the_engine_imports_no_dagster_no_sync_and_no_vendor_client_but_the_base(path):
+    bad = sorted(m for m in imports_of(path)
+                 if m.split(".")[0] == "dagster"
+                 or m.startswith(("segment_ops.syncs", "segment_ops.sandbox", "segment_ops.resources",
+                                  "segment_ops.definitions", "segment_ops.alerts"))
+                 or (m.startswith("segment_ops.clients.") and m.split(".")[2] != "base"))
+    assert bad == [], f"{path.relative_to(PACKAGE.parent)} imports {bad}"
+
+
+@pytest.mark.parametrize("sync", SYNCS)
+def test_no_sync_imports_another(sync):
+    others = tuple(f"segment_ops.syncs.{other}" for other in SYNCS if other != sync)
+    for path in modules(PACKAGE / "syncs" / sync):
+        bad = sorted(m for m in imports_of(path) if m.startswith(others) and m.split(".")[2] in SYNCS)
+        assert bad == [], f"{path.relative_to(PACKAGE.parent)} imports {bad}"
+
+
+def test_the_heap_receiver_loads_neither_dagster_nor_duckdb():
+    # It runs as its own small process beside the code location and never touches a staging file.
+    code = ("import sys, segment_ops.syncs.heap.server; "
+            "print(sorted(m for m in ('dagster', 'duckdb') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
