@@ -14,6 +14,7 @@ import pytest
 from dagster._utils.error import SerializableErrorInfo
 
 from segment_ops.config import SANDBOX_SLACK_WEBHOOK_PATH, SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
+from segment_ops.definitions import defs
 from segment_ops.resources import AlertsResource, SplunkHecResource, build_resources
 from segment_ops.syncs.audit_trail.defs import (
     PARTITIONS,
@@ -59,6 +60,10 @@ def hour(clean_sandbox) -> str:
     return key
 
 
+# The code location's repository, as the daemon hands it to a sensor (the alerts name asset groups from it).
+REPOSITORY = defs().get_repository_def()
+
+
 class Ticks:
     """Evaluates one sensor tick after tick, carrying its cursor like the daemon does."""
 
@@ -68,7 +73,7 @@ class Ticks:
 
     def tick(self, cursor: str | None = None) -> object:
         context = dg.build_sensor_context(instance=self.instance, cursor=cursor or self.cursor,
-                                          resources=self.resources)
+                                          resources=self.resources, repository_def=REPOSITORY)
         result = self.sensor.evaluate_tick(context)
         self.cursor = result.cursor
         return result

@@ -35,7 +35,6 @@ Dagster's 60 s evaluation limit. What happens to an alert that could not be sent
 
 from __future__ import annotations
 
-import functools
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -280,17 +279,10 @@ def _groups(graph: object | None, keys: frozenset[dg.AssetKey]) -> list[str]:
 
 
 def _asset_graph(repository_def: object | None) -> object | None:
-    if repository_def is not None:
-        return repository_def.asset_graph  # type: ignore[attr-defined]
-    return _code_location_graph()
-
-
-@functools.cache
-def _code_location_graph() -> object:
-    """The code location's asset graph, for evaluations without a repository (tests, direct calls)."""
-    from segment_ops.definitions import defs  # at call time: definitions imports this module
-
-    return defs().resolve_asset_graph()
+    """The code location's asset graph from the sensor's own repository (the daemon always passes it); an
+    evaluation without one (a direct call) reports no asset groups rather than importing the definitions
+    that gather this module."""
+    return repository_def.asset_graph if repository_def is not None else None  # type: ignore[attr-defined]
 
 
 defs = dg.Definitions(sensors=[alert_on_run_failure, alert_on_recovery])
