@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segment_ops.config import load_settings
+from segment_ops.config import HomeConflictError, load_settings
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
     from segment_ops.syncs.replay.reader import ReplayResult
@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("segment_ops.clients").setLevel(logging.ERROR)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except HomeConflictError as exc:  # an old ./.segment_ops holds state: the message says both ways out
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _run_replay(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ Dagster resources, the CLI, the README's configuration table and the secret-leak
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,13 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SEGMENT_OPS_HOME",
-        "Folder for staging DuckDB files, the delivery ledger, inboxes and the demo warehouse.",
-        default=".segment_ops",
+        "Folder for staging DuckDB files, the delivery ledger, inboxes and the demo warehouse; the same "
+        "whatever the current directory. Unset: `$XDG_DATA_HOME/segment_ops` if `XDG_DATA_HOME` is set, "
+        "else `~/.local/share/segment_ops` (Windows: `%LOCALAPPDATA%\\segment_ops`). A relative value is "
+        "resolved against the directory the process starts in, so give an absolute path. Unset while "
+        "`./.segment_ops` (the old default) holds state: the CLI, the demo and the code location refuse "
+        "to start and say how to keep using that folder or move it.",
+        default="~/.local/share/segment_ops",
     ),
     Setting(
         "SEGMENT_OPS_SANDBOX_URL",
@@ -218,28 +224,33 @@ class Settings:
 
     values: Mapping[str, str]
     from_env: frozenset[str]
+    # Why the home cannot be used (a `HomeConflictError` message), and the values that depend on it: reading
+    # one of those raises, while every other setting still reads (alerts, Pendo's time zone at import).
+    home_conflict: str | None = None
+    home_dependent: frozenset[str] = frozenset()
 
     def __getitem__(self, name: str) -> str:
+        if self.home_conflict is not None and name in self.home_dependent:
+            raise HomeConflictError(self.home_conflict)
         return self.values[name]
 
     @property
     def home(self) -> Path:
-        return Path(self.values["SEGMENT_OPS_HOME"])
-
+        return Path(self["SEGMENT_OPS_HOME"])
 
     def is_set(self, name: str) -> bool:
         """True when the environment sets `name`; False when the sandbox default is in force."""
         return name in self.from_env
 
 
-
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Resolve every setting from `env` (default: `os.environ`), falling back to sandbox defaults."""
     env = os.environ if env is None else env
-    home = Path(env.get("SEGMENT_OPS_HOME") or _BY_NAME["SEGMENT_OPS_HOME"].default).expanduser().resolve()
+    home, conflict = resolve_home(env)
     sandbox_url = (env.get("SEGMENT_OPS_SANDBOX_URL") or _BY_NAME["SEGMENT_OPS_SANDBOX_URL"].default).rstrip("/")
     values: dict[str, str] = {}
     from_env = set()
+    home_dependent = {"SEGMENT_OPS_HOME"}
     for setting in SETTINGS:
         raw = env.get(setting.name)
         if raw:
@@ -247,9 +258,91 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             values[setting.name] = raw
         else:
             values[setting.name] = setting.default_for(sandbox_url, home) or ""
+            if setting.default and "{home}" in setting.default:
+                home_dependent.add(setting.name)
     values["SEGMENT_OPS_HOME"] = str(home)
     values["SEGMENT_OPS_SANDBOX_URL"] = sandbox_url
-    return Settings(values=values, from_env=frozenset(from_env))
+    return Settings(values=values, from_env=frozenset(from_env), home_conflict=conflict,
+                    home_dependent=frozenset(home_dependent))
+
+
+# SEGMENT_OPS_HOME's default until issue 14, relative to the current directory: a replay run from another
+# folder started a new ledger there and sent everything again.
+LEGACY_HOME = ".segment_ops"
+
+
+class HomeConflictError(RuntimeError):
+    """SEGMENT_OPS_HOME is unset and `./.segment_ops`, its old default, holds state: the new default would
+    start an empty ledger beside it (and send everything again), so the user must choose."""
+
+
+def default_home(env: Mapping[str, str] | None = None) -> Path:
+    """SEGMENT_OPS_HOME when unset: `$XDG_DATA_HOME/segment_ops`, else `~/.local/share/segment_ops` (macOS
+    too, as uv does), or `%LOCALAPPDATA%\\segment_ops` on Windows: absolute, whatever the current folder."""
+    env = os.environ if env is None else env
+    if os.name == "nt":
+        base = Path(env.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        xdg = env.get("XDG_DATA_HOME", "")
+        # The XDG base-directory spec: a relative XDG_DATA_HOME is invalid and must be ignored.
+        base = Path(xdg) if os.path.isabs(xdg) else Path(env.get("HOME") or Path.home()) / ".local" / "share"
+    return (base / "segment_ops").resolve()
+
+
+def resolve_home(env: Mapping[str, str] | None = None) -> tuple[Path, str | None]:
+    """The absolute SEGMENT_OPS_HOME, and why it cannot be used (None when it can).
+
+    An explicit value is used as given; a relative one is resolved here, against the current directory,
+    and the absolute path is what every caller passes on. Only the default is checked against a store at
+    the old `./.segment_ops`: refusing is safer than moving a user's data unasked (a Dagster process may
+    hold its DuckDB files open, another checkout may own it, and a move across filesystems is not atomic).
+    """
+    env = os.environ if env is None else env
+    raw = env.get("SEGMENT_OPS_HOME")
+    if raw:
+        return Path(raw).expanduser().resolve(), None
+    home = default_home(env)
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the current directory was deleted: there is no old store to find in it
+        return home, None
+    return home, _home_conflict(cwd, str(home))
+
+
+# (cwd, home) pairs already found free of an old store: a process checks each pair once (a few stat calls);
+# a conflict is looked at again each time, so the error goes as soon as the user has moved the folder.
+_NO_CONFLICT: set[tuple[str, str]] = set()
+
+
+def _home_conflict(cwd: str, home: str) -> str | None:
+    if (cwd, home) in _NO_CONFLICT:
+        return None
+    legacy, new = Path(cwd, LEGACY_HOME), Path(home)
+    if not _holds_state(legacy) or (new.exists() and os.path.samefile(legacy, new)):
+        _NO_CONFLICT.add((cwd, home))
+        return None
+    keep = f"export SEGMENT_OPS_HOME={shlex.quote(str(legacy))}"
+    if _holds_state(new):
+        return (f"SEGMENT_OPS_HOME is unset and both its default {new} and {legacy} (the old default, "
+                f"relative to the current directory) hold state: set SEGMENT_OPS_HOME to the one to use "
+                f"({keep}, or export SEGMENT_OPS_HOME={shlex.quote(str(new))}) and move the other "
+                f"out of the way")
+    move = f"mv {shlex.quote(str(legacy))} {shlex.quote(str(new))}"
+    if not new.exists():
+        move = f"mkdir -p {shlex.quote(str(new.parent))} && {move}"
+    elif any(new.iterdir()):  # only empty folders (no file): delete them, or mv would put the store inside
+        move = f"find {shlex.quote(str(new))} -depth -type d -empty -delete && {move}"
+    else:
+        move = f"rmdir {shlex.quote(str(new))} && {move}"
+    return (f"SEGMENT_OPS_HOME is unset and now defaults to {new}, but {legacy} (the old default, relative "
+            f"to the current directory) holds state; refusing to start empty beside it. Keep using it: "
+            f"{keep} -- or move it to the new default: {move}")
+
+
+def _holds_state(folder: Path) -> bool:
+    """True when a file lies anywhere under `folder` (a tree of empty folders is not state). The walk stops
+    at the first file, so a store costs a few stat calls however large it is."""
+    return any(files for _, _, files in os.walk(folder))
 
 
 def settings_table_markdown() -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from segment_ops.config import SETTINGS
+from segment_ops.config import SETTINGS, load_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: the sandbox and Dagster are heavy imports
     import dagster as dg
@@ -87,13 +87,16 @@ DEMO_STEPS = (
 
 def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
     """Returns the process exit code: 0 when every sync succeeded."""
+    # The same home as every other command (SEGMENT_OPS_HOME, else its absolute default); refused with a
+    # HomeConflictError before anything starts when an old `./.segment_ops` holds state.
+    home = load_settings().home
+
     import dagster as dg
 
     from segment_ops.sandbox import SandboxConfig, start_sandbox
     from segment_ops.sandbox.demo_data import DemoConfig, DemoData
     from segment_ops.sandbox.warehouse import build_demo_warehouse
 
-    home = Path(os.environ.get("SEGMENT_OPS_HOME") or ".segment_ops").resolve()
     _use_sandbox_only(home)
     dagster_home = _ensure_dagster_home()
     print(f"segment_ops demo  (SEGMENT_OPS_HOME={home}, DAGSTER_HOME={dagster_home})")

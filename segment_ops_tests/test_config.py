@@ -34,3 +34,12 @@ def test_readme_lists_every_setting_as_the_code_defines_it():
     assert settings_table_markdown() in readme, "README's configuration table is stale: regenerate it"
     for setting in SETTINGS:
         assert f"`{setting.name}`" in readme
+
+
+def test_home_defaults_to_the_documented_absolute_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    documented = next(s for s in SETTINGS if s.name == "SEGMENT_OPS_HOME").default
+
+    expected = tmp_path / ".local" / "share" / "segment_ops"
+    assert load_settings({"HOME": str(tmp_path)}).home == Path(documented).expanduser() == expected
