@@ -1,7 +1,8 @@
 """`segment-ops demo`: start the sandbox, run every sync once through Dagster, print what each did.
 
 The demo talks to the sandbox only: vendor URL and credential variables are ignored for its runs, so
-demo data can never reach a real workspace. Runs land in the project's Dagster instance
+demo data can never reach a real workspace, and its state lives in `$SEGMENT_OPS_HOME/demo`, apart from
+a live deployment's. Runs land in the project's Dagster instance
 (`DAGSTER_HOME`, default `./.dagster_home`), so `dagster dev` shows them afterwards.
 """
 
@@ -87,9 +88,11 @@ DEMO_STEPS = (
 
 def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
     """Returns the process exit code: 0 when every sync succeeded."""
-    # The same home as every other command (SEGMENT_OPS_HOME, else its absolute default); refused with a
-    # HomeConflictError before anything starts when an old `./.segment_ops` holds state.
-    home = load_settings().home
+    # A `demo` folder inside SEGMENT_OPS_HOME (or its default), never the home itself: the sandbox's ledgers
+    # must not pass for what a live deployment on that home delivered (the demo's messageIds are a live
+    # run's for the same rows). Refused with a HomeConflictError before anything starts when an old
+    # `./.segment_ops` holds state.
+    home = load_settings().home / "demo"
 
     import dagster as dg
 
@@ -144,7 +147,7 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
             print("not built yet (so not run): " + ", ".join(missing))
-        print(f"open the UI on these runs: DAGSTER_HOME={dagster_home} .venv/bin/dagster dev")
+        print(f"open the UI on these runs: SEGMENT_OPS_HOME={home} DAGSTER_HOME={dagster_home} .venv/bin/dagster dev")
         return 1 if failed else 0
     finally:
         sandbox.stop()
