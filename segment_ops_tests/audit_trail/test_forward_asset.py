@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 import dagster as dg
+import pytest
 
 from segment_ops.engine.redaction import HASH_PREFIX
 from segment_ops.syncs.audit_trail.defs import PARTITIONS, segment_audit_events, siem_audit_events
@@ -33,6 +34,7 @@ def busiest_hour(sandbox, keys: list[str]) -> str:
     return key
 
 
+@pytest.mark.slow
 def test_backfill_of_24_hours_forwards_every_audit_event_exactly_once(resources, clean_sandbox, instance):
     keys = complete_hours(24)
 

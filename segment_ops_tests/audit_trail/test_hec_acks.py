@@ -38,6 +38,7 @@ def staging_file(home):
     return home / "staging" / "audit_trail.duckdb"
 
 
+@pytest.mark.slow
 def test_a_run_does_not_wait_for_slow_acks_and_a_later_run_settles_them_without_resending(
         resources, clean_sandbox, sandbox_factory):
     delay = 6.0
@@ -75,6 +76,7 @@ def test_a_run_does_not_wait_for_slow_acks_and_a_later_run_settles_them_without_
     assert sorted(received_ids(acking)) == sorted(expected)  # each event indexed once
 
 
+@pytest.mark.slow
 def test_an_ack_that_never_comes_is_sent_again_after_the_timeout(resources, clean_sandbox, sandbox_factory):
     timeout = 4.0
     never = sandbox_factory(splunk_ack=True, splunk_ack_delay=float("inf"))
@@ -168,6 +170,7 @@ print(json.dumps({"success": result.success,
 """
 
 
+@pytest.mark.slow
 def test_ack_ids_left_by_a_run_are_settled_by_a_new_process_on_the_same_channel(
         resources, clean_sandbox, sandbox_factory, ops_env):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)
@@ -242,6 +245,7 @@ def ledger_statuses(home, ids) -> Counter:
             "(SELECT unnest(?::VARCHAR[])) GROUP BY status", [list(ids)]).fetchall()))
 
 
+@pytest.mark.slow
 def test_after_hec_forgets_the_channel_an_old_receipt_is_never_confirmed_by_a_new_send_with_its_ack_id(
         resources, clean_sandbox, sandbox_factory, ops_env):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)
@@ -268,6 +272,7 @@ def test_after_hec_forgets_the_channel_an_old_receipt_is_never_confirmed_by_a_ne
     assert fourth.success and ledger_statuses(ops_env, old_ids) == Counter({"delivered": len(old_ids)})
 
 
+@pytest.mark.slow
 def test_ack_turned_off_on_the_token_never_stops_sending_and_awaiting_batches_expire(
         resources, clean_sandbox, sandbox_factory):
     timeout = 3.0
@@ -333,6 +338,7 @@ def forwarded_hours(home) -> set[str]:
                 for row in con.execute("SELECT window_start FROM forwarded_windows").fetchall()}
 
 
+@pytest.mark.slow
 def test_an_hour_counts_as_forwarded_only_once_its_acks_are_in_and_a_later_run_records_it(
         resources, clean_sandbox, sandbox_factory, ops_env):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from segment_ops.resources import SegmentPublicApiResource, StagingResource
@@ -92,6 +93,7 @@ def test_the_safety_net_rereads_the_last_two_complete_hours_and_is_off_by_defaul
     assert audit_trail_safety_net.default_status == dg.DefaultScheduleStatus.STOPPED
 
 
+@pytest.mark.slow
 def test_while_acks_are_awaited_a_quiet_workspace_gets_a_run_each_tick_that_settles_them(
         resources, clean_sandbox, sandbox_factory, instance):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)

@@ -32,6 +32,7 @@ from segment_ops_tests.audit_trail.conftest import (
 EVENT = {"id": "evt-1", "timestamp": "2026-11-23T10:00:00.250Z", "type": "Source Created", "actor": "x"}
 
 
+@pytest.mark.slow
 def test_indexer_ack_mode_delivers_once_acknowledged(resources, clean_sandbox, sandbox_factory):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.3)
     resources = resources | {"splunk": splunk_resource(acking)}

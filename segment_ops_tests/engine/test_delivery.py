@@ -42,6 +42,7 @@ def plan(ledger, tmp_path, calls: list[dict], name: str = "calls.jsonl"):
     return plan_file(ledger, write_jsonl(tmp_path / name, calls))
 
 
+@pytest.mark.slow
 def test_faults_of_every_kind_still_deliver_each_message_once(tmp_path, ledger, segment_client, clean_sandbox):
     count = 28_000
     calls = calls_with_ids(count, pad=400)  # ~500 bytes each: ~30 batches, so every fault kind gets its turn
@@ -153,6 +154,7 @@ def test_messages_left_pending_by_exhausted_retries_are_delivered_by_the_next_ru
     assert set(message_ids_received(clean_sandbox)) == {c["messageId"] for c in calls}
 
 
+@pytest.mark.slow
 def test_request_rate_cap_holds_at_the_sandbox(tmp_path, ledger, segment_client, clean_sandbox):
     # Batches close by bytes, so 14,000 messages of ~500 bytes make ~15 requests of ~470 KB.
     plan(ledger, tmp_path, calls_with_ids(14_000, pad=400))

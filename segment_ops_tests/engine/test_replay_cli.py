@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from segment_ops_tests.engine.conftest import track_calls, write_jsonl
 
 PLAN_LINE = re.compile(r"(?:planned|would send): (\d+)\s+planned by an earlier run: (\d+)\s+"
@@ -99,6 +101,7 @@ def test_undelivered_messages_exit_1_and_say_they_stay_pending(tmp_path, ops_env
     assert "Traceback" not in failed.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_sending_only_what_is_missing(tmp_path, ops_env, clean_sandbox):
     count = 20_000
     path = write_jsonl(tmp_path / "big.jsonl", track_calls(count, pad=400))  # ~500 bytes: ~950 per batch

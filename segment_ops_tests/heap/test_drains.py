@@ -263,6 +263,7 @@ def test_a_badly_signed_drain_never_reaches_the_inbox(heap, ops_env):
     assert Inbox.for_home(ops_env).drains(include_done=True) == []
 
 
+@pytest.mark.slow
 def test_after_a_drain_the_next_push_adds_every_member_again(heap, instance, resources, ops_env, warehouse,
                                                              audiences_file):
     set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")
@@ -306,6 +307,7 @@ def drain_refill_drain(heap, instance, resources, home, path) -> tuple[str, int]
     return first.key, exited_first
 
 
+@pytest.mark.slow
 def test_a_drain_repeated_after_a_newer_sync_was_applied_is_stored_anew_and_held(heap, instance, resources, ops_env,
                                                                                 warehouse, audiences_file):
     set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")

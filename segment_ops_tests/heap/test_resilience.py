@@ -55,6 +55,7 @@ def start_receiver_process(home: Path, port: int) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.e2e
 def test_a_killed_receiver_loses_no_page(clean_sandbox, ops_env, instance, resources, warehouse):
     port = free_port()
     receiver = start_receiver_process(ops_env, port)

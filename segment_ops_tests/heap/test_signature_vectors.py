@@ -158,6 +158,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_segment_ops_webhooks_accepts_heaps_reference_pages_at_its_documented_path(tmp_path):
     port = free_port()
     env = {**os.environ, "SEGMENT_OPS_HOME": str(tmp_path), "HEAP_WEBHOOK_SECRET": "the-new-secret",

@@ -116,6 +116,7 @@ def test_a_repeated_evaluation_does_not_send_the_alert_again(resources, instance
     assert len(clean_sandbox.received("slack")) == 1
 
 
+@pytest.mark.slow
 def test_the_same_partition_passing_again_sends_one_recovery(resources, instance, clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     recoveries = Ticks(alert_on_recovery, instance, resources)

@@ -32,7 +32,7 @@ from segment_ops.syncs.audit_trail.defs import (
 from segment_ops_tests.ops.conftest import DagsterDev, DagsterDevError
 
 # The module's first test may also wait for `dagster dev` to start (the first ops module that needs it).
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 HOURS_BACK = 72
 SENSOR_INTERVAL_SECONDS = 30.0  # minimum_interval_seconds of both alert sensors (segment_ops/syncs/ops/run_alerts.py)

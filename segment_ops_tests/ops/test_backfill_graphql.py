@@ -23,7 +23,7 @@ from segment_ops_tests.ops.conftest import DagsterDev, DagsterDevError
 
 # The module's first test also waits for `dagster dev` to start and for the backfill (one run of 24 hours,
 # plus the daemon's pick-up delay).
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 HOURS = 24
 BACKFILL_TIMEOUT_SECONDS = 240.0  # measured 59 s on 2 cores (the daemon picks a backfill up within ~30 s)

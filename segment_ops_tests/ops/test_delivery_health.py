@@ -140,6 +140,7 @@ def test_the_state_survives_between_runs_in_a_small_file(ops_env, resources):
     assert '"UNHEALTHY"' in ops_env.joinpath(*STATE_FILE).read_text()
 
 
+@pytest.mark.slow
 def test_an_alert_that_could_not_be_sent_is_sent_by_the_next_run(ops_env, resources, clean_sandbox, monkeypatch):
     write_ledger(ops_env, "replay", delivered=10, failed=10)
     clean_sandbox.set_faults("slack", rate_500=1.0)
@@ -180,6 +181,7 @@ def locked_by_another_process(path: Path) -> Iterator[None]:
         holder.communicate("", timeout=30)
 
 
+@pytest.mark.slow
 def test_a_staging_file_locked_by_a_running_sync_is_reported_busy(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "replay", delivered=10)
     write_ledger(ops_env, "heap", delivered=1, failed=9)
@@ -249,6 +251,7 @@ def test_a_sync_under_the_minimum_of_messages_is_not_judged(ops_env, monkeypatch
     assert not checks(judged)["delivery_health"].passed
 
 
+@pytest.mark.slow
 def test_an_unhealthy_sync_whose_file_is_busy_keeps_the_check_failed(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "heap", delivered=10, failed=10)
     check(resources)  # heap UNHEALTHY, alerted

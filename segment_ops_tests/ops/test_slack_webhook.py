@@ -83,6 +83,7 @@ def test_the_client_retries_a_500_and_delivers_once(clean_sandbox):
     assert clean_sandbox.stats()["slack"]["faults"]["500"] >= 1
 
 
+@pytest.mark.slow
 def test_the_client_gives_up_after_its_retry_budget(clean_sandbox):
     clean_sandbox.set_faults("slack", rate_429=1.0, retry_after_seconds=0)
 

@@ -26,6 +26,8 @@ from segment_ops.definitions import defs
 from segment_ops.syncs.reverse_etl.defs import model_key
 from segment_ops_tests.ops.conftest import PROJECT_ROOT, DagsterDev
 
+pytestmark = pytest.mark.e2e
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

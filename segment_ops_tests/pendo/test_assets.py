@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import dagster as dg
 import duckdb
+import pytest
 
 from segment_ops.clients.pendo import PendoClient
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
@@ -95,6 +96,7 @@ def test_an_account_whose_usage_drops_changes_band_and_sends_exactly_one_group_c
     assert [(c["groupId"], c["traits"]["pendo_health_band"]) for c in new_calls] == [(account, "critical")]
 
 
+@pytest.mark.slow
 def test_a_429_storm_slows_the_run_but_loses_nothing(resources, home, clean_sandbox, sandbox_factory):
     clean_sandbox.set_faults("pendo", rate_429=0.4, retry_after_seconds=0)
     clean_sandbox.set_faults("segment", rate_429=0.4, retry_after_seconds=0)
@@ -226,6 +228,7 @@ def test_with_allow_partial_window_a_missing_day_only_warns_and_the_sync_sends(r
     assert metadata(result, pendo.GROUPS_KEY)["delivered"] == PENDO_ACCOUNTS
 
 
+@pytest.mark.slow
 def test_a_partial_drop_over_a_60_day_backfill_lowers_the_trend_and_sends_one_call(resources, home, clean_sandbox):
     assert backfill(resources, 60).success
     [(account, score_before)] = query(home, "SELECT account_id, score FROM pendo_account_health "

@@ -23,6 +23,8 @@ from segment_ops.syncs.reverse_etl.sync import sync_model
 from segment_ops_tests.reverse_etl.conftest import metadata, received, run_models, segment_stats
 from segment_ops_tests.reverse_etl.test_assets import ACCOUNTS_WITH_A_USER, COMPLETED_ORDERS, VALID_CUSTOMERS
 
+pytestmark = pytest.mark.postgres
+
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = {
     "customers": "user_id text, email text, name text, account_id text, plan text, country text, "
