@@ -60,6 +60,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ from segment_ops.engine.models import MODEL_NAME, ModelSpec, literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult, WarehouseError, stage_query
 from segment_ops.syncs.heap.inbox import Inbox, InboxDrain, InboxSync
 
-DEFAULT_FILE = Path(__file__).resolve().parents[3] / "config" / "heap_audiences.toml"
+# Package data (pyproject's package-data); HEAP_AUDIENCES_FILE overrides it. Installed packages sit on disk
+# (Dagster cannot load zipped code), so `files()` is a real path for error messages.
+DEFAULT_FILE = Path(resources.files("segment_ops.syncs.heap").joinpath("heap_audiences.toml"))
 FALLBACKS = ("user_id_unless_email", "reject")
 ROUTES = ("webhook", "reconcile")
 DRAIN_POLICIES = ("exit", "ignore")  # HEAP_DRAIN_POLICY
@@ -178,7 +181,7 @@ class AudiencesConfig:
     fallback: str = FALLBACKS[0]
     min_match_rate: float = 0.95
     # Heap Connect: a schema per environment, `users` (user_id, identity); the membership table is unverified
-    # (config/heap_audiences.toml says why).
+    # (the default heap_audiences.toml says why).
     members_query: str = ("SELECT m.segment_id, u.identity, m.synced_at FROM main_production.segment_members AS m "
                           "JOIN main_production.users AS u ON u.user_id = m.user_id")
     reconcile_schedule: str = "0 5 * * *"
@@ -192,7 +195,7 @@ class AudiencesConfig:
 
 
 def load_audiences(path: str | Path | None = None) -> AudiencesConfig:
-    """Parse and check the audiences file (default: the project's `config/heap_audiences.toml`)."""
+    """Parse and check the audiences file (default: `heap_audiences.toml` beside this module)."""
     path = Path(path or DEFAULT_FILE)
     try:
         raw_text = path.read_bytes()

@@ -41,6 +41,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ import duckdb
 from segment_ops.engine.identity import IdentityMapError, IdentitySource
 from segment_ops.engine.models import literal
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[3] / "config" / "pendo_health.toml"
+# Package data (pyproject's package-data); PENDO_HEALTH_CONFIG overrides it. Installed packages sit on disk
+# (Dagster cannot load zipped code), so `files()` is a real path for error messages.
+DEFAULT_CONFIG_PATH = Path(resources.files("segment_ops.syncs.pendo").joinpath("pendo_health.toml"))
 COMPONENTS = ("breadth", "depth", "trend", "sentiment", "recency")
 BANDS = ("healthy", "at_risk", "critical")
 HEALTH_TABLE = "pendo_account_health"
@@ -167,7 +170,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 def load_health_config(path: Path | str | None = None) -> HealthConfig:
-    """Read and validate the config (default: the project's `config/pendo_health.toml`)."""
+    """Read and validate the config (default: `pendo_health.toml` beside this module)."""
     path = Path(path or DEFAULT_CONFIG_PATH).expanduser()
     try:
         raw = path.read_bytes()

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import re
+from importlib import resources
 from pathlib import Path
 
 import dagster as dg
@@ -41,7 +42,9 @@ from segment_ops.syncs.metadata import diff_run_metadata
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
 from segment_ops.syncs.shared import OWNER
 
-MODELS_DIR = Path(__file__).resolve().parents[3] / "sql" / "reverse_etl"
+# The project's sql/reverse_etl/, shipped as the package `segment_ops.syncs.reverse_etl.sql` (pyproject's
+# package-dir): in a checkout (editable install) it is that folder, in a wheel its installed copy.
+MODELS_DIR = Path(resources.files("segment_ops.syncs.reverse_etl.sql"))
 GROUP = "reverse_etl"
 JOB_NAME = "reverse_etl_job"
 SENSOR_NAME = "reverse_etl_warehouse_sensor"
