@@ -133,8 +133,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "HEAP_AUDIENCES_FILE",
-        "TOML file listing the Heap segments synced to Segment audiences; unset: the project's "
-        "`config/heap_audiences.toml`.",
+        "TOML file listing the Heap segments synced to Segment audiences; unset: "
+        "`segment_ops/syncs/heap/heap_audiences.toml`, shipped in the package.",
     ),
     Setting("PENDO_API_URL", "Pendo API base (live: `https://app.pendo.io`, EU: `https://app.eu.pendo.io`).", sandbox_path="/pendo"),
     Setting("PENDO_INTEGRATION_KEY", "Pendo integration key (read-only is enough).", SANDBOX_PENDO_INTEGRATION_KEY, secret=True),
@@ -182,7 +182,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "PENDO_HEALTH_CONFIG",
         "TOML file of the Pendo account-health model (weights, bands, window, service user, identity map); "
-        "unset: the project's `config/pendo_health.toml`.",
+        "unset: `segment_ops/syncs/pendo/pendo_health.toml`, shipped in the package.",
     ),
     Setting(
         "WAREHOUSE_URL",

@@ -1,4 +1,5 @@
-"""Heap cohorts as Segment audiences: one asset per audience in `config/heap_audiences.toml`.
+"""Heap cohorts as Segment audiences: one asset per audience in `heap_audiences.toml` (beside this module,
+or the file HEAP_AUDIENCES_FILE names).
 
 - `heap/segments/<audience>`: external asset, the Heap segment (switched to sync in Heap's UI).
 - `segment/heap_audiences/<audience>` (group `heap`, pool `staging_heap_<audience>`): brings Segment to
@@ -67,7 +68,7 @@ SCHEDULE_NAME = "heap_reconcile_schedule"
 # Tag values are inbox keys (hashes): a sync_task_id may be any string, a drain has no id of its own.
 SYNC_TAG, DRAIN_TAG, AUDIENCE_TAG = "segment_ops/heap_sync_task", "segment_ops/heap_drain", "segment_ops/heap_audience"
 MAX_AUTOMATIC_ATTEMPTS = 3
-# The Heap Connect tables the default reconcile and identity queries read (config/heap_audiences.toml).
+# The Heap Connect tables the default reconcile and identity queries read (heap_audiences.toml).
 CONNECT_TABLES = ("main_production.users", "main_production.segment_members")
 log = logging.getLogger("segment_ops.heap")
 

@@ -7,7 +7,7 @@
   settle_hours` ago there. `BackfillPolicy.single_run()`: a backfill of any range of days from the UI
   is one run that reads it in 30-day slices.
 - `pendo/account_health`: scores every Pendo account as of the latest staged day with the model in
-  `config/pendo_health.toml` (PENDO_HEALTH_CONFIG): score 0-100, band, reasons. Checks
+  `pendo_health.toml` beside this module (PENDO_HEALTH_CONFIG): score 0-100, band, reasons. Checks
   `window_complete` (blocking: every day of the scoring window is staged, unless `allow_partial_window`)
   and `band_distribution_sane` (WARN: not every account in one band).
 - `segment/pendo_account_groups`: one group call per account whose traits changed since the last
@@ -96,7 +96,7 @@ DAILY_REREAD_DAYS = 3  # the daily run re-reads this many days: Pendo may finish
 
 
 def health_config_path() -> Path:
-    """PENDO_HEALTH_CONFIG, else the project's `config/pendo_health.toml`."""
+    """PENDO_HEALTH_CONFIG, else the `pendo_health.toml` shipped beside this module."""
     return Path(load_settings()["PENDO_HEALTH_CONFIG"] or DEFAULT_CONFIG_PATH)
 
 
@@ -272,7 +272,7 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
                    staging: StagingResource) -> dg.MaterializeResult:
     """Health score 0-100 of every Pendo account, its band (healthy / at_risk / critical) and the main reasons,
     from breadth, depth, trend, sentiment and recency over the staged usage days (weights and bands in
-    config/pendo_health.toml)."""
+    pendo_health.toml)."""
     health = _config()
     apps = _app_set(pendo)
     try:
