@@ -213,18 +213,26 @@ class DiesBeforeBatch:
         self.inner.close()
 
 
-def test_a_run_killed_between_batches_sends_no_batch_hec_took_again(resources, clean_sandbox):
+def staged_hour(resources, sandbox, events: int):
+    """An hour of `events` injected audit events, pulled into a fresh staging connection: (connection, window
+    start, end, the event ids, the redaction rules, the HEC destination, a batch size that holds two or three
+    framed events), so a run of it goes over several HEC requests."""
     key = complete_hours(3)[0]
-    inject_events(clean_sandbox, key, 12)
+    inject_events(sandbox, key, events)
     start, end = window_of(key, key)
-    expected = audit_ids(clean_sandbox, start, end)
+    expected = audit_ids(sandbox, start, end)
     con = duckdb.connect()
     pull_window(resources["segment_public_api"].get_client(), con, start, end)
     rules = resources["audit_redaction"].get_rules()
     splunk = resources["splunk"].get_destination()
     largest = max(len(splunk.frame(rules.redact(orjson.loads(event))))
                   for (event,) in con.execute("SELECT event FROM audit_events").fetchall())
-    dying = DiesBeforeBatch(splunk, batch=4, max_batch_bytes=2 * (largest + 1))  # two or three events a batch
+    return con, start, end, expected, rules, splunk, 2 * (largest + 1)
+
+
+def test_a_run_killed_between_batches_sends_no_batch_hec_took_again(resources, clean_sandbox):
+    con, start, end, expected, rules, splunk, small_batch = staged_hour(resources, clean_sandbox, 12)
+    dying = DiesBeforeBatch(splunk, batch=4, max_batch_bytes=small_batch)  # two or three events a batch
 
     with pytest.raises(SystemExit):
         forward_window(con, [dying], start, end, rules=rules, max_in_flight=1)
@@ -378,17 +386,8 @@ class DiesWithBatchesInFlight(DiesBeforeBatch):
 def test_a_run_killed_with_concurrent_batches_in_flight_sends_again_only_batches_it_had_not_recorded(
         resources, clean_sandbox):
     in_flight = 3
-    key = complete_hours(3)[0]
-    inject_events(clean_sandbox, key, 24)
-    start, end = window_of(key, key)
-    expected = audit_ids(clean_sandbox, start, end)
-    con = duckdb.connect()
-    pull_window(resources["segment_public_api"].get_client(), con, start, end)
-    rules = resources["audit_redaction"].get_rules()
-    splunk = resources["splunk"].get_destination()
-    largest = max(len(splunk.frame(rules.redact(orjson.loads(event))))
-                  for (event,) in con.execute("SELECT event FROM audit_events").fetchall())
-    dying = DiesWithBatchesInFlight(splunk, batch=6, max_batch_bytes=2 * (largest + 1))
+    con, start, end, expected, rules, splunk, small_batch = staged_hour(resources, clean_sandbox, 24)
+    dying = DiesWithBatchesInFlight(splunk, batch=6, max_batch_bytes=small_batch)
 
     with pytest.raises(SystemExit):
         forward_window(con, [dying], start, end, rules=rules, max_in_flight=in_flight)
