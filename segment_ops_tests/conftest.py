@@ -27,23 +27,6 @@ DEMO_SCALE = 0.1
 # the identity map, so no Heap-only identity (former.user<n>@mail.example) is among them.
 HEAP_AT = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
-# The markers that split the fast suite from the rest (STYLE.md "Tests"). `pytest` runs everything; the fast
-# subset is `pytest -m "not e2e and not postgres and not slow"`.
-MARKERS = {
-    "e2e": "end to end: runs `dagster dev` / the daemon, a browser, builds a wheel or starts a server subprocess",
-    "postgres": "needs the PostgreSQL server on 127.0.0.1:5432",
-    "slow": "takes more than ~2 s on its own (sleeps, waits on the clock, big data, subprocesses)",
-}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for name, meaning in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {meaning}")
-    # --strict-markers without touching pyproject.toml: an unregistered mark (a typo such as `pytest.mark.e2d`)
-    # fails collection instead of silently selecting nothing.
-    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnknownMarkWarning")
-
-
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[RunningSandbox]:
     """The session's sandbox (small demo data); tests that count things use `clean_sandbox`."""
