@@ -25,7 +25,6 @@ log = logging.getLogger("segment_ops.clients")
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class RetryableStatuses:
     """Which HTTP statuses one vendor's API means as "try again later": the 4xx listed, and every 5xx but
