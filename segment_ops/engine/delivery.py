@@ -82,7 +82,7 @@ Message = tuple[int, str]  # (ledger seq, encoded payload holding its messageId)
 Outcome = tuple
 # Open receipts (oldest first) -> the destination's answer for each; `True` reads as CONFIRMED, a receipt
 # left out or anything else as WAITING.
-Confirm = Callable[[Sequence[AwaitingReceipt]], Mapping[str, "Confirmation | bool"]]
+Confirm = Callable[[Sequence[AwaitingReceipt]], Mapping[str, Confirmation]]
 
 
 class DeliveryError(RuntimeError):
@@ -145,6 +145,12 @@ class SettleReport:
     queries: int = 0  # confirmation requests made
     error: str | None = None  # why the last confirmation request failed, if it did
     seconds: float = 0.0
+
+    def __add__(self, later: SettleReport) -> SettleReport:
+        """Two settle steps of one run as one: counts add up, what is still awaiting is the later's."""
+        return SettleReport(self.sync, self.confirmed + later.confirmed, self.expired + later.expired,
+                            self.lost + later.lost, later.awaiting, self.queries + later.queries,
+                            later.error or self.error, self.seconds + later.seconds)
 
 
 def pack_batches(messages: Sequence[Message], max_bytes: int) -> Iterator[list[Message]]:
@@ -315,7 +321,7 @@ def settle_awaiting(ledger: Ledger, sync: str, confirm: Confirm, *, timeout: flo
             break
         report.queries += 1
         try:
-            answers = {receipt: _read_answer(answer) for receipt, answer in confirm(awaiting).items()}
+            answers = dict(confirm(awaiting))
             report.error = None
         except VendorFatalError:
             raise
@@ -342,12 +348,6 @@ def settle_awaiting(ledger: Ledger, sync: str, confirm: Confirm, *, timeout: flo
         delay = min(delay * 2, poll_max)
     report.seconds = time.monotonic() - started
     return report
-
-
-def _read_answer(answer: Confirmation | bool) -> Confirmation:
-    if answer is True:
-        return Confirmation.CONFIRMED
-    return answer if isinstance(answer, Confirmation) else Confirmation.WAITING
 
 
 def _count(outcomes: list[Outcome], report: DeliveryReport) -> None:

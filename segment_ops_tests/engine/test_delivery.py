@@ -299,7 +299,7 @@ def test_settling_reopens_what_stayed_unconfirmed_past_the_timeout(ledger):
     deliver_pending(ledger, "later", TakesThenConfirms())
     time.sleep(0.05)
 
-    report = settle_awaiting(ledger, "later", lambda receipts: {r.receipt: False for r in receipts}, timeout=0.01)
+    report = settle_awaiting(ledger, "later", lambda receipts: {r.receipt: Confirmation.WAITING for r in receipts}, timeout=0.01)
     resent = deliver_pending(ledger, "later", destination := TakesThenConfirms())
 
     assert (report.expired, report.awaiting) == (4, 0)
@@ -318,7 +318,7 @@ def test_settling_without_a_timeout_only_confirms(ledger):
 def test_settling_polls_again_until_confirmed_within_its_wait(ledger):
     plan_small(ledger, 2)
     deliver_pending(ledger, "later", TakesThenConfirms())
-    answers = iter([{}, {}, {"receipt-0": True}])
+    answers = iter([{}, {}, {"receipt-0": Confirmation.CONFIRMED}])
     naps: list[float] = []
 
     report = settle_awaiting(ledger, "later", lambda receipts: next(answers), timeout=300, wait=10.0,

@@ -320,11 +320,7 @@ def _settle(ledger: Ledger, sync: str, destination: SiemDestination, report: For
         settled = SettleReport(sync, awaiting=ledger.counts(sync).awaiting_ack, error=str(exc))
     settled.error = settled.error or getattr(destination, "ack_refusal", None)
     before = report.settles.get(sync)
-    if before is not None:
-        settled = SettleReport(sync, before.confirmed + settled.confirmed, before.expired + settled.expired,
-                               before.lost + settled.lost, settled.awaiting, before.queries + settled.queries,
-                               settled.error or before.error, before.seconds + settled.seconds)
-    report.settles[sync] = settled
+    report.settles[sync] = before + settled if before is not None else settled
 
 
 def missing_windows(con: duckdb.DuckDBPyConnection, now: datetime, lookback: timedelta) -> tuple[int, list[datetime]]:

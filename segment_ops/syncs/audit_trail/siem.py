@@ -132,10 +132,10 @@ class SplunkHecDestination:
         self.client.close()
 
 
-def ack_receipt(channel: str, ack_id: int, send_id: str | None = None) -> str:
+def ack_receipt(channel: str, ack_id: int) -> str:
     """The ledger receipt of one HEC request: its channel, its ackId (counted per channel) and an id of this
     send, since HEC hands the same ackId out again after it forgets a channel."""
-    return f"{channel}:{ack_id}:{send_id or uuid.uuid4().hex}"
+    return f"{channel}:{ack_id}:{uuid.uuid4().hex}"
 
 
 def parse_ack_receipt(receipt: str) -> tuple[str, int]:
