@@ -299,8 +299,7 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                 problems.append((sync.key, f"{name}: {audience.key}: {problem}"))
                 stale.append(StaleSync("Heap", sync.sync_task_id, audience.key, problem,
                                        str(inbox.sync_folder(sync.sync_task_id)),
-                                       f"{alerts.dagster_ui_url.rstrip('/')}/assets/"
-                                       f"{'/'.join(audience_key(audience.key).path)}"))
+                                       _asset_url(alerts, audience)))
                 continue
             request = _run_request(context, SYNC_TAG, sync.key, audience, name, problems,
                                    {"sync_task_ids": [sync.sync_task_id], "drain_keys": []})
@@ -318,8 +317,7 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                            f"asset with drain_keys: [{drain.key}] and confirm_drop: true")
                 problems.append((drain.key, f"{name}: {audience.key}: {problem}"))
                 stale.append(StaleSync("Heap", drain.key, audience.key, problem, str(inbox.drain_folder(drain.key)),
-                                       f"{alerts.dagster_ui_url.rstrip('/')}/assets/"
-                                       f"{'/'.join(audience_key(audience.key).path)}", kind="drain"))
+                                       _asset_url(alerts, audience), kind="drain"))
                 continue
             request = _run_request(context, DRAIN_TAG, drain.key, audience, name, problems,
                                    {"sync_task_ids": [], "drain_keys": [drain.key]})
@@ -360,6 +358,11 @@ def _run_request(context: dg.SensorEvaluationContext, tag: str, key: str, audien
         asset_selection=[audience_key(audience.key)],
         run_config={"ops": {node(audience.key): {"config": {"route": "webhook", **choice}}}},
         tags={tag: key, AUDIENCE_TAG: audience.key})
+
+
+def _asset_url(alerts: AlertsResource, audience: Audience) -> str:
+    """The audience asset's page in the Dagster UI, for the alert's link."""
+    return f"{alerts.dagster_ui_url.rstrip('/')}/assets/{'/'.join(audience_key(audience.key).path)}"
 
 
 def _inbox_key(item: StaleSync) -> str:
