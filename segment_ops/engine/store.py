@@ -1,15 +1,16 @@
-"""The DuckDB staging store: one file per sync, opened with bounded memory and lock-contention retry.
+"""The state store: one DuckDB file per sync, and the registry of the state tables kept in it.
 
-DuckDB admits one writing process per file (dagster issue #13680). Dagster runs steps in separate
-processes, so every writer of a sync's file sits in that sync's pool (limit 1), and `connect` also
-retries a held lock for a while instead of failing at once.
+Every table a later run needs is declared once as a `StateSchema` (its tables, DDL, version and
+migrations) and created or migrated by `ensure`; nothing else creates state tables.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -19,6 +20,93 @@ DEFAULT_MEMORY_LIMIT = "128MB"
 
 class StagingLockedError(RuntimeError):
     """Another process kept the staging file locked for longer than we were willing to wait."""
+
+
+class StateSchemaError(RuntimeError):
+    """A state schema cannot be registered or brought to its version (e.g. a file from a newer release)."""
+
+
+@dataclass(frozen=True)
+class StateSchema:
+    """State tables one module owns, at a version.
+
+    `create` builds the current version from nothing and is idempotent (`IF NOT EXISTS`), so it also adds
+    tables a newer version introduced. `migrations[v]` takes a file at version `v` to `v + 1`. A file made
+    before versions were recorded, which already holds one of the tables, is taken to be at version 1.
+    """
+
+    name: str
+    version: int
+    tables: tuple[str, ...]
+    create: str
+    migrations: Mapping[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [v for v in range(1, self.version) if v not in self.migrations]
+        if self.version < 1 or missing:
+            raise StateSchemaError(f"state schema {self.name!r} at version {self.version} lacks the migration(s) "
+                                   f"from version(s) {missing}")
+        for table in self.tables:
+            if not re.search(rf"CREATE (TABLE|VIEW|SEQUENCE) IF NOT EXISTS {re.escape(table)}\b", self.create):
+                raise StateSchemaError(f"state schema {self.name!r} lists {table!r} but does not create it")
+
+
+_VERSIONS_TABLE = "state_schema_versions"
+_REGISTRY: dict[str, StateSchema] = {}
+
+
+def register(schema: StateSchema) -> StateSchema:
+    """Add `schema` to the registry (at import of its module); returns it. A name or table registered by
+    another schema is an error: two modules must never own one table."""
+    known = _REGISTRY.get(schema.name)
+    if known is not None and known != schema:
+        raise StateSchemaError(f"state schema {schema.name!r} is registered twice, differently")
+    for other in _REGISTRY.values():
+        if other.name != schema.name and (shared := set(other.tables) & set(schema.tables)):
+            raise StateSchemaError(f"table(s) {sorted(shared)} of {schema.name!r} already belong to {other.name!r}")
+    _REGISTRY[schema.name] = schema
+    return schema
+
+
+def registered() -> tuple[StateSchema, ...]:
+    """Every registered schema, by name."""
+    return tuple(_REGISTRY[name] for name in sorted(_REGISTRY))
+
+
+def schema_version(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
+    """The version of `name` recorded in this file (None: never ensured here)."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {_VERSIONS_TABLE} (name VARCHAR NOT NULL, version INTEGER NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL)")
+    return con.execute(f"SELECT max(version) FROM {_VERSIONS_TABLE} WHERE name = ?", [name]).fetchone()[0]
+
+
+def ensure(con: duckdb.DuckDBPyConnection, schema: StateSchema) -> None:
+    """Create `schema`'s tables, or migrate them to its version, in one transaction; a no-op when current."""
+    if _REGISTRY.get(schema.name) != schema:
+        raise StateSchemaError(f"state schema {schema.name!r} is not registered (call store.register at import)")
+    current = schema_version(con, schema.name)
+    if current == schema.version:
+        return
+    if current is not None and current > schema.version:
+        raise StateSchemaError(f"the state file holds {schema.name!r} at version {current}, newer than this "
+                               f"release's {schema.version}: upgrade segment_ops before running against it")
+    if current is None and _has_any_table(con, schema.tables):
+        current = 1  # made before versions were recorded
+    con.execute("BEGIN")
+    try:
+        for version in range(current or schema.version, schema.version):
+            con.execute(schema.migrations[version])
+        con.execute(schema.create)
+        con.execute(f"INSERT INTO {_VERSIONS_TABLE} VALUES (?, ?, now())", [schema.name, schema.version])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _has_any_table(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...]) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name IN (SELECT unnest(?::VARCHAR[])) "
+                       "AND NOT temporary", [list(tables)]).fetchone()[0] > 0
 
 
 def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int = 2,
