@@ -1,0 +1,169 @@
+"""The durable webhook inbox on plain files: what a receiver acknowledges is on disk before it answers.
+
+Plain files, so a receiver needs no database and any number of receiver processes can share a folder with
+the runs that read it. A vendor's layout (in its sync) is made of batches, one folder each, holding items
+written once (numbered parts, a summary) and a done marker; nothing here knows a vendor's format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+DONE_MARKER = "done.json"
+CONFLICTS_FOLDER = "conflicts"
+
+
+class InboxError(RuntimeError):
+    """A file or folder of the inbox could not be read or written; the message names it."""
+
+
+class Conflict(Exception):
+    """An item disagrees with what its batch already holds: the first copy is kept and this one is never
+    applied. The message says what differs (no payload, no secret: it may be the sender's answer);
+    `differences` names the fields, `kept_aside` is where this copy was saved (None if it could not be)."""
+
+    def __init__(self, message: str, *, kept_aside: Path | None, differences: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.kept_aside, self.differences = kept_aside, tuple(differences)
+
+
+def store_item(target: Path, record: bytes, *, content: bytes,
+               differences: Callable[[dict], Sequence[str]]) -> bool:
+    """Store `record` at `target` unless an item is stored there already: the first copy wins.
+
+    Returns True when this call stored it, False for a repeat: `differences(stored record)` is empty, so
+    the item is kept once however often the sender retries. Otherwise raises `Conflict`, with `content`
+    (what this copy says, without when it arrived) kept aside by `keep_aside`. Raises `InboxError` when the
+    folder cannot be written."""
+    if not target.exists():
+        make_dirs(target.parent)
+        if write_once(target, record):
+            return True
+        # Another receiver stored it in between: this copy is compared with that one.
+    differ = list(differences(read_json(target)))
+    if not differ:
+        return False
+    raise Conflict(f"{target.name} is already stored with a different {', '.join(differ)}",
+                   kept_aside=keep_aside(target, content), differences=differ)
+
+
+def keep_aside(target: Path, content: bytes) -> Path | None:
+    """Save a copy of `target` that disagrees with the stored one under its batch's `conflicts/`, named by
+    a hash of `content`: one file per distinct content, so retries add nothing. Never applied. Returns
+    None when it cannot be saved (the conflict is answered all the same)."""
+    digest = hashlib.sha256(content).hexdigest()[:16]
+    aside = target.parent / CONFLICTS_FOLDER / f"conflict-{target.stem}-{digest}{target.suffix}"
+    try:
+        make_dirs(aside.parent)
+        write_once(aside, content)
+    except InboxError:
+        return None
+    return aside
+
+
+def mark_done(batch: Path, info: Mapping[str, object]) -> bool:
+    """Write `batch`'s done marker (`info` and `done_at`): only once its processing is over, never before,
+    so a crash leaves it to be processed again. A second call keeps the first marker (returns False)."""
+    return write_once(batch / DONE_MARKER, orjson.dumps({**info, "done_at": datetime.now(UTC).isoformat()}))
+
+
+def is_done(batch: Path) -> bool:
+    return (batch / DONE_MARKER).exists()
+
+
+def done_at(batch: Path) -> datetime | None:
+    """When `batch` was marked done (the marker's `done_at`, else its file time), or None if it is not."""
+    path = batch / DONE_MARKER
+    if not path.exists():
+        return None
+    when = read_json(path).get("done_at")
+    return datetime.fromisoformat(when) if when else datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+def batch_folders(root: Path) -> Iterator[Path]:
+    """The folders directly in `root`, in no order (hidden ones aside); none when `root` does not exist."""
+    if not root.is_dir():
+        return
+    for entry in os.scandir(root):
+        if entry.is_dir() and not entry.name.startswith("."):
+            yield Path(entry.path)
+
+
+def numbered_parts(batch: Path, prefix: str) -> list[tuple[int, Path]]:
+    """The files `<prefix>-<n>.json` of `batch` with their numbers, in number order (2 before 10)."""
+    if not batch.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.json$")
+    return sorted((int(m.group(1)), batch / m.group(0)) for name in os.listdir(batch)
+                  if (m := pattern.match(name)))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise InboxError(f"cannot read inbox file {path}: {exc}") from exc
+
+
+def write_once(target: Path, data: bytes) -> bool:
+    """Create `target` with `data` durably unless it exists; returns False when it already existed.
+
+    Written to a temporary file in the same folder, fsynced, then hard-linked to its name: the link fails if
+    the name exists, so the first copy wins atomically (a second receiver racing on it loses cleanly) and a
+    reader never sees half a file. The folder is fsynced after the link, so the entry survives a crash."""
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)  # atomic create-if-absent
+        except FileExistsError:
+            return False
+        fsync_dir(target.parent)
+        return True
+    except OSError as exc:
+        raise InboxError(f"cannot write {target}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def make_dirs(folder: Path) -> None:
+    """Create `folder` and any missing parent, fsyncing each new folder's parent so the entry is durable
+    before anything in it is acknowledged."""
+    missing = []
+    current = folder
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    try:
+        for path in reversed(missing):
+            # exist_ok: a concurrent receiver may have created it; its parent is fsynced all the same
+            path.mkdir(exist_ok=True)
+            fsync_dir(path.parent)
+    except OSError as exc:
+        raise InboxError(f"cannot create {folder}: {exc}") from exc
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a new directory entry (a file linked, a folder made or renamed) durable (POSIX; a no-op where
+    directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
