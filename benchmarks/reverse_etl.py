@@ -158,7 +158,7 @@ _BUILD = textwrap.dedent("""
 """)
 
 _FIRST_SYNC = textwrap.dedent("""
-    from segment_ops.engine.models import parse_model
+    from segment_ops.syncs.reverse_etl.model import parse_model
     from segment_ops.syncs.reverse_etl.sync import sync_model
     from segment_ops.engine.store import staging
 
@@ -187,7 +187,7 @@ _OURS = textwrap.dedent("""
     started = time.perf_counter()
     from segment_ops.engine.diff import ensure_state, plan_changes
     from segment_ops.engine.ledger import Ledger
-    from segment_ops.engine.models import parse_model
+    from segment_ops.syncs.reverse_etl.model import parse_model
     from segment_ops.syncs.reverse_etl.sync import STAGED_TABLE
     from segment_ops.engine.store import staging
     from segment_ops.engine.warehouse import stage_query

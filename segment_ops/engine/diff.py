@@ -1,41 +1,8 @@
-"""The reverse-ETL diff: staged rows vs the last *delivered* snapshot, by key, in DuckDB SQL.
+"""The diff every diff sync shares: staged rows vs the last *delivered* snapshot, by key, in DuckDB SQL.
 
-Every step is set-based; Python only moves counts and a few samples.
-
-1. Hash: each staged row becomes its Segment call body, built from typed columns (`to_json`,
-   `struct_pack`; timestamps as UTC ISO-8601 with milliseconds), and `row_hash = md5(body)`, so the
-   hash covers exactly the mapped fields (ids, event, timestamp, traits/properties).
-2. Diff against `rev_snapshot`: added (key unknown, or removed before), changed (hash differs),
-   unchanged, and - in mirror mode - removed (key delivered before, absent now).
-3. Reject, with the reason, into the ledger's `rejected` table: rows with a null key, every row of a
-   repeated key, values JSON cannot represent (NaN, binary, integers beyond 64 bits), calls Segment
-   would drop (no userId/anonymousId, no groupId, no event name) and messages over 32 KB. A rejected
-   row's key still counts as present, so mirror mode never "removes" a row that is merely broken.
-4. Plan: one message per change, `messageId` = UUID-shaped sha256 of (sync, key, generation,
-   version, change, row hash), appended to the body; `Ledger.plan_relation` records it once. A model
-   with `entered_event`/`exited_event` (Heap audiences) gets a second message per added/removed key,
-   a track of that event right after the main call (its id hashes the same inputs plus ':event');
-   mirror-mode removals carry the model's `removal_traits` when it has them (else traits set to null).
-
-Why (generation, version) in the id: the same row can legitimately return to an earlier state
-(A -> B -> A); its version (deliveries of that key so far) makes the third state a new message rather
-than a duplicate of the first. A full resync starts a new generation, so every row is sent again
-under new ids that Segment will not deduplicate away.
-
-State lives next to the ledger in the model's staging file:
-- `rev_snapshot`: per key, the last delivered row hash, version and ids (removed keys stay as
-  tombstones so their version keeps counting);
-- `rev_changes`: each planned, not yet settled change (message_id -> key, hash, kind, ids); written
-  before the ledger plans the message, so every pending message of the model has its row here;
-- `rev_state`: the generation.
-`advance_snapshot` moves a change into the snapshot only once the ledger says its message was
-delivered (ARCHITECTURE rule 2); a change of two messages moves once neither is pending any more. A pending message that no longer matches the warehouse (the row
-changed again before it was delivered) is marked `superseded` in the ledger, so stale values are
-never sent after newer ones; if the row returns to that state the message is made pending again.
-A change of two messages with one delivered and one superseded still moves into the snapshot (Segment
-holds half of it): when a key leaves while its "entered" pair is half-sent, the plan supersedes the
-missing half, advances the snapshot and diffs again, so the same run sends the trait false and the
-exited event rather than leaving Segment with a trait or an "entered" nothing will ever undo.
+`plan_changes` turns what changed into planned ledger messages (or rejections with a reason);
+`advance_snapshot` records a change once the ledger says it was delivered (ARCHITECTURE rule 2).
+Set-based throughout: Python only moves counts and a few samples.
 """
 
 from __future__ import annotations
@@ -47,10 +14,12 @@ from dataclasses import dataclass, field
 import duckdb
 import orjson
 
+from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
 from segment_ops.engine.delivery import DeliveryError, DeliveryReport, Destination, deliver_pending
-from segment_ops.engine.ledger import DELIVERED, PENDING, SUPERSEDED, Ledger, LedgerCounts
-from segment_ops.engine.models import ModelError, ModelSpec, literal, quote
+from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, SUPERSEDED, Ledger, LedgerCounts
+from segment_ops.engine.spec import DiffSpec, SpecError
+from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
 
 SAMPLE_SIZE = 5
@@ -58,7 +27,15 @@ REJECTION_SAMPLE_SIZE = 20
 _RECORD_CHARS = 2_000
 _ISO_MS = "'%Y-%m-%dT%H:%M:%S.%gZ'"
 
-_STATE_SCHEMA = """
+# The diff's state, beside the ledger in the sync's staging file:
+# - `rev_snapshot`: per key, the last delivered row hash, version and ids (removed keys stay as tombstones
+#   so their version keeps counting);
+# - `rev_changes`: each planned, not yet settled change (message_id -> key, hash, kind, ids), written before
+#   the ledger plans the message, so every pending message of the sync has its row here;
+# - `rev_state`: the generation (a full resync starts a new one);
+# - `rev_superseded`: messages this module marked superseded, so reviving one needs no scan of the ledger.
+STATE = store.register(store.StateSchema(
+    name="diff", version=1, tables=("rev_state", "rev_snapshot", "rev_changes", "rev_superseded"), create="""
 CREATE TABLE IF NOT EXISTS rev_state (generation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rev_snapshot (
     record_key   VARCHAR NOT NULL,
@@ -86,12 +63,12 @@ CREATE TABLE IF NOT EXISTS rev_changes (
 );
 -- Messages this module marked superseded in the ledger, so reviving one needs no scan of the ledger.
 CREATE TABLE IF NOT EXISTS rev_superseded (message_id VARCHAR NOT NULL, seq BIGINT NOT NULL);
-"""
+"""))
 
 
 @dataclass
 class DiffPlan:
-    """What one run found and planned for a model."""
+    """What one run found and planned for a spec."""
 
     rows_read: int = 0
     added: int = 0
@@ -109,7 +86,7 @@ class DiffPlan:
 
 
 def ensure_state(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(_STATE_SCHEMA)
+    store.ensure(con, STATE)
     if con.execute("SELECT count(*) FROM rev_state").fetchone()[0] == 0:
         con.execute("INSERT INTO rev_state VALUES (1)")
 
@@ -134,6 +111,49 @@ def reset_snapshot(con: duckdb.DuckDBPyConnection) -> int:
     return generation(con)
 
 
+def delivered_rows() -> str:
+    """A SQL relation of the keys whose last delivered change left them present: record_key, the ids it
+    was sent with (user_id, anonymous_id, group_id) and delivered_at. For syncs that build on what
+    Segment holds (Heap's drop guard, Pendo's sticky userId) without knowing the diff's tables."""
+    return ("(SELECT record_key, user_id, anonymous_id, group_id, delivered_at FROM rev_snapshot "
+            "WHERE NOT removed)")
+
+
+def key_states(con: duckdb.DuckDBPyConnection, sync: str, run_id: str | None) -> str:
+    """Create the temp table `diff_key_states` and return its name: per key the sync ever planned or
+    rejected, whether Segment holds it (`delivered`), whether a change of it is `pending`, its last
+    message's status and planning run, and whether this run rejected it (`rejected_now`)."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE diff_key_states AS
+        WITH last_message AS (
+            SELECT record_key, arg_max(status, seq) AS last_status, arg_max(planned_run, seq) AS planned_run
+            FROM ledger WHERE sync = $sync GROUP BY record_key
+        ), pending AS (
+            SELECT DISTINCT c.record_key FROM rev_changes c
+            JOIN ledger l ON l.sync = $sync AND l.message_id = c.message_id AND l.status = $pending
+        ), rejected_now AS (
+            SELECT DISTINCT record_key FROM rejected WHERE sync = $sync AND run_id = $run_id
+        ), keys AS (
+            SELECT record_key FROM last_message UNION SELECT record_key FROM rejected_now
+            UNION SELECT record_key FROM rev_snapshot
+        )
+        SELECT k.record_key,
+               s.record_key IS NOT NULL AND NOT s.removed AS delivered,
+               p.record_key IS NOT NULL AS pending,
+               m.last_status, m.planned_run,
+               j.record_key IS NOT NULL AS rejected_now,
+               m.last_status = $rejected AS last_rejected
+        FROM keys k
+        LEFT JOIN rev_snapshot s USING (record_key)
+        LEFT JOIN pending p USING (record_key)
+        LEFT JOIN last_message m USING (record_key)
+        LEFT JOIN rejected_now j USING (record_key)
+        WHERE k.record_key IS NOT NULL
+        """, {"sync": sync, "run_id": run_id, "pending": PENDING, "rejected": REJECTED})
+    return "diff_key_states"
+
+
 def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
     """Move every change the ledger reports delivered into the snapshot; drop those that settled otherwise
     (rejected by Segment, superseded). Returns how many keys advanced. Safe to run at any time."""
@@ -149,7 +169,7 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
         """, [sync, PENDING])
     con.execute("BEGIN")
     try:
-        # A change with several calls (a model with entered/exited events) settles once all of them did;
+        # A change with several calls (a spec with a companion event) settles once all of them did;
         # until then its settled calls stay in rev_changes.
         con.execute(
             """
@@ -203,15 +223,6 @@ class Settlement:
     failure: DeliveryError | None  # set when messages stay pending (the next run sends them)
 
 
-class DeliveryIncomplete(RuntimeError):
-    """Some planned messages could not be delivered; they stay pending for the next run, which sends them
-    under the same messageIds. Carries the sync's run report (`run`) for metadata."""
-
-    def __init__(self, message: str, run: object) -> None:
-        super().__init__(message)
-        self.run = run
-
-
 def deliver_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
                     client_factory: Callable[[], Destination], *, run_id: str | None = None,
                     max_in_flight: int = 4) -> Settlement:
@@ -229,35 +240,49 @@ def deliver_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
     return Settlement(delivery, advanced, ledger.counts(sync), failure)
 
 
-def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpec, staged: StagedResult, *,
+def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec, staged: StagedResult, *,
                  run_id: str | None = None, dry_run: bool = False, ignore_snapshot: bool = False) -> DiffPlan:
     """Diff `staged` against the snapshot and plan the changes in the ledger (counts only when `dry_run`).
 
-    `ignore_snapshot` diffs against an empty snapshot without touching it (a dry run of a full resync).
+    1. Hash: each staged row becomes its Segment call body, built from typed columns (`to_json`,
+       `struct_pack`; timestamps as UTC ISO-8601 with milliseconds); `row_hash = md5(body)` covers exactly
+       the mapped fields.
+    2. Diff against the snapshot: added (key unknown, or removed before), changed (hash differs),
+       unchanged, and in mirror mode removed (delivered before, absent now).
+    3. Reject, with the reason, into the ledger: null or repeated keys, values JSON cannot represent,
+       calls Segment would drop (no userId/anonymousId, groupId or event name), messages over 32 KB. A
+       rejected row's key still counts as present, so mirror mode never "removes" a merely broken row.
+    4. Plan one message per change (plus its companion track call, if the spec has one), with a
+       deterministic messageId (`_SpecSql.id_hash`).
+
+    A pending message that no longer matches the rows (changed again before it was delivered) is
+    superseded, so stale values are never sent after newer ones; if the row returns to that state the
+    message is made pending again. `ignore_snapshot` diffs against an empty snapshot without touching it
+    (a dry run of a full resync).
     """
     started = time.monotonic()
-    sql = _ModelSql(model, staged, generation(con) + (1 if ignore_snapshot else 0))
+    sql = _SpecSql(spec, staged, generation(con) + (1 if ignore_snapshot else 0))
     snapshot = "(SELECT * FROM rev_snapshot WHERE false)" if ignore_snapshot else "rev_snapshot"
     table = quote(staged.table)
     plan = DiffPlan(rows_read=staged.rows)
 
-    null_rows, duplicate_rows = _diff(con, model, sql, snapshot, table, plan)
+    null_rows, duplicate_rows = _diff(con, spec, sql, snapshot, table, plan)
     if not dry_run and not ignore_snapshot:
         # A change of two calls, one delivered and one still pending, that this run no longer wants (the key
         # left, or changed again): its pending call is superseded, so the change settles as what Segment did
         # get; the snapshot then records it and the diff, run again, undoes it (the trait false and the
         # exited event after a half-sent entry) instead of losing it.
-        plan.superseded = _settle_half_delivered(con, ledger, model.sync)
-        if plan.superseded and advance_snapshot(con, model.sync):
-            null_rows, duplicate_rows = _diff(con, model, sql, snapshot, table, plan)
+        plan.superseded = _settle_half_delivered(con, ledger, spec.sync)
+        if plan.superseded and advance_snapshot(con, spec.sync):
+            null_rows, duplicate_rows = _diff(con, spec, sql, snapshot, table, plan)
     # Counts of what will be sent; a rejected row counts as rejected only, so that
     # rows_read = added + changed + unchanged + rejected.
     added, changed, plan.removed = con.execute(
         "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed'), "
         "count(*) FILTER (WHERE kind = 'removed') FROM rev_wanted WHERE part = 0").fetchone()
     plan.added = added
-    plan.changed = plan.changed if model.mode == "append" else changed
-    _collect_rejections(con, model, sql, table, null_rows, duplicate_rows)
+    plan.changed = plan.changed if spec.mode == "append" else changed
+    _collect_rejections(con, spec, sql, table, null_rows, duplicate_rows)
     plan.rejected = con.execute("SELECT count(*) FROM rev_rejections").fetchone()[0]
     plan.rejection_samples = con.execute(
         "SELECT record_key, reason FROM rev_rejections LIMIT ?", [REJECTION_SAMPLE_SIZE]).fetchall()
@@ -267,11 +292,11 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpe
     if dry_run:
         wanted, known = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? "
-            "AND l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w", [model.sync, SUPERSEDED]
+            "AND l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w", [spec.sync, SUPERSEDED]
         ).fetchone()
         plan.planned, plan.already_known = wanted - known, known
     else:
-        ledger.reject_relation(model.sync, "rev_rejections", run_id=run_id)
+        ledger.reject_relation(spec.sync, "rev_rejections", run_id=run_id)
         # Recorded before the ledger plans them: a run killed in between leaves a row whose message is
         # unknown to the ledger (harmless: planned next time, or dropped as stale), never the reverse.
         con.execute(
@@ -280,9 +305,9 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpe
             SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id, ?, now()
             FROM rev_wanted w WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)
             """, [sql.generation, run_id])
-        plan.superseded += _supersede_stale(con, ledger, model.sync)
-        revived = _revive(con, ledger, model.sync)
-        counts = ledger.plan_relation(model.sync, "rev_wanted", run_id=run_id)
+        plan.superseded += _supersede_stale(con, ledger, spec.sync)
+        revived = _revive(con, ledger, spec.sync)
+        counts = ledger.plan_relation(spec.sync, "rev_wanted", run_id=run_id)
         plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
     for name in ("rev_current", "rev_delta", "rev_candidates", "rev_wanted", "rev_oversize", "rev_rejections"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
@@ -290,7 +315,7 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, model: ModelSpe
     return plan
 
 
-def _diff(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, snapshot: str, table: str,
+def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapshot: str, table: str,
           plan: DiffPlan) -> tuple[int, int]:
     """Steps 1-3 of the module docstring: `rev_current`, `rev_delta`, `rev_candidates` and `rev_wanted` (the
     messages this run wants, oversize ones moved to `rev_oversize`); sets the plan's unchanged (and append
@@ -320,10 +345,10 @@ def _diff(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, snap
         "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed') FROM rev_delta"
     ).fetchone()
     plan.unchanged = valid_keys - delta_added - delta_changed
-    if model.mode == "append":
+    if spec.mode == "append":
         plan.changed = plan.changed_not_sent = delta_changed
     # 3. Candidate calls: body, ids, and why a row cannot be sent.
-    send_kinds = "('added')" if model.mode == "append" else "('added', 'changed')"
+    send_kinds = "('added')" if spec.mode == "append" else "('added', 'changed')"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_candidates AS
         SELECT d.record_key, d.kind, d.row_hash, d.version, {sql.user_id} AS user_id,
@@ -333,7 +358,7 @@ def _diff(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, snap
         WHERE d.kind IN {send_kinds}
     """)
     removals = ""
-    if model.mode == "mirror":
+    if spec.mode == "mirror":
         removals = f"""
         UNION ALL
         SELECT s.record_key, 'removed', s.row_hash, s.version + 1, s.user_id, s.anonymous_id, s.group_id,
@@ -342,18 +367,18 @@ def _diff(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, snap
         WHERE NOT s.removed AND NOT EXISTS (SELECT 1 FROM rev_current c WHERE c.record_key = s.record_key)
         """
     changes = f"(SELECT * FROM rev_candidates WHERE reason IS NULL {removals})"
-    if model.entered_event or model.exited_event:
+    if spec.companion is not None:
         # Each added/removed key also gets its track call (part 1), right after its main call (part 0).
-        events = [(k, e) for k, e in (("added", model.entered_event), ("removed", model.exited_event)) if e]
+        events = [(k, e) for k, e in (("added", spec.companion.entered), ("removed", spec.companion.exited)) if e]
         changes = f"""(
             SELECT *, 0 AS part FROM {changes}
             UNION ALL
             SELECT * REPLACE ({sql.event_body_open} AS body_open), 1 AS part FROM {changes}
             WHERE kind IN ({", ".join(literal(k) for k, _ in events)})
         )"""
-        order, call_type = "ORDER BY record_key, part", f"CASE part WHEN 0 THEN '{model.call}' ELSE 'track' END"
+        order, call_type = "ORDER BY record_key, part", f"CASE part WHEN 0 THEN '{spec.call}' ELSE 'track' END"
     else:
-        changes, order, call_type = f"(SELECT *, 0 AS part FROM {changes})", "", f"'{model.call}'"
+        changes, order, call_type = f"(SELECT *, 0 AS part FROM {changes})", "", f"'{spec.call}'"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_wanted AS
         SELECT message_id, record_key, {call_type} AS call_type,
@@ -374,27 +399,27 @@ def _diff(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, snap
     return null_rows, duplicate_rows
 
 
-def _collect_rejections(con: duckdb.DuckDBPyConnection, model: ModelSpec, sql: _ModelSql, table: str,
+def _collect_rejections(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, table: str,
                         null_rows: int, duplicate_rows: int) -> None:
     """`rev_rejections` (record_key, source, reason, record): every row of this run that cannot be sent."""
-    source = model.path.name
+    source = literal(spec.source)
     record = f"left(to_json(r), {_RECORD_CHARS})"
     parts = [f"""
-        SELECT c.record_key, '{source}' AS source, c.reason, {record} AS record
+        SELECT c.record_key, {source} AS source, c.reason, {record} AS record
         FROM rev_candidates c JOIN {table} AS r ON {sql.key} = c.record_key WHERE c.reason IS NOT NULL
     """, f"""
-        SELECT o.record_key, '{source}', 'message is ' || o.bytes || ' bytes; Segment''s limit is '
+        SELECT o.record_key, {source}, 'message is ' || o.bytes || ' bytes; Segment''s limit is '
                || '{MAX_MESSAGE_BYTES:,} bytes per call', NULL
         FROM rev_oversize o
     """]
     if null_rows:
         parts.append(f"""
-        SELECT NULL, '{source}', {literal(f"key column {model.key!r} is null")}, {record}
+        SELECT NULL, {source}, {literal(f"key column {spec.key!r} is null")}, {record}
         FROM {table} AS r WHERE {sql.key} IS NULL
         """)
     if duplicate_rows:
         parts.append(f"""
-        SELECT c.record_key, '{source}',
+        SELECT c.record_key, {source},
                'key ' || c.record_key || ' appears in ' || c.copies || ' rows of the result; a key must identify '
                || 'one row, so none of them is sent', {record}
         FROM rev_current c JOIN {table} AS r ON {sql.key} = c.record_key WHERE c.copies > 1
@@ -477,17 +502,17 @@ def _revive(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:
     return len(rows)
 
 
-class _ModelSql:
-    """The SQL expressions of one model over its staged table (aliased `r`)."""
+class _SpecSql:
+    """The SQL expressions of one spec over its staged table (aliased `r`)."""
 
-    def __init__(self, model: ModelSpec, staged: StagedResult, generation: int) -> None:
-        self.model, self.types, self.generation = model, staged.types, generation
-        model.check_columns(staged.columns)
-        self.fields = model.field_columns(staged.columns)
-        self.key = f"r.{quote(model.key)}::VARCHAR"
-        self.user_id = self._id(model.user_id)
-        self.anonymous_id = self._id(model.anonymous_id)
-        self.group_id = self._id(model.group_id)
+    def __init__(self, spec: DiffSpec, staged: StagedResult, generation: int) -> None:
+        self.spec, self.types, self.generation = spec, staged.types, generation
+        spec.check_columns(staged.columns)
+        self.fields = spec.field_columns(staged.columns)
+        self.key = f"r.{quote(spec.key)}::VARCHAR"
+        self.user_id = self._id(spec.user_id)
+        self.anonymous_id = self._id(spec.anonymous_id)
+        self.group_id = self._id(spec.group_id)
         self.body_open = self._body_open()
         self.body = f"{self.body_open} || '}}'"
         self.reason = self._reason()
@@ -496,8 +521,13 @@ class _ModelSql:
 
     def id_hash(self) -> str:
         """sha256 of (sync, key, generation, version, change, row hash) of a change row; a change's second
-        call (`part` 1, its track event) hashes the same with ':event' appended."""
-        return (f"sha256('{self.model.sync}' || chr(31) || record_key || chr(31) || '{self.generation}:' || "
+        call (`part` 1, its track event) hashes the same with ':event' appended.
+
+        The version (deliveries of that key so far) lets a row legitimately return to an earlier state
+        (A -> B -> A) as a new message rather than a duplicate of the first; a full resync starts a new
+        generation, so every row is sent again under ids Segment will not deduplicate away.
+        """
+        return (f"sha256('{self.spec.sync}' || chr(31) || record_key || chr(31) || '{self.generation}:' || "
                 f"version || ':' || kind || ':' || row_hash || CASE WHEN part = 0 THEN '' ELSE ':event' END)")
 
     @staticmethod
@@ -517,45 +547,48 @@ class _ModelSql:
 
     def _body_open(self) -> str:
         """The call as JSON text without its closing brace (the messageId is appended there)."""
-        model = self.model
-        parts = [literal('{"type":"' + model.call + '"')]
-        for name, column in (("userId", model.user_id), ("anonymousId", model.anonymous_id),
-                             ("groupId", model.group_id)):
+        spec = self.spec
+        parts = [literal('{"type":"' + spec.call + '"')]
+        for name, column in (("userId", spec.user_id), ("anonymousId", spec.anonymous_id),
+                             ("groupId", spec.group_id)):
             if column:
                 parts.append(f"coalesce(',\"{name}\":' || to_json({self._id(column)}), '')")
-        if model.event:
-            parts.append(literal(',"event":' + orjson.dumps(model.event).decode()))
-        elif model.event_column:
-            parts.append(f"coalesce(',\"event\":' || to_json({self._id(model.event_column)}), '')")
-        if model.timestamp:
-            parts.append(f"coalesce(',\"timestamp\":' || to_json({self._timestamp(model.timestamp)}), '')")
+        if spec.event:
+            parts.append(literal(',"event":' + orjson.dumps(spec.event).decode()))
+        elif spec.event_column:
+            parts.append(f"coalesce(',\"event\":' || to_json({self._id(spec.event_column)}), '')")
+        if spec.timestamp:
+            parts.append(f"coalesce(',\"timestamp\":' || to_json({self._timestamp(spec.timestamp)}), '')")
         if self.fields:
             packed = ", ".join(f"{quote(c)} := {self._value(c)}" for c in self.fields)
-            parts.append(f"',\"{model.fields_name}\":' || to_json(struct_pack({packed}))")
+            parts.append(f"',\"{spec.fields_name}\":' || to_json(struct_pack({packed}))")
         else:
-            parts.append(literal(f',"{model.fields_name}":{{}}'))
+            parts.append(literal(f',"{spec.fields_name}":{{}}'))
         return "(" + " || ".join(parts) + ")"
 
     def _removal_body_open(self) -> str:
         """Mirror mode: the same call type for the removed key, with every mapped trait set to null."""
-        model = self.model
-        parts = [literal('{"type":"' + model.call + '"')]
+        spec = self.spec
+        parts = [literal('{"type":"' + spec.call + '"')]
         for name, column in (("userId", "s.user_id"), ("anonymousId", "s.anonymous_id"), ("groupId", "s.group_id")):
             parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
-        cleared = orjson.dumps(dict(model.removal_traits) if model.removal_traits is not None
+        cleared = orjson.dumps(dict(spec.removal_fields) if spec.removal_fields is not None
                                else dict.fromkeys(self.fields)).decode()
-        parts.append(literal(f',"{model.fields_name}":{cleared}'))
+        parts.append(literal(f',"{spec.fields_name}":{cleared}'))
         return "(" + " || ".join(parts) + ")"
 
     def _event_body_open(self) -> str:
         """The track call beside a change (over a change row): its entered or exited event, same ids."""
-        model = self.model
-        properties = orjson.dumps(dict(model.event_properties or {})).decode()
+        spec = self.spec
+        companion = spec.companion
+        if companion is None:
+            return "NULL"
+        properties = orjson.dumps(dict(companion.properties)).decode()
         parts = [literal('{"type":"track"')]
         for name, column in (("userId", "user_id"), ("anonymousId", "anonymous_id")):
             parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
-        names = {k: orjson.dumps(e).decode() for k, e in (("added", model.entered_event),
-                                                           ("removed", model.exited_event)) if e}
+        names = {k: orjson.dumps(e).decode() for k, e in (("added", companion.entered),
+                                                           ("removed", companion.exited)) if e}
         event = "CASE kind " + " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in names.items()) + " END"
         parts.append(f"',\"event\":' || {event}")
         parts.append(literal(f',"properties":{properties}'))
@@ -582,14 +615,14 @@ class _ModelSql:
             return f"strftime(timezone('UTC', {ref}), {_ISO_MS})"
         if kind.startswith("TIMESTAMP") or kind == "DATE":
             return f"strftime({ref}::TIMESTAMP, {_ISO_MS})"  # no zone: taken as UTC
-        raise ModelError(self.model.path, f"timestamp column {column!r} is {self.types[column]}; cast it to "
+        raise SpecError(self.spec.source, f"timestamp column {column!r} is {self.types[column]}; cast it to "
                                           "TIMESTAMP or TIMESTAMPTZ in the query")
 
     def _reason(self) -> str:
         """Why a row cannot become a call (NULL when it can)."""
-        model = self.model
+        spec = self.spec
         checks = [f"r.{UNSERIALISABLE_COLUMN}"]
-        for column in dict.fromkeys([*self.fields, *model.mapped_columns]):
+        for column in dict.fromkeys([*self.fields, *spec.mapped_columns]):
             kind, ref = self.types[column].upper(), f"r.{quote(column)}"
             if kind in ("DOUBLE", "FLOAT", "REAL"):
                 checks.append(f"CASE WHEN isnan({ref}) OR isinf({ref}) THEN {literal(f'column {column!r} is ')} "
@@ -602,17 +635,17 @@ class _ModelSql:
             elif kind in ("BLOB", "BIT"):
                 checks.append(f"CASE WHEN {ref} IS NOT NULL THEN "
                               f"{literal(f'column {column!r} holds binary data, which JSON cannot carry; encode it in the query (e.g. base64)')} END")
-        ids = " AND ".join(self._blank(c) for c in (model.user_id, model.anonymous_id) if c)
-        mapped = [repr(c) for c in (model.user_id, model.anonymous_id) if c]
+        ids = " AND ".join(self._blank(c) for c in (spec.user_id, spec.anonymous_id) if c)
+        mapped = [repr(c) for c in (spec.user_id, spec.anonymous_id) if c]
         empty = f"{' and '.join(mapped)} {'are' if len(mapped) > 1 else 'is'} empty"
         checks.append(f"CASE WHEN {ids} THEN "
-                      f"{literal(f'{model.call} needs a userId or an anonymousId; {empty}')} END")
-        if model.group_id:
-            checks.append(f"CASE WHEN {self._blank(model.group_id)} THEN "
-                          f"{literal(f'group needs a groupId; {model.group_id!r} is empty')} END")
-        if model.event_column:
-            checks.append(f"CASE WHEN {self._blank(model.event_column)} THEN "
-                          f"{literal(f'track needs an event name; {model.event_column!r} is empty')} END")
+                      f"{literal(f'{spec.call} needs a userId or an anonymousId; {empty}')} END")
+        if spec.group_id:
+            checks.append(f"CASE WHEN {self._blank(spec.group_id)} THEN "
+                          f"{literal(f'group needs a groupId; {spec.group_id!r} is empty')} END")
+        if spec.event_column:
+            checks.append(f"CASE WHEN {self._blank(spec.event_column)} THEN "
+                          f"{literal(f'track needs an event name; {spec.event_column!r} is empty')} END")
         return f"nullif(concat_ws('; ', {', '.join(checks)}), '')"
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from segment_ops.engine.models import literal, quote
+from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.warehouse import stage_query
 
 COLUMNS = ("source_id", "target_id")

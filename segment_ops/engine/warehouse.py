@@ -27,7 +27,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from segment_ops.engine.calls import to_json_value
-from segment_ops.engine.models import literal, quote
+from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.store import DEFAULT_MEMORY_LIMIT
 
 CHUNK_ROWS = 20_000

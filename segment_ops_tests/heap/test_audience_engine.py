@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
-from segment_ops.engine.diff import DeliveryIncomplete
+from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.resources import SegmentTrackingResource
 from segment_ops.syncs.heap.audiences import sync_audience
 from segment_ops.syncs.heap.inbox import Inbox

@@ -15,7 +15,7 @@ import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.engine import store
-from segment_ops.engine.diff import DeliveryIncomplete
+from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.resources import build_resources
 from segment_ops.syncs.heap.audiences import load_audiences, sync_audience
 from segment_ops.syncs.heap.inbox import Inbox
@@ -140,7 +140,7 @@ def test_an_undeliverable_run_leaves_the_sync_unprocessed(heap, ops_env, warehou
         sync_audience(con, audiences, audiences.by_segment(POWER_USERS), route="webhook", inbox=inbox,
                       warehouse_url=f"duckdb:///{warehouse}", client_factory=stormy.get_client)
 
-    assert raised.value.run.ledger.pending > 0
+    assert raised.value.report.ledger.pending > 0
     assert [s.done for s in inbox.syncs()] == [False]
 
 

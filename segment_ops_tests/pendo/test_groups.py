@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.identity import IdentitySource
+from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.syncs.pendo.extract import SYNC, extract_days
 from segment_ops.syncs.pendo.groups import (
     NothingScoredError,
@@ -225,7 +225,7 @@ def test_a_segment_outage_leaves_calls_pending_and_the_next_run_delivers_them_on
     clean_sandbox.set_faults("segment", rate_503=1.0)
     with pytest.raises(DeliveryIncomplete) as failed:
         sync(con, scored, segment_factory, run_id="r1")
-    assert failed.value.run.ledger.pending == ACCOUNTS - len(INACTIVE)
+    assert failed.value.report.ledger.pending == ACCOUNTS - len(INACTIVE)
     clean_sandbox.clear_faults()
 
     run = sync(con, scored, segment_factory, run_id="r2")

@@ -9,11 +9,12 @@ import pytest
 
 from segment_ops.engine.calls import deterministic_message_id
 from segment_ops.engine.delivery import deliver_pending
-from segment_ops.engine.diff import SUPERSEDED, DeliveryIncomplete, _ModelSql, ensure_state, plan_changes
+from segment_ops.engine.diff import SUPERSEDED, _SpecSql, ensure_state, plan_changes
 from segment_ops.engine.ledger import Ledger
-from segment_ops.engine.models import parse_model
+from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.store import staging
 from segment_ops.engine.warehouse import stage_query
+from segment_ops.syncs.reverse_etl.model import parse_model
 from segment_ops.syncs.reverse_etl.sync import STAGED_TABLE, sync_model
 from segment_ops_tests.reverse_etl.conftest import edit_warehouse, received, segment_stats
 
@@ -47,7 +48,7 @@ def test_message_ids_have_the_layout_of_the_python_builder():
     for key in ("u1", "usr_0000042", "ünïcode"):
         payload = '{"type":"identify","userId":"' + key + '"}'
         h = f"sha256('replay' || chr(31) || '{key}' || chr(31) || '{payload}')"
-        [(from_sql,)] = con.execute(f"SELECT {_ModelSql.message_id(h)}").fetchall()
+        [(from_sql,)] = con.execute(f"SELECT {_SpecSql.message_id(h)}").fetchall()
         assert from_sql == deterministic_message_id("replay", key, payload.encode())
 
 
@@ -76,7 +77,7 @@ def test_a_run_killed_after_delivery_advances_its_snapshot_next_time(tmp_path, p
         ledger = Ledger(con)
         ensure_state(con)
         staged = stage_query(con, url, spec.sql, STAGED_TABLE)
-        plan_changes(con, ledger, spec, staged, run_id="killed")
+        plan_changes(con, ledger, spec.diff_spec, staged, run_id="killed")
         client = segment_client_factory()
         deliver_pending(ledger, spec.sync, client)
         client.close()
@@ -96,7 +97,7 @@ def test_a_pending_change_is_superseded_when_its_row_changes_again(tmp_path, peo
     clean_sandbox.set_faults("segment", rate_503=1.0)
     with staging(tmp_path / "staging.duckdb") as con, pytest.raises(DeliveryIncomplete) as failed:
         sync_model(con, spec, url, segment_client_factory)
-    assert failed.value.run.ledger.pending == 60
+    assert failed.value.report.ledger.pending == 60
     clean_sandbox.clear_faults()
     edit_warehouse(path, "UPDATE people SET name = 'renamed' WHERE id = 'p7'")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from segment_ops.engine.models import ModelError, load_models, parse_model
 from segment_ops.resources import build_resources
 from segment_ops.syncs.reverse_etl.defs import MODELS_DIR, build_reverse_etl_defs, model_key
+from segment_ops.syncs.reverse_etl.model import ModelError, load_models, parse_model
 
 GOOD = """\
 -- description: Profile traits of every known customer, for tests.

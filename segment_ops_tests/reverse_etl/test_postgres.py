@@ -15,10 +15,10 @@ import duckdb
 import psycopg
 import pytest
 
-from segment_ops.engine.models import parse_model
 from segment_ops.engine.store import staging
 from segment_ops.resources import StagingResource, WarehouseResource, build_resources
 from segment_ops.syncs.reverse_etl.defs import build_reverse_etl_defs, model_key
+from segment_ops.syncs.reverse_etl.model import parse_model
 from segment_ops.syncs.reverse_etl.sync import sync_model
 from segment_ops_tests.reverse_etl.conftest import metadata, received, run_models, segment_stats
 from segment_ops_tests.reverse_etl.test_assets import ACCOUNTS_WITH_A_USER, COMPLETED_ORDERS, VALID_CUSTOMERS

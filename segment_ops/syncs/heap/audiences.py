@@ -67,18 +67,13 @@ from typing import Any
 import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
-from segment_ops.engine.delivery import DeliveryReport
-from segment_ops.engine.diff import (
-    DeliveryIncomplete,
-    DiffPlan,
-    advance_snapshot,
-    deliver_changes,
-    ensure_state,
-    plan_changes,
-)
+from segment_ops.engine import store
+from segment_ops.engine.diff import delivered_rows
 from segment_ops.engine.identity import IdentityMapError, IdentityMapStats, IdentitySource, stage_identity_map
-from segment_ops.engine.ledger import Ledger, LedgerCounts
-from segment_ops.engine.models import MODEL_NAME, ModelSpec, literal, quote
+from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.run import DiffSync, RunReport, run_diff_sync
+from segment_ops.engine.spec import Companion, DiffSpec
+from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult, WarehouseError, stage_query
 from segment_ops.syncs.heap.inbox import Inbox, InboxDrain, InboxSync
 
@@ -97,8 +92,12 @@ _PAGE_COLUMNS = ("{sync_task_id: 'VARCHAR', page_number: 'INTEGER', received_at:
 _MAX_PAGE_FILE_BYTES = 16 * 1024 * 1024  # a page file is smaller than its webhook body (at most 10 MB)
 SAMPLE_SIZE = 20
 _TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_AUDIENCE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
-_STATE_SCHEMA = """
+# Heap's word on the segment's members, and what was applied to reach it (see `sync_audience`).
+STATE = store.register(store.StateSchema(
+    name="heap_membership", version=1, tables=("heap_membership", "heap_applied_syncs", "heap_applied_drains"),
+    create="""
 CREATE TABLE IF NOT EXISTS heap_membership (
     identity VARCHAR NOT NULL,      -- the Heap identity (the customer's identity property)
     member   BOOLEAN NOT NULL,
@@ -123,7 +122,7 @@ CREATE TABLE IF NOT EXISTS heap_applied_drains (
     run_id       VARCHAR,
     applied_at   TIMESTAMPTZ NOT NULL
 );
-"""
+"""))
 
 
 class AudienceConfigError(ValueError):
@@ -135,11 +134,11 @@ class IncompleteSyncError(RuntimeError):
 
 
 class MembershipDropError(RuntimeError):
-    """The new membership would exit too many delivered members; nothing was changed. Carries the run."""
+    """The new membership would exit too many delivered members; nothing was changed. `report` is the run's."""
 
-    def __init__(self, message: str, run: AudienceRun) -> None:
+    def __init__(self, message: str, report: AudienceRun) -> None:
         super().__init__(message)
-        self.run = run
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -160,15 +159,15 @@ class Audience:
         """The ledger's sync name and the staging file's name."""
         return f"heap_{self.key}"
 
-    def model(self, path: Path, owners: tuple[str, ...]) -> ModelSpec:
-        """The diff's view of the audience: identify calls keyed by userId, mirror mode, with events."""
-        return ModelSpec(
-            name=self.key, path=path, sql="", description=self.description or self.name, owners=owners,
-            call="identify", mode="mirror", key="user_id", user_id="user_id", fields=(self.trait,),
-            code_version="", sync_name=self.sync, removal_traits={self.trait: False},
-            entered_event=self.entered_event, exited_event=self.exited_event,
-            event_properties={"audience_key": self.trait, "audience_name": self.name,
-                              "heap_segment_id": self.segment_id, "source": "Heap"})
+    def spec(self, path: Path) -> DiffSpec:
+        """The diff's view of the audience: identify calls keyed by userId, mirror mode, with the entered
+        and exited events beside them."""
+        return DiffSpec(
+            sync=self.sync, source=path.name, call="identify", mode="mirror", key="user_id", user_id="user_id",
+            fields=(self.trait,), removal_fields={self.trait: False},
+            companion=Companion(self.entered_event, self.exited_event,
+                                {"audience_key": self.trait, "audience_name": self.name,
+                                 "heap_segment_id": self.segment_id, "source": "Heap"}))
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,7 @@ def load_audiences(path: str | Path | None = None) -> AudiencesConfig:
 
 
 def _audience(key: str, table: Any, fail: Callable[[str], AudienceConfigError]) -> Audience:
-    if not MODEL_NAME.match(key):
+    if not _AUDIENCE_KEY.match(key):
         raise fail(f"audience name {key!r} must be letters, digits and underscores, starting with a letter")
     if not isinstance(table, dict):
         raise fail(f"audiences.{key} must be a table")
@@ -330,8 +329,8 @@ class DropGuard:
         return self.exits >= max(self.min_exits, 1) and self.ratio > self.max_drop_ratio
 
 
-@dataclass
-class AudienceRun:
+@dataclass(kw_only=True)
+class AudienceRun(RunReport):
     audience: Audience
     route: str
     syncs: list[InboxSync] = field(default_factory=list)
@@ -345,12 +344,6 @@ class AudienceRun:
     identity_map: IdentityMapStats | None = None
     resolution: Resolution = field(default_factory=Resolution)
     guard: DropGuard = field(default_factory=DropGuard)
-    plan: DiffPlan | None = None
-    delivery: DeliveryReport | None = None
-    ledger: LedgerCounts | None = None
-    advanced: int = 0
-    dry_run: bool = False
-    seconds: float = 0.0
 
 
 def pending_syncs(inbox: Inbox, audience: Audience) -> list[InboxSync]:
@@ -366,81 +359,77 @@ def pending_drains(inbox: Inbox, audience: Audience) -> list[InboxDrain]:
 
 def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience, *, route: str,
                   inbox: Inbox, warehouse_url: str, client_factory: Callable[[], SegmentTrackingClient],
-                  owners: tuple[str, ...] = ("team:data-platform",), sync_task_ids: Sequence[str] | None = None,
-                  drain_keys: Sequence[str] | None = None, drain_policy: str = DRAIN_POLICIES[0],
-                  run_id: str | None = None, dry_run: bool = False, confirm_drop: bool = False,
-                  max_in_flight: int = 4) -> AudienceRun:
+                  sync_task_ids: Sequence[str] | None = None, drain_keys: Sequence[str] | None = None,
+                  drain_policy: str = DRAIN_POLICIES[0], run_id: str | None = None, dry_run: bool = False,
+                  confirm_drop: bool = False, max_in_flight: int = 4) -> AudienceRun:
     """Bring the audience in Segment to Heap's membership by `route` ("webhook" or "reconcile").
 
     Webhook route: `sync_task_ids` / `drain_keys` name the syncs and drains to apply (None: every complete,
     unprocessed one of the segment; an empty list: none). Raises `IncompleteSyncError`, `IdentityMapError`,
     `WarehouseError`, `MembershipDropError` (nothing changed), `DeliveryIncomplete` (messages stay pending,
     syncs and drains stay unprocessed) and the Segment client's `VendorFatalError` as it is.
+
+    The stage: (1) Heap's word, the changes this run brings as (identity, member, as_of, source); (2) the
+    membership they lead to, where only a newer statement replaces an older one, so a page delivered twice,
+    pages out of order, a sync applied again after a crash or a Connect export older than the last webhook
+    all leave the newest word from Heap; (3) identities resolved to userIds, one staged row per userId;
+    (4) the drop guard against the last delivered membership, before anything is written. Before the plan
+    the new membership and the unresolved members are recorded; the diff then sends the trait true plus
+    "Audience Entered" to entrants and the trait false plus "Audience Exited" to leavers. Only after a
+    complete delivery are the syncs and drains marked done (ARCHITECTURE rule 2: state = delivered).
     """
     if route not in ROUTES:
         raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
     if drain_policy not in DRAIN_POLICIES:
         raise ValueError(f"drain_policy must be one of {', '.join(DRAIN_POLICIES)}, got {drain_policy!r}")
     started = time.monotonic()
-    run = AudienceRun(audience, route, dry_run=dry_run, drain_policy=drain_policy)
-    ledger = Ledger(con)
-    ensure_state(con)
-    con.execute(_STATE_SCHEMA)
+    run = AudienceRun(audience=audience, route=route, dry_run=dry_run, drain_policy=drain_policy)
+    store.ensure(con, STATE)
     # Heap Connect's synced_at often arrives without a zone (Snowflake TIMESTAMP_NTZ, Redshift TIMESTAMP):
     # it is UTC, and casting it to TIMESTAMPTZ must not read it in the machine's local zone.
     con.execute("SET TimeZone = 'UTC'")
-    model = audience.model(config.path, owners)
-    if not dry_run:
-        advance_snapshot(con, audience.sync)  # settle what an earlier, interrupted run delivered
 
-    # 1. Heap's word: the changes this run brings, as (identity, member, as_of, source).
-    if route == "webhook":
-        run.syncs = _chosen_syncs(inbox, audience, sync_task_ids)
-        run.drains = _chosen_drains(inbox, audience, drain_keys, confirm_drop)
-        _stage_webhook_changes(con, inbox, run)
-    else:
-        _stage_connect_changes(con, config, audience, warehouse_url, run)
-    _apply_drains(con, run)
-    # 2. The membership they lead to (only newer statements replace older ones).
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE heap_proposed AS
-        SELECT identity, member, as_of, source FROM heap_membership m
-        WHERE NOT EXISTS (SELECT 1 FROM heap_changes c WHERE c.identity = m.identity AND c.as_of > m.as_of)
-        UNION ALL
-        SELECT identity, member, as_of, source FROM heap_changes c
-        WHERE NOT EXISTS (SELECT 1 FROM heap_membership m WHERE m.identity = c.identity AND m.as_of >= c.as_of)
-    """)
-    # 3. Resolve identities to userIds; stage one row per userId for the diff.
-    run.identity_map = stage_identity_map(con, config.identity, "heap_identity_map", warehouse_url=warehouse_url)
-    staged = _resolve(con, config, audience, run)
-    # 4. Drop guard against the last delivered membership, before anything is written.
-    run.guard = _drop_guard(con, config, confirm_drop)
-    run.guard.empty_export = run.connect_rows == 0
-    if run.guard.tripped and not confirm_drop:
-        run.seconds = time.monotonic() - started
-        why = ("the Heap Connect result has no row for the segment" if run.guard.empty_export else
-               f"{run.guard.ratio:.0%} > {config.max_drop_ratio:.0%}")
-        what = "Heap's drain of the segment" if run.drain_exits else f"this {route}"
-        raise MembershipDropError(
-            f"audience {audience.key!r}: {what} would exit {run.guard.exits:,} of {run.guard.delivered_members:,} "
-            f"delivered members ({why}); nothing was changed. If Heap's "
-            "membership really dropped, run again with confirm_drop=true.", run)
+    def stage(con: duckdb.DuckDBPyConnection) -> StagedResult:
+        if route == "webhook":
+            run.syncs = _chosen_syncs(inbox, audience, sync_task_ids)
+            run.drains = _chosen_drains(inbox, audience, drain_keys, confirm_drop)
+            _stage_webhook_changes(con, inbox, run)
+        else:
+            _stage_connect_changes(con, config, audience, warehouse_url, run)
+        _apply_drains(con, run)
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE heap_proposed AS
+            SELECT identity, member, as_of, source FROM heap_membership m
+            WHERE NOT EXISTS (SELECT 1 FROM heap_changes c WHERE c.identity = m.identity AND c.as_of > m.as_of)
+            UNION ALL
+            SELECT identity, member, as_of, source FROM heap_changes c
+            WHERE NOT EXISTS (SELECT 1 FROM heap_membership m WHERE m.identity = c.identity AND m.as_of >= c.as_of)
+        """)
+        run.identity_map = stage_identity_map(con, config.identity, "heap_identity_map",
+                                              warehouse_url=warehouse_url)
+        staged = _resolve(con, config, audience, run)
+        run.guard = _drop_guard(con, config, confirm_drop)
+        run.guard.empty_export = run.connect_rows == 0
+        if run.guard.tripped and not confirm_drop:
+            run.seconds = time.monotonic() - started
+            why = ("the Heap Connect result has no row for the segment" if run.guard.empty_export else
+                   f"{run.guard.ratio:.0%} > {config.max_drop_ratio:.0%}")
+            what = "Heap's drain of the segment" if run.drain_exits else f"this {route}"
+            raise MembershipDropError(
+                f"audience {audience.key!r}: {what} would exit {run.guard.exits:,} of "
+                f"{run.guard.delivered_members:,} delivered members ({why}); nothing was changed. If Heap's "
+                "membership really dropped, run again with confirm_drop=true.", run)
+        return staged
+
+    def record_membership(con: duckdb.DuckDBPyConnection, ledger: Ledger) -> None:
+        _commit_membership(con, run, run_id)
+        run.resolution.newly_rejected = _reject_unresolved(con, ledger, audience, run_id)
+
+    declared = DiffSync(audience.spec(config.path), stage, before_plan=record_membership,
+                        label=f"audience {audience.key!r}")
+    run_diff_sync(con, declared, run, client_factory, run_id=run_id, max_in_flight=max_in_flight)
     if dry_run:
-        run.plan = plan_changes(con, ledger, model, staged, run_id=run_id, dry_run=True)
-        run.ledger = ledger.counts(audience.sync)
-        run.seconds = time.monotonic() - started
         return run
-    # 5. Record the membership and the rejections, plan, deliver, advance.
-    _commit_membership(con, run, run_id)
-    run.resolution.newly_rejected = _reject_unresolved(con, ledger, audience, run_id)
-    run.plan = plan_changes(con, ledger, model, staged, run_id=run_id)
-    settled = deliver_changes(con, ledger, audience.sync, client_factory, run_id=run_id,
-                              max_in_flight=max_in_flight)
-    run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
-    run.seconds = time.monotonic() - started
-    if settled.failure is not None:
-        raise DeliveryIncomplete(f"audience {audience.key!r}: {settled.failure}", run)
-    # 6. Only now are the syncs and drains processed (ARCHITECTURE rule 2: state = delivered).
     for sync in run.syncs:
         inbox.mark_done(sync.sync_task_id, {"audience": audience.key, "run_id": run_id,
                                             "delivered": run.delivery.delivered if run.delivery else 0})
@@ -633,7 +622,7 @@ def _drop_guard(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, confirm
     delivered, exits = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {STAGED_TABLE} s
                                                             WHERE s.user_id = r.record_key))
-        FROM rev_snapshot r WHERE NOT r.removed
+        FROM {delivered_rows()} r
     """).fetchone()
     return DropGuard(delivered, exits, config.max_drop_ratio, config.drop_guard_min_exits, confirmed)
 

@@ -38,8 +38,8 @@ from segment_ops.clients.base import VendorAuthError, VendorError
 from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
-from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.identity import IdentityMapError
+from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
 from segment_ops.resources import AlertsResource, SegmentTrackingResource, StagingResource, WarehouseResource
 from segment_ops.syncs.external import HEAP_SEGMENTS, warehouse_table_key
@@ -167,16 +167,16 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
         with store.staging(staging.staging_db(audience.sync)) as con:
             try:
                 run = sync_audience(con, audiences, audience, route=config.route, inbox=inbox,
-                                    warehouse_url=warehouse.url, client_factory=segment.get_client, owners=(OWNER,),
+                                    warehouse_url=warehouse.url, client_factory=segment.get_client,
                                     sync_task_ids=config.sync_task_ids, drain_keys=config.drain_keys,
                                     drain_policy=policy, run_id=context.run.run_id,
                                     dry_run=config.dry_run, confirm_drop=config.confirm_drop,
                                     max_in_flight=segment.max_in_flight)
             except MembershipDropError as exc:
-                yield _guard_result(exc.run)
-                raise dg.Failure(description=str(exc), metadata=_metadata(exc.run)) from None
+                yield _guard_result(exc.report)
+                raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from None
             except DeliveryIncomplete as exc:
-                raise dg.Failure(description=str(exc), metadata=_metadata(exc.run)) from None
+                raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from None
             except (IncompleteSyncError, IdentityMapError, WarehouseError) as exc:
                 raise dg.Failure(description=f"audience {audience.key}: {exc}") from None
             except VendorAuthError as exc:

@@ -44,8 +44,8 @@ from segment_ops.clients.pendo import (
 )
 from segment_ops.config import load_settings
 from segment_ops.engine import store
-from segment_ops.engine.diff import DeliveryIncomplete
 from segment_ops.engine.identity import IdentityMapError
+from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
 from segment_ops.resources import PendoResource, SegmentTrackingResource, StagingResource, WarehouseResource
 from segment_ops.syncs.external import PENDO_ACCOUNTS
@@ -390,7 +390,7 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
         except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError, WarehouseError) as exc:
             raise dg.Failure(description=str(exc)) from None
         except DeliveryIncomplete as exc:
-            raise dg.Failure(description=str(exc), metadata=_groups_metadata(exc.run)) from None
+            raise dg.Failure(description=str(exc), metadata=_groups_metadata(exc.report)) from None
         except VendorAuthError as exc:
             raise dg.Failure(description=f"Segment refused the write key: {exc}") from None
     pending = run.ledger.pending if run.ledger else 0

@@ -57,7 +57,7 @@ from segment_ops.clients.pendo import (
     local_midnight_ms,
 )
 from segment_ops.engine.ledger import Ledger
-from segment_ops.engine.models import literal
+from segment_ops.engine.sql import literal
 from segment_ops.syncs.pendo.score import HealthConfig
 
 SYNC = "pendo_account_health"  # the staging file's name and the sync's name in the ledger

@@ -1,37 +1,13 @@
-"""Scored Pendo accounts -> Segment group calls, through the reverse-ETL diff and the delivery engine.
+"""Scored Pendo accounts -> Segment group calls, declared on the engine's runner (upsert, key account_id).
 
-The scored table becomes one row per account (key `account_id`) with its Segment ids and traits; rows
-that cannot be sent are rejected here with a reason a person can act on; the rest go through
-`diff.plan_changes` (upsert mode, so only accounts whose call body - ids or traits - changed since the
-last *delivered* state are planned), `delivery.deliver_pending` and `diff.advance_snapshot`, exactly the
-loop `reverse_etl.sync_model` runs for a SQL model.
-
-Ids:
-- groupId: the Pendo accountId looked up in the identity map (`[identity]` in the config). An account the
-  map does not know is sent under its Pendo accountId (Pendo account ids are usually the CRM id), unless
-  `require_mapping = true`, which rejects it. An accountId the map sends to two groups, or two accounts
-  that map to one group, are rejected: either choice would be a guess.
-- userId: Segment drops a group call without a userId or anonymousId (spec §1). It is sticky: the userId
-  last delivered for the account (`rev_snapshot.user_id`) while that visitor is still active in the
-  window; else the account's most active identified visitor in the window (Pendo visitor ids are the
-  application's user ids); else the configured `service_user`; an account with none is rejected. (The
-  most active visitor flips between days; the call body would change with it.)
-
-Traits are the stable ones (see `TRAITS`): what the diff hashes changes only when something material
-does. Sliding-window figures (events, minutes, the usage ratio) stay in the score table and run metadata.
-
-Before sending, the sync refuses a score older than the latest staged day (`StaleScoreError`) and a
-window with days that are not staged as days of the subscription's zone for the configured apps
-(`PartialWindowError`, unless `allow_partial_window`). After it, `reconcile` accounts for every Pendo
-account: delivered, unchanged since delivered, pending or rejected with a reason; any other is listed as
-missing.
-
-No Dagster imports.
+The scored table becomes one row per account with its Segment ids and traits; rows that cannot be sent
+are rejected with a reason a person can act on; `reconcile` then accounts for every Pendo account.
+Id resolution and the checks before sending are documented where they happen (`_build_rows`,
+`check_sendable_score`). No Dagster imports.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -39,18 +15,12 @@ from datetime import date, timedelta
 import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
-from segment_ops.engine.delivery import DeliveryReport
-from segment_ops.engine.diff import (
-    DeliveryIncomplete,
-    DiffPlan,
-    advance_snapshot,
-    deliver_changes,
-    ensure_state,
-    plan_changes,
-)
+from segment_ops.engine.diff import DiffPlan, delivered_rows, key_states
 from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
-from segment_ops.engine.ledger import PENDING, REJECTED, Ledger, LedgerCounts
-from segment_ops.engine.models import ModelSpec, literal, quote
+from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.run import DiffSync, RunReport, run_diff_sync
+from segment_ops.engine.spec import DiffSpec
+from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.warehouse import StagedResult, describe_staged
 from segment_ops.syncs.pendo.extract import SYNC
 from segment_ops.syncs.pendo.score import (
@@ -96,8 +66,8 @@ class PartialWindowError(RuntimeError):
         self.missing = missing
 
 
-@dataclass
-class GroupSyncRun:
+@dataclass(kw_only=True)
+class GroupSyncRun(RunReport):
     accounts: int = 0
     identity: IdentityMapStats | None = None
     mapped: int = 0  # groupId from the identity map
@@ -105,14 +75,9 @@ class GroupSyncRun:
     rejected_here: int = 0  # no userId, unmapped (require_mapping), ambiguous
     rejection_samples: list[tuple[str, str]] = field(default_factory=list)
     plan: DiffPlan = field(default_factory=DiffPlan)
-    delivery: DeliveryReport | None = None
-    ledger: LedgerCounts | None = None
-    advanced: int = 0
-    dry_run: bool = False
     as_of: date | None = None  # the score table's day
     reconciled: dict[str, int] = field(default_factory=dict)  # RECONCILE_STATES -> accounts (after a send)
     missing: list[tuple[str, str]] = field(default_factory=list)  # (account, why) of accounts in none of them
-    seconds: float = 0.0
 
     @property
     def rejected(self) -> int:
@@ -129,20 +94,16 @@ class GroupSyncRun:
         return self.accounts == self.sent + self.plan.unchanged + self.rejected
 
 
-def group_model(config: HealthConfig) -> ModelSpec:
-    """The `ModelSpec` the diff runs with: key account_id, group call, upsert, traits with the prefix, and this
-    sync's own name in the ledger."""
-    return ModelSpec(
-        name="pendo_account_groups", path=config.path, sql=f"SELECT * FROM {SENDABLE_TABLE}",
-        description="Pendo account health on each account's Segment group.", owners=("team:data-platform",),
-        call="group", mode="upsert", key="account_id", user_id="user_id", group_id="group_id",
-        fields=tuple(config.trait_prefix + t for t in TRAITS), code_version=config.digest[:16],
-        sync_name=SYNC)
+def group_spec(config: HealthConfig) -> DiffSpec:
+    """What the diff runs with: key account_id, group calls, upsert, the traits with their prefix."""
+    return DiffSpec(sync=SYNC, source=config.path.name, call="group", mode="upsert", key="account_id",
+                    user_id="user_id", group_id="group_id", fields=tuple(config.trait_prefix + t for t in TRAITS))
 
 
 def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
                         client_factory: Callable[[], SegmentTrackingClient], *, warehouse_url: str, timezone: str,
-                        apps: str, run_id: str | None = None, dry_run: bool = False, max_in_flight: int = 4) -> GroupSyncRun:
+                        apps: str, run_id: str | None = None, dry_run: bool = False,
+                        max_in_flight: int = 4) -> GroupSyncRun:
     """Send the scored accounts whose traits changed as group calls; `dry_run` plans and counts only.
 
     Raises `NothingScoredError` when nothing is scored yet, `StaleScoreError` / `PartialWindowError` when the
@@ -150,46 +111,39 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
     `DeliveryIncomplete` when calls stay pending, `identity.IdentityMapError` for a broken map source and the
     client's `VendorFatalError`.
     """
-    started = time.monotonic()
     run = GroupSyncRun(dry_run=dry_run, as_of=check_sendable_score(con, config, timezone, apps))
-    ledger = Ledger(con)
-    ensure_state(con)
-    model = group_model(config)
-    if not dry_run:
-        advance_snapshot(con, model.sync)  # settle what an earlier, interrupted run delivered
-    if config.identity is not None:
-        run.identity = stage_identity_map(con, config.identity, IDENTITY_TABLE, warehouse_url=warehouse_url)
-    _build_rows(con, config, with_map=config.identity is not None, as_of=run.as_of, timezone=timezone,
-                apps=apps)
-    run.accounts, run.mapped, run.unmapped_sent_as_is, run.rejected_here = con.execute(f"""
-        SELECT count(*), count(*) FILTER (WHERE mapped AND reject_reason IS NULL),
-               count(*) FILTER (WHERE NOT mapped AND reject_reason IS NULL), count(reject_reason)
-        FROM {ROWS_TABLE}""").fetchone()
-    run.rejection_samples = con.execute(
-        f"SELECT account_id, reject_reason FROM {ROWS_TABLE} WHERE reject_reason IS NOT NULL "
-        "ORDER BY account_id LIMIT 20").fetchall()
-    if not dry_run and run.rejected_here:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE pendo_group_rejections AS
-            SELECT account_id AS record_key, {literal(config.path.name)} AS source, reject_reason AS reason,
-                   left(to_json(r)::VARCHAR, 2000) AS record
-            FROM {ROWS_TABLE} r WHERE reject_reason IS NOT NULL""")
-        ledger.reject_relation(model.sync, "pendo_group_rejections", run_id=run_id)
-        con.execute("DROP TABLE pendo_group_rejections")
-    staged = _sendable(con, model)
-    run.plan = plan_changes(con, ledger, model, staged, run_id=run_id, dry_run=dry_run)
-    if dry_run:
-        run.ledger = ledger.counts(model.sync)
-        run.seconds = time.monotonic() - started
-        return run
-    settled = deliver_changes(con, ledger, model.sync, client_factory, run_id=run_id, max_in_flight=max_in_flight)
-    run.delivery, run.advanced, run.ledger = settled.delivery, settled.advanced, settled.ledger
-    run.reconciled, run.missing = reconcile(con, model.sync, run.as_of, run_id=run_id, timezone=timezone,
-                                            apps=apps)
-    run.seconds = time.monotonic() - started
-    if settled.failure is not None:
-        raise DeliveryIncomplete(str(settled.failure), run)
-    return run
+    spec = group_spec(config)
+    as_of = run.as_of
+
+    def stage(con: duckdb.DuckDBPyConnection) -> StagedResult:
+        if config.identity is not None:
+            run.identity = stage_identity_map(con, config.identity, IDENTITY_TABLE, warehouse_url=warehouse_url)
+        _build_rows(con, config, with_map=config.identity is not None, as_of=as_of, timezone=timezone,
+                    apps=apps)
+        run.accounts, run.mapped, run.unmapped_sent_as_is, run.rejected_here = con.execute(f"""
+            SELECT count(*), count(*) FILTER (WHERE mapped AND reject_reason IS NULL),
+                   count(*) FILTER (WHERE NOT mapped AND reject_reason IS NULL), count(reject_reason)
+            FROM {ROWS_TABLE}""").fetchone()
+        run.rejection_samples = con.execute(
+            f"SELECT account_id, reject_reason FROM {ROWS_TABLE} WHERE reject_reason IS NOT NULL "
+            "ORDER BY account_id LIMIT 20").fetchall()
+        return _sendable(con, spec)
+
+    def reject_unsendable(con: duckdb.DuckDBPyConnection, ledger: Ledger) -> None:
+        if run.rejected_here:
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE pendo_group_rejections AS
+                SELECT account_id AS record_key, {literal(config.path.name)} AS source, reject_reason AS reason,
+                       left(to_json(r)::VARCHAR, 2000) AS record
+                FROM {ROWS_TABLE} r WHERE reject_reason IS NOT NULL""")
+            ledger.reject_relation(spec.sync, "pendo_group_rejections", run_id=run_id)
+            con.execute("DROP TABLE pendo_group_rejections")
+
+    def reconcile_accounts(con: duckdb.DuckDBPyConnection) -> None:
+        run.reconciled, run.missing = reconcile(con, spec.sync, as_of, run_id=run_id, timezone=timezone, apps=apps)
+
+    declared = DiffSync(spec, stage, before_plan=reject_unsendable, after_delivery=reconcile_accounts)
+    return run_diff_sync(con, declared, run, client_factory, run_id=run_id, max_in_flight=max_in_flight)
 
 
 def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, timezone: str, apps: str) -> date:
@@ -225,40 +179,33 @@ def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id:
     delivered this run, unchanged since delivered, pending, rejected (here, by the diff, or by Segment, with a
     reason) or missing - with why, at most 50 listed. A missing account is a bug or a stale input, never normal.
     """
+    states = key_states(con, sync, run_id)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pendo_reconciled AS
         WITH {usage_days_sql()},
         accounts AS (
             SELECT account_id FROM pendo_accounts
             UNION SELECT DISTINCT account_id FROM usage_visitor_days WHERE day <= $as_of
-        ),
-        last_message AS (
-            SELECT record_key, arg_max(status, seq) AS status, arg_max(planned_run, seq) AS planned_run
-            FROM ledger WHERE sync = $sync GROUP BY record_key
         )
         SELECT a.account_id,
                CASE WHEN h.account_id IS NULL THEN 'missing'
-                    WHEN r.reject_reason IS NOT NULL
-                         OR EXISTS (SELECT 1 FROM rejected j WHERE j.sync = $sync AND j.run_id = $run_id
-                                    AND j.record_key = a.account_id) THEN 'rejected'
-                    WHEN EXISTS (SELECT 1 FROM rev_changes c JOIN ledger l ON l.sync = $sync
-                                 AND l.message_id = c.message_id AND l.status = '{PENDING}'
-                                 WHERE c.record_key = a.account_id) THEN 'pending'
-                    WHEN m.status = '{REJECTED}' THEN 'rejected'
-                    WHEN s.record_key IS NOT NULL AND m.planned_run = $run_id THEN 'delivered'
-                    WHEN s.record_key IS NOT NULL THEN 'unchanged'
+                    WHEN r.reject_reason IS NOT NULL OR k.rejected_now THEN 'rejected'
+                    WHEN k.pending THEN 'pending'
+                    WHEN k.last_rejected THEN 'rejected'
+                    WHEN k.delivered AND k.planned_run = $run_id THEN 'delivered'
+                    WHEN k.delivered THEN 'unchanged'
                     ELSE 'missing' END AS state,
                CASE WHEN h.account_id IS NULL THEN 'not in the score table (scored as of ' || $as_of::VARCHAR
                         || '); re-materialize pendo/account_health'
                     WHEN r.account_id IS NULL THEN 'scored but not among the rows built for sending'
                     ELSE 'sendable, but never delivered, not pending and not rejected (last message: '
-                        || coalesce(m.status, 'none') || ')' END AS why
+                        || coalesce(k.last_status, 'none') || ')' END AS why
         FROM accounts a
         LEFT JOIN {HEALTH_TABLE} h USING (account_id)
         LEFT JOIN {ROWS_TABLE} r USING (account_id)
-        LEFT JOIN last_message m ON m.record_key = a.account_id
-        LEFT JOIN rev_snapshot s ON s.record_key = a.account_id AND NOT s.removed
-    """, {"as_of": as_of, "sync": sync, "run_id": run_id, "zone": timezone, "apps": apps})
+        LEFT JOIN {states} k ON k.record_key = a.account_id
+    """, {"as_of": as_of, "run_id": run_id, "zone": timezone, "apps": apps})
+    con.execute(f"DROP TABLE {states}")
     counts = dict(con.execute("SELECT state, count(*) FROM pendo_reconciled GROUP BY state").fetchall())
     missing = con.execute("SELECT account_id, why FROM pendo_reconciled WHERE state = 'missing' "
                           "ORDER BY account_id LIMIT 50").fetchall()
@@ -295,7 +242,7 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
                         ELSE {fallback} END AS group_id,
                    coalesce(sticky.user_id, h.top_visitor_id, {service_user}) AS user_id, {traits}
             FROM {HEALTH_TABLE} h {lookup}
-            LEFT JOIN rev_snapshot s ON s.record_key = h.account_id AND NOT s.removed
+            LEFT JOIN {delivered_rows()} s ON s.record_key = h.account_id
             LEFT JOIN still_active sticky ON sticky.account_id = h.account_id AND sticky.user_id = s.user_id
         )
         SELECT *,
@@ -316,9 +263,9 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
                                                                                  "apps": apps})
 
 
-def _sendable(con: duckdb.DuckDBPyConnection, model: ModelSpec) -> StagedResult:
+def _sendable(con: duckdb.DuckDBPyConnection, spec: DiffSpec) -> StagedResult:
     """The rows that can be sent, as the `StagedResult` the diff reads (it expects the unserialisable column)."""
-    columns = ", ".join(quote(c) for c in ("account_id", "group_id", "user_id", *model.fields))
+    columns = ", ".join(quote(c) for c in ("account_id", "group_id", "user_id", *(spec.fields or ())))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {SENDABLE_TABLE} AS
         SELECT {columns} FROM {ROWS_TABLE} WHERE reject_reason IS NULL

@@ -48,7 +48,7 @@ from typing import Any
 import duckdb
 
 from segment_ops.engine.identity import IdentityMapError, IdentitySource
-from segment_ops.engine.models import literal
+from segment_ops.engine.sql import literal
 
 # Package data (pyproject's package-data); PENDO_HEALTH_CONFIG overrides it. Installed packages sit on disk
 # (Dagster cannot load zipped code), so `files()` is a real path for error messages.

@@ -1,6 +1,6 @@
 """Reverse ETL: each SQL model in `sql/reverse_etl/` is an asset that syncs its rows to Segment by diff.
 
-Adding a model is adding a file (header format: `segment_ops.engine.models`). For each model file the
+Adding a model is adding a file (header format: `segment_ops.syncs.reverse_etl.model`). For each model file the
 factory declares:
 - an asset `segment/reverse_etl/<model>` (group `reverse_etl`; owners, description and schedule from
   the header; `code_version` = hash of the file; its own pool, since each model has its own DuckDB
@@ -33,12 +33,12 @@ from pydantic import Field
 from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
-from segment_ops.engine.diff import DeliveryIncomplete
-from segment_ops.engine.models import ModelError, ModelSpec, load_models
+from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
 from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
 from segment_ops.syncs.metadata import diff_run_metadata
+from segment_ops.syncs.reverse_etl.model import ModelError, ModelSpec, load_models
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
 from segment_ops.syncs.shared import OWNER
 
@@ -149,7 +149,7 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
             raise dg.Failure(description=str(exc), metadata={"model_file": dg.MetadataValue.path(str(exc.path))}
                              ) from None
         except DeliveryIncomplete as exc:
-            raise dg.Failure(description=f"{model.path.name}: {exc}", metadata=_metadata(exc.run)) from None
+            raise dg.Failure(description=f"{model.path.name}: {exc}", metadata=_metadata(exc.report)) from None
         except VendorAuthError as exc:
             raise dg.Failure(description=f"{model.path.name}: Segment refused the write key: {exc}") from None
     plan = run.plan

@@ -1,37 +1,21 @@
-"""Reverse-ETL models: one `sql/reverse_etl/<model>.sql` file each, a query under a small header.
+"""Reverse-ETL model files: one `sql/reverse_etl/<model>.sql` each, a query under a `-- key: value` header.
 
-The header is the file's leading block of `-- key: value` comment lines (other leading comment lines
-are free text); the query follows. Parsing is strict: an unknown or repeated key, a missing required
-key or a value of the wrong shape is a `ModelError` that names the file, so a typo never turns into a
-sync that quietly sends the wrong thing. Column names in the mapping can only be checked against the
-query's result, which `ModelSpec.check_columns` does once the rows are staged.
-
-    -- description: Profile traits of every known customer, from the CRM.
-    -- owner: team:growth
-    -- call: identify                 identify | group | track
-    -- mode: upsert                   upsert | mirror | append
-    -- key: user_id                   the column that identifies a row (one row per key)
-    -- user_id: user_id               column holding the Segment userId
-    -- traits: email, name, plan      columns sent as traits (track: `properties`); default all others
-    -- schedule: 0 * * * *            cron, UTC
-    -- depends_on: customers          warehouse tables the query reads (lineage and the change sensor)
-    -- probe: updated_at              column of those tables whose max() tells the sensor rows changed
-    SELECT user_id, email, name, plan FROM customers
-
-No Dagster imports: the Dagster layer (`segment_ops.syncs.reverse_etl.defs`) builds assets from these specs.
+`parse_model` reads and checks one file (strictly: a typo is a `ModelError` naming the file, never a sync
+that quietly sends the wrong thing); `ModelSpec.diff_spec` is what the engine's diff runs with.
+The header format is documented in `sql/reverse_etl/README.md` and in `HEADER_KEYS` below.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-CALL_TYPES = ("identify", "group", "track")
-MODES = ("upsert", "mirror", "append")
+from segment_ops.engine.spec import CALL_TYPES, MODES, DiffSpec, SpecError
+from segment_ops.engine.sql import without_literals
+
 DEFAULT_MAX_REJECTED_RATIO = 0.01
 MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
@@ -98,48 +82,39 @@ class ModelSpec:
     max_rejected_ratio: float = DEFAULT_MAX_REJECTED_RATIO
     code_version: str = ""
     header: dict[str, str] = field(default_factory=dict, compare=False)
-    # Beyond SQL model files (e.g. Heap audiences), set by the code that builds the spec:
-    sync_name: str | None = None  # the ledger's sync name; default `reverse_etl_<name>`
-    # Mirror mode: the traits a removed key's call carries (default: every mapped trait set to null).
-    removal_traits: Mapping[str, Any] | None = field(default=None, compare=False)
-    # A track call sent beside the main call of each added / removed key (e.g. "Audience Entered" /
-    # "Audience Exited"), with `event_properties`; both calls of a change settle it together.
-    entered_event: str | None = None
-    exited_event: str | None = None
-    event_properties: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def sync(self) -> str:
         """The sync name in the ledger, and the staging file's name."""
-        return self.sync_name or f"reverse_etl_{self.name}"
+        return f"reverse_etl_{self.name}"
+
+    @property
+    def diff_spec(self) -> DiffSpec:
+        """What the engine's diff runs with: the header's mapping, named by the file."""
+        return DiffSpec(sync=self.sync, source=self.path.name, call=self.call, mode=self.mode, key=self.key,
+                        user_id=self.user_id, anonymous_id=self.anonymous_id, group_id=self.group_id,
+                        event=self.event, event_column=self.event_column, timestamp=self.timestamp,
+                        fields=self.fields, exclude=self.exclude)
 
     @property
     def fields_name(self) -> str:
-        return "properties" if self.call == "track" else "traits"
+        return self.diff_spec.fields_name
 
     @property
     def mapped_columns(self) -> tuple[str, ...]:
         """Columns that become ids, event name or timestamp rather than traits/properties."""
-        return tuple(c for c in (self.user_id, self.anonymous_id, self.group_id, self.event_column, self.timestamp)
-                     if c)
+        return self.diff_spec.mapped_columns
 
     def field_columns(self, columns: Sequence[str]) -> tuple[str, ...]:
         """The traits/properties of a result with `columns`: as declared, else every column not mapped."""
-        if self.fields is not None:
-            return self.fields
-        skip = set(self.mapped_columns) | set(self.exclude)
-        return tuple(c for c in columns if c not in skip)
+        return self.diff_spec.field_columns(columns)
 
     def check_columns(self, columns: Sequence[str]) -> None:
         """Raise `ModelError` when the header names a column the query does not return."""
-        present = set(columns)
-        named = [("key", self.key)] + [(k, getattr(self, k)) for k in
-                                       ("user_id", "anonymous_id", "group_id", "event_column", "timestamp")]
-        named += [(self.fields_name, c) for c in self.fields or ()] + [("exclude", c) for c in self.exclude]
-        missing = [f"{c} ({k})" for k, c in named if c and c not in present]
-        if missing:
-            raise ModelError(self.path, f"the header names column(s) the query does not return: {', '.join(missing)}"
-                                        f"; the query returns: {', '.join(columns)}")
+        try:
+            self.diff_spec.check_columns(columns)
+        except SpecError as exc:
+            raise ModelError(self.path, exc.problem) from None
 
 
 def parse_model(path: Path | str, text: str | None = None) -> ModelSpec:
@@ -204,7 +179,7 @@ def _split(path: Path, text: str) -> tuple[dict[str, str], str]:
                                f"({', '.join(_REQUIRED)} at least)")
     if not sql:
         raise ModelError(path, "no query after the header")
-    if ";" in _without_literals(sql):
+    if ";" in without_literals(sql):
         raise ModelError(path, "the query must be a single statement (found ';' inside it)")
     return header, sql
 
@@ -285,21 +260,3 @@ def _check(spec: ModelSpec) -> None:
         fail("`probe:` needs `depends_on:` (the tables to probe)")
     if not 0.0 <= spec.max_rejected_ratio <= 1.0:
         fail(f"max_rejected_ratio must be within [0, 1], got {spec.max_rejected_ratio}")
-
-
-def _without_literals(sql: str) -> str:
-    """The query without string literals and comments, to look for statement separators."""
-    sql = re.sub(r"'(?:[^']|'')*'", "''", sql)
-    sql = re.sub(r'"(?:[^"]|"")*"', '""', sql)
-    sql = re.sub(r"--[^\n]*", "", sql)
-    return re.sub(r"/\*.*?\*/", "", sql, flags=re.S)
-
-
-def literal(text: str) -> str:
-    """`text` as a SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def quote(identifier: str) -> str:
-    """A SQL identifier, double-quoted."""
-    return '"' + identifier.replace('"', '""') + '"'

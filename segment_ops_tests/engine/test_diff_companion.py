@@ -1,22 +1,18 @@
-"""The reverse-ETL diff with a track event beside each change: two calls per change, settled together."""
+"""The diff with a companion track call beside each change (Heap's entered/exited): two calls, settled together."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import duckdb
 import pytest
 
 from segment_ops.engine.diff import advance_snapshot, ensure_state, plan_changes
 from segment_ops.engine.ledger import DELIVERED, Ledger
-from segment_ops.engine.models import ModelSpec
+from segment_ops.engine.spec import Companion, DiffSpec
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
 
-MODEL = ModelSpec(name="vip", path=Path("vip.toml"), sql="", description="VIP audience for the diff tests",
-                  owners=("team:x",), call="identify", mode="mirror", key="user_id", user_id="user_id",
-                  fields=("vip",), sync_name="heap_vip", removal_traits={"vip": False},
-                  entered_event="Audience Entered", exited_event="Audience Exited",
-                  event_properties={"audience_key": "vip"})
+MODEL = DiffSpec(sync="heap_vip", source="vip.toml", call="identify", mode="mirror", key="user_id",
+                 user_id="user_id", fields=("vip",), removal_fields={"vip": False},
+                 companion=Companion("Audience Entered", "Audience Exited", {"audience_key": "vip"}))
 
 
 @pytest.fixture
