@@ -1,0 +1,109 @@
+"""The one runner of every diff sync: stage → diff → plan → deliver → advance.
+
+A sync declares what differs (`DiffSync`: its spec, how its rows are staged, what it records before
+planning and checks after delivery); the runner does the rest the same way for all of them. A run that
+stops anywhere is safe to repeat: planning is idempotent by messageId, delivery sends what is still
+pending, and the snapshot only records what the ledger says was delivered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import duckdb
+
+from segment_ops.engine.delivery import DeliveryReport, Destination
+from segment_ops.engine.diff import (
+    DiffPlan,
+    advance_snapshot,
+    deliver_changes,
+    ensure_state,
+    plan_changes,
+    reset_snapshot,
+)
+from segment_ops.engine.ledger import Ledger, LedgerCounts
+from segment_ops.engine.spec import DiffSpec
+from segment_ops.engine.warehouse import StagedResult
+
+
+@dataclass(kw_only=True)
+class RunReport:
+    """What one run of a diff sync did; a sync's own report adds its fields to these."""
+
+    plan: DiffPlan | None = None
+    delivery: DeliveryReport | None = None
+    ledger: LedgerCounts | None = None  # filled before the run is returned or raised
+    advanced: int = 0  # keys whose delivered change moved into the snapshot
+    dry_run: bool = False
+    full_resync: bool = False
+    seconds: float = 0.0
+
+
+class DeliveryIncomplete(RuntimeError):
+    """Some planned messages could not be delivered; they stay pending for the next run, which sends them
+    under the same messageIds. `report` is the run's report (for metadata)."""
+
+    def __init__(self, message: str, report: RunReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class DiffSync:
+    """A diff sync, declared.
+
+    - `stage(con)` stages the rows to diff and returns them (called after the snapshot has settled, so it
+      may read `diff.delivered_rows()`); it may raise to stop the run before anything is written.
+    - `before_plan(con, ledger)` records what must be recorded before the plan (not on dry runs): e.g. the
+      rows rejected before the diff, or Heap's new membership.
+    - `after_delivery(con)` runs once delivery ended, also when it stopped part-way (e.g. a reconcile).
+    - `label` prefixes the error of an incomplete delivery.
+    """
+
+    spec: DiffSpec
+    stage: Callable[[duckdb.DuckDBPyConnection], StagedResult]
+    before_plan: Callable[[duckdb.DuckDBPyConnection, Ledger], None] | None = None
+    after_delivery: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+    label: str = ""
+
+
+R = TypeVar("R", bound=RunReport)
+
+
+def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
+                  client_factory: Callable[[], Destination], *, run_id: str | None = None,
+                  max_in_flight: int = 4) -> R:
+    """Run `sync` and fill `report` (its `dry_run` and `full_resync` say how); returns it.
+
+    A dry run stages, diffs and counts; it sends and records nothing. Raises `DeliveryIncomplete` (carrying
+    the report) when messages stay pending, and whatever `stage` or the client raise as it is.
+    """
+    started = time.monotonic()
+    name = sync.spec.sync
+    ledger = Ledger(con)
+    ensure_state(con)
+    if not report.dry_run:
+        advance_snapshot(con, name)  # settle what an earlier, interrupted run delivered
+        if report.full_resync:
+            reset_snapshot(con)
+    staged = sync.stage(con)
+    if not report.dry_run and sync.before_plan is not None:
+        sync.before_plan(con, ledger)
+    report.plan = plan_changes(con, ledger, sync.spec, staged, run_id=run_id, dry_run=report.dry_run,
+                               ignore_snapshot=report.dry_run and report.full_resync)
+    if report.dry_run:
+        report.ledger = ledger.counts(name)
+        report.seconds = time.monotonic() - started
+        return report
+    settled = deliver_changes(con, ledger, name, client_factory, run_id=run_id, max_in_flight=max_in_flight)
+    report.delivery, report.advanced, report.ledger = settled.delivery, settled.advanced, settled.ledger
+    if sync.after_delivery is not None:
+        sync.after_delivery(con)
+    report.seconds = time.monotonic() - started
+    if settled.failure is not None:
+        prefix = f"{sync.label}: " if sync.label else ""
+        raise DeliveryIncomplete(f"{prefix}{settled.failure}", report)
+    return report
