@@ -1,27 +1,7 @@
-"""The delivery ledger: every planned message, its status, attempts and last error, in plain SQL.
+"""The delivery ledger: every message a sync planned, where it stands, its attempts and last error.
 
-Append-only tables and a view:
-- `planned_messages`: the outbox. Planning inserts each new message once (same messageId, same row).
-- `outcomes`: facts, one row each time a destination answered for a message (delivered, rejected,
-  awaiting confirmation, or still pending after retries ran out), a person reset it (`force`), or a
-  newer plan superseded it.
-- `receipts` and `receipt_settlements`: one row per batch a destination took and will confirm later
-  (its receipt, seq range, when it was sent), and one per receipt settled. Open receipts are the first
-  table minus the second: two small tables, never a scan of `outcomes`.
-- `ledger` (view): each planned message with its status (latest outcome, else pending), attempts,
-  last error and delivery time.
-
-Awaiting confirmation (status `awaiting_ack`): a destination that confirms later took the message and
-gave a receipt, unique to that send, to ask about it with. The message is neither delivered nor pending:
-it is not sent again, and `settle_receipts` later records it delivered (confirmed) or pending (never
-confirmed, to be sent again).
-
-Nothing is ever updated in place, which is what DuckDB is fast at and what makes a crash harmless:
-a run killed at any point has lost at most the outcomes it had not yet written; those messages are
-sent again with the same messageId, which Segment deduplicates (ARCHITECTURE rules 1-3).
-
-The SQL is kept close to portable (standard DDL and DML, a sequence; `arg_max` has PostgreSQL
-equivalents) so the state can move to PostgreSQL by configuration when runs move to separate machines.
+An append-only outbox of planned messages and the facts logged about them (outcomes, receipts), whose
+tables are registered with the state store (`STATE`); a message's status is its latest outcome.
 """
 
 from __future__ import annotations
@@ -32,6 +12,8 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from segment_ops.engine import store
+
 PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
 # Taken by a destination that confirms later; the outcome's `receipt` is what to ask it with. (The stored
 # word predates the generic name "awaiting confirmation"; files hold it, so it stays.)
@@ -40,7 +22,45 @@ AWAITING_ACK = "awaiting_ack"
 # and not counted as pending, delivered or rejected. Logging PENDING again revives it.
 SUPERSEDED = "superseded"
 
-_SCHEMA = """
+# The latest outcome of each message that has one, defined once for every reader: its status, the
+# attempts of all its outcomes, its error, when it was logged, when it was delivered, and `last_id` (the
+# outcome's id, to read its other columns such as its receipt). A reader filters it by `sync` and a seq
+# range from outside; DuckDB pushes such filters on the grouping columns down to the scan of `outcomes`,
+# so only that range's row groups are read. (`arg_max` has PostgreSQL equivalents: the SQL stays close
+# to portable, so the state can move there by configuration.)
+_LATEST_OUTCOME = """
+SELECT sync, seq, arg_max(status, id) AS status, sum(attempts) AS attempts, arg_max(error, id) AS last_error,
+       max(id) AS last_id, max(logged_at) AS last_at,
+       max(logged_at) FILTER (WHERE status = 'delivered') AS delivered_at
+FROM outcomes GROUP BY sync, seq
+"""
+# Messages whose latest outcome is awaiting_ack, with that outcome's receipt and when it was logged.
+# (The join on the message as well as the id lets a reader's seq range reach both scans of `outcomes`.)
+_AWAITING = f"""
+SELECT o.sync, o.seq, a.receipt, a.logged_at
+FROM ({_LATEST_OUTCOME}) o JOIN outcomes a ON a.sync = o.sync AND a.seq = o.seq AND a.id = o.last_id
+WHERE o.status = 'awaiting_ack'
+"""
+
+# One row per send a destination took and confirms later (the open ones are those without a settlement).
+_RECEIPTS = """
+CREATE TABLE IF NOT EXISTS receipts (
+    sync     VARCHAR NOT NULL,
+    receipt  VARCHAR NOT NULL,      -- unique per send (the destination makes it so)
+    seq_low  BIGINT NOT NULL,       -- the batch's messages lie in [seq_low, seq_high]
+    seq_high BIGINT NOT NULL,
+    messages INTEGER NOT NULL,
+    sent_at  TIMESTAMPTZ NOT NULL,  -- when the request carrying the batch began
+    taken_at TIMESTAMPTZ NOT NULL   -- when its answer was recorded
+);
+"""
+
+# Append-only tables and a view. Nothing is ever updated in place, which is what DuckDB is fast at and
+# what makes a crash harmless: a run killed at any point has lost at most the outcomes it had not yet
+# written; those messages are sent again with the same messageId, which Segment deduplicates
+# (ARCHITECTURE rules 1-4).
+_CREATE = f"""
+-- The outbox: planning inserts each new message once (same messageId, same row).
 CREATE TABLE IF NOT EXISTS planned_messages (
     sync        VARCHAR NOT NULL,
     seq         BIGINT NOT NULL,     -- planning order within the sync
@@ -54,6 +74,9 @@ CREATE TABLE IF NOT EXISTS planned_messages (
     -- the engine's memory bound. Uniqueness holds by construction (one writer, insert-if-absent).
 );
 CREATE SEQUENCE IF NOT EXISTS outcome_order;
+-- Facts: one row each time a destination answered for a message (delivered, rejected, awaiting
+-- confirmation, or still pending after retries ran out), a person reset it (`force`), or a newer plan
+-- superseded it. The latest (highest id) is the message's status.
 CREATE TABLE IF NOT EXISTS outcomes (
     id        BIGINT NOT NULL DEFAULT nextval('outcome_order'),
     sync      VARCHAR NOT NULL,
@@ -64,8 +87,9 @@ CREATE TABLE IF NOT EXISTS outcomes (
     logged_at TIMESTAMPTZ NOT NULL,
     receipt   VARCHAR              -- awaiting_ack only: the receipt of the send that took it
 );
--- Files made before awaiting_ack existed get the column (NULL for every earlier outcome).
-ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS receipt VARCHAR;
+{_RECEIPTS}
+-- One row per receipt settled. Open receipts are `receipts` minus this: two small tables, never a scan
+-- of `outcomes`.
 CREATE TABLE IF NOT EXISTS receipt_settlements (
     sync       VARCHAR NOT NULL,
     receipt    VARCHAR NOT NULL,
@@ -73,6 +97,7 @@ CREATE TABLE IF NOT EXISTS receipt_settlements (
     error      VARCHAR,
     settled_at TIMESTAMPTZ NOT NULL
 );
+-- Rows that could not become a call, and messages a destination refused, with the reason.
 CREATE TABLE IF NOT EXISTS rejected (
     sync        VARCHAR NOT NULL,
     run_id      VARCHAR,
@@ -82,40 +107,38 @@ CREATE TABLE IF NOT EXISTS rejected (
     record      VARCHAR,
     rejected_at TIMESTAMPTZ NOT NULL
 );
-CREATE OR REPLACE VIEW ledger AS
+-- Each planned message with its status (latest outcome, else pending), attempts, last error and
+-- delivery time.
+CREATE VIEW IF NOT EXISTS ledger AS
 SELECT m.sync, m.seq, m.message_id, m.record_key, m.call_type, m.payload,
        coalesce(o.status, 'pending') AS status,
        coalesce(o.attempts, 0) AS attempts,
        o.last_error,
        CASE WHEN o.status = 'delivered' THEN o.delivered_at END AS delivered_at,
        m.planned_run, m.planned_at
-FROM planned_messages m
-LEFT JOIN (
-    SELECT sync, seq, arg_max(status, id) AS status, sum(attempts) AS attempts,
-           arg_max(error, id) AS last_error, max(logged_at) FILTER (WHERE status = 'delivered') AS delivered_at
-    FROM outcomes GROUP BY sync, seq
-) o ON o.sync = m.sync AND o.seq = m.seq;
+FROM planned_messages m LEFT JOIN ({_LATEST_OUTCOME}) o ON o.sync = m.sync AND o.seq = m.seq;
 """
-# One row per send a destination took and confirms later. Created apart from _SCHEMA: a file made before
-# it existed gets it filled once from the open awaiting outcomes (the only full scan, at migration).
-_RECEIPTS = """
-CREATE TABLE receipts (
-    sync     VARCHAR NOT NULL,
-    receipt  VARCHAR NOT NULL,      -- unique per send (the destination makes it so)
-    seq_low  BIGINT NOT NULL,       -- the batch's messages lie in [seq_low, seq_high]
-    seq_high BIGINT NOT NULL,
-    messages INTEGER NOT NULL,
-    sent_at  TIMESTAMPTZ NOT NULL,  -- when the request carrying the batch began
-    taken_at TIMESTAMPTZ NOT NULL   -- when its answer was recorded
-);
+
+# Version 1: files made before versions were recorded (some before the receipt column). Version 2 adds
+# the receipt column, fills `receipts` once from the awaiting outcomes of a file made before that table
+# (the only full scan, at migration; a receipt already there is not added twice), and drops the view,
+# which `create` makes again from this release's SQL.
+_TO_VERSION_2 = f"""
+ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS receipt VARCHAR;
+{_RECEIPTS}
 INSERT INTO receipts
-SELECT sync, receipt, min(seq), max(seq), count(*), min(logged_at), min(logged_at) FROM (
-    SELECT sync, seq, arg_max(status, id) AS status, arg_max(receipt, id) AS receipt,
-           arg_max(logged_at, id) AS logged_at
-    FROM outcomes GROUP BY sync, seq)
-WHERE status = 'awaiting_ack' AND receipt IS NOT NULL
-GROUP BY sync, receipt;
+SELECT w.sync, w.receipt, min(w.seq), max(w.seq), count(*), min(w.logged_at), min(w.logged_at)
+FROM ({_AWAITING}) w
+WHERE w.receipt IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.sync = w.sync AND r.receipt = w.receipt)
+GROUP BY w.sync, w.receipt;
+DROP VIEW IF EXISTS ledger;
 """
+
+STATE = store.register(store.StateSchema(
+    name="ledger", version=2, create=_CREATE, migrations={1: _TO_VERSION_2},
+    tables=("planned_messages", "outcome_order", "outcomes", "receipts", "receipt_settlements", "rejected",
+            "ledger")))
 
 
 @dataclass(frozen=True)
@@ -193,9 +216,7 @@ class Ledger:
     def __init__(self, con: duckdb.DuckDBPyConnection, *, create: bool = True) -> None:
         self.con = con
         if create:
-            con.execute(_SCHEMA)
-            if not self._has_table("receipts"):
-                con.execute(_RECEIPTS)
+            store.ensure(con, STATE)
 
     def _has_table(self, name: str) -> bool:
         return bool(self.con.execute(
@@ -215,8 +236,8 @@ class Ledger:
             "CREATE OR REPLACE TEMP TABLE incoming_messages AS SELECT unnest(?::VARCHAR[]) AS message_id, "
             "unnest(?::VARCHAR[]) AS record_key, unnest(?::VARCHAR[]) AS call_type, "
             "unnest(?::VARCHAR[]) AS payload, unnest(range(?)) AS ord",
-            [[m.message_id for m in messages], [m.record_key for m in messages], [m.call_type for m in messages],
-             [m.payload.decode() for m in messages], len(messages)])
+            [[m.message_id for m in messages], [m.record_key for m in messages],
+             [m.call_type for m in messages], [m.payload.decode() for m in messages], len(messages)])
         try:
             return self.plan_relation(sync, "incoming_messages", run_id=run_id, force=force)
         finally:
@@ -239,21 +260,24 @@ class Ledger:
                 f"""
                 CREATE OR REPLACE TEMP TABLE plan_ids AS
                 SELECT message_id, min(ord) AS first_ord, count(*) AS copies,
-                       EXISTS (SELECT 1 FROM planned_messages p WHERE p.sync = ? AND p.message_id = i.message_id)
-                           AS known
+                       EXISTS (SELECT 1 FROM planned_messages p
+                               WHERE p.sync = ? AND p.message_id = i.message_id) AS known
                 FROM {relation} AS i GROUP BY message_id
                 """, [sync])
             total, distinct, known = con.execute(
-                "SELECT coalesce(sum(copies), 0), count(*), count(*) FILTER (WHERE known) FROM plan_ids").fetchone()
+                "SELECT coalesce(sum(copies), 0), count(*), count(*) FILTER (WHERE known) FROM plan_ids"
+            ).fetchone()
             if force and known:
                 con.execute(
                     "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at) "
                     "SELECT ?, p.seq, ?, 0, NULL, ? FROM planned_messages p JOIN plan_ids i "
-                    "ON p.sync = ? AND p.message_id = i.message_id AND i.known", [sync, PENDING, _now(), sync])
+                    "ON p.sync = ? AND p.message_id = i.message_id AND i.known",
+                    [sync, PENDING, _now(), sync])
             # seq keeps the input's order: the next free number plus the row's position in the input.
             seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM planned_messages WHERE sync = ?",
                                [sync]).fetchone()[0]
-            base, top = con.execute(f"SELECT coalesce(min(ord), 0), coalesce(max(ord), -1) FROM {relation}").fetchone()
+            base, top = con.execute(
+                f"SELECT coalesce(min(ord), 0), coalesce(max(ord), -1) FROM {relation}").fetchone()
             con.execute(
                 f"""
                 INSERT INTO planned_messages (sync, seq, message_id, record_key, call_type, payload,
@@ -271,7 +295,8 @@ class Ledger:
             raise
         planned = distinct if force else distinct - known
         return PlanCounts(planned=planned, already_known=0 if force else known,
-                          duplicates_in_input=total - distinct, rejected=0, seqs=range(seq0, seq0 + top - base + 1))
+                          duplicates_in_input=total - distinct, rejected=0,
+                          seqs=range(seq0, seq0 + top - base + 1))
 
     def count_known(self, sync: str, messages: Sequence[PlannedMessage]) -> PlanCounts:
         """What `add_planned` would count, without writing anything (for dry runs)."""
@@ -280,10 +305,11 @@ class Ledger:
             "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM planned_messages p "
             "WHERE p.sync = ? AND p.message_id = i.id)) FROM (SELECT DISTINCT unnest(?::VARCHAR[]) AS id) i",
             [sync, ids]).fetchone()
-        return PlanCounts(planned=distinct - known, already_known=known, duplicates_in_input=len(ids) - distinct,
-                          rejected=0)
+        return PlanCounts(planned=distinct - known, already_known=known,
+                          duplicates_in_input=len(ids) - distinct, rejected=0)
 
-    def add_rejections(self, sync: str, rejections: Sequence[Rejection], *, run_id: str | None = None) -> None:
+    def add_rejections(self, sync: str, rejections: Sequence[Rejection], *,
+                       run_id: str | None = None) -> None:
         """Keep rows that could not become a call, with their reason."""
         if not rejections:
             return
@@ -310,17 +336,18 @@ class Ledger:
         """
         if seqs is None:
             low, high = self.con.execute(
-                "SELECT min(seq), max(seq) FROM ledger WHERE sync = ? AND status = ?", [sync, PENDING]).fetchone()
+                "SELECT min(seq), max(seq) FROM ledger WHERE sync = ? AND status = ?", [sync, PENDING]
+            ).fetchone()
             if low is None:
                 return
             seqs = range(low, high + 1)
         for start in range(seqs.start, seqs.stop, chunk_rows):
             end = min(start + chunk_rows, seqs.stop)
             rows = self.con.execute(
-                """
+                f"""
                 SELECT m.seq, m.payload FROM planned_messages m
-                LEFT JOIN (SELECT seq, arg_max(status, id) AS status FROM outcomes
-                           WHERE sync = ? AND seq >= ? AND seq < ? GROUP BY seq) o ON o.seq = m.seq
+                LEFT JOIN (SELECT seq, status FROM ({_LATEST_OUTCOME})
+                           WHERE sync = ? AND seq >= ? AND seq < ?) o ON o.seq = m.seq
                 WHERE m.sync = ? AND m.seq >= ? AND m.seq < ? AND coalesce(o.status, 'pending') = 'pending'
                 ORDER BY m.seq
                 """, [sync, start, end, sync, start, end]).fetchall()
@@ -365,13 +392,8 @@ class Ledger:
         """Every open receipt (sent, not settled), oldest first: one row per send, not per message."""
         if not self._has_table("receipts"):  # a file of an older layout, read without migrating it
             rows = self.con.execute(
-                f"""
-                SELECT a.receipt, min(a.logged_at), count(*), NULL FROM outcomes a
-                WHERE a.sync = ? AND a.status = '{AWAITING_ACK}'
-                  AND NOT EXISTS (SELECT 1 FROM outcomes b
-                                  WHERE b.sync = a.sync AND b.seq = a.seq AND b.id > a.id)
-                GROUP BY a.receipt ORDER BY 2, 1
-                """, [sync]).fetchall()
+                f"SELECT receipt, min(logged_at), count(*), NULL FROM ({_AWAITING}) WHERE sync = ? "
+                "GROUP BY receipt ORDER BY 2, 1", [sync]).fetchall()
         else:
             rows = self.con.execute(
                 """
@@ -384,7 +406,8 @@ class Ledger:
         return [AwaitingReceipt(receipt, taken_at, messages, sent_at)
                 for receipt, taken_at, messages, sent_at in rows]
 
-    def settle_receipts(self, sync: str, receipts: Sequence[str], status: str, error: str | None = None) -> int:
+    def settle_receipts(self, sync: str, receipts: Sequence[str], status: str,
+                        error: str | None = None) -> int:
         """Log `status` (DELIVERED when confirmed, PENDING to send again) for every message still awaiting
         confirmation under one of `receipts`, and close those receipts; returns how many messages that was.
 
@@ -406,10 +429,8 @@ class Ledger:
                 settled += len(con.execute(
                     f"""
                     INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at)
-                    SELECT ?, seq, ?, 0, ?, ? FROM (
-                        SELECT seq, arg_max(status, id) AS status, arg_max(receipt, id) AS receipt
-                        FROM outcomes WHERE sync = ? AND seq BETWEEN ? AND ? GROUP BY seq)
-                    WHERE status = '{AWAITING_ACK}' AND receipt = ?
+                    SELECT ?, seq, ?, 0, ?, ? FROM ({_AWAITING})
+                    WHERE sync = ? AND seq BETWEEN ? AND ? AND receipt = ?
                     RETURNING seq
                     """, [sync, status, error, now, sync, low, high, receipt]).fetchall())
             con.executemany("INSERT INTO receipt_settlements VALUES (?, ?, ?, ?, ?)",
@@ -454,14 +475,15 @@ class Ledger:
             rows = con.execute(
                 f"""
                 SELECT c.grp, count(*), count(*) FILTER (WHERE c.seq IS NULL),
-                       count(*) FILTER (WHERE c.seq IS NOT NULL AND coalesce(o.status, 'pending') = 'pending'),
+                       count(*) FILTER (WHERE c.seq IS NOT NULL
+                                        AND coalesce(o.status, 'pending') = 'pending'),
                        count(*) FILTER (WHERE o.status = '{DELIVERED}'),
                        count(*) FILTER (WHERE o.status = '{REJECTED}'),
                        count(*) FILTER (WHERE o.status = '{AWAITING_ACK}'),
                        count(*) FILTER (WHERE o.status = '{SUPERSEDED}')
                 FROM counted_messages c LEFT JOIN (
-                    SELECT seq, arg_max(status, id) AS status FROM outcomes
-                    WHERE sync = ? AND seq BETWEEN ? AND ? GROUP BY seq) o ON o.seq = c.seq
+                    SELECT seq, status FROM ({_LATEST_OUTCOME})
+                    WHERE sync = ? AND seq BETWEEN ? AND ?) o ON o.seq = c.seq
                 GROUP BY c.grp
                 """, [sync, low if low is not None else 0, high if high is not None else -1]).fetchall()
         finally:
@@ -488,15 +510,11 @@ class Ledger:
             rejected_rows AS (
                 SELECT sync, count(DISTINCT (coalesce(record_key, record, run_id, ''), reason)) AS n
                 FROM rejected WHERE rejected_at >= $since GROUP BY sync),
-            latest AS (
-                SELECT sync, seq, arg_max(status, id) AS status, arg_max(error, id) AS error,
-                       max(logged_at) AS last_at
-                FROM outcomes GROUP BY sync, seq),
             failed AS (
                 SELECT m.sync, count(*) AS n
-                FROM planned_messages m LEFT JOIN latest o ON o.sync = m.sync AND o.seq = m.seq
+                FROM planned_messages m LEFT JOIN ({_LATEST_OUTCOME}) o ON o.sync = m.sync AND o.seq = m.seq
                 WHERE (coalesce(o.status, '{PENDING}') = '{PENDING}'
-                       AND ((o.error IS NOT NULL AND o.last_at >= $since)  -- retries ran out in the window
+                       AND ((o.last_error IS NOT NULL AND o.last_at >= $since)  -- retries ran out in window
                             OR m.planned_at < $since        -- stuck: pending longer than the window
                             OR o.status IS NULL))           -- never attempted (the run stopped, e.g. 401)
                    OR (o.status = '{AWAITING_ACK}' AND o.last_at < $since)  -- stuck: never confirmed
@@ -509,7 +527,8 @@ class Ledger:
             """, {"since": since}).fetchall()
         return [SyncFigures(*row) for row in rows]
 
-    def rejected_since(self, sync: str, run_id: str, limit: int = 20) -> list[tuple[str | None, str | None, str]]:
+    def rejected_since(self, sync: str, run_id: str,
+                       limit: int = 20) -> list[tuple[str | None, str | None, str]]:
         """A sample of (record_key, source, reason) rejected by one run, for run metadata."""
         return self.con.execute(
             "SELECT record_key, source, reason FROM rejected WHERE sync = ? AND run_id = ? "

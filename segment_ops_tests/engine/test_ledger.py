@@ -69,9 +69,11 @@ def test_syncs_do_not_share_messages(ledger):
 
 def test_latest_outcome_is_the_status(ledger):
     ledger.add_planned("s", messages(3))
-    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 2, None), outcome(ledger, "m1", REJECTED, 1, "too big"),
+    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 2, None),
+                              outcome(ledger, "m1", REJECTED, 1, "too big"),
                               outcome(ledger, "m2", PENDING, 3, "503")])
-    rows = dict(ledger.con.execute("SELECT message_id, (status, attempts, last_error) FROM ledger").fetchall())
+    rows = dict(ledger.con.execute(
+        "SELECT message_id, (status, attempts, last_error) FROM ledger").fetchall())
     assert rows["m0"] == (DELIVERED, 2, None)
     assert rows["m1"] == (REJECTED, 1, "too big")
     assert rows["m2"] == (PENDING, 3, "503")
@@ -82,7 +84,8 @@ def test_outcomes_logged_before_a_crash_are_kept_by_the_next_connection(tmp_path
     con = connect(tmp_path / "staging.duckdb")
     first = Ledger(con)
     first.add_planned("s", messages(4))
-    first.log_outcomes("s", [outcome(first, "m0", DELIVERED, 1, None), outcome(first, "m1", DELIVERED, 1, None)])
+    first.log_outcomes("s", [outcome(first, "m0", DELIVERED, 1, None),
+                             outcome(first, "m1", DELIVERED, 1, None)])
     con.close()  # the run dies here
     con = connect(tmp_path / "staging.duckdb")
     second = Ledger(con)
@@ -92,7 +95,8 @@ def test_outcomes_logged_before_a_crash_are_kept_by_the_next_connection(tmp_path
 
 def test_force_resets_delivered_messages_to_pending(ledger):
     ledger.add_planned("s", messages(2))
-    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 1, None), outcome(ledger, "m1", DELIVERED, 1, None)])
+    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 1, None),
+                              outcome(ledger, "m1", DELIVERED, 1, None)])
     counts = ledger.add_planned("s", messages(2), force=True)
     assert counts.planned == 2
     assert pending_ids(ledger) == ["m0", "m1"]
@@ -133,7 +137,8 @@ def test_settling_a_receipt_delivers_or_reopens_only_its_awaiting_messages(ledge
     assert ledger.settle_receipts("s", ["c:0"], DELIVERED) == 0  # settled once
     assert ledger.settle_receipts("s", ["c:1"], PENDING, "no ack") == 1
 
-    rows = dict(ledger.con.execute("SELECT message_id, (status, attempts, last_error) FROM ledger").fetchall())
+    rows = dict(ledger.con.execute(
+        "SELECT message_id, (status, attempts, last_error) FROM ledger").fetchall())
     assert rows["m0"] == (DELIVERED, 1, None) and rows["m2"] == (PENDING, 1, "no ack")
     assert ledger.awaiting_receipts("s") == [] and pending_ids(ledger) == ["m2"]
     with pytest.raises(ValueError):
@@ -152,22 +157,6 @@ def test_receipts_outlive_the_connection_that_logged_them(tmp_path):
     assert (receipt.receipt, receipt.messages) == ("c:7", 1)
 
 
-def test_a_ledger_made_before_receipts_existed_gains_the_column(tmp_path):
-    con = connect(tmp_path / "staging.duckdb")
-    con.execute("CREATE SEQUENCE outcome_order")
-    con.execute("CREATE TABLE outcomes (id BIGINT NOT NULL DEFAULT nextval('outcome_order'), sync VARCHAR NOT NULL, "
-                "seq BIGINT NOT NULL, status VARCHAR NOT NULL, attempts INTEGER NOT NULL, error VARCHAR, "
-                "logged_at TIMESTAMPTZ NOT NULL)")
-    con.execute("INSERT INTO outcomes (sync, seq, status, attempts, logged_at) VALUES ('s', 1, 'delivered', 1, now())")
-
-    ledger = Ledger(con)
-    ledger.add_planned("s", messages(2))
-    ledger.log_outcomes("s", [(2, AWAITING_ACK, 1, None, "c:0")])
-
-    assert ledger.counts("s") == LedgerCounts(pending=0, delivered=1, rejected=0, awaiting_ack=1)
-    con.close()
-
-
 def test_each_send_is_one_open_receipt_with_its_seq_range_and_send_time(ledger):
     ledger.add_planned("s", messages(4))
     began = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -179,8 +168,10 @@ def test_each_send_is_one_open_receipt_with_its_seq_range_and_send_time(ledger):
 
     assert (first.receipt, first.messages, first.sent_at) == ("c:0:a", 2, began)
     assert (second.receipt, second.messages) == ("c:0:b", 1) and second.sent_at == second.taken_at
-    assert ledger.con.execute("SELECT receipt, seq_low, seq_high FROM receipts ORDER BY receipt").fetchall() == [
-        ("c:0:a", seq_of(ledger, "m0"), seq_of(ledger, "m1")), ("c:0:b", seq_of(ledger, "m3"), seq_of(ledger, "m3"))]
+    ranges = ledger.con.execute("SELECT receipt, seq_low, seq_high FROM receipts ORDER BY receipt").fetchall()
+    assert ranges == [
+        ("c:0:a", seq_of(ledger, "m0"), seq_of(ledger, "m1")),
+        ("c:0:b", seq_of(ledger, "m3"), seq_of(ledger, "m3"))]
 
 
 def test_two_sends_that_share_a_destination_id_settle_apart(ledger):
@@ -212,11 +203,14 @@ def test_a_file_made_before_the_receipts_table_gets_its_open_receipts_once(tmp_p
     old = Ledger(con)
     old.add_planned("s", messages(3))
     old.log_outcomes("s", [outcome(old, "m0", AWAITING_ACK, 1, None, "c:4"),
-                           outcome(old, "m1", AWAITING_ACK, 1, None, "c:4"), outcome(old, "m2", DELIVERED, 1, None)])
-    con.execute("DROP TABLE receipts")  # as a file of the previous layout: receipts only in `outcomes`
+                           outcome(old, "m1", AWAITING_ACK, 1, None, "c:4"),
+                           outcome(old, "m2", DELIVERED, 1, None)])
+    con.execute("DROP TABLE receipts")  # as a file of an older layout: receipts only in `outcomes`
     con.execute("DROP TABLE receipt_settlements")
+    con.execute("DROP TABLE state_schema_versions")  # and no versions recorded
 
-    [receipt] = Ledger(con, create=False).awaiting_receipts("s")  # read-only readers see them before migration
+    # Read-only readers see them before migration.
+    [receipt] = Ledger(con, create=False).awaiting_receipts("s")
     migrated = Ledger(con)
 
     assert (receipt.receipt, receipt.messages, receipt.sent_at) == ("c:4", 2, None)
@@ -228,7 +222,8 @@ def test_a_file_made_before_the_receipts_table_gets_its_open_receipts_once(tmp_p
 
 def test_window_counts_say_where_each_group_of_messages_stands(ledger):
     ledger.add_planned("s", messages(5))
-    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 1, None), outcome(ledger, "m1", REJECTED, 1, "bad"),
+    ledger.log_outcomes("s", [outcome(ledger, "m0", DELIVERED, 1, None),
+                              outcome(ledger, "m1", REJECTED, 1, "bad"),
                               outcome(ledger, "m2", AWAITING_ACK, 1, None, "c:0:a")])
     ledger.con.execute("CREATE TEMP TABLE hours AS SELECT * FROM (VALUES ('m0', 1), ('m1', 1), ('m2', 2), "
                        "('m3', 2), ('m4', 3), ('never-planned', 3)) t(message_id, grp)")
