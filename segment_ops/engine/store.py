@@ -32,7 +32,8 @@ class StateSchema:
 
     `create` builds the current version from nothing and is idempotent (`IF NOT EXISTS`), so it also adds
     tables a newer version introduced. `migrations[v]` takes a file at version `v` to `v + 1`. A file made
-    before versions were recorded, which already holds one of the tables, is taken to be at version 1.
+    before versions were recorded, which already holds one of the tables, is taken to be at version 1
+    (see `ensure`).
     """
 
     name: str
@@ -90,10 +91,15 @@ def ensure(con: duckdb.DuckDBPyConnection, schema: StateSchema) -> None:
     if current is not None and current > schema.version:
         raise StateSchemaError(f"the state file holds {schema.name!r} at version {current}, newer than this "
                                f"release's {schema.version}: upgrade segment_ops before running against it")
-    if current is None and _has_any_table(con, schema.tables):
+    unrecorded = current is None and _has_any_table(con, schema.tables)
+    if unrecorded:
         current = 1  # made before versions were recorded
     con.execute("BEGIN")
     try:
+        if unrecorded:
+            # Such a file may lack some tables: they are created first (at the current version), so the
+            # migrations from version 1 must be idempotent (`ADD COLUMN IF NOT EXISTS`, guarded updates).
+            con.execute(schema.create)
         for version in range(current or schema.version, schema.version):
             con.execute(schema.migrations[version])
         con.execute(schema.create)

@@ -9,7 +9,7 @@ from segment_ops.engine import store
 from segment_ops.engine.store import StateSchema, StateSchemaError
 
 V1 = "CREATE TABLE IF NOT EXISTS t_items (id INTEGER NOT NULL)"
-V2 = V1 + "; ALTER TABLE t_items ADD COLUMN IF NOT EXISTS note VARCHAR; CREATE TABLE IF NOT EXISTS t_extra (x INTEGER)"
+V2 = "CREATE TABLE IF NOT EXISTS t_items (id INTEGER NOT NULL, note VARCHAR); CREATE TABLE IF NOT EXISTS t_extra (x INTEGER)"
 
 
 @pytest.fixture
@@ -50,15 +50,18 @@ def test_a_file_of_an_older_version_is_migrated_in_order_keeping_its_rows(regist
     assert registry.schema_version(con, "items") == 3
 
 
-def test_a_file_made_before_versions_were_recorded_counts_as_version_one(registry):
+def test_a_file_made_before_versions_were_recorded_counts_as_version_one_and_gets_its_missing_tables(registry):
     con = duckdb.connect()
     con.execute(V1)
     con.execute("INSERT INTO t_items VALUES (1)")
-    schema = registry.register(StateSchema("items", 2, ("t_items",), V2,
-                                           {1: "ALTER TABLE t_items ADD COLUMN note VARCHAR DEFAULT 'migrated'"}))
+    schema = registry.register(StateSchema(
+        "items", 2, ("t_items", "t_extra"), V2,
+        {1: "ALTER TABLE t_items ADD COLUMN IF NOT EXISTS note VARCHAR; UPDATE t_items SET note = 'migrated'"}))
     registry.ensure(con, schema)
 
     assert con.execute("SELECT id, note FROM t_items").fetchall() == [(1, "migrated")]
+    assert con.execute("SELECT count(*) FROM t_extra").fetchone()[0] == 0
+    assert registry.schema_version(con, "items") == 2
 
 
 def test_a_file_from_a_newer_release_is_refused(registry):

@@ -204,12 +204,16 @@ def test_an_app_set_is_recorded_the_same_whatever_the_order_of_its_ids():
 
 
 def test_days_staged_with_the_apps_described_in_words_are_recorded_as_their_app_set(con):
-    ensure_schema(con)
+    # A file of the release that described the apps in words (before schema versions were recorded).
+    con.execute("CREATE TABLE pendo_staged_days (day DATE NOT NULL, staged_at TIMESTAMPTZ NOT NULL, run_id VARCHAR, "
+                "visitor_rows BIGINT NOT NULL, feature_rows BIGINT NOT NULL, poll_rows BIGINT NOT NULL, "
+                "timezone VARCHAR, day_start_ms BIGINT, day_end_ms BIGINT, apps VARCHAR)")
     con.executemany("INSERT INTO pendo_staged_days (day, staged_at, visitor_rows, feature_rows, poll_rows, apps) "
                     "VALUES (?, now(), 0, 0, 0, ?)", [[yesterday(), 'every app (expandAppIds("*"))'],
                                                       [yesterday() - timedelta(days=1), f"apps {IOS}, {WEB}"]])
 
     ensure_schema(con)
+    ensure_schema(con)  # migrated once: a second run changes nothing
 
     assert con.execute("SELECT apps FROM pendo_staged_days ORDER BY day").fetchall() == [(f"{WEB},{IOS}",), ("*",)]
 

@@ -90,7 +90,10 @@ HEC_LEDGER_SYNC = ledger_sync(SplunkHecDestination)  # type: ignore[arg-type]
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]
 
-_SCHEMA = """
+# Staged audit events, the hours read and forwarded, and the HEC channel (see `pull_window`, `forward`).
+STATE = store.register(store.StateSchema(
+    name="audit_trail", version=1, tables=("audit_events", "read_windows", "forwarded_windows", "hec_channel"),
+    create="""
 CREATE TABLE IF NOT EXISTS audit_events (
     id         VARCHAR NOT NULL,      -- the audit event id; staged once (insert-if-absent)
     ts         TIMESTAMPTZ NOT NULL,
@@ -120,7 +123,7 @@ CREATE TABLE IF NOT EXISTS hec_channel (
     channel    VARCHAR NOT NULL,
     created_at TIMESTAMPTZ NOT NULL
 );
-"""
+"""))
 
 
 # --- the work, without Dagster ----------------------------------------------------------------------------
@@ -186,7 +189,7 @@ class ForwardReport:
 def pull_window(client: SegmentPublicApiClient, con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
                 *, run_id: str | None = None, chunk: int = 1_000) -> PullReport:
     """Read every audit event with start < timestamp <= end and stage the ones not staged before."""
-    con.execute(_SCHEMA)
+    store.ensure(con, STATE)
     report = PullReport(start, end)
     started = time.monotonic()
     batch: list[dict] = []
@@ -207,7 +210,7 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
     audit event id), deliver all that is pending, then settle this run's acks for a bounded time.
     Failures are collected per destination in `errors`, never raised, except a credential or
     configuration error (`VendorFatalError`), which stops at once (after recording what was taken)."""
-    con.execute(_SCHEMA)
+    store.ensure(con, STATE)
     started = time.monotonic()
     ledger = Ledger(con)
     # One row per hour of the window (a backfill run covers several): read to the end, now handed over.
@@ -296,7 +299,7 @@ def record_forwarded_hours(con: duckdb.DuckDBPyConnection, ledger: Ledger, syncs
 
 def hec_channel(con: duckdb.DuckDBPyConnection) -> str:
     """The sync's HEC channel: made once (a random GUID) and kept, so later runs poll earlier ackIds on it."""
-    con.execute(_SCHEMA)
+    store.ensure(con, STATE)
     row = con.execute("SELECT channel FROM hec_channel ORDER BY created_at LIMIT 1").fetchone()
     if row is None:
         row = con.execute("INSERT INTO hec_channel VALUES (?, ?) RETURNING channel",
@@ -327,7 +330,7 @@ def missing_windows(con: duckdb.DuckDBPyConnection, now: datetime, lookback: tim
     """(windows forwarded, hours without a complete forward) between the first and last forwarded hour of
     the lookback: a hole there means an hour was never read to the end or still has events pending or
     awaiting confirmation (`record_forwarded_hours`)."""
-    con.execute(_SCHEMA)
+    store.ensure(con, STATE)
     starts = {row[0].astimezone(UTC) for row in con.execute(
         "SELECT DISTINCT window_start FROM forwarded_windows WHERE window_start >= ?", [now - lookback]).fetchall()}
     if not starts:

@@ -56,6 +56,7 @@ from segment_ops.clients.pendo import (
     local_day_of,
     local_midnight_ms,
 )
+from segment_ops.engine import store
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.sql import literal
 from segment_ops.syncs.pendo.score import HealthConfig
@@ -63,7 +64,12 @@ from segment_ops.syncs.pendo.score import HealthConfig
 SYNC = "pendo_account_health"  # the staging file's name and the sync's name in the ledger
 LEGACY_TIMEZONE = "UTC"  # the zone of days staged before PENDO_TIMEZONE existed (their `timezone` is NULL)
 
-SCHEMA = """
+# Pendo's staged days and lists. Version 1: files staged before the time zone and apps were recorded.
+STATE = store.register(store.StateSchema(
+    name="pendo_usage", version=2,
+    tables=("pendo_visitor_days", "pendo_feature_days", "pendo_poll_responses", "pendo_staged_days",
+            "pendo_accounts", "pendo_features"),
+    create="""
 CREATE TABLE IF NOT EXISTS pendo_visitor_days (
     day DATE NOT NULL, account_id VARCHAR NOT NULL, visitor_id VARCHAR NOT NULL,
     events BIGINT NOT NULL, minutes BIGINT NOT NULL, app_id VARCHAR
@@ -89,19 +95,6 @@ CREATE TABLE IF NOT EXISTS pendo_accounts (
 CREATE TABLE IF NOT EXISTS pendo_features (
     feature_id VARCHAR NOT NULL, name VARCHAR, extracted_at TIMESTAMPTZ NOT NULL, app_id VARCHAR
 );
--- Files staged before the time zone and apps were recorded gain the columns (NULL: UTC days, apps unknown).
-ALTER TABLE pendo_visitor_days ADD COLUMN IF NOT EXISTS app_id VARCHAR;
-ALTER TABLE pendo_feature_days ADD COLUMN IF NOT EXISTS app_id VARCHAR;
-ALTER TABLE pendo_features ADD COLUMN IF NOT EXISTS app_id VARCHAR;
-ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS timezone VARCHAR;
-ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_start_ms BIGINT;
-ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_end_ms BIGINT;
-ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS apps VARCHAR;
--- `apps` once held AppScope.describe(); it holds AppScope.key now (NULL: read before PENDO_APP_IDS, so the
--- default app only).
-UPDATE pendo_staged_days SET apps = CASE WHEN apps LIKE 'every app%' THEN '*'
-    ELSE array_to_string(list_sort(string_split(replace(substr(apps, 6), ' ', ''), ',')), ',') END
-WHERE apps LIKE 'every app%' OR apps LIKE 'apps %';
 -- Per account and day, what the issue asks for: active visitors, events, minutes, features, NPS answers,
 -- summed over the apps read.
 CREATE OR REPLACE VIEW pendo_account_usage_daily AS
@@ -119,7 +112,22 @@ SELECT day, account_id, coalesce(v.active_visitors, 0) AS active_visitors, coale
        coalesce(v.minutes, 0) AS minutes, coalesce(f.features_used, 0) AS features_used,
        coalesce(p.nps_responses, 0) AS nps_responses, p.nps_average
 FROM v FULL JOIN f USING (day, account_id) FULL JOIN p USING (day, account_id);
-"""
+""",
+    migrations={1: """
+-- Files staged before the time zone and apps were recorded gain the columns (NULL: UTC days, apps unknown).
+ALTER TABLE pendo_visitor_days ADD COLUMN IF NOT EXISTS app_id VARCHAR;
+ALTER TABLE pendo_feature_days ADD COLUMN IF NOT EXISTS app_id VARCHAR;
+ALTER TABLE pendo_features ADD COLUMN IF NOT EXISTS app_id VARCHAR;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS timezone VARCHAR;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_start_ms BIGINT;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS day_end_ms BIGINT;
+ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS apps VARCHAR;
+-- `apps` once held AppScope.describe(); it holds AppScope.key now (NULL: read before PENDO_APP_IDS, so the
+-- default app only).
+UPDATE pendo_staged_days SET apps = CASE WHEN apps LIKE 'every app%' THEN '*'
+    ELSE array_to_string(list_sort(string_split(replace(substr(apps, 6), ' ', ''), ',')), ',') END
+WHERE apps LIKE 'every app%' OR apps LIKE 'apps %';
+"""}))
 
 
 class ExtractError(RuntimeError):
@@ -164,7 +172,7 @@ class ExtractReport:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(SCHEMA)
+    store.ensure(con, STATE)
 
 
 def slices_of(first_day: date, last_day: date, size: int = MAX_DAYS_PER_AGGREGATION) -> list[tuple[date, date]]:

@@ -47,6 +47,7 @@ from typing import Any
 
 import duckdb
 
+from segment_ops.engine import store
 from segment_ops.engine.identity import IdentityMapError, IdentitySource
 from segment_ops.engine.sql import literal
 
@@ -57,6 +58,11 @@ COMPONENTS = ("breadth", "depth", "trend", "sentiment", "recency")
 BANDS = ("healthy", "at_risk", "critical")
 HEALTH_TABLE = "pendo_account_health"
 RUNS_TABLE = "pendo_health_runs"
+# One row per scoring: the day, the window and the days of it that were missing.
+STATE = store.register(store.StateSchema(
+    name="pendo_score", version=1, tables=(RUNS_TABLE,),
+    create=f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (as_of DATE NOT NULL, window_days INTEGER NOT NULL, "
+           "missing_days DATE[] NOT NULL, scored_at TIMESTAMPTZ NOT NULL)"))
 SCORE_VERSION = "3"  # bump when the SQL below changes meaning (3: depth per account's apps)
 # Pendo's anonymous visitor ids (pendo-io/pendo-ETL-API-calls); never a Segment userId.
 ANONYMOUS_PREFIX = "_PENDO_T_"
@@ -324,11 +330,10 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, time
         f"WHERE {STAGED_HERE}",
         {k: params[k] for k in ("cur_start", "as_of", "prev_start", "prev_end", "zone", "apps")}).fetchone()
     missing = missing_window_days(con, as_of, w, timezone, apps)
+    store.ensure(con, STATE)
     con.execute("BEGIN")
     try:
         con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}", params)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (as_of DATE NOT NULL, window_days INTEGER NOT NULL, "
-                    "missing_days DATE[] NOT NULL, scored_at TIMESTAMPTZ NOT NULL)")
         con.execute(f"INSERT INTO {RUNS_TABLE} VALUES (?, ?, ?, now())", [as_of, w, missing])
         con.execute("COMMIT")
     except BaseException:
