@@ -8,9 +8,8 @@ import logging
 from typing import Any
 
 import httpx
-import uvicorn
 
-from segment_ops.asgi import ThreadedServer, serve_in_thread, uvicorn_config
+from segment_ops.receivers.server import ThreadedServer, serve_forever, serve_in_thread
 from segment_ops.sandbox.app import SandboxConfig, create_app
 
 
@@ -98,7 +97,7 @@ def serve(config: SandboxConfig | None, host: str, port: int) -> None:
     """Serve the sandbox in the foreground until interrupted."""
     print(f"segment_ops sandbox listening on http://{host}:{port}", flush=True)
     _hide_intentional_drops()
-    uvicorn.Server(uvicorn_config(create_app(config), host, port)).run()
+    serve_forever(create_app(config), host, port)
 
 
 class _IntentionalDropFilter(logging.Filter):

@@ -13,11 +13,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from segment_ops.asgi import serve_in_thread
 from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.pendo import PendoClient, last_settled_day
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY, SANDBOX_SEGMENT_WRITE_KEY
+from segment_ops.receivers.server import serve_in_thread
 from segment_ops.resources import PendoResource, build_resources
 from segment_ops.sandbox.app import DemoSource
 from segment_ops.sandbox.demo_data import DemoConfig

@@ -1,10 +1,9 @@
-"""Run the receiver: `start_receiver` (uvicorn in a daemon thread: tests, the demo) and `serve` (the CLI)."""
+"""Run Heap's receiver: `start_receiver` (uvicorn in a daemon thread: tests, the demo) and `serve`
+(the CLI)."""
 
 from __future__ import annotations
 
-import uvicorn
-
-from segment_ops.asgi import ThreadedServer, serve_in_thread, uvicorn_config
+from segment_ops.receivers.server import ThreadedServer, serve_forever, serve_in_thread
 from segment_ops.syncs.heap.receiver import (
     HEAP_PATH,
     WebhookConfig,
@@ -47,8 +46,9 @@ def serve(config: WebhookConfig, host: str, port: int) -> None:
         require_live_secret(config, host)
     except WebhookSecretError as exc:
         raise SystemExit(f"segment-ops webhooks: {exc}") from None
-    rotation = f", {len(config.previous_secrets)} previous secret(s) still accepted" if config.previous_secrets else ""
-    print(f"segment_ops webhook receiver on http://{host}:{port}{HEAP_PATH} (inbox: {config.home}/inbox/heap; "
-          f"Heap-Hash timestamps up to {config.max_age_seconds:g} s old and {config.max_future_seconds:g} s ahead"
-          f"{rotation})", flush=True)
-    uvicorn.Server(uvicorn_config(create_app(config), host, port)).run()
+    rotation = (f", {len(config.previous_secrets)} previous secret(s) still accepted"
+                if config.previous_secrets else "")
+    print(f"segment_ops webhook receiver on http://{host}:{port}{HEAP_PATH} "
+          f"(inbox: {config.home}/inbox/heap; Heap-Hash timestamps up to {config.max_age_seconds:g} s old "
+          f"and {config.max_future_seconds:g} s ahead{rotation})", flush=True)
+    serve_forever(create_app(config), host, port)

@@ -1,12 +1,12 @@
-"""Serving the project's small ASGI apps (the sandbox, the webhook receiver) with uvicorn.
+"""Serving the project's small ASGI apps (the webhook receivers, the sandbox) with uvicorn.
 
-`uvicorn_config` is the one configuration both use (httptools, no lifespan, no access log, warnings
-only); `serve_in_thread` runs an app from a daemon thread on a free port for tests, benchmarks and the
-demo, and returns only once the server accepts connections.
+`serve_in_thread` runs an app from a daemon thread (tests, benchmarks, the demo) and returns only once it
+accepts connections; `serve_forever` runs one in the foreground (the CLI). Both use `uvicorn_config`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -34,6 +34,7 @@ class ThreadedServer:
 
 
 def uvicorn_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
+    """The one configuration: httptools, no lifespan, no access log, warnings only."""
     return uvicorn.Config(app, host=host, port=port, http="httptools", lifespan="off", access_log=False,
                           log_level="warning", **kwargs)
 
@@ -46,7 +47,8 @@ def serve_in_thread(app: Any, *, name: str, host: str = "127.0.0.1", port: int =
     sock.bind((host, port))
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn_config(app, host, bound, log_config=None))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}:{bound}", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}:{bound}",
+                              daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while not server.started:
@@ -57,3 +59,19 @@ def serve_in_thread(app: Any, *, name: str, host: str = "127.0.0.1", port: int =
         time.sleep(0.01)
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     return ThreadedServer(server, thread, f"http://{url_host}:{bound}")
+
+
+def serve_forever(app: Any, host: str, port: int) -> None:
+    """Serve `app` in the foreground until interrupted."""
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
