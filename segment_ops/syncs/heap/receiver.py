@@ -1,52 +1,26 @@
-"""The webhook receiver: a small Starlette app with `POST /webhooks/heap` and `GET /healthz`.
-
-`POST /webhooks/heap` (Heap's reference validator and webhook spec, see `segment_ops.syncs.heap.webhook`):
-- 413 when the body is larger than `max_body_bytes`;
-- 400 `{"error": "<what is wrong>"}` when `Heap-Hash` is missing or malformed, or its timestamp is older
-  than `max_age_seconds` or more than `max_future_seconds` ahead (that Heap signs every retry anew is
-  inferred from the reference's 60 s window, unverified);
-- 403 with exactly `{"error": "Invalid signature"}` when the HMAC matches neither the body nor its compact
-  form under any configured secret (the compact form is tried only for bodies of at most 1 MB without
-  floats or integers beyond 2^53: `heap.compact_form`);
-- 400 `{"error": "<what is wrong>"}` for a signed body that is not a valid sync page or drain (including one
-  nested deeper than `heap.MAX_NESTING`); the page applied is parsed from the bytes whose HMAC matched;
-- 200 `{"stored": true|false, ...}` once the page or drain is durably in the inbox (false: an identical
-  repeat, kept once; `"done": true` when it was already applied - it is not applied again; a drain
-  repeated after a newer sync was applied, or a day after it was applied, is stored anew under
-  `drain-<key>-<n>`, `"held": true` in the first case - see `segment_ops.syncs.heap.inbox`);
-- 409 `{"error": "<what differs>"}` when a page disagrees with the copy already stored, or with its
-  sync's segment id or total_pages: the first copy is kept, this one is kept aside and logged (see
-  `segment_ops.syncs.heap.inbox`);
-- 500 when the inbox cannot be written (Heap retries; nothing was acknowledged).
-Nothing reaches the inbox before its signature is verified.
+"""Heap's webhook endpoint on the generic receiving app: `POST /webhooks/heap`, verified by `Heap-Hash`
+(`segment_ops.syncs.heap.webhook`) and stored in Heap's inbox (`segment_ops.syncs.heap.inbox`), and its
+settings from the environment.
 
 Production: `segment-ops webhooks --port 8080`, or any ASGI server with the factory
 `segment_ops.syncs.heap.receiver:create_app_from_env` (e.g. `uvicorn --factory ...`), behind HTTPS.
-The secrets come from HEAP_WEBHOOK_SECRET (and HEAP_WEBHOOK_PREVIOUS_SECRETS during a rotation) and
-never reach a log or a response. Without HEAP_WEBHOOK_SECRET the only secret available is the sandbox's,
-published in this repository, with which anyone could sign pages: `create_app_from_env` (its bind
-address is unknown) and `segment-ops webhooks` on any interface but a loopback one (127.0.0.1, ::1,
-localhost) refuse to start (`WebhookSecretError`); on loopback, for the demo and tests, the sandbox
-secret is accepted with a warning.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, Settings, load_settings
-from segment_ops.syncs.heap.inbox import Inbox, InboxError, PageConflict
+from segment_ops.receivers.app import DEFAULT_MAX_BODY_BYTES, Endpoint, Refused, build_app
+from segment_ops.receivers.server import is_loopback
+from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.webhook import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_MAX_FUTURE_SECONDS,
@@ -60,7 +34,6 @@ from segment_ops.syncs.heap.webhook import (
 )
 
 HEAP_PATH = "/webhooks/heap"
-DEFAULT_MAX_BODY_BYTES = 10_000_000
 INVALID_SIGNATURE_BODY = {"error": "Invalid signature"}  # the body Heap's webhook spec documents for a 403
 log = logging.getLogger("segment_ops.webhooks")
 
@@ -80,10 +53,6 @@ class WebhookConfig:
         return (self.heap_secret, *self.previous_secrets)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class WebhookSecretError(ValueError):
     """HEAP_WEBHOOK_SECRET is missing (or the sandbox's published value) where the receiver would be reachable
     from other machines. The message names the variable, never a value."""
@@ -94,35 +63,43 @@ class WebhookConfigError(ValueError):
 
 
 def require_live_secret(config: WebhookConfig, host: str | None) -> None:
-    """Refuse the sandbox's published secret unless the receiver is bound to a loopback `host`.
+    """Refuse the sandbox's secret, published in this repository (anyone could sign pages with it), unless the
+    receiver is bound to a loopback `host`: there, for the demo and tests, it is accepted with a warning.
 
     `host` None means the bind address is unknown (an ASGI factory), which is treated as reachable.
     """
     if SANDBOX_HEAP_WEBHOOK_SECRET not in config.secrets:
         return
-    if host is not None and _is_loopback(host):
-        log.warning("HEAP_WEBHOOK_SECRET is not set: the receiver on %s accepts pages signed with the sandbox's "
-                    "published secret (loopback only; set HEAP_WEBHOOK_SECRET before exposing it)", host)
+    if host is not None and is_loopback(host):
+        log.warning("HEAP_WEBHOOK_SECRET is not set: the receiver on %s accepts pages signed with the "
+                    "sandbox's published secret (loopback only; set HEAP_WEBHOOK_SECRET before exposing it)",
+                    host)
         return
     where = f"on {host}" if host is not None else "from an ASGI factory (the bind address is unknown)"
     raise WebhookSecretError(
-        f"HEAP_WEBHOOK_SECRET is not set (or it, or one of HEAP_WEBHOOK_PREVIOUS_SECRETS, holds the sandbox's "
-        f"published value): a receiver {where} would accept pages anyone can sign. Set HEAP_WEBHOOK_SECRET to "
-        "the secret of the Heap integration, or bind to 127.0.0.1, ::1 or localhost for a local test.")
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+        f"HEAP_WEBHOOK_SECRET is not set (or it, or one of HEAP_WEBHOOK_PREVIOUS_SECRETS, holds the "
+        f"sandbox's published value): a receiver {where} would accept pages anyone can sign. Set "
+        "HEAP_WEBHOOK_SECRET to the secret of the Heap integration, or bind to 127.0.0.1, ::1 or localhost "
+        "for a local test.")
 
 
 def create_app(config: WebhookConfig) -> Starlette:
-    """The receiver for one inbox (`<home>/inbox/heap`)."""
+    """The receiver for one inbox (`<home>/inbox/heap`), answering `POST /webhooks/heap` (Heap's reference
+    validator and webhook spec, see `segment_ops.syncs.heap.webhook`) with:
+    - 413 when the body is larger than `max_body_bytes`;
+    - 400 `{"error": "<what is wrong>"}` when `Heap-Hash` is missing or malformed, or its timestamp is older
+      than `max_age_seconds` or more than `max_future_seconds` ahead (that Heap signs every retry anew is
+      inferred from the reference's 60 s window, unverified);
+    - 403 with exactly `{"error": "Invalid signature"}` when the HMAC matches neither the body nor its
+      compact form under any configured secret (`heap.compact_form`);
+    - 400 `{"error": "<what is wrong>"}` for a signed body that is not a valid sync page or drain;
+    - 200 `{"stored": true|false, ...}` once the page or drain is durably in the inbox (false: an identical
+      repeat, kept once; `"done": true` when it was already applied - it is not applied again; `"held": true`
+      for a drain repeated after a newer sync was applied - see `Inbox.store_drain`);
+    - 409 `{"error": "<what differs>"}` when a page disagrees with the stored copy or with its sync: the
+      first copy is kept, this one kept aside and logged (see `Inbox.store`);
+    - 500 when the inbox cannot be written (Heap retries; nothing was acknowledged).
+    """
     if not all(config.secrets):
         raise ValueError("HEAP_WEBHOOK_SECRET is empty: the receiver cannot verify Heap's signatures")
     for name in ("max_age_seconds", "max_future_seconds"):
@@ -131,49 +108,38 @@ def create_app(config: WebhookConfig) -> Starlette:
                              f"{getattr(config, name)!r}")
     inbox = Inbox.for_home(config.home)
 
-    async def heap(request: Request) -> Response:
+    def verify_heap_hash(headers: Mapping[str, str], body: bytes) -> Signature:
         try:
-            body = await _read_body(request, config.max_body_bytes)
-        except _TooLarge:
-            return _json({"error": f"body is larger than {config.max_body_bytes} bytes"}, 413)
-        try:
-            signature = await run_in_threadpool(
-                verify, request.headers.get("heap-hash"), body, config.secrets,
-                max_age_seconds=config.max_age_seconds, max_future_seconds=config.max_future_seconds)
+            return verify(headers.get("heap-hash"), body, config.secrets,
+                          max_age_seconds=config.max_age_seconds,
+                          max_future_seconds=config.max_future_seconds)
         except SignatureError as exc:
-            log.warning("Heap webhook refused (%d): %s", exc.status, exc)
-            return _json(INVALID_SIGNATURE_BODY if exc.status == 403 else {"error": str(exc)}, exc.status)
+            raise Refused(exc.status, str(exc),
+                          answer=INVALID_SIGNATURE_BODY if exc.status == 403 else None) from None
+
+    def store(signature: Signature) -> dict:
         try:
-            # The bytes that were signed, not a second parse of the body: what is applied is what Heap signed.
+            # The bytes that were signed, not a second parse of the body: what is applied is what Heap
+            # signed.
             received = parse_request(orjson.loads(signature.signed_body))
         except orjson.JSONDecodeError:
-            return _json({"error": "body is not valid JSON"}, 400)
+            raise Refused(400, "body is not valid JSON") from None
         except InvalidPayload as exc:
-            log.warning("Heap webhook refused (400): %s", exc)
-            return _json({"error": str(exc)}, 400)
+            raise Refused(400, str(exc)) from None
         if signature.secret_index:
-            log.info("Heap webhook signed with %s (HEAP_WEBHOOK_PREVIOUS_SECRETS): finish the rotation once Heap "
-                     "signs with HEAP_WEBHOOK_SECRET", signature.secret_name)
-        try:
-            if isinstance(received, DrainRequest):
-                return await _store_drain(inbox, received, signature)
-            return await _store_page(inbox, received, signature)
-        except InboxError as exc:
-            log.error("Heap webhook not stored (500): %s", exc)
-            return _json({"error": "the page could not be stored; retry"}, 500)
+            log.info("Heap webhook signed with %s (HEAP_WEBHOOK_PREVIOUS_SECRETS): finish the rotation once "
+                     "Heap signs with HEAP_WEBHOOK_SECRET", signature.secret_name)
+        if isinstance(received, DrainRequest):
+            return _store_drain(inbox, received, signature)
+        return _store_page(inbox, received, signature)
 
-    async def healthz(request: Request) -> Response:
-        return _json({"ok": True, "inbox": str(inbox.root)})
-
-    return Starlette(routes=[Route(HEAP_PATH, heap, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])])
+    endpoint = Endpoint(HEAP_PATH, "Heap webhook", verify_heap_hash, store, config.max_body_bytes,
+                        item="page")
+    return build_app([endpoint], health={"inbox": str(inbox.root)})
 
 
-async def _store_page(inbox: Inbox, page: SyncPage, signature: Signature) -> Response:
-    try:
-        stored = await run_in_threadpool(inbox.store, page, signed_at=signature.timestamp_ms)
-    except PageConflict as exc:
-        log.warning("Heap webhook page refused (409): %s (this copy: %s)", exc, exc.kept_aside or "not saved")
-        return _json({"error": str(exc)}, 409)
+def _store_page(inbox: Inbox, page: SyncPage, signature: Signature) -> dict:
+    stored = inbox.store(page, signed_at=signature.timestamp_ms)  # PageConflict: 409 by the app
     answer: dict = {"stored": stored, "sync_task_id": page.sync_task_id, "page_number": page.page_number}
     done = not stored and inbox.is_done(page.sync_task_id)
     if done:
@@ -183,16 +149,16 @@ async def _store_page(inbox: Inbox, page: SyncPage, signature: Signature) -> Res
              page.page_number, page.total_pages, page.segment_id,
              "stored" if stored else "repeat of a sync already applied, not applied again" if done
              else "repeat, kept once", len(page.add), len(page.remove))
-    return _json(answer)
+    return answer
 
 
-async def _store_drain(inbox: Inbox, drain: DrainRequest, signature: Signature) -> Response:
-    outcome = await run_in_threadpool(inbox.store_drain, drain, signed_at=signature.timestamp_ms)
+def _store_drain(inbox: Inbox, drain: DrainRequest, signature: Signature) -> dict:
+    outcome = inbox.store_drain(drain, signed_at=signature.timestamp_ms)
     answer: dict = {"stored": outcome.stored, "drain": outcome.key, "segment_id": drain.segment_id}
     if outcome.done:
         answer["done"] = True
-        log.info("Heap drain %s of segment %d arrived again soon after it was applied, with no sync since: a retry, "
-                 "not applied again", outcome.key, drain.segment_id)
+        log.info("Heap drain %s of segment %d arrived again soon after it was applied, with no sync since: a "
+                 "retry, not applied again", outcome.key, drain.segment_id)
     elif outcome.held:
         answer["held"] = True
         log.warning("Heap drain %s of segment %d stored but held until a run confirms it (confirm_drop): %s",
@@ -200,12 +166,13 @@ async def _store_drain(inbox: Inbox, drain: DrainRequest, signature: Signature) 
     else:
         log.info("Heap drain %s of segment %d (%r): %s", outcome.key, drain.segment_id, drain.segment_name,
                  "stored" if outcome.stored else "repeat, kept once")
-    return _json(answer)
+    return answer
 
 
 def config_from_env(settings: Settings | None = None) -> WebhookConfig:
     """The receiver's configuration from the environment (SEGMENT_OPS_HOME, HEAP_WEBHOOK_SECRET,
-    HEAP_WEBHOOK_PREVIOUS_SECRETS, HEAP_WEBHOOK_MAX_AGE_SECONDS, HEAP_WEBHOOK_MAX_FUTURE_SECONDS).
+    HEAP_WEBHOOK_PREVIOUS_SECRETS, HEAP_WEBHOOK_MAX_AGE_SECONDS, HEAP_WEBHOOK_MAX_FUTURE_SECONDS). The
+    secrets never reach a log or a response.
 
     Unset HEAP_WEBHOOK_SECRET gives the sandbox's secret: whoever serves the config checks it with
     `require_live_secret` against the address it binds to. Raises `WebhookConfigError` for a value that
@@ -233,28 +200,11 @@ def _seconds(settings: Settings, name: str, default: float) -> float:
 
 
 def create_app_from_env() -> Starlette:
-    """ASGI factory for production servers: `uvicorn --factory segment_ops.syncs.heap.receiver:create_app_from_env`.
+    """ASGI factory for production servers:
+    `uvicorn --factory segment_ops.syncs.heap.receiver:create_app_from_env`.
 
-    Raises `WebhookSecretError` unless HEAP_WEBHOOK_SECRET is set: the factory cannot know its bind address."""
+    Raises `WebhookSecretError` unless HEAP_WEBHOOK_SECRET is set: the factory cannot know its bind
+    address."""
     config = config_from_env()
     require_live_secret(config, None)
     return create_app(config)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
