@@ -56,3 +56,12 @@ def test_the_heap_receiver_loads_neither_dagster_nor_duckdb():
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("path", modules(PACKAGE / "receivers"), ids=lambda p: p.name)
+def test_the_receivers_are_generic_and_import_no_dagster_duckdb_sync_sandbox_or_vendor_client(path):
+    # Each vendor's signature and page format live in its sync, which builds on these modules, not back.
+    bad = sorted(m for m in imports_of(path)
+                 if m.split(".")[0] in ("dagster", "duckdb")
+                 or m.startswith(("segment_ops.syncs", "segment_ops.sandbox", "segment_ops.clients")))
+    assert bad == [], f"{path.relative_to(PACKAGE.parent)} imports {bad}"
