@@ -1,54 +1,9 @@
-"""Heap segments as Segment audiences: membership from webhooks or Heap Connect, through the one diff.
+"""Heap segments as Segment audiences: membership from webhooks or Heap Connect, declared on the one runner.
 
-Both routes end in the same place, the *current membership* of a segment in the audience's staging file:
-- webhook route: the pages of complete syncs in the inbox (`segment_ops.syncs.heap.inbox`) are loaded page
-  by page, and each identity's last change is merged into `heap_membership`; drains
-  (`segment.users.drain`) of the segment are applied by `drain_policy` (below);
-- reconcile route: the full membership in the Heap Connect tables (`members_query` on the warehouse)
-  is merged the same way: members present, everyone else absent.
-
-`heap_membership` holds, per Heap identity, whether it is a member and `as_of` when Heap said so (a
-webhook page's signed time, a drain's signed time, a Connect row's `synced_at`). A change only replaces
-an older statement, so a page delivered twice, pages out of order, a sync applied again after a crash,
-or a Connect export older than the last webhook change all leave the membership as the newest word from
-Heap.
-
-Time: a sync's statements are dated by the earliest `Heap-Hash` timestamp of its stored pages (Heap's
-clock, in ms; a page stored without one, by its arrival). A sync Heap delivers very late (after a newer
-sync was applied) is dated by when Heap signed it, so it does not override the newer one. That order is
-*delivery-attempt* order, not the order of Heap's decisions: Heap's reference validator refuses anything
-older than 60 s, from which we infer (unverified) that Heap signs every retry anew, so a retried page or
-drain is dated by its retry. A drain retried after a sync Heap made later would then look newer than that
-sync; the one case the inbox can recognise (the same drain body arriving again after a sync of the segment
-was applied) is held until a run confirms it (`confirm_drop`), and the drop guard stands behind the rest.
-`synced_at` without a zone (Snowflake NTZ, Redshift TIMESTAMP) is read as UTC: the run sets its staging
-connection's TimeZone to UTC.
-
-Drains (`drain_policy`, from HEAP_DRAIN_POLICY): `exit` makes every member stated before the drain's
-signed time a non-member as of that time - in this run and in every later one, so a sync signed before
-the drain but applied after it cannot bring its adds back (`heap_applied_drains` keeps the drain times);
-statements signed after the drain stand. The exits go through the drop guard like any other. `ignore`
-records the drain and changes nothing. Either way the drain is marked done once the run succeeded.
-
-Identities are resolved to Segment userIds through the identity map (`engine.identity`; looked up
-trimmed, as the map's ids are, case kept):
-- mapped: the map's user id;
-- unmapped, fallback `user_id_unless_email` (the default): the id itself is sent as the userId, unless
-  it looks like an email (an email is never a userId, so it is rejected);
-- unmapped, fallback `reject`, an id the map lists for two users, or an email: rejected to the ledger
-  with the reason (once per identity and reason), and counted in the match rate.
-
-The resolved members (one row per userId) are the staged table the reverse-ETL diff
-(`engine.diff`) compares, in mirror mode, with the last *delivered* membership: an entered member
-gets an identify with the trait true and a track "Audience Entered"; an exited one the trait false and
-"Audience Exited". Messages go through the ledger and the delivery engine; the snapshot advances
-only for what Segment acknowledged; the inbox's syncs are marked done only once all was delivered.
-
-Drop guard: a run that would exit more than `max_drop_ratio` (< 1) of the delivered members (at least
-`drop_guard_min_exits`) - a broken identity map, a truncated export, a drain - changes nothing and raises
-`MembershipDropError` unless `confirm_drop` is given. An empty Heap Connect result (0 rows for the
-segment) while members are delivered is refused the same way whatever the ratio and minimum say: on a
-small audience it is far likelier a failed Heap Connect sync than a segment that emptied.
+`load_audiences` reads `heap_audiences.toml`; `sync_audience` brings one audience in Segment to Heap's
+membership (route "webhook": the inbox's complete syncs and drains; route "reconcile": the full
+membership in the Heap Connect tables). Time, drains, identity resolution and the drop guard are
+explained next to the code that does them.
 """
 
 from __future__ import annotations
@@ -481,6 +436,13 @@ def _chosen_drains(inbox: Inbox, audience: Audience, drain_keys: Sequence[str] |
 def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: AudienceRun) -> None:
     """`heap_changes`: each identity's last change across the syncs' pages.
 
+    Time: a sync's statements are dated by the earliest `Heap-Hash` timestamp of its stored pages (Heap's
+    clock, in ms). A sync Heap delivers very late (after a newer sync was applied) is dated by when Heap
+    signed it, so it does not override the newer one. That is *delivery-attempt* order, not the order of
+    Heap's decisions: Heap's reference validator refuses anything older than 60 s, from which we infer
+    (unverified) that Heap signs every retry anew. A drain retried after a later sync would then look newer;
+    the inbox holds the one case it can recognise (`Inbox.store_drain`), the drop guard stands behind the rest.
+
     Within a sync, pages apply in page order and a page's removes after its adds; across syncs, the
     sync Heap signed later wins (`as_of` = the earliest `Heap-Hash` timestamp of its pages, Heap's clock;
     a page stored without one counts by its arrival). DuckDB reads the page files itself (`read_json`,
@@ -518,6 +480,11 @@ def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: Au
 
 def _apply_drains(con: duckdb.DuckDBPyConnection, run: AudienceRun) -> None:
     """Fold drains into `heap_changes` (policy `exit`; `ignore` only lets the run record them).
+
+    HEAP_DRAIN_POLICY `exit` makes every member stated before the drain's signed time a non-member as of
+    that time, in this run and in every later one (`heap_applied_drains` keeps the drain times), and the
+    exits go through the drop guard like any other; `ignore` records the drain and changes nothing. Either
+    way the drain is marked done once the run succeeded.
 
     - Every statement signed before an exit drain (applied earlier, or in this run) cannot make a member:
       a sync older than a drain, applied after it, brings none of its adds back.
@@ -575,7 +542,13 @@ def _stage_connect_changes(con: duckdb.DuckDBPyConnection, config: AudiencesConf
 
 def _resolve(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience,
              run: AudienceRun) -> StagedResult:
-    """`heap_resolution` (identity, user_id, how, reason) for every member, and the staged table for the diff."""
+    """`heap_resolution` (identity, user_id, how, reason) for every member, and the staged table for the diff.
+
+    Through the identity map (looked up trimmed, case kept): a mapped identity gets the map's user id; an
+    unmapped one, with fallback `user_id_unless_email` (the default), is sent as its own userId unless it
+    looks like an email (never a userId); fallback `reject`, an id the map gives two users, or an email:
+    rejected with the reason (once per identity and reason) and counted in the match rate.
+    """
     fallback = config.fallback == "user_id_unless_email"
     # The map's ids are trimmed (engine.identity), so members are looked up trimmed; case is kept (spec §3).
     email = f"regexp_matches(trim(p.identity), {literal(EMAIL_PATTERN)})"
@@ -619,6 +592,11 @@ def _resolve(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: 
 
 
 def _drop_guard(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, confirmed: bool) -> DropGuard:
+    """A run that would exit more than `max_drop_ratio` of the delivered members (at least
+    `drop_guard_min_exits`) - a broken identity map, a truncated export, a drain - changes nothing and raises
+    `MembershipDropError` unless confirmed. An empty Heap Connect result while members are delivered is
+    refused whatever the ratio (see `DropGuard.tripped`): likelier a failed Connect sync than an empty segment.
+    """
     delivered, exits = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {STAGED_TABLE} s
                                                             WHERE s.user_id = r.record_key))
