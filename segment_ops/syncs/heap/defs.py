@@ -33,11 +33,11 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from segment_ops.alerts import StaleSync, stale_sync_message
 from segment_ops.clients.base import VendorAuthError, VendorError
 from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
+from segment_ops.engine.alerts import StaleSync, stale_sync_message
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError

@@ -42,9 +42,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from segment_ops.alerts import DeliveryHealthChange, delivery_health_message
 from segment_ops.clients.base import VendorError
 from segment_ops.engine import store
+from segment_ops.engine.alerts import DeliveryHealthChange, delivery_health_message
 from segment_ops.engine.ledger import Ledger
 from segment_ops.resources import AlertsResource, DeliveryHealthResource, StagingResource
 from segment_ops.syncs.metadata import markdown_table

@@ -1,7 +1,7 @@
 """Run-status sensors that alert: one message per failed run, one when the same work passes again.
 
 - `alert_on_run_failure` (RUNNING by default) watches every job of this code location and posts a failure
-  alert (`segment_ops.alerts.failure_message`) to ALERT_WEBHOOK_URL for each failed run. The alert names the
+  alert (`segment_ops.engine.alerts.failure_message`) to ALERT_WEBHOOK_URL for each failed run. The alert names the
   sync (the asset groups for backfills and UI launches, whose job is `__ASSET_JOB`), the partition or the
   partition range, the failed step and the first line of the user-code error (for a run that failed before
   any step, e.g. a resource that could not start, the run failure's own error).
@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from segment_ops.alerts import RunFailure, RunRecovery, failure_message, recovery_message
 from segment_ops.clients.base import VendorUnavailable
+from segment_ops.engine.alerts import RunFailure, RunRecovery, failure_message, recovery_message
 from segment_ops.resources import AlertsResource
 
 ALERT_TAG = "segment_ops/alert"

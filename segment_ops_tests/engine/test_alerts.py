@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segment_ops.alerts import (
+from segment_ops.engine.alerts import (
     DeliveryHealthChange,
     RunFailure,
     RunRecovery,

@@ -1,14 +1,9 @@
-"""Alert messages for a Slack-compatible incoming webhook: a run failed, a run recovered, a sync's deliveries
-are unhealthy or healthy again.
+"""Alert messages for a Slack-compatible incoming webhook: a run failed or recovered, a sync's deliveries turned
+unhealthy or healthy again, something a vendor pushed is held. Shared by every sync's sensors.
 
-Each message says which sync (the job and its asset groups), what failed (the step and the first line of
-its error), the counts the step reported (delivered, pending, rejected, ...) and links the run in the
-Dagster UI (`<DAGSTER_UI_URL>/runs/<run_id>`). Every message has a plain `text` (notifications, clients
-without blocks) and Block Kit `blocks`.
-
-Secrets: vendor errors are already scrubbed by `clients.base.HttpClient`; as a second guard every text
-placed in a message passes `redact_secrets`, which replaces the value of every secret setting
-(`config.SECRET_NAMES`, e.g. a write key an upstream library echoed) with `***`. No Dagster imports.
+Every message has a plain `text` and Block Kit `blocks`, names the sync, the step and its counts, and links
+the run in the Dagster UI. Every text placed in a message passes `redact_secrets` (a second guard behind
+`clients.base.HttpClient`'s scrubbing). No Dagster imports.
 """
 
 from __future__ import annotations
