@@ -26,7 +26,7 @@ import orjson
 
 from segment_ops.engine import store
 from segment_ops.engine.identity import IdentitySource
-from segment_ops.sandbox.heap_webhooks import heap_hash
+from segment_ops.sandbox.heap.webhooks import heap_hash
 from segment_ops.syncs.heap.audiences import Audience, AudiencesConfig, sync_audience
 from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.receiver import WebhookConfig

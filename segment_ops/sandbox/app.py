@@ -13,7 +13,7 @@ control endpoints under `/__sandbox__` are never faulted:
 - `POST /__sandbox__/pendo/usage-drop`            `{"accountId", "from_day": "YYYY-MM-DD", "factor"?: 0}`:
   that account's Pendo usage drops to `factor` from that UTC day on (until reset)
 - `GET|POST /__sandbox__/heap/webhooks`           register a Heap segment-sync webhook target
-  (`{"url", "secret"?, "interval_seconds"?, "page_size"?}`; see `heap_webhooks.py`)
+  (`{"url", "secret"?, "interval_seconds"?, "page_size"?}`; see `heap/webhooks.py`)
 - `POST /__sandbox__/heap/push`                   push signed segment-sync deltas now; returns the sync_task_ids
 - `GET  /__sandbox__/heap/deliveries`             each pushed page's attempts and outcome
 """
@@ -46,13 +46,13 @@ from segment_ops.config import (
 from segment_ops.sandbox.common import Emulator, json_response
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
 from segment_ops.sandbox.faults import FaultGate, FaultInjector, FaultSpec, FaultSpecError, check_fault_apis
-from segment_ops.sandbox.heap import Heap
-from segment_ops.sandbox.heap_webhooks import HeapWebhookPusher
-from segment_ops.sandbox.heap_webhooks import control_routes as heap_webhook_routes
-from segment_ops.sandbox.pendo import Pendo
+from segment_ops.sandbox.heap.api import Heap
+from segment_ops.sandbox.heap.webhooks import HeapWebhookPusher
+from segment_ops.sandbox.heap.webhooks import control_routes as heap_webhook_routes
+from segment_ops.sandbox.pendo.api import Pendo
 from segment_ops.sandbox.recorder import Recorder
-from segment_ops.sandbox.segment_public_api import SegmentPublicApi
-from segment_ops.sandbox.segment_tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking
+from segment_ops.sandbox.segment.public_api import SegmentPublicApi
+from segment_ops.sandbox.segment.tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking
 from segment_ops.sandbox.slack import SlackWebhook
 from segment_ops.sandbox.splunk_hec import SplunkHec
 

@@ -14,7 +14,7 @@ import pytest
 
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.resources import AlertsResource, StagingResource, build_resources
-from segment_ops.sandbox.heap_webhooks import heap_hash
+from segment_ops.sandbox.heap.webhooks import heap_hash
 from segment_ops.syncs.heap.audiences import DEFAULT_FILE, AudiencesConfig, load_audiences
 from segment_ops.syncs.heap.defs import SENSOR_NAME, audience_key, build_heap_defs, node
 from segment_ops.syncs.heap.inbox import Inbox

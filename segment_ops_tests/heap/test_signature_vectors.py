@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from segment_ops.sandbox.heap_webhooks import heap_hash
+from segment_ops.sandbox.heap.webhooks import heap_hash
 from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.receiver import WebhookConfig
 from segment_ops.syncs.heap.server import start_receiver

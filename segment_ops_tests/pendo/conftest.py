@@ -21,7 +21,7 @@ from segment_ops.receivers.server import serve_in_thread
 from segment_ops.resources import PendoResource, build_resources
 from segment_ops.sandbox.app import DemoSource
 from segment_ops.sandbox.demo_data import DemoConfig
-from segment_ops.sandbox.pendo import Pendo
+from segment_ops.sandbox.pendo.api import Pendo
 from segment_ops.sandbox.recorder import Recorder
 from segment_ops.syncs.pendo import defs as pendo
 from segment_ops.syncs.pendo.extract import SYNC

@@ -1,6 +1,6 @@
 """Pendo API emulator (spec §4, §7), mounted at `/pendo`: the Aggregation API and the entity endpoints.
 
-`POST /api/v1/aggregation` runs the request through `pendo_pipeline.run_aggregation` over the demo
+`POST /api/v1/aggregation` runs the request through `pipeline.run_aggregation` over the demo
 data (the `fetch` adapter below maps each pipeline source to a `DemoData` method);
 `GET /api/v1/account/{id}` and `/api/v1/visitor/{id}` return one entity, `GET /api/v1/feature` the
 tagged features.
@@ -72,7 +72,7 @@ from segment_ops.sandbox.demo_data import (
     POPULATION_START,
     DemoData,
 )
-from segment_ops.sandbox.pendo_pipeline import ALL_APPS, PipelineError, app_ids_of, run_aggregation
+from segment_ops.sandbox.pendo.pipeline import ALL_APPS, PipelineError, app_ids_of, run_aggregation
 from segment_ops.sandbox.recorder import Recorder
 
 MAX_BODY_BYTES = 1_000_000

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from segment_ops.sandbox.pendo_pipeline import ALL_APPS, PipelineError, app_ids_of, run_aggregation
+from segment_ops.sandbox.pendo.pipeline import ALL_APPS, PipelineError, app_ids_of, run_aggregation
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

@@ -1,7 +1,7 @@
 """Segment Tracking API emulator (spec §1), mounted at `/segment`: `POST /v1/{identify,...,alias,batch}`.
 
 Built for volume: one orjson parse per request, O(1) work per message, and only messageId counts plus
-a bounded window of bodies kept (see `recorder.py`).
+a bounded window of bodies kept (see `../recorder.py`).
 
 Vendor sources followed (spec §1 and §7): segment-docs' HTTP API page (endpoints, auth, limits, the
 silent drops); analytics-python's request.py/consumer.py (the `/v1/batch` body, 32 KB / 500 KB);
