@@ -47,9 +47,11 @@ import pandas as pd
 import pyarrow as pa
 
 from segment_ops.config import DEMO_WAREHOUSE_TABLES
-from segment_ops.sandbox.demo_data import HEAP_SYNC_WINDOW, POPULATION_AS_OF, POPULATION_START, DemoData
+from segment_ops.sandbox.demo_data import DemoData
+from segment_ops.sandbox.heap.data import HEAP_SYNC_WINDOW
+from segment_ops.sandbox.world import POPULATION_AS_OF, POPULATION_START
 
-_SALT_ORDERS = 501  # numpy seed salt of the order stream (demo_data uses 1xx-4xx)
+_SALT_ORDERS = 501  # `default_rng` salt of the order stream (see world.py)
 TABLES = DEMO_WAREHOUSE_TABLES
 HEAP_CONNECT_SCHEMA = "main_production"  # <project>_<environment>, Heap Connect's naming
 

@@ -12,13 +12,7 @@ import pytest
 from segment_ops.sandbox import warehouse
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
 from segment_ops.sandbox.warehouse import TABLES, build_demo_warehouse
-
-NOW = datetime(2026, 11, 20, 13, 37, 12, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def data() -> DemoData:
-    return DemoData(DemoConfig(seed=7, scale=0.1), now=NOW)
+from segment_ops_tests.sandbox.conftest import NOW
 
 
 @pytest.fixture(scope="module")

@@ -1,2 +1,3 @@
-"""Heap's double: the server-side ingest API (`api.py`) and the signed segment-sync webhooks Heap pushes
-(`webhooks.py`). No imports here, so reading one module does not load the others."""
+"""Heap's double: the server-side ingest API (`api.py`), the signed segment-sync webhooks Heap pushes
+(`webhooks.py`) and the demo data they and the warehouse's Heap Connect tables show (`data.py`).
+No imports here, so reading one module does not load the others."""

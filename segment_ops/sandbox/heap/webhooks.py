@@ -7,7 +7,7 @@ Vendor sources: spec §3 and §7 ("Verified 2026-12"); github heap/heap-api-refe
 
 A test or the demo registers a target (`POST /__sandbox__/heap/webhooks` with `url`, `secret`,
 `interval_seconds`, `page_size`); the sandbox then pushes, for each demo segment, the difference
-between its membership now (`DemoData.heap_segment_members`) and at the target's previous push: the
+between its membership now (`data.HeapDemoData.heap_segment_members`) and at the target's previous push: the
 first push adds every member. A push happens every `interval_seconds` (0: only on demand) and on
 `POST /__sandbox__/heap/push`, which returns the new `sync_task_id`s. `POST /__sandbox__/heap/drain`
 `{"segment": <id>}` sends a `segment.users.drain` of that segment.
@@ -59,7 +59,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from segment_ops.sandbox.common import json_response
-from segment_ops.sandbox.demo_data import DemoData
+from segment_ops.sandbox.heap.data import HeapDemoData
 
 SYNC_ACTION, DRAIN_ACTION = "segment.users.sync", "segment.users.drain"  # constants.ts
 DEFAULT_PAGE_SIZE = 500
@@ -128,7 +128,7 @@ class Delivery:
 class HeapWebhookPusher:
     """Registered targets, a delivery queue with Heap-like retries, and an interval timer (two threads)."""
 
-    def __init__(self, demo: Callable[[datetime], DemoData], default_secret: str) -> None:
+    def __init__(self, demo: Callable[[datetime], HeapDemoData], default_secret: str) -> None:
         self._demo = demo
         self._default_secret = default_secret
         self._lock = threading.Condition()
@@ -237,7 +237,7 @@ class HeapWebhookPusher:
             self._lock.notify_all()
 
     # ------------------------------------------------------------------------------- internals
-    def _push_target(self, target: Target, data: DemoData, at: datetime, spec: dict) -> list[dict]:
+    def _push_target(self, target: Target, data: HeapDemoData, at: datetime, spec: dict) -> list[dict]:
         omit = {int(p) for p in spec.get("omit_pages", [])}
         duplicate = {int(p) for p in spec.get("duplicate_pages", [])}
         time_adjust = _time_adjust(spec)

@@ -1,7 +1,7 @@
 """Pendo API emulator (spec §4, §7), mounted at `/pendo`: the Aggregation API and the entity endpoints.
 
 `POST /api/v1/aggregation` runs the request through `pipeline.run_aggregation` over the demo
-data (the `fetch` adapter below maps each pipeline source to a `DemoData` method);
+data (the `fetch` adapter below maps each pipeline source to a `PendoDemoData` method, `data.py`);
 `GET /api/v1/account/{id}` and `/api/v1/visitor/{id}` return one entity, `GET /api/v1/feature` the
 tagged features.
 
@@ -66,14 +66,10 @@ from segment_ops.sandbox.common import (
     retry_after_headers,
     text_response,
 )
-from segment_ops.sandbox.demo_data import (
-    PENDO_DEFAULT_APP_ID,
-    PENDO_EVENT_KINDS,
-    POPULATION_START,
-    DemoData,
-)
+from segment_ops.sandbox.pendo.data import PENDO_DEFAULT_APP_ID, PENDO_EVENT_KINDS, PendoDemoData
 from segment_ops.sandbox.pendo.pipeline import ALL_APPS, PipelineError, app_ids_of, run_aggregation
 from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.world import POPULATION_START
 
 MAX_BODY_BYTES = 1_000_000
 KEY_HEADER = "x-pendo-integration-key"
@@ -89,7 +85,7 @@ class Pendo:
     def __init__(
         self,
         recorder: Recorder,
-        demo: Callable[[], DemoData],
+        demo: Callable[[], PendoDemoData],
         *,
         integration_key: str,
         rate_limit: float | None = None,
@@ -173,7 +169,7 @@ class Pendo:
         return await self._entity(request, "visitorId", lambda demo: demo.pendo_visitors())
 
     async def _entity(
-        self, request: Request, id_field: str, rows: Callable[[DemoData], list[dict]]
+        self, request: Request, id_field: str, rows: Callable[[PendoDemoData], list[dict]]
     ) -> Response:
         refused = self._admit(request)
         if refused:

@@ -1,7 +1,7 @@
 """Segment Public API emulator (spec §2), mounted at `/segmentapis`: the audit trail, `GET /audit-events`.
 
-Events come from the demo data (their "now" moves with the wall clock, so new events appear as time
-passes) plus any injected through the sandbox-only `POST /__sandbox__/audit-events`.
+Events come from the demo data (`data.py`; their "now" moves with the wall clock, so new events appear
+as time passes) plus any injected through the sandbox-only `POST /__sandbox__/audit-events`.
 
 Vendor sources followed (spec §2 and §7): segment-docs' Public API pages and docs.segmentapis.com "Rate
 Limits" (envelopes, pagination, the 429 body); segmentio/public-api-sdk-typescript `api/auditTrailApi.ts`,

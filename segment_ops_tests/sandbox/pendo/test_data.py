@@ -1,33 +1,17 @@
-"""Behaviour of the deterministic demo world: population, audit trail, Heap membership, Pendo usage."""
+"""Pendo's demo data: visitors, accounts, usage per day and hour, per app and item, NPS answers."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 import pytest
 
-from segment_ops.sandbox.demo_data import (
-    HEAP_SYNC_WINDOW,
-    PENDO_ANONYMOUS_PREFIX,
-    PENDO_APPS,
-    PENDO_DEFAULT_APP_ID,
-    DemoConfig,
-    DemoData,
-)
-
-NOW = datetime(2026, 11, 20, 13, 37, 12, tzinfo=UTC)  # a Friday afternoon
-DAY_MS, HOUR_MS = 86_400_000, 3_600_000
-NOW_MS = int(NOW.timestamp() * 1000)
-SMALL = DemoConfig(seed=7, scale=0.1)
-
-
-@pytest.fixture(scope="module")
-def data() -> DemoData:
-    return DemoData(SMALL, now=NOW)
+from segment_ops.sandbox.demo_data import DemoConfig, DemoData
+from segment_ops.sandbox.pendo.data import PENDO_APPS, PENDO_DEFAULT_APP_ID
+from segment_ops.sandbox.world import PENDO_ANONYMOUS_PREFIX
+from segment_ops_tests.sandbox.conftest import DAY_MS, HOUR_MS, NOW, NOW_MS, SMALL
 
 
 def _ms(moment: datetime) -> int:
@@ -43,191 +27,6 @@ def _midnight(day: date, zone: ZoneInfo = NEW_YORK) -> int:
 
 def _local_day(moment_ms: int, zone: ZoneInfo = NEW_YORK) -> date:
     return datetime.fromtimestamp(moment_ms / 1000, UTC).astimezone(zone).date()
-
-
-# ----------------------------------------------------------------------------------- population
-
-
-def test_same_seed_gives_identical_population_whatever_now() -> None:
-    a = DemoData(SMALL, now=NOW)
-    b = DemoData(SMALL, now=NOW + timedelta(days=3, minutes=7))
-    pd.testing.assert_frame_equal(a.users, b.users)
-    pd.testing.assert_frame_equal(a.accounts, b.accounts)
-
-
-def test_different_seed_gives_different_population(data: DemoData) -> None:
-    other = DemoData(DemoConfig(seed=8, scale=0.1), now=NOW)
-    assert not data.users["email"].equals(other.users["email"])
-    assert not data.accounts["name"].equals(other.accounts["name"])
-
-
-def test_sizes_grow_linearly_with_scale() -> None:
-    small, double = DemoData(DemoConfig(scale=0.1), now=NOW), DemoData(DemoConfig(scale=0.2), now=NOW)
-    assert len(small.users) == 201  # 200 users plus the duplicated row
-    assert len(double.users) == 401
-    assert (len(small.accounts), len(double.accounts)) == (15, 30)
-
-
-def test_frames_have_the_documented_columns_and_types(data: DemoData) -> None:
-    users, accounts = data.users, data.accounts
-    assert list(users.columns) == ["user_id", "anonymous_id", "email", "name", "account_id", "plan", "country",
-                                   "created_at", "updated_at", "is_active"]
-    assert list(accounts.columns) == ["account_id", "name", "plan", "seats", "industry", "mrr", "created_at",
-                                      "updated_at"]
-    for frame in (users, accounts):
-        for column in ("created_at", "updated_at"):
-            assert str(frame[column].dt.tz) == "UTC"
-    assert users["is_active"].dtype == bool
-    assert accounts["seats"].dtype.kind == "i" and accounts["mrr"].dtype.kind == "f"
-
-
-def test_ids_follow_the_documented_formats(data: DemoData) -> None:
-    known = data.users["user_id"].dropna()
-    assert known.str.fullmatch(r"usr_\d{7}").all()
-    assert data.accounts["account_id"].str.fullmatch(r"acc_\d{5}").all()
-    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
-    assert data.users["anonymous_id"].str.fullmatch(uuid).all()
-    assert data.users["anonymous_id"].iloc[:-1].is_unique  # the last row is the duplicated user
-
-
-def test_anonymous_visitors_have_no_user_id_name_or_account(data: DemoData) -> None:
-    anonymous = data.users[data.users["user_id"].isna()]
-    assert len(anonymous) > 0
-    assert anonymous["user_id"].map(lambda v: v is None).all()
-    assert anonymous["name"].isna().all() and anonymous["account_id"].isna().all()
-    assert anonymous["anonymous_id"].notna().all()
-    assert anonymous["email"].notna().any(), "some anonymous visitors are leads with an email"
-
-
-def test_identified_users_without_email_exist(data: DemoData) -> None:
-    users = data.users
-    assert (users["user_id"].notna() & users["email"].isna()).any()
-
-
-def test_malformed_records_exist(data: DemoData) -> None:
-    users = data.users
-    assert (users["email"] == "not-an-email").sum() == 1
-    messy = users["email"].dropna().map(lambda e: e != e.strip() or e != e.lower())
-    assert messy.sum() == 1
-    assert (users["name"] == "Zoë 🚀 Ångström").sum() == 1
-    assert (users["created_at"] > NOW).sum() == 1
-    duplicated = users["user_id"].dropna()
-    assert duplicated.duplicated().sum() == 1
-    copies = users[users["user_id"] == duplicated[duplicated.duplicated()].iloc[0]]
-    assert copies["email"].nunique() == 2 and copies.index[-1] == len(users) - 1
-
-
-def test_some_accounts_have_no_users(data: DemoData) -> None:
-    used = set(data.users["account_id"].dropna())
-    assert set(data.accounts["account_id"]) - used
-
-
-# ---------------------------------------------------------------------------------- audit trail
-
-
-def test_audit_events_have_the_public_api_shape(data: DemoData) -> None:
-    events = data.audit_events(NOW - timedelta(days=3), NOW)
-    assert events
-    required = {"id", "timestamp", "type", "actor", "resourceId", "resourceType", "resourceName"}
-    for event in events:
-        assert required <= event.keys() <= required | {"actorEmail"}
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["timestamp"])
-    assert any("actorEmail" not in e for e in events) and any("actorEmail" in e for e in events)
-    assert len({e["id"] for e in events}) == len(events)
-
-
-def test_audit_events_are_newest_first_and_never_after_now(data: DemoData) -> None:
-    events = data.audit_events(NOW - timedelta(days=2), NOW + timedelta(days=1))
-    stamps = [e["timestamp"] for e in events]
-    assert stamps == sorted(stamps, reverse=True)
-    assert stamps[0] <= NOW.strftime("%Y-%m-%dT%H:%M:%S.999Z")
-
-
-def test_audit_window_excludes_start_and_includes_end(data: DemoData) -> None:
-    event = data.audit_events(NOW - timedelta(days=1), NOW)[5]
-    at = datetime.fromisoformat(event["timestamp"])
-    assert event["id"] not in {e["id"] for e in data.audit_events(at, at + timedelta(hours=1))}
-    assert event["id"] in {e["id"] for e in data.audit_events(at - timedelta(milliseconds=1), at)}
-
-
-def test_audit_events_cover_every_day_of_the_last_three_weeks(data: DemoData) -> None:
-    events = data.audit_events(NOW - timedelta(days=21), NOW)
-    days = {e["timestamp"][:10] for e in events}
-    expected = {(NOW - timedelta(days=d)).strftime("%Y-%m-%d") for d in range(21)}
-    assert expected <= days
-    hours = {e["timestamp"][:13] for e in events}
-    assert len(hours) < 21 * 24, "a small workspace has quiet hours"
-
-
-def test_audit_events_agree_between_instances_built_at_different_times() -> None:
-    early = DemoData(SMALL, now=NOW)
-    later = DemoData(SMALL, now=NOW + timedelta(hours=3, minutes=11))
-    window = (NOW - timedelta(days=2), NOW)
-    assert early.audit_events(*window) == later.audit_events(*window)
-    newer = later.audit_events(NOW, NOW + timedelta(hours=4))
-    assert newer and all(e["timestamp"] > early.audit_events(*window)[0]["timestamp"] for e in newer)
-
-
-def test_audit_events_older_than_retention_are_not_returned(data: DemoData) -> None:
-    events = data.audit_events(NOW - timedelta(days=365), NOW)
-    assert min(e["timestamp"] for e in events) >= (NOW - timedelta(days=90)).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def test_naive_datetimes_are_rejected(data: DemoData) -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
-        data.audit_events(datetime(2026, 11, 1), NOW)
-
-
-# --------------------------------------------------------------------------------------- Heap
-
-
-def test_heap_segments_are_a_few_with_numeric_ids(data: DemoData) -> None:
-    segments = data.heap_segments()
-    assert 3 <= len(segments) <= 5
-    assert all(isinstance(s["id"], int) and s["name"] for s in segments)
-
-
-def test_heap_membership_is_fixed_within_a_sync_window(data: DemoData) -> None:
-    window_start = datetime.fromtimestamp(NOW_MS // 14_400_000 * 14_400, UTC)
-    for segment in data.heap_segments():
-        first = data.heap_segment_members(segment["id"], window_start)
-        last = data.heap_segment_members(segment["id"], window_start + HEAP_SYNC_WINDOW - timedelta(seconds=1))
-        assert first == last == sorted(first)
-
-
-def test_heap_membership_changes_by_a_few_percent_per_window() -> None:
-    data = DemoData(DemoConfig(scale=0.2), now=NOW)
-    segment = data.heap_segments()[0]["id"]
-    windows = [set(data.heap_segment_members(segment, NOW + k * HEAP_SYNC_WINDOW)) for k in range(12)]
-    changes = [len(a ^ b) / len(a) for a, b in zip(windows, windows[1:], strict=False)]
-    assert sum(changes) > 0
-    assert max(changes) < 0.25
-    assert windows[0] != windows[-1]
-
-
-def test_heap_identities_are_mostly_emails_some_user_ids_and_a_few_unmapped(data: DemoData) -> None:
-    members = {m for s in data.heap_segments() for m in data.heap_segment_members(s["id"], NOW)}
-    mapped = set(data.heap_identity_map()["identity"])
-    emails = {m for m in members if "@" in m}
-    assert len(emails) > len(members) / 2
-    assert any(re.fullmatch(r"usr_\d{7}", m) for m in members)
-    unmapped = members - mapped
-    assert 0 < len(unmapped) < len(members) / 10
-
-
-def test_heap_identity_map_points_at_known_users(data: DemoData) -> None:
-    identity_map = data.heap_identity_map()
-    assert list(identity_map.columns) == ["identity", "user_id"]
-    assert identity_map["identity"].is_unique
-    assert set(identity_map["user_id"]) == set(data.users["user_id"].dropna())
-
-
-def test_unknown_heap_segment_raises(data: DemoData) -> None:
-    with pytest.raises(KeyError):
-        data.heap_segment_members(42, NOW)
-
-
-# -------------------------------------------------------------------------------------- Pendo
 
 
 def test_pendo_visitors_use_user_id_or_prefixed_anonymous_id(data: DemoData) -> None:
