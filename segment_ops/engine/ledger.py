@@ -1,33 +1,116 @@
 """The delivery ledger: every message a sync planned, where it stands, its attempts and last error.
 
 An append-only outbox of planned messages and the facts logged about them (outcomes, receipts), whose
-tables are registered with the state store (`STATE`); a message's status is its latest outcome.
+tables are registered with the state store (`STATE`). A message's state is its latest outcome; the one
+state machine (`MessageState`, `TRANSITIONS`) says which outcome may follow which, and logging enforces it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
+from types import MappingProxyType
 
 import duckdb
 
 from segment_ops.engine import store
 
-PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
-# Taken by a destination that confirms later; the outcome's `receipt` is what to ask it with. (The stored
-# word predates the generic name "awaiting confirmation"; files hold it, so it stays.)
-AWAITING_ACK = "awaiting_ack"
-# A pending message a newer plan replaced before it was sent (e.g. the row changed again): never sent,
-# and not counted as pending, delivered or rejected. Logging PENDING again revives it.
-SUPERSEDED = "superseded"
+
+class MessageState(StrEnum):
+    """Where a planned message stands. The value is the word stored in `outcomes.status`: files hold
+    these words, so a value never changes (a state's name may)."""
+
+    # In the outbox, to be sent: no outcome yet, retries ran out, revived, or reset by a person. Stored as
+    # "pending", the word that predates the state's name.
+    PLANNED = "pending"
+    # Handed to a destination whose answer is not recorded yet; logged before a send (issue 16), so a
+    # killed run knows what a destination without dedupe may already hold.
+    IN_FLIGHT = "in_flight"
+    # Taken by a destination that confirms later; the outcome's `receipt` is what to ask it with. Neither
+    # delivered nor planned: not sent again until `settle_receipts` records the answer.
+    AWAITING_ACK = "awaiting_ack"
+    # Acknowledged by the destination.
+    DELIVERED = "delivered"
+    # Read back from the destination after delivery: landed, not only accepted (issue 15).
+    VERIFIED = "verified"
+    # Refused by the destination, with its reason (also in the `rejected` table): never sent again.
+    REJECTED = "rejected"
+    # Replaced by a newer plan before it was sent (the row changed again): never sent, unless revived.
+    SUPERSEDED = "superseded"
+    # Part of a plan waiting for approval (governance: a destructive plan is held until a person approves).
+    HELD = "held"
+    # About a regulated subject (governance): never sent.
+    SUPPRESSED = "suppressed"
+
+
+_S = MessageState
+# Which states may follow which: an outcome whose step is not here is refused by `log_outcomes`. Every
+# step the code takes today is here; later issues add behaviour to these states, not new states.
+TRANSITIONS: Mapping[MessageState, frozenset[MessageState]] = MappingProxyType({
+    # A destination's answer (delivery); planned again with the error when retries ran out; superseded by
+    # a newer plan (diff); held or suppressed (governance); handed over (issue 16).
+    _S.PLANNED: frozenset({_S.PLANNED, _S.IN_FLIGHT, _S.AWAITING_ACK, _S.DELIVERED, _S.REJECTED,
+                           _S.SUPERSEDED, _S.HELD, _S.SUPPRESSED}),
+    # The answer, or planned again: retries ran out, or the run died before the answer was recorded.
+    _S.IN_FLIGHT: frozenset({_S.AWAITING_ACK, _S.DELIVERED, _S.REJECTED, _S.PLANNED}),
+    # Confirmed; or planned again: the destination lost the receipt, or did not confirm in time.
+    _S.AWAITING_ACK: frozenset({_S.DELIVERED, _S.PLANNED}),
+    _S.DELIVERED: frozenset({_S.VERIFIED}),
+    _S.VERIFIED: frozenset(),
+    _S.REJECTED: frozenset(),
+    # Revived: the row is back to what the message says (same messageId).
+    _S.SUPERSEDED: frozenset({_S.PLANNED}),
+    # Approved; or replaced by a newer plan while it waited.
+    _S.HELD: frozenset({_S.PLANNED, _S.SUPERSEDED}),
+    _S.SUPPRESSED: frozenset(),
+})
+# States no outcome may follow, save a person's reset.
+TERMINAL = frozenset(state for state, following in TRANSITIONS.items() if not following)
+# A person's reset (`plan_relation(force=True)`, `segment-ops replay --force`) plans a message again from
+# any of these, whatever `TRANSITIONS` says. Not from SUPPRESSED: governance lifts that, not a re-send.
+RESETTABLE = frozenset(MessageState) - {_S.SUPPRESSED}
+
+# The stored words, importable as they always were (diff, delivery and the syncs use them).
+PENDING, DELIVERED, REJECTED = _S.PLANNED.value, _S.DELIVERED.value, _S.REJECTED.value
+AWAITING_ACK, SUPERSEDED = _S.AWAITING_ACK.value, _S.SUPERSEDED.value
+
+
+class UnknownStateError(ValueError):
+    """An outcome names a state the ledger does not know."""
+
+
+class IllegalTransitionError(ValueError):
+    """An outcome would move a message from its state to one that may not follow it (`TRANSITIONS`)."""
+
+    def __init__(self, sync: str, before: str, after: str, *, seq: int | None = None,
+                 message_id: str | None = None, others: int = 0) -> None:
+        self.sync, self.before, self.after, self.seq, self.message_id = sync, before, after, seq, message_id
+        subject = "a message" if seq is None else f"message {message_id!r} (seq {seq})"
+        more = f"; {others} other outcome(s) of the same call are illegal too" if others else ""
+        super().__init__(f"sync {sync!r}: {subject} cannot go from {_name(before)} to {_name(after)}{more}; "
+                         "nothing of that call was logged")
+
+
+_STORED = frozenset(state.value for state in MessageState)  # the words `outcomes.status` may hold
+
+
+def _steps_sql(steps: Mapping[MessageState, frozenset[MessageState]]) -> str:
+    """`steps` as SQL rows (before, after), for the anti-join that finds an illegal step."""
+    return ", ".join(f"('{before}', '{after}')" for before, following in steps.items() for after in following)
+
+
+_LEGAL_STEPS = _steps_sql(TRANSITIONS)
+_LEGAL_OR_RESET_STEPS = _steps_sql({state: following | ({_S.PLANNED} if state in RESETTABLE else set())
+                                    for state, following in TRANSITIONS.items()})
 
 # The latest outcome of each message that has one, defined once for every reader: its status, the
-# attempts of all its outcomes, its error, when it was logged, when it was delivered, and `last_id` (the
-# outcome's id, to read its other columns such as its receipt). A reader filters it by `sync` and a seq
-# range from outside; DuckDB pushes such filters on the grouping columns down to the scan of `outcomes`,
-# so only that range's row groups are read. (`arg_max` has PostgreSQL equivalents: the SQL stays close
-# to portable, so the state can move there by configuration.)
+# attempts of all its outcomes, its last error (`arg_max` passes over NULLs), when it was logged, when it
+# was delivered, and `last_id` (the outcome's id, to read its other columns such as its receipt). A reader
+# filters it by `sync` and a seq range from outside; DuckDB pushes such filters on the grouping columns
+# down to the scan of `outcomes`, so only that range's row groups are read. (`arg_max` has PostgreSQL
+# equivalents: the SQL stays close to portable, so the state can move there by configuration.)
 _LATEST_OUTCOME = """
 SELECT sync, seq, arg_max(status, id) AS status, sum(attempts) AS attempts, arg_max(error, id) AS last_error,
        max(id) AS last_id, max(logged_at) AS last_at,
@@ -74,9 +157,9 @@ CREATE TABLE IF NOT EXISTS planned_messages (
     -- the engine's memory bound. Uniqueness holds by construction (one writer, insert-if-absent).
 );
 CREATE SEQUENCE IF NOT EXISTS outcome_order;
--- Facts: one row each time a destination answered for a message (delivered, rejected, awaiting
--- confirmation, or still pending after retries ran out), a person reset it (`force`), or a newer plan
--- superseded it. The latest (highest id) is the message's status.
+-- Facts: one row per step of a message's state (`TRANSITIONS`): a destination answered for it (delivered,
+-- rejected, awaiting confirmation, or still pending after retries ran out), a person reset it (`force`),
+-- a newer plan superseded it. The latest (highest id) is the message's state.
 CREATE TABLE IF NOT EXISTS outcomes (
     id        BIGINT NOT NULL DEFAULT nextval('outcome_order'),
     sync      VARCHAR NOT NULL,
@@ -114,7 +197,7 @@ SELECT m.sync, m.seq, m.message_id, m.record_key, m.call_type, m.payload,
        coalesce(o.status, 'pending') AS status,
        coalesce(o.attempts, 0) AS attempts,
        o.last_error,
-       CASE WHEN o.status = 'delivered' THEN o.delivered_at END AS delivered_at,
+       CASE WHEN o.status IN ('delivered', 'verified') THEN o.delivered_at END AS delivered_at,
        m.planned_run, m.planned_at
 FROM planned_messages m LEFT JOIN ({_LATEST_OUTCOME}) o ON o.sync = m.sync AND o.seq = m.seq;
 """
@@ -176,20 +259,27 @@ class AwaitingReceipt:
 
 @dataclass(frozen=True)
 class MessageCounts:
-    """Where a set of messages stands (e.g. one hour of audit events): each message in one status."""
+    """Where a set of messages stands (e.g. one hour of audit events): each message in one state, each
+    state under its stored word (zero for the states nothing produces yet)."""
 
     total: int = 0
     unplanned: int = 0  # in the set, never planned for this sync
-    pending: int = 0
+    pending: int = 0  # planned, to be sent
     delivered: int = 0
     rejected: int = 0
     awaiting_ack: int = 0
     superseded: int = 0
+    in_flight: int = 0
+    verified: int = 0
+    held: int = 0
+    suppressed: int = 0
 
     @property
     def settled(self) -> bool:
-        """Every message planned and delivered or rejected: nothing pending, awaiting or unplanned."""
-        return self.total == self.delivered + self.rejected + self.superseded
+        """Every message planned and at its end (delivered, verified, rejected, superseded or suppressed):
+        nothing planned, in flight, awaiting, held or unplanned."""
+        return self.total == (self.delivered + self.verified + self.rejected + self.superseded
+                              + self.suppressed)
 
 
 @dataclass(frozen=True)
@@ -204,10 +294,18 @@ class SyncFigures:
 
 @dataclass(frozen=True)
 class LedgerCounts:
-    pending: int
+    """How many of a sync's messages stand in each state (`Ledger.counts`), each under its stored word,
+    zero for the states nothing produces yet: run metadata shows them all."""
+
+    pending: int  # planned, to be sent
     delivered: int
     rejected: int
     awaiting_ack: int = 0  # taken by the destination, not yet confirmed: not delivered, not sent again
+    in_flight: int = 0
+    verified: int = 0
+    superseded: int = 0
+    held: int = 0
+    suppressed: int = 0
 
 
 class Ledger:
@@ -248,8 +346,8 @@ class Ledger:
         """Record the rows of `relation` (message_id, record_key, call_type, payload, ord) as pending.
 
         A messageId already planned is left alone, so planning the same change twice sends it once;
-        `force` puts it back to pending instead. Duplicates within `relation` are planned once, in the
-        order of their first `ord`.
+        `force` puts it back to pending instead (from any state in `RESETTABLE`). Duplicates within
+        `relation` are planned once, in the order of their first `ord`.
         """
         con = self.con
         con.execute("BEGIN")
@@ -267,12 +365,16 @@ class Ledger:
             total, distinct, known = con.execute(
                 "SELECT coalesce(sum(copies), 0), count(*), count(*) FILTER (WHERE known) FROM plan_ids"
             ).fetchone()
-            if force and known:
+            if force and known:  # a person's reset: a step from any state in RESETTABLE
+                mark = con.execute("SELECT nextval('outcome_order')").fetchone()[0]
                 con.execute(
                     "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at) "
                     "SELECT ?, p.seq, ?, 0, NULL, ? FROM planned_messages p JOIN plan_ids i "
                     "ON p.sync = ? AND p.message_id = i.message_id AND i.known",
                     [sync, PENDING, _now(), sync])
+                reset = con.execute("SELECT min(seq), max(seq) FROM outcomes WHERE sync = ? AND id > ?",
+                                    [sync, mark]).fetchone()
+                self._check_steps(sync, mark, reset, _LEGAL_OR_RESET_STEPS)
             # seq keeps the input's order: the next free number plus the row's position in the input.
             seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM planned_messages WHERE sync = ?",
                                [sync]).fetchone()[0]
@@ -357,11 +459,16 @@ class Ledger:
     def log_outcomes(self, sync: str, outcomes: Sequence[tuple]) -> None:
         """Append (seq, status, attempts, error) for messages a destination answered for. An AWAITING_ACK
         outcome adds its receipt and, optionally, when its request began:
-        (seq, AWAITING_ACK, attempts, None, receipt[, sent_at]); each receipt is recorded once."""
+        (seq, AWAITING_ACK, attempts, None, receipt[, sent_at]); each receipt is recorded once.
+
+        All or nothing: a state the ledger does not know (`UnknownStateError`), or a step `TRANSITIONS`
+        does not allow (`IllegalTransitionError`), and nothing of the call is logged.
+        """
         if not outcomes:
             return
         rows = [(*o, None, None)[:6] for o in outcomes]
         seqs, statuses, attempts, errors, receipts, sent = zip(*rows, strict=True)
+        _refuse_unknown(sync, set(statuses))
         if any(s == AWAITING_ACK and not r for s, r in zip(statuses, receipts, strict=True)):
             raise ValueError("an awaiting_ack outcome needs the receipt to confirm it by")
         now = _now()
@@ -373,11 +480,18 @@ class Ledger:
         con = self.con
         con.execute("BEGIN")
         try:
+            mark = con.execute("SELECT nextval('outcome_order')").fetchone()[0]
+            # Handing lists to DuckDB is most of this call's cost, so a column of Nones only (the errors of
+            # delivered messages, the receipts of all but awaiting ones) is NULL instead of a list.
+            nullable = {"error": errors, "receipt": receipts}
+            given = {column: list(values) for column, values in nullable.items()
+                     if values.count(None) < len(values)}
             con.execute(
-                "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at, receipt) "
-                "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), "
-                "unnest(?::VARCHAR[]), ?, unnest(?::VARCHAR[])",
-                [sync, list(seqs), list(statuses), list(attempts), list(errors), now, list(receipts)])
+                "INSERT INTO outcomes (sync, seq, status, attempts, logged_at, error, receipt) "
+                "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), ?, "
+                + ", ".join("unnest(?::VARCHAR[])" if column in given else "NULL" for column in nullable),
+                [sync, list(seqs), list(statuses), list(attempts), now, *given.values()])
+            self._check_steps(sync, mark, (min(seqs), max(seqs)), _LEGAL_STEPS)
             if taken:
                 con.executemany(
                     "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -387,6 +501,34 @@ class Ledger:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+    def _check_steps(self, sync: str, mark: int, seqs: tuple[int, int], steps: str) -> None:
+        """Raise `IllegalTransitionError` unless every outcome of `sync` this transaction logged (id above
+        `mark`, about messages in the `seqs` range) takes its message one of `steps` (SQL rows).
+
+        Checked after the insert, so the outcomes cross from Python to DuckDB once: one query over the
+        outcomes of those messages, each outcome's step being (the outcome before it, else planned) -> it,
+        so several outcomes of one message in one call are checked in order. The caller rolls back.
+        """
+        illegal = self.con.execute(
+            f"""
+            WITH logged AS (
+                SELECT seq, id, status AS after,
+                       coalesce(lag(status) OVER (PARTITION BY seq ORDER BY id), '{PENDING}') AS before
+                FROM outcomes WHERE sync = $sync AND seq BETWEEN $low AND $high
+                  AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND id > $mark)),
+            legal (before, after) AS (VALUES {steps})
+            SELECT seq, before, after, count(*) OVER () FROM logged s
+            WHERE id > $mark
+              AND NOT EXISTS (SELECT 1 FROM legal l WHERE l.before = s.before AND l.after = s.after)
+            ORDER BY id LIMIT 1
+            """, {"sync": sync, "mark": mark, "low": seqs[0], "high": seqs[1]}).fetchone()
+        if illegal is not None:
+            seq, before, after, count = illegal
+            planned = self.con.execute("SELECT message_id FROM planned_messages WHERE sync = ? AND seq = ?",
+                                       [sync, seq]).fetchone()
+            raise IllegalTransitionError(sync, before, after, seq=seq, message_id=planned and planned[0],
+                                         others=count - 1)
 
     def awaiting_receipts(self, sync: str) -> list[AwaitingReceipt]:
         """Every open receipt (sent, not settled), oldest first: one row per send, not per message."""
@@ -414,8 +556,11 @@ class Ledger:
         Each receipt is settled on its own: only the messages whose latest outcome is that very receipt,
         looked up within its seq range (so the scan of `outcomes` reads only that range's row groups).
         """
-        if status not in (DELIVERED, PENDING):
-            raise ValueError(f"an awaited message settles as delivered or pending, not {status!r}")
+        # Only messages awaiting under one of the receipts are settled: the step is legal when `status` may
+        # follow awaiting_ack.
+        _refuse_unknown(sync, {status})
+        if status not in TRANSITIONS[MessageState.AWAITING_ACK]:
+            raise IllegalTransitionError(sync, AWAITING_ACK, status)
         wanted = list(dict.fromkeys(receipts))
         if not wanted:
             return 0
@@ -455,10 +600,10 @@ class Ledger:
             [sync, run_id, destination, _now(), list(seqs), list(reasons), sync])
 
     def counts(self, sync: str) -> LedgerCounts:
+        """How many of `sync`'s messages stand in each state."""
         rows = dict(self.con.execute(
             "SELECT status, count(*) FROM ledger WHERE sync = ? GROUP BY status", [sync]).fetchall())
-        return LedgerCounts(pending=rows.get(PENDING, 0), delivered=rows.get(DELIVERED, 0),
-                            rejected=rows.get(REJECTED, 0), awaiting_ack=rows.get(AWAITING_ACK, 0))
+        return LedgerCounts(**{state.value: rows.get(state.value, 0) for state in MessageState})
 
     def window_counts(self, sync: str, relation: str) -> dict[object, MessageCounts]:
         """Where the messages of `relation` (message_id, grp) stand in `sync`, per `grp` (e.g. an hour).
@@ -472,15 +617,11 @@ class Ledger:
             "LEFT JOIN planned_messages p ON p.sync = ? AND p.message_id = r.message_id", [sync])
         try:
             low, high = con.execute("SELECT min(seq), max(seq) FROM counted_messages").fetchone()
+            per_state = ", ".join(f"count(*) FILTER (WHERE c.seq IS NOT NULL AND coalesce(o.status, "
+                                  f"'{PENDING}') = '{state.value}')" for state in MessageState)
             rows = con.execute(
                 f"""
-                SELECT c.grp, count(*), count(*) FILTER (WHERE c.seq IS NULL),
-                       count(*) FILTER (WHERE c.seq IS NOT NULL
-                                        AND coalesce(o.status, 'pending') = 'pending'),
-                       count(*) FILTER (WHERE o.status = '{DELIVERED}'),
-                       count(*) FILTER (WHERE o.status = '{REJECTED}'),
-                       count(*) FILTER (WHERE o.status = '{AWAITING_ACK}'),
-                       count(*) FILTER (WHERE o.status = '{SUPERSEDED}')
+                SELECT c.grp, count(*), count(*) FILTER (WHERE c.seq IS NULL), {per_state}
                 FROM counted_messages c LEFT JOIN (
                     SELECT seq, status FROM ({_LATEST_OUTCOME})
                     WHERE sync = ? AND seq BETWEEN ? AND ?) o ON o.seq = c.seq
@@ -488,7 +629,8 @@ class Ledger:
                 """, [sync, low if low is not None else 0, high if high is not None else -1]).fetchall()
         finally:
             con.execute("DROP TABLE counted_messages")
-        return {grp: MessageCounts(*figures) for grp, *figures in rows}
+        names = ("total", "unplanned", *(state.value for state in MessageState))
+        return {grp: MessageCounts(**dict(zip(names, figures, strict=True))) for grp, *figures in rows}
 
     def delivery_figures(self, since: datetime) -> list[SyncFigures]:
         """Delivered, rejected and failed messages of every sync since `since` (none: the file has no ledger).
@@ -533,6 +675,16 @@ class Ledger:
         return self.con.execute(
             "SELECT record_key, source, reason FROM rejected WHERE sync = ? AND run_id = ? "
             "ORDER BY rejected_at LIMIT ?", [sync, run_id, limit]).fetchall()
+
+
+def _name(word: str) -> str:
+    return MessageState(word).name.lower() if word in _STORED else repr(word)
+
+
+def _refuse_unknown(sync: str, words: set[str]) -> None:
+    if unknown := words - _STORED:
+        raise UnknownStateError(f"sync {sync!r}: {', '.join(sorted(map(repr, unknown)))} is no state of the "
+                                f"ledger (one of {', '.join(sorted(_STORED))})")
 
 
 def _now() -> datetime:
