@@ -176,7 +176,7 @@ def connect_rows(warehouse: Path, segment_id: int) -> int:
 
 def add_heap_users(warehouse: Path, *rows: tuple[str | None, str | None]) -> list[int]:
     """Add Heap users (identity, app_user_id) to the demo warehouse's Heap Connect `users`; their Heap user_ids."""
-    from segment_ops.sandbox.warehouse import heap_user_id
+    from segment_ops.sandbox.heap.connect import heap_user_id
 
     ids = [heap_user_id(f"test:{identity}:{target}") for identity, target in rows]
     values = ", ".join(f"({uid}, {_sql(identity)}, now(), now(), NULL, {_sql(target)})"

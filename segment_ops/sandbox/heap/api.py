@@ -4,7 +4,7 @@ Vendor sources: spec §3, a paraphrase of Heap's server-side API reference (deve
 APIs": track, add user properties, add account properties, the privacy auth token); its "(unverified)"
 marks are the points below. Heap's segment membership is not read through this API: Heap pushes it by
 signed webhook (`webhooks.py`, after heap/heap-api-reference) and exports it to Heap Connect
-(`../warehouse.py`), so there is no read API to emulate here.
+(`connect.py`), so there is no read API to emulate here.
 
 `POST /api/track` (single, or bulk `events`), `/api/add_user_properties` (single, or bulk `users`),
 `/api/add_account_properties` (single, or bulk `accounts`), and `/api/public/v0/auth_token` (Basic
