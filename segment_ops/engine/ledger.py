@@ -421,11 +421,19 @@ class Ledger:
             [(sync, run_id, r.record_key, r.source, r.reason, r.record, _now()) for r in rejections],
         )
 
-    def reject_relation(self, sync: str, relation: str, *, run_id: str | None = None) -> None:
-        """Keep the rows of `relation` (record_key, source, reason, record) in the rejected table."""
-        self.con.execute(
+    def reject_relation(self, sync: str, relation: str, *, run_id: str | None = None,
+                        once_per_reason: bool = False) -> int:
+        """Keep the rows of `relation` (record_key, source, reason, record) in the rejected table; returns how
+        many were kept. `once_per_reason` skips a key already rejected for the same reason (a row that every
+        run would reject again, e.g. an unresolvable identity, is then kept once, not once per run)."""
+        new = (" AS n WHERE NOT EXISTS (SELECT 1 FROM rejected r WHERE r.sync = $sync "
+               "AND r.record_key IS NOT DISTINCT FROM n.record_key AND r.reason IS NOT DISTINCT FROM n.reason)"
+               if once_per_reason else "")
+        kept = self.con.execute(
             f"INSERT INTO rejected (sync, run_id, record_key, source, reason, record, rejected_at) "
-            f"SELECT ?, ?, record_key, source, reason, record, ? FROM {relation}", [sync, run_id, _now()])
+            f"SELECT $sync, $run_id, record_key, source, reason, record, $now FROM {relation}{new}",
+            {"sync": sync, "run_id": run_id, "now": _now()}).fetchone()
+        return kept[0] if kept else 0
 
     def iter_pending(self, sync: str, chunk_rows: int = 20_000,
                      seqs: range | None = None) -> Iterator[list[tuple[int, str]]]:

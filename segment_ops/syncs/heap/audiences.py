@@ -636,16 +636,11 @@ def _reject_unresolved(con: duckdb.DuckDBPyConnection, ledger: Ledger, audience:
                        run_id: str | None) -> int:
     """Members that resolve to no userId go to the ledger's rejected table, once per identity and reason."""
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE heap_new_rejections AS
+        CREATE OR REPLACE TEMP TABLE heap_rejections AS
         SELECT h.identity AS record_key, {literal(f'heap segment {audience.segment_id}')} AS source, h.reason,
                to_json({{'identity': h.identity}})::VARCHAR AS record
-        FROM heap_resolution h
-        WHERE h.user_id IS NULL AND NOT EXISTS (
-            SELECT 1 FROM rejected r WHERE r.sync = {literal(audience.sync)} AND r.record_key = h.identity
-                                       AND r.reason = h.reason)
+        FROM heap_resolution h WHERE h.user_id IS NULL
     """)
-    count = con.execute("SELECT count(*) FROM heap_new_rejections").fetchone()[0]
-    if count:
-        ledger.reject_relation(audience.sync, "heap_new_rejections", run_id=run_id)
-    con.execute("DROP TABLE heap_new_rejections")
+    count = ledger.reject_relation(audience.sync, "heap_rejections", run_id=run_id, once_per_reason=True)
+    con.execute("DROP TABLE heap_rejections")
     return count
