@@ -14,7 +14,8 @@ control endpoints under `/__sandbox__` are never faulted:
   that account's Pendo usage drops to `factor` from that UTC day on (until reset)
 - `GET|POST /__sandbox__/heap/webhooks`           register a Heap segment-sync webhook target
   (`{"url", "secret"?, "interval_seconds"?, "page_size"?}`; see `heap/webhooks.py`)
-- `POST /__sandbox__/heap/push`                   push signed segment-sync deltas now; returns the sync_task_ids
+- `POST /__sandbox__/heap/push`                   push signed segment-sync deltas now; returns their
+  sync_task_ids
 - `GET  /__sandbox__/heap/deliveries`             each pushed page's attempts and outcome
 """
 
@@ -71,11 +72,11 @@ class SandboxConfig:
     segment_dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS  # messageId dedupe, about 24 h (spec §7)
     public_api_rate_limit_per_min: int = 600  # points/min per token (a third-party claim, unverified)
     pendo_rate_limit: float | None = None  # requests/s per key before 429 (Pendo's numbers are unpublished)
-    pendo_timezone: str = SANDBOX_PENDO_TIMEZONE  # the subscription's zone: Pendo's days start at its midnight
+    pendo_timezone: str = SANDBOX_PENDO_TIMEZONE  # the subscription's: Pendo's days start at its midnight
     splunk_ack: bool = False  # indexer acknowledgement on the HEC token
-    splunk_ack_delay: float = 2.0  # seconds until an ackId turns true (indexing takes time; acks can take minutes)
+    splunk_ack_delay: float = 2.0  # seconds until an ackId turns true (indexing takes time: even minutes)
     splunk_max_content_length: int = 1_000_000
-    splunk_max_idle_time: float | None = 600.0  # seconds a channel may idle before HEC forgets it (maxIdleTime)
+    splunk_max_idle_time: float | None = 600.0  # HEC's maxIdleTime: seconds before it forgets a channel
     record_limit: int = 100_000  # stored bodies per API; counts stay exact beyond it
     segment_write_key: str = field(default=SANDBOX_SEGMENT_WRITE_KEY, repr=False)
     public_api_token: str = field(default=SANDBOX_SEGMENT_PUBLIC_API_TOKEN, repr=False)
@@ -273,11 +274,13 @@ class _Control:
     async def _pendo_usage_drop(self, request: Request) -> Response:
         try:
             body = orjson.loads(await request.body())
-            day = datetime.strptime(str(body["from_day"]), "%Y-%m-%d").date()  # a day of the subscription's zone
+            # A day of the subscription's zone.
+            day = datetime.strptime(str(body["from_day"]), "%Y-%m-%d").date()
             pendo = next(e for e in self.emulators if isinstance(e, Pendo))
             pendo.drop_usage_from_day(body["accountId"], day, float(body.get("factor", 0.0)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            return _bad_request(f'expected {{"accountId": "...", "from_day": "YYYY-MM-DD", "factor"?: 0..1}}: {exc}')
+            return _bad_request(
+                f'expected {{"accountId": "...", "from_day": "YYYY-MM-DD", "factor"?: 0..1}}: {exc}')
         return json_response({"accountId": body["accountId"], "from_day": body["from_day"],
                               "factor": float(body.get("factor", 0.0))})
 

@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--segment-dedupe-window",
         type=float,
         default=24 * 3600.0,
-        help="Seconds Segment remembers a messageId (about 24 h); a later repeat is counted as a late duplicate "
-        "that reaches destinations (default: %(default)s).",
+        help="Seconds Segment remembers a messageId (about 24 h); a later repeat is counted as a late "
+        "duplicate that reaches destinations (default: %(default)s).",
     )
     parser.add_argument("--splunk-ack", action="store_true", help="Turn on HEC indexer acknowledgement.")
     parser.add_argument("--splunk-ack-delay", type=float, default=2.0,

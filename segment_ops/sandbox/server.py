@@ -67,7 +67,8 @@ class RunningSandbox:
         return self._call("GET", "/heap/deliveries")["deliveries"]
 
     def pendo_usage_drop(self, account_id: str, from_day: str, factor: float = 0.0) -> dict:
-        """Make a Pendo account's usage drop to `factor` from UTC day `from_day` (YYYY-MM-DD) on, until reset."""
+        """Make a Pendo account's usage drop to `factor` from UTC day `from_day` (YYYY-MM-DD) on, until
+        reset."""
         return self._call("POST", "/pendo/usage-drop",
                           json={"accountId": account_id, "from_day": from_day, "factor": factor})
 

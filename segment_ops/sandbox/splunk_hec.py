@@ -212,7 +212,8 @@ class SplunkHec:
         if not self.ack:
             return _reply(14)
         try:
-            ack_ids = [int(i) for i in orjson.loads(await read_body(request, self.max_content_length))["acks"]]
+            body = await read_body(request, self.max_content_length)
+            ack_ids = [int(i) for i in orjson.loads(body)["acks"]]
         except (BodyTooLarge, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return _reply(6)
         ready = self._use(channel) if channel else None

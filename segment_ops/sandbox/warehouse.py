@@ -78,14 +78,16 @@ def _create_tables(con: duckdb.DuckDBPyConnection, data: DemoData) -> None:
         CREATE TABLE orders AS
         SELECT 'ord_' || lpad(order_no::VARCHAR, 9, '0') AS order_id, user_id::VARCHAR AS user_id,
                account_id::VARCHAR AS account_id, status::VARCHAR AS status,
-               amount::DECIMAL(10, 2) AS amount, currency::VARCHAR AS currency, completed_at::TIMESTAMPTZ AS completed_at,
+               amount::DECIMAL(10, 2) AS amount, currency::VARCHAR AS currency,
+               completed_at::TIMESTAMPTZ AS completed_at,
                updated_at::TIMESTAMPTZ AS updated_at
         FROM orders_df
     """)
     con.execute("""
         CREATE TABLE customers AS
         WITH ltv AS (
-            SELECT user_id, sum(amount) FILTER (WHERE status = 'completed') AS value FROM orders GROUP BY user_id
+            SELECT user_id, sum(amount) FILTER (WHERE status = 'completed') AS value
+            FROM orders GROUP BY user_id
         )
         SELECT u.user_id, u.email, u.name, u.account_id, u.plan, u.country,
                coalesce(ltv.value, 0)::DECIMAL(12, 2) AS lifetime_value,

@@ -197,7 +197,8 @@ def _build_accounts(config: DemoConfig) -> _Accounts:
     n = config.n_accounts
     rng = np.random.default_rng([config.seed, _SALT_ACCOUNTS])
     number = np.arange(1, n + 1)
-    ids = _text(pc.binary_join_element_wise("acc_", pc.utf8_lpad(pa.array(number).cast(pa.string()), 5, "0"), ""))
+    padded = pc.utf8_lpad(pa.array(number).cast(pa.string()), 5, "0")
+    ids = _text(pc.binary_join_element_wise("acc_", padded, ""))
     prefix = rng.integers(0, len(_NAME_PREFIXES), n)
     noun = rng.integers(0, len(_NAME_NOUNS), n)
     suffix = rng.integers(0, len(_NAME_SUFFIXES), n)
@@ -205,7 +206,9 @@ def _build_accounts(config: DemoConfig) -> _Accounts:
     names = _text(pc.binary_join_element_wise(
         prefixes.take(prefix), nouns.take(noun), pa.array(_NAME_SUFFIXES).take(suffix), " "
     ))
-    domains = _text(pc.utf8_lower(pc.binary_join_element_wise(prefixes.take(prefix), nouns.take(noun), ".example", "")))
+    domains = _text(pc.utf8_lower(
+        pc.binary_join_element_wise(prefixes.take(prefix), nouns.take(noun), ".example", "")
+    ))
     plan_idx = rng.choice(len(_PLANS), size=n, p=_PLAN_WEIGHTS)
     seat_median = np.array([2, 8, 35, 300])[plan_idx]
     seats = np.maximum(1, np.rint(seat_median * rng.lognormal(0, 0.5, n))).astype(np.int64)
@@ -236,7 +239,8 @@ def _build_accounts(config: DemoConfig) -> _Accounts:
         "name": pd.Series(names, dtype="str"),
         "plan": pd.Series(_PLANS[plan_idx], dtype="str"),
         "seats": seats,
-        "industry": pd.Series(np.array(_INDUSTRIES, dtype=object)[rng.integers(0, len(_INDUSTRIES), n)], dtype="str"),
+        "industry": pd.Series(np.array(_INDUSTRIES, dtype=object)[rng.integers(0, len(_INDUSTRIES), n)],
+                              dtype="str"),
         "mrr": mrr,
         "created_at": _timestamps(created_ms),
         "updated_at": _timestamps(updated_ms),
@@ -273,7 +277,8 @@ def _build_users(config: DemoConfig, acc: _Accounts) -> _Users:
     lead[np.flatnonzero(anonymous)[0]] = True
     null = pa.scalar(None, pa.string())
 
-    user_id = pc.if_else(identified, pc.binary_join_element_wise("usr_", pc.utf8_lpad(number, 7, "0"), ""), null)
+    user_id = pc.if_else(identified, pc.binary_join_element_wise("usr_", pc.utf8_lpad(number, 7, "0"), ""),
+                         null)
     anonymous_id = _uuid4_strings(rng.integers(0, 256, (n, 16), dtype=np.uint8))
 
     # Accounts: skewed sizes (a few big customers), never into the accounts meant to stay empty.

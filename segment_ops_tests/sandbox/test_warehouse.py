@@ -32,7 +32,8 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> object:
     return con.execute(sql).fetchone()[0]
 
 
-def test_returns_the_row_count_of_every_table(built: tuple[Path, dict[str, int]], con: duckdb.DuckDBPyConnection) -> None:
+def test_returns_the_row_count_of_every_table(built: tuple[Path, dict[str, int]],
+                                              con: duckdb.DuckDBPyConnection) -> None:
     counts = built[1]
     assert set(counts) == set(TABLES)
     for table, count in counts.items():
@@ -42,25 +43,30 @@ def test_returns_the_row_count_of_every_table(built: tuple[Path, dict[str, int]]
 
 def test_timestamps_are_timestamptz_and_money_is_decimal(con: duckdb.DuckDBPyConnection) -> None:
     types = dict(con.execute("""
-        SELECT table_schema || '.' || table_name || '.' || column_name, data_type FROM information_schema.columns
+        SELECT table_schema || '.' || table_name || '.' || column_name, data_type
+        FROM information_schema.columns
     """).fetchall())
     for column in ("main.customers.created_at", "main.customers.updated_at", "main.accounts.updated_at",
-                   "main.orders.completed_at", "main.orders.updated_at", "main_production.segment_members.synced_at",
-                   "main_production.users.joindate", "main_production.users.last_modified"):
+                   "main.orders.completed_at", "main.orders.updated_at",
+                   "main_production.segment_members.synced_at", "main_production.users.joindate",
+                   "main_production.users.last_modified"):
         assert types[column] == "TIMESTAMP WITH TIME ZONE", column
     assert types["main.orders.amount"].startswith("DECIMAL")
     assert types["main.customers.lifetime_value"].startswith("DECIMAL")
     assert types["main.accounts.seats"] == "INTEGER"
-    assert types["main_production.users.user_id"] == types["main_production.segment_members.user_id"] == "BIGINT"
+    assert types["main_production.users.user_id"] == "BIGINT"
+    assert types["main_production.segment_members.user_id"] == "BIGINT"
     assert types["main_production.segment_members.segment_id"] == "BIGINT"
 
 
-def test_customers_are_known_users_with_the_malformed_rows_kept(data: DemoData, con: duckdb.DuckDBPyConnection) -> None:
+def test_customers_are_known_users_with_the_malformed_rows_kept(data: DemoData,
+                                                                 con: duckdb.DuckDBPyConnection) -> None:
     users = data.users
     known = users[users["user_id"].notna() | users["email"].notna()]
     assert _scalar(con, "SELECT count(*) FROM customers") == len(known)
     assert _scalar(con, "SELECT count(*) FROM customers WHERE user_id IS NULL") > 0
-    assert _scalar(con, "SELECT count(*) - count(DISTINCT user_id) FROM customers WHERE user_id IS NOT NULL") == 1
+    duplicates = "SELECT count(*) - count(DISTINCT user_id) FROM customers WHERE user_id IS NOT NULL"
+    assert _scalar(con, duplicates) == 1
     assert _scalar(con, "SELECT count(*) FROM customers WHERE email = 'not-an-email'") == 1
 
 
@@ -75,7 +81,8 @@ def test_orders_are_about_three_per_customer_with_all_statuses(con: duckdb.DuckD
     assert 2.5 <= per_customer <= 4
     statuses = {s for (s,) in con.execute("SELECT DISTINCT status FROM orders").fetchall()}
     assert statuses == {"completed", "pending", "refunded"}
-    assert _scalar(con, "SELECT count(*) FROM orders WHERE (status = 'pending') <> (completed_at IS NULL)") == 0
+    mismatched = "SELECT count(*) FROM orders WHERE (status = 'pending') <> (completed_at IS NULL)"
+    assert _scalar(con, mismatched) == 0
     assert _scalar(con, "SELECT count(*) FROM orders WHERE updated_at < completed_at") == 0
     assert _scalar(con, "SELECT count(DISTINCT order_id) = count(*) FROM orders")
     assert _scalar(con, "SELECT count(*) FROM orders o ANTI JOIN customers c USING (user_id)") == 0
@@ -94,12 +101,14 @@ def test_lifetime_value_is_the_sum_of_completed_orders(con: duckdb.DuckDBPyConne
 MEMBERS = "main_production.segment_members m JOIN main_production.users u USING (user_id)"
 
 
-def test_heap_connect_tables_reflect_membership_at_now(data: DemoData, con: duckdb.DuckDBPyConnection) -> None:
+def test_heap_connect_tables_reflect_membership_at_now(data: DemoData,
+                                                       con: duckdb.DuckDBPyConnection) -> None:
     for segment in data.heap_segments():
-        members = [m for (m,) in con.execute(
-            f"SELECT u.identity FROM {MEMBERS} WHERE m.segment_id = ? ORDER BY 1", [segment["id"]]).fetchall()]
+        query = f"SELECT u.identity FROM {MEMBERS} WHERE m.segment_id = ? ORDER BY 1"
+        members = [m for (m,) in con.execute(query, [segment["id"]]).fetchall()]
         assert members == sorted(data.heap_segment_members(segment["id"], NOW))
-    synced = {s for (s,) in con.execute("SELECT DISTINCT synced_at FROM main_production.segment_members").fetchall()}
+    synced = {s for (s,) in con.execute("SELECT DISTINCT synced_at FROM main_production.segment_members")
+              .fetchall()}
     assert synced == {datetime(2026, 11, 20, 12, 0, tzinfo=UTC)}  # start of the 4-hour window holding NOW
 
 
@@ -107,13 +116,16 @@ def test_heap_connect_users_have_heaps_own_user_ids(con: duckdb.DuckDBPyConnecti
     assert _scalar(con, "SELECT count(DISTINCT user_id) = count(*) FROM main_production.users")
     assert _scalar(con, "SELECT min(user_id) > 0 AND max(user_id) < 2^53 FROM main_production.users")
     assert _scalar(con, "SELECT count(*) FROM main_production.users WHERE identity IS NULL") > 0  # anonymous
-    assert _scalar(con, "SELECT count(*) FROM main_production.segment_members ANTI JOIN main_production.users "
-                        "USING (user_id)") == 0
+    assert _scalar(con, "SELECT count(*) FROM main_production.segment_members "
+                        "ANTI JOIN main_production.users USING (user_id)") == 0
 
 
-def test_the_users_table_maps_heap_identities_to_known_segment_user_ids(con: duckdb.DuckDBPyConnection) -> None:
-    mapped = "SELECT identity, app_user_id AS user_id FROM main_production.users WHERE app_user_id IS NOT NULL"
-    assert sorted(con.execute(mapped).fetchall()) == sorted(con.execute("SELECT * FROM identity_map").fetchall())
+def test_the_users_table_maps_heap_identities_to_known_segment_user_ids(
+        con: duckdb.DuckDBPyConnection) -> None:
+    mapped = ("SELECT identity, app_user_id AS user_id FROM main_production.users "
+              "WHERE app_user_id IS NOT NULL")
+    identity_map = con.execute("SELECT * FROM identity_map").fetchall()
+    assert sorted(con.execute(mapped).fetchall()) == sorted(identity_map)
     assert _scalar(con, f"SELECT count(*) FROM ({mapped}) ANTI JOIN customers c USING (user_id)") == 0
 
 
@@ -127,7 +139,8 @@ def test_identity_map_resolves_all_but_a_few_members(con: duckdb.DuckDBPyConnect
     assert _scalar(con, "SELECT count(*) FROM identity_map i ANTI JOIN customers c USING (user_id)") == 0
 
 
-def test_same_data_builds_identical_tables(data: DemoData, tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+def test_same_data_builds_identical_tables(data: DemoData, tmp_path: Path,
+                                           con: duckdb.DuckDBPyConnection) -> None:
     again = tmp_path / "again.duckdb"
     build_demo_warehouse(again, data)
     other = duckdb.connect(str(again), read_only=True)

@@ -32,8 +32,8 @@ def test_sizes_grow_linearly_with_scale() -> None:
 
 def test_frames_have_the_documented_columns_and_types(data: DemoData) -> None:
     users, accounts = data.users, data.accounts
-    assert list(users.columns) == ["user_id", "anonymous_id", "email", "name", "account_id", "plan", "country",
-                                   "created_at", "updated_at", "is_active"]
+    assert list(users.columns) == ["user_id", "anonymous_id", "email", "name", "account_id", "plan",
+                                   "country", "created_at", "updated_at", "is_active"]
     assert list(accounts.columns) == ["account_id", "name", "plan", "seats", "industry", "mrr", "created_at",
                                       "updated_at"]
     for frame in (users, accounts):

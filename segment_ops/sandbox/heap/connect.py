@@ -82,8 +82,8 @@ def _heap_connect(data: HeapDemoData) -> tuple[pd.DataFrame, pd.DataFrame]:
                               "joindate": unknown["created_at"].to_numpy(),
                               "last_modified": unknown["updated_at"].to_numpy(),
                               "key": unknown["anonymous_id"].to_numpy()})
-    users = pd.concat([identified.assign(key=identified["identity"]), only.assign(key=only["identity"]), anonymous],
-                      ignore_index=True)
+    users = pd.concat([identified.assign(key=identified["identity"]), only.assign(key=only["identity"]),
+                       anonymous], ignore_index=True)
     users["user_id"] = [heap_user_id(str(k)) for k in users.pop("key")]
     for column in ("joindate", "last_modified"):
         users[column] = pd.to_datetime(users[column], utc=True)

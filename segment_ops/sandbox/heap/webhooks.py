@@ -147,8 +147,8 @@ class HeapWebhookPusher:
         try:
             target = Target(
                 id=uuid.uuid4().hex[:12], url=url, secret=str(spec.get("secret") or self._default_secret),
-                interval_seconds=float(spec.get("interval_seconds", 0)), page_size=int(spec.get("page_size",
-                                                                                              DEFAULT_PAGE_SIZE)),
+                interval_seconds=float(spec.get("interval_seconds", 0)),
+                page_size=int(spec.get("page_size", DEFAULT_PAGE_SIZE)),
                 segments=tuple(int(s) for s in spec["segments"]) if spec.get("segments") else None,
                 max_attempts=int(spec.get("max_attempts", 8)),
                 retry_initial_seconds=float(spec.get("retry_initial_seconds", 1.0)),
@@ -190,7 +190,8 @@ class HeapWebhookPusher:
             segment_id = int(spec["segment"])
         except (KeyError, TypeError, ValueError):
             raise PushError("segment must be a Heap segment id") from None
-        segment = next((s for s in self._demo(datetime.now(UTC)).heap_segments() if s["id"] == segment_id), None)
+        segments = self._demo(datetime.now(UTC)).heap_segments()
+        segment = next((s for s in segments if s["id"] == segment_id), None)
         if segment is None:
             raise PushError(f"unknown segment {segment_id}")
         time_adjust = _time_adjust(spec)
@@ -201,7 +202,8 @@ class HeapWebhookPusher:
             drains = []
             for target in targets:
                 target.members.pop(segment_id, None)  # its next push of the segment adds every member again
-                delivery = Delivery(target, f"drain-{uuid.uuid4().hex[:12]}", None, _drain_body(segment, target),
+                drain_id = f"drain-{uuid.uuid4().hex[:12]}"
+                delivery = Delivery(target, drain_id, None, _drain_body(segment, target),
                                     bool(spec.get("bad_signature")), time_adjust)
                 self._log.append(delivery)
                 heapq.heappush(self._queue, (time.monotonic(), next(self._order), delivery))
@@ -210,7 +212,8 @@ class HeapWebhookPusher:
         return drains
 
     def wait(self, request_ids: list[str], timeout: float) -> list[dict]:
-        """Block until every delivery of these syncs or drains is delivered or failed (or `timeout`); their log."""
+        """Block until every delivery of these syncs or drains is delivered or failed (or `timeout`); their
+        log."""
         wanted = set(request_ids)
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -263,10 +266,11 @@ class HeapWebhookPusher:
                     if number in omit:
                         continue
                     for _ in range(2 if number in duplicate else 1):
-                        deliveries.append(Delivery(target, task, number, body, bool(spec.get("bad_signature")),
-                                                   time_adjust))
-                syncs.append({"sync_task_id": task, "segment_id": segment["id"], "segment_name": segment["name"],
-                              "total_pages": len(pages), "adds": sum(1 for k, _ in changes if k == "add"),
+                        deliveries.append(Delivery(target, task, number, body,
+                                                   bool(spec.get("bad_signature")), time_adjust))
+                syncs.append({"sync_task_id": task, "segment_id": segment["id"],
+                              "segment_name": segment["name"], "total_pages": len(pages),
+                              "adds": sum(1 for k, _ in changes if k == "add"),
                               "removes": sum(1 for k, _ in changes if k == "remove"), "target": target.id})
             target.last_push = time.monotonic()
             for delivery in deliveries:
@@ -278,7 +282,8 @@ class HeapWebhookPusher:
     def _start_threads(self) -> None:
         if self._threads:
             return
-        for name, loop in (("heap-webhook-sender", self._send_loop), ("heap-webhook-timer", self._timer_loop)):
+        loops = (("heap-webhook-sender", self._send_loop), ("heap-webhook-timer", self._timer_loop))
+        for name, loop in loops:
             thread = threading.Thread(target=loop, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -287,7 +292,8 @@ class HeapWebhookPusher:
         while True:
             with self._lock:
                 while not self._queue or self._queue[0][0] > time.monotonic():
-                    self._lock.wait(None if not self._queue else max(0.0, self._queue[0][0] - time.monotonic()))
+                    timeout = None if not self._queue else max(0.0, self._queue[0][0] - time.monotonic())
+                    self._lock.wait(timeout)
                 _, _, delivery = heapq.heappop(self._queue)
                 if delivery.status != "pending":
                     continue
@@ -301,7 +307,8 @@ class HeapWebhookPusher:
                     delivery.status = "failed"
                 else:
                     target = delivery.target
-                    delay = min(target.retry_initial_seconds * 2 ** (delivery.attempts - 1), target.retry_max_seconds)
+                    delay = min(target.retry_initial_seconds * 2 ** (delivery.attempts - 1),
+                                target.retry_max_seconds)
                     heapq.heappush(self._queue, (time.monotonic() + delay, next(self._order), delivery))
                 self._lock.notify_all()
 

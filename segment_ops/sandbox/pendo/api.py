@@ -119,12 +119,14 @@ class Pendo:
             self._drops.clear()
 
     def drop_usage_from_day(self, account_id: str, day: date, factor: float = 0.0) -> None:
-        """From the subscription's day `day` on (its local midnight), `account_id` keeps `factor` of its usage."""
-        self.drop_usage(account_id, int(datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp() * 1000),
-                        factor)
+        """From the subscription's day `day` on (its local midnight), `account_id` keeps `factor` of its
+        usage."""
+        midnight = datetime(day.year, day.month, day.day, tzinfo=self.zone)
+        self.drop_usage(account_id, int(midnight.timestamp() * 1000), factor)
 
     def drop_usage(self, account_id: str, from_ms: int, factor: float = 0.0) -> None:
-        """Buckets starting at `from_ms` or later: `account_id` keeps only `factor` (0..1) of its events and minutes."""
+        """Buckets starting at `from_ms` or later: `account_id` keeps only `factor` (0..1) of its events and
+        minutes."""
         if not account_id or not isinstance(account_id, str):
             raise ValueError("accountId must be a non-empty string")
         if not 0.0 <= factor < 1.0:
@@ -159,7 +161,8 @@ class Pendo:
         expand = request.query_params.get("expand")
         if expand not in (None, "*"):
             return text_response(f"expand must be *, not {expand!r}", 400)
-        apps = None if expand == "*" else (PENDO_DEFAULT_APP_ID,)  # the tech note: default app unless expand=*
+        # The tech note: the default app's features unless `expand=*`.
+        apps = None if expand == "*" else (PENDO_DEFAULT_APP_ID,)
         return json_response(await run_in_threadpool(lambda: self.demo().pendo_features(apps)))
 
     async def _account(self, request: Request) -> Response:
@@ -210,8 +213,8 @@ class Pendo:
             rows = demo.pendo_poll_events(time_series["first"], time_series["last"], apps)
         else:
             try:
-                rows = demo.pendo_events(source, time_series["first"], time_series["last"], time_series["period"],
-                                         timezone=self.timezone, apps=apps)
+                rows = demo.pendo_events(source, time_series["first"], time_series["last"],
+                                         time_series["period"], timezone=self.timezone, apps=apps)
             except ValueError as exc:
                 raise PipelineError(str(exc)) from None
             rows = self._apply_drops(rows)
@@ -235,7 +238,8 @@ class Pendo:
                 continue
             events = int(row["numEvents"] * drop[1])
             if events > 0:
-                kept.append({**row, "numEvents": events, "numMinutes": max(1, int(row["numMinutes"] * drop[1]))})
+                minutes = max(1, int(row["numMinutes"] * drop[1]))
+                kept.append({**row, "numEvents": events, "numMinutes": minutes})
         return kept
 
 
@@ -247,8 +251,9 @@ def _apps(named: str | frozenset[int] | None) -> Collection[int] | None:
 
 
 def _whole_hour_zone(name: str) -> ZoneInfo:
-    """The subscription's zone; Pendo offers whole-hour zones only (support.pendo.io), so the sandbox does too,
-    over the days its demo data spans (a zone that was half-hour before them, such as America/Caracas, is one)."""
+    """The subscription's zone; Pendo offers whole-hour zones only (support.pendo.io), so the sandbox does
+    too, over the days its demo data spans (a zone that was half-hour before them, such as America/Caracas,
+    is one)."""
     zone = ZoneInfo(name)
     offset = fractional_offset(zone, POPULATION_START.date())
     if offset is not None:

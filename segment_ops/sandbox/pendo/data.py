@@ -66,14 +66,16 @@ class PendoDemoData(DemoWorld):
 
     @gc_paused
     def pendo_visitors(self) -> list[dict]:
-        """Pendo visitor rows for every user created by `now` (anonymous ones as `_PENDO_T_<anonymous_id>`)."""
+        """Pendo visitor rows for every user created by `now` (anonymous ones as
+        `_PENDO_T_<anonymous_id>`)."""
         pop = self._pop
         idx = np.flatnonzero(pop.created_ms <= self._now_ms)
         last = self._last_visit_ms
         firstvisit = pop.created_ms[idx]
         lastvisit = np.where(last[idx] >= 0, last[idx], firstvisit)
         lastupdated = np.maximum(np.minimum(pop.updated_ms[idx], self._now_ms), lastvisit)
-        email = np.where(pop.identified[idx], pop.email[idx], None)  # the agent only knows identified visitors
+        # The agent only knows the email of identified visitors.
+        email = np.where(pop.identified[idx], pop.email[idx], None)
         return [
             {
                 "visitorId": vid,
@@ -132,7 +134,8 @@ class PendoDemoData(DemoWorld):
 
     @gc_paused
     def pendo_events(self, kind: str, first_ms: int, last_ms: int, period: str = "dayRange", *,
-                     timezone: str = SANDBOX_PENDO_TIMEZONE, apps: Collection[int] | None = None) -> list[dict]:
+                     timezone: str = SANDBOX_PENDO_TIMEZONE,
+                     apps: Collection[int] | None = None) -> list[dict]:
         """Usage rows per visitor and app (and page / feature / track type) per bucket overlapping
         [first_ms, last_ms) that ended by `now` (Pendo reports a bucket once it is processed).
 
@@ -148,7 +151,8 @@ class PendoDemoData(DemoWorld):
         if len(edges) < 2:
             return []
         lo, hi = int(edges[0]), int(edges[-1])
-        wanted = np.array([i for i, app in enumerate(PENDO_APPS) if apps is None or app.id in apps], dtype=np.int64)
+        wanted = np.array([i for i, app in enumerate(PENDO_APPS) if apps is None or app.id in apps],
+                          dtype=np.int64)
         parts = []
         for day in range(lo // DAY_MS, (hi - 1) // DAY_MS + 1):
             rows = _split_apps(self.config.seed, self._day_activity(day, self._active_candidates), day,
@@ -211,7 +215,8 @@ class PendoDemoData(DemoWorld):
         return np.array(edges + [begin] if edges else [], dtype=np.int64)
 
     @gc_paused
-    def pendo_poll_events(self, first_ms: int, last_ms: int, apps: Collection[int] | None = None) -> list[dict]:
+    def pendo_poll_events(self, first_ms: int, last_ms: int,
+                          apps: Collection[int] | None = None) -> list[dict]:
         """NPS answers (0-10) given in [first_ms, last_ms) and by `now`, oldest first.
 
         About a third of active users in used accounts answer the quarterly NPS guide, each on a
@@ -302,7 +307,8 @@ class PendoDemoData(DemoWorld):
         """Which of users `idx` use the app on `day` (epoch day), with counts and session hours."""
         pop, seed = self._pop, self.config.seed
         weekend = (day + 3) % 7 >= 5  # epoch day 0 was a Thursday
-        prob = pop.p_active[idx] * (0.25 if weekend else 1.0) * self._acc.decline_factor(pop.acc_idx[idx], day)
+        decline = self._acc.decline_factor(pop.acc_idx[idx], day)
+        prob = pop.p_active[idx] * (0.25 if weekend else 1.0) * decline
         active = (uniform(seed, _SALT_ACTIVE, idx, day) < prob) & (day > pop.created_ms[idx] // DAY_MS)
         who = idx[active]
         span = 1 + (uniform(seed, _SALT_SPAN, who, day) * 3).astype(np.int64)
@@ -310,7 +316,8 @@ class PendoDemoData(DemoWorld):
         draw = -np.log1p(-uniform(seed, _SALT_EVENTS, who, day))
         events = span + (draw * pop.events_mean[who]).astype(np.int64)
         pace = 0.5 + uniform(seed, _SALT_MINUTES, who, day)
-        minutes = np.clip(np.rint(events * pop.minutes_per_event[who] * pace), span, 60 * span).astype(np.int64)
+        minutes = np.clip(np.rint(events * pop.minutes_per_event[who] * pace), span,
+                          60 * span).astype(np.int64)
         return {"visitor": who, "events": events, "minutes": minutes, "h0": h0, "span": span}
 
 
@@ -332,16 +339,17 @@ class _ItemKind:
 
 
 _ITEM_FIELDS = {"pageEvents": "pageId", "featureEvents": "featureId", "trackEvents": "trackTypeId"}
-_FEATURE_NAMES = ("Create Report", "Export CSV", "Filter", "Share Dashboard", "Invite User", "Connect Integration",
-                  "Schedule Email", "Upgrade Button")
+_FEATURE_NAMES = ("Create Report", "Export CSV", "Filter", "Share Dashboard", "Invite User",
+                  "Connect Integration", "Schedule Email", "Upgrade Button")
 # Per kind: (salt, share, row_rate, web app's names, each mobile app's names).
 _ITEM_CATALOGUES = {
-    "pageEvents": (1, 0.85, 1.0, ("Dashboard", "Reports", "Settings", "Integrations", "Billing", "Team", "Onboarding",
-                                  "Search", "Alerts", "Help Center"),
+    "pageEvents": (1, 0.85, 1.0, ("Dashboard", "Reports", "Settings", "Integrations", "Billing", "Team",
+                                  "Onboarding", "Search", "Alerts", "Help Center"),
                    ("Home", "Scan", "Inbox", "Profile", "Settings")),
     "featureEvents": (2, 0.4, 0.9, _FEATURE_NAMES, ("Scan Receipt", "Push Opt-in", "Offline Sync")),
-    "trackEvents": (3, 0.15, 0.5, ("report_created", "export_completed", "user_invited", "integration_connected",
-                                   "plan_upgraded"), ("receipt_scanned", "push_opened")),
+    "trackEvents": (3, 0.15, 0.5, ("report_created", "export_completed", "user_invited",
+                                   "integration_connected", "plan_upgraded"),
+                    ("receipt_scanned", "push_opened")),
 }
 
 
@@ -354,10 +362,11 @@ def _catalogues(kind: str) -> tuple[_ItemKind, ...]:
     for index, app in enumerate(PENDO_APPS):
         names = web if app.platform == "web" else mobile
         keys = names if app.platform == "web" else tuple(f"{app.platform}:{n}" for n in names)
-        ids = np.array([b62(hashlib.blake2b(k.encode(), digest_size=16).digest(), 20) for k in keys], dtype=object)
+        ids = np.array([b62(hashlib.blake2b(k.encode(), digest_size=16).digest(), 20) for k in keys],
+                       dtype=object)
         weights = 1.0 / np.arange(1, len(names) + 1)
-        out.append(_ItemKind(salt + 10 * index, index, offset, tuple(names), ids, np.cumsum(weights) / weights.sum(),
-                             share, row_rate))
+        out.append(_ItemKind(salt + 10 * index, index, offset, tuple(names), ids,
+                             np.cumsum(weights) / weights.sum(), share, row_rate))
         offset += len(names)
     return tuple(out)
 
@@ -374,16 +383,18 @@ def _item_apps(kind: str) -> np.ndarray:
     return np.concatenate([np.full(len(c.ids), c.app, dtype=np.int64) for c in _catalogues(kind)])
 
 
-def _split_apps(seed: int, rows: dict[str, np.ndarray], day: int, mobile_app: np.ndarray) -> dict[str, np.ndarray]:
-    """Each visitor-day row as the web app's row plus, for users of a mobile app, that app's share (20-60% of the
-    day's events and minutes); rows left with no events are dropped. Adds the `app` column."""
+def _split_apps(seed: int, rows: dict[str, np.ndarray], day: int,
+                mobile_app: np.ndarray) -> dict[str, np.ndarray]:
+    """Each visitor-day row as the web app's row plus, for users of a mobile app, that app's share (20-60%
+    of the day's events and minutes); rows left with no events are dropped. Adds the `app` column."""
     who = rows["visitor"]
     app = mobile_app[who]
     share = np.where(app > 0, 0.2 + 0.4 * uniform(seed, _SALT_APP_SHARE, who, day), 0.0)
     mobile_events = np.floor(rows["events"] * share).astype(np.int64)
     mobile_minutes = np.rint(rows["minutes"] * share).astype(np.int64)
     web = {**rows, "events": rows["events"] - mobile_events,
-           "minutes": np.maximum(rows["minutes"] - mobile_minutes, 1), "app": np.zeros(len(who), dtype=np.int64)}
+           "minutes": np.maximum(rows["minutes"] - mobile_minutes, 1),
+           "app": np.zeros(len(who), dtype=np.int64)}
     mobile = {**rows, "events": mobile_events, "minutes": np.maximum(mobile_minutes, 1), "app": app}
     keep_web, keep_mobile = web["events"] > 0, mobile["events"] > 0
     return {k: np.concatenate([web[k][keep_web], mobile[k][keep_mobile]]) for k in web}
@@ -397,7 +408,8 @@ def _split_items(seed: int, rows: dict[str, np.ndarray], day: int, kind: str) ->
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _split_app_items(seed: int, rows: dict[str, np.ndarray], day: int, spec: _ItemKind) -> dict[str, np.ndarray]:
+def _split_app_items(seed: int, rows: dict[str, np.ndarray], day: int,
+                     spec: _ItemKind) -> dict[str, np.ndarray]:
     who = rows["visitor"]
     u = uniform(seed, _SALT_ITEM_SHARE, spec.salt, who, day)
     events = np.floor(rows["events"] * spec.share + u).astype(np.int64)
@@ -451,6 +463,7 @@ def _expand_hours(rows: dict[str, np.ndarray], day: int) -> dict[str, np.ndarray
     events = rows["events"][row] // s + (slot < rows["events"][row] % s)
     minutes = np.minimum(rows["minutes"][row] // s + (slot < rows["minutes"][row] % s), 60)
     out = {k: v[row] for k, v in rows.items() if k not in ("events", "minutes")}
-    out.update(events=events, minutes=np.maximum(minutes, 1), bucket=day * DAY_MS + (rows["h0"][row] + slot) * HOUR_MS)
+    out.update(events=events, minutes=np.maximum(minutes, 1),
+               bucket=day * DAY_MS + (rows["h0"][row] + slot) * HOUR_MS)
     keep = events > 0
     return {k: v[keep] for k, v in out.items()}

@@ -128,7 +128,8 @@ def app_ids_of(argument: Any) -> str | frozenset[int] | None:
         elif isinstance(item, str) and re.fullmatch(r"\s*-?\d+\s*", item):
             ids.add(int(item))
         else:
-            raise PipelineError(f'appId must be expandAppIds("*"), an app id or a list of app ids, not {item!r}')
+            raise PipelineError(
+                f'appId must be expandAppIds("*"), an app id or a list of app ids, not {item!r}')
     return frozenset(ids)
 
 
@@ -198,7 +199,8 @@ def _resolve_time_series(spec: Any, now_ms: int, zone: ZoneInfo) -> dict:
 
 
 def _align(moment_ms: int, period: str, zone: ZoneInfo) -> int:
-    """The start of the period holding `moment_ms`: local midnight for a day, the top of the hour for an hour."""
+    """The start of the period holding `moment_ms`: local midnight for a day, the top of the hour for an
+    hour."""
     if period == "dayRange":
         return _midnight_ms(datetime.fromtimestamp(moment_ms / 1000, UTC).astimezone(zone).date(), zone)
     return moment_ms // _PERIOD_MS[period] * _PERIOD_MS[period]

@@ -22,7 +22,8 @@ def test_heap_membership_is_fixed_within_a_sync_window(data: DemoData) -> None:
     window_start = datetime.fromtimestamp(NOW_MS // 14_400_000 * 14_400, UTC)
     for segment in data.heap_segments():
         first = data.heap_segment_members(segment["id"], window_start)
-        last = data.heap_segment_members(segment["id"], window_start + HEAP_SYNC_WINDOW - timedelta(seconds=1))
+        window_end = window_start + HEAP_SYNC_WINDOW - timedelta(seconds=1)
+        last = data.heap_segment_members(segment["id"], window_end)
         assert first == last == sorted(first)
 
 

@@ -151,7 +151,8 @@ def test_named_app_ids_answer_for_those_apps_only(sandbox_http):
 
 
 def test_a_malformed_app_id_is_a_400(sandbox_http):
-    source = {"events": {"appId": "web app"}, "timeSeries": {"period": "dayRange", "first": "now()", "count": -1}}
+    source = {"events": {"appId": "web app"},
+              "timeSeries": {"period": "dayRange", "first": "now()", "count": -1}}
 
     response = post(sandbox_http, aggregation({"source": source}))
 
@@ -160,7 +161,8 @@ def test_a_malformed_app_id_is_a_400(sandbox_http):
 
 def test_accounts_belong_to_the_subscription_whatever_the_app_id(sandbox_http):
     plain = post(sandbox_http, aggregation({"source": {"accounts": None}})).json()["results"]
-    expanded = post(sandbox_http, aggregation({"source": {"accounts": {"appId": 'expandAppIds("*")'}}})).json()
+    every_app = {"accounts": {"appId": 'expandAppIds("*")'}}
+    expanded = post(sandbox_http, aggregation({"source": every_app})).json()
 
     assert plain and expanded["results"] == plain
 
@@ -175,4 +177,5 @@ def test_the_feature_list_is_the_default_apps_unless_expanded(sandbox_http):
 
 
 def test_an_unknown_expand_value_is_a_400(sandbox_http):
-    assert sandbox_http.get("/pendo/api/v1/feature", params={"expand": "apps"}, headers=KEY).status_code == 400
+    response = sandbox_http.get("/pendo/api/v1/feature", params={"expand": "apps"}, headers=KEY)
+    assert response.status_code == 400

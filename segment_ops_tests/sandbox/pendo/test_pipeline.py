@@ -229,7 +229,8 @@ def test_a_day_starts_at_midnight_of_the_subscriptions_zone() -> None:
 
 def test_first_is_aligned_down_to_the_local_day_holding_it() -> None:
     # 02:00Z on 2024-03-15 is still 2024-03-14 in New York: that day's bucket starts at 04:00Z on the 14th
-    window = events_window({"period": "dayRange", "first": ms(2024, 3, 15, 2), "count": 1}, timezone="America/New_York")
+    window = events_window({"period": "dayRange", "first": ms(2024, 3, 15, 2), "count": 1},
+                           timezone="America/New_York")
     assert window["first"] == ms(2024, 3, 14, 4) == ms(2024, 3, 14, tz="America/New_York")
 
 
@@ -275,7 +276,8 @@ def test_without_app_id_the_source_names_no_app() -> None:
 ])
 def test_a_bad_app_id_is_rejected_before_any_data_is_read(app_id: Any, message: str) -> None:
     fetch = FakeSource()
-    source = {"events": {"appId": app_id}, "timeSeries": {"period": "dayRange", "first": MIDNIGHT, "count": 1}}
+    source = {"events": {"appId": app_id},
+              "timeSeries": {"period": "dayRange", "first": MIDNIGHT, "count": 1}}
     with pytest.raises(PipelineError, match=message):
         run_aggregation(body({"source": source}), fetch, now_ms=NOW)
     assert fetch.calls == []
