@@ -427,8 +427,8 @@ class Ledger:
         many were kept. `once_per_reason` skips a key already rejected for the same reason (a row that every
         run would reject again, e.g. an unresolvable identity, is then kept once, not once per run)."""
         new = (" AS n WHERE NOT EXISTS (SELECT 1 FROM rejected r WHERE r.sync = $sync "
-               "AND r.record_key IS NOT DISTINCT FROM n.record_key AND r.reason IS NOT DISTINCT FROM n.reason)"
-               if once_per_reason else "")
+               "AND r.record_key IS NOT DISTINCT FROM n.record_key "
+               "AND r.reason IS NOT DISTINCT FROM n.reason)" if once_per_reason else "")
         kept = self.con.execute(
             f"INSERT INTO rejected (sync, run_id, record_key, source, reason, record, rejected_at) "
             f"SELECT $sync, $run_id, record_key, source, reason, record, $now FROM {relation}{new}",
