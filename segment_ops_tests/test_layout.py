@@ -75,7 +75,7 @@ ENGINE_STATE_TABLES = ("ledger", "outcomes", "planned_messages", "rejected", "re
 _SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)[ \t]+(\w+)\b")
 
 
-@pytest.mark.parametrize("path", [p for p in modules(PACKAGE) if p.parent.name != "sandbox"
+@pytest.mark.parametrize("path", [p for p in modules(PACKAGE) if "sandbox" not in p.relative_to(PACKAGE).parts
                                   and p.name not in ("ledger.py", "store.py", "diff.py")],
                          ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_only_the_ledger_the_store_and_the_diff_name_the_engine_state_tables(path):
@@ -89,7 +89,8 @@ def test_every_state_table_created_in_the_code_belongs_to_a_registered_schema():
     from segment_ops.engine import store
 
     registered = {t for schema in store.registered() for t in schema.tables}
-    created = {(t, p.relative_to(PACKAGE).as_posix()) for p in modules(PACKAGE) if p.parent.name != "sandbox"
+    created = {(t, p.relative_to(PACKAGE).as_posix()) for p in modules(PACKAGE)
+               if "sandbox" not in p.relative_to(PACKAGE).parts
                for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", p.read_text())}
     loose = sorted((t, where) for t, where in created if t not in registered and t != "state_schema_versions")
     assert loose == [], f"state tables created outside a registered StateSchema: {loose}"

@@ -148,7 +148,7 @@ def segment_stats(sandbox) -> tuple[int, int]:
     return stats.get("received", 0), stats.get("duplicates", 0)
 
 
-# The demo warehouse's Heap Connect membership with each member's Heap identity (see sandbox/warehouse.py).
+# The demo warehouse's Heap Connect membership with each member's Heap identity (see sandbox/heap/connect.py).
 MEMBERS = ("(SELECT m.segment_id, u.user_id, u.identity, u.app_user_id FROM main_production.segment_members m "
            "JOIN main_production.users u USING (user_id))")
 

@@ -29,7 +29,7 @@ dropped. Each response body is written as it came to a spool file beside the sta
 by DuckDB (`read_json_objects`): Python never builds the rows as objects.
 
 The `group` stage's aggregate form is unverified in spec §4; the sandbox implements it as documented in
-`sandbox/pendo_pipeline.py`. No Dagster imports.
+`sandbox/pendo/pipeline.py`. No Dagster imports.
 """
 
 from __future__ import annotations
