@@ -52,9 +52,10 @@ def heap(clean_sandbox, receiver):
 
 
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
+def instance() -> dg.DagsterInstance:
+    """This test's own Dagster instance, in memory: the same SQL run and event storage as the SQLite files of
+    `instance_for_test`, without its temporary DAGSTER_HOME (0.4 s a test)."""
+    return dg.DagsterInstance.ephemeral()
 
 
 @pytest.fixture
