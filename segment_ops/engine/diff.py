@@ -17,7 +17,7 @@ import orjson
 from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
 from segment_ops.engine.delivery import DeliveryError, DeliveryReport, Destination, deliver_pending
-from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, SUPERSEDED, Ledger, LedgerCounts
+from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, SUPERSEDED, VERIFIED, Ledger, LedgerCounts
 from segment_ops.engine.spec import DiffSpec, SpecError
 from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
@@ -188,9 +188,9 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
             """
             CREATE OR REPLACE TEMP TABLE rev_advanced AS
             SELECT d.* FROM rev_closed d LEFT JOIN rev_snapshot s ON s.record_key = d.record_key
-            WHERE d.status = ? AND d.generation = ? AND d.version > coalesce(s.version, 0)
+            WHERE d.status IN (?, ?) AND d.generation = ? AND d.version > coalesce(s.version, 0)
             QUALIFY row_number() OVER (PARTITION BY d.record_key ORDER BY d.version DESC, d.seq DESC) = 1
-            """, [DELIVERED, current])
+            """, [DELIVERED, VERIFIED, current])
         advanced = con.execute("SELECT count(*) FROM rev_advanced").fetchone()[0]
         if advanced:
             con.execute("DELETE FROM rev_snapshot WHERE record_key IN (SELECT record_key FROM rev_advanced)")
@@ -473,9 +473,9 @@ def _settle_half_delivered(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync:
         SELECT p.message_id, p.seq FROM parts p
         WHERE p.status = ?
           AND NOT EXISTS (SELECT 1 FROM rev_wanted w WHERE w.message_id = p.message_id)
-          AND EXISTS (SELECT 1 FROM parts d WHERE d.status = ? AND d.record_key = p.record_key
+          AND EXISTS (SELECT 1 FROM parts d WHERE d.status IN (?, ?) AND d.record_key = p.record_key
                       AND d.generation = p.generation AND d.version = p.version)
-        """, [sync, PENDING, DELIVERED]).fetchall()
+        """, [sync, PENDING, DELIVERED, VERIFIED]).fetchall()
     _mark_superseded(con, ledger, sync, stale)
     if stale:
         con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT unnest(?::VARCHAR[]))",

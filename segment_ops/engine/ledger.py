@@ -74,7 +74,7 @@ RESETTABLE = frozenset(MessageState) - {_S.SUPPRESSED}
 
 # The stored words, importable as they always were (diff, delivery and the syncs use them).
 PENDING, DELIVERED, REJECTED = _S.PLANNED.value, _S.DELIVERED.value, _S.REJECTED.value
-AWAITING_ACK, SUPERSEDED = _S.AWAITING_ACK.value, _S.SUPERSEDED.value
+AWAITING_ACK, SUPERSEDED, VERIFIED = _S.AWAITING_ACK.value, _S.SUPERSEDED.value, _S.VERIFIED.value
 
 
 class UnknownStateError(ValueError):

@@ -111,3 +111,20 @@ def test_a_full_resync_sends_every_row_again_under_new_ids(con, segment_client, 
 
     ids = [m["messageId"] for m in clean_sandbox.received("segment")]
     assert again.delivery.delivered == 1 and len(set(ids)) == 2
+
+
+def test_a_change_verified_after_its_delivery_still_advances_the_snapshot(con, segment_client, clean_sandbox):
+    clean_sandbox.set_faults("segment", rate_503=1.0)
+    with pytest.raises(DeliveryIncomplete):
+        run_diff_sync(con, declared({"u1": "free"}, run := PlansRun()), run, segment_client)
+    clean_sandbox.clear_faults()
+    ledger = Ledger(con)
+    [(seq,)] = con.execute("SELECT seq FROM ledger WHERE sync = 'plans'").fetchall()
+    ledger.log_outcomes("plans", [(seq, "delivered", 1, None)])
+    ledger.log_outcomes("plans", [(seq, "verified", 1, None)])  # read back from Segment (issue 15)
+
+    again = PlansRun()
+    run_diff_sync(con, declared({"u1": "free"}, again), again, segment_client)
+
+    assert again.plan.unchanged == 1 and again.plan.planned == 0
+    assert clean_sandbox.received("segment") == []
