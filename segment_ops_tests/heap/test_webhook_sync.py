@@ -6,7 +6,7 @@ import httpx
 import orjson
 import pytest
 
-from segment_ops.resources import build_resources
+from segment_ops.resources import AlertsResource, build_resources
 from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops_tests.heap.conftest import (
     AT,
@@ -156,7 +156,11 @@ def test_a_stale_sync_alert_that_could_not_be_posted_is_posted_on_the_next_tick(
                                                                                  audiences_file):
     set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
     heap.push_heap(at=AT, omit_pages=[3], segments=[POWER_USERS])
-    impatient = build_resources()["alerts"].model_copy(update={"retry_max_attempts": 1})
+    # One attempt per post, built as a new resource: Dagster rebuilds a resource from the arguments it was made
+    # with, so a `model_copy(update=...)` of it is lost in the sensor (which then retried with backoff).
+    sandbox_alerts = build_resources()["alerts"]
+    impatient = AlertsResource(webhook_url=sandbox_alerts.webhook_url, dagster_ui_url=sandbox_alerts.dagster_ui_url,
+                               retry_max_attempts=1)
     heap.set_faults("slack", rate_500=1.0)
 
     failed = evaluate_sensor(instance, ops_env, path=audiences_file, alerts=impatient)
