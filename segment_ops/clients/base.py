@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import logging
+import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -176,6 +179,14 @@ class RateLimiter:
             time.sleep(wait)
 
 
+@functools.lru_cache(maxsize=4)
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """httpx's default certificate verification (certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR), built
+    once per setting: building it parses the whole CA bundle, about 25 ms, which each client paid anew (the
+    test suite creates well over a thousand). An SSLContext is safe to share between connections."""
+    return httpx.create_ssl_context()
+
+
 @dataclass
 class HttpClient:
     """A vendor's base URL, auth, timeouts and retry policy around one pooled `httpx.Client`.
@@ -211,6 +222,7 @@ class HttpClient:
             limits=httpx.Limits(max_connections=self.max_connections,
                                 max_keepalive_connections=self.max_connections),
             transport=self.transport,
+            verify=_tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
         )
 
     def __repr__(self) -> str:
