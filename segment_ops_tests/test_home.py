@@ -41,6 +41,7 @@ def cli(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.Complet
                           env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_replay_from_another_folder_uses_the_same_ledger_and_sends_nothing_again(tmp_path, user_home,
                                                                                  clean_sandbox):
     path = write_jsonl(tmp_path / "events.jsonl", track_calls(30))

@@ -50,6 +50,7 @@ def test_backfill_of_24_hours_forwards_every_audit_event_exactly_once(resources,
     assert all(checks(r)["no_gap_between_forwarded_windows"].passed for r in results)
 
 
+@pytest.mark.slow
 def test_a_range_run_forwards_every_hour_once_and_records_each_hour(resources, clean_sandbox, instance):
     *keys, next_hour = complete_hours(7)
 
@@ -94,6 +95,7 @@ def test_rerunning_an_hour_forwards_nothing(resources, clean_sandbox):
     assert len(received_ids(clean_sandbox)) == sent
 
 
+@pytest.mark.slow
 def test_a_late_event_in_a_reread_hour_is_forwarded_once(resources, clean_sandbox):
     key = complete_hours(3)[0]
     assert run_hour(resources, key).success
@@ -111,6 +113,7 @@ def test_a_late_event_in_a_reread_hour_is_forwarded_once(resources, clean_sandbo
     assert received_ids(clean_sandbox) == [*before, late["id"]]
 
 
+@pytest.mark.slow
 def test_a_hec_outage_fails_the_run_with_events_pending_and_the_next_run_delivers_without_duplicates(
         resources, clean_sandbox):
     keys = complete_hours(6)
@@ -194,6 +197,7 @@ def test_pull_metadata_counts_by_action_type(resources, clean_sandbox):
     assert isinstance(meta["duration_seconds"], float)
 
 
+@pytest.mark.slow
 def test_actor_emails_leave_hashed(resources, clean_sandbox):
     keys = complete_hours(6)
     for key in keys:

@@ -103,6 +103,7 @@ def test_an_ack_that_never_comes_is_sent_again_after_the_timeout(resources, clea
     assert Counter(received_ids(never)) == Counter({event_id: 2 for event_id in expected})
 
 
+@pytest.mark.slow
 def test_the_channel_is_made_once_and_kept_in_the_sync_state(resources, clean_sandbox, sandbox_factory, ops_env):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
     resources = resources | {"splunk": splunk_resource(acking)}

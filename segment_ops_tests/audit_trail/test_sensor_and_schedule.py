@@ -121,6 +121,7 @@ def test_while_acks_are_awaited_a_quiet_workspace_gets_a_run_each_tick_that_sett
     assert not after.run_requests  # nothing awaited any more
 
 
+@pytest.mark.slow
 def test_no_settle_run_is_requested_while_a_run_of_the_job_is_going(resources, clean_sandbox, sandbox_factory,
                                                                     instance):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=60.0)

@@ -57,7 +57,8 @@ def test_hec_retries_what_hec_and_a_load_balancer_mean_as_try_again_and_nothing_
     assert not any(status in HEC_RETRYABLE for status in (400, 401, 403, 404, 408, 410, 413, 501, 505, 507))
 
 
-@pytest.mark.parametrize("fault", ["rate_429", "rate_500", "rate_503"])
+# 429 waits out the sandbox's Retry-After of 1 s twice (2 s): slow.
+@pytest.mark.parametrize("fault", [pytest.param("rate_429", marks=pytest.mark.slow), "rate_500", "rate_503"])
 def test_hec_answers_that_mean_try_again_are_retried(clean_sandbox, fault):
     clean_sandbox.set_faults("splunk", **{fault: 1.0, "retry_after_seconds": 1})
     client = SplunkHecClient(f"{clean_sandbox.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN,

@@ -15,6 +15,7 @@ from segment_ops.syncs.audit_trail.defs import forward_window, missing_windows, 
 from segment_ops_tests.audit_trail.conftest import audit_ids, received_events, received_ids
 
 
+@pytest.mark.slow
 def test_a_14_day_backfill_forwards_every_event_once_and_daily_rereads_add_nothing(resources, clean_sandbox):
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start = end - timedelta(days=14)

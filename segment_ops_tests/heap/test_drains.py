@@ -182,6 +182,7 @@ def apply_pending(instance, resources, home, path=None):
     return sensed, [run_request(instance, resources, r, path=path) for r in sensed.run_requests]
 
 
+@pytest.mark.slow
 def test_a_heap_drain_is_stored_and_applied_through_the_sensor(heap, instance, resources, ops_env, warehouse,
                                                                audiences_file):
     set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")  # a small audience
@@ -202,6 +203,7 @@ def test_a_heap_drain_is_stored_and_applied_through_the_sensor(heap, instance, r
     assert Inbox.for_home(ops_env).drains() == [] and evaluate_sensor(instance, ops_env, path=audiences_file).run_requests == []
 
 
+@pytest.mark.slow
 def test_a_heap_drain_beyond_the_drop_guard_fails_the_run_and_waits_for_confirmation(heap, instance, resources,
                                                                                      ops_env, warehouse):
     heap.push_heap(at=AT, segments=[POWER_USERS])
@@ -220,6 +222,7 @@ def test_a_heap_drain_beyond_the_drop_guard_fails_the_run_and_waits_for_confirma
     assert Inbox.for_home(ops_env).drains() == []
 
 
+@pytest.mark.slow
 def test_with_policy_ignore_a_heap_drain_is_recorded_and_sends_nothing(heap, instance, resources, ops_env, warehouse,
                                                                        monkeypatch):
     heap.push_heap(at=AT, segments=[POWER_USERS])
@@ -326,6 +329,7 @@ def test_a_drain_repeated_after_a_newer_sync_was_applied_is_stored_anew_and_held
     assert len(calls(heap, "heap_power_users")["exited"]) == 2 * exited_first and Inbox.for_home(ops_env).drains() == []
 
 
+@pytest.mark.slow
 def test_a_held_drain_named_without_confirm_drop_fails_the_run(heap, instance, resources, ops_env, warehouse,
                                                                audiences_file):
     set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")
@@ -338,6 +342,7 @@ def test_a_held_drain_named_without_confirm_drop_fails_the_run(heap, instance, r
     assert not result.success and "is held" in step_failure(result, "power_users").description
 
 
+@pytest.mark.slow
 def test_a_drain_repeated_a_day_after_it_was_applied_is_a_new_drain_and_applied(heap, receiver, instance, resources,
                                                                                 ops_env, warehouse):
     key = post_drain(receiver, DRAIN_BODY)["drain"]

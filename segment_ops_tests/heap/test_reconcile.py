@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from segment_ops_tests.heap.conftest import (
     AT,
     FREE_CUSTOMERS,
@@ -40,6 +42,7 @@ def test_reconcile_alone_enters_the_connect_membership(resources, clean_sandbox,
     assert {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["entered"]} == expected
 
 
+@pytest.mark.slow
 def test_reconcile_after_webhooks_without_drift_sends_nothing(heap, instance, resources, ops_env, warehouse):
     heap.push_heap(at=AT, segments=[POWER_USERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
@@ -52,6 +55,7 @@ def test_reconcile_after_webhooks_without_drift_sends_nothing(heap, instance, re
     assert segment_stats(heap) == sent
 
 
+@pytest.mark.slow
 def test_reconcile_fixes_an_injected_drift(heap, instance, resources, ops_env, warehouse):
     heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
@@ -77,6 +81,7 @@ def test_reconcile_fixes_an_injected_drift(heap, instance, resources, ops_env, w
     assert {m["userId"] for m in sent["in"]} - {m["userId"] for m in sent["out"]} == resolvable(warehouse, FREE_CUSTOMERS)
 
 
+@pytest.mark.slow
 def test_reconcile_refuses_an_empty_export_and_changes_nothing(heap, instance, resources, ops_env, warehouse):
     heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
@@ -97,6 +102,7 @@ def test_reconcile_refuses_an_empty_export_and_changes_nothing(heap, instance, r
     assert segment_stats(heap) == sent
 
 
+@pytest.mark.slow
 def test_a_confirmed_drop_exits_everyone(heap, instance, resources, ops_env, warehouse):
     heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests

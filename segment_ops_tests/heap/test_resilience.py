@@ -83,6 +83,7 @@ def test_a_killed_receiver_loses_no_page(clean_sandbox, ops_env, instance, resou
     assert {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["in"]} == resolvable(warehouse, POWER_USERS)
 
 
+@pytest.mark.slow
 def test_a_run_that_dies_mid_delivery_is_retried_and_sends_nothing_twice(heap, instance, resources, ops_env,
                                                                          warehouse):
     heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
@@ -144,6 +145,7 @@ def test_an_undeliverable_run_leaves_the_sync_unprocessed(heap, ops_env, warehou
     assert [s.done for s in inbox.syncs()] == [False]
 
 
+@pytest.mark.slow
 def test_members_who_leave_get_the_trait_false_and_audience_exited(heap, instance, resources, ops_env, warehouse):
     heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests

@@ -36,6 +36,7 @@ def push_and_run(heap, instance, resources, home, **push):
     return pushed, result, runs
 
 
+@pytest.mark.slow
 def test_first_sync_enters_every_resolvable_member(heap, instance, resources, ops_env, warehouse):
     pushed, sensed, runs = push_and_run(heap, instance, resources, ops_env)
 
@@ -56,6 +57,7 @@ def test_first_sync_enters_every_resolvable_member(heap, instance, resources, op
     assert all(c.passed for c in checks(power_run).values())
 
 
+@pytest.mark.slow
 def test_every_processed_sync_is_marked_done_and_not_requested_again(heap, instance, resources, ops_env, warehouse):
     pushed, _, runs = push_and_run(heap, instance, resources, ops_env)
 
@@ -67,6 +69,7 @@ def test_every_processed_sync_is_marked_done_and_not_requested_again(heap, insta
         assert (inbox(ops_env).sync_folder(sync["sync_task_id"]) / "done.json").exists()
 
 
+@pytest.mark.slow
 def test_a_redelivered_page_sends_nothing(heap, instance, resources, ops_env, warehouse, receiver):
     pushed, _, runs = push_and_run(heap, instance, resources, ops_env, duplicate_pages=[1, 2])
     sent = segment_stats(heap)
@@ -86,6 +89,7 @@ def test_a_redelivered_page_sends_nothing(heap, instance, resources, ops_env, wa
     assert segment_stats(heap) == sent and sent[1] == 0
 
 
+@pytest.mark.slow
 def test_pages_out_of_order_give_the_same_membership(heap, instance, resources, ops_env, warehouse):
     _, _, runs = push_and_run(heap, instance, resources, ops_env, reorder=True)
 

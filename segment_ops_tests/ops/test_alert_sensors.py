@@ -88,6 +88,7 @@ def slack_texts(sandbox) -> list[str]:
     return [message["text"] for message in sandbox.received("slack")]
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_alerted_exactly_once(resources, instance, clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()  # the first tick only places the cursor, as in a fresh deployment
@@ -103,6 +104,7 @@ def test_a_failed_run_is_alerted_exactly_once(resources, instance, clean_sandbox
     assert instance.get_run_by_id(failed.run_id).tags[ALERT_TAG] == f"failure_sent:{failed.run_id}"
 
 
+@pytest.mark.slow
 def test_a_repeated_evaluation_does_not_send_the_alert_again(resources, instance, clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()
@@ -140,6 +142,7 @@ def test_the_same_partition_passing_again_sends_one_recovery(resources, instance
     assert instance.get_run_by_id(passed.run_id).tags[ALERT_TAG] == f"recovery_sent:{passed.run_id}"
 
 
+@pytest.mark.slow
 def test_another_partition_passing_is_not_a_recovery(resources, instance, clean_sandbox, hour):
     recoveries = Ticks(alert_on_recovery, instance, resources)
     recoveries.tick()
@@ -154,6 +157,7 @@ def test_another_partition_passing_is_not_a_recovery(resources, instance, clean_
     assert clean_sandbox.received("slack") == []
 
 
+@pytest.mark.slow
 def test_the_alert_names_the_sync_step_error_counts_and_run_link(resources, instance, clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()
@@ -174,6 +178,7 @@ def test_the_alert_names_the_sync_step_error_counts_and_run_link(resources, inst
     assert message["blocks"][0]["type"] == "header"
 
 
+@pytest.mark.slow
 def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resources, instance, clean_sandbox, hour,
                                                                       monkeypatch):
     monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{clean_sandbox.url}/slack/services/T1/B1/not-the-token")
@@ -191,6 +196,7 @@ def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resource
     assert ALERT_TAG not in instance.get_run_by_id(failed.run_id).tags
 
 
+@pytest.mark.slow
 def test_every_run_that_failed_since_the_last_tick_is_alerted_in_one_tick(resources, instance, clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()
@@ -221,6 +227,7 @@ def failed_and_alerted(resources, instance, sandbox, key, failures: Ticks, **tag
     return failed
 
 
+@pytest.mark.slow
 def test_a_range_run_covering_the_failed_hour_recovers_it(resources, instance, clean_sandbox, hour):
     failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
     failures.tick(), recoveries.tick()
@@ -236,6 +243,7 @@ def test_a_range_run_covering_the_failed_hour_recovers_it(resources, instance, c
     assert f"partition `{hours[0]}…{hours[-1]}`" in recovery
 
 
+@pytest.mark.slow
 def test_a_range_run_of_other_hours_is_not_a_recovery(resources, instance, clean_sandbox, hour):
     failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
     failures.tick(), recoveries.tick()
@@ -249,6 +257,7 @@ def test_a_range_run_of_other_hours_is_not_a_recovery(resources, instance, clean
     assert len(slack_texts(clean_sandbox)) == 1  # the failure only
 
 
+@pytest.mark.slow
 def test_a_canceled_run_between_the_failure_and_the_success_does_not_hide_the_recovery(
         resources, instance, clean_sandbox, hour):
     failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
@@ -267,6 +276,7 @@ def test_a_canceled_run_between_the_failure_and_the_success_does_not_hide_the_re
     assert "recovered" in recovery and failed.run_id[:8] in recovery
 
 
+@pytest.mark.slow
 def test_a_failure_that_was_never_alerted_is_not_announced_as_recovered(resources, instance, clean_sandbox, hour):
     recoveries = Ticks(alert_on_recovery, instance, resources)
     recoveries.tick()
@@ -280,6 +290,7 @@ def test_a_failure_that_was_never_alerted_is_not_announced_as_recovered(resource
     assert slack_texts(clean_sandbox) == []
 
 
+@pytest.mark.slow
 def test_a_failed_re_execution_carrying_its_parents_alert_tag_is_alerted(resources, instance, clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()
@@ -329,6 +340,7 @@ def test_the_user_exception_message_is_preferred_to_dagster_wrappers_and_library
 
 # --- bounded ticks --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_runs_left_when_the_tick_budget_is_used_up_are_alerted_by_the_next_tick(resources, instance, clean_sandbox,
                                                                                hour, monkeypatch):
     monkeypatch.setattr(sensors, "TICK_BUDGET_SECONDS", 0.0)  # only the first post of a tick fits
@@ -347,6 +359,7 @@ def test_runs_left_when_the_tick_budget_is_used_up_are_alerted_by_the_next_tick(
     assert len(texts) == 2 and {first.run_id[:8], second.run_id[:8]} == {t.split("|Open run ")[1][:8] for t in texts}
 
 
+@pytest.mark.slow
 def test_an_alert_the_webhook_could_not_take_is_sent_by_a_later_tick(resources, instance, clean_sandbox, hour):
     alerts = AlertsResource(webhook_url=f"{clean_sandbox.url}/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
                             retry_max_attempts=2, retry_max_seconds=1.0, timeout_seconds=2.0)

@@ -214,6 +214,7 @@ def test_the_threshold_settings_reach_the_check(ops_env, monkeypatch, clean_sand
     assert checks(result)["delivery_health"].passed and metadata(result)["max_failed_share"] == 0.5
 
 
+@pytest.mark.slow
 def test_bad_rows_rejected_again_by_every_run_of_the_demo_model_count_once(ops_env, warehouse, clean_sandbox):
     resources = build_resources()
     runs = [run_models(resources, ["user_traits"]) for _ in range(3)]

@@ -171,6 +171,7 @@ def ios_only(resources: dict, sandbox) -> dict:
                                                 retry_backoff_seconds=0.01)}
 
 
+@pytest.mark.slow
 def test_days_staged_for_another_app_set_count_as_not_staged_and_block_the_sync(resources, home, clean_sandbox):
     assert backfill(resources, 30).success  # PENDO_APP_IDS = *
     sent = len(group_calls(clean_sandbox))
@@ -185,6 +186,7 @@ def test_days_staged_for_another_app_set_count_as_not_staged_and_block_the_sync(
     assert query(home, "SELECT apps, count(*) FROM pendo_staged_days GROUP BY 1 ORDER BY 1") == [("*", 29), (IOS, 1)]
 
 
+@pytest.mark.slow
 def test_the_score_counts_only_days_staged_for_the_configured_apps(resources, home, clean_sandbox,
                                                                    health_config_file):
     write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})

@@ -30,6 +30,7 @@ from segment_ops_tests.pendo.conftest import (
 PENDO_ACCOUNTS = 15
 
 
+@pytest.mark.slow
 def test_a_30_day_backfill_from_a_clean_state_scores_every_account(resources, home, clean_sandbox):
     result = backfill(resources, 30)
 
@@ -49,6 +50,7 @@ def test_a_30_day_backfill_from_a_clean_state_scores_every_account(resources, ho
     assert metadata(result, pendo.GROUPS_KEY)["delivered"] == PENDO_ACCOUNTS
 
 
+@pytest.mark.slow
 def test_a_backfill_is_one_run_reading_at_most_30_days_per_pendo_request(resources, home, clean_sandbox):
     result = backfill(resources, 45)
 
@@ -61,6 +63,7 @@ def test_a_backfill_is_one_run_reading_at_most_30_days_per_pendo_request(resourc
     assert query(home, "SELECT count(DISTINCT day) FROM pendo_staged_days") == [(45,)]
 
 
+@pytest.mark.slow
 def test_rerunning_a_day_changes_nothing_downstream(resources, home, clean_sandbox):
     assert backfill(resources, 30).success
     day = yesterday() - timedelta(days=10)
@@ -78,6 +81,7 @@ def test_rerunning_a_day_changes_nothing_downstream(resources, home, clean_sandb
     assert clean_sandbox.stats()["segment"]["received"] == sent_before
 
 
+@pytest.mark.slow
 def test_an_account_whose_usage_drops_changes_band_and_sends_exactly_one_group_call(resources, home, clean_sandbox):
     assert backfill(resources, 30).success
     [(account, band_before)] = query(home, "SELECT account_id, band FROM pendo_account_health WHERE band = 'healthy' "
@@ -141,6 +145,7 @@ def test_a_broken_config_fails_the_run_naming_the_file(resources, home, health_c
     assert description.startswith(str(health_config_file)) and "at_risk < healthy" in description
 
 
+@pytest.mark.slow
 def test_a_dry_run_plans_and_sends_nothing(resources, home, clean_sandbox):
     assert backfill(resources, 30, selection=[pendo.USAGE_KEY, pendo.HEALTH_KEY]).success
 
@@ -153,6 +158,7 @@ def test_a_dry_run_plans_and_sends_nothing(resources, home, clean_sandbox):
     assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
 
 
+@pytest.mark.slow
 def test_the_score_run_shows_the_band_distribution_and_lowest_scores(resources, home):
     result = backfill(resources, 30)
 
@@ -191,6 +197,7 @@ def test_the_daily_schedule_is_stopped_and_rereads_the_last_three_days_in_one_ru
         "2026-06-08", "2026-06-10")
 
 
+@pytest.mark.slow
 def test_a_range_run_like_the_schedules_restages_the_three_days_and_sends_nothing_new(resources, home, clean_sandbox):
     assert backfill(resources, 30).success
     sent = clean_sandbox.stats()["segment"]["received"]
@@ -246,6 +253,7 @@ def test_a_partial_drop_over_a_60_day_backfill_lowers_the_trend_and_sends_one_ca
     assert [(c["groupId"], c["traits"]["pendo_health_band"]) for c in new_calls] == [(account, band)]
 
 
+@pytest.mark.slow
 def test_rerunning_a_day_after_pendo_changed_it_replaces_that_days_rows(resources, home, clean_sandbox):
     assert backfill(resources, 30).success
     day = yesterday() - timedelta(days=10)

@@ -220,6 +220,7 @@ def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(co
     assert last["userId"] == runner_up
 
 
+@pytest.mark.slow
 def test_a_segment_outage_leaves_calls_pending_and_the_next_run_delivers_them_once(con, scored, segment_factory,
                                                                                    clean_sandbox):
     clean_sandbox.set_faults("segment", rate_503=1.0)

@@ -304,6 +304,7 @@ class EmptyPendoResource(PendoResource):
         return answering_no_usage(super().get_client())
 
 
+@pytest.mark.slow
 def test_a_run_refuses_days_answered_empty_unless_allow_empty_days(resources, home, clean_sandbox):
     assert backfill(resources, 3, last=yesterday() - timedelta(days=1), selection=[pendo.USAGE_KEY]).success
     resources["pendo"] = EmptyPendoResource(base_url=f"{clean_sandbox.url}/pendo",
@@ -374,6 +375,7 @@ def test_days_staged_under_utc_count_as_missing_until_re_read_and_re_reading_rep
     fresh.close()
 
 
+@pytest.mark.slow
 def test_a_window_staged_under_utc_blocks_the_sync_until_the_days_are_re_read(resources, home, clean_sandbox,
                                                                               pendo_client):
     last = yesterday()
@@ -396,6 +398,7 @@ def test_a_window_staged_under_utc_blocks_the_sync_until_the_days_are_re_read(re
     assert query(home, "SELECT count(*), count(DISTINCT day) FROM pendo_staged_days") == [(30, 30)]
 
 
+@pytest.mark.slow
 def test_days_staged_under_utc_are_not_added_into_a_partial_window_score(resources, home, clean_sandbox,
                                                                          pendo_client, health_config_file):
     write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})
@@ -416,6 +419,7 @@ def test_days_staged_under_utc_are_not_added_into_a_partial_window_score(resourc
                        "OR last_active_date < ?", [last]) == [(0,)]
 
 
+@pytest.mark.slow
 def test_the_default_scoring_day_is_the_newest_day_staged_in_the_zone(resources, home, clean_sandbox, pendo_client,
                                                                        health_config_file):
     write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})
@@ -449,6 +453,7 @@ def test_a_half_hour_offset_from_the_first_day_read_on_is_refused(name, since, o
         subscription_zone(name, since=since)
 
 
+@pytest.mark.slow
 def test_a_zone_whole_hour_since_the_partitions_start_loads_the_definitions(tmp_path):
     loaded = load_pendo_sync("print(pendo.PARTITIONS.timezone)", PENDO_TIMEZONE="America/Caracas",
                              SEGMENT_OPS_HOME=str(tmp_path))
@@ -481,6 +486,7 @@ def test_a_zone_pendo_cannot_have_is_refused_naming_the_setting(name, problem):
     assert problem in str(raised.value)
 
 
+@pytest.mark.slow
 def test_a_bad_zone_stops_the_definitions_loading_naming_the_setting(tmp_path):
     loaded = load_pendo_sync("print(pendo.TIMEZONE)", PENDO_TIMEZONE="Asia/Kolkata", SEGMENT_OPS_HOME=str(tmp_path))
 
@@ -488,6 +494,7 @@ def test_a_bad_zone_stops_the_definitions_loading_naming_the_setting(tmp_path):
     assert "PendoSettingError: PENDO_TIMEZONE: Asia/Kolkata has the UTC offset +05:30" in loaded.stderr
 
 
+@pytest.mark.slow
 def test_another_whole_hour_zone_moves_the_partitions_and_the_schedule(tmp_path):
     loaded = load_pendo_sync("print(pendo.PARTITIONS.timezone, pendo.pendo_daily_schedule.execution_timezone)",
                              PENDO_TIMEZONE="Asia/Tokyo", SEGMENT_OPS_HOME=str(tmp_path))
@@ -503,6 +510,7 @@ def load_pendo_sync(code: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, env={**clean, **env})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("settle_hours", "cron"), [(2, "0 3 * * *"), (5, "0 6 * * *"), (22, "0 23 * * *"),
                                                     (30, "0 23 * * *")])
 def test_the_schedule_runs_an_hour_after_settle_hours(tmp_path, settle_hours, cron):
@@ -523,6 +531,7 @@ def test_at_the_schedules_hour_yesterday_is_settled_even_across_dst(settle_hours
     assert last_settled_day(ZONE, settle_hours, at) == day - timedelta(days=1)
 
 
+@pytest.mark.slow
 def test_settle_hours_the_schedule_cannot_wait_for_are_said_in_its_description(tmp_path):
     config = write_config(tmp_path / "pendo_health.toml", {"settle_hours = 2": "settle_hours = 30"})
 

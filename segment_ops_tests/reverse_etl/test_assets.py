@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
 from segment_ops.resources import StagingResource, build_resources
 from segment_ops.syncs.reverse_etl.defs import JOB_NAME, build_reverse_etl_defs, model_key
@@ -61,6 +62,7 @@ def test_payloads_are_built_from_typed_columns(resources, clean_sandbox):
     assert len(samples) == 5 and all(s["type"] == "identify" and s["messageId"] for s in samples)
 
 
+@pytest.mark.slow
 def test_second_run_without_warehouse_change_sends_nothing(resources, clean_sandbox):
     assert run_models(resources, ["user_traits", "account_traits"]).success
 
@@ -88,6 +90,7 @@ def test_a_changed_row_sends_exactly_one_call(resources, warehouse, clean_sandbo
     assert latest["userId"] == "usr_0000001" and latest["traits"]["plan"] == "enterprise"
 
 
+@pytest.mark.slow
 def test_a_row_changed_back_to_an_earlier_state_is_sent_again(resources, warehouse, clean_sandbox):
     assert run_models(resources, ["user_traits"]).success
     edit_warehouse(warehouse, "UPDATE customers SET plan = 'enterprise' WHERE user_id = 'usr_0000001'")
@@ -221,6 +224,7 @@ def test_dry_run_sends_nothing_and_writes_no_snapshot(resources, clean_sandbox):
     assert metadata(real, "user_traits")["delivered"] == VALID_CUSTOMERS  # the dry run left no snapshot behind
 
 
+@pytest.mark.slow
 def test_full_resync_sends_every_row_again(resources, clean_sandbox):
     assert run_models(resources, ["user_traits"]).success
 

@@ -242,6 +242,7 @@ def test_a_restart_forgets_every_channel_and_numbering_starts_again(sandbox_fact
     assert renewed.json() == {"acks": {"0": True, "1": False}}
 
 
+@pytest.mark.slow
 def test_a_channel_idle_past_max_idle_time_is_forgotten_and_a_used_one_is_kept(sandbox_factory):
     idle, busy = str(uuid.uuid4()), str(uuid.uuid4())
     with httpx.Client(base_url=sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0,
