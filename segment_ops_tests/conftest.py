@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,19 @@ DEMO_SCALE = 0.1
 HEAP_AT = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
 @pytest.fixture(scope="session")
+def stop_in_background() -> Iterator[Callable[[object], None]]:
+    """`stop_in_background(server)` stops a server (anything with `stop()`) on a background thread. uvicorn
+    takes 0.1-0.2 s to wind a server down (it checks for exit every 0.1 s, then lets connections close for
+    0.1 s), which every test that started one used to wait out; the next test starts its own server on another
+    free port meanwhile. Every server is stopped before the session ends, and a failed stop fails it."""
+    stopping: list[Future] = []
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stop-server") as pool:
+        yield lambda server: stopping.append(pool.submit(server.stop))  # type: ignore[attr-defined]
+        for future in stopping:
+            future.result()
+
+
+@pytest.fixture(scope="session")
 def sandbox() -> Iterator[RunningSandbox]:
     """The session's sandbox (small demo data); tests that count things use `clean_sandbox`."""
     running = start_sandbox(SandboxConfig(scale=DEMO_SCALE))
@@ -50,7 +64,7 @@ def sandbox_http(clean_sandbox: RunningSandbox) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def sandbox_factory() -> Iterator[Callable[..., RunningSandbox]]:
+def sandbox_factory(stop_in_background: Callable[[object], None]) -> Iterator[Callable[..., RunningSandbox]]:
     """Start extra sandboxes with their own config (rate limits, acks, record limits); stopped after the test."""
     started: list[RunningSandbox] = []
 
@@ -60,7 +74,7 @@ def sandbox_factory() -> Iterator[Callable[..., RunningSandbox]]:
 
     yield start
     for running in started:
-        running.stop()
+        stop_in_background(running)
 
 
 @pytest.fixture

@@ -36,11 +36,11 @@ def resources(warehouse: Path, clean_sandbox) -> dict:
 
 
 @pytest.fixture
-def receiver(ops_env: Path) -> Iterator[RunningReceiver]:
+def receiver(ops_env: Path, stop_in_background) -> Iterator[RunningReceiver]:
     """The real receiver on a free port, writing to this test's SEGMENT_OPS_HOME inbox."""
     running = start_receiver(WebhookConfig(home=ops_env, heap_secret=SANDBOX_HEAP_WEBHOOK_SECRET))
     yield running
-    running.stop()
+    stop_in_background(running)
 
 
 @pytest.fixture

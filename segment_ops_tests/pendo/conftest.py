@@ -68,7 +68,7 @@ def resources(health_config_file: Path, clean_sandbox) -> dict:
 
 
 @pytest.fixture
-def pendo_in_zone() -> Iterator[Callable[[str], str]]:
+def pendo_in_zone(stop_in_background) -> Iterator[Callable[[str], str]]:
     """Serve the Pendo emulator alone for a subscription in another time zone (the session sandbox's is New
     York); returns its `/pendo` base URL. Same demo world as the session sandbox."""
     started = []
@@ -82,7 +82,7 @@ def pendo_in_zone() -> Iterator[Callable[[str], str]]:
 
     yield start
     for server in started:
-        server.stop()
+        stop_in_background(server)
 
 
 @pytest.fixture
