@@ -1,7 +1,7 @@
 """The sandbox as one Starlette app: every vendor emulator under its own prefix, plus `/__sandbox__`.
 
-`/segment`, `/segmentapis`, `/heap`, `/pendo`, `/splunk` and `/slack` each sit behind a `FaultGate`; the
-control endpoints under `/__sandbox__` are never faulted:
+`/segment`, `/segment_eu` (the EU region's tracking host), `/segmentapis`, `/heap`, `/pendo`, `/splunk` and
+`/slack` each sit behind a `FaultGate`; the control endpoints under `/__sandbox__` are never faulted:
 
 - `GET  /__sandbox__/stats`                      counts per API
 - `GET  /__sandbox__/received/{api}?limit&offset` stored items (oldest kept first)
@@ -53,7 +53,8 @@ from segment_ops.sandbox.heap.webhooks import control_routes as heap_webhook_rou
 from segment_ops.sandbox.pendo.api import Pendo
 from segment_ops.sandbox.recorder import Recorder
 from segment_ops.sandbox.segment.public_api import SegmentPublicApi
-from segment_ops.sandbox.segment.tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking
+from segment_ops.sandbox.segment.sources import workspace_sources
+from segment_ops.sandbox.segment.tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking, SegmentTrackingEu
 from segment_ops.sandbox.slack import SlackWebhook
 from segment_ops.sandbox.splunk_hec import SplunkHec
 
@@ -102,10 +103,12 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         demo.audit_events,
         token=config.public_api_token,
         rate_limit_per_min=config.public_api_rate_limit_per_min,
+        sources=workspace_sources(config.segment_write_key),
     )
     emulators: list[Emulator] = [
         SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit,
                         dedupe_window_seconds=config.segment_dedupe_window_seconds),
+        SegmentTrackingEu(recorder, rate_limit=config.segment_rate_limit),
         public_api,
         Heap(recorder, app_id=config.heap_app_id, api_key=config.heap_api_key),
         Pendo(

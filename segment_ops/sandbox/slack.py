@@ -4,15 +4,18 @@
 
 - a JSON body `{"text": ..., "blocks"?: [...]}` (or the legacy form field `payload=<json>`) answers
   200 with the plain-text body `ok`, and the message is recorded (`RunningSandbox.received("slack")`);
-- a body that is not JSON, or has neither a non-empty `text` nor a non-empty `blocks` list, answers
-  400 `invalid_payload`;
+- a body that is not a JSON object answers 400 `invalid_payload`; an object with neither a non-empty
+  `text` nor a non-empty `blocks` list (`{}` included) answers 400 `no_text` and posts nothing, which is
+  how `segment-ops check` tells a live webhook without posting to it;
 - an unknown token (the last path segment; team and bot ids are not checked) answers 404 `no_service`;
 - the webhook of an archived channel (`ARCHIVED_CHANNEL_TOKEN`) answers 410 `channel_is_archived`.
 
 Vendor sources: api.slack.com/messaging/webhooks and the changelog of 2016-05-17 (spec §7: 400
 `invalid_payload`, 403 `action_prohibited`, 404 `channel_not_found`, 410 `channel_is_archived`, 500
-`rollup_error`). Where the sandbox differs: it does not model 403 `action_prohibited` (an admin's
-restriction) or `user_not_found`.
+`rollup_error`). `no_text` is not in Slack's published list: Slack answers it to a JSON message without text
+(gitlab-org/gitlab#332611 shows `400 no_text` from a Slack app's webhook). Where the sandbox differs: it
+does not model 403 `action_prohibited` (an admin's restriction), `user_not_found`, or messages made of
+`attachments` only.
 
 Injected faults answer as Slack does when it throttles or fails: 429 `rate_limited` with `Retry-After`,
 500 `rollup_error`, 503 `service_unavailable` (plain text, like every Slack webhook answer).
@@ -69,12 +72,14 @@ class SlackWebhook:
         message = _message(body, request.headers.get("content-type", ""))
         if message is None:
             return text_response("invalid_payload", 400)
+        if not _has_text(message):
+            return text_response("no_text", 400)
         self.recorder[self.name].store(message)
         return text_response("ok", 200)
 
 
 def _message(body: bytes, content_type: str) -> dict | None:
-    """The posted message, or None when it is not one Slack would accept."""
+    """The posted JSON object, or None when the body is not one."""
     if content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
         # Legacy webhook clients post `payload=<json>` as a form.
         fields = parse_qs(body.decode("utf-8", errors="replace"))
@@ -83,9 +88,10 @@ def _message(body: bytes, content_type: str) -> dict | None:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(message, dict):
-        return None
+    return message if isinstance(message, dict) else None
+
+
+def _has_text(message: dict) -> bool:
+    """Whether the message has something to post: a non-empty `text` or a non-empty `blocks` list."""
     text, blocks = message.get("text"), message.get("blocks")
-    has_text = isinstance(text, str) and text.strip() != ""
-    has_blocks = isinstance(blocks, list) and len(blocks) > 0
-    return message if has_text or has_blocks else None
+    return (isinstance(text, str) and text.strip() != "") or (isinstance(blocks, list) and len(blocks) > 0)

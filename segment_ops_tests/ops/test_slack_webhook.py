@@ -35,11 +35,19 @@ def test_a_legacy_form_payload_is_accepted(sandbox_http, clean_sandbox):
     assert response.text == "ok" and clean_sandbox.received("slack") == [{"text": "from a form"}]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b'{"text": ""}', b'{"blocks": []}', b'["text"]', b'{"channel": "x"}'])
-def test_a_body_without_text_or_blocks_is_an_invalid_payload(sandbox_http, clean_sandbox, body):
+@pytest.mark.parametrize("body", [b"{not json", b'["text"]', b'"text"'])
+def test_a_body_that_is_not_a_json_object_is_an_invalid_payload(sandbox_http, clean_sandbox, body):
     response = sandbox_http.post(HOOK, content=body, headers={"Content-Type": "application/json"})
 
     assert (response.status_code, response.text) == (400, "invalid_payload")
+    assert clean_sandbox.received("slack") == []
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"text": ""}', b'{"text": "  "}', b'{"blocks": []}', b'{"channel": "x"}'])
+def test_a_message_without_text_or_blocks_is_no_text_and_posts_nothing(sandbox_http, clean_sandbox, body):
+    response = sandbox_http.post(HOOK, content=body, headers={"Content-Type": "application/json"})
+
+    assert (response.status_code, response.text) == (400, "no_text")
     assert clean_sandbox.received("slack") == []
 
 

@@ -1,4 +1,5 @@
-"""Segment Public API emulator (spec §2), mounted at `/segmentapis`: the audit trail, `GET /audit-events`.
+"""Segment Public API emulator (spec §2), mounted at `/segmentapis`: the audit trail, `GET /audit-events`, and
+the workspace's sources with their write keys, `GET /sources` (spec §7; `sources.py`).
 
 Events come from the demo data (`data.py`; their "now" moves with the wall clock, so new events appear
 as time passes) plus any injected through the sandbox-only `POST /__sandbox__/audit-events`.
@@ -41,6 +42,7 @@ from starlette.routing import BaseRoute, Route
 
 from segment_ops.sandbox.common import json_response, scheme_token
 from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment.sources import sources_page
 
 MAX_PAGE_SIZE = 200
 RETENTION = timedelta(days=90)
@@ -73,17 +75,20 @@ class SegmentPublicApi:
     name = "segmentapis"
 
     def __init__(
-        self, recorder: Recorder, audit_source: AuditSource, *, token: str, rate_limit_per_min: int = 600
+        self, recorder: Recorder, audit_source: AuditSource, *, token: str, rate_limit_per_min: int = 600,
+        sources: Sequence[dict] = (),
     ) -> None:
         self.recorder = recorder
         self.audit_source = audit_source
         self.token = token
+        self.sources = list(sources)
         self._window = _PointsWindow(rate_limit_per_min)
         self._injected: list[dict] = []
         self._ids = itertools.count(1)
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [Route("/audit-events", self._audit_events, methods=["GET"])]
+        return [Route("/audit-events", self._audit_events, methods=["GET"]),
+                Route("/sources", self._sources, methods=["GET"])]
 
     def fault_response(self, status: int, retry_after: int) -> Response:
         if status == 429:
@@ -117,10 +122,8 @@ class SegmentPublicApi:
         return events
 
     async def _audit_events(self, request: Request) -> Response:
-        if scheme_token(request.headers.get("authorization"), "Bearer") != self.token:
-            return _error(401, "RequestError", "Unauthorized: missing or invalid token")
-        if not self._window.consume():
-            return self._too_many(self._window.ms_before_next())
+        if refused := self._admit(request):
+            return refused
         try:
             query = _parse_query(request.query_params, datetime.now(UTC))
         except InvalidParameter as exc:
@@ -136,6 +139,26 @@ class SegmentPublicApi:
         return json_response(
             {"data": {"events": page, "pagination": pagination}}, headers=self._window.headers()
         )
+
+    async def _sources(self, request: Request) -> Response:
+        if refused := self._admit(request):
+            return refused
+        try:
+            data = sources_page(self.sources, _page_size(request.query_params),
+                                request.query_params.get("pagination.cursor"))
+        except InvalidParameter as exc:
+            return _error(400, "RequestError", str(exc), field=exc.field)
+        except ValueError as exc:
+            return _error(400, "RequestError", str(exc), field="pagination.cursor")
+        return json_response({"data": data}, headers=self._window.headers())
+
+    def _admit(self, request: Request) -> Response | None:
+        """The token check and the rate limit every endpoint shares; None when the request may proceed."""
+        if scheme_token(request.headers.get("authorization"), "Bearer") != self.token:
+            return _error(401, "RequestError", "Unauthorized: missing or invalid token")
+        if not self._window.consume():
+            return self._too_many(self._window.ms_before_next())
+        return None
 
     def _events(self, query: _Query) -> list[dict]:
         """All events in (start, end] matching the filters, newest first."""
@@ -196,6 +219,17 @@ class _PointsWindow:
 
 
 def _parse_query(params: Mapping[str, str], now: datetime) -> _Query:
+    count = _page_size(params)
+    cursor = params.get("pagination.cursor")
+    if cursor:
+        return _decode_cursor(cursor, count)
+    start = max(_time_param(params, "startTime") or now - RETENTION, now - RETENTION)
+    end = min(_time_param(params, "endTime") or now, now)
+    return _Query(start, end, params.get("resourceId"), params.get("resourceType"), 0, count)
+
+
+def _page_size(params: Mapping[str, str]) -> int:
+    """`pagination.count`, required on every list endpoint (1-200, spec §2)."""
     raw_count = params.get("pagination.count")
     if raw_count is None:
         raise InvalidParameter("pagination.count", "pagination.count is required (1-200)")
@@ -205,12 +239,7 @@ def _parse_query(params: Mapping[str, str], now: datetime) -> _Query:
         raise InvalidParameter("pagination.count", "pagination.count must be an integer") from None
     if not 1 <= count <= MAX_PAGE_SIZE:
         raise InvalidParameter("pagination.count", f"pagination.count must be between 1 and {MAX_PAGE_SIZE}")
-    cursor = params.get("pagination.cursor")
-    if cursor:
-        return _decode_cursor(cursor, count)
-    start = max(_time_param(params, "startTime") or now - RETENTION, now - RETENTION)
-    end = min(_time_param(params, "endTime") or now, now)
-    return _Query(start, end, params.get("resourceId"), params.get("resourceType"), 0, count)
+    return count
 
 
 def _time_param(params: Mapping[str, str], name: str) -> datetime | None:

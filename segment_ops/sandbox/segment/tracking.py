@@ -143,6 +143,22 @@ class SegmentTracking:
         return json_response({"success": True})
 
 
+class SegmentTrackingEu(SegmentTracking):
+    """The EU region's Tracking API host (`events.eu1.segmentapis.com`, spec §1), mounted at `/segment_eu`.
+
+    The sandbox's workspace lives in the US region (its Public API is `/segmentapis`, standing for
+    `api.segmentapis.com`), so no key is delivered here: every call with a write key gets the same 200 and
+    is dropped and counted under `unknown_write_key`, as Segment loses a key sent to the other region's host
+    (spec §1, §7). Every other answer (400s, size limits) is the US host's.
+    """
+
+    name = "segment_eu"
+
+    def __init__(self, recorder: Recorder, *, rate_limit: float | None = None) -> None:
+        # An empty known key matches no request: an empty key is refused with 400 before the comparison.
+        super().__init__(recorder, write_key="", rate_limit=rate_limit)
+
+
 def _validated_messages(body: dict, kind: str | None) -> list[dict]:
     """The request's messages, after the checks that fail the whole request with 400."""
     if kind is not None:
