@@ -13,8 +13,8 @@ from itertools import islice
 
 import orjson
 
-# Every API the sandbox can record ("slack": the incoming-webhook emulator that receives alerts; "segment_eu": the
-# EU region's Tracking API host, where the sandbox workspace's keys are lost).
+# Every API the sandbox can record ("slack": the incoming-webhook emulator that receives alerts; "segment_eu":
+# the EU region's Tracking API host, where the sandbox workspace's keys are lost).
 API_NAMES = ("segment", "segment_eu", "segmentapis", "heap", "pendo", "splunk", "slack")
 
 

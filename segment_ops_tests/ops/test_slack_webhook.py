@@ -43,7 +43,8 @@ def test_a_body_that_is_not_a_json_object_is_an_invalid_payload(sandbox_http, cl
     assert clean_sandbox.received("slack") == []
 
 
-@pytest.mark.parametrize("body", [b"{}", b'{"text": ""}', b'{"text": "  "}', b'{"blocks": []}', b'{"channel": "x"}'])
+@pytest.mark.parametrize("body", [b"{}", b'{"text": ""}', b'{"text": "  "}', b'{"blocks": []}',
+                                  b'{"channel": "x"}'])
 def test_a_message_without_text_or_blocks_is_no_text_and_posts_nothing(sandbox_http, clean_sandbox, body):
     response = sandbox_http.post(HOOK, content=body, headers={"Content-Type": "application/json"})
 

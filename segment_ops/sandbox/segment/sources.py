@@ -28,8 +28,8 @@ def workspace_sources(write_key: str) -> list[dict]:
         _source("segment-ops", "segment-ops (HTTP API)", [write_key], "http-api", "HTTP API", "Server"),
         _source("web-app", "Web app", ["sandbox-web-app-write-key"], "javascript", "Javascript", "Website"),
         _source("ios-app", "iOS app", ["sandbox-ios-app-write-key"], "ios", "iOS", "Mobile"),
-        _source("legacy-import", "Legacy import (disabled)", [DISABLED_SOURCE_WRITE_KEY], "http-api", "HTTP API",
-                "Server", enabled=False),
+        _source("legacy-import", "Legacy import (disabled)", [DISABLED_SOURCE_WRITE_KEY], "http-api",
+                "HTTP API", "Server", enabled=False),
     ]
 
 

@@ -37,7 +37,8 @@ def test_sources_carry_their_write_keys_and_enabled_flag(sandbox_http):
     assert by_slug["segment-ops"]["enabled"] is True
     assert by_slug["legacy-import"]["writeKeys"] == [DISABLED_SOURCE_WRITE_KEY]
     assert by_slug["legacy-import"]["enabled"] is False
-    assert set(by_slug["segment-ops"]) == {"id", "slug", "name", "workspaceId", "enabled", "writeKeys", "metadata"}
+    assert set(by_slug["segment-ops"]) == {"id", "slug", "name", "workspaceId", "enabled", "writeKeys",
+                                           "metadata"}
     assert set(by_slug["segment-ops"]["metadata"]) == {"id", "slug", "name", "categories"}
 
 

@@ -10,7 +10,8 @@ from segment_ops.sandbox.segment.sources import DISABLED_SOURCE_WRITE_KEY
 
 
 def batch(size: int = 2) -> dict:
-    return {"batch": [{"type": "identify", "userId": f"u{i}", "messageId": str(uuid.uuid4())} for i in range(size)]}
+    return {"batch": [{"type": "identify", "userId": f"u{i}", "messageId": str(uuid.uuid4())}
+                      for i in range(size)]}
 
 
 def test_the_workspace_key_on_the_eu_host_gets_200_and_is_dropped(sandbox_http, clean_sandbox):
