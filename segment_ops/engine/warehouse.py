@@ -17,7 +17,7 @@ import datetime as dt
 import decimal
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,43 @@ def probe_tables(url: str, probes: Sequence[tuple[str, str | None]]) -> dict[str
     finally:
         engine.dispose()
     return markers
+
+
+def compile_queries(url: str, queries: Mapping[str, str]) -> dict[str, tuple[str, ...] | WarehouseError]:
+    """Run each query as `SELECT * FROM (<query>) LIMIT 0` over one connection: the columns it returns, or
+    the warehouse's refusal. Nothing is read, so it shows cheaply that the queries compile against the
+    warehouse as it is now. Raises `WarehouseError` when the warehouse cannot be reached at all."""
+    wrapped = {name: f"SELECT * FROM ({sql}) AS model_query LIMIT 0" for name, sql in queries.items()}
+    found: dict[str, tuple[str, ...] | WarehouseError] = {}
+    if (path := duckdb_file(url)) is not None:
+        try:
+            con = duckdb.connect(path, read_only=True, config={"memory_limit": DEFAULT_MEMORY_LIMIT})
+        except duckdb.Error as exc:
+            raise WarehouseError(f"cannot open the DuckDB warehouse {path}: {_first_line(exc)}") from None
+        try:
+            for name, sql in wrapped.items():
+                try:
+                    found[name] = tuple(d[0] for d in con.execute(sql).description)
+                except duckdb.Error as exc:
+                    found[name] = WarehouseError(f"the warehouse refused the query: {_first_line(exc)}")
+        finally:
+            con.close()
+        return found
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1").all()
+            for name, sql in wrapped.items():
+                try:
+                    found[name] = tuple(conn.exec_driver_sql(_escape(engine, sql)).keys())
+                except sa.exc.SQLAlchemyError as exc:
+                    conn.rollback()
+                    found[name] = WarehouseError(f"the warehouse refused the query: {_first_line(exc, url)}")
+    except sa.exc.SQLAlchemyError as exc:
+        raise WarehouseError(f"cannot reach the warehouse: {_first_line(exc, url)}") from None
+    finally:
+        engine.dispose()
+    return found
 
 
 def _probe_duckdb(path: str, probes: Sequence[tuple[str, str | None]]) -> dict[str, str]:
