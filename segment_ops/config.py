@@ -19,6 +19,8 @@ DEFAULT_SANDBOX_PORT = 8765
 # deployment sets the real ones through the environment.
 SANDBOX_SEGMENT_WRITE_KEY = "sandbox-write-key"
 SANDBOX_SEGMENT_PUBLIC_API_TOKEN = "sgp_sandbox_public_api_token"
+SANDBOX_SEGMENT_PROFILES_SPACE_ID = "spa_sandbox"
+SANDBOX_SEGMENT_PROFILES_TOKEN = "sandbox-profile-api-access-token"
 SANDBOX_HEAP_APP_ID = "1234567890"
 SANDBOX_HEAP_API_KEY = "sandbox-heap-api-key"
 SANDBOX_HEAP_WEBHOOK_SECRET = "sandbox-heap-webhook-secret"

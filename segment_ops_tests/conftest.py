@@ -27,6 +27,9 @@ DEMO_SCALE = 0.1
 # member of Power Users (25, 5 of them by internal user id: 3 pages of 10) and Free Customers (56) is in
 # the identity map, so no Heap-only identity (former.user<n>@mail.example) is among them.
 HEAP_AT = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+# How long the session sandbox's Profile API takes to show an accepted call (the sandbox's default is 1 s);
+# read-back tests wait a little longer than this.
+PROFILES_DELAY_SECONDS = 0.2
 
 @pytest.fixture(scope="session")
 def stop_in_background() -> Iterator[Callable[[object], None]]:
@@ -44,7 +47,7 @@ def stop_in_background() -> Iterator[Callable[[object], None]]:
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[RunningSandbox]:
     """The session's sandbox (small demo data); tests that count things use `clean_sandbox`."""
-    running = start_sandbox(SandboxConfig(scale=DEMO_SCALE))
+    running = start_sandbox(SandboxConfig(scale=DEMO_SCALE, profiles_delay_seconds=PROFILES_DELAY_SECONDS))
     yield running
     running.stop()
 

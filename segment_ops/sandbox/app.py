@@ -1,7 +1,8 @@
 """The sandbox as one Starlette app: every vendor emulator under its own prefix, plus `/__sandbox__`.
 
-`/segment`, `/segment_eu` (the EU region's tracking host), `/segmentapis`, `/heap`, `/pendo`, `/splunk` and
-`/slack` each sit behind a `FaultGate`; the control endpoints under `/__sandbox__` are never faulted:
+`/segment`, `/segment_eu` (the EU region's tracking host), `/segmentapis`, `/profiles` (Segment's Profile API,
+built from what `/segment` accepted), `/heap`, `/pendo`, `/splunk` and `/slack` each sit behind a `FaultGate`;
+the control endpoints under `/__sandbox__` are never faulted:
 
 - `GET  /__sandbox__/stats`                      counts per API
 - `GET  /__sandbox__/received/{api}?limit&offset` stored items (oldest kept first)
@@ -38,6 +39,8 @@ from segment_ops.config import (
     SANDBOX_HEAP_WEBHOOK_SECRET,
     SANDBOX_PENDO_INTEGRATION_KEY,
     SANDBOX_PENDO_TIMEZONE,
+    SANDBOX_SEGMENT_PROFILES_SPACE_ID,
+    SANDBOX_SEGMENT_PROFILES_TOKEN,
     SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
     SANDBOX_SEGMENT_WRITE_KEY,
     SANDBOX_SLACK_WEBHOOK_TOKEN,
@@ -52,6 +55,7 @@ from segment_ops.sandbox.heap.webhooks import HeapWebhookPusher
 from segment_ops.sandbox.heap.webhooks import control_routes as heap_webhook_routes
 from segment_ops.sandbox.pendo.api import Pendo
 from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment.profiles import SegmentProfiles
 from segment_ops.sandbox.segment.public_api import SegmentPublicApi
 from segment_ops.sandbox.segment.sources import workspace_sources
 from segment_ops.sandbox.segment.tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking, SegmentTrackingEu
@@ -79,6 +83,11 @@ class SandboxConfig:
     splunk_max_content_length: int = 1_000_000
     splunk_max_idle_time: float | None = 600.0  # HEC's maxIdleTime: seconds before it forgets a channel
     record_limit: int = 100_000  # stored bodies per API; counts stay exact beyond it
+    # Seconds before a profile shows a call the Tracking API took (Segment updates profiles asynchronously).
+    profiles_delay_seconds: float = 1.0
+    profiles_rate_limit: float | None = None  # requests/s per space before 429 (Segment's default: 100)
+    profiles_space_id: str = SANDBOX_SEGMENT_PROFILES_SPACE_ID
+    profiles_token: str = field(default=SANDBOX_SEGMENT_PROFILES_TOKEN, repr=False)
     segment_write_key: str = field(default=SANDBOX_SEGMENT_WRITE_KEY, repr=False)
     public_api_token: str = field(default=SANDBOX_SEGMENT_PUBLIC_API_TOKEN, repr=False)
     heap_app_id: str = SANDBOX_HEAP_APP_ID
@@ -129,6 +138,9 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             max_idle_time=config.splunk_max_idle_time,
         ),
         SlackWebhook(recorder, token=config.slack_webhook_token),
+        SegmentProfiles(recorder, space_id=config.profiles_space_id, token=config.profiles_token,
+                        delay_seconds=config.profiles_delay_seconds, rate_limit=config.profiles_rate_limit,
+                        profile_limit=config.record_limit),
     ]
     control = _Control(recorder, injector, emulators, public_api)
     routes: list[BaseRoute] = [Mount("/__sandbox__", routes=control.routes())]

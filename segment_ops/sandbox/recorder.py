@@ -14,8 +14,9 @@ from itertools import islice
 import orjson
 
 # Every API the sandbox can record ("slack": the incoming-webhook emulator that receives alerts; "segment_eu":
-# the EU region's Tracking API host, where the sandbox workspace's keys are lost).
-API_NAMES = ("segment", "segment_eu", "segmentapis", "heap", "pendo", "splunk", "slack")
+# the EU region's Tracking API host, where the sandbox workspace's keys are lost; "profiles": Segment's
+# Profile API).
+API_NAMES = ("segment", "segment_eu", "segmentapis", "heap", "pendo", "splunk", "slack", "profiles")
 
 
 class ApiLog:
