@@ -11,6 +11,7 @@ from segment_ops.clients.base import (
     VendorUnavailable,
 )
 from segment_ops.clients.pendo import PendoClient
+from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.clients.splunk_hec import SplunkHecClient
@@ -20,6 +21,7 @@ __all__ = [
     "PendoClient",
     "RetryEvent",
     "RetryPolicy",
+    "SegmentProfilesClient",
     "SegmentPublicApiClient",
     "SegmentTrackingClient",
     "SplunkHecClient",

@@ -372,6 +372,9 @@ def describe_error(response: httpx.Response) -> str:
             return _safe_text(f"{body['message']}" + (f" (code {code})" if code is not None else ""))
         if "text" in body:  # Splunk HEC {text, code}
             return _safe_text(f"{body['text']} (code {body.get('code')})")
+        if isinstance(body.get("error"), dict) and "message" in body["error"]:  # Segment Profile API
+            error = body["error"]
+            return _safe_text(f"{error['message']}" + (f" ({error['code']})" if error.get("code") else ""))
         if "error" in body:
             return _safe_text(str(body["error"]))
     return _safe_text(str(body))
