@@ -1,4 +1,4 @@
-"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay, webhooks."""
+"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay, webhooks, check."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     webhooks.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 behind a proxy)")
     webhooks.add_argument("--port", type=int, default=8780)
     webhooks.set_defaults(func=_run_webhooks)
+
+    check = sub.add_parser("check", help="verify every configured credential and setting through the "
+                                         "vendors' APIs before anything is sent; exit 1 when a check fails")
+    check.set_defaults(func=_run_check)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -116,6 +120,21 @@ def _run_webhooks(args: argparse.Namespace) -> int:
         raise SystemExit(f"segment-ops webhooks: {exc}") from None
     serve(config, args.host, args.port)
     return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    """Print the preflight table; 0 when no check failed (warnings and skips do not fail), else 1."""
+    from segment_ops.engine.preflight import Status, failed, render_table, run_checks
+    from segment_ops.preflight import all_checks, cache_for, secret_values
+
+    settings = load_settings()
+    # Fresh answers every time; they refresh the cache the sends' gate reads.
+    results = run_checks(all_checks(settings), cache=cache_for(settings), secrets=secret_values(settings))
+    print(render_table(results))
+    counts = ", ".join(f"{sum(r.status is status for r in results)} {status.value}" for status in Status)
+    verdict = "a check failed" if failed(results) else "no check failed"
+    print(f"\n{len(results)} checks: {counts}; {verdict}")
+    return 1 if failed(results) else 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

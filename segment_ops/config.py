@@ -114,6 +114,12 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "HEAP_WEBHOOK_PUBLIC_URL",
+        "Public base URL of the webhook receiver (`segment-ops webhooks`) as Heap reaches it, e.g. "
+        "`https://hooks.example.com` (Heap posts to `<it>/webhooks/heap`). Set: `segment-ops check` asks its "
+        "`/healthz` and refuses the sandbox's `HEAP_WEBHOOK_SECRET` on it.",
+    ),
+    Setting(
         "HEAP_WEBHOOK_MAX_AGE_SECONDS",
         "How old (seconds, > 0) a Heap webhook's signed timestamp may be before the receiver refuses it with "
         "400 (Heap's reference validator: 60). That Heap signs every retry anew is inferred from that 60 s "
@@ -213,6 +219,20 @@ SETTINGS: tuple[Setting, ...] = (
         "DELIVERY_HEALTH_MIN_MESSAGES",
         "Fewest messages a sync needs in the window for the delivery-health check to judge it (fewer: idle).",
         default="20",
+    ),
+    Setting(
+        "PREFLIGHT_CACHE_SECONDS",
+        "How long (seconds) a sync that sends reuses a preflight answer (the Segment write key's source and "
+        "region) before asking the Public API again; a changed setting is checked anew at once, and a "
+        "transient failure is never kept. `0`: ask before every run.",
+        default="600",
+    ),
+    Setting(
+        "PREFLIGHT_HEC_PROBE_EVENT",
+        "`true`: `segment-ops check` and the `ops/preflight` asset send one probe event (sourcetype "
+        "`segment_ops:preflight`) to `SPLUNK_INDEX`, proving the HEC token may write there; `false`: nothing "
+        "is indexed, and a refused index shows at the audit trail's first send.",
+        default="false",
     ),
 )
 

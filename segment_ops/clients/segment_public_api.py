@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 
 import httpx
@@ -60,11 +60,27 @@ class SegmentPublicApiClient:
         base = {"pagination.count": page_size, "startTime": _iso(start), "endTime": _iso(end)}
         if resource_type:
             base["resourceType"] = resource_type
+        return self._walk("/audit-events", "events", base, on_retry)
+
+    def iter_sources(self, *, page_size: int = MAX_PAGE_SIZE,
+                     on_retry: Callable[[RetryEvent], None] | None = None) -> Iterator[dict]:
+        """Every source of the workspace (`GET /sources`, spec §7): `id`, `slug`, `name`, `enabled`,
+        `writeKeys`, `metadata`."""
+        return self._walk("/sources", "sources", {"pagination.count": page_size}, on_retry)
+
+    def probe(self, path: str, params: Mapping[str, str] | None = None) -> None:
+        """Read one item of the list endpoint `path` (`pagination.count=1`, plus `params`); raises the
+        `clients.base` errors when the token may not read it (401/403) or the endpoint does not answer."""
+        self.http.request("GET", path, params={"pagination.count": 1, **(params or {})})
+
+    def _walk(self, path: str, key: str, params: dict, on_retry: Callable[[RetryEvent], None] | None
+              ) -> Iterator[dict]:
+        """The items under `data.<key>` of every page of `path`, following `data.pagination.next` (§2)."""
 
         def fetch(cursor: str | None) -> tuple[list[dict], str | None]:
-            params = dict(base, **({"pagination.cursor": cursor} if cursor else {}))
-            data = self.http.get_json("/audit-events", params=params, on_retry=on_retry)["data"]
-            return data.get("events", []), (data.get("pagination") or {}).get("next")
+            page = dict(params, **({"pagination.cursor": cursor} if cursor else {}))
+            data = self.http.get_json(path, params=page, on_retry=on_retry)["data"]
+            return data.get(key, []), (data.get("pagination") or {}).get("next")
 
         return paginate(fetch)
 

@@ -117,6 +117,13 @@ class SlackWebhookClient:
             raise VendorRequestError("slack", "POST", PLACEHOLDER_PATH, "a message needs `text` or `blocks`")
         self.http.request("POST", PLACEHOLDER_PATH, json=message)
 
+    def probe(self) -> tuple[int, str]:
+        """Post an empty message: a live Slack webhook refuses it with 400 (`no_text`; `invalid_payload` for a
+        body it cannot read) and posts nothing. Returns (status, Slack's answer) for a 200 or 400; raises the
+        `clients.base` errors for a webhook that is gone or refused (403, 404, 410) or does not answer."""
+        response = self.http.request("POST", PLACEHOLDER_PATH, json={}, ok_statuses=(400,))
+        return response.status_code, response.text.strip()[:100]
+
     def close(self) -> None:
         self.http.close()
 

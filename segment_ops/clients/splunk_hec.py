@@ -8,6 +8,7 @@ indexed twice.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ ACK_CANNOT_CONFIRM = frozenset(range(400, 500)) - {401, 403, 429}
 ACK_QUERY_CHUNK = 1_000
 EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
+HEALTH_PATH = "/services/collector/health"
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,25 @@ class SplunkHecClient:
             answered = acks if isinstance(acks, dict) else {}
             status.acked.update({ack_id: answered.get(str(ack_id)) is True for ack_id in chunk})
         return status
+
+    def health(self) -> dict:
+        """`GET /services/collector/health` (spec §5: code 17 "HEC is healthy"; 503 codes 18-20 when not)."""
+        return _json_object(self.http.request("GET", HEALTH_PATH))
+
+    def ack_enabled(self) -> bool:
+        """Whether the token has indexer acknowledgement on, asked without indexing anything: an ack query on
+        a fresh channel answers code 14 "ACK is disabled" when it is off (spec §5); with it on, HEC answers
+        the query (or refuses the unknown channel, codes 10/11). HEC checks the token first: a refused one
+        raises `VendorAuthError` (codes 1-4)."""
+        response = self.http.request("POST", ACK_PATH, json={"acks": [0]},
+                                     params={"channel": str(uuid.uuid4())}, ok_statuses=ACK_CANNOT_CONFIRM)
+        if response.status_code < 400:
+            return True
+        code = _json_object(response).get("code")
+        if code in (10, 11, 14):
+            return code != 14
+        raise VendorRequestError(self.http.vendor, "POST", ACK_PATH, describe_error(response),
+                                 status=response.status_code)
 
     def close(self) -> None:
         self.http.close()

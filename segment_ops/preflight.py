@@ -1,0 +1,622 @@
+"""The preflight checks of every configured vendor, through real HTTP with the project's clients.
+
+`all_checks` is what `segment-ops check` and the `ops/preflight` asset run; `sending_checks` is what the
+gate in front of every sync that sends to Segment runs (the write key's source and region). The generic
+part (results, table, cache, gate) is `engine.preflight`. A check never prints a secret: it names the
+environment variable, and every text is scrubbed of secret values once more before it is shown.
+
+Which vendors are checked: all of them while every vendor URL is unset (the sandbox); once a vendor URL
+is set (a live deployment), a vendor whose URL is still unset is skipped as not configured, and a
+sandbox credential paired with a live URL counts as not set.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Generic, TypeVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from segment_ops.clients.base import HttpClient, RetryPolicy, VendorAuthError, VendorError, VendorUnavailable
+from segment_ops.clients.pendo import (
+    DAY_MS,
+    AppScope,
+    PendoClient,
+    PendoSettingError,
+    day_range_source,
+    local_day_of,
+    local_midnight_ms,
+    subscription_zone,
+)
+from segment_ops.clients.segment_public_api import SegmentPublicApiClient
+from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
+from segment_ops.clients.splunk_hec import HecConfigurationError, SplunkHecClient, hec_event
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, Settings
+from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, fingerprint
+from segment_ops.engine.warehouse import WarehouseError, compile_queries, duckdb_file
+
+T = TypeVar("T")
+
+# A check answers within seconds: two attempts, a short backoff, and at most this long per request.
+CHECK_TIMEOUT = 10.0
+CHECK_RETRY = RetryPolicy(max_attempts=2, backoff_initial=0.5, backoff_max=1.0, max_elapsed=8.0,
+                          retry_after_cap=2.0)
+CACHE_FILE = ("preflight", "results.json")
+# The Public API endpoints the syncs read, each probed with `pagination.count=1`.
+PUBLIC_API_ENDPOINTS = {"/audit-events": "the audit trail", "/sources": "the write-key check"}
+HEC_PROBE_SOURCETYPE = "segment_ops:preflight"
+# With indexer ack on, HEC acks can take minutes (spec §7); the README asks for 300 s or more.
+MIN_ACK_TIMEOUT_SECONDS = 300.0
+PENDO_LOOKBACK_DAYS = 7
+VENDOR_URLS = ("SEGMENT_TRACKING_URL", "SEGMENT_PUBLIC_API_URL", "HEAP_API_URL", "PENDO_API_URL",
+               "SPLUNK_HEC_URL", "ALERT_WEBHOOK_URL")
+US, EU = "US", "EU"
+# Segment's hosts per region (spec §1, §2). The sandbox's mounts stand for the US hosts, `/segment_eu`
+# for the EU tracking host.
+TRACKING_HOSTS = {"api.segment.io": US, "events.eu1.segmentapis.com": EU}
+PUBLIC_API_HOSTS = {"api.segmentapis.com": US, "eu1.api.segmentapis.com": EU}
+TRACKING_BASE = {US: "https://api.segment.io", EU: "https://events.eu1.segmentapis.com"}
+SANDBOX_TRACKING = {"/segment": US, "/segment_eu": EU}
+SANDBOX_PUBLIC_API = {"/segmentapis": US}
+# The project's reverse-ETL models, as reverse_etl/defs.py finds them (without loading Dagster).
+MODELS_PACKAGE = "segment_ops.syncs.reverse_etl.sql"
+SOURCE_KEYS = "Connections > Sources > the source > Settings > API Keys"
+PENDO_ZONE = "Pendo's Settings > Subscription settings > Time Zone"
+
+SENDING_CHECKS = ("segment_write_key", "segment_region")
+CHECK_NAMES = (*SENDING_CHECKS, "segment_public_api", "splunk_hec", "splunk_hec_ack", "splunk_hec_index",
+               "pendo_key", "pendo_timezone", "heap_webhook_secret", "heap_receiver", "slack_webhook",
+               "warehouse", "reverse_etl_models")
+
+
+def all_checks(settings: Settings) -> list[Check]:
+    """Every check, in the table's order (`CHECK_NAMES`)."""
+    return [*_segment_checks(settings), _public_api_check(settings), *_splunk_checks(settings),
+            *_pendo_checks(settings), *_heap_checks(settings), _slack_check(settings),
+            *_warehouse_checks(settings)]
+
+
+def sending_checks(settings: Settings) -> list[Check]:
+    """What the gate in front of a send to Segment runs: the write key's source and the tracking region."""
+    return _segment_checks(settings)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    return [settings[name] for name in SECRET_NAMES if settings[name]]
+
+
+def cache_for(settings: Settings) -> PreflightCache:
+    return PreflightCache(settings.home.joinpath(*CACHE_FILE))
+
+
+def gate_settings(settings: Settings, *, tracking_url: str, write_key: str) -> Settings:
+    """`settings` with the tracking URL and write key a sync will really send with (its resource's)."""
+    values, from_env = dict(settings.values), set(settings.from_env)
+    for name, value in (("SEGMENT_TRACKING_URL", tracking_url), ("SEGMENT_WRITE_KEY", write_key)):
+        if value != values[name]:
+            values[name] = value
+            from_env.add(name)
+    return Settings(values=values, from_env=frozenset(from_env), home_conflict=settings.home_conflict,
+                    home_dependent=settings.home_dependent)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Verdict:
+    """Builds one check's results: `fail` is definitive (auth, configuration), `transient` is not."""
+
+    check: str
+    settings: tuple[str, ...]
+
+    def ok(self, detail: str) -> CheckResult:
+        return CheckResult(self.check, self.settings, Status.PASS, detail)
+
+    def warn(self, detail: str, todo: str) -> CheckResult:
+        return CheckResult(self.check, self.settings, Status.WARN, detail, todo)
+
+    def skip(self, detail: str, todo: str = "") -> CheckResult:
+        return CheckResult(self.check, self.settings, Status.SKIP, detail, todo)
+
+    def fail(self, detail: str, todo: str) -> CheckResult:
+        return CheckResult(self.check, self.settings, Status.FAIL, detail, todo, definitive=True)
+
+    def transient(self, detail: str, todo: str) -> CheckResult:
+        return CheckResult(self.check, self.settings, Status.FAIL, detail, todo, definitive=False)
+
+    def vendor(self, exc: VendorError, refused: str, todo: str) -> CheckResult:
+        """A vendor's refusal: a 4xx is definitive, no answer (network, 5xx, throttling) is transient."""
+        if isinstance(exc, VendorUnavailable) or exc.status is None:
+            return self.transient(f"no answer: {exc}", "retry later; if it lasts, check the URL and the "
+                                                       "vendor's status page")
+        return self.fail(f"{refused}: {exc}", todo)
+
+
+@dataclass
+class _Once(Generic[T]):
+    """A fetch two checks share, made at most once: its value, or the error it raised to each caller."""
+
+    fetch: Callable[[], T]
+    _done: bool = False
+    _value: T | None = None
+    _error: Exception | None = None
+
+    def __call__(self) -> T:
+        if not self._done:
+            self._done = True
+            try:
+                self._value = self.fetch()
+            except Exception as exc:  # noqa: BLE001 - kept and raised to each caller
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+def _check(settings: Settings, verdict: _Verdict, run: Callable[[_Verdict], CheckResult]) -> Check:
+    values = {name: settings[name] for name in verdict.settings}
+    return Check(verdict.check, verdict.settings, lambda: run(verdict), fingerprint(values))
+
+
+def _live(settings: Settings) -> bool:
+    return any(settings.is_set(name) for name in VENDOR_URLS)
+
+
+def _configured(settings: Settings, url_name: str) -> bool:
+    """A vendor is checked when its URL is set, or when every vendor is on the sandbox."""
+    return settings.is_set(url_name) or not _live(settings)
+
+
+def _credential(settings: Settings, name: str, url_name: str) -> str | None:
+    """A credential's value; None when unset (a sandbox default sent to a live URL is unset too)."""
+    if settings.is_set(name) or not settings.is_set(url_name):
+        return settings[name] or None
+    return None
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+def _region(url: str, settings: Settings, hosts: dict[str, str], sandbox: dict[str, str]) -> str | None:
+    base = url.rstrip("/")
+    for path, region in sandbox.items():
+        if base == f"{settings['SEGMENT_OPS_SANDBOX_URL']}{path}":
+            return region
+    return hosts.get(_host(url).lower())
+
+
+# --- Segment ---------------------------------------------------------------------------------------------
+
+def _segment_checks(settings: Settings) -> list[Check]:
+    write_key = _credential(settings, "SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
+    token = _credential(settings, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
+    api_url, tracking_url = settings["SEGMENT_PUBLIC_API_URL"], settings["SEGMENT_TRACKING_URL"]
+
+    def list_sources() -> list[dict]:
+        client = SegmentPublicApiClient(api_url, token or "", timeout=CHECK_TIMEOUT, retry=CHECK_RETRY)
+        try:
+            return list(client.iter_sources())
+        finally:
+            client.close()
+
+    sources = _Once(list_sources)
+
+    def write_key_check(verdict: _Verdict) -> CheckResult:
+        if write_key is None:
+            return verdict.fail("SEGMENT_WRITE_KEY is not set",
+                                f"set it to the write key of the Segment HTTP source ({SOURCE_KEYS})")
+        if token is None:
+            return verdict.warn("cannot be verified: SEGMENT_PUBLIC_API_TOKEN is not set, and Segment "
+                                "answers 200 to a wrong write key and drops every call",
+                                "set SEGMENT_PUBLIC_API_TOKEN (a token that can read the workspace's "
+                                "sources); until then find one test call in the source's debugger")
+        try:
+            found = sources()
+        except VendorError as exc:
+            why = ("the Public API refused SEGMENT_PUBLIC_API_TOKEN" if isinstance(exc, VendorAuthError)
+                   else "the Public API did not answer")
+            return verdict.warn(f"cannot be verified now: {why} ({exc})", "see the segment_public_api row")
+        mine = [s for s in found if write_key in (s.get("writeKeys") or [])]
+        if not mine:
+            return verdict.fail(f"not the write key of any of the {len(found)} sources the token can read "
+                                "(Segment answers 200 to every call under it and drops it)",
+                                f"copy the HTTP source's write key ({SOURCE_KEYS}) into SEGMENT_WRITE_KEY; "
+                                "a source of another workspace needs that workspace's token")
+        label = f"{mine[0].get('name')!r} ({mine[0].get('slug')})"
+        if not any(s.get("enabled") for s in mine):
+            return verdict.fail(f"the write key of source {label}, which is disabled: Segment drops its "
+                                "calls", "enable the source in Segment, or use an enabled source's key")
+        return verdict.ok(f"the write key of source {label}, enabled")
+
+    def region_check(verdict: _Verdict) -> CheckResult:
+        if token is None:
+            return verdict.skip("the workspace's region is that of the Public API host answering "
+                                "SEGMENT_PUBLIC_API_TOKEN, which is not set", "set SEGMENT_PUBLIC_API_TOKEN")
+        try:
+            sources()
+        except VendorError as exc:
+            return verdict.skip(f"the Public API did not answer the token ({exc.status or 'no answer'})",
+                                "see the segment_public_api row")
+        tracking = _region(tracking_url, settings, TRACKING_HOSTS, SANDBOX_TRACKING)
+        workspace = _region(api_url, settings, PUBLIC_API_HOSTS, SANDBOX_PUBLIC_API)
+        if tracking is None or workspace is None:
+            name, url = (("SEGMENT_TRACKING_URL", tracking_url) if tracking is None
+                         else ("SEGMENT_PUBLIC_API_URL", api_url))
+            return verdict.warn(f"cannot tell the region of {name}'s host {_host(url)}",
+                                "make sure the tracking host is your workspace region's (US api.segment.io, "
+                                "EU events.eu1.segmentapis.com): the other region's drops every call")
+        if tracking != workspace:
+            return verdict.fail(f"SEGMENT_TRACKING_URL ({_host(tracking_url)}) is the {tracking} tracking "
+                                f"host, but the workspace is {workspace} (its Public API at {_host(api_url)} "
+                                "answers the token): Segment answers 200 and drops every call",
+                                f"set SEGMENT_TRACKING_URL to {TRACKING_BASE[workspace]}")
+        return verdict.ok(f"tracking host {_host(tracking_url)} and the workspace are both {workspace}")
+
+    key_names = ("SEGMENT_WRITE_KEY", "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
+    region_names = ("SEGMENT_TRACKING_URL", "SEGMENT_PUBLIC_API_URL", "SEGMENT_PUBLIC_API_TOKEN")
+    return [_check(settings, _Verdict("segment_write_key", key_names), write_key_check),
+            _check(settings, _Verdict("segment_region", region_names), region_check)]
+
+
+def _public_api_check(settings: Settings) -> Check:
+    token = _credential(settings, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
+
+    def run(verdict: _Verdict) -> CheckResult:
+        if token is None:
+            return verdict.skip("SEGMENT_PUBLIC_API_TOKEN is not set: the audit trail cannot read events",
+                                "set it to a token that can read the audit trail and the sources")
+        client = SegmentPublicApiClient(settings["SEGMENT_PUBLIC_API_URL"], token, timeout=CHECK_TIMEOUT,
+                                        retry=CHECK_RETRY)
+        # The audit trail is read over the last hour only: the token's access is the question, not events.
+        since = {"startTime": (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="seconds")}
+        try:
+            for path, used_by in PUBLIC_API_ENDPOINTS.items():
+                try:
+                    client.probe(path, since if path == "/audit-events" else None)
+                except VendorError as exc:
+                    return verdict.vendor(exc, f"GET {path} ({used_by}) refused the token",
+                                          "give SEGMENT_PUBLIC_API_TOKEN read access to the audit trail and "
+                                          "the sources (Settings > Access Management > Tokens); check that "
+                                          "SEGMENT_PUBLIC_API_URL is your workspace region's host")
+        finally:
+            client.close()
+        endpoints = ", ".join(f"GET {path}" for path in PUBLIC_API_ENDPOINTS)
+        return verdict.ok(f"the token reads {endpoints} (pagination.count=1)")
+
+    return _check(settings, _Verdict("segment_public_api", ("SEGMENT_PUBLIC_API_TOKEN",
+                                                            "SEGMENT_PUBLIC_API_URL")), run)
+
+
+# --- Splunk HEC ------------------------------------------------------------------------------------------
+
+def _splunk_checks(settings: Settings) -> list[Check]:
+    configured = _configured(settings, "SPLUNK_HEC_URL")
+    token = _credential(settings, "SPLUNK_HEC_TOKEN", "SPLUNK_HEC_URL")
+
+    def client() -> SplunkHecClient:
+        return SplunkHecClient(settings["SPLUNK_HEC_URL"], token or "", channel=str(uuid.uuid4()),
+                               timeout=CHECK_TIMEOUT, retry=CHECK_RETRY)
+
+    def probe() -> bool:
+        hec = client()
+        try:
+            hec.health()
+            return hec.ack_enabled()
+        finally:
+            hec.close()
+
+    ack_on = _Once(probe)
+
+    def not_checked(verdict: _Verdict) -> CheckResult | None:
+        if not configured:
+            return verdict.skip("SPLUNK_HEC_URL is not set: the audit trail is not forwarded to Splunk",
+                                "set it to forward the audit trail")
+        if token is None:
+            return verdict.fail("SPLUNK_HEC_TOKEN is not set", "set it to the HEC input's token (a GUID)")
+        return None
+
+    def hec_check(verdict: _Verdict) -> CheckResult:
+        if skipped := not_checked(verdict):
+            return skipped
+        try:
+            on = ack_on()
+        except VendorError as exc:
+            return verdict.vendor(exc, "HEC refused", "copy the token of the HEC input (Settings > Data "
+                                                      "inputs > HTTP Event Collector) into SPLUNK_HEC_TOKEN, "
+                                                      "and check SPLUNK_HEC_URL")
+        state = "on" if on else "off"
+        return verdict.ok(f"healthy; the token is accepted (indexer acknowledgement {state})")
+
+    def ack_check(verdict: _Verdict) -> CheckResult:
+        if skipped := not_checked(verdict):
+            return skipped
+        channel = settings["SPLUNK_HEC_CHANNEL"]
+        if channel:
+            try:
+                uuid.UUID(channel)
+            except ValueError:
+                return verdict.fail("SPLUNK_HEC_CHANNEL is not a GUID",
+                                    "set it to a GUID only this deployment uses, or unset it")
+        try:
+            timeout = float(settings["SPLUNK_HEC_ACK_TIMEOUT_SECONDS"])
+        except ValueError:
+            timeout = float("nan")
+        if not timeout > 0:
+            return verdict.fail("SPLUNK_HEC_ACK_TIMEOUT_SECONDS is not a number > 0", "set it to 300 or more")
+        try:
+            on = ack_on()
+        except VendorError:
+            return verdict.skip("HEC did not accept the token", "see the splunk_hec row")
+        if not on:
+            return verdict.ok("indexer acknowledgement is off for the token: HEC's 200 is the only proof an "
+                              "event was taken")
+        if timeout < MIN_ACK_TIMEOUT_SECONDS:
+            return verdict.warn(f"indexer acknowledgement is on and SPLUNK_HEC_ACK_TIMEOUT_SECONDS is "
+                                f"{timeout:g}: acks can take minutes, so batches may be sent twice",
+                                f"raise it to {MIN_ACK_TIMEOUT_SECONDS:g} or more")
+        where = "SPLUNK_HEC_CHANNEL" if channel else "the channel kept in the sync's state"
+        return verdict.ok(f"indexer acknowledgement is on; acks are awaited up to {timeout:g} s on {where}")
+
+    def index_check(verdict: _Verdict) -> CheckResult:
+        if skipped := not_checked(verdict):
+            return skipped
+        index = settings["SPLUNK_INDEX"]
+        if settings["PREFLIGHT_HEC_PROBE_EVENT"].strip().lower() not in ("1", "true", "yes"):
+            return verdict.skip("no probe event sent (PREFLIGHT_HEC_PROBE_EVENT is off): a SPLUNK_INDEX the "
+                                "token may not write to shows at the audit trail's first send (code 7)",
+                                "set PREFLIGHT_HEC_PROBE_EVENT=true to prove it with one event")
+        hec = client()
+        event = hec_event({"message": "segment_ops preflight probe", "check": verdict.check},
+                          sourcetype=HEC_PROBE_SOURCETYPE, index=index, host="segment-ops")
+        try:
+            hec.send_batch([event])
+        except HecConfigurationError as exc:
+            return verdict.fail(f"HEC refused the probe event: {exc}",
+                                "add SPLUNK_INDEX to the token's allowed indexes, or set it to one of them")
+        except VendorError as exc:
+            return verdict.vendor(exc, "HEC refused the probe event", "see the splunk_hec row")
+        finally:
+            hec.close()
+        return verdict.ok(f"a probe event (sourcetype {HEC_PROBE_SOURCETYPE}) was taken into {index}")
+
+    return [_check(settings, _Verdict("splunk_hec", ("SPLUNK_HEC_URL", "SPLUNK_HEC_TOKEN")), hec_check),
+            _check(settings, _Verdict("splunk_hec_ack", ("SPLUNK_HEC_TOKEN", "SPLUNK_HEC_CHANNEL",
+                                                         "SPLUNK_HEC_ACK_TIMEOUT_SECONDS")), ack_check),
+            _check(settings, _Verdict("splunk_hec_index", ("SPLUNK_INDEX", "SPLUNK_HEC_TOKEN",
+                                                           "PREFLIGHT_HEC_PROBE_EVENT")), index_check)]
+
+
+# --- Pendo -----------------------------------------------------------------------------------------------
+
+def _pendo_checks(settings: Settings) -> list[Check]:
+    configured = _configured(settings, "PENDO_API_URL")
+    key = _credential(settings, "PENDO_INTEGRATION_KEY", "PENDO_API_URL")
+
+    def zone_setting() -> ZoneInfo | PendoSettingError:
+        try:
+            return subscription_zone(settings["PENDO_TIMEZONE"])
+        except PendoSettingError as exc:
+            return exc
+
+    def newest_day() -> int | None:
+        """The newest `day` (epoch ms) of the subscription's usage over the last days: a one-row answer."""
+        zone = zone_setting()
+        zone = zone if isinstance(zone, ZoneInfo) else ZoneInfo("UTC")
+        apps = AppScope.parse(settings["PENDO_APP_IDS"])
+        first = datetime.now(UTC).astimezone(zone).date() - timedelta(days=PENDO_LOOKBACK_DAYS)
+        pipeline = [day_range_source("events", first, PENDO_LOOKBACK_DAYS, zone, apps=apps),
+                    {"group": {"group": ["day"], "fields": {"rows": {"count": None}}}},
+                    {"sort": ["-day"]}, {"limit": 1}]
+        client = PendoClient(settings["PENDO_API_URL"], key or "", timeout=CHECK_TIMEOUT, retry=CHECK_RETRY,
+                             apps=apps)
+        try:
+            rows = client.aggregate(pipeline, name="segment-ops preflight")
+        finally:
+            client.close()
+        day = rows[0].get("day") if rows else None
+        return day if isinstance(day, int) and not isinstance(day, bool) else None
+
+    newest = _Once(newest_day)
+
+    def key_check(verdict: _Verdict) -> CheckResult:
+        if not configured:
+            return verdict.skip("PENDO_API_URL is not set: Pendo is not synced", "set it to sync Pendo")
+        if key is None:
+            return verdict.fail("PENDO_INTEGRATION_KEY is not set", "set it (a read-only key is enough)")
+        try:
+            newest()
+        except PendoSettingError as exc:
+            return verdict.fail(str(exc), "correct PENDO_APP_IDS")
+        except VendorError as exc:
+            return verdict.vendor(exc, "Pendo refused the aggregation",
+                                  "copy a valid key into PENDO_INTEGRATION_KEY (Settings > Integrations > "
+                                  "Integration Keys); check PENDO_API_URL's region and PENDO_APP_IDS")
+        return verdict.ok(f"the key runs a one-row aggregation (usage of the last {PENDO_LOOKBACK_DAYS} "
+                          "days)")
+
+    def zone_check(verdict: _Verdict) -> CheckResult:
+        zone = zone_setting()
+        if isinstance(zone, PendoSettingError):
+            return verdict.fail(str(zone), f"set PENDO_TIMEZONE to the zone of {PENDO_ZONE}")
+        if not configured or key is None:
+            return verdict.skip("Pendo is not checked", "see the pendo_key row")
+        try:
+            day = newest()
+        except (PendoSettingError, VendorError):
+            return verdict.skip("Pendo did not answer", "see the pendo_key row")
+        if day is None:
+            return verdict.warn(f"no usage in the last {PENDO_LOOKBACK_DAYS} days: the subscription's zone "
+                                "cannot be read from Pendo's days",
+                                f"compare PENDO_TIMEZONE with {PENDO_ZONE}")
+        local, starts = local_day_of(day, zone), datetime.fromtimestamp(day / 1000, UTC)
+        named = settings["PENDO_TIMEZONE"]
+        if local_midnight_ms(local, zone) == day:
+            return verdict.ok(f"Pendo's days start at midnight in {named} (day {local} starts "
+                              f"{starts:%H:%M} UTC)")
+        return verdict.fail(f"Pendo's days start at {starts:%H:%M} UTC (a zone of UTC offset "
+                            f"{_offset_of_midnight(day)} on {starts:%Y-%m-%d}), not at midnight in "
+                            f"PENDO_TIMEZONE={named}", f"set PENDO_TIMEZONE to the zone of {PENDO_ZONE}")
+
+    return [_check(settings, _Verdict("pendo_key", ("PENDO_API_URL", "PENDO_INTEGRATION_KEY",
+                                                    "PENDO_APP_IDS")), key_check),
+            _check(settings, _Verdict("pendo_timezone", ("PENDO_TIMEZONE", "PENDO_INTEGRATION_KEY")),
+                   zone_check)]
+
+
+def _offset_of_midnight(day_ms: int) -> str:
+    """The whole-hour UTC offset (-12..+14) of a zone whose midnight falls at `day_ms`'s UTC time of day."""
+    hours = -((day_ms % DAY_MS) // 3_600_000)
+    hours = hours + 24 if hours < -12 else hours
+    return f"{'-' if hours < 0 else '+'}{abs(hours):02d}:00"
+
+
+# --- Heap ------------------------------------------------------------------------------------------------
+
+def _heap_checks(settings: Settings) -> list[Check]:
+    public_url = settings["HEAP_WEBHOOK_PUBLIC_URL"].strip().rstrip("/").removesuffix("/webhooks/heap")
+    set_secret = "set HEAP_WEBHOOK_SECRET to the secret of the Heap integration"
+
+    def secret_check(verdict: _Verdict) -> CheckResult:
+        from segment_ops.syncs.heap.receiver import (
+            WebhookConfigError,
+            WebhookSecretError,
+            config_from_env,
+            require_live_secret,
+        )
+
+        try:
+            config = config_from_env(settings)
+        except WebhookConfigError as exc:
+            return verdict.fail(str(exc), "correct the setting named")
+        if not all(config.secrets):
+            return verdict.fail("HEAP_WEBHOOK_SECRET is empty", set_secret)
+        if public_url:
+            try:
+                require_live_secret(config, _host(public_url))
+            except WebhookSecretError:
+                return verdict.fail(f"the receiver at {_host(public_url)} would accept pages signed with the "
+                                    "sandbox's published secret (HEAP_WEBHOOK_SECRET unset, or it or a "
+                                    "previous secret is the sandbox's)", set_secret)
+        if SANDBOX_HEAP_WEBHOOK_SECRET in config.secrets:
+            if _live(settings):
+                return verdict.warn("HEAP_WEBHOOK_SECRET is the sandbox's published secret: the receiver "
+                                    "starts on a loopback address only", set_secret)
+            return verdict.ok("the sandbox's secret, on the sandbox (accepted on loopback only)")
+        previous = len(config.previous_secrets)
+        return verdict.ok("set" + (f"; {previous} previous secret(s) still accepted" if previous else ""))
+
+    def receiver_check(verdict: _Verdict) -> CheckResult:
+        todo = "point HEAP_WEBHOOK_PUBLIC_URL at `segment-ops webhooks` (its base URL, as Heap reaches it)"
+        if not public_url:
+            return verdict.skip("HEAP_WEBHOOK_PUBLIC_URL is not set",
+                                "set it to the receiver's public base URL to check Heap can reach it")
+        client = HttpClient("heap_receiver", public_url, timeout=CHECK_TIMEOUT, retry=CHECK_RETRY)
+        try:
+            body = client.get_json("/healthz")
+        except VendorError as exc:
+            return verdict.vendor(exc, f"{public_url}/healthz refused", todo)
+        except ValueError:  # an answer that is not JSON: not the receiver
+            body = None
+        finally:
+            client.close()
+        if not (isinstance(body, dict) and body.get("ok") is True):
+            return verdict.fail(f"{public_url}/healthz is not the receiver's", todo)
+        return verdict.ok(f"{public_url}/healthz answers ok")
+
+    return [_check(settings, _Verdict("heap_webhook_secret", ("HEAP_WEBHOOK_SECRET",
+                                                              "HEAP_WEBHOOK_PREVIOUS_SECRETS",
+                                                              "HEAP_WEBHOOK_PUBLIC_URL")), secret_check),
+            _check(settings, _Verdict("heap_receiver", ("HEAP_WEBHOOK_PUBLIC_URL",)), receiver_check)]
+
+
+# --- Slack -----------------------------------------------------------------------------------------------
+
+def _slack_check(settings: Settings) -> Check:
+    todo = "create an incoming webhook for the alert channel and put its URL in ALERT_WEBHOOK_URL"
+
+    def run(verdict: _Verdict) -> CheckResult:
+        if not _configured(settings, "ALERT_WEBHOOK_URL"):
+            return verdict.warn("ALERT_WEBHOOK_URL is not set: alerts go nowhere",
+                                "set it to a Slack incoming webhook (see the go-live checklist)")
+        try:
+            client = SlackWebhookClient(settings["ALERT_WEBHOOK_URL"], timeout=CHECK_TIMEOUT,
+                                        retry=CHECK_RETRY)
+        except WebhookUrlError as exc:
+            return verdict.fail(str(exc), todo)
+        try:
+            status, answer = client.probe()
+        except VendorError as exc:
+            return verdict.vendor(exc, "Slack refused the webhook", todo)
+        finally:
+            client.close()
+        if status == 400:
+            return verdict.ok(f"a live webhook at {client.host}: an empty message was refused ({answer}), "
+                              "nothing was posted")
+        return verdict.warn(f"{client.host} answered {status} to an empty message, which Slack refuses: it "
+                            "may not be a Slack incoming webhook", "check ALERT_WEBHOOK_URL")
+
+    return _check(settings, _Verdict("slack_webhook", ("ALERT_WEBHOOK_URL",)), run)
+
+
+# --- warehouse -------------------------------------------------------------------------------------------
+
+def _warehouse_checks(settings: Settings) -> list[Check]:
+    url = settings["WAREHOUSE_URL"]
+    models_dir = Path(settings["REVERSE_ETL_MODELS_DIR"] or resources.files(MODELS_PACKAGE))
+
+    def compiled() -> tuple[list, dict]:
+        from segment_ops.syncs.reverse_etl.model import ModelSpec, load_models
+
+        models = load_models(models_dir)
+        if (path := duckdb_file(url)) is not None and not Path(path).exists():
+            raise WarehouseError(f"the DuckDB warehouse {path} does not exist")
+        return models, compile_queries(url, {m.name: m.sql for m in models if isinstance(m, ModelSpec)})
+
+    result = _Once(compiled)
+
+    def connect_check(verdict: _Verdict) -> CheckResult:
+        try:
+            result()
+        except WarehouseError as exc:
+            return verdict.transient(f"cannot connect: {exc}",
+                                     "check WAREHOUSE_URL, the network and the credentials in it (sandbox: "
+                                     "`segment-ops demo` builds the demo warehouse)")
+        return verdict.ok("connects")
+
+    def models_check(verdict: _Verdict) -> CheckResult:
+        from segment_ops.syncs.reverse_etl.model import ModelError
+
+        try:
+            models, columns = result()
+        except WarehouseError:
+            return verdict.skip("the warehouse is not reachable", "see the warehouse row")
+        if not models:
+            return verdict.skip(f"no model files in {models_dir}", "add `<model>.sql` files")
+        broken, good = [], []
+        for model in models:
+            try:
+                if isinstance(model, ModelError):
+                    raise model
+                found = columns[model.name]
+                if isinstance(found, WarehouseError):
+                    raise ModelError(model.path, str(found))
+                model.check_columns(found)
+            except ModelError as exc:
+                broken.append(f"{exc.path.name}: {exc.problem}")
+                continue
+            good.append(model.name)
+        if broken:
+            return verdict.fail(f"{len(broken)} of {len(models)} broken: " + "; ".join(broken),
+                                "fix the model files named (their runs fail until then)")
+        return verdict.ok(f"{len(good)} models compile (LIMIT 0) with the columns their headers name: "
+                          + ", ".join(good))
+
+    return [_check(settings, _Verdict("warehouse", ("WAREHOUSE_URL",)), connect_check),
+            _check(settings, _Verdict("reverse_etl_models", ("WAREHOUSE_URL", "REVERSE_ETL_MODELS_DIR")),
+                   models_check)]

@@ -1,0 +1,257 @@
+"""`segment-ops check`: every preflight check through real HTTP against the sandbox, on its defaults and with
+each credential broken. A wrong credential fails naming its setting, and no secret value is ever printed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from segment_ops.cli import main
+from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY, SECRET_NAMES, load_settings
+from segment_ops.engine.preflight import CheckResult, Status, render_table, run_checks
+from segment_ops.preflight import HEC_PROBE_SOURCETYPE, all_checks, secret_values
+from segment_ops.sandbox.segment.sources import DISABLED_SOURCE_WRITE_KEY
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import start_receiver
+from segment_ops.syncs.reverse_etl.defs import MODELS_DIR
+
+WRONG_WRITE_KEY = "wk-live-5ecret-value-0001"
+ON_THE_DEFAULTS = {"splunk_hec_index": Status.SKIP, "heap_receiver": Status.SKIP}
+
+
+def checks(*only: str, **env: str) -> dict[str, CheckResult]:
+    """The results of the named checks (all when none is named) under the test's environment plus `env`."""
+    settings = load_settings({**os.environ, **env})
+    selected = [c for c in all_checks(settings) if not only or c.name in only]
+    return {r.check: r for r in run_checks(selected, secrets=secret_values(settings))}
+
+
+def statuses(results: dict[str, CheckResult]) -> dict[str, Status]:
+    return {name: result.status for name, result in results.items()}
+
+
+def test_every_check_passes_on_the_sandbox_defaults(warehouse, clean_sandbox):
+    results = checks()
+
+    assert statuses(results) == {name: ON_THE_DEFAULTS.get(name, Status.PASS) for name in results}
+    assert "source 'segment-ops (HTTP API)'" in results["segment_write_key"].detail
+    assert clean_sandbox.received("slack") == [] and clean_sandbox.stats()["splunk"]["received"] == 0
+
+
+def test_check_exits_0_and_prints_the_table_on_the_sandbox_defaults(warehouse, clean_sandbox, capsys):
+    code = main(["check"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["check", "setting(s)", "result"]
+    assert "13 checks: 11 pass, 0 warn, 0 fail, 2 skip; no check failed" in out
+
+
+def test_a_wrong_write_key_fails_naming_the_setting_and_never_printing_the_key(warehouse, clean_sandbox,
+                                                                               capsys, monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+
+    code = main(["check"])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    [row] = [line for line in out.splitlines() if line.startswith("segment_write_key")]
+    assert "SEGMENT_WRITE_KEY" in row and "FAIL (auth/config): not the write key of" in row
+    assert WRONG_WRITE_KEY not in out and "5ecret" not in out
+
+
+def test_the_write_key_of_a_disabled_source_fails(ops_env, clean_sandbox):
+    [result] = checks("segment_write_key", SEGMENT_WRITE_KEY=DISABLED_SOURCE_WRITE_KEY).values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert "which is disabled" in result.detail and DISABLED_SOURCE_WRITE_KEY not in result.detail
+
+
+def test_a_tracking_host_of_the_other_region_fails(ops_env, clean_sandbox):
+    results = checks("segment_write_key", "segment_region",
+                     SEGMENT_TRACKING_URL=f"{clean_sandbox.url}/segment_eu",
+                     SEGMENT_WRITE_KEY=SANDBOX_SEGMENT_WRITE_KEY)
+
+    assert results["segment_write_key"].status is Status.PASS
+    region = results["segment_region"]
+    assert (region.status, region.definitive) == (Status.FAIL, True)
+    assert "is the EU tracking host, but the workspace is US" in region.detail
+    assert region.todo == "set SEGMENT_TRACKING_URL to https://api.segment.io"
+
+
+def test_without_a_public_api_token_the_key_is_a_warning_that_it_cannot_be_verified(warehouse, clean_sandbox,
+                                                                                      monkeypatch,
+                                                                                      capsys):
+    # A live Public API URL without its token: the sandbox's default token does not count as set.
+    monkeypatch.setenv("SEGMENT_PUBLIC_API_URL", f"{clean_sandbox.url}/segmentapis")
+
+    results = checks("segment_write_key", "segment_region", "segment_public_api")
+    code = main(["check"])
+
+    key = results["segment_write_key"]
+    assert key.status is Status.WARN and "cannot be verified" in key.detail
+    assert "SEGMENT_PUBLIC_API_TOKEN is not set" in key.detail
+    assert results["segment_region"].status is Status.SKIP
+    assert results["segment_public_api"].status is Status.SKIP
+    assert code == 0 and "no check failed" in capsys.readouterr().out  # warnings do not fail `check`
+    assert clean_sandbox.stats()["segmentapis"]["requests"] == 0
+
+
+def test_a_wrong_public_api_token_fails_and_leaves_the_key_unverified(ops_env, clean_sandbox):
+    results = checks("segment_write_key", "segment_region", "segment_public_api",
+                     SEGMENT_PUBLIC_API_TOKEN="sgp_wrong_5ecret_token")
+
+    api = results["segment_public_api"]
+    assert (api.status, api.definitive) == (Status.FAIL, True)
+    assert "GET /audit-events (the audit trail) refused the token" in api.detail and "401" in api.detail
+    assert results["segment_write_key"].status is Status.WARN
+    assert "refused SEGMENT_PUBLIC_API_TOKEN" in results["segment_write_key"].detail
+    assert results["segment_region"].status is Status.SKIP
+
+
+def test_a_public_api_outage_is_a_transient_failure(ops_env, clean_sandbox):
+    clean_sandbox.set_faults("segmentapis", rate_503=1.0)
+
+    results = checks("segment_write_key", "segment_public_api")
+
+    api = results["segment_public_api"]
+    assert (api.status, api.definitive) == (Status.FAIL, False)
+    assert results["segment_write_key"].status is Status.WARN
+
+
+def test_a_wrong_hec_token_fails(ops_env, clean_sandbox):
+    results = checks("splunk_hec", "splunk_hec_ack", SPLUNK_HEC_TOKEN="00000000-0000-4000-8000-00000000dead")
+
+    hec = results["splunk_hec"]
+    assert (hec.status, hec.definitive) == (Status.FAIL, True)
+    assert "Invalid token (code 4)" in hec.detail and "SPLUNK_HEC_TOKEN" in hec.todo
+    assert results["splunk_hec_ack"].status is Status.SKIP
+
+
+@pytest.mark.parametrize(("timeout", "expected"), [("300", Status.PASS), ("60", Status.WARN)])
+def test_with_indexer_ack_on_the_ack_timeout_is_checked(ops_env, sandbox_factory, monkeypatch, timeout,
+                                                        expected):
+    acking = sandbox_factory(splunk_ack=True)
+    monkeypatch.setenv("SEGMENT_OPS_SANDBOX_URL", acking.url)
+
+    results = checks("splunk_hec", "splunk_hec_ack", SPLUNK_HEC_ACK_TIMEOUT_SECONDS=timeout)
+
+    assert "indexer acknowledgement on" in results["splunk_hec"].detail
+    assert results["splunk_hec_ack"].status is expected
+
+
+def test_a_channel_that_is_not_a_guid_fails(ops_env, clean_sandbox):
+    [result] = checks("splunk_hec_ack", SPLUNK_HEC_CHANNEL="audit-channel").values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+
+
+def test_the_probe_event_proves_the_index_and_carries_its_own_sourcetype(ops_env, clean_sandbox):
+    [result] = checks("splunk_hec_index", PREFLIGHT_HEC_PROBE_EVENT="true").values()
+
+    assert result.status is Status.PASS
+    [event] = clean_sandbox.received("splunk")
+    assert (event["sourcetype"], event["index"]) == (HEC_PROBE_SOURCETYPE, "segment_audit")
+
+
+def test_an_index_the_token_may_not_write_to_fails_the_probe(ops_env, clean_sandbox):
+    [result] = checks("splunk_hec_index", PREFLIGHT_HEC_PROBE_EVENT="true", SPLUNK_INDEX="finance").values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert "Incorrect index (code 7)" in result.detail and clean_sandbox.received("splunk") == []
+
+
+def test_a_wrong_pendo_key_fails(ops_env, clean_sandbox):
+    results = checks("pendo_key", "pendo_timezone", PENDO_INTEGRATION_KEY="pendo-wrong-5ecret")
+
+    key = results["pendo_key"]
+    assert (key.status, key.definitive) == (Status.FAIL, True) and "403" in key.detail
+    assert results["pendo_timezone"].status is Status.SKIP
+
+
+def test_a_pendo_timezone_other_than_the_subscriptions_fails_with_its_offset(ops_env, clean_sandbox):
+    results = checks("pendo_key", "pendo_timezone", PENDO_TIMEZONE="Europe/Berlin")
+
+    assert results["pendo_key"].status is Status.PASS
+    zone = results["pendo_timezone"]
+    assert (zone.status, zone.definitive) == (Status.FAIL, True)
+    # The sandbox's subscription is New York's: its days start at 04:00 or 05:00 UTC.
+    assert "not at midnight in PENDO_TIMEZONE=Europe/Berlin" in zone.detail
+    assert "UTC offset -04:00" in zone.detail or "UTC offset -05:00" in zone.detail
+
+
+def test_a_slack_webhook_that_is_gone_fails_and_nothing_is_posted(ops_env, clean_sandbox):
+    url = f"{clean_sandbox.url}/slack/services/T0SANDBOX/B0SANDBOX/removedWebhookToken0001"
+
+    [result] = checks("slack_webhook", ALERT_WEBHOOK_URL=url).values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert "404" in result.detail and "no_service" in result.detail
+    assert "removedWebhookToken0001" not in result.detail + result.todo
+    assert clean_sandbox.received("slack") == []
+
+
+def test_an_unreachable_slack_webhook_is_a_transient_failure(ops_env):
+    url = "http://127.0.0.1:9/services/T0/B0/token00000001"  # the discard port: nothing listens
+
+    [result] = checks("slack_webhook", ALERT_WEBHOOK_URL=url).values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, False)
+
+
+def test_a_broken_model_query_fails_naming_its_file(warehouse, tmp_path: Path):
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, models)
+    path = models / "user_traits.sql"
+    path.write_text(path.read_text().replace("FROM customers", "FROM customer_typo"))
+
+    results = checks("warehouse", "reverse_etl_models", REVERSE_ETL_MODELS_DIR=str(models))
+
+    assert results["warehouse"].status is Status.PASS
+    broken = results["reverse_etl_models"]
+    assert (broken.status, broken.definitive) == (Status.FAIL, True)
+    assert "1 of 3 broken: user_traits.sql:" in broken.detail and "customer_typo" in broken.detail
+
+
+def test_a_missing_warehouse_fails_and_the_models_are_skipped(ops_env, tmp_path: Path):
+    results = checks("warehouse", "reverse_etl_models", WAREHOUSE_URL=f"duckdb:///{tmp_path}/none.duckdb")
+
+    assert (results["warehouse"].status, results["warehouse"].definitive) == (Status.FAIL, False)
+    assert results["reverse_etl_models"].status is Status.SKIP
+
+
+def test_the_sandbox_heap_secret_on_a_public_receiver_fails(ops_env):
+    [result] = checks("heap_webhook_secret", HEAP_WEBHOOK_PUBLIC_URL="https://hooks.example.com").values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert "hooks.example.com" in result.detail and "HEAP_WEBHOOK_SECRET" in result.todo
+
+
+def test_the_receivers_public_url_answers_healthz(ops_env, stop_in_background):
+    receiver = start_receiver(WebhookConfig(home=ops_env, heap_secret="heap-live-5ecret"))
+    stop_in_background(receiver)
+
+    results = checks("heap_webhook_secret", "heap_receiver", HEAP_WEBHOOK_PUBLIC_URL=receiver.heap_url,
+                     HEAP_WEBHOOK_SECRET="heap-live-5ecret")
+    wrong = checks("heap_receiver", HEAP_WEBHOOK_PUBLIC_URL=f"{receiver.url}/somewhere-else")
+
+    assert statuses(results) == {"heap_webhook_secret": Status.PASS, "heap_receiver": Status.PASS}
+    assert (wrong["heap_receiver"].status, wrong["heap_receiver"].definitive) == (Status.FAIL, True)
+
+
+def test_no_secret_value_reaches_the_table_whatever_fails(warehouse, clean_sandbox, monkeypatch):
+    wrong = {"SEGMENT_WRITE_KEY": WRONG_WRITE_KEY, "SEGMENT_PUBLIC_API_TOKEN": "sgp_wrong_5ecret_token",
+             "SPLUNK_HEC_TOKEN": "00000000-0000-4000-8000-5ec7e7000001",
+             "PENDO_INTEGRATION_KEY": "pendo-5ecret-1",
+             "HEAP_WEBHOOK_SECRET": "heap-5ecret-value-1",
+             "ALERT_WEBHOOK_URL": f"{clean_sandbox.url}/slack/services/T0/B0/slack5ecretToken0001"}
+    for name, value in wrong.items():
+        monkeypatch.setenv(name, value)
+
+    table = render_table(list(checks().values()))
+
+    assert set(wrong) <= set(SECRET_NAMES)
+    assert [value for value in wrong.values() if value in table] == [] and "5ecret" not in table
