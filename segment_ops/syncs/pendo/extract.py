@@ -22,11 +22,12 @@ Each slice is written in one transaction that first deletes its days, then inser
 them in `pendo_staged_days` with the zone and the app set (`AppScope.key`) they were read with: a day is
 staged only when every request of its slice completed, so a staged day without rows is a day without usage
 and an unstaged day is a missing answer. Re-running a day replaces it exactly (also a day staged under
-another zone or app set: same date, new bounds or apps), and a run that stops after some slices keeps those slices. Rows Pendo returns that cannot be
-attributed (no account, visitor or day; counts that are not non-negative integers; an NPS answer outside
-0-10; an app outside PENDO_APP_IDS) go to the ledger's `rejected` table with the reason, never silently
-dropped. Each response body is written as it came to a spool file beside the staging file and parsed there
-by DuckDB (`read_json_objects`): Python never builds the rows as objects.
+another zone or app set: same date, new bounds or apps), and a run that stops after some slices keeps
+those slices. Rows Pendo returns that cannot be attributed (no account, visitor or day; counts that are
+not non-negative integers; an NPS answer outside 0-10; an app outside PENDO_APP_IDS) go to the ledger's
+`rejected` table with the reason, never silently dropped. Each response body is written as it came to a
+spool file beside the staging file and parsed there by DuckDB (`read_json_objects`): Python never builds
+the rows as objects.
 
 The `group` stage's aggregate form is unverified in spec §4; the sandbox implements it as documented in
 `sandbox/pendo/pipeline.py`. No Dagster imports.
@@ -103,7 +104,8 @@ WITH v AS (
            sum(minutes) AS minutes
     FROM pendo_visitor_days GROUP BY day, account_id
 ), f AS (
-    SELECT day, account_id, count(DISTINCT feature_id) AS features_used FROM pendo_feature_days GROUP BY day, account_id
+    SELECT day, account_id, count(DISTINCT feature_id) AS features_used
+    FROM pendo_feature_days GROUP BY day, account_id
 ), p AS (
     SELECT day, account_id, count(*) AS nps_responses, avg(response) AS nps_average
     FROM pendo_poll_responses GROUP BY day, account_id
@@ -166,7 +168,8 @@ class ExtractReport:
     accounts: int = 0
     features: int = 0
     slices: list[tuple[date, date]] = field(default_factory=list)
-    not_ended: list[date] = field(default_factory=list)  # asked for, but not `settle_hours` past their end yet
+    # asked for, but not `settle_hours` past their end yet
+    not_ended: list[date] = field(default_factory=list)
     events_by_app: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -175,7 +178,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     store.ensure(con, STATE)
 
 
-def slices_of(first_day: date, last_day: date, size: int = MAX_DAYS_PER_AGGREGATION) -> list[tuple[date, date]]:
+def slices_of(first_day: date, last_day: date,
+              size: int = MAX_DAYS_PER_AGGREGATION) -> list[tuple[date, date]]:
     """[first_day, last_day] cut into consecutive (first, last) slices of at most `size` days."""
     if last_day < first_day:
         raise ValueError(f"empty day range {first_day} .. {last_day}")
@@ -196,9 +200,9 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
     are not requested and come back in `report.not_ended` (when none has, nothing is requested at all).
 
     Raises `ExtractError` (with the report of what was staged) when Pendo fails after the client's retries,
-    `TimeZoneMismatchError` when Pendo's days do not start at `zone`'s midnights, `EmptyDaysError` when a slice
-    comes back without any usage although Pendo lists accounts and the staged days around it had usage (unless
-    `allow_empty_days`); the client's `VendorAuthError` passes through as it is.
+    `TimeZoneMismatchError` when Pendo's days do not start at `zone`'s midnights, `EmptyDaysError` when a
+    slice comes back without any usage although Pendo lists accounts and the staged days around it had usage
+    (unless `allow_empty_days`); the client's `VendorAuthError` passes through as it is.
     """
     started = time.monotonic()
     ensure_schema(con)
@@ -207,7 +211,8 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
                            app_set=client.apps.key)
     settled = last_settled_day(zone, config.settle_hours, now)
     if last_day > settled:
-        report.not_ended = [d for d, _, _ in day_bounds(max(first_day, settled + timedelta(days=1)), last_day, zone)]
+        first_unsettled = max(first_day, settled + timedelta(days=1))
+        report.not_ended = [d for d, _, _ in day_bounds(first_unsettled, last_day, zone)]
     read_last = min(last_day, settled)
     if read_last < first_day:
         report.seconds = time.monotonic() - started
@@ -228,7 +233,8 @@ def extract_days(con: duckdb.DuckDBPyConnection, client: PendoClient, config: He
         accounts = aggregate(_accounts_pipeline(config), "segment-ops pendo accounts", "accounts.json")
         report.requests += 1
         features = _spool(spool / "features.json", client.features_raw(on_retry=counted_retry))
-        report.accounts, report.features, rejected = _stage_entities(con, accounts, features, client.apps, run_id)
+        report.accounts, report.features, rejected = _stage_entities(con, accounts, features, client.apps,
+                                                                     run_id)
         ledger.reject_relation(SYNC, "pendo_rejections", run_id=run_id)
         con.execute("DROP TABLE pendo_rejections")
         report.rejected += rejected
@@ -288,7 +294,8 @@ def _features_pipeline(first: date, days: int, zone: ZoneInfo, apps: AppScope) -
                        "fields": {"numEvents": {"sum": "numEvents"}, "visitors": {"count": "visitorId"}}}}]
 
 
-def _polls_pipeline(first: date, days: int, zone: ZoneInfo, apps: AppScope, config: HealthConfig) -> list[dict]:
+def _polls_pipeline(first: date, days: int, zone: ZoneInfo, apps: AppScope,
+                    config: HealthConfig) -> list[dict]:
     argument = {"pollId": config.nps_poll_id} if config.nps_poll_id else None
     return [day_range_source("pollEvents", first, days, zone, apps=apps, argument=argument), _HAS_ACCOUNT,
             {"select": {"accountId": "accountId", "visitorId": "visitorId", "appId": "appId", "time": "time",
@@ -298,9 +305,9 @@ def _polls_pipeline(first: date, days: int, zone: ZoneInfo, apps: AppScope, conf
 def _accounts_pipeline(config: HealthConfig) -> list[dict]:
     # Accounts belong to the subscription, not to an app ("Multi-app subscriptions"): no appId.
     return [{"source": {"accounts": None}}, {"identified": "accountId"},
-            {"select": {"accountId": "accountId", "name": "metadata.agent.name", "plan": "metadata.custom.planlevel",
-                        "seats": f"metadata.custom.{config.seats_field}", "firstVisit": "metadata.auto.firstvisit",
-                        "lastVisit": "metadata.auto.lastvisit"}}]
+            {"select": {"accountId": "accountId", "name": "metadata.agent.name",
+                        "plan": "metadata.custom.planlevel", "seats": f"metadata.custom.{config.seats_field}",
+                        "firstVisit": "metadata.auto.firstvisit", "lastVisit": "metadata.auto.lastvisit"}}]
 
 
 # --- staging --------------------------------------------------------------------------------------------
@@ -317,13 +324,14 @@ def _missing(field: str) -> str:
 def _bad_count(field: str) -> str:
     """SQL: the reason when a count field is not a non-negative whole number."""
     value = _COUNT.format(field)
-    return (f"CASE WHEN {value} IS NULL OR {value} < 0 THEN '{field} is ' || coalesce(j->>'{field}', 'missing') "
-            "|| ', not a non-negative whole number' END")
+    return (f"CASE WHEN {value} IS NULL OR {value} < 0 THEN '{field} is ' "
+            f"|| coalesce(j->>'{field}', 'missing') || ', not a non-negative whole number' END")
 
 
 def _spool_parent(con: duckdb.DuckDBPyConnection) -> str | None:
     """The staging file's folder (the spool files sit beside it), or the system's temp folder in memory."""
-    path = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
+    path = con.execute("SELECT path FROM duckdb_databases() "
+                       "WHERE database_name = current_database()").fetchone()[0]
     return os.path.dirname(path) if path else None
 
 
@@ -333,9 +341,10 @@ def _spool(path: Path, body: bytes) -> Path:
 
 
 def _rows(con: duckdb.DuckDBPyConnection, table: str, path: Path, *, array: bool = False) -> None:
-    """The JSON file at `path` - an aggregation's `{"results": [...]}` or a bare array - as a temp table of one
-    JSON value per row, parsed by DuckDB from the file. An aggregation's body is one JSON object, so DuckDB's
-    object size limit (16 MB by default) is raised to the file's size, no further (it sizes its buffer by it)."""
+    """The JSON file at `path` - an aggregation's `{"results": [...]}` or a bare array - as a temp table of
+    one JSON value per row, parsed by DuckDB from the file. An aggregation's body is one JSON object, so
+    DuckDB's object size limit (16 MB by default) is raised to the file's size, no further (it sizes its
+    buffer by it)."""
     rows = "json" if array else "unnest(CAST(json->'results' AS JSON[]))"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
@@ -421,17 +430,19 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tu
     day_ms = "TRY_CAST(j->>'day' AS BIGINT)"
     answered = "TRY_CAST(j->>'time' AS BIGINT)"
     response = "TRY_CAST(j->>'response' AS DOUBLE)"
-    bad_day = f"CASE WHEN {day_ms} IS NULL THEN 'day is ' || coalesce(j->>'day', 'missing') || ', not epoch ms' END"
+    bad_day = (f"CASE WHEN {day_ms} IS NULL THEN 'day is ' || coalesce(j->>'day', 'missing') "
+               "|| ', not epoch ms' END")
     outside = (f"CASE WHEN {day_ms} IS NOT NULL AND d.day IS NULL THEN 'day ' || {day_ms} || ' ('"
-               f" || strftime(epoch_ms({day_ms}), '%Y-%m-%d %H:%M') || ' UTC) is outside the requested days' END")
+               f" || strftime(epoch_ms({day_ms}), '%Y-%m-%d %H:%M')"
+               " || ' UTC) is outside the requested days' END")
     app_outside = _app_outside(apps)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pendo_checked_visitor AS
         SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('visitorId')} AS visitor_id, d.day,
                {_TEXT.format('appId')} AS app_id, {_COUNT.format('numEvents')} AS events,
                {_COUNT.format('numMinutes')} AS minutes,
-               concat_ws('; ', {_missing('accountId')}, {_missing('visitorId')}, {bad_day}, {outside}, {app_outside},
-                         {_bad_count('numEvents')}, {_bad_count('numMinutes')}) AS reason
+               concat_ws('; ', {_missing('accountId')}, {_missing('visitorId')}, {bad_day}, {outside},
+                         {app_outside}, {_bad_count('numEvents')}, {_bad_count('numMinutes')}) AS reason
         FROM pendo_raw_visitor LEFT JOIN pendo_slice_days d ON d.start_ms = {day_ms}
     """)
     con.execute(f"""
@@ -439,8 +450,8 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tu
         SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('featureId')} AS feature_id, d.day,
                {_TEXT.format('appId')} AS app_id, {_COUNT.format('numEvents')} AS events,
                {_COUNT.format('visitors')} AS visitors,
-               concat_ws('; ', {_missing('accountId')}, {_missing('featureId')}, {bad_day}, {outside}, {app_outside},
-                         {_bad_count('numEvents')}) AS reason
+               concat_ws('; ', {_missing('accountId')}, {_missing('featureId')}, {bad_day}, {outside},
+                         {app_outside}, {_bad_count('numEvents')}) AS reason
         FROM pendo_raw_feature LEFT JOIN pendo_slice_days d ON d.start_ms = {day_ms}
     """)
     con.execute(f"""
@@ -448,35 +459,42 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tu
         SELECT j, {_TEXT.format('accountId')} AS account_id, {_TEXT.format('visitorId')} AS visitor_id,
                d.day, {answered} AS answered_ms, j->>'pollId' AS poll_id, {response} AS response,
                concat_ws('; ', {_missing('accountId')},
-                   CASE WHEN {answered} IS NULL THEN 'time is ' || coalesce(j->>'time', 'missing') || ', not epoch ms'
-                        WHEN d.day IS NULL THEN 'answered at ' || strftime(epoch_ms({answered}), '%Y-%m-%d %H:%M')
+                   CASE WHEN {answered} IS NULL
+                        THEN 'time is ' || coalesce(j->>'time', 'missing') || ', not epoch ms'
+                        WHEN d.day IS NULL
+                        THEN 'answered at ' || strftime(epoch_ms({answered}), '%Y-%m-%d %H:%M')
                              || ' UTC, outside the requested days' END,
                    {app_outside},
-                   CASE WHEN {response} IS NULL OR {response} NOT BETWEEN 0 AND 10 OR {response} <> floor({response})
-                        THEN 'NPS response ' || coalesce(j->>'response', 'missing') || ' is not a whole number 0-10' END
+                   CASE WHEN {response} IS NULL OR {response} NOT BETWEEN 0 AND 10
+                             OR {response} <> floor({response})
+                        THEN 'NPS response ' || coalesce(j->>'response', 'missing')
+                             || ' is not a whole number 0-10' END
                ) AS reason
         FROM pendo_raw_poll LEFT JOIN pendo_slice_days d ON {answered} >= d.start_ms AND {answered} < d.end_ms
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE pendo_rejections AS
-        SELECT coalesce(account_id, '?') || '/' || coalesce(visitor_id, '?') || '/' || coalesce(day::VARCHAR, '?')
-                   AS record_key,
+        SELECT coalesce(account_id, '?') || '/' || coalesce(visitor_id, '?') || '/'
+                   || coalesce(day::VARCHAR, '?') AS record_key,
                'pendo events' AS source, reason, left(j::VARCHAR, 2000) AS record
         FROM pendo_checked_visitor WHERE reason <> ''
         UNION ALL
-        SELECT coalesce(account_id, '?') || '/' || coalesce(feature_id, '?') || '/' || coalesce(day::VARCHAR, '?'),
+        SELECT coalesce(account_id, '?') || '/' || coalesce(feature_id, '?') || '/'
+                   || coalesce(day::VARCHAR, '?'),
                'pendo featureEvents',
                reason, left(j::VARCHAR, 2000)
         FROM pendo_checked_feature WHERE reason <> ''
         UNION ALL
-        SELECT coalesce(account_id, '?') || '/' || coalesce(visitor_id, '?') || '/' || coalesce(answered_ms::VARCHAR, '?'),
+        SELECT coalesce(account_id, '?') || '/' || coalesce(visitor_id, '?') || '/'
+                   || coalesce(answered_ms::VARCHAR, '?'),
                'pendo pollEvents', reason, left(j::VARCHAR, 2000)
         FROM pendo_checked_poll WHERE reason <> ''
     """)
     params = {"first": first, "last": last}
     con.execute("BEGIN")
     try:
-        for table in ("pendo_visitor_days", "pendo_feature_days", "pendo_poll_responses", "pendo_staged_days"):
+        for table in ("pendo_visitor_days", "pendo_feature_days", "pendo_poll_responses",
+                      "pendo_staged_days"):
             con.execute(f"DELETE FROM {table} WHERE day BETWEEN $first AND $last", params)
         # A visitor or feature may come back in several rows for one day and app (Pendo splits event rows
         # further, e.g. by server); they are summed here. Apps stay apart: the score sums them.
@@ -496,8 +514,8 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tu
             FROM pendo_checked_poll WHERE reason = ''
         """)
         con.execute("""
-            INSERT INTO pendo_staged_days (day, staged_at, run_id, visitor_rows, feature_rows, poll_rows, timezone,
-                                           day_start_ms, day_end_ms, apps)
+            INSERT INTO pendo_staged_days (day, staged_at, run_id, visitor_rows, feature_rows, poll_rows,
+                                           timezone, day_start_ms, day_end_ms, apps)
             SELECT d.day, now(), $run_id,
                    (SELECT count(*) FROM pendo_visitor_days v WHERE v.day = d.day),
                    (SELECT count(*) FROM pendo_feature_days f WHERE f.day = d.day),
@@ -514,15 +532,16 @@ def _stage_slice(con: duckdb.DuckDBPyConnection, ledger: Ledger, bounds: list[tu
         SELECT sum(visitor_rows), sum(feature_rows), sum(poll_rows) FROM pendo_staged_days
         WHERE day BETWEEN $first AND $last""", params).fetchone()
     for app_id, events in con.execute("""
-            SELECT coalesce(app_id, '?'), sum(events) FROM pendo_visitor_days WHERE day BETWEEN $first AND $last
-            GROUP BY 1""", params).fetchall():
+            SELECT coalesce(app_id, '?'), sum(events) FROM pendo_visitor_days
+            WHERE day BETWEEN $first AND $last GROUP BY 1""", params).fetchall():
         report.events_by_app[app_id] = report.events_by_app.get(app_id, 0) + int(events)
     rejected = con.execute("SELECT count(*) FROM pendo_rejections").fetchone()[0]
     _drop_slice_tables(con)
     return int(counts[0] or 0), int(counts[1] or 0), int(counts[2] or 0), rejected
 
 
-def _check_day_starts(con: duckdb.DuckDBPyConnection, timezone: str, bounds: list[tuple[date, int, int]]) -> None:
+def _check_day_starts(con: duckdb.DuckDBPyConnection, timezone: str,
+                      bounds: list[tuple[date, int, int]]) -> None:
     """Raise `TimeZoneMismatchError` when an event row's `day` is not a midnight of `timezone`: Pendo buckets
     days in another zone (spec §7). Pendo aligns a request's `first` down to its own midnight, so such rows
     may also fall just outside the requested days; either way the day values betray the zone."""
@@ -532,7 +551,8 @@ def _check_day_starts(con: duckdb.DuckDBPyConnection, timezone: str, bounds: lis
             SELECT TRY_CAST(j->>'day' AS BIGINT) AS day_ms FROM pendo_raw_visitor
             UNION ALL SELECT TRY_CAST(j->>'day' AS BIGINT) FROM pendo_raw_feature)
         WHERE day_ms IS NOT NULL GROUP BY day_ms ORDER BY day_ms""").fetchall()
-    wrong = [(ms, n) for ms, n in values if _is_instant(ms) and local_midnight_ms(local_day_of(ms, zone), zone) != ms]
+    wrong = [(ms, n) for ms, n in values
+             if _is_instant(ms) and local_midnight_ms(local_day_of(ms, zone), zone) != ms]
     if not wrong:
         return
     day_ms = wrong[0][0]
@@ -541,22 +561,25 @@ def _check_day_starts(con: duckdb.DuckDBPyConnection, timezone: str, bounds: lis
     expected = datetime.fromtimestamp(local_midnight_ms(day, zone) / 1000, UTC)
     _drop_slice_tables(con)
     raise TimeZoneMismatchError(
-        f"Pendo's days do not start at midnight in PENDO_TIMEZONE={timezone}: {sum(n for _, n in wrong)} row(s) "
-        f"for {bounds[0][0]} .. {bounds[-1][0]} carry a `day` such as {day_ms} ({seen:%Y-%m-%d %H:%M} UTC), but "
-        f"{day} starts at {expected:%Y-%m-%d %H:%M} UTC in {timezone}. The subscription's time zone (Pendo: "
-        f"Settings > Subscription settings > Time Zone) puts midnight at {seen:%H:%M} UTC, i.e. a UTC offset "
-        f"of {_offset_of_midnight(seen)} on that day: set PENDO_TIMEZONE to it. Nothing of these days was staged",
+        f"Pendo's days do not start at midnight in PENDO_TIMEZONE={timezone}: {sum(n for _, n in wrong)} "
+        f"row(s) for {bounds[0][0]} .. {bounds[-1][0]} carry a `day` such as {day_ms} "
+        f"({seen:%Y-%m-%d %H:%M} UTC), but {day} starts at {expected:%Y-%m-%d %H:%M} UTC in {timezone}. "
+        f"The subscription's time zone (Pendo: Settings > Subscription settings > Time Zone) puts midnight "
+        f"at {seen:%H:%M} UTC, i.e. a UTC offset of {_offset_of_midnight(seen)} on that day: set "
+        f"PENDO_TIMEZONE to it. Nothing of these days was staged",
         ExtractReport(bounds[0][0], bounds[-1][0], timezone=timezone))
 
 
 EMPTY_LOOKBACK_DAYS = 7  # the staged days before a slice (and its own) that show whether usage is normal
 
 
-def _check_not_emptied(con: duckdb.DuckDBPyConnection, report: ExtractReport, first: date, last: date) -> None:
-    """Raise `EmptyDaysError` when the slice's answers hold no row at all, Pendo lists accounts, and days staged
-    in [first - 7 days, last] had usage: a completed empty answer would be staged as "no usage" and replace
-    real usage (Pendo answers zeros while it re-processes after a time zone change)."""
-    rows = con.execute("SELECT (SELECT count(*) FROM pendo_raw_visitor) + (SELECT count(*) FROM pendo_raw_feature)"
+def _check_not_emptied(con: duckdb.DuckDBPyConnection, report: ExtractReport, first: date,
+                       last: date) -> None:
+    """Raise `EmptyDaysError` when the slice's answers hold no row at all, Pendo lists accounts, and days
+    staged in [first - 7 days, last] had usage: a completed empty answer would be staged as "no usage" and
+    replace real usage (Pendo answers zeros while it re-processes after a time zone change)."""
+    rows = con.execute("SELECT (SELECT count(*) FROM pendo_raw_visitor)"
+                       " + (SELECT count(*) FROM pendo_raw_feature)"
                        " + (SELECT count(*) FROM pendo_raw_poll)").fetchone()[0]
     if rows or not report.accounts:
         return
@@ -567,11 +590,12 @@ def _check_not_emptied(con: duckdb.DuckDBPyConnection, report: ExtractReport, fi
         return
     _drop_slice_tables(con)
     raise EmptyDaysError(
-        f"Pendo answered no usage at all for {first} .. {last} although it lists {report.accounts} account(s) and "
-        f"{with_usage} staged day(s) up to {newest} had usage: Pendo may be re-processing the subscription's days "
-        "(it shows no data for a while after a change of the subscription's time zone). Nothing of these days was "
-        "staged. Re-run once Pendo shows usage again, or, if these days really had no usage, run with the run "
-        "config allow_empty_days: true", ExtractReport(first, last, timezone=report.timezone))
+        f"Pendo answered no usage at all for {first} .. {last} although it lists {report.accounts} "
+        f"account(s) and {with_usage} staged day(s) up to {newest} had usage: Pendo may be re-processing "
+        "the subscription's days (it shows no data for a while after a change of the subscription's time "
+        "zone). Nothing of these days was staged. Re-run once Pendo shows usage again, or, if these days "
+        "really had no usage, run with the run config allow_empty_days: true",
+        ExtractReport(first, last, timezone=report.timezone))
 
 
 def _is_instant(ms: int) -> bool:
@@ -588,6 +612,6 @@ def _offset_of_midnight(moment: datetime) -> str:
 
 
 def _drop_slice_tables(con: duckdb.DuckDBPyConnection) -> None:
-    for name in ("slice_days", "raw_visitor", "raw_feature", "raw_poll", "checked_visitor", "checked_feature",
-                 "checked_poll", "rejections"):
+    for name in ("slice_days", "raw_visitor", "raw_feature", "raw_poll", "checked_visitor",
+                 "checked_feature", "checked_poll", "rejections"):
         con.execute(f"DROP TABLE IF EXISTS pendo_{name}")

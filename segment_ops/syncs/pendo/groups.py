@@ -97,12 +97,13 @@ class GroupSyncRun(RunReport):
 def group_spec(config: HealthConfig) -> DiffSpec:
     """What the diff runs with: key account_id, group calls, upsert, the traits with their prefix."""
     return DiffSpec(sync=SYNC, source=config.path.name, call="group", mode="upsert", key="account_id",
-                    user_id="user_id", group_id="group_id", fields=tuple(config.trait_prefix + t for t in TRAITS))
+                    user_id="user_id", group_id="group_id",
+                    fields=tuple(config.trait_prefix + t for t in TRAITS))
 
 
 def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
-                        client_factory: Callable[[], SegmentTrackingClient], *, warehouse_url: str, timezone: str,
-                        apps: str, run_id: str | None = None, dry_run: bool = False,
+                        client_factory: Callable[[], SegmentTrackingClient], *, warehouse_url: str,
+                        timezone: str, apps: str, run_id: str | None = None, dry_run: bool = False,
                         max_in_flight: int = 4) -> GroupSyncRun:
     """Send the scored accounts whose traits changed as group calls; `dry_run` plans and counts only.
 
@@ -117,7 +118,8 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
 
     def stage(con: duckdb.DuckDBPyConnection) -> StagedResult:
         if config.identity is not None:
-            run.identity = stage_identity_map(con, config.identity, IDENTITY_TABLE, warehouse_url=warehouse_url)
+            run.identity = stage_identity_map(con, config.identity, IDENTITY_TABLE,
+                                              warehouse_url=warehouse_url)
         _build_rows(con, config, with_map=config.identity is not None, as_of=as_of, timezone=timezone,
                     apps=apps)
         run.accounts, run.mapped, run.unmapped_sent_as_is, run.rejected_here = con.execute(f"""
@@ -133,20 +135,22 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
         if run.rejected_here:
             con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE pendo_group_rejections AS
-                SELECT account_id AS record_key, {literal(config.path.name)} AS source, reject_reason AS reason,
-                       left(to_json(r)::VARCHAR, 2000) AS record
+                SELECT account_id AS record_key, {literal(config.path.name)} AS source,
+                       reject_reason AS reason, left(to_json(r)::VARCHAR, 2000) AS record
                 FROM {ROWS_TABLE} r WHERE reject_reason IS NOT NULL""")
             ledger.reject_relation(spec.sync, "pendo_group_rejections", run_id=run_id)
             con.execute("DROP TABLE pendo_group_rejections")
 
     def reconcile_accounts(con: duckdb.DuckDBPyConnection) -> None:
-        run.reconciled, run.missing = reconcile(con, spec.sync, as_of, run_id=run_id, timezone=timezone, apps=apps)
+        run.reconciled, run.missing = reconcile(con, spec.sync, as_of, run_id=run_id, timezone=timezone,
+                                                apps=apps)
 
     declared = DiffSync(spec, stage, before_plan=reject_unsendable, after_delivery=reconcile_accounts)
     return run_diff_sync(con, declared, run, client_factory, run_id=run_id, max_in_flight=max_in_flight)
 
 
-def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, timezone: str, apps: str) -> date:
+def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, timezone: str,
+                         apps: str) -> date:
     """The score table's day, once it is known to be current and over a complete window of days of `timezone`
     staged for the app set `apps` (see the errors)."""
     if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
@@ -157,17 +161,18 @@ def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, t
     if as_of is None:
         raise NothingScoredError("the score table is empty: materialize pendo/account_health first")
     if latest is not None and as_of < latest:
-        raise StaleScoreError(f"the scores are as of {as_of} but Pendo usage is staged up to {latest}: re-materialize "
-                              "pendo/account_health before syncing (nothing was sent)")
+        raise StaleScoreError(f"the scores are as of {as_of} but Pendo usage is staged up to {latest}: "
+                              "re-materialize pendo/account_health before syncing (nothing was sent)")
     missing = missing_window_days(con, as_of, config.window_days, timezone, apps)
     if missing and not config.allow_partial_window:
         other = days_staged_otherwise(con, missing, timezone, apps)
-        note = (f" ({describe_staged_otherwise(other)}, not as days of {timezone} for apps {apps}: re-read them)"
-                if other else "")
+        note = (f" ({describe_staged_otherwise(other)}, not as days of {timezone} for apps {apps}: "
+                "re-read them)" if other else "")
         raise PartialWindowError(
             f"{len(missing)} of the {config.window_days} days of the window ending {as_of} are not staged: "
-            f"{describe_days(missing)}{note}. Materialize those days of pendo/account_usage_daily and re-score (or "
-            f"set [window] allow_partial_window = true in {config.path.name} to send anyway); nothing was sent",
+            f"{describe_days(missing)}{note}. Materialize those days of pendo/account_usage_daily and "
+            f"re-score (or set [window] allow_partial_window = true in {config.path.name} to send anyway); "
+            "nothing was sent",
             missing)
     return as_of
 
@@ -177,7 +182,8 @@ def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id:
     """After a sync, the state of every Pendo account (the account list and any account with usage staged in
     `timezone` for `apps`, as the score counts them):
     delivered this run, unchanged since delivered, pending, rejected (here, by the diff, or by Segment, with a
-    reason) or missing - with why, at most 50 listed. A missing account is a bug or a stale input, never normal.
+    reason) or missing - with why, at most 50 listed. A missing account is a bug or a stale input, never
+    normal.
     """
     states = key_states(con, sync, run_id)
     con.execute(f"""
@@ -215,12 +221,14 @@ def reconcile(con: duckdb.DuckDBPyConnection, sync: str, as_of: date, *, run_id:
 
 def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_map: bool, as_of: date,
                 timezone: str, apps: str) -> None:
-    """`pendo_group_rows`: each scored account with groupId, userId, traits and why it cannot be sent (or NULL)."""
+    """`pendo_group_rows`: each scored account with groupId, userId, traits and why it cannot be sent (or
+    NULL)."""
     if with_map:
         lookup = f"""
             LEFT JOIN {IDENTITY_TABLE} m ON m.source_id = h.account_id
             LEFT JOIN {IDENTITY_TABLE}_ambiguous a ON a.source_id = h.account_id"""
-        mapped, ambiguous, targets = "m.target_id IS NOT NULL", "a.source_id IS NOT NULL", "array_to_string(a.targets, ', ')"
+        mapped, ambiguous, targets = ("m.target_id IS NOT NULL", "a.source_id IS NOT NULL",
+                                      "array_to_string(a.targets, ', ')")
     else:
         lookup, mapped, ambiguous, targets = "", "false", "false", "''"
     fallback = "NULL" if config.require_mapping else "h.account_id"
@@ -246,15 +254,18 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
             LEFT JOIN still_active sticky ON sticky.account_id = h.account_id AND sticky.user_id = s.user_id
         )
         SELECT *,
-               CASE WHEN ambiguous THEN 'Pendo account ' || account_id || ' maps to several Segment groups (' || targets
-                        || ') in the identity map; fix the map so it names one'
-                    WHEN group_id IS NULL THEN 'Pendo account ' || account_id || ' is not in the identity map and '
+               CASE WHEN ambiguous THEN 'Pendo account ' || account_id || ' maps to several Segment groups ('
+                        || targets || ') in the identity map; fix the map so it names one'
+                    WHEN group_id IS NULL
+                        THEN 'Pendo account ' || account_id || ' is not in the identity map and '
                         || 'require_mapping = true in ' || {config_file}
-                    WHEN count(*) OVER (PARTITION BY group_id) > 1 THEN 'Segment group ' || group_id || ' is the '
+                    WHEN count(*) OVER (PARTITION BY group_id) > 1
+                        THEN 'Segment group ' || group_id || ' is the '
                         || 'target of ' || count(*) OVER (PARTITION BY group_id) || ' Pendo accounts ('
                         || string_agg(account_id, ', ' ORDER BY account_id) OVER (PARTITION BY group_id)
                         || '); their scores would overwrite each other, so none is sent'
-                    WHEN user_id IS NULL THEN 'account ' || account_id || ' has no identified visitor active in the '
+                    WHEN user_id IS NULL
+                        THEN 'account ' || account_id || ' has no identified visitor active in the '
                         || 'last {window} and no service user is configured ([sync] service_user in '
                         || {config_file} || '); Segment drops a group call without a userId'
                END AS reject_reason
@@ -264,7 +275,8 @@ def _build_rows(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, with_ma
 
 
 def _sendable(con: duckdb.DuckDBPyConnection, spec: DiffSpec) -> StagedResult:
-    """The rows that can be sent, as the `StagedResult` the diff reads (it expects the unserialisable column)."""
+    """The rows that can be sent, as the `StagedResult` the diff reads (it expects the unserialisable
+    column)."""
     columns = ", ".join(quote(c) for c in ("account_id", "group_id", "user_id", *(spec.fields or ())))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {SENDABLE_TABLE} AS

@@ -17,9 +17,9 @@ Five components, each 0..1, for every account as of a day A over a window of W d
 score = round(100 * sum(weight * component) / sum(weight)) over the components the account has, band by
 the `[bands]` thresholds, and reasons = the (at most `[reasons] max`) components below `[reasons] below`
 that cost the most points, as short text with no relative day counts ("last active on 2026-10-20") and
-percentages in steps of 10, so a text only changes when something material does. An account with no activity scores (breadth, recency and depth
-0: score 0, critical, "no activity ..."), it never fails the run. Same staged data, same config: same
-scores, byte for byte (every ordering has a tie-break).
+percentages in steps of 10, so a text only changes when something material does. An account with no
+activity scores (breadth, recency and depth 0: score 0, critical, "no activity ..."), it never fails the
+run. Same staged data, same config: same scores, byte for byte (every ordering has a tie-break).
 
 Days are the Pendo subscription's (PENDO_TIMEZONE), and usage is summed over every app read (PENDO_APP_IDS:
 an account active in the web app and a mobile app counts its visitors once and its events from both). A
@@ -96,7 +96,8 @@ def missing_window_days(con: duckdb.DuckDBPyConnection, as_of: date, window_days
     rows = con.execute(
         "SELECT d::DATE FROM generate_series($first::DATE, $last::DATE, INTERVAL 1 DAY) t(d) "
         f"WHERE d::DATE NOT IN (SELECT day FROM pendo_staged_days WHERE {STAGED_HERE}) ORDER BY 1",
-        {"first": as_of - timedelta(days=window_days - 1), "last": as_of, "zone": timezone, "apps": apps}).fetchall()
+        {"first": as_of - timedelta(days=window_days - 1), "last": as_of, "zone": timezone,
+         "apps": apps}).fetchall()
     return [d for (d,) in rows]
 
 
@@ -119,7 +120,8 @@ def describe_staged_otherwise(other: list[tuple[date, str]]) -> str:
     counts: dict[str, int] = {}
     for _, how in other:
         counts[how] = counts.get(how, 0) + 1
-    return "; ".join(f"{n} {'of them ' if i == 0 else ''}staged {how}" for i, (how, n) in enumerate(counts.items()))
+    return "; ".join(f"{n} {'of them ' if i == 0 else ''}staged {how}"
+                     for i, (how, n) in enumerate(counts.items()))
 
 
 def describe_days(days: list[date], limit: int = 10) -> str:
@@ -231,7 +233,8 @@ def _check_shape(path: Path, data: dict[str, Any]) -> None:
                 raise HealthConfigError(path, f"unknown key {key!r} in [{section}]; known: "
                                               f"{', '.join(_SECTIONS[section])}")
             if isinstance(item, bool) and expected is not bool or not isinstance(item, expected):
-                names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+                types = expected if isinstance(expected, tuple) else (expected,)
+                names = " or ".join(t.__name__ for t in types)
                 raise HealthConfigError(path, f"[{section}] {key} must be {names}, got {item!r}")
 
 
@@ -262,7 +265,8 @@ def _check_values(c: HealthConfig) -> None:
     if not 0 <= c.settle_hours <= 72:
         fail(f"[extract] settle_hours must be 0..72, got {c.settle_hours}")
     if not c.seats_field.replace("_", "").isalnum():
-        fail(f"[extract] seats_field must be a metadata field name (letters, digits, _), got {c.seats_field!r}")
+        fail(f"[extract] seats_field must be a metadata field name (letters, digits, _), "
+             f"got {c.seats_field!r}")
     if c.trait_prefix and not c.trait_prefix.replace("_", "").isalnum():
         fail(f"[sync] trait_prefix must be letters, digits and _, got {c.trait_prefix!r}")
 
@@ -316,8 +320,8 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, time
     if latest is None or as_of is None:
         raise NothingStagedError(f"no Pendo usage day is staged as a day of {timezone} for apps {apps} yet: "
                                  "materialize "
-                                 "pendo/account_usage_daily (a backfill of the last 60 days gives the trend its "
-                                 "previous window)")
+                                 "pendo/account_usage_daily (a backfill of the last 60 days gives the trend "
+                                 "its previous window)")
     w = config.window_days
     params = {
         "as_of": as_of, "cur_start": as_of - timedelta(days=w - 1),
@@ -333,7 +337,8 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, time
     store.ensure(con, STATE)
     con.execute("BEGIN")
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}", params)
+        con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS {_score_sql(config, previous_staged == w)}",
+                    params)
         con.execute(f"INSERT INTO {RUNS_TABLE} VALUES (?, ?, ?, now())", [as_of, w, missing])
         con.execute("COMMIT")
     except BaseException:
@@ -348,8 +353,8 @@ def score_accounts(con: duckdb.DuckDBPyConnection, config: HealthConfig, *, time
                        "ORDER BY score, account_id LIMIT ?", [lowest]).fetchall()
     return ScoreReport(
         as_of=as_of, window_days=w, accounts=stats[0], bands={b: bands.get(b, 0) for b in BANDS},
-        window_days_staged=window_staged, previous_days_staged=previous_staged, missing_days=missing, with_trend=stats[4],
-        with_sentiment=stats[5], no_activity=stats[6], score_min=stats[1],
+        window_days_staged=window_staged, previous_days_staged=previous_staged, missing_days=missing,
+        with_trend=stats[4], with_sentiment=stats[5], no_activity=stats[6], score_min=stats[1],
         score_median=None if stats[2] is None else float(stats[2]), score_max=stats[3], lowest=rows,
         seconds=time.monotonic() - started)
 
@@ -365,13 +370,14 @@ def usage_days_sql() -> str:
 
 
 def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
-    """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end, $nps_start,
-    $zone, $apps): only rows of days staged as days of $zone for $apps count."""
+    """The whole score as one query over the staged tables ($as_of, $cur_start, $prev_start, $prev_end,
+    $nps_start, $zone, $apps): only rows of days staged as days of $zone for $apps count."""
     w, wt, step = c.window_days, c.weights, c.recency_step_days
     # Full adoption: `feature_target`, else the tagged features of the apps the account used in the window
     # (plus features Pendo gives no app); an account without usage in the window is measured against all.
     target = (f"{c.feature_target}" if c.feature_target
-              else "coalesce(nullif(app_features.features, 0), (SELECT nullif(count(*), 0) FROM pendo_features))")
+              else "coalesce(nullif(app_features.features, 0), "
+                   "(SELECT nullif(count(*), 0) FROM pendo_features))")
     # Trend needs the whole previous window staged; two empty windows say nothing about a trend.
     trend = ("CASE WHEN events = 0 AND coalesce(previous_events, 0) = 0 THEN NULL "
              "WHEN coalesce(previous_events, 0) = 0 THEN 1.0 "
@@ -387,8 +393,10 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
         # In steps of 10%: the ratio of two sliding windows moves a little every day.
         _reason(3, "trend", c, "format('usage down {}% vs the previous " + days_label + "', "
                 "(10 * round(10 * (1 - trend)))::INTEGER)"),
-        _reason(4, "sentiment", c, "format('NPS average {} from {} answer(s)', round(nps_average, 1), nps_answers)"),
-        _reason(5, "recency", c, "CASE WHEN last_active_date IS NULL THEN 'no activity seen in the staged days' "
+        _reason(4, "sentiment", c, "format('NPS average {} from {} answer(s)', round(nps_average, 1), "
+                "nps_answers)"),
+        _reason(5, "recency", c, "CASE WHEN last_active_date IS NULL "
+                "THEN 'no activity seen in the staged days' "
                 "ELSE format('last active on {}', strftime(last_active_date, '%Y-%m-%d')) END"),
     ])
     return f"""
@@ -415,7 +423,8 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
         SELECT account_id, visitor_id FROM (
             SELECT account_id, visitor_id, sum(events) AS events, sum(minutes) AS minutes
             FROM usage_visitor_days
-            WHERE day BETWEEN $cur_start AND $as_of AND NOT starts_with(visitor_id, {literal(ANONYMOUS_PREFIX)})
+            WHERE day BETWEEN $cur_start AND $as_of
+              AND NOT starts_with(visitor_id, {literal(ANONYMOUS_PREFIX)})
             GROUP BY account_id, visitor_id)
         QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY events DESC, minutes DESC, visitor_id) = 1
     ),
@@ -425,7 +434,8 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
     ),
     app_features AS (  -- per account: the tagged features of the apps it used in the window
         SELECT u.account_id, count(DISTINCT f.feature_id) AS features
-        FROM (SELECT DISTINCT account_id, app_id FROM usage_visitor_days WHERE day BETWEEN $cur_start AND $as_of) u
+        FROM (SELECT DISTINCT account_id, app_id FROM usage_visitor_days
+              WHERE day BETWEEN $cur_start AND $as_of) u
         JOIN pendo_features f ON f.app_id IS NOT DISTINCT FROM u.app_id OR f.app_id IS NULL
         GROUP BY u.account_id
     ),
@@ -440,12 +450,13 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
                coalesce(feat.features_used, 0) AS features_used, {target} AS feature_base,
                nps.nps_average, coalesce(nps.nps_answers, 0) AS nps_answers,
                ever.last_active AS last_active_date, top_visitor.visitor_id AS top_visitor_id,
-               CASE WHEN m.seats > 0 THEN m.seats ELSE greatest(coalesce(ever.visitors, 0), 1) END AS seat_base
+               CASE WHEN m.seats > 0 THEN m.seats ELSE greatest(coalesce(ever.visitors, 0), 1) END
+                   AS seat_base
         FROM accounts a
         LEFT JOIN pendo_accounts m USING (account_id)
         LEFT JOIN cur USING (account_id) LEFT JOIN prev USING (account_id) LEFT JOIN ever USING (account_id)
-        LEFT JOIN top_visitor USING (account_id) LEFT JOIN feat USING (account_id) LEFT JOIN nps USING (account_id)
-        LEFT JOIN app_features USING (account_id)
+        LEFT JOIN top_visitor USING (account_id) LEFT JOIN feat USING (account_id)
+        LEFT JOIN nps USING (account_id) LEFT JOIN app_features USING (account_id)
     ),
     components AS (
         SELECT *,
@@ -454,7 +465,8 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
                {trend} AS trend,
                nps_average / 10.0 AS sentiment,
                CASE WHEN last_active_date IS NULL THEN 0.0
-                    ELSE greatest(0.0, 1.0 - {step} * floor(date_diff('day', last_active_date, $as_of) / {step})
+                    ELSE greatest(0.0, 1.0 - {step}
+                                             * floor(date_diff('day', last_active_date, $as_of) / {step})
                                              / {w}.0) END AS recency
         FROM measured
     ),
@@ -481,7 +493,8 @@ def _score_sql(c: HealthConfig, previous_complete: bool) -> str:
 
 
 def _reason(order: int, component: str, c: HealthConfig, text: str) -> str:
-    """One candidate reason: kept when the component is below the threshold; sorted by points lost, then order."""
+    """One candidate reason: kept when the component is below the threshold; sorted by points lost, then
+    order."""
     weight = c.weights[component]
     return (f"{{'lost': -({weight} * (1 - coalesce({component}, 1)))::DOUBLE, 'ord': {order}, "
             f"'keep': coalesce({component} < {c.reason_below} AND {weight} > 0, false), 'text': {text}}}")
