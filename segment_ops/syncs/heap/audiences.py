@@ -51,7 +51,8 @@ _AUDIENCE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 # Heap's word on the segment's members, and what was applied to reach it (see `sync_audience`).
 STATE = store.register(store.StateSchema(
-    name="heap_membership", version=1, tables=("heap_membership", "heap_applied_syncs", "heap_applied_drains"),
+    name="heap_membership", version=1,
+    tables=("heap_membership", "heap_applied_syncs", "heap_applied_drains"),
     create="""
 CREATE TABLE IF NOT EXISTS heap_membership (
     identity VARCHAR NOT NULL,      -- the Heap identity (the customer's identity property)
@@ -85,11 +86,13 @@ class AudienceConfigError(ValueError):
 
 
 class IncompleteSyncError(RuntimeError):
-    """A sync or drain asked for is not (or no longer) complete in the inbox, or belongs to another segment."""
+    """A sync or drain asked for is not (or no longer) complete in the inbox, or belongs to another
+    segment."""
 
 
 class MembershipDropError(RuntimeError):
-    """The new membership would exit too many delivered members; nothing was changed. `report` is the run's."""
+    """The new membership would exit too many delivered members; nothing was changed. `report` is the
+    run's."""
 
     def __init__(self, message: str, report: AudienceRun) -> None:
         super().__init__(message)
@@ -118,8 +121,8 @@ class Audience:
         """The diff's view of the audience: identify calls keyed by userId, mirror mode, with the entered
         and exited events beside them."""
         return DiffSpec(
-            sync=self.sync, source=path.name, call="identify", mode="mirror", key="user_id", user_id="user_id",
-            fields=(self.trait,), removal_fields={self.trait: False},
+            sync=self.sync, source=path.name, call="identify", mode="mirror", key="user_id",
+            user_id="user_id", fields=(self.trait,), removal_fields={self.trait: False},
             companion=Companion(self.entered_event, self.exited_event,
                                 {"audience_key": self.trait, "audience_name": self.name,
                                  "heap_segment_id": self.segment_id, "source": "Heap"}))
@@ -136,7 +139,8 @@ class AudiencesConfig:
     min_match_rate: float = 0.95
     # Heap Connect: a schema per environment, `users` (user_id, identity); the membership table is unverified
     # (the default heap_audiences.toml says why).
-    members_query: str = ("SELECT m.segment_id, u.identity, m.synced_at FROM main_production.segment_members AS m "
+    members_query: str = ("SELECT m.segment_id, u.identity, m.synced_at "
+                          "FROM main_production.segment_members AS m "
                           "JOIN main_production.users AS u ON u.user_id = m.user_id")
     reconcile_schedule: str = "0 5 * * *"
     max_drop_ratio: float = 0.5
@@ -205,7 +209,8 @@ def _audience(key: str, table: Any, fail: Callable[[str], AudienceConfigError]) 
         raise fail(f"audiences.{key} must be a table")
     allowed = {"segment_id", "name", "trait", "description", "enabled", "entered_event", "exited_event"}
     if unknown := set(table) - allowed:
-        raise fail(f"audiences.{key}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}")
+        raise fail(f"audiences.{key}: unknown key(s) {', '.join(sorted(unknown))}; "
+                   f"known: {', '.join(sorted(allowed))}")
     missing = [k for k in ("segment_id", "name", "trait") if k not in table]
     if missing:
         raise fail(f"audiences.{key} lacks {', '.join(missing)}")
@@ -230,8 +235,8 @@ def _audience(key: str, table: Any, fail: Callable[[str], AudienceConfigError]) 
 def _drop_ratio(value: Any, fail: Callable[[str], AudienceConfigError]) -> float:
     ratio = _number(value, "reconcile.max_drop_ratio", fail, 0, 1)
     if ratio >= 1:
-        raise fail(f"reconcile.max_drop_ratio must be below 1 (a share of the delivered members; 1 would let a run "
-                   f"exit every member unguarded), got {value!r}")
+        raise fail(f"reconcile.max_drop_ratio must be below 1 (a share of the delivered members; 1 would "
+                   f"let a run exit every member unguarded), got {value!r}")
     return ratio
 
 
@@ -355,10 +360,12 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
         con.execute("""
             CREATE OR REPLACE TEMP TABLE heap_proposed AS
             SELECT identity, member, as_of, source FROM heap_membership m
-            WHERE NOT EXISTS (SELECT 1 FROM heap_changes c WHERE c.identity = m.identity AND c.as_of > m.as_of)
+            WHERE NOT EXISTS (SELECT 1 FROM heap_changes c
+                              WHERE c.identity = m.identity AND c.as_of > m.as_of)
             UNION ALL
             SELECT identity, member, as_of, source FROM heap_changes c
-            WHERE NOT EXISTS (SELECT 1 FROM heap_membership m WHERE m.identity = c.identity AND m.as_of >= c.as_of)
+            WHERE NOT EXISTS (SELECT 1 FROM heap_membership m
+                              WHERE m.identity = c.identity AND m.as_of >= c.as_of)
         """)
         run.identity_map = stage_identity_map(con, config.identity, "heap_identity_map",
                                               warehouse_url=warehouse_url)
@@ -389,7 +396,8 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
         inbox.mark_done(sync.sync_task_id, {"audience": audience.key, "run_id": run_id,
                                             "delivered": run.delivery.delivered if run.delivery else 0})
     for drain in run.drains:
-        inbox.mark_drain_done(drain.key, {"audience": audience.key, "run_id": run_id, "policy": run.drain_policy})
+        inbox.mark_drain_done(drain.key, {"audience": audience.key, "run_id": run_id,
+                                          "policy": run.drain_policy})
     for name in ("heap_changes", "heap_proposed", "heap_resolution", "heap_run_drains", STAGED_TABLE):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     return run
@@ -404,8 +412,8 @@ def _chosen_syncs(inbox: Inbox, audience: Audience, sync_task_ids: Sequence[str]
         if sync is None:
             raise IncompleteSyncError(f"sync {task} is not in the inbox {inbox.root}")
         if sync.segment_id != audience.segment_id:
-            raise IncompleteSyncError(f"sync {task} is for Heap segment {sync.segment_id}, not {audience.segment_id} "
-                                      f"({audience.key})")
+            raise IncompleteSyncError(f"sync {task} is for Heap segment {sync.segment_id}, not "
+                                      f"{audience.segment_id} ({audience.key})")
         if not sync.complete:
             raise IncompleteSyncError(f"sync {task} is incomplete: page(s) {list(sync.missing_pages)} of "
                                       f"{sync.total_pages} have not arrived")
@@ -426,8 +434,8 @@ def _chosen_drains(inbox: Inbox, audience: Audience, drain_keys: Sequence[str] |
             raise IncompleteSyncError(f"drain {key} is for Heap segment {drain.segment_id}, not "
                                       f"{audience.segment_id} ({audience.key})")
         if drain.held and not drain.done and not confirm_drop:
-            raise IncompleteSyncError(f"drain {key} is held: {drain.held}. If Heap drained the segment again, run "
-                                      "it with confirm_drop=true")
+            raise IncompleteSyncError(f"drain {key} is held: {drain.held}. If Heap drained the segment "
+                                      "again, run it with confirm_drop=true")
         if not drain.done:  # an applied drain stays applied: running it again would change nothing
             chosen.append(drain)
     return chosen
@@ -441,7 +449,8 @@ def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: Au
     signed it, so it does not override the newer one. That is *delivery-attempt* order, not the order of
     Heap's decisions: Heap's reference validator refuses anything older than 60 s, from which we infer
     (unverified) that Heap signs every retry anew. A drain retried after a later sync would then look newer;
-    the inbox holds the one case it can recognise (`Inbox.store_drain`), the drop guard stands behind the rest.
+    the inbox holds the one case it can recognise (`Inbox.store_drain`), the drop guard stands behind the
+    rest.
 
     Within a sync, pages apply in page order and a page's removes after its adds; across syncs, the
     sync Heap signed later wins (`as_of` = the earliest `Heap-Hash` timestamp of its pages, Heap's clock;
@@ -455,25 +464,29 @@ def _stage_webhook_changes(con: duckdb.DuckDBPyConnection, inbox: Inbox, run: Au
     """)
     # One file per statement: DuckDB's memory limit on the staging file then bounds a page, not a sync.
     for path in files:
-        page = f"read_json(?, columns={_PAGE_COLUMNS}, format='auto', maximum_object_size={_MAX_PAGE_FILE_BYTES})"
+        page = (f"read_json(?, columns={_PAGE_COLUMNS}, format='auto', "
+                f"maximum_object_size={_MAX_PAGE_FILE_BYTES})")
         con.execute(f"""
             INSERT INTO heap_page_ids
             SELECT sync_task_id, page_number, coalesce(make_timestamptz(signed_at * 1000), received_at),
                    unnest(add || remove) AS identity,
-                   unnest(list_transform(add, lambda x: true) || list_transform(remove, lambda x: false)) AS member,
-                   unnest(list_transform(add, lambda x: 0) || list_transform(remove, lambda x: 1))::TINYINT AS step
+                   unnest(list_transform(add, lambda x: true)
+                          || list_transform(remove, lambda x: false)) AS member,
+                   unnest(list_transform(add, lambda x: 0)
+                          || list_transform(remove, lambda x: 1))::TINYINT AS step
             FROM {page}
         """, [path])
         run.pages += 1
     run.adds_received, run.removes_received = con.execute(
-        "SELECT count(*) FILTER (WHERE member), count(*) FILTER (WHERE NOT member) FROM heap_page_ids").fetchone()
+        "SELECT count(*) FILTER (WHERE member), count(*) FILTER (WHERE NOT member) "
+        "FROM heap_page_ids").fetchone()
     con.execute("""
         CREATE OR REPLACE TEMP TABLE heap_changes AS
         SELECT identity, member, as_of, sync_task_id AS source FROM (
             SELECT *, min(stated_at) OVER (PARTITION BY sync_task_id) AS as_of FROM heap_page_ids
         )
-        QUALIFY row_number() OVER (PARTITION BY identity ORDER BY as_of DESC, sync_task_id DESC, page_number DESC,
-                                   step DESC) = 1
+        QUALIFY row_number() OVER (PARTITION BY identity ORDER BY as_of DESC, sync_task_id DESC,
+                                   page_number DESC, step DESC) = 1
     """)
     con.execute("DROP TABLE heap_page_ids")
 
@@ -493,7 +506,8 @@ def _apply_drains(con: duckdb.DuckDBPyConnection, run: AudienceRun) -> None:
     """
     con.execute("CREATE OR REPLACE TEMP TABLE heap_run_drains (drain_key VARCHAR, as_of TIMESTAMPTZ)")
     if run.drains:
-        con.executemany("INSERT INTO heap_run_drains VALUES (?, ?)", [(d.key, d.signed_at) for d in run.drains])
+        con.executemany("INSERT INTO heap_run_drains VALUES (?, ?)",
+                        [(d.key, d.signed_at) for d in run.drains])
     exit_now = run.drain_policy == "exit"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE heap_changes AS
@@ -512,7 +526,8 @@ def _apply_drains(con: duckdb.DuckDBPyConnection, run: AudienceRun) -> None:
         )
         QUALIFY row_number() OVER (PARTITION BY identity ORDER BY as_of DESC, member) = 1
     """)
-    run.drain_exits = con.execute("SELECT count(*) FROM heap_changes WHERE source LIKE 'drain:%'").fetchone()[0]
+    run.drain_exits = con.execute("SELECT count(*) FROM heap_changes "
+                                  "WHERE source LIKE 'drain:%'").fetchone()[0]
 
 
 def _stage_connect_changes(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: Audience,
@@ -524,7 +539,8 @@ def _stage_connect_changes(con: duckdb.DuckDBPyConnection, config: AudiencesConf
     try:
         stage_query(con, warehouse_url, query, "heap_connect")
     except WarehouseError as exc:
-        raise WarehouseError(f"{config.path}: reconcile.members_query failed for {audience.key}: {exc}") from None
+        raise WarehouseError(f"{config.path}: reconcile.members_query failed for {audience.key}: "
+                             f"{exc}") from None
     run.connect_rows = con.execute("SELECT count(*) FROM heap_connect").fetchone()[0]
     con.execute("""
         CREATE OR REPLACE TEMP TABLE heap_changes AS
@@ -561,12 +577,15 @@ def _resolve(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audience: 
                CASE WHEN a.source_id IS NOT NULL THEN NULL WHEN m.target_id IS NOT NULL THEN 'map'
                     WHEN {usable} THEN 'fallback' END AS how,
                CASE WHEN a.source_id IS NOT NULL THEN 'Heap identity is mapped to several Segment users ('
-                        || array_to_string(a.targets, ', ') || ') in the identity map; sending it to one would be a guess'
+                        || array_to_string(a.targets, ', ')
+                        || ') in the identity map; sending it to one would be a guess'
                     WHEN m.target_id IS NOT NULL THEN NULL
                     WHEN NOT {fallback} THEN 'Heap identity is not in the identity map (fallback: reject)'
-                    WHEN {email} THEN 'Heap identity is not in the identity map and looks like an email, which is '
+                    WHEN {email}
+                        THEN 'Heap identity is not in the identity map and looks like an email, which is '
                         || 'never sent as a userId'
-                    WHEN p.identity <> trim(p.identity) THEN 'Heap identity is not in the identity map and has '
+                    WHEN p.identity <> trim(p.identity)
+                        THEN 'Heap identity is not in the identity map and has '
                         || 'leading or trailing spaces, so it is not sent as a userId'
                END AS reason
         FROM heap_proposed p
@@ -595,7 +614,8 @@ def _drop_guard(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, confirm
     """A run that would exit more than `max_drop_ratio` of the delivered members (at least
     `drop_guard_min_exits`) - a broken identity map, a truncated export, a drain - changes nothing and raises
     `MembershipDropError` unless confirmed. An empty Heap Connect result while members are delivered is
-    refused whatever the ratio (see `DropGuard.tripped`): likelier a failed Connect sync than an empty segment.
+    refused whatever the ratio (see `DropGuard.tripped`): likelier a failed Connect sync than an empty
+    segment.
     """
     delivered, exits = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {STAGED_TABLE} s
@@ -619,10 +639,12 @@ def _commit_membership(con: duckdb.DuckDBPyConnection, run: AudienceRun, run_id:
                 SELECT ?, ?, count(*) FILTER (WHERE member), count(*) FILTER (WHERE NOT member),
                        coalesce(min(as_of), ?), ?, ?
                 FROM heap_changes WHERE source = ?
-                """, [sync.sync_task_id, len(sync.pages), sync.first_received, run_id, now, sync.sync_task_id])
+                """, [sync.sync_task_id, len(sync.pages), sync.first_received, run_id, now,
+                      sync.sync_task_id])
         con.execute("""
             INSERT INTO heap_applied_drains
-            SELECT d.drain_key, ?, d.as_of, ?, (SELECT count(*) FROM heap_changes c WHERE c.source = 'drain:' || d.drain_key),
+            SELECT d.drain_key, ?, d.as_of, ?,
+                   (SELECT count(*) FROM heap_changes c WHERE c.source = 'drain:' || d.drain_key),
                    ?, ?
             FROM heap_run_drains d
         """, [run.audience.segment_id, run.drain_policy, run_id, now])
