@@ -70,7 +70,8 @@ def test_the_receivers_are_generic_and_import_no_dagster_duckdb_sync_sandbox_or_
 
 # The tables only the engine's ledger, store and diff may name in SQL (ARCHITECTURE: state behind one door).
 ENGINE_STATE_TABLES = ("ledger", "outcomes", "planned_messages", "rejected", "receipts", "receipt_settlements",
-                       "rev_state", "rev_snapshot", "rev_changes", "rev_superseded", "state_schema_versions")
+                       "read_backs", "rev_state", "rev_snapshot", "rev_changes", "rev_superseded",
+                       "state_schema_versions")
 # SQL keywords are written in capitals in this code, which tells SQL from prose ("from the ledger").
 _SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)[ \t]+(\w+)\b")
 

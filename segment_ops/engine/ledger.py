@@ -138,6 +138,19 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 """
 
+# One row per delivered message read back from the destination (issue 15): was it there as sent? A matched
+# one also gets the `verified` outcome; a missing or mismatched one stays delivered, and its row here keeps
+# it from being sampled again.
+_READ_BACKS = """
+CREATE TABLE IF NOT EXISTS read_backs (
+    sync       VARCHAR NOT NULL,
+    seq        BIGINT NOT NULL,
+    outcome    VARCHAR NOT NULL,    -- matched | mismatched | missing
+    detail     VARCHAR,             -- what differed (JSON), or which profile was missing
+    checked_at TIMESTAMPTZ NOT NULL
+);
+"""
+
 # Append-only tables and a view. Nothing is ever updated in place, which is what DuckDB is fast at and
 # what makes a crash harmless: a run killed at any point has lost at most the outcomes it had not yet
 # written; those messages are sent again with the same messageId, which Segment deduplicates
@@ -190,6 +203,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     record      VARCHAR,
     rejected_at TIMESTAMPTZ NOT NULL
 );
+{_READ_BACKS}
 -- Each planned message with its status (latest outcome, else pending), attempts, last error and
 -- delivery time.
 CREATE VIEW IF NOT EXISTS ledger AS
@@ -218,10 +232,11 @@ GROUP BY w.sync, w.receipt;
 DROP VIEW IF EXISTS ledger;
 """
 
+# Version 3 adds `read_backs` (read-back verification, issue 15).
 STATE = store.register(store.StateSchema(
-    name="ledger", version=2, create=_CREATE, migrations={1: _TO_VERSION_2},
+    name="ledger", version=3, create=_CREATE, migrations={1: _TO_VERSION_2, 2: _READ_BACKS},
     tables=("planned_messages", "outcome_order", "outcomes", "receipts", "receipt_settlements", "rejected",
-            "ledger")))
+            "read_backs", "ledger")))
 
 
 @dataclass(frozen=True)
@@ -290,6 +305,43 @@ class SyncFigures:
     delivered: int
     rejected: int
     failed: int
+    read_back: int = 0  # delivered messages read back from the destination in the window (a sample)
+    verified: int = 0  # of those, found as sent: landed, not only accepted
+    missing: int = 0  # of those, not found at all (the destination dropped them)
+
+
+# What reading a delivered message back from its destination found (`Ledger.record_read_backs`).
+MATCHED, MISMATCHED, MISSING = "matched", "mismatched", "missing"
+READ_BACK_OUTCOMES = (MATCHED, MISMATCHED, MISSING)
+
+
+@dataclass(frozen=True)
+class ReadBackCandidate:
+    """A delivered message drawn for read-back (`Ledger.read_back_sample`)."""
+
+    seq: int
+    message_id: str
+    record_key: str | None
+    payload: str
+    planned_run: str | None
+    delivered_at: datetime
+
+
+@dataclass(frozen=True)
+class ReadBackSample:
+    messages: list[ReadBackCandidate]
+    runs: int  # runs the messages were planned by
+    runs_waiting: int  # further runs with messages due for read-back: later evaluations draw from them
+    too_recent: int  # delivered, never read back, but less than the delay ago: a later evaluation's
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """What reading one delivered message back found: MATCHED (it becomes verified), MISMATCHED or MISSING."""
+
+    seq: int
+    outcome: str
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +372,13 @@ class Ledger:
         return bool(self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
             [name]).fetchone()[0])
+
+    def _read_backs(self) -> str:
+        """The read-backs table, or an empty stand-in in a file of an older layout (read, not migrated)."""
+        if self._has_table("read_backs"):
+            return "read_backs"
+        return ("(SELECT NULL::VARCHAR AS sync, NULL::BIGINT AS seq, NULL::VARCHAR AS outcome, "
+                "NULL::TIMESTAMPTZ AS checked_at WHERE false)")
 
     def cursor(self) -> Ledger:
         """The same ledger on a new cursor of the connection, for use from another thread."""
@@ -607,6 +666,76 @@ class Ledger:
             "JOIN planned_messages m ON m.sync = ? AND m.seq = r.seq",
             [sync, run_id, destination, _now(), list(seqs), list(reasons), sync])
 
+    def read_back_sample(self, sync: str, *, delivered_before: datetime, per_run: int,
+                         call_type: str = "identify") -> ReadBackSample:
+        """Up to `per_run` delivered `call_type` messages to read back from the destination, drawn from the
+        oldest run no sample was drawn from yet (then the next, while fewer were found).
+
+        Only a message still delivered (not read back before), delivered before `delivered_before` (the
+        destination shows a call only after a while) and the latest taken of its record (a later one
+        overwrote what it set) is drawn. Within a run the messages are taken in messageId order: ids are
+        hashes, so that is a spread over the run, and the same ledger always draws the same sample. A run
+        counts as sampled once any of its messages was read back. Reads the sync's whole ledger of
+        `call_type` once: the window functions need every message of a record.
+        """
+        params = {"sync": sync, "call": call_type, "before": delivered_before, "per_run": per_run}
+        read_backs = self._read_backs()
+        due = f"""
+            WITH latest AS (
+                SELECT seq, status, delivered_at FROM ({_LATEST_OUTCOME}) WHERE sync = $sync),
+            taken AS (
+                SELECT m.seq, m.message_id, m.record_key, m.payload, m.planned_run, l.status, l.delivered_at,
+                       row_number() OVER (PARTITION BY coalesce(m.record_key, m.message_id)
+                                          ORDER BY m.seq DESC) AS newest
+                FROM planned_messages m JOIN latest l ON l.seq = m.seq
+                WHERE m.sync = $sync AND m.call_type = $call AND l.status IN ('{DELIVERED}', '{VERIFIED}')),
+            sampled_runs AS (
+                SELECT DISTINCT m.planned_run FROM {read_backs} r
+                JOIN planned_messages m ON m.sync = r.sync AND m.seq = r.seq WHERE r.sync = $sync),
+            open AS (
+                SELECT * FROM taken t
+                WHERE t.newest = 1 AND t.status = '{DELIVERED}'
+                  AND NOT EXISTS (SELECT 1 FROM sampled_runs s
+                                  WHERE s.planned_run IS NOT DISTINCT FROM t.planned_run))
+        """
+        rows = self.con.execute(
+            f"""{due},
+            ranked AS (
+                SELECT *, min(delivered_at) OVER (PARTITION BY planned_run) AS run_first,
+                       row_number() OVER (PARTITION BY planned_run ORDER BY message_id) AS nth
+                FROM open WHERE delivered_at <= $before)
+            SELECT seq, message_id, record_key, payload, planned_run, delivered_at FROM ranked
+            WHERE nth <= $per_run ORDER BY run_first, planned_run, message_id LIMIT $per_run
+            """, params).fetchall()
+        runs_due, too_recent = self.con.execute(
+            f"""{due}
+            SELECT count(DISTINCT coalesce(planned_run, '')) FILTER (WHERE delivered_at <= $before),
+                   count(*) FILTER (WHERE delivered_at > $before)
+            FROM open
+            """, {k: v for k, v in params.items() if k != "per_run"}).fetchone()
+        messages = [ReadBackCandidate(*row) for row in rows]
+        runs = len({m.planned_run for m in messages})
+        return ReadBackSample(messages, runs, runs_due - runs, too_recent)
+
+    def record_read_backs(self, sync: str, results: Sequence[ReadBack]) -> None:
+        """Keep what reading messages back found; a MATCHED message becomes verified (delivered -> verified).
+
+        The verified outcomes are logged first (all or nothing, `log_outcomes`), then the read-backs: a crash
+        between leaves verified messages, which are never drawn again, and their run unsampled, which only
+        means the next evaluation draws from it once more.
+        """
+        if not results:
+            return
+        if unknown := {r.outcome for r in results} - set(READ_BACK_OUTCOMES):
+            raise ValueError(f"sync {sync!r}: read-back outcome(s) {sorted(unknown)} are none of "
+                             f"{', '.join(READ_BACK_OUTCOMES)}")
+        self.log_outcomes(sync, [(r.seq, VERIFIED, 0, None) for r in results if r.outcome == MATCHED])
+        self.con.execute(
+            "INSERT INTO read_backs (sync, seq, outcome, detail, checked_at) "
+            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), ?",
+            [sync, [r.seq for r in results], [r.outcome for r in results], [r.detail for r in results],
+             _now()])
+
     def counts(self, sync: str) -> LedgerCounts:
         """How many of `sync`'s messages stand in each state."""
         rows = dict(self.con.execute(
@@ -641,7 +770,8 @@ class Ledger:
         return {grp: MessageCounts(**dict(zip(names, figures, strict=True))) for grp, *figures in rows}
 
     def delivery_figures(self, since: datetime) -> list[SyncFigures]:
-        """Delivered, rejected and failed messages of every sync since `since` (none: the file has no ledger).
+        """Delivered, rejected and failed messages of every sync since `since` (none: the file has no ledger),
+        and how many delivered messages were read back since then: verified, missing.
 
         Delivered: confirmed since `since`. Rejected: distinct (record, reason) pairs rejected since then (the
         reverse-ETL diff rejects the same bad rows on every run). Failed, once each: the latest outcome,
@@ -652,11 +782,19 @@ class Ledger:
         """
         if not all(self._has_table(t) for t in ("planned_messages", "outcomes", "rejected")):
             return []
+        read_backs = self._read_backs()
         rows = self.con.execute(
             f"""
             WITH delivered AS (
                 SELECT sync, count(DISTINCT seq) AS n FROM outcomes
                 WHERE status = '{DELIVERED}' AND logged_at >= $since GROUP BY sync),
+            read_back AS (
+                SELECT sync, count(DISTINCT seq) AS n,
+                       count(DISTINCT seq) FILTER (WHERE outcome = '{MISSING}') AS missing
+                FROM {read_backs} WHERE checked_at >= $since GROUP BY sync),
+            verified AS (
+                SELECT sync, count(DISTINCT seq) AS n FROM outcomes
+                WHERE status = '{VERIFIED}' AND logged_at >= $since GROUP BY sync),
             rejected_rows AS (
                 SELECT sync, count(DISTINCT (coalesce(record_key, record, run_id, ''), reason)) AS n
                 FROM rejected WHERE rejected_at >= $since GROUP BY sync),
@@ -670,9 +808,11 @@ class Ledger:
                    OR (o.status = '{AWAITING_ACK}' AND o.last_at < $since)  -- stuck: never confirmed
                 GROUP BY m.sync),
             syncs AS (SELECT sync FROM planned_messages UNION SELECT sync FROM rejected)  -- idle ones too
-            SELECT s.sync, coalesce(d.n, 0), coalesce(r.n, 0), coalesce(f.n, 0)
+            SELECT s.sync, coalesce(d.n, 0), coalesce(r.n, 0), coalesce(f.n, 0), coalesce(b.n, 0),
+                   coalesce(v.n, 0), coalesce(b.missing, 0)
             FROM syncs s LEFT JOIN delivered d USING (sync) LEFT JOIN rejected_rows r USING (sync)
-            LEFT JOIN failed f USING (sync)
+            LEFT JOIN failed f USING (sync) LEFT JOIN read_back b USING (sync)
+            LEFT JOIN verified v USING (sync)
             ORDER BY s.sync
             """, {"since": since}).fetchall()
         return [SyncFigures(*row) for row in rows]
