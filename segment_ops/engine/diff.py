@@ -302,14 +302,16 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
         con.execute(
             """
             INSERT INTO rev_changes
-            SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id, ?, now()
+            SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id,
+                   ?, now()
             FROM rev_wanted w WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)
             """, [sql.generation, run_id])
         plan.superseded += _supersede_stale(con, ledger, spec.sync)
         revived = _revive(con, ledger, spec.sync)
         counts = ledger.plan_relation(spec.sync, "rev_wanted", run_id=run_id)
         plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
-    for name in ("rev_current", "rev_delta", "rev_candidates", "rev_wanted", "rev_oversize", "rev_rejections"):
+    for name in ("rev_current", "rev_delta", "rev_candidates", "rev_wanted", "rev_oversize",
+                 "rev_rejections"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     plan.seconds = time.monotonic() - started
     return plan
@@ -340,9 +342,11 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
     valid_keys, null_rows, duplicate_rows = con.execute(
         "SELECT count(*) FILTER (WHERE record_key IS NOT NULL AND copies = 1), "
         "coalesce(sum(copies) FILTER (WHERE record_key IS NULL), 0), "
-        "coalesce(sum(copies) FILTER (WHERE record_key IS NOT NULL AND copies > 1), 0) FROM rev_current").fetchone()
+        "coalesce(sum(copies) FILTER (WHERE record_key IS NOT NULL AND copies > 1), 0) "
+        "FROM rev_current").fetchone()
     delta_added, delta_changed = con.execute(
-        "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed') FROM rev_delta"
+        "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed') "
+        "FROM rev_delta"
     ).fetchone()
     plan.unchanged = valid_keys - delta_added - delta_changed
     if spec.mode == "append":
@@ -369,21 +373,24 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
     changes = f"(SELECT * FROM rev_candidates WHERE reason IS NULL {removals})"
     if spec.companion is not None:
         # Each added/removed key also gets its track call (part 1), right after its main call (part 0).
-        events = [(k, e) for k, e in (("added", spec.companion.entered), ("removed", spec.companion.exited)) if e]
+        events = [(k, e) for k, e in (("added", spec.companion.entered),
+                                      ("removed", spec.companion.exited)) if e]
         changes = f"""(
             SELECT *, 0 AS part FROM {changes}
             UNION ALL
             SELECT * REPLACE ({sql.event_body_open} AS body_open), 1 AS part FROM {changes}
             WHERE kind IN ({", ".join(literal(k) for k, _ in events)})
         )"""
-        order, call_type = "ORDER BY record_key, part", f"CASE part WHEN 0 THEN '{spec.call}' ELSE 'track' END"
+        order, call_type = ("ORDER BY record_key, part",
+                            f"CASE part WHEN 0 THEN '{spec.call}' ELSE 'track' END")
     else:
         changes, order, call_type = f"(SELECT *, 0 AS part FROM {changes})", "", f"'{spec.call}'"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_wanted AS
         SELECT message_id, record_key, {call_type} AS call_type,
                body_open || ',"messageId":"' || message_id || '"}}' AS payload,
-               row_number() OVER ({order}) AS ord, kind, row_hash, version, user_id, anonymous_id, group_id, part
+               row_number() OVER ({order}) AS ord, kind, row_hash, version, user_id, anonymous_id,
+               group_id, part
         FROM (
             SELECT *, {sql.message_id("h")} AS message_id
             FROM (SELECT *, {sql.id_hash()} AS h FROM {changes})
@@ -392,7 +399,8 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
     # Segment refuses a message over 32 KB (spec §1): reject it here, with its size, rather than at send time.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_oversize AS
-        SELECT record_key, strlen(payload) AS bytes FROM rev_wanted WHERE strlen(payload) > {MAX_MESSAGE_BYTES}
+        SELECT record_key, strlen(payload) AS bytes FROM rev_wanted
+        WHERE strlen(payload) > {MAX_MESSAGE_BYTES}
     """)
     if con.execute("SELECT count(*) FROM rev_oversize").fetchone()[0]:
         con.execute("DELETE FROM rev_wanted WHERE strlen(payload) > ?", [MAX_MESSAGE_BYTES])
@@ -420,7 +428,8 @@ def _collect_rejections(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _Sp
     if duplicate_rows:
         parts.append(f"""
         SELECT c.record_key, {source},
-               'key ' || c.record_key || ' appears in ' || c.copies || ' rows of the result; a key must identify '
+               'key ' || c.record_key || ' appears in ' || c.copies
+               || ' rows of the result; a key must identify '
                || 'one row, so none of them is sent', {record}
         FROM rev_current c JOIN {table} AS r ON {sql.key} = c.record_key WHERE c.copies > 1
         """)
@@ -448,7 +457,8 @@ def _supersede_stale(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) 
         """
         DELETE FROM rev_changes WHERE message_id IN (
             SELECT s.message_id FROM rev_stale s WHERE NOT EXISTS (
-                SELECT 1 FROM ledger l WHERE l.sync = ? AND l.message_id = s.message_id AND l.status NOT IN (?, ?)))
+                SELECT 1 FROM ledger l
+                WHERE l.sync = ? AND l.message_id = s.message_id AND l.status NOT IN (?, ?)))
         """, [sync, PENDING, SUPERSEDED])
     con.execute("DROP TABLE rev_stale")
     return len(stale)
@@ -483,11 +493,13 @@ def _settle_half_delivered(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync:
     return len(stale)
 
 
-def _mark_superseded(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str, stale: list[tuple[str, int]]) -> None:
+def _mark_superseded(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
+                     stale: list[tuple[str, int]]) -> None:
     """Log `superseded` for these (message_id, seq) pairs and remember them for `_revive`."""
     for start in range(0, len(stale), 20_000):  # (id, int) pairs: even a whole resync's worth is small
         chunk = stale[start:start + 20_000]
-        ledger.log_outcomes(sync, [(seq, SUPERSEDED, 0, "superseded by a newer state of the row") for _, seq in chunk])
+        ledger.log_outcomes(sync, [(seq, SUPERSEDED, 0, "superseded by a newer state of the row")
+                                   for _, seq in chunk])
         con.execute("INSERT INTO rev_superseded SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
                     [[m for m, _ in chunk], [q for _, q in chunk]])
 
@@ -532,7 +544,8 @@ class _SpecSql:
 
     @staticmethod
     def message_id(h: str) -> str:
-        """The hex digest `h` as a UUID, laid out like `calls.deterministic_message_id` (v5 nibble, RFC variant)."""
+        """The hex digest `h` as a UUID, laid out like `calls.deterministic_message_id` (v5 nibble, RFC
+        variant)."""
         return (f"substr({h}, 1, 8) || '-' || substr({h}, 9, 4) || '-5' || substr({h}, 14, 3) || '-' || "
                 f"substr('89ab', ((position(substr({h}, 17, 1) IN '0123456789abcdef') - 1) % 4) + 1, 1) || "
                 f"substr({h}, 18, 3) || '-' || substr({h}, 21, 12)")
@@ -570,7 +583,8 @@ class _SpecSql:
         """Mirror mode: the same call type for the removed key, with every mapped trait set to null."""
         spec = self.spec
         parts = [literal('{"type":"' + spec.call + '"')]
-        for name, column in (("userId", "s.user_id"), ("anonymousId", "s.anonymous_id"), ("groupId", "s.group_id")):
+        for name, column in (("userId", "s.user_id"), ("anonymousId", "s.anonymous_id"),
+                             ("groupId", "s.group_id")):
             parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
         cleared = orjson.dumps(dict(spec.removal_fields) if spec.removal_fields is not None
                                else dict.fromkeys(self.fields)).decode()
@@ -589,7 +603,8 @@ class _SpecSql:
             parts.append(f"coalesce(',\"{name}\":' || to_json({column}), '')")
         names = {k: orjson.dumps(e).decode() for k, e in (("added", companion.entered),
                                                            ("removed", companion.exited)) if e}
-        event = "CASE kind " + " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in names.items()) + " END"
+        event = ("CASE kind " + " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in names.items())
+                 + " END")
         parts.append(f"',\"event\":' || {event}")
         parts.append(literal(f',"properties":{properties}'))
         return "(" + " || ".join(parts) + ")"
@@ -625,7 +640,8 @@ class _SpecSql:
         for column in dict.fromkeys([*self.fields, *spec.mapped_columns]):
             kind, ref = self.types[column].upper(), f"r.{quote(column)}"
             if kind in ("DOUBLE", "FLOAT", "REAL"):
-                checks.append(f"CASE WHEN isnan({ref}) OR isinf({ref}) THEN {literal(f'column {column!r} is ')} "
+                checks.append(f"CASE WHEN isnan({ref}) OR isinf({ref}) "
+                              f"THEN {literal(f'column {column!r} is ')} "
                               f"|| CASE WHEN isnan({ref}) THEN 'NaN' WHEN {ref} > 0 THEN 'Infinity' "
                               f"ELSE '-Infinity' END || ', which JSON cannot represent' END")
             elif kind in ("HUGEINT", "UHUGEINT", "UBIGINT"):
@@ -633,8 +649,9 @@ class _SpecSql:
                               f"{literal(f'column {column!r}: integer ')} || {ref}::VARCHAR || "
                               f"' does not fit in 64 bits' END")
             elif kind in ("BLOB", "BIT"):
-                checks.append(f"CASE WHEN {ref} IS NOT NULL THEN "
-                              f"{literal(f'column {column!r} holds binary data, which JSON cannot carry; encode it in the query (e.g. base64)')} END")
+                binary = (f"column {column!r} holds binary data, which JSON cannot carry; encode it in the "
+                          "query (e.g. base64)")
+                checks.append(f"CASE WHEN {ref} IS NOT NULL THEN {literal(binary)} END")
         ids = " AND ".join(self._blank(c) for c in (spec.user_id, spec.anonymous_id) if c)
         mapped = [repr(c) for c in (spec.user_id, spec.anonymous_id) if c]
         empty = f"{' and '.join(mapped)} {'are' if len(mapped) > 1 else 'is'} empty"
