@@ -1,5 +1,5 @@
-"""Alert messages for a Slack-compatible incoming webhook: a run failed or recovered, a sync's deliveries turned
-unhealthy or healthy again, something a vendor pushed is held. Shared by every sync's sensors.
+"""Alert messages for a Slack-compatible incoming webhook: a run failed or recovered, a sync's deliveries
+turned unhealthy or healthy again, something a vendor pushed is held. Shared by every sync's sensors.
 
 Every message has a plain `text` and Block Kit `blocks`, names the sync, the step and its counts, and links
 the run in the Dagster UI. Every text placed in a message passes `redact_secrets` (a second guard behind
@@ -73,7 +73,8 @@ def failure_message(failure: RunFailure) -> dict:
     step = f" at step `{_safe(failure.step)}`" if failure.step else ""
     counts = _counts_text(failure.counts)
     text = (f":red_circle: segment_ops: {where} failed{step}: {_safe(error)}"
-            + (f" ({_safe(counts)})" if counts else "") + " " + _own_link(failure.run_url, f"Open run {failure.run_id[:8]}"))
+            + (f" ({_safe(counts)})" if counts else "") + " "
+            + _own_link(failure.run_url, f"Open run {failure.run_id[:8]}"))
     fields = [("Sync", f"`{_safe(failure.job_name)}`"),
               ("Asset group", _safe(", ".join(failure.groups)) or "-")]
     if failure.partition:
@@ -92,10 +93,11 @@ def failure_message(failure: RunFailure) -> dict:
 
 
 def recovery_message(recovery: RunRecovery) -> dict:
-    """`{"text", "blocks"}` for a run that passed after the same work had failed (pieces escaped, links last)."""
+    """`{"text", "blocks"}` for a run that passed after the same work had failed (pieces escaped, links
+    last)."""
     where = _where(recovery.job_name, recovery.groups, recovery.partition)
-    text = (f":large_green_circle: segment_ops: {where} recovered: run {_safe(recovery.run_id[:8])} succeeded "
-            f"after run {_safe(recovery.failed_run_id[:8])} failed. "
+    text = (f":large_green_circle: segment_ops: {where} recovered: run {_safe(recovery.run_id[:8])} "
+            f"succeeded after run {_safe(recovery.failed_run_id[:8])} failed. "
             + _own_link(recovery.run_url, f"Open run {recovery.run_id[:8]}"))
     blocks = [
         _header(f"Recovered: {redact_secrets(recovery.job_name)}"),
@@ -110,11 +112,12 @@ def recovery_message(recovery: RunRecovery) -> dict:
 
 
 def delivery_health_message(change: DeliveryHealthChange) -> dict:
-    """`{"text", "blocks"}` for a sync that became unhealthy, or healthy again (pieces escaped, links last)."""
+    """`{"text", "blocks"}` for a sync that became unhealthy, or healthy again (pieces escaped, links
+    last)."""
     total = change.delivered + change.rejected + change.failed
     figures = _safe(f"{change.share:.1%} rejected or failed in the last {change.window_hours:g} h "
-                    f"(delivered {change.delivered:,}, rejected {change.rejected:,}, failed {change.failed:,} of "
-                    f"{total:,}; threshold {change.threshold:.1%})")
+                    f"(delivered {change.delivered:,}, rejected {change.rejected:,}, "
+                    f"failed {change.failed:,} of {total:,}; threshold {change.threshold:.1%})")
     sync = _safe(change.sync)
     if change.healthy:
         text = f":white_check_mark: segment_ops delivery health: sync `{sync}` is healthy again: {figures}."
@@ -153,10 +156,12 @@ def stale_sync_message(stale: StaleSync) -> dict:
         heading, label = f"{redact_secrets(stale.source)} drain held: {redact_secrets(stale.target)}", "Drain"
     else:
         text = f":hourglass: segment_ops: {source} sync `{task}` for `{target}` is incomplete: {problem}"
-        heading, label = f"{redact_secrets(stale.source)} sync incomplete: {redact_secrets(stale.target)}", "Sync"
+        heading, label = (f"{redact_secrets(stale.source)} sync incomplete: {redact_secrets(stale.target)}",
+                          "Sync")
     blocks: list[dict] = [
         _header(heading),
-        {"type": "section", "fields": [_mrkdwn(f"*{label}*\n`{task}`"), _mrkdwn(f"*Stored in*\n`{_safe(stale.folder)}`")]},
+        {"type": "section", "fields": [_mrkdwn(f"*{label}*\n`{task}`"),
+                                       _mrkdwn(f"*Stored in*\n`{_safe(stale.folder)}`")]},
         {"type": "section", "text": _mrkdwn(problem)},
     ]
     if stale.target_url:
@@ -195,7 +200,8 @@ def _own_link(url: str, label: str) -> str:
 
 
 def _first_line(error: str) -> str:
-    line = next((part.strip() for part in redact_secrets(error).splitlines() if part.strip()), "the run failed")
+    line = next((part.strip() for part in redact_secrets(error).splitlines() if part.strip()),
+                "the run failed")
     return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS] + "…"
 
 

@@ -114,7 +114,8 @@ def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min
                 figures = SyncHealth(sync, path.name, delivered, rejected, failed)
                 was_unhealthy = previous.get(sync, {}).get("status") == UNHEALTHY
                 syncs.append(SyncHealth(sync, path.name, delivered, rejected, failed,
-                                        verdict(figures, max_share, min_messages, was_unhealthy=was_unhealthy)))
+                                        verdict(figures, max_share, min_messages,
+                                                was_unhealthy=was_unhealthy)))
         finally:
             con.close()
     return HealthReport(sorted(syncs, key=lambda s: s.sync), busy, read)
@@ -175,7 +176,7 @@ def save_state(path: Path, state: dict[str, dict]) -> None:
     os.replace(tmp, path)
 
 
-# --- Dagster -------------------------------------------------------------------------------------------------
+# --- Dagster ------------------------------------------------------------------------------------------------
 
 @dg.asset(
     key=HEALTH_KEY,
@@ -185,20 +186,24 @@ def save_state(path: Path, state: dict[str, dict]) -> None:
     code_version="1",
     pool="ops_delivery_health",  # one check at a time, so two runs never alert twice on one change
     description=(
-        "Delivery health of every sync: delivered, rejected and failed messages per ledger sync over a recent "
-        "window (DELIVERY_HEALTH_WINDOW_HOURS), read from the staging DuckDB files under SEGMENT_OPS_HOME. A sync "
-        "whose rejected-or-failed share passes DELIVERY_HEALTH_MAX_FAILED_SHARE fails the `delivery_health` check "
-        "and is alerted once (and once more when it recovers): see the README, \"Delivery health\". The checks "
+        "Delivery health of every sync: delivered, rejected and failed messages per ledger sync over a "
+        "recent window (DELIVERY_HEALTH_WINDOW_HOURS), read from the staging DuckDB files under "
+        "SEGMENT_OPS_HOME. A sync whose rejected-or-failed share passes DELIVERY_HEALTH_MAX_FAILED_SHARE "
+        "fails the `delivery_health` check and is alerted once (and once more when it recovers): see the "
+        "README, \"Delivery health\". The checks "
         "are [Dagster asset checks](https://docs.dagster.io/guides/test/asset-checks)."),
     check_specs=[
         dg.AssetCheckSpec("delivery_health", asset=HEALTH_KEY,
-                          description="No sync's rejected-or-failed share in the window passes the threshold."),
+                          description="No sync's rejected-or-failed share in the window passes the "
+                                      "threshold."),
         dg.AssetCheckSpec("all_ledgers_read", asset=HEALTH_KEY,
-                          description="Every staging file could be read (a file a running sync holds is skipped)."),
+                          description="Every staging file could be read (a file a running sync holds is "
+                                      "skipped)."),
     ],
 )
 def ops_delivery_health(context: dg.AssetExecutionContext, staging: StagingResource,
-                        delivery_health: DeliveryHealthResource, alerts: AlertsResource) -> dg.MaterializeResult:
+                        delivery_health: DeliveryHealthResource,
+                        alerts: AlertsResource) -> dg.MaterializeResult:
     since = datetime.now(UTC) - timedelta(hours=delivery_health.window_hours)
     state_path = staging.path(*STATE_FILE)
     state = load_state(state_path)
@@ -236,7 +241,8 @@ def ops_delivery_health(context: dg.AssetExecutionContext, staging: StagingResou
                 metadata={"flagged_syncs": ", ".join(flagged) or "-",
                           "max_failed_share": delivery_health.max_failed_share}),
             dg.AssetCheckResult(
-                check_name="all_ledgers_read", passed=not report.busy_files, severity=dg.AssetCheckSeverity.WARN,
+                check_name="all_ledgers_read", passed=not report.busy_files,
+                severity=dg.AssetCheckSeverity.WARN,
                 metadata={"busy_files": ", ".join(report.busy_files) or "-"}),
         ],
     )
@@ -259,7 +265,8 @@ def _metadata(report: HealthReport, settings: DeliveryHealthResource, sent: Sequ
         "syncs": dg.MetadataValue.md(markdown_table(
             ["sync", "staging file", "delivered", "rejected", "failed", "rejected or failed", "status"], rows)
             if rows else "no staging files yet"),
-        "state": dg.MetadataValue.json({h.sync: asdict(h) | {"share": round(h.share, 4)} for h in report.syncs}),
+        "state": dg.MetadataValue.json({h.sync: asdict(h) | {"share": round(h.share, 4)}
+                                        for h in report.syncs}),
     }
 
 
@@ -273,8 +280,10 @@ delivery_health_schedule = dg.ScheduleDefinition(
     cron_schedule="5 * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Every hour (at :05 UTC), checks every sync's rejected-or-failed share over the window and alerts "
-                "on each sync that became unhealthy or healthy again. On by default: it only reads ledgers.",
+    description="Every hour (at :05 UTC), checks every sync's rejected-or-failed share over the window and "
+                "alerts on each sync that became unhealthy or healthy again. On by default: it only reads "
+                "ledgers.",
 )
 
-defs = dg.Definitions(assets=[ops_delivery_health], jobs=[delivery_health_job], schedules=[delivery_health_schedule])
+defs = dg.Definitions(assets=[ops_delivery_health], jobs=[delivery_health_job],
+                      schedules=[delivery_health_schedule])

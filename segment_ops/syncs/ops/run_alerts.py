@@ -1,10 +1,10 @@
 """Run-status sensors that alert: one message per failed run, one when the same work passes again.
 
 - `alert_on_run_failure` (RUNNING by default) watches every job of this code location and posts a failure
-  alert (`segment_ops.engine.alerts.failure_message`) to ALERT_WEBHOOK_URL for each failed run. The alert names the
-  sync (the asset groups for backfills and UI launches, whose job is `__ASSET_JOB`), the partition or the
-  partition range, the failed step and the first line of the user-code error (for a run that failed before
-  any step, e.g. a resource that could not start, the run failure's own error).
+  alert (`segment_ops.engine.alerts.failure_message`) to ALERT_WEBHOOK_URL for each failed run. The alert
+  names the sync (the asset groups for backfills and UI launches, whose job is `__ASSET_JOB`), the partition
+  or the partition range, the failed step and the first line of the user-code error (for a run that failed
+  before any step, e.g. a resource that could not start, the run failure's own error).
 - `alert_on_recovery` (RUNNING by default) posts "recovered" when a run succeeds that covers the *same work*
   as an earlier failed run that was alerted and has not recovered yet. Work = the set of asset keys the run
   targets (its asset selection, else its planned materializations) and its partition set (a single
@@ -82,15 +82,17 @@ class Work:
         """True when this run did everything `other` did (every asset, every partition)."""
         if not self.keys and not other.keys:  # op jobs: the same job
             return self.job_name == other.job_name and _partitions_cover(self.partitions, other.partitions)
-        return bool(other.keys) and other.keys <= self.keys and _partitions_cover(self.partitions, other.partitions)
+        return (bool(other.keys) and other.keys <= self.keys
+                and _partitions_cover(self.partitions, other.partitions))
 
 
 @dg.run_failure_sensor(
     name="alert_on_run_failure",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Watches every job of this code location and posts one alert per failed run to ALERT_WEBHOOK_URL "
-                "(sync and asset groups, partition or range, failed step, first line of the error, counts, link).",
+    description="Watches every job of this code location and posts one alert per failed run to "
+                "ALERT_WEBHOOK_URL (sync and asset groups, partition or range, failed step, first line of "
+                "the error, counts, link).",
 )
 def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource) -> None:
     run = context.dagster_run
@@ -171,7 +173,8 @@ def work_of(instance: dg.DagsterInstance, run: dg.DagsterRun, graph: object | No
     return Work(run.job_name, keys, partitions_of(run, keys, graph))
 
 
-def partitions_of(run: dg.DagsterRun, keys: frozenset[dg.AssetKey], graph: object | None) -> frozenset[str] | None:
+def partitions_of(run: dg.DagsterRun, keys: frozenset[dg.AssetKey],
+                  graph: object | None) -> frozenset[str] | None:
     """The run's partition keys: its partition tag, or its range tags expanded through the assets'
     partitions definition; None for an unpartitioned run."""
     if run.tags.get(PARTITION_TAG):
@@ -187,9 +190,10 @@ def partitions_of(run: dg.DagsterRun, keys: frozenset[dg.AssetKey], graph: objec
     return frozenset([start, end]) if start != end else frozenset([start])
 
 
-def recovered_failures(instance: dg.DagsterInstance, run: dg.DagsterRun, graph: object | None) -> list[dg.DagsterRun]:
-    """Failed runs created before `run`, alerted and not recovered yet, whose work `run` covers (newest first).
-    Canceled and successful runs in between are passed over; each alerted failure recovers once."""
+def recovered_failures(instance: dg.DagsterInstance, run: dg.DagsterRun,
+                       graph: object | None) -> list[dg.DagsterRun]:
+    """Failed runs created before `run`, alerted and not recovered yet, whose work `run` covers (newest
+    first). Canceled and successful runs in between are passed over; each alerted failure recovers once."""
     [record] = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]), limit=1) or [None]
     if record is None:
         return []
@@ -227,7 +231,8 @@ def numeric_counts(metadata: Mapping[str, object]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for key, value in metadata.items():
         raw = getattr(value, "value", value)
-        if isinstance(raw, int) and not isinstance(raw, bool) and not key.endswith(("seconds", "_per_second")):
+        is_count = isinstance(raw, int) and not isinstance(raw, bool)
+        if is_count and not key.endswith(("seconds", "_per_second")):
             counts[key] = raw
     return counts
 
@@ -268,7 +273,8 @@ def _post(context: dg.RunStatusSensorContext, alerts: AlertsResource, message: d
         with alerts.get_client() as client:
             client.post_message(message)
     except VendorUnavailable as exc:
-        raise AlertsDeferred(f"alert for run {context.dagster_run.run_id} not sent, retried next tick: {exc}") from exc
+        raise AlertsDeferred(f"alert for run {context.dagster_run.run_id} not sent, retried next tick: "
+                             f"{exc}") from exc
 
 
 def _groups(graph: object | None, keys: frozenset[dg.AssetKey]) -> list[str]:
