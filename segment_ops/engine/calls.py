@@ -38,19 +38,22 @@ def prepare_call(call: Mapping[str, Any], *, sync: str, record_key: str | None =
         # Keys sorted: the same call always encodes, and so hashes, the same way. The id is appended
         # to that one encoding rather than encoding the message twice.
         body = _encode(message, sort_keys=True)
-        key = record_key if record_key is not None else str(message.get("userId") or message.get("anonymousId") or "")
+        key = (record_key if record_key is not None
+               else str(message.get("userId") or message.get("anonymousId") or ""))
         message_id = deterministic_message_id(sync, key, body)
         encoded = body[:-1] + b',"messageId":"' + message_id.encode() + b'"}'
     else:
         encoded = _encode(message)
     if len(encoded) > MAX_MESSAGE_BYTES:
-        raise InvalidCall(f"message is {len(encoded):,} bytes; Segment's limit is {MAX_MESSAGE_BYTES:,} bytes per call")
+        raise InvalidCall(f"message is {len(encoded):,} bytes; Segment's limit is {MAX_MESSAGE_BYTES:,} "
+                          "bytes per call")
     return message_id, encoded
 
 
 def deterministic_message_id(sync: str, record_key: str, canonical_payload: bytes) -> str:
     """A UUID-shaped id from (sync, record key, payload): the same change always gets the same id."""
-    h = hashlib.sha256(sync.encode() + b"\x1f" + record_key.encode() + b"\x1f" + canonical_payload).hexdigest()
+    h = hashlib.sha256(sync.encode() + b"\x1f" + record_key.encode() + b"\x1f"
+                       + canonical_payload).hexdigest()
     # Formatted by hand as an RFC 4122 name-based UUID (version 5 nibble, RFC variant): uuid.UUID costs
     # more than the hash itself on this hot path.
     variant = "89ab"[int(h[16], 16) & 0x3]
@@ -97,7 +100,8 @@ def _validated(call: Mapping[str, Any]) -> dict[str, Any]:
     for name in _OBJECT_FIELDS:
         if name in message and not isinstance(message[name], Mapping):
             raise InvalidCall(f"{name} must be an object, got {type(message[name]).__name__}")
-    if "messageId" in message and not (isinstance(message["messageId"], str) and 0 < len(message["messageId"]) <= 200):
+    if "messageId" in message and not (isinstance(message["messageId"], str)
+                                       and 0 < len(message["messageId"]) <= 200):
         raise InvalidCall("messageId must be a non-empty string of at most 200 characters")
     if "timestamp" in message:
         message["timestamp"] = _iso_timestamp(message["timestamp"])

@@ -61,7 +61,8 @@ class IdentitySource:
         return cls(query=table.get("query"), url=table.get("url"), csv=table.get("csv"))
 
     def describe(self) -> str:
-        """Where the map came from, for run metadata (a query's URL is never shown: it may hold a password)."""
+        """Where the map came from, for run metadata (a query's URL is never shown: it may hold a
+        password)."""
         if self.csv is not None:
             return f"CSV {self.csv}"
         return "query on " + ("the warehouse" if self.url is None else "its own URL")
@@ -90,20 +91,23 @@ def stage_identity_map(con: duckdb.DuckDBPyConnection, source: IdentitySource, t
             con.execute(f"CREATE OR REPLACE TEMP TABLE {quote(raw)} AS SELECT * FROM read_csv("
                         f"{literal(str(path))}, header = true, all_varchar = true)")
         except duckdb.Error as exc:
-            raise IdentityMapError(f"identity map CSV {path} cannot be read: {str(exc).splitlines()[0]}") from None
+            raise IdentityMapError(f"identity map CSV {path} cannot be read: "
+                                   f"{str(exc).splitlines()[0]}") from None
     else:
         stage_query(con, source.url or warehouse_url, source.query, raw)
     columns = [row[0] for row in con.execute(f"DESCRIBE {quote(raw)}").fetchall()]
     missing = [c for c in COLUMNS if c not in columns]
     if missing:
         con.execute(f"DROP TABLE {quote(raw)}")
-        raise IdentityMapError(f"the identity map ({source.describe()}) has no column(s) {', '.join(missing)}; "
-                               f"it returns: {', '.join(columns)}")
+        raise IdentityMapError(f"the identity map ({source.describe()}) has no column(s) "
+                               f"{', '.join(missing)}; it returns: {', '.join(columns)}")
     clean = f"""
-        SELECT nullif(trim(source_id::VARCHAR), '') AS source_id, nullif(trim(target_id::VARCHAR), '') AS target_id
+        SELECT nullif(trim(source_id::VARCHAR), '') AS source_id,
+               nullif(trim(target_id::VARCHAR), '') AS target_id
         FROM {quote(raw)}"""
     rows, blank = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE source_id IS NULL OR target_id IS NULL) FROM ({clean})").fetchone()
+        "SELECT count(*), count(*) FILTER (WHERE source_id IS NULL OR target_id IS NULL) "
+        f"FROM ({clean})").fetchone()
     con.execute(f"""
         CREATE OR REPLACE TABLE {quote(table + '_ambiguous')} AS
         SELECT source_id, list_sort(list(DISTINCT target_id)) AS targets

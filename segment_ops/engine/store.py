@@ -45,10 +45,11 @@ class StateSchema:
     def __post_init__(self) -> None:
         missing = [v for v in range(1, self.version) if v not in self.migrations]
         if self.version < 1 or missing:
-            raise StateSchemaError(f"state schema {self.name!r} at version {self.version} lacks the migration(s) "
-                                   f"from version(s) {missing}")
+            raise StateSchemaError(f"state schema {self.name!r} at version {self.version} lacks the "
+                                   f"migration(s) from version(s) {missing}")
         for table in self.tables:
-            if not re.search(rf"CREATE (TABLE|VIEW|SEQUENCE) IF NOT EXISTS {re.escape(table)}\b", self.create):
+            if not re.search(rf"CREATE (TABLE|VIEW|SEQUENCE) IF NOT EXISTS {re.escape(table)}\b",
+                             self.create):
                 raise StateSchemaError(f"state schema {self.name!r} lists {table!r} but does not create it")
 
 
@@ -64,7 +65,8 @@ def register(schema: StateSchema) -> StateSchema:
         raise StateSchemaError(f"state schema {schema.name!r} is registered twice, differently")
     for other in _REGISTRY.values():
         if other.name != schema.name and (shared := set(other.tables) & set(schema.tables)):
-            raise StateSchemaError(f"table(s) {sorted(shared)} of {schema.name!r} already belong to {other.name!r}")
+            raise StateSchemaError(f"table(s) {sorted(shared)} of {schema.name!r} already belong to "
+                                   f"{other.name!r}")
     _REGISTRY[schema.name] = schema
     return schema
 
@@ -76,15 +78,16 @@ def registered() -> tuple[StateSchema, ...]:
 
 def schema_version(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
     """The version of `name` recorded in this file (None: never ensured here)."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {_VERSIONS_TABLE} (name VARCHAR NOT NULL, version INTEGER NOT NULL, "
-                "applied_at TIMESTAMPTZ NOT NULL)")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {_VERSIONS_TABLE} (name VARCHAR NOT NULL, "
+                "version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)")
     return con.execute(f"SELECT max(version) FROM {_VERSIONS_TABLE} WHERE name = ?", [name]).fetchone()[0]
 
 
 def ensure(con: duckdb.DuckDBPyConnection, schema: StateSchema) -> None:
     """Create `schema`'s tables, or migrate them to its version, in one transaction; a no-op when current."""
     if _REGISTRY.get(schema.name) != schema:
-        raise StateSchemaError(f"state schema {schema.name!r} is not registered (call store.register at import)")
+        raise StateSchemaError(f"state schema {schema.name!r} is not registered (call store.register at "
+                               "import)")
     current = schema_version(con, schema.name)
     if current == schema.version:
         return
@@ -111,8 +114,9 @@ def ensure(con: duckdb.DuckDBPyConnection, schema: StateSchema) -> None:
 
 
 def _has_any_table(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...]) -> bool:
-    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name IN (SELECT unnest(?::VARCHAR[])) "
-                       "AND NOT temporary", [list(tables)]).fetchone()[0] > 0
+    return con.execute("SELECT count(*) FROM duckdb_tables() "
+                       "WHERE table_name IN (SELECT unnest(?::VARCHAR[])) AND NOT temporary",
+                       [list(tables)]).fetchone()[0] > 0
 
 
 def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int = 2,
@@ -135,7 +139,8 @@ def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
             if "lock" not in str(exc).lower():
                 raise
             if time.monotonic() >= deadline:
-                raise StagingLockedError(f"{path} stayed locked by another process for {lock_timeout:.0f}s") from exc
+                raise StagingLockedError(f"{path} stayed locked by another process for "
+                                         f"{lock_timeout:.0f}s") from exc
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         else:
