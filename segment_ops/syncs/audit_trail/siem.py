@@ -1,4 +1,5 @@
-"""SIEM destinations for the audit trail: one interface, Splunk HEC first, a generic JSON-lines endpoint second.
+"""SIEM destinations for the audit trail: one interface, Splunk HEC first, a generic JSON-lines endpoint
+second.
 
 A `SiemDestination` is a delivery-engine destination (`name`, `max_batch_bytes`, `send_batch`, see
 `engine.delivery.Destination`) that also knows how to frame one audit event as its own payload
@@ -49,7 +50,8 @@ class SiemDestination(Protocol):
 
 def ledger_sync(destination: SiemDestination) -> str:
     """The ledger's sync name for one destination: each destination's exactly-once is tracked apart."""
-    return "audit_trail" if destination.name == SplunkHecDestination.name else f"audit_trail.{destination.name}"
+    return ("audit_trail" if destination.name == SplunkHecDestination.name
+            else f"audit_trail.{destination.name}")
 
 
 def event_epoch(event: dict) -> float:
@@ -75,7 +77,8 @@ class SplunkHecDestination:
     name = "splunk_hec"
 
     def __init__(self, client: SplunkHecClient, *, index: str | None, host: str, source: str = AUDIT_SOURCE,
-                 sourcetype: str = AUDIT_SOURCETYPE, ack_timeout: float = 300.0, ack_settle: float = 30.0) -> None:
+                 sourcetype: str = AUDIT_SOURCETYPE, ack_timeout: float = 300.0,
+                 ack_settle: float = 30.0) -> None:
         self.client = client
         self.max_batch_bytes = client.max_batch_bytes
         self.index = index or None
@@ -175,8 +178,9 @@ class JsonLinesDestination:
     name = "jsonl"
     max_batch_bytes = JSONL_MAX_BATCH_BYTES
 
-    def __init__(self, url: str, token: str, *, source: str = AUDIT_SOURCE, sourcetype: str = AUDIT_SOURCETYPE,
-                 timeout: float = 30.0, retry: RetryPolicy | None = None, transport: object = None) -> None:
+    def __init__(self, url: str, token: str, *, source: str = AUDIT_SOURCE,
+                 sourcetype: str = AUDIT_SOURCETYPE, timeout: float = 30.0, retry: RetryPolicy | None = None,
+                 transport: object = None) -> None:
         base, _, path = url.partition("://")
         host, slash, rest = path.partition("/")
         self.path = slash + rest or "/"

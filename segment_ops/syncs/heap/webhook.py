@@ -158,8 +158,8 @@ def sync_key(sync_task_id: str) -> str:
 
 
 def verify(header: str | None, body: bytes, secrets: Sequence[str], *,
-           max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS, max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS,
-           now_ms: int | None = None) -> Signature:
+           max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+           max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS, now_ms: int | None = None) -> Signature:
     """Check `Heap-Hash` against `body` under any of `secrets`; returns what matched or raises a
     `SignatureError` (`MalformedHeader`, `TimestampOutOfRange`: 400; `InvalidSignature`: 403).
 
@@ -187,8 +187,8 @@ def verify(header: str | None, body: bytes, secrets: Sequence[str], *,
         index = _matching_secret(keys, prefix + compact, digest)
         if index is not None:
             return Signature(ts, encoding, "compact", index, compact)
-    raise InvalidSignature("the hmac matches neither the raw body nor its compact JSON form under any configured "
-                           "secret" + (f" ({skipped})" if skipped else ""))
+    raise InvalidSignature("the hmac matches neither the raw body nor its compact JSON form under any "
+                           "configured secret" + (f" ({skipped})" if skipped else ""))
 
 
 def _matching_secret(keys: Sequence[bytes], message: bytes, digest: bytes) -> int | None:
@@ -208,7 +208,8 @@ def _parse_header(header: str | None) -> tuple[int, str]:
         key, colon, value = part.partition(":")
         key = key.strip()
         if not colon:
-            raise MalformedHeader("Heap-Hash must be comma-separated key:value pairs, e.g. ts:<ms>,hmac:<digest>")
+            raise MalformedHeader("Heap-Hash must be comma-separated key:value pairs, e.g. "
+                                  "ts:<ms>,hmac:<digest>")
         if key in ("ts", "hmac") and key in pairs:
             raise MalformedHeader(f"Heap-Hash has more than one {key!r} pair")
         pairs.setdefault(key, value.strip())
@@ -295,7 +296,8 @@ def _inspect(value: Any, *, numbers: bool) -> tuple[str | None, bool]:
 
 
 def compact_json(value: Any) -> bytes:
-    """`JSON.stringify(value)` as JavaScript writes it, UTF-8 encoded (ECMA-262 §25.5.2 SerializeJSONProperty).
+    """`JSON.stringify(value)` as JavaScript writes it, UTF-8 encoded (ECMA-262 §25.5.2
+    SerializeJSONProperty).
 
     Compact (no spaces), non-ASCII kept as is, control characters and lone surrogates escaped as `\\u00xx`.
     Numbers are JavaScript doubles: 1.0 -> `1`, 1e21 -> `1e+21`, 1.5e-7 -> `1.5e-7`, an integer beyond 2^53
@@ -343,8 +345,8 @@ def _encode(value: Any, out: list[str]) -> None:
 
 
 def _js_string(text: str) -> str:
-    # encode_basestring escapes '"', '\\', \b \f \n \r \t and other controls as lowercase \u00xx, like JavaScript;
-    # JSON.stringify (ES2019) also escapes lone surrogates, which Python keeps as characters.
+    # encode_basestring escapes '"', '\\', \b \f \n \r \t and other controls as lowercase \u00xx, like
+    # JavaScript; JSON.stringify (ES2019) also escapes lone surrogates, which Python keeps as characters.
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", encode_basestring(text))
 
 
@@ -402,7 +404,8 @@ def parse_request(payload: Any) -> SyncPage | DrainRequest:
     if id_token is not None and not isinstance(id_token, str):
         raise InvalidPayload("id_token must be a string")
     config = payload.get("customer_config")
-    if config is not None and (not isinstance(config, dict) or not isinstance(config.get("fields", []), list)):
+    well_formed = isinstance(config, dict) and isinstance(config.get("fields", []), list)
+    if config is not None and not well_formed:
         raise InvalidPayload("customer_config must be an object whose fields is an array")
     # What is kept or hashed must be encodable: customer_config (stored with every page or drain) and a
     # drain's whole body (its key is a hash of it). A page's other fields are read, never re-encoded.

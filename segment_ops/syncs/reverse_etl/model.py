@@ -41,7 +41,8 @@ HEADER_KEYS: dict[str, str] = {
     "schedule": "cron expression (UTC) of the model's schedule",
     "depends_on": "warehouse tables the query reads, comma-separated (schema.table allowed)",
     "probe": "column of the depends_on tables whose max() the change sensor watches (else row counts)",
-    "max_rejected_ratio": f"rejected share of rows above which the check warns (default {DEFAULT_MAX_REJECTED_RATIO})",
+    "max_rejected_ratio": f"rejected share of rows above which the check warns "
+                          f"(default {DEFAULT_MAX_REJECTED_RATIO})",
 }
 _REQUIRED = ("description", "owner", "call", "mode", "key")
 _LIST_KEYS = ("owner", "traits", "properties", "exclude", "depends_on")
@@ -127,8 +128,8 @@ def parse_model(path: Path | str, text: str | None = None) -> ModelSpec:
         except (OSError, UnicodeDecodeError) as exc:
             raise ModelError(path, f"cannot read the file: {exc}") from None
     if not MODEL_NAME.match(name):
-        raise ModelError(path, "a model's file name must be letters, digits and underscores, starting with a letter"
-                               " (it becomes the asset key)")
+        raise ModelError(path, "a model's file name must be letters, digits and underscores, starting with a "
+                               "letter (it becomes the asset key)")
     header, sql = _split(path, text)
     spec = _build(path, name, header, sql, hashlib.sha256(text.encode()).hexdigest()[:16])
     _check(spec)
@@ -203,7 +204,8 @@ def _build(path: Path, name: str, header: dict[str, str], sql: str, code_version
     try:
         ratio = float(values.pop("max_rejected_ratio", DEFAULT_MAX_REJECTED_RATIO))  # type: ignore[arg-type]
     except ValueError:
-        raise ModelError(path, f"max_rejected_ratio must be a number, got {header['max_rejected_ratio']!r}") from None
+        raise ModelError(path, f"max_rejected_ratio must be a number, "
+                               f"got {header['max_rejected_ratio']!r}") from None
     owners = values.pop("owner")
     return ModelSpec(name=name, path=path, sql=sql, owners=owners, fields=fields,  # type: ignore[arg-type]
                      max_rejected_ratio=ratio, code_version=code_version, header=dict(header),
@@ -248,11 +250,12 @@ def _check(spec: ModelSpec) -> None:
         if "properties" in header:
             fail(f"{call} calls carry `traits:`, not `properties:`")
     if spec.fields is not None and spec.exclude:
-        fail(f"`exclude:` only applies when `{spec.fields_name}:` is not given (the default: all other columns)")
+        fail(f"`exclude:` only applies when `{spec.fields_name}:` is not given (the default: all other "
+             "columns)")
     overlap = set(spec.fields or ()) & set(spec.mapped_columns)
     if overlap:
-        fail(f"column(s) {', '.join(sorted(overlap))} are mapped to an id, event or timestamp and also listed in "
-             f"`{spec.fields_name}:`; alias a copy in the query to send both")
+        fail(f"column(s) {', '.join(sorted(overlap))} are mapped to an id, event or timestamp and also "
+             f"listed in `{spec.fields_name}:`; alias a copy in the query to send both")
     for table in spec.depends_on:
         if not _TABLE_NAME.match(table):
             fail(f"depends_on: {table!r} is not a table name ([catalog.][schema.]table)")
