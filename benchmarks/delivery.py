@@ -33,7 +33,8 @@ TARGET_RSS_MB = 300.0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated message counts for replay")
     parser.add_argument("--official", type=int, default=100_000, help="messages for the official library")
     args = parser.parse_args()
@@ -59,14 +60,16 @@ def main() -> int:
                 results.append((f"segment-ops replay, {n:,} identify", n, seconds, rss))
             n = sizes[0]
             _reset(base)
-            seconds, rss = _run_measured([sys.executable, "-c", _deliver_only_script(base, work / f"identify_{n}.jsonl",
-                                                                                      work / "deliver_only")], env={})
+            script = _deliver_only_script(base, work / f"identify_{n}.jsonl", work / "deliver_only")
+            seconds, rss = _run_measured([sys.executable, "-c", script], env={})
             _check_delivered(base, n, f"delivery phase {n:,}")
             delivery_only = (f"engine delivery phase only, {n:,} identify", n, seconds, rss)
             _reset(base)
-            seconds, rss = _run_measured([sys.executable, "-c", _official_script(base, args.official)], env={})
+            seconds, rss = _run_measured([sys.executable, "-c", _official_script(base, args.official)],
+                                         env={})
             _check_delivered(base, args.official, "official library")
-            official = (f"segment-analytics-python (defaults), {args.official:,} identify", args.official, seconds, rss)
+            official = (f"segment-analytics-python (defaults), {args.official:,} identify", args.official,
+                        seconds, rss)
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=10)
@@ -93,8 +96,8 @@ def _write_identify_file(path: Path, n: int) -> Path:
         for i in range(n):
             out.write(orjson.dumps({
                 "type": "identify", "userId": f"usr_{i:08d}",
-                "traits": {"email": f"user{i}@example.com", "name": f"User {i}", "plan": ("free", "pro", "team")[i % 3],
-                           "seats": i % 50, "country": "DE"},
+                "traits": {"email": f"user{i}@example.com", "name": f"User {i}",
+                           "plan": ("free", "pro", "team")[i % 3], "seats": i % 50, "country": "DE"},
                 "timestamp": "2024-06-01T12:00:00.000Z",
             }) + b"\n")
     return path
@@ -128,8 +131,8 @@ def _official_script(base: str, n: int) -> str:
         from segment.analytics.client import Client
         client = Client({SANDBOX_SEGMENT_WRITE_KEY!r}, host={base + "/segment"!r})
         for i in range({n}):
-            traits = {{"email": f"user{{i}}@example.com", "name": f"User {{i}}", "plan": ("free", "pro", "team")[i % 3],
-                      "seats": i % 50, "country": "DE"}}
+            traits = {{"email": f"user{{i}}@example.com", "name": f"User {{i}}",
+                      "plan": ("free", "pro", "team")[i % 3], "seats": i % 50, "country": "DE"}}
             while client.queue.full():
                 time.sleep(0.001)
             client.identify(f"usr_{{i:08d}}", traits, timestamp=None)
@@ -141,7 +144,8 @@ def _official_script(base: str, n: int) -> str:
 def _run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds (or the DELIVERY_SECONDS the child printed) and peak RSS (MB) of one child process."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     output = process.stdout.read().decode() if process.stdout else ""

@@ -64,8 +64,8 @@ def bench_receiver(home: Path, pages: int, page_ids: int) -> None:
                 response = http.post(receiver.heap_url, content=sent, headers={"Heap-Hash": header})
                 response.raise_for_status()
             seconds = time.perf_counter() - started
-        print(f"receiver, {label}: {pages} pages of {page_ids:,} ids in {seconds:.2f}s = {pages / seconds:,.0f} "
-              f"pages/s, {pages * page_ids / seconds:,.0f} ids/s")
+        print(f"receiver, {label}: {pages} pages of {page_ids:,} ids in {seconds:.2f}s = "
+              f"{pages / seconds:,.0f} pages/s, {pages * page_ids / seconds:,.0f} ids/s")
 
 
 def write_sync(inbox: Inbox, task: str, adds: list[str], removes: list[str], page_size: int = 10_000) -> None:
@@ -83,8 +83,8 @@ def bench_engine(home: Path, members: int) -> None:
         handle.write("source_id,target_id\n")
         handle.writelines(f"{identity},usr_{i}\n" for i, identity in enumerate(ids))
     audience = Audience("bench", 1, "Bench", "heap_bench")
-    config = AudiencesConfig(path=home / "bench.toml", audiences=(audience,), identity=IdentitySource(csv=str(csv)),
-                             drop_guard_min_exits=members)
+    config = AudiencesConfig(path=home / "bench.toml", audiences=(audience,),
+                             identity=IdentitySource(csv=str(csv)), drop_guard_min_exits=members)
     inbox = Inbox.for_home(home)
     started = time.perf_counter()
     write_sync(inbox, "sync-1", ids, [])
@@ -103,14 +103,16 @@ def bench_engine(home: Path, members: int) -> None:
                                 client_factory=NullDestination)
         seconds = time.perf_counter() - started
         messages = run.delivery.delivered
-        print(f"engine, {label}: {run.plan.added:,} entered, {run.plan.removed:,} exited, {messages:,} messages "
-              f"in {seconds:.2f}s ({messages / seconds:,.0f} msg/s incl. apply, identity map, diff, ledger)")
+        print(f"engine, {label}: {run.plan.added:,} entered, {run.plan.removed:,} exited, {messages:,} "
+              f"messages in {seconds:.2f}s ({messages / seconds:,.0f} msg/s incl. apply, identity map, "
+              "diff, ledger)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the process: {rss:,.0f} MB")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--pages", type=int, default=200)
     parser.add_argument("--page-ids", type=int, default=1_000)

@@ -49,18 +49,21 @@ MAPPED = ["email", "name", "plan", "country", "account_id", "lifetime_value", "c
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--changed", type=float, default=0.01, help="share of rows changed after the first sync")
+    parser.add_argument("--changed", type=float, default=0.01,
+                        help="share of rows changed after the first sync")
     parser.add_argument("--postgres", default=None, metavar="URL",
-                        help="also run the generic path against this PostgreSQL (a scratch schema is created and "
-                             "dropped), e.g. postgresql://postgres@127.0.0.1:5432/test")
+                        help="also run the generic path against this PostgreSQL (a scratch schema is created "
+                             "and dropped), e.g. postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     n, every = args.rows, max(1, round(1 / args.changed))
 
     with tempfile.TemporaryDirectory(prefix="segment-ops-bench-retl-") as tmp:
         work = Path(tmp)
-        warehouse, model_file, staging_file = work / "warehouse.duckdb", work / "big_traits.sql", work / "staging.duckdb"
+        warehouse, model_file, staging_file = (work / "warehouse.duckdb", work / "big_traits.sql",
+                                               work / "staging.duckdb")
         snapshot = str(work / "snapshot.parquet")
         model_file.write_text(MODEL)
         started = time.perf_counter()
@@ -69,8 +72,8 @@ def main() -> int:
         started = time.perf_counter()
         out = _run([sys.executable, "-c", _FIRST_SYNC.format(warehouse=str(warehouse), model=str(model_file),
                                                              staging=str(staging_file))])
-        print(f"setup: first sync (all {n:,} rows planned, delivered to a null destination, snapshot advanced) "
-              f"in {time.perf_counter() - started:.1f}s: {out.strip()}", flush=True)
+        print(f"setup: first sync (all {n:,} rows planned, delivered to a null destination, snapshot "
+              f"advanced) in {time.perf_counter() - started:.1f}s: {out.strip()}", flush=True)
         _run([sys.executable, "-c", _CHANGE.format(warehouse=str(warehouse), every=every)])
         changed = n // every
         urls = {"duckdb": f"duckdb:///{warehouse}"}
@@ -81,7 +84,8 @@ def main() -> int:
                                                             schema=schema, csv=str(work / "customers.csv"))])
             urls["postgres"] = (f"{args.postgres.replace('postgresql://', 'postgresql+psycopg://')}"
                                 f"?options=-csearch_path%3D{schema}")
-            print(f"setup: copied to PostgreSQL schema {schema} in {time.perf_counter() - started:.1f}s", flush=True)
+            print(f"setup: copied to PostgreSQL schema {schema} in {time.perf_counter() - started:.1f}s",
+                  flush=True)
 
         runs = [("ours_fast", "segment-ops, DuckDB attach (fast path)", urls["duckdb"], True),
                 ("ours_generic", "segment-ops, DuckDB via DB-API stream", urls["duckdb"], False),
@@ -89,7 +93,8 @@ def main() -> int:
                 ("pandas_sql", "pandas diff, DuckDB via pandas.read_sql", urls["duckdb"], "read_sql")]
         if args.postgres:
             runs += [("ours_pg", "segment-ops, PostgreSQL via SQLAlchemy", urls["postgres"], False),
-                     ("pandas_pg", "pandas diff, PostgreSQL via pandas.read_sql", urls["postgres"], "read_sql")]
+                     ("pandas_pg", "pandas diff, PostgreSQL via pandas.read_sql", urls["postgres"],
+                      "read_sql")]
         results: dict[str, tuple[str, float, float]] = {}
         try:
             for name, label, url, option in runs:
@@ -106,10 +111,12 @@ def main() -> int:
                 results[name] = (label, seconds, rss)
         finally:
             if args.postgres:
-                _run([sys.executable, "-c", f"import psycopg; psycopg.connect({args.postgres!r}, autocommit=True)"
-                                            f".execute('DROP SCHEMA IF EXISTS {schema} CASCADE')"])
+                _run([sys.executable, "-c",
+                      f"import psycopg; psycopg.connect({args.postgres!r}, autocommit=True)"
+                      f".execute('DROP SCHEMA IF EXISTS {schema} CASCADE')"])
 
-    print(f"\n{n:,} rows, {changed:,} changed ({args.changed:.0%}); seconds exclude interpreter start and imports")
+    print(f"\n{n:,} rows, {changed:,} changed ({args.changed:.0%}); seconds exclude interpreter start and "
+          "imports")
     print(f"{'run':<46} {'seconds':>8} {'peak RSS MB':>12}")
     for label, seconds, rss in results.values():
         print(f"{label:<46} {seconds:>8.2f} {rss:>12.0f}")
@@ -118,7 +125,8 @@ def main() -> int:
     checks = [
         (f"stage+diff+plan under {TARGET_SECONDS:.0f} s (DuckDB warehouse, fast path)", f"{fast:.2f} s",
          fast < TARGET_SECONDS),
-        (f"peak RSS under {TARGET_RSS_MB:.0f} MB (fast path)", f"{fast_rss:.0f} MB", fast_rss < TARGET_RSS_MB),
+        (f"peak RSS under {TARGET_RSS_MB:.0f} MB (fast path)", f"{fast_rss:.0f} MB",
+         fast_rss < TARGET_RSS_MB),
         (f">= {TARGET_RATIO:.0f}x faster than the pandas diff loading with pandas.read_sql",
          f"{results['pandas_sql'][1] / fast:.1f}x", results["pandas_sql"][1] / fast >= TARGET_RATIO),
         (f">= {TARGET_RATIO:.0f}x faster than the pandas diff loading through DuckDB -> Arrow",
@@ -131,7 +139,8 @@ def main() -> int:
     print("info  generic path (rows through a DB-API driver) vs pandas.read_sql on the same warehouse: "
           + ", ".join(f"{where} {results[p][1] / results[o][1]:.1f}x, {results[o][2]:.0f} MB vs "
                       f"{results[p][2]:.0f} MB"
-                      for where, o, p in (("DuckDB", "ours_generic", "pandas_sql"), ("PostgreSQL", "ours_pg", "pandas_pg"))
+                      for where, o, p in (("DuckDB", "ours_generic", "pandas_sql"),
+                                          ("PostgreSQL", "ours_pg", "pandas_pg"))
                       if o in results))
     return 0 if ok else 1
 
@@ -171,7 +180,8 @@ _FIRST_SYNC = textwrap.dedent("""
 
     with staging({staging!r}) as con:
         run = sync_model(con, parse_model({model!r}), "duckdb:///{warehouse}", NullDestination)
-    print(f"planned {{run.plan.planned:,}}, delivered {{run.delivery.delivered:,}}, snapshot {{run.advanced:,}}")
+    print(f"planned {{run.plan.planned:,}}, delivered {{run.delivery.delivered:,}}, "
+          f"snapshot {{run.advanced:,}}")
 """)
 
 _CHANGE = textwrap.dedent("""
@@ -227,7 +237,8 @@ _PANDAS = textwrap.dedent("""
     else:
         import sqlalchemy as sa
         url = {url!r}
-        engine = sa.create_engine(url, connect_args={{"read_only": True}} if url.startswith("duckdb") else {{}})
+        engine = sa.create_engine(url,
+                                  connect_args={{"read_only": True}} if url.startswith("duckdb") else {{}})
         if url.startswith("duckdb"):
             sa.event.listen(engine, "connect", lambda c, _: c.execute("SET enable_progress_bar = false"))
         with engine.connect() as conn:
@@ -251,9 +262,9 @@ _PANDAS = textwrap.dedent("""
         differs |= ~((now == before) | (now.isna() & before.isna())).to_numpy()
     changed = int(differs.sum())
     done = time.perf_counter()
-    print(f"load {{loaded - imported:.2f}}s + snapshot, merge, compare {{done - loaded:.2f}}s: rows {{len(current):,}}, "
-          f"added {{added:,}}, changed {{changed:,}}, removed {{removed:,}}, null keys {{null_keys}}, "
-          f"duplicated {{duplicated}}")
+    print(f"load {{loaded - imported:.2f}}s + snapshot, merge, compare {{done - loaded:.2f}}s: "
+          f"rows {{len(current):,}}, added {{added:,}}, changed {{changed:,}}, removed {{removed:,}}, "
+          f"null keys {{null_keys}}, duplicated {{duplicated}}")
     print(f"CHANGED={{changed}}")
     print(f"SECONDS={{done - imported}}")
 """)
@@ -264,9 +275,11 @@ _TO_POSTGRES = textwrap.dedent("""
     duckdb.connect({warehouse!r}, read_only=True).execute("COPY customers TO {csv!r} (HEADER false)")
     with psycopg.connect({pg!r}, autocommit=True) as pg:
         pg.execute("CREATE SCHEMA {schema}")
-        pg.execute("CREATE TABLE {schema}.customers (user_id text, email text, name text, plan text, country text, "
-                   "account_id text, lifetime_value numeric(12,2), created_at timestamptz, updated_at timestamptz)")
-        with pg.cursor().copy("COPY {schema}.customers FROM STDIN (FORMAT csv)") as copy, open({csv!r}, "rb") as f:
+        pg.execute("CREATE TABLE {schema}.customers (user_id text, email text, name text, plan text, "
+                   "country text, account_id text, lifetime_value numeric(12,2), created_at timestamptz, "
+                   "updated_at timestamptz)")
+        with (pg.cursor().copy("COPY {schema}.customers FROM STDIN (FORMAT csv)") as copy,
+              open({csv!r}, "rb") as f):
             while block := f.read(1 << 20):
                 copy.write(block)
         pg.execute("ANALYZE {schema}.customers")
@@ -281,13 +294,16 @@ def _run(command: list[str]) -> str:
 
 
 def _measured(command: list[str]) -> tuple[float, float, str]:
-    """Seconds (the SECONDS= line the child prints: work after imports), peak RSS (MB), output of one child."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    """Seconds (the SECONDS= line the child prints: work after imports), peak RSS (MB), output of one
+    child."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=os.environ.copy())
     output = process.stdout.read().decode() if process.stdout else ""
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"child failed:\n{output}")
-    seconds = next(float(line.split("=", 1)[1]) for line in output.splitlines() if line.startswith("SECONDS="))
+    seconds = next(float(line.split("=", 1)[1]) for line in output.splitlines()
+                   if line.startswith("SECONDS="))
     return seconds, usage.ru_maxrss / 1024, output
 
 
@@ -297,7 +313,8 @@ def _shown(output: str) -> str:
 
 def _expect(output: str, changed: int, label: str) -> None:
     """Both implementations must find the same changes, or the comparison means nothing."""
-    found = next((int(line.split("=", 1)[1]) for line in output.splitlines() if line.startswith("CHANGED=")), None)
+    found = next((int(line.split("=", 1)[1]) for line in output.splitlines()
+                  if line.startswith("CHANGED=")), None)
     if found is None:
         raise SystemExit(f"{label}: no CHANGED= line in its output")
     if found != changed:
