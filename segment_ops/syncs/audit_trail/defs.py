@@ -92,7 +92,8 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
 
 # Staged audit events, the hours read and forwarded, and the HEC channel (see `pull_window`, `forward`).
 STATE = store.register(store.StateSchema(
-    name="audit_trail", version=1, tables=("audit_events", "read_windows", "forwarded_windows", "hec_channel"),
+    name="audit_trail", version=1,
+    tables=("audit_events", "read_windows", "forwarded_windows", "hec_channel"),
     create="""
 CREATE TABLE IF NOT EXISTS audit_events (
     id         VARCHAR NOT NULL,      -- the audit event id; staged once (insert-if-absent)
@@ -186,8 +187,8 @@ class ForwardReport:
                 + sum(s.confirmed for s in self.settles.values()))
 
 
-def pull_window(client: SegmentPublicApiClient, con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
-                *, run_id: str | None = None, chunk: int = 1_000) -> PullReport:
+def pull_window(client: SegmentPublicApiClient, con: duckdb.DuckDBPyConnection, start: datetime,
+                end: datetime, *, run_id: str | None = None, chunk: int = 1_000) -> PullReport:
     """Read every audit event with start < timestamp <= end and stage the ones not staged before."""
     store.ensure(con, STATE)
     report = PullReport(start, end)
@@ -228,10 +229,12 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
         # Earlier runs' acks first: what is confirmed is not re-sent; what timed out is pending again.
         _settle(ledger, sync, destination, report, wait=0.0, expire=True)
         report.plans[sync] = ledger.add_planned(
-            sync, [PlannedMessage(str(e["id"]), str(e["id"]), CALL_TYPE, destination.frame(e)) for e in redacted],
+            sync, [PlannedMessage(str(e["id"]), str(e["id"]), CALL_TYPE, destination.frame(e))
+                   for e in redacted],
             run_id=run_id)
         try:
-            # Neither SIEM deduplicates: each batch's outcome is written as soon as it is known (ARCHITECTURE rule 6).
+            # Neither SIEM deduplicates: each batch's outcome is written as soon as it is known (ARCHITECTURE
+            # rule 6).
             report.deliveries[sync] = deliver_pending(ledger, sync, destination, run_id=run_id,
                                                       max_in_flight=max_in_flight, record_each_batch=True)
         except DeliveryError as exc:
@@ -239,7 +242,8 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
             report.deliveries[sync] = exc.report
     for destination in destinations:  # after every sender is done: a bounded wait for this run's acks
         sync = ledger_sync(destination)
-        # Only confirmations here: an ack that times out now is re-sent by the next run, right after its settle.
+        # Only confirmations here: an ack that times out now is re-sent by the next run, right after its
+        # settle.
         _settle(ledger, sync, destination, report, wait=getattr(destination, "ack_settle", 0.0), expire=False)
         report.windows[sync] = window_status(con, sync, start, end)
         counts = ledger.counts(sync)
@@ -326,13 +330,15 @@ def _settle(ledger: Ledger, sync: str, destination: SiemDestination, report: For
     report.settles[sync] = before + settled if before is not None else settled
 
 
-def missing_windows(con: duckdb.DuckDBPyConnection, now: datetime, lookback: timedelta) -> tuple[int, list[datetime]]:
+def missing_windows(con: duckdb.DuckDBPyConnection, now: datetime,
+                    lookback: timedelta) -> tuple[int, list[datetime]]:
     """(windows forwarded, hours without a complete forward) between the first and last forwarded hour of
     the lookback: a hole there means an hour was never read to the end or still has events pending or
     awaiting confirmation (`record_forwarded_hours`)."""
     store.ensure(con, STATE)
     starts = {row[0].astimezone(UTC) for row in con.execute(
-        "SELECT DISTINCT window_start FROM forwarded_windows WHERE window_start >= ?", [now - lookback]).fetchall()}
+        "SELECT DISTINCT window_start FROM forwarded_windows WHERE window_start >= ?",
+        [now - lookback]).fetchall()}
     if not starts:
         return 0, []
     hour, last, holes = min(starts), max(starts), []
@@ -343,7 +349,8 @@ def missing_windows(con: duckdb.DuckDBPyConnection, now: datetime, lookback: tim
     return len(starts), holes
 
 
-def _stage(con: duckdb.DuckDBPyConnection, events: list[dict], run_id: str | None, report: PullReport) -> None:
+def _stage(con: duckdb.DuckDBPyConnection, events: list[dict], run_id: str | None,
+           report: PullReport) -> None:
     if not events:
         return
     # Several pages may repeat an event (a cursor walk over changing data); stage each id once.
@@ -351,7 +358,8 @@ def _stage(con: duckdb.DuckDBPyConnection, events: list[dict], run_id: str | Non
     ids = list(unique)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE incoming_audit AS SELECT unnest(?::VARCHAR[]) AS id, "
-        "unnest(?::VARCHAR[])::TIMESTAMPTZ AS ts, unnest(?::VARCHAR[]) AS type, unnest(?::VARCHAR[]) AS event",
+        "unnest(?::VARCHAR[])::TIMESTAMPTZ AS ts, unnest(?::VARCHAR[]) AS type, "
+        "unnest(?::VARCHAR[]) AS event",
         [ids, [unique[i]["timestamp"] for i in ids], [unique[i].get("type") for i in ids],
          [orjson.dumps(unique[i]).decode() for i in ids]])
     new_ids = {row[0] for row in con.execute(
@@ -368,7 +376,7 @@ def _stage(con: duckdb.DuckDBPyConnection, events: list[dict], run_id: str | Non
             report.new_by_type[kind] += 1
 
 
-# --- Dagster -------------------------------------------------------------------------------------------------
+# --- Dagster ------------------------------------------------------------------------------------------------
 
 @dg.asset(
     key=PULL_KEY,
@@ -386,7 +394,8 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
     """Segment workspace audit events of one hour, read from the Public API and staged once per event id
     (a re-read hour stages only late arrivals).
 
-    Source: the [Segment Public API audit trail](https://docs.segmentapis.com/tag/Audit-Trail) (`GET /audit-events`)."""
+    Source: the [Segment Public API audit trail](https://docs.segmentapis.com/tag/Audit-Trail)
+    (`GET /audit-events`)."""
     window = context.partition_time_window
     end = min(window.end, datetime.now(UTC))  # the hour in progress is read up to now
     client = segment_public_api.get_client()
@@ -423,17 +432,19 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
     code_version="1",
     check_specs=[
         dg.AssetCheckSpec("delivery_complete", asset=FORWARD_KEY,
-                          description="Every event of the window reached every SIEM destination (or was rejected "
-                                      "with a reason) and nothing is left pending or awaiting HEC's indexer "
-                                      "acknowledgement (only awaiting: a warning; a later run settles the acks)."),
+                          description="Every event of the window reached every SIEM destination (or was "
+                                      "rejected with a reason) and nothing is left pending or awaiting "
+                                      "HEC's indexer acknowledgement (only awaiting: a warning; a later run "
+                                      "settles the acks)."),
         dg.AssetCheckSpec("no_gap_between_forwarded_windows", asset=FORWARD_KEY,
-                          description=f"Between the first and last hour forwarded in the last {GAP_LOOKBACK_DAYS} "
-                                      "days, every hour was read and every event of it delivered to every SIEM "
-                                      "(or rejected): nothing pending or awaiting HEC's indexer acknowledgement."),
+                          description=f"Between the first and last hour forwarded in the last "
+                                      f"{GAP_LOOKBACK_DAYS} days, every hour was read and every event of it "
+                                      "delivered to every SIEM (or rejected): nothing pending or awaiting "
+                                      "HEC's indexer acknowledgement."),
     ],
 )
-def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResource, siem_jsonl: JsonLinesSiemResource,
-                      audit_redaction: AuditRedactionResource,
+def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResource,
+                      siem_jsonl: JsonLinesSiemResource, audit_redaction: AuditRedactionResource,
                       staging: StagingResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The hour's audit events, redacted and forwarded to the SIEM (Splunk HEC, and a JSON-lines endpoint
     when configured) exactly once per audit event id; anything a destination did not take stays pending,
@@ -474,6 +485,7 @@ def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResour
     if report.errors:  # the check shows the hour as incomplete on the asset, then the run fails
         yield delivery_complete
         raise dg.Failure(description="; ".join(report.errors.values()), metadata=metadata)
+    first_missing = ", ".join(h.strftime("%Y-%m-%d-%H:00") for h in holes[:10]) or "-"
     yield dg.MaterializeResult(
         metadata=metadata,
         check_results=[
@@ -482,7 +494,7 @@ def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResour
                 check_name="no_gap_between_forwarded_windows", passed=not holes,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"windows_forwarded": windows, "missing_hours": len(holes),
-                          "first_missing": ", ".join(h.strftime("%Y-%m-%d-%H:00") for h in holes[:10]) or "-"}),
+                          "first_missing": first_missing}),
         ],
     )
 
@@ -508,8 +520,8 @@ def _forward_metadata(report: ForwardReport, destinations: Sequence[SiemDestinat
         # Taken by HEC, indexer acknowledgement not in yet: not delivered, not sent again (until the timeout).
         "awaiting_ack_total": sum(report.awaiting_total.values()),
         "destinations": dg.MetadataValue.md(markdown_table(
-            ["destination", "new", "planned before", "sent this run", "window delivered", "window awaiting ack",
-             "window pending", "window rejected"], rows)),
+            ["destination", "new", "planned before", "sent this run", "window delivered",
+             "window awaiting ack", "window pending", "window rejected"], rows)),
         "duration_seconds": round(report.seconds, 2),
     }
     if splunk is not None:
@@ -533,10 +545,11 @@ audit_trail_job = dg.define_asset_job(
 
 @dg.sensor(job=audit_trail_job, minimum_interval_seconds=SENSOR_INTERVAL,
            default_status=dg.DefaultSensorStatus.RUNNING,
-           description=f"Every 3 minutes, probes the newest {SENSOR_HOURS} hours of the audit trail (one event "
-                       "each) and starts a run for an hour whose newest event changed; while HEC acks are awaited "
-                       "and no run is going, starts a run of the newest complete hour so they are polled, and "
-                       "those past the ack timeout sent again, without waiting for new events.")
+           description=f"Every 3 minutes, probes the newest {SENSOR_HOURS} hours of the audit trail (one "
+                       "event each) and starts a run for an hour whose newest event changed; while HEC "
+                       "acks are awaited and no run is going, starts a run of the newest complete hour "
+                       "so they are polled, and those past the ack timeout sent again, without waiting "
+                       "for new events.")
 def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api: SegmentPublicApiResource,
                         staging: StagingResource) -> dg.SensorResult:
     now = datetime.now(UTC)
@@ -550,7 +563,8 @@ def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api:
         for key in keys:
             window = PARTITIONS.time_window_for_partition_key(key)
             # Newest first (spec §2, assumed): one event of count=1 says whether anything new arrived.
-            newest = next(iter(client.iter_audit_events(window.start, min(window.end, now), page_size=1)), None)
+            newest = next(iter(client.iter_audit_events(window.start, min(window.end, now), page_size=1)),
+                          None)
             if newest is None or seen.get(key) == newest["id"]:
                 continue
             if _run_in_flight(context.instance, key):
@@ -572,7 +586,8 @@ def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api:
             notes.append(settle)
     # only the probed hours: stays small; a failed probe keeps the cursor, so the next tick asks again
     cursor = json.dumps({k: v for k, v in seen.items() if k in keys}) if probed else context.cursor
-    skip = None if requests else dg.SkipReason("; ".join(notes) or f"no new audit events in {', '.join(keys)}")
+    skip = None if requests else dg.SkipReason("; ".join(notes)
+                                               or f"no new audit events in {', '.join(keys)}")
     return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=cursor)
 
 
@@ -609,8 +624,8 @@ def _settle_request(instance: dg.DagsterInstance, path: Path, now: datetime) -> 
 
 @dg.schedule(cron_schedule="20 * * * *", job=audit_trail_job, default_status=dg.DefaultScheduleStatus.STOPPED,
              execution_timezone="UTC",
-             description=f"Safety net: every hour re-reads the last {SAFETY_NET_HOURS} complete hours to catch late "
-                         "events the sensor missed (forwarding only what is new).")
+             description=f"Safety net: every hour re-reads the last {SAFETY_NET_HOURS} complete hours to "
+                         "catch late events the sensor missed (forwarding only what is new).")
 def audit_trail_safety_net(context: dg.ScheduleEvaluationContext) -> Iterable[dg.RunRequest]:
     moment = context.scheduled_execution_time
     for key in complete_hours(SAFETY_NET_HOURS, moment):
