@@ -103,7 +103,8 @@ class RetryPolicy:
     retry_after_cap: float = 300.0
 
     def backoff(self, retry_number: int) -> float:
-        """Delay before retry `retry_number` (1-based): immediate first retry, then 0.5 s, 1 s, 2 s... capped."""
+        """Delay before retry `retry_number` (1-based): immediate first retry, then 0.5 s, 1 s, 2 s...
+        capped."""
         if retry_number <= 1:
             return 0.0
         base = min(self.backoff_max, self.backoff_initial * 2 ** (retry_number - 2))
@@ -275,7 +276,8 @@ class HttpClient:
             if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_elapsed:
                 raise VendorUnavailable(self.vendor, method, path, f"gave up: {reason}", status=status,
                                         attempts=attempt)
-            log.warning("%s %s %s failed (%s); retry %d in %.2fs", self.vendor, method, path, reason, attempt, delay)
+            log.warning("%s %s %s failed (%s); retry %d in %.2fs", self.vendor, method, path, reason, attempt,
+                        delay)
             if on_retry is not None:
                 on_retry(RetryEvent(self.vendor, path, attempt, delay, reason))
             if delay > 0:

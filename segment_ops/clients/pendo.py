@@ -56,13 +56,15 @@ def subscription_zone(name: str, setting: str = "PENDO_TIMEZONE", *, since: date
         zone = ZoneInfo(cleaned)
     except (ZoneInfoNotFoundError, ValueError):
         raise PendoSettingError(setting, f"{name!r} is not an IANA time zone name such as America/New_York "
-                                         "(use the zone of Settings > Subscription settings > Time Zone in Pendo)"
+                                         "(use the zone of Settings > Subscription settings > Time Zone in "
+                                         "Pendo)"
                                 ) from None
     offset = fractional_offset(zone, since or datetime.now(UTC).date())
     if offset is not None:
-        raise PendoSettingError(setting, f"{cleaned} has the UTC offset {_format_offset(offset)}; Pendo supports "
-                                         "whole-hour time zones only (support.pendo.io \"Change your Subscription "
-                                         "Time Zone\"), so no subscription can be in it: set the subscription's zone")
+        raise PendoSettingError(setting, f"{cleaned} has the UTC offset {_format_offset(offset)}; Pendo "
+                                         "supports whole-hour time zones only (support.pendo.io \"Change "
+                                         "your Subscription Time Zone\"), so no subscription can be in it: "
+                                         "set the subscription's zone")
     return zone
 
 
@@ -81,8 +83,8 @@ class AppScope:
             return cls()
         parts = [part.strip() for part in text.split(",")]
         if not any(parts):
-            raise PendoSettingError(setting, f"{raw!r} names no app: use * for every app of the subscription or "
-                                             "comma-separated app ids")
+            raise PendoSettingError(setting, f"{raw!r} names no app: use * for every app of the subscription "
+                                             "or comma-separated app ids")
         if "" in parts:
             raise PendoSettingError(setting, f"{raw!r} has an empty item between commas")
         invalid = [part for part in parts if not _is_whole_number(part)]
@@ -132,8 +134,8 @@ class PendoClient:
 
     def aggregate_raw(self, pipeline: list[dict], *, name: str | None = None,
                       on_retry: Callable[[RetryEvent], None] | None = None) -> bytes:
-        """Run an aggregation pipeline; the response body as Pendo sent it (`{"results": [...]}`), unparsed, for
-        a caller that hands it to a columnar reader instead of building Python objects."""
+        """Run an aggregation pipeline; the response body as Pendo sent it (`{"results": [...]}`), unparsed,
+        for a caller that hands it to a columnar reader instead of building Python objects."""
         request: dict = {"pipeline": pipeline}
         if name:
             request["name"] = name
@@ -141,7 +143,8 @@ class PendoClient:
         return self.http.request("POST", "/api/v1/aggregation", json=body, on_retry=on_retry).content
 
     def features(self, *, on_retry: Callable[[RetryEvent], None] | None = None) -> list[dict]:
-        """The tagged features of every app (`GET /api/v1/feature?expand=*`, spec §7): `{"id", "name", "appId", ...}`."""
+        """The tagged features of every app (`GET /api/v1/feature?expand=*`, spec §7):
+        `{"id", "name", "appId", ...}`."""
         return orjson.loads(self.features_raw(on_retry=on_retry))
 
     def features_raw(self, *, on_retry: Callable[[RetryEvent], None] | None = None) -> bytes:
@@ -161,7 +164,8 @@ def day_range_source(source: str, first: date, days: int, zone: ZoneInfo, *, app
     if not 0 < days <= MAX_DAYS_PER_AGGREGATION:
         raise ValueError(f"a Pendo aggregation covers 1 to {MAX_DAYS_PER_AGGREGATION} days, not {days}")
     return {"source": {source: {**(argument or {}), "appId": apps.source_value},
-                       "timeSeries": {"period": "dayRange", "first": local_midnight_ms(first, zone), "count": days}}}
+                       "timeSeries": {"period": "dayRange", "first": local_midnight_ms(first, zone),
+                                      "count": days}}}
 
 
 def local_midnight_ms(day: date, zone: ZoneInfo) -> int:

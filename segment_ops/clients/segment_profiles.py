@@ -24,7 +24,8 @@ from segment_ops.clients.base import (
 
 # "You can return up to 200 traits by appending ?limit=200" (the traits section of the docs).
 MAX_TRAITS_PER_PAGE = 200
-# The docs: 429 when throttled, 500/502/503/504 server errors; a 408 is a proxy's timeout. Other 4xx are final.
+# The docs: 429 when throttled, 500/502/503/504 server errors; a 408 is a proxy's timeout. Other 4xx are
+# final.
 RETRYABLE = RetryableStatuses(four_xx=frozenset({408, 429}))
 # "Each space has a limit of 100 requests/sec" (the docs): read-back takes part of it, leaving the rest to
 # the space's other readers (a personalisation service, say).
@@ -73,7 +74,8 @@ class SegmentProfilesClient:
                 return [], None
             body = response.json()
             page = body.get("cursor") or {}
-            return list((body.get("traits") or {}).items()), page.get("next") if page.get("has_more") else None
+            next_cursor = page.get("next") if page.get("has_more") else None
+            return list((body.get("traits") or {}).items()), next_cursor
 
         traits = dict(paginate(fetch))
         return None if missing else traits

@@ -35,7 +35,8 @@ def ms_before_next(response: httpx.Response) -> float | None:
 
 
 class SegmentPublicApiClient:
-    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0,
+                 retry: RetryPolicy | None = None) -> None:
         self.http = HttpClient(
             "segment_public_api",
             base_url,

@@ -26,7 +26,8 @@ BATCH_TARGET_BYTES = 475_000
 GZIP_MIN_BYTES = 16 * 1024
 # Spec §1 recommends <= 1,000 requests/s per workspace; other senders share that budget.
 DEFAULT_MAX_REQUESTS_PER_SECOND = 200.0
-# analytics-python's retry set (spec §1, request.py/consumer.py): 408, 410, 429, 460 and every 5xx but 501, 505.
+# analytics-python's retry set (spec §1, request.py/consumer.py): 408, 410, 429, 460 and every 5xx but 501,
+# 505.
 RETRYABLE = RetryableStatuses(four_xx=frozenset({408, 410, 429, 460}))
 
 

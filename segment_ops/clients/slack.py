@@ -60,8 +60,8 @@ class _SecretPathTransport(httpx.BaseTransport):
         self._inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        real = httpx.Request(request.method, request.url.copy_with(raw_path=self._path.encode()), headers=request.headers,
-                             stream=request.stream, extensions=request.extensions)
+        real = httpx.Request(request.method, request.url.copy_with(raw_path=self._path.encode()),
+                             headers=request.headers, stream=request.stream, extensions=request.extensions)
         return self._inner.handle_request(real)
 
     def close(self) -> None:

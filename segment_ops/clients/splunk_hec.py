@@ -1,4 +1,5 @@
-"""Splunk HTTP Event Collector client (spec §5, §7): `Authorization: Splunk <token>`, concatenated JSON events.
+"""Splunk HTTP Event Collector client (spec §5, §7): `Authorization: Splunk <token>`, concatenated JSON
+events.
 
 An answer carrying `invalid-event-number` is a partial batch: the events before it were indexed (spec §7).
 Indexer acknowledgement: each POST on a channel returns an `ackId`, polled later on that same channel.
@@ -29,10 +30,11 @@ from segment_ops.clients.base import (
 
 # Splunk Cloud advises requests of at most 1 MB (spec §5, unverified); Enterprise allows far more.
 MAX_BATCH_BYTES = 900_000
-# What HEC means as "try again later". HEC's own: code 8 (HTTP 500) and code 9 "server busy" (503), the two codes
-# HEC client libraries retry (spec §5, splunk/cloudfwd ServerErrors.java); codes 18-20 "HEC is unhealthy" are
-# 503 too. The load balancer in front of HEC (Splunk Cloud, an ELB/nginx on Enterprise) adds 502/504 and 429.
-# Every other status is final: 501/505 and the rest of 5xx are not HEC's, 4xx codes say the request is wrong.
+# What HEC means as "try again later". HEC's own: code 8 (HTTP 500) and code 9 "server busy" (503), the two
+# codes HEC client libraries retry (spec §5, splunk/cloudfwd ServerErrors.java); codes 18-20 "HEC is
+# unhealthy" are 503 too. The load balancer in front of HEC (Splunk Cloud, an ELB/nginx on Enterprise) adds
+# 502/504 and 429. Every other status is final: 501/505 and the rest of 5xx are not HEC's, 4xx codes say the
+# request is wrong.
 RETRYABLE = RetryableStatuses(four_xx=frozenset({429}),
                               not_five_xx=frozenset(range(500, 600)) - {500, 502, 503, 504})
 # 400-class codes that say the token's setup is wrong, not one event (spec §5): incorrect index (7), data
@@ -184,7 +186,8 @@ def _refusal(vendor: str, method: str, path: str, response: httpx.Response, body
     code = body.get("code")
     number = body.get("invalid-event-number")
     # Only an index inside the batch proves a prefix was indexed; anything else is treated as a plain 400.
-    accepted = number if isinstance(number, int) and not isinstance(number, bool) and 0 <= number < events else None
+    in_batch = isinstance(number, int) and not isinstance(number, bool) and 0 <= number < events
+    accepted = number if in_batch else None
     if code in CONFIGURATION_CODES:
         return HecConfigurationError(vendor, method, path, message, accepted=accepted or 0, status=400)
     if accepted is not None:
