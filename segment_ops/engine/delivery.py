@@ -109,9 +109,10 @@ class DeliveryReport:
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         """Two delivery passes of the same sync, as one report."""
         return DeliveryReport(
-            self.sync, self.delivered + other.delivered, self.rejected + other.rejected, self.failed + other.failed,
-            self.retries + other.retries, self.requests + other.requests, self.bytes_sent + other.bytes_sent,
-            self.seconds + other.seconds, (self.errors + other.errors)[:10], self.awaiting_ack + other.awaiting_ack)
+            self.sync, self.delivered + other.delivered, self.rejected + other.rejected,
+            self.failed + other.failed, self.retries + other.retries, self.requests + other.requests,
+            self.bytes_sent + other.bytes_sent, self.seconds + other.seconds,
+            (self.errors + other.errors)[:10], self.awaiting_ack + other.awaiting_ack)
 
     @property
     def messages_per_second(self) -> float:

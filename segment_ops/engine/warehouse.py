@@ -7,8 +7,8 @@ itself (the fast path: no Python in the loop), or streamed through DuckDB's own 
 same chunks; every path gives the same typed table.
 
 Values Arrow cannot take as they are get the explicit rules of `calls.to_json_value` (UUID to text,
-dicts and lists to JSON; Decimal to a double, as the DuckDB path sends DECIMAL columns); a value no rule covers leaves the row's
-`UNSERIALISABLE_COLUMN` set to the reason, and the diff rejects that row.
+dicts and lists to JSON; Decimal to a double, as the DuckDB path sends DECIMAL columns); a value no rule
+covers leaves the row's `UNSERIALISABLE_COLUMN` set to the reason, and the diff rejects that row.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from segment_ops.engine.store import DEFAULT_MEMORY_LIMIT
 CHUNK_ROWS = 20_000
 UNSERIALISABLE_COLUMN = "_segment_ops_unserialisable"
 # SQLAlchemy backend name -> the Dagster kind (icon) of the warehouse.
-DIALECT_KINDS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake", "bigquery": "bigquery",
-                 "redshift": "redshift", "mysql": "mysql", "mssql": "sqlserver", "databricks": "databricks",
-                 "sqlite": "sqlite", "oracle": "oracle", "trino": "trino"}
+DIALECT_KINDS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake",
+                 "bigquery": "bigquery", "redshift": "redshift", "mysql": "mysql", "mssql": "sqlserver",
+                 "databricks": "databricks", "sqlite": "sqlite", "oracle": "oracle", "trino": "trino"}
 
 
 class WarehouseError(RuntimeError):
@@ -103,7 +103,8 @@ def stage_query(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, 
     return describe_staged(con, table, method, time.monotonic() - started)
 
 
-def describe_staged(con: duckdb.DuckDBPyConnection, table: str, method: str, seconds: float = 0.0) -> StagedResult:
+def describe_staged(con: duckdb.DuckDBPyConnection, table: str, method: str,
+                    seconds: float = 0.0) -> StagedResult:
     """`table` (already in DuckDB) as the `StagedResult` the diff reads; a table built by a sync's own SQL
     gets the (all-NULL) unserialisable-value column the diff expects."""
     described = con.execute(f"DESCRIBE {quote(table)}").fetchall()
@@ -239,8 +240,8 @@ def _stage_streamed(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: s
     try:
         with engine.connect() as conn:
             try:
-                result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).exec_driver_sql(
-                    _escape(engine, sql))
+                streaming = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
+                result = streaming.exec_driver_sql(_escape(engine, sql))
             except sa.exc.SQLAlchemyError as exc:
                 raise WarehouseError(f"the warehouse refused the query: {_first_line(exc, url)}") from None
             _write_chunks(con, table, list(result.keys()), _chunks(result.fetchmany, chunk_rows))
@@ -329,8 +330,8 @@ class _ChunkWriter:
                 return
             self._widen(incoming)
             select = ", ".join(
-                f"{_cast(name, self.types[name] or incoming[name])} AS {quote(name)}" if incoming[name] != '"NULL"'
-                else f"NULL AS {quote(name)}" for name in [*self.names])
+                f"{_cast(name, self.types[name] or incoming[name])} AS {quote(name)}"
+                if incoming[name] != '"NULL"' else f"NULL AS {quote(name)}" for name in [*self.names])
             self.con.execute(f"INSERT INTO {self.target} BY NAME SELECT {select}, {UNSERIALISABLE_COLUMN} "
                              f"FROM segment_ops_chunk")
         finally:
@@ -346,7 +347,8 @@ class _ChunkWriter:
                 wanted = new
             else:
                 try:
-                    wanted = self.con.execute(f"SELECT typeof([NULL::{seen}, NULL::{new}][1])").fetchall()[0][0]
+                    wanted = self.con.execute(
+                        f"SELECT typeof([NULL::{seen}, NULL::{new}][1])").fetchall()[0][0]
                 except duckdb.Error:
                     raise WarehouseError(f"column {name!r} has values of different types ({seen}, then {new})"
                                          ) from None
@@ -365,7 +367,8 @@ def _to_arrow(name: str, values: Sequence[Any], bad: list[str | None]) -> tuple[
     if isinstance(sample, dict | list | tuple):
         return pa.array([_json_text(name, v, i, bad) for i, v in enumerate(values)], pa.string()), True
     try:
-        if isinstance(sample, decimal.Decimal):  # a double, as the DuckDB path sends DECIMAL (NaN is rejected later)
+        # a double, as the DuckDB path sends DECIMAL (NaN is rejected later)
+        if isinstance(sample, decimal.Decimal):
             return pa.array([None if v is None else float(v) for v in values], pa.float64()), False
         if isinstance(sample, uuid.UUID):
             return pa.array([None if v is None else str(v) for v in values], pa.string()), False
@@ -418,7 +421,8 @@ def _cast(name: str, duck_type: str) -> str:
 
 
 def _escape(engine: sa.Engine, sql: str) -> str:
-    """`exec_driver_sql` hands the text to the DB-API driver; format-style drivers read `%` as a placeholder."""
+    """`exec_driver_sql` hands the text to the DB-API driver; format-style drivers read `%` as a
+    placeholder."""
     return sql.replace("%", "%%") if engine.dialect.paramstyle in ("format", "pyformat") else sql
 
 
