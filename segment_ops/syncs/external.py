@@ -11,7 +11,8 @@ from segment_ops.syncs.shared import OWNER
 
 HEAP_SEGMENTS = dg.AssetSpec(
     ["heap", "segments"],
-    description="Heap segments (cohorts) switched to sync; Heap pushes their membership changes by signed webhook.",
+    description="Heap segments (cohorts) switched to sync; Heap pushes their membership changes by signed "
+                "webhook.",
     group_name="heap",
     kinds={"heap"},
     owners=[OWNER],
@@ -58,8 +59,8 @@ def warehouse_table_key(table: str) -> dg.AssetKey:
 def warehouse_table_spec(table: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         warehouse_table_key(table),
-        description=f"Warehouse table `{table}`, read through WAREHOUSE_URL (any SQLAlchemy URL; the DuckDB demo "
-                    "warehouse by default).",
+        description=f"Warehouse table `{table}`, read through WAREHOUSE_URL (any SQLAlchemy URL; the DuckDB "
+                    "demo warehouse by default).",
         group_name="warehouse",
         kinds={"table"},
         owners=[OWNER],

@@ -26,8 +26,8 @@ def payload_samples(payloads: Iterable[bytes], limit: int = 5) -> dg.MetadataVal
     return dg.MetadataValue.json(samples)
 
 
-def diff_run_metadata(plan: DiffPlan, *, dry_run: bool, delivery: DeliveryReport | None = None, pending: int = 0,
-                      advanced: int = 0, key_label: str = "record key") -> dict:
+def diff_run_metadata(plan: DiffPlan, *, dry_run: bool, delivery: DeliveryReport | None = None,
+                      pending: int = 0, advanced: int = 0, key_label: str = "record key") -> dict:
     """What every diff-based sync (reverse-ETL models, Pendo account groups) shows of one run: the diff's
     counts, sample payloads, rejections, and - unless a dry run - the delivery and what is left pending."""
     metadata: dict = {
@@ -48,5 +48,6 @@ def diff_run_metadata(plan: DiffPlan, *, dry_run: bool, delivery: DeliveryReport
         metadata |= (delivery.as_metadata() if delivery else {"delivered": 0}) | {
             "pending_after_run": pending, "snapshot_advanced": advanced}
     if plan.rejection_samples:
-        metadata["rejected_sample"] = dg.MetadataValue.md(markdown_table([key_label, "reason"], plan.rejection_samples))
+        metadata["rejected_sample"] = dg.MetadataValue.md(markdown_table([key_label, "reason"],
+                                                                         plan.rejection_samples))
     return metadata

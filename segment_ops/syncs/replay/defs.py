@@ -56,7 +56,8 @@ def replayed_events(
     in the ledger and delivered exactly once (re-running the same file sends nothing new).
 
     Sent to the [Segment HTTP Tracking API](https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/)
-    `/v1/batch`. Runs start from `replay_inbox_sensor` (a file dropped into the inbox) or by hand with a path."""
+    `/v1/batch`. Runs start from `replay_inbox_sensor` (a file dropped into the inbox) or by hand with a
+    path."""
     path = Path(config.path).expanduser()
     run_id = context.run.run_id
     with store.staging(staging.staging_db(REPLAY_SYNC)) as con:
@@ -128,7 +129,8 @@ def replay_inbox_sensor(context: dg.SensorEvaluationContext, staging: StagingRes
     skip = None
     if not requests:
         skip = dg.SkipReason(
-            f"no new files in {inbox}" + (f"; ignored (not .jsonl/.ndjson/.parquet): {', '.join(ignored)}" if ignored else ""))
+            f"no new files in {inbox}"
+            + (f"; ignored (not .jsonl/.ndjson/.parquet): {', '.join(ignored)}" if ignored else ""))
     # Remember only files still in the inbox: the cursor stays small, and a removed file is forgotten.
     return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=json.dumps(sorted(present)))
 

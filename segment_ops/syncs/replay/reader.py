@@ -74,10 +74,12 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
                 record = raw if isinstance(raw, dict) else orjson.loads(raw)
                 message_id, encoded = prepare_call(record, sync=sync)
             except orjson.JSONDecodeError as exc:
-                rejections.append(Rejection(None, f"{path.name}:{line_no}", f"invalid JSON: {exc}", _excerpt(raw)))
+                rejections.append(Rejection(None, f"{path.name}:{line_no}", f"invalid JSON: {exc}",
+                                            _excerpt(raw)))
                 continue
             except InvalidCall as exc:
-                rejections.append(Rejection(_record_key(record), f"{path.name}:{line_no}", str(exc), _excerpt(raw)))
+                rejections.append(Rejection(_record_key(record), f"{path.name}:{line_no}", str(exc),
+                                            _excerpt(raw)))
                 continue
             planned.append(PlannedMessage(message_id, _record_key(record), record["type"], encoded))
         plan.lines += len(chunk)
@@ -96,8 +98,8 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
 
 
 def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], SegmentTrackingClient], *,
-                sync: str = REPLAY_SYNC, run_id: str | None = None, force: bool = False, dry_run: bool = False,
-                max_in_flight: int = 4) -> ReplayResult:
+                sync: str = REPLAY_SYNC, run_id: str | None = None, force: bool = False,
+                dry_run: bool = False, max_in_flight: int = 4) -> ReplayResult:
     """Plan `path` and deliver it, planning and sending at the same time; then deliver whatever else is
     pending for `sync` (leftovers of a killed run, messages reset by `force`)."""
     if dry_run:
