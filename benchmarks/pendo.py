@@ -88,8 +88,8 @@ def main() -> None:
             planned = time.monotonic() - started
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"accounts {args.accounts:,} x {DAYS} days: {rows:,} visitor-day rows staged in {staged:.2f} s")
-    print(f"score:  {report.seconds:.2f} s  ({args.accounts / max(report.seconds, 1e-9):,.0f} accounts/s); bands "
-          + ", ".join(f"{b} {n:,}" for b, n in report.bands.items()))
+    print(f"score:  {report.seconds:.2f} s  ({args.accounts / max(report.seconds, 1e-9):,.0f} accounts/s); "
+          "bands " + ", ".join(f"{b} {n:,}" for b, n in report.bands.items()))
     print(f"plan:   {planned:.2f} s  ({run.sent:,} group calls planned, {run.rejected:,} rejected; dry run)")
     print(f"peak RSS of the process: {rss_mb:,.0f} MB")
 

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     replay = sub.add_parser("replay", help="send a JSONL or Parquet file of Segment calls through the engine")
     replay.add_argument("path", type=Path)
-    replay.add_argument("--dry-run", action="store_true", help="validate and show what would be sent; send nothing")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="validate and show what would be sent; send nothing")
     replay.add_argument("--force", action="store_true", help="send again what the ledger says was delivered")
     replay.add_argument("--max-in-flight", type=int, default=4, help="concurrent batch requests (default 4)")
     replay.add_argument("--rate-limit", type=float, default=None,
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     replay.set_defaults(func=_run_replay)
 
     webhooks = sub.add_parser("webhooks", help="run the webhook receiver (Heap segment syncs -> the inbox)")
-    webhooks.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 behind a proxy)")
+    webhooks.add_argument("--host", default="127.0.0.1",
+                          help="interface to listen on (0.0.0.0 behind a proxy)")
     webhooks.add_argument("--port", type=int, default=8780)
     webhooks.set_defaults(func=_run_webhooks)
 

@@ -45,7 +45,8 @@ class DemoStep:
 
 
 def _replay_config(home: Path) -> dict:
-    return {"ops": {"segment__replayed_events": {"config": {"path": str(home / "demo" / "historical_events.jsonl")}}}}
+    path = str(home / "demo" / "historical_events.jsonl")
+    return {"ops": {"segment__replayed_events": {"config": {"path": path}}}}
 
 
 def _last_pendo_days() -> tuple[str, str]:
@@ -69,20 +70,22 @@ def _heap_config(home: Path) -> dict:
 DEMO_STEPS = (
     DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "planned_by_earlier_runs",
              ("rejected_lines", "rejected_by_destination")),
-    # Every model in sql/reverse_etl/ against the demo warehouse, as one job; counts are summed over the models.
+    # Every model in sql/reverse_etl/ against the demo warehouse, as one job; counts are summed over the
+    # models.
     DemoStep("reverse_etl", "reverse_etl_job", lambda home: {}, "rows_read", "delivered", "unchanged",
              ("rejected", "rejected_by_destination")),
     # Pendo usage of the last 60 days backfilled in one run (two 30-day requests per source), every account
     # scored, and a group call for each account whose health traits changed.
-    DemoStep("pendo", "pendo_account_health_job", lambda home: {}, "accounts_scored", "delivered", "unchanged",
-             ("rejected", "rejected_by_destination"), partition_range=_last_pendo_days),
+    DemoStep("pendo", "pendo_account_health_job", lambda home: {}, "accounts_scored", "delivered",
+             "unchanged", ("rejected", "rejected_by_destination"), partition_range=_last_pendo_days),
     # Heap: the sandbox pushes one signed segment sync per demo segment to the real receiver (in-process),
     # and each audience applies it by the webhook route; counts are summed over the audiences.
     DemoStep("heap", "heap_audiences_job", _heap_config, "heap_members", "delivered", "unchanged",
              ("newly_rejected", "rejected_by_destination")),
     # The last complete hour of the sandbox's audit trail, pulled and forwarded to Splunk HEC.
     DemoStep("audit_trail", "audit_trail_job", lambda home: {}, "events_pulled", "forwarded",
-             "already_forwarded_or_pending", ("rejected_by_destination",), partition_key=_last_complete_audit_hour),
+             "already_forwarded_or_pending", ("rejected_by_destination",),
+             partition_key=_last_complete_audit_hour),
 )
 
 
@@ -122,12 +125,14 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         rows = []
         for step in DEMO_STEPS:
             job = definitions.resolve_job_def(step.job_name)
-            run_config = {**step.run_config(home), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+            run_config = {**step.run_config(home),
+                          "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
             partition = step.partition_key() if step.partition_key else None
             tags = None
             if step.partition_range:
                 first, last = step.partition_range()
-                tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+                tags = {"dagster/asset_partition_range_start": first,
+                        "dagster/asset_partition_range_end": last}
             result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                             partition_key=partition, tags=tags)
             metadata = _materialization_metadata(result)
@@ -147,7 +152,8 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
             print("not built yet (so not run): " + ", ".join(missing))
-        print(f"open the UI on these runs: SEGMENT_OPS_HOME={home} DAGSTER_HOME={dagster_home} .venv/bin/dagster dev")
+        print(f"open the UI on these runs: SEGMENT_OPS_HOME={home} DAGSTER_HOME={dagster_home} "
+              ".venv/bin/dagster dev")
         return 1 if failed else 0
     finally:
         sandbox.stop()
@@ -161,7 +167,8 @@ def write_demo_replay_file(path: Path, data: DemoData) -> int:
     written = 0
     with path.open("wb") as out:
         for user in users.itertuples(index=False):
-            ids = {"userId": user.user_id} if isinstance(user.user_id, str) else {"anonymousId": user.anonymous_id}
+            ids = ({"userId": user.user_id} if isinstance(user.user_id, str)
+                   else {"anonymousId": user.anonymous_id})
             traits = {"email": user.email, "name": user.name, "plan": user.plan, "country": user.country}
             stamp = user.created_at.isoformat()
             out.write(orjson.dumps({"type": "identify", **ids, "traits": traits, "timestamp": stamp}) + b"\n")
