@@ -17,10 +17,14 @@ from segment_ops.engine import store
 from segment_ops.engine.ledger import (
     AWAITING_ACK,
     DELIVERED,
+    MATCHED,
+    MISMATCHED,
+    MISSING,
     PENDING,
     REJECTED,
     Ledger,
     PlannedMessage,
+    ReadBack,
     Rejection,
 )
 from segment_ops.resources import build_resources
@@ -83,6 +87,25 @@ def test_healthy_syncs_pass_the_check_and_send_nothing(ops_env, resources, clean
     assert result.success and checks(result)["delivery_health"].passed
     assert metadata(result)["syncs_checked"] == 2
     assert clean_sandbox.received("slack") == []
+
+
+def test_verified_deliveries_are_shown_beside_merely_accepted_ones(ops_env, resources, clean_sandbox):
+    write_ledger(ops_env, "reverse_etl_user_traits", delivered=30)
+    with store.staging(ops_env / "staging" / "reverse_etl_user_traits.duckdb") as con:
+        Ledger(con).record_read_backs("reverse_etl_user_traits", [
+            *(ReadBack(seq, MATCHED) for seq in range(1, 11)), ReadBack(11, MISMATCHED, "{}"),
+            ReadBack(12, MISSING, "user_id:k11"), ReadBack(13, MISSING, "user_id:k12")])
+
+    result = check(resources)
+
+    meta = metadata(result)
+    assert (meta["delivered"], meta["read_back"]) == (30, 13)
+    assert (meta["verified"], meta["profiles_missing"]) == (10, 2)
+    row = "| reverse_etl_user_traits | reverse_etl_user_traits.duckdb | 30 | 13 | 10 | 2 | 0 | 0 |"
+    assert row in meta["syncs"]
+    state = meta["state"]["reverse_etl_user_traits"]
+    assert (state["delivered"], state["verified"], state["missing"]) == (30, 10, 2)
+    assert checks(result)["delivery_health"].passed  # a missing profile fails landed_in_segment, not this
 
 
 def test_every_staging_file_and_every_sync_in_it_is_read(ops_env, resources):

@@ -14,6 +14,12 @@ nothing is hard-coded), and for each ledger sync in them counts, over the last D
   or still awaiting the destination's confirmation (e.g. a HEC indexer ack) although sent before it; or
   they were planned and never attempted (the run stopped first, e.g. at a 401).
 
+Accepted is not landed: beside "delivered" (what the destination accepted) the table shows, for the syncs
+whose identify calls are read back from Segment's profiles (the `landed_in_segment` checks), how many
+delivered messages were read back in the window, how many of those were verified (found as sent) and how
+many profiles were missing. Read-back is a sample, so "verified" counts a sample, never every delivered
+message; missing profiles fail `landed_in_segment`, not this check.
+
 A sync with at least DELIVERY_HEALTH_MIN_MESSAGES (default 20) messages in the window whose (rejected +
 failed) share exceeds DELIVERY_HEALTH_MAX_FAILED_SHARE (default 5%) is flagged: the asset check
 `delivery_health` fails (severity ERROR: a sync losing that share of its messages needs a person) and one
@@ -35,7 +41,7 @@ own ledgers: what we sent and what the destinations answered.
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,7 +51,7 @@ import duckdb
 from segment_ops.clients.base import VendorError
 from segment_ops.engine import store
 from segment_ops.engine.alerts import DeliveryHealthChange, delivery_health_message
-from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.ledger import Ledger, SyncFigures
 from segment_ops.resources import AlertsResource, DeliveryHealthResource, StagingResource
 from segment_ops.syncs.metadata import markdown_table
 from segment_ops.syncs.shared import OWNER
@@ -71,6 +77,9 @@ class SyncHealth:
     rejected: int = 0
     failed: int = 0
     status: str = IDLE
+    read_back: int = 0  # delivered messages read back from Segment in the window (a sample)
+    verified: int = 0  # of those, found as sent
+    missing: int = 0  # of those, whose profile was not found
 
     @property
     def total(self) -> int:
@@ -110,12 +119,12 @@ def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min
             continue
         read += 1
         try:
-            for sync, delivered, rejected, failed in ledger_figures(con, since):
-                figures = SyncHealth(sync, path.name, delivered, rejected, failed)
-                was_unhealthy = previous.get(sync, {}).get("status") == UNHEALTHY
-                syncs.append(SyncHealth(sync, path.name, delivered, rejected, failed,
-                                        verdict(figures, max_share, min_messages,
-                                                was_unhealthy=was_unhealthy)))
+            for f in ledger_figures(con, since):
+                figures = SyncHealth(f.sync, path.name, f.delivered, f.rejected, f.failed,
+                                     read_back=f.read_back, verified=f.verified, missing=f.missing)
+                was_unhealthy = previous.get(f.sync, {}).get("status") == UNHEALTHY
+                syncs.append(replace(figures, status=verdict(figures, max_share, min_messages,
+                                                             was_unhealthy=was_unhealthy)))
         finally:
             con.close()
     return HealthReport(sorted(syncs, key=lambda s: s.sync), busy, read)
@@ -140,11 +149,10 @@ def open_read_only(path: Path, retry_seconds: float) -> duckdb.DuckDBPyConnectio
         return None
 
 
-def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int, int, int]]:
-    """(sync, delivered, rejected, failed) since `since` for every sync of the file's ledger (none: no
-    ledger), read through the ledger's own API (`Ledger.delivery_figures`)."""
-    figures = Ledger(con, create=False).delivery_figures(since)
-    return [(f.sync, f.delivered, f.rejected, f.failed) for f in figures]
+def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[SyncFigures]:
+    """Delivered, rejected, failed, read back, verified and missing since `since` for every sync of the
+    file's ledger (none: no ledger), read through the ledger's own API (`Ledger.delivery_figures`)."""
+    return Ledger(con, create=False).delivery_figures(since)
 
 
 def state_changes(report: HealthReport, state: dict[str, dict]) -> list[SyncHealth]:
@@ -250,9 +258,9 @@ def ops_delivery_health(context: dg.AssetExecutionContext, staging: StagingResou
 
 def _metadata(report: HealthReport, settings: DeliveryHealthResource, sent: Sequence[str],
               not_sent: Sequence[str]) -> dict:
-    rows = [(h.sync, h.file, h.delivered, h.rejected, h.failed, f"{h.share:.1%}", h.status)
-            for h in report.syncs]
-    rows += [("-", name, "-", "-", "-", "-", BUSY) for name in report.busy_files]
+    rows = [(h.sync, h.file, h.delivered, h.read_back, h.verified, h.missing, h.rejected, h.failed,
+             f"{h.share:.1%}", h.status) for h in report.syncs]
+    rows += [("-", name, "-", "-", "-", "-", "-", "-", "-", BUSY) for name in report.busy_files]
     return {
         "window_hours": settings.window_hours,
         "max_failed_share": settings.max_failed_share,
@@ -262,8 +270,14 @@ def _metadata(report: HealthReport, settings: DeliveryHealthResource, sent: Sequ
         "syncs_flagged": sum(1 for h in report.syncs if h.status == UNHEALTHY),
         "alerts_sent": len(sent),
         "alerts_not_sent": len(not_sent),
+        # Accepted vs landed: what the destinations took, and what of it a read-back found (a sample).
+        "delivered": sum(h.delivered for h in report.syncs),
+        "read_back": sum(h.read_back for h in report.syncs),
+        "verified": sum(h.verified for h in report.syncs),
+        "profiles_missing": sum(h.missing for h in report.syncs),
         "syncs": dg.MetadataValue.md(markdown_table(
-            ["sync", "staging file", "delivered", "rejected", "failed", "rejected or failed", "status"], rows)
+            ["sync", "staging file", "delivered (accepted)", "read back", "verified (landed)",
+             "profiles missing", "rejected", "failed", "rejected or failed", "status"], rows)
             if rows else "no staging files yet"),
         "state": dg.MetadataValue.json({h.sync: asdict(h) | {"share": round(h.share, 4)}
                                         for h in report.syncs}),
