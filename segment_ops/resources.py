@@ -18,6 +18,7 @@ from segment_ops.clients.base import RetryPolicy
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.clients.slack import SlackWebhookClient
 from segment_ops.config import Settings, load_settings
+from segment_ops.engine.preflight import CheckResult, gate
 from segment_ops.engine.redaction import (
     DEFAULT_HASH_FIELDS,
     DEFAULT_PATTERNS,
@@ -187,6 +188,23 @@ class DeliveryHealthResource(dg.ConfigurableResource):
                                                       "(DELIVERY_HEALTH_MIN_MESSAGES).")
 
 
+class PreflightResource(dg.ConfigurableResource):
+    """The preflight gate in front of every sync that sends to Segment (`segment_ops.preflight`)."""
+
+    cache_seconds: float = Field(default=600.0, description="PREFLIGHT_CACHE_SECONDS: how long an answer of "
+                                                            "the Public API about the write key is reused.")
+
+    def check_sending(self, segment: SegmentTrackingResource) -> list[CheckResult]:
+        """The sending checks of the key and host `segment` sends with, run or reused from the cache; raises
+        `engine.preflight.PreflightRefused` when one failed definitively (auth or configuration)."""
+        from segment_ops import preflight
+
+        settings = preflight.gate_settings(load_settings(), tracking_url=segment.base_url,
+                                           write_key=segment.write_key)
+        return gate(preflight.sending_checks(settings), cache=preflight.cache_for(settings),
+                    max_age=self.cache_seconds, secrets=preflight.secret_values(settings))
+
+
 class StagingResource(dg.ConfigurableResource):
     """Where local state lives: one DuckDB staging file per sync, inboxes, the demo warehouse."""
 
@@ -227,6 +245,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         # SEGMENT_OPS_HOME is always resolved to an absolute path, so runs in any cwd agree on it.
         "staging": StagingResource(home=settings["SEGMENT_OPS_HOME"]),
         "alerts": AlertsResource(webhook_url=value("ALERT_WEBHOOK_URL"), dagster_ui_url=settings["DAGSTER_UI_URL"]),
+        "preflight": PreflightResource(
+            cache_seconds=_number(settings, "PREFLIGHT_CACHE_SECONDS", low=0.0, high=7 * 86_400.0)),
         "delivery_health": DeliveryHealthResource(
             window_hours=_number(settings, "DELIVERY_HEALTH_WINDOW_HOURS", low=0.0),
             max_failed_share=_number(settings, "DELIVERY_HEALTH_MAX_FAILED_SHARE", low=0.0, high=1.0),

@@ -41,7 +41,13 @@ from segment_ops.engine.alerts import StaleSync, stale_sync_message
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
-from segment_ops.resources import AlertsResource, SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.resources import (
+    AlertsResource,
+    PreflightResource,
+    SegmentTrackingResource,
+    StagingResource,
+    WarehouseResource,
+)
 from segment_ops.syncs.external import HEAP_SEGMENTS, warehouse_table_key
 from segment_ops.syncs.heap.audiences import (
     DEFAULT_FILE,
@@ -58,7 +64,7 @@ from segment_ops.syncs.heap.audiences import (
 from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
-from segment_ops.syncs.shared import OWNER
+from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
 
 GROUP = "heap"
 KINDS = {"heap", "segment", "duckdb"}
@@ -73,7 +79,7 @@ CONNECT_TABLES = ("main_production.users", "main_production.segment_members")
 log = logging.getLogger("segment_ops.heap")
 
 
-class HeapAudienceConfig(dg.Config):
+class HeapAudienceConfig(SendConfig):
     route: Literal["webhook", "reconcile"] = Field(
         default="webhook", description="webhook: apply complete syncs from the inbox; reconcile: take the full "
                                        "membership from the Heap Connect table in the warehouse.")
@@ -161,7 +167,9 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
         ],
     )
     def heap_audience(context: dg.AssetExecutionContext, config: HeapAudienceConfig, warehouse: WarehouseResource,
-                      segment: SegmentTrackingResource, staging: StagingResource):
+                      segment: SegmentTrackingResource, staging: StagingResource,
+                      preflight: PreflightResource):
+        preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
         inbox = Inbox.for_home(staging.home)
         policy = drain_policy()
         with store.staging(staging.staging_db(audience.sync)) as con:

@@ -1,2 +1,2 @@
-"""Operations: run-failure and recovery alerts (`run_alerts`) and the hourly delivery-health check over
-every ledger (`delivery_health`)."""
+"""Operations: run-failure and recovery alerts (`run_alerts`), the hourly delivery-health check over
+every ledger (`delivery_health`), and the preflight of every vendor's credentials (`preflight`)."""

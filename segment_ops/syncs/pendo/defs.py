@@ -47,7 +47,13 @@ from segment_ops.engine import store
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
-from segment_ops.resources import PendoResource, SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.resources import (
+    PendoResource,
+    PreflightResource,
+    SegmentTrackingResource,
+    StagingResource,
+    WarehouseResource,
+)
 from segment_ops.syncs.external import PENDO_ACCOUNTS
 from segment_ops.syncs.metadata import diff_run_metadata, markdown_table
 from segment_ops.syncs.pendo.extract import SYNC, ExtractError, ExtractReport, extract_days
@@ -74,7 +80,7 @@ from segment_ops.syncs.pendo.score import (
     load_health_config,
     score_accounts,
 )
-from segment_ops.syncs.shared import OWNER
+from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
 
 GROUP = "pendo"
 POOL = f"staging_{SYNC}"
@@ -350,7 +356,7 @@ def _health_metadata(report: ScoreReport, config: HealthConfig) -> dict:
 # ------------------------------------------------------------------------------------------------- sync
 
 
-class PendoGroupsConfig(dg.Config):
+class PendoGroupsConfig(SendConfig):
     dry_run: bool = Field(default=False, description="Plan and validate; show counts and sample payloads; send "
                                                      "nothing and write no snapshot.")
 
@@ -375,11 +381,12 @@ class PendoGroupsConfig(dg.Config):
     ],
 )
 def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsConfig, segment: SegmentTrackingResource,
-                         pendo: PendoResource, staging: StagingResource,
-                         warehouse: WarehouseResource) -> dg.MaterializeResult:
+                         pendo: PendoResource, staging: StagingResource, warehouse: WarehouseResource,
+                         preflight: PreflightResource) -> dg.MaterializeResult:
     """One Segment group call per Pendo account whose health traits changed since the last delivered state:
     groupId through the identity map, userId = the most active identified visitor (else the service user),
     traits = score, band, reasons, active users, adoption figures, last active date."""
+    preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
     health = _config()
     apps = _app_set(pendo)
     with store.staging(staging.staging_db(SYNC)) as con:

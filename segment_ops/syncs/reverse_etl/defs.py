@@ -35,12 +35,17 @@ from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
-from segment_ops.resources import SegmentTrackingResource, StagingResource, WarehouseResource
+from segment_ops.resources import (
+    PreflightResource,
+    SegmentTrackingResource,
+    StagingResource,
+    WarehouseResource,
+)
 from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
 from segment_ops.syncs.metadata import diff_run_metadata
 from segment_ops.syncs.reverse_etl.model import ModelError, ModelSpec, load_models
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
-from segment_ops.syncs.shared import OWNER
+from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
 
 # The project's sql/reverse_etl/, shipped as the package `segment_ops.syncs.reverse_etl.sql` (pyproject's
 # package-dir): in a checkout (editable install) it is that folder, in a wheel its installed copy.
@@ -51,7 +56,7 @@ SENSOR_NAME = "reverse_etl_warehouse_sensor"
 log = logging.getLogger("segment_ops.reverse_etl")
 
 
-class ReverseEtlConfig(dg.Config):
+class ReverseEtlConfig(SendConfig):
     dry_run: bool = Field(default=False, description="Diff, plan and validate; show counts and sample payloads; "
                                                      "send nothing and write no snapshot.")
     full_resync: bool = Field(default=False, description="Forget the delivered snapshot: every row counts as added "
@@ -130,7 +135,8 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
     )
     def reverse_etl_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
                           warehouse: WarehouseResource, segment: SegmentTrackingResource,
-                          staging: StagingResource) -> dg.MaterializeResult:
+                          staging: StagingResource, preflight: PreflightResource) -> dg.MaterializeResult:
+        preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
         return _sync(context, model, config, warehouse, segment, staging)
 
     return reverse_etl_model

@@ -1,0 +1,32 @@
+"""The asset `ops/preflight`: every preflight check as an asset check, red when a credential breaks."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from segment_ops.preflight import CHECK_NAMES
+from segment_ops.syncs.ops.preflight import PREFLIGHT_KEY, ops_preflight
+
+
+def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == PREFLIGHT_KEY}
+
+
+def test_every_check_passes_on_the_sandbox_defaults(warehouse, clean_sandbox):
+    result = dg.materialize([ops_preflight])
+
+    checks = evaluations(result)
+    assert result.success and set(checks) == set(CHECK_NAMES)
+    assert all(check.passed for check in checks.values())
+    [materialization] = result.asset_materializations_for_node("ops__preflight")
+    assert materialization.metadata["fail"].value == 0
+
+
+def test_a_broken_hec_token_turns_its_check_red_with_severity_error(warehouse, clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SPLUNK_HEC_TOKEN", "00000000-0000-4000-8000-00000000dead")
+
+    checks = evaluations(dg.materialize([ops_preflight]))
+
+    assert not checks["splunk_hec"].passed and checks["splunk_hec"].severity is dg.AssetCheckSeverity.ERROR
+    assert checks["splunk_hec"].metadata["settings"].value == "SPLUNK_HEC_URL, SPLUNK_HEC_TOKEN"
+    assert checks["segment_write_key"].passed and checks["pendo_key"].passed
