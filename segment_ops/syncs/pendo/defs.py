@@ -92,10 +92,13 @@ PARTITIONS_START = "2026-01-01"
 # The subscription's zone, read when the definitions load (partitions must exist then); a zone that is not
 # an IANA name or not whole-hour from PARTITIONS_START on (earlier days are never read) stops the load with
 # an error naming PENDO_TIMEZONE.
-SUBSCRIPTION_ZONE = subscription_zone(load_settings()["PENDO_TIMEZONE"], since=date.fromisoformat(PARTITIONS_START))
+SUBSCRIPTION_ZONE = subscription_zone(load_settings()["PENDO_TIMEZONE"],
+                                      since=date.fromisoformat(PARTITIONS_START))
 TIMEZONE = SUBSCRIPTION_ZONE.key
-AppScope.parse(load_settings()["PENDO_APP_IDS"])  # PENDO_APP_IDS is the resource's; a bad value stops the load too
-# end_offset 0: the newest partition is yesterday in the subscription's zone (readable `settle_hours` after it ends).
+# PENDO_APP_IDS is the resource's; a bad value stops the load too
+AppScope.parse(load_settings()["PENDO_APP_IDS"])
+# end_offset 0: the newest partition is yesterday in the subscription's zone (readable `settle_hours` after it
+# ends).
 PARTITIONS = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=TIMEZONE)
 MIN_ACCOUNTS_FOR_BAND_CHECK = 5
 DAILY_REREAD_DAYS = 3  # the daily run re-reads this many days: Pendo may finish processing a day late
@@ -115,8 +118,8 @@ def _config() -> HealthConfig:
 
 
 def _app_set(pendo: PendoResource) -> str:
-    """PENDO_APP_IDS as staged days record it (`AppScope.key`): the score and the sync count only days read for
-    the apps configured now."""
+    """PENDO_APP_IDS as staged days record it (`AppScope.key`): the score and the sync count only days read
+    for the apps configured now."""
     try:
         return AppScope.parse(pendo.app_ids).key
     except PendoSettingError as exc:
@@ -136,9 +139,9 @@ def _config_version() -> str:
 
 class UsageDailyConfig(dg.Config):
     allow_empty_days: bool = Field(
-        default=False, description="Stage days Pendo answers with no usage at all even though it lists accounts "
-                                   "and the days before had usage (by default refused: Pendo may be re-processing "
-                                   "after a time zone change).")
+        default=False, description="Stage days Pendo answers with no usage at all even though it lists "
+                                   "accounts and the days before had usage (by default refused: Pendo may "
+                                   "be re-processing after a time zone change).")
 
 
 @dg.asset(
@@ -203,7 +206,8 @@ def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyCon
     if not report.slices:
         raise dg.Failure(description=f"{not_ready}; nothing was staged", metadata=metadata)
     # Only the staged days' partitions are materialized, each with its own row counts; the unsettled ones stay
-    # missing (a later "materialize missing" picks them up), and no output means the score does not run on them.
+    # missing (a later "materialize missing" picks them up), and no output means the score does not run on
+    # them.
     context.log.warning(f"{not_ready}; staged {first_day} .. {report.slices[-1][1]}: their partitions are "
                         "materialized, the others stay missing")
     for day, visitor_rows, feature_rows, poll_rows, accounts in sorted(days):
@@ -267,18 +271,19 @@ class HealthScoreConfig(dg.Config):
     metadata={"config_file": dg.MetadataValue.path(str(health_config_path())), "table": HEALTH_TABLE},
     check_specs=[
         dg.AssetCheckSpec("band_distribution_sane", asset=HEALTH_KEY,
-                          description=f"With {MIN_ACCOUNTS_FOR_BAND_CHECK}+ accounts, they are not all in one band "
-                                      "(a broken extract or config tends to put everyone in one)."),
+                          description=f"With {MIN_ACCOUNTS_FOR_BAND_CHECK}+ accounts, they are not all in "
+                                      "one band (a broken extract or config tends to put everyone in one)."),
         dg.AssetCheckSpec("window_complete", asset=HEALTH_KEY, blocking=True,
-                          description="Every day of the scoring window is staged (a missing day would read as no "
-                                      "usage); blocks the sync unless [window] allow_partial_window = true."),
+                          description="Every day of the scoring window is staged (a missing day would read "
+                                      "as no usage); blocks the sync unless [window] allow_partial_window = "
+                                      "true."),
     ],
 )
 def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig, pendo: PendoResource,
                    staging: StagingResource) -> dg.MaterializeResult:
-    """Health score 0-100 of every Pendo account, its band (healthy / at_risk / critical) and the main reasons,
-    from breadth, depth, trend, sentiment and recency over the staged usage days (weights and bands in
-    pendo_health.toml)."""
+    """Health score 0-100 of every Pendo account, its band (healthy / at_risk / critical) and the main
+    reasons, from breadth, depth, trend, sentiment and recency over the staged usage days (weights and bands
+    in pendo_health.toml)."""
     health = _config()
     apps = _app_set(pendo)
     try:
@@ -296,10 +301,11 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
     if missing:
         zones = (f" ({describe_staged_otherwise(otherwise)}, not as days of PENDO_TIMEZONE={TIMEZONE} for "
                  f"PENDO_APP_IDS {apps}: re-reading replaces them)" if otherwise else "")
-        window_note = (f"{len(missing)} of the {report.window_days} days up to {report.as_of} are not staged: "
-                       f"{describe_days(missing)}{zones}; materialize them on pendo/account_usage_daily and re-score"
-                       + (" (allow_partial_window = true: the sync sends anyway)" if health.allow_partial_window
-                          else " (the sync refuses to send until then)"))
+        window_note = (f"{len(missing)} of the {report.window_days} days up to {report.as_of} are not "
+                       f"staged: {describe_days(missing)}{zones}; materialize them on "
+                       "pendo/account_usage_daily and re-score"
+                       + (" (allow_partial_window = true: the sync sends anyway)"
+                          if health.allow_partial_window else " (the sync refuses to send until then)"))
         context.log.warning(window_note)
     populated = [band for band in BANDS if report.bands[band]]
     one_band = report.accounts >= MIN_ACCOUNTS_FOR_BAND_CHECK and len(populated) == 1
@@ -309,10 +315,12 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
             dg.AssetCheckResult(
                 check_name="band_distribution_sane", passed=not one_band, severity=dg.AssetCheckSeverity.WARN,
                 metadata={"bands": dg.MetadataValue.md(band_chart(report)), "accounts": report.accounts,
-                          "note": f"all {report.accounts} accounts are {populated[0]}" if one_band else "ok"}),
+                          "note": (f"all {report.accounts} accounts are {populated[0]}" if one_band
+                                   else "ok")}),
             dg.AssetCheckResult(
                 check_name="window_complete", passed=not missing,
-                severity=dg.AssetCheckSeverity.WARN if health.allow_partial_window else dg.AssetCheckSeverity.ERROR,
+                severity=(dg.AssetCheckSeverity.WARN if health.allow_partial_window
+                          else dg.AssetCheckSeverity.ERROR),
                 description=window_note,
                 metadata={"missing_days": len(missing), "window_days": report.window_days,
                           "missing": describe_days(missing) or "none",
@@ -357,8 +365,8 @@ def _health_metadata(report: ScoreReport, config: HealthConfig) -> dict:
 
 
 class PendoGroupsConfig(SendConfig):
-    dry_run: bool = Field(default=False, description="Plan and validate; show counts and sample payloads; send "
-                                                     "nothing and write no snapshot.")
+    dry_run: bool = Field(default=False, description="Plan and validate; show counts and sample payloads; "
+                                                     "send nothing and write no snapshot.")
 
 
 @dg.asset(
@@ -372,17 +380,17 @@ class PendoGroupsConfig(SendConfig):
     metadata={"call": "group", "mode": "upsert", "key": "Pendo accountId"},
     check_specs=[
         dg.AssetCheckSpec("delivery_complete", asset=GROUPS_KEY,
-                          description="Every scored account was sent, unchanged or rejected with a reason, and "
-                                      "nothing is left pending."),
+                          description="Every scored account was sent, unchanged or rejected with a reason, "
+                                      "and nothing is left pending."),
         dg.AssetCheckSpec("no_account_missing", asset=GROUPS_KEY,
-                          description="After the send, every Pendo account (the account list and every account "
-                                      "with staged usage) is delivered, unchanged since delivered, pending, or "
-                                      "rejected with a reason; any other is listed."),
+                          description="After the send, every Pendo account (the account list and every "
+                                      "account with staged usage) is delivered, unchanged since delivered, "
+                                      "pending, or rejected with a reason; any other is listed."),
     ],
 )
-def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsConfig, segment: SegmentTrackingResource,
-                         pendo: PendoResource, staging: StagingResource, warehouse: WarehouseResource,
-                         preflight: PreflightResource) -> dg.MaterializeResult:
+def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsConfig,
+                         segment: SegmentTrackingResource, pendo: PendoResource, staging: StagingResource,
+                         warehouse: WarehouseResource, preflight: PreflightResource) -> dg.MaterializeResult:
     """One Segment group call per Pendo account whose health traits changed since the last delivered state:
     groupId through the identity map, userId = the most active identified visitor (else the service user),
     traits = score, band, reasons, active users, adoption figures, last active date."""
@@ -392,9 +400,10 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
             run = sync_account_groups(con, health, segment.get_client, warehouse_url=warehouse.url,
-                                      timezone=TIMEZONE, apps=apps, run_id=context.run.run_id, dry_run=config.dry_run,
-                                      max_in_flight=segment.max_in_flight)
-        except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError, WarehouseError) as exc:
+                                      timezone=TIMEZONE, apps=apps, run_id=context.run.run_id,
+                                      dry_run=config.dry_run, max_in_flight=segment.max_in_flight)
+        except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError,
+                WarehouseError) as exc:
             raise dg.Failure(description=str(exc)) from None
         except DeliveryIncomplete as exc:
             raise dg.Failure(description=str(exc), metadata=_groups_metadata(exc.report)) from None
@@ -420,8 +429,8 @@ def _no_account_missing(run: GroupSyncRun) -> dg.AssetCheckResult:
     metadata: dict = {**run.reconciled, "missing_sample": dg.MetadataValue.md(
         markdown_table(["account", "why"], run.missing) if run.missing else "none")}
     return dg.AssetCheckResult(check_name="no_account_missing", passed=not run.missing, metadata=metadata,
-                               description=f"{len(run.missing)} Pendo account(s) are neither delivered, unchanged, "
-                                           "pending nor rejected" if run.missing else None)
+                               description=f"{len(run.missing)} Pendo account(s) are neither delivered, "
+                                           "unchanged, pending nor rejected" if run.missing else None)
 
 
 def _groups_metadata(run: GroupSyncRun) -> dict:
@@ -442,7 +451,8 @@ def _groups_metadata(run: GroupSyncRun) -> dict:
                      "identity_map_ambiguous": run.identity.ambiguous}
     rejections = run.rejection_samples + run.plan.rejection_samples
     if rejections:
-        metadata["rejected_sample"] = dg.MetadataValue.md(markdown_table(["account", "reason"], rejections[:20]))
+        metadata["rejected_sample"] = dg.MetadataValue.md(markdown_table(["account", "reason"],
+                                                                         rejections[:20]))
     return metadata
 
 
@@ -450,7 +460,8 @@ def _groups_metadata(run: GroupSyncRun) -> dict:
 
 pendo_account_health_job = dg.define_asset_job(
     JOB_NAME, selection=[USAGE_KEY, HEALTH_KEY, GROUPS_KEY], partitions_def=PARTITIONS,
-    description="Stage Pendo usage for the partition's day(s), score every account, sync changed accounts to Segment.")
+    description="Stage Pendo usage for the partition's day(s), score every account, sync changed accounts to "
+                "Segment.")
 
 
 
@@ -476,18 +487,19 @@ def schedule_hour(settle_hours: int) -> int:
 
 def _schedule_description(settle_hours: int) -> str:
     hour = schedule_hour(settle_hours)
-    late = (f" With [extract] settle_hours = {settle_hours} yesterday is not settled by then: each run reads up to "
-            "the day before yesterday (yesterday comes a day later)." if settle_hours + 1 > 23 else "")
-    return (f"Each day at {hour:02d}:00 in the Pendo subscription's zone ({TIMEZONE}), an hour after yesterday "
-            f"settled ([extract] settle_hours = {settle_hours}): re-read the last {DAILY_REREAD_DAYS} readable days "
-            "of Pendo usage in one run (Pendo may finish processing a day late), re-score, send changed accounts."
+    late = (f" With [extract] settle_hours = {settle_hours} yesterday is not settled by then: each run reads "
+            "up to the day before yesterday (yesterday comes a day later)." if settle_hours + 1 > 23 else "")
+    return (f"Each day at {hour:02d}:00 in the Pendo subscription's zone ({TIMEZONE}), an hour after "
+            f"yesterday settled ([extract] settle_hours = {settle_hours}): re-read the last "
+            f"{DAILY_REREAD_DAYS} readable days of Pendo usage in one run (Pendo may finish processing a day "
+            "late), re-score, send changed accounts."
             f"{late} The hour is set when the definitions load: reload the code location after changing "
             "settle_hours.")
 
 
 def _settle_hours_at_load() -> int:
-    """`[extract] settle_hours` when the definitions load (the default when the config cannot be read: the runs
-    themselves then fail naming the config)."""
+    """`[extract] settle_hours` when the definitions load (the default when the config cannot be read: the
+    runs themselves then fail naming the config)."""
     try:
         return load_health_config(health_config_path()).settle_hours
     except HealthConfigError:
