@@ -98,6 +98,48 @@ SETTINGS: tuple[Setting, ...] = (
         SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
         secret=True,
     ),
+    Setting(
+        "SEGMENT_PROFILES_URL",
+        "Segment Profile API host, where the `landed_in_segment` checks read delivered users back "
+        "(live: `https://profiles.segment.com`, EU: `https://profiles.euw1.segment.com`). With "
+        "`SEGMENT_TRACKING_URL` set, read-back runs only when this, `SEGMENT_PROFILES_SPACE_ID` and "
+        "`SEGMENT_PROFILES_TOKEN` are set (else the checks are skipped, saying so).",
+        sandbox_path="/profiles",
+    ),
+    Setting(
+        "SEGMENT_PROFILES_SPACE_ID",
+        "Id of the Unify space whose profiles are read back (Unify > Unify settings > API access).",
+        SANDBOX_SEGMENT_PROFILES_SPACE_ID,
+    ),
+    Setting(
+        "SEGMENT_PROFILES_TOKEN",
+        "Profile API access token of that space (read-only; sent as the Basic-auth username).",
+        SANDBOX_SEGMENT_PROFILES_TOKEN,
+        secret=True,
+    ),
+    Setting(
+        "SEGMENT_PROFILES_SAMPLE_SIZE",
+        "Delivered identify calls read back per sync run (the oldest unsampled run's first); `0` turns "
+        "read-back off.",
+        default="20",
+    ),
+    Setting(
+        "SEGMENT_PROFILES_DELAY_SECONDS",
+        "How long after delivery (seconds) a call is read back: Segment updates profiles asynchronously, so "
+        "a read too early would find nothing. Calls delivered more recently wait for a later check.",
+        default="60",
+    ),
+    Setting(
+        "SEGMENT_PROFILES_WARN_MISSING_SHARE",
+        "Share (0-1) of a read-back sample whose profiles may be missing before `landed_in_segment` fails "
+        "with severity WARN.",
+        default="0",
+    ),
+    Setting(
+        "SEGMENT_PROFILES_ERROR_MISSING_SHARE",
+        "Share (0-1) of missing profiles above which `landed_in_segment` fails with severity ERROR.",
+        default="0.1",
+    ),
     Setting("HEAP_API_URL", "Heap API base (live: `https://heapanalytics.com`).", sandbox_path="/heap"),
     Setting("HEAP_APP_ID", "Heap environment (app) id.", SANDBOX_HEAP_APP_ID),
     Setting("HEAP_API_KEY", "Heap API key (privacy endpoints).", SANDBOX_HEAP_API_KEY, secret=True),

@@ -8,6 +8,7 @@ applies (see the README's configuration table).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,7 @@ from pydantic import Field
 
 from segment_ops.clients import PendoClient, SegmentPublicApiClient, SegmentTrackingClient, SplunkHecClient
 from segment_ops.clients.base import RetryPolicy
+from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.clients.slack import SlackWebhookClient
 from segment_ops.config import Settings, load_settings
@@ -57,6 +59,39 @@ class SegmentPublicApiResource(dg.ConfigurableResource):
 
     def get_client(self) -> SegmentPublicApiClient:
         return SegmentPublicApiClient(self.base_url, self.token)
+
+
+class SegmentProfilesResource(dg.ConfigurableResource):
+    """Segment Profile API (Unify), read by the `landed_in_segment` checks; and how they read.
+
+    `space_id` or `token` empty: not configured, and the checks are skipped saying which setting is missing.
+    """
+
+    base_url: str = Field(default="", description="SEGMENT_PROFILES_URL.")
+    space_id: str = Field(default="", description="SEGMENT_PROFILES_SPACE_ID.")
+    token: str = Field(default="", repr=False, description="SEGMENT_PROFILES_TOKEN.")
+    sample_size: int = Field(default=20, description="Identify calls read back per sync run; 0: off.")
+    delay_seconds: float = Field(default=60.0, description="How long after delivery a call is read back.")
+    warn_missing_share: float = Field(default=0.0, description="Missing-profile share above which the check "
+                                                               "fails with severity WARN.")
+    error_missing_share: float = Field(default=0.1, description="Missing-profile share above which the check "
+                                                                "fails with severity ERROR.")
+
+    def skip_reason(self) -> str | None:
+        """Why read-back cannot run with these settings (None: it can)."""
+        if self.sample_size == 0:
+            return "SEGMENT_PROFILES_SAMPLE_SIZE is 0: read-back verification is off"
+        missing = [name for name, value in (("SEGMENT_PROFILES_URL", self.base_url),
+                                            ("SEGMENT_PROFILES_SPACE_ID", self.space_id),
+                                            ("SEGMENT_PROFILES_TOKEN", self.token)) if not value]
+        if missing:
+            return (f"{', '.join(missing)} not set: delivered calls cannot be read back through Segment's "
+                    "Profile API (Unify), so whether they landed is not verified (see the README, "
+                    "\"Read-back verification\")")
+        return None
+
+    def get_client(self) -> SegmentProfilesClient:
+        return SegmentProfilesClient(self.base_url, self.space_id, self.token)
 
 
 class PendoResource(dg.ConfigurableResource):
@@ -232,6 +267,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "segment_public_api": SegmentPublicApiResource(
             base_url=value("SEGMENT_PUBLIC_API_URL"), token=value("SEGMENT_PUBLIC_API_TOKEN")
         ),
+        "segment_profiles": _profiles_resource(settings, value),
         "pendo": PendoResource(base_url=value("PENDO_API_URL"), integration_key=value("PENDO_INTEGRATION_KEY"),
                                app_ids=value("PENDO_APP_IDS")),
         "splunk": SplunkHecResource(
@@ -253,6 +289,30 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             min_messages=_whole_number(settings, "DELIVERY_HEALTH_MIN_MESSAGES"),
         ),
     }
+
+
+# The Profile API's connection settings. Unset, they point at the sandbox like every vendor's; but once
+# SEGMENT_TRACKING_URL sends to a real Segment, the sandbox's profiles would prove nothing, so each must then
+# be set (the Profile API needs Unify, which not every workspace has): unset, the read-back is skipped.
+_PROFILE_API = ("SEGMENT_PROFILES_URL", "SEGMENT_PROFILES_SPACE_ID", "SEGMENT_PROFILES_TOKEN")
+
+
+def _profiles_resource(settings: Settings,
+                       value: Callable[[str], str | dg.EnvVar]) -> SegmentProfilesResource:
+    live = settings.is_set("SEGMENT_TRACKING_URL")
+    connection = {field: value(name) if settings.is_set(name) or not live else ""
+                  for field, name in zip(("base_url", "space_id", "token"), _PROFILE_API, strict=True)}
+    sample = settings["SEGMENT_PROFILES_SAMPLE_SIZE"].strip()
+    if not sample.isdigit():
+        raise ValueError(f"SEGMENT_PROFILES_SAMPLE_SIZE must be a whole number >= 0, got {sample!r}")
+    warn = _number(settings, "SEGMENT_PROFILES_WARN_MISSING_SHARE", low=0.0, high=1.0)
+    error = _number(settings, "SEGMENT_PROFILES_ERROR_MISSING_SHARE", low=0.0, high=1.0)
+    if error < warn:
+        raise ValueError(f"SEGMENT_PROFILES_ERROR_MISSING_SHARE ({error:g}) must not be below "
+                         f"SEGMENT_PROFILES_WARN_MISSING_SHARE ({warn:g})")
+    return SegmentProfilesResource(
+        **connection, sample_size=int(sample), warn_missing_share=warn, error_missing_share=error,
+        delay_seconds=_number(settings, "SEGMENT_PROFILES_DELAY_SECONDS", low=0.0, high=float("inf")))
 
 
 def _number(settings: Settings, name: str, *, low: float, high: float | None = None) -> float:

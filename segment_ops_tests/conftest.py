@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
 
 from segment_ops.config import SETTINGS
+from segment_ops.resources import build_resources
 from segment_ops.sandbox.app import SandboxConfig
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
 from segment_ops.sandbox.server import RunningSandbox, start_sandbox
@@ -107,3 +111,47 @@ def warehouse(ops_env: Path, demo_warehouse_file: Path) -> Path:
     path = ops_env / "demo_warehouse.duckdb"
     shutil.copy(demo_warehouse_file, path)
     return path
+
+
+@dataclass
+class ReadBackEnv:
+    """Resources of a sync's run and of a read-back run after the delay has passed: the sync's run has the
+    default SEGMENT_PROFILES_DELAY_SECONDS (60 s), so its own `landed_in_segment` check finds nothing due; the
+    later run's delay is shorter than the time gone by since (`wait()`), which is all the check's clock
+    does: it reads back what was delivered at least the delay before now."""
+
+    now: dict
+    later: dict
+
+    @staticmethod
+    def wait() -> None:
+        """Let the later run's delay pass (the sandbox's profiles have caught up by then)."""
+        time.sleep(READ_BACK_DELAY_SECONDS + 0.05)
+
+
+# SEGMENT_PROFILES_DELAY_SECONDS of a read-back run in the tests: past the session sandbox's profile delay.
+READ_BACK_DELAY_SECONDS = PROFILES_DELAY_SECONDS + 0.1
+
+
+@pytest.fixture
+def read_back_env(warehouse: Path, clean_sandbox: RunningSandbox,
+                  monkeypatch: pytest.MonkeyPatch) -> Callable[..., ReadBackEnv]:
+    """`read_back_env(**settings)`: the resources of a sync's run and of a later read-back, `settings` set."""
+
+    def make(**settings: str) -> ReadBackEnv:
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        now = build_resources()
+        monkeypatch.setenv("SEGMENT_PROFILES_DELAY_SECONDS", str(READ_BACK_DELAY_SECONDS))
+        return ReadBackEnv(now, build_resources())
+
+    return make
+
+
+def check_evaluation(result: dg.ExecuteInProcessResult, name: str,
+                     asset_key: dg.AssetKey | None = None) -> dg.AssetCheckEvaluation | None:
+    """The evaluation of the check `name` (of `asset_key`, when given) in a run; None when it was skipped."""
+    found = [e for e in result.get_asset_check_evaluations()
+             if e.check_name == name and asset_key in (None, e.asset_key)]
+    assert len(found) <= 1, found
+    return found[0] if found else None

@@ -77,12 +77,14 @@ def failing_calls(resources: dict) -> dict[str, object]:
             resources["segment_public_api"].get_client().iter_audit_events(now - timedelta(hours=1), now)),
         "pendo": lambda: resources["pendo"].get_client().aggregate([{"source": {"accounts": None}}]),
         "splunk": lambda: resources["splunk"].get_client().send_batch([b'{"event": "hello"}']),
+        "segment_profiles": lambda: resources["segment_profiles"].get_client().get_traits("user_id:u1"),
     }
 
 
 def test_client_auth_failures_leak_no_credential(secret_env, all_logs):
     with dg.build_resources(build_resources()) as built:
-        resources = {name: getattr(built, name) for name in ("segment", "segment_public_api", "pendo", "splunk")}
+        resources = {name: getattr(built, name) for name in ("segment", "segment_public_api", "pendo", "splunk",
+                                                             "segment_profiles")}
         for vendor, call in failing_calls(resources).items():
             with pytest.raises(VendorAuthError) as caught:
                 call()

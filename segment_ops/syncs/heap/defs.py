@@ -6,7 +6,8 @@ or the file HEAP_AUDIENCES_FILE names).
   Heap's membership through `engine.audiences.sync_audience`, by route `webhook` (complete syncs and
   drains from the inbox the receiver writes) or `reconcile` (the Heap Connect tables in the warehouse),
   with in-step checks `identity_match_rate` (WARN), `membership_drop_guard` (ERROR; a tripped guard fails
-  the run and changes nothing) and `delivery_complete`.
+  the run and changes nothing) and `delivery_complete`, and `landed_in_segment` (a read-back of earlier
+  runs' identify calls, `syncs/verification.py`).
 - `heap_audiences_job`; `heap_webhook_inbox_sensor` (RUNNING by default): first moves inbox folders of the
   older layout into this one (so their pending syncs are applied; one it cannot move is reported), then
   starts one run per complete `sync_task_id` and one per `segment.users.drain` (applied by
@@ -65,6 +66,7 @@ from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
 from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
+from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
 GROUP = "heap"
 KINDS = {"heap", "segment", "duckdb"}
@@ -122,12 +124,14 @@ def build_heap_defs(path: Path | str | None = None) -> dg.Definitions:
     enabled = [a for a in audiences.audiences if a.enabled]
     job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.assets(*(audience_key(a.key) for a in enabled)),
                               description="Bring the Segment audiences to the Heap segments' membership.")
-    return dg.Definitions(
+    syncs = dg.Definitions(
         assets=[*(_segment_spec(a) for a in enabled), *(_audience_asset(a, audiences) for a in enabled)],
         jobs=[job],
         sensors=[_inbox_sensor(audiences, job)],
         schedules=[_reconcile_schedule(audiences, enabled, job)],
     )
+    return dg.Definitions.merge(syncs, read_back_defs(GROUP, [ReadBackTarget(audience_key(a.key), a.sync)
+                                                             for a in enabled]))
 
 
 def _segment_spec(audience: Audience) -> dg.AssetSpec:
@@ -202,7 +206,9 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                 _guard_result(run),
                 dg.AssetCheckResult(
                     check_name="delivery_complete", passed=run.dry_run or run.ledger.pending == 0,
-                    metadata={"pending": run.ledger.pending, "delivered_total": run.ledger.delivered}),
+                    metadata={"pending": run.ledger.pending,
+                              "delivered_total": run.ledger.delivered + run.ledger.verified,
+                              "verified_total": run.ledger.verified}),
             ],
         )
 

@@ -5,7 +5,8 @@ factory declares:
 - an asset `segment/reverse_etl/<model>` (group `reverse_etl`; owners, description and schedule from
   the header; `code_version` = hash of the file; its own pool, since each model has its own DuckDB
   staging file) downstream of the warehouse tables in its `depends_on:`, with in-step checks
-  `rejected_ratio` (WARN) and `delivery_complete`;
+  `rejected_ratio` (WARN) and `delivery_complete`, and for an identify model `landed_in_segment` (a read-back
+  of earlier runs' calls, `syncs/verification.py`);
 - a schedule from its `schedule:` cron, STOPPED by default: a sync that sends data to a live Segment
   workspace is switched on deliberately, in the UI or `dagster schedule start`.
 
@@ -46,6 +47,7 @@ from segment_ops.syncs.metadata import diff_run_metadata
 from segment_ops.syncs.reverse_etl.model import ModelError, ModelSpec, load_models
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
 from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
+from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
 # The project's sql/reverse_etl/, shipped as the package `segment_ops.syncs.reverse_etl.sql` (pyproject's
 # package-dir): in a checkout (editable install) it is that folder, in a wheel its installed copy.
@@ -102,12 +104,15 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
     extra_tables = sorted({t for m in models for t in m.depends_on} - set(WAREHOUSE_TABLES))
     job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.groups(GROUP),
                               description="Sync every reverse-ETL model in sql/reverse_etl/ to Segment.")
-    return dg.Definitions(
+    syncs = dg.Definitions(
         assets=[*assets, *(warehouse_table_spec(t) for t in extra_tables)],
         jobs=[job],
         schedules=schedules,
         sensors=[_warehouse_sensor(models, job)],
     )
+    # `landed_in_segment` on the models whose identify calls can be read back from Segment's profiles.
+    identify = [ReadBackTarget(model_key(m.name), m.sync) for m in models if m.call == "identify"]
+    return dg.Definitions.merge(syncs, read_back_defs(GROUP, identify))
 
 
 def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
@@ -166,7 +171,9 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
             dg.AssetCheckResult(
                 check_name="delivery_complete",
                 passed=run.dry_run or run.ledger.pending == 0,
-                metadata={"pending": run.ledger.pending, "delivered_total": run.ledger.delivered},
+                metadata={"pending": run.ledger.pending,
+                          "delivered_total": run.ledger.delivered + run.ledger.verified,
+                          "verified_total": run.ledger.verified},
             ),
             dg.AssetCheckResult(
                 check_name="rejected_ratio",
