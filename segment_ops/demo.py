@@ -1,4 +1,5 @@
-"""`segment-ops demo`: start the sandbox, run every sync once through Dagster, print what each did.
+"""`segment-ops demo`: start the sandbox, run every sync once through Dagster, print what each did, then
+read a sample of the identify calls back from the sandbox's Segment profiles (`landed_in_segment`).
 
 The demo talks to the sandbox only: vendor URL and credential variables are ignored for its runs, so
 demo data can never reach a real workspace, and its state lives in `$SEGMENT_OPS_HOME/demo`, apart from
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,10 @@ if TYPE_CHECKING:  # imported lazily at run time: the sandbox and Dagster are he
 
 # The syncs the project is built to run; the demo says plainly which of them exist yet.
 PLANNED_SYNC_GROUPS = ("replay", "reverse_etl", "heap", "pendo", "audit_trail")
+# After the syncs, the landed_in_segment checks read their identify calls back; the sandbox's profiles show
+# a call 1 s after accepting it, so this delay is past that.
+READ_BACK_JOBS = ("reverse_etl_read_back_job", "heap_read_back_job")
+DEMO_READ_BACK_DELAY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,7 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
               f"{segment.get('late_duplicates', 0):,} repeats after the ~24 h dedupe window; "
               f"{dropped:,} accepted but silently dropped); "
               f"Splunk HEC received {splunk.get('received', 0):,} events")
+        failed += _read_back(instance)
         missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
             print("not built yet (so not run): " + ", ".join(missing))
@@ -214,8 +221,37 @@ def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
     return values
 
 
-def _print_summary(rows: list[tuple]) -> None:
-    headers = ("sync", "status", "read", "sent", "planned before", "rejected", "run")
+def _read_back(instance: dg.DagsterInstance) -> int:
+    """Read back a sample of the identify calls the demo delivered through the sandbox's Profile API (the
+    `landed_in_segment` checks, run as their sensor would start them) and print what was found; returns how
+    many checks failed. The demo's own runs used the default delay, so their checks found nothing due yet;
+    here the delay is shortened to DEMO_READ_BACK_DELAY_SECONDS, past the sandbox's profile delay, once that
+    long has gone by."""
+    from segment_ops.definitions import defs
+
+    os.environ["SEGMENT_PROFILES_DELAY_SECONDS"] = str(DEMO_READ_BACK_DELAY_SECONDS)
+    time.sleep(DEMO_READ_BACK_DELAY_SECONDS)
+    definitions = defs()
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    rows, failed = [], 0
+    for job_name in READ_BACK_JOBS:
+        result = definitions.resolve_job_def(job_name).execute_in_process(
+            run_config=quiet, instance=instance, raise_on_error=False)
+        failed += 0 if result.success else 1
+        for check in result.get_asset_check_evaluations():
+            meta = {key: value.value for key, value in check.metadata.items()}
+            failed += 0 if check.passed else 1
+            figures = [meta.get(k, "-") for k in ("sample_size", "profiles_found", "profiles_missing")]
+            rows.append((check.asset_key.to_user_string(), "landed" if check.passed else "FAILED", *figures,
+                         f"{meta.get('traits_matching', '-')}/{meta.get('traits_compared', '-')}",
+                         meta.get("messages_verified", "-")))
+    print("read-back through Segment's Profile API (landed_in_segment, a sample of each run):")
+    _print_summary(rows, ("asset", "status", "read back", "found", "missing", "traits as sent", "verified"))
+    return failed
+
+
+def _print_summary(rows: list[tuple], headers: tuple[str, ...] = (
+        "sync", "status", "read", "sent", "planned before", "rejected", "run")) -> None:
     table = [headers, *[tuple(str(v) for v in row) for row in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     for row in table:
