@@ -33,9 +33,10 @@ SANDBOX_REDACTION_SALT = "sandbox-redaction-salt"
 # The sandbox's Slack-compatible incoming webhook (`/slack`); the last path segment is the webhook's secret.
 SANDBOX_SLACK_WEBHOOK_TOKEN = "sandboxSlackWebhookToken0001"
 SANDBOX_SLACK_WEBHOOK_PATH = f"/services/T0SANDBOX/B0SANDBOX/{SANDBOX_SLACK_WEBHOOK_TOKEN}"
-# Tables of the sandbox's demo warehouse (built by sandbox/warehouse.py, declared as assets in syncs/external.py).
-DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "main_production.users", "main_production.segment_members",
-                         "identity_map")
+# Tables of the sandbox's demo warehouse (built by sandbox/warehouse.py, declared as assets in
+# syncs/external.py).
+DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "main_production.users",
+                         "main_production.segment_members", "identity_map")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Segment HTTP Tracking API base (live: `https://api.segment.io`, EU: `https://events.eu1.segmentapis.com`).",
         sandbox_path="/segment",
     ),
-    Setting("SEGMENT_WRITE_KEY", "Write key of the Segment HTTP source.", SANDBOX_SEGMENT_WRITE_KEY, secret=True),
+    Setting("SEGMENT_WRITE_KEY", "Write key of the Segment HTTP source.", SANDBOX_SEGMENT_WRITE_KEY,
+            secret=True),
     Setting(
         "SEGMENT_PUBLIC_API_URL",
         "Segment Public API base (live: `https://api.segmentapis.com`, EU: `https://eu1.api.segmentapis.com`).",
@@ -186,21 +188,25 @@ SETTINGS: tuple[Setting, ...] = (
         "TOML file listing the Heap segments synced to Segment audiences; unset: "
         "`segment_ops/syncs/heap/heap_audiences.toml`, shipped in the package.",
     ),
-    Setting("PENDO_API_URL", "Pendo API base (live: `https://app.pendo.io`, EU: `https://app.eu.pendo.io`).", sandbox_path="/pendo"),
-    Setting("PENDO_INTEGRATION_KEY", "Pendo integration key (read-only is enough).", SANDBOX_PENDO_INTEGRATION_KEY, secret=True),
+    Setting("PENDO_API_URL", "Pendo API base (live: `https://app.pendo.io`, EU: `https://app.eu.pendo.io`).",
+            sandbox_path="/pendo"),
+    Setting("PENDO_INTEGRATION_KEY", "Pendo integration key (read-only is enough).",
+            SANDBOX_PENDO_INTEGRATION_KEY, secret=True),
     Setting(
         "PENDO_TIMEZONE",
-        "Time zone of the Pendo subscription (Settings > Subscription settings > Time Zone; an IANA name): Pendo "
-        "buckets each day at midnight there, and the daily partitions follow it. The default is the sandbox's.",
+        "Time zone of the Pendo subscription (Settings > Subscription settings > Time Zone; an IANA name): "
+        "Pendo buckets each day at midnight there, and the daily partitions follow it. The default is the "
+        "sandbox's.",
         default=SANDBOX_PENDO_TIMEZONE,
     ),
     Setting(
         "PENDO_APP_IDS",
-        "Pendo apps whose usage is read and summed: `*` for every app of the subscription, or comma-separated "
-        "app ids (without it Pendo answers for the default app only).",
+        "Pendo apps whose usage is read and summed: `*` for every app of the subscription, or "
+        "comma-separated app ids (without it Pendo answers for the default app only).",
         default="*",
     ),
-    Setting("SPLUNK_HEC_URL", "Splunk HTTP Event Collector base (live: `https://<host>:8088`).", sandbox_path="/splunk"),
+    Setting("SPLUNK_HEC_URL", "Splunk HTTP Event Collector base (live: `https://<host>:8088`).",
+            sandbox_path="/splunk"),
     Setting("SPLUNK_HEC_TOKEN", "HEC token (a GUID).", SANDBOX_SPLUNK_HEC_TOKEN, secret=True),
     Setting("SPLUNK_INDEX", "Splunk index the audit trail is written to.", SANDBOX_SPLUNK_INDEX),
     Setting(
@@ -241,8 +247,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ALERT_WEBHOOK_URL",
-        "Slack-compatible incoming webhook that run-failure, recovery and delivery-health alerts are posted to "
-        "(the URL is the credential).",
+        "Slack-compatible incoming webhook that run-failure, recovery and delivery-health alerts are posted "
+        "to (the URL is the credential).",
         sandbox_path=f"/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
         secret=True,
     ),
@@ -311,7 +317,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Resolve every setting from `env` (default: `os.environ`), falling back to sandbox defaults."""
     env = os.environ if env is None else env
     home, conflict = resolve_home(env)
-    sandbox_url = (env.get("SEGMENT_OPS_SANDBOX_URL") or _BY_NAME["SEGMENT_OPS_SANDBOX_URL"].default).rstrip("/")
+    sandbox_url = (env.get("SEGMENT_OPS_SANDBOX_URL")
+                   or _BY_NAME["SEGMENT_OPS_SANDBOX_URL"].default).rstrip("/")
     values: dict[str, str] = {}
     from_env = set()
     home_dependent = {"SEGMENT_OPS_HOME"}
@@ -413,5 +420,6 @@ def settings_table_markdown() -> str:
     """The README's configuration table, generated from `SETTINGS` (a test keeps the README in step)."""
     lines = ["| Variable | What it is | Default | Secret |", "|---|---|---|---|"]
     for s in SETTINGS:
-        lines.append(f"| `{s.name}` | {s.description} | {s.documented_default} | {'yes' if s.secret else ''} |")
+        secret = "yes" if s.secret else ""
+        lines.append(f"| `{s.name}` | {s.description} | {s.documented_default} | {secret} |")
     return "\n".join(lines)

@@ -37,7 +37,8 @@ class SegmentTrackingResource(dg.ConfigurableResource):
     write_key: str = Field(repr=False)
     gzip: bool = Field(default=True, description="gzip batch bodies above 16 KB.")
     max_requests_per_second: float = Field(
-        default=DEFAULT_MAX_REQUESTS_PER_SECOND, description="Request-rate cap; Segment recommends <= 1,000 req/s per workspace (spec §1)."
+        default=DEFAULT_MAX_REQUESTS_PER_SECOND,
+        description="Request-rate cap; Segment recommends <= 1,000 req/s per workspace (spec §1)."
     )
     max_in_flight: int = Field(default=4, description="Concurrent batch requests.")
 
@@ -99,19 +100,22 @@ class PendoResource(dg.ConfigurableResource):
 
     base_url: str
     integration_key: str = Field(repr=False)
-    retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/5xx (Pendo's leaky bucket).")
+    retry_max_attempts: int = Field(default=10,
+                                    description="Attempts per request on 429/5xx (Pendo's leaky bucket).")
     retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
     retry_backoff_seconds: float = Field(default=0.5, description="First backoff step (doubles per retry; "
                                                                   "a Retry-After header wins when longer).")
     app_ids: str = Field(default="*", description="PENDO_APP_IDS: `*` for every app of the subscription, or "
-                                                  "comma-separated app ids (else Pendo answers for the default app).")
+                                                  "comma-separated app ids (else Pendo answers for the "
+                                                  "default app).")
 
     def get_client(self) -> PendoClient:
         from segment_ops.clients.pendo import AppScope
 
         retry = RetryPolicy(max_attempts=self.retry_max_attempts, max_elapsed=self.retry_max_seconds,
                             backoff_initial=self.retry_backoff_seconds)
-        return PendoClient(self.base_url, self.integration_key, retry=retry, apps=AppScope.parse(self.app_ids))
+        return PendoClient(self.base_url, self.integration_key, retry=retry,
+                           apps=AppScope.parse(self.app_ids))
 
 
 class SplunkHecResource(dg.ConfigurableResource):
@@ -123,14 +127,14 @@ class SplunkHecResource(dg.ConfigurableResource):
     host: str = Field(default="segment-ops", description="HEC `host` of every audit event sent.")
     max_in_flight: int = Field(default=2, description="Concurrent HEC requests.")
     ack_timeout_seconds: float = Field(
-        default=300.0, description="With indexer ack on: how long a batch's ackId may stay unacknowledged before "
-                                   "the batch is sent again (SPLUNK_HEC_ACK_TIMEOUT_SECONDS).")
+        default=300.0, description="With indexer ack on: how long a batch's ackId may stay unacknowledged "
+                                   "before the batch is sent again (SPLUNK_HEC_ACK_TIMEOUT_SECONDS).")
     ack_settle_seconds: float = Field(
-        default=30.0, description="With indexer ack on: how long a run keeps polling acks after sending before it "
-                                  "ends; the next run polls the rest first (while acks are awaited, the audit "
-                                  "sensor starts one every 3 minutes).")
-    channel: str = Field(default="", description="HEC request channel GUID (SPLUNK_HEC_CHANNEL); empty: the one "
-                                                 "kept in the sync's state.")
+        default=30.0, description="With indexer ack on: how long a run keeps polling acks after sending "
+                                  "before it ends; the next run polls the rest first (while acks are "
+                                  "awaited, the audit sensor starts one every 3 minutes).")
+    channel: str = Field(default="", description="HEC request channel GUID (SPLUNK_HEC_CHANNEL); empty: the "
+                                                 "one kept in the sync's state.")
     retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/500/502/503/504 and "
                                     "network errors or timeouts (HEC does no dedupe: a batch retried after a "
                                     "timeout may be indexed twice).")
@@ -141,8 +145,8 @@ class SplunkHecResource(dg.ConfigurableResource):
         return SplunkHecClient(self.base_url, self.token, channel=channel, retry=retry)
 
     def get_destination(self, channel: str | None = None) -> SplunkHecDestination:
-        """The audit-trail SIEM destination on `channel`, else the configured one, else a new GUID: a channel is
-        always sent, so indexer ack works when on."""
+        """The audit-trail SIEM destination on `channel`, else the configured one, else a new GUID: a channel
+        is always sent, so indexer ack works when on."""
         channel = channel or self.channel or str(uuid.uuid4())
         try:
             uuid.UUID(channel)
@@ -153,7 +157,8 @@ class SplunkHecResource(dg.ConfigurableResource):
 
 
 class JsonLinesSiemResource(dg.ConfigurableResource):
-    """A generic HTTPS JSON-lines endpoint (bearer token), the second SIEM destination; off while `url` is empty."""
+    """A generic HTTPS JSON-lines endpoint (bearer token), the second SIEM destination; off while `url` is
+    empty."""
 
     url: str = Field(default="", description="Full URL to POST newline-delimited JSON to; empty: not used.")
     token: str = Field(default="", repr=False)
@@ -172,20 +177,23 @@ class AuditRedactionResource(dg.ConfigurableResource):
     """
 
     salt: str = Field(repr=False, description="Secret key of the hashes (SEGMENT_OPS_REDACTION_SALT).")
-    enabled: bool = Field(default=True, description="False forwards events exactly as the Public API returned them.")
+    enabled: bool = Field(default=True,
+                          description="False forwards events exactly as the Public API returned them.")
     hash_fields: list[str] = Field(default=list(DEFAULT_HASH_FIELDS),
                                    description="Fields (dotted paths) whose whole value is hashed.")
     drop_fields: list[str] = Field(default_factory=list, description="Fields (dotted paths) removed.")
     scan_fields: list[str] = Field(default=list(DEFAULT_SCAN_FIELDS),
                                    description="String fields in which each match of `patterns` is hashed.")
     patterns: list[str] = Field(default=list(DEFAULT_PATTERNS),
-                                description="Regular expressions of secrets/personal data inside `scan_fields`.")
+                                description="Regular expressions of secrets/personal data inside "
+                                            "`scan_fields`.")
 
     def get_rules(self) -> RedactionRules | None:
         if not self.enabled:
             return None
-        return RedactionRules(salt=self.salt, hash_fields=tuple(self.hash_fields), drop_fields=tuple(self.drop_fields),
-                              scan_fields=tuple(self.scan_fields), patterns=tuple(self.patterns))
+        return RedactionRules(salt=self.salt, hash_fields=tuple(self.hash_fields),
+                              drop_fields=tuple(self.drop_fields), scan_fields=tuple(self.scan_fields),
+                              patterns=tuple(self.patterns))
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -195,13 +203,15 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class AlertsResource(dg.ConfigurableResource):
-    """Where alerts go (a Slack-compatible incoming webhook; its URL is the secret) and the UI they link to."""
+    """Where alerts go (a Slack-compatible incoming webhook; its URL is the secret) and the UI they link
+    to."""
 
     webhook_url: str = Field(repr=False, description="ALERT_WEBHOOK_URL.")
     dagster_ui_url: str = Field(default="http://127.0.0.1:3000", description="Base URL of the Dagster UI.")
     retry_max_attempts: int = Field(default=4, description="Attempts per alert on 429/5xx.")
-    retry_max_seconds: float = Field(default=8.0, description="Total time one alert may spend retrying (a sensor "
-                                                               "tick handles up to 5 runs and is cut off after 60 s).")
+    retry_max_seconds: float = Field(default=8.0,
+                                     description="Total time one alert may spend retrying (a sensor tick "
+                                                 "handles up to 5 runs and is cut off after 60 s).")
     timeout_seconds: float = Field(default=4.0, description="Connect/read timeout of one post attempt.")
 
     def get_client(self) -> SlackWebhookClient:
@@ -217,10 +227,10 @@ class DeliveryHealthResource(dg.ConfigurableResource):
     """Thresholds of the delivery-health check over every sync's ledger."""
 
     window_hours: float = Field(default=24.0, description="Recent hours of each ledger that are read.")
-    max_failed_share: float = Field(default=0.05, description="Share (0-1) of rejected or failed messages in the "
-                                                              "window above which a sync is flagged.")
-    min_messages: int = Field(default=20, description="Syncs with fewer messages in the window are not judged "
-                                                      "(DELIVERY_HEALTH_MIN_MESSAGES).")
+    max_failed_share: float = Field(default=0.05, description="Share (0-1) of rejected or failed messages in "
+                                                              "the window above which a sync is flagged.")
+    min_messages: int = Field(default=20, description="Syncs with fewer messages in the window are not "
+                                                      "judged (DELIVERY_HEALTH_MIN_MESSAGES).")
 
 
 class PreflightResource(dg.ConfigurableResource):
@@ -263,12 +273,14 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         return dg.EnvVar(name) if settings.is_set(name) else settings[name]
 
     return {
-        "segment": SegmentTrackingResource(base_url=value("SEGMENT_TRACKING_URL"), write_key=value("SEGMENT_WRITE_KEY")),
+        "segment": SegmentTrackingResource(base_url=value("SEGMENT_TRACKING_URL"),
+                                           write_key=value("SEGMENT_WRITE_KEY")),
         "segment_public_api": SegmentPublicApiResource(
             base_url=value("SEGMENT_PUBLIC_API_URL"), token=value("SEGMENT_PUBLIC_API_TOKEN")
         ),
         "segment_profiles": _profiles_resource(settings, value),
-        "pendo": PendoResource(base_url=value("PENDO_API_URL"), integration_key=value("PENDO_INTEGRATION_KEY"),
+        "pendo": PendoResource(base_url=value("PENDO_API_URL"),
+                               integration_key=value("PENDO_INTEGRATION_KEY"),
                                app_ids=value("PENDO_APP_IDS")),
         "splunk": SplunkHecResource(
             base_url=value("SPLUNK_HEC_URL"), token=value("SPLUNK_HEC_TOKEN"), index=value("SPLUNK_INDEX"),
@@ -280,7 +292,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "warehouse": WarehouseResource(url=value("WAREHOUSE_URL")),
         # SEGMENT_OPS_HOME is always resolved to an absolute path, so runs in any cwd agree on it.
         "staging": StagingResource(home=settings["SEGMENT_OPS_HOME"]),
-        "alerts": AlertsResource(webhook_url=value("ALERT_WEBHOOK_URL"), dagster_ui_url=settings["DAGSTER_UI_URL"]),
+        "alerts": AlertsResource(webhook_url=value("ALERT_WEBHOOK_URL"),
+                                 dagster_ui_url=settings["DAGSTER_UI_URL"]),
         "preflight": PreflightResource(
             cache_seconds=_number(settings, "PREFLIGHT_CACHE_SECONDS", low=0.0, high=7 * 86_400.0)),
         "delivery_health": DeliveryHealthResource(
