@@ -74,7 +74,8 @@ JOB_NAME = "heap_audiences_job"
 SENSOR_NAME = "heap_webhook_inbox_sensor"
 SCHEDULE_NAME = "heap_reconcile_schedule"
 # Tag values are inbox keys (hashes): a sync_task_id may be any string, a drain has no id of its own.
-SYNC_TAG, DRAIN_TAG, AUDIENCE_TAG = "segment_ops/heap_sync_task", "segment_ops/heap_drain", "segment_ops/heap_audience"
+SYNC_TAG, DRAIN_TAG, AUDIENCE_TAG = ("segment_ops/heap_sync_task", "segment_ops/heap_drain",
+                                     "segment_ops/heap_audience")
 MAX_AUTOMATIC_ATTEMPTS = 3
 # The Heap Connect tables the default reconcile and identity queries read (heap_audiences.toml).
 CONNECT_TABLES = ("main_production.users", "main_production.segment_members")
@@ -83,18 +84,20 @@ log = logging.getLogger("segment_ops.heap")
 
 class HeapAudienceConfig(SendConfig):
     route: Literal["webhook", "reconcile"] = Field(
-        default="webhook", description="webhook: apply complete syncs from the inbox; reconcile: take the full "
-                                       "membership from the Heap Connect table in the warehouse.")
+        default="webhook", description="webhook: apply complete syncs from the inbox; reconcile: take the "
+                                       "full membership from the Heap Connect table in the warehouse.")
     sync_task_ids: list[str] | None = Field(
-        default=None, description="webhook route: the syncs to apply (default: every complete, unprocessed one "
-                                  "of the segment; [] for none).")
+        default=None, description="webhook route: the syncs to apply (default: every complete, unprocessed "
+                                  "one of the segment; [] for none).")
     drain_keys: list[str] | None = Field(
         default=None, description="webhook route: the Heap drains to apply, by inbox key (default: every "
                                   "unapplied drain of the segment; [] for none). HEAP_DRAIN_POLICY says what "
                                   "a drain does.")
     confirm_drop: bool = Field(default=False, description="Apply a membership drop beyond the file's "
-                                                          "max_drop_ratio (the drop guard refuses it otherwise).")
-    dry_run: bool = Field(default=False, description="Resolve, diff and count; send, record and mark nothing.")
+                                                          "max_drop_ratio (the drop guard refuses it "
+                                                          "otherwise).")
+    dry_run: bool = Field(default=False,
+                          description="Resolve, diff and count; send, record and mark nothing.")
 
 
 def audience_key(name: str) -> dg.AssetKey:
@@ -114,7 +117,8 @@ def audiences_file() -> Path:
 
 
 def build_heap_defs(path: Path | str | None = None) -> dg.Definitions:
-    """Specs, audience assets, job, sensor and schedule for the audiences file (default: HEAP_AUDIENCES_FILE)."""
+    """Specs, audience assets, job, sensor and schedule for the audiences file (default:
+    HEAP_AUDIENCES_FILE)."""
     path = Path(path or audiences_file())
     try:
         audiences = load_audiences(path)
@@ -122,7 +126,8 @@ def build_heap_defs(path: Path | str | None = None) -> dg.Definitions:
         log.warning("Heap audiences not loaded: %s", exc)
         return dg.Definitions(assets=[_broken_config_asset(exc)])
     enabled = [a for a in audiences.audiences if a.enabled]
-    job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.assets(*(audience_key(a.key) for a in enabled)),
+    job = dg.define_asset_job(JOB_NAME,
+                              selection=dg.AssetSelection.assets(*(audience_key(a.key) for a in enabled)),
                               description="Bring the Segment audiences to the Heap segments' membership.")
     syncs = dg.Definitions(
         assets=[*(_segment_spec(a) for a in enabled), *(_audience_asset(a, audiences) for a in enabled)],
@@ -137,8 +142,8 @@ def build_heap_defs(path: Path | str | None = None) -> dg.Definitions:
 def _segment_spec(audience: Audience) -> dg.AssetSpec:
     return dg.AssetSpec(
         segment_key(audience.key), deps=[HEAP_SEGMENTS.key], group_name=GROUP, kinds={"heap"}, owners=[OWNER],
-        description=f"Heap segment {audience.name!r} (id {audience.segment_id}), switched to sync: Heap pushes "
-                    "its membership changes by signed webhook about every 4 hours.",
+        description=f"Heap segment {audience.name!r} (id {audience.segment_id}), switched to sync: Heap "
+                    "pushes its membership changes by signed webhook about every 4 hours.",
         metadata={"heap_segment_id": audience.segment_id})
 
 
@@ -151,9 +156,10 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
         kinds=KINDS,
         owners=[OWNER],
         description=f"{audience.description or audience.name}\n\nSegment audience of the Heap segment "
-                    f"{audience.name!r} (id {audience.segment_id}): members get the trait `{audience.trait}: true` "
-                    f"and a track {audience.entered_event!r}; leavers `{audience.trait}: false` and "
-                    f"{audience.exited_event!r}. Declared in `{audiences.path.name}`.",
+                    f"{audience.name!r} (id {audience.segment_id}): members get the trait "
+                    f"`{audience.trait}: true` and a track {audience.entered_event!r}; leavers "
+                    f"`{audience.trait}: false` and {audience.exited_event!r}. Declared in "
+                    f"`{audiences.path.name}`.",
         code_version=audiences.code_version,
         pool=f"staging_{audience.sync}",
         deps=[segment_key(audience.key), *(warehouse_table_key(t) for t in CONNECT_TABLES)],
@@ -161,18 +167,19 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                   "heap_segment_id": audience.segment_id, "identity_fallback": audiences.fallback},
         check_specs=[
             dg.AssetCheckSpec("identity_match_rate", asset=key, description=(
-                f"At least {audiences.min_match_rate:.0%} of the members' Heap identities resolve to a userId.")),
+                f"At least {audiences.min_match_rate:.0%} of the members' Heap identities resolve to a "
+                "userId.")),
             dg.AssetCheckSpec("membership_drop_guard", asset=key, description=(
-                f"The run exits at most {audiences.max_drop_ratio:.0%} of the delivered members, and a reconcile "
-                "never empties an audience from an empty Heap Connect result (unless confirmed); a tripped guard "
-                "fails the run and changes nothing.")),
+                f"The run exits at most {audiences.max_drop_ratio:.0%} of the delivered members, and a "
+                "reconcile never empties an audience from an empty Heap Connect result (unless confirmed); a "
+                "tripped guard fails the run and changes nothing.")),
             dg.AssetCheckSpec("delivery_complete", asset=key,
                               description="Nothing planned for this audience is left pending after the run."),
         ],
     )
-    def heap_audience(context: dg.AssetExecutionContext, config: HeapAudienceConfig, warehouse: WarehouseResource,
-                      segment: SegmentTrackingResource, staging: StagingResource,
-                      preflight: PreflightResource):
+    def heap_audience(context: dg.AssetExecutionContext, config: HeapAudienceConfig,
+                      warehouse: WarehouseResource, segment: SegmentTrackingResource,
+                      staging: StagingResource, preflight: PreflightResource):
         preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
         inbox = Inbox.for_home(staging.home)
         policy = drain_policy()
@@ -192,7 +199,8 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
             except (IncompleteSyncError, IdentityMapError, WarehouseError) as exc:
                 raise dg.Failure(description=f"audience {audience.key}: {exc}") from None
             except VendorAuthError as exc:
-                raise dg.Failure(description=f"audience {audience.key}: Segment refused the write key: {exc}") from None
+                raise dg.Failure(description=f"audience {audience.key}: Segment refused the write key: "
+                                             f"{exc}") from None
         res = run.resolution
         yield dg.MaterializeResult(
             metadata=_metadata(run),
@@ -200,9 +208,9 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                 dg.AssetCheckResult(
                     check_name="identity_match_rate", passed=res.match_rate >= audiences.min_match_rate,
                     severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"match_rate": round(res.match_rate, 4), "min_match_rate": audiences.min_match_rate,
-                              "members": res.members, "mapped": res.mapped, "fallback": res.fallback,
-                              "unresolved": res.unresolved}),
+                    metadata={"match_rate": round(res.match_rate, 4),
+                              "min_match_rate": audiences.min_match_rate, "members": res.members,
+                              "mapped": res.mapped, "fallback": res.fallback, "unresolved": res.unresolved}),
                 _guard_result(run),
                 dg.AssetCheckResult(
                     check_name="delivery_complete", passed=run.dry_run or run.ledger.pending == 0,
@@ -219,7 +227,8 @@ def drain_policy() -> str:
     """HEAP_DRAIN_POLICY (`exit` when unset); any other value fails the run naming the variable."""
     value = load_settings()["HEAP_DRAIN_POLICY"].strip().lower() or DRAIN_POLICIES[0]
     if value not in DRAIN_POLICIES:
-        raise dg.Failure(description=f"HEAP_DRAIN_POLICY must be one of {', '.join(DRAIN_POLICIES)}, got {value!r}")
+        raise dg.Failure(description=f"HEAP_DRAIN_POLICY must be one of {', '.join(DRAIN_POLICIES)}, "
+                                     f"got {value!r}")
     return value
 
 
@@ -260,7 +269,8 @@ def _metadata(run: AudienceRun) -> dict:
         metadata["heap_connect_rows"] = run.connect_rows
     if run.identity_map is not None:
         metadata["identity_map"] = (f"{run.identity_map.origin}: {run.identity_map.mapped:,} ids mapped, "
-                                    f"{run.identity_map.ambiguous:,} ambiguous, {run.identity_map.blank:,} blank")
+                                    f"{run.identity_map.ambiguous:,} ambiguous, "
+                                    f"{run.identity_map.blank:,} blank")
     if run.plan is not None:
         metadata |= {"added": run.plan.added, "removed": run.plan.removed, "unchanged": run.plan.unchanged,
                      "planned": run.plan.planned, "already_planned": run.plan.already_known,
@@ -270,7 +280,8 @@ def _metadata(run: AudienceRun) -> dict:
     if run.ledger is not None and not run.dry_run:
         metadata |= {"pending_after_run": run.ledger.pending, "snapshot_advanced": run.advanced}
     if res.samples:
-        metadata["unresolved_sample"] = dg.MetadataValue.md(markdown_table(["Heap identity", "reason"], res.samples))
+        metadata["unresolved_sample"] = dg.MetadataValue.md(markdown_table(["Heap identity", "reason"],
+                                                                           res.samples))
     return metadata
 
 
@@ -282,11 +293,12 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Watches the Heap webhook inbox: one run per complete segment sync (all its pages received) "
-                    "and one per drain; inbox folders of the older layout are moved into this one first. An "
-                    "incomplete sync is held, and reported once (log and alert webhook) when it stays incomplete "
-                    f"longer than {audiences.stale_incomplete_sync_minutes:g} minutes; a held drain (repeated "
-                    "after a newer sync) is reported and waits for a run with confirm_drop.",
+        description="Watches the Heap webhook inbox: one run per complete segment sync (all its pages "
+                    "received) and one per drain; inbox folders of the older layout are moved into this "
+                    "one first. An incomplete sync is held, and reported once (log and alert webhook) when "
+                    "it stays incomplete longer than "
+                    f"{audiences.stale_incomplete_sync_minutes:g} minutes; a held drain (repeated after a "
+                    "newer sync) is reported and waits for a run with confirm_drop.",
     )
     def heap_webhook_inbox_sensor(context: dg.SensorEvaluationContext, staging: StagingResource,
                                   alerts: AlertsResource) -> dg.SensorResult:
@@ -300,8 +312,9 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
             name = f"Heap sync {sync.sync_task_id!r}"  # any string Heap chose: quoted
             audience = audiences.by_segment(sync.segment_id)
             if audience is None:
-                problems.append((sync.key, f"{name}: Heap segment {sync.segment_id} ({sync.segment_name!r}) is "
-                                           f"not an enabled audience in {audiences.path.name}; left in the inbox"))
+                problems.append((sync.key, f"{name}: Heap segment {sync.segment_id} ({sync.segment_name!r}) "
+                                           f"is not an enabled audience in {audiences.path.name}; left in "
+                                           "the inbox"))
                 continue
             if not sync.complete:
                 age = now - sync.first_received
@@ -309,7 +322,8 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                     held += 1
                     continue
                 problem = (f"incomplete for {_minutes(age)}: page(s) {list(sync.missing_pages)} of "
-                           f"{sync.total_pages} never arrived; not applied (the reconcile corrects the drift)")
+                           f"{sync.total_pages} never arrived; not applied (the reconcile corrects "
+                           "the drift)")
                 problems.append((sync.key, f"{name}: {audience.key}: {problem}"))
                 stale.append(StaleSync("Heap", sync.sync_task_id, audience.key, problem,
                                        str(inbox.sync_folder(sync.sync_task_id)),
@@ -327,10 +341,11 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                                             f"{audiences.path.name}; left in the inbox"))
                 continue
             if drain.held:
-                problem = (f"held, no run started: {drain.held}. If Heap drained the segment again, launch the "
-                           f"asset with drain_keys: [{drain.key}] and confirm_drop: true")
+                problem = (f"held, no run started: {drain.held}. If Heap drained the segment again, launch "
+                           f"the asset with drain_keys: [{drain.key}] and confirm_drop: true")
                 problems.append((drain.key, f"{name}: {audience.key}: {problem}"))
-                stale.append(StaleSync("Heap", drain.key, audience.key, problem, str(inbox.drain_folder(drain.key)),
+                stale.append(StaleSync("Heap", drain.key, audience.key, problem,
+                                       str(inbox.drain_folder(drain.key)),
                                        _asset_url(alerts, audience), kind="drain"))
                 continue
             request = _run_request(context, DRAIN_TAG, drain.key, audience, name, problems,
@@ -338,8 +353,9 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
             if request is not None:
                 requests.append(request)
         for folder, why in unmigrated:
-            problems.append((f"folder:{folder.name}", f"{folder} is a folder of an older inbox layout that could "
-                                                      f"not be moved into this one: {why}; not applied"))
+            problems.append((f"folder:{folder.name}",
+                             f"{folder} is a folder of an older inbox layout that could not be moved into "
+                             f"this one: {why}; not applied"))
         for key, problem in problems:
             if key not in reported:
                 context.log.warning(problem)
@@ -348,7 +364,8 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         if not requests:
             parts = [f"{held} incomplete sync(s) waiting for pages"] if held else []
             parts += [problem for _, problem in problems]
-            skip = dg.SkipReason("no complete Heap sync or drain to apply" + (": " + "; ".join(parts) if parts else ""))
+            skip = dg.SkipReason("no complete Heap sync or drain to apply"
+                                 + (": " + "; ".join(parts) if parts else ""))
         return dg.SensorResult(run_requests=requests, skip_reason=skip,
                                cursor=json.dumps(sorted({k for k, _ in problems} - unposted)))
 
@@ -363,8 +380,8 @@ def _run_request(context: dg.SensorEvaluationContext, tag: str, key: str, audien
     if any(not r.is_finished for r in runs):
         return None
     if len(runs) >= MAX_AUTOMATIC_ATTEMPTS:
-        problems.append((key, f"{name}: {audience.key}: {len(runs)} runs did not process it; see their errors, then "
-                              "launch the asset from the UI"))
+        problems.append((key, f"{name}: {audience.key}: {len(runs)} runs did not process it; see their "
+                              "errors, then launch the asset from the UI"))
         return None
     prefix = "heap" if tag == SYNC_TAG else "heap-drain"
     return dg.RunRequest(
@@ -380,13 +397,16 @@ def _asset_url(alerts: AlertsResource, audience: Audience) -> str:
 
 
 def _inbox_key(item: StaleSync) -> str:
-    """The inbox key the sensor's cursor remembers a reported item by: a sync's hashed id, a drain's own key."""
+    """The inbox key the sensor's cursor remembers a reported item by: a sync's hashed id, a drain's own
+    key."""
     return item.sync_task_id if item.kind == "drain" else sync_key(item.sync_task_id)
 
 
-def _alert_stale(context: dg.SensorEvaluationContext, alerts: AlertsResource, stale: list[StaleSync]) -> set[str]:
-    """Post one alert per newly stale sync or held drain; returns the inbox keys of those not posted (tried again
-    next tick). After a failed post the rest wait too: each post may retry for up to 20 s, and a tick has 60 s."""
+def _alert_stale(context: dg.SensorEvaluationContext, alerts: AlertsResource,
+                 stale: list[StaleSync]) -> set[str]:
+    """Post one alert per newly stale sync or held drain; returns the inbox keys of those not posted (tried
+    again next tick). After a failed post the rest wait too: each post may retry for up to 20 s, and a tick
+    has 60 s."""
     unposted: set[str] = set()
     for item in stale:
         if unposted:
@@ -396,8 +416,8 @@ def _alert_stale(context: dg.SensorEvaluationContext, alerts: AlertsResource, st
             with alerts.get_client() as client:
                 client.post_message(stale_sync_message(item))
         except (VendorError, WebhookUrlError) as exc:
-            context.log.error(f"alert for the Heap {item.kind} {item.sync_task_id!r} not sent (next tick retries): "
-                              f"{exc}")
+            context.log.error(f"alert for the Heap {item.kind} {item.sync_task_id!r} not sent (next tick "
+                              f"retries): {exc}")
             unposted.add(_inbox_key(item))
     return unposted
 
@@ -419,7 +439,8 @@ def _reconcile_schedule(audiences: AudiencesConfig, enabled: list[Audience],
 def _broken_config_asset(error: AudienceConfigError) -> dg.AssetsDefinition:
     @dg.asset(
         key=audience_key("_config"), group_name=GROUP, kinds=KINDS, owners=[OWNER],
-        description=f"BROKEN Heap audiences file: {error}\n\nFix the file; until then no Heap audience is synced.",
+        description=f"BROKEN Heap audiences file: {error}\n\nFix the file; until then no Heap audience is "
+                    "synced.",
         code_version="broken",
     )
     def heap_audiences_config(context: dg.AssetExecutionContext) -> None:
@@ -443,15 +464,16 @@ def prepare_demo() -> dict:
     settings = load_settings()
     config = config_from_env(settings)
     with start_receiver(config) as receiver, \
-            httpx.Client(base_url=f"{settings['SEGMENT_OPS_SANDBOX_URL']}/__sandbox__/heap", timeout=60) as http:
+            httpx.Client(base_url=f"{settings['SEGMENT_OPS_SANDBOX_URL']}/__sandbox__/heap",
+                         timeout=60) as http:
         http.post("/webhooks", json={"url": receiver.heap_url, "secret": config.heap_secret,
                                      "page_size": 200}).raise_for_status()
         pushed = http.post("/push", json={"wait": True})
         pushed.raise_for_status()
     refused = [d for d in pushed.json()["deliveries"] if d["status"] != "delivered"]
     if refused:
-        raise RuntimeError(f"the receiver did not accept {len(refused)} Heap page(s) the sandbox pushed, e.g. "
-                           f"{refused[0]}")
+        raise RuntimeError(f"the receiver did not accept {len(refused)} Heap page(s) the sandbox pushed, "
+                           f"e.g. {refused[0]}")
     audiences = load_audiences(audiences_file())
     return {"ops": {node(a.key): {"config": {"route": "webhook"}} for a in audiences.audiences if a.enabled}}
 

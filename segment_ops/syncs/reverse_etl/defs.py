@@ -1,7 +1,7 @@
 """Reverse ETL: each SQL model in `sql/reverse_etl/` is an asset that syncs its rows to Segment by diff.
 
-Adding a model is adding a file (header format: `segment_ops.syncs.reverse_etl.model`). For each model file the
-factory declares:
+Adding a model is adding a file (header format: `segment_ops.syncs.reverse_etl.model`). For each model file
+the factory declares:
 - an asset `segment/reverse_etl/<model>` (group `reverse_etl`; owners, description and schedule from
   the header; `code_version` = hash of the file; its own pool, since each model has its own DuckDB
   staging file) downstream of the warehouse tables in its `depends_on:`, with in-step checks
@@ -59,13 +59,14 @@ log = logging.getLogger("segment_ops.reverse_etl")
 
 
 class ReverseEtlConfig(SendConfig):
-    dry_run: bool = Field(default=False, description="Diff, plan and validate; show counts and sample payloads; "
-                                                     "send nothing and write no snapshot.")
-    full_resync: bool = Field(default=False, description="Forget the delivered snapshot: every row counts as added "
-                                                         "and is sent again under new messageIds.")
+    dry_run: bool = Field(default=False, description="Diff, plan and validate; show counts and sample "
+                                                     "payloads; send nothing and write no snapshot.")
+    full_resync: bool = Field(default=False, description="Forget the delivered snapshot: every row counts as "
+                                                         "added and is sent again under new messageIds.")
     chunk_rows: int = Field(default=CHUNK_ROWS, description="Rows per chunk streamed from the warehouse.")
-    duckdb_fast_path: bool = Field(default=True, description="Read a DuckDB warehouse by ATTACHing it read-only "
-                                                             "(false: stream it in chunks, as other warehouses are).")
+    duckdb_fast_path: bool = Field(default=True,
+                                   description="Read a DuckDB warehouse by ATTACHing it read-only (false: "
+                                               "stream it in chunks, as other warehouses are).")
 
 
 def model_key(name: str) -> dg.AssetKey:
@@ -123,19 +124,19 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds=kinds,
         owners=list(model.owners),
-        description=f"{model.description}\n\nModel file `{model.path.name}`: {model.call} calls, {model.mode} mode, "
-                    f"one row per `{model.key}`.",
+        description=f"{model.description}\n\nModel file `{model.path.name}`: {model.call} calls, "
+                    f"{model.mode} mode, one row per `{model.key}`.",
         code_version=model.code_version,
         pool=f"staging_{model.sync}",
         deps=[warehouse_table_key(t) for t in model.depends_on],
-        metadata={"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call, "mode": model.mode,
-                  "key": model.key, "schedule": model.schedule or "none"},
+        metadata={"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call,
+                  "mode": model.mode, "key": model.key, "schedule": model.schedule or "none"},
         check_specs=[
             dg.AssetCheckSpec("delivery_complete", asset=key,
                               description="Nothing planned for this model is left pending after the run."),
             dg.AssetCheckSpec("rejected_ratio", asset=key,
-                              description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were rejected "
-                                          "(null or repeated keys, unsendable values)."),
+                              description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were "
+                                          "rejected (null or repeated keys, unsendable values)."),
         ],
     )
     def reverse_etl_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
@@ -157,10 +158,11 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
                              max_in_flight=segment.max_in_flight, chunk_rows=config.chunk_rows,
                              fast_path=config.duckdb_fast_path)
         except ModelError as exc:
-            raise dg.Failure(description=str(exc), metadata={"model_file": dg.MetadataValue.path(str(exc.path))}
-                             ) from None
+            raise dg.Failure(description=str(exc),
+                             metadata={"model_file": dg.MetadataValue.path(str(exc.path))}) from None
         except DeliveryIncomplete as exc:
-            raise dg.Failure(description=f"{model.path.name}: {exc}", metadata=_metadata(exc.report)) from None
+            raise dg.Failure(description=f"{model.path.name}: {exc}",
+                             metadata=_metadata(exc.report)) from None
         except VendorAuthError as exc:
             raise dg.Failure(description=f"{model.path.name}: Segment refused the write key: {exc}") from None
     plan = run.plan
@@ -203,7 +205,8 @@ def _metadata(run: ModelRun) -> dict:
 
 
 def _broken_model_asset(name: str, error: ModelError) -> dg.AssetsDefinition:
-    """The asset of a model file that does not parse: visible in the UI, and every run fails with the reason."""
+    """The asset of a model file that does not parse: visible in the UI, and every run fails with the
+    reason."""
     digest = hashlib.sha256(str(error).encode()).hexdigest()[:16]
 
     @dg.asset(
@@ -211,14 +214,15 @@ def _broken_model_asset(name: str, error: ModelError) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"segment", "duckdb"},
         owners=[OWNER],
-        description=f"BROKEN reverse-ETL model: {error}\n\nFix the file; until then every run of this asset fails "
-                    "and the other models are unaffected.",
+        description=f"BROKEN reverse-ETL model: {error}\n\nFix the file; until then every run of this asset "
+                    "fails and the other models are unaffected.",
         code_version=f"broken-{digest}",
         pool=f"staging_reverse_etl_{name}",
         metadata={"model_file": dg.MetadataValue.path(str(error.path)), "error": error.problem},
     )
     def broken_reverse_etl_model(context: dg.AssetExecutionContext) -> None:
-        raise dg.Failure(description=str(error), metadata={"model_file": dg.MetadataValue.path(str(error.path))})
+        raise dg.Failure(description=str(error),
+                         metadata={"model_file": dg.MetadataValue.path(str(error.path))})
 
     return broken_reverse_etl_model
 
@@ -236,7 +240,8 @@ def _schedule(model: ModelSpec) -> dg.ScheduleDefinition | None:
             description=f"Sync the {model.name} model ({model.schedule}, UTC).",
         )
     except dg.DagsterInvalidDefinitionError as exc:
-        raise ModelError(model.path, f"schedule {model.schedule!r} is not a valid cron expression ({exc})") from None
+        raise ModelError(model.path, f"schedule {model.schedule!r} is not a valid cron expression "
+                                     f"({exc})") from None
 
 
 def _warehouse_sensor(models: list[ModelSpec], job: object) -> dg.SensorDefinition:
@@ -254,7 +259,8 @@ def _warehouse_sensor(models: list[ModelSpec], job: object) -> dg.SensorDefiniti
     def reverse_etl_warehouse_sensor(context: dg.SensorEvaluationContext,
                                      warehouse: WarehouseResource) -> dg.SensorResult:
         if not probes:
-            return dg.SensorResult(skip_reason=dg.SkipReason("no reverse-ETL model declares `depends_on:` tables"))
+            return dg.SensorResult(
+                skip_reason=dg.SkipReason("no reverse-ETL model declares `depends_on:` tables"))
         try:
             markers = probe_tables(warehouse.url, probes)
         except WarehouseError as exc:
@@ -263,10 +269,12 @@ def _warehouse_sensor(models: list[ModelSpec], job: object) -> dg.SensorDefiniti
         requests, failing = [], sorted(p for p, marker in markers.items() if marker.startswith("error:"))
         for model in watched:
             mine = {probe_id(t, model.probe): markers[probe_id(t, model.probe)] for t in model.depends_on}
-            if any(v.startswith("error:") for v in mine.values()) or all(previous.get(p) == v for p, v in mine.items()):
+            probe_failed = any(v.startswith("error:") for v in mine.values())
+            if probe_failed or all(previous.get(p) == v for p, v in mine.items()):
                 continue
             digest = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16]
-            requests.append(dg.RunRequest(run_key=f"{model.name}:{digest}", asset_selection=[model_key(model.name)],
+            requests.append(dg.RunRequest(run_key=f"{model.name}:{digest}",
+                                          asset_selection=[model_key(model.name)],
                                           tags={"segment_ops/reverse_etl_model": model.name}))
         for name in failing:
             context.log.warning(f"probe {name} failed: {markers[name]}")
@@ -274,7 +282,8 @@ def _warehouse_sensor(models: list[ModelSpec], job: object) -> dg.SensorDefiniti
         if not requests:
             skip = dg.SkipReason("no upstream warehouse table changed since the last probe"
                                  + (f"; failing probes: {', '.join(failing)}" if failing else ""))
-        return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=json.dumps(markers, sort_keys=True))
+        return dg.SensorResult(run_requests=requests, skip_reason=skip,
+                               cursor=json.dumps(markers, sort_keys=True))
 
     return reverse_etl_warehouse_sensor
 
