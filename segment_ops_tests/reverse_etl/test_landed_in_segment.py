@@ -100,6 +100,13 @@ def test_a_run_under_the_right_key_is_verified_by_the_next_check(env, instance, 
     assert ledger_counts(ops_env) == LedgerCounts(pending=0, delivered=VALID_CUSTOMERS - 20, rejected=0,
                                                   verified=20)
     assert evaluation(read_back(resources.later, instance)) is None  # the run is sampled: not read twice
+    again = sync_user_traits(resources.now, instance)  # verified counts as delivered for the diff
+    meta = {key: value.value for key, value in again.asset_materializations_for_node(
+        "segment__reverse_etl__user_traits")[0].metadata.items()}
+    assert (meta["added"], meta["changed"], meta["unchanged"]) == (0, 0, VALID_CUSTOMERS)
+    [complete] = [e for e in again.get_asset_check_evaluations() if e.check_name == "delivery_complete"]
+    assert complete.metadata["verified_total"].value == 20
+    assert complete.metadata["delivered_total"].value == VALID_CUSTOMERS
 
 
 @pytest.mark.slow
