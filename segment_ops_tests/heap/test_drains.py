@@ -37,7 +37,8 @@ def ms(at: datetime) -> int:
 
 
 def store_sync(inbox: Inbox, task: str, signed: datetime, add=(), remove=()) -> None:
-    inbox.store(SyncPage(task, 1, 1, POWER_USERS, "Power Users", tuple(add), tuple(remove)), signed_at=ms(signed))
+    inbox.store(SyncPage(task, 1, 1, POWER_USERS, "Power Users", tuple(add), tuple(remove)),
+                signed_at=ms(signed))
 
 
 def store_drain(inbox: Inbox, key: str, signed: datetime, segment: int = POWER_USERS) -> None:
@@ -69,7 +70,8 @@ def test_a_drain_exits_every_member_stated_before_it(con, audiences, ops_env, wa
     assert members(con) == {"usr_x": False, "usr_y": False}
     assert exited(clean_sandbox) == {"usr_x", "usr_y"} and drained.drain_exits == 2
     assert [d.key for d in drained.drains] == ["d1"] and inbox.drains() == [] and inbox.drain("d1").done
-    assert con.execute("SELECT drain_key, policy, exits FROM heap_applied_drains").fetchall() == [("d1", "exit", 2)]
+    assert (con.execute("SELECT drain_key, policy, exits FROM heap_applied_drains").fetchall()
+            == [("d1", "exit", 2)])
 
 
 def test_a_sync_signed_after_the_drain_stands(con, audiences, ops_env, warehouse, clean_sandbox):
@@ -85,8 +87,8 @@ def test_a_sync_signed_after_the_drain_stands(con, audiences, ops_env, warehouse
     assert exited(clean_sandbox) == {"usr_y"}
 
 
-def test_a_sync_signed_before_an_applied_drain_adds_nobody_when_it_arrives_late(con, audiences, ops_env, warehouse,
-                                                                                 clean_sandbox):
+def test_a_sync_signed_before_an_applied_drain_adds_nobody_when_it_arrives_late(con, audiences, ops_env,
+                                                                                 warehouse, clean_sandbox):
     inbox = Inbox.for_home(ops_env)
     store_sync(inbox, "sync-a", T0, add=["usr_x"])
     run(con, audiences, inbox, warehouse, clean_sandbox)
@@ -97,10 +99,12 @@ def test_a_sync_signed_before_an_applied_drain_adds_nobody_when_it_arrives_late(
     late = run(con, audiences, inbox, warehouse, clean_sandbox)
 
     assert members(con) == {"usr_x": False, "usr_w": False}
-    assert late.plan.added == 0 and "usr_w" not in {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["in"]}
+    assert late.plan.added == 0 and "usr_w" not in {m["userId"]
+                                                     for m in calls(clean_sandbox, "heap_power_users")["in"]}
 
 
-def test_policy_ignore_records_the_drain_and_changes_nothing(con, audiences, ops_env, warehouse, clean_sandbox):
+def test_policy_ignore_records_the_drain_and_changes_nothing(con, audiences, ops_env, warehouse,
+                                                             clean_sandbox):
     inbox = Inbox.for_home(ops_env)
     store_sync(inbox, "sync-a", T0, add=["usr_x"])
     run(con, audiences, inbox, warehouse, clean_sandbox)
@@ -134,7 +138,8 @@ def test_a_drain_beyond_the_drop_guard_changes_nothing_until_confirmed(con, audi
     sent = segment_stats(clean_sandbox)
     store_drain(inbox, "d1", T0 + timedelta(hours=1))
 
-    with pytest.raises(MembershipDropError, match="Heap's drain of the segment would exit 12 of 12 delivered members"):
+    with pytest.raises(MembershipDropError,
+                       match="Heap's drain of the segment would exit 12 of 12 delivered members"):
         run(con, audiences, inbox, warehouse, clean_sandbox)
     refused = (segment_stats(clean_sandbox), [d.key for d in inbox.drains()], set(members(con).values()))
     confirmed = run(con, audiences, inbox, warehouse, clean_sandbox, confirm_drop=True)
@@ -172,7 +177,8 @@ def test_an_unknown_drain_policy_is_refused(con, audiences, ops_env, warehouse, 
 
 
 def drain(sandbox, segment: int = POWER_USERS, **spec) -> dict:
-    response = httpx.post(f"{sandbox.url}/__sandbox__/heap/drain", json={"segment": segment, **spec}, timeout=60)
+    response = httpx.post(f"{sandbox.url}/__sandbox__/heap/drain", json={"segment": segment, **spec},
+                          timeout=60)
     response.raise_for_status()
     return response.json()
 
@@ -185,7 +191,8 @@ def apply_pending(instance, resources, home, path=None):
 @pytest.mark.slow
 def test_a_heap_drain_is_stored_and_applied_through_the_sensor(heap, instance, resources, ops_env, warehouse,
                                                                audiences_file):
-    set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")  # a small audience
+    # a small audience
+    set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")
     heap.push_heap(at=AT, segments=[POWER_USERS])
     _, first = apply_pending(instance, resources, ops_env, audiences_file)
     entered = {m["userId"] for m in calls(heap, "heap_power_users")["in"]}
@@ -195,17 +202,21 @@ def test_a_heap_drain_is_stored_and_applied_through_the_sensor(heap, instance, r
 
     assert all(r.success for r in first) and delivery["status"] == "delivered"
     [request] = sensed.run_requests
-    assert request.tags["segment_ops/heap_drain"] and request.run_config["ops"]["segment__heap_audiences__power_users"][
-        "config"] == {"route": "webhook", "sync_task_ids": [], "drain_keys": [request.tags["segment_ops/heap_drain"]]}
+    assert request.tags["segment_ops/heap_drain"] and request.run_config["ops"][
+        "segment__heap_audiences__power_users"]["config"] == {
+            "route": "webhook", "sync_task_ids": [], "drain_keys": [request.tags["segment_ops/heap_drain"]]}
     assert applied.success and exited(heap) == entered
     meta = metadata(applied, "power_users")
-    assert (meta["drain_policy"], meta["drain_exits"], meta["removed"]) == ("exit", len(entered), len(entered))
-    assert Inbox.for_home(ops_env).drains() == [] and evaluate_sensor(instance, ops_env, path=audiences_file).run_requests == []
+    assert ((meta["drain_policy"], meta["drain_exits"], meta["removed"])
+            == ("exit", len(entered), len(entered)))
+    assert (Inbox.for_home(ops_env).drains() == []
+            and evaluate_sensor(instance, ops_env, path=audiences_file).run_requests == [])
 
 
 @pytest.mark.slow
-def test_a_heap_drain_beyond_the_drop_guard_fails_the_run_and_waits_for_confirmation(heap, instance, resources,
-                                                                                     ops_env, warehouse):
+def test_a_heap_drain_beyond_the_drop_guard_fails_the_run_and_waits_for_confirmation(heap, instance,
+                                                                                     resources, ops_env,
+                                                                                     warehouse):
     heap.push_heap(at=AT, segments=[POWER_USERS])
     apply_pending(instance, resources, ops_env)
     sent = segment_stats(heap)
@@ -213,18 +224,19 @@ def test_a_heap_drain_beyond_the_drop_guard_fails_the_run_and_waits_for_confirma
 
     _, [guarded] = apply_pending(instance, resources, ops_env)
     [pending] = Inbox.for_home(ops_env).drains()
-    confirmed = materialize(resources, "power_users", route="webhook", sync_task_ids=[], drain_keys=[pending.key],
-                            confirm_drop=True)
+    confirmed = materialize(resources, "power_users", route="webhook", sync_task_ids=[],
+                            drain_keys=[pending.key], confirm_drop=True)
 
-    assert not guarded.success and "Heap's drain of the segment would exit" in step_failure(guarded, "power_users").description
+    assert not guarded.success and ("Heap's drain of the segment would exit"
+                                    in step_failure(guarded, "power_users").description)
     assert not checks(guarded)["membership_drop_guard"].passed
     assert confirmed.success and len(exited(heap)) == sent[0] // 2
     assert Inbox.for_home(ops_env).drains() == []
 
 
 @pytest.mark.slow
-def test_with_policy_ignore_a_heap_drain_is_recorded_and_sends_nothing(heap, instance, resources, ops_env, warehouse,
-                                                                       monkeypatch):
+def test_with_policy_ignore_a_heap_drain_is_recorded_and_sends_nothing(heap, instance, resources, ops_env,
+                                                                       warehouse, monkeypatch):
     heap.push_heap(at=AT, segments=[POWER_USERS])
     apply_pending(instance, resources, ops_env)
     sent = segment_stats(heap)
@@ -237,15 +249,16 @@ def test_with_policy_ignore_a_heap_drain_is_recorded_and_sends_nothing(heap, ins
     assert segment_stats(heap) == sent and Inbox.for_home(ops_env).drains() == []
 
 
-def test_an_unknown_heap_drain_policy_fails_the_run_naming_the_setting(heap, instance, resources, ops_env, warehouse,
-                                                                      monkeypatch):
+def test_an_unknown_heap_drain_policy_fails_the_run_naming_the_setting(heap, instance, resources, ops_env,
+                                                                      warehouse, monkeypatch):
     monkeypatch.setenv("HEAP_DRAIN_POLICY", "purge")
     drain(heap)
 
     _, [failed] = apply_pending(instance, resources, ops_env)
 
     assert not failed.success
-    assert "HEAP_DRAIN_POLICY must be one of exit, ignore, got 'purge'" in step_failure(failed, "power_users").description
+    assert ("HEAP_DRAIN_POLICY must be one of exit, ignore, got 'purge'"
+            in step_failure(failed, "power_users").description)
     assert len(Inbox.for_home(ops_env).drains()) == 1
 
 
@@ -255,7 +268,8 @@ def test_a_drain_of_a_segment_without_an_audience_is_reported_and_left_in_the_in
     sensed = evaluate_sensor(instance, ops_env)
 
     assert sensed.run_requests == []
-    assert "Heap drain d9 of segment 999 ('Power Users'): not an enabled audience" in sensed.skip_reason.skip_message
+    assert ("Heap drain d9 of segment 999 ('Power Users'): not an enabled audience"
+            in sensed.skip_reason.skip_message)
     assert [d.key for d in Inbox.for_home(ops_env).drains()] == ["d9"]
 
 
@@ -289,7 +303,8 @@ def post_drain(receiver, body: bytes) -> dict:
 
 
 DRAIN_BODY = orjson.dumps({"action_type": "segment.users.drain", "customer_config": {"fields": []},
-                           "data": {"segment": {"id": POWER_USERS, "name": "Power Users"}}, "id_token": "tok-1"})
+                           "data": {"segment": {"id": POWER_USERS, "name": "Power Users"}},
+                           "id_token": "tok-1"})
 
 
 def drain_refill_drain(heap, instance, resources, home, path) -> tuple[str, int]:
@@ -311,8 +326,9 @@ def drain_refill_drain(heap, instance, resources, home, path) -> tuple[str, int]
 
 
 @pytest.mark.slow
-def test_a_drain_repeated_after_a_newer_sync_was_applied_is_stored_anew_and_held(heap, instance, resources, ops_env,
-                                                                                warehouse, audiences_file):
+def test_a_drain_repeated_after_a_newer_sync_was_applied_is_stored_anew_and_held(heap, instance, resources,
+                                                                                ops_env, warehouse,
+                                                                                audiences_file):
     set_in_file(audiences_file, "drop_guard_min_exits = 10", "drop_guard_min_exits = 1000")
     first, exited_first = drain_refill_drain(heap, instance, resources, ops_env, audiences_file)
 
@@ -324,9 +340,11 @@ def test_a_drain_repeated_after_a_newer_sync_was_applied_is_stored_anew_and_held
     assert held.key == f"{first}-1" and "after a sync of segment 1338065 was applied" in held.held
     assert runs == [] and "held, no run started" in sensed.skip_reason.skip_message
     [alert] = [m for m in heap.received("slack") if "drain" in m["text"]]  # one alert, for the held drain
-    assert f"drain `{held.key}`" in alert["text"] and "is held" in alert["text"] and "confirm_drop" in alert["text"]
+    assert (f"drain `{held.key}`" in alert["text"] and "is held" in alert["text"]
+            and "confirm_drop" in alert["text"])
     assert confirmed.success and metadata(confirmed, "power_users")["drains_applied"] == [held.key]
-    assert len(calls(heap, "heap_power_users")["exited"]) == 2 * exited_first and Inbox.for_home(ops_env).drains() == []
+    assert (len(calls(heap, "heap_power_users")["exited"]) == 2 * exited_first
+            and Inbox.for_home(ops_env).drains() == [])
 
 
 @pytest.mark.slow
@@ -343,8 +361,9 @@ def test_a_held_drain_named_without_confirm_drop_fails_the_run(heap, instance, r
 
 
 @pytest.mark.slow
-def test_a_drain_repeated_a_day_after_it_was_applied_is_a_new_drain_and_applied(heap, receiver, instance, resources,
-                                                                                ops_env, warehouse):
+def test_a_drain_repeated_a_day_after_it_was_applied_is_a_new_drain_and_applied(heap, receiver, instance,
+                                                                                resources, ops_env,
+                                                                                warehouse):
     key = post_drain(receiver, DRAIN_BODY)["drain"]
     apply_pending(instance, resources, ops_env)
     done = Inbox.for_home(ops_env).drain_folder(key) / "done.json"
@@ -358,8 +377,9 @@ def test_a_drain_repeated_a_day_after_it_was_applied_is_a_new_drain_and_applied(
     assert applied.success and metadata(applied, "power_users")["drains_applied"] == [again["drain"]]
 
 
-def test_a_drain_repeated_soon_after_it_was_applied_without_a_sync_since_is_a_retry(heap, receiver, instance,
-                                                                                    resources, ops_env, warehouse):
+def test_a_drain_repeated_soon_after_it_was_applied_without_a_sync_since_is_a_retry(heap, receiver,
+                                                                                    instance, resources,
+                                                                                    ops_env, warehouse):
     key = post_drain(receiver, DRAIN_BODY)["drain"]
     apply_pending(instance, resources, ops_env)
 

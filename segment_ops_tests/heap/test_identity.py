@@ -44,8 +44,8 @@ def test_an_unmapped_email_is_rejected_with_the_reason(resources, clean_sandbox,
     result = materialize(resources, "power_users", route="reconcile")
 
     assert result.success
-    assert rejected(ops_env) == [(UNMAPPED_EMAIL, "Heap identity is not in the identity map and looks like an email, "
-                                                  "which is never sent as a userId")]
+    assert rejected(ops_env) == [(UNMAPPED_EMAIL, "Heap identity is not in the identity map and looks like "
+                                                  "an email, which is never sent as a userId")]
     assert UNMAPPED_EMAIL not in {m["userId"] for m in clean_sandbox.received("segment", limit=1000)}
     assert metadata(result, "power_users")["unresolved_sample"]
 
@@ -58,19 +58,22 @@ def test_an_unmapped_id_that_is_not_an_email_is_sent_as_the_user_id(resources, c
 
     assert UNMAPPED_ID in {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["in"]}
     meta = metadata(result, "power_users")
-    assert (meta["heap_members"], meta["mapped"], meta["fallback_user_ids"], meta["unresolved"]) == (members + 2, members, 1, 1)
+    assert ((meta["heap_members"], meta["mapped"], meta["fallback_user_ids"], meta["unresolved"])
+            == (members + 2, members, 1, 1))
     assert meta["match_rate"] == round((members + 1) / (members + 2), 4)
 
 
-def test_fallback_reject_rejects_every_unmapped_id(resources, clean_sandbox, warehouse, ops_env, audiences_file):
+def test_fallback_reject_rejects_every_unmapped_id(resources, clean_sandbox, warehouse, ops_env,
+                                                   audiences_file):
     set_in_file(audiences_file, 'fallback = "user_id_unless_email"', 'fallback = "reject"')
     add_unmapped_members(warehouse)
 
     result = materialize(resources, "power_users", path=audiences_file, route="reconcile")
 
     assert result.success
-    assert rejected(ops_env) == [(UNMAPPED_EMAIL, "Heap identity is not in the identity map (fallback: reject)"),
-                                 (UNMAPPED_ID, "Heap identity is not in the identity map (fallback: reject)")]
+    assert rejected(ops_env) == [
+        (UNMAPPED_EMAIL, "Heap identity is not in the identity map (fallback: reject)"),
+        (UNMAPPED_ID, "Heap identity is not in the identity map (fallback: reject)")]
 
 
 def test_a_match_rate_below_the_minimum_warns(resources, clean_sandbox, warehouse, audiences_file):
@@ -92,14 +95,17 @@ def test_an_unresolved_member_is_rejected_once_not_on_every_run(resources, clean
     second = materialize(resources, "power_users", route="reconcile")
 
     assert metadata(first, "power_users")["newly_rejected"] == 1
-    assert metadata(second, "power_users")["newly_rejected"] == 0 and metadata(second, "power_users")["unresolved"] == 1
+    assert (metadata(second, "power_users")["newly_rejected"] == 0
+            and metadata(second, "power_users")["unresolved"] == 1)
     assert len(rejected(ops_env)) == 1
 
 
-def test_an_identity_mapped_to_two_users_is_rejected_naming_both(resources, clean_sandbox, warehouse, ops_env):
+def test_an_identity_mapped_to_two_users_is_rejected_naming_both(resources, clean_sandbox, warehouse,
+                                                                 ops_env):
     con = duckdb.connect(str(warehouse), read_only=True)
     [(identity, user)] = con.execute(
-        f"SELECT identity, app_user_id FROM {MEMBERS} WHERE segment_id = {POWER_USERS} ORDER BY 1 LIMIT 1").fetchall()
+        f"SELECT identity, app_user_id FROM {MEMBERS} WHERE segment_id = {POWER_USERS} ORDER BY 1 LIMIT 1"
+    ).fetchall()
     con.close()
     add_heap_users(warehouse, (identity, "usr_other"))  # a second Heap user with the same identity
 
@@ -112,10 +118,11 @@ def test_an_identity_mapped_to_two_users_is_rejected_naming_both(resources, clea
 def test_the_identity_map_can_come_from_a_csv(resources, clean_sandbox, warehouse, audiences_file, tmp_path):
     csv = tmp_path / "map.csv"
     con = duckdb.connect(str(warehouse), read_only=True)
-    con.execute(f"COPY (SELECT identity AS source_id, 'csv_' || user_id AS target_id FROM identity_map) TO '{csv}' "
-                "(HEADER)")
+    con.execute("COPY (SELECT identity AS source_id, 'csv_' || user_id AS target_id FROM identity_map) "
+                f"TO '{csv}' (HEADER)")
     con.close()
-    set_in_file(audiences_file, 'query = """\n' + default_query("identity", "query") + '"""', f'csv = "{csv}"')
+    set_in_file(audiences_file, 'query = """\n' + default_query("identity", "query") + '"""',
+                f'csv = "{csv}"')
 
     result = materialize(resources, "power_users", path=audiences_file, route="reconcile")
 
@@ -131,7 +138,8 @@ def default_query(section: str, key: str) -> str:
 def test_the_default_identity_query_reads_only_identified_users_with_a_user_id(warehouse):
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        anonymous = con.execute("SELECT count(*) FROM main_production.users WHERE identity IS NULL").fetchone()[0]
+        anonymous = con.execute(
+            "SELECT count(*) FROM main_production.users WHERE identity IS NULL").fetchone()[0]
         incomplete = con.execute(f"SELECT count(*) FROM ({default_query('identity', 'query')}) "
                                  "WHERE source_id IS NULL OR target_id IS NULL").fetchone()[0]
     finally:
@@ -142,7 +150,8 @@ def test_the_default_identity_query_reads_only_identified_users_with_a_user_id(w
 
 def test_the_default_reconcile_query_reads_no_member_without_an_identity(warehouse):
     [anonymous] = add_heap_users(warehouse, (None, None))
-    edit_warehouse(warehouse, f"INSERT INTO main_production.segment_members VALUES ({POWER_USERS}, {anonymous}, now())")
+    edit_warehouse(warehouse,
+                   f"INSERT INTO main_production.segment_members VALUES ({POWER_USERS}, {anonymous}, now())")
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
         nulls = con.execute(f"SELECT count(*) FROM ({default_query('reconcile', 'members_query')}) "
