@@ -1,4 +1,5 @@
-"""The Heap webhook receiver over real HTTP: signature, timestamp window, payload checks, and the durable inbox."""
+"""The Heap webhook receiver over real HTTP: signature, timestamp window, payload checks, and the durable
+inbox."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def test_a_signed_page_is_stored_before_200(receiver, tmp_path):
     [path] = stored_files(tmp_path)
     assert path == folder(tmp_path, "task-1") / "page-1.json"
     record = orjson.loads(path.read_bytes())
-    assert record["add"] == ["a@x.com", "usr_1"] and record["segment"] == {"id": 1338065, "name": "Power Users"}
+    assert (record["add"] == ["a@x.com", "usr_1"]
+            and record["segment"] == {"id": 1338065, "name": "Power Users"})
 
 
 def test_a_retried_identical_page_is_stored_once(receiver, tmp_path):
@@ -82,7 +84,8 @@ def test_a_retried_identical_page_is_stored_once(receiver, tmp_path):
     assert orjson.loads(path.read_bytes())["add"] == ["a@x.com"]
 
 
-def test_a_page_stored_again_with_different_content_gets_409_and_the_first_copy_wins(receiver, tmp_path, caplog):
+def test_a_page_stored_again_with_different_content_gets_409_and_the_first_copy_wins(receiver, tmp_path,
+                                                                                     caplog):
     first, other = page_body(add=("a@x.com",)), page_body(add=("b@x.com",))
     post(receiver, first, sign(SECRET, first))
 
@@ -136,7 +139,8 @@ def test_a_repeat_of_a_page_of_an_applied_sync_is_answered_done_and_not_applied_
 
     response = post(receiver, body, sign(SECRET, body, ts_ms=now_ms() + 1))
 
-    assert response.status_code == 200 and response.json()["stored"] is False and response.json()["done"] is True
+    assert (response.status_code == 200 and response.json()["stored"] is False
+            and response.json()["done"] is True)
     assert inbox.syncs() == []
 
 
@@ -199,7 +203,8 @@ def test_an_oversized_body_without_content_length_gets_413(receiver, tmp_path):
             yield body[start:start + 4096]
 
     response = httpx.post(receiver.heap_url, content=chunks(),
-                          headers={"Content-Type": "application/json", "Heap-Hash": sign(SECRET, body)}, timeout=10)
+                          headers={"Content-Type": "application/json", "Heap-Hash": sign(SECRET, body)},
+                          timeout=10)
 
     assert response.status_code == 413 and stored_files(tmp_path) == []
 
@@ -249,7 +254,8 @@ def test_a_timestamp_further_ahead_than_allowed_gets_400(receiver, tmp_path):
 
     response = post(receiver, body, sign(SECRET, body, ts_ms=now_ms() + 31_000))
 
-    assert response.status_code == 400 and "ahead of this machine's clock; it must be less than 30 s" in response.json()["error"]
+    assert response.status_code == 400 and ("ahead of this machine's clock; it must be less than 30 s"
+                                            in response.json()["error"])
     assert stored_files(tmp_path) == []
 
 
@@ -264,7 +270,8 @@ def test_a_timestamp_in_seconds_gets_400_saying_heap_signs_milliseconds(receiver
 
     response = post(receiver, body, sign(SECRET, body, ts_ms=now_ms() // 1000))
 
-    assert response.status_code == 400 and "looks like seconds: Heap signs milliseconds" in response.json()["error"]
+    assert (response.status_code == 400
+            and "looks like seconds: Heap signs milliseconds" in response.json()["error"])
 
 
 @pytest.mark.parametrize("adjust", ["past", "future"])
@@ -369,7 +376,8 @@ def test_id_token_and_customer_config_are_accepted_and_kept(receiver, tmp_path, 
     assert post(receiver, body, sign(SECRET, body)).status_code == 200
 
     [page] = Inbox.for_home(tmp_path).pages("task-1")
-    assert page["id_token"] == "tok-secretish-123" and page["customer_config"]["fields"][0]["field_id"] == "workspace"
+    assert (page["id_token"] == "tok-secretish-123"
+            and page["customer_config"]["fields"][0]["field_id"] == "workspace")
     assert "tok-secretish-123" not in caplog.text
 
 
@@ -444,7 +452,8 @@ def test_invalid_json_gets_400(receiver, tmp_path):
      "data.segment.id must be an integer >= 1"),
     (orjson.dumps({"action_type": "segment.users.drain", "data": {"segment": {"id": 7}}, "id_token": 5}),
      "id_token must be a string"),
-    (orjson.dumps({"action_type": "segment.users.drain", "data": {"segment": {"id": 7}}, "customer_config": []}),
+    (orjson.dumps({"action_type": "segment.users.drain", "data": {"segment": {"id": 7}},
+                   "customer_config": []}),
      "customer_config must be an object"),
     (orjson.dumps({"action_type": "segment.users.sync", "data": {"segment": {"id": 1, "name": "x"},
                    "sync_info": {"page_number": 1, "total_pages": 1, "sync_task_id": "t"},
@@ -509,7 +518,8 @@ from starlette.testclient import TestClient
 from segment_ops.syncs.heap.receiver import WebhookConfig, create_app
 body = {page_body()!r}
 client = TestClient(create_app(WebhookConfig(home={str(tmp_path)!r}, heap_secret="s")))
-print(client.post("/webhooks/heap", content=body, headers={{"Heap-Hash": {sign("s", page_body())!r}}}).status_code)
+print(client.post("/webhooks/heap", content=body,
+                  headers={{"Heap-Hash": {sign("s", page_body())!r}}}).status_code)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
 

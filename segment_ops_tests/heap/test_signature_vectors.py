@@ -1,6 +1,6 @@
-"""Known-answer vectors from Heap's reference (computed outside this code, see reference_data.py): the verifier,
-the JSON.stringify re-serialisation and the sandbox's signer each checked against them, and the real
-`segment-ops webhooks` process accepting Heap's reference bodies at /webhooks/heap."""
+"""Known-answer vectors from Heap's reference (computed outside this code, see reference_data.py): the
+verifier, the JSON.stringify re-serialisation and the sandbox's signer each checked against them, and the
+real `segment-ops webhooks` process accepting Heap's reference bodies at /webhooks/heap."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def test_the_reference_drain_verifies_in_both_encodings():
 
 
 def test_a_pretty_printed_body_verifies_by_its_compact_re_serialisation():
-    # sync.json as the repository holds it (indented), signed over JSON.stringify of it, as Heap's validator checks.
+    # sync.json as the repository holds it (indented), signed over JSON.stringify of it, as Heap's validator
+    # checks.
     assert check(ref.SYNC_JSON, ref.SYNC_HMAC_BASE64).body_form == "compact"
     assert check(ref.DRAIN_JSON, ref.DRAIN_JSON_HMAC_BASE64).body_form == "compact"
 
@@ -102,12 +103,14 @@ def test_the_sandbox_signs_as_the_reference_generator():
 @pytest.fixture
 def patient_receiver(tmp_path: Path):
     """The real receiver, with the vectors' secret and an age window wide enough for their fixed timestamp."""
-    with start_receiver(WebhookConfig(home=tmp_path, heap_secret=ref.SECRET, max_age_seconds=TEN_YEARS)) as running:
+    with start_receiver(WebhookConfig(home=tmp_path, heap_secret=ref.SECRET,
+                                      max_age_seconds=TEN_YEARS)) as running:
         yield running
 
 
 def post(url: str, body: bytes, heap_hash_value: str) -> httpx.Response:
-    return httpx.post(url, content=body, headers={"Content-Type": "application/json", "Heap-Hash": heap_hash_value},
+    return httpx.post(url, content=body,
+                      headers={"Content-Type": "application/json", "Heap-Hash": heap_hash_value},
                       timeout=10)
 
 
@@ -122,7 +125,8 @@ def test_the_reference_sync_is_stored_over_http(patient_receiver, tmp_path, body
     assert response.json() == {"stored": True, "sync_task_id": "FreeCustomersSync", "page_number": 1}
     [page] = Inbox.for_home(tmp_path).pages("FreeCustomersSync")
     assert (page["add"], page["remove"], page["signed_at"]) == (["user3@email.com", "user4@email.com"],
-                                                                ["user1@email.com", "user2@email.com"], ref.TS_MS)
+                                                                ["user1@email.com", "user2@email.com"],
+                                                                ref.TS_MS)
     assert page["customer_config"]["fields"][0]["field_id"] == "workspace"
 
 
@@ -134,12 +138,14 @@ def test_the_reference_drain_is_stored_over_http(patient_receiver, tmp_path, bod
 
     assert response.status_code == 200 and response.json()["stored"] is True
     [drain] = Inbox.for_home(tmp_path).drains()
-    assert (drain.segment_id, drain.segment_name, drain.key) == (1338065, "Segment To Drain", response.json()["drain"])
+    assert ((drain.segment_id, drain.segment_name, drain.key)
+            == (1338065, "Segment To Drain", response.json()["drain"]))
     assert int(drain.signed_at.timestamp() * 1000) == ref.TS_MS
 
 
 def test_the_tricky_page_is_stored_under_a_hash_of_its_sync_task_id(patient_receiver, tmp_path):
-    assert post(patient_receiver.heap_url, ref.TRICKY_PAGE, header(ref.TRICKY_PAGE_HMAC_BASE64)).status_code == 403
+    assert post(patient_receiver.heap_url, ref.TRICKY_PAGE,
+                header(ref.TRICKY_PAGE_HMAC_BASE64)).status_code == 403
 
     response = post(patient_receiver.heap_url, ref.TRICKY_PAGE_COMPACT, header(ref.TRICKY_PAGE_HMAC_BASE64))
 
@@ -149,7 +155,8 @@ def test_the_tricky_page_is_stored_under_a_hash_of_its_sync_task_id(patient_rece
     assert sync.sync_task_id == "Free Customers/../x ü" and sync.complete
     assert [p.name for p in (tmp_path / "inbox" / "heap").iterdir()] == [f"sync-{sync.key}"]
     [page] = inbox.pages(sync.sync_task_id)
-    assert page["add"] == ["zoë@example.com", "usr_42"] and page["id_token"] == "7a36ae58-c4b9-11eb-8529-0242ac130003"
+    assert (page["add"] == ["zoë@example.com", "usr_42"]
+            and page["id_token"] == "7a36ae58-c4b9-11eb-8529-0242ac130003")
 
 
 def free_port() -> int:
@@ -164,8 +171,8 @@ def test_segment_ops_webhooks_accepts_heaps_reference_pages_at_its_documented_pa
     env = {**os.environ, "SEGMENT_OPS_HOME": str(tmp_path), "HEAP_WEBHOOK_SECRET": "the-new-secret",
            "HEAP_WEBHOOK_PREVIOUS_SECRETS": f"older-secret, {ref.SECRET}",
            "HEAP_WEBHOOK_MAX_AGE_SECONDS": str(TEN_YEARS)}
-    process = subprocess.Popen([sys.executable, "-m", "segment_ops.cli", "webhooks", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "segment_ops.cli", "webhooks", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/webhooks/heap"
 
     def up() -> bool:
