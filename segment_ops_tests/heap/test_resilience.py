@@ -1,4 +1,5 @@
-"""Nothing lost, nothing sent twice: a killed receiver, a run that dies mid-delivery, a crash after applying."""
+"""Nothing lost, nothing sent twice: a killed receiver, a run that dies mid-delivery, a crash after
+applying."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def free_port() -> int:
 
 def start_receiver_process(home: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "SEGMENT_OPS_HOME": str(home)}
-    process = subprocess.Popen([sys.executable, "-m", "segment_ops.cli", "webhooks", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "segment_ops.cli", "webhooks", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def up() -> bool:
         try:
@@ -80,7 +81,8 @@ def test_a_killed_receiver_loses_no_page(clean_sandbox, ops_env, instance, resou
     assert sync.sync_task_id == pushed["syncs"][0]["sync_task_id"] and sync.complete
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
-    assert {m["userId"] for m in calls(clean_sandbox, "heap_power_users")["in"]} == resolvable(warehouse, POWER_USERS)
+    assert ({m["userId"] for m in calls(clean_sandbox, "heap_power_users")["in"]}
+            == resolvable(warehouse, POWER_USERS))
 
 
 @pytest.mark.slow
@@ -89,8 +91,9 @@ def test_a_run_that_dies_mid_delivery_is_retried_and_sends_nothing_twice(heap, i
     heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [first] = evaluate_sensor(instance, ops_env).run_requests
     stormy = {**resources, "segment": StormAfterFirstBatch(base_url=f"{heap.url}/segment",
-                                                           write_key=SANDBOX_SEGMENT_WRITE_KEY, sandbox_url=heap.url,
-                                                           batch_bytes=2_000, max_in_flight=1)}
+                                                           write_key=SANDBOX_SEGMENT_WRITE_KEY,
+                                                           sandbox_url=heap.url, batch_bytes=2_000,
+                                                           max_in_flight=1)}
 
     failed = run_request(instance, stormy, first)
     heap.clear_faults()
@@ -146,13 +149,15 @@ def test_an_undeliverable_run_leaves_the_sync_unprocessed(heap, ops_env, warehou
 
 
 @pytest.mark.slow
-def test_members_who_leave_get_the_trait_false_and_audience_exited(heap, instance, resources, ops_env, warehouse):
+def test_members_who_leave_get_the_trait_false_and_audience_exited(heap, instance, resources, ops_env,
+                                                                   warehouse):
     heap.push_heap(at=AT, segments=[FREE_CUSTOMERS])
     [request] = evaluate_sensor(instance, ops_env).run_requests
     assert run_request(instance, resources, request).success
     removed = 0
     for windows in range(1, 40):  # later 4-hour windows until some members have left
-        pushed = heap.push_heap(segments=[FREE_CUSTOMERS], at=(HEAP_AT + timedelta(hours=4 * windows)).isoformat())
+        pushed = heap.push_heap(segments=[FREE_CUSTOMERS],
+                                at=(HEAP_AT + timedelta(hours=4 * windows)).isoformat())
         removed += sum(s["removes"] for s in pushed["syncs"])
         if removed:
             break

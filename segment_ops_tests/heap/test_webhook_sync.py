@@ -1,4 +1,5 @@
-"""Webhook route end to end: sandbox Heap -> real receiver over HTTP -> inbox -> sensor -> Dagster run -> Segment."""
+"""Webhook route end to end: sandbox Heap -> real receiver over HTTP -> inbox -> sensor -> Dagster run ->
+Segment."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_first_sync_enters_every_resolvable_member(heap, instance, resources, op
     power = calls(heap, "heap_power_users")
     assert {m["userId"] for m in power["in"]} == expected and len(power["in"]) == len(expected)
     assert {m["userId"] for m in power["entered"]} == expected
-    assert power["entered"][0]["properties"] == {"audience_key": "heap_power_users", "audience_name": "Power Users",
+    assert power["entered"][0]["properties"] == {"audience_key": "heap_power_users",
+                                                 "audience_name": "Power Users",
                                                  "heap_segment_id": POWER_USERS, "source": "Heap"}
     assert power["out"] == [] and power["exited"] == []
     [power_run] = [r for r in runs if r.dagster_run.tags["segment_ops/heap_audience"] == "power_users"]
@@ -58,7 +60,8 @@ def test_first_sync_enters_every_resolvable_member(heap, instance, resources, op
 
 
 @pytest.mark.slow
-def test_every_processed_sync_is_marked_done_and_not_requested_again(heap, instance, resources, ops_env, warehouse):
+def test_every_processed_sync_is_marked_done_and_not_requested_again(heap, instance, resources, ops_env,
+                                                                     warehouse):
     pushed, _, runs = push_and_run(heap, instance, resources, ops_env)
 
     again = evaluate_sensor(instance, ops_env)
@@ -94,7 +97,8 @@ def test_pages_out_of_order_give_the_same_membership(heap, instance, resources, 
     _, _, runs = push_and_run(heap, instance, resources, ops_env, reorder=True)
 
     assert all(r.success for r in runs)
-    assert {m["userId"] for m in calls(heap, "heap_free_customers")["in"]} == resolvable(warehouse, FREE_CUSTOMERS)
+    assert ({m["userId"] for m in calls(heap, "heap_free_customers")["in"]}
+            == resolvable(warehouse, FREE_CUSTOMERS))
 
 
 def test_a_bad_signature_gets_403_and_nothing_is_stored(heap, instance, ops_env):
@@ -120,7 +124,8 @@ def test_a_sync_missing_a_page_is_held(heap, instance, resources, ops_env, wareh
     assert segment_stats(heap) == (0, 0)
 
 
-def test_a_sync_incomplete_beyond_the_configured_age_is_reported_not_applied(heap, instance, ops_env, audiences_file):
+def test_a_sync_incomplete_beyond_the_configured_age_is_reported_not_applied(heap, instance, ops_env,
+                                                                             audiences_file):
     set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
     [sync] = heap.push_heap(at=AT, omit_pages=[3], segments=[POWER_USERS])["syncs"]
     task = sync["sync_task_id"]
@@ -130,7 +135,8 @@ def test_a_sync_incomplete_beyond_the_configured_age_is_reported_not_applied(hea
 
     assert sensed.run_requests == []
     assert f"Heap sync {task!r}: power_users: incomplete for" in sensed.skip_reason.skip_message
-    assert f"page(s) [3] of {sync['total_pages']} never arrived; not applied" in sensed.skip_reason.skip_message
+    assert (f"page(s) [3] of {sync['total_pages']} never arrived; not applied"
+            in sensed.skip_reason.skip_message)
     assert sync_key(task) in sensed.cursor and again.cursor == sensed.cursor
 
 
@@ -160,11 +166,12 @@ def test_a_stale_sync_alert_that_could_not_be_posted_is_posted_on_the_next_tick(
                                                                                  audiences_file):
     set_in_file(audiences_file, "stale_incomplete_sync_minutes = 60", "stale_incomplete_sync_minutes = 0")
     heap.push_heap(at=AT, omit_pages=[3], segments=[POWER_USERS])
-    # One attempt per post, built as a new resource: Dagster rebuilds a resource from the arguments it was made
-    # with, so a `model_copy(update=...)` of it is lost in the sensor (which then retried with backoff).
+    # One attempt per post, built as a new resource: Dagster rebuilds a resource from the arguments it was
+    # made with, so a `model_copy(update=...)` of it is lost in the sensor (which then retried with
+    # backoff).
     sandbox_alerts = build_resources()["alerts"]
-    impatient = AlertsResource(webhook_url=sandbox_alerts.webhook_url, dagster_ui_url=sandbox_alerts.dagster_ui_url,
-                               retry_max_attempts=1)
+    impatient = AlertsResource(webhook_url=sandbox_alerts.webhook_url,
+                               dagster_ui_url=sandbox_alerts.dagster_ui_url, retry_max_attempts=1)
     heap.set_faults("slack", rate_500=1.0)
 
     failed = evaluate_sensor(instance, ops_env, path=audiences_file, alerts=impatient)
