@@ -58,10 +58,11 @@ def test_usage_of_every_app_is_staged_with_its_app(con, pendo_client, config_no_
                           zone=ZONE)
 
     assert set(report.events_by_app) == {WEB, IOS, ANDROID}
-    staged = dict(con.execute("SELECT app_id, sum(events) FROM pendo_visitor_days GROUP BY app_id").fetchall())
+    staged = dict(con.execute("SELECT app_id, sum(events) FROM pendo_visitor_days "
+                              "GROUP BY app_id").fetchall())
     assert staged == report.events_by_app and staged[WEB] > staged[IOS] > 0
-    assert {a for (a,) in con.execute("SELECT DISTINCT app_id FROM pendo_feature_days").fetchall()} == {WEB, IOS,
-                                                                                                      ANDROID}
+    assert {a for (a,) in con.execute("SELECT DISTINCT app_id FROM pendo_feature_days").fetchall()} == {
+        WEB, IOS, ANDROID}
 
 
 def test_the_feature_list_is_asked_for_with_expand_star_so_every_apps_features_count(con, pendo_client,
@@ -75,7 +76,8 @@ def test_the_feature_list_is_asked_for_with_expand_star_so_every_apps_features_c
 
 
 def test_the_score_sums_usage_across_the_apps(con, pendo_client, config_no_identity, clean_sandbox):
-    extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
+    extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(),
+                 zone=ZONE)
     score_accounts(con, config_no_identity, timezone=ZONE.key, apps="*")
     every_app = dict(con.execute("SELECT account_id, events FROM pendo_account_health").fetchall())
     users = dict(con.execute("SELECT account_id, active_users FROM pendo_account_health").fetchall())
@@ -83,7 +85,8 @@ def test_the_score_sums_usage_across_the_apps(con, pendo_client, config_no_ident
         SELECT account_id, sum(events) FILTER (WHERE app_id = ?), sum(events), count(DISTINCT visitor_id)
         FROM pendo_visitor_days GROUP BY account_id""", [WEB]).fetchall()
 
-    assert per_app and all(every_app[a] == total and users[a] == visitors for a, _, total, visitors in per_app)
+    assert per_app and all(every_app[a] == total and users[a] == visitors
+                           for a, _, total, visitors in per_app)
     assert any(total > web for _, web, total, _ in per_app)  # mobile usage adds to the web app's
     # A visitor of two apps counts once among the active users.
     assert con.execute("SELECT count(*) FROM (SELECT visitor_id FROM pendo_visitor_days GROUP BY visitor_id "
@@ -93,7 +96,8 @@ def test_the_score_sums_usage_across_the_apps(con, pendo_client, config_no_ident
 def test_configured_app_ids_read_those_apps_only(con, clean_sandbox, config_no_identity):
     client = client_for(clean_sandbox, AppScope.parse(f"{IOS}, {ANDROID}"))
 
-    report = extract_days(con, client, config_no_identity, yesterday() - timedelta(days=2), yesterday(), zone=ZONE)
+    report = extract_days(con, client, config_no_identity, yesterday() - timedelta(days=2), yesterday(),
+                          zone=ZONE)
 
     assert sources(clean_sandbox)["events"] == [IOS, ANDROID]
     assert set(report.events_by_app) == {IOS, ANDROID} and report.visitor_rows > 0
@@ -118,7 +122,8 @@ def test_a_row_of_an_app_outside_the_configured_ones_is_rejected_with_the_reason
     report = extract_days(con, client, config_no_identity, yesterday(), yesterday(), zone=ZONE, run_id="r1")
 
     assert set(report.events_by_app) == {IOS}
-    reasons = {r for (r,) in con.execute("SELECT DISTINCT reason FROM rejected WHERE run_id = 'r1'").fetchall()}
+    reasons = {r for (r,) in con.execute("SELECT DISTINCT reason FROM rejected "
+                                         "WHERE run_id = 'r1'").fetchall()}
     assert f"app {WEB} is not among PENDO_APP_IDS ({IOS})" in reasons
     client.close()
 
@@ -172,7 +177,8 @@ def ios_only(resources: dict, sandbox) -> dict:
 
 
 @pytest.mark.slow
-def test_days_staged_for_another_app_set_count_as_not_staged_and_block_the_sync(resources, home, clean_sandbox):
+def test_days_staged_for_another_app_set_count_as_not_staged_and_block_the_sync(resources, home,
+                                                                                clean_sandbox):
     assert backfill(resources, 30).success  # PENDO_APP_IDS = *
     sent = len(group_calls(clean_sandbox))
 
@@ -183,7 +189,8 @@ def test_days_staged_for_another_app_set_count_as_not_staged_and_block_the_sync(
     assert "29 of the 30 days" in window.description and "staged for apps *" in window.description
     assert window.metadata["staged_otherwise"].value.startswith(str(yesterday() - timedelta(days=29)))
     assert len(group_calls(clean_sandbox)) == sent  # nothing sent in bulk
-    assert query(home, "SELECT apps, count(*) FROM pendo_staged_days GROUP BY 1 ORDER BY 1") == [("*", 29), (IOS, 1)]
+    assert query(home, "SELECT apps, count(*) FROM pendo_staged_days GROUP BY 1 ORDER BY 1") == [("*", 29),
+                                                                                                 (IOS, 1)]
 
 
 @pytest.mark.slow
@@ -195,9 +202,11 @@ def test_the_score_counts_only_days_staged_for_the_configured_apps(resources, ho
     narrowed = rerun_day(ios_only(resources, clean_sandbox), yesterday())
 
     assert narrowed.success
-    ios_day = dict(query(home, "SELECT account_id, sum(events) FROM pendo_visitor_days WHERE day = ? GROUP BY 1",
+    ios_day = dict(query(home,
+                         "SELECT account_id, sum(events) FROM pendo_visitor_days WHERE day = ? GROUP BY 1",
                          [yesterday()]))
-    assert dict(query(home, "SELECT account_id, events FROM pendo_account_health WHERE events > 0")) == ios_day
+    assert dict(query(home,
+                      "SELECT account_id, events FROM pendo_account_health WHERE events > 0")) == ios_day
 
 
 def test_an_app_set_is_recorded_the_same_whatever_the_order_of_its_ids():
@@ -207,20 +216,24 @@ def test_an_app_set_is_recorded_the_same_whatever_the_order_of_its_ids():
 
 def test_days_staged_with_the_apps_described_in_words_are_recorded_as_their_app_set(con):
     # A file of the release that described the apps in words (before schema versions were recorded).
-    con.execute("CREATE TABLE pendo_staged_days (day DATE NOT NULL, staged_at TIMESTAMPTZ NOT NULL, run_id VARCHAR, "
+    con.execute("CREATE TABLE pendo_staged_days (day DATE NOT NULL, staged_at TIMESTAMPTZ NOT NULL, "
+                "run_id VARCHAR, "
                 "visitor_rows BIGINT NOT NULL, feature_rows BIGINT NOT NULL, poll_rows BIGINT NOT NULL, "
                 "timezone VARCHAR, day_start_ms BIGINT, day_end_ms BIGINT, apps VARCHAR)")
-    con.executemany("INSERT INTO pendo_staged_days (day, staged_at, visitor_rows, feature_rows, poll_rows, apps) "
-                    "VALUES (?, now(), 0, 0, 0, ?)", [[yesterday(), 'every app (expandAppIds("*"))'],
-                                                      [yesterday() - timedelta(days=1), f"apps {IOS}, {WEB}"]])
+    con.executemany("INSERT INTO pendo_staged_days (day, staged_at, visitor_rows, feature_rows, poll_rows, "
+                    "apps) VALUES (?, now(), 0, 0, 0, ?)",
+                    [[yesterday(), 'every app (expandAppIds("*"))'],
+                     [yesterday() - timedelta(days=1), f"apps {IOS}, {WEB}"]])
 
     ensure_schema(con)
     ensure_schema(con)  # migrated once: a second run changes nothing
 
-    assert con.execute("SELECT apps FROM pendo_staged_days ORDER BY day").fetchall() == [(f"{WEB},{IOS}",), ("*",)]
+    assert con.execute("SELECT apps FROM pendo_staged_days ORDER BY day").fetchall() == [
+        (f"{WEB},{IOS}",), ("*",)]
 
 
-def test_a_row_without_an_app_id_is_rejected_when_app_ids_are_configured(con, config_no_identity, clean_sandbox):
+def test_a_row_without_an_app_id_is_rejected_when_app_ids_are_configured(con, config_no_identity,
+                                                                         clean_sandbox):
     client = client_for(clean_sandbox, AppScope((IOS,)))
     read = client.aggregate_raw
     stripped = []
@@ -236,13 +249,16 @@ def test_a_row_without_an_app_id_is_rejected_when_app_ids_are_configured(con, co
     report = extract_days(con, client, config_no_identity, yesterday(), yesterday(), zone=ZONE, run_id="r1")
 
     assert stripped and report.visitor_rows == report.feature_rows == 0
-    reasons = {r for (r,) in con.execute("SELECT DISTINCT reason FROM rejected WHERE run_id = 'r1'").fetchall()}
+    reasons = {r for (r,) in con.execute("SELECT DISTINCT reason FROM rejected "
+                                         "WHERE run_id = 'r1'").fetchall()}
     assert f"no appId, so it cannot be told to be among PENDO_APP_IDS ({IOS})" in reasons
     client.close()
 
 
-def test_feature_adoption_counts_the_features_of_the_apps_the_account_used(con, pendo_client, config_no_identity):
-    extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
+def test_feature_adoption_counts_the_features_of_the_apps_the_account_used(con, pendo_client,
+                                                                           config_no_identity):
+    extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(),
+                 zone=ZONE)
     score_accounts(con, config_no_identity, timezone=ZONE.key, apps="*")
     expected = dict(con.execute("""
         SELECT h.account_id, round(least(1.0, h.features_used / count(DISTINCT f.feature_id)), 3)
@@ -250,8 +266,8 @@ def test_feature_adoption_counts_the_features_of_the_apps_the_account_used(con, 
         JOIN (SELECT DISTINCT account_id, app_id FROM pendo_visitor_days) a USING (account_id)
         JOIN pendo_features f ON f.app_id = a.app_id
         GROUP BY h.account_id, h.features_used""").fetchall())
-    apps_used = dict(con.execute("SELECT account_id, count(DISTINCT app_id) FROM pendo_visitor_days GROUP BY 1"
-                                 ).fetchall())
+    apps_used = dict(con.execute("SELECT account_id, count(DISTINCT app_id) FROM pendo_visitor_days "
+                                 "GROUP BY 1").fetchall())
 
     adoption = dict(con.execute("SELECT account_id, feature_adoption FROM pendo_account_health").fetchall())
     assert {a: adoption[a] for a in expected} == expected

@@ -34,16 +34,18 @@ def scored(con, pendo_client, config_no_identity):
 
 
 def sync(con, config, factory, **kwargs):
-    return sync_account_groups(con, config, factory, warehouse_url="duckdb:///:memory:", timezone=ZONE.key, apps="*",
-                               run_id=kwargs.pop("run_id", "r"), **kwargs)
+    return sync_account_groups(con, config, factory, warehouse_url="duckdb:///:memory:", timezone=ZONE.key,
+                               apps="*", run_id=kwargs.pop("run_id", "r"), **kwargs)
 
 
-def test_each_account_becomes_one_group_call_with_its_health_traits(con, scored, segment_factory, clean_sandbox):
+def test_each_account_becomes_one_group_call_with_its_health_traits(con, scored, segment_factory,
+                                                                    clean_sandbox):
     run = sync(con, scored, segment_factory)
 
     calls = {c["groupId"]: c for c in group_calls(clean_sandbox)}
     assert run.delivery.delivered == len(calls) == ACCOUNTS - len(INACTIVE)
-    score, band, reasons, top = con.execute("SELECT score, band, reasons, top_visitor_id FROM pendo_account_health "
+    score, band, reasons, top = con.execute("SELECT score, band, reasons, top_visitor_id "
+                                            "FROM pendo_account_health "
                                             "WHERE account_id = 'acc_00001'").fetchone()
     call = calls["acc_00001"]
     assert call["userId"] == top and call["userId"].startswith("usr_")
@@ -67,17 +69,20 @@ def test_a_second_sync_without_changes_sends_nothing(con, scored, segment_factor
     assert clean_sandbox.stats()["segment"]["requests"] == requests and again.accounted_for
 
 
-def test_an_account_with_no_active_visitor_and_no_service_user_is_rejected_with_the_reason(con, scored, segment_factory):
+def test_an_account_with_no_active_visitor_and_no_service_user_is_rejected_with_the_reason(con, scored,
+                                                                                           segment_factory):
     run = sync(con, scored, segment_factory, run_id="r1")
 
     assert run.rejected == len(INACTIVE) and run.accounted_for
-    reasons = dict(con.execute("SELECT record_key, reason FROM rejected WHERE sync = ? AND run_id = 'r1'", [SYNC]
-                               ).fetchall())
+    reasons = dict(con.execute("SELECT record_key, reason FROM rejected WHERE sync = ? AND run_id = 'r1'",
+                               [SYNC]).fetchall())
     assert set(reasons) == INACTIVE
-    assert "has no identified visitor active in the last 30 days and no service user is configured" in reasons["acc_00012"]
+    assert ("has no identified visitor active in the last 30 days and no service user is configured"
+            in reasons["acc_00012"])
 
 
-def test_the_service_user_carries_accounts_without_an_active_visitor(con, scored, segment_factory, clean_sandbox):
+def test_the_service_user_carries_accounts_without_an_active_visitor(con, scored, segment_factory,
+                                                                     clean_sandbox):
     run = sync(con, dataclasses.replace(scored, service_user="svc-health"), segment_factory)
 
     assert run.rejected == 0 and run.delivery.delivered == ACCOUNTS
@@ -101,7 +106,8 @@ def test_the_identity_map_gives_the_segment_group_id(con, scored, segment_factor
     assert "sf-0001" in group_ids and "acc_00001" not in group_ids and "acc_00002" in group_ids
 
 
-def test_with_require_mapping_an_unmapped_account_is_rejected(con, scored, segment_factory, clean_sandbox, tmp_path):
+def test_with_require_mapping_an_unmapped_account_is_rejected(con, scored, segment_factory, clean_sandbox,
+                                                              tmp_path):
     config = dataclasses.replace(scored, identity=identity_csv(tmp_path, [("acc_00001", "sf-0001")]),
                                  require_mapping=True, service_user="svc")
 
@@ -109,27 +115,34 @@ def test_with_require_mapping_an_unmapped_account_is_rejected(con, scored, segme
 
     assert [c["groupId"] for c in group_calls(clean_sandbox)] == ["sf-0001"]
     assert run.rejected == ACCOUNTS - 1
-    reason = con.execute("SELECT reason FROM rejected WHERE run_id = 'r1' AND record_key = 'acc_00002'").fetchone()[0]
+    reason = con.execute("SELECT reason FROM rejected "
+                         "WHERE run_id = 'r1' AND record_key = 'acc_00002'").fetchone()[0]
     assert reason.startswith("Pendo account acc_00002 is not in the identity map and require_mapping = true")
 
 
-def test_an_account_mapped_to_two_groups_is_rejected_not_guessed(con, scored, segment_factory, clean_sandbox, tmp_path):
-    config = dataclasses.replace(scored, identity=identity_csv(tmp_path, [("acc_00001", "a"), ("acc_00001", "b")]))
+def test_an_account_mapped_to_two_groups_is_rejected_not_guessed(con, scored, segment_factory, clean_sandbox,
+                                                                 tmp_path):
+    config = dataclasses.replace(scored,
+                                 identity=identity_csv(tmp_path, [("acc_00001", "a"), ("acc_00001", "b")]))
 
     sync(con, config, segment_factory, run_id="r1")
 
     assert not {"a", "b", "acc_00001"} & {c["groupId"] for c in group_calls(clean_sandbox)}
-    reason = con.execute("SELECT reason FROM rejected WHERE run_id = 'r1' AND record_key = 'acc_00001'").fetchone()[0]
+    reason = con.execute("SELECT reason FROM rejected "
+                         "WHERE run_id = 'r1' AND record_key = 'acc_00001'").fetchone()[0]
     assert "maps to several Segment groups (a, b)" in reason
 
 
-def test_two_accounts_mapped_to_one_group_are_both_rejected(con, scored, segment_factory, clean_sandbox, tmp_path):
-    config = dataclasses.replace(scored, identity=identity_csv(tmp_path, [("acc_00001", "g"), ("acc_00002", "g")]))
+def test_two_accounts_mapped_to_one_group_are_both_rejected(con, scored, segment_factory, clean_sandbox,
+                                                            tmp_path):
+    config = dataclasses.replace(scored,
+                                 identity=identity_csv(tmp_path, [("acc_00001", "g"), ("acc_00002", "g")]))
 
     run = sync(con, config, segment_factory, run_id="r1")
 
     assert "g" not in {c["groupId"] for c in group_calls(clean_sandbox)} and run.accounted_for
-    reason = con.execute("SELECT reason FROM rejected WHERE run_id = 'r1' AND record_key = 'acc_00002'").fetchone()[0]
+    reason = con.execute("SELECT reason FROM rejected "
+                         "WHERE run_id = 'r1' AND record_key = 'acc_00002'").fetchone()[0]
     assert "is the target of 2 Pendo accounts (acc_00001, acc_00002)" in reason
 
 
@@ -147,11 +160,13 @@ def test_syncing_before_scoring_says_what_to_run(con, segment_factory, config_no
 
 
 def test_a_score_older_than_the_latest_staged_day_is_refused(con, scored, segment_factory, clean_sandbox):
-    con.execute("INSERT INTO pendo_staged_days (day, staged_at, run_id, visitor_rows, feature_rows, poll_rows, timezone, "
-                "apps) VALUES (?, now(), 'later', 0, 0, 0, ?, '*')", [yesterday() + timedelta(days=1), ZONE.key])
+    con.execute("INSERT INTO pendo_staged_days (day, staged_at, run_id, visitor_rows, feature_rows, "
+                "poll_rows, timezone, apps) VALUES (?, now(), 'later', 0, 0, 0, ?, '*')",
+                [yesterday() + timedelta(days=1), ZONE.key])
 
-    with pytest.raises(StaleScoreError, match=f"scores are as of {yesterday()} but Pendo usage is staged up to "
-                                              f"{yesterday() + timedelta(days=1)}: re-materialize pendo/account_health"):
+    with pytest.raises(StaleScoreError,
+                       match=f"scores are as of {yesterday()} but Pendo usage is staged up to "
+                             f"{yesterday() + timedelta(days=1)}: re-materialize pendo/account_health"):
         sync(con, scored, segment_factory)
     assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
 
@@ -160,8 +175,9 @@ def test_a_window_with_an_unstaged_day_is_refused_naming_the_day(con, scored, se
     gap = yesterday() - timedelta(days=4)
     con.execute("DELETE FROM pendo_staged_days WHERE day = ?", [gap])
 
-    with pytest.raises(PartialWindowError, match=f"1 of the 30 days of the window ending {yesterday()} are not "
-                                                 f"staged: {gap}.*allow_partial_window = true in no_identity.toml"):
+    with pytest.raises(PartialWindowError,
+                       match=f"1 of the 30 days of the window ending {yesterday()} are not "
+                             f"staged: {gap}.*allow_partial_window = true in no_identity.toml"):
         sync(con, scored, segment_factory)
     assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
 
@@ -174,7 +190,8 @@ def test_allow_partial_window_sends_a_window_with_an_unstaged_day(con, scored, s
     assert run.delivery.delivered == ACCOUNTS - len(INACTIVE)
 
 
-def test_after_a_sync_every_pendo_account_is_delivered_unchanged_pending_or_rejected(con, scored, segment_factory):
+def test_after_a_sync_every_pendo_account_is_delivered_unchanged_pending_or_rejected(con, scored,
+                                                                                     segment_factory):
     first = sync(con, scored, segment_factory, run_id="r1")
     second = sync(con, scored, segment_factory, run_id="r2")
 
@@ -204,8 +221,8 @@ def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(co
         JOIN pendo_account_health h USING (account_id)
         GROUP BY account_id HAVING count(*) > 1 ORDER BY account_id LIMIT 1""").fetchall()
     # The runner-up becomes the most active visitor: the delivered userId stays, nothing is sent.
-    con.execute("UPDATE pendo_visitor_days SET events = events + 1000000 WHERE account_id = ? AND visitor_id = ?",
-                [account, runner_up])
+    con.execute("UPDATE pendo_visitor_days SET events = events + 1000000 "
+                "WHERE account_id = ? AND visitor_id = ?", [account, runner_up])
     score_accounts(con, scored, timezone=ZONE.key, apps="*")
     assert con.execute("SELECT top_visitor_id FROM pendo_account_health WHERE account_id = ?", [account]
                        ).fetchone()[0] == runner_up
@@ -213,7 +230,8 @@ def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(co
     assert sync(con, scored, segment_factory, run_id="r2").sent == 0
 
     # The delivered visitor leaves the window: the most active one takes over (one call).
-    con.execute("DELETE FROM pendo_visitor_days WHERE account_id = ? AND visitor_id = ?", [account, first_user])
+    con.execute("DELETE FROM pendo_visitor_days WHERE account_id = ? AND visitor_id = ?",
+                [account, first_user])
     score_accounts(con, scored, timezone=ZONE.key, apps="*")
     sync(con, scored, segment_factory, run_id="r3")
     last = [c for c in group_calls(clean_sandbox) if c["groupId"] == account][-1]
@@ -221,7 +239,8 @@ def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(co
 
 
 @pytest.mark.slow
-def test_a_segment_outage_leaves_calls_pending_and_the_next_run_delivers_them_once(con, scored, segment_factory,
+def test_a_segment_outage_leaves_calls_pending_and_the_next_run_delivers_them_once(con, scored,
+                                                                                   segment_factory,
                                                                                    clean_sandbox):
     clean_sandbox.set_faults("segment", rate_503=1.0)
     with pytest.raises(DeliveryIncomplete) as failed:
@@ -234,5 +253,6 @@ def test_a_segment_outage_leaves_calls_pending_and_the_next_run_delivers_them_on
     assert (run.delivery.delivered, run.ledger.pending) == (ACCOUNTS - len(INACTIVE), 0)
     assert (run.plan.planned, run.plan.already_known) == (0, ACCOUNTS - len(INACTIVE))  # the same messages
     calls = group_calls(clean_sandbox)
-    assert len(calls) == ACCOUNTS - len(INACTIVE) and clean_sandbox.stats()["segment"].get("duplicates", 0) == 0
+    assert (len(calls) == ACCOUNTS - len(INACTIVE)
+            and clean_sandbox.stats()["segment"].get("duplicates", 0) == 0)
     assert all(clean_sandbox.seen("segment", c["messageId"]) == 1 for c in calls)

@@ -1,6 +1,7 @@
-"""Days are the subscription's (spec §7): requests start at local midnight, `day` is read in PENDO_TIMEZONE, DST
-days are whole, a zone that is not the subscription's is refused, only settled days are read, an empty day is
-told from a missing one, and days staged under UTC are re-read rather than counted twice. Real HTTP throughout."""
+"""Days are the subscription's (spec §7): requests start at local midnight, `day` is read in PENDO_TIMEZONE,
+DST days are whole, a zone that is not the subscription's is refused, only settled days are read, an empty day
+is told from a missing one, and days staged under UTC are re-read rather than counted twice. Real HTTP
+throughout."""
 
 from __future__ import annotations
 
@@ -64,11 +65,13 @@ def timed_sources(sandbox) -> list[tuple[str, dict]]:
     return out
 
 
-def raw_rows(client: PendoClient, source: str, first_ms: int, last_ms: int, period: str = "dayRange") -> list[dict]:
-    """The sandbox's rows of every app for [first_ms, last_ms) that have an account (the sync reads no others),
-    asked for directly."""
+def raw_rows(client: PendoClient, source: str, first_ms: int, last_ms: int,
+             period: str = "dayRange") -> list[dict]:
+    """The sandbox's rows of every app for [first_ms, last_ms) that have an account (the sync reads no
+    others), asked for directly."""
     return client.aggregate([{"source": {source: {"appId": 'expandAppIds("*")'},
-                                         "timeSeries": {"period": period, "first": first_ms, "last": last_ms}}},
+                                         "timeSeries": {"period": period, "first": first_ms,
+                                                        "last": last_ms}}},
                              {"filter": "!isNull(accountId)"}])
 
 
@@ -83,7 +86,8 @@ def test_the_partitions_are_days_of_the_subscriptions_zone():
 
 
 def test_each_requests_first_is_the_local_midnight_of_its_first_day_in_epoch_ms(con, pendo_client,
-                                                                                config_no_identity, clean_sandbox):
+                                                                                config_no_identity,
+                                                                                clean_sandbox):
     first, last = date(2026, 10, 20), date(2026, 11, 25)  # 37 days: two slices, the second across the DST end
 
     extract_days(con, pendo_client, config_no_identity, first, last, zone=ZONE)
@@ -111,7 +115,8 @@ def test_day_values_are_read_as_days_of_the_subscriptions_zone(con, pendo_client
         expected[local_day_of(row["day"], ZONE)] += row["numEvents"]
     staged = dict(con.execute("SELECT day, sum(events) FROM pendo_visitor_days GROUP BY day").fetchall())
     assert staged == dict(expected) and len(staged) == 7
-    bounds = con.execute("SELECT day, timezone, day_start_ms, day_end_ms FROM pendo_staged_days ORDER BY day").fetchall()
+    bounds = con.execute("SELECT day, timezone, day_start_ms, day_end_ms FROM pendo_staged_days "
+                         "ORDER BY day").fetchall()
     assert [(d, tz, s, e) for d, tz, s, e in bounds] == [
         (first + timedelta(days=n), "America/New_York", local_midnight_ms(first + timedelta(days=n), ZONE),
          local_midnight_ms(first + timedelta(days=n + 1), ZONE)) for n in range(7)]
@@ -121,16 +126,19 @@ def test_day_values_are_read_as_days_of_the_subscriptions_zone(con, pendo_client
 def test_a_dst_day_of_23_or_25_hours_is_staged_whole(con, pendo_client, config_no_identity, day, hours):
     start, end = local_midnight_ms(day, ZONE), local_midnight_ms(day + timedelta(days=1), ZONE)
 
-    extract_days(con, pendo_client, config_no_identity, day - timedelta(days=1), day + timedelta(days=1), zone=ZONE)
+    extract_days(con, pendo_client, config_no_identity, day - timedelta(days=1), day + timedelta(days=1),
+                 zone=ZONE)
 
     assert con.execute("SELECT day_end_ms - day_start_ms FROM pendo_staged_days WHERE day = ?", [day]
                        ).fetchone()[0] == hours * HOUR
     in_its_hours = sum(r["numEvents"] for r in raw_rows(pendo_client, "events", start, end, "hourRange"))
-    assert con.execute("SELECT sum(events) FROM pendo_visitor_days WHERE day = ?", [day]).fetchone()[0] == in_its_hours > 0
+    assert con.execute("SELECT sum(events) FROM pendo_visitor_days WHERE day = ?",
+                       [day]).fetchone()[0] == in_its_hours > 0
     everything = sum(r["numEvents"] for r in raw_rows(
         pendo_client, "events", local_midnight_ms(day - timedelta(days=1), ZONE),
         local_midnight_ms(day + timedelta(days=2), ZONE), "hourRange"))
-    assert con.execute("SELECT sum(events) FROM pendo_visitor_days").fetchone()[0] == everything  # no hour lost
+    # no hour lost
+    assert con.execute("SELECT sum(events) FROM pendo_visitor_days").fetchone()[0] == everything
 
 
 # ------------------------------------------------------------------------------------------- zone mismatch
@@ -138,7 +146,8 @@ def test_a_dst_day_of_23_or_25_hours_is_staged_whole(con, pendo_client, config_n
 
 def test_a_subscription_in_another_zone_than_pendo_timezone_is_refused_and_nothing_is_staged(
         con, pendo_in_zone, config_no_identity):
-    client = PendoClient(pendo_in_zone("Europe/Berlin"), SANDBOX_PENDO_INTEGRATION_KEY)  # the setting says New York
+    # the setting says New York
+    client = PendoClient(pendo_in_zone("Europe/Berlin"), SANDBOX_PENDO_INTEGRATION_KEY)
 
     with pytest.raises(TimeZoneMismatchError) as raised:
         extract_days(con, client, config_no_identity, yesterday() - timedelta(days=2), yesterday(), zone=ZONE)
@@ -170,8 +179,10 @@ def test_the_same_zone_on_both_sides_reads_berlin_days(con, pendo_in_zone, confi
     client.close()
 
 
-def test_a_run_against_a_subscription_in_another_zone_fails_naming_the_setting(resources, home, pendo_in_zone):
-    resources["pendo"] = PendoResource(base_url=pendo_in_zone("Asia/Tokyo"), integration_key=SANDBOX_PENDO_INTEGRATION_KEY)
+def test_a_run_against_a_subscription_in_another_zone_fails_naming_the_setting(resources, home,
+                                                                              pendo_in_zone):
+    resources["pendo"] = PendoResource(base_url=pendo_in_zone("Asia/Tokyo"),
+                                       integration_key=SANDBOX_PENDO_INTEGRATION_KEY)
 
     result = rerun_day(resources, yesterday() - timedelta(days=1))
 
@@ -186,18 +197,21 @@ def test_a_run_against_a_subscription_in_another_zone_fails_naming_the_setting(r
 
 
 def test_a_day_that_has_not_ended_settle_hours_ago_is_neither_requested_nor_staged(con, pendo_client,
-                                                                                   config_no_identity, clean_sandbox):
-    now = datetime(2026, 11, 10, 1, 30, tzinfo=ZONE)  # 01:30: the 9th ended 1.5 h ago, less than settle_hours (2)
+                                                                                   config_no_identity,
+                                                                                   clean_sandbox):
+    # 01:30: the 9th ended 1.5 h ago, less than settle_hours (2)
+    now = datetime(2026, 11, 10, 1, 30, tzinfo=ZONE)
 
-    report = extract_days(con, pendo_client, config_no_identity, date(2026, 11, 8), date(2026, 11, 10), zone=ZONE,
-                          now=now)
+    report = extract_days(con, pendo_client, config_no_identity, date(2026, 11, 8), date(2026, 11, 10),
+                          zone=ZONE, now=now)
 
     assert report.not_ended == [date(2026, 11, 9), date(2026, 11, 10)]
     assert con.execute("SELECT max(day) FROM pendo_staged_days").fetchone()[0] == date(2026, 11, 8)
     assert {ts["count"] for _, ts in timed_sources(clean_sandbox)} == {1}  # only the 8th was asked for
 
 
-def test_settle_hours_counts_from_the_end_of_the_local_day(con, pendo_client, config_no_identity, clean_sandbox):
+def test_settle_hours_counts_from_the_end_of_the_local_day(con, pendo_client, config_no_identity,
+                                                           clean_sandbox):
     day = yesterday() - timedelta(days=3)
     end = datetime.fromtimestamp(local_midnight_ms(day + timedelta(days=1), ZONE) / 1000, UTC)
 
@@ -210,7 +224,8 @@ def test_settle_hours_counts_from_the_end_of_the_local_day(con, pendo_client, co
     assert (settled.not_ended, settled.days) == ([], 1)
 
 
-def test_a_partition_not_yet_settled_fails_the_run_saying_when_it_can_be_read(resources, home, health_config_file):
+def test_a_partition_not_yet_settled_fails_the_run_saying_when_it_can_be_read(resources, home,
+                                                                             health_config_file):
     write_config(health_config_file, {"settle_hours = 2": "settle_hours = 48"})
 
     result = rerun_day(resources, yesterday())
@@ -227,7 +242,8 @@ def test_a_range_run_stages_its_settled_days_and_leaves_the_unsettled_ones_missi
                                                                                    health_config_file):
     write_config(health_config_file, {"settle_hours = 2": "settle_hours = 48"})
     settled = last_settled_day(ZONE, 48)
-    first, last = settled - timedelta(days=2), settled + timedelta(days=2)  # the newest two are not readable yet
+    # the newest two are not readable yet
+    first, last = settled - timedelta(days=2), settled + timedelta(days=2)
     instance = dg.DagsterInstance.ephemeral()
 
     result = backfill(resources, 5, last=last, instance=instance, selection=[pendo.USAGE_KEY])
@@ -255,7 +271,8 @@ def test_an_empty_completed_day_is_staged_and_a_missing_answer_is_not(con, clean
     with pytest.raises(ExtractError, match="HTTP 503"):
         extract_days(con, client, config_no_identity, date(2021, 1, 1), date(2021, 1, 1), zone=ZONE)
 
-    assert con.execute("SELECT day, visitor_rows, timezone FROM pendo_staged_days ORDER BY day").fetchall() == [
+    assert con.execute("SELECT day, visitor_rows, timezone FROM pendo_staged_days "
+                       "ORDER BY day").fetchall() == [
         (empty[0], 0, "America/New_York"), (empty[1], 0, "America/New_York")]
     assert missing_window_days(con, date(2021, 1, 1), 3, ZONE.key, "*") == [date(2021, 1, 1)]
     client.close()
@@ -276,12 +293,13 @@ def answering_no_usage(client: PendoClient) -> PendoClient:
 
 def test_days_answered_empty_after_days_with_usage_are_not_staged(con, pendo_client, config_no_identity):
     last = yesterday()
-    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=5), last - timedelta(days=3), zone=ZONE)
+    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=5), last - timedelta(days=3),
+                 zone=ZONE)
     before = con.execute("SELECT day, visitor_rows FROM pendo_staged_days ORDER BY day").fetchall()
 
     with pytest.raises(EmptyDaysError, match="Pendo may be re-processing") as raised:
-        extract_days(con, answering_no_usage(pendo_client), config_no_identity, last - timedelta(days=3), last,
-                     zone=ZONE)
+        extract_days(con, answering_no_usage(pendo_client), config_no_identity, last - timedelta(days=3),
+                     last, zone=ZONE)
 
     assert "allow_empty_days" in str(raised.value) and "Nothing of these days was staged" in str(raised.value)
     assert con.execute("SELECT day, visitor_rows FROM pendo_staged_days ORDER BY day").fetchall() == before
@@ -289,10 +307,11 @@ def test_days_answered_empty_after_days_with_usage_are_not_staged(con, pendo_cli
 
 def test_allow_empty_days_stages_days_answered_empty(con, pendo_client, config_no_identity):
     last = yesterday()
-    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=5), last - timedelta(days=3), zone=ZONE)
+    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=5), last - timedelta(days=3),
+                 zone=ZONE)
 
-    report = extract_days(con, answering_no_usage(pendo_client), config_no_identity, last - timedelta(days=2), last,
-                          zone=ZONE, allow_empty_days=True)
+    report = extract_days(con, answering_no_usage(pendo_client), config_no_identity,
+                          last - timedelta(days=2), last, zone=ZONE, allow_empty_days=True)
 
     assert (report.days, report.visitor_rows) == (3, 0)
     assert con.execute("SELECT count(*) FROM pendo_staged_days WHERE day > ? AND visitor_rows = 0",
@@ -308,7 +327,8 @@ class EmptyPendoResource(PendoResource):
 def test_a_run_refuses_days_answered_empty_unless_allow_empty_days(resources, home, clean_sandbox):
     assert backfill(resources, 3, last=yesterday() - timedelta(days=1), selection=[pendo.USAGE_KEY]).success
     resources["pendo"] = EmptyPendoResource(base_url=f"{clean_sandbox.url}/pendo",
-                                            integration_key=SANDBOX_PENDO_INTEGRATION_KEY, retry_backoff_seconds=0.01)
+                                            integration_key=SANDBOX_PENDO_INTEGRATION_KEY,
+                                            retry_backoff_seconds=0.01)
 
     refused = rerun_day(resources, yesterday(), selection=[pendo.USAGE_KEY])
 
@@ -332,7 +352,8 @@ CREATE TABLE pendo_visitor_days (day DATE NOT NULL, account_id VARCHAR NOT NULL,
 CREATE TABLE pendo_feature_days (day DATE NOT NULL, account_id VARCHAR NOT NULL, feature_id VARCHAR NOT NULL,
                                  events BIGINT NOT NULL, visitors BIGINT);
 CREATE TABLE pendo_staged_days (day DATE NOT NULL, staged_at TIMESTAMPTZ NOT NULL, run_id VARCHAR,
-                                visitor_rows BIGINT NOT NULL, feature_rows BIGINT NOT NULL, poll_rows BIGINT NOT NULL);
+                                visitor_rows BIGINT NOT NULL, feature_rows BIGINT NOT NULL,
+                                poll_rows BIGINT NOT NULL);
 CREATE TABLE pendo_features (feature_id VARCHAR NOT NULL, name VARCHAR, extracted_at TIMESTAMPTZ NOT NULL);
 """
 
@@ -346,8 +367,8 @@ def stage_as_before(con, pendo_client, first: date, last: date) -> None:
     per_day: dict[tuple, int] = defaultdict(int)
     for row in rows:
         if row["accountId"]:
-            per_day[(datetime.fromtimestamp(row["hour"] / 1000, UTC).date(), row["accountId"], row["visitorId"])] += \
-                row["numEvents"]
+            per_day[(datetime.fromtimestamp(row["hour"] / 1000, UTC).date(), row["accountId"],
+                     row["visitorId"])] += row["numEvents"]
     con.executemany("INSERT INTO pendo_visitor_days VALUES (?, ?, ?, ?, ?)",
                     [[*key, events, events] for key, events in per_day.items()])
     con.executemany("INSERT INTO pendo_staged_days VALUES (?, now(), 'utc-run', 0, 0, 0)",
@@ -361,15 +382,18 @@ def test_days_staged_under_utc_count_as_missing_until_re_read_and_re_reading_rep
     ensure_schema(con)  # the files of the UTC days gain the new columns
 
     assert missing_window_days(con, last, 5, ZONE.key, "*") == [first + timedelta(days=n) for n in range(5)]
-    assert days_staged_otherwise(con, [last], ZONE.key, "*") == [(last, "as days of UTC for the default app only")]
+    assert days_staged_otherwise(con, [last], ZONE.key, "*") == [
+        (last, "as days of UTC for the default app only")]
 
     extract_days(con, pendo_client, config_no_identity, first, last, zone=ZONE)
 
     fresh = duckdb.connect(str(tmp_path / "fresh.duckdb"))
     extract_days(fresh, pendo_client, config_no_identity, first, last, zone=ZONE)
-    totals = "SELECT day, count(*), sum(events), sum(minutes) FROM pendo_visitor_days GROUP BY day ORDER BY day"
+    totals = ("SELECT day, count(*), sum(events), sum(minutes) FROM pendo_visitor_days "
+              "GROUP BY day ORDER BY day")
     assert con.execute(totals).fetchall() == fresh.execute(totals).fetchall()  # replaced, never added to
-    assert con.execute("SELECT day, count(*), any_value(timezone) FROM pendo_staged_days GROUP BY day ORDER BY day"
+    assert con.execute("SELECT day, count(*), any_value(timezone) FROM pendo_staged_days "
+                       "GROUP BY day ORDER BY day"
                        ).fetchall() == [(first + timedelta(days=n), 1, "America/New_York") for n in range(5)]
     assert missing_window_days(con, last, 5, ZONE.key, "*") == []
     fresh.close()
@@ -420,8 +444,8 @@ def test_days_staged_under_utc_are_not_added_into_a_partial_window_score(resourc
 
 
 @pytest.mark.slow
-def test_the_default_scoring_day_is_the_newest_day_staged_in_the_zone(resources, home, clean_sandbox, pendo_client,
-                                                                       health_config_file):
+def test_the_default_scoring_day_is_the_newest_day_staged_in_the_zone(resources, home, clean_sandbox,
+                                                                       pendo_client, health_config_file):
     write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})
     last = yesterday()
     staging_file(home).parent.mkdir(parents=True, exist_ok=True)
@@ -439,8 +463,10 @@ def test_the_default_scoring_day_is_the_newest_day_staged_in_the_zone(resources,
 # ------------------------------------------------------------------------------------ the setting itself
 
 
-@pytest.mark.parametrize("name", ["America/New_York", "Europe/Berlin", "Asia/Tokyo", "UTC", " Australia/Sydney ",
-                                  "America/Caracas", "Asia/Pyongyang"])  # half-hour once, whole-hour since 2016/2018
+@pytest.mark.parametrize("name", ["America/New_York", "Europe/Berlin", "Asia/Tokyo", "UTC",
+                                  " Australia/Sydney ",
+                                  # half-hour once, whole-hour since 2016/2018
+                                  "America/Caracas", "Asia/Pyongyang"])
 def test_whole_hour_zones_are_accepted(name):
     assert subscription_zone(name).key == name.strip()
     assert subscription_zone(name, since=date.fromisoformat(pendo.PARTITIONS_START)).key == name.strip()
@@ -462,7 +488,8 @@ def test_a_zone_whole_hour_since_the_partitions_start_loads_the_definitions(tmp_
     assert loaded.stdout.split() == ["America/Caracas"]
 
 
-def test_the_sandbox_serves_a_subscription_in_a_zone_that_was_half_hour_once(con, pendo_in_zone, config_no_identity):
+def test_the_sandbox_serves_a_subscription_in_a_zone_that_was_half_hour_once(con, pendo_in_zone,
+                                                                             config_no_identity):
     caracas = ZoneInfo("America/Caracas")
     client = PendoClient(pendo_in_zone("America/Caracas"), SANDBOX_PENDO_INTEGRATION_KEY)
     last = yesterday() - timedelta(days=1)
@@ -488,7 +515,8 @@ def test_a_zone_pendo_cannot_have_is_refused_naming_the_setting(name, problem):
 
 @pytest.mark.slow
 def test_a_bad_zone_stops_the_definitions_loading_naming_the_setting(tmp_path):
-    loaded = load_pendo_sync("print(pendo.TIMEZONE)", PENDO_TIMEZONE="Asia/Kolkata", SEGMENT_OPS_HOME=str(tmp_path))
+    loaded = load_pendo_sync("print(pendo.TIMEZONE)", PENDO_TIMEZONE="Asia/Kolkata",
+                             SEGMENT_OPS_HOME=str(tmp_path))
 
     assert loaded.returncode != 0
     assert "PendoSettingError: PENDO_TIMEZONE: Asia/Kolkata has the UTC offset +05:30" in loaded.stderr
@@ -496,7 +524,8 @@ def test_a_bad_zone_stops_the_definitions_loading_naming_the_setting(tmp_path):
 
 @pytest.mark.slow
 def test_another_whole_hour_zone_moves_the_partitions_and_the_schedule(tmp_path):
-    loaded = load_pendo_sync("print(pendo.PARTITIONS.timezone, pendo.pendo_daily_schedule.execution_timezone)",
+    loaded = load_pendo_sync("print(pendo.PARTITIONS.timezone, "
+                             "pendo.pendo_daily_schedule.execution_timezone)",
                              PENDO_TIMEZONE="Asia/Tokyo", SEGMENT_OPS_HOME=str(tmp_path))
 
     assert loaded.returncode == 0, loaded.stderr
@@ -506,7 +535,8 @@ def test_another_whole_hour_zone_moves_the_partitions_and_the_schedule(tmp_path)
 def load_pendo_sync(code: str, **env: str) -> subprocess.CompletedProcess:
     """Import the Pendo sync (as loading the definitions does) in a fresh interpreter with `env` set."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PENDO_", "SEGMENT_OPS_"))}
-    return subprocess.run([sys.executable, "-c", f"from segment_ops.syncs.pendo import defs as pendo; {code}"],
+    return subprocess.run([sys.executable, "-c",
+                           f"from segment_ops.syncs.pendo import defs as pendo; {code}"],
                           capture_output=True, text=True, timeout=120, env={**clean, **env})
 
 
@@ -514,10 +544,11 @@ def load_pendo_sync(code: str, **env: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("settle_hours", "cron"), [(2, "0 3 * * *"), (5, "0 6 * * *"), (22, "0 23 * * *"),
                                                     (30, "0 23 * * *")])
 def test_the_schedule_runs_an_hour_after_settle_hours(tmp_path, settle_hours, cron):
-    config = write_config(tmp_path / "pendo_health.toml", {"settle_hours = 2": f"settle_hours = {settle_hours}"})
+    config = write_config(tmp_path / "pendo_health.toml",
+                          {"settle_hours = 2": f"settle_hours = {settle_hours}"})
 
-    loaded = load_pendo_sync("print(pendo.pendo_daily_schedule.cron_schedule)", PENDO_HEALTH_CONFIG=str(config),
-                             SEGMENT_OPS_HOME=str(tmp_path))
+    loaded = load_pendo_sync("print(pendo.pendo_daily_schedule.cron_schedule)",
+                             PENDO_HEALTH_CONFIG=str(config), SEGMENT_OPS_HOME=str(tmp_path))
 
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == cron
