@@ -25,12 +25,14 @@ def segment(sandbox, write_key: str = SANDBOX_SEGMENT_WRITE_KEY) -> SegmentTrack
 
 
 def store(inbox: Inbox, task: str, number: int, total: int, at: datetime, add=(), remove=()) -> None:
-    inbox.store(SyncPage(task, number, total, POWER_USERS, "Power Users", tuple(add), tuple(remove)), received_at=at)
+    inbox.store(SyncPage(task, number, total, POWER_USERS, "Power Users", tuple(add), tuple(remove)),
+                received_at=at)
 
 
 def run_webhook(con, audiences, inbox: Inbox, warehouse: Path, sandbox, **kwargs):
     return sync_audience(con, audiences, audiences.by_segment(POWER_USERS), route="webhook", inbox=inbox,
-                         warehouse_url=f"duckdb:///{warehouse}", client_factory=segment(sandbox).get_client, **kwargs)
+                         warehouse_url=f"duckdb:///{warehouse}", client_factory=segment(sandbox).get_client,
+                         **kwargs)
 
 
 def members(con) -> dict[str, bool]:
@@ -92,13 +94,16 @@ def test_a_run_segment_does_not_accept_leaves_the_syncs_unprocessed(con, audienc
     assert [(s.sync_task_id, s.done) for s in inbox.syncs()] == [("sync-a", False)]
 
 
-def test_heap_connect_synced_at_without_a_zone_is_read_as_utc(con, audiences, ops_env, warehouse, clean_sandbox):
+def test_heap_connect_synced_at_without_a_zone_is_read_as_utc(con, audiences, ops_env, warehouse,
+                                                              clean_sandbox):
     # Like Snowflake TIMESTAMP_NTZ: the column holds UTC wall-clock times with no zone.
     edit_warehouse(warehouse, "CREATE TABLE main_production.members_ntz AS SELECT m.segment_id, u.identity, "
-                              "TIMESTAMP '2025-03-01 12:00:00' AS synced_at FROM main_production.segment_members m "
+                              "TIMESTAMP '2025-03-01 12:00:00' AS synced_at "
+                              "FROM main_production.segment_members m "
                               "JOIN main_production.users u USING (user_id)")
     con.execute("SET TimeZone = 'America/New_York'")  # a machine whose local zone is not UTC
-    naive = replace(audiences, members_query="SELECT segment_id, identity, synced_at FROM main_production.members_ntz")
+    naive = replace(audiences,
+                    members_query="SELECT segment_id, identity, synced_at FROM main_production.members_ntz")
 
     sync_audience(con, naive, naive.by_segment(POWER_USERS), route="reconcile", inbox=Inbox.for_home(ops_env),
                   warehouse_url=f"duckdb:///{warehouse}", client_factory=segment(clean_sandbox).get_client)

@@ -1,5 +1,5 @@
-"""The sandbox plays Heap: paged segment-sync deltas and drains, signed as Heap's reference generator signs them,
-pushed on demand or on an interval, retried."""
+"""The sandbox plays Heap: paged segment-sync deltas and drains, signed as Heap's reference generator signs
+them, pushed on demand or on an interval, retried."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ class FlakyReceiver:
             self.seen += 1
             if self.seen <= self.failures:
                 return JSONResponse({"error": "busy"}, 503)
-            self.signatures.append(verify(request.headers.get("heap-hash"), body, [SANDBOX_HEAP_WEBHOOK_SECRET]))
+            self.signatures.append(verify(request.headers.get("heap-hash"), body,
+                                          [SANDBOX_HEAP_WEBHOOK_SECRET]))
             self.headers.append(request.headers.get("heap-hash"))
             self.bodies.append(body)
             return JSONResponse({"stored": True})
@@ -41,7 +42,8 @@ class FlakyReceiver:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
-        self.server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", handle, methods=["POST"])]),
+        self.server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", handle,
+                                                                            methods=["POST"])]),
                                                     log_config=None, lifespan="off", log_level="warning"))
         threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True).start()
         wait_for(lambda: self.server.started)
@@ -72,7 +74,8 @@ def test_a_first_push_adds_every_member_in_signed_pages(clean_sandbox, flaky):
 
     assert (sync["adds"], sync["removes"], sync["total_pages"]) == (len(members), 0, pages(len(members), 10))
     bodies = [orjson.loads(b) for b in receiver.bodies]
-    assert sorted(p["data"]["sync_info"]["page_number"] for p in bodies) == list(range(1, sync["total_pages"] + 1))
+    assert (sorted(p["data"]["sync_info"]["page_number"] for p in bodies)
+            == list(range(1, sync["total_pages"] + 1)))
     assert {p["data"]["sync_info"]["sync_task_id"] for p in bodies} == {sync["sync_task_id"]}
     assert all(p["action_type"] == "segment.users.sync" for p in bodies)
     assert sorted(entry["id"] for p in bodies for entry in p["data"]["add"]) == members
@@ -199,4 +202,5 @@ def test_an_unknown_time_adjust_is_refused(clean_sandbox, flaky):
 
     response = httpx.post(f"{clean_sandbox.url}/__sandbox__/heap/push", json={"time_adjust": "yesterday"})
 
-    assert response.status_code == 400 and "time_adjust must be one of now, past, future" in response.json()["error"]
+    assert (response.status_code == 400
+            and "time_adjust must be one of now, past, future" in response.json()["error"])
