@@ -1,5 +1,6 @@
-"""The Pendo account-health sync as Dagster runs it, end to end against the sandbox: Pendo -> DuckDB staging
--> score -> Segment group calls. These are the issue's "Done when" lines, one test each, plus the UI surface."""
+"""The Pendo account-health sync as Dagster runs it, end to end against the sandbox: Pendo -> DuckDB
+staging -> score -> Segment group calls. These are the issue's "Done when" lines, one test each, plus the UI
+surface."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def test_rerunning_a_day_changes_nothing_downstream(resources, home, clean_sandb
     again = rerun_day(resources, day)
 
     assert again.success
-    assert query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day = ?", [day]) == rows_before
+    assert query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day = ?",
+                 [day]) == rows_before
     assert query(home, "SELECT * FROM pendo_account_health ORDER BY account_id") == scores_before
     groups = metadata(again, pendo.GROUPS_KEY)
     assert (groups["sent"], groups["unchanged"], groups["delivered"]) == (0, PENDO_ACCOUNTS, 0)
@@ -82,9 +84,11 @@ def test_rerunning_a_day_changes_nothing_downstream(resources, home, clean_sandb
 
 
 @pytest.mark.slow
-def test_an_account_whose_usage_drops_changes_band_and_sends_exactly_one_group_call(resources, home, clean_sandbox):
+def test_an_account_whose_usage_drops_changes_band_and_sends_exactly_one_group_call(resources, home,
+                                                                                    clean_sandbox):
     assert backfill(resources, 30).success
-    [(account, band_before)] = query(home, "SELECT account_id, band FROM pendo_account_health WHERE band = 'healthy' "
+    [(account, band_before)] = query(home, "SELECT account_id, band FROM pendo_account_health "
+                                           "WHERE band = 'healthy' "
                                            "ORDER BY score DESC, account_id LIMIT 1")
     calls_before = len(group_calls(clean_sandbox))
     clean_sandbox.pendo_usage_drop(account, str(yesterday() - timedelta(days=29)))
@@ -92,7 +96,8 @@ def test_an_account_whose_usage_drops_changes_band_and_sends_exactly_one_group_c
     again = backfill(resources, 30)
 
     assert again.success
-    [(band_after, reasons)] = query(home, "SELECT band, reasons FROM pendo_account_health WHERE account_id = ?",
+    [(band_after, reasons)] = query(home,
+                                    "SELECT band, reasons FROM pendo_account_health WHERE account_id = ?",
                                     [account])
     assert band_before == "healthy" and band_after == "critical" and reasons
     assert metadata(again, pendo.GROUPS_KEY)["delivered"] == 1
@@ -119,10 +124,12 @@ def test_a_429_storm_slows_the_run_but_loses_nothing(resources, home, clean_sand
     con = duckdb.connect(":memory:")
     client = PendoClient(f"{calm.url}/pendo", SANDBOX_PENDO_INTEGRATION_KEY)
     try:
-        extract_days(con, client, load_health_config(), yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
+        extract_days(con, client, load_health_config(), yesterday() - timedelta(days=29), yesterday(),
+                     zone=ZONE)
     finally:
         client.close()
-    assert con.execute("SELECT count(*), sum(events), sum(minutes) FROM pendo_visitor_days").fetchall() == staged
+    assert con.execute("SELECT count(*), sum(events), sum(minutes) "
+                       "FROM pendo_visitor_days").fetchall() == staged
     assert len({m["groupId"] for m in group_calls(clean_sandbox)}) == PENDO_ACCOUNTS
 
 
@@ -150,7 +157,8 @@ def test_a_dry_run_plans_and_sends_nothing(resources, home, clean_sandbox):
     assert backfill(resources, 30, selection=[pendo.USAGE_KEY, pendo.HEALTH_KEY]).success
 
     result = dg.materialize(ASSETS, selection=[pendo.GROUPS_KEY], resources=resources,
-                            run_config={"ops": {"segment__pendo_account_groups": {"config": {"dry_run": True}}}})
+                            run_config={"ops": {"segment__pendo_account_groups": {
+                                "config": {"dry_run": True}}}})
 
     assert result.success
     meta = metadata(result, pendo.GROUPS_KEY)
@@ -178,7 +186,8 @@ def test_every_asset_says_what_it_is_in_the_ui():
         assert asset.op.pool == pendo.POOL
     assert "segment" in next(iter(pendo.pendo_account_groups.specs)).kinds
     usage = next(iter(pendo.account_usage_daily.specs))
-    assert usage.partitions_def == pendo.PARTITIONS and usage.deps[0].asset_key == dg.AssetKey(["pendo", "accounts"])
+    assert usage.partitions_def == pendo.PARTITIONS and usage.deps[0].asset_key == dg.AssetKey(
+        ["pendo", "accounts"])
     assert pendo.account_usage_daily.backfill_policy == dg.BackfillPolicy.single_run()
 
 
@@ -189,16 +198,19 @@ def test_the_daily_schedule_is_stopped_and_rereads_the_last_three_days_in_one_ru
     schedule = definitions.resolve_schedule_def("pendo_daily_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.job_name == pendo.JOB_NAME
-    context = dg.build_schedule_context(scheduled_execution_time=pendo.PARTITIONS.time_window_for_partition_key(
-        "2026-06-10").end + timedelta(hours=3))
+    context = dg.build_schedule_context(
+        scheduled_execution_time=pendo.PARTITIONS.time_window_for_partition_key("2026-06-10").end
+        + timedelta(hours=3))
     [request] = list(schedule.evaluate_tick(context).run_requests)
     assert request.partition_key is None
-    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == (
         "2026-06-08", "2026-06-10")
 
 
 @pytest.mark.slow
-def test_a_range_run_like_the_schedules_restages_the_three_days_and_sends_nothing_new(resources, home, clean_sandbox):
+def test_a_range_run_like_the_schedules_restages_the_three_days_and_sends_nothing_new(resources, home,
+                                                                                      clean_sandbox):
     assert backfill(resources, 30).success
     sent = clean_sandbox.stats()["segment"]["received"]
 
@@ -236,7 +248,8 @@ def test_with_allow_partial_window_a_missing_day_only_warns_and_the_sync_sends(r
 
 
 @pytest.mark.slow
-def test_a_partial_drop_over_a_60_day_backfill_lowers_the_trend_and_sends_one_call(resources, home, clean_sandbox):
+def test_a_partial_drop_over_a_60_day_backfill_lowers_the_trend_and_sends_one_call(resources, home,
+                                                                                   clean_sandbox):
     assert backfill(resources, 60).success
     [(account, score_before)] = query(home, "SELECT account_id, score FROM pendo_account_health "
                                             "WHERE band = 'healthy' ORDER BY score, account_id LIMIT 1")
@@ -266,5 +279,7 @@ def test_rerunning_a_day_after_pendo_changed_it_replaces_that_days_rows(resource
 
     assert query(home, "SELECT count(*) FROM pendo_visitor_days WHERE day = ? AND account_id = ?",
                  [day, account]) == [(0,)]
-    assert query(home, "SELECT count(*) FROM pendo_visitor_days WHERE day = ? AND account_id <> ?", [day, account])[0][0]
-    assert query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day <> ?", [day]) == other_days
+    assert query(home, "SELECT count(*) FROM pendo_visitor_days WHERE day = ? AND account_id <> ?",
+                 [day, account])[0][0]
+    assert query(home, "SELECT count(*), sum(events) FROM pendo_visitor_days WHERE day <> ?",
+                 [day]) == other_days

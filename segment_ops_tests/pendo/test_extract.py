@@ -1,4 +1,5 @@
-"""Extracting Pendo usage into the staging file: slices, day replacement, entities, rejections and failures."""
+"""Extracting Pendo usage into the staging file: slices, day replacement, entities, rejections and
+failures."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_every_day_of_the_range_is_staged_with_its_usage(con, pendo_client, conf
     visitors, accounts = con.execute(
         "SELECT count(*), count(DISTINCT account_id) FROM pendo_visitor_days").fetchone()
     assert visitors == report.visitor_rows > 0 and accounts > 5
-    daily = con.execute("SELECT day, account_id, active_visitors, events, features_used FROM pendo_account_usage_daily "
+    daily = con.execute("SELECT day, account_id, active_visitors, events, features_used "
+                        "FROM pendo_account_usage_daily "
                         "WHERE events > 0 ORDER BY day, account_id LIMIT 1").fetchone()
     assert daily[2] > 0 and daily[3] > 0 and daily[4] > 0
 
@@ -44,9 +46,11 @@ def test_every_day_of_the_range_is_staged_with_its_usage(con, pendo_client, conf
 def test_rerunning_a_day_replaces_it_and_leaves_the_other_days_alone(con, pendo_client, config_no_identity):
     last = yesterday()
     extract_days(con, pendo_client, config_no_identity, last - timedelta(days=2), last, zone=ZONE)
-    before = con.execute("SELECT day, count(*), sum(events) FROM pendo_visitor_days GROUP BY day ORDER BY day").fetchall()
+    before = con.execute("SELECT day, count(*), sum(events) FROM pendo_visitor_days "
+                         "GROUP BY day ORDER BY day").fetchall()
 
-    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=1), last - timedelta(days=1), zone=ZONE)
+    extract_days(con, pendo_client, config_no_identity, last - timedelta(days=1), last - timedelta(days=1),
+                 zone=ZONE)
 
     assert con.execute("SELECT day, count(*), sum(events) FROM pendo_visitor_days GROUP BY day ORDER BY day"
                        ).fetchall() == before
@@ -73,20 +77,25 @@ class CraftedPendo:
     def aggregate(self, pipeline, *, name=None, on_retry=None):
         source = next(iter(pipeline[0]["source"]))
         if source == "accounts":
-            return [{"accountId": "acme", "name": "Acme", "seats": "lots"}, {"accountId": "", "name": "ghost"}]
+            return [{"accountId": "acme", "name": "Acme", "seats": "lots"},
+                    {"accountId": "", "name": "ghost"}]
         if source == "events":
             return [
                 {"accountId": "acme", "visitorId": "u1", "day": self.day_ms, "numEvents": 5, "numMinutes": 3},
                 {"accountId": "acme", "visitorId": "u1", "day": self.day_ms, "numEvents": 2, "numMinutes": 1},
                 {"accountId": "acme", "visitorId": None, "day": self.day_ms, "numEvents": 5, "numMinutes": 3},
-                {"accountId": "acme", "visitorId": "u2", "day": self.day_ms, "numEvents": -4, "numMinutes": 3},
+                {"accountId": "acme", "visitorId": "u2", "day": self.day_ms, "numEvents": -4,
+                 "numMinutes": 3},
                 {"accountId": "acme", "visitorId": "u3", "day": self.day_ms + 5 * 86_400_000, "numEvents": 1,
                  "numMinutes": 1},
             ]
         if source == "featureEvents":
-            return [{"accountId": "acme", "day": self.day_ms, "featureId": "f1", "numEvents": 3, "visitors": 1}]
-        return [{"accountId": "acme", "visitorId": "u1", "time": self.day_ms + 1000, "pollId": "p", "response": 11},
-                {"accountId": "acme", "visitorId": "u1", "time": self.day_ms + 2000, "pollId": "p", "response": 9}]
+            return [{"accountId": "acme", "day": self.day_ms, "featureId": "f1", "numEvents": 3,
+                     "visitors": 1}]
+        return [{"accountId": "acme", "visitorId": "u1", "time": self.day_ms + 1000, "pollId": "p",
+                 "response": 11},
+                {"accountId": "acme", "visitorId": "u1", "time": self.day_ms + 2000, "pollId": "p",
+                 "response": 9}]
 
     def features(self, *, on_retry=None):
         return [{"id": "f1", "name": "Export"}]
@@ -104,7 +113,8 @@ def test_rows_pendo_returns_that_cannot_be_used_are_rejected_with_the_reason(con
 
     report = extract_days(con, client, config_no_identity, day, day, zone=ZONE, run_id="r1")
 
-    assert con.execute("SELECT visitor_id, events, minutes FROM pendo_visitor_days").fetchall() == [("u1", 7, 4)]
+    assert con.execute("SELECT visitor_id, events, minutes FROM pendo_visitor_days").fetchall() == [
+        ("u1", 7, 4)]
     assert con.execute("SELECT response FROM pendo_poll_responses").fetchall() == [(9,)]
     assert con.execute("SELECT seats FROM pendo_accounts").fetchall() == [(None,)]
     reasons = dict(con.execute("SELECT source || ':' || record_key, reason FROM rejected WHERE sync = ? "
@@ -113,8 +123,8 @@ def test_rows_pendo_returns_that_cannot_be_used_are_rejected_with_the_reason(con
         "pendo accounts:": "account row without an accountId",
         "pendo events:acme/?/2026-05-04": "no visitorId",
         "pendo events:acme/u2/2026-05-04": "numEvents is -4, not a non-negative whole number",
-        "pendo events:acme/u3/?": f"day {client.day_ms + 5 * 86_400_000} (2026-05-09 04:00 UTC) is outside the "
-                                  "requested days",
+        "pendo events:acme/u3/?": f"day {client.day_ms + 5 * 86_400_000} (2026-05-09 04:00 UTC) "
+                                  "is outside the requested days",
         f"pendo pollEvents:acme/u1/{client.day_ms + 1000}": "NPS response 11 is not a whole number 0-10",
     }
     assert report.rejected == 5
@@ -142,7 +152,8 @@ def test_a_pendo_outage_mid_range_keeps_the_slices_already_staged(con, clean_san
         extract_days(con, client, config_no_identity, first, yesterday(), zone=ZONE)
 
     assert raised.value.report.slices == [(first, first + timedelta(days=29))]
-    assert con.execute("SELECT count(*), max(day) FROM pendo_staged_days").fetchone() == (30, first + timedelta(days=29))
+    assert con.execute("SELECT count(*), max(day) FROM pendo_staged_days").fetchone() == (
+        30, first + timedelta(days=29))
 
 
 def test_a_wrong_integration_key_is_an_auth_error(con, clean_sandbox, config_no_identity):
@@ -154,7 +165,8 @@ def test_a_wrong_integration_key_is_an_auth_error(con, clean_sandbox, config_no_
     assert raised.value.status == 403 and "not-the-key" not in str(raised.value)
 
 
-def test_responses_are_spooled_beside_the_staging_file_and_removed_afterwards(con, pendo_client, config_no_identity,
+def test_responses_are_spooled_beside_the_staging_file_and_removed_afterwards(con, pendo_client,
+                                                                              config_no_identity,
                                                                               tmp_path):
     report = extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=1), yesterday(),
                           zone=ZONE)

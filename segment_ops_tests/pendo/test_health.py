@@ -33,8 +33,9 @@ def config(tmp_path):
 
 
 def stage(con, *, accounts=(), visits=(), features=(), answers=(), feature_catalogue=8, days=WINDOW):
-    """Write staged tables: accounts (id, seats), visits (id, visitor, days_ago, events), features (id, n_features,
-    days_ago), answers (id, response, days_ago); the newest `days` days up to AS_OF count as staged."""
+    """Write staged tables: accounts (id, seats), visits (id, visitor, days_ago, events), features (id,
+    n_features, days_ago), answers (id, response, days_ago); the newest `days` days up to AS_OF count as
+    staged."""
     ensure_schema(con)
     for account_id, seats in accounts:
         con.execute("INSERT INTO pendo_accounts VALUES (?, ?, 'pro', ?, NULL, NULL, now())",
@@ -51,7 +52,8 @@ def stage(con, *, accounts=(), visits=(), features=(), answers=(), feature_catal
                     [AS_OF - timedelta(days=days_ago), account_id, response])
     con.executemany("INSERT INTO pendo_features VALUES (?, NULL, now(), NULL)",
                     [[f"feature{n}"] for n in range(feature_catalogue)])
-    con.executemany(f"INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, '{TZ}', NULL, NULL, '*')",
+    con.executemany(f"INSERT INTO pendo_staged_days VALUES (?, now(), 'test', 0, 0, 0, '{TZ}', NULL, NULL, "
+                    "'*')",
                     [[AS_OF - timedelta(days=n)] for n in range(days)])
 
 
@@ -111,7 +113,8 @@ def test_trend_compares_the_window_with_the_previous_one_once_both_are_staged(co
 
 
 def test_growing_usage_is_a_full_trend(con, config):
-    stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 300), ("acme", "u1", 40, 100)], days=2 * WINDOW)
+    stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 300), ("acme", "u1", 40, 100)],
+          days=2 * WINDOW)
 
     score(con, config)
 
@@ -120,7 +123,8 @@ def test_growing_usage_is_a_full_trend(con, config):
 
 def test_sentiment_is_the_average_nps_answer_of_the_sentiment_window(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 5)],
-          answers=[("acme", 4, 1), ("acme", 6, 80), ("acme", 10, 120)], days=121)  # answers count from staged days
+          # answers count from staged days
+          answers=[("acme", 4, 1), ("acme", 6, 80), ("acme", 10, 120)], days=121)
 
     score(con, config)
 
@@ -159,7 +163,8 @@ def test_a_recency_step_longer_than_the_window_is_refused(tmp_path):
 
 
 def test_without_a_seat_count_breadth_uses_the_accounts_known_users(con, config):
-    stage(con, accounts=[("acme", None)], visits=[("acme", "u1", 0, 5), ("acme", "u2", 45, 5)], days=2 * WINDOW)
+    stage(con, accounts=[("acme", None)], visits=[("acme", "u1", 0, 5), ("acme", "u2", 45, 5)],
+          days=2 * WINDOW)
 
     score(con, config)
 
@@ -204,7 +209,8 @@ def test_an_account_seen_only_in_usage_is_scored_too(con, config):
 
 
 def test_the_same_staged_data_always_gives_the_same_scores(con, config):
-    stage(con, accounts=[("a", 5), ("b", 3)], visits=[("a", "u1", 0, 5), ("a", "u2", 0, 5), ("b", "u3", 2, 7)],
+    stage(con, accounts=[("a", 5), ("b", 3)],
+          visits=[("a", "u1", 0, 5), ("a", "u2", 0, 5), ("b", "u3", 2, 7)],
           features=[("a", 3, 0), ("b", 2, 1)], answers=[("a", 8, 3)])
     score(con, config)
     first = con.execute("SELECT * FROM pendo_account_health ORDER BY account_id").fetchall()
@@ -251,7 +257,8 @@ def test_the_projects_config_loads():
     ("[reasons]", "[reasons]\nsize = 3", "unknown key 'size' in [reasons]"),
     ("require_mapping = false", "require_mapping = \"no\"", "require_mapping must be bool"),
     ("[bands]", "[band]", "unknown section [band]"),
-    ("query = \"SELECT", "csv = \"x.csv\"\nquery = \"SELECT", "[identity]: an identity source needs exactly one"),
+    ("query = \"SELECT", "csv = \"x.csv\"\nquery = \"SELECT",
+     "[identity]: an identity source needs exactly one"),
 ])
 def test_a_bad_config_is_refused_naming_the_file_and_the_problem(tmp_path, old, new, problem):
     path = write_config(tmp_path / "bad.toml", {old: new})
@@ -263,7 +270,8 @@ def test_a_bad_config_is_refused_naming_the_file_and_the_problem(tmp_path, old, 
 
 
 def test_breadth_and_recency_cannot_both_weigh_nothing(tmp_path):
-    path = write_config(tmp_path / "bad.toml", {"breadth = 0.30": "breadth = 0", "recency = 0.15": "recency = 0"})
+    path = write_config(tmp_path / "bad.toml",
+                        {"breadth = 0.30": "breadth = 0", "recency = 0.15": "recency = 0"})
 
     with pytest.raises(HealthConfigError, match="breadth or recency must be positive"):
         load_health_config(path)
