@@ -46,8 +46,9 @@ def receiver(ops_env: Path, stop_in_background) -> Iterator[RunningReceiver]:
 @pytest.fixture
 def heap(clean_sandbox, receiver):
     """The sandbox registered to push Power Users and Free Customers to the receiver, 10 ids a page."""
-    clean_sandbox.register_heap_webhook(receiver.heap_url, page_size=PAGE_SIZE, segments=[POWER_USERS, FREE_CUSTOMERS],
-                                        max_attempts=3, retry_initial_seconds=0.05)
+    clean_sandbox.register_heap_webhook(receiver.heap_url, page_size=PAGE_SIZE,
+                                        segments=[POWER_USERS, FREE_CUSTOMERS], max_attempts=3,
+                                        retry_initial_seconds=0.05)
     return clean_sandbox
 
 
@@ -149,8 +150,10 @@ def segment_stats(sandbox) -> tuple[int, int]:
     return stats.get("received", 0), stats.get("duplicates", 0)
 
 
-# The demo warehouse's Heap Connect membership with each member's Heap identity (see sandbox/heap/connect.py).
-MEMBERS = ("(SELECT m.segment_id, u.user_id, u.identity, u.app_user_id FROM main_production.segment_members m "
+# The demo warehouse's Heap Connect membership with each member's Heap identity (see
+# sandbox/heap/connect.py).
+MEMBERS = ("(SELECT m.segment_id, u.user_id, u.identity, u.app_user_id "
+           "FROM main_production.segment_members m "
            "JOIN main_production.users u USING (user_id))")
 
 
@@ -158,8 +161,9 @@ def resolvable(warehouse: Path, segment_id: int) -> set[str]:
     """The Segment userIds of the segment's members in the demo warehouse's Heap Connect tables."""
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        rows = con.execute(f"SELECT DISTINCT coalesce(app_user_id, identity) FROM {MEMBERS} WHERE segment_id = ? "
-                           "AND (app_user_id IS NOT NULL OR NOT identity LIKE '%@%')", [segment_id]).fetchall()
+        rows = con.execute(f"SELECT DISTINCT coalesce(app_user_id, identity) FROM {MEMBERS} "
+                           "WHERE segment_id = ? AND (app_user_id IS NOT NULL OR NOT identity LIKE '%@%')",
+                           [segment_id]).fetchall()
     finally:
         con.close()
     return {r[0] for r in rows}
@@ -176,7 +180,8 @@ def connect_rows(warehouse: Path, segment_id: int) -> int:
 
 
 def add_heap_users(warehouse: Path, *rows: tuple[str | None, str | None]) -> list[int]:
-    """Add Heap users (identity, app_user_id) to the demo warehouse's Heap Connect `users`; their Heap user_ids."""
+    """Add Heap users (identity, app_user_id) to the demo warehouse's Heap Connect `users`; their Heap
+    user_ids."""
     from segment_ops.sandbox.heap.connect import heap_user_id
 
     ids = [heap_user_id(f"test:{identity}:{target}") for identity, target in rows]

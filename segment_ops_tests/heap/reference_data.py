@@ -108,26 +108,27 @@ DRAIN_JSON_HMAC_BASE64 = "JwIKk0X0mffoStnyiwHaG64qVzKv20vZ1KYudyAaHIk="
 # escapes and an arbitrary sync_task_id; Heap's signature covers the compact form, computed by node.
 TRICKY_PAGE = (
     b'{ "id_token": "7a36ae58-c4b9-11eb-8529-0242ac130003", "action_type": "segment.users.sync",\n'
-    b'  "customer_config": {"fields": [{"field_id": "weight", "value": {"id": "w", "ratio": 1.0, "tiny": 1e-7, '
-    b'"big": 12345678901234567890}}]},\n'
+    b'  "customer_config": {"fields": [{"field_id": "weight", "value": {"id": "w", "ratio": 1.0, '
+    b'"tiny": 1e-7, "big": 12345678901234567890}}]},\n'
     b'  "data": {"segment": {"id": 1338065, "name": "Free Customers \xc3\xbc"},\n'
-    b'           "sync_info": {"page_number": 1, "total_pages": 1, "sync_task_id": "Free Customers/../x \\u00fc"},\n'
+    b'           "sync_info": {"page_number": 1, "total_pages": 1, '
+    b'"sync_task_id": "Free Customers/../x \\u00fc"},\n'
     b'           "remove": [], "add": [{"id": "zo\\u00eb@example.com"}, {"id": "usr_42"}]} }'
 )
 TRICKY_PAGE_COMPACT = (
     b'{"id_token":"7a36ae58-c4b9-11eb-8529-0242ac130003","action_type":"segment.users.sync","customer_conf'
     b'ig":{"fields":[{"field_id":"weight","value":{"id":"w","ratio":1,"tiny":1e-7,"big":123456789012345670'
-    b'00}}]},"data":{"segment":{"id":1338065,"name":"Free Customers \xc3\xbc"},"sync_info":{"page_number":1,"tot'
-    b'al_pages":1,"sync_task_id":"Free Customers/../x \xc3\xbc"},"remove":[],"add":[{"id":"zo\xc3\xab@example.com"},{"'
-    b'id":"usr_42"}]}}'
+    b'00}}]},"data":{"segment":{"id":1338065,"name":"Free Customers \xc3\xbc"},"sync_info":{"page_numb'
+    b'er":1,"total_pages":1,"sync_task_id":"Free Customers/../x \xc3\xbc"},"remove":[],"add":[{"id":"zo'
+    b'\xc3\xab@example.com"},{"id":"usr_42"}]}}'
 )
 TRICKY_PAGE_HMAC_BASE64 = "/xTL1awgv52ATqbBGi2HW4stlos3wUiayn8CXpc2Ikc="
 
 # JSON.stringify(JSON.parse(TRICKY_JSON)) in node: number formatting, index-like keys first, escapes.
 TRICKY_JSON = (
     b'{"b": 1.0, "a": [1e21, 1.5e-7, 12345678901234567890, 0.000001, -0.0, 1e-7, 100, 2.50, 1E+2, 12345678'
-    b'9012345680000, 0.1], "10": "\xc3\xa9/\xe2\x80\xa8\\u0001\\n\\"", "2": true, "s": "\\ud83d\\ude00 \\u00e9", "n": null, "2"'
-    b': false}'
+    b'9012345680000, 0.1], "10": "\xc3\xa9/\xe2\x80\xa8\\u0001\\n\\"", "2": true, '
+    b'"s": "\\ud83d\\ude00 \\u00e9", "n": null, "2": false}'
 )
 TRICKY_JSON_STRINGIFIED = (
     '{"2":false,"10":"é/\u2028\\u0001\\n\\"","b":1,"a":[1e+21,1.5e-7,12345678901234567000,0.000001,0,1e-7,100,'

@@ -1,5 +1,5 @@
-"""What the receiver applies is exactly what was signed: big integers, floats, duplicate keys, the compact-form
-fallback's limits, and deeply nested bodies - over real HTTP where a request is involved."""
+"""What the receiver applies is exactly what was signed: big integers, floats, duplicate keys, the
+compact-form fallback's limits, and deeply nested bodies - over real HTTP where a request is involved."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from segment_ops_tests.heap import reference_data as ref
 from segment_ops_tests.heap.conftest import now_ms, sign
 
 SECRET = "test-heap-secret-value"
-PAGE_HEAD = (b'{"action_type":"segment.users.sync","customer_config":{"fields":[]},"data":{"segment":{"id":1338065,'
-             b'"name":"Power Users"},"sync_info":{"page_number":1,"total_pages":1,"sync_task_id":"task-1"},')
+PAGE_HEAD = (b'{"action_type":"segment.users.sync","customer_config":{"fields":[]},'
+             b'"data":{"segment":{"id":1338065,"name":"Power Users"},'
+             b'"sync_info":{"page_number":1,"total_pages":1,"sync_task_id":"task-1"},')
 
 
 @pytest.fixture
@@ -128,7 +129,8 @@ def test_a_body_under_the_cap_still_verifies_by_its_compact_form(receiver, tmp_p
 def test_an_ordinary_body_is_re_encoded_by_orjson_not_by_the_python_encoder(monkeypatch):
     monkeypatch.setattr(heap, "compact_json", _must_not_run)
 
-    signature = verify(f"ts:{ref.TS_MS},hmac:{ref.SYNC_HMAC_BASE64}", ref.SYNC_JSON, [ref.SECRET], now_ms=ref.TS_MS)
+    signature = verify(f"ts:{ref.TS_MS},hmac:{ref.SYNC_HMAC_BASE64}", ref.SYNC_JSON, [ref.SECRET],
+                       now_ms=ref.TS_MS)
 
     assert signature.body_form == "compact" and signature.signed_body == ref.SYNC_COMPACT
 
@@ -161,7 +163,8 @@ DEEP = b"[" * 1000 + b"]" * 1000
 
 
 def test_a_signed_drain_nested_1000_deep_gets_400_not_500(receiver, tmp_path):
-    body = b'{"action_type":"segment.users.drain","data":{"segment":{"id":7,"name":"x"}},"extra":' + DEEP + b"}"
+    body = (b'{"action_type":"segment.users.drain","data":{"segment":{"id":7,"name":"x"}},"extra":'
+            + DEEP + b"}")
 
     response = post(receiver, body, sign(body, SECRET))
 
