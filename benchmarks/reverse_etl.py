@@ -209,7 +209,7 @@ _OURS = textwrap.dedent("""
         ledger = Ledger(con)
         ensure_state(con)
         staged = stage_query(con, {url!r}, model.sql, STAGED_TABLE, fast_path={fast})
-        plan = plan_changes(con, ledger, model, staged, run_id="bench")
+        plan = plan_changes(con, ledger, model.diff_spec, staged, run_id="bench")
     done = time.perf_counter()
     print(f"stage {{staged.seconds:.2f}}s + diff/validate/plan {{plan.seconds:.2f}}s "
           f"(imports {{imported - started:.2f}}s): rows {{plan.rows_read:,}}, changed {{plan.changed:,}}, "
