@@ -33,7 +33,8 @@ def test_every_configured_audience_is_an_asset_with_its_checks():
         assert spec.owners and spec.code_version and len(spec.description) > 30
         assert dg.AssetKey(["heap", "segments", name]) in {d.asset_key for d in spec.deps}
         deps = {d.asset_key for d in spec.deps}
-        assert {dg.AssetKey(["warehouse", "main_production", t]) for t in ("users", "segment_members")} <= deps
+        assert {dg.AssetKey(["warehouse", "main_production", t])
+                for t in ("users", "segment_members")} <= deps
     check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys
                    if key.asset_key == audience_key("power_users")}
     assert check_names == {"identity_match_rate", "membership_drop_guard", "delivery_complete",
@@ -75,10 +76,12 @@ def test_a_disabled_audience_is_not_an_asset(audiences_file):
 
 def test_a_broken_file_still_loads_and_its_asset_fails_with_the_reason(tmp_path):
     path = tmp_path / "heap_audiences.toml"
-    path.write_text('[identity]\ncsv = "map.csv"\n[audiences.x]\nsegment_id = "abc"\nname = "X"\ntrait = "t"\n')
+    path.write_text('[identity]\ncsv = "map.csv"\n'
+                    '[audiences.x]\nsegment_id = "abc"\nname = "X"\ntrait = "t"\n')
 
     defs = build_heap_defs(path)
-    result = dg.materialize([a for a in defs.assets if isinstance(a, dg.AssetsDefinition)], raise_on_error=False)
+    result = dg.materialize([a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
+                            raise_on_error=False)
 
     assert not result.success
     assert "segment_id must be Heap's numeric segment id" in specs(defs)[audience_key("_config")].description
@@ -101,8 +104,8 @@ def test_a_broken_file_still_loads_and_its_asset_fails_with_the_reason(tmp_path)
 ])
 def test_a_file_that_cannot_be_used_is_an_error_naming_the_problem(tmp_path: Path, text: str, problem: str):
     path = tmp_path / "heap_audiences.toml"
-    path.write_text(("[identity]\nquery = 'SELECT 1 AS source_id, 2 AS target_id'\n" if "[identity]" not in text
-                     else "") + text)
+    path.write_text(("[identity]\nquery = 'SELECT 1 AS source_id, 2 AS target_id'\n"
+                     if "[identity]" not in text else "") + text)
 
     with pytest.raises(AudienceConfigError) as raised:
         load_audiences(path)

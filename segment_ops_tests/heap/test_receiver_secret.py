@@ -45,7 +45,8 @@ def test_the_cli_refuses_a_public_host_without_heap_webhook_secret(ops_env, caps
         main(["webhooks", "--host", "0.0.0.0", "--port", "0"])
 
     message = str(raised.value.code)
-    assert message.startswith("segment-ops webhooks: HEAP_WEBHOOK_SECRET is not set") and "on 0.0.0.0" in message
+    assert (message.startswith("segment-ops webhooks: HEAP_WEBHOOK_SECRET is not set")
+            and "on 0.0.0.0" in message)
     assert SANDBOX_HEAP_WEBHOOK_SECRET not in message
 
 
@@ -65,7 +66,8 @@ def test_a_loopback_receiver_accepts_the_sandbox_secret_with_a_warning(tmp_path,
 
 
 def test_a_receiver_on_a_public_host_with_its_own_secret_starts(tmp_path):
-    with start_receiver(WebhookConfig(home=tmp_path, heap_secret="a-real-integration-secret"), host="0.0.0.0") as r:
+    with start_receiver(WebhookConfig(home=tmp_path, heap_secret="a-real-integration-secret"),
+                        host="0.0.0.0") as r:
         assert r.heap_url.endswith("/webhooks/heap")
 
 
@@ -85,7 +87,8 @@ def test_the_receiver_settings_come_from_the_environment(ops_env, monkeypatch):
 def test_the_default_window_allows_ordinary_clock_skew(ops_env):
     config = config_from_env()
 
-    assert (config.max_age_seconds, config.max_future_seconds) == (120.0, 30.0) and config.previous_secrets == ()
+    assert ((config.max_age_seconds, config.max_future_seconds) == (120.0, 30.0)
+            and config.previous_secrets == ())
 
 
 @pytest.mark.parametrize(("name", "value"), [("HEAP_WEBHOOK_MAX_AGE_SECONDS", "five"),
