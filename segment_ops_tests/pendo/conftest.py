@@ -38,7 +38,8 @@ def home(ops_env: Path, warehouse: Path, clean_sandbox) -> Path:
     return ops_env
 
 
-def write_config(path: Path, replacements: dict[str, str] | None = None, *, drop_identity: bool = False) -> Path:
+def write_config(path: Path, replacements: dict[str, str] | None = None, *,
+                 drop_identity: bool = False) -> Path:
     """The project's config with some lines replaced (`old line` -> `new line`)."""
     text = DEFAULT_CONFIG_PATH.read_text()
     for old, new in (replacements or {}).items():
@@ -62,8 +63,8 @@ def health_config_file(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def resources(health_config_file: Path, clean_sandbox) -> dict:
     """The code location's resources, with a Pendo retry budget that keeps storms short."""
     bound = build_resources()
-    bound["pendo"] = PendoResource(base_url=f"{clean_sandbox.url}/pendo", integration_key=SANDBOX_PENDO_INTEGRATION_KEY,
-                                   retry_backoff_seconds=0.01)
+    bound["pendo"] = PendoResource(base_url=f"{clean_sandbox.url}/pendo",
+                                   integration_key=SANDBOX_PENDO_INTEGRATION_KEY, retry_backoff_seconds=0.01)
     return bound
 
 
@@ -94,7 +95,8 @@ def pendo_client(clean_sandbox) -> PendoClient:
 
 @pytest.fixture
 def segment_factory(clean_sandbox) -> Callable[[], SegmentTrackingClient]:
-    return lambda: SegmentTrackingClient(f"{clean_sandbox.url}/segment", SANDBOX_SEGMENT_WRITE_KEY, retry=FAST_RETRY)
+    return lambda: SegmentTrackingClient(f"{clean_sandbox.url}/segment", SANDBOX_SEGMENT_WRITE_KEY,
+                                         retry=FAST_RETRY)
 
 
 @pytest.fixture
@@ -118,8 +120,8 @@ def yesterday() -> date:
 ASSETS = [pendo.account_usage_daily, pendo.account_health, pendo.pendo_account_groups]
 
 
-def backfill(resources: dict, days: int, *, last: date | None = None, instance: dg.DagsterInstance | None = None,
-             **kwargs: object) -> dg.ExecuteInProcessResult:
+def backfill(resources: dict, days: int, *, last: date | None = None,
+             instance: dg.DagsterInstance | None = None, **kwargs: object) -> dg.ExecuteInProcessResult:
     """One run over the `days` newest complete days (a single-run backfill), then score and sync."""
     last = last or yesterday()
     first = last - timedelta(days=days - 1)
@@ -134,7 +136,8 @@ def rerun_day(resources: dict, day: date, **kwargs: object) -> dg.ExecuteInProce
 
 
 def metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
-    """Metadata of `key`'s materialization (a range run records one per partition, all with the same metadata)."""
+    """Metadata of `key`'s materialization (a range run records one per partition, all with the same
+    metadata)."""
     events = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
     assert events and all(e.materialization.metadata == events[0].materialization.metadata for e in events)
     event = events[0]

@@ -26,8 +26,8 @@ def test_the_feature_endpoint_lists_the_tagged_features(sandbox_http):
 
     assert response.status_code == 200
     features = response.json()
-    assert len(features) == 8 and features[0] == {"id": features[0]["id"], "name": "Create Report", "kind": "Feature",
-                                                  "appId": -323232}
+    assert len(features) == 8 and features[0] == {"id": features[0]["id"], "name": "Create Report",
+                                                  "kind": "Feature", "appId": -323232}
 
 
 def test_the_feature_endpoint_needs_the_integration_key(sandbox_http):
@@ -67,7 +67,8 @@ def test_a_reset_ends_the_usage_drop(clean_sandbox, pendo_client):
 
 
 def test_a_malformed_usage_drop_request_is_a_400(sandbox_http):
-    response = sandbox_http.post("/__sandbox__/pendo/usage-drop", json={"accountId": "acc_00001", "from_day": "May 4"})
+    response = sandbox_http.post("/__sandbox__/pendo/usage-drop",
+                                 json={"accountId": "acc_00001", "from_day": "May 4"})
 
     assert response.status_code == 400 and "from_day" in response.json()["error"]
 
