@@ -43,7 +43,8 @@ def test_a_run_does_not_wait_for_slow_acks_and_a_later_run_settles_them_without_
         resources, clean_sandbox, sandbox_factory):
     delay = 6.0
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=delay)
-    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.2, ack_timeout_seconds=300)}
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.2,
+                                                       ack_timeout_seconds=300)}
     key = complete_hours(3)[0]
     inject_events(clean_sandbox, key, 5)
     expected = audit_ids(clean_sandbox, *window_of(key, key))
@@ -71,8 +72,8 @@ def test_a_run_does_not_wait_for_slow_acks_and_a_later_run_settles_them_without_
 
     assert later.success and checks(later)["delivery_complete"].passed
     meta = metadata(later)
-    assert (meta["indexer_acks_confirmed"], meta["forwarded"], meta["awaiting_ack_total"]) == (len(expected),
-                                                                                               len(expected), 0)
+    assert ((meta["indexer_acks_confirmed"], meta["forwarded"], meta["awaiting_ack_total"])
+            == (len(expected), len(expected), 0))
     assert sorted(received_ids(acking)) == sorted(expected)  # each event indexed once
 
 
@@ -80,7 +81,8 @@ def test_a_run_does_not_wait_for_slow_acks_and_a_later_run_settles_them_without_
 def test_an_ack_that_never_comes_is_sent_again_after_the_timeout(resources, clean_sandbox, sandbox_factory):
     timeout = 4.0
     never = sandbox_factory(splunk_ack=True, splunk_ack_delay=float("inf"))
-    resources = resources | {"splunk": splunk_resource(never, ack_settle_seconds=0.0, ack_timeout_seconds=timeout)}
+    resources = resources | {"splunk": splunk_resource(never, ack_settle_seconds=0.0,
+                                                       ack_timeout_seconds=timeout)}
     key = complete_hours(3)[0]
     inject_events(clean_sandbox, key, 4)
     expected = audit_ids(clean_sandbox, *window_of(key, key))
@@ -97,14 +99,16 @@ def test_an_ack_that_never_comes_is_sent_again_after_the_timeout(resources, clea
     assert metadata(too_soon)["indexer_ack_timeouts_reopened"] == 0 and metadata(too_soon)["requests"] == 0
     meta = metadata(after_timeout)
     assert meta["indexer_ack_timeouts_reopened"] == len(expected)
-    assert (meta["sent_awaiting_ack"], meta["awaiting_ack_total"], meta["forwarded"]) == (len(expected),
-                                                                                          len(expected), 0)
-    # HEC does no dedupe: a batch re-sent after its ack timed out is indexed again (at-least-once, documented).
+    assert ((meta["sent_awaiting_ack"], meta["awaiting_ack_total"], meta["forwarded"])
+            == (len(expected), len(expected), 0))
+    # HEC does no dedupe: a batch re-sent after its ack timed out is indexed again (at-least-once,
+    # documented).
     assert Counter(received_ids(never)) == Counter({event_id: 2 for event_id in expected})
 
 
 @pytest.mark.slow
-def test_the_channel_is_made_once_and_kept_in_the_sync_state(resources, clean_sandbox, sandbox_factory, ops_env):
+def test_the_channel_is_made_once_and_kept_in_the_sync_state(resources, clean_sandbox, sandbox_factory,
+                                                              ops_env):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
     resources = resources | {"splunk": splunk_resource(acking)}
     keys = complete_hours(3)[:2]
@@ -137,7 +141,8 @@ def test_the_channel_and_ack_timeout_settings_are_used(ops_env, clean_sandbox, s
     assert result.success and metadata(result)["hec_channel"] == channel
     assert {item["channel"] for item in acking.received("splunk")} == {channel}
     with store.staging(staging_file(ops_env)) as con:
-        assert con.execute("SELECT count(*) FROM hec_channel").fetchone()[0] == 0  # none made: the setting won
+        # none made: the setting won
+        assert con.execute("SELECT count(*) FROM hec_channel").fetchone()[0] == 0
 
 
 def test_the_ack_timeout_defaults_to_300_seconds(ops_env):
@@ -167,7 +172,8 @@ result = dg.materialize([segment_audit_events, siem_audit_events], partition_key
                         resources=build_resources(), raise_on_error=False)
 [materialization] = result.asset_materializations_for_node("siem__audit_events")
 print(json.dumps({"success": result.success,
-                  **{k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int | str)}}))
+                  **{k: v.value for k, v in materialization.metadata.items()
+                     if isinstance(v.value, int | str)}}))
 """
 
 
@@ -184,18 +190,20 @@ def test_ack_ids_left_by_a_run_are_settled_by_a_new_process_on_the_same_channel(
 
     # Another Python process, with nothing but the environment and the staging file in common.
     env = {**os.environ, "SPLUNK_HEC_URL": f"{acking.url}/splunk"}
-    done = subprocess.run([sys.executable, "-c", SECOND_PROCESS, key], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", SECOND_PROCESS, key], env=env, capture_output=True,
+                          text=True, timeout=120)
 
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads(done.stdout.strip().splitlines()[-1])
     assert meta["success"] and meta["hec_channel"] == metadata(first)["hec_channel"]
-    assert (meta["indexer_acks_confirmed"], meta["awaiting_ack_total"], meta["requests"]) == (len(expected), 0, 0)
+    assert ((meta["indexer_acks_confirmed"], meta["awaiting_ack_total"], meta["requests"])
+            == (len(expected), 0, 0))
     assert sorted(received_ids(acking)) == sorted(expected)
 
 
 class DiesBeforeBatch:
-    """The real HEC destination in small batches, in a process that is killed before its `batch`-th request."""
+    """The real HEC destination in small batches, in a process that is killed before its `batch`-th
+    request."""
 
     def __init__(self, destination, batch: int, max_batch_bytes: int) -> None:
         self.inner, self.batch, self.sent = destination, batch, 0
@@ -241,7 +249,8 @@ def test_a_run_killed_between_batches_sends_no_batch_hec_took_again(resources, c
     again = forward_window(con, [resources["splunk"].get_destination()], start, end, rules=rules)
 
     assert 0 < taken_before_the_kill < len(expected)
-    assert again.complete and again.deliveries["audit_trail"].delivered == len(expected) - taken_before_the_kill
+    assert (again.complete
+            and again.deliveries["audit_trail"].delivered == len(expected) - taken_before_the_kill)
     got = received_ids(clean_sandbox)
     assert sorted(got) == sorted(expected) and len(got) == len(set(got))
 
@@ -258,7 +267,8 @@ def ledger_statuses(home, ids) -> Counter:
 def test_after_hec_forgets_the_channel_an_old_receipt_is_never_confirmed_by_a_new_send_with_its_ack_id(
         resources, clean_sandbox, sandbox_factory, ops_env):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=1.0)
-    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0, ack_timeout_seconds=300)}
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0,
+                                                       ack_timeout_seconds=300)}
     old_key, new_key = complete_hours(3)[:2]
     inject_events(clean_sandbox, old_key, 3)
     inject_events(clean_sandbox, new_key, 3)
@@ -271,8 +281,10 @@ def test_after_hec_forgets_the_channel_an_old_receipt_is_never_confirmed_by_a_ne
     third = run_hour(resources, new_key)
 
     assert first.success and second.success and third.success
-    assert ledger_statuses(ops_env, old_ids) == Counter({"awaiting_ack": len(old_ids)})  # re-sent, not delivered
-    assert metadata(third)["indexer_acks_confirmed"] == len(audit_ids(clean_sandbox, *window_of(new_key, new_key)))
+    # re-sent, not delivered
+    assert ledger_statuses(ops_env, old_ids) == Counter({"awaiting_ack": len(old_ids)})
+    assert (metadata(third)["indexer_acks_confirmed"]
+            == len(audit_ids(clean_sandbox, *window_of(new_key, new_key))))
     assert Counter(received_ids(acking))[old_ids[0]] == 2
     # re-opened when the new send on its channel got its ackId again (end of the second run), then sent again
     assert metadata(second)["indexer_ack_channel_resets_reopened"] == len(old_ids)
@@ -286,7 +298,8 @@ def test_ack_turned_off_on_the_token_never_stops_sending_and_awaiting_batches_ex
         resources, clean_sandbox, sandbox_factory):
     timeout = 3.0
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=float("inf"))
-    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0, ack_timeout_seconds=timeout)}
+    resources = resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0,
+                                                       ack_timeout_seconds=timeout)}
     old_key, new_key = complete_hours(3)[:2]
     inject_events(clean_sandbox, old_key, 2)
     inject_events(clean_sandbox, new_key, 2)
@@ -305,7 +318,8 @@ def test_ack_turned_off_on_the_token_never_stops_sending_and_awaiting_batches_ex
     assert "ACK is disabled" in metadata(second)["indexer_ack_query_error"]
     assert metadata(third)["indexer_ack_timeouts_reopened"] == len(old_ids)
     assert metadata(third)["awaiting_ack_total"] == 0 and checks(third)["delivery_complete"].passed
-    assert Counter(received_ids(acking)) == Counter({**dict.fromkeys(old_ids, 2), **dict.fromkeys(new_ids, 1)})
+    assert Counter(received_ids(acking)) == Counter({**dict.fromkeys(old_ids, 2),
+                                                     **dict.fromkeys(new_ids, 1)})
 
 
 class SmallBatches:
@@ -318,7 +332,8 @@ class SmallBatches:
         return getattr(self.inner, name)
 
 
-def test_concurrent_batches_on_one_channel_are_all_confirmed_and_none_read_as_a_reset(resources, clean_sandbox,
+def test_concurrent_batches_on_one_channel_are_all_confirmed_and_none_read_as_a_reset(resources,
+                                                                                      clean_sandbox,
                                                                                       sandbox_factory):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
     key = complete_hours(3)[0]
@@ -369,7 +384,8 @@ def test_an_hour_counts_as_forwarded_only_once_its_acks_are_in_and_a_later_run_r
 
 
 class DiesWithBatchesInFlight(DiesBeforeBatch):
-    """`DiesBeforeBatch` for concurrent senders: counts under a lock and keeps the ids each request carried."""
+    """`DiesBeforeBatch` for concurrent senders: counts under a lock and keeps the ids each request
+    carried."""
 
     def __init__(self, destination, batch: int, max_batch_bytes: int) -> None:
         super().__init__(destination, batch, max_batch_bytes)

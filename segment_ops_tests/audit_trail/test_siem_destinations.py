@@ -46,13 +46,15 @@ def test_indexer_ack_mode_delivers_once_acknowledged(resources, clean_sandbox, s
     assert sorted(received_ids(acking)) == sorted(expected)
     assert sum(metadata(r)["indexer_acks_confirmed"] for r in results) == len(expected)
     assert sum(metadata(r)["forwarded"] for r in results) == len(expected)
-    assert all(metadata(r)["awaiting_ack_total"] == 0 and checks(r)["delivery_complete"].passed for r in results)
+    assert all(metadata(r)["awaiting_ack_total"] == 0 and checks(r)["delivery_complete"].passed
+               for r in results)
     assert all(item["channel"] for item in acking.received("splunk", limit=1000))
     assert acking.stats()["splunk"]["requests"] > sum(metadata(r)["requests"] for r in results)  # ack polls
 
 
 def test_hec_retries_what_hec_and_a_load_balancer_mean_as_try_again_and_nothing_else():
-    # HEC: codes 8/9 (500/503) and 18-20 (503); a load balancer in front: 502, 504, 429 (clients/splunk_hec.py).
+    # HEC: codes 8/9 (500/503) and 18-20 (503); a load balancer in front: 502, 504, 429
+    # (clients/splunk_hec.py).
     assert all(status in HEC_RETRYABLE for status in (429, 500, 502, 503, 504))
     assert not any(status in HEC_RETRYABLE for status in (400, 401, 403, 404, 408, 410, 413, 501, 505, 507))
 
@@ -73,8 +75,9 @@ def test_hec_answers_that_mean_try_again_are_retried(clean_sandbox, fault):
 def test_hec_framing_puts_the_audit_time_in_epoch_seconds():
     client = SplunkHecClient("https://hec.example", "token")
     frame = orjson.loads(SplunkHecDestination(client, index="idx", host="h").frame(EVENT))
-    assert frame == {"time": 1795428000.25, "host": "h", "source": "segment:audit", "sourcetype": "segment:audit",
-                     "index": "idx", "event": EVENT, "fields": {"audit_event_id": "evt-1"}}
+    assert frame == {"time": 1795428000.25, "host": "h", "source": "segment:audit",
+                     "sourcetype": "segment:audit", "index": "idx", "event": EVENT,
+                     "fields": {"audit_event_id": "evt-1"}}
 
 
 def test_the_jsonl_endpoint_receives_every_event_once_as_json_lines(ops_env, clean_sandbox, resources):
@@ -112,7 +115,8 @@ def test_a_bad_line_is_rejected_alone_by_the_jsonl_endpoint():
         bad = any(orjson.loads(line)["id"] == "evt-2" for line in request.content.splitlines())
         return httpx.Response(400, json={"error": "bad line"}) if bad else httpx.Response(200)
 
-    jsonl = JsonLinesDestination("https://collector.example/in", "t", transport=httpx.MockTransport(collector))
+    jsonl = JsonLinesDestination("https://collector.example/in", "t",
+                                 transport=httpx.MockTransport(collector))
     ledger = Ledger(duckdb.connect())
     events = [dict(EVENT, id=f"evt-{i}") for i in range(4)]
     ledger.add_planned("x", [PlannedMessage(e["id"], e["id"], "audit_event", jsonl.frame(e)) for e in events])
