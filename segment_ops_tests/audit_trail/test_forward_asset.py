@@ -1,4 +1,5 @@
-"""The audit-trail sync in Dagster: hourly pull and forward assets against the sandbox's Public API and HEC."""
+"""The audit-trail sync in Dagster: hourly pull and forward assets against the sandbox's Public API and
+HEC."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from segment_ops_tests.audit_trail.conftest import (
 
 
 def busiest_hour(sandbox, keys: list[str]) -> str:
-    """The hour of `keys` with the most audit events, plus three injected ones (the demo's nights can be empty)."""
+    """The hour of `keys` with the most audit events, plus three injected ones (the demo's nights can be
+    empty)."""
     counts = {key: len(audit_ids(sandbox, *window_of(key, key))) for key in keys}
     key = max(counts, key=counts.get)
     inject_events(sandbox, key, 3)
@@ -157,7 +159,8 @@ def test_an_outage_of_one_hour_is_delivered_by_the_next_hours_run(resources, cle
     assert sorted(received_ids(clean_sandbox)) == sorted(expected)
 
 
-def test_an_hour_never_forwarded_between_forwarded_hours_fails_the_gap_check(resources, clean_sandbox, instance):
+def test_an_hour_never_forwarded_between_forwarded_hours_fails_the_gap_check(resources, clean_sandbox,
+                                                                             instance):
     first, _, third = complete_hours(3)
     assert run_hour(resources, first, instance).success
 

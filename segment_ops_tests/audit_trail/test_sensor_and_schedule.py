@@ -109,7 +109,8 @@ def test_while_acks_are_awaited_a_quiet_workspace_gets_a_run_each_tick_that_sett
     second = tick(instance, resources, first.cursor)  # still awaited (no run happened): asks again
 
     [request] = first.run_requests
-    assert request.partition_key == complete_hours(1)[0] and request.tags["segment_ops/trigger"].endswith("settle_acks")
+    assert (request.partition_key == complete_hours(1)[0]
+            and request.tags["segment_ops/trigger"].endswith("settle_acks"))
     assert len(second.run_requests) == 1 and second.run_requests[0].run_key != request.run_key
     # The settle run may also forward the newest hour's own demo events: it waits for their acks (1 s here),
     # so what it leaves awaiting does not depend on the hour of day the test runs at.
@@ -127,7 +128,8 @@ def test_no_settle_run_is_requested_while_a_run_of_the_job_is_going(resources, c
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=60.0)
     key = complete_hours(3)[0]
     inject_events(clean_sandbox, key, 1)
-    assert run_hour(resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0)}, key, instance).success
+    assert run_hour(resources | {"splunk": splunk_resource(acking, ack_settle_seconds=0.0)}, key,
+                    instance).success
     quiet = tick(instance, resources, None)
     instance.add_run(DagsterRun(job_name=audit_trail_job.name, run_id=str(uuid.uuid4()),
                                 status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": key}))

@@ -45,7 +45,8 @@ def test_missing_windows_names_the_hours_between_forwarded_ones():
     missing_windows(con, now, timedelta(days=7))  # creates the tables
     for hours_ago in (5, 4, 2):
         start = now - timedelta(hours=hours_ago)
-        con.execute("INSERT INTO forwarded_windows VALUES (?, ?, 'r', 0, ?)", [start, start + timedelta(hours=1), now])
+        con.execute("INSERT INTO forwarded_windows VALUES (?, ?, 'r', 0, ?)",
+                    [start, start + timedelta(hours=1), now])
 
     count, holes = missing_windows(con, now, timedelta(days=7))
 
@@ -84,7 +85,8 @@ def test_the_salt_comes_from_the_environment_and_never_shows():
     built = build_resources(load_settings({"SEGMENT_OPS_REDACTION_SALT": "live-salt-LEAKCHECK"}))
     redaction = built["audit_redaction"]
     assert isinstance(redaction.salt, dg.EnvVar)
-    assert "LEAKCHECK" not in repr(AuditRedactionResource(salt="x-LEAKCHECK"))  # a resolved value, not the EnvVar
+    # a resolved value, not the EnvVar
+    assert "LEAKCHECK" not in repr(AuditRedactionResource(salt="x-LEAKCHECK"))
     assert "LEAKCHECK" not in repr(RedactionRules(salt="x-LEAKCHECK"))
     with pytest.raises(ValueError, match="salt"):
         RedactionRules(salt="")
