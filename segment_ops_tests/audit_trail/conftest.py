@@ -81,7 +81,8 @@ def inject_events(sandbox: RunningSandbox, key: str, count: int) -> list[str]:
     """Add `count` audit events inside hour `key`, so a test does not depend on the demo's quiet hours."""
     start = PARTITIONS.time_window_for_partition_key(key).start
     moments = [start + timedelta(minutes=1 + i % 58, seconds=i // 58) for i in range(count)]
-    events = sandbox.inject_audit_events([{"timestamp": m.isoformat().replace("+00:00", "Z")} for m in moments])
+    events = sandbox.inject_audit_events([{"timestamp": m.isoformat().replace("+00:00", "Z")}
+                                          for m in moments])
     return [event["id"] for event in events]
 
 

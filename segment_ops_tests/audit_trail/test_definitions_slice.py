@@ -1,4 +1,5 @@
-"""The audit-trail module's `defs` merge into the code location and load (before definitions.py lists them)."""
+"""The audit-trail module's `defs` merge into the code location and load (before definitions.py lists
+them)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def test_the_code_location_with_the_audit_trail_loads_and_says_what_each_asset_i
         spec = specs[key]
         assert spec.group_name == "audit_trail" and spec.kinds and spec.owners and len(spec.description) > 30
         assert spec.partitions_def == audit_trail.PARTITIONS
-    assert audit_trail.segment_audit_events.op.pool == audit_trail.siem_audit_events.op.pool == audit_trail.POOL
+    assert (audit_trail.segment_audit_events.op.pool == audit_trail.siem_audit_events.op.pool
+            == audit_trail.POOL)
     assert definitions.resolve_job_def("audit_trail_job").partitions_def == audit_trail.PARTITIONS
     assert definitions.resolve_sensor_def("audit_events_sensor").job_name == "audit_trail_job"
