@@ -56,7 +56,8 @@ def hour(clean_sandbox) -> str:
     key = complete_hours(3)[0]
     start = PARTITIONS.time_window_for_partition_key(key).start
     clean_sandbox.inject_audit_events(
-        [{"timestamp": (start + timedelta(minutes=m)).isoformat().replace("+00:00", "Z")} for m in (5, 25, 45)])
+        [{"timestamp": (start + timedelta(minutes=m)).isoformat().replace("+00:00", "Z")}
+         for m in (5, 25, 45)])
     return key
 
 
@@ -138,7 +139,8 @@ def test_the_same_partition_passing_again_sends_one_recovery(resources, instance
     assert not failed.success and passed.success and again.success
     failure_text, recovery_text = slack_texts(clean_sandbox)
     assert "failed" in failure_text
-    assert "recovered" in recovery_text and passed.run_id[:8] in recovery_text and failed.run_id[:8] in recovery_text
+    assert ("recovered" in recovery_text and passed.run_id[:8] in recovery_text
+            and failed.run_id[:8] in recovery_text)
     assert instance.get_run_by_id(passed.run_id).tags[ALERT_TAG] == f"recovery_sent:{passed.run_id}"
 
 
@@ -179,7 +181,8 @@ def test_the_alert_names_the_sync_step_error_counts_and_run_link(resources, inst
 
 
 @pytest.mark.slow
-def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resources, instance, clean_sandbox, hour,
+def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resources, instance,
+                                                                        clean_sandbox, hour,
                                                                       monkeypatch):
     monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{clean_sandbox.url}/slack/services/T1/B1/not-the-token")
     resources = resources | {"alerts": build_resources()["alerts"]}
@@ -197,7 +200,8 @@ def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resource
 
 
 @pytest.mark.slow
-def test_every_run_that_failed_since_the_last_tick_is_alerted_in_one_tick(resources, instance, clean_sandbox, hour):
+def test_every_run_that_failed_since_the_last_tick_is_alerted_in_one_tick(resources, instance,
+                                                                          clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()
     clean_sandbox.set_faults("splunk", rate_500=1.0)
@@ -212,13 +216,16 @@ def test_every_run_that_failed_since_the_last_tick_is_alerted_in_one_tick(resour
 
 # --- same work across jobs, ranges, cancels and re-executions ---------------------------------------------
 
-def run_range(resources: dict, first: str, last: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """A backfill-style run of several hours at once (Dagster's range tags, as a single-run backfill sets them)."""
+def run_range(resources: dict, first: str, last: str,
+              instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """A backfill-style run of several hours at once (Dagster's range tags, as a single-run backfill sets
+    them)."""
     return dg.materialize([segment_audit_events, siem_audit_events], resources=resources, instance=instance,
                           tags={RANGE_START_TAG: first, RANGE_END_TAG: last}, raise_on_error=False)
 
 
-def failed_and_alerted(resources, instance, sandbox, key, failures: Ticks, **tags) -> dg.ExecuteInProcessResult:
+def failed_and_alerted(resources, instance, sandbox, key, failures: Ticks,
+                       **tags) -> dg.ExecuteInProcessResult:
     sandbox.set_faults("splunk", rate_500=1.0)
     failed = dg.materialize([segment_audit_events, siem_audit_events], partition_key=key, resources=resources,
                             instance=instance, raise_on_error=False, tags=tags or None)
@@ -229,7 +236,8 @@ def failed_and_alerted(resources, instance, sandbox, key, failures: Ticks, **tag
 
 @pytest.mark.slow
 def test_a_range_run_covering_the_failed_hour_recovers_it(resources, instance, clean_sandbox, hour):
-    failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
+    failures, recoveries = (Ticks(alert_on_run_failure, instance, resources),
+                            Ticks(alert_on_recovery, instance, resources))
     failures.tick(), recoveries.tick()
     failed = failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
     hours = complete_hours(3)
@@ -245,7 +253,8 @@ def test_a_range_run_covering_the_failed_hour_recovers_it(resources, instance, c
 
 @pytest.mark.slow
 def test_a_range_run_of_other_hours_is_not_a_recovery(resources, instance, clean_sandbox, hour):
-    failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
+    failures, recoveries = (Ticks(alert_on_run_failure, instance, resources),
+                            Ticks(alert_on_recovery, instance, resources))
     failures.tick(), recoveries.tick()
     failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
     later = complete_hours(2)
@@ -260,7 +269,8 @@ def test_a_range_run_of_other_hours_is_not_a_recovery(resources, instance, clean
 @pytest.mark.slow
 def test_a_canceled_run_between_the_failure_and_the_success_does_not_hide_the_recovery(
         resources, instance, clean_sandbox, hour):
-    failures, recoveries = Ticks(alert_on_run_failure, instance, resources), Ticks(alert_on_recovery, instance, resources)
+    failures, recoveries = (Ticks(alert_on_run_failure, instance, resources),
+                            Ticks(alert_on_recovery, instance, resources))
     failures.tick(), recoveries.tick()
     failed = failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
     job = dg.Definitions(assets=[segment_audit_events, siem_audit_events],
@@ -277,7 +287,8 @@ def test_a_canceled_run_between_the_failure_and_the_success_does_not_hide_the_re
 
 
 @pytest.mark.slow
-def test_a_failure_that_was_never_alerted_is_not_announced_as_recovered(resources, instance, clean_sandbox, hour):
+def test_a_failure_that_was_never_alerted_is_not_announced_as_recovered(resources, instance,
+                                                                        clean_sandbox, hour):
     recoveries = Ticks(alert_on_recovery, instance, resources)
     recoveries.tick()
     clean_sandbox.set_faults("splunk", rate_500=1.0)
@@ -291,7 +302,8 @@ def test_a_failure_that_was_never_alerted_is_not_announced_as_recovered(resource
 
 
 @pytest.mark.slow
-def test_a_failed_re_execution_carrying_its_parents_alert_tag_is_alerted(resources, instance, clean_sandbox, hour):
+def test_a_failed_re_execution_carrying_its_parents_alert_tag_is_alerted(resources, instance,
+                                                                         clean_sandbox, hour):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()
     parent = failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
@@ -330,18 +342,19 @@ def test_a_run_that_fails_before_any_step_is_alerted_with_its_real_error(resourc
 
 def test_the_user_exception_message_is_preferred_to_dagster_wrappers_and_library_causes():
     library = SerializableErrorInfo("[Errno 111] Connection refused", [], "ConnectError")
-    ours = SerializableErrorInfo("VendorUnavailable: splunk gave up after 4 attempts", [], "VendorUnavailable",
-                                 cause=library)
+    ours = SerializableErrorInfo("VendorUnavailable: splunk gave up after 4 attempts", [],
+                                 "VendorUnavailable", cause=library)
     wrapper = SerializableErrorInfo('Error occurred while executing op "siem__audit_events":', [],
                                     "DagsterExecutionStepExecutionError", cause=ours)
 
     assert user_message(wrapper) == "VendorUnavailable: splunk gave up after 4 attempts"
 
 
-# --- bounded ticks --------------------------------------------------------------------------------------------
+# --- bounded ticks ------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_runs_left_when_the_tick_budget_is_used_up_are_alerted_by_the_next_tick(resources, instance, clean_sandbox,
+def test_runs_left_when_the_tick_budget_is_used_up_are_alerted_by_the_next_tick(resources, instance,
+                                                                                clean_sandbox,
                                                                                hour, monkeypatch):
     monkeypatch.setattr(sensors, "TICK_BUDGET_SECONDS", 0.0)  # only the first post of a tick fits
     failures = Ticks(alert_on_run_failure, instance, resources)
@@ -356,11 +369,13 @@ def test_runs_left_when_the_tick_budget_is_used_up_are_alerted_by_the_next_tick(
 
     assert after_first_tick == 1
     texts = slack_texts(clean_sandbox)
-    assert len(texts) == 2 and {first.run_id[:8], second.run_id[:8]} == {t.split("|Open run ")[1][:8] for t in texts}
+    assert len(texts) == 2 and {first.run_id[:8], second.run_id[:8]} == {t.split("|Open run ")[1][:8]
+                                                                          for t in texts}
 
 
 @pytest.mark.slow
-def test_an_alert_the_webhook_could_not_take_is_sent_by_a_later_tick(resources, instance, clean_sandbox, hour):
+def test_an_alert_the_webhook_could_not_take_is_sent_by_a_later_tick(resources, instance,
+                                                                     clean_sandbox, hour):
     alerts = AlertsResource(webhook_url=f"{clean_sandbox.url}/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
                             retry_max_attempts=2, retry_max_seconds=1.0, timeout_seconds=2.0)
     resources = resources | {"alerts": alerts}

@@ -1,16 +1,17 @@
-"""Issue 9, "done when": a failure forced in the sandbox produces exactly one alert and one recovery, end to end
-through `dagster dev`: runs launched with GraphQL `launchRun`, started by its daemon, alerted on by the code
-location's run-status sensors (`alert_on_run_failure`, `alert_on_recovery`, ticking every 30 s in the daemon)
-into the sandbox's Slack webhook.
+"""Issue 9, "done when": a failure forced in the sandbox produces exactly one alert and one recovery, end to
+end through `dagster dev`: runs launched with GraphQL `launchRun`, started by its daemon, alerted on by the
+code location's run-status sensors (`alert_on_run_failure`, `alert_on_recovery`, ticking every 30 s in the
+daemon) into the sandbox's Slack webhook.
 
-The forced failure: the sandbox's Splunk HEC answers every request with 429 and `Retry-After: 3600`, beyond the
-client's 300 s retry budget, so `siem_audit_events` gives up at once and leaves the hour's events pending (a 503
-would be retried for about 90 s: 10 attempts, backoff capped at 30 s). Splunk back, the same hour is launched
-again and forwards them. The hour is three days back: outside the backfill test's window (the 26 newest complete
-hours) and the hours `audit_events_sensor` probes (the 2 newest), so no other run covers it. Other runs of the
-session (the backfill test, the UI test, sensor runs) may alert too: only messages naming our runs are counted,
-and the sandbox's recorder is never reset (the backfill test reads what Splunk received). Splunk is throttled
-only once no other audit run is in flight, and only Splunk's fault spec is touched, so no other run fails.
+The forced failure: the sandbox's Splunk HEC answers every request with 429 and `Retry-After: 3600`, beyond
+the client's 300 s retry budget, so `siem_audit_events` gives up at once and leaves the hour's events pending
+(a 503 would be retried for about 90 s: 10 attempts, backoff capped at 30 s). Splunk back, the same hour is
+launched again and forwards them. The hour is three days back: outside the backfill test's window (the 26
+newest complete hours) and the hours `audit_events_sensor` probes (the 2 newest), so no other run covers it.
+Other runs of the session (the backfill test, the UI test, sensor runs) may alert too: only messages naming
+our runs are counted, and the sandbox's recorder is never reset (the backfill test reads what Splunk
+received). Splunk is throttled only once no other audit run is in flight, and only Splunk's fault spec is
+touched, so no other run fails.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from segment_ops_tests.ops.conftest import DagsterDev, DagsterDevError
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 HOURS_BACK = 72
-SENSOR_INTERVAL_SECONDS = 30.0  # minimum_interval_seconds of both alert sensors (segment_ops/syncs/ops/run_alerts.py)
+# minimum_interval_seconds of both alert sensors (segment_ops/syncs/ops/run_alerts.py)
+SENSOR_INTERVAL_SECONDS = 30.0
 ALERT_TIMEOUT_SECONDS = 90.0  # three sensor intervals: a tick may be busy with other runs' alerts
 QUIET_SECONDS = SENSOR_INTERVAL_SECONDS + 10.0  # one more tick of each sensor after the recovery, with margin
 RUN_TIMEOUT_SECONDS = 150.0  # the run may queue behind a sensor run in the audit-trail pool (limit 1)
@@ -101,7 +103,8 @@ def repository(dev: DagsterDev) -> dict[str, str]:
     repositories = dev.graphql(REPOSITORIES)["repositoriesOrError"]
     if repositories["__typename"] != "RepositoryConnection":
         raise DagsterDevError(f"repositoriesOrError: {repositories}")
-    [node] = [node for node in repositories["nodes"] if audit_trail_job.name in {job["name"] for job in node["jobs"]}]
+    [node] = [node for node in repositories["nodes"]
+              if audit_trail_job.name in {job["name"] for job in node["jobs"]}]
     return {"repositoryLocationName": node["location"]["name"], "repositoryName": node["name"]}
 
 
@@ -120,13 +123,14 @@ def launch_hour(dev: DagsterDev, hour: str) -> str:
 
 def wait_for_audit_runs_to_finish(dev: DagsterDev) -> None:
     """Until `audit_events_sensor` has ticked and no `audit_trail_job` run is queued or running, so forcing
-    Splunk's failure fails only our run (the sensor's first tick, as `dagster dev` comes up, starts runs for the
-    newest hours; its next one is 3 minutes later)."""
+    Splunk's failure fails only our run (the sensor's first tick, as `dagster dev` comes up, starts runs for
+    the newest hours; its next one is 3 minutes later)."""
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
     selector = {**repository(dev), "sensorName": AUDIT_SENSOR}
     while not finished_ticks(dev, selector):
         if time.monotonic() > deadline:
-            raise DagsterDevError(f"{AUDIT_SENSOR} did not tick in {RUN_TIMEOUT_SECONDS:.0f}s\n{dev.log_tail()}")
+            raise DagsterDevError(f"{AUDIT_SENSOR} did not tick in {RUN_TIMEOUT_SECONDS:.0f}s\n"
+                                  f"{dev.log_tail()}")
         time.sleep(POLL_SECONDS)
     while in_flight := dev.runs(pipelineName=audit_trail_job.name, statuses=IN_FLIGHT_STATUSES):
         if time.monotonic() > deadline:
@@ -179,8 +183,9 @@ def scenario(dagster_dev: DagsterDev) -> Scenario:
     hour = complete_hours(HOURS_BACK)[0]
     start = PARTITIONS.time_window_for_partition_key(hour).start
     # One event of our own, so the hour has something to forward on any day of the week.
-    sandbox.inject_audit_events([{"timestamp": (start + timedelta(minutes=17)).isoformat().replace("+00:00", "Z"),
-                                  "type": "Source Updated"}])
+    sandbox.inject_audit_events([
+        {"timestamp": (start + timedelta(minutes=17)).isoformat().replace("+00:00", "Z"),
+         "type": "Source Updated"}])
     seconds: dict[str, float] = {}
     began = time.monotonic()
     wait_for_audit_runs_to_finish(dagster_dev)
@@ -240,9 +245,11 @@ def test_the_same_hour_passing_again_is_announced_once_as_a_recovery_of_the_fail
 def test_one_more_sensor_interval_sends_nothing_more_about_either_run(scenario):
     texts = [message["text"] for message in scenario.after_another_tick]
 
-    assert (len(failures(scenario.after_another_tick)), len(recoveries(scenario.after_another_tick))) == (1, 1)
+    assert (len(failures(scenario.after_another_tick)),
+            len(recoveries(scenario.after_another_tick))) == (1, 1)
     assert len(texts) == 2, texts
 
 
 def test_the_passing_run_is_not_alerted_as_a_failure(scenario):
-    assert all(f"/runs/{scenario.passed_run_id}" not in text for text in failures(scenario.after_another_tick))
+    assert all(f"/runs/{scenario.passed_run_id}" not in text
+               for text in failures(scenario.after_another_tick))

@@ -57,7 +57,8 @@ def write_ledger(home: Path, file_sync: str, *, delivered: int = 0, rejected: in
         ledger.log_outcomes(sync, outcomes)
         ledger.reject_refused(sync, [(s, "rejected by segment: HTTP 400") for s in seqs[delivered + failed:]],
                               destination="segment")
-        ledger.add_rejections(sync, [Rejection(f"bad{i}", "warehouse", "null key", None) for i in range(rejected)])
+        ledger.add_rejections(sync,
+                              [Rejection(f"bad{i}", "warehouse", "null key", None) for i in range(rejected)])
 
 
 @pytest.fixture
@@ -112,7 +113,8 @@ def test_every_staging_file_and_every_sync_in_it_is_read(ops_env, resources):
     write_ledger(ops_env, "replay", delivered=5)
     write_ledger(ops_env, "heap", delivered=5)  # a sync the check was never told about
     write_ledger(ops_env, "audit_trail", delivered=5)
-    write_ledger(ops_env, "audit_trail", delivered=5, sync="audit_trail.jsonl")  # a second destination, same file
+    # a second destination, same file
+    write_ledger(ops_env, "audit_trail", delivered=5, sync="audit_trail.jsonl")
 
     result = check(resources)
 
@@ -164,7 +166,8 @@ def test_the_state_survives_between_runs_in_a_small_file(ops_env, resources):
 
 
 @pytest.mark.slow
-def test_an_alert_that_could_not_be_sent_is_sent_by_the_next_run(ops_env, resources, clean_sandbox, monkeypatch):
+def test_an_alert_that_could_not_be_sent_is_sent_by_the_next_run(ops_env, resources, clean_sandbox,
+                                                                 monkeypatch):
     write_ledger(ops_env, "replay", delivered=10, failed=10)
     clean_sandbox.set_faults("slack", rate_500=1.0)
     monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{clean_sandbox.url}/slack/services/T/B/wrong-token")
@@ -261,7 +264,8 @@ def test_an_unhealthy_sync_recovers_only_below_four_fifths_of_the_threshold(ops_
     write_ledger(ops_env, "replay", delivered=60)  # 10 of 260 = 3.8%: below 4%
     recovered = read_health(staging_files(ops_env), since, max_share=0.05, previous=unhealthy)
 
-    assert [h.status for h in (*held.syncs, *fresh.syncs, *recovered.syncs)] == ["UNHEALTHY", "healthy", "healthy"]
+    assert [h.status for h in (*held.syncs, *fresh.syncs, *recovered.syncs)] == [
+        "UNHEALTHY", "healthy", "healthy"]
 
 
 def test_a_sync_under_the_minimum_of_messages_is_not_judged(ops_env, monkeypatch, clean_sandbox):
@@ -290,7 +294,8 @@ def test_an_unhealthy_sync_whose_file_is_busy_keeps_the_check_failed(ops_env, re
 def test_messages_planned_but_never_attempted_count_as_failed(ops_env, resources):
     write_ledger(ops_env, "replay", delivered=80)
     with store.staging(ops_env / "staging" / "replay.duckdb") as con:  # a run that stopped at a 401
-        Ledger(con).add_planned("replay", [PlannedMessage(f"n{i}", f"n{i}", "identify", b"{}") for i in range(20)])
+        Ledger(con).add_planned("replay",
+                                [PlannedMessage(f"n{i}", f"n{i}", "identify", b"{}") for i in range(20)])
 
     result = check(resources)
 
@@ -303,7 +308,8 @@ def test_messages_pending_since_before_the_window_count_as_stuck(ops_env):
     with store.staging(ops_env / "staging" / "replay.duckdb") as con:
         plan = Ledger(con).add_planned("replay", [PlannedMessage(f"s{i}", f"s{i}", "identify", b"{}")
                                                   for i in range(5)])
-        con.execute("UPDATE planned_messages SET planned_at = planned_at - INTERVAL 2 DAY WHERE message_id LIKE 's%'")
+        con.execute("UPDATE planned_messages SET planned_at = planned_at - INTERVAL 2 DAY "
+                    "WHERE message_id LIKE 's%'")
         Ledger(con).log_outcomes("replay", [(seq, PENDING, 0, None) for seq in plan.seqs])
 
     report = read_health(staging_files(ops_env), datetime.now(UTC) - timedelta(hours=24), max_share=0.05)
