@@ -1,4 +1,5 @@
-"""Fixtures for delivery and replay tests: a ledger on a fresh staging file, clients on the sandbox, input files."""
+"""Fixtures for delivery and replay tests: a ledger on a fresh staging file, clients on the sandbox, input
+files."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def segment_client(clean_sandbox: RunningSandbox) -> Callable[..., SegmentTracki
     def make(**overrides: object) -> SegmentTrackingClient:
         options: dict = {"retry": FAST_RETRY} | overrides
         write_key = options.pop("write_key", SANDBOX_SEGMENT_WRITE_KEY)
-        return SegmentTrackingClient(f"{clean_sandbox.url}/segment", write_key, **options)  # type: ignore[arg-type]
+        return SegmentTrackingClient(f"{clean_sandbox.url}/segment", write_key,
+                                     **options)  # type: ignore[arg-type]
 
     return make

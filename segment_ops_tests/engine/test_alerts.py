@@ -17,7 +17,8 @@ URL = "http://dagster.example:3000/runs/0123456789abcdef"
 def failure(**overrides) -> RunFailure:
     fields = dict(run_id="0123456789abcdef", run_url=URL, job_name="reverse_etl_job", groups=["reverse_etl"],
                   step="segment__reverse_etl__user_traits",
-                  error="user_traits.sql: 3 message(s) could not be delivered\nTraceback (most recent call last):",
+                  error="user_traits.sql: 3 message(s) could not be delivered\n"
+                        "Traceback (most recent call last):",
                   counts={"delivered": 97, "pending_after_run": 3})
     return RunFailure(**(fields | overrides))
 
@@ -34,7 +35,8 @@ def test_a_failure_names_job_group_step_first_error_line_counts_and_link():
 def test_a_failure_has_blocks_with_the_same_facts():
     blocks = failure_message(failure(partition="2026-08-01-10:00"))["blocks"]
 
-    assert blocks[0] == {"type": "header", "text": {"type": "plain_text", "text": "Run failed: reverse_etl_job"}}
+    assert blocks[0] == {"type": "header",
+                         "text": {"type": "plain_text", "text": "Run failed: reverse_etl_job"}}
     fields = " ".join(f["text"] for f in blocks[1]["fields"])
     assert "`reverse_etl_job`" in fields and "`2026-08-01-10:00`" in fields and "reverse_etl" in fields
     assert URL in blocks[-1]["text"]["text"]
@@ -58,8 +60,8 @@ def test_slack_control_characters_in_an_error_are_escaped_but_the_run_link_is_ke
 def test_a_recovery_names_both_runs():
     message = recovery_message(RunRecovery(run_id="ffff0000aaaa", run_url="http://ui/runs/ffff0000aaaa",
                                            job_name="audit_trail_job", failed_run_id="0123456789ab",
-                                           failed_run_url="http://ui/runs/0123456789ab", groups=["audit_trail"],
-                                           partition="2026-08-01-10:00"))
+                                           failed_run_url="http://ui/runs/0123456789ab",
+                                           groups=["audit_trail"], partition="2026-08-01-10:00"))
 
     assert "recovered" in message["text"] and "ffff0000" in message["text"] and "01234567" in message["text"]
     assert "partition `2026-08-01-10:00`" in message["text"]
@@ -78,7 +80,8 @@ def test_delivery_health_messages_give_the_share_counts_and_threshold():
 
 
 def test_a_mention_or_link_in_an_error_reaches_slack_as_plain_characters():
-    message = failure_message(failure(error="bad row <!channel> see <http://x|y> & more", step="step <!here>"))
+    message = failure_message(failure(error="bad row <!channel> see <http://x|y> & more",
+                                      step="step <!here>"))
 
     for text in (message["text"], str(message["blocks"])):
         assert "<!channel>" not in text and "<http://x|y>" not in text and "<!here>" not in text

@@ -1,4 +1,5 @@
-"""Delivering pending messages to the sandbox's Segment Tracking API: faults, rejects, auth, rate and size limits.
+"""Delivering pending messages to the sandbox's Segment Tracking API: faults, rejects, auth, rate and size
+limits.
 
 Messages are planned through `plan_file` (or, for a message our own validation would refuse,
 `Ledger.add_planned`), delivered with `deliver_pending`, and checked at the sandbox's recorder.
@@ -43,7 +44,8 @@ def plan(ledger, tmp_path, calls: list[dict], name: str = "calls.jsonl"):
 
 
 @pytest.mark.slow
-def test_faults_of_every_kind_still_deliver_each_message_once(tmp_path, ledger, segment_client, clean_sandbox):
+def test_faults_of_every_kind_still_deliver_each_message_once(tmp_path, ledger, segment_client,
+                                                              clean_sandbox):
     count = 28_000
     calls = calls_with_ids(count, pad=400)  # ~500 bytes each: ~30 batches, so every fault kind gets its turn
     plan(ledger, tmp_path, calls)
@@ -82,8 +84,10 @@ def test_segment_400_rejects_only_the_bad_message(tmp_path, ledger, segment_clie
     assert "the limit is 32768" in reason  # Segment's own words
 
 
-def test_a_rejected_message_is_not_sent_again_by_the_next_run(tmp_path, ledger, segment_client, clean_sandbox):
-    oversized = orjson.dumps({"type": "track", "userId": "big", "event": "Big", "properties": {"b": "x" * 40_000}})
+def test_a_rejected_message_is_not_sent_again_by_the_next_run(tmp_path, ledger, segment_client,
+                                                              clean_sandbox):
+    oversized = orjson.dumps({"type": "track", "userId": "big", "event": "Big",
+                              "properties": {"b": "x" * 40_000}})
     ledger.add_planned(SYNC, [PlannedMessage("too-big", "big", "track", oversized)])
     deliver_pending(ledger, SYNC, segment_client())
     requests = clean_sandbox.stats()["segment"]["requests"]
@@ -94,7 +98,8 @@ def test_a_rejected_message_is_not_sent_again_by_the_next_run(tmp_path, ledger, 
     assert ledger_counts(ledger) == (0, 0, 1)
 
 
-def test_a_number_segment_cannot_parse_loses_only_its_own_line(tmp_path, ledger, segment_client, clean_sandbox):
+def test_a_number_segment_cannot_parse_loses_only_its_own_line(tmp_path, ledger, segment_client,
+                                                               clean_sandbox):
     # 1e400 is valid JSON grammar but no double: Segment's parser refuses the request with 400.
     bad = b'{"type":"track","userId":"inf","event":"E","messageId":"huge-number","properties":{"x":1e400}}'
     path = write_jsonl(tmp_path / "calls.jsonl", [*calls_with_ids(50), bad])
@@ -163,7 +168,8 @@ def test_request_rate_cap_holds_at_the_sandbox(tmp_path, ledger, segment_client,
     report = deliver_pending(ledger, SYNC, segment_client(max_requests_per_second=cap), max_in_flight=4)
 
     # Each request's arrival time at the sandbox: its messages share one receivedAt (and one sentAt).
-    arrivals = sorted({(m["receivedAt"], m["sentAt"]) for m in clean_sandbox.received("segment", limit=20_000)})
+    arrivals = sorted({(m["receivedAt"], m["sentAt"])
+                       for m in clean_sandbox.received("segment", limit=20_000)})
     times = [datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp() for received, _ in arrivals]
     assert len(times) == report.requests == clean_sandbox.stats()["segment"]["requests"] >= 12
     # The first `cap` requests may go at once (the bucket starts full); after that, at most `cap` per second.
@@ -209,7 +215,8 @@ def hec_events(count: int, bad_at: int, bad: bytes) -> list[bytes]:
 
 @pytest.mark.parametrize(
     ("bad", "code"),
-    [(b"[3]", 6), (b'{"time": 1}', 12), (b'{"event": "  "}', 13), (b'{"event": "x", "fields": {"a": {"b": 1}}}', 15)],
+    [(b"[3]", 6), (b'{"time": 1}', 12), (b'{"event": "  "}', 13),
+     (b'{"event": "x", "fields": {"a": {"b": 1}}}', 15)],
     ids=["6-not-an-object", "12-no-event", "13-blank-event", "15-nested-fields"],
 )
 def test_a_siem_batch_refused_at_one_event_keeps_the_accepted_prefix_and_resends_only_the_rest(
@@ -217,7 +224,8 @@ def test_a_siem_batch_refused_at_one_event_keeps_the_accepted_prefix_and_resends
     # HEC answers these codes with invalid-event-number, after indexing the events before it (spec §7).
     # HEC does not deduplicate, so those must not be sent again.
     events = hec_events(6, 3, bad)
-    ledger.add_planned("audit", [PlannedMessage(f"evt-{i}", f"evt-{i}", "hec", e) for i, e in enumerate(events)])
+    ledger.add_planned("audit",
+                       [PlannedMessage(f"evt-{i}", f"evt-{i}", "hec", e) for i, e in enumerate(events)])
     client = SplunkHecClient(f"{clean_sandbox.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN)
 
     report = deliver_pending(ledger, "audit", client, run_id="run-hec")
@@ -233,14 +241,16 @@ def test_an_index_refused_mid_batch_records_the_prefix_then_stops_the_run(ledger
     # Code 7 also names the first refused event; the ones before it were indexed (spec §7). The index is
     # the token's setup, not the event's fault: nothing is rejected, the rest stays pending.
     events = hec_events(6, 2, orjson.dumps({"event": {"n": 2}, "index": "not_allowed"}))
-    ledger.add_planned("audit", [PlannedMessage(f"evt-{i}", f"evt-{i}", "hec", e) for i, e in enumerate(events)])
+    ledger.add_planned("audit",
+                       [PlannedMessage(f"evt-{i}", f"evt-{i}", "hec", e) for i, e in enumerate(events)])
     client = SplunkHecClient(f"{clean_sandbox.url}/splunk", SANDBOX_SPLUNK_HEC_TOKEN)
 
     with pytest.raises(HecConfigurationError, match="Incorrect index"):
         deliver_pending(ledger, "audit", client, run_id="run-hec")
 
     assert [item["event"]["n"] for item in clean_sandbox.received("splunk")] == [0, 1]
-    assert ledger_counts(ledger, "audit") == (4, 2, 0)  # the prefix delivered, the rest pending, none rejected
+    # the prefix delivered, the rest pending, none rejected
+    assert ledger_counts(ledger, "audit") == (4, 2, 0)
     assert clean_sandbox.stats()["splunk"]["requests"] == 1
 
 
@@ -299,7 +309,9 @@ def test_settling_reopens_what_stayed_unconfirmed_past_the_timeout(ledger):
     deliver_pending(ledger, "later", TakesThenConfirms())
     time.sleep(0.05)
 
-    report = settle_awaiting(ledger, "later", lambda receipts: {r.receipt: Confirmation.WAITING for r in receipts}, timeout=0.01)
+    report = settle_awaiting(ledger, "later",
+                             lambda receipts: {r.receipt: Confirmation.WAITING for r in receipts},
+                             timeout=0.01)
     resent = deliver_pending(ledger, "later", destination := TakesThenConfirms())
 
     assert (report.expired, report.awaiting) == (4, 0)
@@ -359,7 +371,8 @@ def test_a_receipt_the_destination_lost_is_pending_again_at_once_and_the_others_
     deliver_pending(ledger, "later", TakesThenConfirms(), max_in_flight=1)
 
     report = settle_awaiting(ledger, "later", lambda receipts: {"receipt-0": Confirmation.LOST,
-                                                                 "receipt-1": Confirmation.CONFIRMED}, timeout=300)
+                                                                 "receipt-1": Confirmation.CONFIRMED},
+                             timeout=300)
 
     assert (report.lost, report.confirmed, report.expired, report.awaiting) == (2, 2, 0, 2)
     assert [r.receipt for r in ledger.awaiting_receipts("later")] == ["receipt-2"]
