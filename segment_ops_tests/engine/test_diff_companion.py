@@ -1,4 +1,5 @@
-"""The diff with a companion track call beside each change (Heap's entered/exited): two calls, settled together."""
+"""The diff with a companion track call beside each change (Heap's entered/exited): two calls, settled
+together."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ def con():
 
 
 def stage(con: duckdb.DuckDBPyConnection, users: list[str]) -> StagedResult:
-    con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS SELECT unnest(?::VARCHAR[]) AS user_id, true AS vip, "
+    con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS SELECT unnest(?::VARCHAR[]) AS user_id, "
+                f"true AS vip, "
                 f"NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}", [users])
-    return StagedResult("staged", len(users), ("user_id", "vip"), {"user_id": "VARCHAR", "vip": "BOOLEAN"}, 0.0, "t")
+    return StagedResult("staged", len(users), ("user_id", "vip"), {"user_id": "VARCHAR", "vip": "BOOLEAN"},
+                        0.0, "t")
 
 
 def deliver(ledger: Ledger, call_type: str | None = None) -> None:
@@ -149,5 +152,5 @@ def test_a_half_delivered_change_still_wanted_keeps_its_missing_call_pending(con
 
     assert (plan.superseded, plan.added) == (0, 2)
     assert snapshot_of(con, "u1") is None
-    assert con.execute("SELECT call_type FROM ledger WHERE record_key = 'u1' AND status = 'pending'").fetchall() \
-        == [("track",)]
+    assert con.execute("SELECT call_type FROM ledger WHERE record_key = 'u1' "
+                       "AND status = 'pending'").fetchall() == [("track",)]

@@ -22,10 +22,12 @@ def _csv(tmp_path: Path, text: str) -> str:
 
 
 def test_csv_map_keeps_one_row_per_id_and_drops_blanks(con, tmp_path):
-    source = IdentitySource(csv=_csv(tmp_path, "source_id,target_id\na@x.com,u1\na@x.com,u1\n b@x.com ,u2\n,u3\nc@x.com,\n"))
+    source = IdentitySource(csv=_csv(tmp_path, "source_id,target_id\na@x.com,u1\na@x.com,u1\n"
+                                               " b@x.com ,u2\n,u3\nc@x.com,\n"))
     stats = stage_identity_map(con, source, "ids", warehouse_url="duckdb:///:memory:")
     assert (stats.rows, stats.mapped, stats.blank, stats.ambiguous) == (5, 2, 2, 0)
-    assert con.execute("SELECT * FROM ids ORDER BY source_id").fetchall() == [("a@x.com", "u1"), ("b@x.com", "u2")]
+    assert con.execute("SELECT * FROM ids ORDER BY source_id").fetchall() == [
+        ("a@x.com", "u1"), ("b@x.com", "u2")]
     assert stats.origin.startswith("CSV ")
 
 
@@ -46,8 +48,10 @@ def test_ids_are_matched_exactly_not_case_folded(con, tmp_path):
 def test_query_on_a_warehouse_file(con, tmp_path):
     warehouse = tmp_path / "wh.duckdb"
     with duckdb.connect(str(warehouse)) as wh:
-        wh.execute("CREATE TABLE identity_map AS SELECT * FROM (VALUES ('a@x.com', 'u1'), ('b@x.com', 'u2')) t(identity, user_id)")
-    source = IdentitySource.from_config({"query": "SELECT identity AS source_id, user_id AS target_id FROM identity_map"})
+        wh.execute("CREATE TABLE identity_map AS SELECT * FROM (VALUES ('a@x.com', 'u1'), ('b@x.com', 'u2')) "
+                   "t(identity, user_id)")
+    source = IdentitySource.from_config({"query": "SELECT identity AS source_id, user_id AS target_id "
+                                                  "FROM identity_map"})
     stats = stage_identity_map(con, source, "ids", warehouse_url=f"duckdb:///{warehouse}")
     assert stats.mapped == 2 and stats.origin == "query on the warehouse"
 
@@ -62,7 +66,8 @@ def test_a_query_without_the_two_columns_is_a_clear_error(con, tmp_path):
 
 def test_a_missing_csv_is_a_clear_error(con, tmp_path):
     with pytest.raises(IdentityMapError, match="does not exist"):
-        stage_identity_map(con, IdentitySource(csv=str(tmp_path / "nope.csv")), "ids", warehouse_url="duckdb:///:memory:")
+        stage_identity_map(con, IdentitySource(csv=str(tmp_path / "nope.csv")), "ids",
+                           warehouse_url="duckdb:///:memory:")
 
 
 @pytest.mark.parametrize("table, problem", [
