@@ -1,4 +1,5 @@
-"""Replaying a file of Segment calls over real HTTP to the sandbox: planned, delivered once, rejects explained.
+"""Replaying a file of Segment calls over real HTTP to the sandbox: planned, delivered once, rejects
+explained.
 
 Only public behaviour is asserted: `plan_file` / `replay_file` results, `Ledger.counts`, and what the
 sandbox received.
@@ -122,7 +123,8 @@ def test_duplicate_lines_in_a_file_are_sent_once(tmp_path, ledger, segment_clien
     assert (stats["messages"], stats["received"]) == (20, 20)
 
 
-def test_malformed_lines_are_rejected_with_line_number_and_reason(tmp_path, ledger, segment_client, clean_sandbox):
+def test_malformed_lines_are_rejected_with_line_number_and_reason(tmp_path, ledger, segment_client,
+                                                                  clean_sandbox):
     good = track_calls(3)
     lines = [
         good[0],                                                                   # 1
@@ -187,7 +189,8 @@ def test_parquet_input_is_replayed(tmp_path, ledger, segment_client, clean_sandb
 def test_parquet_timestamps_are_sent_as_iso_utc(tmp_path, ledger, segment_client, clean_sandbox):
     when = dt.datetime(2024, 5, 1, 8, 30, tzinfo=dt.UTC)
     path = tmp_path / "calls.parquet"
-    pq.write_table(pa.Table.from_pylist([{"type": "track", "userId": "p1", "event": "Old", "timestamp": when}]), path)
+    pq.write_table(pa.Table.from_pylist([{"type": "track", "userId": "p1", "event": "Old",
+                                          "timestamp": when}]), path)
 
     replay_file(ledger, path, segment_client)
 
@@ -241,7 +244,8 @@ def test_windows_line_endings_are_read_like_unix_ones(tmp_path, ledger, segment_
 
 
 def test_a_line_that_is_not_utf8_is_rejected_not_altered(tmp_path, ledger, segment_client, clean_sandbox):
-    path = write_jsonl(tmp_path / "latin1.jsonl", [track_calls(1)[0], b'{"type":"identify","userId":"caf\xe9"}'])
+    path = write_jsonl(tmp_path / "latin1.jsonl",
+                       [track_calls(1)[0], b'{"type":"identify","userId":"caf\xe9"}'])
 
     result = replay_file(ledger, path, segment_client)
 

@@ -1,4 +1,5 @@
-"""`segment-ops replay` as a user runs it: a subprocess against the sandbox, judged by exit code and summary."""
+"""`segment-ops replay` as a user runs it: a subprocess against the sandbox, judged by exit code and
+summary."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def run_replay(*args: str | Path, timeout: float = 60) -> subprocess.CompletedPr
 
 
 def summary(output: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """((planned, planned earlier, duplicates, rejected), (delivered, rejected by Segment, pending) or None)."""
+    """((planned, planned earlier, duplicates, rejected), (delivered, rejected by Segment, pending) or
+    None)."""
     planned = PLAN_LINE.search(output)
     assert planned, output
     delivered = DELIVERY_LINE.search(output)
@@ -49,7 +51,8 @@ def test_all_lines_delivered_exits_0_with_a_summary(tmp_path, ops_env, clean_san
 
 
 def test_rejected_lines_exit_1_and_are_listed_with_line_numbers(tmp_path, ops_env, clean_sandbox):
-    path = write_jsonl(tmp_path / "mixed.jsonl", [*track_calls(5), b"{oops", {"type": "track", "userId": "u9"}])
+    path = write_jsonl(tmp_path / "mixed.jsonl",
+                       [*track_calls(5), b"{oops", {"type": "track", "userId": "u9"}])
 
     done = run_replay(path)
 
@@ -97,7 +100,8 @@ def test_undelivered_messages_exit_1_and_say_they_stay_pending(tmp_path, ops_env
     failed = subprocess.run(replay_command(path), env=env, capture_output=True, text=True, timeout=60)
 
     assert failed.returncode == 1
-    assert "10 message(s)" in failed.stderr and "stay pending" in failed.stderr and "HTTP 404" in failed.stderr
+    assert ("10 message(s)" in failed.stderr and "stay pending" in failed.stderr
+            and "HTTP 404" in failed.stderr)
     assert "Traceback" not in failed.stderr
 
 
