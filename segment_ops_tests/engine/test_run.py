@@ -1,4 +1,5 @@
-"""The one runner: a sync declared with a stage and hooks is staged, diffed, planned, delivered and advanced."""
+"""The one runner: a sync declared with a stage and hooks is staged, diffed, planned, delivered and
+advanced."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def test_a_declared_sync_sends_what_changed_and_then_only_the_change(con, segmen
     assert (first.plan.added, first.delivery.delivered, first.advanced) == (2, 2, 2)
     assert run.calls == ["stage", "before_plan", "after_delivery"]
 
-    second = run_diff_sync(con, declared({"u1": "free", "u2": "team"}, again := PlansRun()), again, segment_client)
+    second = run_diff_sync(con, declared({"u1": "free", "u2": "team"}, again := PlansRun()), again,
+                           segment_client)
 
     assert (second.plan.changed, second.plan.unchanged, second.delivery.delivered) == (1, 1, 1)
     assert sent(clean_sandbox) == [("u1", "free"), ("u2", "pro"), ("u2", "team")]
@@ -76,7 +78,8 @@ def test_a_dry_run_stages_and_counts_but_records_and_sends_nothing(con, segment_
     assert run.ledger.pending == 0 and clean_sandbox.received("segment") == []
 
 
-def test_an_incomplete_delivery_raises_with_the_typed_report_after_the_hooks_ran(con, segment_client, clean_sandbox):
+def test_an_incomplete_delivery_raises_with_the_typed_report_after_the_hooks_ran(con, segment_client,
+                                                                                 clean_sandbox):
     clean_sandbox.set_faults("segment", rate_503=1.0)
     run = PlansRun()
     with pytest.raises(DeliveryIncomplete, match=r"^plans: ") as failed:
@@ -90,7 +93,8 @@ def test_an_incomplete_delivery_raises_with_the_typed_report_after_the_hooks_ran
         ("u1", False, True), ("u2", False, True)]
 
     clean_sandbox.clear_faults()
-    retry = run_diff_sync(con, declared({"u1": "free", "u2": "pro"}, again := PlansRun()), again, segment_client)
+    retry = run_diff_sync(con, declared({"u1": "free", "u2": "pro"}, again := PlansRun()), again,
+                          segment_client)
     assert (retry.plan.already_known, retry.delivery.delivered) == (2, 2)  # same messages, sent once
     assert sent(clean_sandbox) == [("u1", "free"), ("u2", "pro")]
 

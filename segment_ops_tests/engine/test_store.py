@@ -9,7 +9,8 @@ from segment_ops.engine import store
 from segment_ops.engine.store import StateSchema, StateSchemaError
 
 V1 = "CREATE TABLE IF NOT EXISTS t_items (id INTEGER NOT NULL)"
-V2 = "CREATE TABLE IF NOT EXISTS t_items (id INTEGER NOT NULL, note VARCHAR); CREATE TABLE IF NOT EXISTS t_extra (x INTEGER)"
+V2 = ("CREATE TABLE IF NOT EXISTS t_items (id INTEGER NOT NULL, note VARCHAR); "
+      "CREATE TABLE IF NOT EXISTS t_extra (x INTEGER)")
 
 
 @pytest.fixture
@@ -41,22 +42,26 @@ def test_a_file_of_an_older_version_is_migrated_in_order_keeping_its_rows(regist
     registry.ensure(con, old)
     con.execute("INSERT INTO t_items VALUES (7)")
     registry._REGISTRY.clear()
-    new = registry.register(StateSchema("items", 3, ("t_items", "t_extra"), V2 + "; CREATE TABLE IF NOT EXISTS "
-                                        "t_more (y INTEGER)", {1: "ALTER TABLE t_items ADD COLUMN note VARCHAR",
-                                                               2: "UPDATE t_items SET note = 'v3'"}))
+    new = registry.register(StateSchema("items", 3, ("t_items", "t_extra"),
+                                        V2 + "; CREATE TABLE IF NOT EXISTS "
+                                             "t_more (y INTEGER)",
+                                        {1: "ALTER TABLE t_items ADD COLUMN note VARCHAR",
+                                         2: "UPDATE t_items SET note = 'v3'"}))
     registry.ensure(con, new)
 
     assert con.execute("SELECT id, note FROM t_items").fetchall() == [(7, "v3")]
     assert registry.schema_version(con, "items") == 3
 
 
-def test_a_file_made_before_versions_were_recorded_counts_as_version_one_and_gets_its_missing_tables(registry):
+def test_a_file_made_before_versions_were_recorded_counts_as_version_one_and_gets_its_missing_tables(
+        registry):
     con = duckdb.connect()
     con.execute(V1)
     con.execute("INSERT INTO t_items VALUES (1)")
     schema = registry.register(StateSchema(
         "items", 2, ("t_items", "t_extra"), V2,
-        {1: "ALTER TABLE t_items ADD COLUMN IF NOT EXISTS note VARCHAR; UPDATE t_items SET note = 'migrated'"}))
+        {1: "ALTER TABLE t_items ADD COLUMN IF NOT EXISTS note VARCHAR; "
+            "UPDATE t_items SET note = 'migrated'"}))
     registry.ensure(con, schema)
 
     assert con.execute("SELECT id, note FROM t_items").fetchall() == [(1, "migrated")]
@@ -81,7 +86,8 @@ def test_a_failed_migration_leaves_the_file_as_it_was(registry):
     registry.register(StateSchema("items", 1, ("t_items",), V1))
     registry.ensure(con, StateSchema("items", 1, ("t_items",), V1))
     registry._REGISTRY.clear()
-    broken = registry.register(StateSchema("items", 2, ("t_items",), V2, {1: "ALTER TABLE no_such_table ADD x INT"}))
+    broken = registry.register(StateSchema("items", 2, ("t_items",), V2,
+                                           {1: "ALTER TABLE no_such_table ADD x INT"}))
 
     with pytest.raises(duckdb.Error):
         registry.ensure(con, broken)
