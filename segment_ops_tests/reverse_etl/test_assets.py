@@ -34,8 +34,8 @@ def test_first_run_sends_every_valid_row(resources, clean_sandbox):
 
     assert result.success
     user = metadata(result, "user_traits")
-    assert (user["rows_read"], user["added"], user["planned"], user["delivered"]) == (178, VALID_CUSTOMERS,
-                                                                                       VALID_CUSTOMERS, VALID_CUSTOMERS)
+    assert ((user["rows_read"], user["added"], user["planned"], user["delivered"])
+            == (178, VALID_CUSTOMERS, VALID_CUSTOMERS, VALID_CUSTOMERS))
     assert user["warehouse_dialect"] == "duckdb" and user["dry_run"] is False
     assert metadata(result, "account_traits")["delivered"] == ACCOUNTS_WITH_A_USER
     assert metadata(result, "completed_orders")["delivered"] == COMPLETED_ORDERS
@@ -49,12 +49,14 @@ def test_first_run_sends_every_valid_row(resources, clean_sandbox):
 def test_payloads_are_built_from_typed_columns(resources, clean_sandbox):
     result = run_models(resources, ["user_traits", "completed_orders"])
 
-    [identify] = [m for m in received(clean_sandbox) if m["type"] == "identify" and m["userId"] == "usr_0000001"]
+    [identify] = [m for m in received(clean_sandbox)
+                  if m["type"] == "identify" and m["userId"] == "usr_0000001"]
     assert identify["traits"]["lifetime_value"] == 178.37 and identify["traits"]["plan"] == "starter"
     assert identify["traits"]["created_at"] == "2024-07-07T11:31:17.719Z"  # UTC, milliseconds, 'Z'
     message_id = identify["messageId"]
     assert len(message_id) == 36 and message_id[14] == "5" and message_id[19] in "89ab"
-    [order] = [m for m in received(clean_sandbox) if m.get("properties", {}).get("order_id") == "ord_000000001"]
+    [order] = [m for m in received(clean_sandbox)
+               if m.get("properties", {}).get("order_id") == "ord_000000001"]
     assert order["event"] == "Order Completed" and order["timestamp"] == "2025-06-23T19:39:49.770Z"
     assert order["properties"] == {"order_id": "ord_000000001", "revenue": 94.24, "currency": "USD",
                                    "account_id": "acc_00002"}
@@ -130,7 +132,8 @@ def test_a_row_that_returns_after_its_removal_is_sent_as_added(resources, wareho
 
     result = run_models(resources, ["account_traits"])
 
-    assert (metadata(result, "account_traits")["added"], metadata(result, "account_traits")["delivered"]) == (1, 1)
+    assert (metadata(result, "account_traits")["added"],
+            metadata(result, "account_traits")["delivered"]) == (1, 1)
     assert received(clean_sandbox)[-1]["traits"]["name"] is not None
     assert segment_stats(clean_sandbox) == (ACCOUNTS_WITH_A_USER + 2, 0)
 
@@ -173,7 +176,8 @@ def test_rows_with_null_or_duplicate_keys_are_rejected_with_reasons(resources, o
     assert not ratio.passed and ratio.severity == dg.AssetCheckSeverity.WARN
     con = duckdb.connect(str(ops_env / "staging" / "reverse_etl_user_traits.duckdb"), read_only=True)
     try:
-        rows = con.execute("SELECT record_key, source, reason, record FROM rejected ORDER BY reason").fetchall()
+        rows = con.execute(
+            "SELECT record_key, source, reason, record FROM rejected ORDER BY reason").fetchall()
     finally:
         con.close()
     assert len(rows) == 4 and {r[1] for r in rows} == {"user_traits.sql"}
@@ -214,14 +218,15 @@ def test_dry_run_sends_nothing_and_writes_no_snapshot(resources, clean_sandbox):
 
     assert dry.success
     meta = metadata(dry, "user_traits")
-    assert meta["dry_run"] is True and (meta["added"], meta["planned"], meta["rejected"]) == (VALID_CUSTOMERS,
-                                                                                            VALID_CUSTOMERS, 4)
+    assert meta["dry_run"] is True and ((meta["added"], meta["planned"], meta["rejected"])
+                                        == (VALID_CUSTOMERS, VALID_CUSTOMERS, 4))
     assert len(meta["sample_payloads"]) == 5 and "delivered" not in meta
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
     real = run_models(resources, ["user_traits"])
 
-    assert metadata(real, "user_traits")["delivered"] == VALID_CUSTOMERS  # the dry run left no snapshot behind
+    # the dry run left no snapshot behind
+    assert metadata(real, "user_traits")["delivered"] == VALID_CUSTOMERS
 
 
 @pytest.mark.slow
@@ -236,10 +241,12 @@ def test_full_resync_sends_every_row_again(resources, clean_sandbox):
     assert metadata(run_models(resources, ["user_traits"]), "user_traits")["delivered"] == 0
 
 
-def test_a_bad_model_file_fails_naming_the_file_while_the_others_load_and_run(resources, models_dir, clean_sandbox):
+def test_a_bad_model_file_fails_naming_the_file_while_the_others_load_and_run(resources, models_dir,
+                                                                              clean_sandbox):
     bad = models_dir / "broken_model.sql"
     bad.write_text("-- description: a model whose header has a typo in it somewhere\n-- owner: team:growth\n"
-                   "-- call: identify\n-- mdoe: upsert\n-- key: user_id\n-- user_id: user_id\nSELECT 1 AS user_id\n")
+                   "-- call: identify\n-- mdoe: upsert\n-- key: user_id\n-- user_id: user_id\n"
+                   "SELECT 1 AS user_id\n")
     defs = dg.Definitions.merge(build_reverse_etl_defs(models_dir), dg.Definitions(resources=resources))
     dg.Definitions.validate_loadable(defs)
     [spec] = [s for s in defs.resolve_all_asset_specs() if s.key == model_key("broken_model")]
@@ -255,7 +262,8 @@ def test_a_bad_model_file_fails_naming_the_file_while_the_others_load_and_run(re
     assert metadata(result, "completed_orders")["delivered"] == COMPLETED_ORDERS
 
 
-def test_a_mapping_naming_a_missing_column_fails_the_run_naming_the_file(resources, models_dir, clean_sandbox):
+def test_a_mapping_naming_a_missing_column_fails_the_run_naming_the_file(resources, models_dir,
+                                                                         clean_sandbox):
     path = models_dir / "user_traits.sql"
     path.write_text(path.read_text().replace("-- traits: email,", "-- traits: e_mail,"))
 
@@ -276,7 +284,8 @@ def test_a_query_the_warehouse_refuses_fails_the_run_naming_the_file(resources, 
     assert failure.description.startswith(str(path)) and "order_lines" in failure.description
 
 
-def test_the_streaming_path_gives_the_same_messages_as_the_duckdb_fast_path(resources, ops_env, clean_sandbox):
+def test_the_streaming_path_gives_the_same_messages_as_the_duckdb_fast_path(resources, ops_env,
+                                                                           clean_sandbox):
     fast = run_models(resources, ["user_traits"])
     other_home = ops_env / "second_home"
     streamed = run_models({**resources, "staging": StagingResource(home=str(other_home))}, ["user_traits"],

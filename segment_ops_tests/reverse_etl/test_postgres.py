@@ -31,8 +31,8 @@ TABLES = {
                  "lifetime_value numeric(12,2), created_at timestamptz, updated_at timestamptz",
     "accounts": "account_id text, name text, plan text, seats integer, industry text, mrr numeric(12,2), "
                 "created_at timestamptz, updated_at timestamptz",
-    "orders": "order_id text, user_id text, account_id text, status text, amount numeric(10,2), currency text, "
-              "completed_at timestamptz, updated_at timestamptz",
+    "orders": "order_id text, user_id text, account_id text, status text, amount numeric(10,2), "
+              "currency text, completed_at timestamptz, updated_at timestamptz",
 }
 
 
@@ -94,7 +94,8 @@ def test_models_sync_from_postgresql_with_the_same_messages_as_from_duckdb(postg
     assert spec.kinds == {"segment", "duckdb", "postgres"}
 
 
-def test_postgresql_rerun_sends_nothing_and_changes_send_only_themselves(postgres, pg_resources, clean_sandbox):
+def test_postgresql_rerun_sends_nothing_and_changes_send_only_themselves(postgres, pg_resources,
+                                                                          clean_sandbox):
     url, execute = postgres
     assert run_models(pg_resources, ["user_traits", "account_traits"], warehouse_url=url).success
     execute("UPDATE customers SET country = 'NZ' WHERE user_id = 'usr_0000003'",
@@ -103,27 +104,33 @@ def test_postgresql_rerun_sends_nothing_and_changes_send_only_themselves(postgre
     changed = run_models(pg_resources, ["user_traits", "account_traits"], warehouse_url=url)
     quiet = run_models(pg_resources, ["user_traits", "account_traits"], warehouse_url=url)
 
-    assert (metadata(changed, "user_traits")["changed"], metadata(changed, "user_traits")["delivered"]) == (1, 1)
-    assert (metadata(changed, "account_traits")["removed"], metadata(changed, "account_traits")["delivered"]) == (1, 1)
+    assert (metadata(changed, "user_traits")["changed"],
+            metadata(changed, "user_traits")["delivered"]) == (1, 1)
+    assert (metadata(changed, "account_traits")["removed"],
+            metadata(changed, "account_traits")["delivered"]) == (1, 1)
     assert metadata(quiet, "user_traits")["delivered"] == metadata(quiet, "account_traits")["delivered"] == 0
     assert segment_stats(clean_sandbox) == (VALID_CUSTOMERS + ACCOUNTS_WITH_A_USER + 2, 0)
     last_two = received(clean_sandbox)[-2:]
     assert {m.get("userId") for m in last_two if m["type"] == "identify"} == {"usr_0000003"}
 
 
-def test_postgresql_values_without_a_json_form_are_rejected_and_the_rest_converted(postgres, tmp_path, clean_sandbox,
+def test_postgresql_values_without_a_json_form_are_rejected_and_the_rest_converted(postgres, tmp_path,
+                                                                                  clean_sandbox,
                                                                                   segment_client_factory):
     url, execute = postgres
     execute("CREATE TABLE odd_values (id int8, user_id uuid, extra jsonb, score float8, blob bytea, "
             "big numeric, seen_at timestamptz)",
             "INSERT INTO odd_values VALUES "
-            "(1, '7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c01', '{\"tier\": [1, 2]}', 0.5, NULL, 12.5, '2024-03-01 12:00:00.123456+02'),"
+            "(1, '7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c01', '{\"tier\": [1, 2]}', 0.5, NULL, 12.5, "
+            "'2024-03-01 12:00:00.123456+02'),"
             "(2, '7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c02', NULL, 'NaN', NULL, 1, NULL),"
             "(3, '7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c03', NULL, 1, 'bytes', 1, NULL),"
-            "(4, '7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c04', NULL, 1, NULL, 123456789012345678901234567890, NULL)")
+            "(4, '7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c04', NULL, 1, NULL, 123456789012345678901234567890, "
+            "NULL)")
     model_file = tmp_path / "odd_values.sql"
     model_file.write_text("-- description: values of every PostgreSQL type the streaming path must handle\n"
-                          "-- owner: team:growth\n-- call: identify\n-- mode: upsert\n-- key: id\n-- user_id: user_id\n"
+                          "-- owner: team:growth\n-- call: identify\n-- mode: upsert\n-- key: id\n"
+                          "-- user_id: user_id\n"
                           "SELECT id, user_id, extra, score, blob, big, seen_at FROM odd_values\n")
     model = parse_model(model_file)
 
@@ -133,10 +140,11 @@ def test_postgresql_values_without_a_json_form_are_rejected_and_the_rest_convert
 
     assert (run.plan.added, run.plan.rejected, run.delivery.delivered) == (2, 2, 2)
     assert reasons == {"2": "column 'score' is NaN, which JSON cannot represent",
-                       "3": "column 'blob' holds binary data, which JSON cannot carry; encode it in the query "
-                            "(e.g. base64)"}
+                       "3": "column 'blob' holds binary data, which JSON cannot carry; encode it in the "
+                            "query (e.g. base64)"}
     by_user = {m["userId"]: m for m in received(clean_sandbox)}
     first = by_user["7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c01"]["traits"]
     assert first == {"id": 1, "extra": {"tier": [1, 2]}, "score": 0.5, "blob": None, "big": 12.5,
                      "seen_at": "2024-03-01T10:00:00.123Z"}
-    assert by_user["7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c04"]["traits"]["big"] == pytest.approx(1.2345678901234568e29)
+    assert (by_user["7e1b1a3e-8a44-4a5e-9d0a-2b8f1f0c0c04"]["traits"]["big"]
+            == pytest.approx(1.2345678901234568e29))
