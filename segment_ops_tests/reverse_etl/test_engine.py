@@ -63,7 +63,8 @@ def test_oversize_and_unsendable_rows_are_rejected_with_the_reason(tmp_path, peo
         run = sync_model(con, spec, url, segment_client_factory)
         reasons = dict(con.execute("SELECT record_key, reason FROM rejected").fetchall())
 
-    assert reasons["p1"].startswith("message is 40") and "Segment's limit is 32,768 bytes per call" in reasons["p1"]
+    assert (reasons["p1"].startswith("message is 40")
+            and "Segment's limit is 32,768 bytes per call" in reasons["p1"])
     assert reasons[" "] == "identify needs a userId or an anonymousId; 'id' is empty"
     assert reasons["p3"] == "column 'score' is Infinity, which JSON cannot represent"
     assert (run.plan.rows_read, run.plan.added, run.plan.rejected, run.delivery.delivered) == (60, 57, 3, 57)
@@ -112,7 +113,8 @@ def test_a_pending_change_is_superseded_when_its_row_changes_again(tmp_path, peo
     assert segment_stats(clean_sandbox) == (60, 0)
 
 
-def test_a_superseded_change_is_sent_when_its_row_returns_to_that_state(tmp_path, people, segment_client_factory,
+def test_a_superseded_change_is_sent_when_its_row_returns_to_that_state(tmp_path, people,
+                                                                        segment_client_factory,
                                                                         clean_sandbox):
     url, path = people
     spec = model(tmp_path)
@@ -136,7 +138,8 @@ def test_a_superseded_change_is_sent_when_its_row_returns_to_that_state(tmp_path
     assert segment_stats(clean_sandbox) == (61, 0)
 
 
-def test_dry_run_of_a_full_resync_counts_everything_and_changes_nothing(tmp_path, people, segment_client_factory,
+def test_dry_run_of_a_full_resync_counts_everything_and_changes_nothing(tmp_path, people,
+                                                                        segment_client_factory,
                                                                         clean_sandbox):
     url, _ = people
     spec = model(tmp_path)

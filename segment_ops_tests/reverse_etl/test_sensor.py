@@ -30,7 +30,8 @@ def test_first_probe_requests_every_model_with_upstream_tables(sensor, warehouse
     result = evaluate(sensor, None, f"duckdb:///{warehouse}")
 
     assert models_requested(result) == ["account_traits", "completed_orders", "user_traits"]
-    assert all(r.run_key.startswith(r.tags["segment_ops/reverse_etl_model"] + ":") for r in result.run_requests)
+    assert all(r.run_key.startswith(r.tags["segment_ops/reverse_etl_model"] + ":")
+               for r in result.run_requests)
     assert "customers.max(updated_at)" in result.cursor
 
 
@@ -46,7 +47,8 @@ def test_no_warehouse_change_skips_with_a_reason(sensor, warehouse):
 def test_a_changed_table_requests_only_the_models_reading_it(sensor, warehouse):
     first = evaluate(sensor, None, f"duckdb:///{warehouse}")
     # The demo data already holds an updated_at in 2099 (a malformed row), so the edit moves past it.
-    edit_warehouse(warehouse, "UPDATE customers SET plan = 'pro', updated_at = TIMESTAMPTZ '2100-01-01 00:00:00+00' "
+    edit_warehouse(warehouse, "UPDATE customers SET plan = 'pro', "
+                              "updated_at = TIMESTAMPTZ '2100-01-01 00:00:00+00' "
                               "WHERE user_id = 'usr_0000001'")
 
     second = evaluate(sensor, first.cursor, f"duckdb:///{warehouse}")
@@ -55,7 +57,8 @@ def test_a_changed_table_requests_only_the_models_reading_it(sensor, warehouse):
     assert models_requested(second) == ["account_traits", "user_traits"]  # both read customers
     old_keys = {r.run_key for r in first.run_requests}
     assert not old_keys & {r.run_key for r in second.run_requests}
-    assert [r.run_key for r in again.run_requests] == [r.run_key for r in second.run_requests]  # same probe, same key
+    # same probe, same key
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in second.run_requests]
 
 
 def test_an_unreachable_warehouse_skips_and_keeps_the_cursor(sensor, tmp_path):
@@ -68,7 +71,8 @@ def test_an_unreachable_warehouse_skips_and_keeps_the_cursor(sensor, tmp_path):
 def test_a_sensor_run_request_runs_its_model(sensor, warehouse, resources, clean_sandbox):
     [request] = [r for r in evaluate(sensor, None, f"duckdb:///{warehouse}").run_requests
                  if r.asset_selection == [model_key("completed_orders")]]
-    job = dg.Definitions.merge(build_reverse_etl_defs(), dg.Definitions(resources=resources)).resolve_job_def(JOB_NAME)
+    job = dg.Definitions.merge(build_reverse_etl_defs(),
+                               dg.Definitions(resources=resources)).resolve_job_def(JOB_NAME)
 
     result = job.execute_in_process(asset_selection=request.asset_selection, tags=request.tags)
 
