@@ -37,7 +37,8 @@ def resources(warehouse: Path, clean_sandbox) -> dict:
 @pytest.fixture
 def segment_client_factory(clean_sandbox) -> Callable[[], SegmentTrackingClient]:
     """Segment clients on the clean sandbox with a small retry budget (for engine-level tests)."""
-    return lambda: SegmentTrackingClient(f"{clean_sandbox.url}/segment", SANDBOX_SEGMENT_WRITE_KEY, retry=FAST_RETRY)
+    return lambda: SegmentTrackingClient(f"{clean_sandbox.url}/segment", SANDBOX_SEGMENT_WRITE_KEY,
+                                         retry=FAST_RETRY)
 
 
 def edit_warehouse(path: Path, *statements: str) -> None:
@@ -50,8 +51,8 @@ def edit_warehouse(path: Path, *statements: str) -> None:
         con.close()
 
 
-def run_models(resources: dict, models: Sequence[str], *, models_dir: Path = MODELS_DIR, warehouse_url: str | None = None,
-               **config: object) -> dg.ExecuteInProcessResult:
+def run_models(resources: dict, models: Sequence[str], *, models_dir: Path = MODELS_DIR,
+               warehouse_url: str | None = None, **config: object) -> dg.ExecuteInProcessResult:
     """Materialize the named models (and only those) with `config` for each."""
     defs = build_reverse_etl_defs(models_dir, warehouse_url=warehouse_url)
     assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
@@ -111,7 +112,8 @@ class _StormClient:
         self.client.send_batch(payloads, on_retry=on_retry)
         self.sent += 1
         if self.sent == 1:
-            httpx.post(f"{self.sandbox_url}/__sandbox__/faults", json={"segment": {"rate_503": 1.0}}).raise_for_status()
+            httpx.post(f"{self.sandbox_url}/__sandbox__/faults",
+                       json={"segment": {"rate_503": 1.0}}).raise_for_status()
 
     def close(self) -> None:
         self.client.close()

@@ -72,7 +72,8 @@ def test_the_code_version_follows_the_file(tmp_path):
     (("-- call: identify\n-- mode: upsert", "-- call: track\n-- event: Seen\n-- mode: mirror"),
      "mirror mode clears the traits"),
     (("-- user_id: user_id", "-- user_id: user_id\n-- traits: user_id, email"), "also listed in `traits:`"),
-    (("-- user_id: user_id", "-- user_id: user_id\n-- max_rejected_ratio: lots"), "max_rejected_ratio must be a number"),
+    (("-- user_id: user_id", "-- user_id: user_id\n-- max_rejected_ratio: lots"),
+     "max_rejected_ratio must be a number"),
 ])
 def test_a_bad_header_fails_naming_the_file(tmp_path, change, message):
     path = write(tmp_path, GOOD.replace(*change))
