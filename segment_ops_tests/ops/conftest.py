@@ -89,7 +89,8 @@ class DagsterDev:
     process: subprocess.Popen
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None, *, timeout: float = 60.0) -> dict:
-        """POST a query to `/graphql`; returns `data`, raises `DagsterDevError` on transport or GraphQL errors."""
+        """POST a query to `/graphql`; returns `data`, raises `DagsterDevError` on transport or GraphQL
+        errors."""
         response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
                               timeout=timeout)
         if response.status_code != 200:
@@ -100,7 +101,8 @@ class DagsterDev:
         return body["data"]
 
     def runs(self, **runs_filter: Any) -> list[dict]:
-        """Runs matching a GraphQL `RunsFilter`, e.g. `runs(tags=[{"key": "dagster/backfill", "value": id}])`."""
+        """Runs matching a GraphQL `RunsFilter`, e.g.
+        `runs(tags=[{"key": "dagster/backfill", "value": id}])`."""
         result = self.graphql(RUNS_QUERY, {"filter": runs_filter})["runsOrError"]
         if result["__typename"] != "Runs":
             raise DagsterDevError(f"runsOrError: {result}")
@@ -202,7 +204,8 @@ def ops_sandbox() -> Iterator[RunningSandbox]:
 
 
 @pytest.fixture(scope="package")
-def dagster_dev(ops_sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
+def dagster_dev(ops_sandbox: RunningSandbox,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     """`dagster dev -w workspace.yaml` on the sandbox, LOADED and with its daemons up; stopped after the ops
     tests (package scope), so it does not keep running its daemon through the rest of the session."""
     root = tmp_path_factory.mktemp("dagster_dev")
@@ -210,7 +213,8 @@ def dagster_dev(ops_sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFa
     dagster_home.mkdir()
     # The project's instance config, as the README's `.dagster_home/dagster.yaml` link does.
     (dagster_home / "dagster.yaml").symlink_to(PROJECT_ROOT / "dagster.yaml")
-    build_demo_warehouse(segment_ops_home / "demo_warehouse.duckdb", DemoData(DemoConfig(seed=SEED, scale=SCALE)))
+    build_demo_warehouse(segment_ops_home / "demo_warehouse.duckdb",
+                         DemoData(DemoConfig(seed=SEED, scale=SCALE)))
     port = free_port()
     log_path = root / "dagster_dev.log"
     dagster = Path(sys.executable).with_name("dagster")
@@ -219,7 +223,8 @@ def dagster_dev(ops_sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFa
             [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
             cwd=PROJECT_ROOT, env=dagster_dev_env(ops_sandbox.url, segment_ops_home, dagster_home),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    dev = DagsterDev(f"http://127.0.0.1:{port}", ops_sandbox, segment_ops_home, dagster_home, log_path, process)
+    dev = DagsterDev(f"http://127.0.0.1:{port}", ops_sandbox, segment_ops_home, dagster_home, log_path,
+                     process)
     try:
         _wait_until_loaded(dev, LOAD_TIMEOUT_SECONDS)
         yield dev

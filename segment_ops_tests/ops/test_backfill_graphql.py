@@ -132,14 +132,16 @@ def test_backfill_materializes_every_partition_of_both_audit_assets(backfill):
 
 
 def test_backfill_covers_every_hour_once_in_successful_runs(backfill):
-    """A backfill run covers up to a day of hours (audit_trail.BACKFILL_POLICY): every hour in exactly one run."""
+    """A backfill run covers up to a day of hours (audit_trail.BACKFILL_POLICY): every hour in exactly one
+    run."""
     covered: Counter[str] = Counter()
     for run in backfill.runs:
         tags = {tag["key"]: tag["value"] for tag in run["tags"]}
         if "dagster/partition" in tags:
             covered[tags["dagster/partition"]] += 1
         else:
-            first, last = tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]
+            first, last = (tags["dagster/asset_partition_range_start"],
+                           tags["dagster/asset_partition_range_end"])
             covered.update(backfill.keys[backfill.keys.index(first):backfill.keys.index(last) + 1])
     assert sorted(covered) == sorted(backfill.keys)
     assert set(covered.values()) == {1}
