@@ -1,5 +1,6 @@
-"""The UI bar, over the whole loaded code location (so every sync that lands is held to it): every asset says
-what it is, every job is started by a schedule or a sensor, every schedule and sensor is named and described."""
+"""The UI bar, over the whole loaded code location (so every sync that lands is held to it): every asset
+says what it is, every job is started by a schedule or a sensor, every schedule and sensor is named and
+described."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def test_every_job_has_a_description(repository):
 def test_alerting_and_delivery_health_are_on_by_default(repository):
     assert repository.get_sensor_def("alert_on_run_failure").default_status == dg.DefaultSensorStatus.RUNNING
     assert repository.get_sensor_def("alert_on_recovery").default_status == dg.DefaultSensorStatus.RUNNING
-    assert repository.get_schedule_def("delivery_health_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
+    assert (repository.get_schedule_def("delivery_health_schedule").default_status
+            == dg.DefaultScheduleStatus.RUNNING)
 
 
 def test_the_alert_sensors_watch_every_job_of_the_code_location(repository):

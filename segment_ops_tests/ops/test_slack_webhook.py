@@ -84,7 +84,8 @@ def test_the_client_posts_a_message(clean_sandbox):
 def test_the_client_retries_a_500_and_delivers_once(clean_sandbox):
     clean_sandbox.set_faults("slack", rate_500=0.5)
 
-    with client(clean_sandbox, retry=RetryPolicy(max_attempts=20, backoff_initial=0.01, backoff_max=0.01)) as slack:
+    with client(clean_sandbox,
+                retry=RetryPolicy(max_attempts=20, backoff_initial=0.01, backoff_max=0.01)) as slack:
         for n in range(6):
             slack.post_message({"text": f"message {n}"})
 
@@ -119,7 +120,8 @@ def test_the_webhook_secret_never_reaches_errors_or_logs(clean_sandbox, caplog):
     caplog.set_level(logging.DEBUG)
     secret = "T9SECRET/B9SECRET/a-webhook-secret-for-tests"
 
-    with client(clean_sandbox, f"/slack/services/{secret}") as slack, pytest.raises(VendorRequestError) as caught:
+    with (client(clean_sandbox, f"/slack/services/{secret}") as slack,
+          pytest.raises(VendorRequestError) as caught):
         slack.post_message({"text": "x"})
 
     assert caught.value.status == 404 and "no_service" in str(caught.value)
@@ -133,7 +135,8 @@ def test_the_sandbox_token_is_not_shown_in_the_clients_repr(clean_sandbox):
 
 
 @pytest.mark.parametrize("url", ["", "hooks.slack.com/services/T1/B1/leakcheck-secret",
-                                 "ftp://hooks.slack.com/services/T1/B1/leakcheck-secret", "https://hooks.slack.com/"])
+                                 "ftp://hooks.slack.com/services/T1/B1/leakcheck-secret",
+                                 "https://hooks.slack.com/"])
 def test_a_url_that_is_not_a_webhook_is_refused_without_echoing_it(url):
     with pytest.raises(WebhookUrlError) as caught:
         SlackWebhookClient(url)
@@ -184,5 +187,6 @@ def test_a_host_listed_in_no_proxy_is_reached_directly(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
     monkeypatch.setenv("NO_PROXY", "hooks.slack.com")
 
-    assert environment_transport("https://hooks.slack.com/services/T/B/x")._pool.__class__.__name__ == "ConnectionPool"
+    assert (environment_transport("https://hooks.slack.com/services/T/B/x")._pool.__class__.__name__
+            == "ConnectionPool")
     assert environment_transport("https://other.example.test/x")._pool.__class__.__name__ == "HTTPProxy"
