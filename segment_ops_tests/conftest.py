@@ -72,7 +72,8 @@ def sandbox_http(clean_sandbox: RunningSandbox) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def sandbox_factory(stop_in_background: Callable[[object], None]) -> Iterator[Callable[..., RunningSandbox]]:
-    """Start extra sandboxes with their own config (rate limits, acks, record limits); stopped after the test."""
+    """Start extra sandboxes with their own config (rate limits, acks, record limits); stopped after the
+    test."""
     started: list[RunningSandbox] = []
 
     def start(**config: object) -> RunningSandbox:

@@ -1,4 +1,5 @@
-"""The shared HTTP base of every vendor client: Retry-After, what is retried, auth errors, time caps, pagination.
+"""The shared HTTP base of every vendor client: Retry-After, what is retried, auth errors, time caps,
+pagination.
 
 HTTP behaviour is exercised against the sandbox's fault injection. The few statuses the sandbox never
 answers (408, 410, 460, 501, ...) come from an `httpx.MockTransport`, which stands in for the network,
@@ -53,7 +54,8 @@ class SleepRecorder:
             self.hook()
 
 
-def segment_http(sandbox, *, retry: RetryPolicy | None = None, sleep=None, write_key: str = SANDBOX_SEGMENT_WRITE_KEY,
+def segment_http(sandbox, *, retry: RetryPolicy | None = None, sleep=None,
+                 write_key: str = SANDBOX_SEGMENT_WRITE_KEY,
                  ) -> HttpClient:
     return HttpClient("segment", f"{sandbox.url}/segment", auth=basic_auth(write_key),
                       headers={"Content-Type": "application/json"}, retry=retry or RetryPolicy(),
@@ -306,7 +308,8 @@ def test_public_api_429_waits_for_ms_before_next_without_retry_after(clean_sandb
 
 
 def test_retry_after_wins_over_a_body_hint_and_a_bad_hint_is_ignored():
-    answers = [httpx.Response(429, headers={"Retry-After": "2"}, json={"errors": [{"data": {"msBeforeNext": 9000}}]}),
+    answers = [httpx.Response(429, headers={"Retry-After": "2"},
+                              json={"errors": [{"data": {"msBeforeNext": 9000}}]}),
                httpx.Response(429, json={"errors": [{"data": {"msBeforeNext": "soon"}}]}),
                httpx.Response(200, json={})]
     transport = httpx.MockTransport(lambda request: answers.pop(0))

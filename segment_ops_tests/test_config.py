@@ -6,7 +6,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_unset_vendor_settings_point_at_the_sandbox(tmp_path):
-    settings = load_settings({"SEGMENT_OPS_HOME": str(tmp_path), "SEGMENT_OPS_SANDBOX_URL": "http://127.0.0.1:9/"})
+    settings = load_settings({"SEGMENT_OPS_HOME": str(tmp_path),
+                              "SEGMENT_OPS_SANDBOX_URL": "http://127.0.0.1:9/"})
     assert settings["SEGMENT_TRACKING_URL"] == "http://127.0.0.1:9/segment"
     assert settings["SPLUNK_HEC_URL"] == "http://127.0.0.1:9/splunk"
     assert settings["WAREHOUSE_URL"] == f"duckdb:///{tmp_path}/demo_warehouse.duckdb"
@@ -14,7 +15,8 @@ def test_unset_vendor_settings_point_at_the_sandbox(tmp_path):
 
 
 def test_environment_overrides_defaults():
-    settings = load_settings({"SEGMENT_TRACKING_URL": "https://api.segment.io", "SEGMENT_WRITE_KEY": "live-key"})
+    settings = load_settings({"SEGMENT_TRACKING_URL": "https://api.segment.io",
+                              "SEGMENT_WRITE_KEY": "live-key"})
     assert settings["SEGMENT_TRACKING_URL"] == "https://api.segment.io"
     assert settings["SEGMENT_WRITE_KEY"] == "live-key"
     assert settings.is_set("SEGMENT_WRITE_KEY")
