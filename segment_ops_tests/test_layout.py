@@ -69,9 +69,9 @@ def test_the_receivers_are_generic_and_import_no_dagster_duckdb_sync_sandbox_or_
 
 
 # The tables only the engine's ledger, store and diff may name in SQL (ARCHITECTURE: state behind one door).
-ENGINE_STATE_TABLES = ("ledger", "outcomes", "planned_messages", "rejected", "receipts", "receipt_settlements",
-                       "read_backs", "rev_state", "rev_snapshot", "rev_changes", "rev_superseded",
-                       "state_schema_versions")
+ENGINE_STATE_TABLES = ("ledger", "outcomes", "planned_messages", "rejected", "receipts",
+                       "receipt_settlements", "read_backs", "rev_state", "rev_snapshot", "rev_changes",
+                       "rev_superseded", "state_schema_versions")
 # SQL keywords are written in capitals in this code, which tells SQL from prose ("from the ledger").
 _SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)[ \t]+(\w+)\b")
 
@@ -81,7 +81,8 @@ _SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)[ 
                          ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_only_the_ledger_the_store_and_the_diff_name_the_engine_state_tables(path):
     named = sorted({t for t in _SQL_TABLE.findall(path.read_text()) if t.lower() in ENGINE_STATE_TABLES})
-    assert named == [], f"{path.relative_to(PACKAGE.parent)} names {named} in SQL: go through Ledger or engine.diff"
+    assert named == [], (f"{path.relative_to(PACKAGE.parent)} names {named} in SQL: "
+                         "go through Ledger or engine.diff")
 
 
 def test_every_state_table_created_in_the_code_belongs_to_a_registered_schema():
@@ -95,4 +96,5 @@ def test_every_state_table_created_in_the_code_belongs_to_a_registered_schema():
                for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", p.read_text())}
     loose = sorted((t, where) for t, where in created if t not in registered and t != "state_schema_versions")
     assert loose == [], f"state tables created outside a registered StateSchema: {loose}"
-    assert {"ledger", "diff", "heap_membership", "pendo_usage", "audit_trail"} <= {s.name for s in store.registered()}
+    assert ({"ledger", "diff", "heap_membership", "pendo_usage", "audit_trail"}
+            <= {s.name for s in store.registered()})

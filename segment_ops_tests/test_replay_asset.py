@@ -1,4 +1,5 @@
-"""The replay sync in Dagster: the `segment/replayed_events` asset and its checks, `replay_job`, and the inbox sensor.
+"""The replay sync in Dagster: the `segment/replayed_events` asset and its checks, `replay_job`, and the
+inbox sensor.
 
 Runs go through Dagster's own harness against the sandbox, with the resources the code location binds.
 """
@@ -128,7 +129,8 @@ def test_dry_run_sends_nothing_and_shows_what_would_be_sent(tmp_path, resources,
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 
-def test_delivery_failure_fails_the_run_and_reports_what_is_pending(tmp_path, ops_env, clean_sandbox, monkeypatch):
+def test_delivery_failure_fails_the_run_and_reports_what_is_pending(tmp_path, ops_env, clean_sandbox,
+                                                                    monkeypatch):
     monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/nowhere")  # 404: final
     path = write_calls(tmp_path / "calls.jsonl", 10)
 
