@@ -83,8 +83,8 @@ def failing_calls(resources: dict) -> dict[str, object]:
 
 def test_client_auth_failures_leak_no_credential(secret_env, all_logs):
     with dg.build_resources(build_resources()) as built:
-        resources = {name: getattr(built, name) for name in ("segment", "segment_public_api", "pendo", "splunk",
-                                                             "segment_profiles")}
+        resources = {name: getattr(built, name) for name in ("segment", "segment_public_api", "pendo",
+                                                             "splunk", "segment_profiles")}
         for vendor, call in failing_calls(resources).items():
             with pytest.raises(VendorAuthError) as caught:
                 call()
@@ -106,8 +106,8 @@ def test_a_silently_dropped_batch_leaks_no_write_key(secret_env, all_logs, clean
 
 def test_clients_repr_shows_no_credential(secret_env):
     with dg.build_resources(build_resources()) as built:
-        clients = [built.segment.get_client(), built.segment_public_api.get_client(), built.pendo.get_client(),
-                   built.splunk.get_client()]
+        clients = [built.segment.get_client(), built.segment_public_api.get_client(),
+                   built.pendo.get_client(), built.splunk.get_client()]
     texts = []
     for client in clients:
         texts += [repr(client), str(client), repr(client.http), repr(client.http.auth), str(client.http.auth)]
@@ -136,7 +136,8 @@ def unreachable_segment(secret_env: Path, monkeypatch: pytest.MonkeyPatch, clean
     monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/no-such-prefix")
 
 
-def test_failed_replay_materialization_leaks_no_credential(tmp_path, unreachable_segment, all_logs, clean_sandbox):
+def test_failed_replay_materialization_leaks_no_credential(tmp_path, unreachable_segment, all_logs,
+                                                           clean_sandbox):
     path = tmp_path / "calls.jsonl"
     path.write_text('{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}\n')
     instance = dg.DagsterInstance.ephemeral()

@@ -1,4 +1,5 @@
-"""The wheel carries what the code reads at run time: every package, the default config and the example models.
+"""The wheel carries what the code reads at run time: every package, the default config and the example
+models.
 
 The end-to-end test builds a wheel from the checkout, installs it into a fresh virtualenv outside the source
 tree and runs `segment-ops demo` there, so nothing can be found through the checkout by accident.
@@ -29,7 +30,8 @@ PACKAGE_DATA = ("segment_ops/syncs/heap/heap_audiences.toml", "segment_ops/syncs
 
 def run(command: list[str | Path], *, timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run `command`; on failure, fail the test with its output."""
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout, **kwargs)
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
     if done.returncode != 0:
         pytest.fail(f"{' '.join(map(str, command))} exited {done.returncode}\n"
                     f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}")
@@ -83,7 +85,8 @@ def test_installed_wheel_runs_the_demo_outside_the_source_tree(wheel: Path, tmp_
     cwd.mkdir()
     # Nothing from the test's environment: no checkout on sys.path, no override of the packaged defaults.
     env = {"PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin:/bin", "HOME": str(tmp_path),
-           "SEGMENT_OPS_HOME": str(tmp_path / "segment_ops_home"), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+           "SEGMENT_OPS_HOME": str(tmp_path / "segment_ops_home"),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     where = run([venv / "bin" / "python", "-c", "import segment_ops; print(segment_ops.__file__)"],
                 timeout=60, cwd=cwd, env=env)
     assert Path(where.stdout.strip()).is_relative_to(venv)
