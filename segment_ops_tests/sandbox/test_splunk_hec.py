@@ -22,7 +22,8 @@ def post(
 
 def test_concatenated_events_are_indexed_with_metadata(sandbox_http, clean_sandbox):
     body = (
-        b'{"time": 1700000000.5, "sourcetype": "audit", "index": "segment_audit", "event": {"action": "login"}}\n'
+        b'{"time": 1700000000.5, "sourcetype": "audit", "index": "segment_audit", '
+        b'"event": {"action": "login"}}\n'
         b'{"event": "second", "fields": {"team": "data"}}'
     )
 
@@ -184,8 +185,10 @@ def test_ack_ids_count_per_channel_and_report_indexed(ack_http):
     ],
     ids=["6", "7", "12", "13", "15"],
 )
-def test_every_answer_naming_an_invalid_event_kept_the_events_before_it(sandbox_http, clean_sandbox, body, code, kept):
-    # Spec §7: invalid-event-number comes with codes 6, 7, 12, 13 and 15, and the events before it were indexed.
+def test_every_answer_naming_an_invalid_event_kept_the_events_before_it(sandbox_http, clean_sandbox, body,
+                                                                         code, kept):
+    # Spec §7: invalid-event-number comes with codes 6, 7, 12, 13 and 15, and the events before it were
+    # indexed.
     response = post(sandbox_http, body)
 
     assert (response.status_code, response.json()["code"]) == (400, code)
@@ -214,9 +217,10 @@ def test_acks_turn_true_only_after_the_configured_delay(sandbox_factory):
 def test_acks_are_not_instant_by_default(sandbox_factory):
     channel = str(uuid.uuid4())
     with httpx.Client(base_url=sandbox_factory(splunk_ack=True).url) as http:  # SandboxConfig's own delay
-        ack_id = post(http, b'{"event": "x"}', headers={**AUTH, "X-Splunk-Request-Channel": channel}).json()["ackId"]
-        reply = http.post("/splunk/services/collector/ack", params={"channel": channel}, json={"acks": [ack_id]},
-                          headers=AUTH)
+        ack_id = post(http, b'{"event": "x"}',
+                      headers={**AUTH, "X-Splunk-Request-Channel": channel}).json()["ackId"]
+        reply = http.post("/splunk/services/collector/ack", params={"channel": channel},
+                          json={"acks": [ack_id]}, headers=AUTH)
 
     assert reply.json() == {"acks": {str(ack_id): False}}
 
@@ -253,7 +257,8 @@ def test_a_channel_idle_past_max_idle_time_is_forgotten_and_a_used_one_is_kept(s
             time.sleep(0.3)
             kept = query_acks(http, busy, [0])
         dropped = query_acks(http, idle, [0])
-        again = post(http, b'{"event": "y"}', headers={**AUTH, "X-Splunk-Request-Channel": idle}).json()["ackId"]
+        again = post(http, b'{"event": "y"}',
+                     headers={**AUTH, "X-Splunk-Request-Channel": idle}).json()["ackId"]
 
     assert kept.json() == {"acks": {"0": True}}
     assert (dropped.status_code, dropped.json()["code"]) == (400, 11) and again == 0
