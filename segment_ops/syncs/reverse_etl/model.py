@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from segment_ops.engine.spec import CALL_TYPES, MODES, DiffSpec, SpecError
@@ -89,7 +90,7 @@ class ModelSpec:
         """The sync name in the ledger, and the staging file's name."""
         return f"reverse_etl_{self.name}"
 
-    @property
+    @cached_property  # frozen, so built once (fields_name, mapped_columns and check_columns all read it)
     def diff_spec(self) -> DiffSpec:
         """What the engine's diff runs with: the header's mapping, named by the file."""
         return DiffSpec(sync=self.sync, source=self.path.name, call=self.call, mode=self.mode, key=self.key,
