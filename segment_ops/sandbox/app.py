@@ -18,6 +18,8 @@ the control endpoints under `/__sandbox__` are never faulted:
 - `POST /__sandbox__/heap/push`                   push signed segment-sync deltas now; returns their
   sync_task_ids
 - `GET  /__sandbox__/heap/deliveries`             each pushed page's attempts and outcome
+- `GET|POST /__sandbox__/segment/destination-failures` make a Segment destination fail a share of its events
+  (`{"destinationId", "share", "reason"}`; see `segment/delivery_overview.py`)
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from segment_ops.sandbox.heap.webhooks import HeapWebhookPusher
 from segment_ops.sandbox.heap.webhooks import control_routes as heap_webhook_routes
 from segment_ops.sandbox.pendo.api import Pendo
 from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment import delivery_overview
 from segment_ops.sandbox.segment.profiles import SegmentProfiles
 from segment_ops.sandbox.segment.public_api import SegmentPublicApi
 from segment_ops.sandbox.segment.sources import workspace_sources
@@ -107,16 +110,21 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     recorder = Recorder(config.record_limit)
     injector = FaultInjector(config.seed, config.faults)
     demo = DemoSource(DemoConfig(seed=config.seed, scale=config.scale))
+    sources = workspace_sources(config.segment_write_key)
+    # What the Tracking API receives, counted for the Public API's Delivery Overview (spec §7).
+    pipeline = delivery_overview.DeliveryPipeline(
+        sources, delivery_overview.workspace_destinations(sources[0]["id"]))
     public_api = SegmentPublicApi(
         recorder,
         demo.audit_events,
         token=config.public_api_token,
         rate_limit_per_min=config.public_api_rate_limit_per_min,
-        sources=workspace_sources(config.segment_write_key),
+        sources=sources,
+        pipeline=pipeline,
     )
     emulators: list[Emulator] = [
         SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit,
-                        dedupe_window_seconds=config.segment_dedupe_window_seconds),
+                        dedupe_window_seconds=config.segment_dedupe_window_seconds, pipeline=pipeline),
         SegmentTrackingEu(recorder, rate_limit=config.segment_rate_limit),
         public_api,
         Heap(recorder, app_id=config.heap_app_id, api_key=config.heap_api_key),
@@ -152,6 +160,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     # Heap's outbound segment-sync webhooks (spec §3); mounted ahead of `/__sandbox__`, which would shadow it.
     heap_pusher = HeapWebhookPusher(demo.at_least, SANDBOX_HEAP_WEBHOOK_SECRET)
     routes.insert(0, Mount("/__sandbox__/heap", routes=heap_webhook_routes(heap_pusher)))
+    routes.insert(0, Mount("/__sandbox__/segment", routes=delivery_overview.control_routes(pipeline)))
     control.on_reset.append(heap_pusher.reset)
     return Starlette(routes=routes)
 

@@ -1,5 +1,7 @@
-"""Segment Public API emulator (spec §2), mounted at `/segmentapis`: the audit trail, `GET /audit-events`, and
-the workspace's sources with their write keys, `GET /sources` (spec §7; `sources.py`).
+"""Segment Public API emulator (spec §2), mounted at `/segmentapis`: the audit trail, `GET /audit-events`,
+the workspace's sources with their write keys, `GET /sources` (spec §7; `sources.py`), its destinations,
+`GET /destinations`, and the Delivery Overview metrics, `GET /delivery-overview/<step>` (spec §7;
+`delivery_overview.py`, counted from what the Tracking API double received).
 
 Events come from the demo data (`data.py`; their "now" moves with the wall clock, so new events appear
 as time passes) plus any injected through the sandbox-only `POST /__sandbox__/audit-events`.
@@ -42,6 +44,11 @@ from starlette.routing import BaseRoute, Route
 
 from segment_ops.sandbox.common import json_response, scheme_token
 from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment.delivery_overview import (
+    DeliveryPipeline,
+    MetricsQueryError,
+    parse_metrics_query,
+)
 from segment_ops.sandbox.segment.sources import sources_page
 
 MAX_PAGE_SIZE = 200
@@ -76,19 +83,22 @@ class SegmentPublicApi:
 
     def __init__(
         self, recorder: Recorder, audit_source: AuditSource, *, token: str, rate_limit_per_min: int = 600,
-        sources: Sequence[dict] = (),
+        sources: Sequence[dict] = (), pipeline: DeliveryPipeline | None = None,
     ) -> None:
         self.recorder = recorder
         self.audit_source = audit_source
         self.token = token
         self.sources = list(sources)
+        self.pipeline = pipeline or DeliveryPipeline(self.sources, ())
         self._window = _PointsWindow(rate_limit_per_min)
         self._injected: list[dict] = []
         self._ids = itertools.count(1)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route("/audit-events", self._audit_events, methods=["GET"]),
-                Route("/sources", self._sources, methods=["GET"])]
+                Route("/sources", self._sources, methods=["GET"]),
+                Route("/destinations", self._destinations, methods=["GET"]),
+                Route("/delivery-overview/{step}", self._delivery_overview, methods=["GET"])]
 
     def fault_response(self, status: int, retry_after: int) -> Response:
         if status == 429:
@@ -98,6 +108,7 @@ class SegmentPublicApi:
     def reset(self) -> None:
         self._window = _PointsWindow(self._window.limit)
         self._injected.clear()
+        self.pipeline.reset()
 
     def inject(self, partial_events: list[dict]) -> list[dict]:
         """Add audit events (missing fields get defaults, `timestamp` defaults to now); returns them whole."""
@@ -151,6 +162,30 @@ class SegmentPublicApi:
         except ValueError as exc:
             return _error(400, "RequestError", str(exc), field="pagination.cursor")
         return json_response({"data": data}, headers=self._window.headers())
+
+    async def _destinations(self, request: Request) -> Response:
+        """`GET /destinations` (`ListDestinationsV1Output`): paginated like `/sources`."""
+        if refused := self._admit(request):
+            return refused
+        try:
+            data = sources_page(self.pipeline.destinations, _page_size(request.query_params),
+                                request.query_params.get("pagination.cursor"))
+        except InvalidParameter as exc:
+            return _error(400, "RequestError", str(exc), field=exc.field)
+        except ValueError as exc:
+            return _error(400, "RequestError", str(exc), field="pagination.cursor")
+        return json_response({"data": {"destinations": data["sources"], "pagination": data["pagination"]}},
+                             headers=self._window.headers())
+
+    async def _delivery_overview(self, request: Request) -> Response:
+        if refused := self._admit(request):
+            return refused
+        try:
+            query = parse_metrics_query(request.path_params["step"], request.query_params, self.pipeline,
+                                        datetime.now(UTC))
+        except MetricsQueryError as exc:
+            return _error(exc.status, "RequestError", str(exc), field=exc.field)
+        return json_response({"data": self.pipeline.answer(query)}, headers=self._window.headers())
 
     def _admit(self, request: Request) -> Response | None:
         """The token check and the rate limit every endpoint shares; None when the request may proceed."""

@@ -33,6 +33,8 @@ about the last 24 hours).
   `sentAt`, `receivedAt`, a `timestamp` defaulted to receipt time, and no `writeKey`.
 - The optional rate limit is a token bucket per write key; a 429 carries `Retry-After` and
   `X-RateLimit-Reset` (seconds until retry).
+- For the Delivery Overview double (`delivery_overview.py`), what the delivered key's source received
+  (stored messages), dropped (drop reasons) and was refused with 400 (its code) is counted per minute.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from segment_ops.sandbox.common import (
     retry_after_headers,
 )
 from segment_ops.sandbox.recorder import ApiLog, Recorder
+from segment_ops.sandbox.segment.delivery_overview import DeliveryPipeline
 
 MAX_REQUEST_BYTES = 500 << 10
 MAX_MESSAGE_BYTES = 32 << 10
@@ -76,9 +79,11 @@ class SegmentTracking:
     name = "segment"
 
     def __init__(self, recorder: Recorder, *, write_key: str, rate_limit: float | None = None,
-                 dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS) -> None:
+                 dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS,
+                 pipeline: DeliveryPipeline | None = None) -> None:
         self.recorder = recorder
         self.write_key = write_key
+        self.pipeline = pipeline
         self.dedupe_window_seconds = dedupe_window_seconds
         self._limiter = TokenBucket(rate_limit) if rate_limit else None
 
@@ -121,8 +126,10 @@ class SegmentTracking:
                 raw = _gunzip(raw, MAX_REQUEST_BYTES)
             body = orjson.loads(raw)
         except BodyTooLarge:
+            self._failed_on_ingest(basic and basic[0], [{}], "request_too_large")
             return _error(400, "request_too_large", f"request body exceeds {MAX_REQUEST_BYTES} bytes")
         except (zlib.error, orjson.JSONDecodeError) as exc:
+            self._failed_on_ingest(basic and basic[0], [{}], "invalid_request")
             return _error(400, "invalid_request", f"invalid JSON body: {exc}")
         if not isinstance(body, dict):
             return _error(400, "invalid_request", "body must be a JSON object")
@@ -134,13 +141,25 @@ class SegmentTracking:
         try:
             messages = _validated_messages(body, kind)
         except InvalidRequest as exc:
+            batch = body.get("batch") if kind is None else [body]
+            self._failed_on_ingest(write_key, [m if isinstance(m, dict) else {} for m in batch]
+                                   if isinstance(batch, list) else [{}], "invalid_request")
             return _error(400, "invalid_request", str(exc))
         if write_key != self.write_key:  # accepted and lost: no source has this key (spec §7)
             log.count("messages", len(messages))
             log.bump("dropped", "unknown_write_key", len(messages))
         else:
-            _deliver(log, body, messages, kind, self.dedupe_window_seconds)
+            kept, dropped = _deliver(log, body, messages, kind, self.dedupe_window_seconds)
+            if self.pipeline and (source := self.pipeline.source_of(write_key)):
+                self.pipeline.received(source, kept)
+                for reason, message in dropped:
+                    self.pipeline.failed_on_ingest(source, [message], reason)
         return json_response({"success": True})
+
+    def _failed_on_ingest(self, write_key: str | None, messages: list[dict], reason: str) -> None:
+        """Count a refused request under the delivered key's source (Delivery Overview's failed on ingest)."""
+        if self.pipeline and write_key == self.write_key and (source := self.pipeline.source_of(write_key)):
+            self.pipeline.failed_on_ingest(source, messages, reason)
 
 
 class SegmentTrackingEu(SegmentTracking):
@@ -181,8 +200,12 @@ def _validated_messages(body: dict, kind: str | None) -> list[dict]:
     return messages
 
 
-def _deliver(log: ApiLog, body: dict, messages: list[dict], kind: str | None, dedupe_window: float) -> None:
-    """Record what Segment would keep: drops and duplicates are counted, never stored (spec §1)."""
+def _deliver(log: ApiLog, body: dict, messages: list[dict], kind: str | None,
+             dedupe_window: float) -> tuple[list[dict], list[tuple[str, dict]]]:
+    """Record what Segment would keep: drops and duplicates are counted, never stored (spec §1). Returns
+    the messages kept and the (reason, message) of those dropped."""
+    kept: list[dict] = []
+    dropped: list[tuple[str, dict]] = []
     received_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     shared = {} if kind is not None else {k: body[k] for k in _SHARED_KEYS if isinstance(body.get(k), dict)}
     sent_at = body.get("sentAt")
@@ -192,6 +215,7 @@ def _deliver(log: ApiLog, body: dict, messages: list[dict], kind: str | None, de
         reason = _drop_reason(message, message_type)
         if reason:
             log.bump("dropped", reason)
+            dropped.append((reason, {**message, "type": message_type}))
             continue
         message_id = message.get("messageId")
         if message_id is not None and not log.first_seen(str(message_id), window=dedupe_window):
@@ -208,6 +232,8 @@ def _deliver(log: ApiLog, body: dict, messages: list[dict], kind: str | None, de
         message["receivedAt"] = received_at
         log.store(orjson.dumps(message))
         log.bump("by_type", message_type)
+        kept.append(message)
+    return kept, dropped
 
 
 def _drop_reason(message: dict, message_type: str) -> str | None:
