@@ -13,7 +13,7 @@ sandbox credential paired with a live URL counts as not set.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -84,6 +84,12 @@ def all_checks(settings: Settings) -> list[Check]:
 def sending_checks(settings: Settings) -> list[Check]:
     """What the gate in front of a send to Segment runs: the write key's source and the tracking region."""
     return _segment_checks(settings)
+
+
+def write_key_sources(sources: Iterable[dict], write_key: str) -> list[dict]:
+    """The sources among `sources` (`GET /sources`, spec §7) whose `writeKeys` hold `write_key`: where Segment
+    takes what is sent under it (none: Segment answers 200 and drops every call)."""
+    return [source for source in sources if write_key in (source.get("writeKeys") or [])]
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -222,7 +228,7 @@ def _segment_checks(settings: Settings) -> list[Check]:
             why = ("the Public API refused SEGMENT_PUBLIC_API_TOKEN" if isinstance(exc, VendorAuthError)
                    else "the Public API did not answer")
             return verdict.warn(f"cannot be verified now: {why} ({exc})", "see the segment_public_api row")
-        mine = [s for s in found if write_key in (s.get("writeKeys") or [])]
+        mine = write_key_sources(found, write_key)
         if not mine:
             return verdict.fail(f"not the write key of any of the {len(found)} sources the token can read "
                                 "(Segment answers 200 to every call under it and drops it)",
