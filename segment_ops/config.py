@@ -269,6 +269,28 @@ SETTINGS: tuple[Setting, ...] = (
         default="20",
     ),
     Setting(
+        "SEGMENT_SOURCE_DEDICATED",
+        "`true`: only segment_ops writes to the Segment source of `SEGMENT_WRITE_KEY`, so the hourly "
+        "Delivery Overview check compares what Segment counted as received with what the ledgers delivered; "
+        "`false`: other senders share the source, and the comparison is skipped (ingest failures still "
+        "show).",
+        default="true",
+    ),
+    Setting(
+        "DELIVERY_OVERVIEW_INGEST_TOLERANCE",
+        "Share (0-1) of an hour's delivered messages that may be missing from Segment's received count "
+        "before the Delivery Overview check fails (a batch sent just before an hour ends may be counted in "
+        "the next).",
+        default="0.01",
+    ),
+    Setting(
+        "DELIVERY_OVERVIEW_MAX_EGRESS_FAILED_SHARE",
+        "Share (0-1) of a destination's events in an hour that Segment may fail to deliver (failed "
+        "delivery, by discard reason) before the Delivery Overview check warns and an alert names the "
+        "destination.",
+        default="0.05",
+    ),
+    Setting(
         "PREFLIGHT_CACHE_SECONDS",
         "How long (seconds) a sync that sends reuses a preflight answer (the Segment write key's source and "
         "region) before asking the Public API again; a changed setting is checked anew at once, and a "

@@ -1,0 +1,434 @@
+"""Segment's Delivery Overview, hour by hour: what Segment counted for the source segment_ops writes to and
+for each destination behind it, next to what our ledgers delivered to Segment in the same hour.
+
+The asset `ops/segment_delivery_overview` (hourly partitions) finds the source of SEGMENT_WRITE_KEY through
+`GET /sources` (as preflight does: `preflight.write_key_sources`) and its enabled destinations through
+`GET /destinations` (`sourceId`), then reads the Public API's Delivery Overview (beta, spec §7; see
+`clients/segment_public_api.py` for what was read from Segment's SDK) at HOUR granularity for the partition:
+successfully received and failed on ingest (by discard reason) per source; successful delivery, failed
+delivery (by discard reason) and filtered at destination per destination. The figures are kept in the
+DuckDB state `staging/ops_delivery_overview.duckdb` (`STATE`), one row per hour and source or destination.
+
+Checks:
+- `segment_received_what_we_delivered`: Segment failed none of the source's events on ingest, and (only when
+  SEGMENT_SOURCE_DEDICATED: nobody else writes to the source) it received what the ledgers delivered to the
+  Tracking API in the hour, give or take DELIVERY_OVERVIEW_INGEST_TOLERANCE. Fewer: batches were dropped
+  (a wrong write key, the other region's host, a batch the edge lost); ERROR. More: someone else writes to
+  the source; WARN. A write key that belongs to no source is an ERROR.
+- `destinations_delivered`: no destination failed more than DELIVERY_OVERVIEW_MAX_EGRESS_FAILED_SHARE of its
+  events in the hour (WARN: Segment has the data; a destination's settings or credentials refuse it). Each
+  such destination is alerted (ALERT_WEBHOOK_URL) with its discard reasons and counts, once per hour.
+
+What it cannot prove: the ledger's delivery time is when Segment's answer was logged, Segment buckets by its
+receipt, so a batch at the turn of the hour may land in the next (the tolerance); Segment's metrics may lag
+(a schedule at :10 reads the hour before; re-materialize a partition to read it again); and delivery to a
+destination says nothing of what the destination then did with the event.
+"""
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+
+from segment_ops.clients.segment_public_api import SegmentPublicApiClient
+from segment_ops.config import Settings, load_settings
+from segment_ops.engine import store
+from segment_ops.engine.alerts import redact_secrets
+from segment_ops.engine.ledger import Ledger
+from segment_ops.preflight import write_key_sources
+from segment_ops.resources import AlertsResource, SegmentPublicApiResource, StagingResource
+from segment_ops.syncs.metadata import markdown_table
+from segment_ops.syncs.ops.delivery_health import open_read_only, staging_files
+from segment_ops.syncs.shared import OWNER
+
+OVERVIEW_KEY = dg.AssetKey(["ops", "segment_delivery_overview"])
+GROUP = "operations"
+# Segment keeps HOUR metrics for 30 days (spec §7); older partitions answer 422.
+PARTITIONS = dg.HourlyPartitionsDefinition(start_date="2026-11-01-00:00", end_offset=1)
+STAGING_SYNC = "ops_delivery_overview"  # staging/ops_delivery_overview.duckdb
+# Ledger syncs that deliver elsewhere than Segment's Tracking API (the audit trail goes to the SIEMs).
+NOT_TRACKING_SYNCS = ("audit_trail",)
+LOCK_RETRY_SECONDS = 3.0
+CHECK_INGEST, CHECK_EGRESS = "segment_received_what_we_delivered", "destinations_delivered"
+
+STATE = store.register(store.StateSchema(
+    name="delivery_overview", version=1,
+    tables=("delivery_overview_sources", "delivery_overview_destinations"),
+    create="""
+CREATE TABLE IF NOT EXISTS delivery_overview_sources (
+    hour_start       TIMESTAMPTZ NOT NULL,
+    source_id        VARCHAR NOT NULL,
+    source_name      VARCHAR,
+    received         BIGINT NOT NULL,   -- Segment: successfully received
+    failed_on_ingest BIGINT NOT NULL,   -- Segment: failed on ingest
+    ingest_reasons   VARCHAR NOT NULL,  -- JSON {discard reason: events}
+    ledger_delivered BIGINT NOT NULL,   -- our ledgers: messages the Tracking API took in the hour
+    read_at          TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivery_overview_destinations (
+    hour_start       TIMESTAMPTZ NOT NULL,
+    source_id        VARCHAR NOT NULL,
+    destination_id   VARCHAR NOT NULL,
+    destination_name VARCHAR,
+    delivered        BIGINT NOT NULL,   -- Segment: successful delivery
+    failed           BIGINT NOT NULL,   -- Segment: failed delivery
+    filtered         BIGINT NOT NULL,   -- Segment: filtered at destination
+    discards         VARCHAR NOT NULL,  -- JSON {discard reason: events} of failed delivery
+    alerted_at       TIMESTAMPTZ,       -- when this hour's failures were alerted (never twice)
+    read_at          TIMESTAMPTZ NOT NULL
+);
+"""))
+
+
+# --- the work, without Dagster ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceFigures:
+    source_id: str
+    name: str
+    received: int
+    failed_on_ingest: int
+    ingest_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DestinationFigures:
+    source_id: str
+    destination_id: str
+    name: str
+    delivered: int
+    failed: int
+    filtered: int
+    discards: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed_share(self) -> float:
+        attempted = self.delivered + self.failed
+        return self.failed / attempted if attempted else 0.0
+
+
+@dataclass(frozen=True)
+class Overview:
+    sources: list[SourceFigures]
+    destinations: list[DestinationFigures]
+
+
+@dataclass(frozen=True)
+class LedgerHour:
+    delivered: int  # messages the Tracking API took in the hour, over every ledger sync that sends to it
+    per_sync: dict[str, int]
+    busy_files: list[str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    severity: dg.AssetCheckSeverity
+    description: str
+
+
+def read_overview(client: SegmentPublicApiClient, write_key: str, start: datetime, end: datetime) -> Overview:
+    """Delivery Overview of [start, end) for the sources of `write_key` and their enabled destinations."""
+    sources = write_key_sources(client.iter_sources(), write_key)
+    ids = {s["id"] for s in sources}
+    destinations = [d for d in client.iter_destinations() if d.get("sourceId") in ids and d.get("enabled")]
+
+    def total(step: str, source_id: str, destination_id: str | None = None) -> int:
+        data = client.delivery_overview(step, source_id, start, end, destination_id=destination_id)
+        return int(data["total"])
+
+    def reasons(step: str, source_id: str, destination_id: str | None = None) -> dict[str, int]:
+        data = client.delivery_overview(step, source_id, start, end, destination_id=destination_id,
+                                        group_by=("discardReason",))
+        return {str(d.get("discardReason") or "unknown"): int(d["total"])
+                for d in data["dataset"] if d["total"]}
+
+    source_figures = []
+    for source in sources:
+        ingest = reasons("failed-on-ingest", source["id"])
+        source_figures.append(SourceFigures(source["id"], source.get("name") or source["id"],
+                                            total("successfully-received", source["id"]),
+                                            sum(ingest.values()), ingest))
+    destination_figures = []
+    for destination in destinations:
+        source_id, destination_id = destination["sourceId"], destination["id"]
+        discards = reasons("failed-delivery", source_id, destination_id)
+        destination_figures.append(DestinationFigures(
+            source_id, destination_id, destination.get("name") or destination_id,
+            total("successful-delivery", source_id, destination_id), sum(discards.values()),
+            total("filtered-at-destination", source_id, destination_id), discards))
+    return Overview(source_figures, destination_figures)
+
+
+def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
+                lock_retry_seconds: float = LOCK_RETRY_SECONDS) -> LedgerHour:
+    """Messages delivered to Segment's Tracking API in [start, end) per ledger sync, through the ledger's own
+    figures (delivered since `start` minus delivered since `end`: a message is delivered once)."""
+    per_sync: dict[str, int] = {}
+    busy: list[str] = []
+    for path in files:
+        con = open_read_only(path, lock_retry_seconds)
+        if con is None:
+            busy.append(path.name)
+            continue
+        try:
+            ledger = Ledger(con, create=False)
+            after = {f.sync: f.delivered for f in ledger.delivery_figures(end)}
+            for figures in ledger.delivery_figures(start):
+                if not figures.sync.startswith(NOT_TRACKING_SYNCS):
+                    delivered = figures.delivered - after.get(figures.sync, 0)
+                    per_sync[figures.sync] = per_sync.get(figures.sync, 0) + delivered
+        finally:
+            con.close()
+    return LedgerHour(sum(per_sync.values()), per_sync, busy)
+
+
+def ingest_verdict(overview: Overview, ledger: LedgerHour, *, dedicated: bool, tolerance: float) -> Verdict:
+    """Did Segment take what the ledgers delivered? (see the module's docstring)"""
+    error, warn = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+    if not overview.sources:
+        return Verdict(False, error, "SEGMENT_WRITE_KEY is the write key of none of the workspace's sources: "
+                                     f"Segment dropped all {ledger.delivered:,} messages delivered this hour")
+    received = sum(s.received for s in overview.sources)
+    failed = sum(s.failed_on_ingest for s in overview.sources)
+    if failed:
+        reasons = _merge(s.ingest_reasons for s in overview.sources)
+        return Verdict(False, error, f"Segment failed {failed:,} events on ingest ({_reasons_text(reasons)})")
+    if not dedicated:
+        return Verdict(True, warn, f"Segment received {received:,} events; not compared with the ledgers' "
+                                   f"{ledger.delivered:,}: SEGMENT_SOURCE_DEDICATED is false")
+    if ledger.busy_files:
+        return Verdict(False, warn, f"not compared: {', '.join(ledger.busy_files)} held by a running sync")
+    missing = ledger.delivered - received
+    if missing > tolerance * ledger.delivered:
+        return Verdict(False, error, f"Segment received {received:,} of the {ledger.delivered:,} messages "
+                                     f"the ledgers delivered: {missing:,} lost (a wrong write key, the other "
+                                     "region's host, or a dropped batch)")
+    if -missing > tolerance * max(ledger.delivered, 1):
+        return Verdict(False, warn, f"Segment received {received:,} events, {-missing:,} more than the "
+                                    "ledgers delivered: another sender writes to the source "
+                                    "(SEGMENT_SOURCE_DEDICATED)")
+    return Verdict(True, error, f"Segment received {received:,} of {ledger.delivered:,} delivered")
+
+
+def egress_flagged(overview: Overview, max_share: float) -> list[DestinationFigures]:
+    """Destinations that failed more than `max_share` of their events."""
+    return [d for d in overview.destinations if d.failed and d.failed_share > max_share]
+
+
+def egress_alert(hour: str, flagged: Sequence[DestinationFigures], max_share: float,
+                 run_url: str | None = None) -> dict:
+    """`{"text", "blocks"}` naming each destination, its failed share and discard reasons with counts
+    (every piece redacted and escaped; our own link last)."""
+    lines = [f"*{_escape(d.name)}* (`{_escape(d.destination_id)}`): {d.failed:,} of "
+             f"{d.failed + d.delivered:,} events failed ({d.failed_share:.1%}): "
+             f"{_escape(_reasons_text(d.discards))}" for d in flagged]
+    text = (f":warning: segment_ops: Segment failed to deliver to {len(flagged)} destination(s) in hour "
+            f"{_escape(hour)} (threshold {max_share:.1%}): " + "; ".join(lines))
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"Segment egress failures, {hour}"[:150]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}},
+    ]
+    if run_url:
+        link = f"<{run_url.replace('>', '%3E').replace('|', '%7C')}|Open the check's run in Dagster>"
+        text += f" {link}"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": link}})
+    return {"text": text, "blocks": blocks}
+
+
+def save_hour(con, hour_start: datetime, overview: Overview, ledger: LedgerHour,
+              alerted: Iterable[str]) -> None:
+    """Replace the hour's rows with these figures; `alerted` destinations get `alerted_at` now, and a
+    destination alerted before keeps its time."""
+    store.ensure(con, STATE)
+    now = datetime.now(UTC)
+    before = dict(con.execute("SELECT destination_id, alerted_at FROM delivery_overview_destinations "
+                              "WHERE hour_start = ? AND alerted_at IS NOT NULL", [hour_start]).fetchall())
+    alerted = set(alerted)
+    con.execute("BEGIN")
+    con.execute("DELETE FROM delivery_overview_sources WHERE hour_start = ?", [hour_start])
+    con.execute("DELETE FROM delivery_overview_destinations WHERE hour_start = ?", [hour_start])
+    share = len(overview.sources) == 1  # several sources of one key: the ledger total is not theirs apart
+    for s in overview.sources:
+        con.execute("INSERT INTO delivery_overview_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [hour_start, s.source_id, s.name, s.received, s.failed_on_ingest,
+                     json.dumps(s.ingest_reasons), ledger.delivered if share else 0, now])
+    for d in overview.destinations:
+        alerted_at = before.get(d.destination_id) or (now if d.destination_id in alerted else None)
+        con.execute("INSERT INTO delivery_overview_destinations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [hour_start, d.source_id, d.destination_id, d.name, d.delivered, d.failed, d.filtered,
+                     json.dumps(d.discards), alerted_at, now])
+    con.execute("COMMIT")
+
+
+def already_alerted(con, hour_start: datetime) -> set[str]:
+    store.ensure(con, STATE)
+    return {row[0] for row in con.execute(
+        "SELECT destination_id FROM delivery_overview_destinations "
+        "WHERE hour_start = ? AND alerted_at IS NOT NULL", [hour_start]).fetchall()}
+
+
+# --- Dagster ------------------------------------------------------------------------------------------------
+
+@dg.asset(
+    key=OVERVIEW_KEY,
+    group_name=GROUP,
+    kinds={"segment", "duckdb"},
+    owners=[OWNER],
+    code_version="1",
+    partitions_def=PARTITIONS,
+    pool="ops_delivery_overview",  # one hour at a time: the state file has one writer, an alert goes once
+    description=(
+        "Segment's Delivery Overview (Public API, beta) for each hour: what the source of SEGMENT_WRITE_KEY "
+        "received and failed on ingest, and what each destination behind it delivered, filtered and failed "
+        "(by discard reason), next to what the ledgers delivered to Segment that hour. Checks that Segment "
+        "received what we delivered (SEGMENT_SOURCE_DEDICATED) and that no destination fails more than "
+        "DELIVERY_OVERVIEW_MAX_EGRESS_FAILED_SHARE (alerted). See the README, \"Delivery Overview\"."),
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_INGEST, asset=OVERVIEW_KEY,
+                          description="Segment failed nothing on ingest and, for a dedicated source, "
+                                      "received what the ledgers delivered in the hour."),
+        dg.AssetCheckSpec(CHECK_EGRESS, asset=OVERVIEW_KEY,
+                          description="No destination failed more than "
+                                      "DELIVERY_OVERVIEW_MAX_EGRESS_FAILED_SHARE of its events in the hour "
+                                      "(each one over it is alerted)."),
+    ],
+)
+def ops_segment_delivery_overview(context: dg.AssetExecutionContext,
+                                  segment_public_api: SegmentPublicApiResource, staging: StagingResource,
+                                  alerts: AlertsResource) -> dg.MaterializeResult:
+    settings = load_settings()
+    dedicated, tolerance, max_share = _settings(settings)
+    window = context.partition_time_window
+    start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
+    client = segment_public_api.get_client()
+    try:
+        overview = read_overview(client, settings["SEGMENT_WRITE_KEY"], start, end)
+    finally:
+        client.close()
+    own_file = staging.staging_db(STAGING_SYNC)
+    ledger = ledger_hour([f for f in staging_files(Path(staging.home)) if f != own_file], start, end)
+    hour = context.partition_key
+    with store.staging(own_file) as con:
+        flagged = egress_flagged(overview, max_share)
+        new = [d for d in flagged if d.destination_id not in already_alerted(con, start)]
+        sent = _post_alert(context, alerts, hour, new, max_share)
+        save_hour(con, start, overview, ledger, sent)
+    ingest = ingest_verdict(overview, ledger, dedicated=dedicated, tolerance=tolerance)
+    if not ingest.passed:
+        context.log.warning(f"{CHECK_INGEST}: {ingest.description}")
+    return dg.MaterializeResult(
+        metadata=_metadata(overview, ledger, dedicated, len(sent)),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK_INGEST, passed=ingest.passed, severity=ingest.severity,
+                description=ingest.description,
+                metadata={"received": sum(s.received for s in overview.sources),
+                          "failed_on_ingest": sum(s.failed_on_ingest for s in overview.sources),
+                          "ledger_delivered": ledger.delivered, "source_dedicated": dedicated,
+                          "tolerance": tolerance}),
+            dg.AssetCheckResult(
+                check_name=CHECK_EGRESS, passed=not flagged, severity=dg.AssetCheckSeverity.WARN,
+                description=("; ".join(f"{d.name}: {d.failed:,} failed ({d.failed_share:.1%}): "
+                                       f"{_reasons_text(d.discards)}" for d in flagged)
+                             or f"no destination failed more than {max_share:.1%}"),
+                metadata={"flagged_destinations": ", ".join(d.destination_id for d in flagged) or "-",
+                          "max_failed_share": max_share, "alerts_sent": len(sent)}),
+        ],
+    )
+
+
+def _post_alert(context: dg.AssetExecutionContext, alerts: AlertsResource, hour: str,
+                flagged: Sequence[DestinationFigures], max_share: float) -> list[str]:
+    """Post one alert for the newly flagged destinations; the ids alerted (none when it could not be sent:
+    the next materialization of the hour tries again)."""
+    if not flagged:
+        return []
+    try:
+        with alerts.get_client() as client:
+            client.post_message(egress_alert(hour, flagged, max_share, alerts.run_url(context.run.run_id)))
+    except Exception as exc:  # noqa: BLE001 - a failed alert must not lose the hour's figures
+        context.log.error(f"Delivery Overview alert for {hour} not sent: {redact_secrets(str(exc))}")
+        return []
+    return [d.destination_id for d in flagged]
+
+
+def _metadata(overview: Overview, ledger: LedgerHour, dedicated: bool, alerts_sent: int) -> dict:
+    source_rows = [(s.name, s.source_id, s.received, s.failed_on_ingest, _reasons_text(s.ingest_reasons))
+                   for s in overview.sources]
+    destination_rows = [(d.name, d.destination_id, d.delivered, d.failed, f"{d.failed_share:.1%}", d.filtered,
+                         _reasons_text(d.discards)) for d in overview.destinations]
+    return {
+        "received": sum(s.received for s in overview.sources),
+        "failed_on_ingest": sum(s.failed_on_ingest for s in overview.sources),
+        "ledger_delivered": ledger.delivered,
+        "delivered_to_destinations": sum(d.delivered for d in overview.destinations),
+        "failed_delivery": sum(d.failed for d in overview.destinations),
+        "source_dedicated": dedicated,
+        "alerts_sent": alerts_sent,
+        "sources": dg.MetadataValue.md(markdown_table(
+            ["source", "id", "received", "failed on ingest", "discard reasons"], source_rows)
+            if source_rows else "no source of the workspace has SEGMENT_WRITE_KEY"),
+        "destinations": dg.MetadataValue.md(markdown_table(
+            ["destination", "id", "delivered", "failed", "failed share", "filtered", "discard reasons"],
+            destination_rows) if destination_rows else "no enabled destination behind the source"),
+        "ledger_by_sync": dg.MetadataValue.json(ledger.per_sync),
+    }
+
+
+def _settings(settings: Settings) -> tuple[bool, float, float]:
+    dedicated = settings["SEGMENT_SOURCE_DEDICATED"].strip().lower()
+    if dedicated not in ("true", "false"):
+        raise ValueError(f"SEGMENT_SOURCE_DEDICATED must be true or false, got {dedicated!r}")
+    return dedicated == "true", _share(settings, "DELIVERY_OVERVIEW_INGEST_TOLERANCE"), _share(
+        settings, "DELIVERY_OVERVIEW_MAX_EGRESS_FAILED_SHARE")
+
+
+def _share(settings: Settings, name: str) -> float:
+    try:
+        value = float(settings[name])
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number between 0 and 1, got {settings[name]!r}")
+    return value
+
+
+def _merge(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for each in counts:
+        for reason, n in each.items():
+            merged[reason] = merged.get(reason, 0) + n
+    return merged
+
+
+def _reasons_text(reasons: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items(), key=lambda r: -r[1])) or "-"
+
+
+def _escape(text: str) -> str:
+    """Vendor text (destination names, discard reasons) redacted and with Slack's control characters
+    escaped."""
+    return redact_secrets(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+delivery_overview_job = dg.define_asset_job(
+    "segment_delivery_overview_job", selection=[OVERVIEW_KEY], partitions_def=PARTITIONS,
+    description="Read one hour of Segment's Delivery Overview and check it against the ledgers.")
+
+
+@dg.schedule(job=delivery_overview_job, cron_schedule="10 * * * *", execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.RUNNING,
+             description="Every hour at :10 UTC, reads the hour before from Segment's Delivery Overview and "
+                         "checks it (on by default: it only reads).")
+def segment_delivery_overview_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    hour = context.scheduled_execution_time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    key = (hour - timedelta(hours=1)).strftime("%Y-%m-%d-%H:%M")
+    return dg.RunRequest(run_key=key, partition_key=key)
+
+
+defs = dg.Definitions(assets=[ops_segment_delivery_overview], jobs=[delivery_overview_job],
+                      schedules=[segment_delivery_overview_schedule])

@@ -1,0 +1,231 @@
+"""The asset `ops/segment_delivery_overview`: one hour of Segment's Delivery Overview (the sandbox's, counted
+from the calls it really received) next to what a ledger delivered, its checks and its egress alert; and the
+client's Delivery Overview calls and their errors over real HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorRequestError
+from segment_ops.clients.segment_public_api import SegmentPublicApiClient
+from segment_ops.clients.segment_tracking import SegmentTrackingClient
+from segment_ops.config import SANDBOX_SEGMENT_PUBLIC_API_TOKEN, SANDBOX_SEGMENT_WRITE_KEY
+from segment_ops.engine import store
+from segment_ops.engine.calls import prepare_call
+from segment_ops.engine.delivery import deliver_pending
+from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage
+from segment_ops.resources import build_resources
+from segment_ops.syncs.ops.delivery_overview import (
+    CHECK_EGRESS,
+    CHECK_INGEST,
+    OVERVIEW_KEY,
+    STAGING_SYNC,
+    ops_segment_delivery_overview,
+)
+
+SYNC = "reverse_etl_user_traits"
+SOURCE, WEBHOOKS = "src_segment_ops", "dst_webhooks"
+
+
+def plan(ledger: Ledger, n: int, prefix: str = "u") -> list[int]:
+    messages = []
+    for i in range(n):
+        message_id, payload = prepare_call({"type": "track", "userId": f"{prefix}{i}", "event": "Synced"},
+                                           sync=SYNC, record_key=f"{prefix}{i}")
+        messages.append(PlannedMessage(message_id, f"{prefix}{i}", "track", payload))
+    return list(ledger.add_planned(SYNC, messages).seqs)
+
+
+def deliver(home, sandbox, n: int, *, write_key: str = SANDBOX_SEGMENT_WRITE_KEY) -> None:
+    """Plan `n` track calls in a sync's ledger and deliver them through the sandbox's Tracking API."""
+    with store.staging(home / "staging" / f"{SYNC}.duckdb") as con:
+        ledger = Ledger(con)
+        plan(ledger, n)
+        client = SegmentTrackingClient(f"{sandbox.url}/segment", write_key)
+        try:
+            deliver_pending(ledger, SYNC, client)
+        finally:
+            client.close()
+
+
+def this_hour() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d-%H:00")
+
+
+def materialize() -> dg.ExecuteInProcessResult:
+    return dg.materialize([ops_segment_delivery_overview], resources=build_resources(),
+                          partition_key=this_hour())
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == OVERVIEW_KEY}
+
+
+def metadata(result: dg.ExecuteInProcessResult) -> dict:
+    [materialization] = result.asset_materializations_for_node("ops__segment_delivery_overview")
+    return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
+
+
+def test_an_hour_of_delivered_calls_is_received_and_delivered_to_each_destination(ops_env, clean_sandbox):
+    deliver(ops_env, clean_sandbox, 5)
+
+    result = materialize()
+
+    figures = metadata(result)
+    assert result.success
+    assert (figures["received"], figures["ledger_delivered"], figures["failed_on_ingest"]) == (5, 5, 0)
+    assert figures["delivered_to_destinations"] == 10  # two destinations behind the source
+    assert "dst_amplitude" in figures["destinations"] and "Webhooks (sandbox)" in figures["destinations"]
+    assert all(check.passed for check in checks(result).values())
+
+
+def test_the_hours_figures_are_kept_in_the_state_file(ops_env, clean_sandbox):
+    deliver(ops_env, clean_sandbox, 3)
+
+    materialize()
+
+    with store.staging(ops_env / "staging" / f"{STAGING_SYNC}.duckdb", read_only=True) as con:
+        sources = con.execute("SELECT source_id, received, ledger_delivered FROM delivery_overview_sources"
+                              ).fetchall()
+        destinations = con.execute("SELECT count(*), sum(delivered) FROM delivery_overview_destinations"
+                                   ).fetchone()
+    assert sources == [(SOURCE, 3, 3)] and destinations == (2, 6)
+
+
+def test_calls_under_a_wrong_write_key_fail_the_ingest_check(ops_env, clean_sandbox):
+    deliver(ops_env, clean_sandbox, 4, write_key="a-key-of-no-source")  # Segment: 200, then dropped
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert not check.passed and check.severity is dg.AssetCheckSeverity.ERROR
+    assert "received 0 of the 4" in check.description
+
+
+def test_a_batch_the_ledger_counts_but_segment_never_got_fails_the_ingest_check(ops_env, clean_sandbox):
+    deliver(ops_env, clean_sandbox, 3)
+    with store.staging(ops_env / "staging" / f"{SYNC}.duckdb") as con:
+        ledger = Ledger(con)
+        lost = plan(ledger, 2, prefix="lost")  # "delivered" by the ledger, never sent
+        ledger.log_outcomes(SYNC, [(seq, DELIVERED, 1, None) for seq in lost])
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert not check.passed and "2 lost" in check.description
+
+
+def test_events_failed_on_ingest_fail_the_ingest_check_with_their_reason(ops_env, clean_sandbox,
+                                                                         sandbox_http):
+    deliver(ops_env, clean_sandbox, 2)
+    refused = sandbox_http.post("/segment/v1/batch", auth=(SANDBOX_SEGMENT_WRITE_KEY, ""),
+                                json={"batch": [{"type": "nope", "userId": "x"}]})
+    assert refused.status_code == 400
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert not check.passed and "invalid_request 1" in check.description
+
+
+def test_a_shared_source_is_not_compared_with_the_ledger(ops_env, clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SEGMENT_SOURCE_DEDICATED", "false")
+    deliver(ops_env, clean_sandbox, 2, write_key="a-key-of-no-source")
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert check.passed and "not compared" in check.description
+
+
+def test_an_injected_egress_failure_warns_and_alerts_the_destination_reason_and_counts(ops_env, clean_sandbox,
+                                                                                     sandbox_http):
+    sandbox_http.post("/__sandbox__/segment/destination-failures",
+                      json={"destinationId": WEBHOOKS, "share": 0.5, "reason": "Unauthorized"})
+    deliver(ops_env, clean_sandbox, 4)
+
+    result = materialize()
+
+    check = checks(result)[CHECK_EGRESS]
+    assert not check.passed and check.severity is dg.AssetCheckSeverity.WARN
+    assert checks(result)[CHECK_INGEST].passed
+    [alert] = clean_sandbox.received("slack")
+    assert "Webhooks (sandbox)" in alert["text"] and "Unauthorized 2" in alert["text"]
+    assert "2 of 4 events failed" in alert["text"]
+
+
+def test_an_hours_egress_failure_is_alerted_once(ops_env, clean_sandbox, sandbox_http):
+    sandbox_http.post("/__sandbox__/segment/destination-failures",
+                      json={"destinationId": WEBHOOKS, "share": 1.0, "reason": "invalid settings"})
+    deliver(ops_env, clean_sandbox, 2)
+
+    materialize()
+    again = materialize()
+
+    assert len(clean_sandbox.received("slack")) == 1
+    assert not checks(again)[CHECK_EGRESS].passed and metadata(again)["alerts_sent"] == 0
+
+
+# --- the client against the sandbox ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def public_api(clean_sandbox):
+    with_retry = RetryPolicy(max_attempts=5, backoff_initial=0.01, backoff_max=0.02)
+    client = SegmentPublicApiClient(f"{clean_sandbox.url}/segmentapis", SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+                                    retry=with_retry)
+    yield client
+    client.close()
+
+
+def hour_window() -> tuple[datetime, datetime]:
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    return start, start + timedelta(hours=1)
+
+
+def test_the_client_reads_failed_delivery_by_discard_reason(public_api, clean_sandbox, sandbox_http):
+    sandbox_http.post("/__sandbox__/segment/destination-failures",
+                      json={"destinationId": WEBHOOKS, "share": 1.0, "reason": "Unauthorized"})
+    sandbox_http.post("/segment/v1/track", auth=(SANDBOX_SEGMENT_WRITE_KEY, ""),
+                      json={"type": "track", "event": "a", "userId": "u1"})
+
+    data = public_api.delivery_overview("failed-delivery", SOURCE, *hour_window(), destination_id=WEBHOOKS,
+                                        group_by=("discardReason",))
+
+    assert data["total"] == 1 and data["dataset"][0]["discardReason"] == "Unauthorized"
+
+
+def test_the_client_retries_a_429(public_api, clean_sandbox):
+    clean_sandbox.set_faults("segmentapis", rate_429=0.5, retry_after_seconds=0)
+    retries = []
+
+    data = public_api.delivery_overview("successfully-received", SOURCE, *hour_window(),
+                                        on_retry=retries.append)
+
+    assert data["total"] == 0 and retries
+
+
+def test_the_client_raises_the_422_of_a_range_too_long(public_api):
+    start, _ = hour_window()
+
+    with pytest.raises(VendorRequestError) as raised:
+        public_api.delivery_overview("successfully-received", SOURCE, start - timedelta(hours=5), start,
+                                     granularity="MINUTE")
+
+    assert raised.value.status == 422
+
+
+def test_the_client_raises_the_404_of_an_unknown_source(public_api):
+    with pytest.raises(VendorRequestError) as raised:
+        public_api.delivery_overview("successfully-received", "src_nope", *hour_window())
+
+    assert raised.value.status == 404
+
+
+def test_the_client_raises_an_auth_error_on_a_wrong_token(clean_sandbox):
+    client = SegmentPublicApiClient(f"{clean_sandbox.url}/segmentapis", "wrong-token")
+
+    with pytest.raises(VendorAuthError) as raised:
+        client.delivery_overview("successfully-received", SOURCE, *hour_window())
+
+    assert raised.value.status == 401 and "wrong-token" not in str(raised.value)
+    client.close()
