@@ -24,6 +24,7 @@ from segment_ops.syncs.ops.delivery_overview import (
     OVERVIEW_KEY,
     STAGING_SYNC,
     ops_segment_delivery_overview,
+    segment_delivery_overview_schedule,
 )
 
 SYNC = "reverse_etl_user_traits"
@@ -229,3 +230,11 @@ def test_the_client_raises_an_auth_error_on_a_wrong_token(clean_sandbox):
 
     assert raised.value.status == 401 and "wrong-token" not in str(raised.value)
     client.close()
+
+
+def test_the_schedule_reads_the_hour_before_its_tick():
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 12, 6, 14, 10, tzinfo=UTC))
+
+    request = segment_delivery_overview_schedule(context)
+
+    assert request.partition_key == "2026-12-06-13:00" and request.run_key == "2026-12-06-13:00"
