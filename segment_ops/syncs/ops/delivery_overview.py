@@ -32,8 +32,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
+from segment_ops.clients.base import VendorError
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
+from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import Settings, load_settings
 from segment_ops.engine import store
 from segment_ops.engine.alerts import redact_secrets
@@ -239,7 +242,7 @@ def egress_alert(hour: str, flagged: Sequence[DestinationFigures], max_share: fl
     return {"text": text, "blocks": blocks}
 
 
-def save_hour(con, hour_start: datetime, overview: Overview, ledger: LedgerHour,
+def save_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime, overview: Overview, ledger: LedgerHour,
               alerted: Iterable[str]) -> None:
     """Replace the hour's rows with these figures; `alerted` destinations get `alerted_at` now, and a
     destination alerted before keeps its time."""
@@ -248,23 +251,29 @@ def save_hour(con, hour_start: datetime, overview: Overview, ledger: LedgerHour,
     before = dict(con.execute("SELECT destination_id, alerted_at FROM delivery_overview_destinations "
                               "WHERE hour_start = ? AND alerted_at IS NOT NULL", [hour_start]).fetchall())
     alerted = set(alerted)
+    sources = [[hour_start, s.source_id, s.name, s.received, s.failed_on_ingest, json.dumps(s.ingest_reasons),
+                ledger.delivered, now] for s in overview.sources]  # one source per key: the ledgers' total
+    destinations = [[hour_start, d.source_id, d.destination_id, d.name, d.delivered, d.failed, d.filtered,
+                     json.dumps(d.discards),
+                     before.get(d.destination_id) or (now if d.destination_id in alerted else None), now]
+                    for d in overview.destinations]
     con.execute("BEGIN")
-    con.execute("DELETE FROM delivery_overview_sources WHERE hour_start = ?", [hour_start])
-    con.execute("DELETE FROM delivery_overview_destinations WHERE hour_start = ?", [hour_start])
-    share = len(overview.sources) == 1  # several sources of one key: the ledger total is not theirs apart
-    for s in overview.sources:
-        con.execute("INSERT INTO delivery_overview_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [hour_start, s.source_id, s.name, s.received, s.failed_on_ingest,
-                     json.dumps(s.ingest_reasons), ledger.delivered if share else 0, now])
-    for d in overview.destinations:
-        alerted_at = before.get(d.destination_id) or (now if d.destination_id in alerted else None)
-        con.execute("INSERT INTO delivery_overview_destinations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [hour_start, d.source_id, d.destination_id, d.name, d.delivered, d.failed, d.filtered,
-                     json.dumps(d.discards), alerted_at, now])
-    con.execute("COMMIT")
+    try:
+        con.execute("DELETE FROM delivery_overview_sources WHERE hour_start = ?", [hour_start])
+        con.execute("DELETE FROM delivery_overview_destinations WHERE hour_start = ?", [hour_start])
+        if sources:
+            con.executemany("INSERT INTO delivery_overview_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", sources)
+        if destinations:
+            con.executemany("INSERT INTO delivery_overview_destinations "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", destinations)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
-def already_alerted(con, hour_start: datetime) -> set[str]:
+def already_alerted(con: duckdb.DuckDBPyConnection, hour_start: datetime) -> set[str]:
+    """The destinations whose failures in the hour starting at `hour_start` were alerted already."""
     store.ensure(con, STATE)
     return {row[0] for row in con.execute(
         "SELECT destination_id FROM delivery_overview_destinations "
@@ -350,7 +359,7 @@ def _post_alert(context: dg.AssetExecutionContext, alerts: AlertsResource, hour:
     try:
         with alerts.get_client() as client:
             client.post_message(egress_alert(hour, flagged, max_share, alerts.run_url(context.run.run_id)))
-    except Exception as exc:  # noqa: BLE001 - a failed alert must not lose the hour's figures
+    except (VendorError, WebhookUrlError) as exc:  # the hour's figures are kept all the same
         context.log.error(f"Delivery Overview alert for {hour} not sent: {redact_secrets(str(exc))}")
         return []
     return [d.destination_id for d in flagged]
