@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segment_ops.config import HomeConflictError, load_settings
+from segment_ops.config import HomeConflictError, Settings, load_settings
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
     from segment_ops.syncs.replay.reader import ReplayResult
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--rate-limit", type=float, default=None,
                         help="max requests/s to Segment (default 200; Segment's guidance is <= 1,000)")
     replay.add_argument("--no-gzip", action="store_true", help="send batch bodies uncompressed")
+    replay.add_argument("--skip-preflight", action="store_true",
+                        help="send without the preflight gate (the write key is not checked against the "
+                             "workspace's sources)")
     replay.set_defaults(func=_run_replay)
 
     webhooks = sub.add_parser("webhooks", help="run the webhook receiver (Heap segment syncs -> the inbox)")
@@ -71,6 +74,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
     settings = load_settings()
+    if not args.dry_run and (refused := _gate_replay(settings, skip=args.skip_preflight)) is not None:
+        return refused
 
     def client() -> SegmentTrackingClient:
         return SegmentTrackingClient(
@@ -90,6 +95,32 @@ def _run_replay(args: argparse.Namespace) -> int:
         return 1
     _print_replay(result, dry_run=args.dry_run)
     return 0 if result.ok else 1
+
+
+def _gate_replay(settings: Settings, *, skip: bool) -> int | None:
+    """The preflight gate of the syncs in front of a replay: an exit code when it must not send, else None."""
+    if skip:
+        print("warning: preflight skipped (--skip-preflight): the write key and the tracking host's region "
+              "are not verified before sending", file=sys.stderr)
+        return None
+    from segment_ops.engine.preflight import PreflightRefused, Status, describe, render_table
+    from segment_ops.resources import check_sending  # imports Dagster: about 1 s
+
+    try:
+        results = check_sending(settings, tracking_url=settings["SEGMENT_TRACKING_URL"],
+                                write_key=settings["SEGMENT_WRITE_KEY"])
+    except ValueError as exc:  # PREFLIGHT_CACHE_SECONDS out of range: the message names it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PreflightRefused as exc:
+        print(render_table(exc.results))
+        print(f"error: {exc}. Nothing was sent. Fix the setting (`segment-ops check` shows every check), "
+              "or run with --skip-preflight to send anyway.", file=sys.stderr)
+        return 1
+    for result in results:
+        if result.status in (Status.WARN, Status.FAIL):
+            print(f"warning: preflight {result.check}: {describe(result)} (sending anyway)", file=sys.stderr)
+    return None
 
 
 def _print_replay(result: ReplayResult, *, dry_run: bool) -> None:

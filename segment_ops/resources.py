@@ -240,14 +240,9 @@ class PreflightResource(dg.ConfigurableResource):
                                                             "the Public API about the write key is reused.")
 
     def check_sending(self, segment: SegmentTrackingResource) -> list[CheckResult]:
-        """The sending checks of the key and host `segment` sends with, run or reused from the cache; raises
-        `engine.preflight.PreflightRefused` when one failed definitively (auth or configuration)."""
-        from segment_ops import preflight
-
-        settings = preflight.gate_settings(load_settings(), tracking_url=segment.base_url,
-                                           write_key=segment.write_key)
-        return gate(preflight.sending_checks(settings), cache=preflight.cache_for(settings),
-                    max_age=self.cache_seconds, secrets=preflight.secret_values(settings))
+        """The sending checks of the key and host `segment` sends with (see `check_sending`)."""
+        return check_sending(load_settings(), tracking_url=segment.base_url, write_key=segment.write_key,
+                             max_age=self.cache_seconds)
 
 
 class StagingResource(dg.ConfigurableResource):
@@ -263,6 +258,25 @@ class StagingResource(dg.ConfigurableResource):
     def staging_db(self, sync: str) -> Path:
         """One DuckDB file per sync, so runs of different syncs never contend for a file lock."""
         return self.path("staging", f"{sync}.duckdb")
+
+
+def check_sending(settings: Settings, *, tracking_url: str, write_key: str,
+                  max_age: float | None = None) -> list[CheckResult]:
+    """The sending checks of the key and host a send uses, run or reused from the cache when at most `max_age`
+    seconds old (default PREFLIGHT_CACHE_SECONDS); raises `engine.preflight.PreflightRefused` when one failed
+    definitively (auth or configuration). The gate of the syncs in Dagster and of `segment-ops replay`."""
+    from segment_ops import preflight
+
+    if max_age is None:
+        max_age = preflight_cache_seconds(settings)
+    settings = preflight.gate_settings(settings, tracking_url=tracking_url, write_key=write_key)
+    return gate(preflight.sending_checks(settings), cache=preflight.cache_for(settings), max_age=max_age,
+                secrets=preflight.secret_values(settings))
+
+
+def preflight_cache_seconds(settings: Settings) -> float:
+    """PREFLIGHT_CACHE_SECONDS, or a `ValueError` naming it."""
+    return _number(settings, "PREFLIGHT_CACHE_SECONDS", low=0.0, high=7 * 86_400.0)
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -294,8 +308,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "staging": StagingResource(home=settings["SEGMENT_OPS_HOME"]),
         "alerts": AlertsResource(webhook_url=value("ALERT_WEBHOOK_URL"),
                                  dagster_ui_url=settings["DAGSTER_UI_URL"]),
-        "preflight": PreflightResource(
-            cache_seconds=_number(settings, "PREFLIGHT_CACHE_SECONDS", low=0.0, high=7 * 86_400.0)),
+        "preflight": PreflightResource(cache_seconds=preflight_cache_seconds(settings)),
         "delivery_health": DeliveryHealthResource(
             window_hours=_number(settings, "DELIVERY_HEALTH_WINDOW_HOURS", low=0.0),
             max_failed_share=_number(settings, "DELIVERY_HEALTH_MAX_FAILED_SHARE", low=0.0, high=1.0),

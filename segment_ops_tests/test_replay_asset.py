@@ -134,13 +134,50 @@ def test_delivery_failure_fails_the_run_and_reports_what_is_pending(tmp_path, op
     monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/nowhere")  # 404: final
     path = write_calls(tmp_path / "calls.jsonl", 10)
 
-    result = materialize(build_resources(), path)
+    result = materialize(build_resources(), path, skip_preflight=True)  # the gate refuses an unknown host
 
     assert not result.success
     [failure] = [event for event in result.all_events if event.is_step_failure]
     data = failure.step_failure_data.user_failure_data
     assert "10 message(s)" in data.description and "stay pending" in data.description
     assert data.metadata["pending"].value == 10
+
+
+# --- the preflight gate ----------------------------------------------------------------------------------
+
+WRONG_WRITE_KEY = "wk-live-5ecret-value-0003"
+
+
+def step_failure(result: dg.ExecuteInProcessResult) -> dg.Failure:
+    [failure] = [event for event in result.all_events if event.is_step_failure]
+    return failure.step_failure_data.user_failure_data
+
+
+def test_a_replay_under_a_wrong_write_key_is_refused_and_sends_nothing(tmp_path, ops_env, clean_sandbox,
+                                                                      monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+    path = write_calls(tmp_path / "calls.jsonl", 5)
+
+    result = materialize(build_resources(), path)
+
+    assert not result.success
+    failure = step_failure(result)
+    assert failure.description.startswith("preflight refused to send: segment_write_key")
+    assert "Nothing was sent" in failure.description and "5ecret" not in failure.description
+    assert "preflight" in failure.metadata
+    assert clean_sandbox.stats()["segment"]["requests"] == 0
+
+
+def test_skip_preflight_replays_under_a_wrong_write_key_and_segment_drops_it(tmp_path, ops_env,
+                                                                             clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+    path = write_calls(tmp_path / "calls.jsonl", 5)
+
+    result = materialize(build_resources(), path, skip_preflight=True)
+
+    assert result.success and metadata(result)["delivered"] == 5
+    stats = clean_sandbox.stats()
+    assert stats["segment"]["dropped"] == {"unknown_write_key": 5} and stats["segmentapis"]["requests"] == 0
 
 
 # --- the job and the sensor ------------------------------------------------------------------------------

@@ -95,9 +95,11 @@ def test_dry_run_prints_samples_and_sends_nothing(tmp_path, ops_env, clean_sandb
 
 def test_undelivered_messages_exit_1_and_say_they_stay_pending(tmp_path, ops_env, clean_sandbox):
     path = write_jsonl(tmp_path / "events.jsonl", track_calls(10))
-    # A wrong endpoint answers 404: final, not retried, so the messages stay pending.
+    # A wrong endpoint answers 404: final, not retried, so the messages stay pending (past the preflight gate,
+    # which would refuse the unknown tracking host).
     env = dict(os.environ, SEGMENT_TRACKING_URL=f"{clean_sandbox.url}/segment/nowhere")
-    failed = subprocess.run(replay_command(path), env=env, capture_output=True, text=True, timeout=60)
+    failed = subprocess.run(replay_command(path, "--skip-preflight"), env=env, capture_output=True, text=True,
+                            timeout=60)
 
     assert failed.returncode == 1
     assert ("10 message(s)" in failed.stderr and "stay pending" in failed.stderr
@@ -147,9 +149,46 @@ def test_a_refused_batch_exits_1_with_a_one_line_error(tmp_path, ops_env, clean_
     monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/no-such-prefix")
     path = write_jsonl(tmp_path / "events.jsonl", track_calls(3))
 
-    done = run_replay(path)
+    done = run_replay(path, "--skip-preflight")
 
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: ") and "HTTP 404" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    skipped, error = done.stderr.strip().splitlines()
+    assert skipped.startswith("warning: preflight skipped (--skip-preflight)")
+    assert error.startswith("error: ") and "HTTP 404" in error
+
+
+# --- the preflight gate ----------------------------------------------------------------------------------
+
+WRONG_WRITE_KEY = "wk-live-5ecret-value-0002"
+
+
+@pytest.mark.slow  # the gate imports Dagster in the subprocess: about 1.5 s
+def test_a_replay_under_a_wrong_write_key_is_refused_with_the_table_and_sends_nothing(
+        tmp_path, ops_env, clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(5))
+
+    done = run_replay(path)
+
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout.startswith("check ") and "segment_write_key" in done.stdout  # the preflight table
+    assert "FAIL (auth/config)" in done.stdout and "SEGMENT_WRITE_KEY" in done.stdout
+    assert done.stderr.startswith("error: preflight refused to send: segment_write_key")
+    assert "Nothing was sent" in done.stderr and "--skip-preflight" in done.stderr
+    assert "5ecret" not in done.stdout + done.stderr
+    assert clean_sandbox.stats()["segment"]["requests"] == 0
+
+
+def test_skip_preflight_replays_under_a_wrong_write_key_and_segment_drops_it(
+        tmp_path, ops_env, clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(5))
+
+    done = run_replay(path, "--skip-preflight")
+
+    assert done.returncode == 0, done.stderr
+    assert summary(done.stdout) == ((5, 0, 0, 0), (5, 0, 0))
+    stats = clean_sandbox.stats()
+    assert stats["segment"]["dropped"] == {"unknown_write_key": 5} and stats["segmentapis"]["requests"] == 0

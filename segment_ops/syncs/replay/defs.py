@@ -15,10 +15,10 @@ from pydantic import Field
 from segment_ops.engine import store
 from segment_ops.engine.delivery import DeliveryError
 from segment_ops.engine.ledger import Ledger
-from segment_ops.resources import SegmentTrackingResource, StagingResource
+from segment_ops.resources import PreflightResource, SegmentTrackingResource, StagingResource
 from segment_ops.syncs.metadata import markdown_table, payload_samples
 from segment_ops.syncs.replay.reader import REPLAY_SYNC, ReplayInputError, ReplayPlan, replay_file
-from segment_ops.syncs.shared import OWNER
+from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
 
 REPLAY_KEY = dg.AssetKey(["segment", "replayed_events"])
 INBOX = ("inbox", "replay")
@@ -28,7 +28,7 @@ SETTLE_SECONDS = 2.0
 MAX_REJECTED_RATIO = 0.01
 
 
-class ReplayConfig(dg.Config):
+class ReplayConfig(SendConfig):
     path: str = Field(description="JSONL/NDJSON or Parquet file of Segment calls (one call per line/row).")
     force: bool = Field(default=False, description="Send again what the ledger says was delivered.")
     dry_run: bool = Field(default=False, description="Validate and show samples; send nothing.")
@@ -50,14 +50,15 @@ class ReplayConfig(dg.Config):
 )
 def replayed_events(
     context: dg.AssetExecutionContext, config: ReplayConfig, segment: SegmentTrackingResource,
-    staging: StagingResource,
+    staging: StagingResource, preflight: PreflightResource,
 ) -> dg.MaterializeResult:
     """Historical Segment calls replayed from a file: validated, given deterministic messageIds, recorded
     in the ledger and delivered exactly once (re-running the same file sends nothing new).
 
     Sent to the [Segment HTTP Tracking API](https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/)
     `/v1/batch`. Runs start from `replay_inbox_sensor` (a file dropped into the inbox) or by hand with a
-    path."""
+    path; the preflight gate runs first, as for every send (run config `skip_preflight` overrides it)."""
+    preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
     path = Path(config.path).expanduser()
     run_id = context.run.run_id
     with store.staging(staging.staging_db(REPLAY_SYNC)) as con:
