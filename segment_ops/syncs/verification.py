@@ -13,6 +13,7 @@ nothing is due: never passed without reading anything back.
 """
 
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +38,10 @@ DESCRIPTION = (
     "differs is listed, not failed. Skipped while the Profile API is not configured.")
 # A sensor tick opens each staging file read-only for a moment; a file a run holds is looked at next tick.
 LOCK_WAIT_SECONDS = 1.0
+# The sensor asks again for a sample still due (its read-back failed, or found the Profile API down) once per
+# this many seconds at least (or per SEGMENT_PROFILES_DELAY_SECONDS, when longer): Dagster starts a run_key
+# only once, so the key carries the time bucket of the attempt.
+MIN_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ def read_back_sensor(name: str, targets: Sequence[ReadBackTarget], job: object) 
         if reason := segment_profiles.skip_reason():
             return dg.SensorResult(skip_reason=dg.SkipReason(reason))
         delay = timedelta(seconds=segment_profiles.delay_seconds)
+        retry_seconds = max(segment_profiles.delay_seconds, MIN_RETRY_SECONDS)
         requests, busy = [], []
         for target in targets:
             path = staging.staging_db(target.sync)
@@ -185,9 +191,10 @@ def read_back_sensor(name: str, targets: Sequence[ReadBackTarget], job: object) 
                 sample = draw_sample(Ledger(con, create=False), target.sync, sample_size=1, delay=delay)
             finally:
                 con.close()
-            if sample.messages:  # keyed by the first message due: a repeat of the same state starts nothing
-                requests.append(dg.RunRequest(run_key=f"{target.op_name}:{sample.messages[0].seq}",
-                                              asset_selection=[], asset_check_keys=[target.check_key]))
+            if sample.messages:  # keyed by the first message due and the attempt's time bucket
+                key = read_back_run_key(target, sample.messages[0].seq, retry_seconds=retry_seconds)
+                requests.append(dg.RunRequest(run_key=key, asset_selection=[],
+                                              asset_check_keys=[target.check_key]))
         if requests:
             return dg.SensorResult(run_requests=requests)
         waiting = f"; busy (looked at next tick): {', '.join(busy)}" if busy else ""
@@ -195,6 +202,15 @@ def read_back_sensor(name: str, targets: Sequence[ReadBackTarget], job: object) 
             f"no delivered identify call awaits read-back (delay {delay.total_seconds():g} s){waiting}"))
 
     return read_back_sensor
+
+
+def read_back_run_key(target: ReadBackTarget, first_seq: int, *, retry_seconds: float,
+                      now: float | None = None) -> str:
+    """The run_key of a read-back of `target` whose first message due is `first_seq`: the same within one
+    bucket of `retry_seconds` (a repeat of the same state starts nothing), another in the next bucket, so a
+    read-back that failed, or recorded nothing, is asked for again instead of never."""
+    bucket = int((time.time() if now is None else now) // retry_seconds)
+    return f"{target.op_name}:{first_seq}:{bucket}"
 
 
 def _json(value: object) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import duckdb
@@ -14,8 +15,11 @@ import orjson
 import pytest
 
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
-from segment_ops.engine.ledger import Ledger, LedgerCounts
+from segment_ops.engine import store
+from segment_ops.engine.calls import prepare_call
+from segment_ops.engine.ledger import DELIVERED, Ledger, LedgerCounts, PlannedMessage
 from segment_ops.engine.verification import ReadBackReport, TraitMismatch
+from segment_ops.syncs import verification
 from segment_ops.syncs.reverse_etl.defs import build_reverse_etl_defs, model_key
 from segment_ops.syncs.verification import CHECK_NAME, ReadBackTarget, landed_result
 from segment_ops_tests.conftest import ReadBackEnv, check_evaluation
@@ -200,6 +204,39 @@ def test_the_sensor_asks_for_the_check_once_the_delay_has_passed_and_not_again(e
     assert [r.run_key for r in again] == [request.run_key]  # the same state: Dagster starts it once
     assert evaluation(read_back(resources.later, instance)).passed
     assert sensor_tick(resources.later, instance, ops_env).run_requests == []  # the run is sampled
+
+
+def deliver_identify_calls(home: Path, users: int) -> None:
+    """`users` identify calls planned and delivered in the user_traits ledger, as a sync run leaves them."""
+    with store.staging(home / "staging" / f"{TARGET.sync}.duckdb") as con:
+        messages = []
+        for i in range(users):
+            message_id, payload = prepare_call({"type": "identify", "userId": f"u{i}", "traits": {"n": i}},
+                                               sync=TARGET.sync, record_key=f"u{i}")
+            messages.append(PlannedMessage(message_id, f"u{i}", "identify", payload))
+        ledger = Ledger(con)
+        seqs = ledger.add_planned(TARGET.sync, messages, run_id="sync-run").seqs
+        ledger.log_outcomes(TARGET.sync, [(seq, DELIVERED, 1, None) for seq in seqs])
+
+
+def test_the_sensor_asks_again_in_a_later_tick_after_a_failed_read_back(env, instance, ops_env, monkeypatch):
+    resources = env(SEGMENT_PROFILES_TOKEN="not-the-space-token").later  # the Profile API answers 401
+    deliver_identify_calls(ops_env, 3)
+    ReadBackEnv.wait()
+    clock = {"now": 1_000_000.0}
+    monkeypatch.setattr(verification, "time", SimpleNamespace(time=lambda: clock["now"]), raising=False)
+    [first] = sensor_tick(resources, instance, ops_env).run_requests
+    # The daemon's run of that request: the read-back fails and records nothing.
+    job = definitions(resources).resolve_job_def("reverse_etl_read_back_job")
+    failed = job.execute_in_process(instance=instance, raise_on_error=False,
+                                    tags={"dagster/run_key": first.run_key})
+    assert evaluation(failed).passed is False and ledger_counts(ops_env).verified == 0
+
+    clock["now"] += 60.0  # MIN_RETRY_SECONDS: the bucket of the next attempt
+    [second] = sensor_tick(resources, instance, ops_env).run_requests
+
+    assert second.asset_check_keys == [TARGET.check_key] and second.run_key != first.run_key
+    assert not instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": second.run_key}))  # Dagster starts it
 
 
 def test_only_identify_models_get_the_check():
