@@ -12,6 +12,10 @@ sandbox credential paired with a live URL counts as not set.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,8 +40,8 @@ from segment_ops.clients.pendo import (
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
 from segment_ops.clients.splunk_hec import HecConfigurationError, SplunkHecClient, hec_event
-from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, Settings
-from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, fingerprint
+from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, HomeConflictError, Settings
+from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status
 from segment_ops.engine.warehouse import WarehouseError, compile_queries, duckdb_file
 
 T = TypeVar("T")
@@ -47,6 +51,9 @@ CHECK_TIMEOUT = 10.0
 CHECK_RETRY = RetryPolicy(max_attempts=2, backoff_initial=0.5, backoff_max=1.0, max_elapsed=8.0,
                           retry_after_cap=2.0)
 CACHE_FILE = ("preflight", "results.json")
+# The random key of the cached answers' fingerprints (HMAC-SHA256), made once per SEGMENT_OPS_HOME (mode
+# 0600): the cache file then holds no unsalted digest of a secret that could be tested against guesses.
+FINGERPRINT_KEY_FILE = ("preflight", "fingerprint.key")
 # The Public API endpoints the syncs read, each probed with `pagination.count=1`.
 PUBLIC_API_ENDPOINTS = {"/audit-events": "the audit trail", "/sources": "the write-key check"}
 HEC_PROBE_SOURCETYPE = "segment_ops:preflight"
@@ -165,8 +172,42 @@ class _Once(Generic[T]):
 
 
 def _check(settings: Settings, verdict: _Verdict, run: Callable[[_Verdict], CheckResult]) -> Check:
-    values = {name: settings[name] for name in verdict.settings}
-    return Check(verdict.check, verdict.settings, lambda: run(verdict), fingerprint(values))
+    return Check(verdict.check, verdict.settings, lambda: run(verdict), _fingerprint(settings, verdict))
+
+
+def _fingerprint(settings: Settings, verdict: _Verdict) -> str:
+    """What a cached answer is keyed on: everything a check reads, not only its own settings. Whether each
+    setting is set counts as much as its value: a sandbox credential with a live URL beside it counts as
+    unset (`_credential`), and any vendor URL set turns the sandbox off (`_live`)."""
+    names = dict.fromkeys((*verdict.settings, *VENDOR_URLS, "SEGMENT_OPS_SANDBOX_URL"))
+    digest = hmac.new(_fingerprint_key(settings), digestmod=hashlib.sha256)
+    for name in sorted(names):
+        digest.update(f"{name}\0{int(settings.is_set(name))}:{settings[name]}\0".encode())
+    return digest.hexdigest()[:32]
+
+
+def _fingerprint_key(settings: Settings) -> bytes:
+    """The home's fingerprint key, made on first use; a random one for this process when the home cannot
+    hold it (nothing cached then matches: the checks simply run)."""
+    try:
+        path = settings.home.joinpath(*FINGERPRINT_KEY_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = path.read_bytes()
+            if len(key) >= 32:
+                return key
+            raise OSError(f"{path} is truncated") from None
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as file:
+            file.write(key)
+        return key
+    except (OSError, HomeConflictError):
+        return _PROCESS_KEY
+
+
+_PROCESS_KEY = secrets.token_bytes(32)
 
 
 def _live(settings: Settings) -> bool:

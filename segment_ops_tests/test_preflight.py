@@ -11,8 +11,15 @@ import pytest
 
 from segment_ops.cli import main
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY, SECRET_NAMES, load_settings
-from segment_ops.engine.preflight import CheckResult, Status, render_table, run_checks
-from segment_ops.preflight import HEC_PROBE_SOURCETYPE, all_checks, secret_values
+from segment_ops.engine.preflight import CheckResult, PreflightRefused, Status, gate, render_table, run_checks
+from segment_ops.preflight import (
+    FINGERPRINT_KEY_FILE,
+    HEC_PROBE_SOURCETYPE,
+    all_checks,
+    cache_for,
+    secret_values,
+    sending_checks,
+)
 from segment_ops.sandbox.segment.sources import DISABLED_SOURCE_WRITE_KEY
 from segment_ops.syncs.heap.receiver import WebhookConfig
 from segment_ops.syncs.heap.server import start_receiver
@@ -255,3 +262,34 @@ def test_no_secret_value_reaches_the_table_whatever_fails(warehouse, clean_sandb
 
     assert set(wrong) <= set(SECRET_NAMES)
     assert [value for value in wrong.values() if value in table] == [] and "5ecret" not in table
+
+
+def sending_gate(**env: str) -> list[CheckResult]:
+    """The gate in front of a send, with a 10-minute cache, under the test's environment plus `env`."""
+    settings = load_settings({**os.environ, **env})
+    return gate(sending_checks(settings), cache=cache_for(settings), max_age=600,
+                secrets=secret_values(settings))
+
+
+def test_a_cached_pass_on_the_sandbox_is_not_reused_once_the_tracking_url_goes_live(ops_env, clean_sandbox):
+    assert {r.check: r.status for r in sending_gate()}["segment_write_key"] is Status.PASS
+
+    # The sandbox's write key does not count with a live tracking host: the gate asks again and refuses.
+    with pytest.raises(PreflightRefused) as refused:
+        sending_gate(SEGMENT_TRACKING_URL="https://api.segment.io")
+
+    [key] = [r for r in refused.value.refused if r.check == "segment_write_key"]
+    assert key.detail == "SEGMENT_WRITE_KEY is not set"
+
+
+def test_cached_answers_are_keyed_by_a_private_per_home_key_not_a_bare_hash_of_the_secrets(ops_env,
+                                                                                         clean_sandbox):
+    sending_gate()
+
+    key_file = ops_env.joinpath(*FINGERPRINT_KEY_FILE)
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
+    settings = load_settings()
+    other_home = load_settings({**os.environ, "SEGMENT_OPS_HOME": str(ops_env.parent / "other_home")})
+    mine = {c.name: c.fingerprint for c in sending_checks(settings)}
+    assert mine == {c.name: c.fingerprint for c in sending_checks(settings)}  # stable within a home
+    assert set(mine.values()).isdisjoint(c.fingerprint for c in sending_checks(other_home))
