@@ -14,11 +14,14 @@ import httpx
 import orjson
 import pytest
 
+from segment_ops.clients.base import RetryPolicy
+from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.engine import store
 from segment_ops.engine.calls import prepare_call
 from segment_ops.engine.ledger import DELIVERED, Ledger, LedgerCounts, PlannedMessage
-from segment_ops.engine.verification import ReadBackReport, TraitMismatch
+from segment_ops.engine.verification import ReadBackReport, TraitMismatch, draw_sample
+from segment_ops.resources import SegmentProfilesResource
 from segment_ops.syncs import verification
 from segment_ops.syncs.reverse_etl.defs import build_reverse_etl_defs, model_key
 from segment_ops.syncs.verification import CHECK_NAME, ReadBackTarget, landed_result
@@ -237,6 +240,29 @@ def test_the_sensor_asks_again_in_a_later_tick_after_a_failed_read_back(env, ins
 
     assert second.asset_check_keys == [TARGET.check_key] and second.run_key != first.run_key
     assert not instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": second.run_key}))  # Dagster starts it
+
+
+def test_a_profile_api_outage_skips_the_check_and_the_run_that_delivered_stays_successful(
+        env, instance, ops_env, clean_sandbox, monkeypatch):
+    resources = env().later
+    deliver_identify_calls(ops_env, 3)  # an earlier run's calls, due for read-back in the next run
+    ReadBackEnv.wait()
+    clean_sandbox.set_faults("profiles", rate_503=1.0)
+    # Real retries, with backoffs short enough for a test.
+    monkeypatch.setattr(SegmentProfilesResource, "get_client", lambda self: SegmentProfilesClient(
+        self.base_url, self.space_id, self.token, retry=RetryPolicy(max_attempts=2, backoff_initial=0.01)))
+
+    synced = sync_user_traits(resources, instance)
+
+    assert synced.success and evaluation(synced) is None  # skipped: neither passed nor failed
+    [reason] = log_lines(instance, synced)
+    assert "skipped: the Profile API did not answer" in reason and "503" in reason
+    assert "read back next time" in reason and resources["segment_profiles"].token not in reason
+    assert clean_sandbox.stats()["profiles"]["requests"] == 2
+    with store.staging(ops_env / "staging" / f"{TARGET.sync}.duckdb") as con:  # drawn again next time
+        sample = draw_sample(Ledger(con), TARGET.sync, sample_size=20, delay=timedelta(0))
+    assert {"u0", "u1", "u2"} <= {message.record_key for message in sample.messages}
+    assert ledger_counts(ops_env).verified == 0
 
 
 def test_only_identify_models_get_the_check():
