@@ -269,6 +269,12 @@ def _segment_checks(settings: Settings) -> list[Check]:
             why = ("the Public API refused SEGMENT_PUBLIC_API_TOKEN" if isinstance(exc, VendorAuthError)
                    else "the Public API did not answer")
             return verdict.warn(f"cannot be verified now: {why} ({exc})", "see the segment_public_api row")
+        if not any(source.get("writeKeys") for source in found):
+            # A token without read access to sources sees none, or sees them without their write keys:
+            # nothing tells the key is wrong, so this must not refuse every send.
+            seen = f"the token sees {len(found)} source(s) and no write keys"
+            return verdict.warn(f"cannot be verified: {seen}",
+                                "give SEGMENT_PUBLIC_API_TOKEN read access to the workspace's sources")
         mine = write_key_sources(found, write_key)
         if not mine:
             return verdict.fail(f"not the write key of any of the {len(found)} sources the token can read "

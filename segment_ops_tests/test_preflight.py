@@ -8,9 +8,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from segment_ops.cli import main
-from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY, SECRET_NAMES, load_settings
+from segment_ops.config import (
+    SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+    SANDBOX_SEGMENT_WRITE_KEY,
+    SECRET_NAMES,
+    load_settings,
+)
 from segment_ops.engine.preflight import CheckResult, PreflightRefused, Status, gate, render_table, run_checks
 from segment_ops.preflight import (
     FINGERPRINT_KEY_FILE,
@@ -20,7 +27,10 @@ from segment_ops.preflight import (
     secret_values,
     sending_checks,
 )
-from segment_ops.sandbox.segment.sources import DISABLED_SOURCE_WRITE_KEY
+from segment_ops.receivers.server import serve_in_thread
+from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment.public_api import SegmentPublicApi
+from segment_ops.sandbox.segment.sources import DISABLED_SOURCE_WRITE_KEY, workspace_sources
 from segment_ops.syncs.heap.receiver import WebhookConfig
 from segment_ops.syncs.heap.server import start_receiver
 from segment_ops.syncs.reverse_etl.defs import MODELS_DIR
@@ -293,3 +303,27 @@ def test_cached_answers_are_keyed_by_a_private_per_home_key_not_a_bare_hash_of_t
     mine = {c.name: c.fingerprint for c in sending_checks(settings)}
     assert mine == {c.name: c.fingerprint for c in sending_checks(settings)}  # stable within a home
     assert set(mine.values()).isdisjoint(c.fingerprint for c in sending_checks(other_home))
+
+
+@pytest.mark.parametrize("sources", ["none", "without writeKeys", "with empty writeKeys"])
+def test_a_token_that_sees_no_write_keys_leaves_the_key_unverified_and_never_refuses(ops_env, clean_sandbox,
+                                                                                    stop_in_background,
+                                                                                    sources):
+    # The sandbox's own Public API emulator, serving what a token without read access to sources sees.
+    listed = {"none": [],
+              "without writeKeys": [{k: v for k, v in s.items() if k != "writeKeys"}
+                                    for s in workspace_sources(SANDBOX_SEGMENT_WRITE_KEY)],
+              "with empty writeKeys": [s | {"writeKeys": []}
+                                       for s in workspace_sources(SANDBOX_SEGMENT_WRITE_KEY)]}[sources]
+    api = SegmentPublicApi(Recorder(100), lambda start, end: [], token=SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+                           sources=listed)
+    served = serve_in_thread(Starlette(routes=[Mount("/segmentapis", routes=list(api.routes()))]),
+                             name="public api")
+    stop_in_background(served)
+
+    [key] = checks("segment_write_key", SEGMENT_PUBLIC_API_URL=f"{served.url}/segmentapis",
+                   SEGMENT_PUBLIC_API_TOKEN=SANDBOX_SEGMENT_PUBLIC_API_TOKEN).values()
+
+    assert key.status is Status.WARN and not key.blocks_sending
+    assert key.detail == f"cannot be verified: the token sees {len(listed)} source(s) and no write keys"
+    assert key.todo == "give SEGMENT_PUBLIC_API_TOKEN read access to the workspace's sources"
