@@ -152,9 +152,10 @@ def probe_tables(url: str, probes: Sequence[tuple[str, str | None]]) -> dict[str
 
 def compile_queries(url: str, queries: Mapping[str, str]) -> dict[str, tuple[str, ...] | WarehouseError]:
     """Run each query as `SELECT * FROM (<query>) LIMIT 0` over one connection: the columns it returns, or
-    the warehouse's refusal. Nothing is read, so it shows cheaply that the queries compile against the
-    warehouse as it is now. Raises `WarehouseError` when the warehouse cannot be reached at all."""
-    wrapped = {name: f"SELECT * FROM ({sql}) AS model_query LIMIT 0" for name, sql in queries.items()}
+    the warehouse's refusal (the `)` on a line of its own, so a query may end in a `--` comment). Nothing is
+    read, so it shows cheaply that the queries compile against the warehouse as it is now. Raises
+    `WarehouseError` when the warehouse cannot be reached at all."""
+    wrapped = {name: f"SELECT * FROM ({sql}\n) AS model_query LIMIT 0" for name, sql in queries.items()}
     found: dict[str, tuple[str, ...] | WarehouseError] = {}
     if (path := duckdb_file(url)) is not None:
         try:
@@ -218,7 +219,7 @@ def _stage_attached(con: duckdb.DuckDBPyConnection, path: str, sql: str, table: 
     try:
         con.execute("USE segment_ops_warehouse")  # unqualified names in the model resolve in the warehouse
         con.execute(f"CREATE OR REPLACE TEMP TABLE {quote(table)} AS "
-                    f"SELECT *, NULL::VARCHAR AS {UNSERIALISABLE_COLUMN} FROM ({sql}) AS model_query")
+                    f"SELECT *, NULL::VARCHAR AS {UNSERIALISABLE_COLUMN} FROM ({sql}\n) AS model_query")
     except duckdb.Error as exc:
         raise WarehouseError(f"the warehouse refused the query: {_first_line(exc)}") from None
     finally:
