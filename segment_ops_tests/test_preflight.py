@@ -20,6 +20,7 @@ from segment_ops.config import (
 )
 from segment_ops.engine.preflight import CheckResult, PreflightRefused, Status, gate, render_table, run_checks
 from segment_ops.preflight import (
+    CHECK_NAMES,
     FINGERPRINT_KEY_FILE,
     HEC_PROBE_SOURCETYPE,
     all_checks,
@@ -231,6 +232,47 @@ def test_a_broken_model_query_fails_naming_its_file(warehouse, tmp_path: Path):
     broken = results["reverse_etl_models"]
     assert (broken.status, broken.definitive) == (Status.FAIL, True)
     assert "1 of 3 broken: user_traits.sql:" in broken.detail and "customer_typo" in broken.detail
+
+
+def table_rows(out: str) -> list[str]:
+    """The check names of a printed table's rows (first cell of each line that starts one)."""
+    return [line.split()[0] for line in out.splitlines()[2:] if line and not line.startswith(" ")
+            and line.split()[0] in CHECK_NAMES]
+
+
+def test_check_only_runs_the_named_checks_and_exits_0_on_the_sandbox(warehouse, clean_sandbox, capsys):
+    code = main(["check", "--only", "warehouse,reverse_etl_models"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert table_rows(out) == ["warehouse", "reverse_etl_models"]
+    assert "2 checks: 2 pass, 0 warn, 0 fail, 0 skip; no check failed" in out
+    assert all(stats.get("requests", 0) == 0 for stats in clean_sandbox.stats().values())  # no vendor asked
+
+
+def test_check_only_the_models_exits_1_with_a_broken_model(warehouse, tmp_path: Path, capsys, monkeypatch):
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, models)
+    path = models / "user_traits.sql"
+    path.write_text(path.read_text().replace("FROM customers", "FROM customer_typo"))
+    monkeypatch.setenv("REVERSE_ETL_MODELS_DIR", str(models))
+
+    code = main(["check", "--only", "warehouse,reverse_etl_models"])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert table_rows(out) == ["warehouse", "reverse_etl_models"]
+    assert "user_traits.sql" in out and "1 fail" in out
+
+
+def test_check_only_an_unknown_name_exits_2_listing_the_checks(ops_env, clean_sandbox, capsys):
+    code = main(["check", "--only", "warehouse,modles"])
+
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("error: no check named modles; the checks are: segment_write_key, ")
+    assert all(name in captured.err for name in CHECK_NAMES)
+    assert clean_sandbox.stats()["segmentapis"]["requests"] == 0
 
 
 def test_a_missing_warehouse_fails_and_the_models_are_skipped(ops_env, tmp_path: Path):
