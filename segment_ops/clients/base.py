@@ -256,14 +256,14 @@ class HttpClient:
                 response = self._client.request(method, path, json=json, content=content, params=params,
                                                 headers=send_headers)
             except httpx.TransportError as exc:
-                reason = self._scrub(f"{type(exc).__name__}: {_safe_text(str(exc)) or 'connection failed'}")
+                reason = self.scrub(f"{type(exc).__name__}: {_safe_text(str(exc)) or 'connection failed'}")
                 retry_after = None
                 status = None
             else:
                 status = response.status_code
                 if status < 300 or status in allowed:
                     return response
-                message = self._scrub(describe_error(response))
+                message = self.scrub(describe_error(response))
                 if status not in self.retryable:
                     cls = VendorAuthError if status in (401, 403) else VendorRequestError
                     raise cls(self.vendor, method, path, message, status=status, attempts=attempt)
@@ -295,7 +295,7 @@ class HttpClient:
             seconds = retry_after_seconds(response.headers, names=("x-ratelimit-reset",))
         return seconds
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         """Vendors sometimes echo what they were sent; a credential must not ride along into errors."""
         for secret in self._secrets:
             text = text.replace(secret, "***")

@@ -60,6 +60,22 @@ class AckStatus:
     refusal: str | None = None  # e.g. 'HTTP 400: ACK is disabled (code 14)'
 
 
+@dataclass(frozen=True)
+class AckSetting:
+    """Whether a token has indexer acknowledgement on, as HEC's answer to an ack query tells: `enabled` None
+    when the answer was none HEC gives (a proxy's 404, an unknown code): `status`, `code` and `answer` (the
+    body's words, never the token) then say what came back, for a warning rather than a failure."""
+
+    enabled: bool | None
+    status: int | None = None
+    code: int | None = None  # HEC's `code` in the body, when it has one
+    answer: str = ""
+
+    def describe(self) -> str:
+        """E.g. `HTTP 404: Not Found`, `HTTP 400: Invalid data format (code 6)`."""
+        return f"HTTP {self.status}: {self.answer}" if self.status is not None else self.answer
+
+
 class HecConfigurationError(VendorFatalError, PartialBatchError):
     """HEC refused the request for its setup (index, channel, ack), not for its data: fix the configuration.
 
@@ -152,20 +168,30 @@ class SplunkHecClient:
         """`GET /services/collector/health` (spec §5: code 17 "HEC is healthy"; 503 codes 18-20 when not)."""
         return _json_object(self.http.request("GET", HEALTH_PATH))
 
-    def ack_enabled(self) -> bool:
+    def ack_setting(self) -> AckSetting:
         """Whether the token has indexer acknowledgement on, asked without indexing anything: an ack query on
         a fresh channel answers code 14 "ACK is disabled" when it is off (spec §5); with it on, HEC answers
-        the query (or refuses the unknown channel, codes 10/11). HEC checks the token first: a refused one
-        raises `VendorAuthError` (codes 1-4)."""
+        the query (or refuses the unknown channel, codes 10/11). Any other 4xx: unknown (`enabled` None).
+        HEC checks the token first: a refused one raises `VendorAuthError` (codes 1-4); 429/5xx are retried,
+        then raise `VendorUnavailable`."""
         response = self.http.request("POST", ACK_PATH, json={"acks": [0]},
                                      params={"channel": str(uuid.uuid4())}, ok_statuses=ACK_CANNOT_CONFIRM)
         if response.status_code < 400:
-            return True
+            return AckSetting(True, response.status_code)
         code = _json_object(response).get("code")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
         if code in (10, 11, 14):
-            return code != 14
-        raise VendorRequestError(self.http.vendor, "POST", ACK_PATH, describe_error(response),
-                                 status=response.status_code)
+            return AckSetting(code != 14, response.status_code, code)
+        return AckSetting(None, response.status_code, code, self.http.scrub(describe_error(response)))
+
+    def ack_enabled(self) -> bool:
+        """`ack_setting().enabled`, raising `VendorRequestError` when HEC's answer does not tell. Kept for
+        `segment_ops.preflight` until its `splunk_hec_ack` row reads `ack_setting()`."""
+        setting = self.ack_setting()
+        if setting.enabled is None:
+            raise VendorRequestError(self.http.vendor, "POST", ACK_PATH, setting.answer,
+                                     status=setting.status)
+        return setting.enabled
 
     def close(self) -> None:
         self.http.close()
