@@ -37,11 +37,18 @@ class CheckResult:
     detail: str  # what was found
     todo: str = ""  # what to do about it
     definitive: bool = False  # a failure of auth or configuration (True), or transient (False)
+    # A warning an outage caused ("cannot be verified now"): like a transient failure, asked again next time.
+    transient: bool = False
     checked_at: float = field(default_factory=time.time)
 
     @property
     def blocks_sending(self) -> bool:
         return self.status is Status.FAIL and self.definitive
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the answer may be reused: neither a transient failure nor a warning an outage caused."""
+        return not self.transient and not (self.status is Status.FAIL and not self.definitive)
 
     def redacted(self, secrets: Iterable[str]) -> CheckResult:
         """This result with every secret value in its texts replaced by `***` (a second guard behind the
@@ -58,7 +65,7 @@ class CheckResult:
     def from_dict(cls, data: Mapping) -> CheckResult:
         return cls(check=data["check"], settings=tuple(data["settings"]), status=Status(data["status"]),
                    detail=data["detail"], todo=data.get("todo", ""), definitive=bool(data.get("definitive")),
-                   checked_at=float(data["checked_at"]))
+                   transient=bool(data.get("transient")), checked_at=float(data["checked_at"]))
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,8 @@ def run_checks(checks: Sequence[Check], *, cache: PreflightCache | None = None, 
                secrets: Iterable[str] = ()) -> list[CheckResult]:
     """Every check's result, in order: from `cache` when a result for the same configuration is at most
     `max_age` seconds old, else by running it. Fresh results go back to the cache, except transient
-    failures, which the next caller asks again. A check that raises is a non-definitive failure."""
+    failures and warnings (`CheckResult.cacheable`), which the next caller asks again. A check that raises is
+    a non-definitive failure."""
     secrets = tuple(secrets)
     results: list[CheckResult] = []
     fresh: list[tuple[Check, CheckResult]] = []
@@ -147,7 +155,7 @@ def run_checks(checks: Sequence[Check], *, cache: PreflightCache | None = None, 
                                  "run `segment-ops -v check` and report it with the output")
         result = result.redacted(secrets)
         results.append(result)
-        if not (result.status is Status.FAIL and not result.definitive):
+        if result.cacheable:
             fresh.append((check, result))
     if cache is not None and fresh:
         cache.put(fresh)

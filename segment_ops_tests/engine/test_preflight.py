@@ -24,13 +24,15 @@ from segment_ops.engine.preflight import (
 class Counting:
     """A check body that answers `result` and counts its runs."""
 
-    def __init__(self, status: Status, definitive: bool = False, detail: str = "found") -> None:
+    def __init__(self, status: Status, definitive: bool = False, detail: str = "found", *,
+                 transient: bool = False) -> None:
         self.status, self.definitive, self.detail, self.runs = status, definitive, detail, 0
+        self.transient = transient
 
     def __call__(self) -> CheckResult:
         self.runs += 1
         return CheckResult("probe", ("PROBE_TOKEN",), self.status, self.detail, "fix PROBE_TOKEN",
-                           definitive=self.definitive)
+                           definitive=self.definitive, transient=self.transient)
 
 
 def check(body: Counting, values: dict[str, str] | None = None) -> Check:
@@ -70,6 +72,25 @@ def test_a_transient_failure_is_never_cached(tmp_path: Path):
     run_checks([check(body)], cache=cache, max_age=600)
 
     assert body.runs == 2
+
+
+def test_a_warning_an_outage_caused_is_never_cached(tmp_path: Path):
+    cache = PreflightCache(tmp_path / "cache.json")
+    body = Counting(Status.WARN, detail="cannot be verified now: no answer", transient=True)
+
+    run_checks([check(body)], cache=cache, max_age=600)
+    run_checks([check(body)], cache=cache, max_age=600)
+
+    assert body.runs == 2 and not (tmp_path / "cache.json").exists()
+
+
+def test_any_other_warning_is_cached(tmp_path: Path):
+    cache, body = PreflightCache(tmp_path / "cache.json"), Counting(Status.WARN, detail="risky setting")
+
+    run_checks([check(body)], cache=cache, max_age=600)
+    [again] = run_checks([check(body)], cache=cache, max_age=600)
+
+    assert body.runs == 1 and (again.status, again.transient) == (Status.WARN, False)
 
 
 def test_the_cache_file_holds_no_setting_value(tmp_path: Path):
