@@ -54,8 +54,15 @@ CACHE_FILE = ("preflight", "results.json")
 # The random key of the cached answers' fingerprints (HMAC-SHA256), made once per SEGMENT_OPS_HOME (mode
 # 0600): the cache file then holds no unsalted digest of a secret that could be tested against guesses.
 FINGERPRINT_KEY_FILE = ("preflight", "fingerprint.key")
-# The Public API endpoints the syncs read, each probed with `pagination.count=1`.
-PUBLIC_API_ENDPOINTS = {"/audit-events": "the audit trail", "/sources": "the write-key check"}
+# The Public API endpoints the syncs read, and who reads them. The list endpoints are probed with
+# `pagination.count=1` (`/sources` is the one list the write-key check reads anyway); Delivery Overview with
+# one step over the last hour for the write key's source. `/audit-events` only while the audit trail has a
+# SIEM to forward to (`_audit_trail_used`).
+AUDIT_EVENTS = "/audit-events"
+DELIVERY_OVERVIEW_PROBE_STEP = "successfully-received"
+PUBLIC_API_ENDPOINTS = {AUDIT_EVENTS: "the audit trail", "/sources": "the write-key check, Delivery Overview",
+                        "/destinations": "Delivery Overview",
+                        f"/delivery-overview/{DELIVERY_OVERVIEW_PROBE_STEP}": "Delivery Overview"}
 HEC_PROBE_SOURCETYPE = "segment_ops:preflight"
 # With indexer ack on, HEC acks can take minutes (spec §7); the README asks for 300 s or more.
 MIN_ACK_TIMEOUT_SECONDS = 300.0
@@ -83,14 +90,15 @@ CHECK_NAMES = (*SENDING_CHECKS, "segment_public_api", "splunk_hec", "splunk_hec_
 
 def all_checks(settings: Settings) -> list[Check]:
     """Every check, in the table's order (`CHECK_NAMES`)."""
-    return [*_segment_checks(settings), _public_api_check(settings), *_splunk_checks(settings),
-            *_pendo_checks(settings), *_heap_checks(settings), _slack_check(settings),
-            *_warehouse_checks(settings)]
+    sources = _sources_fetch(settings)
+    return [*_segment_checks(settings, sources), _public_api_check(settings, sources),
+            *_splunk_checks(settings), *_pendo_checks(settings), *_heap_checks(settings),
+            _slack_check(settings), *_warehouse_checks(settings)]
 
 
 def sending_checks(settings: Settings) -> list[Check]:
     """What the gate in front of a send to Segment runs: the write key's source and the tracking region."""
-    return _segment_checks(settings)
+    return _segment_checks(settings, _sources_fetch(settings))
 
 
 def write_key_sources(sources: Iterable[dict], write_key: str) -> list[dict]:
@@ -171,15 +179,18 @@ class _Once(Generic[T]):
         return self._value  # type: ignore[return-value]
 
 
-def _check(settings: Settings, verdict: _Verdict, run: Callable[[_Verdict], CheckResult]) -> Check:
-    return Check(verdict.check, verdict.settings, lambda: run(verdict), _fingerprint(settings, verdict))
+def _check(settings: Settings, verdict: _Verdict, run: Callable[[_Verdict], CheckResult],
+           reads: tuple[str, ...] = ()) -> Check:
+    """`verdict`'s check; `reads` names what else it reads beyond the settings its row shows."""
+    return Check(verdict.check, verdict.settings, lambda: run(verdict),
+                 _fingerprint(settings, (*verdict.settings, *reads)))
 
 
-def _fingerprint(settings: Settings, verdict: _Verdict) -> str:
+def _fingerprint(settings: Settings, reads: tuple[str, ...]) -> str:
     """What a cached answer is keyed on: everything a check reads, not only its own settings. Whether each
     setting is set counts as much as its value: a sandbox credential with a live URL beside it counts as
     unset (`_credential`), and any vendor URL set turns the sandbox off (`_live`)."""
-    names = dict.fromkeys((*verdict.settings, *VENDOR_URLS, "SEGMENT_OPS_SANDBOX_URL"))
+    names = dict.fromkeys((*reads, *VENDOR_URLS, "SEGMENT_OPS_SANDBOX_URL"))
     digest = hmac.new(_fingerprint_key(settings), digestmod=hashlib.sha256)
     for name in sorted(names):
         digest.update(f"{name}\0{int(settings.is_set(name))}:{settings[name]}\0".encode())
@@ -240,19 +251,35 @@ def _region(url: str, settings: Settings, hosts: dict[str, str], sandbox: dict[s
 
 # --- Segment ---------------------------------------------------------------------------------------------
 
-def _segment_checks(settings: Settings) -> list[Check]:
-    write_key = _credential(settings, "SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
+def _public_api_client(settings: Settings) -> SegmentPublicApiClient:
     token = _credential(settings, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
-    api_url, tracking_url = settings["SEGMENT_PUBLIC_API_URL"], settings["SEGMENT_TRACKING_URL"]
+    return SegmentPublicApiClient(settings["SEGMENT_PUBLIC_API_URL"], token or "", timeout=CHECK_TIMEOUT,
+                                  retry=CHECK_RETRY)
+
+
+def _sources_fetch(settings: Settings) -> _Once[list[dict]]:
+    """`GET /sources`, made once for every check that reads it (write key, region, the token's probe)."""
 
     def list_sources() -> list[dict]:
-        client = SegmentPublicApiClient(api_url, token or "", timeout=CHECK_TIMEOUT, retry=CHECK_RETRY)
+        client = _public_api_client(settings)
         try:
             return list(client.iter_sources())
         finally:
             client.close()
 
-    sources = _Once(list_sources)
+    return _Once(list_sources)
+
+
+def _audit_trail_used(settings: Settings) -> bool:
+    """The audit trail reads `/audit-events` only to forward them to a SIEM: Splunk HEC (checked like any
+    vendor) or the JSON-lines endpoint."""
+    return _configured(settings, "SPLUNK_HEC_URL") or settings.is_set("SIEM_JSONL_URL")
+
+
+def _segment_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Check]:
+    write_key = _credential(settings, "SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
+    token = _credential(settings, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
+    api_url, tracking_url = settings["SEGMENT_PUBLIC_API_URL"], settings["SEGMENT_TRACKING_URL"]
 
     def write_key_check(verdict: _Verdict) -> CheckResult:
         if write_key is None:
@@ -317,33 +344,58 @@ def _segment_checks(settings: Settings) -> list[Check]:
             _check(settings, _Verdict("segment_region", region_names), region_check)]
 
 
-def _public_api_check(settings: Settings) -> Check:
+def _public_api_check(settings: Settings, sources: _Once[list[dict]]) -> Check:
     token = _credential(settings, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
+    write_key = _credential(settings, "SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
+    audit = _audit_trail_used(settings)
+    todo = ("give SEGMENT_PUBLIC_API_TOKEN read access to the sources, destinations and Delivery Overview"
+            + (" and the audit trail" if audit else "") + " (Settings > Access Management > Tokens); check "
+            "that SEGMENT_PUBLIC_API_URL is your workspace region's host")
 
     def run(verdict: _Verdict) -> CheckResult:
         if token is None:
-            return verdict.skip("SEGMENT_PUBLIC_API_TOKEN is not set: the audit trail cannot read events",
-                                "set it to a token that can read the audit trail and the sources")
-        client = SegmentPublicApiClient(settings["SEGMENT_PUBLIC_API_URL"], token, timeout=CHECK_TIMEOUT,
-                                        retry=CHECK_RETRY)
-        # The audit trail is read over the last hour only: the token's access is the question, not events.
-        since = {"startTime": (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="seconds")}
+            return verdict.skip("SEGMENT_PUBLIC_API_TOKEN is not set: the audit trail and Delivery Overview "
+                                "cannot read Segment", "set it to a token that can read the audit trail, the "
+                                "sources, the destinations and Delivery Overview")
+        client = _public_api_client(settings)
+        # Read over the last hour only: the token's access is the question, not what is there.
+        end = datetime.now(UTC)
+        start = end - timedelta(hours=1)
+        source: dict | None = None
+
+        def probe(path: str) -> None:
+            nonlocal source
+            if path == AUDIT_EVENTS:
+                client.probe(path, {"startTime": start.isoformat(timespec="seconds")})
+            elif path == "/sources":
+                found = sources()
+                source = next(iter(write_key_sources(found, write_key or "") or found), None)
+            elif path == "/destinations":
+                client.probe(path)
+            else:
+                client.delivery_overview(DELIVERY_OVERVIEW_PROBE_STEP, source["id"], start, end)
+
+        probed = []
         try:
             for path, used_by in PUBLIC_API_ENDPOINTS.items():
+                if (path == AUDIT_EVENTS and not audit) or (path.startswith("/delivery-overview/")
+                                                             and source is None):
+                    continue
                 try:
-                    client.probe(path, since if path == "/audit-events" else None)
+                    probe(path)
                 except VendorError as exc:
-                    return verdict.vendor(exc, f"GET {path} ({used_by}) refused the token",
-                                          "give SEGMENT_PUBLIC_API_TOKEN read access to the audit trail and "
-                                          "the sources (Settings > Access Management > Tokens); check that "
-                                          "SEGMENT_PUBLIC_API_URL is your workspace region's host")
+                    return verdict.vendor(exc, f"GET {path} ({used_by}) refused the token", todo)
+                probed.append(f"GET {path}")
         finally:
             client.close()
-        endpoints = ", ".join(f"GET {path}" for path in PUBLIC_API_ENDPOINTS)
-        return verdict.ok(f"the token reads {endpoints} (pagination.count=1)")
+        notes = [] if audit else ["/audit-events not probed: the audit trail has no SIEM to forward to"]
+        if source is None:
+            notes.append("Delivery Overview not probed: the token sees no source")
+        return verdict.ok(f"the token reads {', '.join(probed)}" + "".join(f"; {note}" for note in notes))
 
     return _check(settings, _Verdict("segment_public_api", ("SEGMENT_PUBLIC_API_TOKEN",
-                                                            "SEGMENT_PUBLIC_API_URL")), run)
+                                                            "SEGMENT_PUBLIC_API_URL")), run,
+                  reads=("SEGMENT_WRITE_KEY", "SIEM_JSONL_URL"))
 
 
 # --- Splunk HEC ------------------------------------------------------------------------------------------

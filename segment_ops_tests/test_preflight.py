@@ -369,3 +369,36 @@ def test_a_token_that_sees_no_write_keys_leaves_the_key_unverified_and_never_ref
     assert key.status is Status.WARN and not key.blocks_sending
     assert key.detail == f"cannot be verified: the token sees {len(listed)} source(s) and no write keys"
     assert key.todo == "give SEGMENT_PUBLIC_API_TOKEN read access to the workspace's sources"
+
+
+def public_api_requests(sandbox) -> int:
+    return sandbox.stats()["segmentapis"]["requests"]
+
+
+def test_the_token_is_probed_on_every_endpoint_the_syncs_read_and_sources_are_listed_once(ops_env,
+                                                                                         clean_sandbox):
+    results = checks("segment_write_key", "segment_region", "segment_public_api")
+
+    api = results["segment_public_api"]
+    assert api.status is Status.PASS
+    assert api.detail == ("the token reads GET /audit-events, GET /sources, GET /destinations, "
+                          "GET /delivery-overview/successfully-received")
+    assert public_api_requests(clean_sandbox) == 4  # GET /sources once for the three checks
+
+
+def test_audit_events_are_probed_only_while_the_audit_trail_has_a_siem(ops_env, clean_sandbox):
+    live = {"SEGMENT_PUBLIC_API_URL": f"{clean_sandbox.url}/segmentapis",
+            "SEGMENT_PUBLIC_API_TOKEN": SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+            "SEGMENT_TRACKING_URL": f"{clean_sandbox.url}/segment",
+            "SEGMENT_WRITE_KEY": SANDBOX_SEGMENT_WRITE_KEY}
+
+    [without] = checks("segment_public_api", **live).values()
+    before = public_api_requests(clean_sandbox)
+    [with_siem] = checks("segment_public_api", **live, SIEM_JSONL_URL="https://siem.example.com/ingest").values()
+
+    assert without.status is Status.PASS and "GET /audit-events" not in without.detail
+    assert "/audit-events not probed: the audit trail has no SIEM to forward to" in without.detail
+    assert before == 3
+    assert with_siem.status is Status.PASS
+    assert with_siem.detail.startswith("the token reads GET /audit-events")
+    assert public_api_requests(clean_sandbox) - before == 4
