@@ -168,6 +168,19 @@ def test_a_replay_under_a_wrong_write_key_is_refused_and_sends_nothing(tmp_path,
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 
+def test_a_refused_run_says_how_to_refresh_the_cached_answer_and_how_long_it_lasts(tmp_path, ops_env,
+                                                                                  clean_sandbox, monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+    monkeypatch.setenv("PREFLIGHT_CACHE_SECONDS", "900")
+
+    result = materialize(build_resources(), write_calls(tmp_path / "calls.jsonl", 5))
+
+    description = step_failure(result).description
+    assert "`segment-ops check` or materializing ops/preflight refreshes it" in description
+    assert "reused for up to 900 s (PREFLIGHT_CACHE_SECONDS)" in description
+    assert "a changed setting is checked anew at once" in description
+
+
 def test_skip_preflight_replays_under_a_wrong_write_key_and_segment_drops_it(tmp_path, ops_env,
                                                                              clean_sandbox, monkeypatch):
     monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)

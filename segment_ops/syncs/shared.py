@@ -41,9 +41,18 @@ def preflight_gate(context: dg.AssetExecutionContext, preflight: PreflightResour
     except PreflightRefused as exc:
         table = markdown_table(["check", "setting(s)", "result", "what to do"],
                                [(r.check, ", ".join(r.settings), describe(r), r.todo) for r in exc.results])
-        raise dg.Failure(description=f"{exc}. Nothing was sent. Fix the setting (`segment-ops check` shows "
-                                     "every check), or run with skip_preflight: true to send anyway.",
+        raise dg.Failure(description=refused_message(exc, cache_seconds=preflight.cache_seconds),
                          metadata={"preflight": dg.MetadataValue.md(table)}) from None
     for result in results:
         if result.status in (Status.WARN, Status.FAIL):
             context.log.warning(f"preflight {result.check}: {describe(result)} (sending anyway)")
+
+
+def refused_message(exc: PreflightRefused, *, cache_seconds: float) -> str:
+    """What a refused run says: why, that nothing was sent, and how the cached refusal is refreshed (a changed
+    setting is checked anew at once; a fix made in Segment only once the cached answer is refreshed)."""
+    return (f"{exc}. Nothing was sent. Fix the setting (`segment-ops check` shows every check); a changed "
+            "setting is checked anew at once. A fix made in Segment (a source enabled, a write key added) "
+            "counts once the cached answer is refreshed: `segment-ops check` or materializing ops/preflight "
+            f"refreshes it, else it is reused for up to {cache_seconds:g} s (PREFLIGHT_CACHE_SECONDS). Or "
+            "run with skip_preflight: true to send anyway.")
