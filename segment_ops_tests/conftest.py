@@ -14,6 +14,7 @@ import dagster as dg
 import httpx
 import pytest
 
+from segment_ops.clients.base import tls_context
 from segment_ops.config import SETTINGS
 from segment_ops.resources import build_resources
 from segment_ops.sandbox.app import SandboxConfig
@@ -66,7 +67,7 @@ def clean_sandbox(sandbox: RunningSandbox) -> RunningSandbox:
 @pytest.fixture
 def sandbox_http(clean_sandbox: RunningSandbox) -> Iterator[httpx.Client]:
     """A plain HTTP client on the clean session sandbox (no retries: tests see every answer)."""
-    with httpx.Client(base_url=clean_sandbox.url, timeout=10.0) as client:
+    with httpx.Client(base_url=clean_sandbox.url, timeout=10.0, verify=tls_context()) as client:
         yield client
 
 

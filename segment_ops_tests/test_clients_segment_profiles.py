@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorUnavailable
+from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorUnavailable, tls_context
 from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.config import (
     SANDBOX_SEGMENT_PROFILES_SPACE_ID,
@@ -30,7 +30,7 @@ def client(sandbox, *, token: str = SANDBOX_SEGMENT_PROFILES_TOKEN, sleep=None,
 
 def identify(sandbox, user_id: str, traits: dict) -> None:
     """Send one identify through the Tracking API and wait until the profile shows it."""
-    with httpx.Client(base_url=sandbox.url) as http:
+    with httpx.Client(base_url=sandbox.url, verify=tls_context()) as http:
         http.post("/segment/v1/batch", auth=(SANDBOX_SEGMENT_WRITE_KEY, ""), json={"batch": [
             {"type": "identify", "userId": user_id, "traits": traits, "messageId": str(uuid.uuid4())}]})
     time.sleep(PROFILES_DELAY_SECONDS + 0.15)

@@ -180,11 +180,15 @@ class RateLimiter:
             time.sleep(wait)
 
 
+def tls_context() -> ssl.SSLContext:
+    """httpx's default certificate verification (certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR), built
+    once per setting: building it parses the whole CA bundle, about 25 ms, which every `httpx.Client` pays
+    anew. An SSLContext is safe to share between connections; pass it as `verify=`."""
+    return _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
 @functools.lru_cache(maxsize=4)
 def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
-    """httpx's default certificate verification (certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR), built
-    once per setting: building it parses the whole CA bundle, about 25 ms, which each client paid anew (the
-    test suite creates well over a thousand). An SSLContext is safe to share between connections."""
     return httpx.create_ssl_context()
 
 
@@ -223,7 +227,7 @@ class HttpClient:
             limits=httpx.Limits(max_connections=self.max_connections,
                                 max_keepalive_connections=self.max_connections),
             transport=self.transport,
-            verify=_tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
+            verify=tls_context(),
         )
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from segment_ops.clients.base import (
     RetryPolicy,
     SecretHeaderAuth,
     VendorRequestError,
+    tls_context,
 )
 
 PLACEHOLDER_PATH = "/services/***"
@@ -83,7 +84,7 @@ def environment_transport(url: str) -> httpx.HTTPTransport:
         proxy = None
     if proxy and "://" not in proxy:
         proxy = f"http://{proxy}"
-    return httpx.HTTPTransport(trust_env=True, proxy=proxy or None)
+    return httpx.HTTPTransport(trust_env=True, proxy=proxy or None, verify=tls_context())
 
 
 class SlackWebhookClient:

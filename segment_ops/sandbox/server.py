@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from segment_ops.clients.base import tls_context
 from segment_ops.receivers.server import ThreadedServer, serve_forever, serve_in_thread
 from segment_ops.sandbox.app import SandboxConfig, create_app
 
@@ -19,7 +20,7 @@ class RunningSandbox:
     def __init__(self, served: ThreadedServer) -> None:
         self.url = served.url
         self._served = served
-        self._http = httpx.Client(base_url=f"{served.url}/__sandbox__", timeout=30.0)
+        self._http = httpx.Client(base_url=f"{served.url}/__sandbox__", timeout=30.0, verify=tls_context())
 
     def stop(self, timeout: float = 10.0) -> None:
         self._http.close()

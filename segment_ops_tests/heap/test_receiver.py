@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from segment_ops.clients.base import tls_context
 from segment_ops.syncs.heap.inbox import Inbox, PageConflict
 from segment_ops.syncs.heap.receiver import WebhookConfig
 from segment_ops.syncs.heap.server import start_receiver
@@ -39,16 +40,16 @@ def page_body(task: str = "task-1", page: int = 1, total: int = 1, add=("a@x.com
 
 
 @pytest.fixture
-def receiver(tmp_path: Path):
+def receiver(tmp_path: Path, stop_in_background):
     running = start_receiver(WebhookConfig(home=tmp_path, heap_secret=SECRET, max_age_seconds=300,
                                            max_future_seconds=30, max_body_bytes=50_000))
     yield running
-    running.stop()
+    stop_in_background(running)
 
 
 def post(receiver, body: bytes, header: str | None) -> httpx.Response:
     headers = {"Content-Type": "application/json"} | ({"Heap-Hash": header} if header else {})
-    return httpx.post(receiver.heap_url, content=body, headers=headers, timeout=10)
+    return httpx.post(receiver.heap_url, content=body, headers=headers, timeout=10, verify=tls_context())
 
 
 def stored_files(home: Path) -> list[Path]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from segment_ops.clients.base import tls_context
 from segment_ops.syncs.heap import webhook as heap
 from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.receiver import WebhookConfig
@@ -23,15 +24,16 @@ PAGE_HEAD = (b'{"action_type":"segment.users.sync","customer_config":{"fields":[
 
 
 @pytest.fixture
-def receiver(tmp_path: Path):
+def receiver(tmp_path: Path, stop_in_background):
     running = start_receiver(WebhookConfig(home=tmp_path, heap_secret=SECRET, max_body_bytes=3_000_000))
     yield running
-    running.stop()
+    stop_in_background(running)
 
 
 def post(receiver, body: bytes, header: str) -> httpx.Response:
     return httpx.post(receiver.heap_url, content=body, headers={"Content-Type": "application/json",
-                                                                "Heap-Hash": header}, timeout=30)
+                                                                "Heap-Hash": header}, timeout=30,
+                      verify=tls_context())
 
 
 def stored_adds(home: Path) -> list[list[str]]:

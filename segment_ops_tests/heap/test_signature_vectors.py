@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from segment_ops.clients.base import tls_context
 from segment_ops.sandbox.heap.webhooks import heap_hash
 from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.receiver import WebhookConfig
@@ -111,7 +112,7 @@ def patient_receiver(tmp_path: Path):
 def post(url: str, body: bytes, heap_hash_value: str) -> httpx.Response:
     return httpx.post(url, content=body,
                       headers={"Content-Type": "application/json", "Heap-Hash": heap_hash_value},
-                      timeout=10)
+                      timeout=10, verify=tls_context())
 
 
 @pytest.mark.parametrize(("body", "digest"), [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from segment_ops.clients.base import tls_context
 from segment_ops.receivers import inbox
 from segment_ops.receivers.app import Endpoint, Refused, build_app
 from segment_ops.receivers.server import is_loopback, serve_in_thread
@@ -55,20 +56,21 @@ def handled() -> list[bytes]:
 
 
 @contextmanager
-def serve(endpoints: Sequence[Endpoint], **health: object) -> Iterator[httpx.Client]:
+def serve(endpoints: Sequence[Endpoint], stop: Callable[[object], None] = lambda served: served.stop(),
+          **health: object) -> Iterator[httpx.Client]:
     served = serve_in_thread(build_app(endpoints, health=health), name="acme receiver")
     try:
-        with httpx.Client(base_url=served.url, timeout=10) as client:
+        with httpx.Client(base_url=served.url, timeout=10, verify=tls_context()) as client:
             yield client
     finally:
-        served.stop()
+        stop(served)
 
 
 @pytest.fixture
-def client(tmp_path: Path, handled: list[bytes]) -> Iterator[httpx.Client]:
+def client(tmp_path: Path, handled: list[bytes], stop_in_background) -> Iterator[httpx.Client]:
     endpoint = Endpoint("/webhooks/acme", "Acme webhook", verify_acme,
                         acme_handler(tmp_path / "acme", handled), max_body_bytes=MAX_BODY, item="item")
-    with serve([endpoint], inbox="acme") as client:
+    with serve([endpoint], stop_in_background, inbox="acme") as client:
         yield client
 
 

@@ -8,6 +8,7 @@ import uuid
 import httpx
 import pytest
 
+from segment_ops.clients.base import tls_context
 from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
 
 AUTH = {"Authorization": f"Splunk {SANDBOX_SPLUNK_HEC_TOKEN}"}
@@ -144,7 +145,8 @@ def test_oversized_request_is_413(sandbox_factory):
 
 @pytest.fixture
 def ack_http(sandbox_factory):
-    with httpx.Client(base_url=sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0).url) as http:
+    with httpx.Client(base_url=sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0).url,
+                      verify=tls_context()) as http:
         yield http
 
 

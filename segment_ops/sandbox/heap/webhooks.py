@@ -58,6 +58,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from segment_ops.clients.base import tls_context
 from segment_ops.sandbox.common import json_response
 from segment_ops.sandbox.heap.data import HeapDemoData
 
@@ -137,7 +138,7 @@ class HeapWebhookPusher:
         self._order = itertools.count()
         self._log: list[Delivery] = []
         self._threads: list[threading.Thread] = []
-        self._http = httpx.Client(timeout=10.0)
+        self._http = httpx.Client(timeout=10.0, verify=tls_context())
 
     # ------------------------------------------------------------------------------- control
     def register(self, spec: dict) -> dict:

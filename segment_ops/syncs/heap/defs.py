@@ -34,7 +34,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from segment_ops.clients.base import VendorAuthError, VendorError
+from segment_ops.clients.base import VendorAuthError, VendorError, tls_context
 from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
@@ -465,7 +465,7 @@ def prepare_demo() -> dict:
     config = config_from_env(settings)
     with start_receiver(config) as receiver, \
             httpx.Client(base_url=f"{settings['SEGMENT_OPS_SANDBOX_URL']}/__sandbox__/heap",
-                         timeout=60) as http:
+                         timeout=60, verify=tls_context()) as http:
         http.post("/webhooks", json={"url": receiver.heap_url, "secret": config.heap_secret,
                                      "page_size": 200}).raise_for_status()
         pushed = http.post("/push", json={"wait": True})
