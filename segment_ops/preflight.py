@@ -64,6 +64,10 @@ PUBLIC_API_ENDPOINTS = {AUDIT_EVENTS: "the audit trail", "/sources": "the write-
                         "/destinations": "Delivery Overview",
                         f"/delivery-overview/{DELIVERY_OVERVIEW_PROBE_STEP}": "Delivery Overview"}
 HEC_PROBE_SOURCETYPE = "segment_ops:preflight"
+# What a Slack incoming webhook answers (400) to an empty message: `no_text` for a JSON object without text,
+# `invalid_payload` for a body it cannot read, and `missing_text_or_fallback_or_attachments`, which
+# hooks.slack.com answers a payload without text (slackapi/slack-github-action#117, hastic-server#708).
+SLACK_EMPTY_MESSAGE_ANSWERS = ("no_text", "invalid_payload", "missing_text_or_fallback_or_attachments")
 # With indexer ack on, HEC acks can take minutes (spec §7); the README asks for 300 s or more.
 MIN_ACK_TIMEOUT_SECONDS = 300.0
 PENDO_LOOKBACK_DAYS = 7
@@ -649,9 +653,9 @@ def _slack_check(settings: Settings) -> Check:
         if not _configured(settings, "ALERT_WEBHOOK_URL"):
             return verdict.warn("ALERT_WEBHOOK_URL is not set: alerts go nowhere",
                                 "set it to a Slack incoming webhook (see the go-live checklist)")
+        url = settings["ALERT_WEBHOOK_URL"]
         try:
-            client = SlackWebhookClient(settings["ALERT_WEBHOOK_URL"], timeout=CHECK_TIMEOUT,
-                                        retry=CHECK_RETRY)
+            client = SlackWebhookClient(url, timeout=CHECK_TIMEOUT, retry=CHECK_RETRY)
         except WebhookUrlError as exc:
             return verdict.fail(str(exc), todo)
         try:
@@ -660,13 +664,25 @@ def _slack_check(settings: Settings) -> Check:
             return verdict.vendor(exc, "Slack refused the webhook", todo)
         finally:
             client.close()
-        if status == 400:
-            return verdict.ok(f"a live webhook at {client.host}: an empty message was refused ({answer}), "
+        where = _host_port(url)  # never the path (the webhook's secret) nor a user:password
+        if status == 400 and answer in SLACK_EMPTY_MESSAGE_ANSWERS:
+            return verdict.ok(f"a live webhook at {where}: an empty message was refused ({answer}), "
                               "nothing was posted")
-        return verdict.warn(f"{client.host} answered {status} to an empty message, which Slack refuses: it "
-                            "may not be a Slack incoming webhook", "check ALERT_WEBHOOK_URL")
+        return verdict.warn(f"{where} answered {status} to an empty message, not as a Slack incoming webhook "
+                            f"does (400 {' / '.join(SLACK_EMPTY_MESSAGE_ANSWERS)}): it may not be one",
+                            "check ALERT_WEBHOOK_URL")
 
     return _check(settings, _Verdict("slack_webhook", ("ALERT_WEBHOOK_URL",)), run)
+
+
+def _host_port(url: str) -> str:
+    """`host[:port]` of `url`, without its user info, path or query."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname or '?'}" + (f":{port}" if port else "")
 
 
 # --- warehouse -------------------------------------------------------------------------------------------

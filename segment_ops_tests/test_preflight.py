@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
 
 from segment_ops.cli import main
 from segment_ops.config import (
     SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
     SANDBOX_SEGMENT_WRITE_KEY,
+    SANDBOX_SLACK_WEBHOOK_TOKEN,
     SECRET_NAMES,
     load_settings,
 )
@@ -402,3 +404,40 @@ def test_audit_events_are_probed_only_while_the_audit_trail_has_a_siem(ops_env, 
     assert with_siem.status is Status.PASS
     assert with_siem.detail.startswith("the token reads GET /audit-events")
     assert public_api_requests(clean_sandbox) - before == 4
+
+
+def serve_webhook(stop_in_background, status: int, body: str) -> str:
+    """A real HTTP endpoint that answers every POST to a webhook-shaped path with `status` and `body`."""
+
+    async def answer(request):
+        return PlainTextResponse(body, status)
+
+    served = serve_in_thread(Starlette(routes=[Route("/services/{team}/{bot}/{token}", answer,
+                                                     methods=["POST"])]), name="not slack")
+    stop_in_background(served)
+    return served.url
+
+
+def test_an_endpoint_that_refuses_an_empty_message_unlike_slack_is_a_warning_naming_the_status_only(
+        ops_env, stop_in_background):
+    base = serve_webhook(stop_in_background, 400, "Bad Request: /services/T0/B0/hook5ecretPath0001")
+    url = base.replace("http://", "http://ops:pa55word@") + "/services/T0/B0/hook5ecretPath0001"
+
+    [result] = checks("slack_webhook", ALERT_WEBHOOK_URL=url).values()
+
+    assert result.status is Status.WARN and not result.blocks_sending
+    assert result.detail.startswith(f"{base.removeprefix('http://')} answered 400 to an empty message")
+    shown = result.detail + result.todo
+    assert "5ecret" not in shown and "pa55word" not in shown and "ops:" not in shown
+
+
+def test_a_live_slack_webhook_passes_showing_its_host_and_port_only(ops_env, clean_sandbox):
+    url = (clean_sandbox.url.replace("http://", "http://ops:pa55word@")
+           + f"/slack/services/T0SANDBOX/B0SANDBOX/{SANDBOX_SLACK_WEBHOOK_TOKEN}")
+
+    [result] = checks("slack_webhook", ALERT_WEBHOOK_URL=url).values()
+
+    assert result.status is Status.PASS
+    assert result.detail == (f"a live webhook at {clean_sandbox.url.removeprefix('http://')}: an empty "
+                             "message was refused (no_text), nothing was posted")
+    assert clean_sandbox.received("slack") == []
