@@ -37,6 +37,7 @@ from segment_ops.clients.pendo import (
     local_midnight_ms,
     subscription_zone,
 )
+from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
 from segment_ops.clients.splunk_hec import HecConfigurationError, SplunkHecClient, hec_event
@@ -83,21 +84,26 @@ SANDBOX_TRACKING = {"/segment": US, "/segment_eu": EU}
 SANDBOX_PUBLIC_API = {"/segmentapis": US}
 # The project's reverse-ETL models, as reverse_etl/defs.py finds them (without loading Dagster).
 MODELS_PACKAGE = "segment_ops.syncs.reverse_etl.sql"
+# The Profile API's connection settings (as `resources` reads them) and the profile the check reads: no user
+# has this id, so a token that may read the space gets 404 and reads nothing.
+PROFILE_API = ("SEGMENT_PROFILES_URL", "SEGMENT_PROFILES_SPACE_ID", "SEGMENT_PROFILES_TOKEN")
+PROFILE_PROBE_ID = "user_id:segment-ops-preflight-no-such-user"
+PROFILES_TOKEN_HOME = "Unify > Unify settings > API access"
 SOURCE_KEYS = "Connections > Sources > the source > Settings > API Keys"
 PENDO_ZONE = "Pendo's Settings > Subscription settings > Time Zone"
 
 SENDING_CHECKS = ("segment_write_key", "segment_region")
-CHECK_NAMES = (*SENDING_CHECKS, "segment_public_api", "splunk_hec", "splunk_hec_ack", "splunk_hec_index",
-               "pendo_key", "pendo_timezone", "heap_webhook_secret", "heap_receiver", "slack_webhook",
-               "warehouse", "reverse_etl_models")
+CHECK_NAMES = (*SENDING_CHECKS, "segment_public_api", "segment_profiles", "splunk_hec", "splunk_hec_ack",
+               "splunk_hec_index", "pendo_key", "pendo_timezone", "heap_webhook_secret", "heap_receiver",
+               "slack_webhook", "warehouse", "reverse_etl_models")
 
 
 def all_checks(settings: Settings) -> list[Check]:
     """Every check, in the table's order (`CHECK_NAMES`)."""
     sources = _sources_fetch(settings)
     return [*_segment_checks(settings, sources), _public_api_check(settings, sources),
-            *_splunk_checks(settings), *_pendo_checks(settings), *_heap_checks(settings),
-            _slack_check(settings), *_warehouse_checks(settings)]
+            _profiles_check(settings), *_splunk_checks(settings), *_pendo_checks(settings),
+            *_heap_checks(settings), _slack_check(settings), *_warehouse_checks(settings)]
 
 
 def sending_checks(settings: Settings) -> list[Check]:
@@ -400,6 +406,42 @@ def _public_api_check(settings: Settings, sources: _Once[list[dict]]) -> Check:
     return _check(settings, _Verdict("segment_public_api", ("SEGMENT_PUBLIC_API_TOKEN",
                                                             "SEGMENT_PUBLIC_API_URL")), run,
                   reads=("SEGMENT_WRITE_KEY", "SIEM_JSONL_URL"))
+
+
+def _profiles_check(settings: Settings) -> Check:
+    """The Profile API the `landed_in_segment` checks read delivered users back from: the token reads the
+    space."""
+    # As `resources` configures read-back: the sandbox's profiles, unless SEGMENT_TRACKING_URL sends to a
+    # real Segment, which needs each of these set (the Profile API needs Unify, not every workspace has it).
+    live = settings.is_set("SEGMENT_TRACKING_URL")
+    missing = [name for name in PROFILE_API if not (settings[name] and (settings.is_set(name) or not live))]
+    todo = (f"set {', '.join(PROFILE_API)} (the space's access token: {PROFILES_TOKEN_HOME}) to prove what "
+            "was sent landed")
+
+    def run(verdict: _Verdict) -> CheckResult:
+        if settings["SEGMENT_PROFILES_SAMPLE_SIZE"].strip() == "0":
+            return verdict.skip("read-back is off (SEGMENT_PROFILES_SAMPLE_SIZE=0)",
+                                "set SEGMENT_PROFILES_SAMPLE_SIZE above 0 to read delivered users back")
+        if missing:
+            return verdict.warn(f"read-back is off: {', '.join(missing)} not set, so the landed_in_segment "
+                                "checks are skipped and nothing shows whether what was sent landed", todo)
+        client = SegmentProfilesClient(*(settings[name] for name in PROFILE_API), timeout=CHECK_TIMEOUT,
+                                       retry=CHECK_RETRY, max_requests_per_second=None)
+        try:
+            client.get_traits(PROFILE_PROBE_ID)
+        except VendorError as exc:
+            return verdict.vendor(exc, "the Profile API refused SEGMENT_PROFILES_TOKEN for "
+                                       "SEGMENT_PROFILES_SPACE_ID",
+                                  f"copy the space's access token ({PROFILES_TOKEN_HOME}) into "
+                                  "SEGMENT_PROFILES_TOKEN and its id into SEGMENT_PROFILES_SPACE_ID; check "
+                                  "SEGMENT_PROFILES_URL's region")
+        finally:
+            client.close()
+        where = _host_port(settings["SEGMENT_PROFILES_URL"])
+        return verdict.ok(f"the token reads the space's profiles at {where} (an unknown user answers 404)")
+
+    return _check(settings, _Verdict("segment_profiles", PROFILE_API), run,
+                  reads=("SEGMENT_PROFILES_SAMPLE_SIZE",))
 
 
 # --- Splunk HEC ------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_check_exits_0_and_prints_the_table_on_the_sandbox_defaults(warehouse, c
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[0].split()[:3] == ["check", "setting(s)", "result"]
-    assert "13 checks: 11 pass, 0 warn, 0 fail, 2 skip; no check failed" in out
+    assert "14 checks: 12 pass, 0 warn, 0 fail, 2 skip; no check failed" in out
 
 
 def test_a_wrong_write_key_fails_naming_the_setting_and_never_printing_the_key(warehouse, clean_sandbox,
@@ -396,7 +396,8 @@ def test_audit_events_are_probed_only_while_the_audit_trail_has_a_siem(ops_env, 
 
     [without] = checks("segment_public_api", **live).values()
     before = public_api_requests(clean_sandbox)
-    [with_siem] = checks("segment_public_api", **live, SIEM_JSONL_URL="https://siem.example.com/ingest").values()
+    siem = {"SIEM_JSONL_URL": "https://siem.example.com/ingest"}
+    [with_siem] = checks("segment_public_api", **live, **siem).values()
 
     assert without.status is Status.PASS and "GET /audit-events" not in without.detail
     assert "/audit-events not probed: the audit trail has no SIEM to forward to" in without.detail
@@ -441,3 +442,32 @@ def test_a_live_slack_webhook_passes_showing_its_host_and_port_only(ops_env, cle
     assert result.detail == (f"a live webhook at {clean_sandbox.url.removeprefix('http://')}: an empty "
                              "message was refused (no_text), nothing was posted")
     assert clean_sandbox.received("slack") == []
+
+
+def test_the_profile_api_token_is_proved_by_reading_an_unknown_user(ops_env, clean_sandbox):
+    [result] = checks("segment_profiles").values()
+
+    assert result.status is Status.PASS
+    where = clean_sandbox.url.removeprefix("http://")
+    assert result.detail == f"the token reads the space's profiles at {where} (an unknown user answers 404)"
+
+
+def test_a_wrong_profile_api_token_fails_naming_it(ops_env, clean_sandbox):
+    [result] = checks("segment_profiles", SEGMENT_PROFILES_TOKEN="profiles-wrong-5ecret").values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert "refused SEGMENT_PROFILES_TOKEN" in result.detail and "401" in result.detail
+    assert "SEGMENT_PROFILES_TOKEN" in result.todo and "5ecret" not in result.detail + result.todo
+
+
+def test_without_the_profile_api_settings_read_back_is_off_and_said_so(ops_env, clean_sandbox):
+    live = {"SEGMENT_TRACKING_URL": f"{clean_sandbox.url}/segment",
+            "SEGMENT_PROFILES_URL": "https://profiles.segment.com"}
+
+    [unset] = checks("segment_profiles", **live).values()
+    [off] = checks("segment_profiles", SEGMENT_PROFILES_SAMPLE_SIZE="0").values()
+
+    assert unset.status is Status.WARN and unset.detail.startswith(
+        "read-back is off: SEGMENT_PROFILES_SPACE_ID, SEGMENT_PROFILES_TOKEN not set")
+    assert (off.status, off.detail) == (Status.SKIP, "read-back is off (SEGMENT_PROFILES_SAMPLE_SIZE=0)")
+    assert clean_sandbox.stats()["profiles"]["requests"] == 0
