@@ -4,10 +4,15 @@ ids, traits, only-changed sending, identity-map resolution and rejections with r
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from datetime import timedelta
+from pathlib import Path
 
+import duckdb
 import pytest
 
+from segment_ops.clients.pendo import PendoClient
+from segment_ops.config import SANDBOX_PENDO_INTEGRATION_KEY
 from segment_ops.engine.identity import IdentitySource
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.syncs.pendo.extract import SYNC, extract_days
@@ -17,20 +22,48 @@ from segment_ops.syncs.pendo.groups import (
     StaleScoreError,
     sync_account_groups,
 )
-from segment_ops.syncs.pendo.score import score_accounts
-from segment_ops_tests.pendo.conftest import ZONE, group_calls, yesterday
+from segment_ops.syncs.pendo.score import load_health_config, score_accounts
+from segment_ops_tests.pendo.conftest import FAST_RETRY, ZONE, group_calls, write_config, yesterday
 
 INACTIVE = {"acc_00012", "acc_00015"}  # accounts whose users never use the app (scale 0.1)
 ACCOUNTS = 15
 
 
+@pytest.fixture(scope="session")
+def scored_file(sandbox, tmp_path_factory) -> Path:
+    """30 staged days, scored, with no service user and no identity map: staged from the sandbox's Pendo once
+    for the session; each test syncs from its own copy (`scored`)."""
+    folder = tmp_path_factory.mktemp("pendo_scored")
+    config = dataclasses.replace(load_health_config(write_config(folder / "no_identity.toml",
+                                                                 drop_identity=True)), service_user="")
+    sandbox.reset()
+    client = PendoClient(f"{sandbox.url}/pendo", SANDBOX_PENDO_INTEGRATION_KEY, retry=FAST_RETRY)
+    path = folder / "staging.duckdb"
+    try:
+        with duckdb.connect(str(path)) as con:
+            extract_days(con, client, config, yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
+            score_accounts(con, config, timezone=ZONE.key, apps="*")
+    finally:
+        client.close()
+    return path
+
+
 @pytest.fixture
-def scored(con, pendo_client, config_no_identity):
-    """30 staged days, scored, with no service user and no identity map."""
-    config = dataclasses.replace(config_no_identity, service_user="")
-    extract_days(con, pendo_client, config, yesterday() - timedelta(days=29), yesterday(), zone=ZONE)
-    score_accounts(con, config, timezone=ZONE.key, apps="*")
-    return config
+def con(tmp_path: Path, request):
+    """This test's staging file: a copy of the session's scored one, or empty for a test that scores
+    nothing."""
+    path = tmp_path / "staging.duckdb"
+    if "scored" in request.fixturenames:
+        shutil.copy(request.getfixturevalue("scored_file"), path)
+    connection = duckdb.connect(str(path))
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def scored(con, clean_sandbox, config_no_identity):
+    """The scored staging file's config: no service user, no identity map."""
+    return dataclasses.replace(config_no_identity, service_user="")
 
 
 def sync(con, config, factory, **kwargs):
