@@ -1,5 +1,6 @@
 """Alert messages for a Slack-compatible incoming webhook: a run failed or recovered, a sync's deliveries
-turned unhealthy or healthy again, something a vendor pushed is held. Shared by every sync's sensors.
+turned unhealthy or healthy again, Segment failed to deliver to destinations, something a vendor pushed is
+held. Shared by every sync's sensors and checks.
 
 Every message has a plain `text` and Block Kit `blocks`, names the sync, the step and its counts, and links
 the run in the Dagster UI. Every text placed in a message passes `redact_secrets` (a second guard behind
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from segment_ops.config import SECRET_NAMES, load_settings
 
@@ -130,6 +132,44 @@ def delivery_health_message(change: DeliveryHealthChange) -> dict:
         text += " " + _own_link(change.run_url, "Open check run")
         blocks.append(_link(change.run_url, "Open the check's run in Dagster"))
     return {"text": text, "blocks": blocks}
+
+
+class EgressFigures(Protocol):
+    """One destination's Delivery Overview figures for an hour (`syncs.ops.delivery_overview`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def destination_id(self) -> str: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def discards(self) -> Mapping[str, int]: ...
+    @property
+    def failed_share(self) -> float: ...
+
+
+def egress_failure_message(hour: str, flagged: Sequence[EgressFigures], max_share: float,
+                           run_url: str | None = None) -> dict:
+    """`{"text", "blocks"}` naming each destination Segment failed to deliver to in `hour`, its failed share
+    and discard reasons with counts (pieces escaped, links last)."""
+    lines = [f"*{_safe(d.name)}* (`{_safe(d.destination_id)}`): {d.failed:,} of {d.failed + d.delivered:,} "
+             f"events failed ({d.failed_share:.1%}): {_safe(reasons_text(d.discards))}" for d in flagged]
+    text = (f":warning: segment_ops: Segment failed to deliver to {len(flagged)} destination(s) in hour "
+            f"{_safe(hour)} (threshold {max_share:.1%}): " + "; ".join(lines))
+    blocks: list[dict] = [_header(f"Segment egress failures, {redact_secrets(hour)}"),
+                          {"type": "section", "text": _mrkdwn("\n".join(lines))}]
+    if run_url:
+        text += " " + _own_link(run_url, "Open the check's run in Dagster")
+        blocks.append(_link(run_url, "Open the check's run in Dagster"))
+    return {"text": text, "blocks": blocks}
+
+
+def reasons_text(reasons: Mapping[str, int]) -> str:
+    """"reason count, ..." with the most frequent first; "-" for none."""
+    return ", ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items(), key=lambda r: -r[1])) or "-"
 
 
 @dataclass(frozen=True)

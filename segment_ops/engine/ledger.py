@@ -817,6 +817,17 @@ class Ledger:
             """, {"since": since}).fetchall()
         return [SyncFigures(*row) for row in rows]
 
+    def delivered_between(self, start: datetime, end: datetime) -> dict[str, int]:
+        """Messages of each sync delivered in [start, end) (by when the delivery was logged; a message counts
+        once), for syncs that delivered any; none when the file has no ledger. One set query: read from a
+        read-only connection too."""
+        if not self._has_table("outcomes"):
+            return {}
+        return dict(self.con.execute(
+            f"SELECT sync, count(DISTINCT seq) FROM outcomes WHERE status = '{DELIVERED}' "
+            "AND logged_at >= $start AND logged_at < $end GROUP BY sync ORDER BY sync",
+            {"start": start, "end": end}).fetchall())
+
     def rejected_since(self, sync: str, run_id: str,
                        limit: int = 20) -> list[tuple[str | None, str | None, str]]:
         """A sample of (record_key, source, reason) rejected by one run, for run metadata."""

@@ -7,6 +7,7 @@ from segment_ops.engine.alerts import (
     RunFailure,
     RunRecovery,
     delivery_health_message,
+    egress_failure_message,
     failure_message,
     recovery_message,
 )
@@ -94,3 +95,23 @@ def test_a_range_run_names_its_partition_range_and_asset_groups():
                                    partition="2026-08-01-00:00…2026-08-01-23:00"))["text"]
 
     assert "partition `2026-08-01-00:00…2026-08-01-23:00`" in text
+
+
+def test_an_egress_failure_names_each_destination_its_share_and_reasons_escaped_with_the_link_last(
+        monkeypatch):
+    from segment_ops.syncs.ops.delivery_overview import DestinationFigures
+
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-live-5ecret-value")
+    flagged = [DestinationFigures("src_1", "dst_<1>", "Hooks & <!channel>", delivered=6, failed=2, filtered=0,
+                                  discards={"Unauthorized": 1, "bad key wk-live-5ecret-value": 1})]
+
+    message = egress_failure_message("2026-12-01-10:00", flagged, 0.1, URL)
+
+    text = message["text"]
+    assert text.startswith(":warning: segment_ops: Segment failed to deliver to 1 destination(s) in hour "
+                           "2026-12-01-10:00 (threshold 10.0%): *Hooks &amp; &lt;!channel&gt;* "
+                           "(`dst_&lt;1&gt;`): 2 of 8 events failed (25.0%): ")
+    assert "Unauthorized 1" in text and "bad key *** 1" in text and "5ecret" not in str(message)
+    assert text.endswith(f" <{URL}|Open the check's run in Dagster>")
+    assert message["blocks"][0]["text"]["text"] == "Segment egress failures, 2026-12-01-10:00"
+    assert message["blocks"][-1]["text"]["text"] == f"<{URL}|Open the check's run in Dagster>"

@@ -233,3 +233,20 @@ def test_window_counts_say_where_each_group_of_messages_stands(ledger):
     assert counts[1] == MessageCounts(total=2, delivered=1, rejected=1) and counts[1].settled
     assert counts[2] == MessageCounts(total=2, pending=1, awaiting_ack=1) and not counts[2].settled
     assert counts[3] == MessageCounts(total=2, unplanned=1, pending=1) and not counts[3].settled
+
+
+def test_delivered_between_counts_each_syncs_deliveries_logged_in_the_window_once(ledger):
+    for sync in ("a", "b"):
+        ledger.add_planned(sync, messages(3))
+    ledger.log_outcomes("a", [(seq_of(ledger, "m0", "a"), DELIVERED, 1, None),
+                              (seq_of(ledger, "m1", "a"), PENDING, 1, "503")])
+    start = datetime.now(UTC)
+    ledger.log_outcomes("a", [(seq_of(ledger, "m1", "a"), DELIVERED, 2, None),
+                              (seq_of(ledger, "m2", "a"), DELIVERED, 1, None)])
+    ledger.log_outcomes("b", [(seq_of(ledger, "m0", "b"), DELIVERED, 1, None)])
+    end = datetime.now(UTC)
+    ledger.log_outcomes("b", [(seq_of(ledger, "m1", "b"), DELIVERED, 1, None)])
+
+    assert ledger.delivered_between(start, end) == {"a": 2, "b": 1}
+    assert ledger.delivered_between(end, datetime.now(UTC)) == {"b": 1}
+    assert ledger.delivered_between(end, end) == {}

@@ -33,9 +33,9 @@ while that state is UNHEALTHY.
 Files are opened read-only (`engine.store.connect(..., read_only=True)`, waiting a few seconds for a lock); a
 file a running sync holds locked is reported as "busy, not checked" (the check `all_ledgers_read`, WARN).
 
-The Segment Public API has no delivery metrics in the spec this project follows (vendor-apis.md §2 covers
-the audit trail, regulations, tracking plans and the Profile API only), so health is measured from our
-own ledgers: what we sent and what the destinations answered.
+Health is measured from our own ledgers: what we sent and what the destinations answered. What Segment
+itself counted (received, failed on ingest, delivered to each destination behind the source) is the
+Delivery Overview asset's: see `syncs/ops/delivery_overview.py`.
 """
 
 import json

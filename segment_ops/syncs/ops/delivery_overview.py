@@ -39,7 +39,7 @@ from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import Settings, load_settings
 from segment_ops.engine import store
-from segment_ops.engine.alerts import redact_secrets
+from segment_ops.engine.alerts import egress_failure_message, reasons_text, redact_secrets
 from segment_ops.engine.ledger import Ledger
 from segment_ops.preflight import write_key_sources
 from segment_ops.resources import AlertsResource, SegmentPublicApiResource, StagingResource
@@ -169,7 +169,7 @@ def read_overview(client: SegmentPublicApiClient, write_key: str, start: datetim
 def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
                 lock_retry_seconds: float = LOCK_RETRY_SECONDS) -> LedgerHour:
     """Messages delivered to Segment's Tracking API in [start, end) per ledger sync, through the ledger's own
-    figures (delivered since `start` minus delivered since `end`: a message is delivered once)."""
+    query (`Ledger.delivered_between`)."""
     per_sync: dict[str, int] = {}
     busy: list[str] = []
     for path in files:
@@ -178,12 +178,9 @@ def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
             busy.append(path.name)
             continue
         try:
-            ledger = Ledger(con, create=False)
-            after = {f.sync: f.delivered for f in ledger.delivery_figures(end)}
-            for figures in ledger.delivery_figures(start):
-                if not figures.sync.startswith(NOT_TRACKING_SYNCS):
-                    delivered = figures.delivered - after.get(figures.sync, 0)
-                    per_sync[figures.sync] = per_sync.get(figures.sync, 0) + delivered
+            for sync, delivered in Ledger(con, create=False).delivered_between(start, end).items():
+                if not sync.startswith(NOT_TRACKING_SYNCS):
+                    per_sync[sync] = per_sync.get(sync, 0) + delivered
         finally:
             con.close()
     return LedgerHour(sum(per_sync.values()), per_sync, busy)
@@ -199,7 +196,7 @@ def ingest_verdict(overview: Overview, ledger: LedgerHour, *, dedicated: bool, t
     failed = sum(s.failed_on_ingest for s in overview.sources)
     if failed:
         reasons = _merge(s.ingest_reasons for s in overview.sources)
-        return Verdict(False, error, f"Segment failed {failed:,} events on ingest ({_reasons_text(reasons)})")
+        return Verdict(False, error, f"Segment failed {failed:,} events on ingest ({reasons_text(reasons)})")
     if not dedicated:
         return Verdict(True, warn, f"Segment received {received:,} events; not compared with the ledgers' "
                                    f"{ledger.delivered:,}: SEGMENT_SOURCE_DEDICATED is false")
@@ -220,26 +217,6 @@ def ingest_verdict(overview: Overview, ledger: LedgerHour, *, dedicated: bool, t
 def egress_flagged(overview: Overview, max_share: float) -> list[DestinationFigures]:
     """Destinations that failed more than `max_share` of their events."""
     return [d for d in overview.destinations if d.failed and d.failed_share > max_share]
-
-
-def egress_alert(hour: str, flagged: Sequence[DestinationFigures], max_share: float,
-                 run_url: str | None = None) -> dict:
-    """`{"text", "blocks"}` naming each destination, its failed share and discard reasons with counts
-    (every piece redacted and escaped; our own link last)."""
-    lines = [f"*{_escape(d.name)}* (`{_escape(d.destination_id)}`): {d.failed:,} of "
-             f"{d.failed + d.delivered:,} events failed ({d.failed_share:.1%}): "
-             f"{_escape(_reasons_text(d.discards))}" for d in flagged]
-    text = (f":warning: segment_ops: Segment failed to deliver to {len(flagged)} destination(s) in hour "
-            f"{_escape(hour)} (threshold {max_share:.1%}): " + "; ".join(lines))
-    blocks: list[dict] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"Segment egress failures, {hour}"[:150]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}},
-    ]
-    if run_url:
-        link = f"<{run_url.replace('>', '%3E').replace('|', '%7C')}|Open the check's run in Dagster>"
-        text += f" {link}"
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": link}})
-    return {"text": text, "blocks": blocks}
 
 
 def save_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime, overview: Overview, ledger: LedgerHour,
@@ -342,7 +319,7 @@ def ops_segment_delivery_overview(context: dg.AssetExecutionContext,
             dg.AssetCheckResult(
                 check_name=CHECK_EGRESS, passed=not flagged, severity=dg.AssetCheckSeverity.WARN,
                 description=("; ".join(f"{d.name}: {d.failed:,} failed ({d.failed_share:.1%}): "
-                                       f"{_reasons_text(d.discards)}" for d in flagged)
+                                       f"{reasons_text(d.discards)}" for d in flagged)
                              or f"no destination failed more than {max_share:.1%}"),
                 metadata={"flagged_destinations": ", ".join(d.destination_id for d in flagged) or "-",
                           "max_failed_share": max_share, "alerts_sent": len(sent)}),
@@ -358,7 +335,8 @@ def _post_alert(context: dg.AssetExecutionContext, alerts: AlertsResource, hour:
         return []
     try:
         with alerts.get_client() as client:
-            client.post_message(egress_alert(hour, flagged, max_share, alerts.run_url(context.run.run_id)))
+            client.post_message(egress_failure_message(hour, flagged, max_share,
+                                                       alerts.run_url(context.run.run_id)))
     except (VendorError, WebhookUrlError) as exc:  # the hour's figures are kept all the same
         context.log.error(f"Delivery Overview alert for {hour} not sent: {redact_secrets(str(exc))}")
         return []
@@ -366,10 +344,10 @@ def _post_alert(context: dg.AssetExecutionContext, alerts: AlertsResource, hour:
 
 
 def _metadata(overview: Overview, ledger: LedgerHour, dedicated: bool, alerts_sent: int) -> dict:
-    source_rows = [(s.name, s.source_id, s.received, s.failed_on_ingest, _reasons_text(s.ingest_reasons))
+    source_rows = [(s.name, s.source_id, s.received, s.failed_on_ingest, reasons_text(s.ingest_reasons))
                    for s in overview.sources]
     destination_rows = [(d.name, d.destination_id, d.delivered, d.failed, f"{d.failed_share:.1%}", d.filtered,
-                         _reasons_text(d.discards)) for d in overview.destinations]
+                         reasons_text(d.discards)) for d in overview.destinations]
     return {
         "received": sum(s.received for s in overview.sources),
         "failed_on_ingest": sum(s.failed_on_ingest for s in overview.sources),
@@ -412,16 +390,6 @@ def _merge(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
         for reason, n in each.items():
             merged[reason] = merged.get(reason, 0) + n
     return merged
-
-
-def _reasons_text(reasons: Mapping[str, int]) -> str:
-    return ", ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items(), key=lambda r: -r[1])) or "-"
-
-
-def _escape(text: str) -> str:
-    """Vendor text (destination names, discard reasons) redacted and with Slack's control characters
-    escaped."""
-    return redact_secrets(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 delivery_overview_job = dg.define_asset_job(
