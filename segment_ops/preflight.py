@@ -42,7 +42,7 @@ from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
 from segment_ops.clients.splunk_hec import HecConfigurationError, SplunkHecClient, hec_event
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, HomeConflictError, Settings
-from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status
+from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, describe
 from segment_ops.engine.warehouse import WarehouseError, compile_queries, duckdb_file
 
 T = TypeVar("T")
@@ -92,6 +92,9 @@ PROFILES_TOKEN_HOME = "Unify > Unify settings > API access"
 SOURCE_KEYS = "Connections > Sources > the source > Settings > API Keys"
 PENDO_ZONE = "Pendo's Settings > Subscription settings > Time Zone"
 
+# The columns of the results table every Dagster surface shows (`result_rows`), as `segment-ops check` prints.
+RESULT_COLUMNS = ("check", "setting(s)", "result", "what to do")
+
 SENDING_CHECKS = ("segment_write_key", "segment_region")
 CHECK_NAMES = (*SENDING_CHECKS, "segment_public_api", "segment_profiles", "splunk_hec", "splunk_hec_ack",
                "splunk_hec_index", "pendo_key", "pendo_timezone", "heap_webhook_secret", "heap_receiver",
@@ -109,6 +112,11 @@ def all_checks(settings: Settings) -> list[Check]:
 def sending_checks(settings: Settings) -> list[Check]:
     """What the gate in front of a send to Segment runs: the write key's source and the tracking region."""
     return _segment_checks(settings, _sources_fetch(settings))
+
+
+def result_rows(results: Iterable[CheckResult]) -> list[tuple[str, str, str, str]]:
+    """One row of `RESULT_COLUMNS` per result: the table the ops/preflight asset and a refused send show."""
+    return [(r.check, ", ".join(r.settings), describe(r), r.todo) for r in results]
 
 
 def write_key_sources(sources: Iterable[dict], write_key: str) -> list[dict]:

@@ -11,7 +11,14 @@ import dagster as dg
 
 from segment_ops.config import load_settings
 from segment_ops.engine.preflight import CheckResult, Status, describe, run_checks
-from segment_ops.preflight import CHECK_NAMES, all_checks, cache_for, secret_values
+from segment_ops.preflight import (
+    CHECK_NAMES,
+    RESULT_COLUMNS,
+    all_checks,
+    cache_for,
+    result_rows,
+    secret_values,
+)
 from segment_ops.syncs.metadata import markdown_table
 from segment_ops.syncs.shared import OWNER
 
@@ -46,9 +53,7 @@ def ops_preflight(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
             **{status.value: sum(r.status is status for r in results) for status in Status},
-            "checks": dg.MetadataValue.md(markdown_table(
-                ["check", "setting(s)", "result", "what to do"],
-                [(r.check, ", ".join(r.settings), describe(r), r.todo) for r in results])),
+            "checks": dg.MetadataValue.md(markdown_table(RESULT_COLUMNS, result_rows(results))),
         },
         check_results=[_check_result(r) for r in results],
     )
