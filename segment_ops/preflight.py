@@ -156,11 +156,12 @@ class _Verdict:
     def ok(self, detail: str) -> CheckResult:
         return CheckResult(self.check, self.settings, Status.PASS, detail)
 
-    def warn(self, detail: str, todo: str) -> CheckResult:
-        return CheckResult(self.check, self.settings, Status.WARN, detail, todo)
+    def warn(self, detail: str, todo: str, *, outage: bool = False) -> CheckResult:
+        """`outage`: the warning is only that a vendor did not answer now (never cached: asked again)."""
+        return CheckResult(self.check, self.settings, Status.WARN, detail, todo, transient=outage)
 
-    def skip(self, detail: str, todo: str = "") -> CheckResult:
-        return CheckResult(self.check, self.settings, Status.SKIP, detail, todo)
+    def skip(self, detail: str, todo: str = "", *, outage: bool = False) -> CheckResult:
+        return CheckResult(self.check, self.settings, Status.SKIP, detail, todo, transient=outage)
 
     def fail(self, detail: str, todo: str) -> CheckResult:
         return CheckResult(self.check, self.settings, Status.FAIL, detail, todo, definitive=True)
@@ -170,10 +171,15 @@ class _Verdict:
 
     def vendor(self, exc: VendorError, refused: str, todo: str) -> CheckResult:
         """A vendor's refusal: a 4xx is definitive, no answer (network, 5xx, throttling) is transient."""
-        if isinstance(exc, VendorUnavailable) or exc.status is None:
+        if _outage(exc):
             return self.transient(f"no answer: {exc}", "retry later; if it lasts, check the URL and the "
                                                        "vendor's status page")
         return self.fail(f"{refused}: {exc}", todo)
+
+
+def _outage(exc: VendorError) -> bool:
+    """No answer (network, 5xx, throttling), as opposed to a refusal."""
+    return isinstance(exc, VendorUnavailable) or exc.status is None
 
 
 @dataclass
@@ -313,7 +319,8 @@ def _segment_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Chec
         except VendorError as exc:
             why = ("the Public API refused SEGMENT_PUBLIC_API_TOKEN" if isinstance(exc, VendorAuthError)
                    else "the Public API did not answer")
-            return verdict.warn(f"cannot be verified now: {why} ({exc})", "see the segment_public_api row")
+            return verdict.warn(f"cannot be verified now: {why} ({exc})", "see the segment_public_api row",
+                                outage=_outage(exc))
         if not any(source.get("writeKeys") for source in found):
             # A token without read access to sources sees none, or sees them without their write keys:
             # nothing tells the key is wrong, so this must not refuse every send.
@@ -340,7 +347,7 @@ def _segment_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Chec
             sources()
         except VendorError as exc:
             return verdict.skip(f"the Public API did not answer the token ({exc.status or 'no answer'})",
-                                "see the segment_public_api row")
+                                "see the segment_public_api row", outage=_outage(exc))
         tracking = _region(tracking_url, settings, TRACKING_HOSTS, SANDBOX_TRACKING)
         workspace = _region(api_url, settings, PUBLIC_API_HOSTS, SANDBOX_PUBLIC_API)
         if tracking is None or workspace is None:

@@ -471,3 +471,16 @@ def test_without_the_profile_api_settings_read_back_is_off_and_said_so(ops_env, 
         "read-back is off: SEGMENT_PROFILES_SPACE_ID, SEGMENT_PROFILES_TOKEN not set")
     assert (off.status, off.detail) == (Status.SKIP, "read-back is off (SEGMENT_PROFILES_SAMPLE_SIZE=0)")
     assert clean_sandbox.stats()["profiles"]["requests"] == 0
+
+
+def test_a_key_left_unverified_by_a_public_api_outage_is_verified_again_once_it_answers(ops_env,
+                                                                                       clean_sandbox):
+    clean_sandbox.set_faults("segmentapis", rate_503=1.0)
+    during = {r.check: r for r in sending_gate()}
+    clean_sandbox.clear_faults()
+
+    after = {r.check: r for r in sending_gate()}
+
+    assert during["segment_write_key"].status is Status.WARN and during["segment_write_key"].transient
+    assert during["segment_region"].status is Status.SKIP and during["segment_region"].transient
+    assert after["segment_write_key"].status is Status.PASS and after["segment_region"].status is Status.PASS
