@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import sqlparse
+from sqlparse import tokens
+
 from segment_ops.engine.spec import CALL_TYPES, MODES, DiffSpec, SpecError
-from segment_ops.engine.sql import without_literals
 
 DEFAULT_MAX_REJECTED_RATIO = 0.01
 MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -175,15 +177,40 @@ def _split(path: Path, text: str) -> tuple[dict[str, str], str]:
         if not value:
             raise ModelError(path, f"line {number + 1}: header key {key!r} has no value")
         header[key] = value
-    sql = "\n".join(lines[body_start:]).strip().rstrip(";").strip()
     if not header:
         raise ModelError(path, "no header: the file must start with `-- key: value` lines "
                                f"({', '.join(_REQUIRED)} at least)")
-    if not sql:
+    return header, _single_statement(path, "\n".join(lines[body_start:]), body_start + 1)
+
+
+def _single_statement(path: Path, body: str, first_line: int) -> str:
+    """The one statement of `body`, without its closing ';'. Split by `sqlparse` the way SQL reads it, so a
+    ';' in a literal, quoted name, dollar-quote or comment separates nothing, and an apostrophe in a comment
+    cannot hide a second statement (as it could from a regex)."""
+    statements: list[tuple[int, list[sqlparse.sql.Token]]] = []  # (offset in body, tokens) of each one
+    offset = 0
+    for statement in sqlparse.parse(body):  # the statements' text, joined, is `body`
+        flat = list(statement.flatten())
+        if any(_is_code(t) for t in flat):
+            statements.append((offset, flat))
+        offset += len(str(statement))
+    if not statements:
         raise ModelError(path, "no query after the header")
-    if ";" in without_literals(sql):
-        raise ModelError(path, "the query must be a single statement (found ';' inside it)")
-    return header, sql
+    if len(statements) > 1:
+        start, flat = statements[1]
+        lead = next(i for i, t in enumerate(flat) if _is_code(t))
+        start += sum(len(str(t)) for t in flat[:lead])
+        words = "".join(str(t) for t in flat[lead:]).strip().splitlines()[0][:60]
+        raise ModelError(path, f"the query must be a single statement, found {len(statements)}: the second "
+                               f"starts at line {first_line + body[:start].count(chr(10))} ({words!r})")
+    code = statements[0][1]
+    while code and (not _is_code(code[-1]) or code[-1].match(tokens.Punctuation, ";")):
+        code.pop()  # trailing whitespace, comments and the closing ';'
+    return "".join(str(t) for t in code).strip()
+
+
+def _is_code(token: sqlparse.sql.Token) -> bool:
+    return not token.is_whitespace and token.ttype not in tokens.Comment
 
 
 def _build(path: Path, name: str, header: dict[str, str], sql: str, code_version: str) -> ModelSpec:
