@@ -107,10 +107,10 @@ def _gate_replay(settings: Settings, *, skip: bool) -> int | None:
               "are not verified before sending", file=sys.stderr)
         return None
     from segment_ops.engine.preflight import PreflightRefused, Status, describe, render_table
-    from segment_ops.resources import check_sending  # imports Dagster: about 1 s
+    from segment_ops.preflight import gate_sending
 
     try:
-        results = check_sending(settings, tracking_url=settings["SEGMENT_TRACKING_URL"],
+        results = gate_sending(settings, tracking_url=settings["SEGMENT_TRACKING_URL"],
                                 write_key=settings["SEGMENT_WRITE_KEY"])
     except ValueError as exc:  # PREFLIGHT_CACHE_SECONDS out of range: the message names it
         print(f"error: {exc}", file=sys.stderr)

@@ -40,9 +40,9 @@ from segment_ops.clients.pendo import (
 from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
-from segment_ops.clients.splunk_hec import HecConfigurationError, SplunkHecClient, hec_event
+from segment_ops.clients.splunk_hec import AckSetting, HecConfigurationError, SplunkHecClient, hec_event
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, HomeConflictError, Settings
-from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, describe
+from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, describe, gate
 from segment_ops.engine.warehouse import WarehouseError, compile_queries, duckdb_file
 
 T = TypeVar("T")
@@ -52,6 +52,7 @@ CHECK_TIMEOUT = 10.0
 CHECK_RETRY = RetryPolicy(max_attempts=2, backoff_initial=0.5, backoff_max=1.0, max_elapsed=8.0,
                           retry_after_cap=2.0)
 CACHE_FILE = ("preflight", "results.json")
+MAX_CACHE_SECONDS = 7 * 86_400.0  # PREFLIGHT_CACHE_SECONDS: a week at most
 # The random key of the cached answers' fingerprints (HMAC-SHA256), made once per SEGMENT_OPS_HOME (mode
 # 0600): the cache file then holds no unsalted digest of a secret that could be tested against guesses.
 FINGERPRINT_KEY_FILE = ("preflight", "fingerprint.key")
@@ -142,6 +143,31 @@ def gate_settings(settings: Settings, *, tracking_url: str, write_key: str) -> S
             from_env.add(name)
     return Settings(values=values, from_env=frozenset(from_env), home_conflict=settings.home_conflict,
                     home_dependent=settings.home_dependent)
+
+
+def gate_sending(settings: Settings, *, tracking_url: str, write_key: str,
+                 max_age: float | None = None) -> list[CheckResult]:
+    """The sending checks of the key and host a send uses, run or reused from the cache when at most `max_age`
+    seconds old (default PREFLIGHT_CACHE_SECONDS); raises `engine.preflight.PreflightRefused` when one failed
+    definitively (auth or configuration). The gate of the syncs in Dagster and of `segment-ops replay`."""
+    if max_age is None:
+        max_age = preflight_cache_seconds(settings)
+    settings = gate_settings(settings, tracking_url=tracking_url, write_key=write_key)
+    return gate(sending_checks(settings), cache=cache_for(settings), max_age=max_age,
+                secrets=secret_values(settings))
+
+
+def preflight_cache_seconds(settings: Settings) -> float:
+    """PREFLIGHT_CACHE_SECONDS (0 to 7 days), or a `ValueError` naming it."""
+    raw = settings["PREFLIGHT_CACHE_SECONDS"]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= MAX_CACHE_SECONDS:
+        raise ValueError(f"PREFLIGHT_CACHE_SECONDS must be a number between 0 and {MAX_CACHE_SECONDS:g}, "
+                         f"got {raw!r}")
+    return value
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -469,11 +495,11 @@ def _splunk_checks(settings: Settings) -> list[Check]:
         return SplunkHecClient(settings["SPLUNK_HEC_URL"], token or "", channel=str(uuid.uuid4()),
                                timeout=CHECK_TIMEOUT, retry=CHECK_RETRY)
 
-    def probe() -> bool:
+    def probe() -> AckSetting:
         hec = client()
         try:
             hec.health()
-            return hec.ack_enabled()
+            return hec.ack_setting()
         finally:
             hec.close()
 
@@ -491,12 +517,16 @@ def _splunk_checks(settings: Settings) -> list[Check]:
         if skipped := not_checked(verdict):
             return skipped
         try:
-            on = ack_on()
+            setting = ack_on()
         except VendorError as exc:
             return verdict.vendor(exc, "HEC refused", "copy the token of the HEC input (Settings > Data "
                                                       "inputs > HTTP Event Collector) into SPLUNK_HEC_TOKEN, "
                                                       "and check SPLUNK_HEC_URL")
-        state = "on" if on else "off"
+        if setting.enabled is None:
+            return verdict.warn(f"healthy, but the ack query got {setting.describe()}: the token is not "
+                                "verified", "check that SPLUNK_HEC_URL reaches HEC itself (a proxy must pass "
+                                "/services/collector/ack); see the splunk_hec_ack row")
+        state = "on" if setting.enabled else "off"
         return verdict.ok(f"healthy; the token is accepted (indexer acknowledgement {state})")
 
     def ack_check(verdict: _Verdict) -> CheckResult:
@@ -516,10 +546,14 @@ def _splunk_checks(settings: Settings) -> list[Check]:
         if not timeout > 0:
             return verdict.fail("SPLUNK_HEC_ACK_TIMEOUT_SECONDS is not a number > 0", "set it to 300 or more")
         try:
-            on = ack_on()
+            setting = ack_on()
         except VendorError:
             return verdict.skip("HEC did not accept the token", "see the splunk_hec row")
-        if not on:
+        if setting.enabled is None:
+            return verdict.warn(f"cannot tell whether indexer acknowledgement is on: the ack query got "
+                                f"{setting.describe()}", "check the token's Enable indexer acknowledgement "
+                                "setting in Splunk, and that SPLUNK_HEC_URL reaches HEC itself")
+        if not setting.enabled:
             return verdict.ok("indexer acknowledgement is off for the token: HEC's 200 is the only proof an "
                               "event was taken")
         if timeout < MIN_ACK_TIMEOUT_SECONDS:

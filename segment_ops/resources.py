@@ -20,13 +20,14 @@ from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.clients.slack import SlackWebhookClient
 from segment_ops.config import Settings, load_settings
-from segment_ops.engine.preflight import CheckResult, gate
+from segment_ops.engine.preflight import CheckResult
 from segment_ops.engine.redaction import (
     DEFAULT_HASH_FIELDS,
     DEFAULT_PATTERNS,
     DEFAULT_SCAN_FIELDS,
     RedactionRules,
 )
+from segment_ops.preflight import gate_sending, preflight_cache_seconds
 from segment_ops.syncs.audit_trail.siem import JsonLinesDestination, SplunkHecDestination
 
 
@@ -240,9 +241,9 @@ class PreflightResource(dg.ConfigurableResource):
                                                             "the Public API about the write key is reused.")
 
     def check_sending(self, segment: SegmentTrackingResource) -> list[CheckResult]:
-        """The sending checks of the key and host `segment` sends with (see `check_sending`)."""
-        return check_sending(load_settings(), tracking_url=segment.base_url, write_key=segment.write_key,
-                             max_age=self.cache_seconds)
+        """The sending checks of the key and host `segment` sends with (`preflight.gate_sending`)."""
+        return gate_sending(load_settings(), tracking_url=segment.base_url, write_key=segment.write_key,
+                            max_age=self.cache_seconds)
 
 
 class StagingResource(dg.ConfigurableResource):
@@ -258,25 +259,6 @@ class StagingResource(dg.ConfigurableResource):
     def staging_db(self, sync: str) -> Path:
         """One DuckDB file per sync, so runs of different syncs never contend for a file lock."""
         return self.path("staging", f"{sync}.duckdb")
-
-
-def check_sending(settings: Settings, *, tracking_url: str, write_key: str,
-                  max_age: float | None = None) -> list[CheckResult]:
-    """The sending checks of the key and host a send uses, run or reused from the cache when at most `max_age`
-    seconds old (default PREFLIGHT_CACHE_SECONDS); raises `engine.preflight.PreflightRefused` when one failed
-    definitively (auth or configuration). The gate of the syncs in Dagster and of `segment-ops replay`."""
-    from segment_ops import preflight
-
-    if max_age is None:
-        max_age = preflight_cache_seconds(settings)
-    settings = preflight.gate_settings(settings, tracking_url=tracking_url, write_key=write_key)
-    return gate(preflight.sending_checks(settings), cache=preflight.cache_for(settings), max_age=max_age,
-                secrets=preflight.secret_values(settings))
-
-
-def preflight_cache_seconds(settings: Settings) -> float:
-    """PREFLIGHT_CACHE_SECONDS, or a `ValueError` naming it."""
-    return _number(settings, "PREFLIGHT_CACHE_SECONDS", low=0.0, high=7 * 86_400.0)
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorRequestError
+from segment_ops.clients.base import RetryPolicy, VendorAuthError
 from segment_ops.clients.splunk_hec import AckSetting, SplunkHecClient
 from segment_ops.config import SANDBOX_SPLUNK_HEC_TOKEN
 
@@ -57,8 +57,3 @@ def test_an_hec_code_it_never_gives_to_an_ack_query_is_unknown_with_the_code_and
 def test_a_refused_token_still_raises():
     with pytest.raises(VendorAuthError):
         answering(403, text="Invalid token", code=4).ack_setting()
-
-
-def test_ack_enabled_still_raises_on_an_unknown_answer():
-    with pytest.raises(VendorRequestError, match="404"):
-        answering(404, text_body="Not Found").ack_enabled()

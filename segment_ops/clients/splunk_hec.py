@@ -184,15 +184,6 @@ class SplunkHecClient:
             return AckSetting(code != 14, response.status_code, code)
         return AckSetting(None, response.status_code, code, self.http.scrub(describe_error(response)))
 
-    def ack_enabled(self) -> bool:
-        """`ack_setting().enabled`, raising `VendorRequestError` when HEC's answer does not tell. Kept for
-        `segment_ops.preflight` until its `splunk_hec_ack` row reads `ack_setting()`."""
-        setting = self.ack_setting()
-        if setting.enabled is None:
-            raise VendorRequestError(self.http.vendor, "POST", ACK_PATH, setting.answer,
-                                     status=setting.status)
-        return setting.enabled
-
     def close(self) -> None:
         self.http.close()
 

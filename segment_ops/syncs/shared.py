@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from segment_ops.engine.preflight import PreflightRefused, Status, describe
+from segment_ops.preflight import RESULT_COLUMNS, result_rows
 from segment_ops.resources import PreflightResource, SegmentTrackingResource
 from segment_ops.syncs.metadata import markdown_table
 
@@ -39,8 +40,7 @@ def preflight_gate(context: dg.AssetExecutionContext, preflight: PreflightResour
     try:
         results = preflight.check_sending(segment)
     except PreflightRefused as exc:
-        table = markdown_table(["check", "setting(s)", "result", "what to do"],
-                               [(r.check, ", ".join(r.settings), describe(r), r.todo) for r in exc.results])
+        table = markdown_table(RESULT_COLUMNS, result_rows(exc.results))
         raise dg.Failure(description=refused_message(exc, cache_seconds=preflight.cache_seconds),
                          metadata={"preflight": dg.MetadataValue.md(table)}) from None
     for result in results:
