@@ -96,7 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "SEGMENT_PUBLIC_API_TOKEN",
-        "Public API workspace token (needs audit-trail read access).",
+        "Public API workspace token: reads sources, destinations and Delivery Overview, and the audit trail "
+        "when it is forwarded to a SIEM.",
         SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
         secret=True,
     ),
