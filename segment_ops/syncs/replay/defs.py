@@ -17,12 +17,17 @@ from segment_ops.engine.delivery import DeliveryError
 from segment_ops.engine.ledger import Ledger
 from segment_ops.resources import PreflightResource, SegmentTrackingResource, StagingResource
 from segment_ops.syncs.metadata import markdown_table, payload_samples
-from segment_ops.syncs.replay.reader import REPLAY_SYNC, ReplayInputError, ReplayPlan, replay_file
+from segment_ops.syncs.replay.reader import (
+    ACCEPTED_SUFFIXES,
+    REPLAY_SYNC,
+    ReplayInputError,
+    ReplayPlan,
+    replay_file,
+)
 from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
 
 REPLAY_KEY = dg.AssetKey(["segment", "replayed_events"])
 INBOX = ("inbox", "replay")
-REPLAY_SUFFIXES = (".jsonl", ".ndjson", ".parquet")
 # A file must sit unchanged this long before the sensor takes it, so half-copied files are not read.
 SETTLE_SECONDS = 2.0
 MAX_REJECTED_RATIO = 0.01
@@ -112,7 +117,7 @@ def replay_inbox_sensor(context: dg.SensorEvaluationContext, staging: StagingRes
     present: set[str] = set()
     requests, ignored = [], []
     for file in sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if file.suffix.lower() not in REPLAY_SUFFIXES:
+        if file.suffix.lower() not in ACCEPTED_SUFFIXES:
             ignored.append(file.name)
             continue
         stat = file.stat()

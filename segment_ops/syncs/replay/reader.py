@@ -1,8 +1,9 @@
 """Replay a file of Segment calls (JSONL or Parquet) through the engine: plan, then deliver.
 
-The file is read in chunks and never held whole. Every line is either planned (pending in the
-ledger), or rejected with its line number and reason. Planning is idempotent: a messageId already in
-the ledger is not planned again, so replaying the same file twice sends nothing new.
+The file is read in chunks and never held whole, nor is any line over MAX_LINE_BYTES. Every line is
+either planned (pending in the ledger), or rejected with its line number and reason. Planning is
+idempotent: a messageId already in the ledger is not planned again, so replaying the same file twice
+sends nothing new.
 """
 
 from __future__ import annotations
@@ -12,16 +13,23 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
-from segment_ops.engine.calls import InvalidCall, prepare_call
+from segment_ops.engine.calls import MAX_MESSAGE_BYTES, InvalidCall, prepare_call
 from segment_ops.engine.delivery import DeliveryReport, deliver_pending
 from segment_ops.engine.ledger import Ledger, PlanCounts, PlannedMessage, Rejection
 
 REPLAY_SYNC = "replay"
 CHUNK_ROWS = 10_000
+CHUNK_BYTES = 16 * 1024 * 1024  # a chunk also ends at this many bytes of lines, so wide lines stay bounded
+# A call is at most MAX_MESSAGE_BYTES (spec §1). A line may be longer than the call it becomes (spaces,
+# nulls dropped, \u escapes: json.dumps writes an emoji in 12 bytes), hence four times that. A longer line
+# cannot be a sendable call: it is rejected while it streams past, never held whole.
+MAX_LINE_BYTES = 4 * MAX_MESSAGE_BYTES
+ACCEPTED_SUFFIXES = (".jsonl", ".ndjson", ".parquet")
 
 
 class ReplayInputError(ValueError):
@@ -70,6 +78,9 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
         planned: list[PlannedMessage] = []
         rejections: list[Rejection] = []
         for line_no, raw in chunk:
+            if isinstance(raw, LongLine):
+                rejections.append(Rejection(None, f"{path.name}:{line_no}", raw.reason, _excerpt(raw.head)))
+                continue
             try:
                 record = raw if isinstance(raw, dict) else orjson.loads(raw)
                 message_id, encoded = prepare_call(record, sync=sync)
@@ -143,33 +154,72 @@ def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], Segment
     return ReplayResult(outcome["plan"], report)  # type: ignore[arg-type]
 
 
-Chunk = list[tuple[int, bytes | dict]]  # (line number, raw line or Parquet record)
+@dataclass(frozen=True)
+class LongLine:
+    """A line over MAX_LINE_BYTES: its size and its first bytes, all that was kept of it."""
+
+    size: int
+    head: bytes
+
+    @property
+    def reason(self) -> str:
+        return (f"line is over {MAX_LINE_BYTES:,} bytes ({self.size:,} bytes); a call may be at most "
+                f"{MAX_MESSAGE_BYTES:,} bytes (spec §1), so it was skipped unread")
+
+
+Chunk = list[tuple[int, bytes | dict | LongLine]]  # (line number, raw line, Parquet record or long line)
 
 
 def _read_chunks(path: Path) -> Iterator[Chunk]:
-    """Records CHUNK_ROWS at a time, with their line numbers; Parquet rows count as lines from 1."""
+    """Records CHUNK_ROWS (or CHUNK_BYTES) at a time, with their line numbers; Parquet rows count as lines
+    from 1."""
     if not path.is_file():
         raise ReplayInputError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix in (".jsonl", ".ndjson"):
         return _jsonl_chunks(path)
     if suffix == ".parquet":
         return _parquet_chunks(path)
-    raise ReplayInputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .ndjson or .parquet")
+    accepted = ", ".join(ACCEPTED_SUFFIXES[:-1]) + " or " + ACCEPTED_SUFFIXES[-1]
+    if suffix == ".json":  # often one JSON array, which only a whole-file parse could read
+        raise ReplayInputError(
+            f"{path}: .json files are not replayed: replay reads one call per line from {accepted}; rename "
+            f"a file of JSON lines to .jsonl, or convert a JSON array with `jq -c '.[]' {path.name} > "
+            f"{path.stem}.jsonl`")
+    raise ReplayInputError(f"{path}: unsupported file type {suffix!r}; use {accepted}")
 
 
 def _jsonl_chunks(path: Path) -> Iterator[Chunk]:
     chunk: Chunk = []
+    size = 0
     with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if raw.isspace():
-                continue  # blank lines are not calls
+        for line_no, raw in _lines(handle):
+            if isinstance(raw, bytes):
+                if raw.isspace():
+                    continue  # blank lines are not calls
+                size += len(raw)
             chunk.append((line_no, raw))  # bytes: orjson refuses invalid UTF-8 itself, so nothing is altered
-            if len(chunk) >= CHUNK_ROWS:
+            if len(chunk) >= CHUNK_ROWS or size >= CHUNK_BYTES:
                 yield chunk
-                chunk = []
+                chunk, size = [], 0
     if chunk:
         yield chunk
+
+
+def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes | LongLine]]:
+    """Each line with its number, read at most MAX_LINE_BYTES + 1 bytes at a time: a longer line comes as
+    a `LongLine`, read past in such steps and never held whole."""
+    line_no = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        line_no += 1
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield line_no, raw
+            continue
+        head, size = raw[:2_000], len(raw)
+        while raw and not raw.endswith(b"\n"):
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            size += len(raw)
+        yield line_no, LongLine(size - raw.endswith(b"\n"), head)
 
 
 def _parquet_chunks(path: Path) -> Iterator[Chunk]:
