@@ -64,11 +64,14 @@ def test_a_replayed_body_with_a_big_integer_swapped_is_refused(receiver, tmp_pat
     assert stored_adds(tmp_path) == []
 
 
-def test_a_big_integer_in_a_body_signed_on_its_raw_bytes_is_stored_as_signed(receiver, tmp_path):
+def test_an_integer_id_beyond_heaps_user_id_range_gets_400_even_signed_on_its_raw_bytes(receiver, tmp_path):
+    """A numeric id is a Heap user_id, in [0, 2^53 - 1] (spec §3); beyond it JSON.parse would round it."""
     body = page(b'[{"id":1152921504606847000}]')
 
-    assert post(receiver, body, sign(body, SECRET)).status_code == 200
-    assert stored_adds(tmp_path) == [["1152921504606847000"]]
+    response = post(receiver, body, sign(body, SECRET))
+
+    assert response.status_code == 400 and "an integer from 0 to 9,007,199,254,740,991" in response.text
+    assert stored_adds(tmp_path) == []
 
 
 def test_a_pretty_body_with_a_float_is_not_verified_by_its_json_stringify_form(receiver, tmp_path):

@@ -57,6 +57,24 @@ DEFAULT_MAX_AGE_SECONDS = 120.0
 DEFAULT_MAX_FUTURE_SECONDS = 30.0
 MAX_IDENTITY_CHARS = 255  # Heap's identity limit (spec §3, ingest)
 MAX_SYNC_TASK_ID_CHARS = 4096  # any string (spec §7), within reason: it is stored in the sync's summary
+# Bounds of a signed page. Heap documents none for its webhook (spec §3, §7), so each is far beyond what
+# Heap sends and small enough that no page can make the receiver, the sensor or a run do unbounded work.
+# - A sync of more pages than this is refused (400): 100,000 pages of 100 ids is 10 million changes in one
+#   sync. The sensor counts a sync's received pages against it and never builds a range of page numbers.
+MAX_TOTAL_PAGES = 100_000
+# - ids per page, add and remove together: the body cap (10 MB) allows about 500,000 short ids; Heap's
+#   own bulk APIs take at most 1000 items a request (spec §3).
+MAX_PAGE_IDS = 100_000
+# - a numeric id is a Heap user_id: a whole number in [0, 2^53 - 1] (spec §3, `/api/track`); the segment id
+#   an integer (spec §7) within the same JavaScript-safe range.
+# - a segment name, like an event name or property value, at most 1024 characters (spec §3, ingest);
+# - id_token is a UUID (spec §3; 36 characters); customer_config is kept with every page and drain, so its
+#   `fields` (one per field of the integration's form) and its encoded size are capped.
+MAX_SEGMENT_NAME_CHARS = 1024
+MAX_ID_TOKEN_CHARS = 256
+MAX_CUSTOMER_FIELDS = 100
+MAX_CUSTOMER_CONFIG_BYTES = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # no identity holds one; "a\n" must never pass as "a"
 # The compact form is tried only for bodies up to this size. Heap's reference generator sends the very
 # string it signed, so Heap's own bodies match on their raw bytes; the fallback serves a body re-encoded on
 # the way (a proxy that pretty-prints). It is computed for any request with a well-formed header and a
@@ -401,24 +419,29 @@ def parse_request(payload: Any) -> SyncPage | DrainRequest:
     if action not in ACTIONS:
         raise InvalidPayload(f"action_type must be one of {', '.join(map(repr, ACTIONS))}, got {action!r}")
     id_token = payload.get("id_token")
-    if id_token is not None and not isinstance(id_token, str):
-        raise InvalidPayload("id_token must be a string")
+    if id_token is not None and (not isinstance(id_token, str) or len(id_token) > MAX_ID_TOKEN_CHARS):
+        raise InvalidPayload(f"id_token must be a string of at most {MAX_ID_TOKEN_CHARS} characters")
     config = payload.get("customer_config")
     well_formed = isinstance(config, dict) and isinstance(config.get("fields", []), list)
     if config is not None and not well_formed:
         raise InvalidPayload("customer_config must be an object whose fields is an array")
+    if config is not None and len(config.get("fields", [])) > MAX_CUSTOMER_FIELDS:
+        raise InvalidPayload(f"customer_config.fields holds more than {MAX_CUSTOMER_FIELDS} fields")
     # What is kept or hashed must be encodable: customer_config (stored with every page or drain) and a
     # drain's whole body (its key is a hash of it). A page's other fields are read, never re-encoded.
     too_deep, _ = _inspect(payload if action == DRAIN_ACTION else config, numbers=False)
     if too_deep is not None:
         raise InvalidPayload(f"{'body' if action == DRAIN_ACTION else 'customer_config'}: {too_deep} (Heap's "
                              f"bodies nest 5)")
+    if config is not None and len(orjson.dumps(config)) > MAX_CUSTOMER_CONFIG_BYTES:
+        raise InvalidPayload(f"customer_config is larger than {MAX_CUSTOMER_CONFIG_BYTES:,} bytes")
     data = _object(payload.get("data"), "data")
     segment = _object(data.get("segment"), "data.segment")
-    segment_id = _integer(segment.get("id"), "data.segment.id", minimum=1)
+    segment_id = _integer(segment.get("id"), "data.segment.id", 1, MAX_SAFE_INTEGER)
     name = segment.get("name", "" if action == DRAIN_ACTION else None)
-    if not isinstance(name, str):
-        raise InvalidPayload("data.segment.name must be a string")
+    if not isinstance(name, str) or len(name) > MAX_SEGMENT_NAME_CHARS:
+        raise InvalidPayload(f"data.segment.name must be a string of at most {MAX_SEGMENT_NAME_CHARS} "
+                             "characters")
     if action == DRAIN_ACTION:
         key = hashlib.sha256(compact_json(payload)).hexdigest()[:32]
         return DrainRequest(key, segment_id, name, id_token, config)
@@ -427,12 +450,19 @@ def parse_request(payload: Any) -> SyncPage | DrainRequest:
     if not isinstance(task, str) or not task or len(task) > MAX_SYNC_TASK_ID_CHARS:
         raise InvalidPayload(f"data.sync_info.sync_task_id must be a non-empty string of at most "
                              f"{MAX_SYNC_TASK_ID_CHARS} characters")
-    page = _integer(info.get("page_number"), "data.sync_info.page_number", minimum=1)
-    total = _integer(info.get("total_pages"), "data.sync_info.total_pages", minimum=1)
+    page = _integer(info.get("page_number"), "data.sync_info.page_number", 1, MAX_TOTAL_PAGES)
+    total = _integer(info.get("total_pages"), "data.sync_info.total_pages", 1, MAX_TOTAL_PAGES)
     if page > total:
         raise InvalidPayload(f"data.sync_info.page_number {page} is beyond total_pages {total}")
-    return SyncPage(task, page, total, segment_id, name, _ids(data.get("add", []), "data.add"),
-                    _ids(data.get("remove", []), "data.remove"), id_token, config)
+    add, remove = data.get("add", []), data.get("remove", [])
+    for value, where in ((add, "data.add"), (remove, "data.remove")):
+        if not isinstance(value, list):
+            raise InvalidPayload(f"{where} must be an array of {{\"id\": ...}} objects")
+    if len(add) + len(remove) > MAX_PAGE_IDS:
+        raise InvalidPayload(f"data.add and data.remove hold {len(add) + len(remove):,} ids; a page may hold "
+                             f"at most {MAX_PAGE_IDS:,} ids")
+    return SyncPage(task, page, total, segment_id, name, _ids(add, "data.add"), _ids(remove, "data.remove"),
+                    id_token, config)
 
 
 def parse_page(payload: Any) -> SyncPage:
@@ -449,22 +479,31 @@ def _object(value: Any, where: str) -> dict:
     return value
 
 
-def _integer(value: Any, where: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidPayload(f"{where} must be an integer >= {minimum}, got {value!r}")
+def _integer(value: Any, where: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidPayload(f"{where} must be an integer from {minimum} to {maximum:,}, got {_shown(value)}")
     return value
 
 
-def _ids(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise InvalidPayload(f"{where} must be an array of {{\"id\": ...}} objects")
+def _shown(value: Any) -> str:
+    """`value` for an error message: its repr, cut to 40 characters (it may be a huge string or number)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a number of over 40 digits"
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _ids(value: list, where: str) -> tuple[str, ...]:
     ids = []
     for index, item in enumerate(value):
         raw = item.get("id") if isinstance(item, dict) else None
-        if isinstance(raw, bool) or not isinstance(raw, str | int) or raw == "":
-            raise InvalidPayload(f"{where}[{index}].id must be a non-empty string or number")
-        text = str(raw)
-        if len(text) > MAX_IDENTITY_CHARS:
-            raise InvalidPayload(f"{where}[{index}].id is longer than {MAX_IDENTITY_CHARS} characters")
-        ids.append(text)
+        if isinstance(raw, str) and raw:
+            if len(raw) > MAX_IDENTITY_CHARS:
+                raise InvalidPayload(f"{where}[{index}].id is longer than {MAX_IDENTITY_CHARS} characters")
+            if _CONTROL.search(raw):
+                raise InvalidPayload(f"{where}[{index}].id holds a control character")
+            ids.append(raw)
+        elif isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_SAFE_INTEGER:
+            ids.append(str(raw))
+        else:
+            raise InvalidPayload(f"{where}[{index}].id must be a non-empty string or an integer from 0 to "
+                                 f"{MAX_SAFE_INTEGER:,}")
     return tuple(ids)

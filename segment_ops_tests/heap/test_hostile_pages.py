@@ -1,0 +1,120 @@
+"""Hostile webhook pages, signed with the right secret: every number and size in a page is bounded, each
+refused with a clear 4xx by the real receiver over HTTP, and the inbox sensor never raises on what an
+older receiver stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segment_ops.clients.base import tls_context
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import RunningReceiver, start_receiver
+from segment_ops.syncs.heap.webhook import (
+    MAX_CUSTOMER_FIELDS,
+    MAX_IDENTITY_CHARS,
+    MAX_PAGE_IDS,
+    MAX_TOTAL_PAGES,
+)
+from segment_ops_tests.heap.conftest import POWER_USERS, sign
+
+SECRET = "test-heap-secret-hostile"
+MAX_BODY = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory) -> Iterator[RunningReceiver]:
+    """One receiver for the module (hypothesis posts many examples to it), on its own home."""
+    home = tmp_path_factory.mktemp("hostile")
+    running = start_receiver(WebhookConfig(home=home, heap_secret=SECRET, max_body_bytes=MAX_BODY))
+    yield running
+    running.stop()
+
+
+def body_of(sync_info: object = None, *, add: object = None, remove: object = None, segment: object = None,
+            **top: object) -> bytes:
+    data = {"segment": segment if segment is not None else {"id": POWER_USERS, "name": "Power Users"},
+            "sync_info": sync_info if sync_info is not None else
+            {"page_number": 1, "total_pages": 1, "sync_task_id": "hostile"},
+            "add": add if add is not None else [{"id": "a@x.com"}],
+            "remove": remove if remove is not None else []}
+    body = {"action_type": "segment.users.sync", "customer_config": {"fields": []}, "data": data} | top
+    # json, not orjson: it writes integers beyond 64 bits and Infinity, as a hostile sender may
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def post(receiver: RunningReceiver, body: bytes) -> httpx.Response:
+    return httpx.post(receiver.heap_url, content=body, timeout=10, verify=tls_context(),
+                      headers={"Content-Type": "application/json", "Heap-Hash": sign(body, SECRET)})
+
+
+def info(page: object = 1, total: object = 1, task: object = "hostile") -> dict:
+    return {"page_number": page, "total_pages": total, "sync_task_id": task}
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (body_of(info(1, 10**12)), f"total_pages must be an integer from 1 to {MAX_TOTAL_PAGES:,}"),
+    (body_of(info(10**12, 10**12)), "page_number must be an integer from 1"),
+    (body_of(info(-1, 5)), "page_number must be an integer from 1"),
+    (body_of(info(1.5, 5)), "page_number must be an integer from 1"),
+    (body_of(info("1", 5)), "page_number must be an integer from 1"),
+    (body_of(info(1, 1e300)), "total_pages must be an integer from 1"),
+    (body_of(segment={"id": 2**60, "name": "x"}), "data.segment.id must be an integer from 1 to"),
+    (body_of(segment={"id": POWER_USERS, "name": "n" * 5000}),
+     "data.segment.name must be a string of at most"),
+    (body_of(add=[{"id": "a"}] * (MAX_PAGE_IDS + 1)), f"at most {MAX_PAGE_IDS:,} ids"),
+    (body_of(add=[{"id": 2**60}]), "data.add[0].id must be a non-empty string or an integer from 0 to"),
+    (body_of(add=[{"id": -1}]), "data.add[0].id must be a non-empty string or an integer from 0 to"),
+    (body_of(add=[{"id": "a\nb"}]), "data.add[0].id holds a control character"),
+    (body_of(remove=[{"id": "x" * (MAX_IDENTITY_CHARS + 1)}]), "data.remove[0].id is longer than"),
+    (body_of(id_token="t" * 5000), "id_token must be a string of at most"),
+    (body_of(customer_config={"fields": [{}] * (MAX_CUSTOMER_FIELDS + 1)}),
+     f"customer_config.fields holds more than {MAX_CUSTOMER_FIELDS}"),
+])
+def test_a_signed_page_with_an_out_of_bounds_value_gets_400_naming_it(receiver, body, message):
+    response = post(receiver, body)
+
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+def test_a_page_at_every_bound_is_accepted(receiver):
+    body = body_of(info(MAX_TOTAL_PAGES, MAX_TOTAL_PAGES, "at-the-bounds"),
+                   add=[{"id": "x" * MAX_IDENTITY_CHARS}, {"id": 2**53 - 1}, {"id": 0}],
+                   segment={"id": 2**53 - 1, "name": "s"})
+
+    assert post(receiver, body).status_code == 200
+
+
+_NUMBERS = st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False),
+                     st.text(max_size=5), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
+_IDS = st.one_of(st.text(max_size=300), st.just("\ud800x"), st.just("a\n"),  # a lone surrogate, a line break
+                 st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False), st.none(),
+                 st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _nested(depth: int) -> object:
+    value: object = "deep"
+    for _ in range(depth):
+        value = {"v": [value]}
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(page=_NUMBERS, total=_NUMBERS, task=st.one_of(st.text(max_size=50), st.integers()),
+       ids=st.lists(st.fixed_dictionaries({"id": _IDS}), max_size=4),
+       nesting=st.sampled_from([0, 10, 40, 120]))
+def test_generated_hostile_pages_get_200_or_a_clear_4xx_never_a_server_error(receiver, page, total, task, ids,
+                                                                             nesting):
+    body = body_of(info(page, total, task), add=ids, customer_config={"fields": [_nested(nesting)]})
+
+    response = post(receiver, body)
+
+    assert response.status_code in (200, 400, 409, 413), response.text
+    if response.status_code != 200:
+        assert response.json()["error"]
