@@ -5,14 +5,20 @@ older receiver stored."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
+import dagster as dg
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segment_ops.clients.base import tls_context
+from segment_ops.syncs.heap.inbox import Inbox
 from segment_ops.syncs.heap.receiver import WebhookConfig
 from segment_ops.syncs.heap.server import RunningReceiver, start_receiver
 from segment_ops.syncs.heap.webhook import (
@@ -20,8 +26,9 @@ from segment_ops.syncs.heap.webhook import (
     MAX_IDENTITY_CHARS,
     MAX_PAGE_IDS,
     MAX_TOTAL_PAGES,
+    SyncPage,
 )
-from segment_ops_tests.heap.conftest import POWER_USERS, sign
+from segment_ops_tests.heap.conftest import POWER_USERS, evaluate_sensor, sign
 
 SECRET = "test-heap-secret-hostile"
 MAX_BODY = 2_000_000
@@ -118,3 +125,58 @@ def test_generated_hostile_pages_get_200_or_a_clear_4xx_never_a_server_error(rec
     assert response.status_code in (200, 400, 409, 413), response.text
     if response.status_code != 200:
         assert response.json()["error"]
+# ------------------------------------------------------------------------------------------ the sensor
+
+
+def stored_by_an_older_receiver(home: Path, task: str, page: int, total: int, **fields: object) -> None:
+    """Write a page as a receiver without today's bounds stored it (the same files, written directly)."""
+    folder = Inbox.for_home(home).sync_folder(task)
+    folder.mkdir(parents=True, exist_ok=True)
+    received = datetime.now(UTC).isoformat()
+    summary = {"sync_task_id": task, "segment": {"id": POWER_USERS, "name": "Power Users"},
+               "total_pages": total, "first_received": received}
+    (folder / "sync.json").write_bytes(orjson.dumps(summary | fields))
+    (folder / f"page-{page}.json").write_bytes(orjson.dumps(
+        {"sync_task_id": task, "page_number": page, "total_pages": total,
+         "segment": {"id": POWER_USERS, "name": "Power Users"}, "received_at": received, "signed_at": None,
+         "add": ["a@x.com"], "remove": [], "id_token": None, "customer_config": None}))
+
+
+def test_a_stored_sync_of_a_trillion_pages_is_reported_and_the_tick_does_not_raise(ops_env):
+    stored_by_an_older_receiver(ops_env, "a-trillion-pages", 1, 10**12)
+    started = time.monotonic()
+
+    result = evaluate_sensor(dg.DagsterInstance.ephemeral(), ops_env)
+
+    assert time.monotonic() - started < 5
+    assert result.run_requests == []
+    assert "a-trillion-pages" in result.skip_reason.skip_message
+    assert f"total_pages 1000000000000 is beyond 1..{MAX_TOTAL_PAGES:,}" in result.skip_reason.skip_message
+
+
+@pytest.mark.parametrize("summary", [
+    {"total_pages": "7"}, {"total_pages": -3}, {"total_pages": 2.5}, {"segment": {"id": "x"}}, {"segment": 5},
+])
+def test_a_stored_sync_with_an_unreadable_summary_is_reported_and_the_tick_does_not_raise(ops_env, summary):
+    stored_by_an_older_receiver(ops_env, "odd-summary", 1, 3, **summary)
+    stored_by_an_older_receiver(ops_env, "fine", 1, 1)
+
+    result = evaluate_sensor(dg.DagsterInstance.ephemeral(), ops_env)
+
+    assert [r.tags["segment_ops/heap_sync_task"] for r in result.run_requests] == [key("fine")]
+    assert json.loads(result.cursor) == [key("odd-summary")]  # reported once, in the log
+
+
+def key(task: str) -> str:
+    return Inbox.for_home(Path()).sync_folder(task).name.removeprefix("sync-")
+
+
+def test_an_incomplete_syncs_missing_pages_are_counted_not_listed(tmp_path):
+    inbox = Inbox(tmp_path)
+    inbox.store(SyncPage("big", 2, MAX_TOTAL_PAGES, POWER_USERS, "Power Users", ("a",), ()))
+    [sync] = inbox.syncs()
+
+    assert not sync.complete and sync.missing_count == MAX_TOTAL_PAGES - 1
+    assert sync.first_missing(3) == (1, 3, 4)
+    assert sync.describe_missing().endswith(f", 21, ... {MAX_TOTAL_PAGES - 1:,} in all] of 100000 never "
+                                            "arrived")

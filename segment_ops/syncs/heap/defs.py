@@ -62,7 +62,7 @@ from segment_ops.syncs.heap.audiences import (
     load_audiences,
     sync_audience,
 )
-from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.syncs.heap.inbox import SYNC_PREFIX, Inbox
 from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
 from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
@@ -310,6 +310,10 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         requests, held, problems, stale = [], 0, [], []  # problems: (inbox key, what is wrong)
         for sync in inbox.syncs():
             name = f"Heap sync {sync.sync_task_id!r}"  # any string Heap chose: quoted
+            if sync.problem is not None:  # stored by a receiver without today's bounds, or damaged
+                problems.append((sync.key, f"{name}: {sync.problem}; never applied, left in the inbox "
+                                           f"({SYNC_PREFIX}{sync.key})"))
+                continue
             audience = audiences.by_segment(sync.segment_id)
             if audience is None:
                 problems.append((sync.key, f"{name}: Heap segment {sync.segment_id} ({sync.segment_name!r}) "
@@ -321,9 +325,8 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
                 if age <= stale_after:
                     held += 1
                     continue
-                problem = (f"incomplete for {_minutes(age)}: page(s) {list(sync.missing_pages)} of "
-                           f"{sync.total_pages} never arrived; not applied (the reconcile corrects "
-                           "the drift)")
+                problem = (f"incomplete for {_minutes(age)}: {sync.describe_missing()}; not applied (the "
+                           "reconcile corrects the drift)")
                 problems.append((sync.key, f"{name}: {audience.key}: {problem}"))
                 stale.append(StaleSync("Heap", sync.sync_task_id, audience.key, problem,
                                        str(inbox.sync_folder(sync.sync_task_id)),

@@ -16,7 +16,14 @@ import orjson
 
 from segment_ops.receivers import inbox as durable
 from segment_ops.receivers.inbox import DONE_MARKER, Conflict, InboxError
-from segment_ops.syncs.heap.webhook import DrainRequest, SyncPage, sync_key
+from segment_ops.syncs.heap.webhook import (
+    MAX_SAFE_INTEGER,
+    MAX_TOTAL_PAGES,
+    DrainRequest,
+    SyncPage,
+    shown,
+    sync_key,
+)
 
 # A sync's folder is `sync-<key>`, its key a hash of its sync_task_id (`sync_key`): Heap's ids may be any
 # string (spec §7), so no id reaches the file system; the id is kept in sync.json and in every page.
@@ -32,7 +39,8 @@ SUMMARY_FILE = "sync.json"
 DRAIN_FILE = "drain.json"
 PAGE = "page"  # page-<n>.json
 SYNC_PREFIX, DRAIN_PREFIX = "sync-", "drain-"
-_SYNC_FOLDER = re.compile(r"^sync-[0-9a-f]{32}$")
+_SYNC_FOLDER = re.compile(r"sync-[0-9a-f]{32}")  # fullmatch: "sync-<key>\n" is no sync folder
+MAX_LISTED_MISSING = 20  # missing page numbers a message lists; it counts the rest
 # A repeat of an applied drain arriving this long after it was applied (and no sync since) is a new drain:
 # Heap retries only a delivery it saw fail, and it syncs a segment about every 4 hours, so a day-old
 # "retry" of an acknowledged drain is far likelier a second drain (Heap's retry schedule is not documented).
@@ -51,9 +59,10 @@ class PageConflict(Conflict):
 
 @dataclass(frozen=True)
 class InboxSync:
-    """What the inbox holds for one `sync_task_id`."""
+    """What the inbox holds for one `sync_task_id`. Its work is proportional to the pages received, never
+    to `total_pages` (a stored summary may predate the receiver's bounds)."""
 
-    sync_task_id: str  # as Heap sent it (any string)
+    sync_task_id: str  # as Heap sent it (any string); the folder's name when its summary cannot be read
     segment_id: int
     segment_name: str
     total_pages: int
@@ -61,18 +70,46 @@ class InboxSync:
     first_received: datetime
     last_received: datetime
     done: bool
+    problem: str | None = None  # why it can never be applied (an unreadable or out-of-bounds summary)
+    folder: str = ""  # its folder's name: the inbox key it is reported by
 
     @property
     def key(self) -> str:
-        return sync_key(self.sync_task_id)
+        return self.folder.removeprefix(SYNC_PREFIX) or sync_key(self.sync_task_id)
+
+    @property
+    def received_count(self) -> int:
+        """How many of pages 1..total_pages are stored (a page number beyond them is not counted)."""
+        return sum(1 for n in self.pages if 1 <= n <= self.total_pages)
 
     @property
     def complete(self) -> bool:
-        return set(self.pages) >= set(range(1, self.total_pages + 1))
+        return self.problem is None and self.received_count == self.total_pages
+
+    @property
+    def missing_count(self) -> int:
+        return max(self.total_pages - self.received_count, 0)
+
+    def first_missing(self, limit: int) -> tuple[int, ...]:
+        """The first `limit` page numbers not received: at most `len(pages) + limit` steps, no range built."""
+        received, found, number = set(self.pages), [], 1
+        while len(found) < limit and number <= self.total_pages:
+            if number not in received:
+                found.append(number)
+            number += 1
+        return tuple(found)
 
     @property
     def missing_pages(self) -> tuple[int, ...]:
-        return tuple(sorted(set(range(1, self.total_pages + 1)) - set(self.pages)))
+        """The first `MAX_LISTED_MISSING` missing page numbers (`missing_count` says how many there are)."""
+        return self.first_missing(MAX_LISTED_MISSING)
+
+    def describe_missing(self) -> str:
+        """E.g. `page(s) [2, 5] of 10 never arrived`, listing at most `MAX_LISTED_MISSING` and counting the
+        rest."""
+        shown = ", ".join(map(str, self.missing_pages))
+        more = f", ... {self.missing_count:,} in all" if self.missing_count > MAX_LISTED_MISSING else ""
+        return f"page(s) [{shown}{more}] of {self.total_pages} never arrived"
 
 
 @dataclass(frozen=True)
@@ -221,9 +258,10 @@ class Inbox:
                 done = (folder / DONE_MARKER).stat().st_mtime
             except FileNotFoundError:
                 continue
-            summary = durable.read_json(folder / SUMMARY_FILE)
-            if done > since.timestamp() and int(summary["segment"]["id"]) == segment_id:
-                return True
+            if done > since.timestamp():
+                summary = self._summary(folder, True)
+                if summary is not None and summary.problem is None and summary.segment_id == segment_id:
+                    return True
         return False
 
     def is_done(self, sync_task_id: str) -> bool:
@@ -252,7 +290,7 @@ class Inbox:
         """Folders that are neither a sync nor a drain of this layout: a sync stored under its raw id by a
         receiver from before ids were hashed (`migrate_old_layout` moves them)."""
         return sorted(folder for folder in durable.batch_folders(self.root)
-                      if not _SYNC_FOLDER.match(folder.name) and not _is_drain_folder(folder))
+                      if not _SYNC_FOLDER.fullmatch(folder.name) and not _is_drain_folder(folder))
 
     def migrate_old_layout(self) -> list[tuple[Path, str]]:
         """Move every folder of the older layout (`inbox/heap/<sync_task_id>/`, its raw id, which may itself
@@ -324,22 +362,37 @@ class Inbox:
         durable.mark_done(self.drain_folder(key), info)
 
     def _sync_folders(self) -> Iterator[Path]:
-        return (folder for folder in durable.batch_folders(self.root) if _SYNC_FOLDER.match(folder.name))
+        return (folder for folder in durable.batch_folders(self.root) if _SYNC_FOLDER.fullmatch(folder.name))
 
     def _summary(self, folder: Path, done: bool) -> InboxSync | None:
         files = durable.numbered_parts(folder, PAGE)
         if not files:
             return None
-        # Arrival times from the files' mtimes (set when each page was written): a stat per page, no read.
-        received = [datetime.fromtimestamp(p.stat().st_mtime, UTC) for _, p in files]
-        summary = durable.read_json(folder / SUMMARY_FILE)  # a few hundred bytes, whatever the pages weigh
-        first = datetime.fromisoformat(summary["first_received"])
-        # A summary of the older layout may lack the id (its folder name was the id): its pages carry it.
-        task = (summary["sync_task_id"] if "sync_task_id" in summary
-                else durable.read_json(files[0][1])["sync_task_id"])
-        return InboxSync(str(task), int(summary["segment"]["id"]), str(summary["segment"]["name"]),
-                         int(summary["total_pages"]), tuple(n for n, _ in files), min(first, min(received)),
-                         max(received), done)
+        pages = tuple(n for n, _ in files)
+        try:
+            # Arrival times from the files' mtimes (set when each page was written): a stat per page, no read.
+            received = [datetime.fromtimestamp(p.stat().st_mtime, UTC) for _, p in files]
+        except OSError as exc:  # a file archived or removed in between: read again next time
+            return _unreadable(folder, pages, done, f"its pages cannot be listed ({exc})")
+        try:
+            summary = durable.read_json(folder / SUMMARY_FILE)  # a few hundred bytes, whatever pages weigh
+            first = datetime.fromisoformat(summary["first_received"])
+            # A summary of the older layout may lack the id (its folder name was the id): its pages carry it.
+            task = (summary["sync_task_id"] if "sync_task_id" in summary
+                    else durable.read_json(files[0][1])["sync_task_id"])
+            segment, total = summary["segment"], summary["total_pages"]
+            segment_id, name = segment["id"], segment["name"]
+        except (InboxError, KeyError, TypeError, ValueError) as exc:
+            return _unreadable(folder, pages, done, f"its {SUMMARY_FILE} cannot be read ({exc})")
+        problem = None
+        if not _whole(total, 1, MAX_TOTAL_PAGES):
+            problem = f"its total_pages {shown(total)} is beyond 1..{MAX_TOTAL_PAGES:,} (MAX_TOTAL_PAGES)"
+        elif not _whole(segment_id, 1, MAX_SAFE_INTEGER):
+            problem = f"its segment id {shown(segment_id)} is no Heap segment id"
+        if problem is not None:
+            return _unreadable(folder, pages, done, problem, str(task))
+        return InboxSync(str(task), segment_id, str(name), total, pages, min(first, min(received)),
+                         max(received), done, folder=folder.name)
 
     @staticmethod
     def _drain(folder: Path) -> InboxDrain | None:
@@ -351,6 +404,18 @@ class Inbox:
                           datetime.fromtimestamp(int(record["signed_at"]) / 1000, UTC),
                           datetime.fromisoformat(record["received_at"]), durable.is_done(folder),
                           record.get("held"))
+
+
+def _whole(value: object, minimum: int, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
+
+
+def _unreadable(folder: Path, pages: tuple[int, ...], done: bool, problem: str, task: str | None = None,
+                ) -> InboxSync:
+    """A sync that can never be applied, with why: the sensor reports it, a run never takes it."""
+    epoch = datetime.fromtimestamp(0, UTC)
+    return InboxSync(task if task is not None else folder.name, 0, "", 0, pages, epoch, epoch, done,
+                     problem=problem, folder=folder.name)
 
 
 def _is_drain_folder(folder: Path) -> bool:

@@ -481,11 +481,11 @@ def _object(value: Any, where: str) -> dict:
 
 def _integer(value: Any, where: str, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise InvalidPayload(f"{where} must be an integer from {minimum} to {maximum:,}, got {_shown(value)}")
+        raise InvalidPayload(f"{where} must be an integer from {minimum} to {maximum:,}, got {shown(value)}")
     return value
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """`value` for an error message: its repr, cut to 40 characters (it may be a huge string or number)."""
     text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a number of over 40 digits"
     return text if len(text) <= 40 else f"{text[:37]}..."
