@@ -8,11 +8,12 @@ Set-based throughout: Python only moves counts and a few samples.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
 import orjson
+from duckdb.sqltypes import DuckDBPyType
 
 from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
@@ -26,6 +27,17 @@ SAMPLE_SIZE = 5
 REJECTION_SAMPLE_SIZE = 20
 _RECORD_CHARS = 2_000
 _ISO_MS = "'%Y-%m-%dT%H:%M:%S.%gZ'"
+# Spec §1: a call's `timestamp` is ISO-8601, which writes a year in four digits (a wider year needs the
+# expanded form, "by agreement" only), and Python's datetime (analytics-python's, this project's) holds years
+# 1-9999. DuckDB holds years up to 294247, BC dates and `infinity`: none is a moment Segment can take.
+MIN_YEAR, MAX_YEAR = 1, 9999
+_FLOATS = frozenset({"float", "double"})
+_MOMENTS = frozenset({"date", "timestamp", "timestamp_s", "timestamp_ms", "timestamp_ns",
+                      "timestamp with time zone"})
+_CONTAINERS = frozenset({"struct", "list", "array", "map", "union"})
+# A bare NaN/Infinity token outside the strings of a JSON text (DuckDB's JSON type accepts them).
+_BARE_NON_FINITE = r"(?i)(^|[\[:,])\s*-?(nan|inf|infinity)\s*([\],}]|$)"
+_JSON_STRING = r'"([^"\\]|\\.)*"'
 
 # The diff's state, beside the ledger in the sync's staging file:
 # - `rev_snapshot`: per key, the last delivered row hash, version and ids (removed keys stay as tombstones
@@ -249,9 +261,10 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
        the mapped fields.
     2. Diff against the snapshot: added (key unknown, or removed before), changed (hash differs),
        unchanged, and in mirror mode removed (delivered before, absent now).
-    3. Reject, with the reason, into the ledger: null or repeated keys, values JSON cannot represent,
-       calls Segment would drop (no userId/anonymousId, groupId or event name), messages over 32 KB. A
-       rejected row's key still counts as present, so mirror mode never "removes" a merely broken row.
+    3. Reject, with the reason, into the ledger: null or repeated keys, values JSON cannot represent (also
+       nested: `value_problem`), dates and timestamps ISO-8601 cannot write, calls Segment would drop (no
+       userId/anonymousId, groupId or event name), messages over 32 KB. A rejected row's key still counts
+       as present, so mirror mode never "removes" a merely broken row.
     4. Plan one message per change (plus its companion track call, if the spec has one), with a
        deterministic messageId (`_SpecSql.id_hash`).
 
@@ -639,11 +652,8 @@ class _SpecSql:
         checks = [f"r.{UNSERIALISABLE_COLUMN}"]
         for column in dict.fromkeys([*self.fields, *spec.mapped_columns]):
             kind, ref = self.types[column].upper(), f"r.{quote(column)}"
-            if kind in ("DOUBLE", "FLOAT", "REAL"):
-                checks.append(f"CASE WHEN isnan({ref}) OR isinf({ref}) "
-                              f"THEN {literal(f'column {column!r} is ')} "
-                              f"|| CASE WHEN isnan({ref}) THEN 'NaN' WHEN {ref} > 0 THEN 'Infinity' "
-                              f"ELSE '-Infinity' END || ', which JSON cannot represent' END")
+            if problem := value_problem(ref, self.types[column], column):
+                checks.append(problem)
             elif kind in ("HUGEINT", "UHUGEINT", "UBIGINT"):
                 checks.append(f"CASE WHEN {ref} > 9223372036854775807 OR {ref} < -9223372036854775808 THEN "
                               f"{literal(f'column {column!r}: integer ')} || {ref}::VARCHAR || "
@@ -666,3 +676,74 @@ class _SpecSql:
         return f"nullif(concat_ws('; ', {', '.join(checks)}), '')"
 
 
+
+def value_problem(ref: str, type_name: str, column: str) -> str | None:
+    """SQL for why the value `ref` (of DuckDB type `type_name`) of `column` cannot be sent, NULL when it can;
+    None when no value of the type can be a problem (most columns: no SQL at all).
+
+    Looked for at any depth of STRUCT, LIST, ARRAY, MAP and UNION values: NaN and infinities (not JSON, so
+    Segment refuses the whole batch with 400, spec §1), `infinity` and years outside 0001-9999 in dates and
+    timestamps (not ISO-8601), and bare NaN/Infinity tokens in a JSON column. Set-wise: one expression per
+    column, evaluated only for the rows that changed.
+    """
+    if type_name.upper() == "JSON":
+        return _json_problem(ref, literal(f"column {column!r} holds"))
+    try:
+        type_ = DuckDBPyType(type_name)
+    except (duckdb.Error, ValueError, TypeError):  # a type this DuckDB cannot name: nothing to look into
+        return None
+    if type_.id in _CONTAINERS:
+        nested = _nested_problem(ref, type_, column, 1)
+        return None if nested is None else f"{literal(f'column {column!r} holds ')} || {nested}"
+    leaf = _leaf_problem(ref, type_, "''")
+    return None if leaf is None else f"{literal(f'column {column!r} is ')} || {leaf}"
+
+
+def _leaf_problem(ref: str, type_: DuckDBPyType, at: str) -> str | None:
+    """SQL text (what is wrong, `at` where, and why) for a scalar `ref`, NULL when it is fine."""
+    if type_.id in _FLOATS:
+        return (f"CASE WHEN isnan({ref}) THEN 'NaN' WHEN isinf({ref}) THEN "
+                f"CASE WHEN {ref} > 0 THEN 'Infinity' ELSE '-Infinity' END END || {at} || "
+                "', which JSON cannot represent'")
+    if type_.id in _MOMENTS:
+        utc = f"timezone('UTC', {ref})" if type_.id == "timestamp with time zone" else ref
+        return (f"CASE WHEN NOT isfinite({ref}) THEN {ref}::VARCHAR || {at} || ', which is not a moment "
+                f"ISO-8601 can write' WHEN year({utc}) NOT BETWEEN {MIN_YEAR} AND {MAX_YEAR} THEN "
+                f"'a moment in year ' || year({utc}) || {at} || '; ISO-8601 timestamps carry years "
+                f"{MIN_YEAR:04d}-{MAX_YEAR:04d}' END")
+    if str(type_).upper() == "JSON":
+        return _json_problem(ref, f"'a JSON text' || {at} || ' with'")
+    return None
+
+
+def _nested_problem(ref: str, type_: DuckDBPyType, path: str, depth: int) -> str | None:
+    """SQL for the first problem inside the container `ref` (path as JSON would show it), or None."""
+    children: Sequence[tuple[str, DuckDBPyType, str]]  # (SQL of the child, its type, its path)
+    if type_.id == "struct":
+        children = [(f"struct_extract({ref}, {literal(name)})", child, f"{path}.{name}")
+                    for name, child in type_.children]
+    elif type_.id == "union":
+        children = [(f"union_extract({ref}, {literal(name)})", child, path) for name, child in type_.children]
+    else:  # list, array, map: every element (a map's values; its keys become JSON keys, i.e. text)
+        element = dict(type_.children)["value" if type_.id == "map" else "child"]
+        values = f"map_values({ref})" if type_.id == "map" else ref
+        var = f"_v{depth}"
+        inner = _element_problem(var, element, f"{path}[]" if type_.id != "map" else f"{path}.*", depth + 1)
+        if inner is None:
+            return None
+        return (f"list_filter(list_transform({values}, lambda {var}: {inner}), "
+                f"lambda _p{depth}: _p{depth} IS NOT NULL)[1]")
+    problems = [p for c in children if (p := _element_problem(*c, depth + 1)) is not None]
+    return f"coalesce({', '.join(problems)})" if problems else None
+
+
+def _element_problem(ref: str, type_: DuckDBPyType, path: str, depth: int) -> str | None:
+    if type_.id in _CONTAINERS:
+        return _nested_problem(ref, type_, path, depth)
+    return _leaf_problem(ref, type_, literal(f" at {path}"))
+
+
+def _json_problem(ref: str, prefix: str) -> str:
+    return (f"CASE WHEN regexp_matches(regexp_replace({ref}::VARCHAR, {literal(_JSON_STRING)}, '\"\"', 'g'), "
+            f"{literal(_BARE_NON_FINITE)}) THEN {prefix} || ' a bare NaN or Infinity, which JSON cannot "
+            f"represent' END")

@@ -8,13 +8,15 @@ same chunks; every path gives the same typed table.
 
 Values Arrow cannot take as they are get the explicit rules of `calls.to_json_value` (UUID to text,
 dicts and lists to JSON; Decimal to a double, as the DuckDB path sends DECIMAL columns); a value no rule
-covers leaves the row's `UNSERIALISABLE_COLUMN` set to the reason, and the diff rejects that row.
+covers, or a NaN or infinity inside a dict or list, leaves the row's `UNSERIALISABLE_COLUMN` set to the
+reason, and the diff rejects that row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -407,9 +409,30 @@ def _json_text(name: str, value: Any, index: int, bad: list[str | None]) -> str 
     if value is None:
         return None
     try:
-        return orjson.dumps(value, default=to_json_value).decode()
+        text = orjson.dumps(value, default=to_json_value)
     except (TypeError, orjson.JSONEncodeError) as exc:
         return _mark(bad, index, f"column {name!r}: not JSON-serialisable ({exc})")
+    # orjson writes NaN and infinities as null: look for them only where a null was written, and reject the
+    # row as the diff rejects them in DuckDB's own nested values (`diff.value_problem`), not send a null.
+    if b"null" in text and (found := _non_finite(value, name)) is not None:
+        return _mark(bad, index, f"column {name!r} holds {found}, which JSON cannot represent")
+    return text.decode()
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The first NaN or infinity inside `value` (floats and Decimals), with its path, or None."""
+    if isinstance(value, float | decimal.Decimal):
+        if math.isfinite(value) if isinstance(value, float) else value.is_finite():
+            return None
+        nan = math.isnan(value) if isinstance(value, float) else value.is_nan()
+        return f"{'NaN' if nan else 'Infinity' if value > 0 else '-Infinity'} at {path}"
+    if isinstance(value, Mapping):
+        children: Iterator[tuple[Any, str]] = ((v, f"{path}.{k}") for k, v in value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = ((v, f"{path}[]") for v in value)
+    else:
+        return None
+    return next((found for child, at in children if (found := _non_finite(child, at)) is not None), None)
 
 
 def _mark(bad: list[str | None], index: int, reason: str) -> None:
