@@ -43,7 +43,7 @@ from segment_ops.resources import (
     WarehouseResource,
 )
 from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
-from segment_ops.syncs.metadata import diff_run_metadata
+from segment_ops.syncs.metadata import diff_run_metadata, guarded
 from segment_ops.syncs.reverse_etl.model import ModelError, ModelSpec, load_models
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
 from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
@@ -162,13 +162,13 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
                              metadata={"model_file": dg.MetadataValue.path(str(exc.path))}) from None
         except DeliveryIncomplete as exc:
             raise dg.Failure(description=f"{model.path.name}: {exc}",
-                             metadata=_metadata(exc.report)) from None
+                             metadata=_metadata(context, exc.report)) from None
         except VendorAuthError as exc:
             raise dg.Failure(description=f"{model.path.name}: Segment refused the write key: {exc}") from None
     plan = run.plan
     ratio = plan.rejected / plan.rows_read if plan.rows_read else 0.0
     return dg.MaterializeResult(
-        metadata=_metadata(run),
+        metadata=_metadata(context, run),
         check_results=[
             dg.AssetCheckResult(
                 check_name="delivery_complete",
@@ -188,7 +188,16 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
     )
 
 
-def _metadata(run: ModelRun) -> dict:
+def _metadata(context: dg.AssetExecutionContext, run: ModelRun) -> dict:
+    """The run's metadata; a failure to build it is logged, never raised (the run did its work)."""
+    plan = run.plan
+    counts = ({"rows_read": plan.rows_read, "rejected": plan.rejected, "planned": plan.planned}
+              if plan is not None else {})
+    return guarded(lambda: _run_metadata(run), what=f"model {run.model.name}", fallback=counts,
+                   logger=context.log)
+
+
+def _run_metadata(run: ModelRun) -> dict:
     metadata: dict = {
         "model_file": dg.MetadataValue.path(str(run.model.path)),
         "warehouse_dialect": run.dialect,
