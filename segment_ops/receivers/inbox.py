@@ -98,12 +98,15 @@ def batch_folders(root: Path) -> Iterator[Path]:
 
 
 def numbered_parts(batch: Path, prefix: str) -> list[tuple[int, Path]]:
-    """The files `<prefix>-<n>.json` of `batch` with their numbers, in number order (2 before 10)."""
+    r"""The files `<prefix>-<n>.json` of `batch` with their numbers, in number order (2 before 10).
+
+    `n` is ASCII digits without a leading zero, and the whole name must match (`fullmatch`: with `$`,
+    `page-1.json\n` would pass, and `\d` takes any script's digits): one file per number."""
     if not batch.is_dir():
         return []
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.json$")
+    pattern = re.compile(rf"{re.escape(prefix)}-(0|[1-9][0-9]*)\.json")
     return sorted((int(m.group(1)), batch / m.group(0)) for name in os.listdir(batch)
-                  if (m := pattern.match(name)))
+                  if (m := pattern.fullmatch(name)))
 
 
 def read_json(path: Path) -> dict:

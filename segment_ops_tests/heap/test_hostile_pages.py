@@ -180,3 +180,11 @@ def test_an_incomplete_syncs_missing_pages_are_counted_not_listed(tmp_path):
     assert sync.first_missing(3) == (1, 3, 4)
     assert sync.describe_missing().endswith(f", 21, ... {MAX_TOTAL_PAGES - 1:,} in all] of 100000 never "
                                             "arrived")
+
+
+def test_a_folder_named_like_a_sync_with_a_trailing_line_break_is_no_sync_of_this_layout(tmp_path):
+    odd = tmp_path / f"sync-{'a' * 32}\n"
+    odd.mkdir()
+    (odd / "page-1.json").write_bytes(b"{}")
+
+    assert Inbox(tmp_path).old_layout_folders() == [odd]

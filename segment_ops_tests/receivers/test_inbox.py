@@ -171,3 +171,12 @@ def test_an_unreadable_item_is_an_inbox_error_naming_the_file(tmp_path):
 
     with pytest.raises(InboxError, match="cannot read inbox file .*part-1.json"):
         inbox.read_json(tmp_path / "part-1.json")
+
+
+@pytest.mark.parametrize("name", ["part-1.json\n", "part-\u0663.json", "part-01.json", "part-1.json.tmp",
+                                  "part--1.json"])
+def test_numbered_parts_take_only_ascii_numbers_anchored_at_the_true_end(tmp_path, name):
+    (tmp_path / "part-1.json").write_bytes(b"{}")
+    (tmp_path / name).write_bytes(b"{}")
+
+    assert inbox.numbered_parts(tmp_path, "part") == [(1, tmp_path / "part-1.json")]
