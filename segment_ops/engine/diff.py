@@ -642,7 +642,9 @@ class _SpecSql:
         if kind in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"):
             return f"strftime(timezone('UTC', {ref}), {_ISO_MS})"
         if kind.startswith("TIMESTAMP") or kind == "DATE":
-            return f"strftime({ref}::TIMESTAMP, {_ISO_MS})"  # no zone: taken as UTC
+            # No zone: taken as UTC. try_cast: a DATE beyond TIMESTAMP's range (year 294247) fails the cast;
+            # its row is rejected (`value_problem`), and the query must not fail before that.
+            return f"strftime(try_cast({ref} AS TIMESTAMP), {_ISO_MS})"
         raise SpecError(self.spec.source, f"timestamp column {column!r} is {self.types[column]}; cast it to "
                                           "TIMESTAMP or TIMESTAMPTZ in the query")
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from segment_ops.engine.diff import value_problem
-from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, stage_query
+from segment_ops.engine.diff import ensure_state, plan_changes, value_problem
+from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.spec import DiffSpec
+from segment_ops.engine.store import staging
+from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, describe_staged, stage_query
 
 CASES = [  # (DuckDB type, SQL value, reason or None)
     ("STRUCT(score DOUBLE)", "{'score': 'nan'}",
@@ -66,3 +69,18 @@ def test_the_streaming_path_marks_nested_nan_instead_of_sending_null(tmp_path: P
 
     assert staging.execute(f"SELECT id, {UNSERIALISABLE_COLUMN} FROM staged ORDER BY id").fetchall() == [
         ("a", "column 'attrs' holds NaN at attrs.x[], which JSON cannot represent"), ("b", None)]
+
+
+def test_a_date_beyond_the_timestamp_range_is_rejected_rather_than_failing_the_run(tmp_path: Path):
+    spec = DiffSpec(sync="people", source="people.sql", call="identify", mode="upsert", key="id",
+                    user_id="id", timestamp="born")
+    with staging(tmp_path / "staging.duckdb") as con:
+        ensure_state(con)
+        con.execute("CREATE TEMP TABLE staged AS SELECT * FROM (VALUES ('a', DATE '2024-01-02'), "
+                    "('b', DATE '5000000-01-01')) t(id, born)")
+
+        plan = plan_changes(con, Ledger(con), spec, describe_staged(con, "staged", "test"), dry_run=True)
+
+    assert (plan.added, plan.rejected) == (1, 1)
+    assert plan.rejection_samples == [
+        ("b", "column 'born' is a moment in year 5000000; ISO-8601 timestamps carry years 0001-9999")]
