@@ -179,6 +179,13 @@ SETTINGS: tuple[Setting, ...] = (
         default="30",
     ),
     Setting(
+        "HEAP_WEBHOOK_MAX_CONNECTIONS",
+        "Connections the webhook receiver (`segment-ops webhooks`) holds at once, open or in progress; "
+        "beyond them it answers 503 at once and Heap retries. Behind `uvicorn --factory`, pass "
+        "`--limit-concurrency`.",
+        default="64",
+    ),
+    Setting(
         "HEAP_DRAIN_POLICY",
         "What a Heap `segment.users.drain` (Heap asks the destination to empty the audience) does: `exit` "
         "sends every member an exit, through the drop guard; `ignore` records the drain and changes nothing.",

@@ -38,11 +38,14 @@ class Refused(Exception):
 class Endpoint:
     """One vendor's webhook: where it is posted, how it is verified, how it is stored.
 
-    `verify(headers, body)` returns what `handle` needs (such as the bytes that were signed) or raises
-    `Refused` (e.g. 400 for a malformed header, 403 for a wrong signature). `handle(verified)` parses, stores
-    durably and returns the JSON answer of a 200; it raises `Refused` for a signed body that is no valid
-    request, `Conflict` (answered 409) when it disagrees with what is stored, `InboxError` (500: nothing was
-    acknowledged, the sender retries) when it cannot be stored. Both run in a worker thread: they may block.
+    `check_headers(headers)`, when given, runs before the body is read and raises `Refused` for a request
+    that can never verify (a malformed or expired signature header): it is answered without buffering a
+    body of up to `max_body_bytes`. `verify(headers, body)` returns what `handle` needs (such as the bytes
+    that were signed) or raises `Refused` (e.g. 400 for a malformed header, 403 for a wrong signature).
+    `handle(verified)` parses, stores durably and returns the JSON answer of a 200; it raises `Refused` for a
+    signed body that is no valid request, `Conflict` (answered 409) when it disagrees with what is stored,
+    `InboxError` (500: nothing was acknowledged, the sender retries) when it cannot be stored. Both run in a
+    worker thread: they may block.
     """
 
     path: str
@@ -51,10 +54,12 @@ class Endpoint:
     handle: Callable[[Any], object]
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     item: str = "request"  # what a 500 says could not be stored
+    check_headers: Callable[[Mapping[str, str]], None] | None = None
 
 
 def build_app(endpoints: Sequence[Endpoint], *, health: Mapping[str, object] | None = None) -> Starlette:
-    """The app serving `endpoints`; `GET /healthz` answers `{"ok": true, **health}`."""
+    """The app serving `endpoints`; `GET /healthz` answers `{"ok": true, **health}` to anyone, so `health`
+    must name no file, folder or secret."""
     status = {"ok": True, **(health or {})}
 
     async def healthz(request: Request) -> Response:
@@ -66,6 +71,12 @@ def build_app(endpoints: Sequence[Endpoint], *, health: Mapping[str, object] | N
 
 def _receiver(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def receive(request: Request) -> Response:
+        try:
+            if endpoint.check_headers is not None:
+                endpoint.check_headers(request.headers)  # cheap, no I/O: on the event loop
+        except Refused as exc:
+            log.warning("%s refused (%d) before its body was read: %s", endpoint.name, exc.status, exc)
+            return _json(exc.answer, exc.status)
         try:
             body = await _read_body(request, endpoint.max_body_bytes)
         except _TooLarge:

@@ -33,20 +33,24 @@ class ThreadedServer:
         self.thread.join(timeout)
 
 
-def uvicorn_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
-    """The one configuration: httptools, no lifespan, no access log, warnings only."""
+def uvicorn_config(app: Any, host: str, port: int, *, limit_concurrency: int | None = None,
+                   **kwargs: Any) -> uvicorn.Config:
+    """The one configuration: httptools, no lifespan, no access log, warnings only. `limit_concurrency`
+    caps open connections plus requests in progress: beyond it uvicorn answers 503 at once (None: no cap)."""
     return uvicorn.Config(app, host=host, port=port, http="httptools", lifespan="off", access_log=False,
-                          log_level="warning", **kwargs)
+                          log_level="warning", limit_concurrency=limit_concurrency, **kwargs)
 
 
-def serve_in_thread(app: Any, *, name: str, host: str = "127.0.0.1", port: int = 0) -> ThreadedServer:
+def serve_in_thread(app: Any, *, name: str, host: str = "127.0.0.1", port: int = 0,
+                    limit_concurrency: int | None = None) -> ThreadedServer:
     """Serve `app` from a daemon thread (port 0: a free port); returns once it accepts connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, host, bound, log_config=None))
+    server = uvicorn.Server(uvicorn_config(app, host, bound, limit_concurrency=limit_concurrency,
+                                           log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}:{bound}",
                               daemon=True)
     thread.start()
@@ -61,9 +65,9 @@ def serve_in_thread(app: Any, *, name: str, host: str = "127.0.0.1", port: int =
     return ThreadedServer(server, thread, f"http://{url_host}:{bound}")
 
 
-def serve_forever(app: Any, host: str, port: int) -> None:
+def serve_forever(app: Any, host: str, port: int, *, limit_concurrency: int | None = None) -> None:
     """Serve `app` in the foreground until interrupted."""
-    uvicorn.Server(uvicorn_config(app, host, port)).run()
+    uvicorn.Server(uvicorn_config(app, host, port, limit_concurrency=limit_concurrency)).run()
 
 
 def is_loopback(host: str) -> bool:

@@ -29,11 +29,13 @@ from segment_ops.syncs.heap.webhook import (
     Signature,
     SignatureError,
     SyncPage,
+    check_header,
     parse_request,
     verify,
 )
 
 HEAP_PATH = "/webhooks/heap"
+DEFAULT_MAX_CONNECTIONS = 64
 INVALID_SIGNATURE_BODY = {"error": "Invalid signature"}  # the body Heap's webhook spec documents for a 403
 log = logging.getLogger("segment_ops.webhooks")
 
@@ -47,6 +49,9 @@ class WebhookConfig:
     max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
     max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Connections (open, plus requests in progress) the server takes before it answers 503, which Heap
+    # retries (spec §3): HEAP_WEBHOOK_MAX_CONNECTIONS. Heap posts one sync's pages a few at a time.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -108,14 +113,20 @@ def create_app(config: WebhookConfig) -> Starlette:
                              f"{getattr(config, name)!r}")
     inbox = Inbox.for_home(config.home)
 
+    def check_heap_hash(headers: Mapping[str, str]) -> None:
+        try:
+            check_header(headers.get("heap-hash"), max_age_seconds=config.max_age_seconds,
+                         max_future_seconds=config.max_future_seconds)
+        except SignatureError as exc:
+            raise _refused(exc) from None
+
     def verify_heap_hash(headers: Mapping[str, str], body: bytes) -> Signature:
         try:
             return verify(headers.get("heap-hash"), body, config.secrets,
                           max_age_seconds=config.max_age_seconds,
                           max_future_seconds=config.max_future_seconds)
         except SignatureError as exc:
-            raise Refused(exc.status, str(exc),
-                          answer=INVALID_SIGNATURE_BODY if exc.status == 403 else None) from None
+            raise _refused(exc) from None
 
     def store(signature: Signature) -> dict:
         try:
@@ -134,8 +145,12 @@ def create_app(config: WebhookConfig) -> Starlette:
         return _store_page(inbox, received, signature)
 
     endpoint = Endpoint(HEAP_PATH, "Heap webhook", verify_heap_hash, store, config.max_body_bytes,
-                        item="page")
-    return build_app([endpoint], health={"inbox": str(inbox.root)})
+                        item="page", check_headers=check_heap_hash)
+    return build_app([endpoint], health={"webhook": "heap"})  # no path: /healthz answers anyone
+
+
+def _refused(exc: SignatureError) -> Refused:
+    return Refused(exc.status, str(exc), answer=INVALID_SIGNATURE_BODY if exc.status == 403 else None)
 
 
 def _store_page(inbox: Inbox, page: SyncPage, signature: Signature) -> dict:
@@ -171,7 +186,8 @@ def _store_drain(inbox: Inbox, drain: DrainRequest, signature: Signature) -> dic
 
 def config_from_env(settings: Settings | None = None) -> WebhookConfig:
     """The receiver's configuration from the environment (SEGMENT_OPS_HOME, HEAP_WEBHOOK_SECRET,
-    HEAP_WEBHOOK_PREVIOUS_SECRETS, HEAP_WEBHOOK_MAX_AGE_SECONDS, HEAP_WEBHOOK_MAX_FUTURE_SECONDS). The
+    HEAP_WEBHOOK_PREVIOUS_SECRETS, HEAP_WEBHOOK_MAX_AGE_SECONDS, HEAP_WEBHOOK_MAX_FUTURE_SECONDS,
+    HEAP_WEBHOOK_MAX_CONNECTIONS). The
     secrets never reach a log or a response.
 
     Unset HEAP_WEBHOOK_SECRET gives the sandbox's secret: whoever serves the config checks it with
@@ -182,7 +198,17 @@ def config_from_env(settings: Settings | None = None) -> WebhookConfig:
     return WebhookConfig(
         home=settings.home, heap_secret=settings["HEAP_WEBHOOK_SECRET"], previous_secrets=previous,
         max_age_seconds=_seconds(settings, "HEAP_WEBHOOK_MAX_AGE_SECONDS", DEFAULT_MAX_AGE_SECONDS),
-        max_future_seconds=_seconds(settings, "HEAP_WEBHOOK_MAX_FUTURE_SECONDS", DEFAULT_MAX_FUTURE_SECONDS))
+        max_future_seconds=_seconds(settings, "HEAP_WEBHOOK_MAX_FUTURE_SECONDS", DEFAULT_MAX_FUTURE_SECONDS),
+        max_connections=_count(settings, "HEAP_WEBHOOK_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS))
+
+
+def _count(settings: Settings, name: str, default: int) -> int:
+    raw = settings[name].strip()
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise WebhookConfigError(f"{name} must be a whole number >= 1, got {raw!r}")
+    return int(raw)
 
 
 def _seconds(settings: Settings, name: str, default: float) -> float:

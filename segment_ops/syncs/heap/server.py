@@ -36,7 +36,8 @@ def start_receiver(config: WebhookConfig, *, host: str = "127.0.0.1", port: int 
 
     Raises `WebhookSecretError` for the sandbox secret on a non-loopback `host`."""
     require_live_secret(config, host)
-    return RunningReceiver(serve_in_thread(create_app(config), name="webhook receiver", host=host, port=port))
+    return RunningReceiver(serve_in_thread(create_app(config), name="webhook receiver", host=host, port=port,
+                                           limit_concurrency=config.max_connections))
 
 
 def serve(config: WebhookConfig, host: str, port: int) -> None:
@@ -50,5 +51,6 @@ def serve(config: WebhookConfig, host: str, port: int) -> None:
                 if config.previous_secrets else "")
     print(f"segment_ops webhook receiver on http://{host}:{port}{HEAP_PATH} "
           f"(inbox: {config.home}/inbox/heap; Heap-Hash timestamps up to {config.max_age_seconds:g} s old "
-          f"and {config.max_future_seconds:g} s ahead{rotation})", flush=True)
-    serve_forever(create_app(config), host, port)
+          f"and {config.max_future_seconds:g} s ahead{rotation}; at most {config.max_connections} "
+          "connections)", flush=True)
+    serve_forever(create_app(config), host, port, limit_concurrency=config.max_connections)

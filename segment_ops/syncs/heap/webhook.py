@@ -184,17 +184,8 @@ def verify(header: str | None, body: bytes, secrets: Sequence[str], *,
     Checked in the reference validator's order: header, then timestamp window, then HMAC."""
     if not secrets or not all(secrets):
         raise ValueError("verify needs at least one non-empty secret")
-    ts, received = _parse_header(header)
-    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    age_ms = now - ts
-    # Both limits are exclusive: a request signed exactly `max_age_seconds` ago is refused (the reference
-    # generator's 5-minute "past" test request is refused even with the window raised to 300 s).
-    if age_ms >= max_age_seconds * 1000 or -age_ms >= max_future_seconds * 1000:
-        raise TimestampOutOfRange(_window_problem(ts, age_ms, max_age_seconds, max_future_seconds))
-    decoded = _decode_digest(received)
-    if decoded is None:
-        raise InvalidSignature("the hmac is neither Base64 nor hex of a SHA-256 digest")
-    digest, encoding = decoded
+    ts, digest, encoding = check_header(header, max_age_seconds=max_age_seconds,
+                                        max_future_seconds=max_future_seconds, now_ms=now_ms)
     prefix = str(ts).encode()  # the reference parses ts with parseInt, then formats it back
     keys = [secret.encode() for secret in secrets]
     index = _matching_secret(keys, prefix + body, digest)
@@ -207,6 +198,25 @@ def verify(header: str | None, body: bytes, secrets: Sequence[str], *,
             return Signature(ts, encoding, "compact", index, compact)
     raise InvalidSignature("the hmac matches neither the raw body nor its compact JSON form under any "
                            "configured secret" + (f" ({skipped})" if skipped else ""))
+
+
+def check_header(header: str | None, *, max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+                 max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS,
+                 now_ms: int | None = None) -> tuple[int, bytes, str]:
+    """What `Heap-Hash` holds, checked without the body: its shape, its timestamp's window, a digest that
+    is hex or Base64 of 32 bytes. Returns (ts in ms, digest, its encoding) or raises like `verify`; the
+    receiver calls it before it reads a body, so a request that can never verify is not buffered."""
+    ts, received = _parse_header(header)
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    age_ms = now - ts
+    # Both limits are exclusive: a request signed exactly `max_age_seconds` ago is refused (the reference
+    # generator's 5-minute "past" test request is refused even with the window raised to 300 s).
+    if age_ms >= max_age_seconds * 1000 or -age_ms >= max_future_seconds * 1000:
+        raise TimestampOutOfRange(_window_problem(ts, age_ms, max_age_seconds, max_future_seconds))
+    decoded = _decode_digest(received)
+    if decoded is None:
+        raise InvalidSignature("the hmac is neither Base64 nor hex of a SHA-256 digest")
+    return ts, *decoded
 
 
 def _matching_secret(keys: Sequence[bytes], message: bytes, digest: bytes) -> int | None:

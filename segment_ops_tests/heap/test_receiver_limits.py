@@ -1,0 +1,69 @@
+"""What the receiver refuses before it reads a body or while it is busy, and what `/healthz` tells a
+stranger: over real HTTP (and raw sockets where httpx would send the body first)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.server import RunningReceiver, start_receiver
+
+SECRET = "test-heap-secret-limits"
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, stop_in_background) -> Iterator[RunningReceiver]:
+    running = start_receiver(WebhookConfig(home=tmp_path, heap_secret=SECRET, max_connections=4))
+    yield running
+    stop_in_background(running)
+
+
+def connect(receiver: RunningReceiver) -> socket.socket:
+    host, port = receiver.url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def headers_only(header: str, length: int = 150_000) -> bytes:
+    return (f"POST /webhooks/heap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Heap-Hash: {header}\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(("header", "status"), [
+    ("nonsense", b"400"), ("ts:1,hmac:" + "a" * 64, b"400"), ("ts:<now>,hmac:zz", b"403"),
+])
+def test_a_bad_heap_hash_is_refused_before_the_body_arrives(receiver, header, status):
+    """Headers announce a large body that never comes: a malformed header, a stale timestamp or an hmac
+    that is no digest is answered at once, without waiting for (or buffering) the body."""
+    with connect(receiver) as conn:
+        conn.sendall(headers_only(header.replace("<now>", str(time.time_ns() // 10**6))))
+        started = time.monotonic()
+        answer = conn.recv(4096)
+
+    assert answer.startswith(b"HTTP/1.1 " + status), answer
+    assert time.monotonic() - started < 1
+
+
+def test_beyond_the_connection_cap_the_receiver_answers_503(receiver):
+    idle = [connect(receiver) for _ in range(4)]
+    try:
+        time.sleep(0.05)  # let the server accept them
+        response = httpx.get(f"{receiver.url}/healthz", timeout=5)
+    finally:
+        for conn in idle:
+            conn.close()
+
+    assert response.status_code == 503
+    assert httpx.get(f"{receiver.url}/healthz", timeout=5).status_code == 200
+
+
+def test_the_healthz_answer_names_no_file_system_path(receiver, tmp_path):
+    answer = httpx.get(f"{receiver.url}/healthz", timeout=5)
+
+    assert answer.json()["ok"] is True
+    assert str(tmp_path) not in answer.text and "inbox" not in answer.text
