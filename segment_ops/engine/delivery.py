@@ -14,10 +14,13 @@ that raises the client errors of `clients.base` (Segment's Tracking API; a SIEM)
 - A destination whose setup is wrong (`VendorFatalError`) stops the delivery at once; a prefix it had
   accepted before saying so (a `PartialBatchError` that is also fatal) is still recorded as delivered.
 - Outcomes are logged to the ledger at least every second (or 20,000 messages): a commit per batch
-  would cost more than sending it. A killed run therefore re-sends at most what was in flight plus
-  about a second of acknowledged traffic, with the same messageIds, which Segment deduplicates. A
-  destination without dedupe passes `record_each_batch=True`: each batch's outcome is written as soon
-  as it is known, so a killed run re-sends only what was on the wire.
+  would cost more than sending it. In between, each batch is noted in the sync's outcome journal beside
+  the staging file (`engine/journal.py`) before it is sent and once it is answered, one append each; the
+  next reader of the ledger logs what a killed run's journal holds (`Ledger.recover`). A killed run
+  therefore re-sends only the batches that were on the wire, for every destination, with the same
+  messageIds; those are logged as in flight, then planned again, and counted in `in_flight_at_stop`.
+  `record_each_batch=True` also fsyncs each answer, so that holds after a crash of the machine too (for
+  destinations that do not deduplicate); a ledger in memory has no journal, so it is written each batch.
 - A destination that confirms later returns `AwaitingAck(receipt)` from `send_batch`, with a receipt
   unique to that send: the batch is recorded as awaiting confirmation (with when its request began), not
   delivered, and is not sent again. `settle_awaiting` asks the destination about open receipts later,
@@ -42,6 +45,7 @@ from segment_ops.clients.base import (
     VendorFatalError,
     VendorRequestError,
 )
+from segment_ops.engine.journal import Journal
 from segment_ops.engine.ledger import AWAITING_ACK, DELIVERED, PENDING, REJECTED, AwaitingReceipt, Ledger
 
 FLUSH_SECONDS = 1.0
@@ -105,6 +109,8 @@ class DeliveryReport:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     awaiting_ack: int = 0  # taken by the destination, confirmed later (not delivered yet)
+    recovered: int = 0  # answers a stopped delivery had received but not logged, logged from its journal
+    in_flight_at_stop: int = 0  # on the wire when a delivery stopped, so possibly sent twice: sent again
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         """Two delivery passes of the same sync, as one report."""
@@ -112,7 +118,8 @@ class DeliveryReport:
             self.sync, self.delivered + other.delivered, self.rejected + other.rejected,
             self.failed + other.failed, self.retries + other.retries, self.requests + other.requests,
             self.bytes_sent + other.bytes_sent, self.seconds + other.seconds,
-            (self.errors + other.errors)[:10], self.awaiting_ack + other.awaiting_ack)
+            (self.errors + other.errors)[:10], self.awaiting_ack + other.awaiting_ack,
+            self.recovered + other.recovered, self.in_flight_at_stop + other.in_flight_at_stop)
 
     @property
     def messages_per_second(self) -> float:
@@ -131,6 +138,9 @@ class DeliveryReport:
         }
         if self.awaiting_ack:
             metadata["sent_awaiting_ack"] = self.awaiting_ack
+        if self.recovered or self.in_flight_at_stop:
+            metadata["answers_recovered_after_stop"] = self.recovered
+            metadata["resent_in_flight_at_stop"] = self.in_flight_at_stop
         return metadata
 
 
@@ -184,12 +194,46 @@ def deliver_pending(
 
     Raises `DeliveryError` at the end when messages remain undelivered (retries exhausted), after
     everything else was sent and recorded; raises `VendorFatalError` (bad credentials or setup) at once,
-    after recording what the destination had taken. `record_each_batch`: write each batch's outcome as
-    soon as it is known (for destinations that do not deduplicate a re-sent message).
+    after recording what the destination had taken. `record_each_batch`: fsync each batch's answer to the
+    outcome journal, so not even a crash of the machine lets an acknowledged batch count as pending again
+    (for destinations that do not deduplicate a re-sent message); a ledger in memory, which has no journal,
+    is written after each batch instead.
     """
     report = DeliveryReport(sync)
     started = time.monotonic()
     lock = threading.Lock()
+    ledger.recover(sync)  # a stopped delivery's answers first, so nothing it had acknowledged is pending
+    if recovered := ledger.recovered.pop(sync, None):
+        report.recovered, report.in_flight_at_stop = recovered.outcomes, recovered.in_flight
+    journal = ledger.journal(sync, destination=client.name, run_id=run_id, fsync=record_each_batch)
+    try:
+        flush_seconds = 0.0 if record_each_batch and journal is None else FLUSH_SECONDS
+        fatal = _deliver(ledger, sync, client, report, lock, journal, run_id=run_id,
+                         max_in_flight=max_in_flight, flush_seconds=flush_seconds,
+                         chunks=ledger.iter_pending(sync, chunk_rows) if chunks is None else chunks)
+    except BaseException:  # the next delivery (or `Ledger(con)`) logs what the journal holds
+        if journal is not None:
+            journal.close(remove=False)
+        raise
+    if journal is not None:
+        journal.close(remove=True)  # everything it held is in the ledger
+    report.seconds = time.monotonic() - started
+    if fatal is not None:
+        raise fatal
+    if report.failed:
+        raise DeliveryError(
+            f"{report.failed} message(s) of sync {sync!r} could not be delivered and stay pending: "
+            + "; ".join(report.errors[:3]),
+            report,
+        )
+    return report
+
+
+def _deliver(ledger: Ledger, sync: str, client: Destination, report: DeliveryReport, lock: threading.Lock,
+             journal: Journal | None, *, run_id: str | None, max_in_flight: int, flush_seconds: float,
+             chunks: Iterable[list[Message]]) -> VendorFatalError | None:
+    """The send loop of `deliver_pending`; returns the `VendorFatalError` that stopped it, once what was
+    taken is logged."""
 
     def count_retry(_: RetryEvent) -> None:
         with lock:
@@ -203,15 +247,16 @@ def deliver_pending(
             return outcomes, exc
         return outcomes, None
 
-    flush_seconds = 0.0 if record_each_batch else FLUSH_SECONDS
-    in_flight: set[Future[tuple[list[Outcome], VendorFatalError | None]]] = set()
-    fatal: BaseException | None = None
+    in_flight: dict[Future[tuple[list[Outcome], VendorFatalError | None]], int] = {}  # -> journal batch
+    fatal: VendorFatalError | None = None
     unlogged: list[Outcome] = []
     last_flush = time.monotonic()
 
     def flush() -> None:
         nonlocal last_flush
         _record(ledger, sync, unlogged, client.name, run_id)
+        if journal is not None:
+            journal.flushed()
         unlogged.clear()
         last_flush = time.monotonic()
 
@@ -220,8 +265,10 @@ def deliver_pending(
         while len(in_flight) >= block_until_below and in_flight:
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                in_flight.discard(future)
+                number = in_flight.pop(future)
                 outcomes, stopped = future.result()
+                if journal is not None:
+                    journal.answered(number, outcomes)
                 fatal = fatal or stopped
                 _count(outcomes, report)
                 unlogged.extend(outcomes)
@@ -229,26 +276,18 @@ def deliver_pending(
                 flush()
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"deliver-{sync}") as pool:
-        for chunk in ledger.iter_pending(sync, chunk_rows) if chunks is None else chunks:
+        for chunk in chunks:
             for batch in pack_batches(chunk, client.max_batch_bytes):
                 drain(max_in_flight)
                 if fatal is not None:
                     break
-                in_flight.add(pool.submit(send, batch))
+                number = journal.handed_over([seq for seq, _ in batch]) if journal is not None else 0
+                in_flight[pool.submit(send, batch)] = number
             if fatal is not None:
                 break
         drain(1)
     flush()
-    report.seconds = time.monotonic() - started
-    if fatal is not None:
-        raise fatal
-    if report.failed:
-        raise DeliveryError(
-            f"{report.failed} message(s) of sync {sync!r} could not be delivered and stay pending: "
-            + "; ".join(report.errors[:3]),
-            report,
-        )
-    return report
+    return fatal
 
 
 def _send_isolating(client: Destination, batch: list[Message], on_retry: Callable[[RetryEvent], None],
@@ -314,6 +353,7 @@ def settle_awaiting(ledger: Ledger, sync: str, confirm: Confirm, *, timeout: flo
     """
     report = SettleReport(sync)
     started = time.monotonic()
+    ledger.recover(sync)  # receipts a stopped delivery had received are open receipts too
     delay = poll_initial
     while True:
         awaiting = ledger.awaiting_receipts(sync)

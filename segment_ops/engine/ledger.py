@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 import duckdb
 
-from segment_ops.engine import store
+from segment_ops.engine import journal, store
 
 
 class MessageState(StrEnum):
@@ -25,8 +25,9 @@ class MessageState(StrEnum):
     # In the outbox, to be sent: no outcome yet, retries ran out, revived, or reset by a person. Stored as
     # "pending", the word that predates the state's name.
     PLANNED = "pending"
-    # Handed to a destination whose answer is not recorded yet; logged before a send (issue 16), so a
-    # killed run knows what a destination without dedupe may already hold.
+    # Handed to a destination by a run that stopped before its answer was known (issue 16): logged when the
+    # run's outcome journal is recovered, then planned again at once, so the ledger says what a destination
+    # without dedupe may already hold. (A live delivery notes its batches on the wire in the journal only.)
     IN_FLIGHT = "in_flight"
     # Taken by a destination that confirms later; the outcome's `receipt` is what to ask it with. Neither
     # delivered nor planned: not sent again until `settle_receipts` records the answer.
@@ -152,9 +153,9 @@ CREATE TABLE IF NOT EXISTS read_backs (
 """
 
 # Append-only tables and a view. Nothing is ever updated in place, which is what DuckDB is fast at and
-# what makes a crash harmless: a run killed at any point has lost at most the outcomes it had not yet
-# written; those messages are sent again with the same messageId, which Segment deduplicates
-# (ARCHITECTURE rules 1-4).
+# what makes a crash harmless: what a run killed at any point had not yet written here is in its outcome
+# journal (`engine/journal.py`), logged by `Ledger.recover` before anything reads the ledger again; only
+# the batches it had on the wire are sent again, with the same messageIds (ARCHITECTURE rules 1-4, 6).
 _CREATE = f"""
 -- The outbox: planning inserts each new message once (same messageId, same row).
 CREATE TABLE IF NOT EXISTS planned_messages (
@@ -360,13 +361,103 @@ class LedgerCounts:
     suppressed: int = 0
 
 
+@dataclass
+class Recovered:
+    """What `Ledger.recover` found in the outcome journal(s) a stopped delivery of one sync left."""
+
+    outcomes: int = 0  # answers the destination had given, now logged
+    in_flight: int = 0  # handed over without a known answer: logged in flight, then planned again
+    skipped: int = 0  # already logged (the run stopped after writing the ledger) or not a legal step now
+    torn: int = 0  # journals whose last line was cut short by the stop (read up to the line before it)
+
+
 class Ledger:
-    """The ledger tables of one staging connection."""
+    """The ledger tables of one staging connection.
+
+    `Ledger(con)` (writable) first logs what journals of stopped deliveries of the file hold (`recover`);
+    `create=False` (a read-only connection, or a cursor) reads the tables as they are.
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, *, create: bool = True) -> None:
         self.con = con
+        self.recovered: dict[str, Recovered] = {}  # per sync, until a delivery takes it into its report
         if create:
             store.ensure(con, STATE)
+            self.recover()
+
+    def journal(self, sync: str, *, destination: str, run_id: str | None,
+                fsync: bool = False) -> journal.Journal | None:
+        """A new outcome journal for one delivery of `sync` beside the staging file (None: the ledger is in
+        memory, where a crash loses everything anyway). Outcome ids logged from here on are above its mark."""
+        staging = journal.staging_path(self.con)
+        if staging is None:
+            return None
+        mark = self.con.execute("SELECT nextval('outcome_order')").fetchone()[0]
+        return journal.Journal(journal.journal_path(staging, sync), sync=sync, mark=mark,
+                               destination=destination, run_id=run_id, fsync=fsync)
+
+    def recover(self, sync: str | None = None) -> None:
+        """Log what the outcome journals left by stopped deliveries hold (of `sync`, or of every sync of the
+        file), then remove them; a journal a delivery of this process is writing is left alone.
+
+        Idempotent: a message with an outcome logged after its journal began (the stopped run's own ledger
+        write, or anything later) is skipped, and so is an outcome `TRANSITIONS` does not allow from the
+        message's state; the rest is logged in one transaction, so a stop during recovery leaves the journal
+        to be recovered again. Counts go to `recovered`.
+        """
+        staging = journal.staging_path(self.con)
+        if staging is None:
+            return
+        for path in journal.leftovers(staging):
+            replayed = journal.read(path)
+            if replayed is not None and (sync is None or replayed.sync == sync):
+                found = self._replay(replayed)
+                total = self.recovered.setdefault(replayed.sync, Recovered())
+                total.outcomes += found.outcomes
+                total.in_flight += found.in_flight
+                total.skipped += found.skipped
+                total.torn += found.torn
+            if replayed is None or sync is None or replayed.sync == sync:
+                path.unlink(missing_ok=True)
+
+    def _replay(self, replayed: journal.Replayed) -> Recovered:
+        sync, found = replayed.sync, Recovered(torn=int(replayed.torn))
+        seqs = [o[0] for o in replayed.outcomes] + replayed.unanswered
+        if not seqs:
+            return found
+        # Each message's state now, and whether it was logged after the journal began.
+        state = {seq: (status, last_id > replayed.mark) for seq, status, last_id in self.con.execute(
+            f"SELECT seq, status, last_id FROM ({_LATEST_OUTCOME}) WHERE sync = ? AND seq BETWEEN ? AND ? "
+            "AND seq IN (SELECT unnest(?::BIGINT[]))", [sync, min(seqs), max(seqs), seqs]).fetchall()}
+
+        def legal(seq: int, step: MessageState) -> bool:
+            status, logged_since = state.get(seq, (PENDING, False))
+            return not logged_since and status in _STORED and step in TRANSITIONS[MessageState(status)]
+
+        outcomes = [o for o in replayed.outcomes if legal(o[0], MessageState(o[1]))]
+        handed = [seq for seq in dict.fromkeys(replayed.unanswered) if legal(seq, MessageState.IN_FLIGHT)]
+        found.outcomes, found.in_flight = len(outcomes), len(handed)
+        found.skipped = len(seqs) - len(outcomes) - len(handed)
+        if not outcomes and not handed:
+            return found
+        again = (f"handed to {replayed.destination} by a run that stopped before its answer was known "
+                 f"(run {replayed.run_id}): sent again")
+        refused = [(seq, f"rejected by {replayed.destination}: {error}")
+                   for seq, status, _, error, *_ in outcomes if status == REJECTED]
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            mark = con.execute("SELECT nextval('outcome_order')").fetchone()[0]
+            self._append_outcomes(sync, outcomes)
+            self._append_outcomes(sync, [(seq, MessageState.IN_FLIGHT.value, 1, None) for seq in handed])
+            self._append_outcomes(sync, [(seq, PENDING, 0, again) for seq in handed])
+            self._check_steps(sync, mark, (min(seqs), max(seqs)), _LEGAL_STEPS)
+            self.reject_refused(sync, refused, destination=replayed.destination, run_id=replayed.run_id)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return found
 
     def _has_table(self, name: str) -> bool:
         return bool(self.con.execute(
@@ -533,6 +624,22 @@ class Ledger:
         """
         if not outcomes:
             return
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            mark = con.execute("SELECT nextval('outcome_order')").fetchone()[0]
+            seqs = self._append_outcomes(sync, outcomes)
+            self._check_steps(sync, mark, (min(seqs), max(seqs)), _LEGAL_STEPS)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _append_outcomes(self, sync: str, outcomes: Sequence[tuple]) -> Sequence[int]:
+        """Insert `outcomes` (see `log_outcomes`) and their receipts, in the caller's transaction, unchecked;
+        returns their seqs."""
+        if not outcomes:
+            return ()
         rows = [(*o, None, None)[:6] for o in outcomes]
         seqs, statuses, attempts, errors, receipts, sent = zip(*rows, strict=True)
         _refuse_unknown(sync, set(statuses))
@@ -544,30 +651,22 @@ class Ledger:
             if status == AWAITING_ACK:
                 low, high, count, began = taken.get(receipt, (seq, seq, 0, sent_at))
                 taken[receipt] = [min(low, seq), max(high, seq), count + 1, began or sent_at]
-        con = self.con
-        con.execute("BEGIN")
-        try:
-            mark = con.execute("SELECT nextval('outcome_order')").fetchone()[0]
-            # Handing lists to DuckDB is most of this call's cost, so a column of Nones only (the errors of
-            # delivered messages, the receipts of all but awaiting ones) is NULL instead of a list.
-            nullable = {"error": errors, "receipt": receipts}
-            given = {column: list(values) for column, values in nullable.items()
-                     if values.count(None) < len(values)}
-            con.execute(
-                "INSERT INTO outcomes (sync, seq, status, attempts, logged_at, error, receipt) "
-                "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), ?, "
-                + ", ".join("unnest(?::VARCHAR[])" if column in given else "NULL" for column in nullable),
-                [sync, list(seqs), list(statuses), list(attempts), now, *given.values()])
-            self._check_steps(sync, mark, (min(seqs), max(seqs)), _LEGAL_STEPS)
-            if taken:
-                con.executemany(
-                    "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(sync, receipt, low, high, count, began or now, now)
-                     for receipt, (low, high, count, began) in taken.items()])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        # Handing lists to DuckDB is most of this call's cost, so a column of Nones only (the errors of
+        # delivered messages, the receipts of all but awaiting ones) is NULL instead of a list.
+        nullable = {"error": errors, "receipt": receipts}
+        given = {column: list(values) for column, values in nullable.items()
+                 if values.count(None) < len(values)}
+        self.con.execute(
+            "INSERT INTO outcomes (sync, seq, status, attempts, logged_at, error, receipt) "
+            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), ?, "
+            + ", ".join("unnest(?::VARCHAR[])" if column in given else "NULL" for column in nullable),
+            [sync, list(seqs), list(statuses), list(attempts), now, *given.values()])
+        if taken:
+            self.con.executemany(
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(sync, receipt, low, high, count, began or now, now)
+                 for receipt, (low, high, count, began) in taken.items()])
+        return seqs
 
     def _check_steps(self, sync: str, mark: int, seqs: tuple[int, int], steps: str) -> None:
         """Raise `IllegalTransitionError` unless every outcome of `sync` this transaction logged (id above

@@ -409,5 +409,6 @@ def test_recording_each_batch_keeps_every_batch_taken_before_a_crash(ledger):
 
     with pytest.raises(SystemExit):
         deliver_pending(ledger, "no-dedupe", Crashes(crash_at=4), max_in_flight=1, record_each_batch=True)
+    ledger.recover()  # what the next run's ledger does first: the answers are in the outcome journal
 
     assert ledger.counts("no-dedupe").delivered == 6  # three batches of two, none to be sent again
