@@ -299,6 +299,17 @@ SETTINGS: tuple[Setting, ...] = (
         default="0.05",
     ),
     Setting(
+        "RUN_HEARTBEAT_SECONDS",
+        "How often (seconds) a run's worker writes its heartbeat into the Dagster instance's storage.",
+        default="10",
+    ),
+    Setting(
+        "RUN_HEARTBEAT_TIMEOUT_SECONDS",
+        "A STARTED run whose worker has not beaten for this long (seconds; at least three heartbeats) is "
+        "failed by `dead_run_sensor`, freeing its pool slots; the next run sends what it left pending.",
+        default="120",
+    ),
+    Setting(
         "PREFLIGHT_CACHE_SECONDS",
         "How long (seconds) a sync that sends reuses a preflight answer (the Segment write key's source and "
         "region) before asking the Public API again; a changed setting is checked anew at once, and a "

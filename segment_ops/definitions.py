@@ -8,7 +8,7 @@ from segment_ops.resources import build_resources
 from segment_ops.syncs import external
 from segment_ops.syncs.audit_trail import defs as audit_trail
 from segment_ops.syncs.heap import defs as heap
-from segment_ops.syncs.ops import delivery_health, delivery_overview, preflight
+from segment_ops.syncs.ops import delivery_health, delivery_overview, preflight, run_watch
 from segment_ops.syncs.ops import run_alerts as sensors
 from segment_ops.syncs.pendo import defs as pendo
 from segment_ops.syncs.replay import defs as replay
@@ -27,6 +27,7 @@ def defs() -> dg.Definitions:
         delivery_health.defs,
         delivery_overview.defs,
         preflight.defs,
+        run_watch.defs,
         sensors.defs,
     )
     return dg.Definitions.merge(syncs, external.segment_destination(syncs.assets or []),

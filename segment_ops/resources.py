@@ -261,6 +261,21 @@ class StagingResource(dg.ConfigurableResource):
         return self.path("staging", f"{sync}.duckdb")
 
 
+def run_heartbeat_seconds(settings: Settings) -> float:
+    """RUN_HEARTBEAT_SECONDS, or a `ValueError` naming it."""
+    return _number(settings, "RUN_HEARTBEAT_SECONDS", low=0.5, high=600.0)
+
+
+def run_heartbeat_timeout_seconds(settings: Settings) -> float:
+    """RUN_HEARTBEAT_TIMEOUT_SECONDS, at least three heartbeats, or a `ValueError` naming it."""
+    timeout = _number(settings, "RUN_HEARTBEAT_TIMEOUT_SECONDS", low=5.0, high=86_400.0)
+    interval = run_heartbeat_seconds(settings)
+    if timeout < 3 * interval:
+        raise ValueError(f"RUN_HEARTBEAT_TIMEOUT_SECONDS ({timeout:g}) must be at least three heartbeats "
+                         f"(3 x RUN_HEARTBEAT_SECONDS = {3 * interval:g})")
+    return timeout
+
+
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     """Every resource the code location binds, from the environment with sandbox defaults."""
     settings = settings or load_settings()

@@ -38,7 +38,9 @@ LOAD_TIMEOUT_SECONDS = 180.0  # `dagster dev` on 2 busy cores: webserver, daemon
 STOP_TIMEOUT_SECONDS = 20.0
 LOG_TAIL_LINES = 60
 # The daemons the tests rely on: queued runs start through the first, backfills are driven by the second.
-REQUIRED_DAEMONS = ("QUEUED_RUN_COORDINATOR", "BACKFILL")
+REQUIRED_DAEMONS = ("QUEUED_RUN_COORDINATOR", "BACKFILL", "MONITORING")
+# A killed run worker is found sooner than with the defaults (10 s beats, 120 s timeout): test_run_watch_e2e.
+RUN_HEARTBEAT_SECONDS, RUN_HEARTBEAT_TIMEOUT_SECONDS = 2, 15
 
 LOCATION_QUERY = """
 query {
@@ -140,6 +142,8 @@ def dagster_dev_env(sandbox_url: str, segment_ops_home: Path, dagster_home: Path
         "SEGMENT_OPS_SANDBOX_URL": sandbox_url,
         "DAGSTER_HOME": str(dagster_home),
         "PYTHONUNBUFFERED": "1",
+        "RUN_HEARTBEAT_SECONDS": str(RUN_HEARTBEAT_SECONDS),
+        "RUN_HEARTBEAT_TIMEOUT_SECONDS": str(RUN_HEARTBEAT_TIMEOUT_SECONDS),
     }
     return env
 
