@@ -186,6 +186,12 @@ SETTINGS: tuple[Setting, ...] = (
         default="64",
     ),
     Setting(
+        "HEAP_INBOX_RETENTION_DAYS",
+        "Days an applied Heap sync's pages are kept in the inbox's archive (`inbox/heap/.archive/`) after "
+        "the sensor moved them out of the live inbox; older days are deleted.",
+        default="30",
+    ),
+    Setting(
         "HEAP_DRAIN_POLICY",
         "What a Heap `segment.users.drain` (Heap asks the destination to empty the audience) does: `exit` "
         "sends every member an exit, through the drop guard; `ignore` records the drain and changes nothing.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -19,6 +20,11 @@ import orjson
 
 DONE_MARKER = "done.json"
 CONFLICTS_FOLDER = "conflicts"
+# Batches that were processed move to `<root>/.archive/<YYYY-MM-DD>/<batch>/` (the day they were archived),
+# out of the live folder, so the work of whoever lists the inbox stays proportional to what is new; a day
+# folder is deleted whole once it is older than the retention. Hidden: `batch_folders` never lists it.
+ARCHIVE_FOLDER = ".archive"
+_ARCHIVE_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class InboxError(RuntimeError):
@@ -95,6 +101,60 @@ def batch_folders(root: Path) -> Iterator[Path]:
     for entry in os.scandir(root):
         if entry.is_dir() and not entry.name.startswith("."):
             yield Path(entry.path)
+
+
+def archive_batch(batch: Path, when: datetime | None = None) -> Path:
+    """Move a processed `batch` into its root's archive (one atomic rename, both folders fsynced); returns
+    where it now is. Raises `InboxError` when it cannot be moved (it stays, and is moved next time)."""
+    day = (when or datetime.now(UTC)).date().isoformat()
+    target = batch.parent / ARCHIVE_FOLDER / day / batch.name
+    make_dirs(target.parent)
+    try:
+        os.rename(batch, target)  # onto an existing non-empty folder it fails: never merged
+    except OSError as exc:
+        raise InboxError(f"cannot archive {batch} to {target}: {exc}") from exc
+    fsync_dir(batch.parent)
+    fsync_dir(target.parent)
+    return target
+
+
+def archived_batch(root: Path, name: str) -> Path | None:
+    """Where the archive of `root` keeps the batch `name` (the latest day first), or None. A stat per day
+    folder: at most the retention's days."""
+    for day in reversed(archive_days(root)):
+        if (day / name).is_dir():
+            return day / name
+    return None
+
+
+def archived_batches(root: Path) -> Iterator[Path]:
+    """Every archived batch of `root`, in no order."""
+    for day in archive_days(root):
+        yield from batch_folders(day)
+
+
+def archive_days(root: Path) -> list[Path]:
+    """The day folders of `root`'s archive, oldest first."""
+    archive = root / ARCHIVE_FOLDER
+    if not archive.is_dir():
+        return []
+    return sorted(archive / name for name in os.listdir(archive) if _ARCHIVE_DAY.fullmatch(name))
+
+
+def prune_archive(root: Path, older_than: datetime) -> list[Path]:
+    """Delete the archive's day folders of days before `older_than`'s; returns those deleted. A folder that
+    cannot be deleted raises `InboxError` (the rest stay for the next call)."""
+    cutoff = older_than.date().isoformat()
+    pruned = []
+    for day in archive_days(root):
+        if day.name >= cutoff:
+            break
+        try:
+            shutil.rmtree(day)
+        except OSError as exc:
+            raise InboxError(f"cannot delete the archived {day}: {exc}") from exc
+        pruned.append(day)
+    return pruned
 
 
 def numbered_parts(batch: Path, prefix: str) -> list[tuple[int, Path]]:

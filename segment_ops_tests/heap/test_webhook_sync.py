@@ -69,7 +69,7 @@ def test_every_processed_sync_is_marked_done_and_not_requested_again(heap, insta
     assert all(r.success for r in runs)
     assert again.run_requests == [] and "no complete Heap sync or drain" in again.skip_reason.skip_message
     for sync in pushed["syncs"]:
-        assert (inbox(ops_env).sync_folder(sync["sync_task_id"]) / "done.json").exists()
+        assert inbox(ops_env).is_done(sync["sync_task_id"])
 
 
 @pytest.mark.slow

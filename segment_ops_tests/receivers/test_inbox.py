@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -180,3 +181,16 @@ def test_numbered_parts_take_only_ascii_numbers_anchored_at_the_true_end(tmp_pat
     (tmp_path / name).write_bytes(b"{}")
 
     assert inbox.numbered_parts(tmp_path, "part") == [(1, tmp_path / "part-1.json")]
+
+
+def test_an_archived_batch_leaves_the_live_folder_is_found_and_is_pruned_by_day(tmp_path):
+    batch = tmp_path / "b1"
+    inbox.make_dirs(batch)
+    inbox.write_once(batch / "part-1.json", b"{}")
+    old = datetime.now(UTC) - timedelta(days=40)
+
+    moved = inbox.archive_batch(batch, old)
+
+    assert list(inbox.batch_folders(tmp_path)) == [] and inbox.archived_batch(tmp_path, "b1") == moved
+    assert inbox.prune_archive(tmp_path, datetime.now(UTC) - timedelta(days=30)) == [moved.parent]
+    assert inbox.archived_batch(tmp_path, "b1") is None

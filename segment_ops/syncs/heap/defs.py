@@ -42,6 +42,7 @@ from segment_ops.engine.alerts import StaleSync, stale_sync_message
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
+from segment_ops.receivers.inbox import InboxError
 from segment_ops.resources import (
     AlertsResource,
     PreflightResource,
@@ -62,7 +63,7 @@ from segment_ops.syncs.heap.audiences import (
     load_audiences,
     sync_audience,
 )
-from segment_ops.syncs.heap.inbox import SYNC_PREFIX, Inbox
+from segment_ops.syncs.heap.inbox import DEFAULT_RETENTION, SYNC_PREFIX, Inbox
 from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
 from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
@@ -77,6 +78,7 @@ SCHEDULE_NAME = "heap_reconcile_schedule"
 SYNC_TAG, DRAIN_TAG, AUDIENCE_TAG = ("segment_ops/heap_sync_task", "segment_ops/heap_drain",
                                      "segment_ops/heap_audience")
 MAX_AUTOMATIC_ATTEMPTS = 3
+MAX_RETENTION_DAYS = 3650
 # The Heap Connect tables the default reconcile and identity queries read (heap_audiences.toml).
 CONNECT_TABLES = ("main_production.users", "main_production.segment_members")
 log = logging.getLogger("segment_ops.heap")
@@ -223,6 +225,18 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
     return heap_audience
 
 
+def inbox_retention() -> tuple[timedelta, str | None]:
+    """HEAP_INBOX_RETENTION_DAYS (30 when unset), and why a value that cannot be used was replaced by 30: the
+    sensor reports it and never fails on it."""
+    raw = load_settings()["HEAP_INBOX_RETENTION_DAYS"].strip()
+    if not raw:
+        return DEFAULT_RETENTION, None
+    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_RETENTION_DAYS:
+        return timedelta(days=int(raw)), None
+    return DEFAULT_RETENTION, (f"HEAP_INBOX_RETENTION_DAYS must be a whole number of days from 1 to "
+                               f"{MAX_RETENTION_DAYS}, got {raw[:40]!r}; {DEFAULT_RETENTION.days} used")
+
+
 def drain_policy() -> str:
     """HEAP_DRAIN_POLICY (`exit` when unset); any other value fails the run naming the variable."""
     value = load_settings()["HEAP_DRAIN_POLICY"].strip().lower() or DRAIN_POLICIES[0]
@@ -308,6 +322,17 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         unmigrated = inbox.migrate_old_layout()
         now = datetime.now(UTC)
         requests, held, problems, stale = [], 0, [], []  # problems: (inbox key, what is wrong)
+        # Applied syncs leave the live inbox, so a tick lists what is pending, not every sync ever received.
+        _, unarchived = inbox.archive_applied(now)
+        problems += [(f"archive:{name}", f"the applied Heap sync {name} could not be archived (tried again "
+                                         f"next tick): {why}") for name, why in unarchived]
+        retention, retention_problem = inbox_retention()
+        try:
+            inbox.prune_archive(retention, now)
+        except InboxError as exc:
+            retention_problem = f"archived Heap syncs could not be pruned (tried again next tick): {exc}"
+        if retention_problem:
+            problems.append(("archive:retention", retention_problem))
         for sync in inbox.syncs():
             name = f"Heap sync {sync.sync_task_id!r}"  # any string Heap chose: quoted
             if sync.problem is not None:  # stored by a receiver without today's bounds, or damaged

@@ -34,7 +34,9 @@ from segment_ops.syncs.heap.webhook import (
 #   sync-<key>/conflicts/       copies that disagree with what is stored, kept aside, never applied
 #   drain-<key>/drain.json      one `segment.users.drain` with its signed time (`<key>`: see `store_drain`)
 #   drain-<key>/done.json       written once a run applied it (or recorded it, policy `ignore`)
-# Nothing is deleted: a processed sync keeps its pages beside its done marker.
+#   .archive/<day>/sync-<key>/  an applied sync, moved out by the sensor (`archive_applied`) with its pages
+#                               and done marker; still found by `store` (a late retry is a repeat, not a new
+#                               sync), deleted whole after the retention (`prune_archive`)
 SUMMARY_FILE = "sync.json"
 DRAIN_FILE = "drain.json"
 PAGE = "page"  # page-<n>.json
@@ -45,6 +47,10 @@ MAX_LISTED_MISSING = 20  # missing page numbers a message lists; it counts the r
 # Heap retries only a delivery it saw fail, and it syncs a segment about every 4 hours, so a day-old
 # "retry" of an acknowledged drain is far likelier a second drain (Heap's retry schedule is not documented).
 DRAIN_REPEAT_HORIZON = timedelta(hours=24)
+# How long an applied sync is kept in the archive (HEAP_INBOX_RETENTION_DAYS): far beyond any retry (a
+# retry must be signed within HEAP_WEBHOOK_MAX_AGE_SECONDS) and Heap's 4-hourly syncs, long enough to
+# answer "what did Heap send last week".
+DEFAULT_RETENTION = timedelta(days=30)
 
 class PageConflict(Conflict):
     """A page disagrees with what the inbox already holds for its sync; the first copy is kept. The message
@@ -167,10 +173,13 @@ class Inbox:
           only syncs without `done.json`), a different copy gets 409. Nothing late is silently dropped.
         Raises `InboxError` when the folder cannot be written.
         """
-        folder = self.sync_folder(page.sync_task_id)
+        folder = self._sync_located(page.sync_task_id)
         target = folder / f"{PAGE}-{page.page_number}.json"
         received = received_at or datetime.now(UTC)
         if not target.exists():
+            if folder != self.sync_folder(page.sync_task_id):  # archived: applied, so complete
+                raise _conflict(page, f"its sync was applied and archived without a page {page.page_number}",
+                                durable.keep_aside(target, _content(page)))
             durable.make_dirs(folder)
             self._check_summary(page, target, received)
         record = {
@@ -253,7 +262,7 @@ class Inbox:
     def _sync_applied_since(self, segment_id: int, since: datetime) -> bool:
         """Whether a sync of `segment_id` was marked done after `since` (a stat per sync, a read per newer
         one)."""
-        for folder in self._sync_folders():
+        for folder in (*self._sync_folders(), *durable.archived_batches(self.root)):
             try:
                 done = (folder / DONE_MARKER).stat().st_mtime
             except FileNotFoundError:
@@ -265,15 +274,17 @@ class Inbox:
         return False
 
     def is_done(self, sync_task_id: str) -> bool:
-        return durable.is_done(self.sync_folder(sync_task_id))
+        return durable.is_done(self._sync_located(sync_task_id))
 
     def is_drain_done(self, key: str) -> bool:
         return durable.is_done(self.drain_folder(key))
 
     def syncs(self, *, include_done: bool = False) -> list[InboxSync]:
-        """Every sync in the inbox (not yet processed, unless `include_done`), oldest first."""
+        """Every sync in the inbox (not yet processed, unless `include_done`: then the archived ones too),
+        oldest first."""
         found = []
-        for folder in self._sync_folders():
+        archived = durable.archived_batches(self.root) if include_done else ()
+        for folder in (*self._sync_folders(), *archived):
             done = durable.is_done(folder)
             if done and not include_done:
                 continue
@@ -283,8 +294,36 @@ class Inbox:
         return sorted(found, key=lambda s: (s.first_received, s.sync_task_id))
 
     def sync(self, sync_task_id: str) -> InboxSync | None:
-        folder = self.sync_folder(sync_task_id)
+        folder = self._sync_located(sync_task_id)
         return self._summary(folder, durable.is_done(folder)) if folder.is_dir() else None
+
+    def archive_applied(self, now: datetime | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+        """Move every applied sync (done marker written) out of the live inbox into its archive, so listing
+        the inbox costs what is pending, not everything Heap ever sent. Returns the folders moved and those
+        that could not be, with why (tried again next time)."""
+        moved: list[str] = []
+        failed: list[tuple[str, str]] = []
+        for folder in self._sync_folders():
+            if durable.is_done(folder):
+                try:
+                    durable.archive_batch(folder, now)
+                    moved.append(folder.name)
+                except InboxError as exc:
+                    failed.append((folder.name, str(exc)))
+        return moved, failed
+
+    def prune_archive(self, retention: timedelta = DEFAULT_RETENTION,
+                      now: datetime | None = None) -> list[Path]:
+        """Delete archived syncs older than `retention` (whole days); returns the day folders deleted.
+        Raises `InboxError`."""
+        return durable.prune_archive(self.root, (now or datetime.now(UTC)) - retention)
+
+    def _sync_located(self, sync_task_id: str) -> Path:
+        """The folder holding the sync: the live one, else its archived copy, else the live one to be."""
+        live = self.sync_folder(sync_task_id)
+        if live.is_dir():
+            return live
+        return durable.archived_batch(self.root, live.name) or live
 
     def old_layout_folders(self) -> list[Path]:
         """Folders that are neither a sync nor a drain of this layout: a sync stored under its raw id by a
@@ -345,7 +384,7 @@ class Inbox:
 
     def page_files(self, sync_task_id: str) -> list[Path]:
         """The paths of a sync's stored pages, in page order (for a reader such as DuckDB's `read_json`)."""
-        return [path for _, path in durable.numbered_parts(self.sync_folder(sync_task_id), PAGE)]
+        return [path for _, path in durable.numbered_parts(self._sync_located(sync_task_id), PAGE)]
 
     def pages(self, sync_task_id: str) -> Iterator[dict]:
         """The stored pages of a sync, in page order, one at a time (a page can be megabytes)."""
@@ -354,7 +393,7 @@ class Inbox:
 
     def mark_done(self, sync_task_id: str, info: dict) -> None:
         """Record that the sync was delivered (atomically; a second call keeps the first marker)."""
-        durable.mark_done(self.sync_folder(sync_task_id), info)
+        durable.mark_done(self._sync_located(sync_task_id), info)
 
     def mark_drain_done(self, key: str, info: dict) -> None:
         """Record that the drain was applied or recorded (atomically; a second call keeps the first
