@@ -14,7 +14,7 @@ import dagster as dg
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from segment_ops.clients.base import tls_context
@@ -112,7 +112,7 @@ def _nested(depth: int) -> object:
     return value
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(page=_NUMBERS, total=_NUMBERS, task=st.one_of(st.text(max_size=50), st.integers()),
        ids=st.lists(st.fixed_dictionaries({"id": _IDS}), max_size=4),
        nesting=st.sampled_from([0, 10, 40, 120]))
@@ -188,3 +188,51 @@ def test_a_folder_named_like_a_sync_with_a_trailing_line_break_is_no_sync_of_thi
     (odd / "page-1.json").write_bytes(b"{}")
 
     assert Inbox(tmp_path).old_layout_folders() == [odd]
+
+
+@pytest.mark.parametrize("record", [b"not json", b"[]", b'{"key": "k"}',
+                                    b'{"key": "k", "segment": {"id": 1e300, "name": "x"}, "signed_at": 1, '
+                                    b'"received_at": "2026-01-01T00:00:00+00:00"}',
+                                    b'{"key": "k", "segment": {"id": 5, "name": "x"}, "signed_at": 1e300, '
+                                    b'"received_at": "2026-01-01T00:00:00+00:00"}'])
+def test_an_unreadable_stored_drain_is_reported_and_the_tick_does_not_raise(ops_env, record):
+    folder = Inbox.for_home(ops_env).drain_folder("0" * 32)
+    folder.mkdir(parents=True)
+    (folder / "drain.json").write_bytes(record)
+
+    result = evaluate_sensor(dg.DagsterInstance.ephemeral(), ops_env)
+
+    assert result.run_requests == [] and "drain.json cannot be read" in result.skip_reason.skip_message
+
+
+@pytest.mark.parametrize("key", ["../../etc", "0" * 32 + "\n", "0" * 32 + "/../x", ""])
+def test_a_drain_key_of_another_shape_is_not_in_the_inbox(tmp_path, key):
+    assert Inbox(tmp_path).drain(key) is None
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+
+
+_SEGMENT = st.fixed_dictionaries({}, optional={"id": _JSON, "name": _JSON}) | _JSON
+
+
+@settings(max_examples=40, deadline=None)
+@example(summary={"sync_task_id": "t", "segment": {"id": 5, "name": "x"}, "total_pages": 1,
+                  "first_received": "2026-12-01"}, pages=[1])  # no time zone: naive, never compared
+@given(summary=st.fixed_dictionaries({}, optional={
+    "sync_task_id": _JSON, "segment": _SEGMENT, "total_pages": _JSON,
+    "first_received": _JSON | st.sampled_from(["2026-12-01T00:00:00+00:00", "2026-12-01"])}),
+       pages=st.lists(st.integers(0, 10**15), max_size=4, unique=True))
+def test_listing_syncs_never_raises_whatever_a_stored_summary_holds(tmp_path_factory, summary, pages):
+    root = tmp_path_factory.mktemp("inbox")
+    folder = root / ("sync-" + "a" * 32)
+    folder.mkdir()
+    (folder / "sync.json").write_bytes(orjson.dumps(summary))
+    for number in pages:
+        (folder / f"page-{number}.json").write_bytes(b"{}")
+
+    for sync in Inbox(root).syncs():
+        assert sync.problem is not None or 1 <= sync.total_pages <= MAX_TOTAL_PAGES
+        assert sync.complete in (True, False) and len(sync.missing_pages) <= 20

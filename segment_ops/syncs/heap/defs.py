@@ -362,6 +362,10 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
             if request is not None:
                 requests.append(request)
         for drain in inbox.drains():
+            if drain.problem is not None:
+                problems.append((drain.key, f"Heap drain {drain.key}: {drain.problem}; never applied, left "
+                                            "in the inbox"))
+                continue
             name = f"Heap drain {drain.key} of segment {drain.segment_id}"
             audience = audiences.by_segment(drain.segment_id)
             if audience is None:

@@ -41,7 +41,9 @@ SUMMARY_FILE = "sync.json"
 DRAIN_FILE = "drain.json"
 PAGE = "page"  # page-<n>.json
 SYNC_PREFIX, DRAIN_PREFIX = "sync-", "drain-"
-_SYNC_FOLDER = re.compile(r"sync-[0-9a-f]{32}")  # fullmatch: "sync-<key>\n" is no sync folder
+# Both matched with fullmatch: with `$`, "sync-<key>\n" would pass.
+_SYNC_FOLDER = re.compile(r"sync-[0-9a-f]{32}")
+_DRAIN_KEY = re.compile(r"[0-9a-f]{32}(-[1-9][0-9]{0,8})?")  # DrainRequest.key, then -<generation>
 MAX_LISTED_MISSING = 20  # missing page numbers a message lists; it counts the rest
 # A repeat of an applied drain arriving this long after it was applied (and no sync since) is a new drain:
 # Heap retries only a delivery it saw fail, and it syncs a segment about every 4 hours, so a day-old
@@ -129,6 +131,7 @@ class InboxDrain:
     received_at: datetime
     done: bool
     held: str | None = None  # why it waits for a run with confirm_drop (a repeat after a newer sync)
+    problem: str | None = None  # why it can never be applied (an unreadable drain.json)
 
 
 @dataclass(frozen=True)
@@ -375,12 +378,15 @@ class Inbox:
 
     def drains(self, *, include_done: bool = False) -> list[InboxDrain]:
         """Every stored drain (not yet applied, unless `include_done`), in the order Heap signed them."""
+        # A stat for an applied drain (its done marker), a read only for a pending one.
         found = [d for folder in durable.batch_folders(self.root) if folder.name.startswith(DRAIN_PREFIX)
-                 and (d := self._drain(folder)) is not None and (include_done or not d.done)]
+                 and (include_done or not durable.is_done(folder)) and (d := self._drain(folder)) is not None]
         return sorted(found, key=lambda d: (d.signed_at, d.key))
 
     def drain(self, key: str) -> InboxDrain | None:
-        return self._drain(self.drain_folder(key))
+        """The drain stored under `key` (as a run's config names it), or None; a key of another shape
+        (`../x`) is never made into a path."""
+        return self._drain(self.drain_folder(key)) if _DRAIN_KEY.fullmatch(key) else None
 
     def page_files(self, sync_task_id: str) -> list[Path]:
         """The paths of a sync's stored pages, in page order (for a reader such as DuckDB's `read_json`)."""
@@ -416,6 +422,8 @@ class Inbox:
         try:
             summary = durable.read_json(folder / SUMMARY_FILE)  # a few hundred bytes, whatever pages weigh
             first = datetime.fromisoformat(summary["first_received"])
+            if first.tzinfo is None:
+                raise ValueError(f"first_received {shown(summary['first_received'])} has no time zone")
             # A summary of the older layout may lack the id (its folder name was the id): its pages carry it.
             task = (summary["sync_task_id"] if "sync_task_id" in summary
                     else durable.read_json(files[0][1])["sync_task_id"])
@@ -438,11 +446,22 @@ class Inbox:
         path = folder / DRAIN_FILE
         if not path.exists():
             return None
-        record = durable.read_json(path)
-        return InboxDrain(str(record["key"]), int(record["segment"]["id"]), str(record["segment"]["name"]),
-                          datetime.fromtimestamp(int(record["signed_at"]) / 1000, UTC),
-                          datetime.fromisoformat(record["received_at"]), durable.is_done(folder),
-                          record.get("held"))
+        done = durable.is_done(folder)
+        try:
+            record = durable.read_json(path)
+            segment_id, signed_at = record["segment"]["id"], record["signed_at"]
+            if not _whole(segment_id, 1, MAX_SAFE_INTEGER) or not _whole(signed_at, 0, MAX_SAFE_INTEGER):
+                raise ValueError(f"segment id {shown(segment_id)} or signed_at {shown(signed_at)} is out of "
+                                 "range")
+            return InboxDrain(str(record["key"]), segment_id, str(record["segment"]["name"]),
+                              datetime.fromtimestamp(signed_at / 1000, UTC),
+                              datetime.fromisoformat(record["received_at"]), done, record.get("held"))
+        except (InboxError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            # Never applied: held with why (a run naming it fails on its segment), reported by the sensor.
+            problem = f"its {DRAIN_FILE} cannot be read ({exc})"
+            epoch = datetime.fromtimestamp(0, UTC)
+            return InboxDrain(folder.name.removeprefix(DRAIN_PREFIX), 0, "", epoch, epoch, done, problem,
+                              problem=problem)
 
 
 def _whole(value: object, minimum: int, maximum: int) -> bool:
