@@ -293,11 +293,12 @@ def test_the_sandbox_heap_secret_on_a_public_receiver_fails(ops_env):
 
 def test_the_receivers_public_url_answers_healthz(ops_env, stop_in_background):
     receiver = start_receiver(WebhookConfig(home=ops_env, heap_secret="heap-live-5ecret"))
-    stop_in_background(receiver)
-
-    results = checks("heap_webhook_secret", "heap_receiver", HEAP_WEBHOOK_PUBLIC_URL=receiver.heap_url,
-                     HEAP_WEBHOOK_SECRET="heap-live-5ecret")
-    wrong = checks("heap_receiver", HEAP_WEBHOOK_PUBLIC_URL=f"{receiver.url}/somewhere-else")
+    try:
+        results = checks("heap_webhook_secret", "heap_receiver", HEAP_WEBHOOK_PUBLIC_URL=receiver.heap_url,
+                         HEAP_WEBHOOK_SECRET="heap-live-5ecret")
+        wrong = checks("heap_receiver", HEAP_WEBHOOK_PUBLIC_URL=f"{receiver.url}/somewhere-else")
+    finally:
+        stop_in_background(receiver)  # only once the checks have asked it
 
     assert statuses(results) == {"heap_webhook_secret": Status.PASS, "heap_receiver": Status.PASS}
     assert (wrong["heap_receiver"].status, wrong["heap_receiver"].definitive) == (Status.FAIL, True)
