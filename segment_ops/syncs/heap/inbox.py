@@ -43,7 +43,7 @@ PAGE = "page"  # page-<n>.json
 SYNC_PREFIX, DRAIN_PREFIX = "sync-", "drain-"
 # Both matched with fullmatch: with `$`, "sync-<key>\n" would pass.
 _SYNC_FOLDER = re.compile(r"sync-[0-9a-f]{32}")
-_DRAIN_KEY = re.compile(r"[0-9a-f]{32}(-[1-9][0-9]{0,8})?")  # DrainRequest.key, then -<generation>
+_DRAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a run config's drain key: one plain folder-name part
 MAX_LISTED_MISSING = 20  # missing page numbers a message lists; it counts the rest
 # A repeat of an applied drain arriving this long after it was applied (and no sync since) is a new drain:
 # Heap retries only a delivery it saw fail, and it syncs a segment about every 4 hours, so a day-old
@@ -384,8 +384,8 @@ class Inbox:
         return sorted(found, key=lambda d: (d.signed_at, d.key))
 
     def drain(self, key: str) -> InboxDrain | None:
-        """The drain stored under `key` (as a run's config names it), or None; a key of another shape
-        (`../x`) is never made into a path."""
+        """The drain stored under `key` (as a run's config names it), or None; a key that is no plain name
+        (`../x`, a line break) is never made into a path."""
         return self._drain(self.drain_folder(key)) if _DRAIN_KEY.fullmatch(key) else None
 
     def page_files(self, sync_task_id: str) -> list[Path]:
