@@ -350,10 +350,23 @@ def test_cached_answers_are_keyed_by_a_private_per_home_key_not_a_bare_hash_of_t
     assert set(mine.values()).isdisjoint(c.fingerprint for c in sending_checks(other_home))
 
 
+@pytest.fixture
+def serve(stop_in_background):
+    """`serve(app, name)` serves an ASGI app on a free port for this test; stopped after it."""
+    started = []
+
+    def start(app, name: str):
+        started.append(serve_in_thread(app, name=name))
+        return started[-1]
+
+    yield start
+    for served in started:
+        stop_in_background(served)
+
+
 @pytest.mark.parametrize("sources", ["none", "without writeKeys", "with empty writeKeys"])
 def test_a_token_that_sees_no_write_keys_leaves_the_key_unverified_and_never_refuses(ops_env, clean_sandbox,
-                                                                                    stop_in_background,
-                                                                                    sources):
+                                                                                    serve, sources):
     # The sandbox's own Public API emulator, serving what a token without read access to sources sees.
     listed = {"none": [],
               "without writeKeys": [{k: v for k, v in s.items() if k != "writeKeys"}
@@ -362,9 +375,7 @@ def test_a_token_that_sees_no_write_keys_leaves_the_key_unverified_and_never_ref
                                        for s in workspace_sources(SANDBOX_SEGMENT_WRITE_KEY)]}[sources]
     api = SegmentPublicApi(Recorder(100), lambda start, end: [], token=SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
                            sources=listed)
-    served = serve_in_thread(Starlette(routes=[Mount("/segmentapis", routes=list(api.routes()))]),
-                             name="public api")
-    stop_in_background(served)
+    served = serve(Starlette(routes=[Mount("/segmentapis", routes=list(api.routes()))]), "public api")
 
     [key] = checks("segment_write_key", SEGMENT_PUBLIC_API_URL=f"{served.url}/segmentapis",
                    SEGMENT_PUBLIC_API_TOKEN=SANDBOX_SEGMENT_PUBLIC_API_TOKEN).values()
@@ -408,21 +419,19 @@ def test_audit_events_are_probed_only_while_the_audit_trail_has_a_siem(ops_env, 
     assert public_api_requests(clean_sandbox) - before == 4
 
 
-def serve_webhook(stop_in_background, status: int, body: str) -> str:
+def serve_webhook(serve, status: int, body: str) -> str:
     """A real HTTP endpoint that answers every POST to a webhook-shaped path with `status` and `body`."""
 
     async def answer(request):
         return PlainTextResponse(body, status)
 
-    served = serve_in_thread(Starlette(routes=[Route("/services/{team}/{bot}/{token}", answer,
-                                                     methods=["POST"])]), name="not slack")
-    stop_in_background(served)
-    return served.url
+    return serve(Starlette(routes=[Route("/services/{team}/{bot}/{token}", answer, methods=["POST"])]),
+                 "not slack").url
 
 
 def test_an_endpoint_that_refuses_an_empty_message_unlike_slack_is_a_warning_naming_the_status_only(
-        ops_env, stop_in_background):
-    base = serve_webhook(stop_in_background, 400, "Bad Request: /services/T0/B0/hook5ecretPath0001")
+        ops_env, serve):
+    base = serve_webhook(serve, 400, "Bad Request: /services/T0/B0/hook5ecretPath0001")
     url = base.replace("http://", "http://ops:pa55word@") + "/services/T0/B0/hook5ecretPath0001"
 
     [result] = checks("slack_webhook", ALERT_WEBHOOK_URL=url).values()
