@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from segment_ops.syncs.heap.receiver import WebhookConfig
+from segment_ops.syncs.heap.receiver import WebhookConfig, WebhookConfigError, config_from_env
 from segment_ops.syncs.heap.server import RunningReceiver, start_receiver
 
 SECRET = "test-heap-secret-limits"
@@ -36,6 +36,7 @@ def headers_only(header: str, length: int = 150_000) -> bytes:
 
 @pytest.mark.parametrize(("header", "status"), [
     ("nonsense", b"400"), ("ts:1,hmac:" + "a" * 64, b"400"), ("ts:<now>,hmac:zz", b"403"),
+    ("ts:<now>,hmac:" + "a" * 64 + "," + "x:y," * 1000, b"400"),  # a header of 4 kB
 ])
 def test_a_bad_heap_hash_is_refused_before_the_body_arrives(receiver, header, status):
     """Headers announce a large body that never comes: a malformed header, a stale timestamp or an hmac
@@ -67,3 +68,17 @@ def test_the_healthz_answer_names_no_file_system_path(receiver, tmp_path):
 
     assert answer.json()["ok"] is True
     assert str(tmp_path) not in answer.text and "inbox" not in answer.text
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "1.5"])
+def test_an_unusable_connection_cap_is_refused_naming_the_variable(ops_env, monkeypatch, value):
+    monkeypatch.setenv("HEAP_WEBHOOK_MAX_CONNECTIONS", value)
+
+    with pytest.raises(WebhookConfigError, match="HEAP_WEBHOOK_MAX_CONNECTIONS must be a whole number >= 1"):
+        config_from_env()
+
+
+def test_the_connection_cap_comes_from_the_environment(ops_env, monkeypatch):
+    monkeypatch.setenv("HEAP_WEBHOOK_MAX_CONNECTIONS", "7")
+
+    assert config_from_env().max_connections == 7

@@ -4,8 +4,10 @@ stored in the generic inbox."""
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,3 +229,38 @@ def test_logs_name_the_endpoint_and_hold_no_payload(client, caplog):
     post(client, item("another-secret-ish-value"))
 
     assert "Acme webhook refused (409)" in caplog.text and "secret-ish-value" not in caplog.text
+
+
+def test_a_header_check_refuses_before_the_body_is_read(tmp_path, handled, caplog):
+    def check(headers: Mapping[str, str]) -> None:
+        if "x-acme-token" not in headers:
+            raise Refused(401, "the X-Acme-Token header is missing")
+
+    endpoint = Endpoint("/webhooks/acme", "Acme webhook", verify_acme, acme_handler(tmp_path, handled),
+                        check_headers=check)
+    served = serve_in_thread(build_app([endpoint]), name="acme receiver")
+    try:
+        host, port = served.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"POST /webhooks/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            answer = conn.recv(4096)  # the body is never sent: a read of it would wait
+    finally:
+        served.stop()
+
+    assert answer.startswith(b"HTTP/1.1 401") and handled == []
+    assert "Acme webhook refused (401) before its body was read" in caplog.text
+
+
+def test_a_server_with_a_concurrency_limit_answers_503_beyond_it():
+    served = serve_in_thread(build_app([]), name="acme receiver", limit_concurrency=2)
+    host, port = served.url.removeprefix("http://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5), \
+                socket.create_connection((host, int(port)), timeout=5):
+            time.sleep(0.05)
+            busy = httpx.get(f"{served.url}/healthz", timeout=5).status_code
+        idle = httpx.get(f"{served.url}/healthz", timeout=5).status_code
+    finally:
+        served.stop()
+
+    assert (busy, idle) == (503, 200)

@@ -86,6 +86,8 @@ MAX_COMPACT_FALLBACK_BYTES = 1_000_000
 # orjson.dumps stops at 255) and Heap is not asked to retry a body that can never be stored.
 MAX_NESTING = 32
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: JSON.parse keeps every digit up to here
+# `ts:<13 digits>,hmac:<64 hex>` is 86 characters; extra pairs are allowed (and ignored), within reason.
+MAX_HEADER_CHARS = 1024
 _TIMESTAMP = re.compile(r"[0-9]{1,16}")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 _BASE64_DIGEST = re.compile(r"[A-Za-z0-9+/]{43}=")
@@ -229,6 +231,8 @@ def _matching_secret(keys: Sequence[bytes], message: bytes, digest: bytes) -> in
 def _parse_header(header: str | None) -> tuple[int, str]:
     if header is None or not header.strip():
         raise MalformedHeader("the Heap-Hash header is missing")
+    if len(header) > MAX_HEADER_CHARS:
+        raise MalformedHeader(f"the Heap-Hash header is longer than {MAX_HEADER_CHARS} characters")
     pairs: dict[str, str] = {}
     for part in header.split(","):
         if not part.strip():
