@@ -15,7 +15,10 @@ or the file HEAP_AUDIENCES_FILE names).
   missing, and reported once (a warning in the sensor's log and one message to ALERT_WEBHOOK_URL) when it
   stays incomplete longer than the file's `stale_incomplete_sync_minutes`; a drain the inbox holds (the
   same drain body again after a sync of the segment was applied) is reported once and waits for a run
-  launched with confirm_drop. It reads each pending sync's small `sync.json`, never its pages. The cursor
+  launched with confirm_drop. It reads each pending sync's small `sync.json`, never its pages, and moves
+  applied syncs to the inbox's archive (deleted after HEAP_INBOX_RETENTION_DAYS), so a tick costs what is
+  pending; a sync or drain whose stored summary is unreadable or out of bounds (`total_pages` beyond
+  `MAX_TOTAL_PAGES`) is reported once and never applied: a tick never raises on what is stored. The cursor
   holds what was already reported, so a report is never repeated; an alert that could not be posted is
   tried again on the next tick; `heap_reconcile_schedule` (STOPPED by default: it sends to Segment): the
   reconcile route for every audience, on the file's cron.
@@ -309,7 +312,9 @@ def _inbox_sensor(audiences: AudiencesConfig, job: object) -> dg.SensorDefinitio
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Watches the Heap webhook inbox: one run per complete segment sync (all its pages "
                     "received) and one per drain; inbox folders of the older layout are moved into this "
-                    "one first. An incomplete sync is held, and reported once (log and alert webhook) when "
+                    "one first, applied syncs into the inbox's archive (kept HEAP_INBOX_RETENTION_DAYS), and "
+                    "a stored sync or drain that breaks the receiver's bounds is reported, never applied. "
+                    "An incomplete sync is held, and reported once (log and alert webhook) when "
                     "it stays incomplete longer than "
                     f"{audiences.stale_incomplete_sync_minutes:g} minutes; a held drain (repeated after a "
                     "newer sync) is reported and waits for a run with confirm_drop.",
