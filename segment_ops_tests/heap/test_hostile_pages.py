@@ -236,3 +236,11 @@ def test_listing_syncs_never_raises_whatever_a_stored_summary_holds(tmp_path_fac
     for sync in Inbox(root).syncs():
         assert sync.problem is not None or 1 <= sync.total_pages <= MAX_TOTAL_PAGES
         assert sync.complete in (True, False) and len(sync.missing_pages) <= 20
+
+
+def test_a_page_file_numbered_beyond_the_bounds_is_never_read_by_a_run(tmp_path):
+    inbox = Inbox(tmp_path)
+    inbox.store(SyncPage("s", 1, 1, POWER_USERS, "Power Users", ("a",), ()))
+    (inbox.sync_folder("s") / f"page-{10**12}.json").write_bytes(b"{}")
+
+    assert [p.name for p in inbox.page_files("s")] == ["page-1.json"]

@@ -390,7 +390,9 @@ class Inbox:
 
     def page_files(self, sync_task_id: str) -> list[Path]:
         """The paths of a sync's stored pages, in page order (for a reader such as DuckDB's `read_json`)."""
-        return [path for _, path in durable.numbered_parts(self._sync_located(sync_task_id), PAGE)]
+        # Within the receiver's bounds: a file numbered beyond them was never written by it.
+        return [path for n, path in durable.numbered_parts(self._sync_located(sync_task_id), PAGE)
+                if 1 <= n <= MAX_TOTAL_PAGES]
 
     def pages(self, sync_task_id: str) -> Iterator[dict]:
         """The stored pages of a sync, in page order, one at a time (a page can be megabytes)."""
