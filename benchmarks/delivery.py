@@ -2,9 +2,14 @@
 
 Prints messages/s and peak RSS for N identify calls sent through `segment-ops replay` (each size in
 its own process, measured with wait4), the delivery phase alone (the engine sending an already planned
-ledger: the part comparable to the official library, which keeps no ledger), and the same N_OFFICIAL
-calls sent by segment-analytics-python with its default settings, all against one sandbox process on
-localhost. Every run is checked against the sandbox's recorder: all messages arrived, none twice.
+ledger: the part comparable to the official library, which keeps no ledger), once more with each batch's
+answer fsynced (`record_each_batch`, as the SIEM forwarding sends), and the same N_OFFICIAL calls sent by
+segment-analytics-python with its default settings, all against one sandbox process on localhost. Every
+run is checked against the sandbox's recorder: all messages arrived, none twice.
+
+Then what a crash costs: the delivery phase of the first size is SIGKILLed once the sandbox has a
+quarter, a half and three quarters of it, run again each time; the sandbox counts what arrived twice
+(Segment drops those by messageId; a destination without dedupe would index them twice).
 
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python benchmarks/delivery.py                 # 100k and 1M
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +36,7 @@ from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 
 TARGET_RATIO = 10.0
 TARGET_RSS_MB = 300.0
+KILL_AT = (0.25, 0.5, 0.75)  # shares of the run received when `segment-ops replay` is SIGKILLed
 
 
 def main() -> int:
@@ -59,11 +66,16 @@ def main() -> int:
                 _check_delivered(base, n, f"replay {n:,}")
                 results.append((f"segment-ops replay, {n:,} identify", n, seconds, rss))
             n = sizes[0]
-            _reset(base)
-            script = _deliver_only_script(base, work / f"identify_{n}.jsonl", work / "deliver_only")
-            seconds, rss = _run_measured([sys.executable, "-c", script], env={})
-            _check_delivered(base, n, f"delivery phase {n:,}")
-            delivery_only = (f"engine delivery phase only, {n:,} identify", n, seconds, rss)
+            phases = []
+            for fsync, label in ((False, "engine delivery phase only"),
+                                 (True, "delivery phase, record_each_batch")):
+                _reset(base)
+                script = _deliver_only_script(base, work / f"identify_{n}.jsonl", work / f"deliver_{fsync}",
+                                              record_each_batch=fsync)
+                seconds, rss = _run_measured([sys.executable, "-c", script], env={})
+                _check_delivered(base, n, f"{label} {n:,}")
+                phases.append((f"{label}, {n:,} identify", n, seconds, rss))
+            crash = _crash_and_resume(base, work / f"identify_{n}.jsonl", work / "crash", n)
             _reset(base)
             seconds, rss = _run_measured([sys.executable, "-c", _official_script(base, args.official)],
                                          env={})
@@ -76,9 +88,15 @@ def main() -> int:
 
     official_rate = official[1] / official[2]
     print(f"\n{'run':<52} {'msg/s':>10} {'seconds':>8} {'peak RSS MB':>12} {'vs official':>12}")
-    for name, n, seconds, rss in [*results, delivery_only, official]:
+    for name, n, seconds, rss in [*results, *phases, official]:
         rate = n / seconds
         print(f"{name:<52} {rate:>10,.0f} {seconds:>8.1f} {rss:>12.0f} {rate / official_rate:>11.1f}x")
+    print()
+    for killed_at, twice in crash:
+        print(f"delivery of {n:,} SIGKILLed at {killed_at:,} received, run again: {twice:,} sent twice")
+    total = sum(twice for _, twice in crash)
+    print(f"{len(crash)} kills: {total:,} sent twice, {total / len(crash):,.0f} a kill "
+          f"({total / len(crash) / n:.2%} of the run)")
     print()
     ok = True
     for name, n, seconds, rss in results:
@@ -103,7 +121,37 @@ def _write_identify_file(path: Path, n: int) -> Path:
     return path
 
 
-def _deliver_only_script(base: str, path: Path, home: Path) -> str:
+def _crash_and_resume(base: str, path: Path, home: Path, n: int,
+                      kill_at: tuple[float, ...] = KILL_AT) -> list[tuple[int, int]]:
+    """Deliver `path` (planned first, as in the delivery phase), SIGKILLed once the sandbox has each share of
+    `kill_at` of it, then to the end: per kill, (received when killed, messages that then arrived twice)."""
+    _reset(base)
+    kills, duplicates = [], 0
+    for share in (*kill_at, None):
+        command = [sys.executable, "-c", _deliver_only_script(base, path, home, plan=not kills)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while share is not None and process.poll() is None and _stats(base)["received"] < n * share:
+            time.sleep(0.005)
+        if share is not None:
+            process.send_signal(signal.SIGKILL)
+        process.wait()
+        stats = _stats(base)
+        if kills:  # what the run after a kill sent twice
+            kills[-1] = (kills[-1][0], stats.get("duplicates", 0) - duplicates)
+        duplicates = stats.get("duplicates", 0)
+        if share is not None:
+            kills.append((stats["received"], 0))
+    if stats["received"] != n:
+        raise SystemExit(f"crash and resume: sandbox received {stats['received']:,} unique, expected {n:,}")
+    return kills
+
+
+def _stats(base: str) -> dict:
+    return httpx.get(f"{base}/__sandbox__/stats").json()["segment"]
+
+
+def _deliver_only_script(base: str, path: Path, home: Path, *, record_each_batch: bool = False,
+                         plan: bool = True) -> str:
     # Plans first (untimed), then times deliver_pending alone and prints its seconds for the parent.
     return textwrap.dedent(f"""
         import sys, time
@@ -115,10 +163,11 @@ def _deliver_only_script(base: str, path: Path, home: Path) -> str:
         from segment_ops.engine.store import staging
         with staging(Path({str(home)!r}) / "replay.duckdb") as con:
             ledger = Ledger(con)
-            plan_file(ledger, Path({str(path)!r}))
+            if {plan!r}:
+                plan_file(ledger, Path({str(path)!r}))
             client = SegmentTrackingClient({base + "/segment"!r}, {SANDBOX_SEGMENT_WRITE_KEY!r})
             started = time.perf_counter()
-            deliver_pending(ledger, "replay", client)
+            deliver_pending(ledger, "replay", client, record_each_batch={record_each_batch!r})
             print(f"DELIVERY_SECONDS={{time.perf_counter() - started}}")
     """)
 
@@ -158,7 +207,7 @@ def _run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float
 
 
 def _check_delivered(base: str, n: int, label: str) -> None:
-    stats = httpx.get(f"{base}/__sandbox__/stats").json()["segment"]
+    stats = _stats(base)
     unique, duplicates = stats["received"], stats.get("duplicates", 0)
     if unique != n:
         raise SystemExit(f"{label}: sandbox received {unique:,} unique messages, expected {n:,}")

@@ -239,25 +239,30 @@ def _deliver(ledger: Ledger, sync: str, client: Destination, report: DeliveryRep
         with lock:
             report.retries += 1
 
-    def send(batch: list[Message]) -> tuple[list[Outcome], VendorFatalError | None]:
+    def send(batch: list[Message], number: int) -> tuple[list[Outcome], VendorFatalError | None]:
         outcomes: list[Outcome] = []
+        stopped = None
         try:
             _send_isolating(client, batch, count_retry, report, lock, outcomes)
         except VendorFatalError as exc:  # what was taken before it is in `outcomes`, and is recorded
-            return outcomes, exc
-        return outcomes, None
+            stopped = exc
+        if journal is not None:  # at once, not when the main thread gets to it
+            journal.answered(number, outcomes)
+        return outcomes, stopped
 
     in_flight: dict[Future[tuple[list[Outcome], VendorFatalError | None]], int] = {}  # -> journal batch
     fatal: VendorFatalError | None = None
     unlogged: list[Outcome] = []
+    unlogged_batches: list[int] = []
     last_flush = time.monotonic()
 
     def flush() -> None:
         nonlocal last_flush
         _record(ledger, sync, unlogged, client.name, run_id)
         if journal is not None:
-            journal.flushed()
+            journal.flushed(unlogged_batches)
         unlogged.clear()
+        unlogged_batches.clear()
         last_flush = time.monotonic()
 
     def drain(block_until_below: int) -> None:
@@ -265,10 +270,8 @@ def _deliver(ledger: Ledger, sync: str, client: Destination, report: DeliveryRep
         while len(in_flight) >= block_until_below and in_flight:
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                number = in_flight.pop(future)
+                unlogged_batches.append(in_flight.pop(future))
                 outcomes, stopped = future.result()
-                if journal is not None:
-                    journal.answered(number, outcomes)
                 fatal = fatal or stopped
                 _count(outcomes, report)
                 unlogged.extend(outcomes)
@@ -282,7 +285,7 @@ def _deliver(ledger: Ledger, sync: str, client: Destination, report: DeliveryRep
                 if fatal is not None:
                     break
                 number = journal.handed_over([seq for seq, _ in batch]) if journal is not None else 0
-                in_flight[pool.submit(send, batch)] = number
+                in_flight[pool.submit(send, batch, number)] = number
             if fatal is not None:
                 break
         drain(1)

@@ -102,55 +102,71 @@ def _outcome(row: list) -> tuple:
 
 
 class Journal:
-    """The journal one delivery appends to: `handed_over` before a batch is sent, `answered` once its outcomes
-    are known, `flushed` once they are in the ledger (the file is cut back to its header), `close` at the
-    end (`remove=True`: everything reached the ledger, so the file goes)."""
+    """The journal one delivery writes: `handed_over` before a batch is sent, `answered` (from the thread that
+    sent it) as soon as its outcomes are known, `flushed` once some batches' outcomes are in the ledger (the
+    file is written anew without them), `close` at the end (`remove=True`: everything reached the ledger).
+    Thread-safe."""
 
     def __init__(self, path: Path, *, sync: str, mark: int, destination: str, run_id: str | None,
                  fsync: bool = False) -> None:
         self.path, self.fsync, self._batches = path, fsync, 0
-        self._open: dict[int, list[int]] = {}  # batches handed over, not answered yet
+        self._lock = threading.Lock()
+        self._lines: dict[int, bytes] = {}  # per batch not yet in the ledger: its latest line
         with _LIVE_LOCK:
             _LIVE.add(path)
-        header = orjson.dumps({"sync": sync, "mark": mark, "destination": destination, "run_id": run_id,
-                               "v": VERSION}) + b"\n"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-        self._header = len(header)
-        self._append(header, sync_to_disk=fsync)
+        self._header = orjson.dumps({"sync": sync, "mark": mark, "destination": destination, "run_id": run_id,
+                                     "v": VERSION}) + b"\n"
+        self._fd = self._write_anew()
 
     def handed_over(self, seqs: Sequence[int]) -> int:
         """Note a batch about to be sent; returns its number, for `answered`."""
-        self._batches += 1
-        self._open[self._batches] = list(seqs)
-        self._append(self._sent(self._batches), sync_to_disk=False)
-        return self._batches
+        with self._lock:
+            self._batches += 1
+            line = self._lines[self._batches] = orjson.dumps({"b": self._batches, "sent": list(seqs)}) + b"\n"
+            self._append(line, sync_to_disk=False)
+            return self._batches
 
     def answered(self, batch: int, outcomes: Sequence[tuple]) -> None:
         """Note batch `batch`'s outcomes (as `Ledger.log_outcomes` takes them), in one write."""
-        self._open.pop(batch, None)
-        self._append(orjson.dumps({"b": batch, "done": outcomes}) + b"\n", sync_to_disk=self.fsync)
+        line = orjson.dumps({"b": batch, "done": outcomes}) + b"\n"
+        with self._lock:
+            self._lines[batch] = line
+            self._append(line, sync_to_disk=self.fsync)
 
-    def flushed(self) -> None:
-        """Every answer noted so far is in the ledger: cut the file back to its header, and note again the
-        batches still on the wire."""
-        os.ftruncate(self._fd, self._header)
-        if self._open:
-            self._append(b"".join(self._sent(batch) for batch in self._open), sync_to_disk=False)
-        if self.fsync:
-            os.fsync(self._fd)
+    def flushed(self, batches: Sequence[int]) -> None:
+        """The outcomes of `batches` are in the ledger: write the file anew without them (atomically, by
+        rename), keeping the batches on the wire and those answered since."""
+        with self._lock:
+            for batch in batches:
+                self._lines.pop(batch, None)
+            old, self._fd = self._fd, self._write_anew()
+            os.close(old)
 
     def close(self, *, remove: bool) -> None:
-        os.close(self._fd)
-        if remove:
-            self.path.unlink(missing_ok=True)
+        with self._lock:
+            os.close(self._fd)
+            if remove:
+                self.path.unlink(missing_ok=True)
         with _LIVE_LOCK:
             _LIVE.discard(self.path)
 
-    def _sent(self, batch: int) -> bytes:
-        return orjson.dumps({"b": batch, "sent": self._open[batch]}) + b"\n"
+    def _write_anew(self) -> int:
+        """The header and the lines still needed, in a new file renamed over the journal; its descriptor."""
+        fresh = self.path.with_name(self.path.name + ".new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        self._fd = fd
+        self._append(self._header + b"".join(self._lines.values()), sync_to_disk=self.fsync)
+        os.replace(fresh, self.path)
+        if self.fsync:  # the rename too
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        return fd
 
     def _append(self, data: bytes, *, sync_to_disk: bool) -> None:
-        # O_APPEND, one writer: a kill leaves every line whole but perhaps the last, cut short.
+        # O_APPEND, one write at a time: a kill leaves every line whole but perhaps the last, cut short.
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]

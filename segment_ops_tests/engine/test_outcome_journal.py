@@ -253,3 +253,19 @@ def test_a_delivery_leaves_no_journal(ledger, tmp_path):
     report = deliver_pending(ledger, SYNC, Takes())
 
     assert report.delivered == 5 and not list((tmp_path / "staging").glob("*.outcomes.jsonl"))
+
+
+def test_a_flush_keeps_in_the_journal_the_batches_not_yet_in_the_ledger(ledger):
+    ledger.add_planned(SYNC, [PlannedMessage(f"m{i}", f"k{i}", "x", b'{"n":%d}' % i) for i in range(3)])
+    journal = ledger.journal(SYNC, destination="segment", run_id=None)
+    first, second, third = (journal.handed_over([seq]) for seq in (1, 2, 3))
+    journal.answered(first, [(1, DELIVERED, 1, None)])
+    journal.answered(second, [(2, DELIVERED, 1, None)])  # answered, but the flush below predates it
+    ledger.log_outcomes(SYNC, [(1, DELIVERED, 1, None)])
+    journal.flushed([first])
+    journal.close(remove=False)
+
+    ledger.recover()
+
+    assert statuses(ledger) == {1: DELIVERED, 2: DELIVERED, 3: PENDING}
+    assert (ledger.recovered[SYNC].outcomes, ledger.recovered[SYNC].in_flight) == (1, 1)
