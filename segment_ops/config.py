@@ -235,6 +235,13 @@ SETTINGS: tuple[Setting, ...] = (
         "kept in the sync's state, so acks of an earlier run can still be polled.",
     ),
     Setting(
+        "AUDIT_TRAIL_LATENESS_HOURS",
+        "How far back (hours) the audit trail keeps looking for audit events that the Public API lists late: "
+        "the sensor re-probes those hours and a sweep run re-reads them (forwarding only what is new), so an "
+        "event listed up to this long after its time still reaches the SIEM.",
+        default="72",
+    ),
+    Setting(
         "SIEM_JSONL_URL",
         "Optional second SIEM destination: a URL taking newline-delimited JSON audit events (unset: off).",
     ),

@@ -17,6 +17,7 @@ from segment_ops.resources import SplunkHecResource, build_resources
 from segment_ops.sandbox.server import RunningSandbox
 from segment_ops.syncs.audit_trail.defs import (  # noqa: F401 - complete_hours is shared with the tests
     PARTITIONS,
+    audit_events_sensor,
     complete_hours,
     segment_audit_events,
     siem_audit_events,
@@ -48,6 +49,14 @@ def run_hour(resources: dict, key: str, instance: dg.DagsterInstance | None = No
              **kwargs: object) -> dg.ExecuteInProcessResult:
     return dg.materialize([segment_audit_events, siem_audit_events], partition_key=key, resources=resources,
                           instance=instance, raise_on_error=False, **kwargs)
+
+
+def tick(instance: dg.DagsterInstance, resources: dict, cursor: str | None) -> dg.SensorResult:
+    """One evaluation of the audit-events sensor on `resources`, from `cursor`."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"segment_public_api": resources["segment_public_api"],
+                                                 "staging": resources["staging"]})
+    return audit_events_sensor(context)
 
 
 def metadata(result: dg.ExecuteInProcessResult, node: str = FORWARD_NODE) -> dict:

@@ -18,8 +18,10 @@ Choices where the spec is silent or unverified:
 - Rate limit: a fixed 60 s window of `rate_limit_per_min` points per token, one point per request (the
   600/min figure is a third-party claim). `X-RateLimit-*` headers are on every answer; a 429 has the
   documented body with `msBeforeNext` and no `Retry-After`, which Segment does not guarantee (spec §7).
-- Events are sorted newest first (then by id). `startTime` is exclusive, `endTime` inclusive and
-  capped at now; a `startTime` older than the 90-day retention is clamped to it.
+- Events are sorted newest first (then by id), or oldest first after the sandbox-only
+  `POST /segmentapis/__sandbox__/audit-order` `{"order": "oldest"}` (Segment documents no order, spec §7;
+  `reset` restores newest first). `startTime` is exclusive, `endTime` inclusive and capped at now; a
+  `startTime` older than the 90-day retention is clamped to it.
 - The cursor is opaque base64 of (offset, window, filters). The first page fixes `endTime`, so the
   walk is stable while new events arrive; the cursor's window and filters win over repeated params.
 - Error types: `RequestError` for 4xx, `ServerError` for 5xx.
@@ -93,12 +95,14 @@ class SegmentPublicApi:
         self._window = _PointsWindow(rate_limit_per_min)
         self._injected: list[dict] = []
         self._ids = itertools.count(1)
+        self._oldest_first = False
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route("/audit-events", self._audit_events, methods=["GET"]),
                 Route("/sources", self._sources, methods=["GET"]),
                 Route("/destinations", self._destinations, methods=["GET"]),
-                Route("/delivery-overview/{step}", self._delivery_overview, methods=["GET"])]
+                Route("/delivery-overview/{step}", self._delivery_overview, methods=["GET"]),
+                Route("/__sandbox__/audit-order", self._audit_order, methods=["POST"])]
 
     def fault_response(self, status: int, retry_after: int) -> Response:
         if status == 429:
@@ -108,6 +112,7 @@ class SegmentPublicApi:
     def reset(self) -> None:
         self._window = _PointsWindow(self._window.limit)
         self._injected.clear()
+        self._oldest_first = False
         self.pipeline.reset()
 
     def inject(self, partial_events: list[dict]) -> list[dict]:
@@ -150,6 +155,14 @@ class SegmentPublicApi:
         return json_response(
             {"data": {"events": page, "pagination": pagination}}, headers=self._window.headers()
         )
+
+    async def _audit_order(self, request: Request) -> Response:
+        """Sandbox-only: `{"order": "newest" | "oldest"}` sets the order `/audit-events` lists in."""
+        order = (await request.json()).get("order")
+        if order not in ("newest", "oldest"):
+            return _error(400, "RequestError", "order must be 'newest' or 'oldest'", field="order")
+        self._oldest_first = order == "oldest"
+        return json_response({"order": order})
 
     async def _sources(self, request: Request) -> Response:
         if refused := self._admit(request):
@@ -196,7 +209,7 @@ class SegmentPublicApi:
         return None
 
     def _events(self, query: _Query) -> list[dict]:
-        """All events in (start, end] matching the filters, newest first."""
+        """All events in (start, end] matching the filters, newest first (or oldest first)."""
         if query.start >= query.end:
             return []
         injected = [e for e in self._injected if query.start < _parse_time(e["timestamp"]) <= query.end]
@@ -205,7 +218,8 @@ class SegmentPublicApi:
             events = [e for e in events if e.get("resourceId") == query.resource_id]
         if query.resource_type is not None:
             events = [e for e in events if e.get("resourceType") == query.resource_type]
-        return sorted(events, key=lambda e: (_parse_time(e["timestamp"]), e["id"]), reverse=True)
+        return sorted(events, key=lambda e: (_parse_time(e["timestamp"]), e["id"]),
+                      reverse=not self._oldest_first)
 
     def _too_many(self, ms_before_next: float) -> Response:
         body = {

@@ -15,29 +15,39 @@
   on its own channel: the one kept in `hec_channel`, or `SPLUNK_HEC_CHANNEL`), then sends, then polls for
   at most `ack_settle_seconds`; what is still unacknowledged `SPLUNK_HEC_ACK_TIMEOUT_SECONDS` after it was
   sent is sent again, and so is what HEC can no longer acknowledge because it forgot the channel.
-- `audit_events_sensor` probes the newest hours every few minutes (one event per probe) and starts a
-  run for an hour whose newest event changed, never while a run of that hour is queued or running. While
-  acks are awaited and nothing else runs, it starts a run of the newest complete hour each tick, so acks
-  are polled and timed-out batches re-sent on a quiet workspace too.
+- `audit_events_sensor` (every 3 minutes) keeps every hour of the lateness horizon
+  (`AUDIT_TRAIL_LATENESS_HOURS`, 72 by default) forwarded, whatever order the Public API lists in (spec §7):
+  it fingerprints one page of each probed hour (the newest two each tick, six older ones in turn) as a set
+  of ids and timestamps, and starts a run for an hour whose listing changed (a late event, an older
+  timestamp), never while a run of that hour is queued or running; once an hour it starts a sweep run that
+  re-reads the whole horizon as one range (what no probe could see: an hour of more than a page). The
+  sensor only probes; reading is done in runs (sensor evaluations are cut off after 60 s). Each run it
+  requested stays in its cursor until the run succeeded: a failed or canceled run is requested again on
+  the next tick, with a new run key, up to `MAX_ATTEMPTS` times (then the next sweep reads its hours).
+  While acks are awaited and nothing else runs, it starts a run of the newest complete hour each tick, so
+  acks are polled and timed-out batches re-sent on a quiet workspace too.
   `audit_trail_safety_net` (hourly, off by default) re-reads the last two complete hours.
 
 Windows are (start, end] as the Public API reads them (spec §2: startTime exclusive), so consecutive
-hours tile time without overlap or hole. A backfill runs up to a day of hours per run
-(`BACKFILL_POLICY`): one paginated read covers the range (the client honours the Public API's rate
-limit), and starting a run costs seconds while an hour of audit events is a page or two. A range is
+hours tile time without hole; since both edges may be exclusive (spec §7), each hour is read from a second
+before its start (`WINDOW_OVERLAP`) and the overlap is deduped by event id. A backfill runs up to a day of
+hours per run (`BACKFILL_POLICY`): one paginated read covers the range (the client honours the Public API's
+rate limit), and starting a run costs seconds while an hour of audit events is a page or two. A range is
 recorded in `forwarded_windows` hour by hour, so the gap check sees it exactly as 24 one-hour runs. An hour
 gets its row only once none of its events is pending or awaiting an ack: a later run that settles the acks
-adds it (`read_windows` keeps which hours were read). The sensor and the safety net still start one run per
-hour, so a failed recent hour stays independent.
+adds it (`read_windows` keeps which hours were read). The sensor's probes and the safety net start one run
+per hour, so a failed recent hour stays independent; only the sweep reads the horizon as one range.
 """
 
+import hashlib
 import json
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 import dagster as dg
@@ -46,6 +56,7 @@ import orjson
 
 from segment_ops.clients.base import RetryPolicy, VendorError, VendorFatalError
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
+from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.delivery import (
     DeliveryError,
@@ -79,7 +90,14 @@ PARTITIONS_START = "2026-08-01-00:00"
 PARTITIONS = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
 # Backfills: at most a day of hours per run (runs queue one at a time behind the staging pool).
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
-SENSOR_HOURS = 2  # the newest hours the sensor probes (the current one and the one before)
+SENSOR_HOURS = 2  # the newest hours the sensor probes every tick (the current one and the one before)
+OLDER_PROBES_PER_TICK = 6  # older hours of the lateness horizon probed per tick, in turn (72 h: every 36 min)
+PROBE_PAGE = 200  # one page of `GET /audit-events` per probed hour (pagination.count <= 200, spec §2)
+MAX_ATTEMPTS = 3  # runs of one sensor request (the first and two retries); then the hourly sweep covers it
+OPEN_REQUEST_TTL = timedelta(hours=6)  # a requested run never launched in this time is forgotten
+REQUEST_TAG = "segment_ops/audit_request"  # the sensor's run key of the request, on the run it made
+# startTime/endTime may both be exclusive (spec §7): windows are read this much early, events deduped by id.
+WINDOW_OVERLAP = timedelta(seconds=1)
 # Seconds between ticks; also how often acks are polled while awaited (HEC forgets idle channels at 600 s).
 SENSOR_INTERVAL = 180
 SAFETY_NET_HOURS = 2  # complete hours the schedule re-reads
@@ -220,8 +238,11 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
         INSERT INTO read_windows SELECT h, least(h + INTERVAL 1 HOUR, $end), $run_id, now()
         FROM (SELECT unnest(generate_series($start, $end, INTERVAL 1 HOUR)) AS h) WHERE h < $end
         """, {"start": start, "end": end, "run_id": run_id})
+    # With the pull's overlap (WINDOW_OVERLAP): an event at the very end of the hour before, staged by this
+    # run's read, is planned here too (the ledger plans an id once).
     events = [orjson.loads(row[0]) for row in con.execute(
-        "SELECT event FROM audit_events WHERE ts > ? AND ts <= ? ORDER BY ts, id", [start, end]).fetchall()]
+        "SELECT event FROM audit_events WHERE ts > ? AND ts <= ? ORDER BY ts, id",
+        [start - WINDOW_OVERLAP, end]).fetchall()]
     redacted = [rules.redact(e) if rules else e for e in events]
     report = ForwardReport(start, end, events=len(events))
     for destination in destinations:
@@ -401,7 +422,8 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
     client = segment_public_api.get_client()
     try:
         with store.staging(staging.staging_db(STAGING_SYNC)) as con:
-            report = pull_window(client, con, window.start, end, run_id=context.run.run_id)
+            # Read a second early: the Public API's edges may both be exclusive (spec §7); staging dedupes.
+            report = pull_window(client, con, window.start - WINDOW_OVERLAP, end, run_id=context.run.run_id)
     except VendorError as exc:
         raise dg.Failure(description=str(exc), metadata={"window_start": window.start.isoformat()}) from None
     finally:
@@ -545,50 +567,166 @@ audit_trail_job = dg.define_asset_job(
 
 @dg.sensor(job=audit_trail_job, minimum_interval_seconds=SENSOR_INTERVAL,
            default_status=dg.DefaultSensorStatus.RUNNING,
-           description=f"Every 3 minutes, probes the newest {SENSOR_HOURS} hours of the audit trail (one "
-                       "event each) and starts a run for an hour whose newest event changed; while HEC "
-                       "acks are awaited and no run is going, starts a run of the newest complete hour "
-                       "so they are polled, and those past the ack timeout sent again, without waiting "
-                       "for new events.")
+           description=f"Every 3 minutes: starts a run for an hour of the lateness horizon "
+                       f"(AUDIT_TRAIL_LATENESS_HOURS) whose listing changed (the newest {SENSOR_HOURS} hours "
+                       f"each tick, {OLDER_PROBES_PER_TICK} older ones in turn; one page each, whatever the "
+                       "Public API's order), starts again a run it requested that failed (up to "
+                       f"{MAX_ATTEMPTS} attempts), and once an hour a sweep run that re-reads the whole "
+                       "horizon (forwarding only what is new). While HEC acks are awaited and no run is "
+                       "going, starts a run of the newest complete hour so they are polled.")
 def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api: SegmentPublicApiResource,
                         staging: StagingResource) -> dg.SensorResult:
     now = datetime.now(UTC)
-    keys = PARTITIONS.get_partition_keys(current_time=now)[-SENSOR_HOURS:]
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    requests, notes, probed = [], [], True
+    state = SensorState.load(context.cursor)
+    keys = PARTITIONS.get_partition_keys(current_time=now)
+    horizon = lateness_horizon()
+    older = [k for k in keys[:-SENSOR_HOURS]
+             if PARTITIONS.time_window_for_partition_key(k).end > now - horizon]
+    requests, notes = follow_up_requests(context.instance, state, now)
+    reachable = True
     # Sensor evaluations time out after 60 s: probe with a short retry budget, not the runs' 300 s.
     client = SegmentPublicApiClient(segment_public_api.base_url, segment_public_api.token, timeout=10.0,
                                     retry=SENSOR_RETRY)
     try:
-        for key in keys:
+        for key in keys[-SENSOR_HOURS:] + state.older_in_turn(older):
             window = PARTITIONS.time_window_for_partition_key(key)
-            # Newest first (spec §2, assumed): one event of count=1 says whether anything new arrived.
-            newest = next(iter(client.iter_audit_events(window.start, min(window.end, now), page_size=1)),
-                          None)
-            if newest is None or seen.get(key) == newest["id"]:
+            listing = listing_fingerprint(client, window.start - WINDOW_OVERLAP, min(window.end, now))
+            if listing == state.prints.get(key):
+                continue
+            if key not in state.prints and key in older:  # first look: a baseline (the sweep reads it)
+                state.prints[key] = listing
                 continue
             if _run_in_flight(context.instance, key):
                 notes.append(f"{key}: a run is already queued or running; looking again next tick")
-                continue  # cursor not advanced, so the next tick asks again
-            requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}:{newest['id']}",
-                                          tags={"segment_ops/trigger": "audit_events_sensor"}))
-            seen[key] = newest["id"]
+                continue  # fingerprint not kept, so the next tick asks again
+            requests.append(state.request(RequestedRun(partition=key, label=listing), now))
+            state.prints[key] = listing
     except VendorError as exc:
-        requests, probed = [], False
+        reachable = False  # fingerprints kept as they were, so the next tick asks again
         notes.append(f"Public API probe failed: {exc}")
     finally:
         client.close()
+    sweep = [*older, *keys[-SENSOR_HOURS:-1]]  # the complete hours of the horizon
+    if reachable and sweep and state.swept != keys[-1] and not state.sweep_open():
+        requests.append(state.request(RequestedRun(range=(sweep[0], sweep[-1]), label=keys[-1]), now))
+        state.swept = keys[-1]
     if not requests:
         settle = _settle_request(context.instance, staging.staging_db(STAGING_SYNC), now)
         if isinstance(settle, dg.RunRequest):
             requests.append(settle)
         elif settle:
             notes.append(settle)
-    # only the probed hours: stays small; a failed probe keeps the cursor, so the next tick asks again
-    cursor = json.dumps({k: v for k, v in seen.items() if k in keys}) if probed else context.cursor
-    skip = None if requests else dg.SkipReason("; ".join(notes)
-                                               or f"no new audit events in {', '.join(keys)}")
-    return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=cursor)
+    state.prints = {k: v for k, v in state.prints.items() if k in older or k in keys[-SENSOR_HOURS:]}
+    skip = None if requests else dg.SkipReason("; ".join(notes) or "no change in the audit trail's hours")
+    return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=state.dump())
+
+
+def lateness_horizon() -> timedelta:
+    """AUDIT_TRAIL_LATENESS_HOURS: how long after its time an event may still be listed and forwarded."""
+    raw = load_settings()["AUDIT_TRAIL_LATENESS_HOURS"]
+    try:
+        hours = float(raw)
+    except ValueError:
+        raise ValueError(f"AUDIT_TRAIL_LATENESS_HOURS must be a number of hours, not {raw!r}") from None
+    return timedelta(hours=min(max(hours, float(SENSOR_HOURS)), 90 * 24.0))  # spec §2: 90 days kept
+
+
+def listing_fingerprint(client: SegmentPublicApiClient, start: datetime, end: datetime) -> str:
+    """A short digest of what the Public API lists in (start, end]: one page of up to 200 events (spec §2),
+    their count, ids and timestamps as a set, so it does not depend on the listing's order (spec §7). An
+    hour of more than 200 events gets a digest of its first page; the hourly sweep reads the rest."""
+    page = list(islice(client.iter_audit_events(start, end, page_size=PROBE_PAGE), PROBE_PAGE))
+    listed = sorted(f"{e.get('id')}@{e.get('timestamp')}" for e in page)
+    return hashlib.sha256("\n".join(listed).encode()).hexdigest()[:16] + f"-{len(page)}"
+
+
+@dataclass
+class RequestedRun:
+    """A run the sensor asked for: one hour, or a range of hours (the sweep); retried while it fails."""
+
+    partition: str | None = None
+    range: tuple[str, str] | None = None
+    label: str = ""  # what made it: the hour's listing fingerprint, or the hour of the sweep
+    attempt: int = 1
+    at: str = ""  # when it was first requested (ISO)
+
+    @property
+    def run_key(self) -> str:
+        kind = self.partition or f"sweep:{self.label}"
+        return f"{kind}:{self.label}:{self.attempt}" if self.partition else f"{kind}:{self.attempt}"
+
+    def run_request(self) -> dg.RunRequest:
+        tags = {REQUEST_TAG: self.run_key,
+                "segment_ops/trigger": "audit_events_sensor" + (":sweep" if self.range else "")}
+        if self.range:
+            tags |= {"dagster/asset_partition_range_start": self.range[0],
+                     "dagster/asset_partition_range_end": self.range[1]}
+        return dg.RunRequest(partition_key=self.partition, run_key=self.run_key, tags=tags)
+
+
+@dataclass
+class SensorState:
+    """The sensor's cursor: listing fingerprints per hour, the runs it requested that have not succeeded
+    yet, where the turn of older hours stands, and the hour of the last sweep."""
+
+    prints: dict[str, str] = field(default_factory=dict)
+    open: dict[str, RequestedRun] = field(default_factory=dict)
+    turn: int = 0
+    swept: str = ""
+
+    @classmethod
+    def load(cls, cursor: str | None) -> "SensorState":
+        data = json.loads(cursor) if cursor else {}
+        if "prints" not in data:  # no cursor, or the one before late events were followed ({hour: id})
+            return cls()
+        opened = {k: RequestedRun(**{**v, "range": tuple(v["range"]) if v.get("range") else None})
+                  for k, v in data.get("open", {}).items()}
+        return cls(prints=data["prints"], open=opened, turn=data.get("turn", 0), swept=data.get("swept", ""))
+
+    def dump(self) -> str:
+        return json.dumps({"prints": self.prints, "open": {k: asdict(v) for k, v in self.open.items()},
+                           "turn": self.turn, "swept": self.swept})
+
+    def older_in_turn(self, older: list[str]) -> list[str]:
+        """The next `OLDER_PROBES_PER_TICK` of the older hours, newest first, in turn across ticks."""
+        if not older:
+            return []
+        newest_first = older[::-1]
+        start = self.turn % len(newest_first)
+        self.turn = (start + OLDER_PROBES_PER_TICK) % len(newest_first)
+        return (newest_first[start:] + newest_first[:start])[:OLDER_PROBES_PER_TICK]
+
+    def request(self, run: RequestedRun, now: datetime) -> dg.RunRequest:
+        run.at = run.at or now.isoformat()
+        self.open[run.run_key] = run
+        return run.run_request()
+
+    def sweep_open(self) -> bool:
+        return any(run.range for run in self.open.values())
+
+
+def follow_up_requests(instance: dg.DagsterInstance, state: SensorState,
+                       now: datetime) -> tuple[list[dg.RunRequest], list[str]]:
+    """Requests again the runs of `state.open` whose last run failed or was canceled (a new run key per
+    attempt), forgets those that succeeded, and gives up on one after `MAX_ATTEMPTS` (the sweep reads its
+    hours again) or when it was never launched within `OPEN_REQUEST_TTL`."""
+    requests, notes = [], []
+    for run_key, run in list(state.open.items()):
+        records = instance.get_run_records(dg.RunsFilter(tags={REQUEST_TAG: run_key}), limit=1)
+        status = records[0].dagster_run.status if records else None
+        if status is None and now - datetime.fromisoformat(run.at) < OPEN_REQUEST_TTL:
+            continue  # not launched yet
+        if status is not None and status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED,
+                                                 dg.DagsterRunStatus.SUCCESS):
+            continue  # queued or running
+        del state.open[run_key]
+        if status in (dg.DagsterRunStatus.SUCCESS, None):
+            continue
+        if run.attempt >= MAX_ATTEMPTS:
+            notes.append(f"{run_key} failed {run.attempt} times; the next sweep reads its hours again")
+            continue
+        requests.append(state.request(replace(run, attempt=run.attempt + 1), now))
+    return requests, notes
 
 
 def awaiting_acks(path: Path) -> int | None:
