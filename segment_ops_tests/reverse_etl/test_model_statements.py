@@ -47,6 +47,9 @@ def test_a_second_statement_is_refused_naming_the_file(tmp_path, query, second):
      "SELECT user_id -- not; a separator, it's a comment\nFROM customers"),
     ("SELECT user_id /* ; */ FROM customers;\n-- a closing comment; with a semicolon\n",
      "SELECT user_id /* ; */ FROM customers"),
+    ("SELECT user_id FROM customers; -- the same line's comment; it's kept\n",
+     "SELECT user_id FROM customers -- the same line's comment; it's kept"),
+    ("SELECT user_id FROM customers -- before the ';'\n;", "SELECT user_id FROM customers -- before the ';'"),
 ])
 def test_one_statement_with_semicolons_in_literals_or_comments_is_accepted(tmp_path, query, sql):
     path = tmp_path / "model.sql"

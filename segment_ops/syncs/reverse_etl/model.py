@@ -203,10 +203,12 @@ def _single_statement(path: Path, body: str, first_line: int) -> str:
         words = "".join(str(t) for t in flat[lead:]).strip().splitlines()[0][:60]
         raise ModelError(path, f"the query must be a single statement, found {len(statements)}: the second "
                                f"starts at line {first_line + body[:start].count(chr(10))} ({words!r})")
-    code = statements[0][1]
-    while code and (not _is_code(code[-1]) or code[-1].match(tokens.Punctuation, ";")):
-        code.pop()  # trailing whitespace, comments and the closing ';'
-    return "".join(str(t) for t in code).strip()
+    flat = statements[0][1]
+    last = max(i for i, t in enumerate(flat) if _is_code(t))
+    # The closing ';' goes; comments around it stay (the warehouse wraps the query, ending on its own line).
+    if flat[last].match(tokens.Punctuation, ";"):
+        flat = flat[:last] + flat[last + 1:]
+    return "".join(str(t) for t in flat).strip()
 
 
 def _is_code(token: sqlparse.sql.Token) -> bool:
