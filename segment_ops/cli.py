@@ -131,9 +131,12 @@ def _print_replay(result: ReplayResult, *, dry_run: bool) -> None:
     print(f"{plan.source}: {plan.lines} lines read")
     verb = "would send" if dry_run else "planned"
     print(f"  {verb}: {plan.planned}   planned by an earlier run: {plan.already_known}   "
-          f"duplicates in file: {plan.duplicates_in_input}   rejected: {plan.rejected}")
+          f"duplicates in file: {plan.duplicates_in_input}   rejected: {plan.rejected}   "
+          f"changed since planned: {plan.changed}")
     for rejection in plan.rejection_samples[:10]:
         print(f"  rejected {rejection.source}: {rejection.reason}")
+    for changed in plan.changed_samples[:10]:
+        print(f"  changed {changed.source}: {changed.reason}")
     if dry_run:
         for sample in plan.samples[:3]:
             print(f"  sample: {sample.decode()[:300]}")

@@ -14,8 +14,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.store import staging
 from segment_ops.resources import build_resources
 from segment_ops.syncs.replay.defs import replay_inbox_sensor, replay_job, replayed_events
+from segment_ops.syncs.replay.reader import REPLAY_SYNC, plan_file
 
 NODE = "segment__replayed_events"
 
@@ -80,6 +83,21 @@ def test_rematerializing_the_same_file_sends_nothing_new(tmp_path, resources, cl
     assert checks(again)["delivery_complete"].passed
     stats = clean_sandbox.stats()["segment"]
     assert (stats["received"], stats.get("duplicates", 0)) == (20, 0)
+
+
+def test_an_edited_line_is_counted_and_shown_and_not_sent(tmp_path, resources, clean_sandbox):
+    path = write_calls(tmp_path / "calls.jsonl", 20)
+    with staging(resources["staging"].staging_db(REPLAY_SYNC)) as con:  # planned by an earlier run
+        plan_file(Ledger(con), path)
+    path.write_text(path.read_text().replace('"n": 4}', '"n": 4, "plan": "edited"}'))
+
+    again = materialize(resources, path)
+
+    meta = metadata(again)
+    assert (meta["planned"], meta["planned_by_earlier_runs"], meta["changed_since_planned"]) == (0, 19, 1)
+    assert "| calls.jsonl:5 | this line was planned with other content" in meta["changed_sample"]
+    assert meta["delivered"] == 20  # the earlier run's plan, as it was planned
+    assert not [m for m in clean_sandbox.received("segment") if "plan" in m["properties"]]
 
 
 def test_more_than_one_percent_rejected_lines_fails_the_ratio_check_but_not_the_run(

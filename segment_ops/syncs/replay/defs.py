@@ -83,6 +83,10 @@ def replayed_events(
     metadata = _plan_metadata(plan, config.dry_run) | {"path": dg.MetadataValue.path(str(path))}
     if result.delivery is not None:
         metadata |= result.delivery.as_metadata()
+    if plan.changed_samples:
+        metadata["changed_sample"] = dg.MetadataValue.md(
+            markdown_table(["line", "why it was not sent as it reads now"],
+                           [(c.source, c.reason) for c in plan.changed_samples]))
     if rejected_rows:
         metadata["rejected_sample"] = dg.MetadataValue.md(
             markdown_table(["record key", "source", "reason"], rejected_rows))
@@ -149,6 +153,7 @@ def _plan_metadata(plan: ReplayPlan, dry_run: bool) -> dict:
         "planned_by_earlier_runs": plan.already_known,
         "duplicates_in_input": plan.duplicates_in_input,
         "rejected_lines": plan.rejected,
+        "changed_since_planned": plan.changed,
         "sample_payloads": payload_samples(plan.samples),
     }
 

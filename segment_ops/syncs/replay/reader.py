@@ -3,7 +3,7 @@
 The file is read in chunks and never held whole, nor is any line over MAX_LINE_BYTES. Every line is
 either planned (pending in the ledger), or rejected with its line number and reason. Planning is
 idempotent: a messageId already in the ledger is not planned again, so replaying the same file twice
-sends nothing new.
+sends nothing new; a line edited since it was planned is reported, not sent (`lines`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ from typing import BinaryIO
 import orjson
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
+from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES, InvalidCall, prepare_call
 from segment_ops.engine.delivery import DeliveryReport, deliver_pending
 from segment_ops.engine.ledger import Ledger, PlanCounts, PlannedMessage, Rejection
+from segment_ops.syncs.replay.lines import STATE as LINES_STATE
+from segment_ops.syncs.replay.lines import ChangedLine, ReplayLine, find_changed, is_new_file, record_lines
 
 REPLAY_SYNC = "replay"
 CHUNK_ROWS = 10_000
@@ -44,8 +47,11 @@ class ReplayPlan:
     already_known: int = 0
     duplicates_in_input: int = 0
     rejected: int = 0
+    changed: int = 0  # lines whose content differs from what was planned for them (`lines.find_changed`)
+    changed_unsent: int = 0  # of those, the ones whose new content was not planned (all, unless forced)
     samples: list[bytes] = field(default_factory=list)
     rejection_samples: list[Rejection] = field(default_factory=list)
+    changed_samples: list[ChangedLine] = field(default_factory=list)
 
     def add(self, counts: PlanCounts) -> None:
         self.planned += counts.planned
@@ -60,8 +66,9 @@ class ReplayResult:
 
     @property
     def ok(self) -> bool:
-        return self.plan.rejected == 0 and (self.delivery is None or (self.delivery.failed == 0
-                                                                      and self.delivery.rejected == 0))
+        """Every line sent or known: none rejected, no edit left unsent, nothing failed."""
+        delivered = self.delivery is None or (self.delivery.failed == 0 and self.delivery.rejected == 0)
+        return self.plan.rejected == 0 and self.plan.changed_unsent == 0 and delivered
 
 
 def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: str | None = None,
@@ -70,12 +77,17 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
     """Validate every record of `path` and add the valid ones to the ledger as pending.
 
     Chunk by chunk: planning is idempotent by messageId, so a run that dies halfway through a file
-    plans the rest next time and nothing twice. `on_planned` gets the seq window of each chunk's new
-    messages as soon as they are committed.
+    plans the rest next time and nothing twice. A line whose content changed since it was planned is
+    counted and not planned (`lines`), unless `force`. `on_planned` gets the seq window of each chunk's
+    new messages as soon as they are committed.
     """
     plan = ReplayPlan(source=str(path))
-    for chunk in _read_chunks(path):
+    chunks = _read_chunks(path)
+    store.ensure(ledger.con, LINES_STATE)
+    new_file = is_new_file(ledger.con, sync, path.name)
+    for chunk in chunks:
         planned: list[PlannedMessage] = []
+        lines: list[ReplayLine] = []
         rejections: list[Rejection] = []
         for line_no, raw in chunk:
             if isinstance(raw, LongLine):
@@ -93,15 +105,27 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
                                             _excerpt(raw)))
                 continue
             planned.append(PlannedMessage(message_id, _record_key(record), record["type"], encoded))
+            lines.append(ReplayLine(line_no, message_id, record.get("messageId") is not None, encoded))
         plan.lines += len(chunk)
         plan.rejected += len(rejections)
-        plan.samples += [m.payload for m in planned[: sample_size - len(plan.samples)]]
         plan.rejection_samples += rejections[: max(0, 20 - len(plan.rejection_samples))]
+        if changed := find_changed(ledger.con, sync, path.name, lines, new_file=new_file):
+            plan.changed += len(changed)
+            plan.changed_samples += [ChangedLine(f"{path.name}:{lines[i].line_no}",
+                                                 lines[i].message_id if lines[i].own_id else None)
+                                     for i in sorted(changed)[: max(0, 20 - len(plan.changed_samples))]]
+            sent = {i for i in changed if force and not lines[i].own_id}  # forced: a new message
+            plan.changed_unsent += len(changed) - len(sent)
+            if not force:
+                planned = [m for i, m in enumerate(planned) if i not in changed]
+        plan.samples += [m.payload for m in planned[: sample_size - len(plan.samples)]]
         if dry_run:
+            ledger.con.execute("DROP TABLE replay_chunk")
             plan.add(ledger.count_known(sync, planned))
             continue
         ledger.add_rejections(sync, rejections, run_id=run_id)
         counts = ledger.add_planned(sync, planned, run_id=run_id, force=force)
+        record_lines(ledger.con, sync, path.name, force=force, run_id=run_id)
         plan.add(counts)
         if on_planned is not None and counts.planned:
             on_planned(counts.seqs)
