@@ -243,7 +243,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "SIEM_JSONL_URL",
-        "Optional second SIEM destination: a URL taking newline-delimited JSON audit events (unset: off).",
+        "Optional second SIEM destination: a URL taking newline-delimited JSON audit events (unset: off). "
+        "Its path and query may hold an ingest key, so it is a secret: logs and errors show only its host.",
+        secret=True,
     ),
     Setting("SIEM_JSONL_TOKEN", "Bearer token of the JSON-lines SIEM endpoint.", secret=True),
     Setting(

@@ -11,15 +11,19 @@ every event exactly once on its own schedule. A destination that confirms later 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
+from urllib.parse import urlsplit
 
+import httpx
 import orjson
 
-from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, bearer_auth
+from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, SecretHeaderAuth
+from segment_ops.clients.slack import _SecretPathTransport, environment_transport
 from segment_ops.clients.splunk_hec import SplunkHecClient, hec_event
 from segment_ops.engine.delivery import AwaitingAck, Confirmation
 from segment_ops.engine.ledger import AwaitingReceipt
@@ -28,6 +32,7 @@ AUDIT_SOURCE = "segment:audit"
 AUDIT_SOURCETYPE = "segment:audit"
 # Generic JSON-lines collectors (Vector, Fluent Bit, Logstash http input) commonly cap bodies at 1 MB.
 JSONL_MAX_BATCH_BYTES = 900_000
+JSONL_PLACEHOLDER_PATH = "/***"  # what requests, logs and errors name instead of SIEM_JSONL_URL's secret path
 
 
 class SiemDestination(Protocol):
@@ -168,11 +173,21 @@ def renumbered(sent: Sequence[tuple[AwaitingReceipt, int]]) -> set[str]:
     return lost
 
 
+class JsonLinesUrlError(ValueError):
+    """SIEM_JSONL_URL is not an absolute http(s) URL without user info (its text is never shown)."""
+
+
 class JsonLinesDestination:
     """A generic HTTPS endpoint taking newline-delimited JSON (`POST`, `Authorization: Bearer`).
 
     Each line is `{"id", "time", "source", "sourcetype", "event"}`. 5xx/429/network errors are retried by
     the base client; a 400/413 is a request error, which the engine isolates down to the bad line.
+
+    The URL's path and query are a secret (`SIEM_JSONL_URL`): collectors put ingest keys there (a
+    Slack-style webhook path, `?token=`). As with the alert webhook (`clients.slack`), requests name the
+    placeholder path `/***` and a transport swaps in the real one at the last moment, so log lines (ours
+    and httpx's), errors and reprs show only the host; the path and its parts are also scrubbed from any
+    vendor text the base client reports.
     """
 
     name = "jsonl"
@@ -180,15 +195,27 @@ class JsonLinesDestination:
 
     def __init__(self, url: str, token: str, *, source: str = AUDIT_SOURCE,
                  sourcetype: str = AUDIT_SOURCETYPE, timeout: float = 30.0, retry: RetryPolicy | None = None,
-                 transport: object = None) -> None:
-        base, _, path = url.partition("://")
-        host, slash, rest = path.partition("/")
-        self.path = slash + rest or "/"
+                 transport: httpx.BaseTransport | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise JsonLinesUrlError("SIEM_JSONL_URL must be an absolute http(s) URL without user info, such "
+                                    "as https://collector.example/ingest (a credential goes in "
+                                    "SIEM_JSONL_TOKEN or the path)")
+        self.host = f"{parts.scheme}://{parts.netloc}"
+        secret_path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        pieces = tuple(p for p in re.split(r"[/?&=;]", secret_path) if len(p) >= 8)
+        auth = SecretHeaderAuth("Authorization", f"Bearer {token}", (token, secret_path, *pieces))
+        self.path = JSONL_PLACEHOLDER_PATH
         self.source = source
         self.sourcetype = sourcetype
-        self.http = HttpClient("siem_jsonl", f"{base}://{host}", auth=bearer_auth(token),
+        inner = transport or environment_transport(url)
+        self.http = HttpClient("siem_jsonl", self.host, auth=auth,
                                headers={"Content-Type": "application/x-ndjson"}, timeout=timeout,
-                               retry=retry or RetryPolicy(), transport=transport)  # type: ignore[arg-type]
+                               retry=retry or RetryPolicy(),
+                               transport=_SecretPathTransport(secret_path, inner))
+
+    def __repr__(self) -> str:
+        return f"JsonLinesDestination(host={self.host!r})"
 
     def frame(self, event: dict) -> bytes:
         return orjson.dumps({"id": str(event["id"]), "time": event_epoch(event), "source": self.source,
