@@ -161,7 +161,9 @@ class JsonLinesSiemResource(dg.ConfigurableResource):
     """A generic HTTPS JSON-lines endpoint (bearer token), the second SIEM destination; off while `url` is
     empty."""
 
-    url: str = Field(default="", description="Full URL to POST newline-delimited JSON to; empty: not used.")
+    url: str = Field(default="", repr=False,
+                     description="Full URL to POST newline-delimited JSON to (a secret: its path may hold a "
+                                 "credential); empty: not used.")
     token: str = Field(default="", repr=False)
     retry_max_attempts: int = Field(default=10, description="Attempts per request on 429/5xx.")
     retry_max_seconds: float = Field(default=300.0, description="Total time one request may spend retrying.")
@@ -172,10 +174,9 @@ class JsonLinesSiemResource(dg.ConfigurableResource):
 
 
 class AuditRedactionResource(dg.ConfigurableResource):
-    """Which audit-event fields are hashed (salted HMAC-SHA256) or dropped before they reach any SIEM.
-
-    Defaults: `actorEmail` hashed; emails and tokens inside `actor` and `resourceName` hashed in place.
-    """
+    """How audit events are redacted before they reach any SIEM (`engine.redaction`): every string, wherever
+    it sits, has its emails and tokens replaced by salted HMAC-SHA256 hashes; `hash_fields` are hashed whole,
+    `drop_fields` removed."""
 
     salt: str = Field(repr=False, description="Secret key of the hashes (SEGMENT_OPS_REDACTION_SALT).")
     enabled: bool = Field(default=True,
@@ -184,10 +185,11 @@ class AuditRedactionResource(dg.ConfigurableResource):
                                    description="Fields (dotted paths) whose whole value is hashed.")
     drop_fields: list[str] = Field(default_factory=list, description="Fields (dotted paths) removed.")
     scan_fields: list[str] = Field(default=list(DEFAULT_SCAN_FIELDS),
-                                   description="String fields in which each match of `patterns` is hashed.")
+                                   description="Ignored (kept so that older run config still loads): every "
+                                               "string of an event is scanned.")
     patterns: list[str] = Field(default=list(DEFAULT_PATTERNS),
-                                description="Regular expressions of secrets/personal data inside "
-                                            "`scan_fields`.")
+                                description="Regular expressions of secrets and personal data, hashed "
+                                            "wherever they occur.")
 
     def get_rules(self) -> RedactionRules | None:
         if not self.enabled:

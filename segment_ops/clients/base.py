@@ -16,10 +16,12 @@ import random
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -389,3 +391,38 @@ def describe_error(response: httpx.Response) -> str:
 def _safe_text(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+class SecretPathTransport(httpx.BaseTransport):
+    """Sends each request to the real, secret path of its URL instead of the placeholder the caller used, so
+    the path (a webhook's or an endpoint's credential) never appears in a request that is logged."""
+
+    def __init__(self, path: str, inner: httpx.BaseTransport) -> None:
+        self._path = path
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        real = httpx.Request(request.method, request.url.copy_with(raw_path=self._path.encode()),
+                             headers=request.headers, stream=request.stream, extensions=request.extensions)
+        return self._inner.handle_request(real)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __repr__(self) -> str:
+        return "SecretPathTransport('***')"
+
+
+def environment_transport(url: str) -> httpx.HTTPTransport:
+    """The transport `httpx.Client` would pick from the environment for `url`: through HTTP(S)_PROXY /
+    ALL_PROXY unless NO_PROXY exempts the host, verifying TLS with SSL_CERT_FILE / SSL_CERT_DIR when set
+    (`HTTPTransport(trust_env=True)`). A custom transport passed to `httpx.Client` skips httpx's own
+    environment handling, so `SecretPathTransport` wraps this one."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        proxy = None
+    if proxy and "://" not in proxy:
+        proxy = f"http://{proxy}"
+    return httpx.HTTPTransport(trust_env=True, proxy=proxy or None, verify=tls_context())

@@ -12,7 +12,6 @@ Answers follow Slack's webhook contract: 200 `ok`; 400 `invalid_payload`/`no_tex
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -23,8 +22,9 @@ from segment_ops.clients.base import (
     RetryableStatuses,
     RetryPolicy,
     SecretHeaderAuth,
+    SecretPathTransport,
     VendorRequestError,
-    tls_context,
+    environment_transport,
 )
 
 PLACEHOLDER_PATH = "/services/***"
@@ -53,40 +53,6 @@ class _SecretPath(SecretHeaderAuth):
         return "WebhookPath('***')"
 
 
-class _SecretPathTransport(httpx.BaseTransport):
-    """Sends each request to the real webhook path instead of the placeholder the caller used."""
-
-    def __init__(self, path: str, inner: httpx.BaseTransport) -> None:
-        self._path = path
-        self._inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        real = httpx.Request(request.method, request.url.copy_with(raw_path=self._path.encode()),
-                             headers=request.headers, stream=request.stream, extensions=request.extensions)
-        return self._inner.handle_request(real)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def __repr__(self) -> str:
-        return "SecretPathTransport('***')"
-
-
-def environment_transport(url: str) -> httpx.HTTPTransport:
-    """The transport `httpx.Client` would pick from the environment for `url`: through HTTP(S)_PROXY /
-    ALL_PROXY unless NO_PROXY exempts the host, verifying TLS with SSL_CERT_FILE / SSL_CERT_DIR when set
-    (`HTTPTransport(trust_env=True)`). A custom transport passed to `httpx.Client` skips httpx's own
-    environment handling, so `_SecretPathTransport` wraps this one."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if proxy and parts.hostname and urllib.request.proxy_bypass(parts.hostname):
-        proxy = None
-    if proxy and "://" not in proxy:
-        proxy = f"http://{proxy}"
-    return httpx.HTTPTransport(trust_env=True, proxy=proxy or None, verify=tls_context())
-
-
 class SlackWebhookClient:
     """Posts `{"text", "blocks"}` messages to one incoming webhook."""
 
@@ -109,7 +75,7 @@ class SlackWebhookClient:
             retry=retry or ALERT_RETRY,
             retryable=RETRYABLE,
             max_connections=2,
-            transport=_SecretPathTransport(secret_path, transport or environment_transport(url)),
+            transport=SecretPathTransport(secret_path, transport or environment_transport(url)),
         )
 
     def post_message(self, message: dict) -> None:

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from segment_ops.clients.base import RetryPolicy, VendorRequestError, VendorUnavailable
-from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError, environment_transport
+from segment_ops.clients.base import RetryPolicy, VendorRequestError, VendorUnavailable, environment_transport
+from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
 from segment_ops.config import SANDBOX_SLACK_WEBHOOK_PATH, SANDBOX_SLACK_WEBHOOK_TOKEN
 from segment_ops.sandbox.slack import ARCHIVED_CHANNEL_TOKEN
 

@@ -22,8 +22,14 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from segment_ops.clients.base import HttpClient, RetryEvent, RetryPolicy, SecretHeaderAuth
-from segment_ops.clients.slack import _SecretPathTransport, environment_transport
+from segment_ops.clients.base import (
+    HttpClient,
+    RetryEvent,
+    RetryPolicy,
+    SecretHeaderAuth,
+    SecretPathTransport,
+    environment_transport,
+)
 from segment_ops.clients.splunk_hec import SplunkHecClient, hec_event
 from segment_ops.engine.delivery import AwaitingAck, Confirmation
 from segment_ops.engine.ledger import AwaitingReceipt
@@ -212,7 +218,7 @@ class JsonLinesDestination:
         self.http = HttpClient("siem_jsonl", self.host, auth=auth,
                                headers={"Content-Type": "application/x-ndjson"}, timeout=timeout,
                                retry=retry or RetryPolicy(),
-                               transport=_SecretPathTransport(secret_path, inner))
+                               transport=SecretPathTransport(secret_path, inner))
 
     def __repr__(self) -> str:
         return f"JsonLinesDestination(host={self.host!r})"
