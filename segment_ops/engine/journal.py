@@ -6,10 +6,12 @@ between those writes, each batch is appended here as one line before it is hande
 its answer is known (its outcomes). A process killed at any point (SIGKILL, OOM) leaves the lines the OS
 already holds, so the next reader of the ledger (`Ledger.recover`) logs the outcomes, and marks the batches
 that never got an answer as handed over (possibly sent), before anything reads what is pending. A line cut
-short by the kill is the last one, and is ignored.
+short by the kill is the last one, and is ignored. Each ledger write is followed by writing the journal anew
+(by rename) without the batches it logged.
 
-`fsync=True` also survives a machine crash (each answer is on disk before the next batch is counted), at the
-cost measured in `benchmarks/delivery.py`; without it the OS writes the lines back in its own time.
+`fsync=True` also survives a crash of the machine: each answer is on disk before its batch counts as
+answered (about 3 ms a batch on the CI machine's disk). Without it the OS writes the lines back in its own
+time: a killed process loses none of them, a crashed machine may.
 """
 
 from __future__ import annotations

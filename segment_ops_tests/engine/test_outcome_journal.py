@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -23,7 +24,7 @@ from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.clients.splunk_hec import SplunkHecClient, hec_event
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY, SANDBOX_SPLUNK_HEC_TOKEN
 from segment_ops.engine.delivery import deliver_pending
-from segment_ops.engine.ledger import DELIVERED, PENDING, Ledger, PlannedMessage
+from segment_ops.engine.ledger import AWAITING_ACK, DELIVERED, PENDING, Ledger, PlannedMessage
 from segment_ops.engine.store import connect
 from segment_ops_tests.engine.conftest import FAST_RETRY
 
@@ -269,3 +270,18 @@ def test_a_flush_keeps_in_the_journal_the_batches_not_yet_in_the_ledger(ledger):
 
     assert statuses(ledger) == {1: DELIVERED, 2: DELIVERED, 3: PENDING}
     assert (ledger.recovered[SYNC].outcomes, ledger.recovered[SYNC].in_flight) == (1, 1)
+
+
+def test_a_receipt_in_the_journal_is_an_open_receipt_after_recovery(ledger):
+    ledger.add_planned(SYNC, [PlannedMessage(f"m{i}", f"k{i}", "x", b'{"n":%d}' % i) for i in range(2)])
+    sent_at = datetime(2026, 12, 6, 17, 0, 0, 123456, tzinfo=UTC)
+    journal = ledger.journal(SYNC, destination="splunk_hec", run_id=None, fsync=True)
+    journal.answered(journal.handed_over([1, 2]), [(seq, AWAITING_ACK, 1, None, "ack-7", sent_at)
+                                                   for seq in (1, 2)])
+    journal.close(remove=False)
+
+    ledger.recover()
+
+    [receipt] = ledger.awaiting_receipts(SYNC)
+    assert (receipt.receipt, receipt.messages, receipt.sent_at) == ("ack-7", 2, sent_at)
+    assert statuses(ledger) == {1: AWAITING_ACK, 2: AWAITING_ACK}
