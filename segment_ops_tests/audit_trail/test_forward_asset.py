@@ -69,6 +69,7 @@ def test_a_range_run_forwards_every_hour_once_and_records_each_hour(resources, c
     assert gap.passed and gap.metadata["windows_forwarded"].value == len(keys) + 1
 
 
+@pytest.mark.slow
 def test_each_hec_event_carries_time_host_source_sourcetype_index_and_the_event(resources, clean_sandbox):
     key = busiest_hour(clean_sandbox, complete_hours(6))
 
@@ -83,6 +84,7 @@ def test_each_hec_event_carries_time_host_source_sourcetype_index_and_the_event(
     assert {"id", "timestamp", "type", "resourceId", "resourceType"} <= set(event)
 
 
+@pytest.mark.slow
 def test_rerunning_an_hour_forwards_nothing(resources, clean_sandbox):
     key = busiest_hour(clean_sandbox, complete_hours(6))
     first = run_hour(resources, key)
@@ -145,6 +147,7 @@ def test_a_hec_outage_fails_the_run_with_events_pending_and_the_next_run_deliver
     assert sorted(got) == sorted(expected) and len(got) == len(set(got))
 
 
+@pytest.mark.slow
 def test_an_outage_of_one_hour_is_delivered_by_the_next_hours_run(resources, clean_sandbox):
     keys = complete_hours(6)
     inject_events(clean_sandbox, keys[0], 3)  # the demo's night hours can be empty
@@ -159,6 +162,7 @@ def test_an_outage_of_one_hour_is_delivered_by_the_next_hours_run(resources, cle
     assert sorted(received_ids(clean_sandbox)) == sorted(expected)
 
 
+@pytest.mark.slow
 def test_an_hour_never_forwarded_between_forwarded_hours_fails_the_gap_check(resources, clean_sandbox,
                                                                              instance):
     first, _, third = complete_hours(3)

@@ -68,6 +68,7 @@ def test_no_run_is_requested_for_an_hour_whose_run_is_still_in_flight(resources,
     assert current not in json.loads(result.cursor)["prints"]  # so the next tick asks again
 
 
+@pytest.mark.slow
 def test_an_unreachable_public_api_skips_the_tick_and_keeps_the_cursor(instance, tmp_path):
     unreachable = SegmentPublicApiResource(base_url="http://127.0.0.1:9/segmentapis", token="t")
     current = PARTITIONS.get_partition_keys(current_time=datetime.now(UTC))[-1]

@@ -200,6 +200,7 @@ def test_settling_refuses_a_state_that_cannot_follow_awaiting_ack(ledger):
     assert status(ledger, seq) == AWAITING_ACK
 
 
+@pytest.mark.slow
 def test_every_step_of_the_table_is_logged_and_every_other_refused(ledger):
     pairs = [(before, after) for before in S for after in S]
     seqs = plan(ledger, len(pairs))

@@ -172,6 +172,7 @@ def test_calls_segment_dropped_under_a_wrong_write_key_are_missing(ledger, segme
     assert ledger.counts(SYNC).verified == 0 and ledger.counts(SYNC).delivered == 2
 
 
+@pytest.mark.slow
 def test_a_trait_another_source_overwrote_is_a_mismatch_not_a_missing_profile(ledger, segment_client,
                                                                               profiles, clean_sandbox):
     send_and_settle(ledger, segment_client, plan(ledger, "r1", {"u1": {"plan": "pro", "seats": 3}}))

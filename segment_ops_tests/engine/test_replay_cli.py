@@ -39,6 +39,7 @@ def summary(output: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     return tuple(map(int, planned.groups())), (tuple(map(int, delivered.groups())) if delivered else None)
 
 
+@pytest.mark.slow
 def test_all_lines_delivered_exits_0_with_a_summary(tmp_path, ops_env, clean_sandbox):
     path = write_jsonl(tmp_path / "events.jsonl", track_calls(120))
 
@@ -50,6 +51,7 @@ def test_all_lines_delivered_exits_0_with_a_summary(tmp_path, ops_env, clean_san
     assert clean_sandbox.stats()["segment"]["received"] == 120
 
 
+@pytest.mark.slow
 def test_rejected_lines_exit_1_and_are_listed_with_line_numbers(tmp_path, ops_env, clean_sandbox):
     path = write_jsonl(tmp_path / "mixed.jsonl",
                        [*track_calls(5), b"{oops", {"type": "track", "userId": "u9"}])
@@ -63,6 +65,7 @@ def test_rejected_lines_exit_1_and_are_listed_with_line_numbers(tmp_path, ops_en
     assert clean_sandbox.stats()["segment"]["received"] == 5
 
 
+@pytest.mark.slow
 def test_missing_file_exits_2(tmp_path, ops_env, clean_sandbox):
     done = run_replay(tmp_path / "nowhere.jsonl")
 
@@ -71,6 +74,7 @@ def test_missing_file_exits_2(tmp_path, ops_env, clean_sandbox):
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 
+@pytest.mark.slow
 def test_unsupported_extension_exits_2(tmp_path, ops_env, clean_sandbox):
     path = tmp_path / "events.csv"
     path.write_text("type,userId\nidentify,u1\n")

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from segment_ops.syncs.heap.audiences import DEFAULT_FILE
 from segment_ops_tests.heap.conftest import (
@@ -88,6 +89,7 @@ def test_a_match_rate_below_the_minimum_warns(resources, clean_sandbox, warehous
     assert check.metadata["match_rate"].value == round((members + 1) / (members + 2), 4)
 
 
+@pytest.mark.slow
 def test_an_unresolved_member_is_rejected_once_not_on_every_run(resources, clean_sandbox, warehouse, ops_env):
     add_unmapped_members(warehouse)
 

@@ -151,6 +151,7 @@ def test_reconcile_refuses_an_empty_export_of_a_small_audience_below_min_exits(r
     assert segment_stats(clean_sandbox) == sent
 
 
+@pytest.mark.slow
 def test_a_confirmed_empty_export_of_a_small_audience_exits_its_members(resources, clean_sandbox, warehouse):
     keep_three_members_by_user_id(warehouse)
     assert materialize(resources, "power_users", route="reconcile").success

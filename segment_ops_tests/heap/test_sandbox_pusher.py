@@ -110,6 +110,7 @@ def test_a_page_is_given_up_after_max_attempts(clean_sandbox, flaky):
     assert (delivery["status"], delivery["attempts"], delivery["last_result"]) == ("failed", 4, "HTTP 503")
 
 
+@pytest.mark.slow
 def test_a_registered_interval_pushes_without_being_asked(clean_sandbox, flaky):
     receiver = flaky()
     clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS], interval_seconds=0.5)

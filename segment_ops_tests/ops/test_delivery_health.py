@@ -109,6 +109,7 @@ def test_verified_deliveries_are_shown_beside_merely_accepted_ones(ops_env, reso
     assert checks(result)["delivery_health"].passed  # a missing profile fails landed_in_segment, not this
 
 
+@pytest.mark.slow
 def test_every_staging_file_and_every_sync_in_it_is_read(ops_env, resources):
     write_ledger(ops_env, "replay", delivered=5)
     write_ledger(ops_env, "heap", delivered=5)  # a sync the check was never told about

@@ -220,6 +220,7 @@ def test_a_range_run_like_the_schedules_restages_the_three_days_and_sends_nothin
     assert clean_sandbox.stats()["segment"]["received"] == sent
 
 
+@pytest.mark.slow
 def test_a_missing_day_in_the_window_blocks_the_sync_naming_the_day(resources, home, clean_sandbox):
     last = yesterday()
     assert backfill(resources, 20, last=last - timedelta(days=10), selection=[pendo.USAGE_KEY]).success
@@ -234,6 +235,7 @@ def test_a_missing_day_in_the_window_blocks_the_sync_naming_the_day(resources, h
     assert clean_sandbox.stats().get("segment", {}).get("received", 0) == 0
 
 
+@pytest.mark.slow
 def test_with_allow_partial_window_a_missing_day_only_warns_and_the_sync_sends(resources, home, clean_sandbox,
                                                                                health_config_file):
     write_config(health_config_file, {"allow_partial_window = false": "allow_partial_window = true"})

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import date, timedelta
 
+import pytest
+
 from segment_ops.syncs.pendo.extract import ensure_schema
 from segment_ops.syncs.pendo.groups import sync_account_groups
 from segment_ops.syncs.pendo.score import score_accounts
@@ -41,6 +43,7 @@ def material(con) -> dict[str, dict]:
     return {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor.fetchall()}
 
 
+@pytest.mark.slow
 def test_steady_usage_on_the_next_day_resends_only_accounts_with_a_material_change(con, config_no_identity,
                                                                                    segment_factory,
                                                                                    clean_sandbox):

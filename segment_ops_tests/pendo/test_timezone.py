@@ -375,6 +375,7 @@ def stage_as_before(con, pendo_client, first: date, last: date) -> None:
                     [[first + timedelta(days=n)] for n in range((last - first).days + 1)])
 
 
+@pytest.mark.slow
 def test_days_staged_under_utc_count_as_missing_until_re_read_and_re_reading_replaces_them(
         con, pendo_client, config_no_identity, tmp_path):
     first, last = yesterday() - timedelta(days=4), yesterday()

@@ -24,6 +24,11 @@ from segment_ops_tests.reverse_etl.conftest import (
     step_failure,
 )
 
+# Whole-model Dagster runs against the sandbox, most of them twice: the fast subset leaves the module out
+# (segment_ops_tests/reverse_etl/test_engine.py covers the same diff without Dagster, and the full suite
+# runs these).
+pytestmark = pytest.mark.slow
+
 VALID_CUSTOMERS = 174  # 178 rows: 2 with a null user_id, 2 sharing one user_id
 ACCOUNTS_WITH_A_USER = 14  # of 15: acc_00012 has no known customer to attach the group call to
 COMPLETED_ORDERS = 425
@@ -64,7 +69,6 @@ def test_payloads_are_built_from_typed_columns(resources, clean_sandbox):
     assert len(samples) == 5 and all(s["type"] == "identify" and s["messageId"] for s in samples)
 
 
-@pytest.mark.slow
 def test_second_run_without_warehouse_change_sends_nothing(resources, clean_sandbox):
     assert run_models(resources, ["user_traits", "account_traits"]).success
 
@@ -92,7 +96,6 @@ def test_a_changed_row_sends_exactly_one_call(resources, warehouse, clean_sandbo
     assert latest["userId"] == "usr_0000001" and latest["traits"]["plan"] == "enterprise"
 
 
-@pytest.mark.slow
 def test_a_row_changed_back_to_an_earlier_state_is_sent_again(resources, warehouse, clean_sandbox):
     assert run_models(resources, ["user_traits"]).success
     edit_warehouse(warehouse, "UPDATE customers SET plan = 'enterprise' WHERE user_id = 'usr_0000001'")
@@ -229,7 +232,6 @@ def test_dry_run_sends_nothing_and_writes_no_snapshot(resources, clean_sandbox):
     assert metadata(real, "user_traits")["delivered"] == VALID_CUSTOMERS
 
 
-@pytest.mark.slow
 def test_full_resync_sends_every_row_again(resources, clean_sandbox):
     assert run_models(resources, ["user_traits"]).success
 

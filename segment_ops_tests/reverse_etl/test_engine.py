@@ -113,6 +113,7 @@ def test_a_pending_change_is_superseded_when_its_row_changes_again(tmp_path, peo
     assert segment_stats(clean_sandbox) == (60, 0)
 
 
+@pytest.mark.slow
 def test_a_superseded_change_is_sent_when_its_row_returns_to_that_state(tmp_path, people,
                                                                         segment_client_factory,
                                                                         clean_sandbox):

@@ -222,6 +222,7 @@ def deliver_identify_calls(home: Path, users: int) -> None:
         ledger.log_outcomes(TARGET.sync, [(seq, DELIVERED, 1, None) for seq in seqs])
 
 
+@pytest.mark.slow
 def test_the_sensor_asks_again_in_a_later_tick_after_a_failed_read_back(env, instance, ops_env, monkeypatch):
     resources = env(SEGMENT_PROFILES_TOKEN="not-the-space-token").later  # the Profile API answers 401
     deliver_identify_calls(ops_env, 3)
@@ -242,6 +243,7 @@ def test_the_sensor_asks_again_in_a_later_tick_after_a_failed_read_back(env, ins
     assert not instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": second.run_key}))  # Dagster starts it
 
 
+@pytest.mark.slow
 def test_a_profile_api_outage_skips_the_check_and_the_run_that_delivered_stays_successful(
         env, instance, ops_env, clean_sandbox, monkeypatch):
     resources = env().later

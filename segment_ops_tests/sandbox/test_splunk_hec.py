@@ -198,6 +198,7 @@ def test_every_answer_naming_an_invalid_event_kept_the_events_before_it(sandbox_
     assert [e["event"] for e in clean_sandbox.received("splunk")] == kept
 
 
+@pytest.mark.slow
 def test_acks_turn_true_only_after_the_configured_delay(sandbox_factory):
     channel = str(uuid.uuid4())
     headers = {**AUTH, "X-Splunk-Request-Channel": channel}
