@@ -4,15 +4,18 @@ test_run_watch_e2e.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import dagster as dg
+import orjson
 import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType
 
 from segment_ops.syncs.ops.run_watch import (
     FAILED_TAG,
     Beat,
+    Heartbeat,
     dead_run_sensor,
     find_dead_runs,
     heartbeat_executor,
@@ -64,8 +67,11 @@ def beat(instance: dg.DagsterInstance, run: dg.DagsterRun, *, ago: float, ended:
         {heartbeat_key(run.run_id): Beat(time.time() - ago, 4242, "worker-7", ended).dumps()})
 
 
-def tick(instance: dg.DagsterInstance) -> dg.SkipReason:
-    return dead_run_sensor(dg.build_sensor_context(instance=instance))
+def tick(instance: dg.DagsterInstance, *, watching_since: float = 0.0) -> str:
+    """One evaluation, with the sensor watching since `watching_since` (the epoch: since before every run
+    of these tests); returns its skip message."""
+    cursor = orjson.dumps({"watching_since": watching_since}).decode()
+    return dead_run_sensor(dg.build_sensor_context(instance=instance, cursor=cursor)).skip_reason.skip_message
 
 
 @pytest.mark.slow
@@ -83,13 +89,13 @@ def test_a_run_whose_worker_stopped_beating_is_failed_naming_the_worker(instance
     run = started_run(instance, started_ago=600)
     beat(instance, run, ago=TIMEOUT + 30)
 
-    reason = tick(instance)
+    message = tick(instance)
 
     failed = instance.get_run_by_id(run.run_id)
     assert failed.status == dg.DagsterRunStatus.FAILURE and failed.tags[FAILED_TAG] == "true"
     [event] = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
     assert "pid 4242 on worker-7" in event.dagster_event.message and "stopped beating" in event.message
-    assert "1 dead run(s) failed" in reason.skip_message
+    assert "1 dead run(s) failed" in message
 
 
 def test_a_run_beating_within_the_timeout_is_left_running(instance, ops_env):
@@ -130,7 +136,39 @@ def test_a_timeout_shorter_than_three_heartbeats_is_refused_naming_both_settings
 
 
 def test_no_running_run_skips_saying_so(instance, ops_env):
-    assert tick(instance).skip_message == "no run of this code location is running"
+    assert tick(instance) == "no run of this code location is running"
+
+
+def test_a_run_that_started_before_the_sensor_first_ran_is_never_failed_for_not_beating(instance, ops_env):
+    # Launched by a release without heartbeats, still running when this one was deployed.
+    old = started_run(instance, started_ago=3600)
+
+    first = dead_run_sensor(dg.build_sensor_context(instance=instance))
+    tick(instance, watching_since=orjson.loads(first.cursor)["watching_since"])
+
+    assert instance.get_run_by_id(old.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_worker_its_run_was_failed_as_dead_stops_itself_at_its_next_beat(instance, ops_env):
+    run = started_run(instance, started_ago=600)
+    beat(instance, run, ago=TIMEOUT + 30)
+    tick(instance)
+    fenced = threading.Event()
+
+    heartbeat = Heartbeat(instance, run.run_id, 0.05, on_fenced=fenced.set).start()
+
+    assert fenced.wait(5.0)
+    heartbeat.stop()
+
+
+def test_a_live_worker_is_not_stopped(instance, ops_env):
+    run = started_run(instance)
+    fenced = threading.Event()
+
+    heartbeat = Heartbeat(instance, run.run_id, 0.05, on_fenced=fenced.set).start()
+
+    assert not fenced.wait(0.3)
+    heartbeat.stop()
 
 
 def test_an_ended_beat_long_ago_on_a_run_still_started_is_reported_as_such():
