@@ -81,23 +81,31 @@ def read(path: Path) -> Replayed | None:
         except orjson.JSONDecodeError:  # only a crash of the machine leaves a bad line before the end
             torn = True
             break
-    if not records or "sync" not in records[0]:
+    try:
+        header = records[0]
+        replayed = Replayed(str(header["sync"]), int(header["mark"]), str(header["destination"]),
+                            header.get("run_id"), torn=torn)
+    except (IndexError, KeyError, TypeError, ValueError):  # not a journal this release wrote
         return None
-    header = records[0]
-    replayed = Replayed(header["sync"], header["mark"], header["destination"], header.get("run_id"),
-                        torn=torn)
     handed: dict[int, list[int]] = {}
     for record in records[1:]:
-        if "sent" in record:
-            handed[record["b"]] = record["sent"]
-        else:
-            handed.pop(record["b"], None)
-            replayed.outcomes.extend(_outcome(o) for o in record["done"])
+        try:
+            if "sent" in record:
+                handed[int(record["b"])] = [int(seq) for seq in record["sent"]]
+            else:
+                done = [_outcome(o) for o in record["done"]]
+                handed.pop(int(record["b"]), None)
+                replayed.outcomes.extend(done)
+        except (KeyError, TypeError, ValueError):  # a line no delivery writes: read no further
+            replayed.torn = True
+            break
     replayed.unanswered = [seq for seqs in handed.values() for seq in seqs]
     return replayed
 
 
 def _outcome(row: list) -> tuple:
+    if not isinstance(row, list) or not 4 <= len(row) <= 6:
+        raise ValueError(f"not an outcome: {row!r:.80}")
     if len(row) == 6 and row[5] is not None:  # awaiting_ack: receipt and when the request began
         return (*row[:5], datetime.fromisoformat(row[5]))
     return tuple(row)
@@ -118,7 +126,12 @@ class Journal:
             _LIVE.add(path)
         self._header = orjson.dumps({"sync": sync, "mark": mark, "destination": destination, "run_id": run_id,
                                      "v": VERSION}) + b"\n"
-        self._fd = self._write_anew()
+        try:
+            self._fd = self._write_anew()
+        except BaseException:
+            with _LIVE_LOCK:
+                _LIVE.discard(path)
+            raise
 
     def handed_over(self, seqs: Sequence[int]) -> int:
         """Note a batch about to be sent; returns its number, for `answered`."""

@@ -203,6 +203,30 @@ def test_a_torn_last_line_is_replayed_up_to_the_last_complete_record(ledger):
     assert ledger.recovered[SYNC].in_flight == 3 and ledger.recovered[SYNC].torn == 1
 
 
+@pytest.mark.parametrize("bad_line", [b'{"b": 2}', b'{"b": "two", "done": [[4]]}', b'{"done": []}',
+                                      b'{"b": 2, "done": [[4, "delivered", 1, null, "r", "not a time"]]}'])
+def test_a_line_no_delivery_writes_ends_the_replay_there_and_never_blocks_the_ledger(ledger, bad_line):
+    path = journal_of_two_batches(ledger)
+    header, sent, answered, *_ = path.read_bytes().split(b"\n")  # batch 1 handed over, then its answer
+    path.write_bytes(b"\n".join([header, sent, answered, bad_line, b'{"b": 9, "sent": [6]}', b""]))
+
+    again = Ledger(ledger.con)  # recovers; must not raise
+
+    assert statuses(again) == {1: DELIVERED, 2: DELIVERED, 3: DELIVERED, 4: PENDING, 5: PENDING, 6: PENDING}
+    assert again.recovered[SYNC].torn == 1 and not path.exists()
+
+
+@pytest.mark.parametrize("header", [b'{"sync": "s"}', b'{"sync": "s", "mark": "x", "destination": "d"}',
+                                    b"[1, 2]"])
+def test_a_journal_whose_header_is_not_ours_is_removed_without_blocking_the_ledger(ledger, header):
+    path = journal_of_two_batches(ledger)
+    path.write_bytes(header + b"\n")
+
+    Ledger(ledger.con)
+
+    assert not path.exists() and set(statuses(ledger).values()) == {PENDING}
+
+
 def test_recovering_a_journal_again_logs_nothing_twice(ledger, tmp_path):
     path = journal_of_two_batches(ledger)
     shutil.copy(path, tmp_path / "copy")
