@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorRequestError
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
@@ -17,7 +19,11 @@ from segment_ops.engine import store
 from segment_ops.engine.calls import prepare_call
 from segment_ops.engine.delivery import deliver_pending
 from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage
+from segment_ops.receivers.server import serve_in_thread
 from segment_ops.resources import build_resources
+from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment.public_api import SegmentPublicApi
+from segment_ops.sandbox.segment.sources import workspace_sources
 from segment_ops.syncs.ops.delivery_overview import (
     CHECK_EGRESS,
     CHECK_INGEST,
@@ -136,6 +142,72 @@ def test_a_shared_source_is_not_compared_with_the_ledger(ops_env, clean_sandbox,
     check = checks(materialize())[CHECK_INGEST]
 
     assert check.passed and "not compared" in check.description
+
+
+@pytest.fixture
+def public_api_listing(ops_env, monkeypatch, stop_in_background):
+    """`public_api_listing(sources)`: the sandbox's Public API emulator, listing `sources`, served on a free
+    port and set as SEGMENT_PUBLIC_API_URL (its Delivery Overview counts nothing)."""
+    started = []
+
+    def start(sources: list[dict]) -> None:
+        api = SegmentPublicApi(Recorder(100), lambda start, end: [], token=SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+                               sources=sources)
+        started.append(serve_in_thread(Starlette(routes=[Mount("/segmentapis", routes=list(api.routes()))]),
+                                       name="public api"))
+        monkeypatch.setenv("SEGMENT_PUBLIC_API_URL", f"{started[-1].url}/segmentapis")
+        monkeypatch.setenv("SEGMENT_PUBLIC_API_TOKEN", SANDBOX_SEGMENT_PUBLIC_API_TOKEN)
+
+    yield start
+    for served in started:
+        stop_in_background(served)
+
+
+def test_a_token_that_sees_no_write_keys_leaves_the_ingest_check_unverified_not_failed(
+        ops_env, clean_sandbox, public_api_listing):
+    public_api_listing([{k: v for k, v in s.items() if k != "writeKeys"}
+                        for s in workspace_sources(SANDBOX_SEGMENT_WRITE_KEY)])
+    deliver(ops_env, clean_sandbox, 3)
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert not check.passed and check.severity is dg.AssetCheckSeverity.WARN
+    assert check.description.startswith("not verifiable: give SEGMENT_PUBLIC_API_TOKEN read access to the "
+                                        "workspace's sources")
+
+
+def test_a_write_key_of_no_source_among_sources_with_keys_fails_the_ingest_check(ops_env, clean_sandbox,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "a-key-of-no-source")
+    deliver(ops_env, clean_sandbox, 2, write_key="a-key-of-no-source")
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert not check.passed and check.severity is dg.AssetCheckSeverity.ERROR
+    assert "none of the workspace's sources: Segment dropped all 2 messages" in check.description
+
+
+def test_live_ledgers_are_not_compared_with_the_sandboxs_public_api(ops_env, clean_sandbox, monkeypatch):
+    deliver(ops_env, clean_sandbox, 2)
+    monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment")  # set: counts as live
+
+    result = materialize()
+
+    assert result.success and clean_sandbox.stats()["segmentapis"]["requests"] == 0
+    assert metadata(result)["skipped"].startswith("SEGMENT_TRACKING_URL sends to a live Segment but "
+                                                  "SEGMENT_PUBLIC_API_URL, SEGMENT_PUBLIC_API_TOKEN not set")
+    assert all(not c.passed and c.severity is dg.AssetCheckSeverity.WARN and "not verified" in c.description
+               for c in checks(result).values())
+
+
+def test_the_schedule_skips_live_ledgers_without_the_public_api(ops_env, monkeypatch):
+    monkeypatch.setenv("SEGMENT_TRACKING_URL", "https://api.segment.io")
+    monkeypatch.setenv("SEGMENT_PUBLIC_API_URL", "https://api.segmentapis.com")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 12, 6, 14, 10, tzinfo=UTC))
+
+    skipped = segment_delivery_overview_schedule(context)
+
+    assert isinstance(skipped, dg.SkipReason) and "SEGMENT_PUBLIC_API_TOKEN not set" in skipped.skip_message
 
 
 def test_an_injected_egress_failure_warns_and_alerts_the_destination_reason_and_counts(ops_env, clean_sandbox,

@@ -56,6 +56,9 @@ STAGING_SYNC = "ops_delivery_overview"  # staging/ops_delivery_overview.duckdb
 NOT_TRACKING_SYNCS = ("audit_trail",)
 LOCK_RETRY_SECONDS = 3.0
 CHECK_INGEST, CHECK_EGRESS = "segment_received_what_we_delivered", "destinations_delivered"
+# As preflight and the Profile API's resource decide: once SEGMENT_TRACKING_URL sends to a real Segment, a
+# Public API setting left at its sandbox default counts as unset (the sandbox's figures would prove nothing).
+PUBLIC_API_SETTINGS = ("SEGMENT_PUBLIC_API_URL", "SEGMENT_PUBLIC_API_TOKEN")
 
 STATE = store.register(store.StateSchema(
     name="delivery_overview", version=1,
@@ -117,6 +120,9 @@ class DestinationFigures:
 class Overview:
     sources: list[SourceFigures]
     destinations: list[DestinationFigures]
+    # Whether any source the token lists shows its write keys: none does when the token cannot read them
+    # (preflight's "cannot be verified"), and then no source found for the key proves nothing.
+    write_keys_seen: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,8 @@ class Verdict:
 
 def read_overview(client: SegmentPublicApiClient, write_key: str, start: datetime, end: datetime) -> Overview:
     """Delivery Overview of [start, end) for the sources of `write_key` and their enabled destinations."""
-    sources = write_key_sources(client.iter_sources(), write_key)
+    listed = list(client.iter_sources())
+    sources = write_key_sources(listed, write_key)
     ids = {s["id"] for s in sources}
     destinations = [d for d in client.iter_destinations() if d.get("sourceId") in ids and d.get("enabled")]
 
@@ -163,7 +170,8 @@ def read_overview(client: SegmentPublicApiClient, write_key: str, start: datetim
             source_id, destination_id, destination.get("name") or destination_id,
             total("successful-delivery", source_id, destination_id), sum(discards.values()),
             total("filtered-at-destination", source_id, destination_id), discards))
-    return Overview(source_figures, destination_figures)
+    return Overview(source_figures, destination_figures,
+                    write_keys_seen=any(source.get("writeKeys") for source in listed))
 
 
 def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
@@ -189,9 +197,15 @@ def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
 def ingest_verdict(overview: Overview, ledger: LedgerHour, *, dedicated: bool, tolerance: float) -> Verdict:
     """Did Segment take what the ledgers delivered? (see the module's docstring)"""
     error, warn = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
-    if not overview.sources:
+    if not overview.sources and not overview.write_keys_seen:
+        return Verdict(False, warn, "not verifiable: give SEGMENT_PUBLIC_API_TOKEN read access to the "
+                                    "workspace's sources (it sees no source's write keys)")
+    if not overview.sources and ledger.delivered:
         return Verdict(False, error, "SEGMENT_WRITE_KEY is the write key of none of the workspace's sources: "
                                      f"Segment dropped all {ledger.delivered:,} messages delivered this hour")
+    if not overview.sources:
+        return Verdict(False, warn, "SEGMENT_WRITE_KEY is the write key of none of the workspace's sources "
+                                    "(nothing was delivered this hour)")
     received = sum(s.received for s in overview.sources)
     failed = sum(s.failed_on_ingest for s in overview.sources)
     if failed:
@@ -212,6 +226,19 @@ def ingest_verdict(overview: Overview, ledger: LedgerHour, *, dedicated: bool, t
                                     "ledgers delivered: another sender writes to the source "
                                     "(SEGMENT_SOURCE_DEDICATED)")
     return Verdict(True, error, f"Segment received {received:,} of {ledger.delivered:,} delivered")
+
+
+def skip_reason(settings: Settings) -> str | None:
+    """Why the hour cannot be read with these settings (None: it can): live ledgers and the sandbox's Public
+    API."""
+    if not settings.is_set("SEGMENT_TRACKING_URL"):
+        return None
+    missing = [name for name in PUBLIC_API_SETTINGS if not settings.is_set(name)]
+    if not missing:
+        return None
+    return (f"SEGMENT_TRACKING_URL sends to a live Segment but {', '.join(missing)} not set: the ledgers' "
+            "deliveries are not compared with the sandbox's Delivery Overview (set both to read the "
+            "workspace's)")
 
 
 def egress_flagged(overview: Overview, max_share: float) -> list[DestinationFigures]:
@@ -287,6 +314,14 @@ def ops_segment_delivery_overview(context: dg.AssetExecutionContext,
                                   segment_public_api: SegmentPublicApiResource, staging: StagingResource,
                                   alerts: AlertsResource) -> dg.MaterializeResult:
     settings = load_settings()
+    if reason := skip_reason(settings):
+        context.log.warning(f"Delivery Overview not read: {reason}")
+        return dg.MaterializeResult(
+            metadata={"skipped": reason},
+            check_results=[dg.AssetCheckResult(check_name=name, passed=False,
+                                               severity=dg.AssetCheckSeverity.WARN,
+                                               description=f"not verified: {reason}")
+                           for name in (CHECK_INGEST, CHECK_EGRESS)])
     dedicated, tolerance, max_share = _settings(settings)
     window = context.partition_time_window
     start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
@@ -401,7 +436,10 @@ delivery_overview_job = dg.define_asset_job(
              default_status=dg.DefaultScheduleStatus.RUNNING,
              description="Every hour at :10 UTC, reads the hour before from Segment's Delivery Overview and "
                          "checks it (on by default: it only reads).")
-def segment_delivery_overview_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+def segment_delivery_overview_schedule(
+        context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    if reason := skip_reason(load_settings()):
+        return dg.SkipReason(reason)
     hour = context.scheduled_execution_time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     key = (hour - timedelta(hours=1)).strftime("%Y-%m-%d-%H:%M")
     return dg.RunRequest(run_key=key, partition_key=key)
