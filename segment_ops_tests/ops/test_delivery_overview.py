@@ -32,6 +32,7 @@ from segment_ops.syncs.ops.delivery_overview import (
     ops_segment_delivery_overview,
     segment_delivery_overview_schedule,
 )
+from segment_ops_tests.ops.test_delivery_health import locked_by_another_process
 
 SYNC = "reverse_etl_user_traits"
 SOURCE, WEBHOOKS = "src_segment_ops", "dst_webhooks"
@@ -208,6 +209,19 @@ def test_the_schedule_skips_live_ledgers_without_the_public_api(ops_env, monkeyp
     skipped = segment_delivery_overview_schedule(context)
 
     assert isinstance(skipped, dg.SkipReason) and "SEGMENT_PUBLIC_API_TOKEN not set" in skipped.skip_message
+
+
+@pytest.mark.slow  # a second process holds the file
+def test_an_audit_trail_file_held_by_an_audit_run_does_not_stop_the_comparison(ops_env, clean_sandbox):
+    deliver(ops_env, clean_sandbox, 3)
+    audit_file = ops_env / "staging" / "audit_trail.duckdb"  # the SIEMs' ledger: never a Tracking API call
+    with store.staging(audit_file) as con:
+        Ledger(con)
+
+    with locked_by_another_process(audit_file):
+        check = checks(materialize())[CHECK_INGEST]
+
+    assert check.passed and check.description == "Segment received 3 of 3 delivered"
 
 
 def test_an_injected_egress_failure_warns_and_alerts_the_destination_reason_and_counts(ops_env, clean_sandbox,

@@ -52,7 +52,8 @@ GROUP = "operations"
 # Segment keeps HOUR metrics for 30 days (spec §7); older partitions answer 422.
 PARTITIONS = dg.HourlyPartitionsDefinition(start_date="2026-11-01-00:00", end_offset=1)
 STAGING_SYNC = "ops_delivery_overview"  # staging/ops_delivery_overview.duckdb
-# Ledger syncs that deliver elsewhere than Segment's Tracking API (the audit trail goes to the SIEMs).
+# Ledger syncs that deliver elsewhere than Segment's Tracking API (the audit trail goes to the SIEMs); each
+# keeps its ledger in its own staging file, named for the sync, which `tracking_ledger_files` leaves unread.
 NOT_TRACKING_SYNCS = ("audit_trail",)
 LOCK_RETRY_SECONDS = 3.0
 CHECK_INGEST, CHECK_EGRESS = "segment_received_what_we_delivered", "destinations_delivered"
@@ -172,6 +173,12 @@ def read_overview(client: SegmentPublicApiClient, write_key: str, start: datetim
             total("filtered-at-destination", source_id, destination_id), discards))
     return Overview(source_figures, destination_figures,
                     write_keys_seen=any(source.get("writeKeys") for source in listed))
+
+
+def tracking_ledger_files(home: Path, own_file: Path) -> list[Path]:
+    """The staging files that may hold Tracking API deliveries: every one but this asset's state and those of
+    the syncs that deliver elsewhere (audit runs often hold theirs, which would leave the hour uncompared)."""
+    return [f for f in staging_files(home) if f != own_file and f.stem not in NOT_TRACKING_SYNCS]
 
 
 def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
@@ -331,7 +338,7 @@ def ops_segment_delivery_overview(context: dg.AssetExecutionContext,
     finally:
         client.close()
     own_file = staging.staging_db(STAGING_SYNC)
-    ledger = ledger_hour([f for f in staging_files(Path(staging.home)) if f != own_file], start, end)
+    ledger = ledger_hour(tracking_ledger_files(Path(staging.home), own_file), start, end)
     hour = context.partition_key
     with store.staging(own_file) as con:
         flagged = egress_flagged(overview, max_share)
