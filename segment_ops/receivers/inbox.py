@@ -7,6 +7,7 @@ written once (numbered parts, a summary) and a done marker; nothing here knows a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -50,15 +51,36 @@ def store_item(target: Path, record: bytes, *, content: bytes,
     (what this copy says, without when it arrived) kept aside by `keep_aside`. Raises `InboxError` when the
     folder cannot be written."""
     if not target.exists():
-        make_dirs(target.parent)
-        if write_once(target, record):
-            return True
-        # Another receiver stored it in between: this copy is compared with that one.
+        archived = make_batch_dirs(target.parent)
+        if archived is None:
+            if write_once(target, record):
+                return True
+            # Another receiver stored it in between: this copy is compared with that one.
+        else:  # archived since the caller saw it: the item is answered from the archive
+            target = archived / target.name
+            if not target.exists():
+                raise Conflict(f"{archived.name} was processed and archived without {target.name}",
+                               kept_aside=keep_aside(target, content))
     differ = list(differences(read_json(target)))
     if not differ:
         return False
     raise Conflict(f"{target.name} is already stored with a different {', '.join(differ)}",
                    kept_aside=keep_aside(target, content), differences=differ)
+
+
+def make_batch_dirs(batch: Path) -> Path | None:
+    """Create the live folder `batch` for a new item, unless the archive holds it: a batch located as live
+    may be archived (`archive_batch`) before its item is written, and `make_dirs` would then make an empty
+    live batch anew. Returns the archived batch (the live folder just made removed again), else None.
+    Checked after the folder is made, which is safe: only batches with a done marker are archived, so a
+    folder without one, made after the check found no archive, stays live."""
+    make_dirs(batch)
+    archived = archived_batch(batch.parent, batch.name)
+    if archived is not None:
+        # OSError: removed by a concurrent receiver already (or not empty: then left as it is)
+        with contextlib.suppress(OSError):
+            batch.rmdir()
+    return archived
 
 
 def keep_aside(target: Path, content: bytes) -> Path | None:

@@ -13,9 +13,11 @@ import orjson
 import pytest
 
 from segment_ops.clients.base import tls_context
-from segment_ops.syncs.heap.inbox import Inbox
+from segment_ops.receivers import inbox as durable
+from segment_ops.syncs.heap.inbox import Inbox, PageConflict
 from segment_ops.syncs.heap.receiver import WebhookConfig
 from segment_ops.syncs.heap.server import RunningReceiver, start_receiver
+from segment_ops.syncs.heap.webhook import SyncPage
 from segment_ops_tests.heap.conftest import POWER_USERS, evaluate_sensor, sign
 
 SECRET = "test-heap-secret-archive"
@@ -99,3 +101,60 @@ def test_a_retention_that_cannot_be_used_is_reported_and_the_tick_goes_on(receiv
 
     assert "HEAP_INBOX_RETENTION_DAYS must be a whole number of days" in result.skip_reason.skip_message
     assert live(ops_env) == []
+
+
+# The sensor may archive a sync between `Inbox.store` locating its live folder and writing to it; these
+# tests archive it exactly there (a hook on the step), so the race is taken every time.
+def sync_page(task: str, number: int = 1, total: int = 1, add: tuple[str, ...] = ("a@x.com",)) -> SyncPage:
+    return SyncPage(task, number, total, POWER_USERS, "Power Users", add, ())
+
+
+@pytest.fixture
+def archived_while_located(tmp_path: Path, monkeypatch) -> Inbox:
+    """An inbox holding the applied sync "s1", archived right after `store` finds it live."""
+    inbox = Inbox(tmp_path / "inbox")
+    inbox.store(sync_page("s1"))
+    inbox.mark_done("s1", {"audience": "power_users"})
+    locate = Inbox._sync_located
+
+    def located_then_archived(self: Inbox, sync_task_id: str) -> Path:
+        folder = locate(self, sync_task_id)
+        self.archive_applied()
+        return folder
+
+    monkeypatch.setattr(Inbox, "_sync_located", located_then_archived)
+    return inbox
+
+
+def test_a_retry_racing_the_archive_is_a_repeat_not_a_new_sync(archived_while_located):
+    inbox = archived_while_located
+
+    assert inbox.store(sync_page("s1")) is False
+
+    assert list(inbox.root.iterdir()) == [inbox.root / ".archive"]
+    assert inbox.is_done("s1") and inbox.syncs() == []
+
+
+def test_a_different_copy_racing_the_archive_gets_a_conflict(archived_while_located):
+    inbox = archived_while_located
+
+    with pytest.raises(PageConflict, match="different add"):
+        inbox.store(sync_page("s1", add=("mallory@x.com",)))
+
+    assert inbox.syncs() == [] and not inbox.sync_folder("s1").exists()
+
+
+def test_a_repeat_archived_just_before_it_is_written_stays_a_repeat(tmp_path, monkeypatch):
+    inbox = Inbox(tmp_path / "inbox")
+    inbox.store(sync_page("s1"))
+    inbox.mark_done("s1", {"audience": "power_users"})
+    store_item = durable.store_item
+
+    def archived_then_stored(*args, **kwargs) -> bool:
+        inbox.archive_applied()
+        return store_item(*args, **kwargs)
+
+    monkeypatch.setattr(durable, "store_item", archived_then_stored)
+
+    assert inbox.store(sync_page("s1")) is False
+    assert inbox.syncs() == [] and not inbox.sync_folder("s1").exists()

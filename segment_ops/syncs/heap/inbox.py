@@ -176,15 +176,19 @@ class Inbox:
           only syncs without `done.json`), a different copy gets 409. Nothing late is silently dropped.
         Raises `InboxError` when the folder cannot be written.
         """
+        live, name = self.sync_folder(page.sync_task_id), f"{PAGE}-{page.page_number}.json"
         folder = self._sync_located(page.sync_task_id)
-        target = folder / f"{PAGE}-{page.page_number}.json"
         received = received_at or datetime.now(UTC)
-        if not target.exists():
-            if folder != self.sync_folder(page.sync_task_id):  # archived: applied, so complete
-                raise _conflict(page, f"its sync was applied and archived without a page {page.page_number}",
-                                durable.keep_aside(target, _content(page)))
-            durable.make_dirs(folder)
-            self._check_summary(page, target, received)
+        if folder == live and not (folder / name).exists():
+            # The sensor may have archived the sync since it was located: then it is answered from there,
+            # never stored anew as a pending sync (its run would apply a stale page after newer ones).
+            folder = durable.make_batch_dirs(live) or live
+            if folder == live:
+                self._check_summary(page, folder / name, received)
+        target = folder / name
+        if folder != live and not target.exists():  # archived: applied, so complete
+            raise _conflict(page, f"its sync was applied and archived without a page {page.page_number}",
+                            durable.keep_aside(target, _content(page)))
         record = {
             "sync_task_id": page.sync_task_id, "page_number": page.page_number,
             "total_pages": page.total_pages,
@@ -197,8 +201,10 @@ class Inbox:
             return durable.store_item(target, orjson.dumps(record), content=_content(page),
                                       differences=lambda stored: _differences(page, stored))
         except Conflict as exc:
-            raise _conflict(page, f"page {page.page_number} is already stored with a different "
-                                  f"{', '.join(exc.differences)}", exc.kept_aside, exc.differences) from None
+            what = (f"page {page.page_number} is already stored with a different {', '.join(exc.differences)}"
+                    if exc.differences else
+                    f"its sync was applied and archived without a page {page.page_number}")
+            raise _conflict(page, what, exc.kept_aside, exc.differences) from None
 
     def _check_summary(self, page: SyncPage, target: Path, received: datetime) -> None:
         """Write the sync's summary with its first page, or check `page` agrees with the one written."""
