@@ -12,6 +12,7 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from segment_ops.resources import SegmentPublicApiResource, StagingResource
+from segment_ops.syncs.audit_trail import defs as audit_trail_defs
 from segment_ops.syncs.audit_trail.defs import (
     PARTITIONS,
     audit_events_sensor,
@@ -81,6 +82,21 @@ def test_an_unreachable_public_api_skips_the_tick_and_keeps_the_cursor(instance,
 
     assert not result.run_requests and "Public API probe failed" in result.skip_reason.skip_message
     assert json.loads(result.cursor)["prints"] == json.loads(cursor)["prints"]
+
+
+@pytest.mark.slow  # each probe answers after 0.5 s
+def test_a_slow_public_api_stops_probing_at_the_budget_and_keeps_the_cursor_and_the_turn(
+        resources, clean_sandbox, instance, monkeypatch):
+    monkeypatch.setattr(audit_trail_defs, "PROBE_BUDGET_SECONDS", 0.7, raising=False)
+    clean_sandbox.set_faults("segmentapis", rate_slow=1.0, slow_seconds=0.5)
+    newest = PARTITIONS.get_partition_keys(current_time=datetime.now(UTC))[-2:]
+
+    result = tick(instance, resources, json.dumps({"prints": {}, "open": {}, "turn": 0, "swept": ""}))
+
+    assert clean_sandbox.stats()["segmentapis"]["requests"] == 2  # the two newest hours, then the budget
+    cursor = json.loads(result.cursor)
+    assert set(cursor["prints"]) == set(newest)
+    assert cursor["turn"] == 0  # the older hours not probed come first next tick
 
 
 def test_the_safety_net_rereads_the_last_two_complete_hours_and_is_off_by_default():

@@ -103,6 +103,10 @@ SENSOR_INTERVAL = 180
 SAFETY_NET_HOURS = 2  # complete hours the schedule re-reads
 GAP_LOOKBACK_DAYS = 7
 SENSOR_RETRY = RetryPolicy(max_attempts=3, max_elapsed=20.0)
+# Dagster fails a sensor evaluation after 60 s, and its cursor is then lost. No probe starts after this many
+# seconds of the tick: one begun just before may take 30 s (20 s of retries, then a 10 s timeout), and what
+# follows the probes (the sweep, the acks' run, the cursor) needs a few. The hours not probed wait a tick.
+PROBE_BUDGET_SECONDS = 25.0
 DEFAULT_ACK_TIMEOUT = 300.0  # seconds; the Kafka connector's HEC ack timeout (spec §7)
 HEC_LEDGER_SYNC = ledger_sync(SplunkHecDestination)  # type: ignore[arg-type]
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -576,7 +580,7 @@ audit_trail_job = dg.define_asset_job(
                        "going, starts a run of the newest complete hour so they are polled.")
 def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api: SegmentPublicApiResource,
                         staging: StagingResource) -> dg.SensorResult:
-    now = datetime.now(UTC)
+    started, now = time.monotonic(), datetime.now(UTC)
     state = SensorState.load(context.cursor)
     keys = PARTITIONS.get_partition_keys(current_time=now)
     horizon = lateness_horizon()
@@ -587,8 +591,18 @@ def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api:
     # Sensor evaluations time out after 60 s: probe with a short retry budget, not the runs' 300 s.
     client = SegmentPublicApiClient(segment_public_api.base_url, segment_public_api.token, timeout=10.0,
                                     retry=SENSOR_RETRY)
+    turn = state.turn % len(older) if older else 0
+    older_probes = state.older_in_turn(older)
+    probes = keys[-SENSOR_HOURS:] + older_probes
     try:
-        for key in keys[-SENSOR_HOURS:] + state.older_in_turn(older):
+        for done, key in enumerate(probes):
+            if time.monotonic() - started > PROBE_BUDGET_SECONDS:
+                left = probes[done:]
+                notes.append(f"probing stopped at {PROBE_BUDGET_SECONDS:g} s into the tick (the 60 s "
+                             f"limit): {', '.join(left)} left for the next tick")
+                older_done = len(older_probes) - len([k for k in left if k in older_probes])
+                state.turn = (turn + older_done) % len(older) if older else 0  # the next tick starts there
+                break
             window = PARTITIONS.time_window_for_partition_key(key)
             listing = listing_fingerprint(client, window.start - WINDOW_OVERLAP, min(window.end, now))
             if listing == state.prints.get(key):
