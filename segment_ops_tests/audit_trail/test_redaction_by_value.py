@@ -20,6 +20,13 @@ from segment_ops.engine.redaction import HASH_PREFIX, RedactionRules
 from segment_ops_tests.audit_trail.conftest import PARTITIONS, complete_hours, received_events, run_hour
 
 RULES = RedactionRules(salt="pepper")
+# Known answers, worked out with the standard library, not with the code under test:
+# "sha256:" + hmac.new(b"pepper", value, hashlib.sha256).hexdigest() (`openssl dgst -sha256 -hmac pepper`
+# gives the same digests). A value that is not a string is hashed as its str(); an email as normalised.
+HUNTER2 = "sha256:e075c939d4acb1f39c7839b235d928a7bff10dbef921146af19ca9832808bbfc"
+FORTY_TWO = "sha256:05072a49e7c724c2ac3638d3a54eb8848d39fb952094ee45037176152e15d416"  # b"42"
+X = "sha256:3907347a65f6001d4cef35d4b93f9ed9887bcdf74f824aced9c6e9e3e3abf33c"
+ANA = "sha256:f04c98b8b485a884ed27e91c8b7b9ab6161d830ac969954552d16c4ad85c7d63"  # b"ana.souza@example.com"
 ALNUM = string.ascii_letters + string.digits
 HEX = "0123456789abcdef"
 
@@ -202,8 +209,12 @@ def test_a_guid_resource_id_and_plain_words_stay_readable():
 
 def test_a_value_under_a_credential_key_is_hashed_whatever_it_looks_like():
     out = RULES.redact({"details": {"password": "hunter2", "clientSecret": 42, "api_key": "x"}})
-    assert out["details"] == {"password": RULES.hash_value("hunter2"), "clientSecret": RULES.hash_value(42),
-                              "api_key": RULES.hash_value("x")}
+    assert out["details"] == {"password": HUNTER2, "clientSecret": FORTY_TWO, "api_key": X}
+
+
+def test_an_email_under_a_credential_key_is_hashed_in_its_normalised_form():
+    out = RULES.redact({"details": {"password": "ANA.Souza%40Example.com"}})
+    assert out["details"] == {"password": ANA}  # percent-decoded and case-folded before the HMAC
 
 
 def test_hostile_nesting_is_walked_without_recursion():

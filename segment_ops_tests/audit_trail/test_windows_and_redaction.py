@@ -54,6 +54,9 @@ def test_missing_windows_names_the_hours_between_forwarded_ones():
 
 
 RULES = RedactionRules(salt="pepper")
+# "sha256:" + hmac.new(b"pepper", value, hashlib.sha256).hexdigest(), worked out with the standard library.
+ANA = "sha256:f04c98b8b485a884ed27e91c8b7b9ab6161d830ac969954552d16c4ad85c7d63"  # b"ana.souza@example.com"
+TOKEN = "sha256:298717d7db830d65abe08e07a332a4fca09583e8c42906b9a5a3f0407974a5f4"  # b"sgp_AbCdEfGh12345678"
 AUDIT = {"id": "a1", "timestamp": "2026-11-23T10:00:00Z", "type": "Access Token Created",
          "actor": "ana.souza@example.com", "actorEmail": "ana.souza@example.com",
          "resourceName": "ci token sgp_AbCdEfGh12345678 for deploy", "resourceId": "tok1",
@@ -62,7 +65,7 @@ AUDIT = {"id": "a1", "timestamp": "2026-11-23T10:00:00Z", "type": "Access Token 
 
 def test_configured_fields_are_hashed_with_a_salted_sha256():
     out = RULES.redact(AUDIT)
-    assert out["actorEmail"] == RULES.hash_value("ana.souza@example.com")
+    assert out["actorEmail"] == ANA
     assert out["actorEmail"].startswith(HASH_PREFIX) and len(out["actorEmail"]) == len(HASH_PREFIX) + 64
     assert RedactionRules(salt="other").hash_value("ana.souza@example.com") != out["actorEmail"]
     assert AUDIT["actorEmail"] == "ana.souza@example.com"  # the input is untouched
@@ -70,8 +73,8 @@ def test_configured_fields_are_hashed_with_a_salted_sha256():
 
 def test_emails_and_tokens_inside_text_fields_are_hashed_in_place():
     out = RULES.redact(AUDIT)
-    assert out["actor"] == RULES.hash_value("ana.souza@example.com")
-    assert out["resourceName"] == f"ci token {RULES.hash_value('sgp_AbCdEfGh12345678')} for deploy"
+    assert out["actor"] == ANA
+    assert out["resourceName"] == f"ci token {TOKEN} for deploy"
     assert out["type"] == AUDIT["type"] and out["resourceId"] == "tok1"
 
 
