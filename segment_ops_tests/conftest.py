@@ -36,6 +36,18 @@ HEAP_AT = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 # read-back tests wait a little longer than this.
 PROFILES_DELAY_SECONDS = 0.2
 
+def status_within(url: str, expected: int, *, seconds: float = 5.0) -> int:
+    """GET `url` until it answers `expected` or `seconds` have passed; returns the last status seen. For a
+    server whose state follows a socket asynchronously: uvicorn counts a connection against its
+    `limit_concurrency` once its event loop has accepted it, and forgets it once that loop saw it close."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = httpx.get(url, timeout=5).status_code
+        if status == expected or time.monotonic() >= deadline:
+            return status
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="session")
 def stop_in_background() -> Iterator[Callable[[object], None]]:
     """`stop_in_background(server)` stops a server (anything with `stop()`) on a background thread. uvicorn

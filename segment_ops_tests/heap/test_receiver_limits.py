@@ -13,6 +13,7 @@ import pytest
 
 from segment_ops.syncs.heap.receiver import WebhookConfig, WebhookConfigError, config_from_env
 from segment_ops.syncs.heap.server import RunningReceiver, start_receiver
+from segment_ops_tests.conftest import status_within
 
 SECRET = "test-heap-secret-limits"
 
@@ -40,27 +41,25 @@ def headers_only(header: str, length: int = 150_000) -> bytes:
 ])
 def test_a_bad_heap_hash_is_refused_before_the_body_arrives(receiver, header, status):
     """Headers announce a large body that never comes: a malformed header, a stale timestamp or an hmac
-    that is no digest is answered at once, without waiting for (or buffering) the body."""
+    that is no digest is answered at once, without waiting for (or buffering) the body. A server that
+    waited for it would never answer: the read would end in the socket's timeout (`connect`: 5 s)."""
     with connect(receiver) as conn:
         conn.sendall(headers_only(header.replace("<now>", str(time.time_ns() // 10**6))))
-        started = time.monotonic()
         answer = conn.recv(4096)
 
     assert answer.startswith(b"HTTP/1.1 " + status), answer
-    assert time.monotonic() - started < 1
 
 
 def test_beyond_the_connection_cap_the_receiver_answers_503(receiver):
+    healthz = f"{receiver.url}/healthz"
     idle = [connect(receiver) for _ in range(4)]
     try:
-        time.sleep(0.05)  # let the server accept them
-        response = httpx.get(f"{receiver.url}/healthz", timeout=5)
+        busy = status_within(healthz, 503)  # once the server has accepted the four
     finally:
         for conn in idle:
             conn.close()
 
-    assert response.status_code == 503
-    assert httpx.get(f"{receiver.url}/healthz", timeout=5).status_code == 200
+    assert (busy, status_within(healthz, 200)) == (503, 200)  # 200 once it has seen them close
 
 
 def test_the_healthz_answer_names_no_file_system_path(receiver, tmp_path):

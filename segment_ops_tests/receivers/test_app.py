@@ -7,7 +7,6 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from segment_ops.clients.base import tls_context
 from segment_ops.receivers import inbox
 from segment_ops.receivers.app import Endpoint, Refused, build_app
 from segment_ops.receivers.server import is_loopback, serve_in_thread
+from segment_ops_tests.conftest import status_within
 
 TOKEN = "acme-shared-token"
 MAX_BODY = 1_000
@@ -257,9 +257,8 @@ def test_a_server_with_a_concurrency_limit_answers_503_beyond_it():
     try:
         with socket.create_connection((host, int(port)), timeout=5), \
                 socket.create_connection((host, int(port)), timeout=5):
-            time.sleep(0.05)
-            busy = httpx.get(f"{served.url}/healthz", timeout=5).status_code
-        idle = httpx.get(f"{served.url}/healthz", timeout=5).status_code
+            busy = status_within(f"{served.url}/healthz", 503)  # once the server has accepted the two
+        idle = status_within(f"{served.url}/healthz", 200)  # once it has seen them close
     finally:
         served.stop()
 
