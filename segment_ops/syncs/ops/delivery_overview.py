@@ -14,10 +14,14 @@ Checks:
   SEGMENT_SOURCE_DEDICATED: nobody else writes to the source) it received what the ledgers delivered to the
   Tracking API in the hour, give or take DELIVERY_OVERVIEW_INGEST_TOLERANCE. Fewer: batches were dropped
   (a wrong write key, the other region's host, a batch the edge lost); ERROR. More: someone else writes to
-  the source; WARN. A write key that belongs to no source is an ERROR.
+  the source; WARN. A write key that belongs to none of the listed sources is an ERROR when the ledgers
+  delivered in the hour; a token that sees no source's write keys leaves it unverified (WARN), as preflight.
 - `destinations_delivered`: no destination failed more than DELIVERY_OVERVIEW_MAX_EGRESS_FAILED_SHARE of its
   events in the hour (WARN: Segment has the data; a destination's settings or credentials refuse it). Each
   such destination is alerted (ALERT_WEBHOOK_URL) with its discard reasons and counts, once per hour.
+
+Once SEGMENT_TRACKING_URL sends to a live Segment, the hour is read only with SEGMENT_PUBLIC_API_URL and
+SEGMENT_PUBLIC_API_TOKEN set too (`skip_reason`): live ledgers are never compared with the sandbox.
 
 What it cannot prove: the ledger's delivery time is when Segment's answer was logged, Segment buckets by its
 receipt, so a batch at the turn of the hour may land in the next (the tolerance); Segment's metrics may lag
