@@ -560,7 +560,7 @@ def main() -> int:
           f"data seed {DATA_SEED}")
     print(f"dagster dev: RUN_HEARTBEAT_SECONDS={RUN_HEARTBEAT_SECONDS}, "
           f"RUN_HEARTBEAT_TIMEOUT_SECONDS={RUN_HEARTBEAT_TIMEOUT_SECONDS} (dead_run_sensor every 30s; run "
-          f"monitoring frees a dead run's pool slots 60s after it ended); demo scale {SCALE}")
+          f"monitoring frees a dead run's pool slots 15s after it ended, dagster.yaml); demo scale {SCALE}")
     print(f"work per wave: a replay file of {args.replay_lines:,} identify calls, an audit hour with "
           f"{args.audit_events:,} injected events; reverse_etl_job (all models) every other wave")
     print(f"sandbox faults: {FAULTS}", flush=True)
