@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
@@ -162,7 +162,13 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     routes.insert(0, Mount("/__sandbox__/heap", routes=heap_webhook_routes(heap_pusher)))
     routes.insert(0, Mount("/__sandbox__/segment", routes=delivery_overview.control_routes(pipeline)))
     control.on_reset.append(heap_pusher.reset)
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={ClientDisconnect: _client_gone})
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """A client that went away mid-body (a killed sender) is an aborted request, not a server error: answered
+    (to nobody) with nginx's 499 "client closed request", without a traceback in the log."""
+    return Response(status_code=499)
 
 
 class DemoSource:

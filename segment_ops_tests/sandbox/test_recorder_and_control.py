@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -118,3 +119,16 @@ def test_ops_env_points_settings_at_the_sandbox(ops_env, sandbox):
     settings = load_settings()
     assert settings["SEGMENT_TRACKING_URL"] == f"{sandbox.url}/segment"
     assert settings.home == ops_env
+
+
+def test_a_sender_killed_mid_body_is_an_aborted_request_not_a_server_error(clean_sandbox, sandbox_http,
+                                                                            caplog):
+    # As a SIGKILLed run leaves it: the request announces more body than it sends, then the socket closes.
+    host, port = clean_sandbox.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /segment/v1/batch HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b'{"batch": [' + b" " * 1000)
+    time.sleep(0.3)  # the server notices the closed socket on its own loop
+
+    assert "Exception in ASGI application" not in caplog.text
+    assert sandbox_http.get("/__sandbox__/stats").status_code == 200
