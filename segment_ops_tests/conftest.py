@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from segment_ops.clients.base import tls_context
 from segment_ops.config import SETTINGS
@@ -46,6 +48,19 @@ def status_within(url: str, expected: int, *, seconds: float = 5.0) -> int:
         if status == expected or time.monotonic() >= deadline:
             return status
         time.sleep(0.01)
+
+
+# Hypothesis: in CI (`.ci/run` sets CI=true) every run tries the same examples, chosen from a hash of each
+# test (derandomize), with no example database, so a red build is reproduced by running it again; elsewhere
+# ("dev", Hypothesis' defaults) each run explores anew and replays what failed before. Hypothesis 6.1xx loads
+# a built-in "ci" profile of its own when it sees CI; this one replaces it, so the choice is ours, not the
+# version's. The tests keep their own max_examples; the deadline is for a test that sets none (1 s, not
+# 200 ms: a CI machine is slower), and too_slow is not checked there for the same reason.
+settings.register_profile("ci", settings.get_profile("default"), derandomize=True, database=None,
+                          deadline=timedelta(seconds=1), print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", settings.get_profile("default"))
+settings.load_profile("ci" if os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev")
 
 
 @pytest.fixture(scope="session")
