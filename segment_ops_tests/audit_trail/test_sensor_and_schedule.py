@@ -87,8 +87,8 @@ def test_an_unreachable_public_api_skips_the_tick_and_keeps_the_cursor(instance,
 @pytest.mark.slow  # each probe answers after 0.5 s
 def test_a_slow_public_api_stops_probing_at_the_budget_and_keeps_the_cursor_and_the_turn(
         resources, clean_sandbox, instance, monkeypatch):
-    monkeypatch.setattr(audit_trail_defs, "PROBE_BUDGET_SECONDS", 0.7, raising=False)
-    clean_sandbox.set_faults("segmentapis", rate_slow=1.0, slow_seconds=0.5)
+    monkeypatch.setattr(audit_trail_defs, "PROBE_BUDGET_SECONDS", 1.5, raising=False)
+    clean_sandbox.set_faults("segmentapis", rate_slow=1.0, slow_seconds=1.0)  # 0.5 s of margin
     newest = PARTITIONS.get_partition_keys(current_time=datetime.now(UTC))[-2:]
 
     result = tick(instance, resources, json.dumps({"prints": {}, "open": {}, "turn": 0, "swept": ""}))
