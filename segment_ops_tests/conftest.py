@@ -15,12 +15,17 @@ import dagster as dg
 import httpx
 import pytest
 from hypothesis import HealthCheck, settings
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from segment_ops.clients.base import tls_context
-from segment_ops.config import SETTINGS
+from segment_ops.config import SANDBOX_SEGMENT_PUBLIC_API_TOKEN, SETTINGS
+from segment_ops.receivers.server import ThreadedServer, serve_in_thread
 from segment_ops.resources import build_resources
 from segment_ops.sandbox.app import SandboxConfig
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
+from segment_ops.sandbox.recorder import Recorder
+from segment_ops.sandbox.segment.public_api import SegmentPublicApi
 from segment_ops.sandbox.server import RunningSandbox, start_sandbox
 from segment_ops.sandbox.warehouse import build_demo_warehouse
 
@@ -111,6 +116,28 @@ def sandbox_factory(stop_in_background: Callable[[object], None]) -> Iterator[Ca
     yield start
     for running in started:
         stop_in_background(running)
+
+
+@pytest.fixture
+def serve(stop_in_background: Callable[[object], None]) -> Iterator[Callable[..., ThreadedServer]]:
+    """`serve(app, name)` serves an ASGI app on a free port for this test; stopped after it."""
+    started: list[ThreadedServer] = []
+
+    def start(app: object, name: str) -> ThreadedServer:
+        started.append(serve_in_thread(app, name=name))
+        return started[-1]
+
+    yield start
+    for served in started:
+        stop_in_background(served)
+
+
+def public_api_listing(sources: list[dict]) -> Starlette:
+    """The sandbox's own Public API emulator (at `/segmentapis`) listing `sources`, with no audit events and a
+    Delivery Overview that counts nothing: what a token with narrower rights, or another workspace, sees."""
+    api = SegmentPublicApi(Recorder(100), lambda start, end: [], token=SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
+                           sources=sources)
+    return Starlette(routes=[Mount("/segmentapis", routes=list(api.routes()))])
 
 
 @pytest.fixture

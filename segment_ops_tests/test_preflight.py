@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from segment_ops.cli import main
 from segment_ops.config import (
@@ -30,13 +30,11 @@ from segment_ops.preflight import (
     secret_values,
     sending_checks,
 )
-from segment_ops.receivers.server import serve_in_thread
-from segment_ops.sandbox.recorder import Recorder
-from segment_ops.sandbox.segment.public_api import SegmentPublicApi
 from segment_ops.sandbox.segment.sources import DISABLED_SOURCE_WRITE_KEY, workspace_sources
 from segment_ops.syncs.heap.receiver import WebhookConfig
 from segment_ops.syncs.heap.server import start_receiver
 from segment_ops.syncs.reverse_etl.defs import MODELS_DIR
+from segment_ops_tests.conftest import public_api_listing
 
 WRONG_WRITE_KEY = "wk-live-5ecret-value-0001"
 ON_THE_DEFAULTS = {"splunk_hec_index": Status.SKIP, "heap_receiver": Status.SKIP}
@@ -350,20 +348,6 @@ def test_cached_answers_are_keyed_by_a_private_per_home_key_not_a_bare_hash_of_t
     assert set(mine.values()).isdisjoint(c.fingerprint for c in sending_checks(other_home))
 
 
-@pytest.fixture
-def serve(stop_in_background):
-    """`serve(app, name)` serves an ASGI app on a free port for this test; stopped after it."""
-    started = []
-
-    def start(app, name: str):
-        started.append(serve_in_thread(app, name=name))
-        return started[-1]
-
-    yield start
-    for served in started:
-        stop_in_background(served)
-
-
 @pytest.mark.parametrize("sources", ["none", "without writeKeys", "with empty writeKeys"])
 def test_a_token_that_sees_no_write_keys_leaves_the_key_unverified_and_never_refuses(ops_env, clean_sandbox,
                                                                                     serve, sources):
@@ -373,9 +357,7 @@ def test_a_token_that_sees_no_write_keys_leaves_the_key_unverified_and_never_ref
                                     for s in workspace_sources(SANDBOX_SEGMENT_WRITE_KEY)],
               "with empty writeKeys": [s | {"writeKeys": []}
                                        for s in workspace_sources(SANDBOX_SEGMENT_WRITE_KEY)]}[sources]
-    api = SegmentPublicApi(Recorder(100), lambda start, end: [], token=SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
-                           sources=listed)
-    served = serve(Starlette(routes=[Mount("/segmentapis", routes=list(api.routes()))]), "public api")
+    served = serve(public_api_listing(listed), "public api")
 
     [key] = checks("segment_write_key", SEGMENT_PUBLIC_API_URL=f"{served.url}/segmentapis",
                    SEGMENT_PUBLIC_API_TOKEN=SANDBOX_SEGMENT_PUBLIC_API_TOKEN).values()

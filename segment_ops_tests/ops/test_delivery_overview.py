@@ -8,8 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from segment_ops.clients.base import RetryPolicy, VendorAuthError, VendorRequestError
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
@@ -19,10 +17,7 @@ from segment_ops.engine import store
 from segment_ops.engine.calls import prepare_call
 from segment_ops.engine.delivery import deliver_pending
 from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage
-from segment_ops.receivers.server import serve_in_thread
 from segment_ops.resources import build_resources
-from segment_ops.sandbox.recorder import Recorder
-from segment_ops.sandbox.segment.public_api import SegmentPublicApi
 from segment_ops.sandbox.segment.sources import workspace_sources
 from segment_ops.syncs.ops.delivery_overview import (
     CHECK_EGRESS,
@@ -32,6 +27,7 @@ from segment_ops.syncs.ops.delivery_overview import (
     ops_segment_delivery_overview,
     segment_delivery_overview_schedule,
 )
+from segment_ops_tests.conftest import public_api_listing
 from segment_ops_tests.ops.test_delivery_health import locked_by_another_process
 
 SYNC = "reverse_etl_user_traits"
@@ -146,27 +142,21 @@ def test_a_shared_source_is_not_compared_with_the_ledger(ops_env, clean_sandbox,
 
 
 @pytest.fixture
-def public_api_listing(ops_env, monkeypatch, stop_in_background):
-    """`public_api_listing(sources)`: the sandbox's Public API emulator, listing `sources`, served on a free
-    port and set as SEGMENT_PUBLIC_API_URL (its Delivery Overview counts nothing)."""
-    started = []
+def listing(ops_env, monkeypatch, serve):
+    """`listing(sources)`: the sandbox's Public API emulator listing `sources`, served on a free port and set
+    as SEGMENT_PUBLIC_API_URL (its Delivery Overview counts nothing)."""
 
     def start(sources: list[dict]) -> None:
-        api = SegmentPublicApi(Recorder(100), lambda start, end: [], token=SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
-                               sources=sources)
-        started.append(serve_in_thread(Starlette(routes=[Mount("/segmentapis", routes=list(api.routes()))]),
-                                       name="public api"))
-        monkeypatch.setenv("SEGMENT_PUBLIC_API_URL", f"{started[-1].url}/segmentapis")
+        served = serve(public_api_listing(sources), "public api")
+        monkeypatch.setenv("SEGMENT_PUBLIC_API_URL", f"{served.url}/segmentapis")
         monkeypatch.setenv("SEGMENT_PUBLIC_API_TOKEN", SANDBOX_SEGMENT_PUBLIC_API_TOKEN)
 
-    yield start
-    for served in started:
-        stop_in_background(served)
+    return start
 
 
 def test_a_token_that_sees_no_write_keys_leaves_the_ingest_check_unverified_not_failed(
-        ops_env, clean_sandbox, public_api_listing):
-    public_api_listing([{k: v for k, v in s.items() if k != "writeKeys"}
+        ops_env, clean_sandbox, listing):
+    listing([{k: v for k, v in s.items() if k != "writeKeys"}
                         for s in workspace_sources(SANDBOX_SEGMENT_WRITE_KEY)])
     deliver(ops_env, clean_sandbox, 3)
 

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 HOURS_BACK = 96
 SENSOR_INTERVAL_SECONDS = 30.0  # dead_run_sensor's minimum interval
-# Dagster's run monitoring polls every 15 s and frees a finished run's slots 15 s after it ended (dagster.yaml).
+# Dagster's run monitoring polls every 15 s and frees a finished run's slots 15 s after it ended.
 SLOT_FREED_SECONDS = 15.0 + 15.0
 POLL_SECONDS = 1.0
 
