@@ -6,8 +6,9 @@ daemon) into the sandbox's Slack webhook.
 The forced failure: the sandbox's Splunk HEC answers every request with 429 and `Retry-After: 3600`, beyond
 the client's 300 s retry budget, so `siem_audit_events` gives up at once and leaves the hour's events pending
 (a 503 would be retried for about 90 s: 10 attempts, backoff capped at 30 s). Splunk back, the same hour is
-launched again and forwards them. The hour is three days back: outside the backfill test's window (the 26
-newest complete hours) and the hours `audit_events_sensor` probes (the 2 newest), so no other run covers it.
+launched again and forwards them. The hour is 90 hours back: outside the backfill test's window (the 26
+newest complete hours) and the audit sensor's lateness horizon (AUDIT_TRAIL_LATENESS_HOURS, 72: the hours it
+probes and sweeps), so no other run covers it.
 Other runs of the session (the backfill test, the UI test, sensor runs) may alert too: only messages naming
 our runs are counted, and the sandbox's recorder is never reset (the backfill test reads what Splunk
 received). Splunk is throttled only once no other audit run is in flight, and only Splunk's fault spec is
@@ -35,7 +36,7 @@ from segment_ops_tests.ops.conftest import DagsterDev, DagsterDevError
 # The module's first test may also wait for `dagster dev` to start (the first ops module that needs it).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-HOURS_BACK = 72
+HOURS_BACK = 90  # beyond the audit sensor's 72 h lateness horizon, which would forward it first
 # minimum_interval_seconds of both alert sensors (segment_ops/syncs/ops/run_alerts.py)
 SENSOR_INTERVAL_SECONDS = 30.0
 ALERT_TIMEOUT_SECONDS = 90.0  # three sensor intervals: a tick may be busy with other runs' alerts
