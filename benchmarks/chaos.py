@@ -32,7 +32,6 @@ import contextlib
 import logging
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,26 +53,23 @@ from segment_ops.clients.segment_public_api import SegmentPublicApiClient  # noq
 from segment_ops.config import load_settings  # noqa: E402
 from segment_ops.engine import journal  # noqa: E402
 from segment_ops.sandbox.app import SandboxConfig  # noqa: E402
-from segment_ops.sandbox.demo_data import DemoConfig, DemoData  # noqa: E402
 from segment_ops.sandbox.server import RunningSandbox, start_sandbox  # noqa: E402
-from segment_ops.sandbox.warehouse import build_demo_warehouse  # noqa: E402
 from segment_ops.syncs.audit_trail.defs import PARTITIONS, audit_trail_job, complete_hours  # noqa: E402
 from segment_ops.syncs.replay.defs import INBOX, replay_job  # noqa: E402
 from segment_ops_tests.ops.conftest import (  # noqa: E402
-    LOAD_TIMEOUT_SECONDS,
     RUN_HEARTBEAT_SECONDS,
     RUN_HEARTBEAT_TIMEOUT_SECONDS,
+    SCALE,
+    SEED,
     DagsterDev,
     DagsterDevError,
-    _stop,
-    _wait_until_loaded,
-    dagster_dev_env,
-    free_port,
+    start_dagster_dev,
+    stop_dagster_dev,
 )
 from segment_ops_tests.ops.test_alerts_e2e import LAUNCH_RUN, repository  # noqa: E402
 from segment_ops_tests.ops.test_run_watch_e2e import restart_code_server, run_worker_pid  # noqa: E402
 
-DATA_SEED, SCALE = 7, 0.1  # the sandbox's and the demo warehouse's, as the end-to-end tests use
+DATA_SEED = SEED  # the sandbox's and the demo warehouse's, as the end-to-end tests use
 FAULTS = {  # per API: moderate throttling and unavailability, and some slow answers (batches on the wire)
     "segment": {"rate_429": 0.1, "rate_503": 0.1, "rate_slow": 0.2, "slow_seconds": 2.0,
                 "retry_after_seconds": 1},
@@ -448,7 +444,7 @@ def report(chaos: Chaos, dev: DagsterDev) -> int:
     splunk_counts = Counter(str((item.get("fields") or {}).get("audit_event_id")) for item in splunk_items)
     audit_ids = audit_event_ids(sandbox.url, home, chaos.audit_hours)
     print("stopping dagster dev, reading the ledgers", flush=True)
-    _stop(dev.process)
+    stop_dagster_dev(dev)
     planned, ledger_in_flight = read_ledgers(home)
 
     # messageIds on the wire at a kill, per destination: journal snapshots and the ledgers' in_flight facts
@@ -517,29 +513,6 @@ def report(chaos: Chaos, dev: DagsterDev) -> int:
     return 1 if bad or not_done else 0
 
 
-def start_dagster_dev(sandbox: RunningSandbox, root: Path) -> DagsterDev:
-    """As the `dagster_dev` fixture of segment_ops_tests/ops/conftest.py."""
-    segment_ops_home, dagster_home = root / "segment_ops_home", root / "dagster_home"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").symlink_to(PROJECT_ROOT / "dagster.yaml")
-    build_demo_warehouse(segment_ops_home / "demo_warehouse.duckdb",
-                         DemoData(DemoConfig(seed=DATA_SEED, scale=SCALE)))
-    port, log_path = free_port(), root / "dagster_dev.log"
-    dagster = Path(sys.executable).with_name("dagster")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_ROOT, env=dagster_dev_env(sandbox.url, segment_ops_home, dagster_home),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    dev = DagsterDev(f"http://127.0.0.1:{port}", sandbox, segment_ops_home, dagster_home, log_path, process)
-    try:
-        _wait_until_loaded(dev, LOAD_TIMEOUT_SECONDS)
-    except BaseException:
-        _stop(process)
-        raise
-    return dev
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=16, help="the RNG picking runs, moments and kill modes")
@@ -582,7 +555,7 @@ def main() -> int:
         return report(chaos, dev)
     finally:
         if dev is not None:
-            _stop(dev.process)
+            stop_dagster_dev(dev)
         sandbox.stop()
         if args.keep:
             print(f"kept {workdir}")

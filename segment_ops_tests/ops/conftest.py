@@ -212,7 +212,17 @@ def dagster_dev(ops_sandbox: RunningSandbox,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     """`dagster dev -w workspace.yaml` on the sandbox, LOADED and with its daemons up; stopped after the ops
     tests (package scope), so it does not keep running its daemon through the rest of the session."""
-    root = tmp_path_factory.mktemp("dagster_dev")
+    dev = start_dagster_dev(ops_sandbox, tmp_path_factory.mktemp("dagster_dev"))
+    try:
+        yield dev
+    finally:
+        stop_dagster_dev(dev)
+
+
+def start_dagster_dev(sandbox: RunningSandbox, root: Path) -> DagsterDev:
+    """`dagster dev -w workspace.yaml` on `sandbox`, with its homes under `root`: a fresh SEGMENT_OPS_HOME
+    holding the demo warehouse and a DAGSTER_HOME whose dagster.yaml links the project's; returns once the
+    code location is LOADED and its daemons are up (stopped again if it never gets there)."""
     segment_ops_home, dagster_home = root / "segment_ops_home", root / "dagster_home"
     dagster_home.mkdir()
     # The project's instance config, as the README's `.dagster_home/dagster.yaml` link does.
@@ -225,12 +235,17 @@ def dagster_dev(ops_sandbox: RunningSandbox,
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_ROOT, env=dagster_dev_env(ops_sandbox.url, segment_ops_home, dagster_home),
+            cwd=PROJECT_ROOT, env=dagster_dev_env(sandbox.url, segment_ops_home, dagster_home),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    dev = DagsterDev(f"http://127.0.0.1:{port}", ops_sandbox, segment_ops_home, dagster_home, log_path,
-                     process)
+    dev = DagsterDev(f"http://127.0.0.1:{port}", sandbox, segment_ops_home, dagster_home, log_path, process)
     try:
         _wait_until_loaded(dev, LOAD_TIMEOUT_SECONDS)
-        yield dev
-    finally:
+    except BaseException:
         _stop(process)
+        raise
+    return dev
+
+
+def stop_dagster_dev(dev: DagsterDev) -> None:
+    """Stop `dagster dev` and every process it started (run workers included)."""
+    _stop(dev.process)
