@@ -75,6 +75,7 @@ def test_a_relative_xdg_data_home_is_ignored_as_the_spec_says(tmp_path):
     assert load_settings(env).home == tmp_path / ".local" / "share" / "segment_ops"
 
 
+@pytest.mark.slow
 def test_an_old_store_in_the_current_folder_is_refused_with_one_line_naming_both_ways_out(tmp_path, user_home,
                                                                                         clean_sandbox):
     old = old_store(tmp_path)

@@ -56,6 +56,7 @@ def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluati
 
 # --- the asset --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_materialization_delivers_the_file_and_reports_counts(tmp_path, resources, clean_sandbox):
     path = write_calls(tmp_path / "calls.jsonl", 60)
 
@@ -72,6 +73,7 @@ def test_materialization_delivers_the_file_and_reports_counts(tmp_path, resource
     assert clean_sandbox.stats()["segment"]["received"] == 60
 
 
+@pytest.mark.slow
 def test_rematerializing_the_same_file_sends_nothing_new(tmp_path, resources, clean_sandbox):
     path = write_calls(tmp_path / "calls.jsonl", 20)
     assert materialize(resources, path).success
@@ -85,6 +87,7 @@ def test_rematerializing_the_same_file_sends_nothing_new(tmp_path, resources, cl
     assert (stats["received"], stats.get("duplicates", 0)) == (20, 0)
 
 
+@pytest.mark.slow
 def test_an_edited_line_is_counted_and_shown_and_not_sent(tmp_path, resources, clean_sandbox):
     path = write_calls(tmp_path / "calls.jsonl", 20)
     with staging(resources["staging"].staging_db(REPLAY_SYNC)) as con:  # planned by an earlier run
@@ -100,6 +103,7 @@ def test_an_edited_line_is_counted_and_shown_and_not_sent(tmp_path, resources, c
     assert not [m for m in clean_sandbox.received("segment") if "plan" in m["properties"]]
 
 
+@pytest.mark.slow
 def test_more_than_one_percent_rejected_lines_fails_the_ratio_check_but_not_the_run(
         tmp_path, resources, clean_sandbox):
     path = write_calls(tmp_path / "calls.jsonl", 98, bad=2)
@@ -117,6 +121,7 @@ def test_more_than_one_percent_rejected_lines_fails_the_ratio_check_but_not_the_
     assert "calls.jsonl:99" in meta["rejected_sample"] and "event name" in meta["rejected_sample"]
 
 
+@pytest.mark.slow
 def test_one_percent_rejected_lines_passes_the_ratio_check(tmp_path, resources, clean_sandbox):
     result = materialize(resources, write_calls(tmp_path / "calls.jsonl", 99, bad=1))
 
@@ -134,6 +139,7 @@ def test_missing_file_fails_the_run_with_a_clear_message(tmp_path, resources, cl
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 
+@pytest.mark.slow
 def test_dry_run_sends_nothing_and_shows_what_would_be_sent(tmp_path, resources, clean_sandbox):
     path = write_calls(tmp_path / "calls.jsonl", 30)
 
@@ -147,6 +153,7 @@ def test_dry_run_sends_nothing_and_shows_what_would_be_sent(tmp_path, resources,
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 
+@pytest.mark.slow
 def test_delivery_failure_fails_the_run_and_reports_what_is_pending(tmp_path, ops_env, clean_sandbox,
                                                                     monkeypatch):
     monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/nowhere")  # 404: final
@@ -199,6 +206,7 @@ def test_a_refused_run_says_how_to_refresh_the_cached_answer_and_how_long_it_las
     assert "a changed setting is checked anew at once" in description
 
 
+@pytest.mark.slow
 def test_skip_preflight_replays_under_a_wrong_write_key_and_segment_drops_it(tmp_path, ops_env,
                                                                              clean_sandbox, monkeypatch):
     monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
@@ -292,6 +300,7 @@ def test_sensor_reports_files_it_ignores(ops_env, resources):
     assert "ignored" in message and "calls.csv" in message and ".hidden" not in message
 
 
+@pytest.mark.slow
 def test_sensor_run_request_runs_the_replay_job(ops_env, resources, clean_sandbox):
     settled(write_calls(inbox(ops_env) / "drop.jsonl", 15))
     [request] = evaluate(None, resources).run_requests

@@ -136,6 +136,7 @@ def unreachable_segment(secret_env: Path, monkeypatch: pytest.MonkeyPatch, clean
     monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/no-such-prefix")
 
 
+@pytest.mark.slow
 def test_failed_replay_materialization_leaks_no_credential(tmp_path, unreachable_segment, all_logs,
                                                            clean_sandbox):
     path = tmp_path / "calls.jsonl"
@@ -157,6 +158,7 @@ def test_failed_replay_materialization_leaks_no_credential(tmp_path, unreachable
     assert_no_secret(log_texts(all_logs), "the logs")
 
 
+@pytest.mark.slow
 def test_cli_failure_prints_no_credential(tmp_path, unreachable_segment, clean_sandbox):
     path = tmp_path / "calls.jsonl"
     path.write_text('{"type": "identify", "userId": "u1"}\n')

@@ -176,6 +176,7 @@ def test_an_hour_never_forwarded_between_forwarded_hours_fails_the_gap_check(res
     assert checks(result)["delivery_complete"].passed
 
 
+@pytest.mark.slow
 def test_a_wrong_index_stops_the_run_without_rejecting_events(resources, clean_sandbox):
     key = busiest_hour(clean_sandbox, complete_hours(6))
     resources = resources | {"splunk": splunk_resource(clean_sandbox, index="not_allowed")}
@@ -188,6 +189,7 @@ def test_a_wrong_index_stops_the_run_without_rejecting_events(resources, clean_s
     assert clean_sandbox.stats()["splunk"]["requests"] == 1  # not split and retried event by event
 
 
+@pytest.mark.slow
 def test_pull_metadata_counts_by_action_type(resources, clean_sandbox):
     key = busiest_hour(clean_sandbox, complete_hours(6))
     window = PARTITIONS.time_window_for_partition_key(key)

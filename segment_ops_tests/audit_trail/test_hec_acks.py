@@ -125,6 +125,7 @@ def test_the_channel_is_made_once_and_kept_in_the_sync_state(resources, clean_sa
     assert [metadata(r)["hec_channel"] for r in results] == [kept, kept]
 
 
+@pytest.mark.slow
 def test_the_channel_and_ack_timeout_settings_are_used(ops_env, clean_sandbox, sandbox_factory, monkeypatch):
     acking = sandbox_factory(splunk_ack=True, splunk_ack_delay=0.0)
     channel = str(uuid.uuid4())

@@ -30,6 +30,7 @@ from segment_ops_tests.audit_trail.conftest import (
 )
 
 
+@pytest.mark.slow
 def test_a_new_event_is_forwarded_by_the_run_of_the_next_tick(resources, clean_sandbox, instance):
     baseline = tick(instance, resources, None)
     [new] = clean_sandbox.inject_audit_events([{"type": "Destination Deleted"}])

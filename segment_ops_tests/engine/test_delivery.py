@@ -180,6 +180,7 @@ def test_request_rate_cap_holds_at_the_sandbox(tmp_path, ledger, segment_client,
         assert j - i + 1 <= burst + 1 + cap * (times[j] - times[i]) + 0.5
 
 
+@pytest.mark.slow
 def test_batches_are_packed_by_bytes_under_the_request_limit(tmp_path, ledger, segment_client, clean_sandbox):
     small = calls_with_ids(5_000, pad=100, prefix="s")  # ~200 bytes each
     large = calls_with_ids(300, pad=4_000, prefix="l")  # ~4 KB each

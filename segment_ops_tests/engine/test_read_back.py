@@ -146,6 +146,7 @@ def verify(ledger, profiles, size: int = 20):
     return verify_sample(ledger, SYNC, profiles, sample_size=size, delay=timedelta(0))
 
 
+@pytest.mark.slow
 def test_calls_delivered_under_the_right_key_are_found_and_become_verified(ledger, segment_client, profiles):
     users = {f"u{i}": {"plan": "pro", "seats": i, "email": None} for i in range(5)}
     send_and_settle(ledger, segment_client, plan(ledger, "r1", users))
@@ -159,6 +160,7 @@ def test_calls_delivered_under_the_right_key_are_found_and_become_verified(ledge
     assert verify(ledger, profiles).sample_size == 0  # the run is sampled: nothing is read twice
 
 
+@pytest.mark.slow
 def test_calls_segment_dropped_under_a_wrong_write_key_are_missing(ledger, segment_client, profiles,
                                                                    clean_sandbox):
     seqs = plan(ledger, "r1", {"u1": {"plan": "pro"}, "u2": {"plan": "free"}})
@@ -193,6 +195,7 @@ def test_a_trait_another_source_overwrote_is_a_mismatch_not_a_missing_profile(le
     assert verify(ledger, profiles).sample_size == 0
 
 
+@pytest.mark.slow
 def test_a_profile_api_failure_records_nothing(ledger, segment_client, profiles, clean_sandbox):
     send_and_settle(ledger, segment_client, plan(ledger, "r1", {"u1": {"plan": "pro"}}))
     clean_sandbox.set_faults("profiles", rate_503=1.0)

@@ -85,6 +85,7 @@ def test_unsupported_extension_exits_2(tmp_path, ops_env, clean_sandbox):
     assert "unsupported file type '.csv'" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_prints_samples_and_sends_nothing(tmp_path, ops_env, clean_sandbox):
     path = write_jsonl(tmp_path / "events.jsonl", track_calls(25))
 
@@ -97,6 +98,7 @@ def test_dry_run_prints_samples_and_sends_nothing(tmp_path, ops_env, clean_sandb
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 
+@pytest.mark.slow
 def test_undelivered_messages_exit_1_and_say_they_stay_pending(tmp_path, ops_env, clean_sandbox):
     path = write_jsonl(tmp_path / "events.jsonl", track_calls(10))
     # A wrong endpoint answers 404: final, not retried, so the messages stay pending (past the preflight gate,
@@ -148,6 +150,7 @@ def test_killed_run_resumes_sending_only_what_is_missing(tmp_path, ops_env, clea
     assert duplicates <= received_by_kill // 2  # most of what the first run delivered was not sent again
 
 
+@pytest.mark.slow
 def test_a_refused_batch_exits_1_with_a_one_line_error(tmp_path, ops_env, clean_sandbox, monkeypatch):
     # A wrong write key cannot be told from the answer (Segment says 200, spec §7); a wrong URL can.
     monkeypatch.setenv("SEGMENT_TRACKING_URL", f"{clean_sandbox.url}/segment/no-such-prefix")
@@ -185,6 +188,7 @@ def test_a_replay_under_a_wrong_write_key_is_refused_with_the_table_and_sends_no
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 
+@pytest.mark.slow
 def test_skip_preflight_replays_under_a_wrong_write_key_and_segment_drops_it(
         tmp_path, ops_env, clean_sandbox, monkeypatch):
     monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)

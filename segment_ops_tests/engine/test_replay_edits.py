@@ -3,6 +3,8 @@ number); a line whose content changed since it was planned is reported and not s
 
 from __future__ import annotations
 
+import pytest
+
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.store import staging
 from segment_ops.syncs.replay.reader import plan_file, replay_file
@@ -103,6 +105,7 @@ def test_force_sends_an_edited_line_without_a_message_id_and_remembers_it(tmp_pa
     assert (after.plan.planned, after.plan.already_known, after.plan.changed) == (0, 3, 0)
 
 
+@pytest.mark.slow
 def test_the_cli_summary_counts_and_shows_edited_lines(tmp_path, ops_env, clean_sandbox):
     calls = with_ids(track_calls(3))
     path = write_jsonl(tmp_path / "events.jsonl", calls)

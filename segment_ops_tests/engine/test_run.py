@@ -78,6 +78,7 @@ def test_a_dry_run_stages_and_counts_but_records_and_sends_nothing(con, segment_
     assert run.ledger.pending == 0 and clean_sandbox.received("segment") == []
 
 
+@pytest.mark.slow
 def test_an_incomplete_delivery_raises_with_the_typed_report_after_the_hooks_ran(con, segment_client,
                                                                                  clean_sandbox):
     clean_sandbox.set_faults("segment", rate_503=1.0)
@@ -117,6 +118,7 @@ def test_a_full_resync_sends_every_row_again_under_new_ids(con, segment_client, 
     assert again.delivery.delivered == 1 and len(set(ids)) == 2
 
 
+@pytest.mark.slow
 def test_a_change_verified_after_its_delivery_still_advances_the_snapshot(con, segment_client, clean_sandbox):
     clean_sandbox.set_faults("segment", rate_503=1.0)
     with pytest.raises(DeliveryIncomplete):

@@ -74,6 +74,7 @@ def test_a_disabled_audience_is_not_an_asset(audiences_file):
     assert audience_key("churn_risk") not in specs(build_heap_defs(audiences_file))
 
 
+@pytest.mark.slow
 def test_a_broken_file_still_loads_and_its_asset_fails_with_the_reason(tmp_path):
     path = tmp_path / "heap_audiences.toml"
     path.write_text('[identity]\ncsv = "map.csv"\n'

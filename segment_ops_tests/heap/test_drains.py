@@ -87,6 +87,7 @@ def test_a_sync_signed_after_the_drain_stands(con, audiences, ops_env, warehouse
     assert exited(clean_sandbox) == {"usr_y"}
 
 
+@pytest.mark.slow
 def test_a_sync_signed_before_an_applied_drain_adds_nobody_when_it_arrives_late(con, audiences, ops_env,
                                                                                  warehouse, clean_sandbox):
     inbox = Inbox.for_home(ops_env)
@@ -129,6 +130,7 @@ def test_an_ignored_drain_does_not_hold_back_a_late_sync(con, audiences, ops_env
     assert members(con) == {"usr_w": True}
 
 
+@pytest.mark.slow
 def test_a_drain_beyond_the_drop_guard_changes_nothing_until_confirmed(con, audiences, ops_env, warehouse,
                                                                        clean_sandbox):
     inbox = Inbox.for_home(ops_env)
@@ -377,6 +379,7 @@ def test_a_drain_repeated_a_day_after_it_was_applied_is_a_new_drain_and_applied(
     assert applied.success and metadata(applied, "power_users")["drains_applied"] == [again["drain"]]
 
 
+@pytest.mark.slow
 def test_a_drain_repeated_soon_after_it_was_applied_without_a_sync_since_is_a_retry(heap, receiver,
                                                                                     instance, resources,
                                                                                     ops_env, warehouse):

@@ -116,6 +116,7 @@ def _nested(depth: int) -> object:
 @given(page=_NUMBERS, total=_NUMBERS, task=st.one_of(st.text(max_size=50), st.integers()),
        ids=st.lists(st.fixed_dictionaries({"id": _IDS}), max_size=4),
        nesting=st.sampled_from([0, 10, 40, 120]))
+@pytest.mark.slow
 def test_generated_hostile_pages_get_200_or_a_clear_4xx_never_a_server_error(receiver, page, total, task, ids,
                                                                              nesting):
     body = body_of(info(page, total, task), add=ids, customer_config={"fields": [_nested(nesting)]})

@@ -39,6 +39,7 @@ def add_unmapped_members(warehouse: Path) -> None:
     add_members(warehouse, POWER_USERS, UNMAPPED_EMAIL, UNMAPPED_ID)  # Heap users without app_user_id
 
 
+@pytest.mark.slow
 def test_an_unmapped_email_is_rejected_with_the_reason(resources, clean_sandbox, warehouse, ops_env):
     add_unmapped_members(warehouse)
 
@@ -51,6 +52,7 @@ def test_an_unmapped_email_is_rejected_with_the_reason(resources, clean_sandbox,
     assert metadata(result, "power_users")["unresolved_sample"]
 
 
+@pytest.mark.slow
 def test_an_unmapped_id_that_is_not_an_email_is_sent_as_the_user_id(resources, clean_sandbox, warehouse):
     members = connect_rows(warehouse, POWER_USERS)  # every one of them is in the identity map at HEAP_AT
     add_unmapped_members(warehouse)
@@ -64,6 +66,7 @@ def test_an_unmapped_id_that_is_not_an_email_is_sent_as_the_user_id(resources, c
     assert meta["match_rate"] == round((members + 1) / (members + 2), 4)
 
 
+@pytest.mark.slow
 def test_fallback_reject_rejects_every_unmapped_id(resources, clean_sandbox, warehouse, ops_env,
                                                    audiences_file):
     set_in_file(audiences_file, 'fallback = "user_id_unless_email"', 'fallback = "reject"')
@@ -77,6 +80,7 @@ def test_fallback_reject_rejects_every_unmapped_id(resources, clean_sandbox, war
         (UNMAPPED_ID, "Heap identity is not in the identity map (fallback: reject)")]
 
 
+@pytest.mark.slow
 def test_a_match_rate_below_the_minimum_warns(resources, clean_sandbox, warehouse, audiences_file):
     set_in_file(audiences_file, "min_match_rate = 0.95", "min_match_rate = 0.99")
     members = connect_rows(warehouse, POWER_USERS)
@@ -102,6 +106,7 @@ def test_an_unresolved_member_is_rejected_once_not_on_every_run(resources, clean
     assert len(rejected(ops_env)) == 1
 
 
+@pytest.mark.slow
 def test_an_identity_mapped_to_two_users_is_rejected_naming_both(resources, clean_sandbox, warehouse,
                                                                  ops_env):
     con = duckdb.connect(str(warehouse), read_only=True)
@@ -117,6 +122,7 @@ def test_an_identity_mapped_to_two_users_is_rejected_naming_both(resources, clea
     assert key == identity and f"mapped to several Segment users ({user}, usr_other)" in reason
 
 
+@pytest.mark.slow
 def test_the_identity_map_can_come_from_a_csv(resources, clean_sandbox, warehouse, audiences_file, tmp_path):
     csv = tmp_path / "map.csv"
     con = duckdb.connect(str(warehouse), read_only=True)

@@ -64,6 +64,7 @@ def test_a_tick_moves_applied_syncs_out_of_the_live_inbox_and_keeps_them(receive
     assert inbox.is_done("s1") and [p.name for p in inbox.page_files("s1")] == ["page-1.json"]
 
 
+@pytest.mark.slow
 def test_a_late_retry_of_an_archived_page_is_a_repeat_not_a_new_sync(receiver, ops_env):
     applied(receiver, ops_env, "s1")
     evaluate_sensor(dg.DagsterInstance.ephemeral(), ops_env)

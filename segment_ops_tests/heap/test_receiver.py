@@ -511,6 +511,7 @@ def test_the_inbox_reports_missing_pages_of_an_incomplete_sync(tmp_path):
     assert not sync.complete and sync.missing_pages == (2,)
 
 
+@pytest.mark.slow
 def test_the_receiver_runs_without_duckdb_or_dagster(tmp_path):
     script = f"""
 import sys

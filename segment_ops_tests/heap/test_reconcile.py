@@ -31,6 +31,7 @@ def keep_three_members_by_user_id(warehouse) -> None:
             WHERE segment_id = {POWER_USERS} AND identity NOT LIKE '%@%' ORDER BY identity LIMIT 3)""")
 
 
+@pytest.mark.slow
 def test_reconcile_alone_enters_the_connect_membership(resources, clean_sandbox, warehouse):
     rows = connect_rows(warehouse, POWER_USERS)
 
@@ -126,6 +127,7 @@ def test_a_confirmed_drop_exits_everyone(heap, instance, resources, ops_env, war
     assert len(calls(heap, "heap_free_customers")["exited"]) == delivered
 
 
+@pytest.mark.slow
 def test_a_dry_run_counts_and_sends_nothing(resources, clean_sandbox, warehouse):
     result = materialize(resources, "power_users", route="reconcile", dry_run=True)
     real = materialize(resources, "power_users", route="reconcile")
@@ -135,6 +137,7 @@ def test_a_dry_run_counts_and_sends_nothing(resources, clean_sandbox, warehouse)
     assert metadata(real, "power_users")["added"] == metadata(result, "power_users")["added"]
 
 
+@pytest.mark.slow
 def test_reconcile_refuses_an_empty_export_of_a_small_audience_below_min_exits(resources, clean_sandbox,
                                                                                warehouse):
     keep_three_members_by_user_id(warehouse)
@@ -162,6 +165,7 @@ def test_a_confirmed_empty_export_of_a_small_audience_exits_its_members(resource
     assert confirmed.success and metadata(confirmed, "power_users")["removed"] == 3
 
 
+@pytest.mark.slow
 def test_duplicate_rows_in_heap_connects_users_table_change_nothing(resources, clean_sandbox, warehouse):
     # Heap Connect's users table can repeat a user's row (dbt-labs/heap dedupes it; BigQuery's users view
     # does too).

@@ -107,6 +107,7 @@ def test_a_run_that_dies_mid_delivery_is_retried_and_sends_nothing_twice(heap, i
     assert evaluate_sensor(instance, ops_env).run_requests == []
 
 
+@pytest.mark.slow
 def test_a_crash_after_applying_a_sync_delivers_it_once_on_the_next_run(heap, ops_env, warehouse):
     heap.push_heap(at=AT, segments=[POWER_USERS])
     audiences = load_audiences()
@@ -131,6 +132,7 @@ def test_a_crash_after_applying_a_sync_delivers_it_once_on_the_next_run(heap, op
     assert inbox.syncs() == []
 
 
+@pytest.mark.slow
 def test_an_undeliverable_run_leaves_the_sync_unprocessed(heap, ops_env, warehouse):
     heap.push_heap(at=AT, segments=[POWER_USERS])
     heap.set_faults("segment", rate_503=1.0)

@@ -196,6 +196,7 @@ def to_old_layout(home, sync_task_id: str, *, folder_name: str | None = None, su
     return old
 
 
+@pytest.mark.slow
 def test_a_pending_sync_of_the_older_inbox_layout_is_migrated_and_applied(heap, instance, resources, ops_env,
                                                                          warehouse):
     pushed = heap.push_heap(at=AT, segments=[POWER_USERS])

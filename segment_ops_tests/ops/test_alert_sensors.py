@@ -326,6 +326,7 @@ def needs_broken(broken: BrokenResource) -> None:
     """Never runs: its resource fails at setup."""
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_before_any_step_is_alerted_with_its_real_error(resources, instance, clean_sandbox):
     failures = Ticks(alert_on_run_failure, instance, resources)
     failures.tick()

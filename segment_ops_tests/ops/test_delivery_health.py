@@ -79,6 +79,7 @@ def metadata(result: dg.ExecuteInProcessResult) -> dict:
     return {key: value.value for key, value in materialization.metadata.items()}
 
 
+@pytest.mark.slow
 def test_healthy_syncs_pass_the_check_and_send_nothing(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "replay", delivered=200, rejected=2)
     write_ledger(ops_env, "reverse_etl_user_traits", delivered=50)
@@ -90,6 +91,7 @@ def test_healthy_syncs_pass_the_check_and_send_nothing(ops_env, resources, clean
     assert clean_sandbox.received("slack") == []
 
 
+@pytest.mark.slow
 def test_verified_deliveries_are_shown_beside_merely_accepted_ones(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "reverse_etl_user_traits", delivered=30)
     with store.staging(ops_env / "staging" / "reverse_etl_user_traits.duckdb") as con:
@@ -123,6 +125,7 @@ def test_every_staging_file_and_every_sync_in_it_is_read(ops_env, resources):
     assert set(metadata(result)["state"]) == {"replay", "heap", "audit_trail", "audit_trail.jsonl"}
 
 
+@pytest.mark.slow
 def test_a_sync_over_the_threshold_fails_the_check_and_is_alerted_once(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "replay", delivered=90, rejected=6, refused=4)  # 10% rejected
 
@@ -136,6 +139,7 @@ def test_a_sync_over_the_threshold_fails_the_check_and_is_alerted_once(ops_env, 
     assert "rejected 10" in alert["text"] and f"/runs/{first.run_id}" in alert["text"]
 
 
+@pytest.mark.slow
 def test_failed_deliveries_count_towards_the_share(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "reverse_etl_user_traits", delivered=80, failed=20)
 
@@ -145,6 +149,7 @@ def test_failed_deliveries_count_towards_the_share(ops_env, resources, clean_san
     assert "failed 20" in clean_sandbox.received("slack")[0]["text"]
 
 
+@pytest.mark.slow
 def test_a_sync_healthy_again_sends_one_recovery(ops_env, resources, clean_sandbox):
     write_ledger(ops_env, "replay", delivered=10, failed=10)
     check(resources)
@@ -157,6 +162,7 @@ def test_a_sync_healthy_again_sends_one_recovery(ops_env, resources, clean_sandb
     assert "unhealthy" in unhealthy and "healthy again" in healthy
 
 
+@pytest.mark.slow
 def test_the_state_survives_between_runs_in_a_small_file(ops_env, resources):
     write_ledger(ops_env, "replay", delivered=10, failed=10)
 
@@ -232,6 +238,7 @@ def test_a_bad_threshold_setting_is_refused_naming_the_variable(ops_env, monkeyp
         build_resources()
 
 
+@pytest.mark.slow
 def test_the_threshold_settings_reach_the_check(ops_env, monkeypatch, clean_sandbox):
     monkeypatch.setenv("DELIVERY_HEALTH_MAX_FAILED_SHARE", "0.5")
     write_ledger(ops_env, "replay", delivered=60, failed=40)  # 40%: unhealthy at 5%, fine at 50%
@@ -254,6 +261,7 @@ def test_bad_rows_rejected_again_by_every_run_of_the_demo_model_count_once(ops_e
     assert checks(result)["delivery_health"].passed and clean_sandbox.received("slack") == []
 
 
+@pytest.mark.slow
 def test_an_unhealthy_sync_recovers_only_below_four_fifths_of_the_threshold(ops_env):
     write_ledger(ops_env, "replay", delivered=90, failed=10)  # 10%: unhealthy at 5%
     unhealthy = {"replay": {"status": "UNHEALTHY"}}
@@ -269,6 +277,7 @@ def test_an_unhealthy_sync_recovers_only_below_four_fifths_of_the_threshold(ops_
         "UNHEALTHY", "healthy", "healthy"]
 
 
+@pytest.mark.slow
 def test_a_sync_under_the_minimum_of_messages_is_not_judged(ops_env, monkeypatch, clean_sandbox):
     write_ledger(ops_env, "replay", delivered=5, failed=5)  # 50%, but only 10 messages
     idle = check(build_resources())
@@ -292,6 +301,7 @@ def test_an_unhealthy_sync_whose_file_is_busy_keeps_the_check_failed(ops_env, re
     assert len(clean_sandbox.received("slack")) == 1  # no new alert: the state did not change
 
 
+@pytest.mark.slow
 def test_messages_planned_but_never_attempted_count_as_failed(ops_env, resources):
     write_ledger(ops_env, "replay", delivered=80)
     with store.staging(ops_env / "staging" / "replay.duckdb") as con:  # a run that stopped at a 401

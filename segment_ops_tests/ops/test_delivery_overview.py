@@ -73,6 +73,7 @@ def metadata(result: dg.ExecuteInProcessResult) -> dict:
     return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
 
 
+@pytest.mark.slow
 def test_an_hour_of_delivered_calls_is_received_and_delivered_to_each_destination(ops_env, clean_sandbox):
     deliver(ops_env, clean_sandbox, 5)
 
@@ -86,6 +87,7 @@ def test_an_hour_of_delivered_calls_is_received_and_delivered_to_each_destinatio
     assert all(check.passed for check in checks(result).values())
 
 
+@pytest.mark.slow
 def test_the_hours_figures_are_kept_in_the_state_file(ops_env, clean_sandbox):
     deliver(ops_env, clean_sandbox, 3)
 
@@ -99,6 +101,7 @@ def test_the_hours_figures_are_kept_in_the_state_file(ops_env, clean_sandbox):
     assert sources == [(SOURCE, 3, 3)] and destinations == (2, 6)
 
 
+@pytest.mark.slow
 def test_calls_under_a_wrong_write_key_fail_the_ingest_check(ops_env, clean_sandbox):
     deliver(ops_env, clean_sandbox, 4, write_key="a-key-of-no-source")  # Segment: 200, then dropped
 
@@ -108,6 +111,7 @@ def test_calls_under_a_wrong_write_key_fail_the_ingest_check(ops_env, clean_sand
     assert "received 0 of the 4" in check.description
 
 
+@pytest.mark.slow
 def test_a_batch_the_ledger_counts_but_segment_never_got_fails_the_ingest_check(ops_env, clean_sandbox):
     deliver(ops_env, clean_sandbox, 3)
     with store.staging(ops_env / "staging" / f"{SYNC}.duckdb") as con:
@@ -120,6 +124,7 @@ def test_a_batch_the_ledger_counts_but_segment_never_got_fails_the_ingest_check(
     assert not check.passed and "2 lost" in check.description
 
 
+@pytest.mark.slow
 def test_events_failed_on_ingest_fail_the_ingest_check_with_their_reason(ops_env, clean_sandbox,
                                                                          sandbox_http):
     deliver(ops_env, clean_sandbox, 2)
@@ -132,6 +137,7 @@ def test_events_failed_on_ingest_fail_the_ingest_check_with_their_reason(ops_env
     assert not check.passed and "invalid_request 1" in check.description
 
 
+@pytest.mark.slow
 def test_a_shared_source_is_not_compared_with_the_ledger(ops_env, clean_sandbox, monkeypatch):
     monkeypatch.setenv("SEGMENT_SOURCE_DEDICATED", "false")
     deliver(ops_env, clean_sandbox, 2, write_key="a-key-of-no-source")
@@ -154,6 +160,7 @@ def listing(ops_env, monkeypatch, serve):
     return start
 
 
+@pytest.mark.slow
 def test_a_token_that_sees_no_write_keys_leaves_the_ingest_check_unverified_not_failed(
         ops_env, clean_sandbox, listing):
     listing([{k: v for k, v in s.items() if k != "writeKeys"}
@@ -167,6 +174,7 @@ def test_a_token_that_sees_no_write_keys_leaves_the_ingest_check_unverified_not_
                                         "workspace's sources")
 
 
+@pytest.mark.slow
 def test_a_write_key_of_no_source_among_sources_with_keys_fails_the_ingest_check(ops_env, clean_sandbox,
                                                                                  monkeypatch):
     monkeypatch.setenv("SEGMENT_WRITE_KEY", "a-key-of-no-source")
@@ -214,6 +222,7 @@ def test_an_audit_trail_file_held_by_an_audit_run_does_not_stop_the_comparison(o
     assert check.passed and check.description == "Segment received 3 of 3 delivered"
 
 
+@pytest.mark.slow
 def test_an_injected_egress_failure_warns_and_alerts_the_destination_reason_and_counts(ops_env, clean_sandbox,
                                                                                      sandbox_http):
     sandbox_http.post("/__sandbox__/segment/destination-failures",
@@ -230,6 +239,7 @@ def test_an_injected_egress_failure_warns_and_alerts_the_destination_reason_and_
     assert "2 of 4 events failed" in alert["text"]
 
 
+@pytest.mark.slow
 def test_an_hours_egress_failure_is_alerted_once(ops_env, clean_sandbox, sandbox_http):
     sandbox_http.post("/__sandbox__/segment/destination-failures",
                       json={"destinationId": WEBHOOKS, "share": 1.0, "reason": "invalid settings"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
 from segment_ops.engine.preflight import CheckResult, Status
 from segment_ops.preflight import CHECK_NAMES, RESULT_COLUMNS, result_rows
@@ -33,6 +34,7 @@ def test_a_broken_hec_token_turns_its_check_red_with_severity_error(warehouse, c
     assert checks["segment_write_key"].passed and checks["pendo_key"].passed
 
 
+@pytest.mark.slow
 def test_the_results_table_has_one_row_per_check_in_the_tables_columns(warehouse, clean_sandbox, monkeypatch):
     monkeypatch.setenv("SPLUNK_HEC_TOKEN", "00000000-0000-4000-8000-00000000dead")
 

@@ -151,6 +151,7 @@ def test_a_message_without_text_or_blocks_is_refused_before_sending(clean_sandbo
     assert clean_sandbox.stats()["slack"]["requests"] == 0
 
 
+@pytest.mark.slow
 def test_an_alert_goes_through_the_proxy_named_in_the_environment(monkeypatch):
     """HTTP_PROXY is honoured although the client builds its own transport (as httpx.Client would do)."""
     seen: list[str] = []

@@ -75,6 +75,7 @@ def test_the_feature_list_is_asked_for_with_expand_star_so_every_apps_features_c
         WEB: 8, IOS: 3, ANDROID: 3}
 
 
+@pytest.mark.slow
 def test_the_score_sums_usage_across_the_apps(con, pendo_client, config_no_identity, clean_sandbox):
     extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(),
                  zone=ZONE)
@@ -144,6 +145,7 @@ def test_a_bad_pendo_app_ids_is_refused_naming_the_setting(raw, problem):
     assert problem in str(raised.value)
 
 
+@pytest.mark.slow
 def test_the_resource_reads_the_configured_apps(resources, home, clean_sandbox):
     resources["pendo"] = PendoResource(base_url=f"{clean_sandbox.url}/pendo",
                                        integration_key=SANDBOX_PENDO_INTEGRATION_KEY, app_ids=IOS,
@@ -255,6 +257,7 @@ def test_a_row_without_an_app_id_is_rejected_when_app_ids_are_configured(con, co
     client.close()
 
 
+@pytest.mark.slow
 def test_feature_adoption_counts_the_features_of_the_apps_the_account_used(con, pendo_client,
                                                                            config_no_identity):
     extract_days(con, pendo_client, config_no_identity, yesterday() - timedelta(days=29), yesterday(),

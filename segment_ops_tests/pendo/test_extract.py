@@ -144,6 +144,7 @@ class FailingAfterFirstSlice(PendoClient):
         return super().aggregate_raw(pipeline, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_pendo_outage_mid_range_keeps_the_slices_already_staged(con, clean_sandbox, config_no_identity):
     client = FailingAfterFirstSlice(f"{clean_sandbox.url}/pendo", SANDBOX_PENDO_INTEGRATION_KEY)
     first = yesterday() - timedelta(days=44)

@@ -92,6 +92,7 @@ def test_each_account_becomes_one_group_call_with_its_health_traits(con, scored,
     assert traits["pendo_last_active_date"] <= str(yesterday())
 
 
+@pytest.mark.slow
 def test_a_second_sync_without_changes_sends_nothing(con, scored, segment_factory, clean_sandbox):
     sync(con, scored, segment_factory)
     requests = clean_sandbox.stats()["segment"]["requests"]
@@ -129,6 +130,7 @@ def identity_csv(tmp_path, rows):
     return IdentitySource(csv=str(path))
 
 
+@pytest.mark.slow
 def test_the_identity_map_gives_the_segment_group_id(con, scored, segment_factory, clean_sandbox, tmp_path):
     config = dataclasses.replace(scored, identity=identity_csv(tmp_path, [("acc_00001", "sf-0001")]))
 
@@ -243,6 +245,7 @@ def test_an_account_pendo_lists_after_the_score_is_reported_missing(con, scored,
                                        "pendo/account_health")]
 
 
+@pytest.mark.slow
 def test_the_user_id_stays_the_delivered_visitor_while_that_visitor_is_active(con, scored, segment_factory,
                                                                               clean_sandbox):
     sync(con, scored, segment_factory, run_id="r1")

@@ -100,6 +100,7 @@ def test_weights_come_from_the_config(con, config):
     assert row(con, "acme")["score"] == 100
 
 
+@pytest.mark.slow
 def test_trend_compares_the_window_with_the_previous_one_once_both_are_staged(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 25), ("acme", "u1", 40, 100)],
           features=[("acme", 8, 0)], days=2 * WINDOW)
@@ -112,6 +113,7 @@ def test_trend_compares_the_window_with_the_previous_one_once_both_are_staged(co
     assert report.previous_days_staged == WINDOW and report.with_trend == 1
 
 
+@pytest.mark.slow
 def test_growing_usage_is_a_full_trend(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 300), ("acme", "u1", 40, 100)],
           days=2 * WINDOW)
@@ -121,6 +123,7 @@ def test_growing_usage_is_a_full_trend(con, config):
     assert row(con, "acme")["trend"] == 1.0 and row(con, "acme")["usage_change"] == 2.0
 
 
+@pytest.mark.slow
 def test_sentiment_is_the_average_nps_answer_of_the_sentiment_window(con, config):
     stage(con, accounts=[("acme", 1)], visits=[("acme", "u1", 0, 5)],
           # answers count from staged days
@@ -143,6 +146,7 @@ def test_recency_falls_with_the_days_since_the_last_activity_in_whole_weeks(con,
     assert f"last active on {AS_OF - timedelta(days=15)}" in acme["reasons"]
 
 
+@pytest.mark.slow
 def test_recency_and_the_score_stay_put_within_a_week_of_inactivity(con, config):
     stage(con, accounts=[("acme", 4)], visits=[("acme", "u1", 8, 5)])
     score(con, config)
@@ -162,6 +166,7 @@ def test_a_recency_step_longer_than_the_window_is_refused(tmp_path):
         load_health_config(path)
 
 
+@pytest.mark.slow
 def test_without_a_seat_count_breadth_uses_the_accounts_known_users(con, config):
     stage(con, accounts=[("acme", None)], visits=[("acme", "u1", 0, 5), ("acme", "u2", 45, 5)],
           days=2 * WINDOW)
@@ -208,6 +213,7 @@ def test_an_account_seen_only_in_usage_is_scored_too(con, config):
     assert row(con, "newcomer")["score"] is not None
 
 
+@pytest.mark.slow
 def test_the_same_staged_data_always_gives_the_same_scores(con, config):
     stage(con, accounts=[("a", 5), ("b", 3)],
           visits=[("a", "u1", 0, 5), ("a", "u2", 0, 5), ("b", "u3", 2, 7)],

@@ -85,6 +85,7 @@ def test_the_partitions_are_days_of_the_subscriptions_zone():
     assert window.end.astimezone(UTC) == datetime(2026, 7, 5, 4, tzinfo=UTC)
 
 
+@pytest.mark.slow
 def test_each_requests_first_is_the_local_midnight_of_its_first_day_in_epoch_ms(con, pendo_client,
                                                                                 config_no_identity,
                                                                                 clean_sandbox):
@@ -179,6 +180,7 @@ def test_the_same_zone_on_both_sides_reads_berlin_days(con, pendo_in_zone, confi
     client.close()
 
 
+@pytest.mark.slow
 def test_a_run_against_a_subscription_in_another_zone_fails_naming_the_setting(resources, home,
                                                                               pendo_in_zone):
     resources["pendo"] = PendoResource(base_url=pendo_in_zone("Asia/Tokyo"),
@@ -224,6 +226,7 @@ def test_settle_hours_counts_from_the_end_of_the_local_day(con, pendo_client, co
     assert (settled.not_ended, settled.days) == ([], 1)
 
 
+@pytest.mark.slow
 def test_a_partition_not_yet_settled_fails_the_run_saying_when_it_can_be_read(resources, home,
                                                                              health_config_file):
     write_config(health_config_file, {"settle_hours = 2": "settle_hours = 48"})
@@ -238,6 +241,7 @@ def test_a_partition_not_yet_settled_fails_the_run_saying_when_it_can_be_read(re
     assert query(home, "SELECT count(*) FROM pendo_staged_days") == [(0,)]
 
 
+@pytest.mark.slow
 def test_a_range_run_stages_its_settled_days_and_leaves_the_unsettled_ones_missing(resources, home,
                                                                                    health_config_file):
     write_config(health_config_file, {"settle_hours = 2": "settle_hours = 48"})

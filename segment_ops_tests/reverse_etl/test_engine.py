@@ -52,6 +52,7 @@ def test_message_ids_have_the_layout_of_the_python_builder():
         assert from_sql == deterministic_message_id("replay", key, payload.encode())
 
 
+@pytest.mark.slow
 def test_oversize_and_unsendable_rows_are_rejected_with_the_reason(tmp_path, people, segment_client_factory,
                                                                    clean_sandbox):
     url, path = people
@@ -70,6 +71,7 @@ def test_oversize_and_unsendable_rows_are_rejected_with_the_reason(tmp_path, peo
     assert (run.plan.rows_read, run.plan.added, run.plan.rejected, run.delivery.delivered) == (60, 57, 3, 57)
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_delivery_advances_its_snapshot_next_time(tmp_path, people, segment_client_factory,
                                                                      clean_sandbox):
     url, _ = people
@@ -91,6 +93,7 @@ def test_a_run_killed_after_delivery_advances_its_snapshot_next_time(tmp_path, p
     assert segment_stats(clean_sandbox) == (60, 0)
 
 
+@pytest.mark.slow
 def test_a_pending_change_is_superseded_when_its_row_changes_again(tmp_path, people, segment_client_factory,
                                                                    clean_sandbox):
     url, path = people
@@ -139,6 +142,7 @@ def test_a_superseded_change_is_sent_when_its_row_returns_to_that_state(tmp_path
     assert segment_stats(clean_sandbox) == (61, 0)
 
 
+@pytest.mark.slow
 def test_dry_run_of_a_full_resync_counts_everything_and_changes_nothing(tmp_path, people,
                                                                         segment_client_factory,
                                                                         clean_sandbox):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from segment_ops.syncs.metadata import guarded, payload_samples
 from segment_ops.syncs.reverse_etl import defs
 from segment_ops_tests.reverse_etl.conftest import checks, metadata, run_models
@@ -28,6 +30,7 @@ def test_metadata_that_cannot_be_built_is_logged_and_leaves_the_counts(caplog):
     assert "model m could not be built" in caplog.text
 
 
+@pytest.mark.slow
 def test_metadata_that_cannot_be_built_never_fails_the_run(resources, monkeypatch, clean_sandbox):
     def broken(*args: object, **kwargs: object) -> dict:
         raise ValueError("cannot render this sample")

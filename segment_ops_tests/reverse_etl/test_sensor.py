@@ -68,6 +68,7 @@ def test_an_unreachable_warehouse_skips_and_keeps_the_cursor(sensor, tmp_path):
     assert result.cursor == '{"orders.max(updated_at)": "1|x"}'
 
 
+@pytest.mark.slow
 def test_a_sensor_run_request_runs_its_model(sensor, warehouse, resources, clean_sandbox):
     [request] = [r for r in evaluate(sensor, None, f"duckdb:///{warehouse}").run_requests
                  if r.asset_selection == [model_key("completed_orders")]]

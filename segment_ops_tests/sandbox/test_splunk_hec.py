@@ -94,6 +94,7 @@ def test_auth_failures(sandbox_http, headers, params, status, code):
         "fields",
     ],
 )
+@pytest.mark.slow
 def test_invalid_bodies(sandbox_http, body, status, code):
     response = post(sandbox_http, body)
 

@@ -619,6 +619,7 @@ def test_arithmetic_on_string_and_number_is_a_pipeline_error() -> None:
 # --- scale -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_filter_and_group_over_100k_event_rows_is_fast() -> None:
     rows = [
         {"visitorId": f"v{i % 5000}", "accountId": f"a{i % 300}", "numEvents": i % 7, "day": MIDNIGHT}

@@ -194,6 +194,7 @@ def test_repeated_message_id_is_deduplicated_and_counted(sandbox_http, clean_san
     assert len(clean_sandbox.received("segment")) == 1
 
 
+@pytest.mark.slow
 def test_a_repeat_after_the_dedupe_window_gets_through_as_a_late_duplicate(sandbox_factory):
     # Spec §7: messageId dedupe covers about the last 24 hours; a later re-send reaches destinations.
     short = sandbox_factory(segment_dedupe_window_seconds=0.3)
