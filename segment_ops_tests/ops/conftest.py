@@ -219,14 +219,17 @@ def dagster_dev(ops_sandbox: RunningSandbox,
         stop_dagster_dev(dev)
 
 
-def start_dagster_dev(sandbox: RunningSandbox, root: Path) -> DagsterDev:
+def start_dagster_dev(sandbox: RunningSandbox, root: Path, *,
+                      instance_yaml: Path = PROJECT_ROOT / "dagster.yaml",
+                      env: dict[str, str] | None = None) -> DagsterDev:
     """`dagster dev -w workspace.yaml` on `sandbox`, with its homes under `root`: a fresh SEGMENT_OPS_HOME
-    holding the demo warehouse and a DAGSTER_HOME whose dagster.yaml links the project's; returns once the
-    code location is LOADED and its daemons are up (stopped again if it never gets there)."""
+    holding the demo warehouse and a DAGSTER_HOME whose dagster.yaml links `instance_yaml` (the project's
+    by default), with `env` added to its environment; returns once the code location is LOADED and its
+    daemons are up (stopped again if it never gets there)."""
     segment_ops_home, dagster_home = root / "segment_ops_home", root / "dagster_home"
     dagster_home.mkdir()
-    # The project's instance config, as the README's `.dagster_home/dagster.yaml` link does.
-    (dagster_home / "dagster.yaml").symlink_to(PROJECT_ROOT / "dagster.yaml")
+    # The instance config, as the README's `.dagster_home/dagster.yaml` link does.
+    (dagster_home / "dagster.yaml").symlink_to(instance_yaml)
     build_demo_warehouse(segment_ops_home / "demo_warehouse.duckdb",
                          DemoData(DemoConfig(seed=SEED, scale=SCALE)))
     port = free_port()
@@ -235,7 +238,7 @@ def start_dagster_dev(sandbox: RunningSandbox, root: Path) -> DagsterDev:
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_ROOT, env=dagster_dev_env(sandbox.url, segment_ops_home, dagster_home),
+            cwd=PROJECT_ROOT, env=dagster_dev_env(sandbox.url, segment_ops_home, dagster_home) | (env or {}),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dev = DagsterDev(f"http://127.0.0.1:{port}", sandbox, segment_ops_home, dagster_home, log_path, process)
     try:
