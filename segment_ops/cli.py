@@ -1,4 +1,4 @@
-"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay, webhooks, check."""
+"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay, webhooks, check, state."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from segment_ops.config import HomeConflictError, Settings, load_settings
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
+    from segment_ops.engine.transfer import TransferReport
     from segment_ops.syncs.replay.reader import ReplayResult
 
 
@@ -56,6 +57,19 @@ def main(argv: list[str] | None = None) -> int:
                             "the reverse-ETL models")
     check.set_defaults(func=_run_check)
 
+    state = sub.add_parser("state", help="export a sync's state to a folder, or import one (backup, "
+                                         "restore, moving to another machine without sending again)")
+    state_sub = state.add_subparsers(dest="state_command", required=True)
+    export = state_sub.add_parser("export", help="write NAME's staging file and inbox to the new folder DEST")
+    export.add_argument("name", help="the staging file's name under $SEGMENT_OPS_HOME/staging/, e.g. replay, "
+                                     "heap, reverse_etl, audit_trail")
+    export.add_argument("dest", type=Path)
+    export.set_defaults(func=_run_state_export)
+    restore = state_sub.add_parser("import", help="make a sync's staging file and inbox in this home from an "
+                                                  "export (the home must hold no state of that sync)")
+    restore.add_argument("src", type=Path)
+    restore.set_defaults(func=_run_state_import)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -98,6 +112,49 @@ def _run_replay(args: argparse.Namespace) -> int:
         return 1
     _print_replay(result, dry_run=args.dry_run)
     return 0 if result.ok else 1
+
+
+def _state_paths(settings: Settings, name: str) -> tuple[Path, Path]:
+    """The staging file and inbox folder of `name` in this home."""
+    return settings.home / "staging" / f"{name}.duckdb", settings.home / "inbox" / name
+
+
+def _run_state_export(args: argparse.Namespace) -> int:
+    import segment_ops.definitions  # noqa: F401  (registers every sync's state schemas)
+    from segment_ops.engine.transfer import TransferError, export_state
+
+    staging_file, inbox = _state_paths(load_settings(), args.name)
+    try:
+        report = export_state(staging_file, args.dest, inbox=inbox)
+    except TransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_transfer("exported", report, args.dest)
+    return 0
+
+
+def _run_state_import(args: argparse.Namespace) -> int:
+    import segment_ops.definitions  # noqa: F401  (registers every sync's state schemas)
+    from segment_ops.engine.transfer import TransferError, import_state, read_manifest
+
+    try:
+        name = read_manifest(args.src)["name"]
+        staging_file, inbox = _state_paths(load_settings(), name)
+        report = import_state(args.src, staging_file, inbox=inbox)
+    except TransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_transfer("imported", report, staging_file)
+    return 0
+
+
+def _print_transfer(verb: str, report: TransferReport, where: Path) -> None:
+    print(f"{verb} {report.name} ({where}):")
+    for schema, version in sorted(report.schemas.items()):
+        print(f"  schema {schema} v{version}")
+    for table, rows in sorted(report.rows.items()):
+        print(f"  {table}: {rows:,} rows")
+    print(f"  inbox files: {report.files}")
 
 
 def _gate_replay(settings: Settings, *, skip: bool) -> int | None:

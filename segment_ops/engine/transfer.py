@@ -1,0 +1,225 @@
+"""Backup and restore of one staging file's state: export to a folder, import into another home.
+
+An export holds every registered state table of the file as Parquet, the sequences' positions, the files of
+the sync's inbox folder, and a manifest (schema versions, row counts, SHA-256 of every file). It is what a
+team moves to another machine or home: imported, the ledger there knows every message as delivered, so
+nothing is sent again. Views and `state_schema_versions` are not exported: `store.ensure` remakes them.
+
+Import checks everything before it writes: the manifest's format, every schema known and at this release's
+version, every file's checksum, and a target holding no state of its own. It builds the store in a
+temporary file beside the target and renames it into place, so a crash mid-import leaves nothing half made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from segment_ops.engine import store
+from segment_ops.engine.ledger import STATE as LEDGER_STATE
+from segment_ops.engine.ledger import Ledger
+
+FORMAT = "segment_ops.state"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TABLES_DIR = "tables"
+FILES_DIR = "files"
+
+
+class TransferError(RuntimeError):
+    """An export or import that cannot be done as asked; nothing was written."""
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    name: str
+    schemas: dict[str, int]
+    rows: dict[str, int]
+    files: int
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _catalog(con: duckdb.DuckDBPyConnection) -> tuple[set[str], dict[str, int]]:
+    """The file's base tables, and its sequences with their last value (0: never used)."""
+    tables = {row[0] for row in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database()")
+        .fetchall()}
+    sequences = {name: last or 0 for name, last in con.execute(
+        "SELECT sequence_name, last_value FROM duckdb_sequences() WHERE NOT temporary "
+        "AND database_name = current_database()").fetchall()}
+    return tables, sequences
+
+
+def export_state(staging_file: Path, dest: Path, *, inbox: Path | None = None,
+                 lock_timeout: float = 10.0) -> TransferReport:
+    """Write the state of `staging_file` (and the files under `inbox`) to the new folder `dest`.
+
+    The file is opened for writing, as a run opens it: the schemas it holds are brought to this release's
+    versions first, so an export is always at the versions of the release that made it. A run holding the
+    file makes this wait up to `lock_timeout` seconds, then fail."""
+    if not staging_file.is_file():
+        raise TransferError(f"no state to export: {staging_file} does not exist")
+    if dest.exists() and any(dest.iterdir()):
+        raise TransferError(f"{dest} is not empty: export into a new folder")
+    try:
+        con = store.connect(staging_file, lock_timeout=lock_timeout)
+    except store.StagingLockedError as exc:
+        raise TransferError(f"{exc}: a run is using it; export when it has finished") from exc
+    try:
+        tables, _ = _catalog(con)
+        present = [s for s in store.registered() if set(s.tables) & tables]
+        for schema in present:
+            store.ensure(con, schema)
+        _recover_journals(con, present)
+        tables, sequences = _catalog(con)
+        (dest / TABLES_DIR).mkdir(parents=True)
+        manifest: dict = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": staging_file.stem,
+                          "exported_at": datetime.now(UTC).isoformat(), "duckdb": duckdb.__version__,
+                          "schemas": {s.name: s.version for s in present}, "tables": {}, "sequences": {},
+                          "files": {}}
+        for schema in present:
+            for name in schema.tables:
+                if name in tables:
+                    target = dest / TABLES_DIR / f"{name}.parquet"
+                    con.execute(f"COPY (SELECT * FROM {name}) TO '{target}' (FORMAT parquet)")
+                    rows = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+                    manifest["tables"][name] = {"schema": schema.name, "rows": rows,
+                                                "sha256": _sha256(target)}
+                elif name in sequences:
+                    manifest["sequences"][name] = sequences[name]
+    finally:
+        con.close()
+    if inbox is not None and inbox.is_dir():
+        for path in sorted(p for p in inbox.rglob("*") if p.is_file()):
+            relative = path.relative_to(inbox).as_posix()
+            target = dest / FILES_DIR / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            manifest["files"][relative] = _sha256(target)
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return _report(manifest)
+
+
+def _recover_journals(con: duckdb.DuckDBPyConnection, present: list[store.StateSchema]) -> None:
+    """Outcomes a stopped run left in journals beside the file belong to the state: log them first."""
+    if LEDGER_STATE in present:
+        Ledger(con)  # recovers every journal beside the file
+
+
+def read_manifest(src: Path) -> dict:
+    """The export's manifest, checked: its format, every schema known and at this release's version."""
+    path = src / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise TransferError(f"{src} is not a state export: it has no {MANIFEST}") from exc
+    except json.JSONDecodeError as exc:
+        raise TransferError(f"{path} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != FORMAT:
+        raise TransferError(f"{path} is not a segment_ops state export (format {manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise TransferError(f"{path} has export format version {manifest.get('format_version')}; this "
+                            f"release reads version {FORMAT_VERSION}")
+    known = {s.name: s for s in store.registered()}
+    for name, version in manifest["schemas"].items():
+        schema = known.get(name)
+        if schema is None:
+            raise TransferError(f"the export holds state schema {name!r}, which this release does not know: "
+                                "import it with the release that exported it, or a newer one")
+        if version != schema.version:
+            newer = "newer" if version > schema.version else "older"
+            raise TransferError(f"the export holds {name!r} at version {version}, {newer} than this "
+                                f"release's {schema.version}: export and import with the same release "
+                                "(opening the source store with this release upgrades it)")
+    return manifest
+
+
+def _verify_files(src: Path, manifest: dict) -> None:
+    expected = [(src / TABLES_DIR / f"{name}.parquet", entry["sha256"])
+                for name, entry in manifest["tables"].items()]
+    expected += [(src / FILES_DIR / relative, digest) for relative, digest in manifest["files"].items()]
+    for path, digest in expected:
+        if not path.is_file():
+            raise TransferError(f"the export is incomplete: {path} is missing")
+        if _sha256(path) != digest:
+            raise TransferError(f"{path} does not match its checksum in the manifest: the export was "
+                                "changed or damaged")
+
+
+def _holds_state(staging_file: Path) -> bool:
+    if not staging_file.exists():
+        return False
+    con = store.connect(staging_file, read_only=True, threads=1)
+    try:
+        tables, _ = _catalog(con)
+        state_tables = tables & {t for s in store.registered() for t in s.tables}
+        return any(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in state_tables)
+    finally:
+        con.close()
+
+
+def import_state(src: Path, staging_file: Path, *, inbox: Path | None = None) -> TransferReport:
+    """Make `staging_file` (which must hold no state) and `inbox` from the export in `src`."""
+    manifest = read_manifest(src)
+    _verify_files(src, manifest)
+    try:
+        if _holds_state(staging_file):
+            raise TransferError(f"{staging_file} already holds state: importing would mix two histories. "
+                                "Move it aside first (or export it, to keep it)")
+    except store.StagingLockedError as exc:
+        raise TransferError(f"{exc}: a run is using it") from exc
+    if inbox is not None and inbox.is_dir():
+        for path in (p for p in inbox.rglob("*") if p.is_file()):
+            if manifest["files"].get(path.relative_to(inbox).as_posix()) != _sha256(path):
+                raise TransferError(f"{inbox} holds {path.name}, which is not in the export: importing "
+                                    "would mix two inboxes")
+    staging_file.parent.mkdir(parents=True, exist_ok=True)
+    building = staging_file.with_name(f".{staging_file.name}.importing")
+    building.unlink(missing_ok=True)
+    con = store.connect(building)
+    try:
+        known = {s.name: s for s in store.registered()}
+        for name in manifest["schemas"]:
+            store.ensure(con, known[name])
+        con.execute("BEGIN")
+        for name in manifest["tables"]:
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(?)",
+                        [str(src / TABLES_DIR / f"{name}.parquet")])
+        for name, last in manifest["sequences"].items():
+            if last:  # consume the used values, so new ids continue after the imported ones
+                con.execute(f"SELECT max(nextval('{name}')) FROM range(?)", [int(last)])
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    except BaseException:
+        con.close()
+        building.unlink(missing_ok=True)
+        raise
+    con.close()
+    if inbox is not None:  # before the store, and idempotent: an import stopped here can be run again
+        for relative in manifest["files"]:
+            target = inbox / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / FILES_DIR / relative, target)
+    staging_file.with_name(staging_file.name + ".wal").unlink(missing_ok=True)
+    os.replace(building, staging_file)
+    return _report(manifest)
+
+
+def _report(manifest: dict) -> TransferReport:
+    return TransferReport(manifest["name"], dict(manifest["schemas"]),
+                          {name: entry["rows"] for name, entry in manifest["tables"].items()},
+                          len(manifest["files"]))

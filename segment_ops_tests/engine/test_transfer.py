@@ -1,0 +1,157 @@
+"""Backup and restore of a sync's state (`engine/transfer.py`, `segment-ops state export | import`): a
+replay's ledger moved to a fresh home sends nothing again there, and an export that is damaged, from
+another release or aimed at a home that already has state is refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import segment_ops.definitions  # noqa: F401  (registers every sync's state schemas, as the CLI does)
+from segment_ops.engine.ledger import STATE as LEDGER_STATE
+from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.store import staging
+from segment_ops.engine.transfer import MANIFEST, TABLES_DIR, TransferError, export_state, import_state
+from segment_ops.syncs.replay.reader import replay_file
+from segment_ops_tests.engine.conftest import ledger_counts, track_calls, write_jsonl
+
+CALLS = 120
+
+
+@pytest.fixture
+def delivered_home(tmp_path: Path, segment_client, clean_sandbox) -> tuple[Path, Path]:
+    """A home whose replay ledger delivered CALLS track calls to the sandbox, and the file replayed."""
+    home = tmp_path / "home_a"
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(CALLS))
+    with staging(home / "staging" / "replay.duckdb") as con:
+        result = replay_file(Ledger(con), path, segment_client)
+    assert result.delivery.delivered == CALLS
+    (home / "inbox" / "replay").mkdir(parents=True)
+    (home / "inbox" / "replay" / "next.jsonl").write_bytes(b"{}\n")
+    return home, path
+
+
+def test_a_ledger_moved_to_a_fresh_home_sends_nothing_again(tmp_path, delivered_home, segment_client,
+                                                            clean_sandbox):
+    home_a, path = delivered_home
+    home_b = tmp_path / "home_b"
+    exported = export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export",
+                            inbox=home_a / "inbox" / "replay")
+    requests = clean_sandbox.stats()["segment"]["requests"]
+
+    imported = import_state(tmp_path / "export", home_b / "staging" / "replay.duckdb",
+                            inbox=home_b / "inbox" / "replay")
+    with staging(home_b / "staging" / "replay.duckdb") as con:
+        ledger = Ledger(con)
+        counts = ledger_counts(ledger)
+        again = replay_file(ledger, path, segment_client)
+
+    assert imported == exported and exported.rows["planned_messages"] == CALLS
+    assert counts == (0, CALLS, 0)
+    assert (again.plan.planned, again.plan.already_known, again.delivery.delivered) == (0, CALLS, 0)
+    assert clean_sandbox.stats()["segment"]["requests"] == requests
+    assert (home_b / "inbox" / "replay" / "next.jsonl").read_bytes() == b"{}\n"
+
+
+def test_new_outcomes_after_an_import_continue_the_imported_order(tmp_path, delivered_home, segment_client):
+    home_a, _ = delivered_home
+    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    target = tmp_path / "home_b" / "staging" / "replay.duckdb"
+    import_state(tmp_path / "export", target)
+    more = write_jsonl(tmp_path / "more.jsonl", track_calls(10, prefix="v"))
+
+    with staging(target) as con:
+        replay_file(Ledger(con), more, segment_client)
+        ids = [row[0] for row in con.execute("SELECT id FROM outcomes ORDER BY logged_at, id").fetchall()]
+
+    assert len(ids) == len(set(ids))  # no id handed out twice
+    assert ids[-1] == max(ids)
+
+
+def test_an_import_into_a_home_with_state_of_its_own_is_refused_and_changes_nothing(tmp_path, delivered_home):
+    home_a, _ = delivered_home
+    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    before = (home_a / "staging" / "replay.duckdb").read_bytes()
+
+    with pytest.raises(TransferError, match="already holds state"):
+        import_state(tmp_path / "export", home_a / "staging" / "replay.duckdb")
+
+    assert (home_a / "staging" / "replay.duckdb").read_bytes() == before
+
+
+def test_a_damaged_export_is_refused_before_anything_is_written(tmp_path, delivered_home):
+    home_a, _ = delivered_home
+    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    with (tmp_path / "export" / TABLES_DIR / "outcomes.parquet").open("ab") as f:
+        f.write(b"x")
+    target = tmp_path / "home_b" / "staging" / "replay.duckdb"
+
+    with pytest.raises(TransferError, match="outcomes.parquet does not match its checksum"):
+        import_state(tmp_path / "export", target)
+
+    assert not target.parent.exists() or not any(target.parent.iterdir())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["schemas"].update(ledger=LEDGER_STATE.version + 1), "newer than this release"),
+    (lambda m: m["schemas"].update(ledger=0), "older than this release"),
+    (lambda m: m["schemas"].update(no_such_schema=1), "this release does not know"),
+    (lambda m: m.update(format_version=2), "export format version 2"),
+    (lambda m: m.update(format="something.else"), "not a segment_ops state export"),
+])
+def test_an_export_this_release_cannot_read_faithfully_is_refused(tmp_path, delivered_home, change, message):
+    home_a, _ = delivered_home
+    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    manifest = json.loads((tmp_path / "export" / MANIFEST).read_text())
+    change(manifest)
+    (tmp_path / "export" / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(TransferError, match=message):
+        import_state(tmp_path / "export", tmp_path / "home_b" / "staging" / "replay.duckdb")
+
+
+def test_an_inbox_with_other_files_is_refused(tmp_path, delivered_home):
+    home_a, _ = delivered_home
+    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export", inbox=home_a / "inbox" / "replay")
+    inbox_b = tmp_path / "home_b" / "inbox" / "replay"
+    inbox_b.mkdir(parents=True)
+    (inbox_b / "other.jsonl").write_bytes(b"{}\n")
+
+    with pytest.raises(TransferError, match="other.jsonl, which is not in the export"):
+        import_state(tmp_path / "export", tmp_path / "home_b" / "staging" / "replay.duckdb", inbox=inbox_b)
+
+
+def test_exporting_into_a_folder_that_holds_files_is_refused(tmp_path, delivered_home):
+    home_a, _ = delivered_home
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "keep.txt").write_text("mine")
+
+    with pytest.raises(TransferError, match="is not empty"):
+        export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+
+
+@pytest.mark.slow
+def test_the_cli_moves_a_sync_between_homes(tmp_path, delivered_home):
+    home_a, _ = delivered_home
+    home_b = tmp_path / "home_b"
+
+    def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "segment_ops.cli", "state", *args],
+                              env=dict(os.environ, SEGMENT_OPS_HOME=str(home)), capture_output=True,
+                              text=True, timeout=120)
+
+    exported = cli(home_a, "export", "replay", str(tmp_path / "export"))
+    imported = cli(home_b, "import", str(tmp_path / "export"))
+    refused = cli(home_b, "import", str(tmp_path / "export"))
+
+    assert exported.returncode == 0, exported.stderr
+    assert f"planned_messages: {CALLS} rows" in exported.stdout
+    assert imported.returncode == 0, imported.stderr
+    assert "inbox files: 1" in imported.stdout
+    assert (home_b / "staging" / "replay.duckdb").is_file()
+    assert refused.returncode == 2 and "already holds state" in refused.stderr
