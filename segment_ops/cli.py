@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "restore, moving to another machine without sending again)")
     state_sub = state.add_subparsers(dest="state_command", required=True)
     export = state_sub.add_parser("export", help="write NAME's staging file and inbox to the new folder DEST")
-    export.add_argument("name", help="the staging file's name under $SEGMENT_OPS_HOME/staging/, e.g. replay, "
-                                     "heap, reverse_etl, audit_trail")
+    export.add_argument("name", help="a staging file's name in $SEGMENT_OPS_HOME/staging/ without .duckdb, "
+                                     "e.g. replay, audit_trail, reverse_etl_user_traits, heap_power_users")
     export.add_argument("dest", type=Path)
     export.set_defaults(func=_run_state_export)
     restore = state_sub.add_parser("import", help="make a sync's staging file and inbox in this home from an "
@@ -121,8 +121,12 @@ def _state_paths(settings: Settings, name: str) -> tuple[Path, Path]:
 
 def _run_state_export(args: argparse.Namespace) -> int:
     import segment_ops.definitions  # noqa: F401  (registers every sync's state schemas)
-    from segment_ops.engine.transfer import TransferError, export_state
+    from segment_ops.engine.transfer import NAME, TransferError, export_state
 
+    if not NAME.fullmatch(args.name):
+        print(f"error: {args.name!r} is not a staging file's name (see $SEGMENT_OPS_HOME/staging/)",
+              file=sys.stderr)
+        return 2
     staging_file, inbox = _state_paths(load_settings(), args.name)
     try:
         report = export_state(staging_file, args.dest, inbox=inbox)

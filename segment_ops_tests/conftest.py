@@ -70,7 +70,8 @@ settings.load_profile("ci" if os.environ.get("CI", "").lower() not in ("", "0", 
 
 class _WorkerInstance:
     """One ephemeral Dagster instance per test process, created on first use and wiped (runs, events, asset
-    records) before each test that uses it."""
+    records, stored outputs) before each test that uses it. Its key-value store is kept: what segment_ops
+    writes there (run heartbeats) is keyed by run id."""
 
     def __init__(self) -> None:
         self.instance: dg.DagsterInstance | None = None
@@ -81,6 +82,8 @@ class _WorkerInstance:
             self.instance = dg.DagsterInstance.ephemeral()
         if self.wiped_for != test_id:
             self.instance.wipe()
+            # the filesystem IO manager's outputs live in the instance's storage folder, which wipe() keeps
+            shutil.rmtree(self.instance.storage_directory(), ignore_errors=True)
             self.wiped_for = test_id
         return self.instance
 

@@ -7,7 +7,8 @@ nothing is sent again. Views and `state_schema_versions` are not exported: `stor
 
 Import checks everything before it writes: the manifest's format, every schema known and at this release's
 version, every file's checksum, and a target holding no state of its own. It builds the store in a
-temporary file beside the target and renames it into place, so a crash mid-import leaves nothing half made.
+temporary file beside the target and renames it into place, so a stopped import leaves no half-made store
+and can be run again (the inbox files, copied first, are copied again).
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import duckdb
 
-from segment_ops.engine import store
+from segment_ops.engine import journal, store
 from segment_ops.engine.ledger import STATE as LEDGER_STATE
 from segment_ops.engine.ledger import Ledger
 
@@ -31,6 +33,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TABLES_DIR = "tables"
 FILES_DIR = "files"
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a staging file's stem, as the syncs name them
 
 
 class TransferError(RuntimeError):
@@ -70,48 +73,62 @@ def export_state(staging_file: Path, dest: Path, *, inbox: Path | None = None,
 
     The file is opened for writing, as a run opens it: the schemas it holds are brought to this release's
     versions first, so an export is always at the versions of the release that made it. A run holding the
-    file makes this wait up to `lock_timeout` seconds, then fail."""
+    file makes this wait up to `lock_timeout` seconds, then fail. The inbox is copied while the file is
+    held, and the export is built beside `dest` and renamed into place: a failed export leaves nothing."""
     if not staging_file.is_file():
         raise TransferError(f"no state to export: {staging_file} does not exist")
-    if dest.exists() and any(dest.iterdir()):
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise TransferError(f"{dest} is not empty: export into a new folder")
+    building = dest.with_name(f".{dest.name}.exporting")
+    shutil.rmtree(building, ignore_errors=True)
     try:
         con = store.connect(staging_file, lock_timeout=lock_timeout)
     except store.StagingLockedError as exc:
         raise TransferError(f"{exc}: a run is using it; export when it has finished") from exc
     try:
-        tables, _ = _catalog(con)
-        present = [s for s in store.registered() if set(s.tables) & tables]
-        for schema in present:
-            store.ensure(con, schema)
-        _recover_journals(con, present)
-        tables, sequences = _catalog(con)
-        (dest / TABLES_DIR).mkdir(parents=True)
-        manifest: dict = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": staging_file.stem,
-                          "exported_at": datetime.now(UTC).isoformat(), "duckdb": duckdb.__version__,
-                          "schemas": {s.name: s.version for s in present}, "tables": {}, "sequences": {},
-                          "files": {}}
-        for schema in present:
-            for name in schema.tables:
-                if name in tables:
-                    target = dest / TABLES_DIR / f"{name}.parquet"
-                    con.execute(f"COPY (SELECT * FROM {name}) TO '{target}' (FORMAT parquet)")
-                    rows = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-                    manifest["tables"][name] = {"schema": schema.name, "rows": rows,
-                                                "sha256": _sha256(target)}
-                elif name in sequences:
-                    manifest["sequences"][name] = sequences[name]
+        manifest = _export_into(con, staging_file.stem, building, inbox)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     finally:
         con.close()
+    if dest.exists():
+        dest.rmdir()  # empty, checked above
+    os.replace(building, dest)
+    return _report(manifest)
+
+
+def _export_into(con: duckdb.DuckDBPyConnection, name: str, folder: Path, inbox: Path | None) -> dict:
+    tables, _ = _catalog(con)
+    present = [s for s in store.registered() if set(s.tables) & tables]
+    for schema in present:
+        store.ensure(con, schema)
+    _recover_journals(con, present)
+    tables, sequences = _catalog(con)
+    (folder / TABLES_DIR).mkdir(parents=True)
+    manifest: dict = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name,
+                      "exported_at": datetime.now(UTC).isoformat(), "duckdb": duckdb.__version__,
+                      "schemas": {s.name: s.version for s in present}, "tables": {}, "sequences": {},
+                      "files": {}}
+    for schema in present:
+        for table in schema.tables:  # names from the registry, never from input
+            if table in tables:
+                target = folder / TABLES_DIR / f"{table}.parquet"
+                quoted = str(target).replace("'", "''")  # COPY takes no parameter for its target
+                con.execute(f"COPY (SELECT * FROM {table}) TO '{quoted}' (FORMAT parquet)")
+                rows = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                manifest["tables"][table] = {"schema": schema.name, "rows": rows, "sha256": _sha256(target)}
+            elif table in sequences:
+                manifest["sequences"][table] = sequences[table]
     if inbox is not None and inbox.is_dir():
         for path in sorted(p for p in inbox.rglob("*") if p.is_file()):
             relative = path.relative_to(inbox).as_posix()
-            target = dest / FILES_DIR / relative
+            target = folder / FILES_DIR / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             manifest["files"][relative] = _sha256(target)
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return _report(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
 
 
 def _recover_journals(con: duckdb.DuckDBPyConnection, present: list[store.StateSchema]) -> None:
@@ -134,6 +151,10 @@ def read_manifest(src: Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise TransferError(f"{path} has export format version {manifest.get('format_version')}; this "
                             f"release reads version {FORMAT_VERSION}")
+    try:
+        _check_names(manifest)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TransferError(f"{path} is malformed: {exc!r}") from exc
     known = {s.name: s for s in store.registered()}
     for name, version in manifest["schemas"].items():
         schema = known.get(name)
@@ -146,6 +167,22 @@ def read_manifest(src: Path) -> dict:
                                 f"release's {schema.version}: export and import with the same release "
                                 "(opening the source store with this release upgrades it)")
     return manifest
+
+
+def _check_names(manifest: dict) -> None:
+    """Every name the import turns into a path or an SQL identifier is one this release could have written: a
+    plain sync name, tables and sequences of the listed (registered) schemas, inbox paths inside the inbox."""
+    if not isinstance(manifest["name"], str) or not NAME.fullmatch(manifest["name"]):
+        raise TransferError(f"the export names its sync {manifest['name']!r}, which is not a sync name")
+    known = {s.name: s for s in store.registered()}
+    allowed = {t for name in manifest["schemas"] if name in known for t in known[name].tables}
+    for table in [*manifest["tables"], *manifest["sequences"]]:
+        if table not in allowed:
+            raise TransferError(f"the export holds {table!r}, which is no table of the schemas it lists")
+    for relative in manifest["files"]:
+        parts = PurePosixPath(relative).parts
+        if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+            raise TransferError(f"the export holds an inbox file outside its folder: {relative!r}")
 
 
 def _verify_files(src: Path, manifest: dict) -> None:
@@ -182,6 +219,9 @@ def import_state(src: Path, staging_file: Path, *, inbox: Path | None = None) ->
                                 "Move it aside first (or export it, to keep it)")
     except store.StagingLockedError as exc:
         raise TransferError(f"{exc}: a run is using it") from exc
+    if left := journal.leftovers(staging_file.resolve()):
+        raise TransferError(f"outcome journals of another history lie beside {staging_file}: "
+                            f"{', '.join(p.name for p in left)}; move them aside with the old file")
     if inbox is not None and inbox.is_dir():
         for path in (p for p in inbox.rglob("*") if p.is_file()):
             if manifest["files"].get(path.relative_to(inbox).as_posix()) != _sha256(path):
@@ -190,6 +230,7 @@ def import_state(src: Path, staging_file: Path, *, inbox: Path | None = None) ->
     staging_file.parent.mkdir(parents=True, exist_ok=True)
     building = staging_file.with_name(f".{staging_file.name}.importing")
     building.unlink(missing_ok=True)
+    building.with_name(building.name + ".wal").unlink(missing_ok=True)
     con = store.connect(building)
     try:
         known = {s.name: s for s in store.registered()}

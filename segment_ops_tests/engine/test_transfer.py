@@ -155,3 +155,51 @@ def test_the_cli_moves_a_sync_between_homes(tmp_path, delivered_home):
     assert "inbox files: 1" in imported.stdout
     assert (home_b / "staging" / "replay.duckdb").is_file()
     assert refused.returncode == 2 and "already holds state" in refused.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(name="../../elsewhere"), "not a sync name"),
+    (lambda m: m["tables"].update(state_schema_versions=m["tables"]["outcomes"]), "no table of the schemas"),
+    (lambda m: m["sequences"].update({"x; DROP TABLE outcomes": 1}), "no table of the schemas"),
+    (lambda m: m["files"].update({"../../escaped.jsonl": "0" * 64}), "outside its folder"),
+    (lambda m: m["files"].update({"/tmp/absolute.jsonl": "0" * 64}), "outside its folder"),
+    (lambda m: m.pop("schemas"), "is malformed"),
+])
+def test_a_crafted_manifest_cannot_reach_outside_the_home_or_into_sql(tmp_path, delivered_home, change,
+                                                                      message):
+    home_a, _ = delivered_home
+    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    manifest = json.loads((tmp_path / "export" / MANIFEST).read_text())
+    change(manifest)
+    (tmp_path / "export" / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(TransferError, match=message):
+        import_state(tmp_path / "export", tmp_path / "home_b" / "staging" / "replay.duckdb",
+                     inbox=tmp_path / "home_b" / "inbox" / "replay")
+
+    assert not (tmp_path / "escaped.jsonl").exists() and not (tmp_path / "home_b").exists()
+
+
+def test_an_import_beside_another_historys_journal_is_refused(tmp_path, delivered_home):
+    home_a, _ = delivered_home
+    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    target = tmp_path / "home_b" / "staging" / "replay.duckdb"
+    target.parent.mkdir(parents=True)
+    (target.parent / "replay.duckdb.replay.outcomes.jsonl").write_bytes(b'{"v": 1}\n')
+
+    with pytest.raises(TransferError, match="outcome journals of another history"):
+        import_state(tmp_path / "export", target)
+
+    assert not target.exists()
+
+
+def test_an_export_to_a_path_with_a_quote_works_and_a_failed_one_leaves_nothing(tmp_path, delivered_home):
+    home_a, _ = delivered_home
+    quoted = tmp_path / "it's here"
+
+    report = export_state(home_a / "staging" / "replay.duckdb", quoted)
+    with pytest.raises(TransferError, match="does not exist"):
+        export_state(home_a / "staging" / "missing.duckdb", tmp_path / "never")
+
+    assert report.rows["planned_messages"] == CALLS and (quoted / MANIFEST).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if "never" in p.name) == []
