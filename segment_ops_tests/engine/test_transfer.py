@@ -97,6 +97,14 @@ def test_a_damaged_export_is_refused_before_anything_is_written(tmp_path, delive
     assert not target.parent.exists() or not any(target.parent.iterdir())
 
 
+def edited_export(home: Path, dest: Path, change) -> None:
+    """Export `home`'s replay state to `dest`, then apply `change` to its manifest."""
+    export_state(home / "staging" / "replay.duckdb", dest)
+    manifest = json.loads((dest / MANIFEST).read_text())
+    change(manifest)
+    (dest / MANIFEST).write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda m: m["schemas"].update(ledger=LEDGER_STATE.version + 1), "newer than this release"),
     (lambda m: m["schemas"].update(ledger=0), "older than this release"),
@@ -105,11 +113,7 @@ def test_a_damaged_export_is_refused_before_anything_is_written(tmp_path, delive
     (lambda m: m.update(format="something.else"), "not a segment_ops state export"),
 ])
 def test_an_export_this_release_cannot_read_faithfully_is_refused(tmp_path, delivered_home, change, message):
-    home_a, _ = delivered_home
-    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
-    manifest = json.loads((tmp_path / "export" / MANIFEST).read_text())
-    change(manifest)
-    (tmp_path / "export" / MANIFEST).write_text(json.dumps(manifest))
+    edited_export(delivered_home[0], tmp_path / "export", change)
 
     with pytest.raises(TransferError, match=message):
         import_state(tmp_path / "export", tmp_path / "home_b" / "staging" / "replay.duckdb")
@@ -167,11 +171,7 @@ def test_the_cli_moves_a_sync_between_homes(tmp_path, delivered_home):
 ])
 def test_a_crafted_manifest_cannot_reach_outside_the_home_or_into_sql(tmp_path, delivered_home, change,
                                                                       message):
-    home_a, _ = delivered_home
-    export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
-    manifest = json.loads((tmp_path / "export" / MANIFEST).read_text())
-    change(manifest)
-    (tmp_path / "export" / MANIFEST).write_text(json.dumps(manifest))
+    edited_export(delivered_home[0], tmp_path / "export", change)
 
     with pytest.raises(TransferError, match=message):
         import_state(tmp_path / "export", tmp_path / "home_b" / "staging" / "replay.duckdb",
