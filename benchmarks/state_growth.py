@@ -15,6 +15,7 @@ not what the history holds.
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import sys
@@ -86,9 +87,11 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="work in DIR (a new folder) and keep the warehouse and the staging file there")
     args = parser.parse_args()
+    if args.days < 3:
+        parser.error("--days must be 3 or more (day 2 is compared with the last day)")
     every = max(1, round(1 / args.changed))
     with tempfile.TemporaryDirectory(prefix="segment-ops-bench-growth-") as tmp:
-        work = Path(tmp) if args.keep is None else args.keep
+        work = Path(tmp) if args.keep is None else args.keep  # (the empty temporary folder goes unused)
         work.mkdir(parents=True, exist_ok=True)
         warehouse, model_file = work / "warehouse.duckdb", work / "big_traits.sql"
         staging_file = work / "staging.duckdb"
@@ -125,6 +128,8 @@ def main() -> int:
     passed = ratio <= TARGET_RATIO
     print(f"{'PASS' if passed else 'MISS'}  day {args.days} within {TARGET_RATIO}x of day 2 (medians of "
           f"{TRIES}): {medians[args.days]:.2f}s / {medians[2]:.2f}s = {ratio:.2f}x")
+    print(f"peak RSS of this process (building the warehouse and day 1 included): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0 if passed else 1
 
 

@@ -172,7 +172,13 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
     if con.execute("SELECT count(*) FROM rev_changes").fetchone()[0] == 0:
         return 0  # the usual start of a run: nothing in flight, no need to read the ledger
     current = generation(con)
-    Ledger(con, create=False).settled_into(sync, "rev_changes", "rev_settled")
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE rev_settled AS
+        SELECT c.*, l.status, l.seq, l.delivered_at
+        FROM rev_changes c JOIN ledger l ON l.sync = ? AND l.message_id = c.message_id
+        WHERE l.status <> ?
+        """, [sync, PENDING])
     con.execute("BEGIN")
     try:
         # A change with several calls (a spec with a companion event) settles once all of them did;

@@ -841,26 +841,6 @@ class Ledger:
             "SELECT status, count(*) FROM ledger WHERE sync = ? GROUP BY status", [sync]).fetchall())
         return LedgerCounts(**{state.value: rows.get(state.value, 0) for state in MessageState})
 
-    def settled_into(self, sync: str, relation: str, table: str) -> None:
-        """Make the temp table `table`: the rows of `relation` (which has a `message_id` column) whose message
-        `sync` planned and no longer holds pending, with its `status`, `seq` and `delivered_at` (as the
-        `ledger` view gives them). Only the seq range those messages were planned in is read from
-        `outcomes`, so the cost follows `relation`, not the ledger's history."""
-        low, high = self.con.execute(
-            f"SELECT min(m.seq), max(m.seq) FROM {relation} r "
-            "JOIN planned_messages m ON m.sync = ? AND m.message_id = r.message_id", [sync]).fetchone()
-        self.con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE {table} AS
-            SELECT r.*, o.status, m.seq,
-                   CASE WHEN o.status IN ('{DELIVERED}', '{VERIFIED}') THEN o.delivered_at END AS delivered_at
-            FROM {relation} r
-            JOIN planned_messages m ON m.sync = $sync AND m.message_id = r.message_id
-                                   AND m.seq BETWEEN $low AND $high
-            JOIN ({_LATEST_OUTCOME}) o ON o.sync = $sync AND o.seq = m.seq
-            WHERE o.seq BETWEEN $low AND $high AND o.status <> '{PENDING}'
-            """, {"sync": sync, "low": low, "high": high})
-
     def window_counts(self, sync: str, relation: str) -> dict[object, MessageCounts]:
         """Where the messages of `relation` (message_id, grp) stand in `sync`, per `grp` (e.g. an hour).
 

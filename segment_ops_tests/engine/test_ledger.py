@@ -250,29 +250,3 @@ def test_delivered_between_counts_each_syncs_deliveries_logged_in_the_window_onc
     assert ledger.delivered_between(start, end) == {"a": 2, "b": 1}
     assert ledger.delivered_between(end, datetime.now(UTC)) == {"b": 1}
     assert ledger.delivered_between(end, end) == {}
-
-
-def test_settled_into_gives_what_the_ledger_view_gives_for_the_relations_messages(ledger):
-    """`settled_into` reads only the seq range of the relation's messages, yet answers as the `ledger` view:
-    pending and unplanned messages and other syncs' messages left out, delivered_at only once delivered."""
-    ledger.add_planned("s", messages(6))
-    ledger.add_planned("other", messages(6))
-    ledger.log_outcomes("s", [outcome(ledger, "m1", DELIVERED, 1, None),
-                              outcome(ledger, "m2", REJECTED, 1, "bad"),
-                              outcome(ledger, "m3", AWAITING_ACK, 1, None, "c:0:a"),
-                              outcome(ledger, "m4", PENDING, 3, "HTTP 503")])
-    ledger.log_outcomes("other", [(seq_of(ledger, "m0", "other"), DELIVERED, 1, None)])
-    ledger.con.execute("CREATE TEMP TABLE changes AS SELECT * FROM (VALUES ('m0', 'a'), ('m1', 'b'), "
-                       "('m2', 'c'), ('m3', 'd'), ('m4', 'e'), ('never-planned', 'f')) t(message_id, tag)")
-
-    ledger.settled_into("s", "changes", "settled")
-
-    rows = ledger.con.execute("SELECT message_id, tag, status, seq, delivered_at IS NOT NULL FROM settled "
-                              "ORDER BY seq").fetchall()
-    view = ledger.con.execute(
-        "SELECT c.message_id, c.tag, l.status, l.seq, l.delivered_at IS NOT NULL FROM changes c "
-        "JOIN ledger l ON l.sync = 's' AND l.message_id = c.message_id WHERE l.status <> 'pending' "
-        "ORDER BY l.seq").fetchall()
-    assert rows == view == [("m1", "b", DELIVERED, seq_of(ledger, "m1"), True),
-                            ("m2", "c", REJECTED, seq_of(ledger, "m2"), False),
-                            ("m3", "d", AWAITING_ACK, seq_of(ledger, "m3"), False)]

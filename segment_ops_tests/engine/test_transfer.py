@@ -206,17 +206,27 @@ def test_an_export_to_a_path_with_a_quote_works_and_a_failed_one_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir() if "never" in p.name) == []
 
 
-# One value per column type the state tables use; a type not here fails the test below, so a new column
-# type is round-tripped before it ships.
-_VALUES = {"VARCHAR": "'x'", "INTEGER": "7", "BIGINT": "7", "BOOLEAN": "true", "DOUBLE": "0.5",
-           "DATE": "DATE '2026-12-01'", "DATE[]": "[DATE '2026-12-01']", "BLOB": "'\\x01'::BLOB",
-           "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ '2026-12-01 10:00:00.123456+00'", "UBIGINT": "7",
-           "HUGEINT": "7", "TIMESTAMP": "TIMESTAMP '2026-12-01 10:00:00'", "SMALLINT": "7", "JSON": "'{}'"}
+# A value per column type the state tables use, distinct per column (`i` is the column's position) and near
+# the type's limits, so a column moved, truncated or rounded on the way shows; a type not here fails the
+# test below, so a new column type is round-tripped before it ships.
+_VALUES = {
+    "VARCHAR": lambda i: f"'it''s column {i}\n, 数据'",
+    "INTEGER": lambda i: f"{2**31 - 1 - i}", "SMALLINT": lambda i: f"{2**15 - 1 - i}",
+    "BIGINT": lambda i: f"{2**62 + i}", "UBIGINT": lambda i: f"{2**63 + i}",
+    "HUGEINT": lambda i: f"{2**100 + i}::HUGEINT", "DOUBLE": lambda i: f"{i}.000000000000125",
+    "BOOLEAN": lambda i: "true" if i % 2 else "false",
+    "DATE": lambda i: f"DATE '2026-12-01' + {i}", "DATE[]": lambda i: f"[DATE '2026-12-01' + {i}, NULL]",
+    "BLOB": lambda i: f"'\\x{i % 256:02x}\\x00'::BLOB",
+    "TIMESTAMP WITH TIME ZONE":
+        lambda i: f"TIMESTAMPTZ '2026-12-01 10:00:00.123456+00' + INTERVAL {i} SECOND",
+    "TIMESTAMP": lambda i: f"TIMESTAMP '2026-12-01 10:00:00.5' + INTERVAL {i} SECOND",
+    "JSON": lambda i: f"'{{\"column\": {i}}}'",
+}
 
 
 def test_every_registered_state_table_round_trips_value_for_value(tmp_path):
-    """A row in every base table of every registered schema comes back from export and import unchanged,
-    column types included."""
+    """Two rows in every base table of every registered schema (distinct values per column; NULL wherever a
+    column allows it in the second) come back from export and import unchanged."""
     source, target = tmp_path / "a" / "all.duckdb", tmp_path / "b" / "all.duckdb"
     with staging(source) as con:
         for schema in store.registered():
@@ -224,20 +234,22 @@ def test_every_registered_state_table_round_trips_value_for_value(tmp_path):
         base = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         tables = [t for s in store.registered() for t in s.tables if t in base]
         for table in tables:
-            columns = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
-                                  "ORDER BY column_index", [table]).fetchall()
-            unknown = {kind for _, kind in columns if kind not in _VALUES}
+            columns = con.execute("SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+                                  "WHERE table_name = ? ORDER BY column_index", [table]).fetchall()
+            unknown = {kind for _, kind, _ in columns if kind not in _VALUES}
             assert not unknown, f"{table}: give the test a value for {unknown}"
-            names = ", ".join(name for name, _ in columns)
-            con.execute(f"INSERT INTO {table} ({names}) VALUES ({', '.join(_VALUES[k] for _, k in columns)})")
-        before = {t: (con.execute(f"DESCRIBE {t}").fetchall(), con.execute(f"SELECT * FROM {t}").fetchall())
-                  for t in tables}
+            names = ", ".join(name for name, _, _ in columns)
+            full = ", ".join(_VALUES[kind](i) for i, (_, kind, _) in enumerate(columns))
+            sparse = ", ".join("NULL" if nullable else _VALUES[kind](i + 1)
+                               for i, (_, kind, nullable) in enumerate(columns))
+            con.execute(f"INSERT INTO {table} ({names}) VALUES ({full}), ({sparse})")
+        before = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
 
     export_state(source, tmp_path / "export")
     import_state(tmp_path / "export", target)
 
     with staging(target, read_only=True) as con:
-        after = {t: (con.execute(f"DESCRIBE {t}").fetchall(), con.execute(f"SELECT * FROM {t}").fetchall())
-                 for t in tables}
+        after = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
+    assert base - {"state_schema_versions"} == set(tables)  # every table in a store is some schema's
     assert len(tables) >= 15
     assert after == before
