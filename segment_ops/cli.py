@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--rate-limit", type=float, default=None,
                         help="max requests/s to Segment (default 200; Segment's guidance is <= 1,000)")
     replay.add_argument("--no-gzip", action="store_true", help="send batch bodies uncompressed")
+    replay.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                        help="how long to wait while another replay (a `replay_job` run, or another "
+                             "`segment-ops replay`) holds the replay ledger (default 60)")
     replay.add_argument("--skip-preflight", action="store_true",
                         help="send without the preflight gate (the write key is not checked against the "
                              "workspace's sources)")
@@ -87,7 +90,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
     from segment_ops.engine.ledger import Ledger
-    from segment_ops.engine.store import staging
+    from segment_ops.engine.store import StagingLockedError, connect
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
     settings = load_settings()
@@ -100,16 +103,30 @@ def _run_replay(args: argparse.Namespace) -> int:
             max_requests_per_second=args.rate_limit or DEFAULT_MAX_REQUESTS_PER_SECOND,
             max_connections=args.max_in_flight)
 
+    ledger_file = settings.home / "staging" / "replay.duckdb"
     try:
-        with staging(settings.home / "staging" / "replay.duckdb") as con:
-            result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                 force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight)
+        con = connect(ledger_file, lock_timeout=0)
+    except StagingLockedError:
+        print(f"another replay holds {ledger_file}; waiting up to {args.wait:.0f}s for it to finish",
+              file=sys.stderr)
+        try:
+            con = connect(ledger_file, lock_timeout=args.wait)
+        except StagingLockedError:
+            print(f"error: another replay (a `replay_job` run in Dagster, or another `segment-ops replay`) "
+                  f"still holds {ledger_file} after {args.wait:.0f}s; nothing was sent. Run again when it "
+                  "has finished, or with a longer --wait.", file=sys.stderr)
+            return 2
+    try:
+        result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
+                             force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight)
     except ReplayInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (DeliveryError, VendorError) as exc:  # undeliverable, or e.g. a wrong write key
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        con.close()
     _print_replay(result, dry_run=args.dry_run)
     return 0 if result.ok else 1
 

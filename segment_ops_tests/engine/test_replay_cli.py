@@ -200,3 +200,47 @@ def test_skip_preflight_replays_under_a_wrong_write_key_and_segment_drops_it(
     assert summary(done.stdout) == ((5, 0, 0, 0), (5, 0, 0))
     stats = clean_sandbox.stats()
     assert stats["segment"]["dropped"] == {"unknown_write_key": 5} and stats["segmentapis"]["requests"] == 0
+
+
+@pytest.mark.slow
+def test_a_replay_while_another_holds_the_ledger_says_so_waits_then_stops_cleanly(tmp_path, ops_env,
+                                                                                 clean_sandbox):
+    from segment_ops_tests.ops.test_delivery_health import locked_by_another_process
+
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(5))
+    ledger_file = ops_env / "staging" / "replay.duckdb"
+    ledger_file.parent.mkdir(parents=True, exist_ok=True)
+
+    with locked_by_another_process(ledger_file):
+        started = time.monotonic()
+        done = run_replay(path, "--wait", "1")
+        waited = time.monotonic() - started
+
+    assert done.returncode == 2
+    assert "another replay holds" in done.stderr and "waiting up to 1s" in done.stderr
+    assert "still holds" in done.stderr and "nothing was sent" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert waited < 30  # --wait, not the 60 s default
+    assert clean_sandbox.stats()["segment"]["received"] == 0
+
+
+@pytest.mark.slow
+def test_a_replay_waits_for_the_other_to_finish_then_sends(tmp_path, ops_env, clean_sandbox):
+    from segment_ops_tests.ops.test_delivery_health import locked_by_another_process
+
+    path = write_jsonl(tmp_path / "events.jsonl", track_calls(5))
+    ledger_file = ops_env / "staging" / "replay.duckdb"
+    ledger_file.parent.mkdir(parents=True, exist_ok=True)
+
+    with locked_by_another_process(ledger_file):
+        waiting = subprocess.Popen(replay_command(path, "--wait", "60"), env=dict(os.environ),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = ""
+        while "waiting up to" not in said and (line := waiting.stderr.readline()):
+            said += line  # until it says it waits (the lock is released as the block ends)
+    out, err = waiting.communicate(timeout=60)
+    err = said + err
+
+    assert waiting.returncode == 0, err
+    assert "another replay holds" in err
+    assert summary(out) == ((5, 0, 0, 0), (5, 0, 0))
