@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config, dagster_instance_config_schema
@@ -45,14 +44,8 @@ def test_the_deployment_config_names_no_secret_and_no_host_of_its_own():
         "password": {"env": "DAGSTER_PG_PASSWORD"}}
 
 
-@pytest.mark.parametrize("section", ["run_coordinator", "concurrency", "run_monitoring", "telemetry"])
-def test_the_deployment_runs_under_the_same_limits_as_the_project(section):
-    """Queue, pools and run monitoring are the project's (pools keep two runs of one sync apart); only the
-    storage differs."""
-    assert load(ROOT / "deploy" / "dagster.yaml")[section] == load(ROOT / "dagster.yaml")[section]
-
-
 def test_the_two_configs_differ_only_in_storage():
+    """Queue, pools and run monitoring are the project's (pools keep two runs of one sync apart)."""
     project, deployment = load(ROOT / "dagster.yaml"), load(ROOT / "deploy" / "dagster.yaml")
 
     assert {key: value for key, value in deployment.items() if key != "storage"} == project

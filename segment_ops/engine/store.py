@@ -71,6 +71,11 @@ def register(schema: StateSchema) -> StateSchema:
     return schema
 
 
+def schema_named(name: str) -> StateSchema | None:
+    """The registered schema called `name` (None: this release has none)."""
+    return _REGISTRY.get(name)
+
+
 def registered() -> tuple[StateSchema, ...]:
     """Every registered schema, by name."""
     return tuple(_REGISTRY[name] for name in sorted(_REGISTRY))

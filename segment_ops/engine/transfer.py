@@ -49,11 +49,8 @@ class TransferReport:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _catalog(con: duckdb.DuckDBPyConnection) -> tuple[set[str], dict[str, int]]:
@@ -155,9 +152,8 @@ def read_manifest(src: Path) -> dict:
         _check_names(manifest)
     except (KeyError, TypeError, AttributeError) as exc:
         raise TransferError(f"{path} is malformed: {exc!r}") from exc
-    known = {s.name: s for s in store.registered()}
     for name, version in manifest["schemas"].items():
-        schema = known.get(name)
+        schema = store.schema_named(name)
         if schema is None:
             raise TransferError(f"the export holds state schema {name!r}, which this release does not know: "
                                 "import it with the release that exported it, or a newer one")
@@ -174,8 +170,8 @@ def _check_names(manifest: dict) -> None:
     plain sync name, tables and sequences of the listed (registered) schemas, inbox paths inside the inbox."""
     if not isinstance(manifest["name"], str) or not NAME.fullmatch(manifest["name"]):
         raise TransferError(f"the export names its sync {manifest['name']!r}, which is not a sync name")
-    known = {s.name: s for s in store.registered()}
-    allowed = {t for name in manifest["schemas"] if name in known for t in known[name].tables}
+    listed = [store.schema_named(name) for name in manifest["schemas"]]
+    allowed = {t for schema in listed if schema is not None for t in schema.tables}
     for table in [*manifest["tables"], *manifest["sequences"]]:
         if table not in allowed:
             raise TransferError(f"the export holds {table!r}, which is no table of the schemas it lists")
@@ -233,9 +229,8 @@ def import_state(src: Path, staging_file: Path, *, inbox: Path | None = None) ->
     building.with_name(building.name + ".wal").unlink(missing_ok=True)
     con = store.connect(building)
     try:
-        known = {s.name: s for s in store.registered()}
         for name in manifest["schemas"]:
-            store.ensure(con, known[name])
+            store.ensure(con, store.schema_named(name))  # known: read_manifest checked every name
         con.execute("BEGIN")
         for name in manifest["tables"]:
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(?)",

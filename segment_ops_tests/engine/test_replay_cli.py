@@ -212,15 +212,12 @@ def test_a_replay_while_another_holds_the_ledger_says_so_waits_then_stops_cleanl
     ledger_file.parent.mkdir(parents=True, exist_ok=True)
 
     with locked_by_another_process(ledger_file):
-        started = time.monotonic()
         done = run_replay(path, "--wait", "1")
-        waited = time.monotonic() - started
 
     assert done.returncode == 2
     assert "another replay holds" in done.stderr and "waiting up to 1s" in done.stderr
-    assert "still holds" in done.stderr and "nothing was sent" in done.stderr
+    assert "still holds" in done.stderr and "after 1s; nothing was sent" in done.stderr
     assert "Traceback" not in done.stderr
-    assert waited < 30  # --wait, not the 60 s default
     assert clean_sandbox.stats()["segment"]["received"] == 0
 
 

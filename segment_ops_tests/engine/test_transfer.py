@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,16 +195,29 @@ def test_an_import_beside_another_historys_journal_is_refused(tmp_path, delivere
     assert not target.exists()
 
 
-def test_an_export_to_a_path_with_a_quote_works_and_a_failed_one_leaves_nothing(tmp_path, delivered_home):
+def test_an_export_to_a_path_with_a_quote_works(tmp_path, delivered_home):
     home_a, _ = delivered_home
     quoted = tmp_path / "it's here"
 
     report = export_state(home_a / "staging" / "replay.duckdb", quoted)
-    with pytest.raises(TransferError, match="does not exist"):
-        export_state(home_a / "staging" / "missing.duckdb", tmp_path / "never")
 
     assert report.rows["planned_messages"] == CALLS and (quoted / MANIFEST).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir() if "never" in p.name) == []
+
+
+def test_an_export_that_fails_part_way_leaves_no_folder(tmp_path, delivered_home, monkeypatch):
+    """The disk fills while the inbox is copied, after the tables were written: neither DEST nor the
+    folder built beside it remains, so the export can simply be run again."""
+    home_a, _ = delivered_home
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copy2", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export",
+                     inbox=home_a / "inbox" / "replay")
+
+    assert [p.name for p in tmp_path.iterdir() if "export" in p.name] == []
 
 
 # A value per column type the state tables use, distinct per column (`i` is the column's position) and near
