@@ -78,6 +78,14 @@ SETTINGS: tuple[Setting, ...] = (
         default="~/.local/share/segment_ops",
     ),
     Setting(
+        "SEGMENT_OPS_STATE_URL",
+        "PostgreSQL URL (`postgresql://user:password@host:5432/db`) holding every sync's state, shared by "
+        "any number of machines, with a lock per sync; each machine's `SEGMENT_OPS_HOME` is then a cache "
+        "(see \"Running on PostgreSQL and on several machines\"). Unset: the state is in the DuckDB files "
+        "under `SEGMENT_OPS_HOME` alone.",
+        secret=True,
+    ),
+    Setting(
         "SEGMENT_OPS_SANDBOX_URL",
         "Base URL of the local vendor sandbox; every unset vendor URL below points into it.",
         default=f"http://127.0.0.1:{DEFAULT_SANDBOX_PORT}",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ from starlette.routing import Mount
 
 from segment_ops.clients.base import tls_context
 from segment_ops.config import SANDBOX_SEGMENT_PUBLIC_API_TOKEN, SETTINGS
+from segment_ops.engine.pgstate import STATE_URL
 from segment_ops.receivers.server import ThreadedServer, serve_in_thread
 from segment_ops.resources import build_resources
 from segment_ops.sandbox.app import SandboxConfig
@@ -105,6 +108,40 @@ def one_dagster_instance_per_worker(request: pytest.FixtureRequest, monkeypatch:
                            **kwargs)
 
     monkeypatch.setattr(dg, "materialize", on_worker_instance)
+
+
+# `SEGMENT_OPS_TEST_STATE=postgres` runs the tests with the state in PostgreSQL (`engine/pgstate.py`): each
+# test gets a database of its own on this machine's server, named in SEGMENT_OPS_STATE_URL. Unset, the state
+# is in the DuckDB files alone, whatever the developer's environment says.
+STATE_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+@contextmanager
+def fresh_state_database(prefix: str = "so_state") -> Iterator[str]:
+    """A new, empty PostgreSQL database for state; its URL. Dropped afterwards (with its sessions)."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{STATE_SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{STATE_SERVER}/{name}"
+    finally:
+        with psycopg.connect(f"{STATE_SERVER}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True)
+def state_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
+    """The state URL of this test: None (the embedded default), or a fresh database under
+    SEGMENT_OPS_TEST_STATE=postgres."""
+    if os.environ.get("SEGMENT_OPS_TEST_STATE", "duckdb") != "postgres":
+        monkeypatch.delenv(STATE_URL, raising=False)
+        yield None
+        return
+    with fresh_state_database() as url:
+        monkeypatch.setenv(STATE_URL, url)
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,17 @@ migrations) and created or migrated by `ensure`; nothing else creates state tabl
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+
+from segment_ops.engine import pgstate
 
 DEFAULT_MEMORY_LIMIT = "128MB"
 
@@ -53,7 +56,7 @@ class StateSchema:
                 raise StateSchemaError(f"state schema {self.name!r} lists {table!r} but does not create it")
 
 
-_VERSIONS_TABLE = "state_schema_versions"
+VERSIONS_TABLE = "state_schema_versions"
 _REGISTRY: dict[str, StateSchema] = {}
 
 
@@ -83,9 +86,9 @@ def registered() -> tuple[StateSchema, ...]:
 
 def schema_version(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
     """The version of `name` recorded in this file (None: never ensured here)."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {_VERSIONS_TABLE} (name VARCHAR NOT NULL, "
+    con.execute(f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (name VARCHAR NOT NULL, "
                 "version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)")
-    return con.execute(f"SELECT max(version) FROM {_VERSIONS_TABLE} WHERE name = ?", [name]).fetchone()[0]
+    return con.execute(f"SELECT max(version) FROM {VERSIONS_TABLE} WHERE name = ?", [name]).fetchone()[0]
 
 
 def ensure(con: duckdb.DuckDBPyConnection, schema: StateSchema) -> None:
@@ -111,7 +114,7 @@ def ensure(con: duckdb.DuckDBPyConnection, schema: StateSchema) -> None:
         for version in range(current or schema.version, schema.version):
             con.execute(schema.migrations[version])
         con.execute(schema.create)
-        con.execute(f"INSERT INTO {_VERSIONS_TABLE} VALUES (?, ?, now())", [schema.name, schema.version])
+        con.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (?, ?, now())", [schema.name, schema.version])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -129,8 +132,53 @@ def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
     """Open the staging file (created if missing) with a memory cap, retrying while it is locked.
 
     `read_only=True` opens an existing file for reading (a missing file is DuckDB's IOException, not
-    created); it still waits for a writer's lock, since DuckDB's lock is per file, not per mode.
+    created); it still waits for a writer's lock, since DuckDB's lock is per file, not per mode. With the
+    state in PostgreSQL (`pgstate`), the file is first brought to the database's state under the sync's
+    shared lock. Opened for writing, it is the file alone: only `staging` checks what a run wrote in.
     """
+    url = pgstate.state_url()
+    if url is not None and read_only:
+        opener = _file_opener(memory_limit, threads, lock_timeout)
+        with pgstate.session(url, Path(path).stem, Path(path), opener, shared=True,
+                             lock_timeout=lock_timeout):
+            pass
+    return _connect_file(path, memory_limit=memory_limit, threads=threads, lock_timeout=lock_timeout,
+                         read_only=read_only)
+
+
+def build_file(path: Path, fill: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+    """Make a new file at `path` (anything there is removed first) and `fill` it. On any error the file is
+    removed again: built beside its target and renamed into place (`put_in_place`), a stopped build never
+    leaves a half-made store to be taken for one."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)
+    con = _connect_file(path)
+    try:
+        fill(con)
+        con.execute("CHECKPOINT")
+    except BaseException:
+        con.close()
+        path.unlink(missing_ok=True)
+        raise
+    con.close()
+
+
+def put_in_place(built: Path, target: Path) -> None:
+    """Rename the file `built` over `target` (dropping `target`'s write-ahead log, which belongs to it)."""
+    target.with_name(target.name + ".wal").unlink(missing_ok=True)
+    os.replace(built, target)
+
+
+def _file_opener(memory_limit: str, threads: int, lock_timeout: float):
+    def opener(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        return _connect_file(path, memory_limit=memory_limit, threads=threads, lock_timeout=lock_timeout,
+                             read_only=read_only)
+    return opener
+
+
+def _connect_file(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int = 2,
+            lock_timeout: float = 60.0, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """The DuckDB file at `path`, opened as `connect` describes, without the shared state."""
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,10 +203,57 @@ def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
 
 
 @contextmanager
-def staging(path: str | Path, **kwargs: object) -> Iterator[duckdb.DuckDBPyConnection]:
-    """`connect` as a context manager that always closes (releasing the file lock)."""
-    con = connect(path, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield con
-    finally:
-        con.close()
+def staging(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int = 2,
+            lock_timeout: float = 60.0, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`connect` as a context manager that always closes (releasing the file lock).
+
+    With the state in PostgreSQL (SEGMENT_OPS_STATE_URL), a session for writing runs its body under the
+    sync's advisory lock, on the file brought to the database's state, and checks in what it wrote when
+    the body ends, also when it raised (what was logged before the error is true: another machine must not
+    send it again)."""
+    url = pgstate.state_url()
+    if url is None or read_only:
+        con = connect(path, memory_limit=memory_limit, threads=threads, lock_timeout=lock_timeout,
+                      read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+        return
+    opener = _file_opener(memory_limit, threads, lock_timeout)
+    sync = Path(path).stem
+    with pgstate.session(url, sync, Path(path), opener, shared=False, lock_timeout=lock_timeout) as own:
+        con = opener(Path(path))
+        try:
+            try:
+                yield con
+            except BaseException as exc:
+                if own is not None:
+                    try:
+                        pgstate.checkin(own.pg, sync, con)
+                    except Exception as failed:  # the body's error is the one to see; this one is noted
+                        exc.add_note(f"and its state could not be checked in: {failed}")
+                raise
+            if own is not None:
+                pgstate.checkin(own.pg, sync, con)
+        finally:
+            con.close()
+
+
+def has_state(path: str | Path) -> bool:
+    """Whether the sync of the staging file at `path` has state: the file exists, or (SEGMENT_OPS_STATE_URL)
+    the database holds the sync."""
+    if Path(path).exists():
+        return True
+    url = pgstate.state_url()
+    return url is not None and pgstate.pg_has(url, Path(path).stem)
+
+
+def staging_paths(folder: str | Path) -> list[Path]:
+    """The staging file of every sync with state: the files in `folder`, and (SEGMENT_OPS_STATE_URL) the
+    syncs the database holds, at the path their file has or will have there."""
+    folder = Path(folder)
+    found = set(folder.glob("*.duckdb")) if folder.is_dir() else set()
+    if (url := pgstate.state_url()) is not None:
+        found |= {folder / f"{sync}.duckdb" for sync in pgstate.syncs_in(url)}
+    return sorted(found)

@@ -6,9 +6,11 @@ team moves to another machine or home: imported, the ledger there knows every me
 nothing is sent again. Views and `state_schema_versions` are not exported: `store.ensure` remakes them.
 
 Import checks everything before it writes: the manifest's format, every schema known and at this release's
-version, every file's checksum, and a target holding no state of its own. It builds the store in a
-temporary file beside the target and renames it into place, so a stopped import leaves no half-made store
-and can be run again (the inbox files, copied first, are copied again).
+version, every file's checksum, and a target holding no state of its own. With the state in PostgreSQL
+(SEGMENT_OPS_STATE_URL), an export reads the database's state of the sync, and an import writes it there
+(refused when the database holds the sync already): how a team moves from the embedded store to PostgreSQL.
+It builds the store in a temporary file beside the target and renames it into place, so a stopped import
+leaves no half-made store and can be run again (the inbox files, copied first, are copied again).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import duckdb
 
-from segment_ops.engine import journal, store
+from segment_ops.engine import journal, pgstate, store
 from segment_ops.engine.ledger import STATE as LEDGER_STATE
 from segment_ops.engine.ledger import Ledger
 
@@ -72,23 +74,22 @@ def export_state(staging_file: Path, dest: Path, *, inbox: Path | None = None,
     versions first, so an export is always at the versions of the release that made it. A run holding the
     file makes this wait up to `lock_timeout` seconds, then fail. The inbox is copied while the file is
     held, and the export is built beside `dest` and renamed into place: a failed export leaves nothing."""
-    if not staging_file.is_file():
+    if not store.has_state(staging_file):
         raise TransferError(f"no state to export: {staging_file} does not exist")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise TransferError(f"{dest} is not empty: export into a new folder")
     building = dest.with_name(f".{dest.name}.exporting")
     shutil.rmtree(building, ignore_errors=True)
     try:
-        con = store.connect(staging_file, lock_timeout=lock_timeout)
+        # A session, as a run's: with SEGMENT_OPS_STATE_URL the file is the database's state, under its lock.
+        with store.staging(staging_file, lock_timeout=lock_timeout) as con:
+            manifest = _export_into(con, staging_file.stem, building, inbox)
     except store.StagingLockedError as exc:
+        shutil.rmtree(building, ignore_errors=True)
         raise TransferError(f"{exc}: a run is using it; export when it has finished") from exc
-    try:
-        manifest = _export_into(con, staging_file.stem, building, inbox)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    finally:
-        con.close()
     if dest.exists():
         dest.rmdir()  # empty, checked above
     os.replace(building, dest)
@@ -194,6 +195,8 @@ def _verify_files(src: Path, manifest: dict) -> None:
 
 
 def _holds_state(staging_file: Path) -> bool:
+    if (url := pgstate.state_url()) is not None and pgstate.pg_has(url, staging_file.stem):
+        return True
     if not staging_file.exists():
         return False
     con = store.connect(staging_file, read_only=True, threads=1)
@@ -225,33 +228,27 @@ def import_state(src: Path, staging_file: Path, *, inbox: Path | None = None) ->
                                     "would mix two inboxes")
     staging_file.parent.mkdir(parents=True, exist_ok=True)
     building = staging_file.with_name(f".{staging_file.name}.importing")
-    building.unlink(missing_ok=True)
-    building.with_name(building.name + ".wal").unlink(missing_ok=True)
-    con = store.connect(building)
-    try:
+
+    def fill(con: duckdb.DuckDBPyConnection) -> None:
         for name in manifest["schemas"]:
             store.ensure(con, store.schema_named(name))  # known: read_manifest checked every name
-        con.execute("BEGIN")
         for name in manifest["tables"]:
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(?)",
                         [str(src / TABLES_DIR / f"{name}.parquet")])
         for name, last in manifest["sequences"].items():
             if last:  # consume the used values, so new ids continue after the imported ones
                 con.execute(f"SELECT max(nextval('{name}')) FROM range(?)", [int(last)])
-        con.execute("COMMIT")
-        con.execute("CHECKPOINT")
-    except BaseException:
-        con.close()
-        building.unlink(missing_ok=True)
-        raise
-    con.close()
+
+    store.build_file(building, fill)
     if inbox is not None:  # before the store, and idempotent: an import stopped here can be run again
         for relative in manifest["files"]:
             target = inbox / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / FILES_DIR / relative, target)
-    staging_file.with_name(staging_file.name + ".wal").unlink(missing_ok=True)
-    os.replace(building, staging_file)
+    store.put_in_place(building, staging_file)
+    if pgstate.state_url() is not None:
+        with store.staging(staging_file):  # checked in to the state database now, not at the next run
+            pass
     return _report(manifest)
 
 

@@ -100,7 +100,7 @@ def check_landed(log: Any, target: ReadBackTarget, staging: StagingResource,
         log.warning(f"{label} skipped: {reason}")
         return None
     path = staging.staging_db(target.sync)
-    if not path.exists():
+    if not store.has_state(path):
         log.info(f"{label} skipped: nothing delivered yet")
         return None
     delay = timedelta(seconds=profiles.delay_seconds)
@@ -184,7 +184,7 @@ def read_back_sensor(name: str, targets: Sequence[ReadBackTarget], job: object) 
         requests, busy = [], []
         for target in targets:
             path = staging.staging_db(target.sync)
-            if not path.exists():
+            if not store.has_state(path):
                 continue
             try:
                 con = store.connect(path, read_only=True, threads=1, lock_timeout=LOCK_WAIT_SECONDS)

@@ -7,7 +7,6 @@ in PostgreSQL's tables, not in files under DAGSTER_HOME.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from segment_ops.sandbox.app import SandboxConfig
 from segment_ops.sandbox.server import start_sandbox
 from segment_ops.syncs.audit_trail.defs import FORWARD_KEY, PULL_KEY, audit_events_sensor, complete_hours
 from segment_ops.syncs.reverse_etl.defs import JOB_NAME as REVERSE_ETL_JOB
+from segment_ops_tests.conftest import fresh_state_database
 from segment_ops_tests.ops.conftest import (
     PROJECT_ROOT,
     SCALE,
@@ -32,7 +32,6 @@ from segment_ops_tests.ops.test_backfill_graphql import BACKFILL_DONE, BACKFILL_
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(600)]
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 HOURS = 3
 TIMEOUT_SECONDS = 240.0
 POLL_SECONDS = 2.0
@@ -51,14 +50,8 @@ def wait(what: str, dev: DagsterDev, done) -> object:
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A fresh database for Dagster's storage, dropped afterwards."""
-    name = f"segment_ops_dagster_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_state_database("segment_ops_dagster") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

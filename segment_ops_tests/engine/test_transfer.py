@@ -9,17 +9,22 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
+import duckdb
 import pytest
 
 import segment_ops.definitions  # noqa: F401  (registers every sync's state schemas, as the CLI does)
 from segment_ops.engine import store
 from segment_ops.engine.ledger import STATE as LEDGER_STATE
 from segment_ops.engine.ledger import Ledger
+from segment_ops.engine.pgstate import STATE_URL
 from segment_ops.engine.store import staging
 from segment_ops.engine.transfer import MANIFEST, TABLES_DIR, TransferError, export_state, import_state
 from segment_ops.syncs.replay.reader import replay_file
+from segment_ops_tests.conftest import fresh_state_database
 from segment_ops_tests.engine.conftest import ledger_counts, track_calls, write_jsonl
 
 CALLS = 120
@@ -38,13 +43,25 @@ def delivered_home(tmp_path: Path, segment_client, clean_sandbox) -> tuple[Path,
     return home, path
 
 
+@pytest.fixture
+def other_store(monkeypatch: pytest.MonkeyPatch, state_backend: str | None) -> Iterator[Callable[[], None]]:
+    """Call to move on to the target's store: another home is one for the embedded default; with the state in
+    PostgreSQL (SEGMENT_OPS_TEST_STATE=postgres) it is another database."""
+    with ExitStack() as stack:
+        def switch() -> None:
+            if state_backend is not None:
+                monkeypatch.setenv(STATE_URL, stack.enter_context(fresh_state_database("so_target")))
+        yield switch
+
+
 def test_a_ledger_moved_to_a_fresh_home_sends_nothing_again(tmp_path, delivered_home, segment_client,
-                                                            clean_sandbox):
+                                                            clean_sandbox, other_store):
     home_a, path = delivered_home
     home_b = tmp_path / "home_b"
     exported = export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export",
                             inbox=home_a / "inbox" / "replay")
     requests = clean_sandbox.stats()["segment"]["requests"]
+    other_store()
 
     imported = import_state(tmp_path / "export", home_b / "staging" / "replay.duckdb",
                             inbox=home_b / "inbox" / "replay")
@@ -60,9 +77,11 @@ def test_a_ledger_moved_to_a_fresh_home_sends_nothing_again(tmp_path, delivered_
     assert (home_b / "inbox" / "replay" / "next.jsonl").read_bytes() == b"{}\n"
 
 
-def test_new_outcomes_after_an_import_continue_the_imported_order(tmp_path, delivered_home, segment_client):
+def test_new_outcomes_after_an_import_continue_the_imported_order(tmp_path, delivered_home, segment_client,
+                                                                  other_store):
     home_a, _ = delivered_home
     export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    other_store()
     target = tmp_path / "home_b" / "staging" / "replay.duckdb"
     import_state(tmp_path / "export", target)
     more = write_jsonl(tmp_path / "more.jsonl", track_calls(10, prefix="v"))
@@ -121,9 +140,10 @@ def test_an_export_this_release_cannot_read_faithfully_is_refused(tmp_path, deli
         import_state(tmp_path / "export", tmp_path / "home_b" / "staging" / "replay.duckdb")
 
 
-def test_an_inbox_with_other_files_is_refused(tmp_path, delivered_home):
+def test_an_inbox_with_other_files_is_refused(tmp_path, delivered_home, other_store):
     home_a, _ = delivered_home
     export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export", inbox=home_a / "inbox" / "replay")
+    other_store()
     inbox_b = tmp_path / "home_b" / "inbox" / "replay"
     inbox_b.mkdir(parents=True)
     (inbox_b / "other.jsonl").write_bytes(b"{}\n")
@@ -142,7 +162,7 @@ def test_exporting_into_a_folder_that_holds_files_is_refused(tmp_path, delivered
 
 
 @pytest.mark.slow
-def test_the_cli_moves_a_sync_between_homes(tmp_path, delivered_home):
+def test_the_cli_moves_a_sync_between_homes(tmp_path, delivered_home, other_store):
     home_a, _ = delivered_home
     home_b = tmp_path / "home_b"
 
@@ -152,6 +172,7 @@ def test_the_cli_moves_a_sync_between_homes(tmp_path, delivered_home):
                               text=True, timeout=120)
 
     exported = cli(home_a, "export", "replay", str(tmp_path / "export"))
+    other_store()
     imported = cli(home_b, "import", str(tmp_path / "export"))
     refused = cli(home_b, "import", str(tmp_path / "export"))
 
@@ -182,9 +203,10 @@ def test_a_crafted_manifest_cannot_reach_outside_the_home_or_into_sql(tmp_path, 
     assert not (tmp_path / "escaped.jsonl").exists() and not (tmp_path / "home_b").exists()
 
 
-def test_an_import_beside_another_historys_journal_is_refused(tmp_path, delivered_home):
+def test_an_import_beside_another_historys_journal_is_refused(tmp_path, delivered_home, other_store):
     home_a, _ = delivered_home
     export_state(home_a / "staging" / "replay.duckdb", tmp_path / "export")
+    other_store()
     target = tmp_path / "home_b" / "staging" / "replay.duckdb"
     target.parent.mkdir(parents=True)
     (target.parent / "replay.duckdb.replay.outcomes.jsonl").write_bytes(b'{"v": 1}\n')
@@ -238,32 +260,38 @@ _VALUES = {
 }
 
 
-def test_every_registered_state_table_round_trips_value_for_value(tmp_path):
+def fill_every_state_table(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
     """Two rows in every base table of every registered schema (distinct values per column; NULL wherever a
-    column allows it in the second) come back from export and import unchanged."""
+    column allows it in the second); returns each table's rows, sorted."""
+    for schema in store.registered():
+        store.ensure(con, schema)
+    base = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = [t for s in store.registered() for t in s.tables if t in base]
+    for table in tables:
+        columns = con.execute("SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+                              "WHERE table_name = ? ORDER BY column_index", [table]).fetchall()
+        unknown = {kind for _, kind, _ in columns if kind not in _VALUES}
+        assert not unknown, f"{table}: give the test a value for {unknown}"
+        names = ", ".join(name for name, _, _ in columns)
+        full = ", ".join(_VALUES[kind](i) for i, (_, kind, _) in enumerate(columns))
+        sparse = ", ".join("NULL" if nullable else _VALUES[kind](i + 1)
+                           for i, (_, kind, nullable) in enumerate(columns))
+        con.execute(f"INSERT INTO {table} ({names}) VALUES ({full}), ({sparse})")
+    assert base - {"state_schema_versions"} == set(tables)  # every table in a store is some schema's
+    assert len(tables) >= 15
+    return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
+
+
+def test_every_registered_state_table_round_trips_value_for_value(tmp_path, other_store):
+    """Every registered table's rows (`fill_every_state_table`) come back from export and import unchanged."""
     source, target = tmp_path / "a" / "all.duckdb", tmp_path / "b" / "all.duckdb"
     with staging(source) as con:
-        for schema in store.registered():
-            store.ensure(con, schema)
-        base = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        tables = [t for s in store.registered() for t in s.tables if t in base]
-        for table in tables:
-            columns = con.execute("SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
-                                  "WHERE table_name = ? ORDER BY column_index", [table]).fetchall()
-            unknown = {kind for _, kind, _ in columns if kind not in _VALUES}
-            assert not unknown, f"{table}: give the test a value for {unknown}"
-            names = ", ".join(name for name, _, _ in columns)
-            full = ", ".join(_VALUES[kind](i) for i, (_, kind, _) in enumerate(columns))
-            sparse = ", ".join("NULL" if nullable else _VALUES[kind](i + 1)
-                               for i, (_, kind, nullable) in enumerate(columns))
-            con.execute(f"INSERT INTO {table} ({names}) VALUES ({full}), ({sparse})")
-        before = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
+        before = fill_every_state_table(con)
 
     export_state(source, tmp_path / "export")
+    other_store()
     import_state(tmp_path / "export", target)
 
     with staging(target, read_only=True) as con:
-        after = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
-    assert base - {"state_schema_versions"} == set(tables)  # every table in a store is some schema's
-    assert len(tables) >= 15
+        after = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in before}
     assert after == before

@@ -746,7 +746,7 @@ def follow_up_requests(instance: dg.DagsterInstance, state: SensorState,
 def awaiting_acks(path: Path) -> int | None:
     """Messages of the HEC ledger awaiting an indexer ack in the staging file at `path` (0: no file or no
     ledger yet); None while a run holds the file (that run polls them)."""
-    if not path.exists():
+    if not store.has_state(path):
         return 0
     try:
         con = store.connect(path, read_only=True, threads=1, lock_timeout=2.0)

@@ -98,9 +98,9 @@ class HealthReport:
 
 
 def staging_files(home: Path) -> list[Path]:
-    """Every sync's staging DuckDB file under `home/staging/`."""
-    folder = Path(home) / "staging"
-    return sorted(folder.glob("*.duckdb")) if folder.is_dir() else []
+    """Every sync's staging DuckDB file under `home/staging/` (with the state in PostgreSQL, also those of the
+    syncs only the database holds yet: reading one brings it here)."""
+    return store.staging_paths(Path(home) / "staging")
 
 
 def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min_messages: int = 20,

@@ -1,0 +1,575 @@
+"""State in PostgreSQL (`SEGMENT_OPS_STATE_URL`): a sync's staging file becomes a cache of its state there.
+
+With the setting, every piece of state a later run needs (the tables, views and sequences registered with
+the store, and `state_schema_versions`) lives in PostgreSQL, one schema per sync; the DuckDB file under
+`SEGMENT_OPS_HOME/staging/` is where the run computes, as in the embedded default. A staging session:
+
+1. takes the sync's PostgreSQL advisory lock (exclusive to write, shared to read), so one sync never runs on
+   two machines at once while different syncs run in parallel. PostgreSQL drops the lock with the session,
+   so a killed worker frees it: its state is what it last checked in;
+2. checks out: when the file is not at the generation PostgreSQL holds (a fresh pod, or another machine ran
+   the sync since), it is rebuilt from PostgreSQL (`COPY ... TO STDOUT`, read by DuckDB) beside itself and
+   renamed into place; a file at that generation is used as it is;
+3. runs the sync against the file, DuckDB doing the work;
+4. checks in: for each state table, the rows whose content hash (`hash(...)` of every column) is not in
+   what PostgreSQL holds are written (`COPY ... FROM STDIN`) and those no longer in the file are deleted,
+   in one PostgreSQL transaction that also advances the generation. What is compared is a table of
+   (hash, count) kept in the file, so a run that changed 1% of a table sends 1% of its rows; a collision
+   costs nothing but rewriting the colliding rows. A changed table definition (a migration) rewrites that
+   table whole.
+
+How DuckDB and PostgreSQL meet: psycopg's COPY in CSV, not DuckDB's postgres extension (the package index
+offers it only up to DuckDB 1.5.x, and it refuses sequences and `INSERT ... RETURNING`, which the ledger
+uses). Types: PostgreSQL gets the same scalar types; anything else (lists, structs, blobs) is kept as DuckDB's
+text form of the value and cast back when read.
+
+A file made without the setting (the embedded default) and never checked in is adopted by the first session
+when PostgreSQL holds nothing for the sync: that is how a home moves to PostgreSQL without re-sending. A
+file that is a cache of another database, or holds state of its own while PostgreSQL holds the sync's, is
+refused (`SharedStateError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+STATE_URL = "SEGMENT_OPS_STATE_URL"
+LAYOUT_VERSION = 1  # of the catalog below; a database holding a newer one is refused
+CATALOG = "segment_ops_state"  # the PostgreSQL schema of the catalog
+LOCAL = "_shared_state"  # the DuckDB schema, inside each staging file, that records what it is a cache of
+_LOCK_CLASS = 0x5E9  # first key of every advisory lock taken here (the second is the sync's)
+_CHUNK = 1 << 20
+
+_SCALAR_TYPES = {
+    "VARCHAR": "text", "BOOLEAN": "boolean", "TINYINT": "smallint", "SMALLINT": "smallint",
+    "INTEGER": "integer", "BIGINT": "bigint", "HUGEINT": "numeric", "UTINYINT": "smallint",
+    "USMALLINT": "integer", "UINTEGER": "bigint", "UBIGINT": "numeric", "FLOAT": "real",
+    "DOUBLE": "double precision", "DATE": "date", "TIME": "time", "TIMESTAMP": "timestamp",
+    "TIMESTAMP WITH TIME ZONE": "timestamptz", "INTERVAL": "interval", "UUID": "uuid",
+}
+_DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
+
+
+class SharedStateError(RuntimeError):
+    """The state in PostgreSQL and the staging file cannot be reconciled without a person deciding."""
+
+
+def state_url() -> str | None:
+    """SEGMENT_OPS_STATE_URL, or None for the embedded default (state in the DuckDB files alone)."""
+    return os.environ.get(STATE_URL) or None
+
+
+def redacted(url: str) -> str:
+    """`url` without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def pg_type(duckdb_type: str) -> str:
+    """The PostgreSQL column type holding a DuckDB column of `duckdb_type` (text: DuckDB's text form)."""
+    if duckdb_type in _SCALAR_TYPES:
+        return _SCALAR_TYPES[duckdb_type]
+    if m := _DECIMAL.fullmatch(duckdb_type):
+        return f"numeric({m.group(1)},{m.group(2)})"
+    return "text"
+
+
+def pg_schema(sync: str) -> str:
+    """The PostgreSQL schema holding `sync`'s state: readable, at most 63 bytes, distinct per sync."""
+    readable = re.sub(r"[^a-z0-9_]", "_", sync.lower())[:40]
+    return f"so_{readable}_{hashlib.blake2b(sync.encode(), digest_size=5).hexdigest()}"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lock_key(sync: str) -> int:
+    return int.from_bytes(hashlib.blake2b(sync.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # DuckDB's
+
+    @property
+    def scalar(self) -> bool:
+        return pg_type(self.type) != "text" or self.type == "VARCHAR"
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A state object of a staging file: a table (with its columns), a view or a sequence."""
+
+    name: str
+    kind: str  # table | view | sequence
+    ddl: str
+    columns: tuple[Column, ...] = ()
+
+
+# --- the DuckDB side -------------------------------------------------------------------------------------
+
+def state_names() -> set[str]:
+    """Every object name the registry says is state, and the version table."""
+    from segment_ops.engine import store
+
+    return {t for s in store.registered() for t in s.tables} | {store.VERSIONS_TABLE}
+
+
+def local_objects(con: duckdb.DuckDBPyConnection) -> dict[str, Obj]:
+    """The state objects the file holds (scratch tables are left out: they are not state)."""
+    names = state_names()
+    found: dict[str, Obj] = {}
+    for name, ddl in con.execute("SELECT table_name, sql FROM duckdb_tables() WHERE schema_name = 'main' "
+                                 "AND database_name = current_database() AND NOT temporary").fetchall():
+        if name in names:
+            cols = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
+                               "AND schema_name = 'main' AND database_name = current_database() "
+                               "ORDER BY column_index", [name]).fetchall()
+            found[name] = Obj(name, "table", ddl, tuple(Column(c, t) for c, t in cols))
+    for name, ddl in con.execute("SELECT view_name, sql FROM duckdb_views() WHERE schema_name = 'main' "
+                                 "AND database_name = current_database() AND NOT internal "
+                                 "AND NOT temporary").fetchall():
+        if name in names:
+            found[name] = Obj(name, "view", ddl)
+    sequences = con.execute("SELECT sequence_name, sql FROM duckdb_sequences() WHERE NOT temporary "
+                            "AND schema_name = 'main' AND database_name = current_database()").fetchall()
+    for name, ddl in sequences:
+        if name in names:
+            found[name] = Obj(name, "sequence", ddl)
+    return found
+
+
+def _row_hash(columns: tuple[Column, ...]) -> str:
+    # 63 bits, so it fits PostgreSQL's bigint; a collision only makes the rows of both hashes be rewritten.
+    return f"(hash({', '.join(_q(c.name) for c in columns)}) >> 1)::BIGINT"
+
+
+def _hash_table(table: str) -> str:
+    return f"{LOCAL}.{_q('h_' + table)}"
+
+
+def _local_meta(con: duckdb.DuckDBPyConnection) -> tuple[str, int] | None:
+    """(database id, generation) the file is a cache of; None: never checked in."""
+    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'meta' "
+                         "AND database_name = current_database()", [LOCAL]).fetchone()[0]
+    if not exists:
+        return None
+    row = con.execute(f"SELECT database_id, generation FROM {LOCAL}.meta").fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def _holds_state(con: duckdb.DuckDBPyConnection) -> bool:
+    return any(con.execute(f"SELECT count(*) FROM {_q(o.name)}").fetchone()[0]
+               for o in local_objects(con).values() if o.kind == "table")
+
+
+# --- the PostgreSQL side ---------------------------------------------------------------------------------
+
+_CATALOG_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {CATALOG};
+CREATE TABLE IF NOT EXISTS {CATALOG}.layout (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS {CATALOG}.syncs (
+    sync        text PRIMARY KEY,
+    pg_schema   text NOT NULL UNIQUE,
+    generation  bigint NOT NULL,
+    duckdb      text NOT NULL,          -- the DuckDB version that checked in last (row hashes are its)
+    updated_at  timestamptz NOT NULL,
+    updated_by  text NOT NULL            -- host and process
+);
+CREATE TABLE IF NOT EXISTS {CATALOG}.objects (
+    sync        text NOT NULL REFERENCES {CATALOG}.syncs (sync) ON DELETE CASCADE,
+    name        text NOT NULL,
+    kind        text NOT NULL,           -- table | view | sequence
+    ddl         text NOT NULL,           -- DuckDB's, to make it again in a file
+    columns     text,                    -- tables: name and DuckDB type per column, one per line
+    rows        bigint,
+    PRIMARY KEY (sync, name)
+);
+"""
+
+
+def connect_pg(url: str):  # -> psycopg.Connection
+    """An autocommit psycopg connection with keepalives (a dead worker's lock is freed within a minute)."""
+    import psycopg
+
+    try:
+        con = psycopg.connect(url, autocommit=True, keepalives=1, keepalives_idle=20, keepalives_interval=5,
+                              keepalives_count=4, connect_timeout=10,
+                              application_name=f"segment_ops {socket.gethostname()}:{os.getpid()}"[:63])
+    except psycopg.Error as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SharedStateError(f"cannot reach the state database {redacted(url)} ({STATE_URL}): "
+                               f"{why}") from None
+    con.execute("SET TIME ZONE 'UTC'")
+    con.execute("SET DateStyle = 'ISO'")
+    return con
+
+
+def ensure_catalog(pg) -> None:
+    """Create the catalog if the database has none; refuse one of a newer layout."""
+    if pg.execute(f"SELECT to_regclass('{CATALOG}.objects') IS NOT NULL").fetchone()[0]:
+        version = pg.execute(f"SELECT max(version) FROM {CATALOG}.layout").fetchone()[0]
+        if version is not None and version <= LAYOUT_VERSION:
+            return
+    with pg.transaction():
+        pg.execute("SELECT pg_advisory_xact_lock(%s, 0)", [_LOCK_CLASS])  # two first workers race here
+        pg.execute(_CATALOG_DDL)
+        row = pg.execute(f"SELECT max(version) FROM {CATALOG}.layout").fetchone()
+        if row[0] is None:
+            pg.execute(f"INSERT INTO {CATALOG}.layout VALUES (%s)", [LAYOUT_VERSION])
+        elif row[0] > LAYOUT_VERSION:
+            raise SharedStateError(f"the state database holds segment_ops's catalog at version {row[0]}, "
+                                   f"newer than this release's {LAYOUT_VERSION}: upgrade segment_ops")
+
+
+def database_id(pg) -> str:
+    system, name = pg.execute("SELECT system_identifier::text, current_database() "
+                              "FROM pg_control_system()").fetchone()
+    return f"{system}/{name}"
+
+
+def _holder(pg, sync: str) -> str:
+    row = pg.execute("SELECT a.application_name, a.client_addr::text, a.backend_start FROM pg_locks l "
+                     "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                     "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.granted LIMIT 1",
+                     [_LOCK_CLASS & 0xFFFFFFFF, _lock_key(sync) & 0xFFFFFFFF]).fetchone()
+    if row is None:
+        return "another worker"
+    return (f"{row[0] or 'a session'} (from {row[1] or 'a local socket'}, "
+            f"connected {row[2]:%Y-%m-%d %H:%M:%S}Z)")
+
+
+def acquire(pg, sync: str, *, shared: bool, timeout: float) -> None:
+    """Take `sync`'s advisory lock on this session, waiting up to `timeout` seconds."""
+    from segment_ops.engine.store import StagingLockedError
+
+    fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while not pg.execute(f"SELECT {fn}(%s, %s)", [_LOCK_CLASS, _lock_key(sync)]).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            raise StagingLockedError(f"sync {sync!r} is in use by {_holder(pg, sync)}: its state in "
+                                     f"PostgreSQL stayed locked for {timeout:.0f}s; run it again when that "
+                                     "run has finished")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def release(pg, sync: str, *, shared: bool) -> None:
+    fn = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
+    pg.execute(f"SELECT {fn}(%s, %s)", [_LOCK_CLASS, _lock_key(sync)])
+
+
+def _entry(pg, sync: str) -> tuple[str, int] | None:
+    return pg.execute(f"SELECT pg_schema, generation FROM {CATALOG}.syncs WHERE sync = %s", [sync]).fetchone()
+
+
+def known_syncs(pg) -> list[str]:
+    return [r[0] for r in pg.execute(f"SELECT sync FROM {CATALOG}.syncs ORDER BY sync").fetchall()]
+
+
+# --- checkout --------------------------------------------------------------------------------------------
+
+def checkout(pg, sync: str, path: Path, connect) -> None:
+    """Make `path` the cache of `sync`'s state at PostgreSQL's generation (the lock is held)."""
+    entry = _entry(pg, sync)
+    db = database_id(pg)
+    meta = None
+    local_state = False
+    if path.exists():
+        con = connect(path, read_only=True)
+        try:
+            meta = _local_meta(con)
+            local_state = meta is None and _holds_state(con)
+        finally:
+            con.close()
+    if meta is not None and meta[0] != db:
+        raise SharedStateError(f"{path} is a cache of another state database; move it aside to use "
+                               f"{STATE_URL}'s state for {sync!r}")
+    if entry is None:
+        if meta is not None:  # its database forgot the sync (dropped by a person): the file is not state
+            raise SharedStateError(f"{path} was checked in to this state database, which no longer holds "
+                                   f"{sync!r}; move the file aside (or restore the database)")
+        return  # nothing shared yet: the file (empty, or made by the embedded default) is adopted at checkin
+    if local_state:
+        raise SharedStateError(f"{path} holds state of its own (made without {STATE_URL}) and the state "
+                               f"database holds {sync!r} too: move the file aside to use the database's, "
+                               "or export it to compare; they are never merged")
+    if meta is not None and meta[1] == entry[1]:
+        return
+    _rebuild(pg, sync, entry, db, path)
+
+
+def _rebuild(pg, sync: str, entry: tuple[str, int], db: str, path: Path) -> None:
+    from segment_ops.engine import store
+
+    schema, generation = entry
+    objects = pg.execute(f"SELECT name, kind, ddl, columns FROM {CATALOG}.objects WHERE sync = %s",
+                         [sync]).fetchall()
+    building = path.with_name(f".{path.name}.checkout-{os.getpid()}")
+
+    def fill(con: duckdb.DuckDBPyConnection) -> None:
+        _make_local_catalog(con)
+        order = {"sequence": 0, "table": 1, "view": 2}
+        for name, kind, ddl, columns in sorted(objects, key=lambda o: order[o[1]]):
+            con.execute(ddl)  # a sequence's says where it stands (START is its next value)
+            if kind == "table":
+                _copy_out(pg, con, schema, name, _parse_columns(columns))
+        con.execute(f"INSERT INTO {LOCAL}.meta VALUES (?, ?)", [db, generation])
+
+    store.build_file(building, fill)
+    store.put_in_place(building, path)
+
+
+def _make_local_catalog(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {LOCAL}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {LOCAL}.meta (database_id VARCHAR NOT NULL, "
+                "generation BIGINT NOT NULL)")
+
+
+def _columns_text(columns: tuple[Column, ...]) -> str:
+    return "\n".join(f"{c.name}\t{c.type}" for c in columns)
+
+
+def _parse_columns(text: str) -> tuple[Column, ...]:
+    return tuple(Column(*line.split("\t", 1)) for line in text.splitlines())
+
+
+def _copy_out(pg, con: duckdb.DuckDBPyConnection, schema: str, table: str, cols: tuple[Column, ...]) -> None:
+    """PostgreSQL's rows of `table` (and their hashes) into the file's table and its hash table."""
+    select = ", ".join([_q(c.name) for c in cols] + ["_h"])
+    query = f"COPY (SELECT {select} FROM {_q(schema)}.{_q(table)}) TO STDOUT (FORMAT csv)"
+    with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as spool, pg.cursor().copy(query) as copy:
+        for block in copy:
+            spool.write(block)
+    try:
+        fields = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(cols) + 1))
+        reader = ("read_csv(?, header = false, auto_detect = false, delim = ',', quote = '\"', "
+                  "escape = '\"', allow_quoted_nulls = false, max_line_size = 1073741824, "
+                  f"columns = {{{fields}}})")
+        casts = ", ".join(f"c{i}::{c.type}" for i, c in enumerate(cols))
+        con.execute(f"INSERT INTO {_q(table)} ({', '.join(_q(c.name) for c in cols)}) "
+                    f"SELECT {casts} FROM {reader}", [spool.name])
+        con.execute(f"CREATE OR REPLACE TABLE {_hash_table(table)} AS SELECT c{len(cols)}::BIGINT AS h, "
+                    f"count(*)::BIGINT AS n FROM {reader} GROUP BY ALL", [spool.name])
+    finally:
+        os.unlink(spool.name)
+
+
+# --- checkin ---------------------------------------------------------------------------------------------
+
+@dataclass
+class CheckinReport:
+    generation: int
+    tables_changed: int = 0
+    rows_written: int = 0
+    rows_deleted: int = 0
+
+
+def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
+    """Write what changed in the file's state to PostgreSQL and advance the generation (the lock is held)."""
+    ensure_catalog(pg)
+    db = database_id(pg)
+    meta = _local_meta(con)
+    entry = _entry(pg, sync)
+    if entry is not None and (meta is None or meta != (db, entry[1])):
+        raise SharedStateError(f"{sync!r}: the file is not at the state database's generation (it was not "
+                               "checked out under the sync's lock): nothing was checked in")
+    schema = entry[0] if entry is not None else pg_schema(sync)
+    generation = entry[1] if entry is not None else 0
+    objects = local_objects(con)
+    recorded = {r[0]: r[1:] for r in pg.execute(f"SELECT name, kind, ddl, columns FROM "
+                                                f"{CATALOG}.objects WHERE sync = %s", [sync]).fetchall()}
+    report = CheckinReport(generation)
+    con.execute("BEGIN")
+    try:
+        _make_local_catalog(con)
+        with pg.transaction():
+            if entry is None:
+                pg.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}")
+                pg.execute(f"INSERT INTO {CATALOG}.syncs VALUES (%s, %s, 0, %s, now(), %s)",
+                           [sync, schema, duckdb.__version__, _who()])
+            changed = False
+            for name in recorded.keys() - objects.keys():  # dropped from the file
+                pg.execute(f"DROP TABLE IF EXISTS {_q(schema)}.{_q(name)}")
+                pg.execute(f"DELETE FROM {CATALOG}.objects WHERE sync = %s AND name = %s", [sync, name])
+                changed = True
+            for obj in objects.values():
+                changed |= _check_in_object(pg, con, sync, schema, obj, recorded.get(obj.name), report)
+            if changed:
+                report.generation = generation + 1
+                pg.execute(f"UPDATE {CATALOG}.syncs SET generation = %s, duckdb = %s, updated_at = now(), "
+                           "updated_by = %s WHERE sync = %s",
+                           [report.generation, duckdb.__version__, _who(), sync])
+            con.execute(f"DELETE FROM {LOCAL}.meta")
+            con.execute(f"INSERT INTO {LOCAL}.meta VALUES (?, ?)", [db, report.generation])
+        # PostgreSQL committed: the file follows. Should the process die here, the file's generation is
+        # behind the database's and the next session rebuilds it, so nothing is lost or counted twice.
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return report
+
+
+def _who() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report: CheckinReport) -> bool:
+    if obj.kind in ("sequence", "view"):  # a sequence's DDL holds its position (START is its next value)
+        if recorded is not None and recorded[1] == obj.ddl:
+            return False
+        _record(pg, sync, obj)
+        return True
+    target = f"{_q(schema)}.{_q(obj.name)}"
+    columns = _columns_text(obj.columns)
+    hashes = _hash_table(obj.name)
+    if recorded is None or recorded[1] != obj.ddl or recorded[2] != columns:
+        pg.execute(f"DROP TABLE IF EXISTS {target}")
+        defs = ", ".join(f"{_q(c.name)} {pg_type(c.type)}" for c in obj.columns)
+        pg.execute(f"CREATE TABLE {target} ({defs}, _h bigint NOT NULL)")
+        pg.execute(f"CREATE INDEX ON {target} (_h)")
+        con.execute(f"CREATE OR REPLACE TABLE {hashes} (h BIGINT, n BIGINT)")
+    elif not _exists(con, "h_" + obj.name):
+        raise SharedStateError(f"the file lacks the record of what PostgreSQL holds of {obj.name!r}")
+    row_hash = _row_hash(obj.columns)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _now AS SELECT {row_hash} AS h, count(*)::BIGINT AS n "
+                f"FROM {_q(obj.name)} GROUP BY ALL")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _delta AS SELECT h, coalesce(n.n, 0) AS now_n, "
+                f"coalesce(o.n, 0) AS old_n FROM _now n FULL JOIN {hashes} o USING (h) "
+                "WHERE n.n IS DISTINCT FROM o.n")
+    changed, old_rows = con.execute("SELECT count(*), coalesce(sum(old_n), 0) FROM _delta").fetchone()
+    if changed == 0 and recorded is not None and recorded[1] == obj.ddl and recorded[2] == columns:
+        return False
+    if changed:
+        if old_rows:
+            pg.execute("CREATE TEMP TABLE IF NOT EXISTS _gone (h bigint) ON COMMIT DROP")
+            with pg.cursor().copy("COPY _gone FROM STDIN") as copy:
+                for (h,) in con.execute("SELECT h FROM _delta WHERE old_n > 0").fetchall():
+                    copy.write_row((h,))
+            gone = pg.execute(f"DELETE FROM {target} t USING _gone g WHERE t._h = g.h")
+            report.rows_deleted += gone.rowcount
+            pg.execute("DROP TABLE _gone")
+        report.rows_written += _copy_in(pg, con, target, obj)
+        con.execute(f"DELETE FROM {hashes} WHERE h IN (SELECT h FROM _delta)")
+        con.execute(f"INSERT INTO {hashes} SELECT h, now_n FROM _delta WHERE now_n > 0")
+        report.tables_changed += 1
+    rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
+    _record(pg, sync, obj, columns=columns, rows=rows)
+    con.execute("DROP TABLE _now")
+    con.execute("DROP TABLE _delta")
+    return True
+
+
+def _copy_in(pg, con, target: str, obj: Obj) -> int:
+    """The file's rows of `obj` whose hash changed, into PostgreSQL; returns how many."""
+    exprs = [_q(c.name) if c.scalar else f"{_q(c.name)}::VARCHAR" for c in obj.columns]
+    names = ", ".join([_q(c.name) for c in obj.columns] + ["_h"])
+    with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as spool:
+        pass  # a name for DuckDB's COPY to write to
+    try:
+        con.execute(f"COPY (SELECT {', '.join(exprs)}, {_row_hash(obj.columns)} AS _h FROM {_q(obj.name)} "
+                    f"WHERE {_row_hash(obj.columns)} IN (SELECT h FROM _delta WHERE now_n > 0)) "
+                    f"TO '{_sql_path(spool.name)}' (FORMAT csv, HEADER false)")
+        with pg.cursor().copy(f"COPY {target} ({names}) FROM STDIN (FORMAT csv)") as copy, \
+                open(spool.name, "rb") as f:
+            while block := f.read(_CHUNK):
+                copy.write(block)
+        return int(con.execute("SELECT coalesce(sum(now_n), 0) FROM _delta").fetchone()[0])
+    finally:
+        os.unlink(spool.name)
+
+
+def _sql_path(path: str) -> str:
+    return path.replace("'", "''")
+
+
+def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? "
+                       "AND database_name = current_database()", [LOCAL, table]).fetchone()[0] > 0
+
+
+def _record(pg, sync: str, obj: Obj, *, columns: str | None = None, rows: int | None = None) -> None:
+    pg.execute(f"INSERT INTO {CATALOG}.objects VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sync, name) "
+               "DO UPDATE SET kind = EXCLUDED.kind, ddl = EXCLUDED.ddl, columns = EXCLUDED.columns, "
+               "rows = EXCLUDED.rows", [sync, obj.name, obj.kind, obj.ddl, columns, rows])
+
+
+# --- sessions --------------------------------------------------------------------------------------------
+
+class _Session:
+    def __init__(self, pg, shared: bool) -> None:
+        self.pg, self.shared, self.depth = pg, shared, 0
+
+
+_SESSIONS: dict[tuple[str, str], _Session] = {}
+_GUARD = threading.RLock()
+
+
+@contextmanager
+def session(url: str, sync: str, path: Path, connect, *, shared: bool,
+            lock_timeout: float) -> Iterator[_Session | None]:
+    """Hold `sync`'s lock and keep `path` at the database's generation for the body.
+
+    A session of this process for the same file is joined (it holds the lock already); only the outermost
+    exclusive session checks in, when its body ends (`checkin_file`)."""
+    key = (url, str(Path(path).resolve()))
+    with _GUARD:
+        joined = _SESSIONS.get(key)
+        if joined is not None and (shared or not joined.shared):
+            joined.depth += 1
+    if joined is not None and (shared or not joined.shared):
+        try:
+            yield None
+        finally:
+            with _GUARD:
+                joined.depth -= 1
+        return
+    pg = connect_pg(url)
+    own = _Session(pg, shared)
+    try:
+        ensure_catalog(pg)
+        acquire(pg, sync, shared=shared, timeout=lock_timeout)
+        checkout(pg, sync, Path(path), connect)
+        with _GUARD:
+            own.depth = 1
+            _SESSIONS[key] = own
+        try:
+            yield own
+        finally:
+            with _GUARD:
+                _SESSIONS.pop(key, None)
+    finally:
+        pg.close()  # ends the session: PostgreSQL releases its advisory locks
+
+
+def pg_has(url: str, sync: str) -> bool:
+    pg = connect_pg(url)
+    try:
+        ensure_catalog(pg)
+        return _entry(pg, sync) is not None
+    finally:
+        pg.close()
+
+
+def syncs_in(url: str) -> list[str]:
+    pg = connect_pg(url)
+    try:
+        ensure_catalog(pg)
+        return known_syncs(pg)
+    finally:
+        pg.close()

@@ -1,0 +1,238 @@
+"""State in PostgreSQL (`engine/pgstate.py`, SEGMENT_OPS_STATE_URL) on this machine's server: homes that
+share nothing but the database see one state, one sync runs on one machine at a time, a killed worker frees
+its lock, only what changed is written, and what cannot be reconciled is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import segment_ops.definitions  # noqa: F401  (registers every sync's state schemas, as a run does)
+from segment_ops.engine import pgstate, store
+from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage
+from segment_ops_tests.conftest import fresh_state_database
+
+pytestmark = pytest.mark.postgres
+SYNC = "orders"
+
+
+@pytest.fixture
+def state_url(monkeypatch: pytest.MonkeyPatch) -> str:
+    with fresh_state_database("so_pgstate") as url:
+        monkeypatch.setenv(pgstate.STATE_URL, url)
+        yield url
+
+
+def home_file(tmp_path: Path, home: str, sync: str = SYNC) -> Path:
+    return tmp_path / home / "staging" / f"{sync}.duckdb"
+
+
+def messages(n: int, start: int = 0) -> list[PlannedMessage]:
+    return [PlannedMessage(f"m{i}", f"k{i}", "identify",
+                           f'{{"messageId":"m{i}","userId":"u{i}","traits":{{"note":"a,\\"b\\"\\nc"}}}}'.encode())
+            for i in range(start, start + n)]
+
+
+def deliver(ledger: Ledger, sync: str = SYNC, limit: int | None = None) -> int:
+    seqs = [seq for chunk in ledger.iter_pending(sync) for seq, _ in chunk][:limit]
+    ledger.log_outcomes(sync, [(seq, DELIVERED, 1, None) for seq in seqs])
+    return len(seqs)
+
+
+def pg_rows(url: str, sync: str, table: str) -> int:
+    with psycopg.connect(url) as pg:
+        schema = pg.execute("SELECT pg_schema FROM segment_ops_state.syncs WHERE sync = %s",
+                            [sync]).fetchone()[0]
+        return pg.execute(f'SELECT count(*) FROM "{schema}"."{table}"').fetchone()[0]
+
+
+def test_two_homes_that_share_only_the_database_see_one_ledger(tmp_path, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        ledger = Ledger(con)
+        assert ledger.add_planned(SYNC, messages(500)).planned == 500
+        assert deliver(ledger, limit=300) == 300
+
+    with store.staging(home_file(tmp_path, "b")) as con:
+        ledger = Ledger(con)
+        assert (ledger.counts(SYNC).delivered, ledger.counts(SYNC).pending) == (300, 200)
+        assert ledger.add_planned(SYNC, messages(500)).planned == 0  # known there: nothing to send again
+        assert deliver(ledger) == 200
+
+    with store.staging(home_file(tmp_path, "a")) as con:  # a's file is behind: rebuilt from the database
+        ledger = Ledger(con)
+        assert (ledger.counts(SYNC).delivered, ledger.counts(SYNC).pending) == (500, 0)
+        ids = con.execute("SELECT count(*), count(DISTINCT id) FROM outcomes").fetchone()
+        assert ids == (500, 500)  # b's outcomes continued a's order, and a's continue b's
+        ledger.add_planned(SYNC, messages(1, start=500))
+        deliver(ledger)
+        assert con.execute("SELECT count(DISTINCT id) FROM outcomes").fetchone()[0] == 501
+
+    con = store.connect(home_file(tmp_path, "c"), read_only=True)  # a reader on a third home
+    try:
+        assert Ledger(con, create=False).counts(SYNC).delivered == 501
+    finally:
+        con.close()
+    assert pg_rows(state_url, SYNC, "outcomes") == 501
+
+
+def test_a_checkin_writes_only_the_rows_that_changed(tmp_path, state_url):
+    path = home_file(tmp_path, "a")
+    with store.staging(path) as con:
+        Ledger(con).add_planned(SYNC, messages(5_000))
+    with psycopg.connect(state_url, autocommit=True) as pg, store.staging(path) as con:
+        ledger = Ledger(con)
+        deliver(ledger, limit=40)
+        ledger.add_planned(SYNC, messages(10, start=5_000))
+        report = pgstate.checkin(pg, SYNC, con)  # a session's own check-in writes what this one did not
+    assert report.rows_written == 40 + 10 + 0  # 40 outcomes, 10 planned messages
+    assert report.rows_deleted == 0
+    with psycopg.connect(state_url, autocommit=True) as pg, store.staging(path) as con:
+        con.execute("DELETE FROM planned_messages WHERE seq <= 3")
+        report = pgstate.checkin(pg, SYNC, con)
+    assert (report.rows_written, report.rows_deleted) == (0, 3)
+    assert pg_rows(state_url, SYNC, "planned_messages") == 5_007
+
+
+def test_a_file_rebuilt_from_the_database_checks_in_unchanged(tmp_path, state_url):
+    """Every registered table, with values near its types' limits and NULLs, comes back from PostgreSQL equal
+    and with the same row hashes, so the next session writes nothing."""
+    from segment_ops_tests.engine.test_transfer import fill_every_state_table
+
+    with store.staging(home_file(tmp_path, "a", "all")) as con:
+        before = fill_every_state_table(con)
+    with psycopg.connect(state_url, autocommit=True) as pg, \
+            store.staging(home_file(tmp_path, "b", "all")) as con:
+        after = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in before}
+        report = pgstate.checkin(pg, "all", con)
+    assert after == before
+    assert (report.rows_written, report.rows_deleted, report.tables_changed) == (0, 0, 0)
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import segment_ops.definitions
+    from segment_ops.engine import store
+    from segment_ops.engine.ledger import Ledger, PlannedMessage
+    with store.staging(Path(sys.argv[1])) as con:
+        Ledger(con).add_planned("orders", [PlannedMessage("late", "k", "identify", b'{"messageId":"late"}')])
+        print("holding", flush=True)
+        time.sleep(120)
+""")
+
+
+def hold(path: Path) -> subprocess.Popen[str]:
+    worker = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True,
+                              env=os.environ.copy())
+    assert worker.stdout.readline().strip() == "holding"
+    return worker
+
+
+def test_one_sync_runs_on_one_machine_at_a_time_and_a_killed_worker_frees_it(tmp_path, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        Ledger(con).add_planned(SYNC, messages(3))
+    worker = hold(home_file(tmp_path, "b"))
+    try:
+        with pytest.raises(store.StagingLockedError) as caught, \
+                store.staging(home_file(tmp_path, "c"), lock_timeout=0.5):
+            pass
+        assert "'orders' is in use by segment_ops" in str(caught.value)
+        assert f":{worker.pid}" in str(caught.value)  # which process holds it
+        with store.staging(home_file(tmp_path, "c", "other_sync")) as con:  # another sync is not held up
+            Ledger(con).add_planned("other_sync", messages(1))
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    started = time.monotonic()
+    with store.staging(home_file(tmp_path, "c")) as con:  # PostgreSQL ended the dead session and its lock
+        ledger = Ledger(con)
+        assert ledger.counts(SYNC).pending == 3  # the killed run's plan was never checked in
+    assert time.monotonic() - started < 10
+
+
+def test_a_body_that_raises_still_checks_in_what_it_logged(tmp_path, state_url):
+    with pytest.raises(RuntimeError, match="destination went away"), \
+            store.staging(home_file(tmp_path, "a")) as con:
+        ledger = Ledger(con)
+        ledger.add_planned(SYNC, messages(4))
+        deliver(ledger, limit=2)
+        raise RuntimeError("destination went away")
+    with store.staging(home_file(tmp_path, "b")) as con:
+        assert Ledger(con).counts(SYNC).delivered == 2
+
+
+def test_an_embedded_home_moves_to_the_database_on_its_first_session(tmp_path, monkeypatch, state_url):
+    path = home_file(tmp_path, "a")
+    monkeypatch.delenv(pgstate.STATE_URL)
+    with store.staging(path) as con:  # made by the embedded default
+        ledger = Ledger(con)
+        ledger.add_planned(SYNC, messages(20))
+        deliver(ledger)
+    monkeypatch.setenv(pgstate.STATE_URL, state_url)
+    with store.staging(path):  # adopted: checked in as it is
+        pass
+    with store.staging(home_file(tmp_path, "b")) as con:
+        assert Ledger(con).counts(SYNC).delivered == 20
+
+
+def test_a_file_with_state_of_its_own_is_never_merged_with_the_databases(tmp_path, monkeypatch, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        Ledger(con).add_planned(SYNC, messages(2))
+    own = home_file(tmp_path, "b")
+    monkeypatch.delenv(pgstate.STATE_URL)
+    with store.staging(own) as con:
+        Ledger(con).add_planned(SYNC, messages(7, start=100))
+    monkeypatch.setenv(pgstate.STATE_URL, state_url)
+    with pytest.raises(pgstate.SharedStateError, match="holds state of its own .* never merged"), \
+            store.staging(own):
+        pass
+    assert pg_rows(state_url, SYNC, "planned_messages") == 2
+
+
+def test_a_cache_of_another_database_is_refused(tmp_path, monkeypatch, state_url):
+    path = home_file(tmp_path, "a")
+    with store.staging(path) as con:
+        Ledger(con).add_planned(SYNC, messages(2))
+    with fresh_state_database("so_other") as other:
+        monkeypatch.setenv(pgstate.STATE_URL, other)
+        with pytest.raises(pgstate.SharedStateError, match="cache of another state database"), \
+                store.staging(path):
+            pass
+
+
+def test_a_changed_table_definition_is_rewritten_and_a_newer_schema_refused_everywhere(tmp_path, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        Ledger(con).add_planned(SYNC, messages(3))
+        con.execute("ALTER TABLE rejected ADD COLUMN detail VARCHAR")  # as a migration would
+        con.execute("INSERT INTO rejected (sync, reason, rejected_at, detail) "
+                    "VALUES ('orders', 'r', now(), 'd')")
+        con.execute(f"INSERT INTO {store.VERSIONS_TABLE} VALUES ('ledger', 99, now())")
+    with store.staging(home_file(tmp_path, "b")) as con:
+        assert con.execute("SELECT detail FROM rejected").fetchall() == [("d",)]
+        with pytest.raises(store.StateSchemaError, match="newer than this release's"):
+            Ledger(con)
+
+
+def test_the_password_never_reaches_a_message(monkeypatch, tmp_path):
+    monkeypatch.setenv(pgstate.STATE_URL, "postgresql://someone:hunter2@127.0.0.1:1/nowhere")
+    with pytest.raises(pgstate.SharedStateError) as caught, store.staging(home_file(tmp_path, "a")):
+        pass
+    assert "hunter2" not in str(caught.value)
+    assert "someone:***@127.0.0.1:1/nowhere" in str(caught.value)
+
+
+def test_readers_and_listings_see_syncs_only_the_database_holds(tmp_path, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        Ledger(con).add_planned(SYNC, messages(1))
+    fresh = tmp_path / "b" / "staging"
+    assert store.staging_paths(fresh) == [fresh / f"{SYNC}.duckdb"]
+    assert store.has_state(fresh / f"{SYNC}.duckdb")
+    assert not store.has_state(fresh / "never.duckdb")
