@@ -125,20 +125,22 @@ def state_names() -> set[str]:
     """Every object name the registry says is state, and the version table."""
     from segment_ops.engine import store
 
-    return {t for s in store.registered() for t in s.tables} | {store.VERSIONS_TABLE}
+    return {t for s in store.registered() for t in s.state_tables} | {store.VERSIONS_TABLE}
 
 
 def local_objects(con: duckdb.DuckDBPyConnection) -> dict[str, Obj]:
     """The state objects the file holds (scratch tables are left out: they are not state)."""
     names = state_names()
     found: dict[str, Obj] = {}
+    columns: dict[str, list[Column]] = {}
+    for table, column, kind in con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' "
+            "AND database_name = current_database() ORDER BY table_name, column_index").fetchall():
+        columns.setdefault(table, []).append(Column(column, kind))
     for name, ddl in con.execute("SELECT table_name, sql FROM duckdb_tables() WHERE schema_name = 'main' "
                                  "AND database_name = current_database() AND NOT temporary").fetchall():
         if name in names:
-            cols = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
-                               "AND schema_name = 'main' AND database_name = current_database() "
-                               "ORDER BY column_index", [name]).fetchall()
-            found[name] = Obj(name, "table", ddl, tuple(Column(c, t) for c, t in cols))
+            found[name] = Obj(name, "table", ddl, tuple(columns[name]))
     for name, ddl in con.execute("SELECT view_name, sql FROM duckdb_views() WHERE schema_name = 'main' "
                                  "AND database_name = current_database() AND NOT internal "
                                  "AND NOT temporary").fetchall():
@@ -236,9 +238,16 @@ def ensure_catalog(pg) -> None:
 
 
 def database_id(pg) -> str:
-    system, name = pg.execute("SELECT system_identifier::text, current_database() "
-                              "FROM pg_control_system()").fetchone()
-    return f"{system}/{name}"
+    """Which database this is (its cluster's identifier and its name): a file remembers whose cache it is."""
+    dsn = pg.info.dsn
+    if dsn not in _DATABASE_IDS:
+        system, name = pg.execute("SELECT system_identifier::text, current_database() "
+                                  "FROM pg_control_system()").fetchone()
+        _DATABASE_IDS[dsn] = f"{system}/{name}"
+    return _DATABASE_IDS[dsn]
+
+
+_DATABASE_IDS: dict[str, str] = {}
 
 
 def _holder(pg, sync: str) -> str:
@@ -283,34 +292,43 @@ def known_syncs(pg) -> list[str]:
 
 # --- checkout --------------------------------------------------------------------------------------------
 
-def checkout(pg, sync: str, path: Path, connect) -> None:
-    """Make `path` the cache of `sync`'s state at PostgreSQL's generation (the lock is held)."""
+def checkout(pg, sync: str, path: Path, connect, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Make `path` the cache of `sync`'s state at PostgreSQL's generation (the lock is held); returns the file
+    opened as asked (a missing file opened to read is DuckDB's IOException, as without the database)."""
     entry = _entry(pg, sync)
     db = database_id(pg)
-    meta = None
-    local_state = False
-    if path.exists():
-        con = connect(path, read_only=True)
+    con, meta, local_state = None, None, False
+    if path.exists() or not read_only:
+        con = connect(path, read_only=read_only)
         try:
             meta = _local_meta(con)
-            local_state = meta is None and _holds_state(con)
-        finally:
+            local_state = meta is None and entry is not None and _holds_state(con)
+        except BaseException:
             con.close()
+            raise
+    problem = None
     if meta is not None and meta[0] != db:
-        raise SharedStateError(f"{path} is a cache of another state database; move it aside to use "
-                               f"{STATE_URL}'s state for {sync!r}")
-    if entry is None:
-        if meta is not None:  # its database forgot the sync (dropped by a person): the file is not state
-            raise SharedStateError(f"{path} was checked in to this state database, which no longer holds "
-                                   f"{sync!r}; move the file aside (or restore the database)")
-        return  # nothing shared yet: the file (empty, or made by the embedded default) is adopted at checkin
-    if local_state:
-        raise SharedStateError(f"{path} holds state of its own (made without {STATE_URL}) and the state "
-                               f"database holds {sync!r} too: move the file aside to use the database's, "
-                               "or export it to compare; they are never merged")
-    if meta is not None and meta[1] == entry[1]:
-        return
+        problem = (f"{path} is a cache of another state database; move it aside to use {STATE_URL}'s state "
+                   f"for {sync!r}")
+    elif entry is None and meta is not None:  # its database forgot the sync (a person dropped it)
+        problem = (f"{path} was checked in to this state database, which no longer holds {sync!r}; move the "
+                   "file aside (or restore the database)")
+    elif local_state:
+        problem = (f"{path} holds state of its own (made without {STATE_URL}) and the state database holds "
+                   f"{sync!r} too: move the file aside to use the database's, or export it to compare; they "
+                   "are never merged")
+    if problem is not None:
+        if con is not None:
+            con.close()
+        raise SharedStateError(problem)
+    if entry is None or (meta is not None and meta[1] == entry[1]):
+        # Current; or nothing shared yet: the file (empty, or made by the embedded default) is adopted at
+        # check-in.
+        return con if con is not None else connect(path, read_only=read_only)
+    if con is not None:
+        con.close()
     _rebuild(pg, sync, entry, db, path)
+    return connect(path, read_only=read_only)
 
 
 def _rebuild(pg, sync: str, entry: tuple[str, int], db: str, path: Path) -> None:
@@ -407,8 +425,12 @@ def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
                 pg.execute(f"DROP TABLE IF EXISTS {_q(schema)}.{_q(name)}")
                 pg.execute(f"DELETE FROM {CATALOG}.objects WHERE sync = %s AND name = %s", [sync, name])
                 changed = True
+            hashed = {row[0] for row in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? "
+                "AND database_name = current_database()", [LOCAL]).fetchall()}
             for obj in objects.values():
-                changed |= _check_in_object(pg, con, sync, schema, obj, recorded.get(obj.name), report)
+                changed |= _check_in_object(pg, con, sync, schema, obj, recorded.get(obj.name), report,
+                                            hashed)
             if changed:
                 report.generation = generation + 1
                 pg.execute(f"UPDATE {CATALOG}.syncs SET generation = %s, duckdb = %s, updated_at = now(), "
@@ -429,7 +451,8 @@ def _who() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report: CheckinReport) -> bool:
+def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report: CheckinReport,
+                     hashed: set[str]) -> bool:
     if obj.kind in ("sequence", "view"):  # a sequence's DDL holds its position (START is its next value)
         if recorded is not None and recorded[1] == obj.ddl:
             return False
@@ -444,16 +467,17 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
         pg.execute(f"CREATE TABLE {target} ({defs}, _h bigint NOT NULL)")
         pg.execute(f"CREATE INDEX ON {target} (_h)")
         con.execute(f"CREATE OR REPLACE TABLE {hashes} (h BIGINT, n BIGINT)")
-    elif not _exists(con, "h_" + obj.name):
+    elif "h_" + obj.name not in hashed:
         raise SharedStateError(f"the file lacks the record of what PostgreSQL holds of {obj.name!r}")
-    row_hash = _row_hash(obj.columns)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _now AS SELECT {row_hash} AS h, count(*)::BIGINT AS n "
-                f"FROM {_q(obj.name)} GROUP BY ALL")
+    # The hashes whose count differs between the file and what the database holds (as the file last saw it).
     con.execute(f"CREATE OR REPLACE TEMP TABLE _delta AS SELECT h, coalesce(n.n, 0) AS now_n, "
-                f"coalesce(o.n, 0) AS old_n FROM _now n FULL JOIN {hashes} o USING (h) "
+                f"coalesce(o.n, 0) AS old_n FROM (SELECT {_row_hash(obj.columns)} AS h, "
+                f"count(*)::BIGINT AS n "
+                f"FROM {_q(obj.name)} GROUP BY ALL) n FULL JOIN {hashes} o USING (h) "
                 "WHERE n.n IS DISTINCT FROM o.n")
     changed, old_rows = con.execute("SELECT count(*), coalesce(sum(old_n), 0) FROM _delta").fetchone()
     if changed == 0 and recorded is not None and recorded[1] == obj.ddl and recorded[2] == columns:
+        con.execute("DROP TABLE _delta")
         return False
     if changed:
         if old_rows:
@@ -470,7 +494,6 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
         report.tables_changed += 1
     rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
     _record(pg, sync, obj, columns=columns, rows=rows)
-    con.execute("DROP TABLE _now")
     con.execute("DROP TABLE _delta")
     return True
 
@@ -498,11 +521,6 @@ def _sql_path(path: str) -> str:
     return path.replace("'", "''")
 
 
-def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? "
-                       "AND database_name = current_database()", [LOCAL, table]).fetchone()[0] > 0
-
-
 def _record(pg, sync: str, obj: Obj, *, columns: str | None = None, rows: int | None = None) -> None:
     pg.execute(f"INSERT INTO {CATALOG}.objects VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sync, name) "
                "DO UPDATE SET kind = EXCLUDED.kind, ddl = EXCLUDED.ddl, columns = EXCLUDED.columns, "
@@ -513,7 +531,8 @@ def _record(pg, sync: str, obj: Obj, *, columns: str | None = None, rows: int | 
 
 class _Session:
     def __init__(self, pg, shared: bool) -> None:
-        self.pg, self.shared, self.depth = pg, shared, 0
+        self.pg, self.shared = pg, shared
+        self.con: duckdb.DuckDBPyConnection | None = None  # the file, opened by the checkout
 
 
 _SESSIONS: dict[tuple[str, str], _Session] = {}
@@ -523,30 +542,27 @@ _GUARD = threading.RLock()
 @contextmanager
 def session(url: str, sync: str, path: Path, connect, *, shared: bool,
             lock_timeout: float) -> Iterator[_Session | None]:
-    """Hold `sync`'s lock and keep `path` at the database's generation for the body.
+    """Hold `sync`'s lock, with `path` at the database's generation and opened (`_Session.con`: read-only for
+    a shared session), for the body; the caller checks in and closes the file.
 
-    A session of this process for the same file is joined (it holds the lock already); only the outermost
-    exclusive session checks in, when its body ends (`checkin_file`)."""
+    Within a session of this process for the same file, an inner one joins it (None: the lock is held, the
+    file current; the outer one checks in). The inner one of a shared session must be shared too: an
+    exclusive session inside a shared one of the same process would wait for itself."""
     key = (url, str(Path(path).resolve()))
     with _GUARD:
         joined = _SESSIONS.get(key)
-        if joined is not None and (shared or not joined.shared):
-            joined.depth += 1
-    if joined is not None and (shared or not joined.shared):
-        try:
-            yield None
-        finally:
-            with _GUARD:
-                joined.depth -= 1
+    if joined is not None:
+        if joined.shared and not shared:
+            raise SharedStateError(f"{sync!r}: a session to write was opened inside one to read")
+        yield None
         return
     pg = connect_pg(url)
     own = _Session(pg, shared)
     try:
         ensure_catalog(pg)
         acquire(pg, sync, shared=shared, timeout=lock_timeout)
-        checkout(pg, sync, Path(path), connect)
+        own.con = checkout(pg, sync, Path(path), connect, read_only=shared)
         with _GUARD:
-            own.depth = 1
             _SESSIONS[key] = own
         try:
             yield own

@@ -44,6 +44,14 @@ class StateSchema:
     tables: tuple[str, ...]
     create: str
     migrations: Mapping[int, str] = field(default_factory=dict)
+    # Tables the module makes itself (`CREATE OR REPLACE TABLE ... AS`, their columns follow their query) and
+    # a later step or run reads: state like `tables` (exported, shared), but not made by `create`.
+    derived: tuple[str, ...] = ()
+
+    @property
+    def state_tables(self) -> tuple[str, ...]:
+        """Every table (and view or sequence) of the schema that is state."""
+        return self.tables + self.derived
 
     def __post_init__(self) -> None:
         missing = [v for v in range(1, self.version) if v not in self.migrations]
@@ -67,7 +75,7 @@ def register(schema: StateSchema) -> StateSchema:
     if known is not None and known != schema:
         raise StateSchemaError(f"state schema {schema.name!r} is registered twice, differently")
     for other in _REGISTRY.values():
-        if other.name != schema.name and (shared := set(other.tables) & set(schema.tables)):
+        if other.name != schema.name and (shared := set(other.state_tables) & set(schema.state_tables)):
             raise StateSchemaError(f"table(s) {sorted(shared)} of {schema.name!r} already belong to "
                                    f"{other.name!r}")
     _REGISTRY[schema.name] = schema
@@ -140,8 +148,9 @@ def connect(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
     if url is not None and read_only:
         opener = _file_opener(memory_limit, threads, lock_timeout)
         with pgstate.session(url, Path(path).stem, Path(path), opener, shared=True,
-                             lock_timeout=lock_timeout):
-            pass
+                             lock_timeout=lock_timeout) as own:
+            if own is not None:
+                return own.con
     return _connect_file(path, memory_limit=memory_limit, threads=threads, lock_timeout=lock_timeout,
                          read_only=read_only)
 
@@ -223,7 +232,7 @@ def staging(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
     opener = _file_opener(memory_limit, threads, lock_timeout)
     sync = Path(path).stem
     with pgstate.session(url, sync, Path(path), opener, shared=False, lock_timeout=lock_timeout) as own:
-        con = opener(Path(path))
+        con = own.con if own is not None else opener(Path(path))
         try:
             try:
                 yield con

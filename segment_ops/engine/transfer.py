@@ -98,7 +98,7 @@ def export_state(staging_file: Path, dest: Path, *, inbox: Path | None = None,
 
 def _export_into(con: duckdb.DuckDBPyConnection, name: str, folder: Path, inbox: Path | None) -> dict:
     tables, _ = _catalog(con)
-    present = [s for s in store.registered() if set(s.tables) & tables]
+    present = [s for s in store.registered() if set(s.state_tables) & tables]
     for schema in present:
         store.ensure(con, schema)
     _recover_journals(con, present)
@@ -109,7 +109,7 @@ def _export_into(con: duckdb.DuckDBPyConnection, name: str, folder: Path, inbox:
                       "schemas": {s.name: s.version for s in present}, "tables": {}, "sequences": {},
                       "files": {}}
     for schema in present:
-        for table in schema.tables:  # names from the registry, never from input
+        for table in schema.state_tables:  # names from the registry, never from input
             if table in tables:
                 target = folder / TABLES_DIR / f"{table}.parquet"
                 quoted = str(target).replace("'", "''")  # COPY takes no parameter for its target
@@ -172,7 +172,7 @@ def _check_names(manifest: dict) -> None:
     if not isinstance(manifest["name"], str) or not NAME.fullmatch(manifest["name"]):
         raise TransferError(f"the export names its sync {manifest['name']!r}, which is not a sync name")
     listed = [store.schema_named(name) for name in manifest["schemas"]]
-    allowed = {t for schema in listed if schema is not None for t in schema.tables}
+    allowed = {t for schema in listed if schema is not None for t in schema.state_tables}
     for table in [*manifest["tables"], *manifest["sequences"]]:
         if table not in allowed:
             raise TransferError(f"the export holds {table!r}, which is no table of the schemas it lists")
@@ -202,7 +202,7 @@ def _holds_state(staging_file: Path) -> bool:
     con = store.connect(staging_file, read_only=True, threads=1)
     try:
         tables, _ = _catalog(con)
-        state_tables = tables & {t for s in store.registered() for t in s.tables}
+        state_tables = tables & {t for s in store.registered() for t in s.state_tables}
         return any(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in state_tables)
     finally:
         con.close()
@@ -232,9 +232,13 @@ def import_state(src: Path, staging_file: Path, *, inbox: Path | None = None) ->
     def fill(con: duckdb.DuckDBPyConnection) -> None:
         for name in manifest["schemas"]:
             store.ensure(con, store.schema_named(name))  # known: read_manifest checked every name
+        derived = {t for s in store.registered() for t in s.derived}
         for name in manifest["tables"]:
-            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(?)",
-                        [str(src / TABLES_DIR / f"{name}.parquet")])
+            source = str(src / TABLES_DIR / f"{name}.parquet")
+            if name in derived:  # made by its module's query, not by `create`: its columns are the export's
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet(?)", [source])
+            else:
+                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(?)", [source])
         for name, last in manifest["sequences"].items():
             if last:  # consume the used values, so new ids continue after the imported ones
                 con.execute(f"SELECT max(nextval('{name}')) FROM range(?)", [int(last)])

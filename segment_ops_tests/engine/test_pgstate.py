@@ -236,3 +236,18 @@ def test_readers_and_listings_see_syncs_only_the_database_holds(tmp_path, state_
     assert store.staging_paths(fresh) == [fresh / f"{SYNC}.duckdb"]
     assert store.has_state(fresh / f"{SYNC}.duckdb")
     assert not store.has_state(fresh / "never.duckdb")
+
+
+def test_a_derived_table_reaches_the_next_step_on_another_machine(tmp_path, state_url):
+    """Pendo's scores are made by a query (`CREATE OR REPLACE TABLE ... AS`) in one step and read by the next,
+    which a Kubernetes executor may run in another pod."""
+    from segment_ops.syncs.pendo.score import HEALTH_TABLE, STATE
+
+    with store.staging(home_file(tmp_path, "a", "pendo")) as con:
+        store.ensure(con, STATE)
+        con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS SELECT 'acc_1' AS account_id, 71 AS score")
+    with store.staging(home_file(tmp_path, "b", "pendo")) as con:
+        assert con.execute(f"SELECT * FROM {HEALTH_TABLE}").fetchall() == [("acc_1", 71)]
+        con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS SELECT 'acc_2' AS account_id, 'x' AS band")
+    with store.staging(home_file(tmp_path, "a", "pendo")) as con:
+        assert con.execute(f"SELECT * FROM {HEALTH_TABLE}").fetchall() == [("acc_2", "x")]

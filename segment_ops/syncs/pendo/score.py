@@ -60,7 +60,7 @@ HEALTH_TABLE = "pendo_account_health"
 RUNS_TABLE = "pendo_health_runs"
 # One row per scoring: the day, the window and the days of it that were missing.
 STATE = store.register(store.StateSchema(
-    name="pendo_score", version=1, tables=(RUNS_TABLE,),
+    name="pendo_score", version=1, tables=(RUNS_TABLE,), derived=(HEALTH_TABLE,),
     create=f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (as_of DATE NOT NULL, window_days INTEGER NOT NULL, "
            "missing_days DATE[] NOT NULL, scored_at TIMESTAMPTZ NOT NULL)"))
 SCORE_VERSION = "3"  # bump when the SQL below changes meaning (3: depth per account's apps)
