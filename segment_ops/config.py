@@ -86,6 +86,12 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "SEGMENT_OPS_STATE_CHECKPOINT_SECONDS",
+        "With `SEGMENT_OPS_STATE_URL`: how often (seconds) a long delivery checks in what it has logged, so "
+        "a worker killed mid-run costs the next one, on any machine, at most that much to send again.",
+        default="30",
+    ),
+    Setting(
         "SEGMENT_OPS_SANDBOX_URL",
         "Base URL of the local vendor sandbox; every unset vendor URL below points into it.",
         default=f"http://127.0.0.1:{DEFAULT_SANDBOX_PORT}",

@@ -45,6 +45,7 @@ from segment_ops.clients.base import (
     VendorFatalError,
     VendorRequestError,
 )
+from segment_ops.engine import store
 from segment_ops.engine.journal import Journal
 from segment_ops.engine.ledger import AWAITING_ACK, DELIVERED, PENDING, REJECTED, AwaitingReceipt, Ledger
 
@@ -264,6 +265,7 @@ def _deliver(ledger: Ledger, sync: str, client: Destination, report: DeliveryRep
         unlogged.clear()
         unlogged_batches.clear()
         last_flush = time.monotonic()
+        store.checkpoint(ledger.con)  # state in PostgreSQL: shared every so often, not only at the end
 
     def drain(block_until_below: int) -> None:
         nonlocal fatal

@@ -51,6 +51,8 @@ CATALOG = "segment_ops_state"  # the PostgreSQL schema of the catalog
 LOCAL = "_shared_state"  # the DuckDB schema, inside each staging file, that records what it is a cache of
 _LOCK_CLASS = 0x5E9  # first key of every advisory lock taken here (the second is the sync's)
 _CHUNK = 1 << 20
+CHECKPOINT_SETTING = "SEGMENT_OPS_STATE_CHECKPOINT_SECONDS"
+DEFAULT_CHECKPOINT_SECONDS = 30.0
 
 _SCALAR_TYPES = {
     "VARCHAR": "text", "BOOLEAN": "boolean", "TINYINT": "smallint", "SMALLINT": "smallint",
@@ -530,9 +532,38 @@ def _record(pg, sync: str, obj: Obj, *, columns: str | None = None, rows: int | 
 # --- sessions --------------------------------------------------------------------------------------------
 
 class _Session:
-    def __init__(self, pg, shared: bool) -> None:
-        self.pg, self.shared = pg, shared
+    def __init__(self, pg, sync: str, shared: bool) -> None:
+        self.pg, self.sync, self.shared = pg, sync, shared
         self.con: duckdb.DuckDBPyConnection | None = None  # the file, opened by the checkout
+        self.checked_in = time.monotonic()
+
+
+def checkpoint_seconds() -> float:
+    """SEGMENT_OPS_STATE_CHECKPOINT_SECONDS: how often a long delivery checks in what it has logged."""
+    raw = os.environ.get(CHECKPOINT_SETTING) or str(DEFAULT_CHECKPOINT_SECONDS)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ValueError(f"{CHECKPOINT_SETTING} must be a number of seconds from 0 to 3600, not {raw!r}")
+    return value
+
+
+def checkpoint(con: duckdb.DuckDBPyConnection) -> CheckinReport | None:
+    """Check in now what the session owning `con` has logged, if it last did so at least
+    `checkpoint_seconds()` ago (None: not due, or `con` is not a session's: the embedded default, a joined
+    session, or a reader). Between two statements only: never inside an open transaction of `con`.
+
+    So a worker killed during a long delivery costs the next worker, on any machine, at most that much of it
+    to send again (Segment drops the repeats by messageId; a destination without dedupe receives them)."""
+    with _GUARD:
+        own = next((s for s in _SESSIONS.values() if s.con is con and not s.shared), None)
+    if own is None or time.monotonic() - own.checked_in < checkpoint_seconds():
+        return None
+    report = checkin(own.pg, own.sync, con)
+    own.checked_in = time.monotonic()
+    return report
 
 
 _SESSIONS: dict[tuple[str, str], _Session] = {}
@@ -557,7 +588,7 @@ def session(url: str, sync: str, path: Path, connect, *, shared: bool,
         yield None
         return
     pg = connect_pg(url)
-    own = _Session(pg, shared)
+    own = _Session(pg, sync, shared)
     try:
         ensure_catalog(pg)
         acquire(pg, sync, shared=shared, timeout=lock_timeout)

@@ -249,6 +249,13 @@ def staging(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
             con.close()
 
 
+def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    """With the state in PostgreSQL, check in what the session of `con` logged so far, when it is due
+    (`pgstate.checkpoint`); nothing for the embedded default, whose file is the state already."""
+    if pgstate.state_url() is not None:
+        pgstate.checkpoint(con)
+
+
 def has_state(path: str | Path) -> bool:
     """Whether the sync of the staging file at `path` has state: the file exists, or (SEGMENT_OPS_STATE_URL)
     the database holds the sync."""

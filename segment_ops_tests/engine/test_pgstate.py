@@ -251,3 +251,105 @@ def test_a_derived_table_reaches_the_next_step_on_another_machine(tmp_path, stat
         con.execute(f"CREATE OR REPLACE TABLE {HEALTH_TABLE} AS SELECT 'acc_2' AS account_id, 'x' AS band")
     with store.staging(home_file(tmp_path, "a", "pendo")) as con:
         assert con.execute(f"SELECT * FROM {HEALTH_TABLE}").fetchall() == [("acc_2", "x")]
+
+
+KILLED_AFTER_A_CHECKPOINT = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    import segment_ops.definitions
+    from segment_ops.engine import store
+    from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage
+    with store.staging(Path(sys.argv[1])) as con:
+        ledger = Ledger(con)
+        ledger.add_planned("orders", [PlannedMessage(f"m{i}", f"k{i}", "identify", b"{}") for i in range(10)])
+        ledger.log_outcomes("orders", [(seq, DELIVERED, 1, None) for seq in range(1, 7)])
+        store.checkpoint(con)  # as a delivery does after recording a batch's answers
+        ledger.log_outcomes("orders", [(7, DELIVERED, 1, None)])
+        os._exit(9)  # killed: no check-in at the end
+""")
+
+
+@pytest.mark.parametrize("seconds, delivered", [("0", 6), ("3600", 0)])
+def test_a_worker_killed_mid_run_loses_only_what_it_logged_since_its_last_checkpoint(
+        tmp_path, monkeypatch, state_url, seconds, delivered):
+    monkeypatch.setenv(pgstate.CHECKPOINT_SETTING, seconds)
+    worker = subprocess.run([sys.executable, "-c", KILLED_AFTER_A_CHECKPOINT, str(home_file(tmp_path, "a"))],
+                            env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 9, worker.stderr
+    with store.staging(home_file(tmp_path, "b")) as con:
+        counts = Ledger(con).counts(SYNC)
+    assert (counts.delivered, counts.pending) == (delivered, 10 - delivered if delivered else 0)
+
+
+def test_a_checkpoint_setting_out_of_range_is_named(monkeypatch):
+    monkeypatch.setenv(pgstate.CHECKPOINT_SETTING, "soon")
+    with pytest.raises(ValueError, match="SEGMENT_OPS_STATE_CHECKPOINT_SECONDS must be a number"):
+        pgstate.checkpoint_seconds()
+
+
+# A delivering worker on its own home, SIGKILLed by its destination after the 8th acknowledged batch; each
+# batch takes 0.4 s, so the delivery records answers (and may check in) about every 1 s.
+DELIVERING_WORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    import segment_ops.definitions
+    from segment_ops.clients.segment_tracking import SegmentTrackingClient
+    from segment_ops.engine import store
+    from segment_ops.engine.delivery import deliver_pending
+    from segment_ops.engine.ledger import Ledger
+
+    path, url, key = sys.argv[1:]
+    inner = SegmentTrackingClient(url + "/segment", key)
+
+    class KilledAfter:
+        name, max_batch_bytes, acknowledged = inner.name, 1_000, 0
+
+        def send_batch(self, payloads, *, on_retry=None):
+            time.sleep(0.4)
+            result = inner.send_batch(payloads, on_retry=on_retry)
+            KilledAfter.acknowledged += 1
+            if KilledAfter.acknowledged == 8:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+    with store.staging(Path(path)) as con:
+        deliver_pending(Ledger(con), "orders", KilledAfter(), max_in_flight=1)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds", ["0", "3600"])
+def test_a_delivery_killed_on_one_machine_is_finished_on_another_resending_only_since_its_checkpoint(
+        tmp_path, monkeypatch, state_url, clean_sandbox, seconds):
+    from collections import Counter
+
+    from segment_ops.clients.segment_tracking import SegmentTrackingClient
+    from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
+    from segment_ops.engine.delivery import deliver_pending
+
+    ids = [f"msg-{i:04d}" for i in range(240)]
+    payloads = [f'{{"type":"track","userId":"u{i}","event":"Moved","messageId":"{id_}","properties":'
+                f'{{"pad":"{"x" * 40}"}}}}'.encode() for i, id_ in enumerate(ids)]
+    with store.staging(home_file(tmp_path, "planner")) as con:
+        Ledger(con).add_planned(SYNC, [PlannedMessage(i, i, "track", p) for i, p in zip(ids, payloads,
+                                                                                         strict=True)])
+    monkeypatch.setenv(pgstate.CHECKPOINT_SETTING, seconds)
+    worker = subprocess.run([sys.executable, "-c", DELIVERING_WORKER, str(home_file(tmp_path, "a")),
+                             clean_sandbox.url, SANDBOX_SEGMENT_WRITE_KEY], env=os.environ.copy(),
+                            capture_output=True, text=True, timeout=120)
+    assert worker.returncode == -signal.SIGKILL, worker.stderr[-2000:]
+
+    with store.staging(home_file(tmp_path, "b")) as con:  # another machine finishes the sync
+        deliver_pending(Ledger(con), SYNC, SegmentTrackingClient(f"{clean_sandbox.url}/segment",
+                                                                 SANDBOX_SEGMENT_WRITE_KEY))
+        counts = Ledger(con).counts(SYNC)
+
+    got = Counter({m["messageId"]: clean_sandbox.seen("segment", m["messageId"])
+                   for m in clean_sandbox.received("segment", limit=10_000)})
+    again = sum(n - 1 for n in got.values())
+    assert sorted(got) == ids and (counts.delivered, counts.pending) == (240, 0)  # nothing lost
+    per_batch = 7  # messages of about 130 bytes in 1,000-byte batches
+    if seconds == "0":  # checked in about every second: the batches since then were sent again, no more
+        assert 0 < again <= 4 * per_batch
+    else:  # never checked in before the kill: all eight batches were sent again
+        assert again == 8 * per_batch
