@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,11 +22,14 @@ import pytest
 
 from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import SECRET_NAMES
+from segment_ops.engine.pgstate import STATE_URL
 from segment_ops.resources import build_resources
 from segment_ops.syncs.replay.defs import replayed_events
+from segment_ops_tests.conftest import fresh_state_database
 
 # Every secret of the configuration contract gets a distinctive value the sandbox rejects.
 SECRETS = {name: f"{name.lower()}-LEAKCHECK-3f9a1c7e5b" for name in SECRET_NAMES}
+BACKENDS = ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)]  # where the state is
 
 
 def forbidden() -> list[str]:
@@ -45,8 +48,21 @@ def assert_no_secret(texts: Iterable[str], where: str) -> None:
 @pytest.fixture
 def secret_env(ops_env: Path, monkeypatch: pytest.MonkeyPatch, clean_sandbox) -> Path:
     for name, value in SECRETS.items():
-        monkeypatch.setenv(name, value)
+        if name != STATE_URL:  # a URL, whose password is the secret: set by `state_in_postgres`
+            monkeypatch.setenv(name, value)
     return ops_env
+
+
+@pytest.fixture
+def state_in_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """With the parameter "postgres", the state is in a fresh database of this machine's PostgreSQL, reached
+    with the LEAKCHECK value as the password (its trust authentication accepts any)."""
+    if request.param != "postgres":
+        yield
+        return
+    with fresh_state_database("so_secrets") as url:
+        monkeypatch.setenv(STATE_URL, url.replace("postgres@", f"postgres:{SECRETS[STATE_URL]}@", 1))
+        yield
 
 
 @pytest.fixture
@@ -137,8 +153,9 @@ def unreachable_segment(secret_env: Path, monkeypatch: pytest.MonkeyPatch, clean
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("state_in_postgres", BACKENDS, indirect=True)
 def test_failed_replay_materialization_leaks_no_credential(tmp_path, unreachable_segment, all_logs,
-                                                           clean_sandbox):
+                                                           clean_sandbox, state_in_postgres):
     path = tmp_path / "calls.jsonl"
     path.write_text('{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}\n')
     instance = dg.DagsterInstance.ephemeral()
@@ -159,7 +176,8 @@ def test_failed_replay_materialization_leaks_no_credential(tmp_path, unreachable
 
 
 @pytest.mark.slow
-def test_cli_failure_prints_no_credential(tmp_path, unreachable_segment, clean_sandbox):
+@pytest.mark.parametrize("state_in_postgres", BACKENDS, indirect=True)
+def test_cli_failure_prints_no_credential(tmp_path, unreachable_segment, clean_sandbox, state_in_postgres):
     path = tmp_path / "calls.jsonl"
     path.write_text('{"type": "identify", "userId": "u1"}\n')
 

@@ -74,8 +74,15 @@ def state_url() -> str | None:
 
 
 def redacted(url: str) -> str:
-    """`url` without its password, for messages."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """Where `url` points (host, port, database, user), never its password; for messages."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 (whatever psycopg says of it may quote the value)
+        return "(a value that is no PostgreSQL URL)"
+    where = f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+    return f"postgresql://{parts['user']}@{where}" if parts.get("user") else f"postgresql://{where}"
 
 
 def pg_type(duckdb_type: str) -> str:
@@ -213,10 +220,13 @@ def connect_pg(url: str):  # -> psycopg.Connection
         con = psycopg.connect(url, autocommit=True, keepalives=1, keepalives_idle=20, keepalives_interval=5,
                               keepalives_count=4, connect_timeout=10,
                               application_name=f"segment_ops {socket.gethostname()}:{os.getpid()}"[:63])
-    except psycopg.Error as exc:
+    except psycopg.OperationalError as exc:  # the server's or the network's answer: no password in it
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SharedStateError(f"cannot reach the state database {redacted(url)} ({STATE_URL}): "
                                f"{why}") from None
+    except psycopg.Error:  # a malformed value: psycopg's message may quote it
+        raise SharedStateError(f"{STATE_URL} is no PostgreSQL URL (postgresql://user:password@host:5432/db)"
+                               ) from None
     con.execute("SET TIME ZONE 'UTC'")
     con.execute("SET DateStyle = 'ISO'")
     return con

@@ -226,7 +226,19 @@ def test_the_password_never_reaches_a_message(monkeypatch, tmp_path):
     with pytest.raises(pgstate.SharedStateError) as caught, store.staging(home_file(tmp_path, "a")):
         pass
     assert "hunter2" not in str(caught.value)
-    assert "someone:***@127.0.0.1:1/nowhere" in str(caught.value)
+    assert "postgresql://someone@127.0.0.1:1/nowhere" in str(caught.value)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("host=db password=hunter2 x", "SEGMENT_OPS_STATE_URL is no PostgreSQL URL"),
+    ("postgresql://u:hunter2@db:notaport/x", "cannot reach the state database postgresql://u@db:notaport/x"),
+])
+def test_a_malformed_url_is_named_without_its_password(monkeypatch, tmp_path, value, message):
+    monkeypatch.setenv(pgstate.STATE_URL, value)
+    with pytest.raises(pgstate.SharedStateError) as caught, store.staging(home_file(tmp_path, "a")):
+        pass
+    assert "hunter2" not in str(caught.value)
+    assert message in str(caught.value)
 
 
 def test_readers_and_listings_see_syncs_only_the_database_holds(tmp_path, state_url):
