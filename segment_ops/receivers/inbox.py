@@ -3,6 +3,15 @@
 Plain files, so a receiver needs no database and any number of receiver processes can share a folder with
 the runs that read it. A vendor's layout (in its sync) is made of batches, one folder each, holding items
 written once (numbered parts, a summary) and a done marker; nothing here knows a vendor's format.
+
+With the state in PostgreSQL (SEGMENT_OPS_STATE_URL), an inbox `share`d by its sync is kept there too, so
+receivers on several machines (replicas behind a load balancer) and the runs that read them share one inbox
+without a shared disk: an item is written first to the table `segment_ops_state.inbox_files`, whose key
+makes the first copy win across machines, and committed before the receiver answers; moving a batch into
+the archive and pruning it happen there as well. Each machine's folder is then a copy, brought to the
+table's content by `pull` before it is read (items written, items moved or pruned elsewhere removed, each
+file's time the item's), so everything above that reads files works unchanged. The first `pull` of an inbox
+the table never held uploads the folder as it is (moving an existing home).
 """
 
 from __future__ import annotations
@@ -12,12 +21,15 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+
+from segment_ops.engine.pgstate import CATALOG
 
 DONE_MARKER = "done.json"
 CONFLICTS_FOLDER = "conflicts"
@@ -130,14 +142,27 @@ def archive_batch(batch: Path, when: datetime | None = None) -> Path:
     where it now is. Raises `InboxError` when it cannot be moved (it stays, and is moved next time)."""
     day = (when or datetime.now(UTC)).date().isoformat()
     target = batch.parent / ARCHIVE_FOLDER / day / batch.name
+    move_batch(batch, target)
+    return target
+
+
+def move_batch(batch: Path, target: Path) -> None:
+    """Rename the folder `batch` to `target` (a new name under the same root): one atomic rename, both parent
+    folders fsynced; in a shared inbox, in the table first. Raises `InboxError` when it cannot be moved (onto
+    an existing non-empty folder it fails: never merged)."""
+    if (where := _shared(batch)) is not None:
+        _shared_move(where[0], where[1], _relative(where[0], target))
     make_dirs(target.parent)
     try:
-        os.rename(batch, target)  # onto an existing non-empty folder it fails: never merged
+        os.rename(batch, target)
+    except FileNotFoundError:
+        if where is None:
+            raise InboxError(f"cannot move {batch} to {target}: it does not exist") from None
+        # Shared: moved in the table, the only truth; the next `pull` brings this folder along.
     except OSError as exc:
-        raise InboxError(f"cannot archive {batch} to {target}: {exc}") from exc
+        raise InboxError(f"cannot move {batch} to {target}: {exc}") from exc
     fsync_dir(batch.parent)
     fsync_dir(target.parent)
-    return target
 
 
 def archived_batch(root: Path, name: str) -> Path | None:
@@ -168,9 +193,12 @@ def prune_archive(root: Path, older_than: datetime) -> list[Path]:
     cannot be deleted raises `InboxError` (the rest stay for the next call)."""
     cutoff = older_than.date().isoformat()
     pruned = []
+    shared = _shared(root / ARCHIVE_FOLDER)
     for day in archive_days(root):
         if day.name >= cutoff:
             break
+        if shared is not None:
+            _shared_delete(shared[0], f"{ARCHIVE_FOLDER}/{day.name}/")
         try:
             shutil.rmtree(day)
         except OSError as exc:
@@ -203,7 +231,19 @@ def write_once(target: Path, data: bytes) -> bool:
 
     Written to a temporary file in the same folder, fsynced, then hard-linked to its name: the link fails if
     the name exists, so the first copy wins atomically (a second receiver racing on it loses cleanly) and a
-    reader never sees half a file. The folder is fsynced after the link, so the entry survives a crash."""
+    reader never sees half a file. The folder is fsynced after the link, so the entry survives a crash.
+    In a shared inbox, the table decides which copy is first (and refuses an item of a batch archived
+    meanwhile), and the file is the table's copy."""
+    if (where := _shared(target)) is not None:
+        stored = _shared_write_once(*where, data)
+        if stored is not None:
+            make_dirs(target.parent)
+            _write_file(target, stored)
+        return stored is data
+    return _write_file(target, data)
+
+
+def _write_file(target: Path, data: bytes) -> bool:
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "wb") as handle:
@@ -252,3 +292,182 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --- an inbox shared through PostgreSQL (SEGMENT_OPS_STATE_URL) ---------------------------------------------
+
+_SHARED_ROOTS: dict[Path, str] = {}  # a shared inbox's folder (resolved) -> its name in the table
+_PG = threading.local()
+_FILES = f"{CATALOG}.inbox_files"  # beside pgstate's catalog, in the state database
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS {_FILES} (
+    inbox     text NOT NULL,         -- the inbox's name (its folder's, e.g. heap)
+    path      text NOT NULL,         -- the item's path in the inbox, '/'-separated (batch/item, .archive/...)
+    data      bytea NOT NULL,
+    stored_at timestamptz NOT NULL,
+    PRIMARY KEY (inbox, path)
+);
+CREATE TABLE IF NOT EXISTS {CATALOG}.inbox_roots (inbox text PRIMARY KEY, adopted_at timestamptz);
+"""
+
+
+def share(root: Path) -> bool:
+    """With SEGMENT_OPS_STATE_URL set, keep the inbox at `root` in PostgreSQL (its folder's name names it);
+    returns whether it is shared. Idempotent."""
+    from segment_ops.engine import pgstate
+
+    if pgstate.state_url() is None:
+        return False
+    _SHARED_ROOTS[Path(root).resolve()] = Path(root).name
+    return True
+
+
+def _shared(path: Path) -> tuple[Path, str] | None:
+    """(root, path relative to it) when `path` lies in a shared inbox."""
+    if not _SHARED_ROOTS:
+        return None
+    resolved = Path(os.path.abspath(path))
+    for root in _SHARED_ROOTS:
+        if resolved == root or root in resolved.parents:
+            return root, _relative(root, resolved)
+    return None
+
+
+def _relative(root: Path, path: Path) -> str:
+    return Path(os.path.abspath(path)).relative_to(root).as_posix()
+
+
+def _pg():
+    """This thread's connection to the state database (receivers answer on several threads)."""
+    import psycopg
+
+    from segment_ops.engine import pgstate
+
+    url = pgstate.state_url()
+    con = getattr(_PG, "con", None)
+    if con is None or con.closed or getattr(_PG, "url", None) != url:
+        if con is not None:
+            con.close()
+        try:
+            con = pgstate.connect_pg(url)
+            pgstate.ensure_catalog(con)
+            with con.transaction():  # receivers starting together: one makes the tables
+                con.execute("SELECT pg_advisory_xact_lock(hashtext('segment_ops inbox tables'))")
+                con.execute(_DDL)
+        except pgstate.SharedStateError as exc:
+            raise InboxError(str(exc)) from None
+        except psycopg.Error as exc:
+            raise InboxError(f"cannot prepare the shared inbox's tables: {type(exc).__name__}") from None
+        _PG.con, _PG.url = con, url
+    return con
+
+
+def _batch_lock(pg, inbox: str, batch: str) -> None:
+    """Serialize writes into a batch with its move: an item never lands in a batch archived meanwhile."""
+    pg.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"segment_ops inbox {inbox}/{batch}"])
+
+
+def _shared_write_once(root: Path, relative: str, data: bytes) -> bytes | None:
+    """Store the item unless it is stored already; returns the stored copy (`data` itself when this call
+    stored it), or None when its batch was archived meanwhile (the caller answers from the archive)."""
+    import psycopg
+
+    inbox, batch = _SHARED_ROOTS[root], relative.split("/", 1)[0]
+    try:
+        pg = _pg()
+        with pg.transaction():
+            if not batch.startswith("."):
+                _batch_lock(pg, inbox, batch)
+                archived = pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
+                                      [inbox, f"{ARCHIVE_FOLDER}/%/{_like(batch)}/%"]).fetchone()
+                live = pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
+                                  [inbox, f"{_like(batch)}/%"]).fetchone()
+                if archived and not live:
+                    return None
+            row = pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING "
+                             "RETURNING 1", [inbox, relative, data]).fetchone()
+            if row is not None:
+                return data
+            return bytes(pg.execute(f"SELECT data FROM {_FILES} WHERE inbox = %s AND path = %s",
+                                    [inbox, relative]).fetchone()[0])
+    except psycopg.Error as exc:
+        raise InboxError(f"cannot store {relative} in the shared inbox {inbox!r}: "
+                         f"{type(exc).__name__}") from None
+
+
+def _shared_move(root: Path, relative: str, target: str) -> None:
+    import psycopg
+
+    inbox = _SHARED_ROOTS[root]
+    try:
+        pg = _pg()
+        with pg.transaction():
+            _batch_lock(pg, inbox, relative.split("/", 1)[0])
+            if pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
+                          [inbox, f"{_like(target)}/%"]).fetchone():
+                raise InboxError(f"cannot move {relative} to {target} in the shared inbox {inbox!r}: "
+                                 "the target holds items already (never merged)")
+            pg.execute(f"UPDATE {_FILES} SET path = %s || substr(path, %s) WHERE inbox = %s AND path LIKE %s",
+                       [target, len(relative) + 1, inbox, f"{_like(relative)}/%"])
+    except psycopg.Error as exc:
+        raise InboxError(f"cannot move {relative} in the shared inbox {inbox!r}: "
+                         f"{type(exc).__name__}") from None
+
+
+def _shared_delete(root: Path, prefix: str) -> None:
+    import psycopg
+
+    inbox = _SHARED_ROOTS[root]
+    try:
+        _pg().execute(f"DELETE FROM {_FILES} WHERE inbox = %s AND path LIKE %s", [inbox, _like(prefix) + "%"])
+    except psycopg.Error as exc:
+        raise InboxError(f"cannot delete {prefix} of the shared inbox {inbox!r}: "
+                         f"{type(exc).__name__}") from None
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def pull(root: Path) -> None:
+    """Bring the folder of a shared inbox to the table's content (nothing for an inbox not shared): items it
+    lacks are written (with the item's time as the file's), files the table no longer holds (moved or pruned
+    on another machine) are removed, and so are folders left empty. The first pull of an inbox the table
+    never held uploads the folder's files first. Raises `InboxError`."""
+    import psycopg
+
+    where = _shared(root)
+    if where is None:
+        return
+    resolved, inbox = where[0], _SHARED_ROOTS[where[0]]
+    local = {_relative(resolved, Path(dirpath) / name): Path(dirpath) / name
+             for dirpath, _, names in os.walk(resolved) for name in names if not name.startswith(".")}
+    try:
+        pg = _pg()
+        with pg.transaction():
+            if pg.execute(f"INSERT INTO {CATALOG}.inbox_roots VALUES (%s, now()) "
+                          "ON CONFLICT DO NOTHING RETURNING 1", [inbox]).fetchone():
+                for relative, path in local.items():  # adopted: the folder's items become the table's
+                    pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, to_timestamp(%s)) "
+                               "ON CONFLICT DO NOTHING",
+                               [inbox, relative, path.read_bytes(), path.stat().st_mtime])
+        held = dict(pg.execute(f"SELECT path, extract(epoch FROM stored_at) FROM {_FILES} WHERE inbox = %s",
+                               [inbox]).fetchall())
+        missing = sorted(held.keys() - local.keys())
+        for start in range(0, len(missing), 500):
+            for relative, data in pg.execute(f"SELECT path, data FROM {_FILES} WHERE inbox = %s "
+                                             "AND path = ANY(%s)", [inbox, missing[start:start + 500]]):
+                target = resolved / relative
+                make_dirs(target.parent)
+                _write_file(target, bytes(data))
+                os.utime(target, (float(held[relative]), float(held[relative])))
+    except psycopg.Error as exc:
+        raise InboxError(f"cannot read the shared inbox {inbox!r}: {type(exc).__name__}") from None
+    except OSError as exc:
+        raise InboxError(f"cannot bring {resolved} up to date: {exc}") from exc
+    for relative in local.keys() - held.keys():
+        local[relative].unlink(missing_ok=True)
+    for dirpath, _, _ in sorted(os.walk(resolved), key=lambda entry: -len(entry[0])):
+        if Path(dirpath) != resolved:
+            with contextlib.suppress(OSError):
+                Path(dirpath).rmdir()  # only if empty

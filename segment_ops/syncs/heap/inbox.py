@@ -5,7 +5,6 @@ sensor reads the summaries; a run marks what it applied.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -149,6 +148,13 @@ class Inbox:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        # With SEGMENT_OPS_STATE_URL, kept in PostgreSQL: receivers on several machines and the runs share it.
+        self.shared = durable.share(self.root)
+
+    def _fresh(self) -> None:
+        """Bring a shared inbox's folder to what the database holds before it is read (`durable.pull`)."""
+        if self.shared:
+            durable.pull(self.root)
 
     @classmethod
     def for_home(cls, home: str | Path) -> Inbox:
@@ -176,6 +182,7 @@ class Inbox:
           only syncs without `done.json`), a different copy gets 409. Nothing late is silently dropped.
         Raises `InboxError` when the folder cannot be written.
         """
+        self._fresh()
         live, name = self.sync_folder(page.sync_task_id), f"{PAGE}-{page.page_number}.json"
         folder = self._sync_located(page.sync_task_id)
         received = received_at or datetime.now(UTC)
@@ -240,6 +247,7 @@ class Inbox:
           applied like any other;
         - otherwise a retry: 200 `{"stored": false, "done": true}`, not applied again.
         """
+        self._fresh()
         received = received_at or datetime.now(UTC)
         generation, key = 0, drain.key
         while (self.drain_folder(f"{drain.key}-{generation + 1}") / DRAIN_FILE).exists():
@@ -283,14 +291,17 @@ class Inbox:
         return False
 
     def is_done(self, sync_task_id: str) -> bool:
+        self._fresh()
         return durable.is_done(self._sync_located(sync_task_id))
 
     def is_drain_done(self, key: str) -> bool:
+        self._fresh()
         return durable.is_done(self.drain_folder(key))
 
     def syncs(self, *, include_done: bool = False) -> list[InboxSync]:
         """Every sync in the inbox (not yet processed, unless `include_done`: then the archived ones too),
         oldest first."""
+        self._fresh()
         found = []
         archived = durable.archived_batches(self.root) if include_done else ()
         for folder in (*self._sync_folders(), *archived):
@@ -303,6 +314,7 @@ class Inbox:
         return sorted(found, key=lambda s: (s.first_received, s.sync_task_id))
 
     def sync(self, sync_task_id: str) -> InboxSync | None:
+        self._fresh()
         folder = self._sync_located(sync_task_id)
         return self._summary(folder, durable.is_done(folder)) if folder.is_dir() else None
 
@@ -310,6 +322,7 @@ class Inbox:
         """Move every applied sync (done marker written) out of the live inbox into its archive, so listing
         the inbox costs what is pending, not everything Heap ever sent. Returns the folders moved and those
         that could not be, with why (tried again next time)."""
+        self._fresh()
         moved: list[str] = []
         failed: list[tuple[str, str]] = []
         for folder in self._sync_folders():
@@ -325,6 +338,7 @@ class Inbox:
                       now: datetime | None = None) -> list[Path]:
         """Delete archived syncs older than `retention` (whole days); returns the day folders deleted.
         Raises `InboxError`."""
+        self._fresh()
         return durable.prune_archive(self.root, (now or datetime.now(UTC)) - retention)
 
     def _sync_located(self, sync_task_id: str) -> Path:
@@ -337,6 +351,7 @@ class Inbox:
     def old_layout_folders(self) -> list[Path]:
         """Folders that are neither a sync nor a drain of this layout: a sync stored under its raw id by a
         receiver from before ids were hashed (`migrate_old_layout` moves them)."""
+        self._fresh()
         return sorted(folder for folder in durable.batch_folders(self.root)
                       if not _SYNC_FOLDER.fullmatch(folder.name) and not _is_drain_folder(folder))
 
@@ -376,14 +391,14 @@ class Inbox:
         try:
             # rename(2) is atomic; onto an existing folder it fails unless that folder is empty, which only a
             # receiver's mkdir racing this one can leave: its next write then lands in the moved folder.
-            os.rename(folder, target)
-        except OSError as exc:
+            durable.move_batch(folder, target)
+        except InboxError as exc:
             return f"it could not be renamed to {target.name} ({exc})"
-        durable.fsync_dir(self.root)
         return None
 
     def drains(self, *, include_done: bool = False) -> list[InboxDrain]:
         """Every stored drain (not yet applied, unless `include_done`), in the order Heap signed them."""
+        self._fresh()
         # A stat for an applied drain (its done marker), a read only for a pending one.
         found = [d for folder in durable.batch_folders(self.root) if folder.name.startswith(DRAIN_PREFIX)
                  and (include_done or not durable.is_done(folder)) and (d := self._drain(folder)) is not None]
@@ -392,10 +407,12 @@ class Inbox:
     def drain(self, key: str) -> InboxDrain | None:
         """The drain stored under `key` (as a run's config names it), or None; a key that is no plain name
         (`../x`, a line break) is never made into a path."""
+        self._fresh()
         return self._drain(self.drain_folder(key)) if _DRAIN_KEY.fullmatch(key) else None
 
     def page_files(self, sync_task_id: str) -> list[Path]:
         """The paths of a sync's stored pages, in page order (for a reader such as DuckDB's `read_json`)."""
+        self._fresh()
         # Within the receiver's bounds: a file numbered beyond them was never written by it.
         return [path for n, path in durable.numbered_parts(self._sync_located(sync_task_id), PAGE)
                 if 1 <= n <= MAX_TOTAL_PAGES]
@@ -407,11 +424,13 @@ class Inbox:
 
     def mark_done(self, sync_task_id: str, info: dict) -> None:
         """Record that the sync was delivered (atomically; a second call keeps the first marker)."""
+        self._fresh()
         durable.mark_done(self._sync_located(sync_task_id), info)
 
     def mark_drain_done(self, key: str, info: dict) -> None:
         """Record that the drain was applied or recorded (atomically; a second call keeps the first
         marker)."""
+        self._fresh()
         durable.mark_done(self.drain_folder(key), info)
 
     def _sync_folders(self) -> Iterator[Path]:
