@@ -42,8 +42,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
+if TYPE_CHECKING:  # the webhook receiver uses this module and runs without DuckDB
+    import duckdb
 
 STATE_URL = "SEGMENT_OPS_STATE_URL"
 LAYOUT_VERSION = 1  # of the catalog below; a database holding a newer one is refused
@@ -387,9 +389,11 @@ def _copy_out(pg, con: duckdb.DuckDBPyConnection, schema: str, table: str, cols:
             spool.write(block)
     try:
         fields = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(cols) + 1))
+        # Rows up to 4 MiB (a Segment message is at most 32 KB), read 8 MiB at a time: a bigger buffer is held
+        # whole in memory, past the file's memory limit at a million rows.
         reader = ("read_csv(?, header = false, auto_detect = false, delim = ',', quote = '\"', "
-                  "escape = '\"', allow_quoted_nulls = false, max_line_size = 1073741824, "
-                  f"columns = {{{fields}}})")
+                  "escape = '\"', allow_quoted_nulls = false, max_line_size = 4194304, "
+                  f"buffer_size = 8388608, columns = {{{fields}}})")
         casts = ", ".join(f"c{i}::{c.type}" for i, c in enumerate(cols))
         con.execute(f"INSERT INTO {_q(table)} ({', '.join(_q(c.name) for c in cols)}) "
                     f"SELECT {casts} FROM {reader}", [spool.name])
@@ -411,6 +415,8 @@ class CheckinReport:
 
 def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
     """Write what changed in the file's state to PostgreSQL and advance the generation (the lock is held)."""
+    import duckdb
+
     ensure_catalog(pg)
     db = database_id(pg)
     meta = _local_meta(con)
@@ -473,11 +479,11 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
     target = f"{_q(schema)}.{_q(obj.name)}"
     columns = _columns_text(obj.columns)
     hashes = _hash_table(obj.name)
-    if recorded is None or recorded[1] != obj.ddl or recorded[2] != columns:
+    new = recorded is None or recorded[1] != obj.ddl or recorded[2] != columns
+    if new:
         pg.execute(f"DROP TABLE IF EXISTS {target}")
         defs = ", ".join(f"{_q(c.name)} {pg_type(c.type)}" for c in obj.columns)
         pg.execute(f"CREATE TABLE {target} ({defs}, _h bigint NOT NULL)")
-        pg.execute(f"CREATE INDEX ON {target} (_h)")
         con.execute(f"CREATE OR REPLACE TABLE {hashes} (h BIGINT, n BIGINT)")
     elif "h_" + obj.name not in hashed:
         raise SharedStateError(f"the file lacks the record of what PostgreSQL holds of {obj.name!r}")
@@ -491,20 +497,25 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
     if changed == 0 and recorded is not None and recorded[1] == obj.ddl and recorded[2] == columns:
         con.execute("DROP TABLE _delta")
         return False
+    before = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
+    deleted = written = 0
     if changed:
         if old_rows:
-            pg.execute("CREATE TEMP TABLE IF NOT EXISTS _gone (h bigint) ON COMMIT DROP")
-            with pg.cursor().copy("COPY _gone FROM STDIN") as copy:
-                for (h,) in con.execute("SELECT h FROM _delta WHERE old_n > 0").fetchall():
-                    copy.write_row((h,))
-            gone = pg.execute(f"DELETE FROM {target} t USING _gone g WHERE t._h = g.h")
-            report.rows_deleted += gone.rowcount
-            pg.execute("DROP TABLE _gone")
-        report.rows_written += _copy_in(pg, con, target, obj)
+            gone = [h for (h,) in con.execute("SELECT h FROM _delta WHERE old_n > 0").fetchall()]
+            deleted = pg.execute(f"DELETE FROM {target} WHERE _h = ANY(%s)", [gone]).rowcount
+        written = _copy_in(pg, con, target, obj)
         con.execute(f"DELETE FROM {hashes} WHERE h IN (SELECT h FROM _delta)")
         con.execute(f"INSERT INTO {hashes} SELECT h, now_n FROM _delta WHERE now_n > 0")
         report.tables_changed += 1
+        report.rows_deleted += deleted
+        report.rows_written += written
+    if new:  # indexed after its first load: one sort, not a random insert per row
+        pg.execute(f"CREATE INDEX ON {target} (_h)")
     rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
+    if deleted + written > max(1_000, before // 10):
+        # The planner's statistics, so the next DELETE by hash uses the index: a server whose autovacuum is
+        # off or behind would otherwise plan it as a scan of the whole table (seconds at 1M rows).
+        pg.execute(f"ANALYZE {target}")
     _record(pg, sync, obj, columns=columns, rows=rows)
     con.execute("DROP TABLE _delta")
     return True
