@@ -388,16 +388,19 @@ def _copy_out(pg, con: duckdb.DuckDBPyConnection, schema: str, table: str, cols:
         for block in copy:
             spool.write(block)
     try:
-        fields = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(cols) + 1))
+        # Scalars parsed as their own types (PostgreSQL's text of them is DuckDB's too); the rest as the text
+        # they are kept as, cast back.
+        types = [c.type if c.scalar else "VARCHAR" for c in cols] + ["BIGINT"]
+        fields = ", ".join(f"'c{i}': '{kind}'" for i, kind in enumerate(types))
         # Rows up to 4 MiB (a Segment message is at most 32 KB), read 8 MiB at a time: a bigger buffer is held
         # whole in memory, past the file's memory limit at a million rows.
         reader = ("read_csv(?, header = false, auto_detect = false, delim = ',', quote = '\"', "
                   "escape = '\"', allow_quoted_nulls = false, max_line_size = 4194304, "
                   f"buffer_size = 8388608, columns = {{{fields}}})")
-        casts = ", ".join(f"c{i}::{c.type}" for i, c in enumerate(cols))
+        casts = ", ".join(f"c{i}" if c.scalar else f"c{i}::{c.type}" for i, c in enumerate(cols))
         con.execute(f"INSERT INTO {_q(table)} ({', '.join(_q(c.name) for c in cols)}) "
                     f"SELECT {casts} FROM {reader}", [spool.name])
-        con.execute(f"CREATE OR REPLACE TABLE {_hash_table(table)} AS SELECT c{len(cols)}::BIGINT AS h, "
+        con.execute(f"CREATE OR REPLACE TABLE {_hash_table(table)} AS SELECT c{len(cols)} AS h, "
                     f"count(*)::BIGINT AS n FROM {reader} GROUP BY ALL", [spool.name])
     finally:
         os.unlink(spool.name)
