@@ -365,3 +365,13 @@ def test_a_delivery_killed_on_one_machine_is_finished_on_another_resending_only_
         assert 0 < again <= 4 * per_batch
     else:  # never checked in before the kill: all eight batches were sent again
         assert again == 8 * per_batch
+
+
+def test_a_database_of_a_newer_release_is_refused(tmp_path, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        Ledger(con).add_planned(SYNC, messages(1))
+    with psycopg.connect(state_url, autocommit=True) as pg:
+        pg.execute("INSERT INTO segment_ops_state.layout VALUES (%s)", [pgstate.LAYOUT_VERSION + 1])
+    with pytest.raises(pgstate.SharedStateError, match="newer than this release's 1: upgrade segment_ops"), \
+            store.staging(home_file(tmp_path, "b")):
+        pass
