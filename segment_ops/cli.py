@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import uuid
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING
 from segment_ops.config import HomeConflictError, Settings, load_settings
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
+    import duckdb
+
     from segment_ops.engine.transfer import TransferReport
     from segment_ops.syncs.replay.reader import ReplayResult
 
@@ -90,7 +93,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
     from segment_ops.engine.ledger import Ledger
-    from segment_ops.engine.store import StagingLockedError, connect
+    from segment_ops.engine.store import StagingLockedError, staging
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
     settings = load_settings()
@@ -104,29 +107,34 @@ def _run_replay(args: argparse.Namespace) -> int:
             max_connections=args.max_in_flight)
 
     ledger_file = settings.home / "staging" / "replay.duckdb"
+
+    def session(wait: float) -> tuple[contextlib.ExitStack, duckdb.DuckDBPyConnection]:
+        # A session as a run's: with SEGMENT_OPS_STATE_URL, under the sync's lock in PostgreSQL, checked in.
+        stack = contextlib.ExitStack()
+        return stack, stack.enter_context(staging(ledger_file, lock_timeout=wait))
+
     try:
-        con = connect(ledger_file, lock_timeout=0)
+        stack, con = session(0)
     except StagingLockedError:
         print(f"another replay holds {ledger_file}; waiting up to {args.wait:.0f}s for it to finish",
               file=sys.stderr)
         try:
-            con = connect(ledger_file, lock_timeout=args.wait)
+            stack, con = session(args.wait)
         except StagingLockedError:
             print(f"error: another replay (a `replay_job` run in Dagster, or another `segment-ops replay`) "
                   f"still holds {ledger_file} after {args.wait:.0f}s; nothing was sent. Run again when it "
                   "has finished, or with a longer --wait.", file=sys.stderr)
             return 2
-    try:
-        result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
-                             force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight)
-    except ReplayInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (DeliveryError, VendorError) as exc:  # undeliverable, or e.g. a wrong write key
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        con.close()
+    with stack:
+        try:
+            result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                 force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight)
+        except ReplayInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (DeliveryError, VendorError) as exc:  # undeliverable, or e.g. a wrong write key
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     _print_replay(result, dry_run=args.dry_run)
     return 0 if result.ok else 1
 

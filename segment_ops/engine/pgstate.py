@@ -429,12 +429,14 @@ def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
                                "checked out under the sync's lock): nothing was checked in")
     schema = entry[0] if entry is not None else pg_schema(sync)
     generation = entry[1] if entry is not None else 0
-    objects = local_objects(con)
     recorded = {r[0]: r[1:] for r in pg.execute(f"SELECT name, kind, ddl, columns FROM "
                                                 f"{CATALOG}.objects WHERE sync = %s", [sync]).fetchall()}
     report = CheckinReport(generation)
     con.execute("BEGIN")
     try:
+        # Read in the transaction: a sequence is not transactional, so its position read now is at least
+        # every id the rows of this snapshot hold (another cursor may have taken more: those are skipped).
+        objects = local_objects(con)
         _make_local_catalog(con)
         with pg.transaction():
             if entry is None:

@@ -375,3 +375,38 @@ def test_a_database_of_a_newer_release_is_refused(tmp_path, state_url):
     with pytest.raises(pgstate.SharedStateError, match="newer than this release's 1: upgrade segment_ops"), \
             store.staging(home_file(tmp_path, "b")):
         pass
+
+
+def test_a_checkin_racing_another_cursors_outcomes_never_hands_out_an_id_twice(tmp_path, monkeypatch,
+                                                                                state_url):
+    """A sequence is not transactional: another cursor (a forced replay's planner beside its delivery) may
+    log outcomes while a checkpoint checks in. If the worker is then killed, the position checked in must
+    still cover every id checked in, or the next worker hands one out again."""
+    path = home_file(tmp_path, "a")
+    with store.staging(path) as con:
+        ledger = Ledger(con)
+        ledger.add_planned(SYNC, messages(12))
+        deliver(ledger, limit=6)
+    con = store.connect(path)  # the file alone: only the check-in below reaches the database
+    other = con.cursor()
+    listing = pgstate.local_objects
+
+    def racing(c):  # the other cursor commits right after the check-in has read the sequence
+        found = listing(c)
+        Ledger(other, create=False).log_outcomes(SYNC, [(seq, DELIVERED, 1, None) for seq in range(7, 13)])
+        return found
+
+    monkeypatch.setattr(pgstate, "local_objects", racing)
+    with psycopg.connect(state_url, autocommit=True) as pg:
+        pgstate.acquire(pg, SYNC, shared=False, timeout=5)
+        pgstate.checkin(pg, SYNC, con)
+    monkeypatch.setattr(pgstate, "local_objects", listing)
+    other.close()
+    con.close()  # killed before another check-in
+
+    with store.staging(home_file(tmp_path, "b")) as con:
+        ledger = Ledger(con)
+        ledger.add_planned(SYNC, messages(1, start=12))
+        deliver(ledger)
+        ids = con.execute("SELECT count(*), count(DISTINCT id) FROM outcomes").fetchone()
+    assert ids[0] == ids[1]
