@@ -9,7 +9,9 @@
   overlapping backfills, re-runs) forwards only what is new, and a failed delivery stays pending for the
   next run. Both steps hold the staging file (pool `staging_audit_trail`), so two runs never deliver
   the same pending message at once. Neither SIEM deduplicates, so each batch's outcome is recorded as
-  soon as it is known: a killed run re-sends only the batches that were on the wire.
+  soon as it is known: a killed run re-sends only the batches that were on the wire, when the next run
+  has its home. With the state in PostgreSQL, a next run on another machine re-sends what the killed one
+  sent after its last check-in (`SEGMENT_OPS_STATE_CHECKPOINT_SECONDS`); lower it for a SIEM.
 - With HEC indexer ack on, a batch HEC took is "awaiting ack" (its channel, ackId and a send id in the
   ledger), not delivered, and is not sent again. Each run first polls the acks earlier runs left (each
   on its own channel: the one kept in `hec_channel`, or `SPLUNK_HEC_CHANNEL`), then sends, then polls for
