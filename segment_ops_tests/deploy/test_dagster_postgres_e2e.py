@@ -16,6 +16,7 @@ import pytest
 from segment_ops.sandbox.app import SandboxConfig
 from segment_ops.sandbox.server import start_sandbox
 from segment_ops.syncs.audit_trail.defs import FORWARD_KEY, PULL_KEY, audit_events_sensor, complete_hours
+from segment_ops.syncs.audit_trail.defs import STAGING_SYNC as AUDIT_STAGING_SYNC
 from segment_ops.syncs.reverse_etl.defs import JOB_NAME as REVERSE_ETL_JOB
 from segment_ops_tests.conftest import fresh_state_database
 from segment_ops_tests.ops.conftest import (
@@ -70,10 +71,11 @@ def dagster_on_postgres(database: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 def pg_env(database: str) -> dict[str, str]:
-    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for `database` on this machine's server."""
+    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for `database` on this machine's server, and
+    segment_ops's own state in the same database (SEGMENT_OPS_STATE_URL)."""
     return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432",
             "DAGSTER_PG_DB": database.rsplit("/", 1)[1], "DAGSTER_PG_USERNAME": "postgres",
-            "DAGSTER_PG_PASSWORD": ""}
+            "DAGSTER_PG_PASSWORD": "", "SEGMENT_OPS_STATE_URL": database}
 
 
 def rows(database: str, query: str, *params: object) -> list[tuple]:
@@ -136,3 +138,13 @@ def test_the_sensors_tick_and_their_ticks_are_stored_in_postgresql(dagster_on_po
                                 "WHERE t.type = 'SENSOR' AND i.instigator_body LIKE %s",
                       f'%"{audit_events_sensor.name}"%')
     assert ticks >= 1
+
+
+def test_the_runs_state_is_in_postgresql_too(dagster_on_postgres: DagsterDev, database: str):
+    """The reverse-ETL run and the backfill above checked their syncs' state in: a run on another machine,
+    with an empty SEGMENT_OPS_HOME, would find their ledgers there."""
+    syncs = dict(rows(database, "SELECT sync, generation FROM segment_ops_state.syncs"))
+    assert syncs.get(AUDIT_STAGING_SYNC, 0) >= 1
+    [(delivered,)] = rows(database, "SELECT sum(rows) FROM segment_ops_state.objects WHERE name = 'outcomes'")
+    assert delivered >= 1
+    assert len(syncs) >= 2  # the audit trail and at least one reverse-ETL model
