@@ -7,9 +7,10 @@ the store, and `state_schema_versions`) lives in PostgreSQL, one schema per sync
 1. takes the sync's PostgreSQL advisory lock (exclusive to write, shared to read), so one sync never runs on
    two machines at once while different syncs run in parallel. PostgreSQL drops the lock with the session,
    so a killed worker frees it: its state is what it last checked in;
-2. checks out: when the file is not at the generation PostgreSQL holds (a fresh pod, or another machine ran
-   the sync since), it is rebuilt from PostgreSQL (`COPY ... TO STDOUT`, read by DuckDB) beside itself and
-   renamed into place; a file at that generation is used as it is;
+2. checks out: when the file is not the copy of PostgreSQL's last check-in (a random token, new at each
+   check-in that changed something, says which; a fresh pod, or another machine ran the sync since), it is
+   rebuilt from PostgreSQL (`COPY ... TO STDOUT`, read by DuckDB) beside itself and renamed into place; a
+   file holding that token is used as it is;
 3. runs the sync against the file, DuckDB doing the work;
 4. checks in: for each state table, the rows whose content hash (`hash(...)` of every column) is not in
    what PostgreSQL holds are written (`COPY ... FROM STDIN`) and those no longer in the file are deleted,
@@ -38,6 +39,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,16 +77,42 @@ def state_url() -> str | None:
     return os.environ.get(STATE_URL) or None
 
 
+_SANE_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+_SANE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def redacted(url: str) -> str:
-    """Where `url` points (host, port, database, user), never its password; for messages."""
+    """Where `url` points, for messages: host, port and database, and only when each looks like one (a
+    password with an unescaped `@` or `/` would otherwise be read as part of the host or the database)."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
         parts = conninfo_to_dict(url)
     except Exception:  # noqa: BLE001 (whatever psycopg says of it may quote the value)
         return "(a value that is no PostgreSQL URL)"
-    where = f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
-    return f"postgresql://{parts['user']}@{where}" if parts.get("user") else f"postgresql://{where}"
+    host, port, name = (str(parts.get(k, d)) for k, d in (("host", "localhost"), ("port", 5432),
+                                                              ("dbname", "")))
+    if not (_SANE_HOST.fullmatch(host) and port.isdigit() and (not name or _SANE_NAME.fullmatch(name))):
+        return "(a URL that cannot be told apart safely: percent-encode the password's special characters)"
+    return f"postgresql://{host}:{port}/{name}"
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` (a driver's message) without anything of `url` that may be secret: its password as parsed,
+    and everything between the user and the last `@`, however the URL was (mis)written."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    secrets = []
+    try:
+        if password := conninfo_to_dict(url).get("password"):
+            secrets.append(str(password))
+    except Exception:  # noqa: BLE001
+        pass
+    if m := re.match(r"[a-z]+://[^:@/]*:(.*)@[^@]*$", url):
+        secrets.append(m.group(1))
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def pg_type(duckdb_type: str) -> str:
@@ -174,13 +202,13 @@ def _hash_table(table: str) -> str:
     return f"{LOCAL}.{_q('h_' + table)}"
 
 
-def _local_meta(con: duckdb.DuckDBPyConnection) -> tuple[str, int] | None:
-    """(database id, generation) the file is a cache of; None: never checked in."""
+def _local_meta(con: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
+    """(database id, token) of the check-in the file is a cache of; None: never checked in."""
     exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'meta' "
                          "AND database_name = current_database()", [LOCAL]).fetchone()[0]
     if not exists:
         return None
-    row = con.execute(f"SELECT database_id, generation FROM {LOCAL}.meta").fetchone()
+    row = con.execute(f"SELECT database_id, token FROM {LOCAL}.meta").fetchone()
     return None if row is None else (row[0], row[1])
 
 
@@ -198,6 +226,8 @@ CREATE TABLE IF NOT EXISTS {CATALOG}.syncs (
     sync        text PRIMARY KEY,
     pg_schema   text NOT NULL UNIQUE,
     generation  bigint NOT NULL,
+    token       text NOT NULL,           -- random, new at each check-in that changed something: a file is
+                                         -- current only when it holds this token (generations can repeat)
     duckdb      text NOT NULL,          -- the DuckDB version that checked in last (row hashes are its)
     updated_at  timestamptz NOT NULL,
     updated_by  text NOT NULL            -- host and process
@@ -222,15 +252,23 @@ def connect_pg(url: str):  # -> psycopg.Connection
         con = psycopg.connect(url, autocommit=True, keepalives=1, keepalives_idle=20, keepalives_interval=5,
                               keepalives_count=4, connect_timeout=10,
                               application_name=f"segment_ops {socket.gethostname()}:{os.getpid()}"[:63])
-    except psycopg.OperationalError as exc:  # the server's or the network's answer: no password in it
+    except psycopg.OperationalError as exc:  # the server's or the network's answer, scrubbed all the same
+        where = redacted(url)
+        if not where.startswith("postgresql://"):  # parsed into odd parts: the driver's words may hold them
+            raise SharedStateError(f"cannot reach the state database {where} ({STATE_URL})") from None
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SharedStateError(f"cannot reach the state database {redacted(url)} ({STATE_URL}): "
-                               f"{why}") from None
+        raise SharedStateError(f"cannot reach the state database {where} ({STATE_URL}): "
+                               f"{_scrub(why, url)}") from None
     except psycopg.Error:  # a malformed value: psycopg's message may quote it
         raise SharedStateError(f"{STATE_URL} is no PostgreSQL URL (postgresql://user:password@host:5432/db)"
                                ) from None
     con.execute("SET TIME ZONE 'UTC'")
     con.execute("SET DateStyle = 'ISO'")
+    # The server's side too: it holds the sync's lock until it notices the session is gone, by default two
+    # hours after a worker's machine vanished. (No effect over a Unix socket, where nothing can vanish.)
+    for setting, value in (("tcp_keepalives_idle", 20), ("tcp_keepalives_interval", 5),
+                           ("tcp_keepalives_count", 4), ("tcp_user_timeout", 40_000)):
+        con.execute(f"SET {setting} = {value}")
     return con
 
 
@@ -296,8 +334,9 @@ def release(pg, sync: str, *, shared: bool) -> None:
     pg.execute(f"SELECT {fn}(%s, %s)", [_LOCK_CLASS, _lock_key(sync)])
 
 
-def _entry(pg, sync: str) -> tuple[str, int] | None:
-    return pg.execute(f"SELECT pg_schema, generation FROM {CATALOG}.syncs WHERE sync = %s", [sync]).fetchone()
+def _entry(pg, sync: str) -> tuple[str, int, str] | None:
+    return pg.execute(f"SELECT pg_schema, generation, token FROM {CATALOG}.syncs WHERE sync = %s",
+                      [sync]).fetchone()
 
 
 def known_syncs(pg) -> list[str]:
@@ -335,7 +374,7 @@ def checkout(pg, sync: str, path: Path, connect, *, read_only: bool) -> duckdb.D
         if con is not None:
             con.close()
         raise SharedStateError(problem)
-    if entry is None or (meta is not None and meta[1] == entry[1]):
+    if entry is None or (meta is not None and meta[1] == entry[2]):
         # Current; or nothing shared yet: the file (empty, or made by the embedded default) is adopted at
         # check-in.
         return con if con is not None else connect(path, read_only=read_only)
@@ -345,13 +384,13 @@ def checkout(pg, sync: str, path: Path, connect, *, read_only: bool) -> duckdb.D
     return connect(path, read_only=read_only)
 
 
-def _rebuild(pg, sync: str, entry: tuple[str, int], db: str, path: Path) -> None:
+def _rebuild(pg, sync: str, entry: tuple[str, int, str], db: str, path: Path) -> None:
     from segment_ops.engine import store
 
-    schema, generation = entry
+    schema, _, token = entry
     objects = pg.execute(f"SELECT name, kind, ddl, columns FROM {CATALOG}.objects WHERE sync = %s",
                          [sync]).fetchall()
-    building = path.with_name(f".{path.name}.checkout-{os.getpid()}")
+    building = path.with_name(f".{path.name}.checkout-{uuid.uuid4().hex[:12]}")
 
     def fill(con: duckdb.DuckDBPyConnection) -> None:
         _make_local_catalog(con)
@@ -360,7 +399,7 @@ def _rebuild(pg, sync: str, entry: tuple[str, int], db: str, path: Path) -> None
             con.execute(ddl)  # a sequence's says where it stands (START is its next value)
             if kind == "table":
                 _copy_out(pg, con, schema, name, _parse_columns(columns))
-        con.execute(f"INSERT INTO {LOCAL}.meta VALUES (?, ?)", [db, generation])
+        con.execute(f"INSERT INTO {LOCAL}.meta VALUES (?, ?)", [db, token])
 
     store.build_file(building, fill)
     store.put_in_place(building, path)
@@ -369,7 +408,7 @@ def _rebuild(pg, sync: str, entry: tuple[str, int], db: str, path: Path) -> None
 def _make_local_catalog(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {LOCAL}")
     con.execute(f"CREATE TABLE IF NOT EXISTS {LOCAL}.meta (database_id VARCHAR NOT NULL, "
-                "generation BIGINT NOT NULL)")
+                "token VARCHAR NOT NULL)")
 
 
 def _columns_text(columns: tuple[Column, ...]) -> str:
@@ -424,11 +463,11 @@ def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
     db = database_id(pg)
     meta = _local_meta(con)
     entry = _entry(pg, sync)
-    if entry is not None and (meta is None or meta != (db, entry[1])):
+    if entry is not None and (meta is None or meta != (db, entry[2])):
         raise SharedStateError(f"{sync!r}: the file is not at the state database's generation (it was not "
                                "checked out under the sync's lock): nothing was checked in")
     schema = entry[0] if entry is not None else pg_schema(sync)
-    generation = entry[1] if entry is not None else 0
+    generation, token = (entry[1], entry[2]) if entry is not None else (0, uuid.uuid4().hex)
     recorded = {r[0]: r[1:] for r in pg.execute(f"SELECT name, kind, ddl, columns FROM "
                                                 f"{CATALOG}.objects WHERE sync = %s", [sync]).fetchall()}
     report = CheckinReport(generation)
@@ -441,10 +480,12 @@ def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
         with pg.transaction():
             if entry is None:
                 pg.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}")
-                pg.execute(f"INSERT INTO {CATALOG}.syncs VALUES (%s, %s, 0, %s, now(), %s)",
-                           [sync, schema, duckdb.__version__, _who()])
+                pg.execute(f"INSERT INTO {CATALOG}.syncs VALUES (%s, %s, 0, %s, %s, now(), %s)",
+                           [sync, schema, token, duckdb.__version__, _who()])
             changed = False
-            for name in recorded.keys() - objects.keys():  # dropped from the file
+            # Dropped from the file; never a name this process does not know (it may not have imported the
+            # module that registers it).
+            for name in (recorded.keys() - objects.keys()) & state_names():
                 pg.execute(f"DROP TABLE IF EXISTS {_q(schema)}.{_q(name)}")
                 pg.execute(f"DELETE FROM {CATALOG}.objects WHERE sync = %s AND name = %s", [sync, name])
                 changed = True
@@ -455,12 +496,12 @@ def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
                 changed |= _check_in_object(pg, con, sync, schema, obj, recorded.get(obj.name), report,
                                             hashed)
             if changed:
-                report.generation = generation + 1
-                pg.execute(f"UPDATE {CATALOG}.syncs SET generation = %s, duckdb = %s, updated_at = now(), "
-                           "updated_by = %s WHERE sync = %s",
-                           [report.generation, duckdb.__version__, _who(), sync])
+                report.generation, token = generation + 1, uuid.uuid4().hex
+                pg.execute(f"UPDATE {CATALOG}.syncs SET generation = %s, token = %s, duckdb = %s, "
+                           "updated_at = now(), updated_by = %s WHERE sync = %s",
+                           [report.generation, token, duckdb.__version__, _who(), sync])
             con.execute(f"DELETE FROM {LOCAL}.meta")
-            con.execute(f"INSERT INTO {LOCAL}.meta VALUES (?, ?)", [db, report.generation])
+            con.execute(f"INSERT INTO {LOCAL}.meta VALUES (?, ?)", [db, token])
         # PostgreSQL committed: the file follows. Should the process die here, the file's generation is
         # behind the database's and the next session rebuilds it, so nothing is lost or counted twice.
         con.execute("COMMIT")
@@ -528,7 +569,7 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
 
 def _copy_in(pg, con, target: str, obj: Obj) -> int:
     """The file's rows of `obj` whose hash changed, into PostgreSQL; returns how many."""
-    exprs = [_q(c.name) if c.scalar else f"{_q(c.name)}::VARCHAR" for c in obj.columns]
+    exprs = [_pg_text(c) for c in obj.columns]
     names = ", ".join([_q(c.name) for c in obj.columns] + ["_h"])
     with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as spool:
         pass  # a name for DuckDB's COPY to write to
@@ -543,6 +584,15 @@ def _copy_in(pg, con, target: str, obj: Obj) -> int:
         return int(con.execute("SELECT coalesce(sum(now_n), 0) FROM _delta").fetchone()[0])
     finally:
         os.unlink(spool.name)
+
+
+def _pg_text(column: Column) -> str:
+    """The DuckDB expression whose CSV text PostgreSQL takes for `column`. PostgreSQL's text cannot hold
+    NUL, so a NUL in a string becomes U+FFFD there: such a row comes back changed (and is checked in again
+    with each session) instead of stopping every check-in of its sync."""
+    if column.type == "VARCHAR":
+        return f"replace({_q(column.name)}, chr(0), '\ufffd')"
+    return _q(column.name) if column.scalar else f"replace({_q(column.name)}::VARCHAR, chr(0), '\ufffd')"
 
 
 def _sql_path(path: str) -> str:
@@ -605,7 +655,7 @@ def session(url: str, sync: str, path: Path, connect, *, shared: bool,
     Within a session of this process for the same file, an inner one joins it (None: the lock is held, the
     file current; the outer one checks in). The inner one of a shared session must be shared too: an
     exclusive session inside a shared one of the same process would wait for itself."""
-    key = (url, str(Path(path).resolve()))
+    key = (url, str(Path(path).resolve()), threading.get_ident())  # another thread waits for the lock
     with _GUARD:
         joined = _SESSIONS.get(key)
     if joined is not None:

@@ -17,7 +17,7 @@ import pytest
 
 import segment_ops.definitions  # noqa: F401  (registers every sync's state schemas, as a run does)
 from segment_ops.engine import pgstate, store
-from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage
+from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage, Rejection
 from segment_ops_tests.conftest import fresh_state_database
 
 pytestmark = pytest.mark.postgres
@@ -226,18 +226,20 @@ def test_the_password_never_reaches_a_message(monkeypatch, tmp_path):
     with pytest.raises(pgstate.SharedStateError) as caught, store.staging(home_file(tmp_path, "a")):
         pass
     assert "hunter2" not in str(caught.value)
-    assert "postgresql://someone@127.0.0.1:1/nowhere" in str(caught.value)
+    assert "cannot reach the state database postgresql://127.0.0.1:1/nowhere" in str(caught.value)
 
 
 @pytest.mark.parametrize("value, message", [
     ("host=db password=hunter2 x", "SEGMENT_OPS_STATE_URL is no PostgreSQL URL"),
-    ("postgresql://u:hunter2@db:notaport/x", "cannot reach the state database postgresql://u@db:notaport/x"),
+    ("postgresql://u:hunter2@db:notaport/x", "percent-encode the password's special characters"),
+    ("postgresql://postgres:hun@ter2@127.0.0.1:1/x", "percent-encode the password's special characters"),
+    ("postgresql://postgres:ab/hunter2@127.0.0.1:1/x", "percent-encode the password's special characters"),
 ])
 def test_a_malformed_url_is_named_without_its_password(monkeypatch, tmp_path, value, message):
     monkeypatch.setenv(pgstate.STATE_URL, value)
     with pytest.raises(pgstate.SharedStateError) as caught, store.staging(home_file(tmp_path, "a")):
         pass
-    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "ter2" not in str(caught.value)
     assert message in str(caught.value)
 
 
@@ -410,3 +412,66 @@ def test_a_checkin_racing_another_cursors_outcomes_never_hands_out_an_id_twice(t
         deliver(ledger)
         ids = con.execute("SELECT count(*), count(DISTINCT id) FROM outcomes").fetchone()
     assert ids[0] == ids[1]
+
+
+def test_a_file_of_a_sync_the_database_dropped_and_made_again_is_not_taken_for_current(tmp_path, state_url):
+    """Generations restart with a sync made again (or a database restored): the check-in's token tells."""
+    with store.staging(home_file(tmp_path, "a")) as con:
+        Ledger(con).add_planned(SYNC, messages(5))
+    with psycopg.connect(state_url, autocommit=True) as pg:
+        schema = pg.execute("DELETE FROM segment_ops_state.syncs WHERE sync = %s RETURNING pg_schema",
+                            [SYNC]).fetchone()[0]
+        pg.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with store.staging(home_file(tmp_path, "b")) as con:
+        Ledger(con).add_planned(SYNC, messages(3, start=100))  # the sync's new history, at generation 1 too
+    with store.staging(home_file(tmp_path, "a")) as con:
+        ids = [r[0] for r in con.execute("SELECT message_id FROM planned_messages ORDER BY seq").fetchall()]
+    assert ids == ["m100", "m101", "m102"]
+
+
+def test_a_process_that_does_not_know_a_state_table_leaves_it_alone(tmp_path, monkeypatch, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        store.ensure(con, store.schema_named("diff"))
+        con.execute("INSERT INTO rev_state VALUES (7)")
+        Ledger(con).add_planned(SYNC, messages(1))
+    known = pgstate.state_names()
+    monkeypatch.setattr(pgstate, "state_names", lambda: known - {"rev_state", "rev_snapshot", "rev_changes",
+                                                                  "rev_superseded"})
+    with store.staging(home_file(tmp_path, "b")) as con:  # a script that imported the ledger alone
+        Ledger(con).add_planned(SYNC, messages(1, start=1))
+    monkeypatch.undo()
+    monkeypatch.setenv(pgstate.STATE_URL, state_url)
+    with store.staging(home_file(tmp_path, "c")) as con:
+        assert con.execute("SELECT generation FROM rev_state").fetchall() == [(7,)]
+
+
+def test_a_nul_in_a_string_is_kept_as_u_fffd_instead_of_stopping_every_checkin(tmp_path, state_url):
+    with store.staging(home_file(tmp_path, "a")) as con:
+        Ledger(con).add_rejections(SYNC, [Rejection("k", "file:1", "unreadable line", "a\x00b")])
+    with store.staging(home_file(tmp_path, "b")) as con:
+        assert con.execute("SELECT record FROM rejected").fetchall() == [("a\ufffdb",)]
+
+
+def test_a_second_thread_of_one_process_waits_for_the_first_ones_session(tmp_path, state_url):
+    import threading
+
+    holding, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with store.staging(home_file(tmp_path, "a")) as con:
+            Ledger(con).add_planned(SYNC, messages(2))
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(store.StagingLockedError), \
+                store.staging(home_file(tmp_path, "a"), lock_timeout=0.3):
+            pass
+    finally:
+        release.set()
+        thread.join()
+    with store.staging(home_file(tmp_path, "a")) as con:
+        assert Ledger(con).counts(SYNC).pending == 2
