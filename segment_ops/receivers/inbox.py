@@ -10,8 +10,8 @@ without a shared disk: an item is written first to the table `segment_ops_state.
 makes the first copy win across machines, and committed before the receiver answers; moving a batch into
 the archive and pruning it happen there as well. Each machine's folder is then a copy, brought to the
 table's content by `pull` before it is read (items written, items moved or pruned elsewhere removed, each
-file's time the item's), so everything above that reads files works unchanged. The first `pull` of an inbox
-the table never held uploads the folder as it is (moving an existing home).
+file's time the item's), so everything above that reads files works unchanged. A folder's first `pull`
+uploads the items it held before the setting (moving existing homes, whichever machine comes first).
 """
 
 from __future__ import annotations
@@ -297,6 +297,7 @@ def fsync_dir(folder: Path) -> None:
 # --- an inbox shared through PostgreSQL (SEGMENT_OPS_STATE_URL) ---------------------------------------------
 
 _SHARED_ROOTS: dict[Path, str] = {}  # a shared inbox's folder (resolved) -> its name in the table
+_NOTHING_TO_ADOPT: set[Path] = set()  # shared folders that held no item when they were shared
 _PG = threading.local()
 _FILES = f"{CATALOG}.inbox_files"  # beside pgstate's catalog, in the state database
 _DDL = f"""
@@ -307,7 +308,6 @@ CREATE TABLE IF NOT EXISTS {_FILES} (
     stored_at timestamptz NOT NULL,
     PRIMARY KEY (inbox, path)
 );
-CREATE TABLE IF NOT EXISTS {CATALOG}.inbox_roots (inbox text PRIMARY KEY, adopted_at timestamptz);
 """
 
 
@@ -318,7 +318,10 @@ def share(root: Path) -> bool:
 
     if pgstate.state_url() is None:
         return False
-    _SHARED_ROOTS[Path(root).resolve()] = Path(root).name
+    resolved = Path(root).resolve()
+    _SHARED_ROOTS[resolved] = Path(root).name
+    if not any(name for _, _, names in os.walk(resolved) for name in names if not name.startswith(".")):
+        _NOTHING_TO_ADOPT.add(resolved)  # whatever it holds later came from the table
     return True
 
 
@@ -326,7 +329,7 @@ def _shared(path: Path) -> tuple[Path, str] | None:
     """(root, path relative to it) when `path` lies in a shared inbox."""
     if not _SHARED_ROOTS:
         return None
-    resolved = Path(os.path.abspath(path))
+    resolved = Path(path).resolve()  # as `share` keeps the roots: a home reached by a symlink is the same
     for root in _SHARED_ROOTS:
         if resolved == root or root in resolved.parents:
             return root, _relative(root, resolved)
@@ -334,7 +337,7 @@ def _shared(path: Path) -> tuple[Path, str] | None:
 
 
 def _relative(root: Path, path: Path) -> str:
-    return Path(os.path.abspath(path)).relative_to(root).as_posix()
+    return Path(path).resolve().relative_to(root).as_posix()
 
 
 def _pg():
@@ -362,6 +365,12 @@ def _pg():
     return con
 
 
+def _database_key(pg) -> str:
+    from segment_ops.engine import pgstate
+
+    return hashlib.blake2b(pgstate.database_id(pg).encode(), digest_size=8).hexdigest()
+
+
 def _batch_lock(pg, inbox: str, batch: str) -> None:
     """Serialize writes into a batch with its move: an item never lands in a batch archived meanwhile."""
     pg.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"segment_ops inbox {inbox}/{batch}"])
@@ -369,7 +378,8 @@ def _batch_lock(pg, inbox: str, batch: str) -> None:
 
 def _shared_write_once(root: Path, relative: str, data: bytes) -> bytes | None:
     """Store the item unless it is stored already; returns the stored copy (`data` itself when this call
-    stored it), or None when its batch was archived meanwhile (the caller answers from the archive)."""
+    stored it), or None when its batch was archived meanwhile (the caller finds no file to compare with and
+    fails; the sender's retry is answered from the archive)."""
     import psycopg
 
     inbox, batch = _SHARED_ROOTS[root], relative.split("/", 1)[0]
@@ -432,8 +442,9 @@ def _like(text: str) -> str:
 def pull(root: Path) -> None:
     """Bring the folder of a shared inbox to the table's content (nothing for an inbox not shared): items it
     lacks are written (with the item's time as the file's), files the table no longer holds (moved or pruned
-    on another machine) are removed, and so are folders left empty. The first pull of an inbox the table
-    never held uploads the folder's files first. Raises `InboxError`."""
+    on another machine) are removed, and so are folders left empty. A folder's first pull with this
+    database, unless the folder was empty when shared, uploads its files first (the items it held before the
+    setting; a hidden marker remembers it was done). Raises `InboxError`."""
     import psycopg
 
     where = _shared(root)
@@ -444,13 +455,19 @@ def pull(root: Path) -> None:
              for dirpath, _, names in os.walk(resolved) for name in names if not name.startswith(".")}
     try:
         pg = _pg()
-        with pg.transaction():
-            if pg.execute(f"INSERT INTO {CATALOG}.inbox_roots VALUES (%s, now()) "
-                          "ON CONFLICT DO NOTHING RETURNING 1", [inbox]).fetchone():
-                for relative, path in local.items():  # adopted: the folder's items become the table's
+        # A folder this database never saw (made before the setting: every machine's old inbox, whichever
+        # pulls first) gives the table its items first; after that, a file the table lacks was moved or
+        # pruned elsewhere. The marker names the database, so a folder moved to another one is adopted anew.
+        marker = resolved.parent / f".{resolved.name}.shared-{_database_key(pg)}"  # beside: not an item
+        if not marker.exists() and resolved not in _NOTHING_TO_ADOPT:
+            with pg.transaction():
+                for relative, path in local.items():
                     pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, to_timestamp(%s)) "
                                "ON CONFLICT DO NOTHING",
                                [inbox, relative, path.read_bytes(), path.stat().st_mtime])
+        if not marker.exists():
+            make_dirs(resolved.parent)
+            _write_file(marker, b"")
         held = dict(pg.execute(f"SELECT path, extract(epoch FROM stored_at) FROM {_FILES} WHERE inbox = %s",
                                [inbox]).fetchall())
         missing = sorted(held.keys() - local.keys())

@@ -71,13 +71,26 @@ def test_a_sync_archived_by_a_run_is_answered_from_the_archive_by_every_replica(
     assert archived.done and archived.sync_task_id == "task-3"
 
 
-def test_an_inbox_made_without_the_setting_is_uploaded_by_its_first_reader(tmp_path, monkeypatch, state_url):
+def test_inboxes_made_without_the_setting_are_uploaded_whichever_machine_comes_first(tmp_path, monkeypatch,
+                                                                                    state_url):
     monkeypatch.delenv(pgstate.STATE_URL)
-    assert deliver(replica(tmp_path, "a"), page_body("task-1", 1, 1)).status_code == 200
+    assert deliver(replica(tmp_path, "old"), page_body("task-1", 1, 1)).status_code == 200
+    assert deliver(replica(tmp_path, "old"), page_body("task-2", 1, 1)).status_code == 200
     monkeypatch.setenv(pgstate.STATE_URL, state_url)
 
-    assert [s.sync_task_id for s in Inbox.for_home(tmp_path / "a").syncs()] == ["task-1"]  # adopted
-    assert [s.sync_task_id for s in Inbox.for_home(tmp_path / "b").syncs()] == ["task-1"]
+    # A new replica, on an empty disk, takes a webhook before the old home reads anything (a rolling deploy).
+    assert deliver(replica(tmp_path, "new"), page_body("task-3", 1, 1)).status_code == 200
+
+    pending = ["task-1", "task-2", "task-3"]
+    assert sorted(s.sync_task_id for s in Inbox.for_home(tmp_path / "old").syncs()) == pending  # adopted
+    assert sorted(s.sync_task_id for s in Inbox.for_home(tmp_path / "run").syncs()) == pending
+
+
+def test_a_home_reached_through_a_symlink_is_shared_all_the_same(tmp_path, state_url):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert deliver(replica(tmp_path, "link"), page_body("task-4", 1, 1)).status_code == 200
+    assert [s.sync_task_id for s in Inbox.for_home(tmp_path / "run").syncs()] == ["task-4"]
 
 
 def test_an_item_is_in_the_database_before_the_receiver_answers(tmp_path, state_url):
