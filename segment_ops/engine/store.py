@@ -6,6 +6,7 @@ migrations) and created or migrated by `ensure`; nothing else creates state tabl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -239,6 +240,8 @@ def staging(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
             except BaseException as exc:
                 if own is not None:
                     try:
+                        with contextlib.suppress(duckdb.Error):  # a transaction the body left open
+                            con.execute("ROLLBACK")
                         pgstate.checkin(own.pg, sync, con)
                     except Exception as failed:  # the body's error is the one to see; this one is noted
                         exc.add_note(f"and its state could not be checked in: {failed}")
