@@ -305,7 +305,9 @@ _DATABASE_IDS: dict[str, str] = {}
 def _holder(pg, sync: str) -> str:
     row = pg.execute("SELECT a.application_name, a.client_addr::text, a.backend_start FROM pg_locks l "
                      "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                     "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.granted LIMIT 1",
+                     "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.granted "
+                     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                     "LIMIT 1",
                      [_LOCK_CLASS & 0xFFFFFFFF, _lock_key(sync) & 0xFFFFFFFF]).fetchone()
     if row is None:
         return "another worker"
@@ -323,7 +325,7 @@ def acquire(pg, sync: str, *, shared: bool, timeout: float) -> None:
     while not pg.execute(f"SELECT {fn}(%s, %s)", [_LOCK_CLASS, _lock_key(sync)]).fetchone()[0]:
         if time.monotonic() >= deadline:
             raise StagingLockedError(f"sync {sync!r} is in use by {_holder(pg, sync)}: its state in "
-                                     f"PostgreSQL stayed locked for {timeout:.0f}s; run it again when that "
+                                     f"PostgreSQL stayed locked for {timeout:g}s; run it again when that "
                                      "run has finished")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)

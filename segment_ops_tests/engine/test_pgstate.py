@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
@@ -139,6 +140,12 @@ def hold(path: Path) -> subprocess.Popen[str]:
 def test_one_sync_runs_on_one_machine_at_a_time_and_a_killed_worker_frees_it(tmp_path, state_url):
     with store.staging(home_file(tmp_path, "a")) as con:
         Ledger(con).add_planned(SYNC, messages(3))
+    # The same sync held in another database of the server (another deployment): not this one's holder.
+    elsewhere = ExitStack()
+    other = elsewhere.enter_context(psycopg.connect(elsewhere.enter_context(fresh_state_database("so_else")),
+                                                    autocommit=True))
+    pgstate.acquire(other, SYNC, shared=False, timeout=1)
+    elsewhere.callback(other.close)
     worker = hold(home_file(tmp_path, "b"))
     try:
         with pytest.raises(store.StagingLockedError) as caught, \
@@ -151,6 +158,7 @@ def test_one_sync_runs_on_one_machine_at_a_time_and_a_killed_worker_frees_it(tmp
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+        elsewhere.close()
     started = time.monotonic()
     with store.staging(home_file(tmp_path, "c")) as con:  # PostgreSQL ended the dead session and its lock
         ledger = Ledger(con)
