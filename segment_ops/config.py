@@ -92,6 +92,14 @@ SETTINGS: tuple[Setting, ...] = (
         default="30",
     ),
     Setting(
+        "LEDGER_RETENTION_DAYS",
+        "Days a settled message (delivered, verified, rejected) keeps its payload in the ledger; once a day "
+        "a delivery drops older payloads, keeping every message's id and state (nothing is sent twice) and "
+        "every outcome (delivery health). `0` keeps payloads for ever. A forced re-send takes the payload "
+        "from its input again.",
+        default="90",
+    ),
+    Setting(
         "SEGMENT_OPS_SANDBOX_URL",
         "Base URL of the local vendor sandbox; every unset vendor URL below points into it.",
         default=f"http://127.0.0.1:{DEFAULT_SANDBOX_PORT}",

@@ -47,7 +47,15 @@ from segment_ops.clients.base import (
 )
 from segment_ops.engine import store
 from segment_ops.engine.journal import Journal
-from segment_ops.engine.ledger import AWAITING_ACK, DELIVERED, PENDING, REJECTED, AwaitingReceipt, Ledger
+from segment_ops.engine.ledger import (
+    AWAITING_ACK,
+    DELIVERED,
+    PENDING,
+    REJECTED,
+    AwaitingReceipt,
+    Ledger,
+    retention,
+)
 
 FLUSH_SECONDS = 1.0
 FLUSH_MESSAGES = 20_000
@@ -112,6 +120,7 @@ class DeliveryReport:
     awaiting_ack: int = 0  # taken by the destination, confirmed later (not delivered yet)
     recovered: int = 0  # answers a stopped delivery had received but not logged, logged from its journal
     in_flight_at_stop: int = 0  # on the wire when a delivery stopped, so possibly sent twice: sent again
+    compacted: int = 0  # payloads of long-settled messages dropped after this delivery (`Ledger.compact`)
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         """Two delivery passes of the same sync, as one report."""
@@ -120,7 +129,8 @@ class DeliveryReport:
             self.failed + other.failed, self.retries + other.retries, self.requests + other.requests,
             self.bytes_sent + other.bytes_sent, self.seconds + other.seconds,
             (self.errors + other.errors)[:10], self.awaiting_ack + other.awaiting_ack,
-            self.recovered + other.recovered, self.in_flight_at_stop + other.in_flight_at_stop)
+            self.recovered + other.recovered, self.in_flight_at_stop + other.in_flight_at_stop,
+            self.compacted + other.compacted)
 
     @property
     def messages_per_second(self) -> float:
@@ -218,6 +228,9 @@ def deliver_pending(
         raise
     if journal is not None:
         journal.close(remove=True)  # everything it held is in the ledger
+    # Once a day per sync: what settled more than LEDGER_RETENTION_DAYS ago keeps its id and state, not its
+    # payload, so a ledger's size (and a cold start from PostgreSQL) follows what is recent.
+    report.compacted = ledger.compact_if_due(sync, retention()) or 0
     report.seconds = time.monotonic() - started
     if fatal is not None:
         raise fatal

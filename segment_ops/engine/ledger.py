@@ -7,9 +7,10 @@ state machine (`MessageState`, `TRANSITIONS`) says which outcome may follow whic
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -152,6 +153,16 @@ CREATE TABLE IF NOT EXISTS read_backs (
 );
 """
 
+# One row per compaction of a sync's ledger (`Ledger.compact`): when, up to when, how many payloads dropped.
+_COMPACTIONS = """
+CREATE TABLE IF NOT EXISTS ledger_compactions (
+    sync         VARCHAR NOT NULL,
+    settled_before TIMESTAMPTZ NOT NULL,  -- payloads of messages settled before this were dropped
+    messages     BIGINT NOT NULL,
+    compacted_at TIMESTAMPTZ NOT NULL
+);
+"""
+
 # Append-only tables and a view. Nothing is ever updated in place, which is what DuckDB is fast at and
 # what makes a crash harmless: what a run killed at any point had not yet written here is in its outcome
 # journal (`engine/journal.py`), logged by `Ledger.recover` before anything reads the ledger again; only
@@ -205,6 +216,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     rejected_at TIMESTAMPTZ NOT NULL
 );
 {_READ_BACKS}
+{_COMPACTIONS}
 -- Each planned message with its status (latest outcome, else pending), attempts, last error and
 -- delivery time.
 CREATE VIEW IF NOT EXISTS ledger AS
@@ -233,11 +245,32 @@ GROUP BY w.sync, w.receipt;
 DROP VIEW IF EXISTS ledger;
 """
 
-# Version 3 adds `read_backs` (read-back verification, issue 15).
+# Version 3 adds `read_backs` (read-back verification, issue 15); version 4 `ledger_compactions` (issue 17).
 STATE = store.register(store.StateSchema(
-    name="ledger", version=3, create=_CREATE, migrations={1: _TO_VERSION_2, 2: _READ_BACKS},
+    name="ledger", version=4, create=_CREATE, migrations={1: _TO_VERSION_2, 2: _READ_BACKS, 3: _COMPACTIONS},
     tables=("planned_messages", "outcome_order", "outcomes", "receipts", "receipt_settlements", "rejected",
-            "read_backs", "ledger")))
+            "read_backs", "ledger_compactions", "ledger")))
+
+# The payload of a compacted message (`Ledger.compact`): settled long ago, its body is no longer kept.
+COMPACTED = ""
+# Settled states whose payloads compaction drops: never sent again unless a person forces it, and then the
+# payload comes back from the input (`plan_relation`).
+_COMPACTABLE = (_S.DELIVERED.value, _S.VERIFIED.value, _S.REJECTED.value)
+RETENTION_SETTING = "LEDGER_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 90
+COMPACTION_INTERVAL = timedelta(days=1)
+
+
+class CompactedPayloadError(RuntimeError):
+    """A message to send lost its payload to compaction, and nothing brought it back."""
+
+
+def retention() -> timedelta | None:
+    """LEDGER_RETENTION_DAYS (90 when unset; 0: payloads are kept for ever), or a `ValueError` naming it."""
+    raw = (os.environ.get(RETENTION_SETTING) or str(DEFAULT_RETENTION_DAYS)).strip()
+    if not raw.isdigit() or int(raw) > 36_500:
+        raise ValueError(f"{RETENTION_SETTING} must be a whole number of days from 0 to 36500, not {raw!r}")
+    return timedelta(days=int(raw)) if int(raw) else None
 
 
 @dataclass(frozen=True)
@@ -525,6 +558,15 @@ class Ledger:
                 reset = con.execute("SELECT min(seq), max(seq) FROM outcomes WHERE sync = ? AND id > ?",
                                     [sync, mark]).fetchone()
                 self._check_steps(sync, mark, reset, _LEGAL_OR_RESET_STEPS)
+                # A compacted message sent again takes its payload back from the input (the same messageId:
+                # the same call).
+                con.execute(
+                    f"""
+                    UPDATE planned_messages p SET payload = r.payload
+                    FROM {relation} AS r
+                    JOIN plan_ids i ON i.message_id = r.message_id AND i.first_ord = r.ord
+                    WHERE p.sync = ? AND p.message_id = r.message_id AND p.payload = ?
+                    """, [sync, COMPACTED])
             # seq keeps the input's order: the next free number plus the row's position in the input.
             seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM planned_messages WHERE sync = ?",
                                [sync]).fetchone()[0]
@@ -611,6 +653,10 @@ class Ledger:
                 WHERE m.sync = ? AND m.seq >= ? AND m.seq < ? AND coalesce(o.status, 'pending') = 'pending'
                 ORDER BY m.seq
                 """, [sync, start, end, sync, start, end]).fetchall()
+            if lost := [seq for seq, payload in rows if payload == COMPACTED]:
+                raise CompactedPayloadError(
+                    f"sync {sync!r}: {len(lost)} pending message(s) (first seq {lost[0]}) lost their payload "
+                    f"to compaction ({RETENTION_SETTING}); plan them again from their input with force")
             if rows:
                 yield rows
 
@@ -765,6 +811,42 @@ class Ledger:
             "JOIN planned_messages m ON m.sync = ? AND m.seq = r.seq",
             [sync, run_id, destination, _now(), list(seqs), list(reasons), sync])
 
+    def compact(self, sync: str, *, settled_before: datetime) -> int:
+        """Drop the payloads of `sync`'s messages settled (delivered, verified, rejected) before
+        `settled_before`; returns how many. Kept: every message's id, key and state (so nothing is planned
+        or sent twice), every outcome (delivery health counts them), receipts, read-backs and rejections.
+        A compacted message is never read back, and one sent again by force takes its payload from its
+        input. The one sanctioned rewrite of the outbox (ARCHITECTURE rule 4)."""
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            done = con.execute(
+                f"""
+                UPDATE planned_messages SET payload = ?
+                WHERE sync = ? AND payload <> ? AND seq IN (
+                    SELECT seq FROM ({_LATEST_OUTCOME})
+                    WHERE sync = ? AND status IN {_COMPACTABLE} AND last_at < ?)
+                """, [COMPACTED, sync, COMPACTED, sync, settled_before]).fetchone()[0]
+            con.execute("INSERT INTO ledger_compactions VALUES (?, ?, ?, ?)",
+                        [sync, settled_before, done, _now()])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return done
+
+    def compact_if_due(self, sync: str, keep: timedelta | None, *, now: datetime | None = None) -> int | None:
+        """`compact` what settled more than `keep` ago, at most once a day per sync (None: not due, or
+        `keep` None: payloads are kept for ever)."""
+        if keep is None:
+            return None
+        now = now or _now()
+        last = self.con.execute("SELECT max(compacted_at) FROM ledger_compactions WHERE sync = ?",
+                                [sync]).fetchone()[0]
+        if last is not None and now - last < COMPACTION_INTERVAL:
+            return None
+        return self.compact(sync, settled_before=now - keep)
+
     def read_back_sample(self, sync: str, *, delivered_before: datetime, per_run: int,
                          call_type: str = "identify") -> ReadBackSample:
         """Up to `per_run` delivered `call_type` messages to read back from the destination, drawn from the
@@ -787,7 +869,8 @@ class Ledger:
                        row_number() OVER (PARTITION BY coalesce(m.record_key, m.message_id)
                                           ORDER BY m.seq DESC) AS newest
                 FROM planned_messages m JOIN latest l ON l.seq = m.seq
-                WHERE m.sync = $sync AND m.call_type = $call AND l.status IN ('{DELIVERED}', '{VERIFIED}')),
+                WHERE m.sync = $sync AND m.call_type = $call AND l.status IN ('{DELIVERED}', '{VERIFIED}')
+                  AND m.payload <> '{COMPACTED}'),
             sampled_runs AS (
                 SELECT DISTINCT m.planned_run FROM {read_backs} r
                 JOIN planned_messages m ON m.sync = r.sync AND m.seq = r.seq WHERE r.sync = $sync),
