@@ -63,7 +63,8 @@ _SCALAR_TYPES = {
     "INTEGER": "integer", "BIGINT": "bigint", "HUGEINT": "numeric", "UTINYINT": "smallint",
     "USMALLINT": "integer", "UINTEGER": "bigint", "UBIGINT": "numeric", "FLOAT": "real",
     "DOUBLE": "double precision", "DATE": "date", "TIME": "time", "TIMESTAMP": "timestamp",
-    "TIMESTAMP WITH TIME ZONE": "timestamptz", "INTERVAL": "interval", "UUID": "uuid",
+    "TIMESTAMP WITH TIME ZONE": "timestamptz", "UUID": "uuid",  # INTERVAL as text: PostgreSQL writes some
+    # (negative, mixed signs) in a form DuckDB does not read back
 }
 _DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
 
@@ -644,19 +645,20 @@ def checkpoint(con: duckdb.DuckDBPyConnection) -> CheckinReport | None:
     return report
 
 
-_SESSIONS: dict[tuple[str, str], _Session] = {}
+_SESSIONS: dict[tuple[str, str, int], _Session] = {}  # (url, file, thread) -> its open session
 _GUARD = threading.RLock()
 
 
 @contextmanager
 def session(url: str, sync: str, path: Path, connect, *, shared: bool,
             lock_timeout: float) -> Iterator[_Session | None]:
-    """Hold `sync`'s lock, with `path` at the database's generation and opened (`_Session.con`: read-only for
-    a shared session), for the body; the caller checks in and closes the file.
+    """Hold `sync`'s lock, with `path` the copy of the database's last check-in and opened (`_Session.con`:
+    read-only for a shared session), for the body; the caller checks in and closes the file.
 
-    Within a session of this process for the same file, an inner one joins it (None: the lock is held, the
-    file current; the outer one checks in). The inner one of a shared session must be shared too: an
-    exclusive session inside a shared one of the same process would wait for itself."""
+    Within a session of this thread for the same file, an inner one joins it (None: the lock is held, the
+    file current; the outer one checks in); another thread's session waits for the lock like a process.
+    The inner one of a shared session must be shared too: an exclusive session inside a shared one of the
+    same thread would wait for itself."""
     key = (url, str(Path(path).resolve()), threading.get_ident())  # another thread waits for the lock
     with _GUARD:
         joined = _SESSIONS.get(key)
