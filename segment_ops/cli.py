@@ -92,7 +92,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.clients.base import VendorError
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
-    from segment_ops.engine.ledger import Ledger
+    from segment_ops.engine.ledger import CompactedPayloadError, Ledger
+    from segment_ops.engine.pgstate import SharedStateError, redacted, state_url
     from segment_ops.engine.store import StagingLockedError, staging
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
@@ -113,23 +114,29 @@ def _run_replay(args: argparse.Namespace) -> int:
         stack = contextlib.ExitStack()
         return stack, stack.enter_context(staging(ledger_file, lock_timeout=wait))
 
+    held = (f"the replay ledger (state in PostgreSQL, {redacted(url)})" if (url := state_url()) else
+            str(ledger_file))
     try:
-        stack, con = session(0)
-    except StagingLockedError:
-        print(f"another replay holds {ledger_file}; waiting up to {args.wait:.0f}s for it to finish",
-              file=sys.stderr)
         try:
-            stack, con = session(args.wait)
+            stack, con = session(0)
         except StagingLockedError:
-            print(f"error: another replay (a `replay_job` run in Dagster, or another `segment-ops replay`) "
-                  f"still holds {ledger_file} after {args.wait:.0f}s; nothing was sent. Run again when it "
-                  "has finished, or with a longer --wait.", file=sys.stderr)
-            return 2
+            print(f"another replay holds {held}; waiting up to {args.wait:.0f}s for it to finish",
+                  file=sys.stderr)
+            try:
+                stack, con = session(args.wait)
+            except StagingLockedError:
+                print(f"error: another replay (a `replay_job` run in Dagster, or another `segment-ops "
+                      f"replay`) still holds {held} after {args.wait:.0f}s; nothing was sent. Run again when "
+                      "it has finished, or with a longer --wait.", file=sys.stderr)
+                return 2
+    except SharedStateError as exc:  # the state database cannot be reached, or the file is not its copy
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with stack:
         try:
             result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
                                  force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight)
-        except ReplayInputError as exc:
+        except (ReplayInputError, CompactedPayloadError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except (DeliveryError, VendorError) as exc:  # undeliverable, or e.g. a wrong write key

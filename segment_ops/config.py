@@ -96,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Days a settled message (delivered, verified, rejected) keeps its payload in the ledger; once a day "
         "a delivery drops older payloads, keeping every message's id and state (nothing is sent twice) and "
         "every outcome (delivery health). `0` keeps payloads for ever. A forced re-send takes the payload "
-        "from its input again.",
+        "from its input again, if the input is what was sent (else that message is rejected with why).",
         default="90",
     ),
     Setting(

@@ -38,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Protocol
 
+import duckdb
+
 from segment_ops.clients.base import (
     PartialBatchError,
     RetryEvent,
@@ -211,6 +213,7 @@ def deliver_pending(
     is written after each batch instead.
     """
     report = DeliveryReport(sync)
+    keep = retention()  # a setting that cannot be used stops the delivery before anything is sent
     started = time.monotonic()
     lock = threading.Lock()
     ledger.recover(sync)  # a stopped delivery's answers first, so nothing it had acknowledged is pending
@@ -229,8 +232,13 @@ def deliver_pending(
     if journal is not None:
         journal.close(remove=True)  # everything it held is in the ledger
     # Once a day per sync: what settled more than LEDGER_RETENTION_DAYS ago keeps its id and state, not its
-    # payload, so a ledger's size (and a cold start from PostgreSQL) follows what is recent.
-    report.compacted = ledger.compact_if_due(sync, retention()) or 0
+    # payload, so a ledger's size (and a cold start from PostgreSQL) follows what is recent. Housekeeping:
+    # its failure is reported, never the delivery's (it is due again next time).
+    if fatal is None:
+        try:
+            report.compacted = ledger.compact_if_due(sync, keep) or 0
+        except duckdb.Error as exc:
+            report.errors.append(f"compaction of the ledger failed (tried again next time): {exc}")
     report.seconds = time.monotonic() - started
     if fatal is not None:
         raise fatal

@@ -251,14 +251,22 @@ STATE = store.register(store.StateSchema(
     tables=("planned_messages", "outcome_order", "outcomes", "receipts", "receipt_settlements", "rejected",
             "read_backs", "ledger_compactions", "ledger")))
 
-# The payload of a compacted message (`Ledger.compact`): settled long ago, its body is no longer kept.
-COMPACTED = ""
+# A compacted message's payload (`Ledger.compact`) starts with this, followed by the MD5 of the body it
+# replaced: settled long ago, the body is no longer kept, but a forced re-send can tell whether its input
+# is still that body. (No payload starts so: every one is a JSON object.)
+COMPACTED = "compacted:"
+
+
+def _compacted(column: str = "payload") -> str:
+    """SQL: the payload in `column` was compacted."""
+    return f"starts_with({column}, '{COMPACTED}')"
 # Settled states whose payloads compaction drops: never sent again unless a person forces it, and then the
 # payload comes back from the input (`plan_relation`).
 _COMPACTABLE = (_S.DELIVERED.value, _S.VERIFIED.value, _S.REJECTED.value)
 RETENTION_SETTING = "LEDGER_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 90
 COMPACTION_INTERVAL = timedelta(days=1)
+COMPACTION_WINDOW = 2_000  # messages a compaction rewrites per transaction (at most 32 KB each: 64 MB)
 
 
 class CompactedPayloadError(RuntimeError):
@@ -533,6 +541,7 @@ class Ledger:
         `relation` are planned once, in the order of their first `ord`.
         """
         con = self.con
+        lost: list[int] = []
         con.execute("BEGIN")
         try:
             # Only (message_id, ord) take part in the dedupe and the lookup, so no hash table or sort
@@ -565,8 +574,12 @@ class Ledger:
                     UPDATE planned_messages p SET payload = r.payload
                     FROM {relation} AS r
                     JOIN plan_ids i ON i.message_id = r.message_id AND i.first_ord = r.ord
-                    WHERE p.sync = ? AND p.message_id = r.message_id AND p.payload = ?
+                    WHERE p.sync = ? AND p.message_id = r.message_id AND p.payload = ? || md5(r.payload)
                     """, [sync, COMPACTED])
+                lost = [row[0] for row in con.execute(
+                    f"SELECT p.seq FROM planned_messages p JOIN plan_ids i ON i.message_id = p.message_id "
+                    f"AND i.known WHERE p.sync = ? AND {_compacted('p.payload')}",
+                    [sync]).fetchall()]
             # seq keeps the input's order: the next free number plus the row's position in the input.
             seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM planned_messages WHERE sync = ?",
                                [sync]).fetchone()[0]
@@ -587,9 +600,14 @@ class Ledger:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        planned = distinct if force else distinct - known
+        if lost:  # forced, compacted, and the input is no longer what was sent under that messageId
+            reason = (f"this messageId was sent long ago with other content, which {RETENTION_SETTING} no "
+                      "longer keeps: give the changed call a new messageId to send it")
+            self.log_outcomes(sync, [(seq, REJECTED, 0, reason) for seq in lost])
+            self.reject_refused(sync, [(seq, reason) for seq in lost], destination="ledger", run_id=run_id)
+        planned = (distinct if force else distinct - known) - len(lost)
         return PlanCounts(planned=planned, already_known=0 if force else known,
-                          duplicates_in_input=total - distinct, rejected=0,
+                          duplicates_in_input=total - distinct, rejected=len(lost),
                           seqs=range(seq0, seq0 + top - base + 1))
 
     def count_known(self, sync: str, messages: Sequence[PlannedMessage]) -> PlanCounts:
@@ -653,7 +671,7 @@ class Ledger:
                 WHERE m.sync = ? AND m.seq >= ? AND m.seq < ? AND coalesce(o.status, 'pending') = 'pending'
                 ORDER BY m.seq
                 """, [sync, start, end, sync, start, end]).fetchall()
-            if lost := [seq for seq, payload in rows if payload == COMPACTED]:
+            if lost := [seq for seq, payload in rows if payload.startswith(COMPACTED)]:
                 raise CompactedPayloadError(
                     f"sync {sync!r}: {len(lost)} pending message(s) (first seq {lost[0]}) lost their payload "
                     f"to compaction ({RETENTION_SETTING}); plan them again from their input with force")
@@ -811,28 +829,35 @@ class Ledger:
             "JOIN planned_messages m ON m.sync = ? AND m.seq = r.seq",
             [sync, run_id, destination, _now(), list(seqs), list(reasons), sync])
 
-    def compact(self, sync: str, *, settled_before: datetime) -> int:
+    def compact(self, sync: str, *, settled_before: datetime, now: datetime | None = None,
+                window: int = COMPACTION_WINDOW) -> int:
         """Drop the payloads of `sync`'s messages settled (delivered, verified, rejected) before
         `settled_before`; returns how many. Kept: every message's id, key and state (so nothing is planned
         or sent twice), every outcome (delivery health counts them), receipts, read-backs and rejections.
         A compacted message is never read back, and one sent again by force takes its payload from its
-        input. The one sanctioned rewrite of the outbox (ARCHITECTURE rule 4)."""
+        input. The one sanctioned rewrite of the outbox (ARCHITECTURE rule 4).
+
+        `window` messages (by seq) at a time, each in its own transaction, with a checkpoint every ten
+        windows: DuckDB keeps an update's rows in memory until a checkpoint writes them, so one statement
+        over a large ledger would not fit the memory limit (200,000 payloads of 1 KB did not in 128 MB). A
+        pass stopped part way leaves its windows done and is recorded only when whole."""
         con = self.con
-        con.execute("BEGIN")
-        try:
-            done = con.execute(
+        low, high = con.execute("SELECT min(seq), max(seq) FROM planned_messages "
+                                f"WHERE sync = ? AND NOT {_compacted()}", [sync]).fetchone()
+        done = 0
+        for start in range(low or 0, (high or -1) + 1, window):
+            end = start + window
+            done += con.execute(
                 f"""
-                UPDATE planned_messages SET payload = ?
-                WHERE sync = ? AND payload <> ? AND seq IN (
+                UPDATE planned_messages SET payload = ? || md5(payload)
+                WHERE sync = ? AND seq >= ? AND seq < ? AND NOT {_compacted()} AND seq IN (
                     SELECT seq FROM ({_LATEST_OUTCOME})
-                    WHERE sync = ? AND status IN {_COMPACTABLE} AND last_at < ?)
-                """, [COMPACTED, sync, COMPACTED, sync, settled_before]).fetchone()[0]
-            con.execute("INSERT INTO ledger_compactions VALUES (?, ?, ?, ?)",
-                        [sync, settled_before, done, _now()])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+                    WHERE sync = ? AND seq >= ? AND seq < ? AND status IN {_COMPACTABLE} AND last_at < ?)
+                """, [COMPACTED, sync, start, end, sync, start, end, settled_before]).fetchone()[0]
+            if (start - (low or 0)) // window % 10 == 9:
+                con.execute("CHECKPOINT")  # DuckDB keeps updates in memory until a checkpoint writes them
+        con.execute("INSERT INTO ledger_compactions VALUES (?, ?, ?, ?)",
+                    [sync, settled_before, done, now or _now()])
         return done
 
     def compact_if_due(self, sync: str, keep: timedelta | None, *, now: datetime | None = None) -> int | None:
@@ -845,7 +870,7 @@ class Ledger:
                                 [sync]).fetchone()[0]
         if last is not None and now - last < COMPACTION_INTERVAL:
             return None
-        return self.compact(sync, settled_before=now - keep)
+        return self.compact(sync, settled_before=now - keep, now=now)
 
     def read_back_sample(self, sync: str, *, delivered_before: datetime, per_run: int,
                          call_type: str = "identify") -> ReadBackSample:
@@ -869,14 +894,13 @@ class Ledger:
                        row_number() OVER (PARTITION BY coalesce(m.record_key, m.message_id)
                                           ORDER BY m.seq DESC) AS newest
                 FROM planned_messages m JOIN latest l ON l.seq = m.seq
-                WHERE m.sync = $sync AND m.call_type = $call AND l.status IN ('{DELIVERED}', '{VERIFIED}')
-                  AND m.payload <> '{COMPACTED}'),
+                WHERE m.sync = $sync AND m.call_type = $call AND l.status IN ('{DELIVERED}', '{VERIFIED}')),
             sampled_runs AS (
                 SELECT DISTINCT m.planned_run FROM {read_backs} r
                 JOIN planned_messages m ON m.sync = r.sync AND m.seq = r.seq WHERE r.sync = $sync),
             open AS (
                 SELECT * FROM taken t
-                WHERE t.newest = 1 AND t.status = '{DELIVERED}'
+                WHERE t.newest = 1 AND t.status = '{DELIVERED}' AND NOT {_compacted('t.payload')}
                   AND NOT EXISTS (SELECT 1 FROM sampled_runs s
                                   WHERE s.planned_run IS NOT DISTINCT FROM t.planned_run))
         """

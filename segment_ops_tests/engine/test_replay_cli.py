@@ -75,6 +75,20 @@ def test_missing_file_exits_2(tmp_path, ops_env, clean_sandbox):
 
 
 @pytest.mark.slow
+def test_an_unreachable_state_database_exits_2_with_a_one_line_error(tmp_path, ops_env, clean_sandbox,
+                                                                     monkeypatch):
+    path = tmp_path / "calls.jsonl"
+    path.write_text('{"type": "identify", "userId": "u1"}\n')
+    monkeypatch.setenv("SEGMENT_OPS_STATE_URL", "postgresql://someone:hunter2@127.0.0.1:1/nowhere")
+
+    done = run_replay(path, "--skip-preflight")
+
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "hunter2" not in done.stderr
+    assert "error: cannot reach the state database postgresql://127.0.0.1:1/nowhere" in done.stderr
+    assert clean_sandbox.stats()["segment"]["requests"] == 0
+
+
+@pytest.mark.slow
 def test_unsupported_extension_exits_2(tmp_path, ops_env, clean_sandbox):
     path = tmp_path / "events.csv"
     path.write_text("type,userId\nidentify,u1\n")
