@@ -10,8 +10,9 @@ without a shared disk: an item is written first to the table `segment_ops_state.
 makes the first copy win across machines, and committed before the receiver answers; moving a batch into
 the archive and pruning it happen there as well. Each machine's folder is then a copy, brought to the
 table's content by `pull` before it is read (items written, items moved or pruned elsewhere removed, each
-file's time the item's), so everything above that reads files works unchanged. A folder's first `pull`
-uploads the items it held before the setting (moving existing homes, whichever machine comes first).
+file's time the item's), so everything above that reads files works unchanged. A file the table never held
+(a folder's items from before the setting, or a receiver without it on the same folder) is uploaded by
+`pull`, never deleted: only paths the table records as gone are.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from segment_ops.engine.pgstate import CATALOG
+from segment_ops.engine.pgstate import CATALOG, STATE_URL
 
 DONE_MARKER = "done.json"
 CONFLICTS_FOLDER = "conflicts"
@@ -198,7 +199,7 @@ def prune_archive(root: Path, older_than: datetime) -> list[Path]:
         if day.name >= cutoff:
             break
         if shared is not None:
-            _shared_delete(shared[0], f"{ARCHIVE_FOLDER}/{day.name}/")
+            _shared_delete(shared[0], f"{ARCHIVE_FOLDER}/{day.name}/", older_than)
         try:
             shutil.rmtree(day)
         except OSError as exc:
@@ -297,7 +298,6 @@ def fsync_dir(folder: Path) -> None:
 # --- an inbox shared through PostgreSQL (SEGMENT_OPS_STATE_URL) ---------------------------------------------
 
 _SHARED_ROOTS: dict[Path, str] = {}  # a shared inbox's folder (resolved) -> its name in the table
-_NOTHING_TO_ADOPT: set[Path] = set()  # shared folders that held no item when they were shared
 _PG = threading.local()
 _FILES = f"{CATALOG}.inbox_files"  # beside pgstate's catalog, in the state database
 _DDL = f"""
@@ -308,7 +308,16 @@ CREATE TABLE IF NOT EXISTS {_FILES} (
     stored_at timestamptz NOT NULL,
     PRIMARY KEY (inbox, path)
 );
+-- Paths the table held and no longer holds (moved into the archive, pruned): a machine's copy of one is
+-- removed, while a file the table never held (written by a receiver without the setting) is uploaded.
+CREATE TABLE IF NOT EXISTS {CATALOG}.inbox_gone (
+    inbox   text NOT NULL,
+    path    text NOT NULL,
+    gone_at timestamptz NOT NULL,
+    PRIMARY KEY (inbox, path)
+);
 """
+_GONE = f"{CATALOG}.inbox_gone"
 
 
 def share(root: Path) -> bool:
@@ -318,16 +327,13 @@ def share(root: Path) -> bool:
 
     if pgstate.state_url() is None:
         return False
-    resolved = Path(root).resolve()
-    _SHARED_ROOTS[resolved] = Path(root).name
-    if not any(name for _, _, names in os.walk(resolved) for name in names if not name.startswith(".")):
-        _NOTHING_TO_ADOPT.add(resolved)  # whatever it holds later came from the table
+    _SHARED_ROOTS[Path(root).resolve()] = Path(root).name
     return True
 
 
 def _shared(path: Path) -> tuple[Path, str] | None:
-    """(root, path relative to it) when `path` lies in a shared inbox."""
-    if not _SHARED_ROOTS:
+    """(root, path relative to it) when `path` lies in a shared inbox (and the setting is still there)."""
+    if not _SHARED_ROOTS or not os.environ.get(STATE_URL):
         return None
     resolved = Path(path).resolve()  # as `share` keeps the roots: a home reached by a symlink is the same
     for root in _SHARED_ROOTS:
@@ -365,10 +371,10 @@ def _pg():
     return con
 
 
-def _database_key(pg) -> str:
-    from segment_ops.engine import pgstate
-
-    return hashlib.blake2b(pgstate.database_id(pg).encode(), digest_size=8).hexdigest()
+def _bury(pg, inbox: str, like: str) -> None:
+    """Record the paths matching `like` as gone (moved or pruned), in the caller's transaction."""
+    pg.execute(f"INSERT INTO {_GONE} SELECT inbox, path, now() FROM {_FILES} WHERE inbox = %s "
+               "AND path LIKE %s ON CONFLICT (inbox, path) DO UPDATE SET gone_at = now()", [inbox, like])
 
 
 def _batch_lock(pg, inbox: str, batch: str) -> None:
@@ -397,6 +403,7 @@ def _shared_write_once(root: Path, relative: str, data: bytes) -> bytes | None:
             row = pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING "
                              "RETURNING 1", [inbox, relative, data]).fetchone()
             if row is not None:
+                pg.execute(f"DELETE FROM {_GONE} WHERE inbox = %s AND path = %s", [inbox, relative])
                 return data
             return bytes(pg.execute(f"SELECT data FROM {_FILES} WHERE inbox = %s AND path = %s",
                                     [inbox, relative]).fetchone()[0])
@@ -417,6 +424,7 @@ def _shared_move(root: Path, relative: str, target: str) -> None:
                           [inbox, f"{_like(target)}/%"]).fetchone():
                 raise InboxError(f"cannot move {relative} to {target} in the shared inbox {inbox!r}: "
                                  "the target holds items already (never merged)")
+            _bury(pg, inbox, f"{_like(relative)}/%")
             pg.execute(f"UPDATE {_FILES} SET path = %s || substr(path, %s) WHERE inbox = %s AND path LIKE %s",
                        [target, len(relative) + 1, inbox, f"{_like(relative)}/%"])
     except psycopg.Error as exc:
@@ -424,12 +432,18 @@ def _shared_move(root: Path, relative: str, target: str) -> None:
                          f"{type(exc).__name__}") from None
 
 
-def _shared_delete(root: Path, prefix: str) -> None:
+def _shared_delete(root: Path, prefix: str, older_than: datetime) -> None:
     import psycopg
 
     inbox = _SHARED_ROOTS[root]
     try:
-        _pg().execute(f"DELETE FROM {_FILES} WHERE inbox = %s AND path LIKE %s", [inbox, _like(prefix) + "%"])
+        pg = _pg()
+        with pg.transaction():
+            like = _like(prefix) + "%"
+            _bury(pg, inbox, like)
+            pg.execute(f"DELETE FROM {_FILES} WHERE inbox = %s AND path LIKE %s", [inbox, like])
+            # Tombstones outlive what they stand for by the archive's retention: every machine pulled since.
+            pg.execute(f"DELETE FROM {_GONE} WHERE inbox = %s AND gone_at < %s", [inbox, older_than])
     except psycopg.Error as exc:
         raise InboxError(f"cannot delete {prefix} of the shared inbox {inbox!r}: "
                          f"{type(exc).__name__}") from None
@@ -441,10 +455,10 @@ def _like(text: str) -> str:
 
 def pull(root: Path) -> None:
     """Bring the folder of a shared inbox to the table's content (nothing for an inbox not shared): items it
-    lacks are written (with the item's time as the file's), files the table no longer holds (moved or pruned
-    on another machine) are removed, and so are folders left empty. A folder's first pull with this
-    database, unless the folder was empty when shared, uploads its files first (the items it held before the
-    setting; a hidden marker remembers it was done). Raises `InboxError`."""
+    lacks are written (with the item's time as the file's); a file the table held once and no longer holds
+    (moved or pruned on another machine) is removed; a file it never held (the items a folder kept before
+    the setting, or written by a receiver without it) is uploaded, never lost; folders left empty go.
+    Raises `InboxError`."""
     import psycopg
 
     where = _shared(root)
@@ -455,26 +469,23 @@ def pull(root: Path) -> None:
              for dirpath, _, names in os.walk(resolved) for name in names if not name.startswith(".")}
     try:
         pg = _pg()
-        # A folder this database never saw (made before the setting: every machine's old inbox, whichever
-        # pulls first) gives the table its items first; after that, a file the table lacks was moved or
-        # pruned elsewhere. The marker names the database, so a folder moved to another one is adopted anew.
-        marker = resolved.parent / f".{resolved.name}.shared-{_database_key(pg)}"  # beside: not an item
-        if not marker.exists() and resolved not in _NOTHING_TO_ADOPT:
-            with pg.transaction():
-                for relative, path in local.items():
-                    pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, to_timestamp(%s)) "
-                               "ON CONFLICT DO NOTHING",
-                               [inbox, relative, path.read_bytes(), path.stat().st_mtime])
-        if not marker.exists():
-            make_dirs(resolved.parent)
-            _write_file(marker, b"")
         held = dict(pg.execute(f"SELECT path, extract(epoch FROM stored_at) FROM {_FILES} WHERE inbox = %s",
                                [inbox]).fetchall())
+        extra = sorted(local.keys() - held.keys())
+        gone = {row[0] for row in pg.execute(f"SELECT path FROM {_GONE} WHERE inbox = %s AND path = ANY(%s)",
+                                             [inbox, extra]).fetchall()} if extra else set()
+        for relative in extra:
+            if relative not in gone:
+                path = local.pop(relative)
+                pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, to_timestamp(%s)) ON CONFLICT "
+                           "DO NOTHING", [inbox, relative, path.read_bytes(), path.stat().st_mtime])
         missing = sorted(held.keys() - local.keys())
         for start in range(0, len(missing), 500):
             for relative, data in pg.execute(f"SELECT path, data FROM {_FILES} WHERE inbox = %s "
                                              "AND path = ANY(%s)", [inbox, missing[start:start + 500]]):
                 target = resolved / relative
+                if target.exists():
+                    continue
                 make_dirs(target.parent)
                 _write_file(target, bytes(data))
                 os.utime(target, (float(held[relative]), float(held[relative])))
@@ -482,7 +493,7 @@ def pull(root: Path) -> None:
         raise InboxError(f"cannot read the shared inbox {inbox!r}: {type(exc).__name__}") from None
     except OSError as exc:
         raise InboxError(f"cannot bring {resolved} up to date: {exc}") from exc
-    for relative in local.keys() - held.keys():
+    for relative in gone:
         local[relative].unlink(missing_ok=True)
     for dirpath, _, _ in sorted(os.walk(resolved), key=lambda entry: -len(entry[0])):
         if Path(dirpath) != resolved:

@@ -101,3 +101,22 @@ def test_an_item_is_in_the_database_before_the_receiver_answers(tmp_path, state_
         paths = [r[0] for r in pg.execute("SELECT path FROM segment_ops_state.inbox_files "
                                           "WHERE inbox = 'heap' ORDER BY path").fetchall()]
     assert len(paths) == 2 and paths[0].endswith("/page-1.json") and paths[1].endswith("/sync.json")
+
+
+def test_pages_a_receiver_without_the_setting_answered_are_uploaded_never_deleted(tmp_path, monkeypatch,
+                                                                                   state_url):
+    """A receiver of the old release (or one not restarted) on the same folder as a reader with the setting:
+    what it acknowledged reaches the table, before and after the reader's first look."""
+    run_home = Inbox.for_home(tmp_path / "home")
+    assert run_home.syncs() == []
+    monkeypatch.delenv(pgstate.STATE_URL)
+    old = replica(tmp_path, "home")
+    assert deliver(old, page_body("task-7", 1, 1)).status_code == 200
+    monkeypatch.setenv(pgstate.STATE_URL, state_url)
+    assert [s.sync_task_id for s in run_home.syncs()] == ["task-7"]
+
+    monkeypatch.delenv(pgstate.STATE_URL)
+    assert deliver(old, page_body("task-8", 1, 1)).status_code == 200
+    monkeypatch.setenv(pgstate.STATE_URL, state_url)
+    assert [s.sync_task_id for s in run_home.syncs()] == ["task-7", "task-8"]
+    assert [s.sync_task_id for s in Inbox.for_home(tmp_path / "elsewhere").syncs()] == ["task-7", "task-8"]
