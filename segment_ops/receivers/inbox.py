@@ -377,6 +377,20 @@ def _bury(pg, inbox: str, like: str) -> None:
                "AND path LIKE %s ON CONFLICT (inbox, path) DO UPDATE SET gone_at = now()", [inbox, like])
 
 
+@contextlib.contextmanager
+def _table(doing: str) -> Iterator:
+    """This thread's connection to the state database, in a transaction; a database error becomes an
+    `InboxError` saying what could not be done (its class only: a driver's words may quote data)."""
+    import psycopg
+
+    try:
+        pg = _pg()
+        with pg.transaction():
+            yield pg
+    except psycopg.Error as exc:
+        raise InboxError(f"cannot {doing}: {type(exc).__name__}") from None
+
+
 def _batch_lock(pg, inbox: str, batch: str) -> None:
     """Serialize writes into a batch with its move: an item never lands in a batch archived meanwhile."""
     pg.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"segment_ops inbox {inbox}/{batch}"])
@@ -386,67 +400,46 @@ def _shared_write_once(root: Path, relative: str, data: bytes) -> bytes | None:
     """Store the item unless it is stored already; returns the stored copy (`data` itself when this call
     stored it), or None when its batch was archived meanwhile (the caller finds no file to compare with and
     fails; the sender's retry is answered from the archive)."""
-    import psycopg
-
     inbox, batch = _SHARED_ROOTS[root], relative.split("/", 1)[0]
-    try:
-        pg = _pg()
-        with pg.transaction():
-            if not batch.startswith("."):
-                _batch_lock(pg, inbox, batch)
-                archived = pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
-                                      [inbox, f"{ARCHIVE_FOLDER}/%/{_like(batch)}/%"]).fetchone()
-                live = pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
-                                  [inbox, f"{_like(batch)}/%"]).fetchone()
-                if archived and not live:
-                    return None
-            row = pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING "
-                             "RETURNING 1", [inbox, relative, data]).fetchone()
-            if row is not None:
-                pg.execute(f"DELETE FROM {_GONE} WHERE inbox = %s AND path = %s", [inbox, relative])
-                return data
-            return bytes(pg.execute(f"SELECT data FROM {_FILES} WHERE inbox = %s AND path = %s",
-                                    [inbox, relative]).fetchone()[0])
-    except psycopg.Error as exc:
-        raise InboxError(f"cannot store {relative} in the shared inbox {inbox!r}: "
-                         f"{type(exc).__name__}") from None
+    with _table(f"store {relative} in the shared inbox {inbox!r}") as pg:
+        if not batch.startswith("."):
+            _batch_lock(pg, inbox, batch)
+            archived = pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
+                                  [inbox, f"{ARCHIVE_FOLDER}/%/{_like(batch)}/%"]).fetchone()
+            live = pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
+                              [inbox, f"{_like(batch)}/%"]).fetchone()
+            if archived and not live:
+                return None
+        row = pg.execute(f"INSERT INTO {_FILES} VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING "
+                         "RETURNING 1", [inbox, relative, data]).fetchone()
+        if row is not None:
+            pg.execute(f"DELETE FROM {_GONE} WHERE inbox = %s AND path = %s", [inbox, relative])
+            return data
+        return bytes(pg.execute(f"SELECT data FROM {_FILES} WHERE inbox = %s AND path = %s",
+                                [inbox, relative]).fetchone()[0])
 
 
 def _shared_move(root: Path, relative: str, target: str) -> None:
-    import psycopg
-
     inbox = _SHARED_ROOTS[root]
-    try:
-        pg = _pg()
-        with pg.transaction():
-            _batch_lock(pg, inbox, relative.split("/", 1)[0])
-            if pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
-                          [inbox, f"{_like(target)}/%"]).fetchone():
-                raise InboxError(f"cannot move {relative} to {target} in the shared inbox {inbox!r}: "
-                                 "the target holds items already (never merged)")
-            _bury(pg, inbox, f"{_like(relative)}/%")
-            pg.execute(f"UPDATE {_FILES} SET path = %s || substr(path, %s) WHERE inbox = %s AND path LIKE %s",
-                       [target, len(relative) + 1, inbox, f"{_like(relative)}/%"])
-    except psycopg.Error as exc:
-        raise InboxError(f"cannot move {relative} in the shared inbox {inbox!r}: "
-                         f"{type(exc).__name__}") from None
+    with _table(f"move {relative} in the shared inbox {inbox!r}") as pg:
+        _batch_lock(pg, inbox, relative.split("/", 1)[0])
+        if pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s AND path LIKE %s LIMIT 1",
+                      [inbox, f"{_like(target)}/%"]).fetchone():
+            raise InboxError(f"cannot move {relative} to {target} in the shared inbox {inbox!r}: "
+                             "the target holds items already (never merged)")
+        _bury(pg, inbox, f"{_like(relative)}/%")
+        pg.execute(f"UPDATE {_FILES} SET path = %s || substr(path, %s) WHERE inbox = %s AND path LIKE %s",
+                   [target, len(relative) + 1, inbox, f"{_like(relative)}/%"])
 
 
 def _shared_delete(root: Path, prefix: str, older_than: datetime) -> None:
-    import psycopg
-
     inbox = _SHARED_ROOTS[root]
-    try:
-        pg = _pg()
-        with pg.transaction():
-            like = _like(prefix) + "%"
-            _bury(pg, inbox, like)
-            pg.execute(f"DELETE FROM {_FILES} WHERE inbox = %s AND path LIKE %s", [inbox, like])
-            # Tombstones outlive what they stand for by the archive's retention: every machine pulled since.
-            pg.execute(f"DELETE FROM {_GONE} WHERE inbox = %s AND gone_at < %s", [inbox, older_than])
-    except psycopg.Error as exc:
-        raise InboxError(f"cannot delete {prefix} of the shared inbox {inbox!r}: "
-                         f"{type(exc).__name__}") from None
+    with _table(f"delete {prefix} of the shared inbox {inbox!r}") as pg:
+        like = _like(prefix) + "%"
+        _bury(pg, inbox, like)
+        pg.execute(f"DELETE FROM {_FILES} WHERE inbox = %s AND path LIKE %s", [inbox, like])
+        # Tombstones outlive what they stand for by the archive's retention: every machine pulled since.
+        pg.execute(f"DELETE FROM {_GONE} WHERE inbox = %s AND gone_at < %s", [inbox, older_than])
 
 
 def _like(text: str) -> str:
