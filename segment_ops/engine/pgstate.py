@@ -213,11 +213,6 @@ def _local_meta(con: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
     return None if row is None else (row[0], row[1])
 
 
-def _holds_state(con: duckdb.DuckDBPyConnection) -> bool:
-    return any(con.execute(f"SELECT count(*) FROM {_q(o.name)}").fetchone()[0]
-               for o in local_objects(con).values() if o.kind == "table")
-
-
 # --- the PostgreSQL side ---------------------------------------------------------------------------------
 
 _CATALOG_DDL = f"""
@@ -342,15 +337,13 @@ def _entry(pg, sync: str) -> tuple[str, int, str] | None:
                       [sync]).fetchone()
 
 
-def known_syncs(pg) -> list[str]:
-    return [r[0] for r in pg.execute(f"SELECT sync FROM {CATALOG}.syncs ORDER BY sync").fetchall()]
-
-
 # --- checkout --------------------------------------------------------------------------------------------
 
 def checkout(pg, sync: str, path: Path, connect, *, read_only: bool) -> duckdb.DuckDBPyConnection:
     """Make `path` the cache of `sync`'s state at PostgreSQL's generation (the lock is held); returns the file
     opened as asked (a missing file opened to read is DuckDB's IOException, as without the database)."""
+    from segment_ops.engine import store
+
     entry = _entry(pg, sync)
     db = database_id(pg)
     con, meta, local_state = None, None, False
@@ -358,7 +351,7 @@ def checkout(pg, sync: str, path: Path, connect, *, read_only: bool) -> duckdb.D
         con = connect(path, read_only=read_only)
         try:
             meta = _local_meta(con)
-            local_state = meta is None and entry is not None and _holds_state(con)
+            local_state = meta is None and entry is not None and store.holds_state(con)
         except BaseException:
             con.close()
             raise
@@ -684,19 +677,24 @@ def session(url: str, sync: str, path: Path, connect, *, shared: bool,
         pg.close()  # ends the session: PostgreSQL releases its advisory locks
 
 
-def pg_has(url: str, sync: str) -> bool:
+@contextmanager
+def _catalog(url: str) -> Iterator:
+    """A connection to the state database, its catalog made if missing; closed after."""
     pg = connect_pg(url)
     try:
         ensure_catalog(pg)
-        return _entry(pg, sync) is not None
+        yield pg
     finally:
         pg.close()
+
+
+def pg_has(url: str, sync: str) -> bool:
+    """Whether the state database holds `sync`."""
+    with _catalog(url) as pg:
+        return _entry(pg, sync) is not None
 
 
 def syncs_in(url: str) -> list[str]:
-    pg = connect_pg(url)
-    try:
-        ensure_catalog(pg)
-        return known_syncs(pg)
-    finally:
-        pg.close()
+    """Every sync the state database holds, by name."""
+    with _catalog(url) as pg:
+        return [row[0] for row in pg.execute(f"SELECT sync FROM {CATALOG}.syncs ORDER BY sync").fetchall()]

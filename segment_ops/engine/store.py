@@ -7,6 +7,7 @@ migrations) and created or migrated by `ensure`; nothing else creates state tabl
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
@@ -179,15 +180,15 @@ def put_in_place(built: Path, target: Path) -> None:
     os.replace(built, target)
 
 
-def _file_opener(memory_limit: str, threads: int, lock_timeout: float):
-    def opener(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-        return _connect_file(path, memory_limit=memory_limit, threads=threads, lock_timeout=lock_timeout,
-                             read_only=read_only)
-    return opener
+def _file_opener(memory_limit: str, threads: int,
+                 lock_timeout: float) -> Callable[..., duckdb.DuckDBPyConnection]:
+    """`_connect_file` with these settings: how `pgstate` opens the file (`opener(path, read_only=...)`)."""
+    return functools.partial(_connect_file, memory_limit=memory_limit, threads=threads,
+                             lock_timeout=lock_timeout)
 
 
 def _connect_file(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int = 2,
-            lock_timeout: float = 60.0, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+                  lock_timeout: float = 60.0, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """The DuckDB file at `path`, opened as `connect` describes, without the shared state."""
     path = Path(path)
     if not read_only:
@@ -257,6 +258,15 @@ def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
     (`pgstate.checkpoint`); nothing for the embedded default, whose file is the state already."""
     if pgstate.state_url() is not None:
         pgstate.checkpoint(con)
+
+
+def holds_state(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the file open on `con` holds a row in any registered state table."""
+    names = {t for schema in registered() for t in schema.state_tables}
+    present = [row[0] for row in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+        "AND database_name = current_database() AND NOT temporary").fetchall() if row[0] in names]
+    return any(con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone() for t in present)
 
 
 def has_state(path: str | Path) -> bool:

@@ -201,9 +201,7 @@ def _holds_state(staging_file: Path) -> bool:
         return False
     con = store.connect(staging_file, read_only=True, threads=1)
     try:
-        tables, _ = _catalog(con)
-        state_tables = tables & {t for s in store.registered() for t in s.state_tables}
-        return any(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in state_tables)
+        return store.holds_state(con)
     finally:
         con.close()
 
