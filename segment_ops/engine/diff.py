@@ -7,6 +7,8 @@ Set-based throughout: Python only moves counts and a few samples.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,14 +43,13 @@ _JSON_STRING = r'"([^"\\]|\\.)*"'
 
 # The diff's state, beside the ledger in the sync's staging file:
 # - `rev_snapshot`: per key, the last delivered row hash, version and ids (removed keys stay as tombstones
-#   so their version keeps counting);
-# - `rev_changes`: each planned, not yet settled change (message_id -> key, hash, kind, ids), written before
-#   the ledger plans the message, so every pending message of the sync has its row here;
-# - `rev_state`: the generation (a full resync starts a new one);
+#   so their version keeps counting), and the fingerprint of the row that hash was taken from;
+# - `rev_changes`: each planned, not yet settled change (message_id -> key, hash, kind, ids, fingerprint),
+#   written before the ledger plans the message, so every pending message of the sync has its row here;
+# - `rev_state`: the generation (a full resync starts a new one) and the fingerprint scheme;
 # - `rev_superseded`: messages this module marked superseded, so reviving one needs no scan of the ledger.
-STATE = store.register(store.StateSchema(
-    name="diff", version=1, tables=("rev_state", "rev_snapshot", "rev_changes", "rev_superseded"), create="""
-CREATE TABLE IF NOT EXISTS rev_state (generation INTEGER NOT NULL);
+_STATE_CREATE = """
+CREATE TABLE IF NOT EXISTS rev_state (generation INTEGER NOT NULL, fingerprint_scheme VARCHAR);
 CREATE TABLE IF NOT EXISTS rev_snapshot (
     record_key   VARCHAR NOT NULL,
     row_hash     VARCHAR NOT NULL,
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS rev_snapshot (
     anonymous_id VARCHAR,
     group_id     VARCHAR,
     message_id   VARCHAR NOT NULL,     -- the delivered message that set this state
-    delivered_at TIMESTAMPTZ
+    delivered_at TIMESTAMPTZ,
+    fingerprint  BIGINT                -- of the row's typed values (`_SpecSql.fingerprint`); NULL: unknown
 );
 CREATE TABLE IF NOT EXISTS rev_changes (
     message_id   VARCHAR NOT NULL,
@@ -71,11 +73,22 @@ CREATE TABLE IF NOT EXISTS rev_changes (
     anonymous_id VARCHAR,
     group_id     VARCHAR,
     planned_run  VARCHAR,
-    planned_at   TIMESTAMPTZ NOT NULL
+    planned_at   TIMESTAMPTZ NOT NULL,
+    fingerprint  BIGINT
 );
 -- Messages this module marked superseded in the ledger, so reviving one needs no scan of the ledger.
 CREATE TABLE IF NOT EXISTS rev_superseded (message_id VARCHAR NOT NULL, seq BIGINT NOT NULL);
-"""))
+"""
+# Version 2 adds the fingerprints: a file from before has none, so its first run hashes every row's body
+# once (as every run did before) and records them; nothing is sent for rows that did not change.
+_FINGERPRINTS = """
+ALTER TABLE rev_state ADD COLUMN IF NOT EXISTS fingerprint_scheme VARCHAR;
+ALTER TABLE rev_snapshot ADD COLUMN IF NOT EXISTS fingerprint BIGINT;
+ALTER TABLE rev_changes ADD COLUMN IF NOT EXISTS fingerprint BIGINT;
+"""
+STATE = store.register(store.StateSchema(
+    name="diff", version=2, tables=("rev_state", "rev_snapshot", "rev_changes", "rev_superseded"),
+    create=_STATE_CREATE, migrations={1: _FINGERPRINTS}))
 
 
 @dataclass
@@ -100,7 +113,7 @@ class DiffPlan:
 def ensure_state(con: duckdb.DuckDBPyConnection) -> None:
     store.ensure(con, STATE)
     if con.execute("SELECT count(*) FROM rev_state").fetchone()[0] == 0:
-        con.execute("INSERT INTO rev_state VALUES (1)")
+        con.execute("INSERT INTO rev_state VALUES (1, NULL)")
 
 
 def generation(con: duckdb.DuckDBPyConnection) -> int:
@@ -210,7 +223,7 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
                 """
                 INSERT INTO rev_snapshot
                 SELECT record_key, row_hash, version, kind = 'removed', user_id, anonymous_id, group_id,
-                       message_id, delivered_at
+                       message_id, delivered_at, fingerprint
                 FROM rev_advanced
                 """)
         con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_closed)")
@@ -256,11 +269,14 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
                  run_id: str | None = None, dry_run: bool = False, ignore_snapshot: bool = False) -> DiffPlan:
     """Diff `staged` against the snapshot and plan the changes in the ledger (counts only when `dry_run`).
 
-    1. Hash: each staged row becomes its Segment call body, built from typed columns (`to_json`,
-       `struct_pack`; timestamps as UTC ISO-8601 with milliseconds); `row_hash = md5(body)` covers exactly
-       the mapped fields.
-    2. Diff against the snapshot: added (key unknown, or removed before), changed (hash differs),
-       unchanged, and in mirror mode removed (delivered before, absent now).
+    1. Fingerprint: each staged row's mapped typed values get a 64-bit hash (`_SpecSql.fingerprint`). A key
+       whose fingerprint equals the snapshot's is unchanged, with no JSON built: work beyond one scan is
+       proportional to what changed.
+    2. Hash the rest: the other rows (new keys, other fingerprints) become their Segment call body, built
+       from typed columns (`to_json`, `struct_pack`; timestamps as UTC ISO-8601 with milliseconds), and
+       `row_hash = md5(body)`, which covers exactly what is sent. Diff: added (key unknown, or removed
+       before), changed (hash differs from the delivered one), unchanged (same hash: only the snapshot's
+       fingerprint is brought up to date), and in mirror mode removed (delivered before, absent now).
     3. Reject, with the reason, into the ledger: null or repeated keys, values JSON cannot represent (also
        nested: `value_problem`), dates and timestamps ISO-8601 cannot write, calls Segment would drop (no
        userId/anonymousId, groupId or event name), messages over 32 KB. A rejected row's key still counts
@@ -278,16 +294,19 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
     snapshot = "(SELECT * FROM rev_snapshot WHERE false)" if ignore_snapshot else "rev_snapshot"
     table = quote(staged.table)
     plan = DiffPlan(rows_read=staged.rows)
+    writes = not dry_run and not ignore_snapshot
+    trusted = _fingerprints_usable(con, sql.scheme, adopt=writes)
+    diff = functools.partial(_diff, con, spec, sql, snapshot, table, plan, trusted=trusted, refresh=writes)
 
-    null_rows, duplicate_rows = _diff(con, spec, sql, snapshot, table, plan)
-    if not dry_run and not ignore_snapshot:
+    null_rows, duplicate_rows = diff()
+    if writes:
         # A change of two calls, one delivered and one still pending, that this run no longer wants (the key
         # left, or changed again): its pending call is superseded, so the change settles as what Segment did
         # get; the snapshot then records it and the diff, run again, undoes it (the trait false and the
         # exited event after a half-sent entry) instead of losing it.
         plan.superseded = _settle_half_delivered(con, ledger, spec.sync)
         if plan.superseded and advance_snapshot(con, spec.sync):
-            null_rows, duplicate_rows = _diff(con, spec, sql, snapshot, table, plan)
+            null_rows, duplicate_rows = diff()
     # Counts of what will be sent; a rejected row counts as rejected only, so that
     # rows_read = added + changed + unchanged + rejected.
     added, changed, plan.removed = con.execute(
@@ -316,72 +335,129 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
             """
             INSERT INTO rev_changes
             SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id,
-                   ?, now()
+                   ?, now(), fingerprint
             FROM rev_wanted w WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)
             """, [sql.generation, run_id])
         plan.superseded += _supersede_stale(con, ledger, spec.sync)
         revived = _revive(con, ledger, spec.sync)
         counts = ledger.plan_relation(spec.sync, "rev_wanted", run_id=run_id)
         plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
-    for name in ("rev_current", "rev_delta", "rev_candidates", "rev_wanted", "rev_oversize",
-                 "rev_rejections"):
+    for name in ("rev_current", "rev_suspects", "rev_prior", "rev_hashed", "rev_candidates", "rev_wanted",
+                 "rev_oversize", "rev_rejections"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     plan.seconds = time.monotonic() - started
     return plan
 
 
+def _fingerprints_usable(con: duckdb.DuckDBPyConnection, scheme: str, *, adopt: bool) -> bool:
+    """Whether the snapshot's fingerprints were taken under `scheme` (this spec, these column types, this
+    DuckDB), so an equal fingerprint proves a row unchanged.
+
+    A fingerprint is a hash whose values may differ between DuckDB versions, and a changed spec may turn the
+    same values into another body: under another scheme none is trusted. With `adopt` (a run that writes),
+    the old fingerprints are cleared and `scheme` recorded; the run then hashes every row's body once,
+    compares it with the delivered hash (the truth, whatever the scheme) and records the new fingerprints,
+    so an upgrade costs one slower run and never a re-send.
+    """
+    if con.execute("SELECT any_value(fingerprint_scheme) FROM rev_state").fetchone()[0] == scheme:
+        return True
+    if not adopt:
+        return False
+    con.execute("BEGIN")
+    try:
+        con.execute("UPDATE rev_snapshot SET fingerprint = NULL WHERE fingerprint IS NOT NULL")
+        con.execute("UPDATE rev_changes SET fingerprint = NULL WHERE fingerprint IS NOT NULL")
+        con.execute("UPDATE rev_state SET fingerprint_scheme = ?", [scheme])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return True
+
+
 def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapshot: str, table: str,
-          plan: DiffPlan) -> tuple[int, int]:
-    """Steps 1-3 of the module docstring: `rev_current`, `rev_delta`, `rev_candidates` and `rev_wanted` (the
+          plan: DiffPlan, *, trusted: bool, refresh: bool) -> tuple[int, int]:
+    """Steps 1-3 of `plan_changes`: `rev_current`, `rev_hashed`, `rev_candidates` and `rev_wanted` (the
     messages this run wants, oversize ones moved to `rev_oversize`); sets the plan's unchanged (and append
-    mode's changed) counts. Returns the null-key and repeated-key row counts."""
-    # 1. One row per key with its hash; `copies` > 1 marks a repeated key, the NULL group the null keys.
+    mode's changed) counts. `trusted`: the snapshot's fingerprints were taken under `sql.scheme`, so an equal
+    one proves a row unchanged; `refresh`: bring the snapshot's fingerprints up to date. Returns the
+    null-key and repeated-key row counts."""
+    # 1. Keys no call can be made for: null, or repeated (`copies` rows share it). Usually there are none,
+    #    and counting distinct keys is far cheaper than grouping the rows to find them.
+    nulls, repeats = con.execute(f"SELECT count(*) - count(k), count(k) - count(DISTINCT k) "
+                                 f"FROM (SELECT {sql.key} AS k FROM {table} AS r)").fetchone()
+    exceptional = "false" if not (nulls or repeats) else f"{sql.key} IS NULL" if not repeats else "true"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_current AS
-        SELECT record_key, any_value(row_hash) AS row_hash, count(*) AS copies
-        FROM (SELECT {sql.key} AS record_key, md5({sql.body}) AS row_hash FROM {table} AS r)
-        GROUP BY record_key
+        SELECT {sql.key} AS record_key, count(*) AS copies FROM {table} AS r WHERE {exceptional}
+        GROUP BY ALL HAVING record_key IS NULL OR count(*) > 1
     """)
-    # 2. Added and changed keys (append: only added ones are candidates).
+    null_rows, duplicate_rows = con.execute(
+        "SELECT coalesce(sum(copies) FILTER (WHERE record_key IS NULL), 0), "
+        "coalesce(sum(copies) FILTER (WHERE record_key IS NOT NULL), 0) FROM rev_current").fetchone()
+    # 2. The keys whose fingerprint does not prove them unchanged, in one narrow join (key and fingerprint
+    #    only, so the hash table stays small)...
+    same = "s.fingerprint = r._so_fingerprint" if trusted else "false"
+    repeated = ("" if not (nulls or repeats) else
+                "AND NOT EXISTS (SELECT 1 FROM rev_current c WHERE c.record_key = r._so_key)")
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rev_delta AS
-        SELECT c.record_key, c.row_hash,
-               CASE WHEN s.record_key IS NULL OR s.removed THEN 'added' ELSE 'changed' END AS kind,
-               coalesce(s.version, 0) + 1 AS version
-        FROM rev_current c LEFT JOIN {snapshot} s ON s.record_key = c.record_key
-        WHERE c.record_key IS NOT NULL AND c.copies = 1
-          AND (s.record_key IS NULL OR s.removed OR s.row_hash <> c.row_hash)
+        CREATE OR REPLACE TEMP TABLE rev_suspects AS
+        SELECT r._so_key AS record_key, r._so_fingerprint AS fingerprint
+        FROM (SELECT {sql.key} AS _so_key, {sql.fingerprint} AS _so_fingerprint FROM {table} AS r) AS r
+        LEFT JOIN (SELECT record_key, fingerprint, removed FROM {snapshot}) AS s ON s.record_key = r._so_key
+        WHERE r._so_key IS NOT NULL {repeated}
+          AND (s.record_key IS NULL OR s.removed OR NOT coalesce({same}, false))
     """)
-    valid_keys, null_rows, duplicate_rows = con.execute(
-        "SELECT count(*) FILTER (WHERE record_key IS NOT NULL AND copies = 1), "
-        "coalesce(sum(copies) FILTER (WHERE record_key IS NULL), 0), "
-        "coalesce(sum(copies) FILTER (WHERE record_key IS NOT NULL AND copies > 1), 0) "
-        "FROM rev_current").fetchone()
+    #    ... then only those get their body and row hash, their ids and the reason they cannot be sent (taken
+    #    here, as a key is only known to be a change once its hash is). Each lookup is a semi-join or a join
+    #    built on the few suspects, never another hash table over the whole snapshot.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_prior AS
+        SELECT record_key, row_hash, version, removed FROM {snapshot}
+        WHERE record_key IN (SELECT record_key FROM rev_suspects)
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_hashed AS
+        SELECT *, md5(body_open || '}}') AS row_hash FROM (
+            SELECT u.record_key, u.fingerprint, s.record_key IS NOT NULL AND NOT s.removed AS known,
+                   s.row_hash AS old_hash, coalesce(s.version, 0) AS old_version, {sql.user_id} AS user_id,
+                   {sql.anonymous_id} AS anonymous_id, {sql.group_id} AS group_id,
+                   {sql.body_open} AS body_open, {sql.reason} AS reason
+            FROM rev_suspects u JOIN {table} AS r ON {sql.key} = u.record_key
+            LEFT JOIN rev_prior s ON s.record_key = u.record_key
+        )
+    """)
+    valid_keys = plan.rows_read - null_rows - duplicate_rows
     delta_added, delta_changed = con.execute(
-        "SELECT count(*) FILTER (WHERE kind = 'added'), count(*) FILTER (WHERE kind = 'changed') "
-        "FROM rev_delta"
-    ).fetchone()
+        "SELECT count(*) FILTER (WHERE NOT known), count(*) FILTER (WHERE known AND row_hash <> old_hash) "
+        "FROM rev_hashed").fetchone()
     plan.unchanged = valid_keys - delta_added - delta_changed
+    if refresh:
+        # Unchanged rows whose fingerprint the snapshot did not have (first run of this scheme, a value that
+        # changed and came back): record it, so the next run skips them without building their bodies.
+        con.execute("""
+            UPDATE rev_snapshot s SET fingerprint = h.fingerprint FROM rev_hashed h
+            WHERE s.record_key = h.record_key AND h.known AND h.row_hash = h.old_hash
+              AND s.fingerprint IS DISTINCT FROM h.fingerprint
+        """)
     if spec.mode == "append":
         plan.changed = plan.changed_not_sent = delta_changed
-    # 3. Candidate calls: body, ids, and why a row cannot be sent.
-    send_kinds = "('added')" if spec.mode == "append" else "('added', 'changed')"
+    # 3. Candidate calls: what this run sends (append: only added keys).
+    sent = "NOT known" if spec.mode == "append" else "(NOT known OR row_hash <> old_hash)"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rev_candidates AS
-        SELECT d.record_key, d.kind, d.row_hash, d.version, {sql.user_id} AS user_id,
-               {sql.anonymous_id} AS anonymous_id, {sql.group_id} AS group_id,
-               {sql.body_open} AS body_open, {sql.reason} AS reason
-        FROM rev_delta d JOIN {table} AS r ON {sql.key} = d.record_key
-        WHERE d.kind IN {send_kinds}
+        SELECT record_key, CASE WHEN known THEN 'changed' ELSE 'added' END AS kind, row_hash,
+               old_version + 1 AS version, user_id, anonymous_id, group_id, body_open, reason, fingerprint
+        FROM rev_hashed WHERE {sent}
     """)
     removals = ""
     if spec.mode == "mirror":
         removals = f"""
         UNION ALL
         SELECT s.record_key, 'removed', s.row_hash, s.version + 1, s.user_id, s.anonymous_id, s.group_id,
-               {sql.removal_body_open}, NULL
+               {sql.removal_body_open}, NULL, NULL
         FROM {snapshot} s
-        WHERE NOT s.removed AND NOT EXISTS (SELECT 1 FROM rev_current c WHERE c.record_key = s.record_key)
+        WHERE NOT s.removed AND NOT EXISTS (SELECT 1 FROM {table} AS r WHERE {sql.key} = s.record_key)
         """
     changes = f"(SELECT * FROM rev_candidates WHERE reason IS NULL {removals})"
     if spec.companion is not None:
@@ -403,7 +479,7 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
         SELECT message_id, record_key, {call_type} AS call_type,
                body_open || ',"messageId":"' || message_id || '"}}' AS payload,
                row_number() OVER ({order}) AS ord, kind, row_hash, version, user_id, anonymous_id,
-               group_id, part
+               group_id, part, fingerprint
         FROM (
             SELECT *, {sql.message_id("h")} AS message_id
             FROM (SELECT *, {sql.id_hash()} AS h FROM {changes})
@@ -543,6 +619,15 @@ class _SpecSql:
         self.reason = self._reason()
         self.removal_body_open = self._removal_body_open()
         self.event_body_open = self._event_body_open()
+        # Every column a call is built from (and the staging's own verdict on the row): a row whose values
+        # are all the same has the same body, so an equal fingerprint proves it unchanged. 63 bits, so it
+        # fits PostgreSQL's BIGINT when the state lives there.
+        values = dict.fromkeys([*spec.mapped_columns, *self.fields])
+        self.fingerprint = (f"(hash({', '.join(f'r.{quote(c)}' for c in [*values, UNSERIALISABLE_COLUMN])})"
+                            " >> 1)::BIGINT")
+        described = "\x1f".join([duckdb.__version__, self.fingerprint, self.body_open, self.reason,
+                                  *(f"{c} {self.types[c]}" for c in values)])
+        self.scheme = f"{duckdb.__version__}:{hashlib.sha256(described.encode()).hexdigest()[:16]}"
 
     def id_hash(self) -> str:
         """sha256 of (sync, key, generation, version, change, row hash) of a change row; a change's second

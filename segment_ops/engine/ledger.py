@@ -545,14 +545,19 @@ class Ledger:
         con.execute("BEGIN")
         try:
             # Only (message_id, ord) take part in the dedupe and the lookup, so no hash table or sort
-            # ever carries payloads: memory stays flat however large the plan.
+            # ever carries payloads: memory stays flat however large the plan. The lookup is a semi-join
+            # built on the plan's ids and probed by the ledger's, never a hash table of the whole ledger.
             con.execute(
                 f"""
                 CREATE OR REPLACE TEMP TABLE plan_ids AS
-                SELECT message_id, min(ord) AS first_ord, count(*) AS copies,
-                       EXISTS (SELECT 1 FROM planned_messages p
-                               WHERE p.sync = ? AND p.message_id = i.message_id) AS known
+                SELECT message_id, min(ord) AS first_ord, count(*) AS copies, false AS known
                 FROM {relation} AS i GROUP BY message_id
+                """)
+            con.execute(
+                """
+                UPDATE plan_ids SET known = true WHERE message_id IN (
+                    SELECT p.message_id FROM planned_messages p
+                    WHERE p.sync = ? AND p.message_id IN (SELECT message_id FROM plan_ids))
                 """, [sync])
             total, distinct, known = con.execute(
                 "SELECT coalesce(sum(copies), 0), count(*), count(*) FILTER (WHERE known) FROM plan_ids"

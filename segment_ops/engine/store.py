@@ -20,7 +20,7 @@ import duckdb
 
 from segment_ops.engine import pgstate
 
-DEFAULT_MEMORY_LIMIT = "128MB"
+DEFAULT_MEMORY_LIMIT = "256MB"
 
 
 class StagingLockedError(RuntimeError):
