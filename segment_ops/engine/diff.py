@@ -342,8 +342,9 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
         revived = _revive(con, ledger, spec.sync)
         counts = ledger.plan_relation(spec.sync, "rev_wanted", run_id=run_id)
         plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
-    for name in ("rev_current", "rev_suspects", "rev_prior", "rev_hashed", "rev_candidates", "rev_wanted",
-                 "rev_oversize", "rev_rejections"):
+    con.execute("DROP VIEW IF EXISTS rev_candidates")  # a view over rev_hashed: no copy of the bodies
+    for name in ("rev_current", "rev_suspects", "rev_prior", "rev_hashed", "rev_wanted", "rev_oversize",
+                 "rev_rejections"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     plan.seconds = time.monotonic() - started
     return plan
@@ -445,7 +446,7 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
     # 3. Candidate calls: what this run sends (append: only added keys).
     sent = "NOT known" if spec.mode == "append" else "(NOT known OR row_hash <> old_hash)"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rev_candidates AS
+        CREATE OR REPLACE TEMP VIEW rev_candidates AS
         SELECT record_key, CASE WHEN known THEN 'changed' ELSE 'added' END AS kind, row_hash,
                old_version + 1 AS version, user_id, anonymous_id, group_id, body_open, reason, fingerprint
         FROM rev_hashed WHERE {sent}
