@@ -185,13 +185,15 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
     if con.execute("SELECT count(*) FROM rev_changes").fetchone()[0] == 0:
         return 0  # the usual start of a run: nothing in flight, no need to read the ledger
     current = generation(con)
+    Ledger(con, create=False).states_of(sync, "rev_changes", "rev_states")
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE rev_settled AS
         SELECT c.*, l.status, l.seq, l.delivered_at
-        FROM rev_changes c JOIN ledger l ON l.sync = ? AND l.message_id = c.message_id
+        FROM rev_changes c JOIN rev_states l ON l.message_id = c.message_id
         WHERE l.status <> ?
-        """, [sync, PENDING])
+        """, [PENDING])
+    con.execute("DROP TABLE rev_states")
     con.execute("BEGIN")
     try:
         # A change with several calls (a spec with a companion event) settles once all of them did;
@@ -383,32 +385,27 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
     mode's changed) counts. `trusted`: the snapshot's fingerprints were taken under `sql.scheme`, so an equal
     one proves a row unchanged; `refresh`: bring the snapshot's fingerprints up to date. Returns the
     null-key and repeated-key row counts."""
-    # 1. Keys no call can be made for: null, or repeated (`copies` rows share it). Usually there are none,
-    #    and counting distinct keys is far cheaper than grouping the rows to find them.
-    nulls, repeats = con.execute(f"SELECT count(*) - count(k), count(k) - count(DISTINCT k) "
-                                 f"FROM (SELECT {sql.key} AS k FROM {table} AS r)").fetchone()
-    exceptional = "false" if not (nulls or repeats) else f"{sql.key} IS NULL" if not repeats else "true"
+    # 1. One pass: per key its fingerprint and how many rows carry it (`copies`), against the snapshot's key
+    #    and fingerprint only (so the hash tables stay small). Kept: null and repeated keys (no call can be
+    #    made for them), and keys whose fingerprint does not prove them unchanged.
+    same = "s.fingerprint = c.fingerprint" if trusted else "false"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rev_current AS
-        SELECT {sql.key} AS record_key, count(*) AS copies FROM {table} AS r WHERE {exceptional}
-        GROUP BY ALL HAVING record_key IS NULL OR count(*) > 1
+        CREATE OR REPLACE TEMP TABLE rev_suspects AS
+        SELECT c.record_key, c.fingerprint, c.copies
+        FROM (SELECT {sql.key} AS record_key, any_value({sql.fingerprint}) AS fingerprint, count(*) AS copies
+              FROM {table} AS r GROUP BY ALL) AS c
+        LEFT JOIN (SELECT record_key, fingerprint, removed FROM {snapshot}) AS s
+               ON s.record_key = c.record_key
+        WHERE c.record_key IS NULL OR c.copies > 1 OR s.record_key IS NULL OR s.removed
+           OR NOT coalesce({same}, false)
     """)
+    con.execute("CREATE OR REPLACE TEMP TABLE rev_current AS SELECT record_key, copies FROM rev_suspects "
+                "WHERE record_key IS NULL OR copies > 1")
     null_rows, duplicate_rows = con.execute(
         "SELECT coalesce(sum(copies) FILTER (WHERE record_key IS NULL), 0), "
         "coalesce(sum(copies) FILTER (WHERE record_key IS NOT NULL), 0) FROM rev_current").fetchone()
-    # 2. The keys whose fingerprint does not prove them unchanged, in one narrow join (key and fingerprint
-    #    only, so the hash table stays small)...
-    same = "s.fingerprint = r._so_fingerprint" if trusted else "false"
-    repeated = ("" if not (nulls or repeats) else
-                "AND NOT EXISTS (SELECT 1 FROM rev_current c WHERE c.record_key = r._so_key)")
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rev_suspects AS
-        SELECT r._so_key AS record_key, r._so_fingerprint AS fingerprint
-        FROM (SELECT {sql.key} AS _so_key, {sql.fingerprint} AS _so_fingerprint FROM {table} AS r) AS r
-        LEFT JOIN (SELECT record_key, fingerprint, removed FROM {snapshot}) AS s ON s.record_key = r._so_key
-        WHERE r._so_key IS NOT NULL {repeated}
-          AND (s.record_key IS NULL OR s.removed OR NOT coalesce({same}, false))
-    """)
+    if null_rows or duplicate_rows:
+        con.execute("DELETE FROM rev_suspects WHERE record_key IS NULL OR copies > 1")
     #    ... then only those get their body and row hash, their ids and the reason they cannot be sent (taken
     #    here, as a key is only known to be a change once its hash is). Each lookup is a semi-join or a join
     #    built on the few suspects, never another hash table over the whole snapshot.

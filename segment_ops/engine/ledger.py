@@ -980,6 +980,27 @@ class Ledger:
         names = ("total", "unplanned", *(state.value for state in MessageState))
         return {grp: MessageCounts(**dict(zip(names, figures, strict=True))) for grp, *figures in rows}
 
+    def states_of(self, sync: str, relation: str, into: str) -> None:
+        """Create the temp table `into` (message_id, seq, status, delivered_at): where each message_id of
+        `relation` planned for `sync` stands, as the `ledger` view says, without that view's aggregate over
+        every outcome: only the seq range of these messages is read from `outcomes`, so the cost follows
+        the set, not the ledger's history. A message_id never planned for `sync` has no row."""
+        con = self.con
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT p.message_id, p.seq "
+                    f"FROM planned_messages p WHERE p.sync = ? "
+                    f"AND p.message_id IN (SELECT message_id FROM {relation})", [sync])
+        low, high = con.execute(f"SELECT coalesce(min(seq), 0), coalesce(max(seq), -1) "
+                                f"FROM {into}").fetchone()
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE {into} AS
+            SELECT m.message_id, m.seq, coalesce(o.status, '{PENDING}') AS status,
+                   CASE WHEN o.status IN ('{DELIVERED}', '{VERIFIED}') THEN o.delivered_at END AS delivered_at
+            FROM {into} m LEFT JOIN (
+                SELECT seq, status, delivered_at FROM ({_LATEST_OUTCOME})
+                WHERE sync = ? AND seq BETWEEN ? AND ?) o ON o.seq = m.seq
+            """, [sync, low, high])
+
     def delivery_figures(self, since: datetime) -> list[SyncFigures]:
         """Delivered, rejected and failed messages of every sync since `since` (none: the file has no ledger),
         and how many delivered messages were read back since then: verified, missing.
