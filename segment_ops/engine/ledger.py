@@ -847,8 +847,12 @@ class Ledger:
         over a large ledger would not fit the memory limit (200,000 payloads of 1 KB did not in 128 MB). A
         pass stopped part way leaves its windows done and is recorded only when whole."""
         con = self.con
-        low, high = con.execute("SELECT min(seq), max(seq) FROM planned_messages "
-                                f"WHERE sync = ? AND NOT {_compacted()}", [sync]).fetchone()
+        low = con.execute(f"SELECT min(seq) FROM planned_messages WHERE sync = ? AND NOT {_compacted()}",
+                          [sync]).fetchone()[0]
+        # A message whose last outcome came before `settled_before` had an outcome then: the windows end at
+        # the last such message (none: nothing to look at, as on a ledger younger than the retention).
+        high = con.execute(f"SELECT max(seq) FROM outcomes WHERE sync = ? AND status IN {_COMPACTABLE} "
+                           "AND logged_at < ?", [sync, settled_before]).fetchone()[0]
         done = 0
         for start in range(low or 0, (high or -1) + 1, window):
             end = start + window
