@@ -194,27 +194,30 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
         WHERE l.status <> ?
         """, [PENDING])
     con.execute("DROP TABLE rev_states")
+    in_flight, settled = con.execute("SELECT (SELECT count(*) FROM rev_changes), count(*) FROM rev_settled"
+                                     ).fetchone()
     con.execute("BEGIN")
     try:
-        # A change with several calls (a spec with a companion event) settles once all of them did;
-        # until then its settled calls stay in rev_changes.
+        if settled == in_flight:  # all settled (the end of a delivery that finished): every change closes
+            closed = "rev_settled"
+        else:
+            # A change with several calls (a spec with a companion event) settles once all of them did;
+            # until then its settled calls stay in rev_changes.
+            con.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE rev_closed AS
+                SELECT d.* FROM rev_settled d
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM rev_changes c
+                    WHERE c.record_key = d.record_key AND c.generation = d.generation
+                      AND c.version = d.version
+                      AND c.message_id NOT IN (SELECT message_id FROM rev_settled))
+                """)
+            closed = "rev_closed"
         con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE rev_open AS
-            SELECT DISTINCT record_key, generation, version FROM rev_changes c
-            WHERE NOT EXISTS (SELECT 1 FROM rev_settled d WHERE d.message_id = c.message_id)
-            """)
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE rev_closed AS
-            SELECT d.* FROM rev_settled d
-            WHERE NOT EXISTS (SELECT 1 FROM rev_open o WHERE o.record_key = d.record_key
-                              AND o.generation = d.generation AND o.version = d.version)
-            """)
-        con.execute(
-            """
+            f"""
             CREATE OR REPLACE TEMP TABLE rev_advanced AS
-            SELECT d.* FROM rev_closed d LEFT JOIN rev_snapshot s ON s.record_key = d.record_key
+            SELECT d.* FROM {closed} d LEFT JOIN rev_snapshot s ON s.record_key = d.record_key
             WHERE d.status IN (?, ?) AND d.generation = ? AND d.version > coalesce(s.version, 0)
             QUALIFY row_number() OVER (PARTITION BY d.record_key ORDER BY d.version DESC, d.seq DESC) = 1
             """, [DELIVERED, VERIFIED, current])
@@ -228,10 +231,12 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
                        message_id, delivered_at, fingerprint
                 FROM rev_advanced
                 """)
-        con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_closed)")
+        if closed == "rev_settled":
+            con.execute("DELETE FROM rev_changes")
+        else:
+            con.execute("DELETE FROM rev_changes WHERE message_id IN (SELECT message_id FROM rev_closed)")
+            con.execute("DROP TABLE rev_closed")
         con.execute("DROP TABLE rev_advanced")
-        con.execute("DROP TABLE rev_closed")
-        con.execute("DROP TABLE rev_open")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
