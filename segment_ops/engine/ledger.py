@@ -119,6 +119,17 @@ SELECT sync, seq, arg_max(status, id) AS status, sum(attempts) AS attempts, arg_
        max(logged_at) FILTER (WHERE status = 'delivered') AS delivered_at
 FROM outcomes GROUP BY sync, seq
 """
+# The seqs of a sync's pending messages (`$sync`), without aggregating every outcome: those with no outcome
+# at all (an anti-join on seq), and those whose latest outcome is `pending` (a reset, retries run out),
+# looked for only among the messages that ever had such an outcome.
+_PENDING_SEQS = """
+SELECT m.seq FROM planned_messages m
+WHERE m.sync = $sync AND m.seq NOT IN (SELECT seq FROM outcomes WHERE sync = $sync)
+UNION ALL
+SELECT seq FROM outcomes
+WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'pending')
+GROUP BY seq HAVING arg_max(status, id) = 'pending'
+"""
 # Messages whose latest outcome is awaiting_ack, with that outcome's receipt and when it was logged.
 # (The join on the message as well as the id lets a reader's seq range reach both scans of `outcomes`.)
 _AWAITING = f"""
@@ -660,9 +671,8 @@ class Ledger:
         window reads only its own row groups.
         """
         if seqs is None:
-            low, high = self.con.execute(
-                "SELECT min(seq), max(seq) FROM ledger WHERE sync = ? AND status = ?", [sync, PENDING]
-            ).fetchone()
+            low, high = self.con.execute(f"SELECT min(seq), max(seq) FROM ({_PENDING_SEQS})",
+                                         {"sync": sync}).fetchone()
             if low is None:
                 return
             seqs = range(low, high + 1)
