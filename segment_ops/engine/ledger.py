@@ -174,6 +174,43 @@ CREATE TABLE IF NOT EXISTS ledger_compactions (
 );
 """
 
+# Per sync, how many messages stood in each state once every outcome up to `through_id` and every message
+# planned up to `through_seq` was counted (`Ledger.counts` brings it forward by what was planned and
+# answered since, so counting costs what changed, not the ledger's history). A cache: deleting its rows
+# only makes the next count read everything once.
+_COUNTS = """
+CREATE TABLE IF NOT EXISTS ledger_counts (
+    sync        VARCHAR NOT NULL,
+    through_id  BIGINT NOT NULL,
+    through_seq BIGINT NOT NULL,
+    status      VARCHAR NOT NULL,
+    messages    BIGINT NOT NULL
+);
+"""
+# The change in those counts between (through_id, through_seq) = ($last_id, $last_seq) and
+# ($new_id, $new_seq): a message answered since counts -1 in its state then and +1 in its state now; a
+# message planned since, +1 in its state now.
+_COUNTS_DELTA = """
+WITH touched AS (
+    SELECT DISTINCT seq FROM outcomes WHERE sync = $sync AND id > $last_id AND id <= $new_id
+), now AS (
+    SELECT seq, arg_max(status, id) AS status FROM outcomes
+    WHERE sync = $sync AND id <= $new_id AND seq IN (SELECT seq FROM touched) GROUP BY seq
+), before AS (
+    SELECT seq, arg_max(status, id) AS status FROM outcomes
+    WHERE sync = $sync AND id <= $last_id AND seq IN (SELECT seq FROM touched) GROUP BY seq
+)
+SELECT status, sum(d) FROM (
+    SELECT coalesce(b.status, 'pending') AS status, -1 AS d
+    FROM touched t LEFT JOIN before b ON b.seq = t.seq WHERE t.seq <= $last_seq
+    UNION ALL
+    SELECT n.status, 1 FROM now n WHERE n.seq <= $last_seq
+    UNION ALL
+    SELECT coalesce(n.status, 'pending'), 1 FROM planned_messages m LEFT JOIN now n ON n.seq = m.seq
+    WHERE m.sync = $sync AND m.seq > $last_seq AND m.seq <= $new_seq
+) GROUP BY status
+"""
+
 # Append-only tables and a view. Nothing is ever updated in place, which is what DuckDB is fast at and
 # what makes a crash harmless: what a run killed at any point had not yet written here is in its outcome
 # journal (`engine/journal.py`), logged by `Ledger.recover` before anything reads the ledger again; only
@@ -228,6 +265,7 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 {_READ_BACKS}
 {_COMPACTIONS}
+{_COUNTS}
 -- Each planned message with its status (latest outcome, else pending), attempts, last error and
 -- delivery time.
 CREATE VIEW IF NOT EXISTS ledger AS
@@ -258,9 +296,10 @@ DROP VIEW IF EXISTS ledger;
 
 # Version 3 adds `read_backs` (read-back verification, issue 15); version 4 `ledger_compactions` (issue 17).
 STATE = store.register(store.StateSchema(
-    name="ledger", version=4, create=_CREATE, migrations={1: _TO_VERSION_2, 2: _READ_BACKS, 3: _COMPACTIONS},
+    name="ledger", version=5, create=_CREATE,
+    migrations={1: _TO_VERSION_2, 2: _READ_BACKS, 3: _COMPACTIONS, 4: _COUNTS},
     tables=("planned_messages", "outcome_order", "outcomes", "receipts", "receipt_settlements", "rejected",
-            "read_backs", "ledger_compactions", "ledger")))
+            "read_backs", "ledger_compactions", "ledger_counts", "ledger")))
 
 # A compacted message's payload (`Ledger.compact`) starts with this, followed by the MD5 of the body it
 # replaced: settled long ago, the body is no longer kept, but a forced re-send can tell whether its input
@@ -962,10 +1001,38 @@ class Ledger:
              _now()])
 
     def counts(self, sync: str) -> LedgerCounts:
-        """How many of `sync`'s messages stand in each state."""
-        rows = dict(self.con.execute(
-            "SELECT status, count(*) FROM ledger WHERE sync = ? GROUP BY status", [sync]).fetchall())
-        return LedgerCounts(**{state.value: rows.get(state.value, 0) for state in MessageState})
+        """How many of `sync`'s messages stand in each state.
+
+        Kept in `ledger_counts` and brought forward by the messages planned and answered since it was last
+        taken (`_COUNTS_DELTA`), so a run's counts cost its own messages, not the ledger's history; on a
+        file opened read-only the count is brought forward without being kept.
+        """
+        con = self.con
+        cached = con.execute("SELECT status, messages, through_id, through_seq FROM ledger_counts "
+                             "WHERE sync = ?", [sync]).fetchall()
+        last_id, last_seq = (cached[0][2], cached[0][3]) if cached else (0, 0)
+        # Outcomes first: every outcome up to new_id is about a message planned by then (up to new_seq).
+        new_id = con.execute("SELECT coalesce(max(id), 0) FROM outcomes WHERE sync = ?", [sync]).fetchone()[0]
+        new_seq = con.execute("SELECT coalesce(max(seq), 0) FROM planned_messages WHERE sync = ?",
+                              [sync]).fetchone()[0]
+        counts = {status: messages for status, messages, _, _ in cached}
+        if (new_id, new_seq) != (last_id, last_seq):
+            for status, change in con.execute(_COUNTS_DELTA, {"sync": sync, "last_id": last_id,
+                                                              "last_seq": last_seq, "new_id": new_id,
+                                                              "new_seq": new_seq}).fetchall():
+                counts[status] = counts.get(status, 0) + int(change)
+            if not _read_only(con):
+                con.execute("BEGIN")
+                try:
+                    con.execute("DELETE FROM ledger_counts WHERE sync = ?", [sync])
+                    con.execute("INSERT INTO ledger_counts SELECT ?, ?, ?, unnest(?::VARCHAR[]), "
+                                "unnest(?::BIGINT[])",
+                                [sync, new_id, new_seq, list(counts), list(counts.values())])
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+        return LedgerCounts(**{state.value: counts.get(state.value, 0) for state in MessageState})
 
     def window_counts(self, sync: str, relation: str) -> dict[object, MessageCounts]:
         """Where the messages of `relation` (message_id, grp) stand in `sync`, per `grp` (e.g. an hour).
@@ -1094,3 +1161,9 @@ def _refuse_unknown(sync: str, words: set[str]) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _read_only(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `con`'s database was opened read-only (a reader such as delivery health)."""
+    return bool(con.execute("SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
+                            ).fetchone()[0])

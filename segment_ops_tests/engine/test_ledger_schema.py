@@ -137,7 +137,7 @@ def test_a_file_of_the_previous_release_opens_with_its_messages_and_statuses(pre
     assert ledger.counts("s") == LedgerCounts(pending=1, delivered=1, rejected=1, awaiting_ack=1)
     assert [chunk for chunk in ledger.iter_pending("s")] == [[(4, '{"userId":"k3"}')]]
     assert ledger.rejected_since("s", "r1") == [("k9", "model", "null key")]
-    assert store.schema_version(con, "ledger") == STATE.version == 4
+    assert store.schema_version(con, "ledger") == STATE.version == 5
     con.close()
 
 
@@ -189,19 +189,20 @@ def test_a_file_of_a_newer_ledger_version_is_refused(tmp_path):
     con.close()
 
 
-def test_a_version_2_file_gains_the_read_backs_and_compactions_tables_and_keeps_its_outcomes(tmp_path):
+def test_a_version_2_file_gains_the_read_backs_compactions_and_counts_tables_and_keeps_its_outcomes(tmp_path):
     con = connect(tmp_path / "staging.duckdb")
     Ledger(con).add_planned("s", [PlannedMessage("m0", "k0", "identify", b"{}")])
     Ledger(con).log_outcomes("s", [(1, DELIVERED, 1, None)])
     con.execute("DROP TABLE read_backs")  # as a file of version 2 is
     con.execute("DROP TABLE ledger_compactions")
+    con.execute("DROP TABLE ledger_counts")
     con.execute("DELETE FROM state_schema_versions WHERE name = 'ledger'")
     con.execute("INSERT INTO state_schema_versions VALUES ('ledger', 2, now())")
 
     ledger = Ledger(con)
     ledger.record_read_backs("s", [ReadBack(1, MATCHED)])
 
-    assert store.schema_version(con, "ledger") == 4
+    assert store.schema_version(con, "ledger") == 5
     assert ledger.counts("s") == LedgerCounts(pending=0, delivered=0, rejected=0, verified=1)
     assert ledger.compact("s", settled_before=datetime.now(UTC)) == 1
     con.close()
