@@ -4,7 +4,9 @@ Any SQLAlchemy URL works: rows stream through a server-side cursor (`stream_resu
 each chunk becomes an Arrow table column by column and is appended to the staging table, so at most
 one chunk is ever held in Python. A DuckDB warehouse file is ATTACHed read-only and copied by DuckDB
 itself (the fast path: no Python in the loop), or streamed through DuckDB's own DB-API cursor in the
-same chunks; every path gives the same typed table.
+same chunks; every path gives the same typed table. A PostgreSQL warehouse through psycopg is read with
+`COPY (<query>) TO STDOUT` as CSV that DuckDB parses, `COPY_SEGMENT_BYTES` at a time (`_stage_copied`:
+which column types it takes, and when it leaves a query to the streaming path).
 
 Values Arrow cannot take as they are get the explicit rules of `calls.to_json_value` (UUID to text,
 dicts and lists to JSON; Decimal to a double, as the DuckDB path sends DECIMAL columns); a value no rule
@@ -17,11 +19,14 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
+import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
@@ -32,7 +37,12 @@ from segment_ops.engine.calls import to_json_value
 from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.store import DEFAULT_MEMORY_LIMIT
 
+if TYPE_CHECKING:
+    import psycopg
+
 CHUNK_ROWS = 20_000
+# COPY's output goes to DuckDB in files of about this size, so one at most is on disk however big the result.
+COPY_SEGMENT_BYTES = 32 * 1024 * 1024
 UNSERIALISABLE_COLUMN = "_segment_ops_unserialisable"
 # SQLAlchemy backend name -> the Dagster kind (icon) of the warehouse.
 DIALECT_KINDS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake",
@@ -51,7 +61,9 @@ class StagedResult:
     columns: tuple[str, ...]
     types: dict[str, str]  # DuckDB type of each column
     seconds: float
-    method: str  # "duckdb attach", "duckdb stream" (DuckDB's DB-API, chunks) or "sqlalchemy stream"
+    # "duckdb attach", "duckdb stream" (DuckDB's DB-API, chunks), "postgresql copy" or "sqlalchemy stream"
+    # (with why COPY was left, in brackets, when a PostgreSQL query could not take it)
+    method: str
 
 
 def dialect_of(url: str) -> str:
@@ -92,13 +104,16 @@ def stage_query(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, 
     """Run `sql` on the warehouse at `url` and stage its rows as the temporary table `table`.
 
     Temporary: the rows are this run's working set, spilled to the staging file's temp directory under
-    the memory limit rather than written into the file and checkpointed on every run.
+    the memory limit rather than written into the file and checkpointed on every run. `fast_path`: a DuckDB
+    file is ATTACHed and PostgreSQL read with COPY (false: both stream in chunks, as other warehouses do).
     """
     started = time.monotonic()
     path = duckdb_file(url)
     if fast_path and path is not None:
         _stage_attached(con, path, sql, table)
         method = "duckdb attach"
+    elif fast_path and _copies(url):
+        method = _stage_copied(con, url, sql, table, chunk_rows)
     else:
         _stage_streamed(con, url, sql, table, chunk_rows)
         method = "sqlalchemy stream" if path is None else "duckdb stream"
@@ -227,6 +242,178 @@ def _stage_attached(con: duckdb.DuckDBPyConnection, path: str, sql: str, table: 
     finally:
         con.execute(f"USE {quote(home)}")
         con.execute("DETACH segment_ops_warehouse")
+
+
+# PostgreSQL type OID -> the DuckDB type the streaming path gives psycopg's values of it (`_to_arrow`), so
+# that a table staged either way, and the diff's row hashes, are the same. Any other type leaves the query
+# to the streaming path: json and jsonb (orjson re-serialises what PostgreSQL prints: spacing, numbers,
+# repeated keys), time (24:00), arrays, intervals, bytea, ranges, money, network types... Domains arrive as
+# their base type; enums (looked up) are text.
+_COPY_TYPES = {
+    16: "BOOLEAN",  # bool
+    19: "VARCHAR", 25: "VARCHAR", 1042: "VARCHAR", 1043: "VARCHAR",  # name, text, bpchar (padded), varchar
+    2950: "VARCHAR",  # uuid: its text, as str(UUID) writes it
+    20: "BIGINT", 21: "BIGINT", 23: "BIGINT",  # int8, int2, int4: Python ints become int64
+    700: "DOUBLE", 701: "DOUBLE",  # float4, float8: the same text psycopg parses (extra_float_digits as is)
+    1700: "DOUBLE",  # numeric: a double, as the streaming path sends Decimals (the diff rejects NaN)
+    1082: "DATE", 1114: "TIMESTAMP", 1184: "TIMESTAMP WITH TIME ZONE",
+}
+# psycopg reads dates and timestamps of years 1-9999 only (not `infinity`), so the streaming path fails on any
+# other; a result holding one is left to it, to fail the same way. timestamptz keeps a day's margin: psycopg
+# converts it to the session's time zone.
+_IN_RANGE = {
+    1082: "{c} BETWEEN DATE '0001-01-01' AND DATE '9999-12-31'",
+    1114: "{c} >= TIMESTAMP '0001-01-01' AND {c} < TIMESTAMP '10000-01-01'",
+    1184: "{c} >= TIMESTAMPTZ '0001-01-02 00:00+00' AND {c} < TIMESTAMPTZ '9999-12-31 00:00+00'",
+}
+
+
+def _copies(url: str) -> bool:
+    """Whether `url` reaches PostgreSQL through psycopg 3 (also `postgresql://`: SQLAlchemy 2.1's default
+    driver), whose connection runs COPY. psycopg2 and other drivers stream."""
+    try:
+        parsed = sa.engine.make_url(url)
+        return parsed.get_backend_name() == "postgresql" and parsed.get_dialect().driver == "psycopg"
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
+        return False
+
+
+def _stage_copied(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, chunk_rows: int) -> str:
+    """PostgreSQL: the query's rows as CSV from `COPY (<query>) TO STDOUT`, parsed by DuckDB into the types
+    the streaming path gives them; no Python per value. A query COPY cannot read as the streaming path does
+    (see `_copy_query`) is streamed instead. Returns the method, with the reason when COPY was left."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            reason = _copy_query(con, conn.connection.driver_connection, url, sql, table)
+    except sa.exc.SQLAlchemyError as exc:
+        raise WarehouseError(f"reading from the warehouse failed: {_first_line(exc, url)}") from None
+    finally:
+        engine.dispose()
+    if reason is None:
+        return "postgresql copy"
+    _stage_streamed(con, url, sql, table, chunk_rows)
+    return f"sqlalchemy stream ({reason})"
+
+
+def _copy_query(con: duckdb.DuckDBPyConnection, pg: psycopg.Connection, url: str, sql: str,
+                table: str) -> str | None:
+    """Stage `sql` through COPY into `table`: None when done, else why the streaming path must read it (a
+    query that cannot be wrapped, a column type outside `_COPY_TYPES`, a date psycopg could not read, a row
+    DuckDB's CSV reader refuses). A query that fails while COPY runs raises `WarehouseError`."""
+    import psycopg
+
+    try:
+        # COPY's bytes as DuckDB reads them, for this transaction only. Settings that change what the
+        # query computes (TimeZone, DateStyle, extra_float_digits) stay the session's, as the streaming path
+        # has them: DuckDB reads timestamptz at any offset; dates must print as ISO.
+        pg.execute("SELECT set_config('client_encoding', 'UTF8', true)")
+        try:
+            described = pg.execute(f"SELECT * FROM ({sql}\n) AS model_query LIMIT 0").description
+        except psycopg.Error as exc:  # also a query only the streaming path runs (a trailing `;`)
+            return f"COPY cannot run the query: {_first_line(exc, url)}"
+        if not described:
+            return "the query returns no columns"
+        names, oids = [c.name for c in described], [c.type_code for c in described]
+        if len(set(names)) != len(names):
+            raise WarehouseError(f"the query returns a column name twice: {', '.join(names)}")
+        types: list[str] = []
+        others = _type_names(pg, {oid for oid in oids if oid not in _COPY_TYPES})
+        for name, oid in zip(names, oids, strict=True):
+            duck_type = _COPY_TYPES.get(oid) or ("VARCHAR" if others[oid][1] == "e" else None)
+            if duck_type is None:
+                return f"column {name!r} is {others[oid][0]}, which COPY does not read"
+            types.append(duck_type)
+        checks = [_IN_RANGE[oid].format(c=f"model_query.{quote(name)}")
+                  for name, oid in zip(names, oids, strict=True) if oid in _IN_RANGE]
+        if checks and not (style := pg.execute("SHOW DateStyle").fetchall()[0][0]).startswith("ISO"):
+            return f"DateStyle is {style}, not ISO"
+        # The last CSV column marks a row with a date out of range; it is read into the (otherwise all-NULL)
+        # unserialisable-value column, and looked for once all is read.
+        marker = f", CASE WHEN NOT ({' AND '.join(checks)}) THEN 'out of range' END" if checks else ""
+        statement = f"COPY (SELECT *{marker} FROM ({sql}\n) AS model_query) TO STDOUT (FORMAT csv)"
+        target = quote(table)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {target} ("
+                    + "".join(f"{quote(n)} {t}, " for n, t in zip(names, types, strict=True))
+                    + f"{UNSERIALISABLE_COLUMN} VARCHAR)")
+        insert = (f"INSERT INTO {target} SELECT *{'' if checks else ', NULL'} FROM "
+                  f"{_csv_reader([*types, 'VARCHAR'] if checks else types)}")
+        with tempfile.TemporaryDirectory(prefix="segment_ops_copy_", dir=_spill_dir(con)) as folder:
+            try:
+                _copy_into(con, pg, statement, insert, folder)
+            except duckdb.Error as exc:
+                return f"DuckDB cannot read COPY's output: {_first_line(exc)}"
+    except psycopg.Error as exc:
+        raise WarehouseError(f"the warehouse refused the query: {_first_line(exc, url)}") from None
+    counts = con.execute(f"SELECT {', '.join(f'count({quote(n)})' for n in names)}, "
+                         f"count({UNSERIALISABLE_COLUMN}) FROM {target}").fetchall()[0]
+    if counts[-1]:
+        return "a date or timestamp at or beyond the ends of years 1-9999, which psycopg reads"
+    for name, count in zip(names, counts[:-1], strict=True):
+        if not count:  # the streaming path settles a column's type on its values: none, no type
+            con.execute(f'ALTER TABLE {target} ALTER {quote(name)} TYPE "NULL"')
+    return None
+
+
+def _type_names(pg: psycopg.Connection, oids: set[int]) -> dict[int, tuple[str, str]]:
+    """(name, pg_type.typtype) of each type OID."""
+    if not oids:
+        return {}
+    rows = pg.execute("SELECT oid::int8, format_type(oid, NULL), typtype::text FROM pg_type "
+                      "WHERE oid = ANY(%s::int8[]::oid[])", [sorted(oids)]).fetchall()
+    return {oid: (str(oid), "") for oid in oids} | {oid: (name, kind) for oid, name, kind in rows}
+
+
+def _csv_reader(types: list[str]) -> str:
+    """DuckDB's reader of PostgreSQL's CSV (the file a `?`): "" is the empty string, nothing is NULL; rows end
+    in \n, which must be said (DuckDB would take a \r inside a value for the line ending); rows up to 4 MiB,
+    read 8 MiB at a time (as `pgstate` reads it)."""
+    fields = ", ".join(f"'c{i}': {literal(t)}" for i, t in enumerate(types))
+    return ("read_csv(?, header = false, auto_detect = false, delim = ',', quote = '\"', escape = '\"', "
+            "new_line = '\\n', allow_quoted_nulls = false, max_line_size = 4194304, buffer_size = 8388608, "
+            f"columns = {{{fields}}})")
+
+
+def _spill_dir(con: duckdb.DuckDBPyConnection) -> str | None:
+    """DuckDB's temp directory of the staging file (where it spills), made if need be; None (the system's
+    temp directory) for an in-memory DuckDB."""
+    database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+                           ).fetchall()[0][0]
+    folder = con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
+    if not database or not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _copy_into(con: duckdb.DuckDBPyConnection, pg: psycopg.Connection, statement: str, insert: str,
+               folder: str) -> None:
+    """Run `statement` (a COPY TO STDOUT), writing its rows into a file in `folder` that `insert` (its `?`)
+    adds to DuckDB each time it holds `COPY_SEGMENT_BYTES`, then deletes. One after the other: a thread
+    writing the next file while DuckDB reads one made both slower on two cores (the writer holds the GIL)."""
+    number, size, out = 0, 0, None
+    try:
+        with pg.cursor() as cursor, cursor.copy(statement) as copy:
+            while row := copy.read():  # PostgreSQL sends COPY's output a row at a time
+                if out is None:
+                    out = open(os.path.join(folder, f"{number}.csv"), "wb", buffering=1 << 20)  # noqa: SIM115
+                    number, size = number + 1, 0
+                size += out.write(row)
+                if size >= COPY_SEGMENT_BYTES:
+                    _insert_segment(con, insert, out)
+                    out = None
+        if out is not None:
+            _insert_segment(con, insert, out)
+            out = None
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _insert_segment(con: duckdb.DuckDBPyConnection, insert: str, out: Any) -> None:
+    out.close()
+    con.execute(insert, [out.name])
+    os.remove(out.name)
 
 
 def _stage_streamed(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, chunk_rows: int) -> None:

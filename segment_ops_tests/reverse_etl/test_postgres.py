@@ -1,4 +1,4 @@
-"""The same models against the real PostgreSQL server on this machine (generic SQLAlchemy streaming path).
+"""The same models against the real PostgreSQL server on this machine (read with COPY, through psycopg).
 
 Each test copies the demo warehouse's tables into a schema of its own and drops it afterwards;
 WAREHOUSE_URL sets that schema as the search_path, so the model files run unchanged.
@@ -82,7 +82,7 @@ def test_models_sync_from_postgresql_with_the_same_messages_as_from_duckdb(postg
 
     assert result.success and from_duckdb.success
     user = metadata(result, "user_traits")
-    assert (user["warehouse_dialect"], user["read_method"]) == ("postgresql", "sqlalchemy stream")
+    assert (user["warehouse_dialect"], user["read_method"]) == ("postgresql", "postgresql copy")
     assert (user["delivered"], user["rejected"]) == (VALID_CUSTOMERS, 4)
     assert metadata(result, "account_traits")["delivered"] == ACCOUNTS_WITH_A_USER
     assert metadata(result, "completed_orders")["delivered"] == COMPLETED_ORDERS

@@ -65,8 +65,9 @@ class ReverseEtlConfig(SendConfig):
                                                          "added and is sent again under new messageIds.")
     chunk_rows: int = Field(default=CHUNK_ROWS, description="Rows per chunk streamed from the warehouse.")
     duckdb_fast_path: bool = Field(default=True,
-                                   description="Read a DuckDB warehouse by ATTACHing it read-only (false: "
-                                               "stream it in chunks, as other warehouses are).")
+                                   description="Read a DuckDB warehouse by ATTACHing it read-only and a "
+                                               "PostgreSQL one (through psycopg) with COPY (false: stream "
+                                               "either in chunks, as other warehouses are).")
 
 
 def model_key(name: str) -> dg.AssetKey:
