@@ -429,8 +429,9 @@ def _copy_out(pg, con: duckdb.DuckDBPyConnection, schema: str, table: str, cols:
         fields = ", ".join(f"'c{i}': '{kind}'" for i, kind in enumerate(types))
         # Rows up to 4 MiB (a Segment message is at most 32 KB), read 8 MiB at a time: a bigger buffer is held
         # whole in memory, past the file's memory limit at a million rows.
+        # Rows end in \n, which must be said: DuckDB would take a \r inside the first value for the ending.
         reader = ("read_csv(?, header = false, auto_detect = false, delim = ',', quote = '\"', "
-                  "escape = '\"', allow_quoted_nulls = false, max_line_size = 4194304, "
+                  "escape = '\"', new_line = '\\n', allow_quoted_nulls = false, max_line_size = 4194304, "
                   f"buffer_size = 8388608, columns = {{{fields}}})")
         casts = ", ".join(f"c{i}" if c.scalar else f"c{i}::{c.type}" for i, c in enumerate(cols))
         con.execute(f"INSERT INTO {_q(table)} ({', '.join(_q(c.name) for c in cols)}) "

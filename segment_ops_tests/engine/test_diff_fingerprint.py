@@ -47,7 +47,8 @@ def fingerprints(con) -> dict[str, int | None]:
 ROWS = {"u1": ("free", 1), "u2": ("pro", 5), "u3": ("pro", 9)}
 
 
-def test_the_first_run_records_a_fingerprint_per_delivered_key_and_the_scheme(con, segment_client, clean_sandbox):
+def test_the_first_run_records_a_fingerprint_per_delivered_key_and_the_scheme(con, segment_client,
+                                                                             clean_sandbox):
     run(con, ROWS, segment_client)
     prints = fingerprints(con)
     assert set(prints) == set(ROWS) and all(isinstance(v, int) for v in prints.values())
@@ -79,7 +80,8 @@ def test_another_scheme_rechecks_every_row_against_the_delivered_hash_and_sends_
     assert (again.plan.added, again.plan.changed, again.plan.unchanged, again.plan.planned) == (0, 0, 3, 0)
     assert len(clean_sandbox.received("segment")) == sent_before
     assert fingerprints(con) == before  # re-taken from the rows, not kept from the old scheme
-    assert con.execute("SELECT fingerprint_scheme FROM rev_state").fetchone()[0].startswith(duckdb.__version__)
+    scheme = con.execute("SELECT fingerprint_scheme FROM rev_state").fetchone()[0]
+    assert scheme.startswith(duckdb.__version__)
 
 
 def test_under_another_scheme_a_row_whose_delivered_hash_differs_is_sent(con, segment_client, clean_sandbox):

@@ -442,7 +442,7 @@ def test_a_file_of_a_sync_the_database_dropped_and_made_again_is_not_taken_for_c
 def test_a_process_that_does_not_know_a_state_table_leaves_it_alone(tmp_path, monkeypatch, state_url):
     with store.staging(home_file(tmp_path, "a")) as con:
         store.ensure(con, store.schema_named("diff"))
-        con.execute("INSERT INTO rev_state VALUES (7)")
+        con.execute("INSERT INTO rev_state (generation) VALUES (7)")
         Ledger(con).add_planned(SYNC, messages(1))
     known = pgstate.state_names()
     monkeypatch.setattr(pgstate, "state_names", lambda: known - {"rev_state", "rev_snapshot", "rev_changes",
@@ -460,6 +460,18 @@ def test_a_nul_in_a_string_is_kept_as_u_fffd_instead_of_stopping_every_checkin(t
         Ledger(con).add_rejections(SYNC, [Rejection("k", "file:1", "unreadable line", "a\x00b")])
     with store.staging(home_file(tmp_path, "b")) as con:
         assert con.execute("SELECT record FROM rejected").fetchall() == [("a\ufffdb",)]
+
+
+def test_a_carriage_return_in_the_first_value_comes_back_as_it_was(tmp_path, state_url):
+    """DuckDB's CSV reader, unless told rows end in \\n, takes a \\r in the first value for the line end."""
+    from segment_ops.engine.diff import ensure_state
+
+    row = ("k\r1", "h", 1, False, "u\r\n1", None, None, "m1", None, 7)
+    with store.staging(home_file(tmp_path, "a")) as con:
+        ensure_state(con)
+        con.execute("INSERT INTO rev_snapshot VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))
+    with store.staging(home_file(tmp_path, "b")) as con:
+        assert con.execute("SELECT * FROM rev_snapshot").fetchall() == [row]
 
 
 def test_a_second_thread_of_one_process_waits_for_the_first_ones_session(tmp_path, state_url):
