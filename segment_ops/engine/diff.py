@@ -343,14 +343,20 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
         ledger.reject_relation(spec.sync, "rev_rejections", run_id=run_id)
         # Recorded before the ledger plans them: a run killed in between leaves a row whose message is
         # unknown to the ledger (harmless: planned next time, or dropped as stale), never the reverse.
+        # With nothing in flight (the usual start, and every first run), no change is recorded already and
+        # none can be stale.
+        in_flight = con.execute("SELECT count(*) FROM rev_changes").fetchone()[0]
+        new = ("WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)"
+               if in_flight else "")
         con.execute(
-            """
+            f"""
             INSERT INTO rev_changes
             SELECT message_id, ?, record_key, kind, row_hash, version, user_id, anonymous_id, group_id,
                    ?, now(), fingerprint
-            FROM rev_wanted w WHERE NOT EXISTS (SELECT 1 FROM rev_changes c WHERE c.message_id = w.message_id)
+            FROM rev_wanted w {new}
             """, [sql.generation, run_id])
-        plan.superseded += _supersede_stale(con, ledger, spec.sync)
+        if in_flight:
+            plan.superseded += _supersede_stale(con, ledger, spec.sync)
         revived = _revive(con, ledger, spec.sync)
         counts = ledger.plan_relation(spec.sync, "rev_wanted", run_id=run_id)
         plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
