@@ -761,24 +761,27 @@ class Ledger:
         rows = [(*o, None, None)[:6] for o in outcomes]
         seqs, statuses, attempts, errors, receipts, sent = zip(*rows, strict=True)
         _refuse_unknown(sync, set(statuses))
-        if any(s == AWAITING_ACK and not r for s, r in zip(statuses, receipts, strict=True)):
-            raise ValueError("an awaiting_ack outcome needs the receipt to confirm it by")
         now = _now()
         taken: dict[str, list] = {}
-        for seq, status, _, _, receipt, sent_at in rows:
-            if status == AWAITING_ACK:
-                low, high, count, began = taken.get(receipt, (seq, seq, 0, sent_at))
-                taken[receipt] = [min(low, seq), max(high, seq), count + 1, began or sent_at]
-        # Handing lists to DuckDB is most of this call's cost, so a column of Nones only (the errors of
-        # delivered messages, the receipts of all but awaiting ones) is NULL instead of a list.
-        nullable = {"error": errors, "receipt": receipts}
-        given = {column: list(values) for column, values in nullable.items()
-                 if values.count(None) < len(values)}
+        if AWAITING_ACK in statuses:
+            if any(s == AWAITING_ACK and not r for s, r in zip(statuses, receipts, strict=True)):
+                raise ValueError("an awaiting_ack outcome needs the receipt to confirm it by")
+            for seq, status, _, _, receipt, sent_at in rows:
+                if status == AWAITING_ACK:
+                    low, high, count, began = taken.get(receipt, (seq, seq, 0, sent_at))
+                    taken[receipt] = [min(low, seq), max(high, seq), count + 1, began or sent_at]
+        # Handing lists to DuckDB is most of this call's cost, so a column holding one value only (the
+        # status and attempts of the messages of delivered batches, their errors and receipts: None) is
+        # handed over once, as a constant, instead of as a list.
+        columns, values = [], [sync, list(seqs), now]
+        typed = ((statuses, "VARCHAR"), (attempts, "INTEGER"), (errors, "VARCHAR"), (receipts, "VARCHAR"))
+        for column, sql_type in typed:
+            constant = column.count(column[0]) == len(column)
+            columns.append(f"?::{sql_type}" if constant else f"unnest(?::{sql_type}[])")
+            values.append(column[0] if constant else list(column))
         self.con.execute(
-            "INSERT INTO outcomes (sync, seq, status, attempts, logged_at, error, receipt) "
-            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]), ?, "
-            + ", ".join("unnest(?::VARCHAR[])" if column in given else "NULL" for column in nullable),
-            [sync, list(seqs), list(statuses), list(attempts), now, *given.values()])
+            "INSERT INTO outcomes (sync, seq, logged_at, status, attempts, error, receipt) "
+            "SELECT ?, unnest(?::BIGINT[]), ?, " + ", ".join(columns), values)
         if taken:
             self.con.executemany(
                 "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
