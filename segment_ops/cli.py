@@ -94,7 +94,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.engine.delivery import DeliveryError
     from segment_ops.engine.ledger import CompactedPayloadError, Ledger
     from segment_ops.engine.pgstate import SharedStateError, redacted, state_url
-    from segment_ops.engine.store import StagingLockedError, staging
+    from segment_ops.engine.store import STREAMING_MEMORY_LIMIT, StagingLockedError, staging
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
     settings = load_settings()
@@ -112,7 +112,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     def session(wait: float) -> tuple[contextlib.ExitStack, duckdb.DuckDBPyConnection]:
         # A session as a run's: with SEGMENT_OPS_STATE_URL, under the sync's lock in PostgreSQL, checked in.
         stack = contextlib.ExitStack()
-        return stack, stack.enter_context(staging(ledger_file, lock_timeout=wait))
+        return stack, stack.enter_context(staging(ledger_file, lock_timeout=wait,
+                                                  memory_limit=STREAMING_MEMORY_LIMIT))
 
     held = (f"the replay ledger (state in PostgreSQL, {redacted(url)})" if (url := state_url()) else
             str(ledger_file))

@@ -66,7 +66,7 @@ def replayed_events(
     preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
     path = Path(config.path).expanduser()
     run_id = context.run.run_id
-    with store.staging(staging.staging_db(REPLAY_SYNC)) as con:
+    with store.staging(staging.staging_db(REPLAY_SYNC), memory_limit=store.STREAMING_MEMORY_LIMIT) as con:
         ledger = Ledger(con)
         try:
             result = replay_file(ledger, path, segment.get_client, run_id=run_id, force=config.force,
