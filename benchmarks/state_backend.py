@@ -201,7 +201,7 @@ def main() -> int:
             warehouse, model_file = work / "warehouse.duckdb", work / "big_traits.sql"
             model_file.write_text(MODEL)
             started = time.perf_counter()
-            exec(_BUILD.format(warehouse=str(warehouse), n=args.rows, snapshot=str(work / "unused.parquet")))
+            exec(_BUILD.format(warehouse=str(warehouse), n=args.rows))
             print(f"setup: warehouse of {args.rows:,} rows built in {time.perf_counter() - started:.1f}s",
                   flush=True)
             model, url = parse_model(model_file), f"duckdb:///{warehouse}"

@@ -96,7 +96,7 @@ def main() -> int:
         warehouse, model_file = work / "warehouse.duckdb", work / "big_traits.sql"
         staging_file = work / "staging.duckdb"
         model_file.write_text(MODEL)
-        exec(_BUILD.format(warehouse=str(warehouse), n=args.rows, snapshot=str(work / "unused.parquet")))
+        exec(_BUILD.format(warehouse=str(warehouse), n=args.rows))
         model, url = parse_model(model_file), f"duckdb:///{warehouse}"
         first = sync_once(staging_file, model, url)
         print(f"day 1: all {args.rows:,} rows delivered in {first:.1f}s", flush=True)
