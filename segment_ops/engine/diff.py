@@ -37,6 +37,12 @@ _FLOATS = frozenset({"float", "double"})
 _MOMENTS = frozenset({"date", "timestamp", "timestamp_s", "timestamp_ms", "timestamp_ns",
                       "timestamp with time zone"})
 _CONTAINERS = frozenset({"struct", "list", "array", "map", "union"})
+# Types (DuckDBPyType ids) whose DuckDB hash() tells apart any two values their JSON writes differently
+# (`_SpecSql._hashed`); JSON's id is varchar.
+_PLAIN_HASHED = frozenset({"boolean", "tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint",
+                           "usmallint", "uinteger", "ubigint", "uhugeint", "decimal", "varchar", "uuid",
+                           "blob", "bit", "date", "timestamp", "timestamp_s", "timestamp_ms", "timestamp_ns",
+                           "timestamp with time zone"})
 # A bare NaN/Infinity token outside the strings of a JSON text (DuckDB's JSON type accepts them).
 _BARE_NON_FINITE = r"(?i)(^|[\[:,])\s*-?(nan|inf|infinity)\s*([\],}]|$)"
 _JSON_STRING = r'"([^"\\]|\\.)*"'
@@ -370,7 +376,7 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
 
 def _fingerprints_usable(con: duckdb.DuckDBPyConnection, scheme: str, *, adopt: bool) -> bool:
     """Whether the snapshot's fingerprints were taken under `scheme` (this spec, these column types, this
-    DuckDB), so an equal fingerprint proves a row unchanged.
+    DuckDB) and the session's time zone, so an equal fingerprint proves a row unchanged.
 
     A fingerprint is a hash whose values may differ between DuckDB versions, and a changed spec may turn the
     same values into another body: under another scheme none is trusted. With `adopt` (a run that writes),
@@ -378,6 +384,9 @@ def _fingerprints_usable(con: duckdb.DuckDBPyConnection, scheme: str, *, adopt: 
     compares it with the delivered hash (the truth, whatever the scheme) and records the new fingerprints,
     so an upgrade costs one slower run and never a re-send.
     """
+    # The session's time zone too: a timestamp with time zone cast to text (an id, or inside a struct or
+    # list) is written in it.
+    scheme = f"{scheme}:{con.execute('SELECT current_setting(?)', ['TimeZone']).fetchone()[0]}"
     if con.execute("SELECT any_value(fingerprint_scheme) FROM rev_state").fetchone()[0] == scheme:
         return True
     if not adopt:
@@ -637,11 +646,26 @@ class _SpecSql:
         # are all the same has the same body, so an equal fingerprint proves it unchanged. 63 bits, so it
         # fits PostgreSQL's BIGINT when the state lives there.
         values = dict.fromkeys([*spec.mapped_columns, *self.fields])
-        self.fingerprint = (f"(hash({', '.join(f'r.{quote(c)}' for c in [*values, UNSERIALISABLE_COLUMN])})"
-                            " >> 1)::BIGINT")
+        hashed = [p for c in values for p in self._hashed(c)] + [f"r.{UNSERIALISABLE_COLUMN}"]
+        self.fingerprint = f"(hash({', '.join(hashed)}) >> 1)::BIGINT"
         described = "\x1f".join([duckdb.__version__, self.fingerprint, self.body_open, self.reason,
                                   *(f"{c} {self.types[c]}" for c in values)])
         self.scheme = f"{duckdb.__version__}:{hashlib.sha256(described.encode()).hexdigest()[:16]}"
+
+    def _hashed(self, column: str) -> list[str]:
+        """What the fingerprint hashes of `column`: its value where DuckDB's hash of the value tells apart
+        every two values JSON writes differently, else the JSON text itself. DuckDB hashes a NULL list like
+        an empty one and a NULL struct like one of NULL fields, does not mark where a nested list ends
+        ([[1, 2]] like [[1], [2]]), and takes -0.0 for 0.0 and a month for 30 days, none of which JSON
+        does; a float gets its sign bit beside it."""
+        ref = f"r.{quote(column)}"
+        try:
+            type_id = DuckDBPyType(self.types[column]).id
+        except (duckdb.Error, ValueError, TypeError):  # a type this DuckDB cannot name: its text is safe
+            type_id = None
+        if type_id in ("float", "double"):
+            return [ref, f"signbit({ref})"]
+        return [ref] if type_id in _PLAIN_HASHED else [f"to_json({ref})::VARCHAR"]
 
     def id_hash(self) -> str:
         """sha256 of (sync, key, generation, version, change, row hash) of a change row; a change's second

@@ -903,8 +903,9 @@ class Ledger:
                           [sync]).fetchone()[0]
         # A message whose last outcome came before `settled_before` had an outcome then: the windows end at
         # the last such message (none: nothing to look at, as on a ledger younger than the retention).
-        high = con.execute(f"SELECT max(seq) FROM outcomes WHERE sync = ? AND status IN {_COMPACTABLE} "
-                           "AND logged_at < ?", [sync, settled_before]).fetchone()[0]
+        high = None if low is None else con.execute(
+            f"SELECT max(seq) FROM outcomes WHERE sync = ? AND status IN {_COMPACTABLE} AND logged_at < ?",
+            [sync, settled_before]).fetchone()[0]
         done = 0
         for start in range(low or 0, (high or -1) + 1, window):
             end = start + window
@@ -1008,7 +1009,9 @@ class Ledger:
 
         Kept in `ledger_counts` and brought forward by the messages planned and answered since it was last
         taken (`_COUNTS_DELTA`), so a run's counts cost its own messages, not the ledger's history; on a
-        file opened read-only the count is brought forward without being kept.
+        file opened read-only the count is brought forward without being kept. It assumes outcome ids are
+        committed in id order when it runs, as they are between deliveries (a delivery's other cursors have
+        finished by then): an outcome committed later under a lower id would not be counted.
         """
         con = self.con
         cached = con.execute("SELECT status, messages, through_id, through_seq FROM ledger_counts "

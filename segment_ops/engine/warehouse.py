@@ -315,8 +315,7 @@ def _copy_query(con: duckdb.DuckDBPyConnection, pg: psycopg.Connection, url: str
         if not described:
             return "the query returns no columns"
         names, oids = [c.name for c in described], [c.type_code for c in described]
-        if len(set(names)) != len(names):
-            raise WarehouseError(f"the query returns a column name twice: {', '.join(names)}")
+        _refuse_repeated_names(names)
         types: list[str] = []
         others = _type_names(pg, {oid for oid in oids if oid not in _COPY_TYPES})
         for name, oid in zip(names, oids, strict=True):
@@ -453,9 +452,11 @@ def _duckdb_rows(path: str, sql: str, chunk_rows: int) -> tuple[list[str], Itera
         warehouse.close()
         raise WarehouseError(f"the warehouse refused the query: {_first_line(exc)}") from None
     names = [d[0] for d in cursor.description]
-    if len(set(names)) != len(names):
+    try:
+        _refuse_repeated_names(names)
+    except WarehouseError:
         warehouse.close()
-        raise WarehouseError(f"the query returns a column name twice: {', '.join(names)}")
+        raise
 
     def rows() -> Iterator[Sequence[Sequence[Any]]]:
         try:
@@ -466,10 +467,16 @@ def _duckdb_rows(path: str, sql: str, chunk_rows: int) -> tuple[list[str], Itera
     return names, rows()
 
 
+def _refuse_repeated_names(names: Sequence[str]) -> None:
+    """A result with a column name twice (DuckDB's names ignore case: `id` and `ID` are one) cannot be
+    staged."""
+    if len({n.lower() for n in names}) != len(names):
+        raise WarehouseError(f"the query returns a column name twice: {', '.join(names)}")
+
+
 def _write_chunks(con: duckdb.DuckDBPyConnection, table: str, names: list[str],
                   chunks: Iterator[Sequence[Sequence[Any]]]) -> None:
-    if len(set(names)) != len(names):
-        raise WarehouseError(f"the query returns a column name twice: {', '.join(names)}")
+    _refuse_repeated_names(names)
     # Chunk by chunk, each insert committed on its own: one transaction over the whole result would
     # keep every row in memory until its commit. A failure leaves a partial table that nothing reads
     # (the run fails) and the next run replaces.

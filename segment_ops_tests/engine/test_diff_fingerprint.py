@@ -127,3 +127,44 @@ def test_a_value_that_changes_and_comes_back_before_delivery_is_unchanged_and_it
     back = plan_changes(con, ledger, SPEC, staged(ROWS)(con), run_id="r2")
     assert (back.changed, back.unchanged, back.superseded) == (0, 3, 1)
     assert ledger.counts("plans").pending == 0
+
+
+def one_row(values_sql: str, types: dict[str, str]):
+    """A stage of one row, u1, with the columns `values_sql` makes (of `types`)."""
+    def stage(con: duckdb.DuckDBPyConnection) -> StagedResult:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE plans_staged AS SELECT 'u1' AS user_id, {values_sql}, "
+                    f"NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}")
+        return StagedResult("plans_staged", 1, ("user_id", *types), {"user_id": "VARCHAR", **types}, 0.0,
+                            "test")
+    return stage
+
+
+@pytest.mark.parametrize(("before", "after", "types"), [
+    ("NULL::VARCHAR[] AS tags", "[]::VARCHAR[] AS tags", {"tags": "VARCHAR[]"}),
+    ("['a', 'b'] AS active, ['c'] AS cancelled", "['a'] AS active, ['b', 'c'] AS cancelled",
+     {"active": "VARCHAR[]", "cancelled": "VARCHAR[]"}),
+    ("[[1, 2]] AS grid", "[[1], [2]] AS grid", {"grid": "INTEGER[][]"}),
+    ("NULL::STRUCT(city VARCHAR) AS address", "{'city': NULL::VARCHAR} AS address",
+     {"address": "STRUCT(city VARCHAR)"}),
+    ("0.0::DOUBLE AS score", "-(0.0::DOUBLE) AS score", {"score": "DOUBLE"}),
+], ids=["null list to empty", "an item moves between two lists", "list boundaries", "null struct to nulls",
+        "zero to negative zero"])
+def test_values_duckdbs_hash_takes_for_equal_but_json_writes_apart_are_a_change(con, segment_client,
+                                                                                clean_sandbox, before, after,
+                                                                                types):
+    spec = DiffSpec(sync="plans", source="plans.test", call="identify", mode="upsert", key="user_id",
+                    user_id="user_id", fields=tuple(types))
+    run_diff_sync(con, DiffSync(spec, one_row(before, types)), RunReport(), segment_client)
+    again = run_diff_sync(con, DiffSync(spec, one_row(after, types)), RunReport(), segment_client)
+    assert (again.plan.changed, again.plan.unchanged) == (1, 0)
+    assert len(clean_sandbox.received("segment")) == 2
+
+
+def test_another_session_time_zone_is_another_scheme(con, segment_client, clean_sandbox):
+    run(con, ROWS, segment_client)
+    before = con.execute("SELECT fingerprint_scheme FROM rev_state").fetchone()[0]
+    con.execute("SET TimeZone = 'America/New_York'")
+    again = run(con, ROWS, segment_client)
+    assert (again.plan.changed, again.plan.unchanged) == (0, 3)  # the same bodies, compared again
+    after = con.execute("SELECT fingerprint_scheme FROM rev_state").fetchone()[0]
+    assert after != before and after.endswith("America/New_York")

@@ -227,9 +227,11 @@ def test_a_query_with_a_typo_raises_what_the_streaming_path_raises(url: str):
     assert 'column "nmae" does not exist' in str(copied.value)
 
 
-def test_a_column_name_twice_is_refused(url: str):
-    with pytest.raises(WarehouseError, match="returns a column name twice: id, id"):
-        stage_query(duckdb.connect(), url, "SELECT id, id FROM tricky", "staged")
+@pytest.mark.parametrize("fast_path", [True, False], ids=["copy", "stream"])
+@pytest.mark.parametrize(("select", "named"), [("id, id", "id, id"), ('id, id AS "ID"', "id, ID")])
+def test_a_column_name_twice_is_refused(url: str, fast_path: bool, select: str, named: str):
+    with pytest.raises(WarehouseError, match=f"returns a column name twice: {named}"):
+        stage_query(duckdb.connect(), url, f"SELECT {select} FROM tricky", "staged", fast_path=fast_path)
 
 
 def test_copys_files_go_to_the_staging_files_temp_directory_and_are_removed(url: str, tmp_path: Path,
