@@ -405,7 +405,8 @@ def _fingerprints_usable(con: duckdb.DuckDBPyConnection, scheme: str, *, adopt: 
 
 def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapshot: str, table: str,
           plan: DiffPlan, *, trusted: bool, refresh: bool) -> tuple[int, int]:
-    """Steps 1-3 of `plan_changes`: `rev_current`, `rev_hashed`, `rev_candidates` and `rev_wanted` (the
+    """The diff of `plan_changes` (its steps 1 and 2, and the messages of step 4): `rev_suspects` (the null
+    and repeated keys also in `rev_current`), `rev_hashed`, the view `rev_candidates` and `rev_wanted` (the
     messages this run wants, oversize ones moved to `rev_oversize`); sets the plan's unchanged (and append
     mode's changed) counts. `trusted`: the snapshot's fingerprints were taken under `sql.scheme`, so an equal
     one proves a row unchanged; `refresh`: bring the snapshot's fingerprints up to date. Returns the
@@ -431,7 +432,7 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
         "coalesce(sum(copies) FILTER (WHERE record_key IS NOT NULL), 0) FROM rev_current").fetchone()
     if null_rows or duplicate_rows:
         con.execute("DELETE FROM rev_suspects WHERE record_key IS NULL OR copies > 1")
-    #    ... then only those get their body and row hash, their ids and the reason they cannot be sent (taken
+    # 2. Only the suspects get their body and row hash, their ids and the reason they cannot be sent (taken
     #    here, as a key is only known to be a change once its hash is). Each lookup is a semi-join or a join
     #    built on the few suspects, never another hash table over the whole snapshot.
     con.execute(f"""
@@ -465,7 +466,7 @@ def _diff(con: duckdb.DuckDBPyConnection, spec: DiffSpec, sql: _SpecSql, snapsho
         """)
     if spec.mode == "append":
         plan.changed = plan.changed_not_sent = delta_changed
-    # 3. Candidate calls: what this run sends (append: only added keys).
+    # 3. Candidate calls: what this run sends (append: only added keys); 4. their messages, below.
     sent = "NOT known" if spec.mode == "append" else "(NOT known OR row_hash <> old_hash)"
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW rev_candidates AS

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from segment_ops.engine.ledger import (
     AWAITING_ACK,
     DELIVERED,
@@ -15,20 +13,9 @@ from segment_ops.engine.ledger import (
     SUPERSEDED,
     Ledger,
     MessageState,
-    PlannedMessage,
 )
 from segment_ops.engine.store import connect
-
-
-@pytest.fixture
-def ledger(tmp_path):
-    con = connect(tmp_path / "staging.duckdb")
-    yield Ledger(con)
-    con.close()
-
-
-def messages(n: int) -> list[PlannedMessage]:
-    return [PlannedMessage(f"m{i}", f"k{i}", "identify", b"{}") for i in range(n)]
+from segment_ops_tests.engine.test_ledger import messages
 
 
 def by_view(ledger: Ledger, sync: str) -> dict[str, int]:
@@ -47,8 +34,7 @@ def test_counts_follow_plans_and_outcomes_step_by_step_as_the_full_count_does(le
     for round_ in range(40):
         sync = rng.choice("ab")
         if rng.random() < 0.4 or not planned[sync]:
-            seqs = ledger.add_planned(sync, [PlannedMessage(f"{sync}{round_}_{i}", f"k{i}", "identify", b"{}")
-                                             for i in range(rng.randint(1, 6))]).seqs
+            seqs = ledger.add_planned(sync, messages(rng.randint(1, 6), prefix=f"{sync}{round_}_")).seqs
             planned[sync] += list(seqs)
             state.update({(sync, seq): PENDING for seq in seqs})
         else:
@@ -73,7 +59,7 @@ def test_counts_taken_on_a_reader_are_right_and_not_kept(ledger, tmp_path):
     ledger.counts("s")
     ledger.log_outcomes("s", [(seqs[0], DELIVERED, 1, None), (seqs[1], REJECTED, 1, "no")])
     ledger.con.close()
-    reader = connect(tmp_path / "staging.duckdb", read_only=True)
+    reader = connect(tmp_path / "staging" / "replay.duckdb", read_only=True)  # the `ledger` fixture's file
     try:
         counts = Ledger(reader, create=False).counts("s")
         assert (counts.pending, counts.delivered, counts.rejected) == (2, 1, 1)
