@@ -299,7 +299,8 @@ STATE = store.register(store.StateSchema(
     name="ledger", version=5, create=_CREATE,
     migrations={1: _TO_VERSION_2, 2: _READ_BACKS, 3: _COMPACTIONS, 4: _COUNTS},
     tables=("planned_messages", "outcome_order", "outcomes", "receipts", "receipt_settlements", "rejected",
-            "read_backs", "ledger_compactions", "ledger_counts", "ledger")))
+            "read_backs", "ledger_compactions", "ledger_counts", "ledger"),
+    append_only=("planned_messages", "outcomes")))
 
 # A compacted message's payload (`Ledger.compact`) starts with this, followed by the MD5 of the body it
 # replaced: settled long ago, the body is no longer kept, but a forced re-send can tell whether its input
@@ -624,6 +625,7 @@ class Ledger:
                 self._check_steps(sync, mark, reset, _LEGAL_OR_RESET_STEPS)
                 # A compacted message sent again takes its payload back from the input (the same messageId:
                 # the same call).
+                store.rewritten(con, "planned_messages")
                 con.execute(
                     f"""
                     UPDATE planned_messages p SET payload = r.payload
@@ -907,6 +909,8 @@ class Ledger:
             f"SELECT max(seq) FROM outcomes WHERE sync = ? AND status IN {_COMPACTABLE} AND logged_at < ?",
             [sync, settled_before]).fetchone()[0]
         done = 0
+        if high is not None:
+            store.rewritten(con, "planned_messages")
         for start in range(low or 0, (high or -1) + 1, window):
             end = start + window
             done += con.execute(

@@ -387,6 +387,7 @@ def _rebuild(pg, sync: str, entry: tuple[str, int, str], db: str, path: Path) ->
     objects = pg.execute(f"SELECT name, kind, ddl, columns FROM {CATALOG}.objects WHERE sync = %s",
                          [sync]).fetchall()
     building = path.with_name(f".{path.name}.checkout-{uuid.uuid4().hex[:12]}")
+    appended = _append_only()
 
     def fill(con: duckdb.DuckDBPyConnection) -> None:
         _make_local_catalog(con)
@@ -395,6 +396,8 @@ def _rebuild(pg, sync: str, entry: tuple[str, int, str], db: str, path: Path) ->
             con.execute(ddl)  # a sequence's says where it stands (START is its next value)
             if kind == "table":
                 _copy_out(pg, con, schema, name, _parse_columns(columns))
+                if name in appended:
+                    _mark_appended(con, name)
         con.execute(f"INSERT INTO {LOCAL}.meta VALUES (?, ?)", [db, token])
 
     store.build_file(building, fill)
@@ -405,6 +408,33 @@ def _make_local_catalog(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {LOCAL}")
     con.execute(f"CREATE TABLE IF NOT EXISTS {LOCAL}.meta (database_id VARCHAR NOT NULL, "
                 "token VARCHAR NOT NULL)")
+    # Per append-only table, what the last check-in (or checkout) held: its rows up to rowid `high`, `rows`
+    # of them. DuckDB numbers rows as their transactions commit, so a row committed later has a higher rowid.
+    con.execute(f"CREATE TABLE IF NOT EXISTS {LOCAL}.appended (name VARCHAR NOT NULL, high BIGINT NOT NULL, "
+                "rows BIGINT NOT NULL)")
+    # Append-only tables whose rows changed in place since (`mark_rewritten`): compared whole next time.
+    con.execute(f"CREATE TABLE IF NOT EXISTS {LOCAL}.rewritten (name VARCHAR NOT NULL)")
+
+
+def mark_rewritten(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Record, in the transaction about to rewrite rows of the append-only `table` in place, that its next
+    check-in must compare every row rather than read only those added since the last one."""
+    _make_local_catalog(con)
+    con.execute(f"INSERT INTO {LOCAL}.rewritten VALUES (?)", [table])
+
+
+def _append_only() -> set[str]:
+    from segment_ops.engine import store
+
+    return {t for s in store.registered() for t in s.append_only}
+
+
+def _mark_appended(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """The file's `table` as it is now is what PostgreSQL holds: a check-in reads only rows added after."""
+    con.execute(f"DELETE FROM {LOCAL}.appended WHERE name = ?", [table])
+    con.execute(f"INSERT INTO {LOCAL}.appended SELECT ?, coalesce(max(rowid), -1), count(*) FROM {_q(table)}",
+                [table])
+    con.execute(f"DELETE FROM {LOCAL}.rewritten WHERE name = ?", [table])
 
 
 def _columns_text(columns: tuple[Column, ...]) -> str:
@@ -530,6 +560,10 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
         con.execute(f"CREATE OR REPLACE TABLE {hashes} (h BIGINT, n BIGINT)")
     elif "h_" + obj.name not in hashed:
         raise SharedStateError(f"the file lacks the record of what PostgreSQL holds of {obj.name!r}")
+    if not new and obj.name in _append_only() and (added := _added_rows(con, obj)) is not None:
+        done = _check_in_added(pg, con, sync, target, obj, columns, added, report)
+        if done is not None:
+            return done
     # The hashes whose count differs between the file and what the database holds (as the file last saw it).
     con.execute(f"CREATE OR REPLACE TEMP TABLE _delta AS SELECT h, coalesce(n.n, 0) AS now_n, "
                 f"coalesce(o.n, 0) AS old_n FROM (SELECT {_row_hash(obj.columns)} AS h, "
@@ -539,6 +573,8 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
     changed, old_rows = con.execute("SELECT count(*), coalesce(sum(old_n), 0) FROM _delta").fetchone()
     if changed == 0 and recorded is not None and recorded[1] == obj.ddl and recorded[2] == columns:
         con.execute("DROP TABLE _delta")
+        if obj.name in _append_only():
+            _mark_appended(con, obj.name)
         return False
     before = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
     deleted = written = 0
@@ -554,6 +590,8 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
         report.rows_written += written
     if new:  # indexed after its first load: one sort, not a random insert per row
         pg.execute(f"CREATE INDEX ON {target} (_h)")
+    if obj.name in _append_only():
+        _mark_appended(con, obj.name)
     rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
     if deleted + written > max(1_000, before // 10):
         # The planner's statistics, so the next DELETE by hash uses the index: a server whose autovacuum is
@@ -564,16 +602,60 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
     return True
 
 
-def _copy_in(pg, con, target: str, obj: Obj) -> int:
-    """The file's rows of `obj` whose hash changed, into PostgreSQL; returns how many."""
+def _added_rows(con: duckdb.DuckDBPyConnection, obj: Obj) -> str | None:
+    """For an append-only table, the condition of the rows added since the last check-in (a rowid range),
+    or None when they cannot be told apart: never checked in so, rewritten in place since (marked), or a
+    row gone or numbered among the old ones (the count below the mark moved). Then every row is compared."""
+    mark = con.execute(f"SELECT high, rows FROM {LOCAL}.appended WHERE name = ?", [obj.name]).fetchone()
+    if mark is None or con.execute(f"SELECT count(*) FROM {LOCAL}.rewritten WHERE name = ?",
+                                   [obj.name]).fetchone()[0]:
+        return None
+    high, rows = mark
+    if con.execute(f"SELECT count(*) FROM {_q(obj.name)} WHERE rowid <= ?", [high]).fetchone()[0] != rows:
+        return None
+    return f"rowid > {int(high)}"
+
+
+def _check_in_added(pg, con, sync: str, target: str, obj: Obj, columns: str, added: str,
+                    report: CheckinReport) -> bool | None:
+    """Check in the rows of an append-only table added since the last check-in (`added`): their hashes join
+    the file's record of what PostgreSQL holds, and they are copied in; nothing else is read. Returns whether
+    anything changed, or None, reading nothing more, when a hash is one PostgreSQL holds already (the same row
+    twice): the whole comparison, which rewrites all rows of a changed hash, does that case."""
+    hashes = _hash_table(obj.name)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _delta AS SELECT {_row_hash(obj.columns)} AS h, "
+                f"count(*)::BIGINT AS now_n FROM {_q(obj.name)} WHERE {added} GROUP BY ALL")
+    count, known = con.execute(f"SELECT count(*), count(*) FILTER (WHERE h IN (SELECT h FROM {hashes})) "
+                               "FROM _delta").fetchone()
+    if known:
+        con.execute("DROP TABLE _delta")
+        return None
+    written = 0
+    if count:
+        written = _copy_in(pg, con, target, obj, where=added)
+        con.execute(f"INSERT INTO {hashes} SELECT h, now_n FROM _delta")
+        report.tables_changed += 1
+        report.rows_written += written
+        _mark_appended(con, obj.name)
+        rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
+        if written > max(1_000, (rows - written) // 10):
+            pg.execute(f"ANALYZE {target}")
+        _record(pg, sync, obj, columns=columns, rows=rows)
+    con.execute("DROP TABLE _delta")
+    return count > 0
+
+
+def _copy_in(pg, con, target: str, obj: Obj, *, where: str | None = None) -> int:
+    """The file's rows of `obj` whose hash changed (or, `where`, the rows it selects), into PostgreSQL;
+    returns how many."""
     exprs = [_pg_text(c) for c in obj.columns]
     names = ", ".join([_q(c.name) for c in obj.columns] + ["_h"])
+    where = where or f"{_row_hash(obj.columns)} IN (SELECT h FROM _delta WHERE now_n > 0)"
     with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as spool:
         pass  # a name for DuckDB's COPY to write to
     try:
         con.execute(f"COPY (SELECT {', '.join(exprs)}, {_row_hash(obj.columns)} AS _h FROM {_q(obj.name)} "
-                    f"WHERE {_row_hash(obj.columns)} IN (SELECT h FROM _delta WHERE now_n > 0)) "
-                    f"TO '{_sql_path(spool.name)}' (FORMAT csv, HEADER false)")
+                    f"WHERE {where}) TO '{_sql_path(spool.name)}' (FORMAT csv, HEADER false)")
         with pg.cursor().copy(f"COPY {target} ({names}) FROM STDIN (FORMAT csv)") as copy, \
                 open(spool.name, "rb") as f:
             while block := f.read(_CHUNK):

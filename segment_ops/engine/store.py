@@ -57,6 +57,10 @@ class StateSchema:
     # Tables the module makes itself (`CREATE OR REPLACE TABLE ... AS`, their columns follow their query) and
     # a later step or run reads: state like `tables` (exported, shared), but not made by `create`.
     derived: tuple[str, ...] = ()
+    # Of `tables`, those whose rows are only ever added: never deleted, and changed in place only by a
+    # statement that first calls `rewritten` (with the state in PostgreSQL, a check-in then reads only the
+    # rows added since the last one).
+    append_only: tuple[str, ...] = ()
 
     @property
     def state_tables(self) -> tuple[str, ...]:
@@ -268,6 +272,13 @@ def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
     (`pgstate.checkpoint`); nothing for the embedded default, whose file is the state already."""
     if pgstate.state_url() is not None:
         pgstate.checkpoint(con)
+
+
+def rewritten(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Say that rows of `table` (one of a schema's `append_only`) are about to change in place, so that the
+    next check-in compares all of its rows (`pgstate.mark_rewritten`); nothing for the embedded default."""
+    if pgstate.state_url() is not None:
+        pgstate.mark_rewritten(con, table)
 
 
 def holds_state(con: duckdb.DuckDBPyConnection) -> bool:

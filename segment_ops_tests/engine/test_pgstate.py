@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -100,6 +101,48 @@ def test_a_checkin_writes_only_the_rows_that_changed(tmp_path, state_url):
         report = pgstate.checkin(pg, SYNC, con)
     assert (report.rows_written, report.rows_deleted) == (0, 3)
     assert pg_rows(state_url, SYNC, "planned_messages") == 5_007
+
+
+def pg_payloads(url: str, sync: str) -> list[tuple[int, str]]:
+    with psycopg.connect(url) as pg:
+        schema = pg.execute("SELECT pg_schema FROM segment_ops_state.syncs WHERE sync = %s",
+                            [sync]).fetchone()[0]
+        return pg.execute(f'SELECT seq, payload FROM "{schema}".planned_messages ORDER BY seq').fetchall()
+
+
+def test_append_only_tables_check_in_their_new_rows_alone_and_a_rewrite_in_place_whole(tmp_path, monkeypatch,
+                                                                                       state_url):
+    """planned_messages and outcomes only grow, so a check-in copies the rows added since the last one without
+    comparing the others; the two statements that rewrite payloads in place (compaction, a forced re-send's
+    restore) make the next check-in compare every row, so PostgreSQL gets the rewrite too."""
+    added: list[tuple[str, bool | None]] = []
+    check_in_added = pgstate._check_in_added
+    monkeypatch.setattr(pgstate, "_check_in_added", lambda pg, con, sync, target, obj, *rest: added.append(
+        (obj.name, result := check_in_added(pg, con, sync, target, obj, *rest))) or result)
+    path = home_file(tmp_path, "a")
+    with store.staging(path) as con:
+        ledger = Ledger(con)
+        ledger.add_planned(SYNC, messages(300))
+        deliver(ledger, limit=200)
+    with store.staging(path) as con:
+        ledger = Ledger(con)
+        deliver(ledger)
+        ledger.add_planned(SYNC, messages(5, start=300))
+    assert ("outcomes", True) in added and ("planned_messages", True) in added
+    assert (pg_rows(state_url, SYNC, "outcomes"), pg_rows(state_url, SYNC, "planned_messages")) == (300, 305)
+    added.clear()
+    with store.staging(path) as con:
+        assert Ledger(con).compact(SYNC, settled_before=datetime.now(UTC) + timedelta(days=1)) == 300
+        file_rows = con.execute("SELECT seq, payload FROM planned_messages ORDER BY seq").fetchall()
+    assert ("planned_messages", True) not in added  # compared whole, as the rewrite asked
+    assert pg_payloads(state_url, SYNC) == file_rows
+    assert sum(p.startswith("compacted:") for _, p in file_rows) == 300
+    with store.staging(home_file(tmp_path, "b")) as con:  # another machine sees the rewrite
+        assert con.execute("SELECT seq, payload FROM planned_messages ORDER BY seq").fetchall() == file_rows
+        Ledger(con).add_planned(SYNC, messages(1, start=7), force=True)  # the input again: payload restored
+        restored = con.execute("SELECT payload FROM planned_messages WHERE message_id = 'm7'").fetchone()[0]
+    assert not restored.startswith("compacted:")
+    assert dict(pg_payloads(state_url, SYNC))[8] == restored
 
 
 def test_a_file_rebuilt_from_the_database_checks_in_unchanged(tmp_path, state_url):
@@ -422,6 +465,35 @@ def test_a_checkin_racing_another_cursors_outcomes_never_hands_out_an_id_twice(t
         deliver(ledger)
         ids = con.execute("SELECT count(*), count(DISTINCT id) FROM outcomes").fetchone()
     assert ids[0] == ids[1]
+
+
+def test_outcomes_another_cursor_commits_after_a_checkin_read_its_snapshot_go_in_with_the_next(
+        tmp_path, monkeypatch, state_url):
+    path = home_file(tmp_path, "a")
+    with store.staging(path) as con:
+        ledger = Ledger(con)
+        ledger.add_planned(SYNC, messages(12))
+        deliver(ledger, limit=6)
+    con = store.connect(path)
+    other = con.cursor()
+    listing = pgstate.local_objects
+
+    def racing(c):  # committed after the check-in began: not in its snapshot, and numbered after it
+        found = listing(c)
+        Ledger(other, create=False).log_outcomes(SYNC, [(seq, DELIVERED, 1, None) for seq in range(7, 13)])
+        return found
+
+    with psycopg.connect(state_url, autocommit=True) as pg:
+        pgstate.acquire(pg, SYNC, shared=False, timeout=5)
+        monkeypatch.setattr(pgstate, "local_objects", racing)
+        pgstate.checkin(pg, SYNC, con)
+        monkeypatch.setattr(pgstate, "local_objects", listing)
+        assert pg_rows(state_url, SYNC, "outcomes") == 6
+        report = pgstate.checkin(pg, SYNC, con)
+    other.close()
+    con.close()
+    assert report.rows_written == 6
+    assert pg_rows(state_url, SYNC, "outcomes") == 12
 
 
 def test_a_file_of_a_sync_the_database_dropped_and_made_again_is_not_taken_for_current(tmp_path, state_url):
