@@ -910,6 +910,8 @@ class Ledger:
             [sync, settled_before]).fetchone()[0]
         done = 0
         if high is not None:
+            # Once for all the windows below: no check-in may run between them (none does: check-ins run
+            # on this connection, from the delivery's flush, not from here).
             store.rewritten(con, "planned_messages")
         for start in range(low or 0, (high or -1) + 1, window):
             end = start + window

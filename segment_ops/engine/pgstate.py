@@ -418,7 +418,13 @@ def _make_local_catalog(con: duckdb.DuckDBPyConnection) -> None:
 
 def mark_rewritten(con: duckdb.DuckDBPyConnection, table: str) -> None:
     """Record, in the transaction about to rewrite rows of the append-only `table` in place, that its next
-    check-in must compare every row rather than read only those added since the last one."""
+    check-in must compare every row rather than read only those added since the last one: with
+    SEGMENT_OPS_STATE_URL set, and also without it when the file is a cache of a database (opened from a
+    shell without the setting, it is still checked in later). Nothing for a file that never was."""
+    cache = con.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ? "
+                        "AND database_name = current_database()", [LOCAL]).fetchone()[0]
+    if not cache and state_url() is None:
+        return
     _make_local_catalog(con)
     con.execute(f"INSERT INTO {LOCAL}.rewritten VALUES (?)", [table])
 
@@ -498,12 +504,13 @@ def checkin(pg, sync: str, con: duckdb.DuckDBPyConnection) -> CheckinReport:
     recorded = {r[0]: r[1:] for r in pg.execute(f"SELECT name, kind, ddl, columns FROM "
                                                 f"{CATALOG}.objects WHERE sync = %s", [sync]).fetchall()}
     report = CheckinReport(generation)
+    # Made before the transaction: made inside it, a cursor marking a rewrite meanwhile would conflict.
+    _make_local_catalog(con)
     con.execute("BEGIN")
     try:
         # Read in the transaction: a sequence is not transactional, so its position read now is at least
         # every id the rows of this snapshot hold (another cursor may have taken more: those are skipped).
         objects = local_objects(con)
-        _make_local_catalog(con)
         with pg.transaction():
             if entry is None:
                 pg.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}")

@@ -276,9 +276,8 @@ def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
 
 def rewritten(con: duckdb.DuckDBPyConnection, table: str) -> None:
     """Say that rows of `table` (one of a schema's `append_only`) are about to change in place, so that the
-    next check-in compares all of its rows (`pgstate.mark_rewritten`); nothing for the embedded default."""
-    if pgstate.state_url() is not None:
-        pgstate.mark_rewritten(con, table)
+    next check-in compares all of its rows (`pgstate.mark_rewritten`; nothing for the embedded default)."""
+    pgstate.mark_rewritten(con, table)
 
 
 def holds_state(con: duckdb.DuckDBPyConnection) -> bool:

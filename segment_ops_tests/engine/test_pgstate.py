@@ -467,6 +467,23 @@ def test_a_checkin_racing_another_cursors_outcomes_never_hands_out_an_id_twice(t
     assert ids[0] == ids[1]
 
 
+def test_a_rewrite_made_without_the_setting_on_a_cached_file_still_reaches_postgresql(tmp_path, monkeypatch,
+                                                                                    state_url):
+    path = home_file(tmp_path, "a")
+    with store.staging(path) as con:
+        ledger = Ledger(con)
+        ledger.add_planned(SYNC, messages(20))
+        deliver(ledger)
+    monkeypatch.delenv(pgstate.STATE_URL)  # a shell without SEGMENT_OPS_STATE_URL opens the cache
+    con = store.connect(path)
+    assert Ledger(con).compact(SYNC, settled_before=datetime.now(UTC) + timedelta(days=1)) == 20
+    con.close()
+    monkeypatch.setenv(pgstate.STATE_URL, state_url)
+    with store.staging(path) as con:  # the next session checks in what it finds
+        file_rows = con.execute("SELECT seq, payload FROM planned_messages ORDER BY seq").fetchall()
+    assert pg_payloads(state_url, SYNC) == file_rows
+
+
 def test_outcomes_another_cursor_commits_after_a_checkin_read_its_snapshot_go_in_with_the_next(
         tmp_path, monkeypatch, state_url):
     path = home_file(tmp_path, "a")
