@@ -340,10 +340,12 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
         "SELECT payload FROM rev_wanted ORDER BY ord LIMIT ?", [SAMPLE_SIZE]).fetchall()]
 
     if dry_run:
+        ledger.states_of(spec.sync, "rev_wanted", "rev_wanted_states")
         wanted, known = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM ledger l WHERE l.sync = ? "
-            "AND l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w", [spec.sync, SUPERSEDED]
-        ).fetchone()
+            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM rev_wanted_states l "
+            "WHERE l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w",
+            [SUPERSEDED]).fetchone()
+        con.execute("DROP TABLE rev_wanted_states")
         plan.planned, plan.already_known = wanted - known, known
     else:
         ledger.reject_relation(spec.sync, "rev_rejections", run_id=run_id)
@@ -562,17 +564,18 @@ def _supersede_stale(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) 
     if con.execute("SELECT count(*) FROM rev_stale").fetchone()[0] == 0:
         con.execute("DROP TABLE rev_stale")
         return 0
-    stale = con.execute(
-        "SELECT l.message_id, l.seq FROM ledger l JOIN rev_stale s ON s.message_id = l.message_id "
-        "WHERE l.sync = ? AND l.status = ?", [sync, PENDING]).fetchall()
+    ledger.states_of(sync, "rev_stale", "rev_stale_states")
+    stale = con.execute("SELECT message_id, seq FROM rev_stale_states WHERE status = ?", [PENDING]).fetchall()
     _mark_superseded(con, ledger, sync, stale)
+    # The states read before the marking: what was pending is superseded now, and leaves as well.
     con.execute(
         """
         DELETE FROM rev_changes WHERE message_id IN (
             SELECT s.message_id FROM rev_stale s WHERE NOT EXISTS (
-                SELECT 1 FROM ledger l
-                WHERE l.sync = ? AND l.message_id = s.message_id AND l.status NOT IN (?, ?)))
-        """, [sync, PENDING, SUPERSEDED])
+                SELECT 1 FROM rev_stale_states l
+                WHERE l.message_id = s.message_id AND l.status NOT IN (?, ?)))
+        """, [PENDING, SUPERSEDED])
+    con.execute("DROP TABLE rev_stale_states")
     con.execute("DROP TABLE rev_stale")
     return len(stale)
 

@@ -1052,24 +1052,18 @@ class Ledger:
         A message_id never planned for `sync` counts as unplanned. Only the seq range the set was planned
         in is read from `outcomes`, so the cost follows the set, not the ledger's history.
         """
-        con = self.con
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE counted_messages AS SELECT r.grp, p.seq FROM {relation} AS r "
-            "LEFT JOIN planned_messages p ON p.sync = ? AND p.message_id = r.message_id", [sync])
+        self.states_of(sync, relation, "counted_states")
         try:
-            low, high = con.execute("SELECT min(seq), max(seq) FROM counted_messages").fetchone()
-            per_state = ", ".join(f"count(*) FILTER (WHERE c.seq IS NOT NULL AND coalesce(o.status, "
-                                  f"'{PENDING}') = '{state.value}')" for state in MessageState)
-            rows = con.execute(
+            per_state = ", ".join(f"count(*) FILTER (WHERE s.status = '{state.value}')"
+                                  for state in MessageState)
+            rows = self.con.execute(
                 f"""
-                SELECT c.grp, count(*), count(*) FILTER (WHERE c.seq IS NULL), {per_state}
-                FROM counted_messages c LEFT JOIN (
-                    SELECT seq, status FROM ({_LATEST_OUTCOME})
-                    WHERE sync = ? AND seq BETWEEN ? AND ?) o ON o.seq = c.seq
-                GROUP BY c.grp
-                """, [sync, low if low is not None else 0, high if high is not None else -1]).fetchall()
+                SELECT r.grp, count(*), count(*) FILTER (WHERE s.seq IS NULL), {per_state}
+                FROM {relation} AS r LEFT JOIN counted_states s ON s.message_id = r.message_id
+                GROUP BY r.grp
+                """).fetchall()
         finally:
-            con.execute("DROP TABLE counted_messages")
+            self.con.execute("DROP TABLE counted_states")
         names = ("total", "unplanned", *(state.value for state in MessageState))
         return {grp: MessageCounts(**dict(zip(names, figures, strict=True))) for grp, *figures in rows}
 

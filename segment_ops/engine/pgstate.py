@@ -567,10 +567,13 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
         con.execute(f"CREATE OR REPLACE TABLE {hashes} (h BIGINT, n BIGINT)")
     elif "h_" + obj.name not in hashed:
         raise SharedStateError(f"the file lacks the record of what PostgreSQL holds of {obj.name!r}")
-    if not new and obj.name in _append_only() and (added := _added_rows(con, obj)) is not None:
+    append_only = obj.name in _append_only()
+    if not new and append_only and (added := _added_rows(con, obj)) is not None:
         done = _check_in_added(pg, con, sync, target, obj, columns, added, report)
         if done is not None:
             return done
+    if append_only:  # whatever the comparison below finds, PostgreSQL then holds these very rows
+        _mark_appended(con, obj.name)
     # The hashes whose count differs between the file and what the database holds (as the file last saw it).
     con.execute(f"CREATE OR REPLACE TEMP TABLE _delta AS SELECT h, coalesce(n.n, 0) AS now_n, "
                 f"coalesce(o.n, 0) AS old_n FROM (SELECT {_row_hash(obj.columns)} AS h, "
@@ -580,8 +583,6 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
     changed, old_rows = con.execute("SELECT count(*), coalesce(sum(old_n), 0) FROM _delta").fetchone()
     if changed == 0 and recorded is not None and recorded[1] == obj.ddl and recorded[2] == columns:
         con.execute("DROP TABLE _delta")
-        if obj.name in _append_only():
-            _mark_appended(con, obj.name)
         return False
     before = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
     deleted = written = 0
@@ -597,16 +598,21 @@ def _check_in_object(pg, con, sync: str, schema: str, obj: Obj, recorded, report
         report.rows_written += written
     if new:  # indexed after its first load: one sort, not a random insert per row
         pg.execute(f"CREATE INDEX ON {target} (_h)")
-    if obj.name in _append_only():
-        _mark_appended(con, obj.name)
-    rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
-    if deleted + written > max(1_000, before // 10):
+    _record_table(pg, con, sync, target, obj, columns, moved=deleted + written, before=before)
+    con.execute("DROP TABLE _delta")
+    return True
+
+
+def _record_table(pg, con, sync: str, target: str, obj: Obj, columns: str, *, moved: int,
+                  before: int) -> None:
+    """Record in the catalog what PostgreSQL now holds of `obj` (its rows: the file's record of their hashes),
+    once `moved` rows of the `before` it held were written or deleted."""
+    rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {_hash_table(obj.name)}").fetchone()[0]
+    if moved > max(1_000, before // 10):
         # The planner's statistics, so the next DELETE by hash uses the index: a server whose autovacuum is
         # off or behind would otherwise plan it as a scan of the whole table (seconds at 1M rows).
         pg.execute(f"ANALYZE {target}")
     _record(pg, sync, obj, columns=columns, rows=rows)
-    con.execute("DROP TABLE _delta")
-    return True
 
 
 def _added_rows(con: duckdb.DuckDBPyConnection, obj: Obj) -> str | None:
@@ -637,17 +643,14 @@ def _check_in_added(pg, con, sync: str, target: str, obj: Obj, columns: str, add
     if known:
         con.execute("DROP TABLE _delta")
         return None
-    written = 0
     if count:
+        before = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
         written = _copy_in(pg, con, target, obj, where=added)
         con.execute(f"INSERT INTO {hashes} SELECT h, now_n FROM _delta")
         report.tables_changed += 1
         report.rows_written += written
         _mark_appended(con, obj.name)
-        rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {hashes}").fetchone()[0]
-        if written > max(1_000, (rows - written) // 10):
-            pg.execute(f"ANALYZE {target}")
-        _record(pg, sync, obj, columns=columns, rows=rows)
+        _record_table(pg, con, sync, target, obj, columns, moved=written, before=before)
     con.execute("DROP TABLE _delta")
     return count > 0
 

@@ -72,6 +72,9 @@ class StateSchema:
         if self.version < 1 or missing:
             raise StateSchemaError(f"state schema {self.name!r} at version {self.version} lacks the "
                                    f"migration(s) from version(s) {missing}")
+        if stray := set(self.append_only) - set(self.tables):
+            raise StateSchemaError(f"state schema {self.name!r} marks {sorted(stray)} append-only, which it "
+                                   "does not list among its tables")
         for table in self.tables:
             if not re.search(rf"CREATE (TABLE|VIEW|SEQUENCE) IF NOT EXISTS {re.escape(table)}\b",
                              self.create):
