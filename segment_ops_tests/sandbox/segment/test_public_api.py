@@ -144,7 +144,7 @@ def test_injected_event_appears_in_the_next_query(sandbox_http, clean_sandbox):
 
 
 def test_walk_is_stable_while_new_events_arrive(sandbox_http, clean_sandbox):
-    start = iso(datetime.now(UTC) - timedelta(days=2))
+    start = iso(datetime.now(UTC) - timedelta(days=30))
     first = get_events(sandbox_http, **{"pagination.count": 20, "startTime": start}).json()["data"]
     clean_sandbox.inject_audit_events([{"type": "Source Created"}])
 
