@@ -20,6 +20,7 @@ import datetime as dt
 import decimal
 import math
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -52,6 +53,44 @@ DIALECT_KINDS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "sno
 
 class WarehouseError(RuntimeError):
     """The warehouse refused the query or could not be reached; the message carries its answer."""
+
+
+class MissingDriverError(WarehouseError):
+    """WAREHOUSE_URL's SQLAlchemy dialect or DB-API driver is not installed; `install` is what fixes it."""
+
+    def __init__(self, message: str, install: str) -> None:
+        super().__init__(message)
+        self.install = install
+
+
+@dataclass(frozen=True)
+class WarehouseDriver:
+    """What a WAREHOUSE_URL scheme needs installed, and the `segment_ops` extra (pyproject.toml) that brings
+    it."""
+
+    extra: str
+    packages: str  # the SQLAlchemy dialect and DB-API driver, as PyPI names them
+    beside: str = ""  # a driver the scheme names that the extra does not bring (it brings the default one)
+
+    @property
+    def install(self) -> str:
+        return f"pip install 'segment_ops[{self.extra}]'" + (f" {self.beside}" if self.beside else "")
+
+
+_REDSHIFT = WarehouseDriver("redshift", "sqlalchemy-redshift and psycopg2")
+# WAREHOUSE_URL scheme (SQLAlchemy's drivername) -> what it needs. DuckDB is missing on purpose: its dialect,
+# duckdb-engine, is a main dependency.
+WAREHOUSE_DRIVERS: dict[str, WarehouseDriver] = {
+    "postgresql": WarehouseDriver("postgres", "psycopg"),  # SQLAlchemy 2.1's default PostgreSQL driver
+    "postgresql+psycopg": WarehouseDriver("postgres", "psycopg"),
+    "postgresql+psycopg2": WarehouseDriver("postgres", "psycopg2", beside="psycopg2-binary"),
+    "snowflake": WarehouseDriver("snowflake", "snowflake-sqlalchemy and snowflake-connector-python"),
+    "bigquery": WarehouseDriver("bigquery", "sqlalchemy-bigquery and google-cloud-bigquery"),
+    "redshift": _REDSHIFT,  # sqlalchemy-redshift's default driver is psycopg2
+    "redshift+psycopg2": _REDSHIFT,
+    "redshift+redshift_connector": WarehouseDriver("redshift", "sqlalchemy-redshift and redshift_connector",
+                                                   beside="redshift_connector"),
+}
 
 
 @dataclass(frozen=True)
@@ -90,13 +129,41 @@ def duckdb_file(url: str) -> str | None:
 
 
 def create_engine(url: str) -> sa.Engine:
-    """A SQLAlchemy engine on a warehouse that is not a DuckDB file (those are attached directly)."""
+    """A SQLAlchemy engine on a warehouse that is not a DuckDB file (those are attached directly). Nothing
+    connects yet; a dialect or driver that is not installed raises `MissingDriverError` saying what to
+    install."""
     try:
         return sa.create_engine(url)
-    except sa.exc.NoSuchModuleError as exc:  # no SQLAlchemy dialect/driver installed for the URL's scheme
-        raise WarehouseError(f"WAREHOUSE_URL cannot be used: {exc}") from None
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:  # no dialect for the scheme / its driver missing
+        raise missing_driver_error(sa.engine.make_url(url).drivername, exc) from None
     except sa.exc.ArgumentError:  # the message would quote the URL, password included
         raise WarehouseError("WAREHOUSE_URL is not a valid SQLAlchemy URL") from None
+    except Exception as exc:  # noqa: BLE001 (a dialect refusing its settings: BigQuery without credentials)
+        scheme = sa.engine.make_url(url).drivername
+        raise WarehouseError(f"WAREHOUSE_URL ({scheme}://) cannot be used: {_first_line(exc, url)}") from None
+
+
+def missing_driver_error(scheme: str, exc: BaseException) -> MissingDriverError:
+    """The error for a WAREHOUSE_URL whose `scheme` (e.g. "postgresql+psycopg") could not load its SQLAlchemy
+    dialect or driver (`exc`): the scheme, what is missing and what to install, never the URL itself."""
+    if isinstance(exc, sa.exc.NoSuchModuleError):
+        missing = f"no SQLAlchemy dialect for {scheme.split('+')[0]} is installed"
+    elif module := getattr(exc, "name", None) or _missing_module_name(str(exc)):
+        missing = f"the Python module {module} is not installed"
+    else:  # an ImportError other than a missing module (e.g. a driver too old for its dialect)
+        missing = f"its import failed: {_first_line(exc)}"
+    if (driver := WAREHOUSE_DRIVERS.get(scheme)) is not None:
+        return MissingDriverError(f"WAREHOUSE_URL ({scheme}://) needs {driver.packages}, but {missing}; "
+                                  f"install it with: {driver.install}", driver.install)
+    backend = scheme.split("+")[0]
+    if backend == "postgres":  # SQLAlchemy 1.4 dropped this spelling, which Heroku and others still print
+        return MissingDriverError(f"WAREHOUSE_URL ({scheme}://) cannot be used: SQLAlchemy has no dialect "
+                                  "named postgres; write postgresql:// instead of postgres://", "postgresql://")
+    extras = ", ".join(sorted({d.extra for d in WAREHOUSE_DRIVERS.values()}))
+    install = f"the SQLAlchemy dialect package for {backend} and its driver"
+    return MissingDriverError(f"WAREHOUSE_URL ({scheme}://) cannot be used: {missing}; install {install} "
+                              f"in segment_ops's environment (its own extras cover {extras}; DuckDB needs "
+                              "none)", install)
 
 
 def stage_query(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, *,
@@ -139,6 +206,14 @@ def probe_id(table: str, column: str | None) -> str:
     return f"{table}.max({column})" if column else table
 
 
+def probe_statement(dialect: sa.Dialect, table: str, column: str | None) -> str:
+    """The query of one probe, its names quoted as `dialect` quotes them: BigQuery's backticks, and a
+    lower-case name left bare, so that Snowflake folds it as it folded the table's own (unquoted) name."""
+    preparer = dialect.identifier_preparer
+    select = "count(*)" + (f", max({preparer.quote(column)})" if column else "")
+    return f"SELECT {select} FROM {'.'.join(preparer.quote(part) for part in table.split('.'))}"
+
+
 def probe_tables(url: str, probes: Sequence[tuple[str, str | None]]) -> dict[str, str]:
     """A cheap change marker per (table, column): the row count, plus max(column) when a column is given.
 
@@ -152,9 +227,8 @@ def probe_tables(url: str, probes: Sequence[tuple[str, str | None]]) -> dict[str
     try:
         with engine.connect() as conn:
             for table, column in probes:
-                select = "count(*)" + (f", max({quote(column)})" if column else "")
                 try:
-                    row = conn.exec_driver_sql(f"SELECT {select} FROM {_table(table)}").one()
+                    row = conn.exec_driver_sql(probe_statement(engine.dialect, table, column)).one()
                 except sa.exc.SQLAlchemyError as exc:
                     conn.rollback()
                     markers[probe_id(table, column)] = f"error: {_first_line(exc, url)}"
@@ -167,12 +241,23 @@ def probe_tables(url: str, probes: Sequence[tuple[str, str | None]]) -> dict[str
     return markers
 
 
+def limit_zero(sql: str) -> str:
+    """`sql` wrapped to return its columns and no row (the `)` on a line of its own, so that `sql` may end in
+    a `--` comment)."""
+    return f"SELECT * FROM ({sql}\n) AS model_query LIMIT 0"
+
+
+def driver_sql(dialect: sa.Dialect, sql: str) -> str:
+    """`sql` as `exec_driver_sql` must hand it to `dialect`'s DB-API driver: format-style drivers read `%` as
+    a placeholder."""
+    return sql.replace("%", "%%") if dialect.paramstyle in ("format", "pyformat") else sql
+
+
 def compile_queries(url: str, queries: Mapping[str, str]) -> dict[str, tuple[str, ...] | WarehouseError]:
-    """Run each query as `SELECT * FROM (<query>) LIMIT 0` over one connection: the columns it returns, or
-    the warehouse's refusal (the `)` on a line of its own, so a query may end in a `--` comment). Nothing is
-    read, so it shows cheaply that the queries compile against the warehouse as it is now. Raises
-    `WarehouseError` when the warehouse cannot be reached at all."""
-    wrapped = {name: f"SELECT * FROM ({sql}\n) AS model_query LIMIT 0" for name, sql in queries.items()}
+    """Run each query as `limit_zero` wraps it, over one connection: the columns it returns, or the
+    warehouse's refusal. Nothing is read, so it shows cheaply that the queries compile against the warehouse
+    as it is now. Raises `WarehouseError` when the warehouse cannot be reached at all."""
+    wrapped = {name: limit_zero(sql) for name, sql in queries.items()}
     found: dict[str, tuple[str, ...] | WarehouseError] = {}
     if (path := duckdb_file(url)) is not None:
         try:
@@ -194,7 +279,7 @@ def compile_queries(url: str, queries: Mapping[str, str]) -> dict[str, tuple[str
             conn.exec_driver_sql("SELECT 1").all()
             for name, sql in wrapped.items():
                 try:
-                    found[name] = tuple(conn.exec_driver_sql(_escape(engine, sql)).keys())
+                    found[name] = tuple(conn.exec_driver_sql(driver_sql(engine.dialect, sql)).keys())
                 except sa.exc.SQLAlchemyError as exc:
                     conn.rollback()
                     found[name] = WarehouseError(f"the warehouse refused the query: {_first_line(exc, url)}")
@@ -430,7 +515,7 @@ def _stage_streamed(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: s
         with engine.connect() as conn:
             try:
                 streaming = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
-                result = streaming.exec_driver_sql(_escape(engine, sql))
+                result = streaming.exec_driver_sql(driver_sql(engine.dialect, sql))
             except sa.exc.SQLAlchemyError as exc:
                 raise WarehouseError(f"the warehouse refused the query: {_first_line(exc, url)}") from None
             _write_chunks(con, table, list(result.keys()), _chunks(result.fetchmany, chunk_rows))
@@ -638,12 +723,6 @@ def _cast(name: str, duck_type: str) -> str:
     return quote(name) if duck_type == '"NULL"' else f"{quote(name)}::{duck_type}"
 
 
-def _escape(engine: sa.Engine, sql: str) -> str:
-    """`exec_driver_sql` hands the text to the DB-API driver; format-style drivers read `%` as a
-    placeholder."""
-    return sql.replace("%", "%%") if engine.dialect.paramstyle in ("format", "pyformat") else sql
-
-
 def _table(name: str) -> str:
     return ".".join(quote(part) for part in name.split("."))
 
@@ -652,6 +731,13 @@ def _marker(value: Any) -> str:
     if isinstance(value, dt.datetime):
         return value.isoformat()
     return "" if value is None else str(value)
+
+
+def _missing_module_name(text: str) -> str | None:
+    """The module of an ImportError that names it only in its message ("No module named psycopg2", as
+    sqlalchemy-redshift raises it)."""
+    found = re.search(r"No module named '?(\w+(?:\.\w+)*)", text)
+    return found.group(1) if found else None
 
 
 def _first_line(exc: BaseException, url: str | None = None) -> str:
