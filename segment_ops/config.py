@@ -105,6 +105,14 @@ SETTINGS: tuple[Setting, ...] = (
         default=f"http://127.0.0.1:{DEFAULT_SANDBOX_PORT}",
     ),
     Setting(
+        "SEGMENT_OPS_CLOCK",
+        "Testing and demo aid: an ISO-8601 UTC instant (`2026-11-29T15:30:00Z`) that stands in for \"now\" "
+        "wherever a window is chosen (the audit trail's complete hours, Pendo's settled days, the demo's "
+        "runs) and in the sandbox's demo world (audit events, Heap members, Pendo usage), so a run on a "
+        "given day and hour can be repeated. Dagster's own clock (schedules, run times) and the ledgers' "
+        "timestamps stay real. Unset: the real clock.",
+    ),
+    Setting(
         "SEGMENT_TRACKING_URL",
         "Segment HTTP Tracking API base (live: `https://api.segment.io`, EU: `https://events.eu1.segmentapis.com`).",
         sandbox_path="/segment",
@@ -278,7 +286,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "REVERSE_ETL_MODELS_DIR",
-        "Folder of reverse-ETL model files (`<model>.sql`); unset: the project's `sql/reverse_etl/`.",
+        "Folder of reverse-ETL model files (`<model>.sql`), or several separated by the path separator "
+        "(`:`, on Windows `;`), read in order, e.g. your own models beside the examples; two models of the "
+        "same name are an error naming both files. Unset: the project's `sql/reverse_etl/`.",
     ),
     Setting(
         "PENDO_HEALTH_CONFIG",
@@ -287,7 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "WAREHOUSE_URL",
-        "SQLAlchemy URL of the warehouse the reverse-ETL models run against (PostgreSQL, Snowflake, ...).",
+        "SQLAlchemy URL of the warehouse the reverse-ETL models run against: DuckDB, PostgreSQL, Snowflake, "
+        "BigQuery, Redshift, or any database with a SQLAlchemy dialect. Every warehouse but DuckDB needs its "
+        "driver: `pip install 'segment_ops[postgres]'` (or `[snowflake]`, `[bigquery]`, `[redshift]`; see "
+        "\"Installing a warehouse driver\").",
         default="duckdb:///{home}/demo_warehouse.duckdb",
     ),
     Setting(

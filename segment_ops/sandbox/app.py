@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import orjson
 from starlette.applications import Starlette
@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
+from segment_ops import clock
 from segment_ops.config import (
     SANDBOX_HEAP_API_KEY,
     SANDBOX_HEAP_APP_ID,
@@ -60,7 +61,7 @@ from segment_ops.sandbox.recorder import Recorder
 from segment_ops.sandbox.segment import delivery_overview
 from segment_ops.sandbox.segment.profiles import SegmentProfiles
 from segment_ops.sandbox.segment.public_api import SegmentPublicApi
-from segment_ops.sandbox.segment.sources import workspace_sources
+from segment_ops.sandbox.segment.sources import delivered_keys, workspace_sources
 from segment_ops.sandbox.segment.tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking, SegmentTrackingEu
 from segment_ops.sandbox.slack import SlackWebhook
 from segment_ops.sandbox.splunk_hec import SplunkHec
@@ -124,7 +125,8 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     )
     emulators: list[Emulator] = [
         SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit,
-                        dedupe_window_seconds=config.segment_dedupe_window_seconds, pipeline=pipeline),
+                        dedupe_window_seconds=config.segment_dedupe_window_seconds, pipeline=pipeline,
+                        delivered=delivered_keys(sources)),
         SegmentTrackingEu(recorder, rate_limit=config.segment_rate_limit),
         public_api,
         Heap(recorder, app_id=config.heap_app_id, api_key=config.heap_api_key),
@@ -183,11 +185,11 @@ class DemoSource:
         """Demo data whose `now` is not before `moment` (building it costs ~30 ms)."""
         with self._lock:
             if self._data is None or self._data.now < moment:
-                self._data = DemoData(self._config, now=max(moment, datetime.now(UTC)))
+                self._data = DemoData(self._config, now=max(moment, clock.now()))
             return self._data
 
     def recent(self) -> DemoData:
-        return self.at_least(datetime.now(UTC) - PENDO_DATA_MAX_AGE)
+        return self.at_least(clock.now() - PENDO_DATA_MAX_AGE)
 
     def audit_events(self, start: datetime, end: datetime) -> list[dict]:
         return self.at_least(end).audit_events(start, end)

@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segment_ops import clock
+
 POPULATION_START = datetime(2021, 1, 1, tzinfo=UTC)
 POPULATION_AS_OF = datetime(2026, 10, 1, tzinfo=UTC)
 # The population holds each person's id at every vendor: an anonymous visitor's Pendo visitorId is this
@@ -74,7 +76,8 @@ def gc_paused(func: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 class DemoWorld:
-    """The population of one (seed, scale), seen at `now` (tz-aware, default: the current UTC time).
+    """The population of one (seed, scale), seen at `now` (tz-aware, default: `clock.now()`, the current UTC
+    time unless `SEGMENT_OPS_CLOCK` pins it).
 
     The population (`users`, `accounts`) depends only on `config`, never on `now`: its timestamps are
     absolute, between `POPULATION_START` and `POPULATION_AS_OF`, so rebuilding it later yields the same rows
@@ -91,7 +94,7 @@ class DemoWorld:
         if config.scale <= 0:
             raise ValueError(f"DemoConfig.scale must be positive, got {config.scale}")
         self.config = config
-        self.now = as_utc(now or datetime.now(UTC), "now")
+        self.now = as_utc(now or clock.now(), "now")
         self._now_ms = to_ms(self.now)
         self._acc = _build_accounts(config)
         self._pop = _build_users(config, self._acc)

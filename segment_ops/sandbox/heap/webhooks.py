@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 import orjson
@@ -58,6 +58,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from segment_ops import clock
 from segment_ops.clients.base import tls_context
 from segment_ops.sandbox.common import json_response
 from segment_ops.sandbox.heap.data import HeapDemoData
@@ -171,7 +172,7 @@ class HeapWebhookPusher:
     def push(self, spec: dict | None = None) -> list[dict]:
         """Compute and queue one sync per changed segment for each target (or the one named); returns them."""
         spec = spec or {}
-        at = datetime.fromisoformat(spec["at"]) if spec.get("at") else datetime.now(UTC)
+        at = datetime.fromisoformat(spec["at"]) if spec.get("at") else clock.now()
         if at.tzinfo is None:
             raise PushError("at must carry a time zone, e.g. 2026-10-01T12:00:00+00:00")
         with self._lock:
@@ -191,7 +192,7 @@ class HeapWebhookPusher:
             segment_id = int(spec["segment"])
         except (KeyError, TypeError, ValueError):
             raise PushError("segment must be a Heap segment id") from None
-        segments = self._demo(datetime.now(UTC)).heap_segments()
+        segments = self._demo(clock.now()).heap_segments()
         segment = next((s for s in segments if s["id"] == segment_id), None)
         if segment is None:
             raise PushError(f"unknown segment {segment_id}")
@@ -331,7 +332,7 @@ class HeapWebhookPusher:
                        if t.interval_seconds > 0 and time.monotonic() - t.last_push >= t.interval_seconds]
             for target in due:
                 try:
-                    self._push_target(target, self._demo(datetime.now(UTC)), datetime.now(UTC), {})
+                    self._push_target(target, self._demo(clock.now()), clock.now(), {})
                 except Exception:  # noqa: BLE001 - a timer must not die; the next tick tries again
                     with self._lock:
                         target.last_push = time.monotonic()

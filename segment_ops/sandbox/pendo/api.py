@@ -43,7 +43,6 @@ Where the sandbox and Pendo still differ, or the spec is silent (choices, not ve
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
@@ -55,6 +54,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from segment_ops import clock
 from segment_ops.clients.pendo import fractional_offset
 from segment_ops.config import SANDBOX_PENDO_TIMEZONE
 from segment_ops.sandbox.common import (
@@ -147,7 +147,8 @@ class Pendo:
         log = self.recorder[self.name]
         log.store(body if isinstance(body, dict) else {"body": body})
         try:
-            rows = await run_in_threadpool(run_aggregation, body, self.fetch, now_ms=int(time.time() * 1000),
+            now_ms = int(clock.now().timestamp() * 1000)  # SEGMENT_OPS_CLOCK, when set
+            rows = await run_in_threadpool(run_aggregation, body, self.fetch, now_ms=now_ms,
                                            timezone=self.timezone)
         except PipelineError as exc:
             return text_response(str(exc), 400)

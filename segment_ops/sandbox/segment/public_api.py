@@ -4,7 +4,8 @@ the workspace's sources with their write keys, `GET /sources` (spec §7; `source
 `delivery_overview.py`, counted from what the Tracking API double received).
 
 Events come from the demo data (`data.py`; their "now" moves with the wall clock, so new events appear
-as time passes) plus any injected through the sandbox-only `POST /__sandbox__/audit-events`.
+as time passes, or stands at `SEGMENT_OPS_CLOCK` when that is set: `clock.now()`) plus any injected
+through the sandbox-only `POST /__sandbox__/audit-events`.
 
 Vendor sources followed (spec §2 and §7): segment-docs' Public API pages and docs.segmentapis.com "Rate
 Limits" (envelopes, pagination, the 429 body); segmentio/public-api-sdk-typescript `api/auditTrailApi.ts`,
@@ -44,6 +45,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from segment_ops import clock
 from segment_ops.sandbox.common import json_response, scheme_token
 from segment_ops.sandbox.recorder import Recorder
 from segment_ops.sandbox.segment.delivery_overview import (
@@ -117,7 +119,7 @@ class SegmentPublicApi:
 
     def inject(self, partial_events: list[dict]) -> list[dict]:
         """Add audit events (missing fields get defaults, `timestamp` defaults to now); returns them whole."""
-        now = _iso(datetime.now(UTC), "milliseconds")
+        now = _iso(clock.now(), "milliseconds")
         events = []
         for partial in partial_events:
             number = next(self._ids)
@@ -141,7 +143,7 @@ class SegmentPublicApi:
         if refused := self._admit(request):
             return refused
         try:
-            query = _parse_query(request.query_params, datetime.now(UTC))
+            query = _parse_query(request.query_params, clock.now())
         except InvalidParameter as exc:
             return _error(400, "RequestError", str(exc), field=exc.field)
         self.recorder[self.name].store(dict(request.query_params))

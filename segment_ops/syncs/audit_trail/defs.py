@@ -47,7 +47,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -56,6 +56,7 @@ import dagster as dg
 import duckdb
 import orjson
 
+from segment_ops import clock
 from segment_ops.clients.base import RetryPolicy, VendorError, VendorFatalError
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.config import load_settings
@@ -79,7 +80,7 @@ from segment_ops.resources import (
 from segment_ops.syncs.audit_trail.siem import SiemDestination, SplunkHecDestination, ledger_sync
 from segment_ops.syncs.external import SEGMENT_WORKSPACE
 from segment_ops.syncs.metadata import markdown_table
-from segment_ops.syncs.shared import OWNER
+from segment_ops.syncs.shared import OWNER, SyncFailure
 
 STAGING_SYNC = "audit_trail"  # the staging file: $SEGMENT_OPS_HOME/staging/audit_trail.duckdb
 POOL = "staging_audit_trail"
@@ -100,6 +101,7 @@ OPEN_REQUEST_TTL = timedelta(hours=6)  # a requested run never launched in this 
 REQUEST_TAG = "segment_ops/audit_request"  # the sensor's run key of the request, on the run it made
 # startTime/endTime may both be exclusive (spec §7): windows are read this much early, events deduped by id.
 WINDOW_OVERLAP = timedelta(seconds=1)
+HOUR_US = 3_600_000_000
 # Seconds between ticks; also how often acks are polled while awaited (HEC forgets idle channels at 600 s).
 SENSOR_INTERVAL = 180
 SAFETY_NET_HOURS = 2  # complete hours the schedule re-reads
@@ -161,6 +163,9 @@ class PullReport:
     new: int = 0
     pulled_by_type: Counter[str] = field(default_factory=Counter)
     new_by_type: Counter[str] = field(default_factory=Counter)
+    # Per (start, end] hour of the events' timestamps, keyed by its start: a range run's partitions.
+    pulled_by_hour: Counter[datetime] = field(default_factory=Counter)
+    new_by_hour: Counter[datetime] = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
@@ -180,11 +185,33 @@ class WindowStatus:
     awaiting_ack: int = 0
 
 
+@dataclass(frozen=True)
+class HourFigures:
+    """One hour's events in the first destination's ledger (Splunk HEC): what this run found and did."""
+
+    events: int = 0
+    new: int = 0  # never planned before this run
+    forwarded: int = 0  # became delivered in this run (taken at once, or acknowledged now)
+    rejected: int = 0  # refused by the destination in this run
+    delivered: int = 0  # after the run, whichever run delivered them
+    awaiting_ack: int = 0
+    pending: int = 0
+
+    @property
+    def already_known(self) -> int:
+        """Planned by an earlier run: delivered already, or pending or awaiting an ack from then."""
+        return self.events - self.new
+
+    def __add__(self, other: "HourFigures") -> "HourFigures":
+        return HourFigures(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
 @dataclass
 class ForwardReport:
     start: datetime
     end: datetime
     events: int = 0
+    hours: dict[datetime, HourFigures] = field(default_factory=dict)  # keyed by the hour's start
     plans: dict[str, PlanCounts] = field(default_factory=dict)
     deliveries: dict[str, DeliveryReport] = field(default_factory=dict)
     settles: dict[str, SettleReport] = field(default_factory=dict)  # acks polled this run (start and end)
@@ -246,11 +273,18 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
         """, {"start": start, "end": end, "run_id": run_id})
     # With the pull's overlap (WINDOW_OVERLAP): an event at the very end of the hour before, staged by this
     # run's read, is planned here too (the ledger plans an id once).
-    events = [orjson.loads(row[0]) for row in con.execute(
-        "SELECT event FROM audit_events WHERE ts > ? AND ts <= ? ORDER BY ts, id",
-        [start - WINDOW_OVERLAP, end]).fetchall()]
+    rows = con.execute(
+        "SELECT event, epoch_us(ts) FROM audit_events WHERE ts > ? AND ts <= ? ORDER BY ts, id",
+        [start - WINDOW_OVERLAP, end]).fetchall()
+    events = [orjson.loads(row[0]) for row in rows]
     redacted = [rules.redact(e) if rules else e for e in events]
     report = ForwardReport(start, end, events=len(events))
+    # Each event with its hour, so each hour of a range run reports its own figures (`report.hours`).
+    con.execute("CREATE OR REPLACE TEMP TABLE window_hour_events AS "
+                "SELECT unnest(?::VARCHAR[]) AS message_id, unnest(?::TIMESTAMPTZ[]) AS grp",
+                [[str(e["id"]) for e in events], [hour_of(row[1]) for row in rows]])
+    first_sync = ledger_sync(destinations[0]) if destinations else None
+    before = ledger.window_counts(first_sync, "window_hour_events") if first_sync else {}
     for destination in destinations:
         sync = ledger_sync(destination)
         # Earlier runs' acks first: what is confirmed is not re-sent; what timed out is pending again.
@@ -276,10 +310,46 @@ def forward_window(con: duckdb.DuckDBPyConnection, destinations: Sequence[SiemDe
         counts = ledger.counts(sync)
         report.pending_total[sync] = counts.pending
         report.awaiting_total[sync] = counts.awaiting_ack
+    if first_sync:
+        after = ledger.window_counts(first_sync, "window_hour_events")
+        report.hours = {_utc(hour): _hour_figures(before.get(hour, MessageCounts()), now)
+                        for hour, now in after.items()}
+    con.execute("DROP TABLE window_hour_events")
     record_forwarded_hours(con, ledger, [ledger_sync(d) for d in destinations], run_id=run_id,
                            since=end - timedelta(days=GAP_LOOKBACK_DAYS))
     report.seconds = time.monotonic() - started
     return report
+
+
+def hour_of(epoch_us: int) -> datetime:
+    """The start of the (start, end] hour holding the instant `epoch_us` (an instant on the hour belongs to
+    the hour it ends)."""
+    return datetime.fromtimestamp((epoch_us - 1) // HOUR_US * HOUR_US // 1_000_000, UTC)
+
+
+def figures_by_partition(by_hour: dict[datetime, "HourFigures"] | Counter[datetime],
+                         keys: Sequence[str]) -> dict:
+    """`by_hour` summed per partition of `keys` (consecutive hours): what lies before the first hour (the
+    read's second of overlap, `WINDOW_OVERLAP`) counts for the first partition, whose read picked it up."""
+    starts = [PARTITIONS.time_window_for_partition_key(key).start for key in keys]
+    totals: dict = {}
+    for hour, figures in by_hour.items():
+        key = keys[max(0, sum(1 for start in starts if start <= hour) - 1)]
+        totals[key] = totals[key] + figures if key in totals else figures
+    return totals
+
+
+def _hour_figures(before: MessageCounts, after: MessageCounts) -> HourFigures:
+    delivered = after.delivered + after.verified
+    return HourFigures(events=after.total, new=before.unplanned,
+                       forwarded=delivered - (before.delivered + before.verified),
+                       rejected=after.rejected - before.rejected, delivered=delivered,
+                       awaiting_ack=after.awaiting_ack, pending=after.pending)
+
+
+def _utc(moment: object) -> datetime:
+    assert isinstance(moment, datetime)
+    return moment.astimezone(UTC)
 
 
 def window_status(con: duckdb.DuckDBPyConnection, sync: str, start: datetime, end: datetime) -> WindowStatus:
@@ -389,11 +459,15 @@ def _stage(con: duckdb.DuckDBPyConnection, events: list[dict], run_id: str | Non
         "unnest(?::VARCHAR[]) AS event",
         [ids, [unique[i]["timestamp"] for i in ids], [unique[i].get("type") for i in ids],
          [orjson.dumps(unique[i]).decode() for i in ids]])
+    hours = {row[0]: hour_of(row[1]) for row in con.execute("SELECT id, epoch_us(ts) FROM incoming_audit")
+             .fetchall()}
     new_ids = {row[0] for row in con.execute(
         "INSERT INTO audit_events SELECT i.id, i.ts, i.type, i.event, ?, ? FROM incoming_audit i "
         "WHERE NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.id = i.id) RETURNING id",
         [run_id, datetime.now(UTC)]).fetchall()}
     con.execute("DROP TABLE incoming_audit")
+    report.pulled_by_hour.update(hours.values())
+    report.new_by_hour.update(hours[i] for i in new_ids)
     report.pulled += len(ids)
     report.new += len(new_ids)
     for event_id, event in unique.items():
@@ -424,19 +498,19 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
     Source: the [Segment Public API audit trail](https://docs.segmentapis.com/tag/Audit-Trail)
     (`GET /audit-events`)."""
     window = context.partition_time_window
-    end = min(window.end, datetime.now(UTC))  # the hour in progress is read up to now
+    end = min(window.end, clock.now())  # the hour in progress is read up to now (SEGMENT_OPS_CLOCK, if set)
     client = segment_public_api.get_client()
     try:
         with store.staging(staging.staging_db(STAGING_SYNC)) as con:
             # Read a second early: the Public API's edges may both be exclusive (spec §7); staging dedupes.
             report = pull_window(client, con, window.start - WINDOW_OVERLAP, end, run_id=context.run.run_id)
     except VendorError as exc:
-        raise dg.Failure(description=str(exc), metadata={"window_start": window.start.isoformat()}) from None
+        raise SyncFailure(description=str(exc), metadata={"window_start": window.start.isoformat()}) from None
     finally:
         client.close()
     rows = sorted(((k, n, report.new_by_type.get(k, 0)) for k, n in report.pulled_by_type.items()),
                   key=lambda row: (-row[1], row[0]))
-    return dg.MaterializeResult(metadata={
+    metadata = {
         "window_start": window.start.isoformat(),
         "window_end": end.isoformat(),
         "events_pulled": report.pulled,
@@ -445,7 +519,20 @@ def segment_audit_events(context: dg.AssetExecutionContext, segment_public_api: 
         "by_action_type": dg.MetadataValue.md(markdown_table(["action type", "pulled", "new"], rows)
                                               if rows else "no events in this hour"),
         "duration_seconds": round(report.seconds, 2),
-    })
+    }
+    keys = context.partition_keys
+    if len(keys) == 1:
+        return dg.MaterializeResult(metadata=metadata)
+    # A range run: each partition gets its own hour's counts; the run's are kept under `run_` names.
+    pulled = figures_by_partition(report.pulled_by_hour, keys)
+    new = figures_by_partition(report.new_by_hour, keys)
+    for key in keys:
+        hour = PARTITIONS.time_window_for_partition_key(key)
+        context.add_asset_metadata({
+            "window_start": hour.start.isoformat(), "window_end": min(hour.end, end).isoformat(),
+            "events_pulled": pulled.get(key, 0), "new_events": new.get(key, 0),
+            "already_staged": pulled.get(key, 0) - new.get(key, 0)}, partition_key=key)
+    return dg.MaterializeResult(metadata=_run_wide(metadata, len(keys)))
 
 
 @dg.asset(
@@ -480,7 +567,7 @@ def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResour
 
     Destination: [Splunk HTTP Event Collector](https://docs.splunk.com/Documentation/Splunk/latest/Data/UsetheHTTPEventCollector)."""
     window = context.partition_time_window
-    end = min(window.end, datetime.now(UTC))
+    end = min(window.end, clock.now())
     destinations: list[SiemDestination] = []
     try:
         with store.staging(staging.staging_db(STAGING_SYNC)) as con:
@@ -490,15 +577,22 @@ def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResour
                 destinations.append(siem_jsonl.get_destination())
             report = forward_window(con, destinations, window.start, end, rules=audit_redaction.get_rules(),
                                     run_id=context.run.run_id, max_in_flight=splunk.max_in_flight)
-            windows, holes = missing_windows(con, datetime.now(UTC), timedelta(days=GAP_LOOKBACK_DAYS))
+            windows, holes = missing_windows(con, clock.now(), timedelta(days=GAP_LOOKBACK_DAYS))
     except VendorFatalError as exc:
-        raise dg.Failure(description=f"SIEM refused the credentials or configuration: {exc}") from None
+        raise SyncFailure(description=f"SIEM refused the credentials or configuration: {exc}") from None
     except ValueError as exc:  # a setting that cannot work (SPLUNK_HEC_CHANNEL not a GUID)
-        raise dg.Failure(description=str(exc)) from None
+        raise SyncFailure(description=str(exc)) from None
     finally:
         for destination in destinations:
             destination.close()
     metadata = _forward_metadata(report, destinations)
+    keys = context.partition_keys
+    if len(keys) > 1:  # a range run: each partition gets its own hour's counts, the run's under `run_` names
+        hours = figures_by_partition(report.hours, keys)
+        for key in keys:
+            context.add_asset_metadata(_hour_metadata(key, hours.get(key, HourFigures()), end),
+                                       partition_key=key)
+        metadata = _run_wide(metadata, len(keys))
     only_awaiting = report.handed_over and not report.complete
     delivery_complete = dg.AssetCheckResult(
         check_name="delivery_complete", passed=report.complete,
@@ -512,7 +606,7 @@ def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResour
                   "errors": "; ".join(report.errors.values()) or "-"})
     if report.errors:  # the check shows the hour as incomplete on the asset, then the run fails
         yield delivery_complete
-        raise dg.Failure(description="; ".join(report.errors.values()), metadata=metadata)
+        raise SyncFailure(description="; ".join(report.errors.values()), metadata=metadata)
     first_missing = ", ".join(h.strftime("%Y-%m-%d-%H:00") for h in holes[:10]) or "-"
     yield dg.MaterializeResult(
         metadata=metadata,
@@ -525,6 +619,26 @@ def siem_audit_events(context: dg.AssetExecutionContext, splunk: SplunkHecResour
                           "first_missing": first_missing}),
         ],
     )
+
+
+def _hour_metadata(key: str, figures: HourFigures, end: datetime) -> dict:
+    """One partition's own figures in a range run (Splunk HEC's ledger), named as a one-hour run's."""
+    hour = PARTITIONS.time_window_for_partition_key(key)
+    return {"window_start": hour.start.isoformat(), "window_end": min(hour.end, end).isoformat(),
+            "events_in_window": figures.events, "new_events": figures.new,
+            "already_forwarded_or_pending": figures.already_known, "forwarded": figures.forwarded,
+            "delivered": figures.forwarded, "rejected_by_destination": figures.rejected,
+            "window_delivered": figures.delivered, "window_awaiting_ack": figures.awaiting_ack,
+            "window_pending": figures.pending}
+
+
+def _run_wide(metadata: dict, partitions: int) -> dict:
+    """A range run's own metadata, shown on each of its partitions: counts and the window under `run_`
+    names (each partition's own counts carry the plain names), so no partition claims the whole window."""
+    counts = {k for k, v in metadata.items() if k.startswith("window_")
+              or (isinstance(v, int) and not isinstance(v, bool))}
+    return ({k: v for k, v in metadata.items() if k not in counts}
+            | {f"run_{k}": v for k, v in metadata.items() if k in counts} | {"run_partitions": partitions})
 
 
 def _forward_metadata(report: ForwardReport, destinations: Sequence[SiemDestination]) -> dict:
@@ -582,7 +696,7 @@ audit_trail_job = dg.define_asset_job(
                        "going, starts a run of the newest complete hour so they are polled.")
 def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api: SegmentPublicApiResource,
                         staging: StagingResource) -> dg.SensorResult:
-    started, now = time.monotonic(), datetime.now(UTC)
+    started, now = time.monotonic(), clock.now()
     state = SensorState.load(context.cursor)
     keys = PARTITIONS.get_partition_keys(current_time=now)
     horizon = lateness_horizon()
@@ -787,9 +901,10 @@ def audit_trail_safety_net(context: dg.ScheduleEvaluationContext) -> Iterable[dg
 
 
 def complete_hours(count: int, now: datetime | None = None) -> list[str]:
-    """The `count` newest complete hourly partition keys, oldest first (e.g. for the demo or a catch-up)."""
+    """The `count` newest complete hourly partition keys at `now` (default: `clock.now()`), oldest first (e.g.
+    for the demo or a catch-up)."""
     # With end_offset=1 the last key is the hour in progress; the ones before it are complete.
-    return PARTITIONS.get_partition_keys(current_time=now or datetime.now(UTC))[-count - 1:-1]
+    return PARTITIONS.get_partition_keys(current_time=now or clock.now())[-count - 1:-1]
 
 
 def _run_in_flight(instance: dg.DagsterInstance, partition_key: str | None) -> bool:

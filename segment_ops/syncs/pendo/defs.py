@@ -34,6 +34,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from segment_ops import clock
 from segment_ops.clients.base import VendorAuthError
 from segment_ops.clients.pendo import (
     AppScope,
@@ -80,7 +81,7 @@ from segment_ops.syncs.pendo.score import (
     load_health_config,
     score_accounts,
 )
-from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
+from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
 
 GROUP = "pendo"
 POOL = f"staging_{SYNC}"
@@ -113,7 +114,7 @@ def _config() -> HealthConfig:
     try:
         return load_health_config(health_config_path())
     except HealthConfigError as exc:
-        raise dg.Failure(description=str(exc), metadata={"config_file": dg.MetadataValue.path(str(exc.path))}
+        raise SyncFailure(description=str(exc), metadata={"config_file": dg.MetadataValue.path(str(exc.path))}
                          ) from None
 
 
@@ -123,7 +124,7 @@ def _app_set(pendo: PendoResource) -> str:
     try:
         return AppScope.parse(pendo.app_ids).key
     except PendoSettingError as exc:
-        raise dg.Failure(description=str(exc)) from None
+        raise SyncFailure(description=str(exc)) from None
 
 
 def _config_version() -> str:
@@ -176,7 +177,7 @@ def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyCon
     try:
         client = pendo.get_client()
     except PendoSettingError as exc:
-        raise dg.Failure(description=str(exc)) from None
+        raise SyncFailure(description=str(exc)) from None
     try:
         with store.staging(staging.staging_db(SYNC)) as con:
             report = extract_days(con, client, health, first_day, last_day, zone=SUBSCRIPTION_ZONE,
@@ -187,9 +188,9 @@ def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyCon
                 "FROM pendo_staged_days s WHERE s.day BETWEEN ? AND ? ORDER BY s.day DESC",
                 [first_day, last_day]).fetchall()
     except VendorAuthError as exc:
-        raise dg.Failure(description=f"Pendo refused the integration key: {exc}") from None
+        raise SyncFailure(description=f"Pendo refused the integration key: {exc}") from None
     except ExtractError as exc:
-        raise dg.Failure(description=str(exc), metadata=_usage_metadata(exc.report, [])) from None
+        raise SyncFailure(description=str(exc), metadata=_usage_metadata(exc.report, [])) from None
     finally:
         client.close()
     metadata = _usage_metadata(report, days[:31])
@@ -204,7 +205,7 @@ def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyCon
                  f"([extract] settle_hours): Pendo may still be processing them, so they are not read before "
                  f"{readable:%Y-%m-%d %H:%M} UTC")
     if not report.slices:
-        raise dg.Failure(description=f"{not_ready}; nothing was staged", metadata=metadata)
+        raise SyncFailure(description=f"{not_ready}; nothing was staged", metadata=metadata)
     # Only the staged days' partitions are materialized, each with its own row counts; the unsettled ones stay
     # missing (a later "materialize missing" picks them up), and no output means the score does not run on
     # them.
@@ -289,12 +290,12 @@ def account_health(context: dg.AssetExecutionContext, config: HealthScoreConfig,
     try:
         as_of = date.fromisoformat(config.as_of) if config.as_of else None
     except ValueError:
-        raise dg.Failure(description=f"as_of must be a day as YYYY-MM-DD, got {config.as_of!r}") from None
+        raise SyncFailure(description=f"as_of must be a day as YYYY-MM-DD, got {config.as_of!r}") from None
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
             report = score_accounts(con, health, as_of=as_of, timezone=TIMEZONE, apps=apps)
         except NothingStagedError as exc:
-            raise dg.Failure(description=str(exc)) from None
+            raise SyncFailure(description=str(exc)) from None
         otherwise = days_staged_otherwise(con, report.missing_days, TIMEZONE, apps)
     missing = report.missing_days
     window_note = "complete"
@@ -404,11 +405,11 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
                                       dry_run=config.dry_run, max_in_flight=segment.max_in_flight)
         except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError,
                 WarehouseError) as exc:
-            raise dg.Failure(description=str(exc)) from None
+            raise SyncFailure(description=str(exc)) from None
         except DeliveryIncomplete as exc:
-            raise dg.Failure(description=str(exc), metadata=_groups_metadata(exc.report)) from None
+            raise SyncFailure(description=str(exc), metadata=_groups_metadata(exc.report)) from None
         except VendorAuthError as exc:
-            raise dg.Failure(description=f"Segment refused the write key: {exc}") from None
+            raise SyncFailure(description=f"Segment refused the write key: {exc}") from None
     pending = run.ledger.pending if run.ledger else 0
     return dg.MaterializeResult(
         metadata=_groups_metadata(run),
@@ -466,10 +467,11 @@ pendo_account_health_job = dg.define_asset_job(
 
 
 def latest_days(count: int, now: datetime | None = None) -> tuple[str, str]:
-    """The first and last partition keys of the `count` newest days that can be read at `now` (default: the
-    current time): days of the subscription's zone that ended `[extract] settle_hours` ago or more."""
+    """The first and last partition keys of the `count` newest days that can be read at `now` (default:
+    `clock.now()`, the current time unless SEGMENT_OPS_CLOCK pins it): days of the subscription's zone that
+    ended `[extract] settle_hours` ago or more."""
     config = load_health_config(health_config_path())
-    last = last_settled_day(SUBSCRIPTION_ZONE, config.settle_hours, now)
+    last = last_settled_day(SUBSCRIPTION_ZONE, config.settle_hours, now or clock.now())
     first = max(last - timedelta(days=count - 1), date.fromisoformat(PARTITIONS_START))
     return str(first), str(last)
 
