@@ -17,7 +17,7 @@ import hmac
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -43,7 +43,7 @@ from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
 from segment_ops.clients.splunk_hec import AckSetting, HecConfigurationError, SplunkHecClient, hec_event
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, HomeConflictError, Settings
 from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, describe, gate
-from segment_ops.engine.warehouse import WarehouseError, compile_queries, duckdb_file
+from segment_ops.engine.warehouse import MissingDriverError, WarehouseError
 
 T = TypeVar("T")
 
@@ -103,9 +103,11 @@ CHECK_NAMES = (*SENDING_CHECKS, "segment_public_api", "segment_profiles", "splun
 
 
 def all_checks(settings: Settings) -> list[Check]:
-    """Every check, in the table's order (`CHECK_NAMES`)."""
+    """Every check, in the table's order (`CHECK_NAMES`), with one `segment_destination:<models>` row per
+    other Segment destination reverse-ETL models name after `segment_region`."""
     sources = _sources_fetch(settings)
-    return [*_segment_checks(settings, sources), _public_api_check(settings, sources),
+    return [*_segment_checks(settings, sources), *_destination_checks(settings, sources),
+            _public_api_check(settings, sources),
             _profiles_check(settings), *_splunk_checks(settings), *_pendo_checks(settings),
             *_heap_checks(settings), _slack_check(settings), *_warehouse_checks(settings)]
 
@@ -146,12 +148,21 @@ def gate_settings(settings: Settings, *, tracking_url: str, write_key: str) -> S
 
 
 def gate_sending(settings: Settings, *, tracking_url: str, write_key: str,
-                 max_age: float | None = None) -> list[CheckResult]:
+                 max_age: float | None = None, destination: SegmentDestination | None = None,
+                 used_by: Sequence[str] = ()) -> list[CheckResult]:
     """The sending checks of the key and host a send uses, run or reused from the cache when at most `max_age`
     seconds old (default PREFLIGHT_CACHE_SECONDS); raises `engine.preflight.PreflightRefused` when one failed
-    definitively (auth or configuration). The gate of the syncs in Dagster and of `segment-ops replay`."""
+    definitively (auth or configuration). The gate of the syncs in Dagster and of `segment-ops replay`.
+
+    With a `destination` of its own (a reverse-ETL model's, `used_by` naming the model), the key and host are
+    that destination's and its one check runs instead, the answer shared with `segment-ops check`'s row."""
     if max_age is None:
         max_age = preflight_cache_seconds(settings)
+    if destination is not None and not destination.is_default:
+        check = destination_check(settings, destination, used_by, write_key=write_key,
+                                  tracking_url=tracking_url, sources=_sources_fetch(settings))
+        return gate([check], cache=cache_for(settings), max_age=max_age,
+                    secrets=[*secret_values(settings), write_key])
     settings = gate_settings(settings, tracking_url=tracking_url, write_key=write_key)
     return gate(sending_checks(settings), cache=cache_for(settings), max_age=max_age,
                 secrets=secret_values(settings))
@@ -327,13 +338,25 @@ def _audit_trail_used(settings: Settings) -> bool:
 
 
 def _segment_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Check]:
+    write_key_check, region_check = _segment_verdicts(settings, sources)
+    key_names = ("SEGMENT_WRITE_KEY", "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
+    region_names = ("SEGMENT_TRACKING_URL", "SEGMENT_PUBLIC_API_URL", "SEGMENT_PUBLIC_API_TOKEN")
+    return [_check(settings, _Verdict("segment_write_key", key_names), write_key_check),
+            _check(settings, _Verdict("segment_region", region_names), region_check)]
+
+
+def _segment_verdicts(settings: Settings, sources: _Once[list[dict]], key_name: str = "SEGMENT_WRITE_KEY",
+                      url_name: str = "SEGMENT_TRACKING_URL") -> tuple[Callable[[_Verdict], CheckResult],
+                                                                       Callable[[_Verdict], CheckResult]]:
+    """The write-key and region checks of the key and host in `settings`' SEGMENT_WRITE_KEY and
+    SEGMENT_TRACKING_URL, whose texts call them `key_name` and `url_name` (the variables a model named)."""
     write_key = _credential(settings, "SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
     token = _credential(settings, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
     api_url, tracking_url = settings["SEGMENT_PUBLIC_API_URL"], settings["SEGMENT_TRACKING_URL"]
 
     def write_key_check(verdict: _Verdict) -> CheckResult:
         if write_key is None:
-            return verdict.fail("SEGMENT_WRITE_KEY is not set",
+            return verdict.fail(f"{key_name} is not set",
                                 f"set it to the write key of the Segment HTTP source ({SOURCE_KEYS})")
         if token is None:
             return verdict.warn("cannot be verified: SEGMENT_PUBLIC_API_TOKEN is not set, and Segment "
@@ -357,7 +380,7 @@ def _segment_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Chec
         if not mine:
             return verdict.fail(f"not the write key of any of the {len(found)} sources the token can read "
                                 "(Segment answers 200 to every call under it and drops it)",
-                                f"copy the HTTP source's write key ({SOURCE_KEYS}) into SEGMENT_WRITE_KEY; "
+                                f"copy the HTTP source's write key ({SOURCE_KEYS}) into {key_name}; "
                                 "a source of another workspace needs that workspace's token")
         label = f"{mine[0].get('name')!r} ({mine[0].get('slug')})"
         if not any(s.get("enabled") for s in mine):
@@ -377,22 +400,134 @@ def _segment_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Chec
         tracking = _region(tracking_url, settings, TRACKING_HOSTS, SANDBOX_TRACKING)
         workspace = _region(api_url, settings, PUBLIC_API_HOSTS, SANDBOX_PUBLIC_API)
         if tracking is None or workspace is None:
-            name, url = (("SEGMENT_TRACKING_URL", tracking_url) if tracking is None
+            name, url = ((url_name, tracking_url) if tracking is None
                          else ("SEGMENT_PUBLIC_API_URL", api_url))
             return verdict.warn(f"cannot tell the region of {name}'s host {_host(url)}",
                                 "make sure the tracking host is your workspace region's (US api.segment.io, "
                                 "EU events.eu1.segmentapis.com): the other region's drops every call")
         if tracking != workspace:
-            return verdict.fail(f"SEGMENT_TRACKING_URL ({_host(tracking_url)}) is the {tracking} tracking "
+            return verdict.fail(f"{url_name} ({_host(tracking_url)}) is the {tracking} tracking "
                                 f"host, but the workspace is {workspace} (its Public API at {_host(api_url)} "
                                 "answers the token): Segment answers 200 and drops every call",
-                                f"set SEGMENT_TRACKING_URL to {TRACKING_BASE[workspace]}")
+                                f"set {url_name} to {TRACKING_BASE[workspace]}")
         return verdict.ok(f"tracking host {_host(tracking_url)} and the workspace are both {workspace}")
 
-    key_names = ("SEGMENT_WRITE_KEY", "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
-    region_names = ("SEGMENT_TRACKING_URL", "SEGMENT_PUBLIC_API_URL", "SEGMENT_PUBLIC_API_TOKEN")
-    return [_check(settings, _Verdict("segment_write_key", key_names), write_key_check),
-            _check(settings, _Verdict("segment_region", region_names), region_check)]
+    return write_key_check, region_check
+
+
+# --- Segment destinations named by reverse-ETL models ----------------------------------------------------
+
+DESTINATION_CHECK = "segment_destination"
+_RANK = {Status.PASS: 0, Status.SKIP: 1, Status.WARN: 2, Status.FAIL: 3}
+
+
+@dataclass(frozen=True)
+class SegmentDestination:
+    """Where a reverse-ETL model sends: the NAMES of the variables holding the write key and the Tracking API
+    base (`write_key_env:` / `tracking_url_env:` in its header), never their values."""
+
+    write_key_env: str = "SEGMENT_WRITE_KEY"
+    tracking_url_env: str = "SEGMENT_TRACKING_URL"
+
+    @property
+    def is_default(self) -> bool:
+        return (self.write_key_env, self.tracking_url_env) == ("SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.write_key_env, self.tracking_url_env
+
+    @property
+    def cache_key(self) -> str:
+        return f"{DESTINATION_CHECK}:{self.write_key_env}:{self.tracking_url_env}"
+
+
+class DestinationNotSet(ValueError):
+    """A variable a model's destination names is unset or empty; the message names it, never a value."""
+
+    def __init__(self, names: Sequence[str], used_by: Sequence[str]) -> None:
+        self.names = tuple(names)
+        verb = "is" if len(self.names) == 1 else "are"
+        super().__init__(f"{' and '.join(self.names)} {verb} not set in the environment: the Segment "
+                         f"destination named by {_models(used_by)} (`write_key_env:` / `tracking_url_env:`) "
+                         "cannot be sent to; set it in the environment of the code location and its runs")
+
+
+def destination_values(settings: Settings, destination: SegmentDestination,
+                       env: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """The write key and tracking URL `destination` names, read at run time: SEGMENT_WRITE_KEY and
+    SEGMENT_TRACKING_URL as every setting is (sandbox defaults when unset), any other variable from the
+    environment (`env`, default `os.environ`; None when unset or empty, as `dg.EnvVar` reads it)."""
+    env = os.environ if env is None else env
+
+    def read(name: str) -> str | None:
+        return (settings[name] if name in settings.values else env.get(name)) or None
+
+    return read(destination.write_key_env), read(destination.tracking_url_env)
+
+
+def require_destination(settings: Settings, destination: SegmentDestination, used_by: Sequence[str],
+                        env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """`destination_values`, or `DestinationNotSet` naming each variable that is unset."""
+    key, url = destination_values(settings, destination, env)
+    if key is None or url is None:
+        raise DestinationNotSet([n for n, v in zip(destination.names, (key, url), strict=True) if v is None],
+                                used_by)
+    return key, url
+
+
+def destination_check(settings: Settings, destination: SegmentDestination, used_by: Sequence[str], *,
+                      write_key: str | None, tracking_url: str | None, sources: _Once[list[dict]]) -> Check:
+    """One check of a model's own destination: `segment_write_key` and `segment_region` of its key and host,
+    in one row named after the models that send there (`used_by`). `segment-ops check` and the models' gate
+    share its cached answer (`cache_key`), whatever models each names."""
+    names = (*destination.names, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
+    verdict = _Verdict(f"{DESTINATION_CHECK}:{'+'.join(used_by)}", names)
+    derived = gate_settings(settings, tracking_url=tracking_url or "", write_key=write_key or "")
+    key_check, region_check = _segment_verdicts(derived, sources, *destination.names)
+
+    def run() -> CheckResult:
+        missing = [n for n, v in zip(destination.names, (write_key, tracking_url), strict=True) if v is None]
+        if missing:
+            return verdict.fail(f"{' and '.join(missing)} not set: {_models(used_by)} cannot send",
+                                f"set {' and '.join(missing)} in the environment of the code location and "
+                                "its runs (the source's write key; the Tracking API base of its workspace's "
+                                "region)")
+        parts = [("write key", key_check(verdict)), ("region", region_check(verdict))]
+        worst = max((r for _, r in parts), key=lambda r: (_RANK[r.status], r.definitive))
+        todo = "; ".join(r.todo for _, r in parts if r.todo and r.status in (Status.WARN, Status.FAIL))
+        detail = f"used by {_models(used_by)}; " + "; ".join(f"{what}: {r.detail}" for what, r in parts)
+        result = CheckResult(verdict.check, names, worst.status, detail, todo,
+                             definitive=worst.definitive, transient=any(r.transient for _, r in parts))
+        return result.redacted([write_key or ""])
+
+    reads = ("SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL", *names[2:])
+    return Check(verdict.check, names, run, _fingerprint(derived, reads), cache_key=destination.cache_key)
+
+
+def model_destinations(settings: Settings) -> dict[SegmentDestination, list[str]]:
+    """The destinations other than SEGMENT_WRITE_KEY / SEGMENT_TRACKING_URL the reverse-ETL models name, each
+    with the models naming it (a model file that does not parse names none: see `reverse_etl_models`)."""
+    from segment_ops.syncs.reverse_etl.model import ModelSpec, load_models
+
+    found: dict[SegmentDestination, list[str]] = {}
+    for model in load_models(settings["REVERSE_ETL_MODELS_DIR"] or Path(resources.files(MODELS_PACKAGE))):
+        if isinstance(model, ModelSpec) and model.own_destination:
+            found.setdefault(SegmentDestination(*model.destination), []).append(model.name)
+    return dict(sorted(found.items(), key=lambda item: item[0].names))
+
+
+def _destination_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Check]:
+    checks = []
+    for destination, models in model_destinations(settings).items():
+        key, url = destination_values(settings, destination)
+        checks.append(destination_check(settings, destination, models, write_key=key, tracking_url=url,
+                                        sources=sources))
+    return checks
+
+
+def _models(names: Sequence[str]) -> str:
+    return ("model " if len(names) == 1 else "models ") + ", ".join(names)
 
 
 def _public_api_check(settings: Settings, sources: _Once[list[dict]]) -> Check:
@@ -780,21 +915,21 @@ def _host_port(url: str) -> str:
 
 def _warehouse_checks(settings: Settings) -> list[Check]:
     url = settings["WAREHOUSE_URL"]
-    models_dir = Path(settings["REVERSE_ETL_MODELS_DIR"] or resources.files(MODELS_PACKAGE))
+    # One folder, or several separated by os.pathsep (`load_models`).
+    models_dir = settings["REVERSE_ETL_MODELS_DIR"] or Path(resources.files(MODELS_PACKAGE))
 
-    def compiled() -> tuple[list, dict]:
-        from segment_ops.syncs.reverse_etl.model import ModelSpec, load_models
+    def compiled() -> list:
+        from segment_ops.syncs.reverse_etl.model import compile_models, load_models
 
-        models = load_models(models_dir)
-        if (path := duckdb_file(url)) is not None and not Path(path).exists():
-            raise WarehouseError(f"the DuckDB warehouse {path} does not exist")
-        return models, compile_queries(url, {m.name: m.sql for m in models if isinstance(m, ModelSpec)})
+        return compile_models(url, load_models(models_dir))  # `segment-ops models validate` runs the same
 
     result = _Once(compiled)
 
     def connect_check(verdict: _Verdict) -> CheckResult:
         try:
             result()
+        except MissingDriverError as exc:  # configuration, not an outage: installing the extra fixes it
+            return verdict.fail(f"driver missing: {exc}", exc.install)
         except WarehouseError as exc:
             return verdict.transient(f"cannot connect: {exc}",
                                      "check WAREHOUSE_URL, the network and the credentials in it (sandbox: "
@@ -805,24 +940,17 @@ def _warehouse_checks(settings: Settings) -> list[Check]:
         from segment_ops.syncs.reverse_etl.model import ModelError
 
         try:
-            models, columns = result()
+            models = result()
         except WarehouseError:
             return verdict.skip("the warehouse is not reachable", "see the warehouse row")
         if not models:
             return verdict.skip(f"no model files in {models_dir}", "add `<model>.sql` files")
         broken, good = [], []
         for model in models:
-            try:
-                if isinstance(model, ModelError):
-                    raise model
-                found = columns[model.name]
-                if isinstance(found, WarehouseError):
-                    raise ModelError(model.path, str(found))
-                model.check_columns(found)
-            except ModelError as exc:
-                broken.append(f"{exc.path.name}: {exc.problem}")
-                continue
-            good.append(model.name)
+            if isinstance(model, ModelError):
+                broken.append(f"{model.path.name}: {model.problem}")
+            else:
+                good.append(model.name)
         if broken:
             return verdict.fail(f"{len(broken)} of {len(models)} broken: " + "; ".join(broken),
                                 "fix the model files named (their runs fail until then)")

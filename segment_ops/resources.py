@@ -8,7 +8,7 @@ applies (see the README's configuration table).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +27,12 @@ from segment_ops.engine.redaction import (
     DEFAULT_SCAN_FIELDS,
     RedactionRules,
 )
-from segment_ops.preflight import gate_sending, preflight_cache_seconds
+from segment_ops.preflight import (
+    SegmentDestination,
+    gate_sending,
+    preflight_cache_seconds,
+    require_destination,
+)
 from segment_ops.syncs.audit_trail.siem import JsonLinesDestination, SplunkHecDestination
 
 
@@ -51,6 +56,21 @@ class SegmentTrackingResource(dg.ConfigurableResource):
             max_requests_per_second=self.max_requests_per_second,
             max_connections=max(self.max_in_flight, 1),
         )
+
+    def for_destination(self, destination: SegmentDestination, used_by: Sequence[str],
+                        settings: Settings | None = None) -> SegmentTrackingResource:
+        """This resource sending to `destination` instead (a reverse-ETL model's `write_key_env:` /
+        `tracking_url_env:`): each variable it names is read now, at run time, as `dg.EnvVar` reads it, so its
+        value is never in the definitions; a variable it leaves at the default keeps this resource's value.
+        Raises `preflight.DestinationNotSet` naming each variable that is unset."""
+        if destination.is_default:
+            return self
+        key, url = require_destination(settings or load_settings(), destination, used_by)
+        return SegmentTrackingResource(
+            base_url=self.base_url if destination.tracking_url_env == "SEGMENT_TRACKING_URL" else url,
+            write_key=self.write_key if destination.write_key_env == "SEGMENT_WRITE_KEY" else key,
+            gzip=self.gzip, max_requests_per_second=self.max_requests_per_second,
+            max_in_flight=self.max_in_flight)
 
 
 class SegmentPublicApiResource(dg.ConfigurableResource):
@@ -242,10 +262,12 @@ class PreflightResource(dg.ConfigurableResource):
     cache_seconds: float = Field(default=600.0, description="PREFLIGHT_CACHE_SECONDS: how long an answer of "
                                                             "the Public API about the write key is reused.")
 
-    def check_sending(self, segment: SegmentTrackingResource) -> list[CheckResult]:
-        """The sending checks of the key and host `segment` sends with (`preflight.gate_sending`)."""
+    def check_sending(self, segment: SegmentTrackingResource, destination: SegmentDestination | None = None,
+                      used_by: Sequence[str] = ()) -> list[CheckResult]:
+        """The sending checks of the key and host `segment` sends with (`preflight.gate_sending`); with a
+        model's own `destination`, that destination's check, named after the models in `used_by`."""
         return gate_sending(load_settings(), tracking_url=segment.base_url, write_key=segment.write_key,
-                            max_age=self.cache_seconds)
+                            max_age=self.cache_seconds, destination=destination, used_by=used_by)
 
 
 class StagingResource(dg.ConfigurableResource):

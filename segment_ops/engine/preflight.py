@@ -77,6 +77,13 @@ class Check:
     settings: tuple[str, ...]
     run: Callable[[], CheckResult]
     fingerprint: str = ""
+    # Where its answer is cached, when not under `name`: checks of different names that ask the same thing
+    # (a destination's check in `segment-ops check` and in a model's gate) share one answer.
+    cache_key: str = ""
+
+    @property
+    def cache_name(self) -> str:
+        return self.cache_key or self.name
 
 
 class PreflightRefused(RuntimeError):
@@ -106,7 +113,7 @@ class PreflightCache:
         self.path = Path(path)
 
     def get(self, check: Check, max_age: float, now: float | None = None) -> CheckResult | None:
-        entry = self._load().get(check.name)
+        entry = self._load().get(check.cache_name)
         if not entry or entry.get("fingerprint") != check.fingerprint:
             return None
         try:
@@ -119,7 +126,7 @@ class PreflightCache:
     def put(self, entries: Iterable[tuple[Check, CheckResult]]) -> None:
         stored = self._load()
         for check, result in entries:
-            stored[check.name] = {"fingerprint": check.fingerprint, "result": result.to_dict()}
+            stored[check.cache_name] = {"fingerprint": check.fingerprint, "result": result.to_dict()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))

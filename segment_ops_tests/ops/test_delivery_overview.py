@@ -4,6 +4,7 @@ client's Delivery Overview calls and their errors over real HTTP."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -18,7 +19,7 @@ from segment_ops.engine.calls import prepare_call
 from segment_ops.engine.delivery import deliver_pending
 from segment_ops.engine.ledger import DELIVERED, Ledger, PlannedMessage
 from segment_ops.resources import build_resources
-from segment_ops.sandbox.segment.sources import workspace_sources
+from segment_ops.sandbox.segment.sources import SECOND_SOURCE_WRITE_KEY, workspace_sources
 from segment_ops.syncs.ops.delivery_overview import (
     CHECK_EGRESS,
     CHECK_INGEST,
@@ -27,30 +28,33 @@ from segment_ops.syncs.ops.delivery_overview import (
     ops_segment_delivery_overview,
     segment_delivery_overview_schedule,
 )
+from segment_ops.syncs.reverse_etl.defs import MODELS_DIR
 from segment_ops_tests.conftest import public_api_listing
 from segment_ops_tests.ops.test_delivery_health import locked_by_another_process
+from segment_ops_tests.reverse_etl.test_destinations import add_model
 
 SYNC = "reverse_etl_user_traits"
 SOURCE, WEBHOOKS = "src_segment_ops", "dst_webhooks"
 
 
-def plan(ledger: Ledger, n: int, prefix: str = "u") -> list[int]:
+def plan(ledger: Ledger, n: int, prefix: str = "u", sync: str = SYNC) -> list[int]:
     messages = []
     for i in range(n):
         message_id, payload = prepare_call({"type": "track", "userId": f"{prefix}{i}", "event": "Synced"},
-                                           sync=SYNC, record_key=f"{prefix}{i}")
+                                           sync=sync, record_key=f"{prefix}{i}")
         messages.append(PlannedMessage(message_id, f"{prefix}{i}", "track", payload))
-    return list(ledger.add_planned(SYNC, messages).seqs)
+    return list(ledger.add_planned(sync, messages).seqs)
 
 
-def deliver(home, sandbox, n: int, *, write_key: str = SANDBOX_SEGMENT_WRITE_KEY) -> None:
-    """Plan `n` track calls in a sync's ledger and deliver them through the sandbox's Tracking API."""
-    with store.staging(home / "staging" / f"{SYNC}.duckdb") as con:
+def deliver(home, sandbox, n: int, *, write_key: str = SANDBOX_SEGMENT_WRITE_KEY, sync: str = SYNC) -> None:
+    """Plan `n` track calls in a sync's ledger (its own staging file) and deliver them through the sandbox's
+    Tracking API."""
+    with store.staging(home / "staging" / f"{sync}.duckdb") as con:
         ledger = Ledger(con)
-        plan(ledger, n)
+        plan(ledger, n, sync=sync)
         client = SegmentTrackingClient(f"{sandbox.url}/segment", write_key)
         try:
-            deliver_pending(ledger, SYNC, client)
+            deliver_pending(ledger, sync, client)
         finally:
             client.close()
 
@@ -145,6 +149,63 @@ def test_a_shared_source_is_not_compared_with_the_ledger(ops_env, clean_sandbox,
     check = checks(materialize())[CHECK_INGEST]
 
     assert check.passed and "not compared" in check.description
+
+
+@pytest.fixture
+def b_model(tmp_path, monkeypatch):
+    """`b_traits`, a model whose header names SEGMENT_WRITE_KEY_B (`write_key_env:`), among the project's
+    models (REVERSE_ETL_MODELS_DIR); its ledger sync and staging file are `reverse_etl_b_traits`."""
+    folder = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, folder)
+    add_model(folder, "b_traits", "-- write_key_env: SEGMENT_WRITE_KEY_B")
+    monkeypatch.setenv("REVERSE_ETL_MODELS_DIR", str(folder))
+    return "reverse_etl_b_traits"
+
+
+@pytest.mark.slow
+def test_a_model_delivering_to_another_source_is_left_out_of_the_comparison(ops_env, clean_sandbox, b_model,
+                                                                           monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY_B", SECOND_SOURCE_WRITE_KEY)  # source B: segment-ops-b
+    deliver(ops_env, clean_sandbox, 3)
+    deliver(ops_env, clean_sandbox, 4, write_key=SECOND_SOURCE_WRITE_KEY, sync=b_model)
+
+    result = materialize()
+
+    check = checks(result)[CHECK_INGEST]
+    assert check.passed, check.description
+    assert check.description.startswith("Segment received 3 of 3 delivered")
+    assert b_model in check.description
+    left_out = check.metadata["left_out_syncs"].value
+    assert list(left_out) == [b_model] and "SEGMENT_WRITE_KEY_B" in left_out[b_model]
+    assert SECOND_SOURCE_WRITE_KEY not in repr(check.metadata) + check.description
+    figures = metadata(result)
+    assert figures["ledger_delivered"] == 3 and figures["ledger_by_sync"] == {SYNC: 3}
+    assert figures["left_out_syncs"] == left_out
+
+
+@pytest.mark.slow
+def test_a_model_whose_variable_holds_the_default_write_key_is_compared(ops_env, clean_sandbox, b_model,
+                                                                        monkeypatch):
+    monkeypatch.setenv("SEGMENT_WRITE_KEY_B", SANDBOX_SEGMENT_WRITE_KEY)  # another name, the same source
+    deliver(ops_env, clean_sandbox, 3)
+    deliver(ops_env, clean_sandbox, 2, sync=b_model)
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert check.passed and check.description == "Segment received 5 of 5 delivered"
+    assert check.metadata["left_out_syncs"].value == {}
+
+
+@pytest.mark.slow
+def test_a_model_whose_variable_is_unset_is_left_out_saying_so(ops_env, clean_sandbox, b_model, monkeypatch):
+    monkeypatch.delenv("SEGMENT_WRITE_KEY_B", raising=False)
+    deliver(ops_env, clean_sandbox, 2)
+    deliver(ops_env, clean_sandbox, 1, write_key=SECOND_SOURCE_WRITE_KEY, sync=b_model)  # sent while set
+
+    check = checks(materialize())[CHECK_INGEST]
+
+    assert check.passed and check.description.startswith("Segment received 2 of 2 delivered")
+    assert "SEGMENT_WRITE_KEY_B is not set" in check.metadata["left_out_syncs"].value[b_model]
 
 
 @pytest.fixture

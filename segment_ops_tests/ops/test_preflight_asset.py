@@ -7,7 +7,7 @@ import pytest
 
 from segment_ops.engine.preflight import CheckResult, Status
 from segment_ops.preflight import CHECK_NAMES, RESULT_COLUMNS, result_rows
-from segment_ops.syncs.ops.preflight import PREFLIGHT_KEY, ops_preflight
+from segment_ops.syncs.ops.preflight import DESTINATIONS_CHECK, PREFLIGHT_KEY, ops_preflight
 
 
 def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
@@ -18,7 +18,7 @@ def test_every_check_passes_on_the_sandbox_defaults(warehouse, clean_sandbox):
     result = dg.materialize([ops_preflight])
 
     checks = evaluations(result)
-    assert result.success and set(checks) == set(CHECK_NAMES)
+    assert result.success and set(checks) == {*CHECK_NAMES, DESTINATIONS_CHECK}
     assert all(check.passed for check in checks.values())
     [materialization] = result.asset_materializations_for_node("ops__preflight")
     assert materialization.metadata["fail"].value == 0

@@ -6,9 +6,11 @@ Shape from spec §7 (a segmentio public-api SDK test fixture): `{"data": {"sourc
 `pagination.cursor`, `next` absent on the last page and `previous` on the first.
 
 The workspace is in the US region (the sandbox's `/segmentapis` stands for `api.segmentapis.com`). Its HTTP
-source `segment-ops` holds the configured write key; `legacy-import` is a disabled source
+source `segment-ops` holds the configured write key, and a second HTTP source `segment-ops-b` holds
+`SECOND_SOURCE_WRITE_KEY` (a reverse-ETL model may send to a source of its own); the Tracking API double
+delivers the calls of both (`delivered_keys`). `legacy-import` is a disabled source
 (`DISABLED_SOURCE_WRITE_KEY`), whose calls the Tracking API double answers 200 and drops like any key it
-does not deliver for. The other sources' keys are never delivered either (the double keeps one key).
+does not deliver for. The other sources' keys are never delivered either.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import orjson
 
 WORKSPACE_ID = "sandbox-workspace"
 DISABLED_SOURCE_WRITE_KEY = "sandbox-disabled-source-write-key"
+SECOND_SOURCE_WRITE_KEY = "sandbox-second-source-write-key"
 
 
 def workspace_sources(write_key: str) -> list[dict]:
@@ -30,7 +33,15 @@ def workspace_sources(write_key: str) -> list[dict]:
         _source("ios-app", "iOS app", ["sandbox-ios-app-write-key"], "ios", "iOS", "Mobile"),
         _source("legacy-import", "Legacy import (disabled)", [DISABLED_SOURCE_WRITE_KEY], "http-api",
                 "HTTP API", "Server", enabled=False),
+        _source("segment-ops-b", "segment-ops B (HTTP API)", [SECOND_SOURCE_WRITE_KEY], "http-api",
+                "HTTP API", "Server"),
     ]
+
+
+def delivered_keys(sources: list[dict]) -> dict[str, str]:
+    """Write key -> source id of the enabled HTTP API sources: the keys the Tracking API double delivers."""
+    return {key: source["id"] for source in sources
+            if source["enabled"] and source["metadata"]["slug"] == "http-api" for key in source["writeKeys"]}
 
 
 def sources_page(sources: list[dict], count: int, cursor: str | None) -> dict:

@@ -35,12 +35,15 @@ about the last 24 hours).
   `X-RateLimit-Reset` (seconds until retry).
 - For the Delivery Overview double (`delivery_overview.py`), what the delivered key's source received
   (stored messages), dropped (drop reasons) and was refused with 400 (its code) is counted per minute.
+- The keys delivered are those of the workspace's enabled HTTP API sources (`sources.delivered_keys`);
+  what each source received is counted in stats under `by_source` (source id), so a test sees which
+  write key the calls came under. Stored messages carry no write key, as Segment's do not.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -80,9 +83,12 @@ class SegmentTracking:
 
     def __init__(self, recorder: Recorder, *, write_key: str, rate_limit: float | None = None,
                  dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS,
-                 pipeline: DeliveryPipeline | None = None) -> None:
+                 pipeline: DeliveryPipeline | None = None,
+                 delivered: Mapping[str, str] | None = None) -> None:
         self.recorder = recorder
         self.write_key = write_key
+        # write key -> source id of every key delivered; default: `write_key` alone (the first HTTP source)
+        self.delivered = dict(delivered) if delivered is not None else {write_key: "src_segment_ops"}
         self.pipeline = pipeline
         self.dedupe_window_seconds = dedupe_window_seconds
         self._limiter = TokenBucket(rate_limit) if rate_limit else None
@@ -145,11 +151,13 @@ class SegmentTracking:
             self._failed_on_ingest(write_key, [m if isinstance(m, dict) else {} for m in batch]
                                    if isinstance(batch, list) else [{}], "invalid_request")
             return _error(400, "invalid_request", str(exc))
-        if write_key != self.write_key:  # accepted and lost: no source has this key (spec §7)
+        if write_key not in self.delivered:  # accepted and lost: no source has this key (spec §7)
             log.count("messages", len(messages))
             log.bump("dropped", "unknown_write_key", len(messages))
         else:
             kept, dropped = _deliver(log, body, messages, kind, self.dedupe_window_seconds)
+            if kept:
+                log.bump("by_source", self.delivered[write_key], len(kept))
             if self.pipeline and (source := self.pipeline.source_of(write_key)):
                 self.pipeline.received(source, kept)
                 for reason, message in dropped:
@@ -158,7 +166,7 @@ class SegmentTracking:
 
     def _failed_on_ingest(self, write_key: str | None, messages: list[dict], reason: str) -> None:
         """Count a refused request under the delivered key's source (Delivery Overview's failed on ingest)."""
-        if self.pipeline and write_key == self.write_key and (source := self.pipeline.source_of(write_key)):
+        if self.pipeline and write_key in self.delivered and (source := self.pipeline.source_of(write_key)):
             self.pipeline.failed_on_ingest(source, messages, reason)
 
 
@@ -175,7 +183,7 @@ class SegmentTrackingEu(SegmentTracking):
 
     def __init__(self, recorder: Recorder, *, rate_limit: float | None = None) -> None:
         # An empty known key matches no request: an empty key is refused with 400 before the comparison.
-        super().__init__(recorder, write_key="", rate_limit=rate_limit)
+        super().__init__(recorder, write_key="", rate_limit=rate_limit, delivered={})
 
 
 def _validated_messages(body: dict, kind: str | None) -> list[dict]:

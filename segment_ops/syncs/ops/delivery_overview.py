@@ -16,6 +16,10 @@ Checks:
   (a wrong write key, the other region's host, a batch the edge lost); ERROR. More: someone else writes to
   the source; WARN. A write key that belongs to none of the listed sources is an ERROR when the ledgers
   delivered in the hour; a token that sees no source's write keys leaves it unverified (WARN), as preflight.
+  Only the ledgers that sent to that source count: a reverse-ETL model whose header names its own write key
+  (`write_key_env:`, `preflight.model_destinations`) holding another value than SEGMENT_WRITE_KEY's, or
+  unset now, sends elsewhere; its sync (`reverse_etl_<model>`, ledger and staging file) is left out, named
+  with why in `left_out_syncs`. A variable holding SEGMENT_WRITE_KEY's own value is the same source: counted.
 - `destinations_delivered`: no destination failed more than DELIVERY_OVERVIEW_MAX_EGRESS_FAILED_SHARE of its
   events in the hour (WARN: Segment has the data; a destination's settings or credentials refuse it). Each
   such destination is alerted (ALERT_WEBHOOK_URL) with its discard reasons and counts, once per hour.
@@ -29,8 +33,9 @@ receipt, so a batch at the turn of the hour may land in the next (the tolerance)
 destination says nothing of what the destination then did with the event.
 """
 
+import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,7 +50,7 @@ from segment_ops.config import Settings, load_settings
 from segment_ops.engine import store
 from segment_ops.engine.alerts import egress_failure_message, reasons_text, redact_secrets
 from segment_ops.engine.ledger import Ledger
-from segment_ops.preflight import write_key_sources
+from segment_ops.preflight import destination_values, model_destinations, write_key_sources
 from segment_ops.resources import AlertsResource, SegmentPublicApiResource, StagingResource
 from segment_ops.syncs.metadata import markdown_table
 from segment_ops.syncs.ops.delivery_health import open_read_only, staging_files
@@ -132,7 +137,7 @@ class Overview:
 
 @dataclass(frozen=True)
 class LedgerHour:
-    delivered: int  # messages the Tracking API took in the hour, over every ledger sync that sends to it
+    delivered: int  # messages the Tracking API took in the hour, over the ledger syncs sending to the source
     per_sync: dict[str, int]
     busy_files: list[str]
 
@@ -179,16 +184,36 @@ def read_overview(client: SegmentPublicApiClient, write_key: str, start: datetim
                     write_keys_seen=any(source.get("writeKeys") for source in listed))
 
 
-def tracking_ledger_files(home: Path, own_file: Path) -> list[Path]:
-    """The staging files that may hold Tracking API deliveries: every one but this asset's state and those of
-    the syncs that deliver elsewhere (audit runs often hold theirs, which would leave the hour uncompared)."""
-    return [f for f in staging_files(home) if f != own_file and f.stem not in NOT_TRACKING_SYNCS]
+def other_source_syncs(settings: Settings) -> dict[str, str]:
+    """The reverse-ETL syncs that send to another source than SEGMENT_WRITE_KEY's, each with why: their
+    model's `write_key_env:` variable holds another write key, or is unset (where it sent is unknown). The
+    values are compared, never shown: two variables holding the same key send to the same source."""
+    default_key = settings["SEGMENT_WRITE_KEY"]
+    left_out: dict[str, str] = {}
+    for destination, models in model_destinations(settings).items():
+        key, _ = destination_values(settings, destination)
+        if key == default_key:
+            continue  # the same source (another host with it is the same source too, or a loss to see)
+        why = (f"{destination.write_key_env} is not set: its source is unknown" if key is None else
+               f"sends with {destination.write_key_env}, another source's write key than SEGMENT_WRITE_KEY")
+        for model in models:
+            left_out[f"reverse_etl_{model}"] = why  # ModelSpec.sync: its ledger sync and staging file
+    return left_out
+
+
+def tracking_ledger_files(home: Path, own_file: Path, leave_out: Collection[str] = ()) -> list[Path]:
+    """The staging files that may hold Tracking API deliveries to the source compared: every one but this
+    asset's state, those of the syncs that deliver elsewhere (audit runs often hold theirs, which would leave
+    the hour uncompared) and those of the syncs in `leave_out` (`other_source_syncs`)."""
+    return [f for f in staging_files(home)
+            if f != own_file and f.stem not in NOT_TRACKING_SYNCS and f.stem not in leave_out]
 
 
 def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
-                lock_retry_seconds: float = LOCK_RETRY_SECONDS) -> LedgerHour:
-    """Messages delivered to Segment's Tracking API in [start, end) per ledger sync, through the ledger's own
-    query (`Ledger.delivered_between`)."""
+                lock_retry_seconds: float = LOCK_RETRY_SECONDS,
+                leave_out: Collection[str] = ()) -> LedgerHour:
+    """Messages delivered to Segment's Tracking API in [start, end) per ledger sync but those in `leave_out`,
+    through the ledger's own query (`Ledger.delivered_between`)."""
     per_sync: dict[str, int] = {}
     busy: list[str] = []
     for path in files:
@@ -198,7 +223,7 @@ def ledger_hour(files: Iterable[Path], start: datetime, end: datetime, *,
             continue
         try:
             for sync, delivered in Ledger(con, create=False).delivered_between(start, end).items():
-                if not sync.startswith(NOT_TRACKING_SYNCS):
+                if not sync.startswith(NOT_TRACKING_SYNCS) and sync not in leave_out:
                     per_sync[sync] = per_sync.get(sync, 0) + delivered
         finally:
             con.close()
@@ -342,7 +367,9 @@ def ops_segment_delivery_overview(context: dg.AssetExecutionContext,
     finally:
         client.close()
     own_file = staging.staging_db(STAGING_SYNC)
-    ledger = ledger_hour(tracking_ledger_files(Path(staging.home), own_file), start, end)
+    left_out = other_source_syncs(settings)
+    ledger = ledger_hour(tracking_ledger_files(Path(staging.home), own_file, left_out), start, end,
+                         leave_out=left_out)
     hour = context.partition_key
     with store.staging(own_file) as con:
         flagged = egress_flagged(overview, max_share)
@@ -350,10 +377,14 @@ def ops_segment_delivery_overview(context: dg.AssetExecutionContext,
         sent = _post_alert(context, alerts, hour, new, max_share)
         save_hour(con, start, overview, ledger, sent)
     ingest = ingest_verdict(overview, ledger, dedicated=dedicated, tolerance=tolerance)
+    if left_out:
+        ingest = dataclasses.replace(ingest, description=f"{ingest.description} (left out, sending to "
+                                                         f"another source: {', '.join(sorted(left_out))})")
     if not ingest.passed:
         context.log.warning(f"{CHECK_INGEST}: {ingest.description}")
     return dg.MaterializeResult(
-        metadata=_metadata(overview, ledger, dedicated, len(sent)),
+        metadata={**_metadata(overview, ledger, dedicated, len(sent)),
+                  "left_out_syncs": dg.MetadataValue.json(left_out)},
         check_results=[
             dg.AssetCheckResult(
                 check_name=CHECK_INGEST, passed=ingest.passed, severity=ingest.severity,
@@ -361,7 +392,7 @@ def ops_segment_delivery_overview(context: dg.AssetExecutionContext,
                 metadata={"received": sum(s.received for s in overview.sources),
                           "failed_on_ingest": sum(s.failed_on_ingest for s in overview.sources),
                           "ledger_delivered": ledger.delivered, "source_dedicated": dedicated,
-                          "tolerance": tolerance}),
+                          "tolerance": tolerance, "left_out_syncs": dg.MetadataValue.json(left_out)}),
             dg.AssetCheckResult(
                 check_name=CHECK_EGRESS, passed=not flagged, severity=dg.AssetCheckSeverity.WARN,
                 description=("; ".join(f"{d.name}: {d.failed:,} failed ({d.failed_share:.1%}): "

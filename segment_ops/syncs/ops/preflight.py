@@ -13,6 +13,7 @@ from segment_ops.config import load_settings
 from segment_ops.engine.preflight import CheckResult, Status, describe, run_checks
 from segment_ops.preflight import (
     CHECK_NAMES,
+    DESTINATION_CHECK,
     RESULT_COLUMNS,
     all_checks,
     cache_for,
@@ -23,6 +24,8 @@ from segment_ops.syncs.metadata import markdown_table
 from segment_ops.syncs.shared import OWNER
 
 PREFLIGHT_KEY = dg.AssetKey(["ops", "preflight"])
+# The asset check gathering the rows of the Segment destinations models name (`preflight.destination_check`).
+DESTINATIONS_CHECK = "segment_destinations"
 GROUP = "operations"
 
 
@@ -41,8 +44,12 @@ GROUP = "operations"
         "is not the sandbox's on a public receiver; the Slack webhook is live; the warehouse connects and "
         "every reverse-ETL model compiles. The same checks as `segment-ops check` (see the README, "
         "\"Preflight\")."),
-    check_specs=[dg.AssetCheckSpec(name, asset=PREFLIGHT_KEY, description=f"Preflight check `{name}`.")
-                 for name in CHECK_NAMES],
+    check_specs=[*(dg.AssetCheckSpec(name, asset=PREFLIGHT_KEY, description=f"Preflight check `{name}`.")
+                   for name in CHECK_NAMES),
+                 dg.AssetCheckSpec(DESTINATIONS_CHECK, asset=PREFLIGHT_KEY,
+                                   description="The Segment destinations reverse-ETL models name of their "
+                                               "own (`write_key_env:` / `tracking_url_env:`), each a "
+                                               "`segment_destination:<models>` row of the table.")],
 )
 def ops_preflight(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     settings = load_settings()
@@ -55,7 +62,29 @@ def ops_preflight(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             **{status.value: sum(r.status is status for r in results) for status in Status},
             "checks": dg.MetadataValue.md(markdown_table(RESULT_COLUMNS, result_rows(results))),
         },
-        check_results=[_check_result(r) for r in results],
+        check_results=[*(_check_result(r) for r in results if not _destination_row(r)),
+                       _destinations_result([r for r in results if _destination_row(r)])],
+    )
+
+
+def _destination_row(result: CheckResult) -> bool:
+    return result.check.startswith(f"{DESTINATION_CHECK}:")
+
+
+def _destinations_result(rows: list[CheckResult]) -> dg.AssetCheckResult:
+    """One asset check for every model destination's row (their number changes with the model files)."""
+    if not rows:
+        return dg.AssetCheckResult(check_name=DESTINATIONS_CHECK, passed=True,
+                                   description="no reverse-ETL model names a Segment destination of its own",
+                                   metadata={"destinations": 0})
+    failed = any(r.status is Status.FAIL for r in rows)
+    return dg.AssetCheckResult(
+        check_name=DESTINATIONS_CHECK,
+        passed=all(r.status in (Status.PASS, Status.SKIP) for r in rows),
+        severity=dg.AssetCheckSeverity.ERROR if failed else dg.AssetCheckSeverity.WARN,
+        description="; ".join(f"{r.check}: {describe(r)}" for r in rows),
+        metadata={"destinations": len(rows),
+                  "checks": dg.MetadataValue.md(markdown_table(RESULT_COLUMNS, result_rows(rows)))},
     )
 
 
