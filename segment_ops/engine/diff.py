@@ -111,6 +111,7 @@ class DiffPlan:
     already_known: int = 0  # changes whose message the ledger already had (pending or delivered)
     superseded: int = 0
     changed_not_sent: int = 0  # append mode: a known key changed; append never re-sends
+    baselined: int = 0  # baseline: keys recorded as delivered without sending (`plan_changes(baseline=True)`)
     samples: list[bytes] = field(default_factory=list)
     rejection_samples: list[tuple[str | None, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -284,7 +285,8 @@ def deliver_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
 
 
 def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec, staged: StagedResult, *,
-                 run_id: str | None = None, dry_run: bool = False, ignore_snapshot: bool = False) -> DiffPlan:
+                 run_id: str | None = None, dry_run: bool = False, ignore_snapshot: bool = False,
+                 baseline: bool = False, sample_size: int = SAMPLE_SIZE) -> DiffPlan:
     """Diff `staged` against the snapshot and plan the changes in the ledger (counts only when `dry_run`).
 
     1. Fingerprint: each staged row's mapped typed values get a 64-bit hash (`_SpecSql.fingerprint`). A key
@@ -305,7 +307,8 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
     A pending message that no longer matches the rows (changed again before it was delivered) is
     superseded, so stale values are never sent after newer ones; if the row returns to that state the
     message is made pending again. `ignore_snapshot` diffs against an empty snapshot without touching it
-    (a dry run of a full resync).
+    (a dry run of a full resync). `baseline` plans the same changes and records them in the snapshot as
+    delivered instead of planning messages (`_record_baseline`): nothing is sent, the ledger gets nothing.
     """
     started = time.monotonic()
     sql = _SpecSql(spec, staged, generation(con) + (1 if ignore_snapshot else 0))
@@ -335,9 +338,10 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
     _collect_rejections(con, spec, sql, table, null_rows, duplicate_rows)
     plan.rejected = con.execute("SELECT count(*) FROM rev_rejections").fetchone()[0]
     plan.rejection_samples = con.execute(
-        "SELECT record_key, reason FROM rev_rejections LIMIT ?", [REJECTION_SAMPLE_SIZE]).fetchall()
+        "SELECT record_key, reason FROM rev_rejections LIMIT ?",
+        [max(REJECTION_SAMPLE_SIZE, sample_size)]).fetchall()
     plan.samples = [p.encode() for (p,) in con.execute(
-        "SELECT payload FROM rev_wanted ORDER BY ord LIMIT ?", [SAMPLE_SIZE]).fetchall()]
+        "SELECT payload FROM rev_wanted ORDER BY ord LIMIT ?", [sample_size]).fetchall()]
 
     if dry_run:
         ledger.states_of(spec.sync, "rev_wanted", "rev_wanted_states")
@@ -347,6 +351,11 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
             [SUPERSEDED]).fetchone()
         con.execute("DROP TABLE rev_wanted_states")
         plan.planned, plan.already_known = wanted - known, known
+    elif baseline:
+        plan.superseded += _supersede_in_flight(con, ledger, spec.sync)
+        plan.baselined = _record_baseline(con, run_id)
+        # Its rejected rows are kept as a run's are (`segment-ops rejected` lists them); nothing is planned.
+        ledger.reject_relation(spec.sync, "rev_rejections", run_id=run_id)
     else:
         ledger.reject_relation(spec.sync, "rev_rejections", run_id=run_id)
         # Recorded before the ledger plans them: a run killed in between leaves a row whose message is
@@ -374,6 +383,67 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
         con.execute(f"DROP TABLE IF EXISTS {name}")
     plan.seconds = time.monotonic() - started
     return plan
+
+
+class BaselineRefused(RuntimeError):
+    """A baseline cannot be recorded: the sync has messages a destination may hold or be holding."""
+
+
+def delivered_state(con: duckdb.DuckDBPyConnection, sync: str) -> tuple[int, int]:
+    """(keys in the snapshot, messages the ledger ever planned) of `sync`: (0, 0) for a sync that never
+    delivered nor planned anything, the only state a baseline is recorded on without being forced."""
+    keys = con.execute("SELECT count(*) FROM rev_snapshot").fetchone()[0]
+    messages = con.execute("SELECT count(*) FROM planned_messages WHERE sync = ?", [sync]).fetchone()[0]
+    return keys, messages
+
+
+def _supersede_in_flight(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:
+    """Baseline: every change still pending is superseded (the baseline says the destination holds the
+    current rows already) and `rev_changes` is emptied; returns how many were superseded. Refuses
+    (`BaselineRefused`, nothing changed) while a message is handed over or awaiting its acknowledgement."""
+    if con.execute("SELECT count(*) FROM rev_changes").fetchone()[0] == 0:
+        return 0
+    ledger.states_of(sync, "rev_changes", "rev_baseline_states")
+    try:
+        busy = con.execute("SELECT count(*) FROM rev_baseline_states WHERE status NOT IN (?, ?)",
+                           [PENDING, SUPERSEDED]).fetchone()[0]
+        if busy:
+            raise BaselineRefused(f"sync {sync!r}: {busy} message(s) are in flight or awaiting the "
+                                  "destination's acknowledgement; run the sync to settle them, then record "
+                                  "the baseline")
+        pending = con.execute("SELECT message_id, seq FROM rev_baseline_states WHERE status = ?",
+                              [PENDING]).fetchall()
+    finally:
+        con.execute("DROP TABLE rev_baseline_states")
+    _mark_superseded(con, ledger, sync, pending)
+    con.execute("DELETE FROM rev_changes")
+    return len(pending)
+
+
+def _record_baseline(con: duckdb.DuckDBPyConnection, run_id: str | None) -> int:
+    """Record every change `rev_wanted` holds (the call of each key, not a companion event) in the
+    snapshot as delivered, under `baseline:<run>` instead of a messageId; returns how many keys. The next
+    run's diff then finds these rows unchanged, by fingerprint, and sends only what changed since. A key
+    that left the query (a mirror model's removal) is not recorded: its snapshot row stays, so the next run
+    still sends the call that clears it, as a baseline says nothing about what Segment holds for it."""
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM rev_snapshot WHERE record_key IN "
+                    "(SELECT record_key FROM rev_wanted WHERE part = 0 AND kind <> 'removed')")
+        con.execute(
+            """
+            INSERT INTO rev_snapshot
+            SELECT record_key, row_hash, version, kind = 'removed', user_id, anonymous_id, group_id,
+                   'baseline:' || ?, now(), fingerprint
+            FROM rev_wanted WHERE part = 0 AND kind <> 'removed'
+            """, [run_id or "manual"])
+        recorded = con.execute("SELECT count(*) FROM rev_wanted WHERE part = 0 AND kind <> 'removed'"
+                               ).fetchone()[0]
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return recorded
 
 
 def _fingerprints_usable(con: duckdb.DuckDBPyConnection, scheme: str, *, adopt: bool) -> bool:

@@ -17,9 +17,12 @@ import duckdb
 
 from segment_ops.engine.delivery import DeliveryReport, Destination
 from segment_ops.engine.diff import (
+    SAMPLE_SIZE,
+    BaselineRefused,
     DiffPlan,
     advance_snapshot,
     deliver_changes,
+    delivered_state,
     ensure_state,
     plan_changes,
     reset_snapshot,
@@ -39,6 +42,7 @@ class RunReport:
     advanced: int = 0  # keys whose delivered change moved into the snapshot
     dry_run: bool = False
     full_resync: bool = False
+    baseline: bool = False  # record the current rows as delivered, send nothing (adopting a destination)
     seconds: float = 0.0
 
 
@@ -75,26 +79,37 @@ R = TypeVar("R", bound=RunReport)
 
 def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
                   client_factory: Callable[[], Destination], *, run_id: str | None = None,
-                  max_in_flight: int = 4) -> R:
-    """Run `sync` and fill `report` (its `dry_run` and `full_resync` say how); returns it.
+                  max_in_flight: int = 4, force_baseline: bool = False, sample_size: int = SAMPLE_SIZE) -> R:
+    """Run `sync` and fill `report` (its `dry_run`, `full_resync` and `baseline` say how); returns it.
 
-    A dry run stages, diffs and counts; it sends and records nothing. Raises `DeliveryIncomplete` (carrying
-    the report) when messages stay pending, and whatever `stage` or the client raise as it is.
+    A dry run stages, diffs and counts; it sends and records nothing. A baseline stages, diffs and records
+    what would be sent as delivered (the snapshot only; the client is never made): for a destination that
+    already holds what the rows say. It refuses (`BaselineRefused`) when the sync has delivered or planned
+    anything, unless `force_baseline` (then pending messages are superseded). Raises `DeliveryIncomplete`
+    (carrying the report) when messages stay pending, and whatever `stage` or the client raise as it is.
     """
+    if report.baseline and (report.dry_run or report.full_resync):
+        raise ValueError("a baseline records the current rows as delivered: it cannot be combined with a "
+                         "dry run or a full resync")
     started = time.monotonic()
     name = sync.spec.sync
     ledger = Ledger(con)
     ensure_state(con)
+    if report.baseline and not force_baseline and any(held := delivered_state(con, name)):
+        raise BaselineRefused(f"sync {name!r} already has delivered state ({held[0]:,} keys in its snapshot, "
+                              f"{held[1]:,} messages in its ledger): a baseline would hide what was sent; "
+                              "force it to record the current rows as delivered anyway")
     if not report.dry_run:
         advance_snapshot(con, name)  # settle what an earlier, interrupted run delivered
         if report.full_resync:
             reset_snapshot(con)
     staged = sync.stage(con)
-    if not report.dry_run and sync.before_plan is not None:
+    if not report.dry_run and not report.baseline and sync.before_plan is not None:
         sync.before_plan(con, ledger)
     report.plan = plan_changes(con, ledger, sync.spec, staged, run_id=run_id, dry_run=report.dry_run,
-                               ignore_snapshot=report.dry_run and report.full_resync)
-    if report.dry_run:
+                               ignore_snapshot=report.dry_run and report.full_resync,
+                               baseline=report.baseline, sample_size=sample_size)
+    if report.dry_run or report.baseline:
         report.ledger = ledger.counts(name)
         report.seconds = time.monotonic() - started
         return report

@@ -34,6 +34,7 @@ from pydantic import Field
 from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
+from segment_ops.engine.diff import BaselineRefused
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import (
@@ -46,7 +47,7 @@ from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, wa
 from segment_ops.syncs.metadata import diff_run_metadata, guarded
 from segment_ops.syncs.reverse_etl.model import ModelError, ModelSpec, load_models
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
-from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
+from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
 from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
 # The project's sql/reverse_etl/, shipped as the package `segment_ops.syncs.reverse_etl.sql` (pyproject's
@@ -56,6 +57,9 @@ GROUP = "reverse_etl"
 JOB_NAME = "reverse_etl_job"
 SENSOR_NAME = "reverse_etl_warehouse_sensor"
 log = logging.getLogger("segment_ops.reverse_etl")
+# (file, problem) of each broken model already warned about: Dagster builds the definitions many times per
+# process (each CLI command, the webserver, every run worker), and a broken file is worth one warning.
+_warned: set[tuple[str, str]] = set()
 
 
 class ReverseEtlConfig(SendConfig):
@@ -63,6 +67,11 @@ class ReverseEtlConfig(SendConfig):
                                                      "payloads; send nothing and write no snapshot.")
     full_resync: bool = Field(default=False, description="Forget the delivered snapshot: every row counts as "
                                                          "added and is sent again under new messageIds.")
+    baseline: bool = Field(default=False,
+                           description="Adopt a destination that already holds these rows: record the "
+                                       "current result as delivered and send nothing, so later runs send "
+                                       "only real changes. Refused when the model has delivered anything "
+                                       "already (`segment-ops models baseline MODEL --force` overrides).")
     chunk_rows: int = Field(default=CHUNK_ROWS, description="Rows per chunk streamed from the warehouse.")
     duckdb_fast_path: bool = Field(default=True,
                                    description="Read a DuckDB warehouse by ATTACHing it read-only and a "
@@ -76,10 +85,11 @@ def model_key(name: str) -> dg.AssetKey:
 
 def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
                            warehouse_url: str | None = None) -> dg.Definitions:
-    """Assets, schedules, the job and the change sensor for every model file in `models_dir`
-    (default: REVERSE_ETL_MODELS_DIR, else the project's `sql/reverse_etl/`)."""
+    """Assets, schedules, the job and the change sensor for every model file in `models_dir` (one folder,
+    or several separated by os.pathsep; default: REVERSE_ETL_MODELS_DIR, else the project's
+    `sql/reverse_etl/`)."""
     settings = load_settings()
-    models_dir = Path(models_dir or settings["REVERSE_ETL_MODELS_DIR"] or MODELS_DIR)
+    models_dir = models_dir or settings["REVERSE_ETL_MODELS_DIR"] or MODELS_DIR
     url = warehouse_url or settings["WAREHOUSE_URL"]
     kinds = {"segment", "duckdb"} | ({kind} if (kind := dialect_kind(url)) else set())
     assets: list = []
@@ -92,7 +102,9 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
         except ModelError as exc:
             found = exc
         if isinstance(found, ModelError):
-            log.warning("reverse-ETL model not loaded: %s", found)
+            if (str(found.path), found.problem) not in _warned:
+                _warned.add((str(found.path), found.problem))
+                log.warning("reverse-ETL model not loaded: %s", found)
             broken.append(found)
             continue
         models.append(found)
@@ -118,7 +130,15 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
 
 
 def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
+    from segment_ops.preflight import DestinationNotSet, SegmentDestination
+
     key = model_key(model.name)
+    # Where it sends: the NAMES of the variables holding the write key and tracking URL (their values are read
+    # at run time only, so no secret is in the definitions, the UI or the metadata).
+    destination = SegmentDestination(*model.destination)
+    sends_to = ("" if destination.is_default else
+                f"\n\nSends to its own Segment destination: write key `{model.write_key_env}`, tracking URL "
+                f"`{model.tracking_url_env}` (environment variables).")
 
     @dg.asset(
         key=key,
@@ -126,12 +146,13 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
         kinds=kinds,
         owners=list(model.owners),
         description=f"{model.description}\n\nModel file `{model.path.name}`: {model.call} calls, "
-                    f"{model.mode} mode, one row per `{model.key}`.",
+                    f"{model.mode} mode, one row per `{model.key}`.{sends_to}",
         code_version=model.code_version,
         pool=f"staging_{model.sync}",
         deps=[warehouse_table_key(t) for t in model.depends_on],
         metadata={"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call,
-                  "mode": model.mode, "key": model.key, "schedule": model.schedule or "none"},
+                  "mode": model.mode, "key": model.key, "schedule": model.schedule or "none",
+                  "write_key_env": model.write_key_env, "tracking_url_env": model.tracking_url_env},
         check_specs=[
             dg.AssetCheckSpec("delivery_complete", asset=key,
                               description="Nothing planned for this model is left pending after the run."),
@@ -143,7 +164,20 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
     def reverse_etl_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
                           warehouse: WarehouseResource, segment: SegmentTrackingResource,
                           staging: StagingResource, preflight: PreflightResource) -> dg.MaterializeResult:
-        preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
+        try:  # a dry run or a baseline sends nothing: it needs no destination's settings
+            if not (config.dry_run or config.baseline):
+                segment = segment.for_destination(destination, [model.name])
+        except DestinationNotSet as exc:  # names the variable, never a value
+            raise SyncFailure(description=f"{model.path.name}: {exc}",
+                             metadata={"model_file": dg.MetadataValue.path(str(model.path)),
+                                       "unset": ", ".join(exc.names)}) from None
+        if not destination.is_default:
+            context.log.info(f"{model.name} sends with the write key in {model.write_key_env} to the "
+                             f"tracking URL in {model.tracking_url_env}")
+        # A baseline sends nothing, as a dry run: the gate does not stand in its way.
+        preflight_gate(context, preflight, segment, skip=config.skip_preflight,
+                       dry_run=config.dry_run or config.baseline, destination=destination,
+                       used_by=[model.name])
         return _sync(context, model, config, warehouse, segment, staging)
 
     return reverse_etl_model
@@ -152,21 +186,31 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
 def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEtlConfig,
           warehouse: WarehouseResource, segment: SegmentTrackingResource,
           staging: StagingResource) -> dg.MaterializeResult:
+    if config.baseline and (config.dry_run or config.full_resync):
+        raise SyncFailure(description=f"{model.path.name}: `baseline` records the current rows as delivered; "
+                                     "it cannot be combined with `dry_run` or `full_resync`")
     with store.staging(staging.staging_db(model.sync)) as con:
         try:
             run = sync_model(con, model, warehouse.url, segment.get_client, run_id=context.run.run_id,
-                             dry_run=config.dry_run, full_resync=config.full_resync,
+                             dry_run=config.dry_run, full_resync=config.full_resync, baseline=config.baseline,
                              max_in_flight=segment.max_in_flight, chunk_rows=config.chunk_rows,
                              fast_path=config.duckdb_fast_path)
+        except BaselineRefused as exc:
+            raise SyncFailure(description=f"{model.path.name}: {exc} (`segment-ops models baseline "
+                                         f"{model.name} --force`); nothing was recorded") from None
         except ModelError as exc:
-            raise dg.Failure(description=str(exc),
+            raise SyncFailure(description=str(exc),
                              metadata={"model_file": dg.MetadataValue.path(str(exc.path))}) from None
         except DeliveryIncomplete as exc:
-            raise dg.Failure(description=f"{model.path.name}: {exc}",
+            raise SyncFailure(description=f"{model.path.name}: {exc}",
                              metadata=_metadata(context, exc.report)) from None
         except VendorAuthError as exc:
-            raise dg.Failure(description=f"{model.path.name}: Segment refused the write key: {exc}") from None
+            raise SyncFailure(
+                description=f"{model.path.name}: Segment refused the write key: {exc}") from None
     plan = run.plan
+    if run.baseline:
+        context.log.info(f"baseline of {model.path.name}: {plan.baselined:,} rows recorded as delivered, "
+                         f"nothing sent ({plan.rejected:,} rejected, {plan.unchanged:,} unchanged)")
     ratio = plan.rejected / plan.rows_read if plan.rows_read else 0.0
     return dg.MaterializeResult(
         metadata=_metadata(context, run),
@@ -211,6 +255,8 @@ def _run_metadata(run: ModelRun) -> dict:
     }
     if run.model.mode == "append":
         metadata["changed_not_resent"] = run.plan.changed_not_sent
+    if run.baseline:
+        metadata |= {"baseline": True, "baselined": run.plan.baselined}
     return metadata
 
 
@@ -231,7 +277,7 @@ def _broken_model_asset(name: str, error: ModelError) -> dg.AssetsDefinition:
         metadata={"model_file": dg.MetadataValue.path(str(error.path)), "error": error.problem},
     )
     def broken_reverse_etl_model(context: dg.AssetExecutionContext) -> None:
-        raise dg.Failure(description=str(error),
+        raise SyncFailure(description=str(error),
                          metadata={"model_file": dg.MetadataValue.path(str(error.path))})
 
     return broken_reverse_etl_model

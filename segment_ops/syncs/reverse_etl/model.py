@@ -8,8 +8,9 @@ The header format is documented in `sql/reverse_etl/README.md` and in `HEADER_KE
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,12 @@ MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
 _OWNER = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 _HEADER_LINE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
+# The Segment destination of a model that names none: the code location's own write key and tracking URL.
+DEFAULT_WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
+DEFAULT_TRACKING_URL_ENV = "SEGMENT_TRACKING_URL"
+# An environment variable's name as a header may give it: upper case, so a (mixed-case) write key pasted in by
+# mistake is refused as a key, never taken for a variable's name and never repeated in an error.
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 # Every header key, what it holds, and whether it is required (call-type specific rules are in `_check`).
 HEADER_KEYS: dict[str, str] = {
@@ -46,6 +53,10 @@ HEADER_KEYS: dict[str, str] = {
     "probe": "column of the depends_on tables whose max() the change sensor watches (else row counts)",
     "max_rejected_ratio": f"rejected share of rows above which the check warns "
                           f"(default {DEFAULT_MAX_REJECTED_RATIO})",
+    "write_key_env": f"NAME of the environment variable holding the write key of the Segment source this "
+                     f"model sends to, never the key itself (default {DEFAULT_WRITE_KEY_ENV})",
+    "tracking_url_env": f"NAME of the environment variable holding the Tracking API base this model sends "
+                        f"to, e.g. an EU workspace's (default {DEFAULT_TRACKING_URL_ENV})",
 }
 _REQUIRED = ("description", "owner", "call", "mode", "key")
 _LIST_KEYS = ("owner", "traits", "properties", "exclude", "depends_on")
@@ -84,6 +95,8 @@ class ModelSpec:
     depends_on: tuple[str, ...] = ()
     probe: str | None = None
     max_rejected_ratio: float = DEFAULT_MAX_REJECTED_RATIO
+    write_key_env: str = DEFAULT_WRITE_KEY_ENV  # the variable's name; its value is read at run time only
+    tracking_url_env: str = DEFAULT_TRACKING_URL_ENV
     code_version: str = ""
     header: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -91,6 +104,16 @@ class ModelSpec:
     def sync(self) -> str:
         """The sync name in the ledger, and the staging file's name."""
         return f"reverse_etl_{self.name}"
+
+    @property
+    def destination(self) -> tuple[str, str]:
+        """The names of the variables holding the write key and the tracking URL this model sends with."""
+        return self.write_key_env, self.tracking_url_env
+
+    @property
+    def own_destination(self) -> bool:
+        """Whether the header names a destination other than SEGMENT_WRITE_KEY / SEGMENT_TRACKING_URL."""
+        return self.destination != (DEFAULT_WRITE_KEY_ENV, DEFAULT_TRACKING_URL_ENV)
 
     @cached_property  # frozen, so built once (fields_name, mapped_columns and check_columns all read it)
     def diff_spec(self) -> DiffSpec:
@@ -139,18 +162,65 @@ def parse_model(path: Path | str, text: str | None = None) -> ModelSpec:
     return spec
 
 
-def load_models(folder: Path | str) -> list[ModelSpec | ModelError]:
-    """Every `*.sql` in `folder` in name order: a spec, or the `ModelError` that file raised."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
+def model_folders(folders: Path | str | Sequence[Path | str]) -> list[Path]:
+    """The folders `folders` names: a `Path` is one folder, a string may name several separated by
+    `os.pathsep` (REVERSE_ETL_MODELS_DIR), a sequence is taken in its order. Empty entries are skipped."""
+    if isinstance(folders, Path):
+        return [folders]
+    items = folders.split(os.pathsep) if isinstance(folders, str) else list(folders)
+    return [Path(item) for item in items if str(item).strip()]
+
+
+def load_models(folders: Path | str | Sequence[Path | str]) -> list[ModelSpec | ModelError]:
+    """Every `*.sql` of each folder (`model_folders`), the folders in order and each in name order: a spec,
+    or the `ModelError` that file raised. Files of the same name (the asset key) in several folders are one
+    `ModelError` naming all of them, in the place of the first: which one is meant is for a person to say."""
+    paths = [path for folder in model_folders(folders) if folder.is_dir()
+             for path in sorted(folder.glob("*.sql"))]
+    by_name: dict[str, list[Path]] = {}
+    for path in paths:
+        by_name.setdefault(path.stem, []).append(path)
     found: list[ModelSpec | ModelError] = []
-    for path in sorted(folder.glob("*.sql")):
+    for name, same in by_name.items():
+        if len(same) > 1:
+            found.append(ModelError(same[-1], f"model {name!r} is defined {len(same)} times: "
+                                              f"{', '.join(map(str, same))}; a model's file name is its "
+                                              "asset key, so rename or remove all but one"))
+            continue
         try:
-            found.append(parse_model(path))
+            found.append(parse_model(same[0]))
         except ModelError as exc:
             found.append(exc)
     return found
+
+
+def compile_models(url: str, models: Sequence[ModelSpec | ModelError]) -> list[ModelSpec | ModelError]:
+    """The preflight's check of `models` against the warehouse at `url` (`reverse_etl_models`): each query
+    compiled with `LIMIT 0`, nothing read, and the columns its header names looked for in what it returns.
+    Each model as it is, or the `ModelError` naming its file. Raises `WarehouseError` when the warehouse
+    cannot be reached at all."""
+    from segment_ops.engine.warehouse import WarehouseError, compile_queries, duckdb_file
+
+    if (path := duckdb_file(url)) is not None and not Path(path).exists():
+        raise WarehouseError(f"the DuckDB warehouse {path} does not exist")
+    columns = compile_queries(url, {m.name: m.sql for m in models if isinstance(m, ModelSpec)})
+    return [checked_model(m, columns) for m in models]
+
+
+def checked_model(model: ModelSpec | ModelError,
+                  columns: Mapping[str, tuple[str, ...] | Exception]) -> ModelSpec | ModelError:
+    """`model` when its compiled query (`columns[model.name]`, from `compile_queries`) returns what its header
+    names, else the `ModelError` naming its file (a broken file's error as it is)."""
+    if isinstance(model, ModelError):
+        return model
+    found = columns[model.name]
+    if isinstance(found, Exception):
+        return ModelError(model.path, str(found))
+    try:
+        model.check_columns(found)
+    except ModelError as exc:
+        return exc
+    return model
 
 
 def _split(path: Path, text: str) -> tuple[dict[str, str], str]:
@@ -293,3 +363,29 @@ def _check(spec: ModelSpec) -> None:
         fail("`probe:` needs `depends_on:` (the tables to probe)")
     if not 0.0 <= spec.max_rejected_ratio <= 1.0:
         fail(f"max_rejected_ratio must be within [0, 1], got {spec.max_rejected_ratio}")
+    for key, default in (("write_key_env", DEFAULT_WRITE_KEY_ENV),
+                         ("tracking_url_env", DEFAULT_TRACKING_URL_ENV)):
+        if problem := _env_name_problem(key, getattr(spec, key), default):
+            fail(problem)
+
+
+def _env_name_problem(key: str, value: str, default: str) -> str | None:
+    """Why `value` cannot be the variable named by header `key`, without repeating the value (it may be a
+    secret pasted into the file); None when it can."""
+    from segment_ops.config import SETTINGS  # the settings this project reads for other purposes
+
+    example = f"{default}_EU"
+    if "://" in value:
+        return (f"`{key}:` holds a URL; it takes the NAME of an environment variable holding the URL "
+                f"(e.g. {example}), set in the deployment's environment")
+    # An upper-case token of 16+ characters with digits and no underscore is a key, not a variable's name.
+    keylike = "_" not in value and len(value) >= 16 and any(c.isdigit() for c in value)
+    if keylike or not _ENV_NAME.match(value):
+        looks = "a write key" if key == "write_key_env" else "a value"
+        return (f"`{key}:` must be the NAME of an environment variable (upper-case letters, digits and "
+                f"underscores, e.g. {example}), and what is given looks like {looks}: never put a secret in "
+                f"a model file; set it in the deployment's environment under a name and give that name here")
+    if value != default and value in {s.name for s in SETTINGS}:
+        return (f"`{key}:` names {value}, a setting of segment_ops with another purpose; name a variable of "
+                f"its own (e.g. {example})")
+    return None
