@@ -25,6 +25,8 @@ that raises the client errors of `clients.base` (Segment's Tracking API; a SIEM)
   unique to that send: the batch is recorded as awaiting confirmation (with when its request began), not
   delivered, and is not sent again. `settle_awaiting` asks the destination about open receipts later,
   outside the send path.
+- Progress (`engine/progress.py`) is reported once per answered batch, and each retry as it happens: a bar
+  on a terminal, nothing in logs.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from segment_ops.engine.ledger import (
     Ledger,
     retention,
 )
+from segment_ops.engine.progress import DeliveryProgress
 
 FLUSH_SECONDS = 1.0
 FLUSH_MESSAGES = 20_000
@@ -202,6 +205,7 @@ def deliver_pending(
     chunk_rows: int = 20_000,
     chunks: Iterable[list[Message]] | None = None,
     record_each_batch: bool = False,
+    progress: DeliveryProgress | None = None,
 ) -> DeliveryReport:
     """Send every pending message of `sync` (or those `chunks` hand over as they are planned).
 
@@ -210,7 +214,8 @@ def deliver_pending(
     after recording what the destination had taken. `record_each_batch`: fsync each batch's answer to the
     outcome journal, so not even a crash of the machine lets an acknowledged batch count as pending again
     (for destinations that do not deduplicate a re-sent message); a ledger in memory, which has no journal,
-    is written after each batch instead.
+    is written after each batch instead. `progress` is told of each answered batch and each retry; by default
+    a bar on a terminal (`engine/progress.py`), nothing otherwise.
     """
     report = DeliveryReport(sync)
     keep = retention()  # a setting that cannot be used stops the delivery before anything is sent
@@ -219,16 +224,22 @@ def deliver_pending(
     ledger.recover(sync)  # a stopped delivery's answers first, so nothing it had acknowledged is pending
     if recovered := ledger.recovered.pop(sync, None):
         report.recovered, report.in_flight_at_stop = recovered.outcomes, recovered.in_flight
+    if progress is None:
+        progress = DeliveryProgress(sync, destination=client.name)
+    if progress.wants_total and not progress.started:  # counted only for a bar, which shows it
+        progress.start(ledger.counts(sync).pending if chunks is None else None)
     journal = ledger.journal(sync, destination=client.name, run_id=run_id, fsync=record_each_batch)
     try:
         flush_seconds = 0.0 if record_each_batch and journal is None else FLUSH_SECONDS
-        fatal = _deliver(ledger, sync, client, report, lock, journal, run_id=run_id,
+        fatal = _deliver(ledger, sync, client, report, lock, journal, progress, run_id=run_id,
                          max_in_flight=max_in_flight, flush_seconds=flush_seconds,
                          chunks=ledger.iter_pending(sync, chunk_rows) if chunks is None else chunks)
     except BaseException:  # the next delivery (or `Ledger(con)`) logs what the journal holds
         if journal is not None:
             journal.close(remove=False)
         raise
+    finally:
+        progress.close()
     if journal is not None:
         journal.close(remove=True)  # everything it held is in the ledger
     # Once a day per sync: what settled more than LEDGER_RETENTION_DAYS ago keeps its id and state, not its
@@ -252,14 +263,15 @@ def deliver_pending(
 
 
 def _deliver(ledger: Ledger, sync: str, client: Destination, report: DeliveryReport, lock: threading.Lock,
-             journal: Journal | None, *, run_id: str | None, max_in_flight: int, flush_seconds: float,
-             chunks: Iterable[list[Message]]) -> VendorFatalError | None:
+             journal: Journal | None, progress: DeliveryProgress, *, run_id: str | None, max_in_flight: int,
+             flush_seconds: float, chunks: Iterable[list[Message]]) -> VendorFatalError | None:
     """The send loop of `deliver_pending`; returns the `VendorFatalError` that stopped it, once what was
     taken is logged."""
 
-    def count_retry(_: RetryEvent) -> None:
+    def count_retry(event: RetryEvent) -> None:
         with lock:
             report.retries += 1
+        progress.retrying(event)
 
     def send(batch: list[Message], number: int) -> tuple[list[Outcome], VendorFatalError | None]:
         outcomes: list[Outcome] = []
@@ -296,7 +308,9 @@ def _deliver(ledger: Ledger, sync: str, client: Destination, report: DeliveryRep
                 unlogged_batches.append(in_flight.pop(future))
                 outcomes, stopped = future.result()
                 fatal = fatal or stopped
+                failed = report.failed
                 _count(outcomes, report)
+                progress.advance(len(outcomes), answered=report.failed - failed < len(outcomes))
                 unlogged.extend(outcomes)
             if len(unlogged) >= FLUSH_MESSAGES or time.monotonic() - last_flush >= flush_seconds:
                 flush()

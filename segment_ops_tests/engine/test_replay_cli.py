@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,9 +16,9 @@ import pytest
 
 from segment_ops_tests.engine.conftest import track_calls, write_jsonl
 
-PLAN_LINE = re.compile(r"(?:planned|would send): (\d+)\s+planned by an earlier run: (\d+)\s+"
-                       r"duplicates in file: (\d+)\s+rejected: (\d+)")
-DELIVERY_LINE = re.compile(r"delivered: (\d+)\s+rejected by Segment: (\d+)\s+still pending: (\d+)")
+PLAN_LINE = re.compile(r"^\S+: ([\d,]+) lines read = (.+)$", re.MULTILINE)
+DELIVERY_LINE = re.compile(r"^  ([\d,]+)(?: of [\d,]+)? sent = (.+?);", re.MULTILINE)
+TERM = re.compile(r"([\d,]+) ([^+]+?)(?: \+ |$)")
 
 
 def replay_command(*args: str | Path) -> list[str]:
@@ -30,13 +31,28 @@ def run_replay(*args: str | Path, timeout: float = 60) -> subprocess.CompletedPr
                           timeout=timeout)
 
 
+def equation(total: str, terms: str) -> dict[str, int]:
+    """The terms of a printed equation ("3,770 lines read = 3,766 to send + 3 rejected"), by what they count,
+    checked: they add up to its left side."""
+    parts = {what: int(count.replace(",", "")) for count, what in TERM.findall(terms)}
+    assert sum(parts.values()) == int(total.replace(",", "")), (total, terms)
+    return parts
+
+
 def summary(output: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """((planned, planned earlier, duplicates, rejected), (delivered, rejected by Segment, pending) or
-    None)."""
+    """((to send, known from earlier runs, duplicates, rejected), (delivered, rejected by Segment, pending) or
+    None), read from the two equations replay prints."""
     planned = PLAN_LINE.search(output)
     assert planned, output
-    delivered = DELIVERY_LINE.search(output)
-    return tuple(map(int, planned.groups())), (tuple(map(int, delivered.groups())) if delivered else None)
+    lines = equation(*planned.groups())
+    known = sum(count for what, count in lines.items()
+                if what.startswith(("already", "pending from", "planned earlier")))
+    duplicates = lines.get("duplicate in the file", lines.get("duplicates in the file", 0))
+    plan = (lines.get("to send", lines.get("would send", 0)), known, duplicates, lines.get("rejected", 0))
+    if (delivered := DELIVERY_LINE.search(output)) is None:
+        return plan, None
+    sent = equation(*delivered.groups())
+    return plan, (sent["delivered"], sent["rejected by Segment"], sent["still pending"])
 
 
 @pytest.mark.slow
@@ -49,6 +65,66 @@ def test_all_lines_delivered_exits_0_with_a_summary(tmp_path, ops_env, clean_san
     assert f"{path}: 120 lines read" in done.stdout
     assert summary(done.stdout) == ((120, 0, 0, 0), (120, 0, 0))
     assert clean_sandbox.stats()["segment"]["received"] == 120
+
+
+def demo_like_file(path: Path) -> Path:
+    """3,770 lines: 3,766 calls, 3 bad lines near the top, one call repeated (same messageId) at the end."""
+    calls = track_calls(3_766)
+    calls[5]["messageId"] = "repeated-once"
+    return write_jsonl(path, [*calls[:11], b"{oops", {"type": "track", "userId": "u9"}, {"type": "nope"},
+                              *calls[11:], calls[5]])
+
+
+@pytest.mark.slow
+def test_the_counts_add_up_and_say_what_each_line_became(tmp_path, ops_env, clean_sandbox):
+    path = demo_like_file(tmp_path / "events.jsonl")
+
+    first = run_replay(path)
+    again = run_replay(path)
+
+    assert first.returncode == again.returncode == 1  # rejected lines
+    assert f"{path}: 3,770 lines read = 3,766 to send + 3 rejected + 1 duplicate in the file\n" in (
+        first.stdout)
+    assert "  3,766 sent = 3,766 delivered + 0 rejected by Segment + 0 still pending;" in first.stdout
+    assert (f"{path}: 3,770 lines read = 0 to send + 3,766 already delivered + 3 rejected + 1 duplicate in "
+            "the file\n") in again.stdout
+    assert "nothing to send" in again.stdout and " sent = " not in again.stdout
+    assert clean_sandbox.stats()["segment"]["received"] == 3_766
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_an_unreachable_destination_is_named_within_seconds_after_the_validation_report(tmp_path, ops_env):
+    path = demo_like_file(tmp_path / "events.jsonl")
+    port = closed_port()
+    env = dict(os.environ, SEGMENT_TRACKING_URL=f"http://someone:hunter2@127.0.0.1:{port}/")
+    started = time.monotonic()
+    replay = subprocess.Popen(replay_command(path, "--skip-preflight"), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1)
+    said: list[str] = []
+    try:
+        while not any(line.startswith("retrying: ") for line in said):
+            assert time.monotonic() - started < 20, said  # not after 96 s of retries in silence
+            line = replay.stdout.readline()
+            assert line, said  # it ended without saying it retries
+            said.append(line)
+        seconds = time.monotonic() - started
+    finally:
+        replay.kill()
+        replay.wait(10)
+
+    report = next(i for i, line in enumerate(said) if " lines read = " in line)
+    retrying = next(i for i, line in enumerate(said) if line.startswith("retrying: "))
+    assert report < retrying and "3,766 to send" in said[report]  # what the file holds comes first
+    assert said[retrying].startswith(f"retrying: segment at 127.0.0.1:{port} /v1/batch failed (ConnectError")
+    assert "attempt 1, next try in" in said[retrying] and "0 of 3,766 messages settled" in said[retrying]
+    assert "hunter2" not in "".join(said) and "\r" not in "".join(said)
+    assert seconds < 15  # the process start and planning included; the first retry comes at once
 
 
 @pytest.mark.slow
@@ -108,7 +184,7 @@ def test_dry_run_prints_samples_and_sends_nothing(tmp_path, ops_env, clean_sandb
     assert done.returncode == 0, done.stderr
     planned, delivered = summary(done.stdout)
     assert planned == (25, 0, 0, 0) and delivered is None
-    assert "would send: 25" in done.stdout and done.stdout.count("sample: {") == 3
+    assert "25 lines read = 25 would send\n" in done.stdout and done.stdout.count("sample: {") == 3
     assert clean_sandbox.stats()["segment"]["requests"] == 0
 
 

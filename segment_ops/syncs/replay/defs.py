@@ -24,7 +24,7 @@ from segment_ops.syncs.replay.reader import (
     ReplayPlan,
     replay_file,
 )
-from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
+from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
 
 REPLAY_KEY = dg.AssetKey(["segment", "replayed_events"])
 INBOX = ("inbox", "replay")
@@ -72,10 +72,10 @@ def replayed_events(
             result = replay_file(ledger, path, segment.get_client, run_id=run_id, force=config.force,
                                  dry_run=config.dry_run, max_in_flight=segment.max_in_flight)
         except ReplayInputError as exc:
-            raise dg.Failure(description=str(exc), metadata={"path": str(path)}) from None
+            raise SyncFailure(description=str(exc), metadata={"path": str(path)}) from None
         except DeliveryError as exc:
             counts = ledger.counts(REPLAY_SYNC)
-            raise dg.Failure(description=str(exc), metadata={"pending": counts.pending,
+            raise SyncFailure(description=str(exc), metadata={"pending": counts.pending,
                                                              "delivered_total": counts.delivered}) from None
         counts = ledger.counts(REPLAY_SYNC)
         rejected_rows = ledger.rejected_since(REPLAY_SYNC, run_id)
@@ -155,7 +155,12 @@ def _plan_metadata(plan: ReplayPlan, dry_run: bool) -> dict:
         "rejected_lines": plan.rejected,
         "changed_since_planned": plan.changed,
         "sample_payloads": payload_samples(plan.samples),
-    }
+    } | {key: getattr(plan, name) for key, name in _EARLIER_SPLIT if hasattr(plan, name)}
+
+
+# planned_by_earlier_runs split by where those messages stood (the plan knows it; `segment-ops demo` reads it)
+_EARLIER_SPLIT = (("already_delivered", "already_delivered"), ("pending_from_earlier", "pending_earlier"),
+                  ("rejected_earlier", "rejected_earlier"), ("changed_skipped", "changed_skipped"))
 
 
 defs = dg.Definitions(assets=[replayed_events], jobs=[replay_job], sensors=[replay_inbox_sensor])

@@ -3,13 +3,12 @@
 The file is read in chunks and never held whole, nor is any line over MAX_LINE_BYTES. Every line is
 either planned (pending in the ledger), or rejected with its line number and reason. Planning is
 idempotent: a messageId already in the ledger is not planned again, so replaying the same file twice
-sends nothing new; a line edited since it was planned is reported, not sent (`lines`).
+sends nothing new; a line edited since it was planned is reported, not sent (`lines`). The whole file is
+planned before anything is sent, so the counts of what it holds are known (and shown) before sending.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,18 @@ from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES, InvalidCall, prepare_call
 from segment_ops.engine.delivery import DeliveryReport, deliver_pending
-from segment_ops.engine.ledger import Ledger, PlanCounts, PlannedMessage, Rejection
+from segment_ops.engine.ledger import (
+    DELIVERED,
+    PENDING,
+    REJECTED,
+    VERIFIED,
+    Ledger,
+    MessageState,
+    PlanCounts,
+    PlannedMessage,
+    Rejection,
+)
+from segment_ops.engine.progress import DeliveryProgress
 from segment_ops.syncs.replay.lines import STATE as LINES_STATE
 from segment_ops.syncs.replay.lines import ChangedLine, ReplayLine, find_changed, is_new_file, record_lines
 
@@ -33,6 +43,7 @@ CHUNK_BYTES = 16 * 1024 * 1024  # a chunk also ends at this many bytes of lines,
 # cannot be a sendable call: it is rejected while it streams past, never held whole.
 MAX_LINE_BYTES = 4 * MAX_MESSAGE_BYTES
 ACCEPTED_SUFFIXES = (".jsonl", ".ndjson", ".parquet")
+IN_FLIGHT = MessageState.IN_FLIGHT.value
 
 
 class ReplayInputError(ValueError):
@@ -41,14 +52,22 @@ class ReplayInputError(ValueError):
 
 @dataclass
 class ReplayPlan:
+    """What a file held. Each line is counted once: `lines` = planned + already_known + duplicates_in_input
+    + rejected + changed_skipped (`terms`)."""
+
     source: str
     lines: int = 0
-    planned: int = 0
-    already_known: int = 0
-    duplicates_in_input: int = 0
-    rejected: int = 0
+    planned: int = 0  # new messages, now pending
+    already_known: int = 0  # messageIds an earlier run planned: already_delivered + pending_earlier + ...
+    already_delivered: int = 0  # of those, delivered (or verified)
+    pending_earlier: int = 0  # of those, still pending (sent by this run's delivery)
+    rejected_earlier: int = 0  # of those, refused by the destination before
+    duplicates_in_input: int = 0  # a messageId that an earlier line of this file has
+    rejected: int = 0  # lines that are no sendable call (with line number and reason)
     changed: int = 0  # lines whose content differs from what was planned for them (`lines.find_changed`)
     changed_unsent: int = 0  # of those, the ones whose new content was not planned (all, unless forced)
+    changed_skipped: int = 0  # changed lines left out of the plan (all changed ones, unless forced)
+    sending: int | None = None  # pending when sending began: this file's and any an earlier run left
     samples: list[bytes] = field(default_factory=list)
     rejection_samples: list[Rejection] = field(default_factory=list)
     changed_samples: list[ChangedLine] = field(default_factory=list)
@@ -57,6 +76,22 @@ class ReplayPlan:
         self.planned += counts.planned
         self.already_known += counts.already_known
         self.duplicates_in_input += counts.duplicates_in_input
+        self.rejected += counts.rejected  # a forced line whose compacted payload cannot be restored
+
+    @property
+    def known_otherwise(self) -> int:
+        """Planned by an earlier run and neither delivered, pending nor rejected: awaiting confirmation,
+        superseded, held or suppressed."""
+        return self.already_known - self.already_delivered - self.pending_earlier - self.rejected_earlier
+
+    def terms(self) -> list[tuple[int, str]]:
+        """The parts `lines` splits into, each (count, what), none left out: they add up to `lines`."""
+        return [(self.planned, "new"), (self.pending_earlier, "pending from an earlier run"),
+                (self.already_delivered, "already delivered"),
+                (self.rejected_earlier, "already rejected by the destination"),
+                (self.known_otherwise, "planned earlier, awaiting confirmation or held"),
+                (self.rejected, "rejected"), (self.duplicates_in_input, "duplicate in the file"),
+                (self.changed_skipped, "changed since planned, not sent")]
 
 
 @dataclass
@@ -85,6 +120,7 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
     chunks = _read_chunks(path)
     store.ensure(ledger.con, LINES_STATE)
     new_file = is_new_file(ledger.con, sync, path.name)
+    first_seq: int | None = None  # the first seq this plan gave: known from here on means this file's
     for chunk in chunks:
         planned: list[PlannedMessage] = []
         lines: list[ReplayLine] = []
@@ -118,15 +154,23 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
             plan.changed_unsent += len(changed) - len(sent)
             if not force:
                 planned = [m for i, m in enumerate(planned) if i not in changed]
+                plan.changed_skipped += len(changed)
         plan.samples += [m.payload for m in planned[: sample_size - len(plan.samples)]]
         if dry_run:
             ledger.con.execute("DROP TABLE replay_chunk")
-            plan.add(ledger.count_known(sync, planned))
+            counts = ledger.count_known(sync, planned)
+            plan.add(counts)
+            if counts.already_known:
+                _split_known(ledger, sync, planned, plan, first_seq=None, chunk_seq=None)
             continue
         ledger.add_rejections(sync, rejections, run_id=run_id)
         counts = ledger.add_planned(sync, planned, run_id=run_id, force=force)
         record_lines(ledger.con, sync, path.name, force=force, run_id=run_id)
         plan.add(counts)
+        if planned and first_seq is None:
+            first_seq = counts.seqs.start
+        if counts.already_known:
+            _split_known(ledger, sync, planned, plan, first_seq=first_seq, chunk_seq=counts.seqs.start)
         if on_planned is not None and counts.planned:
             on_planned(counts.seqs)
     return plan
@@ -134,48 +178,60 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
 
 def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], SegmentTrackingClient], *,
                 sync: str = REPLAY_SYNC, run_id: str | None = None, force: bool = False,
-                dry_run: bool = False, max_in_flight: int = 4) -> ReplayResult:
-    """Plan `path` and deliver it, planning and sending at the same time; then deliver whatever else is
-    pending for `sync` (leftovers of a killed run, messages reset by `force`)."""
+                dry_run: bool = False, max_in_flight: int = 4,
+                before_sending: Callable[[ReplayPlan], None] | None = None,
+                progress: DeliveryProgress | None = None) -> ReplayResult:
+    """Plan the whole of `path`, then deliver everything pending for `sync`: the file's new messages, and
+    what earlier runs left (a killed run's, messages reset by `force`).
+
+    `before_sending` gets the plan (with `sending`, the number about to be sent) once the file is planned
+    and before the first request. `progress`: see `deliver_pending`.
+    """
     if dry_run:
         return ReplayResult(plan_file(ledger, path, sync=sync, run_id=run_id, dry_run=True), None)
-    # A one-place queue: the planner runs at most one chunk ahead of delivery, which bounds memory.
-    windows: queue.Queue[range | None] = queue.Queue(maxsize=1)
-    outcome: dict[str, object] = {}
-
-    def plan_in_background() -> None:
-        try:
-            outcome["plan"] = plan_file(ledger.cursor(), path, sync=sync, run_id=run_id, force=force,
-                                        on_planned=windows.put)
-        except BaseException as exc:  # handed to the calling thread below
-            outcome["error"] = exc
-        finally:
-            windows.put(None)
-
-    planning_done = threading.Event()
-
-    def planned_chunks() -> Iterator[list[tuple[int, str]]]:
-        while (window := windows.get()) is not None:
-            yield from ledger.iter_pending(sync, seqs=window)
-        planning_done.set()
-
-    planner = threading.Thread(target=plan_in_background, name=f"plan-{sync}", daemon=True)
-    planner.start()
+    ledger.recover(sync)  # a killed run's answers first, so what it had delivered counts as delivered
+    plan = plan_file(ledger, path, sync=sync, run_id=run_id, force=force)
+    plan.sending = ledger.counts(sync).pending
+    if before_sending is not None:
+        before_sending(plan)
+    if progress is not None:
+        progress.start(plan.sending)
     client = client_factory()
     try:
-        try:
-            report = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight,
-                                     chunks=planned_chunks())
-        finally:
-            while not planning_done.is_set() and windows.get() is not None:
-                pass  # delivery stopped early: keep the queue moving so the planner can finish
-            planner.join()
-        if "error" in outcome:
-            raise outcome["error"]  # type: ignore[misc]
-        report += deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight)
+        report = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight,
+                                 progress=progress)
     finally:
         client.close()
-    return ReplayResult(outcome["plan"], report)  # type: ignore[arg-type]
+    return ReplayResult(plan, report)
+
+
+def _split_known(ledger: Ledger, sync: str, messages: list[PlannedMessage], plan: ReplayPlan, *,
+                 first_seq: int | None, chunk_seq: int | None) -> None:
+    """Where this chunk's already-known messageIds stand, added to `plan`. One planned from `first_seq` on
+    (by this plan) but before `chunk_seq` (this chunk's) is a duplicate of an earlier chunk's line. Run only
+    when the chunk had known ones, so a first replay of a file pays nothing for it."""
+    con = ledger.con
+    con.execute("CREATE OR REPLACE TEMP TABLE replay_known AS "
+                "SELECT DISTINCT unnest(?::VARCHAR[]) AS message_id", [[m.message_id for m in messages]])
+    try:
+        ledger.states_of(sync, "replay_known", "replay_known_states")
+        delivered, pending, rejected, repeated = con.execute(
+            f"""
+            SELECT count(*) FILTER (WHERE seq < $first AND status IN ('{DELIVERED}', '{VERIFIED}')),
+                   count(*) FILTER (WHERE seq < $first AND status IN ('{PENDING}', '{IN_FLIGHT}')),
+                   count(*) FILTER (WHERE seq < $first AND status = '{REJECTED}'),
+                   count(*) FILTER (WHERE seq >= $first AND seq < $chunk)
+            FROM replay_known_states
+            """,  # a dry run plans nothing (no first_seq): every known one is an earlier run's
+            {"first": 2**62 if first_seq is None else first_seq, "chunk": chunk_seq or 0}).fetchone()
+    finally:
+        con.execute("DROP TABLE IF EXISTS replay_known")
+        con.execute("DROP TABLE IF EXISTS replay_known_states")
+    plan.already_known -= repeated
+    plan.duplicates_in_input += repeated
+    plan.already_delivered += delivered
+    plan.pending_earlier += pending
+    plan.rejected_earlier += rejected
 
 
 @dataclass(frozen=True)
