@@ -463,6 +463,37 @@ class Recovered:
     torn: int = 0  # journals whose last line was cut short by the stop (read up to the line before it)
 
 
+@dataclass(frozen=True)
+class SyncActivity:
+    """The latest thing the ledger knows of a sync (`Ledger.activity`): a message planned, an answer
+    recorded or a row rejected, and the run id of the latest planning or rejection (answers carry none)."""
+
+    at: datetime | None
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """Rows refused the same way, one per (sync, source, record key, reason) (`Ledger.rejected_rows`):
+    when last, by which run and with which record, how many times, and whether a destination refused it."""
+
+    sync: str
+    rejected_at: datetime  # the newest time it was refused
+    source: str | None  # file:line, model, or the destination
+    record_key: str | None
+    reason: str
+    run_id: str | None  # the newest refusal's
+    record: str | None  # as stored (redacted where the sync redacts)
+    times: int
+    by_destination: bool  # a message a destination refused, not an input row refused before sending
+
+
+# A row of `rejected` about a message a destination refused (`Ledger.reject_refused`: the source is the
+# destination, the reason "rejected by <destination>: ..."; "ledger" refuses a forced re-send of a compacted
+# message), as opposed to an input row refused before it became a message.
+_REFUSED = "source = 'ledger' OR starts_with(reason, 'rejected by ' || source || ': ')"
+
+
 class Ledger:
     """The ledger tables of one staging connection.
 
@@ -1153,6 +1184,77 @@ class Ledger:
         return self.con.execute(
             "SELECT record_key, source, reason FROM rejected WHERE sync = ? AND run_id = ? "
             "ORDER BY rejected_at LIMIT ?", [sync, run_id, limit]).fetchall()
+
+
+    # Readers for `segment-ops status` and `segment-ops rejected`: each one query, writing nothing, so they
+    # serve a read-only connection, and each reads a file of any layout as it is (a run migrates it).
+
+    def holds_ledger(self) -> bool:
+        """Whether the file has a delivery ledger at all (its planned messages, outcomes and rejections)."""
+        return all(self._has_table(t) for t in ("planned_messages", "outcomes", "rejected"))
+
+    def syncs(self) -> list[str]:
+        """Every sync that planned or rejected anything in this file, by name (one file may hold several:
+        audit_trail has one per SIEM)."""
+        return [row[0] for row in self.con.execute(
+            "SELECT sync FROM planned_messages UNION SELECT sync FROM rejected ORDER BY 1").fetchall()]
+
+    def counts_as_read(self, sync: str) -> LedgerCounts:
+        """`counts` for a reader: in a file of an older layout, without the `ledger_counts` cache, counted
+        from the `ledger` view instead (the file is read as it is, not migrated)."""
+        if self._has_table("ledger_counts"):
+            return self.counts(sync)
+        found = dict(self.con.execute("SELECT status, count(*) FROM ledger WHERE sync = ? GROUP BY status",
+                                      [sync]).fetchall())
+        return LedgerCounts(**{state.value: found.get(state.value, 0) for state in MessageState})
+
+    def activity(self, sync: str) -> SyncActivity:
+        """When `sync` last planned a message, had an answer recorded or rejected a row, and the run id of
+        its latest planning or rejection (only those carry one); both None when it did none of these."""
+        at, run_id = self.con.execute(
+            """
+            SELECT max(happened), arg_max(run_id, happened) FILTER (WHERE run_id IS NOT NULL) FROM (
+                SELECT planned_at AS happened, planned_run AS run_id FROM planned_messages WHERE sync = $sync
+                UNION ALL SELECT logged_at, NULL FROM outcomes WHERE sync = $sync
+                UNION ALL SELECT rejected_at, run_id FROM rejected WHERE sync = $sync)
+            """, {"sync": sync}).fetchone()
+        return SyncActivity(at, run_id)
+
+    def oldest_pending(self, sync: str) -> datetime | None:
+        """When the longest-waiting of `sync`'s pending messages was planned (None: nothing is pending)."""
+        return self.con.execute(f"SELECT min(planned_at) FROM planned_messages WHERE sync = $sync "
+                                f"AND seq IN ({_PENDING_SEQS})", {"sync": sync}).fetchone()[0]
+
+    def rejected_input_rows(self, sync: str) -> int:
+        """How many input rows `sync` refused before sending (bad values, invalid calls), each distinct
+        (record key, source, reason) once however many runs refused it. Messages a destination refused are
+        not among them: they are the messages in the rejected state (`counts`)."""
+        return self.con.execute(
+            f"SELECT count(DISTINCT (coalesce(record_key, ''), coalesce(source, ''), reason)) "
+            f"FROM rejected WHERE sync = $sync AND NOT ({_REFUSED})", {"sync": sync}).fetchone()[0]
+
+    def rejected_rows(self, sync: str | None = None, *, since: datetime | None = None,
+                      reason: str | None = None, limit: int = 0) -> list[RejectedRow]:
+        """The rows refused in this file (of `sync` only, when given), newest first: one per (sync, source,
+        record key, reason), however many runs refused it. `since`: refused at or after it; `reason`: whose
+        reason contains this text (case-insensitive); `limit`: at most that many (0: all). Empty when the
+        file has no rejections table."""
+        if not self._has_table("rejected"):
+            return []
+        found = self.con.execute(
+            f"""
+            SELECT sync, max(rejected_at) AS newest, source, record_key, reason, arg_max(run_id, rejected_at),
+                   arg_max(record, rejected_at), count(*), bool_or({_REFUSED})
+            FROM rejected
+            WHERE ($sync IS NULL OR sync = $sync)
+              AND ($since IS NULL OR rejected_at >= $since)
+              AND ($reason IS NULL OR contains(lower(reason), lower($reason)))
+            GROUP BY sync, source, record_key, reason
+            ORDER BY newest DESC, source, record_key
+            {"LIMIT $limit" if limit else ""}
+            """, {"sync": sync, "since": since, "reason": reason,
+                  **({"limit": limit} if limit else {})}).fetchall()
+        return [RejectedRow(*row) for row in found]
 
 
 def _name(word: str) -> str:
