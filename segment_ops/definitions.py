@@ -30,5 +30,5 @@ def defs() -> dg.Definitions:
         run_watch.defs,
         sensors.defs,
     )
-    return dg.Definitions.merge(syncs, external.segment_destination(syncs.assets or []),
-                                dg.Definitions(resources=build_resources()))
+    return sensors.with_failure_alerts(dg.Definitions.merge(
+        syncs, external.segment_destination(syncs.assets or []), dg.Definitions(resources=build_resources())))

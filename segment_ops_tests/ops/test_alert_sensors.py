@@ -11,9 +11,15 @@ from datetime import timedelta
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.dependency import NodeHandle
 from dagster._utils.error import SerializableErrorInfo
 
-from segment_ops.config import SANDBOX_SLACK_WEBHOOK_PATH, SANDBOX_SPLUNK_HEC_TOKEN, SANDBOX_SPLUNK_INDEX
+from segment_ops.config import (
+    SANDBOX_SLACK_WEBHOOK_PATH,
+    SANDBOX_SLACK_WEBHOOK_TOKEN,
+    SANDBOX_SPLUNK_HEC_TOKEN,
+    SANDBOX_SPLUNK_INDEX,
+)
 from segment_ops.definitions import defs
 from segment_ops.resources import AlertsResource, SplunkHecResource, build_resources
 from segment_ops.syncs.audit_trail.defs import (
@@ -32,8 +38,10 @@ from segment_ops.syncs.ops.run_alerts import (
     alert_on_recovery,
     alert_on_run_failure,
     user_message,
+    with_failure_alerts,
 )
 from segment_ops_tests.audit_trail.conftest import audit_ids, window_of
+from segment_ops_tests.ops.alert_hook_jobs import BARRIER_DIR, two_failing_steps_job
 
 
 @pytest.fixture
@@ -393,3 +401,137 @@ def test_an_alert_the_webhook_could_not_take_is_sent_by_a_later_tick(resources, 
 
     [text] = slack_texts(clean_sandbox)
     assert failed.run_id[:8] in text
+
+
+# --- the alert from within the run (`dagster asset materialize`, `dagster job execute`: no sensor sees them)
+
+HOOK = "alert_on_step_failure"
+
+
+def with_alert_hook(*assets: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:
+    """`assets` with the alert hook, as `definitions.py` adds it to every asset of the code location."""
+    return list(with_failure_alerts(dg.Definitions(assets=list(assets))).assets or [])
+
+
+def run_hour_as_deployed(resources: dict, key: str,
+                         instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(with_alert_hook(segment_audit_events, siem_audit_events), partition_key=key,
+                          resources=resources, instance=instance, raise_on_error=False)
+
+
+class FlakyOnce:
+    failed = False
+
+
+@dg.asset(retry_policy=dg.RetryPolicy(max_retries=1))
+def flaky_once() -> None:
+    """Fails its first attempt only."""
+    if not FlakyOnce.failed:
+        FlakyOnce.failed = True
+        raise RuntimeError("first attempt fails")
+
+
+@dg.asset
+def first_broken() -> None:
+    raise RuntimeError("first broken step")
+
+
+@dg.asset
+def second_broken() -> None:
+    raise RuntimeError("second broken step")
+
+
+def test_every_step_of_every_job_of_the_code_location_has_the_alert_hook():
+    for job in REPOSITORY.get_all_jobs():
+        for node in job.graph.nodes:
+            assets_def = job.asset_layer.get_assets_def_for_node(NodeHandle(node.name, parent=None))
+            assert HOOK in {hook.name for hook in assets_def.hook_defs}, (job.name, node.name)
+
+
+@pytest.mark.slow
+def test_a_failed_run_alerts_from_within_and_the_sensor_sends_nothing_more(resources, instance,
+                                                                           clean_sandbox, hour):
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+
+    failed = run_hour_as_deployed(resources, hour, instance)
+    from_the_run = slack_texts(clean_sandbox)
+    failures.tick()
+    failures.tick()
+
+    assert not failed.success
+    [text] = from_the_run
+    assert f"/runs/{failed.run_id}|" in text
+    assert "`siem__audit_events`" in text and "HTTP 500" in text  # the failed step and its error's lead
+    assert slack_texts(clean_sandbox) == from_the_run  # the sensor skipped the run
+    assert instance.get_run_by_id(failed.run_id).tags[ALERT_TAG] == f"failure_sent:{failed.run_id}"
+
+
+@pytest.mark.slow
+def test_an_alert_the_run_could_not_send_is_sent_by_the_sensor(resources, instance, clean_sandbox, hour):
+    alerts = AlertsResource(webhook_url=f"{clean_sandbox.url}/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
+                            retry_max_attempts=2, retry_max_seconds=1.0, timeout_seconds=2.0)
+    resources = resources | {"alerts": alerts}
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    clean_sandbox.set_faults("splunk", rate_500=1.0)
+    clean_sandbox.set_faults("slack", rate_503=1.0)
+
+    failed = run_hour_as_deployed(resources, hour, instance)
+    clean_sandbox.clear_faults()
+    untagged = ALERT_TAG not in instance.get_run_by_id(failed.run_id).tags
+    failures.tick()
+
+    assert not failed.success and untagged
+    [text] = slack_texts(clean_sandbox)
+    assert f"/runs/{failed.run_id}|" in text
+    logs = " ".join(entry.message or "" for entry in instance.all_logs(failed.run_id))
+    assert "not sent from the run" in logs and SANDBOX_SLACK_WEBHOOK_TOKEN not in logs
+
+
+@pytest.mark.slow
+def test_a_run_with_several_failed_steps_alerts_once_naming_the_first(ops_env, clean_sandbox, instance):
+    result = dg.materialize(with_alert_hook(first_broken, second_broken), resources=build_resources(),
+                            instance=instance, raise_on_error=False)
+
+    assert len(result.get_step_failure_events()) == 2
+    [text] = slack_texts(clean_sandbox)
+    assert "`first_broken`" in text and "first broken step" in text and result.run_id[:8] in text
+
+
+@pytest.mark.slow
+def test_steps_failing_at_once_in_two_processes_send_one_alert(ops_env, clean_sandbox, instance, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv(BARRIER_DIR, str(tmp_path))
+
+    with dg.execute_job(dg.reconstructable(two_failing_steps_job), instance=instance) as result:
+        failed_steps = {event.step_key for event in result.get_step_failure_events()}
+
+    assert failed_steps == {"left_broken", "right_broken"}
+    [text] = slack_texts(clean_sandbox)
+    assert result.run_id[:8] in text
+
+
+@pytest.mark.slow
+def test_a_failed_re_execution_carrying_its_parents_alert_tag_alerts_from_within(ops_env, clean_sandbox,
+                                                                                 instance):
+    assets, resources = with_alert_hook(first_broken), build_resources()
+    parent = dg.materialize(assets, resources=resources, instance=instance, raise_on_error=False)
+    inherited = instance.get_run_by_id(parent.run_id).tags[ALERT_TAG]
+
+    child = dg.materialize(assets, resources=resources, instance=instance, raise_on_error=False,
+                           tags={ALERT_TAG: inherited})
+
+    texts = slack_texts(clean_sandbox)
+    assert len(texts) == 2 and parent.run_id[:8] in texts[0] and child.run_id[:8] in texts[1]
+
+
+@pytest.mark.slow
+def test_a_step_that_passes_on_its_retry_sends_nothing(ops_env, clean_sandbox, instance):
+    FlakyOnce.failed = False
+
+    result = dg.materialize(with_alert_hook(flaky_once), resources=build_resources(), instance=instance)
+
+    assert result.success and FlakyOnce.failed
+    assert slack_texts(clean_sandbox) == []

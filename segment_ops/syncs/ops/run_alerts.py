@@ -1,4 +1,4 @@
-"""Run-status sensors that alert: one message per failed run, one when the same work passes again.
+"""Run alerts: one message per failed run (a sensor, or a hook inside the run), one when the work passes.
 
 - `alert_on_run_failure` (RUNNING by default) watches every job of this code location and posts a failure
   alert (`segment_ops.engine.alerts.failure_message`) to ALERT_WEBHOOK_URL for each failed run. The alert
@@ -12,10 +12,14 @@
   A success covers a failure when it includes every asset and every partition of it, whatever the job: a
   backfill or a UI re-run recovers a failed scheduled or sensor run, a run of another day does not, and a
   canceled run in between changes nothing (fail -> cancel -> success recovers).
+- `with_failure_alerts` (applied by `definitions.py`) puts `failure_alert_hook` on every asset, check and op
+  job, so a run no sensor sees (`dagster asset materialize`, `dagster job execute`, no daemon) alerts too:
+  the run's first failed step posts the same message and tags the run as the sensor does, so the sensor skips
+  it; if that post fails, the run stays untagged and the sensor sends the alert after the run.
 
-Both return None, so one tick handles every finished run since the last one (a returned SkipReason would
-end the tick after the first run). Dagster hands a run-status sensor at most 5 runs per tick and moves its
-cursor past each run the function returned or raised for; a tick that raises *out of the evaluation* (a
+Both sensors return None, so one tick handles every finished run since the last one (a returned SkipReason
+would end the tick after the first run). Dagster hands a run-status sensor at most 5 runs per tick and moves
+its cursor past each run the function returned or raised for; a tick that raises *out of the evaluation* (a
 `dg.DagsterError`) keeps the cursor where the previous tick left it.
 
 No storm, no double send: each run alerted on is tagged (`segment_ops/alert=failure_sent:<its run id>`,
@@ -36,6 +40,7 @@ Dagster's 60 s evaluation limit. What happens to an alert that could not be sent
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +48,13 @@ from dataclasses import dataclass
 import dagster as dg
 
 from segment_ops.clients.base import VendorUnavailable
-from segment_ops.engine.alerts import RunFailure, RunRecovery, failure_message, recovery_message
+from segment_ops.engine.alerts import (
+    RunFailure,
+    RunRecovery,
+    failure_message,
+    recovery_message,
+    redact_secrets,
+)
 from segment_ops.resources import AlertsResource
 
 ALERT_TAG = "segment_ops/alert"
@@ -135,12 +146,80 @@ def alert_on_recovery(context: dg.RunStatusSensorContext, alerts: AlertsResource
     context.log.info(f"recovery sent for run {run.run_id}: recovers {', '.join(f.run_id for f in failed)}")
 
 
+def with_failure_alerts(defs: dg.Definitions) -> dg.Definitions:
+    """`defs` with `failure_alert_hook` on every asset, asset check and op job, so every run of the code
+    location alerts from within, whatever launched it: the implicit asset job of `dagster asset materialize`
+    and every `define_asset_job` job take the hooks of their assets (`AssetsDefinition.with_hooks`)."""
+    groups = {key: group for item in defs.assets or [] if isinstance(item, dg.AssetsDefinition)
+              for key, group in item.group_names_by_key.items()}
+    hook = failure_alert_hook(groups)
+
+    def hooked(item: object) -> object:
+        if isinstance(item, dg.AssetChecksDefinition):
+            # `with_hooks` returns a plain AssetsDefinition, which the repository converts back with a
+            # BetaWarning (its `execution_type` parameter) at every load: convert it here, quietly.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", dg.BetaWarning)
+                return dg.AssetChecksDefinition(**item.with_hooks({hook}).get_attributes_dict())
+        executable = isinstance(item, dg.AssetsDefinition) and item.is_executable
+        return item.with_hooks({hook}) if executable or isinstance(item, dg.JobDefinition) else item
+
+    return dg.Definitions(
+        assets=[hooked(item) for item in defs.assets or []],
+        asset_checks=[hooked(item) for item in defs.asset_checks or []],
+        jobs=[hooked(item) for item in defs.jobs or []],
+        schedules=defs.schedules, sensors=defs.sensors, resources=defs.resources, executor=defs.executor,
+        loggers=defs.loggers, metadata=defs.metadata, component_tree=defs.component_tree)
+
+
+def failure_alert_hook(groups_by_key: Mapping[dg.AssetKey, str]) -> dg.HookDefinition:
+    """The in-run side of `alert_on_run_failure`: the run's first failed step posts the failure alert and
+    tags the run the way the sensor does, so the sensor skips it. Other failed steps of the run post
+    nothing. A post that fails leaves the run untagged: the sensor sends the alert once the run has ended."""
+
+    @dg.failure_hook(name="alert_on_step_failure", required_resource_keys={"alerts"})
+    def alert_on_step_failure(context: dg.HookContext) -> None:
+        instance, run_id = context.instance, context.run_id
+        run = instance.get_run_by_id(run_id)
+        if run is None or _already_alerted(instance, run_id, FAILURE_SENT, RECOVERED):
+            return
+        # This step's failure is stored before its hooks run; the oldest failure of the run posts the alert.
+        first = [record.event_log_entry.dagster_event for record in instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1).records]
+        if first and first[0].step_key != context.step_key:
+            context.log.info(f"run {run_id} is alerted on by its first failed step, {first[0].step_key}")
+            return
+        keys = work_of(instance, run, None).keys
+        groups = sorted({groups_by_key[key] for key in keys if key in groups_by_key})
+        alerts: AlertsResource = context.resources.alerts
+        try:
+            with alerts.get_client() as client:
+                client.post_message(failure_message(failure_of(run, alerts, groups, first)))
+        except Exception as exc:  # never fail the hook over an alert: the sensor is the fallback
+            context.log.warning(f"failure alert for run {run_id} not sent from the run "
+                                f"({type(exc).__name__}: {redact_secrets(str(exc))}); the sensor "
+                                f"alert_on_run_failure sends it once the run has ended")
+            return
+        instance.add_run_tags(run_id, {ALERT_TAG: f"{FAILURE_SENT}:{run_id}"})
+        context.log.info(f"alert sent for failed run {run_id} of {run.job_name}")
+
+    return alert_on_step_failure
+
+
 def describe_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource) -> RunFailure:
-    """The failed run as `alerts.RunFailure`: first failed step, its error's first line and its counts; for a
-    run that failed before any step, the run failure's own error (`JobFailureData.error`)."""
-    run = context.dagster_run
-    step, error, counts = None, context.failure_event.message or "the run failed", {}
-    steps = context.get_step_failure_events()
+    """The failed run as `alerts.RunFailure`, as the sensor sees it once the run has ended."""
+    graph = _asset_graph(context.repository_def)
+    groups = _groups(graph, work_of(context.instance, context.dagster_run, graph).keys)
+    return failure_of(context.dagster_run, alerts, groups, context.get_step_failure_events(),
+                      context.failure_event)
+
+
+def failure_of(run: dg.DagsterRun, alerts: AlertsResource, groups: Sequence[str],
+               steps: Sequence[dg.DagsterEvent], failure_event: dg.DagsterEvent | None = None) -> RunFailure:
+    """`alerts.RunFailure` of `run`: its first failed step (`steps`, oldest first), that error's first line
+    and its counts; for a run that failed before any step, the run failure's own error
+    (`JobFailureData.error` of `failure_event`)."""
+    step, error, counts = None, (failure_event.message if failure_event else None) or "the run failed", {}
     if steps:
         event = steps[0]
         data = event.step_failure_data
@@ -150,14 +229,12 @@ def describe_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource
             counts = numeric_counts(data.user_failure_data.metadata)
         elif data.error is not None:
             error = user_message(data.error)
-    else:
-        data = context.failure_event.event_specific_data  # JobFailureData
+    elif failure_event is not None:
+        data = failure_event.event_specific_data  # JobFailureData
         if getattr(data, "error", None) is not None:
             error = user_message(data.error)
         elif getattr(data, "failure_reason", None) is not None:
             error = f"{error} ({data.failure_reason.value})"
-    graph = _asset_graph(context.repository_def)
-    groups = _groups(graph, work_of(context.instance, run, graph).keys)
     return RunFailure(run_id=run.run_id, run_url=alerts.run_url(run.run_id), job_name=sync_name(run, groups),
                       groups=groups, partition=partition_label(run), step=step, error=error, counts=counts)
 
