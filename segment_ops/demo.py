@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import gc
 import os
+import shlex
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from segment_ops.clock import CLOCK_VARIABLE
 from segment_ops.config import SETTINGS, load_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: the sandbox and Dagster are heavy imports
@@ -36,19 +39,41 @@ DEMO_READ_BACK_DELAY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
+class Figures:
+    """One sync's counts in its own terms: what it read splits into `terms` (count, what), which add up to
+    `read`; `sent` is what the destination took in this run."""
+
+    unit: str
+    read: int
+    terms: tuple[tuple[int, str], ...]
+    sent: int
+    already_delivered: int
+    pending_from_earlier: int
+    rejected: int
+    note: str = ""  # what else the reader needs to check the sums (e.g. calls per member)
+
+    @property
+    def adds_up(self) -> bool:
+        return sum(count for count, _ in self.terms) == self.read
+
+    def equation(self) -> str:
+        """`3,770 lines read = 3,766 sent + 3 rejected + 1 duplicate in the file` (zero terms left out but the
+        first); `!=` when the terms do not add up, so a wrong sum is shown, never hidden."""
+        shown = [f"{count:,} {what}" for i, (count, what) in enumerate(self.terms) if count or not i]
+        return (f"{self.read:,} {self.unit} {'=' if self.adds_up else '!='} " + " + ".join(shown)
+                + (f"; {self.note}" if self.note else ""))
+
+
+@dataclass(frozen=True)
 class DemoStep:
-    """One sync run by the demo: its job, how to configure it, and which metadata to summarise."""
+    """One sync run by the demo: its job, how to configure it, and how to read its counts."""
 
     group: str
     job_name: str
     run_config: Callable[[Path], dict]
-    read_key: str
-    sent_key: str
-    already_sent_key: str
-    rejected_keys: tuple[str, ...]
-    partition_key: Callable[[], str] | None = None  # for partitioned jobs: which partition the demo runs
-    # For single-run backfills: the (first, last) partition keys one run covers.
-    partition_range: Callable[[], tuple[str, str]] | None = None
+    figures: Callable[[dict[str, dict]], Figures]  # from the run's metadata per asset key
+    # For single-run backfills: the (first, last) partition keys one run covers, chosen on the demo world.
+    partition_range: Callable[[DemoData], tuple[str, str]] | None = None
 
 
 def _replay_config(home: Path) -> dict:
@@ -56,16 +81,102 @@ def _replay_config(home: Path) -> dict:
     return {"ops": {"segment__replayed_events": {"config": {"path": path}}}}
 
 
-def _last_pendo_days() -> tuple[str, str]:
+def _last_pendo_days(data: DemoData) -> tuple[str, str]:
     from segment_ops.syncs.pendo.defs import latest_days
 
     return latest_days(60)  # 60 days: the 30-day window and the previous one the trend compares it with
 
 
-def _last_complete_audit_hour() -> str:
-    from segment_ops.syncs.audit_trail.defs import complete_hours
+def audit_window(data: DemoData) -> tuple[str, str]:
+    """The complete hours (at `clock.now()`) from the newest one that holds audit events in the demo world to
+    the newest complete hour, at most a day of them (one run of the backfill policy): a quiet night or
+    weekend hour alone would forward nothing."""
+    from segment_ops.syncs.audit_trail.defs import PARTITIONS, WINDOW_OVERLAP, complete_hours
 
-    return complete_hours(1)[-1]
+    keys = complete_hours(24)
+    for key in reversed(keys):
+        window = PARTITIONS.time_window_for_partition_key(key)
+        if data.audit_events(window.start - WINDOW_OVERLAP, window.end):
+            return key, keys[-1]
+    return keys[0], keys[-1]
+
+
+def _replay_figures(by_asset: dict[str, dict]) -> Figures:
+    m = by_asset.get("segment/replayed_events", {})
+    planned, known, sent = m.get("planned", 0), m.get("planned_by_earlier_runs", 0), m.get("delivered", 0)
+    if "already_delivered" in m:  # the plan's own split of what earlier runs planned
+        delivered_before, pending = m["already_delivered"], m.get("pending_from_earlier", 0)
+    else:  # an older plan: what this run sent beyond its new messages was pending from earlier
+        pending = min(known, max(0, sent + m.get("rejected_by_destination", 0) + m.get("failed_pending", 0)
+                                 - planned))
+        delivered_before = known - pending
+    rejected = m.get("rejected_lines", 0)
+    terms = ((planned, _sent_or_new(planned, sent, m)), (rejected, "rejected"),
+             (m.get("duplicates_in_input", 0), "duplicate in the file"),
+             (delivered_before, "already delivered"), (pending, "pending from earlier (sent now)"),
+             (known - delivered_before - pending, "planned earlier, rejected or awaiting"),
+             (m.get("changed_skipped", 0), "changed since planned, not sent"))
+    return Figures("lines read", m.get("lines_read", 0), terms, sent, delivered_before, pending,
+                   rejected + m.get("rejected_by_destination", 0), _sent_note(planned + pending, sent, m))
+
+
+def _diff_figures(by_asset: dict[str, dict], prefix: str, unit: str) -> Figures:
+    """A sync that diffs rows against what was delivered (reverse ETL, Pendo's group calls), summed over its
+    assets whose key starts with `prefix`: rows = added or changed + unchanged + rejected."""
+    m = _summed(by_asset, prefix)
+    changed, pending = m.get("added", 0) + m.get("changed", 0), m.get("already_planned", 0)
+    new, sent = changed - pending, m.get("delivered", 0)
+    terms = ((new, _sent_or_new(new, sent, m, "added or changed")),
+             (pending, "pending from earlier (sent now)"),
+             (m.get("unchanged", 0), "unchanged since delivered"), (m.get("rejected", 0), "rejected"))
+    return Figures(unit, m.get("rows_read", 0), terms, sent, m.get("unchanged", 0), pending,
+                   m.get("rejected", 0) + m.get("rejected_by_destination", 0),
+                   _sent_note(new + pending + m.get("removed", 0), sent, m))
+
+
+def _heap_figures(by_asset: dict[str, dict]) -> Figures:
+    m = _summed(by_asset, "segment/heap_audiences/")
+    sent, unresolved = m.get("delivered", 0), m.get("unresolved", 0)
+    terms = ((m.get("added", 0), "entered"), (m.get("unchanged", 0), "unchanged since delivered"),
+             (unresolved, "unresolved (rejected)"))
+    note = (f"{sent:,} calls sent: an identify and an \"Audience Entered/Exited\" track for each of "
+            f"{m.get('added', 0):,} entered and {m.get('removed', 0):,} exited")
+    return Figures("Heap members", m.get("heap_members", 0), terms, sent, m.get("unchanged", 0),
+                   m.get("already_planned", 0), unresolved + m.get("rejected_by_destination", 0), note)
+
+
+def _audit_figures(by_asset: dict[str, dict]) -> Figures:
+    m = by_asset.get("siem/audit_events", {})
+    new, known, sent = m.get("new_events", 0), m.get("already_forwarded_or_pending", 0), m.get("forwarded", 0)
+    pending = min(known, max(0, sent - new))  # forwarded now although an earlier run planned them
+    terms = ((new, "sent to Splunk" if sent == new else "new"), (known - pending, "already forwarded"),
+             (pending, "pending from earlier (sent now)"))
+    return Figures("audit events", m.get("events_in_window", 0), terms, sent, known - pending, pending,
+                   m.get("rejected_by_destination", 0),
+                   "" if sent == new else f"{sent:,} forwarded in this run")
+
+
+def _summed(by_asset: dict[str, dict], prefix: str) -> dict:
+    total: dict = {}
+    for key, metadata in by_asset.items():
+        if key.startswith(prefix):
+            for name, value in metadata.items():
+                if _is_count(value):
+                    total[name] = total.get(name, 0) + value
+    return total
+
+
+def _sent_or_new(new: int, sent: int, m: dict, what: str = "") -> str:
+    """"sent" when this run sent exactly its new messages and the destination took them all."""
+    clean = sent == new and not m.get("rejected_by_destination") and not m.get("failed_pending")
+    return ("sent" if clean else "new") if not what else (f"{what} (sent)" if clean else what)
+
+
+def _sent_note(to_send: int, sent: int, m: dict) -> str:
+    if sent == to_send and not m.get("rejected_by_destination") and not m.get("failed_pending"):
+        return ""
+    return (f"{sent:,} sent in this run, {m.get('rejected_by_destination', 0):,} rejected by the "
+            f"destination, {m.get('failed_pending', 0):,} failed and left pending")
 
 
 def _heap_config(home: Path) -> dict:
@@ -75,24 +186,22 @@ def _heap_config(home: Path) -> dict:
 
 
 DEMO_STEPS = (
-    DemoStep("replay", "replay_job", _replay_config, "lines_read", "delivered", "planned_by_earlier_runs",
-             ("rejected_lines", "rejected_by_destination")),
+    DemoStep("replay", "replay_job", _replay_config, _replay_figures),
     # Every model in sql/reverse_etl/ against the demo warehouse, as one job; counts are summed over the
     # models.
-    DemoStep("reverse_etl", "reverse_etl_job", lambda home: {}, "rows_read", "delivered", "unchanged",
-             ("rejected", "rejected_by_destination")),
+    DemoStep("reverse_etl", "reverse_etl_job", lambda home: {},
+             lambda by_asset: _diff_figures(by_asset, "segment/reverse_etl/", "rows read")),
     # Pendo usage of the last 60 days backfilled in one run (two 30-day requests per source), every account
     # scored, and a group call for each account whose health traits changed.
-    DemoStep("pendo", "pendo_account_health_job", lambda home: {}, "accounts_scored", "delivered",
-             "unchanged", ("rejected", "rejected_by_destination"), partition_range=_last_pendo_days),
+    DemoStep("pendo", "pendo_account_health_job", lambda home: {},
+             lambda by_asset: _diff_figures(by_asset, "segment/pendo_account_groups", "accounts scored"),
+             partition_range=_last_pendo_days),
     # Heap: the sandbox pushes one signed segment sync per demo segment to the real receiver (in-process),
     # and each audience applies it by the webhook route; counts are summed over the audiences.
-    DemoStep("heap", "heap_audiences_job", _heap_config, "heap_members", "delivered", "unchanged",
-             ("newly_rejected", "rejected_by_destination")),
-    # The last complete hour of the sandbox's audit trail, pulled and forwarded to Splunk HEC.
-    DemoStep("audit_trail", "audit_trail_job", lambda home: {}, "events_pulled", "forwarded",
-             "already_forwarded_or_pending", ("rejected_by_destination",),
-             partition_key=_last_complete_audit_hour),
+    DemoStep("heap", "heap_audiences_job", _heap_config, _heap_figures),
+    # The newest complete hours of the sandbox's audit trail that hold events, pulled and forwarded to
+    # Splunk HEC in one run (each hour's partition reports its own counts).
+    DemoStep("audit_trail", "audit_trail_job", lambda home: {}, _audit_figures, partition_range=audit_window),
 )
 
 
@@ -133,27 +242,30 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
         # 11.5 s of CPU time).
         gc.freeze()
         failed = 0
-        rows = []
+        rows, counts, failed_checks = [], [], []
         delivered_at = 0.0  # when the last sync whose identify calls are read back finished
         for step in DEMO_STEPS:
             job = definitions.resolve_job_def(step.job_name)
             run_config = {**step.run_config(home),
                           "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-            partition = step.partition_key() if step.partition_key else None
-            tags = None
+            tags, window = None, ""
             if step.partition_range:
-                first, last = step.partition_range()
+                first, last = step.partition_range(data)
                 tags = {"dagster/asset_partition_range_start": first,
                         "dagster/asset_partition_range_end": last}
+                window = (f" (partitions {first} to {last}, one run)" if first != last
+                          else f" (partition {first})")
             result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                            partition_key=partition, tags=tags)
+                                            tags=tags)
             if step.group in READ_BACK_JOBS:
                 delivered_at = time.monotonic()
-            metadata = _materialization_metadata(result)
             failed += 0 if result.success else 1
-            rows.append((step.group, "ok" if result.success else "FAILED", metadata.get(step.read_key, "-"),
-                         metadata.get(step.sent_key, "-"), metadata.get(step.already_sent_key, "-"),
-                         sum(int(metadata.get(k, 0)) for k in step.rejected_keys), result.run_id))
+            figures = step.figures(_metadata_by_asset(result))
+            rows.append((step.group, "ok" if result.success else "FAILED", f"{figures.read:,}",
+                         f"{figures.sent:,}", f"{figures.already_delivered:,}",
+                         f"{figures.pending_from_earlier:,}", f"{figures.rejected:,}", result.run_id))
+            counts.append(f"  {step.group}: {figures.equation()}{window}")
+            failed_checks += [c for c in result.get_asset_check_evaluations() if not c.passed]
         _print_summary(rows)
         stats = sandbox.stats()
         segment, splunk = stats.get("segment", {}), stats.get("splunk", {})
@@ -163,12 +275,15 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
               f"{segment.get('late_duplicates', 0):,} repeats after the ~24 h dedupe window; "
               f"{dropped:,} accepted but silently dropped); "
               f"Splunk HEC received {splunk.get('received', 0):,} events")
+        print("what each sync read, in its own terms:")
+        print("\n".join(counts))
+        _print_failed_checks(failed_checks)
         failed += _read_back(instance, delivered_at)
+        failed += _delivery_health(instance, sandbox.url)
         missing = [g for g in PLANNED_SYNC_GROUPS if g not in {step.group for step in DEMO_STEPS}]
         if missing:
             print("not built yet (so not run): " + ", ".join(missing))
-        print(f"open the UI on these runs: SEGMENT_OPS_HOME={home} DAGSTER_HOME={dagster_home} "
-              ".venv/bin/dagster dev")
+        print(ui_instructions(home, dagster_home, seed=seed, scale=scale))
         return 1 if failed else 0
     finally:
         sandbox.stop()
@@ -199,9 +314,22 @@ def write_demo_replay_file(path: Path, data: DemoData) -> int:
     return written
 
 
+def ui_instructions(home: Path, dagster_home: Path, *, seed: int = 7, scale: float = 1.0) -> str:
+    """The demo's last line: the two commands that show its runs in the UI, the sandbox first (the UI's
+    sensors, schedules and alerts talk to it), with the demo's world (seed, scale, SEGMENT_OPS_CLOCK)."""
+    pinned = os.environ.get(CLOCK_VARIABLE, "")
+    clock_env = f"{CLOCK_VARIABLE}={shlex.quote(pinned)} " if pinned else ""
+    world = (f" --seed {seed}" if seed != 7 else "") + (f" --scale {scale:g}" if scale != 1.0 else "")
+    return (f"open the UI on these runs: start the sandbox, then Dagster: "
+            f"{clock_env}.venv/bin/segment-ops sandbox{world} & "
+            f"{clock_env}SEGMENT_OPS_HOME={shlex.quote(str(home))} "
+            f"DAGSTER_HOME={shlex.quote(str(dagster_home))} .venv/bin/dagster dev")
+
+
 def _use_sandbox_only(home: Path) -> None:
     for setting in SETTINGS:
-        if setting.name not in ("SEGMENT_OPS_HOME", "SEGMENT_OPS_SANDBOX_URL"):
+        # SEGMENT_OPS_CLOCK is kept: it pins the demo's world and windows, never a vendor.
+        if setting.name not in ("SEGMENT_OPS_HOME", "SEGMENT_OPS_SANDBOX_URL", CLOCK_VARIABLE):
             os.environ.pop(setting.name, None)
     os.environ["SEGMENT_OPS_HOME"] = str(home)
 
@@ -217,16 +345,91 @@ def _ensure_dagster_home() -> Path:
     return dagster_home
 
 
-def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
-    """Metadata of a run's materializations; counts are summed when a job materializes several assets."""
-    values: dict = {}
+def _metadata_by_asset(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    """Metadata of a run's materializations per asset key; a range run's partitions each report their own
+    counts, which are summed, while its `run_` figures (the whole run's, on every partition) are kept once."""
+    by_asset: dict[str, dict] = {}
     for event in result.get_asset_materialization_events():
+        values = by_asset.setdefault(event.materialization.asset_key.to_user_string(), {})
         for key, entry in event.materialization.metadata.items():
-            value = getattr(entry, "value", entry)
-            previous = values.get(key)
-            both_counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (value, previous))
-            values[key] = previous + value if both_counts else value
-    return values
+            value, previous = getattr(entry, "value", entry), values.get(key)
+            summed = _is_count(value) and _is_count(previous) and not key.startswith("run_")
+            values[key] = previous + value if summed else value
+    return by_asset
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _print_failed_checks(evaluations: list) -> None:
+    """Each asset check that failed, with its figures (a WARN does not fail the run, so it shows only here
+    and on the asset's Checks tab)."""
+    if not evaluations:
+        print("asset checks: all passed")
+        return
+    print("asset checks that failed (WARN: the run still succeeds; ERROR: the run fails):")
+    for check in evaluations:
+        meta = {key: getattr(value, "value", value) for key, value in check.metadata.items()}
+        figures = ", ".join(f"{key} {value}" for key, value in meta.items()
+                            if isinstance(value, int | float) and not isinstance(value, bool))
+        print(f"  {check.severity.value} {check.asset_key.to_user_string()} {check.check_name}: {figures}")
+
+
+def _delivery_health(instance: dg.DagsterInstance, sandbox_url: str) -> int:
+    """Run the hourly delivery-health check on the demo's ledgers now, as `dagster dev` would within the
+    hour, and say what it found and why: the demo data holds rows that cannot be sent, on purpose, and a
+    sync whose rejected share passes DELIVERY_HEALTH_MAX_FAILED_SHARE is alerted on Slack (the sandbox's
+    here). Returns 1 when the check's run failed."""
+    from segment_ops.definitions import defs
+
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    result = defs().resolve_job_def("delivery_health_job").execute_in_process(
+        run_config=quiet, instance=instance, raise_on_error=False)
+    if not result.success:
+        print("delivery health: the check's run FAILED (see it in the UI)")
+        return 1
+    [metadata] = _metadata_by_asset(result).values()
+    state = metadata.get("state", {})
+    flagged = {sync: figures for sync, figures in state.items() if figures.get("status") == "UNHEALTHY"}
+    limit = float(metadata.get("max_failed_share", 0.0))
+    if not flagged:
+        print(f"delivery health (the hourly check, run now on the demo's ledgers): no sync above "
+              f"{limit:.0%} rejected or failed, so no Slack alert")
+        return 0
+    alerts = metadata.get("alerts_sent", 0)
+    print(f"delivery health (the hourly check, run now on the demo's ledgers): {len(flagged)} sync(s) above "
+          f"{limit:.0%} rejected or failed; "
+          + (f"{alerts} Slack alert(s) posted to the sandbox's webhook ({sandbox_url}/slack)" if alerts
+             else "alerted on an earlier demo run (the state is kept, so not again)") + ":")
+    for sync, figures in sorted(flagged.items()):
+        total = figures["delivered"] + figures["rejected"] + figures["failed"]
+        lost = figures["rejected"] + figures["failed"]
+        print(f"  {sync}: {lost:,} of {total:,} messages rejected or failed ({figures['share']:.1%}); "
+              f"why: {_top_rejection(figures.get('file', ''), sync)}")
+    return 0
+
+
+def _top_rejection(file: str, sync: str) -> str:
+    """The commonest reason the sync's ledger gives for its rejections, read from its staging file."""
+    from segment_ops.engine import store
+
+    path = load_settings().home / "staging" / file
+    try:
+        con = store.connect(path, read_only=True, threads=1, lock_timeout=2.0)
+    except Exception:  # noqa: BLE001 - the line still prints, without the reason
+        return "see its rejected table"
+    try:
+        from segment_ops.engine.ledger import Ledger
+
+        reasons = Counter(row.reason for row in Ledger(con, create=False).rejected_rows(sync))
+        row = reasons.most_common(1)[0] if reasons else None
+    except Exception:  # noqa: BLE001
+        row = None
+    finally:
+        con.close()
+    return (f"{row[1]:,} x \"{row[0]}\" (rows the demo data holds on purpose)" if row
+            else "failed deliveries (see the run)")
 
 
 def _read_back(instance: dg.DagsterInstance, delivered_at: float) -> int:
@@ -259,7 +462,8 @@ def _read_back(instance: dg.DagsterInstance, delivered_at: float) -> int:
 
 
 def _print_summary(rows: list[tuple], headers: tuple[str, ...] = (
-        "sync", "status", "read", "sent", "planned before", "rejected", "run")) -> None:
+        "sync", "status", "read", "sent", "already delivered", "pending from earlier", "rejected",
+        "run")) -> None:
     table = [headers, *[tuple(str(v) for v in row) for row in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     for row in table:
