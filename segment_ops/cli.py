@@ -1,10 +1,12 @@
-"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay, webhooks, check, state."""
+"""`segment-ops`: the command line. Subcommands: sandbox, demo, replay, webhooks, check, state, status,
+rejected, models."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -15,22 +17,42 @@ from segment_ops.config import HomeConflictError, Settings, load_settings
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
     import duckdb
 
+    from segment_ops.engine.delivery import DeliveryReport
     from segment_ops.engine.transfer import TransferReport
-    from segment_ops.syncs.replay.reader import ReplayResult
+    from segment_ops.syncs.replay.reader import ReplayPlan
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segment-ops", description=__doc__)
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in `--help` (an option without one says in its help what applies); descriptions
+    keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, {}, [], "") or isinstance(action.default, bool):
+            return action.help  # "(default: None)" and "(default: False)" on a flag tell nobody anything
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `segment-ops` parser with every subcommand."""
+    # `-v` is accepted before the subcommand and after it (`segment-ops replay -v FILE`): every subparser
+    # inherits it from `common`, with SUPPRESS so a subparser's unset flag never overwrites the top one's.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log retries and progress")
+    parser = argparse.ArgumentParser(prog="segment-ops", description=__doc__, formatter_class=_Help)
     parser.add_argument("-v", "--verbose", action="store_true", help="log retries and progress")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = _Subcommands(parser.add_subparsers(dest="command", required=True), common)
 
+    from segment_ops.commands import models as models_command
+    from segment_ops.commands import status as status_command
     from segment_ops.sandbox import cli as sandbox_cli
 
     sandbox_cli.register(sub)
 
     demo = sub.add_parser("demo", help="start the sandbox and run every sync once through Dagster")
     demo.add_argument("--scale", type=float, default=1.0, help="demo data size (1.0 = about 2,000 users)")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=7, help="seed of the demo data")
     demo.set_defaults(func=_run_demo)
 
     replay = sub.add_parser("replay", help="send a JSONL or Parquet file of Segment calls through the engine")
@@ -38,22 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--dry-run", action="store_true",
                         help="validate and show what would be sent; send nothing")
     replay.add_argument("--force", action="store_true", help="send again what the ledger says was delivered")
-    replay.add_argument("--max-in-flight", type=int, default=4, help="concurrent batch requests (default 4)")
+    replay.add_argument("--max-in-flight", type=int, default=4, help="concurrent batch requests")
     replay.add_argument("--rate-limit", type=float, default=None,
                         help="max requests/s to Segment (default 200; Segment's guidance is <= 1,000)")
     replay.add_argument("--no-gzip", action="store_true", help="send batch bodies uncompressed")
     replay.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                         help="how long to wait while another replay (a `replay_job` run, or another "
-                             "`segment-ops replay`) holds the replay ledger (default 60)")
+                             "`segment-ops replay`) holds the replay ledger")
     replay.add_argument("--skip-preflight", action="store_true",
                         help="send without the preflight gate (the write key is not checked against the "
                              "workspace's sources)")
+    replay.add_argument("--no-progress", action="store_true",
+                        help="no progress bar on a terminal (never drawn in logs or CI, or with "
+                             "SEGMENT_OPS_PROGRESS=0)")
     replay.set_defaults(func=_run_replay)
 
     webhooks = sub.add_parser("webhooks", help="run the webhook receiver (Heap segment syncs -> the inbox)")
     webhooks.add_argument("--host", default="127.0.0.1",
                           help="interface to listen on (0.0.0.0 behind a proxy)")
-    webhooks.add_argument("--port", type=int, default=8780)
+    webhooks.add_argument("--port", type=int, default=8780, help="port to listen on")
     webhooks.set_defaults(func=_run_webhooks)
 
     check = sub.add_parser("check", help="verify every configured credential and setting through the "
@@ -65,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     state = sub.add_parser("state", help="export a sync's state to a folder, or import one (backup, "
                                          "restore, moving to another machine without sending again)")
-    state_sub = state.add_subparsers(dest="state_command", required=True)
+    state_sub = sub.add_subcommands(state, dest="state_command", required=True)
     export = state_sub.add_parser("export", help="write NAME's staging file and inbox to the new folder DEST")
     export.add_argument("name", help="a staging file's name in $SEGMENT_OPS_HOME/staging/ without .duckdb, "
                                      "e.g. replay, audit_trail, reverse_etl_user_traits, heap_power_users")
@@ -76,9 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("src", type=Path)
     restore.set_defaults(func=_run_state_import)
 
-    args = parser.parse_args(argv)
+    status_command.register(sub)
+    models_command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _load_dotenv(Path.cwd() / ".env")
     if not args.verbose:
         logging.getLogger("segment_ops.clients").setLevel(logging.ERROR)
     try:
@@ -88,12 +120,50 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _Subcommands:
+    """`add_subparsers`' action, whose every parser takes `-v` and shows its options' defaults."""
+
+    def __init__(self, action: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+        self._action, self._common = action, common
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        kwargs.setdefault("formatter_class", _Help)
+        return self._action.add_parser(name, parents=[self._common], **kwargs)
+
+    def add_subcommands(self, parser: argparse.ArgumentParser, **kwargs: object) -> _Subcommands:
+        return _Subcommands(parser.add_subparsers(**kwargs), self._common)
+
+
+def _load_dotenv(path: Path) -> None:
+    """Read `.env` of the current folder the way every `dagster` command does (`dagster dev`, `dagster asset
+    materialize`: its values win over the environment's), so `segment-ops check` judges the settings the
+    UI's runs will have. Names are logged with -v; values never."""
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values
+
+    values = {name: value for name, value in dotenv_values(path).items() if value is not None}
+    os.environ.update(values)
+    logging.getLogger("segment_ops.cli").info("loaded %s from %s", ", ".join(sorted(values)) or "nothing",
+                                              path)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segment_ops")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.clients.base import VendorError
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
     from segment_ops.engine.ledger import CompactedPayloadError, Ledger
     from segment_ops.engine.pgstate import SharedStateError, redacted, state_url
+    from segment_ops.engine.progress import DeliveryProgress, host_of
     from segment_ops.engine.store import STREAMING_MEMORY_LIMIT, StagingLockedError, staging
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
@@ -133,17 +203,37 @@ def _run_replay(args: argparse.Namespace) -> int:
     except SharedStateError as exc:  # the state database cannot be reached, or the file is not its copy
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with stack:
+    # The bar only on a terminal; "retrying" lines (at most one per 10 s) wherever stderr goes, without -v.
+    host = host_of(settings["SEGMENT_TRACKING_URL"])
+    progress = DeliveryProgress("replay", destination=host, bar=False if args.no_progress else None,
+                                retry_notices=True)
+    planned: list[ReplayPlan] = []
+
+    def before_sending(plan: ReplayPlan) -> None:  # the validation report, before the first request
+        planned.append(plan)
+        _print_replay(plan)
+
+    redirect = contextlib.nullcontext()
+    if progress.bar:  # -v's log lines go above the bar instead of through it
+        from tqdm.contrib.logging import logging_redirect_tqdm
+        redirect = logging_redirect_tqdm()
+    with stack, redirect:
         try:
             result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                 force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight)
+                                 force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight,
+                                 before_sending=before_sending, progress=progress)
         except (ReplayInputError, CompactedPayloadError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except (DeliveryError, VendorError) as exc:  # undeliverable, or e.g. a wrong write key
+            if planned and isinstance(exc, DeliveryError):
+                _print_replay(planned[0], exc.report)
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    _print_replay(result, dry_run=args.dry_run)
+    if args.dry_run:
+        _print_replay(result.plan, dry_run=True)
+    else:
+        _print_replay(result.plan, result.delivery)
     return 0 if result.ok else 1
 
 
@@ -220,26 +310,44 @@ def _gate_replay(settings: Settings, *, skip: bool) -> int | None:
     return None
 
 
-def _print_replay(result: ReplayResult, *, dry_run: bool) -> None:
-    plan = result.plan
-    print(f"{plan.source}: {plan.lines} lines read")
-    verb = "would send" if dry_run else "planned"
-    print(f"  {verb}: {plan.planned}   planned by an earlier run: {plan.already_known}   "
-          f"duplicates in file: {plan.duplicates_in_input}   rejected: {plan.rejected}   "
-          f"changed since planned: {plan.changed}")
+def _print_replay(plan: ReplayPlan, delivery: DeliveryReport | None = None, *, dry_run: bool = False) -> None:
+    """Without `delivery`: what the file holds, as an equation of its lines (printed before sending). With it:
+    what the delivery did, as an equation of what was sent."""
+    if delivery is not None:
+        parts = [(delivery.delivered, "delivered"), (delivery.rejected, "rejected by Segment"),
+                 (delivery.failed, "still pending")]
+        if delivery.awaiting_ack:
+            parts.append((delivery.awaiting_ack, "awaiting confirmation"))
+        sent = sum(count for count, _ in parts)
+        if not sent and not plan.sending:
+            return  # "nothing to send" said it
+        of = f" of {plan.sending:,}" if plan.sending is not None and plan.sending != sent else ""
+        print(f"  {sent:,}{of} sent = " + " + ".join(f"{count:,} {what}" for count, what in parts)
+              + f"; {delivery.retries:,} retried requests, {delivery.messages_per_second:,.0f} msg/s over "
+              f"{delivery.seconds:.1f}s", flush=True)
+        return
+    first, *rest = plan.terms()
+    terms = [(first[0], "would send" if dry_run else "to send"), *(term for term in rest if term[0])]
+    equation = " + ".join(f"{count:,} {what.replace('duplicate', 'duplicates') if count != 1 else what}"
+                          for count, what in terms)
+    print(f"{plan.source}: {plan.lines:,} lines read = {equation}")
     for rejection in plan.rejection_samples[:10]:
         print(f"  rejected {rejection.source}: {rejection.reason}")
+    if plan.changed:
+        unsent = f", {plan.changed_unsent:,} not sent" if plan.changed_unsent != plan.changed_skipped else ""
+        print(f"  changed since planned: {plan.changed:,}{unsent}")
     for changed in plan.changed_samples[:10]:
         print(f"  changed {changed.source}: {changed.reason}")
     if dry_run:
         for sample in plan.samples[:3]:
             print(f"  sample: {sample.decode()[:300]}")
-        return
-    report = result.delivery
-    if report is not None:
-        print(f"  delivered: {report.delivered}   rejected by Segment: {report.rejected}   "
-              f"still pending: {report.failed}   retried requests: {report.retries}   "
-              f"{report.messages_per_second:,.0f} msg/s over {report.seconds:.1f}s")
+    elif plan.sending == 0:
+        print("nothing to send", flush=True)
+    elif plan.sending is not None:
+        earlier = plan.sending - plan.planned - plan.pending_earlier
+        others = f", and {earlier:,} an earlier run left pending" if earlier > 0 else ""
+        print(f"sending {plan.sending:,} messages: {plan.planned + plan.pending_earlier:,} of this "
+              f"file{others}", flush=True)
 
 
 def _run_webhooks(args: argparse.Namespace) -> int:

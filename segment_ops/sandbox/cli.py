@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sandbox", help="Run the local vendor sandbox (Segment, Heap, Pendo, Splunk)."
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_SANDBOX_PORT)
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on.")
+    parser.add_argument("--port", type=int, default=DEFAULT_SANDBOX_PORT, help="Port to listen on.")
     parser.add_argument("--seed", type=int, default=7, help="Seed of the demo data and of fault injection.")
     parser.add_argument("--scale", type=float, default=1.0, help="Demo data size; 1.0 is about 2,000 users.")
     parser.add_argument(
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_fault_specs,
         default={},
         help='Fault rates per API, e.g. "segment:429=0.1,503=0.05,drop=0.02,slow=0.05;splunk:503=0.2" '
-        "(kinds: 429, 500, 503, drop, drop_after, slow; also slow_seconds, retry_after).",
+        "(kinds: 429, 500, 503, drop, drop_after, slow; also slow_seconds, retry_after). Default: none.",
     )
     parser.add_argument(
         "--segment-rate-limit",

@@ -1,13 +1,15 @@
-"""What every sync's Dagster definitions share: the owner of their assets, the preflight gate in front of
-every send to Segment (with the run config that overrides it), and the warning filter below."""
+"""What every sync's Dagster definitions share: the owner of their assets, the failure a run states, the
+preflight gate in front of every send to Segment (with the run config that overrides it), and the warning
+filter below."""
 
 import warnings
+from collections.abc import Sequence
 
 import dagster as dg
 from pydantic import Field
 
 from segment_ops.engine.preflight import PreflightRefused, Status, describe
-from segment_ops.preflight import RESULT_COLUMNS, result_rows
+from segment_ops.preflight import RESULT_COLUMNS, SegmentDestination, result_rows
 from segment_ops.resources import PreflightResource, SegmentTrackingResource
 from segment_ops.syncs.metadata import markdown_table
 
@@ -18,6 +20,21 @@ OWNER = "team:data-platform"
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 
+class SyncFailure(dg.Failure):
+    """A run of a sync failing for a reason it states itself (`description`, metadata as `dg.Failure`'s).
+
+    Dagster shows a step's error as Python formats an exception, `<module>.<class>: <message>`, so a plain
+    `dg.Failure` reads "dagster._core.definitions.events.Failure: <message>" in the UI. This class formats as
+    `segment_ops: <message>`: the module Python leaves out of that line is `builtins` (as for ValueError), and
+    the name is the product's. Dagster handles it as the `dg.Failure` it is; it never needs pickling (a step
+    reports its error as Dagster's serialized error info).
+    """
+
+
+SyncFailure.__module__ = "builtins"
+SyncFailure.__qualname__ = SyncFailure.__name__ = "segment_ops"
+
+
 class SendConfig(dg.Config):
     """Run config every sync that sends to Segment has."""
 
@@ -26,11 +43,13 @@ class SendConfig(dg.Config):
 
 
 def preflight_gate(context: dg.AssetExecutionContext, preflight: PreflightResource,
-                   segment: SegmentTrackingResource, *, skip: bool, dry_run: bool = False) -> None:
+                   segment: SegmentTrackingResource, *, skip: bool, dry_run: bool = False,
+                   destination: SegmentDestination | None = None, used_by: Sequence[str] = ()) -> None:
     """Refuse to start a send when a preflight check failed definitively: a write key no enabled source holds,
     or a tracking host of the other region, to which Segment answers 200 and drops everything. Warnings and
     transient failures (the Public API down) are logged and never block; a dry run sends nothing and is not
-    gated; `skip` (run config `skip_preflight`) sends anyway."""
+    gated; `skip` (run config `skip_preflight`) sends anyway. A reverse-ETL model with a `destination` of its
+    own (`segment` already resolved to it) is gated on that destination's check, named after `used_by`."""
     if dry_run:
         return
     if skip:
@@ -38,10 +57,10 @@ def preflight_gate(context: dg.AssetExecutionContext, preflight: PreflightResour
                             "host's region are not verified before sending")
         return
     try:
-        results = preflight.check_sending(segment)
+        results = preflight.check_sending(segment, destination, used_by)
     except PreflightRefused as exc:
         table = markdown_table(RESULT_COLUMNS, result_rows(exc.results))
-        raise dg.Failure(description=refused_message(exc, cache_seconds=preflight.cache_seconds),
+        raise SyncFailure(description=refused_message(exc, cache_seconds=preflight.cache_seconds),
                          metadata={"preflight": dg.MetadataValue.md(table)}) from None
     for result in results:
         if result.status in (Status.WARN, Status.FAIL):

@@ -69,7 +69,7 @@ from segment_ops.syncs.heap.audiences import (
 from segment_ops.syncs.heap.inbox import DEFAULT_RETENTION, SYNC_PREFIX, Inbox
 from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
-from segment_ops.syncs.shared import OWNER, SendConfig, preflight_gate
+from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
 from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
 GROUP = "heap"
@@ -198,13 +198,13 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                                     max_in_flight=segment.max_in_flight)
             except MembershipDropError as exc:
                 yield _guard_result(exc.report)
-                raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from None
+                raise SyncFailure(description=str(exc), metadata=_metadata(exc.report)) from None
             except DeliveryIncomplete as exc:
-                raise dg.Failure(description=str(exc), metadata=_metadata(exc.report)) from None
+                raise SyncFailure(description=str(exc), metadata=_metadata(exc.report)) from None
             except (IncompleteSyncError, IdentityMapError, WarehouseError) as exc:
-                raise dg.Failure(description=f"audience {audience.key}: {exc}") from None
+                raise SyncFailure(description=f"audience {audience.key}: {exc}") from None
             except VendorAuthError as exc:
-                raise dg.Failure(description=f"audience {audience.key}: Segment refused the write key: "
+                raise SyncFailure(description=f"audience {audience.key}: Segment refused the write key: "
                                              f"{exc}") from None
         res = run.resolution
         yield dg.MaterializeResult(
@@ -244,7 +244,7 @@ def drain_policy() -> str:
     """HEAP_DRAIN_POLICY (`exit` when unset); any other value fails the run naming the variable."""
     value = load_settings()["HEAP_DRAIN_POLICY"].strip().lower() or DRAIN_POLICIES[0]
     if value not in DRAIN_POLICIES:
-        raise dg.Failure(description=f"HEAP_DRAIN_POLICY must be one of {', '.join(DRAIN_POLICIES)}, "
+        raise SyncFailure(description=f"HEAP_DRAIN_POLICY must be one of {', '.join(DRAIN_POLICIES)}, "
                                      f"got {value!r}")
     return value
 
@@ -481,7 +481,7 @@ def _broken_config_asset(error: AudienceConfigError) -> dg.AssetsDefinition:
         code_version="broken",
     )
     def heap_audiences_config(context: dg.AssetExecutionContext) -> None:
-        raise dg.Failure(description=str(error))
+        raise SyncFailure(description=str(error))
 
     return heap_audiences_config
 
