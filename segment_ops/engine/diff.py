@@ -21,6 +21,7 @@ from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
 from segment_ops.engine.delivery import DeliveryError, DeliveryReport, Destination, deliver_pending
 from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, SUPERSEDED, VERIFIED, Ledger, LedgerCounts
+from segment_ops.engine.progress import DeliveryProgress
 from segment_ops.engine.spec import DiffSpec, SpecError
 from segment_ops.engine.sql import literal, quote
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
@@ -269,13 +270,16 @@ class Settlement:
 
 def deliver_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
                     client_factory: Callable[[], Destination], *, run_id: str | None = None,
-                    max_in_flight: int = 4) -> Settlement:
+                    max_in_flight: int = 4, progress_log: Callable[[str], None] | None = None) -> Settlement:
     """Send everything pending for `sync`, then advance the snapshot for what was acknowledged, also when
-    delivery stopped part-way (a fatal client error, e.g. a bad write key, still propagates)."""
+    delivery stopped part-way (a fatal client error, e.g. a bad write key, still propagates).
+    `progress_log`: where a long delivery's progress goes when no terminal shows its bar (a run's log)."""
     client = client_factory()
     failure: DeliveryError | None = None
+    progress = DeliveryProgress(sync, destination=client.name, log=progress_log) if progress_log else None
     try:
-        delivery = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight)
+        delivery = deliver_pending(ledger, sync, client, run_id=run_id, max_in_flight=max_in_flight,
+                                   progress=progress)
     except DeliveryError as exc:
         failure, delivery = exc, exc.report
     finally:

@@ -2,7 +2,9 @@
 
 The bar is drawn only on a terminal: never when stderr is a file or a pipe (logs, CI, a Dagster run's
 captured output), nor when `CI` is set or SEGMENT_OPS_PROGRESS is 0/false/no/off. The delivery loop updates
-it once per answered batch, so it costs nothing per message.
+it once per answered batch, so it costs nothing per message. Where no terminal watches (a Dagster run), a
+`log` may take its place: one line per LOG_SECONDS of a long delivery (count, share, rate, time left), so a
+big first run says how far it is in the run's log without filling it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -19,6 +22,7 @@ from segment_ops.clients.base import RetryEvent
 PROGRESS_SETTING = "SEGMENT_OPS_PROGRESS"
 RETRY_NOTICE_SECONDS = 10.0  # while a destination keeps failing, about one "retrying" line this often
 NOTICE_GAP = 2.0  # and never two within this many seconds (several batches retry at once)
+LOG_SECONDS = 30.0  # a logged delivery's progress line, at most this often (a short delivery logs none)
 _OFF = {"0", "false", "no", "off"}
 
 
@@ -50,12 +54,16 @@ class DeliveryProgress:
 
     def __init__(self, label: str, *, destination: str | None = None, stream: TextIO | None = None,
                  bar: bool | None = None, retry_notices: bool | None = None,
-                 notice_seconds: float = RETRY_NOTICE_SECONDS) -> None:
+                 notice_seconds: float = RETRY_NOTICE_SECONDS, log: Callable[[str], None] | None = None,
+                 log_seconds: float | None = None) -> None:
         self.label = label
         self.destination = destination
         self.stream = sys.stderr if stream is None else stream
         self.bar = bar_wanted(self.stream) if bar is None else bar
-        self.retry_notices = self.bar if retry_notices is None else retry_notices
+        # Without a bar, `log` (e.g. a Dagster run's `context.log.info`) takes progress and retry lines.
+        self.log = None if self.bar else log
+        self.log_seconds = LOG_SECONDS if log_seconds is None else log_seconds
+        self.retry_notices = (self.bar or self.log is not None) if retry_notices is None else retry_notices
         self.notice_seconds = notice_seconds
         self.done = 0
         self.total: int | None = None
@@ -65,17 +73,20 @@ class DeliveryProgress:
         self._last_notice: float | None = None
         self._retries_since_notice = 0
         self._failing = False
+        self._began = 0.0
+        self._last_log = 0.0
 
     @property
     def wants_total(self) -> bool:
-        """Whether counting what is pending is worth it (only a bar shows a total)."""
-        return self.bar
+        """Whether counting what is pending is worth it (only a bar or a log shows a total)."""
+        return self.bar or self.log is not None
 
     def start(self, total: int | None) -> None:
         """Begin showing progress toward `total` messages (None: unknown, a count without ETA); once."""
         if self.started:
             return
         self.started, self.total = True, total
+        self._began = self._last_log = time.monotonic()
         if not self.bar:
             return
         from tqdm import tqdm  # only a terminal pays for the import
@@ -95,6 +106,22 @@ class DeliveryProgress:
                     self._write(f"{self.destination or self.label} answering again; {self._so_far()}")
         if self._tqdm is not None:
             self._tqdm.update(messages)
+        elif self.log is not None:
+            self._log_progress()
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < self.log_seconds:
+            return
+        self._last_log = now
+        rate = self.done / max(now - self._began, 1e-9)
+        line = f"{self.label}: {self._so_far()}"
+        if self.total:
+            line += f" ({min(self.done / self.total, 1):.0%})"
+        line += f", {rate:,.0f} msg/s"
+        if self.total and rate > 0 and self.done < self.total:
+            line += f", about {_duration((self.total - self.done) / rate)} left"
+        self.log(line)
 
     def retrying(self, event: RetryEvent) -> None:
         """A request failed and will be tried again: say so at once, then about every `notice_seconds` (or
@@ -135,8 +162,20 @@ class DeliveryProgress:
         return f"{self.done:,}{of} messages settled so far"
 
     def _write(self, line: str) -> None:
-        if self._tqdm is not None:
+        if self.log is not None:
+            self.log(line)
+        elif self._tqdm is not None:
             self._tqdm.write(line, file=self.stream)  # above the bar, which is drawn again below it
         else:
             print(line, file=self.stream, flush=True)
 
+
+
+def _duration(seconds: float) -> str:
+    """`42s`, `3m 05s`, `1h 02m`: a time left, to the precision a person reads it."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"

@@ -79,14 +79,17 @@ R = TypeVar("R", bound=RunReport)
 
 def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
                   client_factory: Callable[[], Destination], *, run_id: str | None = None,
-                  max_in_flight: int = 4, force_baseline: bool = False, sample_size: int = SAMPLE_SIZE) -> R:
+                  max_in_flight: int = 4, force_baseline: bool = False, sample_size: int = SAMPLE_SIZE,
+                  progress_log: Callable[[str], None] | None = None) -> R:
     """Run `sync` and fill `report` (its `dry_run`, `full_resync` and `baseline` say how); returns it.
 
     A dry run stages, diffs and counts; it sends and records nothing. A baseline stages, diffs and records
     what would be sent as delivered (the snapshot only; the client is never made): for a destination that
     already holds what the rows say. It refuses (`BaselineRefused`) when the sync has delivered or planned
-    anything, unless `force_baseline` (then pending messages are superseded). Raises `DeliveryIncomplete`
-    (carrying the report) when messages stay pending, and whatever `stage` or the client raise as it is.
+    anything, unless `force_baseline` (then pending messages are superseded). `progress_log` takes a long
+    delivery's progress lines where no terminal shows its bar (a Dagster run's log). Raises
+    `DeliveryIncomplete` (carrying the report) when messages stay pending, and whatever `stage` or the
+    client raise as it is.
     """
     if report.baseline and (report.dry_run or report.full_resync):
         raise ValueError("a baseline records the current rows as delivered: it cannot be combined with a "
@@ -113,7 +116,8 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
         report.ledger = ledger.counts(name)
         report.seconds = time.monotonic() - started
         return report
-    settled = deliver_changes(con, ledger, name, client_factory, run_id=run_id, max_in_flight=max_in_flight)
+    settled = deliver_changes(con, ledger, name, client_factory, run_id=run_id, max_in_flight=max_in_flight,
+                              progress_log=progress_log)
     report.delivery, report.advanced, report.ledger = settled.delivery, settled.advanced, settled.ledger
     if sync.after_delivery is not None:
         sync.after_delivery(con)

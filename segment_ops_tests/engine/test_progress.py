@@ -127,6 +127,44 @@ def test_a_retry_before_a_long_wait_is_said_after_a_short_gap(monkeypatch):
     assert "attempt 3, next try in 8.0s, 1 more retried request(s) since the last notice" in said
 
 
+def test_without_a_terminal_a_log_gets_one_progress_line_per_interval(monkeypatch):
+    clock = iter([0.0, 10.0, 31.0, 40.0, 62.0])
+    monkeypatch.setattr("segment_ops.engine.progress.time.monotonic", lambda: next(clock))
+    lines: list[str] = []
+    progress = DeliveryProgress("reverse_etl_big", stream=io.StringIO(), log=lines.append, log_seconds=30)
+    progress.start(1_000_000)  # at 0 s
+
+    for _ in range(4):  # batches answered at 10, 31, 40 and 62 s
+        progress.advance(100_000)
+
+    assert lines == [
+        "reverse_etl_big: 200,000 of 1,000,000 messages settled so far (20%), 6,452 msg/s, about 2m 04s left",
+        "reverse_etl_big: 400,000 of 1,000,000 messages settled so far (40%), 6,452 msg/s, about 1m 33s left",
+    ]
+
+
+def test_a_log_takes_the_retry_notices_and_a_short_delivery_logs_no_progress(ledger):
+    lines: list[str] = []
+    progress = DeliveryProgress("takes", stream=io.StringIO(), log=lines.append)
+    plan_messages(ledger, 30)
+
+    deliver_pending(ledger, "takes", Takes(), progress=progress)
+    progress.retrying(RetryEvent("segment", "/v1/batch", 1, 0.5, "HTTP 503: unavailable"))
+
+    assert lines == ["retrying: segment /v1/batch failed (HTTP 503: unavailable); attempt 1, next try in "
+                     "0.5s; 30 of 30 messages settled so far"]
+
+
+def test_on_a_terminal_the_bar_wins_over_the_log():
+    lines: list[str] = []
+    progress = DeliveryProgress("replay", stream=FakeTty(), log=lines.append, log_seconds=0)
+    progress.start(10)
+    progress.advance(10)
+    progress.close()
+
+    assert lines == [] and progress.log is None
+
+
 def test_the_host_keeps_no_credentials_path_or_query():
     assert host_of("https://user:pw@events.eu1.segmentapis.com/v1?key=1") == "events.eu1.segmentapis.com"
     assert host_of("http://127.0.0.1:8080/segment") == "127.0.0.1:8080"

@@ -43,3 +43,21 @@ def test_metadata_that_cannot_be_built_never_fails_the_run(resources, monkeypatc
     meta = metadata(result, "account_traits")
     assert meta["metadata_error"] == "ValueError: cannot render this sample" and meta["rows_read"] == 15
     assert checks(result, "account_traits")["delivery_complete"].passed
+
+
+@pytest.mark.slow
+def test_a_long_delivery_logs_its_progress_in_the_run(resources, monkeypatch, clean_sandbox, capfd):
+    # Every 30 s in a deployment; here at every batch, so the demo model's delivery shows it. The run's
+    # log (context.log) is echoed by Dagster's console logger, where it is read here.
+    monkeypatch.setattr("segment_ops.engine.progress.LOG_SECONDS", 0.0)
+
+    result = run_models(resources, ["completed_orders"])
+
+    assert result.success
+    sent = metadata(result, "completed_orders")["delivered"]
+    err = capfd.readouterr().err
+    progress = [line.split(" - ")[-1] for line in err.splitlines()
+                if " - INFO - " in line and " - reverse_etl_completed_orders: " in line]
+    assert progress, "no progress line in the run's log"
+    done = f"{sent:,} of {sent:,} messages settled so far (100%), "
+    assert progress[-1].startswith(f"reverse_etl_completed_orders: {done}")

@@ -194,7 +194,7 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
             run = sync_model(con, model, warehouse.url, segment.get_client, run_id=context.run.run_id,
                              dry_run=config.dry_run, full_resync=config.full_resync, baseline=config.baseline,
                              max_in_flight=segment.max_in_flight, chunk_rows=config.chunk_rows,
-                             fast_path=config.duckdb_fast_path)
+                             fast_path=config.duckdb_fast_path, progress_log=context.log.info)
         except BaselineRefused as exc:
             raise SyncFailure(description=f"{model.path.name}: {exc} (`segment-ops models baseline "
                                          f"{model.name} --force`); nothing was recorded") from None

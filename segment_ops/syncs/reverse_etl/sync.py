@@ -32,9 +32,11 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
                client_factory: Callable[[], SegmentTrackingClient], *, run_id: str | None = None,
                dry_run: bool = False, full_resync: bool = False, baseline: bool = False,
                force_baseline: bool = False, max_in_flight: int = 4, chunk_rows: int = CHUNK_ROWS,
-               fast_path: bool = True, sample_size: int = SAMPLE_SIZE) -> ModelRun:
+               fast_path: bool = True, sample_size: int = SAMPLE_SIZE,
+               progress_log: Callable[[str], None] | None = None) -> ModelRun:
     """Sync `model` from the warehouse to Segment; `dry_run` plans and counts, sends and records nothing;
-    `baseline` records the current rows as delivered and sends nothing (`run_diff_sync`).
+    `baseline` records the current rows as delivered and sends nothing (`run_diff_sync`); `progress_log`
+    takes a long delivery's progress lines where no terminal shows a bar (a run's log).
 
     Raises `ModelError` (naming the model file) when the query fails or the header does not fit its
     result, `DeliveryIncomplete` when messages stay pending, `BaselineRefused` when a baseline meets delivered
@@ -54,6 +56,6 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
     try:
         return run_diff_sync(con, DiffSync(model.diff_spec, stage), run, client_factory, run_id=run_id,
                              max_in_flight=max_in_flight, force_baseline=force_baseline,
-                             sample_size=sample_size)
+                             sample_size=sample_size, progress_log=progress_log)
     except SpecError as exc:
         raise ModelError(model.path, exc.problem) from None
