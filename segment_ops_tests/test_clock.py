@@ -82,3 +82,26 @@ def test_the_sandbox_lists_audit_events_up_to_the_pinned_clock_only(pinned, clea
         client.close()
 
     assert stamps and max(stamps) <= pinned
+
+
+def test_a_clock_pinned_later_than_the_real_time_is_refused(monkeypatch):
+    later = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    monkeypatch.setenv("SEGMENT_OPS_CLOCK", later)
+
+    with pytest.raises(clock.ClockSettingError, match="later than the real time"):
+        clock.now()
+
+
+def test_a_pinned_clock_is_refused_while_a_vendor_url_points_at_a_real_vendor(pinned, monkeypatch):
+    # Left in a deployment's .env, a pin would freeze the audit trail's hours without a word.
+    monkeypatch.setenv("SEGMENT_PUBLIC_API_URL", "https://api.segmentapis.com")
+
+    with pytest.raises(clock.ClockSettingError, match="SEGMENT_PUBLIC_API_URL point"):
+        clock.now()
+
+
+def test_a_pinned_clock_is_honoured_while_the_vendor_urls_point_at_the_sandbox(pinned, monkeypatch):
+    monkeypatch.setenv("SEGMENT_OPS_SANDBOX_URL", "http://127.0.0.1:9999")
+    monkeypatch.setenv("SEGMENT_PUBLIC_API_URL", "http://127.0.0.1:9999/segmentapis")
+
+    assert clock.now() == pinned

@@ -196,6 +196,8 @@ class HourFigures:
     delivered: int = 0  # after the run, whichever run delivered them
     awaiting_ack: int = 0
     pending: int = 0
+    rejected_total: int = 0  # after the run, whichever run's answer refused them
+    unplanned: int = 0  # after the run: staged, never planned (none, once a run has forwarded the hour)
 
     @property
     def already_known(self) -> int:
@@ -344,7 +346,8 @@ def _hour_figures(before: MessageCounts, after: MessageCounts) -> HourFigures:
     return HourFigures(events=after.total, new=before.unplanned,
                        forwarded=delivered - (before.delivered + before.verified),
                        rejected=after.rejected - before.rejected, delivered=delivered,
-                       awaiting_ack=after.awaiting_ack, pending=after.pending)
+                       awaiting_ack=after.awaiting_ack, pending=after.pending, rejected_total=after.rejected,
+                       unplanned=after.unplanned)
 
 
 def _utc(moment: object) -> datetime:
@@ -629,7 +632,8 @@ def _hour_metadata(key: str, figures: HourFigures, end: datetime) -> dict:
             "already_forwarded_or_pending": figures.already_known, "forwarded": figures.forwarded,
             "delivered": figures.forwarded, "rejected_by_destination": figures.rejected,
             "window_delivered": figures.delivered, "window_awaiting_ack": figures.awaiting_ack,
-            "window_pending": figures.pending}
+            "window_pending": figures.pending, "window_rejected": figures.rejected_total,
+            "window_unplanned": figures.unplanned}
 
 
 def _run_wide(metadata: dict, partitions: int) -> dict:
@@ -658,6 +662,12 @@ def _forward_metadata(report: ForwardReport, destinations: Sequence[SiemDestinat
         "new_events": report.plans[hec].planned,
         "already_forwarded_or_pending": report.plans[hec].already_known,
         "forwarded": report.forwarded,  # became delivered in this run (taken at once, or acknowledged now)
+        # Where the window's events stand in Splunk HEC's ledger after the run, whichever run sent them.
+        "window_delivered": report.windows[hec].delivered,
+        "window_awaiting_ack": report.windows[hec].awaiting_ack,
+        "window_pending": report.windows[hec].pending,
+        "window_rejected": report.windows[hec].rejected,
+        "window_unplanned": report.windows[hec].unplanned,
         "pending_total": sum(report.pending_total.values()),
         # Taken by HEC, indexer acknowledgement not in yet: not delivered, not sent again (until the timeout).
         "awaiting_ack_total": sum(report.awaiting_total.values()),
@@ -696,13 +706,15 @@ audit_trail_job = dg.define_asset_job(
                        "going, starts a run of the newest complete hour so they are polled.")
 def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api: SegmentPublicApiResource,
                         staging: StagingResource) -> dg.SensorResult:
-    started, now = time.monotonic(), clock.now()
+    # `now` chooses the hours (SEGMENT_OPS_CLOCK may pin it); `real` stamps requests and run keys, which
+    # must move on even while the clock stands still (a run key is launched once per sensor).
+    started, now, real = time.monotonic(), clock.now(), datetime.now(UTC)
     state = SensorState.load(context.cursor)
     keys = PARTITIONS.get_partition_keys(current_time=now)
     horizon = lateness_horizon()
     older = [k for k in keys[:-SENSOR_HOURS]
              if PARTITIONS.time_window_for_partition_key(k).end > now - horizon]
-    requests, notes = follow_up_requests(context.instance, state, now)
+    requests, notes = follow_up_requests(context.instance, state, real)
     reachable = True
     # Sensor evaluations time out after 60 s: probe with a short retry budget, not the runs' 300 s.
     client = SegmentPublicApiClient(segment_public_api.base_url, segment_public_api.token, timeout=10.0,
@@ -729,7 +741,7 @@ def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api:
             if _run_in_flight(context.instance, key):
                 notes.append(f"{key}: a run is already queued or running; looking again next tick")
                 continue  # fingerprint not kept, so the next tick asks again
-            requests.append(state.request(RequestedRun(partition=key, label=listing), now))
+            requests.append(state.request(RequestedRun(partition=key, label=listing), real))
             state.prints[key] = listing
     except VendorError as exc:
         reachable = False  # fingerprints kept as they were, so the next tick asks again
@@ -738,10 +750,10 @@ def audit_events_sensor(context: dg.SensorEvaluationContext, segment_public_api:
         client.close()
     sweep = [*older, *keys[-SENSOR_HOURS:-1]]  # the complete hours of the horizon
     if reachable and sweep and state.swept != keys[-1] and not state.sweep_open():
-        requests.append(state.request(RequestedRun(range=(sweep[0], sweep[-1]), label=keys[-1]), now))
+        requests.append(state.request(RequestedRun(range=(sweep[0], sweep[-1]), label=keys[-1]), real))
         state.swept = keys[-1]
     if not requests:
-        settle = _settle_request(context.instance, staging.staging_db(STAGING_SYNC), now)
+        settle = _settle_request(context.instance, staging.staging_db(STAGING_SYNC), now, real)
         if isinstance(settle, dg.RunRequest):
             requests.append(settle)
         elif settle:
@@ -876,7 +888,8 @@ def awaiting_acks(path: Path) -> int | None:
         con.close()
 
 
-def _settle_request(instance: dg.DagsterInstance, path: Path, now: datetime) -> dg.RunRequest | str | None:
+def _settle_request(instance: dg.DagsterInstance, path: Path, now: datetime,
+                    real: datetime) -> dg.RunRequest | str | None:
     """A run of the newest complete hour when acks are awaited and no run of the job is going: it polls the
     acks, re-opens and re-sends what timed out, and re-reads an hour (harmless: only what is new is sent).
     Every tick (3 minutes) while acks are awaited, so HEC's channel never idles past maxIdleTime (600 s)."""
@@ -886,7 +899,7 @@ def _settle_request(instance: dg.DagsterInstance, path: Path, now: datetime) -> 
     if _run_in_flight(instance, None):
         return f"{awaiting} message(s) await an ack; a run of the audit trail is going and polls them"
     [key] = complete_hours(1, now)
-    return dg.RunRequest(partition_key=key, run_key=f"settle:{now.isoformat()}",
+    return dg.RunRequest(partition_key=key, run_key=f"settle:{real.isoformat()}",
                          tags={"segment_ops/trigger": "audit_events_sensor:settle_acks"})
 
 

@@ -181,7 +181,8 @@ def account_usage_daily(context: dg.AssetExecutionContext, config: UsageDailyCon
     try:
         with store.staging(staging.staging_db(SYNC)) as con:
             report = extract_days(con, client, health, first_day, last_day, zone=SUBSCRIPTION_ZONE,
-                                  run_id=context.run.run_id, allow_empty_days=config.allow_empty_days)
+                                  run_id=context.run.run_id, allow_empty_days=config.allow_empty_days,
+                                  now=clock.now())  # settled days as latest_days chose them
             days = con.execute(
                 "SELECT s.day, s.visitor_rows, s.feature_rows, s.poll_rows, "
                 "(SELECT count(DISTINCT account_id) FROM pendo_visitor_days v WHERE v.day = s.day) "
