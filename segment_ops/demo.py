@@ -10,6 +10,7 @@ a live deployment's. Runs land in the project's Dagster instance
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shlex
 import sys
@@ -146,14 +147,18 @@ def _heap_figures(by_asset: dict[str, dict]) -> Figures:
 
 
 def _audit_figures(by_asset: dict[str, dict]) -> Figures:
+    """The window's audit events (staged from the Public API) against where each stands in Splunk HEC's
+    ledger after the run: the two are counted apart, so a sum that does not hold shows an event lost."""
     m = by_asset.get("siem/audit_events", {})
-    new, known, sent = m.get("new_events", 0), m.get("already_forwarded_or_pending", 0), m.get("forwarded", 0)
-    pending = min(known, max(0, sent - new))  # forwarded now although an earlier run planned them
-    terms = ((new, "sent to Splunk" if sent == new else "new"), (known - pending, "already forwarded"),
-             (pending, "pending from earlier (sent now)"))
-    return Figures("audit events", m.get("events_in_window", 0), terms, sent, known - pending, pending,
-                   m.get("rejected_by_destination", 0),
-                   "" if sent == new else f"{sent:,} forwarded in this run")
+    new, sent = m.get("new_events", 0), m.get("forwarded", 0)
+    delivered = m.get("window_delivered", 0)
+    terms = ((delivered, "in Splunk"), (m.get("window_awaiting_ack", 0), "awaiting Splunk's ack"),
+             (m.get("window_pending", 0), "pending"), (m.get("window_rejected", 0), "rejected by Splunk"),
+             (m.get("window_unplanned", 0), "never planned"))
+    earlier = max(0, sent - new)  # forwarded now although an earlier run planned them
+    return Figures("audit events", m.get("events_in_window", 0), terms, sent, max(0, delivered - sent),
+                   earlier, m.get("rejected_by_destination", 0),
+                   f"{sent:,} forwarded in this run ({new:,} new)")
 
 
 def _summed(by_asset: dict[str, dict], prefix: str) -> dict:
@@ -220,6 +225,9 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
     from segment_ops.sandbox.warehouse import build_demo_warehouse
 
     _use_sandbox_only(home)
+    # The demo's Heap pages are signed with the sandbox's published secret on purpose: the receiver's warning
+    # about that (right for a receiver someone runs) would only alarm here.
+    logging.getLogger("segment_ops.webhooks").setLevel(logging.ERROR)
     dagster_home = _ensure_dagster_home()
     print(f"segment_ops demo  (SEGMENT_OPS_HOME={home}, DAGSTER_HOME={dagster_home})")
 
@@ -320,10 +328,19 @@ def ui_instructions(home: Path, dagster_home: Path, *, seed: int = 7, scale: flo
     pinned = os.environ.get(CLOCK_VARIABLE, "")
     clock_env = f"{CLOCK_VARIABLE}={shlex.quote(pinned)} " if pinned else ""
     world = (f" --seed {seed}" if seed != 7 else "") + (f" --scale {scale:g}" if scale != 1.0 else "")
-    return (f"open the UI on these runs: start the sandbox, then Dagster: "
-            f"{clock_env}.venv/bin/segment-ops sandbox{world} & "
+    # The commands of this very environment, so the line works from any folder; `-m` names the code
+    # location where no workspace.yaml is.
+    bin_dir = Path(sys.executable).parent
+    line = (f"open the UI on these runs: start the sandbox, then Dagster: "
+            f"{clock_env}{shlex.quote(str(bin_dir / 'segment-ops'))} sandbox{world} & "
             f"{clock_env}SEGMENT_OPS_HOME={shlex.quote(str(home))} "
-            f"DAGSTER_HOME={shlex.quote(str(dagster_home))} .venv/bin/dagster dev")
+            f"DAGSTER_HOME={shlex.quote(str(dagster_home))} "
+            f"{shlex.quote(str(bin_dir / 'dagster'))} dev -m segment_ops.definitions")
+    if Path(".env").is_file():  # dagster dev reads it, and its values win over the ones below
+        note = ("note: dagster dev reads ./.env, whose settings win over the ones below (a live write key "
+                "there would send the demo's runs to it): start it from a folder without one")
+        line = f"{note}\n{line}"
+    return line
 
 
 def _use_sandbox_only(home: Path) -> None:
@@ -368,7 +385,8 @@ def _print_failed_checks(evaluations: list) -> None:
     if not evaluations:
         print("asset checks: all passed")
         return
-    print("asset checks that failed (WARN: the run still succeeds; ERROR: the run fails):")
+    print("asset checks that failed (a check fails its run only when it is blocking; a run that failed is "
+          "FAILED in the table above):")
     for check in evaluations:
         meta = {key: getattr(value, "value", value) for key, value in check.metadata.items()}
         figures = ", ".join(f"{key} {value}" for key, value in meta.items()
@@ -397,11 +415,12 @@ def _delivery_health(instance: dg.DagsterInstance, sandbox_url: str) -> int:
         print(f"delivery health (the hourly check, run now on the demo's ledgers): no sync above "
               f"{limit:.0%} rejected or failed, so no Slack alert")
         return 0
-    alerts = metadata.get("alerts_sent", 0)
+    alerts, unsent = metadata.get("alerts_sent", 0), metadata.get("alerts_not_sent", 0)
+    said = (f"{alerts} Slack alert(s) posted to the sandbox's webhook ({sandbox_url}/slack)" if alerts else
+            f"{unsent} Slack alert(s) could NOT be posted (see the run)" if unsent else
+            "alerted on an earlier demo run (the state is kept, so not again)")
     print(f"delivery health (the hourly check, run now on the demo's ledgers): {len(flagged)} sync(s) above "
-          f"{limit:.0%} rejected or failed; "
-          + (f"{alerts} Slack alert(s) posted to the sandbox's webhook ({sandbox_url}/slack)" if alerts
-             else "alerted on an earlier demo run (the state is kept, so not again)") + ":")
+          f"{limit:.0%} rejected or failed; {said}:")
     for sync, figures in sorted(flagged.items()):
         total = figures["delivered"] + figures["rejected"] + figures["failed"]
         lost = figures["rejected"] + figures["failed"]

@@ -36,7 +36,7 @@ def line(summary: str, start: str) -> str:
 @pytest.mark.slow
 def test_the_audit_trail_forwards_a_window_with_events_and_splunk_receives_them(summary):
     counts = line(summary, "audit_trail:")
-    forwarded = int(re.search(r"= ([\d,]+) sent to Splunk", counts)[1].replace(",", ""))
+    forwarded = int(re.search(r"= ([\d,]+) in Splunk", counts)[1].replace(",", ""))
     assert forwarded > 0
     assert f"Splunk HEC received {forwarded:,} events" in summary
     # Widened back from the empty Sunday hour to the newest one with events, as one run.
@@ -70,18 +70,20 @@ def test_the_table_names_what_was_already_there(summary):
 
 @pytest.mark.slow
 def test_the_delivery_health_alert_says_why(summary):
+    # The demo data holds 9 accounts without a user on purpose: 6% rejected, above the 5% alert line.
     health = line(summary, "delivery health")
-    if "no Slack alert" not in health:
-        why = line(summary, "reverse_etl_account_traits:")
-        assert "9 of 150 messages rejected or failed (6.0%)" in why and "why: 9 x" in why
+    assert "1 Slack alert(s) posted to the sandbox's webhook" in health, health
+    why = line(summary, "reverse_etl_account_traits:")
+    assert "9 of 150 messages rejected or failed (6.0%)" in why and "why: 9 x" in why
 
 
 @pytest.mark.slow
 def test_the_last_line_starts_the_sandbox_before_the_ui(summary):
     last = summary.strip().splitlines()[-1]
     assert last.startswith("open the UI on these runs")
-    sandbox, dagster = last.index("segment-ops sandbox &"), last.index(".venv/bin/dagster dev")
+    sandbox, dagster = last.index("bin/segment-ops sandbox &"), last.index("bin/dagster dev -m segment_ops")
     assert sandbox < dagster
+    assert Path(last[dagster - 100:dagster].split()[-1] + "bin/dagster").exists()  # an absolute, real path
     assert last.count(f"SEGMENT_OPS_CLOCK={SUNDAY}") == 2
     assert re.search(r"SEGMENT_OPS_HOME=\S+/home/demo DAGSTER_HOME=\S+dagster_home", last)
     assert Path(re.search(r"SEGMENT_OPS_HOME=(\S+)", last)[1]).is_dir()
