@@ -26,9 +26,17 @@ class SyncFailure(dg.Failure):
     Dagster shows a step's error as Python formats an exception, `<module>.<class>: <message>`, so a plain
     `dg.Failure` reads "dagster._core.definitions.events.Failure: <message>" in the UI. This class formats as
     `segment_ops: <message>`: the module Python leaves out of that line is `builtins` (as for ValueError), and
-    the name is the product's. Dagster handles it as the `dg.Failure` it is; it never needs pickling (a step
-    reports its error as Dagster's serialized error info).
+    the name is the product's. Dagster handles it as the `dg.Failure` it is (a step reports its error as
+    Dagster's serialized error info); pickled, it is rebuilt by `_sync_failure`, since its class cannot be
+    found under the name it shows.
     """
+
+    def __reduce__(self) -> tuple:
+        return _sync_failure, (self.description, self.metadata, self.allow_retries)
+
+
+def _sync_failure(description: str | None, metadata: dict, allow_retries: bool) -> SyncFailure:
+    return SyncFailure(description=description, metadata=metadata, allow_retries=allow_retries)
 
 
 SyncFailure.__module__ = "builtins"

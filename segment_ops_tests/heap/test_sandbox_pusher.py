@@ -116,8 +116,10 @@ def test_a_registered_interval_pushes_without_being_asked(clean_sandbox, flaky):
     clean_sandbox.register_heap_webhook(receiver.url, segments=[POWER_USERS], interval_seconds=0.5)
 
     wait_for(lambda: receiver.bodies, timeout=10)
+    # The pusher records the delivery once it has read the receiver's answer, a moment after the body landed.
+    wait_for(lambda: [d["status"] for d in clean_sandbox.heap_deliveries()][:1] == ["delivered"], timeout=10)
 
-    assert clean_sandbox.heap_deliveries()[0]["status"] == "delivered"
+    assert receiver.bodies and clean_sandbox.heap_deliveries()[0]["status"] == "delivered"
 
 
 def test_a_registration_without_a_url_is_refused(sandbox_http):

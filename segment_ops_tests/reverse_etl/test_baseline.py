@@ -107,8 +107,8 @@ def test_a_baseline_in_dagster_is_refused_on_delivered_state_and_with_dry_run(re
 
 
 @pytest.mark.slow
-def test_a_forced_baseline_of_a_mirror_model_still_clears_a_key_that_left(tmp_path, people,  # noqa: F811
-                                                                          segment_client_factory, clean_sandbox):
+def test_a_forced_baseline_of_a_mirror_model_still_clears_a_key_that_left(
+        tmp_path, people, segment_client_factory, clean_sandbox):  # noqa: F811
     # The baseline says Segment holds today's rows; it says nothing of a key deleted since the last
     # delivery, whose traits Segment still holds: the next run must send the call that clears them.
     url, path = people
