@@ -7,12 +7,15 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segment_ops.commands.output import still_held
 from segment_ops.config import HomeConflictError, Settings, load_settings
+from segment_ops.engine.pgstate import SharedStateError  # stdlib imports only: `--help` stays fast
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
     import duckdb
@@ -118,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except HomeConflictError as exc:  # an old ./.segment_ops holds state: the message says both ways out
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SharedStateError as exc:  # the state database cannot be reached, or a file is not its copy
+        from segment_ops.engine.alerts import redact_secrets
+
+        print(f"error: {redact_secrets(str(exc))}", file=sys.stderr)
+        return 2
 
 
 class _Subcommands:
@@ -157,16 +165,27 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _stop_replay(signum: int, frame: object) -> None:
+    """Ctrl-C: stop at once, as a killed replay stops. Waiting for the sending threads would take up to their
+    5 minutes of retries; a kill costs nothing (every message is in the ledger before it is sent, and each
+    answer is journaled as it comes), so the process ends here."""
+    print("\ninterrupted: nothing is lost. What was planned and not yet delivered stays pending (a batch "
+          "that was on the wire may be sent again, and Segment drops the repeat by messageId); run the same "
+          "command again to send it (`segment-ops status` shows it).", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.clients.base import VendorError
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
     from segment_ops.engine.ledger import CompactedPayloadError, Ledger
-    from segment_ops.engine.pgstate import SharedStateError, redacted, state_url
+    from segment_ops.engine.pgstate import redacted, state_url
     from segment_ops.engine.progress import DeliveryProgress, host_of
-    from segment_ops.engine.store import STREAMING_MEMORY_LIMIT, StagingLockedError, staging
+    from segment_ops.engine.store import STREAMING_MEMORY_LIMIT, StagingLockedError, staging, staging_file
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
+    signal.signal(signal.SIGINT, _stop_replay)
     settings = load_settings()
     if not args.dry_run and (refused := _gate_replay(settings, skip=args.skip_preflight)) is not None:
         return refused
@@ -177,7 +196,7 @@ def _run_replay(args: argparse.Namespace) -> int:
             max_requests_per_second=args.rate_limit or DEFAULT_MAX_REQUESTS_PER_SECOND,
             max_connections=args.max_in_flight)
 
-    ledger_file = settings.home / "staging" / "replay.duckdb"
+    ledger_file = staging_file(settings.home, "replay")
 
     def session(wait: float) -> tuple[contextlib.ExitStack, duckdb.DuckDBPyConnection]:
         # A session as a run's: with SEGMENT_OPS_STATE_URL, under the sync's lock in PostgreSQL, checked in.
@@ -187,22 +206,17 @@ def _run_replay(args: argparse.Namespace) -> int:
 
     held = (f"the replay ledger (state in PostgreSQL, {redacted(url)})" if (url := state_url()) else
             str(ledger_file))
-    try:
+    try:  # a SharedStateError (the state database cannot be reached, ...) is `main`'s: exit 2
+        stack, con = session(0)
+    except StagingLockedError:
+        print(f"another replay holds {held}; waiting up to {args.wait:.0f}s for it to finish",
+              file=sys.stderr)
         try:
-            stack, con = session(0)
+            stack, con = session(args.wait)
         except StagingLockedError:
-            print(f"another replay holds {held}; waiting up to {args.wait:.0f}s for it to finish",
-                  file=sys.stderr)
-            try:
-                stack, con = session(args.wait)
-            except StagingLockedError:
-                print(f"error: another replay (a `replay_job` run in Dagster, or another `segment-ops "
-                      f"replay`) still holds {held} after {args.wait:.0f}s; nothing was sent. Run again when "
-                      "it has finished, or with a longer --wait.", file=sys.stderr)
-                return 2
-    except SharedStateError as exc:  # the state database cannot be reached, or the file is not its copy
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            holder = "another replay (a `replay_job` run in Dagster, or another `segment-ops replay`)"
+            print(f"error: {still_held(holder, held, args.wait, 'sent')}", file=sys.stderr)
+            return 2
     # The bar only on a terminal; "retrying" lines (at most one per 10 s) wherever stderr goes, without -v.
     host = host_of(settings["SEGMENT_TRACKING_URL"])
     progress = DeliveryProgress("replay", destination=host, bar=False if args.no_progress else None,
@@ -239,7 +253,9 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 def _state_paths(settings: Settings, name: str) -> tuple[Path, Path]:
     """The staging file and inbox folder of `name` in this home."""
-    return settings.home / "staging" / f"{name}.duckdb", settings.home / "inbox" / name
+    from segment_ops.engine.store import staging_file
+
+    return staging_file(settings.home, name), settings.home / "inbox" / name
 
 
 def _run_state_export(args: argparse.Namespace) -> int:

@@ -105,12 +105,8 @@ def audit_window(data: DemoData) -> tuple[str, str]:
 def _replay_figures(by_asset: dict[str, dict]) -> Figures:
     m = by_asset.get("segment/replayed_events", {})
     planned, known, sent = m.get("planned", 0), m.get("planned_by_earlier_runs", 0), m.get("delivered", 0)
-    if "already_delivered" in m:  # the plan's own split of what earlier runs planned
-        delivered_before, pending = m["already_delivered"], m.get("pending_from_earlier", 0)
-    else:  # an older plan: what this run sent beyond its new messages was pending from earlier
-        pending = min(known, max(0, sent + m.get("rejected_by_destination", 0) + m.get("failed_pending", 0)
-                                 - planned))
-        delivered_before = known - pending
+    # the plan's own split of what earlier runs planned
+    delivered_before, pending = m.get("already_delivered", 0), m.get("pending_from_earlier", 0)
     rejected = m.get("rejected_lines", 0)
     terms = ((planned, _sent_or_new(planned, sent, m)), (rejected, "rejected"),
              (m.get("duplicates_in_input", 0), "duplicate in the file"),
@@ -435,8 +431,10 @@ def _top_rejection(file: str, sync: str) -> str:
 
     path = load_settings().home / "staging" / file
     try:
-        con = store.connect(path, read_only=True, threads=1, lock_timeout=2.0)
+        con = store.open_read_only(path, lock_timeout=2.0)
     except Exception:  # noqa: BLE001 - the line still prints, without the reason
+        con = None
+    if con is None:  # unreadable, or a run held it for 2 s
         return "see its rejected table"
     try:
         from segment_ops.engine.ledger import Ledger

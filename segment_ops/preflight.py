@@ -17,11 +17,9 @@ import hmac
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
-from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -43,7 +41,15 @@ from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
 from segment_ops.clients.splunk_hec import AckSetting, HecConfigurationError, SplunkHecClient, hec_event
 from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, HomeConflictError, Settings
 from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, describe, gate
-from segment_ops.engine.warehouse import MissingDriverError, WarehouseError
+from segment_ops.engine.progress import host_of
+from segment_ops.engine.warehouse import MissingDriverError, MissingWarehouseFileError, WarehouseError
+from segment_ops.syncs.reverse_etl.model import (
+    ModelError,
+    ModelSpec,
+    SegmentDestination,
+    load_models,
+    models_dir,
+)
 
 T = TypeVar("T")
 
@@ -83,8 +89,6 @@ PUBLIC_API_HOSTS = {"api.segmentapis.com": US, "eu1.api.segmentapis.com": EU}
 TRACKING_BASE = {US: "https://api.segment.io", EU: "https://events.eu1.segmentapis.com"}
 SANDBOX_TRACKING = {"/segment": US, "/segment_eu": EU}
 SANDBOX_PUBLIC_API = {"/segmentapis": US}
-# The project's reverse-ETL models, as reverse_etl/defs.py finds them (without loading Dagster).
-MODELS_PACKAGE = "segment_ops.syncs.reverse_etl.sql"
 # The Profile API's connection settings (as `resources` reads them) and the profile the check reads: no user
 # has this id, so a token that may read the space gets 404 and reads nothing.
 PROFILE_API = ("SEGMENT_PROFILES_URL", "SEGMENT_PROFILES_SPACE_ID", "SEGMENT_PROFILES_TOKEN")
@@ -106,10 +110,11 @@ def all_checks(settings: Settings) -> list[Check]:
     """Every check, in the table's order (`CHECK_NAMES`), with one `segment_destination:<models>` row per
     other Segment destination reverse-ETL models name after `segment_region`."""
     sources = _sources_fetch(settings)
-    return [*_segment_checks(settings, sources), *_destination_checks(settings, sources),
+    models = load_models(models_dir(settings))  # parsed once, for the destination rows and reverse_etl_models
+    return [*_segment_checks(settings, sources), *_destination_checks(settings, sources, models),
             _public_api_check(settings, sources),
             _profiles_check(settings), *_splunk_checks(settings), *_pendo_checks(settings),
-            *_heap_checks(settings), _slack_check(settings), *_warehouse_checks(settings)]
+            *_heap_checks(settings), _slack_check(settings), *_warehouse_checks(settings, models)]
 
 
 def sending_checks(settings: Settings) -> list[Check]:
@@ -421,27 +426,6 @@ DESTINATION_CHECK = "segment_destination"
 _RANK = {Status.PASS: 0, Status.SKIP: 1, Status.WARN: 2, Status.FAIL: 3}
 
 
-@dataclass(frozen=True)
-class SegmentDestination:
-    """Where a reverse-ETL model sends: the NAMES of the variables holding the write key and the Tracking API
-    base (`write_key_env:` / `tracking_url_env:` in its header), never their values."""
-
-    write_key_env: str = "SEGMENT_WRITE_KEY"
-    tracking_url_env: str = "SEGMENT_TRACKING_URL"
-
-    @property
-    def is_default(self) -> bool:
-        return (self.write_key_env, self.tracking_url_env) == ("SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
-
-    @property
-    def names(self) -> tuple[str, str]:
-        return self.write_key_env, self.tracking_url_env
-
-    @property
-    def cache_key(self) -> str:
-        return f"{DESTINATION_CHECK}:{self.write_key_env}:{self.tracking_url_env}"
-
-
 class DestinationNotSet(ValueError):
     """A variable a model's destination names is unset or empty; the message names it, never a value."""
 
@@ -453,23 +437,21 @@ class DestinationNotSet(ValueError):
                          "cannot be sent to; set it in the environment of the code location and its runs")
 
 
-def destination_values(settings: Settings, destination: SegmentDestination,
-                       env: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+def destination_values(settings: Settings, destination: SegmentDestination) -> tuple[str | None, str | None]:
     """The write key and tracking URL `destination` names, read at run time: SEGMENT_WRITE_KEY and
     SEGMENT_TRACKING_URL as every setting is (sandbox defaults when unset), any other variable from the
-    environment (`env`, default `os.environ`; None when unset or empty, as `dg.EnvVar` reads it)."""
-    env = os.environ if env is None else env
+    environment (None when unset or empty, as `dg.EnvVar` reads it)."""
 
     def read(name: str) -> str | None:
-        return (settings[name] if name in settings.values else env.get(name)) or None
+        return (settings[name] if name in settings.values else os.environ.get(name)) or None
 
     return read(destination.write_key_env), read(destination.tracking_url_env)
 
 
-def require_destination(settings: Settings, destination: SegmentDestination, used_by: Sequence[str],
-                        env: Mapping[str, str] | None = None) -> tuple[str, str]:
+def require_destination(settings: Settings, destination: SegmentDestination,
+                        used_by: Sequence[str]) -> tuple[str, str]:
     """`destination_values`, or `DestinationNotSet` naming each variable that is unset."""
-    key, url = destination_values(settings, destination, env)
+    key, url = destination_values(settings, destination)
     if key is None or url is None:
         raise DestinationNotSet([n for n, v in zip(destination.names, (key, url), strict=True) if v is None],
                                 used_by)
@@ -480,7 +462,7 @@ def destination_check(settings: Settings, destination: SegmentDestination, used_
                       write_key: str | None, tracking_url: str | None, sources: _Once[list[dict]]) -> Check:
     """One check of a model's own destination: `segment_write_key` and `segment_region` of its key and host,
     in one row named after the models that send there (`used_by`). `segment-ops check` and the models' gate
-    share its cached answer (`cache_key`), whatever models each names."""
+    share its cached answer (one cache key per destination), whatever models each names."""
     names = (*destination.names, "SEGMENT_PUBLIC_API_TOKEN", "SEGMENT_PUBLIC_API_URL")
     verdict = _Verdict(f"{DESTINATION_CHECK}:{'+'.join(used_by)}", names)
     derived = gate_settings(settings, tracking_url=tracking_url or "", write_key=write_key or "")
@@ -502,27 +484,29 @@ def destination_check(settings: Settings, destination: SegmentDestination, used_
         return result.redacted([write_key or ""])
 
     reads = ("SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL", *names[2:])
-    return Check(verdict.check, names, run, _fingerprint(derived, reads), cache_key=destination.cache_key)
+    cache_key = f"{DESTINATION_CHECK}:{destination.write_key_env}:{destination.tracking_url_env}"
+    return Check(verdict.check, names, run, _fingerprint(derived, reads), cache_key=cache_key)
 
 
-def model_destinations(settings: Settings) -> dict[SegmentDestination, list[str]]:
+def model_destinations(settings: Settings, models: Sequence[ModelSpec | ModelError] | None = None,
+                       ) -> dict[SegmentDestination, list[ModelSpec]]:
     """The destinations other than SEGMENT_WRITE_KEY / SEGMENT_TRACKING_URL the reverse-ETL models name, each
-    with the models naming it (a model file that does not parse names none: see `reverse_etl_models`)."""
-    from segment_ops.syncs.reverse_etl.model import ModelSpec, load_models
-
-    found: dict[SegmentDestination, list[str]] = {}
-    for model in load_models(settings["REVERSE_ETL_MODELS_DIR"] or Path(resources.files(MODELS_PACKAGE))):
-        if isinstance(model, ModelSpec) and model.own_destination:
-            found.setdefault(SegmentDestination(*model.destination), []).append(model.name)
+    with the models naming it (`models`, default: those of `models_dir(settings)`; a model file that does not
+    parse names none: see `reverse_etl_models`)."""
+    found: dict[SegmentDestination, list[ModelSpec]] = {}
+    for model in load_models(models_dir(settings)) if models is None else models:
+        if isinstance(model, ModelSpec) and not model.destination.is_default:
+            found.setdefault(model.destination, []).append(model)
     return dict(sorted(found.items(), key=lambda item: item[0].names))
 
 
-def _destination_checks(settings: Settings, sources: _Once[list[dict]]) -> list[Check]:
+def _destination_checks(settings: Settings, sources: _Once[list[dict]],
+                        models: Sequence[ModelSpec | ModelError]) -> list[Check]:
     checks = []
-    for destination, models in model_destinations(settings).items():
+    for destination, sending in model_destinations(settings, models).items():
         key, url = destination_values(settings, destination)
-        checks.append(destination_check(settings, destination, models, write_key=key, tracking_url=url,
-                                        sources=sources))
+        checks.append(destination_check(settings, destination, [m.name for m in sending], write_key=key,
+                                        tracking_url=url, sources=sources))
     return checks
 
 
@@ -613,7 +597,7 @@ def _profiles_check(settings: Settings) -> Check:
                                   "SEGMENT_PROFILES_URL's region")
         finally:
             client.close()
-        where = _host_port(settings["SEGMENT_PROFILES_URL"])
+        where = host_of(settings["SEGMENT_PROFILES_URL"])
         return verdict.ok(f"the token reads the space's profiles at {where} (an unknown user answers 404)")
 
     return _check(settings, _Verdict("segment_profiles", PROFILE_API), run,
@@ -890,7 +874,7 @@ def _slack_check(settings: Settings) -> Check:
             return verdict.vendor(exc, "Slack refused the webhook", todo)
         finally:
             client.close()
-        where = _host_port(url)  # never the path (the webhook's secret) nor a user:password
+        where = host_of(url)  # never the path (the webhook's secret) nor a user:password
         if status == 400 and answer in SLACK_EMPTY_MESSAGE_ANSWERS:
             return verdict.ok(f"a live webhook at {where}: an empty message was refused ({answer}), "
                               "nothing was posted")
@@ -901,27 +885,25 @@ def _slack_check(settings: Settings) -> Check:
     return _check(settings, _Verdict("slack_webhook", ("ALERT_WEBHOOK_URL",)), run)
 
 
-def _host_port(url: str) -> str:
-    """`host[:port]` of `url`, without its user info, path or query."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{parts.hostname or '?'}" + (f":{port}" if port else "")
-
-
 # --- warehouse -------------------------------------------------------------------------------------------
 
-def _warehouse_checks(settings: Settings) -> list[Check]:
+def _missing_warehouse_hint(settings: Settings) -> str:
+    """What to do about a DuckDB warehouse file that does not exist: the demo's, when that is what exists."""
+    demo_home = settings.home / "demo"
+    if not settings.is_set("WAREHOUSE_URL") and (demo_home / "demo_warehouse.duckdb").exists():
+        return (f"the demo keeps its warehouse in its own home: SEGMENT_OPS_HOME={demo_home} (or point "
+                "WAREHOUSE_URL at your warehouse)")
+    return "point WAREHOUSE_URL at your warehouse (`segment-ops demo` builds a demo one in its own home)"
+
+
+def _warehouse_checks(settings: Settings, found: Sequence[ModelSpec | ModelError]) -> list[Check]:
+    """The warehouse's rows; `found`: the models of `models_dir(settings)`, as `load_models` gives them."""
     url = settings["WAREHOUSE_URL"]
-    # One folder, or several separated by os.pathsep (`load_models`).
-    models_dir = settings["REVERSE_ETL_MODELS_DIR"] or Path(resources.files(MODELS_PACKAGE))
 
     def compiled() -> list:
-        from segment_ops.syncs.reverse_etl.model import compile_models, load_models
+        from segment_ops.syncs.reverse_etl.model import compile_models
 
-        return compile_models(url, load_models(models_dir))  # `segment-ops models validate` runs the same
+        return compile_models(url, found)  # `segment-ops models validate` runs the same
 
     result = _Once(compiled)
 
@@ -929,22 +911,21 @@ def _warehouse_checks(settings: Settings) -> list[Check]:
         try:
             result()
         except MissingDriverError as exc:  # configuration, not an outage: installing the extra fixes it
-            return verdict.fail(f"driver missing: {exc}", exc.install)
+            return verdict.fail(str(exc), exc.install)
+        except MissingWarehouseFileError as exc:  # configuration too: no retry makes the file appear
+            return verdict.fail(str(exc), _missing_warehouse_hint(settings))
         except WarehouseError as exc:
             return verdict.transient(f"cannot connect: {exc}",
-                                     "check WAREHOUSE_URL, the network and the credentials in it (sandbox: "
-                                     "`segment-ops demo` builds the demo warehouse)")
+                                     "check WAREHOUSE_URL, the network and the credentials in it")
         return verdict.ok("connects")
 
     def models_check(verdict: _Verdict) -> CheckResult:
-        from segment_ops.syncs.reverse_etl.model import ModelError
-
         try:
             models = result()
         except WarehouseError:
             return verdict.skip("the warehouse is not reachable", "see the warehouse row")
         if not models:
-            return verdict.skip(f"no model files in {models_dir}", "add `<model>.sql` files")
+            return verdict.skip(f"no model files in {models_dir(settings)}", "add `<model>.sql` files")
         broken, good = [], []
         for model in models:
             if isinstance(model, ModelError):

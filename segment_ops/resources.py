@@ -20,6 +20,7 @@ from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.clients.slack import SlackWebhookClient
 from segment_ops.config import Settings, load_settings
+from segment_ops.engine import store
 from segment_ops.engine.preflight import CheckResult
 from segment_ops.engine.redaction import (
     DEFAULT_HASH_FIELDS,
@@ -28,12 +29,16 @@ from segment_ops.engine.redaction import (
     RedactionRules,
 )
 from segment_ops.preflight import (
-    SegmentDestination,
     gate_sending,
     preflight_cache_seconds,
     require_destination,
 )
 from segment_ops.syncs.audit_trail.siem import JsonLinesDestination, SplunkHecDestination
+from segment_ops.syncs.reverse_etl.model import (
+    DEFAULT_TRACKING_URL_ENV,
+    DEFAULT_WRITE_KEY_ENV,
+    SegmentDestination,
+)
 
 
 class SegmentTrackingResource(dg.ConfigurableResource):
@@ -57,18 +62,18 @@ class SegmentTrackingResource(dg.ConfigurableResource):
             max_connections=max(self.max_in_flight, 1),
         )
 
-    def for_destination(self, destination: SegmentDestination, used_by: Sequence[str],
-                        settings: Settings | None = None) -> SegmentTrackingResource:
+    def for_destination(self, destination: SegmentDestination,
+                        used_by: Sequence[str]) -> SegmentTrackingResource:
         """This resource sending to `destination` instead (a reverse-ETL model's `write_key_env:` /
         `tracking_url_env:`): each variable it names is read now, at run time, as `dg.EnvVar` reads it, so its
         value is never in the definitions; a variable it leaves at the default keeps this resource's value.
         Raises `preflight.DestinationNotSet` naming each variable that is unset."""
         if destination.is_default:
             return self
-        key, url = require_destination(settings or load_settings(), destination, used_by)
+        key, url = require_destination(load_settings(), destination, used_by)
         return SegmentTrackingResource(
-            base_url=self.base_url if destination.tracking_url_env == "SEGMENT_TRACKING_URL" else url,
-            write_key=self.write_key if destination.write_key_env == "SEGMENT_WRITE_KEY" else key,
+            base_url=self.base_url if destination.tracking_url_env == DEFAULT_TRACKING_URL_ENV else url,
+            write_key=self.write_key if destination.write_key_env == DEFAULT_WRITE_KEY_ENV else key,
             gzip=self.gzip, max_requests_per_second=self.max_requests_per_second,
             max_in_flight=self.max_in_flight)
 
@@ -282,7 +287,9 @@ class StagingResource(dg.ConfigurableResource):
 
     def staging_db(self, sync: str) -> Path:
         """One DuckDB file per sync, so runs of different syncs never contend for a file lock."""
-        return self.path("staging", f"{sync}.duckdb")
+        target = store.staging_file(Path(self.home), sync)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
 
 
 def run_heartbeat_seconds(settings: Settings) -> float:

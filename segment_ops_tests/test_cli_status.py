@@ -265,7 +265,7 @@ with staging(sys.argv[1]) as con:
     seq = plan.seqs[0]
     # What a delivery records when Segment refuses a call (engine/delivery.py `_record`).
     ledger.log_outcomes("replay", [(seq, "rejected", 1, "code 6: invalid data format")])
-    ledger.reject_refused("replay", [(seq, "rejected by segment: code 6: invalid data format")],
+    ledger.reject_refused("replay", [(seq, "code 6: invalid data format")],
                           destination="segment", run_id="run-a")
 """
 
@@ -329,3 +329,23 @@ def test_status_reads_syncs_only_the_state_database_holds_and_a_locked_one_as_bu
     assert [(s["name"], s["delivered"], s["pending"], s["rejected_rows"]) for s in listed] == [
         ("replay", 4, 0, 1)]
     assert busy.returncode == 0 and replay_line(busy.stdout).split(None, 1)[1] == "busy (a run holds it)"
+
+
+def test_a_note_on_a_sync_is_said_in_full_below_the_table(monkeypatch, capsys, tmp_path):
+    # A long note in the last column would be cut at the column's width; it is flagged there and said below.
+    import argparse
+
+    from segment_ops.commands import status
+
+    note = "a stopped delivery's answers are not logged yet: the sync's next run logs them"
+    monkeypatch.setenv("SEGMENT_OPS_HOME", str(tmp_path))
+    monkeypatch.setattr("segment_ops.engine.store.staging_files", lambda home: [tmp_path / "replay.duckdb"])
+    monkeypatch.setattr(status, "read_status", lambda path: [status.SyncStatus(
+        "replay", "replay", pending=3, oldest_pending_at=datetime.now(UTC), detail=note)])
+
+    assert status.run_status(argparse.Namespace(json=False)) == 0
+
+    out = capsys.readouterr().out
+    [line] = [text for text in out.splitlines() if text.startswith("replay ")]
+    assert line.rstrip().endswith("*") and note not in line
+    assert f"* replay: {note}" in out.splitlines()

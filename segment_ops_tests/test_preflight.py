@@ -278,7 +278,8 @@ def test_check_only_an_unknown_name_exits_2_listing_the_checks(ops_env, clean_sa
 def test_a_missing_warehouse_fails_and_the_models_are_skipped(ops_env, tmp_path: Path):
     results = checks("warehouse", "reverse_etl_models", WAREHOUSE_URL=f"duckdb:///{tmp_path}/none.duckdb")
 
-    assert (results["warehouse"].status, results["warehouse"].definitive) == (Status.FAIL, False)
+    # A setting to fix, not an outage: asking again would not make the file appear.
+    assert (results["warehouse"].status, results["warehouse"].definitive) == (Status.FAIL, True)
     assert results["reverse_etl_models"].status is Status.SKIP
 
 
@@ -476,3 +477,24 @@ def test_a_key_left_unverified_by_a_public_api_outage_is_verified_again_once_it_
     assert during["segment_write_key"].status is Status.WARN and during["segment_write_key"].transient
     assert during["segment_region"].status is Status.SKIP and during["segment_region"].transient
     assert after["segment_write_key"].status is Status.PASS and after["segment_region"].status is Status.PASS
+
+
+def test_a_missing_duckdb_warehouse_is_a_setting_to_fix_pointing_at_the_demos_home(ops_env):
+    # After `segment-ops demo`, its warehouse is in the demo's own home, not where WAREHOUSE_URL's default
+    # looks: the row says so, and retrying would not help, so it is no transient failure.
+    (ops_env / "demo").mkdir()
+    (ops_env / "demo" / "demo_warehouse.duckdb").write_bytes(b"")
+
+    [result] = checks("warehouse").values()
+
+    assert result.status is Status.FAIL and result.definitive and not result.transient
+    assert f"{ops_env / 'demo_warehouse.duckdb'} does not exist" in result.detail
+    assert f"SEGMENT_OPS_HOME={ops_env / 'demo'}" in result.todo
+
+
+def test_a_misspelt_postgres_scheme_is_told_how_to_write_it(ops_env, monkeypatch):
+    [result] = checks("warehouse", WAREHOUSE_URL="postgres://user:pw@db.example.com/warehouse").values()
+
+    assert result.status is Status.FAIL and result.definitive
+    assert result.todo == "write WAREHOUSE_URL with postgresql:// instead of postgres://"
+    assert "pw" not in result.detail

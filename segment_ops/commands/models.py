@@ -12,14 +12,16 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segment_ops.commands import whole_number
+from segment_ops.commands.output import render_table, still_held
 from segment_ops.config import Settings, load_settings
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
     from segment_ops.syncs.reverse_etl.model import ModelError, ModelSpec
     from segment_ops.syncs.reverse_etl.sync import ModelRun
 
-MODELS_PACKAGE = "segment_ops.syncs.reverse_etl.sql"  # the project's sql/reverse_etl/, as defs.py finds it
 DEFAULT_PREVIEW_SAMPLES = 5
+PREVIEW_WAIT_SECONDS = 5.0  # how long a preview waits while a run of the model holds its staging file
 log = logging.getLogger("segment_ops.reverse_etl")
 
 
@@ -44,7 +46,7 @@ def register(subcommands) -> None:  # noqa: ANN001  (cli._Subcommands)
                                              "from a dry run against the warehouse and this home's state; "
                                              "sends and records nothing")
     preview.add_argument("model", metavar="MODEL")
-    preview.add_argument("--limit", type=int, default=DEFAULT_PREVIEW_SAMPLES, metavar="N",
+    preview.add_argument("--limit", type=whole_number, default=DEFAULT_PREVIEW_SAMPLES, metavar="N",
                          help="sample payloads (and rejected rows) to show")
     preview.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     preview.set_defaults(func=_run_preview)
@@ -76,7 +78,7 @@ def _run_list(args: argparse.Namespace) -> int:
         else:
             rows.append((model.name, str(model.path), model.call, model.mode, model.key,
                          model.schedule or "none", ""))
-    _print_table(("model", "file", "call", "mode", "key", "schedule", "error"), rows)
+    print(render_table(("model", "file", "call", "mode", "key", "schedule", "error"), rows, width=None))
     broken = sum(1 for m in found if _is_error(m))
     if broken:
         print(f"\n{broken} of {len(found)} models broken: fix the files named (their runs fail until then)",
@@ -125,19 +127,16 @@ def _run_preview(args: argparse.Namespace) -> int:
     from segment_ops.syncs.reverse_etl.model import ModelError
     from segment_ops.syncs.reverse_etl.sync import sync_model
 
-    if args.limit < 0:
-        print("error: --limit must be 0 or more", file=sys.stderr)
-        return 2
     settings = load_settings()
     model = _one(settings, args.model)
     if isinstance(model, int):
         return model  # an exit code: the problem is printed
-    path = _staging_file(settings, model)
+    path = store.staging_file(settings.home, model.sync)
     try:
         # A dry run on the model's own staging file (its lock, so never beside a run), or, for a model that
         # never ran, on an empty in-memory one: a preview leaves no state behind.
         if store.has_state(path):
-            with store.staging(path, lock_timeout=5.0) as con:
+            with store.staging(path, lock_timeout=PREVIEW_WAIT_SECONDS) as con:
                 run = sync_model(con, model, settings["WAREHOUSE_URL"], _no_client, dry_run=True,
                                  run_id=_run_id("preview"), sample_size=args.limit)
         else:
@@ -151,8 +150,9 @@ def _run_preview(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except StagingLockedError:
-        print(f"error: a run of {model.name} holds {path}; preview again when it has finished",
-              file=sys.stderr)
+        held = still_held(f"a run of {model.name}", path, PREVIEW_WAIT_SECONDS, "sent or recorded",
+                          wait_option=False)
+        print(f"error: {held}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(_preview_json(run, args.limit), indent=2))
@@ -164,7 +164,6 @@ def _run_preview(args: argparse.Namespace) -> int:
 def _run_baseline(args: argparse.Namespace) -> int:
     from segment_ops.engine import store
     from segment_ops.engine.diff import BaselineRefused
-    from segment_ops.engine.pgstate import SharedStateError
     from segment_ops.engine.store import StagingLockedError
     from segment_ops.syncs.reverse_etl.model import ModelError
     from segment_ops.syncs.reverse_etl.sync import sync_model
@@ -184,7 +183,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing recorded")
             return 2
-    path = _staging_file(settings, model)
+    path = store.staging_file(settings.home, model.sync)
     run_id = _run_id("baseline")
     try:
         # The runs' own staging session (file lock; with SEGMENT_OPS_STATE_URL the sync's advisory lock and a
@@ -199,11 +198,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         print(f"error: {exc}; nothing was recorded", file=sys.stderr)
         return 1
     except StagingLockedError:
-        print(f"error: a run of {model.name} still holds {path} after {args.wait:.0f}s; nothing was "
-              "recorded. Run again when it has finished, or with a longer --wait.", file=sys.stderr)
-        return 2
-    except SharedStateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {still_held(f'a run of {model.name}', path, args.wait, 'recorded')}", file=sys.stderr)
         return 2
     plan = run.plan
     log.warning("baseline %s of reverse-ETL model %s (%s): %d rows recorded as delivered without sending",
@@ -216,7 +211,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     if plan.removed:
         print(f"  left the query, not recorded: {plan.removed:,} (the next run clears them)")
     for key, reason in plan.rejection_samples[:10]:
-        print(f"  rejected {key}: {reason}")
+        print(f"  rejected {'(null key)' if key is None else key}: {reason}")
     print("  the next run sends only rows that change from here")
     return 0
 
@@ -243,7 +238,7 @@ def _print_preview(run: ModelRun, limit: int) -> None:
     print(f"  would send: {plan.planned:,}   already planned by an earlier run: "
           f"{plan.already_known:,}{extra}")
     for key, reason in plan.rejection_samples[:limit]:
-        print(f"  rejected {key}: {reason}")
+        print(f"  rejected {'(null key)' if key is None else key}: {reason}")
     for sample in plan.samples[:limit]:
         print(f"  sample: {sample.decode()}")
 
@@ -251,9 +246,9 @@ def _print_preview(run: ModelRun, limit: int) -> None:
 # --- helpers --------------------------------------------------------------------------------------------
 
 def _folders(settings: Settings) -> str | Path:
-    from importlib import resources
+    from segment_ops.syncs.reverse_etl.model import models_dir
 
-    return settings["REVERSE_ETL_MODELS_DIR"] or Path(resources.files(MODELS_PACKAGE))
+    return models_dir(settings)
 
 
 def _folders_text(settings: Settings) -> str:
@@ -308,22 +303,9 @@ def _is_error(model: object) -> bool:
     return isinstance(model, Exception)
 
 
-def _staging_file(settings: Settings, model: ModelSpec) -> Path:
-    """The model's staging file, where its runs keep their state (`StagingResource.staging_db`)."""
-    folder = settings.home / "staging"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{model.sync}.duckdb"
-
-
 def _run_id(kind: str) -> str:
     return f"cli-{kind}-{uuid.uuid4().hex[:12]}"
 
 
 def _no_client():  # noqa: ANN202
     raise RuntimeError("segment-ops models never sends: no Segment client is made")
-
-
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
-    for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

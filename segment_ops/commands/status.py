@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from segment_ops.commands import whole_number
+from segment_ops.commands.output import render_table
 
 if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stays fast
     import duckdb
@@ -20,7 +22,6 @@ if TYPE_CHECKING:  # the engine is imported lazily, so `segment-ops --help` stay
 BUSY = "busy (a run holds it)"
 NO_LEDGER = "no delivery ledger"
 DEFAULT_LIMIT = 50
-CELL_WIDTH = 60  # a table cell longer than this is cut (`--json` prints whole values)
 
 STATUS_DESCRIPTION = """\
 One line per sync with state in this home (with SEGMENT_OPS_STATE_URL, also the syncs only the state
@@ -59,7 +60,7 @@ def register(subcommands) -> None:  # noqa: ANN001  (cli._Subcommands)
     rejected.add_argument("sync", metavar="SYNC",
                           help="a staging file's name without .duckdb, as `segment-ops status` lists them, "
                                "e.g. replay, audit_trail, reverse_etl_user_traits")
-    rejected.add_argument("--limit", type=_count, default=DEFAULT_LIMIT, metavar="N",
+    rejected.add_argument("--limit", type=whole_number, default=DEFAULT_LIMIT, metavar="N",
                           help="at most N rows (0: all of them)")
     rejected.add_argument("--since", type=_timestamp, metavar="ISO",
                           help="only rows rejected at or after this time (ISO 8601, e.g. 2026-05-01 or "
@@ -94,14 +95,10 @@ class SyncStatus:
 
 def run_status(args: argparse.Namespace) -> int:
     from segment_ops.config import load_settings
-    from segment_ops.engine.pgstate import SharedStateError
+    from segment_ops.engine.store import staging_files
 
     home = load_settings().home
-    try:
-        paths = _staging_paths(home)
-    except SharedStateError as exc:
-        print(f"error: {_redact(str(exc))}", file=sys.stderr)
-        return 2
+    paths = staging_files(home)  # a SharedStateError is `cli.main`'s: exit 2
     now = datetime.now(UTC)
     rows = [row for path in paths for row in read_status(path)]
     if args.json:
@@ -113,6 +110,10 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         print(render_table(["SYNC", "LAST ACTIVITY", "RUN", "PENDING", "DELIVERED", "VERIFIED", "REJECTED",
                             "OLDEST PENDING"], [_status_cells(r, now) for r in rows], numeric={3, 4, 5}))
+        if notes := [r for r in rows if r.state == "ok" and r.detail]:
+            print()
+            for row in notes:
+                print(f"* {row.name}: {row.detail}")
         if any(r.state == "busy" for r in rows):
             print("\nbusy: a running sync holds its staging file; run the command again when it ends.")
     return 1 if any(r.state == "error" for r in rows) else 0
@@ -122,10 +123,11 @@ def read_status(path: Path) -> list[SyncStatus]:
     """The status of every ledger sync in the staging file at `path`, or one row saying why there is none."""
     from segment_ops.engine import journal
     from segment_ops.engine.ledger import Ledger
+    from segment_ops.engine.store import open_read_only
 
     name = path.stem
     try:
-        con = _open(path)
+        con = open_read_only(path, lock_timeout=0)  # a file a run holds is busy, never waited for
     except Exception as exc:  # SharedStateError, or a file DuckDB cannot read: that line says so
         return [SyncStatus(name, state="error", detail=_one_line(exc))]
     if con is None:
@@ -163,8 +165,8 @@ def _status_cells(row: SyncStatus, now: datetime) -> list[str]:
     cells = [label, _when(row.last_activity_at), _short_run(row.last_run_id), f"{row.pending:,}",
              f"{row.delivered:,}", f"{row.verified:,}", rejected,
              _age(now - row.oldest_pending_at) if row.oldest_pending_at else "-"]
-    if row.detail:
-        cells[-1] += f" ({row.detail})"
+    if row.detail:  # said in full below the table, where no column width cuts it
+        cells[-1] += " *"
     return cells
 
 
@@ -181,14 +183,10 @@ def _status_json(row: SyncStatus, now: datetime) -> dict:
 
 def run_rejected(args: argparse.Namespace) -> int:
     from segment_ops.config import load_settings
-    from segment_ops.engine.pgstate import SharedStateError
+    from segment_ops.engine.store import open_read_only, staging_files
 
     home = load_settings().home
-    try:
-        paths = {path.stem: path for path in _staging_paths(home)}
-    except SharedStateError as exc:
-        print(f"error: {_redact(str(exc))}", file=sys.stderr)
-        return 2
+    paths = {path.stem: path for path in staging_files(home)}  # a SharedStateError is `cli.main`'s: exit 2
     path = paths.get(args.sync)
     if path is None:
         known = ", ".join(sorted(paths)) or f"none: nothing has run in {home}"
@@ -196,7 +194,7 @@ def run_rejected(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        con = _open(path)
+        con = open_read_only(path, lock_timeout=0)  # a file a run holds is busy, never waited for
     except Exception as exc:
         print(f"error: cannot read {args.sync}: {_one_line(exc)}", file=sys.stderr)
         return 1
@@ -233,56 +231,21 @@ def read_rejected(con: duckdb.DuckDBPyConnection, *, since: datetime | None = No
                   reason: str | None = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
     """The file's rejected rows, newest first, one per (sync, record key, source, reason) with the newest
     run's id and record and how many times it was rejected; as JSON-ready dicts, secrets redacted."""
+    from segment_ops.engine.alerts import redact_secrets, secret_values
     from segment_ops.engine.ledger import Ledger
 
+    secrets = secret_values()  # once, not per field: each lookup reads the settings
     out = []
     for found in Ledger(con, create=False).rejected_rows(since=since, reason=reason, limit=limit):
         row = asdict(found)
         row["rejected_at"] = row["rejected_at"].isoformat()
         for key in ("source", "record_key", "reason", "record"):
-            row[key] = _redact(row[key]) if row[key] is not None else None
+            row[key] = redact_secrets(row[key], secrets) if row[key] is not None else None
         out.append(row)
     return out
 
 
 # --- shared ----------------------------------------------------------------------------------------------
-
-def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], *,
-                 numeric: frozenset[int] | set[int] = frozenset()) -> str:
-    """`rows` under `header` in aligned columns (numbers right-aligned); a cell longer than CELL_WIDTH is cut
-    with "…", and line breaks become spaces. A row with fewer cells than the header ends in one that spans the
-    rest of the line (a busy or unreadable sync's note), and does not widen the columns."""
-    cut = [[_cell(c, CELL_WIDTH if len(row) == len(header) or i < len(row) - 1 else 3 * CELL_WIDTH)
-            for i, c in enumerate(row)] for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cut if len(row) == len(header) or i < len(row) - 1)
-              for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i in numeric and r else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=False))).rstrip()
-             for r, row in enumerate(cut)]
-    return "\n".join(lines)
-
-
-def _cell(text: str, width: int = CELL_WIDTH) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _staging_paths(home: Path) -> list[Path]:
-    """Every sync's staging file in this home (with the state in PostgreSQL, also the syncs it holds)."""
-    from segment_ops.engine import store
-
-    return [p for p in store.staging_paths(home / "staging") if not p.name.startswith(".")]
-
-
-def _open(path: Path) -> duckdb.DuckDBPyConnection | None:
-    """The staging file opened read-only at once, or None while a run holds it (never waited for)."""
-    from segment_ops.engine import store
-
-    try:
-        return store.connect(path, read_only=True, threads=1, lock_timeout=0)
-    except store.StagingLockedError:
-        return None
-
 
 def _redact(text: str) -> str:
     from segment_ops.engine.alerts import redact_secrets
@@ -316,12 +279,6 @@ def _age(age: timedelta) -> str:
     if hours:
         return f"{hours}h {minutes}m"
     return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
-
-
-def _count(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {value!r}")
-    return int(value)
 
 
 def _timestamp(value: str) -> datetime:

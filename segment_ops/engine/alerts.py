@@ -212,13 +212,15 @@ def stale_sync_message(stale: StaleSync) -> dict:
 
 def redact_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
     """`text` with the value of every secret setting replaced by `***`."""
-    for secret in secrets if secrets is not None else _secret_values():
+    for secret in secrets if secrets is not None else secret_values():
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
 
 
-def _secret_values() -> list[str]:
+def secret_values() -> list[str]:
+    """The values of every secret setting now set, longest first (so a secret inside another is redacted
+    after it): what `redact_secrets` removes by default."""
     settings = load_settings(os.environ)
     return sorted({settings[name] for name in SECRET_NAMES if settings[name]}, key=len, reverse=True)
 

@@ -26,7 +26,8 @@ that raises the client errors of `clients.base` (Segment's Tracking API; a SIEM)
   delivered, and is not sent again. `settle_awaiting` asks the destination about open receipts later,
   outside the send path.
 - Progress (`engine/progress.py`) is reported once per answered batch, and each retry as it happens: a bar
-  on a terminal, nothing in logs.
+  on a terminal; where none watches, a `progress_log` (a Dagster run's log) takes a line every
+  `LOG_SECONDS` of a long delivery and the retry notices, and without one nothing is shown.
 """
 
 from __future__ import annotations
@@ -448,6 +449,5 @@ def _count(outcomes: list[Outcome], report: DeliveryReport) -> None:
 def _record(ledger: Ledger, sync: str, outcomes: list[Outcome], destination: str, run_id: str | None) -> None:
     """Log outcomes to the ledger, and each message the destination refused to the rejected table."""
     ledger.log_outcomes(sync, outcomes)
-    ledger.reject_refused(sync, [(seq, f"rejected by {destination}: {error}")
-                                 for seq, status, _, error, *_ in outcomes if status == REJECTED],
-                          destination=destination, run_id=run_id)
+    refused = [(seq, error) for seq, status, _, error, *_ in outcomes if status == REJECTED]
+    ledger.reject_refused(sync, refused, destination=destination, run_id=run_id)

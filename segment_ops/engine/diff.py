@@ -393,12 +393,11 @@ class BaselineRefused(RuntimeError):
     """A baseline cannot be recorded: the sync has messages a destination may hold or be holding."""
 
 
-def delivered_state(con: duckdb.DuckDBPyConnection, sync: str) -> tuple[int, int]:
+def delivered_state(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> tuple[int, int]:
     """(keys in the snapshot, messages the ledger ever planned) of `sync`: (0, 0) for a sync that never
     delivered nor planned anything, the only state a baseline is recorded on without being forced."""
     keys = con.execute("SELECT count(*) FROM rev_snapshot").fetchone()[0]
-    messages = con.execute("SELECT count(*) FROM planned_messages WHERE sync = ?", [sync]).fetchone()[0]
-    return keys, messages
+    return keys, ledger.ever_planned(sync)
 
 
 def _supersede_in_flight(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) -> int:

@@ -488,12 +488,6 @@ class RejectedRow:
     by_destination: bool  # a message a destination refused, not an input row refused before sending
 
 
-# A row of `rejected` about a message a destination refused (`Ledger.reject_refused`: the source is the
-# destination, the reason "rejected by <destination>: ..."; "ledger" refuses a forced re-send of a compacted
-# message), as opposed to an input row refused before it became a message.
-_REFUSED = "source = 'ledger' OR starts_with(reason, 'rejected by ' || source || ': ')"
-
-
 class Ledger:
     """The ledger tables of one staging connection.
 
@@ -565,8 +559,7 @@ class Ledger:
             return found
         again = (f"handed to {replayed.destination} by a run that stopped before its answer was known "
                  f"(run {replayed.run_id}): sent again")
-        refused = [(seq, f"rejected by {replayed.destination}: {error}")
-                   for seq, status, _, error, *_ in outcomes if status == REJECTED]
+        refused = [(seq, error) for seq, status, _, error, *_ in outcomes if status == REJECTED]
         con = self.con
         con.execute("BEGIN")
         try:
@@ -593,10 +586,6 @@ class Ledger:
             return "read_backs"
         return ("(SELECT NULL::VARCHAR AS sync, NULL::BIGINT AS seq, NULL::VARCHAR AS outcome, "
                 "NULL::TIMESTAMPTZ AS checked_at WHERE false)")
-
-    def cursor(self) -> Ledger:
-        """The same ledger on a new cursor of the connection, for use from another thread."""
-        return Ledger(self.con.cursor(), create=False)
 
     def add_planned(self, sync: str, messages: Sequence[PlannedMessage], *, run_id: str | None = None,
                     force: bool = False) -> PlanCounts:
@@ -692,11 +681,16 @@ class Ledger:
             reason = (f"this messageId was sent long ago with other content, which {RETENTION_SETTING} no "
                       "longer keeps: give the changed call a new messageId to send it")
             self.log_outcomes(sync, [(seq, REJECTED, 0, reason) for seq in lost])
-            self.reject_refused(sync, [(seq, reason) for seq in lost], destination="ledger", run_id=run_id)
+            self._refuse(sync, [(seq, reason) for seq in lost], source="ledger", run_id=run_id)
         planned = (distinct if force else distinct - known) - len(lost)
         return PlanCounts(planned=planned, already_known=0 if force else known,
                           duplicates_in_input=total - distinct, rejected=len(lost),
                           seqs=range(seq0, seq0 + top - base + 1))
+
+    def ever_planned(self, sync: str) -> int:
+        """How many messages the ledger ever planned for `sync`, in whatever state now: settled and compacted
+        ones too (compaction keeps every message's row, dropping only its payload)."""
+        return self.con.execute("SELECT count(*) FROM planned_messages WHERE sync = ?", [sync]).fetchone()[0]
 
     def count_known(self, sync: str, messages: Sequence[PlannedMessage]) -> PlanCounts:
         """What `add_planned` would count, without writing anything (for dry runs)."""
@@ -906,9 +900,18 @@ class Ledger:
             raise
         return settled
 
-    def reject_refused(self, sync: str, refused: Sequence[tuple[int, str]], *, destination: str,
+    def reject_refused(self, sync: str, refused: Sequence[tuple[int, str | None]], *, destination: str,
                        run_id: str | None = None) -> None:
-        """Record messages `destination` refused, (seq, reason), in the rejected table."""
+        """Record messages `destination` refused, (seq, its error), in the rejected table: the source is the
+        destination, the reason "rejected by <destination>: <error>" (what `_REFUSED` recognises)."""
+        self._refuse(sync, [(seq, f"rejected by {destination}: {error}") for seq, error in refused],
+                     source=destination, run_id=run_id)
+
+    def _refuse(self, sync: str, refused: Sequence[tuple[int, str]], *, source: str,
+                run_id: str | None) -> None:
+        """Record refused messages, (seq, reason as stored), with their record key and payload: a
+        destination's refusals (`reject_refused`), or the ledger's own (source "ledger") of a forced re-send
+        of a compacted message."""
         if not refused:
             return
         seqs, reasons = zip(*refused, strict=True)
@@ -917,7 +920,13 @@ class Ledger:
             "SELECT ?, ?, m.record_key, ?, r.reason, m.payload, ? "
             "FROM (SELECT unnest(?::BIGINT[]) AS seq, unnest(?::VARCHAR[]) AS reason) r "
             "JOIN planned_messages m ON m.sync = ? AND m.seq = r.seq",
-            [sync, run_id, destination, _now(), list(seqs), list(reasons), sync])
+            [sync, run_id, source, _now(), list(seqs), list(reasons), sync])
+
+    # SQL telling a row of `rejected` about a message refused once it was a message, as the two methods above
+    # write it (by a destination: source the destination, reason "rejected by <destination>: <error>"; by the
+    # ledger, a forced re-send of a compacted message: source "ledger"), from an input row refused before it
+    # became a message (`add_rejections`, `reject_relation`).
+    _REFUSED = "source = 'ledger' OR starts_with(reason, 'rejected by ' || source || ': ')"
 
     def compact(self, sync: str, *, settled_before: datetime, now: datetime | None = None,
                 window: int = COMPACTION_WINDOW) -> int:
@@ -1231,7 +1240,7 @@ class Ledger:
         not among them: they are the messages in the rejected state (`counts`)."""
         return self.con.execute(
             f"SELECT count(DISTINCT (coalesce(record_key, ''), coalesce(source, ''), reason)) "
-            f"FROM rejected WHERE sync = $sync AND NOT ({_REFUSED})", {"sync": sync}).fetchone()[0]
+            f"FROM rejected WHERE sync = $sync AND NOT ({self._REFUSED})", {"sync": sync}).fetchone()[0]
 
     def rejected_rows(self, sync: str | None = None, *, since: datetime | None = None,
                       reason: str | None = None, limit: int = 0) -> list[RejectedRow]:
@@ -1244,7 +1253,7 @@ class Ledger:
         found = self.con.execute(
             f"""
             SELECT sync, max(rejected_at) AS newest, source, record_key, reason, arg_max(run_id, rejected_at),
-                   arg_max(record, rejected_at), count(*), bool_or({_REFUSED})
+                   arg_max(record, rejected_at), count(*), bool_or({self._REFUSED})
             FROM rejected
             WHERE ($sync IS NULL OR sync = $sync)
               AND ($since IS NULL OR rejected_at >= $since)

@@ -38,10 +38,15 @@ def bar_wanted(stream: TextIO | None = None) -> bool:
 
 
 def host_of(url: str) -> str:
-    """The host (and port) of `url`, without credentials, path or query: safe to print."""
+    """The host (and port) of `url`, without credentials, path or query: safe to print ("?" for a URL without
+    a host, which may be anything; no port when its port is not a number)."""
     parts = urlsplit(url)
-    host = parts.hostname or url
-    return f"{host}:{parts.port}" if parts.port else host
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    return f"{host}:{port}" if port else host
 
 
 class DeliveryProgress:

@@ -55,6 +55,10 @@ class DeliveryIncomplete(RuntimeError):
         self.report = report
 
 
+class ConflictingOptions(ValueError):
+    """A run asked for options that exclude each other (a baseline with a dry run or a full resync)."""
+
+
 @dataclass(frozen=True)
 class DiffSync:
     """A diff sync, declared.
@@ -88,17 +92,18 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
     already holds what the rows say. It refuses (`BaselineRefused`) when the sync has delivered or planned
     anything, unless `force_baseline` (then pending messages are superseded). `progress_log` takes a long
     delivery's progress lines where no terminal shows its bar (a Dagster run's log). Raises
+    `ConflictingOptions` (a ValueError, nothing done) for a baseline with a dry run or a full resync,
     `DeliveryIncomplete` (carrying the report) when messages stay pending, and whatever `stage` or the
     client raise as it is.
     """
     if report.baseline and (report.dry_run or report.full_resync):
-        raise ValueError("a baseline records the current rows as delivered: it cannot be combined with a "
-                         "dry run or a full resync")
+        raise ConflictingOptions("a baseline records the current rows as delivered: it cannot be combined "
+                                 "with a dry run or a full resync")
     started = time.monotonic()
     name = sync.spec.sync
     ledger = Ledger(con)
     ensure_state(con)
-    if report.baseline and not force_baseline and any(held := delivered_state(con, name)):
+    if report.baseline and not force_baseline and any(held := delivered_state(con, ledger, name)):
         raise BaselineRefused(f"sync {name!r} already has delivered state ({held[0]:,} keys in its snapshot, "
                               f"{held[1]:,} messages in its ledger): a baseline would hide what was sent; "
                               "force it to record the current rows as delivered anyway")

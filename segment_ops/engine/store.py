@@ -309,3 +309,26 @@ def staging_paths(folder: str | Path) -> list[Path]:
     if (url := pgstate.state_url()) is not None:
         found |= {folder / f"{sync}.duckdb" for sync in pgstate.syncs_in(url)}
     return sorted(found)
+
+
+def staging_file(home: str | Path, sync: str) -> Path:
+    """The staging file of `sync` in the home `home`, `<home>/staging/<sync>.duckdb`, where its runs keep
+    their state (the path only: nothing is created)."""
+    return Path(home) / "staging" / f"{sync}.duckdb"
+
+
+def staging_files(home: str | Path) -> list[Path]:
+    """Every sync's staging file in the home `home` (`staging_paths` of `<home>/staging/`: with the state in
+    PostgreSQL, also those of the syncs only the database holds yet, which reading one brings here). A hidden
+    file (a name starting with ".") is never a sync's."""
+    return [p for p in staging_paths(Path(home) / "staging") if not p.name.startswith(".")]
+
+
+def open_read_only(path: str | Path, lock_timeout: float) -> duckdb.DuckDBPyConnection | None:
+    """The staging file at `path` opened read-only on one thread, or None while another process keeps it
+    locked for longer than `lock_timeout` seconds (0: not waited for at all). Any other error (a file DuckDB
+    cannot read, `pgstate.SharedStateError`) is raised."""
+    try:
+        return connect(path, read_only=True, threads=1, lock_timeout=lock_timeout)
+    except StagingLockedError:
+        return None

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
+import importlib.metadata
+import json
 import math
 import os
 import re
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,11 +60,16 @@ class WarehouseError(RuntimeError):
 
 
 class MissingDriverError(WarehouseError):
-    """WAREHOUSE_URL's SQLAlchemy dialect or DB-API driver is not installed; `install` is what fixes it."""
+    """WAREHOUSE_URL's SQLAlchemy dialect or DB-API driver is not installed (or its scheme is misspelt);
+    `install` is what fixes it, as a command or a sentence."""
 
     def __init__(self, message: str, install: str) -> None:
         super().__init__(message)
         self.install = install
+
+
+class MissingWarehouseFileError(WarehouseError):
+    """WAREHOUSE_URL names a DuckDB file that does not exist (a setting to fix, not an outage)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,25 @@ class WarehouseDriver:
 
     @property
     def install(self) -> str:
-        return f"pip install 'segment_ops[{self.extra}]'" + (f" {self.beside}" if self.beside else "")
+        beside = f" {self.beside}" if self.beside else ""
+        command = f"pip install 'segment_ops[{self.extra}]'{beside}"
+        if checkout := _editable_checkout():  # `pip install 'segment_ops[...]'` would fetch it from an index
+            command += f" (from this checkout: pip install -e '{checkout}[{self.extra}]'{beside})"
+        return command
+
+
+@functools.cache
+def _editable_checkout() -> str | None:
+    """The folder segment_ops was installed from with `pip install -e` (its direct_url.json), else None."""
+    try:
+        raw = importlib.metadata.distribution("segment_ops").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    direct = json.loads(raw or "{}")
+    url = direct.get("url", "")
+    if not direct.get("dir_info", {}).get("editable") or not url.startswith("file://"):
+        return None
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
 
 
 _REDSHIFT = WarehouseDriver("redshift", "sqlalchemy-redshift and psycopg2")
@@ -158,12 +185,13 @@ def missing_driver_error(scheme: str, exc: BaseException) -> MissingDriverError:
     backend = scheme.split("+")[0]
     if backend == "postgres":  # SQLAlchemy 1.4 dropped this spelling, which Heroku and others still print
         return MissingDriverError(f"WAREHOUSE_URL ({scheme}://) cannot be used: SQLAlchemy has no dialect "
-                                  "named postgres; write postgresql:// instead of postgres://", "postgresql://")
+                                  "named postgres; write postgresql:// instead of postgres://",
+                                  "write WAREHOUSE_URL with postgresql:// instead of postgres://")
     extras = ", ".join(sorted({d.extra for d in WAREHOUSE_DRIVERS.values()}))
     install = f"the SQLAlchemy dialect package for {backend} and its driver"
     return MissingDriverError(f"WAREHOUSE_URL ({scheme}://) cannot be used: {missing}; install {install} "
                               f"in segment_ops's environment (its own extras cover {extras}; DuckDB needs "
-                              "none)", install)
+                              "none)", f"install {install} in segment_ops's environment")
 
 
 def stage_query(con: duckdb.DuckDBPyConnection, url: str, sql: str, table: str, *,

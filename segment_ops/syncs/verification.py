@@ -1,5 +1,6 @@
 """The `landed_in_segment` asset check, for every asset that sends identify calls (reverse-ETL models that
-`call: identify`, Heap audiences): did what Segment accepted land in its profiles?
+`call: identify`, but not those with a Segment destination of their own; Heap audiences): did what Segment
+accepted land in its profiles?
 
 `read_back_defs` gives a sync one check per asset, a job of those checks and a sensor. A check reads back a
 sample of the identify calls its asset delivered at least SEGMENT_PROFILES_DELAY_SECONDS ago (the oldest
@@ -85,33 +86,11 @@ def landed_in_segment_check(target: ReadBackTarget) -> dg.AssetChecksDefinition:
     )
     def landed_in_segment(context: dg.AssetCheckExecutionContext, staging: StagingResource,
                           segment_profiles: SegmentProfilesResource) -> Iterator[dg.AssetCheckResult]:
-        if reason := own_destination_reason(context.job_def.asset_layer.asset_graph, target.asset_key):
-            context.log.warning(f"{CHECK_NAME} of {target.asset_key.to_user_string()} skipped: {reason}")
-            return
         result = check_landed(context.log, target, staging, segment_profiles)
         if result is not None:
             yield result
 
     return landed_in_segment
-
-
-def own_destination_reason(asset_graph: Any, key: dg.AssetKey) -> str | None:
-    """Why the calls of an asset sending to a Segment destination of its own (a reverse-ETL model's
-    `write_key_env:` / `tracking_url_env:`, in its definition's metadata) are not read back; None for the
-    others. The Profile API settings are one Unify space's, and another source, workspace or region may feed
-    another space: its profiles missing there would fail the check for nothing, so it is skipped, never
-    passed."""
-    try:
-        metadata = asset_graph.get(key).metadata
-    except Exception:  # noqa: BLE001 - an asset this graph does not hold: nothing says it sends elsewhere
-        return None
-    names = tuple(getattr(metadata.get(name), "value", metadata.get(name))
-                  for name in ("write_key_env", "tracking_url_env"))
-    if names in ((None, None), ("SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")):
-        return None
-    return (f"it sends to a Segment destination of its own ({', '.join(str(n) for n in names)}), which may "
-            "feed another Unify space than SEGMENT_PROFILES_SPACE_ID's: its calls are not read back, so "
-            "whether they landed is not verified here (see that source's debugger or Delivery Overview)")
 
 
 def check_landed(log: Any, target: ReadBackTarget, staging: StagingResource,
@@ -204,10 +183,7 @@ def read_back_sensor(name: str, targets: Sequence[ReadBackTarget], job: object) 
         delay = timedelta(seconds=segment_profiles.delay_seconds)
         retry_seconds = max(segment_profiles.delay_seconds, MIN_RETRY_SECONDS)
         requests, busy = [], []
-        graph = context.repository_def.asset_graph if context.repository_def is not None else None
         for target in targets:
-            if graph is not None and own_destination_reason(graph, target.asset_key):
-                continue  # its check is skipped (`own_destination_reason`): a run would read nothing
             path = staging.staging_db(target.sync)
             if not store.has_state(path):
                 continue

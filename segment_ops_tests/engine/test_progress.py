@@ -168,6 +168,8 @@ def test_on_a_terminal_the_bar_wins_over_the_log():
 def test_the_host_keeps_no_credentials_path_or_query():
     assert host_of("https://user:pw@events.eu1.segmentapis.com/v1?key=1") == "events.eu1.segmentapis.com"
     assert host_of("http://127.0.0.1:8080/segment") == "127.0.0.1:8080"
+    assert host_of("https://hooks.slack.com:x/services/T0/B0/secret") == "hooks.slack.com"  # a bad port
+    assert host_of("hooks.slack.com/services/T0/B0/secret") == "?"  # no host: nothing of it is printed
 
 
 def test_the_delivery_reports_each_answered_batch_and_every_message(ledger):

@@ -128,6 +128,30 @@ def test_an_unreachable_destination_is_named_within_seconds_after_the_validation
 
 
 @pytest.mark.slow
+def test_ctrl_c_while_retrying_says_nothing_is_lost_and_a_rerun_sends_it(tmp_path, ops_env, clean_sandbox):
+    path = demo_like_file(tmp_path / "events.jsonl")
+    env = dict(os.environ, SEGMENT_TRACKING_URL=f"http://127.0.0.1:{closed_port()}/")
+    replay = subprocess.Popen(replay_command(path, "--skip-preflight"), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1)
+    said: list[str] = []
+    try:
+        while not any(line.startswith("retrying: ") for line in said):
+            line = replay.stdout.readline()
+            assert line, said
+            said.append(line)
+        replay.send_signal(signal.SIGINT)
+        rest, _ = replay.communicate(timeout=60)
+    finally:
+        replay.kill()
+
+    assert replay.returncode == 130
+    assert "interrupted: nothing is lost" in rest and "Traceback" not in rest
+    again = run_replay(path)  # the sandbox this time: what the stopped run planned is sent now
+    assert "3,766 pending from an earlier run" in again.stdout
+    assert "3,766 sent = 3,766 delivered" in again.stdout
+
+
+@pytest.mark.slow
 def test_rejected_lines_exit_1_and_are_listed_with_line_numbers(tmp_path, ops_env, clean_sandbox):
     path = write_jsonl(tmp_path / "mixed.jsonl",
                        [*track_calls(5), b"{oops", {"type": "track", "userId": "u9"}])

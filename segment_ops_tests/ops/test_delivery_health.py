@@ -55,7 +55,7 @@ def write_ledger(home: Path, file_sync: str, *, delivered: int = 0, rejected: in
         outcomes += [(s, PENDING, 3, "HTTP 503 after 3 attempts") for s in seqs[delivered:delivered + failed]]
         outcomes += [(s, REJECTED, 1, "HTTP 400") for s in seqs[delivered + failed:]]
         ledger.log_outcomes(sync, outcomes)
-        ledger.reject_refused(sync, [(s, "rejected by segment: HTTP 400") for s in seqs[delivered + failed:]],
+        ledger.reject_refused(sync, [(s, "HTTP 400") for s in seqs[delivered + failed:]],
                               destination="segment")
         ledger.add_rejections(sync,
                               [Rejection(f"bad{i}", "warehouse", "null key", None) for i in range(rejected)])

@@ -103,7 +103,9 @@ def test_a_baseline_in_dagster_is_refused_on_delivered_state_and_with_dry_run(re
     assert not refused.success and not mixed.success
     assert step_failure(refused, "user_traits").description.startswith(
         "user_traits.sql: sync 'reverse_etl_user_traits' already has delivered state")
-    assert "cannot be combined with `dry_run`" in step_failure(mixed, "user_traits").description
+    assert step_failure(mixed, "user_traits").description == (
+        "user_traits.sql: a baseline records the current rows as delivered: it cannot be combined with a dry "
+        "run or a full resync")
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ from segment_ops.engine.preflight import Status, run_checks
 from segment_ops.preflight import all_checks
 from segment_ops.sandbox.segment.sources import SECOND_SOURCE_WRITE_KEY
 from segment_ops.syncs.reverse_etl.defs import MODELS_DIR, build_reverse_etl_defs, model_key
-from segment_ops.syncs.reverse_etl.model import ModelError, parse_model
-from segment_ops.syncs.verification import own_destination_reason
+from segment_ops.syncs.reverse_etl.model import ModelError, SegmentDestination, parse_model
+from segment_ops.syncs.verification import CHECK_NAME
 from segment_ops_tests.reverse_etl.conftest import metadata, run_models, step_failure
 
 SOURCE_A, SOURCE_B = "src_segment_ops", "src_segment_ops_b"  # the sandbox workspace's two HTTP sources
@@ -148,16 +148,20 @@ def test_a_literal_key_makes_the_model_broken_and_its_description_does_not_show_
     assert "9fBzkTdeQ7XpZ3LkRj2NnAbCdEfGhIjK" not in description
 
 
-def test_only_models_without_the_keys_are_read_back(resources, models_dir: Path):
+def test_only_models_without_the_keys_are_read_back_and_the_others_say_why(models_dir: Path):
     add_model(models_dir, "b_traits", "-- write_key_env: SEGMENT_WRITE_KEY_B")
-    defs = dg.Definitions.merge(build_reverse_etl_defs(models_dir), dg.Definitions(resources=resources))
-    graph = defs.resolve_asset_graph()
 
-    default = ("SEGMENT_WRITE_KEY", "SEGMENT_TRACKING_URL")
-    assert parse_model(models_dir / "user_traits.sql").destination == default
-    assert own_destination_reason(graph, model_key("user_traits")) is None
-    reason = own_destination_reason(graph, model_key("b_traits"))
-    assert reason is not None and "SEGMENT_WRITE_KEY_B" in reason  # its landed_in_segment is skipped
+    defs = build_reverse_etl_defs(models_dir)
+
+    assert parse_model(models_dir / "user_traits.sql").destination == SegmentDestination()
+    assert parse_model(models_dir / "b_traits.sql").destination == SegmentDestination("SEGMENT_WRITE_KEY_B")
+    read_back = {key.asset_key for checks in defs.asset_checks or [] for key in checks.check_keys
+                 if key.name == CHECK_NAME}
+    assert model_key("user_traits") in read_back
+    assert model_key("b_traits") not in read_back  # no landed_in_segment check, so no read-back target
+    description = spec_of(defs, "b_traits").description
+    assert "SEGMENT_WRITE_KEY_B" in description and "not read back" in description
+    assert "not read back" not in spec_of(defs, "user_traits").description
 
 
 def test_check_has_one_row_per_distinct_destination_named_after_its_models(ops_env, clean_sandbox, models_dir,

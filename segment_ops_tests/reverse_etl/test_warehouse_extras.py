@@ -367,3 +367,19 @@ def test_postgresql_answers_the_probes_and_compiles_every_example_model(pg_schem
     for model in models:
         assert not isinstance(columns[model.name], Exception), columns[model.name]
         model.check_columns(columns[model.name])
+
+
+def test_installed_from_a_checkout_the_hint_also_says_how_to_install_from_it():
+    # `pip install 'segment_ops[postgres]'` asks an index for segment_ops; an editable install (this
+    # test run's, `pip install -e .`) is told the command that takes the extra from its own folder.
+    from segment_ops.engine.warehouse import WAREHOUSE_DRIVERS, _editable_checkout
+
+    checkout = _editable_checkout()
+    hint = WAREHOUSE_DRIVERS["postgresql"].install
+
+    assert hint.startswith("pip install 'segment_ops[postgres]'")
+    if checkout is None:
+        assert "-e" not in hint
+    else:
+        assert Path(checkout) == Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
+        assert hint.endswith(f"(from this checkout: pip install -e '{checkout}[postgres]')")

@@ -30,8 +30,8 @@ hour; when it is healthy again a recovery message is posted. A sync that is not 
 messages than the minimum: "idle"; or its file is busy) keeps its stored state, and the check stays failed
 while that state is UNHEALTHY.
 
-Files are opened read-only (`engine.store.connect(..., read_only=True)`, waiting a few seconds for a lock); a
-file a running sync holds locked is reported as "busy, not checked" (the check `all_ledgers_read`, WARN).
+Files are opened read-only (`engine.store.open_read_only`, waiting a few seconds for a lock); a file
+a running sync holds locked is reported as "busy, not checked" (the check `all_ledgers_read`, WARN).
 
 Health is measured from our own ledgers: what we sent and what the destinations answered. What Segment
 itself counted (received, failed on ingest, delivered to each destination behind the source) is the
@@ -49,9 +49,9 @@ import dagster as dg
 import duckdb
 
 from segment_ops.clients.base import VendorError
-from segment_ops.engine import store
 from segment_ops.engine.alerts import DeliveryHealthChange, delivery_health_message
 from segment_ops.engine.ledger import Ledger, SyncFigures
+from segment_ops.engine.store import open_read_only, staging_files  # also delivery_overview's
 from segment_ops.resources import AlertsResource, DeliveryHealthResource, StagingResource
 from segment_ops.syncs.metadata import markdown_table
 from segment_ops.syncs.shared import OWNER
@@ -97,12 +97,6 @@ class HealthReport:
     files_read: int
 
 
-def staging_files(home: Path) -> list[Path]:
-    """Every sync's staging DuckDB file under `home/staging/` (with the state in PostgreSQL, also those of the
-    syncs only the database holds yet: reading one brings it here)."""
-    return store.staging_paths(Path(home) / "staging")
-
-
 def read_health(files: Iterable[Path], since: datetime, *, max_share: float, min_messages: int = 20,
                 lock_retry_seconds: float = LOCK_RETRY_SECONDS,
                 previous: Mapping[str, dict] | None = None) -> HealthReport:
@@ -139,14 +133,6 @@ def verdict(figures: SyncHealth, max_share: float, min_messages: int, *, was_unh
     if figures.share > max_share or (was_unhealthy and figures.share >= limit):
         return UNHEALTHY
     return HEALTHY
-
-
-def open_read_only(path: Path, retry_seconds: float) -> duckdb.DuckDBPyConnection | None:
-    """A read-only connection, or None while another process keeps the file locked for `retry_seconds`."""
-    try:
-        return store.connect(path, read_only=True, threads=1, lock_timeout=retry_seconds)
-    except store.StagingLockedError:
-        return None
 
 
 def ledger_figures(con: duckdb.DuckDBPyConnection, since: datetime) -> list[SyncFigures]:

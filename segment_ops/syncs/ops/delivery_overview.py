@@ -197,7 +197,7 @@ def other_source_syncs(settings: Settings) -> dict[str, str]:
         why = (f"{destination.write_key_env} is not set: its source is unknown" if key is None else
                f"sends with {destination.write_key_env}, another source's write key than SEGMENT_WRITE_KEY")
         for model in models:
-            left_out[f"reverse_etl_{model}"] = why  # ModelSpec.sync: its ledger sync and staging file
+            left_out[model.sync] = why  # its ledger sync and staging file
     return left_out
 
 

@@ -155,12 +155,12 @@ def _plan_metadata(plan: ReplayPlan, dry_run: bool) -> dict:
         "rejected_lines": plan.rejected,
         "changed_since_planned": plan.changed,
         "sample_payloads": payload_samples(plan.samples),
-    } | {key: getattr(plan, name) for key, name in _EARLIER_SPLIT if hasattr(plan, name)}
-
-
-# planned_by_earlier_runs split by where those messages stood (the plan knows it; `segment-ops demo` reads it)
-_EARLIER_SPLIT = (("already_delivered", "already_delivered"), ("pending_from_earlier", "pending_earlier"),
-                  ("rejected_earlier", "rejected_earlier"), ("changed_skipped", "changed_skipped"))
+        # planned_by_earlier_runs split by where those messages stood (`segment-ops demo` reads these)
+        "already_delivered": plan.already_delivered,
+        "pending_from_earlier": plan.pending_earlier,
+        "rejected_earlier": plan.rejected_earlier,
+        "changed_skipped": plan.changed_skipped,
+    }
 
 
 defs = dg.Definitions(assets=[replayed_events], jobs=[replay_job], sensors=[replay_inbox_sensor])

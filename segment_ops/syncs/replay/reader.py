@@ -107,14 +107,12 @@ class ReplayResult:
 
 
 def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: str | None = None,
-              force: bool = False, dry_run: bool = False, sample_size: int = 5,
-              on_planned: Callable[[range], None] | None = None) -> ReplayPlan:
+              force: bool = False, dry_run: bool = False, sample_size: int = 5) -> ReplayPlan:
     """Validate every record of `path` and add the valid ones to the ledger as pending.
 
     Chunk by chunk: planning is idempotent by messageId, so a run that dies halfway through a file
     plans the rest next time and nothing twice. A line whose content changed since it was planned is
-    counted and not planned (`lines`), unless `force`. `on_planned` gets the seq window of each chunk's
-    new messages as soon as they are committed.
+    counted and not planned (`lines`), unless `force`.
     """
     plan = ReplayPlan(source=str(path))
     chunks = _read_chunks(path)
@@ -171,8 +169,6 @@ def plan_file(ledger: Ledger, path: Path, *, sync: str = REPLAY_SYNC, run_id: st
             first_seq = counts.seqs.start
         if counts.already_known:
             _split_known(ledger, sync, planned, plan, first_seq=first_seq, chunk_seq=counts.seqs.start)
-        if on_planned is not None and counts.planned:
-            on_planned(counts.seqs)
     return plan
 
 

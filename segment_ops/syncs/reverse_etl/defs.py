@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import re
-from importlib import resources
 from pathlib import Path
 
 import dagster as dg
@@ -35,7 +34,7 @@ from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import BaselineRefused
-from segment_ops.engine.run import DeliveryIncomplete
+from segment_ops.engine.run import ConflictingOptions, DeliveryIncomplete
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import (
     PreflightResource,
@@ -45,14 +44,18 @@ from segment_ops.resources import (
 )
 from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
 from segment_ops.syncs.metadata import diff_run_metadata, guarded
-from segment_ops.syncs.reverse_etl.model import ModelError, ModelSpec, load_models
+from segment_ops.syncs.reverse_etl.model import (
+    ModelError,
+    ModelSpec,
+    load_models,
+    packaged_models_dir,
+)
+from segment_ops.syncs.reverse_etl.model import models_dir as configured_models_dir
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
 from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
 from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
-# The project's sql/reverse_etl/, shipped as the package `segment_ops.syncs.reverse_etl.sql` (pyproject's
-# package-dir): in a checkout (editable install) it is that folder, in a wheel its installed copy.
-MODELS_DIR = Path(resources.files("segment_ops.syncs.reverse_etl.sql"))
+MODELS_DIR = packaged_models_dir()  # the project's sql/reverse_etl/
 GROUP = "reverse_etl"
 JOB_NAME = "reverse_etl_job"
 SENSOR_NAME = "reverse_etl_warehouse_sensor"
@@ -89,7 +92,7 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
     or several separated by os.pathsep; default: REVERSE_ETL_MODELS_DIR, else the project's
     `sql/reverse_etl/`)."""
     settings = load_settings()
-    models_dir = models_dir or settings["REVERSE_ETL_MODELS_DIR"] or MODELS_DIR
+    models_dir = models_dir or configured_models_dir(settings)
     url = warehouse_url or settings["WAREHOUSE_URL"]
     kinds = {"segment", "duckdb"} | ({kind} if (kind := dialect_kind(url)) else set())
     assets: list = []
@@ -124,21 +127,27 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
         schedules=schedules,
         sensors=[_warehouse_sensor(models, job)],
     )
-    # `landed_in_segment` on the models whose identify calls can be read back from Segment's profiles.
-    identify = [ReadBackTarget(model_key(m.name), m.sync) for m in models if m.call == "identify"]
+    # `landed_in_segment` on the models whose identify calls can be read back from Segment's profiles: not
+    # those sending to a destination of their own (`_model_asset` says why in the asset's description).
+    identify = [ReadBackTarget(model_key(m.name), m.sync) for m in models
+                if m.call == "identify" and m.destination.is_default]
     return dg.Definitions.merge(syncs, read_back_defs(GROUP, identify))
 
 
 def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
-    from segment_ops.preflight import DestinationNotSet, SegmentDestination
+    from segment_ops.preflight import DestinationNotSet
 
     key = model_key(model.name)
     # Where it sends: the NAMES of the variables holding the write key and tracking URL (their values are read
     # at run time only, so no secret is in the definitions, the UI or the metadata).
-    destination = SegmentDestination(*model.destination)
+    destination = model.destination
     sends_to = ("" if destination.is_default else
                 f"\n\nSends to its own Segment destination: write key `{model.write_key_env}`, tracking URL "
                 f"`{model.tracking_url_env}` (environment variables).")
+    if not destination.is_default and model.call == "identify":
+        sends_to += (" Its calls are not read back (no `landed_in_segment` check): that destination may feed "
+                     "another Unify space than SEGMENT_PROFILES_SPACE_ID's, where its profiles would be "
+                     "missing for nothing; see that source's debugger or Delivery Overview.")
 
     @dg.asset(
         key=key,
@@ -186,15 +195,14 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
 def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEtlConfig,
           warehouse: WarehouseResource, segment: SegmentTrackingResource,
           staging: StagingResource) -> dg.MaterializeResult:
-    if config.baseline and (config.dry_run or config.full_resync):
-        raise SyncFailure(description=f"{model.path.name}: `baseline` records the current rows as delivered; "
-                                     "it cannot be combined with `dry_run` or `full_resync`")
     with store.staging(staging.staging_db(model.sync)) as con:
         try:
             run = sync_model(con, model, warehouse.url, segment.get_client, run_id=context.run.run_id,
                              dry_run=config.dry_run, full_resync=config.full_resync, baseline=config.baseline,
                              max_in_flight=segment.max_in_flight, chunk_rows=config.chunk_rows,
                              fast_path=config.duckdb_fast_path, progress_log=context.log.info)
+        except ConflictingOptions as exc:  # the engine's check: a baseline with a dry run or a full resync
+            raise SyncFailure(description=f"{model.path.name}: {exc}") from None
         except BaselineRefused as exc:
             raise SyncFailure(description=f"{model.path.name}: {exc} (`segment-ops models baseline "
                                          f"{model.name} --force`); nothing was recorded") from None

@@ -13,12 +13,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlparse
 from sqlparse import tokens
 
 from segment_ops.engine.spec import CALL_TYPES, MODES, DiffSpec, SpecError
+
+if TYPE_CHECKING:
+    from segment_ops.config import Settings
 
 DEFAULT_MAX_REJECTED_RATIO = 0.01
 MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -28,6 +33,9 @@ _HEADER_LINE = re.compile(r"^--\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
 # The Segment destination of a model that names none: the code location's own write key and tracking URL.
 DEFAULT_WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
 DEFAULT_TRACKING_URL_ENV = "SEGMENT_TRACKING_URL"
+# The project's sql/reverse_etl/, shipped as this package (pyproject's package-dir): in a checkout (editable
+# install) it is that folder, in a wheel its installed copy.
+MODELS_PACKAGE = "segment_ops.syncs.reverse_etl.sql"
 # An environment variable's name as a header may give it: upper case, so a (mixed-case) write key pasted in by
 # mistake is refused as a key, never taken for a variable's name and never repeated in an error.
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -60,6 +68,24 @@ HEADER_KEYS: dict[str, str] = {
 }
 _REQUIRED = ("description", "owner", "call", "mode", "key")
 _LIST_KEYS = ("owner", "traits", "properties", "exclude", "depends_on")
+
+
+@dataclass(frozen=True)
+class SegmentDestination:
+    """Where a reverse-ETL model sends: the NAMES of the variables holding the write key and the Tracking API
+    base (`write_key_env:` / `tracking_url_env:` in its header), never their values."""
+
+    write_key_env: str = DEFAULT_WRITE_KEY_ENV
+    tracking_url_env: str = DEFAULT_TRACKING_URL_ENV
+
+    @property
+    def is_default(self) -> bool:
+        """Whether it is the code location's own: SEGMENT_WRITE_KEY and SEGMENT_TRACKING_URL."""
+        return self == SegmentDestination()
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.write_key_env, self.tracking_url_env
 
 
 class ModelError(ValueError):
@@ -106,14 +132,9 @@ class ModelSpec:
         return f"reverse_etl_{self.name}"
 
     @property
-    def destination(self) -> tuple[str, str]:
+    def destination(self) -> SegmentDestination:
         """The names of the variables holding the write key and the tracking URL this model sends with."""
-        return self.write_key_env, self.tracking_url_env
-
-    @property
-    def own_destination(self) -> bool:
-        """Whether the header names a destination other than SEGMENT_WRITE_KEY / SEGMENT_TRACKING_URL."""
-        return self.destination != (DEFAULT_WRITE_KEY_ENV, DEFAULT_TRACKING_URL_ENV)
+        return SegmentDestination(self.write_key_env, self.tracking_url_env)
 
     @cached_property  # frozen, so built once (fields_name, mapped_columns and check_columns all read it)
     def diff_spec(self) -> DiffSpec:
@@ -162,6 +183,17 @@ def parse_model(path: Path | str, text: str | None = None) -> ModelSpec:
     return spec
 
 
+def packaged_models_dir() -> Path:
+    """The project's own `sql/reverse_etl/` (`MODELS_PACKAGE`)."""
+    return Path(resources.files(MODELS_PACKAGE))
+
+
+def models_dir(settings: Settings) -> Path | str:
+    """The models' folder(s): REVERSE_ETL_MODELS_DIR (one folder, or several separated by `os.pathsep`: see
+    `model_folders`), else the project's `sql/reverse_etl/` (`packaged_models_dir`)."""
+    return settings["REVERSE_ETL_MODELS_DIR"] or packaged_models_dir()
+
+
 def model_folders(folders: Path | str | Sequence[Path | str]) -> list[Path]:
     """The folders `folders` names: a `Path` is one folder, a string may name several separated by
     `os.pathsep` (REVERSE_ETL_MODELS_DIR), a sequence is taken in its order. Empty entries are skipped."""
@@ -199,10 +231,10 @@ def compile_models(url: str, models: Sequence[ModelSpec | ModelError]) -> list[M
     compiled with `LIMIT 0`, nothing read, and the columns its header names looked for in what it returns.
     Each model as it is, or the `ModelError` naming its file. Raises `WarehouseError` when the warehouse
     cannot be reached at all."""
-    from segment_ops.engine.warehouse import WarehouseError, compile_queries, duckdb_file
+    from segment_ops.engine.warehouse import MissingWarehouseFileError, compile_queries, duckdb_file
 
     if (path := duckdb_file(url)) is not None and not Path(path).exists():
-        raise WarehouseError(f"the DuckDB warehouse {path} does not exist")
+        raise MissingWarehouseFileError(f"the DuckDB warehouse {path} does not exist")
     columns = compile_queries(url, {m.name: m.sql for m in models if isinstance(m, ModelSpec)})
     return [checked_model(m, columns) for m in models]
 
