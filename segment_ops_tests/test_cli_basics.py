@@ -72,7 +72,7 @@ def test_dotenv_of_the_current_folder_is_read_and_wins_like_dagsters(tmp_path: P
     done = _cli("check", "--only", "warehouse", "-v", cwd=tmp_path,
                 env={"WAREHOUSE_URL": "duckdb:///environ.duckdb", "SEGMENT_OPS_HOME": str(tmp_path / "home")})
     assert done.returncode == 1  # the warehouse file does not exist: the check fails, naming it
-    assert "DuckDB warehouse dotenv.duckdb" in " ".join(done.stdout.split())
+    assert "dotenv.duckdb" in done.stdout  # the table wraps its cells: the file's name is one word of them
     assert "environ" not in done.stdout
     assert "loaded SEGMENT_WRITE_KEY, WAREHOUSE_URL from" in done.stderr
     assert secret not in done.stdout + done.stderr
@@ -83,4 +83,4 @@ def test_without_dotenv_the_environment_is_used(tmp_path: Path) -> None:
     done = _cli("check", "--only", "warehouse", cwd=tmp_path,
                 env={"WAREHOUSE_URL": "duckdb:///environ.duckdb", "SEGMENT_OPS_HOME": str(tmp_path / "home")})
     assert done.returncode == 1
-    assert "DuckDB warehouse environ.duckdb" in " ".join(done.stdout.split())
+    assert "environ.duckdb" in done.stdout

@@ -50,7 +50,8 @@ def summary(output: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     duplicates = lines.get("duplicate in the file", lines.get("duplicates in the file", 0))
     plan = (lines.get("to send", lines.get("would send", 0)), known, duplicates, lines.get("rejected", 0))
     if (delivered := DELIVERY_LINE.search(output)) is None:
-        return plan, None
+        # "nothing to send": no delivery ran (another worker had planned and sent every line first).
+        return plan, (0, 0, 0) if re.search(r"^nothing to send$", output, re.MULTILINE) else None
     sent = equation(*delivered.groups())
     return plan, (sent["delivered"], sent["rejected by Segment"], sent["still pending"])
 
