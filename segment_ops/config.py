@@ -327,6 +327,38 @@ SETTINGS: tuple[Setting, ...] = (
         default="20",
     ),
     Setting(
+        "PLAN_GUARD_MAX_REMOVED_SHARE",
+        "Plan guard of every diff sync (reverse-ETL models, Pendo groups, Heap audiences): a run whose plan "
+        "would clear more than this share (0-1) of the records it has delivered (a mirror model's removals) "
+        "is held before sending, until a run approves it (`approve_plan`). `1`: no limit. Heap audiences "
+        "leave removals to their own drop guard (`max_drop_ratio`).",
+        default="0.1",
+    ),
+    Setting(
+        "PLAN_GUARD_MAX_CHANGED_SHARE",
+        "Plan guard: the share (0-1) of delivered records one run may change before its plan is held. `1`: "
+        "no limit.",
+        default="0.5",
+    ),
+    Setting(
+        "PLAN_GUARD_MAX_NULLED_SHARE",
+        "Plan guard: the share (0-1) of delivered records whose previously non-null trait (or property) one "
+        "run may set to null before its plan is held. `1`: no limit.",
+        default="0.1",
+    ),
+    Setting(
+        "PLAN_GUARD_MAX_MESSAGES",
+        "Plan guard: the most messages one run of a diff sync may send before its plan is held (a volume "
+        "cap, applied whatever the sync's size). `0`: no cap.",
+        default="0",
+    ),
+    Setting(
+        "PLAN_GUARD_MIN_DELIVERED",
+        "Plan guard: the share limits apply once a sync has delivered at least this many records, so first "
+        "runs and small syncs are never held for their shares.",
+        default="100",
+    ),
+    Setting(
         "SEGMENT_SOURCE_DEDICATED",
         "`true`: only segment_ops writes to the Segment source of `SEGMENT_WRITE_KEY`, so the hourly "
         "Delivery Overview check compares what Segment counted as received with what the ledgers delivered; "

@@ -21,6 +21,7 @@ from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.clients.slack import SlackWebhookClient
 from segment_ops.config import Settings, load_settings
 from segment_ops.engine import store
+from segment_ops.engine.guard import GuardLimits
 from segment_ops.engine.preflight import CheckResult
 from segment_ops.engine.redaction import (
     DEFAULT_HASH_FIELDS,
@@ -305,6 +306,21 @@ def run_heartbeat_timeout_seconds(settings: Settings) -> float:
         raise ValueError(f"RUN_HEARTBEAT_TIMEOUT_SECONDS ({timeout:g}) must be at least three heartbeats "
                          f"(3 x RUN_HEARTBEAT_SECONDS = {3 * interval:g})")
     return timeout
+
+
+def plan_guard_limits(settings: Settings | None = None) -> GuardLimits:
+    """The plan guard's limits from the PLAN_GUARD_* settings, or a `ValueError` naming the variable."""
+    settings = settings or load_settings()
+    cap = settings["PLAN_GUARD_MAX_MESSAGES"].strip()
+    least = settings["PLAN_GUARD_MIN_DELIVERED"].strip()
+    for name, raw in (("PLAN_GUARD_MAX_MESSAGES", cap), ("PLAN_GUARD_MIN_DELIVERED", least)):
+        if not raw.isdigit():
+            raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
+    return GuardLimits(
+        max_removed_share=_number(settings, "PLAN_GUARD_MAX_REMOVED_SHARE", low=0.0, high=1.0),
+        max_changed_share=_number(settings, "PLAN_GUARD_MAX_CHANGED_SHARE", low=0.0, high=1.0),
+        max_nulled_share=_number(settings, "PLAN_GUARD_MAX_NULLED_SHARE", low=0.0, high=1.0),
+        max_messages=int(cap), min_delivered=int(least))
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:

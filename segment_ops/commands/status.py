@@ -150,11 +150,16 @@ def read_status(path: Path) -> list[SyncStatus]:
 def _sync_status(ledger: Ledger, name: str, sync: str) -> SyncStatus:
     counts = asdict(ledger.counts_as_read(sync))
     activity = ledger.activity(sync)
+    held = None
+    if counts["held"]:  # the plan guard held a plan: say what approves it
+        _, _, fingerprint = ledger.plan_digest(sync)
+        held = (f"{counts['held']:,} messages held by the plan guard: the plan waits for approval (run the "
+                f"sync with approve_plan: {fingerprint})")
     return SyncStatus(name, sync, last_activity_at=activity.at, last_run_id=activity.run_id,
                       pending=counts["pending"], delivered=counts["delivered"], verified=counts["verified"],
                       rejected_rows=ledger.rejected_input_rows(sync),
                       rejected_by_destination=counts["rejected"],
-                      oldest_pending_at=ledger.oldest_pending(sync), counts=counts)
+                      oldest_pending_at=ledger.oldest_pending(sync), counts=counts, detail=held)
 
 
 def _status_cells(row: SyncStatus, now: datetime) -> list[str]:

@@ -20,7 +20,18 @@ from duckdb.sqltypes import DuckDBPyType
 from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES
 from segment_ops.engine.delivery import DeliveryError, DeliveryReport, Destination, deliver_pending
-from segment_ops.engine.ledger import DELIVERED, PENDING, REJECTED, SUPERSEDED, VERIFIED, Ledger, LedgerCounts
+from segment_ops.engine.guard import GuardLimits, PlanFigures
+from segment_ops.engine.ledger import (
+    DELIVERED,
+    HELD,
+    PENDING,
+    REJECTED,
+    SUPERSEDED,
+    VERIFIED,
+    Ledger,
+    LedgerCounts,
+    fingerprint_sql,
+)
 from segment_ops.engine.progress import DeliveryProgress
 from segment_ops.engine.spec import DiffSpec, SpecError
 from segment_ops.engine.sql import literal, quote
@@ -115,6 +126,7 @@ class DiffPlan:
     baselined: int = 0  # baseline: keys recorded as delivered without sending (`plan_changes(baseline=True)`)
     samples: list[bytes] = field(default_factory=list)
     rejection_samples: list[tuple[str | None, str]] = field(default_factory=list)
+    guard: PlanFigures | None = None  # what the plan guard weighs (not for a baseline)
     seconds: float = 0.0
 
 
@@ -164,7 +176,7 @@ def key_states(con: duckdb.DuckDBPyConnection, sync: str, run_id: str | None) ->
             FROM ledger WHERE sync = $sync GROUP BY record_key
         ), pending AS (
             SELECT DISTINCT c.record_key FROM rev_changes c
-            JOIN ledger l ON l.sync = $sync AND l.message_id = c.message_id AND l.status = $pending
+            JOIN ledger l ON l.sync = $sync AND l.message_id = c.message_id AND l.status IN ($pending, $held)
         ), rejected_now AS (
             SELECT DISTINCT record_key FROM rejected WHERE sync = $sync AND run_id = $run_id
         ), keys AS (
@@ -183,7 +195,7 @@ def key_states(con: duckdb.DuckDBPyConnection, sync: str, run_id: str | None) ->
         LEFT JOIN last_message m USING (record_key)
         LEFT JOIN rejected_now j USING (record_key)
         WHERE k.record_key IS NOT NULL
-        """, {"sync": sync, "run_id": run_id, "pending": PENDING, "rejected": REJECTED})
+        """, {"sync": sync, "run_id": run_id, "pending": PENDING, "held": HELD, "rejected": REJECTED})
     return "diff_key_states"
 
 
@@ -199,8 +211,8 @@ def advance_snapshot(con: duckdb.DuckDBPyConnection, sync: str) -> int:
         CREATE OR REPLACE TEMP TABLE rev_settled AS
         SELECT c.*, l.status, l.seq, l.delivered_at
         FROM rev_changes c JOIN rev_states l ON l.message_id = c.message_id
-        WHERE l.status <> ?
-        """, [PENDING])
+        WHERE l.status NOT IN (?, ?)
+        """, [PENDING, HELD])  # a held message waits for approval: not settled
     con.execute("DROP TABLE rev_states")
     in_flight, settled = con.execute("SELECT (SELECT count(*) FROM rev_changes), count(*) FROM rev_settled"
                                      ).fetchone()
@@ -290,7 +302,8 @@ def deliver_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
 
 def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec, staged: StagedResult, *,
                  run_id: str | None = None, dry_run: bool = False, ignore_snapshot: bool = False,
-                 baseline: bool = False, sample_size: int = SAMPLE_SIZE) -> DiffPlan:
+                 baseline: bool = False, sample_size: int = SAMPLE_SIZE,
+                 guard: GuardLimits | None = None) -> DiffPlan:
     """Diff `staged` against the snapshot and plan the changes in the ledger (counts only when `dry_run`).
 
     1. Fingerprint: each staged row's mapped typed values get a 64-bit hash (`_SpecSql.fingerprint`). A key
@@ -347,12 +360,26 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
     plan.samples = [p.encode() for (p,) in con.execute(
         "SELECT payload FROM rev_wanted ORDER BY ord LIMIT ?", [sample_size]).fetchall()]
 
+    if not baseline:
+        plan.guard = _guard_figures(con, ledger, spec, sql, snapshot, plan, sample_size,
+                                    count_nulled=lambda delivered: dry_run or _nulled_may_trip(
+                                        guard, delivered, plan.changed))
     if dry_run:
         ledger.states_of(spec.sync, "rev_wanted", "rev_wanted_states")
         wanted, known = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM rev_wanted_states l "
             "WHERE l.message_id = w.message_id AND l.status <> ?)) FROM rev_wanted w",
             [SUPERSEDED]).fetchone()
+        # What planning would leave to send: the wanted messages not settled or in a destination's hands.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE rev_would_send AS SELECT w.message_id, "
+            "coalesce(l.status, ?) AS status FROM rev_wanted w "
+            "LEFT JOIN rev_wanted_states l ON l.message_id = w.message_id "
+            "WHERE coalesce(l.status, ?) IN (?, ?, ?)", [PENDING, PENDING, PENDING, HELD, SUPERSEDED])
+        figures = plan.guard
+        figures.messages, figures.held_before, figures.fingerprint = con.execute(
+            fingerprint_sql("rev_would_send")).fetchone()
+        con.execute("DROP TABLE rev_would_send")
         con.execute("DROP TABLE rev_wanted_states")
         plan.planned, plan.already_known = wanted - known, known
     elif baseline:
@@ -381,12 +408,72 @@ def plan_changes(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec,
         revived = _revive(con, ledger, spec.sync)
         counts = ledger.plan_relation(spec.sync, "rev_wanted", run_id=run_id)
         plan.planned, plan.already_known = counts.planned + revived, counts.already_known - revived
+        # What a delivery would send, from the ledger's running counts; the fingerprint (a scan of the
+        # sync's messages) is taken only when a plan is held or approved (`engine.run`).
+        settled = ledger.counts(spec.sync)
+        plan.guard.messages, plan.guard.held_before = settled.pending + settled.held, settled.held
     con.execute("DROP VIEW IF EXISTS rev_candidates")  # a view over rev_hashed: no copy of the bodies
     for name in ("rev_current", "rev_suspects", "rev_prior", "rev_hashed", "rev_wanted", "rev_oversize",
                  "rev_rejections"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     plan.seconds = time.monotonic() - started
     return plan
+
+
+def _nulled_may_trip(guard: GuardLimits | None, delivered: int, changed: int) -> bool:
+    """Whether counting nulled traits can matter: only changed keys can be nulled, so with changed keys at
+    most `max_nulled_share` of the delivered ones (or the limit off, or too few delivered) it cannot trip."""
+    return (guard is not None and guard.max_nulled_share < 1 and delivered >= max(guard.min_delivered, 1)
+            and changed > guard.max_nulled_share * delivered)
+
+
+def _guard_figures(con: duckdb.DuckDBPyConnection, ledger: Ledger, spec: DiffSpec, sql: _SpecSql,
+                   snapshot: str, plan: DiffPlan, sample_size: int,
+                   count_nulled: Callable[[int], bool]) -> PlanFigures:
+    """What the plan guard weighs of `rev_wanted` (`engine.guard`): the keys delivered before, the removals
+    and changes, and the changed keys whose call sets a trait/property to null that the key's last
+    delivered call (its snapshot message's payload in the ledger; none for a baseline's or a compacted one)
+    had non-null. JSON is read for the changed keys only. The messages and fingerprint are filled once the
+    plan is in the ledger."""
+    figures = PlanFigures(removed=plan.removed, changed=0 if spec.mode == "append" else plan.changed)
+    figures.delivered_keys = con.execute(f"SELECT count(*) FROM {snapshot} WHERE NOT removed").fetchone()[0]
+    figures.removal_samples = [p.encode() for (p,) in con.execute(
+        "SELECT payload FROM rev_wanted WHERE kind = 'removed' AND part = 0 ORDER BY ord LIMIT ?",
+        [sample_size]).fetchall()]
+    figures.change_samples = [p.encode() for (p,) in con.execute(
+        "SELECT payload FROM rev_wanted WHERE kind = 'changed' AND part = 0 ORDER BY ord LIMIT ?",
+        [sample_size]).fetchall()]
+    if not plan.changed or not sql.fields or spec.mode == "append":
+        figures.nulled = 0
+        return figures
+    if not count_nulled(figures.delivered_keys):  # reading every changed key's last payload would be wasted
+        return figures
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_guard_prior AS
+        SELECT w.record_key, w.payload AS new_payload, s.message_id
+        FROM rev_wanted w JOIN {snapshot} s ON s.record_key = w.record_key
+        WHERE w.kind = 'changed' AND w.part = 0
+    """)
+    ledger.payloads_of(spec.sync, "rev_guard_prior", "rev_guard_payloads")
+    nulled = ", ".join(
+        f"CASE WHEN json_extract_string(o.payload, {literal(path)}) IS NOT NULL "
+        f"AND json_extract_string(c.new_payload, {literal(path)}) IS NULL THEN {literal(name)} END"
+        for name in sql.fields
+        for path in ['$.' + spec.fields_name + '."' + name.replace('"', '\\"') + '"'])
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rev_guard_nulled AS
+        SELECT record_key, fields FROM (
+            SELECT c.record_key, list_filter([{nulled}], lambda x: x IS NOT NULL) AS fields
+            FROM rev_guard_prior c JOIN rev_guard_payloads o ON o.message_id = c.message_id)
+        WHERE len(fields) > 0
+    """)
+    figures.nulled = con.execute("SELECT count(*) FROM rev_guard_nulled").fetchone()[0]
+    figures.nulled_samples = [(key, name) for key, fields in con.execute(
+        "SELECT record_key, fields FROM rev_guard_nulled ORDER BY record_key LIMIT ?", [sample_size]
+    ).fetchall() for name in fields[:3]]
+    for name in ("rev_guard_prior", "rev_guard_payloads", "rev_guard_nulled"):
+        con.execute(f"DROP TABLE {name}")
+    return figures
 
 
 class BaselineRefused(RuntimeError):
@@ -408,14 +495,14 @@ def _supersede_in_flight(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: s
         return 0
     ledger.states_of(sync, "rev_changes", "rev_baseline_states")
     try:
-        busy = con.execute("SELECT count(*) FROM rev_baseline_states WHERE status NOT IN (?, ?)",
-                           [PENDING, SUPERSEDED]).fetchone()[0]
+        busy = con.execute("SELECT count(*) FROM rev_baseline_states WHERE status NOT IN (?, ?, ?)",
+                           [PENDING, HELD, SUPERSEDED]).fetchone()[0]
         if busy:
             raise BaselineRefused(f"sync {sync!r}: {busy} message(s) are in flight or awaiting the "
                                   "destination's acknowledgement; run the sync to settle them, then record "
                                   "the baseline")
-        pending = con.execute("SELECT message_id, seq FROM rev_baseline_states WHERE status = ?",
-                              [PENDING]).fetchall()
+        pending = con.execute("SELECT message_id, seq FROM rev_baseline_states WHERE status IN (?, ?)",
+                              [PENDING, HELD]).fetchall()
     finally:
         con.execute("DROP TABLE rev_baseline_states")
     _mark_superseded(con, ledger, sync, pending)
@@ -638,7 +725,9 @@ def _supersede_stale(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) 
         con.execute("DROP TABLE rev_stale")
         return 0
     ledger.states_of(sync, "rev_stale", "rev_stale_states")
-    stale = con.execute("SELECT message_id, seq FROM rev_stale_states WHERE status = ?", [PENDING]).fetchall()
+    # A held message (a plan waiting for approval) the rows no longer want is superseded as a pending one is.
+    stale = con.execute("SELECT message_id, seq FROM rev_stale_states WHERE status IN (?, ?)",
+                        [PENDING, HELD]).fetchall()
     _mark_superseded(con, ledger, sync, stale)
     # The states read before the marking: what was pending is superseded now, and leaves as well.
     con.execute(
@@ -646,8 +735,8 @@ def _supersede_stale(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str) 
         DELETE FROM rev_changes WHERE message_id IN (
             SELECT s.message_id FROM rev_stale s WHERE NOT EXISTS (
                 SELECT 1 FROM rev_stale_states l
-                WHERE l.message_id = s.message_id AND l.status NOT IN (?, ?)))
-        """, [PENDING, SUPERSEDED])
+                WHERE l.message_id = s.message_id AND l.status NOT IN (?, ?, ?)))
+        """, [PENDING, HELD, SUPERSEDED])
     con.execute("DROP TABLE rev_stale_states")
     con.execute("DROP TABLE rev_stale")
     return len(stale)

@@ -77,6 +77,7 @@ RESETTABLE = frozenset(MessageState) - {_S.SUPPRESSED}
 # The stored words, importable as they always were (diff, delivery and the syncs use them).
 PENDING, DELIVERED, REJECTED = _S.PLANNED.value, _S.DELIVERED.value, _S.REJECTED.value
 AWAITING_ACK, SUPERSEDED, VERIFIED = _S.AWAITING_ACK.value, _S.SUPERSEDED.value, _S.VERIFIED.value
+HELD = _S.HELD.value
 
 
 class UnknownStateError(ValueError):
@@ -130,6 +131,29 @@ SELECT seq FROM outcomes
 WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'pending')
 GROUP BY seq HAVING arg_max(status, id) = 'pending'
 """
+# The seqs of a sync's held messages (`$sync`): those whose latest outcome is `held`, looked for only among
+# the messages that ever had such an outcome.
+_HELD_SEQS = """
+SELECT seq FROM outcomes
+WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'held')
+GROUP BY seq HAVING arg_max(status, id) = 'held'
+"""
+
+
+def fingerprint_sql(relation: str) -> str:
+    """SQL of (messages, held, fingerprint) of `relation` (message_id, status): the plan guard's
+    fingerprint (`engine.guard`), the first 16 hex digits of a sha256 over the sorted messageIds, taken per
+    leading two hex digits of the id and then over those 256 digests, so no one string holds every id."""
+    return f"""
+        SELECT coalesce(sum(n), 0), coalesce(sum(held), 0),
+               left(sha256(coalesce(string_agg(digest, '' ORDER BY bucket), '')), 16)
+        FROM (SELECT left(message_id, 2) AS bucket, count(*) AS n,
+                     count(*) FILTER (WHERE status = 'held') AS held,
+                     sha256(string_agg(message_id, chr(10) ORDER BY message_id)) AS digest
+              FROM {relation} GROUP BY bucket)
+    """
+
+
 # Messages whose latest outcome is awaiting_ack, with that outcome's receipt and when it was logged.
 # (The join on the message as well as the id lets a reader's seq range reach both scans of `outcomes`.)
 _AWAITING = f"""
@@ -758,6 +782,43 @@ class Ledger:
                     f"to compaction ({RETENTION_SETTING}); plan them again from their input with force")
             if rows:
                 yield rows
+
+    def plan_digest(self, sync: str) -> tuple[int, int, str]:
+        """(messages, held, fingerprint) of what a delivery of `sync` would send once its held messages are
+        approved: its planned and held messages (`fingerprint_sql`)."""
+        return self.con.execute(
+            f"""
+            WITH ids AS (
+                SELECT m.message_id, 'pending' AS status FROM planned_messages m
+                WHERE m.sync = $sync AND m.seq IN ({_PENDING_SEQS})
+                UNION ALL
+                SELECT m.message_id, 'held' FROM planned_messages m
+                WHERE m.sync = $sync AND m.seq IN ({_HELD_SEQS}))
+            {fingerprint_sql("ids")}
+            """, {"sync": sync}).fetchone()
+
+    def hold_planned(self, sync: str, reason: str) -> int:
+        """Hold every planned message of `sync` (planned -> held, with `reason`): the delivery does not send
+        them until `release_held`. Returns how many."""
+        seqs = [row[0] for row in self.con.execute(_PENDING_SEQS, {"sync": sync}).fetchall()]
+        self.log_outcomes(sync, [(seq, HELD, 0, reason) for seq in seqs])
+        return len(seqs)
+
+    def release_held(self, sync: str, reason: str) -> int:
+        """Plan every held message of `sync` again (held -> planned, with `reason`: an approval). Returns how
+        many."""
+        seqs = [row[0] for row in self.con.execute(_HELD_SEQS, {"sync": sync}).fetchall()]
+        self.log_outcomes(sync, [(seq, PENDING, 0, reason) for seq in seqs])
+        return len(seqs)
+
+    def payloads_of(self, sync: str, relation: str, into: str) -> None:
+        """Create the temp table `into` (message_id, payload): the payload of each message_id of `relation`
+        planned for `sync`, where compaction kept it (a compacted or unknown id, e.g. a baseline's, has no
+        row)."""
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT p.message_id, p.payload FROM planned_messages p "
+            f"WHERE p.sync = ? AND p.message_id IN (SELECT message_id FROM {relation}) "
+            f"AND NOT {_compacted('p.payload')}", [sync])
 
     def log_outcomes(self, sync: str, outcomes: Sequence[tuple]) -> None:
         """Append (seq, status, attempts, error) for messages a destination answered for. An AWAITING_ACK

@@ -27,6 +27,7 @@ from segment_ops.engine.diff import (
     plan_changes,
     reset_snapshot,
 )
+from segment_ops.engine.guard import GuardLimits, PlanHeld, Verdict, judge
 from segment_ops.engine.ledger import Ledger, LedgerCounts
 from segment_ops.engine.spec import DiffSpec
 from segment_ops.engine.warehouse import StagedResult
@@ -43,6 +44,8 @@ class RunReport:
     dry_run: bool = False
     full_resync: bool = False
     baseline: bool = False  # record the current rows as delivered, send nothing (adopting a destination)
+    verdict: Verdict | None = None  # the plan guard's, when the run was guarded (dry runs too)
+    approved: int = 0  # held messages an approval released to be sent
     seconds: float = 0.0
 
 
@@ -84,14 +87,21 @@ R = TypeVar("R", bound=RunReport)
 def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
                   client_factory: Callable[[], Destination], *, run_id: str | None = None,
                   max_in_flight: int = 4, force_baseline: bool = False, sample_size: int = SAMPLE_SIZE,
-                  progress_log: Callable[[str], None] | None = None) -> R:
+                  progress_log: Callable[[str], None] | None = None, guard: GuardLimits | None = None,
+                  approve_plan: str | None = None) -> R:
     """Run `sync` and fill `report` (its `dry_run`, `full_resync` and `baseline` say how); returns it.
 
     A dry run stages, diffs and counts; it sends and records nothing. A baseline stages, diffs and records
     what would be sent as delivered (the snapshot only; the client is never made): for a destination that
     already holds what the rows say. It refuses (`BaselineRefused`) when the sync has delivered or planned
     anything, unless `force_baseline` (then pending messages are superseded). `progress_log` takes a long
-    delivery's progress lines where no terminal shows its bar (a Dagster run's log). Raises
+    delivery's progress lines where no terminal shows its bar (a Dagster run's log).
+
+    `guard`: the plan is judged (`engine.guard`) after planning, before any client is made. A plan that
+    passes a limit, or holds messages an earlier run held, is held (its planned messages become held, which
+    no delivery sends) and `PlanHeld` is raised, unless `approve_plan` is its fingerprint: then the held
+    messages are planned again and the plan is sent. A dry run reports the verdict and holds nothing; a
+    baseline is not judged (it sends nothing). Raises
     `ConflictingOptions` (a ValueError, nothing done) for a baseline with a dry run or a full resync,
     `DeliveryIncomplete` (carrying the report) when messages stay pending, and whatever `stage` or the
     client raise as it is.
@@ -116,11 +126,16 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
         sync.before_plan(con, ledger)
     report.plan = plan_changes(con, ledger, sync.spec, staged, run_id=run_id, dry_run=report.dry_run,
                                ignore_snapshot=report.dry_run and report.full_resync,
-                               baseline=report.baseline, sample_size=sample_size)
+                               baseline=report.baseline, sample_size=sample_size, guard=guard)
+    if guard is not None and report.plan.guard is not None:
+        report.verdict = judge(report.plan.guard, guard)
     if report.dry_run or report.baseline:
         report.ledger = ledger.counts(name)
         report.seconds = time.monotonic() - started
         return report
+    if report.verdict is not None and report.verdict.holds:
+        report.plan.guard.fingerprint = ledger.plan_digest(name)[2]
+        _hold_or_release(ledger, name, sync, report, approve_plan, run_id, started)
     settled = deliver_changes(con, ledger, name, client_factory, run_id=run_id, max_in_flight=max_in_flight,
                               progress_log=progress_log)
     report.delivery, report.advanced, report.ledger = settled.delivery, settled.advanced, settled.ledger
@@ -131,3 +146,18 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
         prefix = f"{sync.label}: " if sync.label else ""
         raise DeliveryIncomplete(f"{prefix}{settled.failure}", report)
     return report
+
+
+def _hold_or_release(ledger: Ledger, name: str, sync: DiffSync, report: RunReport, approve_plan: str | None,
+                     run_id: str | None, started: float) -> None:
+    """A plan the guard holds: released when `approve_plan` is its fingerprint, else held and raised."""
+    verdict = report.verdict
+    assert verdict is not None
+    approval = (approve_plan or "").strip() or None
+    if approval == verdict.fingerprint:
+        report.approved = ledger.release_held(name, f"plan {verdict.fingerprint} approved (run {run_id})")
+        return
+    ledger.hold_planned(name, f"plan {verdict.fingerprint} held (run {run_id}): {verdict.reasons()}")
+    report.ledger = ledger.counts(name)
+    report.seconds = time.monotonic() - started
+    raise PlanHeld(verdict, report, label=sync.label, stale_approval=approval)

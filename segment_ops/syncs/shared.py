@@ -8,10 +8,11 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import Field
 
+from segment_ops.engine.guard import GuardLimits, PlanHeld, Verdict
 from segment_ops.engine.preflight import PreflightRefused, Status, describe
 from segment_ops.preflight import RESULT_COLUMNS, SegmentDestination, result_rows
-from segment_ops.resources import PreflightResource, SegmentTrackingResource
-from segment_ops.syncs.metadata import markdown_table
+from segment_ops.resources import PreflightResource, SegmentTrackingResource, plan_guard_limits
+from segment_ops.syncs.metadata import markdown_table, payload_samples
 
 OWNER = "team:data-platform"
 
@@ -48,6 +49,45 @@ class SendConfig(dg.Config):
 
     skip_preflight: bool = Field(default=False, description="Send without the preflight gate: the write key "
                                                             "is not checked against the workspace's sources.")
+
+
+class DiffSendConfig(SendConfig):
+    """Run config of every diff sync (reverse-ETL models, Pendo groups, Heap audiences): the plan guard's
+    approval."""
+
+    approve_plan: str = Field(default="", description="Send a plan the plan guard held: its fingerprint, as "
+                                                      "the held run's failure gives it. Only that exact plan "
+                                                      "is sent; if the data changed since, the run holds the "
+                                                      "new plan and names its fingerprint.")
+
+
+def guard_limits() -> GuardLimits:
+    """The plan guard's limits (PLAN_GUARD_* settings); a bad value fails the run naming the variable."""
+    try:
+        return plan_guard_limits()
+    except ValueError as exc:
+        raise SyncFailure(description=str(exc)) from None
+
+
+def plan_metadata(verdict: Verdict | None) -> dict:
+    """The plan guard's figures and fingerprint, for every guarded run's metadata (dry runs too)."""
+    return verdict.as_metadata() if verdict is not None else {}
+
+
+def plan_held_failure(exc: PlanHeld, metadata: dict, *, label: str = "") -> SyncFailure:
+    """The failure of a held plan: its first line says what tripped, with the numbers, the fingerprint and
+    the approval (the line a failure alert carries); then samples and the run config that approves it."""
+    lines = [f"{label}: {exc}" if label else str(exc), ""]
+    if exc.samples:
+        lines += ["Samples:", *(f"- {sample[:300]}" for sample in exc.samples[:5]), ""]
+    lines += ["Nothing was sent; the plan's messages are held in the ledger. To send exactly this plan, "
+              "launch the asset again with this run config:", f"  approve_plan: {exc.fingerprint}",
+              "If the data changed since, the new plan is held in turn with its own fingerprint."]
+    figures = exc.verdict.figures
+    return SyncFailure(description="\n".join(lines), metadata={
+        **metadata, **exc.verdict.as_metadata(),
+        "approve_with": dg.MetadataValue.md(f"```yaml\napprove_plan: {exc.fingerprint}\n```"),
+        "held_samples": payload_samples(figures.removal_samples or figures.change_samples)})
 
 
 def preflight_gate(context: dg.AssetExecutionContext, preflight: PreflightResource,

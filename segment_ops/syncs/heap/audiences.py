@@ -8,6 +8,7 @@ explained next to the code that does them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -24,6 +25,7 @@ import duckdb
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine import store
 from segment_ops.engine.diff import delivered_rows
+from segment_ops.engine.guard import GuardLimits
 from segment_ops.engine.identity import IdentityMapError, IdentityMapStats, IdentitySource, stage_identity_map
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.run import DiffSync, RunReport, run_diff_sync
@@ -321,13 +323,17 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
                   inbox: Inbox, warehouse_url: str, client_factory: Callable[[], SegmentTrackingClient],
                   sync_task_ids: Sequence[str] | None = None, drain_keys: Sequence[str] | None = None,
                   drain_policy: str = DRAIN_POLICIES[0], run_id: str | None = None, dry_run: bool = False,
-                  confirm_drop: bool = False, max_in_flight: int = 4) -> AudienceRun:
+                  confirm_drop: bool = False, max_in_flight: int = 4, guard: GuardLimits | None = None,
+                  approve_plan: str | None = None) -> AudienceRun:
     """Bring the audience in Segment to Heap's membership by `route` ("webhook" or "reconcile").
 
     Webhook route: `sync_task_ids` / `drain_keys` name the syncs and drains to apply (None: every complete,
     unprocessed one of the segment; an empty list: none). Raises `IncompleteSyncError`, `IdentityMapError`,
     `WarehouseError`, `MembershipDropError` (nothing changed), `DeliveryIncomplete` (messages stay pending,
-    syncs and drains stay unprocessed) and the Segment client's `VendorFatalError` as it is.
+    syncs and drains stay unprocessed), `PlanHeld` (the plan guard `guard` held the plan: sent by a run with
+    `approve_plan`; syncs and drains stay unprocessed) and the Segment client's `VendorFatalError` as it is.
+    Removals are left to the drop guard (its `confirm_drop`), so the plan guard's removed share is not
+    applied here.
 
     The stage: (1) Heap's word, the changes this run brings as (identity, member, as_of, source); (2) the
     membership they lead to, where only a newer statement replaces an older one, so a page delivered twice,
@@ -389,7 +395,9 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
 
     declared = DiffSync(audience.spec(config.path), stage, before_plan=record_membership,
                         label=f"audience {audience.key!r}")
-    run_diff_sync(con, declared, run, client_factory, run_id=run_id, max_in_flight=max_in_flight)
+    plan_guard = None if guard is None else dataclasses.replace(guard, max_removed_share=1.0)
+    run_diff_sync(con, declared, run, client_factory, run_id=run_id, max_in_flight=max_in_flight,
+                  guard=plan_guard, approve_plan=approve_plan)
     if dry_run:
         return run
     for sync in run.syncs:

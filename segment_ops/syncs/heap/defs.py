@@ -42,6 +42,7 @@ from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.alerts import StaleSync, stale_sync_message
+from segment_ops.engine.guard import PlanHeld
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
@@ -69,7 +70,15 @@ from segment_ops.syncs.heap.audiences import (
 from segment_ops.syncs.heap.inbox import DEFAULT_RETENTION, SYNC_PREFIX, Inbox
 from segment_ops.syncs.heap.webhook import sync_key
 from segment_ops.syncs.metadata import markdown_table, payload_samples
-from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
+from segment_ops.syncs.shared import (
+    OWNER,
+    DiffSendConfig,
+    SyncFailure,
+    guard_limits,
+    plan_held_failure,
+    plan_metadata,
+    preflight_gate,
+)
 from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
 GROUP = "heap"
@@ -87,7 +96,7 @@ CONNECT_TABLES = ("main_production.users", "main_production.segment_members")
 log = logging.getLogger("segment_ops.heap")
 
 
-class HeapAudienceConfig(SendConfig):
+class HeapAudienceConfig(DiffSendConfig):
     route: Literal["webhook", "reconcile"] = Field(
         default="webhook", description="webhook: apply complete syncs from the inbox; reconcile: take the "
                                        "full membership from the Heap Connect table in the warehouse.")
@@ -188,6 +197,7 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
         preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
         inbox = Inbox.for_home(staging.home)
         policy = drain_policy()
+        limits = guard_limits()
         with store.staging(staging.staging_db(audience.sync)) as con:
             try:
                 run = sync_audience(con, audiences, audience, route=config.route, inbox=inbox,
@@ -195,12 +205,15 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                                     sync_task_ids=config.sync_task_ids, drain_keys=config.drain_keys,
                                     drain_policy=policy, run_id=context.run.run_id,
                                     dry_run=config.dry_run, confirm_drop=config.confirm_drop,
-                                    max_in_flight=segment.max_in_flight)
+                                    max_in_flight=segment.max_in_flight, guard=limits,
+                                    approve_plan=config.approve_plan)
             except MembershipDropError as exc:
                 yield _guard_result(exc.report)
                 raise SyncFailure(description=str(exc), metadata=_metadata(exc.report)) from None
             except DeliveryIncomplete as exc:
                 raise SyncFailure(description=str(exc), metadata=_metadata(exc.report)) from None
+            except PlanHeld as exc:
+                raise plan_held_failure(exc, _metadata(exc.report)) from None
             except (IncompleteSyncError, IdentityMapError, WarehouseError) as exc:
                 raise SyncFailure(description=f"audience {audience.key}: {exc}") from None
             except VendorAuthError as exc:
@@ -281,6 +294,7 @@ def _metadata(run: AudienceRun) -> dict:
         "match_rate": round(res.match_rate, 4),
         "delivered_members_before": run.guard.delivered_members,
         "total_seconds": round(run.seconds, 3),
+        **plan_metadata(run.verdict),
     }
     if run.connect_rows is not None:
         metadata["heap_connect_rows"] = run.connect_rows

@@ -26,6 +26,7 @@ staged for the score and the sync (`window_complete` names it) until it is read 
 replaces that date's rows whole, so nothing is counted twice.
 """
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -45,6 +46,7 @@ from segment_ops.clients.pendo import (
 )
 from segment_ops.config import load_settings
 from segment_ops.engine import store
+from segment_ops.engine.guard import PlanHeld
 from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
@@ -81,7 +83,15 @@ from segment_ops.syncs.pendo.score import (
     load_health_config,
     score_accounts,
 )
-from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
+from segment_ops.syncs.shared import (
+    OWNER,
+    DiffSendConfig,
+    SyncFailure,
+    guard_limits,
+    plan_held_failure,
+    plan_metadata,
+    preflight_gate,
+)
 
 GROUP = "pendo"
 POOL = f"staging_{SYNC}"
@@ -366,7 +376,7 @@ def _health_metadata(report: ScoreReport, config: HealthConfig) -> dict:
 # ------------------------------------------------------------------------------------------------- sync
 
 
-class PendoGroupsConfig(SendConfig):
+class PendoGroupsConfig(DiffSendConfig):
     dry_run: bool = Field(default=False, description="Plan and validate; show counts and sample payloads; "
                                                      "send nothing and write no snapshot.")
 
@@ -399,16 +409,22 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
     preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
     health = _config()
     apps = _app_set(pendo)
+    # Every active account's `last_active_date` moves each day, so a daily run changes most accounts by
+    # design: the changed-share limit would hold every day. The clear, null and volume limits still apply.
+    limits = dataclasses.replace(guard_limits(), max_changed_share=1.0)
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
             run = sync_account_groups(con, health, segment.get_client, warehouse_url=warehouse.url,
                                       timezone=TIMEZONE, apps=apps, run_id=context.run.run_id,
-                                      dry_run=config.dry_run, max_in_flight=segment.max_in_flight)
+                                      dry_run=config.dry_run, max_in_flight=segment.max_in_flight,
+                                      guard=limits, approve_plan=config.approve_plan)
         except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError,
                 WarehouseError) as exc:
             raise SyncFailure(description=str(exc)) from None
         except DeliveryIncomplete as exc:
             raise SyncFailure(description=str(exc), metadata=_groups_metadata(exc.report)) from None
+        except PlanHeld as exc:
+            raise plan_held_failure(exc, _groups_metadata(exc.report), label="Pendo account groups") from None
         except VendorAuthError as exc:
             raise SyncFailure(description=f"Segment refused the write key: {exc}") from None
     pending = run.ledger.pending if run.ledger else 0
@@ -447,6 +463,7 @@ def _groups_metadata(run: GroupSyncRun) -> dict:
         "group_id_from_map": run.mapped,
         "group_id_as_pendo_id": run.unmapped_sent_as_is,
         "seconds": round(run.seconds, 3),
+        **plan_metadata(run.verdict),
     }
     if run.identity is not None:
         metadata |= {"identity_map": run.identity.origin, "identity_map_rows": run.identity.mapped,

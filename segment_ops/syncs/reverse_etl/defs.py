@@ -34,6 +34,7 @@ from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import BaselineRefused
+from segment_ops.engine.guard import PlanHeld
 from segment_ops.engine.run import ConflictingOptions, DeliveryIncomplete
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import (
@@ -52,7 +53,15 @@ from segment_ops.syncs.reverse_etl.model import (
 )
 from segment_ops.syncs.reverse_etl.model import models_dir as configured_models_dir
 from segment_ops.syncs.reverse_etl.sync import ModelRun, sync_model
-from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
+from segment_ops.syncs.shared import (
+    OWNER,
+    DiffSendConfig,
+    SyncFailure,
+    guard_limits,
+    plan_held_failure,
+    plan_metadata,
+    preflight_gate,
+)
 from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
 MODELS_DIR = packaged_models_dir()  # the project's sql/reverse_etl/
@@ -65,7 +74,7 @@ log = logging.getLogger("segment_ops.reverse_etl")
 _warned: set[tuple[str, str]] = set()
 
 
-class ReverseEtlConfig(SendConfig):
+class ReverseEtlConfig(DiffSendConfig):
     dry_run: bool = Field(default=False, description="Diff, plan and validate; show counts and sample "
                                                      "payloads; send nothing and write no snapshot.")
     full_resync: bool = Field(default=False, description="Forget the delivered snapshot: every row counts as "
@@ -195,12 +204,14 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
 def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEtlConfig,
           warehouse: WarehouseResource, segment: SegmentTrackingResource,
           staging: StagingResource) -> dg.MaterializeResult:
+    limits = guard_limits()
     with store.staging(staging.staging_db(model.sync)) as con:
         try:
             run = sync_model(con, model, warehouse.url, segment.get_client, run_id=context.run.run_id,
                              dry_run=config.dry_run, full_resync=config.full_resync, baseline=config.baseline,
                              max_in_flight=segment.max_in_flight, chunk_rows=config.chunk_rows,
-                             fast_path=config.duckdb_fast_path, progress_log=context.log.info)
+                             fast_path=config.duckdb_fast_path, progress_log=context.log.info,
+                             guard=limits, approve_plan=config.approve_plan)
         except ConflictingOptions as exc:  # the engine's check: a baseline with a dry run or a full resync
             raise SyncFailure(description=f"{model.path.name}: {exc}") from None
         except BaselineRefused as exc:
@@ -212,10 +223,14 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
         except DeliveryIncomplete as exc:
             raise SyncFailure(description=f"{model.path.name}: {exc}",
                              metadata=_metadata(context, exc.report)) from None
+        except PlanHeld as exc:
+            raise plan_held_failure(exc, _metadata(context, exc.report), label=model.path.name) from None
         except VendorAuthError as exc:
             raise SyncFailure(
                 description=f"{model.path.name}: Segment refused the write key: {exc}") from None
     plan = run.plan
+    if run.approved:
+        context.log.info(f"plan {run.verdict.fingerprint} approved: {run.approved:,} held messages released")
     if run.baseline:
         context.log.info(f"baseline of {model.path.name}: {plan.baselined:,} rows recorded as delivered, "
                          f"nothing sent ({plan.rejected:,} rejected, {plan.unchanged:,} unchanged)")
@@ -258,6 +273,7 @@ def _run_metadata(run: ModelRun) -> dict:
         "full_resync": run.full_resync,
         **diff_run_metadata(run.plan, dry_run=run.dry_run, delivery=run.delivery,
                             pending=run.ledger.pending if run.ledger else 0, advanced=run.advanced),
+        **plan_metadata(run.verdict),
         "stage_seconds": round(run.staged.seconds, 3),
         "total_seconds": round(run.seconds, 3),
     }

@@ -13,6 +13,7 @@ import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.diff import SAMPLE_SIZE
+from segment_ops.engine.guard import GuardLimits
 from segment_ops.engine.run import DiffSync, RunReport, run_diff_sync
 from segment_ops.engine.spec import SpecError
 from segment_ops.engine.warehouse import CHUNK_ROWS, StagedResult, WarehouseError, dialect_of, stage_query
@@ -33,14 +34,17 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
                dry_run: bool = False, full_resync: bool = False, baseline: bool = False,
                force_baseline: bool = False, max_in_flight: int = 4, chunk_rows: int = CHUNK_ROWS,
                fast_path: bool = True, sample_size: int = SAMPLE_SIZE,
-               progress_log: Callable[[str], None] | None = None) -> ModelRun:
+               progress_log: Callable[[str], None] | None = None, guard: GuardLimits | None = None,
+               approve_plan: str | None = None) -> ModelRun:
     """Sync `model` from the warehouse to Segment; `dry_run` plans and counts, sends and records nothing;
     `baseline` records the current rows as delivered and sends nothing (`run_diff_sync`); `progress_log`
-    takes a long delivery's progress lines where no terminal shows a bar (a run's log).
+    takes a long delivery's progress lines where no terminal shows a bar (a run's log); `guard` and
+    `approve_plan`: the plan guard (`run_diff_sync`).
 
     Raises `ModelError` (naming the model file) when the query fails or the header does not fit its
     result, `DeliveryIncomplete` when messages stay pending, `BaselineRefused` when a baseline meets delivered
-    state (unless `force_baseline`), and the client's `VendorFatalError` as it is.
+    state (unless `force_baseline`), `PlanHeld` when the guard holds the plan, and the client's
+    `VendorFatalError` as it is.
     """
     run = ModelRun(model=model, dialect=dialect_of(warehouse_url), dry_run=dry_run, full_resync=full_resync,
                    baseline=baseline)
@@ -56,6 +60,7 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
     try:
         return run_diff_sync(con, DiffSync(model.diff_spec, stage), run, client_factory, run_id=run_id,
                              max_in_flight=max_in_flight, force_baseline=force_baseline,
-                             sample_size=sample_size, progress_log=progress_log)
+                             sample_size=sample_size, progress_log=progress_log, guard=guard,
+                             approve_plan=approve_plan)
     except SpecError as exc:
         raise ModelError(model.path, exc.problem) from None

@@ -1,0 +1,31 @@
+"""`segment-ops status` names a plan the plan guard holds, with the fingerprint that approves it."""
+
+from __future__ import annotations
+
+import pytest
+
+from segment_ops.commands.status import read_status
+from segment_ops.engine.guard import GuardLimits, PlanHeld
+from segment_ops.engine.run import RunReport, run_diff_sync
+from segment_ops.engine.store import connect
+from segment_ops_tests.engine.test_plan_guard import declared, rows
+
+
+def never_called():
+    raise AssertionError("a held plan makes no client")
+
+
+def test_status_names_the_held_plan_and_its_fingerprint(tmp_path):
+    path = tmp_path / "plans.duckdb"
+    con = connect(path)
+    try:
+        with pytest.raises(PlanHeld) as caught:
+            run_diff_sync(con, declared(rows()), RunReport(), never_called, guard=GuardLimits(max_messages=3))
+    finally:
+        con.close()
+
+    [status] = read_status(path)
+
+    assert status.counts["held"] == 10 and status.pending == 0
+    assert status.detail == ("10 messages held by the plan guard: the plan waits for approval (run the sync "
+                             f"with approve_plan: {caught.value.fingerprint})")
