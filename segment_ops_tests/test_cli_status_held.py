@@ -29,3 +29,19 @@ def test_status_names_the_held_plan_and_its_fingerprint(tmp_path):
     assert status.counts["held"] == 10 and status.pending == 0
     assert status.detail == ("10 messages held by the plan guard: the plan waits for approval (run the sync "
                              f"with approve_plan: {caught.value.fingerprint})")
+
+
+def test_a_stopped_delivery_is_said_beside_the_held_plan_not_over_it(tmp_path, monkeypatch):
+    path = tmp_path / "plans.duckdb"
+    con = connect(path)
+    try:
+        with pytest.raises(PlanHeld) as caught:
+            run_diff_sync(con, declared(rows()), RunReport(), never_called, guard=GuardLimits(max_messages=3))
+    finally:
+        con.close()
+    monkeypatch.setattr("segment_ops.engine.journal.leftovers", lambda staging_file: [staging_file])
+
+    [status] = read_status(path)
+
+    assert f"approve_plan: {caught.value.fingerprint}" in status.detail
+    assert "a stopped delivery's answers are not logged yet" in status.detail

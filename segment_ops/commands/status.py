@@ -142,8 +142,9 @@ def read_status(path: Path) -> list[SyncStatus]:
     finally:
         con.close()
     if journal.leftovers(path.resolve()):  # not busy, so no run is writing them: a delivery stopped
-        for row in rows:
-            row.detail = "a stopped delivery's answers are not logged yet: the sync's next run logs them"
+        stopped = "a stopped delivery's answers are not logged yet: the sync's next run logs them"
+        for row in rows:  # beside what the row already says (a held plan's approval), not over it
+            row.detail = f"{row.detail}; {stopped}" if row.detail else stopped
     return rows
 
 
