@@ -3,9 +3,10 @@ files."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+import duckdb
 import orjson
 import pytest
 
@@ -14,7 +15,21 @@ from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.config import SANDBOX_SEGMENT_WRITE_KEY
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.store import connect
+from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
 from segment_ops.sandbox.server import RunningSandbox
+
+
+def stage_columns(con: duckdb.DuckDBPyConnection, table: str,
+                  columns: dict[str, tuple[str, Sequence[object]]]) -> StagedResult:
+    """Stage `columns` ({name: (DuckDB type, values)}, values row-aligned) as the temp table `table`, as a
+    warehouse stage would (with the unserialisable-column marker the diff reads)."""
+    selects = ", ".join(f"unnest(?::{kind}[]) AS {name}" for name, (kind, _) in columns.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {selects}, "
+                f"NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}", [list(values) for _, values in columns.values()])
+    rows = len(next(iter(columns.values()))[1])
+    return StagedResult(table, rows, tuple(columns), {name: kind for name, (kind, _) in columns.items()}, 0.0,
+                        "test")
+
 
 # Real retries, but with backoffs short enough for a test (Retry-After is still honoured).
 FAST_RETRY = RetryPolicy(backoff_initial=0.01, backoff_max=0.05)

@@ -12,6 +12,7 @@ from segment_ops.engine.run import DiffSync, RunReport, run_diff_sync
 from segment_ops.engine.spec import DiffSpec
 from segment_ops.engine.store import connect
 from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
+from segment_ops_tests.engine.conftest import stage_columns
 
 SPEC = DiffSpec(sync="plans", source="plans.test", call="identify", mode="upsert", key="user_id",
                 user_id="user_id", fields=("plan", "seats"))
@@ -19,12 +20,9 @@ SPEC = DiffSpec(sync="plans", source="plans.test", call="identify", mode="upsert
 
 def staged(rows: dict[str, tuple[str, int]]):
     def stage(con: duckdb.DuckDBPyConnection) -> StagedResult:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE plans_staged AS SELECT unnest(?::VARCHAR[]) AS user_id, "
-                    f"unnest(?::VARCHAR[]) AS plan, unnest(?::INTEGER[]) AS seats, "
-                    f"NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}",
-                    [list(rows), [p for p, _ in rows.values()], [s for _, s in rows.values()]])
-        return StagedResult("plans_staged", len(rows), ("user_id", "plan", "seats"),
-                            {"user_id": "VARCHAR", "plan": "VARCHAR", "seats": "INTEGER"}, 0.0, "test")
+        return stage_columns(con, "plans_staged", {
+            "user_id": ("VARCHAR", list(rows)), "plan": ("VARCHAR", [p for p, _ in rows.values()]),
+            "seats": ("INTEGER", [s for _, s in rows.values()])})
     return stage
 
 

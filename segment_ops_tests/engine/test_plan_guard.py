@@ -13,7 +13,8 @@ from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.run import DiffSync, RunReport, run_diff_sync
 from segment_ops.engine.spec import DiffSpec
 from segment_ops.engine.store import connect
-from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
+from segment_ops.engine.warehouse import StagedResult
+from segment_ops_tests.engine.conftest import stage_columns
 
 SPEC = DiffSpec(sync="plans", source="plans.test", call="identify", mode="mirror", key="user_id",
                 user_id="user_id", fields=("plan", "email"))
@@ -29,12 +30,9 @@ def rows(plan: str = "free", **overrides: tuple[str, str | None]) -> dict[str, t
 
 def declared(data: dict[str, tuple[str, str | None]]) -> DiffSync:
     def stage(con: duckdb.DuckDBPyConnection) -> StagedResult:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE plans_staged AS SELECT unnest(?::VARCHAR[]) AS user_id, "
-                    f"unnest(?::VARCHAR[]) AS plan, unnest(?::VARCHAR[]) AS email, "
-                    f"NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}",
-                    [list(data), [p for p, _ in data.values()], [e for _, e in data.values()]])
-        return StagedResult("plans_staged", len(data), ("user_id", "plan", "email"),
-                            {"user_id": "VARCHAR", "plan": "VARCHAR", "email": "VARCHAR"}, 0.0, "test")
+        return stage_columns(con, "plans_staged", {
+            "user_id": ("VARCHAR", list(data)), "plan": ("VARCHAR", [p for p, _ in data.values()]),
+            "email": ("VARCHAR", [e for _, e in data.values()])})
 
     return DiffSync(SPEC, stage, label="plans")
 

@@ -13,7 +13,8 @@ from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.run import DeliveryIncomplete, DiffSync, RunReport, run_diff_sync
 from segment_ops.engine.spec import DiffSpec
 from segment_ops.engine.store import connect
-from segment_ops.engine.warehouse import UNSERIALISABLE_COLUMN, StagedResult
+from segment_ops.engine.warehouse import StagedResult
+from segment_ops_tests.engine.conftest import stage_columns
 
 SPEC = DiffSpec(sync="plans", source="plans.test", call="identify", mode="mirror", key="user_id",
                 user_id="user_id", fields=("plan",))
@@ -29,11 +30,8 @@ def declared(rows: dict[str, str], run: PlansRun, *, fail_stage: bool = False) -
         run.calls.append("stage")
         if fail_stage:
             raise RuntimeError("the source is down")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE plans_staged AS SELECT unnest(?::VARCHAR[]) AS user_id, "
-                    f"unnest(?::VARCHAR[]) AS plan, NULL::VARCHAR AS {UNSERIALISABLE_COLUMN}",
-                    [list(rows), list(rows.values())])
-        return StagedResult("plans_staged", len(rows), ("user_id", "plan"),
-                            {"user_id": "VARCHAR", "plan": "VARCHAR"}, 0.0, "test")
+        return stage_columns(con, "plans_staged", {"user_id": ("VARCHAR", list(rows)),
+                                                   "plan": ("VARCHAR", list(rows.values()))})
 
     def before_plan(con: duckdb.DuckDBPyConnection, ledger: Ledger) -> None:
         run.calls.append("before_plan")

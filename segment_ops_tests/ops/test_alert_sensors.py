@@ -88,6 +88,13 @@ class Ticks:
         return result
 
 
+def watching_failures(instance: dg.DagsterInstance, resources: dict) -> Ticks:
+    """`alert_on_run_failure` after its first tick, which only places the cursor (a fresh deployment's)."""
+    failures = Ticks(alert_on_run_failure, instance, resources)
+    failures.tick()
+    return failures
+
+
 def run_hour(resources: dict, key: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     return dg.materialize([segment_audit_events, siem_audit_events], partition_key=key, resources=resources,
                           instance=instance, raise_on_error=False)
@@ -99,8 +106,7 @@ def slack_texts(sandbox) -> list[str]:
 
 @pytest.mark.slow
 def test_a_failed_run_is_alerted_exactly_once(resources, instance, clean_sandbox, hour):
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()  # the first tick only places the cursor, as in a fresh deployment
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
 
     failed = run_hour(resources, hour, instance)
@@ -115,8 +121,7 @@ def test_a_failed_run_is_alerted_exactly_once(resources, instance, clean_sandbox
 
 @pytest.mark.slow
 def test_a_repeated_evaluation_does_not_send_the_alert_again(resources, instance, clean_sandbox, hour):
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     before_failure = failures.cursor
     clean_sandbox.set_faults("splunk", rate_500=1.0)
     run_hour(resources, hour, instance)
@@ -169,8 +174,7 @@ def test_another_partition_passing_is_not_a_recovery(resources, instance, clean_
 
 @pytest.mark.slow
 def test_the_alert_names_the_sync_step_error_counts_and_run_link(resources, instance, clean_sandbox, hour):
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
     failed = run_hour(resources, hour, instance)
 
@@ -194,8 +198,7 @@ def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resource
                                                                       monkeypatch):
     monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{clean_sandbox.url}/slack/services/T1/B1/not-the-token")
     resources = resources | {"alerts": build_resources()["alerts"]}
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
     failed = run_hour(resources, hour, instance)
 
@@ -210,8 +213,7 @@ def test_an_alert_webhook_that_refuses_fails_the_tick_and_marks_nothing(resource
 @pytest.mark.slow
 def test_every_run_that_failed_since_the_last_tick_is_alerted_in_one_tick(resources, instance,
                                                                           clean_sandbox, hour):
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
     first, second = run_hour(resources, hour, instance), run_hour(resources, hour, instance)
 
@@ -312,8 +314,7 @@ def test_a_failure_that_was_never_alerted_is_not_announced_as_recovered(resource
 @pytest.mark.slow
 def test_a_failed_re_execution_carrying_its_parents_alert_tag_is_alerted(resources, instance,
                                                                          clean_sandbox, hour):
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     parent = failed_and_alerted(resources, instance, clean_sandbox, hour, failures)
     inherited = instance.get_run_by_id(parent.run_id).tags[ALERT_TAG]  # use_parent_run_tags copies it
 
@@ -336,8 +337,7 @@ def needs_broken(broken: BrokenResource) -> None:
 
 @pytest.mark.slow
 def test_a_run_that_fails_before_any_step_is_alerted_with_its_real_error(resources, instance, clean_sandbox):
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
 
     result = dg.materialize([needs_broken], resources={"broken": BrokenResource()}, instance=instance,
                             raise_on_error=False)
@@ -366,8 +366,7 @@ def test_runs_left_when_the_tick_budget_is_used_up_are_alerted_by_the_next_tick(
                                                                                 clean_sandbox,
                                                                                hour, monkeypatch):
     monkeypatch.setattr(sensors, "TICK_BUDGET_SECONDS", 0.0)  # only the first post of a tick fits
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
     first, second = run_hour(resources, hour, instance), run_hour(resources, hour, instance)
 
@@ -388,8 +387,7 @@ def test_an_alert_the_webhook_could_not_take_is_sent_by_a_later_tick(resources, 
     alerts = AlertsResource(webhook_url=f"{clean_sandbox.url}/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
                             retry_max_attempts=2, retry_max_seconds=1.0, timeout_seconds=2.0)
     resources = resources | {"alerts": alerts}
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
     failed = run_hour(resources, hour, instance)
     clean_sandbox.set_faults("slack", rate_503=1.0)
@@ -451,8 +449,7 @@ def test_every_step_of_every_job_of_the_code_location_has_the_alert_hook():
 @pytest.mark.slow
 def test_a_failed_run_alerts_from_within_and_the_sensor_sends_nothing_more(resources, instance,
                                                                            clean_sandbox, hour):
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
 
     failed = run_hour_as_deployed(resources, hour, instance)
@@ -473,8 +470,7 @@ def test_an_alert_the_run_could_not_send_is_sent_by_the_sensor(resources, instan
     alerts = AlertsResource(webhook_url=f"{clean_sandbox.url}/slack{SANDBOX_SLACK_WEBHOOK_PATH}",
                             retry_max_attempts=2, retry_max_seconds=1.0, timeout_seconds=2.0)
     resources = resources | {"alerts": alerts}
-    failures = Ticks(alert_on_run_failure, instance, resources)
-    failures.tick()
+    failures = watching_failures(instance, resources)
     clean_sandbox.set_faults("splunk", rate_500=1.0)
     clean_sandbox.set_faults("slack", rate_503=1.0)
 
