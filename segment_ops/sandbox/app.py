@@ -20,6 +20,9 @@ the control endpoints under `/__sandbox__` are never faulted:
 - `GET  /__sandbox__/heap/deliveries`             each pushed page's attempts and outcome
 - `GET|POST /__sandbox__/segment/destination-failures` make a Segment destination fail a share of its events
   (`{"destinationId", "share", "reason"}`; see `segment/delivery_overview.py`)
+- `GET|POST /__sandbox__/segment/regulations`       how regulations progress and end until reset
+  (`{"running_after_seconds", "finished_after_seconds", "max_subject_ids", "outcomes": [{"pattern",
+  "status"}]}`; see `segment/regulations.py`)
 """
 
 from __future__ import annotations
@@ -58,11 +61,13 @@ from segment_ops.sandbox.heap.webhooks import HeapWebhookPusher
 from segment_ops.sandbox.heap.webhooks import control_routes as heap_webhook_routes
 from segment_ops.sandbox.pendo.api import Pendo
 from segment_ops.sandbox.recorder import Recorder
-from segment_ops.sandbox.segment import delivery_overview
+from segment_ops.sandbox.segment import delivery_overview, regulations
+from segment_ops.sandbox.segment.data import demo_tracking_plans
 from segment_ops.sandbox.segment.profiles import SegmentProfiles
 from segment_ops.sandbox.segment.public_api import SegmentPublicApi
-from segment_ops.sandbox.segment.sources import delivered_keys, workspace_sources
+from segment_ops.sandbox.segment.sources import WORKSPACE_ID, delivered_keys, workspace_sources
 from segment_ops.sandbox.segment.tracking import DEDUPE_WINDOW_SECONDS, SegmentTracking, SegmentTrackingEu
+from segment_ops.sandbox.segment.tracking_plans import TrackingPlans
 from segment_ops.sandbox.slack import SlackWebhook
 from segment_ops.sandbox.splunk_hec import SplunkHec
 
@@ -80,6 +85,16 @@ class SandboxConfig:
     segment_rate_limit: float | None = None  # requests/s per write key before 429 (Segment advises <= 1000)
     segment_dedupe_window_seconds: float = DEDUPE_WINDOW_SECONDS  # messageId dedupe, about 24 h (spec §7)
     public_api_rate_limit_per_min: int = 600  # points/min per token (a third-party claim, unverified)
+    # Regulations (spec §2, `segment/regulations.py`): creations per minute of each rate-limit group (the
+    # SDK's 600), seconds from creation to RUNNING and from RUNNING to FINISHED, subject ids per request (the
+    # docs' 5,000), and outcome rules that end a regulation FAILED, INVALID, NOT_SUPPORTED or
+    # PARTIAL_SUCCESS.
+    regulation_rate_limit_per_min: int = 600
+    regulation_running_after_seconds: float = 5.0
+    regulation_finished_after_seconds: float = 5.0
+    regulation_max_subject_ids: int = regulations.MAX_SUBJECT_IDS
+    regulation_outcomes: tuple[regulations.RegulationOutcome, ...] = ()
+    tracking_plan_rules_rate_limit_per_min: int = 200  # `GET /tracking-plans/{id}/rules` (the SDK's 200/min)
     pendo_rate_limit: float | None = None  # requests/s per key before 429 (Pendo's numbers are unpublished)
     pendo_timezone: str = SANDBOX_PENDO_TIMEZONE  # the subscription's: Pendo's days start at its midnight
     splunk_ack: bool = False  # indexer acknowledgement on the HEC token
@@ -115,6 +130,12 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     # What the Tracking API receives, counted for the Public API's Delivery Overview (spec §7).
     pipeline = delivery_overview.DeliveryPipeline(
         sources, delivery_overview.workspace_destinations(sources[0]["id"]))
+    regulation_store = regulations.Regulations(
+        WORKSPACE_ID, sources, pipeline.destinations, seed=config.seed,
+        settings=regulations.RegulationSettings(
+            running_after_seconds=config.regulation_running_after_seconds,
+            finished_after_seconds=config.regulation_finished_after_seconds,
+            max_subject_ids=config.regulation_max_subject_ids, outcomes=tuple(config.regulation_outcomes)))
     public_api = SegmentPublicApi(
         recorder,
         demo.audit_events,
@@ -122,6 +143,12 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         rate_limit_per_min=config.public_api_rate_limit_per_min,
         sources=sources,
         pipeline=pipeline,
+        regulations=regulation_store,
+        regulation_rate_limit_per_min=config.regulation_rate_limit_per_min,
+        # The demo plan is connected to the HTTP source the reverse-ETL models send to (`segment-ops`).
+        tracking_plans=TrackingPlans(demo_tracking_plans(
+            sources[0]["id"], next(s["id"] for s in sources if s["slug"] == "web-app")), sources),
+        rules_rate_limit_per_min=config.tracking_plan_rules_rate_limit_per_min,
     )
     emulators: list[Emulator] = [
         SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit,
@@ -162,7 +189,8 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     # Heap's outbound segment-sync webhooks (spec §3); mounted ahead of `/__sandbox__`, which would shadow it.
     heap_pusher = HeapWebhookPusher(demo.at_least, SANDBOX_HEAP_WEBHOOK_SECRET)
     routes.insert(0, Mount("/__sandbox__/heap", routes=heap_webhook_routes(heap_pusher)))
-    routes.insert(0, Mount("/__sandbox__/segment", routes=delivery_overview.control_routes(pipeline)))
+    routes.insert(0, Mount("/__sandbox__/segment", routes=[*delivery_overview.control_routes(pipeline),
+                                                           *regulations.control_routes(regulation_store)]))
     control.on_reset.append(heap_pusher.reset)
     return Starlette(routes=routes, exception_handlers={ClientDisconnect: _client_gone})
 

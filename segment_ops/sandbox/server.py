@@ -73,6 +73,14 @@ class RunningSandbox:
         return self._call("POST", "/pendo/usage-drop",
                           json={"accountId": account_id, "from_day": from_day, "factor": factor})
 
+    def regulation_settings(self, **settings: object) -> dict:
+        """Change how Segment regulations progress until the next reset (running_after_seconds,
+        finished_after_seconds, max_subject_ids, outcomes=[{"pattern", "status", "error"?}]); returns the
+        settings in force. With no arguments it only reads them."""
+        if not settings:
+            return self._call("GET", "/segment/regulations")
+        return self._call("POST", "/segment/regulations", json=settings)
+
     def splunk_restart(self) -> None:
         """Make HEC forget every channel and its ackIds, as a Splunk restart does."""
         self._call("POST", "/splunk/restart")

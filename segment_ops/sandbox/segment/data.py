@@ -111,3 +111,88 @@ def _workspace_people(seed: int) -> list[str]:
 def _resource_id(seed: int, resource_type: str, name: str) -> str:
     return b62(hashlib.blake2b(f"{seed}:{resource_type}:{name}".encode(), digest_size=16).digest(), 22)
 
+
+
+# ------------------------------------------------------------------------------------ tracking plans
+
+DEMO_TRACKING_PLAN_ID = "tp_sandbox_segment_ops"
+WEB_TRACKING_PLAN_ID = "tp_sandbox_web_app"
+_PLAN_CREATED, _PLAN_UPDATED = "2025-03-04T09:12:44.000Z", "2026-09-14T15:02:10.000Z"
+_JSON_SCHEMA = "http://json-schema.org/draft-07/schema#"
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_DATE_TIME = {"type": "string", "format": "date-time"}
+_ACCOUNT_ID = {"type": ["string", "null"], "pattern": "^acc_[0-9]+$"}
+_PLANS = ["free", "starter", "pro", "enterprise"]  # world.py's `_PLANS`
+
+
+def demo_tracking_plans(demo_source_id: str, web_source_id: str) -> list[dict]:
+    """The workspace's tracking plans (Protocols), each `{"trackingPlan", "rules", "sourceIds"}`.
+
+    "segment-ops reverse ETL" is connected to `demo_source_id`, the source the demo's reverse-ETL models send
+    to: its rules describe the calls of `sql/reverse_etl/*.sql`, typed as their columns are in the demo
+    warehouse (`warehouse.py`; TIMESTAMPTZ is sent as ISO-8601 text, DECIMAL as a number, engine/diff.py), so
+    the demo's calls pass. Nothing is `required` in the identify and group rules: the same source gets the
+    Heap audiences' identifies and the Pendo health groups, which carry other traits, and a mirror model's
+    removal sends every trait as null (so account traits are nullable). "Web Tracking Plan" is connected to
+    `web_source_id` only: a sync must pick the plan of its own source.
+    """
+    identify = _rule("IDENTIFY", None, "traits", {
+        "email": _NULLABLE_TEXT,  # lower(email), or null when the address is not an email
+        "name": _NULLABLE_TEXT,
+        "plan": {"type": ["string", "null"], "enum": [*_PLANS, None]},
+        "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+        "account_id": _ACCOUNT_ID,
+        "lifetime_value": {"type": "number", "minimum": 0},  # DECIMAL(12, 2), coalesced to 0
+        "created_at": _DATE_TIME,
+    })
+    group = _rule("GROUP", None, "traits", {
+        "name": _NULLABLE_TEXT,
+        "plan": {"type": ["string", "null"], "enum": [*_PLANS, None]},
+        "seats": {"type": ["integer", "null"], "minimum": 1},  # INTEGER
+        "industry": _NULLABLE_TEXT,
+        "mrr": {"type": ["number", "null"], "minimum": 0},  # DECIMAL(12, 2)
+        "created_at": {"type": ["string", "null"], "format": "date-time"},
+    })
+    order_completed = _rule("TRACK", "Order Completed", "properties", {
+        "order_id": {"type": "string", "pattern": "^ord_[0-9]+$"},
+        "revenue": {"type": "number", "minimum": 0},  # orders.amount, DECIMAL(10, 2)
+        "currency": {"type": "string", "enum": ["USD", "EUR", "GBP"]},
+        "account_id": _ACCOUNT_ID,
+    }, required=["order_id", "revenue", "currency"])
+    # COMMON: every call. Where a call carries a context, its library is named; traits and properties are
+    # objects.
+    common = {"type": "COMMON", "version": 1, "createdAt": _PLAN_CREATED, "updatedAt": _PLAN_UPDATED,
+              "jsonSchema": {"$schema": _JSON_SCHEMA, "type": "object", "properties": {
+                  "context": {"type": "object", "properties": {"library": {
+                      "type": "object", "required": ["name"],
+                      "properties": {"name": {"type": "string"}, "version": {"type": "string"}}}}},
+                  "traits": {"type": "object"},
+                  "properties": {"type": "object"}}}}
+    signed_up = _rule("TRACK", "Signed Up", "properties", {"plan": {"type": "string", "enum": _PLANS}},
+                      required=["plan"])
+    web_identify = _rule("IDENTIFY", None, "traits", {"email": {"type": "string"}}, required=["email"])
+    return [
+        {"trackingPlan": _plan(DEMO_TRACKING_PLAN_ID, "segment-ops reverse ETL", "segment-ops-reverse-etl",
+                               "The calls the reverse-ETL models send: customer traits, account traits and "
+                               "completed orders."),
+         "rules": [common, identify, group, order_completed], "sourceIds": [demo_source_id]},
+        {"trackingPlan": _plan(WEB_TRACKING_PLAN_ID, "Web Tracking Plan", "web-tracking-plan",
+                               "The web app's events."),
+         "rules": [web_identify, signed_up], "sourceIds": [web_source_id]},
+    ]
+
+
+def _plan(plan_id: str, name: str, slug: str, description: str) -> dict:
+    return {"id": plan_id, "name": name, "slug": slug, "description": description, "type": "LIVE",
+            "updatedAt": _PLAN_UPDATED, "createdAt": _PLAN_CREATED}
+
+
+def _rule(rule_type: str, key: str | None, part: str, fields: dict, *, required: list[str] = ()) -> dict:
+    """A RuleV1 whose JSON Schema (the whole call) describes the object `part` ("traits" or "properties")."""
+    schema: dict = {"type": "object", "properties": fields}
+    if required:
+        schema["required"] = list(required)
+    rule = {"type": rule_type, "version": 1, "createdAt": _PLAN_CREATED, "updatedAt": _PLAN_UPDATED,
+            "jsonSchema": {"$schema": _JSON_SCHEMA, "type": "object", "properties": {part: schema},
+                           "required": [part]}}
+    return rule | ({"key": key} if key else {})

@@ -1,7 +1,9 @@
 """Segment Public API emulator (spec §2), mounted at `/segmentapis`: the audit trail, `GET /audit-events`,
 the workspace's sources with their write keys, `GET /sources` (spec §7; `sources.py`), its destinations,
-`GET /destinations`, and the Delivery Overview metrics, `GET /delivery-overview/<step>` (spec §7;
-`delivery_overview.py`, counted from what the Tracking API double received).
+`GET /destinations`, the Delivery Overview metrics, `GET /delivery-overview/<step>` (spec §7;
+`delivery_overview.py`, counted from what the Tracking API double received), regulations, `POST|GET
+/regulations...` (spec §2; `regulations.py`, each creation also an audit event), and tracking plans,
+`GET /tracking-plans...` and `PUT /tracking-plans/{id}/rules` (spec §2; `tracking_plans.py`).
 
 Events come from the demo data (`data.py`; their "now" moves with the wall clock, so new events appear
 as time passes, or stands at `SEGMENT_OPS_CLOCK` when that is set: `clock.now()`) plus any injected
@@ -19,13 +21,21 @@ Choices where the spec is silent or unverified:
 - Rate limit: a fixed 60 s window of `rate_limit_per_min` points per token, one point per request (the
   600/min figure is a third-party claim). `X-RateLimit-*` headers are on every answer; a 429 has the
   documented body with `msBeforeNext` and no `Retry-After`, which Segment does not guarantee (spec §7).
+  Creating a regulation counts instead against a window of its type's group (Segment-only or Segment &
+  Destination, `regulation_rate_limit_per_min` each, the SDK's 600/min) whose headers it answers with;
+  listing a tracking plan's rules against its own window (`rules_rate_limit_per_min`, the SDK's 200/min).
 - Events are sorted newest first (then by id), or oldest first after the sandbox-only
   `POST /segmentapis/__sandbox__/audit-order` `{"order": "oldest"}` (Segment documents no order, spec §7;
   `reset` restores newest first). `startTime` is exclusive, `endTime` inclusive and capped at now; a
   `startTime` older than the 90-day retention is clamped to it.
 - The cursor is opaque base64 of (offset, window, filters). The first page fixes `endTime`, so the
   walk is stable while new events arrive; the cursor's window and filters win over repeated params.
-- Error types: `RequestError` for 4xx, `ServerError` for 5xx.
+- Error types: `RequestError` for 4xx, `ServerError` for 5xx. Regulations and tracking plans answer 422 for
+  a body or filter that fails validation (the SDKs' "Validation failure"), 400 for a body that is not JSON
+  or a bad `pagination.*` (as every other list here), 404 for an unknown id.
+- A creation's audit event: `Workspace Regulation Created` (`resourceName` the workspace) or `Source
+  Regulation Created` (`resourceName` the source's slug), `resourceType` "regulation", `resourceId` the
+  regulateId, `actor` "Public API token: segment-ops" (no `actorEmail`), at the creation's `createdAt`.
 """
 
 from __future__ import annotations
@@ -46,20 +56,26 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from segment_ops import clock
-from segment_ops.sandbox.common import json_response, scheme_token
+from segment_ops.sandbox.common import BodyTooLarge, json_response, read_body, scheme_token
 from segment_ops.sandbox.recorder import Recorder
 from segment_ops.sandbox.segment.delivery_overview import (
     DeliveryPipeline,
     MetricsQueryError,
     parse_metrics_query,
 )
-from segment_ops.sandbox.segment.sources import sources_page
+from segment_ops.sandbox.segment.regulations import RegulationError, Regulations, rate_limit_group
+from segment_ops.sandbox.segment.sources import WORKSPACE_ID, sources_page
+from segment_ops.sandbox.segment.tracking_plans import TrackingPlanError, TrackingPlans
 
 MAX_PAGE_SIZE = 200
 RETENTION = timedelta(days=90)
 WINDOW_SECONDS = 60.0
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body the double reads (5,000 subject ids are ~200 KB)
+REGULATION_GROUPS = ("segment_only", "segment_and_destination")
+REGULATION_ACTOR = "Public API token: segment-ops"
 
 AuditSource = Callable[[datetime, datetime], list[dict]]
+_NOT_JSON = object()  # a request body that did not parse
 
 
 class InvalidParameter(Exception):
@@ -88,13 +104,20 @@ class SegmentPublicApi:
     def __init__(
         self, recorder: Recorder, audit_source: AuditSource, *, token: str, rate_limit_per_min: int = 600,
         sources: Sequence[dict] = (), pipeline: DeliveryPipeline | None = None,
+        regulations: Regulations | None = None, regulation_rate_limit_per_min: int = 600,
+        tracking_plans: TrackingPlans | None = None, rules_rate_limit_per_min: int = 200,
     ) -> None:
         self.recorder = recorder
         self.audit_source = audit_source
         self.token = token
         self.sources = list(sources)
         self.pipeline = pipeline or DeliveryPipeline(self.sources, ())
+        self.regulations = regulations or Regulations(WORKSPACE_ID, self.sources, self.pipeline.destinations)
+        self.tracking_plans = tracking_plans or TrackingPlans((), self.sources)
         self._window = _PointsWindow(rate_limit_per_min)
+        self._regulation_windows = {group: _PointsWindow(regulation_rate_limit_per_min)
+                                    for group in REGULATION_GROUPS}
+        self._rules_window = _PointsWindow(rules_rate_limit_per_min)
         self._injected: list[dict] = []
         self._ids = itertools.count(1)
         self._oldest_first = False
@@ -104,6 +127,15 @@ class SegmentPublicApi:
                 Route("/sources", self._sources, methods=["GET"]),
                 Route("/destinations", self._destinations, methods=["GET"]),
                 Route("/delivery-overview/{step}", self._delivery_overview, methods=["GET"]),
+                Route("/regulations", self._regulations, methods=["GET", "POST"]),
+                Route("/regulations/sources/{sourceId}", self._regulations, methods=["GET", "POST"]),
+                Route("/regulations/{regulateId}", self._regulation, methods=["GET"]),
+                Route("/tracking-plans", self._tracking_plans, methods=["GET"]),
+                Route("/tracking-plans/{trackingPlanId}", self._tracking_plan, methods=["GET"]),
+                Route("/tracking-plans/{trackingPlanId}/rules", self._tracking_plan_rules,
+                      methods=["GET", "PUT"]),
+                Route("/tracking-plans/{trackingPlanId}/sources", self._tracking_plan_sources,
+                      methods=["GET"]),
                 Route("/__sandbox__/audit-order", self._audit_order, methods=["POST"])]
 
     def fault_response(self, status: int, retry_after: int) -> Response:
@@ -113,9 +145,14 @@ class SegmentPublicApi:
 
     def reset(self) -> None:
         self._window = _PointsWindow(self._window.limit)
+        self._regulation_windows = {group: _PointsWindow(window.limit)
+                                    for group, window in self._regulation_windows.items()}
+        self._rules_window = _PointsWindow(self._rules_window.limit)
         self._injected.clear()
         self._oldest_first = False
         self.pipeline.reset()
+        self.regulations.reset()
+        self.tracking_plans.reset()
 
     def inject(self, partial_events: list[dict]) -> list[dict]:
         """Add audit events (missing fields get defaults, `timestamp` defaults to now); returns them whole."""
@@ -202,12 +239,131 @@ class SegmentPublicApi:
             return _error(exc.status, "RequestError", str(exc), field=exc.field)
         return json_response({"data": self.pipeline.answer(query)}, headers=self._window.headers())
 
-    def _admit(self, request: Request) -> Response | None:
-        """The token check and the rate limit every endpoint shares; None when the request may proceed."""
+    async def _regulations(self, request: Request) -> Response:
+        """`POST /regulations[/sources/{sourceId}]` files a regulation; `GET` lists that scope's."""
+        source_id = request.path_params.get("sourceId")
+        if request.method == "GET":
+            if refused := self._admit(request):
+                return refused
+            params = request.query_params
+            try:
+                data = self.regulations.page(params, _page_size(params), source_id)
+            except InvalidParameter as exc:
+                return _error(400, "RequestError", str(exc), field=exc.field)
+            except RegulationError as exc:
+                return _error(exc.status, "RequestError", str(exc), field=exc.field)
+            return json_response({"data": data}, headers=self._window.headers())
+        if refused := self._authorise(request):
+            return refused
+        try:
+            body = orjson.loads(await read_body(request, MAX_BODY_BYTES))
+        except BodyTooLarge as exc:
+            return _error(413, "RequestError", str(exc))
+        except orjson.JSONDecodeError:
+            body = _NOT_JSON
+        # The quota of the type's group (spec §2); a body naming no known type counts against the general one.
+        group = rate_limit_group(body.get("regulationType") if isinstance(body, dict) else None)
+        window = self._regulation_windows[group] if group else self._window
+        if not window.consume():
+            return self._too_many(window.ms_before_next(), window)
+        if body is _NOT_JSON:
+            return _error(400, "RequestError", "the request body is not valid JSON", headers=window.headers())
+        try:
+            created = self.regulations.create(body, source_id)
+        except RegulationError as exc:
+            return _error(exc.status, "RequestError", str(exc), field=exc.field, headers=window.headers())
+        self._audit_regulation(created, source_id)
+        return json_response({"data": {"regulateId": created["id"]}}, headers=window.headers())
+
+    async def _regulation(self, request: Request) -> Response:
+        if refused := self._admit(request):
+            return refused
+        try:
+            regulation = self.regulations.get(request.path_params["regulateId"])
+        except RegulationError as exc:
+            return _error(exc.status, "RequestError", str(exc), field=exc.field)
+        return json_response({"data": {"regulation": regulation}}, headers=self._window.headers())
+
+    def _audit_regulation(self, created: dict, source_id: str | None) -> None:
+        """The audit event Segment documents for a creation (spec §2), at the regulation's `createdAt`."""
+        number = next(self._ids)
+        if source_id is None:
+            kind, name = "Workspace Regulation Created", WORKSPACE_ID
+        else:
+            kind, name = "Source Regulation Created", self.regulations.source(source_id)["slug"]
+        self._injected.append({"id": f"sandbox-audit-{number}", "timestamp": created["createdAt"],
+                               "type": kind, "actor": REGULATION_ACTOR, "resourceId": created["id"],
+                               "resourceType": "regulation", "resourceName": name})
+
+    async def _tracking_plans(self, request: Request) -> Response:
+        if refused := self._admit(request):
+            return refused
+        params = request.query_params
+        return self._tracking_plan_answer(
+            lambda: {"data": self.tracking_plans.page(params, _page_size(params))})
+
+    async def _tracking_plan(self, request: Request) -> Response:
+        if refused := self._admit(request):
+            return refused
+        plan_id = request.path_params["trackingPlanId"]
+        return self._tracking_plan_answer(
+            lambda: {"data": {"trackingPlan": self.tracking_plans.get(plan_id)}})
+
+    async def _tracking_plan_rules(self, request: Request) -> Response:
+        """`GET` lists the plan's rules (its own 200/min window); `PUT` replaces them."""
+        plan_id, params = request.path_params["trackingPlanId"], request.query_params
+        if request.method == "GET":
+            if refused := self._admit(request, self._rules_window):
+                return refused
+            return self._tracking_plan_answer(
+                lambda: {"data": self.tracking_plans.rules_page(plan_id, params, _page_size(params))},
+                self._rules_window)
+        if refused := self._admit(request):
+            return refused
+        try:
+            body = orjson.loads(await read_body(request, MAX_BODY_BYTES))
+        except BodyTooLarge as exc:
+            return _error(413, "RequestError", str(exc))
+        except orjson.JSONDecodeError:
+            return _error(400, "RequestError", "the request body is not valid JSON")
+
+        def replace() -> dict:
+            self.tracking_plans.replace_rules(plan_id, body)
+            return {"data": {"status": "SUCCESS"}}
+
+        return self._tracking_plan_answer(replace)
+
+    async def _tracking_plan_sources(self, request: Request) -> Response:
+        if refused := self._admit(request):
+            return refused
+        plan_id, params = request.path_params["trackingPlanId"], request.query_params
+        return self._tracking_plan_answer(
+            lambda: {"data": self.tracking_plans.sources_page(plan_id, params, _page_size(params))})
+
+    def _tracking_plan_answer(self, answer: Callable[[], dict],
+                              window: _PointsWindow | None = None) -> Response:
+        """`answer()` as JSON with the window's rate headers, or Segment's error for what it raised."""
+        try:
+            body = answer()
+        except InvalidParameter as exc:
+            return _error(400, "RequestError", str(exc), field=exc.field)
+        except TrackingPlanError as exc:
+            return _error(exc.status, "RequestError", str(exc), field=exc.field)
+        return json_response(body, headers=(window or self._window).headers())
+
+    def _authorise(self, request: Request) -> Response | None:
         if scheme_token(request.headers.get("authorization"), "Bearer") != self.token:
             return _error(401, "RequestError", "Unauthorized: missing or invalid token")
-        if not self._window.consume():
-            return self._too_many(self._window.ms_before_next())
+        return None
+
+    def _admit(self, request: Request, window: _PointsWindow | None = None) -> Response | None:
+        """The token check and the rate limit every endpoint shares (of `window`, by default the general
+        one); None when the request may proceed."""
+        if refused := self._authorise(request):
+            return refused
+        window = window or self._window
+        if not window.consume():
+            return self._too_many(window.ms_before_next(), window)
         return None
 
     def _events(self, query: _Query) -> list[dict]:
@@ -223,7 +379,8 @@ class SegmentPublicApi:
         return sorted(events, key=lambda e: (_parse_time(e["timestamp"]), e["id"]),
                       reverse=not self._oldest_first)
 
-    def _too_many(self, ms_before_next: float) -> Response:
+    def _too_many(self, ms_before_next: float, window: _PointsWindow | None = None) -> Response:
+        window = window or self._window
         body = {
             "errors": [
                 {
@@ -232,13 +389,13 @@ class SegmentPublicApi:
                     "data": {
                         "remainingPoints": 0,
                         "msBeforeNext": int(ms_before_next),
-                        "consumedPoints": self._window.consumed,
+                        "consumedPoints": window.consumed,
                     },
                 }
             ]
         }
         # No `Retry-After`: Segment documents the wait only in the body (spec §7), so clients must read it.
-        return json_response(body, 429, self._window.headers())
+        return json_response(body, 429, window.headers())
 
 
 class _PointsWindow:
@@ -328,9 +485,10 @@ def _iso(moment: datetime, timespec: str = "microseconds") -> str:
     return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def _error(status: int, error_type: str, message: str, *, field: str | None = None) -> Response:
+def _error(status: int, error_type: str, message: str, *, field: str | None = None,
+           headers: Mapping[str, str] | None = None) -> Response:
     """Segment's error envelope `{"errors": [{type, message, field?, status}]}`."""
     error: dict = {"type": error_type, "message": message, "status": status}
     if field:
         error["field"] = field
-    return json_response({"errors": [error]}, status)
+    return json_response({"errors": [error]}, status, headers)
