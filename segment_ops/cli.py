@@ -179,9 +179,11 @@ def _run_replay(args: argparse.Namespace) -> int:
     from segment_ops.clients.base import VendorError
     from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND, SegmentTrackingClient
     from segment_ops.engine.delivery import DeliveryError
+    from segment_ops.engine.governance import Governance
     from segment_ops.engine.ledger import CompactedPayloadError, Ledger
     from segment_ops.engine.pgstate import redacted, state_url
     from segment_ops.engine.progress import DeliveryProgress, host_of
+    from segment_ops.engine.regulations import load_regulated
     from segment_ops.engine.store import STREAMING_MEMORY_LIMIT, StagingLockedError, staging, staging_file
     from segment_ops.syncs.replay.reader import ReplayInputError, replay_file
 
@@ -235,7 +237,8 @@ def _run_replay(args: argparse.Namespace) -> int:
         try:
             result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
                                  force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight,
-                                 before_sending=before_sending, progress=progress)
+                                 before_sending=before_sending, progress=progress,
+                                 governance=Governance(regulated=load_regulated(settings.home)))
         except (ReplayInputError, CompactedPayloadError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -248,6 +251,9 @@ def _run_replay(args: argparse.Namespace) -> int:
         _print_replay(result.plan, dry_run=True)
     else:
         _print_replay(result.plan, result.delivery)
+        if result.suppressed:
+            print(f"{result.suppressed:,} message(s) about regulated subjects suppressed, not sent "
+                  "(`segment-ops status` counts them)")
     return 0 if result.ok else 1
 
 

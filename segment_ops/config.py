@@ -36,7 +36,7 @@ SANDBOX_SLACK_WEBHOOK_PATH = f"/services/T0SANDBOX/B0SANDBOX/{SANDBOX_SLACK_WEBH
 # Tables of the sandbox's demo warehouse (built by sandbox/warehouse.py, declared as assets in
 # syncs/external.py).
 DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "main_production.users",
-                         "main_production.segment_members", "identity_map")
+                         "main_production.segment_members", "identity_map", "privacy_requests")
 
 
 @dataclass(frozen=True)
@@ -357,6 +357,28 @@ SETTINGS: tuple[Setting, ...] = (
         "Plan guard: the share limits apply once a sync has delivered at least this many records, so first "
         "runs and small syncs are never held for their shares.",
         default="100",
+    ),
+    Setting(
+        "TRACKING_PLAN_POLICY",
+        "What a sync does with a call that breaks the tracking plan connected to its Segment source (read "
+        "with the Public API before each sending run): `warn` sends it and reports the violation (metadata, "
+        "a failed check, a Slack alert); `block` rejects it with the schema error as the reason, and stops "
+        "the run when the plan cannot be read; `off` checks nothing. A model's `tracking_plan:` header "
+        "overrides it.",
+        default="warn",
+    ),
+    Setting(
+        "REGULATIONS_QUERY_FILE",
+        "SQL file whose rows are privacy requests for the `segment/regulations` sync (columns: `user_id`, "
+        "`regulation_type`, optional `subject_type`, `request_id`, `requested_at`), run against "
+        "WAREHOUSE_URL. Unset: the project's `sql/regulations/privacy_requests.sql`; `off`: no query, only "
+        "files dropped into `$SEGMENT_OPS_HOME/inbox/regulations/`.",
+    ),
+    Setting(
+        "REGULATIONS_SUBJECTS_PER_REQUEST",
+        "Most subject ids one `POST /regulations` carries (Segment's privacy docs: up to 5,000 userIds per "
+        "Public API call).",
+        default="5000",
     ),
     Setting(
         "SEGMENT_SOURCE_DEDICATED",

@@ -11,6 +11,7 @@ from segment_ops.syncs.heap import defs as heap
 from segment_ops.syncs.ops import delivery_health, delivery_overview, preflight, run_watch
 from segment_ops.syncs.ops import run_alerts as sensors
 from segment_ops.syncs.pendo import defs as pendo
+from segment_ops.syncs.regulations import defs as regulations
 from segment_ops.syncs.replay import defs as replay
 from segment_ops.syncs.reverse_etl import defs as reverse_etl
 
@@ -24,6 +25,7 @@ def defs() -> dg.Definitions:
         audit_trail.defs,
         heap.build_heap_defs(),
         pendo.defs,
+        regulations.defs,
         delivery_health.defs,
         delivery_overview.defs,
         preflight.defs,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # imported lazily at run time: the sandbox and Dagster are he
     from segment_ops.sandbox.demo_data import DemoData
 
 # The syncs the project is built to run; the demo says plainly which of them exist yet.
-PLANNED_SYNC_GROUPS = ("replay", "reverse_etl", "heap", "pendo", "audit_trail")
+PLANNED_SYNC_GROUPS = ("regulations", "replay", "reverse_etl", "heap", "pendo", "audit_trail")
 # After the syncs, the landed_in_segment checks read back the identify calls of these syncs (group: its
 # read-back job); the sandbox's profiles show a call 1 s after accepting it, so this delay is past that.
 READ_BACK_JOBS = {"reverse_etl": "reverse_etl_read_back_job", "heap": "heap_read_back_job"}
@@ -102,13 +102,36 @@ def audit_window(data: DemoData) -> tuple[str, str]:
     return keys[0], keys[-1]
 
 
+# The regulations run waits this long at most for Segment to finish its regulation (the sandbox finishes one
+# within seconds; a real workspace takes hours to weeks, and the scheduled runs follow it).
+REGULATION_WAIT_SECONDS = 30.0
+
+
+def _regulations_config(home: Path) -> dict:
+    return {"ops": {"segment__regulations": {"config": {"wait_seconds": REGULATION_WAIT_SECONDS}}}}
+
+
+def _regulations_figures(by_asset: dict[str, dict]) -> Figures:
+    """Privacy requests read from the warehouse and the inbox: filed now, filed before, or rejected."""
+    m = by_asset.get("segment/regulations", {})
+    terms = ((m.get("recorded", 0), "new, filed with Segment"),
+             (m.get("already_recorded", 0), "filed before"), (m.get("rejected", 0), "rejected"))
+    note = (f"{m.get('finished_requests', 0):,} finished at Segment, {m.get('open_requests', 0):,} still "
+            f"running, {m.get('failed_requests', 0):,} failed; {m.get('erased_subjects', 0):,} subject(s) "
+            "erased from segment_ops's stores; every later sync suppresses the regulated users")
+    return Figures("requests read", m.get("requests_read", 0) + m.get("rejected", 0), terms,
+                   m.get("subjects_filed", 0), m.get("already_recorded", 0), 0, m.get("rejected", 0), note)
+
+
 def _replay_figures(by_asset: dict[str, dict]) -> Figures:
     m = by_asset.get("segment/replayed_events", {})
     planned, known, sent = m.get("planned", 0), m.get("planned_by_earlier_runs", 0), m.get("delivered", 0)
     # the plan's own split of what earlier runs planned
     delivered_before, pending = m.get("already_delivered", 0), m.get("pending_from_earlier", 0)
-    rejected = m.get("rejected_lines", 0)
-    terms = ((planned, _sent_or_new(planned, sent, m)), (rejected, "rejected"),
+    rejected, suppressed = m.get("rejected_lines", 0), m.get("suppressed", 0)
+    planned -= suppressed
+    terms = ((planned, _sent_or_new(planned, sent, m)), (suppressed, "suppressed (a regulated user)"),
+             (rejected, "rejected"),
              (m.get("duplicates_in_input", 0), "duplicate in the file"),
              (delivered_before, "already delivered"), (pending, "pending from earlier (sent now)"),
              (known - delivered_before - pending, "planned earlier, rejected or awaiting"),
@@ -122,22 +145,30 @@ def _diff_figures(by_asset: dict[str, dict], prefix: str, unit: str) -> Figures:
     assets whose key starts with `prefix`: rows = added or changed + unchanged + rejected."""
     m = _summed(by_asset, prefix)
     changed, pending = m.get("added", 0) + m.get("changed", 0), m.get("already_planned", 0)
-    new, sent = changed - pending, m.get("delivered", 0)
+    suppressed = m.get("suppressed", 0)
+    new, sent = changed - pending - suppressed, m.get("delivered", 0)
     terms = ((new, _sent_or_new(new, sent, m, "added or changed")),
+             (suppressed, "suppressed (a regulated user)"),
              (pending, "pending from earlier (sent now)"),
              (m.get("unchanged", 0), "unchanged since delivered"), (m.get("rejected", 0), "rejected"))
+    note = _sent_note(new + pending + m.get("removed", 0), sent, m)
+    if withheld := m.get("erased_users_withheld", 0):  # left out before the diff: not among the rows read
+        withheld_note = f"{withheld:,} row(s) of a user erased by a regulation withheld"
+        note = f"{note}; {withheld_note}" if note else withheld_note
     return Figures(unit, m.get("rows_read", 0), terms, sent, m.get("unchanged", 0), pending,
-                   m.get("rejected", 0) + m.get("rejected_by_destination", 0),
-                   _sent_note(new + pending + m.get("removed", 0), sent, m))
+                   m.get("rejected", 0) + m.get("rejected_by_destination", 0), note)
 
 
 def _heap_figures(by_asset: dict[str, dict]) -> Figures:
     m = _summed(by_asset, "segment/heap_audiences/")
     sent, unresolved = m.get("delivered", 0), m.get("unresolved", 0)
     terms = ((m.get("added", 0), "entered"), (m.get("unchanged", 0), "unchanged since delivered"),
-             (unresolved, "unresolved (rejected)"))
+             (unresolved, "unresolved (rejected)"),
+             (m.get("erased_users_withheld", 0), "withheld (a user erased by a regulation)"))
     note = (f"{sent:,} calls sent: an identify and an \"Audience Entered/Exited\" track for each of "
             f"{m.get('added', 0):,} entered and {m.get('removed', 0):,} exited")
+    if m.get("suppressed"):
+        note += f", less {m['suppressed']:,} suppressed (a regulated user)"
     return Figures("Heap members", m.get("heap_members", 0), terms, sent, m.get("unchanged", 0),
                    m.get("already_planned", 0), unresolved + m.get("rejected_by_destination", 0), note)
 
@@ -187,6 +218,9 @@ def _heap_config(home: Path) -> dict:
 
 
 DEMO_STEPS = (
+    # First, the privacy team's request in the demo warehouse: filed with Segment, followed until Segment
+    # finished it, the user erased from segment_ops's stores; every sync below then suppresses that user.
+    DemoStep("regulations", "regulations_job", _regulations_config, _regulations_figures),
     DemoStep("replay", "replay_job", _replay_config, _replay_figures),
     # Every model in sql/reverse_etl/ against the demo warehouse, as one job; counts are summed over the
     # models.
@@ -227,7 +261,9 @@ def run_demo(*, scale: float = 1.0, seed: int = 7) -> int:
     dagster_home = _ensure_dagster_home()
     print(f"segment_ops demo  (SEGMENT_OPS_HOME={home}, DAGSTER_HOME={dagster_home})")
 
-    sandbox = start_sandbox(SandboxConfig(seed=seed, scale=scale))
+    # Segment takes hours to weeks to finish a regulation; the demo's sandbox takes two seconds.
+    sandbox = start_sandbox(SandboxConfig(seed=seed, scale=scale, regulation_running_after_seconds=1.0,
+                                          regulation_finished_after_seconds=1.0))
     os.environ["SEGMENT_OPS_SANDBOX_URL"] = sandbox.url
     print(f"sandbox: {sandbox.url}")
     try:

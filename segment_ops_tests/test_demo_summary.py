@@ -51,9 +51,11 @@ def test_a_failed_warn_check_is_shown_with_its_figure(summary):
 
 @pytest.mark.slow
 def test_each_syncs_counts_add_up_in_its_own_terms(summary):
-    replay = "replay: 3,770 lines read = 3,766 sent + 3 rejected + 1 duplicate in the file"
+    # The demo's regulated user has two lines in the file: suppressed, not sent.
+    replay = ("replay: 3,770 lines read = 3,764 sent + 2 suppressed (a regulated user) + 3 rejected "
+              "+ 1 duplicate in the file")
     assert line(summary, "replay:") == replay
-    syncs = ("replay", "reverse_etl", "pendo", "heap", "audit_trail")
+    syncs = ("regulations", "replay", "reverse_etl", "pendo", "heap", "audit_trail")
     for equation in [line(summary, f"{sync}:") for sync in syncs]:
         sums = re.sub(r" \(partitions? [^)]*\)$", "", equation).split(";")[0]  # the window, the note
         read, terms = re.fullmatch(r"\w+: ([\d,]+) [a-zA-Z ]+ = (.*)", sums).groups()
@@ -87,3 +89,14 @@ def test_the_last_line_starts_the_sandbox_before_the_ui(summary):
     assert last.count(f"SEGMENT_OPS_CLOCK={SUNDAY}") == 2
     assert re.search(r"SEGMENT_OPS_HOME=\S+/home/demo DAGSTER_HOME=\S+dagster_home", last)
     assert Path(re.search(r"SEGMENT_OPS_HOME=(\S+)", last)[1]).is_dir()
+
+
+@pytest.mark.slow
+def test_one_regulation_is_filed_finished_and_honoured(summary):
+    regulations = line(summary, "regulations:")
+    assert regulations.startswith("regulations: 1 requests read = 1 new, filed with Segment;")
+    assert "1 finished at Segment, 0 still running, 0 failed; 1 subject(s) erased" in regulations
+    assert re.search(r"regulations +ok +1 +1 ", summary)
+    # The erased user's rows are withheld from the models and the audiences, and the sums still hold.
+    assert "row(s) of a user erased by a regulation withheld" in line(summary, "reverse_etl:")
+    assert "withheld (a user erased by a regulation)" in line(summary, "heap:")

@@ -156,11 +156,16 @@ def _sync_status(ledger: Ledger, name: str, sync: str) -> SyncStatus:
         _, _, fingerprint = ledger.plan_digest(sync)
         held = (f"{counts['held']:,} messages held by the plan guard: the plan waits for approval (run the "
                 f"sync with approve_plan: {fingerprint})")
+    notes = [held] if held else []
+    if counts["suppressed"]:  # counted apart from rejections: a regulation, not a fault
+        notes.append(f"{counts['suppressed']:,} messages suppressed: about users a privacy regulation "
+                     "covers, never sent")
     return SyncStatus(name, sync, last_activity_at=activity.at, last_run_id=activity.run_id,
                       pending=counts["pending"], delivered=counts["delivered"], verified=counts["verified"],
                       rejected_rows=ledger.rejected_input_rows(sync),
                       rejected_by_destination=counts["rejected"],
-                      oldest_pending_at=ledger.oldest_pending(sync), counts=counts, detail=held)
+                      oldest_pending_at=ledger.oldest_pending(sync), counts=counts,
+                      detail="; ".join(notes) or None)
 
 
 def _status_cells(row: SyncStatus, now: datetime) -> list[str]:

@@ -1,6 +1,6 @@
 """Alert messages for a Slack-compatible incoming webhook: a run failed or recovered, a sync's deliveries
 turned unhealthy or healthy again, Segment failed to deliver to destinations, something a vendor pushed is
-held. Shared by every sync's sensors and checks.
+held, a regulation failed, calls broke the tracking plan. Shared by every sync's sensors and checks.
 
 Every message has a plain `text` and Block Kit `blocks`, names the sync, the step and its counts, and links
 the run in the Dagster UI. Every text placed in a message passes `redact_secrets` (a second guard behind
@@ -164,6 +164,21 @@ def egress_failure_message(hour: str, flagged: Sequence[EgressFigures], max_shar
     if run_url:
         text += " " + _own_link(run_url, "Open the check's run in Dagster")
         blocks.append(_link(run_url, "Open the check's run in Dagster"))
+    return {"text": text, "blocks": blocks}
+
+
+def governance_message(title: str, lines: Sequence[str], run_url: str | None = None) -> dict:
+    """`{"text", "blocks"}` of a governance alert (a regulation Segment failed or refused, tracking-plan
+    violations): one line per finding, each escaped; never a subject's id or a trait's value."""
+    safe = [_safe(line) for line in lines[:MAX_COUNTS]]
+    if len(lines) > MAX_COUNTS:
+        safe.append(f"... and {len(lines) - MAX_COUNTS:,} more")
+    text = f":warning: segment_ops: {_safe(title)}: " + "; ".join(safe)
+    blocks: list[dict] = [_header(redact_secrets(title)),
+                          {"type": "section", "text": _mrkdwn("\n".join(safe))}]
+    if run_url:
+        text += " " + _own_link(run_url, "Open the run in Dagster")
+        blocks.append(_link(run_url, "Open the run in Dagster"))
     return {"text": text, "blocks": blocks}
 
 

@@ -104,9 +104,25 @@ ALTER TABLE rev_state ADD COLUMN IF NOT EXISTS fingerprint_scheme VARCHAR;
 ALTER TABLE rev_snapshot ADD COLUMN IF NOT EXISTS fingerprint BIGINT;
 ALTER TABLE rev_changes ADD COLUMN IF NOT EXISTS fingerprint BIGINT;
 """
+# Erasure (`engine/erasure.py`): a key that is an erased subject leaves the snapshot and the changes; a key
+# that is something else (an order, an account) keeps its row and hashes without the subject's ids, so the
+# next run sends nothing for it while its row is unchanged. An erased message is never revived.
+_ERASE = """
+DELETE FROM rev_snapshot WHERE erased_id(record_key);
+UPDATE rev_snapshot SET user_id = CASE WHEN erased_id(user_id) THEN NULL ELSE user_id END,
+       anonymous_id = CASE WHEN erased_id(anonymous_id) THEN NULL ELSE anonymous_id END,
+       group_id = CASE WHEN erased_id(group_id) THEN NULL ELSE group_id END
+WHERE erased_id(user_id) OR erased_id(anonymous_id) OR erased_id(group_id);
+DELETE FROM rev_changes WHERE erased_id(record_key);
+UPDATE rev_changes SET user_id = CASE WHEN erased_id(user_id) THEN NULL ELSE user_id END,
+       anonymous_id = CASE WHEN erased_id(anonymous_id) THEN NULL ELSE anonymous_id END,
+       group_id = CASE WHEN erased_id(group_id) THEN NULL ELSE group_id END
+WHERE erased_id(user_id) OR erased_id(anonymous_id) OR erased_id(group_id);
+DELETE FROM rev_superseded WHERE message_id IN (SELECT message_id FROM erased_messages);
+"""
 STATE = store.register(store.StateSchema(
     name="diff", version=2, tables=("rev_state", "rev_snapshot", "rev_changes", "rev_superseded"),
-    create=_STATE_CREATE, migrations={1: _FINGERPRINTS}))
+    create=_STATE_CREATE, migrations={1: _FINGERPRINTS}, erase=_ERASE))
 
 
 @dataclass
@@ -778,6 +794,15 @@ def _mark_superseded(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
         chunk = stale[start:start + 20_000]
         ledger.log_outcomes(sync, [(seq, SUPERSEDED, 0, "superseded by a newer state of the row")
                                    for _, seq in chunk])
+        con.execute("INSERT INTO rev_superseded SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
+                    [[m for m, _ in chunk], [q for _, q in chunk]])
+
+
+def remember_superseded(con: duckdb.DuckDBPyConnection, superseded: list[tuple[str, int]]) -> None:
+    """Remember messages superseded outside the diff, (message_id, seq) (a suppression an UNSUPPRESS lifted),
+    so the next plan revives those its rows still want (`_revive`)."""
+    for start in range(0, len(superseded), 20_000):
+        chunk = superseded[start:start + 20_000]
         con.execute("INSERT INTO rev_superseded SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
                     [[m for m, _ in chunk], [q for _, q in chunk]])
 

@@ -66,18 +66,21 @@ TRANSITIONS: Mapping[MessageState, frozenset[MessageState]] = MappingProxyType({
     _S.SUPERSEDED: frozenset({_S.PLANNED}),
     # Approved; or replaced by a newer plan while it waited.
     _S.HELD: frozenset({_S.PLANNED, _S.SUPERSEDED}),
-    _S.SUPPRESSED: frozenset(),
+    # Lifted (an UNSUPPRESS of its subject): superseded, so the rows decide again what is sent (a diff sync
+    # revives it if its row still wants it; a replay sends it again with --force).
+    _S.SUPPRESSED: frozenset({_S.SUPERSEDED}),
 })
 # States no outcome may follow, save a person's reset.
 TERMINAL = frozenset(state for state, following in TRANSITIONS.items() if not following)
 # A person's reset (`plan_relation(force=True)`, `segment-ops replay --force`) plans a message again from
-# any of these, whatever `TRANSITIONS` says. Not from SUPPRESSED: governance lifts that, not a re-send.
+# any of these, whatever `TRANSITIONS` says. Not from SUPPRESSED: only an UNSUPPRESS lifts that, never a
+# person's re-send.
 RESETTABLE = frozenset(MessageState) - {_S.SUPPRESSED}
 
 # The stored words, importable as they always were (diff, delivery and the syncs use them).
 PENDING, DELIVERED, REJECTED = _S.PLANNED.value, _S.DELIVERED.value, _S.REJECTED.value
 AWAITING_ACK, SUPERSEDED, VERIFIED = _S.AWAITING_ACK.value, _S.SUPERSEDED.value, _S.VERIFIED.value
-HELD = _S.HELD.value
+HELD, SUPPRESSED = _S.HELD.value, _S.SUPPRESSED.value
 
 
 class UnknownStateError(ValueError):
@@ -130,6 +133,12 @@ UNION ALL
 SELECT seq FROM outcomes
 WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'pending')
 GROUP BY seq HAVING arg_max(status, id) = 'pending'
+"""
+# The seqs of a sync's suppressed messages (`$sync`), found the same way.
+_SUPPRESSED_SEQS = """
+SELECT seq FROM outcomes
+WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'suppressed')
+GROUP BY seq HAVING arg_max(status, id) = 'suppressed'
 """
 # The seqs of a sync's held messages (`$sync`): those whose latest outcome is `held`, looked for only among
 # the messages that ever had such an outcome.
@@ -318,13 +327,49 @@ GROUP BY w.sync, w.receipt;
 DROP VIEW IF EXISTS ledger;
 """
 
+# What erasure (`engine/erasure.py`: a DELETE regulation) leaves of a message about an erased data subject,
+# the one sanctioned rewrite of the outbox besides compaction: a compacted payload (COMPACTED + "erased")
+# without even the digest of its body, so every reader that skips compacted payloads skips it, a forced
+# re-send cannot take its body back (`plan_relation` restores only a payload whose digest matches: it rejects
+# this one instead), and nothing can send it. Its id, seq, call type and outcomes stay (never planned twice,
+# every count as it was); its key only when it does not name the subject.
+ERASED = "compacted:erased"
+_ERASE = f"""
+-- The messages about an erased subject: keyed by it, or naming it as a JSON string (found as text, no JSON
+-- parsed).
+CREATE OR REPLACE TEMP TABLE erasing_messages AS
+SELECT sync, seq FROM planned_messages
+WHERE payload <> '{ERASED}' AND (erased_id(record_key) OR erased_in(payload));
+UPDATE planned_messages p SET payload = '{ERASED}', record_key = erased_key(p.record_key)
+FROM erasing_messages e WHERE p.sync = e.sync AND p.seq = e.seq;
+-- A destination's words about one of them (e.g. 'userId ... is invalid'), without the subject.
+UPDATE outcomes o SET error = erased_text(o.error)
+FROM erasing_messages e WHERE o.sync = e.sync AND o.seq = e.seq AND names_erased(o.error);
+-- What a read-back found different (trait values as Segment holds them).
+UPDATE read_backs r SET detail = NULL
+FROM erasing_messages e WHERE r.sync = e.sync AND r.seq = e.seq AND r.detail IS NOT NULL;
+-- Rows refused about the subject keep their reason (without the subject), source, run and time.
+UPDATE rejected SET record = '{ERASED}', record_key = erased_key(record_key), reason = erased_text(reason)
+WHERE erased_id(record_key) OR erased_in(record);
+DROP TABLE erasing_messages;
+-- Every erased message of the file (of this erasure or an earlier one) with where it stands: the other
+-- schemas' erasure finds their rows about one by its id, and erasure suppresses those that could still be
+-- sent (`engine/erasure.py`).
+CREATE OR REPLACE TEMP TABLE erased_messages AS
+WITH erased AS (SELECT sync, seq, message_id FROM planned_messages WHERE payload = '{ERASED}'),
+latest AS (SELECT o.sync, o.seq, arg_max(o.status, o.id) AS status
+           FROM outcomes o JOIN erased e ON o.sync = e.sync AND o.seq = e.seq GROUP BY o.sync, o.seq)
+SELECT e.sync, e.seq, e.message_id, coalesce(l.status, '{_S.PLANNED.value}') AS status
+FROM erased e LEFT JOIN latest l ON l.sync = e.sync AND l.seq = e.seq;
+"""
+
 # Version 3 adds `read_backs` (read-back verification, issue 15); version 4 `ledger_compactions` (issue 17).
 STATE = store.register(store.StateSchema(
     name="ledger", version=5, create=_CREATE,
     migrations={1: _TO_VERSION_2, 2: _READ_BACKS, 3: _COMPACTIONS, 4: _COUNTS},
     tables=("planned_messages", "outcome_order", "outcomes", "receipts", "receipt_settlements", "rejected",
             "read_backs", "ledger_compactions", "ledger_counts", "ledger"),
-    append_only=("planned_messages", "outcomes")))
+    append_only=("planned_messages", "outcomes"), erase=_ERASE))
 
 # A compacted message's payload (`Ledger.compact`) starts with this, followed by the MD5 of the body it
 # replaced: settled long ago, the body is no longer kept, but a forced re-send can tell whether its input
@@ -335,6 +380,12 @@ COMPACTED = "compacted:"
 def _compacted(column: str = "payload") -> str:
     """SQL: the payload in `column` was compacted."""
     return f"starts_with({column}, '{COMPACTED}')"
+def _user_id(column: str) -> str:
+    """SQL: the call's top-level `userId` in the payload `column` (NULL for a compacted or erased payload,
+    which is not JSON, and is never parsed: SQL may evaluate a filter after the expressions it guards)."""
+    return f"CASE WHEN {_compacted(column)} THEN NULL ELSE json_extract_string({column}, '$.userId') END"
+
+
 # Settled states whose payloads compaction drops: never sent again unless a person forces it, and then the
 # payload comes back from the input (`plan_relation`).
 _COMPACTABLE = (_S.DELIVERED.value, _S.VERIFIED.value, _S.REJECTED.value)
@@ -637,6 +688,7 @@ class Ledger:
         """
         con = self.con
         lost: list[int] = []
+        kept = 0  # forced, but suppressed: left as it is
         con.execute("BEGIN")
         try:
             # Only (message_id, ord) take part in the dedupe and the lookup, so no hash table or sort
@@ -659,13 +711,16 @@ class Ledger:
             ).fetchone()
             if force and known:  # a person's reset: a step from any state in RESETTABLE
                 mark = con.execute("SELECT nextval('outcome_order')").fetchone()[0]
+                # A suppressed message stays so: a regulation, not a person, decides when it may go.
                 con.execute(
-                    "INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at) "
-                    "SELECT ?, p.seq, ?, 0, NULL, ? FROM planned_messages p JOIN plan_ids i "
-                    "ON p.sync = ? AND p.message_id = i.message_id AND i.known",
-                    [sync, PENDING, _now(), sync])
-                reset = con.execute("SELECT min(seq), max(seq) FROM outcomes WHERE sync = ? AND id > ?",
-                                    [sync, mark]).fetchone()
+                    f"INSERT INTO outcomes (sync, seq, status, attempts, error, logged_at) "
+                    f"SELECT $sync, p.seq, '{PENDING}', 0, NULL, $now FROM planned_messages p "
+                    f"JOIN plan_ids i ON p.sync = $sync AND p.message_id = i.message_id AND i.known "
+                    f"WHERE p.seq NOT IN ({_SUPPRESSED_SEQS})",
+                    {"sync": sync, "now": _now()})
+                reset = con.execute("SELECT min(seq), max(seq), count(*) FROM outcomes "
+                                    "WHERE sync = ? AND id > ?", [sync, mark]).fetchone()
+                kept, reset = known - reset[2], reset[:2]
                 self._check_steps(sync, mark, reset, _LEGAL_OR_RESET_STEPS)
                 # A compacted message sent again takes its payload back from the input (the same messageId:
                 # the same call).
@@ -679,8 +734,9 @@ class Ledger:
                     """, [sync, COMPACTED])
                 lost = [row[0] for row in con.execute(
                     f"SELECT p.seq FROM planned_messages p JOIN plan_ids i ON i.message_id = p.message_id "
-                    f"AND i.known WHERE p.sync = ? AND {_compacted('p.payload')}",
-                    [sync]).fetchall()]
+                    f"AND i.known WHERE p.sync = $sync AND {_compacted('p.payload')} "
+                    f"AND p.seq NOT IN ({_SUPPRESSED_SEQS})",  # left suppressed, not sent: nothing is lost
+                    {"sync": sync}).fetchall()]
             # seq keeps the input's order: the next free number plus the row's position in the input.
             seq0 = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM planned_messages WHERE sync = ?",
                                [sync]).fetchone()[0]
@@ -706,8 +762,8 @@ class Ledger:
                       "longer keeps: give the changed call a new messageId to send it")
             self.log_outcomes(sync, [(seq, REJECTED, 0, reason) for seq in lost])
             self._refuse(sync, [(seq, reason) for seq in lost], source="ledger", run_id=run_id)
-        planned = (distinct if force else distinct - known) - len(lost)
-        return PlanCounts(planned=planned, already_known=0 if force else known,
+        planned = (distinct - kept if force else distinct - known) - len(lost)
+        return PlanCounts(planned=planned, already_known=kept if force else known,
                           duplicates_in_input=total - distinct, rejected=len(lost),
                           seqs=range(seq0, seq0 + top - base + 1))
 
@@ -810,6 +866,37 @@ class Ledger:
         seqs = [row[0] for row in self.con.execute(_HELD_SEQS, {"sync": sync}).fetchall()]
         self.log_outcomes(sync, [(seq, PENDING, 0, reason) for seq in seqs])
         return len(seqs)
+
+    def suppress_planned(self, sync: str, regulated: str) -> list[tuple[int, str]]:
+        """Suppress every planned message of `sync` about a regulated subject: the sha256 of its `userId` is a
+        `subject_hash` of the relation `regulated` (subject_hash, reason); the outcome's error is that row's
+        `reason`. Returns the (seq, userId) of each. Reads only the planned messages' payloads (the change,
+        not the history), and parses only those that name a userId at all."""
+        rows = self.con.execute(
+            f"""
+            WITH named AS (
+                SELECT m.seq, {_user_id('m.payload')} AS user_id FROM planned_messages m
+                WHERE m.sync = $sync AND m.seq IN ({_PENDING_SEQS}) AND contains(m.payload, '"userId"')
+            )
+            SELECT n.seq, n.user_id, r.reason FROM named n
+            JOIN {regulated} r ON r.subject_hash = sha256(n.user_id) ORDER BY n.seq
+            """, {"sync": sync}).fetchall()
+        self.log_outcomes(sync, [(seq, SUPPRESSED, 0, reason) for seq, _, reason in rows])
+        return [(seq, user_id) for seq, user_id, _ in rows]
+
+    def lift_suppressed(self, sync: str, lifted: str, reason: str) -> list[tuple[str, int]]:
+        """Supersede every suppressed message of `sync` whose subject (the sha256 of its `userId`) is a
+        `subject_hash` of the relation `lifted`: an UNSUPPRESS lifted its suppression. Returns the
+        (message_id, seq) of each, for a diff to revive the ones its rows still want."""
+        rows = self.con.execute(
+            f"""
+            SELECT m.message_id, m.seq FROM planned_messages m
+            WHERE m.sync = $sync AND m.seq IN ({_SUPPRESSED_SEQS})
+              AND sha256({_user_id('m.payload')}) IN (SELECT subject_hash FROM {lifted})
+            ORDER BY m.seq
+            """, {"sync": sync}).fetchall()
+        self.log_outcomes(sync, [(seq, SUPERSEDED, 0, reason) for _, seq in rows])
+        return rows
 
     def payloads_of(self, sync: str, relation: str, into: str) -> None:
         """Create the temp table `into` (message_id, payload): the payload of each message_id of `relation`

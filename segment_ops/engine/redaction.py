@@ -222,6 +222,11 @@ def _names_a_credential(key: str) -> bool:
     return folded.endswith(SENSITIVE_KEY_SUFFIXES)
 
 
+# Public for the PII policy of diff syncs (`engine.pii`), which classifies and hashes as this module does.
+looks_like_email = _looks_like_email
+names_a_credential = _names_a_credential
+
+
 def _alternation(patterns: Sequence[str]) -> re.Pattern[str]:
     """One compiled regex matching any of `patterns` (a leading global `(?i)` is scoped to its pattern)."""
     parts = [f"(?i:{p[4:]})" if p.startswith("(?i)") else p for p in patterns]

@@ -25,8 +25,10 @@ from segment_ops.engine.diff import (
     delivered_state,
     ensure_state,
     plan_changes,
+    remember_superseded,
     reset_snapshot,
 )
+from segment_ops.engine.governance import Governance, Governed, before_delivery, before_sending, lift, protect
 from segment_ops.engine.guard import GuardLimits, PlanHeld, Verdict, judge
 from segment_ops.engine.ledger import Ledger, LedgerCounts
 from segment_ops.engine.spec import DiffSpec
@@ -46,6 +48,7 @@ class RunReport:
     baseline: bool = False  # record the current rows as delivered, send nothing (adopting a destination)
     verdict: Verdict | None = None  # the plan guard's, when the run was guarded (dry runs too)
     approved: int = 0  # held messages an approval released to be sent
+    governed: Governed | None = None  # what regulations and the tracking plan did in this run (`Governance`)
     seconds: float = 0.0
 
 
@@ -88,7 +91,7 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
                   client_factory: Callable[[], Destination], *, run_id: str | None = None,
                   max_in_flight: int = 4, force_baseline: bool = False, sample_size: int = SAMPLE_SIZE,
                   progress_log: Callable[[str], None] | None = None, guard: GuardLimits | None = None,
-                  approve_plan: str | None = None) -> R:
+                  approve_plan: str | None = None, governance: Governance | None = None) -> R:
     """Run `sync` and fill `report` (its `dry_run`, `full_resync` and `baseline` say how); returns it.
 
     A dry run stages, diffs and counts; it sends and records nothing. A baseline stages, diffs and records
@@ -101,7 +104,12 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
     passes a limit, or holds messages an earlier run held, is held (its planned messages become held, which
     no delivery sends) and `PlanHeld` is raised, unless `approve_plan` is its fingerprint: then the held
     messages are planned again and the plan is sent. A dry run reports the verdict and holds nothing; a
-    baseline is not judged (it sends nothing). Raises
+    baseline is not judged (it sends nothing).
+
+    `governance` (`engine.governance`, not on dry runs or baselines): before planning, suppressed messages of
+    users an UNSUPPRESS freed are superseded (the plan revives those its rows still want); after planning and
+    before the guard, planned messages about regulated users are suppressed and the rest checked against the
+    tracking plan; before delivery, what an approval released is suppressed too. Raises
     `ConflictingOptions` (a ValueError, nothing done) for a baseline with a dry run or a full resync,
     `DeliveryIncomplete` (carrying the report) when messages stay pending, and whatever `stage` or the
     client raise as it is.
@@ -121,12 +129,29 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
         advance_snapshot(con, name)  # settle what an earlier, interrupted run delivered
         if report.full_resync:
             reset_snapshot(con)
-    staged = sync.stage(con)
+    governing = governance is not None and not report.dry_run and not report.baseline
+    report.governed = Governed() if governance is not None else None
+    if governing:
+        remember_superseded(con, lift(ledger, name, governance, report.governed))
+    staged, spec = sync.stage(con), sync.spec
+    if report.governed is not None:
+        staged, spec = protect(con, staged, spec, governance, report.governed)
     if not report.dry_run and not report.baseline and sync.before_plan is not None:
         sync.before_plan(con, ledger)
-    report.plan = plan_changes(con, ledger, sync.spec, staged, run_id=run_id, dry_run=report.dry_run,
+    report.plan = plan_changes(con, ledger, spec, staged, run_id=run_id, dry_run=report.dry_run,
                                ignore_snapshot=report.dry_run and report.full_resync,
                                baseline=report.baseline, sample_size=sample_size, guard=guard)
+    if governance is not None and (regulated := governance.regulated) is not None:
+        plan = report.plan  # samples the metadata would show: none about a regulated user
+        plan.samples = regulated.shown(plan.samples)
+        if plan.guard is not None:
+            plan.guard.removal_samples = regulated.shown(plan.guard.removal_samples)
+            plan.guard.change_samples = regulated.shown(plan.guard.change_samples)
+    if governing:
+        before_sending(ledger, name, governance, report.governed, run_id=run_id)
+        if report.plan.guard is not None:  # the guard weighs what is left to send
+            left = ledger.counts(name)
+            report.plan.guard.messages = left.pending + left.held
     if guard is not None and report.plan.guard is not None:
         report.verdict = judge(report.plan.guard, guard)
     if report.dry_run or report.baseline:
@@ -136,6 +161,8 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
     if report.verdict is not None and report.verdict.holds:
         report.plan.guard.fingerprint = ledger.plan_digest(name)[2]
         _hold_or_release(ledger, name, sync, report, approve_plan, run_id, started)
+    if governing and report.approved:
+        before_delivery(ledger, name, governance, report.governed)
     settled = deliver_changes(con, ledger, name, client_factory, run_id=run_id, max_in_flight=max_in_flight,
                               progress_log=progress_log)
     report.delivery, report.advanced, report.ledger = settled.delivery, settled.advanced, settled.ledger

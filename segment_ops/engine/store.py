@@ -61,6 +61,12 @@ class StateSchema:
     # statement that first calls `rewritten` (with the state in PostgreSQL, a check-in then reads only the
     # rows added since the last one).
     append_only: tuple[str, ...] = ()
+    # How erasure (`engine/erasure.py`, after a DELETE regulation) removes data subjects from these tables:
+    # SQL run with the temp table `erased_subjects(subject, digest)` and its macros in place, after the
+    # ledger's own erasure in the same file and transaction (so it may find the erased messages by their
+    # tombstone); it changes only this schema's tables. Or `no_subjects(why)`: the tables hold no data about
+    # a person. Every schema says one or the other (a test holds them to it), so no state can forget erasure.
+    erase: str | None = None
 
     @property
     def state_tables(self) -> tuple[str, ...]:
@@ -79,6 +85,41 @@ class StateSchema:
             if not re.search(rf"CREATE (TABLE|VIEW|SEQUENCE) IF NOT EXISTS {re.escape(table)}\b",
                              self.create):
                 raise StateSchemaError(f"state schema {self.name!r} lists {table!r} but does not create it")
+        if self.erase is not None:
+            self._check_erase(self.erase)
+
+    def _check_erase(self, sql: str) -> None:
+        """`erase` is `no_subjects(why)` with a reason, or SQL whose every write goes to a table of this
+        schema or to a temp table it makes itself."""
+        if sql.startswith(NO_SUBJECTS):
+            if not sql.removeprefix(NO_SUBJECTS).strip():
+                raise StateSchemaError(f"state schema {self.name!r} says it holds no subject data without "
+                                       "saying why")
+            return
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise StateSchemaError(f"state schema {self.name!r}: its erase SQL does not parse: "
+                                   f"{exc}") from None
+        own = set(self.state_tables)
+        for statement in statements:
+            text = re.sub(r"--[^\n]*", "", statement.query).strip()
+            if made := re.match(r"CREATE (?:OR REPLACE )?TEMP(?:ORARY)? TABLE (\w+)", text, re.IGNORECASE):
+                own.add(made.group(1))
+            written = re.match(r'(?:UPDATE|DELETE FROM|INSERT INTO)\s+"?(\w+)"?', text, re.IGNORECASE)
+            if written and written.group(1) not in own:
+                raise StateSchemaError(f"state schema {self.name!r}: its erase SQL writes to "
+                                       f"{written.group(1)!r}, which is not one of its tables")
+
+
+# `StateSchema.erase` of a schema whose tables hold no data about a person: this, then why (a SQL comment, so
+# it is never mistaken for a statement that erases something).
+NO_SUBJECTS = "-- holds no data about a data subject: "
+
+
+def no_subjects(why: str) -> str:
+    """The `erase` of a schema whose tables hold no data about a person, saying why."""
+    return NO_SUBJECTS + why
 
 
 VERSIONS_TABLE = "state_schema_versions"

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -492,3 +493,46 @@ def pull(root: Path) -> None:
         if Path(dirpath) != resolved:
             with contextlib.suppress(OSError):
                 Path(dirpath).rmdir()  # only if empty
+
+
+# --- erasure of a data subject (`engine/erasure.py`) --------------------------------------------------------
+
+def rewrite_item(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Replace the stored item at `path` with what `write` writes to the handle it is given: the one change
+    an item gets after it was written once, when erasure removes a data subject from it. Atomic (written
+    beside it, fsynced, renamed over it, the folder fsynced); in a shared inbox, in the table first. Another
+    machine's copy of a shared item keeps its old bytes (`pull` never rewrites a file it has) until erasure
+    runs there too. Raises `InboxError`; an error `write` raises leaves the item as it was."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if (where := _shared(path)) is not None:
+            inbox, relative = _SHARED_ROOTS[where[0]], where[1]
+            with _table(f"rewrite {relative} in the shared inbox {inbox!r}") as pg:
+                _batch_lock(pg, inbox, relative.split("/", 1)[0])
+                pg.execute(f"UPDATE {_FILES} SET data = %s WHERE inbox = %s AND path = %s",
+                           [tmp.read_bytes(), inbox, relative])
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InboxError(f"cannot rewrite {path}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def adopt_shared(root: Path) -> bool:
+    """With SEGMENT_OPS_STATE_URL set, `share` the inbox at `root` when the table holds items under its name
+    (its sync keeps it there), so that what is read and rewritten there is the table's; returns whether it is
+    shared. An inbox the table never held stays a folder (sharing it would upload its files)."""
+    from segment_ops.engine import pgstate
+
+    if pgstate.state_url() is None:
+        return False
+    if Path(root).resolve() in _SHARED_ROOTS:
+        return True
+    with _table(f"look up the shared inbox {Path(root).name!r}") as pg:
+        held = pg.execute(f"SELECT 1 FROM {_FILES} WHERE inbox = %s LIMIT 1", [Path(root).name]).fetchone()
+    return held is not None and share(root)

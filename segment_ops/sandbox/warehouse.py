@@ -12,7 +12,9 @@ warehouse):
   (`heap/connect.py`);
 * `identity_map`: Heap identity (email or internal id) -> Segment user_id for every known user, a
   customer-kept mapping table (the default identity query reads Heap Connect's `users` instead); the few
-  Heap-only identities are deliberately absent.
+  Heap-only identities are deliberately absent;
+* `privacy_requests`: the privacy team's deletion and suppression requests (one, for the demo), read by
+  `sql/regulations/privacy_requests.sql`.
 
 The file is built next to its destination and moved into place with `os.replace`, so a reader
 never sees a half-built warehouse.
@@ -97,6 +99,14 @@ def _create_tables(con: duckdb.DuckDBPyConnection, data: DemoData) -> None:
     """)
     create_heap_connect_tables(con, data)  # Heap's export into this warehouse
     con.execute("CREATE TABLE identity_map AS SELECT identity, user_id FROM identity_df")
+    # One customer asked to be forgotten (suppressed and deleted) a day before the population's date: the
+    # demo's regulation, filed by the `segment/regulations` sync, which every other sync then honours.
+    con.execute("""
+        CREATE TABLE privacy_requests AS
+        SELECT 'dsr-0001' AS request_id, user_id, 'SUPPRESS_WITH_DELETE' AS regulation_type,
+               ?::TIMESTAMPTZ - INTERVAL 1 DAY AS requested_at
+        FROM customers WHERE user_id IS NOT NULL ORDER BY user_id LIMIT 1
+    """, [POPULATION_AS_OF])
 
 
 def _orders(data: DemoData) -> pa.Table:

@@ -8,10 +8,26 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import Field
 
+from segment_ops.clients.base import VendorError
+from segment_ops.clients.slack import WebhookUrlError
+from segment_ops.config import load_settings
+from segment_ops.engine import store
+from segment_ops.engine.alerts import governance_message, redact_secrets
+from segment_ops.engine.governance import Governance, Governed
 from segment_ops.engine.guard import GuardLimits, PlanHeld, Verdict
+from segment_ops.engine.pii import PiiPolicy
 from segment_ops.engine.preflight import PreflightRefused, Status, describe
+from segment_ops.engine.regulations import Regulated, load_regulated
+from segment_ops.engine.tracking_plan import TrackingPlanError, check_policy, load_for_source
 from segment_ops.preflight import RESULT_COLUMNS, SegmentDestination, result_rows
-from segment_ops.resources import PreflightResource, SegmentTrackingResource, plan_guard_limits
+from segment_ops.resources import (
+    AlertsResource,
+    PreflightResource,
+    SegmentPublicApiResource,
+    SegmentTrackingResource,
+    StagingResource,
+    plan_guard_limits,
+)
 from segment_ops.syncs.metadata import markdown_table, payload_samples
 
 OWNER = "team:data-platform"
@@ -67,6 +83,104 @@ def guard_limits() -> GuardLimits:
         return plan_guard_limits()
     except ValueError as exc:
         raise SyncFailure(description=str(exc)) from None
+
+
+def regulated_now(staging: StagingResource) -> Regulated:
+    """The users no sync may send to, as the regulations sync recorded them (`engine.regulations`), read
+    once per run before anything is planned. When they cannot be read the run fails, sending nothing: not
+    knowing who asked to be forgotten is no reason to send to them."""
+    try:
+        return load_regulated(staging.home)
+    except store.StagingLockedError as exc:
+        raise SyncFailure(description=f"the regulations could not be read, so nothing was sent: {exc}; the "
+                                      "segment/regulations run holding them ends within minutes, run again "
+                                      "then") from None
+
+
+def tracking_plan_policy(declared: str | None = None) -> str:
+    """The tracking-plan policy of a sync: what it declares (a model's header), else TRACKING_PLAN_POLICY."""
+    value = (declared or load_settings()["TRACKING_PLAN_POLICY"] or "warn").strip().lower()
+    try:
+        return check_policy(value)
+    except ValueError as exc:
+        raise SyncFailure(description=f"TRACKING_PLAN_POLICY: {exc}") from None
+
+
+def governance_for(context: dg.AssetExecutionContext, staging: StagingResource,
+                   segment: SegmentTrackingResource, public_api: SegmentPublicApiResource, *, policy: str,
+                   dry_run: bool = False, pii: PiiPolicy | None = None) -> Governance:
+    """What a sending run honours (`engine.governance`): the regulations, and the tracking plan connected to
+    the source of the write key it sends with, under `policy`. A plan that cannot be read (the Public API
+    down, a rule that does not compile, no source holding the key) stops a `block` run before anything is
+    sent; a `warn` run logs why and sends unchecked. `pii`: the sync's PII policy, applied on every run (the
+    default changes nothing and says so in the metadata)."""
+    regulated = regulated_now(staging)
+    if dry_run or policy == "off":
+        return Governance(regulated=regulated, pii=pii)
+    try:
+        with public_api.get_client() as client:
+            plan = load_for_source(client, write_key=segment.write_key)
+    except (VendorError, TrackingPlanError) as exc:
+        why = redact_secrets(str(exc))
+        if policy == "block":
+            raise SyncFailure(description=f"the tracking plan could not be read, so nothing was sent (policy "
+                                          f"block): {why}") from None
+        context.log.warning(f"tracking plan not checked (policy warn, sending unchecked): {why}")
+        return Governance(regulated=regulated, pii=pii)
+    if plan is None:
+        context.log.info("no tracking plan is connected to the destination source: calls are not checked")
+        return Governance(regulated=regulated, pii=pii)
+    return Governance(regulated=regulated, tracking_plan=plan, tracking_policy=policy, pii=pii)
+
+
+def governance_metadata(governed: Governed | None) -> dict:
+    """What governance did (regulations honoured, the tracking plan's check), for every sending run."""
+    if governed is None:
+        return {}
+    metadata = governed.honoured.as_metadata() if governed.honoured is not None else {}
+    if (report := governed.tracking) is not None:
+        metadata |= report.as_metadata()
+        metadata["tracking_plan_violations"] = dg.MetadataValue.md(report.violations_markdown())
+    if governed.pii is not None:
+        metadata |= governed.pii.as_metadata()
+    return metadata
+
+
+def tracking_plan_check(governed: Governed | None, *,
+                        asset_key: dg.AssetKey | None = None) -> dg.AssetCheckResult:
+    """The `tracking_plan` check: no planned call broke the destination source's tracking plan."""
+    report = governed.tracking if governed is not None else None
+    if report is None:
+        return dg.AssetCheckResult(check_name="tracking_plan", asset_key=asset_key, passed=True,
+                                   description="not checked: no tracking plan is connected, the policy is "
+                                               "off, or nothing was sent")
+    return dg.AssetCheckResult(
+        check_name="tracking_plan", asset_key=asset_key, passed=report.passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if report.passed else report.summary(),
+        metadata={"checked": report.checked, "violating": report.violating, "blocked": report.blocked,
+                  "policy": report.policy, "unplanned": report.unplanned})
+
+
+def tracking_plan_check_spec(key: dg.AssetKey) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec("tracking_plan", asset=key,
+                             description="No call planned in the run breaks the tracking plan connected to "
+                                         "the destination source (TRACKING_PLAN_POLICY: warn sends them, "
+                                         "block rejects them).")
+
+
+def alert_violations(context: dg.AssetExecutionContext, alerts: AlertsResource,
+                     governed: Governed | None) -> None:
+    """Post the run's tracking-plan violations to Slack (sync, event, field and rule; never a value)."""
+    report = governed.tracking if governed is not None else None
+    if report is None or report.passed:
+        return
+    try:
+        with alerts.get_client() as client:
+            client.post_message(governance_message(f"tracking plan violations in {report.sync}",
+                                                   [report.summary()], alerts.run_url(context.run.run_id)))
+    except (VendorError, WebhookUrlError) as exc:
+        context.log.error(f"tracking-plan alert not sent: {redact_secrets(str(exc))}")
 
 
 def plan_metadata(verdict: Verdict | None) -> dict:

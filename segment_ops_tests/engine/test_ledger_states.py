@@ -71,8 +71,9 @@ def test_the_stored_words_are_those_files_already_hold():
     assert all(type(word) is str for word in (PENDING, DELIVERED, REJECTED, AWAITING_ACK, SUPERSEDED))
 
 
-def test_verified_rejected_and_suppressed_are_terminal():
-    assert {S.VERIFIED, S.REJECTED, S.SUPPRESSED} == TERMINAL
+def test_verified_and_rejected_are_terminal_and_only_an_unsuppress_ends_a_suppression():
+    assert {S.VERIFIED, S.REJECTED} == TERMINAL
+    assert TRANSITIONS[S.SUPPRESSED] == {S.SUPERSEDED}
 
 
 # Every step delivery, settling, the diff and governance take today, as they take it.
@@ -84,7 +85,7 @@ def test_verified_rejected_and_suppressed_are_terminal():
     [S.IN_FLIGHT, AWAITING_ACK], [S.IN_FLIGHT, DELIVERED], [S.IN_FLIGHT, REJECTED], [S.IN_FLIGHT, PENDING],
     [DELIVERED, S.VERIFIED],  # read back (issue 15)
     [S.HELD, PENDING], [S.HELD, SUPERSEDED],  # approved; replaced while held
-    [S.SUPPRESSED],
+    [S.SUPPRESSED], [S.SUPPRESSED, SUPERSEDED, PENDING],  # lifted by an UNSUPPRESS, revived by the diff
 ], ids=lambda steps: "-".join(steps))
 def test_a_step_the_code_takes_is_logged(ledger, steps):
     [seq] = plan(ledger, 1)
@@ -109,14 +110,16 @@ def test_a_persons_reset_plans_a_message_again_from_any_state_but_suppressed(led
     assert counts.planned == 1 and status(ledger, seq) == PENDING
 
 
-def test_a_reset_of_a_suppressed_message_is_refused_and_plans_nothing(ledger):
-    [seq] = plan(ledger, 1)
-    log(ledger, seq, S.SUPPRESSED)
-    again = [PlannedMessage("m0", "k0", "identify", b"{}"), PlannedMessage("new", "k1", "identify", b"{}")]
-    with pytest.raises(IllegalTransitionError, match="message 'm0' .* from suppressed to planned"):
-        ledger.add_planned("s", again, force=True)
-    assert status(ledger, seq) == S.SUPPRESSED
-    assert ledger.con.execute("SELECT count(*) FROM planned_messages").fetchone()[0] == 1  # rolled back
+def test_a_reset_leaves_a_suppressed_message_suppressed_and_plans_the_rest(ledger):
+    seqs = plan(ledger, 2)
+    log(ledger, seqs[0], S.SUPPRESSED)
+    log(ledger, seqs[1], DELIVERED)
+    again = [PlannedMessage("m0", "k0", "identify", b"{}"), PlannedMessage("m1", "k1", "identify", b"{}"),
+             PlannedMessage("new", "k2", "identify", b"{}")]
+    counts = ledger.add_planned("s", again, force=True)
+    assert status(ledger, seqs[0]) == S.SUPPRESSED  # a regulation, not a person, lifts it
+    assert status(ledger, seqs[1]) == PENDING
+    assert (counts.planned, counts.already_known) == (2, 1)  # m1 again and the new one; m0 stays as it is
 
 
 @pytest.mark.parametrize(("route", "step"), [

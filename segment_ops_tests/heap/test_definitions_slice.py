@@ -38,7 +38,7 @@ def test_every_configured_audience_is_an_asset_with_its_checks():
     check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys
                    if key.asset_key == audience_key("power_users")}
     assert check_names == {"identity_match_rate", "membership_drop_guard", "delivery_complete",
-                           "landed_in_segment"}
+                           "landed_in_segment", "tracking_plan"}
 
 
 def test_each_audience_runs_in_its_own_staging_pool():

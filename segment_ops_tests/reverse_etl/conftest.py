@@ -19,6 +19,15 @@ from segment_ops.resources import SegmentTrackingResource, build_resources
 from segment_ops.syncs.reverse_etl.defs import MODELS_DIR, build_reverse_etl_defs, model_key
 
 FAST_RETRY = RetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.02, max_elapsed=2.0)
+# The header of an identify model keyed by user_id, for tests that write a model file of their own.
+IDENTIFY_HEADER = """\
+-- description: Profile traits of every known customer, for tests.
+-- owner: team:growth
+-- call: identify
+-- mode: upsert
+-- key: user_id
+-- user_id: user_id
+"""
 
 
 @pytest.fixture

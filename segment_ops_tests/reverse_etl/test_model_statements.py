@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segment_ops.syncs.reverse_etl.model import ModelError, parse_model
-
-HEADER = """\
--- description: Profile traits of every known customer, for tests.
--- owner: team:growth
--- call: identify
--- mode: upsert
--- key: user_id
--- user_id: user_id
-"""
+from segment_ops_tests.reverse_etl.conftest import IDENTIFY_HEADER as HEADER
 
 
 @pytest.mark.parametrize(("query", "second"), [

@@ -116,6 +116,13 @@ HEC_LEDGER_SYNC = ledger_sync(SplunkHecDestination)  # type: ignore[arg-type]
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]
 
+# Erasure (`engine/erasure.py`): a staged event naming an erased subject keeps its row, id, time and type (so
+# a later read of its hour does not stage it again) and loses the rest; `forward` would frame it as that.
+_ERASE_EVENTS = """
+UPDATE audit_events SET event = json_object('id', id, 'timestamp', json_extract_string(event, '$.timestamp'),
+                                            'type', type, 'erased', true)::VARCHAR
+WHERE erased_in(event);
+"""
 # Staged audit events, the hours read and forwarded, and the HEC channel (see `pull_window`, `forward`).
 STATE = store.register(store.StateSchema(
     name="audit_trail", version=1,
@@ -150,7 +157,7 @@ CREATE TABLE IF NOT EXISTS hec_channel (
     channel    VARCHAR NOT NULL,
     created_at TIMESTAMPTZ NOT NULL
 );
-"""))
+""", erase=_ERASE_EVENTS))
 
 
 # --- the work, without Dagster ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import duckdb
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine import store
 from segment_ops.engine.diff import delivered_rows
+from segment_ops.engine.governance import Governance
 from segment_ops.engine.guard import GuardLimits
 from segment_ops.engine.identity import IdentityMapError, IdentityMapStats, IdentitySource, stage_identity_map
 from segment_ops.engine.ledger import Ledger
@@ -51,6 +52,9 @@ SAMPLE_SIZE = 20
 _TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _AUDIENCE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
+# Erasure (`engine/erasure.py`): an erased subject's Heap identities (the subject itself, and those the
+# identity map resolves to it) leave the membership; what was applied holds only ids and counts.
+_ERASE_MEMBERSHIP = "DELETE FROM heap_membership WHERE erased_id(identity)"
 # Heap's word on the segment's members, and what was applied to reach it (see `sync_audience`).
 STATE = store.register(store.StateSchema(
     name="heap_membership", version=1,
@@ -80,7 +84,7 @@ CREATE TABLE IF NOT EXISTS heap_applied_drains (
     run_id       VARCHAR,
     applied_at   TIMESTAMPTZ NOT NULL
 );
-"""))
+""", erase=_ERASE_MEMBERSHIP))
 
 
 class AudienceConfigError(ValueError):
@@ -324,7 +328,7 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
                   sync_task_ids: Sequence[str] | None = None, drain_keys: Sequence[str] | None = None,
                   drain_policy: str = DRAIN_POLICIES[0], run_id: str | None = None, dry_run: bool = False,
                   confirm_drop: bool = False, max_in_flight: int = 4, guard: GuardLimits | None = None,
-                  approve_plan: str | None = None) -> AudienceRun:
+                  approve_plan: str | None = None, governance: Governance | None = None) -> AudienceRun:
     """Bring the audience in Segment to Heap's membership by `route` ("webhook" or "reconcile").
 
     Webhook route: `sync_task_ids` / `drain_keys` name the syncs and drains to apply (None: every complete,
@@ -333,7 +337,7 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
     syncs and drains stay unprocessed), `PlanHeld` (the plan guard `guard` held the plan: sent by a run with
     `approve_plan`; syncs and drains stay unprocessed) and the Segment client's `VendorFatalError` as it is.
     Removals are left to the drop guard (its `confirm_drop`), so the plan guard's removed share is not
-    applied here.
+    applied here. `governance`: regulations and the tracking plan (`run_diff_sync`).
 
     The stage: (1) Heap's word, the changes this run brings as (identity, member, as_of, source); (2) the
     membership they lead to, where only a newer statement replaces an older one, so a page delivered twice,
@@ -397,7 +401,7 @@ def sync_audience(con: duckdb.DuckDBPyConnection, config: AudiencesConfig, audie
                         label=f"audience {audience.key!r}")
     plan_guard = None if guard is None else dataclasses.replace(guard, max_removed_share=1.0)
     run_diff_sync(con, declared, run, client_factory, run_id=run_id, max_in_flight=max_in_flight,
-                  guard=plan_guard, approve_plan=approve_plan)
+                  guard=plan_guard, approve_plan=approve_plan, governance=governance)
     if dry_run:
         return run
     for sync in run.syncs:

@@ -50,6 +50,7 @@ from segment_ops.receivers.inbox import InboxError
 from segment_ops.resources import (
     AlertsResource,
     PreflightResource,
+    SegmentPublicApiResource,
     SegmentTrackingResource,
     StagingResource,
     WarehouseResource,
@@ -74,10 +75,16 @@ from segment_ops.syncs.shared import (
     OWNER,
     DiffSendConfig,
     SyncFailure,
+    alert_violations,
+    governance_for,
+    governance_metadata,
     guard_limits,
     plan_held_failure,
     plan_metadata,
     preflight_gate,
+    tracking_plan_check,
+    tracking_plan_check_spec,
+    tracking_plan_policy,
 )
 from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
@@ -189,15 +196,19 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                 "tripped guard fails the run and changes nothing.")),
             dg.AssetCheckSpec("delivery_complete", asset=key,
                               description="Nothing planned for this audience is left pending after the run."),
+            tracking_plan_check_spec(key),
         ],
     )
     def heap_audience(context: dg.AssetExecutionContext, config: HeapAudienceConfig,
                       warehouse: WarehouseResource, segment: SegmentTrackingResource,
-                      staging: StagingResource, preflight: PreflightResource):
+                      staging: StagingResource, preflight: PreflightResource,
+                      segment_public_api: SegmentPublicApiResource, alerts: AlertsResource):
         preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
         inbox = Inbox.for_home(staging.home)
         policy = drain_policy()
         limits = guard_limits()
+        governance = governance_for(context, staging, segment, segment_public_api,
+                                    policy=tracking_plan_policy(), dry_run=config.dry_run)
         with store.staging(staging.staging_db(audience.sync)) as con:
             try:
                 run = sync_audience(con, audiences, audience, route=config.route, inbox=inbox,
@@ -206,7 +217,7 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                                     drain_policy=policy, run_id=context.run.run_id,
                                     dry_run=config.dry_run, confirm_drop=config.confirm_drop,
                                     max_in_flight=segment.max_in_flight, guard=limits,
-                                    approve_plan=config.approve_plan)
+                                    approve_plan=config.approve_plan, governance=governance)
             except MembershipDropError as exc:
                 yield _guard_result(exc.report)
                 raise SyncFailure(description=str(exc), metadata=_metadata(exc.report)) from None
@@ -220,6 +231,7 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                 raise SyncFailure(description=f"audience {audience.key}: Segment refused the write key: "
                                              f"{exc}") from None
         res = run.resolution
+        alert_violations(context, alerts, run.governed)
         yield dg.MaterializeResult(
             metadata=_metadata(run),
             check_results=[
@@ -235,6 +247,7 @@ def _audience_asset(audience: Audience, audiences: AudiencesConfig) -> dg.Assets
                     metadata={"pending": run.ledger.pending,
                               "delivered_total": run.ledger.delivered + run.ledger.verified,
                               "verified_total": run.ledger.verified}),
+                tracking_plan_check(run.governed),
             ],
         )
 
@@ -295,6 +308,7 @@ def _metadata(run: AudienceRun) -> dict:
         "delivered_members_before": run.guard.delivered_members,
         "total_seconds": round(run.seconds, 3),
         **plan_metadata(run.verdict),
+        **governance_metadata(run.governed),
     }
     if run.connect_rows is not None:
         metadata["heap_connect_rows"] = run.connect_rows

@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS delivery_overview_destinations (
     alerted_at       TIMESTAMPTZ,       -- when this hour's failures were alerted (never twice)
     read_at          TIMESTAMPTZ NOT NULL
 );
-"""))
+""", erase=store.no_subjects("Segment's counts per hour, source and destination, and discard reasons")))
 
 
 # --- the work, without Dagster ----------------------------------------------------------------------------

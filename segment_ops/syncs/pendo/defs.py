@@ -51,8 +51,10 @@ from segment_ops.engine.identity import IdentityMapError
 from segment_ops.engine.run import DeliveryIncomplete
 from segment_ops.engine.warehouse import WarehouseError
 from segment_ops.resources import (
+    AlertsResource,
     PendoResource,
     PreflightResource,
+    SegmentPublicApiResource,
     SegmentTrackingResource,
     StagingResource,
     WarehouseResource,
@@ -87,10 +89,16 @@ from segment_ops.syncs.shared import (
     OWNER,
     DiffSendConfig,
     SyncFailure,
+    alert_violations,
+    governance_for,
+    governance_metadata,
     guard_limits,
     plan_held_failure,
     plan_metadata,
     preflight_gate,
+    tracking_plan_check,
+    tracking_plan_check_spec,
+    tracking_plan_policy,
 )
 
 GROUP = "pendo"
@@ -394,6 +402,7 @@ class PendoGroupsConfig(DiffSendConfig):
         dg.AssetCheckSpec("delivery_complete", asset=GROUPS_KEY,
                           description="Every scored account was sent, unchanged or rejected with a reason, "
                                       "and nothing is left pending."),
+        tracking_plan_check_spec(GROUPS_KEY),
         dg.AssetCheckSpec("no_account_missing", asset=GROUPS_KEY,
                           description="After the send, every Pendo account (the account list and every "
                                       "account with staged usage) is delivered, unchanged since delivered, "
@@ -402,7 +411,9 @@ class PendoGroupsConfig(DiffSendConfig):
 )
 def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsConfig,
                          segment: SegmentTrackingResource, pendo: PendoResource, staging: StagingResource,
-                         warehouse: WarehouseResource, preflight: PreflightResource) -> dg.MaterializeResult:
+                         warehouse: WarehouseResource, preflight: PreflightResource,
+                         segment_public_api: SegmentPublicApiResource,
+                         alerts: AlertsResource) -> dg.MaterializeResult:
     """One Segment group call per Pendo account whose health traits changed since the last delivered state:
     groupId through the identity map, userId = the most active identified visitor (else the service user),
     traits = score, band, reasons, active users, adoption figures, last active date."""
@@ -412,12 +423,14 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
     # Every active account's `last_active_date` moves each day, so a daily run changes most accounts by
     # design: the changed-share limit would hold every day. The clear, null and volume limits still apply.
     limits = dataclasses.replace(guard_limits(), max_changed_share=1.0)
+    governance = governance_for(context, staging, segment, segment_public_api, policy=tracking_plan_policy(),
+                                dry_run=config.dry_run)
     with store.staging(staging.staging_db(SYNC)) as con:
         try:
             run = sync_account_groups(con, health, segment.get_client, warehouse_url=warehouse.url,
                                       timezone=TIMEZONE, apps=apps, run_id=context.run.run_id,
                                       dry_run=config.dry_run, max_in_flight=segment.max_in_flight,
-                                      guard=limits, approve_plan=config.approve_plan)
+                                      guard=limits, approve_plan=config.approve_plan, governance=governance)
         except (NothingScoredError, StaleScoreError, PartialWindowError, IdentityMapError,
                 WarehouseError) as exc:
             raise SyncFailure(description=str(exc)) from None
@@ -428,6 +441,7 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
         except VendorAuthError as exc:
             raise SyncFailure(description=f"Segment refused the write key: {exc}") from None
     pending = run.ledger.pending if run.ledger else 0
+    alert_violations(context, alerts, run.governed)
     return dg.MaterializeResult(
         metadata=_groups_metadata(run),
         check_results=[
@@ -436,6 +450,7 @@ def pendo_account_groups(context: dg.AssetExecutionContext, config: PendoGroupsC
                 metadata={"pending": pending, "accounts": run.accounts, "sent": run.sent,
                           "unchanged": run.plan.unchanged, "rejected": run.rejected}),
             _no_account_missing(run),
+            tracking_plan_check(run.governed),
         ],
     )
 
@@ -464,6 +479,7 @@ def _groups_metadata(run: GroupSyncRun) -> dict:
         "group_id_as_pendo_id": run.unmapped_sent_as_is,
         "seconds": round(run.seconds, 3),
         **plan_metadata(run.verdict),
+        **governance_metadata(run.governed),
     }
     if run.identity is not None:
         metadata |= {"identity_map": run.identity.origin, "identity_map_rows": run.identity.mapped,

@@ -65,6 +65,13 @@ from segment_ops.syncs.pendo.score import HealthConfig
 SYNC = "pendo_account_health"  # the staging file's name and the sync's name in the ledger
 LEGACY_TIMEZONE = "UTC"  # the zone of days staged before PENDO_TIMEZONE existed (their `timezone` is NULL)
 
+# Erasure (`engine/erasure.py`): an erased subject's own rows (a Pendo visitor is a Segment userId) leave the
+# staged usage, so accounts count without them from then on; the staged days keep their counts as read, and
+# the account and feature lists hold no person.
+_ERASE_VISITORS = """
+DELETE FROM pendo_visitor_days WHERE erased_id(visitor_id);
+DELETE FROM pendo_poll_responses WHERE erased_id(visitor_id);
+"""
 # Pendo's staged days and lists. Version 1: files staged before the time zone and apps were recorded.
 STATE = store.register(store.StateSchema(
     name="pendo_usage", version=2,
@@ -129,7 +136,7 @@ ALTER TABLE pendo_staged_days ADD COLUMN IF NOT EXISTS apps VARCHAR;
 UPDATE pendo_staged_days SET apps = CASE WHEN apps LIKE 'every app%' THEN '*'
     ELSE array_to_string(list_sort(string_split(replace(substr(apps, 6), ' ', ''), ',')), ',') END
 WHERE apps LIKE 'every app%' OR apps LIKE 'apps %';
-"""}))
+"""}, erase=_ERASE_VISITORS))
 
 
 class ExtractError(RuntimeError):

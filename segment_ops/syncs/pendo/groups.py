@@ -16,6 +16,7 @@ import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.diff import DiffPlan, delivered_rows, key_states
+from segment_ops.engine.governance import Governance
 from segment_ops.engine.guard import GuardLimits
 from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
 from segment_ops.engine.ledger import Ledger
@@ -106,13 +107,15 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
                         client_factory: Callable[[], SegmentTrackingClient], *, warehouse_url: str,
                         timezone: str, apps: str, run_id: str | None = None, dry_run: bool = False,
                         max_in_flight: int = 4, guard: GuardLimits | None = None,
-                        approve_plan: str | None = None) -> GroupSyncRun:
+                        approve_plan: str | None = None,
+                        governance: Governance | None = None) -> GroupSyncRun:
     """Send the scored accounts whose traits changed as group calls; `dry_run` plans and counts only.
 
     Raises `NothingScoredError` when nothing is scored yet, `StaleScoreError` / `PartialWindowError` when the
     score is older than the staged usage or its window has days not staged as days of `timezone` for `apps`,
     `DeliveryIncomplete` when calls stay pending, `PlanHeld` when the plan guard (`guard`) holds the plan
-    (`approve_plan` sends a held plan: `run_diff_sync`), `identity.IdentityMapError` for a broken map source
+    (`approve_plan` sends a held plan; `governance`, regulations and the tracking plan: `run_diff_sync`),
+    `identity.IdentityMapError` for a broken map source
     and the client's `VendorFatalError`.
     """
     run = GroupSyncRun(dry_run=dry_run, as_of=check_sendable_score(con, config, timezone, apps))
@@ -150,7 +153,7 @@ def sync_account_groups(con: duckdb.DuckDBPyConnection, config: HealthConfig,
 
     declared = DiffSync(spec, stage, before_plan=reject_unsendable, after_delivery=reconcile_accounts)
     return run_diff_sync(con, declared, run, client_factory, run_id=run_id, max_in_flight=max_in_flight,
-                         guard=guard, approve_plan=approve_plan)
+                         guard=guard, approve_plan=approve_plan, governance=governance)
 
 
 def check_sendable_score(con: duckdb.DuckDBPyConnection, config: HealthConfig, timezone: str,

@@ -58,11 +58,14 @@ COMPONENTS = ("breadth", "depth", "trend", "sentiment", "recency")
 BANDS = ("healthy", "at_risk", "critical")
 HEALTH_TABLE = "pendo_account_health"
 RUNS_TABLE = "pendo_health_runs"
+# Erasure (`engine/erasure.py`): an account's scores stay, without the erased subject as its top visitor (the
+# next scoring picks another from the staged usage, which no longer holds the subject).
+_ERASE_TOP_VISITOR = f"UPDATE {HEALTH_TABLE} SET top_visitor_id = NULL WHERE erased_id(top_visitor_id)"
 # One row per scoring: the day, the window and the days of it that were missing.
 STATE = store.register(store.StateSchema(
     name="pendo_score", version=1, tables=(RUNS_TABLE,), derived=(HEALTH_TABLE,),
     create=f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (as_of DATE NOT NULL, window_days INTEGER NOT NULL, "
-           "missing_days DATE[] NOT NULL, scored_at TIMESTAMPTZ NOT NULL)"))
+           "missing_days DATE[] NOT NULL, scored_at TIMESTAMPTZ NOT NULL)", erase=_ERASE_TOP_VISITOR))
 SCORE_VERSION = "3"  # bump when the SQL below changes meaning (3: depth per account's apps)
 # Pendo's anonymous visitor ids (pendo-io/pendo-ETL-API-calls); never a Segment userId.
 ANONYMOUS_PREFIX = "_PENDO_T_"

@@ -15,7 +15,13 @@ from pydantic import Field
 from segment_ops.engine import store
 from segment_ops.engine.delivery import DeliveryError
 from segment_ops.engine.ledger import Ledger
-from segment_ops.resources import PreflightResource, SegmentTrackingResource, StagingResource
+from segment_ops.resources import (
+    AlertsResource,
+    PreflightResource,
+    SegmentPublicApiResource,
+    SegmentTrackingResource,
+    StagingResource,
+)
 from segment_ops.syncs.metadata import markdown_table, payload_samples
 from segment_ops.syncs.replay.reader import (
     ACCEPTED_SUFFIXES,
@@ -24,7 +30,18 @@ from segment_ops.syncs.replay.reader import (
     ReplayPlan,
     replay_file,
 )
-from segment_ops.syncs.shared import OWNER, SendConfig, SyncFailure, preflight_gate
+from segment_ops.syncs.shared import (
+    OWNER,
+    SendConfig,
+    SyncFailure,
+    alert_violations,
+    governance_for,
+    governance_metadata,
+    preflight_gate,
+    tracking_plan_check,
+    tracking_plan_check_spec,
+    tracking_plan_policy,
+)
 
 REPLAY_KEY = dg.AssetKey(["segment", "replayed_events"])
 INBOX = ("inbox", "replay")
@@ -51,11 +68,13 @@ class ReplayConfig(SendConfig):
                           description="Nothing planned for the replay sync is left pending."),
         dg.AssetCheckSpec("rejected_ratio", asset=REPLAY_KEY,
                           description=f"At most {MAX_REJECTED_RATIO:.0%} of the file's lines were rejected."),
+        tracking_plan_check_spec(REPLAY_KEY),
     ],
 )
 def replayed_events(
     context: dg.AssetExecutionContext, config: ReplayConfig, segment: SegmentTrackingResource,
-    staging: StagingResource, preflight: PreflightResource,
+    staging: StagingResource, preflight: PreflightResource, segment_public_api: SegmentPublicApiResource,
+    alerts: AlertsResource,
 ) -> dg.MaterializeResult:
     """Historical Segment calls replayed from a file: validated, given deterministic messageIds, recorded
     in the ledger and delivered exactly once (re-running the same file sends nothing new).
@@ -66,11 +85,14 @@ def replayed_events(
     preflight_gate(context, preflight, segment, skip=config.skip_preflight, dry_run=config.dry_run)
     path = Path(config.path).expanduser()
     run_id = context.run.run_id
+    governance = governance_for(context, staging, segment, segment_public_api, policy=tracking_plan_policy(),
+                                dry_run=config.dry_run)
     with store.staging(staging.staging_db(REPLAY_SYNC), memory_limit=store.STREAMING_MEMORY_LIMIT) as con:
         ledger = Ledger(con)
         try:
             result = replay_file(ledger, path, segment.get_client, run_id=run_id, force=config.force,
-                                 dry_run=config.dry_run, max_in_flight=segment.max_in_flight)
+                                 dry_run=config.dry_run, max_in_flight=segment.max_in_flight,
+                                 governance=governance)
         except ReplayInputError as exc:
             raise SyncFailure(description=str(exc), metadata={"path": str(path)}) from None
         except DeliveryError as exc:
@@ -82,7 +104,8 @@ def replayed_events(
     plan = result.plan
     metadata = _plan_metadata(plan, config.dry_run) | {"path": dg.MetadataValue.path(str(path))}
     if result.delivery is not None:
-        metadata |= result.delivery.as_metadata()
+        metadata |= result.delivery.as_metadata() | governance_metadata(result.governed)
+    alert_violations(context, alerts, result.governed)
     if plan.changed_samples:
         metadata["changed_sample"] = dg.MetadataValue.md(
             markdown_table(["line", "why it was not sent as it reads now"],
@@ -105,6 +128,7 @@ def replayed_events(
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"rejected": plan.rejected, "lines": plan.lines, "ratio": round(ratio, 4)},
             ),
+            tracking_plan_check(result.governed),
         ],
     )
 

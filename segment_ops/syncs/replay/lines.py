@@ -33,8 +33,14 @@ CREATE TABLE IF NOT EXISTS replay_lines (
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
 );
 """
+# Erasure (`engine/erasure.py`): the lines of an erased message go with its body (their digest is the body's);
+# the file's other lines are still told apart, and the message itself is known to the ledger.
+_ERASE_LINES = """
+DELETE FROM replay_lines WHERE message_id IN (
+    SELECT message_id FROM erased_messages e WHERE e.sync = replay_lines.sync);
+"""
 STATE = store.register(store.StateSchema(name="replay_lines", version=1, create=_CREATE,
-                                         tables=("replay_line_order", "replay_lines")))
+                                         tables=("replay_line_order", "replay_lines"), erase=_ERASE_LINES))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import BinaryIO
 import orjson
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
+from segment_ops.engine import governance as governing
 from segment_ops.engine import store
 from segment_ops.engine.calls import MAX_MESSAGE_BYTES, InvalidCall, prepare_call
 from segment_ops.engine.delivery import DeliveryReport, deliver_pending
@@ -98,6 +99,13 @@ class ReplayPlan:
 class ReplayResult:
     plan: ReplayPlan
     delivery: DeliveryReport | None
+    governed: governing.Governed | None = None  # what regulations and the tracking plan did
+
+    @property
+    def suppressed(self) -> int:
+        """Planned messages about a regulated user, suppressed instead of sent."""
+        honoured = self.governed.honoured if self.governed is not None else None
+        return honoured.suppressed if honoured is not None else 0
 
     @property
     def ok(self) -> bool:
@@ -176,17 +184,22 @@ def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], Segment
                 sync: str = REPLAY_SYNC, run_id: str | None = None, force: bool = False,
                 dry_run: bool = False, max_in_flight: int = 4,
                 before_sending: Callable[[ReplayPlan], None] | None = None,
-                progress: DeliveryProgress | None = None) -> ReplayResult:
+                progress: DeliveryProgress | None = None,
+                governance: governing.Governance | None = None) -> ReplayResult:
     """Plan the whole of `path`, then deliver everything pending for `sync`: the file's new messages, and
     what earlier runs left (a killed run's, messages reset by `force`).
 
     `before_sending` gets the plan (with `sending`, the number about to be sent) once the file is planned
-    and before the first request. `progress`: see `deliver_pending`.
+    and before the first request. `progress`: see `deliver_pending`. `governance`: before anything is sent,
+    every pending message about a regulated user is suppressed (replaying history never resurrects a deleted
+    or suppressed user) and the rest is checked against the tracking plan (`engine.governance`).
     """
     if dry_run:
         return ReplayResult(plan_file(ledger, path, sync=sync, run_id=run_id, dry_run=True), None)
     ledger.recover(sync)  # a killed run's answers first, so what it had delivered counts as delivered
     plan = plan_file(ledger, path, sync=sync, run_id=run_id, force=force)
+    governed = governing.Governed()
+    governing.before_sending(ledger, sync, governance, governed, run_id=run_id)
     plan.sending = ledger.counts(sync).pending
     if before_sending is not None:
         before_sending(plan)
@@ -198,7 +211,7 @@ def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], Segment
                                  progress=progress)
     finally:
         client.close()
-    return ReplayResult(plan, report)
+    return ReplayResult(plan, report, governed)
 
 
 def _split_known(ledger: Ledger, sync: str, messages: list[PlannedMessage], plan: ReplayPlan, *,

@@ -38,7 +38,9 @@ from segment_ops.engine.guard import PlanHeld
 from segment_ops.engine.run import ConflictingOptions, DeliveryIncomplete
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import (
+    AlertsResource,
     PreflightResource,
+    SegmentPublicApiResource,
     SegmentTrackingResource,
     StagingResource,
     WarehouseResource,
@@ -57,10 +59,16 @@ from segment_ops.syncs.shared import (
     OWNER,
     DiffSendConfig,
     SyncFailure,
+    alert_violations,
+    governance_for,
+    governance_metadata,
     guard_limits,
     plan_held_failure,
     plan_metadata,
     preflight_gate,
+    tracking_plan_check,
+    tracking_plan_check_spec,
+    tracking_plan_policy,
 )
 from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 
@@ -177,11 +185,14 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
             dg.AssetCheckSpec("rejected_ratio", asset=key,
                               description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were "
                                           "rejected (null or repeated keys, unsendable values)."),
+            tracking_plan_check_spec(key),
         ],
     )
     def reverse_etl_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
                           warehouse: WarehouseResource, segment: SegmentTrackingResource,
-                          staging: StagingResource, preflight: PreflightResource) -> dg.MaterializeResult:
+                          staging: StagingResource, preflight: PreflightResource,
+                          segment_public_api: SegmentPublicApiResource,
+                          alerts: AlertsResource) -> dg.MaterializeResult:
         try:  # a dry run or a baseline sends nothing: it needs no destination's settings
             if not (config.dry_run or config.baseline):
                 segment = segment.for_destination(destination, [model.name])
@@ -196,22 +207,25 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
         preflight_gate(context, preflight, segment, skip=config.skip_preflight,
                        dry_run=config.dry_run or config.baseline, destination=destination,
                        used_by=[model.name])
-        return _sync(context, model, config, warehouse, segment, staging)
+        return _sync(context, model, config, warehouse, segment, staging, segment_public_api, alerts)
 
     return reverse_etl_model
 
 
 def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEtlConfig,
-          warehouse: WarehouseResource, segment: SegmentTrackingResource,
-          staging: StagingResource) -> dg.MaterializeResult:
+          warehouse: WarehouseResource, segment: SegmentTrackingResource, staging: StagingResource,
+          segment_public_api: SegmentPublicApiResource, alerts: AlertsResource) -> dg.MaterializeResult:
     limits = guard_limits()
+    governance = governance_for(context, staging, segment, segment_public_api,
+                                policy=tracking_plan_policy(model.tracking_plan),
+                                dry_run=config.dry_run or config.baseline, pii=model.pii)
     with store.staging(staging.staging_db(model.sync)) as con:
         try:
             run = sync_model(con, model, warehouse.url, segment.get_client, run_id=context.run.run_id,
                              dry_run=config.dry_run, full_resync=config.full_resync, baseline=config.baseline,
                              max_in_flight=segment.max_in_flight, chunk_rows=config.chunk_rows,
                              fast_path=config.duckdb_fast_path, progress_log=context.log.info,
-                             guard=limits, approve_plan=config.approve_plan)
+                             guard=limits, approve_plan=config.approve_plan, governance=governance)
         except ConflictingOptions as exc:  # the engine's check: a baseline with a dry run or a full resync
             raise SyncFailure(description=f"{model.path.name}: {exc}") from None
         except BaselineRefused as exc:
@@ -229,6 +243,7 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
             raise SyncFailure(
                 description=f"{model.path.name}: Segment refused the write key: {exc}") from None
     plan = run.plan
+    alert_violations(context, alerts, run.governed)
     if run.approved:
         context.log.info(f"plan {run.verdict.fingerprint} approved: {run.approved:,} held messages released")
     if run.baseline:
@@ -252,6 +267,7 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
                 metadata={"rejected": plan.rejected, "rows_read": plan.rows_read, "ratio": round(ratio, 4),
                           "max_ratio": model.max_rejected_ratio},
             ),
+            tracking_plan_check(run.governed),
         ],
     )
 
@@ -274,6 +290,7 @@ def _run_metadata(run: ModelRun) -> dict:
         **diff_run_metadata(run.plan, dry_run=run.dry_run, delivery=run.delivery,
                             pending=run.ledger.pending if run.ledger else 0, advanced=run.advanced),
         **plan_metadata(run.verdict),
+        **governance_metadata(run.governed),
         "stage_seconds": round(run.staged.seconds, 3),
         "total_seconds": round(run.seconds, 3),
     }

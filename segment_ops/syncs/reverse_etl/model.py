@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 import sqlparse
 from sqlparse import tokens
 
+from segment_ops.engine.pii import ALLOW, PiiPolicy, PiiPolicyError, check_policy, identity_columns
 from segment_ops.engine.spec import CALL_TYPES, MODES, DiffSpec, SpecError
+from segment_ops.engine.tracking_plan import check_policy as check_tracking_policy
 
 if TYPE_CHECKING:
     from segment_ops.config import Settings
@@ -65,6 +67,12 @@ HEADER_KEYS: dict[str, str] = {
                      f"model sends to, never the key itself (default {DEFAULT_WRITE_KEY_ENV})",
     "tracking_url_env": f"NAME of the environment variable holding the Tracking API base this model sends "
                         f"to, e.g. an EU workspace's (default {DEFAULT_TRACKING_URL_ENV})",
+    "pii": "allow | hash | drop: what happens, before the diff, to the traits/properties classified as "
+           "personal data (by column name; by value too under hash or drop); default allow: nothing changes",
+    "pii_fields": "per-column PII actions, overriding the classification, e.g. phone=drop, name=allow (the "
+                  "key and the id, event and timestamp columns cannot be hashed or dropped)",
+    "tracking_plan": "off | warn | block: what a call that breaks the destination source's tracking plan "
+                     "does (default: TRACKING_PLAN_POLICY, itself warn)",
 }
 _REQUIRED = ("description", "owner", "call", "mode", "key")
 _LIST_KEYS = ("owner", "traits", "properties", "exclude", "depends_on")
@@ -125,6 +133,8 @@ class ModelSpec:
     tracking_url_env: str = DEFAULT_TRACKING_URL_ENV
     code_version: str = ""
     header: dict[str, str] = field(default_factory=dict, compare=False)
+    pii: PiiPolicy = PiiPolicy()  # `pii:` and `pii_fields:`; `engine.pii.apply_pii_policy` applies it
+    tracking_plan: str | None = None  # `tracking_plan:` (None: TRACKING_PLAN_POLICY)
 
     @property
     def sync(self) -> str:
@@ -158,11 +168,16 @@ class ModelSpec:
         return self.diff_spec.field_columns(columns)
 
     def check_columns(self, columns: Sequence[str]) -> None:
-        """Raise `ModelError` when the header names a column the query does not return."""
+        """Raise `ModelError` when the header names a column the query does not return (its PII policy's
+        columns too)."""
         try:
             self.diff_spec.check_columns(columns)
         except SpecError as exc:
             raise ModelError(self.path, exc.problem) from None
+        try:
+            check_policy(self.pii, self.diff_spec, columns)
+        except PiiPolicyError as exc:
+            raise ModelError(self.path, f"pii_fields: {exc}") from None
 
 
 def parse_model(path: Path | str, text: str | None = None) -> ModelSpec:
@@ -339,9 +354,28 @@ def _build(path: Path, name: str, header: dict[str, str], sql: str, code_version
         raise ModelError(path, f"max_rejected_ratio must be a number, "
                                f"got {header['max_rejected_ratio']!r}") from None
     owners = values.pop("owner")
+    pii = _pii_policy(path, values.pop("pii", None), values.pop("pii_fields", None))  # type: ignore[arg-type]
+    if (policy := values.get("tracking_plan")) is not None:
+        try:
+            values["tracking_plan"] = check_tracking_policy(str(policy).strip().lower())
+        except ValueError as exc:
+            raise ModelError(path, f"tracking_plan: {exc}") from None
     return ModelSpec(name=name, path=path, sql=sql, owners=owners, fields=fields,  # type: ignore[arg-type]
-                     max_rejected_ratio=ratio, code_version=code_version, header=dict(header),
+                     max_rejected_ratio=ratio, code_version=code_version, header=dict(header), pii=pii,
                      **values)  # type: ignore[arg-type]
+
+
+def _pii_policy(path: Path, default: str | None, fields: str | None) -> PiiPolicy:
+    """The model's PII policy from `pii:` (the action) and `pii_fields:` (column=action items)."""
+    try:
+        PiiPolicy.parse(default)
+    except PiiPolicyError as exc:
+        hint = "; per-column actions go in `pii_fields:` (e.g. phone=drop)" if "=" in (default or "") else ""
+        raise ModelError(path, f"pii: {exc}{hint}") from None
+    try:
+        return PiiPolicy.parse(default, fields)
+    except PiiPolicyError as exc:
+        raise ModelError(path, f"pii_fields: {exc}") from None
 
 
 def _check(spec: ModelSpec) -> None:
@@ -393,6 +427,16 @@ def _check(spec: ModelSpec) -> None:
             fail(f"depends_on: {table!r} is not a table name ([catalog.][schema.]table)")
     if spec.probe and not spec.depends_on:
         fail("`probe:` needs `depends_on:` (the tables to probe)")
+    identity = identity_columns(spec.diff_spec)
+    for column, action in spec.pii.fields:
+        if column in identity and action != ALLOW:
+            fail(f"pii_fields: {column}={action} would change the {identity[column]}; identity columns are "
+                 "never hashed or dropped (hash the id in the query if it must not be sent as it is)")
+        if column in spec.exclude:
+            fail(f"pii_fields: {column!r} is excluded, so not sent: nothing to hash or drop")
+        if spec.fields is not None and column not in spec.fields and column not in identity:
+            fail(f"pii_fields: {column!r} is not among the {spec.fields_name} ({', '.join(spec.fields)}): "
+                 "nothing to hash or drop")
     if not 0.0 <= spec.max_rejected_ratio <= 1.0:
         fail(f"max_rejected_ratio must be within [0, 1], got {spec.max_rejected_ratio}")
     for key, default in (("write_key_env", DEFAULT_WRITE_KEY_ENV),

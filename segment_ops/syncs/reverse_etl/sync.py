@@ -13,6 +13,7 @@ import duckdb
 
 from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.engine.diff import SAMPLE_SIZE
+from segment_ops.engine.governance import Governance
 from segment_ops.engine.guard import GuardLimits
 from segment_ops.engine.run import DiffSync, RunReport, run_diff_sync
 from segment_ops.engine.spec import SpecError
@@ -35,11 +36,11 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
                force_baseline: bool = False, max_in_flight: int = 4, chunk_rows: int = CHUNK_ROWS,
                fast_path: bool = True, sample_size: int = SAMPLE_SIZE,
                progress_log: Callable[[str], None] | None = None, guard: GuardLimits | None = None,
-               approve_plan: str | None = None) -> ModelRun:
+               approve_plan: str | None = None, governance: Governance | None = None) -> ModelRun:
     """Sync `model` from the warehouse to Segment; `dry_run` plans and counts, sends and records nothing;
     `baseline` records the current rows as delivered and sends nothing (`run_diff_sync`); `progress_log`
     takes a long delivery's progress lines where no terminal shows a bar (a run's log); `guard` and
-    `approve_plan`: the plan guard (`run_diff_sync`).
+    `approve_plan`: the plan guard; `governance`: regulations, tracking plan (`run_diff_sync`).
 
     Raises `ModelError` (naming the model file) when the query fails or the header does not fit its
     result, `DeliveryIncomplete` when messages stay pending, `BaselineRefused` when a baseline meets delivered
@@ -61,6 +62,6 @@ def sync_model(con: duckdb.DuckDBPyConnection, model: ModelSpec, warehouse_url: 
         return run_diff_sync(con, DiffSync(model.diff_spec, stage), run, client_factory, run_id=run_id,
                              max_in_flight=max_in_flight, force_baseline=force_baseline,
                              sample_size=sample_size, progress_log=progress_log, guard=guard,
-                             approve_plan=approve_plan)
+                             approve_plan=approve_plan, governance=governance)
     except SpecError as exc:
         raise ModelError(model.path, exc.problem) from None

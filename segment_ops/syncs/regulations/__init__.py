@@ -1,0 +1,1 @@
+"""The `segment/regulations` sync: privacy requests filed with Segment and honoured by every sync."""

@@ -1,0 +1,1 @@
+"""Governance end to end: regulations, tracking plans and PII policy through Dagster against the sandbox."""
