@@ -199,6 +199,12 @@ def _run_replay(args: argparse.Namespace) -> int:
             max_connections=args.max_in_flight)
 
     ledger_file = staging_file(settings.home, "replay")
+    try:  # who asked to be forgotten (the regulations sync's record), read before anything is planned
+        governance = Governance(regulated=load_regulated(settings.home))
+    except StagingLockedError:
+        print("error: the privacy regulations could not be read (a segment/regulations run holds them): "
+              "nothing was sent; run the replay again when it ends", file=sys.stderr)
+        return 2
 
     def session(wait: float) -> tuple[contextlib.ExitStack, duckdb.DuckDBPyConnection]:
         # A session as a run's: with SEGMENT_OPS_STATE_URL, under the sync's lock in PostgreSQL, checked in.
@@ -238,7 +244,7 @@ def _run_replay(args: argparse.Namespace) -> int:
             result = replay_file(Ledger(con), args.path, client, run_id=f"cli-{uuid.uuid4().hex[:12]}",
                                  force=args.force, dry_run=args.dry_run, max_in_flight=args.max_in_flight,
                                  before_sending=before_sending, progress=progress,
-                                 governance=Governance(regulated=load_regulated(settings.home)))
+                                 governance=governance)
         except (ReplayInputError, CompactedPayloadError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

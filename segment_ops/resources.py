@@ -80,13 +80,13 @@ class SegmentTrackingResource(dg.ConfigurableResource):
 
 
 class SegmentPublicApiResource(dg.ConfigurableResource):
-    """Segment Public API (audit trail)."""
+    """Segment Public API (audit trail, regulations, tracking plans)."""
 
     base_url: str
     token: str = Field(repr=False)
 
-    def get_client(self) -> SegmentPublicApiClient:
-        return SegmentPublicApiClient(self.base_url, self.token)
+    def get_client(self, retry: RetryPolicy | None = None) -> SegmentPublicApiClient:
+        return SegmentPublicApiClient(self.base_url, self.token, retry=retry)
 
 
 class SegmentProfilesResource(dg.ConfigurableResource):

@@ -138,12 +138,14 @@ def _run_preview(args: argparse.Namespace) -> int:
         if store.has_state(path):
             with store.staging(path, lock_timeout=PREVIEW_WAIT_SECONDS) as con:
                 run = sync_model(con, model, settings["WAREHOUSE_URL"], _no_client, dry_run=True,
-                                 run_id=_run_id("preview"), sample_size=args.limit)
+                                 run_id=_run_id("preview"), sample_size=args.limit,
+                                 governance=_governance(settings, model))
         else:
             con = duckdb.connect(config={"memory_limit": store.DEFAULT_MEMORY_LIMIT})
             try:
                 run = sync_model(con, model, settings["WAREHOUSE_URL"], _no_client, dry_run=True,
-                                 run_id=_run_id("preview"), sample_size=args.limit)
+                                 run_id=_run_id("preview"), sample_size=args.limit,
+                                 governance=_governance(settings, model))
             finally:
                 con.close()
     except ModelError as exc:
@@ -159,6 +161,15 @@ def _run_preview(args: argparse.Namespace) -> int:
     else:
         _print_preview(run, args.limit)
     return 0
+
+
+def _governance(settings, model):  # -> engine.governance.Governance
+    """What a preview shows and a baseline records is what a run would send: without the users a deleting
+    regulation covers, and under the model's PII policy (`engine.governance`)."""
+    from segment_ops.engine.governance import Governance
+    from segment_ops.engine.regulations import load_regulated
+
+    return Governance(regulated=load_regulated(settings.home), pii=model.pii)
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
@@ -190,7 +201,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
         # check-in), so a baseline never races a run of the model.
         with store.staging(path, lock_timeout=args.wait) as con:
             run = sync_model(con, model, settings["WAREHOUSE_URL"], _no_client, baseline=True,
-                             force_baseline=args.force, run_id=run_id)
+                             force_baseline=args.force, run_id=run_id,
+                             governance=_governance(settings, model))
     except BaselineRefused as exc:
         print(f"error: {exc} (--force); nothing was recorded", file=sys.stderr)
         return 2

@@ -145,6 +145,20 @@ def erase_everywhere(home: str | Path, subjects: Sequence[str], *, reason: str,
     return report
 
 
+def mapped_ids(con: duckdb.DuckDBPyConnection, digests: Sequence[str]) -> set[str]:
+    """The ids (userIds) the identity maps a run left in this file map to whose sha256 is one of `digests`:
+    the users a regulation knows only by digest, found again in a map rebuilt from the warehouse."""
+    if not digests:
+        return set()
+    found: set[str] = set()
+    for table in _identity_maps(con, _tables(con)):
+        if set(_columns(con, table)) == set(identity.COLUMNS):
+            found |= {row[0] for row in con.execute(
+                f"SELECT DISTINCT target_id FROM {quote(table)} "
+                "WHERE sha256(target_id) IN (SELECT unnest(?::VARCHAR[]))", [list(digests)]).fetchall()}
+    return found
+
+
 def find_subject(home: str | Path, subject: str, *, lock_timeout: float = 60.0) -> list[str]:
     """Every place in the home `home` still holding `subject`'s text (read only): each table of each staging
     file (every column as text), the other files beside them (outcome journals, write-ahead logs) and every

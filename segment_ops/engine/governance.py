@@ -35,6 +35,7 @@ class Governance:
     tracking_plan: TrackingPlan | None = None
     tracking_policy: str = "off"  # off | warn | block (`engine.tracking_plan.POLICIES`)
     pii: PiiPolicy | None = None  # applied on every run, dry runs and baselines too
+    tracking_unchecked: str | None = None  # why a plan the policy asks to check could not be read (warn)
 
     def __post_init__(self) -> None:
         check_policy(self.tracking_policy)
@@ -47,6 +48,10 @@ class Governed:
     honoured: Honoured | None = None
     tracking: TrackingPlanReport | None = None
     pii: PiiReport | None = None
+    tracking_unchecked: str | None = None  # `Governance.tracking_unchecked`, once the run would have checked
+    # The erased users whose rows this run withheld (never in metadata): what else the sync stored of them in
+    # this run (Heap membership, identity maps) is erased when the run ends (`erase_withheld`).
+    withheld_ids: tuple[str, ...] = ()
 
 
 def protect(con: duckdb.DuckDBPyConnection, staged: StagedResult, spec: DiffSpec,
@@ -58,9 +63,11 @@ def protect(con: duckdb.DuckDBPyConnection, staged: StagedResult, spec: DiffSpec
     if governance is None:
         return staged, spec
     if governance.regulated is not None and (erased := governance.regulated.erased) and spec.user_id:
-        withheld = con.execute(
-            f"DELETE FROM {quote(staged.table)} WHERE sha256(CAST({quote(spec.user_id)} AS VARCHAR)) "
-            "IN (SELECT unnest(?::VARCHAR[]))", [erased]).fetchone()[0]
+        user_id = f"CAST({quote(spec.user_id)} AS VARCHAR)"
+        where = f"sha256({user_id}) IN (SELECT unnest(?::VARCHAR[]))"
+        governed.withheld_ids = tuple(row[0] for row in con.execute(
+            f"SELECT DISTINCT {user_id} FROM {quote(staged.table)} WHERE {where}", [erased]).fetchall())
+        withheld = con.execute(f"DELETE FROM {quote(staged.table)} WHERE {where}", [erased]).fetchone()[0]
         if governed.honoured is None:
             governed.honoured = Honoured(regulated=len(governance.regulated.blocked))
         governed.honoured.withheld = withheld
@@ -96,10 +103,34 @@ def before_sending(ledger: Ledger, sync: str, governance: Governance | None, gov
     if governance.tracking_plan is not None and governance.tracking_policy != "off":
         governed.tracking = check_pending(ledger, sync, governance.tracking_plan, governance.tracking_policy,
                                           run_id=run_id)
+    governed.tracking_unchecked = governance.tracking_unchecked
 
 
-def before_delivery(ledger: Ledger, sync: str, governance: Governance | None, governed: Governed) -> None:
-    """Step 4: suppress what an approval released (nothing is read when no user is regulated)."""
-    if governance is not None and governance.regulated is not None and governance.regulated.blocked:
+def erase_withheld(con: duckdb.DuckDBPyConnection, governance: Governance | None, governed: Governed) -> None:
+    """Step 5, once the run has ended: erase from this sync's stores whatever it recorded in the run about
+    erased users (what a sync keeps beside the diff, from its own source: Heap's membership, the identity map
+    rebuilt from the warehouse), so an erased user never comes back while a source still names them: those
+    whose rows it withheld, and those its identity maps name (known to the regulations by digest only)."""
+    if governance is None or governance.regulated is None or not governance.regulated.erased:
+        return
+    # Imported here: erasure reads every registered state schema.
+    from segment_ops.engine.erasure import erase_subjects, mapped_ids
+
+    ids = set(governed.withheld_ids) | mapped_ids(con, governance.regulated.erased)
+    if ids:
+        erase_subjects(con, sorted(ids), reason="a deleting regulation (still in the sync's source)")
+
+
+def before_delivery(ledger: Ledger, sync: str, governance: Governance | None, governed: Governed, *,
+                    run_id: str | None) -> None:
+    """Step 4, for the messages an approval released (held before step 3 reached them, or planned by an
+    earlier run): suppressed when about a regulated user, then checked against the tracking plan."""
+    if governance is None:
+        return
+    if governance.regulated is not None and governance.regulated.blocked:
         assert governed.honoured is not None
         governed.honoured.suppressed += honour(ledger, sync, governance.regulated)
+    if governance.tracking_plan is not None and governance.tracking_policy != "off":
+        released = check_pending(ledger, sync, governance.tracking_plan, governance.tracking_policy,
+                                 run_id=run_id)
+        governed.tracking = released if governed.tracking is None else governed.tracking.merged(released)

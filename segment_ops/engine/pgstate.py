@@ -715,16 +715,17 @@ def checkpoint_seconds() -> float:
     return value
 
 
-def checkpoint(con: duckdb.DuckDBPyConnection) -> CheckinReport | None:
+def checkpoint(con: duckdb.DuckDBPyConnection, *, force: bool = False) -> CheckinReport | None:
     """Check in now what the session owning `con` has logged, if it last did so at least
-    `checkpoint_seconds()` ago (None: not due, or `con` is not a session's: the embedded default, a joined
-    session, or a reader). Between two statements only: never inside an open transaction of `con`.
+    `checkpoint_seconds()` ago, or at once with `force` (None: not due, or `con` is not a session's: the
+    embedded default, a joined session, or a reader). Between two statements only: never inside an open
+    transaction of `con`.
 
     So a worker killed during a long delivery costs the next worker, on any machine, at most that much of it
     to send again (Segment drops the repeats by messageId; a destination without dedupe receives them)."""
     with _GUARD:
         own = next((s for s in _SESSIONS.values() if s.con is con and not s.shared), None)
-    if own is None or time.monotonic() - own.checked_in < checkpoint_seconds():
+    if own is None or (not force and time.monotonic() - own.checked_in < checkpoint_seconds()):
         return None
     report = checkin(own.pg, own.sync, con)
     own.checked_in = time.monotonic()

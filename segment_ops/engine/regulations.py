@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS regulation_requests (
     regulation_type VARCHAR NOT NULL,
     source          VARCHAR NOT NULL,    -- the model, or the inbox file (name and line)
     requested_at    TIMESTAMPTZ NOT NULL,
+    -- Increasing in the order the requests were read (the query's rows, then the inbox files by name, line by
+    -- line), across runs: it orders requests of one `requested_at` (those read without one get the time they
+    -- were read), so a SUPPRESS is followed by the UNSUPPRESS after it, whatever their ids.
+    ordinal         BIGINT NOT NULL,
     recorded_at     TIMESTAMPTZ NOT NULL,
     run_id          VARCHAR
 );
@@ -86,14 +90,17 @@ CREATE TABLE IF NOT EXISTS regulation_statuses (
     checked_at    TIMESTAMPTZ NOT NULL
 );
 -- Per recorded request, where it stands: the compliance record (requested, filed, regulation id, status).
+-- `error` is that of the latest step of the latest filing, NULL when it has none (`arg_max_null`: `arg_max`
+-- skips NULLs, so a request filed again after an abandoned intent would still show the old error).
 CREATE VIEW IF NOT EXISTS regulation_record AS
 WITH filing_steps AS (
     SELECT filing_id, arg_max(state, logged_at) AS state, arg_max(regulation_id, logged_at) AS regulation_id,
-           arg_max(error, logged_at) AS error, max(logged_at) AS logged_at, min(logged_at) AS intended_at
+           arg_max_null(error, logged_at) AS error, max(logged_at) AS logged_at, min(logged_at) AS intended_at
     FROM regulation_filings GROUP BY filing_id
 ), per_request AS (
     SELECT fr.request_id, arg_max(f.state, f.logged_at) AS filing_state,
-           arg_max(f.regulation_id, f.logged_at) AS regulation_id, arg_max(f.error, f.logged_at) AS error,
+           arg_max(f.regulation_id, f.logged_at) AS regulation_id,
+           arg_max_null(f.error, f.logged_at) AS error,
            max(f.logged_at) FILTER (WHERE f.state = 'filed') AS filed_at
     FROM regulation_filing_requests fr JOIN filing_steps f USING (filing_id) GROUP BY fr.request_id
 ), last_status AS (
@@ -102,8 +109,8 @@ WITH filing_steps AS (
     FROM regulation_statuses GROUP BY regulation_id
 )
 SELECT r.request_id, r.subject, r.subject_hash, r.subject_type, r.regulation_type, r.source, r.requested_at,
-       r.recorded_at, coalesce(p.filing_state, 'unfiled') AS filing_state, p.regulation_id, p.error,
-       p.filed_at, s.status, s.finished_at, s.checked_at
+       r.ordinal, r.recorded_at, coalesce(p.filing_state, 'unfiled') AS filing_state, p.regulation_id,
+       p.error, p.filed_at, s.status, s.finished_at, s.checked_at
 FROM regulation_requests r LEFT JOIN per_request p USING (request_id)
 LEFT JOIN last_status s ON s.regulation_id = p.regulation_id;
 """
@@ -164,6 +171,13 @@ class Regulated:
             return payloads
         return [p for p in payloads if not self.covers(_user_id(p))]
 
+    def shown_keys(self, samples: list[tuple]) -> list[tuple]:
+        """Samples whose first item is a record key (a rejection's, a nulled trait's), without those keyed by
+        a blocked subject (an identify model is keyed by the userId)."""
+        if not self.blocked:
+            return samples
+        return [s for s in samples if not self.covers(s[0])]
+
 
 def _user_id(payload: bytes | str) -> object:
     try:
@@ -202,7 +216,7 @@ def read_regulated(con: duckdb.DuckDBPyConnection) -> Regulated:
         return Regulated()  # the sync ran, but recorded nothing yet (read-only: nothing is created here)
     return fold(con.execute(
         "SELECT subject_hash, regulation_type, request_id, regulation_id FROM regulation_record "
-        "WHERE subject_type = 'USER_ID' ORDER BY requested_at, recorded_at, request_id").fetchall())
+        "WHERE subject_type = 'USER_ID' ORDER BY requested_at, ordinal").fetchall())
 
 
 def load_regulated(home: str | Path, *, lock_timeout: float = 60.0) -> Regulated:

@@ -28,7 +28,15 @@ from segment_ops.engine.diff import (
     remember_superseded,
     reset_snapshot,
 )
-from segment_ops.engine.governance import Governance, Governed, before_delivery, before_sending, lift, protect
+from segment_ops.engine.governance import (
+    Governance,
+    Governed,
+    before_delivery,
+    before_sending,
+    erase_withheld,
+    lift,
+    protect,
+)
 from segment_ops.engine.guard import GuardLimits, PlanHeld, Verdict, judge
 from segment_ops.engine.ledger import Ledger, LedgerCounts
 from segment_ops.engine.spec import DiffSpec
@@ -144,9 +152,11 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
     if governance is not None and (regulated := governance.regulated) is not None:
         plan = report.plan  # samples the metadata would show: none about a regulated user
         plan.samples = regulated.shown(plan.samples)
+        plan.rejection_samples = regulated.shown_keys(plan.rejection_samples)
         if plan.guard is not None:
             plan.guard.removal_samples = regulated.shown(plan.guard.removal_samples)
             plan.guard.change_samples = regulated.shown(plan.guard.change_samples)
+            plan.guard.nulled_samples = regulated.shown_keys(plan.guard.nulled_samples)
     if governing:
         before_sending(ledger, name, governance, report.governed, run_id=run_id)
         if report.plan.guard is not None:  # the guard weighs what is left to send
@@ -162,12 +172,14 @@ def run_diff_sync(con: duckdb.DuckDBPyConnection, sync: DiffSync, report: R,
         report.plan.guard.fingerprint = ledger.plan_digest(name)[2]
         _hold_or_release(ledger, name, sync, report, approve_plan, run_id, started)
     if governing and report.approved:
-        before_delivery(ledger, name, governance, report.governed)
+        before_delivery(ledger, name, governance, report.governed, run_id=run_id)
     settled = deliver_changes(con, ledger, name, client_factory, run_id=run_id, max_in_flight=max_in_flight,
                               progress_log=progress_log)
     report.delivery, report.advanced, report.ledger = settled.delivery, settled.advanced, settled.ledger
     if sync.after_delivery is not None:
         sync.after_delivery(con)
+    if governing:
+        erase_withheld(con, governance, report.governed)
     report.seconds = time.monotonic() - started
     if settled.failure is not None:
         prefix = f"{sync.label}: " if sync.label else ""

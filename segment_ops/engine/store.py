@@ -311,11 +311,12 @@ def staging(path: str | Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT, threa
             con.close()
 
 
-def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
-    """With the state in PostgreSQL, check in what the session of `con` logged so far, when it is due
-    (`pgstate.checkpoint`); nothing for the embedded default, whose file is the state already."""
+def checkpoint(con: duckdb.DuckDBPyConnection, *, force: bool = False) -> None:
+    """With the state in PostgreSQL, check in what the session of `con` logged so far, when it is due, or at
+    once with `force` (`pgstate.checkpoint`: e.g. an intent that must be shared before the call it announces);
+    nothing for the embedded default, whose file is the state already."""
     if pgstate.state_url() is not None:
-        pgstate.checkpoint(con)
+        pgstate.checkpoint(con, force=force)
 
 
 def rewritten(con: duckdb.DuckDBPyConnection, table: str) -> None:

@@ -302,6 +302,19 @@ class TrackingPlanReport:
         """No planned message breaks the plan (whatever the policy did with those that did)."""
         return self.violating == 0
 
+    def merged(self, later: TrackingPlanReport) -> TrackingPlanReport:
+        """This report and a later check's of the same sync in the same run (messages an approval released),
+        as one: counts added, samples of pairs not sampled yet appended."""
+        seen = {(s.rule, s.field) for s in self.samples}
+        return TrackingPlanReport(
+            sync=self.sync, policy=self.policy, plans=self.plans, checked=self.checked + later.checked,
+            violating=self.violating + later.violating, blocked=self.blocked + later.blocked,
+            unplanned=self.unplanned + later.unplanned, unreadable=self.unreadable + later.unreadable,
+            by_rule=self.by_rule + later.by_rule,
+            unplanned_events=self.unplanned_events + later.unplanned_events,
+            samples=self.samples + [s for s in later.samples if (s.rule, s.field) not in seen],
+            seconds=self.seconds + later.seconds)
+
     def as_metadata(self) -> dict[str, Any]:
         """Plain values for run metadata (`violations_markdown` has the table)."""
         metadata: dict[str, Any] = {

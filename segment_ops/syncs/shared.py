@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import Field
 
-from segment_ops.clients.base import VendorError
+from segment_ops.clients.base import RetryPolicy, VendorError
 from segment_ops.clients.slack import WebhookUrlError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
@@ -97,6 +97,11 @@ def regulated_now(staging: StagingResource) -> Regulated:
                                       "then") from None
 
 
+# Reading the tracking plan before a send retries briefly: a Public API that is down costs a `warn` run
+# seconds (it sends unchecked and says so), not the minutes of a delivery's retry budget.
+TRACKING_PLAN_RETRY = RetryPolicy(max_attempts=3, max_elapsed=15.0)
+
+
 def tracking_plan_policy(declared: str | None = None) -> str:
     """The tracking-plan policy of a sync: what it declares (a model's header), else TRACKING_PLAN_POLICY."""
     value = (declared or load_settings()["TRACKING_PLAN_POLICY"] or "warn").strip().lower()
@@ -118,7 +123,7 @@ def governance_for(context: dg.AssetExecutionContext, staging: StagingResource,
     if dry_run or policy == "off":
         return Governance(regulated=regulated, pii=pii)
     try:
-        with public_api.get_client() as client:
+        with public_api.get_client(retry=TRACKING_PLAN_RETRY) as client:
             plan = load_for_source(client, write_key=segment.write_key)
     except (VendorError, TrackingPlanError) as exc:
         why = redact_secrets(str(exc))
@@ -126,7 +131,7 @@ def governance_for(context: dg.AssetExecutionContext, staging: StagingResource,
             raise SyncFailure(description=f"the tracking plan could not be read, so nothing was sent (policy "
                                           f"block): {why}") from None
         context.log.warning(f"tracking plan not checked (policy warn, sending unchecked): {why}")
-        return Governance(regulated=regulated, pii=pii)
+        return Governance(regulated=regulated, pii=pii, tracking_unchecked=why)
     if plan is None:
         context.log.info("no tracking plan is connected to the destination source: calls are not checked")
         return Governance(regulated=regulated, pii=pii)
@@ -150,6 +155,11 @@ def tracking_plan_check(governed: Governed | None, *,
                         asset_key: dg.AssetKey | None = None) -> dg.AssetCheckResult:
     """The `tracking_plan` check: no planned call broke the destination source's tracking plan."""
     report = governed.tracking if governed is not None else None
+    if report is None and governed is not None and governed.tracking_unchecked:
+        return dg.AssetCheckResult(check_name="tracking_plan", asset_key=asset_key, passed=False,
+                                   severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"not checked: the tracking plan could not be read (policy "
+                                               f"warn, sent unchecked): {governed.tracking_unchecked}")
     if report is None:
         return dg.AssetCheckResult(check_name="tracking_plan", asset_key=asset_key, passed=True,
                                    description="not checked: no tracking plan is connected, the policy is "

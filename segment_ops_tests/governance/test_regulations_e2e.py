@@ -5,7 +5,6 @@ a deleting regulation erases the user from every local store."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import dagster as dg
@@ -13,41 +12,20 @@ import duckdb
 import orjson
 import pytest
 
-from segment_ops.clients.segment_public_api import SegmentPublicApiClient
-from segment_ops.config import SANDBOX_SEGMENT_PUBLIC_API_TOKEN
 from segment_ops.engine.regulations import SYNC
 from segment_ops.engine.store import staging_file
 from segment_ops.resources import build_resources
 from segment_ops.syncs.regulations.defs import KEY
-from segment_ops.syncs.regulations.defs import defs as regulations_defs
 from segment_ops.syncs.replay.defs import REPLAY_KEY
 from segment_ops.syncs.replay.defs import defs as replay_defs
 from segment_ops.syncs.reverse_etl.defs import build_reverse_etl_defs, model_key
+from segment_ops_tests.governance.conftest import drop, run_regulations
 from segment_ops_tests.heap.conftest import POWER_USERS, resolvable
 from segment_ops_tests.heap.conftest import materialize as materialize_audience
 from segment_ops_tests.heap.conftest import metadata as audience_metadata
 
 pytestmark = pytest.mark.slow
 MODEL = "user_traits"
-
-
-def drop_requests(home: Path, name: str, *rows: tuple[str, str, str]) -> Path:
-    """A CSV of (request_id, user_id, regulation_type) rows in the regulations inbox, as privacy tooling
-    would drop it."""
-    folder = home / "inbox" / "regulations"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["request_id", "user_id", "regulation_type"])
-        writer.writerows(rows)
-    return path
-
-
-def run_regulations(resources: dict, **config: object) -> dg.ExecuteInProcessResult:
-    run_config = {"ops": {"segment__regulations": {"config": dict(config)}}} if config else None
-    return dg.materialize(list(regulations_defs.assets), selection=[KEY], resources=resources,
-                          run_config=run_config, raise_on_error=False)
 
 
 def run_model(resources: dict) -> dg.ExecuteInProcessResult:
@@ -98,18 +76,11 @@ def resources(warehouse: Path, clean_sandbox) -> dict:
     return build_resources()
 
 
-@pytest.fixture
-def public_api(clean_sandbox):
-    client = SegmentPublicApiClient(f"{clean_sandbox.url}/segmentapis", SANDBOX_SEGMENT_PUBLIC_API_TOKEN)
-    yield client
-    client.close()
-
-
 def test_a_suppressed_user_is_refused_by_reverse_etl_a_heap_audience_and_a_replay(
         resources, clean_sandbox, warehouse, ops_env, public_api, tmp_path):
     subject = sorted(resolvable(warehouse, POWER_USERS) & customers(warehouse))[0]
     other = sorted(resolvable(warehouse, POWER_USERS) & customers(warehouse))[1]
-    drop_requests(ops_env, "dsr.csv", ("dsr-42", subject, "SUPPRESS_ONLY"))
+    drop(ops_env, "dsr.csv", ("dsr-42", subject, "SUPPRESS_ONLY"))
 
     filed = run_regulations(resources)
 
@@ -147,7 +118,7 @@ def test_a_suppressed_user_is_refused_by_reverse_etl_a_heap_audience_and_a_repla
     assert not sent_to(clean_sandbox, subject)
 
     # The person withdraws the objection: an UNSUPPRESS lifts it, and the model sends what its rows say.
-    drop_requests(ops_env, "undo.csv", ("dsr-43", subject, "UNSUPPRESS"))
+    drop(ops_env, "undo.csv", ("dsr-43", subject, "UNSUPPRESS"))
     assert run_regulations(resources).success
     again = run_model(resources)
     assert again.success
@@ -160,26 +131,37 @@ def test_a_deleting_regulation_erases_the_user_from_every_local_store(
     from segment_ops.engine.erasure import find_subject
 
     clean_sandbox.regulation_settings(running_after_seconds=0, finished_after_seconds=0)
-    # The demo warehouse's own request: SUPPRESS_WITH_DELETE of its first customer.
+    # The demo warehouse's own request (SUPPRESS_WITH_DELETE of its first customer), and a DELETE_ONLY of a
+    # member of a Heap audience, dropped into the inbox.
     con = duckdb.connect(str(warehouse), read_only=True)
     [(subject,)] = con.execute("SELECT user_id FROM privacy_requests").fetchall()
     con.close()
-    # Before the request is filed the user is everywhere: sent by a model and a replay, kept in their ledgers.
+    member = sorted(resolvable(warehouse, POWER_USERS) - {subject})[0]
+    # Before the requests are filed the users are everywhere: sent by a model, an audience and a replay, kept
+    # in their ledgers, snapshots and Heap's membership.
     assert run_model(resources).success
+    assert materialize_audience(resources, "power_users", route="reconcile").success
     replay_file = tmp_path / "history.jsonl"
-    replay_file.write_bytes(orjson.dumps({"type": "identify", "userId": subject, "traits": {"x": 1}}) + b"\n")
+    calls = [{"type": "identify", "userId": user, "traits": {"x": 1}} for user in (subject, member)]
+    replay_file.write_bytes(b"".join(orjson.dumps(call) + b"\n" for call in calls))
     assert run_replay(resources, replay_file).success
-    assert find_subject(ops_env, subject)  # the test can fail: the user is found before
+    assert find_subject(ops_env, subject) and find_subject(ops_env, member)  # the test can fail
+    sent_before = {user: len(sent_to(clean_sandbox, user)) for user in (subject, member)}
+    drop(ops_env, "dsr.csv", ("dsr-77", member, "DELETE_ONLY"))
 
     filed = run_regulations(resources, wait_seconds=20)
 
     assert filed.success, filed
-    assert metadata(filed, KEY)["erased_subjects"] == 1
+    assert metadata(filed, KEY)["erased_subjects"] == 2
     assert checks(filed)["erased_at_home"]
-    assert find_subject(ops_env, subject) == []
-    # Later runs plan from rows that still hold the user, and erase what they planned at once.
-    assert run_model(resources).success
+    assert find_subject(ops_env, subject) == [] and find_subject(ops_env, member) == []
+    # Later runs read rows that still hold the users (the warehouse, Heap's export): nothing of them is sent
+    # or kept again.
+    model = run_model(resources)
+    assert model.success and metadata(model, model_key(MODEL))["erased_users_withheld"] >= 1
+    audience = materialize_audience(resources, "power_users", route="reconcile")
+    assert audience.success and audience_metadata(audience, "power_users")["erased_users_withheld"] == 1
     assert run_replay(resources, replay_file).success
-    assert find_subject(ops_env, subject) == []
-    assert len(sent_to(clean_sandbox, subject)) == 2  # the model's and the replay's, both before the request
+    assert find_subject(ops_env, subject) == [] and find_subject(ops_env, member) == []
+    assert {user: len(sent_to(clean_sandbox, user)) for user in (subject, member)} == sent_before
     assert staging_file(ops_env, SYNC).exists()

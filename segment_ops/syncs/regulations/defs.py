@@ -7,8 +7,13 @@ once (a subject is regulated from then on: no sync sends to it), files them (`PO
 REGULATIONS_SUBJECTS_PER_REQUEST subjects per call, an intent recorded before each call and reconciled after a
 crash), asks Segment where each open regulation stands, and, once Segment accepted a deleting regulation,
 erases the subject from segment_ops's own stores. A regulation Segment fails (FAILED, INVALID, NOT_SUPPORTED,
-PARTIAL_SUCCESS) or a request it refuses is alerted to Slack and fails a check. The run's metadata holds
-counts and request ids, never a subject's id.
+PARTIAL_SUCCESS) or a request it refuses is alerted to Slack and fails a check, and so is a row or file that
+is not a request (kept once in the ledger's `rejected` table and alerted once; the check fails in every run
+that reads it). The run's metadata holds counts and request ids, never a subject's id.
+
+An inbox file is read once it was last modified at least `requests.SETTLED_SECONDS` ago (until then it may be
+half-written) and removed once its requests are recorded; a file that cannot be read (too large, refused by
+the system) is left where it is.
 
 `regulations_schedule` (every 15 minutes) is STOPPED by default, as every schedule that acts on a live
 workspace; the inbox files wait for it or for a run launched by hand.
@@ -88,7 +93,7 @@ def subjects_per_request() -> int:
     check_specs=[
         dg.AssetCheckSpec("requests_filed", asset=KEY,
                           description="Every recorded request is filed with Segment: none unfiled, refused "
-                                      "or interrupted."),
+                                      "or interrupted, and no row or file of this run's was rejected."),
         dg.AssetCheckSpec("regulations_succeeded", asset=KEY,
                           description="No regulation ended FAILED, INVALID, NOT_SUPPORTED or "
                                       "PARTIAL_SUCCESS."),
@@ -109,7 +114,7 @@ def segment_regulations(context: dg.AssetExecutionContext, config: RegulationsCo
     filed = filing.Filed()
     path = staging.staging_db(SYNC)
     with store.staging(path) as con:
-        rows, rejections = _read(con, warehouse.url, query, query_source, files)
+        rows, rejections, unreadable = _read(con, warehouse.url, query, query_source, files)
         requests, refused_rows = parse_rows(rows)
         rejections += refused_rows
         if config.dry_run:
@@ -119,24 +124,33 @@ def segment_regulations(context: dg.AssetExecutionContext, config: RegulationsCo
                                                   "rejected": len(rejections), "inbox_files": len(files)},
                                         check_results=_skipped_checks())
         ledger = Ledger(con)
-        ledger.add_rejections(SYNC, rejections, run_id=run_id)
+        new_rejections = _unrecorded(con, rejections)
+        ledger.add_rejections(SYNC, new_rejections, run_id=run_id)
+        filed.errors += [f"{r.source}: rejected: {r.reason}" for r in new_rejections]
         filing.record_requests(con, requests, run_id=run_id, filed=filed)
         for file in files:  # recorded: the state holds their rows now (and erasure must not find them here)
-            file.unlink(missing_ok=True)
+            if file not in unreadable:  # left for a person to fix: its requests are in no state yet
+                file.unlink(missing_ok=True)
         client = segment_public_api.get_client()
         try:
             filing.reconcile(con, client, run_id=run_id, filed=filed)
             filing.file_requests(con, client, cap=cap, run_id=run_id, filed=filed)
             _track(context, con, client, filed, config.wait_seconds)
         except VendorAuthError as exc:
+            _alert(context, alerts, filed)  # what was rejected or refused before: alerted once, by this run
             raise SyncFailure(description=f"the Segment Public API refused the token: {exc}; the requests "
                                           "are recorded (their subjects are suppressed already) and are "
                                           "filed by the next run") from None
         except VendorError as exc:
+            _alert(context, alerts, filed)
             raise SyncFailure(description=f"filing stopped: {exc}; what was filed is recorded, an "
                                           "interrupted call is reconciled by the next run") from None
         finally:
             client.close()
+        if filed.split:
+            context.log.warning(f"Segment refused {filed.split:,} filing(s) of several subjects, filed again "
+                                "in halves: if it refused them for their size, lower "
+                                "REGULATIONS_SUBJECTS_PER_REQUEST")
         erase = filing.to_erase(con)
     erased = _erase(context, home, erase, path)
     with store.staging(path, read_only=True) as con:
@@ -148,8 +162,9 @@ def segment_regulations(context: dg.AssetExecutionContext, config: RegulationsCo
     alerted = _alert(context, alerts, filed)
     metadata = {
         "requests_read": len(requests), "rejected": len(rejections), "inbox_files": len(files),
-        "query": query_source, "recorded": filed.recorded, "already_recorded": filed.already_recorded,
-        "filings": filed.filings, "subjects_filed": filed.subjects_filed, "refused": filed.refused,
+        "inbox_files_unreadable": len(unreadable), "query": query_source, "recorded": filed.recorded,
+        "already_recorded": filed.already_recorded, "filings": filed.filings,
+        "subjects_filed": filed.subjects_filed, "refused": filed.refused, "split_filings": filed.split,
         "reconciled": filed.reconciled, "abandoned": filed.abandoned, "erased_subjects": erased,
         "status_changes": len(filed.status_changes), "alerts_sent": alerted,
         "requests_total": standing.requests,
@@ -165,8 +180,9 @@ def segment_regulations(context: dg.AssetExecutionContext, config: RegulationsCo
     }
     unsettled = {state: n for state, n in standing.by_filing.items() if state != filing.FILED}
     return dg.MaterializeResult(metadata=metadata, check_results=[
-        dg.AssetCheckResult(check_name="requests_filed", passed=not unsettled,
-                            metadata={"not_filed": sum(unsettled.values()), **unsettled}),
+        dg.AssetCheckResult(check_name="requests_filed", passed=not unsettled and not rejections,
+                            metadata={"not_filed": sum(unsettled.values()), **unsettled,
+                                      "rejected_this_run": len(rejections)}),
         dg.AssetCheckResult(check_name="regulations_succeeded", passed=not standing.failed, metadata={
             "failed": len(standing.failed), "failed_regulations": dg.MetadataValue.md(
                 markdown_table(["regulation", "type", "status", "subjects"], standing.failed)
@@ -177,15 +193,21 @@ def segment_regulations(context: dg.AssetExecutionContext, config: RegulationsCo
 
 
 def _read(con, warehouse_url: str, query: str | None, query_source: str,
-          files: list[Path]) -> tuple[list, list[Rejection]]:
-    """The (source, row) pairs of the query and the inbox files, and the files that cannot be read."""
+          files: list[Path]) -> tuple[list, list[Rejection], set[Path]]:
+    """The (source, row) pairs of the query and the inbox files, the rejections of the files that cannot be
+    read, and those files."""
     rows: list = []
     rejections: list[Rejection] = []
+    unreadable: set[Path] = set()
     if query is not None:
         try:
             stage_query(con, warehouse_url, query, STAGED)
         except WarehouseError as exc:
-            raise SyncFailure(description=f"{query_source}: {exc}") from None
+            # The default query reads the demo warehouse's `privacy_requests`, which a real one lacks.
+            raise SyncFailure(description=f"{query_source}: {exc}; point REGULATIONS_QUERY_FILE at the query "
+                                          "of your warehouse's privacy requests, or set it to `off` to take "
+                                          "requests only from the inbox ($SEGMENT_OPS_HOME/inbox/"
+                                          "regulations/)") from None
         cursor = con.execute(f"SELECT * FROM {STAGED}")
         names = [d[0].lower() for d in cursor.description]
         source = Path(query_source).name
@@ -195,8 +217,25 @@ def _read(con, warehouse_url: str, query: str | None, query_source: str,
         try:
             rows += read_inbox_file(file)
         except (OSError, ValueError) as exc:
-            rejections.append(Rejection(record_key=None, source=file.name, reason=str(exc), record=None))
-    return rows, rejections
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            rejections.append(Rejection(record_key=None, source=file.name, record=None,
+                                        reason=f"the file cannot be read (it stays in the inbox): {why}"))
+            unreadable.add(file)
+    return rows, rejections, unreadable
+
+
+def _unrecorded(con, rejections: list[Rejection]) -> list[Rejection]:
+    """The rejections this sync's `rejected` table does not hold yet, by (source, record key, reason): a bad
+    row of the query, or a file left in the inbox, is read again by every run and kept (and alerted) once."""
+    held = set(con.execute("SELECT source, record_key, reason FROM rejected WHERE sync = ?",
+                           [SYNC]).fetchall())
+    new: list[Rejection] = []
+    for rejection in rejections:
+        key = (rejection.source, rejection.record_key, rejection.reason)
+        if key not in held:
+            held.add(key)
+            new.append(rejection)
+    return new
 
 
 def _track(context: dg.AssetExecutionContext, con, client, filed: filing.Filed, wait_seconds: float) -> None:
@@ -229,7 +268,8 @@ def _erase(context: dg.AssetExecutionContext, home: Path, subjects: list[str], o
 
 
 def _alert(context: dg.AssetExecutionContext, alerts: AlertsResource, filed: filing.Filed) -> int:
-    """One Slack alert for the regulations that ended badly and the filings Segment refused in this run."""
+    """One Slack alert for the regulations that ended badly, the filings Segment refused and the rows or files
+    rejected for the first time in this run."""
     lines = [f"regulation {regulation_id} ({kind}) ended {status}" for regulation_id, kind, status
              in filed.newly_failed]
     lines += filed.errors

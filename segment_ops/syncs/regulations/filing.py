@@ -8,7 +8,9 @@ could only come from Segment's list lagging behind its create, and is harmless: 
 user twice changes nothing.
 
 Each filing carries up to `cap` subjects of one regulation type and subject type (Segment's privacy docs: up
-to 5,000 userIds per Public API call; `REGULATIONS_SUBJECTS_PER_REQUEST`).
+to 5,000 userIds per Public API call; `REGULATIONS_SUBJECTS_PER_REQUEST`). Segment refuses a whole call for
+one subject id it will not take (or for more ids than it takes per call), so a refused filing of several
+subjects is split in halves, each filed as its own filing: only the requests at fault end refused.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Filed:
     filings: int = 0  # POST /regulations that Segment accepted
     subjects_filed: int = 0
     refused: int = 0  # filings Segment refused (4xx): their requests stay unfiled, with the error
+    split: int = 0  # refused filings of several subjects, filed again in halves
     reconciled: int = 0  # interrupted filings found at Segment and adopted
     abandoned: int = 0  # interrupted filings not found at Segment: filed again
     status_changes: list[tuple[str, str, str]] = field(default_factory=list)  # (regulation id, type, status)
@@ -75,13 +78,15 @@ def record_requests(con: duckdb.DuckDBPyConnection, requests: Sequence[Request],
     if not new:
         return
     now = _now()
+    # Requests read without a time all get `now`: their order is the order they were read in (`ordinal`).
+    last = con.execute("SELECT coalesce(max(ordinal), 0) FROM regulation_requests").fetchone()[0]
     con.execute(
         "INSERT INTO regulation_requests SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
         "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-        "unnest(?::TIMESTAMPTZ[]), ?, ?",
+        "unnest(?::TIMESTAMPTZ[]), unnest(?::BIGINT[]), ?, ?",
         [[r.request_id for r in new], [r.subject for r in new], [subject_hash(r.subject) for r in new],
          [r.subject_type for r in new], [r.regulation_type for r in new], [r.source for r in new],
-         [r.requested_at or now for r in new], now, run_id])
+         [r.requested_at or now for r in new], list(range(last + 1, last + 1 + len(new))), now, run_id])
 
 
 def _log_filing(con: duckdb.DuckDBPyConnection, filing_id: str, kind: str, subject_type: str, state: str, *,
@@ -110,11 +115,17 @@ def _subjects_of(con: duckdb.DuckDBPyConnection, filing_id: str) -> list[str]:
 def reconcile(con: duckdb.DuckDBPyConnection, client: SegmentPublicApiClient, *, run_id: str | None,
               filed: Filed) -> None:
     """Settle every interrupted filing: adopt the regulation Segment created for it, or abandon it (its
-    requests are filed again)."""
+    requests are filed again). A regulation already recorded for a filing is never adopted: the same type
+    for the same subjects within `RECONCILE_SKEW` is an earlier request (a SUPPRESS, an UNSUPPRESS, and an
+    interrupted SUPPRESS again), whose regulation is not this one."""
+    known = {row[0] for row in con.execute(
+        "SELECT DISTINCT regulation_id FROM regulation_filings WHERE regulation_id IS NOT NULL").fetchall()}
     for filing_id, kind, subject_type, intended in _interrupted(con):
         subjects = set(_subjects_of(con, filing_id))
         found = None
         for entry in client.iter_regulations(regulation_types=[kind]):
+            if entry.get("id") in known:
+                continue
             created = _parse_time(entry.get("createdAt"))
             same = (set(entry.get("subjects") or ()) == subjects
                     and entry.get("subjectType", subject_type) == subject_type)
@@ -122,6 +133,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, client: SegmentPublicApiClient, *,
                 found = entry.get("id")
                 break
         if found:
+            known.add(found)
             _log_filing(con, filing_id, kind, subject_type, FILED, regulation_id=found, run_id=run_id,
                         error="adopted after an interrupted filing (found with GET /regulations)")
             filed.reconciled += 1
@@ -143,8 +155,9 @@ def _parse_time(value: object) -> datetime | None:
 
 def unfiled(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, str]]:
     """Requests with no filing that was accepted or is still open: (request id, subject, type, subject type),
-    oldest first. A request whose filing Segment refused is not filed again by itself (its error stands
-    until the request is fixed and sent anew under another id)."""
+    in the order requested (`requested_at`, then the order read: `ordinal`). A request whose filing Segment
+    refused is not filed again by itself (its error stands until the request is fixed and sent anew under
+    another id)."""
     return con.execute(
         f"""
         WITH last AS (
@@ -154,7 +167,7 @@ def unfiled(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, str]]:
         WHERE r.subject IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM regulation_filing_requests f JOIN last l USING (filing_id)
             WHERE f.request_id = r.request_id AND l.state IN ('{INTENT}', '{FILED}', '{REFUSED}'))
-        ORDER BY r.requested_at, r.recorded_at, r.request_id
+        ORDER BY r.requested_at, r.ordinal
         """).fetchall()
 
 
@@ -165,7 +178,7 @@ def file_requests(con: duckdb.DuckDBPyConnection, client: SegmentPublicApiClient
 
     Raises the client's `VendorAuthError` (the token: nothing more can be filed) and `VendorError` when
     retries ran out (the intent stays, reconciled next run); a refusal (another 4xx) is recorded with its
-    error and the next batch goes on."""
+    error (a filing of several subjects is split and filed again, `_file`) and the next batch goes on."""
     pending = unfiled(con)
     batches: list[tuple[str, str, list[tuple[str, str]]]] = []
     for request_id, subject, kind, subject_type in pending:
@@ -174,33 +187,73 @@ def file_requests(con: duckdb.DuckDBPyConnection, client: SegmentPublicApiClient
         else:
             batches.append((kind, subject_type, [(request_id, subject)]))
     for kind, subject_type, members in batches:
-        filing_id = uuid.uuid4().hex
-        con.execute("BEGIN")
-        try:
+        [filing_id] = _intend(con, kind, subject_type, [members], run_id=run_id)
+        _file(con, client, filing_id, kind, subject_type, members, run_id=run_id, filed=filed)
+
+
+def _intend(con: duckdb.DuckDBPyConnection, kind: str, subject_type: str,
+            parts: Sequence[Sequence[tuple[str, str]]], *, run_id: str | None,
+            split: tuple[str, str] | None = None) -> list[str]:
+    """Record an intent for each part ((request id, subject) pairs: one filing each) and commit them before
+    any call; returns their filing ids. `split` (filing id, error) is the refused filing the parts were
+    split from, recorded refused in the same transaction: a run stopping in between cannot leave its
+    requests refused with no filing to carry them (an intent never called is abandoned by `reconcile`)."""
+    filing_ids = [uuid.uuid4().hex for _ in parts]
+    con.execute("BEGIN")
+    try:
+        if split is not None:
+            _log_filing(con, split[0], kind, subject_type, REFUSED, error=split[1], run_id=run_id)
+        for filing_id, members in zip(filing_ids, parts, strict=True):
             _log_filing(con, filing_id, kind, subject_type, INTENT, run_id=run_id)
             con.execute("INSERT INTO regulation_filing_requests SELECT ?, unnest(?::VARCHAR[])",
                         [filing_id, [request_id for request_id, _ in members]])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        store.checkpoint(con)  # with the state in PostgreSQL, the intent is shared before the call
-        subjects = sorted({subject for _, subject in members})
-        try:
-            regulation_id = client.create_regulation(kind, subjects, subject_type=subject_type)
-        except VendorAuthError:
-            _log_filing(con, filing_id, kind, subject_type, ABANDONED, run_id=run_id,
-                        error="the Public API token was refused: nothing was filed")
-            raise
-        except VendorFatalError as exc:
-            _log_filing(con, filing_id, kind, subject_type, REFUSED, error=exc.vendor_message[:500],
-                        run_id=run_id)
-            filed.refused += 1
-            filed.errors.append(f"{kind} for {len(subjects)} subject(s) refused: {exc.vendor_message[:200]}")
-            continue
-        _log_filing(con, filing_id, kind, subject_type, FILED, regulation_id=regulation_id, run_id=run_id)
-        filed.filings += 1
-        filed.subjects_filed += len(subjects)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    _share(con)  # with the state in PostgreSQL, the intent is shared before the call
+    return filing_ids
+
+
+def _file(con: duckdb.DuckDBPyConnection, client: SegmentPublicApiClient, filing_id: str, kind: str,
+          subject_type: str, members: Sequence[tuple[str, str]], *, run_id: str | None, filed: Filed) -> None:
+    """Make the intended filing `filing_id` of `members` ((request id, subject) pairs) and record what came
+    of it. Segment refuses a whole call for one subject it will not take, so a refused filing of several
+    subjects is recorded refused ("split and filed again in halves") and each half filed as its own filing,
+    recursively: a batch of 5,000 with one bad id ends with that one request refused, not 5,000."""
+    subjects = sorted({subject for _, subject in members})
+    try:
+        regulation_id = client.create_regulation(kind, subjects, subject_type=subject_type)
+    except VendorAuthError:
+        _log_filing(con, filing_id, kind, subject_type, ABANDONED, run_id=run_id,
+                    error="the Public API token was refused: nothing was filed")
+        raise
+    except VendorFatalError as exc:
+        if len(subjects) > 1:
+            first = set(subjects[:len(subjects) // 2])
+            halves = [[m for m in members if m[1] in first], [m for m in members if m[1] not in first]]
+            split = (filing_id, f"split and filed again in halves: {exc.vendor_message}"[:500])
+            filed.split += 1
+            for half_id, half in zip(_intend(con, kind, subject_type, halves, run_id=run_id, split=split),
+                                     halves, strict=True):
+                _file(con, client, half_id, kind, subject_type, half, run_id=run_id, filed=filed)
+            return
+        _log_filing(con, filing_id, kind, subject_type, REFUSED, error=exc.vendor_message[:500],
+                    run_id=run_id)
+        filed.refused += 1
+        filed.errors.append(f"{kind} for {len(subjects)} subject(s) refused: {exc.vendor_message[:200]}")
+        return
+    _log_filing(con, filing_id, kind, subject_type, FILED, regulation_id=regulation_id, run_id=run_id)
+    _share(con)  # a regulation Segment made, known to every machine at once
+    filed.filings += 1
+    filed.subjects_filed += len(subjects)
+
+
+def _share(con: duckdb.DuckDBPyConnection) -> None:
+    """With the state in PostgreSQL, check in now what the session of `con` logged: an intent must be in the
+    database before its call and a filing as soon as it is made, or a worker killed meanwhile leaves the
+    next one (on any machine) to file it again. Nothing for the embedded default, whose file is the state."""
+    store.checkpoint(con, force=True)
 
 
 def track(con: duckdb.DuckDBPyConnection, client: SegmentPublicApiClient, *, filed: Filed,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ from segment_ops.engine.regulations import REGULATION_TYPES, SUBJECT_TYPES
 INBOX_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 MAX_ID_CHARS = 200  # a userId or request id longer than this is taken for a mistake, not filed
 MAX_INBOX_FILE_BYTES = 64 * 1024 * 1024
+# A file modified less than this long ago may still be being written: it is read by a later run.
+SETTLED_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -108,23 +111,38 @@ def _moment(value: object) -> datetime | None:
 
 
 def inbox_files(folder: Path) -> list[Path]:
-    """The request files waiting in `folder`, oldest name first (hidden and partial files are not read)."""
+    """The request files waiting in `folder`, oldest name first. Hidden files are not read, nor a file
+    modified less than `SETTLED_SECONDS` ago: privacy tooling may still be writing it (a file read
+    half-written would lose its other half, since a read file is removed); a later run reads it."""
     if not folder.is_dir():
         return []
+    now = time.time()
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in INBOX_SUFFIXES and not p.name.startswith("."))
+                  if p.is_file() and p.suffix.lower() in INBOX_SUFFIXES and not p.name.startswith(".")
+                  and _settled(p, now))
+
+
+def _settled(path: Path, now: float) -> bool:
+    try:
+        return now - path.stat().st_mtime >= SETTLED_SECONDS
+    except OSError:  # gone meanwhile
+        return False
 
 
 def read_inbox_file(path: Path) -> list[tuple[str, Mapping[str, object]]]:
     """The (source, row) pairs of one inbox file; a line that is not a JSON object becomes an empty row, which
-    is rejected (the file's other rows still count). Raises `ValueError` for a file too large to read."""
+    is rejected (the file's other rows still count). Raises `ValueError` for a file too large to read or a
+    CSV file Python's reader refuses, `OSError` for one the system does not let us read."""
     if (size := path.stat().st_size) > MAX_INBOX_FILE_BYTES:
         raise ValueError(f"the file is {size:,} bytes, more than {MAX_INBOX_FILE_BYTES:,}: split it")
     text = path.read_text(encoding="utf-8-sig", errors="replace")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
-        return [(f"{path.name}:{number}", {k.strip().lower(): v for k, v in row.items() if k})
-                for number, row in enumerate(reader, start=2)]
+        try:
+            return [(f"{path.name}:{number}", {k.strip().lower(): v for k, v in row.items() if k})
+                    for number, row in enumerate(reader, start=2)]
+        except csv.Error as exc:
+            raise ValueError(f"not a CSV file Python can read: {exc}") from None
     rows: list[tuple[str, Mapping[str, object]]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -192,13 +192,21 @@ def replay_file(ledger: Ledger, path: Path, client_factory: Callable[[], Segment
     `before_sending` gets the plan (with `sending`, the number about to be sent) once the file is planned
     and before the first request. `progress`: see `deliver_pending`. `governance`: before anything is sent,
     every pending message about a regulated user is suppressed (replaying history never resurrects a deleted
-    or suppressed user) and the rest is checked against the tracking plan (`engine.governance`).
+    or suppressed user) and the rest is checked against the tracking plan (`engine.governance`); before
+    planning, the suppressed messages of users an UNSUPPRESS freed are superseded (`force` sends them again).
+    Sample payloads about regulated users are left out of the plan.
     """
+    regulated = governance.regulated if governance is not None else None
     if dry_run:
-        return ReplayResult(plan_file(ledger, path, sync=sync, run_id=run_id, dry_run=True), None)
+        plan = plan_file(ledger, path, sync=sync, run_id=run_id, dry_run=True)
+        plan.samples = regulated.shown(plan.samples) if regulated is not None else plan.samples
+        return ReplayResult(plan, None)
     ledger.recover(sync)  # a killed run's answers first, so what it had delivered counts as delivered
-    plan = plan_file(ledger, path, sync=sync, run_id=run_id, force=force)
     governed = governing.Governed()
+    governing.lift(ledger, sync, governance, governed)
+    plan = plan_file(ledger, path, sync=sync, run_id=run_id, force=force)
+    if regulated is not None:
+        plan.samples = regulated.shown(plan.samples)
     governing.before_sending(ledger, sync, governance, governed, run_id=run_id)
     plan.sending = ledger.counts(sync).pending
     if before_sending is not None:
