@@ -794,8 +794,7 @@ def _mark_superseded(con: duckdb.DuckDBPyConnection, ledger: Ledger, sync: str,
         chunk = stale[start:start + 20_000]
         ledger.log_outcomes(sync, [(seq, SUPERSEDED, 0, "superseded by a newer state of the row")
                                    for _, seq in chunk])
-        con.execute("INSERT INTO rev_superseded SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
-                    [[m for m, _ in chunk], [q for _, q in chunk]])
+        remember_superseded(con, chunk)
 
 
 def remember_superseded(con: duckdb.DuckDBPyConnection, superseded: list[tuple[str, int]]) -> None:

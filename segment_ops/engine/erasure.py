@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -85,7 +85,8 @@ class ErasureReport:
                 "inbox_files_not_rewritten": len(self.not_rewritten)}
 
 
-def erase_subjects(con: duckdb.DuckDBPyConnection, subjects: Sequence[str], *, reason: str) -> ErasureReport:
+def erase_subjects(con: duckdb.DuckDBPyConnection, subjects: Sequence[str], *, reason: str,
+                   skip: Collection[str] = ()) -> ErasureReport:
     """Erase `subjects` from the staging file open (for writing) on `con`, and return what was done.
 
     Every registered schema the file holds runs its `erase` (the ledger's first), in one transaction, with
@@ -93,8 +94,10 @@ def erase_subjects(con: duckdb.DuckDBPyConnection, subjects: Sequence[str], *, r
     of the warehouse the runs leave in the file) lose their rows too. Then every erased message that could
     still be sent is suppressed, with `reason` (without any subject's text) as its error. Idempotent: a second
     erasure finds nothing more. Schemas are taken from the registry: import the syncs first (a run has).
+    `skip`: schemas (by name) known to hold nothing of these subjects, left unread (e.g. the ledger and the
+    diff of a run that withheld the subjects' rows before planning: the costly scans of a large file).
     """
-    return _erase_file(con, _identifiers(subjects), set(), reason)[0]
+    return _erase_file(con, _identifiers(subjects), set(), reason, skip)[0]
 
 
 def erase_everywhere(home: str | Path, subjects: Sequence[str], *, reason: str,
@@ -180,14 +183,14 @@ def find_subject(home: str | Path, subject: str, *, lock_timeout: float = 60.0) 
 # --- one staging file ---------------------------------------------------------------------------------------
 
 def _erase_file(con: duckdb.DuckDBPyConnection, wanted: set[str], aliases: set[str],
-                reason: str) -> tuple[ErasureReport, set[str]]:
+                reason: str, skip: Collection[str] = ()) -> tuple[ErasureReport, set[str]]:
     """`erase_subjects` with `aliases` found elsewhere; returns the report and the aliases found here."""
     started = time.monotonic()
     report = ErasureReport(subjects=len(wanted))
     if not wanted:
         return report, set()
     name = _file_name(con)
-    present = _present_schemas(con)
+    present = [schema for schema in _present_schemas(con) if schema.name not in skip]
     for schema in present:
         store.ensure(con, schema)  # a file of an older layout is brought up to date, as a run would
     with_ledger = LEDGER in present

@@ -64,10 +64,10 @@ def protect(con: duckdb.DuckDBPyConnection, staged: StagedResult, spec: DiffSpec
         return staged, spec
     if governance.regulated is not None and (erased := governance.regulated.erased) and spec.user_id:
         user_id = f"CAST({quote(spec.user_id)} AS VARCHAR)"
-        where = f"sha256({user_id}) IN (SELECT unnest(?::VARCHAR[]))"
-        governed.withheld_ids = tuple(row[0] for row in con.execute(
-            f"SELECT DISTINCT {user_id} FROM {quote(staged.table)} WHERE {where}", [erased]).fetchall())
-        withheld = con.execute(f"DELETE FROM {quote(staged.table)} WHERE {where}", [erased]).fetchone()[0]
+        gone = [row[0] for row in con.execute(
+            f"DELETE FROM {quote(staged.table)} WHERE sha256({user_id}) IN (SELECT unnest(?::VARCHAR[])) "
+            f"RETURNING {user_id}", [erased]).fetchall()]
+        governed.withheld_ids, withheld = tuple(sorted(set(gone))), len(gone)
         if governed.honoured is None:
             governed.honoured = Honoured(regulated=len(governance.regulated.blocked))
         governed.honoured.withheld = withheld
@@ -114,11 +114,16 @@ def erase_withheld(con: duckdb.DuckDBPyConnection, governance: Governance | None
     if governance is None or governance.regulated is None or not governance.regulated.erased:
         return
     # Imported here: erasure reads every registered state schema.
+    from segment_ops.engine.diff import STATE as DIFF
     from segment_ops.engine.erasure import erase_subjects, mapped_ids
+    from segment_ops.engine.ledger import STATE as LEDGER
 
     ids = set(governed.withheld_ids) | mapped_ids(con, governance.regulated.erased)
     if ids:
-        erase_subjects(con, sorted(ids), reason="a deleting regulation (still in the sync's source)")
+        # Their rows were withheld before the diff, and what was planned of them before is erased when it is
+        # suppressed (`honour`): the ledger and the diff hold nothing of them, and are not scanned.
+        erase_subjects(con, sorted(ids), reason="a deleting regulation (still in the sync's source)",
+                       skip=(LEDGER.name, DIFF.name))
 
 
 def before_delivery(ledger: Ledger, sync: str, governance: Governance | None, governed: Governed, *,

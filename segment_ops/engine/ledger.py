@@ -134,19 +134,19 @@ SELECT seq FROM outcomes
 WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'pending')
 GROUP BY seq HAVING arg_max(status, id) = 'pending'
 """
-# The seqs of a sync's suppressed messages (`$sync`), found the same way.
-_SUPPRESSED_SEQS = """
+
+
+def _seqs_now(state: str) -> str:
+    """SQL: the seqs of a sync's messages (`$sync`) whose latest outcome is `state` (held, suppressed), looked
+    for only among the messages that ever had such an outcome."""
+    return f"""
 SELECT seq FROM outcomes
-WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'suppressed')
-GROUP BY seq HAVING arg_max(status, id) = 'suppressed'
+WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = '{state}')
+GROUP BY seq HAVING arg_max(status, id) = '{state}'
 """
-# The seqs of a sync's held messages (`$sync`): those whose latest outcome is `held`, looked for only among
-# the messages that ever had such an outcome.
-_HELD_SEQS = """
-SELECT seq FROM outcomes
-WHERE sync = $sync AND seq IN (SELECT seq FROM outcomes WHERE sync = $sync AND status = 'held')
-GROUP BY seq HAVING arg_max(status, id) = 'held'
-"""
+
+
+_HELD_SEQS, _SUPPRESSED_SEQS = _seqs_now("held"), _seqs_now("suppressed")
 
 
 def fingerprint_sql(relation: str) -> str:

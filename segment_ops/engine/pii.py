@@ -134,22 +134,6 @@ class PiiPolicy:
             parsed[column.strip()] = action.strip()
         return cls(ALLOW if default is None else default.strip(), tuple(parsed.items()))
 
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> PiiPolicy:
-        """A policy from a TOML table: `default = "hash"` and `fields = { phone = "drop" }`, both optional."""
-        if not isinstance(mapping, Mapping):
-            raise PiiPolicyError(f"a PII policy is a table (default, fields), got {type(mapping).__name__}")
-        unknown = sorted(set(mapping) - {"default", "fields"})
-        if unknown:
-            raise PiiPolicyError(f"unknown PII policy key(s) {', '.join(map(repr, unknown))}; known keys: "
-                                 "default, fields")
-        default = mapping.get("default", ALLOW)
-        fields = mapping.get("fields", {})
-        if not isinstance(fields, Mapping):
-            raise PiiPolicyError(f"PII policy fields are a table of column = action, got "
-                                 f"{type(fields).__name__}")
-        return cls(default, tuple(fields.items()))
-
     @property
     def is_default(self) -> bool:
         """Allow, with no field named: nothing is looked at or changed."""

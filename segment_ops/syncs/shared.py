@@ -148,6 +148,7 @@ def governance_metadata(governed: Governed | None) -> dict:
         metadata["tracking_plan_violations"] = dg.MetadataValue.md(report.violations_markdown())
     if governed.pii is not None:
         metadata |= governed.pii.as_metadata()
+        metadata["pii_columns"] = dg.MetadataValue.md(governed.pii.markdown())
     return metadata
 
 

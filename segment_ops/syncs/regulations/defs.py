@@ -173,6 +173,8 @@ def segment_regulations(context: dg.AssetExecutionContext, config: RegulationsCo
         "failed_requests": sum(n for status, n in standing.by_status.items() if status in FAILED_STATUSES),
         "by_status": dg.MetadataValue.md(markdown_table(["Segment status", "requests"],
                                                         sorted(standing.by_status.items()))),
+        "by_type": dg.MetadataValue.md(markdown_table(["regulation type", "requests"],
+                                                      sorted(standing.by_type.items()))),
         "by_filing": dg.MetadataValue.md(markdown_table(["filing", "requests"],
                                                         sorted(standing.by_filing.items()))),
         "latest_requests": dg.MetadataValue.md(markdown_table(

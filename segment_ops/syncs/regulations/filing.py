@@ -29,7 +29,6 @@ from segment_ops.engine.regulations import ERASING, FAILED_STATUSES, FINAL_STATU
 from segment_ops.syncs.regulations.requests import Request
 
 INTENT, FILED, REFUSED, ABANDONED = "intent", "filed", "refused", "abandoned"
-DEFAULT_SUBJECTS_PER_REQUEST = 5_000
 # How far before an interrupted intent a regulation found at Segment may have been created and still be taken
 # for it (clocks of two machines differ).
 RECONCILE_SKEW = timedelta(minutes=10)
