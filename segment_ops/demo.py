@@ -134,7 +134,7 @@ def _replay_figures(by_asset: dict[str, dict]) -> Figures:
              (rejected, "rejected"),
              (m.get("duplicates_in_input", 0), "duplicate in the file"),
              (delivered_before, "already delivered"), (pending, "pending from earlier (sent now)"),
-             (known - delivered_before - pending, "planned earlier, rejected or awaiting"),
+             (known - delivered_before - pending, "planned earlier, rejected, suppressed or awaiting"),
              (m.get("changed_skipped", 0), "changed since planned, not sent"))
     return Figures("lines read", m.get("lines_read", 0), terms, sent, delivered_before, pending,
                    rejected + m.get("rejected_by_destination", 0), _sent_note(planned + pending, sent, m))

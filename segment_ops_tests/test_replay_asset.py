@@ -181,6 +181,7 @@ def step_failure(result: dg.ExecuteInProcessResult) -> dg.Failure:
 def test_a_replay_under_a_wrong_write_key_is_refused_and_sends_nothing(tmp_path, ops_env, clean_sandbox,
                                                                       monkeypatch):
     monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+    monkeypatch.setenv("TRACKING_PLAN_POLICY", "off")  # else the plan is read with the Public API
     path = write_calls(tmp_path / "calls.jsonl", 5)
 
     result = materialize(build_resources(), path)
@@ -210,6 +211,7 @@ def test_a_refused_run_says_how_to_refresh_the_cached_answer_and_how_long_it_las
 def test_skip_preflight_replays_under_a_wrong_write_key_and_segment_drops_it(tmp_path, ops_env,
                                                                              clean_sandbox, monkeypatch):
     monkeypatch.setenv("SEGMENT_WRITE_KEY", WRONG_WRITE_KEY)
+    monkeypatch.setenv("TRACKING_PLAN_POLICY", "off")  # else the plan is read with the Public API
     path = write_calls(tmp_path / "calls.jsonl", 5)
 
     result = materialize(build_resources(), path, skip_preflight=True)

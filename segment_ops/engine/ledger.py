@@ -793,6 +793,22 @@ class Ledger:
             [(sync, run_id, r.record_key, r.source, r.reason, r.record, _now()) for r in rejections],
         )
 
+    def add_new_rejections(self, sync: str, rejections: Sequence[Rejection], *,
+                           run_id: str | None = None) -> list[Rejection]:
+        """Keep those of `rejections` that `sync` does not hold yet, by (source, record key, reason), and
+        return them: input read again by every run (a bad row of a query, a file left in an inbox) is kept,
+        and can be alerted, once."""
+        held = set(self.con.execute("SELECT source, record_key, reason FROM rejected WHERE sync = ?",
+                                    [sync]).fetchall())
+        new: list[Rejection] = []
+        for rejection in rejections:
+            key = (rejection.source, rejection.record_key, rejection.reason)
+            if key not in held:
+                held.add(key)
+                new.append(rejection)
+        self.add_rejections(sync, new, run_id=run_id)
+        return new
+
     def reject_relation(self, sync: str, relation: str, *, run_id: str | None = None,
                         once_per_reason: bool = False) -> int:
         """Keep the rows of `relation` (record_key, source, reason, record) in the rejected table; returns how

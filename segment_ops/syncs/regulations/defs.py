@@ -124,8 +124,7 @@ def segment_regulations(context: dg.AssetExecutionContext, config: RegulationsCo
                                                   "rejected": len(rejections), "inbox_files": len(files)},
                                         check_results=_skipped_checks())
         ledger = Ledger(con)
-        new_rejections = _unrecorded(con, rejections)
-        ledger.add_rejections(SYNC, new_rejections, run_id=run_id)
+        new_rejections = ledger.add_new_rejections(SYNC, rejections, run_id=run_id)
         filed.errors += [f"{r.source}: rejected: {r.reason}" for r in new_rejections]
         filing.record_requests(con, requests, run_id=run_id, filed=filed)
         for file in files:  # recorded: the state holds their rows now (and erasure must not find them here)
@@ -224,20 +223,6 @@ def _read(con, warehouse_url: str, query: str | None, query_source: str,
                                         reason=f"the file cannot be read (it stays in the inbox): {why}"))
             unreadable.add(file)
     return rows, rejections, unreadable
-
-
-def _unrecorded(con, rejections: list[Rejection]) -> list[Rejection]:
-    """The rejections this sync's `rejected` table does not hold yet, by (source, record key, reason): a bad
-    row of the query, or a file left in the inbox, is read again by every run and kept (and alerted) once."""
-    held = set(con.execute("SELECT source, record_key, reason FROM rejected WHERE sync = ?",
-                           [SYNC]).fetchall())
-    new: list[Rejection] = []
-    for rejection in rejections:
-        key = (rejection.source, rejection.record_key, rejection.reason)
-        if key not in held:
-            held.add(key)
-            new.append(rejection)
-    return new
 
 
 def _track(context: dg.AssetExecutionContext, con, client, filed: filing.Filed, wait_seconds: float) -> None:
