@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from segment_ops.engine.ledger import Ledger
-from segment_ops.engine.pii import PiiPolicy, PiiReport, apply_pii_policy
 from segment_ops.engine.regulations import Honoured, Regulated, honour, lift_suppressed
 from segment_ops.engine.spec import DiffSpec
 from segment_ops.engine.sql import quote
-from segment_ops.engine.tracking_plan import TrackingPlan, TrackingPlanReport, check_pending, check_policy
-from segment_ops.engine.warehouse import StagedResult
+
+# The tracking plan's validator and the PII policy's warehouse readers are imported when a run uses them: a
+# replay (a CLI process) imports neither.
+if TYPE_CHECKING:
+    from segment_ops.engine.pii import PiiPolicy, PiiReport
+    from segment_ops.engine.tracking_plan import TrackingPlan, TrackingPlanReport
+    from segment_ops.engine.warehouse import StagedResult
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,10 @@ class Governance:
     tracking_unchecked: str | None = None  # why a plan the policy asks to check could not be read (warn)
 
     def __post_init__(self) -> None:
-        check_policy(self.tracking_policy)
+        if self.tracking_policy != "off":
+            from segment_ops.engine.tracking_plan import check_policy
+
+            check_policy(self.tracking_policy)
 
 
 @dataclass
@@ -74,6 +82,8 @@ def protect(con: duckdb.DuckDBPyConnection, staged: StagedResult, spec: DiffSpec
         staged = dataclasses.replace(staged, rows=staged.rows - withheld)
     if governance.pii is None:
         return staged, spec
+    from segment_ops.engine.pii import apply_pii_policy  # the warehouse readers: not for a replay's import
+
     staged, governed.pii = apply_pii_policy(con, staged, spec, governance.pii)
     return staged, governed.pii.spec_without_dropped(spec)
 
@@ -101,6 +111,8 @@ def before_sending(ledger: Ledger, sync: str, governance: Governance | None, gov
             governed.honoured = Honoured(regulated=len(governance.regulated.blocked))
         governed.honoured.suppressed += honour(ledger, sync, governance.regulated)
     if governance.tracking_plan is not None and governance.tracking_policy != "off":
+        from segment_ops.engine.tracking_plan import check_pending
+
         governed.tracking = check_pending(ledger, sync, governance.tracking_plan, governance.tracking_policy,
                                           run_id=run_id)
     governed.tracking_unchecked = governance.tracking_unchecked
@@ -136,6 +148,8 @@ def before_delivery(ledger: Ledger, sync: str, governance: Governance | None, go
         assert governed.honoured is not None
         governed.honoured.suppressed += honour(ledger, sync, governance.regulated)
     if governance.tracking_plan is not None and governance.tracking_policy != "off":
+        from segment_ops.engine.tracking_plan import check_pending
+
         released = check_pending(ledger, sync, governance.tracking_plan, governance.tracking_policy,
                                  run_id=run_id)
         governed.tracking = released if governed.tracking is None else governed.tracking.merged(released)
