@@ -45,7 +45,6 @@ INBOX_FOLDER = "inbox"  # <home>/inbox/<name>/: the webhook and request inboxes
 # other than planned first become planned again, the only step to suppressed `TRANSITIONS` allows them).
 _UNSENT = (PENDING, HELD, AWAITING_ACK, MessageState.IN_FLIGHT.value)
 _SUPPRESSED = MessageState.SUPPRESSED.value
-_WRITES = re.compile(r'(?:UPDATE|DELETE FROM|INSERT INTO)\s+"?(\w+)"?', re.IGNORECASE)
 
 
 class ErasureIncompleteError(RuntimeError):
@@ -309,9 +308,9 @@ def _count(report: ErasureReport, name: str, statement: duckdb.Statement,
                               duckdb.StatementType.INSERT):
         return
     changed = result.fetchone()[0]
-    written = _WRITES.search(re.sub(r"--[^\n]*", "", statement.query))
+    written = store.written_table(statement.query)
     if changed and written:
-        key = f"{name}/{written.group(1)}"
+        key = f"{name}/{written}"
         report.rows[key] = report.rows.get(key, 0) + changed
 
 

@@ -106,10 +106,18 @@ class StateSchema:
             text = re.sub(r"--[^\n]*", "", statement.query).strip()
             if made := re.match(r"CREATE (?:OR REPLACE )?TEMP(?:ORARY)? TABLE (\w+)", text, re.IGNORECASE):
                 own.add(made.group(1))
-            written = re.match(r'(?:UPDATE|DELETE FROM|INSERT INTO)\s+"?(\w+)"?', text, re.IGNORECASE)
-            if written and written.group(1) not in own:
-                raise StateSchemaError(f"state schema {self.name!r}: its erase SQL writes to "
-                                       f"{written.group(1)!r}, which is not one of its tables")
+            if (table := written_table(text)) is not None and table not in own:
+                raise StateSchemaError(f"state schema {self.name!r}: its erase SQL writes to {table!r}, "
+                                       "which is not one of its tables")
+
+
+_WRITES = re.compile(r'(?:UPDATE|DELETE FROM|INSERT INTO)\s+"?(\w+)"?', re.IGNORECASE)
+
+
+def written_table(statement: str) -> str | None:
+    """The table a SQL statement (UPDATE, DELETE, INSERT) writes to, its comments aside; None for another."""
+    written = _WRITES.match(re.sub(r"--[^\n]*", "", statement).strip())
+    return written.group(1) if written else None
 
 
 # `StateSchema.erase` of a schema whose tables hold no data about a person: this, then why (a SQL comment, so

@@ -119,10 +119,13 @@ def reconcile(con: duckdb.DuckDBPyConnection, client: SegmentPublicApiClient, *,
     interrupted SUPPRESS again), whose regulation is not this one."""
     known = {row[0] for row in con.execute(
         "SELECT DISTINCT regulation_id FROM regulation_filings WHERE regulation_id IS NOT NULL").fetchall()}
+    listed: dict[str, list[dict]] = {}  # each type's regulations, listed once however many filings it has
     for filing_id, kind, subject_type, intended in _interrupted(con):
         subjects = set(_subjects_of(con, filing_id))
         found = None
-        for entry in client.iter_regulations(regulation_types=[kind]):
+        if kind not in listed:
+            listed[kind] = list(client.iter_regulations(regulation_types=[kind]))
+        for entry in listed[kind]:
             if entry.get("id") in known:
                 continue
             created = _parse_time(entry.get("createdAt"))
