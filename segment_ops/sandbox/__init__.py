@@ -1,5 +1,6 @@
-"""Local emulators of the vendor APIs (Segment, Heap, Pendo, Splunk HEC, Slack) on one port, with demo data,
-fault injection and a recorder. Exports are lazy so importing `demo_data` does not load the web stack.
+"""Local emulators of the vendor APIs (Segment, Heap, Pendo, Fullstory, Splunk HEC, Slack) on one port, with
+demo data, fault injection and a recorder. Exports are lazy so importing `demo_data` does not load the web
+stack.
 
 One place per vendor: a folder where the vendor's double has several modules (`segment/`, `heap/`,
 `pendo/`, each with the data it generates in `data.py`), a module otherwise (`splunk_hec.py`, `slack.py`).

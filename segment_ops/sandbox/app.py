@@ -1,8 +1,9 @@
 """The sandbox as one Starlette app: every vendor emulator under its own prefix, plus `/__sandbox__`.
 
 `/segment`, `/segment_eu` (the EU region's tracking host), `/segmentapis`, `/profiles` (Segment's Profile API,
-built from what `/segment` accepted), `/heap`, `/pendo`, `/splunk` and `/slack` each sit behind a `FaultGate`;
-the control endpoints under `/__sandbox__` are never faulted:
+built from what `/segment` accepted), `/heap`, `/pendo`, `/splunk`, `/slack` and `/fullstory` (Fullstory's
+Server API v2 users, `fullstory/api.py`) each sit behind a `FaultGate`; the control endpoints under
+`/__sandbox__` are never faulted:
 
 - `GET  /__sandbox__/stats`                      counts per API
 - `GET  /__sandbox__/received/{api}?limit&offset` stored items (oldest kept first)
@@ -18,6 +19,13 @@ the control endpoints under `/__sandbox__` are never faulted:
 - `POST /__sandbox__/heap/push`                   push signed segment-sync deltas now; returns their
   sync_task_ids
 - `GET  /__sandbox__/heap/deliveries`             each pushed page's attempts and outcome
+- `GET|POST /__sandbox__/fullstory/streams`       register a Fullstory Streams target (`{"url", "token"?,
+  "body"?: "v2"|"mapped", "interval_seconds"?, "streams"?}`; see `fullstory/streams.py`)
+- `POST /__sandbox__/fullstory/push`              send now the demo frustration events not yet sent
+  (`duplicate`, `late_hours`/`late`, `bad_token` faults); returns their event_ids
+- `GET  /__sandbox__/fullstory/deliveries`        each stream event's attempts and outcome
+- `GET  /__sandbox__/fullstory/users`, `/jobs`    the users the Fullstory API holds (`?all=true`: the demo's
+  too) and its batch import jobs
 - `GET|POST /__sandbox__/segment/destination-failures` make a Segment destination fail a share of its events
   (`{"destinationId", "share", "reason"}`; see `segment/delivery_overview.py`)
 - `GET|POST /__sandbox__/segment/regulations`       how regulations progress and end until reset
@@ -40,6 +48,8 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 
 from segment_ops import clock
 from segment_ops.config import (
+    SANDBOX_FULLSTORY_API_KEY,
+    SANDBOX_FULLSTORY_STREAM_TOKEN,
     SANDBOX_HEAP_API_KEY,
     SANDBOX_HEAP_APP_ID,
     SANDBOX_HEAP_WEBHOOK_SECRET,
@@ -56,6 +66,9 @@ from segment_ops.config import (
 from segment_ops.sandbox.common import Emulator, json_response
 from segment_ops.sandbox.demo_data import DemoConfig, DemoData
 from segment_ops.sandbox.faults import FaultGate, FaultInjector, FaultSpec, FaultSpecError, check_fault_apis
+from segment_ops.sandbox.fullstory.api import Fullstory
+from segment_ops.sandbox.fullstory.streams import StreamPusher
+from segment_ops.sandbox.fullstory.streams import control_routes as fullstory_routes
 from segment_ops.sandbox.heap.api import Heap
 from segment_ops.sandbox.heap.webhooks import HeapWebhookPusher
 from segment_ops.sandbox.heap.webhooks import control_routes as heap_webhook_routes
@@ -115,6 +128,15 @@ class SandboxConfig:
     splunk_hec_token: str = field(default=SANDBOX_SPLUNK_HEC_TOKEN, repr=False)
     splunk_indexes: tuple[str, ...] = (SANDBOX_SPLUNK_INDEX, "main")
     slack_webhook_token: str = field(default=SANDBOX_SLACK_WEBHOOK_TOKEN, repr=False)
+    # Fullstory (`fullstory/api.py`): requests/s per API key before 429 (Fullstory publishes no number), its
+    # burst, how long a batch import job runs (real seconds), and the items one batch may hold (the docs'
+    # 50,000).
+    fullstory_rate_limit: float | None = None
+    fullstory_rate_burst: float | None = None
+    fullstory_batch_delay_seconds: float = 0.2
+    fullstory_batch_max_items: int = 50_000
+    fullstory_api_key: str = field(default=SANDBOX_FULLSTORY_API_KEY, repr=False)
+    fullstory_stream_token: str = field(default=SANDBOX_FULLSTORY_STREAM_TOKEN, repr=False)
 
     def __post_init__(self) -> None:
         check_fault_apis(self.faults)
@@ -150,6 +172,11 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             sources[0]["id"], next(s["id"] for s in sources if s["slug"] == "web-app")), sources),
         rules_rate_limit_per_min=config.tracking_plan_rules_rate_limit_per_min,
     )
+    fullstory = Fullstory(recorder, api_key=config.fullstory_api_key, seed=config.seed,
+                          demo_users=lambda: demo.recent().fullstory_users(),
+                          rate_limit=config.fullstory_rate_limit, rate_burst=config.fullstory_rate_burst,
+                          batch_delay_seconds=config.fullstory_batch_delay_seconds,
+                          batch_max_items=config.fullstory_batch_max_items)
     emulators: list[Emulator] = [
         SegmentTracking(recorder, write_key=config.segment_write_key, rate_limit=config.segment_rate_limit,
                         dedupe_window_seconds=config.segment_dedupe_window_seconds, pipeline=pipeline,
@@ -178,6 +205,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         SegmentProfiles(recorder, space_id=config.profiles_space_id, token=config.profiles_token,
                         delay_seconds=config.profiles_delay_seconds, rate_limit=config.profiles_rate_limit,
                         profile_limit=config.record_limit),
+        fullstory,
     ]
     control = _Control(recorder, injector, emulators, public_api)
     routes: list[BaseRoute] = [Mount("/__sandbox__", routes=control.routes())]
@@ -192,6 +220,10 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     routes.insert(0, Mount("/__sandbox__/segment", routes=[*delivery_overview.control_routes(pipeline),
                                                            *regulations.control_routes(regulation_store)]))
     control.on_reset.append(heap_pusher.reset)
+    # Fullstory Streams posting to a receiver (spec §7), and reads of what the users API holds.
+    stream_pusher = StreamPusher(demo.at_least, config.fullstory_stream_token)
+    routes.insert(0, Mount("/__sandbox__/fullstory", routes=fullstory_routes(stream_pusher, fullstory)))
+    control.on_reset.append(stream_pusher.reset)
     return Starlette(routes=routes, exception_handlers={ClientDisconnect: _client_gone})
 
 

@@ -15,8 +15,9 @@ import orjson
 
 # Every API the sandbox can record ("slack": the incoming-webhook emulator that receives alerts; "segment_eu":
 # the EU region's Tracking API host, where the sandbox workspace's keys are lost; "profiles": Segment's
-# Profile API).
-API_NAMES = ("segment", "segment_eu", "segmentapis", "heap", "pendo", "splunk", "slack", "profiles")
+# Profile API; "fullstory": Fullstory's Server API v2 users endpoints).
+API_NAMES = ("segment", "segment_eu", "segmentapis", "heap", "pendo", "splunk", "slack", "profiles",
+             "fullstory")
 
 
 class ApiLog:

@@ -67,6 +67,27 @@ class RunningSandbox:
     def heap_deliveries(self) -> list[dict]:
         return self._call("GET", "/heap/deliveries")["deliveries"]
 
+    def register_fullstory_stream(self, url: str, **spec: object) -> dict:
+        """Make the sandbox's Fullstory Streams post to `url` (token, body "v2"|"mapped", interval_seconds,
+        streams, max_attempts, retry_initial_seconds, retry_max_seconds)."""
+        return self._call("POST", "/fullstory/streams", json={"url": url, **spec})
+
+    def push_fullstory(self, **spec: object) -> dict:
+        """Send the demo frustration events not yet sent (target, duplicate, late_hours, late, bad_token,
+        wait, timeout); returns `{"sent", "events": [...], "deliveries": [...]}`."""
+        return self._call("POST", "/fullstory/push", json=spec)
+
+    def fullstory_deliveries(self) -> list[dict]:
+        return self._call("GET", "/fullstory/deliveries")["deliveries"]
+
+    def fullstory_users(self, *, include_demo: bool = False, uid: str | None = None) -> list[dict]:
+        """The users Fullstory holds that the API wrote (batch jobs due applied); `include_demo`: all."""
+        params = {"all": "true"} if include_demo else {}
+        return self._call("GET", "/fullstory/users", params=params | ({"uid": uid} if uid else {}))["users"]
+
+    def fullstory_jobs(self) -> list[dict]:
+        return self._call("GET", "/fullstory/jobs")["jobs"]
+
     def pendo_usage_drop(self, account_id: str, from_day: str, factor: float = 0.0) -> dict:
         """Make a Pendo account's usage drop to `factor` from UTC day `from_day` (YYYY-MM-DD) on, until
         reset."""

@@ -14,7 +14,9 @@ warehouse):
   customer-kept mapping table (the default identity query reads Heap Connect's `users` instead); the few
   Heap-only identities are deliberately absent;
 * `privacy_requests`: the privacy team's deletion and suppression requests (one, for the demo), read by
-  `sql/regulations/privacy_requests.sql`.
+  `sql/regulations/privacy_requests.sql`;
+* `fullstory.events`: Fullstory's raw warehouse export of the demo's sessions (`fullstory/export.py`), the
+  same page views, clicks and errors whose rage, dead and error clicks the sandbox's Streams send.
 
 The file is built next to its destination and moved into place with `os.replace`, so a reader
 never sees a half-built warehouse.
@@ -32,11 +34,13 @@ import pyarrow as pa
 
 from segment_ops.config import DEMO_WAREHOUSE_TABLES
 from segment_ops.sandbox.demo_data import DemoData
+from segment_ops.sandbox.fullstory.export import FULLSTORY_TABLES, create_fullstory_tables
 from segment_ops.sandbox.heap.connect import create_heap_connect_tables
 from segment_ops.sandbox.world import POPULATION_AS_OF
 
 _SALT_ORDERS = 501  # `default_rng` salt of the order stream (see world.py)
-TABLES = DEMO_WAREHOUSE_TABLES
+# The declared tables (`syncs/external.py`'s assets) and Fullstory's export, unless already declared.
+TABLES = DEMO_WAREHOUSE_TABLES + tuple(t for t in FULLSTORY_TABLES if t not in DEMO_WAREHOUSE_TABLES)
 
 
 def build_demo_warehouse(path: str | Path, data: DemoData, *, overwrite: bool = True) -> dict[str, int]:
@@ -107,6 +111,7 @@ def _create_tables(con: duckdb.DuckDBPyConnection, data: DemoData) -> None:
                ?::TIMESTAMPTZ - INTERVAL 1 DAY AS requested_at
         FROM customers WHERE user_id IS NOT NULL ORDER BY user_id LIMIT 1
     """, [POPULATION_AS_OF])
+    create_fullstory_tables(con, data)  # Fullstory's export into this warehouse
 
 
 def _orders(data: DemoData) -> pa.Table:
