@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from segment_ops.clients.base import HttpClient, RetryPolicy, VendorAuthError, VendorError, VendorUnavailable
+from segment_ops.clients.fullstory import FullstoryClient
 from segment_ops.clients.pendo import (
     DAY_MS,
     AppScope,
@@ -39,7 +40,14 @@ from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
 from segment_ops.clients.slack import SlackWebhookClient, WebhookUrlError
 from segment_ops.clients.splunk_hec import AckSetting, HecConfigurationError, SplunkHecClient, hec_event
-from segment_ops.config import SANDBOX_HEAP_WEBHOOK_SECRET, SECRET_NAMES, HomeConflictError, Settings
+from segment_ops.config import (
+    SANDBOX_FULLSTORY_API_KEY,
+    SANDBOX_FULLSTORY_STREAM_TOKEN,
+    SANDBOX_HEAP_WEBHOOK_SECRET,
+    SECRET_NAMES,
+    HomeConflictError,
+    Settings,
+)
 from segment_ops.engine.preflight import Check, CheckResult, PreflightCache, Status, describe, gate
 from segment_ops.engine.progress import host_of
 from segment_ops.engine.warehouse import MissingDriverError, MissingWarehouseFileError, WarehouseError
@@ -80,7 +88,7 @@ SLACK_EMPTY_MESSAGE_ANSWERS = ("no_text", "invalid_payload", "missing_text_or_fa
 MIN_ACK_TIMEOUT_SECONDS = 300.0
 PENDO_LOOKBACK_DAYS = 7
 VENDOR_URLS = ("SEGMENT_TRACKING_URL", "SEGMENT_PUBLIC_API_URL", "HEAP_API_URL", "PENDO_API_URL",
-               "SPLUNK_HEC_URL", "ALERT_WEBHOOK_URL")
+               "SPLUNK_HEC_URL", "ALERT_WEBHOOK_URL", "FULLSTORY_API_URL")
 US, EU = "US", "EU"
 # Segment's hosts per region (spec §1, §2). The sandbox's mounts stand for the US hosts, `/segment_eu`
 # for the EU tracking host.
@@ -96,6 +104,10 @@ PROFILE_PROBE_ID = "user_id:segment-ops-preflight-no-such-user"
 PROFILES_TOKEN_HOME = "Unify > Unify settings > API access"
 SOURCE_KEYS = "Connections > Sources > the source > Settings > API Keys"
 PENDO_ZONE = "Pendo's Settings > Subscription settings > Time Zone"
+FULLSTORY_KEYS = "Fullstory's Settings > Integrations > API Keys"
+# A stream's bearer token is the only thing between the internet and the receiver (Fullstory documents no
+# signature): long enough that it cannot be guessed (24 characters of `secrets.token_urlsafe` are 144 bits).
+MIN_STREAM_TOKEN_CHARS = 24
 
 # The columns of the results table every Dagster surface shows (`result_rows`), as `segment-ops check` prints.
 RESULT_COLUMNS = ("check", "setting(s)", "result", "what to do")
@@ -103,7 +115,7 @@ RESULT_COLUMNS = ("check", "setting(s)", "result", "what to do")
 SENDING_CHECKS = ("segment_write_key", "segment_region")
 CHECK_NAMES = (*SENDING_CHECKS, "segment_public_api", "segment_profiles", "splunk_hec", "splunk_hec_ack",
                "splunk_hec_index", "pendo_key", "pendo_timezone", "heap_webhook_secret", "heap_receiver",
-               "slack_webhook", "warehouse", "reverse_etl_models")
+               "fullstory_api", "fullstory_stream_token", "slack_webhook", "warehouse", "reverse_etl_models")
 
 
 def all_checks(settings: Settings) -> list[Check]:
@@ -114,7 +126,8 @@ def all_checks(settings: Settings) -> list[Check]:
     return [*_segment_checks(settings, sources), *_destination_checks(settings, sources, models),
             _public_api_check(settings, sources),
             _profiles_check(settings), *_splunk_checks(settings), *_pendo_checks(settings),
-            *_heap_checks(settings), _slack_check(settings), *_warehouse_checks(settings, models)]
+            *_heap_checks(settings), *_fullstory_checks(settings), _slack_check(settings),
+            *_warehouse_checks(settings, models)]
 
 
 def sending_checks(settings: Settings) -> list[Check]:
@@ -852,6 +865,74 @@ def _heap_checks(settings: Settings) -> list[Check]:
                                                               "HEAP_WEBHOOK_PREVIOUS_SECRETS",
                                                               "HEAP_WEBHOOK_PUBLIC_URL")), secret_check),
             _check(settings, _Verdict("heap_receiver", ("HEAP_WEBHOOK_PUBLIC_URL",)), receiver_check)]
+
+
+# --- Fullstory -------------------------------------------------------------------------------------------
+
+def _fullstory_checks(settings: Settings) -> list[Check]:
+    configured = _configured(settings, "FULLSTORY_API_URL")
+    url = settings["FULLSTORY_API_URL"]
+    on_sandbox = not settings.is_set("FULLSTORY_API_URL") or \
+        url.rstrip("/") == f"{settings['SEGMENT_OPS_SANDBOX_URL']}/fullstory"
+    not_synced = "FULLSTORY_API_URL is not set: Fullstory is not synced"
+
+    def api_check(verdict: _Verdict) -> CheckResult:
+        if not configured:
+            return verdict.skip(not_synced, "set it to sync Fullstory")
+        key = _credential(settings, "FULLSTORY_API_KEY", "FULLSTORY_API_URL")
+        set_key = f"set FULLSTORY_API_KEY to an Admin or Architect key ({FULLSTORY_KEYS})"
+        if key is None:
+            return verdict.fail("FULLSTORY_API_KEY is not set", set_key)
+        if key == SANDBOX_FULLSTORY_API_KEY and not on_sandbox:
+            return verdict.fail(f"FULLSTORY_API_KEY is the sandbox's published key, and FULLSTORY_API_URL "
+                                f"({_host(url)}) is not the sandbox", set_key)
+        client = FullstoryClient(url, key, timeout=CHECK_TIMEOUT, retry=CHECK_RETRY)
+        try:
+            client.probe()
+        except VendorError as exc:
+            if exc.status == 403:
+                return verdict.fail(f"Fullstory refused FULLSTORY_API_KEY to read users: {exc}",
+                                    "use an Admin or Architect key: a Standard key writes users but cannot "
+                                    f"read them back ({FULLSTORY_KEYS})")
+            return verdict.vendor(exc, "Fullstory refused FULLSTORY_API_KEY",
+                                  f"{set_key}; check FULLSTORY_API_URL (https://api.fullstory.com)")
+        finally:
+            client.close()
+        return verdict.ok(f"the key reads users at {host_of(url)} (GET /v2/users?uid= of an unknown user)")
+
+    def stream_token_check(verdict: _Verdict) -> CheckResult:
+        if not configured:
+            return verdict.skip(not_synced, "set it to sync Fullstory")
+        set_token = (f"set FULLSTORY_STREAM_TOKEN to a random token of at least {MIN_STREAM_TOKEN_CHARS} "
+                     "characters (`python -c 'import secrets; print(secrets.token_urlsafe(32))'`) and "
+                     "give it to each stream (Authentication: Bearer token)")
+        token = _credential(settings, "FULLSTORY_STREAM_TOKEN", "FULLSTORY_API_URL")
+        if token is None:
+            return verdict.fail("FULLSTORY_STREAM_TOKEN is not set (the sandbox's published token does not "
+                                "count with a live FULLSTORY_API_URL)", set_token)
+        previous = [t.strip() for t in settings["FULLSTORY_STREAM_PREVIOUS_TOKENS"].split(",") if t.strip()]
+        named = [("FULLSTORY_STREAM_TOKEN", token),
+                 *((f"FULLSTORY_STREAM_PREVIOUS_TOKENS[{i}]", t) for i, t in enumerate(previous))]
+        if not on_sandbox:
+            published = [name for name, value in named if value == SANDBOX_FULLSTORY_STREAM_TOKEN]
+            if published:
+                return verdict.fail(f"{', '.join(published)} is the sandbox's published token, and "
+                                    f"FULLSTORY_API_URL ({_host(url)}) is not the sandbox: anyone could post "
+                                    "stream events", set_token)
+        short = [name for name, value in named if len(value) < MIN_STREAM_TOKEN_CHARS]
+        if short:
+            return verdict.fail(f"{', '.join(short)} is shorter than {MIN_STREAM_TOKEN_CHARS} characters: "
+                                "too easy to guess for the only credential of the receiver", set_token)
+        if token == SANDBOX_FULLSTORY_STREAM_TOKEN:
+            return verdict.ok("the sandbox's token, on the sandbox")
+        more = f"; {len(previous)} previous token(s) still accepted" if previous else ""
+        return verdict.ok(f"set, at least {MIN_STREAM_TOKEN_CHARS} characters{more}")
+
+    return [_check(settings, _Verdict("fullstory_api", ("FULLSTORY_API_URL", "FULLSTORY_API_KEY")),
+                   api_check),
+            _check(settings, _Verdict("fullstory_stream_token", ("FULLSTORY_STREAM_TOKEN",
+                                                                 "FULLSTORY_STREAM_PREVIOUS_TOKENS",
+                                                                 "FULLSTORY_API_URL")), stream_token_check)]
 
 
 # --- Slack -----------------------------------------------------------------------------------------------

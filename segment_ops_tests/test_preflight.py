@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from segment_ops.cli import main
 from segment_ops.config import (
+    SANDBOX_FULLSTORY_API_KEY,
+    SANDBOX_FULLSTORY_STREAM_TOKEN,
     SANDBOX_SEGMENT_PUBLIC_API_TOKEN,
     SANDBOX_SEGMENT_WRITE_KEY,
     SANDBOX_SLACK_WEBHOOK_TOKEN,
@@ -65,7 +67,7 @@ def test_check_exits_0_and_prints_the_table_on_the_sandbox_defaults(warehouse, c
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[0].split()[:3] == ["check", "setting(s)", "result"]
-    assert "14 checks: 12 pass, 0 warn, 0 fail, 2 skip; no check failed" in out
+    assert "16 checks: 14 pass, 0 warn, 0 fail, 2 skip; no check failed" in out
 
 
 def test_a_wrong_write_key_fails_naming_the_setting_and_never_printing_the_key(warehouse, clean_sandbox,
@@ -231,7 +233,8 @@ def test_a_broken_model_query_fails_naming_its_file(warehouse, tmp_path: Path):
     assert results["warehouse"].status is Status.PASS
     broken = results["reverse_etl_models"]
     assert (broken.status, broken.definitive) == (Status.FAIL, True)
-    assert "1 of 3 broken: user_traits.sql:" in broken.detail and "customer_typo" in broken.detail
+    shipped = len(list(MODELS_DIR.glob("*.sql")))  # other syncs add models of their own
+    assert f"1 of {shipped} broken: user_traits.sql:" in broken.detail and "customer_typo" in broken.detail
 
 
 def table_rows(out: str) -> list[str]:
@@ -498,3 +501,88 @@ def test_a_misspelt_postgres_scheme_is_told_how_to_write_it(ops_env, monkeypatch
     assert result.status is Status.FAIL and result.definitive
     assert result.todo == "write WAREHOUSE_URL with postgresql:// instead of postgres://"
     assert "pw" not in result.detail
+
+
+# --- Fullstory -------------------------------------------------------------------------------------------
+
+LIVE_STREAM_TOKEN = "fs-stream-5ecret-0123456789abcdef"
+
+
+def fullstory_requests(sandbox) -> int:
+    return sandbox.stats()["fullstory"].get("requests", 0)
+
+
+def test_the_fullstory_key_is_proved_by_reading_an_unknown_uid(ops_env, clean_sandbox):
+    results = checks("fullstory_api", "fullstory_stream_token")
+
+    assert statuses(results) == {"fullstory_api": Status.PASS, "fullstory_stream_token": Status.PASS}
+    where = clean_sandbox.url.removeprefix("http://")
+    assert results["fullstory_api"].detail == (f"the key reads users at {where} (GET /v2/users?uid= of an "
+                                               "unknown user)")
+    assert results["fullstory_stream_token"].detail == "the sandbox's token, on the sandbox"
+
+
+def test_a_wrong_fullstory_key_fails_naming_it_and_never_showing_it(ops_env, clean_sandbox):
+    [result] = checks("fullstory_api", FULLSTORY_API_KEY="na1.fullstory-wrong-5ecret").values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert "refused FULLSTORY_API_KEY" in result.detail and "401" in result.detail
+    assert "FULLSTORY_API_KEY" in result.todo and "5ecret" not in result.detail + result.todo
+
+
+def test_the_sandbox_fullstory_key_with_a_live_url_fails_without_asking(ops_env, clean_sandbox):
+    unset = checks("fullstory_api", FULLSTORY_API_URL="https://api.fullstory.com")["fullstory_api"]
+    published = checks("fullstory_api", FULLSTORY_API_URL="https://api.fullstory.com",
+                       FULLSTORY_API_KEY=SANDBOX_FULLSTORY_API_KEY)["fullstory_api"]
+
+    assert (unset.status, unset.detail) == (Status.FAIL, "FULLSTORY_API_KEY is not set")
+    assert (published.status, published.definitive) == (Status.FAIL, True)
+    assert published.detail.startswith("FULLSTORY_API_KEY is the sandbox's published key")
+    assert fullstory_requests(clean_sandbox) == 0
+
+
+def test_a_fullstory_key_that_may_not_read_users_fails_asking_for_an_admin_or_architect_key(ops_env, serve):
+    async def forbidden(request):
+        return JSONResponse({"message": "Forbidden", "code": "forbidden"}, 403)
+
+    served = serve(Starlette(routes=[Route("/v2/users", forbidden)]), "fullstory 403")
+
+    [result] = checks("fullstory_api", FULLSTORY_API_URL=served.url,
+                      FULLSTORY_API_KEY="na1.standard-5ecret-key").values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert "403" in result.detail and "Admin or Architect" in result.todo
+    assert "5ecret" not in result.detail + result.todo
+
+
+def test_fullstory_is_skipped_when_a_live_deployment_does_not_sync_it(ops_env, clean_sandbox):
+    results = checks("fullstory_api", "fullstory_stream_token", PENDO_API_URL=f"{clean_sandbox.url}/pendo")
+
+    assert statuses(results) == {"fullstory_api": Status.SKIP, "fullstory_stream_token": Status.SKIP}
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "FULLSTORY_STREAM_TOKEN is not set"),
+    ({"FULLSTORY_STREAM_TOKEN": SANDBOX_FULLSTORY_STREAM_TOKEN},
+     "FULLSTORY_STREAM_TOKEN is the sandbox's published token"),
+    ({"FULLSTORY_STREAM_TOKEN": LIVE_STREAM_TOKEN,
+      "FULLSTORY_STREAM_PREVIOUS_TOKENS": f"{LIVE_STREAM_TOKEN}-old, {SANDBOX_FULLSTORY_STREAM_TOKEN}"},
+     "FULLSTORY_STREAM_PREVIOUS_TOKENS[1] is the sandbox's published token"),
+    ({"FULLSTORY_STREAM_TOKEN": "short-5ecret"}, "FULLSTORY_STREAM_TOKEN is shorter than 24 characters"),
+])
+def test_a_stream_token_anyone_could_know_or_guess_fails_with_a_live_fullstory(ops_env, env, expected):
+    [result] = checks("fullstory_stream_token", FULLSTORY_API_URL="https://api.fullstory.com", **env).values()
+
+    assert (result.status, result.definitive) == (Status.FAIL, True)
+    assert result.detail.startswith(expected) and "FULLSTORY_STREAM_TOKEN" in result.todo
+    assert "5ecret" not in result.detail + result.todo
+
+
+def test_a_live_stream_token_passes_without_being_shown(ops_env):
+    [result] = checks("fullstory_stream_token", FULLSTORY_API_URL="https://api.fullstory.com",
+                      FULLSTORY_STREAM_TOKEN=LIVE_STREAM_TOKEN,
+                      FULLSTORY_STREAM_PREVIOUS_TOKENS=f"{LIVE_STREAM_TOKEN}-old").values()
+
+    assert result.status is Status.PASS
+    assert result.detail == "set, at least 24 characters; 1 previous token(s) still accepted"
+    assert "5ecret" not in render_table([result])

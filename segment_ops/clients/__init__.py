@@ -10,6 +10,7 @@ from segment_ops.clients.base import (
     VendorRequestError,
     VendorUnavailable,
 )
+from segment_ops.clients.fullstory import FullstoryClient, FullstoryUsersDestination
 from segment_ops.clients.pendo import PendoClient
 from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_public_api import SegmentPublicApiClient
@@ -17,6 +18,8 @@ from segment_ops.clients.segment_tracking import SegmentTrackingClient
 from segment_ops.clients.splunk_hec import SplunkHecClient
 
 __all__ = [
+    "FullstoryClient",
+    "FullstoryUsersDestination",
     "HttpClient",
     "PendoClient",
     "RetryEvent",
