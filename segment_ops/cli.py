@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "SEGMENT_OPS_PROGRESS=0)")
     replay.set_defaults(func=_run_replay)
 
-    webhooks = sub.add_parser("webhooks", help="run the webhook receiver (Heap segment syncs -> the inbox)")
+    webhooks = sub.add_parser("webhooks", help="run the webhook receiver (Heap segment syncs and Fullstory "
+                                                            "Streams -> their inboxes)")
     webhooks.add_argument("--host", default="127.0.0.1",
                           help="interface to listen on (0.0.0.0 behind a proxy)")
     webhooks.add_argument("--port", type=int, default=8780, help="port to listen on")
@@ -379,15 +380,25 @@ def _print_replay(plan: ReplayPlan, delivery: DeliveryReport | None = None, *, d
 
 
 def _run_webhooks(args: argparse.Namespace) -> int:
+    """Heap's segment-sync webhooks and Fullstory's Streams, on one server."""
+    from segment_ops.syncs.fullstory import receiver as fullstory
     from segment_ops.syncs.heap.receiver import config_from_env
     from segment_ops.syncs.heap.server import serve
 
     logging.getLogger("segment_ops.webhooks").setLevel(logging.INFO)
     try:
         config = config_from_env()
-    except ValueError as exc:  # WebhookConfigError: names the variable, never a secret
+        streams = fullstory.config_from_env()
+    except ValueError as exc:  # names the variable, never a secret
         raise SystemExit(f"segment-ops webhooks: {exc}") from None
-    serve(config, args.host, args.port)
+    also = []
+    try:
+        fullstory.require_live_token(streams, args.host)
+        also.append(fullstory.endpoint(streams))
+    except fullstory.StreamTokenError:  # a Heap-only deployment: Fullstory's endpoint is simply not served
+        print("Fullstory Streams endpoint off: FULLSTORY_STREAM_TOKEN is not set (set it to serve "
+              "/webhooks/fullstory on this address)", flush=True)
+    serve(config, args.host, args.port, also=also)
     return 0
 
 

@@ -27,6 +27,8 @@ SANDBOX_HEAP_WEBHOOK_SECRET = "sandbox-heap-webhook-secret"
 SANDBOX_PENDO_INTEGRATION_KEY = "sandbox-pendo-integration-key"
 # The sandbox's Pendo subscription buckets days at New York midnight, like Pendo's own sample rows (spec §7).
 SANDBOX_PENDO_TIMEZONE = "America/New_York"
+SANDBOX_FULLSTORY_API_KEY = "sandbox-fullstory-api-key"
+SANDBOX_FULLSTORY_STREAM_TOKEN = "sandbox-fullstory-stream-token"
 SANDBOX_SPLUNK_HEC_TOKEN = "00000000-0000-4000-8000-00000000c0de"
 SANDBOX_SPLUNK_INDEX = "segment_audit"
 SANDBOX_REDACTION_SALT = "sandbox-redaction-salt"
@@ -36,7 +38,8 @@ SANDBOX_SLACK_WEBHOOK_PATH = f"/services/T0SANDBOX/B0SANDBOX/{SANDBOX_SLACK_WEBH
 # Tables of the sandbox's demo warehouse (built by sandbox/warehouse.py, declared as assets in
 # syncs/external.py).
 DEMO_WAREHOUSE_TABLES = ("customers", "accounts", "orders", "main_production.users",
-                         "main_production.segment_members", "identity_map", "privacy_requests")
+                         "main_production.segment_members", "identity_map", "privacy_requests",
+                         "fullstory.events")
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Pendo apps whose usage is read and summed: `*` for every app of the subscription, or "
         "comma-separated app ids (without it Pendo answers for the default app only).",
         default="*",
+    ),
+    Setting("FULLSTORY_API_URL", "Fullstory Server API base (live: `https://api.fullstory.com`, EU: "
+            "`https://api.eu1.fullstory.com`).", sandbox_path="/fullstory"),
+    Setting("FULLSTORY_API_KEY", "Fullstory API key (Settings > Integrations > API Keys; role Admin or "
+            "Architect: it writes users).", SANDBOX_FULLSTORY_API_KEY, secret=True),
+    Setting(
+        "FULLSTORY_STREAM_TOKEN",
+        "Token the Fullstory Streams destination sends as `Authorization: Bearer <token>` (set on the "
+        "stream, Authentication: Bearer token); the receiver refuses any other. Fullstory documents no "
+        "signature, so the token and the endpoint URL are the only secrets.",
+        SANDBOX_FULLSTORY_STREAM_TOKEN,
+        secret=True,
+    ),
+    Setting(
+        "FULLSTORY_STREAM_PREVIOUS_TOKENS",
+        "Comma-separated tokens the receiver still accepts while a Fullstory stream's token is being rotated "
+        "(remove them once every stream sends `FULLSTORY_STREAM_TOKEN`).",
+        secret=True,
+    ),
+    Setting(
+        "FULLSTORY_SIGNALS_FILE",
+        "TOML file of the Fullstory syncs: which streams are frustration signals and the Segment event each "
+        "becomes, filters, per-user limits, the identity map and the experience score; unset: "
+        "`segment_ops/syncs/fullstory/fullstory.toml`, shipped in the package.",
     ),
     Setting("SPLUNK_HEC_URL", "Splunk HTTP Event Collector base (live: `https://<host>:8088`).",
             sandbox_path="/splunk"),

@@ -7,6 +7,7 @@ import dagster as dg
 from segment_ops.resources import build_resources
 from segment_ops.syncs import external
 from segment_ops.syncs.audit_trail import defs as audit_trail
+from segment_ops.syncs.fullstory import defs as fullstory
 from segment_ops.syncs.heap import defs as heap
 from segment_ops.syncs.ops import delivery_health, delivery_overview, preflight, run_watch
 from segment_ops.syncs.ops import run_alerts as sensors
@@ -25,6 +26,7 @@ def defs() -> dg.Definitions:
         audit_trail.defs,
         heap.build_heap_defs(),
         pendo.defs,
+        fullstory.defs,
         regulations.defs,
         delivery_health.defs,
         delivery_overview.defs,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # imported lazily at run time: the sandbox and Dagster are he
     from segment_ops.sandbox.demo_data import DemoData
 
 # The syncs the project is built to run; the demo says plainly which of them exist yet.
-PLANNED_SYNC_GROUPS = ("regulations", "replay", "reverse_etl", "heap", "pendo", "audit_trail")
+PLANNED_SYNC_GROUPS = ("regulations", "replay", "reverse_etl", "heap", "pendo", "audit_trail", "fullstory")
 # After the syncs, the landed_in_segment checks read back the identify calls of these syncs (group: its
 # read-back job); the sandbox's profiles show a call 1 s after accepting it, so this delay is past that.
 READ_BACK_JOBS = {"reverse_etl": "reverse_etl_read_back_job", "heap": "heap_read_back_job"}
@@ -211,6 +211,48 @@ def _sent_note(to_send: int, sent: int, m: dict) -> str:
             f"destination, {m.get('failed_pending', 0):,} failed and left pending")
 
 
+def _fullstory_config(home: Path) -> dict:
+    from segment_ops.syncs.fullstory.defs import prepare_demo
+
+    return prepare_demo()
+
+
+def _fullstory_score_day(data: DemoData) -> tuple[str, str]:
+    from segment_ops.syncs.fullstory.defs import demo_score_day
+
+    day = demo_score_day()
+    return day, day
+
+
+def _fullstory_signals_figures(by_asset: dict[str, dict]) -> Figures:
+    """Stream events the receiver stored: each decided once (sent, rate limited, filtered, ...)."""
+    m = by_asset.get("segment/fullstory_signals", {})
+    terms = ((m.get("now_send", 0), "signals"), (m.get("now_rate_limited", 0), "rate limited"),
+             (m.get("now_filtered", 0), "filtered (staff)"), (m.get("now_late", 0), "too late"),
+             (m.get("now_unidentified", 0), "unidentified"), (m.get("now_not_a_signal", 0), "not a signal"),
+             (m.get("now_rejected", 0), "rejected"),
+             (m.get("events_read", 0) - m.get("new_events", 0), "re-delivered (kept once)"))
+    sent, suppressed = m.get("delivered", 0), m.get("suppressed", 0)
+    note = f"{sent:,} track calls sent"
+    if suppressed:
+        note += f", {suppressed:,} suppressed (a regulated user)"
+    return Figures("stream events", m.get("events_read", 0), terms, sent, m.get("unchanged", 0),
+                   m.get("already_planned", 0),
+                   m.get("now_rejected", 0) + m.get("rejected_by_destination", 0), note)
+
+
+def _fullstory_score_figures(by_asset: dict[str, dict]) -> Figures:
+    m = by_asset.get("segment/fullstory_experience_score", {})
+    figures = _diff_figures(by_asset, "segment/fullstory_experience_score", "users scored")
+    bands = m.get("bands", {})
+    read = "yes" if m.get("warehouse_tables_read") else "no"
+    note = (f"bands: {bands.get('good', 0):,} good, {bands.get('fair', 0):,} fair, {bands.get('poor', 0):,} "
+            f"poor; mean {m.get('mean_score', 0)}; warehouse sessions read: {read}")
+    return Figures(figures.unit, figures.read, figures.terms, figures.sent, figures.already_delivered,
+                   figures.pending_from_earlier, figures.rejected,
+                   f"{figures.note}; {note}" if figures.note else note)
+
+
 def _heap_config(home: Path) -> dict:
     from segment_ops.syncs.heap.defs import prepare_demo
 
@@ -237,6 +279,14 @@ DEMO_STEPS = (
     # The newest complete hours of the sandbox's audit trail that hold events, pulled and forwarded to
     # Splunk HEC in one run (each hour's partition reports its own counts).
     DemoStep("audit_trail", "audit_trail_job", lambda home: {}, _audit_figures, partition_range=audit_window),
+    # Fullstory: the sandbox's Streams post the week's rage, dead and error clicks to the real receiver
+    # (in-process); the signals run sends them as track calls; yesterday's experience score goes out as
+    # identify traits; the warehouse-only traits model upserts Fullstory users.
+    DemoStep("fullstory", "fullstory_signals_job", _fullstory_config, _fullstory_signals_figures),
+    DemoStep("fullstory_score", "fullstory_score_job", lambda home: {}, _fullstory_score_figures,
+             partition_range=_fullstory_score_day),
+    DemoStep("fullstory_users", "fullstory_users_job", lambda home: {},
+             lambda by_asset: _diff_figures(by_asset, "fullstory/reverse_etl/", "rows read")),
 )
 
 

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from segment_ops.clients import PendoClient, SegmentPublicApiClient, SegmentTrackingClient, SplunkHecClient
 from segment_ops.clients.base import RetryPolicy
+from segment_ops.clients.fullstory import FullstoryClient, FullstoryUsersDestination
 from segment_ops.clients.segment_profiles import SegmentProfilesClient
 from segment_ops.clients.segment_tracking import DEFAULT_MAX_REQUESTS_PER_SECOND
 from segment_ops.clients.slack import SlackWebhookClient
@@ -77,6 +78,17 @@ class SegmentTrackingResource(dg.ConfigurableResource):
             write_key=self.write_key if destination.write_key_env == DEFAULT_WRITE_KEY_ENV else key,
             gzip=self.gzip, max_requests_per_second=self.max_requests_per_second,
             max_in_flight=self.max_in_flight)
+
+
+class FullstoryResource(dg.ConfigurableResource):
+    """Fullstory's Server API (users): where reverse-ETL models with `destination: fullstory_users` send."""
+
+    base_url: str
+    api_key: str = Field(repr=False)
+    max_in_flight: int = Field(default=2, description="Concurrent batches (each one request or import job).")
+
+    def get_client(self) -> FullstoryUsersDestination:
+        return FullstoryUsersDestination(FullstoryClient(self.base_url, self.api_key))
 
 
 class SegmentPublicApiResource(dg.ConfigurableResource):
@@ -337,6 +349,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             base_url=value("SEGMENT_PUBLIC_API_URL"), token=value("SEGMENT_PUBLIC_API_TOKEN")
         ),
         "segment_profiles": _profiles_resource(settings, value),
+        "fullstory": FullstoryResource(base_url=value("FULLSTORY_API_URL"),
+                                       api_key=value("FULLSTORY_API_KEY")),
         "pendo": PendoResource(base_url=value("PENDO_API_URL"),
                                integration_key=value("PENDO_INTEGRATION_KEY"),
                                app_ids=value("PENDO_APP_IDS")),

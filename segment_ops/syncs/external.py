@@ -45,6 +45,19 @@ SIEM_INDEX = dg.AssetSpec(
         "https://docs.splunk.com/Documentation/Splunk/latest/Data/UsetheHTTPEventCollector")},
 )
 
+FULLSTORY_GROUP = "fullstory"
+FULLSTORY_USERS_KEY = dg.AssetKey(["fullstory", "users"])  # declared by the reverse-ETL models sending there
+FULLSTORY_STREAMS = dg.AssetSpec(
+    ["fullstory", "streams"],
+    description="Fullstory Streams (Anywhere: Activation) triggered on rage, dead and error clicks, posting "
+                "each event to the receiver (`segment-ops webhooks`, `/webhooks/fullstory`) with a bearer "
+                "token.",
+    group_name=FULLSTORY_GROUP,
+    kinds={"fullstory"},
+    owners=[OWNER],
+    metadata={"docs": dg.MetadataValue.url("https://developer.fullstory.com/destinations/webhooks/")},
+)
+
 # Tables of the (demo) warehouse that syncs read through WAREHOUSE_URL. A reverse-ETL model that names
 # another table in its `depends_on:` header gets a spec for it from `warehouse_table_spec` as well.
 WAREHOUSE_TABLES = DEMO_WAREHOUSE_TABLES
@@ -67,7 +80,7 @@ def warehouse_table_spec(table: str) -> dg.AssetSpec:
     )
 
 
-defs = dg.Definitions(assets=[HEAP_SEGMENTS, PENDO_ACCOUNTS, SEGMENT_WORKSPACE, SIEM_INDEX,
+defs = dg.Definitions(assets=[HEAP_SEGMENTS, PENDO_ACCOUNTS, SEGMENT_WORKSPACE, SIEM_INDEX, FULLSTORY_STREAMS,
                               *(warehouse_table_spec(t) for t in WAREHOUSE_TABLES)])
 
 

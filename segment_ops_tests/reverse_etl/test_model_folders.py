@@ -39,7 +39,8 @@ def test_models_load_from_each_folder_in_order(folders):
     found = load_models(f"{examples}{os.pathsep}{team}")
 
     assert all(isinstance(m, ModelSpec) for m in found)
-    assert [m.name for m in found] == ["account_traits", "completed_orders", "user_traits", "team_traits"]
+    assert [m.name for m in found] == ["account_traits", "completed_orders", "fullstory_user_traits",
+                                      "user_traits", "team_traits"]
 
 
 def test_two_models_of_the_same_name_are_one_error_naming_both_files(folders):
@@ -51,8 +52,8 @@ def test_two_models_of_the_same_name_are_one_error_naming_both_files(folders):
     [error] = [m for m in found if isinstance(m, ModelError)]
     assert str(examples / "account_traits.sql") in error.problem
     assert str(team / "account_traits.sql") in error.problem
-    assert [m.name for m in found if isinstance(m, ModelSpec)] == ["completed_orders", "user_traits",
-                                                                   "team_traits"]
+    assert [m.name for m in found if isinstance(m, ModelSpec)] == [
+        "completed_orders", "fullstory_user_traits", "user_traits", "team_traits"]
 
 
 def test_a_duplicate_name_becomes_a_broken_asset_under_its_key_and_the_location_loads(folders):

@@ -44,6 +44,15 @@ def test_a_good_header_is_parsed(tmp_path):
     assert len(model.code_version) == 16
 
 
+def test_a_fullstory_users_model_sends_to_fullstory_under_its_own_key(tmp_path):
+    model = parse_model(write(tmp_path, GOOD.replace("-- user_id: user_id",
+                                                     "-- user_id: user_id\n-- destination: Fullstory_Users")))
+
+    assert model.sends_to == "fullstory_users" and model.sync == "reverse_etl_model"
+    assert model_key(model.name, model.sends_to) == dg.AssetKey(["fullstory", "reverse_etl", "model"])
+    assert parse_model(write(tmp_path, GOOD)).sends_to == "segment"
+
+
 def test_traits_default_to_every_column_not_mapped_or_excluded(tmp_path):
     model = parse_model(write(tmp_path, GOOD.replace("-- probe: updated_at", "-- exclude: updated_at")))
 
@@ -74,6 +83,16 @@ def test_the_code_version_follows_the_file(tmp_path):
     (("-- user_id: user_id", "-- user_id: user_id\n-- traits: user_id, email"), "also listed in `traits:`"),
     (("-- user_id: user_id", "-- user_id: user_id\n-- max_rejected_ratio: lots"),
      "max_rejected_ratio must be a number"),
+    (("-- user_id: user_id", "-- user_id: user_id\n-- destination: hubspot"),
+     "destination must be one of segment, fullstory_users, got 'hubspot'"),
+    (("-- call: identify\n-- mode: upsert\n-- key: user_id\n-- user_id: user_id",
+      "-- call: track\n-- event: Seen\n-- mode: append\n-- key: user_id\n-- user_id: user_id\n"
+      "-- destination: fullstory_users"), "destination fullstory_users takes identify calls"),
+    (("-- mode: upsert", "-- mode: mirror\n-- destination: fullstory_users"),
+     "destination fullstory_users cannot clear a removed row's user"),
+    (("-- user_id: user_id", "-- user_id: user_id\n-- destination: fullstory_users\n"
+                             "-- write_key_env: SEGMENT_WRITE_KEY_EU"),
+     "write_key_env apply to Segment destinations, not fullstory_users"),
 ])
 def test_a_bad_header_fails_naming_the_file(tmp_path, change, message):
     path = write(tmp_path, GOOD.replace(*change))
@@ -108,10 +127,12 @@ def test_loading_a_folder_keeps_going_past_a_bad_file(tmp_path):
 def test_the_project_models_parse():
     found = load_models(MODELS_DIR)
 
-    assert sorted(m.name for m in found) == ["account_traits", "completed_orders", "user_traits"]
-    assert {(m.name, m.call, m.mode) for m in found} == {
-        ("user_traits", "identify", "upsert"), ("account_traits", "group", "mirror"),
-        ("completed_orders", "track", "append")}
+    assert sorted(m.name for m in found) == ["account_traits", "completed_orders", "fullstory_user_traits",
+                                              "user_traits"]
+    assert {(m.name, m.call, m.mode, m.sends_to) for m in found} == {
+        ("user_traits", "identify", "upsert", "segment"), ("account_traits", "group", "mirror", "segment"),
+        ("completed_orders", "track", "append", "segment"),
+        ("fullstory_user_traits", "identify", "upsert", "fullstory_users")}
 
 
 def test_models_come_from_the_folder_the_environment_names(tmp_path, monkeypatch):

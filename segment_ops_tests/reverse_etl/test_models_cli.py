@@ -29,7 +29,7 @@ def test_list_shows_every_model(warehouse):
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
     assert lines["user_traits"][2:6] == ["identify", "upsert", "user_id", "0"]
-    assert set(lines) == {"account_traits", "completed_orders", "user_traits"}
+    assert set(lines) == {"account_traits", "completed_orders", "fullstory_user_traits", "user_traits"}
 
 
 def test_list_and_validate_report_a_broken_model_naming_its_file(warehouse, models_dir):

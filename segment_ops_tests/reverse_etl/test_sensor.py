@@ -29,7 +29,12 @@ def models_requested(result: dg.SensorResult) -> list[str]:
 def test_first_probe_requests_every_model_with_upstream_tables(sensor, warehouse):
     result = evaluate(sensor, None, f"duckdb:///{warehouse}")
 
-    assert models_requested(result) == ["account_traits", "completed_orders", "user_traits"]
+    assert models_requested(result) == ["account_traits", "completed_orders", "fullstory_user_traits",
+                                        "user_traits"]
+    # each model's run goes to the job of its destination
+    assert {r.tags["segment_ops/reverse_etl_model"]: r.job_name for r in result.run_requests} == {
+        "account_traits": "reverse_etl_job", "completed_orders": "reverse_etl_job",
+        "fullstory_user_traits": "fullstory_users_job", "user_traits": "reverse_etl_job"}
     assert all(r.run_key.startswith(r.tags["segment_ops/reverse_etl_model"] + ":")
                for r in result.run_requests)
     assert "customers.max(updated_at)" in result.cursor
@@ -54,7 +59,8 @@ def test_a_changed_table_requests_only_the_models_reading_it(sensor, warehouse):
     second = evaluate(sensor, first.cursor, f"duckdb:///{warehouse}")
     again = evaluate(sensor, first.cursor, f"duckdb:///{warehouse}")
 
-    assert models_requested(second) == ["account_traits", "user_traits"]  # both read customers
+    # all three read customers
+    assert models_requested(second) == ["account_traits", "fullstory_user_traits", "user_traits"]
     old_keys = {r.run_key for r in first.run_requests}
     assert not old_keys & {r.run_key for r in second.run_requests}
     # same probe, same key

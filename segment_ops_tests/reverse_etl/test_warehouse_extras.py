@@ -37,7 +37,7 @@ from segment_ops.syncs.reverse_etl.model import ModelSpec, load_models
 
 PASSWORD = "pw-Wh5ecret-0001"
 WAREHOUSE_EXTRAS = ("postgres", "snowflake", "bigquery", "redshift")
-EXAMPLE_MODELS = {"account_traits", "completed_orders", "user_traits"}
+EXAMPLE_MODELS = {"account_traits", "completed_orders", "fullstory_user_traits", "user_traits"}
 
 
 @dataclass(frozen=True)

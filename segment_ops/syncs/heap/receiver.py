@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +88,8 @@ def require_live_secret(config: WebhookConfig, host: str | None) -> None:
         "for a local test.")
 
 
-def create_app(config: WebhookConfig) -> Starlette:
-    """The receiver for one inbox (`<home>/inbox/heap`), answering `POST /webhooks/heap` (Heap's reference
+def heap_endpoint(config: WebhookConfig) -> Endpoint:
+    """The endpoint for one inbox (`<home>/inbox/heap`), answering `POST /webhooks/heap` (Heap's reference
     validator and webhook spec, see `segment_ops.syncs.heap.webhook`) with:
     - 413 when the body is larger than `max_body_bytes`;
     - 400 `{"error": "<what is wrong>"}` when `Heap-Hash` is missing or malformed, or its timestamp is older
@@ -144,9 +144,16 @@ def create_app(config: WebhookConfig) -> Starlette:
             return _store_drain(inbox, received, signature)
         return _store_page(inbox, received, signature)
 
-    endpoint = Endpoint(HEAP_PATH, "Heap webhook", verify_heap_hash, store, config.max_body_bytes,
-                        item="page", check_headers=check_heap_hash)
-    return build_app([endpoint], health={"webhook": "heap"})  # no path: /healthz answers anyone
+    return Endpoint(HEAP_PATH, "Heap webhook", verify_heap_hash, store, config.max_body_bytes, item="page",
+                    check_headers=check_heap_hash)
+
+
+def create_app(config: WebhookConfig, *, also: Sequence[Endpoint] = ()) -> Starlette:
+    """The receiving app with Heap's endpoint (`heap_endpoint`), and `also` other vendors' (the Fullstory
+    Streams endpoint, under `segment-ops webhooks`)."""
+    webhooks = ["heap", *(e.name.split()[0].lower() for e in also)]
+    # no path: /healthz answers anyone
+    return build_app([heap_endpoint(config), *also], health={"webhook": ",".join(webhooks)})
 
 
 def _refused(exc: SignatureError) -> Refused:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from segment_ops.receivers.app import Endpoint
 from segment_ops.receivers.server import ThreadedServer, serve_forever, serve_in_thread
 from segment_ops.syncs.heap.receiver import (
     HEAP_PATH,
@@ -40,7 +43,7 @@ def start_receiver(config: WebhookConfig, *, host: str = "127.0.0.1", port: int 
                                            limit_concurrency=config.max_connections))
 
 
-def serve(config: WebhookConfig, host: str, port: int) -> None:
+def serve(config: WebhookConfig, host: str, port: int, *, also: Sequence[Endpoint] = ()) -> None:
     """Serve in the foreground until interrupted (`segment-ops webhooks`); exits with a message naming
     HEAP_WEBHOOK_SECRET when it is unset and `host` is not a loopback address."""
     try:
@@ -53,4 +56,6 @@ def serve(config: WebhookConfig, host: str, port: int) -> None:
           f"(inbox: {config.home}/inbox/heap; Heap-Hash timestamps up to {config.max_age_seconds:g} s old "
           f"and {config.max_future_seconds:g} s ahead{rotation}; at most {config.max_connections} "
           "connections)", flush=True)
-    serve_forever(create_app(config), host, port, limit_concurrency=config.max_connections)
+    for endpoint in also:
+        print(f"  and {endpoint.name} on http://{host}:{port}{endpoint.path}", flush=True)
+    serve_forever(create_app(config, also=also), host, port, limit_concurrency=config.max_connections)

@@ -34,20 +34,30 @@ from segment_ops.clients.base import VendorAuthError
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import BaselineRefused
+from segment_ops.engine.governance import Governance
 from segment_ops.engine.guard import PlanHeld
 from segment_ops.engine.run import ConflictingOptions, DeliveryIncomplete
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import (
     AlertsResource,
+    FullstoryResource,
     PreflightResource,
     SegmentPublicApiResource,
     SegmentTrackingResource,
     StagingResource,
     WarehouseResource,
 )
-from segment_ops.syncs.external import WAREHOUSE_TABLES, warehouse_table_key, warehouse_table_spec
+from segment_ops.syncs.external import (
+    FULLSTORY_GROUP,
+    FULLSTORY_USERS_KEY,
+    WAREHOUSE_TABLES,
+    warehouse_table_key,
+    warehouse_table_spec,
+)
 from segment_ops.syncs.metadata import diff_run_metadata, guarded
 from segment_ops.syncs.reverse_etl.model import (
+    FULLSTORY_USERS,
+    SEGMENT,
     ModelError,
     ModelSpec,
     load_models,
@@ -66,6 +76,7 @@ from segment_ops.syncs.shared import (
     plan_held_failure,
     plan_metadata,
     preflight_gate,
+    regulated_now,
     tracking_plan_check,
     tracking_plan_check_spec,
     tracking_plan_policy,
@@ -75,6 +86,7 @@ from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 MODELS_DIR = packaged_models_dir()  # the project's sql/reverse_etl/
 GROUP = "reverse_etl"
 JOB_NAME = "reverse_etl_job"
+FULLSTORY_JOB_NAME = "fullstory_users_job"  # the models with `destination: fullstory_users`
 SENSOR_NAME = "reverse_etl_warehouse_sensor"
 log = logging.getLogger("segment_ops.reverse_etl")
 # (file, problem) of each broken model already warned about: Dagster builds the definitions many times per
@@ -99,8 +111,9 @@ class ReverseEtlConfig(DiffSendConfig):
                                                "either in chunks, as other warehouses are).")
 
 
-def model_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["segment", "reverse_etl", name])
+def model_key(name: str, sends_to: str = SEGMENT) -> dg.AssetKey:
+    """A model's asset key: under `segment/` or, for `destination: fullstory_users`, under `fullstory/`."""
+    return dg.AssetKey(["fullstory" if sends_to == FULLSTORY_USERS else "segment", "reverse_etl", name])
 
 
 def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
@@ -128,7 +141,8 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
             broken.append(found)
             continue
         models.append(found)
-        assets.append(_model_asset(found, kinds))
+        assets.append(_fullstory_model_asset(found, url) if found.sends_to == FULLSTORY_USERS
+                      else _model_asset(found, kinds))
         schedules += [schedule] if schedule else []
     names = {m.name for m in models}
     for error in broken:  # under a key of their own, after the valid models have theirs
@@ -136,25 +150,39 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
         names.add(name)
         assets.append(_broken_model_asset(name, error))
     extra_tables = sorted({t for m in models for t in m.depends_on} - set(WAREHOUSE_TABLES))
+    to_fullstory = [model_key(m.name, m.sends_to) for m in models if m.sends_to == FULLSTORY_USERS]
     job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.groups(GROUP),
                               description="Sync every reverse-ETL model in sql/reverse_etl/ to Segment.")
+    jobs = [job]
+    fullstory_users = []
+    if to_fullstory:
+        jobs.append(dg.define_asset_job(
+            FULLSTORY_JOB_NAME, selection=dg.AssetSelection.assets(*to_fullstory),
+            description="Sync every reverse-ETL model with `destination: fullstory_users` to Fullstory's "
+                        "users."))
+        fullstory_users.append(dg.AssetSpec(
+            FULLSTORY_USERS_KEY, deps=to_fullstory, group_name=FULLSTORY_GROUP, kinds={"fullstory"},
+            owners=[OWNER], metadata={"docs": dg.MetadataValue.url(
+                "https://developer.fullstory.com/server/users/create-user/")},
+            description="Fullstory users, upserted through the Server API (`POST /v2/users`, batch imports) "
+                        "with the warehouse traits the models send: sessions become searchable by them."))
     syncs = dg.Definitions(
-        assets=[*assets, *(warehouse_table_spec(t) for t in extra_tables)],
-        jobs=[job],
+        assets=[*assets, *fullstory_users, *(warehouse_table_spec(t) for t in extra_tables)],
+        jobs=jobs,
         schedules=schedules,
-        sensors=[_warehouse_sensor(models, job)],
+        sensors=[_warehouse_sensor(models, jobs)],
     )
     # `landed_in_segment` on the models whose identify calls can be read back from Segment's profiles: not
     # those sending to a destination of their own (`_model_asset` says why in the asset's description).
     identify = [ReadBackTarget(model_key(m.name), m.sync) for m in models
-                if m.call == "identify" and m.destination.is_default]
+                if m.call == "identify" and m.destination.is_default and m.sends_to == SEGMENT]
     return dg.Definitions.merge(syncs, read_back_defs(GROUP, identify))
 
 
 def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
     from segment_ops.preflight import DestinationNotSet
 
-    key = model_key(model.name)
+    key = model_key(model.name, model.sends_to)
     # Where it sends: the NAMES of the variables holding the write key and tracking URL (their values are read
     # at run time only, so no secret is in the definitions, the UI or the metadata).
     destination = model.destination
@@ -212,13 +240,56 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
     return reverse_etl_model
 
 
+def _fullstory_model_asset(model: ModelSpec, warehouse_url: str) -> dg.AssetsDefinition:
+    """A model whose `destination:` is fullstory_users: its identify calls upserted as Fullstory users, in the
+    `fullstory` group, downstream to `fullstory/users` (no Segment preflight, tracking plan or read-back)."""
+    key = model_key(model.name, model.sends_to)
+    kinds = {"fullstory", "duckdb"} | ({kind} if (kind := dialect_kind(warehouse_url)) else set())
+
+    @dg.asset(
+        key=key,
+        group_name=FULLSTORY_GROUP,
+        kinds=kinds,
+        owners=list(model.owners),
+        description=f"{model.description}\n\nModel file `{model.path.name}`: identify calls upserted as "
+                    f"Fullstory users (uid = `{model.user_id}`), {model.mode} mode, one row per "
+                    f"`{model.key}`; "
+                    "exactly once by the ledger, Fullstory's rate limits honoured (429 Retry-After).",
+        code_version=model.code_version,
+        pool=f"staging_{model.sync}",
+        deps=[warehouse_table_key(t) for t in model.depends_on],
+        metadata={"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call,
+                  "mode": model.mode, "key": model.key, "schedule": model.schedule or "none",
+                  "destination": FULLSTORY_USERS},
+        check_specs=[
+            dg.AssetCheckSpec("delivery_complete", asset=key,
+                              description="Nothing planned for this model is left pending after the run."),
+            dg.AssetCheckSpec("rejected_ratio", asset=key,
+                              description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were "
+                                          "rejected (by the diff or by Fullstory)."),
+        ],
+    )
+    def fullstory_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
+                        warehouse: WarehouseResource, fullstory: FullstoryResource,
+                        staging: StagingResource, alerts: AlertsResource) -> dg.MaterializeResult:
+        return _sync(context, model, config, warehouse, fullstory, staging, None, alerts)
+
+    return fullstory_model
+
+
 def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEtlConfig,
-          warehouse: WarehouseResource, segment: SegmentTrackingResource, staging: StagingResource,
-          segment_public_api: SegmentPublicApiResource, alerts: AlertsResource) -> dg.MaterializeResult:
+          warehouse: WarehouseResource, segment: SegmentTrackingResource | FullstoryResource,
+          staging: StagingResource, segment_public_api: SegmentPublicApiResource | None,
+          alerts: AlertsResource) -> dg.MaterializeResult:
+    """Run the model against `segment` (or, for `destination: fullstory_users`, Fullstory's users API: then
+    regulations and the PII policy are honoured, and there is no Segment tracking plan to check)."""
     limits = guard_limits()
-    governance = governance_for(context, staging, segment, segment_public_api,
-                                policy=tracking_plan_policy(model.tracking_plan),
-                                dry_run=config.dry_run or config.baseline, pii=model.pii)
+    if isinstance(segment, SegmentTrackingResource) and segment_public_api is not None:
+        governance = governance_for(context, staging, segment, segment_public_api,
+                                    policy=tracking_plan_policy(model.tracking_plan),
+                                    dry_run=config.dry_run or config.baseline, pii=model.pii)
+    else:
+        governance = Governance(regulated=regulated_now(staging), pii=model.pii)
     with store.staging(staging.staging_db(model.sync)) as con:
         try:
             run = sync_model(con, model, warehouse.url, segment.get_client, run_id=context.run.run_id,
@@ -240,8 +311,9 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
         except PlanHeld as exc:
             raise plan_held_failure(exc, _metadata(context, exc.report), label=model.path.name) from None
         except VendorAuthError as exc:
-            raise SyncFailure(
-                description=f"{model.path.name}: Segment refused the write key: {exc}") from None
+            refused = ("Fullstory refused FULLSTORY_API_KEY" if model.sends_to == FULLSTORY_USERS
+                       else "Segment refused the write key")
+            raise SyncFailure(description=f"{model.path.name}: {refused}: {exc}") from None
     plan = run.plan
     alert_violations(context, alerts, run.governed)
     if run.approved:
@@ -267,7 +339,7 @@ def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEt
                 metadata={"rejected": plan.rejected, "rows_read": plan.rows_read, "ratio": round(ratio, 4),
                           "max_ratio": model.max_rejected_ratio},
             ),
-            tracking_plan_check(run.governed),
+            *([tracking_plan_check(run.governed)] if model.sends_to == SEGMENT else []),
         ],
     )
 
@@ -332,7 +404,7 @@ def _schedule(model: ModelSpec) -> dg.ScheduleDefinition | None:
             name=f"reverse_etl_{model.name}_schedule",
             cron_schedule=model.schedule,
             execution_timezone="UTC",
-            target=dg.AssetSelection.assets(model_key(model.name)),
+            target=dg.AssetSelection.assets(model_key(model.name, model.sends_to)),
             default_status=dg.DefaultScheduleStatus.STOPPED,
             description=f"Sync the {model.name} model ({model.schedule}, UTC).",
         )
@@ -341,13 +413,13 @@ def _schedule(model: ModelSpec) -> dg.ScheduleDefinition | None:
                                      f"({exc})") from None
 
 
-def _warehouse_sensor(models: list[ModelSpec], job: object) -> dg.SensorDefinition:
+def _warehouse_sensor(models: list[ModelSpec], jobs: list) -> dg.SensorDefinition:
     watched = [m for m in models if m.depends_on]
     probes = sorted({(t, m.probe) for m in watched for t in m.depends_on}, key=lambda p: (p[0], p[1] or ""))
 
     @dg.sensor(
         name=SENSOR_NAME,
-        job=job,
+        jobs=jobs,
         minimum_interval_seconds=120,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description="Probes the warehouse tables the reverse-ETL models read (row count, max of the header's "
@@ -371,7 +443,9 @@ def _warehouse_sensor(models: list[ModelSpec], job: object) -> dg.SensorDefiniti
                 continue
             digest = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16]
             requests.append(dg.RunRequest(run_key=f"{model.name}:{digest}",
-                                          asset_selection=[model_key(model.name)],
+                                          job_name=FULLSTORY_JOB_NAME if model.sends_to == FULLSTORY_USERS
+                                          else JOB_NAME,
+                                          asset_selection=[model_key(model.name, model.sends_to)],
                                           tags={"segment_ops/reverse_etl_model": model.name}))
         for name in failing:
             context.log.warning(f"probe {name} failed: {markers[name]}")

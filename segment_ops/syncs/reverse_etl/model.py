@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from segment_ops.config import Settings
 
 DEFAULT_MAX_REJECTED_RATIO = 0.01
+SEGMENT, FULLSTORY_USERS = "segment", "fullstory_users"
+DESTINATIONS = (SEGMENT, FULLSTORY_USERS)
 MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
 _OWNER = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
@@ -73,6 +75,9 @@ HEADER_KEYS: dict[str, str] = {
                   "key and the id, event and timestamp columns cannot be hashed or dropped)",
     "tracking_plan": "off | warn | block: what a call that breaks the destination source's tracking plan "
                      "does (default: TRACKING_PLAN_POLICY, itself warn)",
+    "destination": f"{' | '.join(DESTINATIONS)}: where the calls go (default segment). fullstory_users "
+                   "upserts each identify call as a Fullstory user (uid = userId; the traits `email` and "
+                   "`display_name` as those fields, the others as properties) through FULLSTORY_API_URL",
 }
 _REQUIRED = ("description", "owner", "call", "mode", "key")
 _LIST_KEYS = ("owner", "traits", "properties", "exclude", "depends_on")
@@ -135,6 +140,7 @@ class ModelSpec:
     header: dict[str, str] = field(default_factory=dict, compare=False)
     pii: PiiPolicy = PiiPolicy()  # `pii:` and `pii_fields:`; `engine.pii.apply_pii_policy` applies it
     tracking_plan: str | None = None  # `tracking_plan:` (None: TRACKING_PLAN_POLICY)
+    sends_to: str = SEGMENT  # `destination:`: segment (Tracking API) | fullstory_users (Fullstory users API)
 
     @property
     def sync(self) -> str:
@@ -354,6 +360,7 @@ def _build(path: Path, name: str, header: dict[str, str], sql: str, code_version
         raise ModelError(path, f"max_rejected_ratio must be a number, "
                                f"got {header['max_rejected_ratio']!r}") from None
     owners = values.pop("owner")
+    sends_to = str(values.pop("destination", SEGMENT)).strip().lower()
     pii = _pii_policy(path, values.pop("pii", None), values.pop("pii_fields", None))  # type: ignore[arg-type]
     if (policy := values.get("tracking_plan")) is not None:
         try:
@@ -362,7 +369,7 @@ def _build(path: Path, name: str, header: dict[str, str], sql: str, code_version
             raise ModelError(path, f"tracking_plan: {exc}") from None
     return ModelSpec(name=name, path=path, sql=sql, owners=owners, fields=fields,  # type: ignore[arg-type]
                      max_rejected_ratio=ratio, code_version=code_version, header=dict(header), pii=pii,
-                     **values)  # type: ignore[arg-type]
+                     sends_to=sends_to, **values)  # type: ignore[arg-type]
 
 
 def _pii_policy(path: Path, default: str | None, fields: str | None) -> PiiPolicy:
@@ -439,6 +446,17 @@ def _check(spec: ModelSpec) -> None:
                  "nothing to hash or drop")
     if not 0.0 <= spec.max_rejected_ratio <= 1.0:
         fail(f"max_rejected_ratio must be within [0, 1], got {spec.max_rejected_ratio}")
+    if spec.sends_to not in DESTINATIONS:
+        fail(f"destination must be one of {', '.join(DESTINATIONS)}, got {spec.sends_to!r}")
+    if spec.sends_to == FULLSTORY_USERS:
+        if call != "identify" or not spec.user_id:
+            fail("destination fullstory_users takes identify calls with `user_id:` (a Fullstory user's uid)")
+        if spec.mode == "mirror":
+            fail("destination fullstory_users cannot clear a removed row's user (Fullstory documents no way "
+                 "to unset a property): use upsert")
+        stray = [k for k in ("write_key_env", "tracking_url_env", "tracking_plan") if k in header]
+        if stray:
+            fail(f"{', '.join(stray)} apply to Segment destinations, not fullstory_users")
     for key, default in (("write_key_env", DEFAULT_WRITE_KEY_ENV),
                          ("tracking_url_env", DEFAULT_TRACKING_URL_ENV)):
         if problem := _env_name_problem(key, getattr(spec, key), default):

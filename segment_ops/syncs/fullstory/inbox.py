@@ -1,0 +1,124 @@
+"""Fullstory's layout of the webhook inbox under `<SEGMENT_OPS_HOME>/inbox/fullstory/`, on the durable files
+of `segment_ops.receivers.inbox`: what the receiver acknowledged is on disk (or, with SEGMENT_OPS_STATE_URL,
+in PostgreSQL) before it answers 200.
+
+    hour-<YYYYMMDDHH>/event-<key>.json   one stream event as received: its body, when it arrived, which token
+                                         took it; `<key>` is `streams.event_key` of the body, so a re-delivery
+                                         in the same hour is stored once (and one in a later hour is kept once
+                                         by the signals run, which stages events by key)
+    hour-<...>/done.json                 written once a run staged every event of a closed hour
+    .archive/<day>/hour-<...>/           staged hours, moved out of the live inbox; deleted after the
+                                         retention
+
+A stream posts one event per request, so the inbox's batches are the hours events arrived in: a run reads the
+hours not yet archived, which is what arrived since the last run and the hour still open.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from segment_ops.receivers import inbox as durable
+from segment_ops.receivers.inbox import Conflict, InboxError
+from segment_ops.syncs.fullstory.streams import StreamEvent
+
+HOUR_PREFIX = "hour-"
+EVENT = "event-"
+_HOUR_FOLDER = re.compile(r"hour-([0-9]{10})")
+_EVENT_FILE = re.compile(r"event-([0-9a-f]{32})\.json")
+# An hour is closed (its folder can be archived once staged) this long after it ended: a receiver whose clock
+# runs a little behind, or a request that began in the hour, may still write to it.
+CLOSE_AFTER = timedelta(hours=1)
+DEFAULT_RETENTION = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event file read back: the body as received (parsed again by the run), and when it arrived."""
+
+    key: str
+    received_at: datetime
+    body: dict
+    hour: str  # its hour folder's name
+
+
+class Inbox:
+    """The folder of received Fullstory stream events."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.shared = durable.share(self.root)
+
+    @classmethod
+    def for_home(cls, home: str | Path) -> Inbox:
+        return cls(Path(home) / "inbox" / "fullstory")
+
+    def _fresh(self) -> None:
+        if self.shared:
+            durable.pull(self.root)
+
+    def store(self, event: StreamEvent, *, received_at: datetime | None = None, token: str = "") -> bool:
+        """Write `event` durably unless the same event is stored in its arrival hour already; True when this
+        call stored it, False for a repeat (kept once). Raises `InboxError` when it cannot be written."""
+        received = received_at or datetime.now(UTC)
+        folder = self.root / f"{HOUR_PREFIX}{received:%Y%m%d%H}"
+        record = orjson.dumps({"key": event.key, "received_at": received.isoformat(), "token": token,
+                               "body": event.body})
+        target = folder / f"{EVENT}{event.key}.json"
+        try:
+            return durable.store_item(target, record, content=orjson.dumps(event.body),
+                                      differences=lambda stored: [] if stored.get("key") == event.key
+                                      else ["key"])
+        except Conflict as exc:
+            # Only when a run archived the hour under the receiver: its clock runs over `CLOSE_AFTER` behind
+            # the run's. Answered 500, so Fullstory retries (for hours) rather than the event being lost.
+            raise InboxError(f"the hour {folder.name} was archived by a run whose clock is ahead of this "
+                             f"receiver's by over {CLOSE_AFTER}: check both machines' clocks") from exc
+
+    def hours(self) -> list[Path]:
+        """The live hour folders, oldest first (a shared inbox is brought up to date first)."""
+        self._fresh()
+        return sorted(f for f in durable.batch_folders(self.root) if _HOUR_FOLDER.fullmatch(f.name))
+
+    def events(self, hour: Path) -> Iterator[StoredEvent]:
+        """The events stored in `hour`, in no order; a file that cannot be read raises `InboxError`."""
+        if not hour.is_dir():
+            return
+        for path in sorted(hour.iterdir()):
+            if not _EVENT_FILE.fullmatch(path.name):
+                continue
+            record = durable.read_json(path)
+            try:
+                yield StoredEvent(key=str(record["key"]),
+                                  received_at=datetime.fromisoformat(record["received_at"]),
+                                  body=record["body"], hour=hour.name)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InboxError(f"inbox file {path} is not a stored stream event: {exc!r}") from None
+
+    def close_staged(self, hours: list[Path], now: datetime | None = None) -> list[str]:
+        """Mark done and archive the `hours` a run staged whose hour is closed (ended `CLOSE_AFTER` ago); the
+        open hour stays live and is read again by the next run. Returns the hours archived."""
+        now = now or datetime.now(UTC)
+        closed = []
+        for hour in hours:
+            started = datetime.strptime(hour.name.removeprefix(HOUR_PREFIX), "%Y%m%d%H").replace(tzinfo=UTC)
+            if started + timedelta(hours=1) + CLOSE_AFTER > now:
+                continue
+            durable.mark_done(hour, {"staged": True})
+            durable.archive_batch(hour, now)
+            closed.append(hour.name)
+        return closed
+
+    def prune_archive(self, retention: timedelta = DEFAULT_RETENTION,
+                      now: datetime | None = None) -> list[Path]:
+        return durable.prune_archive(self.root, (now or datetime.now(UTC)) - retention)
+
+    def pending_count(self) -> int:
+        """Events in the live hours (the sensor's measure of what arrived): a directory listing per hour."""
+        return sum(sum(1 for p in hour.iterdir() if _EVENT_FILE.fullmatch(p.name)) for hour in self.hours())
