@@ -19,7 +19,7 @@ and integers, byte for byte the same); every retry is signed again. Pages share 
 `page_number`/`total_pages`, `id_token` (one per target: it names the customer) and an empty
 `customer_config` ("empty for now", webhook_spec.yaml); keys are in the order of `sync.json` and, for a
 drain, of the generator (`id_token` last). Any non-2xx answer or connection error is retried with
-exponential backoff.
+exponential backoff (the queue, retries, timer and control routes are `sandbox/pusher.py`'s).
 
 Where the sandbox differs from Heap, or Heap is silent (unverified):
 - Heap's retry schedule is unpublished: `retry_initial_seconds` doubling to `retry_max_seconds`,
@@ -41,27 +41,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
 import hmac
-import itertools
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import httpx
 import orjson
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from segment_ops import clock
-from segment_ops.clients.base import tls_context
-from segment_ops.sandbox.common import json_response
+from segment_ops.sandbox import pusher
 from segment_ops.sandbox.heap.data import HeapDemoData
+from segment_ops.sandbox.pusher import Attempt, PushError
 
 SYNC_ACTION, DRAIN_ACTION = "segment.users.sync", "segment.users.drain"  # constants.ts
 DEFAULT_PAGE_SIZE = 500
@@ -77,25 +70,14 @@ def heap_hash(secret: str, body: bytes, ts_ms: int, *, encoding: str = "base64")
     return f"ts:{ts_ms},hmac:{text}"
 
 
-class PushError(ValueError):
-    """A registration or push request the sandbox cannot act on; the message says why."""
-
-
 @dataclass
-class Target:
+class Target(pusher.Target):
     """A registered receiver and what Heap last told it about each segment."""
 
-    id: str
-    url: str
     secret: str = field(repr=False)
-    interval_seconds: float = 0.0
     page_size: int = DEFAULT_PAGE_SIZE
     segments: tuple[int, ...] | None = None  # None: every demo segment
-    max_attempts: int = 8
-    retry_initial_seconds: float = 1.0
-    retry_max_seconds: float = 60.0
     members: dict[int, set[str]] = field(default_factory=dict)
-    last_push: float = 0.0
     id_token: str = field(default_factory=lambda: str(uuid.uuid4()), repr=False)  # names the customer
 
     def describe(self) -> dict:
@@ -105,20 +87,15 @@ class Target:
 
 
 @dataclass
-class Delivery:
+class Delivery(pusher.Delivery):
     """One page (or drain) on its way to a target; `status`: pending | delivered | failed (attempts ran out).
 
     `request_id` is the page's sync_task_id, or the sandbox's own id of a drain (a drain has none at Heap)."""
 
     target: Target
-    request_id: str
-    page_number: int | None
-    body: bytes
+    page_number: int | None  # None: a drain
     bad_signature: bool = False
     time_adjust: str = "now"
-    attempts: int = 0
-    status: str = "pending"
-    last_result: str = ""
 
     def describe(self) -> dict:
         kind = {"drain": self.request_id} if self.page_number is None else {
@@ -127,47 +104,28 @@ class Delivery:
                 "last_result": self.last_result}
 
 
-class HeapWebhookPusher:
-    """Registered targets, a delivery queue with Heap-like retries, and an interval timer (two threads)."""
+class HeapWebhookPusher(pusher.Pusher[Target, Delivery]):
+    """Heap's pusher: delta pages and drains, signed anew at each attempt, any non-2xx retried."""
 
     def __init__(self, demo: Callable[[datetime], HeapDemoData], default_secret: str) -> None:
+        super().__init__("heap-webhook")
         self._demo = demo
         self._default_secret = default_secret
-        self._lock = threading.Condition()
-        self._targets: dict[str, Target] = {}
-        self._queue: list[tuple[float, int, Delivery]] = []
-        self._order = itertools.count()
-        self._log: list[Delivery] = []
-        self._threads: list[threading.Thread] = []
-        self._http = httpx.Client(timeout=10.0, verify=tls_context())
 
     # ------------------------------------------------------------------------------- control
     def register(self, spec: dict) -> dict:
-        url = spec.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise PushError("url must be an http(s) URL")
+        settings = pusher.target_settings(spec, max_attempts=8)
         try:
             target = Target(
-                id=uuid.uuid4().hex[:12], url=url, secret=str(spec.get("secret") or self._default_secret),
-                interval_seconds=float(spec.get("interval_seconds", 0)),
+                id=uuid.uuid4().hex[:12], secret=str(spec.get("secret") or self._default_secret),
                 page_size=int(spec.get("page_size", DEFAULT_PAGE_SIZE)),
                 segments=tuple(int(s) for s in spec["segments"]) if spec.get("segments") else None,
-                max_attempts=int(spec.get("max_attempts", 8)),
-                retry_initial_seconds=float(spec.get("retry_initial_seconds", 1.0)),
-                retry_max_seconds=float(spec.get("retry_max_seconds", 60.0)))
+                **settings)
         except (TypeError, ValueError) as exc:
             raise PushError(f"invalid registration: {exc}") from None
-        if target.page_size < 1 or target.max_attempts < 1 or target.interval_seconds < 0:
-            raise PushError("page_size and max_attempts must be >= 1, interval_seconds >= 0")
-        with self._lock:
-            self._targets[target.id] = target
-            target.last_push = time.monotonic()
-            self._start_threads()
-        return target.describe()
-
-    def targets(self) -> list[dict]:
-        with self._lock:
-            return [t.describe() for t in self._targets.values()]
+        if target.page_size < 1:
+            raise PushError("page_size must be >= 1")
+        return self._add_target(target)
 
     def push(self, spec: dict | None = None) -> list[dict]:
         """Compute and queue one sync per changed segment for each target (or the one named); returns them."""
@@ -175,11 +133,7 @@ class HeapWebhookPusher:
         at = datetime.fromisoformat(spec["at"]) if spec.get("at") else clock.now()
         if at.tzinfo is None:
             raise PushError("at must carry a time zone, e.g. 2026-10-01T12:00:00+00:00")
-        with self._lock:
-            targets = [t for t in self._targets.values() if spec.get("target") in (None, t.id)]
-        if not targets:
-            raise PushError("no webhook target is registered" if spec.get("target") is None
-                            else f"unknown target {spec['target']!r}")
+        targets = self._chosen_targets(spec)
         data = self._demo(at)
         syncs = []
         for target in targets:
@@ -197,49 +151,15 @@ class HeapWebhookPusher:
         if segment is None:
             raise PushError(f"unknown segment {segment_id}")
         time_adjust = _time_adjust(spec)
+        deliveries = []
         with self._lock:
-            targets = [t for t in self._targets.values() if spec.get("target") in (None, t.id)]
-            if not targets:
-                raise PushError("no webhook target is registered")
-            drains = []
-            for target in targets:
+            for target in self._chosen_targets(spec):
                 target.members.pop(segment_id, None)  # its next push of the segment adds every member again
                 drain_id = f"drain-{uuid.uuid4().hex[:12]}"
-                delivery = Delivery(target, drain_id, None, _drain_body(segment, target),
-                                    bool(spec.get("bad_signature")), time_adjust)
-                self._log.append(delivery)
-                heapq.heappush(self._queue, (time.monotonic(), next(self._order), delivery))
-                drains.append({"drain": delivery.request_id, "segment_id": segment_id, "target": target.id})
-            self._lock.notify_all()
-        return drains
-
-    def wait(self, request_ids: list[str], timeout: float) -> list[dict]:
-        """Block until every delivery of these syncs or drains is delivered or failed (or `timeout`); their
-        log."""
-        wanted = set(request_ids)
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while any(d.status == "pending" for d in self._log if d.request_id in wanted):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(min(left, 0.5))
-            return [d.describe() for d in self._log if d.request_id in wanted]
-
-    def deliveries(self) -> list[dict]:
-        with self._lock:
-            return [d.describe() for d in self._log]
-
-    def reset(self) -> None:
-        with self._lock:
-            self._targets.clear()
-            self._queue.clear()
-            for delivery in self._log:
-                if delivery.status == "pending":
-                    delivery.status = "failed"
-                    delivery.last_result = "sandbox reset"
-            self._log.clear()
-            self._lock.notify_all()
+                deliveries.append(Delivery(target, drain_id, _drain_body(segment, target), None,
+                                           bool(spec.get("bad_signature")), time_adjust))
+            self._queue_deliveries(deliveries)
+        return [{"drain": d.request_id, "segment_id": segment_id, "target": d.target.id} for d in deliveries]
 
     # ------------------------------------------------------------------------------- internals
     def _push_target(self, target: Target, data: HeapDemoData, at: datetime, spec: dict) -> list[dict]:
@@ -268,74 +188,24 @@ class HeapWebhookPusher:
                     if number in omit:
                         continue
                     for _ in range(2 if number in duplicate else 1):
-                        deliveries.append(Delivery(target, task, number, body,
+                        deliveries.append(Delivery(target, task, body, number,
                                                    bool(spec.get("bad_signature")), time_adjust))
                 syncs.append({"sync_task_id": task, "segment_id": segment["id"],
                               "segment_name": segment["name"], "total_pages": len(pages),
                               "adds": sum(1 for k, _ in changes if k == "add"),
                               "removes": sum(1 for k, _ in changes if k == "remove"), "target": target.id})
             target.last_push = time.monotonic()
-            for delivery in deliveries:
-                self._log.append(delivery)
-                heapq.heappush(self._queue, (time.monotonic(), next(self._order), delivery))
-            self._lock.notify_all()
+            self._queue_deliveries(deliveries)
         return syncs
 
-    def _start_threads(self) -> None:
-        if self._threads:
-            return
-        loops = (("heap-webhook-sender", self._send_loop), ("heap-webhook-timer", self._timer_loop))
-        for name, loop in loops:
-            thread = threading.Thread(target=loop, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    def _push_on_timer(self, target: Target) -> None:
+        self._push_target(target, self._demo(clock.now()), clock.now(), {})
 
-    def _send_loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue or self._queue[0][0] > time.monotonic():
-                    timeout = None if not self._queue else max(0.0, self._queue[0][0] - time.monotonic())
-                    self._lock.wait(timeout)
-                _, _, delivery = heapq.heappop(self._queue)
-                if delivery.status != "pending":
-                    continue
-            ok, result = self._send(delivery)
-            with self._lock:
-                delivery.attempts += 1
-                delivery.last_result = result
-                if ok:
-                    delivery.status = "delivered"
-                elif delivery.attempts >= delivery.target.max_attempts:
-                    delivery.status = "failed"
-                else:
-                    target = delivery.target
-                    delay = min(target.retry_initial_seconds * 2 ** (delivery.attempts - 1),
-                                target.retry_max_seconds)
-                    heapq.heappush(self._queue, (time.monotonic() + delay, next(self._order), delivery))
-                self._lock.notify_all()
-
-    def _send(self, delivery: Delivery) -> tuple[bool, str]:
+    def _attempt(self, delivery: Delivery) -> Attempt:
         secret = "not-the-secret" if delivery.bad_signature else delivery.target.secret
         ts_ms = time.time_ns() // 1_000_000 + TIME_ADJUST[delivery.time_adjust]  # `+Date.now()`, signed anew
         headers = {"Content-Type": "application/json", "Heap-Hash": heap_hash(secret, delivery.body, ts_ms)}
-        try:
-            response = self._http.post(delivery.target.url, content=delivery.body, headers=headers)
-        except httpx.HTTPError as exc:
-            return False, f"connection error: {type(exc).__name__}"
-        return 200 <= response.status_code < 300, f"HTTP {response.status_code}"
-
-    def _timer_loop(self) -> None:
-        while True:
-            time.sleep(0.5)
-            with self._lock:
-                due = [t for t in self._targets.values()
-                       if t.interval_seconds > 0 and time.monotonic() - t.last_push >= t.interval_seconds]
-            for target in due:
-                try:
-                    self._push_target(target, self._demo(clock.now()), clock.now(), {})
-                except Exception:  # noqa: BLE001 - a timer must not die; the next tick tries again
-                    with self._lock:
-                        target.last_push = time.monotonic()
+        return pusher.post(self._http, delivery, headers, retry=lambda status: True)  # any non-2xx
 
 
 def _page_body(segment: dict, target: Target, task: str, number: int, total: int,
@@ -364,54 +234,19 @@ def _time_adjust(spec: dict) -> str:
     return value
 
 
-def control_routes(pusher: HeapWebhookPusher) -> list[BaseRoute]:
-    """`/__sandbox__/heap/...`: register a target, push now, read the delivery log."""
+def control_routes(webhooks: HeapWebhookPusher) -> list[BaseRoute]:
+    """`/__sandbox__/heap/...`: register a target (`/webhooks`), push now (`/push`), drain (`/drain`), read
+    the delivery log (`/deliveries`)."""
 
-    async def webhooks(request: Request) -> Response:
-        if request.method == "GET":
-            return json_response({"targets": pusher.targets()})
-        try:
-            return json_response(pusher.register(await _json(request)))
-        except PushError as exc:
-            return json_response({"error": str(exc)}, 400)
+    def push(spec: dict) -> tuple[dict, list[str]]:
+        syncs = webhooks.push(spec)
+        return {"syncs": syncs}, [s["sync_task_id"] for s in syncs]
 
-    async def push(request: Request) -> Response:
-        try:
-            spec = await _json(request)
-            syncs = pusher.push(spec)
-        except (PushError, ValueError, TypeError) as exc:
-            return json_response({"error": str(exc)}, 400)
-        body: dict = {"syncs": syncs}
-        if spec.get("wait", True):
-            ids = [s["sync_task_id"] for s in syncs]
-            body["deliveries"] = await run_in_threadpool(pusher.wait, ids, float(spec.get("timeout", 30)))
-        return json_response(body)
+    def drain(spec: dict) -> tuple[dict, list[str]]:
+        drains = webhooks.drain(spec)
+        return {"drains": drains}, [d["drain"] for d in drains]
 
-    async def drain(request: Request) -> Response:
-        try:
-            spec = await _json(request)
-            drains = pusher.drain(spec)
-        except PushError as exc:
-            return json_response({"error": str(exc)}, 400)
-        body: dict = {"drains": drains}
-        if spec.get("wait", True):
-            ids = [d["drain"] for d in drains]
-            body["deliveries"] = await run_in_threadpool(pusher.wait, ids, float(spec.get("timeout", 30)))
-        return json_response(body)
-
-    async def deliveries(request: Request) -> Response:
-        return json_response({"deliveries": pusher.deliveries()})
-
-    return [Route("/webhooks", webhooks, methods=["GET", "POST"]), Route("/push", push, methods=["POST"]),
-            Route("/drain", drain, methods=["POST"]), Route("/deliveries", deliveries, methods=["GET"])]
-
-
-async def _json(request: Request) -> dict:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        raise PushError("body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise PushError("body must be a JSON object")
-    return body
+    return [*pusher.target_routes("/webhooks", webhooks.register, webhooks),
+            # A malformed `at` or page number is a 400 too.
+            pusher.action_route("/push", push, webhooks, errors=(ValueError, TypeError)),
+            pusher.action_route("/drain", drain, webhooks)]

@@ -67,17 +67,23 @@ def test_each_event_is_one_post_with_the_bearer_token_and_the_v2_body(serve, cle
     assert all(len(b["timestamp"]) == 20 and b["timestamp"].endswith("Z") for b in bodies)
 
 
-def test_the_mapped_body_adds_the_session_url_page_url_and_event_time(serve, clean_sandbox):
+def test_the_mapped_body_is_the_readmes_field_mapping_body(serve, clean_sandbox):
     receiver = Receiver()
     clean_sandbox.register_fullstory_stream(start(serve, receiver), body="mapped", token="my-token")
 
     clean_sandbox.push_fullstory()
 
-    body = receiver.bodies()[0]
-    assert list(body) == [*V2_KEYS, "session_url", "page_url", "event_time"]
+    bodies = receiver.bodies()
+    body = bodies[0]
+    assert list(body) == ["name", "timestamp", "user", "session_url", "page_url", "event_time"]
+    assert all(list(b["user"]) == ["uid", "email", "display_name"] for b in bodies)  # no Fullstory user id
+    assert body["name"] in {"Rage Click", "Dead Click", "Error Click"}
     assert body["session_url"].startswith("https://app.fullstory.com/ui/")
     assert "/session/" in body["session_url"]
-    assert body["event_time"][:19] == body["timestamp"][:19] and len(body["event_time"]) == 24
+    assert body["event_time"] == body["timestamp"] and len(body["event_time"]) == 24
+    assert body["event_time"].endswith("Z") and datetime.fromisoformat(body["event_time"])
+    anonymous = [b["user"] for b in bodies if not b["user"]["uid"]]  # sent as empty strings (unverified)
+    assert anonymous and all(u == {"uid": "", "email": "", "display_name": ""} for u in anonymous)
     assert receiver.accepted[0][0]["authorization"] == "Bearer my-token"
 
 
