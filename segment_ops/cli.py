@@ -395,7 +395,7 @@ def _run_webhooks(args: argparse.Namespace) -> int:
     try:
         fullstory.require_live_token(streams, args.host)
         also.append(fullstory.endpoint(streams))
-    except fullstory.StreamTokenError:  # a Heap-only deployment: Fullstory's endpoint is simply not served
+    except ValueError:  # StreamTokenError: a Heap-only deployment, whose Fullstory endpoint is not served
         print("Fullstory Streams endpoint off: FULLSTORY_STREAM_TOKEN is not set (set it to serve "
               "/webhooks/fullstory on this address)", flush=True)
     serve(config, args.host, args.port, also=also)

@@ -90,6 +90,10 @@ class FullstoryResource(dg.ConfigurableResource):
     def get_client(self) -> FullstoryUsersDestination:
         return FullstoryUsersDestination(FullstoryClient(self.base_url, self.api_key))
 
+    def get_api(self) -> FullstoryClient:
+        """The Server API client itself (the read-back of delivered users)."""
+        return FullstoryClient(self.base_url, self.api_key)
+
 
 class SegmentPublicApiResource(dg.ConfigurableResource):
     """Segment Public API (audit trail, regulations, tracking plans)."""

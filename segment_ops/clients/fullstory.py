@@ -267,6 +267,27 @@ def user_request(payload: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
+class FullstoryUserReader:
+    """Reads a Fullstory user back as the traits of the identify call it was upserted from (the engine's
+    `verification.ProfileReader`): its properties, `email` and `display_name` (also as `displayName`)."""
+
+    def __init__(self, client: FullstoryClient) -> None:
+        self.client = client
+
+    def get_traits(self, external_id: str, *, include: Sequence[str] = ()) -> Mapping[str, Any] | None:
+        kind, _, uid = external_id.partition(":")
+        user = self.client.find_user(uid) if kind == "user_id" and uid else None
+        if user is None:
+            return None
+        traits = dict(_object(user.get("properties")))
+        for field in ("email", "display_name"):
+            if user.get(field):
+                traits[field] = user[field]
+        if "display_name" in traits:
+            traits["displayName"] = traits["display_name"]
+        return {k: v for k, v in traits.items() if not include or k in include}
+
+
 class FullstoryUsersDestination:
     """A delivery-engine `Destination`: encoded Segment identify calls upserted as Fullstory users.
 

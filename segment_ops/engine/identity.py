@@ -79,8 +79,10 @@ class IdentityMapStats:
 
 
 def stage_identity_map(con: duckdb.DuckDBPyConnection, source: IdentitySource, table: str, *,
-                       warehouse_url: str) -> IdentityMapStats:
-    """(Re)create `table`(source_id, target_id) and `<table>_ambiguous`(source_id, targets) from `source`."""
+                       warehouse_url: str, temp: bool = False) -> IdentityMapStats:
+    """(Re)create `table`(source_id, target_id) and `<table>_ambiguous`(source_id, targets) from `source`;
+    `temp`: as temporary tables, gone with the connection (a map of personal data kept for one run only)."""
+    kind = "TEMP TABLE" if temp else "TABLE"
     started = time.monotonic()
     raw = f"{table}_raw"
     if source.csv is not None:
@@ -109,13 +111,13 @@ def stage_identity_map(con: duckdb.DuckDBPyConnection, source: IdentitySource, t
         "SELECT count(*), count(*) FILTER (WHERE source_id IS NULL OR target_id IS NULL) "
         f"FROM ({clean})").fetchone()
     con.execute(f"""
-        CREATE OR REPLACE TABLE {quote(table + '_ambiguous')} AS
+        CREATE OR REPLACE {kind} {quote(table + '_ambiguous')} AS
         SELECT source_id, list_sort(list(DISTINCT target_id)) AS targets
         FROM ({clean}) WHERE source_id IS NOT NULL AND target_id IS NOT NULL
         GROUP BY source_id HAVING count(DISTINCT target_id) > 1
     """)
     con.execute(f"""
-        CREATE OR REPLACE TABLE {quote(table)} (source_id VARCHAR PRIMARY KEY, target_id VARCHAR NOT NULL)
+        CREATE OR REPLACE {kind} {quote(table)} (source_id VARCHAR PRIMARY KEY, target_id VARCHAR NOT NULL)
     """)
     con.execute(f"""
         INSERT INTO {quote(table)}

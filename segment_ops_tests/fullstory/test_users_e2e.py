@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from segment_ops.clients.fullstory import FullstoryUserReader
 from segment_ops.syncs.reverse_etl.defs import (
     FULLSTORY_JOB_NAME,
     MODELS_DIR,
@@ -171,3 +172,30 @@ def test_fullstory_refusing_the_key_fails_the_run_and_sends_again_later(resource
     again = run_users(build_resources())
     assert again.success
     assert {u["uid"] for u in clean_sandbox.fullstory_users()} == set(sendable(model_rows(warehouse)))
+
+
+def test_a_sample_of_the_users_delivered_is_read_back_from_fullstory(resources, clean_sandbox, warehouse):
+    result = run_users(resources)
+
+    landed = checks(result)["landed_in_fullstory"]
+    figures = {key: value.value for key, value in landed.metadata.items()}
+    assert landed.passed
+    assert figures["read_back"] == 20 and figures["found"] == 20 and figures["missing"] == 0
+    assert figures["verified"] == 20  # every trait as sent (null traits are not compared)
+    assert metadata(run_users(resources))["planned"] == 0  # the next run sends nothing
+
+
+def test_the_reader_finds_a_user_as_the_traits_it_was_sent_with(resources, clean_sandbox):
+    api = resources["fullstory"].get_api()
+    with api:
+        api.upsert_user({"uid": "usr_readback", "email": "rb@example.com", "display_name": "Read Back",
+                         "properties": {"plan": "pro", "seats": 3}})
+        reader = FullstoryUserReader(api)
+        found = reader.get_traits("user_id:usr_readback")
+        only = reader.get_traits("user_id:usr_readback", include=("plan",))
+        missing = reader.get_traits("user_id:usr_nobody")
+        anonymous = reader.get_traits("anonymous_id:a1")
+
+    assert found == {"plan": "pro", "seats": 3, "email": "rb@example.com", "display_name": "Read Back",
+                     "displayName": "Read Back"}
+    assert only == {"plan": "pro"} and missing is None and anonymous is None

@@ -15,9 +15,9 @@ traits that go to Fullstory's users API are reverse-ETL models with `destination
 """
 
 
-import os
+import hashlib
+import json
 from datetime import UTC, date, timedelta
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -28,6 +28,7 @@ from segment_ops.engine import store
 from segment_ops.engine.alerts import governance_message, redact_secrets
 from segment_ops.engine.guard import PlanHeld
 from segment_ops.engine.identity import IdentityMapError
+from segment_ops.engine.ledger import Ledger, Rejection
 from segment_ops.engine.run import DeliveryIncomplete, run_diff_sync
 from segment_ops.engine.warehouse import WarehouseError
 from segment_ops.receivers.inbox import InboxError
@@ -46,7 +47,7 @@ from segment_ops.syncs.external import (
 )
 from segment_ops.syncs.fullstory import score, signals
 from segment_ops.syncs.fullstory.inbox import Inbox
-from segment_ops.syncs.fullstory.receiver import rejected_bodies
+from segment_ops.syncs.fullstory.receiver import archive_rejected, rejected_bodies
 from segment_ops.syncs.fullstory.settings import FullstoryConfig, FullstoryConfigError, load_config
 from segment_ops.syncs.metadata import diff_run_metadata, markdown_table
 from segment_ops.syncs.shared import (
@@ -70,6 +71,8 @@ SIGNALS_KEY = dg.AssetKey(["segment", "fullstory_signals"])
 SCORE_KEY = dg.AssetKey(["segment", "fullstory_experience_score"])
 SIGNALS_JOB, SCORE_JOB = "fullstory_signals_job", "fullstory_score_job"
 SENSOR_NAME, SCHEDULE_NAME = "fullstory_stream_sensor", "fullstory_score_schedule"
+INBOX_TAG = "segment_ops/fullstory_inbox"  # the sensor's marker of the inbox's content a run was started for
+MAX_AUTOMATIC_ATTEMPTS = 3
 PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-01-01")  # UTC days; the newest: yesterday
 # The Fullstory warehouse destination's raw events table the default score query reads.
 FULLSTORY_EVENTS_TABLE = "fullstory.events"
@@ -91,6 +94,12 @@ CONFIG_VERSION = _config_version()
 class FullstoryRunConfig(DiffSendConfig):
     dry_run: bool = Field(default=False, description="Read, decide and diff; send, record and archive "
                                                      "nothing.")
+
+
+class ScoreRunConfig(FullstoryRunConfig):
+    full_resync: bool = Field(default=False, description="Send every user's score again, as if nothing "
+                                                         "had been delivered (e.g. after the traits were "
+                                                         "deleted in Segment).")
 
 
 def _config() -> FullstoryConfig:
@@ -139,10 +148,9 @@ def fullstory_signals(context: dg.AssetExecutionContext, config: FullstoryRunCon
     governance = governance_for(context, staging, segment, segment_public_api, policy=tracking_plan_policy(),
                                 dry_run=config.dry_run)
     report = signals.SignalsRun(dry_run=config.dry_run)
-    hours: list[Path] = []
     with store.staging(staging.staging_db(signals.SYNC)) as con:
         sync = signals.diff_sync(fs_config, inbox, report, warehouse_url=warehouse.url,
-                                 run_id=context.run.run_id, hours=hours)
+                                 run_id=context.run.run_id)
         try:
             run_diff_sync(con, sync, report, segment.get_client, run_id=context.run.run_id,
                           max_in_flight=segment.max_in_flight, guard=guard_limits(),
@@ -159,13 +167,15 @@ def fullstory_signals(context: dg.AssetExecutionContext, config: FullstoryRunCon
             raise SyncFailure(description=f"Fullstory signals: Segment refused the write key: "
                                           f"{exc}") from None
         totals = signals.decided_counts(con)
+    kept_aside = rejected_bodies(staging.home)
     if not config.dry_run:
         try:
-            report.hours_archived = inbox.close_staged(hours)
+            if report.read_at is not None:
+                report.hours_archived = inbox.close_staged(report.read, report.read_at)
+            _record_receiver_rejections(staging, kept_aside, context.run.run_id)
             inbox.prune_archive()
         except InboxError as exc:  # housekeeping: the hours are read again (and skipped by key) next run
             context.log.warning(f"Fullstory inbox not archived (tried again next run): {exc}")
-    kept_aside = rejected_bodies(staging.home)
     alert_violations(context, alerts, report.governed)
     _alert_rejections(context, alerts, report, kept_aside)
     pending = report.ledger.pending if report.ledger else 0
@@ -191,6 +201,7 @@ def fullstory_signals(context: dg.AssetExecutionContext, config: FullstoryRunCon
 def _signals_metadata(report: signals.SignalsRun, totals: dict[str, int], kept_aside: list[dict]) -> dict:
     metadata: dict = {
         "events_read": report.events_read,
+        "warehouse_clicks_read": report.warehouse_rows,
         "new_events": report.new,
         **{f"now_{status}": report.statuses.get(status, 0) for status in signals.STATUSES},
         "signals_by_kind": dg.MetadataValue.json(dict(report.by_kind)),
@@ -214,19 +225,40 @@ def _signals_metadata(report: signals.SignalsRun, totals: dict[str, int], kept_a
     return metadata | plan_metadata(report.verdict) | governance_metadata(report.governed)
 
 
+def _record_receiver_rejections(staging: StagingResource, kept_aside: list[dict], run_id: str) -> None:
+    """The bodies the receiver refused since the last run: into the sync's rejected table (reason and where
+    the body is kept; not the body, which may hold personal data), then out of the live inbox into its
+    archive, so each is reported once and deleted after the inbox's retention."""
+    if not kept_aside:
+        return
+    where = archive_rejected(staging.home)
+    with store.staging(staging.staging_db(signals.SYNC)) as con:
+        Ledger(con).add_rejections(signals.SYNC, [
+            Rejection(record_key=r.get("file"), source="Fullstory receiver", record=None,
+                      reason=f"{r.get('reason', 'refused')} (body kept in inbox/fullstory/{where})")
+            for r in kept_aside], run_id=run_id)
+
+
 def _alert_rejections(context: dg.AssetExecutionContext, alerts: AlertsResource, report: signals.SignalsRun,
                       kept_aside: list[dict]) -> None:
-    """One Slack message when this run rejected stored events (the receiver's refusals are in the metadata
-    and the check; the receiver answered them 400, which Fullstory does not retry)."""
+    """One Slack message when the receiver refused stream bodies since the last run (answered 400, which
+    Fullstory does not retry: the stream's body mapping is probably wrong) or this run rejected stored events;
+    the reasons are in the sync's rejected table."""
     rejected = report.statuses.get("rejected", 0)
-    if not rejected or report.dry_run:
+    if report.dry_run or not (rejected or kept_aside):
         return
+    lines = []
+    if kept_aside:
+        lines.append(f"the receiver refused {len(kept_aside)} Fullstory stream body(ies) since the last run, "
+                     f"e.g. {kept_aside[-1].get('reason', '')!r}: check the stream's Field Mapping")
+    if rejected:
+        lines.append(f"{rejected} stored event(s) could not be read as stream events")
     try:
         with alerts.get_client() as client:
             client.post_message(governance_message(
                 "Fullstory stream events rejected",
-                [f"{rejected} stored event(s) could not be read as stream events; their reasons are in the "
-                 "sync's rejected table (`segment-ops status`)."], alerts.run_url(context.run.run_id)))
+                [*lines, "The reasons are in the sync's rejected table (`segment-ops rejected "
+                         "fullstory_signals`)."], alerts.run_url(context.run.run_id)))
     except (VendorError, WebhookUrlError) as exc:
         context.log.error(f"Fullstory rejection alert not sent: {redact_secrets(str(exc))}")
 
@@ -242,7 +274,9 @@ def _alert_rejections(context: dg.AssetExecutionContext, alerts: AlertsResource,
                 "`fullstory_experience_band` "
                 "through the diff: only changes are sent; a day older than the newest sent sends nothing.",
     partitions_def=PARTITIONS,
-    pool=f"staging_{score.SYNC}",
+    # The signals sync's pool: a score run reads its staging file too, so the two never wait on each other's
+    # file lock (its own file is written by score runs only, which the pool also serialises).
+    pool=f"staging_{signals.SYNC}",
     code_version=f"{SCORE_VERSION}-{CONFIG_VERSION}",
     deps=[SIGNALS_KEY, warehouse_table_key(FULLSTORY_EVENTS_TABLE)],
     metadata={"call": "identify", "mode": "upsert", "key": "userId", "traits": ", ".join(score.TRAITS)},
@@ -252,7 +286,7 @@ def _alert_rejections(context: dg.AssetExecutionContext, alerts: AlertsResource,
         tracking_plan_check_spec(SCORE_KEY),
     ],
 )
-def fullstory_experience_score(context: dg.AssetExecutionContext, config: FullstoryRunConfig,
+def fullstory_experience_score(context: dg.AssetExecutionContext, config: ScoreRunConfig,
                                segment: SegmentTrackingResource, staging: StagingResource,
                                warehouse: WarehouseResource, preflight: PreflightResource,
                                segment_public_api: SegmentPublicApiResource,
@@ -265,7 +299,7 @@ def fullstory_experience_score(context: dg.AssetExecutionContext, config: Fullst
         counts = score.signal_counts(con, start, end)
     governance = governance_for(context, staging, segment, segment_public_api, policy=tracking_plan_policy(),
                                 dry_run=config.dry_run)
-    report = score.ScoreRun(as_of=as_of, dry_run=config.dry_run)
+    report = score.ScoreRun(as_of=as_of, dry_run=config.dry_run, full_resync=config.full_resync)
     with store.staging(staging.staging_db(score.SYNC)) as con:
         try:
             sync = score.diff_sync(fs_config.score, counts, report, warehouse_url=warehouse.url,
@@ -288,6 +322,8 @@ def fullstory_experience_score(context: dg.AssetExecutionContext, config: Fullst
                                           f"{exc}") from None
         if not config.dry_run:
             score.record_run(con, fs_config.score, report, context.run.run_id)
+    if governance.regulated is not None:  # the lowest scores shown name no regulated user
+        report.lowest = [r for r in report.lowest if not governance.regulated.covers(r["user_id"])]
     if not report.sent:
         context.log.warning(f"{as_of} is older than {report.newest_sent}, the newest day already sent: its "
                             "scores are computed and shown, not sent")
@@ -339,23 +375,33 @@ fullstory_score_job = dg.define_asset_job(
 
 @dg.sensor(job=fullstory_signals_job, name=SENSOR_NAME, minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Starts a signals run when the receiver stored a Fullstory stream event newer than "
-                       "the "
-                       "last one seen (the cursor: the newest event file's time).")
-def fullstory_stream_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    from segment_ops.config import load_settings
-
-    inbox = Inbox.for_home(load_settings().home)
+           description="Starts a signals run when the receiver stored new Fullstory stream events (the "
+                       "cursor: how many events each live hour of the inbox holds), and starts it again, up "
+                       f"to {MAX_AUTOMATIC_ATTEMPTS} times in all, when the run for those events failed.")
+def fullstory_stream_sensor(context: dg.SensorEvaluationContext,
+                            staging: StagingResource) -> dg.SensorResult | dg.SkipReason:
     try:
-        newest = max((os.stat(p).st_mtime_ns for hour in inbox.hours() for p in hour.glob("event-*.json")),
-                     default=0)
+        counts = Inbox.for_home(staging.home).counts()
     except (OSError, InboxError) as exc:
         return dg.SkipReason(f"the Fullstory inbox cannot be read: {exc}")
-    seen = int(context.cursor or 0)
-    if newest <= seen:
-        return dg.SkipReason("no Fullstory stream event since the last run")
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"fullstory-events-{newest}")],
-                           cursor=str(newest))
+    seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    marker = hashlib.sha256(json.dumps(counts, sort_keys=True).encode()).hexdigest()[:16]
+    # An hour archived by a run leaves the counts: no new event. Only a new hour, or more events in one, is.
+    arrived = any(n > seen.get(hour, 0) for hour, n in counts.items())
+    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={INBOX_TAG: marker}))
+    if arrived:
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"fullstory:{marker}:{len(runs)}",
+                                                           tags={INBOX_TAG: marker})],
+                               cursor=json.dumps(counts, sort_keys=True))
+    failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+    if runs and len(failed) == len(runs) and len(runs) < MAX_AUTOMATIC_ATTEMPTS:
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"fullstory:{marker}:{len(runs)}",
+                                                           tags={INBOX_TAG: marker})],
+                               cursor=json.dumps(counts, sort_keys=True))
+    return dg.SensorResult(skip_reason=dg.SkipReason(
+        "no Fullstory stream event since the last run" if not failed or len(failed) < len(runs) else
+        f"{len(runs)} runs for the events received failed: see their errors, then launch the asset"),
+        cursor=json.dumps(counts, sort_keys=True))
 
 
 @dg.schedule(job=fullstory_score_job, cron_schedule="0 6 * * *", execution_timezone="UTC",

@@ -17,13 +17,14 @@ hours not yet archived, which is what arrived since the last run and the hour st
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 
+from segment_ops import clock
 from segment_ops.receivers import inbox as durable
 from segment_ops.receivers.inbox import Conflict, InboxError
 from segment_ops.syncs.fullstory.streams import StreamEvent
@@ -66,7 +67,7 @@ class Inbox:
     def store(self, event: StreamEvent, *, received_at: datetime | None = None, token: str = "") -> bool:
         """Write `event` durably unless the same event is stored in its arrival hour already; True when this
         call stored it, False for a repeat (kept once). Raises `InboxError` when it cannot be written."""
-        received = received_at or datetime.now(UTC)
+        received = received_at or clock.now()  # the demo world's clock when SEGMENT_OPS_CLOCK pins it
         folder = self.root / f"{HOUR_PREFIX}{received:%Y%m%d%H}"
         record = orjson.dumps({"key": event.key, "received_at": received.isoformat(), "token": token,
                                "body": event.body})
@@ -101,24 +102,30 @@ class Inbox:
             except (KeyError, TypeError, ValueError) as exc:
                 raise InboxError(f"inbox file {path} is not a stored stream event: {exc!r}") from None
 
-    def close_staged(self, hours: list[Path], now: datetime | None = None) -> list[str]:
-        """Mark done and archive the `hours` a run staged whose hour is closed (ended `CLOSE_AFTER` ago); the
-        open hour stays live and is read again by the next run. Returns the hours archived."""
-        now = now or datetime.now(UTC)
+    def close_staged(self, read: Mapping[str, set[str]], read_at: datetime,
+                     now: datetime | None = None) -> list[str]:
+        """Mark done and archive the hours a run read (`read`: hour folder -> the event keys it read, at
+        `read_at`) that were closed when it read them (ended `CLOSE_AFTER` before) and hold no event it did
+        not read; any other hour stays live and is read again by the next run. Returns the hours archived."""
         closed = []
-        for hour in hours:
-            started = datetime.strptime(hour.name.removeprefix(HOUR_PREFIX), "%Y%m%d%H").replace(tzinfo=UTC)
-            if started + timedelta(hours=1) + CLOSE_AFTER > now:
+        for name, keys in sorted(read.items()):
+            hour = self.root / name
+            started = datetime.strptime(name.removeprefix(HOUR_PREFIX), "%Y%m%d%H").replace(tzinfo=UTC)
+            if started + timedelta(hours=1) + CLOSE_AFTER > read_at or not hour.is_dir():
+                continue
+            present = {m.group(1) for p in hour.iterdir() if (m := _EVENT_FILE.fullmatch(p.name))}
+            if present - keys:  # written after the run read the hour (a receiver's clock far behind)
                 continue
             durable.mark_done(hour, {"staged": True})
             durable.archive_batch(hour, now)
-            closed.append(hour.name)
+            closed.append(name)
         return closed
 
     def prune_archive(self, retention: timedelta = DEFAULT_RETENTION,
                       now: datetime | None = None) -> list[Path]:
         return durable.prune_archive(self.root, (now or datetime.now(UTC)) - retention)
 
-    def pending_count(self) -> int:
-        """Events in the live hours (the sensor's measure of what arrived): a directory listing per hour."""
-        return sum(sum(1 for p in hour.iterdir() if _EVENT_FILE.fullmatch(p.name)) for hour in self.hours())
+    def counts(self) -> dict[str, int]:
+        """Events in each live hour (the sensor's measure of what arrived): a directory listing per hour."""
+        return {hour.name: sum(1 for p in hour.iterdir() if _EVENT_FILE.fullmatch(p.name))
+                for hour in self.hours()}

@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 from starlette.applications import Starlette
 
+from segment_ops import clock
 from segment_ops.config import SANDBOX_FULLSTORY_STREAM_TOKEN, Settings, load_settings
 from segment_ops.receivers import inbox as durable
 from segment_ops.receivers.app import Endpoint, Refused, build_app
@@ -118,7 +119,7 @@ def endpoint(config: StreamConfig) -> Endpoint:
                      "stream "
                      "sends FULLSTORY_STREAM_TOKEN", match.name)
         stored = inbox.store(event, token=match.name)
-        late = datetime.now(UTC) - event.timestamp
+        late = clock.now() - event.timestamp
         log.info("Fullstory stream event %s (%r, %s late): %s", event.key, event.name[:80],
                  f"{late.total_seconds():.0f}s", "stored" if stored else "repeat, kept once")
         return {"stored": stored, "event": event.key}
@@ -156,14 +157,29 @@ def _keep_rejected(root: Path, body: bytes, reason: str) -> Path | None:
 
 
 def rejected_bodies(home: Path) -> list[dict]:
-    """What the receiver kept aside (reason, received_at, body), oldest first."""
+    """What the receiver kept aside and no run has reported yet (reason, received_at, body, file), oldest
+    first."""
     folder = Inbox.for_home(home).root / REJECTED_FOLDER
     if not folder.is_dir():
         return []
     records = []
     for path in sorted(folder.glob("rejected-*.json")):
         try:
-            records.append(durable.read_json(path))
+            records.append(durable.read_json(path) | {"file": path.name})
         except durable.InboxError:
             continue
     return sorted(records, key=lambda r: r.get("received_at", ""))
+
+
+def archive_rejected(home: Path, now: datetime | None = None) -> str | None:
+    """Move what the receiver kept aside into the inbox's archive once a run reported it (kept there for the
+    inbox's retention, then deleted with its day); returns where it went, relative to the inbox, or None when
+    there was nothing. Raises `InboxError` when it cannot be moved (reported again next run)."""
+    root = Inbox.for_home(home).root
+    folder = root / REJECTED_FOLDER
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    now = now or datetime.now(UTC)
+    target = root / durable.ARCHIVE_FOLDER / now.date().isoformat() / f"{REJECTED_FOLDER}-{now:%H%M%S%f}"
+    durable.move_batch(folder, target)
+    return target.relative_to(root).as_posix()

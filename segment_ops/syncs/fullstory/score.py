@@ -36,8 +36,8 @@ from segment_ops.engine import store
 from segment_ops.engine.diff import delivered_rows
 from segment_ops.engine.run import DiffSync, RunReport
 from segment_ops.engine.spec import DiffSpec
-from segment_ops.engine.sql import literal
-from segment_ops.engine.warehouse import StagedResult, describe_staged, stage_query
+from segment_ops.engine.sql import literal, utc_timestamp
+from segment_ops.engine.warehouse import StagedResult, describe_staged, dialect_of, stage_query
 from segment_ops.syncs.fullstory.settings import ScoreConfig
 from segment_ops.syncs.fullstory.signals import TABLE as SIGNALS_TABLE
 
@@ -45,6 +45,7 @@ SYNC = "fullstory_experience_score"
 TRAITS = ("fullstory_experience_score", "fullstory_experience_band")
 RUNS_TABLE = "fullstory_score_runs"
 SCORES_TABLE = "fullstory_scores"
+DRY_RUN_TABLE = "fullstory_scores_dry_run"  # a temp table
 STATE = store.register(store.StateSchema(
     name="fullstory_score", version=1, tables=(RUNS_TABLE,), derived=(SCORES_TABLE,),
     create=f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (as_of DATE NOT NULL, window_days INTEGER NOT NULL, "
@@ -126,8 +127,9 @@ def diff_sync(config: ScoreConfig, counts: pa.Table, report: ScoreRun, *, wareho
         con.unregister("fullstory_counts_in")
         sessions = "SELECT NULL::VARCHAR AS user_id, 0 AS sessions, 0 AS error_sessions, 0 AS pages LIMIT 0"
         if config.warehouse_query is not None:
-            query = (config.warehouse_query.replace("{window_start}", _timestamp(report.window_start))
-                     .replace("{window_end}", _timestamp(report.window_end)))
+            dialect = dialect_of(warehouse_url)
+            start, end = (utc_timestamp(m, dialect) for m in (report.window_start, report.window_end))
+            query = config.warehouse_query.replace("{window_start}", start).replace("{window_end}", end)
             stage_query(con, warehouse_url, query, "fullstory_sessions_raw")
             columns = {c for (c, *_) in con.execute("DESCRIBE fullstory_sessions_raw").fetchall()}
             staff = email_filter(exclude_emails) if "email" in columns else "true"
@@ -136,8 +138,9 @@ def diff_sync(config: ScoreConfig, counts: pa.Table, report: ScoreRun, *, wareho
                         f"FROM fullstory_sessions_raw WHERE user_id IS NOT NULL AND sessions > 0 AND {staff}")
             report.warehouse = True
         weights = config.weights
+        scores = DRY_RUN_TABLE if report.dry_run else SCORES_TABLE  # a dry run writes no state
         con.execute(f"""
-            CREATE OR REPLACE TABLE {SCORES_TABLE} AS
+            CREATE OR REPLACE {'TEMP TABLE' if report.dry_run else 'TABLE'} {scores} AS
             WITH sessions AS ({sessions}),
             users AS (SELECT user_id FROM fullstory_counts UNION SELECT user_id FROM sessions
                       UNION SELECT record_key FROM {delivered_rows()}),
@@ -166,8 +169,8 @@ def diff_sync(config: ScoreConfig, counts: pa.Table, report: ScoreRun, *, wareho
                    CASE WHEN fullstory_experience_score >= 80 THEN 'good'
                         WHEN fullstory_experience_score >= 50 THEN 'fair' ELSE 'poor' END
                        AS fullstory_experience_band
-            FROM {SCORES_TABLE} {'' if report.sent else 'WHERE false'}""")
-        _summarise(con, report)
+            FROM {scores} {'' if report.sent else 'WHERE false'}""")
+        _summarise(con, report, scores)
         return describe_staged(con, "fullstory_score_staged", "fullstory signals + warehouse",
                                time.monotonic() - started)
 
@@ -181,22 +184,17 @@ def record_run(con: duckdb.DuckDBPyConnection, config: ScoreConfig, report: Scor
                  report.warehouse, datetime.now(UTC), run_id])
 
 
-def _summarise(con: duckdb.DuckDBPyConnection, report: ScoreRun) -> None:
+def _summarise(con: duckdb.DuckDBPyConnection, report: ScoreRun, scores: str) -> None:
     report.users_scored, report.users_with_signals, report.users_with_sessions, mean = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE rage + dead + error > 0),
                count(*) FILTER (WHERE sessions > 0), avg(fullstory_experience_score)
-        FROM {SCORES_TABLE}""").fetchall()[0]
+        FROM {scores}""").fetchall()[0]
     report.mean_score = round(mean, 1) if mean is not None else None
     report.bands = dict(con.execute(f"""
         SELECT CASE WHEN fullstory_experience_score >= 80 THEN 'good'
                     WHEN fullstory_experience_score >= 50 THEN 'fair' ELSE 'poor' END, count(*)
-        FROM {SCORES_TABLE} GROUP BY 1""").fetchall())
+        FROM {scores} GROUP BY 1""").fetchall())
     columns = ("user_id", "score", "rage", "dead", "error", "sessions", "error_sessions", "pages")
     report.lowest = [dict(zip(columns, row, strict=True)) for row in con.execute(f"""
         SELECT user_id, fullstory_experience_score, rage, dead, error, sessions, error_sessions, pages
-        FROM {SCORES_TABLE} ORDER BY fullstory_experience_score, user_id LIMIT 5""").fetchall()]
-
-
-def _timestamp(moment: datetime | None) -> str:
-    assert moment is not None
-    return f"TIMESTAMP {literal(moment.strftime('%Y-%m-%d %H:%M:%S'))}"
+        FROM {scores} ORDER BY fullstory_experience_score, user_id LIMIT 5""").fetchall()]

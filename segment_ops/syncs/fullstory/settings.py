@@ -43,6 +43,9 @@ class SignalsConfig:
     exclude_emails: tuple[str, ...] = ()
     exclude_page_urls: tuple[str, ...] = ()
     max_delay_hours: float = 168.0
+    # Frustrated clicks read from Fullstory's warehouse export (through WAREHOUSE_URL) as well as, or instead
+    # of, the streams; None: the streams only.
+    warehouse_query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,13 @@ def load_config(path: Path | str | None = None) -> FullstoryConfig:
 
 
 def _signals(path: Path, raw: dict) -> SignalsConfig:
-    _known(path, "signals.", raw, {"streams", "limits", "filters", "max_delay_hours"})
+    _known(path, "signals.", raw, {"streams", "limits", "filters", "max_delay_hours", "warehouse"})
+    warehouse = _table(path, "signals.warehouse", raw.get("warehouse", {}))
+    _known(path, "signals.warehouse.", warehouse, {"query"})
+    query = warehouse.get("query")
+    if query is not None and (not isinstance(query, str) or "{since}" not in query):
+        raise FullstoryConfigError(path, "signals.warehouse.query must be a SQL query using {since} (the "
+                                         "oldest event time still worth sending), or be left out")
     streams: dict[str, Stream] = {}
     for name, table in _table(path, "signals.streams", raw.get("streams", {})).items():
         where = f"signals.streams.{name!r}"
@@ -126,7 +135,8 @@ def _signals(path: Path, raw: dict) -> SignalsConfig:
         exclude_page_urls=_patterns(path, "signals.filters.exclude_page_urls",
                                     filters.get("exclude_page_urls", [])),
         max_delay_hours=_number(path, "signals.max_delay_hours", raw.get("max_delay_hours", 168), 0.1,
-                                24 * 60))
+                                24 * 60),
+        warehouse_query=query)
 
 
 def _identity(path: Path, raw: dict) -> IdentityConfig:

@@ -23,23 +23,31 @@ recorded twice.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import duckdb
 
+from segment_ops import clock
 from segment_ops.engine import store
 from segment_ops.engine.identity import IdentityMapStats, stage_identity_map
 from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.run import DiffSync, RunReport
 from segment_ops.engine.spec import DiffSpec
-from segment_ops.engine.warehouse import StagedResult, describe_staged
+from segment_ops.engine.sql import utc_timestamp
+from segment_ops.engine.warehouse import (
+    StagedResult,
+    WarehouseError,
+    describe_staged,
+    dialect_of,
+    stage_query,
+)
 from segment_ops.syncs.fullstory.inbox import Inbox
-from segment_ops.syncs.fullstory.settings import FullstoryConfig
+from segment_ops.syncs.fullstory.settings import FullstoryConfig, SignalsConfig
 from segment_ops.syncs.fullstory.streams import InvalidEvent, event_from_body
 
 SYNC = "fullstory_signals"
@@ -87,24 +95,32 @@ class SignalsRun(RunReport):
     statuses: Counter = field(default_factory=Counter)  # this run's decisions
     by_kind: Counter = field(default_factory=Counter)  # this run's signals to send, by kind
     hours_archived: list[str] = field(default_factory=list)
+    read_at: datetime | None = None  # when the inbox was read
+    read: dict[str, set[str]] = field(default_factory=dict)  # hour folder -> the event keys read from it
     identity: IdentityMapStats | None = None
     latest_delay_seconds: float | None = None  # the latest event's arrival after it happened
+    warehouse_rows: int = 0  # frustrated clicks read from the warehouse export ([signals.warehouse])
 
 
 def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig, report: SignalsRun, *,
-           warehouse_url: str, run_id: str | None, now: datetime | None = None) -> list[Path]:
+           warehouse_url: str, run_id: str | None, now: datetime | None = None) -> None:
     """Decide what becomes of every event of the inbox's live hours not decided before; on a dry run the
-    decisions go to the temp table `fullstory_signals_new` only, else into `fullstory_signals`. Returns the
-    hours read (to archive once the run ended)."""
-    now = now or datetime.now(UTC)
+    decisions go to the temp table `fullstory_signals_new` only, else into `fullstory_signals`. What was read
+    (`report.read`, `report.read_at`) says which hours may be archived once the run ended."""
+    now = now or clock.now()  # lateness and windows on the clock the events were received by
     store.ensure(con, STATE)
-    hours = inbox.hours()
+    report.read_at = now
     rows = []
     excluded = _excluded(config.signals.exclude_emails, config.signals.exclude_page_urls)
-    for hour in hours:
+    for hour in inbox.hours():
         for stored in inbox.events(hour):
             report.events_read += 1
+            report.read.setdefault(hour.name, set()).add(stored.key)
             rows.append(_row(stored.key, stored.body, stored.received_at, excluded))
+    if config.signals.warehouse_query is not None:
+        for key, body, received_at in warehouse_events(con, config.signals, warehouse_url, now):
+            report.warehouse_rows += 1
+            rows.append(_row(key, body, received_at, excluded))
     con.execute("CREATE OR REPLACE TEMP TABLE fullstory_incoming (key VARCHAR, event_time TIMESTAMPTZ, "
                 "received_at TIMESTAMPTZ, stream VARCHAR, fs_user_id VARCHAR, uid VARCHAR, email VARCHAR, "
                 "session_url VARCHAR, page_url VARCHAR, invalid VARCHAR, excluded VARCHAR)")
@@ -120,7 +136,7 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
     identity = config.identity
     if identity.email_source is not None and report.new:
         report.identity = stage_identity_map(con, identity.email_source, EMAIL_MAP,
-                                             warehouse_url=warehouse_url)
+                                             warehouse_url=warehouse_url, temp=True)
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {EMAIL_MAP} (source_id VARCHAR, target_id VARCHAR)")
         con.execute(f"CREATE OR REPLACE TEMP TABLE {EMAIL_MAP}_ambiguous (source_id VARCHAR, targets "
@@ -129,8 +145,6 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
     if not report.dry_run:
         con.execute(f"INSERT INTO {TABLE} SELECT * FROM fullstory_signals_new")
         con.execute(f"DELETE FROM {TABLE} WHERE decided_at < ?", [now - DECISION_RETENTION])
-        if identity.email_source is not None and report.new:  # the email map is PII: not kept beyond the run
-            con.execute(f"DROP TABLE IF EXISTS {EMAIL_MAP}; DROP TABLE IF EXISTS {EMAIL_MAP}_ambiguous")
     report.statuses = Counter(dict(con.execute(
         "SELECT status, count(*) FROM fullstory_signals_new GROUP BY 1").fetchall()))
     report.by_kind = Counter(dict(con.execute(
@@ -138,7 +152,42 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
     delay = con.execute("SELECT epoch(max_by(received_at - event_time, received_at)) "
                         "FROM fullstory_signals_new").fetchall()[0][0]
     report.latest_delay_seconds = float(delay) if delay is not None else None
-    return hours
+
+
+# What `[signals.warehouse] query` returns: these, and optionally uid, email, display_name, session_url,
+# page_url and received_at (when the click reached the warehouse, e.g. processed_time; else the run's time).
+WAREHOUSE_COLUMNS = ("event_id", "stream", "event_time")
+
+
+def warehouse_events(con: duckdb.DuckDBPyConnection, signals: SignalsConfig, warehouse_url: str,
+                     now: datetime) -> Iterator[tuple[str, dict, datetime]]:
+    """(key, body, received_at) of each frustrated click `[signals.warehouse] query` returns from Fullstory's
+    warehouse export, for events since `max_delay_hours` ago (older ones would be late): the body a stream
+    would have posted for it, so every rule applies alike. The key is a hash of the export's `event_id`, so a
+    click read again by the next run is recognised; a click that also came by a stream has another key (use
+    one source or the other)."""
+    since = now - timedelta(hours=signals.max_delay_hours)
+    assert signals.warehouse_query is not None
+    query = signals.warehouse_query.replace("{since}", utc_timestamp(since, dialect_of(warehouse_url)))
+    stage_query(con, warehouse_url, query, "fullstory_warehouse_clicks")
+    cursor = con.execute("SELECT * FROM fullstory_warehouse_clicks")
+    columns = [d[0] for d in cursor.description]
+    missing = [c for c in WAREHOUSE_COLUMNS if c not in columns]
+    if missing:
+        raise WarehouseError(f"[signals.warehouse] query returns no column(s) {', '.join(missing)}; it "
+                             f"returns {', '.join(columns)}")
+    for values in cursor.fetchall():
+        row = dict(zip(columns, values, strict=True))
+        stamp = row["event_time"]
+        body = {"name": row["stream"],
+                "event_time": stamp.isoformat() if isinstance(stamp, datetime) else stamp,
+                "user": {k: row.get(k) for k in ("uid", "email", "display_name") if row.get(k) is not None},
+                **{k: row[k] for k in ("session_url", "page_url") if row.get(k) is not None}}
+        received = row.get("received_at")
+        received = received if isinstance(received, datetime) else now
+        key = hashlib.sha256(f"warehouse:{row['event_id']}".encode()).hexdigest()[:32]
+        yield key, body, received.astimezone(UTC) if received.tzinfo else received.replace(tzinfo=UTC)
+    con.execute("DROP TABLE fullstory_warehouse_clicks")
 
 
 def _row(key: str, body: dict, received_at: datetime,
@@ -243,12 +292,12 @@ def spec() -> DiffSpec:
 
 
 def diff_sync(config: FullstoryConfig, inbox: Inbox, report: SignalsRun, *, warehouse_url: str,
-              run_id: str | None, hours: list[Path]) -> DiffSync:
+              run_id: str | None) -> DiffSync:
     """The engine's view of a signals run: stage = ingest the inbox, then the signals to send."""
 
     def stage(con: duckdb.DuckDBPyConnection) -> StagedResult:
         started = time.monotonic()
-        hours.extend(ingest(con, inbox, config, report, warehouse_url=warehouse_url, run_id=run_id))
+        ingest(con, inbox, config, report, warehouse_url=warehouse_url, run_id=run_id)
         source = ("(SELECT * FROM fullstory_signals UNION ALL SELECT * FROM fullstory_signals_new)"
                   if report.dry_run else TABLE)
         con.execute(f"""
@@ -256,7 +305,7 @@ def diff_sync(config: FullstoryConfig, inbox: Inbox, report: SignalsRun, *, ware
             SELECT key, user_id, event, event_time, kind AS fullstory_kind, stream AS fullstory_stream,
                    session_url, page_url, fs_user_id AS fullstory_user_id
             FROM {source} WHERE status = 'send' AND decided_at >= $since""",
-                    {"since": datetime.now(UTC) - SEND_HORIZON})
+                    {"since": clock.now() - SEND_HORIZON})
         return describe_staged(con, "fullstory_to_send", "fullstory inbox", time.monotonic() - started)
 
     def before_plan(con: duckdb.DuckDBPyConnection, ledger: Ledger) -> None:

@@ -128,9 +128,10 @@ def event_from_body(body: object) -> StreamEvent:
     if not isinstance(user, dict):
         raise InvalidEvent("user is not an object")
     ids = {field: _text(user, field, MAX_ID_CHARS, where="user.") for field in ("id", "uid")}
+    # An anonymous visitor (no uid, no email; a Field Mapping body has no path for Fullstory's own id) is an
+    # event all the same: stored, then recorded by the run as unidentified, never refused (Fullstory does not
+    # retry a 4xx, so a refusal would lose it without a trace).
     email = _text(user, "email", MAX_ID_CHARS, where="user.")
-    if not (ids["id"] or ids["uid"] or email):
-        raise InvalidEvent("user has none of id, uid and email: the event cannot be given to anyone")
     return StreamEvent(
         key=event_key(body), name=name, timestamp=stamp, fs_user_id=ids["id"], uid=ids["uid"], email=email,
         display_name=_text(user, "display_name", MAX_NAME_CHARS, where="user.", control_ok=True),

@@ -25,18 +25,22 @@ import hashlib
 import json
 import logging
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from segment_ops.clients.base import VendorAuthError
+from segment_ops.clients.base import VendorAuthError, VendorError
+from segment_ops.clients.fullstory import FullstoryUserReader
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import BaselineRefused
 from segment_ops.engine.governance import Governance
 from segment_ops.engine.guard import PlanHeld
+from segment_ops.engine.ledger import Ledger
 from segment_ops.engine.run import ConflictingOptions, DeliveryIncomplete
+from segment_ops.engine.verification import draw_sample, read_back
 from segment_ops.engine.warehouse import CHUNK_ROWS, WarehouseError, dialect_kind, probe_id, probe_tables
 from segment_ops.resources import (
     AlertsResource,
@@ -54,7 +58,7 @@ from segment_ops.syncs.external import (
     warehouse_table_key,
     warehouse_table_spec,
 )
-from segment_ops.syncs.metadata import diff_run_metadata, guarded
+from segment_ops.syncs.metadata import diff_run_metadata, guarded, markdown_table
 from segment_ops.syncs.reverse_etl.model import (
     FULLSTORY_USERS,
     SEGMENT,
@@ -86,6 +90,8 @@ from segment_ops.syncs.verification import ReadBackTarget, read_back_defs
 MODELS_DIR = packaged_models_dir()  # the project's sql/reverse_etl/
 GROUP = "reverse_etl"
 JOB_NAME = "reverse_etl_job"
+LANDED_IN_FULLSTORY = "landed_in_fullstory"
+READ_BACK_SAMPLE = 20  # users read back per run of a model with `destination: fullstory_users`
 FULLSTORY_JOB_NAME = "fullstory_users_job"  # the models with `destination: fullstory_users`
 SENSOR_NAME = "reverse_etl_warehouse_sensor"
 log = logging.getLogger("segment_ops.reverse_etl")
@@ -242,7 +248,8 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
 
 def _fullstory_model_asset(model: ModelSpec, warehouse_url: str) -> dg.AssetsDefinition:
     """A model whose `destination:` is fullstory_users: its identify calls upserted as Fullstory users, in the
-    `fullstory` group, downstream to `fullstory/users` (no Segment preflight, tracking plan or read-back)."""
+    `fullstory` group, downstream to `fullstory/users`, with a read-back of Fullstory's users (no Segment
+    preflight or tracking plan)."""
     key = model_key(model.name, model.sends_to)
     kinds = {"fullstory", "duckdb"} | ({kind} if (kind := dialect_kind(warehouse_url)) else set())
 
@@ -267,14 +274,63 @@ def _fullstory_model_asset(model: ModelSpec, warehouse_url: str) -> dg.AssetsDef
             dg.AssetCheckSpec("rejected_ratio", asset=key,
                               description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were "
                                           "rejected (by the diff or by Fullstory)."),
+            dg.AssetCheckSpec(LANDED_IN_FULLSTORY, asset=key, description=(
+                f"Up to {READ_BACK_SAMPLE} of the users delivered (the oldest run not read back yet) are "
+                "read back through `GET /v2/users?uid=`: each must exist with the traits sent (a trait sent "
+                "as null is not compared: Fullstory keeps the old value). Warns on a missing user; a "
+                "differing trait is listed.")),
         ],
     )
     def fullstory_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
                         warehouse: WarehouseResource, fullstory: FullstoryResource,
-                        staging: StagingResource, alerts: AlertsResource) -> dg.MaterializeResult:
-        return _sync(context, model, config, warehouse, fullstory, staging, None, alerts)
+                        staging: StagingResource, alerts: AlertsResource):
+        result = _sync(context, model, config, warehouse, fullstory, staging, None, alerts)
+        yield dg.MaterializeResult(metadata=result.metadata, check_results=[
+            *result.check_results, _landed_in_fullstory(context, model, staging, fullstory,
+                                                         skip=config.dry_run or config.baseline)])
 
     return fullstory_model
+
+
+def _landed_in_fullstory(context: dg.AssetExecutionContext, model: ModelSpec, staging: StagingResource,
+                         fullstory: FullstoryResource, *, skip: bool) -> dg.AssetCheckResult:
+    """Read back a sample of the users delivered (`engine.verification` with a Fullstory reader) and record
+    the proof in the ledger; never passed on a read-back that read nothing it should have."""
+    if skip:
+        return dg.AssetCheckResult(check_name=LANDED_IN_FULLSTORY, passed=True,
+                                   description="dry run or baseline: nothing was delivered")
+    with store.staging(staging.staging_db(model.sync)) as con:
+        sample = draw_sample(Ledger(con), model.sync, sample_size=READ_BACK_SAMPLE, delay=timedelta(0))
+    if not sample.messages:
+        return dg.AssetCheckResult(check_name=LANDED_IN_FULLSTORY, passed=True,
+                                   description="no delivered user is waiting to be read back")
+    try:
+        with fullstory.get_api() as client:
+            report, results = read_back(model.sync, sample, FullstoryUserReader(client))
+    except VendorError as exc:
+        return dg.AssetCheckResult(check_name=LANDED_IN_FULLSTORY, passed=False,
+                                   severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"not read back: Fullstory did not answer ({exc}); the same "
+                                               "users are read back by the next run")
+    with store.staging(staging.staging_db(model.sync)) as con:
+        Ledger(con).record_read_backs(model.sync, results)
+    context.log.info(f"read back {report.sample_size} Fullstory user(s): {report.profiles_found} found, "
+                     f"{report.verified} with every trait as sent")
+    mismatches = [(m.record_key, m.trait, _json(m.sent), _json(m.found)) for m in report.mismatches]
+    return dg.AssetCheckResult(
+        check_name=LANDED_IN_FULLSTORY, passed=report.profiles_missing == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if not report.profiles_missing else
+        f"{report.profiles_missing} of {report.sample_size} users delivered are not in Fullstory",
+        metadata={"read_back": report.sample_size, "found": report.profiles_found,
+                  "missing": report.profiles_missing, "verified": report.verified,
+                  "traits_compared": report.traits_compared, "traits_matching": report.traits_matching,
+                  "differing_traits": dg.MetadataValue.md(markdown_table(
+                      ["key", "trait", "sent", "found"], mismatches) if mismatches else "none")})
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, default=str)[:200]
 
 
 def _sync(context: dg.AssetExecutionContext, model: ModelSpec, config: ReverseEtlConfig,
