@@ -122,6 +122,7 @@ def diff_sync(config: ScoreConfig, counts: pa.Table, report: ScoreRun, *, wareho
         report.window_start, report.window_end = window(report.as_of, config.window_days)
         report.newest_sent = newest_sent(con)
         report.sent = report.newest_sent is None or report.as_of >= report.newest_sent
+        con.execute("SELECT 1").fetchall()  # `register` refuses while a caller's result is still open
         con.register("fullstory_counts_in", counts)
         con.execute("CREATE OR REPLACE TEMP TABLE fullstory_counts AS SELECT * FROM fullstory_counts_in")
         con.unregister("fullstory_counts_in")
