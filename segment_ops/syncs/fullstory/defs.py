@@ -116,10 +116,9 @@ def _config() -> FullstoryConfig:
     kinds={"fullstory", "segment", "duckdb"},
     owners=[OWNER],
     description="Fullstory frustration signals (rage, dead and error clicks from Fullstory Streams) as "
-                "Segment "
-                "track calls (`Rage Clicked`, `Dead Clicked`, `Error Clicked` by default) with the session "
-                "replay URL: identity-mapped to the Segment userId, filtered and rate limited per user "
-                "(`fullstory.toml`), each event sent once. Stream events arrive through the webhook "
+                "Segment track calls (`Rage Clicked`, `Dead Clicked`, `Error Clicked` by default) with the "
+                "session replay URL: identity-mapped to the Segment userId, filtered and rate limited per "
+                "user (`fullstory.toml`), each event sent once. Stream events arrive through the webhook "
                 "receiver.",
     pool=f"staging_{signals.SYNC}",
     code_version=f"{SIGNALS_VERSION}-{CONFIG_VERSION}",
@@ -130,10 +129,8 @@ def _config() -> FullstoryConfig:
                           description="Nothing planned for the signals is left pending after the run."),
         dg.AssetCheckSpec("events_accounted", asset=SIGNALS_KEY,
                           description="Every stream event was recorded with a decision, and none was "
-                                      "rejected "
-                                      "(by the receiver: an authenticated body that is no event; by the run: "
-                                      "a "
-                                      "stored event that no longer parses)."),
+                                      "rejected (by the receiver: an authenticated body that is no event; by "
+                                      "the run: a stored event that no longer parses)."),
         tracking_plan_check_spec(SIGNALS_KEY),
     ],
 )
@@ -159,8 +156,8 @@ def fullstory_signals(context: dg.AssetExecutionContext, config: FullstoryRunCon
         except DeliveryIncomplete as exc:
             raise SyncFailure(description=str(exc), metadata=_signals_metadata(report, {}, [])) from None
         except PlanHeld as exc:
-            raise plan_held_failure(exc, _signals_metadata(report, {}, []), label="Fullstory "
-                                                                                  "signals") from None
+            raise plan_held_failure(exc, _signals_metadata(report, {}, []),
+                                    label="Fullstory signals") from None
         except (IdentityMapError, WarehouseError, InboxError) as exc:
             raise SyncFailure(description=f"Fullstory signals: {exc}") from None
         except VendorAuthError as exc:
@@ -226,17 +223,18 @@ def _signals_metadata(report: signals.SignalsRun, totals: dict[str, int], kept_a
 
 
 def _record_receiver_rejections(staging: StagingResource, kept_aside: list[dict], run_id: str) -> None:
-    """The bodies the receiver refused since the last run: into the sync's rejected table (reason and where
-    the body is kept; not the body, which may hold personal data), then out of the live inbox into its
-    archive, so each is reported once and deleted after the inbox's retention."""
+    """The bodies the receiver refused since the last run: into the sync's rejected table (the reason and the
+    file, not the body, which may hold personal data), then out of the live inbox into its archive, where
+    they stay for the inbox's retention. Recorded first, once each (`add_new_rejections`): a run stopped
+    before the move records nothing twice."""
     if not kept_aside:
         return
-    where = archive_rejected(staging.home)
     with store.staging(staging.staging_db(signals.SYNC)) as con:
-        Ledger(con).add_rejections(signals.SYNC, [
+        Ledger(con).add_new_rejections(signals.SYNC, [
             Rejection(record_key=r.get("file"), source="Fullstory receiver", record=None,
-                      reason=f"{r.get('reason', 'refused')} (body kept in inbox/fullstory/{where})")
+                      reason=f"{r.get('reason', 'refused')} (the body is in the Fullstory inbox's archive)")
             for r in kept_aside], run_id=run_id)
+    archive_rejected(staging.home)
 
 
 def _alert_rejections(context: dg.AssetExecutionContext, alerts: AlertsResource, report: signals.SignalsRun,
@@ -445,8 +443,7 @@ def prepare_demo() -> dict:
     refused = [d for d in pushed.json().get("deliveries", []) if d.get("status") != "delivered"]
     if refused:
         raise RuntimeError(f"the receiver did not accept {len(refused)} Fullstory stream event(s) the "
-                           f"sandbox "
-                           f"posted, e.g. {refused[0]}")
+                           f"sandbox posted, e.g. {refused[0]}")
     return {}
 
 

@@ -116,8 +116,7 @@ def endpoint(config: StreamConfig) -> Endpoint:
                           + ("" if aside else " (it could not be kept aside)")) from None
         if match.index:
             log.info("Fullstory stream event authenticated by %s: finish the token rotation once every "
-                     "stream "
-                     "sends FULLSTORY_STREAM_TOKEN", match.name)
+                     "stream sends FULLSTORY_STREAM_TOKEN", match.name)
         stored = inbox.store(event, token=match.name)
         late = clock.now() - event.timestamp
         log.info("Fullstory stream event %s (%r, %s late): %s", event.key, event.name[:80],

@@ -170,8 +170,7 @@ def _score(path: Path, raw: dict) -> ScoreConfig:
     if query is not None:
         if not isinstance(query, str) or not query.strip():
             raise FullstoryConfigError(path, "score.warehouse_query must be a non-empty SQL query (remove it "
-                                             "to "
-                                             "score from the stream signals alone)")
+                                             "to score from the stream signals alone)")
         missing = [p for p in ("{window_start}", "{window_end}") if p not in query]
         if missing:
             raise FullstoryConfigError(path, f"score.warehouse_query must use {' and '.join(missing)} to "
