@@ -381,8 +381,10 @@ def _print_replay(plan: ReplayPlan, delivery: DeliveryReport | None = None, *, d
 
 def _run_webhooks(args: argparse.Namespace) -> int:
     """Heap's segment-sync webhooks and Fullstory's Streams, on one server."""
+    from segment_ops.receivers.app import build_app
+    from segment_ops.receivers.server import serve_forever
     from segment_ops.syncs.fullstory import receiver as fullstory
-    from segment_ops.syncs.heap.receiver import config_from_env
+    from segment_ops.syncs.heap.receiver import WebhookSecretError, config_from_env, require_live_secret
     from segment_ops.syncs.heap.server import serve
 
     logging.getLogger("segment_ops.webhooks").setLevel(logging.INFO)
@@ -391,13 +393,27 @@ def _run_webhooks(args: argparse.Namespace) -> int:
         streams = fullstory.config_from_env()
     except ValueError as exc:  # names the variable, never a secret
         raise SystemExit(f"segment-ops webhooks: {exc}") from None
+    # Each vendor's endpoint is served when its secret may be used on this address: a deployment that
+    # receives only one of them sets only that one's secret.
     also = []
     try:
         fullstory.require_live_token(streams, args.host)
         also.append(fullstory.endpoint(streams))
-    except ValueError:  # StreamTokenError: a Heap-only deployment, whose Fullstory endpoint is not served
+    except ValueError:  # StreamTokenError, or an empty token
         print("Fullstory Streams endpoint off: FULLSTORY_STREAM_TOKEN is not set (set it to serve "
               "/webhooks/fullstory on this address)", flush=True)
+    try:
+        require_live_secret(config, args.host)
+    except WebhookSecretError as exc:
+        if not also:
+            raise SystemExit(f"segment-ops webhooks: {exc}") from None
+        print("Heap endpoint off: HEAP_WEBHOOK_SECRET is not set (set it to serve /webhooks/heap on this "
+              "address)", flush=True)
+        print(f"segment_ops webhook receiver: Fullstory Streams on http://{args.host}:{args.port}"
+              f"{fullstory.FULLSTORY_PATH}", flush=True)
+        serve_forever(build_app(also, health={"webhook": "fullstory"}), args.host, args.port,
+                      limit_concurrency=config.max_connections)
+        return 0
     serve(config, args.host, args.port, also=also)
     return 0
 

@@ -901,8 +901,10 @@ def _fullstory_checks(settings: Settings) -> list[Check]:
         return verdict.ok(f"the key reads users at {host_of(url)} (GET /v2/users?uid= of an unknown user)")
 
     def stream_token_check(verdict: _Verdict) -> CheckResult:
-        if not configured:
-            return verdict.skip(not_synced, "set it to sync Fullstory")
+        # Streams need no API key: a deployment that only receives them sets the token, not the API URL.
+        if not (configured or settings.is_set("FULLSTORY_STREAM_TOKEN")):
+            return verdict.skip("neither FULLSTORY_API_URL nor FULLSTORY_STREAM_TOKEN is set: Fullstory is "
+                                "not synced", "set them to sync Fullstory")
         set_token = (f"set FULLSTORY_STREAM_TOKEN to a random token of at least {MIN_STREAM_TOKEN_CHARS} "
                      "characters (`python -c 'import secrets; print(secrets.token_urlsafe(32))'`) and "
                      "give it to each stream (Authentication: Bearer token)")
@@ -913,12 +915,11 @@ def _fullstory_checks(settings: Settings) -> list[Check]:
         previous = [t.strip() for t in settings["FULLSTORY_STREAM_PREVIOUS_TOKENS"].split(",") if t.strip()]
         named = [("FULLSTORY_STREAM_TOKEN", token),
                  *((f"FULLSTORY_STREAM_PREVIOUS_TOKENS[{i}]", t) for i, t in enumerate(previous))]
-        if not on_sandbox:
+        if not on_sandbox or _live(settings):
             published = [name for name, value in named if value == SANDBOX_FULLSTORY_STREAM_TOKEN]
             if published:
-                return verdict.fail(f"{', '.join(published)} is the sandbox's published token, and "
-                                    f"FULLSTORY_API_URL ({_host(url)}) is not the sandbox: anyone could post "
-                                    "stream events", set_token)
+                return verdict.fail(f"{', '.join(published)} is the sandbox's published token on a live "
+                                    "deployment: anyone could post stream events", set_token)
         short = [name for name, value in named if len(value) < MIN_STREAM_TOKEN_CHARS]
         if short:
             return verdict.fail(f"{', '.join(short)} is shorter than {MIN_STREAM_TOKEN_CHARS} characters: "

@@ -561,6 +561,20 @@ def test_fullstory_is_skipped_when_a_live_deployment_does_not_sync_it(ops_env, c
     assert statuses(results) == {"fullstory_api": Status.SKIP, "fullstory_stream_token": Status.SKIP}
 
 
+def test_a_deployment_that_only_receives_streams_has_its_token_checked(ops_env, clean_sandbox):
+    # Streams need no API key: a live deployment that sets the token (and no FULLSTORY_API_URL) is checked.
+    live = {"PENDO_API_URL": f"{clean_sandbox.url}/pendo"}
+    published = checks("fullstory_stream_token", FULLSTORY_STREAM_TOKEN=SANDBOX_FULLSTORY_STREAM_TOKEN,
+                       **live)
+    strong = checks("fullstory_stream_token", FULLSTORY_STREAM_TOKEN=LIVE_STREAM_TOKEN, **live)
+
+    assert published["fullstory_stream_token"].status == Status.FAIL
+    assert "the sandbox's published token on a live deployment" in published["fullstory_stream_token"].detail
+    assert statuses(strong) == {"fullstory_stream_token": Status.PASS}
+    assert statuses(checks("fullstory_api", FULLSTORY_STREAM_TOKEN=LIVE_STREAM_TOKEN, **live)) == {
+        "fullstory_api": Status.SKIP}
+
+
 @pytest.mark.parametrize(("env", "expected"), [
     ({}, "FULLSTORY_STREAM_TOKEN is not set"),
     ({"FULLSTORY_STREAM_TOKEN": SANDBOX_FULLSTORY_STREAM_TOKEN},

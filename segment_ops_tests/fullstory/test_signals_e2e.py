@@ -18,9 +18,11 @@ import pytest
 from dagster._core.utils import make_new_run_id
 
 from segment_ops.engine import store
+from segment_ops.engine.erasure import erase_everywhere
 from segment_ops.syncs.fullstory.defs import INBOX_TAG, SENSOR_NAME, SIGNALS_JOB, prepare_demo
 from segment_ops.syncs.fullstory.defs import defs as fullstory_defs
 from segment_ops.syncs.fullstory.inbox import Inbox
+from segment_ops.syncs.fullstory.receiver import rejected_bodies
 from segment_ops.syncs.fullstory.settings import load_config
 from segment_ops.syncs.fullstory.signals import STATUSES, SYNC
 from segment_ops.syncs.fullstory.streams import event_from_body
@@ -275,6 +277,44 @@ def test_bodies_the_receiver_kept_aside_fail_the_events_accounted_check(streams,
     assert check.metadata["rejected_by_receiver"].value == 1
     meta = metadata(result, SIGNALS_NODE)
     assert meta["rejected_by_receiver"] == 1 and "timestamp is missing" in meta["receiver_rejections"]
+
+
+def test_a_refused_body_alone_wakes_the_sensor_and_is_reported_once(clean_sandbox, resources, ops_env,
+                                                                    warehouse, receiver_url, instance):
+    # A stream whose Field Mapping is wrong: every body is refused, no event is stored. The sensor still
+    # starts a run, which records each refusal once, alerts once and moves the bodies to the archive.
+    body = b'{"name": "Rage Click", "user": {"uid": "usr_0000001", "email": "refused@example.com"}}'
+    refused = httpx.post(receiver_url, content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    sensed = evaluate_sensor(instance)
+
+    first = run_signals(resources)
+    second = run_signals(resources)
+
+    assert refused.status_code == 400 and [r.run_key for r in sensed.run_requests]
+    assert json.loads(sensed.cursor) == {"rejected": 1}
+    assert first.success and second.success
+    assert not checks(first)["events_accounted"].passed and checks(second)["events_accounted"].passed
+    with store.staging(store.staging_file(ops_env, SYNC)) as con:
+        rows = con.execute("SELECT source, reason FROM rejected WHERE sync = ?", [SYNC]).fetchall()
+    assert rows == [("Fullstory receiver", "timestamp is missing (the v2 body's `timestamp`, or "
+                                           "`event_time`) (the body is in the Fullstory inbox's archive)")]
+    alerts = [m for m in clean_sandbox.received("slack") if "Fullstory stream events rejected" in str(m)]
+    assert len(alerts) == 1 and "refused@example.com" not in str(alerts)
+    root = Inbox.for_home(ops_env).root
+    assert not (root / "rejected").exists() or not any((root / "rejected").iterdir())
+    archived = list((root / ".archive").glob("*/rejected-*/rejected-*.json"))
+    assert len(archived) == 1 and b"refused@example.com" in archived[0].read_bytes()
+    assert skipped(evaluate_sensor(instance, sensed.cursor))  # the archive is no news
+
+
+def test_an_erasure_removes_the_subject_from_refused_bodies(clean_sandbox, ops_env, receiver_url):
+    body = b'{"name": "Rage Click", "user": {"uid": "usr_gone", "email": "gone@example.com"}}'
+    httpx.post(receiver_url, content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+
+    erase_everywhere(ops_env, ["gone@example.com", "usr_gone"], reason="test erasure")
+
+    kept = rejected_bodies(ops_env)
+    assert len(kept) == 1 and "gone@example.com" not in str(kept) and "usr_gone" not in str(kept)
 
 
 def test_a_stored_event_that_no_longer_parses_is_rejected_by_the_run(streams, resources, ops_env, warehouse):

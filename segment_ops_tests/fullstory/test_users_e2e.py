@@ -199,3 +199,21 @@ def test_the_reader_finds_a_user_as_the_traits_it_was_sent_with(resources, clean
     assert found == {"plan": "pro", "seats": 3, "email": "rb@example.com", "display_name": "Read Back",
                      "displayName": "Read Back"}
     assert only == {"plan": "pro"} and missing is None and anonymous is None
+
+
+def test_a_trait_that_became_null_is_not_read_back_as_a_difference(resources, clean_sandbox, warehouse):
+    # Fullstory keeps a property's old value when the trait becomes null (nothing documents a way to clear
+    # it): the read-back does not count that as a user that landed differently.
+    first = run_users(resources)
+    edit_warehouse(warehouse, "UPDATE accounts SET mrr = NULL WHERE account_id = (SELECT account_id "
+                              "FROM customers WHERE user_id IS NOT NULL AND account_id IS NOT NULL "
+                              "ORDER BY user_id LIMIT 1)")
+
+    second = run_users(resources)
+
+    assert first.success and second.success
+    changed = metadata(second)["planned"]
+    landed = checks(second)["landed_in_fullstory"]
+    figures = {key: value.value for key, value in landed.metadata.items()}
+    assert changed > 0 and landed.passed
+    assert figures["read_back"] == min(changed, 20) and figures["verified"] == figures["read_back"]

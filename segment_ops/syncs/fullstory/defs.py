@@ -47,7 +47,7 @@ from segment_ops.syncs.external import (
 )
 from segment_ops.syncs.fullstory import score, signals
 from segment_ops.syncs.fullstory.inbox import Inbox
-from segment_ops.syncs.fullstory.receiver import archive_rejected, rejected_bodies
+from segment_ops.syncs.fullstory.receiver import archive_claimed, claim_rejected, rejected_bodies
 from segment_ops.syncs.fullstory.settings import FullstoryConfig, FullstoryConfigError, load_config
 from segment_ops.syncs.metadata import diff_run_metadata, markdown_table
 from segment_ops.syncs.shared import (
@@ -71,6 +71,7 @@ SIGNALS_KEY = dg.AssetKey(["segment", "fullstory_signals"])
 SCORE_KEY = dg.AssetKey(["segment", "fullstory_experience_score"])
 SIGNALS_JOB, SCORE_JOB = "fullstory_signals_job", "fullstory_score_job"
 SENSOR_NAME, SCHEDULE_NAME = "fullstory_stream_sensor", "fullstory_score_schedule"
+SIGNALS_SCHEDULE_NAME = "fullstory_signals_schedule"
 INBOX_TAG = "segment_ops/fullstory_inbox"  # the sensor's marker of the inbox's content a run was started for
 MAX_AUTOMATIC_ATTEMPTS = 3
 PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-01-01")  # UTC days; the newest: yesterday
@@ -164,12 +165,11 @@ def fullstory_signals(context: dg.AssetExecutionContext, config: FullstoryRunCon
             raise SyncFailure(description=f"Fullstory signals: Segment refused the write key: "
                                           f"{exc}") from None
         totals = signals.decided_counts(con)
-    kept_aside = rejected_bodies(staging.home)
+    kept_aside = rejected_bodies(staging.home) if config.dry_run else _receiver_rejections(context, staging)
     if not config.dry_run:
         try:
             if report.read_at is not None:
                 report.hours_archived = inbox.close_staged(report.read, report.read_at)
-            _record_receiver_rejections(staging, kept_aside, context.run.run_id)
             inbox.prune_archive()
         except InboxError as exc:  # housekeeping: the hours are read again (and skipped by key) next run
             context.log.warning(f"Fullstory inbox not archived (tried again next run): {exc}")
@@ -222,19 +222,32 @@ def _signals_metadata(report: signals.SignalsRun, totals: dict[str, int], kept_a
     return metadata | plan_metadata(report.verdict) | governance_metadata(report.governed)
 
 
-def _record_receiver_rejections(staging: StagingResource, kept_aside: list[dict], run_id: str) -> None:
-    """The bodies the receiver refused since the last run: into the sync's rejected table (the reason and the
-    file, not the body, which may hold personal data), then out of the live inbox into its archive, where
-    they stay for the inbox's retention. Recorded first, once each (`add_new_rejections`): a run stopped
-    before the move records nothing twice."""
-    if not kept_aside:
-        return
-    with store.staging(staging.staging_db(signals.SYNC)) as con:
-        Ledger(con).add_new_rejections(signals.SYNC, [
-            Rejection(record_key=r.get("file"), source="Fullstory receiver", record=None,
-                      reason=f"{r.get('reason', 'refused')} (the body is in the Fullstory inbox's archive)")
-            for r in kept_aside], run_id=run_id)
-    archive_rejected(staging.home)
+def _receiver_rejections(context: dg.AssetExecutionContext, staging: StagingResource) -> list[dict]:
+    """The bodies the receiver refused since the last run: claimed (so one the receiver keeps meanwhile waits
+    for the next run), recorded in the sync's rejected table (the reason and the file, never the body, which
+    may hold personal data) once each, then moved to the inbox's archive for its retention. Returns those
+    this run reports; a claimed folder it could not record or move is reported by the next run, not twice."""
+    try:
+        claimed = claim_rejected(staging.home)
+        kept_aside = rejected_bodies(staging.home, claimed)
+        if kept_aside:
+            with store.staging(staging.staging_db(signals.SYNC)) as con:
+                new = Ledger(con).add_new_rejections(signals.SYNC, [
+                    Rejection(record_key=f"{r.get('file')}@{r.get('received_at', '')}",
+                              source="Fullstory receiver", record=None,
+                              reason=f"{r.get('reason', 'refused')} (the body is in the Fullstory inbox's "
+                                     "archive)")
+                    for r in kept_aside], run_id=context.run.run_id)
+            kept_aside = [r for r in kept_aside if f"{r.get('file')}@{r.get('received_at', '')}"
+                          in {n.record_key for n in new}]
+    except InboxError as exc:
+        context.log.warning(f"the receiver's refused bodies were not reported (tried again next run): {exc}")
+        return []
+    try:
+        archive_claimed(staging.home, claimed)
+    except InboxError as exc:  # recorded already: the next run moves them, and records none twice
+        context.log.warning(f"the receiver's refused bodies stay claimed (moved next run): {exc}")
+    return kept_aside
 
 
 def _alert_rejections(context: dg.AssetExecutionContext, alerts: AlertsResource, report: signals.SignalsRun,
@@ -402,6 +415,15 @@ def fullstory_stream_sensor(context: dg.SensorEvaluationContext,
         cursor=json.dumps(counts, sort_keys=True))
 
 
+@dg.schedule(job=fullstory_signals_job, cron_schedule="15 * * * *", execution_timezone="UTC",
+             name=SIGNALS_SCHEDULE_NAME, default_status=dg.DefaultScheduleStatus.STOPPED,
+             description="Each hour at :15: a signals run whatever the sensor saw, for a deployment that "
+                         "reads the frustrated clicks from the warehouse export ([signals.warehouse]), which "
+                         "no sensor watches, and as a safety net for the streams.")
+def fullstory_signals_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"fullstory-hourly:{context.scheduled_execution_time:%Y-%m-%dT%H}")
+
+
 @dg.schedule(job=fullstory_score_job, cron_schedule="0 6 * * *", execution_timezone="UTC",
              name=SCHEDULE_NAME, default_status=dg.DefaultScheduleStatus.STOPPED,
              description="Each day at 06:00 UTC: yesterday's Fullstory experience scores, changes sent.")
@@ -414,7 +436,7 @@ defs = dg.Definitions(
     assets=[fullstory_signals, fullstory_experience_score],
     jobs=[fullstory_signals_job, fullstory_score_job],
     sensors=[fullstory_stream_sensor],
-    schedules=[fullstory_score_schedule],
+    schedules=[fullstory_signals_schedule, fullstory_score_schedule],
 )
 
 

@@ -16,6 +16,7 @@ hours not yet archived, which is what arrived since the last run and the hour st
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from segment_ops.receivers.inbox import Conflict, InboxError
 from segment_ops.syncs.fullstory.streams import StreamEvent
 
 HOUR_PREFIX = "hour-"
+REJECTED_FOLDER = "rejected"  # bodies the receiver refused (receiver.py), until a run reports them
 EVENT = "event-"
 _HOUR_FOLDER = re.compile(r"hour-([0-9]{10})")
 _EVENT_FILE = re.compile(r"event-([0-9a-f]{32})\.json")
@@ -89,18 +91,34 @@ class Inbox:
 
     def events(self, hour: Path) -> Iterator[StoredEvent]:
         """The events stored in `hour`, in no order; a file that cannot be read raises `InboxError`."""
+        for path in self.event_files(hour).values():
+            yield self.read_event(path)
+
+    @staticmethod
+    def event_files(hour: Path) -> dict[str, Path]:
+        """The event files of `hour` by event key (the key is in the file's name: nothing is read)."""
         if not hour.is_dir():
-            return
-        for path in sorted(hour.iterdir()):
-            if not _EVENT_FILE.fullmatch(path.name):
-                continue
-            record = durable.read_json(path)
-            try:
-                yield StoredEvent(key=str(record["key"]),
-                                  received_at=datetime.fromisoformat(record["received_at"]),
-                                  body=record["body"], hour=hour.name)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InboxError(f"inbox file {path} is not a stored stream event: {exc!r}") from None
+            return {}
+        files = {}
+        with os.scandir(hour) as entries:
+            for entry in entries:
+                if match := _EVENT_FILE.fullmatch(entry.name):
+                    files[match.group(1)] = Path(entry.path)
+        return files
+
+    @staticmethod
+    def read_event(path: Path) -> StoredEvent:
+        """One event file; `InboxError` when it cannot be read or is not a stored stream event."""
+        try:
+            with open(path, "rb") as handle:
+                record = orjson.loads(handle.read())
+            return StoredEvent(key=str(record["key"]),
+                               received_at=datetime.fromisoformat(record["received_at"]),
+                               body=record["body"], hour=path.parent.name)
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise InboxError(f"cannot read inbox file {path}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InboxError(f"inbox file {path} is not a stored stream event: {exc!r}") from None
 
     def close_staged(self, read: Mapping[str, set[str]], read_at: datetime,
                      now: datetime | None = None) -> list[str]:
@@ -126,6 +144,10 @@ class Inbox:
         return durable.prune_archive(self.root, (now or datetime.now(UTC)) - retention)
 
     def counts(self) -> dict[str, int]:
-        """Events in each live hour (the sensor's measure of what arrived): a directory listing per hour."""
-        return {hour.name: sum(1 for p in hour.iterdir() if _EVENT_FILE.fullmatch(p.name))
-                for hour in self.hours()}
+        """Events in each live hour, and under `rejected` the bodies the receiver refused and no run reported
+        yet (the sensor's measure of what arrived: a run reports those too): a directory listing each."""
+        counts = {hour.name: len(self.event_files(hour)) for hour in self.hours()}
+        rejected = self.root / REJECTED_FOLDER
+        if rejected.is_dir():
+            counts[REJECTED_FOLDER] = sum(1 for p in rejected.iterdir() if p.name.startswith("rejected-"))
+        return counts

@@ -30,7 +30,7 @@ from segment_ops.config import SANDBOX_FULLSTORY_STREAM_TOKEN, Settings, load_se
 from segment_ops.receivers import inbox as durable
 from segment_ops.receivers.app import Endpoint, Refused, build_app
 from segment_ops.receivers.server import is_loopback
-from segment_ops.syncs.fullstory.inbox import Inbox
+from segment_ops.syncs.fullstory.inbox import REJECTED_FOLDER, Inbox
 from segment_ops.syncs.fullstory.streams import (
     MAX_BODY_BYTES,
     InvalidEvent,
@@ -41,7 +41,7 @@ from segment_ops.syncs.fullstory.streams import (
 )
 
 FULLSTORY_PATH = "/webhooks/fullstory"
-REJECTED_FOLDER = "rejected"
+CLAIMED_FOLDER = ".rejected-claimed"  # rejected bodies a run took to report (hidden: no inbox batch)
 log = logging.getLogger("segment_ops.webhooks")
 
 
@@ -141,44 +141,58 @@ def create_app_from_env() -> Starlette:
 
 
 def _keep_rejected(root: Path, body: bytes, reason: str) -> Path | None:
-    """Keep an authenticated body that is no event under `rejected/`, once per distinct body, with its reason;
-    None when it cannot be written (the request is answered 400 all the same)."""
+    """Keep an authenticated body that is no event under `rejected/`, once per distinct body, with its reason
+    and the body (parsed when it is JSON, so an erasure can find a person's values in it); None when it
+    cannot be written (the request is answered 400 all the same). A run may be claiming the folder at that
+    moment (`claim_rejected`): the write is tried once more in a folder made anew."""
     digest = hashlib.sha256(body).hexdigest()[:32]
     target = root / REJECTED_FOLDER / f"rejected-{digest}.json"
     try:
-        durable.make_dirs(target.parent)
-        record = {"reason": reason, "received_at": datetime.now(UTC).isoformat(),
-                  "body": body.decode("utf-8", "replace")}
-        durable.write_once(target, orjson.dumps(record))
-    except durable.InboxError:
-        return None
-    return target
-
-
-def rejected_bodies(home: Path) -> list[dict]:
-    """What the receiver kept aside and no run has reported yet (reason, received_at, body, file), oldest
-    first."""
-    folder = Inbox.for_home(home).root / REJECTED_FOLDER
-    if not folder.is_dir():
-        return []
-    records = []
-    for path in sorted(folder.glob("rejected-*.json")):
+        kept: object = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        kept = body.decode("utf-8", "replace")
+    record = orjson.dumps({"reason": reason, "received_at": datetime.now(UTC).isoformat(), "body": kept})
+    for _ in range(2):
         try:
-            records.append(durable.read_json(path) | {"file": path.name})
+            durable.make_dirs(target.parent)
+            durable.write_once(target, record)
+            return target
         except durable.InboxError:
             continue
+    return None
+
+
+def claim_rejected(home: Path, now: datetime | None = None) -> list[Path]:
+    """Take what the receiver kept aside for a run to report: `rejected/` is renamed (one atomic move; the
+    receiver makes a new one for what comes next) into `.rejected-claimed/`, and every claimed folder not yet
+    archived is returned, a crashed run's too. Raises `InboxError` when it cannot be moved."""
+    root = Inbox.for_home(home).root
+    folder, claimed = root / REJECTED_FOLDER, root / CLAIMED_FOLDER
+    if folder.is_dir() and any(folder.iterdir()):
+        durable.move_batch(folder, claimed / f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%S%f}")
+    return sorted(p for p in claimed.iterdir() if p.is_dir()) if claimed.is_dir() else []
+
+
+def rejected_bodies(home: Path, folders: list[Path] | None = None) -> list[dict]:
+    """What the receiver kept aside (reason, received_at, body, file), oldest first: in `folders` (claimed by
+    `claim_rejected`), else what `rejected/` holds now (a dry run looks without claiming)."""
+    if folders is None:
+        folders = [Inbox.for_home(home).root / REJECTED_FOLDER]
+    records = []
+    for folder in folders:
+        for path in sorted(folder.glob("rejected-*.json")) if folder.is_dir() else []:
+            try:
+                records.append(durable.read_json(path) | {"file": path.name})
+            except durable.InboxError:
+                continue
     return sorted(records, key=lambda r: r.get("received_at", ""))
 
 
-def archive_rejected(home: Path, now: datetime | None = None) -> str | None:
-    """Move what the receiver kept aside into the inbox's archive once a run reported it (kept there for the
-    inbox's retention, then deleted with its day); returns where it went, relative to the inbox, or None when
-    there was nothing. Raises `InboxError` when it cannot be moved (reported again next run)."""
+def archive_claimed(home: Path, folders: list[Path], now: datetime | None = None) -> None:
+    """Move claimed folders, once reported, into the inbox's archive (deleted with its day after the inbox's
+    retention). Raises `InboxError` when one cannot be moved (it is reported again, once, next run)."""
     root = Inbox.for_home(home).root
-    folder = root / REJECTED_FOLDER
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return None
     now = now or datetime.now(UTC)
-    target = root / durable.ARCHIVE_FOLDER / now.date().isoformat() / f"{REJECTED_FOLDER}-{now:%H%M%S%f}"
-    durable.move_batch(folder, target)
-    return target.relative_to(root).as_posix()
+    for folder in folders:
+        durable.move_batch(folder, root / durable.ARCHIVE_FOLDER / now.date().isoformat()
+                           / f"{REJECTED_FOLDER}-{folder.name}")

@@ -26,9 +26,10 @@ import fnmatch
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -119,15 +120,22 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
     report.read_at = now
     rows = []
     excluded = _excluded(config.signals.exclude_emails, config.signals.exclude_page_urls)
+    files: dict[str, Path] = {}
     for hour in inbox.hours():
-        for stored in inbox.events(hour):
-            report.events_read += 1
-            report.read.setdefault(hour.name, set()).add(stored.key)
-            rows.append(_row(stored.key, stored.body, stored.received_at, excluded))
+        found = inbox.event_files(hour)
+        report.read[hour.name] = set(found)
+        report.events_read += len(found)  # an event re-delivered in another hour: two files, one key
+        files |= found
+    # Only the files of keys not decided yet are opened: an hour still open is listed again by every run, and
+    # what an earlier run decided costs a name in a listing, not a read.
+    for key in _undecided(con, files):
+        stored = inbox.read_event(files[key])
+        rows.append(_row(key, stored.body, stored.received_at, excluded))
     if config.signals.warehouse_query is not None:
         for key, body, received_at in warehouse_events(con, config.signals, warehouse_url, now):
             report.warehouse_rows += 1
-            rows.append(_row(key, body, received_at, excluded))
+            rows.append(_row(key, body, received_at, excluded, invalid=None if "event_id" not in body else
+                             "the warehouse row has no event_id (nothing would tell it apart from the next)"))
     # One Arrow table, inserted at once (a row-by-row insert costs more than reading the files).
     con.execute("SELECT 1").fetchall()  # `register` refuses while a caller's result is still open
     con.register("fullstory_incoming_rows", pa.Table.from_arrays(
@@ -194,15 +202,35 @@ def warehouse_events(con: duckdb.DuckDBPyConnection, signals: SignalsConfig, war
                 **{k: row[k] for k in ("session_url", "page_url") if row.get(k) is not None}}
         received = row.get("received_at")
         received = received if isinstance(received, datetime) else now
-        key = hashlib.sha256(f"warehouse:{row['event_id']}".encode()).hexdigest()[:32]
+        if row["event_id"] is None:  # rejected with the reason: keyed by the whole row, so once
+            body["event_id"] = None
+            key = hashlib.sha256(f"warehouse-row:{sorted(row.items())!r}".encode()).hexdigest()[:32]
+        else:
+            key = hashlib.sha256(f"warehouse:{row['event_id']}".encode()).hexdigest()[:32]
         yield key, body, received.astimezone(UTC) if received.tzinfo else received.replace(tzinfo=UTC)
     con.execute("DROP TABLE fullstory_warehouse_clicks")
 
 
-def _row(key: str, body: dict, received_at: datetime,
-         excluded: Callable[[str | None, str | None], str | None]) -> tuple:
+def _undecided(con: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> list[str]:
+    """Of `keys`, those `fullstory_signals` holds no decision for."""
+    wanted = pa.table({"key": pa.array(list(keys), pa.string())})
+    if not wanted.num_rows:
+        return []
+    con.execute("SELECT 1").fetchall()  # `register` refuses while a caller's result is still open
+    con.register("fullstory_listed", wanted)
     try:
-        event = event_from_body(body)
+        return [key for (key,) in con.execute(
+            f"SELECT key FROM fullstory_listed WHERE key NOT IN (SELECT key FROM {TABLE})").fetchall()]
+    finally:
+        con.unregister("fullstory_listed")
+
+
+def _row(key: str, body: dict, received_at: datetime,
+         excluded: Callable[[str | None, str | None], str | None], *, invalid: str | None = None) -> tuple:
+    try:
+        if invalid is not None:
+            raise InvalidEvent(invalid)
+        event = event_from_body(body, key=key)
     except InvalidEvent as exc:
         name = body.get("name") if isinstance(body, dict) and isinstance(body.get("name"), str) else None
         return (key, received_at, received_at, name, None, None, None, None, None, str(exc), None)

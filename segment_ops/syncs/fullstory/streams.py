@@ -114,8 +114,9 @@ def parse_event(raw: bytes) -> StreamEvent:
     return event_from_body(body)
 
 
-def event_from_body(body: object) -> StreamEvent:
-    """The event a parsed body holds (also a stored one, read again by a run)."""
+def event_from_body(body: object, *, key: str | None = None) -> StreamEvent:
+    """The event a parsed body holds (also a stored one, read again by a run: `key` is then the key it was
+    stored under, not computed again)."""
     if not isinstance(body, dict):
         raise InvalidEvent("body is not a JSON object")
     name = _text(body, "name", MAX_NAME_CHARS, required=True)
@@ -133,7 +134,8 @@ def event_from_body(body: object) -> StreamEvent:
     # retry a 4xx, so a refusal would lose it without a trace).
     email = _text(user, "email", MAX_ID_CHARS, where="user.")
     return StreamEvent(
-        key=event_key(body), name=name, timestamp=stamp, fs_user_id=ids["id"], uid=ids["uid"], email=email,
+        key=key or event_key(body), name=name, timestamp=stamp, fs_user_id=ids["id"], uid=ids["uid"],
+        email=email,
         display_name=_text(user, "display_name", MAX_NAME_CHARS, where="user.", control_ok=True),
         session_url=_url(body, "session_url"), page_url=_url(body, "page_url"), body=body)
 
