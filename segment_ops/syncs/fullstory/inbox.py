@@ -95,26 +95,27 @@ class Inbox:
             yield self.read_event(path)
 
     @staticmethod
-    def event_files(hour: Path) -> dict[str, Path]:
-        """The event files of `hour` by event key (the key is in the file's name: nothing is read)."""
+    def event_files(hour: Path) -> dict[str, str]:
+        """The paths of the event files of `hour` by event key (the key is in the file's name: nothing is
+        read; plain strings, as a listing of thousands of files is built again by every run)."""
         if not hour.is_dir():
             return {}
         files = {}
         with os.scandir(hour) as entries:
             for entry in entries:
                 if match := _EVENT_FILE.fullmatch(entry.name):
-                    files[match.group(1)] = Path(entry.path)
+                    files[match.group(1)] = entry.path
         return files
 
     @staticmethod
-    def read_event(path: Path) -> StoredEvent:
+    def read_event(path: str | Path) -> StoredEvent:
         """One event file; `InboxError` when it cannot be read or is not a stored stream event."""
         try:
             with open(path, "rb") as handle:
                 record = orjson.loads(handle.read())
             return StoredEvent(key=str(record["key"]),
                                received_at=datetime.fromisoformat(record["received_at"]),
-                               body=record["body"], hour=path.parent.name)
+                               body=record["body"], hour=os.path.basename(os.path.dirname(path)))
         except (OSError, orjson.JSONDecodeError) as exc:
             raise InboxError(f"cannot read inbox file {path}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:

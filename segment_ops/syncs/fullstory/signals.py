@@ -29,10 +29,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from segment_ops import clock
 from segment_ops.engine import store
@@ -89,11 +87,10 @@ STATE = store.register(store.StateSchema(
           "OR erased_id(fs_user_id)"))
 EMAIL_MAP = "fullstory_email_map"
 # The columns of a read event (`_row`), as the decisions read them.
-_MOMENT = pa.timestamp("us", tz="UTC")
-INCOMING = (("key", pa.string()), ("event_time", _MOMENT), ("received_at", _MOMENT), ("stream", pa.string()),
-            ("fs_user_id", pa.string()), ("uid", pa.string()), ("email", pa.string()),
-            ("session_url", pa.string()), ("page_url", pa.string()), ("invalid", pa.string()),
-            ("excluded", pa.string()))
+# (moments: microseconds since the epoch, `_micros`, made TIMESTAMPTZ by DuckDB)
+INCOMING = (("key", "text"), ("event_time", "moment"), ("received_at", "moment"), ("stream", "text"),
+            ("fs_user_id", "text"), ("uid", "text"), ("email", "text"), ("session_url", "text"),
+            ("page_url", "text"), ("invalid", "text"), ("excluded", "text"))
 
 
 @dataclass(kw_only=True)
@@ -120,7 +117,7 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
     report.read_at = now
     rows = []
     excluded = _excluded(config.signals.exclude_emails, config.signals.exclude_page_urls)
-    files: dict[str, Path] = {}
+    files: dict[str, str] = {}
     for hour in inbox.hours():
         found = inbox.event_files(hour)
         report.read[hour.name] = set(found)
@@ -136,13 +133,13 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
             report.warehouse_rows += 1
             rows.append(_row(key, body, received_at, excluded, invalid=None if "event_id" not in body else
                              "the warehouse row has no event_id (nothing would tell it apart from the next)"))
-    # One Arrow table, inserted at once (a row-by-row insert costs more than reading the files).
-    con.execute("SELECT 1").fetchall()  # `register` refuses while a caller's result is still open
-    con.register("fullstory_incoming_rows", pa.Table.from_arrays(
-        [pa.array(column, type=INCOMING[i][1]) for i, column in enumerate(zip(*rows, strict=True))]
-        if rows else [pa.array([], type=t) for _, t in INCOMING], names=[n for n, _ in INCOMING]))
-    con.execute("CREATE OR REPLACE TEMP TABLE fullstory_incoming AS SELECT * FROM fullstory_incoming_rows")
-    con.unregister("fullstory_incoming_rows")
+    # Inserted at once, a list per column (a row-by-row insert costs more than reading the files, and an
+    # Arrow table built from Python objects makes pyarrow import pandas: a third of a second).
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in INCOMING]
+    moment = "TIMESTAMPTZ '1970-01-01 00:00:00+00' + to_microseconds(unnest(?::BIGINT[]))"
+    con.execute("CREATE OR REPLACE TEMP TABLE fullstory_incoming AS SELECT " + ", ".join(
+        f"{moment if kind == 'moment' else 'unnest(?::VARCHAR[])'} AS {name}" for name, kind in INCOMING),
+        [list(column) for column in columns])
     # One row per new key (the same body twice in the inbox: the earliest arrival).
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE fullstory_new AS
@@ -213,16 +210,12 @@ def warehouse_events(con: duckdb.DuckDBPyConnection, signals: SignalsConfig, war
 
 def _undecided(con: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> list[str]:
     """Of `keys`, those `fullstory_signals` holds no decision for."""
-    wanted = pa.table({"key": pa.array(list(keys), pa.string())})
-    if not wanted.num_rows:
+    listed = list(keys)
+    if not listed:
         return []
-    con.execute("SELECT 1").fetchall()  # `register` refuses while a caller's result is still open
-    con.register("fullstory_listed", wanted)
-    try:
-        return [key for (key,) in con.execute(
-            f"SELECT key FROM fullstory_listed WHERE key NOT IN (SELECT key FROM {TABLE})").fetchall()]
-    finally:
-        con.unregister("fullstory_listed")
+    return [key for (key,) in con.execute(
+        f"SELECT key FROM (SELECT unnest(?::VARCHAR[]) AS key) WHERE key NOT IN (SELECT key FROM {TABLE})",
+        [listed]).fetchall()]
 
 
 def _row(key: str, body: dict, received_at: datetime,
@@ -233,10 +226,20 @@ def _row(key: str, body: dict, received_at: datetime,
         event = event_from_body(body, key=key)
     except InvalidEvent as exc:
         name = body.get("name") if isinstance(body, dict) and isinstance(body.get("name"), str) else None
-        return (key, received_at, received_at, name, None, None, None, None, None, str(exc), None)
+        arrived = _micros(received_at)
+        return (key, arrived, arrived, name, None, None, None, None, None, str(exc), None)
     email = event.email.strip().lower() if event.email else None
-    return (key, event.timestamp, received_at, event.name, event.fs_user_id, event.uid, email,
-            event.session_url, event.page_url, None, excluded(email, event.page_url))
+    return (key, _micros(event.timestamp), _micros(received_at), event.name, event.fs_user_id, event.uid,
+            email, event.session_url, event.page_url, None, excluded(email, event.page_url))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    """Microseconds since the epoch: a list of integers goes into DuckDB as it is."""
+    return ((moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
 
 
 def _decide(con: duckdb.DuckDBPyConnection, config: FullstoryConfig, *, now: datetime,
