@@ -380,41 +380,40 @@ def _print_replay(plan: ReplayPlan, delivery: DeliveryReport | None = None, *, d
 
 
 def _run_webhooks(args: argparse.Namespace) -> int:
-    """Heap's segment-sync webhooks and Fullstory's Streams, on one server."""
+    """Heap's segment-sync webhooks and Fullstory's Streams, on one server: on an address others can reach,
+    each endpoint only when its own secret is set (a deployment that receives one vendor sets that one's)."""
     from segment_ops.receivers.app import build_app
-    from segment_ops.receivers.server import serve_forever
+    from segment_ops.receivers.server import is_loopback, serve_forever
     from segment_ops.syncs.fullstory import receiver as fullstory
-    from segment_ops.syncs.heap.receiver import WebhookSecretError, config_from_env, require_live_secret
+    from segment_ops.syncs.heap.receiver import config_from_env
     from segment_ops.syncs.heap.server import serve
 
     logging.getLogger("segment_ops.webhooks").setLevel(logging.INFO)
+    settings = load_settings()
     try:
-        config = config_from_env()
-        streams = fullstory.config_from_env()
+        config = config_from_env(settings)
+        streams = fullstory.config_from_env(settings)
     except ValueError as exc:  # names the variable, never a secret
         raise SystemExit(f"segment-ops webhooks: {exc}") from None
-    # Each vendor's endpoint is served when its secret may be used on this address: a deployment that
-    # receives only one of them sets only that one's secret.
+    public = not is_loopback(args.host)
     also = []
-    try:
-        fullstory.require_live_token(streams, args.host)
-        also.append(fullstory.endpoint(streams))
-    except ValueError:  # StreamTokenError, or an empty token
+    if public and not settings.is_set("FULLSTORY_STREAM_TOKEN"):
         print("Fullstory Streams endpoint off: FULLSTORY_STREAM_TOKEN is not set (set it to serve "
               "/webhooks/fullstory on this address)", flush=True)
-    try:
-        require_live_secret(config, args.host)
-    except WebhookSecretError as exc:
-        if not also:
+    else:
+        try:
+            fullstory.require_live_token(streams, args.host)
+        except ValueError as exc:  # the sandbox's token set on a public address, or an empty one
             raise SystemExit(f"segment-ops webhooks: {exc}") from None
+        also.append(fullstory.endpoint(streams))
+    if public and not settings.is_set("HEAP_WEBHOOK_SECRET") and also:
         print("Heap endpoint off: HEAP_WEBHOOK_SECRET is not set (set it to serve /webhooks/heap on this "
-              "address)", flush=True)
-        print(f"segment_ops webhook receiver: Fullstory Streams on http://{args.host}:{args.port}"
+              f"address)\nsegment_ops webhook receiver: Fullstory Streams on http://{args.host}:{args.port}"
               f"{fullstory.FULLSTORY_PATH}", flush=True)
         serve_forever(build_app(also, health={"webhook": "fullstory"}), args.host, args.port,
                       limit_concurrency=config.max_connections)
         return 0
-    serve(config, args.host, args.port, also=also)
+    serve(config, args.host, args.port, also=also)  # refuses a public address without HEAP_WEBHOOK_SECRET
     return 0
 
 

@@ -267,6 +267,20 @@ def user_request(payload: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
+def landed_traits(payload: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
+    """The traits a Fullstory user holds after `payload` (an identify call) is upserted, as a read-back finds
+    them (`FullstoryUserReader`): what `user_request` sends, so a null left out (at any depth) is not
+    expected either. Raises `FullstoryPayloadError` like `user_request`."""
+    request = user_request(payload)
+    traits = dict(request["properties"])
+    call = orjson.loads(payload) if isinstance(payload, bytes | str) else payload
+    sent = call.get("traits") or {}
+    for field in ("email", "display_name", "displayName"):
+        if sent.get(field) is not None:
+            traits[field] = sent[field]
+    return traits
+
+
 class FullstoryUserReader:
     """Reads a Fullstory user back as the traits of the identify call it was upserted from (the engine's
     `verification.ProfileReader`): its properties, `email` and `display_name` (also as `displayName`)."""

@@ -499,21 +499,36 @@ def _holds(value: object, identifiers: set[str]) -> bool:
 
 def _json_document(path: Path, identifiers: set[str], out: BinaryIO) -> int:
     """A JSON document (a Heap page: `add` and `remove` lists of identities): list items holding an identifier
-    go, keys that are one go, string values that are one become null."""
+    go, keys that are one go, string values that are one become null, and an identifier inside a longer
+    string (a query string, a body kept as text) becomes `REDACTED` there."""
     try:
         document = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError:
         raise _NotRewritable from None
-    cleaned, removed = _without(document, identifiers)
+    cleaned, removed = _without(document, identifiers, _within(identifiers))
     out.write(orjson.dumps(cleaned))
     return removed
 
 
-def _without(value: object, identifiers: set[str]) -> tuple[object, int]:
+# A character an identifier (an id, an email) is made of: an identifier inside a longer string counts only
+# where none of these touches it, so `usr_1` is not found in `usr_10`, nor `a@b.com` in `xa@b.com`.
+_ID_CHARS = r"A-Za-z0-9_@.+-"  # `-` last: itself, not a range
+
+
+def _within(identifiers: Collection[str]) -> re.Pattern[str]:
+    """An identifier standing as a token inside a longer string (the longest first)."""
+    ordered = sorted(identifiers, key=lambda s: (-len(s), s))
+    return re.compile(f"(?<![{_ID_CHARS}])(?:{'|'.join(map(re.escape, ordered))})(?![{_ID_CHARS}])")
+
+
+def _without(value: object, identifiers: set[str], within: re.Pattern[str]) -> tuple[object, int]:
     """`value` without an identifier, and at how many places one was."""
+    if isinstance(value, str):
+        scrubbed, n = within.subn(REDACTED, value)
+        return scrubbed, n
     if isinstance(value, list):
         kept = [v for v in value if not _holds(v, identifiers)]
-        cleaned = [_without(v, identifiers) for v in kept]
+        cleaned = [_without(v, identifiers, within) for v in kept]
         return [v for v, _ in cleaned], len(value) - len(kept) + sum(n for _, n in cleaned)
     if isinstance(value, dict):
         out, removed = {}, 0
@@ -523,7 +538,7 @@ def _without(value: object, identifiers: set[str]) -> tuple[object, int]:
             elif isinstance(item, str) and item.strip() in identifiers:
                 out[key], removed = None, removed + 1
             else:
-                out[key], n = _without(item, identifiers)
+                out[key], n = _without(item, identifiers, within)
                 removed += n
         return out, removed
     return value, 0

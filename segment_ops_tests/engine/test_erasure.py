@@ -344,6 +344,22 @@ def test_inbox_files_lose_the_subject_and_the_identities_that_resolve_to_them(ho
     assert report.rows == {"heap_power_users/heap_identity_map": 1}
 
 
+def test_a_subject_inside_a_longer_string_of_a_json_document_is_redacted_there_only(home):
+    # A body kept as text (a stream body the receiver refused), a query string: the subject is a token there.
+    folder = home / "inbox" / "fullstory" / "rejected"
+    folder.mkdir(parents=True)
+    path = folder / "rejected-1.json"
+    path.write_bytes(orjson.dumps({"reason": "not JSON", "body": f"uid={GONE}&email={GONE_EMAIL}&n=1",
+                                   "other": f"{GONE}0 x{GONE_EMAIL} {KEPT}"}))
+
+    report = erase_everywhere(home, [GONE, GONE_EMAIL], reason=REASON)
+
+    kept = orjson.loads(path.read_bytes())
+    assert kept["body"] == "uid=<erased>&email=<erased>&n=1"
+    assert kept["other"] == f"{GONE}0 x{GONE_EMAIL} {KEPT}"  # longer ids holding it are other ids
+    assert report.files == {"inbox/fullstory/rejected/rejected-1.json": 2}
+
+
 def test_a_file_locked_by_a_run_is_reported_not_skipped_silently(home, staging):
     with store.staging(staging) as con:
         Ledger(con).add_planned(SYNC, [identify(GONE, 1)])

@@ -16,7 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from segment_ops.config import SANDBOX_FULLSTORY_STREAM_TOKEN
+from segment_ops.cli import main
+from segment_ops.config import SANDBOX_FULLSTORY_STREAM_TOKEN, SANDBOX_HEAP_WEBHOOK_SECRET
 from segment_ops.syncs.fullstory.inbox import Inbox
 from segment_ops.syncs.fullstory.receiver import (
     FULLSTORY_PATH,
@@ -298,3 +299,15 @@ def test_segment_ops_webhooks_serves_each_endpoint_whose_secret_is_set(tmp_path,
         process.terminate()
         output = process.communicate(timeout=10)[0].decode()
     assert "endpoint off" in output and "a-live" not in output
+
+
+def test_the_cli_refuses_a_public_heap_endpoint_signed_with_the_sandbox_secret(ops_env, monkeypatch):
+    # Only an unset secret turns an endpoint off: one set to the sandbox's published value stops the server.
+    monkeypatch.setenv("HEAP_WEBHOOK_SECRET", SANDBOX_HEAP_WEBHOOK_SECRET)
+    monkeypatch.setenv("FULLSTORY_STREAM_TOKEN", "a-live-stream-token-of-some-length")
+
+    with pytest.raises(SystemExit) as raised:
+        main(["webhooks", "--host", "0.0.0.0", "--port", "0"])
+
+    assert "HEAP_WEBHOOK_SECRET" in str(raised.value.code)
+    assert SANDBOX_HEAP_WEBHOOK_SECRET not in str(raised.value.code)

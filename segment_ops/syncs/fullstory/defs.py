@@ -231,15 +231,16 @@ def _receiver_rejections(context: dg.AssetExecutionContext, staging: StagingReso
         claimed = claim_rejected(staging.home)
         kept_aside = rejected_bodies(staging.home, claimed)
         if kept_aside:
+            # keyed by the file (a hash of the body) and its arrival: the same body refused again later is
+            # a new refusal, the same one claimed twice (a run stopped before archiving) is not
+            keyed = {f"{r.get('file')}@{r.get('received_at', '')}": r for r in kept_aside}
             with store.staging(staging.staging_db(signals.SYNC)) as con:
                 new = Ledger(con).add_new_rejections(signals.SYNC, [
-                    Rejection(record_key=f"{r.get('file')}@{r.get('received_at', '')}",
-                              source="Fullstory receiver", record=None,
+                    Rejection(record_key=key, source="Fullstory receiver", record=None,
                               reason=f"{r.get('reason', 'refused')} (the body is in the Fullstory inbox's "
                                      "archive)")
-                    for r in kept_aside], run_id=context.run.run_id)
-            kept_aside = [r for r in kept_aside if f"{r.get('file')}@{r.get('received_at', '')}"
-                          in {n.record_key for n in new}]
+                    for key, r in keyed.items()], run_id=context.run.run_id)
+            kept_aside = [keyed[n.record_key] for n in new]
     except InboxError as exc:
         context.log.warning(f"the receiver's refused bodies were not reported (tried again next run): {exc}")
         return []

@@ -48,7 +48,6 @@ class StoredEvent:
     key: str
     received_at: datetime
     body: dict
-    hour: str  # its hour folder's name
 
 
 class Inbox:
@@ -62,7 +61,8 @@ class Inbox:
     def for_home(cls, home: str | Path) -> Inbox:
         return cls(Path(home) / "inbox" / "fullstory")
 
-    def _fresh(self) -> None:
+    def refresh(self) -> None:
+        """Bring a shared inbox's folder to what PostgreSQL holds (`receivers.inbox.pull`); else nothing."""
         if self.shared:
             durable.pull(self.root)
 
@@ -86,7 +86,7 @@ class Inbox:
 
     def hours(self) -> list[Path]:
         """The live hour folders, oldest first (a shared inbox is brought up to date first)."""
-        self._fresh()
+        self.refresh()
         return sorted(f for f in durable.batch_folders(self.root) if _HOUR_FOLDER.fullmatch(f.name))
 
     def events(self, hour: Path) -> Iterator[StoredEvent]:
@@ -114,8 +114,7 @@ class Inbox:
             with open(path, "rb") as handle:
                 record = orjson.loads(handle.read())
             return StoredEvent(key=str(record["key"]),
-                               received_at=datetime.fromisoformat(record["received_at"]),
-                               body=record["body"], hour=os.path.basename(os.path.dirname(path)))
+                               received_at=datetime.fromisoformat(record["received_at"]), body=record["body"])
         except (OSError, orjson.JSONDecodeError) as exc:
             raise InboxError(f"cannot read inbox file {path}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
@@ -132,8 +131,8 @@ class Inbox:
             started = datetime.strptime(name.removeprefix(HOUR_PREFIX), "%Y%m%d%H").replace(tzinfo=UTC)
             if started + timedelta(hours=1) + CLOSE_AFTER > read_at or not hour.is_dir():
                 continue
-            present = {m.group(1) for p in hour.iterdir() if (m := _EVENT_FILE.fullmatch(p.name))}
-            if present - keys:  # written after the run read the hour (a receiver's clock far behind)
+            # written after the run read the hour (a receiver's clock far behind)
+            if set(self.event_files(hour)) - keys:
                 continue
             durable.mark_done(hour, {"staged": True})
             durable.archive_batch(hour, now)
@@ -145,10 +144,14 @@ class Inbox:
         return durable.prune_archive(self.root, (now or datetime.now(UTC)) - retention)
 
     def counts(self) -> dict[str, int]:
-        """Events in each live hour, and under `rejected` the bodies the receiver refused and no run reported
-        yet (the sensor's measure of what arrived: a run reports those too): a directory listing each."""
+        """The sensor's measure of what arrived: the events of each live hour, and under `rejected` the time
+        (ns) of the newest body the receiver refused that no run claimed yet (a run reports those too; a
+        time, not a count, since a run's claim empties the folder). A directory listing each."""
         counts = {hour.name: len(self.event_files(hour)) for hour in self.hours()}
         rejected = self.root / REJECTED_FOLDER
         if rejected.is_dir():
-            counts[REJECTED_FOLDER] = sum(1 for p in rejected.iterdir() if p.name.startswith("rejected-"))
+            with os.scandir(rejected) as entries:
+                stamps = [e.stat().st_mtime_ns for e in entries if e.name.startswith("rejected-")]
+            if stamps:
+                counts[REJECTED_FOLDER] = max(stamps)
         return counts

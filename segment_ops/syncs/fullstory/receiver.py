@@ -166,10 +166,13 @@ def claim_rejected(home: Path, now: datetime | None = None) -> list[Path]:
     """Take what the receiver kept aside for a run to report: `rejected/` is renamed (one atomic move; the
     receiver makes a new one for what comes next) into `.rejected-claimed/`, and every claimed folder not yet
     archived is returned, a crashed run's too. Raises `InboxError` when it cannot be moved."""
-    root = Inbox.for_home(home).root
+    inbox = Inbox.for_home(home)
+    root = inbox.root
     folder, claimed = root / REJECTED_FOLDER, root / CLAIMED_FOLDER
+    inbox.refresh()  # a shared inbox: what other machines' receivers kept is here before the move
     if folder.is_dir() and any(folder.iterdir()):
         durable.move_batch(folder, claimed / f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%S%f}")
+        inbox.refresh()  # and every body the move took is here to be read
     return sorted(p for p in claimed.iterdir() if p.is_dir()) if claimed.is_dir() else []
 
 
@@ -183,8 +186,8 @@ def rejected_bodies(home: Path, folders: list[Path] | None = None) -> list[dict]
         for path in sorted(folder.glob("rejected-*.json")) if folder.is_dir() else []:
             try:
                 records.append(durable.read_json(path) | {"file": path.name})
-            except durable.InboxError:
-                continue
+            except durable.InboxError as exc:  # reported as such, never archived unreported
+                records.append({"file": path.name, "reason": f"a kept body could not be read: {exc}"})
     return sorted(records, key=lambda r: r.get("received_at", ""))
 
 

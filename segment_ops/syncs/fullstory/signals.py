@@ -87,10 +87,10 @@ STATE = store.register(store.StateSchema(
           "OR erased_id(fs_user_id)"))
 EMAIL_MAP = "fullstory_email_map"
 # The columns of a read event (`_row`), as the decisions read them.
-# (moments: microseconds since the epoch, `_micros`, made TIMESTAMPTZ by DuckDB)
-INCOMING = (("key", "text"), ("event_time", "moment"), ("received_at", "moment"), ("stream", "text"),
-            ("fs_user_id", "text"), ("uid", "text"), ("email", "text"), ("session_url", "text"),
-            ("page_url", "text"), ("invalid", "text"), ("excluded", "text"))
+INCOMING = (("key", "VARCHAR"), ("event_time", "TIMESTAMPTZ"), ("received_at", "TIMESTAMPTZ"),
+            ("stream", "VARCHAR"), ("fs_user_id", "VARCHAR"), ("uid", "VARCHAR"), ("email", "VARCHAR"),
+            ("session_url", "VARCHAR"), ("page_url", "VARCHAR"), ("invalid", "VARCHAR"),
+            ("excluded", "VARCHAR"))
 
 
 @dataclass(kw_only=True)
@@ -122,25 +122,23 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
         found = inbox.event_files(hour)
         report.read[hour.name] = set(found)
         report.events_read += len(found)  # an event re-delivered in another hour: two files, one key
-        files |= found
+        for key, path in found.items():  # hours oldest first: a re-delivery keeps its first arrival
+            files.setdefault(key, path)
     # Only the files of keys not decided yet are opened: an hour still open is listed again by every run, and
     # what an earlier run decided costs a name in a listing, not a read.
     for key in _undecided(con, files):
         stored = inbox.read_event(files[key])
         rows.append(_row(key, stored.body, stored.received_at, excluded))
     if config.signals.warehouse_query is not None:
-        for key, body, received_at in warehouse_events(con, config.signals, warehouse_url, now):
+        for key, body, received_at, invalid in warehouse_events(con, config.signals, warehouse_url, now):
             report.warehouse_rows += 1
-            rows.append(_row(key, body, received_at, excluded, invalid=None if "event_id" not in body else
-                             "the warehouse row has no event_id (nothing would tell it apart from the next)"))
+            rows.append(_row(key, body, received_at, excluded, invalid=invalid))
     # Inserted at once, a list per column (a row-by-row insert costs more than reading the files, and an
     # Arrow table built from Python objects makes pyarrow import pandas: a third of a second).
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in INCOMING]
-    moment = "TIMESTAMPTZ '1970-01-01 00:00:00+00' + to_microseconds(unnest(?::BIGINT[]))"
     con.execute("CREATE OR REPLACE TEMP TABLE fullstory_incoming AS SELECT " + ", ".join(
-        f"{moment if kind == 'moment' else 'unnest(?::VARCHAR[])'} AS {name}" for name, kind in INCOMING),
-        [list(column) for column in columns])
-    # One row per new key (the same body twice in the inbox: the earliest arrival).
+        f"unnest(?::{kind}[]) AS {name}" for name, kind in INCOMING), [list(column) for column in columns])
+    # One row per new key (a warehouse row read twice in one query: its earliest arrival).
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE fullstory_new AS
         SELECT * FROM fullstory_incoming
@@ -174,12 +172,12 @@ WAREHOUSE_COLUMNS = ("event_id", "stream", "event_time")
 
 
 def warehouse_events(con: duckdb.DuckDBPyConnection, signals: SignalsConfig, warehouse_url: str,
-                     now: datetime) -> Iterator[tuple[str, dict, datetime]]:
-    """(key, body, received_at) of each frustrated click `[signals.warehouse] query` returns from Fullstory's
-    warehouse export, for events since `max_delay_hours` ago (older ones would be late): the body a stream
-    would have posted for it, so every rule applies alike. The key is a hash of the export's `event_id`, so a
-    click read again by the next run is recognised; a click that also came by a stream has another key (use
-    one source or the other)."""
+                     now: datetime) -> Iterator[tuple[str, dict, datetime, str | None]]:
+    """(key, body, received_at, why it is invalid or None) of each frustrated click that
+    `[signals.warehouse] query` returns from Fullstory's warehouse export, for events since `max_delay_hours`
+    ago (older ones would be late): the body a stream would have posted for it, so every rule applies alike.
+    The key is a hash of the export's `event_id`, so a click read again by the next run is recognised; a
+    click that also came by a stream has another key (use one source or the other)."""
     since = now - timedelta(hours=signals.max_delay_hours)
     assert signals.warehouse_query is not None
     query = signals.warehouse_query.replace("{since}", utc_timestamp(since, dialect_of(warehouse_url)))
@@ -199,12 +197,13 @@ def warehouse_events(con: duckdb.DuckDBPyConnection, signals: SignalsConfig, war
                 **{k: row[k] for k in ("session_url", "page_url") if row.get(k) is not None}}
         received = row.get("received_at")
         received = received if isinstance(received, datetime) else now
+        received = received.astimezone(UTC) if received.tzinfo else received.replace(tzinfo=UTC)
         if row["event_id"] is None:  # rejected with the reason: keyed by the whole row, so once
-            body["event_id"] = None
             key = hashlib.sha256(f"warehouse-row:{sorted(row.items())!r}".encode()).hexdigest()[:32]
+            yield key, body, received, "the warehouse row has no event_id (nothing tells it from the next)"
         else:
             key = hashlib.sha256(f"warehouse:{row['event_id']}".encode()).hexdigest()[:32]
-        yield key, body, received.astimezone(UTC) if received.tzinfo else received.replace(tzinfo=UTC)
+            yield key, body, received, None
     con.execute("DROP TABLE fullstory_warehouse_clicks")
 
 
@@ -226,20 +225,10 @@ def _row(key: str, body: dict, received_at: datetime,
         event = event_from_body(body, key=key)
     except InvalidEvent as exc:
         name = body.get("name") if isinstance(body, dict) and isinstance(body.get("name"), str) else None
-        arrived = _micros(received_at)
-        return (key, arrived, arrived, name, None, None, None, None, None, str(exc), None)
+        return (key, received_at, received_at, name, None, None, None, None, None, str(exc), None)
     email = event.email.strip().lower() if event.email else None
-    return (key, _micros(event.timestamp), _micros(received_at), event.name, event.fs_user_id, event.uid,
-            email, event.session_url, event.page_url, None, excluded(email, event.page_url))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _micros(moment: datetime) -> int:
-    """Microseconds since the epoch: a list of integers goes into DuckDB as it is."""
-    return ((moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
+    return (key, event.timestamp, received_at, event.name, event.fs_user_id, event.uid, email,
+            event.session_url, event.page_url, None, excluded(email, event.page_url))
 
 
 def _decide(con: duckdb.DuckDBPyConnection, config: FullstoryConfig, *, now: datetime,

@@ -21,6 +21,7 @@ upstream tables each tick - row count, and max(<probe column>) when the header n
 requests a run of each model whose tables changed, with the probe values as run key.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,7 +34,7 @@ import dagster as dg
 from pydantic import Field
 
 from segment_ops.clients.base import VendorAuthError, VendorError
-from segment_ops.clients.fullstory import FullstoryUserReader
+from segment_ops.clients.fullstory import FullstoryPayloadError, FullstoryUserReader, landed_traits
 from segment_ops.config import load_settings
 from segment_ops.engine import store
 from segment_ops.engine.diff import BaselineRefused
@@ -305,9 +306,10 @@ def _landed_in_fullstory(context: dg.AssetExecutionContext, model: ModelSpec, st
     if not sample.messages:
         return dg.AssetCheckResult(check_name=LANDED_IN_FULLSTORY, passed=True,
                                    description="no delivered user is waiting to be read back")
-    # A trait sent as null is left out of the upsert (Fullstory keeps the old value): not compared either.
+    # Compared with what the upsert sent (`landed_traits`): a trait sent as null was left out of it (Fullstory
+    # keeps the old value), so it is not compared either.
     sample = dataclasses.replace(sample, messages=[
-        dataclasses.replace(m, payload=_without_null_traits(m.payload)) for m in sample.messages])
+        dataclasses.replace(m, payload=_as_landed(m.payload)) for m in sample.messages])
     try:
         with fullstory.get_api() as client:
             report, results = read_back(model.sync, sample, FullstoryUserReader(client))
@@ -333,9 +335,10 @@ def _landed_in_fullstory(context: dg.AssetExecutionContext, model: ModelSpec, st
                       ["key", "trait", "sent", "found"], mismatches) if mismatches else "none")})
 
 
-def _without_null_traits(payload: str) -> str:
+def _as_landed(payload: str) -> str:
     call = json.loads(payload)
-    call["traits"] = {k: v for k, v in (call.get("traits") or {}).items() if v is not None}
+    with contextlib.suppress(FullstoryPayloadError):  # delivered, so the upsert took it: compared as it is
+        call["traits"] = landed_traits(call)
     return json.dumps(call)
 
 
