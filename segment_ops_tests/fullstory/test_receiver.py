@@ -105,7 +105,8 @@ def test_an_event_is_stored_once_and_a_duplicate_answers_stored_false(url, home)
     assert path.parent.name == f"hour-{hour:%Y%m%d%H}"
     inbox = Inbox.for_home(home)
     assert sum(inbox.counts().values()) == 1
-    [event] = list(inbox.events(inbox.hours()[0]))
+    [path] = inbox.event_files(inbox.hours()[0]).values()
+    event = inbox.read_event(path)
     assert event.body == BODY and event.key == event_key(BODY)
 
 

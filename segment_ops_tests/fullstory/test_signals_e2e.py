@@ -50,7 +50,7 @@ def inbox_events(home: Path) -> dict[str, tuple[datetime, dict]]:
     inbox = Inbox.for_home(home)
     found: dict[str, tuple[datetime, dict]] = {}
     for hour in inbox.hours():
-        for stored in inbox.events(hour):
+        for stored in map(inbox.read_event, inbox.event_files(hour).values()):
             if stored.key not in found or stored.received_at < found[stored.key][0]:
                 found[stored.key] = (stored.received_at, stored.body)
     return found

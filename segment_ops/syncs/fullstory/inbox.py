@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,11 +88,6 @@ class Inbox:
         """The live hour folders, oldest first (a shared inbox is brought up to date first)."""
         self.refresh()
         return sorted(f for f in durable.batch_folders(self.root) if _HOUR_FOLDER.fullmatch(f.name))
-
-    def events(self, hour: Path) -> Iterator[StoredEvent]:
-        """The events stored in `hour`, in no order; a file that cannot be read raises `InboxError`."""
-        for path in self.event_files(hour).values():
-            yield self.read_event(path)
 
     @staticmethod
     def event_files(hour: Path) -> dict[str, str]:

@@ -30,7 +30,6 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
 import duckdb
-import pyarrow as pa
 
 from segment_ops.engine import store
 from segment_ops.engine.diff import delivered_rows
@@ -40,6 +39,7 @@ from segment_ops.engine.sql import literal, utc_timestamp
 from segment_ops.engine.warehouse import StagedResult, describe_staged, dialect_of, stage_query
 from segment_ops.syncs.fullstory.settings import ScoreConfig
 from segment_ops.syncs.fullstory.signals import TABLE as SIGNALS_TABLE
+from segment_ops.syncs.fullstory.signals import rows_table
 
 SYNC = "fullstory_experience_score"
 TRAITS = ("fullstory_experience_score", "fullstory_experience_band")
@@ -52,8 +52,9 @@ STATE = store.register(store.StateSchema(
            "fingerprint VARCHAR NOT NULL, sent BOOLEAN NOT NULL, users BIGINT NOT NULL, "
            "warehouse BOOLEAN NOT NULL, scored_at TIMESTAMPTZ NOT NULL, run_id VARCHAR)",
     erase=f"DELETE FROM {SCORES_TABLE} WHERE erased_id(user_id)"))
-COUNTS_SCHEMA = pa.schema([("user_id", pa.string()), ("rage", pa.int64()), ("dead", pa.int64()),
-                           ("error", pa.int64())])
+# One row per user with signals in the window: (user_id, rage, dead, error), from `signal_counts`.
+SignalCounts = list[tuple[str, int, int, int]]
+COUNT_COLUMNS = (("user_id", "VARCHAR"), ("rage", "BIGINT"), ("dead", "BIGINT"), ("error", "BIGINT"))
 
 
 @dataclass(kw_only=True)
@@ -78,7 +79,7 @@ def window(as_of: date, days: int) -> tuple[datetime, datetime]:
     return end - timedelta(days=days), end
 
 
-def signal_counts(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> pa.Table:
+def signal_counts(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> SignalCounts:
     """Per user, the signals of each kind in [start, end) from the signals sync's state (`con` is its staging
     connection): what the score's run takes with it (one row per user with signals)."""
     store.ensure(con, store.schema_named("fullstory_signals"))
@@ -89,8 +90,7 @@ def signal_counts(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime
         WHERE status IN ('send', 'rate_limited', 'late') AND user_id IS NOT NULL AND event_time >= $start
           AND event_time < $end
         GROUP BY user_id""", {"start": start, "end": end}).fetchall()
-    return pa.Table.from_pylist([dict(zip(COUNTS_SCHEMA.names, row, strict=True)) for row in rows],
-                                schema=COUNTS_SCHEMA)
+    return [tuple(row) for row in rows]
 
 
 def newest_sent(con: duckdb.DuckDBPyConnection) -> date | None:
@@ -111,7 +111,7 @@ def email_filter(patterns: tuple[str, ...]) -> str:
     return f"NOT coalesce(regexp_full_match(lower(email), {literal('|'.join(regexes))}), false)"
 
 
-def diff_sync(config: ScoreConfig, counts: pa.Table, report: ScoreRun, *, warehouse_url: str,
+def diff_sync(config: ScoreConfig, counts: SignalCounts, report: ScoreRun, *, warehouse_url: str,
               exclude_emails: tuple[str, ...] = ()) -> DiffSync:
     """The engine's view of a score run for `report.as_of`; `counts` from `signal_counts`. Sessions of users
     whose email matches `exclude_emails` (staff: their signals are filtered too) are not scored."""
@@ -122,10 +122,7 @@ def diff_sync(config: ScoreConfig, counts: pa.Table, report: ScoreRun, *, wareho
         report.window_start, report.window_end = window(report.as_of, config.window_days)
         report.newest_sent = newest_sent(con)
         report.sent = report.newest_sent is None or report.as_of >= report.newest_sent
-        con.execute("SELECT 1").fetchall()  # `register` refuses while a caller's result is still open
-        con.register("fullstory_counts_in", counts)
-        con.execute("CREATE OR REPLACE TEMP TABLE fullstory_counts AS SELECT * FROM fullstory_counts_in")
-        con.unregister("fullstory_counts_in")
+        rows_table(con, "fullstory_counts", COUNT_COLUMNS, counts)
         sessions = "SELECT NULL::VARCHAR AS user_id, 0 AS sessions, 0 AS error_sessions, 0 AS pages LIMIT 0"
         if config.warehouse_query is not None:
             dialect = dialect_of(warehouse_url)

@@ -26,7 +26,7 @@ import fnmatch
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -133,11 +133,7 @@ def ingest(con: duckdb.DuckDBPyConnection, inbox: Inbox, config: FullstoryConfig
         for key, body, received_at, invalid in warehouse_events(con, config.signals, warehouse_url, now):
             report.warehouse_rows += 1
             rows.append(_row(key, body, received_at, excluded, invalid=invalid))
-    # Inserted at once, a list per column (a row-by-row insert costs more than reading the files, and an
-    # Arrow table built from Python objects makes pyarrow import pandas: a third of a second).
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in INCOMING]
-    con.execute("CREATE OR REPLACE TEMP TABLE fullstory_incoming AS SELECT " + ", ".join(
-        f"unnest(?::{kind}[]) AS {name}" for name, kind in INCOMING), [list(column) for column in columns])
+    rows_table(con, "fullstory_incoming", INCOMING, rows)
     # One row per new key (a warehouse row read twice in one query: its earliest arrival).
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE fullstory_new AS
@@ -205,6 +201,16 @@ def warehouse_events(con: duckdb.DuckDBPyConnection, signals: SignalsConfig, war
             key = hashlib.sha256(f"warehouse:{row['event_id']}".encode()).hexdigest()[:32]
             yield key, body, received, None
     con.execute("DROP TABLE fullstory_warehouse_clicks")
+
+
+def rows_table(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[tuple[str, str]],
+               rows: Sequence[tuple]) -> None:
+    """The temp table `table` of `rows` ((name, DuckDB type) per column), inserted at once as one list per
+    column: a row-by-row insert costs more than reading the inbox's files, and an Arrow table built from
+    Python objects makes pyarrow import pandas (a third of a second)."""
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT " + ", ".join(
+        f"unnest(?::{kind}[]) AS {name}" for name, kind in columns), [list(v) for v in values])
 
 
 def _undecided(con: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> list[str]:

@@ -149,7 +149,8 @@ def build_reverse_etl_defs(models_dir: Path | str | None = None, *,
             broken.append(found)
             continue
         models.append(found)
-        assets.append(_fullstory_model_asset(found, url) if found.sends_to == FULLSTORY_USERS
+        assets.append(_fullstory_model_asset(found, kinds - {"segment"} | {"fullstory"})
+                      if found.sends_to == FULLSTORY_USERS
                       else _model_asset(found, kinds))
         schedules += [schedule] if schedule else []
     names = {m.name for m in models}
@@ -212,17 +213,10 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
         code_version=model.code_version,
         pool=f"staging_{model.sync}",
         deps=[warehouse_table_key(t) for t in model.depends_on],
-        metadata={"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call,
-                  "mode": model.mode, "key": model.key, "schedule": model.schedule or "none",
-                  "write_key_env": model.write_key_env, "tracking_url_env": model.tracking_url_env},
-        check_specs=[
-            dg.AssetCheckSpec("delivery_complete", asset=key,
-                              description="Nothing planned for this model is left pending after the run."),
-            dg.AssetCheckSpec("rejected_ratio", asset=key,
-                              description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were "
-                                          "rejected (null or repeated keys, unsendable values)."),
-            tracking_plan_check_spec(key),
-        ],
+        metadata={**_model_metadata(model), "write_key_env": model.write_key_env,
+                  "tracking_url_env": model.tracking_url_env},
+        check_specs=[*_model_check_specs(model, key, "null or repeated keys, unsendable values"),
+                     tracking_plan_check_spec(key)],
     )
     def reverse_etl_model(context: dg.AssetExecutionContext, config: ReverseEtlConfig,
                           warehouse: WarehouseResource, segment: SegmentTrackingResource,
@@ -248,12 +242,27 @@ def _model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
     return reverse_etl_model
 
 
-def _fullstory_model_asset(model: ModelSpec, warehouse_url: str) -> dg.AssetsDefinition:
+def _model_metadata(model: ModelSpec) -> dict:
+    """What every model asset's definition shows, whatever its destination."""
+    return {"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call, "mode": model.mode,
+            "key": model.key, "schedule": model.schedule or "none"}
+
+
+def _model_check_specs(model: ModelSpec, key: dg.AssetKey, rejected_by: str) -> list[dg.AssetCheckSpec]:
+    """The checks every model asset has: `delivery_complete` and `rejected_ratio` (`rejected_by`: what
+    rejects a row)."""
+    return [dg.AssetCheckSpec("delivery_complete", asset=key,
+                              description="Nothing planned for this model is left pending after the run."),
+            dg.AssetCheckSpec("rejected_ratio", asset=key,
+                              description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were "
+                                          f"rejected ({rejected_by}).")]
+
+
+def _fullstory_model_asset(model: ModelSpec, kinds: set[str]) -> dg.AssetsDefinition:
     """A model whose `destination:` is fullstory_users: its identify calls upserted as Fullstory users, in the
     `fullstory` group, downstream to `fullstory/users`, with a read-back of Fullstory's users (no Segment
     preflight or tracking plan)."""
     key = model_key(model.name, model.sends_to)
-    kinds = {"fullstory", "duckdb"} | ({kind} if (kind := dialect_kind(warehouse_url)) else set())
 
     @dg.asset(
         key=key,
@@ -267,15 +276,9 @@ def _fullstory_model_asset(model: ModelSpec, warehouse_url: str) -> dg.AssetsDef
         code_version=model.code_version,
         pool=f"staging_{model.sync}",
         deps=[warehouse_table_key(t) for t in model.depends_on],
-        metadata={"model_file": dg.MetadataValue.path(str(model.path)), "call": model.call,
-                  "mode": model.mode, "key": model.key, "schedule": model.schedule or "none",
-                  "destination": FULLSTORY_USERS},
+        metadata={**_model_metadata(model), "destination": FULLSTORY_USERS},
         check_specs=[
-            dg.AssetCheckSpec("delivery_complete", asset=key,
-                              description="Nothing planned for this model is left pending after the run."),
-            dg.AssetCheckSpec("rejected_ratio", asset=key,
-                              description=f"At most {model.max_rejected_ratio:.0%} of the query's rows were "
-                                          "rejected (by the diff or by Fullstory)."),
+            *_model_check_specs(model, key, "by the diff or by Fullstory"),
             dg.AssetCheckSpec(LANDED_IN_FULLSTORY, asset=key, description=(
                 f"Up to {READ_BACK_SAMPLE} of the users delivered (the oldest run not read back yet) are "
                 "read back through `GET /v2/users?uid=`: each must exist with the traits sent (a trait sent "
